@@ -1,0 +1,3 @@
+from enchufe.cli import main
+
+main()

@@ -1,0 +1,584 @@
+"""Making sockets for addresses: every system call goes through here, and is narrated here.
+
+The functions in this module make one system call each (or one small, named sequence of them),
+report it to :mod:`enchufe.trace` from the very code path that makes it, and let ``OSError``
+through unchanged: the endpoint layers (``sync``, later ``aio``) translate errors into
+:mod:`enchufe.errors` at their one boundary, where they know what the user was trying to do.
+
+The three openers at the bottom (:func:`open_listener`, :func:`open_connection`,
+:func:`open_datagram`) are the one place that switches on the kind of address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+
+from . import trace
+from .address import InetAddress, SocketAddress, UnixAddress
+from .errors import (
+    AddressError,
+    AddressInUse,
+    NameResolutionError,
+    NetworkError,
+    NotASocket,
+    translate,
+)
+
+#: The kernel clamps this to net.core.somaxconn (4096 on current kernels).  A short backlog
+#: turns a burst of connects into SYN retransmissions of a second or more; queued connections
+#: cost the kernel little, so ask for the most it allows.
+DEFAULT_BACKLOG = 4096
+
+_FAMILY_NAMES = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6", socket.AF_UNIX: "AF_UNIX"}
+_TYPE_NAMES = {socket.SOCK_STREAM: "SOCK_STREAM", socket.SOCK_DGRAM: "SOCK_DGRAM"}
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who is at the other end of a unix socket, as the kernel saw it at connect time."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """One concrete socket address to bind or connect to, after resolution."""
+
+    family: socket.AddressFamily
+    sockaddr: object
+    #: listen on IPv6 and IPv4 at once (IPV6_V6ONLY=0); only for wildcard listeners asked so.
+    dual_stack: bool = False
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def describe_sockaddr(family: int, sockaddr: object) -> str:
+    """``127.0.0.1:9000``, ``[::1]:9000``, ``/run/app.sock``, ``@name`` or ``(unnamed)``."""
+    if family == socket.AF_INET:
+        host, port = sockaddr  # type: ignore[misc]
+        return f"{host}:{port}"
+    if family == socket.AF_INET6:
+        host, port = sockaddr[:2]  # type: ignore[index]
+        scope = sockaddr[3] if len(sockaddr) > 3 else 0  # type: ignore[arg-type, index]
+        if scope and "%" not in host:
+            host = f"{host}%{scope}"
+        return f"[{host}]:{port}"
+    if isinstance(sockaddr, bytes):
+        if not sockaddr:
+            return "(unnamed)"
+        if sockaddr.startswith(b"\0"):
+            return "@" + sockaddr[1:].decode("utf-8", "backslashreplace")
+        return os.fsdecode(sockaddr)
+    return str(sockaddr) if sockaddr else "(unnamed)"
+
+
+def _fail(call: str, exc: OSError) -> None:
+    if trace.enabled():
+        code = errno.errorcode.get(exc.errno or 0, "") if exc.errno else "timeout"
+        trace.emit(f"{call} = -1 {code} ({exc.strerror or exc})")
+
+
+# ---------------------------------------------------------------------------- system calls
+
+
+def new_socket(family: int, sock_type: int) -> socket.socket:
+    call = f"socket({_FAMILY_NAMES.get(family, family)}, {_TYPE_NAMES.get(sock_type, sock_type)})"
+    try:
+        sock = socket.socket(family, sock_type)
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"{call} = fd {sock.fileno()}")
+    return sock
+
+
+def setsockopt(sock: socket.socket, level: int, option: int, value: int, name: str) -> None:
+    sock.setsockopt(level, option, value)
+    if trace.enabled():
+        trace.emit(f"setsockopt(fd {sock.fileno()}, {name}, {value})")
+
+
+def bind(sock: socket.socket, sockaddr: object) -> None:
+    call = f"bind(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
+    try:
+        sock.bind(sockaddr)  # type: ignore[arg-type]
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        bound = describe_sockaddr(sock.family, sock.getsockname())
+        trace.emit(f"{call}" + (f" → bound to {bound}" if bound not in call else ""))
+
+
+def listen(sock: socket.socket, backlog: int) -> None:
+    sock.listen(backlog)
+    if trace.enabled():
+        trace.emit(f"listen(fd {sock.fileno()}, backlog={backlog})")
+
+
+def accept(sock: socket.socket) -> tuple[socket.socket, object]:
+    call = f"accept(fd {sock.fileno()})"
+    try:
+        conn, peer = sock.accept()
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"{call} = fd {conn.fileno()} from {describe_sockaddr(conn.family, peer)}")
+    return conn, peer
+
+
+def connect(sock: socket.socket, sockaddr: object) -> None:
+    call = f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
+    try:
+        sock.connect(sockaddr)  # type: ignore[arg-type]
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"{call} = 0")
+
+
+def send(sock: socket.socket, data: memoryview | bytes) -> int:
+    try:
+        sent = sock.send(data)
+    except OSError as exc:
+        _fail(f"send(fd {sock.fileno()}, {len(data)} bytes)", exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"send(fd {sock.fileno()}, {len(data)} bytes) = {sent}")
+    return sent
+
+
+def recv(sock: socket.socket, size: int) -> bytes:
+    try:
+        data = sock.recv(size)
+    except OSError as exc:
+        _fail(f"recv(fd {sock.fileno()}, {size})", exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"recv(fd {sock.fileno()}, {size}) = {len(data)}" + (" (EOF)" if not data else ""))
+    return data
+
+
+def sendto(sock: socket.socket, data: bytes, sockaddr: object | None) -> int:
+    where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
+    call = f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where})"
+    try:
+        sent = sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)  # type: ignore[arg-type]
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"{call} = {sent}")
+    return sent
+
+
+def recvfrom_into(sock: socket.socket, buffer: bytearray) -> tuple[int, bool, object]:
+    """Receive one datagram into ``buffer``.
+
+    Returns (the datagram's real size, whether it was truncated, the sender's sockaddr).
+    MSG_TRUNC as a flag makes Linux return the real size even when the buffer was smaller.
+    """
+    call = f"recvfrom(fd {sock.fileno()})"
+    try:
+        size, _anc, flags, sender = sock.recvmsg_into([buffer], 0, socket.MSG_TRUNC)
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    truncated = bool(flags & socket.MSG_TRUNC) or size > len(buffer)
+    if trace.enabled():
+        who = describe_sockaddr(sock.family, sender) if sender else "(unnamed)"
+        cut = f" (MSG_TRUNC: only {len(buffer)} kept)" if truncated else ""
+        trace.emit(f"{call} = {size} bytes from {who}{cut}")
+    return size, truncated, sender
+
+
+def shutdown(sock: socket.socket, how: int) -> None:
+    name = {socket.SHUT_WR: "SHUT_WR", socket.SHUT_RD: "SHUT_RD", socket.SHUT_RDWR: "SHUT_RDWR"}[how]
+    call = f"shutdown(fd {sock.fileno()}, {name})"
+    try:
+        sock.shutdown(how)
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        trace.emit(call)
+
+
+def close(sock: socket.socket) -> None:
+    fd = sock.fileno()
+    if fd < 0:
+        return
+    sock.close()
+    if trace.enabled():
+        trace.emit(f"close(fd {fd})")
+
+
+def unlink(path: str, why: str) -> None:
+    os.unlink(path)
+    if trace.enabled():
+        trace.emit(f"unlink({path})  # {why}")
+
+
+def peer_credentials(sock: socket.socket) -> Credentials:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    if trace.enabled():
+        trace.emit(f"getsockopt(fd {sock.fileno()}, SO_PEERCRED) = pid {pid}, uid {uid}, gid {gid}")
+    return Credentials(pid, uid, gid)
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
+    """The concrete socket addresses for ``address``, in the order to try them.
+
+    A wildcard host is only for listening: ``tcp://:P`` is one dual-stack IPv6 socket where the
+    host has IPv6, else 0.0.0.0; ``tcp6://:P`` and ``tcp://[::]:P`` are IPv6 only.
+    """
+    sock_type = socket.SOCK_STREAM if address.is_stream else socket.SOCK_DGRAM
+    if address.host == "":
+        if not passive:
+            raise AddressError(
+                f"{str(address)!r}: a client needs a host to reach, e.g. "
+                f"{address.scheme}://{'[::1]' if address.forced_family == 6 else '127.0.0.1'}:{address.port or 9000}"
+            )
+        if address.forced_family == 4 or (address.forced_family is None and not _has_ipv6()):
+            return [Target(socket.AF_INET, ("0.0.0.0", address.port))]
+        return [
+            Target(socket.AF_INET6, ("::", address.port, 0, 0), dual_stack=address.forced_family is None)
+        ]
+    if not passive and address.port == 0:
+        raise AddressError(f"{str(address)!r}: port 0 only makes sense when listening; name the server's port")
+    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(address.family or 0, socket.AF_UNSPEC)
+    literal = address.family is not None and address.forced_family in (None, address.family)
+    flags = socket.AI_NUMERICHOST if literal else 0
+    if passive:
+        flags |= socket.AI_PASSIVE
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, family, sock_type, 0, flags)
+    except socket.gaierror as exc:
+        raise NameResolutionError(
+            f"cannot resolve {address.host!r} in {address}: {exc.strerror}; check the name, or use an IP address",
+            errno=exc.errno,
+        ) from exc
+    targets: list[Target] = []
+    for fam, _type, _proto, _canon, sockaddr in infos:
+        if fam not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        target = Target(socket.AddressFamily(fam), sockaddr)
+        if target not in targets:
+            targets.append(target)
+    if not literal and trace.enabled():
+        shown = ", ".join(describe_sockaddr(t.family, t.sockaddr) for t in targets)
+        trace.emit(f"getaddrinfo({address.host}, {address.port}) = {shown}")
+    if not targets:
+        raise NameResolutionError(f"cannot resolve {address.host!r} in {address}: no IPv4 or IPv6 address")
+    return targets
+
+
+_ipv6: bool | None = None
+
+
+def _has_ipv6() -> bool:
+    """Whether this host can bind an IPv6 socket (the kernel may lack IPv6 even if Python has it)."""
+    global _ipv6
+    if _ipv6 is None:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::1", 0))
+            _ipv6 = True
+        except OSError:
+            _ipv6 = False
+    return _ipv6
+
+
+# ---------------------------------------------------------------------------- unix socket files
+
+
+@dataclass
+class SocketFile:
+    """A unix socket file this process created, removed on release only if it is still ours."""
+
+    path: str
+    device: int
+    inode: int
+
+    def release(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == (self.device, self.inode):
+            with contextlib.suppress(OSError):
+                unlink(self.path, "our socket file, removed on close")
+
+
+def clear_stale_socket_file(address: UnixAddress, sock_type: int) -> None:
+    """Make way for binding ``address``: remove a stale socket file, refuse anything else.
+
+    A socket file nobody accepts on is stale (a server that died without cleaning up) and is
+    removed.  A live one means another server owns the address: :class:`AddressInUse`.  A file
+    that is not a socket is never touched: :class:`NotASocket`.
+    """
+    path = address.path
+    if path is None:
+        return
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise NotASocket(
+            f"cannot listen on {address}: {path} exists and is not a socket; "
+            f"enchufe never removes it: pick another path or remove it yourself",
+            errno=errno.EEXIST,
+        )
+    if _socket_file_alive(path, sock_type):
+        raise AddressInUse(
+            f"cannot listen on {address}: a live server is already listening there; "
+            f"stop it or pick another path",
+            errno=errno.EADDRINUSE,
+        )
+    with contextlib.suppress(FileNotFoundError):
+        unlink(path, "stale socket file: nobody accepts on it")
+
+
+def _socket_file_alive(path: str, sock_type: int) -> bool:
+    # Try the socket's own type first; a socket file of the other type answers EPROTOTYPE.
+    other = socket.SOCK_DGRAM if sock_type == socket.SOCK_STREAM else socket.SOCK_STREAM
+    for kind in (sock_type, other):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            probe.setblocking(False)
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                return False
+            except BlockingIOError:
+                return True  # accepted into a full backlog: alive and busy
+            except OSError as exc:
+                if exc.errno == errno.EPROTOTYPE:
+                    continue
+                return True  # unknown: be safe, never remove it
+            return True
+    return False
+
+
+def bind_unix(sock: socket.socket, address: UnixAddress, mode: int | None) -> SocketFile | None:
+    """Bind a unix socket, clearing a stale file first and setting the file's mode after."""
+    clear_stale_socket_file(address, sock.type)
+    bind(sock, address.sockaddr)
+    if address.path is None:
+        return None
+    st = os.stat(address.path)
+    owned = SocketFile(address.path, st.st_dev, st.st_ino)
+    if mode is not None:
+        os.chmod(address.path, mode)
+        if trace.enabled():
+            trace.emit(f"chmod({address.path}, {mode:#o})")
+    return owned
+
+
+def autobind_unix(sock: socket.socket) -> SocketFile | None:
+    """Give an unbound unix datagram socket a reply address, so that servers can answer it.
+
+    Linux assigns a unique abstract name when binding to the empty address ("autobind"); where
+    that is not available, a fresh path in a private temporary folder is used and removed on close.
+    """
+    try:
+        bind(sock, "")
+        return None
+    except OSError:
+        folder = tempfile.mkdtemp(prefix="enchufe-")
+        path = os.path.join(folder, "reply.sock")
+        bind(sock, path)
+        st = os.stat(path)
+        return _TempSocketFile(path, st.st_dev, st.st_ino)
+
+
+class _TempSocketFile(SocketFile):
+    def release(self) -> None:
+        super().release()
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(self.path))
+
+
+# ---------------------------------------------------------------------------- openers
+
+
+def _sock_type(address: SocketAddress) -> int:
+    return socket.SOCK_STREAM if address.is_stream else socket.SOCK_DGRAM
+
+
+def _configure_inet(sock: socket.socket, target: Target, *, reuse_port: bool, listening: bool) -> None:
+    if listening and sock.type == socket.SOCK_STREAM:
+        # Restarting a server must not wait out TIME_WAIT of its previous connections.
+        setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR")
+    if reuse_port:
+        setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEPORT, 1, "SO_REUSEPORT")
+    if target.family == socket.AF_INET6:
+        # The system default (net.ipv6.bindv6only) varies; say what we mean.
+        only = 0 if target.dual_stack else 1
+        setsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, only, "IPV6_V6ONLY")
+
+
+def _bound_address(sock: socket.socket) -> SocketAddress:
+    from .address import from_sockaddr
+
+    found = from_sockaddr(sock.family, sock.type, sock.getsockname())
+    assert found is not None
+    return found
+
+
+def _real_address(sock: socket.socket, requested: SocketAddress) -> SocketAddress:
+    """The bound address, keeping the user's spelling for unix paths (relative stays relative)."""
+    if isinstance(requested, UnixAddress):
+        return requested
+    bound = _bound_address(sock)
+    assert isinstance(bound, InetAddress)
+    return InetAddress(requested.transport, bound.host, bound.port, requested.forced_family)
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        close(sock)
+
+
+def open_listener(
+    address: SocketAddress, *, backlog: int, mode: int | None, reuse_port: bool
+) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
+    """A listening stream socket bound to ``address``: (socket, real address, owned file)."""
+    what = f"listen on {address}"
+    if isinstance(address, UnixAddress):
+        sock = _new(socket.AF_UNIX, socket.SOCK_STREAM, what)
+        try:
+            owned = bind_unix(sock, address, mode)
+            listen(sock, backlog)
+        except OSError as exc:
+            _close_quietly(sock)
+            raise translate(exc, what) from exc
+        except NetworkError:
+            _close_quietly(sock)
+            raise
+        return sock, address, owned
+    target = resolve(address, passive=True)[0]
+    sock = _new(target.family, socket.SOCK_STREAM, what)
+    try:
+        _configure_inet(sock, target, reuse_port=reuse_port, listening=True)
+        bind(sock, target.sockaddr)
+        listen(sock, backlog)
+    except OSError as exc:
+        _close_quietly(sock)
+        raise translate(exc, what) from exc
+    return sock, _real_address(sock, address), None
+
+
+def open_datagram(
+    address: SocketAddress, *, mode: int | None, reuse_port: bool
+) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
+    """A datagram socket bound to ``address``: (socket, real address, owned file)."""
+    what = f"bind {address}"
+    if isinstance(address, UnixAddress):
+        sock = _new(socket.AF_UNIX, socket.SOCK_DGRAM, what)
+        try:
+            owned = bind_unix(sock, address, mode)
+        except OSError as exc:
+            _close_quietly(sock)
+            raise translate(exc, what) from exc
+        except NetworkError:
+            _close_quietly(sock)
+            raise
+        return sock, address, owned
+    target = resolve(address, passive=True)[0]
+    sock = _new(target.family, socket.SOCK_DGRAM, what)
+    try:
+        _configure_inet(sock, target, reuse_port=reuse_port, listening=True)
+        bind(sock, target.sockaddr)
+    except OSError as exc:
+        _close_quietly(sock)
+        raise translate(exc, what) from exc
+    return sock, _real_address(sock, address), None
+
+
+def _new(family: int, sock_type: int, what: str) -> socket.socket:
+    try:
+        return new_socket(family, sock_type)
+    except OSError as exc:
+        raise translate(exc, what) from exc
+
+
+def open_connection(
+    address: SocketAddress,
+    *,
+    timeout: float | None,
+    retries: int,
+    retry_delay: float,
+    datagram_reply: bool = True,
+) -> tuple[socket.socket, SocketFile | None]:
+    """A socket connected to ``address`` (stream, or a connected datagram socket).
+
+    Every target of every attempt gets a new socket: after a failed ``connect()`` a socket's
+    state is unspecified, so it is never reused.  Refused, missing and timed-out attempts are
+    retried ``retries`` more times, ``retry_delay`` seconds apart; the error raised is the last
+    one, carrying every attempt's error in ``attempts``.
+    """
+    if retries < 0:
+        raise AddressError(f"retries must be 0 or more, not {retries}")
+    sock_type = _sock_type(address)
+    what = f"connect to {address}"
+    errors: list[NetworkError] = []
+    deadline_each = timeout
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(retry_delay)
+        targets: list[Target] = (
+            [Target(socket.AF_UNIX, address.sockaddr)]
+            if isinstance(address, UnixAddress)
+            else resolve(address, passive=False)
+        )
+        for target in targets:
+            sock = _new(target.family, sock_type, what)
+            owned: SocketFile | None = None
+            try:
+                if sock_type == socket.SOCK_DGRAM and target.family == socket.AF_UNIX and datagram_reply:
+                    owned = autobind_unix(sock)
+                sock.settimeout(deadline_each)
+                connect(sock, target.sockaddr)
+                sock.settimeout(None)
+                return sock, owned
+            except OSError as exc:
+                _close_quietly(sock)
+                if owned is not None:
+                    owned.release()
+                err = translate(exc, what)
+                err.__cause__ = exc
+                errors.append(err)
+        if not _worth_retrying(errors[-1]):
+            break
+    last = errors[-1]
+    last.attempts = tuple(errors)
+    if len(errors) > 1:
+        last.args = (f"{last.args[0]} ({len(errors)} attempts)",)
+    raise last
+
+
+def _worth_retrying(error: NetworkError) -> bool:
+    from .errors import ConnectionRefused, TimedOut
+
+    return isinstance(error, ConnectionRefused | TimedOut)
+

@@ -1,0 +1,391 @@
+"""Addresses: one syntax for every kind of socket, parsed without any I/O.
+
+``parse(text)`` turns a string into a frozen value; ``str(value)`` gives back a canonical form
+that parses to an equal value.  No name is resolved and no socket is made here: a host name
+stays a name until a socket is opened for it.
+
+=====================================  ==============================================
+form                                   value
+=====================================  ==============================================
+``tcp://HOST:PORT``                    :class:`InetAddress` (stream, family from HOST)
+``tcp4://HOST:PORT``                   :class:`InetAddress` (stream, IPv4 only)
+``tcp6://[HOST]:PORT``                 :class:`InetAddress` (stream, IPv6 only)
+``udp://``, ``udp4://``, ``udp6://``   :class:`InetAddress` (datagram)
+``unix:///abs/path``, ``unix:rel``     :class:`UnixAddress` (stream, file)
+``unix:@name``                         :class:`UnixAddress` (stream, abstract name)
+``unixgram:…``                         :class:`UnixAddress` (datagram), same forms
+``-``, ``stdio:``                      :class:`StdioAddress`
+``exec:PROGRAM ARGS…``                 :class:`ExecAddress` (argv split like a shell)
+=====================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+import socket
+from dataclasses import dataclass
+from enum import Enum
+
+from .errors import AddressError
+
+__all__ = [
+    "Address",
+    "ExecAddress",
+    "InetAddress",
+    "Kind",
+    "StdioAddress",
+    "UnixAddress",
+    "parse",
+]
+
+#: sun_path holds 108 bytes; a path needs its terminating NUL and an abstract name its leading
+#: NUL, so 107 bytes of name are what either form can use.
+MAX_UNIX_NAME = 107
+
+_INET_SCHEMES = {
+    # scheme: (transport, forced family)
+    "tcp": ("tcp", None),
+    "tcp4": ("tcp", 4),
+    "tcp6": ("tcp", 6),
+    "udp": ("udp", None),
+    "udp4": ("udp", 4),
+    "udp6": ("udp", 6),
+}
+_UNIX_SCHEMES = {"unix": False, "unixgram": True}
+_KNOWN = "tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram, stdio, exec"
+# RFC 1123 labels, plus "_" which real-world names (and /etc/hosts) do contain.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+
+
+class Kind(Enum):
+    """The six kinds of socket enchufe speaks: domain × type."""
+
+    TCP4 = ("tcp4", socket.AF_INET, socket.SOCK_STREAM)
+    TCP6 = ("tcp6", socket.AF_INET6, socket.SOCK_STREAM)
+    UDP4 = ("udp4", socket.AF_INET, socket.SOCK_DGRAM)
+    UDP6 = ("udp6", socket.AF_INET6, socket.SOCK_DGRAM)
+    UNIX = ("unix", socket.AF_UNIX, socket.SOCK_STREAM)
+    UNIXGRAM = ("unixgram", socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return self.value[1]  # type: ignore[no-any-return]
+
+    @property
+    def type(self) -> socket.SocketKind:
+        return self.value[2]  # type: ignore[no-any-return]
+
+    @property
+    def is_stream(self) -> bool:
+        return self.type == socket.SOCK_STREAM
+
+
+@dataclass(frozen=True)
+class InetAddress:
+    """An IPv4 or IPv6 address: ``tcp://host:port``, ``udp6://[::1]:53`` …
+
+    ``host`` is an IP literal (IPv6 without brackets, possibly with ``%scope``), a host name, or
+    ``""`` for "every interface" (listening only).  ``family`` is 4 or 6 when the scheme forces
+    it, or when the host is a literal of that family; ``None`` when a name decides at open time.
+    """
+
+    transport: str  # "tcp" or "udp"
+    host: str
+    port: int
+    forced_family: int | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.transport + (str(self.forced_family) if self.forced_family else "")
+
+    @property
+    def is_stream(self) -> bool:
+        return self.transport == "tcp"
+
+    @property
+    def family(self) -> int | None:
+        """4, 6, or ``None`` when only resolving the host name will tell."""
+        if self.forced_family:
+            return self.forced_family
+        return _literal_family(self.host)
+
+    @property
+    def kind(self) -> Kind | None:
+        """The socket kind, or ``None`` while the family depends on name resolution."""
+        family = self.family
+        if family is None:
+            return None
+        return Kind[f"{self.transport.upper()}{family}"]
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host == ""
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    """An AF_UNIX address: a file system path, or a name in Linux's abstract namespace.
+
+    ``name`` is the path, or for abstract sockets the name without its leading NUL (shown as
+    ``@name``).  ``datagram`` selects SOCK_DGRAM (``unixgram:``) over SOCK_STREAM (``unix:``).
+    """
+
+    name: str
+    abstract: bool = False
+    datagram: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "unixgram" if self.datagram else "unix"
+
+    @property
+    def is_stream(self) -> bool:
+        return not self.datagram
+
+    @property
+    def family(self) -> int | None:
+        return None
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.UNIXGRAM if self.datagram else Kind.UNIX
+
+    @property
+    def sockaddr(self) -> str | bytes:
+        """The address in the form Python's socket module takes."""
+        if self.abstract:
+            return b"\0" + self.name.encode("utf-8", "surrogateescape")
+        return self.name
+
+    @property
+    def path(self) -> str | None:
+        """The file system path, or ``None`` for an abstract name."""
+        return None if self.abstract else self.name
+
+    def __str__(self) -> str:
+        if self.abstract:
+            return f"{self.scheme}:@{self.name}"
+        if self.name.startswith("/"):
+            return f"{self.scheme}://{self.name}"
+        return f"{self.scheme}:{self.name}"
+
+
+@dataclass(frozen=True)
+class StdioAddress:
+    """Standard input and output of this process (``-`` or ``stdio:``)."""
+
+    @property
+    def is_stream(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return "-"
+
+
+@dataclass(frozen=True)
+class ExecAddress:
+    """A child process whose stdin and stdout are the stream; ``argv`` is split like a shell."""
+
+    argv: tuple[str, ...]
+
+    @property
+    def is_stream(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return "exec:" + shlex.join(self.argv)
+
+
+Address = InetAddress | UnixAddress | StdioAddress | ExecAddress
+SocketAddress = InetAddress | UnixAddress
+
+
+def parse(text: str) -> Address:
+    """Parse an address string into a frozen value.  Pure: no DNS, no socket.
+
+    Raises :class:`~enchufe.errors.AddressError` with a one-line message naming the problem and
+    showing an accepted form.
+    """
+    if not isinstance(text, str):
+        raise AddressError(f"an address must be a string, not {type(text).__name__}")
+    if "\0" in text:
+        raise AddressError(f"{text!r}: NUL bytes are not allowed in an address")
+    if text in ("-", "stdio:"):
+        return StdioAddress()
+    scheme, sep, rest = text.partition(":")
+    if not sep or not scheme:
+        raise AddressError(
+            f"{text!r}: missing scheme; write it as SCHEME:…, e.g. tcp://127.0.0.1:9000 "
+            f"or unix:///run/app.sock (schemes: {_KNOWN})"
+        )
+    lowered = scheme.lower()
+    if lowered in _INET_SCHEMES:
+        return _parse_inet(text, lowered, rest)
+    if lowered in _UNIX_SCHEMES:
+        return _parse_unix(text, lowered, rest)
+    if lowered == "exec":
+        return _parse_exec(text, rest)
+    if lowered == "stdio":
+        raise AddressError(f"{text!r}: stdio takes nothing after the colon; write - or stdio:")
+    raise AddressError(
+        f"{text!r}: unknown scheme {scheme!r}; accepted: {_KNOWN} (e.g. tcp://127.0.0.1:9000)"
+    )
+
+
+def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
+    transport, forced = _INET_SCHEMES[scheme]
+    example = f"{scheme}://{'[::1]' if forced == 6 else '127.0.0.1'}:9000"
+    if not rest.startswith("//"):
+        raise AddressError(f"{text!r}: {scheme} addresses start with {scheme}://, e.g. {example}")
+    hostport = rest[2:]
+    if "/" in hostport or "?" in hostport or "#" in hostport:
+        raise AddressError(f"{text!r}: nothing may follow the port; write it as {example}")
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        if close < 0:
+            raise AddressError(f"{text!r}: missing ']' after the IPv6 address, e.g. {scheme}://[::1]:9000")
+        host = hostport[1:close]
+        after = hostport[close + 1 :]
+        if not after.startswith(":"):
+            raise AddressError(f"{text!r}: missing port after ']', e.g. {scheme}://[{host or '::1'}]:9000")
+        port_text = after[1:]
+        if not _is_ipv6(host):
+            raise AddressError(
+                f"{text!r}: {host!r} between brackets is not an IPv6 address, e.g. {scheme}://[::1]:9000"
+            )
+    else:
+        host, colon, port_text = hostport.rpartition(":")
+        if not colon:
+            raise AddressError(f"{text!r}: missing port; write it as {example}")
+        if ":" in host:
+            raise AddressError(
+                f"{text!r}: an IPv6 address must be in brackets, e.g. {scheme}://[{host}]:{port_text or 9000}"
+            )
+        if host and _literal_family(host) is None and not _HOSTNAME.match(host):
+            raise AddressError(f"{text!r}: {host!r} is not a valid host name or IP address, e.g. {example}")
+    port = _parse_port(text, port_text, example)
+    family = _literal_family(host)
+    if forced and family and family != forced:
+        other = "tcp" if transport == "tcp" else "udp"
+        raise AddressError(
+            f"{text!r}: {scheme} needs an IPv{forced} host, but {host} is IPv{family}; "
+            f"use {other}{family}:// or {other}://"
+        )
+    return InetAddress(transport, host, port, forced)
+
+
+def _parse_port(text: str, port_text: str, example: str) -> int:
+    if not port_text:
+        raise AddressError(f"{text!r}: missing port; write it as {example}")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise AddressError(f"{text!r}: port {port_text!r} is not a number from 0 to 65535, e.g. {example}")
+    port = int(port_text)
+    if port > 65535:
+        raise AddressError(f"{text!r}: port {port} is out of range (0 to 65535), e.g. {example}")
+    return port
+
+
+def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
+    datagram = _UNIX_SCHEMES[scheme]
+    examples = f"{scheme}:///tmp/app.sock, {scheme}:rel/app.sock or {scheme}:@name"
+    if rest.startswith("@"):
+        name = rest[1:]
+        if not name:
+            raise AddressError(f"{text!r}: empty abstract name; write {scheme}:@name")
+        _check_length(text, name, "abstract name")
+        return UnixAddress(name, abstract=True, datagram=datagram)
+    if rest.startswith("//"):
+        path = rest[2:]
+        if not path.startswith("/"):
+            raise AddressError(
+                f"{text!r}: after {scheme}:// comes an absolute path (three slashes: "
+                f"{scheme}:///tmp/app.sock); a relative path is written {scheme}:{path or 'app.sock'}"
+            )
+    else:
+        path = rest
+    if not path:
+        raise AddressError(f"{text!r}: missing socket path; write {examples}")
+    _check_length(text, path, "socket path")
+    return UnixAddress(path, abstract=False, datagram=datagram)
+
+
+def _check_length(text: str, name: str, what: str) -> None:
+    size = len(os.fsencode(name)) if what == "socket path" else len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_UNIX_NAME:
+        raise AddressError(
+            f"{text!r}: {what} is {size} bytes, longer than the {MAX_UNIX_NAME} a unix socket "
+            f"address holds; use a shorter path (e.g. in /tmp or /run) or an abstract @name"
+        )
+
+
+def _parse_exec(text: str, rest: str) -> ExecAddress:
+    try:
+        argv = tuple(shlex.split(rest))
+    except ValueError as exc:
+        raise AddressError(f"{text!r}: cannot split the command line ({exc}); e.g. exec:tr a-z A-Z") from None
+    if not argv:
+        raise AddressError(f"{text!r}: missing program; write exec:PROGRAM ARGS…, e.g. exec:tr a-z A-Z")
+    return ExecAddress(argv)
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _literal_family(host: str) -> int | None:
+    """4 or 6 if ``host`` is an IP literal of that family, else ``None``."""
+    if not host:
+        return None
+    if ":" in host:
+        return 6 if _is_ipv6(host) else None
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+    return 4
+
+
+def from_sockaddr(
+    family: int, sock_type: int, sockaddr: object
+) -> InetAddress | UnixAddress | None:
+    """The enchufe address for what ``getsockname``/``getpeername``/``recvfrom`` returned.
+
+    ``None`` when there is no address (an unbound unix socket).  IPv4-mapped IPv6 peers are
+    reported as they are (``[::ffff:127.0.0.1]``), so that a reply to that address works.
+    """
+    stream = sock_type == socket.SOCK_STREAM
+    if family == socket.AF_INET:
+        host, port = sockaddr  # type: ignore[misc]
+        return InetAddress("tcp" if stream else "udp", host, port)
+    if family == socket.AF_INET6:
+        host, port, _flow, scope = sockaddr  # type: ignore[misc]
+        if scope and "%" not in host:
+            host = f"{host}%{scope}"
+        return InetAddress("tcp" if stream else "udp", host, port)
+    if family == socket.AF_UNIX:
+        if isinstance(sockaddr, bytes):
+            if not sockaddr:
+                return None
+            if sockaddr.startswith(b"\0"):
+                name = sockaddr[1:].decode("utf-8", "surrogateescape")
+                return UnixAddress(name, abstract=True, datagram=not stream)
+            sockaddr = os.fsdecode(sockaddr)
+        if not sockaddr:
+            return None
+        return UnixAddress(str(sockaddr), abstract=False, datagram=not stream)
+    raise ValueError(f"unsupported address family {family}")

@@ -1,0 +1,188 @@
+"""The errors enchufe raises, named by who is at fault.
+
+::
+
+    EnchufeError                      everything enchufe raises derives from this
+    ├── UsageError                    the caller asked for something invalid (CLI exit status 2)
+    │   └── AddressError              an address string that does not parse, or does not fit the role
+    ├── ClosedError                   the object was already closed by this process
+    ├── ProtocolError                 the peer broke a framing rule (frame too large, EOF mid-frame)
+    │   └── IncompleteRead            the peer closed before the bytes asked for arrived
+    └── NetworkError                  the operating system said no at run time (CLI exit status 1)
+        ├── ConnectionRefused         nobody accepts at that address (ECONNREFUSED, missing socket file)
+        ├── ConnectionReset           the peer reset the connection (ECONNRESET, EPIPE)
+        ├── TimedOut                  no answer within the time allowed
+        ├── AddressInUse              another socket already owns that address (EADDRINUSE, live socket)
+        ├── PermissionDenied          EACCES / EPERM
+        ├── NameResolutionError       a host name did not resolve
+        ├── MessageTooLarge           a datagram too large for the socket (EMSGSIZE)
+        ├── DatagramTruncated         a datagram larger than the receive buffer arrived
+        └── NotASocket                a path exists and is not a socket file; enchufe never touches it
+
+``OSError`` is translated into these at one boundary (:func:`translate`), keeping the original
+as ``__cause__`` and its ``errno``.  Messages say what happened and what to try.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .address import Address
+
+__all__ = [
+    "AddressError",
+    "AddressInUse",
+    "ClosedError",
+    "ConnectionRefused",
+    "ConnectionReset",
+    "DatagramTruncated",
+    "EnchufeError",
+    "IncompleteRead",
+    "MessageTooLarge",
+    "NameResolutionError",
+    "NetworkError",
+    "NotASocket",
+    "PermissionDenied",
+    "ProtocolError",
+    "TimedOut",
+    "UsageError",
+    "translate",
+]
+
+
+class EnchufeError(Exception):
+    """Root of every error enchufe raises."""
+
+
+class UsageError(EnchufeError, ValueError):
+    """The caller asked for something that cannot work; nothing was attempted."""
+
+
+class AddressError(UsageError):
+    """An address that does not parse, or that does not fit how it is used.
+
+    Raised before any socket exists.  The message names the problem and shows an accepted form.
+    """
+
+
+class ClosedError(EnchufeError):
+    """The listener, connection or socket was closed by this process; it cannot be used again."""
+
+
+class ProtocolError(EnchufeError):
+    """The peer broke the rules of the framing in use."""
+
+
+class IncompleteRead(ProtocolError):
+    """The peer closed the connection before all the bytes asked for had arrived.
+
+    ``partial`` holds what did arrive.
+    """
+
+    def __init__(self, message: str, partial: bytes = b"") -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class NetworkError(EnchufeError):
+    """The operating system refused or failed an operation at run time.
+
+    ``errno`` is the underlying error number when there is one; ``attempts`` lists the error of
+    every attempt when the operation was retried (the last one is this error itself).
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.attempts: Sequence[NetworkError] = ()
+
+
+class ConnectionRefused(NetworkError):
+    """Nobody accepts at that address: ECONNREFUSED, or a unix socket file that does not exist."""
+
+
+class ConnectionReset(NetworkError):
+    """The peer reset the connection (ECONNRESET), or it is gone for writing (EPIPE)."""
+
+
+class TimedOut(NetworkError):
+    """The operation did not complete within the time allowed."""
+
+
+class AddressInUse(NetworkError):
+    """Another socket is bound to that address, or a live server owns that socket file."""
+
+
+class PermissionDenied(NetworkError):
+    """The operating system denied access (EACCES, EPERM)."""
+
+
+class NameResolutionError(NetworkError):
+    """A host name could not be resolved."""
+
+
+class MessageTooLarge(NetworkError):
+    """A datagram is larger than the socket can send in one piece (EMSGSIZE)."""
+
+
+class NotASocket(NetworkError):
+    """A file system path is in the way and is not a socket file; it is left untouched."""
+
+
+class DatagramTruncated(NetworkError):
+    """A datagram arrived that is larger than the receive buffer; it was cut by the kernel.
+
+    The datagram is consumed.  ``data`` holds the part that fitted, ``size`` the datagram's real
+    size and ``sender`` who sent it, so the caller can count, log or retry with a larger buffer.
+    """
+
+    def __init__(self, message: str, *, data: bytes, size: int, sender: Address | None) -> None:
+        super().__init__(message, errno=None)
+        self.data = data
+        self.size = size
+        self.sender = sender
+
+
+# errno → (error class, what to try).  The hint completes "… : <strerror>; <hint>".
+_BY_ERRNO: dict[int, tuple[type[NetworkError], str]] = {
+    _errno.ECONNREFUSED: (ConnectionRefused, "is a server listening there? (--retry waits for one)"),
+    _errno.ENOENT: (ConnectionRefused, "no socket file there yet: start the server first, or use --retry"),
+    _errno.ECONNRESET: (ConnectionReset, "the peer aborted the connection"),
+    _errno.EPIPE: (ConnectionReset, "the peer closed the connection"),
+    _errno.ECONNABORTED: (ConnectionReset, "the connection was aborted"),
+    _errno.ETIMEDOUT: (TimedOut, "the host did not answer; check the address or raise --timeout"),
+    _errno.EADDRINUSE: (AddressInUse, "another socket is bound there; pick another port or path"),
+    _errno.EADDRNOTAVAIL: (AddressInUse, "that address is not available on this host"),
+    _errno.EACCES: (PermissionDenied, "check file permissions, or use a port above 1023"),
+    _errno.EPERM: (PermissionDenied, "the operation is not permitted for this user"),
+    _errno.EMSGSIZE: (MessageTooLarge, "send less per datagram"),
+    _errno.ENETUNREACH: (ConnectionRefused, "no route to that network"),
+    _errno.EHOSTUNREACH: (ConnectionRefused, "no route to that host"),
+    _errno.ENOTSOCK: (NotASocket, "that path is not a socket"),
+}
+
+
+def translate(exc: OSError, what: str) -> NetworkError:
+    """Turn an ``OSError`` raised while doing ``what`` into the matching :class:`NetworkError`.
+
+    ``what`` is a phrase such as ``"connect to tcp://127.0.0.1:9"``; the message becomes
+    ``"cannot connect to tcp://127.0.0.1:9: connection refused; is a server listening there?"``.
+    The caller raises the result ``from exc``.
+    """
+    if isinstance(exc, NetworkError):  # pragma: no cover - defensive
+        return exc
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        err: NetworkError = TimedOut(f"cannot {what}: timed out", errno=_errno.ETIMEDOUT)
+        return err
+    code = exc.errno
+    cls, hint = _BY_ERRNO.get(code or -1, (NetworkError, ""))
+    if code == _errno.ENOENT and not what.startswith("connect"):
+        cls, hint = NetworkError, "does its folder exist?"
+    reason = (exc.strerror or str(exc)).lower() if code is not None else str(exc)
+    message = f"cannot {what}: {reason}"
+    if hint:
+        message += f"; {hint}"
+    return cls(message, errno=code)

@@ -1,0 +1,114 @@
+"""Blocking endpoints for the six kinds: one entry point per role, one dispatch on the address."""
+
+from __future__ import annotations
+
+from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
+from ..errors import AddressError
+from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_listener
+from .datagram import DatagramSocket
+from .stream import Connection, Listener
+
+__all__ = [
+    "Connection",
+    "DatagramSocket",
+    "Listener",
+    "bind_datagram",
+    "connect",
+    "connect_datagram",
+    "listen",
+]
+
+#: Seconds between connection attempts when retrying: long enough not to hammer a server that
+#: is starting, short enough that a script waiting for one notices it quickly.
+DEFAULT_RETRY_DELAY = 0.5
+
+
+def _socket_address(address: Address | str, *, stream: bool, role: str) -> SocketAddress:
+    value = parse(address) if isinstance(address, str) else address
+    if not isinstance(value, InetAddress | UnixAddress):
+        raise AddressError(f"{value}: {role} needs a socket address (tcp://, udp://, unix:, unixgram:)")
+    if value.is_stream != stream:
+        if stream:
+            raise AddressError(
+                f"{value}: {role} needs a stream address (tcp://, unix:); "
+                f"for datagrams use {'bind_datagram' if role == 'listen' else 'connect_datagram'}"
+            )
+        raise AddressError(f"{value}: {role} needs a datagram address (udp://, unixgram:)")
+    return value
+
+
+def listen(
+    address: Address | str,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    mode: int | None = None,
+    reuse_port: bool = False,
+) -> Listener:
+    """Bind a stream socket to ``address`` and listen: a :class:`Listener`.
+
+    TCP listeners set SO_REUSEADDR; IPv6 ones set IPV6_V6ONLY explicitly (``tcp://:P`` is
+    dual-stack, ``tcp6://`` and ``[::]`` are IPv6 only).  A unix listener removes a stale socket
+    file first, refuses a live one (:class:`~enchufe.errors.AddressInUse`) or any file that is
+    not a socket (:class:`~enchufe.errors.NotASocket`), and sets the file's permissions to
+    ``mode`` when given.
+    """
+    sock, real, owned = open_listener(
+        _socket_address(address, stream=True, role="listen"),
+        backlog=backlog,
+        mode=mode,
+        reuse_port=reuse_port,
+    )
+    return Listener(sock, real, owned)
+
+
+def connect(
+    address: Address | str,
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_delay: float = DEFAULT_RETRY_DELAY,
+) -> Connection:
+    """Connect a stream socket to ``address``: a :class:`Connection`.
+
+    ``timeout`` bounds each connection attempt (``None``: the kernel's own, minutes for TCP).
+    A refused connection, a socket file that does not exist yet and a timed-out attempt are
+    retried ``retries`` more times, each with a new socket.  Host names are resolved here and
+    every address they resolve to is tried in order.
+    """
+    sock, _owned = open_connection(
+        _socket_address(address, stream=True, role="connect"),
+        timeout=timeout,
+        retries=retries,
+        retry_delay=retry_delay,
+    )
+    return Connection(sock)
+
+
+def bind_datagram(
+    address: Address | str, *, mode: int | None = None, reuse_port: bool = False
+) -> DatagramSocket:
+    """A datagram socket bound to ``address``, ready for ``recvfrom`` and ``sendto``.
+
+    Unix socket files are handled as for :func:`listen`.
+    """
+    sock, real, owned = open_datagram(
+        _socket_address(address, stream=False, role="bind_datagram"), mode=mode, reuse_port=reuse_port
+    )
+    return DatagramSocket(sock, owned=owned, local_address=real)
+
+
+def connect_datagram(
+    address: Address | str,
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_delay: float = DEFAULT_RETRY_DELAY,
+) -> DatagramSocket:
+    """A datagram socket connected to ``address``: ``send`` and ``recv`` talk to that peer only.
+
+    A unixgram client is bound first to an automatic reply address (a Linux abstract name, or
+    a temporary path removed on close), so that the server can answer it.
+    """
+    target = _socket_address(address, stream=False, role="connect_datagram")
+    sock, owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
+    return DatagramSocket(sock, owned=owned, peer_address=target)

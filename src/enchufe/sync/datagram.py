@@ -1,0 +1,194 @@
+"""Blocking datagram endpoints: :class:`DatagramSocket` for udp and unixgram alike."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from types import TracebackType
+
+from .. import _sockets
+from ..address import InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
+from ..errors import (
+    AddressError,
+    ClosedError,
+    DatagramTruncated,
+    UsageError,
+    translate,
+)
+
+__all__ = ["DatagramSocket"]
+
+#: Receive buffer for one datagram.  The largest UDP payload is 65,507 bytes (IPv4) / 65,527
+#: (IPv6), so 64 KiB never truncates UDP; unix datagrams may be larger (up to the socket's
+#: send buffer) and are reported as truncated rather than silently cut.
+DEFAULT_MAX_DATAGRAM = 65536
+
+#: Resolved destinations kept per socket, so that sendto() to a host name does not ask the
+#: resolver for every datagram; a bound keeps a socket that writes to many peers small.
+_RESOLVE_CACHE_SIZE = 256
+
+
+class DatagramSocket:
+    """A datagram socket (UDP over IPv4/IPv6, or unixgram): message boundaries are kept.
+
+    * ``sendto(data, address)`` sends one datagram; :class:`~enchufe.errors.MessageTooLarge`
+      if it cannot go in one piece.
+    * ``recvfrom()`` returns one datagram and its sender (an enchufe address, or ``None`` for an
+      unbound unix sender).  A datagram larger than ``max_size`` raises
+      :class:`~enchufe.errors.DatagramTruncated` carrying the part that fitted and the real size:
+      never a silently cut datagram.
+    * When connected (:func:`enchufe.connect_datagram`), ``send``/``recv`` talk to the one peer;
+      an ICMP "port unreachable" comes back as :class:`~enchufe.errors.ConnectionRefused`.
+    * ``close`` is idempotent and removes a socket file this socket created.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        owned: _sockets.SocketFile | None = None,
+        local_address: SocketAddress | None = None,
+        peer_address: SocketAddress | None = None,
+    ) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._owned = owned
+        self._closed = False
+        self._buffer = bytearray(DEFAULT_MAX_DATAGRAM)
+        self._resolved: dict[SocketAddress, object] = {}
+        self.local_address = local_address or from_sockaddr(sock.family, sock.type, sock.getsockname())
+        self.peer_address = peer_address
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("this datagram socket is closed")
+
+    def set_timeout(self, seconds: float | None) -> None:
+        """Make ``recvfrom``/``recv`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
+        self._check()
+        self._sock.settimeout(seconds)
+
+    # -- sending
+
+    def sendto(self, data: bytes, address: SocketAddress | str) -> int:
+        """Send ``data`` as one datagram to ``address``; returns the bytes sent (all of them)."""
+        self._check()
+        target = parse(address) if isinstance(address, str) else address
+        sockaddr = self._sockaddr_for(target)
+        try:
+            return _sockets.sendto(self._sock, bytes(data), sockaddr)
+        except OSError as exc:
+            raise translate(exc, f"send a {len(data)}-byte datagram to {target}") from exc
+
+    def send(self, data: bytes) -> int:
+        """Send one datagram to the connected peer."""
+        self._check()
+        if self.peer_address is None:
+            raise UsageError("send() needs a connected datagram socket; use sendto(data, address)")
+        try:
+            return _sockets.sendto(self._sock, bytes(data), None)
+        except OSError as exc:
+            raise translate(exc, f"send a {len(data)}-byte datagram to {self.peer_address}") from exc
+
+    def _sockaddr_for(self, target: object) -> object:
+        if not isinstance(target, InetAddress | UnixAddress) or target.is_stream:
+            raise AddressError(f"{target}: a datagram socket sends to udp:// or unixgram: addresses")
+        cached = self._resolved.get(target)
+        if cached is not None:
+            return cached
+        family = self._sock.family
+        sockaddr: object
+        if isinstance(target, UnixAddress):
+            if family != socket.AF_UNIX:
+                raise AddressError(f"{target}: this is a udp socket; it cannot send to a unix address")
+            sockaddr = target.sockaddr
+        else:
+            if family == socket.AF_UNIX:
+                raise AddressError(f"{target}: this is a unixgram socket; it cannot send to udp")
+            sockaddr = self._inet_sockaddr(target, family)
+        if len(self._resolved) >= _RESOLVE_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[target] = sockaddr
+        return sockaddr
+
+    def _inet_sockaddr(self, target: InetAddress, family: int) -> object:
+        targets = _sockets.resolve(target, passive=False)
+        for t in targets:
+            if t.family == family:
+                return t.sockaddr
+        if family == socket.AF_INET6 and not _v6only(self._sock):
+            # A dual-stack socket reaches IPv4 peers through their IPv4-mapped address.
+            host, port = targets[0].sockaddr  # type: ignore[misc]
+            return (str(ipaddress.IPv6Address(f"::ffff:{host}")), port, 0, 0)
+        have = "IPv6" if family == socket.AF_INET6 else "IPv4"
+        raise AddressError(f"{target}: has no {have} address, and this socket is {have}")
+
+    # -- receiving
+
+    def recvfrom(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> tuple[bytes, SocketAddress | None]:
+        """One datagram and its sender.  Blocks until one comes (or the timeout passes)."""
+        self._check()
+        if max_size < 1:
+            raise UsageError(f"max_size must be at least 1, not {max_size}")
+        if len(self._buffer) != max_size:
+            self._buffer = bytearray(max_size)
+        try:
+            size, truncated, raw = _sockets.recvfrom_into(self._sock, self._buffer)
+        except OSError as exc:
+            where = f"from {self.peer_address}" if self.peer_address else f"on {self.local_address}"
+            raise translate(exc, f"receive a datagram {where}") from exc
+        sender = from_sockaddr(self._sock.family, self._sock.type, raw) if raw else None
+        data = bytes(self._buffer[: min(size, max_size)])
+        if truncated:
+            raise DatagramTruncated(
+                f"a datagram of {size} bytes from {sender or 'an unbound sender'} was larger than "
+                f"the {max_size}-byte receive buffer and was cut; raise the maximum size",
+                data=data,
+                size=size,
+                sender=sender,
+            )
+        return data, sender
+
+    def recv(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> bytes:
+        """One datagram's payload (on a connected socket, only the peer's datagrams arrive)."""
+        return self.recvfrom(max_size)[0]
+
+    # -- closing
+
+    def close(self) -> None:
+        """Close the socket and remove a socket file it created.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            _sockets.close(self._sock)
+        if self._owned is not None:
+            self._owned.release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> DatagramSocket:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        peer = f" → {self.peer_address}" if self.peer_address else ""
+        return f"<DatagramSocket {self.local_address}{peer}{' closed' if self._closed else ''}>"
+
+
+def _v6only(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
