@@ -20,6 +20,7 @@ import struct
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import trace
 from .address import InetAddress, SocketAddress, UnixAddress
@@ -37,9 +38,16 @@ from .errors import (
 #: cost the kernel little, so ask for the most it allows.
 DEFAULT_BACKLOG = 4096
 
-_FAMILY_NAMES = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6", socket.AF_UNIX: "AF_UNIX"}
-_TYPE_NAMES = {socket.SOCK_STREAM: "SOCK_STREAM", socket.SOCK_DGRAM: "SOCK_DGRAM"}
+_FAMILY_NAMES: dict[int, str] = {
+    socket.AF_INET: "AF_INET",
+    socket.AF_INET6: "AF_INET6",
+    socket.AF_UNIX: "AF_UNIX",
+}
+_TYPE_NAMES: dict[int, str] = {socket.SOCK_STREAM: "SOCK_STREAM", socket.SOCK_DGRAM: "SOCK_DGRAM"}
 _UCRED = struct.Struct("3i")
+
+#: What Python's socket module takes as an address: (host, port[, flow, scope]), a path, or bytes.
+SockAddr = tuple[Any, ...] | str | bytes
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class Target:
     """One concrete socket address to bind or connect to, after resolution."""
 
     family: socket.AddressFamily
-    sockaddr: object
+    sockaddr: SockAddr
     #: listen on IPv6 and IPv4 at once (IPV6_V6ONLY=0); only for wildcard listeners asked so.
     dual_stack: bool = False
 
@@ -64,14 +72,14 @@ class Target:
 # ---------------------------------------------------------------------------- formatting
 
 
-def describe_sockaddr(family: int, sockaddr: object) -> str:
+def describe_sockaddr(family: int, sockaddr: Any) -> str:
     """``127.0.0.1:9000``, ``[::1]:9000``, ``/run/app.sock``, ``@name`` or ``(unnamed)``."""
     if family == socket.AF_INET:
-        host, port = sockaddr  # type: ignore[misc]
+        host, port = sockaddr
         return f"{host}:{port}"
     if family == socket.AF_INET6:
-        host, port = sockaddr[:2]  # type: ignore[index]
-        scope = sockaddr[3] if len(sockaddr) > 3 else 0  # type: ignore[arg-type, index]
+        host, port = sockaddr[:2]
+        scope = sockaddr[3] if len(sockaddr) > 3 else 0
         if scope and "%" not in host:
             host = f"{host}%{scope}"
         return f"[{host}]:{port}"
@@ -111,10 +119,10 @@ def setsockopt(sock: socket.socket, level: int, option: int, value: int, name: s
         trace.emit(f"setsockopt(fd {sock.fileno()}, {name}, {value})")
 
 
-def bind(sock: socket.socket, sockaddr: object) -> None:
+def bind(sock: socket.socket, sockaddr: SockAddr) -> None:
     call = f"bind(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
     try:
-        sock.bind(sockaddr)  # type: ignore[arg-type]
+        sock.bind(sockaddr)
     except OSError as exc:
         _fail(call, exc)
         raise
@@ -141,10 +149,10 @@ def accept(sock: socket.socket) -> tuple[socket.socket, object]:
     return conn, peer
 
 
-def connect(sock: socket.socket, sockaddr: object) -> None:
+def connect(sock: socket.socket, sockaddr: SockAddr) -> None:
     call = f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
     try:
-        sock.connect(sockaddr)  # type: ignore[arg-type]
+        sock.connect(sockaddr)
     except OSError as exc:
         _fail(call, exc)
         raise
@@ -174,11 +182,11 @@ def recv(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def sendto(sock: socket.socket, data: bytes, sockaddr: object | None) -> int:
+def sendto(sock: socket.socket, data: bytes, sockaddr: SockAddr | None) -> int:
     where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
     call = f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where})"
     try:
-        sent = sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)  # type: ignore[arg-type]
+        sent = sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)
     except OSError as exc:
         _fail(call, exc)
         raise
@@ -255,16 +263,22 @@ def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
     if address.host == "":
         if not passive:
             raise AddressError(
-                f"{str(address)!r}: a client needs a host to reach, e.g. "
-                f"{address.scheme}://{'[::1]' if address.forced_family == 6 else '127.0.0.1'}:{address.port or 9000}"
+                f"{str(address)!r}: a client needs a host to reach, e.g. {address.scheme}://"
+                f"{'[::1]' if address.forced_family == 6 else '127.0.0.1'}:{address.port or 9000}"
             )
         if address.forced_family == 4 or (address.forced_family is None and not _has_ipv6()):
             return [Target(socket.AF_INET, ("0.0.0.0", address.port))]
         return [
-            Target(socket.AF_INET6, ("::", address.port, 0, 0), dual_stack=address.forced_family is None)
+            Target(
+                socket.AF_INET6,
+                ("::", address.port, 0, 0),
+                dual_stack=address.forced_family is None,
+            )
         ]
     if not passive and address.port == 0:
-        raise AddressError(f"{str(address)!r}: port 0 only makes sense when listening; name the server's port")
+        raise AddressError(
+            f"{str(address)!r}: port 0 only makes sense when listening; name the server's port"
+        )
     family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(address.family or 0, socket.AF_UNSPEC)
     literal = address.family is not None and address.forced_family in (None, address.family)
     flags = socket.AI_NUMERICHOST if literal else 0
@@ -274,7 +288,8 @@ def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
         infos = socket.getaddrinfo(address.host, address.port, family, sock_type, 0, flags)
     except socket.gaierror as exc:
         raise NameResolutionError(
-            f"cannot resolve {address.host!r} in {address}: {exc.strerror}; check the name, or use an IP address",
+            f"cannot resolve {address.host!r} in {address}: {exc.strerror}; "
+            "check the name, or use an IP address",
             errno=exc.errno,
         ) from exc
     targets: list[Target] = []
@@ -581,4 +596,3 @@ def _worth_retrying(error: NetworkError) -> bool:
     from .errors import ConnectionRefused, TimedOut
 
     return isinstance(error, ConnectionRefused | TimedOut)
-

@@ -28,6 +28,7 @@ import shlex
 import socket
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from .errors import AddressError
 
@@ -61,7 +62,7 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za
 
 
 class Kind(Enum):
-    """The six kinds of socket enchufe speaks: domain × type."""
+    """The six kinds of socket enchufe speaks: domain by type."""
 
     TCP4 = ("tcp4", socket.AF_INET, socket.SOCK_STREAM)
     TCP6 = ("tcp6", socket.AF_INET6, socket.SOCK_STREAM)
@@ -76,11 +77,13 @@ class Kind(Enum):
 
     @property
     def family(self) -> socket.AddressFamily:
-        return self.value[1]  # type: ignore[no-any-return]
+        family: socket.AddressFamily = self.value[1]
+        return family
 
     @property
     def type(self) -> socket.SocketKind:
-        return self.value[2]  # type: ignore[no-any-return]
+        kind: socket.SocketKind = self.value[2]
+        return kind
 
     @property
     def is_stream(self) -> bool:
@@ -238,9 +241,7 @@ def parse(text: str) -> Address:
         return _parse_exec(text, rest)
     if lowered == "stdio":
         raise AddressError(f"{text!r}: stdio takes nothing after the colon; write - or stdio:")
-    raise AddressError(
-        f"{text!r}: unknown scheme {scheme!r}; accepted: {_KNOWN} (e.g. tcp://127.0.0.1:9000)"
-    )
+    raise AddressError(f"{text!r}: unknown scheme {scheme!r}; accepted: {_KNOWN} (e.g. tcp://127.0.0.1:9000)")
 
 
 def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
@@ -360,9 +361,7 @@ def _literal_family(host: str) -> int | None:
     return 4
 
 
-def from_sockaddr(
-    family: int, sock_type: int, sockaddr: object
-) -> InetAddress | UnixAddress | None:
+def from_sockaddr(family: int, sock_type: int, sockaddr: Any) -> InetAddress | UnixAddress | None:
     """The enchufe address for what ``getsockname``/``getpeername``/``recvfrom`` returned.
 
     ``None`` when there is no address (an unbound unix socket).  IPv4-mapped IPv6 peers are
@@ -370,10 +369,10 @@ def from_sockaddr(
     """
     stream = sock_type == socket.SOCK_STREAM
     if family == socket.AF_INET:
-        host, port = sockaddr  # type: ignore[misc]
+        host, port = sockaddr
         return InetAddress("tcp" if stream else "udp", host, port)
     if family == socket.AF_INET6:
-        host, port, _flow, scope = sockaddr  # type: ignore[misc]
+        host, port, _flow, scope = sockaddr
         if scope and "%" not in host:
             host = f"{host}%{scope}"
         return InetAddress("tcp" if stream else "udp", host, port)

@@ -148,8 +148,14 @@ class DatagramTruncated(NetworkError):
 
 # errno → (error class, what to try).  The hint completes "… : <strerror>; <hint>".
 _BY_ERRNO: dict[int, tuple[type[NetworkError], str]] = {
-    _errno.ECONNREFUSED: (ConnectionRefused, "is a server listening there? (--retry waits for one)"),
-    _errno.ENOENT: (ConnectionRefused, "no socket file there yet: start the server first, or use --retry"),
+    _errno.ECONNREFUSED: (
+        ConnectionRefused,
+        "is a server listening there? (--retry waits for one)",
+    ),
+    _errno.ENOENT: (
+        ConnectionRefused,
+        "no socket file there yet: start the server first, or use --retry",
+    ),
     _errno.ECONNRESET: (ConnectionReset, "the peer aborted the connection"),
     _errno.EPIPE: (ConnectionReset, "the peer closed the connection"),
     _errno.ECONNABORTED: (ConnectionReset, "the connection was aborted"),

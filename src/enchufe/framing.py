@@ -99,9 +99,7 @@ def _check_announced(length: int, max_size: int) -> int:
     return length
 
 
-def encode(
-    message: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
-) -> bytes:
+def encode(message: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
     """Return the bytes that carry ``message`` on the wire: its length prefix, then the payload.
 
     ``message`` may be any bytes-like object; its size is counted in bytes.  Raises
@@ -120,9 +118,7 @@ def encode(
         return b"".join((HEADER.pack(size), payload))
 
 
-def parse_header(
-    header: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
-) -> int:
+def parse_header(header: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> int:
     """Return the payload length announced by a :data:`HEADER_SIZE`-byte length prefix.
 
     Use it to read framed messages with blocking reads: read exactly :data:`HEADER_SIZE` bytes,
@@ -279,8 +275,6 @@ class Framer:
         if self._pending is None:
             what = f"{got} of the {HEADER_SIZE} header bytes arrived"
         else:
-            what = (
-                f"{got - HEADER_SIZE} of the {self._pending} bytes of the message's payload arrived"
-            )
+            what = f"{got - HEADER_SIZE} of the {self._pending} bytes of the message's payload arrived"
         self._pending = None
         raise IncompleteRead(f"the stream ended in the middle of a message: {what}", partial)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["Sink", "actor", "disable", "emit", "enable", "enabled", "stderr_sink"]
+__all__ = ["Sink", "actor", "current_sink", "disable", "emit", "enable", "enabled", "stderr_sink"]
 
 Sink = Callable[[str], None]
 
@@ -51,6 +51,11 @@ def disable() -> None:
     """Stop narrating."""
     global _sink
     _sink = None
+
+
+def current_sink() -> Sink | None:
+    """The sink in use, so that a caller can put it back after borrowing the narration."""
+    return _sink
 
 
 def enabled() -> bool:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_listener
 from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from ..errors import AddressError
-from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_listener
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
@@ -92,7 +92,9 @@ def bind_datagram(
     Unix socket files are handled as for :func:`listen`.
     """
     sock, real, owned = open_datagram(
-        _socket_address(address, stream=False, role="bind_datagram"), mode=mode, reuse_port=reuse_port
+        _socket_address(address, stream=False, role="bind_datagram"),
+        mode=mode,
+        reuse_port=reuse_port,
     )
     return DatagramSocket(sock, owned=owned, local_address=real)
 

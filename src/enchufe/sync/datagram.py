@@ -8,6 +8,7 @@ import socket
 from types import TracebackType
 
 from .. import _sockets
+from .._sockets import SockAddr
 from ..address import InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
 from ..errors import (
     AddressError,
@@ -56,7 +57,7 @@ class DatagramSocket:
         self._owned = owned
         self._closed = False
         self._buffer = bytearray(DEFAULT_MAX_DATAGRAM)
-        self._resolved: dict[SocketAddress, object] = {}
+        self._resolved: dict[SocketAddress, SockAddr] = {}
         self.local_address = local_address or from_sockaddr(sock.family, sock.type, sock.getsockname())
         self.peer_address = peer_address
 
@@ -98,14 +99,14 @@ class DatagramSocket:
         except OSError as exc:
             raise translate(exc, f"send a {len(data)}-byte datagram to {self.peer_address}") from exc
 
-    def _sockaddr_for(self, target: object) -> object:
+    def _sockaddr_for(self, target: object) -> SockAddr:
         if not isinstance(target, InetAddress | UnixAddress) or target.is_stream:
             raise AddressError(f"{target}: a datagram socket sends to udp:// or unixgram: addresses")
         cached = self._resolved.get(target)
         if cached is not None:
             return cached
         family = self._sock.family
-        sockaddr: object
+        sockaddr: SockAddr
         if isinstance(target, UnixAddress):
             if family != socket.AF_UNIX:
                 raise AddressError(f"{target}: this is a udp socket; it cannot send to a unix address")
@@ -119,14 +120,14 @@ class DatagramSocket:
         self._resolved[target] = sockaddr
         return sockaddr
 
-    def _inet_sockaddr(self, target: InetAddress, family: int) -> object:
+    def _inet_sockaddr(self, target: InetAddress, family: int) -> SockAddr:
         targets = _sockets.resolve(target, passive=False)
         for t in targets:
             if t.family == family:
                 return t.sockaddr
         if family == socket.AF_INET6 and not _v6only(self._sock):
             # A dual-stack socket reaches IPv4 peers through their IPv4-mapped address.
-            host, port = targets[0].sockaddr  # type: ignore[misc]
+            host, port = targets[0].sockaddr[:2]  # type: ignore[str-unpack]
             return (str(ipaddress.IPv6Address(f"::ffff:{host}")), port, 0, 0)
         have = "IPv6" if family == socket.AF_INET6 else "IPv4"
         raise AddressError(f"{target}: has no {have} address, and this socket is {have}")

@@ -1,0 +1,102 @@
+"""The ``enchufe`` command: a thin layer over the library, one module per command.
+
+Commands are imported only when run, so ``enchufe --help`` stays fast.  Errors are mapped to
+exit statuses in one place (:func:`main`): bad input 2, runtime failures 1, never a traceback
+unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from ._common import Settings, global_options, settings
+
+# name → (module, one-line help).  The help is repeated here so that listing the commands
+# does not import them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "listen": (
+        "listen",
+        "Passive side: accept a client (or bind a datagram socket), pipe stdio.",
+    ),
+    "connect": ("connect", "Active side: connect to ADDRESS and pipe stdin and stdout through it."),
+    "send": ("send", "Send DATA (or stdin) as one datagram or one stream write, then close."),
+    "recv": ("recv", "Bind a datagram socket and print each datagram."),
+    "tour": ("tour", "Every kind's server and client on loopback, narrated, then a summary."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module = importlib.import_module(f"{__name__}.{entry[0]}")
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_m, help_) in COMMANDS.items()])
+
+
+@click.group(
+    cls=LazyGroup,
+    invoke_without_command=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@global_options
+@click.version_option(package_name="enchufe", prog_name="enchufe")
+def cli(**_options: Any) -> None:
+    """Stream and datagram sockets for UNIX, IPv4 and IPv6, in one address syntax.
+
+    \b
+    Addresses: tcp://HOST:PORT  tcp4://…  tcp6://[HOST]:PORT  udp://HOST:PORT  udp4://…  udp6://…
+               unix:///abs/path  unix:rel/path  unix:@abstract
+               unixgram:///abs/path  unixgram:rel/path  unixgram:@abstract
+
+    New here? Run `enchufe tour`.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and exit with the contract's status: 0 done, 1 runtime failure, 2 bad input."""
+    from ..errors import EnchufeError, UsageError
+
+    try:
+        # Outside standalone mode click returns the exit code a command asked for.
+        status = cli.main(args=argv, prog_name="enchufe", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError | click.BadParameter) else exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except EnchufeError as exc:
+        if settings.debug:
+            traceback.print_exc()
+        click.echo(f"enchufe: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # stdout closed by its reader (`enchufe recv … | head`): not an error of ours.
+        _silence_stdout()
+        sys.exit(0)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+__all__ = ["Settings", "cli", "main"]

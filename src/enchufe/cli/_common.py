@@ -1,0 +1,157 @@
+"""What every command shares: global options, event lines, stop signals, datagram output."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Settings:
+    """Global options, merged from before and after the command name."""
+
+    trace: bool = False
+    verbose: int = 0
+    debug: bool = False
+    quiet: bool = False
+    json: bool = False
+
+
+settings = Settings()
+
+
+def _set_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if not value:
+            return
+        if name == "verbose":
+            settings.verbose += int(value)
+            return
+        setattr(settings, name, True)
+        if name == "trace":
+            from .. import trace
+
+            trace.enable()
+
+    return callback
+
+
+def global_options(f: F) -> F:
+    """--trace, -v, --debug, --quiet: accepted before and after the command name."""
+    options = [
+        click.option(
+            "--trace",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_flag("trace"),
+            help="Narrate every system call on stderr.",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            count=True,
+            expose_value=False,
+            callback=_set_flag("verbose"),
+            help="Say more (repeat for more).",
+        ),
+        click.option(
+            "--debug",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_flag("debug"),
+            help="Show tracebacks.",
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_flag("quiet"),
+            help="Only errors on stderr.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def json_option(f: F) -> F:
+    return click.option(
+        "--json",
+        "json_",
+        is_flag=True,
+        help="Events (and datagrams) as JSON objects, one per line.",
+    )(f)
+
+
+def event(name: str, message: str, *, level: int = 0, **fields: Any) -> None:
+    """Report an event on stderr: a JSON object with ``--json``, else ``message``.
+
+    ``level`` 0 is shown unless ``--quiet``; 1 needs ``-v``.
+    """
+    if settings.quiet and name != "error":
+        return
+    if settings.json:
+        record = {"event": name, **fields}
+        sys.stderr.write(json.dumps(record) + "\n")
+    elif settings.verbose >= level:
+        sys.stderr.write(message + "\n")
+    else:
+        return
+    sys.stderr.flush()
+
+
+def stop_on_sigterm() -> None:
+    """Let SIGTERM stop a server the way Ctrl-C does (as KeyboardInterrupt in the main thread)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class DatagramPrinter:
+    """Writes received datagrams to stdout: raw payload, ``--json`` lines or ``--hex`` dumps."""
+
+    def __init__(self, *, as_json: bool, as_hex: bool) -> None:
+        self.as_json = as_json
+        self.as_hex = as_hex
+        self.out = sys.stdout.buffer
+
+    def __call__(self, data: bytes, sender: object) -> None:
+        if self.as_json:
+            record: dict[str, Any] = {
+                "from": str(sender) if sender is not None else None,
+                "size": len(data),
+                "base64": base64.b64encode(data).decode("ascii"),
+            }
+            with contextlib.suppress(UnicodeDecodeError):
+                record["text"] = data.decode("utf-8")
+            self.out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        elif self.as_hex:
+            who = str(sender) if sender is not None else "(unbound sender)"
+            self.out.write(f"from {who}, {len(data)} bytes\n".encode() + hexdump(data))
+        else:
+            self.out.write(data)
+        self.out.flush()
+
+
+def hexdump(data: bytes) -> bytes:
+    """The classic 16-bytes-a-line dump: offset, hex bytes, printable characters."""
+    lines = []
+    for offset in range(0, len(data), 16):
+        row = data[offset : offset + 16]
+        hexes = " ".join(f"{b:02x}" for b in row)
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{offset:08x}  {hexes:<47}  |{text}|\n")
+    return "".join(lines).encode()

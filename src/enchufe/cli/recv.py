@@ -1,0 +1,54 @@
+"""enchufe recv ADDRESS: bind a datagram socket and print what arrives."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import DatagramPrinter, event, global_options, json_option, stop_on_sigterm
+from .listen import _parse_mode, _warn_truncated
+
+
+@click.command("recv")
+@click.argument("address")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after N datagrams.")
+@click.option("--hex", "hex_", is_flag=True, help="A hex dump per datagram, sender first.")
+@click.option(
+    "--max-size",
+    type=click.IntRange(1),
+    default=65536,
+    show_default=True,
+    help="Largest datagram accepted; larger ones are reported as truncated.",
+)
+@click.option("--mode", default=None, help="Permissions of a unixgram socket file, e.g. 660.")
+@json_option
+@global_options
+def command(address: str, count: int | None, hex_: bool, max_size: int, mode: str | None, json_: bool) -> int:
+    """Bind ADDRESS (udp:// or unixgram:) and print each datagram that arrives.
+
+    By default each payload is written exactly as received; --json writes one object per line
+    (from, size, base64, text); --hex a dump per datagram.
+    """
+    from .. import AddressError, bind_datagram, parse
+    from ..stdio import pump_datagram
+
+    target = parse(address)
+    if target.is_stream:
+        raise AddressError(
+            f"{address}: recv takes a datagram address (udp://…, unixgram:…); "
+            f"for a stream use `enchufe listen {address}`"
+        )
+    stop_on_sigterm()
+    with bind_datagram(target, mode=_parse_mode(mode)) as sock:
+        event("listening", f"listening on {sock.local_address}", address=str(sock.local_address))
+        try:
+            pump_datagram(
+                sock,
+                DatagramPrinter(as_json=json_, as_hex=hex_),
+                stdin_fd=None,
+                count=count,
+                max_size=max_size,
+                on_truncated=_warn_truncated,
+            )
+        except KeyboardInterrupt:
+            return 0
+    return 0

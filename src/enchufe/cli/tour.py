@@ -1,0 +1,20 @@
+"""enchufe tour: the six kinds on loopback, narrated, then a summary table."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ._common import global_options
+
+
+@click.command("tour")
+@global_options
+def command() -> int:
+    """Run a server and a client for each of the six kinds on loopback, narrating each system
+    call in lifecycle order, then print a summary table.  Exits 0 only if all six worked."""
+    from ..tour import run
+
+    results = run(sys.stdout)
+    return 0 if all(r.ok for r in results) else 1

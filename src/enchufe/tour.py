@@ -1,0 +1,275 @@
+"""The tour: for each of the six kinds, a server and a client on loopback, narrated call by call.
+
+Server and client run in two threads of this process.  They take turns at the points where the
+socket lifecycle has an order (the server listens before the client connects, the client sends
+before the server answers), so the narration reads in that order: create, bind, listen,
+connect, accept, exchange, close, and for datagrams sendto/recvfrom with the sender's address.
+Every line that looks like a system call is printed by the code that made the call
+(:mod:`enchufe.trace`); the tour only adds the lines starting with ``·``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from . import trace
+from .address import Kind, SocketAddress
+from .errors import EnchufeError
+from .sync import bind_datagram, connect, connect_datagram, listen
+
+__all__ = ["TourResult", "run"]
+
+#: No step of the tour may block longer than this: a kind that does not work fails, it never hangs.
+STEP_TIMEOUT = 5.0
+
+_STORIES = {
+    Kind.TCP4: "a telephone call over IPv4: listen, connect, accept, talk, hang up",
+    Kind.TCP6: "the same call over IPv6",
+    Kind.UDP4: "letters over IPv4: each datagram carries its sender's address",
+    Kind.UDP6: "letters over IPv6",
+    Kind.UNIX: "a call between processes on this host, through a socket file",
+    Kind.UNIXGRAM: "letters between processes on this host; the client gets a reply address",
+}
+
+
+@dataclass
+class TourResult:
+    """How one kind fared."""
+
+    kind: Kind
+    server_address: str = ""
+    sent: int = 0
+    received: int = 0
+    round_trip: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Turns:
+    """Hand-offs between the server and client threads, each bounded by STEP_TIMEOUT."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.failed: str | None = None
+
+    def _event(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._events.setdefault(name, threading.Event())
+
+    def done(self, name: str) -> None:
+        self._event(name).set()
+
+    def wait(self, name: str) -> None:
+        if not self._event(name).wait(STEP_TIMEOUT):
+            raise TimeoutError(f"the other side did not get to {name!r} within {STEP_TIMEOUT:g} s")
+        if self.failed:
+            raise RuntimeError("the other side failed")
+
+
+def _addresses(folder: str) -> dict[Kind, str]:
+    return {
+        Kind.TCP4: "tcp://127.0.0.1:0",
+        Kind.TCP6: "tcp://[::1]:0",
+        Kind.UDP4: "udp://127.0.0.1:0",
+        Kind.UDP6: "udp://[::1]:0",
+        Kind.UNIX: f"unix://{folder}/stream.sock",
+        Kind.UNIXGRAM: f"unixgram://{folder}/datagram.sock",
+    }
+
+
+def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str], None]) -> None:
+    message = b"hello, server: this is the client"
+    ready: list[SocketAddress] = []
+
+    def server() -> None:
+        with trace.actor("server"):
+            note("the server creates a socket, binds it to an address and listens (passive)")
+            with listen(address) as listener:
+                ready.append(listener.address)
+                result.server_address = str(listener.address)
+                turns.done("listening")
+                turns.wait("connected")
+                with listener.accept() as conn:
+                    conn.set_timeout(STEP_TIMEOUT)
+                    turns.done("accepted")
+                    turns.wait("sent")
+                    note("the server reads until EOF, then answers and hangs up")
+                    request = b""
+                    while chunk := conn.recv():
+                        request += chunk
+                    conn.send_all(request.upper())
+                turns.done("answered")
+                turns.wait("client closed")
+
+    thread = threading.Thread(target=_guard(server, turns), name="tour-server")
+    thread.start()
+    try:
+        turns.wait("listening")
+        with trace.actor("client"):
+            note("the client creates its own socket and connects (active); the kernel queues it")
+            with connect(ready[0], timeout=STEP_TIMEOUT) as conn:
+                conn.set_timeout(STEP_TIMEOUT)
+                turns.done("connected")
+                turns.wait("accepted")
+                note("the client sends, then half-closes: shutdown(SHUT_WR) means 'I am done'")
+                started = time.perf_counter()
+                conn.send_all(message)
+                conn.shutdown_write()
+                result.sent = len(message)
+                turns.done("sent")
+                turns.wait("answered")
+                answer = b""
+                while chunk := conn.recv():
+                    answer += chunk
+                result.round_trip = time.perf_counter() - started
+                result.received = len(answer)
+            turns.done("client closed")
+        if answer != message.upper():
+            raise RuntimeError(f"the answer was {answer!r}, expected {message.upper()!r}")
+    finally:
+        thread.join(STEP_TIMEOUT * 4)
+
+
+def _datagram(address: str, turns: _Turns, result: TourResult, note: Callable[[str], None]) -> None:
+    message = b"hello, server: this is the client"
+    ready: list[SocketAddress] = []
+
+    def server() -> None:
+        with trace.actor("server"):
+            note("the server creates a datagram socket and binds it: a mailbox, no listen()")
+            with bind_datagram(address) as sock:
+                sock.set_timeout(STEP_TIMEOUT)
+                ready.append(sock.local_address)  # type: ignore[arg-type]
+                result.server_address = str(sock.local_address)
+                turns.done("bound")
+                turns.wait("sent")
+                note("recvfrom() tells the server who wrote; it answers to that address")
+                data, sender = sock.recvfrom()
+                if sender is None:
+                    raise RuntimeError("the datagram came without a sender address")
+                sock.sendto(data.upper(), sender)
+                turns.done("answered")
+                turns.wait("client closed")
+
+    thread = threading.Thread(target=_guard(server, turns), name="tour-server")
+    thread.start()
+    try:
+        turns.wait("bound")
+        with trace.actor("client"):
+            note("the client's connect() only sets a default destination: nothing is sent yet")
+            with connect_datagram(ready[0]) as sock:
+                sock.set_timeout(STEP_TIMEOUT)
+                started = time.perf_counter()
+                sock.send(message)
+                result.sent = len(message)
+                turns.done("sent")
+                turns.wait("answered")
+                answer = sock.recv()
+                result.round_trip = time.perf_counter() - started
+                result.received = len(answer)
+            turns.done("client closed")
+        if answer != message.upper():
+            raise RuntimeError(f"the answer was {answer!r}, expected {message.upper()!r}")
+    finally:
+        thread.join(STEP_TIMEOUT * 4)
+
+
+def _guard(body: Callable[[], None], turns: _Turns) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            body()
+        except (EnchufeError, OSError, RuntimeError) as exc:
+            turns.failed = f"server: {exc}"
+
+    return run
+
+
+def run(out: TextIO) -> list[TourResult]:
+    """Run the tour, writing the narration and the summary table to ``out``."""
+    lock = threading.Lock()
+
+    def write(line: str) -> None:
+        with lock:
+            out.write(line + "\n")
+            out.flush()
+
+    def note(text: str) -> None:
+        trace.emit(f"· {text}")
+
+    previous = trace.current_sink()
+    folder = tempfile.mkdtemp(prefix="enchufe-tour-")
+    results: list[TourResult] = []
+    write("enchufe tour: a server and a client for each kind of socket, on this machine only.")
+    write("Every line with parentheses is a system call, printed as it returns.")
+    trace.enable(write)
+    try:
+        for kind, address in _addresses(folder).items():
+            family, type_ = kind.family.name, kind.type.name
+            write("")
+            write(f"== {kind.label}: {family}, {type_}: {_STORIES[kind]}")
+            result = TourResult(kind)
+            turns = _Turns()
+            exchange = _stream if kind.is_stream else _datagram
+            try:
+                exchange(address, turns, result, note)
+            except (EnchufeError, OSError, RuntimeError) as exc:
+                result.error = turns.failed or str(exc)
+            if result.error is None and turns.failed:
+                result.error = turns.failed
+            if result.error:
+                write(f"   FAILED: {result.error}")
+            results.append(result)
+    finally:
+        if previous is None:
+            trace.disable()
+        else:
+            trace.enable(previous)
+        shutil.rmtree(folder, ignore_errors=True)
+    write("")
+    write(summary(results))
+    return results
+
+
+def summary(results: list[TourResult]) -> str:
+    """The table: kind, server address, bytes each way, round-trip time, result."""
+    header = ("kind", "server address", "client→server", "server→client", "round trip", "result")
+    rows = [header]
+    for r in results:
+        rtt = f"{r.round_trip * 1e3:.2f} ms" if r.round_trip is not None else "-"
+        rows.append(
+            (
+                r.kind.label,
+                r.server_address or "-",
+                f"{r.sent} B",
+                f"{r.received} B",
+                rtt,
+                "ok" if r.ok else "FAILED",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {2, 3, 4}
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    passed = sum(r.ok for r in results)
+    lines.append("")
+    lines.append(
+        f"{passed} of {len(results)} kinds worked."
+        + ("" if passed == len(results) else " See the FAILED lines above.")
+    )
+    return "\n".join(lines)
