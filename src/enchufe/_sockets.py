@@ -160,6 +160,34 @@ def connect(sock: socket.socket, sockaddr: SockAddr) -> None:
         trace.emit(f"{call} = 0")
 
 
+def start_connect(sock: socket.socket, sockaddr: SockAddr) -> bool:
+    """Begin connecting a non-blocking socket: True if done at once, False if in progress."""
+    call = f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
+    try:
+        sock.connect(sockaddr)
+    except BlockingIOError as exc:
+        _fail(call, exc)  # EINPROGRESS: narrated, not an error
+        return False
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"{call} = 0")
+    return True
+
+
+def finish_connect(sock: socket.socket) -> None:
+    """After a non-blocking connect became writable: raise its outcome (SO_ERROR) if it failed."""
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    call = f"getsockopt(fd {sock.fileno()}, SO_ERROR)"
+    if code:
+        exc = OSError(code, os.strerror(code))
+        _fail(call, exc)
+        raise exc
+    if trace.enabled():
+        trace.emit(f"{call} = 0 (connected)")
+
+
 def send(sock: socket.socket, data: memoryview | bytes) -> int:
     try:
         sent = sock.send(data)
@@ -461,12 +489,16 @@ def _bound_address(sock: socket.socket) -> SocketAddress:
 
 
 def _real_address(sock: socket.socket, requested: SocketAddress) -> SocketAddress:
-    """The bound address, keeping the user's spelling for unix paths (relative stays relative)."""
+    """The bound address with its real port, keeping the user's spelling for unix paths
+    (relative stays relative) and for the wildcard host."""
     if isinstance(requested, UnixAddress):
         return requested
     bound = _bound_address(sock)
     assert isinstance(bound, InetAddress)
-    return InetAddress(requested.transport, bound.host, bound.port, requested.forced_family)
+    # A wildcard stays a wildcard: the "::" that "tcp://:P" binds would read back as
+    # "tcp://[::]:P", which means IPv6 only, while the socket is dual-stack.
+    host = "" if requested.is_wildcard else bound.host
+    return InetAddress(requested.transport, host, bound.port, requested.forced_family)
 
 
 def _close_quietly(sock: socket.socket) -> None:

@@ -86,6 +86,8 @@ class DatagramSocket:
         sockaddr = self._sockaddr_for(target)
         try:
             return _sockets.sendto(self._sock, bytes(data), sockaddr)
+        except BlockingIOError:
+            raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
             raise translate(exc, f"send a {len(data)}-byte datagram to {target}") from exc
 
@@ -96,6 +98,8 @@ class DatagramSocket:
             raise UsageError("send() needs a connected datagram socket; use sendto(data, address)")
         try:
             return _sockets.sendto(self._sock, bytes(data), None)
+        except BlockingIOError:
+            raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
             raise translate(exc, f"send a {len(data)}-byte datagram to {self.peer_address}") from exc
 
@@ -143,6 +147,8 @@ class DatagramSocket:
             self._buffer = bytearray(max_size)
         try:
             size, truncated, raw = _sockets.recvfrom_into(self._sock, self._buffer)
+        except BlockingIOError:
+            raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
             where = f"from {self.peer_address}" if self.peer_address else f"on {self.local_address}"
             raise translate(exc, f"receive a datagram {where}") from exc

@@ -1,0 +1,60 @@
+"""The receive-side bookkeeping shared by the sync and async connections, with no I/O.
+
+``recv_exactly`` and ``recv_until`` read more than they return; what is left over waits here
+for the next call.  Each ``take_*`` method returns the bytes when it can, or ``None`` when the
+caller must receive more and :meth:`feed` it.
+"""
+
+from __future__ import annotations
+
+from .errors import IncompleteRead, ProtocolError, UsageError
+
+
+class ReceiveBuffer:
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._searched = 0  # bytes already searched for the delimiter without success
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def feed(self, chunk: bytes) -> None:
+        self._data += chunk
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._data[:size])
+        del self._data[:size]
+        self._searched = 0
+        return data
+
+    def take_some(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of what is buffered (``b""`` when nothing is)."""
+        return self._take(max_bytes)
+
+    def take_exactly(self, size: int) -> bytes | None:
+        return self._take(size) if len(self._data) >= size else None
+
+    def incomplete(self, size: int, where: str) -> IncompleteRead:
+        """The error for EOF before ``size`` bytes; the partial bytes go with it."""
+        partial = self._take(len(self._data))
+        return IncompleteRead(f"{where} closed the connection after {len(partial)} of {size} bytes", partial)
+
+    def take_until(self, delimiter: bytes, max_bytes: int, where: str) -> bytes | None:
+        """Bytes up to and including ``delimiter``; ``ProtocolError`` past ``max_bytes`` without one."""
+        if not delimiter:
+            raise UsageError("the delimiter must not be empty")
+        # Search again only where a delimiter could newly complete.
+        start = max(0, self._searched - len(delimiter) + 1)
+        found = self._data.find(delimiter, start)
+        if found >= 0:
+            end = found + len(delimiter)
+            if end <= max_bytes:
+                return self._take(end)
+        elif len(self._data) < max_bytes:
+            self._searched = len(self._data)
+            return None
+        raise ProtocolError(f"{where} sent {max_bytes} bytes without {delimiter!r}")
+
+    def take_rest(self) -> bytes:
+        """Everything buffered (at EOF, what came after the last delimiter)."""
+        return self._take(len(self._data))

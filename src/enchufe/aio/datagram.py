@@ -1,0 +1,93 @@
+"""Async datagram endpoint: :class:`DatagramSocket`, mirroring ``enchufe.sync.DatagramSocket``."""
+
+from __future__ import annotations
+
+import socket
+from types import TracebackType
+
+from ..address import SocketAddress
+from ..sync.datagram import DEFAULT_MAX_DATAGRAM
+from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
+from ._wait import Readiness
+
+__all__ = ["DatagramSocket"]
+
+
+class DatagramSocket:
+    """A datagram socket for asyncio (udp or unixgram); message boundaries are kept.
+
+    The same contract as the sync :class:`enchufe.DatagramSocket`: ``recvfrom`` returns one
+    datagram and its sender and raises :class:`~enchufe.errors.DatagramTruncated` rather than
+    cut one silently; ``sendto`` raises :class:`~enchufe.errors.MessageTooLarge` for a datagram
+    that cannot go in one piece.  Sending waits while the socket's buffer is full.
+    Cancellation loses no datagram: it is either received and returned, or left queued.
+    """
+
+    def __init__(self, inner: _SyncDatagramSocket) -> None:
+        # One implementation of addressing, truncation and errors: the sync socket's, made
+        # non-blocking; this class only waits for readiness between attempts.
+        inner.socket.setblocking(False)
+        self._inner = inner
+        self._ready = Readiness(inner.socket)
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._inner.socket
+
+    @property
+    def local_address(self) -> SocketAddress | None:
+        return self._inner.local_address
+
+    @property
+    def peer_address(self) -> SocketAddress | None:
+        return self._inner.peer_address
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
+
+    async def sendto(self, data: bytes, address: SocketAddress | str) -> int:
+        while True:
+            try:
+                return self._inner.sendto(data, address)
+            except BlockingIOError:
+                await self._ready.writable()
+
+    async def send(self, data: bytes) -> int:
+        while True:
+            try:
+                return self._inner.send(data)
+            except BlockingIOError:
+                await self._ready.writable()
+
+    async def recvfrom(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> tuple[bytes, SocketAddress | None]:
+        while True:
+            try:
+                return self._inner.recvfrom(max_size)
+            except BlockingIOError:
+                await self._ready.readable()
+
+    async def recv(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> bytes:
+        return (await self.recvfrom(max_size))[0]
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._inner.closed:
+            self._ready.close()
+        self._inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    async def __aenter__(self) -> DatagramSocket:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<aio.{self._inner!r}"[:-1] + ">"
