@@ -65,9 +65,7 @@ needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="this host cannot bind ::1"
 
 def kind_params(kinds: tuple[str, ...]) -> list[Any]:
     """``pytest.param`` for each kind, with its id, skipping IPv6 kinds on hosts without IPv6."""
-    return [
-        pytest.param(k, id=k, marks=[needs_ipv6] if k.endswith("6") else []) for k in kinds
-    ]
+    return [pytest.param(k, id=k, marks=[needs_ipv6] if k.endswith("6") else []) for k in kinds]
 
 
 def abstract_name() -> str:

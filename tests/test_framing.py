@@ -97,9 +97,7 @@ def test_parse_header() -> None:
     assert parse_header(b"\x00\x00\x00\x00") == 0
     assert parse_header(b"\x00\x00\x01\x00") == 256
     assert parse_header(bytearray(b"\x00\x00\x00\x07"), max_size=7) == 7
-    assert parse_header(memoryview(HEADER.pack(DEFAULT_MAX_MESSAGE_SIZE))) == (
-        DEFAULT_MAX_MESSAGE_SIZE
-    )
+    assert parse_header(memoryview(HEADER.pack(DEFAULT_MAX_MESSAGE_SIZE))) == (DEFAULT_MAX_MESSAGE_SIZE)
 
 
 def test_parse_header_refuses_oversize_naming_length_and_limit() -> None:
@@ -156,9 +154,7 @@ def test_round_trip_one_byte_chunks(messages: list[bytes]) -> None:
 
 
 @given(messages=messages_st, data=st.data())
-def test_round_trip_with_bytes_like_chunks_and_send(
-    messages: list[bytes], data: st.DataObject
-) -> None:
+def test_round_trip_with_bytes_like_chunks_and_send(messages: list[bytes], data: st.DataObject) -> None:
     sender = Framer()
     stream = b"".join(sender.send(bytearray(m)) for m in messages)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10))

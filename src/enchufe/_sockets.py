@@ -497,8 +497,11 @@ def _real_address(sock: socket.socket, requested: SocketAddress) -> SocketAddres
     assert isinstance(bound, InetAddress)
     # A wildcard stays a wildcard: the "::" that "tcp://:P" binds would read back as
     # "tcp://[::]:P", which means IPv6 only, while the socket is dual-stack.
-    host = "" if requested.is_wildcard else bound.host
-    return InetAddress(requested.transport, host, bound.port, requested.forced_family)
+    # A literal host implies its family, so the scheme needs no digit: the listener's address
+    # then equals the address its peers see it by (recvfrom, getpeername).
+    if requested.is_wildcard:
+        return InetAddress(requested.transport, "", bound.port, requested.forced_family)
+    return InetAddress(requested.transport, bound.host, bound.port)
 
 
 def _close_quietly(sock: socket.socket) -> None:

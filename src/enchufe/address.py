@@ -223,7 +223,10 @@ def parse(text: str) -> Address:
     if not isinstance(text, str):
         raise AddressError(f"an address must be a string, not {type(text).__name__}")
     if "\0" in text:
-        raise AddressError(f"{text!r}: NUL bytes are not allowed in an address")
+        raise AddressError(
+            f"{text!r}: NUL bytes are not allowed in an address; "
+            "e.g. tcp://127.0.0.1:9000 or unix:///tmp/app.sock"
+        )
     if text in ("-", "stdio:"):
         return StdioAddress()
     scheme, sep, rest = text.partition(":")
@@ -259,7 +262,9 @@ def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
         host = hostport[1:close]
         after = hostport[close + 1 :]
         if not after.startswith(":"):
-            raise AddressError(f"{text!r}: missing port after ']', e.g. {scheme}://[{host or '::1'}]:9000")
+            raise AddressError(
+                f"{text!r}: missing port after ']', e.g. {scheme}://[{_shown(host) or '::1'}]:9000"
+            )
         port_text = after[1:]
         if not _is_ipv6(host):
             raise AddressError(
@@ -271,17 +276,18 @@ def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
             raise AddressError(f"{text!r}: missing port; write it as {example}")
         if ":" in host:
             raise AddressError(
-                f"{text!r}: an IPv6 address must be in brackets, e.g. {scheme}://[{host}]:{port_text or 9000}"
+                f"{text!r}: an IPv6 address must be in brackets, "
+                f"e.g. {scheme}://[{_shown(host)}]:{_shown(port_text) or 9000}"
             )
         if host and _literal_family(host) is None and not _HOSTNAME.match(host):
             raise AddressError(f"{text!r}: {host!r} is not a valid host name or IP address, e.g. {example}")
     port = _parse_port(text, port_text, example)
     family = _literal_family(host)
     if forced and family and family != forced:
-        other = "tcp" if transport == "tcp" else "udp"
+        hostport = f"[{_shown(host)}]:{port}" if family == 6 else f"{host}:{port}"
         raise AddressError(
-            f"{text!r}: {scheme} needs an IPv{forced} host, but {host} is IPv{family}; "
-            f"use {other}{family}:// or {other}://"
+            f"{text!r}: {scheme} needs an IPv{forced} host, but {_shown(host)} is IPv{family}; "
+            f"use {transport}{family}://{hostport} or {transport}://{hostport}"
         )
     return InetAddress(transport, host, port, forced)
 
@@ -304,29 +310,34 @@ def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
         name = rest[1:]
         if not name:
             raise AddressError(f"{text!r}: empty abstract name; write {scheme}:@name")
-        _check_length(text, name, "abstract name")
+        _check_length(text, scheme, name, abstract=True)
         return UnixAddress(name, abstract=True, datagram=datagram)
     if rest.startswith("//"):
         path = rest[2:]
         if not path.startswith("/"):
             raise AddressError(
                 f"{text!r}: after {scheme}:// comes an absolute path (three slashes: "
-                f"{scheme}:///tmp/app.sock); a relative path is written {scheme}:{path or 'app.sock'}"
+                f"{scheme}:///tmp/app.sock); a relative path is written {scheme}:{_shown(path) or 'app.sock'}"
             )
     else:
         path = rest
     if not path:
         raise AddressError(f"{text!r}: missing socket path; write {examples}")
-    _check_length(text, path, "socket path")
+    _check_length(text, scheme, path, abstract=False)
     return UnixAddress(path, abstract=False, datagram=datagram)
 
 
-def _check_length(text: str, name: str, what: str) -> None:
-    size = len(os.fsencode(name)) if what == "socket path" else len(name.encode("utf-8", "surrogateescape"))
+def _check_length(text: str, scheme: str, name: str, *, abstract: bool) -> None:
+    size = len(name.encode("utf-8", "surrogateescape")) if abstract else len(os.fsencode(name))
     if size > MAX_UNIX_NAME:
+        what, instead = (
+            ("abstract name", f"use a shorter name, e.g. {scheme}:@app")
+            if abstract
+            else ("socket path", f"use a shorter path, e.g. {scheme}:///tmp/app.sock, or {scheme}:@app")
+        )
         raise AddressError(
             f"{text!r}: {what} is {size} bytes, longer than the {MAX_UNIX_NAME} a unix socket "
-            f"address holds; use a shorter path (e.g. in /tmp or /run) or an abstract @name"
+            f"address holds; {instead}"
         )
 
 
@@ -338,6 +349,11 @@ def _parse_exec(text: str, rest: str) -> ExecAddress:
     if not argv:
         raise AddressError(f"{text!r}: missing program; write exec:PROGRAM ARGS…, e.g. exec:tr a-z A-Z")
     return ExecAddress(argv)
+
+
+def _shown(part: str) -> str:
+    """A piece of the user's input as it may appear in a one-line message: controls escaped."""
+    return part if part.isprintable() else part.encode("unicode_escape").decode("ascii")
 
 
 def _is_ipv6(host: str) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from ..errors import TimedOut
+
 
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
@@ -25,6 +27,8 @@ class Readiness:
         self._sock = sock
         self._fd = sock.fileno()
         self._pending: dict[asyncio.Future[None], tuple[asyncio.AbstractEventLoop, bool]] = {}
+        #: Seconds one wait may last before :class:`~enchufe.errors.TimedOut` (None: forever).
+        self.timeout: float | None = None
 
     async def readable(self) -> None:
         await self._wait(reading=True)
@@ -41,7 +45,15 @@ class Readiness:
             loop.add_writer(self._fd, _wake, future)
         self._pending[future] = (loop, reading)
         try:
-            await future
+            if self.timeout is None:
+                await future
+            else:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await future
+                except TimeoutError:
+                    verb = "receive" if reading else "send"
+                    raise TimedOut(f"timed out: could not {verb} for {self.timeout:g} s") from None
         finally:
             if self._pending.pop(future, None) is not None:
                 self._unregister(loop, reading)

@@ -45,6 +45,10 @@ class DatagramSocket:
     def fileno(self) -> int:
         return self._inner.fileno()
 
+    def set_timeout(self, seconds: float | None) -> None:
+        """Make ``recvfrom``/``sendto`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
+        self._ready.timeout = seconds
+
     async def sendto(self, data: bytes, address: SocketAddress | str) -> int:
         while True:
             try:

@@ -41,6 +41,7 @@ class Connection:
         self._buffer = ReceiveBuffer()
         self._ready = Readiness(sock)
         self._closed = False
+        self._write_shut = False
         self.local_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getsockname())
         self.peer_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getpeername())
 
@@ -58,6 +59,12 @@ class Connection:
     def _where(self) -> str:
         return str(self.peer_address) if self.peer_address else "the peer"
 
+    def set_timeout(self, seconds: float | None) -> None:
+        """Make ``recv``/``send_all`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``
+        without progress (``None``: wait forever)."""
+        self._check()
+        self._ready.timeout = seconds
+
     @property
     def peer_credentials(self) -> _sockets.Credentials | None:
         """For unix sockets, the peer's pid, uid and gid (SO_PEERCRED); ``None`` for TCP."""
@@ -69,6 +76,8 @@ class Connection:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send every byte; returns once the kernel has them all."""
         self._check()
+        if self._write_shut:
+            raise ClosedError("cannot send: this side's write half was shut down (shutdown_write)")
         view = memoryview(data).cast("B")
         try:
             while view:
@@ -85,6 +94,7 @@ class Connection:
     async def shutdown_write(self) -> None:
         """Half-close: the peer reads EOF; we can still receive."""
         self._check()
+        self._write_shut = True
         try:
             _sockets.shutdown(self._sock, socket.SHUT_WR)
         except OSError as exc:

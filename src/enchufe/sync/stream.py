@@ -47,6 +47,7 @@ class Connection:
         self._fd = sock.fileno()
         self._buffer = bytearray()  # bytes read past a delimiter by recv_until/recv_exactly
         self._closed = False
+        self._write_shut = False
         self.local_address: SocketAddress | None = _name(sock, sock.getsockname)
         self.peer_address: SocketAddress | None = _name(sock, sock.getpeername)
 
@@ -85,6 +86,8 @@ class Connection:
     def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send every byte of ``data``, calling ``send()`` as often as the kernel needs."""
         self._check()
+        if self._write_shut:
+            raise ClosedError("cannot send: this side's write half was shut down (shutdown_write)")
         view = memoryview(data).cast("B")
         try:
             while view:
@@ -96,6 +99,7 @@ class Connection:
     def shutdown_write(self) -> None:
         """Half-close: the peer reads EOF; we can still receive what it sends."""
         self._check()
+        self._write_shut = True
         try:
             _sockets.shutdown(self._sock, socket.SHUT_WR)
         except OSError as exc:
@@ -273,7 +277,7 @@ class Listener:
         self._closed = True
         # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does.
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+            _sockets.shutdown(self._sock, socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             _sockets.close(self._sock)
         if self._owned is not None:

@@ -1,0 +1,46 @@
+"""What the sync and async serve loops share: statistics, logging, and the fd-exhaustion pause."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+
+from .errors import NetworkError
+
+log = logging.getLogger("enchufe.serve")
+
+#: Connections one server handles at once unless told otherwise.  Beyond it, new clients are
+#: closed at once (and counted) rather than queued: a client that waits silently looks hung.
+DEFAULT_MAX_CONNECTIONS = 1024
+
+#: How long to leave handlers to finish after a shutdown request, unless told otherwise.
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+#: After accept() fails for lack of descriptors or memory, pause before trying again, doubling
+#: up to the maximum: the listener stays readable, so retrying at once would spin the CPU.
+EXHAUSTION_PAUSE = 0.05
+EXHAUSTION_PAUSE_MAX = 1.0
+
+_EXHAUSTION = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def is_exhaustion(exc: NetworkError) -> bool:
+    """accept() failed because the process or system ran out of descriptors or memory."""
+    return exc.errno in _EXHAUSTION
+
+
+@dataclass
+class ServeStats:
+    """What a server did; ``cut`` counts connections closed by shutdown before they finished."""
+
+    accepted: int = 0
+    refused: int = 0
+    active: int = 0
+    completed: int = 0
+    idle_closed: int = 0
+    failed: int = 0
+    cut: int = 0
+    exhaustion_pauses: int = 0
+    datagrams: int = 0
+    truncated: int = 0

@@ -1,0 +1,317 @@
+"""``serve(address, handler)`` for asyncio: a loop plus a function, for all six kinds.
+
+Stream kinds: one task per connection runs ``await handler(conn)``; the connection is closed
+when the handler returns.  Datagram kinds: ``handler(datagram)`` is called for each datagram in
+arrival order, with the sender's per-peer session and a way to reply.
+
+::
+
+    async def echo(conn: aio.Connection) -> None:
+        while data := await conn.recv():
+            await conn.send_all(data)
+
+    server = Server("tcp://127.0.0.1:0", echo)
+    await server.start()               # bound: server.address has the real port
+    await server.serve_forever()       # until server.shutdown()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._serving import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    EXHAUSTION_PAUSE,
+    EXHAUSTION_PAUSE_MAX,
+    ServeStats,
+    is_exhaustion,
+    log,
+)
+from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
+from ..errors import (
+    ClosedError,
+    ConnectionReset,
+    DatagramTruncated,
+    EnchufeError,
+    NetworkError,
+    TimedOut,
+    UsageError,
+)
+from ..sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
+from . import bind_datagram, listen
+from .datagram import DatagramSocket
+from .stream import Connection, Listener
+
+__all__ = ["Datagram", "Server", "serve"]
+
+StreamHandler = Callable[[Connection], Awaitable[None]]
+
+
+@dataclass
+class Datagram:
+    """One datagram handed to a datagram handler: payload, sender, the sender's session."""
+
+    data: bytes
+    sender: SocketAddress | None
+    socket: DatagramSocket
+    session: Session[Any, dict[str, Any]] | None = None
+    new_peer: bool = False
+    #: Every peer seen within the idle timeout (the server's session table), sender included.
+    peers: SessionTable[Any, dict[str, Any]] | None = None
+
+    async def reply(self, data: bytes) -> None:
+        """Send ``data`` back to the sender (nothing happens for an unbound unix sender)."""
+        if self.sender is not None:
+            await self.socket.sendto(data, self.sender)
+
+
+DatagramHandler = Callable[[Datagram], Awaitable[None] | None]
+
+
+@dataclass
+class Server:
+    """An asyncio server on ``address``.
+
+    ``max_connections`` bounds concurrent stream connections (extra clients are closed at once
+    and counted) and datagram peers (the least recently active is forgotten).
+    ``idle_timeout`` closes a stream connection that neither sends nor receives for that long,
+    and forgets a datagram peer silent that long (default 60 s for datagrams, off for streams).
+    The accept loop survives descriptor exhaustion (EMFILE/ENFILE) by pausing, never spinning,
+    and a handler that raises is logged without stopping the server.
+    """
+
+    address: Address | str
+    handler: Callable[..., Any]
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float | None = None
+    mode: int | None = None
+    on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None
+    stats: ServeStats = field(default_factory=ServeStats)
+    _listener: Listener | None = None
+    _socket: DatagramSocket | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopping: asyncio.Event | None = None
+    _cut_now: asyncio.Event | None = None
+    _drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    sessions: SessionTable[Any, dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise UsageError(f"max_connections must be at least 1, not {self.max_connections}")
+        if isinstance(self.address, str):
+            self.address = parse(self.address)
+        if not isinstance(self.address, InetAddress | UnixAddress):
+            raise UsageError(f"{self.address}: a server needs a socket address")
+
+    @property
+    def bound_address(self) -> SocketAddress:
+        """The real address once started (port 0 resolved)."""
+        if self._listener is not None:
+            return self._listener.address
+        if self._socket is not None and self._socket.local_address is not None:
+            return self._socket.local_address
+        raise UsageError("the server is not started")
+
+    async def start(self) -> None:
+        """Bind (and listen): after this, clients can connect."""
+        self._stopping = asyncio.Event()
+        self._cut_now = asyncio.Event()
+        assert isinstance(self.address, InetAddress | UnixAddress)
+        if self.address.is_stream:
+            self._listener = await listen(self.address, mode=self.mode)
+        else:
+            self._socket = await bind_datagram(self.address, mode=self.mode)
+            self.sessions = SessionTable(
+                idle_timeout=self.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+                max_sessions=self.max_connections,
+                on_end=self._session_ended,
+            )
+
+    def shutdown(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
+        """Stop accepting now; let handlers finish for ``drain_timeout`` seconds, then cut them.
+
+        Returns at once; :meth:`serve_forever` returns when the shutdown is complete.  A second
+        call while draining cuts the remaining connections at once (a second Ctrl-C).
+        """
+        self._drain_timeout = drain_timeout
+        if self._stopping is not None and self._cut_now is not None:
+            if self._stopping.is_set() or drain_timeout <= 0:
+                self._cut_now.set()
+            self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+        if self._socket is not None:
+            self._socket.close()
+
+    async def serve_forever(self) -> ServeStats:
+        """Serve until :meth:`shutdown`; returns the statistics (``cut`` > 0 if any was cut)."""
+        if self._stopping is None:
+            await self.start()
+        if self._listener is not None:
+            await self._accept_loop(self._listener)
+            await self._drain()
+        elif self._socket is not None:
+            await self._datagram_loop(self._socket)
+        return self.stats
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.shutdown(0)
+        await self._drain()
+
+    # -- streams
+
+    async def _accept_loop(self, listener: Listener) -> None:
+        assert self._stopping is not None
+        pause = EXHAUSTION_PAUSE
+        while not self._stopping.is_set():
+            try:
+                conn = await listener.accept()
+            except ClosedError:
+                return
+            except ConnectionReset:
+                continue
+            except NetworkError as exc:
+                if not is_exhaustion(exc):
+                    raise
+                self.stats.exhaustion_pauses += 1
+                log.warning("accept on %s: %s; pausing %.2f s", listener.address, exc, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+                pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
+                continue
+            pause = EXHAUSTION_PAUSE
+            if len(self._tasks) >= self.max_connections:
+                self.stats.refused += 1
+                log.info("refused %s: %d connections open (max)", conn.peer_address, len(self._tasks))
+                conn.close()
+                continue
+            self.stats.accepted += 1
+            task = asyncio.create_task(self._run(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, conn: Connection) -> None:
+        self.stats.active += 1
+        try:
+            if self.idle_timeout is not None:
+                conn.set_timeout(self.idle_timeout)
+            await self.handler(conn)
+            self.stats.completed += 1
+        except TimedOut:
+            self.stats.idle_closed += 1
+            log.info("closed %s: idle for %g s", conn.peer_address, self.idle_timeout)
+        except EnchufeError as exc:
+            self.stats.failed += 1
+            log.info("connection from %s ended: %s", conn.peer_address, exc)
+        except asyncio.CancelledError:
+            self.stats.cut += 1
+            raise
+        except Exception:
+            self.stats.failed += 1
+            log.exception("handler failed on the connection from %s", conn.peer_address)
+        finally:
+            self.stats.active -= 1
+            conn.close()
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self._drain_timeout
+        cut_now = self._cut_now
+        assert cut_now is not None
+        waiter = asyncio.ensure_future(cut_now.wait())
+        try:
+            while self._tasks and not cut_now.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.wait({*self._tasks, waiter}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        pending = set(self._tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    # -- datagrams
+
+    def _session_ended(self, session: Session[Any, dict[str, Any]], reason: str) -> None:
+        if reason == "idle":
+            self.stats.idle_closed += 1
+        if self.on_session_end is not None:
+            self.on_session_end(session)
+
+    async def _datagram_loop(self, sock: DatagramSocket) -> None:
+        assert self.sessions is not None
+        sessions = self.sessions
+        while True:
+            deadline = sessions.next_expiry()
+            sock.set_timeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            try:
+                data, sender = await sock.recvfrom()
+            except ClosedError:
+                return
+            except TimedOut:
+                sessions.expire(time.monotonic())
+                continue
+            except DatagramTruncated as exc:
+                self.stats.truncated += 1
+                log.warning("%s", exc)
+                continue
+            except NetworkError as exc:  # e.g. an ICMP error queued on the socket
+                log.info("on %s: %s", sock.local_address, exc)
+                continue
+            sock.set_timeout(None)  # the deadline was for waiting, not for the handler's replies
+            self.stats.datagrams += 1
+            now = time.monotonic()
+            sessions.expire(now)
+            session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
+            datagram = Datagram(data, sender, sock, session, new, sessions)
+            try:
+                result = self.handler(datagram)
+                if inspect.isawaitable(result):
+                    await result
+            except ClosedError:
+                return
+            except EnchufeError as exc:
+                log.info("datagram from %s: %s", sender, exc)
+            except Exception:
+                self.stats.failed += 1
+                log.exception("handler failed on a datagram from %s", sender)
+
+
+def _new_state(_peer: object) -> dict[str, Any]:
+    return {}
+
+
+async def serve(
+    address: Address | str,
+    handler: Callable[..., Any],
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    idle_timeout: float | None = None,
+    ready: Callable[[SocketAddress], None] | None = None,
+) -> ServeStats:
+    """Serve ``handler`` on ``address`` until cancelled; ``ready(address)`` once bound.
+
+    Cancelling the task running ``serve`` shuts the server down without a drain period.
+    """
+    server = Server(address, handler, max_connections=max_connections, idle_timeout=idle_timeout)
+    await server.start()
+    if ready is not None:
+        ready(server.bound_address)
+    try:
+        return await server.serve_forever()
+    finally:
+        server.shutdown(0)
+        await server._drain()

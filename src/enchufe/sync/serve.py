@@ -1,0 +1,323 @@
+"""``serve(address, handler)`` with threads: a loop plus a function, for all six kinds.
+
+Stream kinds: one thread per connection (at most ``max_connections``) runs ``handler(conn)``;
+the connection is closed when it returns.  Datagram kinds: ``handler(datagram)`` runs in the
+serving thread for each datagram, with the sender's per-peer session and a way to reply.
+
+::
+
+    def echo(conn: enchufe.Connection) -> None:
+        while data := conn.recv():
+            conn.send_all(data)
+
+    with Server("tcp://127.0.0.1:0", echo) as server:   # bound on entry
+        threading.Thread(target=server.serve_forever).start()
+        ...
+        server.shutdown()                                # from any thread or a signal handler
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._serving import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    EXHAUSTION_PAUSE,
+    EXHAUSTION_PAUSE_MAX,
+    ServeStats,
+    is_exhaustion,
+    log,
+)
+from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
+from ..errors import (
+    ClosedError,
+    ConnectionReset,
+    DatagramTruncated,
+    EnchufeError,
+    NetworkError,
+    TimedOut,
+    UsageError,
+)
+from ..sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
+from . import bind_datagram, listen
+from .datagram import DatagramSocket
+from .stream import Connection, Listener
+
+__all__ = ["Datagram", "Server", "serve"]
+
+
+@dataclass
+class Datagram:
+    """One datagram handed to a datagram handler: payload, sender, the sender's session."""
+
+    data: bytes
+    sender: SocketAddress | None
+    socket: DatagramSocket
+    session: Session[Any, dict[str, Any]] | None = None
+    new_peer: bool = False
+    #: Every peer seen within the idle timeout (the server's session table), sender included.
+    peers: SessionTable[Any, dict[str, Any]] | None = None
+
+    def reply(self, data: bytes) -> None:
+        """Send ``data`` back to the sender (nothing happens for an unbound unix sender)."""
+        if self.sender is not None:
+            self.socket.sendto(data, self.sender)
+
+
+class Server:
+    """A threaded server on ``address``; same options and guarantees as :class:`enchufe.aio.serve.Server`.
+
+    :meth:`shutdown` may be called from any thread or a signal handler: it stops accepting at
+    once, gives handlers ``drain_timeout`` seconds to finish, then shuts their sockets down
+    (which wakes a handler blocked in ``recv``) and counts them in ``stats.cut``.
+    """
+
+    def __init__(
+        self,
+        address: Address | str,
+        handler: Callable[..., Any],
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float | None = None,
+        mode: int | None = None,
+        on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise UsageError(f"max_connections must be at least 1, not {max_connections}")
+        target = parse(address) if isinstance(address, str) else address
+        if not isinstance(target, InetAddress | UnixAddress):
+            raise UsageError(f"{target}: a server needs a socket address")
+        self.address = target
+        self.handler = handler
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.mode = mode
+        self.on_session_end = on_session_end
+        self.stats = ServeStats()
+        self.sessions: SessionTable[Any, dict[str, Any]] | None = None
+        self._listener: Listener | None = None
+        self._socket: DatagramSocket | None = None
+        self._stopping = threading.Event()
+        self._drain_timeout = DEFAULT_DRAIN_TIMEOUT
+        self._lock = threading.Lock()
+        self._active: dict[Connection, threading.Thread] = {}
+
+    @property
+    def bound_address(self) -> SocketAddress:
+        if self._listener is not None:
+            return self._listener.address
+        if self._socket is not None and self._socket.local_address is not None:
+            return self._socket.local_address
+        raise UsageError("the server is not started")
+
+    def start(self) -> None:
+        """Bind (and listen): after this, clients can connect."""
+        if self.address.is_stream:
+            self._listener = listen(self.address, mode=self.mode)
+        else:
+            self._socket = bind_datagram(self.address, mode=self.mode)
+            self.sessions = SessionTable(
+                idle_timeout=self.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+                max_sessions=self.max_connections,
+                on_end=self._session_ended,
+            )
+
+    def shutdown(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
+        """Stop accepting now; :meth:`serve_forever` returns once handlers are done or cut."""
+        self._drain_timeout = drain_timeout
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+        if self._socket is not None:
+            # Wakes a recvfrom() blocked in the serving thread (close alone would not).
+            with contextlib.suppress(OSError):
+                self._socket.socket.shutdown(socket.SHUT_RDWR)
+
+    def serve_forever(self) -> ServeStats:
+        """Serve until :meth:`shutdown`; returns the statistics."""
+        if self._listener is None and self._socket is None:
+            self.start()
+        if self._listener is not None:
+            self._accept_loop(self._listener)
+            self._drain()
+        elif self._socket is not None:
+            try:
+                self._datagram_loop(self._socket)
+            finally:
+                self._socket.close()
+        return self.stats
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(0)
+        if self._socket is not None:
+            self._socket.close()
+        self._drain()
+
+    # -- streams
+
+    def _accept_loop(self, listener: Listener) -> None:
+        pause = EXHAUSTION_PAUSE
+        while not self._stopping.is_set():
+            try:
+                conn = listener.accept()
+            except ClosedError:
+                return
+            except ConnectionReset:
+                continue
+            except NetworkError as exc:
+                if not is_exhaustion(exc) or self._stopping.is_set():
+                    if self._stopping.is_set():
+                        return
+                    raise
+                self.stats.exhaustion_pauses += 1
+                log.warning("accept on %s: %s; pausing %.2f s", listener.address, exc, pause)
+                self._stopping.wait(pause)
+                pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
+                continue
+            pause = EXHAUSTION_PAUSE
+            with self._lock:
+                full = len(self._active) >= self.max_connections
+                if not full:
+                    thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+                    self._active[conn] = thread
+            if full:
+                self.stats.refused += 1
+                log.info("refused %s: %d connections open (max)", conn.peer_address, self.max_connections)
+                conn.close()
+                continue
+            self.stats.accepted += 1
+            thread.start()
+
+    def _run(self, conn: Connection) -> None:
+        with self._lock:
+            self.stats.active += 1
+        try:
+            if self.idle_timeout is not None:
+                conn.set_timeout(self.idle_timeout)
+            self.handler(conn)
+            outcome = "completed"
+        except TimedOut:
+            outcome = "idle_closed"
+            log.info("closed %s: idle for %g s", conn.peer_address, self.idle_timeout)
+        except EnchufeError as exc:
+            outcome = "failed"
+            log.info("connection from %s ended: %s", conn.peer_address, exc)
+        except Exception:
+            outcome = "failed"
+            log.exception("handler failed on the connection from %s", conn.peer_address)
+        finally:
+            conn.close()
+            with self._lock:
+                self.stats.active -= 1
+                self._active.pop(conn, None)
+        with self._lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self._drain_timeout
+        while True:
+            with self._lock:
+                threads = list(self._active.items())
+            if not threads:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            threads[0][1].join(left)
+        with self._lock:
+            remaining = list(self._active)
+            self.stats.cut += len(remaining)
+        for conn in remaining:
+            # shutdown() wakes a thread blocked in recv/send; the handler then sees EOF or an
+            # error, returns, and its connection is closed by _run.
+            with contextlib.suppress(OSError):
+                conn.socket.shutdown(socket.SHUT_RDWR)
+        for _conn, thread in threads:
+            thread.join(1.0)
+
+    # -- datagrams
+
+    def _session_ended(self, session: Session[Any, dict[str, Any]], reason: str) -> None:
+        if reason == "idle":
+            self.stats.idle_closed += 1
+        if self.on_session_end is not None:
+            self.on_session_end(session)
+
+    def _datagram_loop(self, sock: DatagramSocket) -> None:
+        assert self.sessions is not None
+        sessions = self.sessions
+        while not self._stopping.is_set():
+            deadline = sessions.next_expiry()
+            sock.set_timeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
+            try:
+                data, sender = sock.recvfrom()
+            except ClosedError:
+                return
+            except TimedOut:
+                sessions.expire(time.monotonic())
+                continue
+            except DatagramTruncated as exc:
+                self.stats.truncated += 1
+                log.warning("%s", exc)
+                continue
+            except NetworkError as exc:
+                if self._stopping.is_set():
+                    return
+                log.info("on %s: %s", sock.local_address, exc)
+                continue
+            if self._stopping.is_set():
+                return  # woken by shutdown(): recvfrom returned an empty read
+            sock.set_timeout(None)
+            self.stats.datagrams += 1
+            now = time.monotonic()
+            sessions.expire(now)
+            session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
+            try:
+                self.handler(Datagram(data, sender, sock, session, new, sessions))
+            except ClosedError:
+                return
+            except EnchufeError as exc:
+                log.info("datagram from %s: %s", sender, exc)
+            except Exception:
+                self.stats.failed += 1
+                log.exception("handler failed on a datagram from %s", sender)
+
+
+def _new_state(_peer: object) -> dict[str, Any]:
+    return {}
+
+
+def serve(
+    address: Address | str,
+    handler: Callable[..., Any],
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    idle_timeout: float | None = None,
+    ready: Callable[[SocketAddress], None] | None = None,
+) -> ServeStats:
+    """Serve ``handler`` on ``address`` in this thread until interrupted (Ctrl-C, SIGTERM).
+
+    ``ready(address)`` is called once bound.  On KeyboardInterrupt the server stops accepting,
+    drains for the default drain timeout, and returns its statistics.
+    """
+    server = Server(address, handler, max_connections=max_connections, idle_timeout=idle_timeout)
+    server.start()
+    if ready is not None:
+        ready(server.bound_address)
+    try:
+        return server.serve_forever()
+    except KeyboardInterrupt:
+        server.shutdown()
+        server._drain()
+        return server.stats

@@ -1,0 +1,286 @@
+"""Unix socket files: live, stale, in the way, owned, permissions, and the sun_path limit."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+
+import pytest
+
+import enchufe
+from enchufe import AddressError, AddressInUse, NotASocket
+
+#: The uid and gid of "nobody": an identity with no claim on root's files.
+NOBODY = 65534
+
+Opener = Callable[..., object]
+OPENERS: dict[str, tuple[str, Opener]] = {
+    # name: (scheme, how to bind a path)
+    "listen": ("unix", enchufe.listen),
+    "bind_datagram": ("unixgram", enchufe.bind_datagram),
+}
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def stale_socket_file(path: str, sock_type: int) -> None:
+    """Leave a socket file nobody listens on, as a server that died without cleaning up does."""
+    with socket.socket(socket.AF_UNIX, sock_type) as sock:
+        sock.bind(path)
+        if sock_type == socket.SOCK_STREAM:
+            sock.listen(1)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def close(thing: object) -> None:
+    assert isinstance(thing, enchufe.Listener | enchufe.DatagramSocket)
+    thing.close()
+
+
+# --- a live socket file is somebody else's -------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", ["listen", "bind_datagram"])
+@pytest.mark.parametrize("second", ["listen", "bind_datagram"])
+def test_live_socket_file_is_address_in_use(first: str, second: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "live.sock")
+    scheme, opener = OPENERS[first]
+    live = opener(f"{scheme}://{path}")
+    try:
+        inode = os.lstat(path).st_ino
+        fds = open_fds()
+        scheme2, opener2 = OPENERS[second]
+        with pytest.raises(AddressInUse, match="a live server") as info:
+            opener2(f"{scheme2}://{path}")
+        assert info.value.errno == errno.EADDRINUSE
+        assert open_fds() == fds  # the socket made for the attempt was closed
+        assert os.lstat(path).st_ino == inode  # the live server's file is untouched
+    finally:
+        close(live)
+
+
+def test_live_listener_keeps_working_after_a_refused_second_listen(sock_dir: str) -> None:
+    address = f"unix://{os.path.join(sock_dir, 'live.sock')}"
+    with enchufe.listen(address) as listener:
+        with pytest.raises(AddressInUse):
+            enchufe.listen(address)
+        with enchufe.connect(address) as client:
+            client.send_all(b"!")
+            # The liveness probe's connection was queued first (and closed): skip past it.
+            for _ in range(3):
+                with listener.accept() as server:
+                    server.set_timeout(5)
+                    if server.recv(1) == b"!":
+                        break
+            else:
+                pytest.fail("the listener never got our connection")
+
+
+# --- a stale socket file is replaced -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opener_name", ["listen", "bind_datagram"])
+@pytest.mark.parametrize("stale_type", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["stream", "dgram"])
+def test_stale_socket_file_is_replaced(
+    opener_name: str, stale_type: int, sock_dir: str, trace_lines: list[str]
+) -> None:
+    path = os.path.join(sock_dir, "stale.sock")
+    stale_socket_file(path, stale_type)
+    scheme, opener = OPENERS[opener_name]
+    thing = opener(f"{scheme}://{path}")
+    try:
+        # (not checked by inode: the file system may hand the freed inode number to the new file)
+        assert any(line.startswith(f"unlink({path})") and "stale" in line for line in trace_lines)
+        if opener_name == "listen":
+            with enchufe.connect(f"unix://{path}"):
+                pass
+        else:
+            with enchufe.connect_datagram(f"unixgram://{path}") as client:
+                client.send(b"reached")
+                assert isinstance(thing, enchufe.DatagramSocket)
+                thing.set_timeout(5)
+                assert thing.recv() == b"reached"
+    finally:
+        close(thing)
+
+
+# --- anything else in the way is never touched ---------------------------------------------------
+
+
+@pytest.mark.parametrize("opener_name", ["listen", "bind_datagram"])
+def test_regular_file_in_the_way_is_not_a_socket_and_untouched(opener_name: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "precious.txt")
+    with open(path, "wb") as f:
+        f.write(b"do not delete me")
+    before = os.lstat(path)
+    fds = open_fds()
+    scheme, opener = OPENERS[opener_name]
+    with pytest.raises(NotASocket, match="is not a socket") as info:
+        opener(f"{scheme}://{path}")
+    assert "never removes it" in str(info.value)
+    assert open_fds() == fds
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )
+    with open(path, "rb") as f:
+        assert f.read() == b"do not delete me"
+
+
+def test_directory_in_the_way_is_not_a_socket(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "folder")
+    os.mkdir(path)
+    with pytest.raises(NotASocket):
+        enchufe.listen(f"unix://{path}")
+    assert os.path.isdir(path)
+
+
+# --- a server removes its own file, and only its own ---------------------------------------------
+
+
+@pytest.mark.parametrize("opener_name", ["listen", "bind_datagram"])
+def test_own_socket_file_is_removed_on_close(opener_name: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "own.sock")
+    scheme, opener = OPENERS[opener_name]
+    thing = opener(f"{scheme}://{path}")
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    close(thing)
+    assert not os.path.lexists(path)
+    close(thing)  # idempotent, and still nothing to remove
+
+
+@pytest.mark.parametrize("opener_name", ["listen", "bind_datagram"])
+def test_a_file_that_replaced_ours_is_left_alone(opener_name: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "replaced.sock")
+    scheme, opener = OPENERS[opener_name]
+    thing = opener(f"{scheme}://{path}")
+    os.unlink(path)
+    with open(path, "w") as f:
+        f.write("someone else's")
+    close(thing)
+    with open(path) as f:
+        assert f.read() == "someone else's"
+
+
+def test_a_new_server_on_our_path_keeps_its_file(sock_dir: str) -> None:
+    address = f"unix://{os.path.join(sock_dir, 'shared.sock')}"
+    old = enchufe.listen(address)
+    assert isinstance(old.address, enchufe.UnixAddress)
+    path = old.address.path
+    assert path is not None
+    os.unlink(path)  # e.g. an operator cleaning up, then a new server starts
+    with enchufe.listen(address) as new:
+        old.close()
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+        with enchufe.connect(address), new.accept():
+            pass
+
+
+def test_relative_path_keeps_its_spelling(sock_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(sock_dir)
+    with enchufe.listen("unix:rel.sock") as listener:
+        assert str(listener.address) == "unix:rel.sock"
+        assert stat.S_ISSOCK(os.lstat(os.path.join(sock_dir, "rel.sock")).st_mode)
+        with enchufe.connect("unix:rel.sock"), listener.accept():
+            pass
+    assert not os.path.lexists(os.path.join(sock_dir, "rel.sock"))
+
+
+# --- permissions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opener_name", ["listen", "bind_datagram"])
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o666])
+def test_mode_sets_the_file_permissions(opener_name: str, mode: int, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "mode.sock")
+    scheme, opener = OPENERS[opener_name]
+    thing = opener(f"{scheme}://{path}", mode=mode)
+    try:
+        st = os.lstat(path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == mode
+    finally:
+        close(thing)
+
+
+def connect_as_nobody(path: str) -> int:
+    """Connect to ``path`` from a child process running as uid/gid 65534.
+
+    Returns 0 when the connection succeeded, the errno when it failed.
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 100
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.connect(path)
+                    code = 0
+                except OSError as exc:
+                    code = exc.errno or 101
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status)
+    code = os.WEXITSTATUS(status)
+    assert code not in (100, 101), "the child could not drop privileges"
+    return code
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as uid 65534")
+def test_mode_decides_who_may_connect(sock_dir: str) -> None:
+    os.chmod(sock_dir, 0o755)  # let nobody reach the folder; the socket's own mode decides
+    private = os.path.join(sock_dir, "private.sock")
+    public = os.path.join(sock_dir, "public.sock")
+    with (
+        enchufe.listen(f"unix://{private}", mode=0o600),
+        enchufe.listen(f"unix://{public}", mode=0o666),
+    ):
+        assert connect_as_nobody(private) == errno.EACCES
+        assert connect_as_nobody(public) == 0
+
+
+# --- the sun_path limit --------------------------------------------------------------------------
+
+
+def path_of(sock_dir: str, size: int) -> str:
+    path = os.path.join(sock_dir, "")
+    return path + "p" * (size - len(path))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: enchufe.listen(f"unix://{p}"),
+        lambda p: enchufe.bind_datagram(f"unixgram://{p}"),
+        lambda p: enchufe.connect(f"unix://{p}"),
+        lambda p: enchufe.connect_datagram(f"unixgram://{p}"),
+    ],
+    ids=["listen", "bind_datagram", "connect", "connect_datagram"],
+)
+def test_path_over_107_bytes_is_refused_before_any_socket(
+    call: Callable[[str], object], sock_dir: str, trace_lines: list[str]
+) -> None:
+    path = path_of(sock_dir, 108)
+    assert len(os.fsencode(path)) == 108
+    with pytest.raises(AddressError, match="108 bytes"):
+        call(path)
+    assert not [line for line in trace_lines if line.startswith("socket(")]
+    assert not os.path.lexists(path)
+
+
+def test_path_of_107_bytes_works(sock_dir: str) -> None:
+    path = path_of(sock_dir, 107)
+    with enchufe.listen(f"unix://{path}") as listener, enchufe.connect(listener.address):
+        listener.accept().close()
+    assert not os.path.lexists(path)
