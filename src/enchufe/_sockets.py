@@ -278,6 +278,127 @@ def peer_credentials(sock: socket.socket) -> Credentials:
     return Credentials(pid, uid, gid)
 
 
+# ---------------------------------------------------------------------------- relay system calls
+# Non-blocking calls for event loops (the relay): each reports EAGAIN/EINPROGRESS to the trace
+# like any other outcome and lets the caller decide what it means.
+
+#: splice() flags of the relay: move pages rather than copy them where the kernel can, and never
+#: block on the pipe (the sockets are non-blocking themselves).
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_SPLICE_FLAG_NAMES = "SPLICE_F_MOVE|SPLICE_F_NONBLOCK"
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def connect_nonblocking(sock: socket.socket, sockaddr: SockAddr) -> int:
+    """Start connecting a non-blocking socket: 0 (connected), EINPROGRESS (wait until writable)
+    or EAGAIN (a unix listener's backlog is full: nothing started, try again later).  Any other
+    failure is raised."""
+    call = f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
+    try:
+        sock.connect(sockaddr)
+    except BlockingIOError as exc:
+        _fail(call, exc)
+        return exc.errno if exc.errno is not None else errno.EAGAIN
+    except OSError as exc:
+        _fail(call, exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"{call} = 0")
+    return 0
+
+
+def socket_error(sock: socket.socket) -> int:
+    """The pending error of a socket (SO_ERROR), which reading it clears; 0 if none."""
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if trace.enabled():
+        shown = f"{errno.errorcode.get(code, code)} ({os.strerror(code)})" if code else "0"
+        trace.emit(f"getsockopt(fd {sock.fileno()}, SO_ERROR) = {shown}")
+    return int(code)
+
+
+def abort(sock: socket.socket) -> None:
+    """Close so that the peer sees a reset, not an orderly EOF: SO_LINGER {on, 0 s}, then close.
+
+    On TCP this sends RST at once and drops unsent data; on unix sockets linger means nothing and
+    the peer reads EOF (or ECONNRESET if it had unread data for us).
+    """
+    fd = sock.fileno()
+    if fd < 0:
+        return
+    if sock.family != socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            if trace.enabled():
+                trace.emit(f"setsockopt(fd {fd}, SO_LINGER, {{on, 0 s}})")
+    sock.close()
+    if trace.enabled():
+        trace.emit(f"close(fd {fd})" + ("  # with linger 0: RST" if sock.family != socket.AF_UNIX else ""))
+
+
+def make_pipe(size: int) -> tuple[int, int, int]:
+    """A non-blocking pipe for splice: (read fd, write fd, capacity in bytes).
+
+    The capacity is raised to ``size`` where the kernel allows (fs.pipe-max-size, and for
+    unprivileged users fs.pipe-user-pages-soft); otherwise the pipe keeps its default size.
+    """
+    try:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        _fail("pipe2(O_NONBLOCK|O_CLOEXEC)", exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"pipe2(O_NONBLOCK|O_CLOEXEC) = [fd {rfd} (read), fd {wfd} (write)]")
+    import fcntl
+
+    try:
+        capacity = fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, size)
+    except OSError as exc:
+        _fail(f"fcntl(fd {wfd}, F_SETPIPE_SZ, {size})", exc)
+        capacity = fcntl.fcntl(wfd, fcntl.F_GETPIPE_SZ)
+    else:
+        if trace.enabled():
+            trace.emit(f"fcntl(fd {wfd}, F_SETPIPE_SZ, {size}) = {capacity}")
+    return rfd, wfd, capacity
+
+
+def close_fd(fd: int) -> None:
+    """Close a bare file descriptor (a pipe end)."""
+    os.close(fd)
+    if trace.enabled():
+        trace.emit(f"close(fd {fd})")
+
+
+def splice(src: int, dst: int, count: int) -> int:
+    """Move up to ``count`` bytes from ``src`` to ``dst`` inside the kernel; one end is a pipe.
+
+    Returns the bytes moved, 0 at end of file; raises BlockingIOError (EAGAIN) when nothing can
+    move now.  The bytes never enter this process.
+    """
+    try:
+        moved = os.splice(src, dst, count, flags=SPLICE_FLAGS)
+    except OSError as exc:
+        if trace.enabled():
+            _fail(f"splice(fd {src}, fd {dst}, {count}, {_SPLICE_FLAG_NAMES})", exc)
+        raise
+    if trace.enabled():
+        end = " (EOF)" if moved == 0 else ""
+        trace.emit(f"splice(fd {src}, fd {dst}, {count}, {_SPLICE_FLAG_NAMES}) = {moved}{end}")
+    return moved
+
+
+def recv_into(sock: socket.socket, buffer: memoryview) -> int:
+    """Receive into ``buffer``: the byte count, 0 at EOF; BlockingIOError when nothing is there."""
+    try:
+        size = sock.recv_into(buffer)
+    except OSError as exc:
+        if trace.enabled():
+            _fail(f"recv(fd {sock.fileno()}, {len(buffer)})", exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"recv(fd {sock.fileno()}, {len(buffer)}) = {size}" + (" (EOF)" if not size else ""))
+    return size
+
+
 # ---------------------------------------------------------------------------- resolution
 
 
@@ -392,9 +513,9 @@ def clear_stale_socket_file(address: UnixAddress, sock_type: int) -> None:
             f"enchufe never removes it: pick another path or remove it yourself",
             errno=errno.EEXIST,
         )
-    if _socket_file_alive(path, sock_type):
+    if _socket_file_alive(path):
         raise AddressInUse(
-            f"cannot listen on {address}: a live server is already listening there; "
+            f"cannot listen on {address}: address in use: a live server is bound there; "
             f"stop it or pick another path",
             errno=errno.EADDRINUSE,
         )
@@ -402,24 +523,22 @@ def clear_stale_socket_file(address: UnixAddress, sock_type: int) -> None:
         unlink(path, "stale socket file: nobody accepts on it")
 
 
-def _socket_file_alive(path: str, sock_type: int) -> bool:
-    # Try the socket's own type first; a socket file of the other type answers EPROTOTYPE.
-    other = socket.SOCK_DGRAM if sock_type == socket.SOCK_STREAM else socket.SOCK_STREAM
-    for kind in (sock_type, other):
-        with socket.socket(socket.AF_UNIX, kind) as probe:
-            probe.setblocking(False)
-            try:
-                probe.connect(path)
-            except (ConnectionRefusedError, FileNotFoundError):
-                return False
-            except BlockingIOError:
-                return True  # accepted into a full backlog: alive and busy
-            except OSError as exc:
-                if exc.errno == errno.EPROTOTYPE:
-                    continue
-                return True  # unknown: be safe, never remove it
-            return True
-    return False
+def _socket_file_alive(path: str) -> bool:
+    """Whether a socket is bound at ``path``, asked without disturbing it.
+
+    A datagram socket's connect() only looks the path up: it answers ECONNREFUSED when nobody
+    is bound there any more (stale), succeeds for a bound datagram socket, and says EPROTOTYPE
+    for a live socket of another type.  A stream probe would instead queue a real connection,
+    which a one-shot server would take as its client.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # EPROTOTYPE: alive, of another type; anything else: never remove it
+    return True
 
 
 def bind_unix(sock: socket.socket, address: UnixAddress, mode: int | None) -> SocketFile | None:

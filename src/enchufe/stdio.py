@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import selectors
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,14 +138,19 @@ def pump_stream(
     return result
 
 
-def _read_stdin(fd: int) -> bytes:
+def _read_stdin(fd: int, size: int = CHUNK) -> bytes:
     try:
-        return os.read(fd, CHUNK)
+        return os.read(fd, size)
     except OSError as exc:
         if exc.errno in (errno.EIO, errno.EBADF):  # terminal gone, or stdin closed
             return b""
         raise
 
+
+#: The largest payload one UDP datagram carries (65,535 less the IPv4 and UDP headers; IPv6's
+#: header is not counted in its payload length).  A stdin read is sent as one datagram, so it
+#: must not be larger; unix datagrams are limited only by the send buffer.
+_MAX_UDP_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 
 DatagramSink = Callable[[bytes, SocketAddress | None], None]
 TruncationSink = Callable[[DatagramTruncated], None]
@@ -170,6 +176,7 @@ def pump_datagram(
     (``None``: never).  Returns the number of datagrams received.
     """
     received = 0
+    read_size = _MAX_UDP_PAYLOAD.get(sock.socket.family, CHUNK)
     last_sender: SocketAddress | None = None
     stdin_open = stdin_fd is not None
     sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
@@ -207,7 +214,7 @@ def pump_datagram(
                         break
                 else:
                     assert stdin_fd is not None
-                    data = _read_stdin(stdin_fd)
+                    data = _read_stdin(stdin_fd, read_size)
                     if not data:
                         sel.unregister(stdin_fd)
                         stdin_open = False

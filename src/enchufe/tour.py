@@ -10,6 +10,7 @@ Every line that looks like a system call is printed by the code that made the ca
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from . import trace
-from .address import Kind, SocketAddress
+from .address import MAX_UNIX_NAME, Kind, SocketAddress
 from .errors import EnchufeError
 from .sync import bind_datagram, connect, connect_datagram, listen
 
@@ -194,6 +195,16 @@ def _guard(body: Callable[[], None], turns: _Turns) -> Callable[[], None]:
     return run
 
 
+def _socket_folder() -> str:
+    """A private folder for the socket files, short enough for sun_path even with a long TMPDIR."""
+    folder = tempfile.mkdtemp(prefix="enchufe-tour-")
+    paths = [a.split("://", 1)[1] for a in _addresses(folder).values() if a.startswith("unix")]
+    if max(len(os.fsencode(path)) for path in paths) <= MAX_UNIX_NAME:
+        return folder
+    os.rmdir(folder)
+    return tempfile.mkdtemp(prefix="enchufe-tour-", dir="/tmp")
+
+
 def run(out: TextIO) -> list[TourResult]:
     """Run the tour, writing the narration and the summary table to ``out``."""
     lock = threading.Lock()
@@ -207,7 +218,7 @@ def run(out: TextIO) -> list[TourResult]:
         trace.emit(f"· {text}")
 
     previous = trace.current_sink()
-    folder = tempfile.mkdtemp(prefix="enchufe-tour-")
+    folder = _socket_folder()
     results: list[TourResult] = []
     write("enchufe tour: a server and a client for each kind of socket, on this machine only.")
     write("Every line with parentheses is a system call, printed as it returns.")

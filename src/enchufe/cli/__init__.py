@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "connect": ("connect", "Active side: connect to ADDRESS and pipe stdin and stdout through it."),
     "send": ("send", "Send DATA (or stdin) as one datagram or one stream write, then close."),
     "recv": ("recv", "Bind a datagram socket and print each datagram."),
+    "echo": ("echo", "Echo server for any of the six kinds."),
+    "chat": ("chat", "Chat room: every message from one client goes to all the others."),
     "tour": ("tour", "Every kind's server and client on loopback, narrated, then a summary."),
 }
 
@@ -45,6 +47,15 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_) for name, (_m, help_) in COMMANDS.items()])
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # stdout closed by its reader (`enchufe recv … | head`): not an error of ours.  Caught
+            # here because click turns EPIPE into a silent exit status 1.
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
 
 
 @click.group(
@@ -81,7 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     except EnchufeError as exc:
         if settings.debug:
             traceback.print_exc()
-        click.echo(f"enchufe: {exc}", err=True)
+        if settings.json:
+            import json
+
+            click.echo(json.dumps({"event": "error", "message": str(exc)}), err=True)
+        else:
+            click.echo(f"enchufe: {exc}", err=True)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)

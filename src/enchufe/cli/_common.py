@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -94,7 +95,7 @@ def json_option(f: F) -> F:
     )(f)
 
 
-def event(name: str, message: str, *, level: int = 0, **fields: Any) -> None:
+def event(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
     """Report an event on stderr: a JSON object with ``--json``, else ``message``.
 
     ``level`` 0 is shown unless ``--quiet``; 1 needs ``-v``.
@@ -155,3 +156,63 @@ def hexdump(data: bytes) -> bytes:
         text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
         lines.append(f"{offset:08x}  {hexes:<47}  |{text}|\n")
     return "".join(lines).encode()
+
+
+class _EventHandler(logging.Handler):
+    """Library log records as event lines: plain text, or JSON objects with ``--json``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        level = record.levelname.lower()
+        event("log", f"enchufe: {message}", level=0, severity=level, message=message)
+
+
+def setup_logging() -> None:
+    """Route the library's logging to stderr: warnings always, details with ``-v``."""
+    logger = logging.getLogger("enchufe")
+    logger.handlers[:] = [_EventHandler()]
+    logger.setLevel(logging.INFO if settings.verbose else logging.WARNING)
+    logger.propagate = False
+
+
+def drain_option(f: F) -> F:
+    return click.option(
+        "--drain-timeout",
+        type=click.FloatRange(0),
+        default=10.0,
+        show_default=True,
+        help="On SIGTERM/SIGINT, seconds to let open connections finish before cutting them.",
+    )(f)
+
+
+def run_server(server: Any, drain_timeout: float) -> int:
+    """Run an ``enchufe.aio.serve.Server`` until SIGINT/SIGTERM; exit status 1 if any was cut.
+
+    The first signal stops accepting and drains for ``drain_timeout`` seconds; a second one
+    cuts what is left at once.
+    """
+    import asyncio
+
+    from .. import aio
+
+    async def main() -> Any:
+        await server.start()
+        bound = str(server.bound_address)
+        event("listening", f"listening on {bound}", address=bound)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, server.shutdown, drain_timeout)
+        return await server.serve_forever()
+
+    setup_logging()
+    stats = aio.run(main())
+    if stats.cut:
+        event(
+            "stopped",
+            f"stopped: {stats.cut} connection(s) cut before they finished",
+            cut=stats.cut,
+            accepted=stats.accepted,
+        )
+        return 1
+    event("stopped", "stopped", level=1, cut=0, accepted=stats.accepted)
+    return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import DatagramPrinter, event, global_options, json_option, stop_on_sigterm
+from ._common import DatagramPrinter, event, global_options, json_option, settings, stop_on_sigterm
 from .listen import _parse_mode, _warn_truncated
 
 
@@ -31,6 +31,7 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
     from .. import AddressError, bind_datagram, parse
     from ..stdio import pump_datagram
 
+    settings.json = settings.json or json_  # the events on stderr too, as listen does
     target = parse(address)
     if target.is_stream:
         raise AddressError(
@@ -39,8 +40,8 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
         )
     stop_on_sigterm()
     with bind_datagram(target, mode=_parse_mode(mode)) as sock:
-        event("listening", f"listening on {sock.local_address}", address=str(sock.local_address))
-        try:
+        try:  # from the listening line on, SIGTERM means a clean stop
+            event("listening", f"listening on {sock.local_address}", address=str(sock.local_address))
             pump_datagram(
                 sock,
                 DatagramPrinter(as_json=json_, as_hex=hex_),
