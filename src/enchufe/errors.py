@@ -187,6 +187,8 @@ def translate(exc: OSError, what: str) -> NetworkError:
     cls, hint = _BY_ERRNO.get(code or -1, (NetworkError, ""))
     if code == _errno.ENOENT and not what.startswith("connect"):
         cls, hint = NetworkError, "does its folder exist?"
+    elif code == _errno.ECONNREFUSED and not what.startswith("connect"):
+        hint = "nothing is listening there (the port answered 'unreachable')"
     reason = (exc.strerror or str(exc)).lower() if code is not None else str(exc)
     message = f"cannot {what}: {reason}"
     if hint:

@@ -1,0 +1,140 @@
+"""``--plot FILE.png``: the run drawn as charts, with matplotlib (the optional extra ``plot``).
+
+Four panels: stream throughput (one connection and parallel ones) per kind, connections per
+second per kind, datagrams received (and sent) per second per kind and payload size, and the
+latency distribution of every kind (one box per kind, over every sample, on a log scale).
+
+matplotlib is imported only here, through its object-oriented API (no pyplot, no global
+state, no display needed); :func:`require` says clearly when it is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import EnchufeError, UsageError
+from .results import BenchRun
+
+__all__ = ["PlotUnavailable", "draw", "require"]
+
+INSTALL_HINT = "pip install 'enchufe[plot]' (or pip install matplotlib)"
+
+
+class PlotUnavailable(UsageError):
+    """matplotlib is not installed."""
+
+
+def require() -> None:
+    """Raise :class:`PlotUnavailable` (one line, exit status 2) unless matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotUnavailable(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
+
+
+def draw(run: BenchRun, path: str) -> None:
+    """Write the charts of ``run`` to ``path`` as a PNG."""
+    require()
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 9), layout="constrained")
+    (throughput, connect), (datagram, latency) = figure.subplots(2, 2)
+    _throughput(throughput, run)
+    _connect(connect, run)
+    _datagrams(datagram, run)
+    _latency(latency, run)
+    m = run.machine
+    figure.suptitle(
+        f"enchufe bench — {m.cores} cores, {m.system} {m.kernel}, {m.implementation} {m.python}; "
+        f"{run.settings.duration:g} s per test",
+        fontsize=11,
+    )
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise EnchufeError(f"cannot write the plot to {path}: {exc.strerror or exc}") from exc
+
+
+def _bars(axes: Any, names: list[str], series: dict[str, list[float]], unit: str) -> None:
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        positions = [x + (i - (len(series) - 1) / 2) * width for x in range(len(names))]
+        bars = axes.bar(positions, values, width, label=label)
+        axes.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7, padding=2)
+    axes.set_xticks(range(len(names)), names)
+    axes.set_ylabel(unit)
+    if len(series) > 1:
+        axes.legend(fontsize=8)
+
+
+def _empty(axes: Any, title: str) -> None:
+    axes.set_title(title)
+    axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes, color="gray")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _throughput(axes: Any, run: BenchRun) -> None:
+    title = "stream throughput"
+    targets = [t for t in run.targets if t.throughput]
+    if not targets:
+        return _empty(axes, title)
+    counts = sorted({tp.connections for t in targets for tp in t.throughput})
+    series = {
+        f"{n} connection{'s' if n > 1 else ''}": [
+            next((tp.mb_per_s for tp in t.throughput if tp.connections == n), 0.0) for t in targets
+        ]
+        for n in counts
+    }
+    _bars(axes, [t.name for t in targets], series, "MB/s (10⁶ bytes)")
+    axes.set_title(title)
+
+
+def _connect(axes: Any, run: BenchRun) -> None:
+    title = "connection rate (connect + accept + close)"
+    targets = [t for t in run.targets if t.connect]
+    if not targets:
+        return _empty(axes, title)
+    _bars(
+        axes,
+        [t.name for t in targets],
+        {"": [t.connect.per_s for t in targets if t.connect]},
+        "connections/s",
+    )
+    axes.set_title(title)
+
+
+def _datagrams(axes: Any, run: BenchRun) -> None:
+    title = "datagrams received per second (loss in %)"
+    targets = [t for t in run.targets if t.datagram]
+    if not targets:
+        return _empty(axes, title)
+    sizes = sorted({d.size for t in targets for d in t.datagram})
+    width = 0.8 / len(sizes)
+    for i, size in enumerate(sizes):
+        rates = [next((d for d in t.datagram if d.size == size), None) for t in targets]
+        positions = [x + (i - (len(sizes) - 1) / 2) * width for x in range(len(targets))]
+        sent = [r.sent_per_s if r else 0.0 for r in rates]
+        received = [r.received_per_s if r else 0.0 for r in rates]
+        axes.bar(positions, sent, width, color="none", edgecolor="gray", hatch="//", linewidth=0.5)
+        bars = axes.bar(positions, received, width, label=f"{size} B")
+        axes.bar_label(
+            bars, labels=[f"{r.loss * 100:.1f} %" if r else "" for r in rates], fontsize=7, padding=2
+        )
+    axes.set_xticks(range(len(targets)), [t.name for t in targets])
+    axes.set_ylabel("datagrams/s (hatched: sent)")
+    axes.legend(fontsize=8)
+    axes.set_title(title)
+
+
+def _latency(axes: Any, run: BenchRun) -> None:
+    title = "ping-pong round trip, every sample"
+    targets = [t for t in run.targets if t.latency and t.latency.samples_ns]
+    if not targets:
+        return _empty(axes, title)
+    data = [[ns / 1000 for ns in t.latency.samples_ns] for t in targets if t.latency]
+    axes.boxplot(data, whis=(1, 99), showfliers=True, flierprops={"markersize": 2, "alpha": 0.3})
+    axes.set_xticks(range(1, len(targets) + 1), [t.name for t in targets])
+    axes.set_yscale("log")
+    axes.set_ylabel("µs (box: p25 to p75, line: p50, whiskers: p1 to p99)")
+    axes.set_title(title)

@@ -1,0 +1,334 @@
+"""The table and the progress bar: rich when it is installed, plain text otherwise.
+
+The tables are built as plain rows of strings first (:func:`tables`), so what they say does not
+depend on how they are drawn.  rich is imported only by the functions that draw, and only when
+``enchufe bench`` runs.
+
+The progress bar redraws only between measures, never during one: a refresh thread would take
+the GIL from the client in the middle of a latency test and show up in its tail.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .compare import Change
+from .results import BenchRun, TargetResult
+
+__all__ = ["Grid", "make_progress", "print_report", "tables"]
+
+
+@dataclass
+class Grid:
+    """A table as text: a title, column headers, rows of cells, notes printed under it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _mb(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _us(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.1f}"
+
+
+def _percent(fraction: float) -> str:
+    if fraction == 0:
+        return "0 %"
+    return f"{fraction * 100:.2f} %" if fraction >= 0.0001 else "<0.01 %"
+
+
+NA = "—"
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _failed(target: TargetResult, label: str) -> str:
+    """ "failed" if the measure labelled ``label`` failed for ``target``, else "—" (not measured)."""
+    return "failed" if any(e.startswith(label + ":") for e in target.errors) else NA
+
+
+def _measured_nothing(target: TargetResult) -> bool:
+    return not (target.throughput or target.latency or target.connect or target.datagram)
+
+
+def tables(run: BenchRun) -> list[Grid]:
+    """The report as text tables: every target, then the datagram details."""
+    parallel = run.settings.parallel
+    main = Grid(
+        "enchufe bench, " + ("loopback" if _loopback(run) else "servers given"),
+        [
+            "kind" if _loopback(run) else "address",
+            "MB/s, 1 conn",
+            f"MB/s, {parallel} conns",
+            "conn/s",
+            "RTT p50 µs",
+            "p90",
+            "p99",
+            "max",
+        ],
+    )
+    for target in run.targets:
+        if target.skipped or (target.errors and _measured_nothing(target)):
+            main.rows.append([target.name, "skipped" if target.skipped else "failed", "", "", "", "", "", ""])
+            continue
+        single = next((t for t in target.throughput if t.connections == 1), None)
+        multi = next((t for t in target.throughput if t.connections > 1), None)
+        row = [target.name]
+        if target.stream:
+            row.append(_mb(single.mb_per_s) if single else _failed(target, "throughput, 1 connection"))
+            row.append(
+                _mb(multi.mb_per_s) if multi else _failed(target, f"throughput, {parallel} connections")
+            )
+            row.append(_rate(target.connect.per_s) if target.connect else _failed(target, "connection rate"))
+        else:
+            row += [NA, NA, NA]
+        latency = target.latency
+        if latency:
+            s = latency.summary
+            row += [_us(s.p50_us), _us(s.p90_us), _us(s.p99_us), _us(s.max_us)]
+        else:
+            row += [_failed(target, "latency"), "", "", ""]
+        main.rows.append(row)
+    main.notes = _notes(run)
+    main = _without_empty_columns(main)
+    grids = [main] if len(main.columns) > 1 else []
+    datagrams = Grid(
+        "datagrams: sent as fast as the socket takes them",
+        ["kind" if _loopback(run) else "address", "payload", "sent/s", "received/s", "lost", "MB/s received"],
+    )
+    for target in run.targets:
+        for rate in target.datagram:
+            datagrams.rows.append(
+                [
+                    target.name,
+                    f"{rate.size} B",
+                    _rate(rate.sent_per_s),
+                    _rate(rate.received_per_s),
+                    _percent(rate.loss),
+                    _mb(rate.mb_per_s),
+                ]
+            )
+        for error in target.errors:
+            if error.startswith("datagrams of"):
+                size = error.split(" ", 3)[2]
+                datagrams.rows.append([target.name, f"{size} B", "failed", "", "", ""])
+    if not grids:  # nothing but datagram rates measured: their table carries the notes
+        datagrams.notes = main.notes
+    if datagrams.rows:
+        method = {r.method for t in run.targets for r in t.datagram}
+        datagrams.notes.append(
+            "received: distinct sequence numbers "
+            + (
+                "that bench's receiver (a separate process) counted"
+                if method == {"sink"}
+                else "of the echoes that came back (loss either way counts)"
+            )
+            + "; UDP drops what the receiver cannot take in time, unix datagram sockets make the "
+            "sender wait instead"
+        )
+        grids.append(datagrams)
+    return grids
+
+
+def _without_empty_columns(grid: Grid) -> Grid:
+    """The grid without the columns (but the first) in which no row has a figure."""
+    keep = [0] + [i for i in range(1, len(grid.columns)) if any(row[i] not in (NA, "") for row in grid.rows)]
+    return Grid(
+        grid.title,
+        [grid.columns[i] for i in keep],
+        [[row[i] for i in keep] for row in grid.rows],
+        grid.notes,
+    )
+
+
+def _loopback(run: BenchRun) -> bool:
+    return all(t.server == "bench" for t in run.targets)
+
+
+def _notes(run: BenchRun) -> list[str]:
+    s = run.settings
+    m = run.machine
+    notes = [
+        f"server: {run.arrangement.get('server', '?')}",
+        f"client: {run.arrangement.get('client', '?')}",
+    ]
+    methods = {t.method for target in run.targets for t in target.throughput}
+    if methods:
+        how = " and ".join(sorted(methods))
+        size = next(t.size for target in run.targets for t in target.throughput)
+        notes.append(
+            f"throughput: {size:,}-byte writes, {s.duration:g} s after a {s.warmup:g} s warm-up, "
+            f"counted at the {how} end{'s' if len(methods) > 1 else ''}; MB = 10⁶ bytes"
+        )
+    latencies = [t.latency for t in run.targets if t.latency]
+    if latencies:
+        lat = latencies[0]
+        notes.append(
+            f"latency: {lat.round_trips:,} ping-pong round trips of {lat.size} B after {lat.warmup} "
+            "uncounted; percentiles over every sample"
+        )
+    if any(t.connect for t in run.targets):
+        notes.append("conn/s: connect, accept, close on both sides, one connection after another")
+    load = f", load {m.load_1m:g} at start" if m.load_1m is not None else ""
+    notes.append(
+        f"machine: {m.cores} cores, {m.system} {m.kernel}, {m.implementation} {m.python}{load}; "
+        "other work on the machine moves these figures"
+    )
+    for target in run.targets:
+        if target.skipped:
+            notes.append(f"{target.name} skipped: {target.skipped}")
+    return notes
+
+
+def compare_grid(changes: list[Change], source: str) -> Grid:
+    grid = Grid(f"compared with {source}", ["figure", "before", "now", "change"])
+    for change in changes:
+        grid.rows.append(
+            [change.name, change.format(change.before), change.format(change.now), change.describe()]
+        )
+    if not changes:
+        grid.notes.append("no figure in common with the earlier run")
+    return grid
+
+
+# ---------------------------------------------------------------------------- drawing
+
+
+def print_report(
+    run: BenchRun, *, changes: list[Change] | None = None, source: str = "", out: TextIO | None = None
+) -> None:
+    """Draw the tables (and the comparison) on ``out`` (stdout by default)."""
+    out = out or sys.stdout
+    grids = tables(run)
+    if changes is not None:
+        grids.append(compare_grid(changes, source))
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        _print_plain(grids, out)
+    else:
+        _print_rich(grids, out, changes)
+
+
+def _print_rich(grids: list[Grid], out: TextIO, changes: list[Change] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=out, width=None if out.isatty() else 140, soft_wrap=False)
+    verdicts = {c.name: c.better for c in changes or []}
+    for grid in grids:
+        table = Table(title=grid.title, title_justify="left", header_style="bold")
+        for i, column in enumerate(grid.columns):
+            table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in grid.rows:
+            cells: list[Any] = list(row)
+            verdict = verdicts.get(row[0]) if grid.title.startswith("compared") else None
+            if verdict is not None:
+                cells[-1] = Text(row[-1], style="green" if verdict else "red")
+            elif any(c in ("failed", "skipped") for c in row):
+                cells = [Text(c, style="red" if c == "failed" else "yellow") for c in row]
+            table.add_row(*cells)
+        console.print(table)
+        for note in grid.notes:
+            console.print(Text(note, style="dim"), highlight=False)
+        console.print()
+
+
+def _print_plain(grids: list[Grid], out: TextIO) -> None:
+    for grid in grids:
+        widths = [len(c) for c in grid.columns]
+        for row in grid.rows:
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+
+        def line(cells: list[str], widths: list[int] = widths) -> str:
+            parts = [cells[0].ljust(widths[0])] + [
+                c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)
+            ]
+            return "  ".join(parts).rstrip()
+
+        out.write(grid.title + "\n")
+        out.write(line(grid.columns) + "\n")
+        out.write("  ".join("-" * w for w in widths) + "\n")
+        for row in grid.rows:
+            out.write(line(row) + "\n")
+        for note in grid.notes:
+            out.write(note + "\n")
+        out.write("\n")
+    out.flush()
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class _RichProgress:
+    """A progress bar on stderr, redrawn between measures only (see the module docstring)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            auto_refresh=False,
+            transient=True,
+        )
+        self._task: Any = None
+        self._steps = 0
+
+    def begin(self, total: int) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task("starting bench's servers", total=total)
+        self._bar.refresh()
+
+    def step(self, label: str) -> None:
+        if self._steps:
+            self._bar.advance(self._task)
+        self._steps += 1
+        self._bar.update(self._task, description=label)
+        self._bar.refresh()
+
+    def end(self) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, completed=self._steps)
+        self._bar.stop()
+
+
+class _NoProgress:
+    def begin(self, total: int) -> None:
+        pass
+
+    def step(self, label: str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def make_progress(enabled: bool) -> _RichProgress | _NoProgress:
+    """A live bar on stderr when ``enabled`` (a terminal, not --quiet) and rich is installed."""
+    if not enabled:
+        return _NoProgress()
+    try:
+        return _RichProgress()
+    except ImportError:
+        return _NoProgress()

@@ -1,0 +1,80 @@
+"""enchufe bench [ADDRESS…]: throughput, latency, connection rate, datagram rate and loss."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import global_options, settings
+
+
+@click.command("bench")
+@click.argument("addresses", nargs=-1, metavar="[ADDRESS]...")
+@click.option(
+    "--mode",
+    metavar="MODE",
+    help="Only one measure: throughput, latency, connect or datagram.  [default: every one the kind has]",
+)
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="Loopback run only: these kinds (tcp4 tcp6 udp4 udp6 unix unixgram; repeat or use commas).",
+)
+@click.option("--duration", metavar="SECONDS", help="Seconds per timed test, after a warm-up.  [default: 1]")
+@click.option("--count", metavar="N", help="Latency round trips.  [default: 5000]")
+@click.option(
+    "--size",
+    metavar="BYTES",
+    help="Bytes per write (throughput, default 131072), per ping (latency, default 64) "
+    "or per datagram (default: both 64 and 1400).",
+)
+@click.option(
+    "-P", "--parallel", metavar="N", help="Connections of the parallel throughput test.  [default: 4]"
+)
+@click.option(
+    "--sink",
+    is_flag=True,
+    help="The servers given discard what they receive: throughput does not read an echo back.",
+)
+@click.option(
+    "--json", "json_", is_flag=True, help="Print one JSON object with every figure instead of tables."
+)
+@click.option("--plot", metavar="FILE.png", help="Draw the comparison as a PNG (needs enchufe[plot]).")
+@click.option("--compare", metavar="FILE.json", help="Show the difference to an earlier --json run.")
+@global_options
+def command(
+    addresses: tuple[str, ...],
+    mode: str | None,
+    kinds: tuple[str, ...],
+    duration: str | None,
+    count: str | None,
+    size: str | None,
+    parallel: str | None,
+    sink: bool,
+    json_: bool,
+    plot: str | None,
+    compare: str | None,
+) -> int:
+    """Measure sockets: throughput, latency, connection rate, datagram rate and loss.
+
+    With no ADDRESS, each of the six kinds on loopback, against bench's own servers running in
+    a separate process.  With ADDRESSes, servers that already run there: an echo server
+    (`enchufe echo`, or any other), or with --sink one that discards.
+    """
+    from ..bench.command import main
+
+    return main(
+        addresses,
+        mode=mode,
+        kinds=kinds,
+        duration=duration,
+        count=count,
+        size=size,
+        parallel=parallel,
+        sink=sink,
+        as_json=json_,
+        plot=plot,
+        compare=compare,
+        quiet=settings.quiet,
+    )
