@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "echo": ("echo", "Echo server for any of the six kinds."),
     "chat": ("chat", "Chat room: every message from one client goes to all the others."),
     "tour": ("tour", "Every kind's server and client on loopback, narrated, then a summary."),
+    "bench": ("bench", "Throughput, latency, connection and datagram rates: all six kinds, or ADDRESSes."),
 }
 
 
