@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recv": ("recv", "Bind a datagram socket and print each datagram."),
     "echo": ("echo", "Echo server for any of the six kinds."),
     "chat": ("chat", "Chat room: every message from one client goes to all the others."),
+    "relay": ("relay", "For every client of LISTEN, open TARGET and carry bytes both ways."),
     "tour": ("tour", "Every kind's server and client on loopback, narrated, then a summary."),
     "bench": ("bench", "Throughput, latency, connection and datagram rates: all six kinds, or ADDRESSes."),
 }

@@ -1,0 +1,189 @@
+"""The relay's event loop: one thread, epoll readiness, a heap of timers, no thread per connection.
+
+::
+
+    loop = Loop()
+    loop.register(sock.fileno(), READ, on_ready)     # on_ready(mask) runs when fd is ready
+    timer = loop.call_later(5.0, on_timeout)         # timer.cancel() to take it back
+    loop.run(until=lambda: done)                     # returns once ``until()`` holds
+    loop.wake()                                      # from a signal handler or another thread
+
+Why ``select.epoll`` itself rather than ``selectors.EpollSelector``: a relayed socket must stay
+registered while we want nothing from it (its pipe is full, its peer has nothing to send), so
+that a reset on it (EPOLLERR/EPOLLHUP, which epoll reports whatever the mask) is noticed at once
+rather than when we next need the socket.  ``selectors`` refuses an empty interest set, and its
+key objects cost an allocation per ready socket that a loop moving gigabytes per second can skip.
+
+Readiness is level-triggered: a handler that stops early (to be fair to other connections)
+is simply called again on the next turn.  A handler's fd is closed by its owner, who calls
+:meth:`Loop.forget` first; closing an fd removes it from the epoll set, so no ``epoll_ctl`` is
+spent on it.
+
+Linux hands out the lowest free descriptor number, so a connection closed while handling one
+event and a client accepted while handling the next one usually share a number; events of the
+same ``epoll_wait`` batch for a number forgotten during that batch are therefore dropped, never
+delivered to the new owner (level-triggered readiness reports a real event again next turn).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import select
+import time
+from collections.abc import Callable
+
+__all__ = ["ERROR", "FAILED", "READ", "WRITE", "Loop", "Timer"]
+
+READ = select.EPOLLIN
+WRITE = select.EPOLLOUT
+#: Always reported, whatever the mask: the socket failed or both directions are shut down.
+ERROR = select.EPOLLERR | select.EPOLLHUP
+#: The socket has a pending error (SO_ERROR): a reset, a failed connect.
+FAILED = select.EPOLLERR
+
+#: Ready descriptors taken from the kernel per ``epoll_wait``: enough to serve a burst of busy
+#: connections per turn without a huge result list.
+MAX_EVENTS = 1024
+
+#: Once this many cancelled timers sit in the heap (and they are most of it), it is rebuilt
+#: without them: a relay that connects thousands of times a second cancels a connect timer per
+#: connection, and those must not pile up until their (distant) deadlines.
+COMPACT_AFTER = 1024
+
+Handler = Callable[[int], None]
+
+
+class Timer:
+    """A callback due at ``when`` (monotonic seconds); :meth:`cancel` makes it a no-op."""
+
+    __slots__ = ("_loop", "callback", "cancelled", "when")
+
+    def __init__(self, loop: Loop, when: float, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._loop._timer_cancelled()
+
+
+class Loop:
+    """epoll plus timers plus a wake-up pipe.  Not thread-safe except for :meth:`wake`."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._cancelled = 0
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._on_wake: Callable[[], None] | None = None
+        self._stale: set[int] = set()  # descriptors forgotten during the current batch
+        self._epoll.register(self._wake_r, READ)
+        self._closed = False
+
+    # -- descriptors
+
+    def register(self, fd: int, mask: int, handler: Handler) -> None:
+        """Call ``handler(events)`` whenever ``fd`` is ready for ``mask`` (which may be 0:
+        errors only)."""
+        self._epoll.register(fd, mask)
+        self._handlers[fd] = handler
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._epoll.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching ``fd`` (still open) altogether."""
+        if self._handlers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    def forget(self, fd: int) -> None:
+        """``fd`` is about to be closed: drop its handler (closing removes it from epoll)."""
+        self._handlers.pop(fd, None)
+        self._stale.add(fd)
+
+    def watching(self, fd: int) -> bool:
+        return fd in self._handlers
+
+    # -- timers
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self, time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled += 1
+        if self._cancelled > COMPACT_AFTER and self._cancelled * 2 > len(self._timers):
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _when, _seq, timer = heapq.heappop(timers)
+            if timer.cancelled:
+                self._cancelled = max(0, self._cancelled - 1)
+                continue
+            timer.cancelled = True  # fired: a later cancel() is a no-op
+            timer.callback()
+
+    # -- waking up
+
+    def set_wake_handler(self, callback: Callable[[], None]) -> None:
+        """``callback()`` runs in the loop's thread after every :meth:`wake`."""
+        self._on_wake = callback
+
+    def wake(self) -> None:
+        """Make the loop run its wake handler soon.  Safe from signal handlers and other threads."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+        if self._on_wake is not None:
+            self._on_wake()
+
+    # -- running
+
+    def run(self, until: Callable[[], bool]) -> None:
+        """Dispatch readiness and timers until ``until()`` is true (checked after every turn)."""
+        poll = self._epoll.poll
+        handlers = self._handlers
+        wake_fd = self._wake_r
+        stale = self._stale
+        while not until():
+            timers = self._timers  # a new list after compaction
+            timeout = max(0.0, timers[0][0] - time.monotonic()) if timers else -1.0
+            stale.clear()
+            for fd, events in poll(timeout, MAX_EVENTS):
+                if stale and fd in stale:
+                    continue  # closed during this batch: the event was for its previous owner
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler(events)
+                elif fd == wake_fd:
+                    self._drain_wake()
+            if self._timers:
+                self._run_timers()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._epoll.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

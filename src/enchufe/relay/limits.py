@@ -1,0 +1,187 @@
+"""Who may use the relay and how many at once: access rules (pure) and the file-descriptor budget.
+
+Access rules have no I/O: they take a peer's IP address or unix credentials and say whether it
+may pass, so they are unit-tested as plain functions.
+
+* **IP rules** (``--allow CIDR`` / ``--deny CIDR``): a peer matching any ``--deny`` is refused;
+  otherwise, if any ``--allow`` is given, the peer must match one.  An IPv4 rule also matches an
+  IPv4-mapped IPv6 peer (``::ffff:127.0.0.1`` on a dual-stack listener is 127.0.0.1), so a
+  dual-stack listener cannot be used to slip past an IPv4 rule.
+* **Unix credentials** (``--allow-uid`` / ``--allow-gid``): when any is given, the peer's uid
+  (as SO_PEERCRED reports it) must be one of the uids, or its gid one of the gids.
+
+The descriptor budget: every relayed connection holds two sockets; a connection moving bytes
+also borrows up to two pipes (four descriptors) from the pool, and falls back to copying through
+a small buffer when no descriptor is left, so the budget is counted in sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import ipaddress
+import pwd
+import resource
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+
+__all__ = [
+    "AccessRules",
+    "Network",
+    "connection_budget",
+    "parse_gid",
+    "parse_network",
+    "parse_uid",
+    "raise_fd_limit",
+]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Descriptors kept out of the connection budget: stdio, the epoll and wake-up descriptors, the
+#: listener, the spare descriptor kept for EMFILE, the idle pipes of the pool (see
+#: ``pump.MAX_IDLE_PIPES``) and some slack for the interpreter's own files.
+RESERVED_FDS = 64 + 2 * 64
+
+#: The descriptor limit a privileged relay raises itself to, when the hard limit is lower: room
+#: for 30,000+ connections, far below fs.nr_open (1,048,576 by default).
+WANTED_NOFILE = 65536
+
+
+def parse_network(text: str, option: str = "--allow") -> Network:
+    """``"10.0.0.0/8"``, ``"::1"``, ``"192.168.1.7"`` → a network; UsageError with an example."""
+    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    try:
+        return ipaddress.ip_network(text.strip().strip("[]"), strict=False)
+    except ValueError:
+        raise UsageError(
+            f"{option} {shown!r}: not an IP network; write an address or CIDR such as "
+            f"10.0.0.0/8, 192.168.1.7 or fd00::/8"
+        ) from None
+
+
+def parse_uid(text: str) -> int:
+    """A uid from a number or a user name."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise UsageError(f"--allow-uid {text!r}: no such user; give a user name or a numeric uid") from None
+
+
+def parse_gid(text: str) -> int:
+    """A gid from a number or a group name."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise UsageError(f"--allow-gid {text!r}: no such group; give a group name or a numeric gid") from None
+
+
+def _peer_addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """The peer as an address, plus its IPv4 form when it is IPv4-mapped IPv6."""
+    addr = ipaddress.ip_address(host.partition("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr, addr.ipv4_mapped
+    return (addr,)
+
+
+def _matches(
+    networks: Iterable[Network], addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+) -> Network | None:
+    for network in networks:
+        for addr in addresses:
+            if addr.version == network.version and addr in network:
+                return network
+    return None
+
+
+@dataclass(frozen=True)
+class AccessRules:
+    """Who may connect.  Empty rules let everyone in."""
+
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    allow_uids: frozenset[int] = field(default_factory=frozenset)
+    allow_gids: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
+        allow_uids: Iterable[str] = (),
+        allow_gids: Iterable[str] = (),
+    ) -> AccessRules:
+        """Rules from option strings; UsageError names the bad one."""
+        return cls(
+            allow=tuple(parse_network(t, "--allow") for t in allow),
+            deny=tuple(parse_network(t, "--deny") for t in deny),
+            allow_uids=frozenset(parse_uid(t) for t in allow_uids),
+            allow_gids=frozenset(parse_gid(t) for t in allow_gids),
+        )
+
+    @property
+    def filters_ip(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    @property
+    def filters_credentials(self) -> bool:
+        return bool(self.allow_uids or self.allow_gids)
+
+    def check_ip(self, host: str) -> str | None:
+        """``None`` if a peer at ``host`` may pass, else the reason it may not."""
+        if not self.filters_ip:
+            return None
+        try:
+            addresses = _peer_addresses(host)
+        except ValueError:
+            return f"peer address {host!r} is not an IP address"
+        denied = _matches(self.deny, addresses)
+        if denied is not None:
+            return f"matches --deny {denied}"
+        if self.allow and _matches(self.allow, addresses) is None:
+            return "matches no --allow rule"
+        return None
+
+    def check_credentials(self, uid: int, gid: int) -> str | None:
+        """``None`` if a unix peer running as ``uid``/``gid`` may pass, else the reason."""
+        if not self.filters_credentials:
+            return None
+        if uid in self.allow_uids or gid in self.allow_gids:
+            return None
+        return f"uid {uid} / gid {gid} is not allowed by --allow-uid/--allow-gid"
+
+
+def connection_budget(nofile: int) -> int:
+    """How many relayed connections ``nofile`` descriptors hold (two sockets each), after the
+    reserve (at most half of a small limit)."""
+    return max(1, (nofile - min(RESERVED_FDS, nofile // 2)) // 2)
+
+
+def raise_fd_limit(wanted: int = WANTED_NOFILE) -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit, and both to ``wanted`` where allowed
+    (raising the hard limit needs CAP_SYS_RESOURCE).  Returns the (soft, hard) limits in force."""
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nr_open = 1 << 20
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/nr_open") as f:
+        nr_open = int(f.read())
+    ceiling = nr_open if hard == infinity else hard
+    target = min(max(ceiling, wanted), nr_open)
+    if soft == infinity or soft >= target:
+        return soft, hard
+    attempts = [(target, hard if hard == infinity or hard >= target else target)]
+    if ceiling > soft:
+        attempts.append((ceiling, hard))  # not allowed to raise the hard limit: up to it
+    for new_soft, new_hard in attempts:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, new_hard))
+        except (ValueError, OSError):
+            continue
+        break
+    return resource.getrlimit(resource.RLIMIT_NOFILE)

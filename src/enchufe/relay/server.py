@@ -1,0 +1,403 @@
+"""A relay process: one listener, its handler, the event loop, limits, stats and shutdown.
+
+::
+
+    relay = Relay(RelayConfig("tcp://:8080", "unix:///run/app.sock", max_conns=1000))
+    relay.open()                   # bind: relay.address is the real listening address
+    result = relay.run()           # until stopped: SIGTERM/SIGINT, or relay.stop() from a thread
+    sys.exit(result.exit_status)   # 0, or 1 if the drain had to cut connections
+
+Shutdown: the first stop closes the listener at once (its unix socket file is removed, new
+clients are refused by the kernel) and lets open connections finish for ``drain_timeout``
+seconds; then the rest are cut.  A second stop cuts them at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import Sized
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Protocol
+
+from .. import _sockets
+from .._sockets import DEFAULT_BACKLOG, SocketFile, open_listener
+from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
+from ..errors import AddressError, UsageError
+from .engine import Loop, Timer
+from .events import EventSink
+from .limits import WANTED_NOFILE, AccessRules, connection_budget, raise_fd_limit
+from .pump import Pools
+from .stats import Snapshot, Stats, interval_report, summary_report
+from .stream import StreamRelay, TargetResolver
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "Relay",
+    "RelayConfig",
+    "RelayResult",
+    "check_endpoints",
+]
+
+#: Seconds to wait for the target to accept.  The kernel alone would wait minutes (SYN retries);
+#: a client of a relay would rather be told quickly.  Loopback and LAN targets answer in
+#: milliseconds, distant ones well within this.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: Seconds open connections get to finish after SIGTERM/SIGINT (as the issue asks).
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+
+class ListenerHandler(Protocol):
+    """What a relay needs from the handler of its listener (streams today: :class:`StreamRelay`;
+    a datagram handler plugs in the same way): start serving, stop accepting, cut what is open."""
+
+    @property
+    def sessions(self) -> Sized: ...
+
+    def start(self) -> None: ...
+
+    def stop_accepting(self) -> None: ...
+
+    def abort_all(self, reason: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """What to relay and how.  ``listen`` and ``target`` are address strings or values."""
+
+    listen: Address | str
+    target: Address | str
+    #: relayed connections open at once; more are reset at accept.  ``None``: the fd budget.
+    max_conns: int | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: close a connection after this many seconds without a byte either way (off by default)
+    idle_timeout: float | None = None
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    rules: AccessRules = field(default_factory=AccessRules)
+    #: seconds between stats lines; ``None``: no stats lines (the summary is at level 1)
+    stats_interval: float | None = None
+    #: splice through pipes (zero-copy); False copies through a buffer (for comparison)
+    splice: bool = True
+    backlog: int = DEFAULT_BACKLOG
+    #: permissions of a unix listener's socket file
+    mode: int | None = None
+    #: bind with SO_REUSEPORT (for several worker processes on one port)
+    reuse_port: bool = False
+    #: raise RLIMIT_NOFILE as far as allowed at open()
+    raise_fd_limit: bool = True
+    #: datagram framing over streams (a later feature; refused for now)
+    frame: bool = False
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    """How a relay ended: how many connections the shutdown cut, and the final counters."""
+
+    cut: int
+    stats: Snapshot
+
+    @property
+    def exit_status(self) -> int:
+        """0 if nothing in flight was cut, else 1 (the contract of a stopped server)."""
+        return 1 if self.cut else 0
+
+
+def _endpoint(value: Address | str, role: str) -> Address:
+    address = parse(value) if isinstance(value, str) else value
+    if not isinstance(address, InetAddress | UnixAddress):
+        raise UsageError(
+            f"{role} {address}: the relay takes socket addresses (tcp://, unix:, udp://, unixgram:); "
+            "stdio and exec endpoints are not supported yet"
+        )
+    return address
+
+
+def check_endpoints(
+    listen: Address | str, target: Address | str, *, frame: bool = False
+) -> tuple[SocketAddress, SocketAddress]:
+    """Parse and check a LISTEN/TARGET pair: UsageError (exit status 2) if it cannot be relayed."""
+    source = _endpoint(listen, "LISTEN")
+    dest = _endpoint(target, "TARGET")
+    assert isinstance(source, InetAddress | UnixAddress) and isinstance(dest, InetAddress | UnixAddress)
+    if source.is_stream != dest.is_stream:
+        stream, datagram = (source, dest) if source.is_stream else (dest, source)
+        if not frame:
+            raise UsageError(
+                f"cannot relay between {stream} (a stream) and {datagram} (datagrams) without framing: "
+                "a stream has no message boundaries; use two stream or two datagram addresses"
+            )
+        raise UsageError("--frame (datagrams over a stream) is not supported yet")
+    if not source.is_stream:
+        raise UsageError(f"relaying datagrams ({source} → {dest}) is not supported yet; relay streams")
+    if isinstance(dest, InetAddress) and (dest.is_wildcard or dest.port == 0):
+        raise AddressError(
+            f"TARGET {dest}: the relay connects there, so it needs a host and a port, "
+            f"e.g. {dest.scheme}://127.0.0.1:{dest.port or 9000}"
+        )
+    return source, dest
+
+
+class Relay:
+    """A stream relay from ``config.listen`` to ``config.target``, run by :meth:`run`."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        events: EventSink | None = None,
+        listener: tuple[socket.socket, SocketAddress] | None = None,
+    ) -> None:
+        self.config = config
+        self.listen_address, self.target_address = check_endpoints(
+            config.listen, config.target, frame=config.frame
+        )
+        rules = config.rules
+        if rules.filters_ip and isinstance(self.listen_address, UnixAddress):
+            raise UsageError(
+                "--allow/--deny filter IP peers, but LISTEN is a unix socket; use --allow-uid/--allow-gid"
+            )
+        if rules.filters_credentials and isinstance(self.listen_address, InetAddress):
+            raise UsageError(
+                "--allow-uid/--allow-gid need a unix LISTEN address (SO_PEERCRED); use --allow/--deny for IP"
+            )
+        for name, value in (
+            ("connect_timeout", config.connect_timeout),
+            ("idle_timeout", config.idle_timeout),
+            ("stats_interval", config.stats_interval),
+        ):
+            if value is not None and value <= 0:
+                raise UsageError(f"{name} must be more than 0 seconds, not {value}")
+        if config.drain_timeout < 0:
+            raise UsageError(f"drain_timeout must be 0 or more seconds, not {config.drain_timeout}")
+        if config.max_conns is not None and config.max_conns < 1:
+            raise UsageError(f"max_conns must be at least 1, not {config.max_conns}")
+        self.events = events or EventSink()
+        self.stats = Stats()
+        self.address: SocketAddress | None = None
+        self.max_conns = config.max_conns or 0
+        self._listener = listener
+        self._resolver = TargetResolver(self.target_address)
+        self._owned: SocketFile | None = None
+        self._loop: Loop | None = None
+        self._handler: ListenerHandler | None = None
+        self._stops = 0
+        self._stops_seen = 0
+        self._draining = False
+        self._finished = False
+        self._cut = 0
+        self._drain_timer: Timer | None = None
+        self._last: Snapshot | None = None
+
+    # -- setting up
+
+    def open(self) -> SocketAddress:
+        """Bind the listener (NetworkError if it cannot be) and size the limits."""
+        if self.address is not None:
+            return self.address
+        config = self.config
+        if config.raise_fd_limit:
+            nofile, hard = raise_fd_limit()
+        else:
+            import resource
+
+            nofile, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        budget = connection_budget(nofile)
+        self.max_conns = config.max_conns or budget
+        if self.events.wants(1):
+            capped = (
+                " (the hard limit; raising it needs CAP_SYS_RESOURCE or a higher ulimit -Hn)"
+                if nofile == hard and nofile < WANTED_NOFILE
+                else ""
+            )
+            self.events(
+                "limits",
+                f"fd budget: {nofile} descriptors{capped}: room for {budget} relayed connections "
+                f"(2 sockets each; pipes are borrowed only while bytes are in flight); "
+                f"max-conns {self.max_conns}",
+                level=1,
+                nofile=nofile,
+                budget=budget,
+                max_conns=self.max_conns,
+            )
+        if config.max_conns is not None and config.max_conns > budget:
+            message = (
+                f"--max-conns {config.max_conns} exceeds the fd budget ({nofile} descriptors: about "
+                f"{budget} connections); clients past that are turned away"
+            )
+            self.events(
+                "warning",
+                f"enchufe: warning: {message}",
+                max_conns=config.max_conns,
+                budget=budget,
+                detail=message,
+            )
+        if self._listener is None:
+            sock, real, owned = open_listener(
+                self.listen_address, backlog=config.backlog, mode=config.mode, reuse_port=config.reuse_port
+            )
+            self._listener = (sock, real)
+            self._owned = owned
+        # The target must be resolvable (and valid) from the start: fail now, not per client.
+        try:
+            self._resolver.targets()
+        except BaseException:
+            self.close()
+            raise
+        self.address = self._listener[1]
+        return self.address
+
+    # -- running
+
+    def run(self, *, handle_signals: bool = True, announce: bool = True) -> RelayResult:
+        """Serve until stopped; returns how it ended.  Signals (SIGINT, SIGTERM) are handled when
+        ``handle_signals`` and this is the main thread: first a drain, then a cut."""
+        address = self.open()
+        assert self._listener is not None
+        config = self.config
+        loop = self._loop = Loop()
+        pools = Pools()
+        stream = StreamRelay(
+            loop,
+            self._listener[0],
+            self._resolver,
+            pools=pools,
+            stats=self.stats,
+            events=self.events,
+            rules=config.rules,
+            max_conns=self.max_conns,
+            connect_timeout=config.connect_timeout,
+            idle_timeout=config.idle_timeout,
+            use_splice=config.splice,
+            on_listener_closed=self._release_file,
+        )
+        if config.max_conns is None:
+            stream.limit_origin = "the limit the fd budget sets; see --max-conns"
+        handler: ListenerHandler = stream
+        self._handler = handler
+        loop.set_wake_handler(self._on_wake)
+        previous = self._install_signals() if handle_signals else {}
+        try:
+            handler.start()
+            if announce:
+                self.events("listening", f"listening on {address}", address=str(address))
+            if config.stats_interval:
+                self._last = self.stats.snapshot()
+                loop.call_later(config.stats_interval, self._report)
+            if self._stops:
+                self._on_wake()
+            loop.run(until=self._done)
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+            if self._handler is not None:
+                self._handler.abort_all("error")
+                self._handler.stop_accepting()
+            pools.close()
+            loop.close()
+            self.close()
+        final = self.stats.snapshot()
+        line, fields = summary_report(final)
+        self.events("summary", line, level=0 if config.stats_interval else 1, **fields)
+        return RelayResult(self._cut, final)
+
+    def _done(self) -> bool:
+        if self._finished:
+            return True
+        handler = self._handler
+        return self._draining and handler is not None and not handler.sessions
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop: the first call drains, a second (or ``now=True``) cuts everything.  Safe from a
+        signal handler or another thread."""
+        self._stops += 2 if now else 1
+        if self._loop is not None:
+            self._loop.wake()
+
+    def _install_signals(self) -> dict[int, signal.Handlers | int | None]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, signal.Handlers | int | None] = {}
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stop()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)  # type: ignore[assignment]
+        return previous
+
+    def _on_wake(self) -> None:
+        stops = self._stops
+        if stops == self._stops_seen:
+            return
+        self._stops_seen = stops
+        handler = self._handler
+        assert handler is not None
+        if not self._draining:
+            self._draining = True
+            handler.stop_accepting()
+            open_now = len(handler.sessions)
+            drain = self.config.drain_timeout
+            if open_now:
+                self.events(
+                    "stopping",
+                    f"stopping: no new clients; waiting up to {drain:g} s for {open_now} open "
+                    f"connection{'s' if open_now != 1 else ''} (signal again to cut them now)",
+                    open=open_now,
+                    drain_timeout=drain,
+                )
+            else:
+                self.events("stopping", "stopping: no connection open", open=0, drain_timeout=drain)
+            if open_now:
+                assert self._loop is not None
+                self._drain_timer = self._loop.call_later(drain, self._drain_expired)
+        if stops >= 2 and handler.sessions:
+            self._cut_all("stopped again before the drain ended")
+
+    def _drain_expired(self) -> None:
+        self._drain_timer = None
+        self._cut_all(f"still open after the {self.config.drain_timeout:g} s drain (--drain-timeout)")
+
+    def _cut_all(self, why: str) -> None:
+        handler = self._handler
+        assert handler is not None
+        cut = handler.abort_all("shutdown")
+        self._cut += cut
+        self._finished = True
+        if cut:
+            self.events(
+                "cut",
+                f"enchufe: cut {cut} connection{'s' if cut != 1 else ''} {why}",
+                cut=cut,
+            )
+
+    def _report(self) -> None:
+        interval = self.config.stats_interval
+        assert interval is not None and self._loop is not None and self._last is not None
+        now = self.stats.snapshot()
+        line, fields = interval_report(self._last, now)
+        self._last = now
+        self.events("stats", line, **fields)
+        self._loop.call_later(interval, self._report)
+
+    # -- closing
+
+    def _release_file(self) -> None:
+        if self._owned is not None:
+            self._owned.release()
+            self._owned = None
+
+    def close(self) -> None:
+        """Release the listener (and its socket file) if :meth:`run` did not."""
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                _sockets.close(self._listener[0])
+        self._release_file()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._handler.sessions) if self._handler is not None else 0

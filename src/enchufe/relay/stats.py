@@ -1,0 +1,126 @@
+"""Counters of a relay and their report lines, without I/O.
+
+The engine bumps plain integer attributes of :class:`Stats` (no locks: one thread per process);
+``--stats`` takes a :class:`Snapshot` every interval and turns two of them into a line with
+rates, and the last one into the summary printed at exit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Snapshot", "Stats", "human_bytes", "interval_report", "summary_report"]
+
+
+class Stats:
+    """What a relay has done so far.  Connections are counted once each:
+
+    * ``open``: relayed connections alive now (connecting, relaying or draining);
+    * ``total``: clients admitted (a target was tried for them);
+    * ``refused``: clients turned away at accept (over ``--max-conns``, denied by a rule, or no
+      descriptor left);
+    * ``failed``: admitted clients whose target could not be reached (refused, timed out);
+    * ``reset``: relayed connections ended by a reset or error on either side;
+    * ``cut``: connections closed by the relay while open (idle timeout, end of the drain);
+    * ``to_target`` / ``to_client``: bytes delivered in each direction.
+    """
+
+    __slots__ = ("cut", "failed", "open", "refused", "reset", "started", "to_client", "to_target", "total")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.total = 0
+        self.refused = 0
+        self.failed = 0
+        self.reset = 0
+        self.cut = 0
+        self.to_target = 0
+        self.to_client = 0
+        self.started = time.monotonic()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            when=time.monotonic(),
+            started=self.started,
+            open=self.open,
+            total=self.total,
+            refused=self.refused,
+            failed=self.failed,
+            reset=self.reset,
+            cut=self.cut,
+            to_target=self.to_target,
+            to_client=self.to_client,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The counters of :class:`Stats` at one moment (monotonic seconds)."""
+
+    when: float
+    started: float
+    open: int = 0
+    total: int = 0
+    refused: int = 0
+    failed: int = 0
+    reset: int = 0
+    cut: int = 0
+    to_target: int = 0
+    to_client: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "open": self.open,
+            "total": self.total,
+            "refused": self.refused,
+            "failed": self.failed,
+            "reset": self.reset,
+            "cut": self.cut,
+            "to_target": self.to_target,
+            "to_client": self.to_client,
+        }
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` → ``"1.5 KiB"``; bytes below 1 KiB stay exact."""
+    if count < 1024:
+        return f"{int(count)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        count /= 1024
+        if count < 1024 or unit == "TiB":
+            break
+    return f"{count:.1f} {unit}"
+
+
+def interval_report(before: Snapshot, now: Snapshot) -> tuple[str, dict[str, Any]]:
+    """The ``--stats`` line for the interval between two snapshots, and its JSON fields."""
+    seconds = max(now.when - before.when, 1e-9)
+    up = (now.to_target - before.to_target) / seconds
+    down = (now.to_client - before.to_client) / seconds
+    line = (
+        f"stats: {now.open} open, {now.total} total, {now.refused} refused, {now.failed} failed; "
+        f"to target {human_bytes(now.to_target)} ({human_bytes(up)}/s), "
+        f"to client {human_bytes(now.to_client)} ({human_bytes(down)}/s)"
+    )
+    fields = now.fields() | {
+        "interval": round(seconds, 3),
+        "to_target_rate": round(up),
+        "to_client_rate": round(down),
+    }
+    return line, fields
+
+
+def summary_report(final: Snapshot) -> tuple[str, dict[str, Any]]:
+    """The summary printed at exit, and its JSON fields."""
+    seconds = max(final.when - final.started, 1e-9)
+    line = (
+        f"summary: {final.total} connections relayed in {seconds:.1f} s "
+        f"({final.refused} refused, {final.failed} target failures, {final.reset} reset, "
+        f"{final.cut} cut); to target {human_bytes(final.to_target)}, "
+        f"to client {human_bytes(final.to_client)}"
+    )
+    fields = final.fields() | {"seconds": round(seconds, 3)}
+    fields.pop("open")
+    return line, fields

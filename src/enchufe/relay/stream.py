@@ -1,0 +1,670 @@
+"""Stream relaying: a listener handler that admits clients, and one session per client.
+
+::
+
+    client ──accept──▶ StreamRelay._admit ──rules, limits──▶ StreamSession
+                                                             ├─ connect TARGET (non-blocking, timed)
+                                                             ├─ up:   Pump(client → target)
+                                                             └─ down: Pump(target → client)
+
+A session lives until both pumps are done: each direction ends on its own (EOF passed on as
+``shutdown(SHUT_WR)`` once its bytes are delivered), so a target may answer long after the
+client's EOF.  A reset or error on either side ends both at once, and the other side is reset
+too (``SO_LINGER`` 0), so that neither peer mistakes a broken relay for an orderly end.
+Clients the relay will not serve (over ``--max-conns``, denied, target unreachable) are reset
+likewise, at once: never left hanging.
+
+Interest in readiness follows the pumps after every step: read a socket only while its pump has
+room (backpressure), write it only while bytes wait for it.  A socket we want nothing from stays
+registered with an empty mask so that its reset is still seen, except once our write side of it
+is shut (then an empty mask would report EPOLLHUP forever; it is unregistered until needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import _sockets
+from .._sockets import Target, abort, accept, close, connect_nonblocking, new_socket, socket_error
+from ..address import SocketAddress, UnixAddress, from_sockaddr
+from ..errors import TimedOut, translate
+from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
+from .events import EventSink
+from .limits import AccessRules
+from .pump import Pools, Pump
+from .stats import Stats
+
+__all__ = ["StreamRelay", "StreamSession", "TargetResolver"]
+
+#: Clients accepted per readiness event before serving the connections already relayed: a burst
+#: of connects must not starve transfers, nor wait behind them.
+ACCEPT_BATCH = 64
+
+#: First delay before connecting again to a unix target whose backlog is full (EAGAIN: nothing
+#: was started); doubled up to :data:`MAX_RETRY_DELAY` until the connect timeout.
+FIRST_RETRY_DELAY = 0.005
+MAX_RETRY_DELAY = 0.2
+
+#: When accept() fails (for want of descriptors, typically), the listener rests this long before
+#: trying again, instead of spinning; a client waiting meanwhile is turned away with the spare
+#: descriptor kept for that.
+ACCEPT_PAUSE = 0.1
+
+#: Seconds a resolved host name is reused before resolving it again (resolution blocks the loop,
+#: so it is not done per connection).
+RESOLVE_TTL = 30.0
+
+_CONNECTING, _RELAYING, _CLOSED = 0, 1, 2
+_UNREGISTERED = -1
+
+
+class TargetResolver:
+    """The concrete addresses to connect to for TARGET, resolved at most every :data:`RESOLVE_TTL`."""
+
+    def __init__(self, address: SocketAddress) -> None:
+        self.address = address
+        self._targets: list[Target] = []
+        self._expires = 0.0
+        self._static = isinstance(address, UnixAddress) or address.family is not None
+
+    def targets(self) -> list[Target]:
+        """Raises NameResolutionError (or AddressError for a target no client can reach)."""
+        if self._targets and (self._static or time.monotonic() < self._expires):
+            return self._targets
+        address = self.address
+        if isinstance(address, UnixAddress):
+            self._targets = [Target(socket.AF_UNIX, address.sockaddr)]
+        else:
+            self._targets = _sockets.resolve(address, passive=False)
+            self._expires = time.monotonic() + RESOLVE_TTL
+        return self._targets
+
+
+def _describe_peer(sock: socket.socket, peer: Any) -> str:
+    found = from_sockaddr(sock.family, socket.SOCK_STREAM, peer) if peer else None
+    return str(found) if found is not None else "unix:(unnamed)"
+
+
+class StreamRelay:
+    """The handler of one stream listener: accept, check, and relay each client to the target."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        listener: socket.socket,
+        resolver: TargetResolver,
+        *,
+        pools: Pools,
+        stats: Stats,
+        events: EventSink,
+        rules: AccessRules,
+        max_conns: int,
+        connect_timeout: float,
+        idle_timeout: float | None,
+        use_splice: bool,
+        on_listener_closed: Callable[[], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.listener = listener
+        self.resolver = resolver
+        self.target_label = str(resolver.address)
+        self.pools = pools
+        self.stats = stats
+        self.events = events
+        self.rules = rules
+        self.max_conns = max_conns
+        #: where max_conns comes from, for the refusal message
+        self.limit_origin = "--max-conns"
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.use_splice = use_splice
+        self.sessions: set[StreamSession] = set()
+        self._ids = itertools.count(1)
+        self._on_listener_closed = on_listener_closed
+        self._accepting = False
+        self._spare: int | None = None
+        self._next_pause_report = 0.0
+
+    # -- accepting
+
+    def start(self) -> None:
+        self.listener.setblocking(False)
+        self._spare = _open_spare()
+        self.loop.register(self.listener.fileno(), READ, self._on_accept)
+        self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def _on_accept(self, _events: int) -> None:
+        listener = self.listener
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = accept(listener)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR):
+                    continue  # that client left while queued, or a firewall said no
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._shed()
+                    self._pause(
+                        f"cannot accept: {(exc.strerror or str(exc)).lower()}; out of file descriptors "
+                        f"with {len(self.sessions)} open connections: clients are turned away; lower "
+                        "--max-conns or raise the limit (ulimit -n)"
+                    )
+                else:
+                    self._pause(f"cannot accept: {(exc.strerror or str(exc)).lower()}")
+                return
+            self._admit(conn, peer)
+
+    def _shed(self) -> None:
+        """No descriptor left for accept(): turn one waiting client away with the spare
+        descriptor, so that it is not left hanging in the backlog."""
+        if self._spare is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self._spare)
+        self._spare = None
+        with contextlib.suppress(OSError):
+            conn, _peer = accept(self.listener)
+            abort(conn)
+            self.stats.refused += 1
+        self._spare = _open_spare()
+
+    def _pause(self, message: str) -> None:
+        """accept() failed: report it (at most once a second) and rest the listener a moment
+        instead of spinning on it."""
+        now = time.monotonic()
+        if now >= self._next_pause_report:
+            self._next_pause_report = now + 1.0
+            self.events("error", f"enchufe: {message}", error=message, open=len(self.sessions))
+        fd = self.listener.fileno()
+        self.loop.modify(fd, 0)
+
+        def resume() -> None:
+            if self._accepting:
+                self.loop.modify(fd, READ)
+
+        self.loop.call_later(ACCEPT_PAUSE, resume)
+
+    def _refuse(self, conn: socket.socket, peer: Any, reason: str, why: str) -> None:
+        self.stats.refused += 1
+        if self.events.wants(1):
+            shown = _describe_peer(conn, peer)
+            self.events("refused", f"refused {shown}: {why}", level=1, peer=shown, reason=reason, detail=why)
+        abort(conn)
+
+    def _admit(self, conn: socket.socket, peer: Any) -> None:
+        if len(self.sessions) >= self.max_conns:
+            self._refuse(
+                conn, peer, "max-conns", f"{len(self.sessions)} connections open ({self.limit_origin})"
+            )
+            return
+        rules = self.rules
+        if rules.filters_ip and conn.family != socket.AF_UNIX:
+            denied = rules.check_ip(peer[0])
+            if denied is not None:
+                self._refuse(conn, peer, "denied", denied)
+                return
+        if rules.filters_credentials and conn.family == socket.AF_UNIX:
+            try:
+                creds = _sockets.peer_credentials(conn)
+            except OSError:
+                self._refuse(conn, peer, "denied", "no peer credentials")
+                return
+            denied = rules.check_credentials(creds.uid, creds.gid)
+            if denied is not None:
+                self._refuse(conn, peer, "denied", denied)
+                return
+        conn.setblocking(False)
+        if conn.family != socket.AF_UNIX:
+            _nodelay(conn)
+        self.stats.total += 1
+        self.stats.open += 1
+        session = StreamSession(self, conn, peer, next(self._ids))
+        self.sessions.add(session)
+        session.start()
+
+    # -- stopping
+
+    def stop_accepting(self) -> None:
+        """Close the listener at once (new clients are refused by the kernel); sessions go on."""
+        if not self._accepting:
+            return
+        self._accepting = False
+        self.loop.forget(self.listener.fileno())
+        with contextlib.suppress(OSError):
+            close(self.listener)
+        if self._spare is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._spare)
+            self._spare = None
+        if self._on_listener_closed is not None:
+            self._on_listener_closed()
+
+    def abort_all(self, reason: str) -> int:
+        """Close every session now (each peer sees a reset); how many there were."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.cut(reason)
+        return len(sessions)
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _nodelay(sock: socket.socket) -> None:
+    # The relay must not add latency: the endpoints decided when to send; Nagle would hold
+    # back the small writes a request/response protocol makes through us.
+    with contextlib.suppress(OSError):
+        _sockets.setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
+
+
+class StreamSession:
+    """One client relayed to the target: connect, then two pumps until both are done."""
+
+    __slots__ = (
+        "_client_mask",
+        "_connect_timer",
+        "_idle_timer",
+        "_last_active",
+        "_retry_delay",
+        "_retry_timer",
+        "_target_index",
+        "_target_mask",
+        "_targets",
+        "client",
+        "client_fd",
+        "down",
+        "id",
+        "peer",
+        "relay",
+        "started",
+        "state",
+        "target",
+        "target_fd",
+        "to_client",
+        "to_target",
+        "up",
+    )
+
+    def __init__(self, relay: StreamRelay, client: socket.socket, peer: Any, session_id: int) -> None:
+        self.relay = relay
+        self.client = client
+        self.client_fd = client.fileno()
+        self.peer = peer
+        self.id = session_id
+        self.target: socket.socket | None = None
+        self.target_fd = -1
+        self.up: Pump | None = None
+        self.down: Pump | None = None
+        self.state = _CONNECTING
+        self.to_target = 0
+        self.to_client = 0
+        self.started = time.monotonic()
+        self._last_active = self.started
+        self._client_mask = _UNREGISTERED
+        self._target_mask = _UNREGISTERED
+        self._targets: list[Target] = []
+        self._target_index = 0
+        self._connect_timer: Timer | None = None
+        self._retry_timer: Timer | None = None
+        self._idle_timer: Timer | None = None
+        self._retry_delay = FIRST_RETRY_DELAY
+
+    def peer_label(self) -> str:
+        return _describe_peer(self.client, self.peer)
+
+    # -- connecting
+
+    def start(self) -> None:
+        relay = self.relay
+        if relay.events.wants(1):
+            shown = self.peer_label()
+            relay.events("accept", f"accepted {shown} (#{self.id})", level=1, id=self.id, peer=shown)
+        # Registered with an empty mask: a client that resets while we connect is noticed.
+        relay.loop.register(self.client_fd, 0, self._on_client)
+        self._client_mask = 0
+        try:
+            self._targets = relay.resolver.targets()
+        except Exception as exc:  # NameResolutionError: the target's name stopped resolving
+            self._fail_connect(str(exc))
+            return
+        self._connect_timer = relay.loop.call_later(relay.connect_timeout, self._connect_timed_out)
+        self._try_connect()
+
+    def _try_connect(self) -> None:
+        target = self._targets[self._target_index]
+        sock = self.target
+        if sock is None:
+            try:
+                sock = new_socket(target.family, socket.SOCK_STREAM)
+            except OSError as exc:
+                self._next_target(exc)
+                return
+            sock.setblocking(False)
+            if target.family != socket.AF_UNIX:
+                _nodelay(sock)
+            self.target = sock
+            self.target_fd = sock.fileno()
+        try:
+            status = connect_nonblocking(sock, target.sockaddr)
+        except OSError as exc:
+            self._next_target(exc)
+            return
+        if status == 0:
+            self._connected()
+        elif status == errno.EINPROGRESS:
+            self._set_target_mask(WRITE)
+        else:  # EAGAIN: a unix listener's backlog is full; nothing started, try again soon
+            self._retry_timer = self.relay.loop.call_later(self._retry_delay, self._try_connect)
+            self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+
+    def _drop_target(self) -> None:
+        sock = self.target
+        if sock is not None:
+            self.relay.loop.forget(self.target_fd)
+            with contextlib.suppress(OSError):
+                close(sock)
+            self.target = None
+            self.target_fd = -1
+            self._target_mask = _UNREGISTERED
+
+    def _next_target(self, exc: OSError) -> None:
+        """This address failed: try the next one the target resolved to, or give up."""
+        self._drop_target()
+        self._target_index += 1
+        if self._target_index < len(self._targets):
+            self._try_connect()
+            return
+        error = translate(exc, f"connect to {self.relay.target_label}")
+        self._fail_connect(str(error))
+
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        if self.state != _CONNECTING:
+            return
+        seconds = self.relay.connect_timeout
+        error = TimedOut(
+            f"cannot connect to {self.relay.target_label}: no answer within {seconds:g} s; "
+            "is the target up and reachable? (raise --connect-timeout if it is slow)"
+        )
+        self._fail_connect(str(error))
+
+    def _fail_connect(self, message: str) -> None:
+        relay = self.relay
+        relay.stats.failed += 1
+        if relay.events.wants(0):
+            shown = self.peer_label()
+            relay.events(
+                "error",
+                f"enchufe: {message} (client {shown} #{self.id} closed)",
+                id=self.id,
+                peer=shown,
+                target=relay.target_label,
+                error=message,
+            )
+        self._end("target-failed", abortive=True, quiet=True)
+
+    def _connected(self) -> None:
+        relay = self.relay
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        self.state = _RELAYING
+        assert self.target is not None
+        self.up = Pump(self.client, self.target, relay.pools, use_splice=relay.use_splice)
+        self.down = Pump(self.target, self.client, relay.pools, use_splice=relay.use_splice)
+        if relay.events.wants(1):
+            seconds = time.monotonic() - self.started
+            relay.events(
+                "connect",
+                f"#{self.id} connected to {relay.target_label} in {seconds * 1000:.1f} ms",
+                level=1,
+                id=self.id,
+                target=relay.target_label,
+                seconds=round(seconds, 6),
+            )
+        if relay.idle_timeout:
+            self._idle_timer = relay.loop.call_later(relay.idle_timeout, self._idle_check)
+        self._update()
+
+    # -- readiness
+
+    def _on_client(self, events: int) -> None:
+        if self.state != _RELAYING:
+            if self.state == _CONNECTING:  # only errors are asked for while connecting
+                self._client_gone_while_connecting()
+            return
+        if events & FAILED and self._failed(self.client, "client"):
+            return
+        self._step(events & (READ | ERROR), events & (WRITE | ERROR))
+
+    def _on_target(self, events: int) -> None:
+        if self.state != _RELAYING:
+            if self.state == _CONNECTING:
+                self._connect_ready()
+            return
+        if events & FAILED and self._failed(self.target, "target"):
+            return
+        self._step(events & (WRITE | ERROR), events & (READ | ERROR))
+
+    def _failed(self, sock: socket.socket | None, side: str) -> bool:
+        """EPOLLERR: end the session if the socket really has an error (a reset), which may be
+        on a side neither pump is using right now."""
+        assert sock is not None
+        try:
+            code = socket_error(sock)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+        if not code:
+            return False
+        self.relay.stats.reset += 1
+        self._end(f"{side}-reset", abortive=True, error=os.strerror(code).lower())
+        return True
+
+    def _connect_ready(self) -> None:
+        assert self.target is not None
+        try:
+            code = socket_error(self.target)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+        if code:
+            self._next_target(OSError(code, os.strerror(code)))
+        else:
+            self._connected()
+
+    def _client_gone_while_connecting(self) -> None:
+        try:
+            code = socket_error(self.client)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+        self.relay.stats.reset += 1
+        self._end("client-reset", abortive=True, error=os.strerror(code) if code else "client hung up")
+
+    def _step(self, run_up: int, run_down: int) -> None:
+        up = self.up
+        down = self.down
+        assert up is not None and down is not None
+        relay = self.relay
+        stats = relay.stats
+        pump = up
+        active = False
+        try:
+            if run_up:
+                eof = up.eof
+                moved = up.run()
+                if moved:
+                    self.to_target += moved
+                    stats.to_target += moved
+                    active = True
+                if up.eof and not eof:
+                    self._eof_event("client")
+            if run_down:
+                pump = down
+                eof = down.eof
+                moved = down.run()
+                if moved:
+                    self.to_client += moved
+                    stats.to_client += moved
+                    active = True
+                if down.eof and not eof:
+                    self._eof_event("target")
+        except OSError as exc:
+            self._reset(pump, exc)
+            return
+        if active and relay.idle_timeout:
+            self._last_active = time.monotonic()
+        if up.done and down.done:
+            self._end("done")
+            return
+        self._update()
+
+    def _eof_event(self, side: str) -> None:
+        events = self.relay.events
+        if events.wants(2):
+            sent = self.to_target if side == "client" else self.to_client
+            other = "target" if side == "client" else "client"
+            events(
+                "eof",
+                f"#{self.id} {side} finished sending after {sent} bytes; shutting down the write side "
+                f"towards the {other} once they are delivered",
+                level=2,
+                id=self.id,
+                side=side,
+                bytes=sent,
+            )
+
+    def _reset(self, pump: Pump, exc: OSError) -> None:
+        side = (
+            ("client" if pump.failed_on == "read" else "target")
+            if pump is self.up
+            else ("target" if pump.failed_on == "read" else "client")
+        )
+        self.relay.stats.reset += 1
+        reason = exc.strerror or str(exc)
+        self._end(f"{side}-reset", abortive=True, error=reason.lower())
+
+    def _update(self) -> None:
+        up = self.up
+        down = self.down
+        assert up is not None and down is not None
+        # Pump.wants_read / wants_write, inlined: this runs after every step of every connection.
+        up_read = not (up.eof or up.stalled) and (
+            (up.pipe is None or up.in_flight < up.pipe.capacity) if up.use_splice else up.wants_read
+        )
+        down_read = not (down.eof or down.stalled) and (
+            (down.pipe is None or down.in_flight < down.pipe.capacity) if down.use_splice else down.wants_read
+        )
+        mask = (READ if up_read else 0) | (WRITE if down.in_flight else 0)
+        if mask != self._client_mask:
+            self._client_mask = self._interest(
+                self.client_fd, self._client_mask, mask, down.done, self._on_client
+            )
+        mask = (READ if down_read else 0) | (WRITE if up.in_flight else 0)
+        if mask != self._target_mask:
+            self._target_mask = self._interest(
+                self.target_fd, self._target_mask, mask, up.done, self._on_target
+            )
+
+    def _set_target_mask(self, mask: int) -> None:
+        self._target_mask = self._interest(self.target_fd, self._target_mask, mask, False, self._on_target)
+
+    def _interest(
+        self, fd: int, current: int, mask: int, write_shut: bool, handler: Callable[[int], None]
+    ) -> int:
+        loop = self.relay.loop
+        if mask == 0 and write_shut:
+            # Nothing wanted and our side of it shut: EPOLLHUP would wake us forever once the
+            # peer shuts too.  Unregister until there is something to wait for again.
+            if current != _UNREGISTERED:
+                loop.unregister(fd)
+            return _UNREGISTERED
+        if current == _UNREGISTERED:
+            loop.register(fd, mask, handler)
+        else:
+            loop.modify(fd, mask)
+        return mask
+
+    # -- timers
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.state != _RELAYING:
+            return
+        relay = self.relay
+        assert relay.idle_timeout is not None
+        left = self._last_active + relay.idle_timeout - time.monotonic()
+        if left > 0:
+            self._idle_timer = relay.loop.call_later(left, self._idle_check)
+            return
+        relay.stats.cut += 1
+        self._end("idle", abortive=True, error=f"no traffic for {relay.idle_timeout:g} s (--idle-timeout)")
+
+    # -- ending
+
+    def cut(self, reason: str) -> None:
+        """Close now, whatever is in flight (the end of a drain)."""
+        if self.state == _CLOSED:
+            return
+        self.relay.stats.cut += 1
+        self._end(reason, abortive=True)
+
+    def _end(
+        self, reason: str, *, abortive: bool = False, error: str | None = None, quiet: bool = False
+    ) -> None:
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        relay = self.relay
+        for timer in (self._connect_timer, self._retry_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._connect_timer = self._retry_timer = self._idle_timer = None
+        for pump in (self.up, self.down):
+            if pump is not None:
+                pump.discard()
+        loop = relay.loop
+        loop.forget(self.client_fd)
+        if self.target is not None:
+            loop.forget(self.target_fd)
+        for sock in (self.client, self.target):
+            if sock is None:
+                continue
+            with contextlib.suppress(OSError):
+                if abortive:
+                    abort(sock)
+                else:
+                    close(sock)
+        relay.stats.open -= 1
+        relay.sessions.discard(self)
+        if not quiet and relay.events.wants(1):
+            seconds = time.monotonic() - self.started
+            shown = self.peer_label()
+            why = f" ({reason}: {error})" if error else ("" if reason == "done" else f" ({reason})")
+            relay.events(
+                "close",
+                f"closed #{self.id} {shown}: {self.to_target} bytes to target, {self.to_client} to client "
+                f"in {seconds:.3f} s{why}",
+                level=1,
+                id=self.id,
+                peer=shown,
+                reason=reason,
+                to_target=self.to_target,
+                to_client=self.to_client,
+                seconds=round(seconds, 6),
+                **({"error": error} if error else {}),
+            )

@@ -1,0 +1,113 @@
+"""``--workers N``: N relay processes sharing one TCP port through SO_REUSEPORT.
+
+The parent binds N listening sockets to the same address (the kernel spreads new connections
+over them), forks one worker per socket, and then only forwards SIGINT/SIGTERM and collects exit
+statuses.  Workers run in their own process group, so a Ctrl-C at the terminal reaches them once,
+through the parent, and they ask the kernel to send them SIGTERM if the parent dies.
+
+Unix listeners cannot share an address this way; the relay refuses ``--workers`` for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from types import FrameType
+
+from .._sockets import open_listener
+from ..address import InetAddress, SocketAddress
+from ..errors import UsageError
+from .events import EventSink
+from .server import Relay, RelayConfig, check_endpoints
+
+__all__ = ["run_workers"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_workers(
+    config: RelayConfig,
+    workers: int,
+    *,
+    events: EventSink,
+    worker_events: Callable[[int], EventSink],
+) -> int:
+    """Run ``workers`` relay processes on one TCP port; the exit status to use (0 or 1)."""
+    listen, _target = check_endpoints(config.listen, config.target, frame=config.frame)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {workers}")
+    if not isinstance(listen, InetAddress):
+        raise UsageError(
+            f"--workers {workers}: {listen} is a unix socket, which processes cannot share with "
+            "SO_REUSEPORT; use --workers 1 (the default) or a tcp LISTEN address"
+        )
+    # Check the rest of the configuration once, in the parent, before binding anything.
+    Relay(config, events=EventSink())
+    config = replace(config, reuse_port=True)
+    listeners: list[tuple[socket.socket, SocketAddress]] = []
+    try:
+        address: SocketAddress = listen
+        for _ in range(workers):
+            sock, real, _owned = open_listener(address, backlog=config.backlog, mode=None, reuse_port=True)
+            listeners.append((sock, real))
+            address = real  # port 0 resolved: the others join the same port
+    except BaseException:
+        for sock, _real in listeners:
+            sock.close()
+        raise
+    real = listeners[0][1]
+    sys.stderr.flush()
+    pids: list[int] = []
+    for index, pair in enumerate(listeners, start=1):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                os.setpgid(0, 0)
+                _die_with_parent()
+                for other, _real in listeners:
+                    if other is not pair[0]:
+                        other.close()
+                relay = Relay(config, events=worker_events(index), listener=pair)
+                status = relay.run(announce=False).exit_status
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os._exit(status)
+        pids.append(pid)
+    for sock, _real in listeners:
+        sock.close()
+    events("listening", f"listening on {real}", address=str(real), workers=workers)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        for pid in pids:
+            _pid, code = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(code) != 0:
+                status = 1
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    return status

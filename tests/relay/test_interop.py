@@ -1,0 +1,110 @@
+"""socat and nc (netcat-openbsd) as clients of the relay and as its targets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import STEP, StartRelay, Target, dial, echo, read_all, wait_until
+
+pytestmark = pytest.mark.interop
+
+needs_socat = pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+needs_nc = pytest.mark.skipif(shutil.which("nc") is None, reason="nc is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    host, port = address.split("://", 1)[1].rsplit(":", 1)
+    return host.strip("[]"), port
+
+
+@needs_socat
+def test_socat_as_a_client(start_relay: StartRelay, make_address: Callable[[str], str]) -> None:
+    payload = os.urandom(200_000)
+    with Target(make_address("unix"), echo) as target:
+        relay = start_relay(make_address("tcp4"), target.address)
+        host, port = _host_port(relay.address)
+        done = subprocess.run(
+            ["socat", "-t", "5", "-", f"TCP4:{host}:{port}"],
+            input=payload,
+            capture_output=True,
+            timeout=STEP,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == payload
+
+
+@needs_socat
+def test_socat_as_a_target(
+    start_relay: StartRelay, make_address: Callable[[str], str], sock_dir: str
+) -> None:
+    path = os.path.join(sock_dir, "socat.sock")
+    target = subprocess.Popen(
+        ["socat", f"UNIX-LISTEN:{path},fork", "SYSTEM:tr a-z A-Z"], stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: os.path.exists(path), "socat listening")
+        relay = start_relay(make_address("tcp4"), f"unix://{path}")
+        for _ in range(2):
+            with dial(relay.address) as client:
+                client.sendall(b"hello through socat\n")
+                client.shutdown(socket.SHUT_WR)
+                assert read_all(client) == b"HELLO THROUGH SOCAT\n"
+    finally:
+        target.terminate()
+        target.wait(STEP)
+
+
+@needs_nc
+def test_nc_as_a_client(start_relay: StartRelay, make_address: Callable[[str], str]) -> None:
+    payload = b"".join(b"line %d\n" % i for i in range(5000))
+    with Target(make_address("tcp4"), echo) as target:
+        relay = start_relay(make_address("tcp4"), target.address)
+        host, port = _host_port(relay.address)
+        done = subprocess.run(
+            ["nc", "-N", host, port], input=payload, capture_output=True, timeout=STEP, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == payload
+
+
+@needs_nc
+def test_nc_as_a_target(start_relay: StartRelay, make_address: Callable[[str], str]) -> None:
+    port = _free_port()
+    target = subprocess.Popen(
+        ["nc", "-N", "-l", "127.0.0.1", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        relay = start_relay(make_address("unix"), f"tcp4://127.0.0.1:{port}", "--connect-timeout", "5")
+
+        def nc_listening() -> bool:
+            with open("/proc/net/tcp") as f:
+                return any(f":{port:04X} 00000000:0000 0A" in line for line in f)
+
+        wait_until(nc_listening, "nc listening")
+        with dial(relay.address) as client:
+            client.sendall(b"to nc\n")
+            client.shutdown(socket.SHUT_WR)
+            out, err = target.communicate(b"from nc\n", timeout=STEP)
+            assert read_all(client) == b"from nc\n"
+        assert out == b"to nc\n", err
+    finally:
+        if target.poll() is None:
+            target.kill()
+        target.communicate(timeout=STEP)

@@ -1,0 +1,177 @@
+"""One direction of a relayed stream, on socket pairs: splice and copy, EOF, backpressure, resets."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from enchufe.relay import pump as pump_module
+from enchufe.relay.pump import Pools, Pump
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    return a, b
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def pairs(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[socket.socket, socket.socket, socket.socket, socket.socket]]:
+    """writer → src (pumped) → dst → reader: two connected pairs of the same kind."""
+    make = socket.socketpair if request.param == "unix" else _tcp_pair
+    writer, src = make()
+    dst, reader = make()
+    for sock in (src, dst):
+        sock.setblocking(False)
+    for sock in (writer, reader):
+        sock.settimeout(10)
+    try:
+        yield writer, src, dst, reader
+    finally:
+        for sock in (writer, src, dst, reader):
+            sock.close()
+
+
+def _run_until_idle(pump: Pump) -> int:
+    moved = 0
+    for _ in range(10_000):
+        n = pump.run()
+        moved += n
+        if not n:
+            return moved
+    raise AssertionError("the pump never went idle")
+
+
+@pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
+def test_bytes_then_eof_pass_through(pairs: tuple[socket.socket, ...], use_splice: bool) -> None:
+    writer, src, dst, reader = pairs
+    pools = Pools()
+    pump = Pump(src, dst, pools, use_splice=use_splice)
+    payload = os.urandom(1_000_000)
+    view = memoryview(payload)
+    writer.setblocking(False)
+    reader.setblocking(False)
+    got = bytearray()
+    for _ in range(100_000):
+        if view:
+            with contextlib.suppress(BlockingIOError):
+                view = view[writer.send(view) :]
+            if not view:
+                writer.shutdown(socket.SHUT_WR)
+        pump.run()
+        try:
+            while chunk := reader.recv(1 << 20):
+                got += chunk
+        except BlockingIOError:
+            continue
+        break  # EOF: the pump shut down dst's write side
+    assert bytes(got) == payload
+    assert pump.done and pump.eof and pump.in_flight == 0
+    assert pump.pipe is None  # given back as soon as it was empty
+    assert pools.idle_pipes == (1 if use_splice else 0)
+    pools.close()
+    assert pools.pipes_open == 0
+
+
+@pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
+def test_a_stalled_reader_stops_the_reads(pairs: tuple[socket.socket, ...], use_splice: bool) -> None:
+    writer, src, dst, reader = pairs
+    pools = Pools()
+    pump = Pump(src, dst, pools, use_splice=use_splice)
+    writer.setblocking(False)
+    pushed = 0
+    chunk = b"x" * 65536
+    # Push until everything is full: writer's buffer, src, the pump, dst, reader's buffer.
+    for _ in range(2000):
+        try:
+            pushed += writer.send(chunk)
+        except BlockingIOError:
+            if not pump.run():
+                break
+    else:
+        raise AssertionError("nothing pushed back")
+    for _ in range(3):  # a pipe may run out of slots before bytes: the next read says EAGAIN
+        pump.run()
+    assert not pump.wants_read  # full: no more reading from src
+    assert pump.wants_write
+    bound = pump.pipe.capacity if use_splice and pump.pipe else pools.copy_size
+    assert 0 < pump.in_flight <= bound
+    # The reader resumes: everything arrives.
+    writer.setblocking(True)
+    writer.shutdown(socket.SHUT_WR)
+    received = 0
+    reader.setblocking(False)
+    while not pump.done or received < pushed:
+        pump.run()
+        try:
+            while data := reader.recv(1 << 20):
+                received += len(data)
+        except BlockingIOError:
+            pass
+    assert received == pushed
+    pools.close()
+
+
+def test_a_reset_is_raised_with_its_side() -> None:
+    writer, src = _tcp_pair()
+    dst, reader = socket.socketpair()
+    try:
+        src.setblocking(False)
+        dst.setblocking(False)
+        pump = Pump(src, dst, Pools())
+        writer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        with pytest.raises(ConnectionResetError):
+            for _ in range(100):
+                pump.run()
+        assert pump.failed_on == "read"
+        pump.discard()
+    finally:
+        for sock in (writer, src, dst, reader):
+            sock.close()
+
+
+def test_no_pipe_left_falls_back_to_copying(
+    pairs: tuple[socket.socket, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, src, dst, reader = pairs
+
+    def no_pipe(size: int) -> tuple[int, int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(pump_module, "make_pipe", no_pipe)
+    pump = Pump(src, dst, Pools())
+    writer.sendall(b"hello")
+    _run_until_idle(pump)
+    assert not pump.use_splice
+    assert reader.recv(5) == b"hello"
+
+
+def test_a_kind_splice_cannot_serve_falls_back_to_copying(
+    pairs: tuple[socket.socket, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, src, dst, reader = pairs
+
+    def unsupported(src_fd: int, dst_fd: int, count: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(pump_module, "splice", unsupported)
+    pools = Pools()
+    pump = Pump(src, dst, pools)
+    writer.sendall(b"hello")
+    _run_until_idle(pump)
+    assert not pump.use_splice
+    assert reader.recv(5) == b"hello"
+    assert pools.idle_pipes == 1  # the unused pipe went back to the pool
+    pools.close()

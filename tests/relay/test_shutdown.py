@@ -1,0 +1,96 @@
+"""SIGTERM/SIGINT: stop accepting at once, let transfers finish, cut the rest (relay as a process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import StartRelay, Target, dial, echo, exchange, ping, read_all, wait_until
+
+MiB = 1024 * 1024
+
+
+def _slow_echo(conn: socket.socket) -> int:
+    """Echo, 64 KiB at a time with a pause: a transfer that takes about a second."""
+    total = 0
+    while data := conn.recv(65536):
+        conn.sendall(data)
+        total += len(data)
+        time.sleep(0.02)
+    return total
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_transfers_in_flight_finish_and_new_clients_are_refused(
+    start_relay: StartRelay, make_address: Callable[[str], str], signum: int
+) -> None:
+    size = 3 * MiB
+    with Target(make_address("tcp4"), _slow_echo) as target:
+        relay = start_relay(make_address("tcp4"), target.address)
+        with dial(relay.address) as client:
+            client.sendall(b"x" * 65536)
+            wait_until(lambda: target.accepted == 1, "the transfer to start")
+            relay.signal(signum)
+            relay.wait_err(r"^stopping: no new clients; waiting up to 10 s for 1 open connection")
+            with pytest.raises(ConnectionRefusedError):
+                dial(relay.address).close()
+            got = exchange(client, seed=7, size=size - 65536)
+        assert relay.finish() == 0, relay.err
+        assert target.wait_results(1) == [size]
+    assert got.received == size
+
+
+def test_connections_still_open_after_the_drain_are_cut_and_the_status_says_so(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    with Target(make_address("tcp4"), echo) as target:
+        relay = start_relay(make_address("tcp4"), target.address, "--drain-timeout", "0.5", "--json")
+        with dial(relay.address) as idle, dial(relay.address) as done:
+            assert ping(idle) and ping(done)
+            done.shutdown(socket.SHUT_WR)
+            assert read_all(done) == b""  # this one ends before the signal
+            relay.signal()
+            started = time.monotonic()
+            assert relay.finish() == 1, relay.err
+            assert time.monotonic() - started < 3
+            with pytest.raises(ConnectionResetError):
+                read_all(idle)
+    events = relay.json_events()
+    (cut,) = [e for e in events if e["event"] == "cut"]
+    assert cut["cut"] == 1
+    (summary,) = [e for e in events if e["event"] == "summary"]
+    assert summary["cut"] == 1 and summary["total"] == 2
+
+
+def test_a_second_signal_cuts_at_once(start_relay: StartRelay, make_address: Callable[[str], str]) -> None:
+    with Target(make_address("tcp4"), echo) as target:
+        relay = start_relay(make_address("tcp4"), target.address)  # drain timeout 10 s
+        with dial(relay.address) as client:
+            assert ping(client)
+            relay.signal()
+            relay.wait_err("^stopping")
+            started = time.monotonic()
+            relay.signal(signal.SIGINT)
+            assert relay.finish() == 1
+            assert time.monotonic() - started < 2
+        relay.wait_err(r"^enchufe: cut 1 connection stopped again before the drain ended$")
+
+
+def test_an_idle_relay_stops_at_once_with_status_0_and_removes_its_socket_file(
+    start_relay: StartRelay, sock_dir: str, make_address: Callable[[str], str]
+) -> None:
+    path = os.path.join(sock_dir, "relay.sock")
+    with Target(make_address("tcp4"), echo) as target:
+        relay = start_relay(f"unix://{path}", target.address)
+        assert os.path.exists(path)
+        with dial(relay.address) as client:
+            assert ping(client)
+        time.sleep(0.1)
+        relay.signal()
+        assert relay.finish() == 0, relay.err
+    assert not os.path.exists(path)
