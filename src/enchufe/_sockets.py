@@ -399,6 +399,67 @@ def recv_into(sock: socket.socket, buffer: memoryview) -> int:
     return size
 
 
+def read_into(fd: int, buffer: memoryview) -> int:
+    """``readv`` into ``buffer`` from any descriptor (socket, pipe, terminal, file): the byte
+    count, 0 at EOF; BlockingIOError when nothing is there."""
+    try:
+        size = os.readv(fd, [buffer])
+    except OSError as exc:
+        if trace.enabled():
+            _fail(f"read(fd {fd}, {len(buffer)})", exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"read(fd {fd}, {len(buffer)}) = {size}" + (" (EOF)" if not size else ""))
+    return size
+
+
+def write(fd: int, data: memoryview | bytes) -> int:
+    """``write`` to any descriptor: the bytes taken; BlockingIOError when none can be."""
+    try:
+        size = os.write(fd, data)
+    except OSError as exc:
+        if trace.enabled():
+            _fail(f"write(fd {fd}, {len(data)} bytes)", exc)
+        raise
+    if trace.enabled():
+        trace.emit(f"write(fd {fd}, {len(data)} bytes) = {size}")
+    return size
+
+
+def recv_datagram_into(sock: socket.socket, buffer: memoryview | bytearray) -> tuple[int, Any]:
+    """Receive one datagram into ``buffer`` (non-blocking callers): (its real size, sender).
+
+    A size larger than ``len(buffer)`` means the datagram was truncated (MSG_TRUNC makes Linux
+    report the real size); only ``len(buffer)`` bytes of it are in the buffer.
+    """
+    try:
+        size, sender = sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC)
+    except OSError as exc:
+        if trace.enabled():
+            _fail(f"recvfrom(fd {sock.fileno()}, {len(buffer)}, MSG_TRUNC)", exc)
+        raise
+    if trace.enabled():
+        who = describe_sockaddr(sock.family, sender) if sender else "(unnamed)"
+        cut = f" (truncated: only {len(buffer)} kept)" if size > len(buffer) else ""
+        trace.emit(f"recvfrom(fd {sock.fileno()}, {len(buffer)}, MSG_TRUNC) = {size} from {who}{cut}")
+    return size, sender
+
+
+def send_datagram(sock: socket.socket, data: memoryview | bytes, sockaddr: SockAddr | None) -> int:
+    """Send one datagram (to the connected peer when ``sockaddr`` is None), non-blocking callers."""
+    try:
+        sent = sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)
+    except OSError as exc:
+        if trace.enabled():
+            where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
+            _fail(f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where})", exc)
+        raise
+    if trace.enabled():
+        where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
+        trace.emit(f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where}) = {sent}")
+    return sent
+
+
 # ---------------------------------------------------------------------------- resolution
 
 
@@ -632,56 +693,47 @@ def open_listener(
     address: SocketAddress, *, backlog: int, mode: int | None, reuse_port: bool
 ) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
     """A listening stream socket bound to ``address``: (socket, real address, owned file)."""
-    what = f"listen on {address}"
-    if isinstance(address, UnixAddress):
-        sock = _new(socket.AF_UNIX, socket.SOCK_STREAM, what)
-        try:
-            owned = bind_unix(sock, address, mode)
-            listen(sock, backlog)
-        except OSError as exc:
-            _close_quietly(sock)
-            raise translate(exc, what) from exc
-        except NetworkError:
-            _close_quietly(sock)
-            raise
-        return sock, address, owned
-    target = resolve(address, passive=True)[0]
-    sock = _new(target.family, socket.SOCK_STREAM, what)
-    try:
-        _configure_inet(sock, target, reuse_port=reuse_port, listening=True)
-        bind(sock, target.sockaddr)
-        listen(sock, backlog)
-    except OSError as exc:
-        _close_quietly(sock)
-        raise translate(exc, what) from exc
-    return sock, _real_address(sock, address), None
+    return _open_bound(address, socket.SOCK_STREAM, backlog, mode=mode, reuse_port=reuse_port)
 
 
 def open_datagram(
     address: SocketAddress, *, mode: int | None, reuse_port: bool
 ) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
     """A datagram socket bound to ``address``: (socket, real address, owned file)."""
-    what = f"bind {address}"
+    return _open_bound(address, socket.SOCK_DGRAM, None, mode=mode, reuse_port=reuse_port)
+
+
+def _open_bound(
+    address: SocketAddress, sock_type: int, backlog: int | None, *, mode: int | None, reuse_port: bool
+) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
+    """Create, configure and bind a socket for ``address``, and listen when ``backlog`` is given."""
+    what = f"listen on {address}" if backlog is not None else f"bind {address}"
     if isinstance(address, UnixAddress):
-        sock = _new(socket.AF_UNIX, socket.SOCK_DGRAM, what)
-        try:
-            owned = bind_unix(sock, address, mode)
-        except OSError as exc:
-            _close_quietly(sock)
-            raise translate(exc, what) from exc
-        except NetworkError:
-            _close_quietly(sock)
-            raise
-        return sock, address, owned
-    target = resolve(address, passive=True)[0]
-    sock = _new(target.family, socket.SOCK_DGRAM, what)
+        family: int = socket.AF_UNIX
+        target = None
+    else:
+        target = resolve(address, passive=True)[0]
+        family = target.family
+    sock = _new(family, sock_type, what)
+    owned: SocketFile | None = None
     try:
-        _configure_inet(sock, target, reuse_port=reuse_port, listening=True)
-        bind(sock, target.sockaddr)
+        if target is None:
+            assert isinstance(address, UnixAddress)
+            owned = bind_unix(sock, address, mode)
+        else:
+            _configure_inet(sock, target, reuse_port=reuse_port, listening=True)
+            bind(sock, target.sockaddr)
+        if backlog is not None:
+            listen(sock, backlog)
     except OSError as exc:
         _close_quietly(sock)
+        if owned is not None:
+            owned.release()
         raise translate(exc, what) from exc
-    return sock, _real_address(sock, address), None
+    except NetworkError:
+        _close_quietly(sock)
+        raise
+    return sock, _real_address(sock, address), owned
 
 
 def _new(family: int, sock_type: int, what: str) -> socket.socket:

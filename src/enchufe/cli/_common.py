@@ -197,11 +197,12 @@ def run_server(server: Any, drain_timeout: float) -> int:
 
     async def main() -> Any:
         await server.start()
-        bound = str(server.bound_address)
-        event("listening", f"listening on {bound}", address=bound)
+        # Handlers first: whoever reads the listening line may signal us at once.
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, server.shutdown, drain_timeout)
+        bound = str(server.bound_address)
+        event("listening", f"listening on {bound}", address=bound)
         return await server.serve_forever()
 
     setup_logging()
@@ -216,3 +217,18 @@ def run_server(server: Any, drain_timeout: float) -> int:
         return 1
     event("stopped", "stopped", level=1, cut=0, accepted=stats.accepted)
     return 0
+
+
+def parse_mode(mode: str | None) -> int | None:
+    """The value of a --mode option: an octal permission such as 660 (BadParameter otherwise)."""
+    if mode is None:
+        return None
+    try:
+        value = int(mode, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise click.BadParameter(
+            f"{mode!r} is not an octal file mode such as 600 or 660", param_hint="--mode"
+        )
+    return value

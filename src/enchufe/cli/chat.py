@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import drain_option, global_options, json_option, run_server, settings
-from .listen import _parse_mode
+from ._common import drain_option, global_options, json_option, parse_mode, run_server, settings
 
 
 @click.command("chat")
@@ -56,6 +55,6 @@ def command(
     room = ChatRoom(raw=raw, queue_limit=queue_limit)
     handler = room.stream if target.is_stream else room.datagram
     server = Server(
-        target, handler, max_connections=max_conns, idle_timeout=idle_timeout, mode=_parse_mode(mode)
+        target, handler, max_connections=max_conns, idle_timeout=idle_timeout, mode=parse_mode(mode)
     )
     return run_server(server, drain_timeout)

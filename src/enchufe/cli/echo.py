@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import drain_option, global_options, json_option, run_server, settings
-from .listen import _parse_mode
+from ._common import drain_option, global_options, json_option, parse_mode, run_server, settings
 
 
 @click.command("echo")
@@ -47,6 +46,6 @@ def command(
     target = parse(address)
     handler = echo_stream if target.is_stream else echo_datagram
     server = Server(
-        target, handler, max_connections=max_conns, idle_timeout=idle_timeout, mode=_parse_mode(mode)
+        target, handler, max_connections=max_conns, idle_timeout=idle_timeout, mode=parse_mode(mode)
     )
     return run_server(server, drain_timeout)

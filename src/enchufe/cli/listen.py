@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import DatagramPrinter, event, global_options, json_option, settings, stop_on_sigterm
+from ._common import (
+    DatagramPrinter,
+    event,
+    global_options,
+    json_option,
+    parse_mode,
+    settings,
+    stop_on_sigterm,
+)
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -51,7 +59,7 @@ def command(
 
     settings.json = settings.json or json_
     target = parse(address)
-    file_mode = _parse_mode(mode)
+    file_mode = parse_mode(mode)
     if exec_ is not None:
         return _serve_exec(target, exec_, keep_open, file_mode)
     stop_on_sigterm()
@@ -111,20 +119,6 @@ def _serve(listener: Listener, keep_open: bool) -> int:
         )
         if not keep_open:
             return 0
-
-
-def _parse_mode(mode: str | None) -> int | None:
-    if mode is None:
-        return None
-    try:
-        value = int(mode, 8)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 0o777:
-        raise click.BadParameter(
-            f"{mode!r} is not an octal file mode such as 600 or 660", param_hint="--mode"
-        )
-    return value
 
 
 def _warn_truncated(exc: Exception) -> None:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ._common import DatagramPrinter, event, global_options, json_option, settings, stop_on_sigterm
-from .listen import _parse_mode, _warn_truncated
+from ._common import (
+    DatagramPrinter,
+    event,
+    global_options,
+    json_option,
+    parse_mode,
+    settings,
+    stop_on_sigterm,
+)
+from .listen import _warn_truncated
 
 
 @click.command("recv")
@@ -39,7 +47,7 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
             f"for a stream use `enchufe listen {address}`"
         )
     stop_on_sigterm()
-    with bind_datagram(target, mode=_parse_mode(mode)) as sock:
+    with bind_datagram(target, mode=parse_mode(mode)) as sock:
         try:  # from the listening line on, SIGTERM means a clean stop
             event("listening", f"listening on {sock.local_address}", address=str(sock.local_address))
             pump_datagram(
