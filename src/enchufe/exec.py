@@ -88,6 +88,8 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
     async def peer_to_child() -> None:
         try:
             while data := await conn.recv():
+                if stdin.is_closing():
+                    break  # the child is gone (uvloop closes its pipes): nowhere to go
                 stdin.write(data)
                 await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):

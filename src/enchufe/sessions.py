@@ -114,7 +114,10 @@ class SessionTable(Generic[K, T]):
         gone: list[Session[K, T]] = []
         while self._sessions:
             peer, oldest = next(iter(self._sessions.items()))
-            if now - oldest.last_seen < self.idle_timeout:
+            # Compared as next_expiry() computes it: with ``now - last_seen < idle_timeout``
+            # float rounding can keep a session alive at its own deadline, and a loop that
+            # sleeps until next_expiry() would wake, expire nothing and wake again at once.
+            if now < oldest.last_seen + self.idle_timeout:
                 break
             del self._sessions[peer]
             self.stats.expired += 1

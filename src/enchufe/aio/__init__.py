@@ -143,7 +143,9 @@ async def _open_connection(
                 if sock_type == socket.SOCK_DGRAM and target.family == socket.AF_UNIX:
                     owned = _sockets.autobind_unix(sock)
                 async with asyncio.timeout(timeout):
-                    if not _sockets.start_connect(sock, target.sockaddr):
+                    if target.family == socket.AF_UNIX:
+                        await _connect_unix(sock, target.sockaddr)
+                    elif not _sockets.start_connect(sock, target.sockaddr):
                         await wait_writable(sock)
                         _sockets.finish_connect(sock)
                 return sock, owned
@@ -154,6 +156,27 @@ async def _open_connection(
                 _release(sock, owned)
                 raise
     raise plan.error()
+
+
+#: A unix listener whose backlog is full makes a non-blocking connect fail with EAGAIN, and the
+#: kernel offers no readiness event for "the backlog has room again" (a blocking connect sleeps
+#: inside the kernel instead).  So the attempt is repeated, starting fast (a busy server
+#: usually accepts within milliseconds) and backing off so that a stuck one costs little CPU.
+UNIX_BACKLOG_RETRY = 0.001
+UNIX_BACKLOG_RETRY_MAX = 0.05
+
+
+async def _connect_unix(sock: socket.socket, sockaddr: Any) -> None:
+    """Connect a non-blocking unix socket, waiting while the listener's backlog is full.
+
+    A unix stream connect never answers EINPROGRESS: it succeeds at once, fails, or (backlog
+    full) answers EAGAIN without starting anything.  Waiting for the socket to become writable
+    would not do: an unconnected unix socket is always writable.
+    """
+    pause = UNIX_BACKLOG_RETRY
+    while not _sockets.start_connect(sock, sockaddr):
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, UNIX_BACKLOG_RETRY_MAX)
 
 
 def _release(sock: socket.socket, owned: SocketFile | None) -> None:

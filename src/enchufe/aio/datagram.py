@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from types import TracebackType
 
 from ..address import SocketAddress
+from ..errors import ClosedError, TimedOut
 from ..sync.datagram import DEFAULT_MAX_DATAGRAM
 from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
 from ._wait import Readiness
 
 __all__ = ["DatagramSocket"]
+
+#: First and longest pause between attempts to send to a unix receiver whose queue is full.
+#: No readiness event announces room there, so the sender polls: quickly at first (a reader
+#: usually catches up within milliseconds), then at most 20 times a second.
+UNIX_SEND_RETRY = 0.001
+UNIX_SEND_RETRY_MAX = 0.05
 
 
 class DatagramSocket:
@@ -29,6 +37,8 @@ class DatagramSocket:
         inner.socket.setblocking(False)
         self._inner = inner
         self._ready = Readiness(inner.socket)
+        #: Set by :func:`enchufe.aio.serve.deliver` while its sends find the buffer full.
+        self._congested = False
 
     @property
     def socket(self) -> socket.socket:
@@ -47,14 +57,45 @@ class DatagramSocket:
 
     def set_timeout(self, seconds: float | None) -> None:
         """Make ``recvfrom``/``sendto`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
+        if self._inner.closed:
+            raise ClosedError("this datagram socket is closed")
         self._ready.timeout = seconds
 
     async def sendto(self, data: bytes, address: SocketAddress | str) -> int:
+        """Send one datagram to ``address``, waiting while it cannot go now."""
+        if self._inner.socket.family != socket.AF_UNIX:
+            while True:
+                try:
+                    return self._inner.sendto(data, address)
+                except BlockingIOError:
+                    await self._ready.writable()
+        # A unix datagram socket also waits when the *receiver's* queue is full
+        # (net.unix.max_dgram_qlen), and poll() cannot tell: an unconnected socket stays
+        # "writable" then, so waiting for writability would spin.  Back off instead.
+        pause = UNIX_SEND_RETRY
+        waited = 0.0
         while True:
             try:
                 return self._inner.sendto(data, address)
             except BlockingIOError:
-                await self._ready.writable()
+                timeout = self._ready.timeout
+                if timeout is not None and waited >= timeout:
+                    raise TimedOut(f"timed out: could not send for {timeout:g} s") from None
+                await asyncio.sleep(pause)
+                waited += pause
+                pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
+
+    def sendto_nowait(self, data: bytes, address: SocketAddress | str) -> bool:
+        """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if
+        it would have to wait (our send buffer, or a unix receiver's queue, is full).
+
+        For servers that must not let one peer that does not read hold up the others.
+        """
+        try:
+            self._inner.sendto(data, address)
+        except BlockingIOError:
+            return False
+        return True
 
     async def send(self, data: bytes) -> int:
         while True:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from . import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
-__all__ = ["Datagram", "Server", "serve"]
+__all__ = ["Datagram", "Server", "deliver", "serve"]
 
 StreamHandler = Callable[[Connection], Awaitable[None]]
 
@@ -66,10 +67,49 @@ class Datagram:
     #: Every peer seen within the idle timeout (the server's session table), sender included.
     peers: SessionTable[Any, dict[str, Any]] | None = None
 
-    async def reply(self, data: bytes) -> None:
-        """Send ``data`` back to the sender (nothing happens for an unbound unix sender)."""
-        if self.sender is not None:
-            await self.socket.sendto(data, self.sender)
+    async def reply(self, data: bytes) -> bool:
+        """Send ``data`` back to the sender; see :func:`deliver`.  ``False`` if it was dropped
+        (and for an unbound unix sender, which cannot be answered)."""
+        if self.sender is None:
+            return False
+        return await deliver(self.socket, data, self.sender)
+
+
+#: How long a datagram server waits for its own unix send buffer to drain before dropping a
+#: datagram.  A unix receiver's unread datagrams stay charged to the sender's buffer, so a
+#: buffer that is full for longer than this has a peer behind it that stopped reading.
+DELIVER_PATIENCE = 1.0
+
+
+async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
+    """Send one datagram from a server's socket to ``peer`` without letting ``peer`` stall it.
+
+    UDP: waits while our own send buffer is full (the kernel drains it to the receivers at
+    once; a receiver that does not read loses datagrams in its own queue, not ours).
+
+    Unix: a receiver that does not read fills its queue, and then every send to it would wait,
+    holding up every other peer of a server that handles datagrams in order.  The datagram is
+    dropped instead and ``False`` returned, as UDP would have dropped it.  When it is our own
+    buffer that is full (readers a little behind), we wait up to :data:`DELIVER_PATIENCE` for it,
+    once: until a datagram goes through again, the next ones are dropped without waiting, so
+    peers that stopped reading cost the server one such wait, not one per datagram.
+    """
+    if sock.socket.family != socket.AF_UNIX:
+        await sock.sendto(data, peer)
+        return True
+    if sock.sendto_nowait(data, peer):
+        sock._congested = False
+        return True
+    if sock._congested:
+        return False  # we already waited in vain: drop at once until a send goes through
+    # Writable at once means our buffer has room and the receiver's queue is the full one.
+    try:
+        async with asyncio.timeout(DELIVER_PATIENCE):
+            await sock._ready.writable()
+    except (TimeoutError, TimedOut):
+        sock._congested = True
+        return False
+    return sock.sendto_nowait(data, peer)
 
 
 DatagramHandler = Callable[[Datagram], Awaitable[None] | None]
@@ -221,6 +261,9 @@ class Server:
             self.stats.failed += 1
             log.exception("handler failed on the connection from %s", conn.peer_address)
         finally:
+            # Out of the count at once (a done callback would run a loop iteration later, and
+            # the accept loop could meanwhile refuse a client although there is room).
+            self._tasks.discard(asyncio.current_task())
             self.stats.active -= 1
             conn.close()
 
@@ -256,8 +299,8 @@ class Server:
         sessions = self.sessions
         while True:
             deadline = sessions.next_expiry()
-            sock.set_timeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
             try:
+                sock.set_timeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 data, sender = await sock.recvfrom()
             except ClosedError:
                 return

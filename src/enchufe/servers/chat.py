@@ -5,7 +5,11 @@ forwards bytes unchanged, like ncat's broker mode).  Datagram peers join by send
 after the idle timeout; each datagram goes to the other peers, prefixed likewise.
 
 A slow client never stalls the others: what waits to be sent to it is bounded, and a client
-whose backlog passes the bound is dropped with a log line.
+whose backlog passes the bound is dropped with a log line.  A datagram peer that does not read
+loses the datagrams that do not fit in its queue (as UDP would lose them), said once in the log
+per episode; the others keep receiving.  (A unix datagram client *connected* to the server holds
+the server's send buffer with what it leaves unread: the kernel then makes every send wait, so
+while it neither reads nor leaves, datagrams to everyone are dropped after a short wait.)
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .._serving import log
 from ..address import InetAddress, SocketAddress
-from ..aio.serve import Datagram
+from ..aio.serve import Datagram, deliver
 from ..aio.stream import Connection
 from ..errors import EnchufeError
 
@@ -52,12 +56,22 @@ class ChatRoom:
     def _name_of(self, conn: Connection) -> str:
         peer = conn.peer_address
         if isinstance(peer, InetAddress):
-            return str(peer).split("://", 1)[1]
-        creds = conn.peer_credentials
-        if creds is not None:
-            return f"pid{creds.pid}"
-        self._unnamed += 1
-        return f"user{self._unnamed}"
+            name = str(peer).split("://", 1)[1]
+        else:
+            creds = conn.peer_credentials
+            if creds is not None:
+                name = f"pid{creds.pid}"
+            else:
+                self._unnamed += 1
+                name = f"user{self._unnamed}"
+        # Two clients of one process share a pid: number the later ones, so that every
+        # member of the room has a name of its own.
+        taken = {member.name for member in self.members}
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name}#{n}"
+        return unique
 
     async def stream(self, conn: Connection) -> None:
         """Handler for stream kinds."""
@@ -123,5 +137,14 @@ class ChatRoom:
         message = datagram.data if self.raw else name.encode() + b": " + datagram.data
         for session in datagram.peers or ():
             peer: SocketAddress = session.peer
-            if peer != sender:
-                await datagram.socket.sendto(message, peer)
+            if peer == sender:
+                continue
+            if await deliver(datagram.socket, message, peer):
+                session.state.pop("dropping", None)
+                continue
+            # A unix peer whose queue is full does not read: it loses this datagram rather
+            # than hold up the room.  Said once per episode, not once per datagram.
+            self.dropped += 1
+            if not session.state.get("dropping"):
+                session.state["dropping"] = True
+                log.warning("dropped datagrams for %s: not reading", peer)

@@ -19,6 +19,9 @@ serving thread for each datagram, with the sender's per-peer session and a way t
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import select
 import socket
 import threading
 import time
@@ -51,6 +54,10 @@ from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
 __all__ = ["Datagram", "Server", "serve"]
+
+#: After cutting the remaining connections, how long to wait for their handler threads to
+#: return (they are woken by the shutdown of their sockets; one stuck elsewhere is left behind).
+CUT_JOIN_TIMEOUT = 2.0
 
 
 @dataclass
@@ -106,7 +113,14 @@ class Server:
         self._socket: DatagramSocket | None = None
         self._stopping = threading.Event()
         self._drain_timeout = DEFAULT_DRAIN_TIMEOUT
-        self._lock = threading.Lock()
+        # Reentrant: shutdown() may run in a signal handler, on top of code holding the lock.
+        self._lock = threading.RLock()
+        #: Notified when a handler finishes and when shutdown() is called: the drain waits on it.
+        self._changed = threading.Condition(self._lock)
+        self._cut_now = False
+        self._cut: set[Connection] = set()
+        #: (read fd, write fd) of the pipe that wakes the datagram loop on shutdown.
+        self._wake: tuple[int, int] | None = None
         self._active: dict[Connection, threading.Thread] = {}
 
     @property
@@ -123,6 +137,7 @@ class Server:
             self._listener = listen(self.address, mode=self.mode)
         else:
             self._socket = bind_datagram(self.address, mode=self.mode)
+            self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self.sessions = SessionTable(
                 idle_timeout=self.idle_timeout or DEFAULT_IDLE_TIMEOUT,
                 max_sessions=self.max_connections,
@@ -130,15 +145,23 @@ class Server:
             )
 
     def shutdown(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
-        """Stop accepting now; :meth:`serve_forever` returns once handlers are done or cut."""
-        self._drain_timeout = drain_timeout
-        self._stopping.set()
+        """Stop accepting now; :meth:`serve_forever` returns once handlers are done or cut.
+
+        A second call while draining cuts the remaining connections at once (a second Ctrl-C).
+        """
+        with self._changed:
+            if self._stopping.is_set() or drain_timeout <= 0:
+                self._cut_now = True
+            self._drain_timeout = drain_timeout
+            self._stopping.set()
+            self._changed.notify_all()
+            if self._wake is not None:
+                # Wakes the datagram loop (a plain os.write: safe in a signal handler too).
+                # Under the lock, so that the pipe cannot be closed meanwhile.
+                with contextlib.suppress(OSError):
+                    os.write(self._wake[1], b"\0")
         if self._listener is not None:
             self._listener.close()
-        if self._socket is not None:
-            # Wakes a recvfrom() blocked in the serving thread (close alone would not).
-            with contextlib.suppress(OSError):
-                self._socket.socket.shutdown(socket.SHUT_RDWR)
 
     def serve_forever(self) -> ServeStats:
         """Serve until :meth:`shutdown`; returns the statistics."""
@@ -151,8 +174,17 @@ class Server:
             try:
                 self._datagram_loop(self._socket)
             finally:
-                self._socket.close()
+                self._close_datagram()
         return self.stats
+
+    def _close_datagram(self) -> None:
+        with self._lock:
+            if self._wake is not None:
+                for fd in self._wake:
+                    os.close(fd)
+                self._wake = None
+        if self._socket is not None:
+            self._socket.close()
 
     def __enter__(self) -> Server:
         self.start()
@@ -160,8 +192,7 @@ class Server:
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(0)
-        if self._socket is not None:
-            self._socket.close()
+        self._close_datagram()
         self._drain()
 
     # -- streams
@@ -202,6 +233,7 @@ class Server:
     def _run(self, conn: Connection) -> None:
         with self._lock:
             self.stats.active += 1
+        outcome = "failed"
         try:
             if self.idle_timeout is not None:
                 conn.set_timeout(self.idle_timeout)
@@ -217,34 +249,37 @@ class Server:
             outcome = "failed"
             log.exception("handler failed on the connection from %s", conn.peer_address)
         finally:
-            conn.close()
-            with self._lock:
+            # Counted before the close, so that whoever sees the connection end sees it
+            # counted; out of the active set after, so that the drain waits for the close.
+            with self._changed:
                 self.stats.active -= 1
+                if conn not in self._cut:  # a cut connection is counted once, as cut
+                    setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+            conn.close()
+            with self._changed:
                 self._active.pop(conn, None)
-        with self._lock:
-            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+                self._changed.notify_all()
 
     def _drain(self) -> None:
         deadline = time.monotonic() + self._drain_timeout
-        while True:
-            with self._lock:
-                threads = list(self._active.items())
-            if not threads:
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            threads[0][1].join(left)
-        with self._lock:
+        with self._changed:
+            while self._active and not self._cut_now:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            threads = list(self._active.values())
             remaining = list(self._active)
+            self._cut.update(remaining)
             self.stats.cut += len(remaining)
         for conn in remaining:
             # shutdown() wakes a thread blocked in recv/send; the handler then sees EOF or an
             # error, returns, and its connection is closed by _run.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ClosedError):
                 conn.socket.shutdown(socket.SHUT_RDWR)
-        for _conn, thread in threads:
-            thread.join(1.0)
+        end = time.monotonic() + CUT_JOIN_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
 
     # -- datagrams
 
@@ -255,30 +290,34 @@ class Server:
             self.on_session_end(session)
 
     def _datagram_loop(self, sock: DatagramSocket) -> None:
-        assert self.sessions is not None
+        assert self.sessions is not None and self._wake is not None
         sessions = self.sessions
+        # One wait for both "a datagram came" and "shutdown() was called", bounded by the next
+        # session expiry.  (Shutting the socket down would not do: a receive with a timeout
+        # then wakes again and again until the timeout, burning CPU.)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(self._wake[0], select.POLLIN)
         while not self._stopping.is_set():
             deadline = sessions.next_expiry()
-            sock.set_timeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
-            try:
-                data, sender = sock.recvfrom()
-            except ClosedError:
+            wait_ms = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            ready = poller.poll(wait_ms)
+            if self._stopping.is_set():
                 return
-            except TimedOut:
+            if not ready:
                 sessions.expire(time.monotonic())
                 continue
+            try:
+                data, sender = sock.recvfrom()  # readable: this does not block
+            except ClosedError:
+                return
             except DatagramTruncated as exc:
                 self.stats.truncated += 1
                 log.warning("%s", exc)
                 continue
-            except NetworkError as exc:
-                if self._stopping.is_set():
-                    return
+            except NetworkError as exc:  # e.g. an ICMP error queued on the socket
                 log.info("on %s: %s", sock.local_address, exc)
                 continue
-            if self._stopping.is_set():
-                return  # woken by shutdown(): recvfrom returned an empty read
-            sock.set_timeout(None)
             self.stats.datagrams += 1
             now = time.monotonic()
             sessions.expire(now)
@@ -309,7 +348,7 @@ def serve(
     """Serve ``handler`` on ``address`` in this thread until interrupted (Ctrl-C, SIGTERM).
 
     ``ready(address)`` is called once bound.  On KeyboardInterrupt the server stops accepting,
-    drains for the default drain timeout, and returns its statistics.
+    drains for the default drain timeout (a second one cuts at once), and returns its statistics.
     """
     server = Server(address, handler, max_connections=max_connections, idle_timeout=idle_timeout)
     server.start()
@@ -319,5 +358,9 @@ def serve(
         return server.serve_forever()
     except KeyboardInterrupt:
         server.shutdown()
-        server._drain()
+        try:
+            server._drain()
+        except KeyboardInterrupt:  # a second Ctrl-C while draining: cut what is left now
+            server.shutdown(0)
+            server._drain()
         return server.stats

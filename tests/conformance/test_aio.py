@@ -1,0 +1,315 @@
+"""What only the asyncio API can promise: cancellation, backpressure, waking waiters on close.
+
+Every test runs on the default asyncio loop and on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import random
+import socket
+import struct
+import termios
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import enchufe.aio as aio
+from enchufe import ClosedError, TimedOut
+from tests.conformance.conftest import _uvloop_factory
+from tests.conftest import connectable, kind_params
+
+pytestmark = pytest.mark.timeout(60)
+
+IO_TIMEOUT = 10.0
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[Any]], Any]:
+    """``run(coroutine)`` on a fresh loop of the flavour under test."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+        factory = _uvloop_factory
+    else:
+        factory = asyncio.new_event_loop
+
+    def runner(main: Awaitable[Any]) -> Any:
+        async def bounded() -> Any:
+            async with asyncio.timeout(30):
+                return await main
+
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(bounded())
+
+    return runner
+
+
+@contextlib.asynccontextmanager
+async def connected(address: str) -> AsyncIterator[tuple[aio.Connection, aio.Connection]]:
+    async with (
+        await aio.listen(address) as listener,
+        await aio.connect(connectable(listener.address), timeout=IO_TIMEOUT) as client,
+        await listener.accept() as server,
+    ):
+        client.set_timeout(IO_TIMEOUT)
+        server.set_timeout(IO_TIMEOUT)
+        yield client, server
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes the kernel holds in this socket's send queue (SIOCOUTQ)."""
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    return int(struct.unpack("i", raw)[0])
+
+
+# --- cancellation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kind_params(("tcp4", "unix")))
+def test_cancelled_connect_closes_its_socket(
+    run: Callable[[Awaitable[Any]], Any], kind: str, make_address: Callable[[str], str]
+) -> None:
+    """A connect stuck on a full backlog is cancelled: the socket it opened is closed."""
+
+    async def main() -> None:
+        async with await aio.listen(make_address(kind), backlog=0) as listener:
+            address = connectable(listener.address)
+            # Fill the backlog: nobody accepts, so the kernel queues a few then holds new ones.
+            held = []
+            try:
+                for _ in range(4):
+                    held.append(await asyncio.wait_for(aio.connect(address), 0.5))
+            except TimeoutError:
+                pass
+            assert held, "could not connect at all"
+            before = open_fds()
+            for _ in range(3):
+                pending = asyncio.create_task(aio.connect(address))
+                await asyncio.sleep(0.1)
+                assert not pending.done(), "the backlog was not full: connect did not block"
+                assert open_fds() == before + 1  # the socket of the attempt
+                pending.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await pending
+                assert open_fds() == before
+            for conn in held:
+                await conn.aclose()
+
+    run(main())
+
+
+def test_connect_waits_while_a_unix_backlog_is_full(
+    run: Callable[[Awaitable[Any]], Any], make_address: Callable[[str], str]
+) -> None:
+    """A full unix backlog makes connect wait (as a blocking connect does), not fail oddly."""
+
+    async def main() -> None:
+        async with await aio.listen(make_address("unix"), backlog=0) as listener:
+            address = connectable(listener.address)
+            first = await aio.connect(address)
+            second = asyncio.create_task(aio.connect(address))
+            await asyncio.sleep(0.1)
+            assert not second.done()
+            accepted = await listener.accept()  # room in the backlog again
+            async with await second as conn, await listener.accept() as server:
+                await conn.send_all(b"made it")
+                assert await server.recv() == b"made it"
+            async with await aio.connect(address):  # fills the backlog again
+                before = open_fds()
+                with pytest.raises(TimedOut):
+                    await aio.connect(address, timeout=0.1)  # times out cleanly
+                assert open_fds() == before
+            await first.aclose()
+            await accepted.aclose()
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", kind_params(("tcp4", "unix-abstract")))
+def test_cancelled_recv_loses_no_bytes(
+    run: Callable[[Awaitable[Any]], Any], kind: str, make_address: Callable[[str], str]
+) -> None:
+    async def main() -> None:
+        async with connected(make_address(kind)) as (client, server):
+            # A recv cancelled while it waits takes nothing.
+            waiting = asyncio.create_task(server.recv())
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await client.send_all(b"first")
+            assert await server.recv() == b"first"
+
+            # recv_exactly and recv_until keep what they had read when cancelled.
+            await client.send_all(b"abc")
+            partial = asyncio.create_task(server.recv_exactly(6))
+            await asyncio.sleep(0.05)
+            partial.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await partial
+            await client.send_all(b"def")
+            assert await server.recv_exactly(6) == b"abcdef"
+
+            await client.send_all(b"no newline yet")
+            line = asyncio.create_task(server.recv_until(b"\n"))
+            await asyncio.sleep(0.05)
+            line.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await line
+            await client.send_all(b"; now\n")
+            assert await server.recv_until(b"\n") == b"no newline yet; now\n"
+
+            # Cancellation racing with arriving data, many times: every byte arrives once.
+            rng = random.Random(4)
+            sent = bytearray()
+            got = bytearray()
+            for i in range(300):
+                task = asyncio.create_task(server.recv(rng.choice([1, 7, 65536])))
+                chunk = b"%d," % i
+                sent += chunk
+                await client.send_all(chunk)
+                for _ in range(rng.randrange(3)):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    got += await task
+            await client.shutdown_write()
+            while data := await server.recv():
+                got += data
+            assert bytes(got) == bytes(sent)
+
+    run(main())
+
+
+def test_cancelled_recvfrom_loses_no_datagram(
+    run: Callable[[Awaitable[Any]], Any], make_address: Callable[[str], str]
+) -> None:
+    async def main() -> None:
+        async with (
+            await aio.bind_datagram(make_address("unixgram")) as server,
+            await aio.connect_datagram(connectable(server.local_address)) as client,
+        ):
+            got = []
+            for i in range(200):
+                task = asyncio.create_task(server.recvfrom())
+                await client.send(b"%d" % i)
+                for _ in range(i % 3):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    got.append((await task)[0])
+            server.set_timeout(0.2)
+            with contextlib.suppress(TimedOut):
+                while True:
+                    got.append(await server.recv())
+            assert got == [b"%d" % i for i in range(200)]
+
+    run(main())
+
+
+def test_close_wakes_pending_waiters(
+    run: Callable[[Awaitable[Any]], Any], make_address: Callable[[str], str]
+) -> None:
+    async def main() -> None:
+        async with connected(make_address("tcp4")) as (_client, server):
+            reader = asyncio.create_task(server.recv())
+            await asyncio.sleep(0.05)
+            server.close()
+            with pytest.raises(ClosedError):
+                await reader
+        async with await aio.bind_datagram(make_address("udp4")) as sock:
+            waiting = asyncio.create_task(sock.recvfrom())
+            await asyncio.sleep(0.05)
+            await sock.aclose()
+            with pytest.raises(ClosedError):
+                await waiting
+        listener = await aio.listen(make_address("unix"))
+        accepting = asyncio.create_task(listener.accept())
+        iterating = asyncio.create_task(_collect(listener))
+        await asyncio.sleep(0.05)
+        await listener.aclose()
+        with pytest.raises(ClosedError):
+            await accepting
+        assert await iterating == []
+
+    run(main())
+
+
+async def _collect(listener: aio.Listener) -> list[aio.Connection]:
+    return [conn async for conn in listener]
+
+
+# --- backpressure ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kind_params(("tcp4", "unix")))
+def test_send_all_waits_for_a_slow_reader_and_buffers_nothing(
+    run: Callable[[Awaitable[Any]], Any], kind: str, make_address: Callable[[str], str]
+) -> None:
+    """send_all to a reader that does not read stays pending once the kernel's buffers are
+    full, and the process does not grow: no copy of the data is kept in Python."""
+    size = 48 * 1024 * 1024
+    payload = os.urandom(size)
+
+    async def main() -> None:
+        async with connected(make_address(kind)) as (client, server):
+            rss_before = rss_bytes()
+            sending = asyncio.create_task(client.send_all(payload))
+            # Wait until the kernel stops taking bytes (its send queue no longer grows).
+            last = -1
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                queued = unsent_bytes(client.socket)
+                if queued == last:
+                    break
+                last = queued
+            assert not sending.done(), "send_all returned although nobody reads"
+            await asyncio.sleep(0.3)
+            assert not sending.done()
+            grown = rss_bytes() - rss_before
+            assert grown < 8 * 1024 * 1024, f"the process grew by {grown} bytes while sending"
+            # Now read: everything arrives, intact, and send_all completes.
+            digest = hashlib.sha256()
+            total = 0
+            while total < size:
+                data = await server.recv()
+                assert data
+                digest.update(data)
+                total += len(data)
+            await sending
+            assert digest.digest() == hashlib.sha256(payload).digest()
+
+    run(main())
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def test_run_and_new_event_loop() -> None:
+    async def answer() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        assert aio.run(answer()).startswith("asyncio")
+    else:
+        assert aio.run(answer()).startswith("uvloop")
+        loop = aio.new_event_loop()
+        assert type(loop).__module__.startswith("uvloop")
+        loop.close()
+    assert aio.run(answer(), use_uvloop=False).startswith("asyncio")

@@ -1,0 +1,359 @@
+"""serve(): limits, idle timeouts, graceful shutdown and handler failures, sync and async alike.
+
+Every test runs against the threaded server (``sync``) and the asyncio one on both loops; the
+handlers are the same functions written once per flavour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import enchufe
+import enchufe.aio as aio
+from enchufe import ConnectionRefused, ConnectionReset, UsageError
+from enchufe.aio.serve import Server as AsyncServer
+from enchufe.sync.serve import Server as SyncServer
+from tests.conftest import DATAGRAM_KINDS, Peer, kind_params
+from tests.servers.conftest import IO_TIMEOUT, SERVER_FLAVOURS, LogRecords, Running, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(params=SERVER_FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return str(request.param)
+
+
+def sync_echo(conn: enchufe.Connection) -> None:
+    while data := conn.recv():
+        conn.send_all(data)
+
+
+async def async_echo(conn: aio.Connection) -> None:
+    while data := await conn.recv():
+        await conn.send_all(data)
+
+
+def echo_for(flavour: str) -> Callable[..., Any]:
+    return sync_echo if flavour == "sync" else async_echo
+
+
+def client(address: str) -> enchufe.Connection:
+    conn = enchufe.connect(address, timeout=IO_TIMEOUT)
+    conn.set_timeout(IO_TIMEOUT)
+    return conn
+
+
+def round_trip(conn: enchufe.Connection, data: bytes = b"ping") -> None:
+    conn.send_all(data)
+    assert conn.recv_exactly(len(data)) == data
+
+
+def closed_by_server(conn: enchufe.Connection) -> bool:
+    """The server closed this connection (EOF, or a reset if it had unread data)."""
+    try:
+        return conn.recv() == b""
+    except ConnectionReset:
+        return True
+
+
+# --- options --------------------------------------------------------------------------------------
+
+
+def test_bad_options() -> None:
+    for cls in (SyncServer, AsyncServer):
+        with pytest.raises(UsageError):
+            cls("tcp://127.0.0.1:0", sync_echo, max_connections=0)
+        with pytest.raises(UsageError):
+            cls("stdio:", sync_echo)
+
+
+@pytest.mark.parametrize("kind", kind_params(("tcp4", "unix")))
+def test_max_connections(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, kind: str
+) -> None:
+    running = serve(flavour, make_address(kind), echo_for(flavour), max_connections=2)
+    first, second = client(running.address), client(running.address)
+    round_trip(first)
+    round_trip(second)
+    # A third client is accepted and closed at once, and counted.
+    with client(running.address) as extra:
+        assert closed_by_server(extra)
+    assert running.stats.refused == 1
+    round_trip(first)  # the two served ones are unaffected
+    # When one leaves, a new client is served again.
+    first.close()
+    wait_until(lambda: running.stats.active == 1, what="the server noticing a client left")
+    with client(running.address) as third:
+        round_trip(third)
+    second.close()
+    assert running.stats.accepted == 3
+
+
+@pytest.mark.parametrize("kind", kind_params(("tcp6", "unix-abstract")))
+def test_idle_timeout_closes_idle_clients_only(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, kind: str
+) -> None:
+    running = serve(flavour, make_address(kind), echo_for(flavour), idle_timeout=0.4)
+    idle, active = client(running.address), client(running.address)
+    round_trip(idle)
+    started = time.monotonic()
+    # The active client talks every 0.1 s, for well over the idle timeout.
+    while time.monotonic() - started < 1.2:
+        round_trip(active, b"still here")
+        time.sleep(0.1)
+    assert closed_by_server(idle)
+    round_trip(active)
+    assert running.stats.idle_closed == 1
+    idle.close()
+    active.close()
+
+
+# --- graceful shutdown ----------------------------------------------------------------------------
+
+
+def streaming_client(address: str, size: int, started: threading.Barrier) -> str:
+    """Send ``size`` random bytes while reading the echo; sha256 of what came back."""
+    payload = os.urandom(size)
+    with client(address) as conn:
+        round_trip(conn, b"hello")
+        started.wait(IO_TIMEOUT)
+
+        def send() -> None:
+            for i in range(0, size, 16384):
+                conn.send_all(payload[i : i + 16384])
+                time.sleep(0.002)  # a steady stream, still going when the shutdown comes
+            conn.shutdown_write()
+
+        sender = Peer(send)
+        digest = hashlib.sha256()
+        while data := conn.recv():
+            digest.update(data)
+        sender.result(IO_TIMEOUT)
+    assert digest.hexdigest() == hashlib.sha256(payload).hexdigest(), "bytes lost in the shutdown"
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("kind", kind_params(("tcp4", "unix")))
+def test_graceful_shutdown_loses_nothing_in_flight(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, kind: str
+) -> None:
+    running = serve(flavour, make_address(kind), echo_for(flavour))
+    address = running.address
+    count = 8
+    started = threading.Barrier(count + 1)
+    clients = [Peer(streaming_client, address, 1024 * 1024, started) for _ in range(count)]
+    started.wait(IO_TIMEOUT)  # every client is connected and streaming
+    running.shutdown(drain_timeout=IO_TIMEOUT)
+    for peer in clients:
+        peer.result(IO_TIMEOUT)
+    stats = running.wait()
+    assert stats.cut == 0
+    assert stats.accepted == stats.completed == count
+    with pytest.raises(ConnectionRefused):  # no longer listening
+        enchufe.connect(address)
+    if kind == "unix":
+        assert not os.path.exists(address.removeprefix("unix://"))
+
+
+def test_short_drain_cuts(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str
+) -> None:
+    running = serve(flavour, make_address("tcp4"), echo_for(flavour))
+    stalled = [client(running.address) for _ in range(3)]
+    for conn in stalled:
+        round_trip(conn)  # served, and never sending EOF
+    running.shutdown(drain_timeout=0.2)
+    stats = running.wait()
+    assert stats.cut == 3
+    assert stats.active == 0
+    for conn in stalled:
+        assert closed_by_server(conn)
+        conn.close()
+
+
+def test_second_shutdown_cuts_at_once(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str
+) -> None:
+    running = serve(flavour, make_address("unix"), echo_for(flavour))
+    stalled = client(running.address)
+    round_trip(stalled)
+    running.shutdown(drain_timeout=60)
+    time.sleep(0.2)
+    assert running.thread.is_alive()  # draining: the client may still finish
+    round_trip(stalled)
+    started = time.monotonic()
+    running.shutdown(drain_timeout=60)  # a second Ctrl-C
+    stats = running.wait()
+    assert time.monotonic() - started < IO_TIMEOUT
+    assert stats.cut == 1
+    assert closed_by_server(stalled)
+    stalled.close()
+
+
+@pytest.mark.parametrize("kind", kind_params(DATAGRAM_KINDS))
+def test_datagram_shutdown_wakes_the_loop(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, kind: str
+) -> None:
+    """A datagram server waiting for a datagram (with peers, so with a session deadline) stops
+    at once on shutdown, without spinning meanwhile."""
+
+    def sync_reply(datagram: Any) -> None:
+        datagram.reply(datagram.data)
+
+    async def async_reply(datagram: Any) -> None:
+        await datagram.reply(datagram.data)
+
+    running = serve(flavour, make_address(kind), sync_reply if flavour == "sync" else async_reply)
+    with enchufe.connect_datagram(running.address) as sock:
+        sock.set_timeout(IO_TIMEOUT)
+        sock.send(b"hi")
+        assert sock.recv() == b"hi"
+    before = os.times()
+    time.sleep(0.2)
+    running.shutdown(IO_TIMEOUT)
+    started = time.monotonic()
+    stats = running.wait()
+    assert time.monotonic() - started < 2.0
+    after = os.times()
+    assert (after.user + after.system) - (before.user + before.system) < 0.5, "the server spun"
+    assert stats.datagrams == 1
+
+
+def test_datagram_sessions_idle_and_max_peers(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str
+) -> None:
+    ended: list[Any] = []
+
+    def sync_reply(datagram: Any) -> None:
+        datagram.reply(b"%d" % datagram.session.datagrams)
+
+    async def async_reply(datagram: Any) -> None:
+        await datagram.reply(b"%d" % datagram.session.datagrams)
+
+    running = serve(
+        flavour,
+        make_address("udp4"),
+        sync_reply if flavour == "sync" else async_reply,
+        max_connections=2,
+        idle_timeout=0.3,
+        on_session_end=ended.append,
+    )
+    socks = [enchufe.connect_datagram(running.address) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.set_timeout(IO_TIMEOUT)
+        socks[0].send(b"a")
+        assert socks[0].recv() == b"1"
+        socks[0].send(b"a")
+        assert socks[0].recv() == b"2"  # the same session
+        socks[1].send(b"b")
+        assert socks[1].recv() == b"1"
+        socks[2].send(b"c")  # a third peer: the least recently active (socks[0]) is forgotten
+        assert socks[2].recv() == b"1"
+        sessions = running.server.sessions
+        assert sessions.stats.evicted == 1
+        socks[0].send(b"a")
+        assert socks[0].recv() == b"1"  # a new session, which evicts socks[1]'s
+        assert sessions.stats.evicted == 2
+        # Silence: every session idles out (the server wakes up for it, no datagram needed).
+        wait_until(lambda: len(sessions) == 0, timeout=5, what="the sessions idling out")
+        assert running.stats.idle_closed == 2
+        assert len(ended) == 4
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# --- handler failures -----------------------------------------------------------------------------
+
+
+def test_handler_errors_are_logged_and_serving_goes_on(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, serve_log: LogRecords
+) -> None:
+    def sync_handler(conn: enchufe.Connection) -> None:
+        data = conn.recv_until(b"\n")
+        if data == b"boom\n":
+            raise RuntimeError("the handler broke")
+        conn.send_all(data)
+
+    async def async_handler(conn: aio.Connection) -> None:
+        data = await conn.recv_until(b"\n")
+        if data == b"boom\n":
+            raise RuntimeError("the handler broke")
+        await conn.send_all(data)
+
+    running = serve(flavour, make_address("unix"), sync_handler if flavour == "sync" else async_handler)
+    for _ in range(3):
+        with client(running.address) as conn:
+            conn.send_all(b"boom\n")
+            assert closed_by_server(conn)
+        with client(running.address) as conn:
+            round_trip(conn, b"fine\n")
+    wait_until(
+        lambda: (running.stats.failed, running.stats.completed) == (3, 3), what="every connection counted"
+    )
+    failures = [r for r in serve_log.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 3
+    assert all("handler failed" in r.getMessage() for r in failures)
+    assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
+
+
+def test_datagram_handler_errors_are_logged(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, serve_log: LogRecords
+) -> None:
+    def sync_handler(datagram: Any) -> None:
+        if datagram.data == b"boom":
+            raise ValueError("bad datagram")
+        datagram.reply(datagram.data)
+
+    async def async_handler(datagram: Any) -> None:
+        if datagram.data == b"boom":
+            raise ValueError("bad datagram")
+        await datagram.reply(datagram.data)
+
+    running = serve(flavour, make_address("unixgram"), sync_handler if flavour == "sync" else async_handler)
+    with enchufe.connect_datagram(running.address) as sock:
+        sock.set_timeout(IO_TIMEOUT)
+        sock.send(b"boom")
+        sock.send(b"fine")
+        assert sock.recv() == b"fine"
+    assert running.stats.failed == 1
+    serve_log.wait_for("handler failed on a datagram")
+
+
+def test_async_server_context_manager(make_address: Callable[[str], str]) -> None:
+    async def main() -> None:
+        async with AsyncServer(make_address("tcp4"), async_echo) as server:
+            task = asyncio.create_task(server.serve_forever())
+            async with await aio.connect(str(server.bound_address)) as conn:
+                await conn.send_all(b"x")
+                assert await conn.recv() == b"x"
+            server.shutdown()
+            stats = await task
+        assert stats.accepted == 1
+        with pytest.raises(UsageError):
+            _ = AsyncServer(make_address("tcp4"), async_echo).bound_address
+
+    aio.run(main())
+
+
+def test_sync_server_context_manager(make_address: Callable[[str], str]) -> None:
+    with SyncServer(make_address("unix-abstract"), sync_echo) as server:
+        serving = Peer(server.serve_forever)
+        with client(str(server.bound_address)) as conn:
+            round_trip(conn)
+        server.shutdown()
+        stats = serving.result()
+    assert stats.accepted == stats.completed == 1

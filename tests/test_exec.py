@@ -1,0 +1,341 @@
+"""``exec:`` endpoints: a real program behind a real listener, one child per connection.
+
+The server is ``enchufe.aio.serve.Server`` with :func:`enchufe.exec.run_exec` as handler,
+running on asyncio or uvloop in a background thread; the clients are plain sync connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import os
+import shlex
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import enchufe
+import enchufe.aio as aio
+from enchufe import Credentials, EnchufeError, ExecAddress, InetAddress, UnixAddress, parse
+from enchufe.exec import child_environment, run_exec
+from tests.conftest import HAS_IPV6, Peer, connectable
+from tests.servers.conftest import IO_TIMEOUT, Running, start, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_flavour(request: pytest.FixtureRequest) -> str:
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return str(request.param)
+
+
+class ExecServer:
+    """A listener whose every connection runs ``program``; the children's exit statuses."""
+
+    def __init__(self, running: Running, statuses: list[Any]) -> None:
+        self.running = running
+        self.statuses = statuses
+
+    @property
+    def address(self) -> str:
+        return self.running.address
+
+    def connect(self) -> enchufe.Connection:
+        conn = enchufe.connect(self.address, timeout=IO_TIMEOUT)
+        conn.set_timeout(IO_TIMEOUT)
+        return conn
+
+    def status(self, index: int = 0) -> Any:
+        """The exit status of the ``index``-th child, once its connection is over."""
+        wait_until(lambda: len(self.statuses) > index, what="the connection ending")
+        return self.statuses[index]
+
+
+@pytest.fixture
+def exec_server(loop_flavour: str, make_address: Callable[[str], str]) -> Iterator[Callable[..., ExecServer]]:
+    servers: list[Running] = []
+
+    def starter(program: ExecAddress | str, kind: str = "tcp4") -> ExecServer:
+        target = parse(program) if isinstance(program, str) else program
+        assert isinstance(target, ExecAddress)
+        statuses: list[Any] = []
+
+        async def handler(conn: aio.Connection) -> None:
+            try:
+                statuses.append(await run_exec(conn, target))
+            except BaseException as exc:
+                statuses.append(exc)
+                raise
+
+        running = start(loop_flavour, make_address(kind), handler)
+        servers.append(running)
+        return ExecServer(running, statuses)
+
+    try:
+        yield starter
+    finally:
+        for running in servers:
+            running.stop()
+
+
+def read_to_eof(conn: enchufe.Connection) -> bytes:
+    chunks: list[bytes] = []
+    for _ in range(10_000):
+        chunk = conn.recv()
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    raise AssertionError("no EOF")
+
+
+def gone(pid: int) -> bool:
+    """The process is gone and reaped (no /proc entry, not even a zombie)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+# --- data through a child -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "unix"])
+def test_tr_through_with_half_close(exec_server: Callable[..., ExecServer], kind: str) -> None:
+    server = exec_server("exec:tr a-z A-Z", kind)
+    with server.connect() as conn:
+        conn.send_all(b"hello, world\n")
+        conn.send_all(b"second line without newline")
+        conn.shutdown_write()  # the child's stdin ends, tr finishes, its stdout ends: our EOF
+        assert read_to_eof(conn) == b"HELLO, WORLD\nSECOND LINE WITHOUT NEWLINE"
+    assert server.status() == 0
+
+
+def test_large_stream_through_cat(exec_server: Callable[..., ExecServer]) -> None:
+    server = exec_server("exec:cat")
+    payload = os.urandom(4 * 1024 * 1024)
+    with server.connect() as conn:
+
+        def send() -> None:
+            conn.send_all(payload)
+            conn.shutdown_write()
+
+        sender = Peer(send)
+        assert read_to_eof(conn) == payload
+        sender.result()
+    assert server.status() == 0
+
+
+def test_explicit_argv_and_child_eof_first(exec_server: Callable[..., ExecServer]) -> None:
+    """``sh -c SCRIPT`` given as argv, not a shell string: the script reads one line and
+    exits; its stdout EOF reaches us while our side is still open."""
+    server = exec_server(ExecAddress(("sh", "-c", 'read x; echo "got: $x"')))
+    with server.connect() as conn:
+        conn.send_all(b"$(id) `whoami` ; exit 3\n")
+        assert read_to_eof(conn) == b"got: $(id) `whoami` ; exit 3\n"
+        # Our write side is still open: more bytes go nowhere, without an error.
+        conn.send_all(b"after the child left\n")
+        conn.shutdown_write()
+    assert server.status() == 0
+
+
+def test_peer_data_is_never_interpreted(exec_server: Callable[..., ExecServer], sock_dir: str) -> None:
+    victim = os.path.join(sock_dir, "victim")
+    marker = os.path.join(sock_dir, "pwned")
+    open(victim, "w").close()
+    server = exec_server("exec:cat")
+    payload = f"$(touch {marker}); rm -rf {victim}; `touch {marker}` | sh\n".encode()
+    with server.connect() as conn:
+        conn.send_all(payload)
+        conn.shutdown_write()
+        assert read_to_eof(conn) == payload
+    assert server.status() == 0
+    assert not os.path.exists(marker)
+    assert os.path.exists(victim)
+
+
+def test_argv_is_split_like_a_shell_without_running_one(exec_server: Callable[..., ExecServer]) -> None:
+    server = exec_server("exec:printf '%s|' 'two words' $HOME ';' '*'")
+    with server.connect() as conn:
+        conn.shutdown_write()
+        assert read_to_eof(conn) == b"two words|$HOME|;|*|"
+    assert server.status() == 0
+
+
+# --- environment ----------------------------------------------------------------------------------
+
+
+def environment_of(conn: enchufe.Connection) -> dict[str, str]:
+    conn.shutdown_write()
+    lines = read_to_eof(conn).decode().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "tcp6"])
+def test_environment_tcp(exec_server: Callable[..., ExecServer], kind: str) -> None:
+    if kind == "tcp6" and not HAS_IPV6:
+        pytest.skip("no IPv6")
+    server = exec_server("exec:env", kind)
+    with server.connect() as conn:
+        env = environment_of(conn)
+        local, peer = conn.local_address, conn.peer_address
+    assert isinstance(local, InetAddress) and isinstance(peer, InetAddress)
+    assert env["ENCHUFE_PEER_ADDR"] == local.host
+    assert env["ENCHUFE_PEER_PORT"] == str(local.port)
+    assert env["ENCHUFE_LOCAL_ADDR"] == peer.host
+    assert env["ENCHUFE_LOCAL_PORT"] == str(peer.port)
+    assert parse(env["ENCHUFE_PEER"]) == parse(str(local))
+    assert env["ENCHUFE_KIND"] == kind
+    assert "ENCHUFE_PEER_UID" not in env
+    assert env.get("PATH") == os.environ.get("PATH")  # the rest of our environment is passed on
+
+
+@pytest.mark.parametrize("kind", ["unix", "unix-abstract"])
+def test_environment_unix(exec_server: Callable[..., ExecServer], kind: str) -> None:
+    server = exec_server("exec:env", kind)
+    with server.connect() as conn:
+        env = environment_of(conn)
+        listening = conn.peer_address
+    assert isinstance(listening, UnixAddress)
+    assert env["ENCHUFE_PEER_UID"] == str(os.getuid())
+    assert env["ENCHUFE_PEER_GID"] == str(os.getgid())
+    assert env["ENCHUFE_PEER_PID"] == str(os.getpid())
+    expected = f"@{listening.name}" if listening.abstract else listening.name
+    assert env["ENCHUFE_LOCAL_ADDR"] == expected
+    assert env["ENCHUFE_PEER_ADDR"] == ""  # our client socket has no name
+    assert env["ENCHUFE_KIND"] == "unix"
+
+
+def test_child_environment_is_pure() -> None:
+    peer = InetAddress("tcp", "::1", 5000)
+    local = InetAddress("tcp", "::1", 9000)
+    env = child_environment(peer, local, base={"KEEP": "1"})
+    assert env == {
+        "KEEP": "1",
+        "ENCHUFE_PEER": "tcp://[::1]:5000",
+        "ENCHUFE_PEER_ADDR": "::1",
+        "ENCHUFE_PEER_PORT": "5000",
+        "ENCHUFE_LOCAL": "tcp://[::1]:9000",
+        "ENCHUFE_LOCAL_ADDR": "::1",
+        "ENCHUFE_LOCAL_PORT": "9000",
+        "ENCHUFE_KIND": "tcp6",
+    }
+    unix = child_environment(None, UnixAddress("srv", abstract=True), Credentials(1, 2, 3), base={})
+    assert unix["ENCHUFE_PEER"] == unix["ENCHUFE_PEER_ADDR"] == ""
+    assert unix["ENCHUFE_LOCAL_ADDR"] == "@srv"
+    assert (unix["ENCHUFE_PEER_PID"], unix["ENCHUFE_PEER_UID"], unix["ENCHUFE_PEER_GID"]) == ("1", "2", "3")
+    assert unix["ENCHUFE_KIND"] == "unix"
+    assert "ENCHUFE_PEER_PORT" not in unix
+
+
+# --- children are reaped --------------------------------------------------------------------------
+
+PID_THEN_CAT = ExecAddress(("sh", "-c", "echo $$; exec cat"))
+
+
+def test_children_are_reaped(exec_server: Callable[..., ExecServer]) -> None:
+    server = exec_server(PID_THEN_CAT)
+    pids = []
+    for i in range(5):
+        with server.connect() as conn:
+            pid = int(conn.recv_until(b"\n"))
+            conn.send_all(b"bye %d" % i)
+            conn.shutdown_write()
+            assert read_to_eof(conn) == b"bye %d" % i
+            pids.append(pid)
+    for i, pid in enumerate(pids):
+        assert server.status(i) == 0
+        wait_until(functools.partial(gone, pid), timeout=5, what=f"child {pid} being reaped")
+        with pytest.raises(ChildProcessError) as caught:
+            os.waitpid(pid, os.WNOHANG)
+        assert caught.value.errno == errno.ECHILD
+
+
+def test_peer_reset_stops_and_reaps_the_child(exec_server: Callable[..., ExecServer]) -> None:
+    server = exec_server(ExecAddress(("sh", "-c", "echo $$; exec sleep 30")))
+    conn = server.connect()
+    pid = int(conn.recv_until(b"\n"))
+    assert not gone(pid)
+    # Reset: SO_LINGER {on, 0} then close sends RST instead of FIN.
+    conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    started = time.monotonic()
+    status = server.status()
+    assert time.monotonic() - started < 5
+    assert status == -15  # SIGTERM: stopped, not left running
+    wait_until(lambda: gone(pid), timeout=5, what="the child being reaped")
+
+
+def test_server_shutdown_stops_children(loop_flavour: str, make_address: Callable[[str], str]) -> None:
+    statuses: list[Any] = []
+    program = ExecAddress(("sh", "-c", "echo $$; exec sleep 30"))
+
+    async def handler(conn: aio.Connection) -> None:
+        try:
+            statuses.append(await run_exec(conn, program))
+        except asyncio.CancelledError:
+            statuses.append("cancelled")
+            raise
+
+    running = start(loop_flavour, make_address("unix"), handler)
+    try:
+        with enchufe.connect(running.address, timeout=IO_TIMEOUT) as conn:
+            conn.set_timeout(IO_TIMEOUT)
+            pid = int(conn.recv_until(b"\n"))
+            running.shutdown(drain_timeout=0)
+            stats = running.wait()
+            assert stats.cut == 1
+            assert statuses == ["cancelled"]
+            wait_until(lambda: gone(pid), timeout=5, what="the child being stopped and reaped")
+    finally:
+        running.stop()
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_missing_program_is_a_clear_error(loop_flavour: str, make_address: Callable[[str], str]) -> None:
+    async def main() -> None:
+        async with (
+            await aio.listen(make_address("unix")) as listener,
+            await aio.connect(connectable(listener.address)) as client,
+            await listener.accept() as conn,
+        ):
+            program = ExecAddress(("enchufe-no-such-program", "--flag"))
+            with pytest.raises(EnchufeError):
+                await run_exec(conn, program)  # (the loop sets up child watching once)
+            await asyncio.sleep(0.05)
+            fds = len(os.listdir("/proc/self/fd"))
+            with pytest.raises(EnchufeError) as caught:
+                await run_exec(conn, program)
+            await asyncio.sleep(0.05)  # uvloop closes the pipes on its next iteration
+            assert len(os.listdir("/proc/self/fd")) == fds  # no pipe left open
+            message = str(caught.value)
+            assert "enchufe-no-such-program" in message
+            assert "no such file" in message.lower()
+            assert client.peer_address is not None
+
+    factory = asyncio.new_event_loop if loop_flavour == "asyncio" else aio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+def test_missing_program_behind_a_server_is_logged(exec_server: Callable[..., ExecServer]) -> None:
+    server = exec_server(ExecAddress(("enchufe-no-such-program",)))
+    with server.connect() as conn:
+        assert read_to_eof(conn) == b""  # the server closes the connection
+    assert isinstance(server.status(), EnchufeError)
+    wait_until(lambda: server.running.stats.failed == 1, what="the failure counted")
+    server.running.shutdown(0)
+    assert server.running.wait().failed == 1
+
+
+def test_exec_address_round_trip() -> None:
+    address = parse("exec:sh -c 'read x; echo \"$x\"'")
+    assert isinstance(address, ExecAddress)
+    assert address.argv == ("sh", "-c", 'read x; echo "$x"')
+    assert parse(str(address)) == address
+    assert shlex.split(str(address).removeprefix("exec:")) == list(address.argv)
