@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import trace
+from ._connect import ConnectPlan
 from .address import InetAddress, SocketAddress, UnixAddress
 from .errors import (
     AddressError,
@@ -445,7 +446,9 @@ def recv_datagram_into(sock: socket.socket, buffer: memoryview | bytearray) -> t
     return size, sender
 
 
-def send_datagram(sock: socket.socket, data: memoryview | bytes, sockaddr: SockAddr | None) -> int:
+def send_datagram(
+    sock: socket.socket, data: memoryview | bytes | bytearray, sockaddr: SockAddr | None
+) -> int:
     """Send one datagram (to the connected peer when ``sockaddr`` is None), non-blocking callers."""
     try:
         sent = sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)
@@ -758,15 +761,14 @@ def open_connection(
     retried ``retries`` more times, ``retry_delay`` seconds apart; the error raised is the last
     one, carrying every attempt's error in ``attempts``.
     """
-    if retries < 0:
+    if retries < 0:  # refused as bad input, like every other argument error before a socket
         raise AddressError(f"retries must be 0 or more, not {retries}")
+    plan = ConnectPlan(address, retries=retries, retry_delay=retry_delay)
     sock_type = _sock_type(address)
     what = f"connect to {address}"
-    errors: list[NetworkError] = []
-    deadline_each = timeout
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(retry_delay)
+    for delay in plan:
+        if delay:
+            time.sleep(delay)
         targets: list[Target] = (
             [Target(socket.AF_UNIX, address.sockaddr)]
             if isinstance(address, UnixAddress)
@@ -778,7 +780,7 @@ def open_connection(
             try:
                 if sock_type == socket.SOCK_DGRAM and target.family == socket.AF_UNIX and datagram_reply:
                     owned = autobind_unix(sock)
-                sock.settimeout(deadline_each)
+                sock.settimeout(timeout)
                 connect(sock, target.sockaddr)
                 sock.settimeout(None)
                 return sock, owned
@@ -786,19 +788,5 @@ def open_connection(
                 _close_quietly(sock)
                 if owned is not None:
                     owned.release()
-                err = translate(exc, what)
-                err.__cause__ = exc
-                errors.append(err)
-        if not _worth_retrying(errors[-1]):
-            break
-    last = errors[-1]
-    last.attempts = tuple(errors)
-    if len(errors) > 1:
-        last.args = (f"{last.args[0]} ({len(errors)} attempts)",)
-    raise last
-
-
-def _worth_retrying(error: NetworkError) -> bool:
-    from .errors import ConnectionRefused, TimedOut
-
-    return isinstance(error, ConnectionRefused | TimedOut)
+                plan.failed(exc)
+    raise plan.error()

@@ -104,17 +104,24 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
 
     tasks = [asyncio.create_task(peer_to_child()), asyncio.create_task(child_to_peer())]
     try:
-        await asyncio.gather(*tasks)
-    except EnchufeError:
-        await _stop(child)  # the connection broke (reset, closed under us): stop the child
+        try:
+            await asyncio.gather(*tasks)
+        except EnchufeError:
+            await _stop(child)  # the connection broke (reset, closed under us): stop the child
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return await child.wait()
     except BaseException:
-        await _stop(child)  # cancelled (e.g. the server is shutting down)
+        await _stop(child)  # cancelled (e.g. the server is shutting down): never leave a zombie
         raise
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return await child.wait()
+        # Close the process transport now, not when it is collected: uvloop would otherwise call
+        # back into a loop that may be closed by then.  asyncio exposes it only as _transport.
+        transport = getattr(child, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 async def _stop(child: asyncio.subprocess.Process) -> None:
@@ -127,3 +134,4 @@ async def _stop(child: asyncio.subprocess.Process) -> None:
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
+        await child.wait()

@@ -242,7 +242,9 @@ def drain_until_eof(conn: Connection, timeout: float, sink: Callable[[bytes], No
         except TimedOut:
             return False
         except ConnectionReset:
-            return True
+            if sink is not None:
+                raise  # the answer was cut short: not a clean end
+            return True  # nothing was wanted from the peer; our data had been sent
         if not chunk:
             return True
         if sink is not None:

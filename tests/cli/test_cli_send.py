@@ -47,6 +47,16 @@ def test_stream_send_writes_data_and_closes(kind: str, make_address: Callable[[s
     assert done.stderr == b""
 
 
+def test_data_argument_that_is_not_utf8_is_sent_byte_for_byte(make_address: Callable[[str], str]) -> None:
+    raw = b"\xff\xfe caf\xc3\xa9"  # argv holds bytes; a non-UTF-8 one once gave a traceback
+    with enchufe.bind_datagram(make_address("udp4")) as sock:
+        peer = Peer(datagram_peer, sock, False)
+        done = run("send", str(sock.local_address), os.fsdecode(raw))
+        assert peer.result() == raw
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b""
+
+
 @pytest.mark.parametrize("kind", kind_params(STREAM_KINDS))
 def test_stream_send_wait_reply_prints_everything_until_the_peer_closes(
     kind: str, make_address: Callable[[str], str]

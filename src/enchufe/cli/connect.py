@@ -45,12 +45,15 @@ def command(address: str, retry: int, retry_delay: float, timeout: float | None)
     stop_on_sigterm()
     if not target.is_stream:
         with connect_datagram(target, retries=retry, retry_delay=retry_delay) as sock:
-            pump_datagram(
-                sock,
-                DatagramPrinter(as_json=False, as_hex=False),
-                linger=1.0 if timeout is None else timeout,
-                on_truncated=_warn_truncated,
-            )
+            try:
+                pump_datagram(
+                    sock,
+                    DatagramPrinter(as_json=False, as_hex=False),
+                    linger=1.0 if timeout is None else timeout,
+                    on_truncated=_warn_truncated,
+                )
+            except KeyboardInterrupt:  # SIGINT/SIGTERM: cut before done, as for a stream
+                return 1
         return 0
     with connect(target, timeout=timeout, retries=retry, retry_delay=retry_delay) as conn:
         try:

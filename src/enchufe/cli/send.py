@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import BinaryIO
@@ -41,7 +42,8 @@ def command(
     from ..stdio import drain_until_eof
 
     target = parse(address)
-    payload = data.encode() if data is not None else sys.stdin.buffer.read()
+    # os.fsencode gives back the bytes of the command line even when they are not UTF-8.
+    payload = os.fsencode(data) if data is not None else sys.stdin.buffer.read()
     out = sys.stdout.buffer
     if not target.is_stream:
         with connect_datagram(target, retries=retry, retry_delay=retry_delay) as sock:

@@ -220,15 +220,16 @@ class Server:
             with self._lock:
                 full = len(self._active) >= self.max_connections
                 if not full:
+                    self.stats.accepted += 1
                     thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
                     self._active[conn] = thread
+                    # Started under the lock: a drain running in another thread (__exit__)
+                    # must never find, and join, a thread that is not started yet.
+                    thread.start()
             if full:
                 self.stats.refused += 1
                 log.info("refused %s: %d connections open (max)", conn.peer_address, self.max_connections)
                 conn.close()
-                continue
-            self.stats.accepted += 1
-            thread.start()
 
     def _run(self, conn: Connection) -> None:
         with self._lock:
