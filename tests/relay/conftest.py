@@ -433,3 +433,87 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = STEP) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:g} s")
         time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- datagrams
+
+
+def datagram_socket(address: str, *, bind: bool = False, timeout: float = 5.0) -> socket.socket:
+    """A datagram socket for ``address``: bound to it (``bind``), or connected to it.  A unix
+    client is auto-bound first, so that it has an address to be answered at."""
+    family, sockaddr = sockaddr_of(address)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.settimeout(timeout)
+        if bind:
+            sock.bind(sockaddr)
+        else:
+            if family == socket.AF_UNIX:
+                sock.bind("")  # autobind: an abstract name the relay can answer
+            sock.connect(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+Respond = Callable[[bytes, Any], "bytes | None"]
+
+
+def echo_datagram(data: bytes, sender: Any) -> bytes:
+    return data
+
+
+class DatagramTarget:
+    """A datagram socket owned by the test: every datagram is recorded with its sender and
+    answered with ``respond(data, sender)`` (nothing if it returns None)."""
+
+    def __init__(self, address: str, respond: Respond = echo_datagram) -> None:
+        self.sock = datagram_socket(address, bind=True, timeout=0.2)
+        bound = self.sock.getsockname()
+        value = enchufe.parse(address)
+        if isinstance(value, InetAddress):
+            self.address = str(InetAddress(value.transport, value.host, bound[1], value.forced_family))
+        else:
+            self.address = address
+        self.respond = respond
+        self.received: list[tuple[bytes, Any]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                data, sender = self.sock.recvfrom(1 << 17)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received.append((data, sender))
+            answer = self.respond(data, sender)
+            if answer is not None and sender:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(answer, sender)
+
+    def senders(self) -> set[Any]:
+        return {sender for _data, sender in self.received}
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(STEP)
+        self.sock.close()
+
+    def __enter__(self) -> DatagramTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def final_summary(relay: RelayProc) -> dict[str, Any]:
+    """Stop a ``--json`` relay and return its summary event."""
+    relay.signal()
+    assert relay.finish() == 0, relay.err
+    (summary,) = [e for e in relay.json_events() if e["event"] == "summary"]
+    return summary

@@ -23,12 +23,11 @@ from .conftest import STEP, Target, dial, echo, ping, read_all, relay_thread, wa
             "unixgram:@x",
             "cannot relay between tcp://127.0.0.1:0 (a stream) and unixgram:@x (datagrams) without framing",
         ),
-        (
-            "udp://127.0.0.1:0",
-            "udp://127.0.0.1:9",
-            "relaying datagrams (udp://127.0.0.1:0 → udp://127.0.0.1:9)",
-        ),
-        ("exec:cat", "tcp://127.0.0.1:9", "LISTEN exec:cat: the relay takes socket addresses"),
+        ("exec:cat", "tcp://127.0.0.1:9", "LISTEN exec:cat: exec: runs a program per client"),
+        ("-", "exec:cat", "cannot relay - to exec:cat: one of LISTEN and TARGET must be a socket"),
+        ("-", "-", "cannot relay - to -"),
+        ("-", "udp://127.0.0.1:9", "cannot relay - to udp://127.0.0.1:9: stdio and exec: carry a byte"),
+        ("udp://127.0.0.1:0", "exec:cat", "cannot relay exec:cat to udp://127.0.0.1:0"),
         ("tcp://127.0.0.1:0", "tcp6://:9", "TARGET tcp6://:9: the relay connects there"),
     ],
 )
@@ -38,9 +37,32 @@ def test_endpoints_that_cannot_be_relayed(listen: str, target: str, message: str
     assert str(caught.value).startswith(message)
 
 
-def test_a_mix_with_frame_is_refused_as_not_yet_supported() -> None:
-    with pytest.raises(UsageError, match="--frame"):
-        check_endpoints("tcp://127.0.0.1:0", "udp://127.0.0.1:9", frame=True)
+@pytest.mark.parametrize(
+    ("listen", "target"), [("tcp://127.0.0.1:0", "tcp://127.0.0.1:9"), ("udp://127.0.0.1:0", "udp://[::1]:9")]
+)
+def test_frame_needs_one_stream_and_one_datagram_address(listen: str, target: str) -> None:
+    with pytest.raises(UsageError, match="--frame carries datagrams over a stream, but"):
+        check_endpoints(listen, target, frame=True)
+
+
+@pytest.mark.parametrize(
+    ("listen", "target"),
+    [
+        ("udp://127.0.0.1:0", "udp://127.0.0.1:9"),
+        ("unixgram:@a", "udp6://[::1]:9"),
+        ("-", "tcp://127.0.0.1:9"),
+        ("tcp://127.0.0.1:0", "-"),
+        ("unix:@a", "exec:cat -n"),
+    ],
+)
+def test_endpoints_that_can_be_relayed(listen: str, target: str) -> None:
+    source, dest = check_endpoints(listen, target)
+    assert (str(source), str(dest)) == (listen, target)
+
+
+def test_a_mix_with_frame_is_accepted() -> None:
+    check_endpoints("tcp://127.0.0.1:0", "udp://127.0.0.1:9", frame=True)
+    check_endpoints("unixgram:@x", "tcp://127.0.0.1:9", frame=True)
 
 
 def test_bad_addresses_are_address_errors() -> None:
@@ -125,6 +147,7 @@ def test_the_next_resolved_address_is_tried_when_one_refuses(make_address: Calla
         port = int(target.address.rsplit(":", 1)[1])
         with relay_thread(RelayConfig(make_address("tcp4"), target.address)) as running:
             resolver = running.relay._resolver
+            assert resolver is not None
             resolver._targets = [
                 SockTarget(socket.AF_INET, ("127.0.0.1", dead_port)),
                 SockTarget(socket.AF_INET, ("127.0.0.1", port)),

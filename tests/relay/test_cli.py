@@ -32,7 +32,10 @@ def _one_line(stderr: str) -> str:
         (("tcp://127.0.0.1:0", "tcp://:80"), ("needs a host", "tcp://127.0.0.1:80")),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"), ("needs a host and a port",)),
         (("tcp://127.0.0.1", "tcp://127.0.0.1:9"), ("missing port",)),
-        (("tcp://127.0.0.1:0", "-"), ("stdio and exec", "not supported yet")),
+        (("-", "-"), ("cannot relay - to -",)),
+        (("exec:cat", "tcp://127.0.0.1:9"), ("only be the TARGET",)),
+        (("udp://127.0.0.1:0", "udp://127.0.0.1:9", "--frame"), ("--frame carries datagrams",)),
+        (("udp://127.0.0.1:0", "udp://127.0.0.1:9", "--max-sessions", "0"), ("--max-sessions",)),
         (
             ("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--allow", "10.0.0.300/8"),
             ("--allow", "not an IP network"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -117,3 +118,27 @@ def test_an_event_for_a_descriptor_closed_in_the_same_batch_is_not_delivered_to_
             b.close()
         for sock in replacements:
             sock.close()
+
+
+def test_a_descriptor_epoll_refuses_is_always_ready() -> None:
+    """A regular file (stdin redirected from one) cannot be registered with epoll: its handler
+    runs on every turn while its mask asks for something, and never once the mask is empty."""
+    loop = Loop()
+    calls: list[int] = []
+    with tempfile.TemporaryFile() as f:
+        fd = f.fileno()
+
+        def handler(events: int) -> None:
+            calls.append(events)
+            if len(calls) == 3:
+                loop.modify(fd, 0)
+
+        try:
+            loop.register(fd, READ, handler)
+            loop.call_later(0.05, lambda: calls.append(-1))
+            loop.run(until=lambda: -1 in calls)
+            assert calls == [READ, READ, READ, -1]
+            loop.unregister(fd)
+            assert not loop.watching(fd)
+        finally:
+            loop.close()

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.conftest import Peer
+
 from .conftest import STEP, StartRelay, Target, dial, echo, read_all, wait_until
 
 pytestmark = pytest.mark.interop
@@ -108,3 +110,80 @@ def test_nc_as_a_target(start_relay: StartRelay, make_address: Callable[[str], s
         if target.poll() is None:
             target.kill()
         target.communicate(timeout=STEP)
+
+
+# ----------------------------------------------------------------------------- datagram relays
+
+
+@needs_socat
+def test_socat_as_a_datagram_client_and_as_a_unixgram_target(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """socat sends UDP to the relay; the target is socat too (a unix datagram echo, a child per
+    sender): each socat client gets its own upstream, and its own answer."""
+    name = make_address("unixgram-abstract").split("@", 1)[1]
+    target = subprocess.Popen(
+        ["socat", f"ABSTRACT-RECVFROM:{name},fork", "PIPE"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        relay = start_relay(make_address("udp4"), f"unixgram:@{name}", "--json")
+        host, port = _host_port(relay.address)
+        for n in range(3):
+            done = subprocess.run(
+                ["socat", "-t", "1", "-", f"UDP4:{host}:{port}"],
+                input=b"datagram %d\n" % n,
+                capture_output=True,
+                timeout=STEP,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == b"datagram %d\n" % n
+        relay.signal()
+        assert relay.finish() == 0
+    finally:
+        target.terminate()
+        target.wait(STEP)
+    (summary,) = [e for e in relay.json_events() if e["event"] == "summary"]
+    assert summary["total"] == 3 and summary["datagrams_to_client"] == 3
+
+
+@needs_nc
+@needs_socat
+def test_nc_as_a_datagram_client_through_a_socat_udp_target(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    port = _free_udp_port()
+    target = subprocess.Popen(
+        ["socat", f"UDP4-RECVFROM:{port},fork", "PIPE"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        relay = start_relay(make_address("udp4"), f"udp4://127.0.0.1:{port}")
+        host, relay_port = _host_port(relay.address)
+        # nc -u quits at stdin's EOF without waiting for answers: keep stdin open meanwhile.
+        client = subprocess.Popen(
+            ["nc", "-u", "-w", "5", host, relay_port],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert client.stdin is not None and client.stdout is not None
+            client.stdin.write(b"hello over udp\n")
+            client.stdin.flush()
+            line = Peer(client.stdout.readline).result(STEP)
+            assert line == b"hello over udp\n"
+        finally:
+            client.kill()
+            client.communicate(timeout=STEP)
+    finally:
+        target.terminate()
+        target.wait(STEP)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

@@ -80,7 +80,9 @@ def test_verbose_lines(start_relay: StartRelay, make_address: Callable[[str], st
         relay = start_relay(make_address("tcp4"), target.address, "-v")
         assert _one_exchange(relay.address, b"hello") == b"hello"
         relay.wait_err(r"^closed #1 tcp://127\.0\.0\.1:\d+: 5 bytes to target, 5 to client in [\d.]+ s$")
-    assert re.search(r"^fd budget: \d+ descriptors( \(.*\))?: room for \d+ relayed connections", relay.err, re.M)
+    assert re.search(
+        r"^fd budget: \d+ descriptors( \(.*\))?: room for \d+ relayed connections", relay.err, re.M
+    )
     assert re.search(r"^accepted tcp://127\.0\.0\.1:\d+ \(#1\)$", relay.err, re.M)
     assert re.search(rf"^#1 connected to {re.escape(target.address)} in [\d.]+ ms$", relay.err, re.M)
 

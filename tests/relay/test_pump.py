@@ -163,10 +163,11 @@ def test_a_kind_splice_cannot_serve_falls_back_to_copying(
 ) -> None:
     writer, src, dst, reader = pairs
 
-    def unsupported(src_fd: int, dst_fd: int, count: int) -> int:
+    def unsupported(src_fd: int, dst_fd: int, count: int, flags: int = 0) -> int:
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(pump_module, "splice", unsupported)
+    monkeypatch.setattr(pump_module, "_os_splice", unsupported)
     pools = Pools()
     pump = Pump(src, dst, pools)
     writer.sendall(b"hello")
@@ -175,3 +176,50 @@ def test_a_kind_splice_cannot_serve_falls_back_to_copying(
     assert reader.recv(5) == b"hello"
     assert pools.idle_pipes == 1  # the unused pipe went back to the pool
     pools.close()
+
+
+@pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
+def test_pipes_as_source_and_destination(use_splice: bool) -> None:
+    """Bare descriptors (a child's stdout and stdin): EOF is passed on by the finish callback."""
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    finished: list[bool] = []
+    pools = Pools()
+    try:
+        pump = Pump(src_r, dst_w, pools, use_splice=use_splice, finish=lambda: finished.append(True))
+        os.write(src_w, b"through pipes")
+        os.close(src_w)
+        src_w = -1
+        _run_until_idle(pump)
+        assert pump.done and finished == [True]
+        assert os.read(dst_r, 100) == b"through pipes"
+    finally:
+        for fd in (src_r, src_w, dst_r, dst_w):
+            if fd >= 0:
+                os.close(fd)
+        pools.close()
+
+
+@pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
+def test_a_pipe_whose_reader_left_is_drained_into_nothing(
+    pairs: tuple[socket.socket, ...], use_splice: bool
+) -> None:
+    """EPIPE on a pipe destination (a child that stopped reading) is not a reset: what the source
+    still sends is read and discarded until its EOF."""
+    writer, src, _dst, _reader = pairs
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    os.close(dst_r)
+    pools = Pools()
+    try:
+        pump = Pump(src, dst_w, pools, use_splice=use_splice, finish=lambda: None, dst_is_pipe=True)
+        writer.sendall(b"x" * 100_000)
+        writer.shutdown(socket.SHUT_WR)
+        for _ in range(1000):
+            pump.run()
+            if pump.done:
+                break
+        assert pump.done and pump.discarding
+        assert pump.discarded == 100_000
+    finally:
+        os.close(dst_w)
+        pools.close()

@@ -53,3 +53,27 @@ def test_a_snapshot_copies_the_counters() -> None:
     snap = stats.snapshot()
     stats.total = 3
     assert snap.total == 2 and snap.to_client == 7
+
+
+def test_datagram_counters_appear_once_there_are_datagrams() -> None:
+    final = Snapshot(
+        when=3.0,
+        started=1.0,
+        total=2,
+        to_target=30,
+        to_client=30,
+        datagrams_to_target=3,
+        datagrams_to_client=3,
+        truncated=1,
+        dropped=2,
+        expired=1,
+        evicted=1,
+    )
+    line, fields = summary_report(final)
+    assert line.endswith(
+        "; datagrams 3 to target, 3 to client (1 truncated, 2 dropped; sessions 1 expired, 1 evicted)"
+    )
+    assert fields["truncated"] == 1 and fields["evicted"] == 1
+    line, fields = interval_report(Snapshot(when=0.0, started=0.0), final)
+    assert "datagrams 3 to target" in line and fields["dropped"] == 2
+    assert "datagrams" not in summary_report(Snapshot(when=1.0, started=0.0))[0]

@@ -1,4 +1,5 @@
-"""enchufe relay LISTEN TARGET: for every client of LISTEN, open TARGET and carry bytes both ways."""
+"""enchufe relay LISTEN TARGET: for every client of LISTEN, open TARGET and carry bytes (or datagrams)
+both ways."""
 
 from __future__ import annotations
 
@@ -27,7 +28,27 @@ from ._common import event, global_options, json_option, settings
     type=click.FloatRange(0, min_open=True),
     default=None,
     metavar="S",
-    help="Close a connection after S seconds without traffic (default: never).",
+    help="Close a connection after S seconds without traffic (default: never for streams, "
+    "60 for datagram sessions).",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Datagram sessions (one per sender) at once; a new sender evicts the least active (default 1024).",
+)
+@click.option(
+    "--max-datagram",
+    type=click.IntRange(1, 16 * 1024 * 1024),
+    default=None,
+    metavar="BYTES",
+    help="Largest datagram relayed; larger ones are counted and dropped (default 65536).",
+)
+@click.option(
+    "--frame",
+    is_flag=True,
+    help="Carry datagrams over a stream as length-prefixed messages (one stream and one datagram end).",
 )
 @click.option(
     "--drain-timeout",
@@ -73,6 +94,9 @@ def command(
     max_conns: int | None,
     connect_timeout: float | None,
     idle_timeout: float | None,
+    max_sessions: int | None,
+    max_datagram: int | None,
+    frame: bool,
     drain_timeout: float | None,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
@@ -88,21 +112,39 @@ def command(
     """For every client of LISTEN, connect to TARGET and carry bytes both ways until both are done.
 
     \b
-    LISTEN and TARGET are stream addresses: tcp, tcp4, tcp6, unix (path or @abstract), in any
-    combination.  Each direction is half-closed on its own: the client's EOF is passed on to the
-    target, whose answer still comes back.  SIGTERM/SIGINT stop accepting and let open
-    connections finish (--drain-timeout); a second signal cuts them.  Exit status 0, or 1 if
-    connections had to be cut.
+    Streams (tcp, tcp4, tcp6, unix path or @abstract, in any combination): each direction is
+    half-closed on its own: the client's EOF is passed on to the target, whose answer still comes
+    back.  TARGET may also be exec:PROGRAM ARGS (a child per client, its stdin and stdout) or -
+    (the first client, to this process's stdin and stdout); LISTEN - relays stdin and stdout to
+    TARGET once.
+
+    \b
+    Datagrams (udp, udp4, udp6, unixgram, in any combination): a session per sender, each with its
+    own upstream socket, so that replies go back to their sender; sessions end after
+    --idle-timeout (60 s) and the least active is evicted past --max-sessions.  A stream and a
+    datagram address need --frame: each datagram travels as a length-prefixed message.
+
+    \b
+    SIGTERM/SIGINT stop accepting and let open connections finish (--drain-timeout); a second
+    signal cuts them.  Exit status 0, or 1 if connections had to be cut (or a one-shot stdio relay
+    was reset).
 
     \b
     Examples:
       enchufe relay tcp://:8080 tcp://10.0.0.5:80
       enchufe relay unix:///run/app.sock tcp://127.0.0.1:9000 --allow-uid www-data
       enchufe relay tcp://:8080 unix:@backend --max-conns 1000 --stats=5
+      enchufe relay udp://:5353 udp://10.0.0.53:53
+      enchufe relay udp://:5353 tcp://tunnel:9000 --frame   # and on the tunnel host:
+      enchufe relay tcp://:9000 udp://10.0.0.53:53 --frame
+      enchufe relay tcp://:7000 'exec:tr a-z A-Z'
+      enchufe relay - tcp://example.com:80 < request.txt
     """
     from .._sockets import DEFAULT_BACKLOG
     from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
+    from ..relay.datagram import DEFAULT_MAX_DATAGRAM
     from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
+    from ..sessions import DEFAULT_MAX_SESSIONS
 
     settings.json = settings.json or json_
     config = RelayConfig(
@@ -111,6 +153,9 @@ def command(
         max_conns=max_conns,
         connect_timeout=connect_timeout or DEFAULT_CONNECT_TIMEOUT,
         idle_timeout=idle_timeout,
+        max_sessions=max_sessions or DEFAULT_MAX_SESSIONS,
+        max_datagram=max_datagram or DEFAULT_MAX_DATAGRAM,
+        frame=frame,
         drain_timeout=DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout,
         rules=AccessRules.parse(allow=allow, deny=deny, allow_uids=allow_uid, allow_gids=allow_gid),
         stats_interval=stats_interval,

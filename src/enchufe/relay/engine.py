@@ -19,6 +19,10 @@ is simply called again on the next turn.  A handler's fd is closed by its owner,
 :meth:`Loop.forget` first; closing an fd removes it from the epoll set, so no ``epoll_ctl`` is
 spent on it.
 
+Descriptors epoll refuses (regular files and ``/dev/null`` as stdin or stdout of a stdio relay:
+EPERM) are always ready for I/O; they are kept apart and their handlers are called on every turn
+while their mask asks for something, the wait for the others not blocking meanwhile.
+
 Linux hands out the lowest free descriptor number, so a connection closed while handling one
 event and a client accepted while handling the next one usually share a number; events of the
 same ``epoll_wait`` batch for a number forgotten during that batch are therefore dropped, never
@@ -85,6 +89,7 @@ class Loop:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._on_wake: Callable[[], None] | None = None
         self._stale: set[int] = set()  # descriptors forgotten during the current batch
+        self._always: dict[int, int] = {}  # descriptors epoll refuses: fd → mask wanted
         self._epoll.register(self._wake_r, READ)
         self._closed = False
 
@@ -93,21 +98,28 @@ class Loop:
     def register(self, fd: int, mask: int, handler: Handler) -> None:
         """Call ``handler(events)`` whenever ``fd`` is ready for ``mask`` (which may be 0:
         errors only)."""
-        self._epoll.register(fd, mask)
+        try:
+            self._epoll.register(fd, mask)
+        except PermissionError:  # a regular file, /dev/null: always ready
+            self._always[fd] = mask
         self._handlers[fd] = handler
 
     def modify(self, fd: int, mask: int) -> None:
-        self._epoll.modify(fd, mask)
+        if fd in self._always:
+            self._always[fd] = mask
+        else:
+            self._epoll.modify(fd, mask)
 
     def unregister(self, fd: int) -> None:
         """Stop watching ``fd`` (still open) altogether."""
-        if self._handlers.pop(fd, None) is not None:
+        if self._handlers.pop(fd, None) is not None and self._always.pop(fd, None) is None:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
 
     def forget(self, fd: int) -> None:
         """``fd`` is about to be closed: drop its handler (closing removes it from epoll)."""
         self._handlers.pop(fd, None)
+        self._always.pop(fd, None)
         self._stale.add(fd)
 
     def watching(self, fd: int) -> bool:
@@ -162,22 +174,42 @@ class Loop:
         """Dispatch readiness and timers until ``until()`` is true (checked after every turn)."""
         poll = self._epoll.poll
         handlers = self._handlers
+        get_handler = handlers.get
         wake_fd = self._wake_r
         stale = self._stale
+        always = self._always
+        monotonic = time.monotonic
         while not until():
             timers = self._timers  # a new list after compaction
-            timeout = max(0.0, timers[0][0] - time.monotonic()) if timers else -1.0
-            stale.clear()
+            # Cancelled timers at the head would only wake the loop for nothing: drop them.
+            while timers and timers[0][2].cancelled:
+                heapq.heappop(timers)
+                self._cancelled = max(0, self._cancelled - 1)
+            timeout = max(0.0, timers[0][0] - monotonic()) if timers else -1.0
+            if always and any(always.values()):
+                timeout = 0.0
+            if stale:
+                stale.clear()
             for fd, events in poll(timeout, MAX_EVENTS):
                 if stale and fd in stale:
                     continue  # closed during this batch: the event was for its previous owner
-                handler = handlers.get(fd)
+                handler = get_handler(fd)
                 if handler is not None:
                     handler(events)
                 elif fd == wake_fd:
                     self._drain_wake()
-            if self._timers:
+            if always:
+                self._run_always()
+            timers = self._timers
+            if timers and timers[0][0] <= monotonic():
                 self._run_timers()
+
+    def _run_always(self) -> None:
+        for fd, mask in list(self._always.items()):
+            if mask and fd not in self._stale and self._always.get(fd) == mask:
+                handler = self._handlers.get(fd)
+                if handler is not None:
+                    handler(mask)
 
     def close(self) -> None:
         if self._closed:

@@ -1,9 +1,16 @@
-"""One direction of a relayed stream: bytes from ``src`` to ``dst``, then EOF as ``SHUT_WR``.
+"""One direction of a relayed stream: bytes from ``src`` to ``dst``, then EOF passed on.
 
-The fast path never copies a byte into Python: ``splice(src → pipe)`` then
-``splice(pipe → dst)``, both ``SPLICE_F_MOVE | SPLICE_F_NONBLOCK``.  The fallback (for kinds
-splice cannot serve, or when no descriptor is left for a pipe) is ``recv_into`` a pooled buffer
-and ``send`` from it.
+``src`` and ``dst`` are descriptors: sockets, or pipes and files (stdio, a child's stdin and
+stdout).  The fast path never copies a byte into Python: ``splice(src → pipe)`` then
+``splice(pipe → dst)``, both ``SPLICE_F_MOVE | SPLICE_F_NONBLOCK``.  The fallback (for what
+splice cannot serve, such as a terminal, or when no descriptor is left for a pipe) is ``readv``
+into a pooled buffer and ``write`` from it.  EOF is passed on by the ``finish`` callback: a
+socket's ``shutdown(SHUT_WR)``, or closing a pipe.
+
+A destination that is a pipe whose reader went away (a child that stopped reading its stdin,
+``relay … | head``) is not a failure of the connection: the pump goes on reading ``src`` and
+discards what it reads (:attr:`Pump.discarding`), so that the peer can finish sending and still
+hear the other direction out.
 
 Backpressure and memory
 -----------------------
@@ -31,10 +38,13 @@ import contextlib
 import errno
 import os
 import socket
+from collections.abc import Callable
 
-from .._sockets import close_fd, make_pipe, recv_into, send, shutdown, splice
+from .. import trace
+from .._sockets import SPLICE_FLAGS, close_fd, make_pipe, read_into, shutdown, write
+from .._sockets import splice as traced_splice
 
-__all__ = ["COPY_CHUNK", "MAX_ROUNDS", "PIPE_SIZE", "Pipe", "Pools", "Pump"]
+__all__ = ["COPY_CHUNK", "MAX_ROUNDS", "PIPE_SIZE", "Pipe", "Pools", "Pump", "splice"]
 
 #: Capacity asked for each splice pipe.  The more a pipe holds, the more one pair of splice calls
 #: moves (loopback TCP delivers hundreds of KiB per wake-up); 256 KiB measured close to 1 MiB in
@@ -54,6 +64,15 @@ MAX_IDLE_PIPES = 64
 MAX_ROUNDS = 8
 
 _HAS_SPLICE = hasattr(os, "splice")
+_os_splice = getattr(os, "splice", None)
+
+
+def splice(src: int, dst: int, count: int) -> int:
+    """``splice()`` with the relay's flags; narrated only while tracing (the hot path of every
+    relayed byte skips the narration wrapper otherwise)."""
+    if trace._sink is None and _os_splice is not None:
+        return int(_os_splice(src, dst, count, flags=SPLICE_FLAGS))
+    return traced_splice(src, dst, count)
 
 
 class Pipe:
@@ -129,40 +148,60 @@ class Pools:
 
 
 class Pump:
-    """Move bytes from ``src`` to ``dst`` (non-blocking sockets) whenever :meth:`run` is called.
+    """Move bytes from ``src`` to ``dst`` (non-blocking descriptors) whenever :meth:`run` is called.
 
     * :meth:`run` moves what can move now and returns the bytes delivered to ``dst``; it raises
       ``OSError`` on a real failure (a reset), with :attr:`failed_on` saying which side.
-    * :attr:`eof`: ``src`` has ended.  Once everything read is delivered, ``dst`` gets
-      ``shutdown(SHUT_WR)`` and :attr:`done` becomes true.
+    * :attr:`eof`: ``src`` has ended.  Once everything read is delivered, ``finish()`` passes the
+      EOF on (default: ``shutdown(SHUT_WR)`` of a ``dst`` socket) and :attr:`done` becomes true.
     * :attr:`wants_read` / :attr:`wants_write`: the readiness to wait for on ``src`` / ``dst``.
+
+    ``src`` and ``dst`` may be sockets or bare descriptors; ``dst_is_pipe`` says that a broken
+    ``dst`` (EPIPE) means its reader left rather than that the connection failed.
     """
 
     __slots__ = (
         "_end",
+        "_finish_cb",
         "_pools",
         "_start",
         "_view",
+        "discarded",
+        "discarding",
         "done",
-        "dst",
         "dst_fd",
+        "dst_is_pipe",
         "eof",
         "failed_on",
         "in_flight",
         "pipe",
-        "src",
         "src_fd",
         "stalled",
         "use_splice",
     )
 
     def __init__(
-        self, src: socket.socket, dst: socket.socket, pools: Pools, *, use_splice: bool = True
+        self,
+        src: socket.socket | int,
+        dst: socket.socket | int,
+        pools: Pools,
+        *,
+        use_splice: bool = True,
+        finish: Callable[[], None] | None = None,
+        dst_is_pipe: bool = False,
     ) -> None:
-        self.src = src
-        self.dst = dst
-        self.src_fd = src.fileno()
-        self.dst_fd = dst.fileno()
+        self.src_fd = src if isinstance(src, int) else src.fileno()
+        self.dst_fd = dst if isinstance(dst, int) else dst.fileno()
+        if finish is None:
+            if isinstance(dst, int):
+                raise TypeError("a pump to a bare descriptor needs a finish callback")
+            sock = dst
+
+            def finish() -> None:
+                shutdown(sock, socket.SHUT_WR)
+
+        self._finish_cb = finish
+        self.dst_is_pipe = dst_is_pipe
         self._pools = pools
         self.use_splice = use_splice and _HAS_SPLICE
         self.pipe: Pipe | None = None
@@ -174,6 +213,8 @@ class Pump:
         self.done = False
         self.stalled = False
         self.failed_on = ""
+        self.discarding = False
+        self.discarded = 0
 
     @property
     def wants_read(self) -> bool:
@@ -195,30 +236,40 @@ class Pump:
             return 0
         if not self.use_splice:
             return self._run_copy()
-        # The splice loop is inline here: this is the hot path of every relayed byte.
+        # The splice loop is inline here, its state in locals: this is the hot path of every
+        # relayed byte (a ping-pong message costs two splices and this loop's Python).
+        raw = _os_splice if trace._sink is None else None
         moved = 0
         drained = False  # src said EAGAIN, or gave less than asked: wait for epoll
         blocked = False  # dst said EAGAIN
         pipe = self.pipe
+        flight = self.in_flight
+        src = self.src_fd
+        dst = self.dst_fd
         for _ in range(MAX_ROUNDS):
             progress = False
-            if not (self.eof or drained or self.stalled):
+            if not (drained or self.eof or self.stalled):
                 if pipe is None:
-                    pipe = self.pipe = self._pools.pipe()
+                    pipes = self._pools._pipes
+                    pipe = self.pipe = pipes.pop() if pipes else self._pools.pipe()
                     if pipe is None:  # no descriptor for a pipe: copy through a buffer instead
                         self.use_splice = False
                         return moved + self._run_copy()
-                room = pipe.capacity - self.in_flight
+                room = pipe.capacity - flight
                 if room > 0:
                     try:
-                        n = splice(self.src_fd, pipe.w, room)
+                        if raw is not None:
+                            n = raw(src, pipe.w, room, flags=SPLICE_FLAGS)
+                        else:
+                            n = splice(src, pipe.w, room)
                     except BlockingIOError:
                         drained = True
-                        if self.in_flight:
+                        if flight:
                             self.stalled = True  # maybe out of pipe slots: write some first
                     except OSError as exc:
-                        if exc.errno == errno.EINVAL and not self.in_flight:
-                            # This kind of socket cannot be spliced: copy from now on.
+                        self.in_flight = flight
+                        if exc.errno == errno.EINVAL and not flight:
+                            # splice cannot serve this kind of descriptor: copy from now on.
                             self._pools.release_pipe(pipe)
                             self.pipe = None
                             self.use_splice = False
@@ -227,38 +278,86 @@ class Pump:
                         raise
                     else:
                         if n:
-                            self.in_flight += n
+                            flight += n
                             progress = True
                             drained = n < room
                         else:
                             self.eof = True
-            if self.in_flight and not blocked:
+            if flight and not blocked:
                 assert pipe is not None
                 try:
-                    n = splice(pipe.r, self.dst_fd, self.in_flight)
+                    if raw is not None:
+                        n = raw(pipe.r, dst, flight, flags=SPLICE_FLAGS)
+                    else:
+                        n = splice(pipe.r, dst, flight)
                 except BlockingIOError:
                     blocked = True
-                except OSError:
+                except OSError as exc:
+                    self.in_flight = flight
+                    if exc.errno == errno.EINVAL:
+                        # splice cannot write to this descriptor (a terminal): drain the pipe
+                        # into a buffer and copy from now on.
+                        return moved + self._pipe_to_copy()
+                    if self._broken(exc):
+                        return moved + self._run_discard()
                     self.failed_on = "write"
                     raise
                 else:
-                    self.in_flight -= n
+                    flight -= n
                     moved += n
                     progress = True
                     if self.stalled:  # room in the pipe again: the EAGAIN may have been ours
                         self.stalled = drained = False
-            if not self.in_flight:
+            if not flight:
                 if pipe is not None:
-                    self._pools.release_pipe(pipe)
+                    pipes = self._pools._pipes
+                    if len(pipes) < self._pools.keep:
+                        pipes.append(pipe)
+                    else:
+                        self._pools.discard_pipe(pipe)
                     self.pipe = pipe = None
                 if self.eof:
+                    self.in_flight = 0
                     self._finish()
                     break
             if not progress:
                 break
+        self.in_flight = flight
         return moved
 
+    def _broken(self, exc: OSError) -> bool:
+        """EPIPE on a pipe: its reader left.  Discard from now on instead of failing."""
+        if not (self.dst_is_pipe and exc.errno == errno.EPIPE):
+            return False
+        self.discarding = True
+        self.discarded += self.in_flight
+        self.in_flight = 0
+        self._start = self._end = 0
+        if self.pipe is not None:
+            self._pools.discard_pipe(self.pipe)
+            self.pipe = None
+        self.use_splice = False
+        self.stalled = False
+        return True
+
+    def _pipe_to_copy(self) -> int:
+        """Move what sits in the pipe into a copy buffer, then go on copying."""
+        pipe = self.pipe
+        assert pipe is not None
+        view = self._view = self._pools.buffer()
+        if self.in_flight > len(view):
+            view = self._view = memoryview(bytearray(self.in_flight))
+        n = read_into(pipe.r, view[: self.in_flight])
+        self._start, self._end = 0, n
+        self._pools.release_pipe(pipe)
+        self.pipe = None
+        self.use_splice = False
+        self.stalled = False
+        return self._run_copy()
+
     def _run_copy(self) -> int:
+        if self.discarding:
+            return self._run_discard()
         moved = 0
         drained = False
         blocked = False
@@ -271,7 +370,7 @@ class Pump:
                 room = len(view) - self._end
                 if room > 0:
                     try:
-                        n = recv_into(self.src, view[self._end :])
+                        n = read_into(self.src_fd, view[self._end :])
                     except BlockingIOError:
                         drained = True
                     except OSError:
@@ -288,10 +387,12 @@ class Pump:
             if self.in_flight and not blocked:
                 assert view is not None
                 try:
-                    n = send(self.dst, view[self._start : self._end])
+                    n = write(self.dst_fd, view[self._start : self._end])
                 except BlockingIOError:
                     blocked = True
-                except OSError:
+                except OSError as exc:
+                    if self._broken(exc):
+                        return moved + self._run_discard()
                     self.failed_on = "write"
                     raise
                 else:
@@ -312,11 +413,34 @@ class Pump:
                 break
         return moved
 
+    def _run_discard(self) -> int:
+        """``dst`` is gone: read ``src`` until its EOF and drop what it sends."""
+        if self._view is None:
+            self._view = self._pools.buffer()
+        view = self._view
+        for _ in range(MAX_ROUNDS):
+            try:
+                n = read_into(self.src_fd, view)
+            except BlockingIOError:
+                return 0
+            except OSError:
+                self.failed_on = "read"
+                raise
+            if not n:
+                self.eof = self.done = True
+                self._pools.release_buffer(view)
+                self._view = None
+                return 0
+            self.discarded += n
+            if n < len(view):
+                return 0
+        return 0
+
     def _finish(self) -> None:
         """Everything ``src`` sent is delivered: pass its EOF on."""
         self.done = True
         try:
-            shutdown(self.dst, socket.SHUT_WR)
+            self._finish_cb()
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:  # the peer is gone already: nothing to tell it
                 self.failed_on = "write"

@@ -21,18 +21,21 @@ import threading
 from collections.abc import Sized
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import _sockets
 from .._sockets import DEFAULT_BACKLOG, SocketFile, open_listener
-from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
+from ..address import Address, ExecAddress, InetAddress, SocketAddress, StdioAddress, UnixAddress, parse
 from ..errors import AddressError, UsageError
+from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
+from .datagram import DEFAULT_MAX_DATAGRAM, DatagramRelay, FramedDatagramRelay
 from .engine import Loop, Timer
 from .events import EventSink
+from .framed import FramedStreamRelay
 from .limits import WANTED_NOFILE, AccessRules, connection_budget, raise_fd_limit
 from .pump import Pools
 from .stats import Snapshot, Stats, interval_report, summary_report
-from .stream import StreamRelay, TargetResolver
+from .stream import StdioRelay, StreamRelay, TargetResolver
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -53,17 +56,25 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 
 
 class ListenerHandler(Protocol):
-    """What a relay needs from the handler of its listener (streams today: :class:`StreamRelay`;
-    a datagram handler plugs in the same way): start serving, stop accepting, cut what is open."""
+    """What a relay needs from the handler of its listener (:class:`StreamRelay`,
+    :class:`StdioRelay`, the datagram and framed handlers): start serving, stop accepting, cut
+    what is open, release what is left."""
 
     @property
     def sessions(self) -> Sized: ...
+
+    #: a one-shot relay (stdio) is over: its one session ended
+    finished: bool
+    #: a one-shot relay lost data (reset, target unreachable)
+    failed: bool
 
     def start(self) -> None: ...
 
     def stop_accepting(self) -> None: ...
 
     def abort_all(self, reason: str) -> int: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -90,50 +101,69 @@ class RelayConfig:
     reuse_port: bool = False
     #: raise RLIMIT_NOFILE as far as allowed at open()
     raise_fd_limit: bool = True
-    #: datagram framing over streams (a later feature; refused for now)
+    #: carry datagrams over a stream as length-prefixed messages (a stream and a datagram end)
     frame: bool = False
+    #: datagram sessions (one per sender) kept at once; a new sender evicts the least active
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    #: largest datagram relayed; larger ones are counted as truncated and dropped
+    max_datagram: int = DEFAULT_MAX_DATAGRAM
 
 
 @dataclass(frozen=True)
 class RelayResult:
-    """How a relay ended: how many connections the shutdown cut, and the final counters."""
+    """How a relay ended: how many connections the shutdown cut, whether a one-shot (stdio) relay
+    lost data, and the final counters."""
 
     cut: int
     stats: Snapshot
+    failed: bool = False
 
     @property
     def exit_status(self) -> int:
-        """0 if nothing in flight was cut, else 1 (the contract of a stopped server)."""
-        return 1 if self.cut else 0
-
-
-def _endpoint(value: Address | str, role: str) -> Address:
-    address = parse(value) if isinstance(value, str) else value
-    if not isinstance(address, InetAddress | UnixAddress):
-        raise UsageError(
-            f"{role} {address}: the relay takes socket addresses (tcp://, unix:, udp://, unixgram:); "
-            "stdio and exec endpoints are not supported yet"
-        )
-    return address
+        """0 if nothing in flight was cut (and a one-shot relay ended cleanly), else 1."""
+        return 1 if self.cut or self.failed else 0
 
 
 def check_endpoints(
     listen: Address | str, target: Address | str, *, frame: bool = False
-) -> tuple[SocketAddress, SocketAddress]:
-    """Parse and check a LISTEN/TARGET pair: UsageError (exit status 2) if it cannot be relayed."""
-    source = _endpoint(listen, "LISTEN")
-    dest = _endpoint(target, "TARGET")
-    assert isinstance(source, InetAddress | UnixAddress) and isinstance(dest, InetAddress | UnixAddress)
+) -> tuple[Address, Address]:
+    """Parse and check a LISTEN/TARGET pair: UsageError (exit status 2) if it cannot be relayed.
+
+    LISTEN is a socket address or ``-`` (stdio: one session, then the relay ends); TARGET is a
+    socket address, ``-`` (the first client is relayed to stdio) or ``exec:PROGRAM``.  Streams go
+    to streams and datagrams to datagrams; a stream and a datagram address need ``--frame``.
+    """
+    source = parse(listen) if isinstance(listen, str) else listen
+    dest = parse(target) if isinstance(target, str) else target
+    if isinstance(source, ExecAddress):
+        raise UsageError(
+            f"LISTEN {source}: exec: runs a program per client, so it can only be the TARGET, "
+            f"e.g. enchufe relay tcp://:9000 '{source}'"
+        )
+    if isinstance(source, StdioAddress) and isinstance(dest, StdioAddress | ExecAddress):
+        raise UsageError(
+            f"cannot relay {source} to {dest}: one of LISTEN and TARGET must be a socket address"
+        )
+    for end, other in ((source, dest), (dest, source)):
+        if isinstance(end, StdioAddress | ExecAddress) and not other.is_stream:
+            raise UsageError(
+                f"cannot relay {end} to {other}: stdio and exec: carry a byte stream, {other} datagrams; "
+                f"to send stdin as datagrams use enchufe connect {other}"
+            )
     if source.is_stream != dest.is_stream:
         stream, datagram = (source, dest) if source.is_stream else (dest, source)
         if not frame:
             raise UsageError(
                 f"cannot relay between {stream} (a stream) and {datagram} (datagrams) without framing: "
-                "a stream has no message boundaries; use two stream or two datagram addresses"
+                "a stream has no message boundaries; add --frame to carry each datagram as a "
+                "length-prefixed message, or use two stream or two datagram addresses"
             )
-        raise UsageError("--frame (datagrams over a stream) is not supported yet")
-    if not source.is_stream:
-        raise UsageError(f"relaying datagrams ({source} → {dest}) is not supported yet; relay streams")
+    elif frame:
+        kinds = "streams" if source.is_stream else "datagrams"
+        raise UsageError(
+            f"--frame carries datagrams over a stream, but {source} and {dest} are both {kinds}; "
+            "give one stream and one datagram address, or leave out --frame"
+        )
     if isinstance(dest, InetAddress) and (dest.is_wildcard or dest.port == 0):
         raise AddressError(
             f"TARGET {dest}: the relay connects there, so it needs a host and a port, "
@@ -142,8 +172,20 @@ def check_endpoints(
     return source, dest
 
 
+def _open_datagram(
+    address: SocketAddress, *, backlog: int, mode: int | None, reuse_port: bool
+) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
+    return _sockets.open_datagram(address, mode=mode, reuse_port=reuse_port)
+
+
 class Relay:
-    """A stream relay from ``config.listen`` to ``config.target``, run by :meth:`run`."""
+    """A relay from ``config.listen`` to ``config.target``, run by :meth:`run`.
+
+    Which handler serves LISTEN follows from the two addresses: stream → stream (and exec:,
+    stdio) :class:`StreamRelay`; ``-`` → anything :class:`StdioRelay`; datagram → datagram
+    :class:`DatagramRelay`; with ``--frame`` datagram → stream :class:`FramedDatagramRelay` and
+    stream → datagram :class:`FramedStreamRelay`.
+    """
 
     def __init__(
         self,
@@ -157,11 +199,19 @@ class Relay:
             config.listen, config.target, frame=config.frame
         )
         rules = config.rules
-        if rules.filters_ip and isinstance(self.listen_address, UnixAddress):
+        listen = self.listen_address
+        if (rules.filters_ip or rules.filters_credentials) and not (
+            isinstance(listen, InetAddress | UnixAddress) and listen.is_stream
+        ):
+            raise UsageError(
+                f"--allow/--deny/--allow-uid/--allow-gid check the peers of a stream listener, "
+                f"not of {listen}"
+            )
+        if rules.filters_ip and isinstance(listen, UnixAddress):
             raise UsageError(
                 "--allow/--deny filter IP peers, but LISTEN is a unix socket; use --allow-uid/--allow-gid"
             )
-        if rules.filters_credentials and isinstance(self.listen_address, InetAddress):
+        if rules.filters_credentials and isinstance(listen, InetAddress):
             raise UsageError(
                 "--allow-uid/--allow-gid need a unix LISTEN address (SO_PEERCRED); use --allow/--deny for IP"
             )
@@ -176,12 +226,17 @@ class Relay:
             raise UsageError(f"drain_timeout must be 0 or more seconds, not {config.drain_timeout}")
         if config.max_conns is not None and config.max_conns < 1:
             raise UsageError(f"max_conns must be at least 1, not {config.max_conns}")
+        if config.max_sessions < 1:
+            raise UsageError(f"max_sessions must be at least 1, not {config.max_sessions}")
+        if not 1 <= config.max_datagram <= 16 * 1024 * 1024:
+            raise UsageError(f"max_datagram must be from 1 to 16 MiB, not {config.max_datagram}")
         self.events = events or EventSink()
         self.stats = Stats()
-        self.address: SocketAddress | None = None
+        self.address: Address | None = None
         self.max_conns = config.max_conns or 0
         self._listener = listener
-        self._resolver = TargetResolver(self.target_address)
+        target = self.target_address
+        self._resolver = TargetResolver(target) if isinstance(target, InetAddress | UnixAddress) else None
         self._owned: SocketFile | None = None
         self._loop: Loop | None = None
         self._handler: ListenerHandler | None = None
@@ -193,9 +248,25 @@ class Relay:
         self._drain_timer: Timer | None = None
         self._last: Snapshot | None = None
 
+    @property
+    def datagram_listener(self) -> bool:
+        return not self.listen_address.is_stream
+
+    @property
+    def datagram_sessions(self) -> bool:
+        """Whether sessions are datagram sessions (idle timeout on by default)."""
+        return not (self.listen_address.is_stream and self.target_address.is_stream)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """--idle-timeout, or for datagram sessions its default (60 s)."""
+        if self.config.idle_timeout is not None:
+            return self.config.idle_timeout
+        return DEFAULT_IDLE_TIMEOUT if self.datagram_sessions else None
+
     # -- setting up
 
-    def open(self) -> SocketAddress:
+    def open(self) -> Address:
         """Bind the listener (NetworkError if it cannot be) and size the limits."""
         if self.address is not None:
             return self.address
@@ -208,7 +279,8 @@ class Relay:
             nofile, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         budget = connection_budget(nofile)
         self.max_conns = config.max_conns or budget
-        if self.events.wants(1):
+        listen = self.listen_address
+        if self.events.wants(1) and listen.is_stream and not isinstance(listen, StdioAddress):
             capped = (
                 " (the hard limit; raising it needs CAP_SYS_RESOURCE or a higher ulimit -Hn)"
                 if nofile == hard and nofile < WANTED_NOFILE
@@ -236,19 +308,21 @@ class Relay:
                 budget=budget,
                 detail=message,
             )
-        if self._listener is None:
-            sock, real, owned = open_listener(
-                self.listen_address, backlog=config.backlog, mode=config.mode, reuse_port=config.reuse_port
+        if self._listener is None and isinstance(listen, InetAddress | UnixAddress):
+            opener = open_listener if listen.is_stream else _open_datagram
+            sock, real, owned = opener(
+                listen, backlog=config.backlog, mode=config.mode, reuse_port=config.reuse_port
             )
             self._listener = (sock, real)
             self._owned = owned
         # The target must be resolvable (and valid) from the start: fail now, not per client.
         try:
-            self._resolver.targets()
+            if self._resolver is not None:
+                self._resolver.targets()
         except BaseException:
             self.close()
             raise
-        self.address = self._listener[1]
+        self.address = self._listener[1] if self._listener is not None else listen
         return self.address
 
     # -- running
@@ -257,33 +331,16 @@ class Relay:
         """Serve until stopped; returns how it ended.  Signals (SIGINT, SIGTERM) are handled when
         ``handle_signals`` and this is the main thread: first a drain, then a cut."""
         address = self.open()
-        assert self._listener is not None
         config = self.config
         loop = self._loop = Loop()
         pools = Pools()
-        stream = StreamRelay(
-            loop,
-            self._listener[0],
-            self._resolver,
-            pools=pools,
-            stats=self.stats,
-            events=self.events,
-            rules=config.rules,
-            max_conns=self.max_conns,
-            connect_timeout=config.connect_timeout,
-            idle_timeout=config.idle_timeout,
-            use_splice=config.splice,
-            on_listener_closed=self._release_file,
-        )
-        if config.max_conns is None:
-            stream.limit_origin = "the limit the fd budget sets; see --max-conns"
-        handler: ListenerHandler = stream
+        handler = self._make_handler(loop, pools)
         self._handler = handler
         loop.set_wake_handler(self._on_wake)
         previous = self._install_signals() if handle_signals else {}
         try:
             handler.start()
-            if announce:
+            if announce and self._listener is not None:
                 self.events("listening", f"listening on {address}", address=str(address))
             if config.stats_interval:
                 self._last = self.stats.snapshot()
@@ -297,19 +354,68 @@ class Relay:
             if self._handler is not None:
                 self._handler.abort_all("error")
                 self._handler.stop_accepting()
+                self._handler.close()
             pools.close()
             loop.close()
             self.close()
         final = self.stats.snapshot()
         line, fields = summary_report(final)
         self.events("summary", line, level=0 if config.stats_interval else 1, **fields)
-        return RelayResult(self._cut, final)
+        return RelayResult(self._cut, final, failed=handler.failed)
+
+    def _make_handler(self, loop: Loop, pools: Pools) -> ListenerHandler:
+        config = self.config
+        listen, target = self.listen_address, self.target_address
+        sock = self._listener[0] if self._listener is not None else None
+        common: dict[str, Any] = {"stats": self.stats, "events": self.events}
+        idle = self.idle_timeout
+        if not listen.is_stream:
+            assert sock is not None and self._resolver is not None
+            kind = FramedDatagramRelay if target.is_stream else DatagramRelay
+            return kind(
+                loop,
+                sock,
+                self._resolver,
+                max_sessions=config.max_sessions,
+                idle_timeout=idle or DEFAULT_IDLE_TIMEOUT,
+                max_datagram=config.max_datagram,
+                connect_timeout=config.connect_timeout,
+                on_listener_closed=self._release_file,
+                **common,
+            )
+        options: dict[str, Any] = {
+            **common,
+            "pools": pools,
+            "rules": config.rules,
+            "max_conns": self.max_conns,
+            "connect_timeout": config.connect_timeout,
+            "idle_timeout": idle,
+            "use_splice": config.splice,
+            "on_listener_closed": self._release_file,
+            "target": target,
+        }
+        if isinstance(listen, StdioAddress):
+            return StdioRelay(loop, self._resolver, **options)
+        assert sock is not None
+        local = self._listener[1] if self._listener is not None else None
+        stream: StreamRelay
+        if not target.is_stream:
+            stream = FramedStreamRelay(
+                loop, sock, self._resolver, max_datagram=config.max_datagram, **options
+            )
+        else:
+            stream = StreamRelay(loop, sock, self._resolver, local=local, **options)
+        if config.max_conns is None:
+            stream.limit_origin = "the limit the fd budget sets; see --max-conns"
+        return stream
 
     def _done(self) -> bool:
         if self._finished:
             return True
         handler = self._handler
-        return self._draining and handler is not None and not handler.sessions
+        if handler is None:
+            return False
+        return handler.finished or (self._draining and not handler.sessions)
 
     def stop(self, *, now: bool = False) -> None:
         """Stop: the first call drains, a second (or ``now=True``) cuts everything.  Safe from a
@@ -339,10 +445,20 @@ class Relay:
         assert handler is not None
         if not self._draining:
             self._draining = True
+            before = len(handler.sessions)
             handler.stop_accepting()
             open_now = len(handler.sessions)
             drain = self.config.drain_timeout
-            if open_now:
+            if self.datagram_listener:
+                self.events(
+                    "stopping",
+                    f"stopping: closed {before} datagram session{'s' if before != 1 else ''} "
+                    "(nothing in flight to wait for)",
+                    open=0,
+                    closed=before,
+                    drain_timeout=drain,
+                )
+            elif open_now:
                 self.events(
                     "stopping",
                     f"stopping: no new clients; waiting up to {drain:g} s for {open_now} open "

@@ -15,19 +15,43 @@ __all__ = ["Snapshot", "Stats", "human_bytes", "interval_report", "summary_repor
 
 
 class Stats:
-    """What a relay has done so far.  Connections are counted once each:
+    """What a relay has done so far.  Connections (and datagram sessions) are counted once each:
 
-    * ``open``: relayed connections alive now (connecting, relaying or draining);
-    * ``total``: clients admitted (a target was tried for them);
+    * ``open``: relayed connections or datagram sessions alive now;
+    * ``total``: clients admitted (a target was tried for them), datagram senders included;
     * ``refused``: clients turned away at accept (over ``--max-conns``, denied by a rule, or no
       descriptor left);
     * ``failed``: admitted clients whose target could not be reached (refused, timed out);
     * ``reset``: relayed connections ended by a reset or error on either side;
     * ``cut``: connections closed by the relay while open (idle timeout, end of the drain);
     * ``to_target`` / ``to_client``: bytes delivered in each direction.
+
+    Datagrams (datagram relays and ``--frame``):
+
+    * ``datagrams_to_target`` / ``datagrams_to_client``: datagrams (or framed messages) delivered;
+    * ``truncated``: datagrams larger than ``--max-datagram``, dropped whole, never forwarded cut;
+    * ``dropped``: datagrams that could not be delivered (no reply address, target unreachable,
+      a tunnel's backlog full);
+    * ``expired`` / ``evicted``: sessions ended by ``--idle-timeout`` / by ``--max-sessions``.
     """
 
-    __slots__ = ("cut", "failed", "open", "refused", "reset", "started", "to_client", "to_target", "total")
+    __slots__ = (
+        "cut",
+        "datagrams_to_client",
+        "datagrams_to_target",
+        "dropped",
+        "evicted",
+        "expired",
+        "failed",
+        "open",
+        "refused",
+        "reset",
+        "started",
+        "to_client",
+        "to_target",
+        "total",
+        "truncated",
+    )
 
     def __init__(self) -> None:
         self.open = 0
@@ -38,6 +62,12 @@ class Stats:
         self.cut = 0
         self.to_target = 0
         self.to_client = 0
+        self.datagrams_to_target = 0
+        self.datagrams_to_client = 0
+        self.truncated = 0
+        self.dropped = 0
+        self.expired = 0
+        self.evicted = 0
         self.started = time.monotonic()
 
     def snapshot(self) -> Snapshot:
@@ -52,6 +82,12 @@ class Stats:
             cut=self.cut,
             to_target=self.to_target,
             to_client=self.to_client,
+            datagrams_to_target=self.datagrams_to_target,
+            datagrams_to_client=self.datagrams_to_client,
+            truncated=self.truncated,
+            dropped=self.dropped,
+            expired=self.expired,
+            evicted=self.evicted,
         )
 
 
@@ -69,9 +105,19 @@ class Snapshot:
     cut: int = 0
     to_target: int = 0
     to_client: int = 0
+    datagrams_to_target: int = 0
+    datagrams_to_client: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    expired: int = 0
+    evicted: int = 0
+
+    @property
+    def has_datagrams(self) -> bool:
+        return bool(self.datagrams_to_target or self.datagrams_to_client or self.truncated or self.dropped)
 
     def fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "open": self.open,
             "total": self.total,
             "refused": self.refused,
@@ -81,6 +127,26 @@ class Snapshot:
             "to_target": self.to_target,
             "to_client": self.to_client,
         }
+        if self.has_datagrams or self.expired or self.evicted:
+            fields |= {
+                "datagrams_to_target": self.datagrams_to_target,
+                "datagrams_to_client": self.datagrams_to_client,
+                "truncated": self.truncated,
+                "dropped": self.dropped,
+                "expired": self.expired,
+                "evicted": self.evicted,
+            }
+        return fields
+
+
+def _datagram_part(snap: Snapshot) -> str:
+    if not (snap.has_datagrams or snap.expired or snap.evicted):
+        return ""
+    return (
+        f"; datagrams {snap.datagrams_to_target} to target, {snap.datagrams_to_client} to client "
+        f"({snap.truncated} truncated, {snap.dropped} dropped; sessions {snap.expired} expired, "
+        f"{snap.evicted} evicted)"
+    )
 
 
 def human_bytes(count: float) -> str:
@@ -102,7 +168,7 @@ def interval_report(before: Snapshot, now: Snapshot) -> tuple[str, dict[str, Any
     line = (
         f"stats: {now.open} open, {now.total} total, {now.refused} refused, {now.failed} failed; "
         f"to target {human_bytes(now.to_target)} ({human_bytes(up)}/s), "
-        f"to client {human_bytes(now.to_client)} ({human_bytes(down)}/s)"
+        f"to client {human_bytes(now.to_client)} ({human_bytes(down)}/s)" + _datagram_part(now)
     )
     fields = now.fields() | {
         "interval": round(seconds, 3),
@@ -119,7 +185,7 @@ def summary_report(final: Snapshot) -> tuple[str, dict[str, Any]]:
         f"summary: {final.total} connections relayed in {seconds:.1f} s "
         f"({final.refused} refused, {final.failed} target failures, {final.reset} reset, "
         f"{final.cut} cut); to target {human_bytes(final.to_target)}, "
-        f"to client {human_bytes(final.to_client)}"
+        f"to client {human_bytes(final.to_client)}" + _datagram_part(final)
     )
     fields = final.fields() | {"seconds": round(seconds, 3)}
     fields.pop("open")

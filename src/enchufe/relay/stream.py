@@ -3,45 +3,58 @@
 ::
 
     client ──accept──▶ StreamRelay._admit ──rules, limits──▶ StreamSession
-                                                             ├─ connect TARGET (non-blocking, timed)
+                                                             ├─ open TARGET: connect (non-blocking,
+                                                             │  timed), spawn exec:, or stdio
                                                              ├─ up:   Pump(client → target)
                                                              └─ down: Pump(target → client)
 
 A session lives until both pumps are done: each direction ends on its own (EOF passed on as
-``shutdown(SHUT_WR)`` once its bytes are delivered), so a target may answer long after the
-client's EOF.  A reset or error on either side ends both at once, and the other side is reset
-too (``SO_LINGER`` 0), so that neither peer mistakes a broken relay for an orderly end.
-Clients the relay will not serve (over ``--max-conns``, denied, target unreachable) are reset
-likewise, at once: never left hanging.
+``shutdown(SHUT_WR)``, or as closing a pipe, once its bytes are delivered), so a target may answer
+long after the client's EOF.  A reset or error on either side ends both at once, and the other
+side is reset too (``SO_LINGER`` 0), so that neither peer mistakes a broken relay for an orderly
+end.  Clients the relay will not serve (over ``--max-conns``, denied, target unreachable) are
+reset likewise, at once: never left hanging.
+
+Each end of a session is a :class:`Side`: a socket (read and written through one descriptor), or
+a pair of descriptors, for standard input/output (``-``) and for an ``exec:`` child's pipes.
 
 Interest in readiness follows the pumps after every step: read a socket only while its pump has
 room (backpressure), write it only while bytes wait for it.  A socket we want nothing from stays
 registered with an empty mask so that its reset is still seen, except once our write side of it
 is shut (then an empty mask would report EPOLLHUP forever; it is unregistered until needed).
+Pipes and terminals are registered only while something is wanted from them, for the same
+reason (a pipe whose other end closed reports EPOLLHUP or EPOLLERR whatever the mask).
+
+:class:`StdioRelay` is the relay whose LISTEN is ``-``: no listener, one session whose client is
+this process's stdin and stdout, and the relay ends with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .. import _sockets
 from .._sockets import Target, abort, accept, close, connect_nonblocking, new_socket, socket_error
-from ..address import SocketAddress, UnixAddress, from_sockaddr
+from ..address import Address, ExecAddress, SocketAddress, StdioAddress, UnixAddress, from_sockaddr
 from ..errors import TimedOut, translate
+from ..exec import child_environment
+from .children import Children
 from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
 from .events import EventSink
 from .limits import AccessRules
 from .pump import Pools, Pump
 from .stats import Stats
 
-__all__ = ["StreamRelay", "StreamSession", "TargetResolver"]
+__all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver", "stdio_side"]
 
 #: Clients accepted per readiness event before serving the connections already relayed: a burst
 #: of connects must not starve transfers, nor wait behind them.
@@ -87,19 +100,132 @@ class TargetResolver:
         return self._targets
 
 
-def _describe_peer(sock: socket.socket, peer: Any) -> str:
+def _describe_peer(sock: socket.socket | None, peer: Any) -> str:
+    if sock is None:
+        return "stdio"
     found = from_sockaddr(sock.family, socket.SOCK_STREAM, peer) if peer else None
     return str(found) if found is not None else "unix:(unnamed)"
 
 
+# ----------------------------------------------------------------------------- the ends of a session
+
+
+class Side:
+    """One end of a relayed stream.
+
+    A socket side reads and writes one descriptor (``rfd == wfd``), whose interest mask is
+    :attr:`mask`.  A descriptor side has a read descriptor and a write descriptor of its own
+    (stdin and stdout; a child's stdout and stdin), each registered only while wanted
+    (:attr:`rmask`, :attr:`wmask`); either is -1 once closed.
+    """
+
+    __slots__ = ("mask", "rfd", "rmask", "saved_flags", "sock", "wfd", "wfd_is_socket", "wmask")
+
+    def __init__(self, sock: socket.socket | None = None, *, rfd: int = -1, wfd: int = -1) -> None:
+        self.sock = sock
+        if sock is not None:
+            rfd = wfd = sock.fileno()
+        self.rfd = rfd
+        self.wfd = wfd
+        self.mask = _UNREGISTERED
+        self.rmask = _UNREGISTERED
+        self.wmask = _UNREGISTERED
+        #: original file status flags of descriptors we made non-blocking (shared with others)
+        self.saved_flags: dict[int, int] = {}
+        self.wfd_is_socket = False
+
+    @property
+    def is_socket(self) -> bool:
+        return self.sock is not None
+
+    def shut_write(self, loop: Loop) -> None:
+        """Pass EOF on: ``shutdown(SHUT_WR)`` of a socket, or close the write descriptor."""
+        if self.sock is not None:
+            _sockets.shutdown(self.sock, socket.SHUT_WR)
+            return
+        fd = self.wfd
+        if fd < 0:
+            return
+        if self.wfd_is_socket:  # stdout is a socket (inetd style): a FIN, whoever else holds it
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                _sockets.shutdown(sock, socket.SHUT_WR)
+        self._close_fd(loop, fd)
+        self.wfd = -1
+        self.wmask = _UNREGISTERED
+
+    def close_read(self, loop: Loop) -> None:
+        """The read descriptor of a descriptor side reached EOF: close it."""
+        if self.sock is None and self.rfd >= 0:
+            self._close_fd(loop, self.rfd)
+            self.rfd = -1
+            self.rmask = _UNREGISTERED
+
+    def _close_fd(self, loop: Loop, fd: int) -> None:
+        loop.forget(fd)
+        flags = self.saved_flags.pop(fd, None)
+        with contextlib.suppress(OSError):
+            if flags is not None:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            _sockets.close_fd(fd)
+
+    def close(self, loop: Loop, *, abortive: bool) -> None:
+        if self.sock is not None:
+            loop.forget(self.rfd)
+            with contextlib.suppress(OSError):
+                if abortive:
+                    abort(self.sock)
+                else:
+                    close(self.sock)
+            return
+        for fd in (self.rfd, self.wfd):
+            if fd >= 0:
+                self._close_fd(loop, fd)
+        self.rfd = self.wfd = -1
+
+
+def _make_nonblocking(side: Side, fd: int) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & os.O_NONBLOCK:
+        side.saved_flags[fd] = flags
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+
+def stdio_side() -> Side:
+    """This process's stdin and stdout as one end of a session.
+
+    They are duplicated for the relay and descriptors 0 and 1 are pointed at /dev/null, so that
+    closing our duplicate of stdout is the EOF its reader sees.  They are made non-blocking (the
+    flag is shared with whoever else holds them, a shell's terminal for instance) and their
+    flags are put back when the relay closes them.
+    """
+    rfd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    wfd = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    side = Side(rfd=rfd, wfd=wfd)
+    side.wfd_is_socket = stat.S_ISSOCK(os.fstat(wfd).st_mode)
+    _make_nonblocking(side, rfd)
+    _make_nonblocking(side, wfd)
+    return side
+
+
+# ----------------------------------------------------------------------------- the listener handler
+
+
 class StreamRelay:
-    """The handler of one stream listener: accept, check, and relay each client to the target."""
+    """The handler of one stream listener: accept, check, and relay each client to the target.
+
+    The target is a socket address (reached through ``resolver``), an ``exec:`` program (a
+    child per client) or stdio (``-``: the first client only; the listener closes once it is in).
+    """
 
     def __init__(
         self,
         loop: Loop,
-        listener: socket.socket,
-        resolver: TargetResolver,
+        listener: socket.socket | None,
+        resolver: TargetResolver | None,
         *,
         pools: Pools,
         stats: Stats,
@@ -110,11 +236,16 @@ class StreamRelay:
         idle_timeout: float | None,
         use_splice: bool,
         on_listener_closed: Callable[[], None] | None = None,
+        target: Address | None = None,
+        local: SocketAddress | None = None,
     ) -> None:
         self.loop = loop
         self.listener = listener
         self.resolver = resolver
-        self.target_label = str(resolver.address)
+        self.target: Address = target if target is not None else _resolver_address(resolver)
+        self.target_label = str(self.target)
+        #: the listening address, for the ENCHUFE_LOCAL of exec children
+        self.local = local
         self.pools = pools
         self.stats = stats
         self.events = events
@@ -125,7 +256,13 @@ class StreamRelay:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.use_splice = use_splice
-        self.sessions: set[StreamSession] = set()
+        self.sessions: set[Any] = set()
+        self.children = Children(loop, events)
+        #: one client only (stdio target): the relay is over once its session ends
+        self.one_client = isinstance(self.target, StdioAddress)
+        self.finished = False
+        #: a one-shot relay lost data (a reset, an unreachable target): exit status 1
+        self.failed = False
         self._ids = itertools.count(1)
         self._on_listener_closed = on_listener_closed
         self._accepting = False
@@ -135,6 +272,7 @@ class StreamRelay:
     # -- accepting
 
     def start(self) -> None:
+        assert self.listener is not None
         self.listener.setblocking(False)
         self._spare = _open_spare()
         self.loop.register(self.listener.fileno(), READ, self._on_accept)
@@ -146,7 +284,10 @@ class StreamRelay:
 
     def _on_accept(self, _events: int) -> None:
         listener = self.listener
+        assert listener is not None
         for _ in range(ACCEPT_BATCH):
+            if not self._accepting:
+                return
             try:
                 conn, peer = accept(listener)
             except BlockingIOError:
@@ -169,7 +310,7 @@ class StreamRelay:
     def _shed(self) -> None:
         """No descriptor left for accept(): turn one waiting client away with the spare
         descriptor, so that it is not left hanging in the backlog."""
-        if self._spare is None:
+        if self._spare is None or self.listener is None:
             return
         with contextlib.suppress(OSError):
             os.close(self._spare)
@@ -187,6 +328,7 @@ class StreamRelay:
         if now >= self._next_pause_report:
             self._next_pause_report = now + 1.0
             self.events("error", f"enchufe: {message}", error=message, open=len(self.sessions))
+        assert self.listener is not None
         fd = self.listener.fileno()
         self.loop.modify(fd, 0)
 
@@ -230,9 +372,22 @@ class StreamRelay:
             _nodelay(conn)
         self.stats.total += 1
         self.stats.open += 1
-        session = StreamSession(self, conn, peer, next(self._ids))
+        session = self.make_session(conn, peer, next(self._ids))
         self.sessions.add(session)
+        if self.one_client:
+            self.stop_accepting()  # stdio serves one client: later ones are refused by the kernel
         session.start()
+
+    def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
+        """The session of an admitted client (framed relays make theirs)."""
+        return StreamSession(self, Side(conn), conn, peer, session_id)
+
+    def session_ended(self, session: Any, failed: bool) -> None:
+        self.sessions.discard(session)
+        if failed and self.one_client:
+            self.failed = True
+        if self.one_client and not self.sessions:
+            self.finished = True
 
     # -- stopping
 
@@ -241,6 +396,7 @@ class StreamRelay:
         if not self._accepting:
             return
         self._accepting = False
+        assert self.listener is not None
         self.loop.forget(self.listener.fileno())
         with contextlib.suppress(OSError):
             close(self.listener)
@@ -258,6 +414,44 @@ class StreamRelay:
             session.cut(reason)
         return len(sessions)
 
+    def close(self) -> None:
+        """The relay ends: stop and reap the children still running."""
+        self.children.close()
+
+
+def _resolver_address(resolver: TargetResolver | None) -> Address:
+    assert resolver is not None, "a socket target needs a resolver"
+    return resolver.address
+
+
+class StdioRelay(StreamRelay):
+    """LISTEN is ``-``: one session, whose client is this process's stdin and stdout.
+
+    There is nothing to accept; the relay is over when the session ends, and it failed (exit
+    status 1) if the session ended in a reset or could not reach the target.
+    """
+
+    def __init__(self, loop: Loop, resolver: TargetResolver | None, **options: Any) -> None:
+        super().__init__(loop, None, resolver, **options)
+        self.one_client = True
+
+    def start(self) -> None:
+        self.stats.total += 1
+        self.stats.open += 1
+        session = StreamSession(self, stdio_side(), None, None, next(self._ids))
+        self.sessions.add(session)
+        session.start()
+
+    @property
+    def accepting(self) -> bool:
+        return False
+
+    def stop_accepting(self) -> None:
+        """Nothing to stop: the one session goes on (the drain)."""
+        if self._on_listener_closed is not None:
+            self._on_listener_closed()
+            self._on_listener_closed = None
+
 
 def _open_spare() -> int | None:
     try:
@@ -273,21 +467,23 @@ def _nodelay(sock: socket.socket) -> None:
         _sockets.setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
 
 
+# ----------------------------------------------------------------------------- one relayed client
+
+
 class StreamSession:
-    """One client relayed to the target: connect, then two pumps until both are done."""
+    """One client relayed to the target: open the target, then two pumps until both are done."""
 
     __slots__ = (
-        "_client_mask",
         "_connect_timer",
         "_idle_timer",
         "_last_active",
         "_retry_delay",
         "_retry_timer",
         "_target_index",
-        "_target_mask",
         "_targets",
+        "child",
         "client",
-        "client_fd",
+        "client_sock",
         "down",
         "id",
         "peer",
@@ -295,20 +491,23 @@ class StreamSession:
         "started",
         "state",
         "target",
-        "target_fd",
+        "target_sock",
         "to_client",
         "to_target",
         "up",
     )
 
-    def __init__(self, relay: StreamRelay, client: socket.socket, peer: Any, session_id: int) -> None:
+    def __init__(
+        self, relay: StreamRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int
+    ) -> None:
         self.relay = relay
         self.client = client
-        self.client_fd = client.fileno()
+        self.client_sock = client_sock
         self.peer = peer
         self.id = session_id
-        self.target: socket.socket | None = None
-        self.target_fd = -1
+        self.target: Side | None = None
+        self.target_sock: socket.socket | None = None
+        self.child: Any = None
         self.up: Pump | None = None
         self.down: Pump | None = None
         self.state = _CONNECTING
@@ -316,8 +515,6 @@ class StreamSession:
         self.to_client = 0
         self.started = time.monotonic()
         self._last_active = self.started
-        self._client_mask = _UNREGISTERED
-        self._target_mask = _UNREGISTERED
         self._targets: list[Target] = []
         self._target_index = 0
         self._connect_timer: Timer | None = None
@@ -326,18 +523,29 @@ class StreamSession:
         self._retry_delay = FIRST_RETRY_DELAY
 
     def peer_label(self) -> str:
-        return _describe_peer(self.client, self.peer)
+        return _describe_peer(self.client_sock, self.peer)
 
-    # -- connecting
+    # -- opening the target
 
     def start(self) -> None:
         relay = self.relay
         if relay.events.wants(1):
             shown = self.peer_label()
             relay.events("accept", f"accepted {shown} (#{self.id})", level=1, id=self.id, peer=shown)
-        # Registered with an empty mask: a client that resets while we connect is noticed.
-        relay.loop.register(self.client_fd, 0, self._on_client)
-        self._client_mask = 0
+        client = self.client
+        if client.sock is not None:
+            # Registered with an empty mask: a client that resets while we connect is noticed.
+            relay.loop.register(client.rfd, 0, self._on_client)
+            client.mask = 0
+        target = relay.target
+        if isinstance(target, ExecAddress):
+            self._spawn(target)
+            return
+        if isinstance(target, StdioAddress):
+            self.target = stdio_side()
+            self._connected()
+            return
+        assert relay.resolver is not None
         try:
             self._targets = relay.resolver.targets()
         except Exception as exc:  # NameResolutionError: the target's name stopped resolving
@@ -346,9 +554,40 @@ class StreamSession:
         self._connect_timer = relay.loop.call_later(relay.connect_timeout, self._connect_timed_out)
         self._try_connect()
 
+    def _spawn(self, program: ExecAddress) -> None:
+        relay = self.relay
+        sock = self.client_sock
+        peer = local = creds = None
+        if sock is not None:
+            peer = from_sockaddr(sock.family, socket.SOCK_STREAM, self.peer) if self.peer else None
+            with contextlib.suppress(OSError):
+                local = from_sockaddr(sock.family, socket.SOCK_STREAM, sock.getsockname())
+            if sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    creds = _sockets.peer_credentials(sock)
+        try:
+            child = relay.children.spawn(
+                program, child_environment(peer, local or relay.local, creds), session_id=self.id
+            )
+        except OSError as exc:
+            self._fail_connect(f"cannot run {program}: {(exc.strerror or str(exc)).lower()}")
+            return
+        self.child = child
+        self.target = Side(rfd=child.stdout_r, wfd=child.stdin_w)
+        if relay.events.wants(1):
+            relay.events(
+                "exec",
+                f"#{self.id} started {program} (pid {child.pid})",
+                level=1,
+                id=self.id,
+                target=relay.target_label,
+                pid=child.pid,
+            )
+        self._connected(announce=False)
+
     def _try_connect(self) -> None:
         target = self._targets[self._target_index]
-        sock = self.target
+        sock = self.target_sock
         if sock is None:
             try:
                 sock = new_socket(target.family, socket.SOCK_STREAM)
@@ -358,8 +597,8 @@ class StreamSession:
             sock.setblocking(False)
             if target.family != socket.AF_UNIX:
                 _nodelay(sock)
-            self.target = sock
-            self.target_fd = sock.fileno()
+            self.target_sock = sock
+            self.target = Side(sock)
         try:
             status = connect_nonblocking(sock, target.sockaddr)
         except OSError as exc:
@@ -368,20 +607,21 @@ class StreamSession:
         if status == 0:
             self._connected()
         elif status == errno.EINPROGRESS:
-            self._set_target_mask(WRITE)
+            side = self.target
+            assert side is not None
+            side.mask = self._interest(side.rfd, side.mask, WRITE, False, self._on_target)
         else:  # EAGAIN: a unix listener's backlog is full; nothing started, try again soon
             self._retry_timer = self.relay.loop.call_later(self._retry_delay, self._try_connect)
             self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
 
     def _drop_target(self) -> None:
-        sock = self.target
+        sock = self.target_sock
         if sock is not None:
-            self.relay.loop.forget(self.target_fd)
+            self.relay.loop.forget(sock.fileno())
             with contextlib.suppress(OSError):
                 close(sock)
+            self.target_sock = None
             self.target = None
-            self.target_fd = -1
-            self._target_mask = _UNREGISTERED
 
     def _next_target(self, exc: OSError) -> None:
         """This address failed: try the next one the target resolved to, or give up."""
@@ -419,16 +659,32 @@ class StreamSession:
             )
         self._end("target-failed", abortive=True, quiet=True)
 
-    def _connected(self) -> None:
+    def _connected(self, *, announce: bool = True) -> None:
         relay = self.relay
         if self._connect_timer is not None:
             self._connect_timer.cancel()
             self._connect_timer = None
         self.state = _RELAYING
-        assert self.target is not None
-        self.up = Pump(self.client, self.target, relay.pools, use_splice=relay.use_splice)
-        self.down = Pump(self.target, self.client, relay.pools, use_splice=relay.use_splice)
-        if relay.events.wants(1):
+        client, target = self.client, self.target
+        assert target is not None
+        loop = relay.loop
+        self.up = Pump(
+            client.rfd,
+            target.wfd,
+            relay.pools,
+            use_splice=relay.use_splice,
+            finish=lambda: target.shut_write(loop),
+            dst_is_pipe=not target.is_socket,
+        )
+        self.down = Pump(
+            target.rfd,
+            client.wfd,
+            relay.pools,
+            use_splice=relay.use_splice,
+            finish=lambda: client.shut_write(loop),
+            dst_is_pipe=not client.is_socket,
+        )
+        if announce and relay.events.wants(1):
             seconds = time.monotonic() - self.started
             relay.events(
                 "connect",
@@ -439,7 +695,12 @@ class StreamSession:
                 seconds=round(seconds, 6),
             )
         if relay.idle_timeout:
-            self._idle_timer = relay.loop.call_later(relay.idle_timeout, self._idle_check)
+            self._idle_timer = loop.call_later(relay.idle_timeout, self._idle_check)
+        if client.sock is None or target.sock is None:
+            # Descriptors epoll cannot watch for us yet (a file as stdin is always ready, a
+            # pipe may hold bytes already): step once now, as if everything were ready.
+            self._step(1, 1)
+            return
         self._update()
 
     # -- readiness
@@ -449,7 +710,7 @@ class StreamSession:
             if self.state == _CONNECTING:  # only errors are asked for while connecting
                 self._client_gone_while_connecting()
             return
-        if events & FAILED and self._failed(self.client, "client"):
+        if events & FAILED and self._failed(self.client_sock, "client"):
             return
         self._step(events & (READ | ERROR), events & (WRITE | ERROR))
 
@@ -458,9 +719,26 @@ class StreamSession:
             if self.state == _CONNECTING:
                 self._connect_ready()
             return
-        if events & FAILED and self._failed(self.target, "target"):
+        if events & FAILED and self._failed(self.target_sock, "target"):
             return
         self._step(events & (WRITE | ERROR), events & (READ | ERROR))
+
+    # Descriptor sides: one handler per descriptor.
+    def _on_client_read(self, events: int) -> None:
+        if self.state == _RELAYING:
+            self._step(1, 0)
+
+    def _on_client_write(self, events: int) -> None:
+        if self.state == _RELAYING:
+            self._step(0, 1)
+
+    def _on_target_read(self, events: int) -> None:
+        if self.state == _RELAYING:
+            self._step(0, 1)
+
+    def _on_target_write(self, events: int) -> None:
+        if self.state == _RELAYING:
+            self._step(1, 0)
 
     def _failed(self, sock: socket.socket | None, side: str) -> bool:
         """EPOLLERR: end the session if the socket really has an error (a reset), which may be
@@ -477,9 +755,9 @@ class StreamSession:
         return True
 
     def _connect_ready(self) -> None:
-        assert self.target is not None
+        assert self.target_sock is not None
         try:
-            code = socket_error(self.target)
+            code = socket_error(self.target_sock)
         except OSError as exc:
             code = exc.errno or errno.EIO
         if code:
@@ -488,8 +766,9 @@ class StreamSession:
             self._connected()
 
     def _client_gone_while_connecting(self) -> None:
+        assert self.client_sock is not None
         try:
-            code = socket_error(self.client)
+            code = socket_error(self.client_sock)
         except OSError as exc:
             code = exc.errno or errno.EIO
         self.relay.stats.reset += 1
@@ -569,19 +848,25 @@ class StreamSession:
         down_read = not (down.eof or down.stalled) and (
             (down.pipe is None or down.in_flight < down.pipe.capacity) if down.use_splice else down.wants_read
         )
-        mask = (READ if up_read else 0) | (WRITE if down.in_flight else 0)
-        if mask != self._client_mask:
-            self._client_mask = self._interest(
-                self.client_fd, self._client_mask, mask, down.done, self._on_client
+        client = self.client
+        target = self.target
+        assert target is not None
+        if client.sock is not None:
+            mask = (READ if up_read else 0) | (WRITE if down.in_flight else 0)
+            if mask != client.mask:
+                client.mask = self._interest(client.rfd, client.mask, mask, down.done, self._on_client)
+        else:
+            self._fd_interest(
+                client, up_read, up.eof, down.in_flight > 0, self._on_client_read, self._on_client_write
             )
-        mask = (READ if down_read else 0) | (WRITE if up.in_flight else 0)
-        if mask != self._target_mask:
-            self._target_mask = self._interest(
-                self.target_fd, self._target_mask, mask, up.done, self._on_target
+        if target.sock is not None:
+            mask = (READ if down_read else 0) | (WRITE if up.in_flight else 0)
+            if mask != target.mask:
+                target.mask = self._interest(target.rfd, target.mask, mask, up.done, self._on_target)
+        else:
+            self._fd_interest(
+                target, down_read, down.eof, up.in_flight > 0, self._on_target_read, self._on_target_write
             )
-
-    def _set_target_mask(self, mask: int) -> None:
-        self._target_mask = self._interest(self.target_fd, self._target_mask, mask, False, self._on_target)
 
     def _interest(
         self, fd: int, current: int, mask: int, write_shut: bool, handler: Callable[[int], None]
@@ -598,6 +883,24 @@ class StreamSession:
         else:
             loop.modify(fd, mask)
         return mask
+
+    def _fd_interest(
+        self,
+        side: Side,
+        reading: bool,
+        read_eof: bool,
+        writing: bool,
+        on_read: Callable[[int], None],
+        on_write: Callable[[int], None],
+    ) -> None:
+        """A descriptor side: each descriptor registered only while something is wanted of it."""
+        loop = self.relay.loop
+        if read_eof:
+            side.close_read(loop)
+        elif side.rfd >= 0:
+            side.rmask = _want(loop, side.rfd, side.rmask, READ if reading else 0, on_read)
+        if side.wfd >= 0:
+            side.wmask = _want(loop, side.wfd, side.wmask, WRITE if writing else 0, on_write)
 
     # -- timers
 
@@ -638,19 +941,13 @@ class StreamSession:
             if pump is not None:
                 pump.discard()
         loop = relay.loop
-        loop.forget(self.client_fd)
+        self.client.close(loop, abortive=abortive)
         if self.target is not None:
-            loop.forget(self.target_fd)
-        for sock in (self.client, self.target):
-            if sock is None:
-                continue
-            with contextlib.suppress(OSError):
-                if abortive:
-                    abort(sock)
-                else:
-                    close(sock)
+            self.target.close(loop, abortive=abortive)
+        if self.child is not None and abortive:
+            relay.children.terminate(self.child)
         relay.stats.open -= 1
-        relay.sessions.discard(self)
+        relay.session_ended(self, failed=abortive and reason != "shutdown")
         if not quiet and relay.events.wants(1):
             seconds = time.monotonic() - self.started
             shown = self.peer_label()
@@ -668,3 +965,17 @@ class StreamSession:
                 seconds=round(seconds, 6),
                 **({"error": error} if error else {}),
             )
+
+
+def _want(loop: Loop, fd: int, current: int, mask: int, handler: Callable[[int], None]) -> int:
+    """Register ``fd`` for ``mask``, or unregister it when nothing is wanted."""
+    if mask == current:
+        return current
+    if mask == 0:
+        loop.unregister(fd)
+        return _UNREGISTERED
+    if current == _UNREGISTERED:
+        loop.register(fd, mask, handler)
+    else:
+        loop.modify(fd, mask)
+    return mask

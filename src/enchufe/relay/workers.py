@@ -5,7 +5,9 @@ over them), forks one worker per socket, and then only forwards SIGINT/SIGTERM a
 statuses.  Workers run in their own process group, so a Ctrl-C at the terminal reaches them once,
 through the parent, and they ask the kernel to send them SIGTERM if the parent dies.
 
-Unix listeners cannot share an address this way; the relay refuses ``--workers`` for them.
+UDP listeners share a port the same way: the kernel hashes each sender's address to one worker,
+so a sender's datagrams (and its session) stay in one process.  Unix listeners cannot share an
+address this way, and stdio is one stream; the relay refuses ``--workers`` for them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 
-from .._sockets import open_listener
+from .._sockets import open_datagram, open_listener
 from ..address import InetAddress, SocketAddress
 from ..errors import UsageError
 from .events import EventSink
@@ -51,9 +53,10 @@ def run_workers(
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     if not isinstance(listen, InetAddress):
+        what = "a unix socket, which processes cannot share" if listen.is_stream else "not a socket"
         raise UsageError(
-            f"--workers {workers}: {listen} is a unix socket, which processes cannot share with "
-            "SO_REUSEPORT; use --workers 1 (the default) or a tcp LISTEN address"
+            f"--workers {workers}: {listen} is {what} with SO_REUSEPORT; use --workers 1 (the default) "
+            "or a tcp or udp LISTEN address"
         )
     # Check the rest of the configuration once, in the parent, before binding anything.
     Relay(config, events=EventSink())
@@ -62,7 +65,12 @@ def run_workers(
     try:
         address: SocketAddress = listen
         for _ in range(workers):
-            sock, real, _owned = open_listener(address, backlog=config.backlog, mode=None, reuse_port=True)
+            if listen.is_stream:
+                sock, real, _owned = open_listener(
+                    address, backlog=config.backlog, mode=None, reuse_port=True
+                )
+            else:
+                sock, real, _owned = open_datagram(address, mode=None, reuse_port=True)
             listeners.append((sock, real))
             address = real  # port 0 resolved: the others join the same port
     except BaseException:

@@ -1,0 +1,209 @@
+"""``exec:PROGRAM ARGS…`` targets: a child per client, its stdin and stdout as the other end.
+
+::
+
+    children = Children(loop, events)
+    child = children.spawn(ExecAddress(("tr", "a-z", "A-Z")), env, session_id=7)
+    child.stdin_w, child.stdout_r          # our ends of its pipes, non-blocking
+    children.terminate(child)             # the connection broke: SIGTERM, SIGKILL after a grace
+    children.close()                      # the relay ends: stop and reap every child left
+
+The child is started with ``posix_spawnp`` (no shell, nothing the peer sends is interpreted), its
+stdin and stdout are pipes whose other ends are ours, its stderr is the relay's.  Signals the
+relay ignores (SIGPIPE, which Python ignores) are reset to their defaults in the child, as
+``subprocess`` does, so that ``yes | head``-like programs end as they would in a shell.
+
+Every child is reaped, never left a zombie: a pidfd (``pidfd_open``) in the event loop says when
+it exits, and ``waitpid`` collects its status at once; a child whose connection broke gets
+SIGTERM, then SIGKILL after :data:`TERMINATE_GRACE` seconds.  Without pidfd support, exits are
+polled every :data:`POLL_INTERVAL` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping
+
+from .. import trace
+from ..address import ExecAddress
+from ..exec import TERMINATE_GRACE
+from .engine import READ, Loop, Timer
+from .events import EventSink
+
+__all__ = ["POLL_INTERVAL", "Child", "Children"]
+
+#: How often child exits are polled where pidfds are not available.
+POLL_INTERVAL = 0.1
+
+#: Signals reset to their default disposition in the child (Python ignores SIGPIPE and SIGXFSZ).
+_RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+class Child:
+    """One running program: its pid, our ends of its stdin and stdout pipes."""
+
+    __slots__ = ("exited", "label", "pid", "pidfd", "session_id", "status", "stdin_w", "stdout_r", "timer")
+
+    def __init__(self, pid: int, stdin_w: int, stdout_r: int, label: str, session_id: int) -> None:
+        self.pid = pid
+        self.stdin_w = stdin_w
+        self.stdout_r = stdout_r
+        self.label = label
+        self.session_id = session_id
+        self.pidfd = -1
+        self.status: int | None = None
+        self.exited = False
+        self.timer: Timer | None = None
+
+
+class Children:
+    """The children of one relay process: spawned, watched, stopped, reaped."""
+
+    def __init__(self, loop: Loop, events: EventSink) -> None:
+        self.loop = loop
+        self.events = events
+        self.running: dict[int, Child] = {}
+        self._poll_timer: Timer | None = None
+
+    def spawn(self, program: ExecAddress, env: Mapping[str, str], *, session_id: int) -> Child:
+        """Start ``program``; OSError if it cannot be (not found, not executable, no descriptor)."""
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(in_r)
+            os.close(in_w)
+            raise
+        try:
+            pid = os.posix_spawnp(
+                program.argv[0],
+                list(program.argv),
+                env,
+                file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1)],
+                setsigdef=_RESET_SIGNALS,
+            )
+        except OSError:
+            for fd in (in_r, in_w, out_r, out_w):
+                os.close(fd)
+            raise
+        os.close(in_r)
+        os.close(out_w)
+        os.set_blocking(in_w, False)
+        os.set_blocking(out_r, False)
+        child = Child(pid, in_w, out_r, str(program), session_id)
+        if trace.enabled():
+            trace.emit(
+                f"posix_spawnp({program.argv[0]}, {list(program.argv)}) = pid {pid}; "
+                f"stdin ← fd {in_w}, stdout → fd {out_r}"
+            )
+        self.running[pid] = child
+        self._watch(child)
+        return child
+
+    # -- watching
+
+    def _watch(self, child: Child) -> None:
+        try:
+            child.pidfd = os.pidfd_open(child.pid)
+        except (AttributeError, OSError):
+            child.pidfd = -1
+        if child.pidfd >= 0:
+            self.loop.register(child.pidfd, READ, lambda _events: self._on_exit(child))
+        elif self._poll_timer is None:
+            self._poll_timer = self.loop.call_later(POLL_INTERVAL, self._poll)
+
+    def _on_exit(self, child: Child) -> None:
+        self._reap(child)
+
+    def _poll(self) -> None:
+        self._poll_timer = None
+        for child in list(self.running.values()):
+            self._reap(child)
+        if any(c.pidfd < 0 for c in self.running.values()):
+            self._poll_timer = self.loop.call_later(POLL_INTERVAL, self._poll)
+
+    def _reap(self, child: Child) -> bool:
+        """Collect the child's exit status if it has exited; True if it has."""
+        if child.exited:
+            return True
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = child.pid, 0
+        if pid == 0:
+            return False
+        child.exited = True
+        child.status = os.waitstatus_to_exitcode(status)
+        self._forget(child)
+        if trace.enabled():
+            trace.emit(f"waitpid({child.pid}) = exit status {child.status}")
+        if self.events.wants(1):
+            code = child.status
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            self.events(
+                "exit",
+                f"#{child.session_id} {child.label} (pid {child.pid}) {how}",
+                level=1,
+                id=child.session_id,
+                pid=child.pid,
+                status=code,
+            )
+        return True
+
+    def _forget(self, child: Child) -> None:
+        self.running.pop(child.pid, None)
+        if child.timer is not None:
+            child.timer.cancel()
+            child.timer = None
+        if child.pidfd >= 0:
+            self.loop.forget(child.pidfd)
+            with contextlib.suppress(OSError):
+                os.close(child.pidfd)
+            child.pidfd = -1
+
+    # -- stopping
+
+    def terminate(self, child: Child) -> None:
+        """The connection broke: SIGTERM now, SIGKILL if the child is still there after the grace."""
+        if child.exited or self._reap(child):
+            return
+        self._signal(child, signal.SIGTERM)
+
+        def kill() -> None:
+            child.timer = None
+            if not child.exited and not self._reap(child):
+                self._signal(child, signal.SIGKILL)
+
+        child.timer = self.loop.call_later(TERMINATE_GRACE, kill)
+
+    def _signal(self, child: Child, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if child.pidfd >= 0:
+                signal.pidfd_send_signal(child.pidfd, signum)
+            else:
+                os.kill(child.pid, signum)
+        if trace.enabled():
+            trace.emit(f"kill({child.pid}, {signal.Signals(signum).name})")
+
+    def close(self, grace: float = TERMINATE_GRACE) -> None:
+        """Stop and reap every child still running (the relay is ending): SIGTERM, then SIGKILL
+        after ``grace`` seconds.  Blocks at most about ``grace`` seconds."""
+        children = [c for c in self.running.values() if not self._reap(c)]
+        for child in children:
+            self._signal(child, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while children and time.monotonic() < deadline:
+            time.sleep(0.01)
+            children = [c for c in children if not self._reap(c)]
+        for child in children:
+            self._signal(child, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, 0)
+            child.exited = True
+            self._forget(child)
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+            self._poll_timer = None

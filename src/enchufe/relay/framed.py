@@ -1,0 +1,467 @@
+"""Stream LISTEN → datagram TARGET with ``--frame``: each client stream carries datagrams.
+
+::
+
+    enchufe relay udp://:5353 tcp://tunnel:9000 --frame      # one end: FramedDatagramRelay
+    enchufe relay tcp://:9000 udp://dns:53 --frame           # other end: this module
+
+Session model: every accepted stream gets its own upstream datagram socket, connected to TARGET
+(a unixgram one is auto-bound, so the target can answer).  The stream carries length-prefixed
+messages (:mod:`enchufe.framing`, a 4-byte big-endian length then the payload): each message is
+sent to the target as one datagram, and each datagram the target sends back is written to the
+stream as one message.  On the other end, :class:`~enchufe.relay.datagram.FramedDatagramRelay`
+opens one such stream per datagram sender, so a sender's datagrams keep their own upstream socket
+(and their replies) through the tunnel.
+
+A session ends when the client's stream breaks (reset, a malformed frame: a length above
+``--max-datagram``), or after ``--idle-timeout`` seconds (default 60, as for datagram sessions)
+without a datagram either way.  The client's EOF alone does not end it: a client may send its
+requests, shut down its write side and wait for the answers, which are still delivered; the
+session then ends at the idle timeout with an orderly close.
+
+Backpressure: a message the target cannot take now (EAGAIN) stops the reading of the stream
+until it can; replies are buffered for the stream up to :data:`OUT_HIGH` bytes, beyond which the
+upstream socket is not read (its kernel queue then drops, as UDP does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import time
+from typing import Any
+
+from .. import _sockets
+from .._sockets import SocketFile, autobind_unix, new_socket, recv_datagram_into, send_datagram
+from ..errors import ProtocolError, translate
+from ..framing import HEADER, Framer
+from .datagram import BATCH, STREAM_CHUNK, _enlarge_buffers
+from .engine import ERROR, FAILED, READ, WRITE, Timer
+from .stream import StreamRelay, _describe_peer
+
+__all__ = ["OUT_HIGH", "FramedStreamRelay", "FramedStreamSession"]
+
+#: Bytes of framed replies kept for a slow client stream before the upstream is no longer read.
+OUT_HIGH = 256 * 1024
+
+_OPEN, _CLOSED = 1, 2
+
+
+class FramedStreamRelay(StreamRelay):
+    """Stream listener whose clients each get an upstream datagram socket (``--frame``)."""
+
+    def __init__(self, *args: Any, max_datagram: int, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.max_datagram = max_datagram
+        self.buffer = memoryview(bytearray(max(max_datagram, STREAM_CHUNK)))
+
+    def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
+        return FramedStreamSession(self, conn, peer, session_id)
+
+    def stop_accepting(self) -> None:
+        """Stop accepting; sessions whose client has finished sending end now (a drain waits for
+        clients still sending, not for answers that may never come)."""
+        super().stop_accepting()
+        for session in list(self.sessions):
+            if session.client_eof:
+                session.finish()
+
+
+class FramedStreamSession:
+    """One client stream ↔ one upstream datagram socket."""
+
+    __slots__ = (
+        "_idle_timer",
+        "client",
+        "client_eof",
+        "client_fd",
+        "client_mask",
+        "datagrams_to_client",
+        "datagrams_to_target",
+        "framer",
+        "id",
+        "last_active",
+        "out",
+        "owned",
+        "peer",
+        "pending",
+        "refused",
+        "relay",
+        "started",
+        "state",
+        "to_client",
+        "to_target",
+        "up_fd",
+        "up_mask",
+        "upstream",
+    )
+
+    def __init__(self, relay: FramedStreamRelay, conn: socket.socket, peer: Any, session_id: int) -> None:
+        self.relay = relay
+        self.client = conn
+        self.client_fd = conn.fileno()
+        self.peer = peer
+        self.id = session_id
+        self.upstream: socket.socket | None = None
+        self.up_fd = -1
+        self.owned: SocketFile | None = None
+        self.framer = Framer(max_size=relay.max_datagram)
+        self.out = bytearray()
+        #: a message the target could not take yet
+        self.pending: bytes | None = None
+        self.client_eof = False
+        self.refused = False
+        self.client_mask = -1
+        self.up_mask = -1
+        self.state = _OPEN
+        self.started = self.last_active = time.monotonic()
+        self.to_target = self.to_client = 0
+        self.datagrams_to_target = self.datagrams_to_client = 0
+        self._idle_timer: Timer | None = None
+
+    def peer_label(self) -> str:
+        return _describe_peer(self.client, self.peer)
+
+    def start(self) -> None:
+        relay = self.relay
+        if relay.events.wants(1):
+            shown = self.peer_label()
+            relay.events("accept", f"accepted {shown} (#{self.id})", level=1, id=self.id, peer=shown)
+        assert relay.resolver is not None
+        try:
+            target = relay.resolver.targets()[0]
+            sock = new_socket(target.family, socket.SOCK_DGRAM)
+        except Exception as exc:
+            self._fail(str(exc) if not isinstance(exc, OSError) else str(translate(exc, "open a socket")))
+            return
+        self.upstream = sock
+        self.up_fd = sock.fileno()
+        try:
+            sock.setblocking(False)
+            if target.family == socket.AF_UNIX:
+                self.owned = autobind_unix(sock)
+            _enlarge_buffers(sock)
+            _sockets.connect(sock, target.sockaddr)
+        except OSError as exc:
+            self._fail(str(translate(exc, f"connect to {relay.target_label}")))
+            return
+        loop = relay.loop
+        loop.register(self.client_fd, 0, self._on_client)
+        self.client_mask = 0
+        loop.register(self.up_fd, 0, self._on_upstream)
+        self.up_mask = 0
+        if relay.events.wants(1):
+            relay.events(
+                "connect",
+                f"#{self.id} carries framed datagrams to {relay.target_label}",
+                level=1,
+                id=self.id,
+                target=relay.target_label,
+                seconds=0.0,
+            )
+        timeout = relay.idle_timeout
+        if timeout:
+            self._idle_timer = loop.call_later(timeout, self._idle_check)
+        self._update()
+
+    def _fail(self, message: str) -> None:
+        relay = self.relay
+        relay.stats.failed += 1
+        shown = self.peer_label()
+        relay.events(
+            "error",
+            f"enchufe: {message} (client {shown} #{self.id} closed)",
+            id=self.id,
+            peer=shown,
+            target=relay.target_label,
+            error=message,
+        )
+        self._end("target-failed", abortive=True, quiet=True)
+
+    # -- readiness
+
+    def _update(self) -> None:
+        if self.state != _OPEN:
+            return
+        loop = self.relay.loop
+        reading = not self.client_eof and self.pending is None
+        mask = (READ if reading else 0) | (WRITE if self.out else 0)
+        if mask != self.client_mask:
+            self.client_mask = mask
+            loop.modify(self.client_fd, mask)
+        mask = (READ if len(self.out) < OUT_HIGH else 0) | (WRITE if self.pending is not None else 0)
+        if mask != self.up_mask:
+            self.up_mask = mask
+            loop.modify(self.up_fd, mask)
+
+    def _socket_failed(self, sock: socket.socket) -> int:
+        try:
+            return _sockets.socket_error(sock)
+        except OSError as exc:
+            return exc.errno or errno.EIO
+
+    def _on_client(self, events: int) -> None:
+        if self.state != _OPEN:
+            return
+        if events & FAILED:
+            code = self._socket_failed(self.client)
+            if code:
+                self._reset("client-reset", os.strerror(code).lower())
+                return
+        if events & (WRITE | ERROR) and self.out and not self._flush():
+            return
+        if events & (READ | ERROR) and not self.client_eof and self.pending is None:
+            self._read_client()
+        self._update()
+
+    def _read_client(self) -> None:
+        view = self.relay.buffer[:STREAM_CHUNK]
+        try:
+            n = _sockets.read_into(self.client_fd, view)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._reset("client-reset", (exc.strerror or str(exc)).lower())
+            return
+        if not n:
+            self.client_eof = True
+            try:
+                self.framer.feed_eof()
+            except ProtocolError as exc:
+                self._reset("protocol-error", str(exc))
+                return
+            if self.relay.events.wants(2):
+                self.relay.events(
+                    "eof",
+                    f"#{self.id} client finished sending after {self.datagrams_to_target} messages; "
+                    "answers are still delivered until the idle timeout",
+                    level=2,
+                    id=self.id,
+                    side="client",
+                    bytes=self.to_target,
+                )
+            if not self.relay.accepting:  # draining: nobody waits for late answers
+                self.finish()
+            return
+        try:
+            self.framer.feed(view[:n])
+        except ProtocolError:
+            # The messages before the bad header still go; then next_message() raises it again.
+            self.client_eof = True  # read nothing more from a stream that broke the framing
+        self._send_messages()
+
+    def _send_messages(self) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        framer = self.framer
+        stats = self.relay.stats
+        while self.pending is None:
+            try:
+                message = framer.next_message()
+            except ProtocolError as exc:
+                self._reset("protocol-error", str(exc))
+                return
+            if message is None:
+                return
+            if not self._send_one(upstream, message):
+                self.pending = message
+                return
+            self.last_active = time.monotonic()
+            self.to_target += len(message)
+            self.datagrams_to_target += 1
+            stats.to_target += len(message)
+            stats.datagrams_to_target += 1
+
+    def _send_one(self, upstream: socket.socket, message: bytes) -> bool:
+        """Send one datagram: False if it has to wait (EAGAIN); dropped (counted) on errors."""
+        for attempt in (1, 2):
+            try:
+                send_datagram(upstream, message, None)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED and attempt == 1:
+                    self._refused()
+                    continue
+                self.relay.stats.dropped += 1
+                return True
+            return True
+        return True
+
+    def _refused(self) -> None:
+        relay = self.relay
+        relay.stats.dropped += 1
+        if not self.refused:
+            self.refused = True
+            message = f"{relay.target_label} refused a datagram from #{self.id} (nobody listens there?)"
+            relay.events("error", f"enchufe: {message}", id=self.id, target=relay.target_label, error=message)
+
+    def _on_upstream(self, events: int) -> None:
+        if self.state != _OPEN:
+            return
+        upstream = self.upstream
+        assert upstream is not None
+        if events & FAILED:
+            code = self._socket_failed(upstream)
+            if code == errno.ECONNREFUSED:
+                self._refused()
+            elif code:
+                self._reset("target-error", os.strerror(code).lower())
+                return
+        if events & (WRITE | ERROR) and self.pending is not None:
+            message = self.pending
+            if self._send_one(upstream, message):
+                self.pending = None
+                stats = self.relay.stats
+                self.to_target += len(message)
+                self.datagrams_to_target += 1
+                stats.to_target += len(message)
+                stats.datagrams_to_target += 1
+                self._send_messages()
+                if self.state != _OPEN:
+                    return
+        if events & (READ | ERROR) and len(self.out) < OUT_HIGH:
+            self._read_upstream(upstream)
+            if self.state != _OPEN:
+                return
+        self._update()
+
+    def _read_upstream(self, upstream: socket.socket) -> None:
+        relay = self.relay
+        view = relay.buffer[: relay.max_datagram]
+        limit = len(view)
+        stats = relay.stats
+        got = False
+        for _ in range(BATCH):
+            if len(self.out) >= OUT_HIGH:
+                break
+            try:
+                size, _sender = recv_datagram_into(upstream, view)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    self._refused()
+                    continue
+                self._reset("target-error", (exc.strerror or str(exc)).lower())
+                return
+            if size > limit:
+                stats.truncated += 1
+                if relay.events.wants(1):
+                    relay.events(
+                        "truncated",
+                        f"dropped a datagram of {size} bytes from {relay.target_label}: larger than "
+                        f"--max-datagram {limit}",
+                        level=1,
+                        peer=relay.target_label,
+                        size=size,
+                        side="target",
+                        max_datagram=limit,
+                    )
+                continue
+            self.out += HEADER.pack(size)
+            self.out += view[:size]
+            self.to_client += size
+            self.datagrams_to_client += 1
+            stats.to_client += size
+            stats.datagrams_to_client += 1
+            got = True
+        if got:
+            self.last_active = time.monotonic()
+            self._flush()
+
+    def _flush(self) -> bool:
+        """Write what is buffered for the client; False if the session ended."""
+        out = self.out
+        while out:
+            try:
+                sent = _sockets.write(self.client_fd, memoryview(out))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._reset("client-reset", (exc.strerror or str(exc)).lower())
+                return False
+            del out[:sent]
+        return True
+
+    # -- timers and ending
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.state != _OPEN:
+            return
+        relay = self.relay
+        timeout = relay.idle_timeout
+        assert timeout is not None
+        left = self.last_active + timeout - time.monotonic()
+        if left > 0:
+            self._idle_timer = relay.loop.call_later(left, self._idle_check)
+            return
+        relay.stats.expired += 1
+        self._flush()
+        if self.state == _OPEN:
+            self._end("idle", error=f"no datagram either way for {timeout:g} s (--idle-timeout)")
+
+    def finish(self) -> None:
+        """End in order: what is buffered for the client is written, then the stream closes."""
+        if self.state == _OPEN and self._flush() and self.state == _OPEN:
+            self._end("done")
+
+    def _reset(self, reason: str, error: str) -> None:
+        self.relay.stats.reset += 1
+        self._end(reason, abortive=True, error=error)
+
+    def cut(self, reason: str) -> None:
+        if self.state == _CLOSED:
+            return
+        self.relay.stats.cut += 1
+        self._end(reason, abortive=True)
+
+    def _end(
+        self, reason: str, *, abortive: bool = False, error: str | None = None, quiet: bool = False
+    ) -> None:
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        relay = self.relay
+        loop = relay.loop
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        loop.forget(self.client_fd)
+        with contextlib.suppress(OSError):
+            if abortive:
+                _sockets.abort(self.client)
+            else:
+                _sockets.close(self.client)
+        if self.upstream is not None:
+            loop.forget(self.up_fd)
+            with contextlib.suppress(OSError):
+                _sockets.close(self.upstream)
+        if self.owned is not None:
+            self.owned.release()
+            self.owned = None
+        relay.stats.open -= 1
+        relay.session_ended(self, failed=abortive and reason != "shutdown")
+        if not quiet and relay.events.wants(1):
+            seconds = time.monotonic() - self.started
+            shown = self.peer_label()
+            why = f" ({reason}: {error})" if error else ("" if reason == "done" else f" ({reason})")
+            relay.events(
+                "close",
+                f"closed #{self.id} {shown}: {self.datagrams_to_target} datagrams ({self.to_target} bytes) "
+                f"to target, {self.datagrams_to_client} ({self.to_client} bytes) to client in "
+                f"{seconds:.3f} s{why}",
+                level=1,
+                id=self.id,
+                peer=shown,
+                reason=reason,
+                to_target=self.to_target,
+                to_client=self.to_client,
+                datagrams_to_target=self.datagrams_to_target,
+                datagrams_to_client=self.datagrams_to_client,
+                seconds=round(seconds, 6),
+                **({"error": error} if error else {}),
+            )
