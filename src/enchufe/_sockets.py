@@ -308,6 +308,22 @@ def connect_nonblocking(sock: socket.socket, sockaddr: SockAddr) -> int:
     return 0
 
 
+def connect_again(sock: socket.socket, sockaddr: SockAddr) -> int:
+    """Ask a connect in progress how it went, without waiting: 0 or EISCONN (connected),
+    EALREADY/EINPROGRESS (not yet), or the error that ended it."""
+    code = sock.connect_ex(sockaddr)
+    if trace.enabled():
+        where = describe_sockaddr(sock.family, sockaddr)
+        if code in (0, errno.EISCONN):
+            trace.emit(
+                f"connect(fd {sock.fileno()}, {where}) = {'0' if not code else '-1 EISCONN'} (connected)"
+            )
+        else:
+            name = errno.errorcode.get(code, str(code))
+            trace.emit(f"connect(fd {sock.fileno()}, {where}) = -1 {name} ({os.strerror(code)})")
+    return code
+
+
 def socket_error(sock: socket.socket) -> int:
     """The pending error of a socket (SO_ERROR), which reading it clears; 0 if none."""
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
