@@ -364,6 +364,8 @@ def median_of(results: list[dict[str, float]], key: str) -> float:
 
 
 def table(measures: list[str], results: dict[tuple[str, str], list[dict[str, float]]]) -> list[str]:
+    if not results:
+        return []
     lines = [
         "",
         f"medians of {max((len(v) for v in results.values()), default=0)} rounds:",
@@ -438,7 +440,8 @@ def idle_connections(bench: Bench, count: int, workers: int) -> str:
     echo_port = free_port()
     echo = bench.start(str(bench.binary), "echo", str(echo_port))
     bench.wait_tcp(echo_port)
-    options = ("-q", "--workers", str(workers)) if workers > 1 else ("-q",)
+    # No -q here: enchufe_relay() reads the port from the "listening on" line.
+    options = ("--workers", str(workers)) if workers > 1 else ()
     clients: list[socket.socket] = []
     try:
         with enchufe_relay("tcp4://127.0.0.1:0", f"tcp4://127.0.0.1:{echo_port}", *options) as (proc, port):
@@ -482,7 +485,7 @@ def stalled_reader(bench: Bench) -> str:
     stall = bench.start(str(bench.binary), "stall", str(port), stdout=subprocess.PIPE)
     time.sleep(0.2)
     size = GiB
-    with enchufe_relay("tcp4://127.0.0.1:0", f"tcp4://127.0.0.1:{port}", "-q") as (proc, relay_port):
+    with enchufe_relay("tcp4://127.0.0.1:0", f"tcp4://127.0.0.1:{port}") as (proc, relay_port):
         base = rss_kib(proc.pid)
         sock = socket.create_connection(("127.0.0.1", relay_port))
         pushed = [0]
