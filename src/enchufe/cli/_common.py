@@ -175,6 +175,30 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
+def server_options(f: F) -> F:
+    """--max-conns, --idle-timeout, --mode and --drain-timeout: what every server command takes."""
+    options = [
+        click.option(
+            "--max-conns",
+            type=click.IntRange(1),
+            default=1024,
+            show_default=True,
+            help="Clients at once (datagram: peers remembered); extra ones are closed at once.",
+        ),
+        click.option(
+            "--idle-timeout",
+            type=click.FloatRange(0, min_open=True),
+            default=None,
+            help="Close a client idle this many seconds (datagram peers: forgotten, default 60).",
+        ),
+        click.option("--mode", default=None, help="Permissions of a unix socket file, e.g. 660."),
+        drain_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def drain_option(f: F) -> F:
     return click.option(
         "--drain-timeout",

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ._common import drain_option, global_options, json_option, parse_mode, run_server, settings
+from ._common import global_options, json_option, parse_mode, run_server, server_options, settings
 
 
 @click.command("chat")
 @click.argument("address")
 @click.option("--raw", is_flag=True, help="Forward bytes unchanged (no lines, no names), like ncat's broker.")
-@click.option(
-    "--max-conns",
-    type=click.IntRange(1),
-    default=1024,
-    show_default=True,
-    help="Clients at once (datagram: peers remembered).",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=None,
-    help="Close a client idle this long; datagram peers leave after it (default 60).",
-)
 @click.option(
     "--queue-limit",
     type=click.IntRange(1),
@@ -30,8 +17,7 @@ from ._common import drain_option, global_options, json_option, parse_mode, run_
     show_default=True,
     help="Bytes waiting for one client before it is dropped as not reading.",
 )
-@click.option("--mode", default=None, help="Permissions of a unix socket file, e.g. 660.")
-@drain_option
+@server_options
 @json_option
 @global_options
 def command(

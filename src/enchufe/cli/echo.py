@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ._common import drain_option, global_options, json_option, parse_mode, run_server, settings
+from ._common import global_options, json_option, parse_mode, run_server, server_options, settings
 
 
 @click.command("echo")
 @click.argument("address")
-@click.option(
-    "--max-conns",
-    type=click.IntRange(1),
-    default=1024,
-    show_default=True,
-    help="Clients at once (datagram: peers remembered); extra ones are closed at once.",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=None,
-    help="Close a client idle this many seconds (datagram peers: forgotten, default 60).",
-)
-@click.option("--mode", default=None, help="Permissions of a unix socket file, e.g. 660.")
-@drain_option
+@server_options
 @json_option
 @global_options
 def command(
