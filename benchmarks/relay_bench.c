@@ -154,6 +154,7 @@ static int serve_stream(const char *addr, int echo) {
             }
         }
     }
+    return 0;
 }
 
 static volatile sig_atomic_t resumed;
@@ -286,6 +287,7 @@ static int usink(int port) {
             sendto(ctl, answer, n, 0, (struct sockaddr *)&from, len);
         }
     }
+    return 0;
 }
 
 static int ucount(int port, const char *what) {
@@ -310,6 +312,7 @@ static int uecho(int port) {
         if (r >= 0)
             sendto(fd, buf, r, 0, (struct sockaddr *)&from, len);
     }
+    return 0;
 }
 
 static int ublast(int port, long count, int size) {

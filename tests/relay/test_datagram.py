@@ -244,3 +244,32 @@ def test_sigterm_closes_the_sessions_and_exits_0(
             relay.signal()
             assert relay.finish() == 0
     assert "stopping: closed 2 datagram sessions" in relay.err
+
+
+def test_workers_share_a_udp_port_and_each_sender_stays_in_one(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """SO_REUSEPORT hashes each sender to one worker: its session, and so its upstream socket,
+    stay in that process (one stable upstream address per sender, as with one process)."""
+
+    def who(data: bytes, sender: Any) -> bytes:
+        return repr(sender).encode()
+
+    with DatagramTarget(make_address("udp4"), who) as target:
+        relay = start_relay(make_address("udp4"), target.address, "--workers", "2")
+        socks = [datagram_socket(relay.address) for _ in range(8)]
+        try:
+            upstreams = []
+            for sock in socks:
+                seen = set()
+                for _ in range(3):
+                    sock.send(b"x")
+                    seen.add(sock.recv(200))
+                assert len(seen) == 1
+                upstreams.append(seen.pop())
+        finally:
+            for sock in socks:
+                sock.close()
+        assert len(set(upstreams)) == 8
+        relay.signal()
+        assert relay.finish() == 0

@@ -267,3 +267,28 @@ def test_sigterm_drains_then_stops_the_children_left(
         relay.signal()
         assert relay.finish() == 1  # the connection was cut at the end of the drain
         assert not _alive(pid)
+
+
+def test_a_terminal_as_stdin_ends_with_the_targets_eof(make_address: Callable[[str], str]) -> None:
+    """A terminal may never send EOF: once the target has closed and its bytes are out, the
+    relay ends (as ``enchufe connect`` does), instead of waiting for a Ctrl-D."""
+    import pty
+
+    def banner(conn: socket.socket) -> None:
+        conn.sendall(b"bye")
+
+    master, slave = pty.openpty()
+    try:
+        with Target(make_address("tcp4"), banner) as target:
+            done = subprocess.run(
+                [*ENCHUFE, "relay", "-", target.address],
+                stdin=slave,
+                capture_output=True,
+                timeout=STEP,
+                check=False,
+            )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"bye"

@@ -1,4 +1,4 @@
-"""The relay: for every client of LISTEN, open TARGET and carry bytes both ways until both are done.
+"""The relay: for every client of LISTEN, open TARGET and carry bytes (or datagrams) both ways.
 
 ::
 
@@ -9,12 +9,31 @@
     print(relay.address)              # the real listening address
     result = relay.run()              # until SIGTERM/SIGINT (or relay.stop() from another thread)
 
+What is relayed follows from the two addresses:
+
+=========================  ==========================================================  ===========
+LISTEN → TARGET            session                                                     handler
+=========================  ==========================================================  ===========
+stream → stream            a connection per client, two pumps with half-close          StreamRelay
+stream → ``exec:PROG``     a child per client, its stdin and stdout                    StreamRelay
+stream → ``-``             the first client, to this process's stdin and stdout        StreamRelay
+``-`` → stream / exec      stdin and stdout, once; the relay ends with it              StdioRelay
+datagram → datagram        an upstream socket per sender (replies go back to it)       DatagramRelay
+datagram → stream, frame   a stream per sender, each datagram a length-prefixed message FramedDatagramRelay
+stream → datagram, frame   an upstream datagram socket per client stream               FramedStreamRelay
+=========================  ==========================================================  ===========
+
 The pieces, one idea per module:
 
 * :mod:`.engine` — the event loop: epoll readiness, a heap of timers, a wake-up pipe;
-* :mod:`.pump` — one direction of a stream: splice through a pooled pipe, or copy;
+* :mod:`.pump` — one direction of a stream: splice through a pooled pipe, or copy through a bulk
+  buffer towards TCP (measured faster there);
 * :mod:`.stream` — the stream listener handler and the per-client session (connect, half-close,
-  reset propagation, idle timeout);
+  reset propagation, idle timeout), with sockets, stdio and exec children as its ends;
+* :mod:`.children` — ``exec:`` children: spawned, watched with pidfds, stopped, always reaped;
+* :mod:`.datagram` — datagram listeners: a session per sender (``enchufe.sessions``), batched
+  reads, UDP GSO sends, truncation counted, idle expiry and eviction; and datagram → stream;
+* :mod:`.framed` — stream → datagram with ``--frame``;
 * :mod:`.limits` — access rules (pure) and the file-descriptor budget;
 * :mod:`.stats` — counters and their report lines (pure);
 * :mod:`.events` — where events go (the CLI's stderr lines or JSON, or a test's list);

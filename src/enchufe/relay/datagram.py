@@ -911,6 +911,10 @@ class FramedDatagramRelay(_DatagramListener):
     """Datagram LISTEN → stream TARGET (``--frame``): a stream connection per sender, each
     datagram one length-prefixed message on it, each message back one datagram to the sender."""
 
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self._stream_buffer = memoryview(bytearray(STREAM_CHUNK))
+
     def _open(self, key: Key) -> _Upstream:
         target: Target = self.resolver.targets()[0]
         sock = new_socket(target.family, socket.SOCK_STREAM)
@@ -1031,7 +1035,7 @@ class FramedDatagramRelay(_DatagramListener):
             self._read(session)
 
     def _read(self, session: _Tunnel) -> None:
-        view = self._buffer[:STREAM_CHUNK]
+        view = self._stream_buffer
         try:
             n = _sockets.read_into(session.fd, view)
         except BlockingIOError:

@@ -119,7 +119,17 @@ class Side:
     (:attr:`rmask`, :attr:`wmask`); either is -1 once closed.
     """
 
-    __slots__ = ("mask", "rfd", "rmask", "saved_flags", "sock", "wfd", "wfd_is_socket", "wmask")
+    __slots__ = (
+        "mask",
+        "rfd",
+        "rmask",
+        "saved_flags",
+        "sock",
+        "stop_at_peer_eof",
+        "wfd",
+        "wfd_is_socket",
+        "wmask",
+    )
 
     def __init__(self, sock: socket.socket | None = None, *, rfd: int = -1, wfd: int = -1) -> None:
         self.sock = sock
@@ -133,6 +143,8 @@ class Side:
         #: original file status flags of descriptors we made non-blocking (shared with others)
         self.saved_flags: dict[int, int] = {}
         self.wfd_is_socket = False
+        #: a terminal may never send EOF: the session ends once the other side's EOF is through
+        self.stop_at_peer_eof = False
 
     @property
     def is_socket(self) -> bool:
@@ -206,6 +218,7 @@ def stdio_side() -> Side:
     os.close(null)
     side = Side(rfd=rfd, wfd=wfd)
     side.wfd_is_socket = stat.S_ISSOCK(os.fstat(wfd).st_mode)
+    side.stop_at_peer_eof = os.isatty(rfd)
     _make_nonblocking(side, rfd)
     _make_nonblocking(side, wfd)
     return side
@@ -827,6 +840,11 @@ class StreamSession:
             self._last_active = time.monotonic()
         if up.done and down.done:
             self._end("done")
+            return
+        if (down.done and self.client.stop_at_peer_eof) or (
+            up.done and self.target is not None and self.target.stop_at_peer_eof
+        ):
+            self._end("done")  # a terminal on the other side may never send its EOF
             return
         self._update()
 
