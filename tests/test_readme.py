@@ -20,6 +20,6 @@ def test_readme_quick_start_has_exactly_the_two_commands() -> None:
     quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```sh\n(.*?)```", quick, flags=re.S)
     assert [c.strip() for c in commands] == [
-        "python3 -m pip install . && enchufe tour",
-        "python3 -m pip install -e '.[test]' && python3 -m pytest",
+        "python3 -m venv .venv && .venv/bin/python -m pip install . && .venv/bin/enchufe tour",
+        "python3 -m venv .venv && .venv/bin/python -m pip install -e '.[test]' && .venv/bin/python -m pytest",
     ]
