@@ -146,20 +146,22 @@ class DatagramTruncated(NetworkError):
         self.sender = sender
 
 
-# errno → (error class, what to try).  The hint completes "… : <strerror>; <hint>".
+# errno → (error class, what to try).  The hint completes "… : <strerror>; <hint>".  Hints never
+# name a command-line option: the library serves every command (and programs without a CLI);
+# each command adds the flag that helps at its own error boundary.
 _BY_ERRNO: dict[int, tuple[type[NetworkError], str]] = {
     _errno.ECONNREFUSED: (
         ConnectionRefused,
-        "is a server listening there? (--retry waits for one)",
+        "is a server listening there?",
     ),
     _errno.ENOENT: (
         ConnectionRefused,
-        "no socket file there yet: start the server first, or use --retry",
+        "no socket file there yet: start the server first",
     ),
     _errno.ECONNRESET: (ConnectionReset, "the peer aborted the connection"),
     _errno.EPIPE: (ConnectionReset, "the peer closed the connection"),
     _errno.ECONNABORTED: (ConnectionReset, "the connection was aborted"),
-    _errno.ETIMEDOUT: (TimedOut, "the host did not answer; check the address or raise --timeout"),
+    _errno.ETIMEDOUT: (TimedOut, "the host did not answer; check the address"),
     _errno.EADDRINUSE: (AddressInUse, "another socket is bound there; pick another port or path"),
     _errno.EADDRNOTAVAIL: (AddressInUse, "that address is not available on this host"),
     _errno.EACCES: (PermissionDenied, "check file permissions, or use a port above 1023"),
