@@ -230,23 +230,24 @@ class Pump:
     * :attr:`eof`: ``src`` has ended.  Once everything read is delivered, ``finish()`` passes the
       EOF on (default: ``shutdown(SHUT_WR)`` of a ``dst`` socket) and :attr:`done` becomes true.
     * :attr:`wants_read` / :attr:`wants_write`: the readiness to wait for on ``src`` / ``dst``.
+    * Bytes in flight sit in :attr:`pipe` (splicing) or in :attr:`view` (copying, through a bulk
+      or copy buffer), whose bytes up to :attr:`end` have been read; at most one of them is held.
 
     ``src`` and ``dst`` may be sockets or bare descriptors; ``dst_is_pipe`` says that a broken
     ``dst`` (EPIPE) means its reader left rather than that the connection failed.
     """
 
     __slots__ = (
-        "_end",
         "_finish_cb",
         "_pools",
         "_start",
-        "_view",
         "bulk",
         "discarded",
         "discarding",
         "done",
         "dst_fd",
         "dst_is_pipe",
+        "end",
         "eof",
         "failed_on",
         "in_flight",
@@ -254,6 +255,7 @@ class Pump:
         "src_fd",
         "stalled",
         "use_splice",
+        "view",
     )
 
     def __init__(
@@ -284,9 +286,9 @@ class Pump:
         self._pools = pools
         self.use_splice = use_splice and _HAS_SPLICE
         self.pipe: Pipe | None = None
-        self._view: memoryview | None = None
+        self.view: memoryview | None = None
         self._start = 0
-        self._end = 0
+        self.end = 0
         self.in_flight = 0
         self.eof = False
         self.done = False
@@ -297,13 +299,21 @@ class Pump:
 
     @property
     def wants_read(self) -> bool:
+        """Read ``src`` only while what is read has somewhere to go.
+
+        Whatever the mode, a full buffer (the copy or bulk buffer, or the pipe) means no read
+        interest: ``dst`` is not taking bytes, and reading would find no room, so every wake-up
+        would be spent on a write that says EAGAIN.  The pump then waits for ``dst`` to become
+        writable only (:attr:`wants_write`).  A bulk buffer is used while :attr:`use_splice`
+        stays true, so the buffer in use, not the mode, decides.
+        """
         if self.eof or self.stalled:
             return False
-        if self.use_splice:
-            pipe = self.pipe
-            return pipe is None or self.in_flight < pipe.capacity
-        view = self._view
-        return view is None or self._end < len(view)
+        view = self.view
+        if view is not None:
+            return self.end < len(view)
+        pipe = self.pipe  # None when copying with no buffer yet, or splicing with no bytes held
+        return pipe is None or self.in_flight < pipe.capacity
 
     @property
     def wants_write(self) -> bool:
@@ -313,12 +323,12 @@ class Pump:
         """Move bytes until both sides would block (or :data:`MAX_ROUNDS`); bytes delivered."""
         if self.done:
             return 0
-        if not self.use_splice or self._view is not None:
+        if not self.use_splice or self.view is not None:
             return self._run_copy()
         if self.bulk and self.pipe is None:
             view = self._pools.bulk()
             if view is not None:  # towards TCP copying is faster: see the module's docstring
-                self._view = view
+                self.view = view
                 return self._run_copy()
         return self._run_splice()
 
@@ -419,7 +429,7 @@ class Pump:
         self.discarding = True
         self.discarded += self.in_flight
         self.in_flight = 0
-        self._start = self._end = 0
+        self._start = self.end = 0
         if self.pipe is not None:
             self._pools.discard_pipe(self.pipe)
             self.pipe = None
@@ -431,11 +441,11 @@ class Pump:
         """Move what sits in the pipe into a copy buffer, then go on copying."""
         pipe = self.pipe
         assert pipe is not None
-        view = self._view = self._pools.buffer()
+        view = self.view = self._pools.buffer()
         if self.in_flight > len(view):
-            view = self._view = memoryview(bytearray(self.in_flight))
+            view = self.view = memoryview(bytearray(self.in_flight))
         n = read_into(pipe.r, view[: self.in_flight])
-        self._start, self._end = 0, n
+        self._start, self.end = 0, n
         self._pools.release_pipe(pipe)
         self.pipe = None
         self.use_splice = False
@@ -449,7 +459,7 @@ class Pump:
         moved = 0
         drained = False
         blocked = False
-        view = self._view
+        view = self.view
         src = self.src_fd
         dst = self.dst_fd
         for _ in range(MAX_ROUNDS):
@@ -462,8 +472,8 @@ class Pump:
                             return moved + self._run_splice()
                     else:
                         view = self._pools.buffer()
-                    self._view = view
-                end = self._end
+                    self.view = view
+                end = self.end
                 room = len(view) - end
                 if room > 0:
                     try:
@@ -475,7 +485,7 @@ class Pump:
                         raise
                     else:
                         if n:
-                            self._end = end + n
+                            self.end = end + n
                             self.in_flight += n
                             progress = True
                             drained = n < room
@@ -484,7 +494,7 @@ class Pump:
             if self.in_flight and not blocked:
                 assert view is not None
                 start = self._start
-                chunk = view[start : self._end]
+                chunk = view[start : self.end]
                 try:
                     n = _write(dst, chunk) if raw else write(dst, chunk)
                 except BlockingIOError:
@@ -500,11 +510,11 @@ class Pump:
                     moved += n
                     progress = True
                     if not self.in_flight:
-                        self._start = self._end = 0
+                        self._start = self.end = 0
             if not self.in_flight:
                 if view is not None:
                     self._pools.release_buffer(view)
-                    self._view = view = None
+                    self.view = view = None
                 if self.eof:
                     self._finish()
                     break
@@ -514,9 +524,9 @@ class Pump:
 
     def _run_discard(self) -> int:
         """``dst`` is gone: read ``src`` until its EOF and drop what it sends."""
-        if self._view is None:
-            self._view = self._pools.buffer()
-        view = self._view
+        if self.view is None:
+            self.view = self._pools.buffer()
+        view = self.view
         for _ in range(MAX_ROUNDS):
             try:
                 n = read_into(self.src_fd, view)
@@ -528,7 +538,7 @@ class Pump:
             if not n:
                 self.eof = self.done = True
                 self._pools.release_buffer(view)
-                self._view = None
+                self.view = None
                 return 0
             self.discarded += n
             if n < len(view):
@@ -553,7 +563,7 @@ class Pump:
             else:
                 self._pools.release_pipe(self.pipe)
             self.pipe = None
-        if self._view is not None:
-            self._pools.release_buffer(self._view)
-            self._view = None
+        if self.view is not None:
+            self._pools.release_buffer(self.view)
+            self.view = None
         self.in_flight = 0

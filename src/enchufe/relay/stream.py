@@ -878,11 +878,17 @@ class StreamSession:
         down = self.down
         assert up is not None and down is not None
         # Pump.wants_read / wants_write, inlined: this runs after every step of every connection.
+        # A full buffer or pipe means no read interest, whatever the mode (a bulk buffer is used
+        # while use_splice holds): otherwise a stalled reader makes every wake-up a futile write.
+        view = up.view
         up_read = not (up.eof or up.stalled) and (
-            (up.pipe is None or up.in_flight < up.pipe.capacity) if up.use_splice else up.wants_read
+            (up.pipe is None or up.in_flight < up.pipe.capacity) if view is None else up.end < len(view)
         )
+        view = down.view
         down_read = not (down.eof or down.stalled) and (
-            (down.pipe is None or down.in_flight < down.pipe.capacity) if down.use_splice else down.wants_read
+            (down.pipe is None or down.in_flight < down.pipe.capacity)
+            if view is None
+            else down.end < len(view)
         )
         client = self.client
         target = self.target
