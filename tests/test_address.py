@@ -68,6 +68,15 @@ GOOD: list[tuple[str, enchufe.Address, str]] = [
     ("exec:tr a-z A-Z", ExecAddress(("tr", "a-z", "A-Z")), "exec:tr a-z A-Z"),
     ("exec:sh -c 'echo hi'", ExecAddress(("sh", "-c", "echo hi")), "exec:sh -c 'echo hi'"),
     ("exec:cat", ExecAddress(("cat",)), "exec:cat"),
+    # Service names, per transport, kept as the number they stand for.
+    ("tcp://example.com:http", InetAddress("tcp", "example.com", 80), "tcp://example.com:80"),
+    ("tcp://127.0.0.1:HTTPS", InetAddress("tcp", "127.0.0.1", 443), "tcp://127.0.0.1:443"),
+    ("tcp6://[::1]:ssh", InetAddress("tcp", "::1", 22, 6), "tcp6://[::1]:22"),
+    ("udp://127.0.0.1:domain", InetAddress("udp", "127.0.0.1", 53), "udp://127.0.0.1:53"),
+    ("udp4://:ntp", InetAddress("udp", "", 123, 4), "udp4://:123"),
+    # Names that merely contain digits or hex-looking labels are names.
+    ("tcp://a.0x1:80", InetAddress("tcp", "a.0x1", 80), "tcp://a.0x1:80"),
+    ("tcp://1password.com:443", InetAddress("tcp", "1password.com", 443), "tcp://1password.com:443"),
 ]
 
 
@@ -157,7 +166,21 @@ BAD: list[tuple[str, str]] = [
     ("udp6://[::1]", "missing port after ']'"),
     ("tcp://127.0.0.1:65536", "out of range"),
     ("tcp://127.0.0.1:99999999", "out of range"),
-    ("tcp://127.0.0.1:http", "not a number"),
+    ("tcp://127.0.0.1:nosuchservice", "unknown tcp service"),
+    ("udp://127.0.0.1:http", "a tcp service, not udp"),
+    ("tcp://127.0.0.1:ht_tp", "not a number from 0 to 65535 or a service name"),
+    ("tcp://1.2.3:80", "some tools would read it as 1.2.0.3"),
+    ("tcp://2130706433:80", "some tools would read it as 127.0.0.1"),
+    ("udp://0x7f.1:53", "some tools would read it as 127.0.0.1"),
+    ("tcp4://010.0.0.1:80", "some tools would read it as 8.0.0.1"),
+    ("tcp://127.000.000.001:80", "not a dotted-quad IPv4 address"),
+    ("tcp://1.2.3.4.5:80", "neither a host name nor a dotted-quad"),
+    ("tcp://1.2.3.4.:80", "neither a host name nor a dotted-quad"),
+    ("tcp://08:80", "neither a host name nor a dotted-quad"),
+    ("127.0.0.1:80", "write tcp://127.0.0.1:80"),
+    ("[::1]:80", "write tcp://[::1]:80"),
+    ("localhost:8080", "write tcp://localhost:8080"),
+    ("http://example.com:80", "write tcp://example.com:80"),
     ("tcp://127.0.0.1:-1", "not a number"),
     ("tcp://127.0.0.1: 80", "not a number"),
     ("tcp://127.0.0.1:٨٠", "not a number"),  # Arabic-Indic digits are digits, not a port
@@ -218,7 +241,83 @@ def test_non_string_is_refused() -> None:
         parse(b"tcp://127.0.0.1:1")  # type: ignore[arg-type]
 
 
+LINE_BREAKS = ["\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\x1b"]
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS, ids=[f"U+{ord(b):04X}" for b in LINE_BREAKS])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "tcp://a{}b:80",
+        "tcp://host:8{}0",
+        "tcp://[::1{}]:80",
+        "tcp://::1{}:80",
+        "tcp://[::1]{}",
+        "tcp6://[fe80::1%a{}b]:80x",
+        "no{}scheme:x",
+        "1.2{}.3:80",
+        "unix://rel{}path",
+        "unix:///" + "a" * 100 + "{}" + "b" * 10,
+        "unixgram:@" + "a" * 100 + "{}" + "b" * 10,
+        "exec:'a{}b",
+        "stdio:{}",
+    ],
+)
+def test_refusals_escape_every_line_break(template: str, brk: str) -> None:
+    """A line or paragraph separator (U+2028, U+0085 …) in the input never splits the message:
+    str.splitlines() and log readers break lines at all of them."""
+    with pytest.raises(AddressError) as info:
+        parse(template.format(brk))
+    message = str(info.value)
+    assert message.splitlines() == [message]
+    assert message.isprintable(), ascii(message)
+
+
+def test_refusal_shows_non_utf8_bytes_as_the_byte() -> None:
+    bad = b"tcp://a\xffb:80".decode("utf-8", "surrogateescape")
+    with pytest.raises(AddressError, match=r"a\\xffb"):
+        parse(bad)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_service_names_agree_with_the_system(transport: str) -> None:
+    """The built-in table says what this host's /etc/services says, for every name in it."""
+    import os
+
+    if not os.path.exists("/etc/services"):
+        pytest.skip("no /etc/services on this host")
+    for name, port in enchufe.address.SERVICES[transport].items():
+        assert socket.getservbyname(name, transport) == port, name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=4), st.sampled_from(["d", "o", "x"]))
+def test_ipv4_shorthand_is_refused_and_named_as_getaddrinfo_reads_it(numbers: list[int], base: str) -> None:
+    """Whatever numeric shorthand getaddrinfo turns into an IPv4 address is refused, and the
+    message shows that address — the one a C tool would have connected to."""
+    spell: dict[str, Callable[[int], str]] = {"d": str, "o": lambda n: f"0{n:o}", "x": hex}
+    parts = [spell[base](n) for n in numbers]
+    host = ".".join(parts)
+    try:
+        expected = socket.getaddrinfo(host, 1, socket.AF_INET, 0, 0, socket.AI_NUMERICHOST)[0][4][0]
+    except socket.gaierror:
+        expected = None
+    if expected is not None and host == expected:
+        assert parse(f"tcp://{host}:1") == InetAddress("tcp", host, 1)
+        return
+    with pytest.raises(AddressError) as info:
+        parse(f"tcp://{host}:1")
+    if expected is not None:
+        assert f"tcp://{expected}:1" in str(info.value)
+
+
 # --- round trip ----------------------------------------------------------------------------------
+
+
+def _numeric_looking(host: str) -> bool:
+    """Every label a number to inet_aton (decimal, octal or 0x-hex): refused unless a dotted quad."""
+    return all(re.fullmatch(r"0[xX][0-9a-fA-F]*|[0-9]+", label) for label in host.rstrip(".").split("."))
+
 
 _ident = st.text(alphabet=string.ascii_letters + string.digits + "_", min_size=1, max_size=12)
 _label = st.builds(
@@ -230,7 +329,7 @@ _hostname = st.builds(
     lambda labels, dot: ".".join(labels) + dot,
     st.lists(_label, min_size=1, max_size=4),
     st.sampled_from(["", "."]),
-).filter(lambda h: not re.fullmatch(r"[\d.]+", h))  # all-digit names are IPv4-like: leave out
+).filter(lambda h: not _numeric_looking(h))  # IPv4 shorthand (1.2.3, 0x7f.1) is refused
 _port = st.integers(min_value=0, max_value=65535)
 _v4 = st.ip_addresses(v=4).map(str)
 _v6 = st.ip_addresses(v=6).map(str)

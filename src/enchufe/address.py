@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ._text import printable
 from .errors import AddressError
 
 __all__ = [
@@ -59,6 +60,41 @@ _UNIX_SCHEMES = {"unix": False, "unixgram": True}
 _KNOWN = "tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram, stdio, exec"
 # RFC 1123 labels, plus "_" which real-world names (and /etc/hosts) do contain.
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+# A part of inet_aton's shorthand: decimal, octal (leading 0) or hexadecimal (0x).  A host made
+# only of such parts is a number to getaddrinfo, never a name: "1.2.3" is 1.2.0.3 and
+# "2130706433" is 127.0.0.1, which nobody means by writing them.
+_NUMERIC_PART = re.compile(r"^(0[xX][0-9a-fA-F]*|[0-9]+)$")
+
+#: Service names a port may be given as, by transport: the common entries of the IANA registry
+#: as netbase's /etc/services lists them.  Built in rather than read with getservbyname() so
+#: that parsing stays pure (no file read, the same answer on every host, containers without
+#: /etc/services included) and the port stays a number for everything downstream.
+SERVICES: dict[str, dict[str, int]] = {
+    "tcp": {
+        "echo": 7, "discard": 9, "daytime": 13, "ftp-data": 20, "ftp": 21, "ssh": 22,
+        "telnet": 23, "smtp": 25, "time": 37, "domain": 53, "gopher": 70, "finger": 79,
+        "http": 80, "www": 80, "kerberos": 88, "kerberos5": 88, "krb5": 88, "pop3": 110,
+        "pop-3": 110, "sunrpc": 111, "portmapper": 111, "auth": 113, "ident": 113, "nntp": 119,
+        "netbios-ssn": 139, "imap": 143, "imap2": 143, "snmp": 161, "snmp-trap": 162,
+        "snmptrap": 162, "bgp": 179, "ldap": 389, "https": 443, "microsoft-ds": 445,
+        "submissions": 465, "smtps": 465, "ssmtp": 465, "printer": 515, "rtsp": 554,
+        "submission": 587, "ipp": 631, "ldaps": 636, "domain-s": 853, "rsync": 873,
+        "imaps": 993, "pop3s": 995, "socks": 1080, "openvpn": 1194, "ms-sql-s": 1433,
+        "radius": 1812, "radius-acct": 1813, "nfs": 2049, "mysql": 3306, "svn": 3690,
+        "subversion": 3690, "epmd": 4369, "sip": 5060, "xmpp-client": 5222,
+        "jabber-client": 5222, "xmpp-server": 5269, "jabber-server": 5269, "postgresql": 5432,
+        "postgres": 5432, "amqp": 5672, "x11": 6000, "redis": 6379, "http-alt": 8080,
+        "puppet": 8140, "git": 9418,
+    },
+    "udp": {
+        "echo": 7, "discard": 9, "daytime": 13, "time": 37, "domain": 53, "bootps": 67,
+        "bootpc": 68, "tftp": 69, "kerberos": 88, "kerberos5": 88, "krb5": 88, "sunrpc": 111,
+        "portmapper": 111, "ntp": 123, "netbios-ns": 137, "snmp": 161, "snmp-trap": 162,
+        "snmptrap": 162, "ldap": 389, "https": 443, "isakmp": 500, "syslog": 514, "rtsp": 554,
+        "ldaps": 636, "domain-s": 853, "openvpn": 1194, "ms-sql-m": 1434, "radius": 1812,
+        "radius-acct": 1813, "nfs": 2049, "sip": 5060, "mdns": 5353,
+    },
+}  # fmt: skip
 
 
 class Kind(Enum):
@@ -224,7 +260,7 @@ def parse(text: str) -> Address:
         raise AddressError(f"an address must be a string, not {type(text).__name__}")
     if "\0" in text:
         raise AddressError(
-            f"{text!r}: NUL bytes are not allowed in an address; "
+            f"{_q(text)}: NUL bytes are not allowed in an address; "
             "e.g. tcp://127.0.0.1:9000 or unix:///tmp/app.sock"
         )
     if text in ("-", "stdio:"):
@@ -232,7 +268,7 @@ def parse(text: str) -> Address:
     scheme, sep, rest = text.partition(":")
     if not sep or not scheme:
         raise AddressError(
-            f"{text!r}: missing scheme; write it as SCHEME:…, e.g. tcp://127.0.0.1:9000 "
+            f"{_q(text)}: missing scheme; write it as SCHEME:…, e.g. tcp://127.0.0.1:9000 "
             f"or unix:///run/app.sock (schemes: {_KNOWN})"
         )
     lowered = scheme.lower()
@@ -243,64 +279,138 @@ def parse(text: str) -> Address:
     if lowered == "exec":
         return _parse_exec(text, rest)
     if lowered == "stdio":
-        raise AddressError(f"{text!r}: stdio takes nothing after the colon; write - or stdio:")
-    raise AddressError(f"{text!r}: unknown scheme {scheme!r}; accepted: {_KNOWN} (e.g. tcp://127.0.0.1:9000)")
+        raise AddressError(f"{_q(text)}: stdio takes nothing after the colon; write - or stdio:")
+    suggestion = _as_tcp(text, rest)
+    if suggestion:
+        raise AddressError(
+            f"{_q(text)}: unknown scheme {_q(scheme)}; for a TCP address write {suggestion} "
+            f"(schemes: {_KNOWN})"
+        )
+    raise AddressError(
+        f"{_q(text)}: unknown scheme {_q(scheme)}; accepted: {_KNOWN} (e.g. tcp://127.0.0.1:9000)"
+    )
+
+
+def _as_tcp(text: str, rest: str) -> str | None:
+    """``tcp://…`` for input that reads as HOST:PORT (``127.0.0.1:80``, ``[::1]:80``) or as
+    another protocol's URL (``http://host:80``), when that parses; else ``None``."""
+    hostport = rest[2:] if rest.startswith("//") else text
+    try:
+        return str(_parse_inet(f"tcp://{hostport}", "tcp", f"//{hostport}"))
+    except AddressError:
+        return None
 
 
 def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
     transport, forced = _INET_SCHEMES[scheme]
     example = f"{scheme}://{'[::1]' if forced == 6 else '127.0.0.1'}:9000"
     if not rest.startswith("//"):
-        raise AddressError(f"{text!r}: {scheme} addresses start with {scheme}://, e.g. {example}")
+        raise AddressError(f"{_q(text)}: {scheme} addresses start with {scheme}://, e.g. {example}")
     hostport = rest[2:]
     if "/" in hostport or "?" in hostport or "#" in hostport:
-        raise AddressError(f"{text!r}: nothing may follow the port; write it as {example}")
+        raise AddressError(f"{_q(text)}: nothing may follow the port; write it as {example}")
     if hostport.startswith("["):
         close = hostport.find("]")
         if close < 0:
-            raise AddressError(f"{text!r}: missing ']' after the IPv6 address, e.g. {scheme}://[::1]:9000")
+            raise AddressError(f"{_q(text)}: missing ']' after the IPv6 address, e.g. {scheme}://[::1]:9000")
         host = hostport[1:close]
         after = hostport[close + 1 :]
         if not after.startswith(":"):
             raise AddressError(
-                f"{text!r}: missing port after ']', e.g. {scheme}://[{_shown(host) or '::1'}]:9000"
+                f"{_q(text)}: missing port after ']', e.g. {scheme}://[{_shown(host) or '::1'}]:9000"
             )
         port_text = after[1:]
         if not _is_ipv6(host):
             raise AddressError(
-                f"{text!r}: {host!r} between brackets is not an IPv6 address, e.g. {scheme}://[::1]:9000"
+                f"{_q(text)}: {_q(host)} between brackets is not an IPv6 address, e.g. {scheme}://[::1]:9000"
             )
     else:
         host, colon, port_text = hostport.rpartition(":")
         if not colon:
-            raise AddressError(f"{text!r}: missing port; write it as {example}")
+            raise AddressError(f"{_q(text)}: missing port; write it as {example}")
         if ":" in host:
             raise AddressError(
-                f"{text!r}: an IPv6 address must be in brackets, "
+                f"{_q(text)}: an IPv6 address must be in brackets, "
                 f"e.g. {scheme}://[{_shown(host)}]:{_shown(port_text) or 9000}"
             )
-        if host and _literal_family(host) is None and not _HOSTNAME.match(host):
-            raise AddressError(f"{text!r}: {host!r} is not a valid host name or IP address, e.g. {example}")
-    port = _parse_port(text, port_text, example)
+        if host and _literal_family(host) is None:
+            if not _HOSTNAME.match(host):
+                raise AddressError(
+                    f"{_q(text)}: {_q(host)} is not a valid host name or IP address, e.g. {example}"
+                )
+            _refuse_numeric_shorthand(text, scheme, host, port_text)
+    port = _parse_port(text, port_text, example, transport)
     family = _literal_family(host)
     if forced and family and family != forced:
         hostport = f"[{_shown(host)}]:{port}" if family == 6 else f"{host}:{port}"
         raise AddressError(
-            f"{text!r}: {scheme} needs an IPv{forced} host, but {_shown(host)} is IPv{family}; "
+            f"{_q(text)}: {scheme} needs an IPv{forced} host, but {_shown(host)} is IPv{family}; "
             f"use {transport}{family}://{hostport} or {transport}://{hostport}"
         )
     return InetAddress(transport, host, port, forced)
 
 
-def _parse_port(text: str, port_text: str, example: str) -> int:
+def _refuse_numeric_shorthand(text: str, scheme: str, host: str, port_text: str) -> None:
+    """Refuse a host that is a number to inet_aton but not a dotted quad (``1.2.3``, ``0x7f.1``)."""
+    parts = host.removesuffix(".").split(".")
+    if not all(_NUMERIC_PART.match(part) for part in parts):
+        return
+    value = _inet_aton(parts) if not host.endswith(".") else None
+    port = port_text if port_text.isascii() and port_text.isdigit() else "9000"
+    if value is None:
+        raise AddressError(
+            f"{_q(text)}: {_q(host)} is neither a host name nor a dotted-quad IPv4 address; "
+            f"write the four decimal numbers, e.g. {scheme}://127.0.0.1:{port}"
+        )
+    raise AddressError(
+        f"{_q(text)}: {_q(host)} is not a dotted-quad IPv4 address (some tools would read it "
+        f"as {value}); write the four decimal numbers: {scheme}://{value}:{port}"
+    )
+
+
+def _inet_aton(parts: list[str]) -> str | None:
+    """What inet_aton makes of these numeric parts (the last one fills the remaining bytes)."""
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers = []
+    for part in parts:
+        if part[:2].lower() == "0x":
+            digits, base = part[2:], 16
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base = part[1:], 8
+        else:
+            digits, base = part, 10
+        try:
+            numbers.append(int(digits, base))
+        except ValueError:  # "08", "0x": not a number to inet_aton either
+            return None
+    *leading, last = numbers
+    last_bytes = 4 - len(leading)
+    if any(n > 255 for n in leading) or last >= 256**last_bytes:
+        return None
+    return str(ipaddress.IPv4Address(bytes(leading) + last.to_bytes(last_bytes, "big")))
+
+
+def _parse_port(text: str, port_text: str, example: str, transport: str) -> int:
     if not port_text:
-        raise AddressError(f"{text!r}: missing port; write it as {example}")
-    if not port_text.isascii() or not port_text.isdigit():
-        raise AddressError(f"{text!r}: port {port_text!r} is not a number from 0 to 65535, e.g. {example}")
-    port = int(port_text)
-    if port > 65535:
-        raise AddressError(f"{text!r}: port {port} is out of range (0 to 65535), e.g. {example}")
-    return port
+        raise AddressError(f"{_q(text)}: missing port; write it as {example}")
+    if port_text.isascii() and port_text.isdigit():
+        port = int(port_text)
+        if port > 65535:
+            raise AddressError(f"{_q(text)}: port {port} is out of range (0 to 65535), e.g. {example}")
+        return port
+    known = SERVICES[transport].get(port_text.lower())
+    if known is not None:
+        return known
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", port_text):
+        elsewhere = [t for t in SERVICES if t != transport and port_text.lower() in SERVICES[t]]
+        why = f"a {elsewhere[0]} service, not {transport}" if elsewhere else f"an unknown {transport} service"
+        raise AddressError(
+            f"{_q(text)}: port {_q(port_text)} is {why}; write the port number, e.g. {example}"
+        )
+    raise AddressError(
+        f"{_q(text)}: port {_q(port_text)} is not a number from 0 to 65535 or a service name, e.g. {example}"
+    )
 
 
 def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
@@ -309,20 +419,20 @@ def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
     if rest.startswith("@"):
         name = rest[1:]
         if not name:
-            raise AddressError(f"{text!r}: empty abstract name; write {scheme}:@name")
+            raise AddressError(f"{_q(text)}: empty abstract name; write {scheme}:@name")
         _check_length(text, scheme, name, abstract=True)
         return UnixAddress(name, abstract=True, datagram=datagram)
     if rest.startswith("//"):
         path = rest[2:]
         if not path.startswith("/"):
             raise AddressError(
-                f"{text!r}: after {scheme}:// comes an absolute path (three slashes: "
+                f"{_q(text)}: after {scheme}:// comes an absolute path (three slashes: "
                 f"{scheme}:///tmp/app.sock); a relative path is written {scheme}:{_shown(path) or 'app.sock'}"
             )
     else:
         path = rest
     if not path:
-        raise AddressError(f"{text!r}: missing socket path; write {examples}")
+        raise AddressError(f"{_q(text)}: missing socket path; write {examples}")
     _check_length(text, scheme, path, abstract=False)
     return UnixAddress(path, abstract=False, datagram=datagram)
 
@@ -336,7 +446,7 @@ def _check_length(text: str, scheme: str, name: str, *, abstract: bool) -> None:
             else ("socket path", f"use a shorter path, e.g. {scheme}:///tmp/app.sock, or {scheme}:@app")
         )
         raise AddressError(
-            f"{text!r}: {what} is {size} bytes, longer than the {MAX_UNIX_NAME} a unix socket "
+            f"{_q(text)}: {what} is {size} bytes, longer than the {MAX_UNIX_NAME} a unix socket "
             f"address holds; {instead}"
         )
 
@@ -345,15 +455,23 @@ def _parse_exec(text: str, rest: str) -> ExecAddress:
     try:
         argv = tuple(shlex.split(rest))
     except ValueError as exc:
-        raise AddressError(f"{text!r}: cannot split the command line ({exc}); e.g. exec:tr a-z A-Z") from None
+        raise AddressError(
+            f"{_q(text)}: cannot split the command line ({exc}); e.g. exec:tr a-z A-Z"
+        ) from None
     if not argv:
-        raise AddressError(f"{text!r}: missing program; write exec:PROGRAM ARGS…, e.g. exec:tr a-z A-Z")
+        raise AddressError(f"{_q(text)}: missing program; write exec:PROGRAM ARGS…, e.g. exec:tr a-z A-Z")
     return ExecAddress(argv)
 
 
 def _shown(part: str) -> str:
-    """A piece of the user's input as it may appear in a one-line message: controls escaped."""
-    return part if part.isprintable() else part.encode("unicode_escape").decode("ascii")
+    """A piece of the user's input as it may appear in a one-line message: everything that is
+    not printable (controls, line and paragraph separators, U+0085 …) escaped."""
+    return printable(part)
+
+
+def _q(part: str) -> str:
+    """``part`` quoted for a message, escaped as :func:`_shown` does."""
+    return f"'{printable(part)}'"
 
 
 def _is_ipv6(host: str) -> bool:
@@ -380,8 +498,10 @@ def _literal_family(host: str) -> int | None:
 def from_sockaddr(family: int, sock_type: int, sockaddr: Any) -> InetAddress | UnixAddress | None:
     """The enchufe address for what ``getsockname``/``getpeername``/``recvfrom`` returned.
 
-    ``None`` when there is no address (an unbound unix socket).  IPv4-mapped IPv6 peers are
-    reported as they are (``[::ffff:127.0.0.1]``), so that a reply to that address works.
+    ``None`` when there is no address (an unbound unix socket).  An IPv4 peer of a dual-stack
+    socket, which the kernel shows as IPv4-mapped (``::ffff:127.0.0.1``), is reported as the
+    IPv4 address it is (``127.0.0.1``), as users think of it; a datagram socket sending to that
+    address from a dual-stack socket maps it back, so that replies still reach it.
     """
     stream = sock_type == socket.SOCK_STREAM
     if family == socket.AF_INET:
@@ -389,6 +509,8 @@ def from_sockaddr(family: int, sock_type: int, sockaddr: Any) -> InetAddress | U
         return InetAddress("tcp" if stream else "udp", host, port)
     if family == socket.AF_INET6:
         host, port, _flow, scope = sockaddr
+        if host.startswith("::ffff:") and "." in host:  # cheap test first: this is a hot path
+            return InetAddress("tcp" if stream else "udp", host[7:], port)
         if scope and "%" not in host:
             host = f"{host}%{scope}"
         return InetAddress("tcp" if stream else "udp", host, port)
