@@ -209,6 +209,28 @@ def test_environment_unix(exec_server: Callable[..., ExecServer], kind: str) -> 
     assert env["ENCHUFE_KIND"] == "unix"
 
 
+def test_a_peer_name_with_nul_and_newline_reaches_the_child_escaped(
+    exec_server: Callable[..., ExecServer],
+) -> None:
+    """A local client binds an abstract name holding a NUL (no environment can hold one) and a
+    newline: the child is started all the same, and sees the name escaped."""
+    server = exec_server("exec:env", "unix")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.bind(b"\0evil\0name\nFORGED=1")
+        sock.connect(server.address.removeprefix("unix://"))
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    env = dict(line.split("=", 1) for line in b"".join(chunks).decode().splitlines() if "=" in line)
+    assert env["ENCHUFE_PEER_ADDR"] == "@evil\\x00name\\nFORGED=1"
+    assert env["ENCHUFE_PEER"] == "unix:@evil\\x00name\\nFORGED=1"
+    assert "FORGED" not in env
+    assert server.status() == 0
+
+
 def test_child_environment_is_pure() -> None:
     peer = InetAddress("tcp", "::1", 5000)
     local = InetAddress("tcp", "::1", 9000)
@@ -224,6 +246,8 @@ def test_child_environment_is_pure() -> None:
         "ENCHUFE_KIND": "tcp6",
     }
     unix = child_environment(None, UnixAddress("srv", abstract=True), Credentials(1, 2, 3), base={})
+    evil = child_environment(UnixAddress("a\0b\n\udcff", abstract=True), None, base={})
+    assert evil["ENCHUFE_PEER_ADDR"] == "@a\\x00b\\n\\xff"
     assert unix["ENCHUFE_PEER"] == unix["ENCHUFE_PEER_ADDR"] == ""
     assert unix["ENCHUFE_LOCAL_ADDR"] == "@srv"
     assert (unix["ENCHUFE_PEER_PID"], unix["ENCHUFE_PEER_UID"], unix["ENCHUFE_PEER_GID"]) == ("1", "2", "3")

@@ -13,6 +13,10 @@ talks to from its environment, as under inetd or ncat's ``--exec``:
 ``ENCHUFE_KIND``             ``tcp4``, ``tcp6`` or ``unix``
 ===========================  ==================================================
 
+The peer chooses its unix path or abstract name: every value is passed through
+:func:`enchufe._text.printable`, so that a NUL (which no environment can hold), a newline or a
+terminal escape in it reaches the child as a visible escape (``\\x00``, ``\\n``), never raw.
+
 Half-close both ways: the peer's EOF closes the child's stdin; the child's EOF on stdout shuts
 the socket's write side.  The child is always reaped: if the connection breaks, it is asked to
 stop (SIGTERM), then killed after a grace period.
@@ -26,6 +30,7 @@ import os
 from collections.abc import Mapping
 
 from ._sockets import Credentials
+from ._text import printable
 from .address import ExecAddress, InetAddress, SocketAddress, UnixAddress
 from .aio.stream import Connection
 from .errors import EnchufeError
@@ -38,12 +43,12 @@ _CHUNK = 65536
 
 
 def _describe(prefix: str, address: SocketAddress | None) -> dict[str, str]:
-    env = {prefix: str(address) if address is not None else ""}
+    env = {prefix: printable(str(address)) if address is not None else ""}
     if isinstance(address, InetAddress):
-        env[f"{prefix}_ADDR"] = address.host
+        env[f"{prefix}_ADDR"] = printable(address.host)
         env[f"{prefix}_PORT"] = str(address.port)
     elif isinstance(address, UnixAddress):
-        env[f"{prefix}_ADDR"] = f"@{address.name}" if address.abstract else address.name
+        env[f"{prefix}_ADDR"] = printable(f"@{address.name}" if address.abstract else address.name)
     else:
         env[f"{prefix}_ADDR"] = ""
     return env
@@ -73,15 +78,18 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
     """Run ``program`` with ``conn`` as its stdin and stdout; returns its exit status.
 
     Raises nothing for a peer that goes away: the child is stopped and reaped and its status
-    returned.  A program that cannot be started raises :class:`~enchufe.errors.EnchufeError`.
+    returned.  A program that cannot be started (missing, not executable, no descriptor or
+    process left) raises :class:`~enchufe.errors.EnchufeError` for this connection only, with
+    nothing left open.
     """
     env = child_environment(conn.peer_address, conn.local_address, conn.peer_credentials)
     try:
         child = await asyncio.create_subprocess_exec(
             *program.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
         )
-    except OSError as exc:
-        raise EnchufeError(f"cannot run {program}: {exc.strerror or exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env (checked, still)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise EnchufeError(f"cannot run {program}: {reason.lower()}") from exc
     assert child.stdin is not None and child.stdout is not None
     stdin, stdout = child.stdin, child.stdout
 

@@ -69,15 +69,19 @@ class Children:
         self._poll_timer: Timer | None = None
 
     def spawn(self, program: ExecAddress, env: Mapping[str, str], *, session_id: int) -> Child:
-        """Start ``program``; OSError if it cannot be (not found, not executable, no descriptor)."""
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        """Start ``program``.
+
+        Raises OSError if it cannot be (not found, not executable, no descriptor or process
+        left) and ValueError for an argv or environment the OS cannot take (a NUL byte); either
+        way every descriptor made for it is closed again and nothing else is touched, so the
+        caller ends only the session it was for.
+        """
+        made: list[int] = []
         try:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            made += (in_r, in_w)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        except OSError:
-            os.close(in_r)
-            os.close(in_w)
-            raise
-        try:
+            made += (out_r, out_w)
             pid = os.posix_spawnp(
                 program.argv[0],
                 list(program.argv),
@@ -85,8 +89,8 @@ class Children:
                 file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1)],
                 setsigdef=_RESET_SIGNALS,
             )
-        except OSError:
-            for fd in (in_r, in_w, out_r, out_w):
+        except BaseException:
+            for fd in made:
                 os.close(fd)
             raise
         os.close(in_r)

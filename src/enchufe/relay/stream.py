@@ -44,6 +44,7 @@ from typing import Any
 
 from .. import _sockets
 from .._sockets import Target, abort, accept, close, connect_nonblocking, new_socket, socket_error
+from .._text import printable
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress, UnixAddress, from_sockaddr
 from ..errors import TimedOut, translate
 from ..exec import child_environment
@@ -104,7 +105,9 @@ def _describe_peer(sock: socket.socket | None, peer: Any) -> str:
     if sock is None:
         return "stdio"
     found = from_sockaddr(sock.family, socket.SOCK_STREAM, peer) if peer else None
-    return str(found) if found is not None else "unix:(unnamed)"
+    # The peer chose its name: escaped here, where event messages get it, so that a newline in
+    # an abstract name never starts a forged line in anyone's log.
+    return printable(str(found)) if found is not None else "unix:(unnamed)"
 
 
 # ----------------------------------------------------------------------------- the ends of a session
@@ -587,8 +590,9 @@ class StreamSession:
             child = relay.children.spawn(
                 program, child_environment(peer, local or relay.local, creds), session_id=self.id
             )
-        except OSError as exc:
-            self._fail_connect(f"cannot run {program}: {(exc.strerror or str(exc)).lower()}")
+        except (OSError, ValueError) as exc:  # this client only: the relay serves on
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._fail_connect(f"cannot run {program}: {reason.lower()}")
             return
         self.child = child
         self.target = Side(rfd=child.stdout_r, wfd=child.stdin_w)
