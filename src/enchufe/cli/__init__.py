@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ._common import Settings, global_options, settings
+from .manpage import man_options
 
 # name → (module, one-line help).  The help is repeated here so that listing the commands
 # does not import them.
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relay": ("relay", "For every client of LISTEN, open TARGET and carry bytes both ways."),
     "tour": ("tour", "Every kind's server and client on loopback, narrated, then a summary."),
     "bench": ("bench", "Throughput, latency, connection and datagram rates: all six kinds, or ADDRESSes."),
+    "check": ("check", "Is anything listening at each ADDRESS? Exit 0 if every one answers (nc -z)."),
 }
 
 
@@ -66,7 +68,8 @@ class LazyGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @global_options
-@click.version_option(package_name="enchufe", prog_name="enchufe")
+@click.version_option(None, "-V", "--version", package_name="enchufe", prog_name="enchufe")
+@man_options
 def cli(**_options: Any) -> None:
     """Stream and datagram sockets for UNIX, IPv4 and IPv6, in one address syntax.
 
