@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .address import SocketAddress
-from .errors import ConnectionRefused, NetworkError, TimedOut, UsageError, translate
+from .errors import NetworkError, UsageError, translate
 
 
 class ConnectPlan:
@@ -41,13 +41,13 @@ class ConnectPlan:
 
     def __iter__(self) -> Iterator[float]:
         for attempt in range(self.retries + 1):
-            if attempt and not isinstance(self.errors[-1], ConnectionRefused | TimedOut):
+            if attempt and not self.errors[-1].retryable:
                 return
             yield self.retry_delay if attempt else 0.0
 
-    def failed(self, exc: OSError) -> None:
-        """Record one failed attempt."""
-        error = translate(exc, f"connect to {self.address}")
+    def failed(self, exc: OSError, error: NetworkError | None = None) -> None:
+        """Record one failed attempt: ``exc``, or ``error`` when the caller explained it better."""
+        error = error or translate(exc, f"connect to {self.address}")
         error.__cause__ = exc
         self.errors.append(error)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
@@ -24,13 +25,16 @@ from typing import Any
 
 from . import trace
 from ._connect import ConnectPlan
+from ._text import printable
 from .address import InetAddress, SocketAddress, UnixAddress
 from .errors import (
     AddressError,
     AddressInUse,
+    ConnectionRefused,
     NameResolutionError,
     NetworkError,
     NotASocket,
+    PermissionDenied,
     translate,
 )
 
@@ -46,6 +50,7 @@ _FAMILY_NAMES: dict[int, str] = {
 }
 _TYPE_NAMES: dict[int, str] = {socket.SOCK_STREAM: "SOCK_STREAM", socket.SOCK_DGRAM: "SOCK_DGRAM"}
 _UCRED = struct.Struct("3i")
+_log = logging.getLogger("enchufe")
 
 #: What Python's socket module takes as an address: (host, port[, flow, scope]), a path, or bytes.
 SockAddr = tuple[Any, ...] | str | bytes
@@ -621,19 +626,114 @@ def _socket_file_alive(path: str) -> bool:
     return True
 
 
-def bind_unix(sock: socket.socket, address: UnixAddress, mode: int | None) -> SocketFile | None:
-    """Bind a unix socket, clearing a stale file first and setting the file's mode after."""
-    clear_stale_socket_file(address, sock.type)
-    bind(sock, address.sockaddr)
-    if address.path is None:
+def explain_unix_failure(address: object, exc: OSError, what: str) -> NetworkError | None:
+    """A plainer error than the errno's when connecting or sending to a unix path failed.
+
+    Linux answers ECONNREFUSED for a path that is not a socket at all (a regular file, a
+    directory), which would send the user looking for a server that is not there; ENOENT means
+    no socket file (yet); EACCES is about the file's or its folder's permissions, not a port.
+    ``None`` when the errno's own translation says it well.
+    """
+    if not isinstance(address, UnixAddress) or address.path is None:
         return None
-    st = os.stat(address.path)
-    owned = SocketFile(address.path, st.st_dev, st.st_ino)
-    if mode is not None:
-        os.chmod(address.path, mode)
+    path = printable(address.path)
+    action = what.split(" ", 1)[0]
+    if exc.errno == errno.ECONNREFUSED:
+        try:
+            st = os.stat(address.path)
+        except OSError:
+            return None
+        if stat.S_ISSOCK(st.st_mode):
+            return None  # a socket nobody accepts on: "connection refused" says it
+        found = (
+            "a directory"
+            if stat.S_ISDIR(st.st_mode)
+            else "a regular file"
+            if stat.S_ISREG(st.st_mode)
+            else "a file"
+        )
+        return NotASocket(
+            f"cannot {what}: {path} is {found}, not a socket; give the path of a server's socket file",
+            errno=errno.ENOTSOCK,
+            action=action,
+        )
+    if exc.errno == errno.ENOENT:
+        return ConnectionRefused(
+            f"cannot {what}: no such socket file {path} (start the server first)",
+            errno=errno.ENOENT,
+            action=action,
+        )
+    if exc.errno == errno.EACCES:
+        return PermissionDenied(
+            f"cannot {what}: permission denied: this user may not write to {path} "
+            "or enter its folder; check their permissions",
+            errno=errno.EACCES,
+            action=action,
+        )
+    return None
+
+
+def bind_unix(sock: socket.socket, address: UnixAddress, mode: int | None) -> SocketFile | None:
+    """Bind a unix socket, clearing a stale file first; the socket file is born with ``mode``.
+
+    The mode is given to the socket itself before bind (``fchmod`` on the descriptor: Linux
+    creates the file with the socket's mode, less the umask), so the file never exists with a
+    wider mode than asked, and no path is ever chmodded after bind, which would follow a symlink
+    planted there.  Bits the umask removed are added back through a descriptor of the new file
+    itself (opened with O_PATH|O_NOFOLLOW and checked to be a socket of ours).  If anything
+    fails after bind, the new socket file is removed.
+    """
+    clear_stale_socket_file(address, sock.type)
+    path = address.path
+    if mode is not None and path is not None:
+        os.fchmod(sock.fileno(), mode)
         if trace.enabled():
-            trace.emit(f"chmod({address.path}, {mode:#o})")
+            trace.emit(f"fchmod(fd {sock.fileno()}, {mode:#o})  # the socket file is created with it")
+    bind(sock, address.sockaddr)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        _remove_new_socket_file(path)
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            # Replaced between bind and open by whoever can write to the folder: not ours.
+            raise OSError(errno.ENOTSOCK, f"{path} was replaced by something else right after bind")
+        owned = SocketFile(path, st.st_dev, st.st_ino)
+        if mode is not None and stat.S_IMODE(st.st_mode) != mode:
+            _widen_mode(fd, path, mode)
+    except OSError:
+        os.close(fd)
+        _remove_new_socket_file(path)
+        raise
+    os.close(fd)
     return owned
+
+
+def _widen_mode(fd: int, path: str, mode: int) -> None:
+    """Give the socket file open as ``fd`` (O_PATH) exactly ``mode``, which the umask narrowed.
+
+    fchmod() refuses O_PATH descriptors; /proc/self/fd/N names the very file they hold, never
+    a symlink's target.  Without /proc the file keeps the narrower mode: safe, and said.
+    """
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    except FileNotFoundError:
+        _log.warning("%s keeps the mode the umask left (/proc is not mounted to set %#o)", path, mode)
+        return
+    if trace.enabled():
+        trace.emit(f"chmod(/proc/self/fd/{fd}, {mode:#o})  # {path}, through its descriptor")
+
+
+def _remove_new_socket_file(path: str) -> None:
+    """After a failure right after bind: remove the socket file just made, if it is ours."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.geteuid():
+            unlink(path, "bind succeeded but what followed failed")
 
 
 def autobind_unix(sock: socket.socket) -> SocketFile | None:
@@ -804,5 +904,5 @@ def open_connection(
                 _close_quietly(sock)
                 if owned is not None:
                     owned.release()
-                plan.failed(exc)
+                plan.failed(exc, explain_unix_failure(address, exc, what))
     raise plan.error()

@@ -91,13 +91,24 @@ class NetworkError(EnchufeError):
     """The operating system refused or failed an operation at run time.
 
     ``errno`` is the underlying error number when there is one; ``attempts`` lists the error of
-    every attempt when the operation was retried (the last one is this error itself).
+    every attempt when the operation was retried (the last one is this error itself);
+    ``action`` is what was being done (``"connect"``, ``"listen"``, ``"bind"``, ``"send"``,
+    ``"receive"``, ``"accept"``…, or ``None``), and :attr:`retryable` whether another attempt
+    may succeed.  Messages never name command-line options: a program built on the library
+    adds its own hints from these attributes (the CLI says ``--retry``, ``--timeout``).
     """
 
-    def __init__(self, message: str, *, errno: int | None = None) -> None:
+    def __init__(self, message: str, *, errno: int | None = None, action: str | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+        self.action = action
         self.attempts: Sequence[NetworkError] = ()
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again later may succeed: nobody accepted yet (refused, no socket file
+        yet, no route for now) or no answer in time.  ``connect(retries=N)`` retries these."""
+        return isinstance(self, ConnectionRefused | TimedOut)
 
 
 class ConnectionRefused(NetworkError):
@@ -182,8 +193,9 @@ def translate(exc: OSError, what: str) -> NetworkError:
     """
     if isinstance(exc, NetworkError):  # pragma: no cover - defensive
         return exc
+    action = what.split(" ", 1)[0] or None
     if isinstance(exc, TimeoutError) and exc.errno is None:
-        err: NetworkError = TimedOut(f"cannot {what}: timed out", errno=_errno.ETIMEDOUT)
+        err: NetworkError = TimedOut(f"cannot {what}: timed out", errno=_errno.ETIMEDOUT, action=action)
         return err
     code = exc.errno
     cls, hint = _BY_ERRNO.get(code or -1, (NetworkError, ""))
@@ -195,4 +207,4 @@ def translate(exc: OSError, what: str) -> NetworkError:
     message = f"cannot {what}: {reason}"
     if hint:
         message += f"; {hint}"
-    return cls(message, errno=code)
+    return cls(message, errno=code, action=action)

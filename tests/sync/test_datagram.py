@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import enchufe
+import enchufe.aio as aio
 from enchufe import (
     AddressError,
     ClosedError,
@@ -226,12 +227,38 @@ def test_dual_stack_socket_talks_to_ipv4_peers() -> None:
         v4.sendto(b"hello", f"udp://127.0.0.1:{port}")
         data, sender = server.recvfrom()
         assert data == b"hello"
+        # Reported as the IPv4 peer it is, never ::ffff:127.0.0.1; replies still reach it.
         assert isinstance(sender, InetAddress)
-        assert sender.host == "::ffff:127.0.0.1"
-        server.sendto(b"reply to mapped", sender)
-        assert v4.recvfrom()[0] == b"reply to mapped"
+        assert str(sender) == f"udp://127.0.0.1:{connectable_port(v4)}"
+        server.sendto(b"reply to the sender", sender)
+        assert v4.recvfrom()[0] == b"reply to the sender"
         server.sendto(b"reply to plain", connectable(v4.local_address))  # IPv4 target, mapped
         assert v4.recvfrom()[0] == b"reply to plain"
+
+
+def connectable_port(sock: enchufe.DatagramSocket) -> int:
+    assert isinstance(sock.local_address, InetAddress)
+    return sock.local_address.port
+
+
+@needs_ipv6
+def test_aio_dual_stack_socket_reports_and_answers_ipv4_peers() -> None:
+    async def main() -> None:
+        async with (
+            await aio.bind_datagram("udp://:0") as server,
+            await aio.bind_datagram("udp4://127.0.0.1:0") as v4,
+        ):
+            server.set_timeout(IO_TIMEOUT)
+            v4.set_timeout(IO_TIMEOUT)
+            assert isinstance(server.local_address, InetAddress)
+            await v4.sendto(b"hello", f"udp://127.0.0.1:{server.local_address.port}")
+            _data, sender = await server.recvfrom()
+            assert isinstance(sender, InetAddress) and isinstance(v4.local_address, InetAddress)
+            assert str(sender) == f"udp://127.0.0.1:{v4.local_address.port}"
+            await server.sendto(b"reply", sender)
+            assert (await v4.recvfrom())[0] == b"reply"
+
+    aio.run(main())
 
 
 @needs_ipv6

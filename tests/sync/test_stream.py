@@ -250,6 +250,76 @@ def test_message_over_limit_and_eof_mid_message(stream_address: str) -> None:
         assert info.value.partial == b"abc"
 
 
+def _read_declared(flavour: str, address: str, ask: str) -> ProtocolError:
+    """Read from a peer that declares 1 GiB: ``recv_exactly``, ``recv_message`` with a limit
+    above it, or ``recv_message`` with the default limit; the error it ends with."""
+    import enchufe.aio as aio
+
+    gib = 1 << 30
+    if flavour == "sync":
+        with enchufe.connect(address, timeout=IO_TIMEOUT) as client:
+            client.set_timeout(IO_TIMEOUT)
+            try:
+                if ask == "exactly":
+                    client.recv_exactly(4)
+                    client.recv_exactly(gib)
+                elif ask == "message":
+                    client.recv_message(max_size=2 * gib)
+                else:
+                    client.recv_message()
+            except ProtocolError as exc:
+                return exc
+        raise AssertionError("no error")
+
+    async def main() -> ProtocolError:
+        async with await aio.connect(address, timeout=IO_TIMEOUT) as client:
+            client.set_timeout(IO_TIMEOUT)
+            try:
+                if ask == "exactly":
+                    await client.recv_exactly(4)
+                    await client.recv_exactly(gib)
+                elif ask == "message":
+                    await client.recv_message(max_size=2 * gib)
+                else:
+                    await client.recv_message()
+            except ProtocolError as exc:
+                return exc
+        raise AssertionError("no error")
+
+    return aio.run(main())
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+@pytest.mark.parametrize("ask", ["exactly", "message", "over the limit"])
+def test_a_huge_declared_size_costs_only_what_arrives(stream_address: str, flavour: str, ask: str) -> None:
+    """A peer declares 1 GiB, sends 10 bytes and closes: IncompleteRead (or ProtocolError over
+    the limit), never MemoryError, and the reads never allocate the declared size."""
+    import tracemalloc
+
+    with enchufe.listen(stream_address) as listener:
+
+        def peer() -> None:
+            with listener.accept() as server:
+                server.send_all(struct.pack("!I", 1 << 30) + b"0123456789")
+
+        feeder = threading.Thread(target=peer)
+        feeder.start()
+        tracemalloc.start()
+        try:
+            error = _read_declared(flavour, connectable(listener.address), ask)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            feeder.join(IO_TIMEOUT)
+    if ask == "over the limit":
+        assert not isinstance(error, IncompleteRead)
+        assert "larger than the limit" in str(error)
+    else:
+        assert isinstance(error, IncompleteRead)
+        assert error.partial == b"0123456789"
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated for 10 bytes received"
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 
@@ -501,10 +571,12 @@ def test_wildcard_listener_is_dual_stack() -> None:
     with enchufe.listen("tcp://:0") as listener:
         assert listener.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
         port = listener.socket.getsockname()[1]
-        for host, seen in (("127.0.0.1", "::ffff:127.0.0.1"), ("[::1]", "::1")):
+        # An IPv4 client is reported as IPv4 (tcp://127.0.0.1:P), never as ::ffff:127.0.0.1.
+        for host, seen in (("127.0.0.1", "tcp://127.0.0.1"), ("[::1]", "tcp://[::1]")):
             with enchufe.connect(f"tcp://{host}:{port}") as client, listener.accept() as server:
-                assert isinstance(server.peer_address, InetAddress)
-                assert server.peer_address.host == seen
+                assert isinstance(client.local_address, InetAddress)
+                assert str(server.peer_address) == f"{seen}:{client.local_address.port}"
+                assert str(server.local_address) == f"{seen}:{port}"
                 client.send_all(b"hi")
                 server.set_timeout(IO_TIMEOUT)
                 assert server.recv_exactly(2) == b"hi"

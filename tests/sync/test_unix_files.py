@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 import enchufe
+import enchufe.aio as aio
 from enchufe import AddressError, AddressInUse, NotASocket
 
 #: The uid and gid of "nobody": an identity with no claim on root's files.
@@ -248,6 +249,52 @@ def test_mode_decides_who_may_connect(sock_dir: str) -> None:
     ):
         assert connect_as_nobody(private) == errno.EACCES
         assert connect_as_nobody(public) == 0
+
+
+# --- connecting to a path that is not a socket --------------------------------------------------
+
+CONNECTORS: dict[str, Callable[[str], object]] = {
+    "connect": lambda p: enchufe.connect(f"unix://{p}"),
+    "connect_datagram": lambda p: enchufe.connect_datagram(f"unixgram://{p}"),
+    "aio.connect": lambda p: aio.run(aio.connect(f"unix://{p}")),
+    "aio.connect_datagram": lambda p: aio.run(aio.connect_datagram(f"unixgram://{p}")),
+    "sendto": lambda p: _sendto(f"unixgram://{p}"),
+}
+
+
+def _sendto(address: str) -> None:
+    with enchufe.bind_datagram(f"unixgram:@enchufe-test-sendto-{os.getpid()}") as sock:
+        sock.sendto(b"x", address)
+
+
+@pytest.mark.parametrize("how", list(CONNECTORS))
+@pytest.mark.parametrize("what", ["a regular file", "a directory"])
+def test_connecting_to_a_path_that_is_not_a_socket_says_so(how: str, what: str, sock_dir: str) -> None:
+    """Linux answers "connection refused" for a file that is not a socket: enchufe says what it is."""
+    path = os.path.join(sock_dir, "passwd")
+    if what == "a directory":
+        os.mkdir(path)
+    else:
+        with open(path, "w") as f:
+            f.write("root:x:0:0::/root:/bin/sh\n")
+    with pytest.raises(NotASocket) as info:
+        CONNECTORS[how](path)
+    message = str(info.value)
+    assert f"{path} is {what}, not a socket" in message
+    assert "refused" not in message and "--" not in message
+    assert not info.value.retryable
+    assert info.value.attempts in ((), (info.value,))
+
+
+@pytest.mark.parametrize("how", list(CONNECTORS))
+def test_connecting_to_a_missing_path_says_start_the_server(how: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "nobody-here.sock")
+    with pytest.raises(enchufe.ConnectionRefused) as info:
+        CONNECTORS[how](path)
+    message = str(info.value)
+    assert f"no such socket file {path} (start the server first)" in message
+    assert "--" not in message  # the library never names a command-line option
+    assert info.value.retryable
 
 
 # --- the sun_path limit --------------------------------------------------------------------------

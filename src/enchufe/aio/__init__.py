@@ -151,7 +151,7 @@ async def _open_connection(
                 return sock, owned
             except OSError as exc:
                 _release(sock, owned)
-                plan.failed(exc)
+                plan.failed(exc, _sockets.explain_unix_failure(address, exc, f"connect to {address}"))
             except BaseException:  # cancelled: close what we opened
                 _release(sock, owned)
                 raise

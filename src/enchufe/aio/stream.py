@@ -11,6 +11,7 @@ from .. import _sockets, framing
 from .._buffer import ReceiveBuffer
 from ..address import SocketAddress, from_sockaddr
 from ..errors import ClosedError, ConnectionReset, IncompleteRead, UsageError, translate
+from ..sync.stream import MAX_RECV_CHUNK
 from ._wait import Readiness
 
 __all__ = ["Connection", "Listener"]
@@ -126,7 +127,8 @@ class Connection:
     async def recv_exactly(self, size: int) -> bytes:
         """Exactly ``size`` bytes; :class:`~enchufe.errors.IncompleteRead` if EOF comes first."""
         while (data := self._buffer.take_exactly(size)) is None:
-            chunk = await self._recv_raw(max(size - len(self._buffer), DEFAULT_RECV_SIZE))
+            want = min(max(size - len(self._buffer), DEFAULT_RECV_SIZE), MAX_RECV_CHUNK)
+            chunk = await self._recv_raw(want)
             if not chunk:
                 raise self._buffer.incomplete(size, self._where())
             self._buffer.feed(chunk)

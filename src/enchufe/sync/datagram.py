@@ -89,7 +89,8 @@ class DatagramSocket:
         except BlockingIOError:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
-            raise translate(exc, f"send a {len(data)}-byte datagram to {target}") from exc
+            what = f"send a {len(data)}-byte datagram to {target}"
+            raise (_sockets.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
 
     def send(self, data: bytes) -> int:
         """Send one datagram to the connected peer."""

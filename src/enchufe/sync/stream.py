@@ -24,6 +24,12 @@ __all__ = ["Connection", "Listener"]
 #: typical socket buffers, so one call usually drains what is there without a huge allocation.
 DEFAULT_RECV_SIZE = 65536
 
+#: The most one ``recv()`` of ``recv_exactly`` asks for.  A peer declares a size, not the bytes:
+#: asking the kernel for all of it at once would allocate it all before a byte arrives (a
+#: 1 GiB length prefix, then nothing, must not cost 1 GiB).  What is buffered then grows only
+#: with what really arrives.
+MAX_RECV_CHUNK = 256 * 1024
+
 #: ``recv_until`` gives up after this many bytes without the delimiter: a peer that never sends
 #: one must not make us buffer without bound.
 DEFAULT_MAX_UNTIL = 65536
@@ -130,7 +136,8 @@ class Connection:
         while len(self._buffer) < size:
             self._check()
             try:
-                chunk = _sockets.recv(self._sock, max(size - len(self._buffer), DEFAULT_RECV_SIZE))
+                want = min(max(size - len(self._buffer), DEFAULT_RECV_SIZE), MAX_RECV_CHUNK)
+                chunk = _sockets.recv(self._sock, want)
             except OSError as exc:
                 raise translate(exc, f"receive from {self._where()}") from exc
             if not chunk:
