@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 import enchufe
 import enchufe.aio as aio
-from enchufe import AddressError, AddressInUse, NotASocket
+from enchufe import AddressError, AddressInUse, NotASocket, trace
 
 #: The uid and gid of "nobody": an identity with no claim on root's files.
 NOBODY = 65534
@@ -249,6 +250,151 @@ def test_mode_decides_who_may_connect(sock_dir: str) -> None:
     ):
         assert connect_as_nobody(private) == errno.EACCES
         assert connect_as_nobody(public) == 0
+
+
+# --- the mode is the file's from birth -----------------------------------------------------------
+
+
+def _open_and_close(how: str, address: str, mode: int) -> None:
+    """Bind ``address`` with ``mode`` the way ``how`` does, then close it."""
+    from enchufe.aio.serve import Server as AsyncServer
+    from enchufe.sync.serve import Server as SyncServer
+
+    async def nothing(_thing: object) -> None:
+        return None
+
+    if how == "listen":
+        enchufe.listen(address, mode=mode).close()
+    elif how == "bind_datagram":
+        enchufe.bind_datagram(address.replace("unix://", "unixgram://"), mode=mode).close()
+    elif how == "aio.listen":
+        aio.run(aio.listen(address, mode=mode)).close()
+    elif how == "aio.bind_datagram":
+        aio.run(aio.bind_datagram(address.replace("unix://", "unixgram://"), mode=mode)).close()
+    elif how.startswith("sync.Server"):
+        target = address if how.endswith("stream") else address.replace("unix://", "unixgram://")
+        with SyncServer(target, lambda _thing: None, mode=mode):
+            pass
+    else:
+        target = address if how.endswith("stream") else address.replace("unix://", "unixgram://")
+
+        async def main() -> None:
+            async with AsyncServer(target, nothing, mode=mode):
+                pass
+
+        aio.run(main())
+
+
+BINDERS = [
+    "listen",
+    "bind_datagram",
+    "aio.listen",
+    "aio.bind_datagram",
+    "sync.Server stream",
+    "sync.Server datagram",
+    "aio.Server stream",
+    "aio.Server datagram",
+]
+
+
+def reach_as_nobody(path: str, sock_type: int) -> int:
+    """From a child running as uid/gid 65534: connect (stream) or send a datagram to ``path``.
+
+    0 when it got through, else the errno.  A stream socket that is bound but not listening yet
+    answers ECONNREFUSED, and only to a caller the file's mode lets in (EACCES otherwise).
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 100
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            with socket.socket(socket.AF_UNIX, sock_type) as sock:
+                try:
+                    if sock_type == socket.SOCK_STREAM:
+                        sock.connect(path)
+                    else:
+                        sock.sendto(b"x", path)
+                    code = 0
+                except OSError as exc:
+                    code = exc.errno or 101
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status)
+    code = os.WEXITSTATUS(status)
+    assert code not in (100, 101), "the child could not drop privileges"
+    return code
+
+
+@contextlib.contextmanager
+def at_bind(path: str, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` at the moment the socket file at ``path`` is bound, before anything else
+    happens to it (the narration of bind() is emitted right after the call returns)."""
+    previous = trace.current_sink()
+
+    def sink(line: str) -> None:
+        if line.startswith("bind(") and path in line:
+            action()
+
+    trace.enable(sink)
+    try:
+        yield
+    finally:
+        if previous is None:
+            trace.disable()
+        else:
+            trace.enable(previous)
+
+
+@contextlib.contextmanager
+def umask(value: int) -> Iterator[None]:
+    old = os.umask(value)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as uid 65534")
+@pytest.mark.parametrize("how", BINDERS)
+def test_a_private_socket_is_never_reachable_even_under_umask_000(how: str, sock_dir: str) -> None:
+    """mode=0o600 under umask 000: at the very moment bind() returns, the file is already 0600
+    and uid 65534 cannot connect or send (the mode used to be set by a chmod after bind)."""
+    os.chmod(sock_dir, 0o755)  # nobody may enter the folder: the socket's own mode decides
+    path = os.path.join(sock_dir, "private.sock")
+    sock_type = socket.SOCK_DGRAM if ("datagram" in how) else socket.SOCK_STREAM
+    seen: list[tuple[int, int]] = []
+
+    def probe() -> None:
+        seen.append((stat.S_IMODE(os.lstat(path).st_mode), reach_as_nobody(path, sock_type)))
+
+    with umask(0), at_bind(path, probe):
+        for _ in range(3):
+            _open_and_close(how, f"unix://{path}", 0o600)
+            assert not os.path.lexists(path)
+    assert seen == [(0o600, errno.EACCES)] * 3
+
+
+@pytest.mark.parametrize("how", BINDERS)
+def test_a_symlink_planted_after_bind_is_never_followed(how: str, sock_dir: str) -> None:
+    """Whoever can write to the folder swaps the new socket file for a symlink to a private
+    file right after bind: the file behind the link keeps its mode, the bind fails cleanly."""
+    path = os.path.join(sock_dir, "swapped.sock")
+    secret = os.path.join(sock_dir, "secret")
+    with open(secret, "w") as f:
+        f.write("root only\n")
+    os.chmod(secret, 0o600)
+
+    def swap() -> None:
+        os.rename(path, path + ".moved")
+        os.symlink(secret, path)
+
+    with umask(0o022), at_bind(path, swap), pytest.raises(NotASocket, match="replaced"):
+        _open_and_close(how, f"unix://{path}", 0o666)  # 0o666 & ~0o022: the mode is widened
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert os.path.islink(path)  # not ours: left where it is
 
 
 # --- connecting to a path that is not a socket --------------------------------------------------
