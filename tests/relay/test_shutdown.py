@@ -94,3 +94,51 @@ def test_an_idle_relay_stops_at_once_with_status_0_and_removes_its_socket_file(
         relay.signal()
         assert relay.finish() == 0, relay.err
     assert not os.path.exists(path)
+
+
+# ----------------------------------------------------------------------------- SIGHUP
+
+#: A child that says its pid, then waits for input that never comes (a session that stays open).
+PID_THEN_SLEEP = "exec:sh -c 'echo $$; exec sleep 60'"
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer exists, not even as a zombie."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_sighup_is_a_clean_stop_socket_file_removed_children_reaped(
+    start_relay: StartRelay, sock_dir: str
+) -> None:
+    """The terminal went away: drain, cut what is left (status 1, as for SIGTERM), remove the
+    socket file, stop and reap the exec: children (no orphan left running).  Two children: the
+    relay stops each of them, not just the first."""
+    path = os.path.join(sock_dir, "relay.sock")
+    relay = start_relay(f"unix://{path}", PID_THEN_SLEEP, "--drain-timeout", "0.3")
+    with dial(relay.address) as first, dial(relay.address) as second:
+        pids = [int(first.recv(100)), int(second.recv(100))]
+        assert not any(_gone(pid) for pid in pids)
+        relay.signal(signal.SIGHUP)
+        assert relay.finish() == 1, relay.err
+    relay.wait_err(r"^stopping: no new clients")
+    assert "Traceback" not in relay.err, relay.err
+    assert not os.path.exists(path)
+    for pid in pids:
+        wait_until(lambda pid=pid: _gone(pid), f"child {pid} being stopped and reaped", timeout=5)
+
+
+def test_sighup_stops_every_worker_and_their_children(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    relay = start_relay(make_address("tcp4"), PID_THEN_SLEEP, "--workers", "2", "--drain-timeout", "0.3")
+    clients = [dial(relay.address) for _ in range(4)]
+    try:
+        pids = [int(client.recv(100)) for client in clients]
+        relay.signal(signal.SIGHUP)
+        assert relay.finish() == 1, relay.err  # open sessions were cut, as under SIGTERM
+    finally:
+        for client in clients:
+            client.close()
+    assert "Traceback" not in relay.err, relay.err
+    for pid in pids:
+        wait_until(lambda pid=pid: _gone(pid), f"child {pid} being stopped and reaped", timeout=5)

@@ -195,7 +195,8 @@ class Children:
     def close(self, grace: float = TERMINATE_GRACE) -> None:
         """Stop and reap every child still running (the relay is ending): SIGTERM, then SIGKILL
         after ``grace`` seconds.  Blocks at most about ``grace`` seconds."""
-        children = [c for c in self.running.values() if not self._reap(c)]
+        # A copy: reaping forgets the child (it leaves ``running``) while we go through them.
+        children = [c for c in list(self.running.values()) if not self._reap(c)]
         for child in children:
             self._signal(child, signal.SIGTERM)
         deadline = time.monotonic() + grace

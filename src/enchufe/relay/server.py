@@ -4,8 +4,12 @@
 
     relay = Relay(RelayConfig("tcp://:8080", "unix:///run/app.sock", max_conns=1000))
     relay.open()                   # bind: relay.address is the real listening address
-    result = relay.run()           # until stopped: SIGTERM/SIGINT, or relay.stop() from a thread
+    result = relay.run()           # until stopped: SIGTERM/SIGINT/SIGHUP, or relay.stop()
     sys.exit(result.exit_status)   # 0, or 1 if the drain had to cut connections
+
+SIGHUP (the terminal went away) is the same clean stop as SIGTERM: a relay started from a
+shell that closes must not die on the spot, leaving its socket file and its ``exec:`` children
+behind.
 
 Shutdown: the first stop closes the listener at once (its unix socket file is removed, new
 clients are refused by the kernel) and lets open connections finish for ``drain_timeout``
@@ -40,18 +44,24 @@ from .stream import StdioRelay, StreamRelay, TargetResolver
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DRAIN_TIMEOUT",
+    "STOP_SIGNALS",
     "Relay",
     "RelayConfig",
     "RelayResult",
     "check_endpoints",
 ]
 
+#: Signals that stop a relay cleanly (drain, then cut at the second).  SIGHUP is there because
+#: the terminal going away must not kill the relay on the spot: its unix socket file would stay
+#: and its exec: children would be orphaned.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 #: Seconds to wait for the target to accept.  The kernel alone would wait minutes (SYN retries);
 #: a client of a relay would rather be told quickly.  Loopback and LAN targets answer in
 #: milliseconds, distant ones well within this.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
-#: Seconds open connections get to finish after SIGTERM/SIGINT (as the issue asks).
+#: Seconds open connections get to finish after SIGTERM/SIGINT/SIGHUP (as the issue asks).
 DEFAULT_DRAIN_TIMEOUT = 10.0
 
 
@@ -328,8 +338,8 @@ class Relay:
     # -- running
 
     def run(self, *, handle_signals: bool = True, announce: bool = True) -> RelayResult:
-        """Serve until stopped; returns how it ended.  Signals (SIGINT, SIGTERM) are handled when
-        ``handle_signals`` and this is the main thread: first a drain, then a cut."""
+        """Serve until stopped; returns how it ended.  Signals (:data:`STOP_SIGNALS`) are handled
+        when ``handle_signals`` and this is the main thread: first a drain, then a cut."""
         address = self.open()
         config = self.config
         loop = self._loop = Loop()
@@ -432,7 +442,7 @@ class Relay:
         def handler(signum: int, frame: FrameType | None) -> None:
             self.stop()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, handler)  # type: ignore[assignment]
         return previous
 

@@ -1,9 +1,10 @@
 """``--workers N``: N relay processes sharing one TCP port through SO_REUSEPORT.
 
 The parent binds N listening sockets to the same address (the kernel spreads new connections
-over them), forks one worker per socket, and then only forwards SIGINT/SIGTERM and collects exit
-statuses.  Workers run in their own process group, so a Ctrl-C at the terminal reaches them once,
-through the parent, and they ask the kernel to send them SIGTERM if the parent dies.
+over them), forks one worker per socket, and then only forwards the stop signals (SIGINT,
+SIGTERM, SIGHUP) and collects exit statuses.  Workers run in their own process group, so a
+Ctrl-C at the terminal reaches them once, through the parent, and they ask the kernel to send
+them SIGTERM if the parent dies.
 
 UDP listeners share a port the same way: the kernel hashes each sender's address to one worker,
 so a sender's datagrams (and its session) stay in one process.  Unix listeners cannot share an
@@ -26,7 +27,7 @@ from .._sockets import open_datagram, open_listener
 from ..address import InetAddress, SocketAddress
 from ..errors import UsageError
 from .events import EventSink
-from .server import Relay, RelayConfig, check_endpoints
+from .server import STOP_SIGNALS, Relay, RelayConfig, check_endpoints
 
 __all__ = ["run_workers"]
 
@@ -80,8 +81,23 @@ def run_workers(
     real = listeners[0][1]
     sys.stderr.flush()
     pids: list[int] = []
+    # A stop signal arriving while workers start (a worker without its handlers yet, or the
+    # parent before it forwards) would kill a process on the spot: hold them until each process
+    # has its handlers, then let them in.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for index, pair in enumerate(listeners, start=1):
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            for started in pids:  # no fork left (EAGAIN, ENOMEM): stop the ones running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(started, signal.SIGTERM)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(started, 0)
+            for sock, _real in listeners:
+                sock.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            raise
         if pid == 0:  # the worker
             status = 1
             try:
@@ -91,6 +107,10 @@ def run_workers(
                     if other is not pair[0]:
                         other.close()
                 relay = Relay(config, events=worker_events(index), listener=pair)
+                stop = relay.stop
+                for signum in STOP_SIGNALS:
+                    signal.signal(signum, lambda _signum, _frame, stop=stop: stop())
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 status = relay.run(announce=False).exit_status
             except BaseException:
                 traceback.print_exc()
@@ -108,7 +128,8 @@ def run_workers(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     status = 0
     try:
         for pid in pids:
