@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -124,7 +125,7 @@ def test_sighup_is_a_clean_stop_socket_file_removed_children_reaped(
     assert "Traceback" not in relay.err, relay.err
     assert not os.path.exists(path)
     for pid in pids:
-        wait_until(lambda pid=pid: _gone(pid), f"child {pid} being stopped and reaped", timeout=5)
+        wait_until(functools.partial(_gone, pid), f"child {pid} being stopped and reaped", timeout=5)
 
 
 def test_sighup_stops_every_worker_and_their_children(
@@ -141,4 +142,4 @@ def test_sighup_stops_every_worker_and_their_children(
             client.close()
     assert "Traceback" not in relay.err, relay.err
     for pid in pids:
-        wait_until(lambda pid=pid: _gone(pid), f"child {pid} being stopped and reaped", timeout=5)
+        wait_until(functools.partial(_gone, pid), f"child {pid} being stopped and reaped", timeout=5)

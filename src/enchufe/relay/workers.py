@@ -42,6 +42,15 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _stopper(relay: Relay) -> Callable[[int, FrameType | None], None]:
+    """A signal handler that starts ``relay``'s stop (before its run installs its own)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        relay.stop()
+
+    return handler
+
+
 def run_workers(
     config: RelayConfig,
     workers: int,
@@ -107,9 +116,8 @@ def run_workers(
                     if other is not pair[0]:
                         other.close()
                 relay = Relay(config, events=worker_events(index), listener=pair)
-                stop = relay.stop
                 for signum in STOP_SIGNALS:
-                    signal.signal(signum, lambda _signum, _frame, stop=stop: stop())
+                    signal.signal(signum, _stopper(relay))
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 status = relay.run(announce=False).exit_status
             except BaseException:
