@@ -25,10 +25,10 @@ def main(
     *,
     mode: str | None,
     kinds: tuple[str, ...],
-    duration: str | None,
-    count: str | None,
-    size: str | None,
-    parallel: str | None,
+    duration: float | None,
+    count: int | None,
+    size: int | None,
+    parallel: int | None,
     sink: bool,
     as_json: bool,
     plot: str | None,
@@ -40,10 +40,11 @@ def main(
         addresses,
         mode=mode,
         kinds=kinds,
-        duration=duration,
-        count=count,
-        size=size,
-        parallel=parallel,
+        # The CLI has checked the numbers already; the runner checks them again, as text.
+        duration=_text(duration),
+        count=_text(count),
+        size=_text(size),
+        parallel=_text(parallel),
         sink=sink,
     )
     if plot is not None:
@@ -83,3 +84,7 @@ def main(
         sys.stderr.write(f"enchufe: {error}\n")
     sys.stderr.flush()
     return 1 if bench.errors else 0
+
+
+def _text(value: float | None) -> str | None:
+    return None if value is None else repr(value)

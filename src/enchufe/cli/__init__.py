@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Outside standalone mode click returns the exit code a command asked for.
         status = cli.main(args=argv, prog_name="enchufe", standalone_mode=False)
+    except click.BadParameter as exc:
+        # One line naming the option, the value and what is accepted: the usage text click
+        # would print first says nothing about the mistake.
+        click.echo(f"enchufe: {exc.format_message()}", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError | click.BadParameter) else exc.exit_code)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._common import global_options, settings
+from ..bench.runner import MAX_COUNT, MAX_DURATION, MAX_PARALLEL, MAX_STREAM_SIZE
+from ._common import BoundedInt, FiniteFloat, global_options, settings
 
 
 @click.command("bench")
@@ -21,16 +22,28 @@ from ._common import global_options, settings
     metavar="KIND",
     help="Loopback run only: these kinds (tcp4 tcp6 udp4 udp6 unix unixgram; repeat or use commas).",
 )
-@click.option("--duration", metavar="SECONDS", help="Seconds per timed test, after a warm-up.  [default: 1]")
-@click.option("--count", metavar="N", help="Latency round trips.  [default: 5000]")
+@click.option(
+    "--duration",
+    type=FiniteFloat(0, MAX_DURATION, min_open=True),
+    metavar="SECONDS",
+    help="Seconds per timed test, after a warm-up.  [default: 1]",
+)
+@click.option(
+    "--count", type=BoundedInt(1, MAX_COUNT), metavar="N", help="Latency round trips.  [default: 5000]"
+)
 @click.option(
     "--size",
+    type=BoundedInt(1, MAX_STREAM_SIZE),
     metavar="BYTES",
     help="Bytes per write (throughput, default 131072), per ping (latency, default 64) "
     "or per datagram (default: both 64 and 1400).",
 )
 @click.option(
-    "-P", "--parallel", metavar="N", help="Connections of the parallel throughput test.  [default: 4]"
+    "-P",
+    "--parallel",
+    type=BoundedInt(1, MAX_PARALLEL),
+    metavar="N",
+    help="Connections of the parallel throughput test.  [default: 4]",
 )
 @click.option(
     "--sink",
@@ -47,10 +60,10 @@ def command(
     addresses: tuple[str, ...],
     mode: str | None,
     kinds: tuple[str, ...],
-    duration: str | None,
-    count: str | None,
-    size: str | None,
-    parallel: str | None,
+    duration: float | None,
+    count: int | None,
+    size: int | None,
+    parallel: int | None,
     sink: bool,
     json_: bool,
     plot: str | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import global_options, json_option, parse_mode, run_server, server_options, settings
+from ._common import BoundedInt, global_options, json_option, parse_mode, run_server, server_options, settings
 
 
 @click.command("chat")
@@ -12,7 +12,7 @@ from ._common import global_options, json_option, parse_mode, run_server, server
 @click.option("--raw", is_flag=True, help="Forward bytes unchanged (no lines, no names), like ncat's broker.")
 @click.option(
     "--queue-limit",
-    type=click.IntRange(1),
+    type=BoundedInt(1),
     default=1 << 20,
     show_default=True,
     help="Bytes waiting for one client before it is dropped as not reading.",

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ._common import (
+    MAX_BACKLOG,
+    BoundedInt,
     DatagramPrinter,
     event,
     global_options,
@@ -24,10 +26,10 @@ if TYPE_CHECKING:
 @click.command("listen")
 @click.argument("address")
 @click.option("-k", "--keep-open", is_flag=True, help="Serve client after client (stream).")
-@click.option("--backlog", type=click.IntRange(1), default=None, help="Listen queue length.")
+@click.option("--backlog", type=BoundedInt(1, MAX_BACKLOG), default=None, help="Stream: listen queue length.")
 @click.option("--mode", "mode", default=None, help="Permissions of a unix socket file, e.g. 660.")
 @click.option("--hex", "hex_", is_flag=True, help="Datagrams: a hex dump per datagram.")
-@click.option("--count", type=click.IntRange(1), default=None, help="Datagrams: stop after N.")
+@click.option("--count", type=BoundedInt(1), default=None, help="Datagrams: stop after N.")
 @click.option(
     "--exec",
     "exec_",

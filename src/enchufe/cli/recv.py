@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import (
+    BoundedInt,
     DatagramPrinter,
     event,
     global_options,
@@ -15,14 +16,18 @@ from ._common import (
 )
 from .listen import _warn_truncated
 
+#: The largest --max-size: a receive buffer of this many bytes is allocated per datagram, and no
+#: datagram socket carries more (UDP: 64 KiB; unix: the send buffer, 208 KiB by default).
+MAX_DATAGRAM_SIZE = 16 * 1024 * 1024
+
 
 @click.command("recv")
 @click.argument("address")
-@click.option("--count", type=click.IntRange(1), default=None, help="Stop after N datagrams.")
+@click.option("--count", type=BoundedInt(1), default=None, help="Stop after N datagrams.")
 @click.option("--hex", "hex_", is_flag=True, help="A hex dump per datagram, sender first.")
 @click.option(
     "--max-size",
-    type=click.IntRange(1),
+    type=BoundedInt(1, MAX_DATAGRAM_SIZE),
     default=65536,
     show_default=True,
     help="Largest datagram accepted; larger ones are reported as truncated.",

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import click
 
-from ._common import global_options
+from ._common import BoundedInt, FiniteFloat, global_options
 
 #: How long to wait for a reply, or for the peer to close after our EOF, unless --timeout says.
 DEFAULT_TIMEOUT = 5.0
@@ -21,13 +21,19 @@ DEFAULT_TIMEOUT = 5.0
 @click.option("--wait-reply", is_flag=True, help="Print the answer (stream: all until the peer closes).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds to wait for the connection and the reply.",
 )
-@click.option("--retry", type=click.IntRange(0), default=0, help="Attempts after the first.")
-@click.option("--retry-delay", type=click.FloatRange(0), default=0.5, show_default=True)
+@click.option("--retry", type=BoundedInt(0), default=0, help="Attempts after the first.")
+@click.option(
+    "--retry-delay",
+    type=FiniteFloat(0),
+    default=0.5,
+    show_default=True,
+    help="Seconds between attempts.",
+)
 @global_options
 def command(
     address: str, data: str | None, wait_reply: bool, timeout: float, retry: int, retry_delay: float
