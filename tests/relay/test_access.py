@@ -77,7 +77,18 @@ def test_deny_matches_ipv4_mapped_peers_of_a_dual_stack_listener(
         assert _served(f"tcp6://[::1]:{port}")
         refused = [e for e in relay.json_events() if e["event"] == "refused"]
         assert len(refused) == 2 and all(e["reason"] == "denied" for e in refused)
-        assert "::ffff:127.0.0.1" in refused[1]["peer"]
+        assert refused[1]["peer"].startswith("tcp://127.0.0.1:")  # reported as users think of it
+
+
+def test_an_ipv4_mapped_rule_judges_the_peers_of_an_ipv4_listener(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """--deny ::ffff:127.0.0.1 is 127.0.0.1 written the IPv6 way: an IPv4 listener refuses it."""
+    with Target(make_address("tcp4"), echo) as target:
+        relay = start_relay(make_address("tcp4"), target.address, "--deny", "::ffff:127.0.0.1")
+        assert not _served(relay.address)
+        relay = start_relay(make_address("tcp4"), target.address, "--allow", "::ffff:127.0.0.0/104")
+        assert _served(relay.address)
 
 
 @needs_ipv6

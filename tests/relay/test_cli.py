@@ -44,6 +44,8 @@ def _one_line(stderr: str) -> str:
         (("unix:@x", "tcp://127.0.0.1:9", "--allow", "10.0.0.0/8"), ("unix socket", "--allow-uid")),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--allow-uid", "0"), ("need a unix LISTEN",)),
         (("unix:@x", "tcp://127.0.0.1:9", "--allow-uid", "no-such-user-here"), ("no such user",)),
+        (("unix:@x", "tcp://127.0.0.1:9", "--allow-uid", "\u0663"), ("no such user", "ASCII digits")),
+        (("unix:@x", "tcp://127.0.0.1:9", "--allow-gid", "\u00b3"), ("no such group", "ASCII digits")),
         (("unix:@x", "tcp://127.0.0.1:9", "--workers", "2"), ("SO_REUSEPORT", "--workers 1")),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--max-conns", "0"), ("--max-conns",)),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--connect-timeout", "0"), ("--connect-timeout",)),

@@ -29,6 +29,13 @@ from enchufe.relay.limits import RESERVED_FDS, WANTED_NOFILE, AccessRules, conne
         (("10.0.0.0/8",), ("10.9.0.0/16",), "10.9.1.1", "matches --deny 10.9.0.0/16"),  # deny wins
         (("10.0.0.0/8",), ("10.9.0.0/16",), "10.8.1.1", None),
         (("::ffff:0:0/96",), (), "::ffff:192.0.2.1", None),  # an IPv6 rule for mapped peers
+        (("::ffff:0:0/96",), (), "192.0.2.1", None),  # ... is an IPv4 rule, whatever the listener
+        ((), ("::ffff:127.0.0.1",), "127.0.0.1", "matches --deny 127.0.0.1/32"),  # a mapped rule
+        ((), ("::ffff:127.0.0.1",), "::ffff:127.0.0.1", "matches --deny 127.0.0.1/32"),
+        ((), ("::ffff:10.0.0.0/104",), "10.1.2.3", "matches --deny 10.0.0.0/8"),
+        ((), ("::/0",), "127.0.0.1", None),  # an IPv6 rule judges IPv6 peers only
+        ((), ("::/0",), "::ffff:127.0.0.1", None),
+        ((), ("::/0",), "::1", "matches --deny ::/0"),
         (("fe80::/10",), (), "fe80::1%2", None),  # a scope id is not part of the address
         (("::1",), (), "::1", None),
         (("2001:db8::/32",), (), "192.0.2.1", "matches no --allow rule"),
@@ -75,7 +82,8 @@ def test_credential_rules(
         ("10.0.0.300/8", "--allow '10.0.0.300/8': not an IP network; write an address or CIDR such as"),
         ("banana", "--allow 'banana': not an IP network"),
         ("10.0.0.0/33", "--allow '10.0.0.0/33': not an IP network"),
-        ("a\x00b", "--allow 'a\\\\x00b': not an IP network"),
+        ("a\x00b", "--allow 'a\\x00b': not an IP network"),
+        ("a\nb", "--allow 'a\\nb': not an IP network"),
     ],
 )
 def test_bad_networks_are_usage_errors(text: str, message: str) -> None:
@@ -94,6 +102,31 @@ def test_networks_accept_plain_and_bracketed_addresses() -> None:
 def test_unknown_names_are_usage_errors(option: str) -> None:
     with pytest.raises(UsageError, match="no such"):
         AccessRules.parse(**{option: ["no-such-name-here"]})
+
+
+@pytest.mark.parametrize("option", ["allow_uids", "allow_gids"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("\u0663", "'\u0663': no such"),  # ARABIC-INDIC DIGIT THREE: a digit, not an ASCII one
+        ("\u00b3", "'\u00b3': no such"),  # SUPERSCRIPT THREE: int() would even raise
+        ("\uff13", "'\uff13': no such"),  # FULLWIDTH DIGIT THREE
+        ("a\x00b", "'a\\x00b': no such"),  # getpwnam raises ValueError for a NUL
+        ("4294967295", "4294967295: out of range"),
+        ("99999999999999999999", "99999999999999999999: out of range"),
+    ],
+)
+def test_ids_are_ascii_digits_in_range_or_names(option: str, text: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        AccessRules.parse(**{option: [text]})
+    assert message in str(caught.value)
+    assert "ASCII digits" in str(caught.value) or "from 0 to 4294967294" in str(caught.value)
+
+
+def test_ascii_ids_are_numbers() -> None:
+    rules = AccessRules.parse(allow_uids=["0", "4294967294"], allow_gids=["007"])
+    assert rules.allow_uids == {0, 4294967294}
+    assert rules.allow_gids == {7}
 
 
 def test_the_budget_counts_two_sockets_per_connection() -> None:

@@ -4,11 +4,16 @@ Access rules have no I/O: they take a peer's IP address or unix credentials and 
 may pass, so they are unit-tested as plain functions.
 
 * **IP rules** (``--allow CIDR`` / ``--deny CIDR``): a peer matching any ``--deny`` is refused;
-  otherwise, if any ``--allow`` is given, the peer must match one.  An IPv4 rule also matches an
-  IPv4-mapped IPv6 peer (``::ffff:127.0.0.1`` on a dual-stack listener is 127.0.0.1), so a
-  dual-stack listener cannot be used to slip past an IPv4 rule.
+  otherwise, if any ``--allow`` is given, the peer must match one.  Peers and rules are both
+  judged as users think of them: an IPv4-mapped IPv6 address (``::ffff:127.0.0.1``, how a
+  dual-stack listener sees an IPv4 client) is the IPv4 address it carries, whether it is the
+  peer or the rule.  So ``--deny ::ffff:127.0.0.1`` refuses 127.0.0.1 on an IPv4 listener as on
+  a dual-stack one, and a dual-stack listener cannot be used to slip past an IPv4 rule.  An IPv6
+  rule that is not IPv4-mapped (``::/0``, ``2001:db8::/32``) judges IPv6 peers only.
 * **Unix credentials** (``--allow-uid`` / ``--allow-gid``): when any is given, the peer's uid
-  (as SO_PEERCRED reports it) must be one of the uids, or its gid one of the gids.
+  (as SO_PEERCRED reports it) must be one of the uids, or its gid one of the gids.  A uid or gid
+  is written in ASCII digits (other scripts' digits are not numbers here) or as the name of a
+  user or group that exists.
 
 The descriptor budget: every relayed connection holds two sockets; a connection moving bytes
 also borrows up to two pipes (four descriptors) from the pool, and falls back to copying through
@@ -22,9 +27,10 @@ import grp
 import ipaddress
 import pwd
 import resource
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .._text import printable
 from ..errors import UsageError
 
 __all__ = [
@@ -48,54 +54,79 @@ RESERVED_FDS = 64 + 2 * 64
 #: for 30,000+ connections, far below fs.nr_open (1,048,576 by default).
 WANTED_NOFILE = 65536
 
+#: The largest uid or gid: uid_t is 32 bits, and (uid_t)-1 means "no id" to the kernel.
+MAX_ID = 2**32 - 2
+
+#: IPv6 addresses that carry an IPv4 address (RFC 4291 2.5.5.2).
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
 
 def parse_network(text: str, option: str = "--allow") -> Network:
-    """``"10.0.0.0/8"``, ``"::1"``, ``"192.168.1.7"`` → a network; UsageError with an example."""
-    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    """``"10.0.0.0/8"``, ``"::1"``, ``"192.168.1.7"`` → a network; UsageError with an example.
+
+    An IPv4-mapped network (``::ffff:10.0.0.0/104``) comes back as the IPv4 network it covers
+    (``10.0.0.0/8``): that is how peers are judged (see the module's docstring).
+    """
     try:
-        return ipaddress.ip_network(text.strip().strip("[]"), strict=False)
+        network = ipaddress.ip_network(text.strip().strip("[]"), strict=False)
     except ValueError:
         raise UsageError(
-            f"{option} {shown!r}: not an IP network; write an address or CIDR such as "
+            f"{option} '{printable(text)}': not an IP network; write an address or CIDR such as "
             f"10.0.0.0/8, 192.168.1.7 or fd00::/8"
+        ) from None
+    return _unmapped_network(network)
+
+
+def _unmapped_network(network: Network) -> Network:
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
+    return network
+
+
+def _parse_id(text: str, option: str, what: str, lookup: Callable[[str], int]) -> int:
+    """A uid or gid: ASCII digits in range, or the name of a user or group that exists."""
+    # str.isdigit() is true for "٣" and "³" too: only ASCII digits make a number here.
+    if text.isascii() and text.isdigit():
+        value = int(text)
+        if value > MAX_ID:
+            raise UsageError(f"{option} {text}: out of range; a numeric {what} is from 0 to {MAX_ID}")
+        return value
+    try:
+        return lookup(text)
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        kind = "user" if what == "uid" else "group"
+        raise UsageError(
+            f"{option} '{printable(text)}': no such {kind}; give a {kind} name that exists or "
+            f"a numeric {what} in ASCII digits (0 to {MAX_ID})"
         ) from None
 
 
 def parse_uid(text: str) -> int:
-    """A uid from a number or a user name."""
-    if text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise UsageError(f"--allow-uid {text!r}: no such user; give a user name or a numeric uid") from None
+    """A uid from ASCII digits or a user name; UsageError otherwise."""
+    return _parse_id(text, "--allow-uid", "uid", lambda name: pwd.getpwnam(name).pw_uid)
 
 
 def parse_gid(text: str) -> int:
-    """A gid from a number or a group name."""
-    if text.isdigit():
-        return int(text)
-    try:
-        return grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise UsageError(f"--allow-gid {text!r}: no such group; give a group name or a numeric gid") from None
+    """A gid from ASCII digits or a group name; UsageError otherwise."""
+    return _parse_id(text, "--allow-gid", "gid", lambda name: grp.getgrnam(name).gr_gid)
 
 
-def _peer_addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-    """The peer as an address, plus its IPv4 form when it is IPv4-mapped IPv6."""
+def _peer_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The peer as users think of it: an IPv4-mapped IPv6 address is the IPv4 address."""
     addr = ipaddress.ip_address(host.partition("%")[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr, addr.ipv4_mapped
-    return (addr,)
+        return addr.ipv4_mapped
+    return addr
 
 
 def _matches(
-    networks: Iterable[Network], addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    networks: Iterable[Network], addr: ipaddress.IPv4Address | ipaddress.IPv6Address
 ) -> Network | None:
     for network in networks:
-        for addr in addresses:
-            if addr.version == network.version and addr in network:
-                return network
+        if addr.version == network.version and addr in network:
+            return network
     return None
 
 
@@ -138,13 +169,13 @@ class AccessRules:
         if not self.filters_ip:
             return None
         try:
-            addresses = _peer_addresses(host)
+            addr = _peer_address(host)
         except ValueError:
-            return f"peer address {host!r} is not an IP address"
-        denied = _matches(self.deny, addresses)
+            return f"peer address '{printable(host)}' is not an IP address"
+        denied = _matches(self.deny, addr)
         if denied is not None:
             return f"matches --deny {denied}"
-        if self.allow and _matches(self.allow, addresses) is None:
+        if self.allow and _matches(self.allow, addr) is None:
             return "matches no --allow rule"
         return None
 
