@@ -13,10 +13,16 @@ the kernel may drop, UDP's, are checked one by one instead).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import select
+import shlex
 import socket
+import struct
+import subprocess
+import sys
+import termios
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +32,7 @@ import pytest
 import enchufe
 from tests.conftest import Peer
 
-from .conftest import IO_TIMEOUT, STEP, StartRelay, dial, generated
+from .conftest import ENCHUFE, IO_TIMEOUT, STEP, StartRelay, dial, generated
 
 #: Length of the CPU sample taken once the stall is established.
 STALL_SECONDS = 2.0
@@ -235,3 +241,150 @@ def test_a_stalled_stream_peer_costs_no_cpu(
             what = "neither peer read" if staller == "both" else f"the {staller} did not read"
             assert_costs_no_cpu(relay.pid, what)
             resume(flows)
+
+
+def wait_queue_settled(sock: socket.socket, what: str) -> None:
+    """For a writer the test does not drive (a child): wait until bytes wait in ``sock``'s receive
+    queue and their count has not changed for :data:`SETTLED` looks, :data:`RETRY` s apart."""
+    last = -1
+    same = 0
+    deadline = time.monotonic() + STEP
+    while same < SETTLED:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        same = same + 1 if queued == last and queued > 0 else 0
+        last = queued
+        assert time.monotonic() < deadline, f"{what}: the path never stalled ({queued} bytes queued)"
+        time.sleep(RETRY)
+
+
+# ----------------------------------------------------------------------------- stdio
+
+
+@pytest.mark.parametrize("staller", ["target", "stdout", "both"])
+def test_a_stalled_stdio_relay_costs_no_cpu(
+    make_address: Callable[[str], str], sock_dir: str, staller: str
+) -> None:
+    """``relay - TARGET``: the target does not read what comes from stdin, or nobody reads the
+    relay's stdout (a pipe), or both."""
+    with (
+        accepting(make_address("tcp4")) as (target_address, accept),
+        open(os.path.join(sock_dir, "stderr"), "w+b") as err,
+    ):
+        proc = subprocess.Popen(
+            [*ENCHUFE, "relay", "-", target_address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            conn = accept()
+            flows = []
+            if staller in ("target", "both"):
+                flows.append(
+                    Flow("stdin → target", Writer(proc.stdin.fileno(), 3, proc.stdin.close), conn.fileno())
+                )
+            if staller in ("stdout", "both"):
+                flows.append(Flow("target → stdout", socket_writer(conn, 4), proc.stdout.fileno()))
+            for flow in flows:
+                flow.writer.push_until_stalled()
+            what = "nobody read" if staller == "both" else f"{staller} was not read"
+            assert_costs_no_cpu(proc.pid, what)
+            if staller == "target":  # the other direction ends too, so that the relay can finish
+                conn.shutdown(socket.SHUT_WR)
+            elif staller == "stdout":
+                proc.stdin.close()
+            resume(flows)
+            assert proc.wait(STEP) == 0, err.seek(0) or err.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(STEP)
+            proc.stdin.close()
+            proc.stdout.close()
+
+
+# ----------------------------------------------------------------------------- exec
+
+#: The child of the exec tests: writes SIZE random bytes to stdout (in a thread) while it waits for
+#: FLAG to exist before reading stdin to its EOF; then a trailer line: the sha256 of what it wrote,
+#: the count and sha256 of what it read.
+CHILD = """
+import hashlib, os, sys, threading, time
+size, flag = int(sys.argv[1]), sys.argv[2]
+written = hashlib.sha256()
+def write():
+    left = size
+    while left:
+        chunk = os.urandom(min(left, 1 << 16))
+        written.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(1, view):]
+        left -= len(chunk)
+writer = threading.Thread(target=write)
+writer.start()
+for _ in range(1200):  # at most 60 s
+    if os.path.exists(flag):
+        break
+    time.sleep(0.05)
+read = hashlib.sha256()
+count = 0
+while chunk := os.read(0, 1 << 16):
+    read.update(chunk)
+    count += len(chunk)
+writer.join()
+os.write(1, f"{written.hexdigest()} {count} {read.hexdigest()}\\n".encode())
+"""
+
+#: Bytes the child writes when the client is the staller: more than every buffer on the way.
+CHILD_SIZE = 64 << 20
+
+
+@pytest.mark.parametrize("staller", ["child", "client", "both"])
+def test_a_stalled_exec_relay_costs_no_cpu(
+    start_relay: StartRelay, make_address: Callable[[str], str], sock_dir: str, staller: str
+) -> None:
+    """``relay LISTEN exec:…``: the child does not read its stdin while the client writes, or the
+    client does not read what the child writes, or both."""
+    script = os.path.join(sock_dir, "child.py")
+    with open(script, "w") as f:
+        f.write(CHILD)
+    flag = os.path.join(sock_dir, "read-now")
+    if staller == "client":
+        open(flag, "w").close()  # the child reads at once; only the client stalls
+    size = CHILD_SIZE if staller in ("client", "both") else 0
+    program = shlex.join([sys.executable, script, str(size), flag])
+    relay = start_relay(make_address("tcp4"), f"exec:{program}")
+    with dial(relay.address) as client:
+        writer = socket_writer(client, 5)
+        if staller in ("child", "both"):
+            writer.push_until_stalled()
+        if staller in ("client", "both"):
+            wait_queue_settled(client, "the child's output")
+        what = "nobody read" if staller == "both" else f"the {staller} did not read"
+        assert_costs_no_cpu(relay.pid, what)
+        open(flag, "w").close()
+        reader = Peer(drain_bytes, client.fileno())
+        writer.finish()
+        received = reader.result(IO_TIMEOUT)
+    data, trailer = received[:size], received[size:]
+    written, count, read = trailer.decode().split()
+    assert len(data) == size and hashlib.sha256(data).hexdigest() == written, "the child's output was cut"
+    assert (int(count), read) == (writer.sent, writer.digest), "the child did not get what the client sent"
+
+
+def drain_bytes(fd: int) -> bytes:
+    """Read a descriptor until EOF, keeping the bytes."""
+    os.set_blocking(fd, False)
+    chunks = []
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 18)
+        except BlockingIOError:
+            assert _wait(fd, select.POLLIN, deadline - time.monotonic()), "no EOF"
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
