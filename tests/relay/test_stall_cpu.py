@@ -377,7 +377,7 @@ def test_a_stalled_exec_relay_costs_no_cpu(
 def drain_bytes(fd: int) -> bytes:
     """Read a descriptor until EOF, keeping the bytes."""
     os.set_blocking(fd, False)
-    chunks = []
+    chunks: list[bytes] = []
     deadline = time.monotonic() + IO_TIMEOUT
     while True:
         try:
