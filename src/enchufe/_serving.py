@@ -22,6 +22,21 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 EXHAUSTION_PAUSE = 0.05
 EXHAUSTION_PAUSE_MAX = 1.0
 
+#: How long a datagram server waits for a unix peer whose queue is full before dropping the
+#: datagram (as UDP would have dropped it).  A peer that makes us wait this long in vain has
+#: stopped reading: until it takes a datagram again, the next ones for it are dropped at once,
+#: so it costs the server one such wait, not one per datagram.
+DELIVER_PATIENCE = 1.0
+
+#: First and longest pause between attempts to send to a unix receiver whose queue is full:
+#: no readiness event announces room there, so the sender polls, quickly at first (a reader
+#: usually catches up within milliseconds), then at most 20 times a second.
+UNIX_SEND_RETRY = 0.001
+UNIX_SEND_RETRY_MAX = 0.05
+
+#: Peers remembered as not reading, per socket, before the memory is cleared.
+MAX_STALLED_PEERS = 4096
+
 _EXHAUSTION = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -44,3 +59,5 @@ class ServeStats:
     exhaustion_pauses: int = 0
     datagrams: int = 0
     truncated: int = 0
+    #: Replies dropped because a unix peer did not read (its queue stayed full).
+    dropped: int = 0

@@ -216,11 +216,12 @@ def recv(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def sendto(sock: socket.socket, data: bytes, sockaddr: SockAddr | None) -> int:
+def sendto(sock: socket.socket, data: bytes, sockaddr: SockAddr | None, flags: int = 0) -> int:
     where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
-    call = f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where})"
+    shown = ", MSG_DONTWAIT" if flags & socket.MSG_DONTWAIT else ""
+    call = f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where}{shown})"
     try:
-        sent = sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)
+        sent = sock.send(data, flags) if sockaddr is None else sock.sendto(data, flags, sockaddr)
     except OSError as exc:
         _fail(call, exc)
         raise

@@ -4,8 +4,10 @@ join by sending and leave when idle."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -281,3 +283,122 @@ def test_unixgram_peer_that_does_not_read(
             assert time.monotonic() - before < IO_TIMEOUT
         assert running.handler_object.dropped > 0
         serve_log.wait_for("not reading")
+
+
+# --- fairness: a talker does not starve the readers ----------------------------------------------
+
+#: 2 MiB of chat lines, sent in one write.
+BURST = [b"line %06d %s\n" % (i, b"x" * 88) for i in range(2 * 1024 * 1024 // 101)]
+
+
+def read_lines(conn: enchufe.Connection, last: bytes) -> list[bytes]:
+    """Read lines continuously until one ends with ``last`` (or EOF); the lines before it."""
+    lines = []
+    for _ in range(100 * len(BURST)):
+        line = conn.recv_until(b"\n", max_bytes=4096)
+        if not line or line.endswith(last):
+            break
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("kind", kind_params(("tcp4", "unix")))
+def test_a_talker_does_not_starve_the_readers(
+    serve: Callable[..., Running], make_address: Callable[[str], str], serve_log: LogRecords, kind: str
+) -> None:
+    """One client sends 2 MiB of lines in one write: three clients that read continuously get
+    every line; a fourth that never reads is dropped and finds the reason before EOF.
+
+    The kernel may buffer megabytes for the silent client (TCP send buffers grow to 4 MiB), so
+    the talker repeats the burst until the silent one is dropped (16 times at most).
+    """
+    room = ChatRoom(queue_limit=256 * 1024, drop_after=2.0)
+    running = serve("uvloop", make_address(kind), room.stream)
+    address = enchufe.parse(running.address)
+    family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
+    silent = socket.socket(family, socket.SOCK_STREAM)
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    silent.connect(address.name if kind == "unix" else (address.host, address.port))  # type: ignore[union-attr]
+    readers = [enchufe.connect(address) for _ in range(3)]
+    talker = enchufe.connect(address)
+    try:
+        for conn in (*readers, talker):
+            conn.set_timeout(IO_TIMEOUT)
+        wait_until(lambda: len(room.members) == 5, what="everyone joining")
+        results: list[list[bytes]] = [[] for _ in readers]
+        threads = [
+            threading.Thread(target=lambda i=i: results[i].extend(read_lines(readers[i], b": the end\n")))
+            for i in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        burst = b"".join(BURST)
+        rounds = 0
+        while rounds < 16 and (rounds == 0 or not room.dropped):
+            talker.send_all(burst)  # one write; returns once the kernel has it all
+            rounds += 1
+        talker.send_all(b"the end\n")
+        for thread in threads:
+            thread.join(IO_TIMEOUT * 3)
+            assert not thread.is_alive()
+        for received in results:
+            assert len(received) == rounds * len(BURST)  # every line, counted
+            assert [line.split(b": ", 1)[1] for line in received] == BURST * rounds
+        assert room.dropped == 1
+        assert "not reading" in serve_log.wait_for("dropped")
+        # The silent member, reading at last: chat lines, then why it was dropped, then EOF.
+        silent.settimeout(IO_TIMEOUT)
+        data = bytearray()
+        for _ in range(100_000):
+            chunk = silent.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        lines = bytes(data).splitlines(keepends=True)
+        assert lines, "the silent member got nothing, not even the reason"
+        assert lines[-1].startswith(b"enchufe chat: you were disconnected: you did not read")
+        assert all(b": line " in line for line in lines[:-1])
+    finally:
+        silent.close()
+        talker.close()
+        for conn in readers:
+            conn.close()
+
+
+def test_unixgram_talker_does_not_starve_the_readers(
+    chat_server: Callable[..., Any], make_address: Callable[[str], str]
+) -> None:
+    """Datagrams as fast as the server takes them: readers that read continuously get every
+    one (the server waits for their queues); a peer that never reads loses its own, only."""
+    running = chat_server("unixgram")
+    address = str(running.address)
+    count = 3000
+    with contextlib.ExitStack() as stack:
+        silent = stack.enter_context(enchufe.bind_datagram(make_address("unixgram")))
+        silent.sendto(b"silent joins", address)
+        # Bound, not connected: the kernel bounds an unconnected receiver's queue
+        # (net.unix.max_dgram_qlen), so a reader a little behind the server fills it at times.
+        readers = [stack.enter_context(enchufe.bind_datagram(make_address("unixgram"))) for _ in range(3)]
+        talker = stack.enter_context(enchufe.connect_datagram(address))
+        for i, sock in enumerate(readers):
+            sock.set_timeout(IO_TIMEOUT)
+            sock.sendto(b"reader %d joins" % i, address)
+        talker.send(b"talker joins")
+        wait_until(lambda: len(running.server.sessions) == 5, what="everyone joining")
+        counts = [0, 0, 0]
+
+        def read(i: int) -> None:
+            while counts[i] < count:
+                if b": burst " in readers[i].recv():
+                    counts[i] += 1
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for n in range(count):
+            talker.send(b"burst %d" % n)
+        for thread in threads:
+            thread.join(IO_TIMEOUT * 2)
+            assert not thread.is_alive()
+        assert counts == [count] * 3
+        assert running.handler_object.dropped > 0  # the silent peer's, only

@@ -357,3 +357,41 @@ def test_sync_server_context_manager(make_address: Callable[[str], str]) -> None
         server.shutdown()
         stats = serving.result()
     assert stats.accepted == stats.completed == 1
+
+
+# --- replies to a unix peer that does not read ----------------------------------------------------
+
+
+def sync_datagram_echo(datagram: Any) -> None:
+    datagram.reply(datagram.data)
+
+
+async def async_datagram_echo(datagram: Any) -> None:
+    await datagram.reply(datagram.data)
+
+
+def test_reply_to_a_unix_peer_that_does_not_read_is_dropped_and_counted(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str
+) -> None:
+    """A unix peer whose queue is full makes reply() drop and count, never block: sync and
+    async servers alike (the sync one used to wait forever in sendto)."""
+    handler = sync_datagram_echo if flavour == "sync" else async_datagram_echo
+    running = serve(flavour, make_address("unixgram"), handler)
+    with (
+        enchufe.bind_datagram(make_address("unixgram")) as silent,
+        enchufe.bind_datagram(make_address("unixgram")) as active,
+    ):
+        silent.set_timeout(0.5)
+        sent = 0
+        for i in range(100):  # more than its queue holds (net.unix.max_dgram_qlen)
+            try:
+                silent.sendto(b"%d" % i, running.address)
+                sent += 1
+            except enchufe.TimedOut:  # the server's own queue is full: it is busy, or blocked
+                break
+        active.set_timeout(5.0)
+        for i in range(3):
+            active.sendto(b"still served %d" % i, running.address)
+            assert active.recvfrom()[0] == b"still served %d" % i
+        wait_until(lambda: running.stats.dropped > 0, what="replies to the silent peer counted as dropped")
+        assert running.stats.dropped <= sent

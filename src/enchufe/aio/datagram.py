@@ -6,6 +6,7 @@ import asyncio
 import socket
 from types import TracebackType
 
+from .._serving import UNIX_SEND_RETRY, UNIX_SEND_RETRY_MAX
 from ..address import SocketAddress
 from ..errors import ClosedError, TimedOut
 from ..sync.datagram import DEFAULT_MAX_DATAGRAM
@@ -13,12 +14,6 @@ from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
 from ._wait import Readiness
 
 __all__ = ["DatagramSocket"]
-
-#: First and longest pause between attempts to send to a unix receiver whose queue is full.
-#: No readiness event announces room there, so the sender polls: quickly at first (a reader
-#: usually catches up within milliseconds), then at most 20 times a second.
-UNIX_SEND_RETRY = 0.001
-UNIX_SEND_RETRY_MAX = 0.05
 
 
 class DatagramSocket:
@@ -37,8 +32,6 @@ class DatagramSocket:
         inner.socket.setblocking(False)
         self._inner = inner
         self._ready = Readiness(inner.socket)
-        #: Set by :func:`enchufe.aio.serve.deliver` while its sends find the buffer full.
-        self._congested = False
 
     @property
     def socket(self) -> socket.socket:
@@ -91,11 +84,7 @@ class DatagramSocket:
 
         For servers that must not let one peer that does not read hold up the others.
         """
-        try:
-            self._inner.sendto(data, address)
-        except BlockingIOError:
-            return False
-        return True
+        return self._inner.sendto_nowait(data, address)
 
     async def send(self, data: bytes) -> int:
         while True:

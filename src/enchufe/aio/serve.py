@@ -29,8 +29,10 @@ from typing import Any
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DELIVER_PATIENCE,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
+    MAX_STALLED_PEERS,
     ServeStats,
     is_exhaustion,
     log,
@@ -50,7 +52,7 @@ from . import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
-__all__ = ["Datagram", "Server", "deliver", "serve"]
+__all__ = ["DELIVER_PATIENCE", "Datagram", "Server", "deliver", "serve"]
 
 StreamHandler = Callable[[Connection], Awaitable[None]]
 
@@ -66,19 +68,20 @@ class Datagram:
     new_peer: bool = False
     #: Every peer seen within the idle timeout (the server's session table), sender included.
     peers: SessionTable[Any, dict[str, Any]] | None = None
+    #: The server's statistics: a dropped reply is counted in ``dropped``.
+    stats: ServeStats | None = field(default=None, repr=False)
 
     async def reply(self, data: bytes) -> bool:
         """Send ``data`` back to the sender; see :func:`deliver`.  ``False`` if it was dropped
-        (and for an unbound unix sender, which cannot be answered)."""
+        (counted in the server's ``stats.dropped``), and for an unbound unix sender, which
+        cannot be answered."""
         if self.sender is None:
             return False
-        return await deliver(self.socket, data, self.sender)
-
-
-#: How long a datagram server waits for its own unix send buffer to drain before dropping a
-#: datagram.  A unix receiver's unread datagrams stay charged to the sender's buffer, so a
-#: buffer that is full for longer than this has a peer behind it that stopped reading.
-DELIVER_PATIENCE = 1.0
+        if await deliver(self.socket, data, self.sender):
+            return True
+        if self.stats is not None:
+            self.stats.dropped += 1
+        return False
 
 
 async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
@@ -88,28 +91,30 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     once; a receiver that does not read loses datagrams in its own queue, not ours).
 
     Unix: a receiver that does not read fills its queue, and then every send to it would wait,
-    holding up every other peer of a server that handles datagrams in order.  The datagram is
-    dropped instead and ``False`` returned, as UDP would have dropped it.  When it is our own
-    buffer that is full (readers a little behind), we wait up to :data:`DELIVER_PATIENCE` for it,
-    once: until a datagram goes through again, the next ones are dropped without waiting, so
-    peers that stopped reading cost the server one such wait, not one per datagram.
+    holding up every other peer of a server that handles datagrams in order.  We wait for room
+    up to :data:`~enchufe._serving.DELIVER_PATIENCE` (a reader a little behind catches up);
+    after that the datagram is dropped and ``False`` returned, as UDP would have dropped it,
+    and until that peer takes a datagram again the next ones for it are dropped without
+    waiting.  :func:`enchufe.sync.serve.deliver` does the same, blocking.
     """
     if sock.socket.family != socket.AF_UNIX:
         await sock.sendto(data, peer)
         return True
+    stalled = sock._inner._stalled
     if sock.sendto_nowait(data, peer):
-        sock._congested = False
+        stalled.discard(peer)
         return True
-    if sock._congested:
-        return False  # we already waited in vain: drop at once until a send goes through
-    # Writable at once means our buffer has room and the receiver's queue is the full one.
+    if peer in stalled:
+        return False  # it already made us wait in vain: dropped at once until it reads again
     try:
         async with asyncio.timeout(DELIVER_PATIENCE):
-            await sock._ready.writable()
+            await sock.sendto(data, peer)  # backs off while the receiver's queue is full
     except (TimeoutError, TimedOut):
-        sock._congested = True
+        if len(stalled) >= MAX_STALLED_PEERS:
+            stalled.clear()
+        stalled.add(peer)
         return False
-    return sock.sendto_nowait(data, peer)
+    return True
 
 
 DatagramHandler = Callable[[Datagram], Awaitable[None] | None]
@@ -319,7 +324,7 @@ class Server:
             now = time.monotonic()
             sessions.expire(now)
             session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
-            datagram = Datagram(data, sender, sock, session, new, sessions)
+            datagram = Datagram(data, sender, sock, session, new, sessions, self.stats)
             try:
                 result = self.handler(datagram)
                 if inspect.isawaitable(result):

@@ -4,12 +4,13 @@ Streams are line-oriented: each line goes out prefixed with the sender's name (`
 forwards bytes unchanged, like ncat's broker mode).  Datagram peers join by sending and leave
 after the idle timeout; each datagram goes to the other peers, prefixed likewise.
 
-A slow client never stalls the others: what waits to be sent to it is bounded, and a client
-whose backlog passes the bound is dropped with a log line.  A datagram peer that does not read
-loses the datagrams that do not fit in its queue (as UDP would lose them), said once in the log
-per episode; the others keep receiving.  (A unix datagram client *connected* to the server holds
-the server's send buffer with what it leaves unread: the kernel then makes every send wait, so
-while it neither reads nor leaves, datagrams to everyone are dropped after a short wait.)
+A talker cannot starve the others: what waits to be sent to each member is bounded, and when a
+member's backlog is full the talker's lines wait (the server stops reading from it, so the
+kernel's flow control slows it down) until that member takes some.  Only a member that takes
+nothing for :data:`DEFAULT_DROP_AFTER` seconds with a full backlog counts as not reading: it is
+dropped with a log line, and told why in a last line before its connection closes.  A datagram
+peer that does not read loses the datagrams that do not fit in its queue (as UDP would lose
+them), said once in the log per episode; the others keep receiving.
 """
 
 from __future__ import annotations
@@ -20,17 +21,31 @@ import contextlib
 from dataclasses import dataclass, field
 
 from .._serving import log
+from .._text import printable
 from ..address import InetAddress, SocketAddress
 from ..aio.serve import Datagram, deliver
 from ..aio.stream import Connection
-from ..errors import EnchufeError
+from ..errors import EnchufeError, ProtocolError
 
-#: Bytes waiting for one client before it counts as not reading and is dropped: room for a
-#: burst of chat, far too little for a client to make the server hold much memory.
+#: Bytes waiting for one client before the talkers wait for it: room for a burst of chat, far
+#: too little for a client to make the server hold much memory.
 DEFAULT_QUEUE_LIMIT = 1 << 20
+
+#: Seconds a member may leave its full backlog untouched before it is dropped as not reading.
+#: Meanwhile the room waits for it, so this is also the longest stall one dead client causes.
+DEFAULT_DROP_AFTER = 5.0
+
+#: Seconds a dropped member gets to read what was already sent to it and the line saying why,
+#: before its connection is closed anyway.
+GOODBYE_TIMEOUT = 10.0
 
 #: Longest line accepted from a client; a longer one ends that client's session.
 MAX_LINE = 65536
+
+#: Bytes of one talker's input handled between two chances for the other tasks to run: lines
+#: already buffered are handled without waiting for the socket, so without this a talker with
+#: megabytes buffered would hold the loop until every backlog is full.
+YIELD_EVERY = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -40,7 +55,12 @@ class _Member:
     queue: collections.deque[bytes] = field(default_factory=collections.deque)
     queued: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set whenever the writer hands a message to the kernel: the member is reading.
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: bool = False
+    #: Sent after what is already on its way, then the connection closes (set when dropped).
+    goodbye: bytes = b""
+    reader: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -49,6 +69,8 @@ class ChatRoom:
 
     raw: bool = False
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    drop_after: float = DEFAULT_DROP_AFTER
+    goodbye_timeout: float = GOODBYE_TIMEOUT
     members: list[_Member] = field(default_factory=list)
     dropped: int = 0
     _unnamed: int = 0
@@ -77,53 +99,118 @@ class ChatRoom:
         """Handler for stream kinds."""
         member = _Member(conn, self._name_of(conn))
         self.members.append(member)
-        log.info("%s joined (%d in the room)", member.name, len(self.members))
+        log.info("%s joined (%d in the room)", printable(member.name), len(self.members))
         writer = asyncio.create_task(self._write(member))
+        reader = member.reader = asyncio.create_task(self._read(member))
         try:
-            while not member.dropped:
-                if self.raw:
-                    data = await conn.recv()
-                else:
-                    data = await conn.recv_until(b"\n", max_bytes=MAX_LINE)
-                    if data and not data.endswith(b"\n"):
-                        data += b"\n"  # the last line before EOF
-                if not data:
-                    break
-                self._broadcast(member, data if self.raw else member.name.encode() + b": " + data)
+            await asyncio.wait({reader})  # ends at EOF, on an error, or cancelled by a drop
+            if member.dropped:
+                with contextlib.suppress(TimeoutError, EnchufeError):
+                    async with asyncio.timeout(self.goodbye_timeout):
+                        await writer  # what was on its way, then the reason, then we close
+            elif not reader.cancelled() and (error := reader.exception()) is not None:
+                raise error  # the server logs and counts it
         finally:
-            self.members.remove(member)
-            member.dropped = True
-            member.wake.set()
-            with contextlib.suppress(asyncio.CancelledError, EnchufeError):
-                await writer
-            log.info("%s left (%d in the room)", member.name, len(self.members))
+            self._leave(member)
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.wait({reader, writer})
+            for task in (reader, writer):
+                if not task.cancelled():
+                    task.exception()  # retrieved: already raised above, or not worth a word
+            log.info("%s left (%d in the room)", printable(member.name), len(self.members))
 
-    def _broadcast(self, sender: _Member, message: bytes) -> None:
-        for other in self.members:
-            if other is sender or other.dropped:
+    async def _read(self, member: _Member) -> None:
+        conn = member.conn
+        since_yield = 0
+        while True:
+            if self.raw:
+                data = await conn.recv()
+            else:
+                try:
+                    data = await conn.recv_until(b"\n", max_bytes=MAX_LINE)
+                except ProtocolError:
+                    log.warning(
+                        "%s sent a line longer than %d bytes: disconnected", printable(member.name), MAX_LINE
+                    )
+                    raise
+                if data and not data.endswith(b"\n"):
+                    data += b"\n"  # the last line before EOF
+            if not data:
+                return
+            await self._broadcast(member, data if self.raw else member.name.encode() + b": " + data)
+            since_yield += len(data)
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+
+    async def _broadcast(self, sender: _Member, message: bytes) -> None:
+        for other in list(self.members):
+            if other is sender:
                 continue
-            if other.queued + len(message) > self.queue_limit:
-                self._drop(other)
+            # A full backlog makes the talker wait for this member (an empty one takes even an
+            # oversized message: the limit bounds what waits, it does not refuse lines).
+            while not other.dropped and other.queued and other.queued + len(message) > self.queue_limit:
+                other.progress.clear()
+                try:
+                    async with asyncio.timeout(self.drop_after):
+                        await other.progress.wait()
+                except TimeoutError:
+                    self._drop(other)
+            if other.dropped:
                 continue
             other.queue.append(message)
             other.queued += len(message)
             other.wake.set()
 
     def _drop(self, member: _Member) -> None:
-        member.dropped = True
+        if member.dropped:
+            return
+        waiting = member.queued
         self.dropped += 1
-        log.warning("dropped %s: not reading (%d bytes waiting)", member.name, member.queued)
-        member.conn.close()  # wakes its reader and writer; they end and leave the room
+        log.warning(
+            "dropped %s: not reading (%d bytes waiting, none taken for %g s)",
+            printable(member.name),
+            waiting,
+            self.drop_after,
+        )
+        member.dropped = True
+        member.queue.clear()
+        member.queued = 0
+        member.goodbye = (
+            f"enchufe chat: you were disconnected: you did not read for {self.drop_after:g} s "
+            f"while {waiting} bytes waited for you\n"
+        ).encode()
+        member.wake.set()
+        if member.reader is not None:
+            member.reader.cancel()  # it reads no more: its handler says goodbye and closes
+
+    def _leave(self, member: _Member) -> None:
+        if member in self.members:
+            self.members.remove(member)
+        member.dropped = True
+        member.wake.set()
 
     async def _write(self, member: _Member) -> None:
-        while not member.dropped:
-            if not member.queue:
-                member.wake.clear()
-                await member.wake.wait()
-                continue
-            message = member.queue.popleft()
-            member.queued -= len(message)
-            await member.conn.send_all(message)
+        try:
+            while True:
+                if member.queue:
+                    message = member.queue.popleft()
+                    member.queued -= len(message)
+                    await member.conn.send_all(message)
+                    member.progress.set()
+                elif member.dropped:
+                    if member.goodbye:
+                        await member.conn.send_all(member.goodbye)
+                    return
+                else:
+                    member.wake.clear()
+                    await member.wake.wait()
+        except EnchufeError as exc:  # reset, or gone: it leaves the room at once
+            log.info("%s: %s", printable(member.name), exc)
+            self._leave(member)
+            if member.reader is not None:
+                member.reader.cancel()
 
     async def datagram(self, datagram: Datagram) -> None:
         """Handler for datagram kinds: forward to every other peer seen within the idle timeout."""
@@ -132,7 +219,7 @@ class ChatRoom:
             log.info("ignored a datagram from an unbound unix socket: it cannot be answered")
             return
         if datagram.new_peer:
-            log.info("%s joined", sender)
+            log.info("%s joined", printable(str(sender)))
         name = str(sender).split("://", 1)[-1]
         message = datagram.data if self.raw else name.encode() + b": " + datagram.data
         for session in datagram.peers or ():
@@ -147,4 +234,4 @@ class ChatRoom:
             self.dropped += 1
             if not session.state.get("dropping"):
                 session.state["dropping"] = True
-                log.warning("dropped datagrams for %s: not reading", peer)
+                log.warning("dropped datagrams for %s: not reading", printable(str(peer)))

@@ -58,6 +58,8 @@ class DatagramSocket:
         self._closed = False
         self._buffer = bytearray(DEFAULT_MAX_DATAGRAM)
         self._resolved: dict[SocketAddress, SockAddr] = {}
+        #: Unix peers that made a server wait in vain (see ``enchufe.sync.serve.deliver``).
+        self._stalled: set[SocketAddress] = set()
         self.local_address = local_address or from_sockaddr(sock.family, sock.type, sock.getsockname())
         self.peer_address = peer_address
 
@@ -91,6 +93,24 @@ class DatagramSocket:
         except OSError as exc:
             what = f"send a {len(data)}-byte datagram to {target}"
             raise (_sockets.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
+
+    def sendto_nowait(self, data: bytes, address: SocketAddress | str) -> bool:
+        """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if
+        it would have to wait (our send buffer, or a unix receiver's queue, is full).
+
+        For servers that must not let one peer that does not read hold up the others.
+        """
+        self._check()
+        target = parse(address) if isinstance(address, str) else address
+        sockaddr = self._sockaddr_for(target)
+        try:
+            _sockets.sendto(self._sock, bytes(data), sockaddr, flags=socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            what = f"send a {len(data)}-byte datagram to {target}"
+            raise (_sockets.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
+        return True
 
     def send(self, data: bytes) -> int:
         """Send one datagram to the connected peer."""

@@ -26,14 +26,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DELIVER_PATIENCE,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
+    MAX_STALLED_PEERS,
+    UNIX_SEND_RETRY,
+    UNIX_SEND_RETRY_MAX,
     ServeStats,
     is_exhaustion,
     log,
@@ -53,7 +57,7 @@ from . import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
-__all__ = ["Datagram", "Server", "serve"]
+__all__ = ["Datagram", "Server", "deliver", "serve"]
 
 #: After cutting the remaining connections, how long to wait for their handler threads to
 #: return (they are woken by the shutdown of their sockets; one stuck elsewhere is left behind).
@@ -71,11 +75,52 @@ class Datagram:
     new_peer: bool = False
     #: Every peer seen within the idle timeout (the server's session table), sender included.
     peers: SessionTable[Any, dict[str, Any]] | None = None
+    #: The server's statistics: a dropped reply is counted in ``dropped``.
+    stats: ServeStats | None = field(default=None, repr=False)
 
-    def reply(self, data: bytes) -> None:
-        """Send ``data`` back to the sender (nothing happens for an unbound unix sender)."""
-        if self.sender is not None:
-            self.socket.sendto(data, self.sender)
+    def reply(self, data: bytes) -> bool:
+        """Send ``data`` back to the sender; see :func:`deliver`.  ``False`` if it was dropped
+        (counted in the server's ``stats.dropped``), and for an unbound unix sender, which
+        cannot be answered.  Never blocks on a peer that does not read."""
+        if self.sender is None:
+            return False
+        if deliver(self.socket, data, self.sender):
+            return True
+        if self.stats is not None:
+            self.stats.dropped += 1
+        return False
+
+
+def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
+    """Send one datagram from a server's socket to ``peer`` without letting ``peer`` stall it:
+    the policy of :func:`enchufe.aio.serve.deliver`, blocking.
+
+    UDP: waits while our own send buffer is full (a receiver that does not read loses
+    datagrams in its own queue).  Unix: a receiver whose queue is full gets up to
+    :data:`~enchufe._serving.DELIVER_PATIENCE` to make room, then the datagram is dropped and
+    ``False`` returned; until it takes a datagram again, the next ones for it are dropped at once.
+    """
+    if sock.socket.family != socket.AF_UNIX:
+        sock.sendto(data, peer)
+        return True
+    stalled = sock._stalled
+    if sock.sendto_nowait(data, peer):
+        stalled.discard(peer)
+        return True
+    if peer in stalled:
+        return False  # it already made us wait in vain: dropped at once until it reads again
+    # No readiness event announces room in a unix receiver's queue: poll, backing off.
+    deadline = time.monotonic() + DELIVER_PATIENCE
+    pause = UNIX_SEND_RETRY
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(pause, left))
+        if sock.sendto_nowait(data, peer):
+            return True
+        pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
+    if len(stalled) >= MAX_STALLED_PEERS:
+        stalled.clear()
+    stalled.add(peer)
+    return False
 
 
 class Server:
@@ -324,7 +369,7 @@ class Server:
             sessions.expire(now)
             session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
             try:
-                self.handler(Datagram(data, sender, sock, session, new, sessions))
+                self.handler(Datagram(data, sender, sock, session, new, sessions, self.stats))
             except ClosedError:
                 return
             except EnchufeError as exc:
