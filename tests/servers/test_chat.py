@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import socket
 import threading
@@ -402,3 +403,32 @@ def test_unixgram_talker_does_not_starve_the_readers(
             assert not thread.is_alive()
         assert counts == [count] * 3
         assert running.handler_object.dropped > 0  # the silent peer's, only
+
+
+def test_a_line_too_long_is_logged_as_a_warning(
+    chat_server: Callable[..., Any], serve_log: LogRecords
+) -> None:
+    """A line over the limit ends that member's session, said at the default verbosity."""
+    from enchufe.servers.chat import MAX_LINE
+
+    running = chat_server("tcp4")
+    room: ChatRoom = running.handler_object
+    with enchufe.connect(running.address) as member:
+        member.set_timeout(IO_TIMEOUT)
+        wait_until(lambda: len(room.members) == 1, what="joining")
+        name = str(member.local_address).split("://", 1)[1]
+        with contextlib.suppress(ConnectionReset):
+            member.send_all(b"x" * (MAX_LINE + 10))
+        assert closed_by_server(member)
+    message = serve_log.wait_for("longer than")
+    assert message == f"{name} sent a line longer than {MAX_LINE} bytes: disconnected"
+    assert any(r.levelno == logging.WARNING and "longer than" in r.getMessage() for r in serve_log.records)
+
+
+def closed_by_server(conn: enchufe.Connection) -> bool:
+    try:
+        while conn.recv():
+            pass
+    except ConnectionReset:
+        pass
+    return True

@@ -395,3 +395,45 @@ def test_reply_to_a_unix_peer_that_does_not_read_is_dropped_and_counted(
             assert active.recvfrom()[0] == b"still served %d" % i
         wait_until(lambda: running.stats.dropped > 0, what="replies to the silent peer counted as dropped")
         assert running.stats.dropped <= sent
+
+
+# --- the library's serve() and signals -------------------------------------------------------------
+
+SERVE_SCRIPT = """
+import sys
+from enchufe.sync.serve import serve
+
+def echo(conn):
+    while data := conn.recv():
+        conn.send_all(data)
+
+stats = serve(sys.argv[1], echo, ready=lambda address: print("ready", address, flush=True))
+print("stopped", stats.accepted, stats.cut, flush=True)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGHUP", "SIGTERM", "SIGINT"])
+def test_sync_serve_stops_cleanly_on_a_signal(signame: str, make_address: Callable[[str], str]) -> None:
+    """SIGHUP (the terminal went away) stops serve() as cleanly as SIGTERM and Ctrl-C: the
+    statistics are returned and the socket file is removed."""
+    import signal
+    import subprocess
+    import sys
+
+    address = make_address("unix")
+    path = address.removeprefix("unix://")
+    child = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, address], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().startswith("ready")
+        with client(address) as conn:
+            round_trip(conn)
+        child.send_signal(getattr(signal, signame))
+        out, _ = child.communicate(timeout=IO_TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(IO_TIMEOUT)
+    assert child.returncode == 0, f"{signame}: exit status {child.returncode}"
+    assert out == "stopped 1 0\n"
+    assert not os.path.lexists(path)

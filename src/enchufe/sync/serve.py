@@ -22,6 +22,7 @@ import contextlib
 import math
 import os
 import select
+import signal
 import socket
 import threading
 import time
@@ -391,22 +392,42 @@ def serve(
     idle_timeout: float | None = None,
     ready: Callable[[SocketAddress], None] | None = None,
 ) -> ServeStats:
-    """Serve ``handler`` on ``address`` in this thread until interrupted (Ctrl-C, SIGTERM).
+    """Serve ``handler`` on ``address`` in this thread until SIGINT (Ctrl-C), SIGTERM or SIGHUP.
 
-    ``ready(address)`` is called once bound.  On KeyboardInterrupt the server stops accepting,
-    drains for the default drain timeout (a second one cuts at once), and returns its statistics.
+    ``ready(address)`` is called once bound.  The first signal stops accepting and drains for
+    the default drain timeout; a second one cuts what is left at once.  SIGHUP (the terminal
+    went away) stops as cleanly as SIGTERM: socket files removed, statistics returned.  The
+    signal handlers are installed only when called from the main thread (Python delivers
+    signals there), and the previous ones are put back on return.
     """
     server = Server(address, handler, max_connections=max_connections, idle_timeout=idle_timeout)
     server.start()
-    if ready is not None:
-        ready(server.bound_address)
+    previous: dict[int, Any] = {}
     try:
-        return server.serve_forever()
-    except KeyboardInterrupt:
-        server.shutdown()
+        if threading.current_thread() is threading.main_thread():
+            for signum in _STOP_SIGNALS:
+                previous[signum] = signal.signal(signum, lambda _signum, _frame: server.shutdown())
+        if ready is not None:
+            ready(server.bound_address)
         try:
-            server._drain()
-        except KeyboardInterrupt:  # a second Ctrl-C while draining: cut what is left now
-            server.shutdown(0)
-            server._drain()
-        return server.stats
+            return server.serve_forever()
+        except KeyboardInterrupt:  # SIGINT with a handler of the caller's that raises it
+            server.shutdown()
+            try:
+                server._drain()
+            except KeyboardInterrupt:  # a second Ctrl-C while draining: cut what is left now
+                server.shutdown(0)
+                server._drain()
+            return server.stats
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
+        # Whatever ended the loop, nothing is left behind: listener and socket file, the
+        # datagram socket, handler threads (none remain after a normal stop).
+        server.shutdown(0)
+        server._close_datagram()
+        server._drain()
+
+
+#: What stops serve(): Ctrl-C, a polite kill, the terminal going away.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
