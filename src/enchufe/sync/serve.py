@@ -420,8 +420,8 @@ def serve(
                 server._drain()
             return server.stats
     finally:
-        for signum, handler_before in previous.items():
-            signal.signal(signum, handler_before)
+        for stop_signal, handler_before in previous.items():
+            signal.signal(stop_signal, handler_before)
         # Whatever ended the loop, nothing is left behind: listener and socket file, the
         # datagram socket, handler threads (none remain after a normal stop).
         server.shutdown(0)
