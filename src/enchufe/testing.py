@@ -2,7 +2,7 @@
 
 Installed as a pytest plugin (entry point ``pytest11``), so with enchufe installed::
 
-    def test_my_client(echo_server):
+    def test_my_client(echo_server: EchoServer) -> None:    # from enchufe.testing
         address = echo_server("unixgram")          # a running echo server, its address
         with enchufe.connect_datagram(address) as sock:
             sock.send(b"ping")
@@ -37,7 +37,7 @@ from .aio.serve import Datagram, Server
 from .aio.stream import Connection
 from .servers import ChatRoom, echo_datagram, echo_stream
 
-__all__ = ["KINDS", "RunningServer", "Sink", "address_for", "start_server"]
+__all__ = ["KINDS", "EchoServer", "RunningServer", "ServerStarter", "Sink", "address_for", "start_server"]
 
 KINDS = ("tcp4", "tcp6", "udp4", "udp6", "unix", "unixgram", "unix-abstract", "unixgram-abstract")
 
@@ -115,6 +115,15 @@ class RunningServer:
             return
         self.loop.call_soon_threadsafe(self.server.shutdown, drain_timeout)
         self.thread.join(STARTUP_TIMEOUT + drain_timeout)
+
+
+#: The ``echo_server`` fixture's type, for annotating tests: ``echo_server(kind="tcp4",
+#: **options)`` starts an echo server and returns its address.
+EchoServer = Callable[..., SocketAddress]
+
+#: The ``sink_server`` and ``chat_server`` fixtures' type: ``sink_server(kind="tcp4",
+#: **options)`` returns the :class:`RunningServer`.
+ServerStarter = Callable[..., RunningServer]
 
 
 def start_server(
@@ -198,18 +207,18 @@ def _factory(role: str, folder: str) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-def echo_server(enchufe_folder: str) -> Iterator[Callable[..., SocketAddress]]:
+def echo_server(enchufe_folder: str) -> Iterator[EchoServer]:
     """``echo_server(kind="tcp4", **options)`` starts an echo server and returns its address."""
     yield from _factory("echo", enchufe_folder)
 
 
 @pytest.fixture
-def sink_server(enchufe_folder: str) -> Iterator[Callable[..., RunningServer]]:
+def sink_server(enchufe_folder: str) -> Iterator[ServerStarter]:
     """``sink_server(kind)`` starts a sink; the result has ``.address`` and ``.digests``."""
     yield from _factory("sink", enchufe_folder)
 
 
 @pytest.fixture
-def chat_server(enchufe_folder: str) -> Iterator[Callable[..., RunningServer]]:
+def chat_server(enchufe_folder: str) -> Iterator[ServerStarter]:
     """``chat_server(kind)`` starts a chat room; the result has ``.address``."""
     yield from _factory("chat", enchufe_folder)

@@ -313,3 +313,12 @@ def test_run_and_new_event_loop() -> None:
         assert type(loop).__module__.startswith("uvloop")
         loop.close()
     assert aio.run(answer(), use_uvloop=False).startswith("asyncio")
+
+
+def test_the_namespace_is_exactly_its_public_names() -> None:
+    """``enchufe.aio`` shows what it offers and nothing it merely uses (asyncio, socket, …)."""
+    import enchufe.aio.serve  # noqa: F401  (a submodule users import: it must be listed too)
+
+    public = {name for name in dir(aio) if not name.startswith("_")}
+    assert public == set(aio.__all__)
+    assert {"asyncio", "socket", "Any", "annotations", "ConnectPlan"}.isdisjoint(public)

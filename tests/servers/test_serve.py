@@ -72,11 +72,14 @@ def closed_by_server(conn: enchufe.Connection) -> bool:
 
 
 def test_bad_options() -> None:
-    for cls in (SyncServer, AsyncServer):
-        with pytest.raises(UsageError):
-            cls("tcp://127.0.0.1:0", sync_echo, max_connections=0)
-        with pytest.raises(UsageError):
-            cls("stdio:", sync_echo)
+    with pytest.raises(UsageError):
+        SyncServer("tcp://127.0.0.1:0", sync_echo, max_connections=0)
+    with pytest.raises(UsageError):
+        SyncServer("stdio:", sync_echo)
+    with pytest.raises(UsageError):
+        AsyncServer("tcp://127.0.0.1:0", async_echo, max_connections=0)
+    with pytest.raises(UsageError):
+        AsyncServer("stdio:", async_echo)
 
 
 @pytest.mark.parametrize("kind", kind_params(("tcp4", "unix")))
@@ -437,3 +440,46 @@ def test_sync_serve_stops_cleanly_on_a_signal(signame: str, make_address: Callab
     assert child.returncode == 0, f"{signame}: exit status {child.returncode}"
     assert out == "stopped 1 0\n"
     assert not os.path.lexists(path)
+
+
+# --- handler types ---------------------------------------------------------------------------------
+
+HANDLER_TYPES = """
+import enchufe
+import enchufe.aio as aio
+from enchufe.aio.serve import Datagram as AsyncDatagram
+from enchufe.aio.serve import Server as AsyncServer
+from enchufe.sync.serve import Datagram, Server, serve
+
+
+def sync_stream(conn: enchufe.Connection) -> None: ...
+async def async_stream(conn: aio.Connection) -> None: ...
+def sync_datagram(datagram: Datagram) -> None: ...
+async def async_datagram(datagram: AsyncDatagram) -> None: ...
+def plain_datagram(datagram: AsyncDatagram) -> None: ...
+
+
+Server("tcp://127.0.0.1:0", sync_stream)
+Server("udp://127.0.0.1:0", sync_datagram)
+AsyncServer("tcp://127.0.0.1:0", async_stream)
+AsyncServer("udp://127.0.0.1:0", async_datagram)
+AsyncServer("udp://127.0.0.1:0", plain_datagram)
+AsyncServer("tcp://127.0.0.1:0", sync_stream)  # wrong: a blocking handler for asyncio
+Server("tcp://127.0.0.1:0", async_stream)  # wrong: a coroutine function for threads
+serve("tcp://127.0.0.1:0", lambda: None)  # wrong: a handler takes one argument
+"""
+
+
+def test_handlers_are_typed(tmp_path: Any) -> None:
+    """mypy --strict accepts the right handler for each server and refuses the wrong ones."""
+    from mypy import api
+
+    source = tmp_path / "handlers.py"
+    source.write_text(HANDLER_TYPES)
+    stdout, _stderr, _status = api.run(
+        ["--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"), str(source)]
+    )
+    lines = HANDLER_TYPES.splitlines()
+    wrong = {n for n, line in enumerate(lines, 1) if "# wrong" in line}
+    flagged = {int(line.split(":")[1]) for line in stdout.splitlines() if ": error:" in line}
+    assert flagged == wrong, stdout

@@ -27,6 +27,7 @@ from enchufe import (
     UsageError,
     _sockets,
 )
+from enchufe.address import SocketAddress
 from tests.conftest import DATAGRAM_KINDS, connectable, kind_params, needs_ipv6
 
 #: Seconds a receive may wait before the test calls the datagram lost.
@@ -294,3 +295,32 @@ def test_misuse_and_closed_socket(datagram_address: str) -> None:
     ):
         with pytest.raises(ClosedError):
             call()
+
+
+@pytest.mark.parametrize("kind", kind_params(DATAGRAM_KINDS))
+def test_a_bound_socket_has_an_address_and_answers_any_sender(
+    kind: str, make_address: Callable[[str], str]
+) -> None:
+    """``.address`` like a Listener's (never None for a bound socket), and ``sendto`` takes
+    the sender ``recvfrom`` returned as it is (the README's snippet type-checks)."""
+    with enchufe.bind_datagram(make_address(kind)) as mailbox:
+        address: SocketAddress = mailbox.address
+        assert address == mailbox.local_address
+        with enchufe.connect_datagram(connectable(address)) as letter:
+            letter.set_timeout(IO_TIMEOUT)
+            mailbox.set_timeout(IO_TIMEOUT)
+            letter.send(b"ping")
+            _data, sender = mailbox.recvfrom()
+            mailbox.sendto(b"pong", sender)
+            assert letter.recv() == b"pong"
+
+
+def test_sendto_an_unbound_unix_sender_says_it_cannot_be_answered(make_address: Callable[[str], str]) -> None:
+    with enchufe.bind_datagram(make_address("unixgram")) as mailbox:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+            unbound.sendto(b"who am i", str(mailbox.address).removeprefix("unixgram://"))
+        mailbox.set_timeout(IO_TIMEOUT)
+        _data, sender = mailbox.recvfrom()
+        assert sender is None
+        with pytest.raises(UsageError, match="unbound unix socket"):
+            mailbox.sendto(b"reply", sender)

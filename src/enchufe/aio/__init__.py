@@ -16,23 +16,14 @@ Sending returns once the kernel took the bytes (no unbounded write buffer).  Can
 ``connect`` closes the socket it opened.  Host names are resolved in the loop's executor.
 """
 
-from __future__ import annotations
-
-import asyncio
-import socket
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
-from .. import _sockets
-from .._connect import ConnectPlan
-from .._sockets import DEFAULT_BACKLOG, SocketFile, Target, open_datagram, open_listener
-from ..address import Address, UnixAddress
-from ..sync import DEFAULT_RETRY_DELAY, _socket_address
-from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
-from ._wait import wait_writable
+# No ``from __future__ import annotations`` here: it would add a public name, ``annotations``.
+from . import datagram, serve, stream
+from ._open import bind_datagram, connect, connect_datagram, listen, new_event_loop, run
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
+#: Exactly the public names of the package (a test checks ``dir()`` against it): the endpoint
+#: classes, the openers, the loop helpers, and the submodules.
 __all__ = [
     "Connection",
     "DatagramSocket",
@@ -40,146 +31,10 @@ __all__ = [
     "bind_datagram",
     "connect",
     "connect_datagram",
+    "datagram",
     "listen",
     "new_event_loop",
     "run",
+    "serve",
+    "stream",
 ]
-
-T = TypeVar("T")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop loop when uvloop is installed, else the default asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
-def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
-    """Run ``main`` to completion on a new loop (uvloop if installed and ``use_uvloop``)."""
-    factory = new_event_loop if use_uvloop else asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
-async def listen(
-    address: Address | str,
-    *,
-    backlog: int = DEFAULT_BACKLOG,
-    mode: int | None = None,
-    reuse_port: bool = False,
-) -> Listener:
-    """Like :func:`enchufe.listen`, for asyncio."""
-    sock, real, owned = open_listener(
-        _socket_address(address, stream=True, role="listen"),
-        backlog=backlog,
-        mode=mode,
-        reuse_port=reuse_port,
-    )
-    return Listener(sock, real, owned)
-
-
-async def bind_datagram(
-    address: Address | str, *, mode: int | None = None, reuse_port: bool = False
-) -> DatagramSocket:
-    """Like :func:`enchufe.bind_datagram`, for asyncio."""
-    sock, real, owned = open_datagram(
-        _socket_address(address, stream=False, role="bind_datagram"), mode=mode, reuse_port=reuse_port
-    )
-    return DatagramSocket(_SyncDatagramSocket(sock, owned=owned, local_address=real))
-
-
-async def connect(
-    address: Address | str,
-    *,
-    timeout: float | None = None,
-    retries: int = 0,
-    retry_delay: float = DEFAULT_RETRY_DELAY,
-) -> Connection:
-    """Like :func:`enchufe.connect`, for asyncio: each attempt a new socket, ``timeout`` each."""
-    target = _socket_address(address, stream=True, role="connect")
-    sock, _owned = await _open_connection(target, timeout, retries, retry_delay)
-    return Connection(sock)
-
-
-async def connect_datagram(
-    address: Address | str,
-    *,
-    timeout: float | None = None,
-    retries: int = 0,
-    retry_delay: float = DEFAULT_RETRY_DELAY,
-) -> DatagramSocket:
-    """Like :func:`enchufe.connect_datagram`, for asyncio (unixgram clients get a reply address)."""
-    target = _socket_address(address, stream=False, role="connect_datagram")
-    sock, owned = await _open_connection(target, timeout, retries, retry_delay)
-    return DatagramSocket(_SyncDatagramSocket(sock, owned=owned, peer_address=target))
-
-
-async def _targets(address: Any) -> list[Target]:
-    if isinstance(address, UnixAddress):
-        return [Target(socket.AF_UNIX, address.sockaddr)]
-    if address.family is not None and address.host:  # a literal: nothing to look up
-        return _sockets.resolve(address, passive=False)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, lambda: _sockets.resolve(address, passive=False))
-
-
-async def _open_connection(
-    address: Any, timeout: float | None, retries: int, retry_delay: float
-) -> tuple[socket.socket, SocketFile | None]:
-    plan = ConnectPlan(address, retries=retries, retry_delay=retry_delay)
-    sock_type = socket.SOCK_STREAM if address.is_stream else socket.SOCK_DGRAM
-    for delay in plan:
-        if delay:
-            await asyncio.sleep(delay)
-        for target in await _targets(address):
-            sock = _sockets.new_socket(target.family, sock_type)
-            owned: SocketFile | None = None
-            try:
-                sock.setblocking(False)
-                if sock_type == socket.SOCK_DGRAM and target.family == socket.AF_UNIX:
-                    owned = _sockets.autobind_unix(sock)
-                async with asyncio.timeout(timeout):
-                    if target.family == socket.AF_UNIX:
-                        await _connect_unix(sock, target.sockaddr)
-                    elif not _sockets.start_connect(sock, target.sockaddr):
-                        await wait_writable(sock)
-                        _sockets.finish_connect(sock)
-                return sock, owned
-            except OSError as exc:
-                _release(sock, owned)
-                plan.failed(exc, _sockets.explain_unix_failure(address, exc, f"connect to {address}"))
-            except BaseException:  # cancelled: close what we opened
-                _release(sock, owned)
-                raise
-    raise plan.error()
-
-
-#: A unix listener whose backlog is full makes a non-blocking connect fail with EAGAIN, and the
-#: kernel offers no readiness event for "the backlog has room again" (a blocking connect sleeps
-#: inside the kernel instead).  So the attempt is repeated, starting fast (a busy server
-#: usually accepts within milliseconds) and backing off so that a stuck one costs little CPU.
-UNIX_BACKLOG_RETRY = 0.001
-UNIX_BACKLOG_RETRY_MAX = 0.05
-
-
-async def _connect_unix(sock: socket.socket, sockaddr: Any) -> None:
-    """Connect a non-blocking unix socket, waiting while the listener's backlog is full.
-
-    A unix stream connect never answers EINPROGRESS: it succeeds at once, fails, or (backlog
-    full) answers EAGAIN without starting anything.  Waiting for the socket to become writable
-    would not do: an unconnected unix socket is always writable.
-    """
-    pause = UNIX_BACKLOG_RETRY
-    while not _sockets.start_connect(sock, sockaddr):
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, UNIX_BACKLOG_RETRY_MAX)
-
-
-def _release(sock: socket.socket, owned: SocketFile | None) -> None:
-    _sockets.close(sock)
-    if owned is not None:
-        owned.release()

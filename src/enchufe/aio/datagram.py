@@ -45,6 +45,11 @@ class DatagramSocket:
     def peer_address(self) -> SocketAddress | None:
         return self._inner.peer_address
 
+    @property
+    def address(self) -> SocketAddress:
+        """The address this socket is bound to (see :attr:`enchufe.DatagramSocket.address`)."""
+        return self._inner.address
+
     def fileno(self) -> int:
         return self._inner.fileno()
 
@@ -54,7 +59,7 @@ class DatagramSocket:
             raise ClosedError("this datagram socket is closed")
         self._ready.timeout = seconds
 
-    async def sendto(self, data: bytes, address: SocketAddress | str) -> int:
+    async def sendto(self, data: bytes, address: SocketAddress | str | None) -> int:
         """Send one datagram to ``address``, waiting while it cannot go now."""
         if self._inner.socket.family != socket.AF_UNIX:
             while True:
@@ -78,7 +83,7 @@ class DatagramSocket:
                 waited += pause
                 pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
 
-    def sendto_nowait(self, data: bytes, address: SocketAddress | str) -> bool:
+    def sendto_nowait(self, data: bytes, address: SocketAddress | str | None) -> bool:
         """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if
         it would have to wait (our send buffer, or a unix receiver's queue, is full).
 

@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -48,13 +48,20 @@ from ..errors import (
     UsageError,
 )
 from ..sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
-from . import bind_datagram, listen
+from ._open import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
-__all__ = ["DELIVER_PATIENCE", "Datagram", "Server", "deliver", "serve"]
-
-StreamHandler = Callable[[Connection], Awaitable[None]]
+__all__ = [
+    "DELIVER_PATIENCE",
+    "Datagram",
+    "DatagramHandler",
+    "Handler",
+    "Server",
+    "StreamHandler",
+    "deliver",
+    "serve",
+]
 
 
 @dataclass
@@ -117,7 +124,22 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     return True
 
 
-DatagramHandler = Callable[[Datagram], Awaitable[None] | None]
+class StreamHandler(Protocol):
+    """What serves one stream connection: ``await handler(conn)``; the connection closes when
+    it returns."""
+
+    def __call__(self, conn: Connection, /) -> Awaitable[object]: ...
+
+
+class DatagramHandler(Protocol):
+    """What handles one datagram: ``handler(datagram)``, awaited if it returns an awaitable
+    (a coroutine function or a plain function both do), in arrival order."""
+
+    def __call__(self, datagram: Datagram, /) -> Awaitable[object] | object: ...
+
+
+#: A stream handler for stream addresses, a datagram handler for datagram ones.
+Handler = StreamHandler | DatagramHandler
 
 
 @dataclass
@@ -133,7 +155,7 @@ class Server:
     """
 
     address: Address | str
-    handler: Callable[..., Any]
+    handler: Handler
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout: float | None = None
     mode: int | None = None
@@ -251,7 +273,7 @@ class Server:
         try:
             if self.idle_timeout is not None:
                 conn.set_timeout(self.idle_timeout)
-            await self.handler(conn)
+            await cast(StreamHandler, self.handler)(conn)
             self.stats.completed += 1
         except TimedOut:
             self.stats.idle_closed += 1
@@ -326,7 +348,7 @@ class Server:
             session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
             datagram = Datagram(data, sender, sock, session, new, sessions, self.stats)
             try:
-                result = self.handler(datagram)
+                result = cast(DatagramHandler, self.handler)(datagram)
                 if inspect.isawaitable(result):
                     await result
             except ClosedError:
@@ -344,7 +366,7 @@ def _new_state(_peer: object) -> dict[str, Any]:
 
 async def serve(
     address: Address | str,
-    handler: Callable[..., Any],
+    handler: Handler,
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     idle_timeout: float | None = None,

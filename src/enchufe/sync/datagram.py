@@ -9,7 +9,7 @@ from types import TracebackType
 
 from .. import _sockets
 from .._sockets import SockAddr
-from ..address import InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
+from ..address import Address, InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
 from ..errors import (
     AddressError,
     ClosedError,
@@ -64,6 +64,15 @@ class DatagramSocket:
         self.peer_address = peer_address
 
     @property
+    def address(self) -> SocketAddress:
+        """The address this socket is bound to, like :attr:`Listener.address` (port 0
+        resolved): where peers send to reach it.  :class:`~enchufe.errors.UsageError` for a
+        socket that has none (a unix client made without a reply address)."""
+        if self.local_address is None:
+            raise UsageError("this datagram socket is not bound to an address")
+        return self.local_address
+
+    @property
     def socket(self) -> socket.socket:
         return self._sock
 
@@ -81,10 +90,15 @@ class DatagramSocket:
 
     # -- sending
 
-    def sendto(self, data: bytes, address: SocketAddress | str) -> int:
-        """Send ``data`` as one datagram to ``address``; returns the bytes sent (all of them)."""
+    def sendto(self, data: bytes, address: SocketAddress | str | None) -> int:
+        """Send ``data`` as one datagram to ``address``; returns the bytes sent (all of them).
+
+        ``address`` may be what :meth:`recvfrom` returned as the sender, ``None`` included:
+        an unbound unix sender cannot be answered, which raises
+        :class:`~enchufe.errors.UsageError` here rather than on every caller's side.
+        """
         self._check()
-        target = parse(address) if isinstance(address, str) else address
+        target = self._target(address)
         sockaddr = self._sockaddr_for(target)
         try:
             return _sockets.sendto(self._sock, bytes(data), sockaddr)
@@ -94,14 +108,14 @@ class DatagramSocket:
             what = f"send a {len(data)}-byte datagram to {target}"
             raise (_sockets.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
 
-    def sendto_nowait(self, data: bytes, address: SocketAddress | str) -> bool:
+    def sendto_nowait(self, data: bytes, address: SocketAddress | str | None) -> bool:
         """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if
         it would have to wait (our send buffer, or a unix receiver's queue, is full).
 
         For servers that must not let one peer that does not read hold up the others.
         """
         self._check()
-        target = parse(address) if isinstance(address, str) else address
+        target = self._target(address)
         sockaddr = self._sockaddr_for(target)
         try:
             _sockets.sendto(self._sock, bytes(data), sockaddr, flags=socket.MSG_DONTWAIT)
@@ -123,6 +137,15 @@ class DatagramSocket:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
             raise translate(exc, f"send a {len(data)}-byte datagram to {self.peer_address}") from exc
+
+    @staticmethod
+    def _target(address: SocketAddress | str | None) -> Address:
+        if address is None:
+            raise UsageError(
+                "cannot send to an unbound unix socket: it has no address to answer "
+                "(its datagrams arrive with sender None)"
+            )
+        return parse(address) if isinstance(address, str) else address
 
     def _sockaddr_for(self, target: object) -> SockAddr:
         if not isinstance(target, InetAddress | UnixAddress) or target.is_stream:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -58,7 +58,7 @@ from . import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
-__all__ = ["Datagram", "Server", "deliver", "serve"]
+__all__ = ["Datagram", "DatagramHandler", "Handler", "Server", "StreamHandler", "deliver", "serve"]
 
 #: After cutting the remaining connections, how long to wait for their handler threads to
 #: return (they are woken by the shutdown of their sockets; one stuck elsewhere is left behind).
@@ -124,6 +124,22 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
     return False
 
 
+class StreamHandler(Protocol):
+    """What serves one stream connection: ``handler(conn)``; the connection closes on return."""
+
+    def __call__(self, conn: Connection, /) -> object: ...
+
+
+class DatagramHandler(Protocol):
+    """What handles one datagram: ``handler(datagram)``, in arrival order."""
+
+    def __call__(self, datagram: Datagram, /) -> object: ...
+
+
+#: A stream handler for stream addresses, a datagram handler for datagram ones.
+Handler = StreamHandler | DatagramHandler
+
+
 class Server:
     """A threaded server on ``address``; same options and guarantees as :class:`enchufe.aio.serve.Server`.
 
@@ -135,7 +151,7 @@ class Server:
     def __init__(
         self,
         address: Address | str,
-        handler: Callable[..., Any],
+        handler: Handler,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float | None = None,
@@ -284,7 +300,7 @@ class Server:
         try:
             if self.idle_timeout is not None:
                 conn.set_timeout(self.idle_timeout)
-            self.handler(conn)
+            cast(StreamHandler, self.handler)(conn)
             outcome = "completed"
         except TimedOut:
             outcome = "idle_closed"
@@ -370,7 +386,8 @@ class Server:
             sessions.expire(now)
             session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
             try:
-                self.handler(Datagram(data, sender, sock, session, new, sessions, self.stats))
+                handler = cast(DatagramHandler, self.handler)
+                handler(Datagram(data, sender, sock, session, new, sessions, self.stats))
             except ClosedError:
                 return
             except EnchufeError as exc:
@@ -386,7 +403,7 @@ def _new_state(_peer: object) -> dict[str, Any]:
 
 def serve(
     address: Address | str,
-    handler: Callable[..., Any],
+    handler: Handler,
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     idle_timeout: float | None = None,
