@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import re
+import shlex
 import socket
 import subprocess
 from collections.abc import Callable
 
 import pytest
 
+import enchufe
+from enchufe.relay import Relay, RelayConfig
+
 from .conftest import ENCHUFE, STEP, StartRelay, Target, dial, echo, ping
+
+#: Every numeric option of relay: each states its range in --help and refuses what is outside.
+NUMERIC_OPTIONS = (
+    "--max-conns",
+    "--connect-timeout",
+    "--idle-timeout",
+    "--max-sessions",
+    "--max-datagram",
+    "--drain-timeout",
+    "--stats",
+    "--workers",
+    "--backlog",
+)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,6 +70,21 @@ def _one_line(stderr: str) -> str:
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--max-conns", "0"), ("--max-conns",)),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--connect-timeout", "0"), ("--connect-timeout",)),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--mode", "999"), ("octal",)),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--mode", "600"), ("--mode", "no file")),
+        (("unix:@x", "tcp://127.0.0.1:9", "--mode", "600"), ("--mode", "abstract")),
+        (("udp://127.0.0.1:0", "udp://127.0.0.1:9", "--backlog", "5"), ("--backlog", "has none")),
+        *[
+            (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", f"{option}={value}"), (option, "accepted:"))
+            for option in NUMERIC_OPTIONS
+            for value in ("nan", "inf", "-inf", "1e309", "99999999999999999999", "-1", "\u0663")
+            # --stats takes an optional value: click reads "-inf" after it as an option of its own
+            # (refused all the same, with exit status 2, as "no such option").
+            if not (option == "--stats" and value.startswith("-"))
+        ],
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--stats=-1"), ("no such option",)),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--stats=0.001"), ("--stats", "0.1 ≤ S")),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--backlog", "65536"), ("--backlog", "65535")),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--workers", "257"), ("--workers", "256")),
     ],
 )
 def test_bad_input_is_refused_with_one_line_and_status_2(
@@ -94,3 +129,62 @@ def test_workers_share_the_port_and_stop_together(
     assert err.count("listening on") == 1
     # The kernel spread the clients over both workers.
     assert "worker 1: accepted" in err and "worker 2: accepted" in err
+
+
+def _help() -> str:
+    done = _run("--help")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("option", NUMERIC_OPTIONS)
+def test_every_numeric_option_states_its_range_in_help(option: str) -> None:
+    options = _help().split("\nOptions:", 1)[1]
+    # One block per option: its line starts with "  -", continuation lines are indented more.
+    blocks = re.split(r"\n(?=  -)", options)
+    (block,) = [b for b in blocks if b.strip().startswith(f"{option} ")]
+    help_text = " ".join(block.split())  # click wraps lines: judge the words
+    assert re.search(r"\[[0-9.]+ [<≤] \S+ ≤ [0-9]+\]", help_text), (option, help_text)
+
+
+def _examples() -> list[list[str]]:
+    text = _help()
+    block = text.split("Examples:", 1)[1].split("\n\n", 1)[0]
+    examples = []
+    for line in block.strip().splitlines():
+        words = shlex.split(line, comments=True)
+        assert words[:2] == ["enchufe", "relay"], line
+        examples.append(words[2:])
+    return examples
+
+
+def test_help_has_examples() -> None:
+    assert len(_examples()) >= 6
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_each_help_example_runs(start_relay: StartRelay, sock_dir: str, index: int) -> None:
+    """Every example of --help starts (its LISTEN moved to loopback or a temporary folder, so as
+    not to take a public port) and stops cleanly; stdio ones are checked without running."""
+    examples = _examples()
+    if index >= len(examples):
+        pytest.skip("fewer examples")
+    args = [word for word in examples[index] if word != "<" and not word.endswith(".txt")]
+    listen, rest = args[0], args[1:]
+    if listen == "-":
+        Relay(RelayConfig(listen, rest[0]))  # bad input would raise UsageError here
+        return
+    if "--allow-uid" in rest:
+        try:
+            pwd.getpwnam(rest[rest.index("--allow-uid") + 1])
+        except KeyError:
+            pytest.skip("the example's user does not exist here")
+    value = enchufe.parse(listen)
+    if isinstance(value, enchufe.UnixAddress):
+        listen = f"unix://{os.path.join(sock_dir, 'example.sock')}"
+    else:
+        assert isinstance(value, enchufe.InetAddress)
+        listen = f"{value.scheme}://127.0.0.1:0"
+    relay = start_relay(listen, *rest)
+    relay.signal()
+    assert relay.finish() == 0, relay.err

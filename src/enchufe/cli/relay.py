@@ -7,42 +7,63 @@ from typing import Any
 
 import click
 
-from ._common import event, global_options, json_option, settings
+from ._common import (
+    MAX_BACKLOG,
+    MAX_INT,
+    MAX_SECONDS,
+    BoundedInt,
+    FiniteFloat,
+    event,
+    global_options,
+    json_option,
+    parse_mode,
+    settings,
+)
+
+#: The shortest --stats interval: a line per 100 ms is already more than anyone reads, and a
+#: shorter one would make the relay spend its time reporting.
+MIN_STATS_INTERVAL = 0.1
+
+#: More worker processes than this only costs memory: each runs one event loop on one CPU.
+MAX_WORKERS = 256
+
+#: The largest --max-datagram: 16 MiB, as the library allows (a unix datagram can be that large
+#: with big socket buffers; a UDP one is at most 65,507 bytes over IPv4).
+MAX_DATAGRAM = 16 * 1024 * 1024
 
 
 @click.command("relay")
 @click.argument("listen_address", metavar="LISTEN")
 @click.argument("target_address", metavar="TARGET")
 @click.option(
-    "--max-conns", type=click.IntRange(1), default=None, help="Relayed connections at once; more are reset."
+    "--max-conns",
+    type=BoundedInt(1, MAX_INT),
+    default=None,
+    help="Relayed connections at once; more are reset (default: what the descriptor limit holds).",
 )
 @click.option(
     "--connect-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, MAX_SECONDS, min_open=True),
     default=None,
-    metavar="S",
     help="Give up connecting to TARGET after S seconds (default 10).",
 )
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, MAX_SECONDS, min_open=True),
     default=None,
-    metavar="S",
     help="Close a connection after S seconds without traffic (default: never for streams, "
     "60 for datagram sessions).",
 )
 @click.option(
     "--max-sessions",
-    type=click.IntRange(1),
+    type=BoundedInt(1, MAX_INT),
     default=None,
-    metavar="N",
     help="Datagram sessions (one per sender) at once; a new sender evicts the least active (default 1024).",
 )
 @click.option(
     "--max-datagram",
-    type=click.IntRange(1, 16 * 1024 * 1024),
+    type=BoundedInt(1, MAX_DATAGRAM, symbol="BYTES"),
     default=None,
-    metavar="BYTES",
     help="Largest datagram relayed; larger ones are counted and dropped (default 65536).",
 )
 @click.option(
@@ -52,10 +73,10 @@ from ._common import event, global_options, json_option, settings
 )
 @click.option(
     "--drain-timeout",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0, MAX_SECONDS),
     default=None,
-    metavar="S",
-    help="On SIGTERM/SIGINT, let open connections finish for S seconds (default 10).",
+    help="On SIGTERM/SIGINT/SIGHUP, let open connections finish for S seconds (default 10; 0 cuts "
+    "them at once).",
 )
 @click.option("--allow", multiple=True, metavar="CIDR", help="Only these IP peers (repeatable).")
 @click.option(
@@ -70,21 +91,27 @@ from ._common import event, global_options, json_option, settings
 @click.option(
     "--stats",
     "stats_interval",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(MIN_STATS_INTERVAL, MAX_SECONDS),
     is_flag=False,
     flag_value=1.0,
     default=None,
-    metavar="[S]",
     help="A stats line every S seconds (default 1; write --stats=S) and a summary at exit.",
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1),
+    type=BoundedInt(1, MAX_WORKERS),
     default=1,
-    help="Processes sharing a tcp LISTEN port (SO_REUSEPORT).",
+    help="Processes sharing a tcp or udp LISTEN port (SO_REUSEPORT).",
 )
-@click.option("--backlog", type=click.IntRange(1), default=None, help="Listen queue length.")
-@click.option("--mode", default=None, help="Permissions of a unix LISTEN socket file, e.g. 660.")
+@click.option(
+    "--backlog",
+    type=BoundedInt(1, MAX_BACKLOG),
+    default=None,
+    help="Listen queue length of a stream LISTEN (default 4096, capped by net.core.somaxconn).",
+)
+@click.option(
+    "--mode", default=None, metavar="OCTAL", help="Permissions of a unix LISTEN socket file, e.g. 660."
+)
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option
 @global_options
@@ -125,8 +152,8 @@ def command(
     datagram address need --frame: each datagram travels as a length-prefixed message.
 
     \b
-    SIGTERM/SIGINT stop accepting and let open connections finish (--drain-timeout); a second
-    signal cuts them.  Exit status 0, or 1 if connections had to be cut (or a one-shot stdio relay
+    SIGTERM, SIGINT and SIGHUP stop accepting and let open connections finish (--drain-timeout); a
+    second signal cuts them.  Exit status 0, or 1 if connections had to be cut (or a one-shot stdio relay
     was reset).
 
     \b
@@ -135,12 +162,11 @@ def command(
       enchufe relay unix:///run/app.sock tcp://127.0.0.1:9000 --allow-uid www-data
       enchufe relay tcp://:8080 unix:@backend --max-conns 1000 --stats=5
       enchufe relay udp://:5353 udp://10.0.0.53:53
-      enchufe relay udp://:5353 tcp://tunnel:9000 --frame   # and on the tunnel host:
+      enchufe relay udp://:5353 tcp://10.0.0.7:9000 --frame   # and on 10.0.0.7:
       enchufe relay tcp://:9000 udp://10.0.0.53:53 --frame
       enchufe relay tcp://:7000 'exec:tr a-z A-Z'
       enchufe relay - tcp://example.com:80 < request.txt
     """
-    from .._sockets import DEFAULT_BACKLOG
     from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
     from ..relay.datagram import DEFAULT_MAX_DATAGRAM
     from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
@@ -160,8 +186,8 @@ def command(
         rules=AccessRules.parse(allow=allow, deny=deny, allow_uids=allow_uid, allow_gids=allow_gid),
         stats_interval=stats_interval,
         splice=not no_splice,
-        backlog=backlog or DEFAULT_BACKLOG,
-        mode=_parse_mode(mode),
+        backlog=backlog,
+        mode=parse_mode(mode),
     )
     level = _event_level()
     if workers > 1:
@@ -185,17 +211,3 @@ def _event_level() -> int:
 
 def _emit(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
     event(name, message, level=level, **fields)
-
-
-def _parse_mode(mode: str | None) -> int | None:
-    if mode is None:
-        return None
-    try:
-        value = int(mode, 8)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 0o777:
-        raise click.BadParameter(
-            f"{mode!r} is not an octal file mode such as 600 or 660", param_hint="--mode"
-        )
-    return value

@@ -56,6 +56,14 @@ __all__ = [
 #: and its exec: children would be orphaned.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+#: The longest timeout or interval, in seconds (about 11.5 days): the event loop's timers go
+#: to epoll_wait in milliseconds as a C int (24.8 days at most).
+MAX_SECONDS = 1_000_000.0
+
+#: The longest listen queue: the kernel caps it at net.core.somaxconn (at most 65535 on older
+#: kernels), and listen(2) takes an int.
+MAX_BACKLOG = 65535
+
 #: Seconds to wait for the target to accept.  The kernel alone would wait minutes (SYN retries);
 #: a client of a relay would rather be told quickly.  Loopback and LAN targets answer in
 #: milliseconds, distant ones well within this.
@@ -104,8 +112,9 @@ class RelayConfig:
     stats_interval: float | None = None
     #: splice through pipes (zero-copy); False copies through a buffer (for comparison)
     splice: bool = True
-    backlog: int = DEFAULT_BACKLOG
-    #: permissions of a unix listener's socket file
+    #: listen queue of a stream listener; ``None``: DEFAULT_BACKLOG
+    backlog: int | None = None
+    #: permissions of a unix listener's socket file (only a unix LISTEN has one)
     mode: int | None = None
     #: bind with SO_REUSEPORT (for several worker processes on one port)
     reuse_port: bool = False
@@ -182,6 +191,24 @@ def check_endpoints(
     return source, dest
 
 
+def _check_applies(listen: Address, config: RelayConfig) -> None:
+    """An option that does not apply to LISTEN is refused (UsageError), never ignored."""
+    if config.mode is not None and not (isinstance(listen, UnixAddress) and not listen.abstract):
+        what = "an abstract unix name, which has no file" if isinstance(listen, UnixAddress) else "no file"
+        raise UsageError(
+            f"--mode sets the permissions of a unix LISTEN socket file, but {listen} is {what}; "
+            "leave out --mode or listen on unix:///PATH"
+        )
+    if config.backlog is not None:
+        if not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream):
+            raise UsageError(
+                f"--backlog sets the listen queue of a stream LISTEN, but {listen} has none; "
+                "leave out --backlog"
+            )
+        if not 1 <= config.backlog <= MAX_BACKLOG:
+            raise UsageError(f"--backlog must be from 1 to {MAX_BACKLOG}, not {config.backlog}")
+
+
 def _open_datagram(
     address: SocketAddress, *, backlog: int, mode: int | None, reuse_port: bool
 ) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
@@ -225,21 +252,28 @@ class Relay:
             raise UsageError(
                 "--allow-uid/--allow-gid need a unix LISTEN address (SO_PEERCRED); use --allow/--deny for IP"
             )
+        # nan passes every comparison and inf overflows the event loop's timers: a finite number
+        # in range, or a UsageError.
         for name, value in (
             ("connect_timeout", config.connect_timeout),
             ("idle_timeout", config.idle_timeout),
             ("stats_interval", config.stats_interval),
         ):
-            if value is not None and value <= 0:
-                raise UsageError(f"{name} must be more than 0 seconds, not {value}")
-        if config.drain_timeout < 0:
-            raise UsageError(f"drain_timeout must be 0 or more seconds, not {config.drain_timeout}")
+            if value is not None and not 0 < value <= MAX_SECONDS:
+                raise UsageError(
+                    f"{name} must be more than 0 and at most {MAX_SECONDS:.0f} seconds, not {value}"
+                )
+        if not 0 <= config.drain_timeout <= MAX_SECONDS:
+            raise UsageError(
+                f"drain_timeout must be from 0 to {MAX_SECONDS:.0f} seconds, not {config.drain_timeout}"
+            )
         if config.max_conns is not None and config.max_conns < 1:
             raise UsageError(f"max_conns must be at least 1, not {config.max_conns}")
         if config.max_sessions < 1:
             raise UsageError(f"max_sessions must be at least 1, not {config.max_sessions}")
         if not 1 <= config.max_datagram <= 16 * 1024 * 1024:
             raise UsageError(f"max_datagram must be from 1 to 16 MiB, not {config.max_datagram}")
+        _check_applies(listen, config)
         self.events = events or EventSink()
         self.stats = Stats()
         self.address: Address | None = None
@@ -257,6 +291,10 @@ class Relay:
         self._cut = 0
         self._drain_timer: Timer | None = None
         self._last: Snapshot | None = None
+
+    @property
+    def backlog(self) -> int:
+        return DEFAULT_BACKLOG if self.config.backlog is None else self.config.backlog
 
     @property
     def datagram_listener(self) -> bool:
@@ -321,7 +359,7 @@ class Relay:
         if self._listener is None and isinstance(listen, InetAddress | UnixAddress):
             opener = open_listener if listen.is_stream else _open_datagram
             sock, real, owned = opener(
-                listen, backlog=config.backlog, mode=config.mode, reuse_port=config.reuse_port
+                listen, backlog=self.backlog, mode=config.mode, reuse_port=config.reuse_port
             )
             self._listener = (sock, real)
             self._owned = owned

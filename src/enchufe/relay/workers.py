@@ -69,16 +69,14 @@ def run_workers(
             "or a tcp or udp LISTEN address"
         )
     # Check the rest of the configuration once, in the parent, before binding anything.
-    Relay(config, events=EventSink())
+    backlog = Relay(config, events=EventSink()).backlog
     config = replace(config, reuse_port=True)
     listeners: list[tuple[socket.socket, SocketAddress]] = []
     try:
         address: SocketAddress = listen
         for _ in range(workers):
             if listen.is_stream:
-                sock, real, _owned = open_listener(
-                    address, backlog=config.backlog, mode=None, reuse_port=True
-                )
+                sock, real, _owned = open_listener(address, backlog=backlog, mode=None, reuse_port=True)
             else:
                 sock, real, _owned = open_datagram(address, mode=None, reuse_port=True)
             listeners.append((sock, real))
