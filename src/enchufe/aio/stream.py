@@ -45,6 +45,9 @@ class Connection:
         self._write_shut = False
         self.local_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getsockname())
         self.peer_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getpeername())
+        #: Bytes taken from and given to the kernel so far (for "closed … after N bytes" lines).
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     @property
     def socket(self) -> socket.socket:
@@ -89,6 +92,7 @@ class Connection:
                     self._check()
                     continue
                 view = view[sent:]
+                self.bytes_sent += sent
         except OSError as exc:
             raise translate(exc, f"send to {self._where()}") from exc
 
@@ -109,11 +113,14 @@ class Connection:
         while True:
             self._check()
             try:
-                return _sockets.recv(self._sock, max_bytes)
+                data = _sockets.recv(self._sock, max_bytes)
             except BlockingIOError:
                 await self._ready.readable()
             except OSError as exc:
                 raise translate(exc, f"receive from {self._where()}") from exc
+            else:
+                self.bytes_received += len(data)
+                return data
 
     async def recv(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes:
         """Up to ``max_bytes`` bytes as soon as some are there; ``b""`` at EOF."""

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from .._text import printable
 from ..errors import UsageError
 from . import compare as compare_mod
 from . import runner
@@ -79,9 +80,9 @@ def main(
     elif any(t.throughput or t.latency or t.connect or t.datagram for t in bench.targets):
         print_report(bench, changes=changes, source=compare or "")
         if plot is not None and not quiet:
-            sys.stderr.write(f"plot written to {plot}\n")
+            sys.stderr.write(f"plot written to {printable(plot)}\n")
     for error in bench.errors:
-        sys.stderr.write(f"enchufe: {error}\n")
+        sys.stderr.write(f"enchufe: {printable(str(error))}\n")
     sys.stderr.flush()
     return 1 if bench.errors else 0
 

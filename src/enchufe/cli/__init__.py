@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ._common import Settings, global_options, settings
+from ._common import Settings, global_options, one_line, settings
 from .manpage import man_options
 
 # name → (module, one-line help).  The help is repeated here so that listing the commands
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.BadParameter as exc:
         # One line naming the option, the value and what is accepted: the usage text click
         # would print first says nothing about the mistake.
-        click.echo(f"enchufe: {exc.format_message()}", err=True)
+        click.echo(f"enchufe: {one_line(exc.format_message())}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
         exc.show()
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
             click.echo(json.dumps({"event": "error", "message": str(exc)}), err=True)
         else:
-            click.echo(f"enchufe: {exc}", err=True)
+            click.echo(f"enchufe: {one_line(str(exc))}", err=True)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -10,11 +10,14 @@ import math
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
+
+from .._text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -221,10 +224,25 @@ def json_option(f: F) -> F:
     )(f)
 
 
-def event(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
-    """Report an event on stderr: a JSON object with ``--json``, else ``message``.
+def one_line(text: str) -> str:
+    r"""``text`` with every character that could end or fake a line escaped (``\n``, ``\x1b``,
+    ``\u2028``…), as :func:`enchufe._text.printable` escapes them.
 
-    ``level`` 0 is shown unless ``--quiet``; 1 needs ``-v``.
+    Backslashes are kept as they are: text escaped where it was built (a peer's name) is not
+    escaped twice, and no control character survives either way.  This is the last guard before
+    stderr: whatever a message carries, one event is one line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else printable(ch) for ch in text)
+
+
+def event(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
+    """Report an event on stderr: a JSON object with ``--json``, else ``message`` on one line.
+
+    ``level`` 0 is shown unless ``--quiet``; 1 needs ``-v``.  Untrusted text in ``message``
+    (peer names, paths) cannot start a line of its own: control characters are escaped here;
+    JSON escapes them itself.
     """
     if settings.quiet and name != "error":
         return
@@ -232,19 +250,27 @@ def event(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
         record = {"event": name, **fields}
         sys.stderr.write(json.dumps(record) + "\n")
     elif settings.verbose >= level:
-        sys.stderr.write(message + "\n")
+        sys.stderr.write(one_line(message) + "\n")
     else:
         return
     sys.stderr.flush()
 
 
+#: The signals that stop a command cleanly, as Ctrl-C does.  SIGHUP is the terminal going away
+#: (an ssh session dropped, a terminal window closed): by default it kills the process on the
+#: spot, leaving socket files behind and exec: children orphaned.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def stop_on_sigterm() -> None:
-    """Let SIGTERM stop a server the way Ctrl-C does (as KeyboardInterrupt in the main thread)."""
+    """Let SIGTERM and SIGHUP stop a command the way Ctrl-C does (as KeyboardInterrupt in the
+    main thread), so that ``with`` blocks close sockets and remove socket files."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
 class DatagramPrinter:
@@ -266,7 +292,8 @@ class DatagramPrinter:
                 record["text"] = data.decode("utf-8")
             self.out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
         elif self.as_hex:
-            who = str(sender) if sender is not None else "(unbound sender)"
+            # The sender chose its name: escaped, so that it cannot forge lines of the dump.
+            who = printable(str(sender)) if sender is not None else "(unbound sender)"
             self.out.write(f"from {who}, {len(data)} bytes\n".encode() + hexdump(data))
         else:
             self.out.write(data)
@@ -336,10 +363,11 @@ def drain_option(f: F) -> F:
 
 
 def run_server(server: Any, drain_timeout: float) -> int:
-    """Run an ``enchufe.aio.serve.Server`` until SIGINT/SIGTERM; exit status 1 if any was cut.
+    """Run an ``enchufe.aio.serve.Server`` until SIGINT, SIGTERM or SIGHUP; exit status 1 if
+    any connection was cut.
 
     The first signal stops accepting and drains for ``drain_timeout`` seconds; a second one
-    cuts what is left at once.
+    cuts what is left at once.  Either way the socket file is removed.
     """
     import asyncio
 
@@ -349,7 +377,7 @@ def run_server(server: Any, drain_timeout: float) -> int:
         await server.start()
         # Handlers first: whoever reads the listening line may signal us at once.
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, server.shutdown, drain_timeout)
         bound = str(server.bound_address)
         event("listening", f"listening on {bound}", address=bound)
@@ -367,6 +395,105 @@ def run_server(server: Any, drain_timeout: float) -> int:
         return 1
     event("stopped", "stopped", level=1, cut=0, accepted=stats.accepted)
     return 0
+
+
+def given(name: str) -> bool:
+    """Whether the option whose parameter is ``name`` was given (command line or environment),
+    rather than left at its default."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def refuse_mode_unless_file(target: Any, mode: str | None) -> None:
+    """``--mode`` sets a unix socket file's permissions: refused (exit 2) for anything else."""
+    from ..address import UnixAddress
+    from ..errors import UsageError
+
+    if mode is None:
+        return
+    if not isinstance(target, UnixAddress):
+        raise UsageError(f"--mode sets a unix socket file's permissions; {target} has no file")
+    if target.abstract:
+        raise UsageError(
+            f"--mode sets a unix socket file's permissions; {target} is an abstract name, "
+            "which has none (use a path, e.g. unix:/run/app.sock)"
+        )
+
+
+def peer_name(address: object) -> str:
+    """How a peer is named in events: its address, or ``(unnamed)`` for an unbound unix peer."""
+    return str(address) if address else "(unnamed)"
+
+
+def announced(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """Wrap a stream handler of ``enchufe.aio.serve.Server`` so that ``-v`` tells what happens to
+    each connection: ``accepted PEER`` and ``closed PEER after N bytes in, M out`` (``cut`` when
+    a stop cut it).  The handler's errors go on to the server, which counts and logs them."""
+    import asyncio
+
+    async def wrapped(conn: Any) -> None:
+        peer = peer_name(conn.peer_address)
+        event("accept", f"accepted {peer}", level=1, peer=peer)
+        how = "closed"
+        try:
+            await handler(conn)
+        except asyncio.CancelledError:
+            how = "cut"
+            raise
+        except Exception:
+            how = "failed"
+            raise
+        finally:
+            received, sent = conn.bytes_received, conn.bytes_sent
+            event(
+                "close",
+                f"{how} {peer} after {received} bytes in, {sent} out",
+                level=1,
+                peer=peer,
+                received=received,
+                sent=sent,
+                cut=how == "cut",
+            )
+
+    return wrapped
+
+
+def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaitable[None]]:
+    """Wrap a datagram handler of ``enchufe.aio.serve.Server`` so that ``-v`` tells when a new
+    peer sends its first datagram (``new peer PEER``); see :func:`peer_forgotten` for the end."""
+    import inspect
+
+    async def wrapped(datagram: Any) -> None:
+        if datagram.new_peer:
+            peer = peer_name(datagram.sender)
+            event("accept", f"new peer {peer}", level=1, peer=peer)
+        result = handler(datagram)
+        if inspect.isawaitable(result):
+            await result
+
+    return wrapped
+
+
+def peer_forgotten(session: Any) -> None:
+    """``on_session_end`` of a datagram server: ``-v`` says a peer was forgotten."""
+    peer = peer_name(session.peer)
+    event(
+        "close",
+        f"forgot {peer} after {session.datagrams} datagrams",
+        level=1,
+        peer=peer,
+        datagrams=session.datagrams,
+    )
+
+
+def serve_kind(address: Any, stream_handler: Any, datagram_handler: Any, **options: Any) -> Any:
+    """A ``Server`` for ``address`` with the handler for its kind, wrapped so that ``-v`` says
+    what happens to each connection or peer."""
+    from ..aio.serve import Server
+
+    if address.is_stream:
+        return Server(address, announced(stream_handler), **options)
+    return Server(address, announced_datagrams(datagram_handler), on_session_end=peer_forgotten, **options)
 
 
 def parse_mode(mode: str | None) -> int | None:

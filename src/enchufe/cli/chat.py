@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import click
 
-from ._common import BoundedInt, global_options, json_option, parse_mode, run_server, server_options, settings
+from ._common import (
+    BoundedInt,
+    given,
+    global_options,
+    json_option,
+    parse_mode,
+    refuse_mode_unless_file,
+    run_server,
+    serve_kind,
+    server_options,
+    settings,
+)
 
 
 @click.command("chat")
@@ -15,7 +26,7 @@ from ._common import BoundedInt, global_options, json_option, parse_mode, run_se
     type=BoundedInt(1),
     default=1 << 20,
     show_default=True,
-    help="Bytes waiting for one client before it is dropped as not reading.",
+    help="Stream: bytes waiting for one client before it is dropped as not reading.",
 )
 @server_options
 @json_option
@@ -31,16 +42,33 @@ def command(
     json_: bool,
 ) -> int:
     """A chat room: each line from one client goes to every other client, prefixed with the
-    sender's name.  On datagram kinds peers join by sending and leave after the idle timeout."""
+    sender's name.  On datagram kinds peers join by sending and leave after the idle timeout.
+
+    \b
+    Examples:
+      enchufe chat tcp://:6000                    then, in other terminals: enchufe connect tcp://localhost:6000
+      enchufe chat unix:/tmp/room.sock --mode 660 a room for one group of users
+      enchufe chat udp://127.0.0.1:6000 --idle-timeout 300
+    """
     from .. import parse
-    from ..aio.serve import Server
+    from ..errors import UsageError
     from ..servers import ChatRoom
 
     settings.json = settings.json or json_
     target = parse(address)
+    refuse_mode_unless_file(target, mode)
+    if not target.is_stream and given("queue_limit"):
+        raise UsageError(
+            f"--queue-limit bounds what waits for a stream client; {target} is a datagram socket, "
+            "where a peer that does not read loses its datagrams"
+        )
     room = ChatRoom(raw=raw, queue_limit=queue_limit)
-    handler = room.stream if target.is_stream else room.datagram
-    server = Server(
-        target, handler, max_connections=max_conns, idle_timeout=idle_timeout, mode=parse_mode(mode)
+    server = serve_kind(
+        target,
+        room.stream,
+        room.datagram,
+        max_connections=max_conns,
+        idle_timeout=idle_timeout,
+        mode=parse_mode(mode),
     )
     return run_server(server, drain_timeout)

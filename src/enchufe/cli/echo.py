@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ._common import global_options, json_option, parse_mode, run_server, server_options, settings
+from ._common import (
+    global_options,
+    json_option,
+    parse_mode,
+    refuse_mode_unless_file,
+    run_server,
+    serve_kind,
+    server_options,
+    settings,
+)
 
 
 @click.command("echo")
@@ -23,15 +32,25 @@ def command(
     """Echo every byte (stream) or datagram (datagram kinds) back to its sender.
 
     On a stream, the server closes after the client's EOF once everything is echoed.
+
+    \b
+    Examples:
+      enchufe echo tcp://127.0.0.1:7000 -v        say each client's bytes in and out
+      enchufe echo udp://[::1]:7000               datagrams back to their senders
+      enchufe echo unix:/tmp/echo.sock --mode 660 --idle-timeout 30
     """
     from .. import parse
-    from ..aio.serve import Server
     from ..servers import echo_datagram, echo_stream
 
     settings.json = settings.json or json_
     target = parse(address)
-    handler = echo_stream if target.is_stream else echo_datagram
-    server = Server(
-        target, handler, max_connections=max_conns, idle_timeout=idle_timeout, mode=parse_mode(mode)
+    refuse_mode_unless_file(target, mode)
+    server = serve_kind(
+        target,
+        echo_stream,
+        echo_datagram,
+        max_connections=max_conns,
+        idle_timeout=idle_timeout,
+        mode=parse_mode(mode),
     )
     return run_server(server, drain_timeout)

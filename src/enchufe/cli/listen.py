@@ -10,10 +10,14 @@ from ._common import (
     MAX_BACKLOG,
     BoundedInt,
     DatagramPrinter,
+    drain_option,
     event,
+    given,
     global_options,
     json_option,
     parse_mode,
+    peer_name,
+    refuse_mode_unless_file,
     settings,
     stop_on_sigterm,
 )
@@ -25,11 +29,16 @@ if TYPE_CHECKING:
 
 @click.command("listen")
 @click.argument("address")
-@click.option("-k", "--keep-open", is_flag=True, help="Serve client after client (stream).")
-@click.option("--backlog", type=BoundedInt(1, MAX_BACKLOG), default=None, help="Stream: listen queue length.")
+@click.option("-k", "--keep-open", is_flag=True, help="Stream: serve client after client.")
+@click.option(
+    "--backlog",
+    type=BoundedInt(1, MAX_BACKLOG),
+    default=None,
+    help="Stream: listen queue length (not with --exec).",
+)
 @click.option("--mode", "mode", default=None, help="Permissions of a unix socket file, e.g. 660.")
-@click.option("--hex", "hex_", is_flag=True, help="Datagrams: a hex dump per datagram.")
-@click.option("--count", type=BoundedInt(1), default=None, help="Datagrams: stop after N.")
+@click.option("--hex", "hex_", is_flag=True, help="Datagram: a hex dump per datagram.")
+@click.option("--count", type=BoundedInt(1), default=None, help="Datagram: stop after N.")
 @click.option(
     "--exec",
     "exec_",
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
     default=None,
     help="Stream: run PROGRAM for each client, its stdin/stdout as the connection (no shell).",
 )
+@drain_option
 @json_option
 @global_options
 def command(
@@ -47,6 +57,7 @@ def command(
     hex_: bool,
     count: int | None,
     exec_: str | None,
+    drain_timeout: float,
     json_: bool,
 ) -> int:
     """Accept a client on ADDRESS and copy stdin to it and what it sends to stdout.
@@ -54,16 +65,28 @@ def command(
     On stdin's EOF the write side is shut down and reading goes on until the client closes.
     On a datagram ADDRESS, each datagram's payload goes to stdout, and stdin is sent to the
     last sender.
+
+    \b
+    Examples:
+      enchufe listen tcp://:9000                  one client, stdin ↔ socket ↔ stdout
+      enchufe listen -k unix:/tmp/d.sock --exec 'cat -n'
+                                                  a numbering server, one cat per client
+      enchufe listen udp://127.0.0.1:5353 --hex --count 1
+                                                  dump the first datagram that arrives
     """
-    from .. import bind_datagram, listen, parse
+    from .. import AddressError, bind_datagram, listen, parse
     from .._sockets import DEFAULT_BACKLOG
     from ..stdio import pump_datagram
 
     settings.json = settings.json or json_
     target = parse(address)
+    _refuse_what_does_not_apply(target, keep_open, backlog, hex_, count, exec_, json_)
+    refuse_mode_unless_file(target, mode)
     file_mode = parse_mode(mode)
     if exec_ is not None:
-        return _serve_exec(target, exec_, keep_open, file_mode)
+        if not target.is_stream:
+            raise AddressError(f"{target}: --exec needs a stream address (tcp://, unix:)")
+        return _serve_exec(target, exec_, keep_open, file_mode, drain_timeout)
     stop_on_sigterm()
     if not target.is_stream:
         with bind_datagram(target, mode=file_mode) as sock:
@@ -87,6 +110,45 @@ def command(
             return 0
 
 
+def _refuse_what_does_not_apply(
+    target: Address,
+    keep_open: bool,
+    backlog: int | None,
+    hex_: bool,
+    count: int | None,
+    exec_: str | None,
+    json_: bool,
+) -> None:
+    """An option that would be ignored for this address is bad input: the user meant something."""
+    from ..errors import UsageError
+
+    if target.is_stream:
+        if hex_:
+            raise UsageError(
+                f"--hex dumps datagrams; {target} is a stream, whose bytes go to stdout unchanged"
+            )
+        if count is not None:
+            raise UsageError(f"--count counts datagrams; {target} is a stream (one client, or -k for many)")
+        if exec_ is not None and backlog is not None:
+            raise UsageError("--backlog applies to listen without --exec")
+        if exec_ is None and given("drain_timeout"):
+            raise UsageError(
+                "--drain-timeout applies with --exec (without it, SIGTERM ends the one client at once)"
+            )
+        return
+    if keep_open:
+        raise UsageError(
+            f"-k/--keep-open serves stream clients one after another; {target} is a datagram socket, "
+            "which takes every sender already"
+        )
+    if backlog is not None:
+        raise UsageError(f"--backlog is the queue of stream clients; {target} is a datagram socket")
+    if given("drain_timeout"):
+        raise UsageError(f"--drain-timeout applies with --exec on a stream; {target} is a datagram socket")
+    if hex_ and json_:
+        raise UsageError("--hex and --json both say how to print a datagram: choose one")
+
+
 def _serve(listener: Listener, keep_open: bool) -> int:
     """Announce the listener, then serve one client (or, with ``keep_open``, client after client)."""
     from ..errors import NetworkError
@@ -96,7 +158,7 @@ def _serve(listener: Listener, keep_open: bool) -> int:
     stdin_fd: int | None = 0
     while True:
         conn = listener.accept()
-        peer = str(conn.peer_address) if conn.peer_address else "(unnamed)"
+        peer = peer_name(conn.peer_address)
         event("accept", f"accepted {peer}", level=1, peer=peer)
         try:
             with conn:
@@ -113,7 +175,7 @@ def _serve(listener: Listener, keep_open: bool) -> int:
             stdin_fd = None  # later clients get EOF from us at once
         event(
             "close",
-            f"closed {peer}: sent {result.sent} bytes, received {result.received}",
+            f"closed {peer} after {result.received} bytes in, {result.sent} out",
             level=1,
             peer=peer,
             sent=result.sent,
@@ -127,31 +189,44 @@ def _warn_truncated(exc: Exception) -> None:
     event("truncated", f"enchufe: warning: {exc}", error=str(exc))
 
 
-def _serve_exec(target: Address, command_line: str, keep_open: bool, file_mode: int | None) -> int:
-    """An inetd in one line: each client gets its own PROGRAM, without a shell."""
-    from .. import AddressError, ExecAddress, parse
+def _serve_exec(
+    target: Address, command_line: str, keep_open: bool, file_mode: int | None, drain_timeout: float
+) -> int:
+    """An inetd in one line: each client gets its own PROGRAM, without a shell.
+
+    A PROGRAM that cannot start (missing, not executable) is said on stderr for each client it
+    fails for; without ``-k`` the command then ends with exit status 1.
+    """
+    from .. import ExecAddress, parse
     from ..aio.serve import Server
     from ..aio.stream import Connection
+    from ..errors import EnchufeError
     from ..exec import run_exec
-    from ._common import run_server
+    from ._common import announced, run_server
 
     program = parse("exec:" + command_line)
     assert isinstance(program, ExecAddress)
-    if not target.is_stream:
-        raise AddressError(f"{target}: --exec needs a stream address (tcp://, unix:)")
+    failed = False
 
     async def handler(conn: Connection) -> None:
-        status = await run_exec(conn, program)
-        peer = str(conn.peer_address) if conn.peer_address else "(unnamed)"
-        event(
-            "exit",
-            f"{program.argv[0]} for {peer} exited with status {status}",
-            level=1,
-            peer=peer,
-            status=status,
-        )
+        nonlocal failed
+        peer = peer_name(conn.peer_address)
+        try:
+            status = await run_exec(conn, program)
+        except EnchufeError as exc:  # the program could not start for this client
+            failed = True
+            event("error", f"enchufe: {exc}", peer=peer, error=str(exc))
+        else:
+            event(
+                "exit",
+                f"{program.argv[0]} for {peer} exited with status {status}",
+                level=1,
+                peer=peer,
+                status=status,
+            )
         if not keep_open:
-            server.shutdown()
+            server.shutdown(drain_timeout)
 
-    server = Server(target, handler, max_connections=1024 if keep_open else 1, mode=file_mode)
-    return run_server(server, drain_timeout=10.0)
+    server = Server(target, announced(handler), max_connections=1024 if keep_open else 1, mode=file_mode)
+    status = run_server(server, drain_timeout=drain_timeout)
+    return 1 if failed and not keep_open else status

@@ -220,7 +220,9 @@ class ChatRoom:
             return
         if datagram.new_peer:
             log.info("%s joined", printable(str(sender)))
-        name = str(sender).split("://", 1)[-1]
+        # The sender chose its name (a unix path or abstract name): escaped, so that a newline in
+        # it cannot put a line of its own choosing before the others.
+        name = printable(str(sender).split("://", 1)[-1])
         message = datagram.data if self.raw else name.encode() + b": " + datagram.data
         for session in datagram.peers or ():
             peer: SocketAddress = session.peer
