@@ -40,9 +40,10 @@ every :data:`PROBE_EVERY` events a batch is tried again (:class:`_ReadMode`).
 Backpressure and memory: at most one batch per direction and session waits in the relay.  A
 target that cannot take a datagram now (a unix datagram socket whose queue is full says EAGAIN)
 stops the reading of the listener until it can; a sender that cannot take a reply stops the
-reading of that session's upstream.  Datagrams the kernel cannot queue are dropped by the kernel,
-as UDP does; the relay's sockets get large receive buffers (:data:`SOCKET_BUFFER`) so that a
-burst is absorbed rather than dropped.
+reading of that session's upstream (a unix sender's full queue is retried on a timer, since the
+kernel does not say when it has room: :meth:`_DatagramListener._replies_refused`).  Datagrams
+the kernel cannot queue are dropped by the kernel, as UDP does; the relay's sockets get large
+receive buffers (:data:`SOCKET_BUFFER`) so that a burst is absorbed rather than dropped.
 
 Stopping: datagram sessions have nothing in flight that a drain could let finish (no byte stream
 to complete), so when the relay stops accepting, the listener and every session close at once.
@@ -53,11 +54,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import functools
 import itertools
 import os
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,6 +114,11 @@ BATCH_BYTES = 256 * 1024
 
 #: In single-datagram reading, every this many readiness events a whole batch is tried.
 PROBE_EVERY = 16
+
+#: Seconds before replies a unix receiver's full queue refused are tried again, doubled up to
+#: :data:`MAX_REPLY_RETRY` while it stays full (see :meth:`_DatagramListener._replies_refused`).
+FIRST_REPLY_RETRY = 0.001
+MAX_REPLY_RETRY = 0.05
 
 _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -194,6 +202,7 @@ class _Upstream:
     __slots__ = (
         "datagrams_to_client",
         "datagrams_to_target",
+        "held",
         "id",
         "label",
         "peer",
@@ -213,6 +222,8 @@ class _Upstream:
         #: replies the listener could not send yet (EAGAIN), as (data, segment size, datagrams);
         #: the upstream is not read meanwhile
         self.pending_reply: tuple[bytes, int, int] | None = None
+        #: a reply read from the upstream after the pending one was refused: it goes next
+        self.held: bytes | None = None
 
     def close(self, loop: Loop) -> None:
         raise NotImplementedError
@@ -264,6 +275,9 @@ class _DatagramListener:
         self.blocked: set[_Upstream] = set()
         #: sessions whose reply waits for the listener to be writable, in order
         self._replies: collections.deque[_Upstream] = collections.deque()
+        #: set while waiting replies are retried on a timer instead of on EPOLLOUT
+        self._reply_timer: Timer | None = None
+        self._reply_delay = FIRST_REPLY_RETRY
         self._expiry: Timer | None = None
         self._next_error_report = 0.0
         #: why a session is being ended from inside (the table only knows "removed")
@@ -285,7 +299,7 @@ class _DatagramListener:
         self._accepting = True
 
     def _listen_for(self) -> None:
-        mask = (0 if self.blocked else READ) | (WRITE if self._replies else 0)
+        mask = (0 if self.blocked else READ) | (WRITE if self._replies and self._reply_timer is None else 0)
         if mask != self._listener_mask and self._accepting:
             self._listener_mask = mask
             self.loop.modify(self.listener.fileno(), mask)
@@ -393,7 +407,8 @@ class _DatagramListener:
                 return True
         session.pending_reply = (bytes(data), seg, count)
         self._replies.append(session)
-        self._listen_for()
+        if len(self._replies) == 1:  # refused just now (else it waits behind others already)
+            self._replies_refused()
         return False
 
     def _sendto(self, session: _Upstream, data: Buffer, seg: int, count: int) -> bool:
@@ -435,12 +450,55 @@ class _DatagramListener:
                 try:
                     sent = self._sendto(session, data, seg, count)
                 except BlockingIOError:
+                    self._replies_refused()
                     return
                 if sent:
                     self._delivered_reply(session, len(data), count)
                 session.pending_reply = None
+                held = session.held
+                if held is not None:  # read behind the refused one: it goes before anything new
+                    session.held = None
+                    session.pending_reply = (held, len(held), 1)
+                    continue
             replies.popleft()
             session.resume(self)
+        self._reply_delay = FIRST_REPLY_RETRY
+
+    def _replies_refused(self) -> None:
+        """A reply was refused (EAGAIN): wait until it may go.
+
+        Usually that is EPOLLOUT on the listener, once its send buffer has room again.  But a
+        unix receiver whose queue is full (a sender it is not connected to is held to its queue
+        length) refuses too, and the kernel reports an unconnected unix datagram socket writable
+        whenever its own send buffer has room, whatever the receiver's queue: waiting for EPOLLOUT
+        would wake the relay at once, again and again, for as long as the receiver does not read.
+        Then the replies are tried again on a timer instead, backing off to
+        :data:`MAX_REPLY_RETRY`: a few attempts a second cost nothing.
+        """
+        if self._reply_timer is None and self._room_to_send():
+            self._reply_timer = self.loop.call_later(self._reply_delay, self._retry_replies)
+            self._reply_delay = min(self._reply_delay * 2, MAX_REPLY_RETRY)
+        self._listen_for()
+
+    def _room_to_send(self) -> bool:
+        """A unix listener's send buffer has room, so that EPOLLOUT would not wait (the kernel's
+        test: four times the bytes it holds fit in its size).  Never for UDP, whose EAGAIN means
+        a full send buffer."""
+        listener = self.listener
+        if listener.family != socket.AF_UNIX:
+            return False
+        try:
+            used: int = struct.unpack("i", fcntl.ioctl(listener.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            size = listener.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except OSError:
+            return True  # cannot tell: a timer at worst adds a little delay
+        return used * 4 <= size
+
+    def _retry_replies(self) -> None:
+        self._reply_timer = None
+        if self._accepting:
+            self._flush_replies()
+            self._listen_for()
 
     # -- sessions
 
@@ -499,7 +557,7 @@ class _DatagramListener:
             self.blocked.discard(session)
             self._listen_for()
         if session.pending_reply is not None:
-            session.pending_reply = None
+            session.pending_reply = session.held = None
             with contextlib.suppress(ValueError):
                 self._replies.remove(session)
         self.stats.open -= 1
@@ -539,6 +597,9 @@ class _DatagramListener:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()
+            self._reply_timer = None
         if self._on_listener_closed is not None:
             self._on_listener_closed()
 
@@ -860,6 +921,8 @@ class DatagramRelay(_DatagramListener):
                 count += 1
                 continue
             if group is not None and not self.reply(session, group, seg, count):
+                # This datagram is read already and may not be lost: it goes right after them.
+                session.held = bytes(view[:size])
                 self.watch(session)
                 group = None
                 break
