@@ -124,6 +124,11 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     return True
 
 
+#: Clients accepted, or datagrams handled, between two chances for the loop's other tasks to
+#: run: neither an accept nor a receive waits while there is something queued.
+YIELD_EVERY = 64
+
+
 class StreamHandler(Protocol):
     """What serves one stream connection: ``await handler(conn)``; the connection closes when
     it returns."""
@@ -258,6 +263,8 @@ class Server:
                 pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
                 continue
             pause = EXHAUSTION_PAUSE
+            if self.stats.accepted % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a burst of clients must not starve those being served
             if len(self._tasks) >= self.max_connections:
                 self.stats.refused += 1
                 log.info("refused %s: %d connections open (max)", conn.peer_address, len(self._tasks))
@@ -343,6 +350,10 @@ class Server:
                 continue
             sock.set_timeout(None)  # the deadline was for waiting, not for the handler's replies
             self.stats.datagrams += 1
+            if self.stats.datagrams % YIELD_EVERY == 0:
+                # A receive that finds a datagram queued does not wait, and neither does a send
+                # with room: a flood would otherwise hold the loop for as long as it lasts.
+                await asyncio.sleep(0)
             now = time.monotonic()
             sessions.expire(now)
             session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
