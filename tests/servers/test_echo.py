@@ -24,9 +24,10 @@ from enchufe import ConnectionRefused
 from enchufe.aio.serve import Datagram as AsyncDatagram
 from enchufe.aio.serve import serve as aio_serve
 from enchufe.sync.serve import Datagram as SyncDatagram
-from tests.conftest import DATAGRAM_KINDS, KINDS, STREAM_KINDS, Peer, kind_params
+from tests.conftest import DATAGRAM_KINDS, KINDS, STREAM_KINDS, Peer, kind_params, needs_ipv6
 from tests.servers.conftest import (
     IO_TIMEOUT,
+    LogRecords,
     Running,
     datagram_echo_client,
     run_clients,
@@ -209,3 +210,48 @@ def test_fixture_helpers_refuse_unknown_names(enchufe_folder: str) -> None:
     finally:
         running.stop()
     assert not running.thread.is_alive()
+
+
+@needs_ipv6
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_dual_stack_servers_see_ipv4_clients_as_ipv4(
+    serve: Callable[..., Any], flavour: str, serve_log: LogRecords
+) -> None:
+    """tcp://:0 and udp://:0 are dual-stack: an IPv4 client is 127.0.0.1 to the handler (never
+    ::ffff:127.0.0.1), and datagram replies still reach it."""
+    seen: list[str] = []
+
+    def sync_stream(conn: enchufe.Connection) -> None:
+        seen.append(str(conn.peer_address))
+        while data := conn.recv():
+            conn.send_all(data)
+
+    async def async_stream(conn: aio.Connection) -> None:
+        seen.append(str(conn.peer_address))
+        while data := await conn.recv():
+            await conn.send_all(data)
+
+    def sync_datagram(datagram: SyncDatagram) -> None:
+        seen.append(str(datagram.sender))
+        datagram.reply(datagram.data)
+
+    async def async_datagram(datagram: AsyncDatagram) -> None:
+        seen.append(str(datagram.sender))
+        await datagram.reply(datagram.data)
+
+    sync = flavour == "sync"
+    tcp = serve(flavour, "tcp://:0", sync_stream if sync else async_stream)
+    udp = serve(flavour, "udp://:0", sync_datagram if sync else async_datagram)
+    port = enchufe.parse(tcp.address).port  # type: ignore[union-attr]
+    with enchufe.connect(f"tcp://127.0.0.1:{port}", timeout=IO_TIMEOUT) as conn:
+        conn.set_timeout(IO_TIMEOUT)
+        conn.send_all(b"hi")
+        assert conn.recv_exactly(2) == b"hi"
+        local = str(conn.local_address)
+    udp_port = enchufe.parse(udp.address).port  # type: ignore[union-attr]
+    with enchufe.bind_datagram("udp4://127.0.0.1:0") as sock:
+        sock.set_timeout(IO_TIMEOUT)
+        sock.sendto(b"ping", f"udp://127.0.0.1:{udp_port}")
+        assert sock.recvfrom()[0] == b"ping"  # the reply reached the IPv4 sender
+        assert seen == [local, str(sock.address)]
+    assert all("ffff" not in message for message in serve_log.messages())
