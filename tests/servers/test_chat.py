@@ -432,3 +432,36 @@ def closed_by_server(conn: enchufe.Connection) -> bool:
     except ConnectionReset:
         pass
     return True
+
+
+def test_a_member_that_leaves_stops_the_wait_for_it(
+    serve: Callable[..., Running], make_address: Callable[[str], str]
+) -> None:
+    """The talker waits for a member with a full backlog; that member leaving ends the wait at
+    once (not after drop_after, here far longer than the readers' patience)."""
+    room = ChatRoom(queue_limit=64 * 1024, drop_after=600.0)
+    running = serve("asyncio", make_address("unix"), room.stream)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(running.address.removeprefix("unix://"))
+    reader, talker = enchufe.connect(running.address), enchufe.connect(running.address)
+    try:
+        for conn in (reader, talker):
+            conn.set_timeout(IO_TIMEOUT)
+        wait_until(lambda: len(room.members) == 3, what="everyone joining")
+        silent_member = room.members[0]
+        received: list[bytes] = []
+        thread = threading.Thread(target=lambda: received.extend(read_lines(reader, b": the end\n")))
+        thread.start()
+        sender = threading.Thread(target=lambda: talker.send_all(b"".join(BURST) + b"the end\n"))
+        sender.start()
+        wait_until(lambda: silent_member.queued > 32 * 1024, what="the silent member's backlog filling")
+        silent.close()  # it leaves: the talker must not wait for it any longer
+        thread.join(IO_TIMEOUT)
+        sender.join(IO_TIMEOUT)
+        assert not thread.is_alive() and not sender.is_alive()
+        assert len(received) == len(BURST)
+        assert room.dropped == 0
+    finally:
+        silent.close()
+        talker.close()
+        reader.close()

@@ -190,6 +190,7 @@ class ChatRoom:
             self.members.remove(member)
         member.dropped = True
         member.wake.set()
+        member.progress.set()  # talkers waiting for its backlog stop waiting: it is gone
 
     async def _write(self, member: _Member) -> None:
         try:
