@@ -40,6 +40,8 @@ class StreamResult:
     received: int = 0
     peer_eof: bool = False
     stdin_eof: bool = False
+    #: the session ended because nothing moved for ``idle_timeout`` seconds
+    idle: bool = False
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -55,14 +57,25 @@ def pump_stream(
     stdin_fd: int | None = 0,
     stdout_fd: int = 1,
     stop_at_peer_eof: bool | None = None,
+    idle_timeout: float | None = None,
+    outgoing: Callable[[bytes], bytes] | None = None,
+    on_data: Callable[[str, bytes], None] | None = None,
+    result: StreamResult | None = None,
 ) -> StreamResult:
     """Copy ``stdin_fd`` → ``conn`` and ``conn`` → ``stdout_fd`` until both directions are done.
 
     ``stdin_fd=None`` means nothing to send: the write side is shut down at once.  When
     ``stop_at_peer_eof`` is true (default: stdin is a terminal) the session ends as soon as the
     peer closes.  Raises :class:`~enchufe.errors.ConnectionReset` if the peer resets.
+
+    ``idle_timeout``: end the session (``result.idle``) once no byte has moved either way for
+    that many seconds.  ``outgoing`` rewrites each stdin chunk before it is sent (it may keep
+    state across chunks); ``on_data("out" | "in", chunk)`` sees every chunk sent or received.
+    ``result``, when given, is filled as the session goes, so that a caller interrupted midway
+    still knows what moved.
     """
-    result = StreamResult()
+    if result is None:
+        result = StreamResult()
     if stop_at_peer_eof is None:
         stop_at_peer_eof = stdin_fd is not None and os.isatty(stdin_fd)
     sock = conn.socket
@@ -91,18 +104,35 @@ def pump_stream(
             conn.shutdown_write()
         else:
             sel.register(stdin_fd, selectors.EVENT_READ)
+        last_traffic = time.monotonic()
         while not (result.peer_eof and (result.stdin_eof or stop_at_peer_eof)):
-            for key, mask in sel.select():
+            wait = None
+            if idle_timeout is not None:
+                wait = idle_timeout - (time.monotonic() - last_traffic)
+                if wait <= 0:
+                    result.idle = True
+                    break
+            events = sel.select(wait)
+            if events:
+                last_traffic = time.monotonic()
+            for key, mask in events:
                 if key.fileobj == stdin_fd:
                     assert stdin_fd is not None
                     data = _read_stdin(stdin_fd)
                     sel.unregister(stdin_fd)  # read more only once this is sent
+                    if not data:
+                        result.stdin_eof = True
+                        conn.shutdown_write()
+                        continue
+                    if outgoing is not None:
+                        data = outgoing(data)
+                    if on_data is not None and data:
+                        on_data("out", data)
                     if data:
                         pending = memoryview(data)
                         want(sock_events | selectors.EVENT_WRITE)
                     else:
-                        result.stdin_eof = True
-                        conn.shutdown_write()
+                        sel.register(stdin_fd, selectors.EVENT_READ)
                     continue
                 if mask & selectors.EVENT_WRITE:
                     try:
@@ -126,6 +156,8 @@ def pump_stream(
                         raise translate(exc, f"receive from {where}") from exc
                     if chunk:
                         result.received += len(chunk)
+                        if on_data is not None:
+                            on_data("in", chunk)
                         _write_all(stdout_fd, chunk)
                     else:
                         # The peer half-closed; it may still read what stdin has left.
@@ -166,6 +198,9 @@ def pump_datagram(
     count: int | None = None,
     max_size: int = DEFAULT_MAX_DATAGRAM,
     on_truncated: TruncationSink | None = None,
+    idle_timeout: float | None = None,
+    outgoing: Callable[[bytes], bytes] | None = None,
+    on_data: Callable[[str, bytes], None] | None = None,
 ) -> int:
     """Exchange datagrams between stdin, a datagram socket and ``on_datagram``.
 
@@ -173,7 +208,9 @@ def pump_datagram(
     ``reply_to_last_sender`` to whoever sent the last datagram (stdin is not read before someone
     has).  Every datagram received is handed to ``on_datagram(payload, sender)``.  Ends after
     ``count`` datagrams, or, once stdin is done, when none has come for ``linger`` seconds
-    (``None``: never).  Returns the number of datagrams received.
+    (``None``: never), or when no datagram has moved either way for ``idle_timeout`` seconds.
+    ``outgoing`` rewrites each stdin read before it is sent; ``on_data("out" | "in", payload)``
+    sees every datagram sent or received.  Returns the number of datagrams received.
     """
     received = 0
     read_size = _MAX_UDP_PAYLOAD.get(sock.socket.family, CHUNK)
@@ -184,7 +221,7 @@ def pump_datagram(
     if stdin_open and not reply_to_last_sender:
         assert stdin_fd is not None
         sel.register(stdin_fd, selectors.EVENT_READ)
-    quiet_since = time.monotonic()
+    quiet_since = last_traffic = time.monotonic()
     try:
         while count is None or received < count:
             timeout = None
@@ -192,7 +229,14 @@ def pump_datagram(
                 timeout = linger - (time.monotonic() - quiet_since)
                 if timeout <= 0:
                     break
+            if idle_timeout is not None:
+                idle_left = idle_timeout - (time.monotonic() - last_traffic)
+                if idle_left <= 0:
+                    break
+                timeout = idle_left if timeout is None else min(timeout, idle_left)
             events = sel.select(timeout)
+            if events:
+                last_traffic = time.monotonic()
             for key, _mask in events:
                 if key.fileobj is sock.socket:
                     try:
@@ -204,6 +248,8 @@ def pump_datagram(
                         continue
                     received += 1
                     quiet_since = time.monotonic()
+                    if on_data is not None:
+                        on_data("in", data)
                     on_datagram(data, sender)
                     if reply_to_last_sender and sender is not None:
                         if last_sender is None and stdin_open:
@@ -219,7 +265,12 @@ def pump_datagram(
                         sel.unregister(stdin_fd)
                         stdin_open = False
                         quiet_since = time.monotonic()
-                    elif reply_to_last_sender:
+                        continue
+                    if outgoing is not None:
+                        data = outgoing(data)
+                    if on_data is not None:
+                        on_data("out", data)
+                    if reply_to_last_sender:
                         assert last_sender is not None
                         sock.sendto(data, last_sender)
                     else:

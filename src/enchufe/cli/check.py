@@ -2,11 +2,177 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
 import click
 
+from ._common import global_options, settings
+from ._limits import TIMEOUT
 
-@click.command("check")
-@click.argument("addresses", nargs=-1, required=True)
-def command(addresses: tuple[str, ...]) -> int:
-    """Check that something answers at every ADDRESS."""
-    raise click.ClickException("enchufe check is not finished yet")
+EXAMPLES = """\b
+Examples:
+  enchufe check tcp://127.0.0.1:22 tcp://[::1]:5432 unix:///run/app.sock
+  enchufe check --timeout 0.5 --json tcp://db.internal:postgresql udp://127.0.0.1:domain
+  until enchufe -q check tcp://127.0.0.1:8080; do sleep 0.2; done   # wait for a server
+"""
+
+#: Statuses that count as "answers" for the exit status.  A UDP port that refused nothing may
+#: have a server behind it or may be dropping datagrams: nc -zu counts it as success, and so
+#: does check (it says "no reply" rather than "open").
+_ANSWERS = frozenset({"open", "no reply"})
+
+#: Checks at once: enough for a port list, few enough not to exhaust file descriptors.
+_PARALLEL = 32
+
+
+@dataclass
+class Outcome:
+    """What one address said: ``status`` is one word or two (``open``, ``refused``, ``timed
+    out``, ``no socket file``, ``not a socket``, ``no reply``, ``error``)."""
+
+    address: str
+    status: str
+    seconds: float
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in _ANSWERS
+
+
+@click.command("check", epilog=EXAMPLES)
+@click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
+@click.option(
+    "--timeout",
+    type=TIMEOUT,
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for each address (UDP: for a refusal or a reply).",
+)
+@click.option("--json", "json_", is_flag=True, help="One JSON object per address on stdout.")
+@global_options
+def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
+    """Check whether something answers at every ADDRESS; one line each on stdout.
+
+    \b
+    tcp, unix:      connect, then close at once (the server sees a client that says nothing,
+                    as with nc -z): open, refused, timed out, no socket file.
+    unixgram:       connect() only looks the path up, nothing is sent: open when a socket is
+                    bound there, refused for a stale socket file, no socket file.
+    udp:            one empty datagram is sent; refused when the port answers ICMP unreachable,
+                    open when a reply comes, else "no reply" (a server that ignores empty
+                    datagrams, or a firewall that drops them: UDP cannot tell more).
+
+    Exit status: 0 if every address is open (or, for UDP, did not refuse: as nc -zu), 1 if any
+    is not, 2 for bad input. All addresses are checked at once.
+    """
+    from ..address import InetAddress, UnixAddress, parse
+    from ..errors import AddressError
+
+    targets = []
+    for text in addresses:
+        target = parse(text)
+        if not isinstance(target, InetAddress | UnixAddress):
+            raise AddressError(
+                f"{target}: check needs a socket address (tcp://, udp://, unix:, unixgram:); "
+                "e.g. tcp://127.0.0.1:22"
+            )
+        if isinstance(target, InetAddress) and (target.is_wildcard or target.port == 0):
+            raise AddressError(
+                f"{target}: check needs a host and a port to reach, "
+                f"e.g. {target.scheme}://127.0.0.1:{target.port or 22}"
+            )
+        targets.append(target)
+    failed = False
+    try:
+        with ThreadPoolExecutor(max_workers=min(_PARALLEL, len(targets))) as pool:
+            for outcome in pool.map(lambda t: _check(t, timeout), targets):
+                _report(outcome, json_)
+                if not outcome.ok:
+                    failed = True
+    except KeyboardInterrupt:
+        sys.stderr.write("enchufe: check interrupted\n")
+        return 1
+    return 1 if failed else 0
+
+
+def _report(outcome: Outcome, as_json: bool) -> None:
+    if as_json:
+        record: dict[str, Any] = {
+            "address": outcome.address,
+            "status": outcome.status,
+            "ok": outcome.ok,
+            "seconds": round(outcome.seconds, 6),
+        }
+        if outcome.detail:
+            record["detail"] = outcome.detail
+        sys.stdout.write(json.dumps(record) + "\n")
+    elif not settings.quiet:
+        shown = outcome.detail and (settings.verbose or outcome.status == "error")
+        detail = f" ({outcome.detail})" if shown else ""
+        sys.stdout.write(f"{outcome.address} {outcome.status}{detail}\n")
+    sys.stdout.flush()
+
+
+def _check(target: Any, timeout: float) -> Outcome:
+    from .. import _sockets
+    from .._text import printable
+    from ..errors import EnchufeError
+
+    shown = printable(str(target))
+    start = time.monotonic()
+    try:
+        sock, _owned = _sockets.open_connection(
+            target, timeout=timeout, retries=0, retry_delay=0, datagram_reply=False
+        )
+    except EnchufeError as exc:
+        return Outcome(shown, _status(exc), time.monotonic() - start, printable(str(exc)))
+    try:
+        status = _probe_udp(sock, timeout) if _is_udp(target) else "open"
+    finally:
+        sock.close()
+    return Outcome(shown, status, time.monotonic() - start)
+
+
+def _is_udp(target: Any) -> bool:
+    from ..address import InetAddress
+
+    return isinstance(target, InetAddress) and not target.is_stream
+
+
+def _probe_udp(sock: Any, timeout: float) -> str:
+    """Send one empty datagram and listen for ICMP port unreachable (ECONNREFUSED) or a reply."""
+    sock.settimeout(timeout)
+    try:
+        sock.send(b"")
+        sock.recv(1)
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "no reply"
+    except OSError:
+        return "error"
+    return "open"
+
+
+def _status(exc: Exception) -> str:
+    import errno
+
+    from ..errors import ConnectionRefused, NameResolutionError, NotASocket, TimedOut
+
+    if isinstance(exc, TimedOut):
+        return "timed out"
+    if isinstance(exc, NotASocket):
+        return "not a socket"
+    if isinstance(exc, ConnectionRefused):
+        return "no socket file" if getattr(exc, "errno", None) == errno.ENOENT else "refused"
+    if isinstance(exc, NameResolutionError):
+        return "unknown host"
+    if getattr(exc, "errno", None) == errno.EPROTOTYPE:
+        return "wrong socket type"  # e.g. unixgram: at a stream socket's path
+    return "error"

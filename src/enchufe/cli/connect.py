@@ -2,62 +2,397 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from typing import Any
+
 import click
 
-from ._common import DatagramPrinter, global_options, stop_on_sigterm
-from .listen import _warn_truncated
+from ._common import DatagramPrinter, event, global_options
+from ._limits import RETRIES, RETRY_DELAY, SECONDS, TIMEOUT
+
+EXAMPLES = """\b
+Examples:
+  printf 'HEAD / HTTP/1.0\\r\\n\\r\\n' | enchufe connect tcp://example.com:http
+  enchufe connect --crlf --idle-timeout 5 tcp://127.0.0.1:smtp     # talk SMTP by hand
+  enchufe connect --retry 20 --source unix:@client unix:///run/app.sock
+"""
 
 
-@click.command("connect")
+class _OneAddress(click.Command):
+    """A command taking one ADDRESS that explains ``HOST PORT`` (nc's way) instead of failing
+    with click's bare "unexpected extra argument"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        if ctx.args and not ctx.resilient_parsing:
+            raise _extra_arguments(ctx.params.get("address") or "", ctx.args)
+        return rest
+
+
+def _extra_arguments(first: str, extra: list[str]) -> Exception:
+    from .._text import printable
+    from ..address import parse
+    from ..errors import AddressError, UsageError
+
+    shown = " ".join(printable(a) for a in [first, *extra])
+    if len(extra) == 1:
+        host = f"[{first}]" if ":" in first and not first.startswith("[") else first
+        try:
+            suggestion = str(parse(f"tcp://{host}:{extra[0]}"))
+        except AddressError:
+            suggestion = "tcp://127.0.0.1:9000"
+        return UsageError(
+            f"connect takes one address, not HOST PORT as nc does ({shown}): "
+            f"write {suggestion} (or udp://…, unix:…)"
+        )
+    return UsageError(f"connect takes one address, not {len(extra) + 1} ({shown}); e.g. tcp://127.0.0.1:9000")
+
+
+@click.command(
+    "connect",
+    cls=_OneAddress,
+    epilog=EXAMPLES,
+    context_settings={"allow_extra_args": True},
+)
 @click.argument("address")
 @click.option(
     "--retry",
-    type=click.IntRange(0),
+    type=RETRIES,
     default=0,
-    help="Attempts after the first when refused or not there yet (new socket each).",
+    help="Attempts after the first when refused or not there yet (a new socket each).",
 )
 @click.option(
     "--retry-delay",
-    type=click.FloatRange(0),
+    type=RETRY_DELAY,
     default=0.5,
     show_default=True,
     help="Seconds between attempts.",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=TIMEOUT,
     default=None,
     help="Stream: seconds per connection attempt. Datagram: seconds to wait for "
     "replies after stdin ends (default 1).",
 )
+@click.option(
+    "--idle-timeout",
+    type=SECONDS,
+    default=None,
+    help="Close after this many seconds with no traffic either way and exit 0, as nc -w and "
+    "socat -T do; also bounds each connection attempt unless --timeout is given. 0: never.",
+)
+@click.option(
+    "--source",
+    metavar="ADDR",
+    default=None,
+    help="Bind to this local address before connecting: tcp://HOST:PORT (port 0: any), "
+    "udp://…, or for unix a path or @name, so that the server sees a named peer.",
+)
+@click.option("--crlf", is_flag=True, help="Send each line end of stdin as CRLF (ncat -C).")
+@click.option(
+    "--hex",
+    "hex_",
+    is_flag=True,
+    help="Hex dump of both directions on stderr (> sent, < received), as ncat -x does.",
+)
 @global_options
-def command(address: str, retry: int, retry_delay: float, timeout: float | None) -> int:
+def command(
+    address: str,
+    retry: int,
+    retry_delay: float,
+    timeout: float | None,
+    idle_timeout: float | None,
+    source: str | None,
+    crlf: bool,
+    hex_: bool,
+) -> int:
     """Connect to ADDRESS; copy stdin to the peer and what it sends to stdout.
 
     On stdin's EOF the write side is shut down and reading goes on until the peer closes.
     On a datagram ADDRESS each stdin read is sent as one datagram and replies are printed until
     none has come for --timeout seconds.
+
+    Exit status: 0 when both directions ended (or --idle-timeout passed), 1 when the connection
+    failed, was reset or was cut by SIGINT, SIGTERM or SIGHUP, 2 for bad input.
     """
-    from .. import connect, connect_datagram, parse
-    from ..stdio import pump_datagram, pump_stream
+    from ..address import InetAddress, UnixAddress, parse
+    from ..errors import AddressError
 
     target = parse(address)
-    stop_on_sigterm()
-    if not target.is_stream:
-        with connect_datagram(target, retries=retry, retry_delay=retry_delay) as sock:
-            try:
-                pump_datagram(
-                    sock,
-                    DatagramPrinter(as_json=False, as_hex=False),
-                    linger=1.0 if timeout is None else timeout,
-                    on_truncated=_warn_truncated,
-                )
-            except KeyboardInterrupt:  # SIGINT/SIGTERM: cut before done, as for a stream
-                return 1
-        return 0
-    with connect(target, timeout=timeout, retries=retry, retry_delay=retry_delay) as conn:
+    if not isinstance(target, InetAddress | UnixAddress):
+        raise AddressError(
+            f"{target}: connect needs a socket address (tcp://, udp://, unix:, unixgram:); "
+            "e.g. tcp://127.0.0.1:9000"
+        )
+    local = parse(source) if source is not None else None
+    if local is not None:
+        from ._source import check_source
+
+        if not isinstance(local, InetAddress | UnixAddress):
+            raise AddressError(f"--source {local}: a source is a socket address, e.g. tcp://127.0.0.2:0")
+        check_source(local, target)
+    if idle_timeout == 0:
+        idle_timeout = None
+    session = _Session(target, hex_=hex_)
+    _stop_on_signals(session)
+    try:
+        return session.run(
+            local,
+            retry=retry,
+            retry_delay=retry_delay,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            crlf=crlf,
+        )
+    except KeyboardInterrupt:
+        session.interrupted()
+        return 1
+
+
+_signal_name = "SIGINT"
+
+
+def _stop_on_signals(session: _Session) -> None:
+    """SIGINT, SIGTERM and SIGHUP (the terminal went away) all cut the session, said on stderr."""
+
+    def handler(signum: int, frame: object) -> None:
+        global _signal_name
+        _signal_name = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
+class _Session:
+    """One connection's life: open it, pump stdio, and say what happened on stderr."""
+
+    def __init__(self, target: Any, *, hex_: bool) -> None:
+        from .._text import printable
+        from ..stdio import StreamResult
+
+        self.target = target
+        self.shown = printable(str(target))
+        self.result = StreamResult()
+        self.connected = False
+        self.peer = self.shown
+        self.dump = _HexDump() if hex_ else None
+
+    def run(
+        self,
+        source: Any,
+        *,
+        retry: int,
+        retry_delay: float,
+        timeout: float | None,
+        idle_timeout: float | None,
+        crlf: bool,
+    ) -> int:
+        from ..errors import NetworkError
+
         try:
-            pump_stream(conn)
-        except KeyboardInterrupt:
-            return 1
-    return 0
+            if self.target.is_stream:
+                return self._stream(source, retry, retry_delay, timeout, idle_timeout, crlf)
+            return self._datagram(source, retry, retry_delay, timeout, idle_timeout, crlf)
+        except NetworkError as exc:
+            raise _with_hint(exc, retry=retry, timeout=timeout, connected=self.connected) from None
+
+    def _open(self, source: Any, retry: int, retry_delay: float, timeout: float | None) -> tuple[Any, Any]:
+        from .. import _sockets
+
+        if source is None:
+            sock, owned = _sockets.open_connection(
+                self.target, timeout=timeout, retries=retry, retry_delay=retry_delay
+            )
+        else:
+            from ._source import open_from
+
+            sock, owned = open_from(
+                self.target, source, timeout=timeout, retries=retry, retry_delay=retry_delay
+            )
+        return sock, owned
+
+    def _connected(self, local: Any, peer: Any) -> None:
+        from .._text import printable
+
+        self.connected = True
+        self.peer = printable(str(peer)) if peer is not None else self.shown
+        mine = printable(str(local)) if local is not None else "an unnamed socket"
+        event(
+            "connected",
+            f"connected to {self.peer} from {mine}",
+            level=1,
+            peer=self.peer,
+            local=mine,
+        )
+
+    def _stream(
+        self,
+        source: Any,
+        retry: int,
+        retry_delay: float,
+        timeout: float | None,
+        idle_timeout: float | None,
+        crlf: bool,
+    ) -> int:
+        from ..stdio import pump_stream
+        from ..sync import Connection
+
+        attempt_timeout = timeout if timeout is not None else idle_timeout
+        sock, owned = self._open(source, retry, retry_delay, attempt_timeout)
+        try:
+            with Connection(sock) as conn:
+                self._connected(conn.local_address, conn.peer_address)
+                pump_stream(
+                    conn,
+                    idle_timeout=idle_timeout,
+                    outgoing=CrlfWriter() if crlf else None,
+                    on_data=self.dump,
+                    result=self.result,
+                )
+        finally:
+            if owned is not None:
+                owned.release()
+        self._closed(idle_timeout)
+        return 0
+
+    def _datagram(
+        self,
+        source: Any,
+        retry: int,
+        retry_delay: float,
+        timeout: float | None,
+        idle_timeout: float | None,
+        crlf: bool,
+    ) -> int:
+        from ..address import from_sockaddr
+        from ..stdio import pump_datagram
+        from ..sync import DatagramSocket
+        from .listen import _warn_truncated
+
+        sock, owned = self._open(source, retry, retry_delay, None)
+        with DatagramSocket(sock, owned=owned, peer_address=self.target) as dgram:
+            self._connected(dgram.local_address, from_sockaddr(sock.family, sock.type, sock.getpeername()))
+            pump_datagram(
+                dgram,
+                DatagramPrinter(as_json=False, as_hex=False),
+                linger=1.0 if timeout is None else timeout,
+                on_truncated=_warn_truncated,
+                idle_timeout=idle_timeout,
+                outgoing=crlf_datagram if crlf else None,
+                on_data=self._count_datagram,
+            )
+        self._closed(None)
+        return 0
+
+    def _count_datagram(self, direction: str, data: bytes) -> None:
+        if direction == "in":
+            self.result.received += len(data)
+        else:
+            self.result.sent += len(data)
+        if self.dump is not None:
+            self.dump(direction, data)
+
+    def _closed(self, idle_timeout: float | None) -> None:
+        moved = f"{self.result.received} bytes in, {self.result.sent} out"
+        if self.result.idle:
+            event(
+                "closed",
+                f"closed {self.peer}: no traffic for {idle_timeout:g} s, after {moved}",
+                level=1,
+                peer=self.peer,
+                received=self.result.received,
+                sent=self.result.sent,
+                idle=True,
+            )
+            return
+        event(
+            "closed",
+            f"closed {self.peer} after {moved}",
+            level=1,
+            peer=self.peer,
+            received=self.result.received,
+            sent=self.result.sent,
+        )
+
+    def interrupted(self) -> None:
+        if self.connected:
+            message = (
+                f"interrupted by {_signal_name}: connection to {self.peer} cut after "
+                f"{self.result.received} bytes in, {self.result.sent} out"
+            )
+        else:
+            message = f"interrupted by {_signal_name} while connecting to {self.shown}"
+        # Said even with --quiet: the exit status alone would not tell a cut from a failure.
+        sys.stderr.write(f"enchufe: {message}\n")
+        sys.stderr.flush()
+
+
+def _with_hint(exc: Exception, *, retry: int, timeout: float | None, connected: bool) -> Exception:
+    """The library's error with the flag that helps added, and every character printable."""
+    from .._text import printable
+    from ..errors import ConnectionRefused, NetworkError, TimedOut
+
+    message = str(exc)
+    if not message.isprintable():
+        message = printable(message)
+    if isinstance(exc, NetworkError) and not connected and exc.action in ("connect", None):
+        if isinstance(exc, ConnectionRefused):
+            message += (
+                " (--retry N waits for one)"
+                if not retry
+                else " (raise --retry or --retry-delay to wait longer)"
+            )
+        elif isinstance(exc, TimedOut):
+            message += (
+                f" (raise --timeout, now {timeout:g} s)" if timeout else " (--timeout S sets the limit)"
+            )
+    exc.args = (message,)
+    return exc
+
+
+class CrlfWriter:
+    """Stdin's line ends as CRLF: a LF not already preceded by CR gets one (ncat -C).
+
+    Remembers whether the previous chunk ended in CR, so a CRLF split across two reads stays one.
+    """
+
+    def __init__(self) -> None:
+        self._after_cr = False
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        parts = data.split(b"\n")
+        out = bytearray(parts[0])
+        for i in range(1, len(parts)):
+            before = parts[i - 1]
+            cr_before = before.endswith(b"\r") if before else (i == 1 and self._after_cr)
+            out += b"\n" if cr_before else b"\r\n"
+            out += parts[i]
+        self._after_cr = data.endswith(b"\r")
+        return bytes(out)
+
+
+def crlf_datagram(data: bytes) -> bytes:
+    """One datagram's line ends as CRLF (each datagram on its own: no state between them)."""
+    return CrlfWriter()(data)
+
+
+class _HexDump:
+    """``--hex``: each chunk sent or received as a header line and a classic hex dump, on stderr."""
+
+    def __init__(self) -> None:
+        self.totals = {"out": 0, "in": 0}
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        from ._common import hexdump
+
+        start = self.totals[direction]
+        self.totals[direction] += len(data)
+        arrow, verb = (">", "sent") if direction == "out" else ("<", "received")
+        header = f"{arrow} {verb} {len(data)} bytes (offset {start})\n"
+        sys.stderr.buffer.write(header.encode() + hexdump(data))
+        sys.stderr.flush()
