@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from ._common import global_options, settings
-from ._limits import TIMEOUT
+from ._common import FiniteFloat, global_options, settings
 
 EXAMPLES = """\b
 Examples:
@@ -49,7 +48,7 @@ class Outcome:
 @click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
 @click.option(
     "--timeout",
-    type=TIMEOUT,
+    type=FiniteFloat(0, min_open=True),
     default=2.0,
     show_default=True,
     help="Seconds to wait for each address (UDP: for a refusal or a reply).",

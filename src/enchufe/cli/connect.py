@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import DatagramPrinter, event, global_options
-from ._limits import RETRIES, RETRY_DELAY, SECONDS, TIMEOUT
+from ._common import BoundedInt, DatagramPrinter, FiniteFloat, event, global_options
 
 EXAMPLES = """\b
 Examples:
@@ -58,30 +57,30 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
 @click.argument("address")
 @click.option(
     "--retry",
-    type=RETRIES,
+    type=BoundedInt(0),
     default=0,
     help="Attempts after the first when refused or not there yet (a new socket each).",
 )
 @click.option(
     "--retry-delay",
-    type=RETRY_DELAY,
+    type=FiniteFloat(0),
     default=0.5,
     show_default=True,
     help="Seconds between attempts.",
 )
 @click.option(
     "--timeout",
-    type=TIMEOUT,
+    type=FiniteFloat(0, min_open=True),
     default=None,
     help="Stream: seconds per connection attempt. Datagram: seconds to wait for "
     "replies after stdin ends (default 1).",
 )
 @click.option(
     "--idle-timeout",
-    type=SECONDS,
+    type=FiniteFloat(0, min_open=True, zero="never"),
     default=None,
     help="Close after this many seconds with no traffic either way and exit 0, as nc -w and "
-    "socat -T do; also bounds each connection attempt unless --timeout is given. 0: never.",
+    "socat -T do; also bounds each connection attempt unless --timeout is given.",
 )
 @click.option(
     "--source",

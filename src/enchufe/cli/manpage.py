@@ -51,10 +51,180 @@ def man_options(f: F) -> F:
 
 
 def completion_script(cli: click.Command, shell: str) -> str:
-    """The script click's completion protocol gives for ``shell`` (``_ENCHUFE_COMPLETE``)."""
-    raise click.ClickException("not finished yet")
+    """The script click's completion protocol gives for ``shell``: the same text as
+    ``_ENCHUFE_COMPLETE={shell}_source enchufe`` prints."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # the option's Choice allows only shells click knows
+    source: str = cls(cli, {}, "enchufe", "_ENCHUFE_COMPLETE").source()
+    return source if source.endswith("\n") else source + "\n"
+
+
+# ---------------------------------------------------------------------------- the man page
+
+#: (form, kind, notes): the address table, as the SPEC and the parser define it.
+ADDRESS_FORMS = [
+    ("tcp://HOST:PORT", "stream, IPv4 or IPv6", "family from HOST (literal, or resolved at open time)"),
+    ("tcp4://HOST:PORT, tcp6://[HOST]:PORT", "stream, forced family", ""),
+    ("udp://HOST:PORT, udp4://..., udp6://...", "datagram", ""),
+    ("unix:///abs/path.sock, unix:rel/path.sock", "AF_UNIX stream, file", "path at most 107 bytes"),
+    ("unix:@name", "AF_UNIX stream, abstract", "Linux abstract namespace, at most 107 bytes"),
+    ("unixgram:///abs/path, unixgram:rel/path, unixgram:@name", "AF_UNIX datagram", ""),
+    ("- or stdio:", "standard input and output", "where a data endpoint is accepted (relay)"),
+    ("exec:PROGRAM ARGS...", "a child's stdin and stdout", "split like a shell, run without one"),
+]
+
+ADDRESS_NOTES = [
+    "IPv6 literals are bracketed: tcp://[::1]:9000.  HOST may be empty when listening: "
+    "tcp://:9000 is every interface, IPv6 and IPv4 alike; an explicit [::] is IPv6 only.  "
+    'Port 0 means "pick a free port".',
+    "A port may be a service name, for the address's transport: tcp://example.com:http, "
+    "udp://127.0.0.1:domain.  enchufe knows the common names of /etc/services (listed below) "
+    "without reading any file; the canonical form shows the number.",
+    "Only dotted quads are IPv4 addresses: inet_aton's shorthand (1.2.3 for 1.2.0.3, "
+    "2130706433 for 127.0.0.1, octal and hexadecimal parts) is refused.",
+    "Bad input (unknown scheme, missing or out-of-range port, unbracketed IPv6, path too long, "
+    "empty host for a client, NUL bytes) is refused before any socket is made, with one line "
+    "naming the problem and showing an accepted form, and exit status 2.",
+]
+
+EXIT_STATUS = [
+    ("0", "done: both directions ended, every checked address answered, a server was stopped "
+     "with nothing in flight cut."),
+    ("1", "a runtime failure (refused, reset, timed out, address in use, a connection cut by a "
+     "signal), with a line saying what happened and what to try."),
+    ("2", "bad usage or bad input: a line naming the problem, never a traceback."),
+]  # fmt: skip
+
+SIGNALS = [
+    ("SIGINT, SIGTERM", "servers stop accepting and drain open connections (--drain-timeout); a "
+     "second signal cuts them.  connect cuts its connection and says so (exit status 1)."),
+    ("SIGHUP", "the terminal went away: the same clean stop as SIGTERM; socket files are "
+     "removed and exec: children ended and reaped."),
+    ("SIGUSR1", "a TLS server or relay reloads its certificates, keys and CAs."),
+]  # fmt: skip
+
+EXAMPLES = [
+    ("enchufe listen tcp://:9000", "wait for one client on port 9000, pipe it to stdio"),
+    ("enchufe connect tcp://127.0.0.1:9000 < request", "send a file, print the answer"),
+    ("enchufe echo unix:@echo & enchufe connect unix:@echo", "an echo server on an abstract socket"),
+    ("enchufe relay tcp://:8080 unix:///run/app.sock", "expose a unix socket on TCP"),
+    ("enchufe check tcp://127.0.0.1:22 udp://127.0.0.1:domain", "is anything listening?"),
+    ("enchufe --man | man -l -", "read this page"),
+    ('eval "$(enchufe --completion bash)"', "complete commands and options in bash"),
+]
 
 
 def render(cli: click.Command) -> str:
-    """The roff source of enchufe(1)."""
-    raise click.ClickException("not finished yet")
+    """The roff source of enchufe(1), from the click commands themselves."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..address import SERVICES
+
+    try:
+        release = version("enchufe")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        release = "unknown"
+    ctx = click.Context(cli, info_name="enchufe")
+    assert isinstance(cli, click.Group)
+    out = [
+        f'.TH ENCHUFE 1 "" "enchufe {_text(release)}" "User Commands"',
+        ".SH NAME",
+        "enchufe \\- " + _text(_first_line(cli.help or "")),
+        ".SH SYNOPSIS",
+        ".B enchufe",
+        "[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
+        ".br",
+        ".B enchufe",
+        "\\fB\\-\\-man\\fR | \\fB\\-\\-completion\\fR \\fISHELL\\fR | \\fB\\-V\\fR",
+        ".SH DESCRIPTION",
+        *_help(cli.help or ""),
+        ".PP",
+        "Global options may stand before or after the command name.",
+        ".SH GLOBAL OPTIONS",
+        *_options(cli, ctx),
+        ".SH ADDRESSES",
+        *_address_table(),
+    ]
+    for note in ADDRESS_NOTES:
+        out += [".PP", _text(note)]
+    for transport, services in SERVICES.items():
+        by_port = sorted(services.items(), key=lambda kv: kv[1])
+        listed = ", ".join(f"{name} ({port})" for name, port in by_port)
+        out += [".PP", f"Service names for {transport}: {_text(listed)}."]
+    out.append(".SH COMMANDS")
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        if command is None or command.hidden:  # pragma: no cover - every listed command exists
+            continue
+        out += _command(name, command, ctx)
+    out.append(".SH EXIT STATUS")
+    for code, meaning in EXIT_STATUS:
+        out += [".TP", f".B {code}", _text(meaning)]
+    out.append(".SH SIGNALS")
+    for names, meaning in SIGNALS:
+        out += [".TP", f".B {_text(names)}", _text(meaning)]
+    out.append(".SH EXAMPLES")
+    for example, meaning in EXAMPLES:
+        out += [".TP", f"\\fB{_text(example)}\\fR", _text(meaning)]
+    out += [".SH SEE ALSO", ".BR nc (1),", ".BR ncat (1),", ".BR socat (1),", ".BR unix (7),", ".BR ip (7)"]
+    return "\n".join(out) + "\n"
+
+
+def _command(name: str, command: click.Command, parent: click.Context) -> list[str]:
+    ctx = click.Context(command, info_name=name, parent=parent)
+    usage = " ".join(command.collect_usage_pieces(ctx))
+    out = [f".SS enchufe {_text(name)} {_text(usage)}", *_help(command.help or "")]
+    options = _options(command, ctx)
+    if options:
+        out += [".PP", "Options:", ".RS", *options, ".RE"]
+    if command.epilog:
+        out += _help(command.epilog)
+    return out
+
+
+def _options(command: click.Command, ctx: click.Context) -> list[str]:
+    out: list[str] = []
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        names, help_ = record
+        out += [".TP", f"\\fB{_text(names)}\\fR", _text(help_) or "."]
+    return out
+
+
+def _address_table() -> list[str]:
+    rows: list[str] = []
+    for form, kind, notes in ADDRESS_FORMS:
+        rows += [".TP", f"\\fB{_text(form)}\\fR", _text(f"{kind}; {notes}" if notes else kind)]
+    return rows
+
+
+def _help(text: str) -> list[str]:
+    """Click help text as roff: paragraphs filled, ``\\b`` paragraphs kept as written."""
+    import inspect
+
+    out: list[str] = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines = paragraph.splitlines()
+        if not lines:
+            continue
+        if lines[0].strip() == "\b":
+            out += [".PP", ".nf", *(_text(line) or "\\&" for line in lines[1:]), ".fi"]
+        else:
+            out += [".PP", _text(" ".join(line.strip() for line in lines))]
+    return out
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0].rstrip(".") if text.strip() else ""
+
+
+def _text(text: str) -> str:
+    """Plain text made safe for roff: backslashes and hyphens escaped, no line starting with a
+    control character."""
+    escaped = text.replace("\\", "\\e").replace("-", "\\-")
+    lines = [("\\&" + line if line[:1] in (".", "'") else line) for line in escaped.split("\n")]
+    return "\n".join(lines)
