@@ -14,11 +14,6 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
-#: The pytest example as the README shows it today: no annotations (mypy --strict refuses the
-#: function) and no ``import enchufe``.  Until the README shows the annotated form, this block
-#: is an expected failure, so that the check turns strict by itself once it does.
-UNANNOTATED_FIXTURE_EXAMPLE = "def test_client(echo_server):"
-
 
 def block_ids() -> list[str]:
     """``line115``: where each block starts in the README."""
@@ -54,15 +49,8 @@ def mypy_errors() -> Iterator[dict[int, list[str]]]:
         yield errors
 
 
-def expect_annotated(block: str) -> None:
-    if UNANNOTATED_FIXTURE_EXAMPLE in block:
-        pytest.xfail("the README's pytest example needs annotations and `import enchufe` (see H3's report)")
-
-
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=block_ids())
 def test_readme_python_example_type_checks(index: int, mypy_errors: dict[int, list[str]]) -> None:
-    if mypy_errors[index]:
-        expect_annotated(BLOCKS[index])
     assert mypy_errors[index] == []
 
 
@@ -75,11 +63,7 @@ def test_readme_python_example_runs(index: int, request: pytest.FixtureRequest) 
     for name, value in list(namespace.items()):
         if name.startswith("test_") and inspect.isfunction(value):
             fixtures = {p: request.getfixturevalue(p) for p in inspect.signature(value).parameters}
-            try:
-                value(**fixtures)
-            except NameError:
-                expect_annotated(BLOCKS[index])
-                raise
+            value(**fixtures)
 
 
 def test_readme_quick_start_has_exactly_the_two_commands() -> None:
