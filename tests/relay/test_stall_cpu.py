@@ -610,3 +610,186 @@ def test_a_stalled_unix_datagram_peer_costs_no_cpu(
         writer.push_until_stalled()
         assert_costs_no_cpu(relay.pid, f"the {staller}'s receive queue was full")
         resume([flow])
+
+
+def wait_relay_quiet(pid: int) -> None:
+    """Where nothing pushes back (UDP drops instead), the relay may still be working off a burst
+    when the sender is done: wait until its CPU time stops growing for a few looks (or a few
+    seconds: a relay that spins never gets quiet, and the sample that follows fails)."""
+    last = cpu_seconds(pid)
+    same = 0
+    deadline = time.monotonic() + 5.0
+    while same < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_seconds(pid)
+        same = same + 1 if now == last else 0
+        last = now
+
+
+@pytest.mark.parametrize("staller", ["target", "client"])
+def test_a_stalled_udp_peer_costs_no_cpu(
+    start_relay: StartRelay, make_address: Callable[[str], str], staller: str
+) -> None:
+    """udp → udp: nothing pushes back (a full queue drops, as UDP does), so once a burst is
+    through the relay has nothing to do; what the staller's queue kept is intact and in order,
+    and datagrams go through again."""
+    target, target_address = datagram_target(make_address("udp4"))
+    relay = start_relay(make_address("udp4"), target_address)
+    with target, datagram_socket(relay.address) as client:
+        client.send(b"hello")
+        target.settimeout(STEP)
+        _, upstream = target.recvfrom(100)
+        if staller == "target":
+            sender, staller_sock, seed = client, target, 21
+            send: Callable[[memoryview | bytes], int] = client.send
+        else:
+            sender, staller_sock, seed = target, client, 22
+
+            def send(data: memoryview | bytes) -> int:
+                return target.sendto(data, upstream)
+
+        sender.setblocking(False)
+        Writer(sender.fileno(), 0, _noop, chunks=datagrams(seed), send=send).burst(BURST)
+        wait_relay_quiet(relay.pid)
+        assert_costs_no_cpu(relay.pid, f"the {staller} did not read")
+        receive = datagram_reader(staller_sock)
+        assert check_what_arrives(receive, seed) > 0
+        sender.setblocking(True)
+        check_alive(send, receive, seed + 100)
+
+
+def receive_stream(sock: socket.socket, writer: Writer) -> tuple[int, str]:
+    """Read a stream until all that ``writer`` sent is in (no EOF: a framed session stays open):
+    (bytes, sha256)."""
+    sock.setblocking(False)
+    digest = hashlib.sha256()
+    total = 0
+    deadline = time.monotonic() + IO_TIMEOUT
+    while not (writer.finished and total >= writer.sent):
+        try:
+            data = sock.recv(1 << 18)
+        except BlockingIOError:
+            assert time.monotonic() < deadline, f"{total} bytes of {writer.sent} arrived"
+            _wait(sock.fileno(), select.POLLIN, 0.05)
+            continue
+        assert data, f"the stream ended after {total} bytes of {writer.sent}"
+        digest.update(data)
+        total += len(data)
+    return total, digest.hexdigest()
+
+
+#: Datagrams sent to a tunnel whose stream end does not read: more than the stream's buffers and
+#: the tunnel's backlog hold, so that some are dropped.
+TUNNEL_BURST = 20000
+
+
+@pytest.mark.parametrize("staller", ["target", "client"])
+def test_a_stalled_peer_of_a_udp_to_tcp_tunnel_costs_no_cpu(
+    start_relay: StartRelay, make_address: Callable[[str], str], staller: str
+) -> None:
+    """udp → tcp ``--frame``: the stream target does not read (the tunnel's backlog fills, then
+    datagrams are dropped and counted), or the UDP client does not read the target's messages."""
+    with accepting(make_address("tcp4")) as (target_address, accept):
+        relay = start_relay(make_address("udp4"), target_address, "--frame")
+        with datagram_socket(relay.address) as client:
+            client.send(b"hello")
+            conn = accept()
+            stream = FrameReader(conn)
+            assert stream.next(STEP) == b"hello"
+            if staller == "target":
+                client.setblocking(False)
+                writer = Writer(client.fileno(), 0, _noop, chunks=datagrams(31), send=client.send)
+                writer.burst(TUNNEL_BURST)
+                receive: Callable[[float], bytes | None] = stream.next
+
+                def send(data: bytes) -> object:
+                    return client.send(data)
+            else:
+                writer = Writer(conn.fileno(), 0, _noop, chunks=frames(32))
+                writer.burst(BURST)
+                receive = datagram_reader(client)
+
+                def send(data: bytes) -> object:
+                    return conn.send(HEADER.pack(len(data)) + data)
+
+            wait_relay_quiet(relay.pid)
+            assert_costs_no_cpu(relay.pid, f"the {staller} did not read")
+            seed = 31 if staller == "target" else 32
+            assert check_what_arrives(receive, seed) > 0
+            for sock in (client, conn):
+                sock.settimeout(STEP)
+            check_alive(send, receive, seed + 100)
+
+
+@pytest.mark.parametrize("staller", ["target", "client"])
+def test_a_stalled_peer_of_a_tcp_to_udp_tunnel_costs_no_cpu(
+    start_relay: StartRelay, make_address: Callable[[str], str], staller: str
+) -> None:
+    """tcp → udp ``--frame``: the UDP target does not read (its queue drops), or the stream
+    client does not read the target's datagrams (the relay stops reading them past its buffer)."""
+    target, target_address = datagram_target(make_address("udp4"))
+    relay = start_relay(make_address("tcp4"), target_address, "--frame")
+    with target, dial(relay.address) as client:
+        client.sendall(HEADER.pack(5) + b"hello")
+        target.settimeout(STEP)
+        _, upstream = target.recvfrom(100)
+        if staller == "target":
+            writer = Writer(client.fileno(), 0, _noop, chunks=frames(33))
+            writer.burst(BURST)
+            receive: Callable[[float], bytes | None] = datagram_reader(target)
+
+            def send(data: bytes) -> object:
+                return client.send(HEADER.pack(len(data)) + data)
+        else:
+            target.setblocking(False)
+            writer = Writer(
+                target.fileno(),
+                0,
+                _noop,
+                chunks=datagrams(34),
+                send=lambda data: target.sendto(data, upstream),
+            )
+            writer.burst(BURST)
+            receive = FrameReader(client).next
+
+            def send(data: bytes) -> object:
+                return target.sendto(data, upstream)
+
+        wait_relay_quiet(relay.pid)
+        assert_costs_no_cpu(relay.pid, f"the {staller} did not read")
+        seed = 33 if staller == "target" else 34
+        assert check_what_arrives(receive, seed) > 0
+        for sock in (client, target):
+            sock.settimeout(STEP)
+        check_alive(send, receive, seed + 100)
+
+
+@pytest.mark.parametrize("staller", ["target", "client"])
+def test_a_stalled_peer_of_a_unix_tunnel_costs_no_cpu(
+    start_relay: StartRelay, make_address: Callable[[str], str], staller: str
+) -> None:
+    """Tunnels with a unix datagram end push back, so nothing is lost: tcp → unixgram ``--frame``
+    whose target's queue is full (the stream is not read meanwhile), and unixgram → tcp
+    ``--frame`` whose client (not connected to the relay) does not read the target's messages."""
+    if staller == "target":
+        target, target_address = datagram_target(make_address("unixgram"))
+        relay = start_relay(make_address("tcp4"), target_address, "--frame")
+        with target, dial(relay.address) as client:
+            writer = Writer(client.fileno(), 0, _noop, chunks=frames(35))
+            flow = Flow("client → target", writer, lambda: receive_messages(target, writer))
+            writer.push_until_stalled()
+            assert_costs_no_cpu(relay.pid, "the target's receive queue was full")
+            resume([flow])
+        return
+    with accepting(make_address("tcp4")) as (target_address, accept):
+        relay = start_relay(make_address("unixgram"), target_address, "--frame")
+        client, send = unconnected_client(relay.address)
+        with client:
+            send(b"hello")
+            conn = accept()
+            assert FrameReader(conn).next(STEP) == b"hello"
+            writer = Writer(conn.fileno(), 0, _noop, chunks=frames(36))
+            flow = Flow("target → client", writer, lambda: receive_messages(client, writer))
+            writer.push_until_stalled()
+            assert_costs_no_cpu(relay.pid, "the client's receive queue was full")
+            resume([flow])
