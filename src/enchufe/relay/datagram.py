@@ -67,6 +67,7 @@ from typing import Any
 
 from .. import _sockets, trace
 from .._sockets import SocketFile, Target, autobind_unix, new_socket, recv_datagram_into, send_datagram
+from .._text import printable
 from ..address import from_sockaddr
 from ..errors import ProtocolError, translate
 from ..framing import HEADER, Framer
@@ -112,6 +113,10 @@ GSO_BYTES = 65000
 #: Bytes read from the listener in one batch at most (memory held while they are sent).
 BATCH_BYTES = 256 * 1024
 
+#: Replies counted (read and dropped) at most from an ending session's socket: a socket buffer
+#: holds far fewer, so this only bounds the loop.
+MAX_DRAIN = 100_000
+
 #: In single-datagram reading, every this many readiness events a whole batch is tried.
 PROBE_EVERY = 16
 
@@ -133,7 +138,9 @@ _TRANSIENT = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 
 def describe_sender(family: int, sockaddr: Any) -> str:
     found = from_sockaddr(family, socket.SOCK_DGRAM, sockaddr) if sockaddr else None
-    return str(found) if found is not None else "unixgram:(unnamed)"
+    # The sender chose its name (a unixgram path or abstract name): escaped where labels are
+    # made, so that no event message can carry a line break or a terminal escape.
+    return printable(str(found)) if found is not None else "unixgram:(unnamed)"
 
 
 #: errnos of a UDP GSO send the kernel or the route cannot do (older kernel, no checksum offload)
@@ -231,6 +238,12 @@ class _Upstream:
     def resume(self, relay: Any) -> None:
         """The pending reply went out: read the upstream again."""
         raise NotImplementedError
+
+    def undelivered(self) -> int:
+        """Datagrams this session holds that will never be delivered now that it ends (replies
+        waiting for the listener): the relay counts them as dropped."""
+        lost = self.pending_reply[2] if self.pending_reply is not None else 0
+        return lost + (1 if self.held is not None else 0)
 
 
 class _DatagramListener:
@@ -369,17 +382,16 @@ class _DatagramListener:
 
     def _truncated(self, who: str, size: int, side: str) -> None:
         self.stats.truncated += 1
-        if self.events.wants(1):
-            self.events(
-                "truncated",
-                f"dropped a datagram of {size} bytes from {who}: larger than --max-datagram "
-                f"{self.max_datagram}",
-                level=1,
-                peer=who,
-                size=size,
-                side=side,
-                max_datagram=self.max_datagram,
-            )
+        self.events.notice(
+            "oversized datagrams",
+            "truncated",
+            f"enchufe: dropped a datagram of {size} bytes from {who}: larger than --max-datagram "
+            f"{self.max_datagram}",
+            peer=who,
+            size=size,
+            side=side,
+            max_datagram=self.max_datagram,
+        )
 
     def _error(self, message: str, **fields: Any) -> None:
         now = time.monotonic()
@@ -552,6 +564,9 @@ class _DatagramListener:
             self.stats.expired += 1
         elif why == "evicted":
             self.stats.evicted += 1
+        # Replies (and datagrams for the target) still waiting are lost with the session: a
+        # summary that says "0 dropped" then would be wrong.
+        self.stats.dropped += session.undelivered()
         session.close(self.loop)
         if session in self.blocked:
             self.blocked.discard(session)
@@ -659,6 +674,18 @@ class _DatagramUpstream(_Upstream):
         if self.owned is not None:
             self.owned.release()
             self.owned = None
+
+    def undelivered(self) -> int:
+        """Also the datagrams for the target that it could not take yet, and the replies the
+        target sent that wait unread in this socket (they die with it)."""
+        lost = super().undelivered() + sum(count for _data, _seg, count in self.pending)
+        for _ in range(MAX_DRAIN):
+            try:
+                self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
+            except OSError:  # none left (EAGAIN), or an ICMP error: nothing more to count
+                break
+            lost += 1
+        return lost
 
     def resume(self, relay: Any) -> None:
         relay.watch(self)
@@ -969,6 +996,15 @@ class _Tunnel(_Upstream):
     def resume(self, relay: Any) -> None:
         relay.deliver(self)
 
+    def undelivered(self) -> int:
+        """Also the datagrams queued while connecting, and the whole replies read from the
+        stream but not yet sent to the sender."""
+        lost = super().undelivered() + self.queued
+        with contextlib.suppress(ProtocolError):
+            while self.framer.next_message() is not None:
+                lost += 1
+        return lost
+
 
 class FramedDatagramRelay(_DatagramListener):
     """Datagram LISTEN → stream TARGET (``--frame``): a stream connection per sender, each
@@ -1113,6 +1149,7 @@ class FramedDatagramRelay(_DatagramListener):
                 session.framer.feed_eof()
             except ProtocolError as exc:
                 error = str(exc)
+                self._framing_error(session, error)
             self.end(session, "target-closed", error)
             return
         with contextlib.suppress(ProtocolError):
@@ -1120,6 +1157,18 @@ class FramedDatagramRelay(_DatagramListener):
             session.framer.feed(view[:n])
         self.table.touch(session.peer, time.monotonic())
         self.deliver(session)
+
+    def _framing_error(self, session: _Tunnel, error: str) -> None:
+        self.events.notice(
+            "framing errors",
+            "protocol-error",
+            f"enchufe: closed session #{session.id} {session.label}: {self.target_label} broke the "
+            f"framing: {error}",
+            id=session.id,
+            peer=session.label,
+            target=self.target_label,
+            error=error,
+        )
 
     def deliver(self, session: _Tunnel) -> None:
         """Send the messages the framer holds to the sender, one datagram each."""
@@ -1129,6 +1178,7 @@ class FramedDatagramRelay(_DatagramListener):
                 message = framer.next_message()
             except ProtocolError as exc:
                 self.stats.reset += 1
+                self._framing_error(session, str(exc))
                 self.end(session, "protocol-error", str(exc))
                 return
             if message is None:

@@ -170,7 +170,8 @@ class FramedStreamSession:
         relay = self.relay
         relay.stats.failed += 1
         shown = self.peer_label()
-        relay.events(
+        relay.events.notice(
+            "failed connects",
             "error",
             f"enchufe: {message} (client {shown} #{self.id} closed)",
             id=self.id,
@@ -285,10 +286,30 @@ class FramedStreamSession:
                 if exc.errno == errno.ECONNREFUSED and attempt == 1:
                     self._refused()
                     continue
-                self.relay.stats.dropped += 1
+                self._dropped(len(message), exc)
                 return True
             return True
         return True
+
+    def _dropped(self, size: int, exc: OSError) -> None:
+        """A message the target's socket would not send (too large for one datagram there, no
+        buffer): dropped, counted, and said."""
+        relay = self.relay
+        relay.stats.dropped += 1
+        reason = (exc.strerror or str(exc)).lower()
+        if exc.errno == errno.EMSGSIZE:
+            reason += f": larger than one datagram to {relay.target_label} can be"
+        shown = self.peer_label()
+        relay.events.notice(
+            "dropped messages",
+            "dropped",
+            f"enchufe: dropped a message of {size} bytes from {shown} #{self.id}: {reason}",
+            id=self.id,
+            peer=shown,
+            target=relay.target_label,
+            size=size,
+            error=reason,
+        )
 
     def _refused(self) -> None:
         relay = self.relay
@@ -349,17 +370,16 @@ class FramedStreamSession:
                 return
             if size > limit:
                 stats.truncated += 1
-                if relay.events.wants(1):
-                    relay.events(
-                        "truncated",
-                        f"dropped a datagram of {size} bytes from {relay.target_label}: larger than "
-                        f"--max-datagram {limit}",
-                        level=1,
-                        peer=relay.target_label,
-                        size=size,
-                        side="target",
-                        max_datagram=limit,
-                    )
+                relay.events.notice(
+                    "oversized datagrams",
+                    "truncated",
+                    f"enchufe: dropped a datagram of {size} bytes from {relay.target_label}: larger than "
+                    f"--max-datagram {limit}",
+                    peer=relay.target_label,
+                    size=size,
+                    side="target",
+                    max_datagram=limit,
+                )
                 continue
             self.out += HEADER.pack(size)
             self.out += view[:size]
@@ -410,7 +430,18 @@ class FramedStreamSession:
             self._end("done")
 
     def _reset(self, reason: str, error: str) -> None:
-        self.relay.stats.reset += 1
+        relay = self.relay
+        relay.stats.reset += 1
+        if reason == "protocol-error":  # the client's fault, and it would go unseen without -v
+            shown = self.peer_label()
+            relay.events.notice(
+                "framing errors",
+                "protocol-error",
+                f"enchufe: closed {shown} #{self.id}: it broke the framing: {error}",
+                id=self.id,
+                peer=shown,
+                error=error,
+            )
         self._end(reason, abortive=True, error=error)
 
     def cut(self, reason: str) -> None:

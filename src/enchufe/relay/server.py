@@ -385,6 +385,7 @@ class Relay:
         handler = self._make_handler(loop, pools)
         self._handler = handler
         loop.set_wake_handler(self._on_wake)
+        self.events.schedule = loop.call_later  # counts of held-back notices, when due
         previous = self._install_signals() if handle_signals else {}
         try:
             handler.start()
@@ -406,8 +407,10 @@ class Relay:
             pools.close()
             loop.close()
             self.close()
+            self.events.schedule = None
+            self.events.flush()
         final = self.stats.snapshot()
-        line, fields = summary_report(final)
+        line, fields = summary_report(final, sessions=self.datagram_listener)
         self.events("summary", line, level=0 if config.stats_interval else 1, **fields)
         return RelayResult(self._cut, final, failed=handler.failed)
 

@@ -31,7 +31,8 @@ class Stats:
     * ``datagrams_to_target`` / ``datagrams_to_client``: datagrams (or framed messages) delivered;
     * ``truncated``: datagrams larger than ``--max-datagram``, dropped whole, never forwarded cut;
     * ``dropped``: datagrams that could not be delivered (no reply address, target unreachable,
-      a tunnel's backlog full);
+      a tunnel's backlog full, too large for the target's datagrams, replies and datagrams still
+      waiting when their session was evicted, expired or ended);
     * ``expired`` / ``evicted``: sessions ended by ``--idle-timeout`` / by ``--max-sessions``.
     """
 
@@ -178,11 +179,13 @@ def interval_report(before: Snapshot, now: Snapshot) -> tuple[str, dict[str, Any
     return line, fields
 
 
-def summary_report(final: Snapshot) -> tuple[str, dict[str, Any]]:
-    """The summary printed at exit, and its JSON fields."""
+def summary_report(final: Snapshot, *, sessions: bool = False) -> tuple[str, dict[str, Any]]:
+    """The summary printed at exit, and its JSON fields.  ``sessions``: the relay's clients are
+    datagram senders, each a session (a datagram listener), not connections."""
     seconds = max(final.when - final.started, 1e-9)
+    unit = "sessions" if sessions else "connections"
     line = (
-        f"summary: {final.total} connections relayed in {seconds:.1f} s "
+        f"summary: {final.total} {unit} relayed in {seconds:.1f} s "
         f"({final.refused} refused, {final.failed} target failures, {final.reset} reset, "
         f"{final.cut} cut); to target {human_bytes(final.to_target)}, "
         f"to client {human_bytes(final.to_client)}" + _datagram_part(final)

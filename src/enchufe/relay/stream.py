@@ -276,6 +276,8 @@ class StreamRelay:
         self.children = Children(loop, events)
         #: one client only (stdio target): the relay is over once its session ends
         self.one_client = isinstance(self.target, StdioAddress)
+        #: a child per client (exec: target)
+        self.runs_programs = isinstance(self.target, ExecAddress)
         self.finished = False
         #: a one-shot relay lost data (a reset, an unreachable target): exit status 1
         self.failed = False
@@ -355,10 +357,14 @@ class StreamRelay:
         self.loop.call_later(ACCEPT_PAUSE, resume)
 
     def _refuse(self, conn: socket.socket, peer: Any, reason: str, why: str) -> None:
+        """Turn a client away (reset) and say so: a notice, shown without -v but rate-limited,
+        since any client can cause one."""
         self.stats.refused += 1
-        if self.events.wants(1):
-            shown = _describe_peer(conn, peer)
-            self.events("refused", f"refused {shown}: {why}", level=1, peer=shown, reason=reason, detail=why)
+        shown = _describe_peer(conn, peer)
+        kind = "denied clients" if reason == "denied" else "clients turned away"
+        self.events.notice(
+            kind, "refused", f"enchufe: refused {shown}: {why}", peer=shown, reason=reason, detail=why
+        )
         abort(conn)
 
     def _admit(self, conn: socket.socket, peer: Any) -> None:
@@ -397,6 +403,28 @@ class StreamRelay:
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
         """The session of an admitted client (framed relays make theirs)."""
         return StreamSession(self, Side(conn), conn, peer, session_id)
+
+    def one_shot_broken(self, session: StreamSession, reason: str, error: str | None) -> None:
+        """The one session of a one-shot relay (stdio) broke: that is the whole run, and its
+        exit status 1 must not come without a word."""
+        side, _, what = reason.partition("-")
+        who = self.target_label if side == "target" else session.peer_label()
+        if what == "reset":
+            happened = f"{who} reset the connection ({error or 'reset'})"
+            hint = f"check that {who} speaks the protocol of what was sent, and its log"
+        else:
+            happened = f"the session ended early ({reason}{': ' + error if error else ''})"
+            hint = "run with -v to see each step"
+        self.events(
+            "error",
+            f"enchufe: {happened} after {session.to_target} bytes to the target and "
+            f"{session.to_client} back; the exchange is incomplete: {hint}",
+            id=session.id,
+            reason=reason,
+            error=error or reason,
+            to_target=session.to_target,
+            to_client=session.to_client,
+        )
 
     def session_ended(self, session: Any, failed: bool) -> None:
         self.sessions.discard(session)
@@ -676,18 +704,21 @@ class StreamSession:
         self._fail_connect(str(error))
 
     def _fail_connect(self, message: str) -> None:
+        """The target could not be opened for this client: close it, and say why (a notice:
+        every client of a target that is down would print one)."""
         relay = self.relay
         relay.stats.failed += 1
-        if relay.events.wants(0):
-            shown = self.peer_label()
-            relay.events(
-                "error",
-                f"enchufe: {message} (client {shown} #{self.id} closed)",
-                id=self.id,
-                peer=shown,
-                target=relay.target_label,
-                error=message,
-            )
+        shown = self.peer_label()
+        kind = "programs that failed to start" if relay.runs_programs else "failed connects"
+        relay.events.notice(
+            kind,
+            "error",
+            f"enchufe: {message} (client {shown} #{self.id} closed)",
+            id=self.id,
+            peer=shown,
+            target=relay.target_label,
+            error=message,
+        )
         self._end("target-failed", abortive=True, quiet=True)
 
     def _connected(self, *, announce: bool = True) -> None:
@@ -994,6 +1025,8 @@ class StreamSession:
             relay.children.terminate(self.child)
         relay.stats.open -= 1
         relay.session_ended(self, failed=abortive and reason != "shutdown")
+        if relay.one_client and abortive and not quiet and reason != "shutdown":
+            relay.one_shot_broken(self, reason, error)
         if not quiet and relay.events.wants(1):
             seconds = time.monotonic() - self.started
             shown = self.peer_label()
