@@ -15,7 +15,7 @@ import pytest
 import enchufe
 from enchufe.relay import Relay, RelayConfig
 
-from .conftest import ENCHUFE, STEP, StartRelay, Target, dial, echo, ping
+from .conftest import ENCHUFE, STEP, StartRelay, Target, dial, echo, ping, turned_away
 
 #: Every numeric option of relay: each states its range in --help and refuses what is outside.
 NUMERIC_OPTIONS = (
@@ -188,3 +188,26 @@ def test_each_help_example_runs(start_relay: StartRelay, sock_dir: str, index: i
     relay = start_relay(listen, *rest)
     relay.signal()
     assert relay.finish() == 0, relay.err
+
+
+@pytest.mark.parametrize("target", ["tcp4://127.0.0.1:{port}", "unix://{folder}/nobody.sock"])
+def test_a_target_that_refuses_names_no_option_relay_lacks(
+    target: str, sock_dir: str, start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """The library's messages name no command-line option: the relay's errors said
+    "(--retry waits for one)", and relay has no --retry."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = target.format(port=port, folder=sock_dir)
+    done = subprocess.run(
+        [*ENCHUFE, "relay", "-", target], input="x", capture_output=True, text=True, timeout=STEP
+    )
+    assert done.returncode == 1
+    line = _one_line(done.stderr)
+    assert f"cannot connect to {target}" in line, line
+    assert "--retry" not in line and "--timeout" not in line, line
+    relay = start_relay(make_address("tcp4"), target)
+    assert turned_away(relay.address) is not None
+    relay.wait_err(r"^enchufe: cannot connect to ")
+    assert "--retry" not in relay.err, relay.err
