@@ -7,7 +7,7 @@
     relay = Relay(RelayConfig("tcp://:8080", "unix:///run/app.sock", max_conns=1000))
     relay.open()
     print(relay.address)              # the real listening address
-    result = relay.run()              # until SIGTERM/SIGINT (or relay.stop() from another thread)
+    result = relay.run()              # until SIGTERM/SIGINT/SIGHUP (or relay.stop() from a thread)
 
 What is relayed follows from the two addresses:
 
