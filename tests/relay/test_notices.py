@@ -308,3 +308,34 @@ def test_replies_lost_with_an_evicted_session_are_counted_as_dropped(
     assert got < sent  # the test means something: the client's queue did fill
     assert summary["evicted"] == 1
     assert summary["dropped"] == sent - got, (summary, got)
+
+
+def test_a_relay_to_stdio_whose_client_resets_says_what_happened(
+    make_address: Callable[[str], str],
+) -> None:
+    proc = subprocess.Popen(
+        [*ENCHUFE, "relay", make_address("tcp4"), "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        listening = proc.stderr.readline().decode()
+        assert listening.startswith("listening on "), listening
+        address = listening.split()[-1]
+        with dial(address) as client:
+            client.sendall(b"hi")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        _out, err = proc.communicate(timeout=STEP)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STEP)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert proc.returncode == 1
+    (line,) = err.decode().splitlines()
+    assert re.match(r"enchufe: the client tcp://127\.0\.0\.1:\d+ reset the connection \(", line), line
+    assert "went away before the end" in line

@@ -408,10 +408,15 @@ class StreamRelay:
         """The one session of a one-shot relay (stdio) broke: that is the whole run, and its
         exit status 1 must not come without a word."""
         side, _, what = reason.partition("-")
-        who = self.target_label if side == "target" else session.peer_label()
-        if what == "reset":
-            happened = f"{who} reset the connection ({error or 'reset'})"
-            hint = f"check that {who} speaks the protocol of what was sent, and its log"
+        if what == "reset" and side == "target":
+            happened = f"{self.target_label} reset the connection ({error or 'reset'})"
+            hint = f"check that {self.target_label} speaks the protocol of what was sent, and its log"
+        elif what == "reset" and session.client_sock is None:
+            happened = f"stdin/stdout failed ({error or 'reset'})"
+            hint = "was the reader of stdout gone before the end?"
+        elif what == "reset":
+            happened = f"the client {session.peer_label()} reset the connection ({error or 'reset'})"
+            hint = "the client went away before the end"
         else:
             happened = f"the session ended early ({reason}{': ' + error if error else ''})"
             hint = "run with -v to see each step"
