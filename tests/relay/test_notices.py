@@ -339,3 +339,31 @@ def test_a_relay_to_stdio_whose_client_resets_says_what_happened(
     (line,) = err.decode().splitlines()
     assert re.match(r"enchufe: the client tcp://127\.0\.0\.1:\d+ reset the connection \(", line), line
     assert "went away before the end" in line
+
+
+def test_datagram_errors_from_many_senders_are_rate_limited(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """Each sender's session reports its target's refusal once: a flood of senders must not
+    flood the log (the datagram relay used to drop all but one a second without a count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    relay = start_relay(make_address("udp4"), f"udp4://127.0.0.1:{port}")
+    senders = 12
+    socks = [datagram_socket(relay.address, timeout=0.3) for _ in range(senders)]
+    try:
+        for sock in socks:
+            sock.send(b"anyone?")  # ICMP port unreachable comes back to the session's socket
+        for sock in socks:
+            sock.send(b"still?")  # ... and is reported at the session's next send
+        relay.wait_err(r"^enchufe: … and \d+ more datagram errors")
+    finally:
+        for sock in socks:
+            sock.close()
+    relay.signal()
+    assert relay.finish() == 0, relay.err
+    shown = _lines(relay.err, r"^enchufe: udp4://127\.0\.0\.1:\d+ refused a datagram from ")
+    held = sum(int(m) for m in re.findall(r"… and (\d+) more datagram errors", relay.err))
+    assert 1 <= len(shown) <= 5 * 3
+    assert len(shown) + held == senders, relay.err

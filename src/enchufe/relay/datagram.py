@@ -292,7 +292,6 @@ class _DatagramListener:
         self._reply_timer: Timer | None = None
         self._reply_delay = FIRST_REPLY_RETRY
         self._expiry: Timer | None = None
-        self._next_error_report = 0.0
         #: why a session is being ended from inside (the table only knows "removed")
         self._reasons: dict[int, tuple[str, str | None]] = {}
         #: UDP GSO for replies (the listener is UDP, and the kernel has not refused it)
@@ -394,10 +393,15 @@ class _DatagramListener:
         )
 
     def _error(self, message: str, **fields: Any) -> None:
-        now = time.monotonic()
-        if now >= self._next_error_report:  # at most one a second: datagrams come in floods
-            self._next_error_report = now + 1.0
-            self.events("error", f"enchufe: {message}", error=message, target=self.target_label, **fields)
+        # A notice: datagrams come in floods, so their errors are rate-limited (and counted).
+        self.events.notice(
+            "datagram errors",
+            "error",
+            f"enchufe: {message}",
+            error=message,
+            target=self.target_label,
+            **fields,
+        )
 
     # -- replies
 

@@ -317,7 +317,14 @@ class FramedStreamSession:
         if not self.refused:
             self.refused = True
             message = f"{relay.target_label} refused a datagram from #{self.id} (nobody listens there?)"
-            relay.events("error", f"enchufe: {message}", id=self.id, target=relay.target_label, error=message)
+            relay.events.notice(
+                "datagram errors",
+                "error",
+                f"enchufe: {message}",
+                id=self.id,
+                target=relay.target_label,
+                error=message,
+            )
 
     def _on_upstream(self, events: int) -> None:
         if self.state != _OPEN:
