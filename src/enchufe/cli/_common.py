@@ -274,7 +274,10 @@ def stop_on_sigterm() -> None:
 
 
 class DatagramPrinter:
-    """Writes received datagrams to stdout: raw payload, ``--json`` lines or ``--hex`` dumps."""
+    """Writes received datagrams to stdout: raw payload, ``--json`` lines or ``--hex`` dumps.
+
+    With ``-v`` each datagram is also reported on stderr: its size and its sender.
+    """
 
     def __init__(self, *, as_json: bool, as_hex: bool) -> None:
         self.as_json = as_json
@@ -282,6 +285,9 @@ class DatagramPrinter:
         self.out = sys.stdout.buffer
 
     def __call__(self, data: bytes, sender: object) -> None:
+        if settings.verbose:
+            peer = peer_name(sender)
+            event("datagram", f"received {len(data)} bytes from {peer}", level=1, peer=peer, size=len(data))
         if self.as_json:
             record: dict[str, Any] = {
                 "from": str(sender) if sender is not None else None,

@@ -11,6 +11,7 @@ from ._common import (
     global_options,
     json_option,
     parse_mode,
+    refuse_mode_unless_file,
     settings,
     stop_on_sigterm,
 )
@@ -40,8 +41,15 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
 
     By default each payload is written exactly as received; --json writes one object per line
     (from, size, base64, text); --hex a dump per datagram.
+
+    \b
+    Examples:
+      enchufe recv udp://:5140                    print syslog-style datagrams as they come
+      enchufe recv unixgram:/tmp/log.sock --json --count 10
+      enchufe recv udp://127.0.0.1:9999 --hex -v  dumps, and who sent each on stderr
     """
     from .. import AddressError, bind_datagram, parse
+    from ..errors import UsageError
     from ..stdio import pump_datagram
 
     settings.json = settings.json or json_  # the events on stderr too, as listen does
@@ -51,9 +59,12 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
             f"{address}: recv takes a datagram address (udp://…, unixgram:…); "
             f"for a stream use `enchufe listen {address}`"
         )
+    refuse_mode_unless_file(target, mode)
+    if hex_ and json_:
+        raise UsageError("--hex and --json both say how to print a datagram: choose one")
     stop_on_sigterm()
     with bind_datagram(target, mode=parse_mode(mode)) as sock:
-        try:  # from the listening line on, SIGTERM means a clean stop
+        try:  # from the listening line on, SIGTERM and SIGHUP mean a clean stop
             event("listening", f"listening on {sock.local_address}", address=str(sock.local_address))
             pump_datagram(
                 sock,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 import click
 
-from ._common import BoundedInt, FiniteFloat, global_options
+from ._common import BoundedInt, FiniteFloat, event, given, global_options, stop_on_sigterm
+
+if TYPE_CHECKING:
+    from ..address import Address
 
 #: How long to wait for a reply, or for the peer to close after our EOF, unless --timeout says.
 DEFAULT_TIMEOUT = 5.0
@@ -24,7 +26,7 @@ DEFAULT_TIMEOUT = 5.0
     type=FiniteFloat(0, min_open=True),
     default=DEFAULT_TIMEOUT,
     show_default=True,
-    help="Seconds to wait for the connection and the reply.",
+    help="Seconds to wait for the connection and the reply (datagram: only with --wait-reply).",
 )
 @click.option("--retry", type=BoundedInt(0), default=0, help="Attempts after the first.")
 @click.option(
@@ -43,44 +45,93 @@ def command(
     On a stream the write side is shut down after the data; with --wait-reply everything the
     peer sends until it closes is printed.  On a datagram socket DATA goes as one datagram;
     with --wait-reply the first datagram that comes back is printed.
+
+    \b
+    Examples:
+      enchufe send tcp://127.0.0.1:7000 'hello' --wait-reply
+      printf 'GET / HTTP/1.0\\r\\n\\r\\n' | enchufe send tcp://example.com:80 --wait-reply
+      enchufe send unixgram:/run/app.sock 'reload' --retry 5
     """
-    from .. import TimedOut, connect, connect_datagram, parse
-    from ..stdio import drain_until_eof
+    from .. import parse
+    from ..errors import UsageError
 
     target = parse(address)
+    if not target.is_stream and not wait_reply and given("timeout"):
+        raise UsageError(
+            f"--timeout is how long to wait for a reply; sending a datagram to {target} waits for "
+            "nothing (add --wait-reply)"
+        )
+    # SIGTERM and SIGHUP (the terminal gone) stop as Ctrl-C does: sockets closed, exit status 1.
+    stop_on_sigterm()
     # os.fsencode gives back the bytes of the command line even when they are not UTF-8.
-    payload = os.fsencode(data) if data is not None else sys.stdin.buffer.read()
+    try:
+        payload = os.fsencode(data) if data is not None else sys.stdin.buffer.read()
+        return _send(target, payload, wait_reply, timeout, retry, retry_delay)
+    except KeyboardInterrupt:
+        event("close", f"interrupted: {target} cut", cut=True)
+        return 1
+
+
+def _send(
+    target: Address, payload: bytes, wait_reply: bool, timeout: float, retry: int, retry_delay: float
+) -> int:
+    from .. import TimedOut, connect, connect_datagram
+    from ..stdio import drain_until_eof
+
     out = sys.stdout.buffer
     if not target.is_stream:
         with connect_datagram(target, retries=retry, retry_delay=retry_delay) as sock:
             sock.send(payload)
+            event(
+                "sent", f"sent {len(payload)} bytes to {target}", level=1, peer=str(target), size=len(payload)
+            )
             if wait_reply:
                 sock.set_timeout(timeout)
                 try:
-                    out.write(sock.recv())
+                    reply = sock.recv()
                 except TimedOut:
                     raise TimedOut(
                         f"no reply from {target} within {timeout:g} s; is a server "
                         f"answering there? (raise --timeout to wait longer)"
                     ) from None
+                event(
+                    "datagram",
+                    f"received {len(reply)} bytes from {target}",
+                    level=1,
+                    peer=str(target),
+                    size=len(reply),
+                )
+                out.write(reply)
                 out.flush()
         return 0
     with connect(target, timeout=timeout, retries=retry, retry_delay=retry_delay) as conn:
+        peer = str(conn.peer_address or target)
+        event("connect", f"connected to {peer}", level=1, peer=peer)
         conn.send_all(payload)
         conn.shutdown_write()
         # Wait for the peer's EOF before closing: closing with unread data would reset the
         # connection, and a reset can destroy what the peer has not read yet.
-        finished = drain_until_eof(conn, timeout, _writer(out) if wait_reply else None)
+        received = 0
+
+        def sink(chunk: bytes) -> None:
+            nonlocal received
+            received += len(chunk)
+            out.write(chunk)
+
+        # Without --wait-reply what comes back is not wanted: read and dropped, a reset forgiven.
+        finished = drain_until_eof(conn, timeout, sink if wait_reply else None)
         out.flush()
         if wait_reply and not finished:
             raise TimedOut(
                 f"{target} did not close within {timeout:g} s after our data; raise --timeout to wait longer"
             )
+        replied = f"{received} bytes in, " if wait_reply else ""
+        event(
+            "close",
+            f"closed {peer} after {replied}{len(payload)} out",
+            level=1,
+            peer=peer,
+            received=received,
+            sent=len(payload),
+        )
     return 0
-
-
-def _writer(out: BinaryIO) -> Callable[[bytes], None]:
-    def write(chunk: bytes) -> None:
-        out.write(chunk)
-
-    return write

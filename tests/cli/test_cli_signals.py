@@ -1,0 +1,100 @@
+"""SIGHUP (the terminal went away) stops every command as cleanly as SIGTERM does.
+
+By default SIGHUP kills a process on the spot: its unix socket file stays behind (the next
+``listen`` on that path must clean it up) and ``--exec`` children are orphaned.  Each test runs
+once with SIGTERM, the reference, and once with SIGHUP, which must do exactly the same.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+
+from .conftest import Spawn, wait_until
+
+SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGHUP, id="SIGHUP")]
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+@pytest.mark.parametrize(
+    ("command", "scheme", "options"),
+    [
+        ("listen", "unix", ()),
+        ("listen", "unixgram", ()),
+        ("listen", "unix", ("-k", "--exec", "cat")),
+        ("recv", "unixgram", ()),
+        ("echo", "unix", ()),
+        ("echo", "unixgram", ()),
+        ("chat", "unix", ()),
+        ("chat", "unixgram", ()),
+    ],
+)
+def test_an_idle_server_stops_cleanly_and_removes_its_socket_file(
+    command: str, scheme: str, options: tuple[str, ...], signum: int, sock_dir: str, spawn: Spawn
+) -> None:
+    path = os.path.join(sock_dir, "s.sock")
+    server = spawn(command, f"{scheme}://{path}", *options)
+    server.listening()
+    assert os.path.exists(path)
+    server.popen.send_signal(signum)
+    assert server.finish() == 0, server.err
+    assert not os.path.exists(path), "the socket file was left behind"
+    assert "Traceback" not in server.err
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not reaped, counts as gone only
+    once its parent reaps it, which is what the test checks)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_exec_children_are_ended_and_reaped(signum: int, sock_dir: str, spawn: Spawn) -> None:
+    """A child running when the signal comes is ended and reaped; the socket file is removed.
+
+    The child outlives the short drain (it waits for its stdin, which the client keeps open),
+    so it is cut: exit status 1, as for SIGTERM."""
+    import socket
+
+    path = os.path.join(sock_dir, "x.sock")
+    server = spawn(
+        "listen", "-k", f"unix://{path}", "--drain-timeout", "0.2", "--exec", "sh -c 'echo $$; exec cat'"
+    )
+    server.listening()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(path)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = client.recv(100)
+            assert chunk, "the child said nothing"
+            line += chunk
+        pid = int(line)
+        assert _alive(pid)
+        server.popen.send_signal(signum)
+        assert server.finish() == 1, server.err
+    wait_until(lambda: not _alive(pid), f"the exec child {pid} to be gone", timeout=5)
+    assert not os.path.exists(path)
+    assert "Traceback" not in server.err
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_send_waiting_for_a_reply_stops_with_status_1(signum: int, sock_dir: str, spawn: Spawn) -> None:
+    """send --wait-reply to a server that never answers: the signal cuts it, exit status 1."""
+    path = os.path.join(sock_dir, "quiet.sock")
+    server = spawn("listen", f"unix://{path}")  # stdin kept open: it never closes its side
+    server.listening()
+    sender = spawn("send", f"unix://{path}", "question", "--wait-reply", "--timeout", "60")
+    server.wait_out_equal(b"question")
+    sender.popen.send_signal(signum)
+    assert sender.finish() == 1, sender.err
+    assert re.search(r"interrupted", sender.err), sender.err
+    assert "Traceback" not in sender.err
