@@ -175,13 +175,26 @@ _BY_ERRNO: dict[int, tuple[type[NetworkError], str]] = {
     _errno.ETIMEDOUT: (TimedOut, "the host did not answer; check the address"),
     _errno.EADDRINUSE: (AddressInUse, "another socket is bound there; pick another port or path"),
     _errno.EADDRNOTAVAIL: (AddressInUse, "that address is not available on this host"),
-    _errno.EACCES: (PermissionDenied, "check file permissions, or use a port above 1023"),
+    _errno.EACCES: (PermissionDenied, "check the permissions"),  # made precise by _access_hint
     _errno.EPERM: (PermissionDenied, "the operation is not permitted for this user"),
     _errno.EMSGSIZE: (MessageTooLarge, "send less per datagram"),
     _errno.ENETUNREACH: (ConnectionRefused, "no route to that network"),
     _errno.EHOSTUNREACH: (ConnectionRefused, "no route to that host"),
     _errno.ENOTSOCK: (NotASocket, "that path is not a socket"),
 }
+
+
+def _access_hint(what: str) -> str:
+    """What EACCES means depends on the address: a unix socket file's (or its folder's)
+    permissions, a privileged port, or a datagram to a broadcast address."""
+    target = what.rsplit(" ", 1)[-1]
+    if target.startswith(("unix", "tls+unix")):
+        return "check the permissions of the socket file and of its folder"
+    if what.startswith(("bind", "listen")):
+        return "ports below 1024 need root (or CAP_NET_BIND_SERVICE): use a port above 1023"
+    if target.startswith("udp"):
+        return "a datagram to a broadcast address needs SO_BROADCAST, not set here (or a firewall said no)"
+    return "a firewall rule or security policy refused it"
 
 
 def translate(exc: OSError, what: str) -> NetworkError:
@@ -203,6 +216,8 @@ def translate(exc: OSError, what: str) -> NetworkError:
         cls, hint = NetworkError, "does its folder exist?"
     elif code == _errno.ECONNREFUSED and not what.startswith("connect"):
         hint = "nothing is listening there (the port answered 'unreachable')"
+    elif code == _errno.EACCES:
+        hint = _access_hint(what)
     reason = (exc.strerror or str(exc)).lower() if code is not None else str(exc)
     message = f"cannot {what}: {reason}"
     if hint:
