@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -117,3 +118,45 @@ def test_spawn_closes_what_it_made_when_the_os_refuses_the_environment() -> None
     finally:
         children.close()
         loop.close()
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_running_out_of_descriptors_for_children_ends_only_the_sessions_that_wanted_one(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """Each exec: session needs a socket, two pipe ends and a pidfd: with 40 descriptors the
+    relay soon cannot start a child (or accept).  Those clients are turned away, said so, and
+    the relay serves the sessions it has, then new ones once descriptors are free again."""
+    relay = start_relay(
+        make_address("tcp4"), "exec:cat", "--max-conns", "1000", prefix=("prlimit", "--nofile=40:40")
+    )
+    clients: list[socket.socket] = []
+    turned = 0
+    try:
+        for _ in range(20):
+            try:
+                sock = dial(relay.address)
+            except ConnectionResetError:
+                turned += 1
+                continue
+            clients.append(sock)
+            if not ping(sock):
+                turned += 1
+        served = [sock for sock in clients if ping(sock)]
+        assert len(served) >= 3 and turned >= 3, (len(served), turned)
+    finally:
+        for sock in clients:
+            sock.close()
+    relay.wait_err(r"^enchufe: (cannot run exec:cat: too many open files|cannot accept: )")
+    assert relay.popen.poll() is None, relay.err
+    assert "Traceback" not in relay.err
+
+    def serves_again() -> bool:
+        try:
+            sock = dial(relay.address)
+        except ConnectionResetError:
+            return False
+        with sock:
+            return ping(sock)
+
+    wait_until(serves_again, "the relay serving again")
