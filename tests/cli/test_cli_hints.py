@@ -15,7 +15,7 @@ import enchufe.cli.recv
 import enchufe.cli.send
 import enchufe.stdio
 
-from .conftest import assert_one_error_line, run
+from .conftest import assert_one_error_line, free_port, run
 
 #: The uid and gid of "nobody": an identity with no claim on root's files.
 NOBODY = 65534
@@ -78,3 +78,15 @@ def test_a_privileged_port_says_use_one_above_1023() -> None:
     status, stderr = run_as_nobody("listen", "tcp://127.0.0.1:7")
     assert status == 1, stderr
     assert_one_error_line(stderr, "permission denied", "above 1023")
+
+
+def test_send_refused_names_its_retry_option_once() -> None:
+    """The library's message names no option; send adds its own, unless it already retried."""
+    port = free_port()
+    line = assert_one_error_line(run("send", f"tcp://127.0.0.1:{port}", "x").stderr, "refused")
+    message, hint = line.split(" (", 1)
+    assert "--" not in message and "--retry N" in hint, line
+    retried = assert_one_error_line(
+        run("send", f"tcp://127.0.0.1:{port}", "x", "--retry", "1", "--retry-delay", "0").stderr, "refused"
+    )
+    assert "--retry" not in retried and "2 attempts" in retried, retried

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ._common import Settings, global_options, one_line, settings
+from ._common import Settings, flag_hint, global_options, one_line, settings
 from .manpage import man_options
 
 # name → (module, one-line help).  The help is repeated here so that listing the commands
@@ -47,6 +47,13 @@ class LazyGroup(click.Group):
         module = importlib.import_module(f"{__name__}.{entry[0]}")
         command: click.Command = module.command
         return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        settings.command = name or ""  # for the error line's hints, which name this command's flags
+        return name, command, rest
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
@@ -102,12 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     except EnchufeError as exc:
         if settings.debug:
             traceback.print_exc()
+        message = str(exc) + flag_hint(settings.command, exc)
         if settings.json:
             import json
 
-            click.echo(json.dumps({"event": "error", "message": str(exc)}), err=True)
+            click.echo(json.dumps({"event": "error", "message": message}), err=True)
         else:
-            click.echo(f"enchufe: {one_line(str(exc))}", err=True)
+            click.echo(f"enchufe: {one_line(message)}", err=True)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)

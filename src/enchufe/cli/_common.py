@@ -155,6 +155,8 @@ class Settings:
     debug: bool = False
     quiet: bool = False
     json: bool = False
+    #: The command being run ("" before it is known): error hints name its options.
+    command: str = ""
 
 
 settings = Settings()
@@ -401,6 +403,24 @@ def run_server(server: Any, drain_timeout: float) -> int:
         return 1
     event("stopped", "stopped", level=1, cut=0, accepted=stats.accepted)
     return 0
+
+
+def flag_hint(command: str, exc: BaseException) -> str:
+    """What to add to a runtime failure's line: the option of ``command`` that helps, if any.
+
+    The library's messages never name options (it serves programs without a command line); its
+    errors say what was being done (``action``) and whether another attempt may succeed
+    (``retryable``), and each command maps that to its own flags here.
+    """
+    from ..errors import ConnectionRefused, NetworkError, TimedOut
+
+    if command != "send" or not isinstance(exc, NetworkError) or exc.action != "connect":
+        return ""
+    if isinstance(exc, ConnectionRefused) and len(exc.attempts) <= 1:
+        return " (--retry N tries again, e.g. while the server starts)"
+    if isinstance(exc, TimedOut) and "--timeout" not in str(exc):
+        return " (raise --timeout to wait longer)"
+    return ""
 
 
 def given(name: str) -> bool:
