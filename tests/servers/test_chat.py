@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 import threading
@@ -465,3 +466,35 @@ def test_a_member_that_leaves_stops_the_wait_for_it(
         silent.close()
         talker.close()
         reader.close()
+
+
+def test_unixgram_peer_that_vanishes_leaves_and_the_others_still_get_everything(
+    chat_server: Callable[..., Any], enchufe_folder: str, serve_log: LogRecords
+) -> None:
+    """A unix peer that removes its socket file cannot be reached: it leaves the room (said),
+    and the peers after it still get every message."""
+    running = chat_server("unixgram")
+    address = str(running.address)
+    peers = [enchufe.bind_datagram(f"unixgram://{enchufe_folder}/p{i}.sock") for i in range(3)]
+    try:
+        sessions = running.server.sessions
+        for i, sock in enumerate(peers):
+            sock.set_timeout(IO_TIMEOUT)
+            sock.sendto(b"p%d joins\n" % i, address)
+            wait_until(lambda: len(sessions) == i + 1, what="joining")  # noqa: B023 (waited for here)
+        for i, sock in enumerate(peers):
+            for _ in range(2 - i):  # the joins of those after it
+                assert b"joins" in sock.recv()
+        gone = peers.pop(1)
+        os.unlink(f"{enchufe_folder}/p1.sock")
+        gone.close()
+        for n in range(3):
+            peers[0].sendto(b"message %d\n" % n, address)
+            assert peers[1].recv().endswith(b": message %d\n" % n)
+        peers[1].sendto(b"reply\n", address)
+        assert peers[0].recv().endswith(b": reply\n")
+        assert len(running.server.sessions) == 2
+        assert serve_log.wait_for("p1.sock left").startswith(f"unixgram://{enchufe_folder}/p1.sock left: ")
+    finally:
+        for sock in peers:
+            sock.close()

@@ -25,7 +25,7 @@ from .._text import printable
 from ..address import InetAddress, SocketAddress
 from ..aio.serve import Datagram, deliver
 from ..aio.stream import Connection
-from ..errors import EnchufeError, ProtocolError
+from ..errors import EnchufeError, MessageTooLarge, NetworkError, ProtocolError
 
 #: Bytes waiting for one client before the talkers wait for it: room for a burst of chat, far
 #: too little for a client to make the server hold much memory.
@@ -229,7 +229,20 @@ class ChatRoom:
             peer: SocketAddress = session.peer
             if peer == sender:
                 continue
-            if await deliver(datagram.socket, message, peer):
+            try:
+                delivered = await deliver(datagram.socket, message, peer)
+            except MessageTooLarge as exc:
+                # Too large for anyone (the name made it so): the others get nothing of it.
+                log.warning("%s: not forwarded: %s", printable(str(sender)), printable(str(exc)))
+                return
+            except NetworkError as exc:
+                # It cannot be reached any more (a unix peer that removed its socket file):
+                # it leaves the room, and the peers after it still get the message.
+                log.warning("%s left: %s", printable(str(peer)), printable(str(exc)))
+                if datagram.peers is not None:
+                    datagram.peers.remove(peer)
+                continue
+            if delivered:
                 session.state.pop("dropping", None)
                 continue
             # A unix peer whose queue is full does not read: it loses this datagram rather
