@@ -19,7 +19,7 @@ import pytest
 
 import enchufe
 import enchufe.aio as aio
-from enchufe import ConnectionRefused, ConnectionReset, UsageError
+from enchufe import ClosedError, ConnectionRefused, ConnectionReset, UsageError
 from enchufe.aio.serve import Server as AsyncServer
 from enchufe.sync.serve import Server as SyncServer
 from tests.conftest import DATAGRAM_KINDS, Peer, kind_params
@@ -334,6 +334,52 @@ def test_datagram_handler_errors_are_logged(
         assert sock.recv() == b"fine"
     assert running.stats.failed == 1
     serve_log.wait_for("handler failed on a datagram")
+
+
+def test_a_datagram_handler_that_raises_closed_or_cancelled_ends_only_that_datagram(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str
+) -> None:
+    """ClosedError from something of the handler's own (not the server's socket) and, for
+    asyncio, a CancelledError from a future the handler awaited are that datagram's failure:
+    the server goes on serving."""
+
+    def sync_handler(datagram: Any) -> None:
+        if datagram.data == b"closed":
+            raise ClosedError("the handler's own socket is closed")
+        datagram.reply(datagram.data)
+
+    async def async_handler(datagram: Any) -> None:
+        if datagram.data == b"closed":
+            raise ClosedError("the handler's own socket is closed")
+        if datagram.data == b"cancelled":
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()  # as another task might cancel what this one waits for
+            await cancelled
+        await datagram.reply(datagram.data)
+
+    running = serve(flavour, make_address("udp4"), sync_handler if flavour == "sync" else async_handler)
+    with enchufe.connect_datagram(running.address) as sock:
+        sock.set_timeout(IO_TIMEOUT)
+        for bad in (b"closed", b"cancelled") if flavour != "sync" else (b"closed",):
+            sock.send(bad)
+            sock.send(b"still there?")
+            assert sock.recv() == b"still there?"
+    assert running.thread.is_alive()
+
+
+def test_a_stream_handler_cancelled_from_within_is_a_failure_not_a_cut(
+    serve: Callable[..., Running], make_address: Callable[[str], str]
+) -> None:
+    async def handler(conn: aio.Connection) -> None:
+        cancelled = asyncio.get_running_loop().create_future()
+        cancelled.cancel()
+        await cancelled
+
+    running = serve("asyncio", make_address("tcp4"), handler)
+    with client(running.address) as conn:
+        assert closed_by_server(conn)
+    wait_until(lambda: running.stats.failed == 1, what="the failure counted")
+    assert running.stats.cut == 0
 
 
 def test_async_server_context_manager(make_address: Callable[[str], str]) -> None:

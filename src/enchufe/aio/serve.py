@@ -289,8 +289,12 @@ class Server:
             self.stats.failed += 1
             log.info("connection from %s ended: %s", conn.peer_address, exc)
         except asyncio.CancelledError:
-            self.stats.cut += 1
-            raise
+            if _cancelled():
+                self.stats.cut += 1
+                raise
+            # The handler awaited something that was cancelled: its failure, not a cut.
+            self.stats.failed += 1
+            log.exception("handler failed on the connection from %s", conn.peer_address)
         except Exception:
             self.stats.failed += 1
             log.exception("handler failed on the connection from %s", conn.peer_address)
@@ -362,13 +366,29 @@ class Server:
                 result = cast(DatagramHandler, self.handler)(datagram)
                 if inspect.isawaitable(result):
                     await result
-            except ClosedError:
-                return
+            except ClosedError as exc:
+                if sock.closed:
+                    return  # shutdown() closed our socket under the handler
+                # Something of the handler's own was closed: that datagram's failure only.
+                log.info("datagram from %s: %s", sender, exc)
             except EnchufeError as exc:
                 log.info("datagram from %s: %s", sender, exc)
+            except asyncio.CancelledError:
+                if _cancelled():
+                    raise
+                # The handler awaited something that was cancelled: its failure, not ours.
+                self.stats.failed += 1
+                log.exception("handler failed on a datagram from %s", sender)
             except Exception:
                 self.stats.failed += 1
                 log.exception("handler failed on a datagram from %s", sender)
+
+
+def _cancelled() -> bool:
+    """This task was asked to stop (a CancelledError that came out of a handler without that is
+    the handler's own: it awaited something another task cancelled)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _new_state(_peer: object) -> dict[str, Any]:

@@ -388,8 +388,11 @@ class Server:
             try:
                 handler = cast(DatagramHandler, self.handler)
                 handler(Datagram(data, sender, sock, session, new, sessions, self.stats))
-            except ClosedError:
-                return
+            except ClosedError as exc:
+                if self._stopping.is_set() or sock.closed:
+                    return
+                # Something of the handler's own was closed: that datagram's failure only.
+                log.info("datagram from %s: %s", sender, exc)
             except EnchufeError as exc:
                 log.info("datagram from %s: %s", sender, exc)
             except Exception:
