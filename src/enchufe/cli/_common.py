@@ -352,7 +352,9 @@ def server_options(f: F) -> F:
             default=None,
             help="Close a client idle this many seconds (datagram peers: forgotten, default 60).",
         ),
-        click.option("--mode", default=None, help="Permissions of a unix socket file, e.g. 660."),
+        click.option(
+            "--mode", metavar="OCTAL", default=None, help="Permissions of a unix socket file, e.g. 660."
+        ),
         drain_option,
     ]
     for option in reversed(options):
@@ -366,7 +368,7 @@ def drain_option(f: F) -> F:
         type=FiniteFloat(0),
         default=10.0,
         show_default=True,
-        help="On SIGTERM/SIGINT, seconds to let open connections finish before cutting them.",
+        help="On SIGTERM, SIGINT or SIGHUP, seconds to let open connections finish before cutting them.",
     )(f)
 
 

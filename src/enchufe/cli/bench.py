@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..bench.runner import MAX_COUNT, MAX_DURATION, MAX_PARALLEL, MAX_STREAM_SIZE
-from ._common import BoundedInt, FiniteFloat, global_options, settings
+from ._common import BoundedInt, FiniteFloat, global_options, settings, stop_on_sigterm
 
 
 @click.command("bench")
@@ -74,9 +74,20 @@ def command(
     With no ADDRESS, each of the six kinds on loopback, against bench's own servers running in
     a separate process.  With ADDRESSes, servers that already run there: an echo server
     (`enchufe echo`, or any other), or with --sink one that discards.
+
+    \b
+    Examples:
+      # every kind on loopback, every measure, about half a minute
+      enchufe bench
+      # latency only, tcp4 and unix, 20000 round trips each
+      enchufe bench --mode latency --kind tcp4,unix --count 20000
+      # an echo server that already runs, its figures kept as JSON for a later --compare
+      enchufe bench tcp://127.0.0.1:7000 --json > before.json
     """
     from ..bench.command import main
 
+    # A closed terminal (SIGHUP) or SIGTERM stops the run as Ctrl-C does, cleaning up.
+    stop_on_sigterm()
     return main(
         addresses,
         mode=mode,

@@ -46,8 +46,12 @@ def command(
 
     \b
     Examples:
-      enchufe chat tcp://:6000                    then, in other terminals: enchufe connect tcp://localhost:6000
-      enchufe chat unix:/tmp/room.sock --mode 660 a room for one group of users
+      # a room on port 6000; join from other terminals with the second line
+      enchufe chat tcp://:6000
+      enchufe connect tcp://localhost:6000
+      # a room for one group of users
+      enchufe chat unix:/tmp/room.sock --mode 660
+      # datagram peers stay in the room for 5 minutes after their last message
       enchufe chat udp://127.0.0.1:6000 --idle-timeout 300
     """
     from .. import parse

@@ -35,8 +35,11 @@ def command(
 
     \b
     Examples:
-      enchufe echo tcp://127.0.0.1:7000 -v        say each client's bytes in and out
-      enchufe echo udp://[::1]:7000               datagrams back to their senders
+      # a TCP echo server that says what each client sent and got back
+      enchufe echo tcp://127.0.0.1:7000 -v
+      # datagrams back to their senders, over IPv6
+      enchufe echo udp://[::1]:7000
+      # a unix socket file for one group; clients silent for 30 s are closed
       enchufe echo unix:/tmp/echo.sock --mode 660 --idle-timeout 30
     """
     from .. import parse

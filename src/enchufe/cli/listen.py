@@ -10,7 +10,7 @@ from ._common import (
     MAX_BACKLOG,
     BoundedInt,
     DatagramPrinter,
-    drain_option,
+    FiniteFloat,
     event,
     given,
     global_options,
@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     default=None,
     help="Stream: listen queue length (not with --exec).",
 )
-@click.option("--mode", "mode", default=None, help="Permissions of a unix socket file, e.g. 660.")
+@click.option(
+    "--mode", "mode", metavar="OCTAL", default=None, help="Permissions of a unix socket file, e.g. 660."
+)
 @click.option("--hex", "hex_", is_flag=True, help="Datagram: a hex dump per datagram.")
 @click.option("--count", type=BoundedInt(1), default=None, help="Datagram: stop after N.")
 @click.option(
@@ -46,7 +48,13 @@ if TYPE_CHECKING:
     default=None,
     help="Stream: run PROGRAM for each client, its stdin/stdout as the connection (no shell).",
 )
-@drain_option
+@click.option(
+    "--drain-timeout",
+    type=FiniteFloat(0),
+    default=10.0,
+    show_default=True,
+    help="With --exec: on SIGTERM, SIGINT or SIGHUP, seconds to let clients finish before cutting them.",
+)
 @json_option
 @global_options
 def command(
@@ -68,11 +76,12 @@ def command(
 
     \b
     Examples:
-      enchufe listen tcp://:9000                  one client, stdin ↔ socket ↔ stdout
-      enchufe listen -k unix:/tmp/d.sock --exec 'cat -n'
-                                                  a numbering server, one cat per client
+      # one client on port 9000 of every interface: stdin to it, what it sends to stdout
+      enchufe listen tcp://:9000
+      # a numbering service: every client gets its own `cat -n`
+      enchufe listen -k unix:/tmp/number.sock --exec 'cat -n'
+      # dump the first datagram that arrives, and who sent it
       enchufe listen udp://127.0.0.1:5353 --hex --count 1
-                                                  dump the first datagram that arrives
     """
     from .. import AddressError, bind_datagram, listen, parse
     from .._sockets import DEFAULT_BACKLOG

@@ -33,7 +33,9 @@ MAX_DATAGRAM_SIZE = 16 * 1024 * 1024
     show_default=True,
     help="Largest datagram accepted; larger ones are reported as truncated.",
 )
-@click.option("--mode", default=None, help="Permissions of a unixgram socket file, e.g. 660.")
+@click.option(
+    "--mode", metavar="OCTAL", default=None, help="Permissions of a unixgram socket file, e.g. 660."
+)
 @json_option
 @global_options
 def command(address: str, count: int | None, hex_: bool, max_size: int, mode: str | None, json_: bool) -> int:
@@ -44,9 +46,12 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
 
     \b
     Examples:
-      enchufe recv udp://:5140                    print syslog-style datagrams as they come
+      # print datagrams on port 5140 of every interface as they come
+      enchufe recv udp://:5140
+      # ten datagrams on a unix socket file, as JSON lines (sender, size, payload)
       enchufe recv unixgram:/tmp/log.sock --json --count 10
-      enchufe recv udp://127.0.0.1:9999 --hex -v  dumps, and who sent each on stderr
+      # a hex dump of each datagram; -v also says who sent it, on stderr
+      enchufe recv udp://127.0.0.1:9999 --hex -v
     """
     from .. import AddressError, bind_datagram, parse
     from ..errors import UsageError

@@ -48,8 +48,11 @@ def command(
 
     \b
     Examples:
+      # one line to an echo server, and its answer
       enchufe send tcp://127.0.0.1:7000 'hello' --wait-reply
+      # an HTTP request from stdin; prints the whole response
       printf 'GET / HTTP/1.0\\r\\n\\r\\n' | enchufe send tcp://example.com:80 --wait-reply
+      # one datagram to a daemon's socket, retried while it starts
       enchufe send unixgram:/run/app.sock 'reload' --retry 5
     """
     from .. import parse
