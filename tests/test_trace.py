@@ -99,8 +99,9 @@ def test_unix_listener_narrates_its_file(sock_dir: str, trace_lines: list[str]) 
     in_order(
         trace_lines,
         rf"socket\(AF_UNIX, SOCK_STREAM\) = fd {L}",
+        # The mode is set on the socket before bind: the file is born with it (never chmod by path).
+        rf"fchmod\(fd {L}, 0o660\)  # the socket file is created with it",
         rf"bind\(fd {L}, {re.escape(path)}\)",
-        rf"chmod\({re.escape(path)}, 0o660\)",
         rf"listen\(fd {L}, backlog=\d+\)",
         rf"accept\(fd {L}\) = fd \d+ from \(unnamed\)",
         rf"getsockopt\(fd \d+, SO_PEERCRED\) = pid {os.getpid()}, uid {os.getuid()}, gid {os.getgid()}",
