@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import math
 import re
@@ -249,6 +247,8 @@ def event(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
     if settings.quiet and name != "error":
         return
     if settings.json:
+        import json  # here, not at the top: `enchufe --help` imports this module
+
         record = {"event": name, **fields}
         sys.stderr.write(json.dumps(record) + "\n")
     elif settings.verbose >= level:
@@ -291,6 +291,9 @@ class DatagramPrinter:
             peer = peer_name(sender)
             event("datagram", f"received {len(data)} bytes from {peer}", level=1, peer=peer, size=len(data))
         if self.as_json:
+            import base64
+            import json
+
             record: dict[str, Any] = {
                 "from": str(sender) if sender is not None else None,
                 "size": len(data),
