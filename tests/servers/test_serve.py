@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import enchufe.aio as aio
 from enchufe import ClosedError, ConnectionRefused, ConnectionReset, UsageError
 from enchufe.aio.serve import Server as AsyncServer
 from enchufe.sync.serve import Server as SyncServer
-from tests.conftest import DATAGRAM_KINDS, Peer, kind_params
+from tests.conftest import DATAGRAM_KINDS, Peer, abstract_name, kind_params
 from tests.servers.conftest import IO_TIMEOUT, SERVER_FLAVOURS, LogRecords, Running, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -529,3 +530,44 @@ def test_handlers_are_typed(tmp_path: Any) -> None:
     wrong = {n for n, line in enumerate(lines, 1) if "# wrong" in line}
     flagged = {int(line.split(":")[1]) for line in stdout.splitlines() if ": error:" in line}
     assert flagged == wrong, stdout
+
+
+def test_peer_names_are_escaped_on_log_lines(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, serve_log: LogRecords
+) -> None:
+    """A unix peer chooses its name: a newline in it never starts a log line of its own, on a
+    failed handler, an idle close or a failed datagram handler."""
+
+    def sync_handler(conn: enchufe.Connection) -> None:
+        if conn.recv() == b"boom":
+            raise RuntimeError("the handler broke")
+
+    async def async_handler(conn: aio.Connection) -> None:
+        if await conn.recv() == b"boom":
+            raise RuntimeError("the handler broke")
+
+    def datagram_handler(datagram: Any) -> None:
+        raise RuntimeError("the handler broke")
+
+    evil = "evil\nenchufe: FORGED"
+    handler = sync_handler if flavour == "sync" else async_handler
+    stream = serve(flavour, "unix:@" + abstract_name(), handler)
+    idle = serve(flavour, "unix:@" + abstract_name(), handler, idle_timeout=0.2)
+    datagrams = serve(flavour, "unixgram:@" + abstract_name(), datagram_handler)
+    for n, (running, kind) in enumerate(((stream, socket.SOCK_STREAM), (idle, socket.SOCK_STREAM))):
+        with socket.socket(socket.AF_UNIX, kind) as sock:
+            sock.bind(f"\0{evil}{n}".encode())
+            sock.settimeout(IO_TIMEOUT)
+            sock.connect("\0" + running.address.removeprefix("unix:@"))
+            if running is stream:
+                sock.send(b"boom")
+            assert sock.recv(10) == b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(f"\0{evil}2".encode())
+        sock.sendto(b"boom", "\0" + datagrams.address.removeprefix("unixgram:@"))
+        serve_log.wait_for("handler failed on a datagram")
+    serve_log.wait_for("idle for")
+    serve_log.wait_for("handler failed on the connection")
+    messages = serve_log.messages()
+    assert not [m for m in messages if "\n" in m]
+    assert len([m for m in messages if "evil\\nenchufe: FORGED" in m]) >= 3

@@ -37,6 +37,7 @@ from .._serving import (
     is_exhaustion,
     log,
 )
+from .._text import printable
 from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from ..errors import (
     ClosedError,
@@ -257,7 +258,7 @@ class Server:
                 if not is_exhaustion(exc):
                     raise
                 self.stats.exhaustion_pauses += 1
-                log.warning("accept on %s: %s; pausing %.2f s", listener.address, exc, pause)
+                log.warning("accept on %s: %s; pausing %.2f s", listener.address, _shown(exc), pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), pause)
                 pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
@@ -267,7 +268,7 @@ class Server:
                 await asyncio.sleep(0)  # a burst of clients must not starve those being served
             if len(self._tasks) >= self.max_connections:
                 self.stats.refused += 1
-                log.info("refused %s: %d connections open (max)", conn.peer_address, len(self._tasks))
+                log.info("refused %s: %d connections open (max)", _shown(conn.peer_address), len(self._tasks))
                 conn.close()
                 continue
             self.stats.accepted += 1
@@ -284,20 +285,20 @@ class Server:
             self.stats.completed += 1
         except TimedOut:
             self.stats.idle_closed += 1
-            log.info("closed %s: idle for %g s", conn.peer_address, self.idle_timeout)
+            log.info("closed %s: idle for %g s", _shown(conn.peer_address), self.idle_timeout)
         except EnchufeError as exc:
             self.stats.failed += 1
-            log.info("connection from %s ended: %s", conn.peer_address, exc)
+            log.info("connection from %s ended: %s", _shown(conn.peer_address), _shown(exc))
         except asyncio.CancelledError:
             if _cancelled():
                 self.stats.cut += 1
                 raise
             # The handler awaited something that was cancelled: its failure, not a cut.
             self.stats.failed += 1
-            log.exception("handler failed on the connection from %s", conn.peer_address)
+            log.exception("handler failed on the connection from %s", _shown(conn.peer_address))
         except Exception:
             self.stats.failed += 1
-            log.exception("handler failed on the connection from %s", conn.peer_address)
+            log.exception("handler failed on the connection from %s", _shown(conn.peer_address))
         finally:
             # Out of the count at once (a done callback would run a loop iteration later, and
             # the accept loop could meanwhile refuse a client although there is room).
@@ -347,10 +348,10 @@ class Server:
                 continue
             except DatagramTruncated as exc:
                 self.stats.truncated += 1
-                log.warning("%s", exc)
+                log.warning("%s", _shown(exc))
                 continue
             except NetworkError as exc:  # e.g. an ICMP error queued on the socket
-                log.info("on %s: %s", sock.local_address, exc)
+                log.info("on %s: %s", sock.local_address, _shown(exc))
                 continue
             sock.set_timeout(None)  # the deadline was for waiting, not for the handler's replies
             self.stats.datagrams += 1
@@ -370,18 +371,18 @@ class Server:
                 if sock.closed:
                     return  # shutdown() closed our socket under the handler
                 # Something of the handler's own was closed: that datagram's failure only.
-                log.info("datagram from %s: %s", sender, exc)
+                log.info("datagram from %s: %s", _shown(sender), _shown(exc))
             except EnchufeError as exc:
-                log.info("datagram from %s: %s", sender, exc)
+                log.info("datagram from %s: %s", _shown(sender), _shown(exc))
             except asyncio.CancelledError:
                 if _cancelled():
                     raise
                 # The handler awaited something that was cancelled: its failure, not ours.
                 self.stats.failed += 1
-                log.exception("handler failed on a datagram from %s", sender)
+                log.exception("handler failed on a datagram from %s", _shown(sender))
             except Exception:
                 self.stats.failed += 1
-                log.exception("handler failed on a datagram from %s", sender)
+                log.exception("handler failed on a datagram from %s", _shown(sender))
 
 
 def _cancelled() -> bool:
@@ -389,6 +390,12 @@ def _cancelled() -> bool:
     the handler's own: it awaited something another task cancelled)."""
     task = asyncio.current_task()
     return task is None or task.cancelling() > 0
+
+
+def _shown(value: object) -> str:
+    """A peer's address, or an error that names one, safe on a log line (peers choose their
+    unix names: a newline there must not start a line of their own)."""
+    return printable(str(value))
 
 
 def _new_state(_peer: object) -> dict[str, Any]:

@@ -208,7 +208,7 @@ class ChatRoom:
                     member.wake.clear()
                     await member.wake.wait()
         except EnchufeError as exc:  # reset, or gone: it leaves the room at once
-            log.info("%s: %s", printable(member.name), exc)
+            log.info("%s: %s", printable(member.name), printable(str(exc)))
             self._leave(member)
             if member.reader is not None:
                 member.reader.cancel()

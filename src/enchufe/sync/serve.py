@@ -43,6 +43,7 @@ from .._serving import (
     is_exhaustion,
     log,
 )
+from .._text import printable
 from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from ..errors import (
     ClosedError,
@@ -274,7 +275,7 @@ class Server:
                         return
                     raise
                 self.stats.exhaustion_pauses += 1
-                log.warning("accept on %s: %s; pausing %.2f s", listener.address, exc, pause)
+                log.warning("accept on %s: %s; pausing %.2f s", listener.address, _shown(exc), pause)
                 self._stopping.wait(pause)
                 pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
                 continue
@@ -290,7 +291,9 @@ class Server:
                     thread.start()
             if full:
                 self.stats.refused += 1
-                log.info("refused %s: %d connections open (max)", conn.peer_address, self.max_connections)
+                log.info(
+                    "refused %s: %d connections open (max)", _shown(conn.peer_address), self.max_connections
+                )
                 conn.close()
 
     def _run(self, conn: Connection) -> None:
@@ -304,13 +307,13 @@ class Server:
             outcome = "completed"
         except TimedOut:
             outcome = "idle_closed"
-            log.info("closed %s: idle for %g s", conn.peer_address, self.idle_timeout)
+            log.info("closed %s: idle for %g s", _shown(conn.peer_address), self.idle_timeout)
         except EnchufeError as exc:
             outcome = "failed"
-            log.info("connection from %s ended: %s", conn.peer_address, exc)
+            log.info("connection from %s ended: %s", _shown(conn.peer_address), _shown(exc))
         except Exception:
             outcome = "failed"
-            log.exception("handler failed on the connection from %s", conn.peer_address)
+            log.exception("handler failed on the connection from %s", _shown(conn.peer_address))
         finally:
             # Counted before the close, so that whoever sees the connection end sees it
             # counted; out of the active set after, so that the drain waits for the close.
@@ -376,10 +379,10 @@ class Server:
                 return
             except DatagramTruncated as exc:
                 self.stats.truncated += 1
-                log.warning("%s", exc)
+                log.warning("%s", _shown(exc))
                 continue
             except NetworkError as exc:  # e.g. an ICMP error queued on the socket
-                log.info("on %s: %s", sock.local_address, exc)
+                log.info("on %s: %s", sock.local_address, _shown(exc))
                 continue
             self.stats.datagrams += 1
             now = time.monotonic()
@@ -392,12 +395,18 @@ class Server:
                 if self._stopping.is_set() or sock.closed:
                     return
                 # Something of the handler's own was closed: that datagram's failure only.
-                log.info("datagram from %s: %s", sender, exc)
+                log.info("datagram from %s: %s", _shown(sender), _shown(exc))
             except EnchufeError as exc:
-                log.info("datagram from %s: %s", sender, exc)
+                log.info("datagram from %s: %s", _shown(sender), _shown(exc))
             except Exception:
                 self.stats.failed += 1
-                log.exception("handler failed on a datagram from %s", sender)
+                log.exception("handler failed on a datagram from %s", _shown(sender))
+
+
+def _shown(value: object) -> str:
+    """A peer's address, or an error that names one, safe on a log line (peers choose their
+    unix names: a newline there must not start a line of their own)."""
+    return printable(str(value))
 
 
 def _new_state(_peer: object) -> dict[str, Any]:
