@@ -7,6 +7,8 @@ refuse later with a traceback (``1e20`` seconds, a backlog of 10**11).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from .conftest import assert_one_error_line, run
@@ -68,3 +70,13 @@ def test_a_good_number_at_the_bound_is_taken() -> None:
     done = run("send", "tcp://127.0.0.1:9", "x", "--timeout", "1000000")
     assert done.returncode == 1
     assert_one_error_line(done.stderr, "refused")
+
+
+@pytest.mark.parametrize("mode", ["\u0666\u0666\u0660", "6_60", "+660", " 660", "0o660", "1777", "888", ""])
+@pytest.mark.parametrize("command", ["listen", "recv", "echo", "chat"])
+def test_mode_is_octal_digits_as_chmod_takes_them(command: str, mode: str, sock_dir: str) -> None:
+    scheme = "unixgram" if command == "recv" else "unix"
+    done = run(command, f"{scheme}://{sock_dir}/m.sock", "--mode", mode, timeout=10)
+    assert done.returncode == 2, done.stderr
+    assert_one_error_line(done.stderr, "--mode", "octal")
+    assert not os.path.exists(f"{sock_dir}/m.sock")

@@ -35,6 +35,7 @@ MAX_BACKLOG = 65535
 # option's number is written in ASCII digits only, as every other tool reads it.
 _FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_MODE_TEXT = re.compile(r"[0-7]{1,4}", re.ASCII)
 
 
 def _show_number(value: float) -> str:
@@ -528,13 +529,14 @@ def serve_kind(address: Any, stream_handler: Any, datagram_handler: Any, **optio
 
 
 def parse_mode(mode: str | None) -> int | None:
-    """The value of a --mode option: an octal permission such as 660 (BadParameter otherwise)."""
+    """The value of a --mode option: an octal permission such as 660 (BadParameter otherwise).
+
+    Written as chmod takes it: ASCII octal digits only (``int()`` would also take ``+660``,
+    ``6_60``, ``0o660`` and Arabic-Indic digits), at most 0777 (no setuid, setgid or sticky bit).
+    """
     if mode is None:
         return None
-    try:
-        value = int(mode, 8)
-    except ValueError:
-        value = -1
+    value = int(mode, 8) if _MODE_TEXT.fullmatch(mode) else -1
     if not 0 <= value <= 0o777:
         raise click.BadParameter(
             f"{mode!r} is not an octal file mode such as 600 or 660", param_hint="--mode"
