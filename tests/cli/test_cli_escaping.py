@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -126,3 +127,14 @@ def test_error_line_escapes_what_it_quotes(command: str) -> None:
     done = run(*args)
     assert done.returncode == 1
     assert_one_error_line(done.stderr, "\\nenchufe: FORGED")
+
+
+def test_trace_escapes_the_peer_name(spawn: Spawn) -> None:
+    name = unique("trace")
+    server = spawn("--trace", "listen", f"unix:@{name}")
+    server.listening()
+    server.close_stdin()
+    forged_stream_client(name)
+    assert server.finish() == 0, server.err
+    assert re.search(r"^accept\(fd \d+\) = fd \d+ from @x\\nenchufe: FORGED", server.err, re.MULTILINE)
+    assert_not_forged(server.err)

@@ -172,9 +172,15 @@ def _set_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None
         if name == "trace":
             from .. import trace
 
-            trace.enable()
+            trace.enable(_trace_line)
 
     return callback
+
+
+def _trace_line(line: str) -> None:
+    """The --trace sink: one narrated call per line, peer names and paths escaped in it."""
+    sys.stderr.write(one_line(line) + "\n")
+    sys.stderr.flush()
 
 
 def global_options(f: F) -> F:
