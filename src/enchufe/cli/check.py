@@ -21,7 +21,7 @@ Examples:
 """
 
 #: Statuses that count as "answers" for the exit status.  A UDP port that refused nothing may
-#: have a server behind it or may be dropping datagrams: nc -zu counts it as success, and so
+#: have a server behind it or may be dropping datagrams: nc -zuv counts it as success, and so
 #: does check (it says "no reply" rather than "open").
 _ANSWERS = frozenset({"open", "no reply"})
 
@@ -67,8 +67,9 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
                     open when a reply comes, else "no reply" (a server that ignores empty
                     datagrams, or a firewall that drops them: UDP cannot tell more).
 
-    Exit status: 0 if every address is open (or, for UDP, did not refuse: as nc -zu), 1 if any
-    is not, 2 for bad input. All addresses are checked at once.
+    Exit status: 0 if every address is open (or, for UDP, did not refuse: as nc -zuv), 1 if any
+    is not, 2 for bad input. All addresses are checked at once; with -q nothing is printed and
+    the exit status alone answers.
     """
     from ..address import InetAddress, UnixAddress, parse
     from ..errors import AddressError
