@@ -225,3 +225,24 @@ def test_timestamps_and_the_default_sink(capsys: pytest.CaptureFixture[str]) -> 
     trace.disable()
     err = capsys.readouterr().err
     assert re.fullmatch(r" *\d+\.\d{6} stamped\n", err), err
+
+
+def test_the_default_sink_keeps_a_hostile_peer_name_on_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """A unixgram sender named with a newline and a fake narration line: the library's own
+    stderr sink escapes it, so the narration stays one call per line."""
+    forged = "x\nrecvfrom(fd 99) = FORGED"
+    trace.enable()
+    try:
+        with (
+            enchufe.bind_datagram("unixgram:@enc-trace-sink-mailbox") as mailbox,
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender,
+        ):
+            sender.bind(b"\0" + forged.encode())
+            sender.sendto(b"hi", b"\0enc-trace-sink-mailbox")
+            mailbox.recvfrom()
+    finally:
+        trace.disable()
+    err = capfd.readouterr().err
+    assert "FORGED" in err
+    assert not any(line.startswith("recvfrom(fd 99)") for line in err.splitlines())
+    assert "x\\nrecvfrom(fd 99) = FORGED" in err

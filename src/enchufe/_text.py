@@ -9,7 +9,7 @@ through :func:`printable` first, at the place where it is built.
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+__all__ = ["one_line", "printable"]
 
 # Lone surrogates U+DC80..U+DCFF are what ``surrogateescape`` makes of bytes that are not
 # UTF-8: showing the original byte (``\xff``) tells the reader what was really there.
@@ -58,3 +58,16 @@ def _escaped(ch: str) -> str:
     if code <= 0xFFFF:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with every character that could end or fake a line escaped (``\n``, ``\x1b``,
+    ``\u2028``…), as :func:`printable` escapes them.
+
+    Backslashes are kept as they are: text escaped where it was built (a peer's name) is not
+    escaped twice, and no control character survives either way.  This is the last guard before
+    stderr: whatever a message carries, one event is one line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else printable(ch) for ch in text)

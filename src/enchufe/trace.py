@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ._text import one_line
+
 __all__ = ["Sink", "actor", "current_sink", "disable", "emit", "enable", "enabled", "stderr_sink"]
 
 Sink = Callable[[str], None]
@@ -35,8 +37,9 @@ _timestamps = False
 
 
 def stderr_sink(line: str) -> None:
-    """Write one narration line to standard error, unbuffered."""
-    sys.stderr.write(line + "\n")
+    """Write one narration line to standard error, unbuffered; peer names and paths in it are
+    escaped (:func:`enchufe._text.one_line`), so a call is always one line."""
+    sys.stderr.write(one_line(line) + "\n")
     sys.stderr.flush()
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from .._text import printable
+from .._text import one_line, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -172,15 +172,9 @@ def _set_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None
         if name == "trace":
             from .. import trace
 
-            trace.enable(_trace_line)
+            trace.enable()
 
     return callback
-
-
-def _trace_line(line: str) -> None:
-    """The --trace sink: one narrated call per line, peer names and paths escaped in it."""
-    sys.stderr.write(one_line(line) + "\n")
-    sys.stderr.flush()
 
 
 def global_options(f: F) -> F:
@@ -229,19 +223,6 @@ def json_option(f: F) -> F:
         is_flag=True,
         help="Events (and datagrams) as JSON objects, one per line.",
     )(f)
-
-
-def one_line(text: str) -> str:
-    r"""``text`` with every character that could end or fake a line escaped (``\n``, ``\x1b``,
-    ``\u2028``…), as :func:`enchufe._text.printable` escapes them.
-
-    Backslashes are kept as they are: text escaped where it was built (a peer's name) is not
-    escaped twice, and no control character survives either way.  This is the last guard before
-    stderr: whatever a message carries, one event is one line.
-    """
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else printable(ch) for ch in text)
 
 
 def event(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
