@@ -317,6 +317,13 @@ class _EventHandler(logging.Handler):
         message = record.getMessage()
         level = record.levelname.lower()
         event("log", f"enchufe: {message}", level=0, severity=level, message=message)
+        error = record.exc_info[1] if record.exc_info else None
+        if settings.debug and error is not None and not settings.quiet:
+            # --debug promises tracebacks: those a handler logged with log.exception too.
+            import traceback
+
+            sys.stderr.write("".join(traceback.format_exception(error)))
+            sys.stderr.flush()
 
 
 def setup_logging() -> None:
