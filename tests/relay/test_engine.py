@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
+import logging
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
+import pytest
+
+from enchufe.relay import RelayConfig
+from enchufe.relay.datagram import DatagramRelay
 from enchufe.relay.engine import COMPACT_AFTER, READ, WRITE, Loop
+from enchufe.relay.stream import Side, StreamRelay, StreamSession
+
+from .conftest import (
+    STEP,
+    DatagramTarget,
+    RelayThread,
+    Target,
+    closed_by_peer,
+    datagram_socket,
+    dial,
+    digest_of,
+    echo,
+    exchange,
+    ping,
+    relay_thread,
+)
 
 
 def test_timers_fire_in_order_and_cancelled_ones_do_not() -> None:
@@ -142,3 +168,371 @@ def test_a_descriptor_epoll_refuses_is_always_ready() -> None:
             assert not loop.watching(fd)
         finally:
             loop.close()
+
+
+# ----------------------------------------------------------------------------- a handler that raises
+#
+# A hostile or unlucky peer may end its own session, never the loop and everyone else's: a
+# handler or timer that raises ends its owner (``on_error``), one line is reported, the loop
+# goes on.  Faults are injected into handlers; the sockets are real.
+
+
+class Reports:
+    """A Loop's report hook that keeps every line."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, Exception]] = []
+
+    def __call__(self, line: str, exc: Exception) -> None:
+        self.lines.append((line, exc))
+
+
+def test_a_handler_that_raises_ends_only_its_owner_and_the_loop_goes_on() -> None:
+    reports = Reports()
+    loop = Loop(report=reports)
+    bad_a, bad_b = socket.socketpair()
+    good_a, good_b = socket.socketpair()
+    seen: list[bytes] = []
+    ended: list[Exception] = []
+
+    def bad(events: int) -> None:
+        raise RuntimeError("boom\nforged line")
+
+    def on_error(exc: Exception) -> str:
+        ended.append(exc)
+        loop.forget(bad_b.fileno())
+        bad_b.close()
+        return "closed the bad one"
+
+    def good(events: int) -> None:
+        seen.append(good_b.recv(100))
+
+    try:
+        loop.register(bad_b.fileno(), READ, bad, on_error)
+        loop.register(good_b.fileno(), READ, good)
+        bad_a.send(b"x")
+        good_a.send(b"1")
+        loop.run(until=lambda: bool(ended) and bool(seen))
+        good_a.send(b"2")
+        loop.run(until=lambda: len(seen) >= 2)
+        assert seen == [b"1", b"2"]
+        assert len(ended) == 1 and isinstance(ended[0], RuntimeError)
+        bad_a.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):  # its owner closed it (a byte unread: reset)
+            assert bad_a.recv(1) == b""
+        (line, exc), *_ = reports.lines
+        assert len(reports.lines) == 1 and exc is ended[0]
+        assert line == (
+            "enchufe: unexpected error in a handler: RuntimeError: boom\\nforged line; "
+            "closed the bad one; the relay goes on"
+        )
+    finally:
+        loop.close()
+        for sock in (bad_a, bad_b, good_a, good_b):
+            sock.close()
+
+
+def test_a_handler_that_raises_without_on_error_is_no_longer_watched_so_it_cannot_spin() -> None:
+    reports = Reports()
+    loop = Loop(report=reports)
+    a, b = socket.socketpair()
+    calls: list[int] = []
+
+    def bad(events: int) -> None:
+        calls.append(events)
+        raise OSError(5, "odd")
+
+    try:
+        loop.register(b.fileno(), READ, bad)
+        a.send(b"x")  # stays unread: level-triggered, it would be reported on every turn
+        done: list[bool] = []
+        loop.call_later(0.2, lambda: done.append(True))
+        loop.run(until=lambda: bool(done))
+        assert len(calls) == 1
+        assert not loop.watching(b.fileno())
+        (line, _exc), *_ = reports.lines
+        assert len(reports.lines) == 1
+        assert f"OSError: [Errno 5] odd; descriptor {b.fileno()} is no longer watched" in line
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+
+
+def test_an_on_error_that_raises_too_still_stops_the_descriptor_being_watched() -> None:
+    reports = Reports()
+    loop = Loop(report=reports)
+    a, b = socket.socketpair()
+    calls: list[int] = []
+
+    def bad(events: int) -> None:
+        calls.append(events)
+        raise ValueError("first")
+
+    def worse(exc: Exception) -> str:
+        raise KeyError("second")
+
+    try:
+        loop.register(b.fileno(), READ, bad, worse)
+        a.send(b"x")
+        done: list[bool] = []
+        loop.call_later(0.2, lambda: done.append(True))
+        loop.run(until=lambda: bool(done))
+        assert len(calls) == 1 and not loop.watching(b.fileno())
+        (line, _exc), *_ = reports.lines
+        assert "ValueError: first; ending its owner failed too (KeyError: 'second')" in line
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+
+
+def test_a_timer_that_raises_ends_its_owner_and_later_timers_still_fire() -> None:
+    reports = Reports()
+    loop = Loop(report=reports)
+    fired: list[str] = []
+    ended: list[Exception] = []
+
+    def bad() -> None:
+        raise LookupError("timer")
+
+    def on_error(exc: Exception) -> str:
+        ended.append(exc)
+        return "its session was closed"
+
+    try:
+        loop.call_later(0.0, bad, on_error)
+        loop.call_later(0.0, lambda: fired.append("same turn"))
+        loop.call_later(0.01, bad)  # no on_error: reported, skipped
+        loop.call_later(0.02, lambda: fired.append("later"))
+        loop.run(until=lambda: len(fired) >= 2)
+        assert fired == ["same turn", "later"]
+        assert len(ended) == 1
+        lines = [line for line, _exc in reports.lines]
+        start = "enchufe: unexpected error in a timer: LookupError: timer; "
+        assert lines == [
+            start + "its session was closed; the relay goes on",
+            start + "its work is skipped; the relay goes on",
+        ]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit, MemoryError])
+def test_interrupts_exits_and_memory_errors_still_end_the_loop(error: type[BaseException]) -> None:
+    reports = Reports()
+    loop = Loop(report=reports)
+    a, b = socket.socketpair()
+    ended: list[Exception] = []
+
+    def bad(events: int) -> None:
+        raise error
+
+    def on_error(exc: Exception) -> str:
+        ended.append(exc)
+        return ""
+
+    def bad_timer() -> None:
+        raise error
+
+    try:
+        loop.register(b.fileno(), READ, bad, on_error)
+        a.send(b"x")
+        with pytest.raises(error):
+            loop.run(until=lambda: False)
+        loop.unregister(b.fileno())
+        loop.call_later(0.0, bad_timer, on_error)
+        with pytest.raises(error):
+            loop.run(until=lambda: False)
+        assert not ended and not reports.lines
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+
+
+def test_without_a_report_hook_the_line_goes_to_the_enchufe_relay_logger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = Loop()
+    done: list[bool] = []
+
+    def bad() -> None:
+        done.append(True)
+        raise RuntimeError("logged")
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="enchufe.relay"):
+            loop.call_later(0.0, bad)
+            loop.run(until=lambda: bool(done))
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+        assert [r.getMessage() for r in errors] == [
+            "enchufe: unexpected error in a timer: RuntimeError: logged; its work is skipped; "
+            "the relay goes on"
+        ]
+        assert errors[0].exc_info is None  # the traceback only at DEBUG level
+        assert debug and debug[0].exc_info is not None
+    finally:
+        loop.close()
+
+
+# ----------------------------------------------------------------------------- in a running relay
+
+#: A client that starts a write with this makes its session's handler raise (the fault injected
+#: below; no generated stream starts a chunk with it).
+MARKER = b"\x00FAULT\x00"
+SIZE = 4 << 20
+
+
+class FaultySession(StreamSession):
+    """A session whose client handler raises when the marker waits on the client socket
+    (peeked, so that the socket is untouched), and whose idle check raises for the clients
+    whose port is in :attr:`doomed`."""
+
+    doomed: ClassVar[set[int]] = set()
+
+    def _on_client(self, events: int) -> None:
+        sock = self.client_sock
+        if events & READ and sock is not None:
+            with contextlib.suppress(BlockingIOError):
+                if sock.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT).startswith(MARKER):
+                    raise RuntimeError("injected\nfault")
+        super()._on_client(events)
+
+    def _idle_check(self) -> None:
+        if self.peer[1] in self.doomed:
+            raise RuntimeError("injected timer fault")
+        super()._idle_check()
+
+
+@pytest.fixture
+def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FaultySession]]:
+    def make_session(relay: StreamRelay, conn: socket.socket, peer: Any, session_id: int) -> StreamSession:
+        return FaultySession(relay, Side(conn), conn, peer, session_id)
+
+    monkeypatch.setattr(StreamRelay, "make_session", make_session)
+    FaultySession.doomed = set()
+    yield FaultySession
+
+
+def _unexpected(running: RelayThread) -> list[str]:
+    return [message for name, message, _fields in running.events.events if "unexpected error" in message]
+
+
+def _healthy_exchange(sock: socket.socket, seed: int) -> None:
+    result = exchange(sock, seed, SIZE)
+    assert result.sent == result.received == SIZE
+    assert result.sent_digest == result.received_digest == digest_of(seed, SIZE)
+
+
+def test_a_session_whose_handler_raises_is_reset_and_the_relay_serves_the_others(
+    faulty: type[FaultySession],
+) -> None:
+    with (
+        Target("tcp://127.0.0.1:0", echo) as target,
+        relay_thread(RelayConfig("tcp://127.0.0.1:0", target.address)) as running,
+    ):
+        with dial(running.address) as healthy, dial(running.address) as doomed:
+            assert ping(healthy) and ping(doomed)
+            doomed.sendall(MARKER)
+            assert closed_by_peer(doomed, STEP)
+            _healthy_exchange(healthy, seed=1)
+        with dial(running.address) as later:
+            assert ping(later, b"served afterwards\n")
+        assert running.peer.is_alive()
+        (line,) = _unexpected(running)
+        assert "RuntimeError: injected\\nfault; closed #2 tcp://127.0.0.1:" in line
+        assert line.endswith(", both peers reset; the relay goes on")
+        assert running.relay.stats.cut == 1
+
+
+def test_a_session_whose_timer_raises_is_reset_and_the_relay_serves_the_others(
+    faulty: type[FaultySession],
+) -> None:
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        config = RelayConfig("tcp://127.0.0.1:0", target.address, idle_timeout=0.3)
+        with relay_thread(config) as running:
+            with dial(running.address) as healthy, dial(running.address) as doomed:
+                faulty.doomed.add(doomed.getsockname()[1])
+                assert ping(healthy) and ping(doomed)
+                doomed.settimeout(0.05)
+                gone = False
+                for _ in range(int(STEP / 0.05)):  # the healthy one keeps busy, the doomed one idles
+                    assert ping(healthy)
+                    if closed_by_peer(doomed, 0.05):
+                        gone = True
+                        break
+                assert gone
+                _healthy_exchange(healthy, seed=2)
+            with dial(running.address) as later:
+                assert ping(later, b"served afterwards\n")
+            assert running.peer.is_alive()
+            (line,) = _unexpected(running)
+            assert line.startswith(
+                "enchufe: unexpected error in a timer: RuntimeError: injected timer fault; closed #2 "
+            )
+
+
+def test_a_stream_listener_whose_handler_raises_rests_and_serves_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = StreamRelay._on_accept
+    calls: list[float] = []
+
+    def failing(self: StreamRelay, events: int) -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            raise OSError(errno.EIO, "injected")
+        original(self, events)
+
+    monkeypatch.setattr(StreamRelay, "_on_accept", failing)
+    with (
+        Target("tcp://127.0.0.1:0", echo) as target,
+        relay_thread(RelayConfig("tcp://127.0.0.1:0", target.address)) as running,
+    ):
+        with dial(running.address) as client:
+            assert ping(client)
+        assert running.peer.is_alive()
+        lines = _unexpected(running)
+        assert (
+            lines
+            == [
+                "enchufe: unexpected error in a handler: OSError: [Errno 5] injected; "
+                "the listener rests 0.1 s; the relay goes on"
+            ]
+            * 3
+        )
+        assert len(calls) == 4  # it rested between failures: one call each, no spinning
+        assert all(b - a >= 0.09 for a, b in itertools.pairwise(calls))
+
+
+def test_a_datagram_listener_whose_receive_fails_rests_and_serves_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receive error that is not transient (EIO here) used to end the relay."""
+    original = DatagramRelay._receive
+    calls: list[float] = []
+
+    def failing(self: DatagramRelay) -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            raise OSError(errno.EIO, "injected")
+        original(self)
+
+    monkeypatch.setattr(DatagramRelay, "_receive", failing)
+    with (
+        DatagramTarget("udp://127.0.0.1:0") as target,
+        relay_thread(RelayConfig("udp://127.0.0.1:0", target.address)) as running,
+        datagram_socket(running.address, timeout=STEP) as client,
+    ):
+        client.send(b"hello")
+        assert client.recv(100) == b"hello"
+        assert running.peer.is_alive()
+        lines = _unexpected(running)
+        assert (
+            lines
+            == [
+                "enchufe: unexpected error in a handler: OSError: [Errno 5] injected; "
+                "the listener rests 0.1 s; the relay goes on"
+            ]
+            * 3
+        )
+        assert len(calls) == 4
+        assert all(b - a >= 0.09 for a, b in itertools.pairwise(calls))

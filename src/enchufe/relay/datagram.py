@@ -102,6 +102,10 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 #: is connecting or slow; more datagrams are dropped (counted), as a full UDP queue would.
 FRAMED_BACKLOG = 1024 * 1024
 
+#: When the listener's handler raises (a receive error that is not transient, or a bug), the
+#: listener rests this long before reading again: an error on every turn must not spin.
+LISTENER_PAUSE = 0.1
+
 #: Bytes a tunnel session reads from its stream at once.
 STREAM_CHUNK = 65536
 
@@ -307,8 +311,24 @@ class _DatagramListener:
         self.listener.setblocking(False)
         _enlarge_buffers(self.listener)
         self._listener_mask = READ
-        self.loop.register(self.listener.fileno(), READ, self._on_listener)
+        self.loop.register(self.listener.fileno(), READ, self._on_listener, self._listener_failed)
         self._accepting = True
+
+    def _listener_failed(self, exc: Exception) -> str:
+        """The listener's handler raised (the engine reports it): rest the listener a moment,
+        then serve on."""
+        if not self._accepting:
+            return "the listener was already closed"
+        self._listener_mask = 0
+        self.loop.modify(self.listener.fileno(), 0)
+        self.loop.call_later(LISTENER_PAUSE, self._listen_for)
+        return f"the listener rests {LISTENER_PAUSE:g} s"
+
+    def _session_failed(self, session: _Upstream, exc: Exception) -> str:
+        """A handler or timer of one session raised (the engine reports it): end that session."""
+        self.stats.cut += 1
+        self.end(session, "error", type(exc).__name__)
+        return f"closed session #{session.id} {session.label}"
 
     def _listen_for(self) -> None:
         mask = (0 if self.blocked else READ) | (WRITE if self._replies and self._reply_timer is None else 0)
@@ -717,7 +737,12 @@ class DatagramRelay(_DatagramListener):
         session = _DatagramUpstream(
             next(self._ids), key, describe_sender(self.listener.family, key), sock, owned
         )
-        self.loop.register(session.fd, READ, functools.partial(self._on_upstream, session))
+        self.loop.register(
+            session.fd,
+            READ,
+            functools.partial(self._on_upstream, session),
+            functools.partial(self._session_failed, session),
+        )
         self._announce(session)
         return session
 
@@ -1038,10 +1063,11 @@ class FramedDatagramRelay(_DatagramListener):
         label = describe_sender(self.listener.family, key)
         session = _Tunnel(next(self._ids), key, label, sock, self.max_datagram)
         session.connected = status == 0
-        self.loop.register(session.fd, 0, lambda events: self._on_stream(session, events))
+        failed = functools.partial(self._session_failed, session)
+        self.loop.register(session.fd, 0, lambda events: self._on_stream(session, events), failed)
         if not session.connected:
             session.timer = self.loop.call_later(
-                self.connect_timeout, lambda: self._connect_timed_out(session)
+                self.connect_timeout, lambda: self._connect_timed_out(session), failed
             )
         self._announce(session)
         self._watch(session)

@@ -27,6 +27,16 @@ Linux hands out the lowest free descriptor number, so a connection closed while 
 event and a client accepted while handling the next one usually share a number; events of the
 same ``epoll_wait`` batch for a number forgotten during that batch are therefore dropped, never
 delivered to the new owner (level-triggered readiness reports a real event again next turn).
+
+A handler or timer that raises ends its owner, never the loop: a hostile or unlucky peer may
+end its own session, not the relay and everyone else's.  A registration (or a timer) may carry
+``on_error(exc)``, which ends its owner (a session resets both its peers, a listener rests a
+moment) and returns what it did, for the one line reported through :attr:`Loop.report` (the
+relay's event sink; the traceback goes to the ``enchufe.relay`` logger at DEBUG level).  A
+descriptor without ``on_error``, or whose ``on_error`` raised too, is no longer watched, so that
+a handler failing on every turn cannot spin.  ``KeyboardInterrupt``, ``SystemExit`` and
+``MemoryError`` are not caught.  The guard is a ``try`` around each call (free in CPython 3.11
+and later until something raises): no bookkeeping on the hot path.
 """
 
 from __future__ import annotations
@@ -34,10 +44,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import select
 import time
 from collections.abc import Callable
+
+from .._text import printable
 
 __all__ = ["ERROR", "FAILED", "READ", "WRITE", "Loop", "Timer"]
 
@@ -58,17 +71,31 @@ MAX_EVENTS = 1024
 COMPACT_AFTER = 1024
 
 Handler = Callable[[int], None]
+#: ``on_error(exc)``: end the owner of a handler or timer that raised; returns what it did
+#: ("closed #3 tcp://…: both peers reset"), for the log line.
+OnError = Callable[[Exception], str]
+#: ``report(line, exc)``: one line about a handler or timer that raised and what was done.
+Report = Callable[[str, Exception], None]
+
+_log = logging.getLogger("enchufe.relay")
+
+
+def _log_report(line: str, exc: Exception) -> None:
+    _log.error("%s", line)
 
 
 class Timer:
     """A callback due at ``when`` (monotonic seconds); :meth:`cancel` makes it a no-op."""
 
-    __slots__ = ("_loop", "callback", "cancelled", "when")
+    __slots__ = ("_loop", "callback", "cancelled", "on_error", "when")
 
-    def __init__(self, loop: Loop, when: float, callback: Callable[[], None]) -> None:
+    def __init__(
+        self, loop: Loop, when: float, callback: Callable[[], None], on_error: OnError | None = None
+    ) -> None:
         self._loop = loop
         self.when = when
         self.callback = callback
+        self.on_error = on_error
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -80,9 +107,13 @@ class Timer:
 class Loop:
     """epoll plus timers plus a wake-up pipe.  Not thread-safe except for :meth:`wake`."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: Report | None = None) -> None:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
+        #: how to end the owner of a descriptor whose handler raised (see the module docstring)
+        self._on_error: dict[int, OnError] = {}
+        #: where the line about a handler or timer that raised goes (the relay's event sink)
+        self.report: Report = report if report is not None else _log_report
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled = 0
@@ -95,14 +126,19 @@ class Loop:
 
     # -- descriptors
 
-    def register(self, fd: int, mask: int, handler: Handler) -> None:
+    def register(self, fd: int, mask: int, handler: Handler, on_error: OnError | None = None) -> None:
         """Call ``handler(events)`` whenever ``fd`` is ready for ``mask`` (which may be 0:
-        errors only)."""
+        errors only).  If it raises, ``on_error(exc)`` ends its owner; without one, ``fd`` is
+        no longer watched."""
         try:
             self._epoll.register(fd, mask)
         except PermissionError:  # a regular file, /dev/null: always ready
             self._always[fd] = mask
         self._handlers[fd] = handler
+        if on_error is not None:
+            self._on_error[fd] = on_error
+        else:
+            self._on_error.pop(fd, None)
 
     def modify(self, fd: int, mask: int) -> None:
         if fd in self._always:
@@ -112,6 +148,7 @@ class Loop:
 
     def unregister(self, fd: int) -> None:
         """Stop watching ``fd`` (still open) altogether."""
+        self._on_error.pop(fd, None)
         if self._handlers.pop(fd, None) is not None and self._always.pop(fd, None) is None:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
@@ -119,6 +156,7 @@ class Loop:
     def forget(self, fd: int) -> None:
         """``fd`` is about to be closed: drop its handler (closing removes it from epoll)."""
         self._handlers.pop(fd, None)
+        self._on_error.pop(fd, None)
         self._always.pop(fd, None)
         self._stale.add(fd)
 
@@ -127,8 +165,11 @@ class Loop:
 
     # -- timers
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(self, time.monotonic() + delay, callback)
+    def call_later(
+        self, delay: float, callback: Callable[[], None], on_error: OnError | None = None
+    ) -> Timer:
+        """Call ``callback()`` in ``delay`` seconds; if it raises, ``on_error(exc)`` ends its owner."""
+        timer = Timer(self, time.monotonic() + delay, callback, on_error)
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
 
@@ -148,7 +189,12 @@ class Loop:
                 self._cancelled = max(0, self._cancelled - 1)
                 continue
             timer.cancelled = True  # fired: a later cancel() is a no-op
-            timer.callback()
+            try:
+                timer.callback()
+            except MemoryError:
+                raise
+            except Exception as exc:
+                self._failed(exc, timer.on_error, None, "a timer")
 
     # -- waking up
 
@@ -166,7 +212,12 @@ class Loop:
             while os.read(self._wake_r, 4096):
                 pass
         if self._on_wake is not None:
-            self._on_wake()
+            try:
+                self._on_wake()
+            except MemoryError:
+                raise
+            except Exception as exc:
+                self._failed(exc, None, None, "the wake-up handler")
 
     # -- running
 
@@ -195,7 +246,12 @@ class Loop:
                     continue  # closed during this batch: the event was for its previous owner
                 handler = get_handler(fd)
                 if handler is not None:
-                    handler(events)
+                    try:
+                        handler(events)
+                    except MemoryError:
+                        raise
+                    except Exception as exc:
+                        self._failed(exc, self._on_error.get(fd), fd, "a handler")
                 elif fd == wake_fd:
                     self._drain_wake()
             if always:
@@ -209,7 +265,41 @@ class Loop:
             if mask and fd not in self._stale and self._always.get(fd) == mask:
                 handler = self._handlers.get(fd)
                 if handler is not None:
-                    handler(mask)
+                    try:
+                        handler(mask)
+                    except MemoryError:
+                        raise
+                    except Exception as exc:
+                        self._failed(exc, self._on_error.get(fd), fd, "a handler")
+
+    def fail(self, exc: Exception, on_error: OnError | None) -> None:
+        """``exc`` escaped from code run for an owner outside a handler of its own (a session
+        started by a listener's handler): end that owner as if its handler had raised."""
+        self._failed(exc, on_error, None, "a handler")
+
+    def _failed(self, exc: Exception, on_error: OnError | None, fd: int | None, where: str) -> None:
+        """A handler or timer raised: end its owner, say so in one line, and go on."""
+        done = ""
+        if on_error is not None:
+            try:
+                done = on_error(exc)
+            except MemoryError:
+                raise
+            except Exception as second:  # its owner could not be ended cleanly either
+                done = f"ending its owner failed too ({_describe(second)})"
+                _log.debug("ending the owner of a failed handler failed", exc_info=second)
+                on_error = None
+        if on_error is None and fd is not None:
+            # Nobody took it in hand: stop watching it, or a handler failing on every turn spins.
+            self.unregister(fd)
+            done = f"{done}; " if done else ""
+            done += f"descriptor {fd} is no longer watched"
+        elif not done:
+            done = "its work is skipped"
+        line = f"enchufe: unexpected error in {where}: {_describe(exc)}; {done}; the relay goes on"
+        _log.debug("%s", line, exc_info=exc)
+        with contextlib.suppress(Exception):  # the report must not be what ends the loop
+            self.report(line, exc)
 
     def close(self) -> None:
         if self._closed:
@@ -219,3 +309,10 @@ class Loop:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, escaped: a message may quote what a peer sent."""
+    message = str(exc)
+    name = printable(type(exc).__name__)
+    return f"{name}: {printable(message)}" if message else name

@@ -148,9 +148,9 @@ class FramedStreamSession:
             self._fail(str(translate(exc, f"connect to {relay.target_label}")))
             return
         loop = relay.loop
-        loop.register(self.client_fd, 0, self._on_client)
+        loop.register(self.client_fd, 0, self._on_client, self.crashed)
         self.client_mask = 0
-        loop.register(self.up_fd, 0, self._on_upstream)
+        loop.register(self.up_fd, 0, self._on_upstream, self.crashed)
         self.up_mask = 0
         if relay.events.wants(1):
             relay.events(
@@ -163,7 +163,7 @@ class FramedStreamSession:
             )
         timeout = relay.idle_timeout
         if timeout:
-            self._idle_timer = loop.call_later(timeout, self._idle_check)
+            self._idle_timer = loop.call_later(timeout, self._idle_check, self.crashed)
         self._update()
 
     def _fail(self, message: str) -> None:
@@ -424,7 +424,7 @@ class FramedStreamSession:
         assert timeout is not None
         left = self.last_active + timeout - time.monotonic()
         if left > 0:
-            self._idle_timer = relay.loop.call_later(left, self._idle_check)
+            self._idle_timer = relay.loop.call_later(left, self._idle_check, self.crashed)
             return
         relay.stats.expired += 1
         self._flush()
@@ -456,6 +456,13 @@ class FramedStreamSession:
             return
         self.relay.stats.cut += 1
         self._end(reason, abortive=True)
+
+    def crashed(self, exc: Exception) -> str:
+        """A handler or timer of this session raised (the engine reports it): end it as a cut,
+        the client reset; the relay serves the others.  Returns what was done."""
+        shown = f"#{self.id} {self.peer_label()}"
+        self.cut("error")
+        return f"closed {shown}, the client reset"
 
     def _end(
         self, reason: str, *, abortive: bool = False, error: str | None = None, quiet: bool = False

@@ -380,7 +380,7 @@ class Relay:
         when ``handle_signals`` and this is the main thread: first a drain, then a cut."""
         address = self.open()
         config = self.config
-        loop = self._loop = Loop()
+        loop = self._loop = Loop(report=self._unexpected)
         pools = Pools()
         handler = self._make_handler(loop, pools)
         self._handler = handler
@@ -541,6 +541,11 @@ class Relay:
                 f"enchufe: cut {cut} connection{'s' if cut != 1 else ''} {why}",
                 cut=cut,
             )
+
+    def _unexpected(self, line: str, exc: Exception) -> None:
+        """A handler or timer raised and the engine ended its owner (one session, usually): a
+        notice, since a peer may be what makes one fail, again and again."""
+        self.events.notice("unexpected errors", "error", line, error=f"{type(exc).__name__}: {exc}")
 
     def _report(self) -> None:
         interval = self.config.stats_interval

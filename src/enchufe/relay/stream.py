@@ -49,7 +49,7 @@ from ..address import Address, ExecAddress, SocketAddress, StdioAddress, UnixAdd
 from ..errors import TimedOut, translate
 from ..exec import child_environment
 from .children import Children
-from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
+from .engine import ERROR, FAILED, READ, WRITE, Loop, OnError, Timer
 from .events import EventSink
 from .limits import AccessRules
 from .pump import Pools, Pump
@@ -293,7 +293,7 @@ class StreamRelay:
         assert self.listener is not None
         self.listener.setblocking(False)
         self._spare = _open_spare()
-        self.loop.register(self.listener.fileno(), READ, self._on_accept)
+        self.loop.register(self.listener.fileno(), READ, self._on_accept, self._listener_failed)
         self._accepting = True
 
     @property
@@ -346,6 +346,17 @@ class StreamRelay:
         if now >= self._next_pause_report:
             self._next_pause_report = now + 1.0
             self.events("error", f"enchufe: {message}", error=message, open=len(self.sessions))
+        self._rest()
+
+    def _listener_failed(self, exc: Exception) -> str:
+        """The accept handler raised (the engine reports it): rest the listener a moment, so
+        that an error on every turn never spins, then serve on."""
+        if not self._accepting:
+            return "the listener was already closed"
+        self._rest()
+        return f"the listener rests {ACCEPT_PAUSE:g} s"
+
+    def _rest(self) -> None:
         assert self.listener is not None
         fd = self.listener.fileno()
         self.loop.modify(fd, 0)
@@ -398,7 +409,10 @@ class StreamRelay:
         self.sessions.add(session)
         if self.one_client:
             self.stop_accepting()  # stdio serves one client: later ones are refused by the kernel
-        session.start()
+        try:
+            session.start()
+        except Exception as exc:  # this client's failure, not the listener's
+            self.loop.fail(exc, session.crashed)
 
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
         """The session of an admitted client (framed relays make theirs)."""
@@ -589,7 +603,7 @@ class StreamSession:
         client = self.client
         if client.sock is not None:
             # Registered with an empty mask: a client that resets while we connect is noticed.
-            relay.loop.register(client.rfd, 0, self._on_client)
+            relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
             client.mask = 0
         target = relay.target
         if isinstance(target, ExecAddress):
@@ -605,7 +619,9 @@ class StreamSession:
         except Exception as exc:  # NameResolutionError: the target's name stopped resolving
             self._fail_connect(str(exc))
             return
-        self._connect_timer = relay.loop.call_later(relay.connect_timeout, self._connect_timed_out)
+        self._connect_timer = relay.loop.call_later(
+            relay.connect_timeout, self._connect_timed_out, self.crashed
+        )
         self._try_connect()
 
     def _spawn(self, program: ExecAddress) -> None:
@@ -675,7 +691,7 @@ class StreamSession:
             assert side is not None
             side.mask = self._interest(side.rfd, side.mask, WRITE, False, self._on_target)
         else:  # EAGAIN: a unix listener's backlog is full; nothing started, try again soon
-            self._retry_timer = self.relay.loop.call_later(self._retry_delay, self._try_connect)
+            self._retry_timer = self.relay.loop.call_later(self._retry_delay, self._try_connect, self.crashed)
             self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
 
     def _drop_target(self) -> None:
@@ -764,7 +780,7 @@ class StreamSession:
                 seconds=round(seconds, 6),
             )
         if relay.idle_timeout:
-            self._idle_timer = loop.call_later(relay.idle_timeout, self._idle_check)
+            self._idle_timer = loop.call_later(relay.idle_timeout, self._idle_check, self.crashed)
         if client.sock is None or target.sock is None:
             # Descriptors epoll cannot watch for us yet (a file as stdin is always ready, a
             # pipe may hold bytes already): step once now, as if everything were ready.
@@ -961,7 +977,7 @@ class StreamSession:
                 loop.unregister(fd)
             return _UNREGISTERED
         if current == _UNREGISTERED:
-            loop.register(fd, mask, handler)
+            loop.register(fd, mask, handler, self.crashed)
         else:
             loop.modify(fd, mask)
         return mask
@@ -980,9 +996,9 @@ class StreamSession:
         if read_eof:
             side.close_read(loop)
         elif side.rfd >= 0:
-            side.rmask = _want(loop, side.rfd, side.rmask, READ if reading else 0, on_read)
+            side.rmask = _want(loop, side.rfd, side.rmask, READ if reading else 0, on_read, self.crashed)
         if side.wfd >= 0:
-            side.wmask = _want(loop, side.wfd, side.wmask, WRITE if writing else 0, on_write)
+            side.wmask = _want(loop, side.wfd, side.wmask, WRITE if writing else 0, on_write, self.crashed)
 
     # -- timers
 
@@ -994,7 +1010,7 @@ class StreamSession:
         assert relay.idle_timeout is not None
         left = self._last_active + relay.idle_timeout - time.monotonic()
         if left > 0:
-            self._idle_timer = relay.loop.call_later(left, self._idle_check)
+            self._idle_timer = relay.loop.call_later(left, self._idle_check, self.crashed)
             return
         relay.stats.cut += 1
         self._end("idle", abortive=True, error=f"no traffic for {relay.idle_timeout:g} s (--idle-timeout)")
@@ -1007,6 +1023,19 @@ class StreamSession:
             return
         self.relay.stats.cut += 1
         self._end(reason, abortive=True)
+
+    def crashed(self, exc: Exception) -> str:
+        """A handler or timer of this session raised (the engine reports it): end the session
+        as a cut, both peers reset; the relay serves the others.  Returns what was done."""
+        shown = f"#{self.id} {self.peer_label()}"
+        if self.state != _CLOSED:
+            self.cut("error")
+        else:  # it raised while ending: close what is still open, or it would wake us forever
+            loop = self.relay.loop
+            for side in (self.client, self.target):
+                if side is not None and (side.sock is None or side.sock.fileno() >= 0):
+                    side.close(loop, abortive=True)
+        return f"closed {shown}, both peers reset"
 
     def _end(
         self, reason: str, *, abortive: bool = False, error: str | None = None, quiet: bool = False
@@ -1051,7 +1080,9 @@ class StreamSession:
             )
 
 
-def _want(loop: Loop, fd: int, current: int, mask: int, handler: Callable[[int], None]) -> int:
+def _want(
+    loop: Loop, fd: int, current: int, mask: int, handler: Callable[[int], None], on_error: OnError
+) -> int:
     """Register ``fd`` for ``mask``, or unregister it when nothing is wanted."""
     if mask == current:
         return current
@@ -1059,7 +1090,7 @@ def _want(loop: Loop, fd: int, current: int, mask: int, handler: Callable[[int],
         loop.unregister(fd)
         return _UNREGISTERED
     if current == _UNREGISTERED:
-        loop.register(fd, mask, handler)
+        loop.register(fd, mask, handler, on_error)
     else:
         loop.modify(fd, mask)
     return mask
