@@ -236,3 +236,20 @@ def test_help_has_examples() -> None:
     assert done.returncode == 0
     text = done.stdout.decode()
     assert text.split("Examples:", 1)[1].count("enchufe") >= 3
+
+
+@pytest.fixture
+def full_listener() -> Iterator[socket.socket]:
+    """A listener whose accept queue is full (backlog 0, one connection pending): Linux drops
+    further SYNs, so a connect() to it waits until its timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        with socket.create_connection(sock.getsockname(), timeout=STEP):
+            yield sock
+
+
+def test_timed_out(full_listener: socket.socket) -> None:
+    done = run("check", "--timeout", "0.3", tcp(full_listener))
+    assert done.returncode == 1
+    assert lines(done.stdout) == [f"{tcp(full_listener)} timed out"]

@@ -389,3 +389,27 @@ def test_help_has_examples() -> None:
     assert "Examples:" in text
     examples = text.split("Examples:", 1)[1]
     assert examples.count("enchufe connect") >= 3
+
+
+@pytest.fixture
+def full_listener() -> Iterator[str]:
+    """A listener whose accept queue is full (backlog 0, one connection pending): Linux drops
+    further SYNs, so a connect() to it waits until its timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        with socket.create_connection(sock.getsockname(), timeout=STEP):
+            yield f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_connect_timeout_says_which_flag_helps(full_listener: str) -> None:
+    done = run("connect", "--timeout", "0.3", full_listener)
+    assert done.returncode == 1
+    assert_one_error_line(done.stderr, "timed out", "raise --timeout, now 0.3 s")
+
+
+def test_idle_timeout_also_bounds_the_connection_attempt(full_listener: str) -> None:
+    """As nc -w: without --timeout, --idle-timeout limits each connection attempt too."""
+    done = run("connect", "--idle-timeout", "0.3", full_listener)
+    assert done.returncode == 1
+    assert_one_error_line(done.stderr, "timed out", "raise --idle-timeout, now 0.3 s")

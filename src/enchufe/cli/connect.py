@@ -196,7 +196,9 @@ class _Session:
                 return self._stream(source, retry, retry_delay, timeout, idle_timeout, crlf)
             return self._datagram(source, retry, retry_delay, timeout, idle_timeout, crlf)
         except NetworkError as exc:
-            raise _with_hint(exc, retry=retry, timeout=timeout, connected=self.connected) from None
+            flag = "--timeout" if timeout is not None or idle_timeout is None else "--idle-timeout"
+            limit = timeout if timeout is not None else idle_timeout
+            raise _with_hint(exc, retry=retry, flag=flag, limit=limit, connected=self.connected) from None
 
     def _open(self, source: Any, retry: int, retry_delay: float, timeout: float | None) -> tuple[Any, Any]:
         from .. import _sockets
@@ -329,7 +331,7 @@ class _Session:
         sys.stderr.flush()
 
 
-def _with_hint(exc: Exception, *, retry: int, timeout: float | None, connected: bool) -> Exception:
+def _with_hint(exc: Exception, *, retry: int, flag: str, limit: float | None, connected: bool) -> Exception:
     """The library's error with the flag that helps added, and every character printable."""
     from .._text import printable
     from ..errors import ConnectionRefused, NetworkError, TimedOut
@@ -345,9 +347,7 @@ def _with_hint(exc: Exception, *, retry: int, timeout: float | None, connected: 
                 else " (raise --retry or --retry-delay to wait longer)"
             )
         elif isinstance(exc, TimedOut):
-            message += (
-                f" (raise --timeout, now {timeout:g} s)" if timeout else " (--timeout S sets the limit)"
-            )
+            message += f" (raise {flag}, now {limit:g} s)" if limit else " (--timeout S sets the limit)"
     exc.args = (message,)
     return exc
 
