@@ -7,6 +7,7 @@ caller must receive more and :meth:`feed` it.
 
 from __future__ import annotations
 
+from . import _ranges
 from .errors import IncompleteRead, ProtocolError, UsageError
 
 
@@ -43,6 +44,7 @@ class ReceiveBuffer:
         """Bytes up to and including ``delimiter``; ``ProtocolError`` past ``max_bytes`` without one."""
         if not delimiter:
             raise UsageError("the delimiter must not be empty")
+        _ranges.integer(max_bytes, "max_bytes", 1)
         # Search again only where a delimiter could newly complete.
         start = max(0, self._searched - len(delimiter) + 1)
         found = self._data.find(delimiter, start)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from . import _ranges
 from .address import SocketAddress
-from .errors import NetworkError, UsageError, translate
+from .errors import NetworkError, translate
 
 
 class ConnectPlan:
@@ -30,13 +31,9 @@ class ConnectPlan:
     """
 
     def __init__(self, address: SocketAddress, *, retries: int, retry_delay: float) -> None:
-        if retries < 0:
-            raise UsageError(f"retries must be 0 or more, not {retries}")
-        if retry_delay < 0:
-            raise UsageError(f"retry_delay must be 0 or more, not {retry_delay}")
         self.address = address
-        self.retries = retries
-        self.retry_delay = retry_delay
+        self.retries = _ranges.integer(retries, "retries", 0)
+        self.retry_delay = _ranges.seconds(retry_delay, "retry_delay") or 0.0
         self.errors: list[NetworkError] = []
 
     def __iter__(self) -> Iterator[float]:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import trace
+from . import _ranges, trace
 from ._connect import ConnectPlan
 from ._text import printable
 from .address import InetAddress, SocketAddress, UnixAddress
@@ -828,6 +828,10 @@ def _open_bound(
 ) -> tuple[socket.socket, SocketAddress, SocketFile | None]:
     """Create, configure and bind a socket for ``address``, and listen when ``backlog`` is given."""
     what = f"listen on {address}" if backlog is not None else f"bind {address}"
+    if backlog is not None:
+        _ranges.integer(backlog, "backlog", 0, _ranges.MAX_BACKLOG)
+    if mode is not None:
+        _ranges.integer(mode, "mode", 0, 0o777)
     if isinstance(address, UnixAddress):
         family: int = socket.AF_UNIX
         target = None
@@ -878,9 +882,10 @@ def open_connection(
     retried ``retries`` more times, ``retry_delay`` seconds apart; the error raised is the last
     one, carrying every attempt's error in ``attempts``.
     """
-    if retries < 0:  # refused as bad input, like every other argument error before a socket
+    if isinstance(retries, int) and retries < 0:  # bad input, like every argument error before a socket
         raise AddressError(f"retries must be 0 or more, not {retries}")
     plan = ConnectPlan(address, retries=retries, retry_delay=retry_delay)
+    timeout = _ranges.seconds(timeout, "timeout", optional=True, positive=True)
     sock_type = _sock_type(address)
     what = f"connect to {address}"
     for delay in plan:

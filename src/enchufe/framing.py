@@ -82,10 +82,10 @@ _COMPACT_THRESHOLD = 64 * 1024
 
 
 def _check_max_size(max_size: int) -> int:
-    if not 0 <= max_size <= MAX_WIRE_SIZE:
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or not 0 <= max_size <= MAX_WIRE_SIZE:
         raise UsageError(
             f"max_size must be between 0 and {MAX_WIRE_SIZE} bytes (what a 4-byte length can "
-            f"express), not {max_size}"
+            f"express), not {max_size!r}"
         )
     return max_size
 

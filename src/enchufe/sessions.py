@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .errors import UsageError
+from . import _ranges
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_SESSIONS", "Session", "SessionStats", "SessionTable"]
 
@@ -67,10 +67,8 @@ class SessionTable(Generic[K, T]):
     _sessions: OrderedDict[K, Session[K, T]] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        if self.idle_timeout <= 0:
-            raise UsageError(f"idle_timeout must be positive, not {self.idle_timeout}")
-        if self.max_sessions < 1:
-            raise UsageError(f"max_sessions must be at least 1, not {self.max_sessions}")
+        self.idle_timeout = _ranges.seconds(self.idle_timeout, "idle_timeout", positive=True) or 0.0
+        self.max_sessions = _ranges.integer(self.max_sessions, "max_sessions", 1)
 
     def __len__(self) -> int:
         return len(self._sessions)

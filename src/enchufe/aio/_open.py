@@ -7,7 +7,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .. import _sockets
+from .. import _ranges, _sockets
 from .._connect import ConnectPlan
 from .._sockets import DEFAULT_BACKLOG, SocketFile, Target, open_datagram, open_listener
 from ..address import Address, UnixAddress
@@ -112,6 +112,7 @@ async def _open_connection(
     address: Any, timeout: float | None, retries: int, retry_delay: float
 ) -> tuple[socket.socket, SocketFile | None]:
     plan = ConnectPlan(address, retries=retries, retry_delay=retry_delay)
+    timeout = _ranges.seconds(timeout, "timeout", optional=True, positive=True)
     sock_type = socket.SOCK_STREAM if address.is_stream else socket.SOCK_DGRAM
     for delay in plan:
         if delay:

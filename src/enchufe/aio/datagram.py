@@ -6,6 +6,7 @@ import asyncio
 import socket
 from types import TracebackType
 
+from .. import _ranges
 from .._serving import UNIX_SEND_RETRY, UNIX_SEND_RETRY_MAX
 from ..address import SocketAddress
 from ..errors import ClosedError, TimedOut
@@ -57,7 +58,7 @@ class DatagramSocket:
         """Make ``recvfrom``/``sendto`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
         if self._inner.closed:
             raise ClosedError("this datagram socket is closed")
-        self._ready.timeout = seconds
+        self._ready.timeout = _ranges.seconds(seconds, "timeout", optional=True)
 
     async def sendto(self, data: bytes, address: SocketAddress | str | None) -> int:
         """Send one datagram to ``address``, waiting while it cannot go now."""

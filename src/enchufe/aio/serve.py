@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from .. import _ranges
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -176,8 +177,8 @@ class Server:
     sessions: SessionTable[Any, dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1:
-            raise UsageError(f"max_connections must be at least 1, not {self.max_connections}")
+        self.max_connections = _ranges.integer(self.max_connections, "max_connections", 1)
+        self.idle_timeout = _ranges.seconds(self.idle_timeout, "idle_timeout", optional=True, positive=True)
         if isinstance(self.address, str):
             self.address = parse(self.address)
         if not isinstance(self.address, InetAddress | UnixAddress):
@@ -213,6 +214,7 @@ class Server:
         Returns at once; :meth:`serve_forever` returns when the shutdown is complete.  A second
         call while draining cuts the remaining connections at once (a second Ctrl-C).
         """
+        drain_timeout = _ranges.seconds(drain_timeout, "drain_timeout") or 0.0
         self._drain_timeout = drain_timeout
         if self._stopping is not None and self._cut_now is not None:
             if self._stopping.is_set() or drain_timeout <= 0:

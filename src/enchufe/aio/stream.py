@@ -7,10 +7,10 @@ import socket
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-from .. import _sockets, framing
+from .. import _ranges, _sockets, framing
 from .._buffer import ReceiveBuffer
 from ..address import SocketAddress, from_sockaddr
-from ..errors import ClosedError, ConnectionReset, IncompleteRead, UsageError, translate
+from ..errors import ClosedError, ConnectionReset, IncompleteRead, translate
 from ..sync.stream import MAX_RECV_CHUNK
 from ._wait import Readiness
 
@@ -67,7 +67,7 @@ class Connection:
         """Make ``recv``/``send_all`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``
         without progress (``None``: wait forever)."""
         self._check()
-        self._ready.timeout = seconds
+        self._ready.timeout = _ranges.seconds(seconds, "timeout", optional=True)
 
     @property
     def peer_credentials(self) -> _sockets.Credentials | None:
@@ -125,14 +125,16 @@ class Connection:
     async def recv(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes:
         """Up to ``max_bytes`` bytes as soon as some are there; ``b""`` at EOF."""
         self._check()
-        if max_bytes < 1:
-            raise UsageError(f"max_bytes must be at least 1, not {max_bytes}")
+        # "Up to": a huge max_bytes (a length the peer announced) is read in bounded chunks,
+        # never allocated at once.
+        max_bytes = min(_ranges.integer(max_bytes, "max_bytes", 1), MAX_RECV_CHUNK)
         if len(self._buffer):
             return self._buffer.take_some(max_bytes)
         return await self._recv_raw(max_bytes)
 
     async def recv_exactly(self, size: int) -> bytes:
         """Exactly ``size`` bytes; :class:`~enchufe.errors.IncompleteRead` if EOF comes first."""
+        _ranges.integer(size, "size", 0)
         while (data := self._buffer.take_exactly(size)) is None:
             want = min(max(size - len(self._buffer), DEFAULT_RECV_SIZE), MAX_RECV_CHUNK)
             chunk = await self._recv_raw(want)
@@ -152,6 +154,7 @@ class Connection:
 
     async def recv_message(self, *, max_size: int = framing.DEFAULT_MAX_MESSAGE_SIZE) -> bytes | None:
         """One length-prefixed message, or ``None`` at a clean EOF between messages."""
+        framing._check_max_size(max_size)  # before waiting for a header
         try:
             header = await self.recv_exactly(framing.HEADER_SIZE)
         except IncompleteRead as exc:

@@ -7,7 +7,7 @@ import ipaddress
 import socket
 from types import TracebackType
 
-from .. import _sockets
+from .. import _ranges, _sockets
 from .._sockets import SockAddr
 from ..address import Address, InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
 from ..errors import (
@@ -86,7 +86,7 @@ class DatagramSocket:
     def set_timeout(self, seconds: float | None) -> None:
         """Make ``recvfrom``/``recv`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
         self._check()
-        self._sock.settimeout(seconds)
+        self._sock.settimeout(_ranges.seconds(seconds, "timeout", optional=True))
 
     # -- sending
 
@@ -185,8 +185,7 @@ class DatagramSocket:
     def recvfrom(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> tuple[bytes, SocketAddress | None]:
         """One datagram and its sender.  Blocks until one comes (or the timeout passes)."""
         self._check()
-        if max_size < 1:
-            raise UsageError(f"max_size must be at least 1, not {max_size}")
+        _ranges.integer(max_size, "max_size", 1, _ranges.MAX_DATAGRAM_SIZE)
         if len(self._buffer) != max_size:
             self._buffer = bytearray(max_size)
         try:

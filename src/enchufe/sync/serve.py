@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from .. import _ranges
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -159,8 +160,8 @@ class Server:
         mode: int | None = None,
         on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise UsageError(f"max_connections must be at least 1, not {max_connections}")
+        max_connections = _ranges.integer(max_connections, "max_connections", 1)
+        idle_timeout = _ranges.seconds(idle_timeout, "idle_timeout", optional=True, positive=True)
         target = parse(address) if isinstance(address, str) else address
         if not isinstance(target, InetAddress | UnixAddress):
             raise UsageError(f"{target}: a server needs a socket address")
@@ -212,6 +213,7 @@ class Server:
 
         A second call while draining cuts the remaining connections at once (a second Ctrl-C).
         """
+        drain_timeout = _ranges.seconds(drain_timeout, "drain_timeout") or 0.0
         with self._changed:
             if self._stopping.is_set() or drain_timeout <= 0:
                 self._cut_now = True

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator
 from types import TracebackType
 
-from .. import _sockets, framing
+from .. import _ranges, _sockets, framing
 from ..address import SocketAddress, from_sockaddr
 from ..errors import (
     ClosedError,
@@ -77,7 +77,7 @@ class Connection:
     def set_timeout(self, seconds: float | None) -> None:
         """Make ``recv``/``send_all`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
         self._check()
-        self._sock.settimeout(seconds)
+        self._sock.settimeout(_ranges.seconds(seconds, "timeout", optional=True))
 
     @property
     def peer_credentials(self) -> _sockets.Credentials | None:
@@ -120,8 +120,9 @@ class Connection:
     def recv(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes:
         """Up to ``max_bytes`` bytes, as soon as some are there; ``b""`` at EOF."""
         self._check()
-        if max_bytes < 1:
-            raise UsageError(f"max_bytes must be at least 1, not {max_bytes}")
+        # "Up to": a huge max_bytes (a length the peer announced) is read in bounded chunks,
+        # never allocated at once.
+        max_bytes = min(_ranges.integer(max_bytes, "max_bytes", 1), MAX_RECV_CHUNK)
         if self._buffer:
             chunk = bytes(self._buffer[:max_bytes])
             del self._buffer[:max_bytes]
@@ -133,6 +134,7 @@ class Connection:
 
     def recv_exactly(self, size: int) -> bytes:
         """Exactly ``size`` bytes; :class:`~enchufe.errors.IncompleteRead` if EOF comes first."""
+        _ranges.integer(size, "size", 0)
         while len(self._buffer) < size:
             self._check()
             try:
@@ -160,6 +162,7 @@ class Connection:
         """
         if not delimiter:
             raise UsageError("the delimiter must not be empty")
+        _ranges.integer(max_bytes, "max_bytes", 1)
         start = 0
         while True:
             found = self._buffer.find(delimiter, start)
@@ -192,6 +195,7 @@ class Connection:
         EOF inside a message raises :class:`~enchufe.errors.IncompleteRead`; an announced length
         above ``max_size`` raises :class:`~enchufe.errors.ProtocolError` before reading it.
         """
+        framing._check_max_size(max_size)  # before waiting for a header
         try:
             header = self.recv_exactly(framing.HEADER_SIZE)
         except IncompleteRead as exc:

@@ -1,0 +1,58 @@
+"""Ranges for the library's numeric arguments: a finite value in a stated range, or UsageError.
+
+A timeout of ``nan`` makes ``socket.settimeout`` raise a bare ValueError, ``inf`` an
+OverflowError, and asyncio waits forever; a backlog of 2**40 overflows a C int; ``recv(2**40)``
+allocates its whole size at once.  Each argument is checked here, where the library takes it,
+so that a careless caller gets one :class:`~enchufe.errors.UsageError` naming the argument, the
+value and the accepted range, before any socket is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import UsageError
+
+__all__ = ["MAX_BACKLOG", "MAX_DATAGRAM_SIZE", "MAX_SECONDS", "integer", "seconds"]
+
+#: The longest wait, in seconds, any timeout or delay may ask for (about 11.6 days; the CLI's
+#: limit too).  Longer waits are what ``None`` (no timeout) is for.
+MAX_SECONDS = 1_000_000.0
+
+#: listen()'s backlog is a C int, and the kernel caps it at net.core.somaxconn (at most 65535).
+MAX_BACKLOG = 65535
+
+#: The largest receive buffer a datagram socket allocates for one datagram: above the largest
+#: UDP payload (65507) and the unix datagrams default socket buffers allow.
+MAX_DATAGRAM_SIZE = 16 * 1024 * 1024
+
+
+def seconds(
+    value: float | None, name: str, *, optional: bool = False, positive: bool = False
+) -> float | None:
+    """``value`` as a float of seconds in ``[0, MAX_SECONDS]`` (``(0, …]`` when ``positive``), or
+    ``None`` when ``optional``; anything else (``nan``, ``inf``, a negative or huge number, a bool
+    or a string) raises :class:`UsageError`."""
+    if value is None and optional:
+        return None
+    span = "more than 0 and at most" if positive else "from 0 to"
+    accepted = f"a number of seconds {span} {MAX_SECONDS:.0f}" + (" (or None: no limit)" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or number > MAX_SECONDS or (positive and number == 0):
+        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+    return number
+
+
+def integer(value: int, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]`` (no upper bound when ``high`` is None); a float, a
+    bool or anything out of range raises :class:`UsageError`."""
+    accepted = f"a whole number from {low}" + (f" to {high}" if high is not None else " up")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+    return number
