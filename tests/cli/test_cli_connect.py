@@ -413,3 +413,21 @@ def test_idle_timeout_also_bounds_the_connection_attempt(full_listener: str) -> 
     done = run("connect", "--idle-timeout", "0.3", full_listener)
     assert done.returncode == 1
     assert_one_error_line(done.stderr, "timed out", "raise --idle-timeout, now 0.3 s")
+
+
+def test_stop_signal_while_connecting_removes_the_source_file(spawn: Spawn, sock_dir: str) -> None:
+    """A unix listener with a full queue makes connect() block; SIGTERM then ends the client,
+    which says so and leaves no socket file of its --source behind."""
+    path = os.path.join(sock_dir, "full.sock")
+    mine = os.path.join(sock_dir, "mine.sock")
+    with socket.socket(socket.AF_UNIX) as full:
+        full.bind(path)
+        full.listen(0)
+        with socket.socket(socket.AF_UNIX) as pending:
+            pending.connect(path)
+            client = spawn("connect", "--source", f"unix://{mine}", f"unix://{path}")
+            wait_until(lambda: os.path.exists(mine), "the client binding its source")
+            client.popen.send_signal(signal.SIGTERM)
+            assert client.finish() == 1, client.err
+    assert_one_error_line(client.err, f"interrupted by SIGTERM while connecting to unix://{path}")
+    assert not os.path.exists(mine)

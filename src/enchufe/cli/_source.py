@@ -70,10 +70,14 @@ def open_from(
                 _sockets.connect(sock, where.sockaddr)
                 sock.settimeout(None)
                 return sock, owned
-            except OSError as exc:
+            except BaseException as exc:
+                # Also on KeyboardInterrupt (a stop signal while connecting): the source's
+                # socket file must not outlive the attempt.
                 _sockets.close(sock)
                 if owned is not None:
                     owned.release()
+                if not isinstance(exc, OSError):
+                    raise
                 plan.failed(exc, _sockets.explain_unix_failure(target, exc, f"connect to {target}"))
     raise plan.error()
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from ._common import BoundedInt, DatagramPrinter, FiniteFloat, event, global_options
+
+if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
+    from .._sockets import SocketFile
+    from ..address import SocketAddress
 
 EXAMPLES = """\b
 Examples:
@@ -135,7 +140,7 @@ def command(
     if idle_timeout == 0:
         idle_timeout = None
     session = _Session(target, hex_=hex_)
-    _stop_on_signals(session)
+    session.stop_on_signals()
     try:
         return session.run(
             local,
@@ -150,25 +155,10 @@ def command(
         return 1
 
 
-_signal_name = "SIGINT"
-
-
-def _stop_on_signals(session: _Session) -> None:
-    """SIGINT, SIGTERM and SIGHUP (the terminal went away) all cut the session, said on stderr."""
-
-    def handler(signum: int, frame: object) -> None:
-        global _signal_name
-        _signal_name = signal.Signals(signum).name
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, handler)
-
-
 class _Session:
     """One connection's life: open it, pump stdio, and say what happened on stderr."""
 
-    def __init__(self, target: Any, *, hex_: bool) -> None:
+    def __init__(self, target: SocketAddress, *, hex_: bool) -> None:
         from .._text import printable
         from ..stdio import StreamResult
 
@@ -178,10 +168,22 @@ class _Session:
         self.connected = False
         self.peer = self.shown
         self.dump = _HexDump() if hex_ else None
+        self.signal_name = "SIGINT"
+
+    def stop_on_signals(self) -> None:
+        """SIGINT, SIGTERM and SIGHUP (the terminal went away) all cut the session; which one
+        is remembered for the line that says so."""
+
+        def handler(signum: int, frame: object) -> None:
+            self.signal_name = signal.Signals(signum).name
+            raise KeyboardInterrupt
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, handler)
 
     def run(
         self,
-        source: Any,
+        source: SocketAddress | None,
         *,
         retry: int,
         retry_delay: float,
@@ -200,7 +202,9 @@ class _Session:
             limit = timeout if timeout is not None else idle_timeout
             raise _with_hint(exc, retry=retry, flag=flag, limit=limit, connected=self.connected) from None
 
-    def _open(self, source: Any, retry: int, retry_delay: float, timeout: float | None) -> tuple[Any, Any]:
+    def _open(
+        self, source: SocketAddress | None, retry: int, retry_delay: float, timeout: float | None
+    ) -> tuple[socket.socket, SocketFile | None]:
         from .. import _sockets
 
         if source is None:
@@ -215,7 +219,7 @@ class _Session:
             )
         return sock, owned
 
-    def _connected(self, local: Any, peer: Any) -> None:
+    def _connected(self, local: SocketAddress | None, peer: SocketAddress | None) -> None:
         from .._text import printable
 
         self.connected = True
@@ -231,7 +235,7 @@ class _Session:
 
     def _stream(
         self,
-        source: Any,
+        source: SocketAddress | None,
         retry: int,
         retry_delay: float,
         timeout: float | None,
@@ -261,7 +265,7 @@ class _Session:
 
     def _datagram(
         self,
-        source: Any,
+        source: SocketAddress | None,
         retry: int,
         retry_delay: float,
         timeout: float | None,
@@ -321,11 +325,11 @@ class _Session:
     def interrupted(self) -> None:
         if self.connected:
             message = (
-                f"interrupted by {_signal_name}: connection to {self.peer} cut after "
+                f"interrupted by {self.signal_name}: connection to {self.peer} cut after "
                 f"{self.result.received} bytes in, {self.result.sent} out"
             )
         else:
-            message = f"interrupted by {_signal_name} while connecting to {self.shown}"
+            message = f"interrupted by {self.signal_name} while connecting to {self.shown}"
         # Said even with --quiet: the exit status alone would not tell a cut from a failure.
         sys.stderr.write(f"enchufe: {message}\n")
         sys.stderr.flush()
