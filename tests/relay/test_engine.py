@@ -7,6 +7,7 @@ import errno
 import itertools
 import logging
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from .conftest import (
     STEP,
     DatagramTarget,
     RelayThread,
+    StartRelay,
     Target,
     closed_by_peer,
     datagram_socket,
@@ -33,6 +35,7 @@ from .conftest import (
     exchange,
     ping,
     relay_thread,
+    wait_until,
 )
 
 
@@ -391,6 +394,13 @@ class FaultySession(StreamSession):
     whose port is in :attr:`doomed`."""
 
     doomed: ClassVar[set[int]] = set()
+    #: the session with this number raises once it has started (in the listener's handler)
+    fail_start: ClassVar[int] = 0
+
+    def start(self) -> None:
+        super().start()
+        if self.id == self.fail_start:
+            raise RuntimeError("injected start fault")
 
     def _on_client(self, events: int) -> None:
         sock = self.client_sock
@@ -413,6 +423,7 @@ def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FaultySession]]:
 
     monkeypatch.setattr(StreamRelay, "make_session", make_session)
     FaultySession.doomed = set()
+    FaultySession.fail_start = 0
     yield FaultySession
 
 
@@ -472,6 +483,29 @@ def test_a_session_whose_timer_raises_is_reset_and_the_relay_serves_the_others(
             assert line.startswith(
                 "enchufe: unexpected error in a timer: RuntimeError: injected timer fault; closed #2 "
             )
+
+
+def test_a_session_that_raises_while_starting_is_reset_and_the_listener_serves_on(
+    faulty: type[FaultySession],
+) -> None:
+    """The session starts inside the listener's handler: its failure is its own."""
+    faulty.fail_start = 1
+    with (
+        Target("tcp://127.0.0.1:0", echo) as target,
+        relay_thread(RelayConfig("tcp://127.0.0.1:0", target.address)) as running,
+    ):
+        with dial(running.address) as doomed:
+            assert closed_by_peer(doomed, 5.0)
+        with dial(running.address) as later:
+            assert ping(later, b"served afterwards\n")
+            _healthy_exchange(later, seed=3)
+        assert running.peer.is_alive()
+        (line,) = _unexpected(running)
+        assert line.startswith(
+            "enchufe: unexpected error in a handler: RuntimeError: injected start fault; closed #1 "
+        )
+        wait_until(lambda: running.relay.stats.open == 0, "the sessions to end")
+        assert running.relay.stats.cut == 1
 
 
 def test_a_stream_listener_whose_handler_raises_rests_and_serves_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -536,3 +570,55 @@ def test_a_datagram_listener_whose_receive_fails_rests_and_serves_on(monkeypatch
         )
         assert len(calls) == 4
         assert all(b - a >= 0.09 for a, b in itertools.pairwise(calls))
+
+
+# ----------------------------------------------------------------------------- the command
+
+#: ``python -c FAULTY python -m enchufe relay …``: the relay command, with the handler fault of
+#: :class:`FaultySession` (a client write starting with the marker) injected before it runs.
+FAULTY = f"""
+import socket, sys
+from enchufe.relay.stream import StreamSession
+original = StreamSession._on_client
+def _on_client(self, events):
+    sock = self.client_sock
+    if sock is not None and events & 1:
+        try:
+            if sock.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT).startswith({MARKER!r}):
+                raise RuntimeError("injected\\nfault")
+        except BlockingIOError:
+            pass
+    original(self, events)
+StreamSession._on_client = _on_client
+from enchufe.cli import main
+sys.argv = ["enchufe", *sys.argv[4:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_command_logs_one_line_and_the_traceback_only_with_debug(
+    start_relay: StartRelay, debug: bool
+) -> None:
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        options = ("--debug",) if debug else ()
+        relay = start_relay(
+            "tcp://127.0.0.1:0", target.address, *options, prefix=(sys.executable, "-c", FAULTY)
+        )
+        with dial(relay.address) as healthy, dial(relay.address) as doomed:
+            assert ping(healthy) and ping(doomed)
+            doomed.sendall(MARKER)
+            assert closed_by_peer(doomed, STEP)
+            _healthy_exchange(healthy, seed=4)
+        with dial(relay.address) as later:
+            assert ping(later)
+        line = relay.wait_err(r"^enchufe: unexpected error.*$").group(0)
+        assert line.startswith(
+            "enchufe: unexpected error in a handler: RuntimeError: injected\\nfault; closed #2 "
+        )
+        relay.signal()
+        assert relay.finish() == 0, relay.err
+        err = relay.err
+        # the event's line; with --debug, the engine's DEBUG record repeats it before the traceback
+        assert err.count("RuntimeError: injected\\nfault; closed #2") == (2 if debug else 1)
+        assert ("Traceback (most recent call last)" in err) is debug

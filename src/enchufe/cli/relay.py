@@ -190,6 +190,8 @@ def command(
         mode=parse_mode(mode),
     )
     level = _event_level()
+    if settings.debug:
+        _tracebacks()
     if workers > 1:
         return run_workers(
             config,
@@ -200,6 +202,19 @@ def command(
     relay = Relay(config, events=EventSink(_emit, level))
     relay.open()
     return relay.run().exit_status
+
+
+def _tracebacks() -> None:
+    """--debug: a handler or timer that raised in the relay (its session ended, the relay went
+    on) is also written with its traceback (the engine logs it at DEBUG level)."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("enchufe.relay")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def _event_level() -> int:
