@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import abstract_name, needs_ipv6
 
-from .conftest import STEP, assert_one_error_line, free_port, run
+from .conftest import STEP, Spawn, assert_one_error_line, free_port, run
 
 
 @pytest.fixture
@@ -253,3 +255,17 @@ def test_timed_out(full_listener: socket.socket) -> None:
     done = run("check", "--timeout", "0.3", tcp(full_listener))
     assert done.returncode == 1
     assert lines(done.stdout) == [f"{tcp(full_listener)} timed out"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_ends_a_check_at_once(
+    signum: signal.Signals, full_listener: socket.socket, spawn: Spawn
+) -> None:
+    """A check blocked in connect() (a full accept queue, --timeout 60) ends at the signal,
+    exit status 1, without waiting for the timeout."""
+    proc = spawn("--trace", "check", "--timeout", "60", tcp(full_listener))
+    proc.wait_err(r"^socket\(AF_INET, SOCK_STREAM\)")
+    time.sleep(0.2)  # into the connect() call that the trace line announced
+    proc.popen.send_signal(signum)
+    assert proc.finish(timeout=STEP) == 1, proc.err
+    assert "check interrupted" in proc.err

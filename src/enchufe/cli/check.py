@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,17 +90,59 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
                 f"e.g. {target.scheme}://127.0.0.1:{target.port or 22}"
             )
         targets.append(target)
+    _stop_on_signals()
     failed = False
     try:
-        with ThreadPoolExecutor(max_workers=min(_PARALLEL, len(targets))) as pool:
-            for outcome in pool.map(lambda t: _check(t, timeout), targets):
-                _report(outcome, json_)
-                if not outcome.ok:
-                    failed = True
+        for outcome in _check_all(targets, timeout):
+            _report(outcome, json_)
+            if not outcome.ok:
+                failed = True
     except KeyboardInterrupt:
         sys.stderr.write("enchufe: check interrupted\n")
         return 1
     return 1 if failed else 0
+
+
+def _check_all(targets: list[Any], timeout: float) -> Iterator[Outcome]:
+    """Every target's outcome, in the order given, checked ``_PARALLEL`` at a time.
+
+    Daemon threads, so that a stop signal ends the command at once instead of waiting for
+    checks still blocked in connect().
+    """
+    slots = threading.BoundedSemaphore(_PARALLEL)
+    outcomes: list[Outcome | None] = [None] * len(targets)
+    done = [threading.Event() for _ in targets]
+
+    def work(index: int) -> None:
+        try:
+            outcomes[index] = _check(targets[index], timeout)
+        except Exception as exc:  # a bug must still give one line per address, not a hang
+            outcomes[index] = Outcome(str(targets[index]), "error", 0.0, repr(exc))
+        finally:
+            slots.release()
+            done[index].set()
+
+    def start_all() -> None:
+        for index in range(len(targets)):
+            slots.acquire()
+            threading.Thread(target=work, args=(index,), daemon=True).start()
+
+    threading.Thread(target=start_all, daemon=True).start()
+    for index, finished in enumerate(done):
+        finished.wait()
+        outcome = outcomes[index]
+        assert outcome is not None
+        yield outcome
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end a check as Ctrl-C does: what was printed stands, exit status 1."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
 def _report(outcome: Outcome, as_json: bool) -> None:
