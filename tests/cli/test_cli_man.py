@@ -172,3 +172,8 @@ def test_help_imports_no_command_module() -> None:
     for name in COMMANDS:
         assert f"'enchufe.cli.{name}'" not in loaded, name
     assert "check" in done.stdout.decode()
+
+
+def test_completing_an_address_offers_the_schemes() -> None:
+    assert complete("enchufe connect tc", 2) == ["tcp://", "tcp4://", "tcp6://"]
+    assert complete("enchufe check tcp://127.0.0.1:22 unix", 3) == ["unix:", "unixgram:"]

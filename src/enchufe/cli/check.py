@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ._common import FiniteFloat, global_options, settings
+from .manpage import complete_address
 
 EXAMPLES = """\b
 Examples:
@@ -47,7 +48,7 @@ class Outcome:
 
 
 @click.command("check", epilog=EXAMPLES)
-@click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
+@click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True, shell_complete=complete_address)
 @click.option(
     "--timeout",
     type=FiniteFloat(0, min_open=True),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ._common import BoundedInt, DatagramPrinter, FiniteFloat, event, global_options
+from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
     from .._sockets import SocketFile
@@ -59,7 +60,7 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
     epilog=EXAMPLES,
     context_settings={"allow_extra_args": True},
 )
-@click.argument("address")
+@click.argument("address", shell_complete=complete_address)
 @click.option(
     "--retry",
     type=BoundedInt(0),

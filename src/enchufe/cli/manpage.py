@@ -8,9 +8,12 @@ asked for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +51,23 @@ def man_options(f: F) -> F:
         help="Print the manual page (roff) and exit: enchufe --man | man -l -",
     )(f)
     return f
+
+
+#: What an address starts with, offered when completing an ADDRESS argument.
+SCHEME_PREFIXES = (
+    "tcp://", "tcp4://", "tcp6://", "udp://", "udp4://", "udp6://", "unix:", "unixgram:",
+)  # fmt: skip
+
+
+def complete_address(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Completion for an ADDRESS argument: the schemes, until one is typed."""
+    from click.shell_completion import CompletionItem
+
+    return [
+        CompletionItem(prefix, type="plain")
+        for prefix in SCHEME_PREFIXES
+        if prefix.startswith(incomplete.lower())
+    ]
 
 
 def completion_script(cli: click.Command, shell: str) -> str:
