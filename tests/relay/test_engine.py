@@ -290,6 +290,42 @@ def test_an_on_error_that_raises_too_still_stops_the_descriptor_being_watched() 
         b.close()
 
 
+def test_a_handler_that_closed_its_descriptor_before_raising_leaves_the_numbers_new_owner_alone() -> None:
+    """Linux reuses the lowest free number: the descriptor a handler closed before raising may
+    already belong to someone else, who must be neither ended nor unwatched."""
+    reports = Reports()
+    loop = Loop(report=reports)
+    a, b = socket.socketpair()
+    fresh: list[socket.socket] = []
+    ended: list[str] = []
+    reused: list[int] = []
+
+    def bad(events: int) -> None:
+        number = b.fileno()
+        loop.forget(number)
+        b.close()
+        new, partner = socket.socketpair()
+        fresh.extend([new, partner])
+        if new.fileno() == number:
+            reused.append(number)
+            loop.register(number, READ, lambda events: None, lambda exc: ended.append("innocent") or "")
+        raise RuntimeError("after closing")
+
+    try:
+        loop.register(b.fileno(), READ, bad, lambda exc: ended.append("owner") or "")
+        a.send(b"x")
+        loop.run(until=lambda: bool(reports.lines))
+        assert reused, "the new socket did not get the closed one's number"
+        assert not ended
+        assert loop.watching(reused[0])
+        (line, _exc), *_ = reports.lines
+        assert line.endswith("RuntimeError: after closing; its work is skipped; the relay goes on")
+    finally:
+        loop.close()
+        for sock in (a, b, *fresh):
+            sock.close()
+
+
 def test_a_timer_that_raises_ends_its_owner_and_later_timers_still_fire() -> None:
     reports = Reports()
     loop = Loop(report=reports)

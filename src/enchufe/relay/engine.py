@@ -251,7 +251,7 @@ class Loop:
                     except MemoryError:
                         raise
                     except Exception as exc:
-                        self._failed(exc, self._on_error.get(fd), fd, "a handler")
+                        self._handler_failed(exc, fd)
                 elif fd == wake_fd:
                     self._drain_wake()
             if always:
@@ -270,12 +270,20 @@ class Loop:
                     except MemoryError:
                         raise
                     except Exception as exc:
-                        self._failed(exc, self._on_error.get(fd), fd, "a handler")
+                        self._handler_failed(exc, fd)
 
     def fail(self, exc: Exception, on_error: OnError | None) -> None:
         """``exc`` escaped from code run for an owner outside a handler of its own (a session
         started by a listener's handler): end that owner as if its handler had raised."""
         self._failed(exc, on_error, None, "a handler")
+
+    def _handler_failed(self, exc: Exception, fd: int) -> None:
+        if fd in self._stale:
+            # It forgot (closed) its descriptor before raising: whoever registered that number
+            # since is someone else, to be left alone; its owner is not known any more.
+            self._failed(exc, None, None, "a handler")
+        else:
+            self._failed(exc, self._on_error.get(fd), fd, "a handler")
 
     def _failed(self, exc: Exception, on_error: OnError | None, fd: int | None, where: str) -> None:
         """A handler or timer raised: end its owner, say so in one line, and go on."""
