@@ -357,6 +357,7 @@ def test_untrusted_name_in_an_error_stays_on_one_line() -> None:
         (("localhost", "http"), "write tcp://localhost:80"),
         (("127.0.0.1:80",), "write tcp://127.0.0.1:80"),
         (("a", "b", "c"), "one address, not 3"),
+        (("tcp://127.0.0.1:80", "extra"), "one address, not 2"),
         (("tcp://1.2.3:80",), "tcp://1.2.0.3:80"),
         (("tcp://127.0.0.1:nosuch",), "unknown tcp service"),
         (("exec:cat",), "needs a socket address"),

@@ -46,11 +46,12 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
         try:
             suggestion = str(parse(f"tcp://{host}:{extra[0]}"))
         except AddressError:
-            suggestion = "tcp://127.0.0.1:9000"
-        return UsageError(
-            f"connect takes one address, not HOST PORT as nc does ({shown}): "
-            f"write {suggestion} (or udp://…, unix:…)"
-        )
+            pass
+        else:
+            return UsageError(
+                f"connect takes one address, not HOST PORT as nc does ({shown}): "
+                f"write {suggestion} (or udp://…, unix:…)"
+            )
     return UsageError(f"connect takes one address, not {len(extra) + 1} ({shown}); e.g. tcp://127.0.0.1:9000")
 
 
