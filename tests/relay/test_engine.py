@@ -300,6 +300,13 @@ def test_a_handler_that_closed_its_descriptor_before_raising_leaves_the_numbers_
     ended: list[str] = []
     reused: list[int] = []
 
+    def ends(who: str) -> Callable[[Exception], str]:
+        def on_error(exc: Exception) -> str:
+            ended.append(who)
+            return f"ended {who}"
+
+        return on_error
+
     def bad(events: int) -> None:
         number = b.fileno()
         loop.forget(number)
@@ -308,11 +315,11 @@ def test_a_handler_that_closed_its_descriptor_before_raising_leaves_the_numbers_
         fresh.extend([new, partner])
         if new.fileno() == number:
             reused.append(number)
-            loop.register(number, READ, lambda events: None, lambda exc: ended.append("innocent") or "")
+            loop.register(number, READ, lambda events: None, ends("innocent"))
         raise RuntimeError("after closing")
 
     try:
-        loop.register(b.fileno(), READ, bad, lambda exc: ended.append("owner") or "")
+        loop.register(b.fileno(), READ, bad, ends("owner"))
         a.send(b"x")
         loop.run(until=lambda: bool(reports.lines))
         assert reused, "the new socket did not get the closed one's number"
