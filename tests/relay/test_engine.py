@@ -665,3 +665,42 @@ def test_the_command_logs_one_line_and_the_traceback_only_with_debug(
         # the event's line; with --debug, the engine's DEBUG record repeats it before the traceback
         assert err.count("RuntimeError: injected\\nfault; closed #2") == (2 if debug else 1)
         assert ("Traceback (most recent call last)" in err) is debug
+
+
+def test_a_datagram_session_whose_handler_raises_is_ended_and_the_relay_serves_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The target's answer to the marker makes that session's upstream handler raise."""
+    original = DatagramRelay._on_upstream
+
+    def on_upstream(self: DatagramRelay, session: Any, events: int) -> None:
+        if events & READ:
+            with contextlib.suppress(BlockingIOError):
+                if session.sock.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT).startswith(MARKER):
+                    raise RuntimeError("injected datagram fault")
+        original(self, session, events)
+
+    monkeypatch.setattr(DatagramRelay, "_on_upstream", on_upstream)
+    with (
+        DatagramTarget("udp://127.0.0.1:0") as target,
+        relay_thread(RelayConfig("udp://127.0.0.1:0", target.address)) as running,
+        datagram_socket(running.address, timeout=STEP) as healthy,
+        datagram_socket(running.address, timeout=STEP) as doomed,
+    ):
+        for sock, payload in ((healthy, b"one"), (doomed, b"two")):
+            sock.send(payload)
+            assert sock.recv(100) == payload
+        doomed.send(MARKER)
+        wait_until(lambda: running.relay.stats.cut == 1, "the session to be ended")
+        for index in range(100):  # the others go on; the doomed sender gets a new session
+            for sock in (healthy, doomed):
+                payload = b"%d" % index
+                sock.send(payload)
+                assert sock.recv(100) == payload
+        assert running.peer.is_alive()
+        (line,) = _unexpected(running)
+        assert line == (
+            "enchufe: unexpected error in a handler: RuntimeError: injected datagram fault; "
+            f"closed session #2 udp://127.0.0.1:{doomed.getsockname()[1]}; the relay goes on"
+        )
+        assert running.relay.stats.total == 3
