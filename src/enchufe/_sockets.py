@@ -633,18 +633,36 @@ def explain_unix_failure(address: object, exc: OSError, what: str) -> NetworkErr
     Linux answers ECONNREFUSED for a path that is not a socket at all (a regular file, a
     directory), which would send the user looking for a server that is not there; ENOENT means
     no socket file (yet); EACCES is about the file's or its folder's permissions, not a port.
+    A datagram sent to a unix peer (a server's reply) fails the same ways when that peer closed
+    its socket or removed its file: said so, not "start the server" nor "the port answered".
     ``None`` when the errno's own translation says it well.
     """
-    if not isinstance(address, UnixAddress) or address.path is None:
+    if not isinstance(address, UnixAddress):
+        return None
+    action = what.split(" ", 1)[0]
+    sending = action != "connect"
+    if address.path is None:  # an abstract name: no file to look at
+        if sending and exc.errno == errno.ECONNREFUSED:
+            name = printable(str(address))
+            return ConnectionRefused(
+                f"cannot {what}: nothing receives on {name} any more (its socket is closed)",
+                errno=errno.ECONNREFUSED,
+                action=action,
+            )
         return None
     path = printable(address.path)
-    action = what.split(" ", 1)[0]
     if exc.errno == errno.ECONNREFUSED:
         try:
             st = os.stat(address.path)
         except OSError:
             return None
         if stat.S_ISSOCK(st.st_mode):
+            if sending:
+                return ConnectionRefused(
+                    f"cannot {what}: nothing receives on {path} any more (its socket is closed)",
+                    errno=errno.ECONNREFUSED,
+                    action=action,
+                )
             return None  # a socket nobody accepts on: "connection refused" says it
         found = (
             "a directory"
@@ -659,8 +677,9 @@ def explain_unix_failure(address: object, exc: OSError, what: str) -> NetworkErr
             action=action,
         )
     if exc.errno == errno.ENOENT:
+        hint = "start the server first" + (", or the peer has gone" if sending else "")
         return ConnectionRefused(
-            f"cannot {what}: no such socket file {path} (start the server first)",
+            f"cannot {what}: no such socket file {path} ({hint})",
             errno=errno.ENOENT,
             action=action,
         )

@@ -471,11 +471,12 @@ def test_a_member_that_leaves_stops_the_wait_for_it(
 def test_unixgram_peer_that_vanishes_leaves_and_the_others_still_get_everything(
     chat_server: Callable[..., Any], enchufe_folder: str, serve_log: LogRecords
 ) -> None:
-    """A unix peer that removes its socket file cannot be reached: it leaves the room (said),
-    and the peers after it still get every message."""
+    """A unix peer that removes its socket file cannot be reached: it leaves the room (said on
+    one line, its name escaped once), and the peers after it still get every message."""
     running = chat_server("unixgram")
     address = str(running.address)
-    peers = [enchufe.bind_datagram(f"unixgram://{enchufe_folder}/p{i}.sock") for i in range(3)]
+    names = ["p0.sock", "p\n1.sock", "p2.sock"]  # the one that goes has a newline in its name
+    peers = [enchufe.bind_datagram(f"unixgram://{enchufe_folder}/{name}") for name in names]
     try:
         sessions = running.server.sessions
         for i, sock in enumerate(peers):
@@ -486,7 +487,7 @@ def test_unixgram_peer_that_vanishes_leaves_and_the_others_still_get_everything(
             for _ in range(2 - i):  # the joins of those after it
                 assert b"joins" in sock.recv()
         gone = peers.pop(1)
-        os.unlink(f"{enchufe_folder}/p1.sock")
+        os.unlink(f"{enchufe_folder}/{names[1]}")
         gone.close()
         for n in range(3):
             peers[0].sendto(b"message %d\n" % n, address)
@@ -494,7 +495,11 @@ def test_unixgram_peer_that_vanishes_leaves_and_the_others_still_get_everything(
         peers[1].sendto(b"reply\n", address)
         assert peers[0].recv().endswith(b": reply\n")
         assert len(running.server.sessions) == 2
-        assert serve_log.wait_for("p1.sock left").startswith(f"unixgram://{enchufe_folder}/p1.sock left: ")
+        message = serve_log.wait_for("1.sock left")
+        shown = f"{enchufe_folder}/p\\n1.sock"
+        assert message.startswith(f"unixgram://{shown} left: cannot send ")
+        assert message.endswith(f"no such socket file {shown} (start the server first, or the peer has gone)")
+        assert "\n" not in message and "\\\\" not in message
     finally:
         for sock in peers:
             sock.close()

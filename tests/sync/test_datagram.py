@@ -324,3 +324,24 @@ def test_sendto_an_unbound_unix_sender_says_it_cannot_be_answered(make_address: 
         assert sender is None
         with pytest.raises(UsageError, match="unbound unix socket"):
             mailbox.sendto(b"reply", sender)
+
+
+@pytest.mark.parametrize("kind", ["unixgram", "unixgram-stale-file", "unixgram-abstract"])
+def test_a_reply_to_a_unix_peer_that_has_gone_says_so(kind: str, make_address: Callable[[str], str]) -> None:
+    """A server answering a unix peer that closed its socket (or removed its file) is told that
+    the peer has gone: not "start the server first", nor that a port answered 'unreachable'."""
+    with enchufe.bind_datagram(make_address(kind.replace("-stale-file", ""))) as server:
+        address = make_address(kind.replace("-stale-file", ""))
+        if kind == "unixgram-stale-file":  # closed, its file left behind: ECONNREFUSED
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as raw:
+                raw.bind(address.removeprefix("unixgram://"))
+        else:  # enchufe removes its socket file on close (ENOENT); an abstract name just goes
+            enchufe.bind_datagram(address).close()
+        with pytest.raises(enchufe.ConnectionRefused) as info:
+            server.sendto(b"reply", address)
+    message = str(info.value)
+    assert "port" not in message
+    if kind == "unixgram":
+        assert message.endswith("(start the server first, or the peer has gone)")
+    else:
+        assert message.endswith("any more (its socket is closed)")

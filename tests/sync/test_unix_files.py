@@ -438,7 +438,8 @@ def test_connecting_to_a_missing_path_says_start_the_server(how: str, sock_dir: 
     with pytest.raises(enchufe.ConnectionRefused) as info:
         CONNECTORS[how](path)
     message = str(info.value)
-    assert f"no such socket file {path} (start the server first)" in message
+    hint = "start the server first" + (", or the peer has gone" if how == "sendto" else "")
+    assert f"no such socket file {path} ({hint})" in message
     assert "--" not in message  # the library never names a command-line option
     assert info.value.retryable
 

@@ -38,7 +38,7 @@ from .._serving import (
     is_exhaustion,
     log,
 )
-from .._text import printable
+from .._text import one_line, printable
 from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from ..errors import (
     ClosedError,
@@ -260,7 +260,7 @@ class Server:
                 if not is_exhaustion(exc):
                     raise
                 self.stats.exhaustion_pauses += 1
-                log.warning("accept on %s: %s; pausing %.2f s", listener.address, _shown(exc), pause)
+                log.warning("accept on %s: %s; pausing %.2f s", listener.address, _message(exc), pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), pause)
                 pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
@@ -290,7 +290,7 @@ class Server:
             log.info("closed %s: idle for %g s", _shown(conn.peer_address), self.idle_timeout)
         except EnchufeError as exc:
             self.stats.failed += 1
-            log.info("connection from %s ended: %s", _shown(conn.peer_address), _shown(exc))
+            log.info("connection from %s ended: %s", _shown(conn.peer_address), _message(exc))
         except asyncio.CancelledError:
             if _cancelled():
                 self.stats.cut += 1
@@ -350,10 +350,10 @@ class Server:
                 continue
             except DatagramTruncated as exc:
                 self.stats.truncated += 1
-                log.warning("%s", _shown(exc))
+                log.warning("%s", _message(exc))
                 continue
             except NetworkError as exc:  # e.g. an ICMP error queued on the socket
-                log.info("on %s: %s", sock.local_address, _shown(exc))
+                log.info("on %s: %s", sock.local_address, _message(exc))
                 continue
             sock.set_timeout(None)  # the deadline was for waiting, not for the handler's replies
             self.stats.datagrams += 1
@@ -373,9 +373,9 @@ class Server:
                 if sock.closed:
                     return  # shutdown() closed our socket under the handler
                 # Something of the handler's own was closed: that datagram's failure only.
-                log.info("datagram from %s: %s", _shown(sender), _shown(exc))
+                log.info("datagram from %s: %s", _shown(sender), _message(exc))
             except EnchufeError as exc:
-                log.info("datagram from %s: %s", _shown(sender), _shown(exc))
+                log.info("datagram from %s: %s", _shown(sender), _message(exc))
             except asyncio.CancelledError:
                 if _cancelled():
                     raise
@@ -398,6 +398,11 @@ def _shown(value: object) -> str:
     """A peer's address, or an error that names one, safe on a log line (peers choose their
     unix names: a newline there must not start a line of their own)."""
     return printable(str(value))
+
+
+def _message(exc: BaseException) -> str:
+    """An error's message on one line (it may name a peer; names it shows escaped stay so)."""
+    return one_line(str(exc))
 
 
 def _new_state(_peer: object) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from .._serving import log
-from .._text import printable
+from .._text import one_line, printable
 from ..address import InetAddress, SocketAddress
 from ..aio.serve import Datagram, deliver
 from ..aio.stream import Connection
@@ -208,7 +208,7 @@ class ChatRoom:
                     member.wake.clear()
                     await member.wake.wait()
         except EnchufeError as exc:  # reset, or gone: it leaves the room at once
-            log.info("%s: %s", printable(member.name), printable(str(exc)))
+            log.info("%s: %s", printable(member.name), one_line(str(exc)))
             self._leave(member)
             if member.reader is not None:
                 member.reader.cancel()
@@ -233,12 +233,12 @@ class ChatRoom:
                 delivered = await deliver(datagram.socket, message, peer)
             except MessageTooLarge as exc:
                 # Too large for anyone (the name made it so): the others get nothing of it.
-                log.warning("%s: not forwarded: %s", printable(str(sender)), printable(str(exc)))
+                log.warning("%s: not forwarded: %s", printable(str(sender)), one_line(str(exc)))
                 return
             except NetworkError as exc:
                 # It cannot be reached any more (a unix peer that removed its socket file):
                 # it leaves the room, and the peers after it still get the message.
-                log.warning("%s left: %s", printable(str(peer)), printable(str(exc)))
+                log.warning("%s left: %s", printable(str(peer)), one_line(str(exc)))
                 if datagram.peers is not None:
                     datagram.peers.remove(peer)
                 continue
