@@ -119,9 +119,10 @@ EXIT_STATUS = [
 
 SIGNALS = [
     ("SIGINT, SIGTERM", "servers stop accepting and drain open connections (--drain-timeout); a "
-     "second signal cuts them.  connect cuts its connection and says so (exit status 1)."),
+     "second signal cuts them.  connect cuts its connection and says so, check stops at once "
+     "(exit status 1 for both)."),
     ("SIGHUP", "the terminal went away: the same clean stop as SIGTERM; socket files are "
-     "removed and exec: children ended and reaped."),
+     "removed and exec: children ended and reaped; connect and check stop as for SIGTERM."),
     ("SIGUSR1", "a TLS server or relay reloads its certificates, keys and CAs."),
 ]  # fmt: skip
 
