@@ -439,6 +439,14 @@ class FaultySession(StreamSession):
     doomed: ClassVar[set[int]] = set()
     #: the session with this number raises once it has started (in the listener's handler)
     fail_start: ClassVar[int] = 0
+    #: the session with this number raises the first time it is cut
+    fail_cut: ClassVar[int] = 0
+
+    def cut(self, reason: str) -> None:
+        if self.id == self.fail_cut:
+            FaultySession.fail_cut = 0
+            raise RuntimeError("injected cut fault")
+        super().cut(reason)
 
     def start(self) -> None:
         super().start()
@@ -467,6 +475,7 @@ def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FaultySession]]:
     monkeypatch.setattr(StreamRelay, "make_session", make_session)
     FaultySession.doomed = set()
     FaultySession.fail_start = 0
+    FaultySession.fail_cut = 0
     yield FaultySession
 
 
@@ -549,6 +558,26 @@ def test_a_session_that_raises_while_starting_is_reset_and_the_listener_serves_o
         )
         wait_until(lambda: running.relay.stats.open == 0, "the sessions to end")
         assert running.relay.stats.cut == 1
+
+
+def test_a_session_that_cannot_be_cut_keeps_neither_the_others_open_nor_the_relay_running(
+    faulty: type[FaultySession],
+) -> None:
+    faulty.fail_cut = 1
+    with (
+        Target("tcp://127.0.0.1:0", echo) as target,
+        relay_thread(RelayConfig("tcp://127.0.0.1:0", target.address)) as running,
+    ):
+        with dial(running.address) as doomed, dial(running.address) as healthy:
+            assert ping(doomed) and ping(healthy)
+            running.relay.stop(now=True)
+            assert closed_by_peer(healthy, STEP)
+            assert closed_by_peer(doomed, STEP)  # closed the way a failed session is
+            running.peer.result(STEP)  # the relay ended
+        (line,) = _unexpected(running)
+        assert line.startswith(
+            "enchufe: unexpected error in a handler: RuntimeError: injected cut fault; closed #1 "
+        )
 
 
 def test_a_stream_listener_whose_handler_raises_rests_and_serves_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -471,10 +471,16 @@ class StreamRelay:
             self._on_listener_closed()
 
     def abort_all(self, reason: str) -> int:
-        """Close every session now (each peer sees a reset); how many there were."""
+        """Close every session now (each peer sees a reset); how many there were.  One that
+        raises is reported, closed the way a failed session is if it can be, and dropped: it
+        must not keep the others open, nor the relay running."""
         sessions = list(self.sessions)
         for session in sessions:
-            session.cut(reason)
+            try:
+                session.cut(reason)
+            except Exception as exc:
+                self.loop.fail(exc, session.crashed)
+                self.sessions.discard(session)
         return len(sessions)
 
     def close(self) -> None:
