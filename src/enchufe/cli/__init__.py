@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from ._common import Settings, flag_hint, global_options, one_line, settings
+from .._text import one_line
+from ._common import Settings, flag_hint, global_options, settings
 from .manpage import man_options
 
 # name → (module, one-line help).  The help is repeated here so that listing the commands
