@@ -292,3 +292,29 @@ def test_a_terminal_as_stdin_ends_with_the_targets_eof(make_address: Callable[[s
         os.close(slave)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"bye"
+
+
+def test_a_child_that_exits_leaving_a_process_holding_its_output_ends_the_session(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """The child starts something in the background (which inherits its stdout) and exits: no
+    EOF will come while that lives, yet the client hears the child's output and a close soon
+    after the child's exit (as with socat), not when the background process ends; the relay
+    stops at once on SIGTERM, with nothing to drain."""
+    program = "sleep 60 2>/dev/null & echo $!; echo done"
+    relay = start_relay(make_address("tcp4"), f"exec:sh -c {shlex.quote(program)}", "-v")
+    with dial(relay.address) as client:  # it never shuts its write side down
+        started = time.monotonic()
+        out = read_all(client)
+        waited = time.monotonic() - started
+    background = int(out.split()[0])
+    try:
+        assert out.endswith(b"\ndone\n")
+        assert waited < 10
+        assert _alive(background)  # it still holds the pipe: the close did not wait for it
+        relay.wait_err(r"exited, but a process it started holds its output open: closing")
+        relay.signal()
+        assert relay.finish() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(background, signal.SIGKILL)

@@ -25,7 +25,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .. import trace
 from ..address import ExecAddress
@@ -45,7 +45,18 @@ _RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") 
 class Child:
     """One running program: its pid, our ends of its stdin and stdout pipes."""
 
-    __slots__ = ("exited", "label", "pid", "pidfd", "session_id", "status", "stdin_w", "stdout_r", "timer")
+    __slots__ = (
+        "exited",
+        "label",
+        "on_exit",
+        "pid",
+        "pidfd",
+        "session_id",
+        "status",
+        "stdin_w",
+        "stdout_r",
+        "timer",
+    )
 
     def __init__(self, pid: int, stdin_w: int, stdout_r: int, label: str, session_id: int) -> None:
         self.pid = pid
@@ -57,6 +68,8 @@ class Child:
         self.status: int | None = None
         self.exited = False
         self.timer: Timer | None = None
+        #: Called once the child has exited and been reaped (its session may outlive it).
+        self.on_exit: Callable[[], None] | None = None
 
 
 class Children:
@@ -155,6 +168,9 @@ class Children:
                 pid=child.pid,
                 status=code,
             )
+        if child.on_exit is not None:
+            on_exit, child.on_exit = child.on_exit, None
+            on_exit()
         return True
 
     def _forget(self, child: Child) -> None:

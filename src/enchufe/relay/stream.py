@@ -36,6 +36,7 @@ import errno
 import fcntl
 import itertools
 import os
+import select
 import socket
 import stat
 import time
@@ -63,6 +64,14 @@ ACCEPT_BATCH = 64
 
 #: First delay before connecting again to a unix target whose backlog is full (EAGAIN: nothing
 #: was started); doubled up to :data:`MAX_RETRY_DELAY` until the connect timeout.
+#: After an exec: child exits, how long its session waits for the EOF of its stdout before it
+#: counts as ended anyway: a process the child started in the background may hold the pipe
+#: open for as long as it lives, and the client would wait for it (socat waits 0.5 s too).
+CHILD_EXIT_GRACE = 0.5
+#: Longest pause between two looks at a session whose exited child left output on its way to
+#: a client that reads slowly.
+CHILD_EXIT_RECHECK_MAX = 5.0
+
 FIRST_RETRY_DELAY = 0.005
 MAX_RETRY_DELAY = 0.2
 
@@ -548,6 +557,7 @@ class StreamSession:
     """One client relayed to the target: open the target, then two pumps until both are done."""
 
     __slots__ = (
+        "_child_timer",
         "_connect_timer",
         "_idle_timer",
         "_last_active",
@@ -594,6 +604,7 @@ class StreamSession:
         self._connect_timer: Timer | None = None
         self._retry_timer: Timer | None = None
         self._idle_timer: Timer | None = None
+        self._child_timer: Timer | None = None
         self._retry_delay = FIRST_RETRY_DELAY
 
     def peer_label(self) -> str:
@@ -650,6 +661,7 @@ class StreamSession:
             self._fail_connect(f"cannot run {program}: {reason.lower()}")
             return
         self.child = child
+        child.on_exit = lambda: self._child_exited(CHILD_EXIT_GRACE)
         self.target = Side(rfd=child.stdout_r, wfd=child.stdin_w)
         if relay.events.wants(1):
             relay.events(
@@ -1021,6 +1033,35 @@ class StreamSession:
         relay.stats.cut += 1
         self._end("idle", abortive=True, error=f"no traffic for {relay.idle_timeout:g} s (--idle-timeout)")
 
+    def _child_exited(self, delay: float, check: bool = False) -> None:
+        """The exec: child has exited: once what it wrote is through (``delay`` seconds later,
+        then less and less often while a slow client still reads it), the session is over, even
+        if a process the child left behind holds its stdout open, so that no EOF would come."""
+        self._child_timer = None
+        if self.state == _CLOSED:
+            return
+        down = self.down
+        target = self.target
+        if check and down is not None and target is not None:
+            if down.done:
+                return  # its output's EOF came: the session goes on as any half-closed one
+            if not (down.in_flight > 0 or (target.rfd >= 0 and _readable(target.rfd))):
+                if self.relay.events.wants(1):
+                    self.relay.events(
+                        "exec",
+                        f"#{self.id} {self.relay.target_label} exited, but a process it started holds "
+                        "its output open: closing",
+                        level=1,
+                        id=self.id,
+                        pid=self.child.pid,
+                    )
+                self._end("done")
+                return
+            delay = min(delay * 2, CHILD_EXIT_RECHECK_MAX)
+        self._child_timer = self.relay.loop.call_later(
+            delay, lambda: self._child_exited(delay, check=True), self.crashed
+        )
+
     # -- ending
 
     def cut(self, reason: str) -> None:
@@ -1050,10 +1091,10 @@ class StreamSession:
             return
         self.state = _CLOSED
         relay = self.relay
-        for timer in (self._connect_timer, self._retry_timer, self._idle_timer):
+        for timer in (self._connect_timer, self._retry_timer, self._idle_timer, self._child_timer):
             if timer is not None:
                 timer.cancel()
-        self._connect_timer = self._retry_timer = self._idle_timer = None
+        self._connect_timer = self._retry_timer = self._idle_timer = self._child_timer = None
         for pump in (self.up, self.down):
             if pump is not None:
                 pump.discard()
@@ -1084,6 +1125,13 @@ class StreamSession:
                 seconds=round(seconds, 6),
                 **({"error": error} if error else {}),
             )
+
+
+def _readable(fd: int) -> bool:
+    """Something (data, or the EOF) waits to be read on ``fd`` now."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _want(
