@@ -2,13 +2,32 @@
 
 ``recv_exactly`` and ``recv_until`` read more than they return; what is left over waits here
 for the next call.  Each ``take_*`` method returns the bytes when it can, or ``None`` when the
-caller must receive more and :meth:`feed` it.
+caller must receive more and :meth:`feed` it.  The sizes every receiver uses are here too.
 """
 
 from __future__ import annotations
 
 from . import _ranges
 from .errors import IncompleteRead, ProtocolError, UsageError
+
+#: What one ``recv()`` asks the kernel for by default: 64 KiB matches the loopback MTU and
+#: typical socket buffers, so one call usually drains what is there without a huge allocation.
+DEFAULT_RECV_SIZE = 65536
+
+#: The most one ``recv()`` of ``recv_exactly`` asks for.  A peer declares a size, not the bytes:
+#: asking the kernel for all of it at once would allocate it all before a byte arrives (a
+#: 1 GiB length prefix, then nothing, must not cost 1 GiB).  What is buffered then grows only
+#: with what really arrives.
+MAX_RECV_CHUNK = 256 * 1024
+
+#: ``recv_until`` gives up after this many bytes without the delimiter: a peer that never sends
+#: one must not make us buffer without bound.
+DEFAULT_MAX_UNTIL = 65536
+
+#: Receive buffer for one datagram.  The largest UDP payload is 65,507 bytes (IPv4) / 65,527
+#: (IPv6), so 64 KiB never truncates UDP; unix datagrams may be larger (up to the socket's
+#: send buffer) and are reported as truncated rather than silently cut.
+DEFAULT_MAX_DATAGRAM = 65536
 
 
 class ReceiveBuffer:

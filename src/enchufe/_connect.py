@@ -1,6 +1,7 @@
-"""The retry policy of ``connect``, without I/O: shared by the sync and async endpoints.
+"""How the openers begin, without I/O: shared by the sync and async endpoints.
 
-::
+:func:`socket_address` checks that an address fits the opener it was given to; the retry
+policy of ``connect`` is a :class:`ConnectPlan`::
 
     plan = ConnectPlan(address, retries=3, retry_delay=0.5)
     for delay in plan:              # one round per attempt; stops early on errors not worth retrying
@@ -18,8 +19,29 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from . import _ranges
-from .address import SocketAddress
-from .errors import NetworkError, translate
+from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
+from .errors import AddressError, NetworkError, translate
+
+#: Seconds between connection attempts when retrying: long enough not to hammer a server that
+#: is starting, short enough that a script waiting for one notices it quickly.
+DEFAULT_RETRY_DELAY = 0.5
+
+
+def socket_address(address: Address | str, *, stream: bool, role: str) -> SocketAddress:
+    """``address`` parsed, if it is a socket address of the right kind for the opener ``role``
+    (``listen``, ``connect``, ``bind_datagram``, ``connect_datagram``); else an
+    :class:`~enchufe.errors.AddressError` saying which addresses that opener takes."""
+    value = parse(address) if isinstance(address, str) else address
+    if not isinstance(value, InetAddress | UnixAddress):
+        raise AddressError(f"{value}: {role} needs a socket address (tcp://, udp://, unix:, unixgram:)")
+    if value.is_stream != stream:
+        if stream:
+            raise AddressError(
+                f"{value}: {role} needs a stream address (tcp://, unix:); "
+                f"for datagrams use {'bind_datagram' if role == 'listen' else 'connect_datagram'}"
+            )
+        raise AddressError(f"{value}: {role} needs a datagram address (udp://, unixgram:)")
+    return value
 
 
 class ConnectPlan:

@@ -6,6 +6,7 @@ import errno
 import logging
 from dataclasses import dataclass
 
+from .address import SocketAddress
 from .errors import NetworkError
 
 log = logging.getLogger("enchufe.serve")
@@ -43,6 +44,36 @@ _EXHAUSTION = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 def is_exhaustion(exc: NetworkError) -> bool:
     """accept() failed because the process or system ran out of descriptors or memory."""
     return exc.errno in _EXHAUSTION
+
+
+class StalledPeers:
+    """The unix peers of one datagram socket that made a server wait in vain for room in their
+    queue (see :data:`DELIVER_PATIENCE`): ``peer in stalled`` until they take a datagram again.
+
+    At most :data:`MAX_STALLED_PEERS` are remembered; past that the memory is cleared, so a
+    server that many peers stall stays small, and a peer forgotten costs one more wait.
+    """
+
+    __slots__ = ("_peers",)
+
+    def __init__(self) -> None:
+        self._peers: set[SocketAddress] = set()
+
+    def __contains__(self, peer: SocketAddress) -> bool:
+        return peer in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def recovered(self, peer: SocketAddress) -> None:
+        """``peer`` took a datagram: the next ones for it wait for room again."""
+        self._peers.discard(peer)
+
+    def gave_up(self, peer: SocketAddress) -> None:
+        """``peer`` made us wait :data:`DELIVER_PATIENCE` in vain: drop its next datagrams at once."""
+        if len(self._peers) >= MAX_STALLED_PEERS:
+            self._peers.clear()
+        self._peers.add(peer)
 
 
 @dataclass

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _sockets
+from ._buffer import DEFAULT_MAX_DATAGRAM
 from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
 from .sync import Connection, DatagramSocket
-from .sync.datagram import DEFAULT_MAX_DATAGRAM
 
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
 

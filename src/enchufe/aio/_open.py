@@ -8,10 +8,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .. import _ranges, _sockets
-from .._connect import ConnectPlan
+from .._connect import DEFAULT_RETRY_DELAY, ConnectPlan, socket_address
 from .._sockets import DEFAULT_BACKLOG, SocketFile, Target, open_datagram, open_listener
 from ..address import Address, UnixAddress
-from ..sync import DEFAULT_RETRY_DELAY, _socket_address
 from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
 from ._wait import wait_writable
 from .datagram import DatagramSocket
@@ -55,7 +54,7 @@ async def listen(
 ) -> Listener:
     """Like :func:`enchufe.listen`, for asyncio."""
     sock, real, owned = open_listener(
-        _socket_address(address, stream=True, role="listen"),
+        socket_address(address, stream=True, role="listen"),
         backlog=backlog,
         mode=mode,
         reuse_port=reuse_port,
@@ -68,7 +67,7 @@ async def bind_datagram(
 ) -> DatagramSocket:
     """Like :func:`enchufe.bind_datagram`, for asyncio."""
     sock, real, owned = open_datagram(
-        _socket_address(address, stream=False, role="bind_datagram"), mode=mode, reuse_port=reuse_port
+        socket_address(address, stream=False, role="bind_datagram"), mode=mode, reuse_port=reuse_port
     )
     return DatagramSocket(_SyncDatagramSocket(sock, owned=owned, local_address=real))
 
@@ -81,7 +80,7 @@ async def connect(
     retry_delay: float = DEFAULT_RETRY_DELAY,
 ) -> Connection:
     """Like :func:`enchufe.connect`, for asyncio: each attempt a new socket, ``timeout`` each."""
-    target = _socket_address(address, stream=True, role="connect")
+    target = socket_address(address, stream=True, role="connect")
     sock, _owned = await _open_connection(target, timeout, retries, retry_delay)
     return Connection(sock)
 
@@ -94,7 +93,7 @@ async def connect_datagram(
     retry_delay: float = DEFAULT_RETRY_DELAY,
 ) -> DatagramSocket:
     """Like :func:`enchufe.connect_datagram`, for asyncio (unixgram clients get a reply address)."""
-    target = _socket_address(address, stream=False, role="connect_datagram")
+    target = socket_address(address, stream=False, role="connect_datagram")
     sock, owned = await _open_connection(target, timeout, retries, retry_delay)
     return DatagramSocket(_SyncDatagramSocket(sock, owned=owned, peer_address=target))
 

@@ -7,10 +7,10 @@ import socket
 from types import TracebackType
 
 from .. import _ranges
-from .._serving import UNIX_SEND_RETRY, UNIX_SEND_RETRY_MAX
+from .._buffer import DEFAULT_MAX_DATAGRAM
+from .._serving import UNIX_SEND_RETRY, UNIX_SEND_RETRY_MAX, StalledPeers
 from ..address import SocketAddress
 from ..errors import ClosedError, TimedOut
-from ..sync.datagram import DEFAULT_MAX_DATAGRAM
 from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
 from ._wait import Readiness
 
@@ -45,6 +45,11 @@ class DatagramSocket:
     @property
     def peer_address(self) -> SocketAddress | None:
         return self._inner.peer_address
+
+    @property
+    def stalled_peers(self) -> StalledPeers:
+        """Unix peers that made a server wait in vain (see :func:`enchufe.aio.serve.deliver`)."""
+        return self._inner.stalled_peers
 
     @property
     def address(self) -> SocketAddress:

@@ -33,7 +33,6 @@ from .._serving import (
     DELIVER_PATIENCE,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
-    MAX_STALLED_PEERS,
     ServeStats,
     is_exhaustion,
     log,
@@ -109,9 +108,9 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     if sock.socket.family != socket.AF_UNIX:
         await sock.sendto(data, peer)
         return True
-    stalled = sock._inner._stalled
+    stalled = sock.stalled_peers
     if sock.sendto_nowait(data, peer):
-        stalled.discard(peer)
+        stalled.recovered(peer)
         return True
     if peer in stalled:
         return False  # it already made us wait in vain: dropped at once until it reads again
@@ -119,9 +118,7 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
         async with asyncio.timeout(DELIVER_PATIENCE):
             await sock.sendto(data, peer)  # backs off while the receiver's queue is full
     except (TimeoutError, TimedOut):
-        if len(stalled) >= MAX_STALLED_PEERS:
-            stalled.clear()
-        stalled.add(peer)
+        stalled.gave_up(peer)
         return False
     return True
 

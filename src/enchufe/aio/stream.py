@@ -8,17 +8,12 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 
 from .. import _ranges, _sockets, framing
-from .._buffer import ReceiveBuffer
+from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE, MAX_RECV_CHUNK, ReceiveBuffer
 from ..address import SocketAddress, from_sockaddr
 from ..errors import ClosedError, ConnectionReset, IncompleteRead, translate
-from ..sync.stream import MAX_RECV_CHUNK
 from ._wait import Readiness
 
 __all__ = ["Connection", "Listener"]
-
-#: Same as the sync side: one 64 KiB read usually drains what loopback delivered.
-DEFAULT_RECV_SIZE = 65536
-DEFAULT_MAX_UNTIL = 65536
 
 
 class Connection:

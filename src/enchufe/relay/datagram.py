@@ -66,6 +66,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _sockets, trace
+from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix datagram is counted as truncated
 from .._sockets import SocketFile, Target, autobind_unix, new_socket, recv_datagram_into, send_datagram
 from .._text import printable
 from ..address import from_sockaddr
@@ -87,10 +88,6 @@ __all__ = [
 
 #: Datagrams one readiness event takes from a socket before serving the others.
 BATCH = 64
-
-#: Largest datagram relayed, by default: the largest UDP payload (65,507 bytes over IPv4, 65,527
-#: over IPv6) fits; a larger unix datagram is counted as truncated and dropped.
-DEFAULT_MAX_DATAGRAM = 65536
 
 #: Receive (and send) buffer asked for the relay's datagram sockets: a burst of 64-byte UDP
 #: datagrams queues about 1 KiB of kernel memory each, so the default 208 KiB holds only ~200;

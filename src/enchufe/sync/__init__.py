@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from .._connect import DEFAULT_RETRY_DELAY, socket_address
 from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_listener
-from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
-from ..errors import AddressError
+from ..address import Address
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
@@ -17,24 +17,6 @@ __all__ = [
     "connect_datagram",
     "listen",
 ]
-
-#: Seconds between connection attempts when retrying: long enough not to hammer a server that
-#: is starting, short enough that a script waiting for one notices it quickly.
-DEFAULT_RETRY_DELAY = 0.5
-
-
-def _socket_address(address: Address | str, *, stream: bool, role: str) -> SocketAddress:
-    value = parse(address) if isinstance(address, str) else address
-    if not isinstance(value, InetAddress | UnixAddress):
-        raise AddressError(f"{value}: {role} needs a socket address (tcp://, udp://, unix:, unixgram:)")
-    if value.is_stream != stream:
-        if stream:
-            raise AddressError(
-                f"{value}: {role} needs a stream address (tcp://, unix:); "
-                f"for datagrams use {'bind_datagram' if role == 'listen' else 'connect_datagram'}"
-            )
-        raise AddressError(f"{value}: {role} needs a datagram address (udp://, unixgram:)")
-    return value
 
 
 def listen(
@@ -53,7 +35,7 @@ def listen(
     ``mode`` when given.
     """
     sock, real, owned = open_listener(
-        _socket_address(address, stream=True, role="listen"),
+        socket_address(address, stream=True, role="listen"),
         backlog=backlog,
         mode=mode,
         reuse_port=reuse_port,
@@ -76,7 +58,7 @@ def connect(
     every address they resolve to is tried in order.
     """
     sock, _owned = open_connection(
-        _socket_address(address, stream=True, role="connect"),
+        socket_address(address, stream=True, role="connect"),
         timeout=timeout,
         retries=retries,
         retry_delay=retry_delay,
@@ -92,7 +74,7 @@ def bind_datagram(
     Unix socket files are handled as for :func:`listen`.
     """
     sock, real, owned = open_datagram(
-        _socket_address(address, stream=False, role="bind_datagram"),
+        socket_address(address, stream=False, role="bind_datagram"),
         mode=mode,
         reuse_port=reuse_port,
     )
@@ -111,6 +93,6 @@ def connect_datagram(
     A unixgram client is bound first to an automatic reply address (a Linux abstract name, or
     a temporary path removed on close), so that the server can answer it.
     """
-    target = _socket_address(address, stream=False, role="connect_datagram")
+    target = socket_address(address, stream=False, role="connect_datagram")
     sock, owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
     return DatagramSocket(sock, owned=owned, peer_address=target)

@@ -8,6 +8,8 @@ import socket
 from types import TracebackType
 
 from .. import _ranges, _sockets
+from .._buffer import DEFAULT_MAX_DATAGRAM
+from .._serving import StalledPeers
 from .._sockets import SockAddr
 from ..address import Address, InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
 from ..errors import (
@@ -19,11 +21,6 @@ from ..errors import (
 )
 
 __all__ = ["DatagramSocket"]
-
-#: Receive buffer for one datagram.  The largest UDP payload is 65,507 bytes (IPv4) / 65,527
-#: (IPv6), so 64 KiB never truncates UDP; unix datagrams may be larger (up to the socket's
-#: send buffer) and are reported as truncated rather than silently cut.
-DEFAULT_MAX_DATAGRAM = 65536
 
 #: Resolved destinations kept per socket, so that sendto() to a host name does not ask the
 #: resolver for every datagram; a bound keeps a socket that writes to many peers small.
@@ -58,8 +55,8 @@ class DatagramSocket:
         self._closed = False
         self._buffer = bytearray(DEFAULT_MAX_DATAGRAM)
         self._resolved: dict[SocketAddress, SockAddr] = {}
-        #: Unix peers that made a server wait in vain (see ``enchufe.sync.serve.deliver``).
-        self._stalled: set[SocketAddress] = set()
+        #: Unix peers that made a server wait in vain (see :func:`enchufe.sync.serve.deliver`).
+        self.stalled_peers = StalledPeers()
         self.local_address = local_address or from_sockaddr(sock.family, sock.type, sock.getsockname())
         self.peer_address = peer_address
 

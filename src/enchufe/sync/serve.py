@@ -37,7 +37,6 @@ from .._serving import (
     DELIVER_PATIENCE,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
-    MAX_STALLED_PEERS,
     UNIX_SEND_RETRY,
     UNIX_SEND_RETRY_MAX,
     ServeStats,
@@ -106,9 +105,9 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
     if sock.socket.family != socket.AF_UNIX:
         sock.sendto(data, peer)
         return True
-    stalled = sock._stalled
+    stalled = sock.stalled_peers
     if sock.sendto_nowait(data, peer):
-        stalled.discard(peer)
+        stalled.recovered(peer)
         return True
     if peer in stalled:
         return False  # it already made us wait in vain: dropped at once until it reads again
@@ -120,9 +119,7 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
         if sock.sendto_nowait(data, peer):
             return True
         pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
-    if len(stalled) >= MAX_STALLED_PEERS:
-        stalled.clear()
-    stalled.add(peer)
+    stalled.gave_up(peer)
     return False
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from types import TracebackType
 
 from .. import _ranges, _sockets, framing
+from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE, MAX_RECV_CHUNK
 from ..address import SocketAddress, from_sockaddr
 from ..errors import (
     ClosedError,
@@ -19,20 +20,6 @@ from ..errors import (
 )
 
 __all__ = ["Connection", "Listener"]
-
-#: What one ``recv()`` asks the kernel for by default: 64 KiB matches the loopback MTU and
-#: typical socket buffers, so one call usually drains what is there without a huge allocation.
-DEFAULT_RECV_SIZE = 65536
-
-#: The most one ``recv()`` of ``recv_exactly`` asks for.  A peer declares a size, not the bytes:
-#: asking the kernel for all of it at once would allocate it all before a byte arrives (a
-#: 1 GiB length prefix, then nothing, must not cost 1 GiB).  What is buffered then grows only
-#: with what really arrives.
-MAX_RECV_CHUNK = 256 * 1024
-
-#: ``recv_until`` gives up after this many bytes without the delimiter: a peer that never sends
-#: one must not make us buffer without bound.
-DEFAULT_MAX_UNTIL = 65536
 
 
 class Connection:

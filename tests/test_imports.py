@@ -1,0 +1,76 @@
+"""The asyncio mirror uses only what the sync side makes public: no ``_private`` name imported
+from ``enchufe.sync``, no reach into a wrapped sync object's privates (``._inner._x``).
+
+What both sides need (constants, address checks, sans-IO state) lives in the shared modules
+(``enchufe._connect``, ``enchufe._buffer``, ``enchufe._serving``) instead.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import enchufe.aio
+
+AIO = Path(enchufe.aio.__file__).parent
+
+
+def _from_sync(node: ast.ImportFrom) -> bool:
+    module = node.module or ""
+    if node.level == 0:
+        return module == "enchufe.sync" or module.startswith("enchufe.sync.")
+    # Inside enchufe/aio/, "..sync" is the sibling package.
+    return node.level == 2 and (module == "sync" or module.startswith("sync."))
+
+
+def private_reaches(source: str) -> list[str]:
+    """Each place where ``source`` (a module of enchufe.aio) uses a private of the sync side."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and _from_sync(node):
+            found += [
+                f"line {node.lineno}: imports {alias.name} from {'.' * node.level}{node.module}"
+                for alias in node.names
+                if alias.name.startswith("_")
+            ]
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "_inner"
+        ):
+            found.append(f"line {node.lineno}: reaches ._inner.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(AIO.glob("*.py")), ids=lambda p: p.name)
+def test_aio_uses_no_private_of_sync(path: Path) -> None:
+    assert private_reaches(path.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from ..sync import DEFAULT_RETRY_DELAY, _socket_address",
+        "from ..sync.datagram import _RESOLVE_CACHE_SIZE",
+        "from enchufe.sync.stream import _name",
+        "def f(sock):\n    return sock._inner._stalled",
+    ],
+)
+def test_the_check_sees_a_private_reach(source: str) -> None:
+    assert len(private_reaches(source)) == 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from ..sync.datagram import DatagramSocket as _SyncDatagramSocket",
+        "from .._connect import socket_address",
+        "from ._wait import _private_of_aio",
+        "def f(sock):\n    return sock._inner.stalled_peers",
+    ],
+)
+def test_the_check_allows_public_names(source: str) -> None:
+    assert private_reaches(source) == []
