@@ -34,6 +34,7 @@ class ReceiveBuffer:
     def __init__(self) -> None:
         self._data = bytearray()
         self._searched = 0  # bytes already searched for the delimiter without success
+        self._searched_for = b""  # ... for this delimiter (a call with another searches anew)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -64,6 +65,8 @@ class ReceiveBuffer:
         if not delimiter:
             raise UsageError("the delimiter must not be empty")
         _ranges.integer(max_bytes, "max_bytes", 1)
+        if delimiter != self._searched_for:
+            self._searched, self._searched_for = 0, bytes(delimiter)
         # Search again only where a delimiter could newly complete.
         start = max(0, self._searched - len(delimiter) + 1)
         found = self._data.find(delimiter, start)

@@ -166,6 +166,18 @@ def test_recv_until(pair: tuple[Any, Any]) -> None:
         server.recv_until(b"")
 
 
+def test_recv_until_another_delimiter_after_a_timeout(pair: tuple[Any, Any]) -> None:
+    client, server = pair
+    client.send_all(b"abc\nxyz")
+    server.set_timeout(0.1)
+    with pytest.raises(TimedOut):
+        server.recv_until(b"\r\n")
+    # What the timed-out call searched is searched again for the new delimiter.
+    server.set_timeout(1.0)
+    assert server.recv_until(b"\n") == b"abc\n"
+    assert server.recv(10) == b"xyz"
+
+
 def test_recv_until_max_bytes(pair: tuple[Any, Any]) -> None:
     client, server = pair
     client.send_all(b"x" * 100 + b"\n")
