@@ -7,6 +7,7 @@ running on asyncio or uvloop in a background thread; the clients are plain sync 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import os
@@ -363,3 +364,26 @@ def test_exec_address_round_trip() -> None:
     assert address.argv == ("sh", "-c", 'read x; echo "$x"')
     assert parse(str(address)) == address
     assert shlex.split(str(address).removeprefix("exec:")) == list(address.argv)
+
+
+def test_a_child_that_exits_leaving_a_process_holding_its_output(
+    exec_server: Callable[..., ExecServer],
+) -> None:
+    """The child starts something in the background (inheriting its stdout) and exits: the
+    peer gets all the child wrote, even reading slowly, then EOF soon after the child's exit,
+    not when the background process ends (no EOF would come before)."""
+    script = "sleep 60 2>/dev/null & echo $!; head -c 3000000 /dev/zero; echo; echo done"
+    server = exec_server(ExecAddress(("sh", "-c", script)))
+    with server.connect() as conn:
+        background = int(conn.recv_until(b"\n"))
+        try:
+            time.sleep(1.0)  # a slow reader: the child's output waits for it meanwhile
+            started = time.monotonic()
+            rest = read_to_eof(conn)
+            assert rest == b"\0" * 3_000_000 + b"\ndone\n"
+            assert time.monotonic() - started < IO_TIMEOUT / 2
+            assert os.path.exists(f"/proc/{background}")  # still holding the pipe
+            assert server.status() == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(background, 9)

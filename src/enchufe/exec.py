@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ._sockets import Credentials
 from ._text import printable
@@ -39,6 +41,11 @@ __all__ = ["child_environment", "run_exec"]
 
 #: Seconds a child gets to exit after SIGTERM when its connection broke, before SIGKILL.
 TERMINATE_GRACE = 1.0
+
+#: After the child exits, how long its stdout may stay silent without an EOF before the output
+#: counts as over: a process it started in the background may hold the pipe for as long as it
+#: lives (socat waits 0.5 s too).
+CHILD_EXIT_GRACE = 0.5
 _CHUNK = 65536
 
 
@@ -105,21 +112,39 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
         finally:
             stdin.close()
 
+    progress = _Progress()
+
     async def child_to_peer() -> None:
-        while data := await stdout.read(_CHUNK):
+        while True:
+            progress.reading = True
+            data = await stdout.read(_CHUNK)
+            progress.reading = False
+            if not data:
+                break
+            progress.moved += len(data)
             await conn.send_all(data)
         await conn.shutdown_write()
 
     tasks = [asyncio.create_task(peer_to_child()), asyncio.create_task(child_to_peer())]
+    both: asyncio.Future[list[None]] = asyncio.gather(*tasks)
+    watcher = asyncio.create_task(_held_open(child, tasks[1], progress))
     try:
         try:
-            await asyncio.gather(*tasks)
+            waited: set[asyncio.Future[Any]] = {both, watcher}
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            if both.done():
+                both.result()  # raises what broke the connection
+            else:  # the child is gone, a process it started holds its stdout: its output is over
+                await conn.shutdown_write()
         except EnchufeError:
             await _stop(child)  # the connection broke (reset, closed under us): stop the child
         finally:
+            watcher.cancel()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, watcher, return_exceptions=True)
+            with contextlib.suppress(BaseException):
+                await both  # retrieved, whatever it holds
         return await child.wait()
     except BaseException:
         await _stop(child)  # cancelled (e.g. the server is shutting down): never leave a zombie
@@ -130,6 +155,56 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
         transport = getattr(child, "_transport", None)
         if transport is not None:
             transport.close()
+
+
+@dataclass
+class _Progress:
+    """What the copy of a child's output is doing: waiting for it, and how much went through."""
+
+    reading: bool = False
+    moved: int = 0
+
+
+async def _held_open(
+    child: asyncio.subprocess.Process, output: asyncio.Task[None], progress: _Progress
+) -> None:
+    """Return once the child has exited and its stdout, still open (held by a process it left
+    behind), gave nothing for :data:`CHILD_EXIT_GRACE` seconds; never, if its EOF comes."""
+    await _exit_of(child)
+    while not output.done():
+        before = progress.moved
+        await asyncio.sleep(CHILD_EXIT_GRACE)
+        if progress.reading and progress.moved == before:
+            return
+    await asyncio.Event().wait()  # its EOF came: the session ends as usual (this is cancelled)
+
+
+async def _exit_of(child: asyncio.subprocess.Process) -> None:
+    """Return once the child has exited (``child.wait()`` would also wait, under asyncio, for
+    its pipes to close: never, while a process it started holds them)."""
+    if child.returncode is not None:
+        return
+    try:
+        pidfd = os.pidfd_open(child.pid)
+    except ProcessLookupError:
+        return  # exited and reaped already
+    except (AttributeError, OSError):  # no pidfd here: look now and then
+        while child.returncode is None:
+            await asyncio.sleep(CHILD_EXIT_GRACE)
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 async def _stop(child: asyncio.subprocess.Process) -> None:
