@@ -8,16 +8,9 @@ from collections.abc import Iterator
 from types import TracebackType
 
 from .. import _ranges, _sockets, framing
-from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE, MAX_RECV_CHUNK
+from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE, MAX_RECV_CHUNK, ReceiveBuffer
 from ..address import SocketAddress, from_sockaddr
-from ..errors import (
-    ClosedError,
-    ConnectionReset,
-    IncompleteRead,
-    ProtocolError,
-    UsageError,
-    translate,
-)
+from ..errors import ClosedError, ConnectionReset, IncompleteRead, translate
 
 __all__ = ["Connection", "Listener"]
 
@@ -38,7 +31,7 @@ class Connection:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._fd = sock.fileno()
-        self._buffer = bytearray()  # bytes read past a delimiter by recv_until/recv_exactly
+        self._buffer = ReceiveBuffer()  # bytes read past a delimiter by recv_until/recv_exactly
         self._closed = False
         self._write_shut = False
         self.local_address: SocketAddress | None = _name(sock, sock.getsockname)
@@ -104,41 +97,32 @@ class Connection:
 
     # -- receiving
 
+    def _recv_raw(self, max_bytes: int) -> bytes:
+        self._check()
+        try:
+            return _sockets.recv(self._sock, max_bytes)
+        except OSError as exc:
+            raise translate(exc, f"receive from {self._where()}") from exc
+
     def recv(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes:
         """Up to ``max_bytes`` bytes, as soon as some are there; ``b""`` at EOF."""
         self._check()
         # "Up to": a huge max_bytes (a length the peer announced) is read in bounded chunks,
         # never allocated at once.
         max_bytes = min(_ranges.integer(max_bytes, "max_bytes", 1), MAX_RECV_CHUNK)
-        if self._buffer:
-            chunk = bytes(self._buffer[:max_bytes])
-            del self._buffer[:max_bytes]
-            return chunk
-        try:
-            return _sockets.recv(self._sock, max_bytes)
-        except OSError as exc:
-            raise translate(exc, f"receive from {self._where()}") from exc
+        if len(self._buffer):
+            return self._buffer.take_some(max_bytes)
+        return self._recv_raw(max_bytes)
 
     def recv_exactly(self, size: int) -> bytes:
         """Exactly ``size`` bytes; :class:`~enchufe.errors.IncompleteRead` if EOF comes first."""
         _ranges.integer(size, "size", 0)
-        while len(self._buffer) < size:
-            self._check()
-            try:
-                want = min(max(size - len(self._buffer), DEFAULT_RECV_SIZE), MAX_RECV_CHUNK)
-                chunk = _sockets.recv(self._sock, want)
-            except OSError as exc:
-                raise translate(exc, f"receive from {self._where()}") from exc
+        while (data := self._buffer.take_exactly(size)) is None:
+            want = min(max(size - len(self._buffer), DEFAULT_RECV_SIZE), MAX_RECV_CHUNK)
+            chunk = self._recv_raw(want)
             if not chunk:
-                partial = bytes(self._buffer)
-                self._buffer.clear()
-                raise IncompleteRead(
-                    f"{self._where()} closed the connection after {len(partial)} of {size} bytes",
-                    partial,
-                )
-            self._buffer += chunk
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
+                raise self._buffer.incomplete(size, self._where())
+            self._buffer.feed(chunk)
         return data
 
     def recv_until(self, delimiter: bytes = b"\n", *, max_bytes: int = DEFAULT_MAX_UNTIL) -> bytes:
@@ -147,34 +131,12 @@ class Connection:
         At EOF, returns what is left without a delimiter (``b""`` when nothing is), like a file's
         ``readline``.  :class:`~enchufe.errors.ProtocolError` if ``max_bytes`` pass without one.
         """
-        if not delimiter:
-            raise UsageError("the delimiter must not be empty")
-        _ranges.integer(max_bytes, "max_bytes", 1)
-        start = 0
-        while True:
-            found = self._buffer.find(delimiter, start)
-            if found >= 0:
-                end = found + len(delimiter)
-                if end > max_bytes:
-                    break
-                data = bytes(self._buffer[:end])
-                del self._buffer[:end]
-                return data
-            if len(self._buffer) >= max_bytes:
-                break
-            # Search again only where a delimiter could newly complete.
-            start = max(0, len(self._buffer) - len(delimiter) + 1)
-            self._check()
-            try:
-                chunk = _sockets.recv(self._sock, DEFAULT_RECV_SIZE)
-            except OSError as exc:
-                raise translate(exc, f"receive from {self._where()}") from exc
+        while (data := self._buffer.take_until(delimiter, max_bytes, self._where())) is None:
+            chunk = self._recv_raw(DEFAULT_RECV_SIZE)
             if not chunk:
-                data = bytes(self._buffer)
-                self._buffer.clear()
-                return data
-            self._buffer += chunk
-        raise ProtocolError(f"{self._where()} sent {max_bytes} bytes without {delimiter!r}")
+                return self._buffer.take_rest()
+            self._buffer.feed(chunk)
+        return data
 
     def recv_message(self, *, max_size: int = framing.DEFAULT_MAX_MESSAGE_SIZE) -> bytes | None:
         """One length-prefixed message, or ``None`` at a clean EOF between messages.
