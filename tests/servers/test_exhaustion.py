@@ -109,3 +109,59 @@ def test_echo_under_fd_exhaustion(server: ServerProcess) -> None:
         for sock in clients:
             sock.close()
     assert server.stop() == 0  # nothing was cut: every client had left
+
+
+#: Run in a child process whose address space leaves room for two or three 256 MiB thread stacks:
+#: the sync server's next thread cannot start.  It must turn that client away and serve on.
+NO_THREAD_LEFT = r"""
+import resource, socket, sys, threading, time
+import enchufe
+from enchufe.sync.serve import Server
+
+release = threading.Event()
+def handler(conn):
+    if conn.recv(10) == b"hold":
+        release.wait(30)
+    conn.send_all(b"served")
+
+server = Server("tcp://127.0.0.1:0", handler)
+server.start()
+outcome = []
+serving = threading.Thread(target=lambda: outcome.append(server.serve_forever()), daemon=True)
+serving.start()
+threading.stack_size(256 * 1024 * 1024)
+size = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 700 * 1024 * 1024, resource.RLIM_INFINITY))
+held = []
+for _ in range(6):
+    client = socket.create_connection(("127.0.0.1", server.bound_address.port), timeout=10)
+    client.sendall(b"hold")
+    held.append(client)
+deadline = time.monotonic() + 20
+while server.stats.refused == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert server.stats.refused >= 1, server.stats
+assert serving.is_alive(), outcome
+release.set()
+deadline = time.monotonic() + 20
+while server.stats.active and time.monotonic() < deadline:
+    time.sleep(0.01)
+with socket.create_connection(("127.0.0.1", server.bound_address.port), timeout=10) as client:
+    client.sendall(b"next")
+    assert client.recv(10) == b"served"
+assert serving.is_alive(), outcome
+print("ok", server.stats.refused)
+"""
+
+
+def test_sync_server_with_no_thread_left_turns_the_client_away_and_serves_on() -> None:
+    """A thread that cannot start (memory, RLIMIT_NPROC) is like a descriptor that cannot be
+    had: that client is closed and counted, the loop pauses; the server does not die."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NO_THREAD_LEFT], capture_output=True, text=True, timeout=80, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok ")

@@ -278,16 +278,32 @@ class Server:
                 self._stopping.wait(pause)
                 pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
                 continue
-            pause = EXHAUSTION_PAUSE
             with self._lock:
                 full = len(self._active) >= self.max_connections
+                started, error = False, ""
                 if not full:
-                    self.stats.accepted += 1
                     thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
                     self._active[conn] = thread
                     # Started under the lock: a drain running in another thread (__exit__)
                     # must never find, and join, a thread that is not started yet.
-                    thread.start()
+                    try:
+                        thread.start()
+                        started = True
+                        self.stats.accepted += 1
+                    except RuntimeError as exc:  # no thread left (memory, RLIMIT_NPROC)
+                        del self._active[conn]
+                        error = _message(exc)
+            if not full and not started:
+                # As when descriptors run out: this client is turned away, and the loop pauses
+                # (the threads running end in time) rather than die or spin.
+                self.stats.refused += 1
+                self.stats.exhaustion_pauses += 1
+                conn.close()
+                log.warning("refused %s: %s; pausing %.2f s", _shown(conn.peer_address), error, pause)
+                self._stopping.wait(pause)
+                pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
+                continue
+            pause = EXHAUSTION_PAUSE
             if full:
                 self.stats.refused += 1
                 log.info(
