@@ -571,3 +571,29 @@ def test_peer_names_are_escaped_on_log_lines(
     messages = serve_log.messages()
     assert not [m for m in messages if "\n" in m]
     assert len([m for m in messages if "evil\\nenchufe: FORGED" in m]) >= 3
+
+
+def test_an_on_session_end_that_raises_does_not_end_the_server(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, serve_log: LogRecords
+) -> None:
+    def on_end(session: Any) -> None:
+        raise RuntimeError("the callback broke")
+
+    def sync_handler(datagram: Any) -> None:
+        datagram.reply(datagram.data)
+
+    async def async_handler(datagram: Any) -> None:
+        await datagram.reply(datagram.data)
+
+    handler = sync_handler if flavour == "sync" else async_handler
+    running = serve(flavour, make_address("udp4"), handler, idle_timeout=0.2, on_session_end=on_end)
+    with enchufe.connect_datagram(running.address) as first:
+        first.set_timeout(IO_TIMEOUT)
+        first.send(b"one")
+        assert first.recv() == b"one"
+    serve_log.wait_for("on_session_end failed")  # its session idled out, the callback raised
+    with enchufe.connect_datagram(running.address) as second:
+        second.set_timeout(IO_TIMEOUT)
+        second.send(b"two")
+        assert second.recv() == b"two"
+    assert running.thread.is_alive()

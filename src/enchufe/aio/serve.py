@@ -330,7 +330,11 @@ class Server:
         if reason == "idle":
             self.stats.idle_closed += 1
         if self.on_session_end is not None:
-            self.on_session_end(session)
+            try:
+                self.on_session_end(session)
+            except Exception:  # the caller's code, about one peer: never the server's end
+                self.stats.failed += 1
+                log.exception("on_session_end failed for %s", _shown(session.peer))
 
     async def _datagram_loop(self, sock: DatagramSocket) -> None:
         assert self.sessions is not None
