@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .. import _ranges, _sockets
+from .._backoff import Backoff
 from .._connect import DEFAULT_RETRY_DELAY, ConnectPlan, socket_address
 from .._sockets import DEFAULT_BACKLOG, SocketFile, Target, open_datagram, open_listener
 from ..address import Address, UnixAddress
@@ -139,25 +140,18 @@ async def _open_connection(
     raise plan.error()
 
 
-#: A unix listener whose backlog is full makes a non-blocking connect fail with EAGAIN, and the
-#: kernel offers no readiness event for "the backlog has room again" (a blocking connect sleeps
-#: inside the kernel instead).  So the attempt is repeated, starting fast (a busy server
-#: usually accepts within milliseconds) and backing off so that a stuck one costs little CPU.
-UNIX_BACKLOG_RETRY = 0.001
-UNIX_BACKLOG_RETRY_MAX = 0.05
-
-
 async def _connect_unix(sock: socket.socket, sockaddr: Any) -> None:
     """Connect a non-blocking unix socket, waiting while the listener's backlog is full.
 
     A unix stream connect never answers EINPROGRESS: it succeeds at once, fails, or (backlog
     full) answers EAGAIN without starting anything.  Waiting for the socket to become writable
-    would not do: an unconnected unix socket is always writable.
+    would not do: an unconnected unix socket is always writable, and the kernel offers no
+    readiness event for "the backlog has room again" (a blocking connect sleeps inside the
+    kernel instead).  So the attempt is repeated, backing off.
     """
-    pause = UNIX_BACKLOG_RETRY
+    backoff = Backoff()
     while not _sockets.start_connect(sock, sockaddr):
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, UNIX_BACKLOG_RETRY_MAX)
+        await asyncio.sleep(backoff.next())
 
 
 def _release(sock: socket.socket, owned: SocketFile | None) -> None:

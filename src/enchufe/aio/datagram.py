@@ -7,8 +7,9 @@ import socket
 from types import TracebackType
 
 from .. import _ranges
+from .._backoff import Backoff
 from .._buffer import DEFAULT_MAX_DATAGRAM
-from .._serving import UNIX_SEND_RETRY, UNIX_SEND_RETRY_MAX, StalledPeers
+from .._serving import StalledPeers
 from ..address import SocketAddress
 from ..errors import ClosedError, TimedOut
 from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
@@ -76,7 +77,7 @@ class DatagramSocket:
         # A unix datagram socket also waits when the *receiver's* queue is full
         # (net.unix.max_dgram_qlen), and poll() cannot tell: an unconnected socket stays
         # "writable" then, so waiting for writability would spin.  Back off instead.
-        pause = UNIX_SEND_RETRY
+        backoff = Backoff()
         waited = 0.0
         while True:
             try:
@@ -85,9 +86,9 @@ class DatagramSocket:
                 timeout = self._ready.timeout
                 if timeout is not None and waited >= timeout:
                     raise TimedOut(f"timed out: could not send for {timeout:g} s") from None
+                pause = backoff.next()
                 await asyncio.sleep(pause)
                 waited += pause
-                pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
 
     def sendto_nowait(self, data: bytes, address: SocketAddress | str | None) -> bool:
         """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if

@@ -66,6 +66,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _sockets, trace
+from .._backoff import Backoff
 from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix datagram is counted as truncated
 from .._sockets import SocketFile, Target, autobind_unix, new_socket, recv_datagram_into, send_datagram
 from .._text import printable
@@ -120,11 +121,6 @@ MAX_DRAIN = 100_000
 
 #: In single-datagram reading, every this many readiness events a whole batch is tried.
 PROBE_EVERY = 16
-
-#: Seconds before replies a unix receiver's full queue refused are tried again, doubled up to
-#: :data:`MAX_REPLY_RETRY` while it stays full (see :meth:`_DatagramListener._replies_refused`).
-FIRST_REPLY_RETRY = 0.001
-MAX_REPLY_RETRY = 0.05
 
 _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -291,7 +287,8 @@ class _DatagramListener:
         self._replies: collections.deque[_Upstream] = collections.deque()
         #: set while waiting replies are retried on a timer instead of on EPOLLOUT
         self._reply_timer: Timer | None = None
-        self._reply_delay = FIRST_REPLY_RETRY
+        #: pauses before replies a unix receiver's full queue refused are tried again
+        self._reply_backoff = Backoff()
         self._expiry: Timer | None = None
         #: why a session is being ended from inside (the table only knows "removed")
         self._reasons: dict[int, tuple[str, str | None]] = {}
@@ -495,7 +492,7 @@ class _DatagramListener:
                     continue
             replies.popleft()
             session.resume(self)
-        self._reply_delay = FIRST_REPLY_RETRY
+        self._reply_backoff.reset()
 
     def _replies_refused(self) -> None:
         """A reply was refused (EAGAIN): wait until it may go.
@@ -505,12 +502,11 @@ class _DatagramListener:
         length) refuses too, and the kernel reports an unconnected unix datagram socket writable
         whenever its own send buffer has room, whatever the receiver's queue: waiting for EPOLLOUT
         would wake the relay at once, again and again, for as long as the receiver does not read.
-        Then the replies are tried again on a timer instead, backing off to
-        :data:`MAX_REPLY_RETRY`: a few attempts a second cost nothing.
+        Then the replies are tried again on a timer instead, backing off (:class:`Backoff`,
+        1 ms doubling up to 50 ms): a few attempts a second cost nothing.
         """
         if self._reply_timer is None and self._room_to_send():
-            self._reply_timer = self.loop.call_later(self._reply_delay, self._retry_replies)
-            self._reply_delay = min(self._reply_delay * 2, MAX_REPLY_RETRY)
+            self._reply_timer = self.loop.call_later(self._reply_backoff.next(), self._retry_replies)
         self._listen_for()
 
     def _room_to_send(self) -> bool:
