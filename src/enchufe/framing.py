@@ -90,11 +90,16 @@ def _check_max_size(max_size: int) -> int:
     return max_size
 
 
+#: How the error for an announced length over the limit ends; a command that calls the limit
+#: something else (an option) says so in place of this.
+RAISE_LIMIT_HINT = "raise max_size if it is"
+
+
 def _check_announced(length: int, max_size: int) -> int:
     if length > max_size:
         raise ProtocolError(
             f"the peer announced a message of {length} bytes, larger than the limit of "
-            f"{max_size} bytes; is it speaking this framing? (raise max_size if it is)"
+            f"{max_size} bytes; is it speaking this framing? ({RAISE_LIMIT_HINT})"
         )
     return length
 

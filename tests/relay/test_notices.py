@@ -169,6 +169,9 @@ def test_a_broken_frame_is_said_without_v(
                 while client.recv(100):
                     pass
         relay.wait_err(r"^enchufe: closed tcp://127\.0\.0\.1:\d+ #1: it broke the framing: .*101")
+        # The hint names the relay's option, not the library's max_size.
+        relay.wait_err(r"\(raise --max-datagram on both relays if it is\)$")
+        assert "max_size" not in relay.err
 
 
 def test_a_frame_too_large_for_udp_over_ipv4_is_dropped_said_and_counted(

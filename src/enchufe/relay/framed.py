@@ -36,7 +36,7 @@ from typing import Any
 from .. import _sockets
 from .._sockets import SocketFile, autobind_unix, new_socket, recv_datagram_into, send_datagram
 from ..errors import ProtocolError, translate
-from ..framing import HEADER, Framer
+from ..framing import HEADER, RAISE_LIMIT_HINT, Framer
 from .datagram import BATCH, STREAM_CHUNK, _enlarge_buffers
 from .engine import ERROR, FAILED, READ, WRITE, Timer
 from .stream import StreamRelay, _describe_peer
@@ -440,6 +440,8 @@ class FramedStreamSession:
         relay = self.relay
         relay.stats.reset += 1
         if reason == "protocol-error":  # the client's fault, and it would go unseen without -v
+            # The relay's name for the library's max_size: the option to raise, on both ends.
+            error = error.replace(RAISE_LIMIT_HINT, "raise --max-datagram on both relays if it is")
             shown = self.peer_label()
             relay.events.notice(
                 "framing errors",
