@@ -20,8 +20,9 @@ import stat
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _ranges, trace
 from ._connect import ConnectPlan
@@ -51,6 +52,8 @@ _FAMILY_NAMES: dict[int, str] = {
 _TYPE_NAMES: dict[int, str] = {socket.SOCK_STREAM: "SOCK_STREAM", socket.SOCK_DGRAM: "SOCK_DGRAM"}
 _UCRED = struct.Struct("3i")
 _log = logging.getLogger("enchufe")
+
+R = TypeVar("R")
 
 #: What Python's socket module takes as an address: (host, port[, flow, scope]), a path, or bytes.
 SockAddr = tuple[Any, ...] | str | bytes
@@ -104,19 +107,48 @@ def _fail(call: str, exc: OSError) -> None:
         trace.emit(f"{call} = -1 {code} ({exc.strerror or exc})")
 
 
+def _nothing(_result: object) -> str:
+    return ""
+
+
+def _equals(result: object) -> str:
+    return f" = {result}"
+
+
+def _zero(_result: object) -> str:
+    return " = 0"
+
+
+def _count(size: int) -> str:
+    """What a read returned: the byte count, and EOF when it is 0."""
+    return f" = {size}" + (" (EOF)" if not size else "")
+
+
+def traced(op: Callable[[], R], call: Callable[[], str], outcome: Callable[[R], str] = _nothing) -> R:
+    """Make one system call, ``op()``, and narrate it in strace's words: ``call()`` names it,
+    ``outcome(result)`` says what came back.  A failure is narrated as ``call = -1 ECODE (why)``
+    and raised unchanged.  Nothing is formatted while tracing is off; the calls made per transfer
+    (send, recv, splice…) do not even come here then."""
+    if not trace.enabled():
+        return op()
+    try:
+        result = op()
+    except OSError as exc:
+        _fail(call(), exc)
+        raise
+    trace.emit(call() + outcome(result))
+    return result
+
+
 # ---------------------------------------------------------------------------- system calls
 
 
 def new_socket(family: int, sock_type: int) -> socket.socket:
-    call = f"socket({_FAMILY_NAMES.get(family, family)}, {_TYPE_NAMES.get(sock_type, sock_type)})"
-    try:
-        sock = socket.socket(family, sock_type)
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"{call} = fd {sock.fileno()}")
-    return sock
+    return traced(
+        lambda: socket.socket(family, sock_type),
+        lambda: f"socket({_FAMILY_NAMES.get(family, family)}, {_TYPE_NAMES.get(sock_type, sock_type)})",
+        lambda sock: f" = fd {sock.fileno()}",
+    )
 
 
 def setsockopt(sock: socket.socket, level: int, option: int, value: int, name: str) -> None:
@@ -126,15 +158,14 @@ def setsockopt(sock: socket.socket, level: int, option: int, value: int, name: s
 
 
 def bind(sock: socket.socket, sockaddr: SockAddr) -> None:
-    call = f"bind(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
-    try:
-        sock.bind(sockaddr)
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
+    def call() -> str:
+        return f"bind(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
+
+    def outcome(_result: None) -> str:
         bound = describe_sockaddr(sock.family, sock.getsockname())
-        trace.emit(f"{call}" + (f" → bound to {bound}" if bound not in call else ""))
+        return f" → bound to {bound}" if bound not in call() else ""
+
+    traced(lambda: sock.bind(sockaddr), call, outcome)
 
 
 def listen(sock: socket.socket, backlog: int) -> None:
@@ -144,41 +175,29 @@ def listen(sock: socket.socket, backlog: int) -> None:
 
 
 def accept(sock: socket.socket) -> tuple[socket.socket, object]:
-    call = f"accept(fd {sock.fileno()})"
-    try:
-        conn, peer = sock.accept()
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"{call} = fd {conn.fileno()} from {describe_sockaddr(conn.family, peer)}")
-    return conn, peer
+    return traced(
+        sock.accept,
+        lambda: f"accept(fd {sock.fileno()})",
+        lambda accepted: (
+            f" = fd {accepted[0].fileno()} from {describe_sockaddr(accepted[0].family, accepted[1])}"
+        ),
+    )
+
+
+def _connect_call(sock: socket.socket, sockaddr: SockAddr) -> Callable[[], str]:
+    return lambda: f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
 
 
 def connect(sock: socket.socket, sockaddr: SockAddr) -> None:
-    call = f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
-    try:
-        sock.connect(sockaddr)
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"{call} = 0")
+    traced(lambda: sock.connect(sockaddr), _connect_call(sock, sockaddr), _zero)
 
 
 def start_connect(sock: socket.socket, sockaddr: SockAddr) -> bool:
     """Begin connecting a non-blocking socket: True if done at once, False if in progress."""
-    call = f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
     try:
-        sock.connect(sockaddr)
-    except BlockingIOError as exc:
-        _fail(call, exc)  # EINPROGRESS: narrated, not an error
-        return False
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"{call} = 0")
+        traced(lambda: sock.connect(sockaddr), _connect_call(sock, sockaddr), _zero)
+    except BlockingIOError:
+        return False  # EINPROGRESS: narrated, not an error
     return True
 
 
@@ -195,39 +214,33 @@ def finish_connect(sock: socket.socket) -> None:
 
 
 def send(sock: socket.socket, data: memoryview | bytes) -> int:
-    try:
-        sent = sock.send(data)
-    except OSError as exc:
-        _fail(f"send(fd {sock.fileno()}, {len(data)} bytes)", exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"send(fd {sock.fileno()}, {len(data)} bytes) = {sent}")
-    return sent
+    if not trace.enabled():
+        return sock.send(data)
+    return traced(lambda: sock.send(data), lambda: f"send(fd {sock.fileno()}, {len(data)} bytes)", _equals)
 
 
 def recv(sock: socket.socket, size: int) -> bytes:
-    try:
-        data = sock.recv(size)
-    except OSError as exc:
-        _fail(f"recv(fd {sock.fileno()}, {size})", exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"recv(fd {sock.fileno()}, {size}) = {len(data)}" + (" (EOF)" if not data else ""))
-    return data
+    if not trace.enabled():
+        return sock.recv(size)
+    return traced(
+        lambda: sock.recv(size), lambda: f"recv(fd {sock.fileno()}, {size})", lambda data: _count(len(data))
+    )
 
 
 def sendto(sock: socket.socket, data: bytes, sockaddr: SockAddr | None, flags: int = 0) -> int:
-    where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
-    shown = ", MSG_DONTWAIT" if flags & socket.MSG_DONTWAIT else ""
-    call = f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where}{shown})"
-    try:
-        sent = sock.send(data, flags) if sockaddr is None else sock.sendto(data, flags, sockaddr)
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"{call} = {sent}")
-    return sent
+    if not trace.enabled():
+        return sock.send(data, flags) if sockaddr is None else sock.sendto(data, flags, sockaddr)
+
+    def call() -> str:
+        where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
+        shown = ", MSG_DONTWAIT" if flags & socket.MSG_DONTWAIT else ""
+        return f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where}{shown})"
+
+    return traced(
+        lambda: sock.send(data, flags) if sockaddr is None else sock.sendto(data, flags, sockaddr),
+        call,
+        _equals,
+    )
 
 
 def recvfrom_into(sock: socket.socket, buffer: bytearray) -> tuple[int, bool, object]:
@@ -236,30 +249,26 @@ def recvfrom_into(sock: socket.socket, buffer: bytearray) -> tuple[int, bool, ob
     Returns (the datagram's real size, whether it was truncated, the sender's sockaddr).
     MSG_TRUNC as a flag makes Linux return the real size even when the buffer was smaller.
     """
-    call = f"recvfrom(fd {sock.fileno()})"
-    try:
-        size, _anc, flags, sender = sock.recvmsg_into([buffer], 0, socket.MSG_TRUNC)
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    truncated = bool(flags & socket.MSG_TRUNC) or size > len(buffer)
-    if trace.enabled():
+
+    def outcome(received: tuple[int, list[Any], int, Any]) -> str:
+        size, _anc, flags, sender = received
         who = describe_sockaddr(sock.family, sender) if sender else "(unnamed)"
+        truncated = bool(flags & socket.MSG_TRUNC) or size > len(buffer)
         cut = f" (MSG_TRUNC: only {len(buffer)} kept)" if truncated else ""
-        trace.emit(f"{call} = {size} bytes from {who}{cut}")
+        return f" = {size} bytes from {who}{cut}"
+
+    size, _anc, flags, sender = traced(
+        lambda: sock.recvmsg_into([buffer], 0, socket.MSG_TRUNC),
+        lambda: f"recvfrom(fd {sock.fileno()})",
+        outcome,
+    )
+    truncated = bool(flags & socket.MSG_TRUNC) or size > len(buffer)
     return size, truncated, sender
 
 
 def shutdown(sock: socket.socket, how: int) -> None:
     name = {socket.SHUT_WR: "SHUT_WR", socket.SHUT_RD: "SHUT_RD", socket.SHUT_RDWR: "SHUT_RDWR"}[how]
-    call = f"shutdown(fd {sock.fileno()}, {name})"
-    try:
-        sock.shutdown(how)
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
-        trace.emit(call)
+    traced(lambda: sock.shutdown(how), lambda: f"shutdown(fd {sock.fileno()}, {name})")
 
 
 def close(sock: socket.socket) -> None:
@@ -300,17 +309,10 @@ def connect_nonblocking(sock: socket.socket, sockaddr: SockAddr) -> int:
     """Start connecting a non-blocking socket: 0 (connected), EINPROGRESS (wait until writable)
     or EAGAIN (a unix listener's backlog is full: nothing started, try again later).  Any other
     failure is raised."""
-    call = f"connect(fd {sock.fileno()}, {describe_sockaddr(sock.family, sockaddr)})"
     try:
-        sock.connect(sockaddr)
+        traced(lambda: sock.connect(sockaddr), _connect_call(sock, sockaddr), _zero)
     except BlockingIOError as exc:
-        _fail(call, exc)
         return exc.errno if exc.errno is not None else errno.EAGAIN
-    except OSError as exc:
-        _fail(call, exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"{call} = 0")
     return 0
 
 
@@ -364,23 +366,21 @@ def make_pipe(size: int) -> tuple[int, int, int]:
     The capacity is raised to ``size`` where the kernel allows (fs.pipe-max-size, and for
     unprivileged users fs.pipe-user-pages-soft); otherwise the pipe keeps its default size.
     """
-    try:
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        _fail("pipe2(O_NONBLOCK|O_CLOEXEC)", exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"pipe2(O_NONBLOCK|O_CLOEXEC) = [fd {rfd} (read), fd {wfd} (write)]")
+    rfd, wfd = traced(
+        lambda: os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC),
+        lambda: "pipe2(O_NONBLOCK|O_CLOEXEC)",
+        lambda fds: f" = [fd {fds[0]} (read), fd {fds[1]} (write)]",
+    )
     import fcntl
 
     try:
-        capacity = fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, size)
-    except OSError as exc:
-        _fail(f"fcntl(fd {wfd}, F_SETPIPE_SZ, {size})", exc)
+        capacity = traced(
+            lambda: fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, size),
+            lambda: f"fcntl(fd {wfd}, F_SETPIPE_SZ, {size})",
+            _equals,
+        )
+    except OSError:
         capacity = fcntl.fcntl(wfd, fcntl.F_GETPIPE_SZ)
-    else:
-        if trace.enabled():
-            trace.emit(f"fcntl(fd {wfd}, F_SETPIPE_SZ, {size}) = {capacity}")
     return rfd, wfd, capacity
 
 
@@ -397,56 +397,35 @@ def splice(src: int, dst: int, count: int) -> int:
     Returns the bytes moved, 0 at end of file; raises BlockingIOError (EAGAIN) when nothing can
     move now.  The bytes never enter this process.
     """
-    try:
-        moved = os.splice(src, dst, count, flags=SPLICE_FLAGS)
-    except OSError as exc:
-        if trace.enabled():
-            _fail(f"splice(fd {src}, fd {dst}, {count}, {_SPLICE_FLAG_NAMES})", exc)
-        raise
-    if trace.enabled():
-        end = " (EOF)" if moved == 0 else ""
-        trace.emit(f"splice(fd {src}, fd {dst}, {count}, {_SPLICE_FLAG_NAMES}) = {moved}{end}")
-    return moved
+    if not trace.enabled():
+        return os.splice(src, dst, count, flags=SPLICE_FLAGS)
+    return traced(
+        lambda: os.splice(src, dst, count, flags=SPLICE_FLAGS),
+        lambda: f"splice(fd {src}, fd {dst}, {count}, {_SPLICE_FLAG_NAMES})",
+        _count,
+    )
 
 
 def recv_into(sock: socket.socket, buffer: memoryview) -> int:
     """Receive into ``buffer``: the byte count, 0 at EOF; BlockingIOError when nothing is there."""
-    try:
-        size = sock.recv_into(buffer)
-    except OSError as exc:
-        if trace.enabled():
-            _fail(f"recv(fd {sock.fileno()}, {len(buffer)})", exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"recv(fd {sock.fileno()}, {len(buffer)}) = {size}" + (" (EOF)" if not size else ""))
-    return size
+    if not trace.enabled():
+        return sock.recv_into(buffer)
+    return traced(lambda: sock.recv_into(buffer), lambda: f"recv(fd {sock.fileno()}, {len(buffer)})", _count)
 
 
 def read_into(fd: int, buffer: memoryview) -> int:
     """``readv`` into ``buffer`` from any descriptor (socket, pipe, terminal, file): the byte
     count, 0 at EOF; BlockingIOError when nothing is there."""
-    try:
-        size = os.readv(fd, [buffer])
-    except OSError as exc:
-        if trace.enabled():
-            _fail(f"read(fd {fd}, {len(buffer)})", exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"read(fd {fd}, {len(buffer)}) = {size}" + (" (EOF)" if not size else ""))
-    return size
+    if not trace.enabled():
+        return os.readv(fd, [buffer])
+    return traced(lambda: os.readv(fd, [buffer]), lambda: f"read(fd {fd}, {len(buffer)})", _count)
 
 
 def write(fd: int, data: memoryview | bytes) -> int:
     """``write`` to any descriptor: the bytes taken; BlockingIOError when none can be."""
-    try:
-        size = os.write(fd, data)
-    except OSError as exc:
-        if trace.enabled():
-            _fail(f"write(fd {fd}, {len(data)} bytes)", exc)
-        raise
-    if trace.enabled():
-        trace.emit(f"write(fd {fd}, {len(data)} bytes) = {size}")
-    return size
+    if not trace.enabled():
+        return os.write(fd, data)
+    return traced(lambda: os.write(fd, data), lambda: f"write(fd {fd}, {len(data)} bytes)", _equals)
 
 
 def recv_datagram_into(sock: socket.socket, buffer: memoryview | bytearray) -> tuple[int, Any]:
@@ -455,34 +434,34 @@ def recv_datagram_into(sock: socket.socket, buffer: memoryview | bytearray) -> t
     A size larger than ``len(buffer)`` means the datagram was truncated (MSG_TRUNC makes Linux
     report the real size); only ``len(buffer)`` bytes of it are in the buffer.
     """
-    try:
-        size, sender = sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC)
-    except OSError as exc:
-        if trace.enabled():
-            _fail(f"recvfrom(fd {sock.fileno()}, {len(buffer)}, MSG_TRUNC)", exc)
-        raise
-    if trace.enabled():
+    if not trace.enabled():
+        return sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC)
+
+    def outcome(received: tuple[int, Any]) -> str:
+        size, sender = received
         who = describe_sockaddr(sock.family, sender) if sender else "(unnamed)"
         cut = f" (truncated: only {len(buffer)} kept)" if size > len(buffer) else ""
-        trace.emit(f"recvfrom(fd {sock.fileno()}, {len(buffer)}, MSG_TRUNC) = {size} from {who}{cut}")
-    return size, sender
+        return f" = {size} from {who}{cut}"
+
+    return traced(
+        lambda: sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC),
+        lambda: f"recvfrom(fd {sock.fileno()}, {len(buffer)}, MSG_TRUNC)",
+        outcome,
+    )
 
 
 def send_datagram(
     sock: socket.socket, data: memoryview | bytes | bytearray, sockaddr: SockAddr | None
 ) -> int:
     """Send one datagram (to the connected peer when ``sockaddr`` is None), non-blocking callers."""
-    try:
-        sent = sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)
-    except OSError as exc:
-        if trace.enabled():
-            where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
-            _fail(f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where})", exc)
-        raise
-    if trace.enabled():
+    if not trace.enabled():
+        return sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)
+
+    def call() -> str:
         where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
-        trace.emit(f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where}) = {sent}")
-    return sent
+        return f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where})"
+
+    return traced(lambda: sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr), call, _equals)
 
 
 # ---------------------------------------------------------------------------- resolution

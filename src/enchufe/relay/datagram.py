@@ -153,19 +153,11 @@ def send_datagrams(sock: socket.socket, data: Buffer, seg: int, count: int, sock
         send_datagram(sock, data, sockaddr)
         return
     cmsg = [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(seg))]
-    try:
-        if sockaddr is None:
-            sock.sendmsg([data], cmsg)
-        else:
-            sock.sendmsg([data], cmsg, 0, sockaddr)
-    except OSError as exc:
-        if trace.enabled():
-            _sockets._fail(f"sendmsg(fd {sock.fileno()}, {count} datagrams of {seg} bytes, UDP_SEGMENT)", exc)
-        raise
-    if trace.enabled():
-        trace.emit(
-            f"sendmsg(fd {sock.fileno()}, {count} datagrams of {seg} bytes, UDP_SEGMENT) = {len(data)}"
-        )
+    _sockets.traced(
+        lambda: sock.sendmsg([data], cmsg) if sockaddr is None else sock.sendmsg([data], cmsg, 0, sockaddr),
+        lambda: f"sendmsg(fd {sock.fileno()}, {count} datagrams of {seg} bytes, UDP_SEGMENT)",
+        lambda _sent: f" = {len(data)}",
+    )
 
 
 class _ReadMode:
