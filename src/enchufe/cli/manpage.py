@@ -208,11 +208,13 @@ def _command(name: str, command: click.Command, parent: click.Context) -> list[s
 def _options(command: click.Command, ctx: click.Context) -> list[str]:
     out: list[str] = []
     for param in command.get_params(ctx):
-        record = param.get_help_record(ctx)
+        # Arguments are in the synopsis; click 8.5 also gives them help records (often empty).
+        record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
         if record is None:
             continue
         names, help_ = record
-        out += [".TP", f"\\fB{_text(names)}\\fR", _text(help_) or "."]
+        # An empty help must not leave a line that is a lone "." (an empty roff request).
+        out += [".TP", f"\\fB{_text(names)}\\fR", _text(help_) or "\\&"]
     return out
 
 
