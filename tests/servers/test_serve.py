@@ -597,3 +597,30 @@ def test_an_on_session_end_that_raises_does_not_end_the_server(
         second.send(b"two")
         assert second.recv() == b"two"
     assert running.thread.is_alive()
+
+
+def test_clients_that_reset_before_they_are_accepted_end_only_themselves(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str
+) -> None:
+    """A TCP client that connects and resets at once (SO_LINGER 0) leaves a socket in the
+    accept queue whose peer is gone: accepting it is that client's failure (ConnectionReset),
+    never the end of the listener or the server."""
+    import struct
+
+    listener = enchufe.listen(make_address("tcp4"))
+    with listener:
+        host, port = "127.0.0.1", int(str(listener.address).rsplit(":", 1)[1])
+        with socket.create_connection((host, port)) as rude:
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.1)  # the reset is in before the accept
+        with pytest.raises(ConnectionReset, match="the client left before it was accepted"):
+            listener.accept()
+
+    running = serve(flavour, make_address("tcp4"), echo_for(flavour))
+    port = int(running.address.rsplit(":", 1)[1])
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", port)) as rude:
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with client(running.address) as conn:
+        round_trip(conn)
+    assert running.thread.is_alive()

@@ -228,9 +228,13 @@ class Listener:
                 raise translate(exc, f"accept on {self.address}") from exc
             try:
                 return Connection(conn)
-            except OSError as exc:  # the client left between accept() and getpeername()
+            except OSError as exc:  # ENOTCONN: the client reset before it was accepted
                 conn.close()
-                raise translate(exc, f"accept on {self.address}") from exc
+                raise ConnectionReset(
+                    f"cannot accept on {self.address}: the client left before it was accepted",
+                    errno=exc.errno,
+                    action="accept",
+                ) from exc
 
     def __aiter__(self) -> AsyncIterator[Connection]:
         return self._iterate()
