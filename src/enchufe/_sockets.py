@@ -192,15 +192,6 @@ def connect(sock: socket.socket, sockaddr: SockAddr) -> None:
     traced(lambda: sock.connect(sockaddr), _connect_call(sock, sockaddr), _zero)
 
 
-def start_connect(sock: socket.socket, sockaddr: SockAddr) -> bool:
-    """Begin connecting a non-blocking socket: True if done at once, False if in progress."""
-    try:
-        traced(lambda: sock.connect(sockaddr), _connect_call(sock, sockaddr), _zero)
-    except BlockingIOError:
-        return False  # EINPROGRESS: narrated, not an error
-    return True
-
-
 def finish_connect(sock: socket.socket) -> None:
     """After a non-blocking connect became writable: raise its outcome (SO_ERROR) if it failed."""
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -227,7 +218,11 @@ def recv(sock: socket.socket, size: int) -> bytes:
     )
 
 
-def sendto(sock: socket.socket, data: bytes, sockaddr: SockAddr | None, flags: int = 0) -> int:
+def send_datagram(
+    sock: socket.socket, data: memoryview | bytes | bytearray, sockaddr: SockAddr | None, flags: int = 0
+) -> int:
+    """Send one datagram to ``sockaddr`` (None: the connected peer); returns the bytes sent.
+    BlockingIOError when it cannot go now (non-blocking sockets, or ``MSG_DONTWAIT``)."""
     if not trace.enabled():
         return sock.send(data, flags) if sockaddr is None else sock.sendto(data, flags, sockaddr)
 
@@ -243,27 +238,27 @@ def sendto(sock: socket.socket, data: bytes, sockaddr: SockAddr | None, flags: i
     )
 
 
-def recvfrom_into(sock: socket.socket, buffer: bytearray) -> tuple[int, bool, object]:
-    """Receive one datagram into ``buffer``.
+def recv_datagram_into(sock: socket.socket, buffer: memoryview | bytearray) -> tuple[int, Any]:
+    """Receive one datagram into ``buffer``: (its real size, the sender's sockaddr).
 
-    Returns (the datagram's real size, whether it was truncated, the sender's sockaddr).
-    MSG_TRUNC as a flag makes Linux return the real size even when the buffer was smaller.
+    A size larger than ``len(buffer)`` means the datagram was truncated (MSG_TRUNC as a flag
+    makes Linux report the real size); only ``len(buffer)`` bytes of it are in the buffer.
+    BlockingIOError when none is there (non-blocking sockets).
     """
+    if not trace.enabled():
+        return sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC)
 
-    def outcome(received: tuple[int, list[Any], int, Any]) -> str:
-        size, _anc, flags, sender = received
+    def outcome(received: tuple[int, Any]) -> str:
+        size, sender = received
         who = describe_sockaddr(sock.family, sender) if sender else "(unnamed)"
-        truncated = bool(flags & socket.MSG_TRUNC) or size > len(buffer)
-        cut = f" (MSG_TRUNC: only {len(buffer)} kept)" if truncated else ""
+        cut = f" (MSG_TRUNC: only {len(buffer)} kept)" if size > len(buffer) else ""
         return f" = {size} bytes from {who}{cut}"
 
-    size, _anc, flags, sender = traced(
-        lambda: sock.recvmsg_into([buffer], 0, socket.MSG_TRUNC),
+    return traced(
+        lambda: sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC),
         lambda: f"recvfrom(fd {sock.fileno()})",
         outcome,
     )
-    truncated = bool(flags & socket.MSG_TRUNC) or size > len(buffer)
-    return size, truncated, sender
 
 
 def shutdown(sock: socket.socket, how: int) -> None:
@@ -426,42 +421,6 @@ def write(fd: int, data: memoryview | bytes) -> int:
     if not trace.enabled():
         return os.write(fd, data)
     return traced(lambda: os.write(fd, data), lambda: f"write(fd {fd}, {len(data)} bytes)", _equals)
-
-
-def recv_datagram_into(sock: socket.socket, buffer: memoryview | bytearray) -> tuple[int, Any]:
-    """Receive one datagram into ``buffer`` (non-blocking callers): (its real size, sender).
-
-    A size larger than ``len(buffer)`` means the datagram was truncated (MSG_TRUNC makes Linux
-    report the real size); only ``len(buffer)`` bytes of it are in the buffer.
-    """
-    if not trace.enabled():
-        return sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC)
-
-    def outcome(received: tuple[int, Any]) -> str:
-        size, sender = received
-        who = describe_sockaddr(sock.family, sender) if sender else "(unnamed)"
-        cut = f" (truncated: only {len(buffer)} kept)" if size > len(buffer) else ""
-        return f" = {size} from {who}{cut}"
-
-    return traced(
-        lambda: sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC),
-        lambda: f"recvfrom(fd {sock.fileno()}, {len(buffer)}, MSG_TRUNC)",
-        outcome,
-    )
-
-
-def send_datagram(
-    sock: socket.socket, data: memoryview | bytes | bytearray, sockaddr: SockAddr | None
-) -> int:
-    """Send one datagram (to the connected peer when ``sockaddr`` is None), non-blocking callers."""
-    if not trace.enabled():
-        return sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr)
-
-    def call() -> str:
-        where = describe_sockaddr(sock.family, sockaddr) if sockaddr is not None else "connected peer"
-        return f"sendto(fd {sock.fileno()}, {len(data)} bytes, {where})"
-
-    return traced(lambda: sock.send(data) if sockaddr is None else sock.sendto(data, sockaddr), call, _equals)
 
 
 # ---------------------------------------------------------------------------- resolution

@@ -127,7 +127,7 @@ async def _open_connection(
                 async with asyncio.timeout(timeout):
                     if target.family == socket.AF_UNIX:
                         await _connect_unix(sock, target.sockaddr)
-                    elif not _sockets.start_connect(sock, target.sockaddr):
+                    elif _sockets.connect_nonblocking(sock, target.sockaddr) != 0:
                         await wait_writable(sock)
                         _sockets.finish_connect(sock)
                 return sock, owned
@@ -150,7 +150,7 @@ async def _connect_unix(sock: socket.socket, sockaddr: Any) -> None:
     kernel instead).  So the attempt is repeated, backing off.
     """
     backoff = Backoff()
-    while not _sockets.start_connect(sock, sockaddr):
+    while _sockets.connect_nonblocking(sock, sockaddr) != 0:
         await asyncio.sleep(backoff.next())
 
 

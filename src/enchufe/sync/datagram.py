@@ -98,7 +98,7 @@ class DatagramSocket:
         target = self._target(address)
         sockaddr = self._sockaddr_for(target)
         try:
-            return _sockets.sendto(self._sock, bytes(data), sockaddr)
+            return _sockets.send_datagram(self._sock, bytes(data), sockaddr)
         except BlockingIOError:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
@@ -115,7 +115,7 @@ class DatagramSocket:
         target = self._target(address)
         sockaddr = self._sockaddr_for(target)
         try:
-            _sockets.sendto(self._sock, bytes(data), sockaddr, flags=socket.MSG_DONTWAIT)
+            _sockets.send_datagram(self._sock, bytes(data), sockaddr, flags=socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -129,7 +129,7 @@ class DatagramSocket:
         if self.peer_address is None:
             raise UsageError("send() needs a connected datagram socket; use sendto(data, address)")
         try:
-            return _sockets.sendto(self._sock, bytes(data), None)
+            return _sockets.send_datagram(self._sock, bytes(data), None)
         except BlockingIOError:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
@@ -186,7 +186,7 @@ class DatagramSocket:
         if len(self._buffer) != max_size:
             self._buffer = bytearray(max_size)
         try:
-            size, truncated, raw = _sockets.recvfrom_into(self._sock, self._buffer)
+            size, raw = _sockets.recv_datagram_into(self._sock, self._buffer)
         except BlockingIOError:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
@@ -194,7 +194,7 @@ class DatagramSocket:
             raise translate(exc, f"receive a datagram {where}") from exc
         sender = from_sockaddr(self._sock.family, self._sock.type, raw) if raw else None
         data = bytes(self._buffer[: min(size, max_size)])
-        if truncated:
+        if size > max_size:
             raise DatagramTruncated(
                 f"a datagram of {size} bytes from {sender or 'an unbound sender'} was larger than "
                 f"the {max_size}-byte receive buffer and was cut; raise the maximum size",
