@@ -7,7 +7,7 @@ import re
 import socket
 from collections.abc import Callable
 
-from .conftest import StartRelay, Target, dial, echo, ping, read_all
+from .conftest import StartRelay, Target, dial, echo, ping, read_all, sockaddr_of
 
 
 def _one_exchange(address: str, payload: bytes) -> bytes:
@@ -123,3 +123,31 @@ def test_trace_narrates_a_connect_in_progress(
         relay.err,
         re.M,
     )
+
+
+def test_a_unix_target_with_a_full_backlog_is_tried_again_until_it_accepts(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """A non-blocking connect to a unix listener whose backlog is full answers EAGAIN and starts
+    nothing; no readiness event says when there is room, so the relay tries again on a timer,
+    backing off, and the client gets through once the target accepts."""
+    address = make_address("unix")
+    _family, path = sockaddr_of(address)
+    with socket.socket(socket.AF_UNIX) as listener, socket.socket(socket.AF_UNIX) as filler:
+        listener.bind(path)
+        listener.listen(0)  # one queued connection fills it
+        listener.settimeout(10.0)
+        filler.connect(path)
+        relay = start_relay(make_address("tcp4"), address, "--trace")
+        with dial(relay.address) as client:
+            client.sendall(b"waited")
+            client.shutdown(socket.SHUT_WR)
+            relay.wait_err(rf"^connect\(fd \d+, {re.escape(path)}\) = -1 EAGAIN")
+            queued, _ = listener.accept()  # room again: the relay's next try gets in
+            queued.close()
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10.0)
+                conn.sendall(read_all(conn))
+            assert read_all(client) == b"waited"
+    assert re.search(rf"^connect\(fd \d+, {re.escape(path)}\) = 0$", relay.err, re.M)

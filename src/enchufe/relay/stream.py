@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _sockets
+from .._backoff import Backoff
 from .._sockets import Target, abort, accept, close, connect_nonblocking, new_socket, socket_error
 from .._text import printable
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress, UnixAddress, from_sockaddr
@@ -62,8 +63,6 @@ __all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver
 #: of connects must not starve transfers, nor wait behind them.
 ACCEPT_BATCH = 64
 
-#: First delay before connecting again to a unix target whose backlog is full (EAGAIN: nothing
-#: was started); doubled up to :data:`MAX_RETRY_DELAY` until the connect timeout.
 #: After an exec: child exits, how long its session waits for the EOF of its stdout before it
 #: counts as ended anyway: a process the child started in the background may hold the pipe
 #: open for as long as it lives, and the client would wait for it (socat waits 0.5 s too).
@@ -72,6 +71,10 @@ CHILD_EXIT_GRACE = 0.5
 #: a client that reads slowly.
 CHILD_EXIT_RECHECK_MAX = 5.0
 
+#: First delay before connecting again to a unix target whose backlog is full (EAGAIN: nothing
+#: was started); doubled up to :data:`MAX_RETRY_DELAY` until the connect timeout.  Slower than
+#: the library's (:mod:`enchufe._backoff`): the relay's own numbers, until a measurement says
+#: the library's cost no more CPU with many sessions waiting.
 FIRST_RETRY_DELAY = 0.005
 MAX_RETRY_DELAY = 0.2
 
@@ -561,7 +564,7 @@ class StreamSession:
         "_connect_timer",
         "_idle_timer",
         "_last_active",
-        "_retry_delay",
+        "_retry_backoff",
         "_retry_timer",
         "_target_index",
         "_targets",
@@ -605,7 +608,7 @@ class StreamSession:
         self._retry_timer: Timer | None = None
         self._idle_timer: Timer | None = None
         self._child_timer: Timer | None = None
-        self._retry_delay = FIRST_RETRY_DELAY
+        self._retry_backoff: Backoff | None = None  # made on the first full backlog, rare
 
     def peer_label(self) -> str:
         return _describe_peer(self.client_sock, self.peer)
@@ -709,8 +712,10 @@ class StreamSession:
             assert side is not None
             side.mask = self._interest(side.rfd, side.mask, WRITE, False, self._on_target)
         else:  # EAGAIN: a unix listener's backlog is full; nothing started, try again soon
-            self._retry_timer = self.relay.loop.call_later(self._retry_delay, self._try_connect, self.crashed)
-            self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+            if self._retry_backoff is None:
+                self._retry_backoff = Backoff(FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
+            delay = self._retry_backoff.next()
+            self._retry_timer = self.relay.loop.call_later(delay, self._try_connect, self.crashed)
 
     def _drop_target(self) -> None:
         sock = self.target_sock
