@@ -35,6 +35,12 @@ DELIVER_PATIENCE = 1.0
 UNIX_SEND_RETRY = 0.001
 UNIX_SEND_RETRY_MAX = 0.05
 
+#: All the unix peers of one socket together may make a server wait at most
+#: :data:`DELIVER_PATIENCE` per this many seconds: a peer that lets its queue fill and takes one
+#: datagram just before the patience runs out, again and again, or many peers that each stall
+#: once, would otherwise hold every other peer's replies up for as long as they like.
+PATIENCE_WINDOW = 10.0
+
 #: Peers remembered as not reading, per socket, before the memory is cleared.
 MAX_STALLED_PEERS = 4096
 
@@ -54,10 +60,23 @@ class StalledPeers:
     server that many peers stall stays small, and a peer forgotten costs one more wait.
     """
 
-    __slots__ = ("_peers",)
+    __slots__ = ("_peers", "_waited", "_window")
 
     def __init__(self) -> None:
         self._peers: set[SocketAddress] = set()
+        self._window = float("-inf")  # when the current PATIENCE_WINDOW began
+        self._waited = 0.0  # seconds spent waiting for room in it, on any peer
+
+    def patience(self, now: float) -> float:
+        """How long the next full queue may be waited for: what is left of
+        :data:`DELIVER_PATIENCE` in the current :data:`PATIENCE_WINDOW` (0: drop at once)."""
+        if now - self._window >= PATIENCE_WINDOW:
+            self._window, self._waited = now, 0.0
+        return max(0.0, DELIVER_PATIENCE - self._waited)
+
+    def waited(self, seconds: float) -> None:
+        """Count a wait for room, whether it ended with room or in vain."""
+        self._waited += seconds
 
     def __contains__(self, peer: SocketAddress) -> bool:
         return peer in self._peers

@@ -7,6 +7,7 @@ handlers are the same functions written once per flavour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -624,3 +625,68 @@ def test_clients_that_reset_before_they_are_accepted_end_only_themselves(
     with client(running.address) as conn:
         round_trip(conn)
     assert running.thread.is_alive()
+
+
+def test_patience_with_full_unix_queues_is_shared_and_bounded() -> None:
+    """All peers of a socket together get DELIVER_PATIENCE of waiting per PATIENCE_WINDOW,
+    waits that ended with room included (time is passed in: no sleeping)."""
+    from enchufe._serving import DELIVER_PATIENCE, PATIENCE_WINDOW, StalledPeers
+
+    stalled = StalledPeers()
+    assert stalled.patience(100.0) == DELIVER_PATIENCE
+    stalled.waited(0.9 * DELIVER_PATIENCE)  # a peer took a datagram just in time
+    assert stalled.patience(101.0) == pytest.approx(0.1 * DELIVER_PATIENCE)
+    stalled.waited(0.1 * DELIVER_PATIENCE)
+    assert stalled.patience(102.0) == 0  # no more waiting for anyone in this window
+    assert stalled.patience(100.0 + PATIENCE_WINDOW) == DELIVER_PATIENCE
+
+
+def test_a_unix_peer_that_reads_just_in_time_does_not_hold_the_others_up(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str
+) -> None:
+    """A peer lets its queue fill, then takes one datagram and sends two, again and again:
+    each of its replies finds its queue full.  The server waits for it at most DELIVER_PATIENCE
+    per PATIENCE_WINDOW, so another client's round trips are not held a second each (they all
+    were: about 1 s each, instead of microseconds)."""
+    from enchufe._serving import DELIVER_PATIENCE
+
+    def sync_handler(datagram: Any) -> None:
+        datagram.reply(datagram.data)
+
+    async def async_handler(datagram: Any) -> None:
+        await datagram.reply(datagram.data)
+
+    running = serve(flavour, make_address("unixgram"), sync_handler if flavour == "sync" else async_handler)
+    server_path = running.address.removeprefix("unixgram://")
+    hostile = enchufe.bind_datagram(make_address("unixgram"))
+    stop = threading.Event()
+
+    def attack() -> None:
+        raw = hostile.socket
+        for _ in range(64):  # more than any net.unix.max_dgram_qlen: its queue is full
+            raw.sendto(b"fill", server_path)
+        while not stop.is_set():
+            with contextlib.suppress(BlockingIOError):
+                raw.recv(100, socket.MSG_DONTWAIT)
+            raw.sendto(b"a", server_path)
+            raw.sendto(b"b", server_path)
+            stop.wait(0.01)
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    slow = 0
+    try:
+        with enchufe.connect_datagram(running.address) as legit:
+            legit.set_timeout(IO_TIMEOUT)
+            for n in range(40):
+                started = time.monotonic()
+                legit.send(b"ping %d" % n)
+                assert legit.recv() == b"ping %d" % n
+                if time.monotonic() - started >= 0.9 * DELIVER_PATIENCE:
+                    slow += 1
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        attacker.join(IO_TIMEOUT)
+        hostile.close()
+    assert slow <= 2  # at most the window's one wait (and one more if the test spans two)

@@ -34,7 +34,6 @@ from .. import _ranges
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
-    DELIVER_PATIENCE,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
     UNIX_SEND_RETRY,
@@ -101,6 +100,7 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
     datagrams in its own queue).  Unix: a receiver whose queue is full gets up to
     :data:`~enchufe._serving.DELIVER_PATIENCE` to make room, then the datagram is dropped and
     ``False`` returned; until it takes a datagram again, the next ones for it are dropped at once.
+    All peers together get that patience once per :data:`~enchufe._serving.PATIENCE_WINDOW`.
     """
     if sock.socket.family != socket.AF_UNIX:
         sock.sendto(data, peer)
@@ -111,14 +111,21 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
         return True
     if peer in stalled:
         return False  # it already made us wait in vain: dropped at once until it reads again
+    started = time.monotonic()
+    patience = stalled.patience(started)
+    if patience <= 0:
+        return False  # others made us wait enough lately: dropped, as UDP would drop it
     # No readiness event announces room in a unix receiver's queue: poll, backing off.
-    deadline = time.monotonic() + DELIVER_PATIENCE
+    deadline = started + patience
     pause = UNIX_SEND_RETRY
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(pause, left))
-        if sock.sendto_nowait(data, peer):
-            return True
-        pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(pause, left))
+            if sock.sendto_nowait(data, peer):
+                return True
+            pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
+    finally:
+        stalled.waited(time.monotonic() - started)
     stalled.gave_up(peer)
     return False
 
