@@ -35,10 +35,10 @@ DELIVER_PATIENCE = 1.0
 UNIX_SEND_RETRY = 0.001
 UNIX_SEND_RETRY_MAX = 0.05
 
-#: All the unix peers of one socket together may make a server wait at most
-#: :data:`DELIVER_PATIENCE` per this many seconds: a peer that lets its queue fill and takes one
-#: datagram just before the patience runs out, again and again, or many peers that each stall
-#: once, would otherwise hold every other peer's replies up for as long as they like.
+#: One unix peer may make a server wait for room in its queue at most :data:`DELIVER_PATIENCE`
+#: per this many seconds, waits that ended with room included: a peer that lets its queue fill
+#: and takes one datagram just before the patience runs out, again and again, would otherwise
+#: hold every other peer's replies up for as long as it likes.
 PATIENCE_WINDOW = 10.0
 
 #: Peers remembered as not reading, per socket, before the memory is cleared.
@@ -60,23 +60,31 @@ class StalledPeers:
     server that many peers stall stays small, and a peer forgotten costs one more wait.
     """
 
-    __slots__ = ("_peers", "_waited", "_window")
+    __slots__ = ("_peers", "_waits")
 
     def __init__(self) -> None:
         self._peers: set[SocketAddress] = set()
-        self._window = float("-inf")  # when the current PATIENCE_WINDOW began
-        self._waited = 0.0  # seconds spent waiting for room in it, on any peer
+        #: peer → [when its current PATIENCE_WINDOW began, seconds waited for it in it]
+        self._waits: dict[SocketAddress, list[float]] = {}
 
-    def patience(self, now: float) -> float:
-        """How long the next full queue may be waited for: what is left of
-        :data:`DELIVER_PATIENCE` in the current :data:`PATIENCE_WINDOW` (0: drop at once)."""
-        if now - self._window >= PATIENCE_WINDOW:
-            self._window, self._waited = now, 0.0
-        return max(0.0, DELIVER_PATIENCE - self._waited)
+    def patience(self, peer: SocketAddress, now: float) -> float:
+        """How long ``peer``'s full queue may be waited for now: what is left of its
+        :data:`DELIVER_PATIENCE` in its current :data:`PATIENCE_WINDOW` (0: drop at once)."""
+        window = self._waits.get(peer)
+        if window is None or now - window[0] >= PATIENCE_WINDOW:
+            return DELIVER_PATIENCE
+        return max(0.0, DELIVER_PATIENCE - window[1])
 
-    def waited(self, seconds: float) -> None:
-        """Count a wait for room, whether it ended with room or in vain."""
-        self._waited += seconds
+    def waited(self, peer: SocketAddress, started: float, seconds: float) -> None:
+        """Count a wait for room in ``peer``'s queue that began at ``started``, whether it ended
+        with room or in vain."""
+        window = self._waits.get(peer)
+        if window is None or started - window[0] >= PATIENCE_WINDOW:
+            if len(self._waits) >= MAX_STALLED_PEERS:
+                self._waits.clear()
+            self._waits[peer] = [started, seconds]
+        else:
+            window[1] += seconds
 
     def __contains__(self, peer: SocketAddress) -> bool:
         return peer in self._peers

@@ -21,7 +21,7 @@ import pytest
 
 import enchufe
 import enchufe.aio as aio
-from enchufe import ClosedError, ConnectionRefused, ConnectionReset, UsageError
+from enchufe import ClosedError, ConnectionRefused, ConnectionReset, UnixAddress, UsageError, parse
 from enchufe.aio.serve import Server as AsyncServer
 from enchufe.sync.serve import Server as SyncServer
 from tests.conftest import DATAGRAM_KINDS, Peer, abstract_name, kind_params
@@ -627,18 +627,21 @@ def test_clients_that_reset_before_they_are_accepted_end_only_themselves(
     assert running.thread.is_alive()
 
 
-def test_patience_with_full_unix_queues_is_shared_and_bounded() -> None:
-    """All peers of a socket together get DELIVER_PATIENCE of waiting per PATIENCE_WINDOW,
-    waits that ended with room included (time is passed in: no sleeping)."""
+def test_patience_with_a_full_unix_queue_is_bounded_per_peer() -> None:
+    """Each peer gets DELIVER_PATIENCE of waiting per PATIENCE_WINDOW, waits that ended with
+    room included; the others keep theirs (time is passed in: no sleeping)."""
     from enchufe._serving import DELIVER_PATIENCE, PATIENCE_WINDOW, StalledPeers
 
     stalled = StalledPeers()
-    assert stalled.patience(100.0) == DELIVER_PATIENCE
-    stalled.waited(0.9 * DELIVER_PATIENCE)  # a peer took a datagram just in time
-    assert stalled.patience(101.0) == pytest.approx(0.1 * DELIVER_PATIENCE)
-    stalled.waited(0.1 * DELIVER_PATIENCE)
-    assert stalled.patience(102.0) == 0  # no more waiting for anyone in this window
-    assert stalled.patience(100.0 + PATIENCE_WINDOW) == DELIVER_PATIENCE
+    peer, other = parse("unixgram:@peer"), parse("unixgram:@other")
+    assert isinstance(peer, UnixAddress) and isinstance(other, UnixAddress)
+    assert stalled.patience(peer, 100.0) == DELIVER_PATIENCE
+    stalled.waited(peer, 100.0, 0.9 * DELIVER_PATIENCE)  # it took a datagram just in time
+    assert stalled.patience(peer, 101.0) == pytest.approx(0.1 * DELIVER_PATIENCE)
+    stalled.waited(peer, 101.0, 0.1 * DELIVER_PATIENCE)
+    assert stalled.patience(peer, 102.0) == 0  # no more waiting for it in this window
+    assert stalled.patience(other, 102.0) == DELIVER_PATIENCE
+    assert stalled.patience(peer, 100.0 + PATIENCE_WINDOW) == DELIVER_PATIENCE
 
 
 def test_a_unix_peer_that_reads_just_in_time_does_not_hold_the_others_up(

@@ -103,9 +103,8 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     up to :data:`~enchufe._serving.DELIVER_PATIENCE` (a reader a little behind catches up);
     after that the datagram is dropped and ``False`` returned, as UDP would have dropped it,
     and until that peer takes a datagram again the next ones for it are dropped without
-    waiting.  All peers together get that patience once per
-    :data:`~enchufe._serving.PATIENCE_WINDOW`: neither one peer that takes a datagram just in
-    time, again and again, nor many that each stall once, can hold the others up for longer.
+    waiting.  Each peer gets that patience once per :data:`~enchufe._serving.PATIENCE_WINDOW`:
+    a peer that takes a datagram just in time, again and again, cannot hold the others up.
     :func:`enchufe.sync.serve.deliver` does the same, blocking.
     """
     if sock.socket.family != socket.AF_UNIX:
@@ -118,9 +117,9 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     if peer in stalled:
         return False  # it already made us wait in vain: dropped at once until it reads again
     started = time.monotonic()
-    patience = stalled.patience(started)
+    patience = stalled.patience(peer, started)
     if patience <= 0:
-        return False  # others made us wait enough lately: dropped, as UDP would drop it
+        return False  # it made us wait enough lately: dropped, as UDP would drop it
     try:
         async with asyncio.timeout(patience):
             await sock.sendto(data, peer)  # backs off while the receiver's queue is full
@@ -128,7 +127,7 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
         stalled.gave_up(peer)
         return False
     finally:
-        stalled.waited(time.monotonic() - started)
+        stalled.waited(peer, started, time.monotonic() - started)
     return True
 
 

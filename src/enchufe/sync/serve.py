@@ -100,7 +100,7 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
     datagrams in its own queue).  Unix: a receiver whose queue is full gets up to
     :data:`~enchufe._serving.DELIVER_PATIENCE` to make room, then the datagram is dropped and
     ``False`` returned; until it takes a datagram again, the next ones for it are dropped at once.
-    All peers together get that patience once per :data:`~enchufe._serving.PATIENCE_WINDOW`.
+    Each peer gets that patience once per :data:`~enchufe._serving.PATIENCE_WINDOW`.
     """
     if sock.socket.family != socket.AF_UNIX:
         sock.sendto(data, peer)
@@ -112,9 +112,9 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
     if peer in stalled:
         return False  # it already made us wait in vain: dropped at once until it reads again
     started = time.monotonic()
-    patience = stalled.patience(started)
+    patience = stalled.patience(peer, started)
     if patience <= 0:
-        return False  # others made us wait enough lately: dropped, as UDP would drop it
+        return False  # it made us wait enough lately: dropped, as UDP would drop it
     # No readiness event announces room in a unix receiver's queue: poll, backing off.
     deadline = started + patience
     pause = UNIX_SEND_RETRY
@@ -125,7 +125,7 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
                 return True
             pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
     finally:
-        stalled.waited(time.monotonic() - started)
+        stalled.waited(peer, started, time.monotonic() - started)
     stalled.gave_up(peer)
     return False
 
