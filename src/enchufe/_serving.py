@@ -29,12 +29,6 @@ EXHAUSTION_PAUSE_MAX = 1.0
 #: so it costs the server one such wait, not one per datagram.
 DELIVER_PATIENCE = 1.0
 
-#: First and longest pause between attempts to send to a unix receiver whose queue is full:
-#: no readiness event announces room there, so the sender polls, quickly at first (a reader
-#: usually catches up within milliseconds), then at most 20 times a second.
-UNIX_SEND_RETRY = 0.001
-UNIX_SEND_RETRY_MAX = 0.05
-
 #: One unix peer may make a server wait for room in its queue at most :data:`DELIVER_PATIENCE`
 #: per this many seconds, waits that ended with room included: a peer that lets its queue fill
 #: and takes one datagram just before the patience runs out, again and again, would otherwise

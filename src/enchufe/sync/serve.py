@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .. import _ranges
+from .._backoff import Backoff
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
-    UNIX_SEND_RETRY,
-    UNIX_SEND_RETRY_MAX,
     ServeStats,
     is_exhaustion,
     log,
@@ -117,13 +116,12 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
         return False  # it made us wait enough lately: dropped, as UDP would drop it
     # No readiness event announces room in a unix receiver's queue: poll, backing off.
     deadline = started + patience
-    pause = UNIX_SEND_RETRY
+    backoff = Backoff()
     try:
         while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(pause, left))
+            time.sleep(min(backoff.next(), left))
             if sock.sendto_nowait(data, peer):
                 return True
-            pause = min(pause * 2, UNIX_SEND_RETRY_MAX)
     finally:
         stalled.waited(peer, started, time.monotonic() - started)
     stalled.gave_up(peer)
