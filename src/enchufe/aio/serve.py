@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .. import _ranges
+from .._backoff import Backoff
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -253,7 +254,7 @@ class Server:
 
     async def _accept_loop(self, listener: Listener) -> None:
         assert self._stopping is not None
-        pause = EXHAUSTION_PAUSE
+        backoff = Backoff(EXHAUSTION_PAUSE, EXHAUSTION_PAUSE_MAX)
         while not self._stopping.is_set():
             try:
                 conn = await listener.accept()
@@ -265,12 +266,12 @@ class Server:
                 if not is_exhaustion(exc):
                     raise
                 self.stats.exhaustion_pauses += 1
+                pause = backoff.next()
                 log.warning("accept on %s: %s; pausing %.2f s", listener.address, _message(exc), pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), pause)
-                pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
                 continue
-            pause = EXHAUSTION_PAUSE
+            backoff.reset()
             if self.stats.accepted % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # a burst of clients must not starve those being served
             if len(self._tasks) >= self.max_connections:

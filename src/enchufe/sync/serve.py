@@ -265,7 +265,7 @@ class Server:
     # -- streams
 
     def _accept_loop(self, listener: Listener) -> None:
-        pause = EXHAUSTION_PAUSE
+        backoff = Backoff(EXHAUSTION_PAUSE, EXHAUSTION_PAUSE_MAX)
         while not self._stopping.is_set():
             try:
                 conn = listener.accept()
@@ -279,9 +279,9 @@ class Server:
                         return
                     raise
                 self.stats.exhaustion_pauses += 1
+                pause = backoff.next()
                 log.warning("accept on %s: %s; pausing %.2f s", listener.address, _message(exc), pause)
                 self._stopping.wait(pause)
-                pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
                 continue
             with self._lock:
                 full = len(self._active) >= self.max_connections
@@ -304,11 +304,11 @@ class Server:
                 self.stats.refused += 1
                 self.stats.exhaustion_pauses += 1
                 conn.close()
+                pause = backoff.next()
                 log.warning("refused %s: %s; pausing %.2f s", _shown(conn.peer_address), error, pause)
                 self._stopping.wait(pause)
-                pause = min(pause * 2, EXHAUSTION_PAUSE_MAX)
                 continue
-            pause = EXHAUSTION_PAUSE
+            backoff.reset()
             if full:
                 self.stats.refused += 1
                 log.info(
