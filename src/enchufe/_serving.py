@@ -97,6 +97,27 @@ class StalledPeers:
         self._peers.add(peer)
 
 
+class Refusals:
+    """Says that clients were turned away for want of room, at most once per :attr:`interval`
+    seconds, counting the ones not shown: each is worth a warning (nobody else would know),
+    but a flood of them must not flood the log."""
+
+    interval = 1.0
+
+    def __init__(self) -> None:
+        self._next = float("-inf")
+        self._unsaid = 0
+
+    def refused(self, peer: str, reason: str, now: float) -> None:
+        if now < self._next:
+            self._unsaid += 1
+            return
+        more = f" (and {self._unsaid} more since the last such line)" if self._unsaid else ""
+        log.warning("refused %s: %s%s", peer, reason, more)
+        self._next = now + self.interval
+        self._unsaid = 0
+
+
 @dataclass
 class ServeStats:
     """What a server did; ``cut`` counts connections closed by shutdown before they finished."""

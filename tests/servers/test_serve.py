@@ -693,3 +693,20 @@ def test_a_unix_peer_that_reads_just_in_time_does_not_hold_the_others_up(
         attacker.join(IO_TIMEOUT)
         hostile.close()
     assert slow <= 2  # at most the window's one wait (and one more if the test spans two)
+
+
+def test_refused_clients_are_said_without_v_and_rate_limited(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, serve_log: LogRecords
+) -> None:
+    """Clients turned away at max_connections are a warning (they only see a close), one line
+    per second at most with a count of the others, not one per client."""
+    running = serve(flavour, make_address("tcp4"), echo_for(flavour), max_connections=1)
+    with client(running.address) as holder:
+        round_trip(holder)
+        for _ in range(5):
+            with client(running.address) as extra:
+                assert closed_by_server(extra)
+        wait_until(lambda: running.stats.refused == 5, what="five refusals")
+    warnings = [m for m in serve_log.messages(logging.WARNING) if m.startswith("refused ")]
+    assert 1 <= len(warnings) < 5
+    assert warnings[0].endswith(": the server is at its limit of 1 open connection")

@@ -34,6 +34,7 @@ from .._serving import (
     DELIVER_PATIENCE,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
+    Refusals,
     ServeStats,
     is_exhaustion,
     log,
@@ -181,6 +182,7 @@ class Server:
     _cut_now: asyncio.Event | None = None
     _drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     sessions: SessionTable[Any, dict[str, Any]] | None = None
+    _refusals: Refusals = field(default_factory=Refusals)
 
     def __post_init__(self) -> None:
         self.max_connections = _ranges.integer(self.max_connections, "max_connections", 1)
@@ -276,7 +278,8 @@ class Server:
                 await asyncio.sleep(0)  # a burst of clients must not starve those being served
             if len(self._tasks) >= self.max_connections:
                 self.stats.refused += 1
-                log.info("refused %s: %d connections open (max)", _shown(conn.peer_address), len(self._tasks))
+                reason = _at_limit(self.max_connections)
+                self._refusals.refused(_shown(conn.peer_address), reason, time.monotonic())
                 conn.close()
                 continue
             self.stats.accepted += 1
@@ -408,6 +411,10 @@ def _shown(value: object) -> str:
     """A peer's address, or an error that names one, safe on a log line (peers choose their
     unix names: a newline there must not start a line of their own)."""
     return printable(str(value))
+
+
+def _at_limit(limit: int) -> str:
+    return f"the server is at its limit of {limit} open connection{'s' if limit != 1 else ''}"
 
 
 def _message(exc: BaseException) -> str:

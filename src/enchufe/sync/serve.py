@@ -37,6 +37,7 @@ from .._serving import (
     DEFAULT_MAX_CONNECTIONS,
     EXHAUSTION_PAUSE,
     EXHAUSTION_PAUSE_MAX,
+    Refusals,
     ServeStats,
     is_exhaustion,
     log,
@@ -188,6 +189,7 @@ class Server:
         #: (read fd, write fd) of the pipe that wakes the datagram loop on shutdown.
         self._wake: tuple[int, int] | None = None
         self._active: dict[Connection, threading.Thread] = {}
+        self._refusals = Refusals()
 
     @property
     def bound_address(self) -> SocketAddress:
@@ -311,9 +313,8 @@ class Server:
             backoff.reset()
             if full:
                 self.stats.refused += 1
-                log.info(
-                    "refused %s: %d connections open (max)", _shown(conn.peer_address), self.max_connections
-                )
+                reason = _at_limit(self.max_connections)
+                self._refusals.refused(_shown(conn.peer_address), reason, time.monotonic())
                 conn.close()
 
     def _run(self, conn: Connection) -> None:
@@ -431,6 +432,10 @@ def _shown(value: object) -> str:
     """A peer's address, or an error that names one, safe on a log line (peers choose their
     unix names: a newline there must not start a line of their own)."""
     return printable(str(value))
+
+
+def _at_limit(limit: int) -> str:
+    return f"the server is at its limit of {limit} open connection{'s' if limit != 1 else ''}"
 
 
 def _message(exc: BaseException) -> str:
