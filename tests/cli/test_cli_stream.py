@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
+import struct
 from collections.abc import Callable
 
 import pytest
@@ -136,3 +138,27 @@ def test_stopped_while_idle_exits_0_and_while_serving_exits_1(
     assert "Traceback" not in busy.err
     client.close_stdin()
     assert client.finish() == 0, client.err  # the peer had closed: connect ends cleanly
+
+
+def test_a_client_that_resets_before_it_is_accepted_does_not_end_a_one_shot_listen(
+    make_address: Callable[[str], str], spawn: Spawn
+) -> None:
+    """The listener is stopped (SIGSTOP) while a client connects and resets, so that accept()
+    returns a connection that is already gone: nobody was served, so the next client is."""
+    server = spawn("listen", "-v", make_address("tcp4"), stdin=False)
+    address = server.listening()
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    server.popen.send_signal(signal.SIGSTOP)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as early:
+            early.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        server.popen.send_signal(signal.SIGCONT)
+    server.wait_err(r"^a client left before it was accepted$")
+    with enchufe.connect(address, timeout=5) as conn:
+        conn.send_all(b"the real client")
+        conn.shutdown_write()
+        conn.set_timeout(5)
+        assert conn.recv() == b""
+    assert server.finish() == 0, server.err
+    assert server.out == b"the real client"

@@ -160,13 +160,19 @@ def _refuse_what_does_not_apply(
 
 def _serve(listener: Listener, keep_open: bool) -> int:
     """Announce the listener, then serve one client (or, with ``keep_open``, client after client)."""
-    from ..errors import NetworkError
+    from ..errors import ConnectionReset, NetworkError
     from ..stdio import pump_stream
 
     event("listening", f"listening on {listener.address}", address=str(listener.address))
     stdin_fd: int | None = 0
     while True:
-        conn = listener.accept()
+        try:
+            conn = listener.accept()
+        except ConnectionReset:
+            # The client reset before we accepted it: nobody was served yet, so even a
+            # one-shot listen waits for the next client, as nc -l and socat do.
+            event("reset", "a client left before it was accepted", level=1)
+            continue
         peer = peer_name(conn.peer_address)
         event("accept", f"accepted {peer}", level=1, peer=peer)
         try:
