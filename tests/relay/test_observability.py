@@ -7,7 +7,17 @@ import re
 import socket
 from collections.abc import Callable
 
-from .conftest import StartRelay, Target, dial, echo, ping, read_all, sockaddr_of
+from .conftest import (
+    DatagramTarget,
+    StartRelay,
+    Target,
+    datagram_socket,
+    dial,
+    echo,
+    ping,
+    read_all,
+    sockaddr_of,
+)
 
 
 def _one_exchange(address: str, payload: bytes) -> bytes:
@@ -104,6 +114,26 @@ def test_trace_narrates_the_splice_calls(start_relay: StartRelay, make_address: 
         r"^read\(fd \d+, \d+\) = 6$",
         r"^write\(fd \d+, 6 bytes\) = 6$",
         r"^shutdown\(fd \d+, SHUT_WR\)$",
+    ):
+        assert re.search(pattern, err, re.MULTILINE), f"{pattern!r} not in:\n{err}"
+
+
+def test_trace_narrates_the_datagram_reads(
+    start_relay: StartRelay, make_address: Callable[[str], str]
+) -> None:
+    """While tracing, the datagram relay reads the client's datagrams and the target's replies
+    through the narrated call, not the bare one it uses otherwise."""
+    with DatagramTarget(make_address("udp4")) as target:
+        relay = start_relay(make_address("udp4"), target.address, "--trace")
+        with datagram_socket(relay.address) as client:
+            client.send(b"traced")
+            assert client.recv(100) == b"traced"
+            client_port = client.getsockname()[1]
+        relay.wait_err(r"^sendto\(fd \d+, 6 bytes, 127\.0\.0\.1:\d+\) = 6$")
+    err = relay.err
+    for pattern in (
+        rf"^recvfrom\(fd \d+\) = 6 bytes from 127\.0\.0\.1:{client_port}$",  # the client's datagram
+        rf"^recvfrom\(fd \d+\) = 6 bytes from {re.escape(target.address.split('//')[1])}$",  # the reply
     ):
         assert re.search(pattern, err, re.MULTILINE), f"{pattern!r} not in:\n{err}"
 

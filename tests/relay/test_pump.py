@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from enchufe import trace
 from enchufe.relay import pump as pump_module
 from enchufe.relay.pump import Pools, Pump
 
@@ -43,6 +44,21 @@ def pairs(
             sock.close()
 
 
+@pytest.fixture(params=[False, True], ids=["quiet", "traced"])
+def narration(request: pytest.FixtureRequest) -> Iterator[list[str] | None]:
+    """Each pump path runs twice: with tracing off (the pump makes the system calls itself) and
+    on (through the narrated calls); the lines emitted then, or None while quiet."""
+    if not request.param:
+        yield None
+        return
+    lines: list[str] = []
+    trace.enable(lines.append)
+    try:
+        yield lines
+    finally:
+        trace.disable()
+
+
 def _run_until_idle(pump: Pump) -> int:
     moved = 0
     for _ in range(10_000):
@@ -54,7 +70,9 @@ def _run_until_idle(pump: Pump) -> int:
 
 
 @pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
-def test_bytes_then_eof_pass_through(pairs: tuple[socket.socket, ...], use_splice: bool) -> None:
+def test_bytes_then_eof_pass_through(
+    pairs: tuple[socket.socket, ...], use_splice: bool, narration: list[str] | None
+) -> None:
     writer, src, dst, reader = pairs
     pools = Pools()
     pump = Pump(src, dst, pools, use_splice=use_splice)
@@ -82,6 +100,20 @@ def test_bytes_then_eof_pass_through(pairs: tuple[socket.socket, ...], use_splic
     assert pools.idle_pipes == (1 if use_splice else 0)
     pools.close()
     assert pools.pipes_open == 0
+    if narration is not None:
+        _assert_narrated(narration, src.fileno(), dst.fileno(), use_splice)
+
+
+def _assert_narrated(lines: list[str], src: int, dst: int, use_splice: bool) -> None:
+    """Both halves of the transfer were narrated, in the calls of the path taken."""
+    if use_splice:
+        into, out_of = f"splice(fd {src}, fd ", f", fd {dst}, "
+        assert any(line.startswith(into) for line in lines), lines[:5]
+        assert any(line.startswith("splice(") and out_of in line for line in lines), lines[:5]
+    else:
+        assert any(line.startswith(f"read(fd {src}, ") for line in lines), lines[:5]
+        assert any(line.startswith(f"write(fd {dst}, ") for line in lines), lines[:5]
+        assert not any(line.startswith("splice(") for line in lines)
 
 
 @pytest.mark.parametrize("mode", ["splice", "copy", "bulk"])
@@ -174,7 +206,7 @@ def test_a_kind_splice_cannot_serve_falls_back_to_copying(
     def unsupported(src_fd: int, dst_fd: int, count: int, flags: int = 0) -> int:
         raise OSError(errno.EINVAL, "Invalid argument")
 
-    monkeypatch.setattr(pump_module, "splice", unsupported)
+    monkeypatch.setattr(pump_module, "traced_splice", unsupported)
     monkeypatch.setattr(pump_module, "_os_splice", unsupported)
     pools = Pools()
     pump = Pump(src, dst, pools)
@@ -187,7 +219,7 @@ def test_a_kind_splice_cannot_serve_falls_back_to_copying(
 
 
 @pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
-def test_pipes_as_source_and_destination(use_splice: bool) -> None:
+def test_pipes_as_source_and_destination(use_splice: bool, narration: list[str] | None) -> None:
     """Bare descriptors (a child's stdout and stdin): EOF is passed on by the finish callback."""
     src_r, src_w = os.pipe2(os.O_NONBLOCK)
     dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
@@ -201,6 +233,8 @@ def test_pipes_as_source_and_destination(use_splice: bool) -> None:
         _run_until_idle(pump)
         assert pump.done and finished == [True]
         assert os.read(dst_r, 100) == b"through pipes"
+        if narration is not None:
+            _assert_narrated(narration, src_r, dst_w, use_splice)
     finally:
         for fd in (src_r, src_w, dst_r, dst_w):
             if fd >= 0:

@@ -748,7 +748,7 @@ class DatagramRelay(_DatagramListener):
         mode = self._read_mode
         reads = mode.limit()
         now = time.monotonic()
-        recv = listener.recvfrom_into if trace._sink is None else None
+        recv = None if trace.enabled() else listener.recvfrom_into
         # Groups of this batch, in order: [session, data, segment size, count, may grow].
         groups: list[list[Any]] = []
         last: list[Any] | None = None
@@ -907,7 +907,7 @@ class DatagramRelay(_DatagramListener):
         view = self._buffer
         limit = len(view)
         sock = session.sock
-        recv = sock.recv_into if trace._sink is None else None
+        recv = None if trace.enabled() else sock.recv_into
         mode = session.read_mode
         reads = mode.limit()
         got = 0

@@ -56,7 +56,7 @@ from .. import trace
 from .._sockets import SPLICE_FLAGS, close_fd, make_pipe, read_into, shutdown, write
 from .._sockets import splice as traced_splice
 
-__all__ = ["COPY_CHUNK", "MAX_ROUNDS", "PIPE_SIZE", "Pipe", "Pools", "Pump", "splice"]
+__all__ = ["COPY_CHUNK", "MAX_ROUNDS", "PIPE_SIZE", "Pipe", "Pools", "Pump"]
 
 #: Capacity asked for each splice pipe.  The more a pipe holds, the more one pair of splice calls
 #: moves (loopback TCP delivers hundreds of KiB per wake-up); 256 KiB measured close to 1 MiB in
@@ -88,14 +88,6 @@ _HAS_SPLICE = hasattr(os, "splice")
 _os_splice = getattr(os, "splice", None)
 _readv = os.readv
 _write = os.write
-
-
-def splice(src: int, dst: int, count: int) -> int:
-    """``splice()`` with the relay's flags; narrated only while tracing (the hot path of every
-    relayed byte skips the narration wrapper otherwise)."""
-    if trace._sink is None and _os_splice is not None:
-        return int(_os_splice(src, dst, count, flags=SPLICE_FLAGS))
-    return traced_splice(src, dst, count)
 
 
 class Pipe:
@@ -334,8 +326,9 @@ class Pump:
 
     def _run_splice(self) -> int:
         # The splice loop is inline here, its state in locals: this is the hot path of every
-        # relayed byte (a ping-pong message costs two splices and this loop's Python).
-        raw = _os_splice if trace._sink is None else None
+        # relayed byte (a ping-pong message costs two splices and this loop's Python).  While
+        # tracing is off it calls os.splice itself, skipping the narration wrapper.
+        raw = None if trace.enabled() else _os_splice
         moved = 0
         drained = False  # src said EAGAIN, or gave less than asked: wait for epoll
         blocked = False  # dst said EAGAIN
@@ -347,8 +340,7 @@ class Pump:
             progress = False
             if not (drained or self.eof or self.stalled):
                 if pipe is None:
-                    pipes = self._pools._pipes
-                    pipe = self.pipe = pipes.pop() if pipes else self._pools.pipe()
+                    pipe = self.pipe = self._pools.pipe()
                     if pipe is None:  # no descriptor for a pipe: copy through a buffer instead
                         self.use_splice = False
                         return moved + self._run_copy()
@@ -358,7 +350,7 @@ class Pump:
                         if raw is not None:
                             n = raw(src, pipe.w, room, flags=SPLICE_FLAGS)
                         else:
-                            n = splice(src, pipe.w, room)
+                            n = traced_splice(src, pipe.w, room)
                     except BlockingIOError:
                         drained = True
                         if flight:
@@ -386,7 +378,7 @@ class Pump:
                     if raw is not None:
                         n = raw(pipe.r, dst, flight, flags=SPLICE_FLAGS)
                     else:
-                        n = splice(pipe.r, dst, flight)
+                        n = traced_splice(pipe.r, dst, flight)
                 except BlockingIOError:
                     blocked = True
                 except OSError as exc:
@@ -407,11 +399,7 @@ class Pump:
                         self.stalled = drained = False
             if not flight:
                 if pipe is not None:
-                    pipes = self._pools._pipes
-                    if len(pipes) < self._pools.keep:
-                        pipes.append(pipe)
-                    else:
-                        self._pools.discard_pipe(pipe)
+                    self._pools.release_pipe(pipe)
                     self.pipe = pipe = None
                 if self.eof:
                     self.in_flight = 0
@@ -455,7 +443,7 @@ class Pump:
     def _run_copy(self) -> int:
         if self.discarding:
             return self._run_discard()
-        raw = trace._sink is None
+        raw = not trace.enabled()
         moved = 0
         drained = False
         blocked = False
