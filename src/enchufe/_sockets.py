@@ -174,6 +174,26 @@ def listen(sock: socket.socket, backlog: int) -> None:
         trace.emit(f"listen(fd {sock.fileno()}, backlog={backlog})")
 
 
+#: What accept() may fail with because of that one client, not the listener: the client left
+#: while queued (ECONNABORTED), a firewall refused it (EPERM), or, as accept(2) says, "already
+#: pending network errors" of the new connection that "should be treated like EAGAIN".  A server
+#: goes on with the next client after any of these.
+ACCEPT_CLIENT_ERRORS = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.EPERM,
+        errno.EPROTO,
+        errno.ENETDOWN,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+    }
+)
+
+
 def accept(sock: socket.socket) -> tuple[socket.socket, object]:
     return traced(
         sock.accept,

@@ -323,7 +323,7 @@ class StreamRelay:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR):
+                if exc.errno == errno.EINTR or exc.errno in _sockets.ACCEPT_CLIENT_ERRORS:
                     continue  # that client left while queued, or a firewall said no
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._shed()

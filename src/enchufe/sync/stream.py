@@ -214,6 +214,13 @@ class Listener:
         except OSError as exc:
             if self._closed:
                 raise ClosedError(f"the listener on {self.address} was closed") from exc
+            if exc.errno in _sockets.ACCEPT_CLIENT_ERRORS:  # that client's failure, not ours
+                raise ConnectionReset(
+                    f"cannot accept on {self.address}: the client's connection failed before it "
+                    f"was accepted ({(exc.strerror or str(exc)).lower()})",
+                    errno=exc.errno,
+                    action="accept",
+                ) from exc
             raise translate(exc, f"accept on {self.address}") from exc
         try:
             return Connection(conn)
