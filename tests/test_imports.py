@@ -1,13 +1,18 @@
-"""The asyncio mirror uses only what the sync side makes public: no ``_private`` name imported
-from ``enchufe.sync``, no reach into a wrapped sync object's privates (``._inner._x``).
+"""The import graph flows one way.
 
-What both sides need (constants, address checks, sans-IO state) lives in the shared modules
+The asyncio mirror uses only what the sync side makes public: no ``_private`` name imported
+from ``enchufe.sync``, no reach into a wrapped sync object's privates (``._inner._x``).  What
+both sides need (constants, address checks, sans-IO state) lives in the shared modules
 (``enchufe._connect``, ``enchufe._buffer``, ``enchufe._serving``) instead.
+
+The relay runs on its own event loop: none of its modules loads asyncio or the asyncio side.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +79,24 @@ def test_the_check_sees_a_private_reach(source: str) -> None:
 )
 def test_the_check_allows_public_names(source: str) -> None:
     assert private_reaches(source) == []
+
+
+#: Imports every module of the relay, then lists the asyncio modules loaded (stdlib or ours).
+RELAY_PROBE = """
+import pkgutil, sys
+import enchufe.relay
+for module in pkgutil.iter_modules(enchufe.relay.__path__, "enchufe.relay."):
+    __import__(module.name)
+asyncio = ("asyncio", "enchufe.aio", "enchufe.exec")
+print(sorted(m for m in sys.modules if m in asyncio or m.startswith(tuple(a + "." for a in asyncio))))
+"""
+
+
+def test_the_relay_does_not_load_asyncio() -> None:
+    """Every relay process (each worker too) imports the relay: asyncio and enchufe.aio would cost
+    each tens of milliseconds and memory for nothing.  Its exec: children start through
+    enchufe._spawn, which the asyncio ``listen --exec`` shares, not through enchufe.exec."""
+    done = subprocess.run(
+        [sys.executable, "-c", RELAY_PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -2,20 +2,9 @@
 
 One child per connection, started without a shell (the argv was split like a shell when the
 address was parsed, so nothing the peer sends is ever interpreted).  The child learns who it
-talks to from its environment, as under inetd or ncat's ``--exec``:
-
-===========================  ==================================================
-``ENCHUFE_PEER``             the peer's enchufe address (empty for an unnamed unix peer)
-``ENCHUFE_PEER_ADDR``        its host (IP), or unix path / ``@name``
-``ENCHUFE_PEER_PORT``        its port (IP kinds)
-``ENCHUFE_LOCAL``            our address, and ``_ADDR`` / ``_PORT`` likewise
-``ENCHUFE_PEER_PID/UID/GID`` the peer process's credentials (unix kinds, SO_PEERCRED)
-``ENCHUFE_KIND``             ``tcp4``, ``tcp6`` or ``unix``
-===========================  ==================================================
-
-The peer chooses its unix path or abstract name: every value is passed through
-:func:`enchufe._text.printable`, so that a NUL (which no environment can hold), a newline or a
-terminal escape in it reaches the child as a visible escape (``\\x00``, ``\\n``), never raw.
+talks to from its environment, as under inetd or ncat's ``--exec``: the ``ENCHUFE_*`` variables
+of :func:`child_environment` (listed in :mod:`enchufe._spawn`, shared with the relay's
+children), every value escaped, never raw.
 
 Half-close both ways: the peer's EOF closes the child's stdin; the child's EOF on stdout shuts
 the socket's write side.  The child is always reaped: if the connection breaks, it is asked to
@@ -27,58 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._sockets import Credentials
-from ._text import printable
-from .address import ExecAddress, InetAddress, SocketAddress, UnixAddress
-from .aio.stream import Connection
+from ._spawn import CHILD_EXIT_GRACE, TERMINATE_GRACE, child_environment
+from .address import ExecAddress
 from .errors import EnchufeError
+
+if TYPE_CHECKING:
+    from .aio.stream import Connection
 
 __all__ = ["child_environment", "run_exec"]
 
-#: Seconds a child gets to exit after SIGTERM when its connection broke, before SIGKILL.
-TERMINATE_GRACE = 1.0
-
-#: After the child exits, how long its stdout may stay silent without an EOF before the output
-#: counts as over: a process it started in the background may hold the pipe for as long as it
-#: lives (socat waits 0.5 s too).
-CHILD_EXIT_GRACE = 0.5
 _CHUNK = 65536
-
-
-def _describe(prefix: str, address: SocketAddress | None) -> dict[str, str]:
-    env = {prefix: printable(str(address)) if address is not None else ""}
-    if isinstance(address, InetAddress):
-        env[f"{prefix}_ADDR"] = printable(address.host)
-        env[f"{prefix}_PORT"] = str(address.port)
-    elif isinstance(address, UnixAddress):
-        env[f"{prefix}_ADDR"] = printable(f"@{address.name}" if address.abstract else address.name)
-    else:
-        env[f"{prefix}_ADDR"] = ""
-    return env
-
-
-def child_environment(
-    peer: SocketAddress | None,
-    local: SocketAddress | None,
-    credentials: Credentials | None = None,
-    base: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The child's environment: ``base`` (default: ours) plus the ``ENCHUFE_*`` variables."""
-    env = dict(os.environ if base is None else base)
-    env.update(_describe("ENCHUFE_PEER", peer))
-    env.update(_describe("ENCHUFE_LOCAL", local))
-    if credentials is not None:
-        env["ENCHUFE_PEER_PID"] = str(credentials.pid)
-        env["ENCHUFE_PEER_UID"] = str(credentials.uid)
-        env["ENCHUFE_PEER_GID"] = str(credentials.gid)
-    known = local or peer
-    kind = known.kind if known is not None else None
-    env["ENCHUFE_KIND"] = kind.label if kind is not None else ""
-    return env
 
 
 async def run_exec(conn: Connection, program: ExecAddress) -> int:

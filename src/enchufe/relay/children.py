@@ -8,10 +8,9 @@
     children.terminate(child)             # the connection broke: SIGTERM, SIGKILL after a grace
     children.close()                      # the relay ends: stop and reap every child left
 
-The child is started with ``posix_spawnp`` (no shell, nothing the peer sends is interpreted), its
-stdin and stdout are pipes whose other ends are ours, its stderr is the relay's.  Signals the
-relay ignores (SIGPIPE, which Python ignores) are reset to their defaults in the child, as
-``subprocess`` does, so that ``yes | head``-like programs end as they would in a shell.
+The child is started by :func:`enchufe._spawn.spawn` (``posix_spawnp``, no shell, nothing the
+peer sends is interpreted): its stdin and stdout are pipes whose other ends are ours, its stderr
+is the relay's.
 
 Every child is reaped, never left a zombie: a pidfd (``pidfd_open``) in the event loop says when
 it exits, and ``waitpid`` collects its status at once; a child whose connection broke gets
@@ -28,8 +27,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from .. import trace
+from .._spawn import TERMINATE_GRACE, spawn
 from ..address import ExecAddress
-from ..exec import TERMINATE_GRACE
 from .engine import READ, Loop, Timer
 from .events import EventSink
 
@@ -37,9 +36,6 @@ __all__ = ["POLL_INTERVAL", "Child", "Children"]
 
 #: How often child exits are polled where pidfds are not available.
 POLL_INTERVAL = 0.1
-
-#: Signals reset to their default disposition in the child (Python ignores SIGPIPE and SIGXFSZ).
-_RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
 class Child:
@@ -82,40 +78,15 @@ class Children:
         self._poll_timer: Timer | None = None
 
     def spawn(self, program: ExecAddress, env: Mapping[str, str], *, session_id: int) -> Child:
-        """Start ``program``.
+        """Start ``program`` and watch it.
 
-        Raises OSError if it cannot be (not found, not executable, no descriptor or process
-        left) and ValueError for an argv or environment the OS cannot take (a NUL byte); either
-        way every descriptor made for it is closed again and nothing else is touched, so the
-        caller ends only the session it was for.
+        Raises OSError if it cannot be started (not found, not executable, no descriptor or
+        process left) and ValueError for an argv or environment the OS cannot take (a NUL byte);
+        either way every descriptor made for it is closed again and nothing else is touched, so
+        the caller ends only the session it was for.
         """
-        made: list[int] = []
-        try:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-            made += (in_r, in_w)
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            made += (out_r, out_w)
-            pid = os.posix_spawnp(
-                program.argv[0],
-                list(program.argv),
-                env,
-                file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1)],
-                setsigdef=_RESET_SIGNALS,
-            )
-        except BaseException:
-            for fd in made:
-                os.close(fd)
-            raise
-        os.close(in_r)
-        os.close(out_w)
-        os.set_blocking(in_w, False)
-        os.set_blocking(out_r, False)
-        child = Child(pid, in_w, out_r, str(program), session_id)
-        if trace.enabled():
-            trace.emit(
-                f"posix_spawnp({program.argv[0]}, {list(program.argv)}) = pid {pid}; "
-                f"stdin ← fd {in_w}, stdout → fd {out_r}"
-            )
+        pid, stdin_w, stdout_r = spawn(program, env)
+        child = Child(pid, stdin_w, stdout_r, str(program), session_id)
         self.running[pid] = child
         self._watch(child)
         return child

@@ -46,10 +46,10 @@ from typing import Any
 from .. import _sockets
 from .._backoff import Backoff
 from .._sockets import Target, abort, accept, close, connect_nonblocking, new_socket, socket_error
+from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from .._text import printable
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress, UnixAddress, from_sockaddr
 from ..errors import TimedOut, translate
-from ..exec import child_environment
 from .children import Children
 from .engine import ERROR, FAILED, READ, WRITE, Loop, OnError, Timer
 from .events import EventSink
@@ -63,10 +63,6 @@ __all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver
 #: of connects must not starve transfers, nor wait behind them.
 ACCEPT_BATCH = 64
 
-#: After an exec: child exits, how long its session waits for the EOF of its stdout before it
-#: counts as ended anyway: a process the child started in the background may hold the pipe
-#: open for as long as it lives, and the client would wait for it (socat waits 0.5 s too).
-CHILD_EXIT_GRACE = 0.5
 #: Longest pause between two looks at a session whose exited child left output on its way to
 #: a client that reads slowly.
 CHILD_EXIT_RECHECK_MAX = 5.0
@@ -646,19 +642,9 @@ class StreamSession:
 
     def _spawn(self, program: ExecAddress) -> None:
         relay = self.relay
-        sock = self.client_sock
-        peer = local = creds = None
-        if sock is not None:
-            peer = from_sockaddr(sock.family, socket.SOCK_STREAM, self.peer) if self.peer else None
-            with contextlib.suppress(OSError):
-                local = from_sockaddr(sock.family, socket.SOCK_STREAM, sock.getsockname())
-            if sock.family == socket.AF_UNIX:
-                with contextlib.suppress(OSError):
-                    creds = _sockets.peer_credentials(sock)
         try:
-            child = relay.children.spawn(
-                program, child_environment(peer, local or relay.local, creds), session_id=self.id
-            )
+            env = socket_environment(self.client_sock, self.peer, relay.local)
+            child = relay.children.spawn(program, env, session_id=self.id)
         except (OSError, ValueError) as exc:  # this client only: the relay serves on
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._fail_connect(f"cannot run {program}: {reason.lower()}")
