@@ -101,6 +101,16 @@ def gone(pid: int) -> bool:
     return not os.path.exists(f"/proc/{pid}")
 
 
+def stopped(pid: int) -> bool:
+    """The process is gone or a zombie: for a child's child, reparented as it exits to a PID 1
+    that may never reap it (in a container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 # --- data through a child -------------------------------------------------------------------------
 
 
@@ -381,9 +391,65 @@ def test_a_child_that_exits_leaving_a_process_holding_its_output(
             started = time.monotonic()
             rest = read_to_eof(conn)
             assert rest == b"\0" * 3_000_000 + b"\ndone\n"
-            assert time.monotonic() - started < IO_TIMEOUT / 2
-            assert os.path.exists(f"/proc/{background}")  # still holding the pipe
+            assert time.monotonic() - started < IO_TIMEOUT / 2  # not 60 s
             assert server.status() == 0
+            wait_until(lambda: stopped(background), timeout=5, what="the background process stopped")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(background, 9)
+
+
+#: A child whose background process stays in its group: it says the background pid, then cats.
+BACKGROUND_THEN_CAT = ExecAddress(("sh", "-c", "sleep 300 2>/dev/null & echo $!; exec cat"))
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_what_a_child_started_goes_with_its_connection(
+    exec_server: Callable[..., ExecServer], how: str
+) -> None:
+    """The child's own background process is in the child's process group: once the peer has
+    gone (an orderly close: the child exits, the background process still holds its output; or
+    a reset: the child is stopped), the group is stopped too, not left running."""
+    server = exec_server(BACKGROUND_THEN_CAT)
+    conn = server.connect()
+    background = int(conn.recv_until(b"\n"))
+    try:
+        assert not stopped(background)
+        if how == "reset":
+            conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        assert server.status() in (0, -15)  # a reset may be read as an EOF first: cat ends
+        wait_until(lambda: stopped(background), timeout=5, what="the background process stopped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(background, 9)
+
+
+def test_server_shutdown_stops_what_children_started(
+    loop_flavour: str, make_address: Callable[[str], str]
+) -> None:
+    statuses: list[Any] = []
+
+    async def handler(conn: aio.Connection) -> None:
+        try:
+            statuses.append(await run_exec(conn, BACKGROUND_THEN_CAT))
+        except asyncio.CancelledError:
+            statuses.append("cancelled")
+            raise
+
+    running = start(loop_flavour, make_address("unix"), handler)
+    try:
+        with enchufe.connect(running.address, timeout=IO_TIMEOUT) as conn:
+            conn.set_timeout(IO_TIMEOUT)
+            background = int(conn.recv_until(b"\n"))
+            try:
+                running.shutdown(drain_timeout=0)
+                assert running.wait().cut == 1
+                assert statuses == ["cancelled"]
+                # SIGKILL, if it came to that, takes effect a moment after the handler sent it
+                wait_until(lambda: stopped(background), timeout=2, what="the background process gone")
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(background, 9)
+    finally:
+        running.stop()

@@ -24,6 +24,14 @@ when the address was parsed, so nothing the peer sends is ever interpreted), its
 pipes whose other ends are the caller's, its stderr ours.  Signals Python ignores (SIGPIPE,
 SIGXFSZ) are reset to their defaults in the child, as ``subprocess`` does, so that
 ``yes | head``-like programs end as they would in a shell.
+
+Each child starts a session of its own (``setsid``), so its process group, whose id is its pid,
+holds it and whatever it starts in the background: when its connection is over, the caller
+stops the whole group with :func:`signal_group`, as inetd or systemd stop a service's processes
+with its connection, and nothing it started runs on (holding our stderr) after the relay is gone.
+A session of its own rather than only a group: the child stays in it for life (a session leader
+cannot move), and it has no controlling terminal, so it is never stopped (SIGTTIN) for reading
+the terminal from a background group.  Terminal signals (Ctrl-C) reach only us; we stop it.
 """
 
 from __future__ import annotations
@@ -40,7 +48,15 @@ from ._sockets import Credentials, peer_credentials
 from ._text import printable
 from .address import ExecAddress, InetAddress, SocketAddress, UnixAddress, from_sockaddr
 
-__all__ = ["CHILD_EXIT_GRACE", "TERMINATE_GRACE", "child_environment", "socket_environment", "spawn"]
+__all__ = [
+    "CHILD_EXIT_GRACE",
+    "TERMINATE_GRACE",
+    "child_environment",
+    "group_alive",
+    "signal_group",
+    "socket_environment",
+    "spawn",
+]
 
 #: Seconds a child gets to exit after SIGTERM when its connection broke, before SIGKILL.
 TERMINATE_GRACE = 1.0
@@ -125,6 +141,7 @@ def spawn(program: ExecAddress, env: Mapping[str, str]) -> tuple[int, int, int]:
             env,
             file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1)],
             setsigdef=_RESET_SIGNALS,
+            setsid=True,
         )
     except BaseException:
         for fd in made:
@@ -136,7 +153,30 @@ def spawn(program: ExecAddress, env: Mapping[str, str]) -> tuple[int, int, int]:
     os.set_blocking(out_r, False)
     if trace.enabled():
         trace.emit(
-            f"posix_spawnp({program.argv[0]}, {list(program.argv)}) = pid {pid}; "
+            f"posix_spawnp({program.argv[0]}, {list(program.argv)}, setsid) = pid {pid}; "
             f"stdin ← fd {in_w}, stdout → fd {out_r}"
         )
     return pid, in_w, out_r
+
+
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to every process of the group ``pgid`` (a child of :func:`spawn` and what
+    it started); False, and nothing said, if none is left (ESRCH) or none may be signalled
+    (EPERM: one that changed its uid)."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    if trace.enabled():
+        trace.emit(f"kill(-{pgid}, {signal.Signals(signum).name})")
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """True while the group ``pgid`` has a process we may signal (a zombie left to a parent that
+    does not reap it counts: callers wait for the group only a bounded time)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -8,7 +8,10 @@ children), every value escaped, never raw.
 
 Half-close both ways: the peer's EOF closes the child's stdin; the child's EOF on stdout shuts
 the socket's write side.  The child is always reaped: if the connection breaks, it is asked to
-stop (SIGTERM), then killed after a grace period.
+stop (SIGTERM), then killed after a grace period.  It runs in a session and process group of its
+own, and the signals go to the whole group: what it started in the background is stopped with
+it, and also once the connection is over after the child exited, so that nothing it started
+runs on without its connection.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._spawn import CHILD_EXIT_GRACE, TERMINATE_GRACE, child_environment
+from ._spawn import CHILD_EXIT_GRACE, TERMINATE_GRACE, child_environment, group_alive, signal_group
 from .address import ExecAddress
 from .errors import EnchufeError
 
@@ -41,8 +45,13 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
     """
     env = child_environment(conn.peer_address, conn.local_address, conn.peer_credentials)
     try:
+        # A session of its own (uvloop has no process_group=): see enchufe._spawn.
         child = await asyncio.create_subprocess_exec(
-            *program.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+            *program.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
         )
     except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env (checked, still)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -95,7 +104,9 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
             await asyncio.gather(*tasks, watcher, return_exceptions=True)
             with contextlib.suppress(BaseException):
                 await both  # retrieved, whatever it holds
-        return await child.wait()
+        status = await child.wait()
+        await _stop(child)  # what it left behind goes with the connection
+        return status
     except BaseException:
         await _stop(child)  # cancelled (e.g. the server is shutting down): never leave a zombie
         raise
@@ -158,13 +169,18 @@ async def _exit_of(child: asyncio.subprocess.Process) -> None:
 
 
 async def _stop(child: asyncio.subprocess.Process) -> None:
-    if child.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        child.terminate()
-    try:
-        await asyncio.wait_for(child.wait(), TERMINATE_GRACE)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
+    """Stop the child's process group (the child, if it still runs, and what it started): SIGTERM,
+    SIGKILL to what is left after :data:`TERMINATE_GRACE` seconds; the child is reaped."""
+    pgid = child.pid  # its session's and group's id: it cannot leave them
+    if not signal_group(pgid, signal.SIGTERM):
         await child.wait()
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TERMINATE_GRACE
+    if child.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_exit_of(child), TERMINATE_GRACE)
+    while group_alive(pgid) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    signal_group(pgid, signal.SIGKILL)
+    await child.wait()

@@ -87,6 +87,39 @@ def test_exec_children_are_ended_and_reaped(signum: int, sock_dir: str, spawn: S
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
+def test_what_exec_children_started_is_ended_too(signum: int, sock_dir: str, spawn: Spawn) -> None:
+    """A child's background process stays in the child's process group, which is stopped with
+    it: gone once the listener has exited, not left running (holding its stderr)."""
+    import contextlib
+    import socket
+
+    path = os.path.join(sock_dir, "x.sock")
+    program = "sh -c 'sleep 300 2>/dev/null & echo $!; exec cat'"
+    server = spawn("listen", "-k", f"unix://{path}", "--drain-timeout", "0.2", "--exec", program)
+    server.listening()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(path)
+        line = b""
+        for _ in range(100):
+            if line.endswith(b"\n"):
+                break
+            chunk = client.recv(100)
+            assert chunk, "the child said nothing"
+            line += chunk
+        background = int(line)
+        try:
+            assert _alive(background)
+            server.popen.send_signal(signum)
+            assert server.finish() == 1, server.err
+            # (SIGKILL, if it came to that, takes effect a moment after the listener sent it)
+            wait_until(lambda: not _alive(background), "the background process gone", timeout=2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(background, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
 def test_send_waiting_for_a_reply_stops_with_status_1(signum: int, sock_dir: str, spawn: Spawn) -> None:
     """send --wait-reply to a server that never answers: the signal cuts it, exit status 1."""
     path = os.path.join(sock_dir, "quiet.sock")

@@ -310,11 +310,71 @@ def test_a_child_that_exits_leaving_a_process_holding_its_output_ends_the_sessio
     background = int(out.split()[0])
     try:
         assert out.endswith(b"\ndone\n")
-        assert waited < 10
-        assert _alive(background)  # it still holds the pipe: the close did not wait for it
+        assert waited < 10  # the close did not wait for the background process (60 s)
         relay.wait_err(r"exited, but a process it started holds its output open: closing")
+        wait_until(lambda: not _alive(background), "the background process stopped with its session", 5)
         relay.signal()
         assert relay.finish() == 0
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(background, signal.SIGKILL)
+
+
+#: A child whose background process stays in its group: it says the background pid, then cats.
+BACKGROUND_THEN_CAT = "exec:sh -c 'sleep 300 2>/dev/null & echo $!; exec cat'"
+
+
+def _read_line(client: socket.socket) -> bytes:
+    line = b""
+    for _ in range(100):
+        if line.endswith(b"\n"):
+            return line
+        chunk = client.recv(100)
+        assert chunk, "the child said nothing"
+        line += chunk
+    raise AssertionError("no line")
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_what_a_child_started_goes_with_its_connection(
+    start_relay: StartRelay, make_address: Callable[[str], str], how: str
+) -> None:
+    """The child's own background process is in the child's process group: once the client
+    has gone (an orderly close: the child exits, the background process still holds its
+    output; or a reset: the child is stopped), the group is stopped too, not left running."""
+    relay = start_relay(make_address("tcp4"), BACKGROUND_THEN_CAT, "-v")
+    client = dial(relay.address)
+    background = int(_read_line(client))
+    try:
+        assert _alive(background)
+        if how == "reset":
+            abort(client)
+        else:
+            client.close()
+        wait_until(lambda: not _alive(background), "the background process stopped", timeout=5)
+        relay.signal()
+        assert relay.finish() == 0, relay.err
+    finally:
+        client.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(background, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_what_a_child_started_goes_when_the_relay_stops(
+    start_relay: StartRelay, make_address: Callable[[str], str], signum: int
+) -> None:
+    """The relay stops while the session is open (cut at the end of the drain): the child and
+    the background process it started are both gone once the relay has exited."""
+    relay = start_relay(make_address("unix"), BACKGROUND_THEN_CAT, "--drain-timeout", "0.2")
+    with dial(relay.address) as client:
+        background = int(_read_line(client))
+        try:
+            assert _alive(background)
+            relay.signal(signum)
+            assert relay.finish() == 1, relay.err
+            # (SIGKILL, if it came to that, takes effect a moment after the relay sent it)
+            wait_until(lambda: not _alive(background), "the background process gone", timeout=2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(background, signal.SIGKILL)

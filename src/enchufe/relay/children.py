@@ -6,6 +6,7 @@
     child = children.spawn(ExecAddress(("tr", "a-z", "A-Z")), env, session_id=7)
     child.stdin_w, child.stdout_r          # our ends of its pipes, non-blocking
     children.terminate(child)             # the connection broke: SIGTERM, SIGKILL after a grace
+    children.release(child)               # the session is over: its group goes once it exits
     children.close()                      # the relay ends: stop and reap every child left
 
 The child is started by :func:`enchufe._spawn.spawn` (``posix_spawnp``, no shell, nothing the
@@ -16,6 +17,11 @@ Every child is reaped, never left a zombie: a pidfd (``pidfd_open``) in the even
 it exits, and ``waitpid`` collects its status at once; a child whose connection broke gets
 SIGTERM, then SIGKILL after :data:`TERMINATE_GRACE` seconds.  Without pidfd support, exits are
 polled every :data:`POLL_INTERVAL` seconds.
+
+Signals go to the child's process group (a session of its own, see :mod:`enchufe._spawn`), so
+what it started in the background goes with it: when its connection breaks, when its session
+ends after the child has exited (a process it left behind may hold its output), and when the
+relay ends.  Only the child itself is ours to reap; the others are reparented as they exit.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .. import trace
-from .._spawn import TERMINATE_GRACE, spawn
+from .._spawn import TERMINATE_GRACE, group_alive, signal_group, spawn
 from ..address import ExecAddress
 from .engine import READ, Loop, Timer
 from .events import EventSink
@@ -42,6 +48,7 @@ class Child:
     """One running program: its pid, our ends of its stdin and stdout pipes."""
 
     __slots__ = (
+        "ended",
         "exited",
         "label",
         "on_exit",
@@ -63,6 +70,9 @@ class Child:
         self.pidfd = -1
         self.status: int | None = None
         self.exited = False
+        #: Its session is over: its process group is stopped once it has exited.
+        self.ended = False
+        #: The SIGKILL that follows a SIGTERM to its group.
         self.timer: Timer | None = None
         #: Called once the child has exited and been reaped (its session may outlive it).
         self.on_exit: Callable[[], None] | None = None
@@ -75,7 +85,10 @@ class Children:
         self.loop = loop
         self.events = events
         self.running: dict[int, Child] = {}
+        #: Every child whose process group has not been stopped yet, by pid (= its group's id).
+        self.groups: dict[int, Child] = {}
         self._poll_timer: Timer | None = None
+        self._closing = False
 
     def spawn(self, program: ExecAddress, env: Mapping[str, str], *, session_id: int) -> Child:
         """Start ``program`` and watch it.
@@ -88,6 +101,7 @@ class Children:
         pid, stdin_w, stdout_r = spawn(program, env)
         child = Child(pid, stdin_w, stdout_r, str(program), session_id)
         self.running[pid] = child
+        self.groups[pid] = child
         self._watch(child)
         return child
 
@@ -142,13 +156,13 @@ class Children:
         if child.on_exit is not None:
             on_exit, child.on_exit = child.on_exit, None
             on_exit()
+        if child.ended and not self._closing:
+            self._stop(child)
         return True
 
     def _forget(self, child: Child) -> None:
+        # Its timer stays: the SIGKILL is for what is left of its group too.
         self.running.pop(child.pid, None)
-        if child.timer is not None:
-            child.timer.cancel()
-            child.timer = None
         if child.pidfd >= 0:
             self.loop.forget(child.pidfd)
             with contextlib.suppress(OSError):
@@ -158,44 +172,75 @@ class Children:
     # -- stopping
 
     def terminate(self, child: Child) -> None:
-        """The connection broke: SIGTERM now, SIGKILL if the child is still there after the grace."""
+        """The connection broke: SIGTERM to the child's group now (the child and what it started),
+        SIGKILL to what is left of it after the grace."""
+        child.ended = True
+        if not child.exited:
+            self._reap(child)
+        self._stop(child)
+
+    def release(self, child: Child) -> None:
+        """The session ended in order: once the child has exited (now, if it has), what is left
+        of its group is stopped as by :meth:`terminate`, so that nothing it started runs on
+        without its connection; until then the child runs on, and is reaped when it exits."""
+        child.ended = True
         if child.exited or self._reap(child):
+            self._stop(child)
+
+    def _stop(self, child: Child) -> None:
+        # Not ours any more: stopped already, or its pid (and so its group's id) is a new child's.
+        if child.timer is not None or self.groups.get(child.pid) is not child:
             return
-        self._signal(child, signal.SIGTERM)
+        if not self._signal(child, signal.SIGTERM):
+            del self.groups[child.pid]  # nobody left in it
+            return
 
         def kill() -> None:
             child.timer = None
-            if not child.exited and not self._reap(child):
-                self._signal(child, signal.SIGKILL)
+            if self.groups.get(child.pid) is not child:
+                return
+            del self.groups[child.pid]  # first: reaping it below must not stop it again
+            if not child.exited:
+                self._reap(child)
+            self._signal(child, signal.SIGKILL)
 
         child.timer = self.loop.call_later(TERMINATE_GRACE, kill)
 
-    def _signal(self, child: Child, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if child.pidfd >= 0:
-                signal.pidfd_send_signal(child.pidfd, signum)
-            else:
-                os.kill(child.pid, signum)
-        if trace.enabled():
-            trace.emit(f"kill({child.pid}, {signal.Signals(signum).name})")
+    def _signal(self, child: Child, signum: int) -> bool:
+        """Signal the child's group (the child stays in it: a session leader cannot leave);
+        False if nobody is left in it."""
+        return signal_group(child.pid, signum)
 
     def close(self, grace: float = TERMINATE_GRACE) -> None:
-        """Stop and reap every child still running (the relay is ending): SIGTERM, then SIGKILL
-        after ``grace`` seconds.  Blocks at most about ``grace`` seconds."""
-        # A copy: reaping forgets the child (it leaves ``running``) while we go through them.
-        children = [c for c in list(self.running.values()) if not self._reap(c)]
-        for child in children:
-            self._signal(child, signal.SIGTERM)
+        """Stop and reap every child still running and stop what is left of every group (the
+        relay is ending): SIGTERM, then SIGKILL after ``grace`` seconds.  Blocks at most about
+        ``grace`` seconds."""
+        self._closing = True
+        # Copies: reaping forgets the child (it leaves ``running``) while we go through them.
+        for child in list(self.running.values()):
+            self._reap(child)
+        left: dict[int, Child] = {}
+        for pid, child in {**self.groups, **self.running}.items():
+            if child.timer is not None:  # told already: its SIGKILL comes below instead
+                child.timer.cancel()
+                child.timer = None
+                stopping = not child.exited or group_alive(pid)
+            else:
+                stopping = self._signal(child, signal.SIGTERM)
+            if stopping:
+                left[pid] = child
         deadline = time.monotonic() + grace
-        while children and time.monotonic() < deadline:
+        while left and time.monotonic() < deadline:
             time.sleep(0.01)
-            children = [c for c in children if not self._reap(c)]
-        for child in children:
+            left = {pid: c for pid, c in left.items() if not (self._reap(c) and not group_alive(pid))}
+        for child in left.values():
             self._signal(child, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(child.pid, 0)
-            child.exited = True
-            self._forget(child)
+            if not child.exited:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, 0)
+                child.exited = True
+                self._forget(child)
+        self.groups.clear()
         if self._poll_timer is not None:
             self._poll_timer.cancel()
             self._poll_timer = None

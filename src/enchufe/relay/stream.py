@@ -1093,8 +1093,11 @@ class StreamSession:
         self.client.close(loop, abortive=abortive)
         if self.target is not None:
             self.target.close(loop, abortive=abortive)
-        if self.child is not None and abortive:
-            relay.children.terminate(self.child)
+        if self.child is not None:  # its group goes with the session (at once, if it broke)
+            if abortive:
+                relay.children.terminate(self.child)
+            else:
+                relay.children.release(self.child)
         relay.stats.open -= 1
         relay.session_ended(self, failed=abortive and reason != "shutdown")
         if relay.one_client and abortive and not quiet and reason != "shutdown":
