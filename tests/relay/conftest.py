@@ -478,6 +478,7 @@ class DatagramTarget:
             self.address = address
         self.respond = respond
         self.received: list[tuple[bytes, Any]] = []
+        self._arrived = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -490,11 +491,21 @@ class DatagramTarget:
                 continue
             except OSError:
                 return
-            self.received.append((data, sender))
+            with self._arrived:
+                self.received.append((data, sender))
+                self._arrived.notify_all()
             answer = self.respond(data, sender)
             if answer is not None and sender:
                 with contextlib.suppress(OSError):
                     self.sock.sendto(answer, sender)
+
+    def wait_received(self, count: int, timeout: float = IO_TIMEOUT) -> list[bytes]:
+        """Wait until ``count`` datagrams have arrived (the target's thread records them after
+        the relay has sent them): every datagram so far.  Fails after ``timeout``."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.received) >= count, timeout):
+                raise AssertionError(f"{len(self.received)} of {count} datagrams within {timeout:g} s")
+            return [data for data, _sender in self.received]
 
     def senders(self) -> set[Any]:
         return {sender for _data, sender in self.received}

@@ -117,9 +117,7 @@ def test_the_stream_end_closes_an_idle_session_in_order(
         with dial(relay.address) as client:
             client.sendall(encode(b"ping"))
             assert _frames(client.recv(100)) == [b"ping"]
-            started = time.monotonic()
-            assert read_all(client) == b""  # an orderly EOF, no reset
-            assert time.monotonic() - started < 3
+            assert read_all(client) == b""  # an orderly EOF, no reset (within dial's IO_TIMEOUT)
         relay.wait_err(r'"event": "close".*"reason": "idle"')
         final_summary(relay)
 
@@ -137,7 +135,7 @@ def test_a_frame_over_the_limit_resets_the_stream(
             with pytest.raises(ConnectionResetError):
                 read_all(client)
         relay.wait_err(r'"event": "close".*"reason": "protocol-error".*101 bytes')
-        assert [d for d, _s in target.received] == [b"fine"]
+        assert target.wait_received(1) == [b"fine"]
 
 
 def test_datagrams_to_a_stream_end_that_is_down_are_counted_as_dropped(

