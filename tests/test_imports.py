@@ -6,6 +6,9 @@ both sides need (constants, address checks, sans-IO state) lives in the shared m
 (``enchufe._connect``, ``enchufe._buffer``, ``enchufe._serving``) instead.
 
 The relay runs on its own event loop: none of its modules loads asyncio or the asyncio side.
+
+The socket layer (the traced calls, resolution, unix socket files, the openers) sits under every
+endpoint: it imports none of the layers built on it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import pytest
 import enchufe.aio
 
 AIO = Path(enchufe.aio.__file__).parent
+PACKAGE = AIO.parent
+
+#: The modules of the socket layer, and the layers built on it, which they must not import.
+SOCKET_LAYER = ("_calls", "_nonblocking", "_resolve", "_unixfiles", "_sockets")
+ABOVE_SOCKETS = ("sync", "aio", "relay", "servers", "bench", "cli", "exec", "stdio", "tour")
 
 
 def _from_sync(node: ast.ImportFrom) -> bool:
@@ -100,3 +108,60 @@ def test_the_relay_does_not_load_asyncio() -> None:
         [sys.executable, "-c", RELAY_PROBE], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def imported_modules(source: str) -> list[str]:
+    """Every module that ``source`` (a module directly inside the enchufe package) imports,
+    anywhere in it, as absolute names: ``from . import sync`` is ``enchufe.sync``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                found.append(node.module or "")
+                continue
+            base = "enchufe" if node.level == 1 else ""  # deeper levels leave the package: never ours
+            if node.module:
+                found.append(f"{base}.{node.module}")
+            else:
+                found += [f"{base}.{alias.name}" for alias in node.names]
+    return found
+
+
+def upward_imports(source: str) -> list[str]:
+    """The imports in ``source`` of a layer built on the socket layer."""
+    above = tuple(f"enchufe.{layer}" for layer in ABOVE_SOCKETS)
+    return [
+        name
+        for name in imported_modules(source)
+        if name in above or name.startswith(tuple(a + "." for a in above))
+    ]
+
+
+@pytest.mark.parametrize("name", SOCKET_LAYER)
+def test_the_socket_layer_imports_no_layer_above_it(name: str) -> None:
+    assert upward_imports((PACKAGE / f"{name}.py").read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from . import sync",
+        "from .relay.pump import Pump",
+        "from .aio import Connection",
+        "import enchufe.cli",
+        "def f():\n    from .sync.stream import Connection",
+        "from enchufe.exec import run_exec",
+    ],
+)
+def test_the_check_sees_an_upward_import(source: str) -> None:
+    assert len(upward_imports(source)) == 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["from . import trace, _ranges", "from ._calls import bind", "from .synchrony import x", "import socket"],
+)
+def test_the_check_allows_the_layers_below(source: str) -> None:
+    assert upward_imports(source) == []

@@ -16,7 +16,7 @@ Everything raised derives from :class:`EnchufeError`.
 from __future__ import annotations
 
 from . import trace
-from ._sockets import Credentials
+from ._calls import Credentials
 from .address import (
     Address,
     ExecAddress,

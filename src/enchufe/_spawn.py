@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import trace
-from ._sockets import Credentials, peer_credentials
+from ._calls import Credentials, peer_credentials
 from ._text import printable
 from .address import ExecAddress, InetAddress, SocketAddress, UnixAddress, from_sockaddr
 

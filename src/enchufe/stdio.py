@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _sockets
+from . import _calls
 from ._buffer import DEFAULT_MAX_DATAGRAM
 from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
@@ -136,7 +136,7 @@ def pump_stream(
                     continue
                 if mask & selectors.EVENT_WRITE:
                     try:
-                        sent = _sockets.send(sock, pending)
+                        sent = _calls.send(sock, pending)
                     except BlockingIOError:
                         sent = 0
                     except OSError as exc:
@@ -149,7 +149,7 @@ def pump_stream(
                         sel.register(stdin_fd, selectors.EVENT_READ)
                 if mask & selectors.EVENT_READ:
                     try:
-                        chunk = _sockets.recv(sock, CHUNK)
+                        chunk = _calls.recv(sock, CHUNK)
                     except BlockingIOError:
                         continue
                     except OSError as exc:

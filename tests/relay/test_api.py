@@ -9,7 +9,7 @@ import pytest
 
 import enchufe
 from enchufe import AddressError, NameResolutionError, UsageError
-from enchufe._sockets import Target as SockTarget
+from enchufe._resolve import Target as SockTarget
 from enchufe.relay import AccessRules, Relay, RelayConfig, check_endpoints
 
 from .conftest import STEP, Target, dial, echo, ping, read_all, relay_thread, wait_until

@@ -25,7 +25,7 @@ from enchufe import (
     TimedOut,
     UnixAddress,
     UsageError,
-    _sockets,
+    _unixfiles,
 )
 from enchufe.address import SocketAddress
 from tests.conftest import DATAGRAM_KINDS, connectable, kind_params, needs_ipv6
@@ -174,7 +174,7 @@ def test_reply_socket_file_of_the_path_fallback_is_removed_on_close() -> None:
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         raw.bind(path)
         st = os.stat(path)
-        sock = DatagramSocket(raw, owned=_sockets._TempSocketFile(path, st.st_dev, st.st_ino))
+        sock = DatagramSocket(raw, owned=_unixfiles._TempSocketFile(path, st.st_dev, st.st_ino))
         assert sock.local_address == UnixAddress(path, datagram=True)
         assert os.path.exists(path)
         sock.close()

@@ -7,10 +7,12 @@ import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .. import _ranges, _sockets
+from .. import _calls, _nonblocking, _ranges, _resolve, _unixfiles
 from .._backoff import Backoff
 from .._connect import DEFAULT_RETRY_DELAY, ConnectPlan, socket_address
-from .._sockets import DEFAULT_BACKLOG, SocketFile, Target, open_datagram, open_listener
+from .._resolve import Target
+from .._sockets import DEFAULT_BACKLOG, open_datagram, open_listener
+from .._unixfiles import SocketFile
 from ..address import Address, UnixAddress
 from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
 from ._wait import wait_writable
@@ -103,9 +105,9 @@ async def _targets(address: Any) -> list[Target]:
     if isinstance(address, UnixAddress):
         return [Target(socket.AF_UNIX, address.sockaddr)]
     if address.family is not None and address.host:  # a literal: nothing to look up
-        return _sockets.resolve(address, passive=False)
+        return _resolve.resolve(address, passive=False)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, lambda: _sockets.resolve(address, passive=False))
+    return await loop.run_in_executor(None, lambda: _resolve.resolve(address, passive=False))
 
 
 async def _open_connection(
@@ -118,22 +120,22 @@ async def _open_connection(
         if delay:
             await asyncio.sleep(delay)
         for target in await _targets(address):
-            sock = _sockets.new_socket(target.family, sock_type)
+            sock = _calls.new_socket(target.family, sock_type)
             owned: SocketFile | None = None
             try:
                 sock.setblocking(False)
                 if sock_type == socket.SOCK_DGRAM and target.family == socket.AF_UNIX:
-                    owned = _sockets.autobind_unix(sock)
+                    owned = _unixfiles.autobind_unix(sock)
                 async with asyncio.timeout(timeout):
                     if target.family == socket.AF_UNIX:
                         await _connect_unix(sock, target.sockaddr)
-                    elif _sockets.connect_nonblocking(sock, target.sockaddr) != 0:
+                    elif _nonblocking.connect_nonblocking(sock, target.sockaddr) != 0:
                         await wait_writable(sock)
-                        _sockets.finish_connect(sock)
+                        _calls.finish_connect(sock)
                 return sock, owned
             except OSError as exc:
                 _release(sock, owned)
-                plan.failed(exc, _sockets.explain_unix_failure(address, exc, f"connect to {address}"))
+                plan.failed(exc, _unixfiles.explain_unix_failure(address, exc, f"connect to {address}"))
             except BaseException:  # cancelled: close what we opened
                 _release(sock, owned)
                 raise
@@ -150,11 +152,11 @@ async def _connect_unix(sock: socket.socket, sockaddr: Any) -> None:
     kernel instead).  So the attempt is repeated, backing off.
     """
     backoff = Backoff()
-    while _sockets.connect_nonblocking(sock, sockaddr) != 0:
+    while _nonblocking.connect_nonblocking(sock, sockaddr) != 0:
         await asyncio.sleep(backoff.next())
 
 
 def _release(sock: socket.socket, owned: SocketFile | None) -> None:
-    _sockets.close(sock)
+    _calls.close(sock)
     if owned is not None:
         owned.release()

@@ -7,7 +7,7 @@ import socket
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-from .. import _ranges, _sockets, framing
+from .. import _calls, _ranges, _unixfiles, framing
 from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE, MAX_RECV_CHUNK, ReceiveBuffer
 from ..address import SocketAddress, from_sockaddr
 from ..errors import ClosedError, ConnectionReset, IncompleteRead, translate
@@ -65,12 +65,12 @@ class Connection:
         self._ready.timeout = _ranges.seconds(seconds, "timeout", optional=True)
 
     @property
-    def peer_credentials(self) -> _sockets.Credentials | None:
+    def peer_credentials(self) -> _calls.Credentials | None:
         """For unix sockets, the peer's pid, uid and gid (SO_PEERCRED); ``None`` for TCP."""
         self._check()
         if self._sock.family != socket.AF_UNIX:
             return None
-        return _sockets.peer_credentials(self._sock)
+        return _calls.peer_credentials(self._sock)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send every byte; returns once the kernel has them all."""
@@ -81,7 +81,7 @@ class Connection:
         try:
             while view:
                 try:
-                    sent = _sockets.send(self._sock, view)
+                    sent = _calls.send(self._sock, view)
                 except BlockingIOError:
                     await self._ready.writable()
                     self._check()
@@ -96,7 +96,7 @@ class Connection:
         self._check()
         self._write_shut = True
         try:
-            _sockets.shutdown(self._sock, socket.SHUT_WR)
+            _calls.shutdown(self._sock, socket.SHUT_WR)
         except OSError as exc:
             raise translate(exc, f"shut down the write side towards {self._where()}") from exc
 
@@ -108,7 +108,7 @@ class Connection:
         while True:
             self._check()
             try:
-                data = _sockets.recv(self._sock, max_bytes)
+                data = _calls.recv(self._sock, max_bytes)
             except BlockingIOError:
                 await self._ready.readable()
             except OSError as exc:
@@ -169,7 +169,7 @@ class Connection:
         self._closed = True
         self._ready.close()
         with contextlib.suppress(OSError):
-            _sockets.close(self._sock)
+            _calls.close(self._sock)
 
     @property
     def closed(self) -> bool:
@@ -196,7 +196,7 @@ class Listener:
     """
 
     def __init__(
-        self, sock: socket.socket, address: SocketAddress, owned: _sockets.SocketFile | None
+        self, sock: socket.socket, address: SocketAddress, owned: _unixfiles.SocketFile | None
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -218,14 +218,14 @@ class Listener:
             if self._closed:
                 raise ClosedError(f"the listener on {self.address} is closed")
             try:
-                conn, _peer = _sockets.accept(self._sock)
+                conn, _peer = _calls.accept(self._sock)
             except BlockingIOError:
                 await self._ready.readable()
                 continue
             except OSError as exc:
                 if self._closed:
                     raise ClosedError(f"the listener on {self.address} was closed") from exc
-                if exc.errno in _sockets.ACCEPT_CLIENT_ERRORS:  # that client's failure, not ours
+                if exc.errno in _calls.ACCEPT_CLIENT_ERRORS:  # that client's failure, not ours
                     raise ConnectionReset(
                         f"cannot accept on {self.address}: the client's connection failed before it "
                         f"was accepted ({(exc.strerror or str(exc)).lower()})",
@@ -265,7 +265,7 @@ class Listener:
         self._closed = True
         self._ready.close()
         with contextlib.suppress(OSError):
-            _sockets.close(self._sock)
+            _calls.close(self._sock)
         if self._owned is not None:
             self._owned.release()
 

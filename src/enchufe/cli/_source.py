@@ -12,9 +12,10 @@ from __future__ import annotations
 import socket
 import time
 
-from .. import _sockets
+from .. import _calls, _resolve, _unixfiles
 from .._connect import ConnectPlan
-from .._sockets import SocketFile, Target
+from .._resolve import Target
+from .._unixfiles import SocketFile
 from ..address import InetAddress, SocketAddress, UnixAddress
 from ..errors import AddressError, NameResolutionError, NetworkError, translate
 
@@ -67,18 +68,18 @@ def open_from(
             owned = _bind(sock, source)
             try:
                 sock.settimeout(timeout)
-                _sockets.connect(sock, where.sockaddr)
+                _calls.connect(sock, where.sockaddr)
                 sock.settimeout(None)
                 return sock, owned
             except BaseException as exc:
                 # Also on KeyboardInterrupt (a stop signal while connecting): the source's
                 # socket file must not outlive the attempt.
-                _sockets.close(sock)
+                _calls.close(sock)
                 if owned is not None:
                     owned.release()
                 if not isinstance(exc, OSError):
                     raise
-                plan.failed(exc, _sockets.explain_unix_failure(target, exc, f"connect to {target}"))
+                plan.failed(exc, _unixfiles.explain_unix_failure(target, exc, f"connect to {target}"))
     raise plan.error()
 
 
@@ -86,7 +87,7 @@ def _targets(target: SocketAddress, source: SocketAddress) -> list[Target]:
     if isinstance(target, UnixAddress):
         return [Target(socket.AF_UNIX, target.sockaddr)]
     assert isinstance(source, InetAddress)
-    found = _sockets.resolve(target, passive=False)
+    found = _resolve.resolve(target, passive=False)
     if source.family:
         wanted = socket.AF_INET if source.family == 4 else socket.AF_INET6
         found = [t for t in found if t.family == wanted]
@@ -101,7 +102,7 @@ def _targets(target: SocketAddress, source: SocketAddress) -> list[Target]:
 
 def _new(family: int, sock_type: int, target: SocketAddress) -> socket.socket:
     try:
-        return _sockets.new_socket(family, sock_type)
+        return _calls.new_socket(family, sock_type)
     except OSError as exc:
         raise translate(exc, f"connect to {target}") from exc
 
@@ -110,19 +111,19 @@ def _bind(sock: socket.socket, source: SocketAddress) -> SocketFile | None:
     """Bind ``sock`` to ``source``; on failure close it and raise a :class:`NetworkError`."""
     try:
         if isinstance(source, UnixAddress):
-            return _sockets.bind_unix(sock, source, None)
+            return _unixfiles.bind_unix(sock, source, None)
         assert isinstance(source, InetAddress)
         if source.port:
             # A fixed source port is reused run after run: TIME_WAIT of the last run's
             # connection must not refuse it (nc -p does the same).
-            _sockets.setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR")
-        _sockets.bind(sock, _local(sock.family, source))
+            _calls.setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR")
+        _calls.bind(sock, _local(sock.family, source))
         return None
     except OSError as exc:
-        _sockets.close(sock)
+        _calls.close(sock)
         raise translate(exc, f"bind the source address {source}") from exc
     except NetworkError:
-        _sockets.close(sock)
+        _calls.close(sock)
         raise
 
 
@@ -131,7 +132,7 @@ def _local(family: int, source: InetAddress) -> tuple[str, int] | tuple[str, int
     if family == socket.AF_INET6:
         if not source.host:
             return ("::", source.port, 0, 0)
-        infos = _sockets.resolve(source, passive=True)
+        infos = _resolve.resolve(source, passive=True)
         for target in infos:
             if target.family == socket.AF_INET6:
                 sockaddr = target.sockaddr
@@ -140,7 +141,7 @@ def _local(family: int, source: InetAddress) -> tuple[str, int] | tuple[str, int
     else:
         if not source.host:
             return ("0.0.0.0", source.port)
-        for target in _sockets.resolve(source, passive=True):
+        for target in _resolve.resolve(source, passive=True):
             if target.family == socket.AF_INET:
                 sockaddr = target.sockaddr
                 assert isinstance(sockaddr, tuple)

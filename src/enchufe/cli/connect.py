@@ -13,7 +13,7 @@ from ._common import BoundedInt, DatagramPrinter, FiniteFloat, event, global_opt
 from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
-    from .._sockets import SocketFile
+    from .._unixfiles import SocketFile
     from ..address import SocketAddress
 
 EXAMPLES = """\b

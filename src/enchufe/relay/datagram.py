@@ -65,11 +65,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import _sockets, trace
+from .. import _calls, _nonblocking, trace
 from .._backoff import Backoff
 from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix datagram is counted as truncated
-from .._sockets import SocketFile, Target, autobind_unix, new_socket, recv_datagram_into, send_datagram
+from .._calls import new_socket, recv_datagram_into, send_datagram
+from .._resolve import Target
 from .._text import printable
+from .._unixfiles import SocketFile, autobind_unix
 from ..address import from_sockaddr
 from ..errors import ProtocolError, translate
 from ..framing import HEADER, Framer
@@ -153,7 +155,7 @@ def send_datagrams(sock: socket.socket, data: Buffer, seg: int, count: int, sock
         send_datagram(sock, data, sockaddr)
         return
     cmsg = [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(seg))]
-    _sockets.traced(
+    _calls.traced(
         lambda: sock.sendmsg([data], cmsg) if sockaddr is None else sock.sendmsg([data], cmsg, 0, sockaddr),
         lambda: f"sendmsg(fd {sock.fileno()}, {count} datagrams of {seg} bytes, UDP_SEGMENT)",
         lambda _sent: f" = {len(data)}",
@@ -325,7 +327,7 @@ class _DatagramListener:
     def _on_listener(self, events: int) -> None:
         if events & FAILED:
             with contextlib.suppress(OSError):
-                _sockets.socket_error(self.listener)  # clear it: nothing is lost on a listener
+                _nonblocking.socket_error(self.listener)  # clear it: nothing is lost on a listener
         if events & (WRITE | ERROR) and self._replies:
             self._flush_replies()
         if events & (READ | ERROR) and not self.blocked:
@@ -614,7 +616,7 @@ class _DatagramListener:
         self._accepting = False
         self.loop.forget(self.listener.fileno())
         with contextlib.suppress(OSError):
-            _sockets.close(self.listener)
+            _calls.close(self.listener)
         for entry in list(self.table):
             self._reasons[id(entry.state)] = ("shutdown", None)
         self.table.clear()
@@ -679,7 +681,7 @@ class _DatagramUpstream(_Upstream):
     def close(self, loop: Loop) -> None:
         loop.forget(self.fd)
         with contextlib.suppress(OSError):
-            _sockets.close(self.sock)
+            _calls.close(self.sock)
         if self.owned is not None:
             self.owned.release()
             self.owned = None
@@ -712,10 +714,10 @@ class DatagramRelay(_DatagramListener):
             if target.family == socket.AF_UNIX:
                 owned = autobind_unix(sock)  # an address for the target to answer
             _enlarge_buffers(sock)
-            _sockets.connect(sock, target.sockaddr)
+            _calls.connect(sock, target.sockaddr)
         except BaseException:
             with contextlib.suppress(OSError):
-                _sockets.close(sock)
+                _calls.close(sock)
             if owned is not None:
                 owned.release()
             raise
@@ -873,7 +875,7 @@ class DatagramRelay(_DatagramListener):
             # An ICMP error (port unreachable) or a unix peer gone: reading SO_ERROR clears it,
             # so that an upstream we are not reading now does not report it forever.
             try:
-                code = _sockets.socket_error(session.sock)
+                code = _nonblocking.socket_error(session.sock)
             except OSError as exc:
                 code = exc.errno or errno.EIO
             if code == errno.ECONNREFUSED:
@@ -1003,9 +1005,9 @@ class _Tunnel(_Upstream):
         loop.forget(self.fd)
         with contextlib.suppress(OSError):
             if self.connected and not self.out:
-                _sockets.close(self.sock)
+                _calls.close(self.sock)
             else:
-                _sockets.abort(self.sock)
+                _nonblocking.abort(self.sock)
 
     def resume(self, relay: Any) -> None:
         relay.deliver(self)
@@ -1036,14 +1038,14 @@ class FramedDatagramRelay(_DatagramListener):
             if target.family != socket.AF_UNIX:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            status = _sockets.connect_nonblocking(sock, target.sockaddr)
+            status = _nonblocking.connect_nonblocking(sock, target.sockaddr)
         except BaseException:
             with contextlib.suppress(OSError):
-                _sockets.close(sock)
+                _calls.close(sock)
             raise
         if status not in (0, errno.EINPROGRESS):  # a unix target's backlog is full
             with contextlib.suppress(OSError):
-                _sockets.close(sock)
+                _calls.close(sock)
             raise OSError(status, "the target's backlog is full")
         label = describe_sender(self.listener.family, key)
         session = _Tunnel(next(self._ids), key, label, sock, self.max_datagram)
@@ -1105,7 +1107,7 @@ class FramedDatagramRelay(_DatagramListener):
         out = session.out
         while out:
             try:
-                sent = _sockets.write(session.fd, memoryview(out))
+                sent = _nonblocking.write(session.fd, memoryview(out))
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -1118,7 +1120,7 @@ class FramedDatagramRelay(_DatagramListener):
     def _on_stream(self, session: _Tunnel, events: int) -> None:
         if session.connected and events & FAILED:
             try:
-                code = _sockets.socket_error(session.sock)
+                code = _nonblocking.socket_error(session.sock)
             except OSError as exc:
                 code = exc.errno or errno.EIO
             if code:
@@ -1127,7 +1129,7 @@ class FramedDatagramRelay(_DatagramListener):
                 return
         if not session.connected:
             try:
-                code = _sockets.socket_error(session.sock)
+                code = _nonblocking.socket_error(session.sock)
             except OSError as exc:
                 code = exc.errno or errno.EIO
             if code:
@@ -1151,7 +1153,7 @@ class FramedDatagramRelay(_DatagramListener):
     def _read(self, session: _Tunnel) -> None:
         view = self._stream_buffer
         try:
-            n = _sockets.read_into(session.fd, view)
+            n = _nonblocking.read_into(session.fd, view)
         except BlockingIOError:
             return
         except OSError as exc:

@@ -33,8 +33,9 @@ import socket
 import time
 from typing import Any
 
-from .. import _sockets
-from .._sockets import SocketFile, autobind_unix, new_socket, recv_datagram_into, send_datagram
+from .. import _calls, _nonblocking
+from .._calls import new_socket, recv_datagram_into, send_datagram
+from .._unixfiles import SocketFile, autobind_unix
 from ..errors import ProtocolError, translate
 from ..framing import HEADER, RAISE_LIMIT_HINT, Framer
 from .datagram import BATCH, STREAM_CHUNK, _enlarge_buffers
@@ -143,7 +144,7 @@ class FramedStreamSession:
             if target.family == socket.AF_UNIX:
                 self.owned = autobind_unix(sock)
             _enlarge_buffers(sock)
-            _sockets.connect(sock, target.sockaddr)
+            _calls.connect(sock, target.sockaddr)
         except OSError as exc:
             self._fail(str(translate(exc, f"connect to {relay.target_label}")))
             return
@@ -199,7 +200,7 @@ class FramedStreamSession:
 
     def _socket_failed(self, sock: socket.socket) -> int:
         try:
-            return _sockets.socket_error(sock)
+            return _nonblocking.socket_error(sock)
         except OSError as exc:
             return exc.errno or errno.EIO
 
@@ -220,7 +221,7 @@ class FramedStreamSession:
     def _read_client(self) -> None:
         view = self.relay.buffer[:STREAM_CHUNK]
         try:
-            n = _sockets.read_into(self.client_fd, view)
+            n = _nonblocking.read_into(self.client_fd, view)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -404,7 +405,7 @@ class FramedStreamSession:
         out = self.out
         while out:
             try:
-                sent = _sockets.write(self.client_fd, memoryview(out))
+                sent = _nonblocking.write(self.client_fd, memoryview(out))
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -480,13 +481,13 @@ class FramedStreamSession:
         loop.forget(self.client_fd)
         with contextlib.suppress(OSError):
             if abortive:
-                _sockets.abort(self.client)
+                _nonblocking.abort(self.client)
             else:
-                _sockets.close(self.client)
+                _calls.close(self.client)
         if self.upstream is not None:
             loop.forget(self.up_fd)
             with contextlib.suppress(OSError):
-                _sockets.close(self.upstream)
+                _calls.close(self.upstream)
         if self.owned is not None:
             self.owned.release()
             self.owned = None

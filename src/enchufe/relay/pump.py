@@ -53,8 +53,9 @@ import socket
 from collections.abc import Callable
 
 from .. import trace
-from .._sockets import SPLICE_FLAGS, close_fd, make_pipe, read_into, shutdown, write
-from .._sockets import splice as traced_splice
+from .._calls import shutdown
+from .._nonblocking import SPLICE_FLAGS, close_fd, make_pipe, read_into, write
+from .._nonblocking import splice as traced_splice
 
 __all__ = ["COPY_CHUNK", "MAX_ROUNDS", "PIPE_SIZE", "Pipe", "Pools", "Pump"]
 

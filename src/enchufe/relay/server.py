@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from .. import _sockets
-from .._sockets import DEFAULT_BACKLOG, SocketFile, open_listener
+from .. import _calls, _sockets
+from .._sockets import DEFAULT_BACKLOG, open_listener
+from .._unixfiles import SocketFile
 from ..address import Address, ExecAddress, InetAddress, SocketAddress, StdioAddress, UnixAddress, parse
 from ..errors import AddressError, UsageError
 from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
@@ -567,7 +568,7 @@ class Relay:
         """Release the listener (and its socket file) if :meth:`run` did not."""
         if self._listener is not None:
             with contextlib.suppress(OSError):
-                _sockets.close(self._listener[0])
+                _calls.close(self._listener[0])
         self._release_file()
 
     @property

@@ -43,9 +43,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import _sockets
+from .. import _calls, _nonblocking, _resolve
 from .._backoff import Backoff
-from .._sockets import Target, abort, accept, close, connect_nonblocking, new_socket, socket_error
+from .._calls import accept, close, new_socket
+from .._nonblocking import abort, connect_nonblocking, socket_error
+from .._resolve import Target
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from .._text import printable
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress, UnixAddress, from_sockaddr
@@ -104,7 +106,7 @@ class TargetResolver:
         if isinstance(address, UnixAddress):
             self._targets = [Target(socket.AF_UNIX, address.sockaddr)]
         else:
-            self._targets = _sockets.resolve(address, passive=False)
+            self._targets = _resolve.resolve(address, passive=False)
             self._expires = time.monotonic() + RESOLVE_TTL
         return self._targets
 
@@ -164,14 +166,14 @@ class Side:
     def shut_write(self, loop: Loop) -> None:
         """Pass EOF on: ``shutdown(SHUT_WR)`` of a socket, or close the write descriptor."""
         if self.sock is not None:
-            _sockets.shutdown(self.sock, socket.SHUT_WR)
+            _calls.shutdown(self.sock, socket.SHUT_WR)
             return
         fd = self.wfd
         if fd < 0:
             return
         if self.wfd_is_socket:  # stdout is a socket (inetd style): a FIN, whoever else holds it
             with socket.socket(fileno=os.dup(fd)) as sock:
-                _sockets.shutdown(sock, socket.SHUT_WR)
+                _calls.shutdown(sock, socket.SHUT_WR)
         self._close_fd(loop, fd)
         self.wfd = -1
         self.wmask = _UNREGISTERED
@@ -189,7 +191,7 @@ class Side:
         with contextlib.suppress(OSError):
             if flags is not None:
                 fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-            _sockets.close_fd(fd)
+            _nonblocking.close_fd(fd)
 
     def close(self, loop: Loop, *, abortive: bool) -> None:
         if self.sock is not None:
@@ -319,7 +321,7 @@ class StreamRelay:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno == errno.EINTR or exc.errno in _sockets.ACCEPT_CLIENT_ERRORS:
+                if exc.errno == errno.EINTR or exc.errno in _calls.ACCEPT_CLIENT_ERRORS:
                     continue  # that client left while queued, or a firewall said no
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._shed()
@@ -400,7 +402,7 @@ class StreamRelay:
                 return
         if rules.filters_credentials and conn.family == socket.AF_UNIX:
             try:
-                creds = _sockets.peer_credentials(conn)
+                creds = _calls.peer_credentials(conn)
             except OSError:
                 self._refuse(conn, peer, "denied", "no peer credentials")
                 return
@@ -546,7 +548,7 @@ def _nodelay(sock: socket.socket) -> None:
     # The relay must not add latency: the endpoints decided when to send; Nagle would hold
     # back the small writes a request/response protocol makes through us.
     with contextlib.suppress(OSError):
-        _sockets.setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
+        _calls.setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
 
 
 # ----------------------------------------------------------------------------- one relayed client
@@ -685,7 +687,7 @@ class StreamSession:
         if status == errno.EINPROGRESS and target.family != socket.AF_UNIX:
             # On loopback (and to any peer that answers within the call) the handshake is over
             # before connect() returns: asking again costs one call, an epoll round costs more.
-            code = _sockets.connect_again(sock, target.sockaddr)
+            code = _nonblocking.connect_again(sock, target.sockaddr)
             if code in (0, errno.EISCONN):  # 0: the pending connect completed meanwhile
                 status = 0
             elif code not in (errno.EALREADY, errno.EINPROGRESS):

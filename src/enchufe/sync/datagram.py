@@ -7,10 +7,10 @@ import ipaddress
 import socket
 from types import TracebackType
 
-from .. import _ranges, _sockets
+from .. import _calls, _ranges, _resolve, _unixfiles
 from .._buffer import DEFAULT_MAX_DATAGRAM
+from .._calls import SockAddr
 from .._serving import StalledPeers
-from .._sockets import SockAddr
 from ..address import Address, InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
 from ..errors import (
     AddressError,
@@ -45,7 +45,7 @@ class DatagramSocket:
         self,
         sock: socket.socket,
         *,
-        owned: _sockets.SocketFile | None = None,
+        owned: _unixfiles.SocketFile | None = None,
         local_address: SocketAddress | None = None,
         peer_address: SocketAddress | None = None,
     ) -> None:
@@ -98,12 +98,12 @@ class DatagramSocket:
         target = self._target(address)
         sockaddr = self._sockaddr_for(target)
         try:
-            return _sockets.send_datagram(self._sock, bytes(data), sockaddr)
+            return _calls.send_datagram(self._sock, bytes(data), sockaddr)
         except BlockingIOError:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
             what = f"send a {len(data)}-byte datagram to {target}"
-            raise (_sockets.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
+            raise (_unixfiles.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
 
     def sendto_nowait(self, data: bytes, address: SocketAddress | str | None) -> bool:
         """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if
@@ -115,12 +115,12 @@ class DatagramSocket:
         target = self._target(address)
         sockaddr = self._sockaddr_for(target)
         try:
-            _sockets.send_datagram(self._sock, bytes(data), sockaddr, flags=socket.MSG_DONTWAIT)
+            _calls.send_datagram(self._sock, bytes(data), sockaddr, flags=socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
         except OSError as exc:
             what = f"send a {len(data)}-byte datagram to {target}"
-            raise (_sockets.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
+            raise (_unixfiles.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
         return True
 
     def send(self, data: bytes) -> int:
@@ -129,7 +129,7 @@ class DatagramSocket:
         if self.peer_address is None:
             raise UsageError("send() needs a connected datagram socket; use sendto(data, address)")
         try:
-            return _sockets.send_datagram(self._sock, bytes(data), None)
+            return _calls.send_datagram(self._sock, bytes(data), None)
         except BlockingIOError:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
@@ -166,7 +166,7 @@ class DatagramSocket:
         return sockaddr
 
     def _inet_sockaddr(self, target: InetAddress, family: int) -> SockAddr:
-        targets = _sockets.resolve(target, passive=False)
+        targets = _resolve.resolve(target, passive=False)
         for t in targets:
             if t.family == family:
                 return t.sockaddr
@@ -186,7 +186,7 @@ class DatagramSocket:
         if len(self._buffer) != max_size:
             self._buffer = bytearray(max_size)
         try:
-            size, raw = _sockets.recv_datagram_into(self._sock, self._buffer)
+            size, raw = _calls.recv_datagram_into(self._sock, self._buffer)
         except BlockingIOError:
             raise  # non-blocking use (enchufe.aio) waits and retries
         except OSError as exc:
@@ -216,7 +216,7 @@ class DatagramSocket:
             return
         self._closed = True
         with contextlib.suppress(OSError):
-            _sockets.close(self._sock)
+            _calls.close(self._sock)
         if self._owned is not None:
             self._owned.release()
 

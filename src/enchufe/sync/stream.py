@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator
 from types import TracebackType
 
-from .. import _ranges, _sockets, framing
+from .. import _calls, _ranges, _unixfiles, framing
 from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE, MAX_RECV_CHUNK, ReceiveBuffer
 from ..address import SocketAddress, from_sockaddr
 from ..errors import ClosedError, ConnectionReset, IncompleteRead, translate
@@ -60,12 +60,12 @@ class Connection:
         self._sock.settimeout(_ranges.seconds(seconds, "timeout", optional=True))
 
     @property
-    def peer_credentials(self) -> _sockets.Credentials | None:
+    def peer_credentials(self) -> _calls.Credentials | None:
         """For unix sockets, the peer's pid, uid and gid (SO_PEERCRED); ``None`` for TCP."""
         self._check()
         if self._sock.family != socket.AF_UNIX:
             return None
-        return _sockets.peer_credentials(self._sock)
+        return _calls.peer_credentials(self._sock)
 
     # -- sending
 
@@ -77,7 +77,7 @@ class Connection:
         view = memoryview(data).cast("B")
         try:
             while view:
-                sent = _sockets.send(self._sock, view)
+                sent = _calls.send(self._sock, view)
                 view = view[sent:]
         except OSError as exc:
             raise translate(exc, f"send to {self._where()}") from exc
@@ -87,7 +87,7 @@ class Connection:
         self._check()
         self._write_shut = True
         try:
-            _sockets.shutdown(self._sock, socket.SHUT_WR)
+            _calls.shutdown(self._sock, socket.SHUT_WR)
         except OSError as exc:
             raise translate(exc, f"shut down the write side towards {self._where()}") from exc
 
@@ -100,7 +100,7 @@ class Connection:
     def _recv_raw(self, max_bytes: int) -> bytes:
         self._check()
         try:
-            return _sockets.recv(self._sock, max_bytes)
+            return _calls.recv(self._sock, max_bytes)
         except OSError as exc:
             raise translate(exc, f"receive from {self._where()}") from exc
 
@@ -161,7 +161,7 @@ class Connection:
             return
         self._closed = True
         with contextlib.suppress(OSError):
-            _sockets.close(self._sock)
+            _calls.close(self._sock)
 
     @property
     def closed(self) -> bool:
@@ -190,7 +190,7 @@ class Listener:
     """
 
     def __init__(
-        self, sock: socket.socket, address: SocketAddress, owned: _sockets.SocketFile | None
+        self, sock: socket.socket, address: SocketAddress, owned: _unixfiles.SocketFile | None
     ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
@@ -210,11 +210,11 @@ class Listener:
         if self._closed:
             raise ClosedError(f"the listener on {self.address} is closed")
         try:
-            conn, _peer = _sockets.accept(self._sock)
+            conn, _peer = _calls.accept(self._sock)
         except OSError as exc:
             if self._closed:
                 raise ClosedError(f"the listener on {self.address} was closed") from exc
-            if exc.errno in _sockets.ACCEPT_CLIENT_ERRORS:  # that client's failure, not ours
+            if exc.errno in _calls.ACCEPT_CLIENT_ERRORS:  # that client's failure, not ours
                 raise ConnectionReset(
                     f"cannot accept on {self.address}: the client's connection failed before it "
                     f"was accepted ({(exc.strerror or str(exc)).lower()})",
@@ -248,9 +248,9 @@ class Listener:
         self._closed = True
         # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does.
         with contextlib.suppress(OSError):
-            _sockets.shutdown(self._sock, socket.SHUT_RDWR)
+            _calls.shutdown(self._sock, socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
-            _sockets.close(self._sock)
+            _calls.close(self._sock)
         if self._owned is not None:
             self._owned.release()
 

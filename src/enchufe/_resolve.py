@@ -1,0 +1,91 @@
+"""Resolution: the concrete socket addresses (:class:`Target`) to bind or connect to for an address."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from . import trace
+from ._calls import SockAddr, describe_sockaddr
+from .address import InetAddress
+from .errors import AddressError, NameResolutionError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One concrete socket address to bind or connect to, after resolution."""
+
+    family: socket.AddressFamily
+    sockaddr: SockAddr
+    #: listen on IPv6 and IPv4 at once (IPV6_V6ONLY=0); only for wildcard listeners asked so.
+    dual_stack: bool = False
+
+
+def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
+    """The concrete socket addresses for ``address``, in the order to try them.
+
+    A wildcard host is only for listening: ``tcp://:P`` is one dual-stack IPv6 socket where the
+    host has IPv6, else 0.0.0.0; ``tcp6://:P`` and ``tcp://[::]:P`` are IPv6 only.
+    """
+    sock_type = socket.SOCK_STREAM if address.is_stream else socket.SOCK_DGRAM
+    if address.host == "":
+        if not passive:
+            raise AddressError(
+                f"{str(address)!r}: a client needs a host to reach, e.g. {address.scheme}://"
+                f"{'[::1]' if address.forced_family == 6 else '127.0.0.1'}:{address.port or 9000}"
+            )
+        if address.forced_family == 4 or (address.forced_family is None and not _has_ipv6()):
+            return [Target(socket.AF_INET, ("0.0.0.0", address.port))]
+        return [
+            Target(
+                socket.AF_INET6,
+                ("::", address.port, 0, 0),
+                dual_stack=address.forced_family is None,
+            )
+        ]
+    if not passive and address.port == 0:
+        raise AddressError(
+            f"{str(address)!r}: port 0 only makes sense when listening; name the server's port"
+        )
+    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(address.family or 0, socket.AF_UNSPEC)
+    literal = address.family is not None and address.forced_family in (None, address.family)
+    flags = socket.AI_NUMERICHOST if literal else 0
+    if passive:
+        flags |= socket.AI_PASSIVE
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, family, sock_type, 0, flags)
+    except socket.gaierror as exc:
+        raise NameResolutionError(
+            f"cannot resolve {address.host!r} in {address}: {exc.strerror}; "
+            "check the name, or use an IP address",
+            errno=exc.errno,
+        ) from exc
+    targets: list[Target] = []
+    for fam, _type, _proto, _canon, sockaddr in infos:
+        if fam not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        target = Target(socket.AddressFamily(fam), sockaddr)
+        if target not in targets:
+            targets.append(target)
+    if not literal and trace.enabled():
+        shown = ", ".join(describe_sockaddr(t.family, t.sockaddr) for t in targets)
+        trace.emit(f"getaddrinfo({address.host}, {address.port}) = {shown}")
+    if not targets:
+        raise NameResolutionError(f"cannot resolve {address.host!r} in {address}: no IPv4 or IPv6 address")
+    return targets
+
+
+_ipv6: bool | None = None
+
+
+def _has_ipv6() -> bool:
+    """Whether this host can bind an IPv6 socket (the kernel may lack IPv6 even if Python has it)."""
+    global _ipv6
+    if _ipv6 is None:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::1", 0))
+            _ipv6 = True
+        except OSError:
+            _ipv6 = False
+    return _ipv6
