@@ -144,7 +144,7 @@ def test_every_numeric_option_states_its_range_in_help(option: str) -> None:
     blocks = re.split(r"\n(?=  -)", options)
     (block,) = [b for b in blocks if b.strip().startswith(f"{option} ")]
     help_text = " ".join(block.split())  # click wraps lines: judge the words
-    assert re.search(r"\[[0-9.]+ [<≤] \S+ ≤ [0-9]+\]", help_text), (option, help_text)
+    assert re.search(r"\[(?:default: [0-9.]+; )?[0-9.]+ [<≤] \S+ ≤ [0-9]+\]", help_text), (option, help_text)
 
 
 def _examples() -> list[list[str]]:

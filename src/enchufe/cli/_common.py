@@ -334,40 +334,74 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
-def server_options(f: F) -> F:
-    """--max-conns, --idle-timeout, --mode and --drain-timeout: what every server command takes."""
+def server_options(
+    *,
+    max_conns: int | None,
+    max_conns_help: str,
+    idle_help: str,
+    drain_timeout: float,
+    drain_help: str = "On SIGTERM, SIGINT or SIGHUP, seconds to let open connections finish before "
+    "cutting them.",
+    mode_help: str = "Permissions of a unix socket file, e.g. 660.",
+    backlog_help: str | None = None,
+) -> Callable[[F], F]:
+    """--max-conns, --idle-timeout, --mode, --drain-timeout (and --backlog with ``backlog_help``):
+    the options every server command takes, with one range each.
+
+    The defaults come from the library, passed in by each command (a server's and the relay's
+    differ); ``max_conns=None`` means the command works the limit out itself, which its help
+    says.  Ranges and messages are the same for every command.
+    """
     options = [
         click.option(
             "--max-conns",
             type=BoundedInt(1),
-            default=1024,
-            show_default=True,
-            help="Clients at once (datagram: peers remembered); extra ones are closed at once.",
+            default=max_conns,
+            show_default=max_conns is not None,
+            help=max_conns_help,
         ),
-        click.option(
-            "--idle-timeout",
-            type=FiniteFloat(0, min_open=True),
-            default=None,
-            help="Close a client idle this many seconds (datagram peers: forgotten, default 60).",
-        ),
-        click.option(
-            "--mode", metavar="OCTAL", default=None, help="Permissions of a unix socket file, e.g. 660."
-        ),
-        drain_option,
+        click.option("--idle-timeout", type=FiniteFloat(0, min_open=True), default=None, help=idle_help),
+        mode_option(mode_help),
+        drain_option(drain_timeout, drain_help),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    if backlog_help is not None:
+        options.append(backlog_option(backlog_help))
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
-def drain_option(f: F) -> F:
-    return click.option(
-        "--drain-timeout",
-        type=FiniteFloat(0),
-        default=10.0,
-        show_default=True,
-        help="On SIGTERM, SIGINT or SIGHUP, seconds to let open connections finish before cutting them.",
-    )(f)
+def serving_options() -> Callable[[F], F]:
+    """:func:`server_options` with the defaults of the library's serve loops (echo, chat)."""
+    from .._serving import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+    from ..sessions import DEFAULT_IDLE_TIMEOUT
+
+    return server_options(
+        max_conns=DEFAULT_MAX_CONNECTIONS,
+        max_conns_help="Clients at once (datagram: peers remembered); extra ones are closed at once.",
+        idle_help="Close a client idle this many seconds (datagram peers: forgotten, default "
+        f"{DEFAULT_IDLE_TIMEOUT:g}).",
+        drain_timeout=DEFAULT_DRAIN_TIMEOUT,
+    )
+
+
+def mode_option(help: str) -> Callable[[F], F]:
+    """--mode OCTAL, read by :func:`parse_mode`."""
+    return click.option("--mode", metavar="OCTAL", default=None, help=help)
+
+
+def drain_option(default: float, help: str) -> Callable[[F], F]:
+    """--drain-timeout S: 0 cuts at once; ``default`` is the library's."""
+    return click.option("--drain-timeout", type=FiniteFloat(0), default=default, show_default=True, help=help)
+
+
+def backlog_option(help: str) -> Callable[[F], F]:
+    """--backlog N of a stream listener: ``None`` when not given (the library's default)."""
+    return click.option("--backlog", type=BoundedInt(1, MAX_BACKLOG), default=None, help=help)
 
 
 def run_server(server: Any, drain_timeout: float) -> int:

@@ -13,7 +13,7 @@ from ._common import (
     refuse_mode_unless_file,
     run_server,
     serve_kind,
-    server_options,
+    serving_options,
     settings,
 )
 
@@ -28,7 +28,7 @@ from ._common import (
     show_default=True,
     help="Stream: bytes waiting for one client before it is dropped as not reading.",
 )
-@server_options
+@serving_options()
 @json_option
 @global_options
 def command(

@@ -11,14 +11,14 @@ from ._common import (
     refuse_mode_unless_file,
     run_server,
     serve_kind,
-    server_options,
+    serving_options,
     settings,
 )
 
 
 @click.command("echo")
 @click.argument("address")
-@server_options
+@serving_options()
 @json_option
 @global_options
 def command(

@@ -6,15 +6,17 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .._serving import DEFAULT_DRAIN_TIMEOUT
 from ._common import (
-    MAX_BACKLOG,
     BoundedInt,
     DatagramPrinter,
-    FiniteFloat,
+    backlog_option,
+    drain_option,
     event,
     given,
     global_options,
     json_option,
+    mode_option,
     parse_mode,
     peer_name,
     refuse_mode_unless_file,
@@ -30,15 +32,8 @@ if TYPE_CHECKING:
 @click.command("listen")
 @click.argument("address")
 @click.option("-k", "--keep-open", is_flag=True, help="Stream: serve client after client.")
-@click.option(
-    "--backlog",
-    type=BoundedInt(1, MAX_BACKLOG),
-    default=None,
-    help="Stream: listen queue length (not with --exec).",
-)
-@click.option(
-    "--mode", "mode", metavar="OCTAL", default=None, help="Permissions of a unix socket file, e.g. 660."
-)
+@backlog_option("Stream: listen queue length (not with --exec).")
+@mode_option("Permissions of a unix socket file, e.g. 660.")
 @click.option("--hex", "hex_", is_flag=True, help="Datagram: a hex dump per datagram.")
 @click.option("--count", type=BoundedInt(1), default=None, help="Datagram: stop after N.")
 @click.option(
@@ -48,12 +43,9 @@ if TYPE_CHECKING:
     default=None,
     help="Stream: run PROGRAM for each client, its stdin/stdout as the connection (no shell).",
 )
-@click.option(
-    "--drain-timeout",
-    type=FiniteFloat(0),
-    default=10.0,
-    show_default=True,
-    help="With --exec: on SIGTERM, SIGINT or SIGHUP, seconds to let clients finish before cutting them.",
+@drain_option(
+    DEFAULT_DRAIN_TIMEOUT,
+    "With --exec: on SIGTERM, SIGINT or SIGHUP, seconds to let clients finish before cutting them.",
 )
 @json_option
 @global_options

@@ -7,9 +7,11 @@ from typing import Any
 
 import click
 
+from .._sockets import DEFAULT_BACKLOG
+from ..relay.datagram import DEFAULT_MAX_DATAGRAM
+from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
+from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
 from ._common import (
-    MAX_BACKLOG,
-    MAX_INT,
     MAX_SECONDS,
     BoundedInt,
     FiniteFloat,
@@ -17,6 +19,7 @@ from ._common import (
     global_options,
     json_option,
     parse_mode,
+    server_options,
     settings,
 )
 
@@ -35,48 +38,40 @@ MAX_DATAGRAM = 16 * 1024 * 1024
 @click.command("relay")
 @click.argument("listen_address", metavar="LISTEN")
 @click.argument("target_address", metavar="TARGET")
-@click.option(
-    "--max-conns",
-    type=BoundedInt(1, MAX_INT),
-    default=None,
-    help="Relayed connections at once; more are reset (default: what the descriptor limit holds).",
+@server_options(
+    max_conns=None,  # the relay works it out from the descriptor limit
+    max_conns_help="Relayed connections at once; more are reset (default: what the descriptor limit holds).",
+    idle_help="Close a connection after S seconds without traffic (default: never for streams, "
+    f"{DEFAULT_IDLE_TIMEOUT:g} for datagram sessions).",
+    drain_timeout=DEFAULT_DRAIN_TIMEOUT,
+    drain_help="On SIGTERM/SIGINT/SIGHUP, let open connections finish for S seconds (0 cuts them at once).",
+    mode_help="Permissions of a unix LISTEN socket file, e.g. 660.",
+    backlog_help="Listen queue length of a stream LISTEN (default "
+    f"{DEFAULT_BACKLOG}, capped by net.core.somaxconn).",
 )
 @click.option(
     "--connect-timeout",
     type=FiniteFloat(0, MAX_SECONDS, min_open=True),
     default=None,
-    help="Give up connecting to TARGET after S seconds (default 10).",
-)
-@click.option(
-    "--idle-timeout",
-    type=FiniteFloat(0, MAX_SECONDS, min_open=True),
-    default=None,
-    help="Close a connection after S seconds without traffic (default: never for streams, "
-    "60 for datagram sessions).",
+    help=f"Give up connecting to TARGET after S seconds (default {DEFAULT_CONNECT_TIMEOUT:g}).",
 )
 @click.option(
     "--max-sessions",
-    type=BoundedInt(1, MAX_INT),
+    type=BoundedInt(1),
     default=None,
-    help="Datagram sessions (one per sender) at once; a new sender evicts the least active (default 1024).",
+    help="Datagram sessions (one per sender) at once; a new sender evicts the least active "
+    f"(default {DEFAULT_MAX_SESSIONS}).",
 )
 @click.option(
     "--max-datagram",
     type=BoundedInt(1, MAX_DATAGRAM, symbol="BYTES"),
     default=None,
-    help="Largest datagram relayed; larger ones are counted and dropped (default 65536).",
+    help=f"Largest datagram relayed; larger ones are counted and dropped (default {DEFAULT_MAX_DATAGRAM}).",
 )
 @click.option(
     "--frame",
     is_flag=True,
     help="Carry datagrams over a stream as length-prefixed messages (one stream and one datagram end).",
-)
-@click.option(
-    "--drain-timeout",
-    type=FiniteFloat(0, MAX_SECONDS),
-    default=None,
-    help="On SIGTERM/SIGINT/SIGHUP, let open connections finish for S seconds (default 10; 0 cuts "
-    "them at once).",
 )
 @click.option("--allow", multiple=True, metavar="CIDR", help="Only these IP peers (repeatable).")
 @click.option(
@@ -103,15 +98,6 @@ MAX_DATAGRAM = 16 * 1024 * 1024
     default=1,
     help="Processes sharing a tcp or udp LISTEN port (SO_REUSEPORT).",
 )
-@click.option(
-    "--backlog",
-    type=BoundedInt(1, MAX_BACKLOG),
-    default=None,
-    help="Listen queue length of a stream LISTEN (default 4096, capped by net.core.somaxconn).",
-)
-@click.option(
-    "--mode", default=None, metavar="OCTAL", help="Permissions of a unix LISTEN socket file, e.g. 660."
-)
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option
 @global_options
@@ -119,20 +105,20 @@ def command(
     listen_address: str,
     target_address: str,
     max_conns: int | None,
-    connect_timeout: float | None,
     idle_timeout: float | None,
+    mode: str | None,
+    drain_timeout: float,
+    backlog: int | None,
+    connect_timeout: float | None,
     max_sessions: int | None,
     max_datagram: int | None,
     frame: bool,
-    drain_timeout: float | None,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
     allow_uid: tuple[str, ...],
     allow_gid: tuple[str, ...],
     stats_interval: float | None,
     workers: int,
-    backlog: int | None,
-    mode: str | None,
     no_splice: bool,
     json_: bool,
 ) -> int:
@@ -168,9 +154,6 @@ def command(
       enchufe relay - tcp://example.com:80 < request.txt
     """
     from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
-    from ..relay.datagram import DEFAULT_MAX_DATAGRAM
-    from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
-    from ..sessions import DEFAULT_MAX_SESSIONS
 
     settings.json = settings.json or json_
     config = RelayConfig(
@@ -182,7 +165,7 @@ def command(
         max_sessions=max_sessions or DEFAULT_MAX_SESSIONS,
         max_datagram=max_datagram or DEFAULT_MAX_DATAGRAM,
         frame=frame,
-        drain_timeout=DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout,
+        drain_timeout=drain_timeout,
         rules=AccessRules.parse(allow=allow, deny=deny, allow_uids=allow_uid, allow_gids=allow_gid),
         stats_interval=stats_interval,
         splice=not no_splice,
