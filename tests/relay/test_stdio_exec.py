@@ -238,8 +238,8 @@ def test_a_broken_connection_stops_and_reaps_the_child(
     abort(client)
     started = time.monotonic()
     wait_until(lambda: not _alive(pid), "the child stopping", timeout=5)
-    waited = time.monotonic() - started
-    assert (waited >= 0.9) if ignores_sigterm else (waited < 0.9)
+    if ignores_sigterm:  # SIGKILL only after the grace; the status below tells which signal ended it
+        assert time.monotonic() - started >= 0.9
     status = -signal.SIGKILL if ignores_sigterm else -signal.SIGTERM
     relay.wait_err(rf'"event": "exit".*"pid": {pid}, "status": {status}')
     assert pid not in _children(relay.pid)
@@ -304,13 +304,10 @@ def test_a_child_that_exits_leaving_a_process_holding_its_output_ends_the_sessio
     program = "sleep 60 2>/dev/null & echo $!; echo done"
     relay = start_relay(make_address("tcp4"), f"exec:sh -c {shlex.quote(program)}", "-v")
     with dial(relay.address) as client:  # it never shuts its write side down
-        started = time.monotonic()
-        out = read_all(client)
-        waited = time.monotonic() - started
+        out = read_all(client)  # fails after dial's IO_TIMEOUT, well before the 60 s
     background = int(out.split()[0])
     try:
         assert out.endswith(b"\ndone\n")
-        assert waited < 10  # the close did not wait for the background process (60 s)
         relay.wait_err(r"exited, but a process it started holds its output open: closing")
         wait_until(lambda: not _alive(background), "the background process stopped with its session", 5)
         relay.signal()
