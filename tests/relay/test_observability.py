@@ -180,4 +180,5 @@ def test_a_unix_target_with_a_full_backlog_is_tried_again_until_it_accepts(
                 conn.settimeout(10.0)
                 conn.sendall(read_all(conn))
             assert read_all(client) == b"waited"
-    assert re.search(rf"^connect\(fd \d+, {re.escape(path)}\) = 0$", relay.err, re.M)
+            # The line was written before the bytes moved, but stderr is read by another thread.
+            relay.wait_err(rf"^connect\(fd \d+, {re.escape(path)}\) = 0$")
