@@ -144,10 +144,13 @@ def test_second_signal_cuts(
         conn.send_all(b"x")
         assert conn.recv() == b"x"
         server.proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        # The drain is said, with how to cut it, as the relay says it.
+        draining = "stopping: no new clients; waiting up to 10 s for 1 open connection"
+        server.wait_for_line(lambda text: text == f"{draining} (signal again to cut them now)")
         assert server.proc.poll() is None  # draining (10 s by default)
         assert server.stop(signal.SIGINT) == 1  # a second Ctrl-C cuts at once
         assert closed_by_server(conn)
+    server.wait_for_line(lambda text: text == "stopping now: cutting 1 open connection(s)")
 
 
 def test_max_conns(run_server: Callable[..., ServerProcess], make_address: Callable[[str], str]) -> None:

@@ -415,12 +415,32 @@ def run_server(server: Any, drain_timeout: float) -> int:
 
     from .. import aio
 
+    signalled = False
+
+    def stop() -> None:
+        nonlocal signalled
+        open_now = server.stats.active
+        if signalled:
+            if open_now:
+                event("stopping", f"stopping now: cutting {open_now} open connection(s)", open=open_now)
+        elif open_now and drain_timeout > 0:
+            # Said as the relay says it: a user waiting on a drain knows why and how to cut it.
+            event(
+                "stopping",
+                f"stopping: no new clients; waiting up to {drain_timeout:g} s for {open_now} open "
+                f"connection{'s' if open_now != 1 else ''} (signal again to cut them now)",
+                open=open_now,
+                drain_timeout=drain_timeout,
+            )
+        signalled = True
+        server.shutdown(drain_timeout)
+
     async def main() -> Any:
         await server.start()
         # Handlers first: whoever reads the listening line may signal us at once.
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:
-            loop.add_signal_handler(signum, server.shutdown, drain_timeout)
+            loop.add_signal_handler(signum, stop)
         bound = str(server.bound_address)
         event("listening", f"listening on {bound}", address=bound)
         return await server.serve_forever()
