@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import signal
 import sys
@@ -16,133 +15,12 @@ import click
 from click.core import ParameterSource
 
 from .._text import one_line, printable
+from ._numbers import MAX_BACKLOG, BoundedInt, FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The longest timeout any option accepts, in seconds (about 11.5 days): below the 2**31 ms
-#: (24.8 days) that poll() and epoll() take, so no timeout overflows in a system call, and long
-#: enough for anything a user means by "wait".
-MAX_SECONDS = 1_000_000.0
-
-#: The largest count or size an option accepts: what a C int holds, so the kernel takes it.
-MAX_INT = 2**31 - 1
-
-#: listen(2) takes an int but the kernel caps the queue at net.core.somaxconn (at most 65535
-#: on older kernels); asking for more only hides a typo.
-MAX_BACKLOG = 65535
-
-# Python's float() and int() also take "nan", "inf", "1_000" and non-ASCII digits ("٣"): an
-# option's number is written in ASCII digits only, as every other tool reads it.
-_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
-_INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+# An octal file mode as chmod takes it: ASCII octal digits only (no "0o", "+", "_" or "٣").
 _MODE_TEXT = re.compile(r"[0-7]{1,4}", re.ASCII)
-
-
-def _show_number(value: float) -> str:
-    """1000000.0 as ``1000000``, 0.5 as ``0.5``: how a user would write the bound."""
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-class FiniteFloat(click.FloatRange):
-    """A finite number in ``[min, max]`` (``(min, max]`` with ``min_open``), written in ASCII.
-
-    ``nan``, ``inf``, values that overflow to infinity (``1e309``) and values out of range are
-    refused (exit status 2) with a message naming the value and the accepted range.  ``zero``
-    says what 0 means when it is accepted outside an open range (``zero="never"``: 0 disables).
-    The range shows in ``--help``, e.g. ``[0 < S ≤ 1000000; 0 = never]``.
-    """
-
-    name = "number"
-
-    def __init__(
-        self,
-        min: float = 0.0,
-        max: float = MAX_SECONDS,
-        *,
-        min_open: bool = False,
-        zero: str | None = None,
-        symbol: str = "S",
-    ) -> None:
-        super().__init__(min, max, min_open=min_open)
-        self.zero = zero
-        self.symbol = symbol
-        self.name = symbol  # the metavar in --help: "--timeout S"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, bool):
-            self.fail(f"{value!r} is not a number; accepted: {self._describe_range()}", param, ctx)
-        if isinstance(value, int | float):
-            number = float(value)
-            text = _show_number(number) if math.isfinite(number) else str(number)
-        else:
-            text = str(value).strip()
-            if not _FLOAT_TEXT.fullmatch(text):
-                what = "a finite number" if text.lower().lstrip("+-") in _NON_FINITE else "a number"
-                self.fail(f"{text!r} is not {what}; accepted: {self._describe_range()}", param, ctx)
-            number = float(text)
-        if not math.isfinite(number):
-            self.fail(f"{text!r} is too large; accepted: {self._describe_range()}", param, ctx)
-        if number == 0 and self.zero is not None:
-            return 0.0
-        assert self.min is not None and self.max is not None
-        if number < self.min or (self.min_open and number == self.min) or number > self.max:
-            self.fail(f"{text!r} is out of range; accepted: {self._describe_range()}", param, ctx)
-        return number
-
-    def _describe_range(self) -> str:
-        assert self.min is not None and self.max is not None
-        low = "<" if self.min_open else "≤"
-        text = f"{_show_number(self.min)} {low} {self.symbol} ≤ {_show_number(self.max)}"
-        if self.zero is not None:
-            text += f"; 0 = {self.zero}"
-        return text
-
-
-_NON_FINITE = {"nan", "inf", "infinity"}
-
-
-class BoundedInt(click.IntRange):
-    """A whole number in ``[min, max]``, written in ASCII digits.
-
-    Anything else (``1.5``, ``nan``, ``٣``, a value out of range) is refused (exit status 2)
-    with a message naming the value and the accepted range, which also shows in ``--help``.
-    ``zero`` says what 0 means when it is accepted below ``min``.
-    """
-
-    name = "integer"
-
-    def __init__(
-        self, min: int = 0, max: int = MAX_INT, *, zero: str | None = None, symbol: str = "N"
-    ) -> None:
-        super().__init__(min, max)
-        self.zero = zero
-        self.symbol = symbol
-        self.name = symbol
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            number, text = value, str(value)
-        else:
-            text = str(value).strip()
-            if not _INT_TEXT.fullmatch(text):
-                self.fail(f"{text!r} is not a whole number; accepted: {self._describe_range()}", param, ctx)
-            # int() refuses over 4300 digits; anything over 30 is out of every range anyway.
-            number = int(text) if len(text) <= 30 else MAX_INT + 1
-        if number == 0 and self.zero is not None:
-            return 0
-        assert self.min is not None and self.max is not None
-        if not self.min <= number <= self.max:
-            self.fail(f"{text!r} is out of range; accepted: {self._describe_range()}", param, ctx)
-        return number
-
-    def _describe_range(self) -> str:
-        assert self.min is not None and self.max is not None
-        text = f"{self.min} ≤ {self.symbol} ≤ {self.max}"
-        if self.zero is not None:
-            text += f"; 0 = {self.zero}"
-        return text
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..bench.runner import MAX_COUNT, MAX_DURATION, MAX_PARALLEL, MAX_STREAM_SIZE
-from ._common import BoundedInt, FiniteFloat, global_options, settings, stop_on_sigterm
+from ._common import global_options, settings, stop_on_sigterm
+from ._numbers import BoundedInt, FiniteFloat
 
 
 @click.command("bench")

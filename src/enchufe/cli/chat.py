@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ._common import (
-    BoundedInt,
     given,
     global_options,
     json_option,
@@ -16,6 +15,7 @@ from ._common import (
     serving_options,
     settings,
 )
+from ._numbers import BoundedInt
 
 
 @click.command("chat")

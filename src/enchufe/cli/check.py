@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from ._common import FiniteFloat, global_options, settings
+from ._common import global_options, settings
+from ._numbers import FiniteFloat
 from .manpage import complete_address
 
 EXAMPLES = """\b

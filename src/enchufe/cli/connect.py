@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import BoundedInt, DatagramPrinter, FiniteFloat, event, global_options
+from ._common import DatagramPrinter, event, global_options
+from ._numbers import BoundedInt, FiniteFloat
 from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast

@@ -8,7 +8,6 @@ import click
 
 from .._serving import DEFAULT_DRAIN_TIMEOUT
 from ._common import (
-    BoundedInt,
     DatagramPrinter,
     backlog_option,
     drain_option,
@@ -23,6 +22,7 @@ from ._common import (
     settings,
     stop_on_sigterm,
 )
+from ._numbers import BoundedInt
 
 if TYPE_CHECKING:
     from ..address import Address

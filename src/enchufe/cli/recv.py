@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ._common import (
-    BoundedInt,
     DatagramPrinter,
     event,
     global_options,
@@ -15,6 +14,7 @@ from ._common import (
     settings,
     stop_on_sigterm,
 )
+from ._numbers import BoundedInt
 from .listen import _warn_truncated
 
 #: The largest --max-size: a receive buffer of this many bytes is allocated per datagram, and no

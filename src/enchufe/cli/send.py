@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import BoundedInt, FiniteFloat, event, given, global_options, stop_on_sigterm
+from ._common import event, given, global_options, stop_on_sigterm
+from ._numbers import BoundedInt, FiniteFloat
 
 if TYPE_CHECKING:
     from ..address import Address

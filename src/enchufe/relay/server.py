@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from .. import _calls, _sockets
+from .._ranges import MAX_BACKLOG, MAX_SECONDS
 from .._sockets import DEFAULT_BACKLOG, open_listener
 from .._unixfiles import SocketFile
 from ..address import Address, ExecAddress, InetAddress, SocketAddress, StdioAddress, UnixAddress, parse
@@ -56,14 +57,6 @@ __all__ = [
 #: the terminal going away must not kill the relay on the spot: its unix socket file would stay
 #: and its exec: children would be orphaned.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-#: The longest timeout or interval, in seconds (about 11.5 days): the event loop's timers go
-#: to epoll_wait in milliseconds as a C int (24.8 days at most).
-MAX_SECONDS = 1_000_000.0
-
-#: The longest listen queue: the kernel caps it at net.core.somaxconn (at most 65535 on older
-#: kernels), and listen(2) takes an int.
-MAX_BACKLOG = 65535
 
 #: Seconds to wait for the target to accept.  The kernel alone would wait minutes (SYN retries);
 #: a client of a relay would rather be told quickly.  Loopback and LAN targets answer in
