@@ -79,7 +79,7 @@ from ..sessions import Session, SessionTable
 from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
 from .events import EventSink
 from .stats import Stats
-from .stream import TargetResolver
+from .targets import TargetResolver
 
 __all__ = [
     "DEFAULT_MAX_DATAGRAM",

@@ -43,14 +43,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import _calls, _nonblocking, _resolve
+from .. import _calls, _nonblocking
 from .._backoff import Backoff
 from .._calls import accept, close, new_socket
 from .._nonblocking import abort, connect_nonblocking, socket_error
 from .._resolve import Target
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from .._text import printable
-from ..address import Address, ExecAddress, SocketAddress, StdioAddress, UnixAddress, from_sockaddr
+from ..address import Address, ExecAddress, SocketAddress, StdioAddress, from_sockaddr
 from ..errors import TimedOut, translate
 from .children import Children
 from .engine import ERROR, FAILED, READ, WRITE, Loop, OnError, Timer
@@ -58,6 +58,7 @@ from .events import EventSink
 from .limits import AccessRules
 from .pump import Pools, Pump
 from .stats import Stats
+from .targets import TargetResolver, resolver_address
 
 __all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver", "stdio_side"]
 
@@ -81,34 +82,8 @@ MAX_RETRY_DELAY = 0.2
 #: descriptor kept for that.
 ACCEPT_PAUSE = 0.1
 
-#: Seconds a resolved host name is reused before resolving it again (resolution blocks the loop,
-#: so it is not done per connection).
-RESOLVE_TTL = 30.0
-
 _CONNECTING, _RELAYING, _CLOSED = 0, 1, 2
 _UNREGISTERED = -1
-
-
-class TargetResolver:
-    """The concrete addresses to connect to for TARGET, resolved at most every :data:`RESOLVE_TTL`."""
-
-    def __init__(self, address: SocketAddress) -> None:
-        self.address = address
-        self._targets: list[Target] = []
-        self._expires = 0.0
-        self._static = isinstance(address, UnixAddress) or address.family is not None
-
-    def targets(self) -> list[Target]:
-        """Raises NameResolutionError (or AddressError for a target no client can reach)."""
-        if self._targets and (self._static or time.monotonic() < self._expires):
-            return self._targets
-        address = self.address
-        if isinstance(address, UnixAddress):
-            self._targets = [Target(socket.AF_UNIX, address.sockaddr)]
-        else:
-            self._targets = _resolve.resolve(address, passive=False)
-            self._expires = time.monotonic() + RESOLVE_TTL
-        return self._targets
 
 
 def _describe_peer(sock: socket.socket | None, peer: Any) -> str:
@@ -268,7 +243,7 @@ class StreamRelay:
         self.loop = loop
         self.listener = listener
         self.resolver = resolver
-        self.target: Address = target if target is not None else _resolver_address(resolver)
+        self.target: Address = target if target is not None else resolver_address(resolver)
         self.target_label = str(self.target)
         #: the listening address, for the ENCHUFE_LOCAL of exec children
         self.local = local
@@ -496,11 +471,6 @@ class StreamRelay:
     def close(self) -> None:
         """The relay ends: stop and reap the children still running."""
         self.children.close()
-
-
-def _resolver_address(resolver: TargetResolver | None) -> Address:
-    assert resolver is not None, "a socket target needs a resolver"
-    return resolver.address
 
 
 class StdioRelay(StreamRelay):
