@@ -1,0 +1,343 @@
+"""TLS settings of an address: the query part of ``tls://host:port?…``, parsed without any I/O.
+
+``parse_query(text)`` turns ``ca=/etc/ca.pem&alpn=h2,http/1.1`` into a frozen :class:`TLSParams`;
+``str(params)`` gives back a canonical query that parses to an equal value.  Files are named,
+not read: whether ``ca=`` exists or holds PEM is found out when a socket is opened with it.
+
+====================  ======  ====================================================================
+parameter             side    meaning
+====================  ======  ====================================================================
+``ca=FILE``           client  trust these CAs instead of the system store
+``sni=NAME``          client  the server name sent and verified (default: the address's host)
+``pin=sha256:HEX``    client  accept exactly the certificate whose SubjectPublicKeyInfo hashes so
+``insecure``          client  no verification at all (warned about at every connection)
+``cert=FILE``         both    certificate chain (a server's, or a client's for mutual TLS)
+``key=FILE``          both    its private key, when not in ``cert``
+``cert=auto``         server  an ephemeral self-signed certificate; its pin is printed
+``client-ca=FILE``    server  require a client certificate signed by these CAs
+``allow-san=T:V,…``   server  with ``client-ca``: require one of these SANs (DNS, URI, IP, EMAIL)
+``allow-cn=NAME,…``   server  with ``client-ca``: require one of these subject common names
+``alpn=P1,P2``        both    protocols offered or accepted, in order of preference
+``handshake-timeout`` both    seconds a handshake may take (default 10)
+====================  ======  ====================================================================
+
+Values are percent-decoded (``ca=/srv/odd%26name.pem`` names ``/srv/odd&name.pem``), and
+``str()`` encodes what needs it.  Which side a parameter belongs to is checked by
+:meth:`TLSParams.check_side`, when the address is used to connect or to listen.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import quote, unquote
+
+from ._ranges import MAX_SECONDS
+from ._text import printable
+from .errors import AddressError
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "SAN_TYPES",
+    "TLSParams",
+    "format_pin",
+    "parse_query",
+]
+
+#: Seconds a handshake may take unless ``handshake-timeout=`` says otherwise.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+#: The subject alternative name types ``allow-san=`` accepts, as ``TYPE:VALUE``.
+SAN_TYPES = ("DNS", "URI", "IP", "EMAIL")
+
+Side = Literal["client", "server"]
+
+_CLIENT_ONLY = ("ca", "sni", "pin", "insecure")
+_SERVER_ONLY = ("client-ca", "allow-san", "allow-cn")
+_BOTH = ("cert", "key", "alpn", "handshake-timeout")
+_ACCEPTED = ", ".join(_CLIENT_ONLY + _BOTH + _SERVER_ONLY)
+_ACCEPTED_LINE = f"accepted TLS parameters: {_ACCEPTED}"
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SNI = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+# What str() leaves unencoded in a value: path and list characters that cannot end a parameter.
+_SAFE = "/:@,._-~+*"
+
+
+def format_pin(digest: bytes) -> str:
+    """``sha256:`` and the 64 lowercase hex digits of a SubjectPublicKeyInfo digest."""
+    return "sha256:" + digest.hex()
+
+
+@dataclass(frozen=True)
+class TLSParams:
+    """The TLS settings of one address; every field is optional, and ``TLSParams()`` means "TLS,
+    verified against the system store, default name, no client certificate".
+
+    ``pins`` holds the 32-byte SHA-256 digests of accepted SubjectPublicKeyInfos (several when
+    a key is being rotated); ``cert_auto`` is ``cert=auto``.  Lists keep their given order.
+    """
+
+    ca: str | None = None
+    sni: str | None = None
+    pins: tuple[bytes, ...] = ()
+    insecure: bool = False
+    cert: str | None = None
+    key: str | None = None
+    cert_auto: bool = False
+    client_ca: str | None = None
+    allow_san: tuple[tuple[str, str], ...] = ()
+    allow_cn: tuple[str, ...] = ()
+    alpn: tuple[str, ...] = ()
+    handshake_timeout: float = field(default=DEFAULT_HANDSHAKE_TIMEOUT)
+
+    def __post_init__(self) -> None:
+        _check_consistent(self)
+
+    @property
+    def verifies(self) -> bool:
+        """Whether a client with these settings checks the server at all."""
+        return not self.insecure
+
+    def names(self) -> list[str]:
+        """The parameters that are set, by their query names, in canonical order."""
+        return [name for name, _ in self._pairs()]
+
+    def check_side(self, side: Side) -> None:
+        """Raise :class:`AddressError` if a parameter of the other side is set (``client-ca`` on a
+        client, ``pin`` on a listener …), or if a server has no certificate."""
+        misplaced = _SERVER_ONLY if side == "client" else _CLIENT_ONLY
+        wrong = [name for name in self.names() if name in misplaced]
+        if self.cert_auto and side == "client":
+            wrong.insert(0, "cert=auto")
+        if wrong:
+            other = "listening (server)" if side == "client" else "connecting (client)"
+            allowed = _CLIENT_ONLY + _BOTH if side == "client" else ("cert=auto", *_BOTH, *_SERVER_ONLY)
+            raise AddressError(
+                f"TLS parameter {', '.join(wrong)} is for {other} only; "
+                f"when {'connecting' if side == 'client' else 'listening'}: {', '.join(allowed)}"
+            )
+        if side == "server" and self.cert is None and not self.cert_auto:
+            raise AddressError(
+                "a TLS listener needs a certificate: add cert=FILE (and key=FILE unless the key is "
+                "in the same file), or cert=auto for an ephemeral self-signed one"
+            )
+
+    def _pairs(self) -> list[tuple[str, str | None]]:
+        pairs: list[tuple[str, str | None]] = []
+        if self.ca is not None:
+            pairs.append(("ca", self.ca))
+        if self.sni is not None:
+            pairs.append(("sni", self.sni))
+        if self.pins:
+            pairs.append(("pin", ",".join(format_pin(pin) for pin in self.pins)))
+        if self.insecure:
+            pairs.append(("insecure", None))
+        if self.cert_auto:
+            pairs.append(("cert", "auto"))
+        elif self.cert is not None:
+            pairs.append(("cert", self.cert))
+        if self.key is not None:
+            pairs.append(("key", self.key))
+        if self.client_ca is not None:
+            pairs.append(("client-ca", self.client_ca))
+        if self.allow_san:
+            pairs.append(("allow-san", ",".join(f"{kind}:{value}" for kind, value in self.allow_san)))
+        if self.allow_cn:
+            pairs.append(("allow-cn", ",".join(self.allow_cn)))
+        if self.alpn:
+            pairs.append(("alpn", ",".join(self.alpn)))
+        if self.handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT:
+            pairs.append(("handshake-timeout", f"{self.handshake_timeout:g}"))
+        return pairs
+
+    def __str__(self) -> str:
+        return "&".join(
+            name if value is None else f"{name}={quote(value, safe=_SAFE)}" for name, value in self._pairs()
+        )
+
+
+def parse_query(query: str) -> TLSParams:
+    """Parse the query of a TLS address (the text after ``?``, possibly empty).
+
+    Raises :class:`AddressError` naming the parameter at fault and what is accepted: an unknown
+    or repeated parameter, a malformed value (a pin that is not 64 hex digits, a SAN of an unknown
+    type, a timeout out of range), or settings that contradict each other (``insecure`` with
+    ``pin``, ``allow-san`` without ``client-ca`` …).
+    """
+    values: dict[str, str | None] = {}
+    for part in query.split("&") if query else []:
+        name, sep, raw = part.partition("=")
+        if not name:
+            raise AddressError(f"empty TLS parameter in {printable(query)!r}; {_ACCEPTED_LINE}")
+        if name not in _CLIENT_ONLY + _BOTH + _SERVER_ONLY:
+            raise AddressError(f"unknown TLS parameter {printable(name)!r}; {_ACCEPTED_LINE}")
+        if name in values:
+            raise AddressError(
+                f"TLS parameter {name!r} is given twice; give it once (lists are comma-separated)"
+            )
+        values[name] = _decode(name, raw) if sep else None
+    return TLSParams(
+        ca=_file(values, "ca"),
+        sni=_sni(values),
+        pins=_pins(values),
+        insecure=_flag(values, "insecure"),
+        cert=None if values.get("cert") == "auto" else _file(values, "cert"),
+        key=_file(values, "key"),
+        cert_auto=values.get("cert") == "auto",
+        client_ca=_file(values, "client-ca"),
+        allow_san=_sans(values),
+        allow_cn=_list(values, "allow-cn", "NAME"),
+        alpn=_alpn(values),
+        handshake_timeout=_timeout(values),
+    )
+
+
+def _decode(name: str, raw: str) -> str:
+    if re.search(r"%(?![0-9A-Fa-f]{2})", raw):
+        raise AddressError(f"TLS parameter {name}: a '%' must start an escape like %26 (write a '%' as %25)")
+    try:
+        value = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise AddressError(f"TLS parameter {name}: the escapes do not decode as UTF-8") from None
+    if "\0" in value:
+        raise AddressError(f"TLS parameter {name}: a NUL byte cannot be part of a value")
+    return value
+
+
+def _required(values: dict[str, str | None], name: str, form: str) -> str | None:
+    if name not in values:
+        return None
+    value = values[name]
+    if not value:
+        raise AddressError(f"TLS parameter {name} needs a value: {name}={form}")
+    return value
+
+
+def _file(values: dict[str, str | None], name: str) -> str | None:
+    return _required(values, name, "FILE")
+
+
+def _flag(values: dict[str, str | None], name: str) -> bool:
+    if name not in values:
+        return False
+    if values[name] not in (None, "", "1", "true", "yes"):
+        raise AddressError(f"TLS parameter {name} takes no value: write just '{name}'")
+    return True
+
+
+def _list(values: dict[str, str | None], name: str, form: str) -> tuple[str, ...]:
+    value = _required(values, name, f"{form},{form}…")
+    if value is None:
+        return ()
+    items = tuple(value.split(","))
+    if any(not item for item in items):
+        raise AddressError(
+            f"TLS parameter {name}: an empty item in {printable(value)!r}; write {name}={form},{form}…"
+        )
+    return items
+
+
+def _sni(values: dict[str, str | None]) -> str | None:
+    name = _required(values, "sni", "NAME")
+    if name is None:
+        return None
+    if _is_ip(name):
+        raise AddressError(
+            f"sni={printable(name)}: a server name cannot be an IP address (TLS sends names only); "
+            "connect to the IP and give the certificate's DNS name, e.g. sni=example.com"
+        )
+    if not _SNI.match(name):
+        raise AddressError(f"sni={printable(name)!r} is not a host name; e.g. sni=example.com")
+    return name
+
+
+def _pins(values: dict[str, str | None]) -> tuple[bytes, ...]:
+    pins = []
+    for item in _list(values, "pin", "sha256:HEX"):
+        algorithm, _, digits = item.partition(":")
+        digits = digits.replace(":", "").lower()
+        if algorithm.lower() != "sha256" or not _HEX64.match(digits):
+            raise AddressError(
+                f"pin={printable(item)!r} is not a pin; write pin=sha256:HEX with the 64 hex digits of "
+                "the SHA-256 of the certificate's SubjectPublicKeyInfo (cert=auto's listening line prints it)"
+            )
+        pins.append(bytes.fromhex(digits))
+    return tuple(pins)
+
+
+def _sans(values: dict[str, str | None]) -> tuple[tuple[str, str], ...]:
+    sans = []
+    for item in _list(values, "allow-san", "TYPE:VALUE"):
+        kind, sep, value = item.partition(":")
+        kind = kind.upper()
+        if not sep or kind not in SAN_TYPES or not value:
+            raise AddressError(
+                f"allow-san={printable(item)!r}: write TYPE:VALUE with TYPE one of {', '.join(SAN_TYPES)}, "
+                "e.g. allow-san=DNS:client.example.com,URI:spiffe://example.com/app"
+            )
+        if kind == "IP":
+            if not _is_ip(value):
+                raise AddressError(
+                    f"allow-san=IP:{printable(value)}: not an IP address; e.g. IP:192.0.2.7 or IP:2001:db8::7"
+                )
+            value = str(ipaddress.ip_address(value))
+        sans.append((kind, value))
+    return tuple(sans)
+
+
+def _alpn(values: dict[str, str | None]) -> tuple[str, ...]:
+    protocols = _list(values, "alpn", "PROTOCOL")
+    for protocol in protocols:
+        if len(protocol.encode()) > 255 or not protocol.isascii() or not protocol.isprintable():
+            raise AddressError(
+                f"alpn: {printable(protocol)!r} is not a protocol name (1-255 printable ASCII bytes, e.g. h2)"
+            )
+    return protocols
+
+
+def _timeout(values: dict[str, str | None]) -> float:
+    text = _required(values, "handshake-timeout", "SECONDS")
+    if text is None:
+        return DEFAULT_HANDSHAKE_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value <= MAX_SECONDS):
+        raise AddressError(
+            f"handshake-timeout={printable(text)}: seconds, more than 0 and at most {MAX_SECONDS:.0f}"
+        )
+    return value
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_consistent(params: TLSParams) -> None:
+    """Settings that contradict each other, whichever way the value was made."""
+    if params.insecure and (params.pins or params.ca is not None):
+        given = "pin" if params.pins else "ca"
+        raise AddressError(
+            f"insecure turns verification off, so {given}= would be ignored: give one or the other"
+        )
+    if (params.allow_san or params.allow_cn) and params.client_ca is None:
+        raise AddressError(
+            "allow-san and allow-cn choose among verified client certificates: add client-ca=FILE"
+        )
+    if params.cert_auto and params.key is not None:
+        raise AddressError("cert=auto makes its own key: drop key=")
+    if params.key is not None and params.cert is None and not params.cert_auto:
+        raise AddressError("key= goes with cert=FILE (the certificate it belongs to)")
+    if not (0 < params.handshake_timeout <= MAX_SECONDS) or math.isnan(params.handshake_timeout):
+        raise AddressError(
+            f"handshake-timeout: a number of seconds more than 0 and at most {MAX_SECONDS:.0f}"
+        )
