@@ -1,0 +1,328 @@
+"""TLS with the standard library's ``ssl``: contexts from :class:`TLSParams`, the checks OpenSSL
+does not make (pins, allowed client names, a required ALPN), and one line for every refusal.
+
+OpenSSL does the protocol and the chain and name verification; this module only decides what to
+ask of it and says in words what went wrong.  Files are read here (``ca=``, ``cert=``, ``key=``),
+so a missing or malformed one is an :class:`AddressError` naming the parameter and the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+
+from ._text import printable
+from .errors import AddressError, EnchufeError
+from .tlsinfo import PeerCertificate, TLSInfo, describe_certificate, spki_digest
+from .tlsparams import TLSParams, format_pin
+
+__all__ = [
+    "TLSRefused",
+    "check_client_certificate",
+    "check_server_certificate",
+    "client_context",
+    "explain",
+    "info",
+    "self_signed",
+    "server_context",
+]
+
+
+class TLSRefused(EnchufeError):
+    """A handshake failed, or finished with a peer this side does not accept.
+
+    ``reason`` is a short key (``untrusted``, ``self-signed``, ``name-mismatch``, ``expired``,
+    ``not-yet-valid``, ``pin-mismatch``, ``client-certificate-missing``,
+    ``client-certificate-refused``, ``not-allowed``, ``protocol-version``, ``alpn``, ``not-tls``,
+    ``closed``, ``handshake``); ``str()`` is the line a user reads.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def client_context(params: TLSParams) -> ssl.SSLContext:
+    """A client context: TLS 1.2 at least, the system store (or ``ca=``) and name checks unless
+    ``insecure`` or a pin without a CA decides trust instead (the pin is checked after the
+    handshake by :func:`check_server_certificate`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if params.insecure or (params.pins and params.ca is None):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif params.ca is not None:
+        _load(lambda: context.load_verify_locations(cafile=params.ca), "ca", params.ca)
+    else:
+        context.load_default_certs()
+    if params.cert is not None:
+        _load_chain(context, params.cert, params.key)
+    if params.alpn:
+        context.set_alpn_protocols(list(params.alpn))
+    return context
+
+
+def server_context(params: TLSParams, host: str = "") -> tuple[ssl.SSLContext, str | None]:
+    """A server context and, with ``cert=auto``, the pin of the certificate it made for ``host``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    pin = None
+    if params.cert_auto:
+        pin = _load_self_signed(context, host)
+    elif params.cert is not None:
+        _load_chain(context, params.cert, params.key)
+    if params.client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        _load(lambda: context.load_verify_locations(cafile=params.client_ca), "client-ca", params.client_ca)
+    if params.alpn:
+        context.set_alpn_protocols(list(params.alpn))
+    return context, pin
+
+
+def info(sock: ssl.SSLSocket | ssl.SSLObject) -> TLSInfo:
+    """What the finished handshake of ``sock`` agreed on, with the peer's certificate read."""
+    der = sock.getpeercert(binary_form=True)
+    cipher = sock.cipher()
+    return TLSInfo(
+        version=sock.version() or "",
+        cipher=cipher[0] if cipher else "",
+        alpn=sock.selected_alpn_protocol(),
+        resumed=bool(sock.session_reused),
+        server_name=None if sock.server_side else sock.server_hostname,
+        peer=describe_certificate(der) if der else None,
+    )
+
+
+def check_server_certificate(sock: ssl.SSLSocket | ssl.SSLObject, params: TLSParams) -> None:
+    """The client's checks after the handshake: the pin, when one is given."""
+    if not params.pins:
+        return
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        raise TLSRefused("the server sent no certificate to check the pin against", "pin-mismatch")
+    digest = spki_digest(der)
+    if digest not in params.pins:
+        expected = " or ".join(format_pin(pin) for pin in params.pins)
+        raise TLSRefused(
+            f"the server's key does not match the pin: it has {format_pin(digest)}, expected {expected}",
+            "pin-mismatch",
+        )
+
+
+def check_client_certificate(
+    sock: ssl.SSLSocket | ssl.SSLObject, params: TLSParams
+) -> PeerCertificate | None:
+    """The server's checks after the handshake: ``allow-san``/``allow-cn`` among the names of a
+    client certificate OpenSSL has already verified against ``client-ca``, and a common ALPN
+    protocol when the server names some."""
+    if params.alpn and sock.selected_alpn_protocol() is None:
+        raise TLSRefused(f"no common ALPN protocol: this server accepts {', '.join(params.alpn)}", "alpn")
+    der = sock.getpeercert(binary_form=True)
+    peer = describe_certificate(der) if der else None
+    if not (params.allow_san or params.allow_cn):
+        return peer
+    if peer is None:  # OpenSSL asks for one with client-ca; this is a belt to its braces
+        raise TLSRefused("the client sent no certificate", "client-certificate-missing")
+    if _allowed(peer, params):
+        return peer
+    allowed = [f"{kind}:{value}" for kind, value in params.allow_san] + [f"CN={cn}" for cn in params.allow_cn]
+    raise TLSRefused(
+        f"client certificate {printable(peer.subject)!r} (SANs: {printable(peer.san_text()) or 'none'}) "
+        f"is not among the allowed: {', '.join(allowed)}",
+        "not-allowed",
+    )
+
+
+def _allowed(peer: PeerCertificate, params: TLSParams) -> bool:
+    if peer.common_name is not None and peer.common_name in params.allow_cn:
+        return True
+    for kind, value in peer.sans:
+        for allowed_kind, allowed in params.allow_san:
+            if kind == allowed_kind and _same_name(kind, value, allowed):
+                return True
+    return False
+
+
+def _same_name(kind: str, value: str, allowed: str) -> bool:
+    if kind == "IP":
+        try:
+            return ipaddress.ip_address(value) == ipaddress.ip_address(allowed)
+        except ValueError:
+            return False
+    if kind in ("DNS", "EMAIL"):
+        return value.lower().rstrip(".") == allowed.lower().rstrip(".")
+    return value == allowed
+
+
+# --- one line per refusal
+
+_UNTRUSTED = "add ca=FILE with the CA that issued it, or pin=sha256:… to trust this key alone"
+_VERIFY_CODES: dict[int, tuple[str, str]] = {
+    # X509_V_ERR_*: https://docs.openssl.org/3.0/man3/X509_STORE_CTX_get_error/
+    18: ("self-signed", "the server's certificate is self-signed: " + _UNTRUSTED),
+    19: ("untrusted", "the server's chain ends in a self-signed CA that is not trusted: " + _UNTRUSTED),
+    20: ("untrusted", "the server's certificate is issued by a CA that is not trusted: " + _UNTRUSTED),
+    21: ("untrusted", "the server's certificate cannot be verified (no trusted issuer): " + _UNTRUSTED),
+    2: ("untrusted", "the issuer of the server's chain is not trusted: " + _UNTRUSTED),
+    10: ("expired", "the server's certificate has expired"),
+    9: ("not-yet-valid", "the server's certificate is not valid yet"),
+    62: ("name-mismatch", "the server's certificate is not valid for {name}"),
+    64: ("name-mismatch", "the server's certificate is not valid for the IP address {name}"),
+}
+# OpenSSL's reason codes (the text after the library name in SSLError.reason).
+_REASONS: dict[str, tuple[str, str]] = {
+    "WRONG_VERSION_NUMBER": ("not-tls", "the peer does not speak TLS"),
+    "HTTP_REQUEST": ("not-tls", "the peer sent a plain HTTP request, not TLS"),
+    "UNSUPPORTED_PROTOCOL": ("protocol-version", "no TLS version in common (enchufe speaks TLS 1.2 and 1.3)"),
+    "TLSV1_ALERT_PROTOCOL_VERSION": (
+        "protocol-version",
+        "the peer refused every TLS version offered (1.2, 1.3)",
+    ),
+    "NO_PROTOCOLS_AVAILABLE": (
+        "protocol-version",
+        "no TLS version in common (enchufe speaks TLS 1.2 and 1.3)",
+    ),
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": ("alpn", "the peer accepts none of the ALPN protocols offered"),
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
+        "client-certificate-missing",
+        "the client sent no certificate, and this server requires one (client-ca=)",
+    ),
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
+        "client-certificate-missing",
+        "the server requires a client certificate: add cert=FILE (and key=FILE)",
+    ),
+    "SSLV3_ALERT_BAD_CERTIFICATE": ("client-certificate-refused", "the peer refused this side's certificate"),
+    "TLSV1_ALERT_UNKNOWN_CA": (
+        "client-certificate-refused",
+        "the peer does not trust the CA of this side's certificate",
+    ),
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": (
+        "client-certificate-refused",
+        "the peer says this side's certificate expired",
+    ),
+    "UNEXPECTED_EOF_WHILE_READING": ("closed", "the peer closed the connection during the handshake"),
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": (
+        "handshake",
+        "the peer ended the handshake (no cipher or settings in common?)",
+    ),
+}
+
+
+def explain(exc: Exception, *, server_name: str | None = None, first_bytes: bytes = b"") -> TLSRefused:
+    """Turn what a handshake raised into a :class:`TLSRefused` with one line for the user.
+
+    ``server_name`` is what the client verified (for a name mismatch); ``first_bytes`` what the
+    peer sent first, when the caller peeked at it, shown when the peer does not speak TLS.
+    """
+    if isinstance(exc, TLSRefused):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason, line = _VERIFY_CODES.get(
+            exc.verify_code, ("untrusted", f"the certificate was refused: {exc.verify_message}")
+        )
+        return TLSRefused(line.format(name=printable(server_name or "?")), reason)
+    if isinstance(exc, ssl.SSLError):
+        code = exc.reason or ""
+        if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
+            return TLSRefused(
+                "the client's certificate is not issued by a CA in client-ca", "client-certificate-refused"
+            )
+        reason, line = _REASONS.get(code, ("handshake", f"the handshake failed: {printable(str(exc))}"))
+        if reason == "not-tls" and first_bytes:
+            line += f"; it sent '{printable(first_bytes[:48].decode('latin-1'))}' instead"
+        return TLSRefused(line, reason)
+    if isinstance(exc, ConnectionError | EOFError):
+        return TLSRefused("the peer closed the connection during the handshake", "closed")
+    raise exc
+
+
+# --- files
+
+
+def _load(load: Callable[[], None], name: str, path: str) -> None:
+    try:
+        load()
+    except FileNotFoundError:
+        raise AddressError(f"{name}={printable(path)}: no such file") from None
+    except PermissionError:
+        raise AddressError(f"{name}={printable(path)}: permission denied") from None
+    except IsADirectoryError:
+        raise AddressError(f"{name}={printable(path)}: a directory, not a PEM file") from None
+    except ssl.SSLError as exc:
+        what = (
+            "key does not match the certificate"
+            if exc.reason == "KEY_VALUES_MISMATCH"
+            else "not PEM it can use"
+        )
+        raise AddressError(f"{name}={printable(path)}: {what} ({exc.reason or exc})") from None
+
+
+def _load_chain(context: ssl.SSLContext, cert: str, key: str | None) -> None:
+    _load(lambda: context.load_cert_chain(cert, key), "cert" if key is None else "cert/key", cert)
+
+
+def self_signed(host: str) -> tuple[bytes, bytes]:
+    """A fresh ECDSA P-256 key and a self-signed certificate for ``host`` (a name, an IP, or
+    empty for "localhost"), valid from an hour ago for 30 days: PEM certificate and PEM key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    names.append(x509.IPAddress(ipaddress.ip_address("::1")))
+    label = host or "localhost"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host and host != "localhost":
+            names.insert(0, x509.DNSName(host))
+    else:
+        if not address.is_loopback:
+            names.insert(0, x509.IPAddress(address))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label[:64])])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), pem_key
+
+
+def _load_self_signed(context: ssl.SSLContext, host: str) -> str:
+    """Load a :func:`self_signed` certificate into ``context``; return its pin.
+
+    ``load_cert_chain`` reads files only, so the PEM goes through a file created with mode 0600
+    in a private directory (mode 0700) and removed at once."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert_pem, key_pem = self_signed(host)
+    with tempfile.TemporaryDirectory(prefix="enchufe-tls-") as folder:
+        path = os.path.join(folder, "auto.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(cert_pem + key_pem)
+        context.load_cert_chain(path)
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return format_pin(spki_digest(der))
