@@ -55,42 +55,20 @@ def _set_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None
     return callback
 
 
+#: The global options: (flags, the setting each one sets, its help); all are counted or flags.
+_GLOBAL_OPTIONS = (
+    (("--trace",), "trace", "Narrate every system call on stderr."),
+    (("-v", "--verbose"), "verbose", "Say more (repeat for more)."),
+    (("--debug",), "debug", "Show tracebacks."),
+    (("-q", "--quiet"), "quiet", "Only errors on stderr."),
+)
+
+
 def global_options(f: F) -> F:
     """--trace, -v, --debug, --quiet: accepted before and after the command name."""
-    options = [
-        click.option(
-            "--trace",
-            is_flag=True,
-            expose_value=False,
-            callback=_set_flag("trace"),
-            help="Narrate every system call on stderr.",
-        ),
-        click.option(
-            "-v",
-            "--verbose",
-            count=True,
-            expose_value=False,
-            callback=_set_flag("verbose"),
-            help="Say more (repeat for more).",
-        ),
-        click.option(
-            "--debug",
-            is_flag=True,
-            expose_value=False,
-            callback=_set_flag("debug"),
-            help="Show tracebacks.",
-        ),
-        click.option(
-            "-q",
-            "--quiet",
-            is_flag=True,
-            expose_value=False,
-            callback=_set_flag("quiet"),
-            help="Only errors on stderr.",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
+    for flags, name, help in reversed(_GLOBAL_OPTIONS):
+        kind: dict[str, Any] = {"count": True} if name == "verbose" else {"is_flag": True}
+        f = click.option(*flags, **kind, expose_value=False, callback=_set_flag(name), help=help)(f)
     return f
 
 
@@ -175,6 +153,11 @@ class DatagramPrinter:
         else:
             self.out.write(data)
         self.out.flush()
+
+
+def warn_truncated(exc: Exception) -> None:
+    """A datagram larger than the buffer was cut: said as a warning, and the command goes on."""
+    event("truncated", f"enchufe: warning: {exc}", error=str(exc))
 
 
 def hexdump(data: bytes) -> bytes:
@@ -265,6 +248,22 @@ def serving_options() -> Callable[[F], F]:
         f"{DEFAULT_IDLE_TIMEOUT:g}).",
         drain_timeout=DEFAULT_DRAIN_TIMEOUT,
     )
+
+
+def retry_options(retry_help: str) -> Callable[[F], F]:
+    """--retry N and --retry-delay S of the commands that connect (the delay's default is the
+    library's)."""
+    from .._connect import DEFAULT_RETRY_DELAY
+
+    retry = click.option("--retry", type=BoundedInt(0), default=0, help=retry_help)
+    delay = click.option(
+        "--retry-delay",
+        type=FiniteFloat(0),
+        default=DEFAULT_RETRY_DELAY,
+        show_default=True,
+        help="Seconds between attempts.",
+    )
+    return lambda f: retry(delay(f))
 
 
 def mode_option(help: str) -> Callable[[F], F]:

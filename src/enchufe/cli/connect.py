@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
 
-from ._common import DatagramPrinter, event, global_options
-from ._numbers import BoundedInt, FiniteFloat
+from ._common import DatagramPrinter, event, global_options, retry_options, warn_truncated
+from ._numbers import FiniteFloat
 from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
@@ -63,19 +64,7 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
     context_settings={"allow_extra_args": True},
 )
 @click.argument("address", shell_complete=complete_address)
-@click.option(
-    "--retry",
-    type=BoundedInt(0),
-    default=0,
-    help="Attempts after the first when refused or not there yet (a new socket each).",
-)
-@click.option(
-    "--retry-delay",
-    type=FiniteFloat(0),
-    default=0.5,
-    show_default=True,
-    help="Seconds between attempts.",
-)
+@retry_options("Attempts after the first when refused or not there yet (a new socket each).")
 @click.option(
     "--timeout",
     type=FiniteFloat(0, min_open=True),
@@ -140,22 +129,35 @@ def command(
         if not isinstance(local, InetAddress | UnixAddress):
             raise AddressError(f"--source {local}: a source is a socket address, e.g. tcp://127.0.0.2:0")
         check_source(local, target)
-    if idle_timeout == 0:
-        idle_timeout = None
+    options = _Options(
+        source=local,
+        retry=retry,
+        retry_delay=retry_delay,
+        timeout=timeout,
+        idle_timeout=idle_timeout or None,  # 0 means never
+        crlf=crlf,
+    )
     session = _Session(target, hex_=hex_)
     session.stop_on_signals()
     try:
-        return session.run(
-            local,
-            retry=retry,
-            retry_delay=retry_delay,
-            timeout=timeout,
-            idle_timeout=idle_timeout,
-            crlf=crlf,
-        )
+        return session.run(options)
     except KeyboardInterrupt:
         session.interrupted()
         return 1
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How to connect and what to do with the bytes: the command's options, checked."""
+
+    source: SocketAddress | None
+    retry: int
+    retry_delay: float
+    #: Stream: seconds per connection attempt; datagram: seconds to wait for replies at the end.
+    timeout: float | None
+    #: ``None``: never (``--idle-timeout 0`` too).
+    idle_timeout: float | None
+    crlf: bool
 
 
 class _Session:
@@ -184,43 +186,32 @@ class _Session:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, handler)
 
-    def run(
-        self,
-        source: SocketAddress | None,
-        *,
-        retry: int,
-        retry_delay: float,
-        timeout: float | None,
-        idle_timeout: float | None,
-        crlf: bool,
-    ) -> int:
+    def run(self, options: _Options) -> int:
         from ..errors import NetworkError
 
         try:
             if self.target.is_stream:
-                return self._stream(source, retry, retry_delay, timeout, idle_timeout, crlf)
-            return self._datagram(source, retry, retry_delay, timeout, idle_timeout, crlf)
+                return self._stream(options)
+            return self._datagram(options)
         except NetworkError as exc:
-            flag = "--timeout" if timeout is not None or idle_timeout is None else "--idle-timeout"
-            limit = timeout if timeout is not None else idle_timeout
-            raise _with_hint(exc, retry=retry, flag=flag, limit=limit, connected=self.connected) from None
+            raise _with_hint(exc, options, connected=self.connected) from None
 
-    def _open(
-        self, source: SocketAddress | None, retry: int, retry_delay: float, timeout: float | None
-    ) -> tuple[socket.socket, SocketFile | None]:
+    def _open(self, options: _Options, timeout: float | None) -> tuple[socket.socket, SocketFile | None]:
         from .. import _sockets
 
-        if source is None:
-            sock, owned = _sockets.open_connection(
-                self.target, timeout=timeout, retries=retry, retry_delay=retry_delay
+        if options.source is None:
+            return _sockets.open_connection(
+                self.target, timeout=timeout, retries=options.retry, retry_delay=options.retry_delay
             )
-        else:
-            from ._source import open_from
+        from ._source import open_from
 
-            sock, owned = open_from(
-                self.target, source, timeout=timeout, retries=retry, retry_delay=retry_delay
-            )
-        return sock, owned
+        return open_from(
+            self.target,
+            options.source,
+            timeout=timeout,
+            retries=options.retry,
+            retry_delay=options.retry_delay,
+        )
 
     def _connected(self, local: SocketAddress | None, peer: SocketAddress | None) -> None:
         from .._text import printable
@@ -236,27 +227,19 @@ class _Session:
             local=mine,
         )
 
-    def _stream(
-        self,
-        source: SocketAddress | None,
-        retry: int,
-        retry_delay: float,
-        timeout: float | None,
-        idle_timeout: float | None,
-        crlf: bool,
-    ) -> int:
+    def _stream(self, options: _Options) -> int:
         from ..stdio import pump_stream
         from ..sync import Connection
 
-        attempt_timeout = timeout if timeout is not None else idle_timeout
-        sock, owned = self._open(source, retry, retry_delay, attempt_timeout)
+        idle_timeout = options.idle_timeout
+        sock, owned = self._open(options, options.timeout if options.timeout is not None else idle_timeout)
         try:
             with Connection(sock) as conn:
                 self._connected(conn.local_address, conn.peer_address)
                 pump_stream(
                     conn,
                     idle_timeout=idle_timeout,
-                    outgoing=CrlfWriter() if crlf else None,
+                    outgoing=CrlfWriter() if options.crlf else None,
                     on_data=self.dump,
                     result=self.result,
                 )
@@ -266,30 +249,21 @@ class _Session:
         self._closed(idle_timeout)
         return 0
 
-    def _datagram(
-        self,
-        source: SocketAddress | None,
-        retry: int,
-        retry_delay: float,
-        timeout: float | None,
-        idle_timeout: float | None,
-        crlf: bool,
-    ) -> int:
+    def _datagram(self, options: _Options) -> int:
         from ..address import from_sockaddr
         from ..stdio import pump_datagram
         from ..sync import DatagramSocket
-        from .listen import _warn_truncated
 
-        sock, owned = self._open(source, retry, retry_delay, None)
+        sock, owned = self._open(options, None)
         with DatagramSocket(sock, owned=owned, peer_address=self.target) as dgram:
             self._connected(dgram.local_address, from_sockaddr(sock.family, sock.type, sock.getpeername()))
             pump_datagram(
                 dgram,
                 DatagramPrinter(as_json=False, as_hex=False),
-                linger=1.0 if timeout is None else timeout,
-                on_truncated=_warn_truncated,
-                idle_timeout=idle_timeout,
-                outgoing=crlf_datagram if crlf else None,
+                linger=1.0 if options.timeout is None else options.timeout,
+                on_truncated=warn_truncated,
+                idle_timeout=options.idle_timeout,
+                outgoing=crlf_datagram if options.crlf else None,
                 on_data=self._count_datagram,
             )
         self._closed(None)
@@ -338,11 +312,14 @@ class _Session:
         sys.stderr.flush()
 
 
-def _with_hint(exc: Exception, *, retry: int, flag: str, limit: float | None, connected: bool) -> Exception:
+def _with_hint(exc: Exception, options: _Options, *, connected: bool) -> Exception:
     """The library's error with the flag that helps added, and every character printable."""
     from .._text import printable
     from ..errors import ConnectionRefused, NetworkError, TimedOut
 
+    timeout, idle_timeout = options.timeout, options.idle_timeout
+    flag = "--timeout" if timeout is not None or idle_timeout is None else "--idle-timeout"
+    limit = timeout if timeout is not None else idle_timeout
     message = str(exc)
     if not message.isprintable():
         message = printable(message)
@@ -350,7 +327,7 @@ def _with_hint(exc: Exception, *, retry: int, flag: str, limit: float | None, co
         if isinstance(exc, ConnectionRefused):
             message += (
                 " (--retry N waits for one)"
-                if not retry
+                if not options.retry
                 else " (raise --retry or --retry-delay to wait longer)"
             )
         elif isinstance(exc, TimedOut):

@@ -21,6 +21,7 @@ from ._common import (
     refuse_mode_unless_file,
     settings,
     stop_on_sigterm,
+    warn_truncated,
 )
 from ._numbers import BoundedInt
 
@@ -99,7 +100,7 @@ def command(
                     printer,
                     reply_to_last_sender=True,
                     count=count,
-                    on_truncated=_warn_truncated,
+                    on_truncated=warn_truncated,
                 )
             except KeyboardInterrupt:
                 return 0
@@ -190,10 +191,6 @@ def _serve(listener: Listener, keep_open: bool) -> int:
         )
         if not keep_open:
             return 0
-
-
-def _warn_truncated(exc: Exception) -> None:
-    event("truncated", f"enchufe: warning: {exc}", error=str(exc))
 
 
 def _serve_exec(

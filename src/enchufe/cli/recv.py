@@ -13,9 +13,9 @@ from ._common import (
     refuse_mode_unless_file,
     settings,
     stop_on_sigterm,
+    warn_truncated,
 )
 from ._numbers import BoundedInt
-from .listen import _warn_truncated
 
 #: The largest --max-size: a receive buffer of this many bytes is allocated per datagram, and no
 #: datagram socket carries more (UDP: 64 KiB; unix: the send buffer, 208 KiB by default).
@@ -77,7 +77,7 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
                 stdin_fd=None,
                 count=count,
                 max_size=max_size,
-                on_truncated=_warn_truncated,
+                on_truncated=warn_truncated,
             )
         except KeyboardInterrupt:
             return 0

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import event, given, global_options, stop_on_sigterm
-from ._numbers import BoundedInt, FiniteFloat
+from ._common import event, given, global_options, retry_options, stop_on_sigterm
+from ._numbers import FiniteFloat
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -29,14 +29,7 @@ DEFAULT_TIMEOUT = 5.0
     show_default=True,
     help="Seconds to wait for the connection and the reply (datagram: only with --wait-reply).",
 )
-@click.option("--retry", type=BoundedInt(0), default=0, help="Attempts after the first.")
-@click.option(
-    "--retry-delay",
-    type=FiniteFloat(0),
-    default=0.5,
-    show_default=True,
-    help="Seconds between attempts.",
-)
+@retry_options("Attempts after the first.")
 @global_options
 def command(
     address: str, data: str | None, wait_reply: bool, timeout: float, retry: int, retry_delay: float
