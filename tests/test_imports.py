@@ -1,14 +1,20 @@
 """The import graph flows one way.
 
-The asyncio mirror uses only what the sync side makes public: no ``_private`` name imported
-from ``enchufe.sync``, no reach into a wrapped sync object's privates (``._inner._x``).  What
-both sides need (constants, address checks, sans-IO state) lives in the shared modules
-(``enchufe._connect``, ``enchufe._buffer``, ``enchufe._serving``) instead.
+Every module of the package sits in one layer, and imports only from its own layer or the ones
+below it::
+
+    pure       address, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
+               _serving, _halfclose, tlsparams, tlsinfo, _tls
+    sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
+               _endpoint, _streams, _datagrams (the endpoint cores), tlschannel
+    endpoints  sync | aio (siblings: neither imports the other), and the package itself (sync's facade)
+    apps       relay, servers, bench, tour, exec, stdio, testing
+    cli        cli, __main__
+
+What the sync and asyncio sides share (constants, address checks, sans-IO state, the endpoint
+cores) lives below both of them.  A module in no layer fails the test until it is given one.
 
 The relay runs on its own event loop: none of its modules loads asyncio or the asyncio side.
-
-The socket layer (the traced calls, resolution, unix socket files, the openers) sits under every
-endpoint: it imports none of the layers built on it.
 """
 
 from __future__ import annotations
@@ -20,73 +26,158 @@ from pathlib import Path
 
 import pytest
 
-import enchufe.aio
+import enchufe
 
-AIO = Path(enchufe.aio.__file__).parent
-PACKAGE = AIO.parent
+PACKAGE = Path(enchufe.__file__).parent
 
-#: The modules of the socket layer, and the layers built on it, which they must not import.
-SOCKET_LAYER = ("_calls", "_nonblocking", "_resolve", "_unixfiles", "_sockets")
-ABOVE_SOCKETS = ("sync", "aio", "relay", "servers", "bench", "cli", "exec", "stdio", "tour")
+#: The layers, lowest first: a top-level name of the package → its layer.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "pure": (
+        "address",
+        "errors",
+        "framing",
+        "trace",
+        "sessions",
+        "_text",
+        "_ranges",
+        "_buffer",
+        "_backoff",
+        "_serving",
+        "_halfclose",
+        "tlsparams",
+        "tlsinfo",
+        "_tls",
+    ),
+    "sockets": (
+        "_calls",
+        "_nonblocking",
+        "_resolve",
+        "_unixfiles",
+        "_sockets",
+        "_connect",
+        "_spawn",
+        "_endpoint",
+        "_streams",
+        "_datagrams",
+        "tlschannel",
+    ),
+    "endpoints": ("sync", "aio", ""),  # "": the package itself, which re-exports sync
+    "apps": ("relay", "servers", "bench", "tour", "exec", "stdio", "testing"),
+    "cli": ("cli", "__main__"),
+}
+RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
+LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
+
+#: Sibling parts of one layer that must not import each other: the two mirrors.
+SIBLINGS = {"sync": "aio", "aio": "sync"}
 
 
-def _from_sync(node: ast.ImportFrom) -> bool:
-    module = node.module or ""
-    if node.level == 0:
-        return module == "enchufe.sync" or module.startswith("enchufe.sync.")
-    # Inside enchufe/aio/, "..sync" is the sibling package.
-    return node.level == 2 and (module == "sync" or module.startswith("sync."))
+def module_name(path: Path) -> str:
+    """``enchufe.sync.stream`` for .../enchufe/sync/stream.py, ``enchufe.aio`` for its __init__."""
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
-def private_reaches(source: str) -> list[str]:
-    """Each place where ``source`` (a module of enchufe.aio) uses a private of the sync side."""
-    found = []
+def imported_modules(source: str, module: str, *, is_package: bool = False) -> list[tuple[int, str]]:
+    """(line, absolute name) of every import in ``source``, the text of ``module``: relative
+    imports resolved (``from .. import _calls`` in enchufe.sync.stream is enchufe._calls)."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and _from_sync(node):
-            found += [
-                f"line {node.lineno}: imports {alias.name} from {'.' * node.level}{node.module}"
-                for alias in node.names
-                if alias.name.startswith("_")
-            ]
-        elif (
-            isinstance(node, ast.Attribute)
-            and node.attr.startswith("_")
-            and isinstance(node.value, ast.Attribute)
-            and node.value.attr == "_inner"
-        ):
-            found.append(f"line {node.lineno}: reaches ._inner.{node.attr}")
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                found.append((node.lineno, node.module or ""))
+                continue
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1])
+            if node.module:
+                found.append((node.lineno, f"{base}.{node.module}"))
+            else:
+                found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
     return found
 
 
-@pytest.mark.parametrize("path", sorted(AIO.glob("*.py")), ids=lambda p: p.name)
-def test_aio_uses_no_private_of_sync(path: Path) -> None:
-    assert private_reaches(path.read_text()) == []
+def part(module: str, *, imported: bool = True) -> str | None:
+    """The top-level name inside the package that ``module`` belongs to ("" for the package
+    itself); ``None`` for a module outside the package.  An ``imported`` name that is no module
+    (``from . import parse``) is one of the package's own names."""
+    head, _, rest = module.partition(".")
+    if head != "enchufe":
+        return None
+    top = rest.partition(".")[0]
+    if imported and top and not (PACKAGE / f"{top}.py").exists() and not (PACKAGE / top).is_dir():
+        return ""
+    return top
+
+
+def wrong_edges(source: str, module: str, *, is_package: bool = False) -> list[str]:
+    """Each import in ``source`` that goes up a layer or across to the other mirror."""
+    here = part(module, imported=False)
+    assert here is not None
+    if here not in LAYER_OF:
+        return [f"{module} is in no layer: add {here!r} to LAYERS in tests/test_imports.py"]
+    found = []
+    for line, name in imported_modules(source, module, is_package=is_package):
+        there = part(name)
+        if there is None or there == here:
+            continue
+        if there not in LAYER_OF:
+            found.append(f"{module}:{line} imports {name}, which is in no layer")
+        elif RANK[there] > RANK[here]:
+            found.append(f"{module}:{line} imports {name}: up from {LAYER_OF[here]} to {LAYER_OF[there]}")
+        elif SIBLINGS.get(here) == there:
+            found.append(f"{module}:{line} imports {name}: across from {here} to {there}")
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_imports_go_down_the_layers(path: Path) -> None:
+    module = module_name(path)
+    assert wrong_edges(path.read_text(), module, is_package=path.name == "__init__.py") == []
 
 
 @pytest.mark.parametrize(
-    "source",
+    ("module", "source"),
     [
-        "from ..sync import DEFAULT_RETRY_DELAY, _socket_address",
-        "from ..sync.datagram import _RESOLVE_CACHE_SIZE",
-        "from enchufe.sync.stream import _name",
-        "def f(sock):\n    return sock._inner._stalled",
+        ("enchufe.aio.datagram", "from ..sync.datagram import DatagramSocket"),
+        ("enchufe.sync.serve", "from ..aio import serve"),
+        ("enchufe.aio", "from enchufe.sync import connect"),
+        ("enchufe._calls", "from . import sync"),
+        ("enchufe._resolve", "def f():\n    from .relay.pump import Pump"),
+        ("enchufe.framing", "from ._calls import recv"),
+        ("enchufe.sync.stream", "from ..relay import Relay"),
+        ("enchufe.relay.stream", "from ..cli import main"),
+        ("enchufe._sockets", "import enchufe.cli"),
+        ("enchufe.errors", "from . import listen"),
+        ("enchufe.brand_new", "import os"),
     ],
 )
-def test_the_check_sees_a_private_reach(source: str) -> None:
-    assert len(private_reaches(source)) == 1
+def test_the_check_sees_a_wrong_edge(module: str, source: str) -> None:
+    assert len(wrong_edges(source, module)) == 1
 
 
 @pytest.mark.parametrize(
-    "source",
+    ("module", "source"),
     [
-        "from ..sync.datagram import DatagramSocket as _SyncDatagramSocket",
-        "from .._connect import socket_address",
-        "from ._wait import _private_of_aio",
-        "def f(sock):\n    return sock._inner.stalled_peers",
+        ("enchufe.aio.stream", "from .. import _calls, _ranges, framing"),
+        ("enchufe.aio.serve", "from ._open import listen"),
+        ("enchufe.sync", "from .stream import Connection"),
+        ("enchufe.relay.stream", "from ..sync import connect"),
+        ("enchufe.cli.listen", "from .. import AddressError, parse"),
+        ("enchufe.tour", "from .relay import Relay"),
+        ("enchufe._sockets", "from ._resolve import resolve\nimport socket"),
+        ("enchufe._text", "import os"),
     ],
 )
-def test_the_check_allows_public_names(source: str) -> None:
-    assert private_reaches(source) == []
+def test_the_check_allows_what_goes_down_or_stays(module: str, source: str) -> None:
+    assert wrong_edges(source, module) == []
 
 
 #: Imports every module of the relay, then lists the asyncio modules loaded (stdlib or ours).
@@ -108,60 +199,3 @@ def test_the_relay_does_not_load_asyncio() -> None:
         [sys.executable, "-c", RELAY_PROBE], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout
-
-
-def imported_modules(source: str) -> list[str]:
-    """Every module that ``source`` (a module directly inside the enchufe package) imports,
-    anywhere in it, as absolute names: ``from . import sync`` is ``enchufe.sync``."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                found.append(node.module or "")
-                continue
-            base = "enchufe" if node.level == 1 else ""  # deeper levels leave the package: never ours
-            if node.module:
-                found.append(f"{base}.{node.module}")
-            else:
-                found += [f"{base}.{alias.name}" for alias in node.names]
-    return found
-
-
-def upward_imports(source: str) -> list[str]:
-    """The imports in ``source`` of a layer built on the socket layer."""
-    above = tuple(f"enchufe.{layer}" for layer in ABOVE_SOCKETS)
-    return [
-        name
-        for name in imported_modules(source)
-        if name in above or name.startswith(tuple(a + "." for a in above))
-    ]
-
-
-@pytest.mark.parametrize("name", SOCKET_LAYER)
-def test_the_socket_layer_imports_no_layer_above_it(name: str) -> None:
-    assert upward_imports((PACKAGE / f"{name}.py").read_text()) == []
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "from . import sync",
-        "from .relay.pump import Pump",
-        "from .aio import Connection",
-        "import enchufe.cli",
-        "def f():\n    from .sync.stream import Connection",
-        "from enchufe.exec import run_exec",
-    ],
-)
-def test_the_check_sees_an_upward_import(source: str) -> None:
-    assert len(upward_imports(source)) == 1
-
-
-@pytest.mark.parametrize(
-    "source",
-    ["from . import trace, _ranges", "from ._calls import bind", "from .synchrony import x", "import socket"],
-)
-def test_the_check_allows_the_layers_below(source: str) -> None:
-    assert upward_imports(source) == []

@@ -55,6 +55,11 @@ class ReceiveBuffer:
     def take_exactly(self, size: int) -> bytes | None:
         return self._take(size) if len(self._data) >= size else None
 
+    def wanted(self, size: int) -> int:
+        """How much to ask one ``recv()`` for, towards ``size`` buffered bytes: what is missing,
+        at least :data:`DEFAULT_RECV_SIZE`, at most :data:`MAX_RECV_CHUNK`."""
+        return min(max(size - len(self._data), DEFAULT_RECV_SIZE), MAX_RECV_CHUNK)
+
     def incomplete(self, size: int, where: str) -> IncompleteRead:
         """The error for EOF before ``size`` bytes; the partial bytes go with it."""
         partial = self._take(len(self._data))

@@ -14,7 +14,6 @@ from .._resolve import Target
 from .._sockets import DEFAULT_BACKLOG, open_datagram, open_listener
 from .._unixfiles import SocketFile
 from ..address import Address, UnixAddress
-from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
 from ._wait import wait_writable
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
@@ -72,7 +71,7 @@ async def bind_datagram(
     sock, real, owned = open_datagram(
         socket_address(address, stream=False, role="bind_datagram"), mode=mode, reuse_port=reuse_port
     )
-    return DatagramSocket(_SyncDatagramSocket(sock, owned=owned, local_address=real))
+    return DatagramSocket(sock, owned=owned, local_address=real)
 
 
 async def connect(
@@ -98,7 +97,7 @@ async def connect_datagram(
     """Like :func:`enchufe.connect_datagram`, for asyncio (unixgram clients get a reply address)."""
     target = socket_address(address, stream=False, role="connect_datagram")
     sock, owned = await _open_connection(target, timeout, retries, retry_delay)
-    return DatagramSocket(_SyncDatagramSocket(sock, owned=owned, peer_address=target))
+    return DatagramSocket(sock, owned=owned, peer_address=target)
 
 
 async def _targets(address: Any) -> list[Target]:

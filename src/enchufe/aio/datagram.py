@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from types import TracebackType
 
 from .. import _ranges
 from .._backoff import Backoff
 from .._buffer import DEFAULT_MAX_DATAGRAM
-from .._serving import StalledPeers
+from .._datagrams import DatagramCore
+from .._endpoint import AsyncClosing
+from .._unixfiles import SocketFile
 from ..address import SocketAddress
-from ..errors import ClosedError, TimedOut
-from ..sync.datagram import DatagramSocket as _SyncDatagramSocket
+from ..errors import TimedOut
 from ._wait import Readiness
 
 __all__ = ["DatagramSocket"]
 
 
-class DatagramSocket:
+class DatagramSocket(DatagramCore, AsyncClosing):
     """A datagram socket for asyncio (udp or unixgram); message boundaries are kept.
 
     The same contract as the sync :class:`enchufe.DatagramSocket`: ``recvfrom`` returns one
@@ -28,50 +28,33 @@ class DatagramSocket:
     Cancellation loses no datagram: it is either received and returned, or left queued.
     """
 
-    def __init__(self, inner: _SyncDatagramSocket) -> None:
-        # One implementation of addressing, truncation and errors: the sync socket's, made
-        # non-blocking; this class only waits for readiness between attempts.
-        inner.socket.setblocking(False)
-        self._inner = inner
-        self._ready = Readiness(inner.socket)
+    _label = "aio.DatagramSocket"
 
-    @property
-    def socket(self) -> socket.socket:
-        return self._inner.socket
-
-    @property
-    def local_address(self) -> SocketAddress | None:
-        return self._inner.local_address
-
-    @property
-    def peer_address(self) -> SocketAddress | None:
-        return self._inner.peer_address
-
-    @property
-    def stalled_peers(self) -> StalledPeers:
-        """Unix peers that made a server wait in vain (see :func:`enchufe.aio.serve.deliver`)."""
-        return self._inner.stalled_peers
-
-    @property
-    def address(self) -> SocketAddress:
-        """The address this socket is bound to (see :attr:`enchufe.DatagramSocket.address`)."""
-        return self._inner.address
-
-    def fileno(self) -> int:
-        return self._inner.fileno()
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        owned: SocketFile | None = None,
+        local_address: SocketAddress | None = None,
+        peer_address: SocketAddress | None = None,
+    ) -> None:
+        # One implementation of addressing, truncation and errors, the core's, on a
+        # non-blocking socket; this class only waits for readiness between attempts.
+        sock.setblocking(False)
+        super().__init__(sock, owned=owned, local_address=local_address, peer_address=peer_address)
+        self._ready = Readiness(sock)
 
     def set_timeout(self, seconds: float | None) -> None:
         """Make ``recvfrom``/``sendto`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
-        if self._inner.closed:
-            raise ClosedError("this datagram socket is closed")
+        self._check()
         self._ready.timeout = _ranges.seconds(seconds, "timeout", optional=True)
 
     async def sendto(self, data: bytes, address: SocketAddress | str | None) -> int:
         """Send one datagram to ``address``, waiting while it cannot go now."""
-        if self._inner.socket.family != socket.AF_UNIX:
+        if self._sock.family != socket.AF_UNIX:
             while True:
                 try:
-                    return self._inner.sendto(data, address)
+                    return self._sendto_once(data, address)
                 except BlockingIOError:
                     await self._ready.writable()
         # A unix datagram socket also waits when the *receiver's* queue is full
@@ -81,7 +64,7 @@ class DatagramSocket:
         waited = 0.0
         while True:
             try:
-                return self._inner.sendto(data, address)
+                return self._sendto_once(data, address)
             except BlockingIOError:
                 timeout = self._ready.timeout
                 if timeout is not None and waited >= timeout:
@@ -90,50 +73,24 @@ class DatagramSocket:
                 await asyncio.sleep(pause)
                 waited += pause
 
-    def sendto_nowait(self, data: bytes, address: SocketAddress | str | None) -> bool:
-        """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if
-        it would have to wait (our send buffer, or a unix receiver's queue, is full).
-
-        For servers that must not let one peer that does not read hold up the others.
-        """
-        return self._inner.sendto_nowait(data, address)
-
     async def send(self, data: bytes) -> int:
         while True:
             try:
-                return self._inner.send(data)
+                return self._send_once(data)
             except BlockingIOError:
                 await self._ready.writable()
 
     async def recvfrom(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> tuple[bytes, SocketAddress | None]:
         while True:
             try:
-                return self._inner.recvfrom(max_size)
+                return self._recvfrom_once(max_size)
             except BlockingIOError:
                 await self._ready.readable()
 
     async def recv(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> bytes:
         return (await self.recvfrom(max_size))[0]
 
-    async def aclose(self) -> None:
-        self.close()
-
     def close(self) -> None:
-        if not self._inner.closed:
+        if not self._closed:
             self._ready.close()
-        self._inner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._inner.closed
-
-    async def __aenter__(self) -> DatagramSocket:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<aio.{self._inner!r}"[:-1] + ">"
+        super().close()

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import AsyncIterator
-from types import TracebackType
 
-from .. import _calls, _ranges, _unixfiles, framing
-from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE, MAX_RECV_CHUNK, ReceiveBuffer
-from ..address import SocketAddress, from_sockaddr
-from ..errors import ClosedError, ConnectionReset, IncompleteRead, translate
+from .. import _ranges, _unixfiles, framing
+from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE
+from .._endpoint import AsyncClosing
+from .._streams import ListenerCore, StreamCore
+from ..address import SocketAddress
+from ..errors import ClosedError, ConnectionReset, IncompleteRead
 from ._wait import Readiness
 
 __all__ = ["Connection", "Listener"]
 
 
-class Connection:
+class Connection(StreamCore, AsyncClosing):
     """A connected stream socket for asyncio: TCP over IPv4/IPv6 or a unix stream socket.
 
     * ``await recv()`` returns ``b""`` if and only if the peer closed its sending side (EOF).
@@ -30,33 +30,15 @@ class Connection:
     ``send_all`` may have sent part of the data, so the connection should then be closed.
     """
 
+    _polled = True
+
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._buffer = ReceiveBuffer()
+        super().__init__(sock)
         self._ready = Readiness(sock)
-        self._closed = False
-        self._write_shut = False
-        self.local_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getsockname())
-        self.peer_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getpeername())
         #: Bytes taken from and given to the kernel so far (for "closed … after N bytes" lines).
         self.bytes_received = 0
         self.bytes_sent = 0
-
-    @property
-    def socket(self) -> socket.socket:
-        return self._sock
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def _check(self) -> None:
-        if self._closed:
-            raise ClosedError("this connection is closed")
-
-    def _where(self) -> str:
-        return str(self.peer_address) if self.peer_address else "the peer"
 
     def set_timeout(self, seconds: float | None) -> None:
         """Make ``recv``/``send_all`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``
@@ -64,41 +46,23 @@ class Connection:
         self._check()
         self._ready.timeout = _ranges.seconds(seconds, "timeout", optional=True)
 
-    @property
-    def peer_credentials(self) -> _calls.Credentials | None:
-        """For unix sockets, the peer's pid, uid and gid (SO_PEERCRED); ``None`` for TCP."""
-        self._check()
-        if self._sock.family != socket.AF_UNIX:
-            return None
-        return _calls.peer_credentials(self._sock)
-
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send every byte; returns once the kernel has them all."""
-        self._check()
-        if self._write_shut:
-            raise ClosedError("cannot send: this side's write half was shut down (shutdown_write)")
+        self._check_send()
         view = memoryview(data).cast("B")
-        try:
-            while view:
-                try:
-                    sent = _calls.send(self._sock, view)
-                except BlockingIOError:
-                    await self._ready.writable()
-                    self._check()
-                    continue
-                view = view[sent:]
-                self.bytes_sent += sent
-        except OSError as exc:
-            raise translate(exc, f"send to {self._where()}") from exc
+        while view:
+            try:
+                sent = self._send_once(view)
+            except BlockingIOError:
+                await self._ready.writable()
+                self._check()
+                continue
+            view = view[sent:]
+            self.bytes_sent += sent
 
     async def shutdown_write(self) -> None:
         """Half-close: the peer reads EOF; we can still receive."""
-        self._check()
-        self._write_shut = True
-        try:
-            _calls.shutdown(self._sock, socket.SHUT_WR)
-        except OSError as exc:
-            raise translate(exc, f"shut down the write side towards {self._where()}") from exc
+        self._shutdown_write()
 
     async def send_message(self, message: bytes, *, max_size: int = framing.DEFAULT_MAX_MESSAGE_SIZE) -> None:
         """Send one length-prefixed message (see :mod:`enchufe.framing`)."""
@@ -106,23 +70,17 @@ class Connection:
 
     async def _recv_raw(self, max_bytes: int) -> bytes:
         while True:
-            self._check()
             try:
-                data = _calls.recv(self._sock, max_bytes)
+                data = self._recv_once(max_bytes)
             except BlockingIOError:
                 await self._ready.readable()
-            except OSError as exc:
-                raise translate(exc, f"receive from {self._where()}") from exc
             else:
                 self.bytes_received += len(data)
                 return data
 
     async def recv(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes:
         """Up to ``max_bytes`` bytes as soon as some are there; ``b""`` at EOF."""
-        self._check()
-        # "Up to": a huge max_bytes (a length the peer announced) is read in bounded chunks,
-        # never allocated at once.
-        max_bytes = min(_ranges.integer(max_bytes, "max_bytes", 1), MAX_RECV_CHUNK)
+        max_bytes = self._recv_size(max_bytes)
         if len(self._buffer):
             return self._buffer.take_some(max_bytes)
         return await self._recv_raw(max_bytes)
@@ -131,8 +89,7 @@ class Connection:
         """Exactly ``size`` bytes; :class:`~enchufe.errors.IncompleteRead` if EOF comes first."""
         _ranges.integer(size, "size", 0)
         while (data := self._buffer.take_exactly(size)) is None:
-            want = min(max(size - len(self._buffer), DEFAULT_RECV_SIZE), MAX_RECV_CHUNK)
-            chunk = await self._recv_raw(want)
+            chunk = await self._recv_raw(self._buffer.wanted(size))
             if not chunk:
                 raise self._buffer.incomplete(size, self._where())
             self._buffer.feed(chunk)
@@ -158,90 +115,41 @@ class Connection:
             raise
         return await self.recv_exactly(framing.parse_header(header, max_size=max_size))
 
-    async def aclose(self) -> None:
-        """Close the socket.  Idempotent."""
-        self.close()
-
     def close(self) -> None:
         """Close at once (also usable from synchronous cleanup code)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._ready.close()
-        with contextlib.suppress(OSError):
-            _calls.close(self._sock)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def __aenter__(self) -> Connection:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        if not self._closed:
+            self._ready.close()
+        super().close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd {self._fd}"
         return f"<aio.Connection {self.local_address} ↔ {self.peer_address} {state}>"
 
 
-class Listener:
+class Listener(ListenerCore, AsyncClosing):
     """A passive stream socket for asyncio; ``await accept()`` gives the next :class:`Connection`.
 
     ``async for conn in listener`` yields connections until the listener is closed.  Closing
     wakes a pending ``accept()``, which raises :class:`~enchufe.errors.ClosedError`.
     """
 
+    _polled = True
+
     def __init__(
         self, sock: socket.socket, address: SocketAddress, owned: _unixfiles.SocketFile | None
     ) -> None:
         sock.setblocking(False)
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._owned = owned
+        super().__init__(sock, address, owned)
         self._ready = Readiness(sock)
-        self._closed = False
-        self.address = address
-
-    @property
-    def socket(self) -> socket.socket:
-        return self._sock
-
-    def fileno(self) -> int:
-        return self._fd
 
     async def accept(self) -> Connection:
         while True:
-            if self._closed:
-                raise ClosedError(f"the listener on {self.address} is closed")
             try:
-                conn, _peer = _calls.accept(self._sock)
+                conn = self._accept_once()
             except BlockingIOError:
                 await self._ready.readable()
                 continue
-            except OSError as exc:
-                if self._closed:
-                    raise ClosedError(f"the listener on {self.address} was closed") from exc
-                if exc.errno in _calls.ACCEPT_CLIENT_ERRORS:  # that client's failure, not ours
-                    raise ConnectionReset(
-                        f"cannot accept on {self.address}: the client's connection failed before it "
-                        f"was accepted ({(exc.strerror or str(exc)).lower()})",
-                        errno=exc.errno,
-                        action="accept",
-                    ) from exc
-                raise translate(exc, f"accept on {self.address}") from exc
-            try:
-                return Connection(conn)
-            except OSError as exc:  # ENOTCONN: the client reset before it was accepted
-                conn.close()
-                raise ConnectionReset(
-                    f"cannot accept on {self.address}: the client left before it was accepted",
-                    errno=exc.errno,
-                    action="accept",
-                ) from exc
+            return self._wrap(conn, Connection)
 
     def __aiter__(self) -> AsyncIterator[Connection]:
         return self._iterate()
@@ -255,31 +163,13 @@ class Listener:
             except ConnectionReset:
                 continue
 
-    async def aclose(self) -> None:
-        self.close()
-
     def close(self) -> None:
         """Stop listening, remove our socket file.  Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._ready.close()
-        with contextlib.suppress(OSError):
-            _calls.close(self._sock)
-        if self._owned is not None:
-            self._owned.release()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def __aenter__(self) -> Listener:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        self._release()
 
     def __repr__(self) -> str:
         return f"<aio.Listener {self.address}{' closed' if self._closed else ''}>"

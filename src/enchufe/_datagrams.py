@@ -1,0 +1,188 @@
+"""The datagram endpoint's core, shared by ``enchufe.sync`` and ``enchufe.aio``: one attempt each.
+
+:class:`DatagramCore` holds a datagram socket's addresses, resolves and checks where each
+datagram goes (caching what it resolved), reports truncation and translates errors.  Its
+``_…_once`` methods make one system call and let ``BlockingIOError`` through: the sync socket
+blocks in the kernel and never sees it; the asyncio socket waits on the loop and tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+
+from . import _calls, _ranges, _resolve, _unixfiles
+from ._buffer import DEFAULT_MAX_DATAGRAM
+from ._calls import SockAddr
+from ._endpoint import Endpoint
+from ._serving import StalledPeers
+from .address import Address, InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
+from .errors import AddressError, DatagramTruncated, UsageError, translate
+
+#: Resolved destinations kept per socket, so that sendto() to a host name does not ask the
+#: resolver for every datagram; a bound keeps a socket that writes to many peers small.
+RESOLVE_CACHE_SIZE = 256
+
+
+class DatagramCore(Endpoint):
+    """A datagram socket's state (udp or unixgram): its addresses, and where it sent lately."""
+
+    _noun = "datagram socket"
+    #: How ``repr()`` names the class.
+    _label = "DatagramSocket"
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        owned: _unixfiles.SocketFile | None = None,
+        local_address: SocketAddress | None = None,
+        peer_address: SocketAddress | None = None,
+    ) -> None:
+        super().__init__(sock)
+        self._owned = owned
+        self._buffer = bytearray(DEFAULT_MAX_DATAGRAM)
+        self._resolved: dict[SocketAddress, SockAddr] = {}
+        #: Unix peers that made a server wait in vain (see :func:`enchufe.sync.serve.deliver`).
+        self.stalled_peers = StalledPeers()
+        self.local_address = local_address or from_sockaddr(sock.family, sock.type, sock.getsockname())
+        self.peer_address = peer_address
+
+    @property
+    def address(self) -> SocketAddress:
+        """The address this socket is bound to, like :attr:`Listener.address` (port 0
+        resolved): where peers send to reach it.  :class:`~enchufe.errors.UsageError` for a
+        socket that has none (a unix client made without a reply address)."""
+        if self.local_address is None:
+            raise UsageError("this datagram socket is not bound to an address")
+        return self.local_address
+
+    # -- sending
+
+    def _sendto_once(self, data: bytes, address: SocketAddress | str | None, flags: int = 0) -> int:
+        """One ``sendto()`` of ``data`` as one datagram to ``address``: the bytes sent."""
+        self._check()
+        target = self._target(address)
+        sockaddr = self._sockaddr_for(target)
+        try:
+            return _calls.send_datagram(self._sock, bytes(data), sockaddr, flags=flags)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            what = f"send a {len(data)}-byte datagram to {target}"
+            raise (_unixfiles.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
+
+    def sendto_nowait(self, data: bytes, address: SocketAddress | str | None) -> bool:
+        """Send one datagram to ``address`` if the kernel takes it now: ``True``; ``False`` if
+        it would have to wait (our send buffer, or a unix receiver's queue, is full).
+
+        For servers that must not let one peer that does not read hold up the others.
+        """
+        try:
+            self._sendto_once(data, address, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _send_once(self, data: bytes) -> int:
+        """One ``send()`` of ``data`` as one datagram to the connected peer."""
+        self._check()
+        if self.peer_address is None:
+            raise UsageError("send() needs a connected datagram socket; use sendto(data, address)")
+        try:
+            return _calls.send_datagram(self._sock, bytes(data), None)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            raise translate(exc, f"send a {len(data)}-byte datagram to {self.peer_address}") from exc
+
+    @staticmethod
+    def _target(address: SocketAddress | str | None) -> Address:
+        if address is None:
+            raise UsageError(
+                "cannot send to an unbound unix socket: it has no address to answer "
+                "(its datagrams arrive with sender None)"
+            )
+        return parse(address) if isinstance(address, str) else address
+
+    def _sockaddr_for(self, target: object) -> SockAddr:
+        if not isinstance(target, InetAddress | UnixAddress) or target.is_stream:
+            raise AddressError(f"{target}: a datagram socket sends to udp:// or unixgram: addresses")
+        cached = self._resolved.get(target)
+        if cached is not None:
+            return cached
+        family = self._sock.family
+        sockaddr: SockAddr
+        if isinstance(target, UnixAddress):
+            if family != socket.AF_UNIX:
+                raise AddressError(f"{target}: this is a udp socket; it cannot send to a unix address")
+            sockaddr = target.sockaddr
+        else:
+            if family == socket.AF_UNIX:
+                raise AddressError(f"{target}: this is a unixgram socket; it cannot send to udp")
+            sockaddr = self._inet_sockaddr(target, family)
+        if len(self._resolved) >= RESOLVE_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[target] = sockaddr
+        return sockaddr
+
+    def _inet_sockaddr(self, target: InetAddress, family: int) -> SockAddr:
+        targets = _resolve.resolve(target, passive=False)
+        for t in targets:
+            if t.family == family:
+                return t.sockaddr
+        if family == socket.AF_INET6 and not _v6only(self._sock):
+            # A dual-stack socket reaches IPv4 peers through their IPv4-mapped address.
+            host, port = targets[0].sockaddr[:2]  # type: ignore[str-unpack]
+            return (str(ipaddress.IPv6Address(f"::ffff:{host}")), port, 0, 0)
+        have = "IPv6" if family == socket.AF_INET6 else "IPv4"
+        raise AddressError(f"{target}: has no {have} address, and this socket is {have}")
+
+    # -- receiving
+
+    def _recvfrom_once(self, max_size: int) -> tuple[bytes, SocketAddress | None]:
+        """One ``recvfrom()``: a datagram and its sender; :class:`~enchufe.errors.DatagramTruncated`
+        for one larger than ``max_size``."""
+        self._check()
+        _ranges.integer(max_size, "max_size", 1, _ranges.MAX_DATAGRAM_SIZE)
+        if len(self._buffer) != max_size:
+            self._buffer = bytearray(max_size)
+        try:
+            size, raw = _calls.recv_datagram_into(self._sock, self._buffer)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            where = f"from {self.peer_address}" if self.peer_address else f"on {self.local_address}"
+            raise translate(exc, f"receive a datagram {where}") from exc
+        sender = from_sockaddr(self._sock.family, self._sock.type, raw) if raw else None
+        data = bytes(self._buffer[: min(size, max_size)])
+        if size > max_size:
+            raise DatagramTruncated(
+                f"a datagram of {size} bytes from {sender or 'an unbound sender'} was larger than "
+                f"the {max_size}-byte receive buffer and was cut; raise the maximum size",
+                data=data,
+                size=size,
+                sender=sender,
+            )
+        return data, sender
+
+    # -- closing
+
+    def close(self) -> None:
+        """Close the socket and remove a socket file it created.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            _calls.close(self._sock)
+        if self._owned is not None:
+            self._owned.release()
+
+    def __repr__(self) -> str:
+        peer = f" → {self.peer_address}" if self.peer_address else ""
+        return f"<{self._label} {self.local_address}{peer}{' closed' if self._closed else ''}>"
+
+
+def _v6only(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))

@@ -1,0 +1,75 @@
+"""What every endpoint object of ``enchufe.sync`` and ``enchufe.aio`` holds, with no waiting.
+
+An endpoint owns one socket and its descriptor, and knows whether it is closed.  The sync and
+asyncio endpoints are built on the same cores (:mod:`enchufe._streams`,
+:mod:`enchufe._datagrams`), which make one attempt of each operation and let the caller wait:
+the sync side by blocking in the kernel, the asyncio side on the event loop.  The two mixins
+here are the two ways to be closed by a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import TracebackType
+from typing import Self
+
+from .errors import ClosedError
+
+
+class Endpoint:
+    """One socket, its descriptor, and whether :meth:`close` was called."""
+
+    #: How the object names itself in "this … is closed".
+    _noun = "socket"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._closed = False
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying socket, for options enchufe does not wrap."""
+        return self._sock
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"this {self._noun} is closed")
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Closing(Endpoint):
+    """``with endpoint:`` closes it on the way out."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncClosing(Endpoint):
+    """``async with endpoint:`` closes it on the way out; ``await aclose()`` closes it too."""
+
+    async def aclose(self) -> None:
+        """Close the socket.  Idempotent."""
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,156 @@
+"""The stream endpoints' core, shared by ``enchufe.sync`` and ``enchufe.aio``: one attempt each.
+
+:class:`StreamCore` and :class:`ListenerCore` hold the state, the addresses and the error
+translation of a connection and a listener.  Each ``_…_once`` method makes one system call:
+on a blocking socket it waits in the kernel; on a non-blocking one (``_polled``) it lets
+``BlockingIOError`` through for the asyncio side to wait on the loop and call it again.
+Everything else an ``OSError`` says is translated here, into :mod:`enchufe.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import TypeVar
+
+from . import _calls, _ranges, _unixfiles
+from ._buffer import MAX_RECV_CHUNK, ReceiveBuffer
+from ._endpoint import Endpoint
+from .address import SocketAddress, from_sockaddr
+from .errors import ClosedError, ConnectionReset, NetworkError, translate
+
+C = TypeVar("C")
+
+
+class StreamCore(Endpoint):
+    """A connected stream socket's state: addresses, the bytes read ahead, the half-close."""
+
+    _noun = "connection"
+    #: True on the asyncio side: the socket is non-blocking and EAGAIN means "wait, then retry".
+    _polled = False
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._buffer = ReceiveBuffer()  # bytes read past a delimiter by recv_until/recv_exactly
+        self._write_shut = False
+        self.local_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getsockname())
+        self.peer_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getpeername())
+
+    def _where(self) -> str:
+        return str(self.peer_address) if self.peer_address else "the peer"
+
+    @property
+    def peer_credentials(self) -> _calls.Credentials | None:
+        """For unix sockets, the peer's pid, uid and gid (SO_PEERCRED); ``None`` for TCP."""
+        self._check()
+        if self._sock.family != socket.AF_UNIX:
+            return None
+        return _calls.peer_credentials(self._sock)
+
+    def _translated(self, exc: OSError, what: str) -> NetworkError:
+        """``exc`` as an enchufe error; EAGAIN goes through untouched for the asyncio side."""
+        if self._polled and isinstance(exc, BlockingIOError):
+            raise exc
+        return translate(exc, what)
+
+    def _check_send(self) -> None:
+        self._check()
+        if self._write_shut:
+            raise ClosedError("cannot send: this side's write half was shut down (shutdown_write)")
+
+    def _send_once(self, view: memoryview) -> int:
+        """One ``send()``: the bytes the kernel took."""
+        try:
+            return _calls.send(self._sock, view)
+        except OSError as exc:
+            raise self._translated(exc, f"send to {self._where()}") from exc
+
+    def _shutdown_write(self) -> None:
+        self._check()
+        self._write_shut = True
+        try:
+            _calls.shutdown(self._sock, socket.SHUT_WR)
+        except OSError as exc:
+            raise translate(exc, f"shut down the write side towards {self._where()}") from exc
+
+    def _recv_once(self, max_bytes: int) -> bytes:
+        """One ``recv()`` of up to ``max_bytes``: ``b""`` at EOF."""
+        self._check()
+        try:
+            return _calls.recv(self._sock, max_bytes)
+        except OSError as exc:
+            raise self._translated(exc, f"receive from {self._where()}") from exc
+
+    def _recv_size(self, max_bytes: int) -> int:
+        """``max_bytes`` checked and bounded, for a ``recv()``."""
+        self._check()
+        # "Up to": a huge max_bytes (a length the peer announced) is read in bounded chunks,
+        # never allocated at once.
+        return min(_ranges.integer(max_bytes, "max_bytes", 1), MAX_RECV_CHUNK)
+
+    def close(self) -> None:
+        """Close the socket.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            _calls.close(self._sock)
+
+
+class ListenerCore(Endpoint):
+    """A listening socket's state: its real address, and the socket file it owns."""
+
+    _polled = False
+
+    def __init__(
+        self, sock: socket.socket, address: SocketAddress, owned: _unixfiles.SocketFile | None
+    ) -> None:
+        super().__init__(sock)
+        self._owned = owned
+        self.address = address
+
+    def _accept_once(self) -> socket.socket:
+        """One ``accept()``: the new connection's socket.
+
+        :class:`~enchufe.errors.ClosedError` once closed, and
+        :class:`~enchufe.errors.ConnectionReset` for a client whose connection failed before it
+        was accepted: that client's failure, not the listener's."""
+        if self._closed:
+            raise ClosedError(f"the listener on {self.address} is closed")
+        try:
+            conn, _peer = _calls.accept(self._sock)
+        except OSError as exc:
+            if self._polled and isinstance(exc, BlockingIOError):
+                raise
+            if self._closed:
+                raise ClosedError(f"the listener on {self.address} was closed") from exc
+            if exc.errno in _calls.ACCEPT_CLIENT_ERRORS:
+                raise ConnectionReset(
+                    f"cannot accept on {self.address}: the client's connection failed before it "
+                    f"was accepted ({(exc.strerror or str(exc)).lower()})",
+                    errno=exc.errno,
+                    action="accept",
+                ) from exc
+            raise translate(exc, f"accept on {self.address}") from exc
+        return conn
+
+    def _wrap(self, conn: socket.socket, make: Callable[[socket.socket], C]) -> C:
+        """``make(conn)``, the endpoint for an accepted socket; a client that reset before it
+        was accepted (ENOTCONN) is a :class:`~enchufe.errors.ConnectionReset`."""
+        try:
+            return make(conn)
+        except OSError as exc:
+            conn.close()
+            raise ConnectionReset(
+                f"cannot accept on {self.address}: the client left before it was accepted",
+                errno=exc.errno,
+                action="accept",
+            ) from exc
+
+    def _release(self) -> None:
+        """Close the socket and remove the socket file it created, if still its own."""
+        with contextlib.suppress(OSError):
+            _calls.close(self._sock)
+        if self._owned is not None:
+            self._owned.release()
