@@ -1,0 +1,187 @@
+"""TLS without I/O: bytes from the socket in, plaintext and bytes for the socket out.
+
+A :class:`TLSChannel` wraps ``ssl.SSLObject`` over two memory BIOs, in the style of h11: it
+never touches a socket, so the sync API, the asyncio API and the relay's event engine drive the
+same object and differ only in how they wait.  The driver's loop is always the same::
+
+    channel.feed(sock.recv(65536))      # b"" when the socket reached EOF
+    done = channel.handshake()          # or: data = channel.read(n)
+    sock.sendall(channel.outgoing())    # after every call: TLS may have something to say
+
+Why memory BIOs and not ``SSLSocket``: TLS 1.3 lets a side send close_notify and keep reading
+(a client that says "that was my request" and waits for the answer).  ``SSLSocket.unwrap()``
+cannot: it sends close_notify and then reads the peer's on the socket itself, where it meets the
+answer and fails (``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``), losing it.  Here close_notify is
+queued while no unread input is pending, and reading goes on.
+
+EOF: close_notify from the peer is a clean end (``read`` returns ``b""``); the socket's EOF
+without one is :class:`TLSTruncated` (a peer, or something in the middle, cut the stream: what
+arrived may be incomplete), never a silent EOF.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
+from .errors import ConnectionReset
+from .tlsinfo import TLSInfo
+from .tlsparams import TLSParams
+
+__all__ = ["TLSChannel", "TLSTruncated"]
+
+#: How many of the peer's first bytes are kept, to show what a peer that does not speak TLS sent.
+_FIRST_BYTES = 64
+
+
+_TRUNCATED = "the connection ended without TLS close_notify: what arrived may be truncated"
+
+
+class TLSTruncated(ConnectionReset):
+    """The connection ended without close_notify: the data may be incomplete."""
+
+
+class TLSChannel:
+    """One side of a TLS connection, as a state machine over bytes.
+
+    ``params`` are the address's TLS settings, checked after the handshake (pins on a client;
+    ``allow-san``/``allow-cn`` and ALPN on a server).  Every method may leave bytes in
+    :meth:`outgoing`, which the driver sends before it waits.
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        params: TLSParams,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname
+        )
+        self._params = params
+        self._server_side = server_side
+        self._server_hostname = server_hostname
+        self._first = b""
+        self._socket_eof = False
+        self._handshaken = False
+        self._write_closed = False
+        self._read_closed = False
+        self._held = b""  # plaintext decrypted by close_write() before the caller read it
+        self.info: TLSInfo | None = None
+
+    # --- input and output
+
+    def feed(self, data: bytes) -> None:
+        """Give the channel what the socket delivered; ``b""`` means the socket reached EOF."""
+        if not data:
+            if not self._socket_eof:
+                self._socket_eof = True
+                self._in.write_eof()
+            return
+        if len(self._first) < _FIRST_BYTES:
+            self._first += data[: _FIRST_BYTES - len(self._first)]
+        self._in.write(data)
+
+    def outgoing(self) -> bytes:
+        """Bytes the peer must be sent, in order; empty when there are none."""
+        return self._out.read() if self._out.pending else b""
+
+    @property
+    def socket_eof(self) -> bool:
+        return self._socket_eof
+
+    # --- the handshake
+
+    def handshake(self) -> bool:
+        """Advance the handshake: ``True`` once it is done and the peer accepted, ``False`` when
+        more input is needed.  Raises :class:`TLSRefused` with the reason in words."""
+        if self._handshaken:
+            return True
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._socket_eof:
+                raise TLSRefused("the peer closed the connection during the handshake", "closed") from None
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            raise explain(exc, server_name=self._server_hostname, first_bytes=self._first) from None
+        if self._server_side:
+            check_client_certificate(self._ssl, self._params)
+        else:
+            check_server_certificate(self._ssl, self._params)
+        self._handshaken = True
+        self.info = info(self._ssl)
+        return True
+
+    # --- data
+
+    def read(self, size: int = 65536) -> bytes | None:
+        """Up to ``size`` bytes of plaintext; ``b""`` once the peer sent close_notify; ``None``
+        when :meth:`feed` must bring more.  Raises :class:`TLSTruncated` when the socket ended
+        without close_notify, :class:`TLSRefused` if the peer broke the protocol."""
+        if self._held:
+            data, self._held = self._held[:size], self._held[size:]
+            return data
+        if self._read_closed:
+            return b""
+        try:
+            return self._ssl.read(size)
+        except ssl.SSLWantReadError:
+            if self._socket_eof:
+                raise TLSTruncated(_TRUNCATED) from None
+            return None
+        except ssl.SSLZeroReturnError:
+            self._read_closed = True
+            return b""
+        except ssl.SSLEOFError:
+            raise TLSTruncated(_TRUNCATED) from None
+        except ssl.SSLError as exc:
+            raise explain(exc, server_name=self._server_hostname) from None
+
+    def pending(self) -> int:
+        """Plaintext already decrypted and waiting for :meth:`read` (no input needed for it)."""
+        return len(self._held) + self._ssl.pending()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` into :meth:`outgoing`."""
+        if self._write_closed:
+            raise ssl.SSLError("write after close_notify")
+        self._ssl.write(data)
+
+    def close_write(self) -> None:
+        """Queue close_notify: the peer sees EOF; this side can still :meth:`read` what it answers.
+
+        OpenSSL's shutdown goes on to read the peer's close_notify, and fails on (and drops) any
+        data it meets instead; so what is waiting is set aside first: decrypted plaintext into
+        :meth:`read`'s holding buffer, undecrypted records out of the input BIO and back after."""
+        if self._write_closed:
+            return
+        self._write_closed = True
+        while self._ssl.pending():
+            self._held += self._ssl.read(self._ssl.pending())
+        records = self._in.read() if self._in.pending else b""
+        self._shutdown()
+        if records:
+            self._in.write(records)
+
+    def _shutdown(self) -> None:
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify is queued; the peer's own comes later, or never (TLS 1.3 allows it)
+        except ssl.SSLZeroReturnError:
+            self._read_closed = True
+        except ssl.SSLError as exc:
+            raise explain(exc, server_name=self._server_hostname) from None
+
+    @property
+    def handshaken(self) -> bool:
+        return self._handshaken
+
+    @property
+    def write_closed(self) -> bool:
+        return self._write_closed
