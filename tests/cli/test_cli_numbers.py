@@ -80,3 +80,14 @@ def test_mode_is_octal_digits_as_chmod_takes_them(command: str, mode: str, sock_
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, "--mode", "octal")
     assert not os.path.exists(f"{sock_dir}/m.sock")
+
+
+@pytest.mark.parametrize("value", ["-1", "-inf", "-0.5", "-\u0663"])
+@pytest.mark.parametrize("joined", [True, False], ids=["equals", "space"])
+def test_a_negative_stats_interval_gets_the_range_message(value: str, joined: bool) -> None:
+    # --stats takes an optional value: click alone reads "-1" after it as an unknown option.
+    option = [f"--stats={value}"] if joined else ["--stats", value]
+    done = run("relay", *option, "tcp://127.0.0.1:0", "tcp://127.0.0.1:9", timeout=10)
+    assert done.returncode == 2, done.stderr
+    line = assert_one_error_line(done.stderr, "--stats", repr(value))
+    assert "accepted: 0.1 ≤ S" in line

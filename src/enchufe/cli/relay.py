@@ -26,7 +26,46 @@ MAX_WORKERS = 256
 MAX_DATAGRAM = 16 * 1024 * 1024
 
 
-@click.command("relay")
+class _RelayCommand(click.Command):
+    """The relay's command, where a negative ``--stats`` value gets the range message.
+
+    ``--stats`` takes an optional value, so click reads a value starting with ``-`` after it
+    (``--stats -1``, even ``--stats=-1``) as an option of its own and says "No such option
+    '-1'"; a number there is meant as the interval, and is refused as any other bad one.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not ctx.resilient_parsing:
+            _refuse_negative_stats(ctx, self.params, args)
+        return super().parse_args(ctx, args)
+
+
+def _refuse_negative_stats(ctx: click.Context, params: list[click.Parameter], args: list[str]) -> None:
+    """Convert a negative number given to --stats, which raises click.BadParameter (exit 2)."""
+    (stats,) = [p for p in params if p.name == "stats_interval"]
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return
+        if arg.startswith("--stats="):
+            value = arg[len("--stats=") :]
+        elif arg == "--stats" and index + 1 < len(args):
+            value = args[index + 1]
+        else:
+            continue
+        sign, rest = value[:1], value[1:]
+        # "-" alone is stdio as LISTEN; "-v", "--json" are options (a number does not start so).
+        if (
+            sign == "-"
+            and rest[:1] not in ("", "-")
+            and (not rest[:1].isalpha() or rest.lower() in _NON_FINITE)
+        ):
+            stats.type.convert(value, stats, ctx)
+
+
+_NON_FINITE = ("inf", "infinity", "nan")
+
+
+@click.command("relay", cls=_RelayCommand)
 @click.argument("listen_address", metavar="LISTEN")
 @click.argument("target_address", metavar="TARGET")
 @server_options(
