@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from . import _calls
 from ._buffer import DEFAULT_MAX_DATAGRAM
+from ._halfclose import Flow, HalfClose
 from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
 from .sync import Connection, DatagramSocket
@@ -78,96 +79,124 @@ def pump_stream(
         result = StreamResult()
     if stop_at_peer_eof is None:
         stop_at_peer_eof = stdin_fd is not None and os.isatty(stdin_fd)
-    sock = conn.socket
-    where = str(conn.peer_address) if conn.peer_address else "the peer"
-    pending = memoryview(b"")
-    sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
-    sock_events = 0
-
-    def want(events: int) -> None:
-        nonlocal sock_events
-        if events == sock_events:
-            return
-        if not sock_events:
-            sel.register(sock, events)
-        elif not events:
-            sel.unregister(sock)
-        else:
-            sel.modify(sock, events)
-        sock_events = events
-
-    sock.setblocking(False)
-    try:
-        want(selectors.EVENT_READ)
-        if stdin_fd is None:
-            result.stdin_eof = True
-            conn.shutdown_write()
-        else:
-            sel.register(stdin_fd, selectors.EVENT_READ)
-        last_traffic = time.monotonic()
-        while not (result.peer_eof and (result.stdin_eof or stop_at_peer_eof)):
-            wait = None
-            if idle_timeout is not None:
-                wait = idle_timeout - (time.monotonic() - last_traffic)
-                if wait <= 0:
-                    result.idle = True
-                    break
-            events = sel.select(wait)
-            if events:
-                last_traffic = time.monotonic()
-            for key, mask in events:
-                if key.fileobj == stdin_fd:
-                    assert stdin_fd is not None
-                    data = _read_stdin(stdin_fd)
-                    sel.unregister(stdin_fd)  # read more only once this is sent
-                    if not data:
-                        result.stdin_eof = True
-                        conn.shutdown_write()
-                        continue
-                    if outgoing is not None:
-                        data = outgoing(data)
-                    if on_data is not None and data:
-                        on_data("out", data)
-                    if data:
-                        pending = memoryview(data)
-                        want(sock_events | selectors.EVENT_WRITE)
-                    else:
-                        sel.register(stdin_fd, selectors.EVENT_READ)
-                    continue
-                if mask & selectors.EVENT_WRITE:
-                    try:
-                        sent = _calls.send(sock, pending)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError as exc:
-                        raise translate(exc, f"send to {where}") from exc
-                    result.sent += sent
-                    pending = pending[sent:]
-                    if not pending:
-                        want(sock_events & ~selectors.EVENT_WRITE)
-                        assert stdin_fd is not None
-                        sel.register(stdin_fd, selectors.EVENT_READ)
-                if mask & selectors.EVENT_READ:
-                    try:
-                        chunk = _calls.recv(sock, CHUNK)
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        raise translate(exc, f"receive from {where}") from exc
-                    if chunk:
-                        result.received += len(chunk)
-                        if on_data is not None:
-                            on_data("in", chunk)
-                        _write_all(stdout_fd, chunk)
-                    else:
-                        # The peer half-closed; it may still read what stdin has left.
-                        result.peer_eof = True
-                        want(sock_events & ~selectors.EVENT_READ)
-    finally:
-        sel.close()
-        with contextlib.suppress(OSError):
-            sock.setblocking(True)
+    copy = HalfClose(
+        Flow("out", rewrite=outgoing, observe=on_data),
+        Flow("in", observe=on_data),
+        stop_at_incoming_eof=stop_at_peer_eof,
+        idle_timeout=idle_timeout,
+    )
+    if stdin_fd is None:
+        copy.outgoing.read(b"")  # nothing to send: the write side is shut down at once
+    _StreamPump(conn, copy, stdin_fd, stdout_fd, result).run()
     return result
+
+
+class _StreamPump:
+    """The selectors driver of a :class:`~enchufe._halfclose.HalfClose` between stdio and a
+    socket: stdin → socket with backpressure, socket → stdout as it comes (written at once, so
+    that a peer that talks while we send never deadlocks against us)."""
+
+    def __init__(
+        self, conn: Connection, copy: HalfClose, stdin_fd: int | None, stdout_fd: int, result: StreamResult
+    ) -> None:
+        self.conn = conn
+        self.sock = conn.socket
+        self.where = str(conn.peer_address) if conn.peer_address else "the peer"
+        self.copy = copy
+        self.stdin_fd = stdin_fd
+        self.stdout_fd = stdout_fd
+        self.result = result
+        self.sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
+        self.interest: dict[int, int] = {}
+
+    def run(self) -> None:
+        copy = self.copy
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self._pass_eofs()
+                if copy.over:
+                    break
+                wait = copy.wait_for()
+                if copy.idle:
+                    self.result.idle = True
+                    break
+                self._want()
+                events = self.sel.select(wait)
+                if events:
+                    copy.touch()
+                for key, mask in events:
+                    self._ready(key.fd, mask)
+        finally:
+            self.sel.close()
+            with contextlib.suppress(OSError):
+                self.sock.setblocking(True)
+
+    def _pass_eofs(self) -> None:
+        if self.copy.outgoing.wants_shutdown:
+            self.result.stdin_eof = True
+            self.copy.outgoing.shutdown()
+            self.conn.shutdown_write()
+        if self.copy.incoming.wants_shutdown:
+            # The peer half-closed; it may still read what stdin has left.
+            self.result.peer_eof = True
+            self.copy.incoming.shutdown()
+
+    def _want(self) -> None:
+        """Register what the flows want now: stdin read, socket read and write."""
+        out, in_ = self.copy.outgoing, self.copy.incoming
+        sock_events = (selectors.EVENT_READ if in_.wants_read else 0) | (
+            selectors.EVENT_WRITE if out.wants_write else 0
+        )
+        self._set(self.sock.fileno(), sock_events)
+        if self.stdin_fd is not None:
+            self._set(self.stdin_fd, selectors.EVENT_READ if out.wants_read else 0)
+
+    def _set(self, fd: int, events: int) -> None:
+        had = self.interest.get(fd, 0)
+        if events == had:
+            return
+        if not had:
+            self.sel.register(fd, events)
+        elif not events:
+            self.sel.unregister(fd)
+        else:
+            self.sel.modify(fd, events)
+        self.interest[fd] = events
+
+    def _ready(self, fd: int, mask: int) -> None:
+        if fd == self.stdin_fd:
+            if self.copy.outgoing.wants_read:
+                self.copy.outgoing.read(_read_stdin(fd))
+            return
+        if mask & selectors.EVENT_WRITE and self.copy.outgoing.wants_write:
+            self._send()
+        if mask & selectors.EVENT_READ and self.copy.incoming.wants_read:
+            self._receive()
+
+    def _send(self) -> None:
+        try:
+            sent = _calls.send(self.sock, self.copy.outgoing.pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise translate(exc, f"send to {self.where}") from exc
+        self.copy.outgoing.wrote(sent)
+        self.result.sent += sent
+
+    def _receive(self) -> None:
+        try:
+            chunk = _calls.recv(self.sock, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise translate(exc, f"receive from {self.where}") from exc
+        flow = self.copy.incoming
+        flow.read(chunk)
+        if chunk:
+            self.result.received += len(chunk)
+            _write_all(self.stdout_fd, flow.pending)
+            flow.wrote(len(flow.pending))
 
 
 def _read_stdin(fd: int, size: int = CHUNK) -> bytes:
@@ -212,72 +241,110 @@ def pump_datagram(
     ``outgoing`` rewrites each stdin read before it is sent; ``on_data("out" | "in", payload)``
     sees every datagram sent or received.  Returns the number of datagrams received.
     """
-    received = 0
-    read_size = _MAX_UDP_PAYLOAD.get(sock.socket.family, CHUNK)
-    last_sender: SocketAddress | None = None
-    stdin_open = stdin_fd is not None
-    sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
-    sel.register(sock.socket, selectors.EVENT_READ)
-    if stdin_open and not reply_to_last_sender:
-        assert stdin_fd is not None
-        sel.register(stdin_fd, selectors.EVENT_READ)
-    quiet_since = last_traffic = time.monotonic()
-    try:
-        while count is None or received < count:
-            timeout = None
-            if not stdin_open and linger is not None:
-                timeout = linger - (time.monotonic() - quiet_since)
-                if timeout <= 0:
-                    break
-            if idle_timeout is not None:
-                idle_left = idle_timeout - (time.monotonic() - last_traffic)
-                if idle_left <= 0:
-                    break
-                timeout = idle_left if timeout is None else min(timeout, idle_left)
-            events = sel.select(timeout)
+    flow = Flow("out", rewrite=outgoing, observe=on_data)
+    pump = _DatagramPump(sock, on_datagram, flow, stdin_fd, reply_to_last_sender, max_size)
+    pump.on_truncated, pump.on_data = on_truncated, on_data
+    with contextlib.closing(pump):
+        pump.run(count, linger, idle_timeout)
+    return pump.received
+
+
+class _DatagramPump:
+    """The selectors loop of :func:`pump_datagram`: stdin reads out as datagrams, datagrams in
+    to a sink; stdin is read whenever it is readable (a datagram is sent at once, whole)."""
+
+    def __init__(
+        self,
+        sock: DatagramSocket,
+        on_datagram: DatagramSink,
+        outgoing: Flow,
+        stdin_fd: int | None,
+        reply_to_last_sender: bool,
+        max_size: int,
+    ) -> None:
+        self.sock = sock
+        self.on_datagram = on_datagram
+        self.stdin_fd = stdin_fd
+        self.reply_to_last_sender = reply_to_last_sender
+        self.max_size = max_size
+        self.outgoing = outgoing
+        self.on_truncated: TruncationSink | None = None
+        self.on_data: Callable[[str, bytes], None] | None = None
+        self.read_size = _MAX_UDP_PAYLOAD.get(sock.socket.family, CHUNK)
+        self.last_sender: SocketAddress | None = None
+        self.received = 0
+        self.quiet_since = self.last_traffic = time.monotonic()
+        self.sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
+        self.sel.register(sock.socket, selectors.EVENT_READ)
+        if stdin_fd is None:
+            self.outgoing.eof = True
+        elif not reply_to_last_sender:  # else: once someone has sent a datagram
+            self.sel.register(stdin_fd, selectors.EVENT_READ)
+
+    def close(self) -> None:
+        self.sel.close()
+
+    def run(self, count: int | None, linger: float | None, idle_timeout: float | None) -> None:
+        while count is None or self.received < count:
+            timeout = self._wait_for(linger, idle_timeout)
+            if timeout is not None and timeout <= 0:
+                return
+            events = self.sel.select(timeout)
             if events:
-                last_traffic = time.monotonic()
+                self.last_traffic = time.monotonic()
             for key, _mask in events:
-                if key.fileobj is sock.socket:
-                    try:
-                        data, sender = sock.recvfrom(max_size)
-                    except DatagramTruncated as exc:
-                        if on_truncated is None:
-                            raise
-                        on_truncated(exc)
-                        continue
-                    received += 1
-                    quiet_since = time.monotonic()
-                    if on_data is not None:
-                        on_data("in", data)
-                    on_datagram(data, sender)
-                    if reply_to_last_sender and sender is not None:
-                        if last_sender is None and stdin_open:
-                            assert stdin_fd is not None
-                            sel.register(stdin_fd, selectors.EVENT_READ)
-                        last_sender = sender
-                    if count is not None and received >= count:
-                        break
-                else:
-                    assert stdin_fd is not None
-                    data = _read_stdin(stdin_fd, read_size)
-                    if not data:
-                        sel.unregister(stdin_fd)
-                        stdin_open = False
-                        quiet_since = time.monotonic()
-                        continue
-                    if outgoing is not None:
-                        data = outgoing(data)
-                    if on_data is not None:
-                        on_data("out", data)
-                    if reply_to_last_sender:
-                        assert last_sender is not None
-                        sock.sendto(data, last_sender)
-                    else:
-                        sock.send(data)
-    finally:
-        sel.close()
-    return received
+                if key.fileobj is not self.sock.socket:
+                    self._from_stdin()
+                elif self._receive() and count is not None and self.received >= count:
+                    return
+
+    def _wait_for(self, linger: float | None, idle_timeout: float | None) -> float | None:
+        """Seconds left before the linger after stdin's EOF or the idle timeout ends the
+        exchange, whichever comes first (``None``: no limit; 0 or less: over)."""
+        left: list[float] = []
+        now = time.monotonic()
+        if self.outgoing.eof and linger is not None:
+            left.append(linger - (now - self.quiet_since))
+        if idle_timeout is not None:
+            left.append(idle_timeout - (now - self.last_traffic))
+        return min(left) if left else None
+
+    def _receive(self) -> bool:
+        """One datagram in; False if it was truncated and reported (not counted)."""
+        try:
+            data, sender = self.sock.recvfrom(self.max_size)
+        except DatagramTruncated as exc:
+            if self.on_truncated is None:
+                raise
+            self.on_truncated(exc)
+            return False
+        self.received += 1
+        self.quiet_since = time.monotonic()
+        if self.on_data is not None:
+            self.on_data("in", data)
+        self.on_datagram(data, sender)
+        if self.reply_to_last_sender and sender is not None:
+            if self.last_sender is None and not self.outgoing.eof:
+                assert self.stdin_fd is not None
+                self.sel.register(self.stdin_fd, selectors.EVENT_READ)
+            self.last_sender = sender
+        return True
+
+    def _from_stdin(self) -> None:
+        assert self.stdin_fd is not None
+        flow = self.outgoing
+        flow.read(_read_stdin(self.stdin_fd, self.read_size))
+        if flow.eof:
+            self.sel.unregister(self.stdin_fd)
+            self.quiet_since = time.monotonic()
+        elif flow.pending:
+            datagram = bytes(flow.pending)
+            if self.reply_to_last_sender:
+                assert self.last_sender is not None
+                self.sock.sendto(datagram, self.last_sender)
+            else:
+                self.sock.send(datagram)
+            flow.wrote(len(datagram))
 
 
 def drain_until_eof(conn: Connection, timeout: float, sink: Callable[[bytes], None] | None) -> bool:

@@ -101,7 +101,8 @@ def test_keep_open_serves_client_after_client(make_address: Callable[[str], str]
             conn.shutdown_write()
             assert conn.recv() == b""  # the server has nothing to say (stdin was empty)
         server.wait_err(r"^closed ", count=n + 1)  # -v: done with this client
-    assert server.out == b"client 0\nclient 1\nclient 2\n"
+    # stdout and stderr are read by two threads: wait for the bytes, not only the "closed" line
+    server.wait_out_equal(b"client 0\nclient 1\nclient 2\n")
     assert server.running()
     assert server.terminate() == 0, server.err  # between clients: nothing was cut
 
