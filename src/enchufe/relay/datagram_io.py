@@ -1,0 +1,144 @@
+"""How the datagram relays use their sockets: how many datagrams to read at once, and several
+datagrams sent in one system call.
+
+Few system calls per datagram: a burst is read in a batch (up to :data:`BATCH` datagrams per
+readiness event), and consecutive datagrams of one session and of one size (a *run*) travel to a
+UDP socket in one ``sendmsg`` with UDP_SEGMENT (UDP GSO, Linux 4.18+): the kernel splits them
+again into datagrams of that size (the last one may be shorter), so boundaries are kept while the
+per-datagram cost of sending, most of a relay's work on loopback, drops several times.  A lone
+datagram is sent as it is; an empty datagram is always alone (GSO cannot carry one).  When every
+readiness event brings a single datagram (request and response traffic), reading stops after it
+instead of asking once more only to hear EAGAIN; every :data:`PROBE_EVERY` events a batch is
+tried again (:class:`ReadMode`).
+
+The receive functions here hand back the socket's own bound method while tracing is off, so
+that the relay's loops call the kernel with nothing in between; with tracing on they narrate
+through :mod:`enchufe._calls`, in the same words as everywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from .. import _calls, trace
+from .._calls import recv_datagram_into, send_datagram
+
+__all__ = [
+    "BATCH",
+    "BATCH_BYTES",
+    "GSO_BYTES",
+    "GSO_SEGMENTS",
+    "NO_GSO",
+    "PROBE_EVERY",
+    "SOCKET_BUFFER",
+    "TRANSIENT",
+    "ReadMode",
+    "enlarge_buffers",
+    "recv_into",
+    "recvfrom_into",
+    "send_datagrams",
+]
+
+#: Datagrams one readiness event takes from a socket before serving the others.
+BATCH = 64
+
+#: Bytes read from the listener in one batch at most (memory held while they are sent).
+BATCH_BYTES = 256 * 1024
+
+#: In single-datagram reading, every this many readiness events a whole batch is tried.
+PROBE_EVERY = 16
+
+#: Receive (and send) buffer asked for the relay's datagram sockets: a burst of 64-byte UDP
+#: datagrams queues about 1 KiB of kernel memory each, so the default 208 KiB holds only ~200;
+#: 4 MiB holds thousands while the relay is busy elsewhere.  The kernel caps it at
+#: net.core.rmem_max / wmem_max.  It is a limit, not an allocation.
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+#: Most datagrams (and bytes) sent in one UDP GSO ``sendmsg``: the kernel's limits
+#: (UDP_MAX_SEGMENTS is 64 on older kernels, and a GSO send carries at most 64 KiB).
+GSO_SEGMENTS = 64
+GSO_BYTES = 65000
+
+#: errnos of a UDP GSO send the kernel or the route cannot do (older kernel, no checksum offload)
+NO_GSO = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+
+#: A UDP socket may report an ICMP error for an earlier datagram it sent: nothing is lost
+#: because of it.
+TRANSIENT = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+_UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+_SOL_UDP = getattr(socket, "SOL_UDP", 17)
+_GSO_SIZE = struct.Struct("=H")
+
+Buffer = bytes | bytearray | memoryview
+
+
+def send_datagrams(sock: socket.socket, data: Buffer, seg: int, count: int, sockaddr: Any, gso: bool) -> None:
+    """Send ``count`` datagrams: one, or several of ``seg`` bytes (the last maybe shorter) in
+    one UDP GSO ``sendmsg``.  ``sockaddr`` None: the connected peer.  Errors are raised as the
+    kernel gave them (:data:`NO_GSO` when it cannot do GSO here)."""
+    if count == 1 or not gso:
+        if count != 1:
+            raise OSError(errno.EINVAL, "several datagrams need GSO")
+        send_datagram(sock, data, sockaddr)
+        return
+    cmsg = [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(seg))]
+    _calls.traced(
+        lambda: sock.sendmsg([data], cmsg) if sockaddr is None else sock.sendmsg([data], cmsg, 0, sockaddr),
+        lambda: f"sendmsg(fd {sock.fileno()}, {count} datagrams of {seg} bytes, UDP_SEGMENT)",
+        lambda _sent: f" = {len(data)}",
+    )
+
+
+def recvfrom_into(sock: socket.socket) -> Callable[[memoryview, int, int], tuple[int, Any]]:
+    """What to call, ``recv(buffer, 0, socket.MSG_TRUNC)``, for (a datagram's real size, its
+    sender): ``sock.recvfrom_into`` itself while tracing is off, a narrated receive otherwise.
+    Asked once per batch."""
+    if trace.enabled():
+        return lambda buffer, _nbytes, _flags: recv_datagram_into(sock, buffer)
+    return sock.recvfrom_into
+
+
+def recv_into(sock: socket.socket) -> Callable[[memoryview, int, int], int]:
+    """The same for a connected socket, whose datagrams have one sender: their real size."""
+    if trace.enabled():
+        return lambda buffer, _nbytes, _flags: recv_datagram_into(sock, buffer)[0]
+    return sock.recv_into
+
+
+class ReadMode:
+    """How many datagrams to read per readiness event: a batch, or one when every event brings
+    just one (then the read that would only say EAGAIN is skipped; level-triggered epoll calls
+    again if more came).  Every :data:`PROBE_EVERY` events in single mode, a batch is tried."""
+
+    __slots__ = ("batch", "countdown")
+
+    def __init__(self) -> None:
+        self.batch = True
+        self.countdown = PROBE_EVERY
+
+    def limit(self) -> int:
+        if self.batch:
+            return BATCH
+        self.countdown -= 1
+        if self.countdown <= 0:
+            self.countdown = PROBE_EVERY
+            return BATCH
+        return 1
+
+    def got(self, count: int, limit: int) -> None:
+        """``count`` datagrams came before EAGAIN (or the limit) out of ``limit`` asked."""
+        if limit > 1:
+            self.batch = count > 1
+
+
+def enlarge_buffers(sock: socket.socket) -> None:
+    """Ask for :data:`SOCKET_BUFFER` bytes each way (the kernel may give less: never an error)."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
