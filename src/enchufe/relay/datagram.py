@@ -325,7 +325,7 @@ class DatagramRelay(DatagramListener):
             if reads == 1:
                 self._reply_one(session, view[:size], raw)
                 return
-            if grows and size <= seg and count < GSO_SEGMENTS and len(run) + size <= GSO_BYTES:
+            if grows and 0 < size <= seg and count < GSO_SEGMENTS and len(run) + size <= GSO_BYTES:
                 run += view[:size]
                 count += 1
                 grows = size == seg  # a shorter datagram ends its run

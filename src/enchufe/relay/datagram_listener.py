@@ -283,7 +283,7 @@ class DatagramListener:
                 continue
             if (
                 session is grows
-                and size <= run[2]
+                and 0 < size <= run[2]
                 and run[3] < GSO_SEGMENTS
                 and len(run[1]) + size <= GSO_BYTES
             ):
