@@ -443,14 +443,43 @@ def peer_forgotten(session: Any) -> None:
     )
 
 
-def serve_kind(address: Any, stream_handler: Any, datagram_handler: Any, **options: Any) -> Any:
-    """A ``Server`` for ``address`` with the handler for its kind, wrapped so that ``-v`` says
-    what happens to each connection or peer."""
+def server_target(address: str, json_: bool, mode: str | None) -> Any:
+    """The parsed ADDRESS of a server command (echo, chat), with --json applied and --mode
+    refused (UsageError) where there is no socket file."""
+    from .. import parse
+
+    settings.json = settings.json or json_
+    target = parse(address)
+    refuse_mode_unless_file(target, mode)
+    return target
+
+
+def serve(
+    address: Any,
+    stream_handler: Any,
+    datagram_handler: Any,
+    *,
+    max_conns: int,
+    idle_timeout: float | None,
+    mode: str | None,
+    drain_timeout: float,
+) -> int:
+    """Serve ``address`` with the handler for its kind until stopped (see :func:`run_server`),
+    each wrapped so that ``-v`` says what happens to each connection or peer."""
     from ..aio.serve import Server
 
+    options: dict[str, Any] = {
+        "max_connections": max_conns,
+        "idle_timeout": idle_timeout,
+        "mode": parse_mode(mode),
+    }
     if address.is_stream:
-        return Server(address, announced(stream_handler), **options)
-    return Server(address, announced_datagrams(datagram_handler), on_session_end=peer_forgotten, **options)
+        server = Server(address, announced(stream_handler), **options)
+    else:
+        server = Server(
+            address, announced_datagrams(datagram_handler), on_session_end=peer_forgotten, **options
+        )
+    return run_server(server, drain_timeout)
 
 
 def parse_mode(mode: str | None) -> int | None:

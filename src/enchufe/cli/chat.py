@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import (
-    given,
-    global_options,
-    json_option,
-    parse_mode,
-    refuse_mode_unless_file,
-    run_server,
-    serve_kind,
-    serving_options,
-    settings,
-)
+from ._common import given, global_options, json_option, serve, server_target, serving_options
 from ._numbers import BoundedInt
 
 
@@ -54,25 +44,22 @@ def command(
       # datagram peers stay in the room for 5 minutes after their last message
       enchufe chat udp://127.0.0.1:6000 --idle-timeout 300
     """
-    from .. import parse
     from ..errors import UsageError
     from ..servers import ChatRoom
 
-    settings.json = settings.json or json_
-    target = parse(address)
-    refuse_mode_unless_file(target, mode)
+    target = server_target(address, json_, mode)
     if not target.is_stream and given("queue_limit"):
         raise UsageError(
             f"--queue-limit bounds what waits for a stream client; {target} is a datagram socket, "
             "where a peer that does not read loses its datagrams"
         )
     room = ChatRoom(raw=raw, queue_limit=queue_limit)
-    server = serve_kind(
+    return serve(
         target,
         room.stream,
         room.datagram,
-        max_connections=max_conns,
+        max_conns=max_conns,
         idle_timeout=idle_timeout,
-        mode=parse_mode(mode),
+        mode=mode,
+        drain_timeout=drain_timeout,
     )
-    return run_server(server, drain_timeout)

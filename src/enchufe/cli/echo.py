@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import (
-    global_options,
-    json_option,
-    parse_mode,
-    refuse_mode_unless_file,
-    run_server,
-    serve_kind,
-    serving_options,
-    settings,
-)
+from ._common import global_options, json_option, serve, server_target, serving_options
 
 
 @click.command("echo")
@@ -42,18 +33,15 @@ def command(
       # a unix socket file for one group; clients silent for 30 s are closed
       enchufe echo unix:/tmp/echo.sock --mode 660 --idle-timeout 30
     """
-    from .. import parse
     from ..servers import echo_datagram, echo_stream
 
-    settings.json = settings.json or json_
-    target = parse(address)
-    refuse_mode_unless_file(target, mode)
-    server = serve_kind(
+    target = server_target(address, json_, mode)
+    return serve(
         target,
         echo_stream,
         echo_datagram,
-        max_connections=max_conns,
+        max_conns=max_conns,
         idle_timeout=idle_timeout,
-        mode=parse_mode(mode),
+        mode=mode,
+        drain_timeout=drain_timeout,
     )
-    return run_server(server, drain_timeout)
