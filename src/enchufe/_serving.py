@@ -1,13 +1,27 @@
-"""What the sync and async serve loops share: statistics, logging, and the fd-exhaustion pause."""
+"""What the sync and async serve loops share, with no I/O: every decision they make.
+
+The two servers (:mod:`enchufe.sync.serve` with threads, :mod:`enchufe.aio.serve` with tasks)
+differ only in how they wait: for a client, a datagram, a handler, room in a peer's queue.
+What they do with what they get is here: the statistics, the log lines, the pause when
+descriptors run out, the refusals at the limit, what a handler's end counts as, the per-peer
+sessions of a datagram server and the patience granted to a unix peer that does not read.
+"""
 
 from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from .address import SocketAddress
-from .errors import NetworkError
+from . import _ranges
+from ._backoff import Backoff
+from ._text import one_line, printable
+from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
+from .errors import ClosedError, DatagramTruncated, EnchufeError, NetworkError, TimedOut, UsageError
+from .sessions import Session, SessionTable
 
 log = logging.getLogger("enchufe.serve")
 
@@ -80,6 +94,12 @@ class StalledPeers:
         else:
             window[1] += seconds
 
+    def allowance(self, peer: SocketAddress, now: float) -> float:
+        """After a first attempt found ``peer``'s queue full: how long to wait for room now
+        (0: drop the datagram at once, as UDP would have dropped it).  A peer that already
+        made us wait in vain gets none until it reads again; others get their :meth:`patience`."""
+        return 0.0 if peer in self._peers else self.patience(peer, now)
+
     def __contains__(self, peer: SocketAddress) -> bool:
         return peer in self._peers
 
@@ -134,3 +154,180 @@ class ServeStats:
     truncated: int = 0
     #: Replies dropped because a unix peer did not read (its queue stayed full).
     dropped: int = 0
+
+
+# -- the server's options and names
+
+
+def server_options(
+    address: Address | str, max_connections: int, idle_timeout: float | None
+) -> tuple[SocketAddress, int, float | None]:
+    """A server's address and limits, checked: (address, max_connections, idle_timeout)."""
+    max_connections = _ranges.integer(max_connections, "max_connections", 1)
+    idle_timeout = _ranges.seconds(idle_timeout, "idle_timeout", optional=True, positive=True)
+    target = parse(address) if isinstance(address, str) else address
+    if not isinstance(target, InetAddress | UnixAddress):
+        raise UsageError(f"{target}: a server needs a socket address")
+    return target, max_connections, idle_timeout
+
+
+def bound_address(listener: Any, sock: Any) -> SocketAddress:
+    """The real address of a started server: its listener's, or its datagram socket's."""
+    if listener is not None:
+        return listener.address  # type: ignore[no-any-return]
+    if sock is not None and sock.local_address is not None:
+        return sock.local_address  # type: ignore[no-any-return]
+    raise UsageError("the server is not started")
+
+
+def shown(value: object) -> str:
+    """A peer's address, or an error that names one, safe on a log line (peers choose their
+    unix names: a newline there must not start a line of their own)."""
+    return printable(str(value))
+
+
+def message(exc: BaseException) -> str:
+    """An error's message on one line (it may name a peer; names it shows escaped stay so)."""
+    return one_line(str(exc))
+
+
+def new_state(_peer: object) -> dict[str, Any]:
+    """A datagram peer's session state: an empty dict for the handler to fill."""
+    return {}
+
+
+# -- accepting
+
+
+class AcceptPolicy:
+    """What an accept loop does besides accepting: pause when descriptors (or threads) run out,
+    doubling the pause, and turn away, counted and logged, the clients beyond the limit."""
+
+    def __init__(self, stats: ServeStats) -> None:
+        self.stats = stats
+        self._backoff = Backoff(EXHAUSTION_PAUSE, EXHAUSTION_PAUSE_MAX)
+        self._refusals = Refusals()
+
+    def exhausted(self, exc: NetworkError, where: SocketAddress) -> float:
+        """accept() failed for want of descriptors or memory: the pause to take, in seconds."""
+        self.stats.exhaustion_pauses += 1
+        pause = self._backoff.next()
+        log.warning("accept on %s: %s; pausing %.2f s", where, message(exc), pause)
+        return pause
+
+    def no_room(self, peer: SocketAddress | None, error: str) -> float:
+        """No thread could start for a client: it is turned away, and the loop pauses (the
+        handlers running end in time) rather than die or spin.  The pause, in seconds."""
+        self.stats.refused += 1
+        self.stats.exhaustion_pauses += 1
+        pause = self._backoff.next()
+        log.warning("refused %s: %s; pausing %.2f s", shown(peer), error, pause)
+        return pause
+
+    def accepted(self) -> None:
+        """A client came and descriptors were there: the next pause starts short again."""
+        self._backoff.reset()
+
+    def at_limit(self, peer: SocketAddress | None, limit: int) -> None:
+        """A client beyond the server's ``limit`` of connections: counted, and said at most
+        once a second."""
+        self.stats.refused += 1
+        reason = f"the server is at its limit of {limit} open connection{'s' if limit != 1 else ''}"
+        self._refusals.refused(shown(peer), reason, time.monotonic())
+
+
+def handler_outcome(exc: Exception, peer: SocketAddress | None, idle_timeout: float | None) -> str:
+    """What a stream handler that raised ``exc`` counts as in :class:`ServeStats`
+    (``idle_closed`` or ``failed``), logged; call it in the ``except`` block."""
+    if isinstance(exc, TimedOut):
+        log.info("closed %s: idle for %g s", shown(peer), idle_timeout)
+        return "idle_closed"
+    if isinstance(exc, EnchufeError):
+        log.info("connection from %s ended: %s", shown(peer), message(exc))
+    else:
+        log.exception("handler failed on the connection from %s", shown(peer))
+    return "failed"
+
+
+# -- datagrams
+
+S = TypeVar("S")
+
+
+@dataclass
+class DatagramBase(Generic[S]):
+    """One datagram handed to a datagram handler: payload, sender, the sender's session."""
+
+    data: bytes
+    sender: SocketAddress | None
+    socket: S
+    session: Session[Any, dict[str, Any]] | None = None
+    new_peer: bool = False
+    #: Every peer seen within the idle timeout (the server's session table), sender included.
+    peers: SessionTable[Any, dict[str, Any]] | None = None
+    #: The server's statistics: a dropped reply is counted in ``dropped``.
+    stats: ServeStats | None = field(default=None, repr=False)
+
+    def _counted(self, delivered: bool) -> bool:
+        if not delivered and self.stats is not None:
+            self.stats.dropped += 1
+        return delivered
+
+
+def session_ended(
+    stats: ServeStats,
+    on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None,
+    session: Session[Any, dict[str, Any]],
+    reason: str,
+) -> None:
+    """A datagram peer's session ended (idle, or forgotten for room): counted, and told to
+    ``on_session_end``, whose failure is logged and counted, never the server's end."""
+    if reason == "idle":
+        stats.idle_closed += 1
+    if on_session_end is not None:
+        try:
+            on_session_end(session)
+        except Exception:  # the caller's code, about one peer
+            stats.failed += 1
+            log.exception("on_session_end failed for %s", shown(session.peer))
+
+
+def receive_failed(exc: ClosedError | NetworkError, stats: ServeStats, where: object) -> bool:
+    """A datagram server's receive raised ``exc``: counted and logged; ``True`` if the loop
+    ends (the socket was closed)."""
+    if isinstance(exc, ClosedError):
+        return True
+    if isinstance(exc, DatagramTruncated):
+        stats.truncated += 1
+        log.warning("%s", message(exc))
+    else:  # e.g. an ICMP error queued on the socket
+        log.info("on %s: %s", where, message(exc))
+    return False
+
+
+def arrived(
+    sessions: SessionTable[Any, dict[str, Any]], stats: ServeStats, sender: SocketAddress | None
+) -> tuple[Session[Any, dict[str, Any]] | None, bool]:
+    """A datagram came from ``sender``: counted, sessions gone idle ended, and the sender's
+    session (``None`` for an unbound sender) with whether it is new."""
+    stats.datagrams += 1
+    now = time.monotonic()
+    sessions.expire(now)
+    if sender is None:
+        return None, False
+    return sessions.seen(sender, now, new_state)
+
+
+def datagram_failed(exc: Exception, sender: SocketAddress | None, stats: ServeStats, *, closed: bool) -> bool:
+    """A datagram handler raised ``exc``: logged (and counted when it is not an enchufe error);
+    ``True`` if the loop ends: a :class:`ClosedError` while the server's socket is ``closed``.
+    Call it in the ``except`` block."""
+    if isinstance(exc, ClosedError) and closed:
+        return True
+    if isinstance(exc, EnchufeError):
+        # A ClosedError here is of something of the handler's own: that datagram's failure only.
+        log.info("datagram from %s: %s", shown(sender), message(exc))
+    else:
+        stats.failed += 1
+        log.exception("handler failed on a datagram from %s", shown(sender))
+    return False

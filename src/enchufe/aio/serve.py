@@ -27,29 +27,26 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .. import _ranges
-from .._backoff import Backoff
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DELIVER_PATIENCE,
-    EXHAUSTION_PAUSE,
-    EXHAUSTION_PAUSE_MAX,
-    Refusals,
+    AcceptPolicy,
+    DatagramBase,
     ServeStats,
+    arrived,
+    bound_address,
+    datagram_failed,
+    handler_outcome,
     is_exhaustion,
     log,
+    receive_failed,
+    server_options,
+    session_ended,
+    shown,
 )
-from .._text import one_line, printable
-from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
-from ..errors import (
-    ClosedError,
-    ConnectionReset,
-    DatagramTruncated,
-    EnchufeError,
-    NetworkError,
-    TimedOut,
-    UsageError,
-)
+from ..address import Address, SocketAddress
+from ..errors import ClosedError, ConnectionReset, NetworkError, TimedOut
 from ..sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
 from ._open import bind_datagram, listen
 from .datagram import DatagramSocket
@@ -67,31 +64,16 @@ __all__ = [
 ]
 
 
-@dataclass
-class Datagram:
+class Datagram(DatagramBase[DatagramSocket]):
     """One datagram handed to a datagram handler: payload, sender, the sender's session."""
-
-    data: bytes
-    sender: SocketAddress | None
-    socket: DatagramSocket
-    session: Session[Any, dict[str, Any]] | None = None
-    new_peer: bool = False
-    #: Every peer seen within the idle timeout (the server's session table), sender included.
-    peers: SessionTable[Any, dict[str, Any]] | None = None
-    #: The server's statistics: a dropped reply is counted in ``dropped``.
-    stats: ServeStats | None = field(default=None, repr=False)
 
     async def reply(self, data: bytes) -> bool:
         """Send ``data`` back to the sender; see :func:`deliver`.  ``False`` if it was dropped
         (counted in the server's ``stats.dropped``), and for an unbound unix sender, which
-        cannot be answered."""
+        cannot be answered.  Never waits long on a peer that does not read."""
         if self.sender is None:
             return False
-        if await deliver(self.socket, data, self.sender):
-            return True
-        if self.stats is not None:
-            self.stats.dropped += 1
-        return False
+        return self._counted(await deliver(self.socket, data, self.sender))
 
 
 async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
@@ -116,20 +98,27 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     if sock.sendto_nowait(data, peer):
         stalled.recovered(peer)
         return True
-    if peer in stalled:
-        return False  # it already made us wait in vain: dropped at once until it reads again
     started = time.monotonic()
-    patience = stalled.patience(peer, started)
+    patience = stalled.allowance(peer, started)
     if patience <= 0:
-        return False  # it made us wait enough lately: dropped, as UDP would drop it
+        return False  # it made us wait in vain, or enough lately: dropped, as UDP would drop it
     try:
-        async with asyncio.timeout(patience):
-            await sock.sendto(data, peer)  # backs off while the receiver's queue is full
-    except (TimeoutError, TimedOut):
-        stalled.gave_up(peer)
-        return False
+        sent = await _retry_for(sock, data, peer, patience)
     finally:
         stalled.waited(peer, started, time.monotonic() - started)
+    if not sent:
+        stalled.gave_up(peer)
+    return sent
+
+
+async def _retry_for(sock: DatagramSocket, data: bytes, peer: SocketAddress, patience: float) -> bool:
+    """Try again for ``patience`` seconds (``sendto`` backs off while the receiver's queue is
+    full).  Whether the datagram went."""
+    try:
+        async with asyncio.timeout(patience):
+            await sock.sendto(data, peer)
+    except (TimeoutError, TimedOut):
+        return False
     return True
 
 
@@ -182,30 +171,24 @@ class Server:
     _cut_now: asyncio.Event | None = None
     _drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     sessions: SessionTable[Any, dict[str, Any]] | None = None
-    _refusals: Refusals = field(default_factory=Refusals)
+    _policy: AcceptPolicy | None = None
 
     def __post_init__(self) -> None:
-        self.max_connections = _ranges.integer(self.max_connections, "max_connections", 1)
-        self.idle_timeout = _ranges.seconds(self.idle_timeout, "idle_timeout", optional=True, positive=True)
-        if isinstance(self.address, str):
-            self.address = parse(self.address)
-        if not isinstance(self.address, InetAddress | UnixAddress):
-            raise UsageError(f"{self.address}: a server needs a socket address")
+        self.address, self.max_connections, self.idle_timeout = server_options(
+            self.address, self.max_connections, self.idle_timeout
+        )
+        self._policy = AcceptPolicy(self.stats)
 
     @property
     def bound_address(self) -> SocketAddress:
         """The real address once started (port 0 resolved)."""
-        if self._listener is not None:
-            return self._listener.address
-        if self._socket is not None and self._socket.local_address is not None:
-            return self._socket.local_address
-        raise UsageError("the server is not started")
+        return bound_address(self._listener, self._socket)
 
     async def start(self) -> None:
         """Bind (and listen): after this, clients can connect."""
         self._stopping = asyncio.Event()
         self._cut_now = asyncio.Event()
-        assert isinstance(self.address, InetAddress | UnixAddress)
+        assert not isinstance(self.address, str)
         if self.address.is_stream:
             self._listener = await listen(self.address, mode=self.mode)
         else:
@@ -255,8 +238,8 @@ class Server:
     # -- streams
 
     async def _accept_loop(self, listener: Listener) -> None:
-        assert self._stopping is not None
-        backoff = Backoff(EXHAUSTION_PAUSE, EXHAUSTION_PAUSE_MAX)
+        assert self._stopping is not None and self._policy is not None
+        policy = self._policy
         while not self._stopping.is_set():
             try:
                 conn = await listener.accept()
@@ -267,19 +250,14 @@ class Server:
             except NetworkError as exc:
                 if not is_exhaustion(exc):
                     raise
-                self.stats.exhaustion_pauses += 1
-                pause = backoff.next()
-                log.warning("accept on %s: %s; pausing %.2f s", listener.address, _message(exc), pause)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+                    await asyncio.wait_for(self._stopping.wait(), policy.exhausted(exc, listener.address))
                 continue
-            backoff.reset()
+            policy.accepted()
             if self.stats.accepted % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # a burst of clients must not starve those being served
             if len(self._tasks) >= self.max_connections:
-                self.stats.refused += 1
-                reason = _at_limit(self.max_connections)
-                self._refusals.refused(_shown(conn.peer_address), reason, time.monotonic())
+                policy.at_limit(conn.peer_address, self.max_connections)
                 conn.close()
                 continue
             self.stats.accepted += 1
@@ -294,22 +272,16 @@ class Server:
                 conn.set_timeout(self.idle_timeout)
             await cast(StreamHandler, self.handler)(conn)
             self.stats.completed += 1
-        except TimedOut:
-            self.stats.idle_closed += 1
-            log.info("closed %s: idle for %g s", _shown(conn.peer_address), self.idle_timeout)
-        except EnchufeError as exc:
-            self.stats.failed += 1
-            log.info("connection from %s ended: %s", _shown(conn.peer_address), _message(exc))
         except asyncio.CancelledError:
             if _cancelled():
                 self.stats.cut += 1
                 raise
             # The handler awaited something that was cancelled: its failure, not a cut.
             self.stats.failed += 1
-            log.exception("handler failed on the connection from %s", _shown(conn.peer_address))
-        except Exception:
-            self.stats.failed += 1
-            log.exception("handler failed on the connection from %s", _shown(conn.peer_address))
+            log.exception("handler failed on the connection from %s", shown(conn.peer_address))
+        except Exception as exc:
+            outcome = handler_outcome(exc, conn.peer_address, self.idle_timeout)
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
         finally:
             # Out of the count at once (a done callback would run a loop iteration later, and
             # the accept loop could meanwhile refuse a client although there is room).
@@ -339,14 +311,7 @@ class Server:
     # -- datagrams
 
     def _session_ended(self, session: Session[Any, dict[str, Any]], reason: str) -> None:
-        if reason == "idle":
-            self.stats.idle_closed += 1
-        if self.on_session_end is not None:
-            try:
-                self.on_session_end(session)
-            except Exception:  # the caller's code, about one peer: never the server's end
-                self.stats.failed += 1
-                log.exception("on_session_end failed for %s", _shown(session.peer))
+        session_ended(self.stats, self.on_session_end, session, reason)
 
     async def _datagram_loop(self, sock: DatagramSocket) -> None:
         assert self.sessions is not None
@@ -356,48 +321,37 @@ class Server:
             try:
                 sock.set_timeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 data, sender = await sock.recvfrom()
-            except ClosedError:
-                return
             except TimedOut:
                 sessions.expire(time.monotonic())
                 continue
-            except DatagramTruncated as exc:
-                self.stats.truncated += 1
-                log.warning("%s", _message(exc))
-                continue
-            except NetworkError as exc:  # e.g. an ICMP error queued on the socket
-                log.info("on %s: %s", sock.local_address, _message(exc))
+            except (ClosedError, NetworkError) as exc:
+                if receive_failed(exc, self.stats, sock.local_address):
+                    return
                 continue
             sock.set_timeout(None)  # the deadline was for waiting, not for the handler's replies
-            self.stats.datagrams += 1
+            session, new = arrived(sessions, self.stats, sender)
             if self.stats.datagrams % YIELD_EVERY == 0:
                 # A receive that finds a datagram queued does not wait, and neither does a send
                 # with room: a flood would otherwise hold the loop for as long as it lasts.
                 await asyncio.sleep(0)
-            now = time.monotonic()
-            sessions.expire(now)
-            session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
-            datagram = Datagram(data, sender, sock, session, new, sessions, self.stats)
-            try:
-                result = cast(DatagramHandler, self.handler)(datagram)
-                if inspect.isawaitable(result):
-                    await result
-            except ClosedError as exc:
-                if sock.closed:
-                    return  # shutdown() closed our socket under the handler
-                # Something of the handler's own was closed: that datagram's failure only.
-                log.info("datagram from %s: %s", _shown(sender), _message(exc))
-            except EnchufeError as exc:
-                log.info("datagram from %s: %s", _shown(sender), _message(exc))
-            except asyncio.CancelledError:
-                if _cancelled():
-                    raise
-                # The handler awaited something that was cancelled: its failure, not ours.
-                self.stats.failed += 1
-                log.exception("handler failed on a datagram from %s", _shown(sender))
-            except Exception:
-                self.stats.failed += 1
-                log.exception("handler failed on a datagram from %s", _shown(sender))
+            if await self._handle(Datagram(data, sender, sock, session, new, sessions, self.stats)):
+                return
+
+    async def _handle(self, datagram: Datagram) -> bool:
+        """Run the handler on ``datagram``; ``True`` if the loop ends (shutdown closed the socket)."""
+        try:
+            result = cast(DatagramHandler, self.handler)(datagram)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            if _cancelled():
+                raise
+            # The handler awaited something that was cancelled: its failure, not ours.
+            self.stats.failed += 1
+            log.exception("handler failed on a datagram from %s", shown(datagram.sender))
+        except Exception as exc:
+            return datagram_failed(exc, datagram.sender, self.stats, closed=datagram.socket.closed)
+        return False
 
 
 def _cancelled() -> bool:
@@ -405,25 +359,6 @@ def _cancelled() -> bool:
     the handler's own: it awaited something another task cancelled)."""
     task = asyncio.current_task()
     return task is None or task.cancelling() > 0
-
-
-def _shown(value: object) -> str:
-    """A peer's address, or an error that names one, safe on a log line (peers choose their
-    unix names: a newline there must not start a line of their own)."""
-    return printable(str(value))
-
-
-def _at_limit(limit: int) -> str:
-    return f"the server is at its limit of {limit} open connection{'s' if limit != 1 else ''}"
-
-
-def _message(exc: BaseException) -> str:
-    """An error's message on one line (it may name a peer; names it shows escaped stay so)."""
-    return one_line(str(exc))
-
-
-def _new_state(_peer: object) -> dict[str, Any]:
-    return {}
 
 
 async def serve(

@@ -27,7 +27,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .. import _ranges
@@ -35,24 +34,21 @@ from .._backoff import Backoff
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
-    EXHAUSTION_PAUSE,
-    EXHAUSTION_PAUSE_MAX,
-    Refusals,
+    AcceptPolicy,
+    DatagramBase,
     ServeStats,
+    arrived,
+    bound_address,
+    datagram_failed,
+    handler_outcome,
     is_exhaustion,
-    log,
+    message,
+    receive_failed,
+    server_options,
+    session_ended,
 )
-from .._text import one_line, printable
-from ..address import Address, InetAddress, SocketAddress, UnixAddress, parse
-from ..errors import (
-    ClosedError,
-    ConnectionReset,
-    DatagramTruncated,
-    EnchufeError,
-    NetworkError,
-    TimedOut,
-    UsageError,
-)
+from ..address import Address, SocketAddress
+from ..errors import ClosedError, ConnectionReset, NetworkError
 from ..sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
 from . import bind_datagram, listen
 from .datagram import DatagramSocket
@@ -65,19 +61,8 @@ __all__ = ["Datagram", "DatagramHandler", "Handler", "Server", "StreamHandler", 
 CUT_JOIN_TIMEOUT = 2.0
 
 
-@dataclass
-class Datagram:
+class Datagram(DatagramBase[DatagramSocket]):
     """One datagram handed to a datagram handler: payload, sender, the sender's session."""
-
-    data: bytes
-    sender: SocketAddress | None
-    socket: DatagramSocket
-    session: Session[Any, dict[str, Any]] | None = None
-    new_peer: bool = False
-    #: Every peer seen within the idle timeout (the server's session table), sender included.
-    peers: SessionTable[Any, dict[str, Any]] | None = None
-    #: The server's statistics: a dropped reply is counted in ``dropped``.
-    stats: ServeStats | None = field(default=None, repr=False)
 
     def reply(self, data: bytes) -> bool:
         """Send ``data`` back to the sender; see :func:`deliver`.  ``False`` if it was dropped
@@ -85,11 +70,7 @@ class Datagram:
         cannot be answered.  Never blocks on a peer that does not read."""
         if self.sender is None:
             return False
-        if deliver(self.socket, data, self.sender):
-            return True
-        if self.stats is not None:
-            self.stats.dropped += 1
-        return False
+        return self._counted(deliver(self.socket, data, self.sender))
 
 
 def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
@@ -109,23 +90,27 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
     if sock.sendto_nowait(data, peer):
         stalled.recovered(peer)
         return True
-    if peer in stalled:
-        return False  # it already made us wait in vain: dropped at once until it reads again
     started = time.monotonic()
-    patience = stalled.patience(peer, started)
+    patience = stalled.allowance(peer, started)
     if patience <= 0:
-        return False  # it made us wait enough lately: dropped, as UDP would drop it
-    # No readiness event announces room in a unix receiver's queue: poll, backing off.
-    deadline = started + patience
-    backoff = Backoff()
+        return False  # it made us wait in vain, or enough lately: dropped, as UDP would drop it
     try:
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(backoff.next(), left))
-            if sock.sendto_nowait(data, peer):
-                return True
+        sent = _retry_for(sock, data, peer, started + patience)
     finally:
         stalled.waited(peer, started, time.monotonic() - started)
-    stalled.gave_up(peer)
+    if not sent:
+        stalled.gave_up(peer)
+    return sent
+
+
+def _retry_for(sock: DatagramSocket, data: bytes, peer: SocketAddress, deadline: float) -> bool:
+    """Try again until ``deadline``: no readiness event announces room in a unix receiver's
+    queue, so poll, backing off.  Whether the datagram went."""
+    backoff = Backoff()
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(backoff.next(), left))
+        if sock.sendto_nowait(data, peer):
+            return True
     return False
 
 
@@ -163,11 +148,7 @@ class Server:
         mode: int | None = None,
         on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None,
     ) -> None:
-        max_connections = _ranges.integer(max_connections, "max_connections", 1)
-        idle_timeout = _ranges.seconds(idle_timeout, "idle_timeout", optional=True, positive=True)
-        target = parse(address) if isinstance(address, str) else address
-        if not isinstance(target, InetAddress | UnixAddress):
-            raise UsageError(f"{target}: a server needs a socket address")
+        target, max_connections, idle_timeout = server_options(address, max_connections, idle_timeout)
         self.address = target
         self.handler = handler
         self.max_connections = max_connections
@@ -189,15 +170,11 @@ class Server:
         #: (read fd, write fd) of the pipe that wakes the datagram loop on shutdown.
         self._wake: tuple[int, int] | None = None
         self._active: dict[Connection, threading.Thread] = {}
-        self._refusals = Refusals()
+        self._policy = AcceptPolicy(self.stats)
 
     @property
     def bound_address(self) -> SocketAddress:
-        if self._listener is not None:
-            return self._listener.address
-        if self._socket is not None and self._socket.local_address is not None:
-            return self._socket.local_address
-        raise UsageError("the server is not started")
+        return bound_address(self._listener, self._socket)
 
     def start(self) -> None:
         """Bind (and listen): after this, clients can connect."""
@@ -267,7 +244,7 @@ class Server:
     # -- streams
 
     def _accept_loop(self, listener: Listener) -> None:
-        backoff = Backoff(EXHAUSTION_PAUSE, EXHAUSTION_PAUSE_MAX)
+        policy = self._policy
         while not self._stopping.is_set():
             try:
                 conn = listener.accept()
@@ -276,46 +253,40 @@ class Server:
             except ConnectionReset:
                 continue
             except NetworkError as exc:
-                if not is_exhaustion(exc) or self._stopping.is_set():
-                    if self._stopping.is_set():
-                        return
+                if self._stopping.is_set():
+                    return
+                if not is_exhaustion(exc):
                     raise
-                self.stats.exhaustion_pauses += 1
-                pause = backoff.next()
-                log.warning("accept on %s: %s; pausing %.2f s", listener.address, _message(exc), pause)
-                self._stopping.wait(pause)
+                self._stopping.wait(policy.exhausted(exc, listener.address))
                 continue
-            with self._lock:
-                full = len(self._active) >= self.max_connections
-                started, error = False, ""
-                if not full:
-                    thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
-                    self._active[conn] = thread
-                    # Started under the lock: a drain running in another thread (__exit__)
-                    # must never find, and join, a thread that is not started yet.
-                    try:
-                        thread.start()
-                        started = True
-                        self.stats.accepted += 1
-                    except RuntimeError as exc:  # no thread left (memory, RLIMIT_NPROC)
-                        del self._active[conn]
-                        error = _message(exc)
-            if not full and not started:
-                # As when descriptors run out: this client is turned away, and the loop pauses
-                # (the threads running end in time) rather than die or spin.
-                self.stats.refused += 1
-                self.stats.exhaustion_pauses += 1
-                conn.close()
-                pause = backoff.next()
-                log.warning("refused %s: %s; pausing %.2f s", _shown(conn.peer_address), error, pause)
-                self._stopping.wait(pause)
-                continue
-            backoff.reset()
-            if full:
-                self.stats.refused += 1
-                reason = _at_limit(self.max_connections)
-                self._refusals.refused(_shown(conn.peer_address), reason, time.monotonic())
-                conn.close()
+            self._start(conn, policy)
+
+    def _start(self, conn: Connection, policy: AcceptPolicy) -> None:
+        """A thread for ``conn``'s handler, or ``conn`` turned away: the server is full, or no
+        thread could start (then the loop pauses, as when descriptors run out)."""
+        with self._lock:
+            full = len(self._active) >= self.max_connections
+            error: str | None = None
+            if not full:
+                thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+                self._active[conn] = thread
+                # Started under the lock: a drain running in another thread (__exit__)
+                # must never find, and join, a thread that is not started yet.
+                try:
+                    thread.start()
+                    self.stats.accepted += 1
+                except RuntimeError as exc:  # no thread left (memory, RLIMIT_NPROC)
+                    del self._active[conn]
+                    error = message(exc)
+        if error is not None:
+            pause = policy.no_room(conn.peer_address, error)
+            conn.close()
+            self._stopping.wait(pause)
+            return
+        policy.accepted()
+        if full:
+            policy.at_limit(conn.peer_address, self.max_connections)
+            conn.close()
 
     def _run(self, conn: Connection) -> None:
         with self._lock:
@@ -326,15 +297,8 @@ class Server:
                 conn.set_timeout(self.idle_timeout)
             cast(StreamHandler, self.handler)(conn)
             outcome = "completed"
-        except TimedOut:
-            outcome = "idle_closed"
-            log.info("closed %s: idle for %g s", _shown(conn.peer_address), self.idle_timeout)
-        except EnchufeError as exc:
-            outcome = "failed"
-            log.info("connection from %s ended: %s", _shown(conn.peer_address), _message(exc))
-        except Exception:
-            outcome = "failed"
-            log.exception("handler failed on the connection from %s", _shown(conn.peer_address))
+        except Exception as exc:
+            outcome = handler_outcome(exc, conn.peer_address, self.idle_timeout)
         finally:
             # Counted before the close, so that whoever sees the connection end sees it
             # counted; out of the active set after, so that the drain waits for the close.
@@ -371,14 +335,7 @@ class Server:
     # -- datagrams
 
     def _session_ended(self, session: Session[Any, dict[str, Any]], reason: str) -> None:
-        if reason == "idle":
-            self.stats.idle_closed += 1
-        if self.on_session_end is not None:
-            try:
-                self.on_session_end(session)
-            except Exception:  # the caller's code, about one peer: never the server's end
-                self.stats.failed += 1
-                log.exception("on_session_end failed for %s", _shown(session.peer))
+        session_ended(self.stats, self.on_session_end, session, reason)
 
     def _datagram_loop(self, sock: DatagramSocket) -> None:
         assert self.sessions is not None and self._wake is not None
@@ -390,9 +347,7 @@ class Server:
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(self._wake[0], select.POLLIN)
         while not self._stopping.is_set():
-            deadline = sessions.next_expiry()
-            wait_ms = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            ready = poller.poll(wait_ms)
+            ready = poller.poll(_milliseconds_until(sessions.next_expiry()))
             if self._stopping.is_set():
                 return
             if not ready:
@@ -400,51 +355,27 @@ class Server:
                 continue
             try:
                 data, sender = sock.recvfrom()  # readable: this does not block
-            except ClosedError:
-                return
-            except DatagramTruncated as exc:
-                self.stats.truncated += 1
-                log.warning("%s", _message(exc))
-                continue
-            except NetworkError as exc:  # e.g. an ICMP error queued on the socket
-                log.info("on %s: %s", sock.local_address, _message(exc))
-                continue
-            self.stats.datagrams += 1
-            now = time.monotonic()
-            sessions.expire(now)
-            session, new = (None, False) if sender is None else sessions.seen(sender, now, _new_state)
-            try:
-                handler = cast(DatagramHandler, self.handler)
-                handler(Datagram(data, sender, sock, session, new, sessions, self.stats))
-            except ClosedError as exc:
-                if self._stopping.is_set() or sock.closed:
+            except (ClosedError, NetworkError) as exc:
+                if receive_failed(exc, self.stats, sock.local_address):
                     return
-                # Something of the handler's own was closed: that datagram's failure only.
-                log.info("datagram from %s: %s", _shown(sender), _message(exc))
-            except EnchufeError as exc:
-                log.info("datagram from %s: %s", _shown(sender), _message(exc))
-            except Exception:
-                self.stats.failed += 1
-                log.exception("handler failed on a datagram from %s", _shown(sender))
+                continue
+            session, new = arrived(sessions, self.stats, sender)
+            if self._handle(Datagram(data, sender, sock, session, new, sessions, self.stats)):
+                return
+
+    def _handle(self, datagram: Datagram) -> bool:
+        """Run the handler on ``datagram``; ``True`` if the loop ends (shutdown closed the socket)."""
+        try:
+            cast(DatagramHandler, self.handler)(datagram)
+        except Exception as exc:
+            closed = self._stopping.is_set() or datagram.socket.closed
+            return datagram_failed(exc, datagram.sender, self.stats, closed=closed)
+        return False
 
 
-def _shown(value: object) -> str:
-    """A peer's address, or an error that names one, safe on a log line (peers choose their
-    unix names: a newline there must not start a line of their own)."""
-    return printable(str(value))
-
-
-def _at_limit(limit: int) -> str:
-    return f"the server is at its limit of {limit} open connection{'s' if limit != 1 else ''}"
-
-
-def _message(exc: BaseException) -> str:
-    """An error's message on one line (it may name a peer; names it shows escaped stay so)."""
-    return one_line(str(exc))
-
-
-def _new_state(_peer: object) -> dict[str, Any]:
-    return {}
+def _milliseconds_until(deadline: float | None) -> int | None:
+    """How long poll() may wait for ``deadline`` (a monotonic time; ``None``: forever)."""
+    return None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
 
 
 def serve(
