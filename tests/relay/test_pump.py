@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from enchufe import trace
+from enchufe.relay import pools as pools_module
 from enchufe.relay import pump as pump_module
 from enchufe.relay.pump import Pools, Pump
 
@@ -190,7 +191,7 @@ def test_no_pipe_left_falls_back_to_copying(
     def no_pipe(size: int) -> tuple[int, int, int]:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(pump_module, "make_pipe", no_pipe)
+    monkeypatch.setattr(pools_module, "make_pipe", no_pipe)
     pump = Pump(src, dst, Pools())
     writer.sendall(b"hello")
     _run_until_idle(pump)

@@ -30,7 +30,7 @@ Bytes in flight live in the pipe (kernel pages, at most its capacity) or in the 
 peers do.  The pump asks to read only while there is room (:attr:`Pump.wants_read`), so a stalled
 reader on ``dst`` stops reads from ``src``; TCP's window then stalls the writer behind ``src``.
 
-A pipe is needed only while bytes are in flight: it is taken from the :class:`Pools` when the
+A pipe is needed only while bytes are in flight: it is taken from the :class:`~.pools.Pools` when the
 first bytes arrive and given back as soon as it is empty, so thousands of idle connections hold
 no pipe at all, and a busy relay reuses a few.
 
@@ -41,178 +41,82 @@ pump waits until some of them have been written out (:attr:`Pump.stalled`).
 
 A short read (fewer bytes than asked) means the socket was drained at that moment: the pump
 stops reading until epoll says there is more, which saves the EAGAIN a retry would cost.
+
+The readiness contract
+----------------------
+The caller (a session, driven by the event loop) calls :meth:`Pump.run` whenever ``src`` or
+``dst`` is ready (or may be), and then waits for what :attr:`Pump.wants_read` and
+:attr:`Pump.wants_write` say.  :meth:`Pump.run` is a loop of half-steps, each one system call on
+one side, which say what happened in one word:
+
+* a *read* half-step (``src`` into the pipe or buffer) says :data:`READ_MORE` (bytes read, as
+  many as there was room for: ``src`` may have more), :data:`READ_DRAINED` (``src`` has nothing
+  more now: fewer bytes than asked, or EAGAIN), :data:`READ_FULL` (no room, or a pipe out of
+  slots, :attr:`Pump.stalled`: write first), :data:`READ_EOF` (``src`` ended), or
+  :data:`SWITCHED`;
+* a *write* half-step (pipe or buffer into ``dst``) says how many bytes it delivered (more than
+  0), :data:`WOULD_BLOCK` (``dst`` said EAGAIN) or :data:`SWITCHED`;
+* :data:`SWITCHED`: the pump changed how it moves bytes (splice to copy when splice cannot serve
+  a descriptor or no pipe is left, copy to splice when no bulk buffer is free, or it now discards
+  what ``src`` sends): :meth:`Pump.run` starts again in the new way;
+* a real failure raises ``OSError`` with :attr:`Pump.failed_on` saying which side.
+
+A half-step that leaves nothing in flight gives its pipe or buffer back, and passes the EOF on
+once ``src`` has ended.  Rounds go on while a half-step moves bytes, at most :data:`MAX_ROUNDS`.
+The half-steps make the system calls themselves while tracing is off (``raw``), skipping the
+narrated wrappers: this is the path of every relayed byte.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import mmap
 import os
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from .. import trace
 from .._calls import shutdown
-from .._nonblocking import SPLICE_FLAGS, close_fd, make_pipe, read_into, write
+from .._nonblocking import SPLICE_FLAGS, read_into, write
 from .._nonblocking import splice as traced_splice
+from .pools import COPY_CHUNK, PIPE_SIZE, Pipe, Pools
 
-__all__ = ["COPY_CHUNK", "MAX_ROUNDS", "PIPE_SIZE", "Pipe", "Pools", "Pump"]
-
-#: Capacity asked for each splice pipe.  The more a pipe holds, the more one pair of splice calls
-#: moves (loopback TCP delivers hundreds of KiB per wake-up); 256 KiB measured close to 1 MiB in
-#: throughput while tying up a quarter of the kernel memory per busy direction.
-PIPE_SIZE = 256 * 1024
-
-#: Size of each copy-mode buffer: one 64 KiB ``recv`` is what a socket typically has ready, and
-#: it bounds what a connection that fell back to copying holds per direction.
-COPY_CHUNK = 64 * 1024
-
-#: Size of a bulk copy buffer (towards TCP): one recv() and one send() move up to this much; 2 to 4
-#: MiB measured best (1 MiB: 21 Gbit/s, 4 MiB: 25, 8 MiB: 23).
-BULK_CHUNK = 4 * 1024 * 1024
-
-#: Bulk buffers in use at once, at most (BULK_CHUNK each: 64 MiB); pumps that find none free
-#: splice instead.  Idle bulk buffers kept for reuse: :data:`MAX_IDLE_BULK`.
-BULK_BUFFERS = 16
-MAX_IDLE_BULK = 4
-
-#: Empty pipes kept for reuse (two descriptors each).  Creating a pipe and sizing it costs two
-#: system calls; a busy relay reuses pipes instead, and an idle one gives most of them back.
-MAX_IDLE_PIPES = 64
+__all__ = [
+    "COPY_CHUNK",
+    "MAX_ROUNDS",
+    "PIPE_SIZE",
+    "READ_DRAINED",
+    "READ_EOF",
+    "READ_FULL",
+    "READ_MORE",
+    "SWITCHED",
+    "WOULD_BLOCK",
+    "Pipe",
+    "Pools",
+    "Pump",
+]
 
 #: Read/write rounds per wake-up before yielding to other connections (level-triggered epoll
 #: calls us again at once if there is more): with 256 KiB pipes, up to 2 MiB per turn.
 MAX_ROUNDS = 8
 
+# What a read half-step says (see "The readiness contract" in the module's docstring).
+READ_MORE = 1
+READ_DRAINED = 2
+READ_FULL = 3
+READ_EOF = 4
+# What a write half-step says when it delivered nothing.
+WOULD_BLOCK = -1
+# Either half-step: the pump now moves bytes another way.
+SWITCHED = -2
+
 _HAS_SPLICE = hasattr(os, "splice")
-_os_splice = getattr(os, "splice", None)
+_os_splice = cast(Callable[..., int], getattr(os, "splice", None))
 _readv = os.readv
 _write = os.write
 
-
-class Pipe:
-    """A pipe used as the splice buffer of one direction while bytes are in flight."""
-
-    __slots__ = ("capacity", "r", "w")
-
-    def __init__(self, r: int, w: int, capacity: int) -> None:
-        self.r = r
-        self.w = w
-        self.capacity = capacity
-
-    def close(self) -> None:
-        for fd in (self.r, self.w):
-            with contextlib.suppress(OSError):
-                close_fd(fd)
-
-
-class Pools:
-    """Pipes and copy buffers shared by every pump of one relay process."""
-
-    def __init__(
-        self,
-        *,
-        pipe_size: int = PIPE_SIZE,
-        copy_size: int = COPY_CHUNK,
-        keep: int = MAX_IDLE_PIPES,
-        bulk_size: int = BULK_CHUNK,
-        bulk_buffers: int = BULK_BUFFERS,
-    ) -> None:
-        self.pipe_size = pipe_size
-        self.copy_size = copy_size
-        self.keep = keep
-        self.bulk_size = bulk_size
-        self.bulk_buffers = bulk_buffers
-        self._pipes: list[Pipe] = []
-        self._buffers: list[memoryview] = []
-        self._bulk: list[memoryview] = []
-        self._maps: list[tuple[mmap.mmap, memoryview]] = []
-        self._bulk_ids: set[int] = set()
-        #: bulk buffers in use now
-        self.bulk_in_use = 0
-        #: pipes that exist (in use or idle), for tests and stats
-        self.pipes_open = 0
-
-    def pipe(self) -> Pipe | None:
-        """An empty pipe, or ``None`` when none can be made (no descriptor left)."""
-        if self._pipes:
-            return self._pipes.pop()
-        try:
-            r, w, capacity = make_pipe(self.pipe_size)
-        except OSError:
-            return None
-        self.pipes_open += 1
-        return Pipe(r, w, capacity)
-
-    def release_pipe(self, pipe: Pipe) -> None:
-        """Take back an empty pipe."""
-        if len(self._pipes) < self.keep:
-            self._pipes.append(pipe)
-        else:
-            self.discard_pipe(pipe)
-
-    def discard_pipe(self, pipe: Pipe) -> None:
-        """Close a pipe that may still hold bytes nobody will read."""
-        pipe.close()
-        self.pipes_open -= 1
-
-    @property
-    def idle_pipes(self) -> int:
-        return len(self._pipes)
-
-    def buffer(self) -> memoryview:
-        if self._buffers:
-            return self._buffers.pop()
-        return memoryview(bytearray(self.copy_size))
-
-    def bulk(self) -> memoryview | None:
-        """A bulk buffer, or ``None`` when :data:`BULK_BUFFERS` are in use (or none can be mapped)."""
-        if self.bulk_in_use >= self.bulk_buffers:
-            return None
-        if self._bulk:
-            view = self._bulk.pop()
-        else:
-            try:
-                area = mmap.mmap(-1, self.bulk_size)  # pages come as they are first written
-            except OSError:
-                return None
-            view = memoryview(area)
-            self._maps.append((area, view))
-            self._bulk_ids.add(id(view))
-        self.bulk_in_use += 1
-        return view
-
-    def release_buffer(self, view: memoryview) -> None:
-        if id(view) in self._bulk_ids:
-            self.bulk_in_use -= 1
-            if len(self._bulk) < MAX_IDLE_BULK:
-                self._bulk.append(view)
-            else:
-                self._unmap(view)
-        elif len(self._buffers) < self.keep and len(view) == self.copy_size:
-            self._buffers.append(view)
-
-    def _unmap(self, view: memoryview) -> None:
-        for index, (area, mapped) in enumerate(self._maps):
-            if mapped is view:
-                del self._maps[index]
-                self._bulk_ids.discard(id(view))
-                view.release()
-                area.close()
-                return
-
-    def close(self) -> None:
-        while self._pipes:
-            self.discard_pipe(self._pipes.pop())
-        self._buffers.clear()
-        self._bulk.clear()
-        for area, view in self._maps:
-            with contextlib.suppress(BufferError):
-                view.release()
-                area.close()
-        self._maps.clear()
-        self._bulk_ids.clear()
+#: A half-step: ``step(pump, raw)`` (``raw``: make the system call itself, tracing is off).
+Step = Callable[["Pump", bool], int]
 
 
 class Pump:
@@ -234,6 +138,7 @@ class Pump:
         "_finish_cb",
         "_pools",
         "_start",
+        "_way",
         "bulk",
         "discarded",
         "discarding",
@@ -278,6 +183,8 @@ class Pump:
         self.bulk = bulk
         self._pools = pools
         self.use_splice = use_splice and _HAS_SPLICE
+        #: the read and write half-steps of the way bytes move now (:data:`_SPLICING`, …)
+        self._way = _SPLICING if self.use_splice else _COPYING
         self.pipe: Pipe | None = None
         self.view: memoryview | None = None
         self._start = 0
@@ -313,103 +220,244 @@ class Pump:
         return self.in_flight > 0
 
     def run(self) -> int:
-        """Move bytes until both sides would block (or :data:`MAX_ROUNDS`); bytes delivered."""
+        """Move bytes until both sides would block (or :data:`MAX_ROUNDS`); bytes delivered.
+
+        Rounds of a read and a write half-step (see the module's docstring) while either moves
+        bytes: a short read or EAGAIN ends the reads of this wake-up, EAGAIN from ``dst`` the
+        writes.
+        """
         if self.done:
             return 0
-        if not self.use_splice or self.view is not None:
-            return self._run_copy()
-        if self.bulk and self.pipe is None:
-            view = self._pools.bulk()
-            if view is not None:  # towards TCP copying is faster: see the module's docstring
-                self.view = view
-                return self._run_copy()
-        return self._run_splice()
-
-    def _run_splice(self) -> int:
-        # The splice loop is inline here, its state in locals: this is the hot path of every
-        # relayed byte (a ping-pong message costs two splices and this loop's Python).  While
-        # tracing is off it calls os.splice itself, skipping the narration wrapper.
-        raw = None if trace.enabled() else _os_splice
+        if self.bulk and self.pipe is None and self.view is None:
+            self._choose_bulk()
+        read, write = self._way
+        raw = not trace.enabled()
         moved = 0
-        drained = False  # src said EAGAIN, or gave less than asked: wait for epoll
+        drained = self.eof  # src has nothing more for now: wait for epoll
         blocked = False  # dst said EAGAIN
-        pipe = self.pipe
-        flight = self.in_flight
-        src = self.src_fd
-        dst = self.dst_fd
         for _ in range(MAX_ROUNDS):
             progress = False
-            if not (drained or self.eof or self.stalled):
-                if pipe is None:
-                    pipe = self.pipe = self._pools.pipe()
-                    if pipe is None:  # no descriptor for a pipe: copy through a buffer instead
-                        self.use_splice = False
-                        return moved + self._run_copy()
-                room = pipe.capacity - flight
-                if room > 0:
-                    try:
-                        if raw is not None:
-                            n = raw(src, pipe.w, room, flags=SPLICE_FLAGS)
-                        else:
-                            n = traced_splice(src, pipe.w, room)
-                    except BlockingIOError:
-                        drained = True
-                        if flight:
-                            self.stalled = True  # maybe out of pipe slots: write some first
-                    except OSError as exc:
-                        self.in_flight = flight
-                        if exc.errno == errno.EINVAL and not flight:
-                            # splice cannot serve this kind of descriptor: copy from now on.
-                            self._pools.release_pipe(pipe)
-                            self.pipe = None
-                            self.use_splice = False
-                            return moved + self._run_copy()
-                        self.failed_on = "read"
-                        raise
-                    else:
-                        if n:
-                            flight += n
-                            progress = True
-                            drained = n < room
-                        else:
-                            self.eof = True
-            if flight and not blocked:
-                assert pipe is not None
-                try:
-                    if raw is not None:
-                        n = raw(pipe.r, dst, flight, flags=SPLICE_FLAGS)
-                    else:
-                        n = traced_splice(pipe.r, dst, flight)
-                except BlockingIOError:
-                    blocked = True
-                except OSError as exc:
-                    self.in_flight = flight
-                    if exc.errno == errno.EINVAL:
-                        # splice cannot write to this descriptor (a terminal): drain the pipe
-                        # into a buffer and copy from now on.
-                        return moved + self._pipe_to_copy()
-                    if self._broken(exc):
-                        return moved + self._run_discard()
-                    self.failed_on = "write"
-                    raise
-                else:
-                    flight -= n
+            if not (drained or self.stalled):
+                said = read(self, raw)
+                if said == READ_MORE:
+                    progress = True
+                elif said == SWITCHED:
+                    return moved + self.run()
+                elif said != READ_FULL:  # READ_DRAINED or READ_EOF
+                    drained = True
+            if self.in_flight and not blocked:
+                n = write(self, raw)
+                if n > 0:
                     moved += n
                     progress = True
-                    if self.stalled:  # room in the pipe again: the EAGAIN may have been ours
-                        self.stalled = drained = False
-            if not flight:
-                if pipe is not None:
-                    self._pools.release_pipe(pipe)
-                    self.pipe = pipe = None
-                if self.eof:
-                    self.in_flight = 0
-                    self._finish()
-                    break
+                elif n == SWITCHED:
+                    return moved + self.run()
+                else:
+                    blocked = True
             if not progress:
                 break
-        self.in_flight = flight
         return moved
+
+    def _choose_bulk(self) -> None:
+        """Towards TCP, copy through a bulk buffer while one is free, else splice (see the module's
+        docstring); the choice is made afresh whenever nothing is in flight."""
+        if not self.use_splice:
+            return
+        view = self._pools.bulk()
+        if view is not None:
+            self.view = view
+            self._way = _COPYING
+        else:
+            self._way = _SPLICING
+
+    # -- splicing: src → pipe → dst, the bytes never enter this process
+
+    def _splice_in(self, raw: bool) -> int:
+        pipe = self.pipe
+        if pipe is None:
+            pipe = self.pipe = self._pools.pipe()
+            if pipe is None:  # no descriptor for a pipe: copy through a buffer instead
+                return self._copy_from_now()
+        flight = self.in_flight
+        room = pipe.capacity - flight
+        if room <= 0:
+            return READ_FULL
+        try:
+            if raw:
+                n = _os_splice(self.src_fd, pipe.w, room, flags=SPLICE_FLAGS)
+            else:
+                n = traced_splice(self.src_fd, pipe.w, room)
+        except BlockingIOError:
+            if flight:
+                self.stalled = True  # maybe out of pipe slots: write some first
+                return READ_FULL
+            self._pools.release_pipe(pipe)  # nothing in flight: no pipe held
+            self.pipe = None
+            return READ_DRAINED
+        except OSError as exc:
+            return self._splice_in_failed(exc)
+        if not n:
+            return self._ended()
+        self.in_flight = flight + n
+        return READ_DRAINED if n < room else READ_MORE
+
+    def _splice_out(self, raw: bool) -> int:
+        pipe = self.pipe
+        assert pipe is not None
+        flight = self.in_flight
+        try:
+            if raw:
+                n = _os_splice(pipe.r, self.dst_fd, flight, flags=SPLICE_FLAGS)
+            else:
+                n = traced_splice(pipe.r, self.dst_fd, flight)
+        except BlockingIOError:
+            return WOULD_BLOCK
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                # splice cannot write to this descriptor (a terminal): drain the pipe into a
+                # buffer and copy from now on.
+                return self._pipe_to_copy()
+            return self._write_failed(exc)
+        self.stalled = False  # room in the pipe again: the EAGAIN may have been ours
+        flight -= n
+        self.in_flight = flight
+        if not flight:
+            self._pools.release_pipe(pipe)
+            self.pipe = None
+            if self.eof:
+                self._finish()
+        return n
+
+    def _splice_in_failed(self, exc: OSError) -> int:
+        if exc.errno == errno.EINVAL and not self.in_flight:
+            # splice cannot serve this kind of descriptor: copy from now on.
+            self._release()
+            return self._copy_from_now()
+        self.failed_on = "read"
+        raise exc
+
+    def _pipe_to_copy(self) -> int:
+        """Move what sits in the pipe into a copy buffer, then go on copying."""
+        pipe = self.pipe
+        assert pipe is not None
+        view = self.view = self._pools.buffer()
+        if self.in_flight > len(view):
+            view = self.view = memoryview(bytearray(self.in_flight))
+        n = read_into(pipe.r, view[: self.in_flight])
+        self._start, self.end = 0, n
+        self._pools.release_pipe(pipe)
+        self.pipe = None
+        self.stalled = False
+        return self._copy_from_now()
+
+    # -- copying: src → buffer (a bulk or a copy buffer) → dst
+
+    def _copy_in(self, raw: bool) -> int:
+        view = self.view
+        if view is None:
+            if self.bulk and self.use_splice:
+                view = self._pools.bulk()
+                if view is None:  # every bulk buffer is taken: splice meanwhile
+                    self._way = _SPLICING
+                    return SWITCHED
+            else:
+                view = self._pools.buffer()
+            self.view = view
+        end = self.end
+        room = len(view) - end
+        if room <= 0:
+            return READ_FULL
+        try:
+            n = _readv(self.src_fd, [view[end:]]) if raw else read_into(self.src_fd, view[end:])
+        except BlockingIOError:
+            if not self.in_flight:  # no buffer held while nothing is in flight
+                self._pools.release_buffer(view)
+                self.view = None
+            return READ_DRAINED
+        except OSError:
+            self.failed_on = "read"
+            raise
+        if not n:
+            return self._ended()
+        self.end = end + n
+        self.in_flight += n
+        return READ_DRAINED if n < room else READ_MORE
+
+    def _copy_out(self, raw: bool) -> int:
+        view = self.view
+        assert view is not None
+        start = self._start
+        chunk = view[start : self.end]
+        try:
+            n = _write(self.dst_fd, chunk) if raw else write(self.dst_fd, chunk)
+        except BlockingIOError:
+            return WOULD_BLOCK
+        except OSError as exc:
+            return self._write_failed(exc)
+        self.in_flight -= n
+        if self.in_flight:
+            self._start = start + n
+            return n
+        self._start = self.end = 0
+        self._pools.release_buffer(view)
+        self.view = None
+        if self.eof:
+            self._finish()
+        return n
+
+    def _discard_in(self, raw: bool) -> int:
+        """``dst`` is gone: read ``src`` until its EOF and drop what it sends."""
+        view = self.view
+        if view is None:
+            view = self.view = self._pools.buffer()
+        try:
+            n = read_into(self.src_fd, view)
+        except BlockingIOError:
+            return READ_DRAINED
+        except OSError:
+            self.failed_on = "read"
+            raise
+        if not n:
+            self.eof = self.done = True
+            self._pools.release_buffer(view)
+            self.view = None
+            return READ_EOF
+        self.discarded += n
+        return READ_DRAINED if n < len(view) else READ_MORE
+
+    # -- what every way shares
+
+    def _copy_from_now(self) -> int:
+        """Splice cannot serve (a kind of descriptor, no descriptor left for a pipe): copy."""
+        self.use_splice = False
+        self._way = _COPYING
+        return SWITCHED
+
+    def _ended(self) -> int:
+        """``src`` ended: pass the EOF on now if nothing is in flight (else the last write will)."""
+        self.eof = True
+        if not self.in_flight:
+            self._release()
+            self._finish()
+        return READ_EOF
+
+    def _release(self) -> None:
+        """Nothing is in flight: give back the pipe or buffer."""
+        if self.pipe is not None:
+            self._pools.release_pipe(self.pipe)
+            self.pipe = None
+        if self.view is not None:
+            self._pools.release_buffer(self.view)
+            self.view = None
+        self._start = self.end = 0
+
+    def _write_failed(self, exc: OSError) -> int:
+        """A write failed: a pipe whose reader left is :data:`SWITCHED` to discarding; anything
+        else is raised, as a failure of the write side."""
+        if self._broken(exc):
+            return SWITCHED
+        self.failed_on = "write"
+        raise exc
 
     def _broken(self, exc: OSError) -> bool:
         """EPIPE on a pipe: its reader left.  Discard from now on instead of failing."""
@@ -424,115 +472,8 @@ class Pump:
             self.pipe = None
         self.use_splice = False
         self.stalled = False
+        self._way = _DISCARDING
         return True
-
-    def _pipe_to_copy(self) -> int:
-        """Move what sits in the pipe into a copy buffer, then go on copying."""
-        pipe = self.pipe
-        assert pipe is not None
-        view = self.view = self._pools.buffer()
-        if self.in_flight > len(view):
-            view = self.view = memoryview(bytearray(self.in_flight))
-        n = read_into(pipe.r, view[: self.in_flight])
-        self._start, self.end = 0, n
-        self._pools.release_pipe(pipe)
-        self.pipe = None
-        self.use_splice = False
-        self.stalled = False
-        return self._run_copy()
-
-    def _run_copy(self) -> int:
-        if self.discarding:
-            return self._run_discard()
-        raw = not trace.enabled()
-        moved = 0
-        drained = False
-        blocked = False
-        view = self.view
-        src = self.src_fd
-        dst = self.dst_fd
-        for _ in range(MAX_ROUNDS):
-            progress = False
-            if not (self.eof or drained):
-                if view is None:
-                    if self.bulk and self.use_splice:
-                        view = self._pools.bulk()
-                        if view is None:  # every bulk buffer is taken: splice meanwhile
-                            return moved + self._run_splice()
-                    else:
-                        view = self._pools.buffer()
-                    self.view = view
-                end = self.end
-                room = len(view) - end
-                if room > 0:
-                    try:
-                        n = _readv(src, [view[end:]]) if raw else read_into(src, view[end:])
-                    except BlockingIOError:
-                        drained = True
-                    except OSError:
-                        self.failed_on = "read"
-                        raise
-                    else:
-                        if n:
-                            self.end = end + n
-                            self.in_flight += n
-                            progress = True
-                            drained = n < room
-                        else:
-                            self.eof = True
-            if self.in_flight and not blocked:
-                assert view is not None
-                start = self._start
-                chunk = view[start : self.end]
-                try:
-                    n = _write(dst, chunk) if raw else write(dst, chunk)
-                except BlockingIOError:
-                    blocked = True
-                except OSError as exc:
-                    if self._broken(exc):
-                        return moved + self._run_discard()
-                    self.failed_on = "write"
-                    raise
-                else:
-                    self._start = start + n
-                    self.in_flight -= n
-                    moved += n
-                    progress = True
-                    if not self.in_flight:
-                        self._start = self.end = 0
-            if not self.in_flight:
-                if view is not None:
-                    self._pools.release_buffer(view)
-                    self.view = view = None
-                if self.eof:
-                    self._finish()
-                    break
-            if not progress:
-                break
-        return moved
-
-    def _run_discard(self) -> int:
-        """``dst`` is gone: read ``src`` until its EOF and drop what it sends."""
-        if self.view is None:
-            self.view = self._pools.buffer()
-        view = self.view
-        for _ in range(MAX_ROUNDS):
-            try:
-                n = read_into(self.src_fd, view)
-            except BlockingIOError:
-                return 0
-            except OSError:
-                self.failed_on = "read"
-                raise
-            if not n:
-                self.eof = self.done = True
-                self._pools.release_buffer(view)
-                self.view = None
-                return 0
-            self.discarded += n
-            if n < len(view):
-                return 0
-        return 0
 
     def _finish(self) -> None:
         """Everything ``src`` sent is delivered: pass its EOF on."""
@@ -556,3 +497,10 @@ class Pump:
             self._pools.release_buffer(self.view)
             self.view = None
         self.in_flight = 0
+
+
+# The ways bytes move: a read and a write half-step each (plain functions, so that a pump holds
+# no reference to itself).
+_SPLICING: tuple[Step, Step] = (Pump._splice_in, Pump._splice_out)
+_COPYING: tuple[Step, Step] = (Pump._copy_in, Pump._copy_out)
+_DISCARDING: tuple[Step, Step] = (Pump._discard_in, Pump._copy_out)  # nothing in flight to write
