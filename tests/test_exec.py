@@ -448,3 +448,81 @@ def test_server_shutdown_stops_what_children_started(
                     os.kill(background, 9)
     finally:
         running.stop()
+
+
+# --- one exec engine: the relay's start, our own reaping ------------------------------------------
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def run_on(loop_flavour: str, main: Callable[[], Any]) -> None:
+    factory = asyncio.new_event_loop if loop_flavour == "asyncio" else aio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+def test_cancelled_run_exec_stops_and_reaps_the_child_and_leaks_nothing(
+    loop_flavour: str, make_address: Callable[[str], str]
+) -> None:
+    """A cancelled run_exec (a server cutting its connections) stops the child, reaps it and
+    closes the pipes and the pidfd before the cancellation goes on: nothing to wait for after."""
+
+    async def main() -> None:
+        async with (
+            await aio.listen(make_address("unix")) as listener,
+            await aio.connect(connectable(listener.address)) as client,
+            await listener.accept() as conn,
+        ):
+            client.set_timeout(IO_TIMEOUT)
+            before = open_descriptors()
+            task = asyncio.ensure_future(run_exec(conn, ExecAddress(("sh", "-c", "echo $$; exec sleep 30"))))
+            pid = int(await client.recv_until(b"\n"))
+            await client.send_all(b"on its way to the child\n")
+            assert not gone(pid)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert gone(pid)  # stopped and reaped: no zombie, nothing left to wait for
+            assert open_descriptors() == before  # pipes and pidfd closed, at once
+
+    run_on(loop_flavour, main)
+
+
+def test_run_exec_narrates_the_start_and_the_reaping(
+    loop_flavour: str, make_address: Callable[[str], str], trace_lines: list[str]
+) -> None:
+    """listen --exec starts children as the relay does (posix_spawnp, a session of their own),
+    and says so under --trace, with the exit status it collected."""
+
+    async def main() -> None:
+        async with (
+            await aio.listen(make_address("unix")) as listener,
+            await aio.connect(connectable(listener.address)) as client,
+            await listener.accept() as conn,
+        ):
+            await client.send_all(b"through\n")
+            await client.shutdown_write()
+            status = await run_exec(conn, ExecAddress(("cat",)))
+            assert status == 0
+            assert await client.recv_until(b"\n") == b"through\n"
+
+    run_on(loop_flavour, main)
+    spawned = [line for line in trace_lines if line.startswith("posix_spawnp(cat, ['cat'], setsid) = pid ")]
+    assert len(spawned) == 1, trace_lines
+    pid = spawned[0].split("= pid ")[1].split(";")[0]
+    assert f"waitpid({pid}) = exit status 0" in trace_lines
+
+
+def test_a_child_that_stops_reading_does_not_stop_its_output(exec_server: Callable[..., ExecServer]) -> None:
+    """The child closes its stdin and goes on: what the peer sends then is dropped (EPIPE
+    towards the child ends only that direction), the child's output still comes through to
+    EOF, and its status is its own."""
+    script = "exec 0<&-; echo closed; sleep 1; echo still here; exit 7"
+    server = exec_server(ExecAddress(("sh", "-c", script)))
+    with server.connect() as conn:
+        assert conn.recv_until(b"\n") == b"closed\n"
+        conn.send_all(b"x" * 1000)  # one read for the server, which then has nowhere to put it
+        assert read_to_eof(conn) == b"still here\n"
+    assert server.status() == 7
