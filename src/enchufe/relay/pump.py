@@ -29,10 +29,7 @@ Bytes in flight live in the pipe (kernel pages, at most its capacity) or in the 
 :data:`BULK_CHUNK`), never anywhere else, so a connection holds a bounded amount whatever its
 peers do.  The pump asks to read only while there is room (:attr:`Pump.wants_read`), so a stalled
 reader on ``dst`` stops reads from ``src``; TCP's window then stalls the writer behind ``src``.
-
-A pipe is needed only while bytes are in flight: it is taken from the :class:`~.pools.Pools` when the
-first bytes arrive and given back as soon as it is empty, so thousands of idle connections hold
-no pipe at all, and a busy relay reuses a few.
+A pipe or buffer is held only while bytes are in flight (lent by :class:`~.pools.Pools`).
 
 A pipe counts its capacity in page-sized slots, not bytes: splicing from TCP can fill every slot
 with a small segment and then refuse more (EAGAIN) although far fewer bytes than the capacity
@@ -60,7 +57,6 @@ one side, which say what happened in one word:
   a descriptor or no pipe is left, copy to splice when no bulk buffer is free, or it now discards
   what ``src`` sends): :meth:`Pump.run` starts again in the new way;
 * a real failure raises ``OSError`` with :attr:`Pump.failed_on` saying which side.
-
 A half-step that leaves nothing in flight gives its pipe or buffer back, and passes the EOF on
 once ``src`` has ended.  Rounds go on while a half-step moves bytes, at most :data:`MAX_ROUNDS`.
 The half-steps make the system calls themselves while tracing is off (``raw``), skipping the
@@ -228,7 +224,7 @@ class Pump:
         """
         if self.done:
             return 0
-        if self.bulk and self.pipe is None and self.view is None:
+        if self.bulk and not self.in_flight:
             self._choose_bulk()
         read, write = self._way
         raw = not trace.enabled()
@@ -261,7 +257,7 @@ class Pump:
     def _choose_bulk(self) -> None:
         """Towards TCP, copy through a bulk buffer while one is free, else splice (see the module's
         docstring); the choice is made afresh whenever nothing is in flight."""
-        if not self.use_splice:
+        if not self.use_splice or self.pipe is not None or self.view is not None:
             return
         view = self._pools.bulk()
         if view is not None:
