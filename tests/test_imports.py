@@ -3,7 +3,7 @@
 Every module of the package sits in one layer, and imports only from its own layer or the ones
 below it::
 
-    pure       address, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
+    pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
                _endpoint, _streams, _datagrams (the endpoint cores), tlschannel
@@ -34,6 +34,7 @@ PACKAGE = Path(enchufe.__file__).parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "pure": (
         "address",
+        "_inet_text",
         "errors",
         "framing",
         "trace",

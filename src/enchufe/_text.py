@@ -9,7 +9,7 @@ through :func:`printable` first, at the place where it is built.
 
 from __future__ import annotations
 
-__all__ = ["one_line", "printable"]
+__all__ = ["one_line", "printable", "quoted"]
 
 # Lone surrogates U+DC80..U+DCFF are what ``surrogateescape`` makes of bytes that are not
 # UTF-8: showing the original byte (``\xff``) tells the reader what was really there.
@@ -42,6 +42,12 @@ def printable(text: str | bytes) -> str:
     if text.isprintable() and "\\" not in text:
         return text
     return "".join(_escaped(ch) for ch in text)
+
+
+def quoted(text: str) -> str:
+    """``text`` between single quotes, escaped as :func:`printable` does: a piece of the user's
+    input named in a message."""
+    return f"'{printable(text)}'"
 
 
 def _escaped(ch: str) -> str:
