@@ -29,6 +29,9 @@ __all__ = ["TourResult", "run"]
 #: No step of the tour may block longer than this: a kind that does not work fails, it never hangs.
 STEP_TIMEOUT = 5.0
 
+#: What every client sends; the server answers it in upper case.
+_MESSAGE = b"hello, server: this is the client"
+
 _STORIES = {
     Kind.TCP4: "a telephone call over IPv4: listen, connect, accept, talk, hang up",
     Kind.TCP6: "the same call over IPv6",
@@ -89,7 +92,6 @@ def _addresses(folder: str) -> dict[Kind, str]:
 
 
 def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str], None]) -> None:
-    message = b"hello, server: this is the client"
     ready: list[SocketAddress] = []
 
     def server() -> None:
@@ -112,37 +114,30 @@ def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str
                 turns.done("answered")
                 turns.wait("client closed")
 
-    thread = threading.Thread(target=_guard(server, turns), name="tour-server")
-    thread.start()
-    try:
-        turns.wait("listening")
-        with trace.actor("client"):
-            note("the client creates its own socket and connects (active); the kernel queues it")
-            with connect(ready[0], timeout=STEP_TIMEOUT) as conn:
-                conn.set_timeout(STEP_TIMEOUT)
-                turns.done("connected")
-                turns.wait("accepted")
-                note("the client sends, then half-closes: shutdown(SHUT_WR) means 'I am done'")
-                started = time.perf_counter()
-                conn.send_all(message)
-                conn.shutdown_write()
-                result.sent = len(message)
-                turns.done("sent")
-                turns.wait("answered")
-                answer = b""
-                while chunk := conn.recv():
-                    answer += chunk
-                result.round_trip = time.perf_counter() - started
-                result.received = len(answer)
-            turns.done("client closed")
-        if answer != message.upper():
-            raise RuntimeError(f"the answer was {answer!r}, expected {message.upper()!r}")
-    finally:
-        thread.join(STEP_TIMEOUT * 4)
+    def client() -> bytes:
+        note("the client creates its own socket and connects (active); the kernel queues it")
+        with connect(ready[0], timeout=STEP_TIMEOUT) as conn:
+            conn.set_timeout(STEP_TIMEOUT)
+            turns.done("connected")
+            turns.wait("accepted")
+            note("the client sends, then half-closes: shutdown(SHUT_WR) means 'I am done'")
+            started = time.perf_counter()
+            conn.send_all(_MESSAGE)
+            conn.shutdown_write()
+            result.sent = len(_MESSAGE)
+            turns.done("sent")
+            turns.wait("answered")
+            answer = b""
+            while chunk := conn.recv():
+                answer += chunk
+            result.round_trip = time.perf_counter() - started
+            result.received = len(answer)
+        return answer
+
+    _play(server, client, turns, "listening")
 
 
 def _datagram(address: str, turns: _Turns, result: TourResult, note: Callable[[str], None]) -> None:
-    message = b"hello, server: this is the client"
     ready: list[SocketAddress] = []
 
     def server() -> None:
@@ -162,25 +157,35 @@ def _datagram(address: str, turns: _Turns, result: TourResult, note: Callable[[s
                 turns.done("answered")
                 turns.wait("client closed")
 
+    def client() -> bytes:
+        note("the client's connect() only sets a default destination: nothing is sent yet")
+        with connect_datagram(ready[0]) as sock:
+            sock.set_timeout(STEP_TIMEOUT)
+            started = time.perf_counter()
+            sock.send(_MESSAGE)
+            result.sent = len(_MESSAGE)
+            turns.done("sent")
+            turns.wait("answered")
+            answer = sock.recv()
+            result.round_trip = time.perf_counter() - started
+            result.received = len(answer)
+        return answer
+
+    _play(server, client, turns, "bound")
+
+
+def _play(server: Callable[[], None], client: Callable[[], bytes], turns: _Turns, ready: str) -> None:
+    """Run ``server`` in a thread and, once it says ``ready``, ``client`` in this one; the
+    client's answer must be the message in upper case."""
     thread = threading.Thread(target=_guard(server, turns), name="tour-server")
     thread.start()
     try:
-        turns.wait("bound")
+        turns.wait(ready)
         with trace.actor("client"):
-            note("the client's connect() only sets a default destination: nothing is sent yet")
-            with connect_datagram(ready[0]) as sock:
-                sock.set_timeout(STEP_TIMEOUT)
-                started = time.perf_counter()
-                sock.send(message)
-                result.sent = len(message)
-                turns.done("sent")
-                turns.wait("answered")
-                answer = sock.recv()
-                result.round_trip = time.perf_counter() - started
-                result.received = len(answer)
+            answer = client()
             turns.done("client closed")
-        if answer != message.upper():
-            raise RuntimeError(f"the answer was {answer!r}, expected {message.upper()!r}")
+        if answer != _MESSAGE.upper():
+            raise RuntimeError(f"the answer was {answer!r}, expected {_MESSAGE.upper()!r}")
     finally:
         thread.join(STEP_TIMEOUT * 4)
 
