@@ -1,8 +1,9 @@
 """A child per connection, for ``exec:PROGRAM ARGS…``: its environment, its start, its graces.
 
 Shared by the relay's children (:mod:`enchufe.relay.children`, on its own event loop) and by
-``listen --exec`` (:mod:`enchufe.exec`, on asyncio); this module needs neither, so the relay
-does not load asyncio.
+``listen --exec`` (:mod:`enchufe.exec`, on asyncio): the start, the reaping (:func:`reap`, with a
+pidfd from :func:`open_pidfd` to say when), the stop of the group; this module needs neither
+loop, so the relay does not load asyncio.
 
 The child learns who it talks to from its environment, as under inetd or ncat's ``--exec``:
 
@@ -53,6 +54,8 @@ __all__ = [
     "TERMINATE_GRACE",
     "child_environment",
     "group_alive",
+    "open_pidfd",
+    "reap",
     "signal_group",
     "socket_environment",
     "spawn",
@@ -157,6 +160,30 @@ def spawn(program: ExecAddress, env: Mapping[str, str]) -> tuple[int, int, int]:
             f"stdin ← fd {in_w}, stdout → fd {out_r}"
         )
     return pid, in_w, out_r
+
+
+def open_pidfd(pid: int) -> int:
+    """A descriptor that becomes readable when the child ``pid`` exits (``pidfd_open``), or -1
+    where the system has none (its exit is then polled with :func:`reap`)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
+def reap(pid: int) -> int | None:
+    """The exit status of the child ``pid`` if it has exited (negative: the signal that killed
+    it), collected now; ``None`` while it runs.  A child reaped by someone else counts as 0."""
+    try:
+        found, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        found, status = pid, 0
+    if found == 0:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    if trace.enabled():
+        trace.emit(f"waitpid({pid}) = exit status {code}")
+    return code
 
 
 def signal_group(pgid: int, signum: int) -> bool:

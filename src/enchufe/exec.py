@@ -24,9 +24,17 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
-from . import trace
 from ._halfclose import Flow, HalfClose
-from ._spawn import CHILD_EXIT_GRACE, TERMINATE_GRACE, child_environment, group_alive, signal_group, spawn
+from ._spawn import (
+    CHILD_EXIT_GRACE,
+    TERMINATE_GRACE,
+    child_environment,
+    group_alive,
+    open_pidfd,
+    reap,
+    signal_group,
+    spawn,
+)
 from .address import ExecAddress
 from .errors import EnchufeError
 
@@ -77,10 +85,7 @@ class _Child:
         self.stdin_w = stdin_w
         self.stdout_r = stdout_r
         self.status: int | None = None
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):  # no pidfd here: its exit is polled
-            self.pidfd = -1
+        self.pidfd = open_pidfd(pid)  # -1: its exit is polled
 
     def close_pipe(self, fd: int) -> None:
         """Close our end of a pipe (the loop forgets it first: a closed fd may be reused)."""
@@ -105,18 +110,9 @@ class _Child:
 
     def reap(self) -> bool:
         """Collect its exit status if it has exited; True if it has."""
-        if self.status is not None:
-            return True
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # someone else reaped it: its status is lost
-            pid, status = self.pid, 0
-        if pid == 0:
-            return False
-        self.status = os.waitstatus_to_exitcode(status)
-        if trace.enabled():
-            trace.emit(f"waitpid({self.pid}) = exit status {self.status}")
-        return True
+        if self.status is None:
+            self.status = reap(self.pid)
+        return self.status is not None
 
     async def exited(self) -> None:
         """Return once the child has exited, and is reaped."""
