@@ -62,7 +62,7 @@ from .. import _calls, _nonblocking, trace
 from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix datagram is counted as truncated
 from .._calls import new_socket
 from .._resolve import Target
-from .._unixfiles import SocketFile, autobind_unix
+from .._unixfiles import SocketFile
 from .datagram_io import BATCH as BATCH  # for .framed, which reads datagrams as this relay does
 from .datagram_io import (
     GSO_BYTES,
@@ -71,6 +71,7 @@ from .datagram_io import (
     SOCKET_BUFFER,
     Buffer,
     ReadMode,
+    connect_upstream,
     enlarge_buffers,
     recv_into,
     send_datagrams,
@@ -144,19 +145,7 @@ class DatagramRelay(DatagramListener):
     def _open(self, key: Key) -> Upstream:
         target: Target = self.resolver.targets()[0]
         sock = new_socket(target.family, socket.SOCK_DGRAM)
-        owned: SocketFile | None = None
-        try:
-            sock.setblocking(False)
-            if target.family == socket.AF_UNIX:
-                owned = autobind_unix(sock)  # an address for the target to answer
-            enlarge_buffers(sock)
-            _calls.connect(sock, target.sockaddr)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                _calls.close(sock)
-            if owned is not None:
-                owned.release()
-            raise
+        owned = connect_upstream(sock, target)
         session = DatagramUpstream(
             next(self._ids), key, describe_sender(self.listener.family, key), sock, owned
         )

@@ -27,6 +27,8 @@ from typing import Any
 
 from .. import _calls, trace
 from .._calls import recv_datagram_into, send_datagram
+from .._resolve import Target
+from .._unixfiles import SocketFile, autobind_unix
 
 __all__ = [
     "BATCH",
@@ -38,6 +40,7 @@ __all__ = [
     "SOCKET_BUFFER",
     "TRANSIENT",
     "ReadMode",
+    "connect_upstream",
     "enlarge_buffers",
     "recv_into",
     "recvfrom_into",
@@ -142,3 +145,24 @@ def enlarge_buffers(sock: socket.socket) -> None:
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+
+
+def connect_upstream(sock: socket.socket, target: Target) -> SocketFile | None:
+    """Make ``sock`` a datagram upstream connected to ``target``: non-blocking, large buffers,
+    and a unix one auto-bound first, so that the target has an address to answer (the
+    :class:`SocketFile` returned, to release once the socket is closed).  OSError if it cannot:
+    the socket is closed and the binding released then."""
+    owned: SocketFile | None = None
+    try:
+        sock.setblocking(False)
+        if target.family == socket.AF_UNIX:
+            owned = autobind_unix(sock)
+        enlarge_buffers(sock)
+        _calls.connect(sock, target.sockaddr)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _calls.close(sock)
+        if owned is not None:
+            owned.release()
+        raise
+    return owned
