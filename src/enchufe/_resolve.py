@@ -27,28 +27,39 @@ def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
     A wildcard host is only for listening: ``tcp://:P`` is one dual-stack IPv6 socket where the
     host has IPv6, else 0.0.0.0; ``tcp6://:P`` and ``tcp://[::]:P`` are IPv6 only.
     """
-    sock_type = socket.SOCK_STREAM if address.is_stream else socket.SOCK_DGRAM
     if address.host == "":
-        if not passive:
-            raise AddressError(
-                f"{str(address)!r}: a client needs a host to reach, e.g. {address.scheme}://"
-                f"{'[::1]' if address.forced_family == 6 else '127.0.0.1'}:{address.port or 9000}"
-            )
-        if address.forced_family == 4 or (address.forced_family is None and not _has_ipv6()):
-            return [Target(socket.AF_INET, ("0.0.0.0", address.port))]
-        return [
-            Target(
-                socket.AF_INET6,
-                ("::", address.port, 0, 0),
-                dual_stack=address.forced_family is None,
-            )
-        ]
+        return [_wildcard(address, passive=passive)]
     if not passive and address.port == 0:
         raise AddressError(
             f"{str(address)!r}: port 0 only makes sense when listening; name the server's port"
         )
-    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(address.family or 0, socket.AF_UNSPEC)
     literal = address.family is not None and address.forced_family in (None, address.family)
+    targets = _lookup(address, passive=passive, literal=literal)
+    if not literal and trace.enabled():
+        shown = ", ".join(describe_sockaddr(t.family, t.sockaddr) for t in targets)
+        trace.emit(f"getaddrinfo({address.host}, {address.port}) = {shown}")
+    if not targets:
+        raise NameResolutionError(f"cannot resolve {address.host!r} in {address}: no IPv4 or IPv6 address")
+    return targets
+
+
+def _wildcard(address: InetAddress, *, passive: bool) -> Target:
+    """The one socket address a listener on "any host" binds; a client cannot use one."""
+    if not passive:
+        raise AddressError(
+            f"{str(address)!r}: a client needs a host to reach, e.g. {address.scheme}://"
+            f"{'[::1]' if address.forced_family == 6 else '127.0.0.1'}:{address.port or 9000}"
+        )
+    if address.forced_family == 4 or (address.forced_family is None and not _has_ipv6()):
+        return Target(socket.AF_INET, ("0.0.0.0", address.port))
+    return Target(socket.AF_INET6, ("::", address.port, 0, 0), dual_stack=address.forced_family is None)
+
+
+def _lookup(address: InetAddress, *, passive: bool, literal: bool) -> list[Target]:
+    """getaddrinfo() for ``address``: its IPv4 and IPv6 answers, each once, in its order
+    (a ``literal`` host is only parsed, never looked up)."""
+    sock_type = socket.SOCK_STREAM if address.is_stream else socket.SOCK_DGRAM
+    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(address.family or 0, socket.AF_UNSPEC)
     flags = socket.AI_NUMERICHOST if literal else 0
     if passive:
         flags |= socket.AI_PASSIVE
@@ -67,11 +78,6 @@ def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
         target = Target(socket.AddressFamily(fam), sockaddr)
         if target not in targets:
             targets.append(target)
-    if not literal and trace.enabled():
-        shown = ", ".join(describe_sockaddr(t.family, t.sockaddr) for t in targets)
-        trace.emit(f"getaddrinfo({address.host}, {address.port}) = {shown}")
-    if not targets:
-        raise NameResolutionError(f"cannot resolve {address.host!r} in {address}: no IPv4 or IPv6 address")
     return targets
 
 
