@@ -31,8 +31,10 @@ The pieces, one idea per module:
 * :mod:`.stream` — the stream listener handler and the per-client session (connect, half-close,
   reset propagation, idle timeout), with sockets, stdio and exec children as its ends;
 * :mod:`.children` — ``exec:`` children: spawned, watched with pidfds, stopped, always reaped;
-* :mod:`.datagram` — datagram listeners: a session per sender (``enchufe.sessions``), batched
-  reads, UDP GSO sends, truncation counted, idle expiry and eviction; and datagram → stream;
+* :mod:`.datagram_listener` — datagram listeners: a session per sender (``enchufe.sessions``),
+  one receive loop, truncation counted, idle expiry and eviction; :mod:`.datagram_replies`, the
+  replies that wait for the listener; :mod:`.datagram_io`, batched reads and UDP GSO sends;
+* :mod:`.datagram` — datagram → datagram; :mod:`.tunnel` — datagram → stream with ``--frame``;
 * :mod:`.framed` — stream → datagram with ``--frame``;
 * :mod:`.limits` — access rules (pure) and the file-descriptor budget;
 * :mod:`.stats` — counters and their report lines (pure);
