@@ -174,8 +174,7 @@ class FramedDatagramRelay(DatagramListener):
             except BlockingIOError:
                 break
             except OSError as exc:
-                self.stats.reset += 1
-                self.end(session, "target-reset", (exc.strerror or str(exc)).lower())
+                self._reset(session, (exc.strerror or str(exc)).lower())
                 return
             del out[:sent]
         self._watch(session)
@@ -197,10 +196,14 @@ class FramedDatagramRelay(DatagramListener):
         """The stream reported an error: False if it is a real one (the session ends, reset)."""
         code = _pending_error(session.sock)
         if code:
-            self.stats.reset += 1
-            self.end(session, "target-reset", os.strerror(code).lower())
+            self._reset(session, os.strerror(code).lower())
             return False
         return True
+
+    def _reset(self, session: Tunnel, why: str) -> None:
+        """The stream broke (reset, or an error reading or writing it): the session ends."""
+        self.stats.reset += 1
+        self.end(session, "target-reset", why)
 
     def _on_connect(self, session: Tunnel) -> None:
         """The stream's connect finished: the datagrams queued meanwhile go, or it failed."""
@@ -223,8 +226,7 @@ class FramedDatagramRelay(DatagramListener):
         except BlockingIOError:
             return
         except OSError as exc:
-            self.stats.reset += 1
-            self.end(session, "target-reset", (exc.strerror or str(exc)).lower())
+            self._reset(session, (exc.strerror or str(exc)).lower())
             return
         if not n:
             error = None
