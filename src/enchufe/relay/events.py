@@ -15,7 +15,7 @@ log; past that they are counted, and one ``… and K more KIND suppressed`` even
 when the window ends.  With ``-v`` (or ``--json``) every one is shown.
 
 Messages are built from escaped text: whoever builds one passes a peer's name or address
-through :func:`enchufe._text.printable` first (see ``stream._describe_peer``), so that a library
+through :func:`enchufe._text.printable` first (see ``session.describe_peer``), so that a library
 user's sink gets one line per event too.
 """
 

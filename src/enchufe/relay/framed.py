@@ -39,15 +39,14 @@ from .._unixfiles import SocketFile, autobind_unix
 from ..errors import ProtocolError, translate
 from ..framing import HEADER, RAISE_LIMIT_HINT, Framer
 from .datagram import BATCH, STREAM_CHUNK, _enlarge_buffers
-from .engine import ERROR, FAILED, READ, WRITE, Timer
-from .stream import StreamRelay, _describe_peer
+from .engine import ERROR, FAILED, READ, WRITE
+from .session import OPEN, RelaySession, pending_error
+from .stream import StreamRelay
 
 __all__ = ["OUT_HIGH", "FramedStreamRelay", "FramedStreamSession"]
 
 #: Bytes of framed replies kept for a slow client stream before the upstream is no longer read.
 OUT_HIGH = 256 * 1024
-
-_OPEN, _CLOSED = 1, 2
 
 
 class FramedStreamRelay(StreamRelay):
@@ -70,11 +69,10 @@ class FramedStreamRelay(StreamRelay):
                 session.finish()
 
 
-class FramedStreamSession:
+class FramedStreamSession(RelaySession):
     """One client stream ↔ one upstream datagram socket."""
 
     __slots__ = (
-        "_idle_timer",
         "client",
         "client_eof",
         "client_fd",
@@ -82,29 +80,21 @@ class FramedStreamSession:
         "datagrams_to_client",
         "datagrams_to_target",
         "framer",
-        "id",
-        "last_active",
         "out",
         "owned",
-        "peer",
         "pending",
         "refused",
-        "relay",
-        "started",
-        "state",
-        "to_client",
-        "to_target",
         "up_fd",
         "up_mask",
         "upstream",
     )
 
+    relay: FramedStreamRelay
+
     def __init__(self, relay: FramedStreamRelay, conn: socket.socket, peer: Any, session_id: int) -> None:
-        self.relay = relay
+        super().__init__(relay, conn, peer, session_id)
         self.client = conn
         self.client_fd = conn.fileno()
-        self.peer = peer
-        self.id = session_id
         self.upstream: socket.socket | None = None
         self.up_fd = -1
         self.owned: SocketFile | None = None
@@ -116,26 +106,20 @@ class FramedStreamSession:
         self.refused = False
         self.client_mask = -1
         self.up_mask = -1
-        self.state = _OPEN
-        self.started = self.last_active = time.monotonic()
-        self.to_target = self.to_client = 0
+        self.state = OPEN  # nothing to wait for: a datagram socket is connected at once
         self.datagrams_to_target = self.datagrams_to_client = 0
-        self._idle_timer: Timer | None = None
-
-    def peer_label(self) -> str:
-        return _describe_peer(self.client, self.peer)
 
     def start(self) -> None:
         relay = self.relay
-        if relay.events.wants(1):
-            shown = self.peer_label()
-            relay.events("accept", f"accepted {shown} (#{self.id})", level=1, id=self.id, peer=shown)
+        self._announce_accept()
         assert relay.resolver is not None
         try:
             target = relay.resolver.targets()[0]
             sock = new_socket(target.family, socket.SOCK_DGRAM)
         except Exception as exc:
-            self._fail(str(exc) if not isinstance(exc, OSError) else str(translate(exc, "open a socket")))
+            self._fail_target(
+                str(exc) if not isinstance(exc, OSError) else str(translate(exc, "open a socket"))
+            )
             return
         self.upstream = sock
         self.up_fd = sock.fileno()
@@ -146,7 +130,7 @@ class FramedStreamSession:
             _enlarge_buffers(sock)
             _calls.connect(sock, target.sockaddr)
         except OSError as exc:
-            self._fail(str(translate(exc, f"connect to {relay.target_label}")))
+            self._fail_target(str(translate(exc, f"connect to {relay.target_label}")))
             return
         loop = relay.loop
         loop.register(self.client_fd, 0, self._on_client, self.crashed)
@@ -162,30 +146,13 @@ class FramedStreamSession:
                 target=relay.target_label,
                 seconds=0.0,
             )
-        timeout = relay.idle_timeout
-        if timeout:
-            self._idle_timer = loop.call_later(timeout, self._idle_check, self.crashed)
+        self._arm_idle()
         self._update()
-
-    def _fail(self, message: str) -> None:
-        relay = self.relay
-        relay.stats.failed += 1
-        shown = self.peer_label()
-        relay.events.notice(
-            "failed connects",
-            "error",
-            f"enchufe: {message} (client {shown} #{self.id} closed)",
-            id=self.id,
-            peer=shown,
-            target=relay.target_label,
-            error=message,
-        )
-        self._end("target-failed", abortive=True, quiet=True)
 
     # -- readiness
 
     def _update(self) -> None:
-        if self.state != _OPEN:
+        if self.state != OPEN:
             return
         loop = self.relay.loop
         reading = not self.client_eof and self.pending is None
@@ -198,17 +165,11 @@ class FramedStreamSession:
             self.up_mask = mask
             loop.modify(self.up_fd, mask)
 
-    def _socket_failed(self, sock: socket.socket) -> int:
-        try:
-            return _nonblocking.socket_error(sock)
-        except OSError as exc:
-            return exc.errno or errno.EIO
-
     def _on_client(self, events: int) -> None:
-        if self.state != _OPEN:
+        if self.state != OPEN:
             return
         if events & FAILED:
-            code = self._socket_failed(self.client)
+            code = pending_error(self.client)
             if code:
                 self._reset("client-reset", os.strerror(code).lower())
                 return
@@ -255,22 +216,27 @@ class FramedStreamSession:
         self._send_messages()
 
     def _send_messages(self) -> None:
+        """Send the message waiting (if any), then the ones the client's bytes hold, until the
+        target's socket would block (the message kept in :attr:`pending`) or none is left."""
         upstream = self.upstream
         assert upstream is not None
         framer = self.framer
         stats = self.relay.stats
-        while self.pending is None:
-            try:
-                message = framer.next_message()
-            except ProtocolError as exc:
-                self._reset("protocol-error", str(exc))
-                return
+        while True:
+            message = self.pending
             if message is None:
-                return
+                try:
+                    message = framer.next_message()
+                except ProtocolError as exc:
+                    self._reset("protocol-error", str(exc))
+                    return
+                if message is None:
+                    return
             if not self._send_one(upstream, message):
                 self.pending = message
                 return
-            self.last_active = time.monotonic()
+            self.pending = None
+            self._last_active = time.monotonic()
             self.to_target += len(message)
             self.datagrams_to_target += 1
             stats.to_target += len(message)
@@ -328,32 +294,24 @@ class FramedStreamSession:
             )
 
     def _on_upstream(self, events: int) -> None:
-        if self.state != _OPEN:
+        if self.state != OPEN:
             return
         upstream = self.upstream
         assert upstream is not None
         if events & FAILED:
-            code = self._socket_failed(upstream)
+            code = pending_error(upstream)
             if code == errno.ECONNREFUSED:
                 self._refused()
             elif code:
                 self._reset("target-error", os.strerror(code).lower())
                 return
         if events & (WRITE | ERROR) and self.pending is not None:
-            message = self.pending
-            if self._send_one(upstream, message):
-                self.pending = None
-                stats = self.relay.stats
-                self.to_target += len(message)
-                self.datagrams_to_target += 1
-                stats.to_target += len(message)
-                stats.datagrams_to_target += 1
-                self._send_messages()
-                if self.state != _OPEN:
-                    return
+            self._send_messages()
+            if self.state != OPEN:
+                return
         if events & (READ | ERROR) and len(self.out) < OUT_HIGH:
             self._read_upstream(upstream)
-            if self.state != _OPEN:
+            if self.state != OPEN:
                 return
         self._update()
 
@@ -397,7 +355,7 @@ class FramedStreamSession:
             stats.datagrams_to_client += 1
             got = True
         if got:
-            self.last_active = time.monotonic()
+            self._last_active = time.monotonic()
             self._flush()
 
     def _flush(self) -> bool:
@@ -416,25 +374,15 @@ class FramedStreamSession:
 
     # -- timers and ending
 
-    def _idle_check(self) -> None:
-        self._idle_timer = None
-        if self.state != _OPEN:
-            return
-        relay = self.relay
-        timeout = relay.idle_timeout
-        assert timeout is not None
-        left = self.last_active + timeout - time.monotonic()
-        if left > 0:
-            self._idle_timer = relay.loop.call_later(left, self._idle_check, self.crashed)
-            return
-        relay.stats.expired += 1
+    def _idle_expired(self, timeout: float) -> None:
+        self.relay.stats.expired += 1
         self._flush()
-        if self.state == _OPEN:
+        if self.state == OPEN:
             self._end("idle", error=f"no datagram either way for {timeout:g} s (--idle-timeout)")
 
     def finish(self) -> None:
         """End in order: what is buffered for the client is written, then the stream closes."""
-        if self.state == _OPEN and self._flush() and self.state == _OPEN:
+        if self.state == OPEN and self._flush() and self.state == OPEN:
             self._end("done")
 
     def _reset(self, reason: str, error: str) -> None:
@@ -454,30 +402,8 @@ class FramedStreamSession:
             )
         self._end(reason, abortive=True, error=error)
 
-    def cut(self, reason: str) -> None:
-        if self.state == _CLOSED:
-            return
-        self.relay.stats.cut += 1
-        self._end(reason, abortive=True)
-
-    def crashed(self, exc: Exception) -> str:
-        """A handler or timer of this session raised (the engine reports it): end it as a cut,
-        the client reset; the relay serves the others.  Returns what was done."""
-        shown = f"#{self.id} {self.peer_label()}"
-        self.cut("error")
-        return f"closed {shown}, the client reset"
-
-    def _end(
-        self, reason: str, *, abortive: bool = False, error: str | None = None, quiet: bool = False
-    ) -> None:
-        if self.state == _CLOSED:
-            return
-        self.state = _CLOSED
-        relay = self.relay
-        loop = relay.loop
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+    def _release(self, abortive: bool) -> None:
+        loop = self.relay.loop
         loop.forget(self.client_fd)
         with contextlib.suppress(OSError):
             if abortive:
@@ -491,25 +417,14 @@ class FramedStreamSession:
         if self.owned is not None:
             self.owned.release()
             self.owned = None
-        relay.stats.open -= 1
-        relay.session_ended(self, failed=abortive and reason != "shutdown")
-        if not quiet and relay.events.wants(1):
-            seconds = time.monotonic() - self.started
-            shown = self.peer_label()
-            why = f" ({reason}: {error})" if error else ("" if reason == "done" else f" ({reason})")
-            relay.events(
-                "close",
-                f"closed #{self.id} {shown}: {self.datagrams_to_target} datagrams ({self.to_target} bytes) "
-                f"to target, {self.datagrams_to_client} ({self.to_client} bytes) to client in "
-                f"{seconds:.3f} s{why}",
-                level=1,
-                id=self.id,
-                peer=shown,
-                reason=reason,
-                to_target=self.to_target,
-                to_client=self.to_client,
-                datagrams_to_target=self.datagrams_to_target,
-                datagrams_to_client=self.datagrams_to_client,
-                seconds=round(seconds, 6),
-                **({"error": error} if error else {}),
-            )
+
+    def _close_summary(self) -> tuple[str, dict[str, int]]:
+        summary = (
+            f"{self.datagrams_to_target} datagrams ({self.to_target} bytes) to target, "
+            f"{self.datagrams_to_client} ({self.to_client} bytes) to client"
+        )
+        counts = {
+            "datagrams_to_target": self.datagrams_to_target,
+            "datagrams_to_client": self.datagrams_to_client,
+        }
+        return summary, counts

@@ -1,0 +1,403 @@
+"""One client relayed to a stream target: open the target, then two pumps until both are done.
+
+::
+
+    StreamSession (a RelaySession, see :mod:`.session`)
+      ├─ open TARGET: connect (non-blocking, timed), spawn exec:, or stdio
+      ├─ up:   Pump(client → target)
+      └─ down: Pump(target → client)
+
+A session lives until both pumps are done: each direction ends on its own (EOF passed on as
+``shutdown(SHUT_WR)``, or as closing a pipe, once its bytes are delivered), so a target may answer
+long after the client's EOF.  A reset or error on either side ends both at once, and the other
+side is reset too (``SO_LINGER`` 0), so that neither peer mistakes a broken relay for an orderly
+end.
+
+Each end is a :class:`~enchufe.relay.sides.Side`; after every step the interest of both is
+computed in one place (:meth:`StreamSession._update`) and asked of the loop only when it changed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._spawn import CHILD_EXIT_GRACE, socket_environment
+from ..address import ExecAddress, StdioAddress
+from .children import Child
+from .engine import ERROR, FAILED, READ, WRITE, Timer
+from .pump import Pump
+from .session import CLOSED, CONNECTING, OPEN, RelaySession, pending_error
+from .sides import Side, readable, stdio_side
+
+if TYPE_CHECKING:
+    from .stream import StreamRelay
+
+__all__ = ["CHILD_EXIT_RECHECK_MAX", "StreamSession"]
+
+#: Longest pause between two looks at a session whose exited child left output on its way to
+#: a client that reads slowly.
+CHILD_EXIT_RECHECK_MAX = 5.0
+
+
+class StreamSession(RelaySession):
+    """One client relayed to the target: open the target, then two pumps until both are done."""
+
+    __slots__ = ("_child_timer", "_stop_early", "child", "client", "down", "target", "up")
+
+    relay: StreamRelay
+    crash_outcome = "both peers reset"
+
+    def __init__(
+        self, relay: StreamRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int
+    ) -> None:
+        super().__init__(relay, client_sock, peer, session_id)
+        self.client = client
+        self.target: Side | None = None
+        self.child: Child | None = None
+        self.up: Pump | None = None
+        self.down: Pump | None = None
+        #: a terminal at either end: the session may end before both pumps are done
+        self._stop_early = False
+        self._child_timer: Timer | None = None
+
+    # -- opening the target
+
+    def start(self) -> None:
+        relay = self.relay
+        self._announce_accept()
+        client = self.client
+        if client.sock is not None:
+            # Registered with an empty mask: a client that resets while we connect is noticed.
+            relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
+            client.mask = 0
+        target = relay.target
+        if isinstance(target, ExecAddress):
+            self._spawn(target)
+        elif isinstance(target, StdioAddress):
+            self.target = stdio_side()
+            self._connected()
+        else:
+            self._open_targets()
+
+    def _spawn(self, program: ExecAddress) -> None:
+        relay = self.relay
+        try:
+            env = socket_environment(self.client_sock, self.peer, relay.local)
+            child = relay.children.spawn(program, env, session_id=self.id)
+        except (OSError, ValueError) as exc:  # this client only: the relay serves on
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._fail_target(f"cannot run {program}: {reason.lower()}")
+            return
+        self.child = child
+        child.on_exit = lambda: self._child_exited(CHILD_EXIT_GRACE)
+        self.target = Side(rfd=child.stdout_r, wfd=child.stdin_w)
+        if relay.events.wants(1):
+            relay.events(
+                "exec",
+                f"#{self.id} started {program} (pid {child.pid})",
+                level=1,
+                id=self.id,
+                target=relay.target_label,
+                pid=child.pid,
+            )
+        self._connected(announce=False)
+
+    def _target_opened(self, sock: socket.socket) -> None:
+        self.target = Side(sock)
+
+    def _wait_connect(self) -> None:
+        side = self.target
+        assert side is not None
+        side.want(
+            self.relay.loop, WRITE, False, self._on_target, self._on_target, self._on_target, self.crashed
+        )
+
+    def _drop_target(self) -> None:
+        if self.target_sock is not None:
+            super()._drop_target()
+            self.target = None
+
+    def _connected(self, *, announce: bool = True) -> None:
+        relay = self.relay
+        self._connect_done()
+        client, target = self.client, self.target
+        assert target is not None
+        self.up = self._pump(client, target)
+        self.down = self._pump(target, client)
+        self._stop_early = client.stop_at_peer_eof or target.stop_at_peer_eof
+        if announce and relay.events.wants(1):
+            seconds = time.monotonic() - self.started
+            relay.events(
+                "connect",
+                f"#{self.id} connected to {relay.target_label} in {seconds * 1000:.1f} ms",
+                level=1,
+                id=self.id,
+                target=relay.target_label,
+                seconds=round(seconds, 6),
+            )
+        self._arm_idle()
+        if client.sock is None or target.sock is None:
+            # Descriptors epoll cannot watch for us yet (a file as stdin is always ready, a
+            # pipe may hold bytes already): step once now, as if everything were ready.
+            self._step(1, 1)
+            return
+        # A client usually sends its request right after connecting: it is likely waiting
+        # already, and reading it now saves a turn of the loop.
+        self._step(1, 0)
+
+    def _pump(self, src: Side, dst: Side) -> Pump:
+        """The pump from ``src`` to ``dst``: its EOF passed on as ``dst``'s write side shut."""
+        relay = self.relay
+        loop = relay.loop
+        return Pump(
+            src.rfd,
+            dst.wfd,
+            relay.pools,
+            use_splice=relay.use_splice,
+            finish=lambda: dst.shut_write(loop),
+            dst_is_pipe=not dst.is_socket,
+            bulk=_is_tcp(dst.sock),
+        )
+
+    # -- readiness
+
+    def _on_client(self, events: int) -> None:
+        if self.state != OPEN:
+            if self.state == CONNECTING:  # only errors are asked for while connecting
+                self._client_gone_while_connecting()
+            return
+        if events & FAILED and self._failed(self.client_sock, "client"):
+            return
+        self._step(events & (READ | ERROR), events & (WRITE | ERROR))
+
+    def _on_target(self, events: int) -> None:
+        if self.state != OPEN:
+            if self.state == CONNECTING:
+                self._connect_ready()
+            return
+        if events & FAILED and self._failed(self.target_sock, "target"):
+            return
+        self._step(events & (WRITE | ERROR), events & (READ | ERROR))
+
+    # Descriptor sides: one handler per descriptor.
+    def _on_client_read(self, events: int) -> None:
+        if self.state == OPEN:
+            self._step(1, 0)
+
+    def _on_client_write(self, events: int) -> None:
+        if self.state == OPEN:
+            self._step(0, 1)
+
+    def _on_target_read(self, events: int) -> None:
+        if self.state == OPEN:
+            self._step(0, 1)
+
+    def _on_target_write(self, events: int) -> None:
+        if self.state == OPEN:
+            self._step(1, 0)
+
+    def _failed(self, sock: socket.socket | None, side: str) -> bool:
+        """EPOLLERR: end the session if the socket really has an error (a reset), which may be
+        on a side neither pump is using right now."""
+        assert sock is not None
+        code = pending_error(sock)
+        if not code:
+            return False
+        self.relay.stats.reset += 1
+        self._end(f"{side}-reset", abortive=True, error=os.strerror(code).lower())
+        return True
+
+    def _client_gone_while_connecting(self) -> None:
+        assert self.client_sock is not None
+        code = pending_error(self.client_sock)
+        self.relay.stats.reset += 1
+        self._end("client-reset", abortive=True, error=os.strerror(code) if code else "client hung up")
+
+    def _step(self, run_up: int, run_down: int) -> None:
+        up = self.up
+        down = self.down
+        assert up is not None and down is not None
+        stats = self.relay.stats
+        pump = up
+        active = False
+        try:
+            if run_up:
+                eof = up.eof
+                moved = up.run()
+                if moved:
+                    self.to_target += moved
+                    stats.to_target += moved
+                    active = True
+                if up.eof != eof:
+                    self._on_eof(self.client, "client")
+            if run_down:
+                pump = down
+                eof = down.eof
+                moved = down.run()
+                if moved:
+                    self.to_client += moved
+                    stats.to_client += moved
+                    active = True
+                if down.eof != eof:
+                    self._on_eof(self.target, "target")
+        except OSError as exc:
+            self._reset(pump, exc)
+            return
+        if active and self.relay.idle_timeout:
+            self._last_active = time.monotonic()
+        if (up.done and down.done) or (self._stop_early and self._terminal_done(up, down)):
+            self._end("done")
+            return
+        self._update(up, down)
+
+    def _terminal_done(self, up: Pump, down: Pump) -> bool:
+        """A terminal on the other side of a finished direction may never send its EOF."""
+        target = self.target
+        return (down.done and self.client.stop_at_peer_eof) or (
+            up.done and target is not None and target.stop_at_peer_eof
+        )
+
+    def _on_eof(self, side: Side | None, name: str) -> None:
+        """``side`` finished sending: a descriptor it was read through is closed (a pipe whose
+        writer is gone would report EPOLLHUP whatever the mask), and it is said at -vv."""
+        if side is not None:
+            side.close_read(self.relay.loop)
+        events = self.relay.events
+        if events.wants(2):
+            sent = self.to_target if name == "client" else self.to_client
+            other = "target" if name == "client" else "client"
+            events(
+                "eof",
+                f"#{self.id} {name} finished sending after {sent} bytes; shutting down the write side "
+                f"towards the {other} once they are delivered",
+                level=2,
+                id=self.id,
+                side=name,
+                bytes=sent,
+            )
+
+    def _reset(self, pump: Pump, exc: OSError) -> None:
+        side = (
+            ("client" if pump.failed_on == "read" else "target")
+            if pump is self.up
+            else ("target" if pump.failed_on == "read" else "client")
+        )
+        self.relay.stats.reset += 1
+        reason = exc.strerror or str(exc)
+        self._end(f"{side}-reset", abortive=True, error=reason.lower())
+
+    def _update(self, up: Pump, down: Pump) -> None:
+        """The interest in each side after a step: asked of the loop where it changed."""
+        # Pump.wants_read, inlined: this runs after every step of every connection.  A full
+        # buffer or pipe means no read interest, whatever the mode (a bulk buffer is used while
+        # use_splice holds): otherwise a stalled reader makes every wake-up a futile write.
+        view = up.view
+        up_read = not (up.eof or up.stalled) and (
+            (up.pipe is None or up.in_flight < up.pipe.capacity) if view is None else up.end < len(view)
+        )
+        view = down.view
+        down_read = not (down.eof or down.stalled) and (
+            (down.pipe is None or down.in_flight < down.pipe.capacity)
+            if view is None
+            else down.end < len(view)
+        )
+        side = self.client
+        mask = (READ if up_read else 0) | (WRITE if down.in_flight else 0)
+        if mask != side.mask:
+            side.want(
+                self.relay.loop,
+                mask,
+                down.done,
+                self._on_client,
+                self._on_client_read,
+                self._on_client_write,
+                self.crashed,
+            )
+        side = self.target  # type: ignore[assignment]  # set while relaying
+        mask = (READ if down_read else 0) | (WRITE if up.in_flight else 0)
+        if mask != side.mask:
+            side.want(
+                self.relay.loop,
+                mask,
+                up.done,
+                self._on_target,
+                self._on_target_read,
+                self._on_target_write,
+                self.crashed,
+            )
+
+    # -- timers
+
+    def _idle_expired(self, timeout: float) -> None:
+        self.relay.stats.cut += 1
+        self._end("idle", abortive=True, error=f"no traffic for {timeout:g} s (--idle-timeout)")
+
+    def _child_exited(self, delay: float, check: bool = False) -> None:
+        """The exec: child has exited: once what it wrote is through (``delay`` seconds later,
+        then less and less often while a slow client still reads it), the session is over, even
+        if a process the child left behind holds its stdout open, so that no EOF would come."""
+        self._child_timer = None
+        if self.state == CLOSED:
+            return
+        if check and self.down is not None and self.target is not None:
+            if self._child_output_through(self.down, self.target):
+                return
+            delay = min(delay * 2, CHILD_EXIT_RECHECK_MAX)
+        self._child_timer = self.relay.loop.call_later(
+            delay, lambda: self._child_exited(delay, check=True), self.crashed
+        )
+
+    def _child_output_through(self, down: Pump, target: Side) -> bool:
+        """Whether the exited child's session needs no more looks (it ended, or goes on as a
+        half-closed one); False while its output is still on its way."""
+        if down.done:
+            return True  # its output's EOF came: the session goes on as any half-closed one
+        if down.in_flight > 0 or (target.rfd >= 0 and readable(target.rfd)):
+            return False
+        relay = self.relay
+        if relay.events.wants(1):
+            assert self.child is not None
+            relay.events(
+                "exec",
+                f"#{self.id} {relay.target_label} exited, but a process it started holds "
+                "its output open: closing",
+                level=1,
+                id=self.id,
+                pid=self.child.pid,
+            )
+        self._end("done")
+        return True
+
+    # -- ending
+
+    def _close_leftovers(self) -> None:
+        loop = self.relay.loop
+        for side in (self.client, self.target):
+            if side is not None and (side.sock is None or side.sock.fileno() >= 0):
+                side.close(loop, abortive=True)
+
+    def _release(self, abortive: bool) -> None:
+        relay = self.relay
+        if self._child_timer is not None:
+            self._child_timer.cancel()
+            self._child_timer = None
+        for pump in (self.up, self.down):
+            if pump is not None:
+                pump.discard()
+        loop = relay.loop
+        self.client.close(loop, abortive=abortive)
+        if self.target is not None:
+            self.target.close(loop, abortive=abortive)
+        if self.child is not None:  # its group goes with the session (at once, if it broke)
+            if abortive:
+                relay.children.terminate(self.child)
+            else:
+                relay.children.release(self.child)
+
+
+def _is_tcp(sock: socket.socket | None) -> bool:
+    """Whether a pump towards ``sock`` should copy through bulk buffers (see :mod:`.pump`)."""
+    return sock is not None and sock.family != socket.AF_UNIX
