@@ -8,8 +8,10 @@
     measures.py   the measurement loops: what is timed, and how
     servers.py    bench's own servers (sink, echo, accept-close, counting sink), in a child process
     process.py    starting and talking to that child process
-    runner.py     options, the plan of measures, running it
-    report.py     the table and the progress bar (rich, imported only here)
+    options.py    the options, their defaults and limits, checked before any socket is opened
+    runner.py     the plan of measures, running it
+    progress.py   the live progress bar on stderr (rich, imported only when drawn)
+    report.py     the tables (rich when installed, plain text otherwise)
     plot.py       ``--plot FILE.png`` (matplotlib, an optional extra)
     compare.py    ``--compare FILE.json``: the difference to an earlier run
     command.py    the one call the CLI makes: check, measure, print (exit status)

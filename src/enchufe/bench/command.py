@@ -11,57 +11,59 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from .._text import printable
 from ..errors import UsageError
 from . import compare as compare_mod
 from . import runner
+from .compare import Change
+from .results import BenchRun
 
-__all__ = ["main"]
+__all__ = ["Request", "main"]
 
 
-def main(
-    addresses: tuple[str, ...],
-    *,
-    mode: str | None,
-    kinds: tuple[str, ...],
-    duration: float | None,
-    count: int | None,
-    size: int | None,
-    parallel: int | None,
-    sink: bool,
-    as_json: bool,
-    plot: str | None,
-    compare: str | None,
-    quiet: bool,
-) -> int:
+@dataclass(frozen=True)
+class Request:
+    """What the command line asked for, numbers already checked by the CLI's types."""
+
+    addresses: tuple[str, ...] = ()
+    mode: str | None = None
+    kinds: tuple[str, ...] = ()
+    duration: float | None = None
+    count: int | None = None
+    size: int | None = None
+    parallel: int | None = None
+    sink: bool = False
+    as_json: bool = False
+    plot: str | None = None
+    compare: str | None = None
+    quiet: bool = False
+
+
+def main(request: Request) -> int:
     """Run ``enchufe bench``; returns the exit status."""
     options = runner.parse_options(
-        addresses,
-        mode=mode,
-        kinds=kinds,
+        request.addresses,
+        mode=request.mode,
+        kinds=request.kinds,
         # The CLI has checked the numbers already; the runner checks them again, as text.
-        duration=_text(duration),
-        count=_text(count),
-        size=_text(size),
-        parallel=_text(parallel),
-        sink=sink,
+        duration=_text(request.duration),
+        count=_text(request.count),
+        size=_text(request.size),
+        parallel=_text(request.parallel),
+        sink=request.sink,
     )
+    plot, compare = request.plot, request.compare
     if plot is not None:
-        from . import plot as plot_mod
-
-        plot_mod.require()
-        if not plot.lower().endswith(".png"):
-            raise UsageError(f"--plot writes a PNG: give a file name ending in .png, not {plot!r}")
-        folder = os.path.dirname(os.path.abspath(plot))
-        if not os.path.isdir(folder):
-            raise UsageError(f"--plot {plot}: the folder {folder} does not exist")
+        _check_plot(plot)
     before = compare_mod.load(compare) if compare is not None else None
 
-    from .report import make_progress, print_report
+    from .progress import make_progress
+    from .report import print_report
 
-    progress = make_progress(enabled=not quiet and sys.stderr.isatty())
+    progress = make_progress(enabled=not request.quiet and sys.stderr.isatty())
     bench = runner.run(options, progress)
 
     changes = compare_mod.compare(before, bench.to_dict()) if before is not None else None
@@ -69,22 +71,38 @@ def main(
         from . import plot as plot_mod
 
         plot_mod.draw(bench, plot)
-    if as_json:
-        document: dict[str, Any] = bench.to_dict()
-        if changes is not None:
-            document["compare"] = {"file": compare, "changes": [c.to_dict() for c in changes]}
-        if plot is not None:
-            document["plot"] = plot
-        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+    if request.as_json:
+        _print_json(bench, changes, request)
     elif any(t.throughput or t.latency or t.connect or t.datagram for t in bench.targets):
         print_report(bench, changes=changes, source=compare or "")
-        if plot is not None and not quiet:
+        if plot is not None and not request.quiet:
             sys.stderr.write(f"plot written to {printable(plot)}\n")
     for error in bench.errors:
         sys.stderr.write(f"enchufe: {printable(str(error))}\n")
     sys.stderr.flush()
     return 1 if bench.errors else 0
+
+
+def _check_plot(plot: str) -> None:
+    """--plot FILE.png can be written: matplotlib is there, the name ends in .png, the folder exists."""
+    from . import plot as plot_mod
+
+    plot_mod.require()
+    if not plot.lower().endswith(".png"):
+        raise UsageError(f"--plot writes a PNG: give a file name ending in .png, not {plot!r}")
+    folder = os.path.dirname(os.path.abspath(plot))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--plot {plot}: the folder {folder} does not exist")
+
+
+def _print_json(bench: BenchRun, changes: list[Change] | None, request: Request) -> None:
+    document: dict[str, Any] = bench.to_dict()
+    if changes is not None:
+        document["compare"] = {"file": request.compare, "changes": [c.to_dict() for c in changes]}
+    if request.plot is not None:
+        document["plot"] = request.plot
+    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _text(value: float | None) -> str | None:

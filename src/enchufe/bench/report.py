@@ -1,11 +1,10 @@
-"""The table and the progress bar: rich when it is installed, plain text otherwise.
+"""The tables: rich when it is installed, plain text otherwise.
 
 The tables are built as plain rows of strings first (:func:`tables`), so what they say does not
 depend on how they are drawn.  rich is imported only by the functions that draw, and only when
 ``enchufe bench`` runs.
 
-The progress bar redraws only between measures, never during one: a refresh thread would take
-the GIL from the client in the middle of a latency test and show up in its tail.
+The progress bar is :mod:`.progress`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any, TextIO
 from .compare import Change
 from .results import BenchRun, TargetResult
 
-__all__ = ["Grid", "make_progress", "print_report", "tables"]
+__all__ = ["Grid", "print_report", "tables"]
 
 
 @dataclass
@@ -271,64 +270,3 @@ def _print_plain(grids: list[Grid], out: TextIO) -> None:
             out.write(note + "\n")
         out.write("\n")
     out.flush()
-
-
-# ---------------------------------------------------------------------------- progress
-
-
-class _RichProgress:
-    """A progress bar on stderr, redrawn between measures only (see the module docstring)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            auto_refresh=False,
-            transient=True,
-        )
-        self._task: Any = None
-        self._steps = 0
-
-    def begin(self, total: int) -> None:
-        self._bar.start()
-        self._task = self._bar.add_task("starting bench's servers", total=total)
-        self._bar.refresh()
-
-    def step(self, label: str) -> None:
-        if self._steps:
-            self._bar.advance(self._task)
-        self._steps += 1
-        self._bar.update(self._task, description=label)
-        self._bar.refresh()
-
-    def end(self) -> None:
-        if self._task is not None:
-            self._bar.update(self._task, completed=self._steps)
-        self._bar.stop()
-
-
-class _NoProgress:
-    def begin(self, total: int) -> None:
-        pass
-
-    def step(self, label: str) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
-def make_progress(enabled: bool) -> _RichProgress | _NoProgress:
-    """A live bar on stderr when ``enabled`` (a terminal, not --quiet) and rich is installed."""
-    if not enabled:
-        return _NoProgress()
-    try:
-        return _RichProgress()
-    except ImportError:
-        return _NoProgress()

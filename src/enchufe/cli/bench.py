@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..bench.runner import MAX_COUNT, MAX_DURATION, MAX_PARALLEL, MAX_STREAM_SIZE
+from ..bench.options import MAX_COUNT, MAX_DURATION, MAX_PARALLEL, MAX_STREAM_SIZE
 from ._common import global_options, settings, stop_on_sigterm
 from ._numbers import BoundedInt, FiniteFloat
 
@@ -85,11 +85,11 @@ def command(
       # an echo server that already runs, its figures kept as JSON for a later --compare
       enchufe bench tcp://127.0.0.1:7000 --json > before.json
     """
-    from ..bench.command import main
+    from ..bench.command import Request, main
 
     # A closed terminal (SIGHUP) or SIGTERM stops the run as Ctrl-C does, cleaning up.
     stop_on_sigterm()
-    return main(
+    request = Request(
         addresses,
         mode=mode,
         kinds=kinds,
@@ -103,3 +103,4 @@ def command(
         compare=compare,
         quiet=settings.quiet,
     )
+    return main(request)
