@@ -45,3 +45,24 @@ def test_a_burst_with_empty_datagrams_arrives_whole_each_way(start_relay: StartR
                 for data in BURST:
                     target.sock.sendto(data, upstream)
             assert [client.recv(100) for _ in BURST] == BURST
+
+
+def test_a_burst_of_one_size_goes_in_one_send_each_way(start_relay: StartRelay) -> None:
+    """Runs are what makes a UDP burst cheap: one ``sendmsg`` (UDP_SEGMENT) per run, narrated as
+    such, and the datagrams still arrive one by one, the shorter last one included."""
+    burst = [bytes([n]) * 100 for n in range(5)] + [b"z" * 40]
+    with DatagramTarget("udp://127.0.0.1:0", respond=lambda _data, _sender: None) as target:
+        relay = start_relay("udp://127.0.0.1:0", target.address, "--trace")
+        with datagram_socket(relay.address, timeout=WAIT) as client:
+            with _paused(relay):
+                for data in burst:
+                    client.send(data)
+            assert target.wait_received(len(burst), timeout=WAIT) == burst
+            relay.wait_err(r"^sendmsg\(fd \d+, 6 datagrams of 100 bytes, UDP_SEGMENT\) = 540$", timeout=WAIT)
+            upstream = target.received[0][1]
+            with _paused(relay):
+                for data in reversed(burst):
+                    target.sock.sendto(data, upstream)
+            assert [client.recv(200) for _ in burst] == list(reversed(burst))
+        # the replies: a run of one datagram of 40 bytes goes alone, the five of 100 in one send
+        relay.wait_err(r"^sendmsg\(fd \d+, 5 datagrams of 100 bytes, UDP_SEGMENT\) = 500$", timeout=WAIT)
