@@ -38,10 +38,11 @@ from .._calls import new_socket, recv_datagram_into, send_datagram
 from .._unixfiles import SocketFile, autobind_unix
 from ..errors import ProtocolError, translate
 from ..framing import HEADER, RAISE_LIMIT_HINT, Framer
-from .datagram import BATCH, STREAM_CHUNK, _enlarge_buffers
+from .datagram_io import BATCH, enlarge_buffers
 from .engine import ERROR, FAILED, READ, WRITE
 from .session import OPEN, RelaySession, pending_error
 from .stream import StreamRelay
+from .tunnel import STREAM_CHUNK  # the same reads of a stream as the other end's
 
 __all__ = ["OUT_HIGH", "FramedStreamRelay", "FramedStreamSession"]
 
@@ -127,7 +128,7 @@ class FramedStreamSession(RelaySession):
             sock.setblocking(False)
             if target.family == socket.AF_UNIX:
                 self.owned = autobind_unix(sock)
-            _enlarge_buffers(sock)
+            enlarge_buffers(sock)
             _calls.connect(sock, target.sockaddr)
         except OSError as exc:
             self._fail_target(str(translate(exc, f"connect to {relay.target_label}")))
