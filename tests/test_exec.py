@@ -526,3 +526,45 @@ def test_a_child_that_stops_reading_does_not_stop_its_output(exec_server: Callab
         conn.send_all(b"x" * 1000)  # one read for the server, which then has nowhere to put it
         assert read_to_eof(conn) == b"still here\n"
     assert server.status() == 7
+
+
+def test_without_pidfds_the_childs_exit_is_polled(
+    loop_flavour: str, make_address: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a system without pidfd_open the exit is looked for now and then: same status, same end."""
+    monkeypatch.setattr("enchufe.exec.open_pidfd", lambda pid: -1)
+
+    async def main() -> None:
+        async with (
+            await aio.listen(make_address("unix")) as listener,
+            await aio.connect(connectable(listener.address)) as client,
+            await listener.accept() as conn,
+        ):
+            await client.shutdown_write()
+            assert await run_exec(conn, ExecAddress(("sh", "-c", "echo bye; exit 3"))) == 3
+            assert await client.recv_until(b"\n") == b"bye\n"
+
+    run_on(loop_flavour, main)
+
+
+def cpu_seconds() -> float:
+    """utime + stime of this process (the server thread included), from /proc."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_session_waiting_for_the_peer_after_the_child_exited_costs_no_cpu(
+    exec_server: Callable[..., ExecServer],
+) -> None:
+    """The child has exited and its output is through; the peer keeps its side open a while:
+    the session waits for it without spinning."""
+    server = exec_server(ExecAddress(("sh", "-c", "echo bye")))
+    with server.connect() as conn:
+        assert read_to_eof(conn) == b"bye\n"
+        before = cpu_seconds()
+        time.sleep(1.5)  # the server waits for our EOF meanwhile
+        spent = cpu_seconds() - before
+        conn.shutdown_write()
+    assert server.status() == 0
+    assert spent < 0.3, f"{spent:.2f} s of CPU while waiting"

@@ -211,6 +211,7 @@ class _ExecPump:
 
     def _held_open(self) -> bool:
         if not self.exit_task.done() or self.copy.outgoing.done:
+            self.quiet = None  # nothing to look at (no timeout in _wait)
             return False
         moved, now = self.copy.outgoing.moved, self.loop.time()
         if self.quiet is None or self.quiet[0] != moved or self.copy.outgoing.wants_write:
@@ -257,7 +258,9 @@ class _ExecPump:
 
     async def _wait(self) -> None:
         waited: set[asyncio.Future[Any]] = {self.wake}
-        waited.update(task for task in (self.recv_task, self.send_task, self.exit_task) if task is not None)
+        waited.update(task for task in (self.recv_task, self.send_task) if task is not None)
+        if not self.exit_task.done():  # once it is, it would wake us at once, again and again
+            waited.add(self.exit_task)
         timeout = None
         if self.quiet is not None:  # the child has exited: look at its output again in time
             timeout = max(0.0, self.quiet[1] + CHILD_EXIT_GRACE - self.loop.time())

@@ -5,7 +5,9 @@ while nothing is waiting to be sent (backpressure), reading the socket whenever 
 that a peer that talks while we send never deadlocks against us.  Half-close is exact: stdin's
 EOF becomes ``shutdown(SHUT_WR)`` and the socket is read on until the peer closes; the peer's
 EOF ends the session once stdin is done too (or at once when stdin is a terminal, where no EOF
-may ever come).
+may ever come).  The policy (backpressure, half-close, the terminal's missing EOF, the idle
+timeout, the ``--crlf`` and ``--hex`` hooks) is :mod:`enchufe._halfclose`'s, shared with
+``listen --exec``; this module only waits and does the I/O.
 """
 
 from __future__ import annotations
