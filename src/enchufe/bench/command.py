@@ -61,7 +61,6 @@ def main(request: Request) -> int:
     before = compare_mod.load(compare) if compare is not None else None
 
     from .progress import make_progress
-    from .report import print_report
 
     progress = make_progress(enabled=not request.quiet and sys.stderr.isatty())
     bench = runner.run(options, progress)
@@ -71,16 +70,23 @@ def main(request: Request) -> int:
         from . import plot as plot_mod
 
         plot_mod.draw(bench, plot)
+    _show(bench, changes, request)
+    return 1 if bench.errors else 0
+
+
+def _show(bench: BenchRun, changes: list[Change] | None, request: Request) -> None:
+    """The figures on stdout (JSON or tables), then each failed measure on stderr."""
+    from .report import print_report
+
     if request.as_json:
         _print_json(bench, changes, request)
     elif any(t.throughput or t.latency or t.connect or t.datagram for t in bench.targets):
-        print_report(bench, changes=changes, source=compare or "")
-        if plot is not None and not request.quiet:
-            sys.stderr.write(f"plot written to {printable(plot)}\n")
+        print_report(bench, changes=changes, source=request.compare or "")
+        if request.plot is not None and not request.quiet:
+            sys.stderr.write(f"plot written to {printable(request.plot)}\n")
     for error in bench.errors:
         sys.stderr.write(f"enchufe: {printable(str(error))}\n")
     sys.stderr.flush()
-    return 1 if bench.errors else 0
 
 
 def _check_plot(plot: str) -> None:

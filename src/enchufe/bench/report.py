@@ -67,6 +67,29 @@ def _measured_nothing(target: TargetResult) -> bool:
 
 def tables(run: BenchRun) -> list[Grid]:
     """The report as text tables: every target, then the datagram details."""
+    main = _without_empty_columns(_main_grid(run))
+    grids = [main] if len(main.columns) > 1 else []
+    datagrams = _datagram_grid(run)
+    if not grids:  # nothing but datagram rates measured: their table carries the notes
+        datagrams.notes = main.notes
+    if datagrams.rows:
+        method = {r.method for t in run.targets for r in t.datagram}
+        datagrams.notes.append(
+            "received: distinct sequence numbers "
+            + (
+                "that bench's receiver (a separate process) counted"
+                if method == {"sink"}
+                else "of the echoes that came back (loss either way counts)"
+            )
+            + "; UDP drops what the receiver cannot take in time, unix datagram sockets make the "
+            "sender wait instead"
+        )
+        grids.append(datagrams)
+    return grids
+
+
+def _main_grid(run: BenchRun) -> Grid:
+    """Every target's stream figures and latency, one row each (empty columns still in)."""
     parallel = run.settings.parallel
     main = Grid(
         "enchufe bench, " + ("loopback" if _loopback(run) else "servers given"),
@@ -81,31 +104,40 @@ def tables(run: BenchRun) -> list[Grid]:
             "max",
         ],
     )
-    for target in run.targets:
-        if target.skipped or (target.errors and _measured_nothing(target)):
-            main.rows.append([target.name, "skipped" if target.skipped else "failed", "", "", "", "", "", ""])
-            continue
-        single = next((t for t in target.throughput if t.connections == 1), None)
-        multi = next((t for t in target.throughput if t.connections > 1), None)
-        row = [target.name]
-        if target.stream:
-            row.append(_mb(single.mb_per_s) if single else _failed(target, "throughput, 1 connection"))
-            row.append(
-                _mb(multi.mb_per_s) if multi else _failed(target, f"throughput, {parallel} connections")
-            )
-            row.append(_rate(target.connect.per_s) if target.connect else _failed(target, "connection rate"))
-        else:
-            row += [NA, NA, NA]
-        latency = target.latency
-        if latency:
-            s = latency.summary
-            row += [_us(s.p50_us), _us(s.p90_us), _us(s.p99_us), _us(s.max_us)]
-        else:
-            row += [_failed(target, "latency"), "", "", ""]
-        main.rows.append(row)
+    main.rows = [_main_row(target, parallel) for target in run.targets]
     main.notes = _notes(run)
-    main = _without_empty_columns(main)
-    grids = [main] if len(main.columns) > 1 else []
+    return main
+
+
+def _main_row(target: TargetResult, parallel: int) -> list[str]:
+    if target.skipped or (target.errors and _measured_nothing(target)):
+        return [target.name, "skipped" if target.skipped else "failed", "", "", "", "", "", ""]
+    return [target.name, *_stream_cells(target, parallel), *_latency_cells(target)]
+
+
+def _stream_cells(target: TargetResult, parallel: int) -> list[str]:
+    """MB/s with one connection and with ``parallel``, and connections per second."""
+    if not target.stream:
+        return [NA, NA, NA]
+    single = next((t for t in target.throughput if t.connections == 1), None)
+    multi = next((t for t in target.throughput if t.connections > 1), None)
+    return [
+        _mb(single.mb_per_s) if single else _failed(target, "throughput, 1 connection"),
+        _mb(multi.mb_per_s) if multi else _failed(target, f"throughput, {parallel} connections"),
+        _rate(target.connect.per_s) if target.connect else _failed(target, "connection rate"),
+    ]
+
+
+def _latency_cells(target: TargetResult) -> list[str]:
+    """The round trip's p50, p90, p99 and maximum, in µs."""
+    if not target.latency:
+        return [_failed(target, "latency"), "", "", ""]
+    s = target.latency.summary
+    return [_us(s.p50_us), _us(s.p90_us), _us(s.p99_us), _us(s.max_us)]
+
+
+def _datagram_grid(run: BenchRun) -> Grid:
+    """A row per datagram size measured (or failed) for each target."""
     datagrams = Grid(
         "datagrams: sent as fast as the socket takes them",
         ["kind" if _loopback(run) else "address", "payload", "sent/s", "received/s", "lost", "MB/s received"],
@@ -126,22 +158,7 @@ def tables(run: BenchRun) -> list[Grid]:
             if error.startswith("datagrams of"):
                 size = error.split(" ", 3)[2]
                 datagrams.rows.append([target.name, f"{size} B", "failed", "", "", ""])
-    if not grids:  # nothing but datagram rates measured: their table carries the notes
-        datagrams.notes = main.notes
-    if datagrams.rows:
-        method = {r.method for t in run.targets for r in t.datagram}
-        datagrams.notes.append(
-            "received: distinct sequence numbers "
-            + (
-                "that bench's receiver (a separate process) counted"
-                if method == {"sink"}
-                else "of the echoes that came back (loss either way counts)"
-            )
-            + "; UDP drops what the receiver cannot take in time, unix datagram sockets make the "
-            "sender wait instead"
-        )
-        grids.append(datagrams)
-    return grids
+    return datagrams
 
 
 def _without_empty_columns(grid: Grid) -> Grid:
@@ -160,12 +177,25 @@ def _loopback(run: BenchRun) -> bool:
 
 
 def _notes(run: BenchRun) -> list[str]:
-    s = run.settings
     m = run.machine
     notes = [
         f"server: {run.arrangement.get('server', '?')}",
         f"client: {run.arrangement.get('client', '?')}",
+        *_method_notes(run),
     ]
+    load = f", load {m.load_1m:g} at start" if m.load_1m is not None else ""
+    notes.append(
+        f"machine: {m.cores} cores, {m.system} {m.kernel}, {m.implementation} {m.python}{load}; "
+        "other work on the machine moves these figures"
+    )
+    notes += [f"{target.name} skipped: {target.skipped}" for target in run.targets if target.skipped]
+    return notes
+
+
+def _method_notes(run: BenchRun) -> list[str]:
+    """How throughput, latency and the connection rate were measured (those that were)."""
+    s = run.settings
+    notes = []
     methods = {t.method for target in run.targets for t in target.throughput}
     if methods:
         how = " and ".join(sorted(methods))
@@ -183,14 +213,6 @@ def _notes(run: BenchRun) -> list[str]:
         )
     if any(t.connect for t in run.targets):
         notes.append("conn/s: connect, accept, close on both sides, one connection after another")
-    load = f", load {m.load_1m:g} at start" if m.load_1m is not None else ""
-    notes.append(
-        f"machine: {m.cores} cores, {m.system} {m.kernel}, {m.implementation} {m.python}{load}; "
-        "other work on the machine moves these figures"
-    )
-    for target in run.targets:
-        if target.skipped:
-            notes.append(f"{target.name} skipped: {target.skipped}")
     return notes
 
 
@@ -236,17 +258,25 @@ def _print_rich(grids: list[Grid], out: TextIO, changes: list[Change] | None) ->
         for i, column in enumerate(grid.columns):
             table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in grid.rows:
-            cells: list[Any] = list(row)
             verdict = verdicts.get(row[0]) if grid.title.startswith("compared") else None
-            if verdict is not None:
-                cells[-1] = Text(row[-1], style="green" if verdict else "red")
-            elif any(c in ("failed", "skipped") for c in row):
-                cells = [Text(c, style="red" if c == "failed" else "yellow") for c in row]
-            table.add_row(*cells)
+            table.add_row(*_styled(row, verdict))
         console.print(table)
         for note in grid.notes:
             console.print(Text(note, style="dim"), highlight=False)
         console.print()
+
+
+def _styled(row: list[str], verdict: bool | None) -> list[Any]:
+    """A row's cells for rich: a comparison's change green or red as it is ``verdict``
+    (better or not), failed cells red and skipped ones yellow."""
+    from rich.text import Text
+
+    cells: list[Any] = list(row)
+    if verdict is not None:
+        cells[-1] = Text(row[-1], style="green" if verdict else "red")
+    elif any(c in ("failed", "skipped") for c in row):
+        cells = [Text(c, style="red" if c == "failed" else "yellow") for c in row]
+    return cells
 
 
 def _print_plain(grids: list[Grid], out: TextIO) -> None:
