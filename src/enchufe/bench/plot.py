@@ -10,10 +10,11 @@ state, no display needed); :func:`require` says clearly when it is missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import EnchufeError, UsageError
-from .results import BenchRun
+from .results import BenchRun, DatagramRate, TargetResult
 
 __all__ = ["PlotUnavailable", "draw", "require"]
 
@@ -39,10 +40,16 @@ def draw(run: BenchRun, path: str) -> None:
 
     figure = Figure(figsize=(13, 9), layout="constrained")
     (throughput, connect), (datagram, latency) = figure.subplots(2, 2)
-    _throughput(throughput, run)
-    _connect(connect, run)
-    _datagrams(datagram, run)
-    _latency(latency, run)
+    _panel(throughput, run, "stream throughput", lambda t: bool(t.throughput), _throughput)
+    _panel(connect, run, "connection rate (connect + accept + close)", lambda t: bool(t.connect), _connect)
+    _panel(datagram, run, "datagrams received per second (loss in %)", lambda t: bool(t.datagram), _datagrams)
+    _panel(
+        latency,
+        run,
+        "ping-pong round trip, every sample",
+        lambda t: bool(t.latency and t.latency.samples_ns),
+        _latency,
+    )
     m = run.machine
     figure.suptitle(
         f"enchufe bench — {m.cores} cores, {m.system} {m.kernel}, {m.implementation} {m.python}; "
@@ -67,18 +74,26 @@ def _bars(axes: Any, names: list[str], series: dict[str, list[float]], unit: str
         axes.legend(fontsize=8)
 
 
-def _empty(axes: Any, title: str) -> None:
-    axes.set_title(title)
-    axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes, color="gray")
-    axes.set_xticks([])
-    axes.set_yticks([])
-
-
-def _throughput(axes: Any, run: BenchRun) -> None:
-    title = "stream throughput"
-    targets = [t for t in run.targets if t.throughput]
+def _panel(
+    axes: Any,
+    run: BenchRun,
+    title: str,
+    measured: Callable[[TargetResult], bool],
+    chart: Callable[[Any, list[TargetResult]], None],
+) -> None:
+    """One panel: ``chart`` of the targets ``measured`` applies to, or "not measured"."""
+    targets = [t for t in run.targets if measured(t)]
     if not targets:
-        return _empty(axes, title)
+        axes.set_title(title)
+        axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes, color="gray")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        return
+    chart(axes, targets)
+    axes.set_title(title)
+
+
+def _throughput(axes: Any, targets: list[TargetResult]) -> None:
     counts = sorted({tp.connections for t in targets for tp in t.throughput})
     series = {
         f"{n} connection{'s' if n > 1 else ''}": [
@@ -87,28 +102,18 @@ def _throughput(axes: Any, run: BenchRun) -> None:
         for n in counts
     }
     _bars(axes, [t.name for t in targets], series, "MB/s (10⁶ bytes)")
-    axes.set_title(title)
 
 
-def _connect(axes: Any, run: BenchRun) -> None:
-    title = "connection rate (connect + accept + close)"
-    targets = [t for t in run.targets if t.connect]
-    if not targets:
-        return _empty(axes, title)
+def _connect(axes: Any, targets: list[TargetResult]) -> None:
     _bars(
         axes,
         [t.name for t in targets],
         {"": [t.connect.per_s for t in targets if t.connect]},
         "connections/s",
     )
-    axes.set_title(title)
 
 
-def _datagrams(axes: Any, run: BenchRun) -> None:
-    title = "datagrams received per second (loss in %)"
-    targets = [t for t in run.targets if t.datagram]
-    if not targets:
-        return _empty(axes, title)
+def _datagrams(axes: Any, targets: list[TargetResult]) -> None:
     sizes = sorted({d.size for t in targets for d in t.datagram})
     width = 0.8 / len(sizes)
     for i, size in enumerate(sizes):
@@ -118,23 +123,19 @@ def _datagrams(axes: Any, run: BenchRun) -> None:
         received = [r.received_per_s if r else 0.0 for r in rates]
         axes.bar(positions, sent, width, color="none", edgecolor="gray", hatch="//", linewidth=0.5)
         bars = axes.bar(positions, received, width, label=f"{size} B")
-        axes.bar_label(
-            bars, labels=[f"{r.loss * 100:.1f} %" if r else "" for r in rates], fontsize=7, padding=2
-        )
+        axes.bar_label(bars, labels=[_loss(r) for r in rates], fontsize=7, padding=2)
     axes.set_xticks(range(len(targets)), [t.name for t in targets])
     axes.set_ylabel("datagrams/s (hatched: sent)")
     axes.legend(fontsize=8)
-    axes.set_title(title)
 
 
-def _latency(axes: Any, run: BenchRun) -> None:
-    title = "ping-pong round trip, every sample"
-    targets = [t for t in run.targets if t.latency and t.latency.samples_ns]
-    if not targets:
-        return _empty(axes, title)
+def _loss(rate: DatagramRate | None) -> str:
+    return f"{rate.loss * 100:.1f} %" if rate else ""
+
+
+def _latency(axes: Any, targets: list[TargetResult]) -> None:
     data = [[ns / 1000 for ns in t.latency.samples_ns] for t in targets if t.latency]
     axes.boxplot(data, whis=(1, 99), showfliers=True, flierprops={"markersize": 2, "alpha": 0.3})
     axes.set_xticks(range(1, len(targets) + 1), [t.name for t in targets])
     axes.set_yscale("log")
     axes.set_ylabel("µs (box: p25 to p75, line: p50, whiskers: p1 to p99)")
-    axes.set_title(title)
