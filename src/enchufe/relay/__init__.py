@@ -28,8 +28,12 @@ The pieces, one idea per module:
 * :mod:`.engine` — the event loop: epoll readiness, a heap of timers, a wake-up pipe;
 * :mod:`.pump` — one direction of a stream: splice through a pooled pipe, or copy through a bulk
   buffer towards TCP (measured faster there);
-* :mod:`.stream` — the stream listener handler and the per-client session (connect, half-close,
-  reset propagation, idle timeout), with sockets, stdio and exec children as its ends;
+* :mod:`.targets` — TARGET's addresses, resolved at most every 30 s;
+* :mod:`.session` — what every client's session shares: the connect phase (addresses in order,
+  back-off, timeout), the idle timer, the end and its event;
+* :mod:`.stream` — the stream listener handler (accept, rules, limits); :mod:`.stream_session`,
+  the per-client session (two pumps, half-close, reset propagation), with sockets, stdio and
+  exec children as its ends (:mod:`.sides`);
 * :mod:`.children` — ``exec:`` children: spawned, watched with pidfds, stopped, always reaped;
 * :mod:`.datagram_listener` — datagram listeners: a session per sender (``enchufe.sessions``),
   one receive loop, truncation counted, idle expiry and eviction; :mod:`.datagram_replies`, the
