@@ -5,7 +5,9 @@
     sequence.py   sans-IO: the datagram payload header and the accounting of sequence numbers
     stats.py      pure: percentiles from every sample
     results.py    the figures as values, and their JSON form (one object per run)
-    measures.py   the measurement loops: what is timed, and how
+    loops.py      what every measurement loop shares: kernel timeouts, errors, worker threads
+    measures.py   the measurement loops: what is timed, and how (throughput, latency, connections)
+    datagram_rate.py  datagram rate and loss, counted by sequence number
     servers.py    bench's own servers (sink, echo, accept-close, counting sink), in a child process
     process.py    starting and talking to that child process
     options.py    the options, their defaults and limits, checked before any socket is opened

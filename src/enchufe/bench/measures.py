@@ -29,18 +29,30 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable
 
 from ..address import SocketAddress
-from ..errors import ConnectionRefused, EnchufeError, ProtocolError, TimedOut, translate
+from ..errors import ConnectionRefused, ProtocolError, TimedOut, translate
 from ..sync import connect, connect_datagram
 from ..sync.stream import Connection
 from . import sequence
-from .results import ConnectRate, DatagramRate, Latency, Throughput
-from .sequence import HEADER, MAGIC, Counts, SequenceTracker
+from .datagram_rate import datagram_rate
+from .loops import (
+    CONNECT_TIMEOUT,
+    IO_TIMEOUT,
+    RECV_BUFFER,
+    TIMEVAL,
+    Worker,
+    error_for,
+    finish_stream,
+    no_delay,
+    open_streams,
+    raise_first,
+    set_kernel_timeouts,
+)
+from .results import ConnectRate, Latency, Throughput
+from .sequence import HEADER, MAGIC
 from .stats import summarize
 
 __all__ = [
@@ -53,117 +65,12 @@ __all__ = [
     "throughput",
 ]
 
-#: Seconds a connection attempt may take: loopback answers in microseconds, a remote server in
-#: milliseconds; more means nobody is there.
-CONNECT_TIMEOUT = 5.0
-
-#: Seconds a socket may make no progress (no byte taken, none arrived) before the measure fails.
-#: Generous, because a loaded machine can stall a process for a while; short enough that a
-#: server which stopped reading is reported, not waited for.
-IO_TIMEOUT = 5.0
-
 #: A ping whose reply has not come back after this long counts as lost (datagram latency).
 #: Far above any loopback round trip (tens of µs), below what a person notices.
 REPLY_TIMEOUT = 0.25
 
 #: This many lost pings in a row mean nobody answers: the measure stops with an error.
 MAX_LOST_IN_A_ROW = 8
-
-#: After the last datagram is sent, receivers get this long without anything arriving (and at
-#: most SETTLE_MAX in all) to take in what is still in flight before the count is final.
-SETTLE_QUIET = 0.1
-SETTLE_MAX = 1.0
-
-#: The datagram sender looks at the clock once per this many datagrams (a power of two): often
-#: enough to end within microseconds of the deadline, rarely enough to cost nothing.
-CLOCK_EVERY = 32
-
-#: Receive buffer for echoes and datagrams: larger than any UDP payload.
-RECV_BUFFER = 65536 + 1024
-
-_TIMEVAL = struct.Struct("ll")
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def set_kernel_timeouts(sock: socket.socket, *, recv: float | None, send: float | None) -> None:
-    """SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket: a wait that ends without any system call
-    beyond the blocked one; it then fails with EAGAIN (BlockingIOError)."""
-    for option, seconds in ((socket.SO_RCVTIMEO, recv), (socket.SO_SNDTIMEO, send)):
-        if seconds is None:
-            continue
-        whole = int(seconds)
-        sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(whole, int((seconds - whole) * 1e6)))
-
-
-def _error(exc: OSError, what: str, timeout: float = IO_TIMEOUT) -> EnchufeError:
-    """The enchufe error for a failed system call in a hot loop."""
-    if isinstance(exc, BlockingIOError):  # SO_RCVTIMEO / SO_SNDTIMEO ran out
-        return TimedOut(f"cannot {what}: no progress for {timeout:g} s; is the server still working?")
-    return translate(exc, what)
-
-
-def _no_delay(sock: socket.socket) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _finish_stream(sock: socket.socket, buffer: bytearray, what: str) -> float:
-    """Send EOF, read until the server closes; returns the time of its EOF."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv_into(buffer):
-            pass
-    except OSError as exc:
-        raise _error(exc, what) from exc
-    return time.perf_counter()
-
-
-class _Worker:
-    """A thread whose exception is kept for the measuring thread, and which flags a failure."""
-
-    def __init__(self, name: str, body: Callable[[], None], failed: threading.Event) -> None:
-        self.error: BaseException | None = None
-        self._body = body
-        self._failed = failed
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self._body()
-        except BaseException as exc:
-            self.error = exc
-            self._failed.set()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        if self._thread.is_alive() and self.error is None:
-            self.error = TimedOut(f"{self._thread.name} did not finish within {timeout:g} s")
-
-
-def _raise_first(workers: list[_Worker]) -> None:
-    for worker in workers:
-        if worker.error is not None:
-            if isinstance(worker.error, EnchufeError):
-                raise worker.error
-            raise EnchufeError(f"{type(worker.error).__name__}: {worker.error}") from worker.error
-
-
-def _open_streams(address: SocketAddress, count: int) -> list[Connection]:
-    conns: list[Connection] = []
-    try:
-        for _ in range(count):
-            conns.append(connect(address, timeout=CONNECT_TIMEOUT))
-    except BaseException:
-        for conn in conns:
-            conn.close()
-        raise
-    return conns
-
 
 # ---------------------------------------------------------------------------- probe
 
@@ -229,9 +136,9 @@ class _Pump:
         self.sent = 0
         self.received = 0
         self.finished = 0.0
-        self.workers = [_Worker(f"bench-send-{index}", self._send, failed)]
+        self.workers = [Worker(f"bench-send-{index}", self._send, failed)]
         if echo:
-            self.workers.append(_Worker(f"bench-recv-{index}", self._receive, failed))
+            self.workers.append(Worker(f"bench-recv-{index}", self._receive, failed))
 
     @property
     def counted(self) -> int:
@@ -247,12 +154,12 @@ class _Pump:
                 sendall(data)
                 self.sent += size
         except OSError as exc:
-            raise _error(exc, f"send to {self.where}") from exc
+            raise error_for(exc, f"send to {self.where}") from exc
         if self.echo:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_WR)
         else:
-            self.finished = _finish_stream(self.sock, bytearray(4096), f"finish sending to {self.where}")
+            self.finished = finish_stream(self.sock, bytearray(4096), f"finish sending to {self.where}")
 
     def _receive(self) -> None:
         buffer = bytearray(max(self.size, RECV_BUFFER))
@@ -261,7 +168,7 @@ class _Pump:
             while size := recv_into(buffer):
                 self.received += size
         except OSError as exc:
-            raise _error(exc, f"receive from {self.where}") from exc
+            raise error_for(exc, f"receive from {self.where}") from exc
         self.finished = time.perf_counter()
 
     def stop(self) -> None:
@@ -286,33 +193,40 @@ def throughput(
         raise ValueError(f"method is sink or echo, not {method!r}")
     echo = method == "echo"
     failed = threading.Event()
-    conns = _open_streams(address, connections)
+    conns = open_streams(address, connections)
     try:
         pumps = [_Pump(conn, size, echo, i, failed) for i, conn in enumerate(conns)]
-        workers = [w for p in pumps for w in p.workers]
-        for worker in workers:
-            worker.start()
-        failed.wait(warmup)
-        start = time.perf_counter()
-        marks = [p.counted for p in pumps]
-        failed.wait(duration)
-        stop = time.perf_counter()
-        ends = [p.counted for p in pumps]
-        for pump in pumps:
-            pump.stop()
-        for worker in workers:
-            worker.join(IO_TIMEOUT * 2)
-        _raise_first(workers)
-        if echo:
-            counted = sum(end - mark for end, mark in zip(ends, marks, strict=True))
-        else:
-            # Everything sent after the mark counts, and the window lasts until the sink had it.
-            counted = sum(p.sent - mark for p, mark in zip(pumps, marks, strict=True))
-            stop = max(p.finished for p in pumps)
-        return Throughput(connections, size, stop - start, counted, method)
+        counted, seconds = _timed_window(pumps, failed, warmup=warmup, duration=duration)
+        return Throughput(connections, size, seconds, counted, method)
     finally:
         for conn in conns:
             conn.close()
+
+
+def _timed_window(
+    pumps: list[_Pump], failed: threading.Event, *, warmup: float, duration: float
+) -> tuple[int, float]:
+    """Run the pumps for ``warmup`` and then ``duration`` seconds (less if one fails), stop
+    them; the bytes that count, and the seconds they took."""
+    workers = [w for p in pumps for w in p.workers]
+    for worker in workers:
+        worker.start()
+    failed.wait(warmup)
+    start = time.perf_counter()
+    marks = [p.counted for p in pumps]
+    failed.wait(duration)
+    stop = time.perf_counter()
+    ends = [p.counted for p in pumps]
+    for pump in pumps:
+        pump.stop()
+    for worker in workers:
+        worker.join(IO_TIMEOUT * 2)
+    raise_first(workers)
+    if pumps[0].echo:
+        return sum(end - mark for end, mark in zip(ends, marks, strict=True)), stop - start
+    # Everything sent after the mark counts, and the window lasts until the sink had it.
+    counted = sum(p.sent - mark for p, mark in zip(pumps, marks, strict=True))
+    return counted, max(p.finished for p in pumps) - start
 
 
 # ---------------------------------------------------------------------------- latency
@@ -330,7 +244,7 @@ def _stream_latency(address: SocketAddress, count: int, warmup: int, size: int) 
     with connect(address, timeout=CONNECT_TIMEOUT) as conn:
         sock = conn.socket
         set_kernel_timeouts(sock, recv=IO_TIMEOUT, send=IO_TIMEOUT)
-        _no_delay(sock)
+        no_delay(sock)
         message = bytes(size)
         buffer = bytearray(size)
         view = memoryview(buffer)
@@ -354,8 +268,8 @@ def _stream_latency(address: SocketAddress, count: int, warmup: int, size: int) 
                 if i >= warmup:
                     samples.append(clock() - started)
         except OSError as exc:
-            raise _error(exc, what) from exc
-        _finish_stream(sock, buffer, f"close the connection to {address}")
+            raise error_for(exc, what) from exc
+        finish_stream(sock, buffer, f"close the connection to {address}")
     return Latency(size, count, warmup, summarize(samples), samples_ns=samples)
 
 
@@ -397,7 +311,7 @@ def _datagram_latency(address: SocketAddress, count: int, warmup: int, size: int
                         break
                     late += 1  # the echo of a ping already counted lost, or not ours
         except OSError as exc:
-            raise _error(exc, f"exchange datagrams with {address}") from exc
+            raise error_for(exc, f"exchange datagrams with {address}") from exc
     if not samples:
         raise TimedOut(f"no ping came back from {address}")
     return Latency(size, count, warmup, summarize(samples), lost=lost, late=late, samples_ns=samples)
@@ -418,8 +332,8 @@ def connect_rate(address: SocketAddress, *, duration: float, warmup: float) -> C
     with connect(address, timeout=CONNECT_TIMEOUT) as first:
         family = first.socket.family
         peer = first.socket.getpeername()  # resolved once; every cycle connects to it
-        _finish_stream(first.socket, bytearray(16), f"close the connection to {address}")
-    timeval = _TIMEVAL.pack(int(IO_TIMEOUT), 0)
+        finish_stream(first.socket, bytearray(16), f"close the connection to {address}")
+    timeval = TIMEVAL.pack(int(IO_TIMEOUT), 0)
     buffer = bytearray(4096)
     new_socket = socket.socket
     level, rcv, snd = socket.SOL_SOCKET, socket.SO_RCVTIMEO, socket.SO_SNDTIMEO
@@ -451,133 +365,5 @@ def connect_rate(address: SocketAddress, *, duration: float, warmup: float) -> C
         cycles(warmup)
         done, start, stop = cycles(duration)
     except OSError as exc:
-        raise _error(exc, f"connect to {address}") from exc
+        raise error_for(exc, f"connect to {address}") from exc
     return ConnectRate(stop - start, done)
-
-
-# ---------------------------------------------------------------------------- datagram rate
-
-
-def _blast(raw: socket.socket, payload: bytearray, token: int, seconds: float) -> tuple[int, float, float]:
-    """Send datagrams numbered 0, 1, … as fast as the socket takes them for ``seconds``.
-
-    Returns (datagrams sent, start, end).  A blocking send waits while the socket's buffer is
-    full: UDP drops at the receiver instead, unix datagram sockets make the sender wait.
-    """
-    send, pack, clock = raw.send, HEADER.pack_into, time.perf_counter
-    mask = CLOCK_EVERY - 1
-    seq = 0
-    start = clock()
-    end = start + seconds
-    while True:
-        pack(payload, 0, MAGIC, token, seq)
-        send(payload)
-        seq += 1
-        if not seq & mask and clock() >= end:
-            break
-    return seq, start, clock()
-
-
-class _EchoCounter:
-    """The receiving side of a datagram rate test against an echo server: counts echoes."""
-
-    def __init__(self, raw: socket.socket, token: int, failed: threading.Event, where: str) -> None:
-        self.raw = raw
-        self.tracker = SequenceTracker(token)
-        self.running = True
-        self.last_arrival = time.perf_counter()
-        self.where = where
-        self.worker = _Worker("bench-echo-counter", self._run, failed)
-
-    def _run(self) -> None:
-        buffer = bytearray(RECV_BUFFER)
-        view = memoryview(buffer)
-        recv_into, feed = self.raw.recv_into, self.tracker.feed
-        clock = time.perf_counter
-        while self.running:
-            try:
-                n = recv_into(buffer)
-            except BlockingIOError:  # SO_RCVTIMEO: a quiet moment; look whether to stop
-                continue
-            except ConnectionRefusedError:
-                continue  # an ICMP error for an earlier datagram; the sender reports a dead peer
-            except OSError as exc:
-                if not self.running:
-                    return
-                raise _error(exc, f"receive echoes from {self.where}") from exc
-            feed(view[:n])
-            self.last_arrival = clock()
-
-
-def datagram_rate(
-    address: SocketAddress,
-    *,
-    duration: float,
-    warmup: float,
-    size: int,
-    counter: Callable[[int], Counts] | None = None,
-) -> DatagramRate:
-    """Datagrams of ``size`` bytes, sent as fast as the socket takes them for ``duration`` s.
-
-    ``counter(token)``: what bench's own counting sink received for ``token`` (the sink runs in
-    another process); without it the server must echo, and the echoes are counted here.
-    """
-    if size < sequence.HEADER_SIZE:
-        raise ValueError(f"a datagram carries at least the {sequence.HEADER_SIZE}-byte header")
-    failed = threading.Event()
-    with connect_datagram(address, timeout=CONNECT_TIMEOUT) as sock:
-        raw = sock.socket
-        set_kernel_timeouts(raw, recv=SETTLE_QUIET / 2, send=IO_TIMEOUT)
-        token, warm_token = sequence.new_token(), sequence.new_token()
-        payload = bytearray(size)
-        echo: _EchoCounter | None = None
-        if counter is None:
-            echo = _EchoCounter(raw, token, failed, str(address))
-            echo.worker.start()
-        try:
-            _blast(raw, payload, warm_token, warmup)
-            sent, start, stop = _blast(raw, payload, token, duration)
-        except OSError as exc:
-            if echo is not None:  # let the receiver go before its socket is closed
-                echo.running = False
-                echo.worker.join(IO_TIMEOUT)
-            raise _error(exc, f"send datagrams to {address}") from exc
-        if echo is not None:
-            counts = _settle_echoes(echo, stop)
-        else:
-            assert counter is not None
-            counts = _settle_sink(counter, token)
-    return DatagramRate(
-        size=size,
-        seconds=stop - start,
-        sent=sent,
-        received=min(counts.received, sent),
-        duplicates=counts.duplicates,
-        reordered=counts.reordered,
-        method="sink" if echo is None else "echo",
-    )
-
-
-def _settle_echoes(echo: _EchoCounter, sent_until: float) -> Counts:
-    deadline = sent_until + SETTLE_MAX
-    while True:
-        now = time.perf_counter()
-        if now >= deadline or now - max(echo.last_arrival, sent_until) >= SETTLE_QUIET:
-            break
-        time.sleep(SETTLE_QUIET / 4)
-    echo.running = False
-    echo.worker.join(IO_TIMEOUT)
-    _raise_first([echo.worker])
-    return echo.tracker.counts
-
-
-def _settle_sink(counter: Callable[[int], Counts], token: int) -> Counts:
-    deadline = time.perf_counter() + SETTLE_MAX
-    counts = counter(token)
-    while time.perf_counter() < deadline:
-        time.sleep(SETTLE_QUIET / 2)
-        again = counter(token)
-        if again.received == counts.received:
-            return again
-        counts = again
-    return counts

@@ -64,7 +64,7 @@ SEND_TIMEOUT = 5.0
 
 
 def _send_timeout(sock: socket.socket) -> None:
-    from .measures import set_kernel_timeouts
+    from .loops import set_kernel_timeouts
 
     set_kernel_timeouts(sock, recv=None, send=SEND_TIMEOUT)
 
