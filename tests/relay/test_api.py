@@ -91,6 +91,16 @@ def test_limits_out_of_range(field: str, value: float) -> None:
         Relay(RelayConfig("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", **{field: value}))  # type: ignore[arg-type]
 
 
+def test_one_drain_default_for_the_relay_and_the_servers() -> None:
+    """The relay's default drain is the library's one constant, not a copy of its value."""
+    from enchufe import _serving, relay
+
+    assert relay.DEFAULT_DRAIN_TIMEOUT is _serving.DEFAULT_DRAIN_TIMEOUT
+    assert (
+        RelayConfig("tcp://127.0.0.1:0", "tcp://127.0.0.1:9").drain_timeout is _serving.DEFAULT_DRAIN_TIMEOUT
+    )
+
+
 def test_an_unresolvable_target_fails_at_open_and_releases_the_listener(sock_dir: str) -> None:
     path = f"{sock_dir}/r.sock"
     relay = Relay(RelayConfig(f"unix://{path}", "tcp://no-such-host.invalid:80"))

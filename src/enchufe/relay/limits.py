@@ -35,8 +35,10 @@ from ..errors import UsageError
 
 __all__ = [
     "AccessRules",
+    "FdBudget",
     "Network",
     "connection_budget",
+    "fd_budget",
     "parse_gid",
     "parse_network",
     "parse_uid",
@@ -216,3 +218,45 @@ def raise_fd_limit(wanted: int = WANTED_NOFILE) -> tuple[int, int]:
             continue
         break
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+@dataclass(frozen=True)
+class FdBudget:
+    """The descriptor limit a relay runs with and the connections it makes room for."""
+
+    #: RLIMIT_NOFILE's soft and hard limits in force
+    nofile: int
+    hard: int
+
+    @property
+    def connections(self) -> int:
+        return connection_budget(self.nofile)
+
+    def line(self, max_conns: int) -> str:
+        """The line that says the budget (and why it is no higher, when the hard limit caps it)."""
+        capped = (
+            " (the hard limit; raising it needs CAP_SYS_RESOURCE or a higher ulimit -Hn)"
+            if self.nofile == self.hard and self.nofile < WANTED_NOFILE
+            else ""
+        )
+        return (
+            f"fd budget: {self.nofile} descriptors{capped}: room for {self.connections} relayed "
+            f"connections (2 sockets each; pipes are borrowed only while bytes are in flight); "
+            f"max-conns {max_conns}"
+        )
+
+    def excess(self, max_conns: int) -> str | None:
+        """What to warn about when ``max_conns`` asks for more than the budget holds, else None."""
+        if max_conns <= self.connections:
+            return None
+        return (
+            f"--max-conns {max_conns} exceeds the fd budget ({self.nofile} descriptors: about "
+            f"{self.connections} connections); clients past that are turned away"
+        )
+
+
+def fd_budget(*, raise_limit: bool) -> FdBudget:
+    """The budget under the descriptor limit, raised first (:func:`raise_fd_limit`) if asked."""
+    if raise_limit:
+        return FdBudget(*raise_fd_limit())
+    return FdBudget(*resource.getrlimit(resource.RLIMIT_NOFILE))

@@ -23,22 +23,27 @@ import signal
 import socket
 import threading
 from collections.abc import Sized
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
 from .. import _calls, _sockets
-from .._ranges import MAX_BACKLOG, MAX_SECONDS
 from .._sockets import DEFAULT_BACKLOG, open_listener
 from .._unixfiles import SocketFile
-from ..address import Address, ExecAddress, InetAddress, SocketAddress, StdioAddress, UnixAddress, parse
-from ..errors import AddressError, UsageError
-from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
-from .datagram import DEFAULT_MAX_DATAGRAM, DatagramRelay, FramedDatagramRelay
+from ..address import Address, InetAddress, SocketAddress, StdioAddress, UnixAddress
+from ..sessions import DEFAULT_IDLE_TIMEOUT
+from .config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    RelayConfig,
+    RelayResult,
+    check_config,
+    check_endpoints,
+)
+from .datagram import DatagramRelay, FramedDatagramRelay
 from .engine import Loop, Timer
 from .events import EventSink
 from .framed import FramedStreamRelay
-from .limits import WANTED_NOFILE, AccessRules, connection_budget, raise_fd_limit
+from .limits import fd_budget
 from .pump import Pools
 from .stats import Snapshot, Stats, interval_report, summary_report
 from .stream import StdioRelay, StreamRelay, TargetResolver
@@ -57,14 +62,6 @@ __all__ = [
 #: the terminal going away must not kill the relay on the spot: its unix socket file would stay
 #: and its exec: children would be orphaned.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-#: Seconds to wait for the target to accept.  The kernel alone would wait minutes (SYN retries);
-#: a client of a relay would rather be told quickly.  Loopback and LAN targets answer in
-#: milliseconds, distant ones well within this.
-DEFAULT_CONNECT_TIMEOUT = 10.0
-
-#: Seconds open connections get to finish after SIGTERM/SIGINT/SIGHUP (as the issue asks).
-DEFAULT_DRAIN_TIMEOUT = 10.0
 
 
 class ListenerHandler(Protocol):
@@ -87,120 +84,6 @@ class ListenerHandler(Protocol):
     def abort_all(self, reason: str) -> int: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    """What to relay and how.  ``listen`` and ``target`` are address strings or values."""
-
-    listen: Address | str
-    target: Address | str
-    #: relayed connections open at once; more are reset at accept.  ``None``: the fd budget.
-    max_conns: int | None = None
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    #: close a connection after this many seconds without a byte either way (off by default)
-    idle_timeout: float | None = None
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    rules: AccessRules = field(default_factory=AccessRules)
-    #: seconds between stats lines; ``None``: no stats lines (the summary is at level 1)
-    stats_interval: float | None = None
-    #: splice through pipes (zero-copy); False copies through a buffer (for comparison)
-    splice: bool = True
-    #: listen queue of a stream listener; ``None``: DEFAULT_BACKLOG
-    backlog: int | None = None
-    #: permissions of a unix listener's socket file (only a unix LISTEN has one)
-    mode: int | None = None
-    #: bind with SO_REUSEPORT (for several worker processes on one port)
-    reuse_port: bool = False
-    #: raise RLIMIT_NOFILE as far as allowed at open()
-    raise_fd_limit: bool = True
-    #: carry datagrams over a stream as length-prefixed messages (a stream and a datagram end)
-    frame: bool = False
-    #: datagram sessions (one per sender) kept at once; a new sender evicts the least active
-    max_sessions: int = DEFAULT_MAX_SESSIONS
-    #: largest datagram relayed; larger ones are counted as truncated and dropped
-    max_datagram: int = DEFAULT_MAX_DATAGRAM
-
-
-@dataclass(frozen=True)
-class RelayResult:
-    """How a relay ended: how many connections the shutdown cut, whether a one-shot (stdio) relay
-    lost data, and the final counters."""
-
-    cut: int
-    stats: Snapshot
-    failed: bool = False
-
-    @property
-    def exit_status(self) -> int:
-        """0 if nothing in flight was cut (and a one-shot relay ended cleanly), else 1."""
-        return 1 if self.cut or self.failed else 0
-
-
-def check_endpoints(
-    listen: Address | str, target: Address | str, *, frame: bool = False
-) -> tuple[Address, Address]:
-    """Parse and check a LISTEN/TARGET pair: UsageError (exit status 2) if it cannot be relayed.
-
-    LISTEN is a socket address or ``-`` (stdio: one session, then the relay ends); TARGET is a
-    socket address, ``-`` (the first client is relayed to stdio) or ``exec:PROGRAM``.  Streams go
-    to streams and datagrams to datagrams; a stream and a datagram address need ``--frame``.
-    """
-    source = parse(listen) if isinstance(listen, str) else listen
-    dest = parse(target) if isinstance(target, str) else target
-    if isinstance(source, ExecAddress):
-        raise UsageError(
-            f"LISTEN {source}: exec: runs a program per client, so it can only be the TARGET, "
-            f"e.g. enchufe relay tcp://:9000 '{source}'"
-        )
-    if isinstance(source, StdioAddress) and isinstance(dest, StdioAddress | ExecAddress):
-        raise UsageError(
-            f"cannot relay {source} to {dest}: one of LISTEN and TARGET must be a socket address"
-        )
-    for end, other in ((source, dest), (dest, source)):
-        if isinstance(end, StdioAddress | ExecAddress) and not other.is_stream:
-            raise UsageError(
-                f"cannot relay {end} to {other}: stdio and exec: carry a byte stream, {other} datagrams; "
-                f"to send stdin as datagrams use enchufe connect {other}"
-            )
-    if source.is_stream != dest.is_stream:
-        stream, datagram = (source, dest) if source.is_stream else (dest, source)
-        if not frame:
-            raise UsageError(
-                f"cannot relay between {stream} (a stream) and {datagram} (datagrams) without framing: "
-                "a stream has no message boundaries; add --frame to carry each datagram as a "
-                "length-prefixed message, or use two stream or two datagram addresses"
-            )
-    elif frame:
-        kinds = "streams" if source.is_stream else "datagrams"
-        raise UsageError(
-            f"--frame carries datagrams over a stream, but {source} and {dest} are both {kinds}; "
-            "give one stream and one datagram address, or leave out --frame"
-        )
-    if isinstance(dest, InetAddress) and (dest.is_wildcard or dest.port == 0):
-        raise AddressError(
-            f"TARGET {dest}: the relay connects there, so it needs a host and a port, "
-            f"e.g. {dest.scheme}://127.0.0.1:{dest.port or 9000}"
-        )
-    return source, dest
-
-
-def _check_applies(listen: Address, config: RelayConfig) -> None:
-    """An option that does not apply to LISTEN is refused (UsageError), never ignored."""
-    if config.mode is not None and not (isinstance(listen, UnixAddress) and not listen.abstract):
-        what = "an abstract unix name, which has no file" if isinstance(listen, UnixAddress) else "no file"
-        raise UsageError(
-            f"--mode sets the permissions of a unix LISTEN socket file, but {listen} is {what}; "
-            "leave out --mode or listen on unix:///PATH"
-        )
-    if config.backlog is not None:
-        if not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream):
-            raise UsageError(
-                f"--backlog sets the listen queue of a stream LISTEN, but {listen} has none; "
-                "leave out --backlog"
-            )
-        if not 1 <= config.backlog <= MAX_BACKLOG:
-            raise UsageError(f"--backlog must be from 1 to {MAX_BACKLOG}, not {config.backlog}")
 
 
 def _open_datagram(
@@ -226,48 +109,7 @@ class Relay:
         listener: tuple[socket.socket, SocketAddress] | None = None,
     ) -> None:
         self.config = config
-        self.listen_address, self.target_address = check_endpoints(
-            config.listen, config.target, frame=config.frame
-        )
-        rules = config.rules
-        listen = self.listen_address
-        if (rules.filters_ip or rules.filters_credentials) and not (
-            isinstance(listen, InetAddress | UnixAddress) and listen.is_stream
-        ):
-            raise UsageError(
-                f"--allow/--deny/--allow-uid/--allow-gid check the peers of a stream listener, "
-                f"not of {listen}"
-            )
-        if rules.filters_ip and isinstance(listen, UnixAddress):
-            raise UsageError(
-                "--allow/--deny filter IP peers, but LISTEN is a unix socket; use --allow-uid/--allow-gid"
-            )
-        if rules.filters_credentials and isinstance(listen, InetAddress):
-            raise UsageError(
-                "--allow-uid/--allow-gid need a unix LISTEN address (SO_PEERCRED); use --allow/--deny for IP"
-            )
-        # nan passes every comparison and inf overflows the event loop's timers: a finite number
-        # in range, or a UsageError.
-        for name, value in (
-            ("connect_timeout", config.connect_timeout),
-            ("idle_timeout", config.idle_timeout),
-            ("stats_interval", config.stats_interval),
-        ):
-            if value is not None and not 0 < value <= MAX_SECONDS:
-                raise UsageError(
-                    f"{name} must be more than 0 and at most {MAX_SECONDS:.0f} seconds, not {value}"
-                )
-        if not 0 <= config.drain_timeout <= MAX_SECONDS:
-            raise UsageError(
-                f"drain_timeout must be from 0 to {MAX_SECONDS:.0f} seconds, not {config.drain_timeout}"
-            )
-        if config.max_conns is not None and config.max_conns < 1:
-            raise UsageError(f"max_conns must be at least 1, not {config.max_conns}")
-        if config.max_sessions < 1:
-            raise UsageError(f"max_sessions must be at least 1, not {config.max_sessions}")
-        if not 1 <= config.max_datagram <= 16 * 1024 * 1024:
-            raise UsageError(f"max_datagram must be from 1 to 16 MiB, not {config.max_datagram}")
-        _check_applies(listen, config)
+        self.listen_address, self.target_address = check_config(config)
         self.events = events or EventSink()
         self.stats = Stats()
         self.address: Address | None = None
@@ -313,43 +155,8 @@ class Relay:
         if self.address is not None:
             return self.address
         config = self.config
-        if config.raise_fd_limit:
-            nofile, hard = raise_fd_limit()
-        else:
-            import resource
-
-            nofile, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        budget = connection_budget(nofile)
-        self.max_conns = config.max_conns or budget
+        self._size_limits()
         listen = self.listen_address
-        if self.events.wants(1) and listen.is_stream and not isinstance(listen, StdioAddress):
-            capped = (
-                " (the hard limit; raising it needs CAP_SYS_RESOURCE or a higher ulimit -Hn)"
-                if nofile == hard and nofile < WANTED_NOFILE
-                else ""
-            )
-            self.events(
-                "limits",
-                f"fd budget: {nofile} descriptors{capped}: room for {budget} relayed connections "
-                f"(2 sockets each; pipes are borrowed only while bytes are in flight); "
-                f"max-conns {self.max_conns}",
-                level=1,
-                nofile=nofile,
-                budget=budget,
-                max_conns=self.max_conns,
-            )
-        if config.max_conns is not None and config.max_conns > budget:
-            message = (
-                f"--max-conns {config.max_conns} exceeds the fd budget ({nofile} descriptors: about "
-                f"{budget} connections); clients past that are turned away"
-            )
-            self.events(
-                "warning",
-                f"enchufe: warning: {message}",
-                max_conns=config.max_conns,
-                budget=budget,
-                detail=message,
-            )
         if self._listener is None and isinstance(listen, InetAddress | UnixAddress):
             opener = open_listener if listen.is_stream else _open_datagram
             sock, real, owned = opener(
@@ -366,6 +173,32 @@ class Relay:
             raise
         self.address = self._listener[1] if self._listener is not None else listen
         return self.address
+
+    def _size_limits(self) -> None:
+        """``max_conns`` from the descriptor budget, unless given; say the budget (level 1) and
+        warn when ``max_conns`` asks for more than it holds."""
+        config = self.config
+        budget = fd_budget(raise_limit=config.raise_fd_limit)
+        self.max_conns = config.max_conns or budget.connections
+        listen = self.listen_address
+        if self.events.wants(1) and listen.is_stream and not isinstance(listen, StdioAddress):
+            self.events(
+                "limits",
+                budget.line(self.max_conns),
+                level=1,
+                nofile=budget.nofile,
+                budget=budget.connections,
+                max_conns=self.max_conns,
+            )
+        message = budget.excess(config.max_conns) if config.max_conns is not None else None
+        if message is not None:
+            self.events(
+                "warning",
+                f"enchufe: warning: {message}",
+                max_conns=config.max_conns,
+                budget=budget.connections,
+                detail=message,
+            )
 
     # -- running
 
