@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
+from typing import NoReturn
 
 from .._sockets import open_datagram, open_listener
 from ..address import InetAddress, SocketAddress
@@ -59,6 +60,26 @@ def run_workers(
     worker_events: Callable[[int], EventSink],
 ) -> int:
     """Run ``workers`` relay processes on one TCP port; the exit status to use (0 or 1)."""
+    listen = _check(config, workers)
+    # Check the rest of the configuration once, in the parent, before binding anything.
+    backlog = Relay(config, events=EventSink()).backlog
+    config = replace(config, reuse_port=True)
+    listeners = _bind(listen, workers, backlog)
+    real = listeners[0][1]
+    sys.stderr.flush()
+    # A stop signal arriving while workers start (a worker without its handlers yet, or the
+    # parent before it forwards) would kill a process on the spot: hold them until each process
+    # has its handlers, then let them in.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    pids = _fork(listeners, config, worker_events, held)
+    for sock, _real in listeners:
+        sock.close()
+    events("listening", f"listening on {real}", address=str(real), workers=workers)
+    return _wait(pids, held)
+
+
+def _check(config: RelayConfig, workers: int) -> SocketAddress:
+    """LISTEN, if ``workers`` processes can share it (UsageError if not)."""
     listen, _target = check_endpoints(config.listen, config.target, frame=config.frame)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
@@ -68,9 +89,11 @@ def run_workers(
             f"--workers {workers}: {listen} is {what} with SO_REUSEPORT; use --workers 1 (the default) "
             "or a tcp or udp LISTEN address"
         )
-    # Check the rest of the configuration once, in the parent, before binding anything.
-    backlog = Relay(config, events=EventSink()).backlog
-    config = replace(config, reuse_port=True)
+    return listen
+
+
+def _bind(listen: SocketAddress, workers: int, backlog: int) -> list[tuple[socket.socket, SocketAddress]]:
+    """One listening socket per worker on the same port (all closed again if one cannot be)."""
     listeners: list[tuple[socket.socket, SocketAddress]] = []
     try:
         address: SocketAddress = listen
@@ -85,13 +108,18 @@ def run_workers(
         for sock, _real in listeners:
             sock.close()
         raise
-    real = listeners[0][1]
-    sys.stderr.flush()
+    return listeners
+
+
+def _fork(
+    listeners: list[tuple[socket.socket, SocketAddress]],
+    config: RelayConfig,
+    worker_events: Callable[[int], EventSink],
+    held: set[int | signal.Signals],
+) -> list[int]:
+    """Fork a worker per listener; the pids.  If a fork fails, the workers started are stopped,
+    the listeners closed and the signal mask restored before the error is raised."""
     pids: list[int] = []
-    # A stop signal arriving while workers start (a worker without its handlers yet, or the
-    # parent before it forwards) would kill a process on the spot: hold them until each process
-    # has its handlers, then let them in.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for index, pair in enumerate(listeners, start=1):
         try:
             pid = os.fork()
@@ -105,29 +133,43 @@ def run_workers(
                 sock.close()
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             raise
-        if pid == 0:  # the worker
-            status = 1
-            try:
-                os.setpgid(0, 0)
-                _die_with_parent()
-                for other, _real in listeners:
-                    if other is not pair[0]:
-                        other.close()
-                relay = Relay(config, events=worker_events(index), listener=pair)
-                for signum in STOP_SIGNALS:
-                    signal.signal(signum, _stopper(relay))
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-                status = relay.run(announce=False).exit_status
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stderr.flush()
-                os._exit(status)
+        if pid == 0:
+            _worker(index, pair, listeners, config, worker_events(index), held)
         pids.append(pid)
-    for sock, _real in listeners:
-        sock.close()
-    events("listening", f"listening on {real}", address=str(real), workers=workers)
+    return pids
+
+
+def _worker(
+    index: int,
+    pair: tuple[socket.socket, SocketAddress],
+    listeners: list[tuple[socket.socket, SocketAddress]],
+    config: RelayConfig,
+    events: EventSink,
+    held: set[int | signal.Signals],
+) -> NoReturn:
+    """The worker process: its own process group, its listener only, a relay; never returns."""
+    status = 1
+    try:
+        os.setpgid(0, 0)
+        _die_with_parent()
+        for other, _real in listeners:
+            if other is not pair[0]:
+                other.close()
+        relay = Relay(config, events=events, listener=pair)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _stopper(relay))
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        status = relay.run(announce=False).exit_status
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def _wait(pids: list[int], held: set[int | signal.Signals]) -> int:
+    """Forward stop signals to the workers until all have exited; 1 if any failed, else 0."""
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for pid in pids:
