@@ -279,24 +279,16 @@ class _Session:
 
     def _closed(self, idle_timeout: float | None) -> None:
         moved = f"{self.result.received} bytes in, {self.result.sent} out"
-        if self.result.idle:
-            event(
-                "closed",
-                f"closed {self.peer}: no traffic for {idle_timeout:g} s, after {moved}",
-                level=1,
-                peer=self.peer,
-                received=self.result.received,
-                sent=self.result.sent,
-                idle=True,
-            )
-            return
+        idle = {"idle": True} if self.result.idle else {}
+        why = f": no traffic for {idle_timeout:g} s," if idle else ""
         event(
             "closed",
-            f"closed {self.peer} after {moved}",
+            f"closed {self.peer}{why} after {moved}",
             level=1,
             peer=self.peer,
             received=self.result.received,
             sent=self.result.sent,
+            **idle,
         )
 
     def interrupted(self) -> None:
