@@ -8,7 +8,6 @@ blocks in the kernel and never sees it; the asyncio socket waits on the loop and
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
 
@@ -40,8 +39,7 @@ class DatagramCore(Endpoint):
         local_address: SocketAddress | None = None,
         peer_address: SocketAddress | None = None,
     ) -> None:
-        super().__init__(sock)
-        self._owned = owned
+        super().__init__(sock, owned)
         self._buffer = bytearray(DEFAULT_MAX_DATAGRAM)
         self._resolved: dict[SocketAddress, SockAddr] = {}
         #: Unix peers that made a server wait in vain (see :func:`enchufe.sync.serve.deliver`).
@@ -166,18 +164,6 @@ class DatagramCore(Endpoint):
                 sender=sender,
             )
         return data, sender
-
-    # -- closing
-
-    def close(self) -> None:
-        """Close the socket and remove a socket file it created.  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(OSError):
-            _calls.close(self._sock)
-        if self._owned is not None:
-            self._owned.release()
 
     def __repr__(self) -> str:
         peer = f" → {self.peer_address}" if self.peer_address else ""

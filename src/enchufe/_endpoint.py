@@ -9,22 +9,26 @@ here are the two ways to be closed by a ``with`` block.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from types import TracebackType
 from typing import Self
 
+from . import _calls, _unixfiles
 from .errors import ClosedError
 
 
 class Endpoint:
-    """One socket, its descriptor, and whether :meth:`close` was called."""
+    """One socket, its descriptor, whether :meth:`close` was called, and the socket file it
+    created (a unix listener or datagram socket), removed when it closes."""
 
     #: How the object names itself in "this … is closed".
     _noun = "socket"
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, owned: _unixfiles.SocketFile | None = None) -> None:
         self._sock = sock
         self._fd = sock.fileno()
+        self._owned = owned
         self._closed = False
 
     @property
@@ -43,8 +47,21 @@ class Endpoint:
         if self._closed:
             raise ClosedError(f"this {self._noun} is closed")
 
+    def _wake_waiters(self) -> None:
+        """Wake whoever waits on the socket: called once it counts as closed, before the
+        descriptor goes (which would leave them asleep)."""
+
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the socket, and remove the socket file it created if it is still its own.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake_waiters()
+        with contextlib.suppress(OSError):
+            _calls.close(self._sock)
+        if self._owned is not None:
+            self._owned.release()
 
 
 class Closing(Endpoint):

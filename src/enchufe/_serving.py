@@ -21,7 +21,7 @@ from ._backoff import Backoff
 from ._text import one_line, printable
 from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from .errors import ClosedError, DatagramTruncated, EnchufeError, NetworkError, TimedOut, UsageError
-from .sessions import Session, SessionTable
+from .sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
 
 log = logging.getLogger("enchufe.serve")
 
@@ -115,6 +115,44 @@ class StalledPeers:
         if len(self._peers) >= MAX_STALLED_PEERS:
             self._peers.clear()
         self._peers.add(peer)
+
+    def waiting(self, peer: SocketAddress) -> RoomWait:
+        """``with stalled.waiting(peer) as wait:`` around a wait for room in ``peer``'s queue
+        that sets ``wait.sent``: the wait is counted however it ends, and a peer that did not
+        make room in time is :meth:`gave_up` on."""
+        return RoomWait(self, peer)
+
+
+class RoomWait:
+    """One wait for room in a unix peer's queue (see :meth:`StalledPeers.waiting`)."""
+
+    __slots__ = ("_peer", "_stalled", "sent", "started")
+
+    def __init__(self, stalled: StalledPeers, peer: SocketAddress) -> None:
+        self._stalled = stalled
+        self._peer = peer
+        self.started = 0.0
+        #: Whether the datagram went before the patience ran out.
+        self.sent = False
+
+    def __enter__(self) -> RoomWait:
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_rest: object) -> None:
+        self._stalled.waited(self._peer, self.started, time.monotonic() - self.started)
+        if exc_type is None and not self.sent:
+            self._stalled.gave_up(self._peer)
+
+
+def first_try(sock: Any, data: bytes, peer: SocketAddress) -> float | None:
+    """Send one datagram from a server's unix socket to ``peer`` if its queue has room now:
+    ``None``.  Otherwise how long to wait for room (0: drop it at once, as UDP would)."""
+    stalled: StalledPeers = sock.stalled_peers
+    if sock.sendto_nowait(data, peer):
+        stalled.recovered(peer)
+        return None
+    return stalled.allowance(peer, time.monotonic())
 
 
 class Refusals:
@@ -272,6 +310,18 @@ class DatagramBase(Generic[S]):
         if not delivered and self.stats is not None:
             self.stats.dropped += 1
         return delivered
+
+
+def peer_sessions(
+    idle_timeout: float | None,
+    max_sessions: int,
+    on_end: Callable[[Session[Any, dict[str, Any]], str], None],
+) -> SessionTable[Any, dict[str, Any]]:
+    """The table of a datagram server's peers: each forgotten after ``idle_timeout`` seconds of
+    silence (default :data:`~enchufe.sessions.DEFAULT_IDLE_TIMEOUT`), at most ``max_sessions``."""
+    return SessionTable(
+        idle_timeout=idle_timeout or DEFAULT_IDLE_TIMEOUT, max_sessions=max_sessions, on_end=on_end
+    )
 
 
 def session_ended(

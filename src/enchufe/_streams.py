@@ -9,7 +9,6 @@ Everything else an ``OSError`` says is translated here, into :mod:`enchufe.error
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Callable
 from typing import TypeVar
@@ -89,14 +88,6 @@ class StreamCore(Endpoint):
         # never allocated at once.
         return min(_ranges.integer(max_bytes, "max_bytes", 1), MAX_RECV_CHUNK)
 
-    def close(self) -> None:
-        """Close the socket.  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(OSError):
-            _calls.close(self._sock)
-
 
 class ListenerCore(Endpoint):
     """A listening socket's state: its real address, and the socket file it owns."""
@@ -106,8 +97,7 @@ class ListenerCore(Endpoint):
     def __init__(
         self, sock: socket.socket, address: SocketAddress, owned: _unixfiles.SocketFile | None
     ) -> None:
-        super().__init__(sock)
-        self._owned = owned
+        super().__init__(sock, owned)
         self.address = address
 
     def _accept_once(self) -> socket.socket:
@@ -147,10 +137,3 @@ class ListenerCore(Endpoint):
                 errno=exc.errno,
                 action="accept",
             ) from exc
-
-    def _release(self) -> None:
-        """Close the socket and remove the socket file it created, if still its own."""
-        with contextlib.suppress(OSError):
-            _calls.close(self._sock)
-        if self._owned is not None:
-            self._owned.release()

@@ -90,7 +90,5 @@ class DatagramSocket(DatagramCore, AsyncClosing):
     async def recv(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> bytes:
         return (await self.recvfrom(max_size))[0]
 
-    def close(self) -> None:
-        if not self._closed:
-            self._ready.close()
-        super().close()
+    def _wake_waiters(self) -> None:
+        self._ready.close()

@@ -37,9 +37,11 @@ from .._serving import (
     arrived,
     bound_address,
     datagram_failed,
+    first_try,
     handler_outcome,
     is_exhaustion,
     log,
+    peer_sessions,
     receive_failed,
     server_options,
     session_ended,
@@ -47,7 +49,7 @@ from .._serving import (
 )
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError, TimedOut
-from ..sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
+from ..sessions import Session, SessionTable
 from ._open import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
@@ -94,21 +96,12 @@ async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> boo
     if sock.socket.family != socket.AF_UNIX:
         await sock.sendto(data, peer)
         return True
-    stalled = sock.stalled_peers
-    if sock.sendto_nowait(data, peer):
-        stalled.recovered(peer)
-        return True
-    started = time.monotonic()
-    patience = stalled.allowance(peer, started)
-    if patience <= 0:
-        return False  # it made us wait in vain, or enough lately: dropped, as UDP would drop it
-    try:
-        sent = await _retry_for(sock, data, peer, patience)
-    finally:
-        stalled.waited(peer, started, time.monotonic() - started)
-    if not sent:
-        stalled.gave_up(peer)
-    return sent
+    patience = first_try(sock, data, peer)
+    if patience is None or patience <= 0:
+        return patience is None  # sent at once; or it made us wait in vain, or enough lately
+    with sock.stalled_peers.waiting(peer) as wait:
+        wait.sent = await _retry_for(sock, data, peer, patience)
+    return wait.sent
 
 
 async def _retry_for(sock: DatagramSocket, data: bytes, peer: SocketAddress, patience: float) -> bool:
@@ -193,11 +186,7 @@ class Server:
             self._listener = await listen(self.address, mode=self.mode)
         else:
             self._socket = await bind_datagram(self.address, mode=self.mode)
-            self.sessions = SessionTable(
-                idle_timeout=self.idle_timeout or DEFAULT_IDLE_TIMEOUT,
-                max_sessions=self.max_connections,
-                on_end=self._session_ended,
-            )
+            self.sessions = peer_sessions(self.idle_timeout, self.max_connections, self._session_ended)
 
     def shutdown(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
         """Stop accepting now; let handlers finish for ``drain_timeout`` seconds, then cut them.

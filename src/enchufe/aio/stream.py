@@ -115,11 +115,8 @@ class Connection(StreamCore, AsyncClosing):
             raise
         return await self.recv_exactly(framing.parse_header(header, max_size=max_size))
 
-    def close(self) -> None:
-        """Close at once (also usable from synchronous cleanup code)."""
-        if not self._closed:
-            self._ready.close()
-        super().close()
+    def _wake_waiters(self) -> None:
+        self._ready.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd {self._fd}"
@@ -163,13 +160,8 @@ class Listener(ListenerCore, AsyncClosing):
             except ConnectionReset:
                 continue
 
-    def close(self) -> None:
-        """Stop listening, remove our socket file.  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _wake_waiters(self) -> None:
         self._ready.close()
-        self._release()
 
     def __repr__(self) -> str:
         return f"<aio.Listener {self.address}{' closed' if self._closed else ''}>"

@@ -40,16 +40,18 @@ from .._serving import (
     arrived,
     bound_address,
     datagram_failed,
+    first_try,
     handler_outcome,
     is_exhaustion,
     message,
+    peer_sessions,
     receive_failed,
     server_options,
     session_ended,
 )
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError
-from ..sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
+from ..sessions import Session, SessionTable
 from . import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
@@ -86,21 +88,12 @@ def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
     if sock.socket.family != socket.AF_UNIX:
         sock.sendto(data, peer)
         return True
-    stalled = sock.stalled_peers
-    if sock.sendto_nowait(data, peer):
-        stalled.recovered(peer)
-        return True
-    started = time.monotonic()
-    patience = stalled.allowance(peer, started)
-    if patience <= 0:
-        return False  # it made us wait in vain, or enough lately: dropped, as UDP would drop it
-    try:
-        sent = _retry_for(sock, data, peer, started + patience)
-    finally:
-        stalled.waited(peer, started, time.monotonic() - started)
-    if not sent:
-        stalled.gave_up(peer)
-    return sent
+    patience = first_try(sock, data, peer)
+    if patience is None or patience <= 0:
+        return patience is None  # sent at once; or it made us wait in vain, or enough lately
+    with sock.stalled_peers.waiting(peer) as wait:
+        wait.sent = _retry_for(sock, data, peer, wait.started + patience)
+    return wait.sent
 
 
 def _retry_for(sock: DatagramSocket, data: bytes, peer: SocketAddress, deadline: float) -> bool:
@@ -183,11 +176,7 @@ class Server:
         else:
             self._socket = bind_datagram(self.address, mode=self.mode)
             self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self.sessions = SessionTable(
-                idle_timeout=self.idle_timeout or DEFAULT_IDLE_TIMEOUT,
-                max_sessions=self.max_connections,
-                on_end=self._session_ended,
-            )
+            self.sessions = peer_sessions(self.idle_timeout, self.max_connections, self._session_ended)
 
     def shutdown(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
         """Stop accepting now; :meth:`serve_forever` returns once handlers are done or cut.

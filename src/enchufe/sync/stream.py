@@ -124,15 +124,10 @@ class Listener(ListenerCore, Closing):
             except ConnectionReset:
                 continue  # ECONNABORTED: that client left while queued; the next may come
 
-    def close(self) -> None:
-        """Stop listening, wake a blocked ``accept()``, remove our socket file.  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _wake_waiters(self) -> None:
         # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does.
         with contextlib.suppress(OSError):
             _calls.shutdown(self._sock, socket.SHUT_RDWR)
-        self._release()
 
     def __repr__(self) -> str:
         return f"<Listener {self.address}{' closed' if self._closed else ''}>"
