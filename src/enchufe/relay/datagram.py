@@ -73,8 +73,8 @@ from .datagram_io import (
     ReadMode,
     connect_upstream,
     enlarge_buffers,
-    recv_into,
     send_datagrams,
+    traced_recv,
 )
 from .datagram_listener import DatagramListener, Key, Run, Upstream, describe_sender
 from .engine import ERROR, FAILED, READ, WRITE, Loop
@@ -274,7 +274,7 @@ class DatagramRelay(DatagramListener):
                 return False
         if session in self.blocked:
             self.blocked.discard(session)
-            if not self.blocked:
+            if not self.blocked and self._accepting:
                 self._listen_for()
                 self._receive()  # the listener may hold datagrams already
                 self._listen_for()
@@ -291,7 +291,7 @@ class DatagramRelay(DatagramListener):
         view = self._buffer
         limit = len(view)
         raw = not trace.enabled()
-        recv = recv_into(session.sock)
+        recv = session.sock.recv_into if raw else traced_recv(session.sock)
         reads = session.read_mode.limit()
         send = self.replies.send
         gso = self.replies.gso

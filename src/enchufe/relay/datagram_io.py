@@ -11,9 +11,10 @@ readiness event brings a single datagram (request and response traffic), reading
 instead of asking once more only to hear EAGAIN; every :data:`PROBE_EVERY` events a batch is
 tried again (:class:`ReadMode`).
 
-The receive functions here hand back the socket's own bound method while tracing is off, so
-that the relay's loops call the kernel with nothing in between; with tracing on they narrate
-through :mod:`enchufe._calls`, in the same words as everywhere else.
+The relay's loops call the sockets' own methods while tracing is off, so that nothing stands
+between them and the kernel; with tracing on they call the narrated twins made here
+(:func:`traced_recvfrom`, :func:`traced_recv`), which speak through :mod:`enchufe._calls` in the
+same words as everywhere else.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from .. import _calls, trace
+from .. import _calls
 from .._calls import recv_datagram_into, send_datagram
 from .._resolve import Target
 from .._unixfiles import SocketFile, autobind_unix
@@ -42,9 +43,9 @@ __all__ = [
     "ReadMode",
     "connect_upstream",
     "enlarge_buffers",
-    "recv_into",
-    "recvfrom_into",
     "send_datagrams",
+    "traced_recv",
+    "traced_recvfrom",
 ]
 
 #: Datagrams one readiness event takes from a socket before serving the others.
@@ -98,20 +99,15 @@ def send_datagrams(sock: socket.socket, data: Buffer, seg: int, count: int, sock
     )
 
 
-def recvfrom_into(sock: socket.socket) -> Callable[[memoryview, int, int], tuple[int, Any]]:
-    """What to call, ``recv(buffer, 0, socket.MSG_TRUNC)``, for (a datagram's real size, its
-    sender): ``sock.recvfrom_into`` itself while tracing is off, a narrated receive otherwise.
-    Asked once per batch."""
-    if trace.enabled():
-        return lambda buffer, _nbytes, _flags: recv_datagram_into(sock, buffer)
-    return sock.recvfrom_into
+def traced_recvfrom(sock: socket.socket) -> Callable[[memoryview, int, int], tuple[int, Any]]:
+    """``sock.recvfrom_into`` narrated (called as ``recv(buffer, 0, socket.MSG_TRUNC)``): the
+    one a loop calls instead of the socket's own method while tracing is on."""
+    return lambda buffer, _nbytes, _flags: recv_datagram_into(sock, buffer)
 
 
-def recv_into(sock: socket.socket) -> Callable[[memoryview, int, int], int]:
-    """The same for a connected socket, whose datagrams have one sender: their real size."""
-    if trace.enabled():
-        return lambda buffer, _nbytes, _flags: recv_datagram_into(sock, buffer)[0]
-    return sock.recv_into
+def traced_recv(sock: socket.socket) -> Callable[[memoryview, int, int], int]:
+    """``sock.recv_into`` narrated, for a connected socket (its datagrams have one sender)."""
+    return lambda buffer, _nbytes, _flags: recv_datagram_into(sock, buffer)[0]
 
 
 class ReadMode:

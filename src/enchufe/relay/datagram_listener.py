@@ -37,7 +37,7 @@ from .datagram_io import (
     TRANSIENT,
     ReadMode,
     enlarge_buffers,
-    recvfrom_into,
+    traced_recvfrom,
 )
 from .datagram_replies import Replies
 from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
@@ -148,6 +148,8 @@ class DatagramListener:
         self.failed = False
         self._buffer = memoryview(bytearray(max_datagram))
         self._read_mode = ReadMode()
+        #: how to read the listener, by whether tracing is off: narrated, or its own method
+        self._receivers = (traced_recvfrom(listener), listener.recvfrom_into)
         self._ids = itertools.count(1)
         self._on_listener_closed = on_listener_closed
         self._accepting = False
@@ -235,29 +237,21 @@ class DatagramListener:
 
     def _receive(self) -> None:
         """Read a batch from the listener, as many datagrams as the read mode says, and pass
-        them on: one by one, or, when the relay takes runs and more than one may come, as runs
-        (:meth:`_read_batch`).  The policy is decided here, once per batch."""
-        if not self._accepting:
-            return
-        mode = self._read_mode
-        reads = mode.limit()
-        got, runs = self._read_batch(reads, reads > self.runs_above)
-        mode.got(got, reads)
-        if runs:
-            self._forward_runs(runs)
+        them on.  One by one (:meth:`_forward`, straight from the receive buffer), unless the
+        relay takes runs and more than one may come (:attr:`runs_above`): then one session's
+        consecutive non-empty datagrams of one size (the last may be shorter) are gathered into
+        a run, and the runs are passed on once the batch is read (:meth:`_forward_runs`).
 
-    def _read_batch(self, reads: int, in_runs: bool) -> tuple[int, list[Run]]:
-        """Read up to ``reads`` datagrams: (how many came, the runs to pass on).
-
-        Not ``in_runs``: each goes on at once (:meth:`_forward`, straight from the receive
-        buffer).  ``in_runs``: one session's consecutive non-empty datagrams of one size (the
-        last may be shorter) are gathered into a run, to be passed on once the batch is read.
-        Per datagram, this loop calls nothing of its own but the session lookup."""
+        The policy is decided once per batch: per datagram, this loop calls nothing of its own
+        but the session lookup."""
         listener = self.listener
         view = self._buffer
         limit = len(view)
+        mode = self._read_mode
+        reads = mode.limit()
+        in_runs = reads > self.runs_above
         raw = not trace.enabled()
-        recv = recvfrom_into(listener)
+        recv = self._receivers[raw]
         now = time.monotonic()
         runs: list[Run] = []
         run: Run = _NO_RUN
@@ -297,7 +291,9 @@ class DatagramListener:
             held += size
             if held >= BATCH_BYTES:
                 break
-        return got, runs
+        mode.got(got, reads)
+        if runs:
+            self._forward_runs(runs)
 
     def _truncated(self, who: str, size: int, side: str) -> None:
         self.stats.truncated += 1
