@@ -243,11 +243,11 @@ def pump_datagram(
     ``outgoing`` rewrites each stdin read before it is sent; ``on_data("out" | "in", payload)``
     sees every datagram sent or received.  Returns the number of datagrams received.
     """
-    flow = Flow("out", rewrite=outgoing, observe=on_data)
-    pump = _DatagramPump(sock, on_datagram, flow, stdin_fd, reply_to_last_sender, max_size)
+    copy = HalfClose(Flow("out", rewrite=outgoing, observe=on_data), Flow("in"), idle_timeout=idle_timeout)
+    pump = _DatagramPump(sock, on_datagram, copy, stdin_fd, reply_to_last_sender, max_size)
     pump.on_truncated, pump.on_data = on_truncated, on_data
     with contextlib.closing(pump):
-        pump.run(count, linger, idle_timeout)
+        pump.run(count, linger)
     return pump.received
 
 
@@ -259,7 +259,7 @@ class _DatagramPump:
         self,
         sock: DatagramSocket,
         on_datagram: DatagramSink,
-        outgoing: Flow,
+        copy: HalfClose,
         stdin_fd: int | None,
         reply_to_last_sender: bool,
         max_size: int,
@@ -269,13 +269,14 @@ class _DatagramPump:
         self.stdin_fd = stdin_fd
         self.reply_to_last_sender = reply_to_last_sender
         self.max_size = max_size
-        self.outgoing = outgoing
+        self.copy = copy
+        self.outgoing = copy.outgoing
         self.on_truncated: TruncationSink | None = None
         self.on_data: Callable[[str, bytes], None] | None = None
         self.read_size = _MAX_UDP_PAYLOAD.get(sock.socket.family, CHUNK)
         self.last_sender: SocketAddress | None = None
         self.received = 0
-        self.quiet_since = self.last_traffic = time.monotonic()
+        self.quiet_since = time.monotonic()
         self.sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
         self.sel.register(sock.socket, selectors.EVENT_READ)
         if stdin_fd is None:
@@ -286,30 +287,28 @@ class _DatagramPump:
     def close(self) -> None:
         self.sel.close()
 
-    def run(self, count: int | None, linger: float | None, idle_timeout: float | None) -> None:
+    def run(self, count: int | None, linger: float | None) -> None:
         while count is None or self.received < count:
-            timeout = self._wait_for(linger, idle_timeout)
+            timeout = self._wait_for(linger)
             if timeout is not None and timeout <= 0:
                 return
             events = self.sel.select(timeout)
             if events:
-                self.last_traffic = time.monotonic()
+                self.copy.touch()
             for key, _mask in events:
                 if key.fileobj is not self.sock.socket:
                     self._from_stdin()
                 elif self._receive() and count is not None and self.received >= count:
                     return
 
-    def _wait_for(self, linger: float | None, idle_timeout: float | None) -> float | None:
+    def _wait_for(self, linger: float | None) -> float | None:
         """Seconds left before the linger after stdin's EOF or the idle timeout ends the
         exchange, whichever comes first (``None``: no limit; 0 or less: over)."""
-        left: list[float] = []
-        now = time.monotonic()
+        left = self.copy.wait_for()
         if self.outgoing.eof and linger is not None:
-            left.append(linger - (now - self.quiet_since))
-        if idle_timeout is not None:
-            left.append(idle_timeout - (now - self.last_traffic))
-        return min(left) if left else None
+            lingering = linger - (time.monotonic() - self.quiet_since)
+            left = lingering if left is None else min(left, lingering)
+        return left
 
     def _receive(self) -> bool:
         """One datagram in; False if it was truncated and reported (not counted)."""
