@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
+from .._buffer import DEFAULT_MAX_DATAGRAM
 from ._common import (
     DatagramPrinter,
     event,
     global_options,
     json_option,
+    mode_option,
     parse_mode,
     refuse_mode_unless_file,
     settings,
@@ -29,13 +31,11 @@ MAX_DATAGRAM_SIZE = 16 * 1024 * 1024
 @click.option(
     "--max-size",
     type=BoundedInt(1, MAX_DATAGRAM_SIZE),
-    default=65536,
+    default=DEFAULT_MAX_DATAGRAM,
     show_default=True,
     help="Largest datagram accepted; larger ones are reported as truncated.",
 )
-@click.option(
-    "--mode", metavar="OCTAL", default=None, help="Permissions of a unixgram socket file, e.g. 660."
-)
+@mode_option("Permissions of a unixgram socket file, e.g. 660.")
 @json_option
 @global_options
 def command(address: str, count: int | None, hex_: bool, max_size: int, mode: str | None, json_: bool) -> int:
