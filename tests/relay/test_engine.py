@@ -364,6 +364,52 @@ def test_a_timer_that_raises_ends_its_owner_and_later_timers_still_fire() -> Non
         loop.close()
 
 
+def test_a_repeating_timer_that_raises_is_reported_and_goes_on_until_cancelled() -> None:
+    reports = Reports()
+    loop = Loop(report=reports)
+    calls: list[int] = []
+
+    def tick() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise LookupError("tick")
+        if len(calls) == 3:
+            ticks.cancel()
+
+    try:
+        ticks = loop.call_every(0.001, tick)
+        later: list[bool] = []
+        loop.call_later(0.05, lambda: later.append(True))
+        loop.run(until=lambda: bool(later))
+        assert calls == [0, 1, 2]  # the raise did not end the series; the cancel did
+        assert [line for line, _exc in reports.lines] == [
+            "enchufe: unexpected error in a timer: LookupError: tick; its work is skipped; the relay goes on"
+        ]
+    finally:
+        loop.close()
+
+
+def test_a_timer_that_cancels_many_timers_leaves_a_repeating_one_due_once() -> None:
+    """Cancelling many timers compacts the heap (a new list) in the middle of a turn's timers:
+    a repeating timer due in the same turn still fires once per interval, neither lost nor
+    doubled."""
+    loop = Loop()
+    ticks: list[float] = []
+    interval = 0.1
+    try:
+        doomed = [loop.call_later(3600.0, lambda: None) for _ in range(COMPACT_AFTER + 10)]
+        loop.call_later(interval, lambda: [timer.cancel() for timer in doomed])
+        loop.call_every(interval, lambda: ticks.append(time.monotonic()))
+        time.sleep(2 * interval)  # both due in the loop's first turn, the cancelling one first
+        loop.run(until=lambda: len(ticks) >= 3)
+        assert len(loop._timers) < COMPACT_AFTER  # compacted
+        gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+        assert min(gaps) > interval / 2, gaps  # not due again at once (a doubled entry)
+        assert sum(1 for _when, _seq, timer in loop._timers if timer.interval) == 1
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit, MemoryError])
 def test_interrupts_exits_and_memory_errors_still_end_the_loop(error: type[BaseException]) -> None:
     reports = Reports()

@@ -1,10 +1,17 @@
-"""The stats lines and summary: pure formatting of counters."""
+"""The stats lines and summary: pure formatting of counters; the stats timer of a running relay."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 
+from enchufe.relay import Recorder, Relay, RelayConfig
 from enchufe.relay.stats import Snapshot, Stats, human_bytes, interval_report, summary_report
+from tests.conftest import Peer
+
+from .conftest import STEP
 
 
 @pytest.mark.parametrize(
@@ -77,3 +84,29 @@ def test_datagram_counters_appear_once_there_are_datagrams() -> None:
     line, fields = interval_report(Snapshot(when=0.0, started=0.0), final)
     assert "datagrams 3 to target" in line and fields["dropped"] == 2
     assert "datagrams" not in summary_report(Snapshot(when=1.0, started=0.0))[0]
+
+
+class FailingOnce(Recorder):
+    """A library user's event sink that fails (not with OSError) on the first stats line."""
+
+    def _keep(self, name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
+        if name == "stats" and not getattr(self, "failed", False):
+            self.failed = True
+            raise ValueError("sink failed")
+        super()._keep(name, message, level=level, **fields)
+
+
+def test_a_stats_line_that_fails_does_not_end_the_stats() -> None:
+    events = FailingOnce()
+    relay = Relay(RelayConfig("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", stats_interval=0.01), events=events)
+    relay.open()
+    peer = Peer(relay.run)
+    try:
+        deadline = time.monotonic() + STEP
+        while not events.named("stats") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert events.named("stats"), "no stats line after the first one failed"
+    finally:
+        relay.stop(now=True)
+        peer.result(STEP)
+    assert any("ValueError: sink failed" in message for _name, message, _fields in events.events)

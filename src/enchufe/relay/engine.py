@@ -5,6 +5,7 @@
     loop = Loop()
     loop.register(sock.fileno(), READ, on_ready)     # on_ready(mask) runs when fd is ready
     timer = loop.call_later(5.0, on_timeout)         # timer.cancel() to take it back
+    ticks = loop.call_every(1.0, on_tick)            # until ticks.cancel()
     loop.run(until=lambda: done)                     # returns once ``until()`` holds
     loop.wake()                                      # from a signal handler or another thread
 
@@ -34,7 +35,9 @@ end its own session, not the relay and everyone else's.  A registration (or a ti
 moment) and returns what it did, for the one line reported through :attr:`Loop.report` (the
 relay's event sink; the traceback goes to the ``enchufe.relay`` logger at DEBUG level).  A
 descriptor without ``on_error``, or whose ``on_error`` raised too, is no longer watched, so that
-a handler failing on every turn cannot spin.  ``KeyboardInterrupt``, ``SystemExit`` and
+a handler failing on every turn cannot spin.  A repeating timer (:meth:`Loop.call_every`) is
+due again before its callback runs, so one that raises once is reported and goes on (a stats
+line that failed does not end the stats).  ``KeyboardInterrupt``, ``SystemExit`` and
 ``MemoryError`` are not caught.  The guard is a ``try`` around each call (free in CPython 3.11
 and later until something raises): no bookkeeping on the hot path.
 """
@@ -85,17 +88,24 @@ def _log_report(line: str, exc: Exception) -> None:
 
 
 class Timer:
-    """A callback due at ``when`` (monotonic seconds); :meth:`cancel` makes it a no-op."""
+    """A callback due at ``when`` (monotonic seconds), and every ``interval`` seconds after that
+    if one is given; :meth:`cancel` makes it a no-op."""
 
-    __slots__ = ("_loop", "callback", "cancelled", "on_error", "when")
+    __slots__ = ("_loop", "callback", "cancelled", "interval", "on_error", "when")
 
     def __init__(
-        self, loop: Loop, when: float, callback: Callable[[], None], on_error: OnError | None = None
+        self,
+        loop: Loop,
+        when: float,
+        callback: Callable[[], None],
+        on_error: OnError | None = None,
+        interval: float | None = None,
     ) -> None:
         self._loop = loop
         self.when = when
         self.callback = callback
         self.on_error = on_error
+        self.interval = interval
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -122,6 +132,7 @@ class Loop:
         self._stale: set[int] = set()  # descriptors forgotten during the current batch
         self._always: dict[int, int] = {}  # descriptors epoll refuses: fd → mask wanted
         self._epoll.register(self._wake_r, READ)
+        self._handlers[self._wake_r] = self._drain_wake  # never raises: see _drain_wake
         self._closed = False
 
     # -- descriptors
@@ -173,6 +184,16 @@ class Loop:
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
 
+    def call_every(
+        self, interval: float, callback: Callable[[], None], on_error: OnError | None = None
+    ) -> Timer:
+        """Call ``callback()`` every ``interval`` seconds (the first time in ``interval``) until
+        the timer returned is cancelled.  If it raises, ``on_error(exc)`` ends its owner (or the
+        failure is reported), and the calls go on."""
+        timer = Timer(self, time.monotonic() + interval, callback, on_error, interval)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
     def _timer_cancelled(self) -> None:
         self._cancelled += 1
         if self._cancelled > COMPACT_AFTER and self._cancelled * 2 > len(self._timers):
@@ -181,14 +202,18 @@ class Loop:
             self._cancelled = 0
 
     def _run_timers(self) -> None:
-        timers = self._timers
         now = time.monotonic()
-        while timers and timers[0][0] <= now:
+        # self._timers each time: a callback that cancels many timers may compact it (a new list)
+        while (timers := self._timers) and timers[0][0] <= now:
             _when, _seq, timer = heapq.heappop(timers)
             if timer.cancelled:
                 self._cancelled = max(0, self._cancelled - 1)
                 continue
-            timer.cancelled = True  # fired: a later cancel() is a no-op
+            if timer.interval is None:
+                timer.cancelled = True  # fired: a later cancel() is a no-op
+            else:  # due again whatever this call does
+                timer.when = now + timer.interval
+                heapq.heappush(timers, (timer.when, next(self._seq), timer))
             try:
                 timer.callback()
             except MemoryError:
@@ -207,7 +232,7 @@ class Loop:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
 
-    def _drain_wake(self) -> None:
+    def _drain_wake(self, _events: int = 0) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._wake_r, 4096):
                 pass
@@ -224,21 +249,12 @@ class Loop:
     def run(self, until: Callable[[], bool]) -> None:
         """Dispatch readiness and timers until ``until()`` is true (checked after every turn)."""
         poll = self._epoll.poll
-        handlers = self._handlers
-        get_handler = handlers.get
-        wake_fd = self._wake_r
+        get_handler = self._handlers.get
         stale = self._stale
         always = self._always
         monotonic = time.monotonic
         while not until():
-            timers = self._timers  # a new list after compaction
-            # Cancelled timers at the head would only wake the loop for nothing: drop them.
-            while timers and timers[0][2].cancelled:
-                heapq.heappop(timers)
-                self._cancelled = max(0, self._cancelled - 1)
-            timeout = max(0.0, timers[0][0] - monotonic()) if timers else -1.0
-            if always and any(always.values()):
-                timeout = 0.0
+            timeout = self._wait_time() if self._timers or always else -1.0
             if stale:
                 stale.clear()
             for fd, events in poll(timeout, MAX_EVENTS):
@@ -252,13 +268,23 @@ class Loop:
                         raise
                     except Exception as exc:
                         self._handler_failed(exc, fd)
-                elif fd == wake_fd:
-                    self._drain_wake()
             if always:
                 self._run_always()
             timers = self._timers
             if timers and timers[0][0] <= monotonic():
                 self._run_timers()
+
+    def _wait_time(self) -> float:
+        """Seconds ``epoll_wait`` may block: until the next timer, none while an always-ready
+        descriptor wants something, -1 (no limit) otherwise."""
+        timers = self._timers  # a new list after compaction
+        # Cancelled timers at the head would only wake the loop for nothing: drop them.
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+            self._cancelled = max(0, self._cancelled - 1)
+        if self._always and any(self._always.values()):
+            return 0.0
+        return max(0.0, timers[0][0] - time.monotonic()) if timers else -1.0
 
     def _run_always(self) -> None:
         for fd, mask in list(self._always.items()):

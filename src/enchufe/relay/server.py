@@ -220,7 +220,7 @@ class Relay:
                 self.events("listening", f"listening on {address}", address=str(address))
             if config.stats_interval:
                 self._last = self.stats.snapshot()
-                loop.call_later(config.stats_interval, self._report)
+                loop.call_every(config.stats_interval, self._report)  # goes on if one fails
             if self._stops:
                 self._on_wake()
             loop.run(until=self._done)
@@ -375,13 +375,11 @@ class Relay:
         self.events.notice("unexpected errors", "error", line, error=f"{type(exc).__name__}: {exc}")
 
     def _report(self) -> None:
-        interval = self.config.stats_interval
-        assert interval is not None and self._loop is not None and self._last is not None
+        assert self._last is not None
         now = self.stats.snapshot()
         line, fields = interval_report(self._last, now)
         self._last = now
         self.events("stats", line, **fields)
-        self._loop.call_later(interval, self._report)
 
     # -- closing
 
