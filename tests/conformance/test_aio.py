@@ -324,3 +324,21 @@ def test_the_namespace_is_exactly_its_public_names() -> None:
     public = {name for name in dir(aio) if not name.startswith("_") and name.isidentifier()}
     assert public == set(aio.__all__)
     assert {"asyncio", "socket", "Any", "annotations", "ConnectPlan"}.isdisjoint(public)
+
+
+def test_reprs_name_the_asyncio_side(run: Callable[[Awaitable[Any]], Any]) -> None:
+    """Each asyncio endpoint names its class as the sync ones do (the datagram socket once
+    showed ``<aio.<DatagramSocket …>``, from the sync object it wrapped)."""
+
+    async def main() -> list[str]:
+        async with (
+            await aio.listen("tcp://127.0.0.1:0") as listener,
+            await aio.bind_datagram("udp://127.0.0.1:0") as sock,
+        ):
+            shown = [repr(listener), repr(sock)]
+        return [*shown, repr(sock)]
+
+    listener, sock, closed = run(main())
+    assert listener.startswith("<aio.Listener tcp://127.0.0.1:")
+    assert sock.startswith("<aio.DatagramSocket udp://127.0.0.1:")
+    assert closed.endswith(" closed>")
