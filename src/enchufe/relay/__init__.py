@@ -25,9 +25,12 @@ stream → datagram, frame   an upstream datagram socket per client stream      
 
 The pieces, one idea per module:
 
+* :mod:`.config` — what a relay is told (:class:`RelayConfig`) and the checks that refuse a
+  configuration before anything is bound (pure);
 * :mod:`.engine` — the event loop: epoll readiness, a heap of timers, a wake-up pipe;
-* :mod:`.pump` — one direction of a stream: splice through a pooled pipe, or copy through a bulk
-  buffer towards TCP (measured faster there);
+* :mod:`.pump` — one direction of a stream: read and write half-steps, splicing through a pooled
+  pipe, or copying through a bulk buffer towards TCP (measured faster there); :mod:`.pools`, the
+  pipes and buffers lent to pumps while bytes are in flight;
 * :mod:`.targets` — TARGET's addresses, resolved at most every 30 s;
 * :mod:`.session` — what every client's session shares: the connect phase (addresses in order,
   back-off, timeout), the idle timer, the end and its event;
@@ -49,16 +52,16 @@ The pieces, one idea per module:
 
 from __future__ import annotations
 
-from .events import EventSink, Recorder
-from .limits import AccessRules
-from .server import (
+from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
-    Relay,
     RelayConfig,
     RelayResult,
     check_endpoints,
 )
+from .events import EventSink, Recorder
+from .limits import AccessRules
+from .server import Relay
 from .stats import Snapshot, Stats
 from .workers import run_workers
 
