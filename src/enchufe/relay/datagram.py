@@ -63,7 +63,6 @@ from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix da
 from .._calls import new_socket
 from .._resolve import Target
 from .._unixfiles import SocketFile
-from .datagram_io import BATCH as BATCH  # for .framed, which reads datagrams as this relay does
 from .datagram_io import (
     GSO_BYTES,
     GSO_SEGMENTS,
@@ -72,13 +71,11 @@ from .datagram_io import (
     Buffer,
     ReadMode,
     connect_upstream,
-    enlarge_buffers,
     send_datagrams,
     traced_recv,
 )
 from .datagram_listener import DatagramListener, Key, Run, Upstream, describe_sender
 from .engine import ERROR, FAILED, READ, WRITE, Loop
-from .tunnel import STREAM_CHUNK as STREAM_CHUNK  # for .framed
 from .tunnel import FramedDatagramRelay
 
 __all__ = [
@@ -92,8 +89,6 @@ __all__ = [
 #: Replies counted (read and dropped) at most from an ending session's socket: a socket buffer
 #: holds far fewer, so this only bounds the loop.
 MAX_DRAIN = 100_000
-
-_enlarge_buffers = enlarge_buffers  # the name .framed imports
 
 
 class DatagramUpstream(Upstream):

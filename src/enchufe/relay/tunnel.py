@@ -31,6 +31,7 @@ from ..errors import ProtocolError, translate
 from ..framing import HEADER, Framer
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
+from .session import pending_error
 
 __all__ = ["FRAMED_BACKLOG", "STREAM_CHUNK", "FramedDatagramRelay"]
 
@@ -194,7 +195,7 @@ class FramedDatagramRelay(DatagramListener):
 
     def _stream_ok(self, session: Tunnel) -> bool:
         """The stream reported an error: False if it is a real one (the session ends, reset)."""
-        code = _pending_error(session.sock)
+        code = pending_error(session.sock)
         if code:
             self._reset(session, os.strerror(code).lower())
             return False
@@ -207,7 +208,7 @@ class FramedDatagramRelay(DatagramListener):
 
     def _on_connect(self, session: Tunnel) -> None:
         """The stream's connect finished: the datagrams queued meanwhile go, or it failed."""
-        code = _pending_error(session.sock)
+        code = pending_error(session.sock)
         if code:
             self._failed(session, translate(OSError(code, ""), "connect").args[0])
             return
@@ -271,11 +272,3 @@ class FramedDatagramRelay(DatagramListener):
             if not self.replies.send(session, message):
                 break
         self._watch(session)
-
-
-def _pending_error(sock: socket.socket) -> int:
-    """The socket's pending error (SO_ERROR, cleared by reading it), or the errno of asking."""
-    try:
-        return _nonblocking.socket_error(sock)
-    except OSError as exc:
-        return exc.errno or errno.EIO
