@@ -48,7 +48,8 @@ def test_a_socket_wanting_nothing_still_hears_its_reset(loop: Loop) -> None:
             loop.unregister(ours.fileno())  # once is enough (it would be reported every turn)
 
         side = Side(ours)
-        side.want(loop, 0, False, on_events, _never, _never, str)
+        side.handle(on_events, _never, _never, str)
+        side.want(loop, 0, False)
         assert side.mask == 0 and loop.watching(ours.fileno())
         abort(peer)  # SO_LINGER 0: a reset
         _run_briefly(loop)
@@ -60,14 +61,15 @@ def test_a_socket_shut_for_writing_is_unwatched_while_nothing_is_wanted(loop: Lo
     with ours, peer:
         side = Side(ours)
         calls: list[int] = []
-        side.want(loop, READ, False, calls.append, _never, _never, str)
+        side.handle(calls.append, _never, _never, str)
+        side.want(loop, READ, False)
         ours.shutdown(socket.SHUT_WR)
         peer.shutdown(socket.SHUT_WR)  # both shut: an empty mask would report EPOLLHUP forever
-        side.want(loop, 0, True, calls.append, _never, _never, str)
+        side.want(loop, 0, True)
         assert side.mask == UNREGISTERED and not loop.watching(ours.fileno())
         _run_briefly(loop, 0.1)
         assert calls == []
-        side.want(loop, READ, True, calls.append, _never, _never, str)  # wanted again
+        side.want(loop, READ, True)  # wanted again
         assert side.mask == READ and loop.watching(ours.fileno())
         loop.forget(ours.fileno())
 
@@ -79,11 +81,12 @@ def test_a_descriptor_side_registers_each_descriptor_only_while_wanted(loop: Loo
         side = Side(rfd=rfd, wfd=wfd)
         reads: list[int] = []
         writes: list[int] = []
-        side.want(loop, READ, False, _never, reads.append, writes.append, str)
+        side.handle(_never, reads.append, writes.append, str)
+        side.want(loop, READ, False)
         assert loop.watching(rfd) and not loop.watching(wfd)
-        side.want(loop, WRITE, False, _never, reads.append, writes.append, str)
+        side.want(loop, WRITE, False)
         assert not loop.watching(rfd) and loop.watching(wfd)
-        side.want(loop, 0, False, _never, reads.append, writes.append, str)
+        side.want(loop, 0, False)
         assert not loop.watching(rfd) and not loop.watching(wfd)
         assert side.mask == 0
         os.close(their_w)  # the writer is gone: the read end reports EPOLLHUP whatever the mask

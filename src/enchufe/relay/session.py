@@ -27,7 +27,7 @@ import errno
 import os
 import socket
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .. import _calls
 from .._backoff import Backoff
@@ -37,9 +37,21 @@ from .._resolve import Target
 from .._text import printable
 from ..address import from_sockaddr
 from ..errors import TimedOut, translate
-from .engine import Timer
+from .engine import Loop, Timer
+from .events import EventSink
+from .stats import Stats
+from .targets import TargetResolver
 
-__all__ = ["CLOSED", "CONNECTING", "OPEN", "RelaySession", "describe_peer", "nodelay", "pending_error"]
+__all__ = [
+    "CLOSED",
+    "CONNECTING",
+    "OPEN",
+    "Owner",
+    "RelaySession",
+    "describe_peer",
+    "nodelay",
+    "pending_error",
+]
 
 CONNECTING, OPEN, CLOSED = 0, 1, 2
 
@@ -76,6 +88,26 @@ def nodelay(sock: socket.socket) -> None:
         _calls.setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
 
 
+class Owner(Protocol):
+    """What a session needs of the handler that admitted it (a listener's, or stdio's)."""
+
+    loop: Loop
+    stats: Stats
+    events: EventSink
+    resolver: TargetResolver | None
+    target_label: str
+    connect_timeout: float
+    idle_timeout: float | None
+    #: the relay serves this one client (stdio): a broken session is the whole run's failure
+    one_client: bool
+    #: a child per client (exec:): a target that fails to open is a program that failed to start
+    runs_programs: bool
+
+    def session_ended(self, session: Any, failed: bool) -> None: ...
+
+    def one_shot_broken(self, session: Any, reason: str, error: str | None) -> None: ...
+
+
 class RelaySession:
     """One client of a relay, from the opening of its target to its end (see the module)."""
 
@@ -100,10 +132,10 @@ class RelaySession:
 
     #: what :meth:`crashed` says was done to the peers
     crash_outcome: ClassVar[str] = "the client reset"
-    #: the socket type of a socket target
-    target_type: ClassVar[int] = socket.SOCK_STREAM
 
-    def __init__(self, relay: Any, client_sock: socket.socket | None, peer: Any, session_id: int) -> None:
+    relay: Owner
+
+    def __init__(self, relay: Owner, client_sock: socket.socket | None, peer: Any, session_id: int) -> None:
         self.relay = relay
         self.client_sock = client_sock
         self.peer = peer
@@ -135,6 +167,7 @@ class RelaySession:
     def _open_targets(self) -> None:
         """Resolve the target, then connect to its addresses in order within the timeout."""
         relay = self.relay
+        assert relay.resolver is not None
         try:
             self._targets = relay.resolver.targets()
         except Exception as exc:  # NameResolutionError: the target's name stopped resolving
@@ -150,7 +183,7 @@ class RelaySession:
         sock = self.target_sock
         if sock is None:
             try:
-                sock = new_socket(target.family, self.target_type)
+                sock = new_socket(target.family, socket.SOCK_STREAM)
             except OSError as exc:
                 self._next_target(exc)
                 return

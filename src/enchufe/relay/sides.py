@@ -5,7 +5,8 @@
     Side(sock)                                  # a socket: one descriptor both ways
     Side(rfd=child.stdout_r, wfd=child.stdin_w) # an exec: child's pipes
     stdio_side()                                # this process's stdin and stdout (``-``)
-    side.want(loop, READ | WRITE, …)            # the new interest, when it changed
+    side.handle(on_events, on_read, on_write, on_error)   # the session's handlers, once
+    side.want(loop, READ | WRITE, write_shut)   # the new interest, when it changed
 
 Interest follows the pumps after every step: read a side only while its pump has room
 (backpressure), write it only while bytes wait for it.  A socket we want nothing from stays
@@ -51,6 +52,10 @@ class Side:
 
     __slots__ = (
         "mask",
+        "on_error",
+        "on_events",
+        "on_read",
+        "on_write",
         "rfd",
         "rmask",
         "saved_flags",
@@ -75,21 +80,24 @@ class Side:
         self.wfd_is_socket = False
         #: a terminal may never send EOF: the session ends once the other side's EOF is through
         self.stop_at_peer_eof = False
+        self.on_events: Handler = _unhandled
+        self.on_read: Handler = _unhandled
+        self.on_write: Handler = _unhandled
+        self.on_error: OnError = _no_owner
+
+    def handle(self, on_events: Handler, on_read: Handler, on_write: Handler, on_error: OnError) -> None:
+        """Who is called when this side is ready: ``on_events`` for a socket's events,
+        ``on_read`` and ``on_write`` for a descriptor side's; ``on_error`` if one raises."""
+        self.on_events = on_events
+        self.on_read = on_read
+        self.on_write = on_write
+        self.on_error = on_error
 
     @property
     def is_socket(self) -> bool:
         return self.sock is not None
 
-    def want(
-        self,
-        loop: Loop,
-        mask: int,
-        write_shut: bool,
-        on_events: Handler,
-        on_read: Handler,
-        on_write: Handler,
-        on_error: OnError,
-    ) -> None:
+    def want(self, loop: Loop, mask: int, write_shut: bool) -> None:
         """Ask the loop for ``mask`` (READ, WRITE) on this side; called when ``mask`` changed.
 
         A socket is registered with ``mask``, also when it is 0 (its reset is still reported),
@@ -100,9 +108,9 @@ class Side:
         if self.sock is None:
             self.mask = mask
             if self.rfd >= 0:
-                self.rmask = want_fd(loop, self.rfd, self.rmask, mask & READ, on_read, on_error)
+                self.rmask = want_fd(loop, self.rfd, self.rmask, mask & READ, self.on_read, self.on_error)
             if self.wfd >= 0:
-                self.wmask = want_fd(loop, self.wfd, self.wmask, mask & WRITE, on_write, on_error)
+                self.wmask = want_fd(loop, self.wfd, self.wmask, mask & WRITE, self.on_write, self.on_error)
             return
         current = self.mask
         if mask == 0 and write_shut:
@@ -111,7 +119,7 @@ class Side:
             self.mask = UNREGISTERED
             return
         if current == UNREGISTERED:
-            loop.register(self.rfd, mask, on_events, on_error)
+            loop.register(self.rfd, mask, self.on_events, self.on_error)
         else:
             loop.modify(self.rfd, mask)
         self.mask = mask
@@ -195,6 +203,14 @@ def readable(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def _unhandled(events: int) -> None:
+    raise RuntimeError("a side was registered before its handlers were set (Side.handle)")
+
+
+def _no_owner(exc: Exception) -> str:
+    return "nothing to close"
 
 
 def want_fd(loop: Loop, fd: int, current: int, mask: int, handler: Handler, on_error: OnError) -> int:

@@ -55,6 +55,7 @@ class StreamSession(RelaySession):
     ) -> None:
         super().__init__(relay, client_sock, peer, session_id)
         self.client = client
+        client.handle(self._on_client, self._on_client_read, self._on_client_write, self.crashed)
         self.target: Side | None = None
         self.child: Child | None = None
         self.up: Pump | None = None
@@ -77,7 +78,7 @@ class StreamSession(RelaySession):
         if isinstance(target, ExecAddress):
             self._spawn(target)
         elif isinstance(target, StdioAddress):
-            self.target = stdio_side()
+            self._set_target(stdio_side())
             self._connected()
         else:
             self._open_targets()
@@ -93,7 +94,7 @@ class StreamSession(RelaySession):
             return
         self.child = child
         child.on_exit = lambda: self._child_exited(CHILD_EXIT_GRACE)
-        self.target = Side(rfd=child.stdout_r, wfd=child.stdin_w)
+        self._set_target(Side(rfd=child.stdout_r, wfd=child.stdin_w))
         if relay.events.wants(1):
             relay.events(
                 "exec",
@@ -106,14 +107,16 @@ class StreamSession(RelaySession):
         self._connected(announce=False)
 
     def _target_opened(self, sock: socket.socket) -> None:
-        self.target = Side(sock)
+        self._set_target(Side(sock))
+
+    def _set_target(self, side: Side) -> None:
+        side.handle(self._on_target, self._on_target_read, self._on_target_write, self.crashed)
+        self.target = side
 
     def _wait_connect(self) -> None:
         side = self.target
         assert side is not None
-        side.want(
-            self.relay.loop, WRITE, False, self._on_target, self._on_target, self._on_target, self.crashed
-        )
+        side.want(self.relay.loop, WRITE, False)
 
     def _drop_target(self) -> None:
         if self.target_sock is not None:
@@ -307,27 +310,11 @@ class StreamSession(RelaySession):
         side = self.client
         mask = (READ if up_read else 0) | (WRITE if down.in_flight else 0)
         if mask != side.mask:
-            side.want(
-                self.relay.loop,
-                mask,
-                down.done,
-                self._on_client,
-                self._on_client_read,
-                self._on_client_write,
-                self.crashed,
-            )
+            side.want(self.relay.loop, mask, down.done)
         side = self.target  # type: ignore[assignment]  # set while relaying
         mask = (READ if down_read else 0) | (WRITE if up.in_flight else 0)
         if mask != side.mask:
-            side.want(
-                self.relay.loop,
-                mask,
-                up.done,
-                self._on_target,
-                self._on_target_read,
-                self._on_target_write,
-                self.crashed,
-            )
+            side.want(self.relay.loop, mask, up.done)
 
     # -- timers
 
