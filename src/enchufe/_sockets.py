@@ -100,7 +100,7 @@ def _open_bound(
     else:
         target = resolve(address, passive=True)[0]
         family = target.family
-    sock = _new(family, sock_type, what)
+    sock = create_socket(family, sock_type, what)
     owned: SocketFile | None = None
     try:
         if target is None:
@@ -122,7 +122,9 @@ def _open_bound(
     return sock, _real_address(sock, address), owned
 
 
-def _new(family: int, sock_type: int, what: str) -> socket.socket:
+def create_socket(family: int, sock_type: int, what: str) -> socket.socket:
+    """A new socket for ``what`` (``"connect to …"``); its failure (no descriptor left) as an
+    enchufe error that says what could not be done."""
     try:
         return new_socket(family, sock_type)
     except OSError as exc:
@@ -159,7 +161,7 @@ def open_connection(
             else resolve(address, passive=False)
         )
         for target in targets:
-            sock = _new(target.family, sock_type, what)
+            sock = create_socket(target.family, sock_type, what)
             owned: SocketFile | None = None
             try:
                 if sock_type == socket.SOCK_DGRAM and target.family == socket.AF_UNIX and datagram_reply:

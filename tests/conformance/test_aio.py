@@ -342,3 +342,54 @@ def test_reprs_name_the_asyncio_side(run: Callable[[Awaitable[Any]], Any]) -> No
     assert listener.startswith("<aio.Listener tcp://127.0.0.1:")
     assert sock.startswith("<aio.DatagramSocket udp://127.0.0.1:")
     assert closed.endswith(" closed>")
+
+
+#: Both connects with no descriptor left, in a child (the limit is the whole process's).
+NO_DESCRIPTOR_LEFT = r"""
+import os, resource
+import enchufe
+import enchufe.aio as aio
+from enchufe.errors import NetworkError
+
+async def main() -> None:
+    async with await aio.listen("tcp://127.0.0.1:0") as listener:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        fillers = []
+        for _ in range(64):
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        for side in ("sync", "aio"):
+            try:
+                if side == "sync":
+                    enchufe.connect(listener.address)
+                else:
+                    await aio.connect(listener.address)
+            except NetworkError as exc:
+                print(side, "NetworkError", exc.errno, exc)
+            except OSError as exc:
+                print(side, "untranslated", type(exc).__name__, exc)
+        for fd in fillers:
+            os.close(fd)
+
+aio.run(main(), use_uvloop=False)
+"""
+
+
+def test_connect_with_no_descriptor_left_raises_an_enchufe_error_on_both_sides() -> None:
+    """socket() failing (EMFILE) is a NetworkError that names the connect, from aio.connect as
+    from enchufe.connect (aio.connect let the raw OSError out)."""
+    import errno
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NO_DESCRIPTOR_LEFT], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 3)[:3] for line in lines] == [
+        ["sync", "NetworkError", str(errno.EMFILE)],
+        ["aio", "NetworkError", str(errno.EMFILE)],
+    ], done.stdout
+    assert all("cannot connect to tcp://127.0.0.1:" in line for line in lines)

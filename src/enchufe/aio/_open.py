@@ -11,7 +11,7 @@ from .. import _calls, _nonblocking, _ranges, _resolve, _unixfiles
 from .._backoff import Backoff
 from .._connect import DEFAULT_RETRY_DELAY, ConnectPlan, socket_address
 from .._resolve import Target
-from .._sockets import DEFAULT_BACKLOG, open_datagram, open_listener
+from .._sockets import DEFAULT_BACKLOG, create_socket, open_datagram, open_listener
 from .._unixfiles import SocketFile
 from ..address import Address, UnixAddress
 from ._wait import wait_writable
@@ -119,7 +119,7 @@ async def _open_connection(
         if delay:
             await asyncio.sleep(delay)
         for target in await _targets(address):
-            sock = _calls.new_socket(target.family, sock_type)
+            sock = create_socket(target.family, sock_type, f"connect to {address}")
             owned: SocketFile | None = None
             try:
                 sock.setblocking(False)
