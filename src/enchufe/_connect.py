@@ -53,6 +53,8 @@ class ConnectPlan:
     """
 
     def __init__(self, address: SocketAddress, *, retries: int, retry_delay: float) -> None:
+        if isinstance(retries, int) and retries < 0:  # bad input, like every argument error before a socket
+            raise AddressError(f"retries must be 0 or more, not {retries}")
         self.address = address
         self.retries = _ranges.integer(retries, "retries", 0)
         self.retry_delay = _ranges.seconds(retry_delay, "retry_delay") or 0.0

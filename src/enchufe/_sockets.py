@@ -18,7 +18,7 @@ from ._connect import ConnectPlan
 from ._resolve import Target, resolve
 from ._unixfiles import SocketFile, autobind_unix, bind_unix, explain_unix_failure
 from .address import InetAddress, SocketAddress, UnixAddress
-from .errors import AddressError, NetworkError, translate
+from .errors import NetworkError, translate
 
 #: The kernel clamps this to net.core.somaxconn (4096 on current kernels).  A short backlog
 #: turns a burst of connects into SYN retransmissions of a second or more; queued connections
@@ -146,8 +146,6 @@ def open_connection(
     retried ``retries`` more times, ``retry_delay`` seconds apart; the error raised is the last
     one, carrying every attempt's error in ``attempts``.
     """
-    if isinstance(retries, int) and retries < 0:  # bad input, like every argument error before a socket
-        raise AddressError(f"retries must be 0 or more, not {retries}")
     plan = ConnectPlan(address, retries=retries, retry_delay=retry_delay)
     timeout = _ranges.seconds(timeout, "timeout", optional=True, positive=True)
     sock_type = _sock_type(address)
