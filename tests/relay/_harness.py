@@ -34,6 +34,7 @@ __all__ = [
     "DATAGRAM",
     "STREAM",
     "TCP",
+    "Narration",
     "ending",
     "expected_endings",
     "kind_pairs",
@@ -121,6 +122,7 @@ _ACCEPTED = re.compile(r"^accept\(fd \d+\) = fd (\d+) from ")
 _OPENED = re.compile(r"^socket\(AF_\w+, SOCK_STREAM\) = fd (\d+)$")
 _SPLICED = re.compile(r"^splice\(fd \d+, fd (\d+), ")
 _WRITTEN = re.compile(r"^write\(fd (\d+), \d+ bytes\)")
+_WRITE_RESULT = re.compile(r"^write\(fd (\d+), (\d+) bytes\) = (-1 EAGAIN|\d+)")
 
 
 @contextlib.contextmanager
@@ -153,6 +155,33 @@ def narrated_paths(lines: list[str]) -> dict[str, set[str]]:
             if match and match.group(1) in names:
                 paths[names[match.group(1)]].add(path)
     return paths
+
+
+class Narration:
+    """Reads the narration as it grows (the relay's thread appends to ``lines``): which target
+    sockets the relay opened, which descriptors a write found full (EAGAIN, or took only part of
+    the bytes), which it spliced into."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.seen = 0
+        self.targets: set[str] = set()
+        self.full: set[str] = set()
+        self.spliced: set[str] = set()
+
+    def update(self) -> Narration:
+        new = self.lines[self.seen :]
+        self.seen += len(new)
+        for line in new:
+            if match := _OPENED.match(line):
+                self.targets.add(match.group(1))
+            elif match := _WRITE_RESULT.match(line):
+                fd, asked, written = match.groups()
+                if written.startswith("-") or int(written) < int(asked):  # bytes left in hand
+                    self.full.add(fd)
+            elif match := _SPLICED.match(line):
+                self.spliced.add(match.group(1))
+        return self
 
 
 def wait_event(relay: RelayThread, name: str, count: int = 1, what: str = "") -> list[dict[str, Any]]:
