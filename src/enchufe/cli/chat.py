@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ._common import given, global_options, json_option, serve, server_target, serving_options
+from ._common import given, global_options, json_option
 from ._numbers import BoundedInt
+from ._server import serve, server_target, serving_options
 
 
 @click.command("chat")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._common import global_options, json_option, serve, server_target, serving_options
+from ._common import global_options, json_option
+from ._server import serve, server_target, serving_options
 
 
 @click.command("echo")

@@ -9,21 +9,17 @@ import click
 from .._serving import DEFAULT_DRAIN_TIMEOUT
 from ._common import (
     DatagramPrinter,
-    backlog_option,
-    drain_option,
     event,
     given,
     global_options,
     json_option,
-    mode_option,
-    parse_mode,
     peer_name,
-    refuse_mode_unless_file,
     settings,
     stop_on_sigterm,
     warn_truncated,
 )
 from ._numbers import BoundedInt
+from ._server import backlog_option, drain_option, mode_option, parse_mode, refuse_mode_unless_file
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -206,7 +202,7 @@ def _serve_exec(
     from ..aio.stream import Connection
     from ..errors import EnchufeError
     from ..exec import run_exec
-    from ._common import announced, run_server
+    from ._server import announced, run_server
 
     program = parse("exec:" + command_line)
     assert isinstance(program, ExecAddress)

@@ -10,14 +10,12 @@ from ._common import (
     event,
     global_options,
     json_option,
-    mode_option,
-    parse_mode,
-    refuse_mode_unless_file,
     settings,
     stop_on_sigterm,
     warn_truncated,
 )
 from ._numbers import BoundedInt
+from ._server import mode_option, parse_mode, refuse_mode_unless_file
 
 #: The largest --max-size: a receive buffer of this many bytes is allocated per datagram, and no
 #: datagram socket carries more (UDP: 64 KiB; unix: the send buffer, 208 KiB by default).

@@ -11,8 +11,9 @@ from .._sockets import DEFAULT_BACKLOG
 from ..relay.datagram import DEFAULT_MAX_DATAGRAM
 from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
-from ._common import event, global_options, json_option, parse_mode, server_options, settings
+from ._common import event, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
+from ._server import parse_mode, server_options
 
 #: The shortest --stats interval: a line per 100 ms is already more than anyone reads, and a
 #: shorter one would make the relay spend its time reporting.

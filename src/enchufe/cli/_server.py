@@ -1,0 +1,274 @@
+"""What every server command shares (echo, chat, listen, recv, relay): the server options with
+one range each, --mode, running an asyncio server until a stop signal, and ``-v`` lines for
+each connection or peer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+
+from ._common import STOP_SIGNALS, F, event, peer_name, settings, setup_logging
+from ._numbers import MAX_BACKLOG, BoundedInt, FiniteFloat
+
+# An octal file mode as chmod takes it: ASCII octal digits only (no "0o", "+", "_" or "٣").
+_MODE_TEXT = re.compile(r"[0-7]{1,4}", re.ASCII)
+
+
+def server_options(
+    *,
+    max_conns: int | None,
+    max_conns_help: str,
+    idle_help: str,
+    drain_timeout: float,
+    drain_help: str = "On SIGTERM, SIGINT or SIGHUP, seconds to let open connections finish before "
+    "cutting them.",
+    mode_help: str = "Permissions of a unix socket file, e.g. 660.",
+    backlog_help: str | None = None,
+) -> Callable[[F], F]:
+    """--max-conns, --idle-timeout, --mode, --drain-timeout (and --backlog with ``backlog_help``):
+    the options every server command takes, with one range each.
+
+    The defaults come from the library, passed in by each command (a server's and the relay's
+    differ); ``max_conns=None`` means the command works the limit out itself, which its help
+    says.  Ranges and messages are the same for every command.
+    """
+    options = [
+        click.option(
+            "--max-conns",
+            type=BoundedInt(1),
+            default=max_conns,
+            show_default=max_conns is not None,
+            help=max_conns_help,
+        ),
+        click.option("--idle-timeout", type=FiniteFloat(0, min_open=True), default=None, help=idle_help),
+        mode_option(mode_help),
+        drain_option(drain_timeout, drain_help),
+    ]
+    if backlog_help is not None:
+        options.append(backlog_option(backlog_help))
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def serving_options() -> Callable[[F], F]:
+    """:func:`server_options` with the defaults of the library's serve loops (echo, chat)."""
+    from .._serving import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+    from ..sessions import DEFAULT_IDLE_TIMEOUT
+
+    return server_options(
+        max_conns=DEFAULT_MAX_CONNECTIONS,
+        max_conns_help="Clients at once (datagram: peers remembered); extra ones are closed at once.",
+        idle_help="Close a client idle this many seconds (datagram peers: forgotten, default "
+        f"{DEFAULT_IDLE_TIMEOUT:g}).",
+        drain_timeout=DEFAULT_DRAIN_TIMEOUT,
+    )
+
+
+def mode_option(help: str) -> Callable[[F], F]:
+    """--mode OCTAL, read by :func:`parse_mode`."""
+    return click.option("--mode", metavar="OCTAL", default=None, help=help)
+
+
+def drain_option(default: float, help: str) -> Callable[[F], F]:
+    """--drain-timeout S: 0 cuts at once; ``default`` is the library's."""
+    return click.option("--drain-timeout", type=FiniteFloat(0), default=default, show_default=True, help=help)
+
+
+def backlog_option(help: str) -> Callable[[F], F]:
+    """--backlog N of a stream listener: ``None`` when not given (the library's default)."""
+    return click.option("--backlog", type=BoundedInt(1, MAX_BACKLOG), default=None, help=help)
+
+
+def run_server(server: Any, drain_timeout: float) -> int:
+    """Run an ``enchufe.aio.serve.Server`` until SIGINT, SIGTERM or SIGHUP; exit status 1 if
+    any connection was cut.
+
+    The first signal stops accepting and drains for ``drain_timeout`` seconds; a second one
+    cuts what is left at once.  Either way the socket file is removed.
+    """
+    import asyncio
+
+    from .. import aio
+
+    signalled = False
+
+    def stop() -> None:
+        nonlocal signalled
+        open_now = server.stats.active
+        if signalled:
+            if open_now:
+                event("stopping", f"stopping now: cutting {open_now} open connection(s)", open=open_now)
+        elif open_now and drain_timeout > 0:
+            # Said as the relay says it: a user waiting on a drain knows why and how to cut it.
+            event(
+                "stopping",
+                f"stopping: no new clients; waiting up to {drain_timeout:g} s for {open_now} open "
+                f"connection{'s' if open_now != 1 else ''} (signal again to cut them now)",
+                open=open_now,
+                drain_timeout=drain_timeout,
+            )
+        signalled = True
+        server.shutdown(drain_timeout)
+
+    async def main() -> Any:
+        await server.start()
+        # Handlers first: whoever reads the listening line may signal us at once.
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop)
+        bound = str(server.bound_address)
+        event("listening", f"listening on {bound}", address=bound)
+        return await server.serve_forever()
+
+    setup_logging()
+    stats = aio.run(main())
+    if stats.cut:
+        event(
+            "stopped",
+            f"stopped: {stats.cut} connection(s) cut before they finished",
+            cut=stats.cut,
+            accepted=stats.accepted,
+        )
+        return 1
+    event("stopped", "stopped", level=1, cut=0, accepted=stats.accepted)
+    return 0
+
+
+def refuse_mode_unless_file(target: Any, mode: str | None) -> None:
+    """``--mode`` sets a unix socket file's permissions: refused (exit 2) for anything else."""
+    from ..address import UnixAddress
+    from ..errors import UsageError
+
+    if mode is None:
+        return
+    if not isinstance(target, UnixAddress):
+        raise UsageError(f"--mode sets a unix socket file's permissions; {target} has no file")
+    if target.abstract:
+        raise UsageError(
+            f"--mode sets a unix socket file's permissions; {target} is an abstract name, "
+            "which has none (use a path, e.g. unix:/run/app.sock)"
+        )
+
+
+def announced(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """Wrap a stream handler of ``enchufe.aio.serve.Server`` so that ``-v`` tells what happens to
+    each connection: ``accepted PEER`` and ``closed PEER after N bytes in, M out`` (``cut`` when
+    a stop cut it).  The handler's errors go on to the server, which counts and logs them."""
+    import asyncio
+
+    async def wrapped(conn: Any) -> None:
+        peer = peer_name(conn.peer_address)
+        event("accept", f"accepted {peer}", level=1, peer=peer)
+        how = "closed"
+        try:
+            await handler(conn)
+        except asyncio.CancelledError:
+            how = "cut"
+            raise
+        except Exception:
+            how = "failed"
+            raise
+        finally:
+            received, sent = conn.bytes_received, conn.bytes_sent
+            event(
+                "close",
+                f"{how} {peer} after {received} bytes in, {sent} out",
+                level=1,
+                peer=peer,
+                received=received,
+                sent=sent,
+                cut=how == "cut",
+            )
+
+    return wrapped
+
+
+def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaitable[None]]:
+    """Wrap a datagram handler of ``enchufe.aio.serve.Server`` so that ``-v`` tells when a new
+    peer sends its first datagram (``new peer PEER``); see :func:`peer_forgotten` for the end."""
+    import inspect
+
+    async def wrapped(datagram: Any) -> None:
+        if datagram.new_peer:
+            peer = peer_name(datagram.sender)
+            event("accept", f"new peer {peer}", level=1, peer=peer)
+        result = handler(datagram)
+        if inspect.isawaitable(result):
+            await result
+
+    return wrapped
+
+
+def peer_forgotten(session: Any) -> None:
+    """``on_session_end`` of a datagram server: ``-v`` says a peer was forgotten."""
+    peer = peer_name(session.peer)
+    event(
+        "close",
+        f"forgot {peer} after {session.datagrams} datagrams",
+        level=1,
+        peer=peer,
+        datagrams=session.datagrams,
+    )
+
+
+def server_target(address: str, json_: bool, mode: str | None) -> Any:
+    """The parsed ADDRESS of a server command (echo, chat), with --json applied and --mode
+    refused (UsageError) where there is no socket file."""
+    from .. import parse
+
+    settings.json = settings.json or json_
+    target = parse(address)
+    refuse_mode_unless_file(target, mode)
+    return target
+
+
+def serve(
+    address: Any,
+    stream_handler: Any,
+    datagram_handler: Any,
+    *,
+    max_conns: int,
+    idle_timeout: float | None,
+    mode: str | None,
+    drain_timeout: float,
+) -> int:
+    """Serve ``address`` with the handler for its kind until stopped (see :func:`run_server`),
+    each wrapped so that ``-v`` says what happens to each connection or peer."""
+    from ..aio.serve import Server
+
+    options: dict[str, Any] = {
+        "max_connections": max_conns,
+        "idle_timeout": idle_timeout,
+        "mode": parse_mode(mode),
+    }
+    if address.is_stream:
+        server = Server(address, announced(stream_handler), **options)
+    else:
+        server = Server(
+            address, announced_datagrams(datagram_handler), on_session_end=peer_forgotten, **options
+        )
+    return run_server(server, drain_timeout)
+
+
+def parse_mode(mode: str | None) -> int | None:
+    """The value of a --mode option: an octal permission such as 660 (BadParameter otherwise).
+
+    Written as chmod takes it: ASCII octal digits only (``int()`` would also take ``+660``,
+    ``6_60``, ``0o660`` and Arabic-Indic digits), at most 0777 (no setuid, setgid or sticky bit).
+    """
+    if mode is None:
+        return None
+    value = int(mode, 8) if _MODE_TEXT.fullmatch(mode) else -1
+    if not 0 <= value <= 0o777:
+        raise click.BadParameter(
+            f"{mode!r} is not an octal file mode such as 600 or 660", param_hint="--mode"
+        )
+    return value
