@@ -68,7 +68,7 @@ class DatagramCore(Endpoint):
         except BlockingIOError:
             raise
         except OSError as exc:
-            what = f"send a {len(data)}-byte datagram to {target}"
+            what = self._sending(data, target)
             raise (_unixfiles.explain_unix_failure(target, exc, what) or translate(exc, what)) from exc
 
     def sendto_nowait(self, data: bytes, address: SocketAddress | str | None) -> bool:
@@ -93,7 +93,17 @@ class DatagramCore(Endpoint):
         except BlockingIOError:
             raise
         except OSError as exc:
-            raise translate(exc, f"send a {len(data)}-byte datagram to {self.peer_address}") from exc
+            raise translate(exc, self._sending(data, self.peer_address)) from exc
+
+    @staticmethod
+    def _sending(data: bytes, target: object) -> str:
+        """What sending ``data`` to ``target`` is called in errors."""
+        return f"send a {len(data)}-byte datagram to {target}"
+
+    def _receiving(self) -> str:
+        """What receiving is called in errors."""
+        where = f"from {self.peer_address}" if self.peer_address else f"on {self.local_address}"
+        return f"receive a datagram {where}"
 
     @staticmethod
     def _target(address: SocketAddress | str | None) -> Address:
@@ -151,8 +161,7 @@ class DatagramCore(Endpoint):
         except BlockingIOError:
             raise
         except OSError as exc:
-            where = f"from {self.peer_address}" if self.peer_address else f"on {self.local_address}"
-            raise translate(exc, f"receive a datagram {where}") from exc
+            raise translate(exc, self._receiving()) from exc
         sender = from_sockaddr(self._sock.family, self._sock.type, raw) if raw else None
         data = bytes(self._buffer[: min(size, max_size)])
         if size > max_size:

@@ -7,6 +7,7 @@ unixgram and unixgram-abstract.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -106,10 +107,13 @@ def test_too_large_to_send(sockets: tuple[Any, Any], kind: str) -> None:
 
 
 def test_timeout(sockets: tuple[Any, Any]) -> None:
+    """A timeout says what timed out, in the same words on every side."""
     server, client = sockets
     server.set_timeout(0.1)
-    with pytest.raises(TimedOut):
+    with pytest.raises(TimedOut) as caught:
         server.recvfrom()
+    assert str(caught.value) == f"cannot receive a datagram on {server.local_address}: timed out"
+    assert (caught.value.errno, caught.value.action) == (errno.ETIMEDOUT, "receive")
     server.set_timeout(IO_TIMEOUT)
     client.send(b"late")
     assert server.recv() == b"late"
@@ -199,3 +203,21 @@ def test_many_peers_one_socket(api: Any, kind: str, make_address: Callable[[str]
         finally:
             for client in clients:
                 client.close()
+
+
+@pytest.mark.parametrize("unix_kind", ["unixgram", "unixgram-abstract"])
+def test_sending_to_a_unix_peer_that_does_not_read_times_out_in_the_same_words(
+    api: Any, unix_kind: str, make_address: Callable[[str], str]
+) -> None:
+    """A unix receiver's full queue makes a sender wait (the sync socket in the kernel, the
+    asyncio one backing off); past the timeout both say what timed out, the same way."""
+    with (
+        api.bind_datagram(make_address(unix_kind)) as silent,
+        api.bind_datagram(make_address(unix_kind)) as sender,
+    ):
+        sender.set_timeout(0.2)
+        with pytest.raises(TimedOut) as caught:
+            for _ in range(100_000):  # far more than its queue holds (net.unix.max_dgram_qlen)
+                sender.sendto(b"x", silent.local_address)
+        assert str(caught.value) == f"cannot send a 1-byte datagram to {silent.local_address}: timed out"
+        assert (caught.value.errno, caught.value.action) == (errno.ETIMEDOUT, "send")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
-from ..errors import TimedOut
+from ..errors import translate
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -30,13 +31,16 @@ class Readiness:
         #: Seconds one wait may last before :class:`~enchufe.errors.TimedOut` (None: forever).
         self.timeout: float | None = None
 
-    async def readable(self) -> None:
-        await self._wait(reading=True)
+    async def readable(self, what: Callable[[], str]) -> None:
+        """Wait until the socket is readable; ``what()`` names the operation waiting
+        (``"receive from …"``) for the :class:`~enchufe.errors.TimedOut` of a timeout."""
+        await self._wait(what, reading=True)
 
-    async def writable(self) -> None:
-        await self._wait(reading=False)
+    async def writable(self, what: Callable[[], str]) -> None:
+        """Wait until the socket is writable (see :meth:`readable`)."""
+        await self._wait(what, reading=False)
 
-    async def _wait(self, *, reading: bool) -> None:
+    async def _wait(self, what: Callable[[], str], *, reading: bool) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if reading:
@@ -51,9 +55,9 @@ class Readiness:
                 try:
                     async with asyncio.timeout(self.timeout):
                         await future
-                except TimeoutError:
-                    verb = "receive" if reading else "send"
-                    raise TimedOut(f"timed out: could not {verb} for {self.timeout:g} s") from None
+                except TimeoutError as exc:
+                    # The words of a blocking socket's timeout: "cannot receive from …: timed out".
+                    raise translate(exc, what()) from None
         finally:
             if self._pending.pop(future, None) is not None:
                 self._unregister(loop, reading)
@@ -74,4 +78,4 @@ class Readiness:
 
 async def wait_writable(sock: socket.socket) -> None:
     """Wait once for ``sock`` to become writable (for sockets nobody else closes meanwhile)."""
-    await Readiness(sock).writable()
+    await Readiness(sock).writable(lambda: "connect")

@@ -12,7 +12,7 @@ from .._datagrams import DatagramCore
 from .._endpoint import AsyncClosing
 from .._unixfiles import SocketFile
 from ..address import SocketAddress
-from ..errors import TimedOut
+from ..errors import translate
 from ._wait import Readiness
 
 __all__ = ["DatagramSocket"]
@@ -51,12 +51,16 @@ class DatagramSocket(DatagramCore, AsyncClosing):
 
     async def sendto(self, data: bytes, address: SocketAddress | str | None) -> int:
         """Send one datagram to ``address``, waiting while it cannot go now."""
+
+        def what() -> str:
+            return self._sending(data, self._target(address))
+
         if self._sock.family != socket.AF_UNIX:
             while True:
                 try:
                     return self._sendto_once(data, address)
                 except BlockingIOError:
-                    await self._ready.writable()
+                    await self._ready.writable(what)
         # A unix datagram socket also waits when the *receiver's* queue is full
         # (net.unix.max_dgram_qlen), and poll() cannot tell: an unconnected socket stays
         # "writable" then, so waiting for writability would spin.  Back off instead.
@@ -68,7 +72,7 @@ class DatagramSocket(DatagramCore, AsyncClosing):
             except BlockingIOError:
                 timeout = self._ready.timeout
                 if timeout is not None and waited >= timeout:
-                    raise TimedOut(f"timed out: could not send for {timeout:g} s") from None
+                    raise translate(TimeoutError(), what()) from None
                 pause = backoff.next()
                 await asyncio.sleep(pause)
                 waited += pause
@@ -78,14 +82,14 @@ class DatagramSocket(DatagramCore, AsyncClosing):
             try:
                 return self._send_once(data)
             except BlockingIOError:
-                await self._ready.writable()
+                await self._ready.writable(lambda: self._sending(data, self.peer_address))
 
     async def recvfrom(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> tuple[bytes, SocketAddress | None]:
         while True:
             try:
                 return self._recvfrom_once(max_size)
             except BlockingIOError:
-                await self._ready.readable()
+                await self._ready.readable(self._receiving)
 
     async def recv(self, max_size: int = DEFAULT_MAX_DATAGRAM) -> bytes:
         return (await self.recvfrom(max_size))[0]

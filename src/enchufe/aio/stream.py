@@ -54,7 +54,7 @@ class Connection(StreamCore, AsyncClosing):
             try:
                 sent = self._send_once(view)
             except BlockingIOError:
-                await self._ready.writable()
+                await self._ready.writable(lambda: f"send to {self._where()}")
                 self._check()
                 continue
             view = view[sent:]
@@ -73,7 +73,7 @@ class Connection(StreamCore, AsyncClosing):
             try:
                 data = self._recv_once(max_bytes)
             except BlockingIOError:
-                await self._ready.readable()
+                await self._ready.readable(lambda: f"receive from {self._where()}")
             else:
                 self.bytes_received += len(data)
                 return data
@@ -144,7 +144,7 @@ class Listener(ListenerCore, AsyncClosing):
             try:
                 conn = self._accept_once()
             except BlockingIOError:
-                await self._ready.readable()
+                await self._ready.readable(lambda: f"accept on {self.address}")
                 continue
             return self._wrap(conn, Connection)
 
