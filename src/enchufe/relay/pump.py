@@ -317,7 +317,7 @@ class Pump:
         self.stalled = False  # room in the pipe again: the EAGAIN may have been ours
         flight -= n
         self.in_flight = flight
-        if not flight:
+        if not flight:  # inline, as in _copy_out: the last write of nearly every wake-up
             self._pools.release_pipe(pipe)
             self.pipe = None
             if self.eof:
