@@ -12,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enchufe import UsageError
-from enchufe.relay.limits import RESERVED_FDS, WANTED_NOFILE, AccessRules, connection_budget, parse_network
+from enchufe.relay.limits import (
+    RESERVED_FDS,
+    WANTED_NOFILE,
+    AccessRules,
+    FdBudget,
+    connection_budget,
+    parse_network,
+)
 
 
 @pytest.mark.parametrize(
@@ -133,6 +140,23 @@ def test_the_budget_counts_two_sockets_per_connection() -> None:
     assert connection_budget(20000) == (20000 - RESERVED_FDS) // 2
     assert connection_budget(64) == 16  # a small limit keeps half for the reserve
     assert connection_budget(1) == 1
+
+
+def test_the_budget_line_says_when_the_hard_limit_caps_it_and_warns_past_it() -> None:
+    capped = FdBudget(nofile=1024, hard=1024)
+    assert capped.connections == connection_budget(1024)
+    assert capped.line(100) == (
+        "fd budget: 1024 descriptors (the hard limit; raising it needs CAP_SYS_RESOURCE or a higher "
+        f"ulimit -Hn): room for {capped.connections} relayed connections (2 sockets each; pipes are "
+        "borrowed only while bytes are in flight); max-conns 100"
+    )
+    assert "hard limit" not in FdBudget(nofile=1024, hard=4096).line(100)
+    assert "hard limit" not in FdBudget(nofile=WANTED_NOFILE, hard=WANTED_NOFILE).line(100)
+    assert capped.excess(capped.connections) is None
+    assert capped.excess(capped.connections + 1) == (
+        f"--max-conns {capped.connections + 1} exceeds the fd budget (1024 descriptors: about "
+        f"{capped.connections} connections); clients past that are turned away"
+    )
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
