@@ -44,7 +44,7 @@ from .engine import Loop, Timer
 from .events import EventSink
 from .framed import FramedStreamRelay
 from .limits import fd_budget
-from .pump import Pools
+from .pools import Pools
 from .stats import Snapshot, Stats, interval_report, summary_report
 from .stream import StdioRelay, StreamRelay, TargetResolver
 
