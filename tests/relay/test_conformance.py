@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from enchufe.framing import HEADER
 from enchufe.relay import RelayConfig
 
 from ._harness import (
@@ -651,3 +652,64 @@ def test_framed_datagrams_to_streams_each_sender_its_own_stream(
     assert sorted(served) == [_messages(0, FRAMED), _messages(1, FRAMED)]
     assert result.exit_status == 0 and result.stats.total == 2
     assert result.stats.datagrams_to_target == result.stats.datagrams_to_client == 2 * len(FRAMED)
+
+
+@pytest.mark.parametrize(("listen_kind", "target_kind"), rotation(DATAGRAM, DATAGRAM))
+def test_a_new_sender_past_max_sessions_evicts_the_least_active(
+    make_address: MakeAddress, listen_kind: str, target_kind: str
+) -> None:
+    with (
+        DatagramTarget(make_address(target_kind), _who) as target,
+        relay_thread(RelayConfig(make_address(listen_kind), target.address, max_sessions=1)) as relay,
+        _clients(2, lambda: datagram_socket(relay.address)) as (first, second),
+    ):
+        first.send(b"one")
+        before = first.recv(1000).rpartition(b"|")
+        second.send(b"two")
+        assert second.recv(1000).rpartition(b"|")[0] == b"two"
+        first.send(b"three")  # its session was evicted: a new one
+        after = first.recv(1000).rpartition(b"|")
+        stats = relay.relay.stats.snapshot()
+    assert (before[0], after[0]) == (b"one", b"three") and before[2] != after[2]
+    assert stats.evicted == 2 and stats.total == 3 and len(target.senders()) == 3
+
+
+# ----------------------------------------------------------------------------- framed limits
+
+
+@pytest.mark.parametrize(("listen_kind", "target_kind"), rotation(STREAM, DATAGRAM))
+def test_a_frame_over_max_datagram_breaks_only_its_stream(
+    make_address: MakeAddress, listen_kind: str, target_kind: str
+) -> None:
+    """A length above ``max_datagram`` is refused as soon as the header is in: the stream is
+    reset (a close, for a unix client), what came before it was delivered, others go on."""
+    with DatagramTarget(make_address(target_kind)) as target:
+        config = RelayConfig(make_address(listen_kind), target.address, frame=True, max_datagram=100)
+        with relay_thread(config) as relay:
+            with dial(relay.address) as client:
+                send_frames(client, [b"fine"])
+                assert read_frames(client, 1) == [b"fine"]
+                client.sendall(HEADER.pack(101) + b"z" * 101)
+                outcome, received = ending(client)
+            (close,) = wait_event(relay, "close")
+            with dial(relay.address) as other:
+                send_frames(other, [b"still served"])
+                assert read_frames(other, 1) == [b"still served"]
+        assert target.wait_received(2) == [b"fine", b"still served"]
+    assert outcome in expected_endings(listen_kind) and received == 0
+    assert close["reason"] == "protocol-error"
+
+
+@pytest.mark.parametrize(("listen_kind", "target_kind"), rotation(STREAM, DATAGRAM))
+def test_an_idle_framed_stream_ends_in_order(
+    make_address: MakeAddress, listen_kind: str, target_kind: str
+) -> None:
+    """The framed stream end's idle timeout is an orderly close (an EOF, never a reset)."""
+    with DatagramTarget(make_address(target_kind)) as target:
+        config = RelayConfig(make_address(listen_kind), target.address, frame=True, idle_timeout=0.3)
+        with relay_thread(config) as relay, dial(relay.address) as client:
+            send_frames(client, [b"ping"])
+            assert read_frames(client, 1) == [b"ping"]
+            assert ending(client) == ("eof", 0)
+            (close,) = wait_event(relay, "close")
+    assert close["reason"] == "idle"
