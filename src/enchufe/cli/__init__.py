@@ -53,7 +53,8 @@ class LazyGroup(click.Group):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
-        settings.command = name or ""  # for the error line's hints, which name this command's flags
+        settings.command = name or ""
+        settings.hint = None  # the command sets its own, if its flags can help
         return name, command, rest
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     except EnchufeError as exc:
         if settings.debug:
             traceback.print_exc()
-        message = str(exc) + flag_hint(settings.command, exc)
+        message = str(exc) + flag_hint(exc)
         if settings.json:
             import json
 

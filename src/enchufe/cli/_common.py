@@ -28,8 +28,10 @@ class Settings:
     debug: bool = False
     quiet: bool = False
     json: bool = False
-    #: The command being run ("" before it is known): error hints name its options.
+    #: The command being run ("" before it is known).
     command: str = ""
+    #: The running command's flag hints: what to add to a failure's line (see flag_hint).
+    hint: Callable[[BaseException], str] | None = None
 
 
 settings = Settings()
@@ -207,22 +209,15 @@ def retry_options(retry_help: str) -> Callable[[F], F]:
     return lambda f: retry(delay(f))
 
 
-def flag_hint(command: str, exc: BaseException) -> str:
-    """What to add to a runtime failure's line: the option of ``command`` that helps, if any.
+def flag_hint(exc: BaseException) -> str:
+    """What to add to a runtime failure's line: the option of the running command that helps,
+    if any (its :attr:`Settings.hint`).
 
     The library's messages never name options (it serves programs without a command line); its
     errors say what was being done (``action``) and whether another attempt may succeed
-    (``retryable``), and each command maps that to its own flags here.
+    (``retryable``), and each command maps that to its own flags.
     """
-    from ..errors import ConnectionRefused, NetworkError, TimedOut
-
-    if command != "send" or not isinstance(exc, NetworkError) or exc.action != "connect":
-        return ""
-    if isinstance(exc, ConnectionRefused) and len(exc.attempts) <= 1:
-        return " (--retry N tries again, e.g. while the server starts)"
-    if isinstance(exc, TimedOut) and "--timeout" not in str(exc):
-        return " (raise --timeout to wait longer)"
-    return ""
+    return settings.hint(exc) if settings.hint is not None else ""
 
 
 def given(name: str) -> bool:

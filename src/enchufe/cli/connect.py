@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import DatagramPrinter, event, global_options, retry_options, warn_truncated
+from ._common import DatagramPrinter, event, global_options, retry_options, settings, warn_truncated
 from ._numbers import FiniteFloat
 from .manpage import complete_address
 
@@ -138,6 +138,7 @@ def command(
         crlf=crlf,
     )
     session = _Session(target, hex_=hex_)
+    settings.hint = lambda exc: _hint(exc, options, connected=session.connected)
     session.stop_on_signals()
     try:
         return session.run(options)
@@ -194,7 +195,7 @@ class _Session:
                 return self._stream(options)
             return self._datagram(options)
         except NetworkError as exc:
-            raise _with_hint(exc, options, connected=self.connected) from None
+            raise _printable(exc) from None
 
     def _open(self, options: _Options, timeout: float | None) -> tuple[socket.socket, SocketFile | None]:
         from .. import _sockets
@@ -304,28 +305,32 @@ class _Session:
         sys.stderr.flush()
 
 
-def _with_hint(exc: Exception, options: _Options, *, connected: bool) -> Exception:
-    """The library's error with the flag that helps added, and every character printable."""
+def _printable(exc: Exception) -> Exception:
+    """The library's error with every character of its message printable."""
     from .._text import printable
-    from ..errors import ConnectionRefused, NetworkError, TimedOut
 
-    timeout, idle_timeout = options.timeout, options.idle_timeout
-    flag = "--timeout" if timeout is not None or idle_timeout is None else "--idle-timeout"
-    limit = timeout if timeout is not None else idle_timeout
     message = str(exc)
     if not message.isprintable():
-        message = printable(message)
-    if isinstance(exc, NetworkError) and not connected and exc.action in ("connect", None):
-        if isinstance(exc, ConnectionRefused):
-            message += (
-                " (--retry N waits for one)"
-                if not options.retry
-                else " (raise --retry or --retry-delay to wait longer)"
-            )
-        elif isinstance(exc, TimedOut):
-            message += f" (raise {flag}, now {limit:g} s)" if limit else " (--timeout S sets the limit)"
-    exc.args = (message,)
+        exc.args = (printable(message),)
     return exc
+
+
+def _hint(exc: BaseException, options: _Options, *, connected: bool) -> str:
+    """The flag that helps when connecting failed (the error boundary adds it to the line)."""
+    from ..errors import ConnectionRefused, NetworkError, TimedOut
+
+    if not isinstance(exc, NetworkError) or connected or exc.action not in ("connect", None):
+        return ""
+    if isinstance(exc, ConnectionRefused):
+        if not options.retry:
+            return " (--retry N waits for one)"
+        return " (raise --retry or --retry-delay to wait longer)"
+    if isinstance(exc, TimedOut):
+        timeout, idle_timeout = options.timeout, options.idle_timeout
+        flag = "--timeout" if timeout is not None or idle_timeout is None else "--idle-timeout"
+        limit = timeout if timeout is not None else idle_timeout
+        return f" (raise {flag}, now {limit:g} s)" if limit else " (--timeout S sets the limit)"
+    return ""
 
 
 class CrlfWriter:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import event, given, global_options, retry_options, stop_on_sigterm
+from ._common import event, given, global_options, retry_options, settings, stop_on_sigterm
 from ._numbers import FiniteFloat
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def command(
             f"--timeout is how long to wait for a reply; sending a datagram to {target} waits for "
             "nothing (add --wait-reply)"
         )
+    settings.hint = _hint
     # SIGTERM and SIGHUP (the terminal gone) stop as Ctrl-C does: sockets closed, exit status 1.
     stop_on_sigterm()
     # os.fsencode gives back the bytes of the command line even when they are not UTF-8.
@@ -67,6 +68,19 @@ def command(
     except KeyboardInterrupt:
         event("close", f"interrupted: {target} cut", cut=True)
         return 1
+
+
+def _hint(exc: BaseException) -> str:
+    """The flag that helps when connecting failed (the error boundary adds it to the line)."""
+    from ..errors import ConnectionRefused, NetworkError, TimedOut
+
+    if not isinstance(exc, NetworkError) or exc.action != "connect":
+        return ""
+    if isinstance(exc, ConnectionRefused) and len(exc.attempts) <= 1:
+        return " (--retry N tries again, e.g. while the server starts)"
+    if isinstance(exc, TimedOut) and "--timeout" not in str(exc):
+        return " (raise --timeout to wait longer)"
+    return ""
 
 
 def _send(
