@@ -123,15 +123,13 @@ def test_every_byte_arrives_both_ways_at_once(
     assert result.stats.total == 1 and result.stats.reset == result.stats.failed == 0
 
 
-#: which path carries the bytes towards an end of this kind (see :mod:`enchufe.relay.pump`)
 def _path_towards(kind: str, splice: bool) -> str:
+    """Which path carries the bytes towards an end of this kind (see :mod:`enchufe.relay.pump`)."""
     return "splice" if splice and kind not in TCP else "copy"
 
 
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
-@pytest.mark.parametrize(
-    ("listen_kind", "target_kind"), kind_pairs(("tcp4", "unix"), ("tcp4", "unix-abstract"))
-)
+@pytest.mark.parametrize(("listen_kind", "target_kind"), STREAM_PAIRS)
 def test_the_pump_path_follows_the_destination_kind(
     make_address: MakeAddress, listen_kind: str, target_kind: str, splice: bool
 ) -> None:
