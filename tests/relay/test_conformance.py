@@ -380,6 +380,22 @@ def test_clients_past_max_conns_are_turned_away_and_the_open_one_is_served(
 
 
 @pytest.mark.parametrize(("listen_kind", "target_kind"), rotation(STREAM, STREAM))
+def test_a_client_whose_target_refuses_is_closed_and_the_relay_serves_on(
+    make_address: MakeAddress, listen_kind: str, target_kind: str
+) -> None:
+    with Target(make_address(target_kind), echo) as probe:
+        target = probe.address  # bound, then closed: nobody listens there any more
+    with relay_thread(RelayConfig(make_address(listen_kind), target)) as relay:
+        assert turned_away(relay.address, timeout=STEP) is not None
+        (error,) = wait_event(relay, "error")
+        with Target(target, echo), dial(relay.address) as client:  # the target is back
+            assert ping(client)
+        stats = relay.relay.stats.snapshot()
+    assert error["target"] == target
+    assert stats.failed == 1 and stats.total == 2
+
+
+@pytest.mark.parametrize(("listen_kind", "target_kind"), rotation(STREAM, STREAM))
 def test_the_idle_timeout_ends_a_silent_session(
     make_address: MakeAddress, listen_kind: str, target_kind: str
 ) -> None:
