@@ -399,13 +399,10 @@ def test_a_client_whose_target_refuses_is_closed_and_the_relay_serves_on(
 def test_the_idle_timeout_ends_a_silent_session(
     make_address: MakeAddress, listen_kind: str, target_kind: str
 ) -> None:
-    def serve(conn: socket.socket) -> tuple[str, int]:
-        conn.sendall(conn.recv(100))
-        return ending(conn)
-
-    with relayed(make_address, listen_kind, target_kind, serve, idle_timeout=0.3) as (target, relay):
+    """A session with no byte either way is ended by the relay after ``idle_timeout`` (no
+    traffic first: a loaded machine may take longer than the timeout to send it)."""
+    with relayed(make_address, listen_kind, target_kind, ending, idle_timeout=0.3) as (target, relay):
         with dial(relay.address) as client:
-            assert ping(client)
             outcome, received = ending(client)
         ((target_outcome, _),) = target.wait_results(1)
         (close,) = wait_event(relay, "close")
@@ -736,8 +733,6 @@ def test_an_idle_framed_stream_ends_in_order(
     with DatagramTarget(make_address(target_kind)) as target:
         config = RelayConfig(make_address(listen_kind), target.address, frame=True, idle_timeout=0.3)
         with relay_thread(config) as relay, dial(relay.address) as client:
-            send_frames(client, [b"ping"])
-            assert read_frames(client, 1) == [b"ping"]
             assert ending(client) == ("eof", 0)
             (close,) = wait_event(relay, "close")
     assert close["reason"] == "idle"
