@@ -6,6 +6,7 @@ import re
 import socket
 import string
 from collections.abc import Callable
+from urllib.parse import quote
 
 import pytest
 from hypothesis import example, given, settings
@@ -21,6 +22,13 @@ from enchufe import (
     UnixAddress,
     parse,
 )
+from enchufe.address import check_tls_use, tls_server_name
+from enchufe.tlsparams import TLSParams, parse_query
+
+from .test_tlsparams import tls_params
+
+TLS = TLSParams()
+PIN = "sha256:" + "ab" * 32
 
 # --- accepted forms ------------------------------------------------------------------------------
 
@@ -77,6 +85,48 @@ GOOD: list[tuple[str, enchufe.Address, str]] = [
     # Names that merely contain digits or hex-looking labels are names.
     ("tcp://a.0x1:80", InetAddress("tcp", "a.0x1", 80), "tcp://a.0x1:80"),
     ("tcp://1password.com:443", InetAddress("tcp", "1password.com", 443), "tcp://1password.com:443"),
+    # TLS: the socket of the plain form, the settings in .tls, the canonical query after "?".
+    ("tls://example.com:https", InetAddress("tcp", "example.com", 443, None, TLS), "tls://example.com:443"),
+    ("tls://127.0.0.1:443?", InetAddress("tcp", "127.0.0.1", 443, None, TLS), "tls://127.0.0.1:443"),
+    (
+        "tls://127.0.0.1:8443?alpn=h2,http/1.1&ca=/etc/ca%26x.pem",
+        InetAddress("tcp", "127.0.0.1", 8443, None, TLSParams(ca="/etc/ca&x.pem", alpn=("h2", "http/1.1"))),
+        "tls://127.0.0.1:8443?ca=/etc/ca%26x.pem&alpn=h2,http/1.1",
+    ),
+    (
+        "TLS4://:443?cert=auto",
+        InetAddress("tcp", "", 443, 4, TLSParams(cert_auto=True)),
+        "tls4://:443?cert=auto",
+    ),
+    (
+        "tls6://[::1]:443?sni=example.com",
+        InetAddress("tcp", "::1", 443, 6, TLSParams(sni="example.com")),
+        "tls6://[::1]:443?sni=example.com",
+    ),
+    ("tls://[fe80::1%lo]:443", InetAddress("tcp", "fe80::1%lo", 443, None, TLS), "tls://[fe80::1%lo]:443"),
+    (
+        "tls+unix:///run/app.sock?sni=app.example",
+        UnixAddress("/run/app.sock", tls=TLSParams(sni="app.example")),
+        "tls+unix:///run/app.sock?sni=app.example",
+    ),
+    ("tls+unix:/run/app.sock", UnixAddress("/run/app.sock", tls=TLS), "tls+unix:///run/app.sock"),
+    ("tls+unix:rel/app.sock", UnixAddress("rel/app.sock", tls=TLS), "tls+unix:rel/app.sock"),
+    (
+        "tls+unix:@name?insecure",
+        UnixAddress("name", True, tls=TLSParams(insecure=True)),
+        "tls+unix:@name?insecure",
+    ),
+    # tls+unix: names are percent-decoded, so that "?" and "%" can be part of them.
+    ("tls+unix:rel/a%3Fb.sock", UnixAddress("rel/a?b.sock", tls=TLS), "tls+unix:rel/a%3Fb.sock"),
+    ("tls+unix:/a%25b%41", UnixAddress("/a%bA", tls=TLS), "tls+unix:///a%25bA"),
+    ("tls+unix:%40rel", UnixAddress("@rel", tls=TLS), "tls+unix:%40rel"),
+    ("tls+unix:@a%e2%82%ac", UnixAddress("a€", True, tls=TLS), "tls+unix:@a€"),
+    ("tls+unix:@a%FFb", UnixAddress("a\udcffb", True, tls=TLS), "tls+unix:@a%FFb"),  # not UTF-8
+    ("tls+unix:@" + "a" * 105 + "%61%61", UnixAddress("a" * 107, True, tls=TLS), "tls+unix:@" + "a" * 107),
+    # A "?" in a plain unix name that is no TLS query is part of the name, as it always was.
+    ("unix:///tmp/a?b", UnixAddress("/tmp/a?b"), "unix:///tmp/a?b"),
+    ("unixgram:@a?b=1", UnixAddress("a?b=1", abstract=True, datagram=True), "unixgram:@a?b=1"),
+    ("unix:@a%3F", UnixAddress("a%3F", abstract=True), "unix:@a%3F"),
 ]
 
 
@@ -100,6 +150,10 @@ def test_good_forms_parse_to_their_value(text: str, value: enchufe.Address, cano
         ("udp6://[::1]:1", Kind.UDP6, 6, False),
         ("unix:@x", Kind.UNIX, None, True),
         ("unixgram:@x", Kind.UNIXGRAM, None, False),
+        ("tls://127.0.0.1:1", Kind.TCP4, 4, True),
+        ("tls://localhost:1", None, None, True),
+        ("tls6://:1?cert=auto", Kind.TCP6, 6, True),
+        ("tls+unix:@x", Kind.UNIX, None, True),
     ],
 )
 def test_kind_family_and_shape(text: str, kind: Kind | None, family: int | None, stream: bool) -> None:
@@ -110,6 +164,34 @@ def test_kind_family_and_shape(text: str, kind: Kind | None, family: int | None,
     assert address.is_stream is stream
     if kind is not None:
         assert kind.is_stream is stream
+
+
+@pytest.mark.parametrize(
+    ("text", "scheme", "is_tls"),
+    [
+        ("tcp://127.0.0.1:1", "tcp", False),
+        ("tls://127.0.0.1:1", "tls", True),
+        ("tls4://127.0.0.1:1", "tls4", True),
+        ("tls6://[::1]:1", "tls6", True),
+        ("udp6://[::1]:1", "udp6", False),
+        ("unix:@x", "unix", False),
+        ("unixgram:@x", "unixgram", False),
+        ("tls+unix:@x?sni=a.example", "tls+unix", True),
+        ("-", None, False),
+        ("exec:cat", None, False),
+    ],
+)
+def test_scheme_and_is_tls(text: str, scheme: str | None, is_tls: bool) -> None:
+    address = parse(text)
+    assert address.is_tls is is_tls
+    assert getattr(address, "scheme", None) == scheme
+
+
+def test_the_tls_field_defaults_to_none_and_keeps_old_constructor_calls() -> None:
+    assert InetAddress("tcp", "127.0.0.1", 1, 4).tls is None
+    assert UnixAddress("x", True, False).tls is None
+    assert parse("tls://127.0.0.1:1") != parse("tcp://127.0.0.1:1")
+    assert hash(parse("tls://a:1?alpn=h2")) == hash(parse("tls://a:1?alpn=h2"))
 
 
 def test_unix_sockaddr_and_path() -> None:
@@ -135,7 +217,7 @@ def test_wildcard_flag() -> None:
 
 # --- refused forms -------------------------------------------------------------------------------
 
-_SCHEMES = "tcp|tcp4|tcp6|udp|udp4|udp6|unix|unixgram|stdio|exec"
+_SCHEMES = r"tcp|tcp4|tcp6|udp|udp4|udp6|unix|unixgram|tls|tls4|tls6|tls\+unix|stdio|exec"
 _FORM = re.compile(rf"(?<![\w/])(?:(?:{_SCHEMES}):\S*|-(?=\s|$))")
 
 
@@ -216,6 +298,34 @@ BAD: list[tuple[str, str]] = [
     ("exec:   ", "missing program"),
     ("exec:'unterminated", "cannot split"),
     ("stdio:x", "stdio takes nothing"),
+    # TLS goes with a TLS scheme, and only over streams.
+    ("tcp://127.0.0.1:80?ca=ca.pem", "TLS parameters need a TLS scheme: write tls://127.0.0.1:80?ca=ca.pem"),
+    ("tcp6://[::1]:80?insecure", "TLS parameters need a TLS scheme: write tls6://[::1]:80?insecure"),
+    ("unix:///tmp/a.sock?sni=a.example", "need a TLS scheme: write tls+unix:///tmp/a.sock?sni=a.example"),
+    ("unix:@a?ca=", "TLS parameters need a TLS scheme: write tls+unix:///run/app.sock"),
+    ("udp://127.0.0.1:53?ca=ca.pem", "no TLS over datagrams (DTLS is not supported)"),
+    ("udp6://[::1]:53?x=1", "no TLS over datagrams"),
+    ("unixgram:@g?insecure", "no TLS over datagrams"),
+    ("unixgram:///tmp/g?sni=a&alpn=x", "no TLS over datagrams"),
+    ("tls+unixgram:@g", "no TLS over datagrams"),
+    ("dtls://127.0.0.1:443", "no TLS over datagrams"),
+    ("DTLS+unix:@x", "no TLS over datagrams"),
+    ("https://example.com:443", "unknown scheme 'https'; for a TLS address write tls://example.com:443"),
+    ("tls://127.0.0.1", "missing port"),
+    ("tls://127.0.0.1:ntp", "a udp service, not tcp"),
+    ("tls://::1:443", "must be in brackets"),
+    ("tls4://[::1]:443", "tls4 needs an IPv4 host"),
+    ("tls6://127.0.0.1:443", "tls6 needs an IPv6 host"),
+    ("tls://127.0.0.1:443/x?sni=a", "nothing may follow the port"),
+    ("tls://1.2.3:443", "some tools would read it as 1.2.0.3"),
+    ("tls+unix:", "missing socket path"),
+    ("tls+unix:?sni=a", "missing socket path"),
+    ("tls+unix:@?insecure", "empty abstract name"),
+    ("tls+unix://rel.sock", "absolute path"),
+    ("tls+unix:@a%zz", "must start an escape like %3F"),
+    ("tls+unix:@a%", "must start an escape"),
+    ("tls+unix:/a%00b", "NUL byte"),
+    ("tls+unix:@" + "a" * 106 + "%41%41", "abstract name is 108 bytes"),  # counted decoded
 ]
 
 
@@ -227,6 +337,83 @@ def test_bad_forms_are_refused_with_one_line_naming_the_problem(text: str, phras
     assert phrase in message
     assert message.splitlines() == [message], "the message must be one line"
     assert accepted_forms(message), f"no accepted form shown in {message!r}"
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ("tls://127.0.0.1:443?bogus=1", "unknown TLS parameter 'bogus'; accepted TLS parameters: ca, sni"),
+        ("tls+unix:@x?ca", "TLS parameter ca needs a value: ca=FILE"),
+        ("tls://h:443?ca=a&ca=b", "given twice"),
+        ("tls6://[::1]:443?insecure&pin=" + PIN, "insecure turns verification off"),
+        ("tls://h:443?sni=10.0.0.1", "cannot be an IP address"),
+    ],
+)
+def test_tls_parameter_refusals_name_the_address_and_the_parameter(text: str, phrase: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse(text)
+    message = str(info.value)
+    assert message.startswith(repr(text) + ": ")
+    assert phrase in message
+    assert message.splitlines() == [message]
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("tls://example.com:443", "example.com"),
+        ("tls://example.com.:443", "example.com"),  # SNI has no trailing dot (RFC 6066)
+        ("tls://127.0.0.1:443", "127.0.0.1"),
+        ("tls6://[fe80::1%lo]:443", "fe80::1"),  # no certificate names a scope
+        ("tls://127.0.0.1:443?sni=api.example.com", "api.example.com"),
+        ("tls+unix:@x?sni=app.example", "app.example"),
+        ("tls+unix:///run/app.sock", None),
+        ("tls://:443?cert=auto", None),
+        ("tcp://example.com:443", None),
+        ("unix:@x", None),
+        ("exec:cat", None),
+    ],
+)
+def test_tls_server_name(text: str, name: str | None) -> None:
+    assert tls_server_name(parse(text)) == name
+
+
+@pytest.mark.parametrize(
+    ("text", "side"),
+    [
+        ("tls://example.com:443", "client"),
+        ("tls://:443", "client"),  # no host: refused where every client is ("needs a host")
+        ("tls+unix:@x?sni=app.example", "client"),
+        ("tls+unix:@x?pin=" + PIN, "client"),
+        ("tls+unix:@x?insecure", "client"),
+        ("tls+unix:@x?cert=auto", "server"),
+        ("tls://:443?cert=/c.pem&client-ca=/ca.pem", "server"),
+        ("tcp://127.0.0.1:1", "client"),
+        ("unixgram:@x", "server"),
+        ("-", "client"),
+    ],
+)
+def test_check_tls_use_passes(text: str, side: str) -> None:
+    check_tls_use(parse(text), side)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("address", "side", "phrase"),
+    [
+        (parse("tls+unix:///run/app.sock"), "client", "tls+unix:… has no host name to verify: add sni=NAME"),
+        (parse("tls+unix:@x?ca=/ca.pem"), "client", "has no host name to verify"),
+        (parse("tls://h:443?cert=auto"), "client", "cert=auto is for listening"),
+        (parse("tls+unix:@x?sni=a.example"), "server", "sni is for connecting"),
+        (parse("tls://:443"), "server", "a TLS listener needs a certificate"),
+        (InetAddress("udp", "127.0.0.1", 1, None, TLS), "client", "no TLS over datagrams"),
+        (UnixAddress("x", True, True, parse_query("cert=auto")), "server", "no TLS over datagrams"),
+    ],
+)
+def test_check_tls_use_refuses(address: enchufe.Address, side: str, phrase: str) -> None:
+    with pytest.raises(AddressError, match=re.escape(phrase)) as info:
+        check_tls_use(address, side)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.splitlines() == [message]
 
 
 def test_address_error_is_a_usage_error_and_a_value_error() -> None:
@@ -261,6 +448,11 @@ LINE_BREAKS = ["\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028",
         "unixgram:@" + "a" * 100 + "{}" + "b" * 10,
         "exec:'a{}b",
         "stdio:{}",
+        "tls://a{}b:443?sni=x",
+        "tls://h:443?sni=a{}b",
+        "tls://h:443?b{}ogus=1",
+        "tls+unix:@a%zz{}",
+        "tcp://h:1?ca=a{}b",
     ],
 )
 def test_refusals_escape_every_line_break(template: str, brk: str) -> None:
@@ -338,7 +530,7 @@ _scope = st.one_of(st.just(""), _ident.map(lambda s: "%" + s))
 
 @st.composite
 def inet_texts(draw: st.DrawFn) -> str:
-    transport = draw(st.sampled_from(["tcp", "udp"]))
+    transport = draw(st.sampled_from(["tcp", "udp", "tls"]))
     family = draw(st.sampled_from(["", "4", "6"]))
     hosts = [st.just(""), _hostname]
     if family in ("", "4"):
@@ -348,7 +540,8 @@ def inet_texts(draw: st.DrawFn) -> str:
     host = draw(st.one_of(*hosts))
     port = draw(_port)
     zeros = draw(st.sampled_from(["", "0", "00"]))
-    return f"{draw(st.sampled_from([transport, transport.upper()]))}{family}://{host}:{zeros}{port}"
+    query = "?" + str(draw(tls_params())) if transport == "tls" else ""
+    return f"{draw(st.sampled_from([transport, transport.upper()]))}{family}://{host}:{zeros}{port}{query}"
 
 
 _name_text = st.text(
@@ -374,9 +567,25 @@ def unix_texts(draw: st.DrawFn) -> str:
     return f"{scheme}:{rel}"
 
 
+@st.composite
+def tls_unix_texts(draw: st.DrawFn) -> str:
+    """``tls+unix:`` with a name percent-encoded in any way (every byte may be escaped)."""
+    name = draw(_name_text)
+    form = draw(st.sampled_from(["@", "///", "/", ""]))
+    if form in ("///", "/"):
+        name = name.lstrip("/")
+    encoded = quote(name, safe=draw(st.sampled_from(["", "/", "/@ :&=", " !$'()*+,;=:@/"])))
+    if not form and encoded.startswith(("/", "@")):  # a relative path must not read as another form
+        encoded = "%40" + encoded[1:] if encoded.startswith("@") else "x" + encoded
+    query = str(draw(tls_params()))
+    scheme = draw(st.sampled_from(["tls+unix", "TLS+UNIX"]))
+    return f"{scheme}:{form}{encoded or 'x'}" + (f"?{query}" if query else "")
+
+
 address_texts = st.one_of(
     inet_texts(),
     unix_texts(),
+    tls_unix_texts(),
     st.sampled_from(["-", "stdio:"]),
     st.lists(_ident, min_size=1, max_size=4).map(lambda argv: "exec:" + " ".join(argv)),
 )
@@ -405,7 +614,20 @@ _any_text = st.one_of(
     st.text(max_size=60),
     st.builds(
         lambda scheme, rest: scheme + rest,
-        st.sampled_from(["tcp://", "udp6://", "tcp4://[", "unix:", "unix://", "unixgram:@", "exec:"]),
+        st.sampled_from(
+            [
+                "tcp://",
+                "udp6://",
+                "tcp4://[",
+                "unix:",
+                "unix://",
+                "unixgram:@",
+                "exec:",
+                "tls://h:1?",
+                "tls+unix:",
+                "tls6://[::1]:1?",
+            ]
+        ),
         st.text(max_size=60),
     ),
 )

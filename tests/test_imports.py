@@ -48,6 +48,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "tlsparams",
         "tlsinfo",
         "_tls",
+        "_tls_text",
     ),
     "sockets": (
         "_calls",

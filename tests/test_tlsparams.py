@@ -125,7 +125,8 @@ _names = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,2}", ful
 
 
 @st.composite
-def _params(draw: st.DrawFn) -> TLSParams:
+def tls_params(draw: st.DrawFn) -> TLSParams:
+    """Any consistent TLS settings (also drawn by the address round trip)."""
     insecure = draw(st.booleans())
     client_ca = draw(st.none() | _files)
     return TLSParams(
@@ -141,6 +142,6 @@ def _params(draw: st.DrawFn) -> TLSParams:
     )
 
 
-@given(_params())
+@given(tls_params())
 def test_str_round_trips(params: TLSParams) -> None:
     assert parse_query(str(params)) == params

@@ -14,9 +14,17 @@ form                                   value
 ``unix:///abs/path``, ``unix:rel``     :class:`UnixAddress` (stream, file)
 ``unix:@name``                         :class:`UnixAddress` (stream, abstract name)
 ``unixgram:…``                         :class:`UnixAddress` (datagram), same forms
+``tls://HOST:PORT?QUERY``, ``tls4``,   :class:`InetAddress` with ``tls`` (TLS over TCP)
+``tls6``
+``tls+unix:…?QUERY``                   :class:`UnixAddress` with ``tls`` (TLS over a unix
+                                       stream), the name percent-decoded
 ``-``, ``stdio:``                      :class:`StdioAddress`
 ``exec:PROGRAM ARGS…``                 :class:`ExecAddress` (argv split like a shell)
 =====================================  ==============================================
+
+TLS is a layer above the socket: a TLS address has the socket kind of its plain form
+(``tls://`` is TCP, ``tls+unix:`` is unix stream) and its settings in ``tls``, parsed by
+:func:`enchufe.tlsparams.parse_query`.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from . import _tls_text
 from ._inet_text import SERVICES as SERVICES  # the service names a port may be given as
 from ._inet_text import check_host_name, is_ipv6, literal_family, parse_port
 from ._text import printable
 from ._text import quoted as _q
 from .errors import AddressError
+from .tlsparams import Side, TLSParams
 
 __all__ = [
     "Address",
@@ -41,7 +51,9 @@ __all__ = [
     "Kind",
     "StdioAddress",
     "UnixAddress",
+    "check_tls_use",
     "parse",
+    "tls_server_name",
 ]
 
 #: sun_path holds 108 bytes; a path needs its terminating NUL and an abstract name its leading
@@ -49,16 +61,17 @@ __all__ = [
 MAX_UNIX_NAME = 107
 
 _INET_SCHEMES = {
-    # scheme: (transport, forced family)
-    "tcp": ("tcp", None),
-    "tcp4": ("tcp", 4),
-    "tcp6": ("tcp", 6),
-    "udp": ("udp", None),
-    "udp4": ("udp", 4),
-    "udp6": ("udp", 6),
-}
-_UNIX_SCHEMES = {"unix": False, "unixgram": True}
-_KNOWN = "tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram, stdio, exec"
+    # scheme: (transport, forced family, TLS)
+    "tcp": ("tcp", None, False),
+    "tcp4": ("tcp", 4, False),
+    "tcp6": ("tcp", 6, False),
+    "udp": ("udp", None, False),
+    "udp4": ("udp", 4, False),
+    "udp6": ("udp", 6, False),
+} | {scheme: ("tcp", family, True) for scheme, family in _tls_text.INET_SCHEMES.items()}
+# scheme: (datagram, TLS)
+_UNIX_SCHEMES = {"unix": (False, False), "unixgram": (True, False), _tls_text.UNIX_SCHEME: (False, True)}
+_KNOWN = f"tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram, {_tls_text.KNOWN}, stdio, exec"
 
 
 class Kind(Enum):
@@ -97,16 +110,23 @@ class InetAddress:
     ``host`` is an IP literal (IPv6 without brackets, possibly with ``%scope``), a host name, or
     ``""`` for "every interface" (listening only).  ``family`` is 4 or 6 when the scheme forces
     it, or when the host is a literal of that family; ``None`` when a name decides at open time.
+    ``tls`` holds the TLS settings of a ``tls://`` address (TCP only), ``None`` for plain ones.
     """
 
     transport: str  # "tcp" or "udp"
     host: str
     port: int
     forced_family: int | None = None
+    tls: TLSParams | None = None
 
     @property
     def scheme(self) -> str:
-        return self.transport + (str(self.forced_family) if self.forced_family else "")
+        base = self.transport if self.tls is None else "tls"
+        return base + (str(self.forced_family) if self.forced_family else "")
+
+    @property
+    def is_tls(self) -> bool:
+        return self.tls is not None
 
     @property
     def is_stream(self) -> bool:
@@ -133,7 +153,7 @@ class InetAddress:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}{_query(self.tls)}"
 
 
 @dataclass(frozen=True)
@@ -142,15 +162,23 @@ class UnixAddress:
 
     ``name`` is the path, or for abstract sockets the name without its leading NUL (shown as
     ``@name``).  ``datagram`` selects SOCK_DGRAM (``unixgram:``) over SOCK_STREAM (``unix:``).
+    ``tls`` holds the TLS settings of a ``tls+unix:`` address (stream only), ``None`` for plain ones.
     """
 
     name: str
     abstract: bool = False
     datagram: bool = False
+    tls: TLSParams | None = None
 
     @property
     def scheme(self) -> str:
+        if self.tls is not None:
+            return _tls_text.UNIX_SCHEME
         return "unixgram" if self.datagram else "unix"
+
+    @property
+    def is_tls(self) -> bool:
+        return self.tls is not None
 
     @property
     def is_stream(self) -> bool:
@@ -177,16 +205,19 @@ class UnixAddress:
         return None if self.abstract else self.name
 
     def __str__(self) -> str:
+        name = self.name if self.tls is None else _tls_text.encode_name(self.name, abstract=self.abstract)
         if self.abstract:
-            return f"{self.scheme}:@{self.name}"
+            return f"{self.scheme}:@{name}{_query(self.tls)}"
         if self.name.startswith("/"):
-            return f"{self.scheme}://{self.name}"
-        return f"{self.scheme}:{self.name}"
+            return f"{self.scheme}://{name}{_query(self.tls)}"
+        return f"{self.scheme}:{name}{_query(self.tls)}"
 
 
 @dataclass(frozen=True)
 class StdioAddress:
     """Standard input and output of this process (``-`` or ``stdio:``)."""
+
+    is_tls = False  # a class attribute, not a field
 
     @property
     def is_stream(self) -> bool:
@@ -202,6 +233,8 @@ class ExecAddress:
 
     argv: tuple[str, ...]
 
+    is_tls = False  # a class attribute, not a field
+
     @property
     def is_stream(self) -> bool:
         return True
@@ -212,6 +245,12 @@ class ExecAddress:
 
 Address = InetAddress | UnixAddress | StdioAddress | ExecAddress
 SocketAddress = InetAddress | UnixAddress
+
+
+def _query(tls: TLSParams | None) -> str:
+    """``?`` and the canonical query of these settings, or nothing when there are none."""
+    query = "" if tls is None else str(tls)
+    return f"?{query}" if query else ""
 
 
 def parse(text: str) -> Address:
@@ -244,10 +283,13 @@ def parse(text: str) -> Address:
         return _parse_exec(text, rest)
     if lowered == "stdio":
         raise AddressError(f"{_q(text)}: stdio takes nothing after the colon; write - or stdio:")
-    suggestion = _as_tcp(text, rest)
+    if _tls_text.is_datagram_tls(lowered):
+        raise _tls_text.no_dtls(text)
+    suggestion = _as_tcp(text, rest, "tls" if lowered in _tls_text.TLS_LOOKALIKES else "tcp")
     if suggestion:
         raise AddressError(
-            f"{_q(text)}: unknown scheme {_q(scheme)}; for a TCP address write {suggestion} "
+            f"{_q(text)}: unknown scheme {_q(scheme)}; for a {suggestion.partition(':')[0].upper()} "
+            f"address write {suggestion} "
             f"(schemes: {_KNOWN})"
         )
     raise AddressError(
@@ -255,22 +297,25 @@ def parse(text: str) -> Address:
     )
 
 
-def _as_tcp(text: str, rest: str) -> str | None:
-    """``tcp://…`` for input that reads as HOST:PORT (``127.0.0.1:80``, ``[::1]:80``) or as
-    another protocol's URL (``http://host:80``), when that parses; else ``None``."""
+def _as_tcp(text: str, rest: str, scheme: str) -> str | None:
+    """``tcp://…`` (or ``tls://…``) for input that reads as HOST:PORT (``127.0.0.1:80``,
+    ``[::1]:80``) or as another protocol's URL (``http://host:80``), when that parses; else
+    ``None``."""
     hostport = rest[2:] if rest.startswith("//") else text
     try:
-        return str(_parse_inet(f"tcp://{hostport}", "tcp", f"//{hostport}"))
+        return str(_parse_inet(f"{scheme}://{hostport}", scheme, f"//{hostport}"))
     except AddressError:
         return None
 
 
 def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
-    transport, forced = _INET_SCHEMES[scheme]
+    transport, forced, tls = _INET_SCHEMES[scheme]
     example = f"{scheme}://{'[::1]' if forced == 6 else '127.0.0.1'}:9000"
     if not rest.startswith("//"):
         raise AddressError(f"{_q(text)}: {scheme} addresses start with {scheme}://, e.g. {example}")
-    hostport = rest[2:]
+    hostport, query = _tls_text.split_query(rest[2:]) if tls else (rest[2:], None)
+    if "?" in hostport:
+        _refuse_query(text, scheme, hostport)
     if "/" in hostport or "?" in hostport or "#" in hostport:
         raise AddressError(f"{_q(text)}: nothing may follow the port; write it as {example}")
     if hostport.startswith("["):
@@ -285,7 +330,20 @@ def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
             f"{_q(text)}: {scheme} needs an IPv{forced} host, but {_shown(host)} is IPv{family}; "
             f"use {transport}{family}://{hostport} or {transport}://{hostport}"
         )
-    return InetAddress(transport, host, port, forced)
+    return InetAddress(transport, host, port, forced, _tls_text.params(text, query) if tls else None)
+
+
+def _refuse_query(text: str, scheme: str, rest: str) -> None:
+    """Refuse TLS parameters (``?…``) on a plain address, suggesting its TLS scheme; other
+    queries are left to the caller (an error after a port, part of a unix path)."""
+    unix = scheme.startswith("unix")
+    tls_scheme = f"{_tls_text.UNIX_SCHEME}:" if unix else f"tls{scheme[3:]}://"
+    suggestion = tls_scheme + rest
+    try:
+        parse(suggestion)
+    except AddressError:
+        suggestion = tls_scheme + ("///run/app.sock" if unix else "127.0.0.1:443")
+    _tls_text.refuse_query(text, scheme, rest.partition("?")[2], _shown(suggestion))
 
 
 def _split_bracketed(text: str, scheme: str, hostport: str) -> tuple[str, str]:
@@ -322,14 +380,24 @@ def _split_plain(text: str, scheme: str, hostport: str, example: str) -> tuple[s
 
 
 def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
-    datagram = _UNIX_SCHEMES[scheme]
+    datagram, tls = _UNIX_SCHEMES[scheme]
+    rest, query = _tls_text.split_query(rest) if tls else (rest, None)
+    if "?" in rest:
+        _refuse_query(text, scheme, rest)
+    abstract, name = _split_unix(text, scheme, rest)
+    if tls:
+        name = _tls_text.decode_name(text, name)
+    _check_length(text, scheme, name, abstract=abstract)
+    return UnixAddress(name, abstract, datagram, _tls_text.params(text, query) if tls else None)
+
+
+def _split_unix(text: str, scheme: str, rest: str) -> tuple[bool, str]:
+    """Whether ``rest`` (after ``unix:``) is an abstract name, and the name or path as written."""
     examples = f"{scheme}:///tmp/app.sock, {scheme}:rel/app.sock or {scheme}:@name"
     if rest.startswith("@"):
-        name = rest[1:]
-        if not name:
+        if not rest[1:]:
             raise AddressError(f"{_q(text)}: empty abstract name; write {scheme}:@name")
-        _check_length(text, scheme, name, abstract=True)
-        return UnixAddress(name, abstract=True, datagram=datagram)
+        return True, rest[1:]
     if rest.startswith("//"):
         path = rest[2:]
         if not path.startswith("/"):
@@ -341,8 +409,7 @@ def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
         path = rest
     if not path:
         raise AddressError(f"{_q(text)}: missing socket path; write {examples}")
-    _check_length(text, scheme, path, abstract=False)
-    return UnixAddress(path, abstract=False, datagram=datagram)
+    return False, path
 
 
 def _check_length(text: str, scheme: str, name: str, *, abstract: bool) -> None:
@@ -371,10 +438,38 @@ def _parse_exec(text: str, rest: str) -> ExecAddress:
     return ExecAddress(argv)
 
 
-def _shown(part: str) -> str:
-    """A piece of the user's input as it may appear in a one-line message: everything that is
-    not printable (controls, line and paragraph separators, U+0085 …) escaped."""
-    return printable(part)
+#: A piece of the user's input as it may appear in a one-line message: everything that is not
+#: printable (controls, line and paragraph separators, U+0085 …) escaped.
+_shown = printable
+
+
+def tls_server_name(address: Address) -> str | None:
+    """The name a TLS client sends (SNI) and verifies: ``sni=``, else the host of a ``tls://``
+    address (without a trailing dot or an IPv6 ``%scope``, which no certificate names); ``None``
+    when there is none (a ``tls+unix:`` address without ``sni=``, a wildcard, a plain address)."""
+    if not isinstance(address, InetAddress | UnixAddress) or address.tls is None:
+        return None
+    if address.tls.sni is not None or isinstance(address, UnixAddress):
+        return address.tls.sni
+    return address.host.partition("%")[0].removesuffix(".") or None
+
+
+def check_tls_use(address: Address, side: Side) -> None:
+    """Refuse, before any socket exists, TLS settings that cannot work on this ``side``: those of
+    the other side, a listener without a certificate, TLS over datagrams, and a ``tls+unix:``
+    client with nothing to verify the server against.  Plain addresses pass."""
+    if not isinstance(address, InetAddress | UnixAddress) or address.tls is None:
+        return
+    if not address.is_stream:
+        raise _tls_text.no_dtls(str(address))
+    tls = address.tls
+    tls.check_side(side)
+    # A tls:// client without a host is refused where every client is (it needs a host to reach).
+    if side == "client" and isinstance(address, UnixAddress) and not (tls.sni or tls.pins or tls.insecure):
+        raise AddressError(
+            f"{_q(str(address))}: {address.scheme}:… has no host name to verify: add sni=NAME, "
+            "pin=sha256:… or insecure"
+        )
 
 
 def from_sockaddr(family: int, sock_type: int, sockaddr: Any) -> InetAddress | UnixAddress | None:

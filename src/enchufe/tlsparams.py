@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, unquote
 
+from ._inet_text import literal_family
 from ._ranges import MAX_SECONDS
 from ._text import printable
 from .errors import AddressError
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "PARAMETERS",
     "SAN_TYPES",
     "TLSParams",
     "format_pin",
@@ -58,7 +60,9 @@ Side = Literal["client", "server"]
 _CLIENT_ONLY = ("ca", "sni", "pin", "insecure")
 _SERVER_ONLY = ("client-ca", "allow-san", "allow-cn")
 _BOTH = ("cert", "key", "alpn", "handshake-timeout")
-_ACCEPTED = ", ".join(_CLIENT_ONLY + _BOTH + _SERVER_ONLY)
+#: Every parameter name a TLS query may hold.
+PARAMETERS = _CLIENT_ONLY + _BOTH + _SERVER_ONLY
+_ACCEPTED = ", ".join(PARAMETERS)
 _ACCEPTED_LINE = f"accepted TLS parameters: {_ACCEPTED}"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -173,7 +177,7 @@ def parse_query(query: str) -> TLSParams:
         name, sep, raw = part.partition("=")
         if not name:
             raise AddressError(f"empty TLS parameter in {printable(query)!r}; {_ACCEPTED_LINE}")
-        if name not in _CLIENT_ONLY + _BOTH + _SERVER_ONLY:
+        if name not in PARAMETERS:
             raise AddressError(f"unknown TLS parameter {printable(name)!r}; {_ACCEPTED_LINE}")
         if name in values:
             raise AddressError(
@@ -245,7 +249,7 @@ def _sni(values: dict[str, str | None]) -> str | None:
     name = _required(values, "sni", "NAME")
     if name is None:
         return None
-    if _is_ip(name):
+    if literal_family(name) is not None:
         raise AddressError(
             f"sni={printable(name)}: a server name cannot be an IP address (TLS sends names only); "
             "connect to the IP and give the certificate's DNS name, e.g. sni=example.com"
@@ -280,7 +284,7 @@ def _sans(values: dict[str, str | None]) -> tuple[tuple[str, str], ...]:
                 "e.g. allow-san=DNS:client.example.com,URI:spiffe://example.com/app"
             )
         if kind == "IP":
-            if not _is_ip(value):
+            if literal_family(value) is None:
                 raise AddressError(
                     f"allow-san=IP:{printable(value)}: not an IP address; e.g. IP:192.0.2.7 or IP:2001:db8::7"
                 )
@@ -312,14 +316,6 @@ def _timeout(values: dict[str, str | None]) -> float:
             f"handshake-timeout={printable(text)}: seconds, more than 0 and at most {MAX_SECONDS:.0f}"
         )
     return value
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_consistent(params: TLSParams) -> None:
