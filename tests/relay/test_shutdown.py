@@ -6,12 +6,14 @@ import functools
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import pytest
 
-from .conftest import StartRelay, Target, dial, echo, exchange, ping, read_all, wait_until
+from .conftest import STEP, StartRelay, Target, dial, echo, exchange, ping, read_all, wait_until
 
 MiB = 1024 * 1024
 
@@ -139,3 +141,55 @@ def test_sighup_stops_every_worker_and_their_children(
     assert "Traceback" not in relay.err, relay.err
     for pid in pids:
         wait_until(functools.partial(_gone, pid), f"child {pid} being stopped and reaped", timeout=5)
+
+
+# ------------------------------------------------------------------ a signal the loop did not see
+
+#: A relay run by the library in the main thread; a thread of the same process takes the SIGTERM
+#: (its C-level handler runs there) once the main thread sleeps in epoll_wait.  Then, as when a
+#: signal lands just before epoll_wait is entered, only the signal's wakeup descriptor can wake
+#: the loop: the Python handler waits for the main thread to come back to Python.
+_SIGNAL_ELSEWHERE = r"""
+import signal, sys, threading, time
+from enchufe.relay import Recorder, Relay, RelayConfig
+
+relay = Relay(RelayConfig(sys.argv[1], "exec:no-such-program-here --flag"), events=Recorder())
+relay.open()
+wchan = f"/proc/self/task/{threading.main_thread().native_id}/wchan"
+
+def asleep() -> bool:
+    try:
+        with open(wchan) as f:
+            return "epoll" in f.read()
+    except OSError:
+        return False
+
+def take_the_signal_here() -> None:
+    for _ in range(300):  # until the loop sleeps (at most 3 s; without wchan, 3 s is plenty)
+        if relay.events.named("listening") and asleep():
+            break
+        time.sleep(0.01)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+threading.Thread(target=take_the_signal_here, daemon=True).start()
+result = relay.run()
+print(result.exit_status, " ".join(name for name, _message, _fields in relay.events.events))
+"""
+
+
+def test_a_stop_signal_wakes_the_loop_wherever_it_arrives(make_address: Callable[[str], str]) -> None:
+    """A SIGTERM that arrived just before the loop went to sleep in epoll_wait (after Python's
+    last look at its signals) left the relay asleep for good (seen once in a loaded suite run,
+    right after a program failed to start); the same happens to a signal another thread takes.
+    The loop is woken by the signal itself (``signal.set_wakeup_fd``) and stops."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_ELSEWHERE, make_address("tcp4")],
+        capture_output=True,
+        text=True,
+        timeout=STEP,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    status, names = done.stdout.split(" ", 1)
+    assert status == "0"
+    assert "stopping" in names.split(), names

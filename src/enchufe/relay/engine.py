@@ -8,6 +8,7 @@
     ticks = loop.call_every(1.0, on_tick)            # until ticks.cancel()
     loop.run(until=lambda: done)                     # returns once ``until()`` holds
     loop.wake()                                      # from a signal handler or another thread
+    previous = loop.wake_on_signals()                # a signal wakes it, wherever it arrives
 
 Why ``select.epoll`` itself rather than ``selectors.EpollSelector``: a relayed socket must stay
 registered while we want nothing from it (its pipe is full, its peer has nothing to send), so
@@ -50,6 +51,7 @@ import itertools
 import logging
 import os
 import select
+import signal
 import time
 from collections.abc import Callable
 
@@ -231,6 +233,19 @@ class Loop:
         """Make the loop run its wake handler soon.  Safe from signal handlers and other threads."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
+
+    def wake_on_signals(self) -> int:
+        """Have the arrival of any handled signal wake the loop (``signal.set_wakeup_fd`` on its
+        wake-up pipe; main thread only); returns the wakeup descriptor it replaces, for
+        ``signal.set_wakeup_fd(previous)`` once the loop is done.
+
+        A Python signal handler (which calls :meth:`wake`) runs only once the main thread is
+        back in Python: a signal that arrives just before ``epoll_wait`` is entered (after the
+        interpreter's last look), or in another thread, would leave the loop asleep until
+        something else happened, maybe forever.  The C-level handler writes to this pipe at
+        once, whenever and wherever the signal arrives; the wake handler then runs once the
+        Python handler has, or again when it does (its :meth:`wake`)."""
+        return signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
     def _drain_wake(self, _events: int = 0) -> None:
         with contextlib.suppress(BlockingIOError, OSError):

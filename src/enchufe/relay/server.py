@@ -22,7 +22,7 @@ import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from types import FrameType
 from typing import Any, Protocol
 
@@ -84,6 +84,10 @@ class ListenerHandler(Protocol):
     def abort_all(self, reason: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+def _nothing() -> None:
+    pass
 
 
 def _open_datagram(
@@ -213,7 +217,7 @@ class Relay:
         self._handler = handler
         loop.set_wake_handler(self._on_wake)
         self.events.schedule = loop.call_later  # counts of held-back notices, when due
-        previous = self._install_signals() if handle_signals else {}
+        restore = self._install_signals(loop) if handle_signals else _nothing
         try:
             handler.start()
             if announce and self._listener is not None:
@@ -225,8 +229,7 @@ class Relay:
                 self._on_wake()
             loop.run(until=self._done)
         finally:
-            for signum, old in previous.items():
-                signal.signal(signum, old)
+            restore()
             if self._handler is not None:
                 self._handler.abort_all("error")
                 self._handler.stop_accepting()
@@ -302,9 +305,12 @@ class Relay:
         if self._loop is not None:
             self._loop.wake()
 
-    def _install_signals(self) -> dict[int, signal.Handlers | int | None]:
+    def _install_signals(self, loop: Loop) -> Callable[[], None]:
+        """Stop at :data:`STOP_SIGNALS` (in the main thread; elsewhere nothing is done), each
+        waking ``loop`` wherever it arrives (see :meth:`Loop.wake_on_signals`); returns what puts
+        the previous handlers and wakeup descriptor back."""
         if threading.current_thread() is not threading.main_thread():
-            return {}
+            return _nothing
         previous: dict[int, signal.Handlers | int | None] = {}
 
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -312,7 +318,14 @@ class Relay:
 
         for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, handler)  # type: ignore[assignment]
-        return previous
+        wakeup = loop.wake_on_signals()
+
+        def restore() -> None:
+            signal.set_wakeup_fd(wakeup)
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+        return restore
 
     def _on_wake(self) -> None:
         stops = self._stops
