@@ -14,10 +14,9 @@ form                                   value
 ``unix:///abs/path``, ``unix:rel``     :class:`UnixAddress` (stream, file)
 ``unix:@name``                         :class:`UnixAddress` (stream, abstract name)
 ``unixgram:…``                         :class:`UnixAddress` (datagram), same forms
-``tls://HOST:PORT?QUERY``, ``tls4``,   :class:`InetAddress` with ``tls`` (TLS over TCP)
-``tls6``
-``tls+unix:…?QUERY``                   :class:`UnixAddress` with ``tls`` (TLS over a unix
-                                       stream), the name percent-decoded
+``tls://HOST:PORT?QUERY``              :class:`InetAddress` with ``tls`` (TLS over TCP)
+``tls4://…``, ``tls6://[…]:PORT``      the same, IPv4 or IPv6 only
+``tls+unix:…?QUERY``                   :class:`UnixAddress` with ``tls``, name percent-decoded
 ``-``, ``stdio:``                      :class:`StdioAddress`
 ``exec:PROGRAM ARGS…``                 :class:`ExecAddress` (argv split like a shell)
 =====================================  ==============================================
