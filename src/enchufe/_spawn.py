@@ -51,6 +51,7 @@ from .address import ExecAddress, InetAddress, SocketAddress, UnixAddress, from_
 
 __all__ = [
     "CHILD_EXIT_GRACE",
+    "EXIT_POLL_INTERVAL",
     "TERMINATE_GRACE",
     "child_environment",
     "group_alive",
@@ -63,6 +64,10 @@ __all__ = [
 
 #: Seconds a child gets to exit after SIGTERM when its connection broke, before SIGKILL.
 TERMINATE_GRACE = 1.0
+
+#: Where the system has no pidfds (:func:`open_pidfd` gives -1), how often a child's exit is
+#: looked for with :func:`reap`.
+EXIT_POLL_INTERVAL = 0.1
 
 #: After the child exits, how long its stdout may stay silent without an EOF before the output
 #: counts as over: a process it started in the background may hold the pipe for as long as it

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._halfclose import Flow, HalfClose
 from ._spawn import (
     CHILD_EXIT_GRACE,
+    EXIT_POLL_INTERVAL,
     TERMINATE_GRACE,
     child_environment,
     group_alive,
@@ -120,7 +121,7 @@ class _Child:
             return
         if self.pidfd < 0:
             while not self.reap():
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(EXIT_POLL_INTERVAL)
             return
         loop = asyncio.get_running_loop()
         readable: asyncio.Future[None] = loop.create_future()
