@@ -492,6 +492,8 @@ class FaultySession(StreamSession):
     fail_start: ClassVar[int] = 0
     #: the session with this number raises the first time it is cut
     fail_cut: ClassVar[int] = 0
+    #: the session with this number raises when told that its exec: child exited
+    fail_exit: ClassVar[int] = 0
 
     def cut(self, reason: str) -> None:
         if self.id == self.fail_cut:
@@ -517,6 +519,11 @@ class FaultySession(StreamSession):
             raise RuntimeError("injected timer fault")
         super()._idle_check()
 
+    def _child_exited(self, delay: float, check: bool = False) -> None:
+        if not check and self.id == self.fail_exit:
+            raise RuntimeError("injected exit fault")
+        super()._child_exited(delay, check)
+
 
 @pytest.fixture
 def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FaultySession]]:
@@ -527,6 +534,7 @@ def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FaultySession]]:
     FaultySession.doomed = set()
     FaultySession.fail_start = 0
     FaultySession.fail_cut = 0
+    FaultySession.fail_exit = 0
     yield FaultySession
 
 
@@ -629,6 +637,43 @@ def test_a_session_that_cannot_be_cut_keeps_neither_the_others_open_nor_the_rela
         assert line.startswith(
             "enchufe: unexpected error in a handler: RuntimeError: injected cut fault; closed #1 "
         )
+
+
+#: A child that exits at once, leaving a process that holds its stdout open: its session ends when
+#: told of the exit (after CHILD_EXIT_GRACE), since no EOF comes.
+LEAVES_ITS_OUTPUT_OPEN = "exec:sh -c 'sleep 30 & echo started'"
+
+
+def _started_then_closed(sock: socket.socket) -> bool:
+    sock.settimeout(STEP)
+    got = b""
+    while not got.endswith(b"started\n"):
+        chunk = sock.recv(64)
+        assert chunk, got
+        got += chunk
+    return closed_by_peer(sock, STEP)
+
+
+def test_a_session_whose_child_exit_callback_raises_is_reset_and_the_relay_serves_the_others(
+    faulty: type[FaultySession],
+) -> None:
+    """The child's pidfd is forgotten before its session is told: the failure must still end
+    that session (it waits for that exit, no EOF comes), and only that one."""
+    faulty.fail_exit = 1
+    with relay_thread(RelayConfig("tcp://127.0.0.1:0", LEAVES_ITS_OUTPUT_OPEN)) as running:
+        with dial(running.address) as doomed, dial(running.address) as healthy:
+            assert _started_then_closed(doomed)
+            assert _started_then_closed(healthy)
+        with dial(running.address) as later:
+            assert _started_then_closed(later)
+        assert running.peer.is_alive()
+        (line,) = _unexpected(running)
+        assert line.startswith(
+            "enchufe: unexpected error in a handler: RuntimeError: injected exit fault; closed #1 "
+        )
+        assert line.endswith(", both peers reset; the relay goes on")
+        wait_until(lambda: running.relay.stats.open == 0, "the sessions to end")
+        assert running.relay.stats.cut == 1
 
 
 def test_a_stream_listener_whose_handler_raises_rests_and_serves_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,12 @@ is the relay's.
 Every child is reaped, never left a zombie: a pidfd (``pidfd_open``) in the event loop says when
 it exits, and ``waitpid`` collects its status at once; a child whose connection broke gets
 SIGTERM, then SIGKILL after :data:`TERMINATE_GRACE` seconds.  Without pidfd support, exits are
-polled every :data:`POLL_INTERVAL` seconds.
+polled every :data:`~enchufe._spawn.EXIT_POLL_INTERVAL` seconds.
+
+A child's ``on_exit`` callback (its session's) runs once it is reaped; if it raises, the
+engine's failure path ends its owner (``on_error``, the session's crash handler: that session
+only, its peers reset) and the relay goes on.  The SIGKILL that follows a SIGTERM is guarded
+the same way: if its timer fails, the group is killed anyway.
 
 Signals go to the child's process group (a session of its own, see :mod:`enchufe._spawn`), so
 what it started in the background goes with it: when its connection breaks, when its session
@@ -32,16 +37,12 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
-from .. import trace
-from .._spawn import TERMINATE_GRACE, group_alive, signal_group, spawn
+from .._spawn import EXIT_POLL_INTERVAL, TERMINATE_GRACE, group_alive, open_pidfd, reap, signal_group, spawn
 from ..address import ExecAddress
-from .engine import READ, Loop, Timer
+from .engine import READ, Loop, OnError, Timer
 from .events import EventSink
 
-__all__ = ["POLL_INTERVAL", "Child", "Children"]
-
-#: How often child exits are polled where pidfds are not available.
-POLL_INTERVAL = 0.1
+__all__ = ["Child", "Children"]
 
 
 class Child:
@@ -51,6 +52,7 @@ class Child:
         "ended",
         "exited",
         "label",
+        "on_error",
         "on_exit",
         "pid",
         "pidfd",
@@ -76,6 +78,8 @@ class Child:
         self.timer: Timer | None = None
         #: Called once the child has exited and been reaped (its session may outlive it).
         self.on_exit: Callable[[], None] | None = None
+        #: Ends the owner of :attr:`on_exit` if it raises (the session's crash handler).
+        self.on_error: OnError | None = None
 
 
 class Children:
@@ -108,14 +112,11 @@ class Children:
     # -- watching
 
     def _watch(self, child: Child) -> None:
-        try:
-            child.pidfd = os.pidfd_open(child.pid)
-        except (AttributeError, OSError):
-            child.pidfd = -1
+        child.pidfd = open_pidfd(child.pid)
         if child.pidfd >= 0:
             self.loop.register(child.pidfd, READ, lambda _events: self._on_exit(child))
         elif self._poll_timer is None:
-            self._poll_timer = self.loop.call_later(POLL_INTERVAL, self._poll)
+            self._poll_timer = self.loop.call_later(EXIT_POLL_INTERVAL, self._poll)
 
     def _on_exit(self, child: Child) -> None:
         self._reap(child)
@@ -125,25 +126,33 @@ class Children:
         for child in list(self.running.values()):
             self._reap(child)
         if any(c.pidfd < 0 for c in self.running.values()):
-            self._poll_timer = self.loop.call_later(POLL_INTERVAL, self._poll)
+            self._poll_timer = self.loop.call_later(EXIT_POLL_INTERVAL, self._poll)
 
     def _reap(self, child: Child) -> bool:
         """Collect the child's exit status if it has exited; True if it has."""
         if child.exited:
             return True
-        try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status = child.pid, 0
-        if pid == 0:
+        status = reap(child.pid)
+        if status is None:
             return False
         child.exited = True
-        child.status = os.waitstatus_to_exitcode(status)
+        child.status = status
         self._forget(child)
-        if trace.enabled():
-            trace.emit(f"waitpid({child.pid}) = exit status {child.status}")
+        # Its pidfd is forgotten: if what follows raised into the loop, the loop could not tell
+        # whose it was, and the session waiting for this exit would never end.
+        try:
+            self._exited(child, status)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            self.loop.fail(exc, child.on_error)
+        if child.ended and not self._closing:
+            self._stop(child)
+        return True
+
+    def _exited(self, child: Child, code: int) -> None:
+        """Say that ``child`` exited, and tell its session."""
         if self.events.wants(1):
-            code = child.status
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
             self.events(
                 "exit",
@@ -156,9 +165,6 @@ class Children:
         if child.on_exit is not None:
             on_exit, child.on_exit = child.on_exit, None
             on_exit()
-        if child.ended and not self._closing:
-            self._stop(child)
-        return True
 
     def _forget(self, child: Child) -> None:
         # Its timer stays: the SIGKILL is for what is left of its group too.
@@ -204,7 +210,15 @@ class Children:
                 self._reap(child)
             self._signal(child, signal.SIGKILL)
 
-        child.timer = self.loop.call_later(TERMINATE_GRACE, kill)
+        def kill_anyway(exc: Exception) -> str:
+            # ``kill`` raised half-way (reaping it said something that failed): what is left of
+            # the group must not outlive its connection for that.
+            if self.groups.get(child.pid) is child:
+                del self.groups[child.pid]
+            self._signal(child, signal.SIGKILL)
+            return f"killed what is left of #{child.session_id} {child.label} (process group {child.pid})"
+
+        child.timer = self.loop.call_later(TERMINATE_GRACE, kill, kill_anyway)
 
     def _signal(self, child: Child, signum: int) -> bool:
         """Signal the child's group (the child stays in it: a session leader cannot leave);

@@ -94,6 +94,7 @@ class StreamSession(RelaySession):
             return
         self.child = child
         child.on_exit = lambda: self._child_exited(CHILD_EXIT_GRACE)
+        child.on_error = self.crashed
         self._set_target(Side(rfd=child.stdout_r, wfd=child.stdin_w))
         if relay.events.wants(1):
             relay.events(
