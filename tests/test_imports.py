@@ -6,7 +6,7 @@ below it::
     pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
-               _endpoint, _streams, _datagrams (the endpoint cores), tlschannel
+               _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlsstream
     endpoints  sync | aio (siblings: neither imports the other), and the package itself (sync's facade)
     apps       relay, servers, bench, tour, exec, stdio, testing
     cli        cli, __main__
@@ -58,10 +58,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_sockets",
         "_connect",
         "_spawn",
+        "_wakeup",
         "_endpoint",
         "_streams",
         "_datagrams",
         "tlschannel",
+        "_tlsstream",
     ),
     "endpoints": ("sync", "aio", ""),  # "": the package itself, which re-exports sync
     "apps": ("relay", "servers", "bench", "tour", "exec", "stdio", "testing"),

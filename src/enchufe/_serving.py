@@ -287,6 +287,13 @@ def handler_outcome(exc: Exception, peer: SocketAddress | None, idle_timeout: fl
     return "failed"
 
 
+def handshake_outcome(exc: NetworkError, peer: SocketAddress | None) -> str:
+    """A TLS client's handshake failed (refused, timed out, cut): that connection ends, and only
+    it; counted as ``failed`` and logged with the reason.  The handler is not called."""
+    log.info("TLS handshake with %s failed: %s", shown(peer), message(exc))
+    return "failed"
+
+
 # -- datagrams
 
 S = TypeVar("S")

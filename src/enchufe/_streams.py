@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import _calls, _ranges, _unixfiles
 from ._buffer import MAX_RECV_CHUNK, ReceiveBuffer
 from ._endpoint import Endpoint
 from .address import SocketAddress, from_sockaddr
 from .errors import ClosedError, ConnectionReset, NetworkError, translate
+
+if TYPE_CHECKING:
+    from ._tlsstream import TLSSetup
 
 C = TypeVar("C")
 
@@ -90,15 +93,27 @@ class StreamCore(Endpoint):
 
 
 class ListenerCore(Endpoint):
-    """A listening socket's state: its real address, and the socket file it owns."""
+    """A listening socket's state: its real address, the socket file it owns, and for a TLS
+    address the server side's setup (its context made once, for every connection)."""
 
     _polled = False
 
     def __init__(
-        self, sock: socket.socket, address: SocketAddress, owned: _unixfiles.SocketFile | None
+        self,
+        sock: socket.socket,
+        address: SocketAddress,
+        owned: _unixfiles.SocketFile | None,
+        tls: TLSSetup | None = None,
     ) -> None:
         super().__init__(sock, owned)
         self.address = address
+        self._tls = tls
+
+    @property
+    def tls_pin(self) -> str | None:
+        """``sha256:HEX``, the pin of a ``cert=auto`` listener's certificate (else ``None``):
+        what a client gives as ``pin=`` to trust it."""
+        return self._tls.pin if self._tls is not None else None
 
     def _accept_once(self) -> socket.socket:
         """One ``accept()``: the new connection's socket.

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 
 from ._text import printable
-from .errors import AddressError, EnchufeError
+from .errors import AddressError, TLSRefused
 from .tlsinfo import PeerCertificate, TLSInfo, describe_certificate, spki_digest
 from .tlsparams import TLSParams, format_pin
 
@@ -29,20 +29,6 @@ __all__ = [
     "self_signed",
     "server_context",
 ]
-
-
-class TLSRefused(EnchufeError):
-    """A handshake failed, or finished with a peer this side does not accept.
-
-    ``reason`` is a short key (``untrusted``, ``self-signed``, ``name-mismatch``, ``expired``,
-    ``not-yet-valid``, ``pin-mismatch``, ``client-certificate-missing``,
-    ``client-certificate-refused``, ``not-allowed``, ``protocol-version``, ``alpn``, ``not-tls``,
-    ``closed``, ``handshake``); ``str()`` is the line a user reads.
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def client_context(params: TLSParams) -> ssl.SSLContext:

@@ -11,6 +11,8 @@
     └── NetworkError                  the operating system said no at run time (CLI exit status 1)
         ├── ConnectionRefused         nobody accepts at that address (ECONNREFUSED, missing socket file)
         ├── ConnectionReset           the peer reset the connection (ECONNRESET, EPIPE)
+        │   └── TLSTruncated          the connection ended without TLS close_notify
+        ├── TLSRefused                a TLS handshake failed, or the peer is not accepted (``reason``)
         ├── TimedOut                  no answer within the time allowed
         ├── AddressInUse              another socket already owns that address (EADDRINUSE, live socket)
         ├── PermissionDenied          EACCES / EPERM
@@ -47,6 +49,8 @@ __all__ = [
     "NotASocket",
     "PermissionDenied",
     "ProtocolError",
+    "TLSRefused",
+    "TLSTruncated",
     "TimedOut",
     "UsageError",
     "translate",
@@ -117,6 +121,28 @@ class ConnectionRefused(NetworkError):
 
 class ConnectionReset(NetworkError):
     """The peer reset the connection (ECONNRESET), or it is gone for writing (EPIPE)."""
+
+
+class TLSTruncated(ConnectionReset):
+    """A TLS connection ended without close_notify: what arrived may be incomplete (a peer, or
+    something in the middle, cut the stream).  Never reported as a clean EOF."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, action="receive")
+
+
+class TLSRefused(NetworkError):
+    """A TLS handshake failed, or finished with a peer this side does not accept.
+
+    ``reason`` is a short key (``untrusted``, ``self-signed``, ``name-mismatch``, ``expired``,
+    ``not-yet-valid``, ``pin-mismatch``, ``client-certificate-missing``,
+    ``client-certificate-refused``, ``not-allowed``, ``protocol-version``, ``alpn``, ``not-tls``,
+    ``closed``, ``handshake``); ``str()`` is the line a user reads.  Not worth retrying as is.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, action="handshake")
+        self.reason = reason
 
 
 class TimedOut(NetworkError):

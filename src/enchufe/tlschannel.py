@@ -24,7 +24,7 @@ from __future__ import annotations
 import ssl
 
 from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
-from .errors import ConnectionReset
+from .errors import TLSTruncated
 from .tlsinfo import TLSInfo
 from .tlsparams import TLSParams
 
@@ -35,10 +35,6 @@ _FIRST_BYTES = 64
 
 
 _TRUNCATED = "the connection ended without TLS close_notify: what arrived may be truncated"
-
-
-class TLSTruncated(ConnectionReset):
-    """The connection ended without close_notify: the data may be incomplete."""
 
 
 class TLSChannel:

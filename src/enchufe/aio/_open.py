@@ -12,11 +12,12 @@ from .._backoff import Backoff
 from .._connect import DEFAULT_RETRY_DELAY, ConnectPlan, socket_address
 from .._resolve import Target
 from .._sockets import DEFAULT_BACKLOG, create_socket, open_datagram, open_listener
+from .._tlsstream import client_setup, server_setup, with_tls
 from .._unixfiles import SocketFile
 from ..address import Address, UnixAddress
 from ._wait import wait_writable
 from .datagram import DatagramSocket
-from .stream import Connection, Listener
+from .stream import Connection, Listener, TLSConnection
 
 __all__ = [
     "bind_datagram",
@@ -54,14 +55,11 @@ async def listen(
     mode: int | None = None,
     reuse_port: bool = False,
 ) -> Listener:
-    """Like :func:`enchufe.listen`, for asyncio."""
-    sock, real, owned = open_listener(
-        socket_address(address, stream=True, role="listen"),
-        backlog=backlog,
-        mode=mode,
-        reuse_port=reuse_port,
-    )
-    return Listener(sock, real, owned)
+    """Like :func:`enchufe.listen`, for asyncio (a TLS address makes its context here, once)."""
+    target = socket_address(address, stream=True, role="listen")
+    tls = server_setup(target)
+    sock, real, owned = open_listener(target, backlog=backlog, mode=mode, reuse_port=reuse_port)
+    return Listener(sock, with_tls(real, target.tls), owned, tls)
 
 
 async def bind_datagram(
@@ -81,10 +79,20 @@ async def connect(
     retries: int = 0,
     retry_delay: float = DEFAULT_RETRY_DELAY,
 ) -> Connection:
-    """Like :func:`enchufe.connect`, for asyncio: each attempt a new socket, ``timeout`` each."""
+    """Like :func:`enchufe.connect`, for asyncio: each attempt a new socket, ``timeout`` each;
+    a TLS address returns a :class:`~enchufe.aio.stream.TLSConnection` with its handshake done."""
     target = socket_address(address, stream=True, role="connect")
+    tls = client_setup(target)
     sock, _owned = await _open_connection(target, timeout, retries, retry_delay)
-    return Connection(sock)
+    if tls is None:
+        return Connection(sock)
+    conn = TLSConnection(sock, tls)
+    try:
+        await conn.handshake()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 async def connect_datagram(

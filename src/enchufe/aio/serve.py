@@ -39,6 +39,7 @@ from .._serving import (
     datagram_failed,
     first_try,
     handler_outcome,
+    handshake_outcome,
     is_exhaustion,
     log,
     peer_sessions,
@@ -259,6 +260,12 @@ class Server:
         try:
             if self.idle_timeout is not None:
                 conn.set_timeout(self.idle_timeout)
+            try:
+                await conn.handshake()  # TLS: in the connection's task, never in the accept loop
+            except NetworkError as exc:
+                self.stats.failed += 1
+                handshake_outcome(exc, conn.peer_address)
+                return
             await cast(StreamHandler, self.handler)(conn)
             self.stats.completed += 1
         except asyncio.CancelledError:

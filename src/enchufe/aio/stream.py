@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import socket
 from collections.abc import AsyncIterator
 
@@ -9,11 +11,13 @@ from .. import _ranges, _unixfiles, framing
 from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE
 from .._endpoint import AsyncClosing
 from .._streams import ListenerCore, StreamCore
+from .._tlsstream import NoLock, TLSSetup, TLSStreamCore
 from ..address import SocketAddress
 from ..errors import ClosedError, ConnectionReset, IncompleteRead
+from ..tlsinfo import TLSInfo
 from ._wait import Readiness
 
-__all__ = ["Connection", "Listener"]
+__all__ = ["Connection", "Listener", "TLSConnection"]
 
 
 class Connection(StreamCore, AsyncClosing):
@@ -28,6 +32,7 @@ class Connection(StreamCore, AsyncClosing):
 
     Cancellation: a cancelled ``recv`` loses nothing (no bytes were taken); a cancelled
     ``send_all`` may have sent part of the data, so the connection should then be closed.
+    A connection of a TLS address is a :class:`TLSConnection`, which keeps all of this.
     """
 
     _polled = True
@@ -39,6 +44,14 @@ class Connection(StreamCore, AsyncClosing):
         #: Bytes taken from and given to the kernel so far (for "closed … after N bytes" lines).
         self.bytes_received = 0
         self.bytes_sent = 0
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """What TLS negotiated (see :class:`TLSConnection`); ``None`` on a plain connection."""
+        return None
+
+    async def handshake(self) -> None:
+        """Run the TLS handshake now (see :class:`TLSConnection`); nothing on a plain connection."""
 
     def set_timeout(self, seconds: float | None) -> None:
         """Make ``recv``/``send_all`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``
@@ -123,20 +136,106 @@ class Connection(StreamCore, AsyncClosing):
         return f"<aio.Connection {self.local_address} ↔ {self.peer_address} {state}>"
 
 
+_NO_LOCK = NoLock()
+
+
+class TLSConnection(TLSStreamCore, Connection):
+    """A :class:`Connection` over TLS, as :class:`enchufe.sync.TLSConnection` is for the sync
+    side: ``await connect()`` returns it with the handshake done; ``await accept()`` before the
+    handshake, which runs at its first use or at ``await handshake()``, bounded by the
+    address's ``handshake-timeout``.  ``bytes_sent``/``bytes_received`` count plaintext.
+    """
+
+    _state_lock = _NO_LOCK
+    _send_lock = _NO_LOCK
+
+    def __init__(self, sock: socket.socket, setup: TLSSetup) -> None:
+        super().__init__(sock, setup)
+        self._handshaking = asyncio.Lock()
+
+    async def handshake(self) -> None:
+        """Run the handshake if it has not run: returns once it is done and the peer accepted.
+        Two tasks may call it at once (one reading, one writing): both wait for the one run."""
+        if self._channel.handshaken:
+            return
+        self._check()
+        async with self._handshaking:
+            try:
+                async with asyncio.timeout(self._params.handshake_timeout):
+                    while not await self._handshake_step():
+                        pass
+            except TimeoutError:
+                raise self._handshake_timed_out() from None
+
+    async def _handshake_step(self) -> bool:
+        try:
+            return self._handshake_once()
+        except BlockingIOError:
+            what = lambda: f"complete the TLS handshake with {self._where()}"  # noqa: E731
+            if self._owes_peer:
+                await self._ready.writable(what)
+            else:
+                await self._ready.readable(what)
+            self._check()
+            return False
+
+    async def _flush_all(self) -> None:
+        while True:
+            try:
+                self._flush()
+                return
+            except BlockingIOError:
+                await self._ready.writable(lambda: f"send to {self._where()}")
+                self._check()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.handshake()
+        await super().send_all(data)
+
+    async def shutdown_write(self) -> None:
+        """Send close_notify (the peer reads EOF) and keep receiving."""
+        await self.handshake()
+        try:
+            self._shutdown_write()
+        except BlockingIOError:
+            await self._flush_all()
+
+    async def recv(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes:
+        await self.handshake()
+        return await super().recv(max_bytes)
+
+    async def recv_exactly(self, size: int) -> bytes:
+        await self.handshake()
+        return await super().recv_exactly(size)
+
+    async def recv_until(self, delimiter: bytes = b"\n", *, max_bytes: int = DEFAULT_MAX_UNTIL) -> bytes:
+        await self.handshake()
+        return await super().recv_until(delimiter, max_bytes=max_bytes)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd {self._fd}"
+        return f"<aio.TLSConnection {self.local_address} ↔ {self.peer_address} {state}>"
+
+
 class Listener(ListenerCore, AsyncClosing):
     """A passive stream socket for asyncio; ``await accept()`` gives the next :class:`Connection`.
 
     ``async for conn in listener`` yields connections until the listener is closed.  Closing
     wakes a pending ``accept()``, which raises :class:`~enchufe.errors.ClosedError`.
+    A TLS listener gives :class:`TLSConnection` objects before their handshake.
     """
 
     _polled = True
 
     def __init__(
-        self, sock: socket.socket, address: SocketAddress, owned: _unixfiles.SocketFile | None
+        self,
+        sock: socket.socket,
+        address: SocketAddress,
+        owned: _unixfiles.SocketFile | None,
+        tls: TLSSetup | None = None,
     ) -> None:
         sock.setblocking(False)
-        super().__init__(sock, address, owned)
+        super().__init__(sock, address, owned, tls)
         self._ready = Readiness(sock)
 
     async def accept(self) -> Connection:
@@ -146,7 +245,10 @@ class Listener(ListenerCore, AsyncClosing):
             except BlockingIOError:
                 await self._ready.readable(lambda: f"accept on {self.address}")
                 continue
-            return self._wrap(conn, Connection)
+            setup = self._tls
+            if setup is None:
+                return self._wrap(conn, Connection)
+            return self._wrap(conn, functools.partial(TLSConnection, setup=setup))
 
     def __aiter__(self) -> AsyncIterator[Connection]:
         return self._iterate()

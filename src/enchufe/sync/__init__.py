@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from .._connect import DEFAULT_RETRY_DELAY, socket_address
 from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_listener
+from .._tlsstream import client_setup, server_setup, with_tls
 from ..address import Address
 from .datagram import DatagramSocket
-from .stream import Connection, Listener
+from .stream import Connection, Listener, TLSConnection
 
 __all__ = [
     "Connection",
     "DatagramSocket",
     "Listener",
+    "TLSConnection",
     "bind_datagram",
     "connect",
     "connect_datagram",
@@ -33,14 +35,14 @@ def listen(
     file first, refuses a live one (:class:`~enchufe.errors.AddressInUse`) or any file that is
     not a socket (:class:`~enchufe.errors.NotASocket`), and sets the file's permissions to
     ``mode`` when given.
+
+    A TLS address (``tls://``, ``tls+unix:``) reads its certificate and makes its context here,
+    once; connections are accepted before their handshake (see :class:`TLSConnection`).
     """
-    sock, real, owned = open_listener(
-        socket_address(address, stream=True, role="listen"),
-        backlog=backlog,
-        mode=mode,
-        reuse_port=reuse_port,
-    )
-    return Listener(sock, real, owned)
+    target = socket_address(address, stream=True, role="listen")
+    tls = server_setup(target)
+    sock, real, owned = open_listener(target, backlog=backlog, mode=mode, reuse_port=reuse_port)
+    return Listener(sock, with_tls(real, target.tls), owned, tls)
 
 
 def connect(
@@ -56,14 +58,23 @@ def connect(
     A refused connection, a socket file that does not exist yet and a timed-out attempt are
     retried ``retries`` more times, each with a new socket.  Host names are resolved here and
     every address they resolve to is tried in order.
+
+    A TLS address returns a :class:`TLSConnection` once the handshake is done and the server
+    accepted (verified against the system store or ``ca=``, or its ``pin=``), within the
+    address's ``handshake-timeout``; :class:`~enchufe.errors.TLSRefused` says why not.
     """
-    sock, _owned = open_connection(
-        socket_address(address, stream=True, role="connect"),
-        timeout=timeout,
-        retries=retries,
-        retry_delay=retry_delay,
-    )
-    return Connection(sock)
+    target = socket_address(address, stream=True, role="connect")
+    tls = client_setup(target)
+    sock, _owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
+    if tls is None:
+        return Connection(sock)
+    conn = TLSConnection(sock, tls)
+    try:
+        conn.handshake()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def bind_datagram(

@@ -42,6 +42,7 @@ from .._serving import (
     datagram_failed,
     first_try,
     handler_outcome,
+    handshake_outcome,
     is_exhaustion,
     message,
     peer_sessions,
@@ -284,8 +285,13 @@ class Server:
         try:
             if self.idle_timeout is not None:
                 conn.set_timeout(self.idle_timeout)
-            cast(StreamHandler, self.handler)(conn)
-            outcome = "completed"
+            try:
+                conn.handshake()  # TLS: here in the connection's thread, never in the accept loop
+            except NetworkError as exc:
+                outcome = handshake_outcome(exc, conn.peer_address)
+            else:
+                cast(StreamHandler, self.handler)(conn)
+                outcome = "completed"
         except Exception as exc:
             outcome = handler_outcome(exc, conn.peer_address, self.idle_timeout)
         finally:

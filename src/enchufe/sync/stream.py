@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
-from .. import _calls, _ranges, framing
+from .. import _calls, _ranges, _unixfiles, framing
 from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE
 from .._endpoint import Closing
 from .._streams import ListenerCore, StreamCore
+from .._tlsstream import TLSSetup, TLSStreamCore
+from ..address import SocketAddress
 from ..errors import ClosedError, ConnectionReset, IncompleteRead
+from ..tlsinfo import TLSInfo
 
-__all__ = ["Connection", "Listener"]
+__all__ = ["Connection", "Listener", "TLSConnection"]
 
 
 class Connection(StreamCore, Closing):
@@ -26,7 +32,16 @@ class Connection(StreamCore, Closing):
       :class:`~enchufe.errors.ClosedError`.
 
     Operating-system errors surface as :class:`~enchufe.errors.NetworkError` subclasses.
+    A connection of a TLS address is a :class:`TLSConnection`, which keeps all of this.
     """
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """What TLS negotiated (see :class:`TLSConnection`); ``None`` on a plain connection."""
+        return None
+
+    def handshake(self) -> None:
+        """Run the TLS handshake now (see :class:`TLSConnection`); nothing on a plain connection."""
 
     def set_timeout(self, seconds: float | None) -> None:
         """Make ``recv``/``send_all`` raise :class:`~enchufe.errors.TimedOut` after ``seconds``."""
@@ -102,6 +117,74 @@ class Connection(StreamCore, Closing):
         return f"<Connection {self.local_address} ↔ {self.peer_address} {state}>"
 
 
+class TLSConnection(TLSStreamCore, Connection):
+    """A :class:`Connection` over TLS: the same calls, through a TLS channel.
+
+    * ``connect()`` returns it with the handshake done and the peer accepted; ``accept()``
+      returns it before the handshake, which runs at its first use or at :meth:`handshake`
+      (so that a client that never finishes holds up nobody but itself).
+    * ``shutdown_write`` sends close_notify and keeps reading (the peer may answer after it);
+      ``recv`` returns ``b""`` at the peer's close_notify, and raises
+      :class:`~enchufe.errors.TLSTruncated` if the connection ends without one.
+    * A refused handshake raises :class:`~enchufe.errors.TLSRefused` (``reason`` says why);
+      one that does not finish within ``handshake-timeout`` seconds,
+      :class:`~enchufe.errors.TimedOut`.  Either is raised again by any later use.
+
+    One thread may send while another receives, as on a plain connection.
+    """
+
+    def __init__(self, sock: socket.socket, setup: TLSSetup) -> None:
+        super().__init__(sock, setup)
+        self._state_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._handshake_lock = threading.Lock()
+
+    def handshake(self) -> None:
+        """Run the handshake if it has not run: returns once it is done and the peer accepted.
+        Bounded by the address's ``handshake-timeout`` (default 10 s)."""
+        if self._channel.handshaken:
+            return
+        self._check()
+        with self._handshake_lock:
+            deadline = self._handshake_deadline()
+            before = self._sock.gettimeout()
+            try:
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._handshake_timed_out()
+                    self._sock.settimeout(left)
+                    if self._handshake_once():
+                        return
+            finally:
+                with contextlib.suppress(OSError):
+                    self._sock.settimeout(before)
+
+    def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.handshake()
+        super().send_all(data)
+
+    def shutdown_write(self) -> None:
+        self.handshake()
+        super().shutdown_write()
+
+    def recv(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes:
+        self.handshake()
+        return super().recv(max_bytes)
+
+    def recv_exactly(self, size: int) -> bytes:
+        self.handshake()
+        return super().recv_exactly(size)
+
+    def recv_until(self, delimiter: bytes = b"\n", *, max_bytes: int = DEFAULT_MAX_UNTIL) -> bytes:
+        self.handshake()
+        return super().recv_until(delimiter, max_bytes=max_bytes)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd {self._fd}"
+        return f"<TLSConnection {self.local_address} ↔ {self.peer_address} {state}>"
+
+
 class Listener(ListenerCore, Closing):
     """A passive stream socket.  ``accept()`` returns the next :class:`Connection`.
 
@@ -109,11 +192,26 @@ class Listener(ListenerCore, Closing):
     address (port 0 resolved).  ``close()`` may be called from another thread to stop a blocked
     ``accept()``, which then raises :class:`~enchufe.errors.ClosedError`.  A unix listener
     removes its socket file on close, if the file is still its own.
+
+    A TLS listener (``tls://``, ``tls+unix:``) returns :class:`TLSConnection` objects whose
+    handshake has not run yet; ``tls_pin`` is the pin of a ``cert=auto`` certificate.
     """
 
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: SocketAddress,
+        owned: _unixfiles.SocketFile | None,
+        tls: TLSSetup | None = None,
+    ) -> None:
+        super().__init__(sock, address, owned, tls)
+
     def accept(self) -> Connection:
-        """Wait for the next client and return its connection."""
-        return self._wrap(self._accept_once(), Connection)
+        """Wait for the next client and return its connection (a TLS one before its handshake)."""
+        setup = self._tls
+        if setup is None:
+            return self._wrap(self._accept_once(), Connection)
+        return self._wrap(self._accept_once(), functools.partial(TLSConnection, setup=setup))
 
     def __iter__(self) -> Iterator[Connection]:
         while True:

@@ -1,0 +1,288 @@
+"""TLS on a stream connection, shared by ``enchufe.sync`` and ``enchufe.aio``: one attempt each.
+
+A connection to or from a TLS address is a subclass of the plain one whose ``_send_once``,
+``_recv_once`` and ``_shutdown_write`` move bytes through a :class:`~enchufe.tlschannel.TLSChannel`
+instead of straight to the kernel; the choice is made once, when the connection is made, so a
+plain connection pays nothing for TLS.  As in :mod:`enchufe._streams`, every method makes at
+most one attempt at each system call: blocking sockets wait in the kernel, the asyncio side
+(``_polled``) gets ``BlockingIOError`` and waits on the loop before calling again.
+
+Ciphertext the kernel did not take yet is kept in ``_unsent`` and goes first at the next
+attempt; ``_send_once`` counts plaintext as sent only once its ciphertext is gone, so
+``send_all`` still returns only once the kernel has everything.  Before a receive waits for
+the peer, what this side owes the peer is flushed (or the peer may never answer).
+
+The sync side can use one connection from two threads (one sending, one receiving), as with a
+plain socket: OpenSSL's state is guarded by ``_state_lock``, and ``_send_lock`` keeps the
+ciphertext in the order it was made.  Neither lock is held while waiting to receive.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+
+from . import _calls, _tls
+from ._streams import StreamCore
+from .address import InetAddress, SocketAddress, UnixAddress, check_tls_use, tls_server_name
+from .errors import ConnectionReset, TimedOut, TLSRefused
+from .tlschannel import TLSChannel
+from .tlsinfo import TLSInfo
+from .tlsparams import TLSParams
+
+#: Plaintext encrypted per ``_send_once``: four full TLS records, one system call's worth.
+SEND_CHUNK = 64 * 1024
+#: Ciphertext asked of the kernel per receive: what it holds beyond what the caller wants waits
+#: in the channel, decrypted as it is asked for.
+RECV_CHUNK = 128 * 1024
+
+
+@dataclass(frozen=True)
+class TLSSetup:
+    """What every TLS connection of one address shares: the context (made once), the
+    settings, the side, and the name the client sends and verifies.  ``pin`` is the pin of a
+    ``cert=auto`` listener's certificate."""
+
+    context: ssl.SSLContext
+    params: TLSParams
+    server_side: bool
+    server_hostname: str | None = None
+    pin: str | None = None
+
+    def channel(self) -> TLSChannel:
+        return TLSChannel(
+            self.context, self.params, server_side=self.server_side, server_hostname=self.server_hostname
+        )
+
+
+def tls_params(address: SocketAddress) -> TLSParams | None:
+    """The TLS settings of ``address``, ``None`` for a plain one."""
+    return address.tls
+
+
+def client_setup(address: SocketAddress) -> TLSSetup | None:
+    """The client side of ``address``'s TLS, ``None`` when it has none.  Reads ``ca=``,
+    ``cert=`` and ``key=`` (an :class:`~enchufe.errors.AddressError` names a bad one)."""
+    params = tls_params(address)
+    if params is None:
+        return None
+    check_tls_use(address, "client")
+    return TLSSetup(_tls.client_context(params), params, False, tls_server_name(address))
+
+
+def server_setup(address: SocketAddress) -> TLSSetup | None:
+    """The server side of ``address``'s TLS, ``None`` when it has none: the context is made
+    once per listener (``cert=auto``: a certificate for the listening host, and its pin)."""
+    params = tls_params(address)
+    if params is None:
+        return None
+    check_tls_use(address, "server")
+    host = address.host if isinstance(address, InetAddress) else ""
+    context, pin = _tls.server_context(params, host)
+    return TLSSetup(context, params, True, None, pin)
+
+
+def with_tls(address: SocketAddress, params: TLSParams | None) -> SocketAddress:
+    """``address`` with ``params`` as its TLS settings (the real address of a TLS listener)."""
+    if params is None:
+        return address
+    if isinstance(address, InetAddress):
+        return InetAddress(address.transport, address.host, address.port, address.forced_family, params)
+    assert isinstance(address, UnixAddress)
+    return UnixAddress(address.name, address.abstract, address.datagram, params)
+
+
+class NoLock:
+    """The asyncio side's lock: one thread, nothing to guard."""
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> NoLock:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+
+class TLSStreamCore(StreamCore):
+    """The TLS layer of a connected stream: the channel, the ciphertext not sent yet, the
+    handshake's state.  The sync and asyncio connections add how they wait."""
+
+    _state_lock: threading.Lock | NoLock
+    _send_lock: threading.Lock | NoLock
+
+    def __init__(self, sock: socket.socket, setup: TLSSetup) -> None:
+        super().__init__(sock)
+        self._channel = setup.channel()
+        self._params = setup.params
+        self._unsent = memoryview(b"")  # ciphertext made, not yet taken by the kernel
+        #: The plaintext of the chunk whose ciphertext is still going out (a receive may flush
+        #: it meanwhile: only the next send counts it as sent).
+        self._carried: bytes | None = None
+        self._failed: Exception | None = None  # a handshake's failure, raised again on any use
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """What the handshake agreed on (version, cipher, ALPN, resumption, the peer's
+        certificate); ``None`` until the handshake is done (an accepted connection's runs at
+        its first use, or at ``handshake()``)."""
+        return self._channel.info
+
+    @property
+    def handshaken(self) -> bool:
+        return self._channel.handshaken
+
+    # -- ciphertext out
+
+    def _flush(self) -> None:
+        """Give the kernel every byte of ciphertext made so far, in order.  On the asyncio side,
+        ``BlockingIOError`` when it would not take them all: what is left goes next time."""
+        with self._send_lock:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        """:meth:`_flush`, with ``_send_lock`` held by the caller."""
+        while True:
+            if not self._unsent:
+                with self._state_lock:
+                    out = self._channel.outgoing()
+                if not out:
+                    return
+                self._unsent = memoryview(out)
+            try:
+                sent = _calls.send(self._sock, self._unsent)
+            except OSError as exc:
+                raise self._translated(exc, f"send to {self._where()}") from exc
+            self._unsent = self._unsent[sent:]
+
+    def _flush_quietly(self) -> None:
+        """Flush what can go now, before waiting for the peer; a sender busy flushing (another
+        thread), a full socket buffer or a gone peer are left for the next send to meet."""
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            self._flush_held()
+        except (BlockingIOError, ConnectionReset):
+            pass
+        finally:
+            self._send_lock.release()
+
+    @property
+    def _owes_peer(self) -> bool:
+        """Ciphertext is waiting for room in the kernel (the asyncio side waits writable)."""
+        return bool(self._unsent)
+
+    # -- the three operations of a stream, through the channel
+
+    def _send_once(self, view: memoryview) -> int:
+        """Encrypt up to :data:`SEND_CHUNK` bytes of ``view`` and send them: the count of
+        plaintext bytes whose ciphertext the kernel has taken (``BlockingIOError`` when not all
+        of it: the next call, with the same ``view``, finishes it and counts it)."""
+        carried = self._carried
+        if carried is not None:  # encrypted by an earlier call; its ciphertext still going out
+            self._flush()
+            self._carried = None
+            # After a cancelled send_all the caller may bring other bytes: those still go.
+            return len(carried) if view[: len(carried)] == carried else 0
+        chunk = view[:SEND_CHUNK]
+        with self._state_lock:
+            self._channel.write(chunk)
+        try:
+            self._flush()
+        except BlockingIOError:
+            self._carried = bytes(chunk)
+            raise
+        return len(chunk)
+
+    def _recv_once(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of plaintext: ``b""`` once the peer sent close_notify;
+        :class:`~enchufe.errors.TLSTruncated` if the connection ended without one."""
+        self._check()
+        channel = self._channel
+        while True:
+            with self._state_lock:
+                data = channel.read(max_bytes)
+            if data is not None:
+                return data
+            self._flush_quietly()
+            try:
+                raw = _calls.recv(self._sock, RECV_CHUNK)
+            except OSError as exc:
+                raise self._translated(exc, f"receive from {self._where()}") from exc
+            with self._state_lock:
+                channel.feed(raw)
+
+    def _shutdown_write(self) -> None:
+        """Send close_notify: the peer reads EOF, and this side keeps reading (TLS 1.3 allows
+        the peer to answer).  The TCP or unix stream itself stays open both ways."""
+        self._check()
+        if self._write_shut:
+            return
+        self._write_shut = True
+        with self._state_lock:
+            self._channel.close_write()
+        self._flush()
+
+    # -- the handshake
+
+    def _handshake_once(self) -> bool:
+        """One step of the handshake: ``True`` once done and the peer accepted.
+
+        On the asyncio side ``BlockingIOError`` means: wait (writable while :attr:`_owes_peer`,
+        else readable) and call again.  Raises :class:`~enchufe.errors.TLSRefused` with the
+        reason in words; a failure is kept and raised again by any later use."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            with self._state_lock:
+                done = self._channel.handshake()
+        except TLSRefused as exc:
+            self._failed = exc
+            self._flush_quietly()  # the alert that tells the peer why
+            raise
+        try:
+            self._flush()
+            if done:
+                return True
+            raw = _calls.recv(self._sock, RECV_CHUNK)
+        except BlockingIOError:
+            if self._polled:
+                raise
+            raise self._handshake_failed(TimeoutError()) from None
+        except OSError as exc:
+            raise self._handshake_failed(exc) from exc
+        with self._state_lock:
+            self._channel.feed(raw)
+        return False
+
+    def _handshake_failed(self, exc: OSError) -> Exception:
+        """What the socket said during the handshake, as the error to raise."""
+        if isinstance(exc, TimeoutError) and exc.errno is None:
+            return self._handshake_timed_out()
+        if isinstance(exc, ConnectionError):
+            error: Exception = _tls.explain(exc)
+        else:
+            error = self._translated(exc, f"complete the TLS handshake with {self._where()}")
+        self._failed = error
+        return error
+
+    def _handshake_timed_out(self) -> TimedOut:
+        error = TimedOut(
+            f"the TLS handshake with {self._where()} did not finish within "
+            f"{self._params.handshake_timeout:g} s (handshake-timeout)",
+            errno=errno.ETIMEDOUT,
+            action="handshake",
+        )
+        self._failed = error
+        return error
+
+    def _handshake_deadline(self) -> float:
+        return time.monotonic() + self._params.handshake_timeout

@@ -1,0 +1,174 @@
+"""Who is trusted, on every API flavour: verification on by default, pins, mutual TLS, and the
+peers that do not speak TLS at all (each refusal asserted by its reason and its words)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from enchufe import NetworkError
+from enchufe.errors import TLSRefused
+from tests.conformance.conftest import IO_TIMEOUT
+from tests.conftest import Peer
+from tests.tls.conftest import addresses, client_of, tls_connected
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def refused_client(api: Any, listen_address: str, query: str) -> tuple[TLSRefused, Exception | None]:
+    """Connect a client that the handshake refuses: (the client's error, the server's, if any)."""
+    with api.listen(listen_address) as listener:
+        target = client_of(listener.address, query)
+
+        def serve() -> Exception | None:
+            with listener.accept() as server:
+                try:
+                    server.handshake()
+                except NetworkError as exc:
+                    return exc
+                # TLS 1.3: the server may finish before the client refuses it; it then sees EOF.
+                server.set_timeout(IO_TIMEOUT)
+                try:
+                    server.recv()
+                except NetworkError as exc:
+                    return exc
+                return None
+
+        peer = Peer(serve)
+        with pytest.raises(TLSRefused) as info:
+            api.connect(target, timeout=IO_TIMEOUT)
+        return info.value, peer.result()
+
+
+def test_verification_is_on_by_default_a_self_signed_server_is_refused(api: Any) -> None:
+    error, _ = refused_client(api, "tls://127.0.0.1:0?cert=auto", "")
+    assert error.reason == "self-signed"
+    assert "ca=" in str(error) and "pin=" in str(error)
+
+
+def test_a_server_of_an_unknown_ca_is_refused(api: Any, sock_dir: str, pem: dict[str, str]) -> None:
+    listen_address, _ = addresses("tls4", sock_dir, pem)
+    error, _ = refused_client(api, listen_address, "")  # the system store knows no trustme CA
+    assert error.reason == "untrusted"
+    error, _ = refused_client(api, listen_address, f"ca={pem['other_ca']}")
+    assert error.reason == "untrusted"
+
+
+def test_a_name_the_certificate_does_not_have_is_refused(
+    api: Any, sock_dir: str, pem: dict[str, str]
+) -> None:
+    listen_address, _ = addresses("tls+unix-abstract", sock_dir, pem)
+    error, _ = refused_client(api, listen_address, f"ca={pem['ca']}&sni=other.example")
+    assert error.reason == "name-mismatch" and "other.example" in str(error)
+
+
+def test_cert_auto_and_its_pin_need_no_files(api: Any, sock_dir: str) -> None:
+    with api.listen("tls://127.0.0.1:0?cert=auto") as listener:
+        pin = listener.tls_pin
+        assert pin is not None and pin.startswith("sha256:") and len(pin) == 7 + 64
+        client = Peer(lambda: api.connect(client_of(listener.address, f"pin={pin}"), timeout=IO_TIMEOUT))
+        with listener.accept() as server:
+            server.handshake()
+            conn = client.result()
+        with conn:
+            conn.set_timeout(IO_TIMEOUT)
+            assert conn.tls is not None and conn.tls.peer is not None and conn.tls.peer.pin == pin
+
+
+def test_a_wrong_pin_is_refused(api: Any) -> None:
+    error, _ = refused_client(api, "tls://127.0.0.1:0?cert=auto", "pin=sha256:" + "ab" * 32)
+    assert error.reason == "pin-mismatch" and "sha256:" + "ab" * 32 in str(error)
+
+
+@pytest.mark.parametrize("kind", ["tls4", "tls+unix"])
+def test_mutual_tls_accepts_a_client_certificate_of_the_ca(
+    api: Any, kind: str, sock_dir: str, pem: dict[str, str]
+) -> None:
+    listen_address, query = addresses(kind, sock_dir, pem, f"client-ca={pem['ca']}&allow-cn=alice")
+    with tls_connected(api, listen_address, f"{query}&cert={pem['client']}") as (_, client, server):
+        assert server.tls.peer is not None and server.tls.peer.common_name == "alice"
+        client.send_all(b"hi")
+        assert server.recv_exactly(2) == b"hi"
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(
+    api: Any, sock_dir: str, pem: dict[str, str]
+) -> None:
+    listen_address, query = addresses("tls4", sock_dir, pem, f"client-ca={pem['ca']}")
+    with api.listen(listen_address) as listener:
+        target = client_of(listener.address, query)
+        client = Peer(lambda: api.connect(target, timeout=IO_TIMEOUT))
+        with listener.accept() as server, pytest.raises(TLSRefused) as info:
+            server.handshake()
+        assert info.value.reason == "client-certificate-missing"
+        # TLS 1.3: the client's handshake ends before the server checks; it learns at its first read.
+        try:
+            conn = client.result()
+        except TLSRefused as exc:
+            assert exc.reason in ("client-certificate-missing", "closed")
+        else:
+            with conn, pytest.raises(TLSRefused) as late:
+                conn.set_timeout(IO_TIMEOUT)
+                conn.recv()
+            assert late.value.reason == "client-certificate-missing"
+
+
+def test_mutual_tls_refuses_a_client_not_allowed(api: Any, sock_dir: str, pem: dict[str, str]) -> None:
+    listen_address, query = addresses("tls4", sock_dir, pem, f"client-ca={pem['ca']}&allow-cn=bob")
+    with api.listen(listen_address) as listener:
+        target = client_of(listener.address, f"{query}&cert={pem['client']}")
+        client = Peer(lambda: api.connect(target, timeout=IO_TIMEOUT))
+        with listener.accept() as server:
+            with pytest.raises(TLSRefused) as info:
+                server.handshake()
+            assert info.value.reason == "not-allowed" and "CN=bob" in str(info.value)
+            # A later use raises the same refusal.
+            with pytest.raises(TLSRefused):
+                server.recv()
+        with pytest.raises(NetworkError), client.result() as conn:
+            conn.set_timeout(IO_TIMEOUT)
+            conn.recv()
+
+
+def test_a_plain_client_on_a_tls_listener_is_named_by_what_it_sent(api: Any, pem: dict[str, str]) -> None:
+    with api.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
+        port = listener.address.port
+        with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as plain:
+            plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            with listener.accept() as server, pytest.raises(TLSRefused) as info:
+                server.handshake()
+    assert info.value.reason == "not-tls"
+    assert "GET / HTTP/1.0" in str(info.value)
+
+
+@pytest.mark.parametrize("banner", [b"SSH-2.0-OpenSSH_9.2\r\n", b"220 smtp.example ESMTP\r\n"])
+def test_a_tls_client_on_a_plain_server_says_what_it_sent(
+    api: Any, pem: dict[str, str], banner: bytes
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as plain:
+        port = plain.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = plain.accept()
+            with conn:
+                conn.sendall(banner)
+                conn.settimeout(IO_TIMEOUT)
+                while conn.recv(65536):
+                    pass
+
+        peer = Peer(serve)
+        with pytest.raises(TLSRefused) as info:
+            api.connect(f"tls://127.0.0.1:{port}?ca={pem['ca']}", timeout=IO_TIMEOUT)
+        peer.result()
+    assert info.value.reason == "not-tls"
+    assert banner.decode().strip() in str(info.value)
+
+
+def test_a_server_that_never_answers_the_handshake_times_out(api: Any, pem: dict[str, str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        with pytest.raises(NetworkError, match=r"handshake.*did not finish within 0\.3 s") as info:
+            api.connect(f"tls://127.0.0.1:{port}?ca={pem['ca']}&handshake-timeout=0.3", timeout=IO_TIMEOUT)
+        assert info.value.action == "handshake"
