@@ -20,6 +20,7 @@ ciphertext in the order it was made.  Neither lock is held while waiting to rece
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import ssl
 import threading
@@ -71,7 +72,48 @@ def client_setup(address: SocketAddress) -> TLSSetup | None:
     if params is None:
         return None
     check_tls_use(address, "client")
-    return TLSSetup(_tls.client_context(params), params, False, tls_server_name(address))
+    return TLSSetup(client_context(params), params, False, tls_server_name(address))
+
+
+#: Client contexts by their settings and the state of the files they read (see
+#: :func:`client_context`); cleared when it holds this many.
+MAX_CLIENT_CONTEXTS = 64
+_client_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
+def client_context(params: TLSParams) -> ssl.SSLContext:
+    """A client context for ``params``, made once and reused while its files stay the same.
+
+    Loading the system store costs tens of milliseconds, more than a handshake: a program that
+    connects again and again must not pay it each time.  A file replaced or rewritten (a CA or
+    client certificate rotated), or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` changed, makes a new one.
+    """
+    key = (
+        params,
+        _stamp(params.ca),
+        _stamp(params.cert),
+        _stamp(params.key),
+        os.environ.get("SSL_CERT_FILE"),
+        os.environ.get("SSL_CERT_DIR"),
+    )
+    context = _client_contexts.get(key)
+    if context is None:
+        context = _tls.client_context(params)
+        if len(_client_contexts) >= MAX_CLIENT_CONTEXTS:
+            _client_contexts.clear()
+        _client_contexts[key] = context
+    return context
+
+
+def _stamp(path: str | None) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten; ``None`` when there is none to read."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # the context's own loading says what is wrong with it
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def server_setup(address: SocketAddress) -> TLSSetup | None:

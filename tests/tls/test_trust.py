@@ -3,14 +3,18 @@ peers that do not speak TLS at all (each refusal asserted by its reason and its 
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from typing import Any
 
 import pytest
 
 from enchufe import NetworkError
+from enchufe._tlsstream import client_context
 from enchufe.errors import TLSRefused
-from tests.conformance.conftest import IO_TIMEOUT
+from enchufe.tlsparams import parse_query
+from tests.conformance.conftest import IO_TIMEOUT, SyncApi
 from tests.conftest import Peer
 from tests.tls.conftest import addresses, client_of, tls_connected
 
@@ -172,3 +176,22 @@ def test_a_server_that_never_answers_the_handshake_times_out(api: Any, pem: dict
         with pytest.raises(NetworkError, match=r"handshake.*did not finish within 0\.3 s") as info:
             api.connect(f"tls://127.0.0.1:{port}?ca={pem['ca']}&handshake-timeout=0.3", timeout=IO_TIMEOUT)
         assert info.value.action == "handshake"
+
+
+def test_client_contexts_are_made_once_and_remade_when_a_file_changes(
+    pem: dict[str, str], sock_dir: str
+) -> None:
+    """Loading a store costs more than a handshake: a client context is reused while its files
+    stay the same, and a rotated ``ca=`` file is read again (a server of the old CA is refused)."""
+    ca = os.path.join(sock_dir, "rotating-ca.pem")
+    shutil.copy(pem["ca"], ca)
+    params = parse_query(f"ca={ca}")
+    first = client_context(params)
+    assert client_context(params) is first
+    assert client_context(parse_query("")) is client_context(parse_query(""))
+    listen_address, _ = addresses("tls4", sock_dir, pem)
+    shutil.copy(pem["other_ca"], ca + ".new")
+    os.replace(ca + ".new", ca)  # rotated: a new file in its place
+    assert client_context(params) is not first
+    error, _ = refused_client(SyncApi(), listen_address, f"ca={ca}")
+    assert error.reason == "untrusted"
