@@ -43,8 +43,13 @@ def sha(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def port_of(address: object) -> int:
+    assert isinstance(address, enchufe.InetAddress)
+    return address.port
+
+
 def read_to_eof(conn: Any) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     for _ in range(100_000):
         chunk = conn.recv()
         if not chunk:
@@ -103,7 +108,7 @@ def test_openssl_s_client_against_an_enchufe_listener(sock_dir: str, pem: dict[s
     4 MiB more, then close_notify, and s_client ends at that close_notify."""
     upload, download = os.urandom(SIZE), os.urandom(SIZE)
     with enchufe.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
-        port = listener.address.port
+        port = port_of(listener.address)
         argv = [tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", pem["ca"]]
         argv += ["-servername", "localhost", "-verify_return_error", "-quiet"]
 
@@ -133,7 +138,7 @@ def test_socat_client_half_closes_and_hears_the_answer(sock_dir: str, pem: dict[
     to that EOF and only then answers (the digest), which socat still prints."""
     payload = os.urandom(SIZE)
     with enchufe.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
-        port = listener.address.port
+        port = port_of(listener.address)
 
         def serve() -> None:
             with listener.accept() as conn:
@@ -173,7 +178,7 @@ def test_a_killed_openssl_peer_is_an_error_never_an_eof(sock_dir: str, pem: dict
     """s_client killed mid-stream (no close_notify): the server's read fails (TLSTruncated at a
     FIN, or a reset when the kernel answered with RST: both are ConnectionReset), never ``b""``."""
     with enchufe.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
-        port = listener.address.port
+        port = port_of(listener.address)
         argv = [tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", pem["ca"]]
         with spawn([*argv, "-servername", "localhost", "-quiet"], "s_client") as client:
             client.write(b"some bytes\n")
