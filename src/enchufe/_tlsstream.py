@@ -19,6 +19,7 @@ ciphertext in the order it was made.  Neither lock is held while waiting to rece
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from . import _calls, _tls
 from ._streams import StreamCore
 from .address import InetAddress, SocketAddress, UnixAddress, check_tls_use, tls_server_name
-from .errors import ConnectionReset, TimedOut, TLSRefused
+from .errors import ConnectionReset, NetworkError, TimedOut, TLSRefused
 from .tlschannel import TLSChannel
 from .tlsinfo import TLSInfo
 from .tlsparams import TLSParams
@@ -272,6 +273,25 @@ class TLSStreamCore(StreamCore):
         with self._state_lock:
             self._channel.close_write()
         self._flush()
+
+    def close(self) -> None:
+        """Send close_notify if it can go at once (the peer then reads a clean EOF, not a
+        truncation: closing is deliberate), then close the socket.  Idempotent."""
+        if not self._closed and self._channel.handshaken and self._failed is None:
+            self._say_goodbye()
+        super().close()
+
+    def _say_goodbye(self) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError, NetworkError):
+            if not self._write_shut:
+                with self._state_lock:
+                    self._channel.close_write()
+            self._sock.setblocking(False)  # never wait for a peer that does not read
+            if self._send_lock.acquire(blocking=False):
+                try:
+                    self._flush_held()
+                finally:
+                    self._send_lock.release()
 
     # -- the handshake
 

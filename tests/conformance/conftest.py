@@ -187,3 +187,30 @@ def api(request: pytest.FixtureRequest) -> Iterator[Any]:
         yield flavour
     finally:
         flavour.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PEM files for the TLS legs: ``ca`` (a trustme CA) and ``server`` (its certificate for
+    localhost, 127.0.0.1 and ::1, with the key)."""
+    import trustme
+
+    folder = tmp_path_factory.mktemp("conformance-tls")
+    ca = trustme.CA()
+    paths = {"ca": str(folder / "ca.pem"), "server": str(folder / "server.pem")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    ca.issue_cert("localhost", "127.0.0.1", "::1").private_key_and_cert_chain_pem.write_to_path(
+        paths["server"]
+    )
+    return paths
+
+
+def tls_of(address: str, query: str) -> str:
+    """The TLS form of a plain stream address, with ``query``: ``tcp4://h:p`` → ``tls4://h:p?…``,
+    ``unix:…`` → ``tls+unix:…?…`` (an address that is TLS already keeps only its place)."""
+    place = address.split("?", 1)[0]
+    if place.startswith("tcp"):
+        place = "tls" + place[3:]
+    elif place.startswith("unix:"):
+        place = "tls+" + place
+    return f"{place}?{query}"

@@ -28,7 +28,7 @@ from enchufe import (
     UsageError,
     framing,
 )
-from tests.conformance.conftest import IO_TIMEOUT
+from tests.conformance.conftest import IO_TIMEOUT, tls_of
 from tests.conftest import STREAM_KINDS, Peer, abstract_name, connectable, kind_params
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,9 +52,36 @@ def connected(api: Any, address: str) -> Iterator[tuple[Any, Any, Any]]:
         yield listener, client, server
 
 
+@contextlib.contextmanager
+def tls_connected(api: Any, address: str, files: dict[str, str]) -> Iterator[tuple[Any, Any, Any]]:
+    """:func:`connected` over TLS: the client's handshake waits for the server's, so the client
+    connects in a thread while the server accepts and runs its side."""
+    with api.listen(tls_of(address, f"cert={files['server']}")) as listener:
+        target = tls_of(connectable(listener.address), f"ca={files['ca']}&sni=localhost")
+        connecting = Peer(lambda: api.connect(target, timeout=IO_TIMEOUT))
+        with listener.accept() as server:
+            server.set_timeout(IO_TIMEOUT)
+            server.handshake()
+            with connecting.result() as client:
+                client.set_timeout(IO_TIMEOUT)
+                yield listener, client, server
+
+
+@pytest.fixture(params=["plain", "tls"])
+def layer(request: pytest.FixtureRequest) -> str:
+    """Whether the stream is used as is, or under TLS (``tls://``, ``tls+unix:``)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def pair(api: Any, kind: str, make_address: Callable[[str], str]) -> Iterator[tuple[Any, Any]]:
-    """(client, server) of one connection of ``kind``."""
+def pair(
+    api: Any, kind: str, layer: str, make_address: Callable[[str], str], tls_files: dict[str, str]
+) -> Iterator[tuple[Any, Any]]:
+    """(client, server) of one connection of ``kind``, plain or over TLS."""
+    if layer == "tls":
+        with tls_connected(api, make_address(kind), tls_files) as (_listener, client, server):
+            yield client, server
+        return
     with connected(api, make_address(kind)) as (_listener, client, server):
         yield client, server
 
@@ -235,14 +262,19 @@ def test_message_over_the_limit_is_refused(pair: tuple[Any, Any]) -> None:
 # --- errors ---------------------------------------------------------------------------------------
 
 
-def test_reset_by_peer(pair: tuple[Any, Any]) -> None:
+def test_reset_by_peer(pair: tuple[Any, Any], layer: str) -> None:
     client, server = pair
     # Closing with unread data resets the connection: RST on TCP, ECONNRESET on unix sockets.
     client.send_all(b"never read")
     time.sleep(0.05)
     server.close()
-    with pytest.raises(ConnectionReset):
-        client.recv()
+    if layer == "tls":
+        # A deliberate close sends close_notify first: read as EOF if it came before the reset.
+        with contextlib.suppress(ConnectionReset):
+            assert client.recv() == b""
+    else:
+        with pytest.raises(ConnectionReset):
+            client.recv()
     with pytest.raises(ConnectionReset):
         for _ in range(1000):
             client.send_all(b"x" * 65536)

@@ -127,3 +127,18 @@ def test_a_plain_connection_has_no_tls(api: Any) -> None:
         server.handshake()  # nothing to do
         assert client.tls is None and server.tls is None
         assert listener.tls_pin is None
+
+
+def test_a_client_that_sends_and_closes_without_reading_loses_nothing(
+    api: Any, tls_kind: str, sock_dir: str, pem: dict[str, str]
+) -> None:
+    """Send, close, never read (``enchufe send`` without a reply): the server gets every byte and
+    a clean EOF.  Nothing the client left unread (a session ticket) turns its close into a
+    reset, and close() says close_notify, so this is no truncation either."""
+    listen_address, query = addresses(tls_kind, sock_dir, pem)
+    payload = os.urandom(1 << 20)
+    with tls_connected(api, listen_address, query) as (_listener, client, server):
+        sender = Peer(lambda: (client.send_all(payload), client.close()))
+        got = read_to_eof(server)
+        sender.result(IO_TIMEOUT)
+    assert sha(got) == sha(payload)
