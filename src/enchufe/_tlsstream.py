@@ -55,9 +55,13 @@ class TLSSetup:
     server_hostname: str | None = None
     pin: str | None = None
 
-    def channel(self) -> TLSChannel:
+    def channel(self, label: str = "tls") -> TLSChannel:
         return TLSChannel(
-            self.context, self.params, server_side=self.server_side, server_hostname=self.server_hostname
+            self.context,
+            self.params,
+            server_side=self.server_side,
+            server_hostname=self.server_hostname,
+            label=label,
         )
 
 
@@ -164,7 +168,7 @@ class TLSStreamCore(StreamCore):
 
     def __init__(self, sock: socket.socket, setup: TLSSetup) -> None:
         super().__init__(sock)
-        self._channel = setup.channel()
+        self._channel = setup.channel(f"tls fd {sock.fileno()}")
         self._params = setup.params
         self._unsent = memoryview(b"")  # ciphertext made, not yet taken by the kernel
         #: The plaintext of the chunk whose ciphertext is still going out (a receive may flush

@@ -17,12 +17,18 @@ queued while no unread input is pending, and reading goes on.
 EOF: close_notify from the peer is a clean end (``read`` returns ``b""``); the socket's EOF
 without one is :class:`TLSTruncated` (a peer, or something in the middle, cut the stream: what
 arrived may be incomplete), never a silent EOF.
+
+With :mod:`enchufe.trace` on, the channel narrates what TLS does, prefixed with its ``label``
+(the driver's name for the connection, e.g. ``tls fd 4``): what the handshake offers, the peer's
+certificate, how it was verified, what was agreed, and close_notify sent, received or missing.
 """
 
 from __future__ import annotations
 
 import ssl
 
+from . import _tls_trace as _trace
+from . import trace
 from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
 from .errors import TLSTruncated
 from .tlsinfo import TLSInfo
@@ -52,6 +58,7 @@ class TLSChannel:
         *,
         server_side: bool,
         server_hostname: str | None = None,
+        label: str = "tls",
     ) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
@@ -67,6 +74,8 @@ class TLSChannel:
         self._write_closed = False
         self._read_closed = False
         self._held = b""  # plaintext decrypted by close_write() before the caller read it
+        self._started = False
+        self.label = label
         self.info: TLSInfo | None = None
 
     # --- input and output
@@ -97,12 +106,25 @@ class TLSChannel:
         more input is needed.  Raises :class:`TLSRefused` with the reason in words."""
         if self._handshaken:
             return True
+        if not self._started:
+            self._started = True
+            if trace.enabled():
+                self._narrate(_trace.offer(self._params, self._server_side, self._server_hostname))
+        try:
+            self._finish_handshake()
+        except TLSRefused as exc:
+            if trace.enabled():
+                self._narrate(f"handshake refused ({exc.reason}): {exc}")
+            raise
+        return self._handshaken
+
+    def _finish_handshake(self) -> None:
         try:
             self._ssl.do_handshake()
         except ssl.SSLWantReadError:
             if self._socket_eof:
                 raise TLSRefused("the peer closed the connection during the handshake", "closed") from None
-            return False
+            return
         except (ssl.SSLError, OSError) as exc:
             raise explain(exc, server_name=self._server_hostname, first_bytes=self._first) from None
         if self._server_side:
@@ -111,7 +133,12 @@ class TLSChannel:
             check_server_certificate(self._ssl, self._params)
         self._handshaken = True
         self.info = info(self._ssl)
-        return True
+        if trace.enabled():
+            for line in _trace.agreed(self.info, self._params, self._server_side):
+                self._narrate(line)
+
+    def _narrate(self, text: str) -> None:
+        trace.emit(f"{self.label}: {text}")
 
     # --- data
 
@@ -125,18 +152,27 @@ class TLSChannel:
         if self._read_closed:
             return b""
         try:
-            return self._ssl.read(size)
+            data = self._ssl.read(size)
         except ssl.SSLWantReadError:
             if self._socket_eof:
-                raise TLSTruncated(_TRUNCATED) from None
+                raise self._truncated() from None
             return None
         except ssl.SSLZeroReturnError:
-            self._read_closed = True
-            return b""
+            data = b""
         except ssl.SSLEOFError:
-            raise TLSTruncated(_TRUNCATED) from None
+            raise self._truncated() from None
         except ssl.SSLError as exc:
             raise explain(exc, server_name=self._server_hostname) from None
+        if not data:  # close_notify (Python raises SSLZeroReturnError only once this side sent its own)
+            self._read_closed = True
+            if trace.enabled():
+                self._narrate("close_notify received: the peer's end of data")
+        return data
+
+    def _truncated(self) -> TLSTruncated:
+        if trace.enabled():
+            self._narrate("the connection ended without close_notify: truncated")
+        return TLSTruncated(_TRUNCATED)
 
     def pending(self) -> int:
         """Plaintext already decrypted and waiting for :meth:`read` (no input needed for it)."""
@@ -157,6 +193,8 @@ class TLSChannel:
         if self._write_closed:
             return
         self._write_closed = True
+        if trace.enabled():
+            self._narrate("close_notify sent: this side's end of data (still reading)")
         while self._ssl.pending():
             self._held += self._ssl.read(self._ssl.pending())
         records = self._in.read() if self._in.pending else b""
