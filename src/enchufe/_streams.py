@@ -109,6 +109,18 @@ class ListenerCore(Endpoint):
         self.address = address
         self._tls = tls
 
+    def reload_tls(self) -> None:
+        """Read the certificate, key and CA files of a TLS listener again (what SIGUSR1 asks of a
+        server): clients accepted from now on are served with them, those connected keep theirs.
+        A file that is now missing or bad raises :class:`~enchufe.errors.AddressError` naming
+        it, and the listener keeps what it had.  A ``cert=auto`` certificate is kept (nothing of
+        it is on disk); a plain listener has nothing to reload."""
+        from ._tlsstream import server_setup  # the TLS layer builds on this module
+
+        if self._tls is None or self._tls.params.cert_auto:
+            return
+        self._tls = server_setup(self.address)
+
     @property
     def tls_pin(self) -> str | None:
         """``sha256:HEX``, the pin of a ``cert=auto`` listener's certificate (else ``None``):

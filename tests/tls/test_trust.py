@@ -3,6 +3,7 @@ peers that do not speak TLS at all (each refusal asserted by its reason and its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from enchufe import NetworkError
+from enchufe import AddressError, NetworkError
 from enchufe._tlsstream import client_context
 from enchufe.errors import TLSRefused
 from enchufe.tlsparams import parse_query
@@ -195,3 +196,39 @@ def test_client_contexts_are_made_once_and_remade_when_a_file_changes(
     assert client_context(params) is not first
     error, _ = refused_client(SyncApi(), listen_address, f"ca={ca}")
     assert error.reason == "untrusted"
+
+
+def test_reload_tls_serves_new_clients_with_the_new_certificate(
+    api: Any, sock_dir: str, pem: dict[str, str], tmp_path: Any
+) -> None:
+    """The certificate file is replaced by one of another CA and reloaded: a client of the old CA
+    is now refused, one of the new CA accepted; a broken file is refused and changes nothing."""
+    import trustme
+
+    new_ca = trustme.CA()
+    new_ca_file = str(tmp_path / "new-ca.pem")
+    new_ca.cert_pem.write_to_path(new_ca_file)
+    cert = os.path.join(sock_dir, "rotated.pem")
+    shutil.copy(pem["server"], cert)
+    with api.listen(f"tls://127.0.0.1:0?cert={cert}") as listener:
+
+        def handshake_with(query: str) -> None:
+            target = client_of(listener.address, query)
+            client = Peer(lambda: api.connect(target, timeout=IO_TIMEOUT))
+            with listener.accept() as server, contextlib.suppress(NetworkError):
+                server.handshake()
+            client.result().close()
+
+        handshake_with(f"ca={pem['ca']}")
+        new_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(cert)
+        handshake_with(f"ca={pem['ca']}")  # not reloaded yet: the old certificate still serves
+        listener.reload_tls()
+        with pytest.raises(TLSRefused) as info:
+            handshake_with(f"ca={pem['ca']}")
+        assert info.value.reason == "untrusted"
+        handshake_with(f"ca={new_ca_file}")
+        with open(cert, "w") as broken:
+            broken.write("not PEM\n")
+        with pytest.raises(AddressError, match="cert="):
+            listener.reload_tls()
+        handshake_with(f"ca={new_ca_file}")
