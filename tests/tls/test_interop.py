@@ -77,10 +77,12 @@ def test_enchufe_client_uploads_to_openssl_s_server(sock_dir: str, pem: dict[str
         assert sha(server.out) == sha(payload)
 
 
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
 def test_openssl_s_server_answers_after_enchufe_closes_its_write_side(
-    sock_dir: str, pem: dict[str, str]
+    sock_dir: str, pem: dict[str, str], version: str
 ) -> None:
-    """s_server -WWW: the request, then close_notify; the 4 MiB file still comes, then EOF."""
+    """s_server -WWW: the request, then close_notify; the 4 MiB file still comes, then EOF
+    (TLS 1.3, and TLS 1.2, the oldest enchufe speaks)."""
     folder = os.path.join(sock_dir, "www")
     os.mkdir(folder)
     body = os.urandom(SIZE)
@@ -90,12 +92,13 @@ def test_openssl_s_server_answers_after_enchufe_closes_its_write_side(
     openssl = tool("openssl")
     command = (
         f"cd {folder} && exec {openssl} s_server -accept 127.0.0.1:{where.port} "
-        f"-cert {pem['server']} -quiet -naccept 1 -WWW"
+        f"-cert {pem['server']} -quiet -naccept 1 -WWW {version}"
     )
     with spawn(["sh", "-c", command], "s_server") as server:
         wait_bound(where, server)
         with enchufe.connect(f"tls://127.0.0.1:{where.port}?ca={pem['ca']}", timeout=WAIT) as conn:
             conn.set_timeout(WAIT)
+            assert conn.tls is not None and conn.tls.version == "TLSv1." + version[-1]
             conn.send_all(b"GET /file.bin HTTP/1.0\r\n\r\n")
             conn.shutdown_write()
             head, _, got = read_to_eof(conn).partition(b"\r\n\r\n")
