@@ -103,3 +103,14 @@ def both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]
     other = Peer(second)
     result = first()
     return result, other.result(IO_TIMEOUT * 3)
+
+
+def read_to_eof(conn: Any, limit: int = 100_000) -> bytes:
+    """Everything ``conn`` receives until EOF (a bounded number of reads)."""
+    chunks: list[bytes] = []
+    for _ in range(limit):
+        chunk = conn.recv()
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    raise AssertionError(f"no EOF after {limit} reads")

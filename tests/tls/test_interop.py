@@ -10,13 +10,13 @@ import hashlib
 import os
 import shutil
 import subprocess
-from typing import Any
 
 import pytest
 
 import enchufe
 from tests.conftest import Peer
 from tests.interop.conftest import WAIT, _missing, new_where, spawn, wait_bound
+from tests.tls.conftest import read_to_eof
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,16 +46,6 @@ def sha(data: bytes | bytearray) -> str:
 def port_of(address: object) -> int:
     assert isinstance(address, enchufe.InetAddress)
     return address.port
-
-
-def read_to_eof(conn: Any) -> bytes:
-    chunks: list[bytes] = []
-    for _ in range(100_000):
-        chunk = conn.recv()
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-    raise AssertionError("no EOF")
 
 
 def test_enchufe_client_uploads_to_openssl_s_server(sock_dir: str, pem: dict[str, str]) -> None:

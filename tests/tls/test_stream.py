@@ -15,21 +15,11 @@ from enchufe import ConnectionReset
 from enchufe.errors import TLSTruncated
 from tests.conformance.conftest import IO_TIMEOUT
 from tests.conftest import Peer
-from tests.tls.conftest import addresses, both, tls_connected
+from tests.tls.conftest import addresses, both, read_to_eof, tls_connected
 
 pytestmark = pytest.mark.timeout(120)
 
 BULK = 16 << 20
-
-
-def read_to_eof(conn: Any, limit: int = 100_000) -> bytes:
-    chunks: list[bytes] = []
-    for _ in range(limit):
-        chunk = conn.recv()
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-    raise AssertionError(f"no EOF after {limit} reads")
 
 
 def sha(data: bytes) -> str:

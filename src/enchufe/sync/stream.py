@@ -9,12 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .. import _calls, _ranges, _unixfiles, framing
+from .. import _calls, _ranges, framing
 from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE
 from .._endpoint import Closing
 from .._streams import ListenerCore, StreamCore
 from .._tlsstream import TLSSetup, TLSStreamCore
-from ..address import SocketAddress
 from ..errors import ClosedError, ConnectionReset, IncompleteRead
 from ..tlsinfo import TLSInfo
 
@@ -196,15 +195,6 @@ class Listener(ListenerCore, Closing):
     A TLS listener (``tls://``, ``tls+unix:``) returns :class:`TLSConnection` objects whose
     handshake has not run yet; ``tls_pin`` is the pin of a ``cert=auto`` certificate.
     """
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        address: SocketAddress,
-        owned: _unixfiles.SocketFile | None,
-        tls: TLSSetup | None = None,
-    ) -> None:
-        super().__init__(sock, address, owned, tls)
 
     def accept(self) -> Connection:
         """Wait for the next client and return its connection (a TLS one before its handshake)."""
