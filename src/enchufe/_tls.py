@@ -24,6 +24,7 @@ __all__ = [
     "check_client_certificate",
     "check_server_certificate",
     "client_context",
+    "environment",
     "explain",
     "info",
     "self_signed",
@@ -84,6 +85,23 @@ def info(sock: ssl.SSLSocket | ssl.SSLObject) -> TLSInfo:
         server_name=None if sock.server_side else sock.server_hostname,
         peer=describe_certificate(der) if der else None,
     )
+
+
+def environment(tls: TLSInfo) -> dict[str, str]:
+    """The ``ENCHUFE_TLS_*`` variables an ``exec:`` child of a TLS listener gets: the version,
+    cipher and ALPN (empty when none), and with a client certificate its CN, its SANs
+    (``TYPE:VALUE,…``) and its pin.  Names the peer chose are escaped (no control character,
+    no NUL, which an environment cannot hold)."""
+    env = {
+        "ENCHUFE_TLS_VERSION": tls.version,
+        "ENCHUFE_TLS_CIPHER": tls.cipher,
+        "ENCHUFE_TLS_ALPN": printable(tls.alpn or ""),
+    }
+    if tls.peer is not None:
+        env["ENCHUFE_TLS_PEER_CN"] = printable(tls.peer.common_name or "")
+        env["ENCHUFE_TLS_PEER_SAN"] = printable(tls.peer.san_text())
+        env["ENCHUFE_TLS_PEER_PIN"] = tls.peer.pin
+    return env
 
 
 def check_server_certificate(sock: ssl.SSLSocket | ssl.SSLObject, params: TLSParams) -> None:

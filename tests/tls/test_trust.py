@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from enchufe import AddressError, NetworkError
+from enchufe._tls import environment
 from enchufe._tlsstream import client_context
 from enchufe.errors import TLSRefused
 from enchufe.tlsparams import parse_query
@@ -232,3 +233,19 @@ def test_reload_tls_serves_new_clients_with_the_new_certificate(
         with pytest.raises(AddressError, match="cert="):
             listener.reload_tls()
         handshake_with(f"ca={new_ca_file}")
+
+
+def test_the_exec_environment_of_a_mutual_tls_connection(sock_dir: str, pem: dict[str, str]) -> None:
+    """What an ``exec:`` child of a TLS listener is told: version, cipher, ALPN, and the client
+    certificate's CN, SANs and pin."""
+    listen_address, query = addresses("tls4", sock_dir, pem, f"client-ca={pem['ca']}&alpn=x-test")
+    client_query = f"{query}&cert={pem['client']}&alpn=x-test"
+    with tls_connected(SyncApi(), listen_address, client_query) as (_, client, server):
+        env = environment(server.tls)
+        plain = environment(client.tls)
+    assert env["ENCHUFE_TLS_VERSION"] == "TLSv1.3" and env["ENCHUFE_TLS_CIPHER"].startswith("TLS_")
+    assert env["ENCHUFE_TLS_ALPN"] == "x-test"
+    assert env["ENCHUFE_TLS_PEER_CN"] == "alice"
+    assert env["ENCHUFE_TLS_PEER_SAN"] == "DNS:alice.example"
+    assert env["ENCHUFE_TLS_PEER_PIN"].startswith("sha256:") and len(env["ENCHUFE_TLS_PEER_PIN"]) == 71
+    assert "ENCHUFE_TLS_PEER_CN" in plain  # the client sees the server's certificate the same way
