@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _calls
+from . import _calls, _wakeup
 from ._buffer import DEFAULT_MAX_DATAGRAM
 from ._halfclose import Flow, HalfClose
 from .address import SocketAddress
@@ -45,6 +45,15 @@ class StreamResult:
     stdin_eof: bool = False
     #: the session ended because nothing moved for ``idle_timeout`` seconds
     idle: bool = False
+
+
+def _watch_signals(sel: selectors.BaseSelector) -> int | None:
+    """Watch the signal wake-up pipe in ``sel``: a stop signal that lands just before the wait
+    still ends it (see :mod:`enchufe._wakeup`).  The pipe's descriptor, or ``None``."""
+    fd = _wakeup.signal_fd()
+    if fd is not None:
+        sel.register(fd, selectors.EVENT_READ)
+    return fd
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -110,6 +119,7 @@ class _StreamPump:
         self.result = result
         self.sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
         self.interest: dict[int, int] = {}
+        self.wake = _watch_signals(self.sel)
 
     def run(self) -> None:
         copy = self.copy
@@ -128,7 +138,10 @@ class _StreamPump:
                 if events:
                     copy.touch()
                 for key, mask in events:
-                    self._ready(key.fd, mask)
+                    if key.fd == self.wake:
+                        _wakeup.drain()  # a signal: its handler runs now, between two bytecodes
+                    else:
+                        self._ready(key.fd, mask)
         finally:
             self.sel.close()
             with contextlib.suppress(OSError):
@@ -279,6 +292,7 @@ class _DatagramPump:
         self.quiet_since = time.monotonic()
         self.sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
         self.sel.register(sock.socket, selectors.EVENT_READ)
+        self.wake = _watch_signals(self.sel)
         if stdin_fd is None:
             self.outgoing.eof = True
         elif not reply_to_last_sender:  # else: once someone has sent a datagram
@@ -296,7 +310,9 @@ class _DatagramPump:
             if events:
                 self.copy.touch()
             for key, _mask in events:
-                if key.fileobj is not self.sock.socket:
+                if key.fd == self.wake:
+                    _wakeup.drain()  # a signal: its handler runs now, between two bytecodes
+                elif key.fileobj is not self.sock.socket:
                     self._from_stdin()
                 elif self._receive() and count is not None and self.received >= count:
                     return
