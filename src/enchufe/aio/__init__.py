@@ -20,14 +20,16 @@ Sending returns once the kernel took the bytes (no unbounded write buffer).  Can
 from . import datagram, serve, stream
 from ._open import bind_datagram, connect, connect_datagram, listen, new_event_loop, run
 from .datagram import DatagramSocket
-from .stream import Connection, Listener
+from .stream import Connection, Listener, TLSConnection
 
 #: Exactly the public names of the package (a test checks ``dir()`` against it): the endpoint
-#: classes, the openers, the loop helpers, and the submodules.
+#: classes (a TLS address gives a ``TLSConnection``), the openers, the loop helpers, and the
+#: submodules.
 __all__ = [
     "Connection",
     "DatagramSocket",
     "Listener",
+    "TLSConnection",
     "bind_datagram",
     "connect",
     "connect_datagram",
