@@ -156,15 +156,9 @@ def test_the_pump_path_follows_the_destination_kind(
     }
 
 
-#: A relay bug this suite found (see the test below for what happens).
-BULK_BUFFER_BUG = (
-    "src/enchufe/relay/pools.py Pools._unmap: a bulk buffer given back while MAX_IDLE_BULK are "
-    "idle is unmapped, and mmap.close() raises BufferError because the pump's slice of it is "
-    "still alive; the session's handler fails and neither finishes nor cuts it: both peers hang"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BULK_BUFFER_BUG)
+#: A relay bug this suite found, now fixed: a bulk buffer given back while MAX_IDLE_BULK were
+#: idle was unmapped while the pump's slice of it was alive, mmap.close() raised BufferError, the
+#: session's handler failed and neither finished nor cut it, and both peers hung.
 def test_pumps_towards_tcp_splice_while_every_bulk_buffer_is_taken(make_address: MakeAddress) -> None:
     """The bulk buffers (towards TCP) are bounded in number: clients whose target does not read
     hold them with bytes in flight, and once none is free the next pumps towards TCP splice
@@ -172,8 +166,8 @@ def test_pumps_towards_tcp_splice_while_every_bulk_buffer_is_taken(make_address:
     every session ends in order, and nothing unexpected happens in the relay."""
     outcome = _exhaust_the_bulk_buffers(make_address)
     with warnings.catch_warnings():
-        # Sessions the relay failed to end (BULK_BUFFER_BUG) keep their sockets open until
-        # collected: here, not in whichever test runs next.
+        # Should sessions fail to end again, their sockets stay open until collected: here,
+        # not in whichever test runs next.
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
     assert outcome.spliced_into_tcp, "no pump towards a TCP target spliced"

@@ -157,7 +157,10 @@ class Pools:
                 del self._maps[index]
                 self._bulk_ids.discard(id(view))
                 view.release()
-                area.close()
+                # A slice still alive pins the mapping: then it is unmapped when that slice
+                # goes (the mmap object's last reference), never an error here.
+                with contextlib.suppress(BufferError):
+                    area.close()
                 return
 
     def close(self) -> None:

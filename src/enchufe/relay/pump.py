@@ -390,6 +390,10 @@ class Pump:
             return WOULD_BLOCK
         except OSError as exc:
             return self._write_failed(exc)
+        finally:
+            # A live slice pins a bulk buffer's mapping: released now, the buffer given back
+            # below can be unmapped (else mmap.close() raises BufferError in the pool).
+            chunk.release()
         self.in_flight -= n
         if self.in_flight:
             self._start = start + n
