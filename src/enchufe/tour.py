@@ -1,11 +1,13 @@
-"""The tour: for each of the six kinds, a server and a client on loopback, narrated call by call.
+"""The tour: for each of the six kinds, then TLS, a server and a client on loopback, narrated call by call.
 
 Server and client run in two threads of this process.  They take turns at the points where the
 socket lifecycle has an order (the server listens before the client connects, the client sends
 before the server answers), so the narration reads in that order: create, bind, listen,
 connect, accept, exchange, close, and for datagrams sendto/recvfrom with the sender's address.
 Every line that looks like a system call is printed by the code that made the call
-(:mod:`enchufe.trace`); the tour only adds the lines starting with ``·``.
+(:mod:`enchufe.trace`), as is every ``tls fd N:`` line of the TLS leg's handshake; the tour only
+adds the lines starting with ``·``.  The TLS leg is TCP over IPv4 with a ``cert=auto`` listener and
+a client that trusts it by its pin, so it needs no certificate files.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ _STORIES = {
     Kind.UNIXGRAM: "letters between processes on this host; the client gets a reply address",
 }
 
+#: The label and story of the TLS leg, which runs over TCP/IPv4 (its ``kind``).
+TLS_LABEL = "tls"
+_TLS_STORY = "the IPv4 call, sealed: a handshake proves who answers, then every byte is encrypted"
+
 
 @dataclass
 class TourResult:
@@ -52,10 +58,17 @@ class TourResult:
     received: int = 0
     round_trip: float | None = None
     error: str | None = None
+    #: True for the TLS leg (``kind`` is then the transport under it, TCP over IPv4).
+    tls: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def label(self) -> str:
+        """The kind's label, or ``tls`` for the TLS leg."""
+        return TLS_LABEL if self.tls else self.kind.label
 
 
 class _Turns:
@@ -121,6 +134,72 @@ def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str
             turns.done("connected")
             turns.wait("accepted")
             note("the client sends, then half-closes: shutdown(SHUT_WR) means 'I am done'")
+            started = time.perf_counter()
+            conn.send_all(_MESSAGE)
+            conn.shutdown_write()
+            result.sent = len(_MESSAGE)
+            turns.done("sent")
+            turns.wait("answered")
+            answer = b""
+            while chunk := conn.recv():
+                answer += chunk
+            result.round_trip = time.perf_counter() - started
+            result.received = len(answer)
+        return answer
+
+    _play(server, client, turns, "listening")
+
+
+def _tls(address: str, turns: _Turns, result: TourResult, note: Callable[[str], None]) -> None:
+    """The stream exchange again, over TLS: the client's connect() returns once the handshake is
+    done, so the server accepts while the client connects (their handshake lines interleave)."""
+    ready: list[str] = []
+
+    def server() -> None:
+        with trace.actor("server"):
+            note("the server listens as over TCP; cert=auto makes a throwaway self-signed certificate")
+            with listen(address) as listener:
+                note(
+                    "the client will trust that certificate by its pin, the SHA-256 of its public key: "
+                    f"{listener.tls_pin}"
+                )
+                port = listener.address.port  # type: ignore[union-attr]
+                ready.append(f"tls://127.0.0.1:{port}?pin={listener.tls_pin}")
+                result.server_address = str(listener.address)
+                turns.done("listening")
+                with listener.accept() as conn:
+                    conn.set_timeout(STEP_TIMEOUT)
+                    conn.handshake()
+                    turns.done("accepted")
+                    turns.wait("sent")
+                    note("the server reads until the client's close_notify, then answers and sends its own")
+                    request = b""
+                    while chunk := conn.recv():
+                        request += chunk
+                    conn.send_all(request.upper())
+                turns.done("answered")
+                turns.wait("client closed")
+
+    def client() -> bytes:
+        note(
+            "the client connects, then shakes hands: it offers TLS versions (ClientHello); the server "
+            "answers with its certificate and signs the exchange with its key; the client checks the "
+            "key against the pin (no CA, no files); both derive the same secret keys"
+        )
+        with connect(ready[0], timeout=STEP_TIMEOUT) as conn:
+            conn.set_timeout(STEP_TIMEOUT)
+            info = conn.tls
+            if info is not None:
+                note(
+                    f"agreed {info.version} with {info.cipher}: "
+                    "from here every record is encrypted and sealed"
+                )
+            turns.done("connected")
+            turns.wait("accepted")
+            note(
+                "the client sends, then half-closes with close_notify, TLS's signed 'I am done' "
+                "(a TCP close without it reads as truncated, not as EOF)"
+            )
             started = time.perf_counter()
             conn.send_all(_MESSAGE)
             conn.shutdown_write()
@@ -210,6 +289,20 @@ def _socket_folder() -> str:
     return tempfile.mkdtemp(prefix="enchufe-tour-", dir="/tmp")
 
 
+_Exchange = Callable[[str, _Turns, TourResult, Callable[[str], None]], None]
+
+
+def _legs(folder: str) -> list[tuple[str, _Exchange, str, TourResult]]:
+    """Each leg's header, exchange, server address and (empty) result: the six kinds, then TLS."""
+    legs: list[tuple[str, _Exchange, str, TourResult]] = []
+    for kind, address in _addresses(folder).items():
+        header = f"{kind.family.name}, {kind.type.name}: {_STORIES[kind]}"
+        legs.append((header, _stream if kind.is_stream else _datagram, address, TourResult(kind)))
+    tls_header = f"AF_INET, SOCK_STREAM, TLS: {_TLS_STORY}"
+    legs.append((tls_header, _tls, "tls://127.0.0.1:0?cert=auto", TourResult(Kind.TCP4, tls=True)))
+    return legs
+
+
 def run(out: TextIO) -> list[TourResult]:
     """Run the tour, writing the narration and the summary table to ``out``."""
     lock = threading.Lock()
@@ -225,17 +318,14 @@ def run(out: TextIO) -> list[TourResult]:
     previous = trace.current_sink()
     folder = _socket_folder()
     results: list[TourResult] = []
-    write("enchufe tour: a server and a client for each kind of socket, on this machine only.")
+    write("enchufe tour: a server and a client for each kind of socket, then TLS, on this machine only.")
     write("Every line with parentheses is a system call, printed as it returns.")
     trace.enable(write)
     try:
-        for kind, address in _addresses(folder).items():
-            family, type_ = kind.family.name, kind.type.name
+        for header, exchange, address, result in _legs(folder):
             write("")
-            write(f"== {kind.label}: {family}, {type_}: {_STORIES[kind]}")
-            result = TourResult(kind)
+            write(f"== {result.label}: {header}")
             turns = _Turns()
-            exchange = _stream if kind.is_stream else _datagram
             try:
                 exchange(address, turns, result, note)
             except (EnchufeError, OSError, RuntimeError) as exc:
@@ -264,7 +354,7 @@ def summary(results: list[TourResult]) -> str:
         rtt = f"{r.round_trip * 1e3:.2f} ms" if r.round_trip is not None else "-"
         rows.append(
             (
-                r.kind.label,
+                r.label,
                 r.server_address or "-",
                 f"{r.sent} B",
                 f"{r.received} B",

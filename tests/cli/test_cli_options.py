@@ -134,7 +134,19 @@ def test_each_command_has_help(command: str) -> None:
     assert f"Usage: enchufe {command}" in done.stdout.decode()
 
 
-KIND_LABELS = ("tcp4", "tcp6", "udp4", "udp6", "unix", "unixgram")
+KIND_LABELS = ("tcp4", "tcp6", "udp4", "udp6", "unix", "unixgram", "tls")
+
+#: What the TLS leg must narrate: both sides' handshake, the pin trusted, what was agreed, close_notify.
+TLS_LINES = (
+    "tls fd",
+    "handshake as client: ClientHello",
+    "handshake as server",
+    "pin sha256:",
+    "the server's key matches the pin",
+    "agreed: TLSv1.",
+    "close_notify sent",
+    "close_notify received",
+)
 
 
 def check_tour(out: str) -> None:
@@ -143,19 +155,20 @@ def check_tour(out: str) -> None:
     assert [s.split(":")[0] for s in sections] == list(KIND_LABELS)
     for section in sections:
         label = section.split(":")[0]
-        stream = label in ("tcp4", "tcp6", "unix")
+        stream = label in ("tcp4", "tcp6", "unix", "tls")
         calls = ["socket(", "bind(", "connect(", "close("]
-        calls += ["listen(", "accept(", "shutdown("] if stream else ["sendto(", "recvfrom("]
+        calls += ["listen(", "accept("] if stream else ["sendto(", "recvfrom("]
+        calls += list(TLS_LINES) if label == "tls" else ["shutdown("] if stream else []
         for call in calls:
             assert call in section, f"{label}: no {call} in\n{section}"
         assert "FAILED" not in section
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in KIND_LABELS]
     assert [row[0] for row in rows] == list(KIND_LABELS), out
     assert all(row[-1] == "ok" for row in rows), out
-    assert "6 of 6" in out
+    assert "7 of 7 kinds worked." in out
 
 
-def test_tour_runs_all_six_kinds_when_piped() -> None:
+def test_tour_runs_all_six_kinds_and_tls_when_piped() -> None:
     done = run("tour")
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     check_tour(done.stdout.decode())

@@ -1,4 +1,4 @@
-"""enchufe tour: the six kinds on loopback, narrated, then a summary table."""
+"""enchufe tour: the six kinds and TLS on loopback, narrated, then a summary table."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ._common import global_options, stop_on_sigterm
 @global_options
 def command() -> int:
     """Run a server and a client for each of the six kinds on loopback, narrating each system
-    call in lifecycle order, then print a summary table.  Exits 0 only if all six worked.
+    call in lifecycle order, then a TLS leg (a cert=auto listener, a client trusting its pin: the
+    handshake narrated), then print a summary table.  Exits 0 only if all seven worked.
 
     \b
     Examples:
