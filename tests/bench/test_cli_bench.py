@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -196,6 +197,28 @@ def test_table_says_which_arrangement_was_used() -> None:
     assert "warm-up" in out and "every sample" in out
 
 
+def test_tls_kinds_beside_the_same_connection_without_tls() -> None:
+    """--kind tls,tls+unix: throughput, handshakes/s and ping-pong for each, and for its plain
+    twin in the same run; the JSON names the twin, the table shows both and the ratio."""
+    doc = bench_json("--kind", "tls,tls+unix", *QUICK)
+    targets = {t["name"]: t for t in doc["targets"]}
+    assert list(targets) == ["tcp4 (no TLS)", "tls", "unix (no TLS)", "tls+unix"]
+    assert targets["tls"]["baseline"] == "tcp4 (no TLS)"
+    assert targets["tls+unix"]["baseline"] == "unix (no TLS)"
+    assert (
+        targets["tls"]["address"].startswith("tls://127.0.0.1:")
+        and "?pin=sha256:" in targets["tls"]["address"]
+    )
+    assert targets["tls+unix"]["address"].startswith("tls+unix:")
+    for target in targets.values():
+        assert len(target["throughput"]) == 1 and target["latency"] and target["connect"]
+    done = bench("--kind", "tls", "--mode", "connect", *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert "TLS beside the same connection without TLS" in done.stdout
+    assert re.search(r"tls\W+handshakes/s\W+[\d,]+\W+[\d,]+\W+\d+\.\d\dx", done.stdout), done.stdout
+    assert "MB/s" not in done.stdout.split("TLS beside")[1]  # --mode connect: that measure only
+
+
 def test_plain_table_without_rich() -> None:
     code = (
         "import sys; sys.modules['rich'] = None\n"
@@ -328,6 +351,8 @@ BAD_ARGS = [
     (["--size", "70000", "udp://127.0.0.1:9"], "65507"),
     (["--size", "8", "--mode", "datagram"], "16-byte"),
     (["--kind", "sctp"], "unknown --kind"),
+    (["--kind", "tls", "--mode", "datagram"], "tls is a stream"),
+    (["tls://127.0.0.1:9?insecure"], "--kind tls"),
     (["--sink"], "--sink"),
     (["tcp://127.0.0.1"], "missing port"),
     (["-"], "socket servers"),

@@ -27,6 +27,13 @@ def test_mode_without_address_keeps_the_kinds_it_applies_to() -> None:
     assert runner.parse_options(kinds=("unix,tcp4", "unix")).kinds == (Kind.UNIX, Kind.TCP4)
 
 
+def test_tls_kinds_run_alone_or_beside_the_six() -> None:
+    alone = runner.parse_options(kinds=("tls,tls+unix", "tls"))
+    assert (alone.kinds, alone.tls_kinds) == ((), ("tls", "tls+unix"))
+    both = runner.parse_options(kinds=("unix,tls",), mode="connect")
+    assert (both.kinds, both.tls_kinds) == ((Kind.UNIX,), ("tls",))
+
+
 def test_values_are_taken() -> None:
     options = runner.parse_options(
         ["tcp://127.0.0.1:9", "udp://[::1]:9"],
@@ -64,6 +71,9 @@ BAD = [
     ({"addresses": ["unixgram:@x"], "mode": "connect"}, "is a datagram socket"),
     ({"kinds": ["udp4"], "mode": "throughput"}, "udp4 is a datagram socket"),
     ({"kinds": ["tcp5"]}, "unknown --kind 'tcp5'"),
+    ({"kinds": ["tls5"]}, "tls, tls+unix"),
+    ({"kinds": ["tls"], "mode": "datagram"}, "tls is a stream"),
+    ({"kinds": ["tls"], "addresses": ["tcp://127.0.0.1:9"]}, "--kind"),
     ({"kinds": ["tcp4"], "addresses": ["tcp://127.0.0.1:9"]}, "--kind"),
     ({"sink": True}, "--sink"),
     ({"addresses": ["udp://127.0.0.1:9"], "size": "8"}, "16-byte"),
@@ -90,6 +100,7 @@ def test_bad_options_are_one_line_usage_errors(kwargs: dict[str, object], needle
         ("tcp://:9000", "host"),
         ("tcp://127.0.0.1:0", "port 0"),
         ("tcp://x", "port"),
+        ("tls://127.0.0.1:9?insecure", "--kind tls"),
     ],
 )
 def test_bad_addresses_are_address_errors(address: str, needle: str) -> None:

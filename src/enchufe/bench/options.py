@@ -75,6 +75,8 @@ class Options:
     size: int | None = None
     parallel: int = DEFAULT_PARALLEL
     sink: bool = False
+    #: TLS kinds of the loopback run (``tls``, ``tls+unix``), each measured beside its plain twin.
+    tls_kinds: tuple[str, ...] = ()
 
     @property
     def warmup(self) -> float:
@@ -154,7 +156,9 @@ def parse_options(
         raise UsageError(
             "--sink describes servers given as ADDRESS; bench's own throughput servers are sinks already"
         )
-    options = Options(addresses=targets, kinds=_kinds(kinds, modes), modes=modes, sink=sink, **numbers)
+    plain_names, tls_kinds = _split_tls(kinds, modes)
+    chosen = _kinds(plain_names, modes) if plain_names or not tls_kinds else ()
+    options = Options(addresses=targets, kinds=chosen, modes=modes, sink=sink, tls_kinds=tls_kinds, **numbers)
     for target in targets:
         _check_mode(modes, target.is_stream, str(target))
         _check_size(options, target)
@@ -198,6 +202,11 @@ def _target(text: str) -> SocketAddress:
         raise AddressError(
             f"{text!r}: bench measures socket servers: tcp://, udp://, unix: or unixgram: addresses"
         )
+    if address.is_tls:
+        raise AddressError(
+            f"{text!r}: bench measures TLS on loopback only, with its own servers: "
+            "enchufe bench --kind tls,tls+unix"
+        )
     if isinstance(address, InetAddress) and address.is_wildcard:
         raise AddressError(
             f"{text!r}: bench needs a host to reach, e.g. {address.scheme}://127.0.0.1:{address.port or 9000}"
@@ -209,13 +218,35 @@ def _target(text: str) -> SocketAddress:
     return address
 
 
+#: The TLS kinds --kind takes besides the six (see :mod:`.tls`).
+TLS_KIND_NAMES = ("tls", "tls+unix")
+
+
+def _split_tls(
+    names: list[str] | tuple[str, ...], modes: tuple[str, ...] | None
+) -> tuple[list[str], tuple[str, ...]]:
+    """The --kind names that are not TLS, and the TLS ones (checked against --mode)."""
+    plain: list[str] = []
+    tls: list[str] = []
+    for name in names:
+        for part in (p.strip() for p in name.split(",")):
+            if part in TLS_KIND_NAMES:
+                _check_mode(modes, True, part)
+                if part not in tls:
+                    tls.append(part)
+            else:
+                plain.append(part)
+    return plain, tuple(tls)
+
+
 def _kinds(names: list[str] | tuple[str, ...], modes: tuple[str, ...] | None) -> tuple[Kind, ...]:
     by_label = {k.label: k for k in Kind}
     chosen: list[Kind] = []
     for name in names:
         for part in name.split(","):
             if part.strip() not in by_label:
-                raise UsageError(f"unknown --kind {part.strip()!r}; one of {', '.join(by_label)}")
+                known = ", ".join([*by_label, *TLS_KIND_NAMES])
+                raise UsageError(f"unknown --kind {part.strip()!r}; one of {known}")
             kind = by_label[part.strip()]
             if kind not in chosen:
                 chosen.append(kind)

@@ -35,6 +35,7 @@ class ServerProcess:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
+        self._pins: dict[int, str] = {}
 
     @property
     def pid(self) -> int | None:
@@ -96,7 +97,13 @@ class ServerProcess:
         bound = parse(str(reply["address"]))
         if not isinstance(bound, InetAddress | UnixAddress):
             raise EnchufeError(f"bench's server process answered with {bound}, not a socket address")
+        if reply.get("pin"):
+            self._pins[int(reply["id"])] = str(reply["pin"])
         return int(reply["id"]), bound
+
+    def pin(self, server_id: int) -> str | None:
+        """``sha256:HEX`` of a TLS server started with ``cert=auto`` (None for a plain one)."""
+        return self._pins.get(server_id)
 
     def counts(self, server_id: int, token: int) -> Counts:
         reply = self._request(op="counts", id=server_id, token=token)

@@ -85,7 +85,70 @@ def tables(run: BenchRun) -> list[Grid]:
             "sender wait instead"
         )
         grids.append(datagrams)
+    tls = _tls_grid(run)
+    if tls.rows:
+        grids.append(tls)
     return grids
+
+
+def _tls_grid(run: BenchRun) -> Grid:
+    """Each TLS kind beside its plain twin: the figure with TLS, without, and their ratio."""
+    grid = Grid("TLS beside the same connection without TLS", ["kind", "measure", "TLS", "no TLS", "ratio"])
+    by_name = {t.name: t for t in run.targets}
+    for target in run.targets:
+        twin = by_name.get(target.baseline or "")
+        if twin is None:
+            continue
+        for label, measure, with_tls, without, show in _tls_pairs(target, twin):
+            ratio = f"{with_tls / without:.2f}x" if with_tls is not None and without else NA
+            grid.rows.append(
+                [
+                    target.name,
+                    measure,
+                    show(with_tls) if with_tls is not None else _failed(target, label),
+                    show(without) if without is not None else _failed(twin, label),
+                    ratio,
+                ]
+            )
+    grid.notes = [
+        "(no TLS): the same measures through the same connection object (enchufe's send_all/recv), "
+        "without TLS; the TLS server has a cert=auto certificate, the client trusts its pin",
+        "conn/s with TLS: a full handshake per connection (no session resumption); ratio: TLS ÷ no TLS",
+    ]
+    return grid
+
+
+def _tls_pairs(
+    target: TargetResult, twin: TargetResult
+) -> list[tuple[str, str, float | None, float | None, Any]]:
+    """(measure's label, its name, with TLS, without, how to show it) for each measure either
+    side has or failed."""
+
+    def mb(t: TargetResult) -> float | None:
+        return t.throughput[0].mb_per_s if t.throughput else None
+
+    def rate(t: TargetResult) -> float | None:
+        return t.connect.per_s if t.connect else None
+
+    def p50(t: TargetResult) -> float | None:
+        return t.latency.summary.p50_us if t.latency else None
+
+    pairs = [
+        ("throughput, 1 connection", mb, _mb, "MB/s"),
+        ("connection rate", rate, _rate, "handshakes/s"),
+        ("latency", p50, _us, "ping-pong p50 µs"),
+    ]
+    rows = []
+    for label, get, fmt, name in pairs:
+        a, b = get(target), get(twin)
+        if (
+            a is None
+            and b is None
+            and not any(e.startswith(label + ":") for e in target.errors + twin.errors)
+        ):
+            continue
+        rows.append((label, name, a, b, fmt))
+    return rows
 
 
 def _main_grid(run: BenchRun) -> Grid:

@@ -208,9 +208,13 @@ class TargetResult:
     datagram: list[DatagramRate] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped: str | None = None
+    #: A TLS target: the name of its twin, the same connection without TLS, measured in the same run.
+    baseline: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"baseline": self.baseline} if self.baseline is not None else {}
         return {
+            **extra,
             "name": self.name,
             "address": self.address,
             "kind": self.kind,

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from ..address import Kind, SocketAddress
 from ..errors import EnchufeError
 from . import measures
+from . import tls as tls_measures
 from .options import (
     DATAGRAM_SIZES,
     DEFAULT_COUNT,
@@ -78,6 +79,12 @@ def _steps_for(options: Options, stream: bool) -> list[tuple[str, str]]:
             for size in _datagram_sizes(options):
                 steps.append((f"datagram-{size}", f"datagrams of {size} B"))
     return steps
+
+
+def _tls_steps(options: Options) -> list[tuple[str, str]]:
+    """(measure, label) pairs for a TLS kind and for its plain twin, in the order they run."""
+    labels = {"throughput": "throughput, 1 connection", "latency": "latency", "connect": "connection rate"}
+    return [(mode, labels[mode]) for mode in options.modes_for(True)]
 
 
 def _datagram_sizes(options: Options) -> tuple[int, ...]:
@@ -208,7 +215,9 @@ def _run_loopback(options: Options, progress: Progress) -> BenchRun:
     folder = tempfile.mkdtemp(prefix="enchufe-bench-", dir="/tmp" if os.path.isdir("/tmp") else None)
     ipv6 = _has_ipv6_loopback()
     plans = [(kind, _steps_for(options, kind.is_stream)) for kind in options.kinds]
-    progress.begin(sum(len(steps) for _k, steps in plans))
+    progress.begin(
+        sum(len(steps) for _k, steps in plans) + 2 * len(options.tls_kinds) * len(_tls_steps(options))
+    )
     try:
         with ServerProcess() as servers:
             bench = BenchRun(
@@ -231,6 +240,8 @@ def _run_loopback(options: Options, progress: Progress) -> BenchRun:
                         progress.step(f"{kind.label}: skipped")
                     continue
                 _loopback_kind(kind, target, options, servers, folder, progress)
+            for name in options.tls_kinds:
+                bench.targets += _loopback_tls(name, options, servers, folder, progress)
     finally:
         progress.end()
         shutil.rmtree(folder, ignore_errors=True)
@@ -271,3 +282,48 @@ def _loopback_kind(
                 servers.stop(server_id)
             except EnchufeError as exc:
                 target.errors.append(f"stopping bench's server: {exc}")
+
+
+def _loopback_tls(
+    name: str, options: Options, servers: ServerProcess, folder: str, progress: Progress
+) -> list[TargetResult]:
+    """A TLS kind and its plain twin (the same measures through the same connection object,
+    without TLS), twin first; each measure's server is started for it and stopped after."""
+    tls_bind, plain_bind = (a.format(folder=folder) for a in tls_measures.TLS_KINDS[name])
+    plain = tls_measures.PLAIN_TWIN[name]
+    twin = TargetResult(name=f"{plain} (no TLS)", address="", kind=plain, stream=True, server="bench")
+    target = TargetResult(name=name, address="", kind=name, stream=True, server="bench", baseline=twin.name)
+    for result, bind in ((twin, plain_bind), (target, tls_bind)):
+        for measure, label in _tls_steps(options):
+            progress.step(f"{result.name}: {label}")
+            try:
+                _tls_one(result, measure, label, options, servers, bind)
+            except EnchufeError as exc:
+                result.errors.append(f"{label}: {exc}")
+    return [twin, target]
+
+
+_TLS_ROLE = {"throughput": "lib-sink", "latency": "lib-echo", "connect": "lib-close"}
+
+
+def _tls_one(
+    target: TargetResult, measure: str, label: str, options: Options, servers: ServerProcess, bind: str
+) -> None:
+    server_id, bound = servers.start(_TLS_ROLE[measure], bind)
+    try:
+        address = tls_measures.client_address(bound, servers.pin(server_id))
+        target.address = target.address or str(address)
+        duration, warmup = options.duration, options.warmup
+        if measure == "throughput":
+            size = options.size or THROUGHPUT_SIZE
+            target.throughput.append(
+                tls_measures.throughput(address, duration=duration, warmup=warmup, size=size)
+            )
+        elif measure == "latency":
+            target.latency = tls_measures.pingpong(
+                address, count=options.count, warmup=options.latency_warmup, size=options.size or LATENCY_SIZE
+            )
+        else:
+            target.connect = tls_measures.handshake_rate(address, duration=duration, warmup=warmup)
+    finally:
+        servers.stop(server_id)

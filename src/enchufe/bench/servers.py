@@ -16,7 +16,14 @@ echo       stream    send back every byte until EOF, then close                 
 close      stream    accept, close at once                                      connection rate
 echo       datagram  send each datagram back to its sender                      latency
 count      datagram  count datagrams by sequence number (:mod:`.sequence`)      datagram rate
+lib-sink   stream    as sink, through enchufe's Connection (TLS or not)          TLS throughput
+lib-echo   stream    as echo, through enchufe's Connection                       TLS ping-pong
+lib-close  stream    handshake (TLS), then close                                handshakes/s
 =========  ========  =========================================================  ================
+
+The ``lib-`` roles serve ``tls://``/``tls+unix:`` addresses (``cert=auto``: the start answer
+carries the ``pin``) and, for the same measure without TLS, the plain address: both go through
+the library's connection object, so the ratio between them is the cost of TLS alone.
 
 Control: one JSON object per line on stdin, one answer per line on stdout::
 
@@ -47,7 +54,7 @@ from ..address import parse
 from ..errors import EnchufeError, UsageError
 from ..sync import bind_datagram, listen
 from ..sync.datagram import DatagramSocket
-from ..sync.stream import Listener
+from ..sync.stream import Connection, Listener
 from .sequence import HEADER, HEADER_SIZE, MAGIC, Counts, SequenceBook
 
 __all__ = ["main"]
@@ -125,6 +132,45 @@ class _StreamServer:
         self.thread.join(2.0)
 
 
+class _LibraryServer(_StreamServer):
+    """The ``lib-`` roles: accept() gives the library's connection, whose handshake (TLS) runs
+    in the connection's own thread, never in the accept loop."""
+
+    def _accept_loop(self) -> None:
+        handler = {"lib-sink": self._lib_sink, "lib-echo": self._lib_echo}.get(self.role, self._lib_close)
+        while True:
+            try:
+                conn = self.listener.accept()
+            except (OSError, EnchufeError):
+                if self.listener.closed:
+                    return
+                time.sleep(ACCEPT_ERROR_PAUSE)
+                continue
+            threading.Thread(target=handler, args=(conn,), name=f"bench-{self.role}", daemon=True).start()
+
+    @staticmethod
+    def _lib_sink(conn: Connection) -> None:
+        with contextlib.suppress(OSError, EnchufeError), conn:
+            conn.set_timeout(SEND_TIMEOUT)
+            while conn.recv(BUFFER_SIZE):
+                pass
+
+    @staticmethod
+    def _lib_echo(conn: Connection) -> None:
+        with contextlib.suppress(OSError, EnchufeError), conn:
+            if conn.socket.family in (socket.AF_INET, socket.AF_INET6):
+                conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.set_timeout(SEND_TIMEOUT)
+            while data := conn.recv(BUFFER_SIZE):
+                conn.send_all(data)
+
+    @staticmethod
+    def _lib_close(conn: Connection) -> None:
+        with contextlib.suppress(OSError, EnchufeError), conn:
+            conn.set_timeout(SEND_TIMEOUT)
+            conn.handshake()
+
+
 class _DatagramServer:
     def __init__(self, sock: DatagramSocket, role: str) -> None:
         self.sock = sock
@@ -196,6 +242,9 @@ _ROLES = {
     "echo": None,
     "close": True,
     "count": False,
+    "lib-sink": True,
+    "lib-echo": True,
+    "lib-close": True,
 }  # role → stream only / datagram only / both
 
 
@@ -210,9 +259,15 @@ def start(role: str, address_text: str) -> _StreamServer | _DatagramServer:
         raise UsageError(
             f"a {role} server needs a {'stream' if wanted else 'datagram'} address, not {address}"
         )
-    server: _StreamServer | _DatagramServer = (
-        _StreamServer(listen(address), role) if stream else _DatagramServer(bind_datagram(address), role)
-    )
+    server: _StreamServer | _DatagramServer
+    if role.startswith("lib-"):
+        server = _LibraryServer(listen(address), role)
+    elif getattr(address, "is_tls", False):
+        raise UsageError(f"a {role} server reads the raw socket; TLS addresses take the lib- roles")
+    else:
+        server = (
+            _StreamServer(listen(address), role) if stream else _DatagramServer(bind_datagram(address), role)
+        )
     server.start()
     return server
 
@@ -230,7 +285,8 @@ def _answer(
     if op == "start":
         server = start(str(request["role"]), str(request["address"]))
         servers[next_id] = server
-        return {"ok": True, "id": next_id, "address": _address_of(server)}
+        pin = server.listener.tls_pin if isinstance(server, _StreamServer) else None
+        return {"ok": True, "id": next_id, "address": _address_of(server), "pin": pin}
     server_id = int(request.get("id", -1))
     if server_id not in servers:
         raise UsageError(f"no server {server_id}")

@@ -21,7 +21,8 @@ from ._numbers import BoundedInt, FiniteFloat
     "kinds",
     multiple=True,
     metavar="KIND",
-    help="Loopback run only: these kinds (tcp4 tcp6 udp4 udp6 unix unixgram; repeat or use commas).",
+    help="Loopback run only: these kinds (tcp4 tcp6 udp4 udp6 unix unixgram; repeat or use commas), "
+    "or tls and tls+unix: each beside the same connection without TLS, with the ratio.",
 )
 @click.option(
     "--duration",
@@ -82,6 +83,8 @@ def command(
       enchufe bench
       # latency only, tcp4 and unix, 20000 round trips each
       enchufe bench --mode latency --kind tcp4,unix --count 20000
+      # what TLS costs: throughput, handshakes/s and ping-pong, with and without TLS
+      enchufe bench --kind tls,tls+unix
       # an echo server that already runs, its figures kept as JSON for a later --compare
       enchufe bench tcp://127.0.0.1:7000 --json > before.json
     """
