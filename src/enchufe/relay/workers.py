@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -158,7 +159,9 @@ def _worker(
         relay = Relay(config, events=events, listener=pair)
         for signum in STOP_SIGNALS:
             signal.signal(signum, _stopper(relay))
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        # Whatever the parent's thread had blocked: the worker has one thread, and its stop
+        # signals (forwarded by the parent, or the parent-death SIGTERM) must reach it.
+        signal.pthread_sigmask(signal.SIG_SETMASK, held - set(STOP_SIGNALS))
         status = relay.run(announce=False).exit_status
     except BaseException:
         traceback.print_exc()
@@ -169,22 +172,71 @@ def _worker(
 
 
 def _wait(pids: list[int], held: set[int | signal.Signals]) -> int:
-    """Forward stop signals to the workers until all have exited; 1 if any failed, else 0."""
+    """Forward stop signals to the workers until all have exited; 1 if any failed, else 0.
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
-    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    The wait is a ``poll`` of the signal wake-up pipe, never a bare ``waitpid``: Python runs a
+    signal handler in the main thread between bytecodes, so a stop signal that lands after its
+    last look but before the wait blocks (right after ``listening on``, or after a worker
+    exits), or that another thread takes, would leave a waiting parent asleep for ever and its
+    workers running.  The C-level handler writes each signal's number to the pipe whenever and
+    wherever it arrives; SIGCHLD does too, for the exits.  The Python handlers do nothing: the
+    numbers read from the pipe are what is forwarded, once per signal (a second one cuts)."""
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {s: signal.signal(s, _ignore) for s in (*STOP_SIGNALS, signal.SIGCHLD)}
+    wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    # The exits must reach this thread even if SIGCHLD came blocked from whoever started us.
+    signal.pthread_sigmask(signal.SIG_SETMASK, held - {signal.SIGCHLD})
+    running = list(pids)
     status = 0
     try:
-        for pid in pids:
-            _pid, code = os.waitpid(pid, 0)
-            if os.waitstatus_to_exitcode(code) != 0:
-                status = 1
+        poller = select.poll()
+        poller.register(read_end, select.POLLIN)
+        while True:
+            status |= _reap(running)
+            if not running:
+                return status
+            poller.poll()
+            for signum in _arrived(read_end):
+                if signum in STOP_SIGNALS:
+                    _forward(running, signum)
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.set_wakeup_fd(wakeup)
         for signum, old in previous.items():
             signal.signal(signum, old)
-    return status
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python handler while the parent waits: the wake-up pipe carries the signal."""
+
+
+def _arrived(read_end: int) -> bytes:
+    """The numbers of the signals that came since the last call (the pipe's bytes)."""
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(read_end, 512):
+            data += chunk
+    return data
+
+
+def _forward(running: list[int], signum: int) -> None:
+    """Send ``signum`` to the workers not yet reaped (a reaped pid may be someone else's now)."""
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _reap(running: list[int]) -> int:
+    """Collect the workers that have exited, removing them from ``running``; 1 if one failed."""
+    failed = 0
+    for pid in list(running):
+        try:
+            done, code = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by the system already (SIGCHLD was ignored): unknown
+            done, code = pid, 1 << 8
+        if done:
+            running.remove(pid)
+            failed |= os.waitstatus_to_exitcode(code) != 0
+    return failed
