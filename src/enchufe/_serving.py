@@ -287,6 +287,23 @@ def handler_outcome(exc: Exception, peer: SocketAddress | None, idle_timeout: fl
     return "failed"
 
 
+def reload_tls(listener: Any) -> bool:
+    """Have a server's TLS ``listener`` read its certificate, key and CA files again (SIGUSR1).
+    A missing or bad file is logged, and the listener keeps what it had: whether it reloaded.
+    Nothing to do (``False``) without a TLS listener."""
+    if listener is None or not listener.address.is_tls:
+        return False
+    try:
+        listener.reload_tls()
+    except EnchufeError as exc:
+        log.warning(
+            "TLS reload on %s failed, the current certificates stay: %s", listener.address, message(exc)
+        )
+        return False
+    log.info("TLS certificates and CAs reloaded on %s", listener.address)
+    return True
+
+
 def handshake_outcome(exc: NetworkError, peer: SocketAddress | None) -> str:
     """A TLS client's handshake failed (refused, timed out, cut): that connection ends, and only
     it; counted as ``failed`` and logged with the reason.  The handler is not called."""

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import signal
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +19,7 @@ import pytest
 
 import enchufe
 from enchufe.errors import TLSRefused
+from enchufe.sync import serve as sync_serve
 from tests.servers.conftest import SERVER_FLAVOURS, LogRecords, Running, wait_until
 from tests.tls.conftest import client_of
 
@@ -130,3 +135,74 @@ def test_a_refused_handshake_ends_only_that_connection(
     wait_until(lambda: running.stats.completed == 1 and running.stats.failed == 1, WAIT, "counts")
     with pytest.raises(TLSRefused):  # the client side of a refusal: no client certificate trusted
         enchufe.connect(f"tls://127.0.0.1:{port}?ca={pem['other_ca']}", timeout=WAIT)
+
+
+def test_reload_tls_serves_the_next_clients_with_the_new_files(
+    serve: Callable[..., Running], flavour: str, pem: dict[str, str], sock_dir: str, serve_log: LogRecords
+) -> None:
+    """Server.reload_tls(), what SIGUSR1 asks: the rewritten certificate serves the next client;
+    a broken file is logged and the current one stays."""
+    import trustme
+
+    cert = os.path.join(sock_dir, "server.pem")
+    shutil.copy(pem["server"], cert)
+    running = serve(flavour, f"tls://127.0.0.1:0?cert={cert}", echo_handler(flavour))
+    port = running.server.bound_address.port
+    new_ca = trustme.CA()
+    new_ca_file = os.path.join(sock_dir, "new-ca.pem")
+    new_ca.cert_pem.write_to_path(new_ca_file)
+    new_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(cert)
+    echo_once(f"tls://127.0.0.1:{port}?ca={pem['ca']}")  # not reloaded yet
+    assert running.server.reload_tls() is True
+    assert "reloaded" in serve_log.wait_for("TLS certificates and CAs reloaded")
+    echo_once(f"tls://127.0.0.1:{port}?ca={new_ca_file}")
+    with open(cert, "w") as broken:
+        broken.write("not PEM\n")
+    assert running.server.reload_tls() is False
+    assert "cert=" in serve_log.wait_for("TLS reload on")
+    echo_once(f"tls://127.0.0.1:{port}?ca={new_ca_file}")
+
+
+def test_a_plain_server_has_nothing_to_reload(serve: Callable[..., Running], flavour: str) -> None:
+    running = serve(flavour, "tcp://127.0.0.1:0", echo_handler(flavour))
+    assert running.server.reload_tls() is False
+
+
+def test_sigusr1_reloads_a_tls_server_run_by_serve(pem: dict[str, str], sock_dir: str) -> None:
+    """sync serve() in the main thread: SIGUSR1 (sent by the process to itself) reloads."""
+    cert = os.path.join(sock_dir, "server.pem")
+    shutil.copy(pem["server"], cert)
+    reloaded: list[bool] = []
+    ready = threading.Event()
+    bound: list[Any] = []
+
+    def on_ready(address: Any) -> None:
+        bound.append(address)
+        ready.set()
+
+    def poke() -> None:
+        assert ready.wait(WAIT)
+        echo_once(f"tls://127.0.0.1:{bound[0].port}?ca={pem['ca']}")
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    original = sync_serve.Server.reload_tls
+
+    def spy(self: Any) -> bool:
+        reloaded.append(original(self))
+        return reloaded[-1]
+
+    sync_serve.Server.reload_tls = spy  # type: ignore[method-assign]
+    # Ours while serve() is not running, so that a serve() without its own cannot kill pytest.
+    ours = signal.signal(signal.SIGUSR1, lambda *_: reloaded.append(False))
+    try:
+        poker = threading.Thread(target=poke, daemon=True)
+        poker.start()
+        stats = sync_serve.serve(f"tls://127.0.0.1:0?cert={cert}", echo_handler("sync"), ready=on_ready)
+        poker.join(WAIT)
+    finally:
+        sync_serve.Server.reload_tls = original  # type: ignore[method-assign]
+        restored = signal.signal(signal.SIGUSR1, ours)
+    assert reloaded == [True] and stats.completed == 1
+    assert restored is not None and restored not in (signal.SIG_DFL, signal.SIG_IGN)  # ours, put back

@@ -44,6 +44,7 @@ from .._serving import (
     log,
     peer_sessions,
     receive_failed,
+    reload_tls,
     server_options,
     session_ended,
     shown,
@@ -205,6 +206,12 @@ class Server:
             self._listener.close()
         if self._socket is not None:
             self._socket.close()
+
+    def reload_tls(self) -> bool:
+        """Read the TLS certificate, key and CA files again, for the clients that come next
+        (what SIGUSR1 asks); a bad file is logged and the current ones stay.  Whether it
+        reloaded (``False`` for a plain server)."""
+        return reload_tls(self._listener)
 
     async def serve_forever(self) -> ServeStats:
         """Serve until :meth:`shutdown`; returns the statistics (``cut`` > 0 if any was cut)."""

@@ -47,6 +47,7 @@ from .._serving import (
     message,
     peer_sessions,
     receive_failed,
+    reload_tls,
     server_options,
     session_ended,
 )
@@ -198,6 +199,12 @@ class Server:
                     os.write(self._wake[1], b"\0")
         if self._listener is not None:
             self._listener.close()
+
+    def reload_tls(self) -> bool:
+        """Read the TLS certificate, key and CA files again, for the clients that come next
+        (what SIGUSR1 asks); a bad file is logged and the current ones stay.  Whether it
+        reloaded (``False`` for a plain server)."""
+        return reload_tls(self._listener)
 
     def serve_forever(self) -> ServeStats:
         """Serve until :meth:`shutdown`; returns the statistics."""
@@ -381,7 +388,8 @@ def serve(
     idle_timeout: float | None = None,
     ready: Callable[[SocketAddress], None] | None = None,
 ) -> ServeStats:
-    """Serve ``handler`` on ``address`` in this thread until SIGINT (Ctrl-C), SIGTERM or SIGHUP.
+    """Serve ``handler`` on ``address`` in this thread until SIGINT (Ctrl-C), SIGTERM or SIGHUP;
+    SIGUSR1 has a TLS server read its certificate, key and CA files again.
 
     ``ready(address)`` is called once bound.  The first signal stops accepting and drains for
     the default drain timeout; a second one cuts what is left at once.  SIGHUP (the terminal
@@ -396,6 +404,8 @@ def serve(
         if threading.current_thread() is threading.main_thread():
             for signum in _STOP_SIGNALS:
                 previous[signum] = signal.signal(signum, lambda _signum, _frame: server.shutdown())
+            if server.address.is_tls:
+                previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: server.reload_tls())
         if ready is not None:
             ready(server.bound_address)
         try:

@@ -198,10 +198,11 @@ class Listener(ListenerCore, Closing):
 
     def accept(self) -> Connection:
         """Wait for the next client and return its connection (a TLS one before its handshake)."""
-        setup = self._tls
+        conn = self._accept_once()
+        setup = self._tls  # read once the client is there: reload_tls() may have run meanwhile
         if setup is None:
-            return self._wrap(self._accept_once(), Connection)
-        return self._wrap(self._accept_once(), functools.partial(TLSConnection, setup=setup))
+            return self._wrap(conn, Connection)
+        return self._wrap(conn, functools.partial(TLSConnection, setup=setup))
 
     def __iter__(self) -> Iterator[Connection]:
         while True:
