@@ -23,18 +23,25 @@ import contextlib
 import errno
 import os
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from . import _calls, _tls
+from . import _calls
 from ._streams import StreamCore
 from .address import InetAddress, SocketAddress, UnixAddress, check_tls_use, tls_server_name
 from .errors import ConnectionReset, NetworkError, TimedOut, TLSRefused
-from .tlschannel import TLSChannel
 from .tlsinfo import TLSInfo
 from .tlsparams import TLSParams
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .tlschannel import TLSChannel
+
+# ssl (and OpenSSL) load with the first TLS address, not with the package: `enchufe --help` and
+# plain sockets never pay for them.  Hence the imports of _tls and tlschannel inside functions.
 
 #: Plaintext encrypted per ``_send_once``: four full TLS records, one system call's worth.
 SEND_CHUNK = 64 * 1024
@@ -56,6 +63,8 @@ class TLSSetup:
     pin: str | None = None
 
     def channel(self, label: str = "tls") -> TLSChannel:
+        from .tlschannel import TLSChannel
+
         return TLSChannel(
             self.context,
             self.params,
@@ -103,6 +112,8 @@ def client_context(params: TLSParams) -> ssl.SSLContext:
     )
     context = _client_contexts.get(key)
     if context is None:
+        from . import _tls
+
         context = _tls.client_context(params)
         if len(_client_contexts) >= MAX_CLIENT_CONTEXTS:
             _client_contexts.clear()
@@ -129,6 +140,8 @@ def server_setup(address: SocketAddress) -> TLSSetup | None:
         return None
     check_tls_use(address, "server")
     host = address.host if isinstance(address, InetAddress) else ""
+    from . import _tls
+
     context, pin = _tls.server_context(params, host)
     return TLSSetup(context, params, True, None, pin)
 
@@ -286,6 +299,8 @@ class TLSStreamCore(StreamCore):
         super().close()
 
     def _say_goodbye(self) -> None:
+        import ssl
+
         with contextlib.suppress(OSError, ssl.SSLError, NetworkError):
             if not self._write_shut:
                 with self._state_lock:
@@ -334,6 +349,8 @@ class TLSStreamCore(StreamCore):
         if isinstance(exc, TimeoutError) and exc.errno is None:
             return self._handshake_timed_out()
         if isinstance(exc, ConnectionError):
+            from . import _tls
+
             error: Exception = _tls.explain(exc)
         else:
             error = self._translated(exc, f"complete the TLS handshake with {self._where()}")
