@@ -57,6 +57,10 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
     every descriptor it made before the cancellation goes on.
     """
     env = child_environment(conn.peer_address, conn.local_address, conn.peer_credentials)
+    if conn.tls is not None:  # a TLS listener's client (the server ran the handshake first)
+        from ._tls import environment
+
+        env.update(environment(conn.tls))
     try:
         child = _Child(*spawn(program, env))
     except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env (checked, still)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from . import _calls, _wakeup
 from ._buffer import DEFAULT_MAX_DATAGRAM
 from ._halfclose import Flow, HalfClose
+from ._tlsstream import TLSStreamCore
 from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
 from .sync import Connection, DatagramSocket
@@ -123,7 +124,13 @@ class _StreamPump:
 
     def run(self) -> None:
         copy = self.copy
+        conn = self.conn
+        tls = isinstance(conn, TLSStreamCore)
         self.sock.setblocking(False)
+        if tls:
+            # The TLS layer's calls make one attempt each and let EAGAIN through, as they do
+            # for the asyncio side: this loop waits for the socket itself.
+            conn._polled = True
         try:
             while True:
                 self._pass_eofs()
@@ -143,6 +150,8 @@ class _StreamPump:
                     else:
                         self._ready(key.fd, mask)
         finally:
+            if tls:
+                del conn._polled  # the class's own value again (blocking calls)
             self.sel.close()
             with contextlib.suppress(OSError):
                 self.sock.setblocking(True)
@@ -151,7 +160,9 @@ class _StreamPump:
         if self.copy.outgoing.wants_shutdown:
             self.result.stdin_eof = True
             self.copy.outgoing.shutdown()
-            self.conn.shutdown_write()
+            # TLS: close_notify; what the kernel cannot take now goes when it is writable.
+            with contextlib.suppress(BlockingIOError):
+                self.conn.shutdown_write()
         if self.copy.incoming.wants_shutdown:
             # The peer half-closed; it may still read what stdin has left.
             self.result.peer_eof = True
@@ -160,8 +171,9 @@ class _StreamPump:
     def _want(self) -> None:
         """Register what the flows want now: stdin read, socket read and write."""
         out, in_ = self.copy.outgoing, self.copy.incoming
+        owed = isinstance(self.conn, TLSStreamCore) and self.conn._owes_peer
         sock_events = (selectors.EVENT_READ if in_.wants_read else 0) | (
-            selectors.EVENT_WRITE if out.wants_write else 0
+            selectors.EVENT_WRITE if out.wants_write or owed else 0
         )
         self._set(self.sock.fileno(), sock_events)
         if self.stdin_fd is not None:
@@ -184,14 +196,24 @@ class _StreamPump:
             if self.copy.outgoing.wants_read:
                 self.copy.outgoing.read(_read_stdin(fd))
             return
-        if mask & selectors.EVENT_WRITE and self.copy.outgoing.wants_write:
-            self._send()
+        if mask & selectors.EVENT_WRITE:
+            if self.copy.outgoing.wants_write:
+                self._send()
+            elif isinstance(self.conn, TLSStreamCore) and self.conn._owes_peer:
+                with contextlib.suppress(BlockingIOError):
+                    self.conn._flush()  # the close_notify the kernel had no room for
         if mask & selectors.EVENT_READ and self.copy.incoming.wants_read:
-            self._receive()
+            if isinstance(self.conn, TLSStreamCore):
+                self._receive_tls()
+            else:
+                self._receive()
 
     def _send(self) -> None:
         try:
-            sent = _calls.send(self.sock, self.copy.outgoing.pending)
+            if isinstance(self.conn, TLSStreamCore):
+                sent = self.conn._send_once(memoryview(self.copy.outgoing.pending))
+            else:
+                sent = _calls.send(self.sock, self.copy.outgoing.pending)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -206,6 +228,23 @@ class _StreamPump:
             return
         except OSError as exc:
             raise translate(exc, f"receive from {self.where}") from exc
+        self._received(chunk)
+
+    def _receive_tls(self) -> None:
+        """Every plaintext byte there is now: one read of the socket may bring more records than
+        one chunk, and what stays in the TLS layer would never make the socket readable again.
+        ``b""`` is the peer's close_notify; a close without one raises TLSTruncated."""
+        assert isinstance(self.conn, TLSStreamCore)
+        while self.copy.incoming.wants_read:
+            try:
+                chunk = self.conn._recv_once(CHUNK)
+            except BlockingIOError:
+                return
+            self._received(chunk)
+            if not chunk:
+                return
+
+    def _received(self, chunk: bytes) -> None:
         flow = self.copy.incoming
         flow.read(chunk)
         if chunk:

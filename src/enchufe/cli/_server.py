@@ -95,8 +95,10 @@ def run_server(server: Any, drain_timeout: float) -> int:
     cuts what is left at once.  Either way the socket file is removed.
     """
     import asyncio
+    import signal
 
     from .. import aio
+    from ._tls import listening, reload_now
 
     signalled = False
 
@@ -124,8 +126,11 @@ def run_server(server: Any, drain_timeout: float) -> int:
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, stop)
-        bound = str(server.bound_address)
-        event("listening", f"listening on {bound}", address=bound)
+        # The library's Server does not expose its listener: its TLS pin and reload are there.
+        listener = getattr(server, "_listener", None)
+        if listener is not None and server.bound_address.is_tls:
+            loop.add_signal_handler(signal.SIGUSR1, reload_now, listener)
+        listening(server.bound_address, getattr(listener, "tls_pin", None))
         return await server.serve_forever()
 
     setup_logging()
@@ -164,9 +169,12 @@ def announced(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awai
     a stop cut it).  The handler's errors go on to the server, which counts and logs them."""
     import asyncio
 
+    from ._tls import handshake_done
+
     async def wrapped(conn: Any) -> None:
         peer = peer_name(conn.peer_address)
         event("accept", f"accepted {peer}", level=1, peer=peer)
+        handshake_done(conn, peer)  # the server ran the handshake before the handler
         how = "closed"
         try:
             await handler(conn)

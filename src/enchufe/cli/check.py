@@ -71,6 +71,9 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
                     open when a reply comes, else "no reply" (a server that ignores empty
                     datagrams, or a firewall that drops them: UDP cannot tell more).
 
+    tls, tls+unix:  open only once the TLS handshake and the server's verification passed
+                    ("TLS refused" and why otherwise).
+
     Exit status: 0 if every address is open (or, for UDP, did not refuse: as nc -zuv), 1 if any
     is not, 2 for bad input. All addresses are checked at once; with -q nothing is printed and
     the exit status alone answers.
@@ -92,10 +95,11 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
                 f"e.g. {target.scheme}://127.0.0.1:{target.port or 22}"
             )
         targets.append(target)
+    setups = [_tls_setup(target) for target in targets]  # bad TLS settings: exit 2 before any check
     _stop_on_signals()
     failed = False
     try:
-        for outcome in _check_all(targets, timeout):
+        for outcome in _check_all(list(zip(targets, setups, strict=True)), timeout):
             _report(outcome, json_)
             if not outcome.ok:
                 failed = True
@@ -105,7 +109,14 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
     return 1 if failed else 0
 
 
-def _check_all(targets: list[Any], timeout: float) -> Iterator[Outcome]:
+def _tls_setup(target: Any) -> Any:
+    """The client side of a TLS target (its files read now), ``None`` for a plain one."""
+    from .._tlsstream import client_setup
+
+    return client_setup(target) if target.is_tls else None
+
+
+def _check_all(targets: list[tuple[Any, Any]], timeout: float) -> Iterator[Outcome]:
     """Every target's outcome, in the order given, checked ``_PARALLEL`` at a time.
 
     Daemon threads, so that a stop signal ends the command at once instead of waiting for
@@ -117,9 +128,9 @@ def _check_all(targets: list[Any], timeout: float) -> Iterator[Outcome]:
 
     def work(index: int) -> None:
         try:
-            outcomes[index] = _check(targets[index], timeout)
+            outcomes[index] = _check(*targets[index], timeout)
         except Exception as exc:  # a bug must still give one line per address, not a hang
-            outcomes[index] = Outcome(str(targets[index]), "error", 0.0, repr(exc))
+            outcomes[index] = Outcome(str(targets[index][0]), "error", 0.0, repr(exc))
         finally:
             slots.release()
             done[index].set()
@@ -159,13 +170,14 @@ def _report(outcome: Outcome, as_json: bool) -> None:
             record["detail"] = outcome.detail
         sys.stdout.write(json.dumps(record) + "\n")
     elif not settings.quiet:
-        shown = outcome.detail and (settings.verbose or outcome.status == "error")
+        shown = outcome.detail and (settings.verbose or outcome.status in ("error", "TLS refused"))
         detail = f" ({outcome.detail})" if shown else ""
         sys.stdout.write(f"{outcome.address} {outcome.status}{detail}\n")
     sys.stdout.flush()
 
 
-def _check(target: Any, timeout: float) -> Outcome:
+def _check(target: Any, tls: Any, timeout: float) -> Outcome:
+    """Connect and close (a TLS target: once the handshake and the verification passed)."""
     from .. import _sockets
     from .._text import printable
     from ..errors import EnchufeError
@@ -178,11 +190,29 @@ def _check(target: Any, timeout: float) -> Outcome:
         )
     except EnchufeError as exc:
         return Outcome(shown, _status(exc), time.monotonic() - start, printable(str(exc)))
+    if tls is not None:
+        return _handshake(sock, tls, target, shown, start)
     try:
         status = _probe_udp(sock, timeout) if _is_udp(target) else "open"
     finally:
         sock.close()
     return Outcome(shown, status, time.monotonic() - start)
+
+
+def _handshake(sock: Any, tls: Any, target: Any, shown: str, start: float) -> Outcome:
+    """The TLS part of a check: open only once the server is verified (or pinned)."""
+    from .._text import printable
+    from ..errors import EnchufeError, TLSRefused
+    from ._tls import open_tls
+
+    try:
+        with open_tls(sock, tls, target):
+            pass
+    except TLSRefused as exc:
+        return Outcome(shown, "TLS refused", time.monotonic() - start, printable(str(exc)))
+    except EnchufeError as exc:
+        return Outcome(shown, _status(exc), time.monotonic() - start, printable(str(exc)))
+    return Outcome(shown, "open", time.monotonic() - start)
 
 
 def _is_udp(target: Any) -> bool:

@@ -12,6 +12,7 @@ import click
 
 from ._common import DatagramPrinter, event, global_options, retry_options, settings, warn_truncated
 from ._numbers import FiniteFloat
+from ._tls import help_text as tls_help
 from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
@@ -23,6 +24,9 @@ Examples:
   printf 'HEAD / HTTP/1.0\\r\\n\\r\\n' | enchufe connect tcp://example.com:http
   enchufe connect --crlf --idle-timeout 5 tcp://127.0.0.1:smtp     # talk SMTP by hand
   enchufe connect --retry 20 --source unix:@client unix:///run/app.sock
+  enchufe connect tls://example.com:443                   # TLS, verified by the system CAs
+  enchufe connect 'tls://10.0.0.5:9000?pin=sha256:HEX'     # the pin a cert=auto listener printed
+  enchufe connect 'tls://db.internal:9000?ca=ca.pem&cert=me.pem&key=me.key'   # mutual TLS
 """
 
 
@@ -60,7 +64,7 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
 @click.command(
     "connect",
     cls=_OneAddress,
-    epilog=EXAMPLES,
+    epilog=EXAMPLES + "\n" + tls_help(),
     context_settings={"allow_extra_args": True},
 )
 @click.argument("address", shell_complete=complete_address)
@@ -110,8 +114,14 @@ def command(
     On a datagram ADDRESS each stdin read is sent as one datagram and replies are printed until
     none has come for --timeout seconds.
 
+    On a TLS ADDRESS (tls://, tls+unix:) the server is verified first (system CAs, ca=, or
+    pin=); stdin's EOF sends close_notify and reading goes on.  The TLS parameters are
+    listed below.
+
     Exit status: 0 when both directions ended (or --idle-timeout passed), 1 when the connection
-    failed, was reset or was cut by SIGINT, SIGTERM or SIGHUP, 2 for bad input.
+    failed, was reset or was cut by SIGINT, SIGTERM or SIGHUP, or TLS refused the peer or was
+    truncated (the line says why), 2 for bad input (TLS: an unknown or misplaced parameter, a
+    missing or bad file).
     """
     from ..address import InetAddress, UnixAddress, parse
     from ..errors import AddressError
@@ -229,13 +239,15 @@ class _Session:
         )
 
     def _stream(self, options: _Options) -> int:
+        from .._tlsstream import client_setup
         from ..stdio import pump_stream
-        from ..sync import Connection
+        from ._tls import open_tls
 
         idle_timeout = options.idle_timeout
+        tls = client_setup(self.target)  # bad TLS settings or files: exit 2 before any socket
         sock, owned = self._open(options, options.timeout if options.timeout is not None else idle_timeout)
         try:
-            with Connection(sock) as conn:
+            with open_tls(sock, tls, self.target) as conn:
                 self._connected(conn.local_address, conn.peer_address)
                 pump_stream(
                     conn,

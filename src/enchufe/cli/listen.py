@@ -20,13 +20,22 @@ from ._common import (
 )
 from ._numbers import BoundedInt
 from ._server import backlog_option, drain_option, mode_option, parse_mode, refuse_mode_unless_file
+from ._tls import help_text as tls_help
+
+TLS_EXAMPLES = """\b
+TLS examples:
+  # a throwaway certificate: the line ends with the pin a client gives as pin=
+  enchufe listen 'tls://:9443?cert=auto'
+  # mutual TLS: only clients with a certificate of ca.pem, named alice or bob
+  enchufe listen -k 'tls://:9443?cert=srv.pem&key=srv.key&client-ca=ca.pem&allow-cn=alice,bob'
+"""
 
 if TYPE_CHECKING:
     from ..address import Address
     from ..sync import Listener
 
 
-@click.command("listen")
+@click.command("listen", epilog=TLS_EXAMPLES + "\n" + tls_help())
 @click.argument("address")
 @click.option("-k", "--keep-open", is_flag=True, help="Stream: serve client after client.")
 @backlog_option("Stream: listen queue length (not with --exec).")
@@ -62,6 +71,12 @@ def command(
     On stdin's EOF the write side is shut down and reading goes on until the client closes.
     On a datagram ADDRESS, each datagram's payload goes to stdout, and stdin is sent to the
     last sender.
+
+    On a TLS ADDRESS each client's handshake runs first (-v: its version, cipher and
+    certificate); a refused one ends that client (with -k the next is served).  SIGUSR1 on
+    listen -k reads the certificate, key and CA files again for the next clients.
+
+    Exit status: 0 done, 1 a runtime failure (a TLS client refused, truncated), 2 bad input.
 
     \b
     Examples:
@@ -151,8 +166,11 @@ def _serve(listener: Listener, keep_open: bool) -> int:
     """Announce the listener, then serve one client (or, with ``keep_open``, client after client)."""
     from ..errors import ConnectionReset, NetworkError
     from ..stdio import pump_stream
+    from ._tls import handshake_done, listening, reload_on_sigusr1
 
-    event("listening", f"listening on {listener.address}", address=str(listener.address))
+    if listener.address.is_tls and keep_open:
+        reload_on_sigusr1(listener)  # before the line: whoever reads it may signal at once
+    listening(listener.address, listener.tls_pin)
     stdin_fd: int | None = 0
     while True:
         try:
@@ -166,6 +184,8 @@ def _serve(listener: Listener, keep_open: bool) -> int:
         event("accept", f"accepted {peer}", level=1, peer=peer)
         try:
             with conn:
+                conn.handshake()  # TLS: refused or timed out ends this client only (with -k)
+                handshake_done(conn, peer)
                 result = pump_stream(conn, stdin_fd=stdin_fd)
         except KeyboardInterrupt:
             event("close", f"interrupted: connection from {peer} cut", peer=peer, cut=True)

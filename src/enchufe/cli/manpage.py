@@ -56,6 +56,7 @@ def man_options(f: F) -> F:
 #: What an address starts with, offered when completing an ADDRESS argument.
 SCHEME_PREFIXES = (
     "tcp://", "tcp4://", "tcp6://", "udp://", "udp4://", "udp6://", "unix:", "unixgram:",
+    "tls://", "tls4://", "tls6://", "tls+unix:",
 )  # fmt: skip
 
 
@@ -93,6 +94,30 @@ ADDRESS_FORMS = [
     ("unixgram:///abs/path, unixgram:rel/path, unixgram:@name", "AF_UNIX datagram", ""),
     ("- or stdio:", "standard input and output", "where a data endpoint is accepted (relay)"),
     ("exec:PROGRAM ARGS...", "a child's stdin and stdout", "split like a shell, run without one"),
+    ("tls://HOST:PORT, tls4://..., tls6://[HOST]:PORT", "TLS over TCP", "settings as ?query (see TLS)"),
+    ("tls+unix:///path, tls+unix:rel/path, tls+unix:@name", "TLS over a unix stream socket", "see TLS"),
+]
+
+TLS_NOTES = [
+    "TLS settings are query parameters of the address, the same in every command and in the "
+    "library (quote the address in a shell): 'tls://db.example:5432?ca=ca.pem&alpn=h2'.  Files "
+    "are PEM; a value with odd characters is percent-encoded (ca=/srv/odd%26name.pem).  TLS 1.2 "
+    "is the minimum.  udp and unixgram take no TLS parameters (there is no DTLS): exit status 2.",
+    "Verification is on by default: a client checks the server's chain against the system store "
+    "(SSL_CERT_FILE/SSL_CERT_DIR honoured) or ca=, and its name against sni= or HOST.",
+    "cert=auto: the listening line ends with 'pin sha256:HEX' (--json: a pin field); a client "
+    "that gives it as pin=sha256:HEX trusts exactly that key, with no file on either side.",
+    "EOF: stdin's EOF sends close_notify and reading goes on (a server may answer after it); the "
+    "peer's close_notify is EOF; a connection that ends without one is 'truncated' (exit 1).",
+    "Each refusal is one line, exit status 1: an untrusted or self-signed server (add ca= or "
+    "pin=), a name mismatch, an expired certificate, a client certificate missing or refused, no "
+    "common version or ALPN, a peer that does not speak TLS (and what it sent).  An unknown or "
+    "misplaced parameter (client-ca on connect, pin on listen), a missing or non-PEM file, or a "
+    "key that does not match its certificate is bad input: exit status 2.",
+    "listen --exec children of a TLS listener also get ENCHUFE_TLS_VERSION, ENCHUFE_TLS_CIPHER, "
+    "ENCHUFE_TLS_ALPN and, with a client certificate, ENCHUFE_TLS_PEER_CN, ENCHUFE_TLS_PEER_SAN "
+    "(TYPE:VALUE,...) and ENCHUFE_TLS_PEER_PIN.  -v says each client's version, cipher and "
+    "certificate subject; --trace narrates the handshake.",
 ]
 
 ADDRESS_NOTES = [
@@ -113,7 +138,8 @@ EXIT_STATUS = [
     ("0", "done: both directions ended, every checked address answered, a server was stopped "
      "with nothing in flight cut."),
     ("1", "a runtime failure (refused, reset, timed out, address in use, a connection cut by a "
-     "signal), with a line saying what happened and what to try."),
+     "signal; TLS: a refused handshake, a peer that is not TLS, a truncated connection), with a "
+     "line saying what happened and what to try."),
     ("2", "bad usage or bad input: a line naming the problem, never a traceback."),
 ]  # fmt: skip
 
@@ -174,6 +200,9 @@ def render(cli: click.Command) -> str:
         by_port = sorted(services.items(), key=lambda kv: kv[1])
         listed = ", ".join(f"{name} ({port})" for name, port in by_port)
         out += [".PP", f"Service names for {transport}: {_text(listed)}."]
+    out += [".SH TLS", *_tls_table()]
+    for note in TLS_NOTES:
+        out += [".PP", _text(note)]
     out.append(".SH COMMANDS")
     for name in cli.list_commands(ctx):
         command = cli.get_command(ctx, name)
@@ -201,7 +230,10 @@ def _command(name: str, command: click.Command, parent: click.Context) -> list[s
     if options:
         out += [".PP", "Options:", ".RS", *options, ".RE"]
     if command.epilog:
-        out += _help(command.epilog)
+        # The TLS table that connect's and listen's --help end with is the TLS section here.
+        from ._tls import help_text
+
+        out += _help(command.epilog.replace(help_text(), "TLS addresses: see TLS below.\n"))
     return out
 
 
@@ -222,6 +254,15 @@ def _address_table() -> list[str]:
     rows: list[str] = []
     for form, kind, notes in ADDRESS_FORMS:
         rows += [".TP", f"\\fB{_text(form)}\\fR", _text(f"{kind}; {notes}" if notes else kind)]
+    return rows
+
+
+def _tls_table() -> list[str]:
+    from ._tls import PARAMETER_ROWS
+
+    rows: list[str] = []
+    for name, side, meaning in PARAMETER_ROWS:
+        rows += [".TP", f"\\fB{_text(name)}\\fR ({side})", _text(meaning)]
     return rows
 
 

@@ -115,6 +115,11 @@ def _send(
                 out.write(reply)
                 out.flush()
         return 0
+    tls = getattr(target, "tls", None)
+    if tls is not None and tls.insecure:
+        from ._tls import warn_insecure
+
+        warn_insecure(target)
     with connect(target, timeout=timeout, retries=retry, retry_delay=retry_delay) as conn:
         peer = str(conn.peer_address or target)
         event("connect", f"connected to {peer}", level=1, peer=peer)

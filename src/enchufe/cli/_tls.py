@@ -1,0 +1,146 @@
+"""What the commands share about TLS: the help table of the address parameters, the warning of
+``insecure``, a client connection made over an opened socket, and the lines a TLS server says
+(its pin, each client's handshake with ``-v``, SIGUSR1's reload).
+
+The help text is plain strings: importing this module costs nothing but click's, so that
+``--help`` and ``--man`` stay fast; the TLS layer itself is imported where it is used.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ._common import event
+
+if TYPE_CHECKING:
+    from .._tlsstream import TLSSetup
+    from ..address import Address
+    from ..sync import Connection
+
+#: The TLS address forms and parameters, one row each, as --help and the man page show them.
+#: tests/cli/test_cli_tls.py checks that every parameter of enchufe.tlsparams.PARAMETERS is here.
+PARAMETER_ROWS = (
+    ("ca=FILE", "client", "trust these CAs (PEM) instead of the system store"),
+    ("sni=NAME", "client", "the name sent and verified (default: HOST)"),
+    ("pin=sha256:HEX", "client", "accept exactly the key with this SHA-256 (no CA needed)"),
+    ("insecure", "client", "no verification at all (warned about at every connection)"),
+    ("cert=FILE, key=FILE", "both", "certificate chain and key (key may be inside cert)"),
+    ("cert=auto", "server", "an ephemeral self-signed certificate; its pin is printed"),
+    ("client-ca=FILE", "server", "require a client certificate signed by these CAs"),
+    ("allow-san=T:V,…", "server", "with client-ca: require one of these SANs (DNS, URI, IP, EMAIL)"),
+    ("allow-cn=NAME,…", "server", "with client-ca: require one of these subject CNs"),
+    ("alpn=P1,P2", "both", "protocols offered or accepted, in order of preference"),
+    ("handshake-timeout=S", "both", "give up a handshake after S seconds (default 10)"),
+)
+
+
+def help_text() -> str:
+    """The TLS section of a command's --help epilog (click keeps it as written after ``\\b``)."""
+    width = max(len(name) for name, _, _ in PARAMETER_ROWS)
+    rows = "\n".join(f"  {name:<{width}}  {side:<6}  {meaning}" for name, side, meaning in PARAMETER_ROWS)
+    return (
+        "\b\n"
+        "TLS: tls://HOST:PORT, tls4://, tls6://[HOST]:PORT, tls+unix:///path, tls+unix:@name,\n"
+        "with settings as query parameters (quote the address): 'tls://HOST:PORT?ca=ca.pem&alpn=h2'\n"
+        f"{rows}\n"
+        "A listener with cert=auto prints 'pin sha256:HEX' on its listening line: a client gives it\n"
+        "as pin=sha256:HEX and needs no file.  A refused handshake, a peer that is not TLS or a\n"
+        "connection cut without close_notify ('truncated') exit 1 with one line saying why; an\n"
+        "unknown or misplaced parameter, a missing or bad file, a key that does not match exit 2.\n"
+    )
+
+
+def warn_insecure(target: Address) -> None:
+    """``insecure`` is said at every connection: the data may be read and changed on the way."""
+    from .._text import printable
+
+    shown = printable(str(target))
+    event(
+        "warning",
+        f"enchufe: warning: {shown}: insecure: the server is not verified; anyone on the path "
+        "can read and change the data (use ca= or pin= instead)",
+        address=shown,
+        insecure=True,
+    )
+
+
+def open_tls(sock: socket.socket, setup: TLSSetup | None, target: Address) -> Connection:
+    """The connection over ``sock``: plain when ``setup`` is ``None``, else TLS with its
+    handshake done (TLSRefused or TimedOut if not; the socket is closed then)."""
+    from ..sync import Connection, TLSConnection
+
+    if setup is None:
+        return Connection(sock)
+    if setup.params.insecure:
+        warn_insecure(target)
+    conn = TLSConnection(sock, setup)
+    try:
+        conn.handshake()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def listening(address: object, pin: str | None) -> None:
+    """The listening line of a server: its address, and the pin of a ``cert=auto`` certificate."""
+    shown = str(address)
+    if pin is None:
+        event("listening", f"listening on {shown}", address=shown)
+        return
+    event("listening", f"listening on {shown} pin {pin}", address=shown, pin=pin)
+
+
+def handshake_done(conn: Any, peer: str) -> None:
+    """``-v``: what a TLS client's handshake agreed (version, cipher, ALPN, its certificate)."""
+    from .._text import printable
+
+    tls = conn.tls
+    if tls is None:
+        return
+    fields: dict[str, Any] = {"peer": peer, "version": tls.version, "cipher": tls.cipher}
+    text = f"TLS with {peer}: {tls.version} {tls.cipher}"
+    if tls.alpn:
+        fields["alpn"] = tls.alpn
+        text += f", ALPN {printable(tls.alpn)}"
+    if tls.peer is not None:
+        subject = printable(tls.peer.subject)
+        fields["subject"] = subject
+        text += f", client certificate {subject}"
+    event("tls", text, level=1, **fields)
+
+
+def reload_on_sigusr1(listener: Any) -> None:
+    """SIGUSR1 reads the listener's certificate, key and CA files again for the clients that come
+    next, and says so, or why not (the old ones stay)."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        reload_now(listener)
+
+    signal.signal(signal.SIGUSR1, handler)
+
+
+def reload_now(listener: Any) -> None:
+    """One reload of ``listener``'s TLS files (see :func:`reload_on_sigusr1`)."""
+    from ..errors import EnchufeError
+
+    tls = getattr(listener, "_tls", None)
+    if tls is None:
+        event("reload", "SIGUSR1: nothing to reload (not a TLS listener)", reloaded=False)
+        return
+    if tls.params.cert_auto:
+        event("reload", "SIGUSR1: cert=auto keeps its certificate (nothing on disk to read)", reloaded=False)
+        return
+    try:
+        listener.reload_tls()
+    except EnchufeError as exc:
+        event(
+            "reload",
+            f"SIGUSR1: TLS files not reloaded, the old ones stay: {exc}",
+            reloaded=False,
+            error=str(exc),
+        )
+        return
+    event("reload", "SIGUSR1: TLS certificate, key and CA files reloaded for the next clients", reloaded=True)
