@@ -81,9 +81,7 @@ def command(
     Examples:
       # every kind on loopback, every measure, about half a minute
       enchufe bench
-      # latency only, tcp4 and unix, 20000 round trips each
-      enchufe bench --mode latency --kind tcp4,unix --count 20000
-      # what TLS costs: throughput, handshakes/s and ping-pong, with and without TLS
+      # what TLS costs: throughput, handshakes/s, ping-pong, each beside the same without TLS
       enchufe bench --kind tls,tls+unix
       # an echo server that already runs, its figures kept as JSON for a later --compare
       enchufe bench tcp://127.0.0.1:7000 --json > before.json
