@@ -96,6 +96,7 @@ def check_endpoints(
     dest = parse(target) if isinstance(target, str) else target
     _check_roles(source, dest)
     _check_kinds(source, dest, frame)
+    _check_tls(source, dest)
     if isinstance(dest, InetAddress) and (dest.is_wildcard or dest.port == 0):
         raise AddressError(
             f"TARGET {dest}: the relay connects there, so it needs a host and a port, "
@@ -120,6 +121,17 @@ def _check_roles(source: Address, dest: Address) -> None:
             raise UsageError(
                 f"cannot relay {end} to {other}: stdio and exec: carry a byte stream, {other} datagrams; "
                 f"to send stdin as datagrams use enchufe connect {other}"
+            )
+
+
+def _check_tls(source: Address, dest: Address) -> None:
+    """TLS on either end is not relayed yet: refused, never relayed as plaintext."""
+    for role, end in (("LISTEN", source), ("TARGET", dest)):
+        if end.is_tls:
+            raise UsageError(
+                f"{role} {end}: the relay does not terminate or originate TLS yet; "
+                "relay plain tcp:// or unix: addresses (TLS passes through them untouched), "
+                "or use enchufe serve/connect for a TLS endpoint"
             )
 
 
