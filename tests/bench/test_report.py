@@ -54,6 +54,25 @@ def test_tables_show_figures_failures_and_skipped_kinds() -> None:
     ]
 
 
+def test_tls_grid_shows_each_tls_kind_beside_its_twin_with_the_ratio() -> None:
+    run = a_run()
+    twin = TargetResult("tcp4 (no TLS)", "tcp://127.0.0.1:3", "tcp4", True, "bench")
+    twin.throughput = [Throughput(1, 131072, 1.0, 1_000_000_000, "sink")]
+    twin.connect = ConnectRate(1.0, 2000)
+    tls = TargetResult("tls", "tls://127.0.0.1:4?pin=sha256:00", "tls", True, "bench", baseline=twin.name)
+    tls.throughput = [Throughput(1, 131072, 1.0, 500_000_000, "sink")]
+    tls.errors = ["connection rate: the handshake timed out"]
+    run.targets += [twin, tls]
+    grid = tables(run)[-1]
+    assert grid.title == "TLS beside the same connection without TLS"
+    assert grid.rows == [
+        ["tls", "MB/s", "500", "1,000", "0.50x"],
+        ["tls", "handshakes/s", "failed", "2,000", "—"],
+    ]
+    assert tls.to_dict()["baseline"] == "tcp4 (no TLS)" and "baseline" not in twin.to_dict()
+    assert not any(g.title.startswith("TLS") for g in tables(a_run()))
+
+
 def test_json_form_keeps_failures_with_their_target() -> None:
     doc = a_run().to_dict()
     tcp = doc["targets"][0]

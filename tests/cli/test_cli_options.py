@@ -174,6 +174,12 @@ def test_tour_runs_all_six_kinds_and_tls_when_piped() -> None:
     check_tour(done.stdout.decode())
 
 
+def test_tour_with_trace_narrates_the_tls_handshake() -> None:
+    done = run("--trace", "tour")
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    check_tour(done.stdout.decode())
+
+
 def test_tour_works_with_a_long_tmpdir(sock_dir: str) -> None:
     """The tour's socket files must fit sun_path even when TMPDIR is a long path."""
     long_tmp = os.path.join(sock_dir, "t" * 100)
