@@ -25,6 +25,7 @@ from . import trace
 from .address import MAX_UNIX_NAME, Kind, SocketAddress
 from .errors import EnchufeError
 from .sync import bind_datagram, connect, connect_datagram, listen
+from .sync.stream import Connection
 
 __all__ = ["TourResult", "run"]
 
@@ -120,10 +121,7 @@ def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str
                     turns.done("accepted")
                     turns.wait("sent")
                     note("the server reads until EOF, then answers and hangs up")
-                    request = b""
-                    while chunk := conn.recv():
-                        request += chunk
-                    conn.send_all(request.upper())
+                    conn.send_all(_read_to_eof(conn).upper())
                 turns.done("answered")
                 turns.wait("client closed")
 
@@ -134,18 +132,7 @@ def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str
             turns.done("connected")
             turns.wait("accepted")
             note("the client sends, then half-closes: shutdown(SHUT_WR) means 'I am done'")
-            started = time.perf_counter()
-            conn.send_all(_MESSAGE)
-            conn.shutdown_write()
-            result.sent = len(_MESSAGE)
-            turns.done("sent")
-            turns.wait("answered")
-            answer = b""
-            while chunk := conn.recv():
-                answer += chunk
-            result.round_trip = time.perf_counter() - started
-            result.received = len(answer)
-        return answer
+            return _ask(conn, turns, result)
 
     _play(server, client, turns, "listening")
 
@@ -173,10 +160,7 @@ def _tls(address: str, turns: _Turns, result: TourResult, note: Callable[[str], 
                     turns.done("accepted")
                     turns.wait("sent")
                     note("the server reads until the client's close_notify, then answers and sends its own")
-                    request = b""
-                    while chunk := conn.recv():
-                        request += chunk
-                    conn.send_all(request.upper())
+                    conn.send_all(_read_to_eof(conn).upper())
                 turns.done("answered")
                 turns.wait("client closed")
 
@@ -200,20 +184,31 @@ def _tls(address: str, turns: _Turns, result: TourResult, note: Callable[[str], 
                 "the client sends, then half-closes with close_notify, TLS's signed 'I am done' "
                 "(a TCP close without it reads as truncated, not as EOF)"
             )
-            started = time.perf_counter()
-            conn.send_all(_MESSAGE)
-            conn.shutdown_write()
-            result.sent = len(_MESSAGE)
-            turns.done("sent")
-            turns.wait("answered")
-            answer = b""
-            while chunk := conn.recv():
-                answer += chunk
-            result.round_trip = time.perf_counter() - started
-            result.received = len(answer)
-        return answer
+            return _ask(conn, turns, result)
 
     _play(server, client, turns, "listening")
+
+
+def _read_to_eof(conn: Connection) -> bytes:
+    data = b""
+    while chunk := conn.recv():
+        data += chunk
+    return data
+
+
+def _ask(conn: Connection, turns: _Turns, result: TourResult) -> bytes:
+    """The client's half of a stream exchange: send the message, end this side, read the
+    answer until the server's EOF; timed from the first byte sent to that EOF."""
+    started = time.perf_counter()
+    conn.send_all(_MESSAGE)
+    conn.shutdown_write()
+    result.sent = len(_MESSAGE)
+    turns.done("sent")
+    turns.wait("answered")
+    answer = _read_to_eof(conn)
+    result.round_trip = time.perf_counter() - started
+    result.received = len(answer)
+    return answer
 
 
 def _datagram(address: str, turns: _Turns, result: TourResult, note: Callable[[str], None]) -> None:
