@@ -475,3 +475,16 @@ def test_the_man_page_has_the_tls_table() -> None:
     page = run("--man").stdout.decode().replace("\\-", "-")
     for name in (*PARAMETERS, "tls+unix", "cert=auto"):
         assert name in page, name
+
+
+def test_echo_v_says_each_clients_tls_and_json_has_the_fields(spawn: Spawn, pem: dict[str, str]) -> None:
+    import json
+
+    server = spawn("echo", "-v", "--json", f"tls://127.0.0.1:0?cert={pem['server']}&client-ca={pem['ca']}")
+    match = server.wait_err(r'^(\{"event": "listening".*\})$')
+    port = port_of(json.loads(match.group(1))["address"])
+    done = run("connect", f"tls://127.0.0.1:{port}?ca={pem['ca']}&cert={pem['client']}", input=b"hi")
+    assert done.returncode == 0 and done.stdout == b"hi", done.stderr
+    record = json.loads(server.wait_err(r'^(\{"event": "tls".*\})$').group(1))
+    assert record["version"] == "TLSv1.3" and record["cipher"].startswith("TLS_"), record
+    assert "CN=alice" in record["subject"], record
