@@ -158,6 +158,8 @@ EXAMPLES = [
     ("enchufe echo unix:@echo & enchufe connect unix:@echo", "an echo server on an abstract socket"),
     ("enchufe relay tcp://:8080 unix:///run/app.sock", "expose a unix socket on TCP"),
     ("enchufe check tcp://127.0.0.1:22 udp://127.0.0.1:domain", "is anything listening?"),
+    ("enchufe listen 'tls://:9443?cert=auto'", "TLS with a throwaway certificate; prints its pin"),
+    ("enchufe connect 'tls://host:9443?pin=sha256:HEX'", "trust exactly that server, no files"),
     ("enchufe --man | man -l -", "read this page"),
     ('eval "$(enchufe --completion bash)"', "complete commands and options in bash"),
 ]
