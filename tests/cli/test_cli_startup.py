@@ -31,5 +31,5 @@ def test_help_imports_no_command_and_no_asyncio() -> None:
     assert commands <= {"enchufe.cli.manpage"}, commands
     heavy = {"asyncio", "enchufe.aio", "enchufe.relay", "enchufe.bench", "enchufe.servers", "ssl", "base64"}
     # TLS: OpenSSL, the certificate library and the TLS layer load with the first TLS address.
-    heavy |= {"cryptography", "enchufe._tls", "enchufe._tlsstream", "enchufe.tlschannel"}
+    heavy |= {"cryptography", "enchufe._tls", "enchufe.tlschannel"}
     assert not heavy & modules, heavy & modules
