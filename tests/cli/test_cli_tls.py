@@ -488,3 +488,12 @@ def test_echo_v_says_each_clients_tls_and_json_has_the_fields(spawn: Spawn, pem:
     record = json.loads(server.wait_err(r'^(\{"event": "tls".*\})$').group(1))
     assert record["version"] == "TLSv1.3" and record["cipher"].startswith("TLS_"), record
     assert "CN=alice" in record["subject"], record
+
+
+def test_a_server_that_never_answers_the_handshake_times_out(spawn: Spawn) -> None:
+    server = spawn("listen", "tcp://127.0.0.1:0")  # reads the ClientHello, says nothing
+    port = port_of(server.listening())
+    done = run("connect", f"tls://127.0.0.1:{port}?insecure&handshake-timeout=0.5")
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.decode().splitlines() if "warning" not in line]
+    assert len(lines) == 1 and "handshake-timeout" in lines[0], done.stderr
