@@ -497,3 +497,9 @@ def test_a_server_that_never_answers_the_handshake_times_out(spawn: Spawn) -> No
     assert done.returncode == 1
     lines = [line for line in done.stderr.decode().splitlines() if "warning" not in line]
     assert len(lines) == 1 and "handshake-timeout" in lines[0], done.stderr
+
+
+def test_recv_on_a_tls_address_points_to_listen_quoted_for_a_shell() -> None:
+    done = run("recv", "tls://127.0.0.1:0?cert=auto")
+    assert done.returncode == 2
+    one_line(done.stderr, "enchufe listen 'tls://127.0.0.1:0?cert=auto'")

@@ -58,9 +58,11 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
     settings.json = settings.json or json_  # the events on stderr too, as listen does
     target = parse(address)
     if target.is_stream:
+        import shlex  # a TLS address's ?query must be quoted to be pasted into a shell
+
         raise AddressError(
             f"{address}: recv takes a datagram address (udp://…, unixgram:…); "
-            f"for a stream use `enchufe listen {address}`"
+            f"for a stream use `enchufe listen {shlex.quote(address)}`"
         )
     refuse_mode_unless_file(target, mode)
     if hex_ and json_:
