@@ -181,6 +181,12 @@ class TLSStreamCore(StreamCore):
 
     def __init__(self, sock: socket.socket, setup: TLSSetup) -> None:
         super().__init__(sock)
+        if sock.family != socket.AF_UNIX:
+            # TLS writes whole records, and the handshake's last flight is small: with Nagle on,
+            # the first write after it waits for that flight's ACK, which the peer delays
+            # (about 40 ms on Linux).  Go's crypto/tls and most TLS servers turn Nagle off too.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._channel = setup.channel(f"tls fd {sock.fileno()}")
         self._params = setup.params
         self._unsent = memoryview(b"")  # ciphertext made, not yet taken by the kernel
