@@ -302,3 +302,17 @@ def test_interop_with_the_standard_library_ssl_socket(
         assert client.recv_all() == b"bye"
     thread.join(STEP)
     assert received == [payload]
+
+
+def test_one_read_returns_every_record_already_received(pair: tuple[Driven, Driven]) -> None:
+    """A record holds 16 KiB at most; a read asked for more gathers the records that are
+    there, so a driver goes round its stack once per read, not once per record."""
+    client, server = pair
+    payload = os.urandom(64 * 1024)
+    server.sendall(payload)
+    server.shutdown_write()
+    server.sock.shutdown(socket.SHUT_WR)
+    while chunk := client.sock.recv(65536):  # every record into the channel, none read yet
+        client.channel.feed(chunk)
+    assert client.channel.read(1 << 20) == payload
+    assert client.channel.read(1 << 20) == b""  # then close_notify, as it came

@@ -167,7 +167,29 @@ class TLSChannel:
             self._read_closed = True
             if trace.enabled():
                 self._narrate("close_notify received: the peer's end of data")
+            return data
+        if len(data) < size and self._in.pending:
+            return self._gather(data, size)
         return data
+
+    def _gather(self, first: bytes, size: int) -> bytes:
+        """``first`` and the records already received after it, up to ``size`` bytes in all.
+
+        One read returns one record (16 KiB at most); a driver asked for more would go round
+        its whole stack per record.  Whatever stops the gathering (no whole record left, the
+        peer's close_notify, an error) is met again, and reported, by the next :meth:`read`."""
+        parts = [first]
+        total = len(first)
+        while total < size and self._in.pending:
+            try:
+                chunk = self._ssl.read(size - total)
+            except ssl.SSLError:
+                break
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+        return b"".join(parts)
 
     def _truncated(self) -> TLSTruncated:
         if trace.enabled():
