@@ -147,3 +147,14 @@ def write(fd: int, data: memoryview | bytes) -> int:
     if not trace.enabled():
         return os.write(fd, data)
     return traced(lambda: os.write(fd, data), lambda: f"write(fd {fd}, {len(data)} bytes)", equals)
+
+
+def write_out(fd: int, out: bytearray) -> None:
+    """Write what ``fd`` takes now of ``out``, removing it from ``out``; stops, leaving the rest,
+    when the descriptor would block.  Other errors raise :class:`OSError`."""
+    while out:
+        try:
+            sent = write(fd, memoryview(out))
+        except BlockingIOError:
+            return
+        del out[:sent]

@@ -361,16 +361,11 @@ class FramedStreamSession(RelaySession):
 
     def _flush(self) -> bool:
         """Write what is buffered for the client; False if the session ended."""
-        out = self.out
-        while out:
-            try:
-                sent = _nonblocking.write(self.client_fd, memoryview(out))
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self._reset("client-reset", (exc.strerror or str(exc)).lower())
-                return False
-            del out[:sent]
+        try:
+            _nonblocking.write_out(self.client_fd, self.out)
+        except OSError as exc:
+            self._reset("client-reset", (exc.strerror or str(exc)).lower())
+            return False
         return True
 
     # -- timers and ending

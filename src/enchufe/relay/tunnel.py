@@ -168,16 +168,10 @@ class FramedDatagramRelay(DatagramListener):
         self.stats.datagrams_to_target += datagrams
 
     def _send(self, session: Tunnel) -> None:
-        out = session.out
-        while out:
-            try:
-                sent = _nonblocking.write(session.fd, memoryview(out))
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self._reset(session, (exc.strerror or str(exc)).lower())
-                return
-            del out[:sent]
+        try:
+            _nonblocking.write_out(session.fd, session.out)
+        except OSError as exc:
+            self._reset(session, (exc.strerror or str(exc)).lower())
         self._watch(session)
 
     def _on_stream(self, session: Tunnel, events: int) -> None:
