@@ -180,20 +180,36 @@ _VERIFY_CODES: dict[int, tuple[str, str]] = {
     62: ("name-mismatch", "the server's certificate is not valid for {name}"),
     64: ("name-mismatch", "the server's certificate is not valid for the IP address {name}"),
 }
-# OpenSSL's reason codes (the text after the library name in SSLError.reason).
+# The same verdicts on a client's chain, as the server that checked it against client-ca says them.
+_CLIENT_CA = "the client's certificate is not issued by a CA in client-ca"
+_CLIENT_VERIFY_CODES: dict[int, tuple[str, str]] = {
+    18: (
+        "client-certificate-refused",
+        "the client's certificate is self-signed, not issued by a CA in client-ca",
+    ),
+    19: ("client-certificate-refused", _CLIENT_CA + " (its chain ends in a self-signed CA that is not)"),
+    20: ("client-certificate-refused", _CLIENT_CA),
+    21: ("client-certificate-refused", _CLIENT_CA + " (no issuer of it is there)"),
+    2: ("client-certificate-refused", _CLIENT_CA + " (the issuer of its chain is not there)"),
+    10: ("client-certificate-refused", "the client's certificate has expired"),
+    9: ("client-certificate-refused", "the client's certificate is not valid yet"),
+}
+# OpenSSL's reason codes (the text after the library name in SSLError.reason), worded for
+# either side: {peer} is "the server" on a client and "the client" on a server, {mine} this
+# side's own certificate.  An alert about a certificate is about the one this side sent.
 _REASONS: dict[str, tuple[str, str]] = {
-    "WRONG_VERSION_NUMBER": ("not-tls", "the peer does not speak TLS"),
-    "HTTP_REQUEST": ("not-tls", "the peer sent a plain HTTP request, not TLS"),
+    "WRONG_VERSION_NUMBER": ("not-tls", "{peer} does not speak TLS"),
+    "HTTP_REQUEST": ("not-tls", "{peer} sent a plain HTTP request, not TLS"),
     "UNSUPPORTED_PROTOCOL": ("protocol-version", "no TLS version in common (enchufe speaks TLS 1.2 and 1.3)"),
     "TLSV1_ALERT_PROTOCOL_VERSION": (
         "protocol-version",
-        "the peer refused every TLS version offered (1.2, 1.3)",
+        "{peer} refused every TLS version offered (1.2, 1.3)",
     ),
     "NO_PROTOCOLS_AVAILABLE": (
         "protocol-version",
         "no TLS version in common (enchufe speaks TLS 1.2 and 1.3)",
     ),
-    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": ("alpn", "the peer accepts none of the ALPN protocols offered"),
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": ("alpn", "{peer} accepts none of the ALPN protocols offered"),
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
         "client-certificate-missing",
         "the client sent no certificate, and this server requires one (client-ca=)",
@@ -202,49 +218,73 @@ _REASONS: dict[str, tuple[str, str]] = {
         "client-certificate-missing",
         "the server requires a client certificate: add cert=FILE (and key=FILE)",
     ),
-    "SSLV3_ALERT_BAD_CERTIFICATE": ("client-certificate-refused", "the peer refused this side's certificate"),
+    "SSLV3_ALERT_BAD_CERTIFICATE": ("client-certificate-refused", "{peer} refused {mine} certificate"),
     "TLSV1_ALERT_UNKNOWN_CA": (
         "client-certificate-refused",
-        "the peer does not trust the CA of this side's certificate",
+        "{peer} does not trust the CA of {mine} certificate",
     ),
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": (
         "client-certificate-refused",
-        "the peer says this side's certificate expired",
+        "{peer} says {mine} certificate expired",
     ),
-    "UNEXPECTED_EOF_WHILE_READING": ("closed", "the peer closed the connection during the handshake"),
+    "UNEXPECTED_EOF_WHILE_READING": ("closed", "{peer} closed the connection during the handshake"),
     "SSLV3_ALERT_HANDSHAKE_FAILURE": (
         "handshake",
-        "the peer ended the handshake (no cipher or settings in common?)",
+        "{peer} ended the handshake (no cipher or settings in common?)",
     ),
+}
+# A client's alert about the server's certificate: the server's own certificate was refused.
+_SERVER_REASONS: dict[str, str] = {
+    "SSLV3_ALERT_BAD_CERTIFICATE": "untrusted",
+    "TLSV1_ALERT_UNKNOWN_CA": "untrusted",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
 }
 
 
-def explain(exc: Exception, *, server_name: str | None = None, first_bytes: bytes = b"") -> TLSRefused:
+def explain(
+    exc: Exception, *, server_side: bool = False, server_name: str | None = None, first_bytes: bytes = b""
+) -> TLSRefused:
     """Turn what a handshake raised into a :class:`TLSRefused` with one line for the user.
 
-    ``server_name`` is what the client verified (for a name mismatch); ``first_bytes`` what the
-    peer sent first, when the caller peeked at it, shown when the peer does not speak TLS.
+    ``server_side`` says which side is speaking (a server's verdict is on the client's
+    certificate and client-ca, a client's on the server's and ca=/pin=); ``server_name`` is what
+    the client verified (for a name mismatch); ``first_bytes`` what the peer sent first, when the
+    caller peeked at it, shown when the peer does not speak TLS.
     """
     if isinstance(exc, TLSRefused):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
-        reason, line = _VERIFY_CODES.get(
-            exc.verify_code, ("untrusted", f"the certificate was refused: {exc.verify_message}")
-        )
-        return TLSRefused(line.format(name=printable(server_name or "?")), reason)
+        return _verify_failed(exc, server_side, server_name)
     if isinstance(exc, ssl.SSLError):
         code = exc.reason or ""
         if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
-            return TLSRefused(
-                "the client's certificate is not issued by a CA in client-ca", "client-certificate-refused"
-            )
+            return TLSRefused(_CLIENT_CA, "client-certificate-refused")
         reason, line = _REASONS.get(code, ("handshake", f"the handshake failed: {printable(str(exc))}"))
+        if server_side:
+            reason = _SERVER_REASONS.get(code, reason)
+        line = line.format(
+            peer="the client" if server_side else "the server",
+            mine="this server's" if server_side else "this client's",
+        )
         if reason == "not-tls" and first_bytes:
             line += f"; it sent '{printable(first_bytes[:48].decode('latin-1'))}' instead"
         return TLSRefused(line, reason)
     if isinstance(exc, ConnectionError | EOFError):
-        return TLSRefused("the peer closed the connection during the handshake", "closed")
+        peer = "the client" if server_side else "the server"
+        return TLSRefused(f"{peer} closed the connection during the handshake", "closed")
     raise exc
+
+
+def _verify_failed(
+    exc: ssl.SSLCertVerificationError, server_side: bool, server_name: str | None
+) -> TLSRefused:
+    """OpenSSL's verdict on the peer's chain: the server's on a client, the client's on a server."""
+    whose = "client" if server_side else "server"
+    fallback = ("client-certificate-refused" if server_side else "untrusted", "")
+    reason, line = (_CLIENT_VERIFY_CODES if server_side else _VERIFY_CODES).get(exc.verify_code, fallback)
+    if not line:
+        line = f"the {whose}'s certificate was refused: {printable(str(exc.verify_message))}"
+    return TLSRefused(line.format(name=printable(server_name or "?")), reason)
 
 
 # --- files

@@ -357,7 +357,7 @@ class TLSStreamCore(StreamCore):
         if isinstance(exc, ConnectionError):
             from . import _tls
 
-            error: Exception = _tls.explain(exc)
+            error: Exception = _tls.explain(exc, server_side=self._channel.server_side)
         else:
             error = self._translated(exc, f"complete the TLS handshake with {self._where()}")
         self._failed = error

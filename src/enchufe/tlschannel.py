@@ -123,10 +123,10 @@ class TLSChannel:
             self._ssl.do_handshake()
         except ssl.SSLWantReadError:
             if self._socket_eof:
-                raise TLSRefused("the peer closed the connection during the handshake", "closed") from None
+                raise explain(EOFError(), server_side=self._server_side) from None
             return
         except (ssl.SSLError, OSError) as exc:
-            raise explain(exc, server_name=self._server_hostname, first_bytes=self._first) from None
+            raise self._explained(exc, first_bytes=self._first) from None
         if self._server_side:
             check_client_certificate(self._ssl, self._params)
         else:
@@ -136,6 +136,11 @@ class TLSChannel:
         if trace.enabled():
             for line in _trace.agreed(self.info, self._params, self._server_side):
                 self._narrate(line)
+
+    def _explained(self, exc: Exception, first_bytes: bytes = b"") -> TLSRefused:
+        return explain(
+            exc, server_side=self._server_side, server_name=self._server_hostname, first_bytes=first_bytes
+        )
 
     def _narrate(self, text: str) -> None:
         trace.emit(f"{self.label}: {text}")
@@ -162,7 +167,7 @@ class TLSChannel:
         except ssl.SSLEOFError:
             raise self._truncated() from None
         except ssl.SSLError as exc:
-            raise explain(exc, server_name=self._server_hostname) from None
+            raise self._explained(exc) from None
         if not data:  # close_notify (Python raises SSLZeroReturnError only once this side sent its own)
             self._read_closed = True
             if trace.enabled():
@@ -232,7 +237,12 @@ class TLSChannel:
         except ssl.SSLZeroReturnError:
             self._read_closed = True
         except ssl.SSLError as exc:
-            raise explain(exc, server_name=self._server_hostname) from None
+            raise self._explained(exc) from None
+
+    @property
+    def server_side(self) -> bool:
+        """Whether this is the server's side (refusals are worded for the side that reads them)."""
+        return self._server_side
 
     @property
     def handshaken(self) -> bool:

@@ -284,6 +284,23 @@ def test_every_refusal_is_one_line_and_exit_1(
     one_line(done.stderr, *needles)
 
 
+def test_a_refused_client_certificate_is_worded_for_each_side(spawn: Spawn, pem: dict[str, str]) -> None:
+    """The server names the client's certificate and client-ca (not "the server's chain" and
+    ca=, as the client's own line would); the client names the server as the one refusing."""
+    server = spawn(
+        "listen", f"tls://127.0.0.1:0?cert={pem['server']}&client-ca={pem['other_ca']}", stdin=False
+    )
+    address, _ = tls_listening(server)
+    done = run("connect", f"tls://127.0.0.1:{port_of(address)}?ca={pem['ca']}&cert={pem['client']}")
+    assert done.returncode == 1, done.stderr
+    client_line = one_line(done.stderr, "the server", "client's certificate")
+    assert "peer" not in client_line, client_line
+    assert server.finish() == 1
+    line = server.wait_err(r"^enchufe: .*$").group(0)
+    assert "client's certificate" in line and "client-ca" in line, line
+    assert "server's" not in line and "ca=FILE" not in line, line
+
+
 def test_a_plain_server_on_a_tls_address_is_named_by_what_it_sent(spawn: Spawn) -> None:
     server = spawn("listen", "tcp://127.0.0.1:0")
     address = server.listening()

@@ -138,6 +138,25 @@ def test_mutual_tls_refuses_a_client_not_allowed(api: Any, sock_dir: str, pem: d
             conn.recv()
 
 
+def test_mutual_tls_refuses_a_client_of_another_ca_in_the_servers_words(
+    api: Any, sock_dir: str, pem: dict[str, str]
+) -> None:
+    """OpenSSL's verdict on a client's chain is worded for the server: it names the client's
+    certificate and client-ca, not "the server's chain" and ca=."""
+    listen_address, query = addresses("tls4", sock_dir, pem, f"client-ca={pem['other_ca']}")
+    with api.listen(listen_address) as listener:
+        target = client_of(listener.address, f"{query}&cert={pem['client']}")
+        client = Peer(lambda: api.connect(target, timeout=IO_TIMEOUT))
+        with listener.accept() as server, pytest.raises(TLSRefused) as info:
+            server.handshake()
+        with contextlib.suppress(Exception):
+            client.result().close()
+    line = str(info.value)
+    assert info.value.reason == "client-certificate-refused", line
+    assert "client's certificate" in line and "client-ca" in line, line
+    assert "server's" not in line and "ca=FILE" not in line, line
+
+
 def test_a_plain_client_on_a_tls_listener_is_named_by_what_it_sent(api: Any, pem: dict[str, str]) -> None:
     with api.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
         port = listener.address.port
