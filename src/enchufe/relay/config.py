@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from .._buffer import DEFAULT_MAX_DATAGRAM
 from .._ranges import MAX_BACKLOG, MAX_DATAGRAM_SIZE, MAX_SECONDS
 from .._serving import DEFAULT_DRAIN_TIMEOUT
-from ..address import Address, ExecAddress, InetAddress, StdioAddress, UnixAddress, parse
+from ..address import (
+    Address,
+    ExecAddress,
+    InetAddress,
+    StdioAddress,
+    UnixAddress,
+    check_tls_use,
+    parse,
+)
 from ..errors import AddressError, UsageError
 from ..sessions import DEFAULT_MAX_SESSIONS
 from .limits import AccessRules
@@ -125,14 +133,17 @@ def _check_roles(source: Address, dest: Address) -> None:
 
 
 def _check_tls(source: Address, dest: Address) -> None:
-    """TLS on either end is not relayed yet: refused, never relayed as plaintext."""
-    for role, end in (("LISTEN", source), ("TARGET", dest)):
-        if end.is_tls:
+    """TLS is terminated on a stream LISTEN and originated to a stream TARGET, between two socket
+    addresses; what is not built yet is refused, never relayed as plaintext."""
+    for role, end, other in (("LISTEN", source, dest), ("TARGET", dest, source)):
+        if not end.is_tls:
+            continue
+        if not isinstance(other, InetAddress | UnixAddress) or not other.is_stream:
             raise UsageError(
-                f"{role} {end}: the relay does not terminate or originate TLS yet; "
-                "relay plain tcp:// or unix: addresses (TLS passes through them untouched), "
-                "or use enchufe serve/connect for a TLS endpoint"
+                f"{role} {end}: the relay terminates or originates TLS only between two stream "
+                f"socket addresses (tcp://, unix:, tls://, tls+unix:), not with {other} yet"
             )
+        check_tls_use(end, "server" if role == "LISTEN" else "client")
 
 
 def _check_kinds(source: Address, dest: Address, frame: bool) -> None:

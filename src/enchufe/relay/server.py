@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from .. import _calls, _sockets
 from .._sockets import DEFAULT_BACKLOG, open_listener
+from .._tlsstream import TLSSetup, client_setup, server_setup, with_tls
 from .._unixfiles import SocketFile
 from ..address import Address, InetAddress, SocketAddress, StdioAddress, UnixAddress
 from ..sessions import DEFAULT_IDLE_TIMEOUT
@@ -131,6 +132,8 @@ class Relay:
         self._cut = 0
         self._drain_timer: Timer | None = None
         self._last: Snapshot | None = None
+        self._client_tls: TLSSetup | None = None
+        self._target_tls: TLSSetup | None = None
 
     @property
     def backlog(self) -> int:
@@ -168,15 +171,33 @@ class Relay:
             )
             self._listener = (sock, real)
             self._owned = owned
-        # The target must be resolvable (and valid) from the start: fail now, not per client.
+        # The target must be resolvable (and valid) from the start: fail now, not per client;
+        # so must the TLS files (each handshake then uses the contexts made here).
         try:
             if self._resolver is not None:
                 self._resolver.targets()
+            self._open_tls(listen)
         except BaseException:
             self.close()
             raise
-        self.address = self._listener[1] if self._listener is not None else listen
-        return self.address
+        address = self._listener[1] if self._listener is not None else listen
+        if isinstance(address, InetAddress | UnixAddress) and isinstance(listen, InetAddress | UnixAddress):
+            address = with_tls(address, listen.tls)
+        self.address = address
+        return address
+
+    def _open_tls(self, listen: Address) -> None:
+        """The TLS contexts of a TLS LISTEN (server side) and TARGET (client side), made once."""
+        target = self.target_address
+        if isinstance(listen, InetAddress | UnixAddress) and listen.is_tls:
+            self._client_tls = server_setup(listen)
+        if isinstance(target, InetAddress | UnixAddress) and target.is_tls:
+            self._target_tls = client_setup(target)
+
+    @property
+    def tls_pin(self) -> str | None:
+        """The pin of a ``cert=auto`` LISTEN's certificate (clients trust it with ``pin=``)."""
+        return self._client_tls.pin if self._client_tls is not None else None
 
     def _size_limits(self) -> None:
         """``max_conns`` from the descriptor budget, unless given; say the budget (level 1) and
@@ -221,7 +242,13 @@ class Relay:
         try:
             handler.start()
             if announce and self._listener is not None:
-                self.events("listening", f"listening on {address}", address=str(address))
+                pin = self.tls_pin
+                if pin is None:
+                    self.events("listening", f"listening on {address}", address=str(address))
+                else:
+                    self.events(
+                        "listening", f"listening on {address} pin {pin}", address=str(address), pin=pin
+                    )
             if config.stats_interval:
                 self._last = self.stats.snapshot()
                 loop.call_every(config.stats_interval, self._report)  # goes on if one fails
@@ -285,7 +312,15 @@ class Relay:
                 loop, sock, self._resolver, max_datagram=config.max_datagram, **options
             )
         else:
-            stream = StreamRelay(loop, sock, self._resolver, local=local, **options)
+            stream = StreamRelay(
+                loop,
+                sock,
+                self._resolver,
+                local=local,
+                client_tls=self._client_tls,
+                target_tls=self._target_tls,
+                **options,
+            )
         if config.max_conns is None:
             stream.limit_origin = "the limit the fd budget sets; see --max-conns"
         return stream

@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _calls
 from .._calls import accept, close
@@ -45,6 +45,9 @@ from .sides import Side, stdio_side
 from .stats import Stats
 from .stream_session import StreamSession
 from .targets import TargetResolver, resolver_address
+
+if TYPE_CHECKING:
+    from .._tlsstream import TLSSetup
 
 __all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver", "stdio_side"]
 
@@ -85,6 +88,8 @@ class StreamRelay:
         on_listener_closed: Callable[[], None] | None = None,
         target: Address | None = None,
         local: SocketAddress | None = None,
+        client_tls: TLSSetup | None = None,
+        target_tls: TLSSetup | None = None,
     ) -> None:
         self.loop = loop
         self.listener = listener
@@ -93,6 +98,9 @@ class StreamRelay:
         self.target_label = str(self.target)
         #: the listening address, for the ENCHUFE_LOCAL of exec children
         self.local = local
+        #: the server side of a TLS LISTEN (termination), the client side of a TLS TARGET
+        self.client_tls = client_tls
+        self.target_tls = target_tls
         self.pools = pools
         self.stats = stats
         self.events = events
@@ -246,7 +254,12 @@ class StreamRelay:
             self.loop.fail(exc, session.crashed)
 
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
-        """The session of an admitted client (framed relays make theirs)."""
+        """The session of an admitted client (framed relays make theirs); one with a TLS end
+        is chosen here, once, so that plain sessions carry nothing of TLS."""
+        if self.client_tls is not None or self.target_tls is not None:
+            from .tls import TLSStreamSession
+
+            return TLSStreamSession(self, Side(conn), conn, peer, session_id)
         return StreamSession(self, Side(conn), conn, peer, session_id)
 
     def one_shot_broken(self, session: StreamSession, reason: str, error: str | None) -> None:

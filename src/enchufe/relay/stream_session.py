@@ -67,8 +67,12 @@ class StreamSession(RelaySession):
     # -- opening the target
 
     def start(self) -> None:
-        relay = self.relay
         self._announce_accept()
+        self._open_target()
+
+    def _open_target(self) -> None:
+        """Open the target (connect, spawn, or stdio); the client waits, errors only watched."""
+        relay = self.relay
         client = self.client
         if client.sock is not None:
             # Registered with an empty mask: a client that resets while we connect is noticed.

@@ -81,9 +81,14 @@ def run_workers(
 
 def _check(config: RelayConfig, workers: int) -> SocketAddress:
     """LISTEN, if ``workers`` processes can share it (UsageError if not)."""
-    listen, _target = check_endpoints(config.listen, config.target, frame=config.frame)
+    listen, target = check_endpoints(config.listen, config.target, frame=config.frame)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
+    if listen.is_tls or target.is_tls:
+        raise UsageError(
+            f"--workers {workers}: a relay with a TLS end runs in one process for now "
+            "(each worker would make its own cert=auto certificate); use --workers 1 (the default)"
+        )
     if not isinstance(listen, InetAddress):
         what = "a unix socket, which processes cannot share" if listen.is_stream else "not a socket"
         raise UsageError(

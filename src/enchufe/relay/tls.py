@@ -1,0 +1,402 @@
+"""TLS at either end of a relayed stream: termination (a ``tls://`` LISTEN) and origination
+(a ``tls://`` TARGET), driven by the relay's own engine, never blocking.
+
+::
+
+    TLSStreamSession (a StreamSession whose client or target, or both, speak TLS)
+      ├─ client handshake (server side), bounded by handshake-timeout; then open TARGET
+      ├─ connect TARGET; then its handshake (client side), bounded the same way
+      ├─ up:   TLSPump(client → target)   decrypting and/or encrypting
+      └─ down: TLSPump(target → client)
+
+The choice is made once per session (the listener's handler makes a TLSStreamSession only when
+an end is TLS): plain sessions and their pumps do not know this module exists.  A TLS side never
+splices (the bytes must go through OpenSSL): its pump copies.
+
+The ends of the boundary: close_notify from a TLS peer is passed on as ``shutdown(SHUT_WR)`` of
+the plain side, and the plain side's EOF as close_notify (the TCP stream stays open, so the peer
+can still answer).  A TLS stream that ends without close_notify (truncation) is a reset of the
+session: the other peer is reset, never told a clean EOF.  A failed handshake is one notice with
+the reason (:class:`~enchufe.errors.TLSRefused`'s line); the relay serves on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TLSRefused, TLSTruncated
+from .engine import READ, WRITE, Timer
+from .pump import MAX_ROUNDS, WOULD_BLOCK
+from .session import CONNECTING
+from .sides import UNREGISTERED, Side
+from .stream_session import StreamSession
+
+if TYPE_CHECKING:
+    from .._tlsstream import TLSSetup
+    from .stream import StreamRelay
+
+__all__ = ["CHUNK", "TLSLink", "TLSPump", "TLSStreamSession"]
+
+#: Plaintext read (or ciphertext received) per system call; the most a pump holds in flight.
+CHUNK = 64 * 1024
+
+
+class TLSLink:
+    """A TLS side's channel and the ciphertext made for its socket but not yet taken by it.
+
+    Both pumps of a session share it: reading may make ciphertext (a TLS 1.3 key update's
+    answer), and it goes out with the other direction's."""
+
+    __slots__ = ("channel", "fd", "unsent")
+
+    def __init__(self, setup: TLSSetup, fd: int, label: str) -> None:
+        self.channel = setup.channel(label)
+        self.fd = fd
+        self.unsent = bytearray()
+
+    def pull(self) -> None:
+        """Take what the channel made for the peer."""
+        out = self.channel.outgoing()
+        if out:
+            self.unsent += out
+
+    def flush(self) -> int:
+        """Send what waits (one attempt): the bytes the kernel took; ``BlockingIOError`` passes."""
+        if not self.unsent:
+            return 0
+        n = os.write(self.fd, self.unsent)
+        del self.unsent[:n]
+        return n
+
+
+def _as_reset(exc: TLSTruncated | TLSRefused) -> OSError:
+    """A truncated or broken TLS stream ends the session as a reset does (the peers are reset)."""
+    return ConnectionResetError(errno.ECONNRESET, str(exc))
+
+
+class TLSPump:
+    """One direction of a session with a TLS end: plaintext from ``src`` (decrypted when
+    ``src_link``) to ``dst`` (encrypted when ``dst_link``).
+
+    It offers what :class:`~enchufe.relay.stream_session.StreamSession` reads of a
+    :class:`~enchufe.relay.pump.Pump` (:meth:`run`, :attr:`eof`, :attr:`done`, :attr:`in_flight`,
+    :attr:`stalled`, :attr:`failed_on`, :meth:`discard`; no pipe and no buffer view).  At most
+    one chunk is in flight: ``src`` is read only once the last one is delivered (backpressure).
+    EOF: ``src``'s close_notify (or plain EOF) is passed on once delivered: close_notify
+    towards a TLS ``dst``, ``finish()`` (``shutdown(SHUT_WR)``) towards a plain one.
+    """
+
+    __slots__ = (
+        "_finish_cb",
+        "_plain",
+        "discarded",
+        "discarding",
+        "done",
+        "dst_fd",
+        "dst_link",
+        "end",
+        "eof",
+        "failed_on",
+        "pipe",
+        "src_fd",
+        "src_link",
+        "view",
+    )
+
+    def __init__(
+        self,
+        src_fd: int,
+        dst_fd: int,
+        *,
+        src_link: TLSLink | None,
+        dst_link: TLSLink | None,
+        finish: Callable[[], None],
+    ) -> None:
+        self.src_fd = src_fd
+        self.dst_fd = dst_fd
+        self.src_link = src_link
+        self.dst_link = dst_link
+        self._finish_cb = finish
+        self._plain = memoryview(b"")  # plaintext read, not yet written to a plain dst
+        self.eof = False
+        self.done = False
+        self.failed_on = ""
+        # What the session's interest computation reads of a Pump: never a pipe or a view.
+        self.pipe = None
+        self.view = None
+        self.end = 0
+        self.discarding = False
+        self.discarded = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Bytes waiting for ``dst``: ciphertext (a TLS dst) or plaintext (a plain one)."""
+        link = self.dst_link
+        return len(link.unsent) if link is not None else len(self._plain)
+
+    @property
+    def stalled(self) -> bool:
+        """Read ``src`` only once what was read is delivered."""
+        return self.in_flight > 0
+
+    def run(self) -> int:
+        """Move what can move now; the plaintext bytes passed on.  ``OSError`` (with
+        :attr:`failed_on`) on a reset, a truncated TLS stream, or a TLS protocol failure."""
+        moved = 0
+        reads = MAX_ROUNDS  # system calls on src per wake-up; the channel is always emptied
+        while True:
+            if self.in_flight and self._write() == WOULD_BLOCK:
+                return moved
+            if self.in_flight:
+                return moved  # partly taken: wait until dst is writable
+            if self.eof:
+                self._finish()
+                return moved
+            data, reads = self._read(reads)
+            if data is None:
+                return moved
+            if not data:
+                self._ended()
+                continue
+            moved += len(data)
+            link = self.dst_link
+            if link is None:
+                self._plain = memoryview(data)
+            else:
+                link.channel.write(data)
+                link.pull()
+
+    def _read(self, reads: int) -> tuple[bytes | None, int]:
+        """Plaintext from ``src``: bytes, ``b""`` at its end, ``None`` when there is none now."""
+        link = self.src_link
+        if link is None:
+            if not reads:
+                return None, 0
+            return self._recv(), reads - 1
+        channel = link.channel
+        while True:
+            try:
+                data = channel.read(CHUNK)
+            except (TLSTruncated, TLSRefused) as exc:
+                self.failed_on = "read"
+                raise _as_reset(exc) from None
+            link.pull()
+            if data is not None or not reads:
+                return data, reads
+            raw = self._recv()
+            reads -= 1
+            if raw is None:
+                return None, reads
+            channel.feed(raw)
+
+    def _recv(self) -> bytes | None:
+        try:
+            return os.read(self.src_fd, CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError:
+            self.failed_on = "read"
+            raise
+
+    def _write(self) -> int:
+        try:
+            link = self.dst_link
+            if link is not None:
+                return link.flush()
+            n = os.write(self.dst_fd, self._plain)
+        except BlockingIOError:
+            return WOULD_BLOCK
+        except OSError:
+            self.failed_on = "write"
+            raise
+        self._plain = self._plain[n:]
+        return n
+
+    def _ended(self) -> None:
+        """``src`` ended cleanly: close_notify towards a TLS ``dst`` (sent before done)."""
+        self.eof = True
+        link = self.dst_link
+        if link is not None:
+            link.channel.close_write()
+            link.pull()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.dst_link is not None:
+            return  # close_notify went; the TCP stream stays open both ways
+        try:
+            self._finish_cb()
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                self.failed_on = "write"
+                raise
+
+    def discard(self) -> None:
+        self._plain = memoryview(b"")
+
+
+class TLSStreamSession(StreamSession):
+    """A session with a TLS end: the handshakes first, then :class:`TLSPump` both ways."""
+
+    __slots__ = ("_client_link", "_handshake_timer", "_target_link")
+
+    relay: StreamRelay
+
+    def __init__(
+        self, relay: StreamRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int
+    ) -> None:
+        super().__init__(relay, client, client_sock, peer, session_id)
+        self._client_link: TLSLink | None = None
+        self._target_link: TLSLink | None = None
+        self._handshake_timer: Timer | None = None
+
+    # -- termination: the client's handshake before the target is opened
+
+    def start(self) -> None:
+        setup = self.relay.client_tls
+        if setup is None:
+            super().start()
+            return
+        self._announce_accept()
+        fd = self.client.rfd
+        self._client_link = TLSLink(setup, fd, f"tls #{self.id} client")
+        loop = self.relay.loop
+        loop.register(fd, READ, self._on_client_handshake, self.crashed)
+        self._arm_handshake(setup, "client")
+        self._on_client_handshake(READ)
+
+    def _on_client_handshake(self, _events: int) -> None:
+        if self.state != CONNECTING:
+            return
+        link = self._client_link
+        assert link is not None
+        if not self._handshake_step(link, "client"):
+            return
+        self._handshake_done()
+        self.relay.loop.unregister(link.fd)
+        self.client.mask = UNREGISTERED
+        self._open_target()
+
+    # -- origination: the target's handshake once connected
+
+    def _connected(self, *, announce: bool = True) -> None:
+        setup = self.relay.target_tls
+        if setup is None or self._target_link is not None:
+            super()._connected(announce=announce)
+            return
+        target = self.target
+        assert target is not None and target.sock is not None
+        if self._connect_timer is not None:  # the handshake has its own timeout
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        loop = self.relay.loop
+        if target.mask != UNREGISTERED:
+            loop.unregister(target.rfd)
+            target.mask = UNREGISTERED
+        self._target_link = TLSLink(setup, target.rfd, f"tls #{self.id} target")
+        loop.register(target.rfd, READ, self._on_target_handshake, self.crashed)
+        self._arm_handshake(setup, "target")
+        self._on_target_handshake(READ)
+
+    def _on_target_handshake(self, _events: int) -> None:
+        if self.state != CONNECTING:
+            return
+        link = self._target_link
+        assert link is not None
+        if not self._handshake_step(link, "target"):
+            return
+        self._handshake_done()
+        self.relay.loop.unregister(link.fd)
+        super()._connected()
+
+    # -- the handshake, on either side
+
+    def _arm_handshake(self, setup: TLSSetup, side: str) -> None:
+        timeout = setup.params.handshake_timeout
+        self._handshake_timer = self.relay.loop.call_later(
+            timeout, lambda: self._handshake_timed_out(timeout, side), self.crashed
+        )
+
+    def _handshake_done(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _handshake_step(self, link: TLSLink, side: str) -> bool:
+        """Advance ``link``'s handshake as far as the socket allows: True once done; False to
+        wait (the interest asked accordingly), or when it failed and the session ended."""
+        channel = link.channel
+        try:
+            while True:
+                done = channel.handshake()
+                link.pull()
+                link.flush()
+                if done:
+                    return True
+                raw = os.read(link.fd, CHUNK)
+                channel.feed(raw)
+        except BlockingIOError:
+            pass
+        except TLSRefused as exc:
+            link.pull()
+            with contextlib.suppress(OSError):
+                link.flush()  # the alert that tells the peer why
+            self._handshake_failed(side, str(exc), exc.reason)
+            return False
+        except OSError as exc:
+            self._handshake_failed(side, (exc.strerror or str(exc)).lower(), "reset")
+            return False
+        self.relay.loop.modify(link.fd, READ | (WRITE if link.unsent else 0))
+        return False
+
+    def _handshake_timed_out(self, timeout: float, side: str) -> None:
+        self._handshake_timer = None
+        if self.state != CONNECTING:
+            return
+        self._handshake_failed(
+            side, f"the TLS handshake did not finish within {timeout:g} s (handshake-timeout)", "timeout"
+        )
+
+    def _handshake_failed(self, side: str, message: str, reason: str) -> None:
+        """One notice with the reason; this client's session ends (the relay serves on)."""
+        self._handshake_done()
+        relay = self.relay
+        shown = self.peer_label()
+        where = "the client" if side == "client" else relay.target_label
+        if side == "target":
+            relay.stats.failed += 1
+        relay.events.notice(
+            "failed TLS handshakes",
+            "tls-failed",
+            f"enchufe: TLS handshake with {where} failed: {message} (client {shown} #{self.id} closed)",
+            id=self.id,
+            peer=shown,
+            side=side,
+            reason=reason,
+            error=message,
+        )
+        # An alert was queued for a refused peer: a plain close lets it arrive (a reset would
+        # discard it); a stalled or vanished peer is reset.
+        self._end("tls-failed", abortive=reason in ("timeout", "reset"), quiet=True)
+
+    # -- relaying
+
+    def _pump(self, src: Side, dst: Side) -> Any:
+        client = self.client
+        src_link = self._client_link if src is client else self._target_link
+        dst_link = self._client_link if dst is client else self._target_link
+        loop = self.relay.loop
+        return TLSPump(
+            src.rfd, dst.wfd, src_link=src_link, dst_link=dst_link, finish=lambda: dst.shut_write(loop)
+        )
+
+    def _release(self, abortive: bool) -> None:
+        self._handshake_done()
+        super()._release(abortive)

@@ -1,0 +1,45 @@
+"""``enchufe relay 'tls://…?cert=auto' TARGET`` as a process, with ``openssl s_client`` as its
+client: the pin on the listening line, bytes both ways, the session's clean end."""
+
+from __future__ import annotations
+
+import json
+import select
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import STEP, StartRelay, Target, echo
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+
+
+def test_openssl_s_client_through_a_terminating_relay(start_relay: StartRelay) -> None:
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        relay = start_relay("--json", "-v", "tls://127.0.0.1:0?cert=auto", target.address, wait=False)
+        match = relay.wait_err(r'^(\{"event": "listening".*\})$')
+        listening = json.loads(match.group(1))
+        assert listening["pin"].startswith("sha256:"), listening
+        port = listening["address"].split("?", 1)[0].rsplit(":", 1)[1]
+        client = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-no_ign_eof"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert client.stdin is not None and client.stdout is not None
+            client.stdin.write(b"hello through TLS\n")
+            client.stdin.flush()
+            ready, _, _ = select.select([client.stdout], [], [], STEP)
+            assert ready, "no answer through the relay"
+            assert client.stdout.readline() == b"hello through TLS\n"
+            client.stdin.close()
+            assert client.wait(STEP) == 0
+        finally:
+            client.kill()
+            client.wait(STEP)
+            if client.stdout is not None:
+                client.stdout.close()
+        relay.wait_err(r'"event": "close".*"reason": "done".*"to_client": 18')
