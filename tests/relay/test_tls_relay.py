@@ -19,11 +19,12 @@ import pytest
 import enchufe
 from enchufe.errors import ConnectionReset, TLSRefused
 from enchufe.relay import RelayConfig
+from enchufe.relay.stats import summary_report
 from tests.conftest import Peer
 from tests.tls import conftest as tls_conftest
 from tests.tls.conftest import client_of
 
-from ._harness import ending
+from ._harness import ending, narrated
 from .conftest import (
     IO_TIMEOUT,
     STEP,
@@ -275,6 +276,11 @@ def test_a_failed_handshake_is_one_notice_and_the_relay_serves_on(pem: dict[str,
         with _client(relay, pem) as conn:
             conn.send_all(b"still here")
             assert conn.recv() == b"still here"
+        snap = relay.relay.stats.snapshot()
+        assert snap.tls_handshakes == 1 and snap.tls_failures == ((notice["reason"], 1),), snap
+        line, fields = summary_report(snap)
+        assert f"TLS 1 handshakes, 1 failed (1 {notice['reason']})" in line, line
+        assert fields["tls_handshakes"] == 1 and fields["tls_failed"] == {notice["reason"]: 1}
 
 
 def test_a_stalled_handshake_is_cut_at_its_timeout_while_others_are_served(pem: dict[str, str]) -> None:
@@ -290,6 +296,7 @@ def test_a_stalled_handshake_is_cut_at_its_timeout_while_others_are_served(pem: 
             assert how in ("reset", "eof")
         (notice,) = relay.events.named("tls-failed")
         assert notice["reason"] == "timeout", notice
+        assert relay.relay.stats.snapshot().tls_failures == (("timeout", 1),)
 
 
 def test_origination_refused_by_verification_says_why(
@@ -302,3 +309,28 @@ def test_origination_refused_by_verification_says_why(
         wait_until(lambda: bool(relay.events.named("tls-failed")), "the notice")
         (notice,) = relay.events.named("tls-failed")
         assert notice["side"] == "target" and notice["reason"] == "untrusted", notice
+
+
+# ----------------------------------------------------------------------------- narration
+
+
+def test_trace_narrates_both_handshakes_and_tls_sides_never_splice(pem: dict[str, str]) -> None:
+    target = TLSTarget("tls://127.0.0.1:0?cert=auto", _tls_echo)
+    try:
+        pin = target.listener.tls_pin
+        with _terminating(pem, f"{target.address}?pin={pin}") as relay, narrated() as lines:
+            with _client(relay, pem) as conn:
+                conn.send_all(b"narrated")
+                assert conn.recv() == b"narrated"
+                conn.shutdown_write()
+                assert conn.recv() == b""
+            wait_until(lambda: relay.relay.stats.snapshot().open == 0, "the session's end")
+        text = "\n".join(lines)
+        for side in ("client", "target"):
+            assert f"tls #1 {side}: agreed: TLSv1" in text, text
+        assert "tls #1 target: verification:" in text, text
+        assert "tls #1 client: close_notify received" in text, text
+        assert not any(line.startswith("splice(") for line in lines), text
+        assert relay.relay.stats.snapshot().tls_handshakes == 2
+    finally:
+        target.close()

@@ -34,6 +34,11 @@ class Stats:
       a tunnel's backlog full, too large for the target's datagrams, replies and datagrams still
       waiting when their session was evicted, expired or ended);
     * ``expired`` / ``evicted``: sessions ended by ``--idle-timeout`` / by ``--max-sessions``.
+
+    TLS (a ``tls://`` LISTEN or TARGET; shown only once there was one):
+
+    * ``tls_handshakes``: handshakes finished (with a client, or with the target);
+    * ``tls_failures``: handshakes that failed, by reason (``untrusted``, ``timeout``, …).
     """
 
     __slots__ = (
@@ -48,6 +53,8 @@ class Stats:
         "refused",
         "reset",
         "started",
+        "tls_failures",
+        "tls_handshakes",
         "to_client",
         "to_target",
         "total",
@@ -69,6 +76,8 @@ class Stats:
         self.dropped = 0
         self.expired = 0
         self.evicted = 0
+        self.tls_handshakes = 0
+        self.tls_failures: dict[str, int] = {}
         self.started = time.monotonic()
 
     def snapshot(self) -> Snapshot:
@@ -89,6 +98,8 @@ class Stats:
             dropped=self.dropped,
             expired=self.expired,
             evicted=self.evicted,
+            tls_handshakes=self.tls_handshakes,
+            tls_failures=tuple(sorted(self.tls_failures.items())),
         )
 
 
@@ -112,13 +123,16 @@ class Snapshot:
     dropped: int = 0
     expired: int = 0
     evicted: int = 0
+    tls_handshakes: int = 0
+    #: (reason, count) pairs, sorted by reason
+    tls_failures: tuple[tuple[str, int], ...] = ()
 
     @property
     def has_datagrams(self) -> bool:
         return bool(self.datagrams_to_target or self.datagrams_to_client or self.truncated or self.dropped)
 
     def fields(self) -> dict[str, Any]:
-        fields = {
+        fields: dict[str, Any] = {
             "open": self.open,
             "total": self.total,
             "refused": self.refused,
@@ -137,6 +151,8 @@ class Snapshot:
                 "expired": self.expired,
                 "evicted": self.evicted,
             }
+        if self.tls_handshakes or self.tls_failures:
+            fields |= {"tls_handshakes": self.tls_handshakes, "tls_failed": dict(self.tls_failures)}
         return fields
 
 
@@ -148,6 +164,14 @@ def _datagram_part(snap: Snapshot) -> str:
         f"({snap.truncated} truncated, {snap.dropped} dropped; sessions {snap.expired} expired, "
         f"{snap.evicted} evicted)"
     )
+
+
+def _tls_part(snap: Snapshot) -> str:
+    if not (snap.tls_handshakes or snap.tls_failures):
+        return ""
+    failed = sum(count for _reason, count in snap.tls_failures)
+    reasons = ", ".join(f"{count} {reason}" for reason, count in snap.tls_failures)
+    return f"; TLS {snap.tls_handshakes} handshakes, {failed} failed" + (f" ({reasons})" if reasons else "")
 
 
 def human_bytes(count: float) -> str:
@@ -169,7 +193,9 @@ def interval_report(before: Snapshot, now: Snapshot) -> tuple[str, dict[str, Any
     line = (
         f"stats: {now.open} open, {now.total} total, {now.refused} refused, {now.failed} failed; "
         f"to target {human_bytes(now.to_target)} ({human_bytes(up)}/s), "
-        f"to client {human_bytes(now.to_client)} ({human_bytes(down)}/s)" + _datagram_part(now)
+        f"to client {human_bytes(now.to_client)} ({human_bytes(down)}/s)"
+        + _datagram_part(now)
+        + _tls_part(now)
     )
     fields = now.fields() | {
         "interval": round(seconds, 3),
@@ -188,7 +214,7 @@ def summary_report(final: Snapshot, *, sessions: bool = False) -> tuple[str, dic
         f"summary: {final.total} {unit} relayed in {seconds:.1f} s "
         f"({final.refused} refused, {final.failed} target failures, {final.reset} reset, "
         f"{final.cut} cut); to target {human_bytes(final.to_target)}, "
-        f"to client {human_bytes(final.to_client)}" + _datagram_part(final)
+        f"to client {human_bytes(final.to_client)}" + _datagram_part(final) + _tls_part(final)
     )
     fields = final.fields() | {"seconds": round(seconds, 3)}
     fields.pop("open")

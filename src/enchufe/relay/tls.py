@@ -29,6 +29,9 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import trace
+from .._nonblocking import read_into
+from .._nonblocking import write as traced_write
 from ..errors import TLSRefused, TLSTruncated
 from .engine import READ, WRITE, Timer
 from .pump import MAX_ROUNDS, WOULD_BLOCK
@@ -69,9 +72,22 @@ class TLSLink:
         """Send what waits (one attempt): the bytes the kernel took; ``BlockingIOError`` passes."""
         if not self.unsent:
             return 0
-        n = os.write(self.fd, self.unsent)
+        if trace.enabled():
+            with memoryview(self.unsent) as view:  # released before the bytearray is resized
+                n = traced_write(self.fd, view)
+        else:
+            n = os.write(self.fd, self.unsent)
         del self.unsent[:n]
         return n
+
+
+def receive(fd: int) -> bytes:
+    """Up to :data:`CHUNK` bytes from ``fd`` (narrated while tracing); ``BlockingIOError`` passes."""
+    if not trace.enabled():
+        return os.read(fd, CHUNK)
+    buffer = bytearray(CHUNK)  # only while tracing: no buffer is held per session
+    n = read_into(fd, memoryview(buffer))
+    return bytes(buffer[:n])
 
 
 def _as_reset(exc: TLSTruncated | TLSRefused) -> OSError:
@@ -196,7 +212,7 @@ class TLSPump:
 
     def _recv(self) -> bytes | None:
         try:
-            return os.read(self.src_fd, CHUNK)
+            return receive(self.src_fd)
         except BlockingIOError:
             return None
         except OSError:
@@ -208,7 +224,11 @@ class TLSPump:
             link = self.dst_link
             if link is not None:
                 return link.flush()
-            n = os.write(self.dst_fd, self._plain)
+            n = (
+                traced_write(self.dst_fd, self._plain)
+                if trace.enabled()
+                else os.write(self.dst_fd, self._plain)
+            )
         except BlockingIOError:
             return WOULD_BLOCK
         except OSError:
@@ -279,7 +299,7 @@ class TLSStreamSession(StreamSession):
         assert link is not None
         if not self._handshake_step(link, "client"):
             return
-        self._handshake_done()
+        self._handshake_finished()
         self.relay.loop.unregister(link.fd)
         self.client.mask = UNREGISTERED
         self._open_target()
@@ -312,7 +332,7 @@ class TLSStreamSession(StreamSession):
         assert link is not None
         if not self._handshake_step(link, "target"):
             return
-        self._handshake_done()
+        self._handshake_finished()
         self.relay.loop.unregister(link.fd)
         super()._connected()
 
@@ -323,6 +343,10 @@ class TLSStreamSession(StreamSession):
         self._handshake_timer = self.relay.loop.call_later(
             timeout, lambda: self._handshake_timed_out(timeout, side), self.crashed
         )
+
+    def _handshake_finished(self) -> None:
+        self.relay.stats.tls_handshakes += 1
+        self._handshake_done()
 
     def _handshake_done(self) -> None:
         if self._handshake_timer is not None:
@@ -340,8 +364,7 @@ class TLSStreamSession(StreamSession):
                 link.flush()
                 if done:
                     return True
-                raw = os.read(link.fd, CHUNK)
-                channel.feed(raw)
+                channel.feed(receive(link.fd))
         except BlockingIOError:
             pass
         except TLSRefused as exc:
@@ -368,6 +391,8 @@ class TLSStreamSession(StreamSession):
         """One notice with the reason; this client's session ends (the relay serves on)."""
         self._handshake_done()
         relay = self.relay
+        failures = relay.stats.tls_failures
+        failures[reason] = failures.get(reason, 0) + 1
         shown = self.peer_label()
         where = "the client" if side == "client" else relay.target_label
         if side == "target":
