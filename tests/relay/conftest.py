@@ -114,7 +114,9 @@ class RelayProc:
 
     def listening(self) -> str:
         """The address of the ``listening on`` line (or its JSON form); a client's address."""
-        match = self.wait_err(r'^(?:worker \d+: )?listening on (\S+)$|^(\{"event": "listening".*\})$')
+        match = self.wait_err(
+            r'^(?:worker \d+: )?listening on (\S+)(?: pin \S+)?$|^(\{"event": "listening".*\})$'
+        )
         address = match.group(1) if match.group(1) else json.loads(match.group(2))["address"]
         self.address = connectable(address)
         return self.address

@@ -3,7 +3,7 @@ client: the pin on the listening line, bytes both ways, the session's clean end.
 
 from __future__ import annotations
 
-import json
+import re
 import select
 import shutil
 import subprocess
@@ -17,11 +17,10 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs t
 
 def test_openssl_s_client_through_a_terminating_relay(start_relay: StartRelay) -> None:
     with Target("tcp://127.0.0.1:0", echo) as target:
-        relay = start_relay("--json", "-v", "tls://127.0.0.1:0?cert=auto", target.address, wait=False)
-        match = relay.wait_err(r'^(\{"event": "listening".*\})$')
-        listening = json.loads(match.group(1))
+        relay = start_relay("--json", "-v", "tls://127.0.0.1:0?cert=auto", target.address)
+        (listening,) = [event for event in relay.json_events() if event["event"] == "listening"]
         assert listening["pin"].startswith("sha256:"), listening
-        port = listening["address"].split("?", 1)[0].rsplit(":", 1)[1]
+        port = relay.listening().split("?", 1)[0].rsplit(":", 1)[1]
         client = subprocess.Popen(
             ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-no_ign_eof"],
             stdin=subprocess.PIPE,
@@ -43,3 +42,12 @@ def test_openssl_s_client_through_a_terminating_relay(start_relay: StartRelay) -
             if client.stdout is not None:
                 client.stdout.close()
         relay.wait_err(r'"event": "close".*"reason": "done".*"to_client": 18')
+
+
+def test_the_listening_line_shows_the_pin_of_cert_auto(start_relay: StartRelay) -> None:
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        relay = start_relay("tls://127.0.0.1:0?cert=auto", target.address)
+        assert relay.listening().startswith("tls://127.0.0.1:"), relay.err
+        assert re.search(r"^listening on tls://\S+ pin sha256:[0-9a-f]{64}$", relay.err, re.MULTILINE), (
+            relay.err
+        )
