@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from . import _calls, _ranges, _unixfiles
 from ._buffer import MAX_RECV_CHUNK, ReceiveBuffer
 from ._endpoint import Endpoint
 from .address import SocketAddress, from_sockaddr
-from .errors import ClosedError, ConnectionReset, NetworkError, translate
+from .errors import ClosedError, ConnectionReset, EnchufeError, NetworkError, translate
 
 if TYPE_CHECKING:
     from ._tlsstream import TLSSetup
@@ -92,6 +93,24 @@ class StreamCore(Endpoint):
         return min(_ranges.integer(max_bytes, "max_bytes", 1), MAX_RECV_CHUNK)
 
 
+@dataclass(frozen=True)
+class TLSReload:
+    """What reading a TLS listener's files again did (:meth:`ListenerCore.reload_tls_files`).
+
+    ``outcome`` is ``"reloaded"`` (clients accepted from now on get the new files),
+    ``"cert-auto"`` (the certificate is kept: nothing of it is on disk), ``"not-tls"`` (a plain
+    listener, or a datagram server: nothing to reload) or ``"failed"``: ``error`` then names the
+    file now missing or bad, and the listener keeps what it had.
+    """
+
+    outcome: Literal["reloaded", "cert-auto", "not-tls", "failed"]
+    error: EnchufeError | None = None
+
+    @property
+    def reloaded(self) -> bool:
+        return self.outcome == "reloaded"
+
+
 class ListenerCore(Endpoint):
     """A listening socket's state: its real address, the socket file it owns, and for a TLS
     address the server side's setup (its context made once, for every connection)."""
@@ -109,17 +128,28 @@ class ListenerCore(Endpoint):
         self.address = address
         self._tls = tls
 
-    def reload_tls(self) -> None:
+    def reload_tls(self) -> TLSReload:
         """Read the certificate, key and CA files of a TLS listener again (what SIGUSR1 asks of a
         server): clients accepted from now on are served with them, those connected keep theirs.
         A file that is now missing or bad raises :class:`~enchufe.errors.AddressError` naming
         it, and the listener keeps what it had.  A ``cert=auto`` certificate is kept (nothing of
-        it is on disk); a plain listener has nothing to reload."""
+        it is on disk); a plain listener has nothing to reload.  Says which of these happened."""
         from ._tlsstream import server_setup  # the TLS layer builds on this module
 
-        if self._tls is None or self._tls.params.cert_auto:
-            return
+        if self._tls is None:
+            return TLSReload("not-tls")
+        if self._tls.params.cert_auto:
+            return TLSReload("cert-auto")
         self._tls = server_setup(self.address)
+        return TLSReload("reloaded")
+
+    def reload_tls_files(self) -> TLSReload:
+        """:meth:`reload_tls` that never raises: a missing or bad file is a ``"failed"`` result
+        carrying the error (the listener keeps what it had)."""
+        try:
+            return self.reload_tls()
+        except EnchufeError as exc:
+            return TLSReload("failed", exc)
 
     @property
     def tls_pin(self) -> str | None:

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from . import _calls, _wakeup
 from ._buffer import DEFAULT_MAX_DATAGRAM
 from ._halfclose import Flow, HalfClose
-from ._tlsstream import TLSStreamCore
 from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
-from .sync import Connection, DatagramSocket
+from .sync import Connection, DatagramSocket, TLSConnection
 
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
 
@@ -124,13 +123,7 @@ class _StreamPump:
 
     def run(self) -> None:
         copy = self.copy
-        conn = self.conn
-        tls = isinstance(conn, TLSStreamCore)
         self.sock.setblocking(False)
-        if tls:
-            # The TLS layer's calls make one attempt each and let EAGAIN through, as they do
-            # for the asyncio side: this loop waits for the socket itself.
-            conn._polled = True
         try:
             while True:
                 self._pass_eofs()
@@ -150,8 +143,6 @@ class _StreamPump:
                     else:
                         self._ready(key.fd, mask)
         finally:
-            if tls:
-                del conn._polled  # the class's own value again (blocking calls)
             self.sel.close()
             with contextlib.suppress(OSError):
                 self.sock.setblocking(True)
@@ -160,9 +151,12 @@ class _StreamPump:
         if self.copy.outgoing.wants_shutdown:
             self.result.stdin_eof = True
             self.copy.outgoing.shutdown()
-            # TLS: close_notify; what the kernel cannot take now goes when it is writable.
-            with contextlib.suppress(BlockingIOError):
-                self.conn.shutdown_write()
+            if isinstance(self.conn, TLSConnection):
+                # close_notify; what the kernel cannot take now goes when it is writable.
+                self.conn.shutdown_write_nowait()
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    self.conn.shutdown_write()
         if self.copy.incoming.wants_shutdown:
             # The peer half-closed; it may still read what stdin has left.
             self.result.peer_eof = True
@@ -171,7 +165,7 @@ class _StreamPump:
     def _want(self) -> None:
         """Register what the flows want now: stdin read, socket read and write."""
         out, in_ = self.copy.outgoing, self.copy.incoming
-        owed = isinstance(self.conn, TLSStreamCore) and self.conn._owes_peer
+        owed = isinstance(self.conn, TLSConnection) and self.conn.wants_write
         sock_events = (selectors.EVENT_READ if in_.wants_read else 0) | (
             selectors.EVENT_WRITE if out.wants_write or owed else 0
         )
@@ -199,19 +193,18 @@ class _StreamPump:
         if mask & selectors.EVENT_WRITE:
             if self.copy.outgoing.wants_write:
                 self._send()
-            elif isinstance(self.conn, TLSStreamCore) and self.conn._owes_peer:
-                with contextlib.suppress(BlockingIOError):
-                    self.conn._flush()  # the close_notify the kernel had no room for
+            elif isinstance(self.conn, TLSConnection) and self.conn.wants_write:
+                self.conn.flush_nowait()  # the close_notify the kernel had no room for
         if mask & selectors.EVENT_READ and self.copy.incoming.wants_read:
-            if isinstance(self.conn, TLSStreamCore):
+            if isinstance(self.conn, TLSConnection):
                 self._receive_tls()
             else:
                 self._receive()
 
     def _send(self) -> None:
         try:
-            if isinstance(self.conn, TLSStreamCore):
-                sent = self.conn._send_once(memoryview(self.copy.outgoing.pending))
+            if isinstance(self.conn, TLSConnection):
+                sent = self.conn.send_nowait(memoryview(self.copy.outgoing.pending))
             else:
                 sent = _calls.send(self.sock, self.copy.outgoing.pending)
         except BlockingIOError:
@@ -234,11 +227,10 @@ class _StreamPump:
         """Every plaintext byte there is now: one read of the socket may bring more records than
         one chunk, and what stays in the TLS layer would never make the socket readable again.
         ``b""`` is the peer's close_notify; a close without one raises TLSTruncated."""
-        assert isinstance(self.conn, TLSStreamCore)
+        assert isinstance(self.conn, TLSConnection)
         while self.copy.incoming.wants_read:
-            try:
-                chunk = self.conn._recv_once(CHUNK)
-            except BlockingIOError:
+            chunk = self.conn.recv_nowait(CHUNK)
+            if chunk is None:
                 return
             self._received(chunk)
             if not chunk:

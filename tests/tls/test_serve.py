@@ -168,6 +168,29 @@ def test_a_plain_server_has_nothing_to_reload(serve: Callable[..., Running], fla
     assert running.server.reload_tls() is False
 
 
+def test_a_server_says_its_pin_and_what_a_reload_did(
+    serve: Callable[..., Running], flavour: str, pem: dict[str, str], sock_dir: str
+) -> None:
+    """Public ``tls_pin`` and ``reload_tls_files()`` (what the CLI reports on SIGUSR1): the
+    outcome, and a bad file's error, without a log line to parse."""
+    auto = serve(flavour, "tls://127.0.0.1:0?cert=auto", echo_handler(flavour)).server
+    assert auto.tls_pin is not None and auto.tls_pin.startswith("sha256:")
+    echo_once(f"tls://127.0.0.1:{auto.bound_address.port}?pin={auto.tls_pin}")
+    assert auto.reload_tls_files().outcome == "cert-auto"
+    plain = serve(flavour, "tcp://127.0.0.1:0", echo_handler(flavour)).server
+    assert plain.tls_pin is None and plain.reload_tls_files().outcome == "not-tls"
+    cert = os.path.join(sock_dir, "server.pem")
+    shutil.copy(pem["server"], cert)
+    files = serve(flavour, f"tls://127.0.0.1:0?cert={cert}", echo_handler(flavour)).server
+    assert files.tls_pin is None
+    result = files.reload_tls_files()
+    assert result.reloaded and result.error is None
+    with open(cert, "w") as broken:
+        broken.write("not PEM\n")
+    result = files.reload_tls_files()
+    assert result.outcome == "failed" and not result.reloaded and "cert=" in str(result.error)
+
+
 def test_sigusr1_reloads_a_tls_server_run_by_serve(pem: dict[str, str], sock_dir: str) -> None:
     """sync serve() in the main thread: SIGUSR1 (sent by the process to itself) reloads."""
     cert = os.path.join(sock_dir, "server.pem")

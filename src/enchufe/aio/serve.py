@@ -49,6 +49,7 @@ from .._serving import (
     session_ended,
     shown,
 )
+from .._streams import TLSReload
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError, TimedOut
 from ..sessions import Session, SessionTable
@@ -63,6 +64,7 @@ __all__ = [
     "Handler",
     "Server",
     "StreamHandler",
+    "TLSReload",
     "deliver",
     "serve",
 ]
@@ -212,6 +214,17 @@ class Server:
         (what SIGUSR1 asks); a bad file is logged and the current ones stay.  Whether it
         reloaded (``False`` for a plain server)."""
         return reload_tls(self._listener)
+
+    def reload_tls_files(self) -> TLSReload:
+        """:meth:`reload_tls`, logging nothing, with what happened (a bad file's error with it)
+        for the caller to report: ``"not-tls"`` for a plain or datagram server."""
+        return self._listener.reload_tls_files() if self._listener is not None else TLSReload("not-tls")
+
+    @property
+    def tls_pin(self) -> str | None:
+        """Once started, the ``sha256:HEX`` pin of a ``cert=auto`` server's certificate (what a
+        client gives as ``pin=``); ``None`` for any other server."""
+        return self._listener.tls_pin if self._listener is not None else None
 
     async def serve_forever(self) -> ServeStats:
         """Serve until :meth:`shutdown`; returns the statistics (``cut`` > 0 if any was cut)."""

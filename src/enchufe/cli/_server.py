@@ -98,7 +98,7 @@ def run_server(server: Any, drain_timeout: float) -> int:
     import signal
 
     from .. import aio
-    from ._tls import listening, reload_now
+    from ._tls import listening, reported
 
     signalled = False
 
@@ -126,11 +126,9 @@ def run_server(server: Any, drain_timeout: float) -> int:
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, stop)
-        # The library's Server does not expose its listener: its TLS pin and reload are there.
-        listener = getattr(server, "_listener", None)
-        if listener is not None and server.bound_address.is_tls:
-            loop.add_signal_handler(signal.SIGUSR1, reload_now, listener)
-        listening(server.bound_address, getattr(listener, "tls_pin", None))
+        if server.bound_address.is_tls:
+            loop.add_signal_handler(signal.SIGUSR1, lambda: reported(server.reload_tls_files()))
+        listening(server.bound_address, server.tls_pin)
         return await server.serve_forever()
 
     setup_logging()

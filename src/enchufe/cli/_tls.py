@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from ._common import event
 
 if TYPE_CHECKING:
+    from .._streams import TLSReload
     from .._tlsstream import TLSSetup
     from ..address import Address
-    from ..sync import Connection
+    from ..sync import Connection, Listener
 
 #: The TLS address forms and parameters, one row each, as --help and the man page show them.
 #: tests/cli/test_cli_tls.py checks that every parameter of enchufe.tlsparams.PARAMETERS is here.
@@ -111,36 +112,33 @@ def handshake_done(conn: Any, peer: str) -> None:
     event("tls", text, level=1, **fields)
 
 
-def reload_on_sigusr1(listener: Any) -> None:
+def reload_on_sigusr1(listener: Listener) -> None:
     """SIGUSR1 reads the listener's certificate, key and CA files again for the clients that come
     next, and says so, or why not (the old ones stay)."""
     import signal
 
     def handler(signum: int, frame: object) -> None:
-        reload_now(listener)
+        reported(listener.reload_tls_files())
 
     signal.signal(signal.SIGUSR1, handler)
 
 
-def reload_now(listener: Any) -> None:
-    """One reload of ``listener``'s TLS files (see :func:`reload_on_sigusr1`)."""
-    from ..errors import EnchufeError
-
-    tls = getattr(listener, "_tls", None)
-    if tls is None:
+def reported(result: TLSReload) -> None:
+    """Say what one reload of a listener's TLS files did (see :func:`reload_on_sigusr1`)."""
+    if result.outcome == "not-tls":
         event("reload", "SIGUSR1: nothing to reload (not a TLS listener)", reloaded=False)
-        return
-    if tls.params.cert_auto:
+    elif result.outcome == "cert-auto":
         event("reload", "SIGUSR1: cert=auto keeps its certificate (nothing on disk to read)", reloaded=False)
-        return
-    try:
-        listener.reload_tls()
-    except EnchufeError as exc:
+    elif result.outcome == "failed":
         event(
             "reload",
-            f"SIGUSR1: TLS files not reloaded, the old ones stay: {exc}",
+            f"SIGUSR1: TLS files not reloaded, the old ones stay: {result.error}",
             reloaded=False,
-            error=str(exc),
+            error=str(result.error),
         )
-        return
-    event("reload", "SIGUSR1: TLS certificate, key and CA files reloaded for the next clients", reloaded=True)
+    else:
+        event(
+            "reload",
+            "SIGUSR1: TLS certificate, key and CA files reloaded for the next clients",
+            reloaded=True,
+        )

@@ -51,6 +51,7 @@ from .._serving import (
     server_options,
     session_ended,
 )
+from .._streams import TLSReload
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError
 from ..sessions import Session, SessionTable
@@ -58,7 +59,16 @@ from . import bind_datagram, listen
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
-__all__ = ["Datagram", "DatagramHandler", "Handler", "Server", "StreamHandler", "deliver", "serve"]
+__all__ = [
+    "Datagram",
+    "DatagramHandler",
+    "Handler",
+    "Server",
+    "StreamHandler",
+    "TLSReload",
+    "deliver",
+    "serve",
+]
 
 #: After cutting the remaining connections, how long to wait for their handler threads to
 #: return (they are woken by the shutdown of their sockets; one stuck elsewhere is left behind).
@@ -205,6 +215,17 @@ class Server:
         (what SIGUSR1 asks); a bad file is logged and the current ones stay.  Whether it
         reloaded (``False`` for a plain server)."""
         return reload_tls(self._listener)
+
+    def reload_tls_files(self) -> TLSReload:
+        """:meth:`reload_tls`, logging nothing, with what happened (a bad file's error with it)
+        for the caller to report: ``"not-tls"`` for a plain or datagram server."""
+        return self._listener.reload_tls_files() if self._listener is not None else TLSReload("not-tls")
+
+    @property
+    def tls_pin(self) -> str | None:
+        """Once started, the ``sha256:HEX`` pin of a ``cert=auto`` server's certificate (what a
+        client gives as ``pin=``); ``None`` for any other server."""
+        return self._listener.tls_pin if self._listener is not None else None
 
     def serve_forever(self) -> ServeStats:
         """Serve until :meth:`shutdown`; returns the statistics."""

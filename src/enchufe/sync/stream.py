@@ -179,6 +179,74 @@ class TLSConnection(TLSStreamCore, Connection):
         self.handshake()
         return super().recv_until(delimiter, max_bytes=max_bytes)
 
+    # -- non-blocking use, for a caller that waits on ``socket`` itself (poll/select): the
+    # socket is non-blocking (``conn.socket.setblocking(False)``) and the handshake is done (an
+    # accepted connection's runs here first, blocking, within its handshake-timeout).  Not to be
+    # mixed with blocking calls of another thread on the same connection.
+
+    def send_nowait(self, data: memoryview) -> int:
+        """Encrypt and send the start of ``data`` (up to 16 KiB): the count of plaintext bytes
+        whose ciphertext the kernel took, ``0`` when it would block.  After ``0``, call again
+        with the same bytes once the socket is writable: what was encrypted already is counted
+        then.  Errors as :meth:`send_all` (:class:`~enchufe.errors.ClosedError` after
+        ``shutdown_write``, :class:`~enchufe.errors.ConnectionReset` …)."""
+        with self._nowait():
+            self._check_send()
+            try:
+                return self._send_once(data)
+            except BlockingIOError:
+                return 0
+
+    def recv_nowait(self, max_bytes: int = DEFAULT_RECV_SIZE) -> bytes | None:
+        """Up to ``max_bytes`` of plaintext already there or readable now; ``None`` when the
+        socket has nothing yet (wait readable); ``b""`` at the peer's close_notify.  A
+        connection that ends without close_notify raises :class:`~enchufe.errors.TLSTruncated`.
+        Call it until ``None``: records read into the TLS layer no longer make the socket
+        readable."""
+        max_bytes = self._recv_size(max_bytes)
+        with self._nowait():
+            if len(self._buffer):
+                return self._buffer.take_some(max_bytes)
+            try:
+                return self._recv_once(max_bytes)
+            except BlockingIOError:
+                return None
+
+    def shutdown_write_nowait(self) -> bool:
+        """Queue close_notify (the peer reads EOF; this side keeps reading) and send what can go:
+        ``True`` when all of it went, ``False`` when the rest waits for :meth:`flush_nowait`."""
+        with self._nowait():
+            try:
+                self._shutdown_write()
+            except BlockingIOError:
+                return False
+            return True
+
+    def flush_nowait(self) -> bool:
+        """Send the ciphertext the kernel had no room for (see :attr:`wants_write`): ``True``
+        when none is left, ``False`` when the socket would block again."""
+        with self._nowait():
+            try:
+                self._flush()
+            except BlockingIOError:
+                return False
+            return True
+
+    @property
+    def wants_write(self) -> bool:
+        """Ciphertext is waiting for room in the kernel: wait writable, then :meth:`flush_nowait`
+        (or send more)."""
+        return self._owes_peer
+
+    @contextlib.contextmanager
+    def _nowait(self) -> Iterator[None]:
+        self.handshake()
+        self._polled = True  # the TLS layer's calls let EAGAIN through, as on the asyncio side
+        try:
+            yield
+        finally:
+            del self._polled  # the class's own value again (blocking calls)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd {self._fd}"
         return f"<TLSConnection {self.local_address} ↔ {self.peer_address} {state}>"
