@@ -133,15 +133,16 @@ def _check_roles(source: Address, dest: Address) -> None:
 
 
 def _check_tls(source: Address, dest: Address) -> None:
-    """TLS is terminated on a stream LISTEN and originated to a stream TARGET, between two socket
-    addresses; what is not built yet is refused, never relayed as plaintext."""
+    """TLS is terminated on a stream LISTEN and originated to a stream TARGET, whatever the other
+    end (a socket, stdio, exec:); what is not built yet (--frame over TLS) is refused, never
+    relayed as plaintext."""
     for role, end, other in (("LISTEN", source, dest), ("TARGET", dest, source)):
         if not end.is_tls:
             continue
-        if not isinstance(other, InetAddress | UnixAddress) or not other.is_stream:
+        if not other.is_stream:
             raise UsageError(
-                f"{role} {end}: the relay terminates or originates TLS only between two stream "
-                f"socket addresses (tcp://, unix:, tls://, tls+unix:), not with {other} yet"
+                f"{role} {end}: the relay does not carry datagrams over TLS yet ({other} with "
+                "--frame); use a plain tcp:// or unix: address for the framed stream"
             )
         check_tls_use(end, "server" if role == "LISTEN" else "client")
 

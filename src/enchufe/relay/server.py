@@ -301,6 +301,8 @@ class Relay:
             "use_splice": config.splice,
             "on_listener_closed": self._release_file,
             "target": target,
+            "client_tls": self._client_tls,
+            "target_tls": self._target_tls,
         }
         if isinstance(listen, StdioAddress):
             return StdioRelay(loop, self._resolver, **options)
@@ -317,8 +319,6 @@ class Relay:
                 sock,
                 self._resolver,
                 local=local,
-                client_tls=self._client_tls,
-                target_tls=self._target_tls,
                 **options,
             )
         if config.max_conns is None:

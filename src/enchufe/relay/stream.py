@@ -346,7 +346,12 @@ class StdioRelay(StreamRelay):
     def start(self) -> None:
         self.stats.total += 1
         self.stats.open += 1
-        session = StreamSession(self, stdio_side(), None, None, next(self._ids))
+        kind = StreamSession
+        if self.target_tls is not None:
+            from .tls import TLSStreamSession
+
+            kind = TLSStreamSession
+        session = kind(self, stdio_side(), None, None, next(self._ids))
         self.sessions.add(session)
         session.start()
 

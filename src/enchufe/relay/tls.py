@@ -407,9 +407,11 @@ class TLSStreamSession(StreamSession):
             reason=reason,
             error=message,
         )
-        # An alert was queued for a refused peer: a plain close lets it arrive (a reset would
-        # discard it); a stalled or vanished peer is reset.
-        self._end("tls-failed", abortive=reason in ("timeout", "reset"), quiet=True)
+        # An alert was queued for a refused client: a plain close lets it arrive (a reset would
+        # discard it); a stalled or vanished client is reset.  A target that failed is a target
+        # that could not be reached: the client is reset (and a one-shot relay fails).
+        abortive = side == "target" or reason in ("timeout", "reset")
+        self._end("tls-failed", abortive=abortive, quiet=True)
 
     # -- relaying
 
