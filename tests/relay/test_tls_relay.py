@@ -334,3 +334,30 @@ def test_trace_narrates_both_handshakes_and_tls_sides_never_splice(pem: dict[str
         assert relay.relay.stats.snapshot().tls_handshakes == 2
     finally:
         target.close()
+
+
+def test_a_flood_of_silent_clients_holds_only_their_slots(pem: dict[str, str]) -> None:
+    """Clients that never send a ClientHello wait in the engine (no thread, no blocking read):
+    a real client is served meanwhile, and every silent one is cut at handshake-timeout."""
+    count = 50
+    with (
+        Target("tcp://127.0.0.1:0", echo) as target,
+        _terminating(pem, target.address, "handshake-timeout=3") as relay,
+    ):
+        stallers = [dial(relay.address) for _ in range(count)]
+        try:
+            wait_until(lambda: relay.relay.stats.snapshot().open == count, "every silent client admitted")
+            with _client(relay, pem) as conn:
+                conn.send_all(b"served")
+                assert conn.recv() == b"served"
+            for sock in stallers:
+                how, _ = ending(sock, timeout=STEP)
+                assert how in ("reset", "eof")
+            wait_until(
+                lambda: relay.relay.stats.snapshot().tls_failures == (("timeout", count),),
+                "every silent client counted as a timeout",
+            )
+        finally:
+            for sock in stallers:
+                sock.close()
+        assert target.accepted == 1
