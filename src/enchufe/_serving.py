@@ -304,10 +304,22 @@ def reload_tls(listener: Any) -> bool:
     return True
 
 
-def handshake_outcome(exc: NetworkError, peer: SocketAddress | None) -> str:
+C = TypeVar("C")
+
+
+def handshake_outcome(
+    exc: NetworkError, conn: C, on_failure: Callable[[C, NetworkError], object] | None
+) -> str:
     """A TLS client's handshake failed (refused, timed out, cut): that connection ends, and only
-    it; counted as ``failed`` and logged with the reason.  The handler is not called."""
+    it; counted as ``failed``, logged with the reason, and told to the server's
+    ``on_handshake_failure`` hook (whose own exception is logged).  The handler is not called."""
+    peer = getattr(conn, "peer_address", None)
     log.info("TLS handshake with %s failed: %s", shown(peer), message(exc))
+    if on_failure is not None:
+        try:
+            on_failure(conn, exc)
+        except Exception:
+            log.exception("on_handshake_failure failed for the connection from %s", shown(peer))
     return "failed"
 
 

@@ -442,6 +442,32 @@ def test_listen_exec_gives_the_child_the_tls_environment(spawn: Spawn, pem: dict
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", env["ENCHUFE_TLS_PEER_PIN"])
 
 
+def test_one_shot_listen_exec_ends_with_a_refused_handshake_as_listen_does(
+    spawn: Spawn, pem: dict[str, str]
+) -> None:
+    """Without -v and without -k: the refusal is said in one line and the command ends with
+    exit status 1, as plain listen does (it used to wait on, silent, for another client)."""
+    query = f"cert={pem['server']}&client-ca={pem['ca']}"
+    server = spawn("listen", f"tls://127.0.0.1:0?{query}", "--exec", "env", stdin=False)
+    address, _ = tls_listening(server)
+    done = run("connect", f"tls://127.0.0.1:{port_of(address)}?ca={pem['ca']}")  # no client cert
+    assert done.returncode == 1, done.stderr
+    assert server.finish() == 1
+    line = server.wait_err(r"^enchufe: .*$").group(0)
+    assert "client" in line and "certificate" in line, server.err
+
+
+def test_listen_k_exec_says_each_refused_handshake_and_serves_on(spawn: Spawn, pem: dict[str, str]) -> None:
+    query = f"cert={pem['server']}&client-ca={pem['ca']}"
+    server = spawn("listen", "-k", f"tls://127.0.0.1:0?{query}", "--exec", "echo served", stdin=False)
+    address, _ = tls_listening(server)
+    port = port_of(address)
+    assert run("connect", f"tls://127.0.0.1:{port}?ca={pem['ca']}").returncode == 1
+    server.wait_err(r"^enchufe: .*certificate.*$")
+    served = run("connect", f"tls://127.0.0.1:{port}?ca={pem['ca']}&cert={pem['client']}")
+    assert served.returncode == 0 and served.stdout == b"served\n", served.stderr
+
+
 def test_sigusr1_reloads_the_certificate_for_the_next_clients(
     spawn: Spawn, pem: dict[str, str], tmp_path: os.PathLike[str]
 ) -> None:

@@ -5,6 +5,7 @@ handshake ends only that connection, counted and logged with the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -135,6 +136,36 @@ def test_a_refused_handshake_ends_only_that_connection(
     wait_until(lambda: running.stats.completed == 1 and running.stats.failed == 1, WAIT, "counts")
     with pytest.raises(TLSRefused):  # the client side of a refusal: no client certificate trusted
         enchufe.connect(f"tls://127.0.0.1:{port}?ca={pem['other_ca']}", timeout=WAIT)
+
+
+def test_on_handshake_failure_is_told_each_refusal_and_may_raise(
+    serve: Callable[..., Running], flavour: str, pem: dict[str, str], serve_log: LogRecords
+) -> None:
+    """The hook gets the connection and the refusal (what listen --exec prints); a hook that
+    raises is logged, and the server serves on."""
+    told: list[tuple[Any, Exception]] = []
+
+    def hook(conn: Any, exc: Exception) -> None:
+        told.append((conn.peer_address, exc))
+        raise RuntimeError("a broken hook")
+
+    query = f"cert={pem['server']}&client-ca={pem['ca']}"
+    running = serve(flavour, f"tls://127.0.0.1:0?{query}", echo_handler(flavour), on_handshake_failure=hook)
+    port = running.server.bound_address.port
+    # TLS 1.3: the client may learn of the refusal only at its first read.
+    with (
+        contextlib.suppress(enchufe.NetworkError),
+        enchufe.connect(f"tls://127.0.0.1:{port}?ca={pem['ca']}", timeout=WAIT) as conn,
+    ):
+        conn.set_timeout(WAIT)
+        conn.recv()
+    wait_until(lambda: len(told) == 1 and running.stats.failed == 1, WAIT, "the hook told")
+    peer, error = told[0]
+    assert isinstance(error, TLSRefused) and error.reason == "client-certificate-missing"
+    assert peer is not None and peer.port > 0
+    assert "127.0.0.1" in serve_log.wait_for("on_handshake_failure failed")
+    echo_once(f"tls://127.0.0.1:{port}?ca={pem['ca']}&cert={pem['client']}")
+    assert running.stats.failed == 1 and len(told) == 1
 
 
 def test_reload_tls_serves_the_next_clients_with_the_new_files(

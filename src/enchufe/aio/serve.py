@@ -152,6 +152,9 @@ class Server:
     and forgets a datagram peer silent that long (default 60 s for datagrams, off for streams).
     The accept loop survives descriptor exhaustion (EMFILE/ENFILE) by pausing, never spinning,
     and a handler that raises is logged without stopping the server.
+    A TLS client whose handshake fails (refused, timed out, cut) ends alone: counted in
+    ``stats.failed``, logged at INFO, and given to ``on_handshake_failure(conn, error)`` if set
+    (the handler is not called; what the hook raises is logged).
     """
 
     address: Address | str
@@ -160,6 +163,7 @@ class Server:
     idle_timeout: float | None = None
     mode: int | None = None
     on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None
+    on_handshake_failure: Callable[[Connection, NetworkError], object] | None = None
     stats: ServeStats = field(default_factory=ServeStats)
     _listener: Listener | None = None
     _socket: DatagramSocket | None = None
@@ -284,7 +288,7 @@ class Server:
                 await conn.handshake()  # TLS: in the connection's task, never in the accept loop
             except NetworkError as exc:
                 self.stats.failed += 1
-                handshake_outcome(exc, conn.peer_address)
+                handshake_outcome(exc, conn, self.on_handshake_failure)
                 return
             await cast(StreamHandler, self.handler)(conn)
             self.stats.completed += 1

@@ -220,7 +220,7 @@ def _serve_exec(
     from .. import ExecAddress, parse
     from ..aio.serve import Server
     from ..aio.stream import Connection
-    from ..errors import EnchufeError
+    from ..errors import EnchufeError, NetworkError
     from ..exec import run_exec
     from ._server import announced, run_server
 
@@ -247,6 +247,20 @@ def _serve_exec(
         if not keep_open:
             server.shutdown(drain_timeout)
 
-    server = Server(target, announced(handler), max_connections=1024 if keep_open else 1, mode=file_mode)
+    def refused(conn: Connection, exc: NetworkError) -> None:
+        nonlocal failed
+        peer = peer_name(conn.peer_address)
+        event("error", f"enchufe: {exc}", level=0, peer=peer, error=str(exc))
+        if not keep_open:  # as listen without --exec: that client was the one
+            failed = True
+            server.shutdown(drain_timeout)
+
+    server = Server(
+        target,
+        announced(handler),
+        max_connections=1024 if keep_open else 1,
+        mode=file_mode,
+        on_handshake_failure=refused,
+    )
     status = run_server(server, drain_timeout=drain_timeout)
     return 1 if failed and not keep_open else status

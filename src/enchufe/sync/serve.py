@@ -141,6 +141,7 @@ class Server:
     :meth:`shutdown` may be called from any thread or a signal handler: it stops accepting at
     once, gives handlers ``drain_timeout`` seconds to finish, then shuts their sockets down
     (which wakes a handler blocked in ``recv``) and counts them in ``stats.cut``.
+    ``on_handshake_failure(conn, error)`` is called in the connection's thread.
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class Server:
         idle_timeout: float | None = None,
         mode: int | None = None,
         on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None,
+        on_handshake_failure: Callable[[Connection, NetworkError], object] | None = None,
     ) -> None:
         target, max_connections, idle_timeout = server_options(address, max_connections, idle_timeout)
         self.address = target
@@ -160,6 +162,7 @@ class Server:
         self.idle_timeout = idle_timeout
         self.mode = mode
         self.on_session_end = on_session_end
+        self.on_handshake_failure = on_handshake_failure
         self.stats = ServeStats()
         self.sessions: SessionTable[Any, dict[str, Any]] | None = None
         self._listener: Listener | None = None
@@ -316,7 +319,7 @@ class Server:
             try:
                 conn.handshake()  # TLS: here in the connection's thread, never in the accept loop
             except NetworkError as exc:
-                outcome = handshake_outcome(exc, conn.peer_address)
+                outcome = handshake_outcome(exc, conn, self.on_handshake_failure)
             else:
                 cast(StreamHandler, self.handler)(conn)
                 outcome = "completed"
