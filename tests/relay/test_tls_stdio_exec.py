@@ -77,3 +77,13 @@ def test_stdio_to_an_originated_tls_target(pem: dict[str, str]) -> None:
     assert refused.stdout == b""
     text = refused.stderr.decode()
     assert "TLS handshake with" in text and "Traceback" not in text, text
+
+
+def test_a_program_that_stops_reading_still_has_its_answer_heard(
+    pem: dict[str, str], start_relay: StartRelay
+) -> None:
+    # The program answers and exits without reading its stdin: what the client still sends is
+    # dropped (as on the plain path), not turned into a reset that loses the answer.
+    relay = start_relay(f"tls://127.0.0.1:0?cert={pem['server']}", "exec:echo bye")
+    answer = _ask(client_of(relay.listening(), f"ca={pem['ca']}"), b"x" * (4 << 20))
+    assert answer == b"bye\n"

@@ -114,6 +114,7 @@ class TLSPump:
         "discarding",
         "done",
         "dst_fd",
+        "dst_is_pipe",
         "dst_link",
         "end",
         "eof",
@@ -132,12 +133,15 @@ class TLSPump:
         src_link: TLSLink | None,
         dst_link: TLSLink | None,
         finish: Callable[[], None],
+        dst_is_pipe: bool = False,
     ) -> None:
         self.src_fd = src_fd
         self.dst_fd = dst_fd
         self.src_link = src_link
         self.dst_link = dst_link
         self._finish_cb = finish
+        #: a broken pipe as ``dst`` means its reader left: what follows is read and dropped
+        self.dst_is_pipe = dst_is_pipe
         self._plain = memoryview(b"")  # plaintext read, not yet written to a plain dst
         self.eof = False
         self.done = False
@@ -178,6 +182,9 @@ class TLSPump:
                 return moved
             if not data:
                 self._ended()
+                continue
+            if self.discarding:
+                self.discarded += len(data)
                 continue
             moved += len(data)
             link = self.dst_link
@@ -231,9 +238,15 @@ class TLSPump:
             )
         except BlockingIOError:
             return WOULD_BLOCK
-        except OSError:
-            self.failed_on = "write"
-            raise
+        except OSError as exc:
+            if not (self.dst_is_pipe and exc.errno == errno.EPIPE):
+                self.failed_on = "write"
+                raise
+            # The reader of the pipe left (a program that stopped reading its stdin): like the
+            # plain pump, read on to the EOF and drop it, so that the peer hears the rest out.
+            self.discarding = True
+            self.discarded += len(self._plain)
+            n = len(self._plain)
         self._plain = self._plain[n:]
         return n
 
@@ -421,7 +434,12 @@ class TLSStreamSession(StreamSession):
         dst_link = self._client_link if dst is client else self._target_link
         loop = self.relay.loop
         return TLSPump(
-            src.rfd, dst.wfd, src_link=src_link, dst_link=dst_link, finish=lambda: dst.shut_write(loop)
+            src.rfd,
+            dst.wfd,
+            src_link=src_link,
+            dst_link=dst_link,
+            finish=lambda: dst.shut_write(loop),
+            dst_is_pipe=not dst.is_socket,
         )
 
     def _release(self, abortive: bool) -> None:
