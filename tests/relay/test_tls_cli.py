@@ -10,7 +10,14 @@ import subprocess
 
 import pytest
 
+import enchufe
+from tests.tls import conftest as tls_conftest
+from tests.tls.conftest import client_of
+
 from .conftest import STEP, StartRelay, Target, echo
+
+#: PEM files of one trustme CA (tests/tls/conftest.py)
+pem = tls_conftest.pem
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -51,3 +58,14 @@ def test_the_listening_line_shows_the_pin_of_cert_auto(start_relay: StartRelay) 
         assert re.search(r"^listening on tls://\S+ pin sha256:[0-9a-f]{64}$", relay.err, re.MULTILINE), (
             relay.err
         )
+
+
+def test_workers_terminate_tls_with_a_certificate_file(pem: dict[str, str], start_relay: StartRelay) -> None:
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        relay = start_relay("--workers", "2", f"tls://127.0.0.1:0?cert={pem['server']}", target.address)
+        address = client_of(relay.listening(), f"ca={pem['ca']}")
+        assert address.startswith("tls://127.0.0.1:"), relay.err
+        for index in range(6):
+            with enchufe.connect(address) as conn:
+                conn.send_all(b"client %d" % index)
+                assert conn.recv() == b"client %d" % index

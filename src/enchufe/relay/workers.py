@@ -26,6 +26,7 @@ from types import FrameType
 from typing import NoReturn
 
 from .._sockets import open_datagram, open_listener
+from .._tlsstream import with_tls
 from ..address import InetAddress, SocketAddress
 from ..errors import UsageError
 from .events import EventSink
@@ -66,7 +67,7 @@ def run_workers(
     backlog = Relay(config, events=EventSink()).backlog
     config = replace(config, reuse_port=True)
     listeners = _bind(listen, workers, backlog)
-    real = listeners[0][1]
+    real = with_tls(listeners[0][1], listen.tls)  # the workers' listeners speak TLS, if LISTEN does
     sys.stderr.flush()
     # A stop signal arriving while workers start (a worker without its handlers yet, or the
     # parent before it forwards) would kill a process on the spot: hold them until each process
@@ -81,13 +82,14 @@ def run_workers(
 
 def _check(config: RelayConfig, workers: int) -> SocketAddress:
     """LISTEN, if ``workers`` processes can share it (UsageError if not)."""
-    listen, target = check_endpoints(config.listen, config.target, frame=config.frame)
+    listen, _target = check_endpoints(config.listen, config.target, frame=config.frame)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
-    if listen.is_tls or target.is_tls:
+    if isinstance(listen, InetAddress) and listen.tls is not None and listen.tls.cert_auto and workers > 1:
         raise UsageError(
-            f"--workers {workers}: a relay with a TLS end runs in one process for now "
-            "(each worker would make its own cert=auto certificate); use --workers 1 (the default)"
+            f"--workers {workers}: with cert=auto each worker would make its own certificate, and "
+            "clients would see a different pin on each connection; give cert=FILE (and key=FILE), "
+            "or use --workers 1 (the default)"
         )
     if not isinstance(listen, InetAddress):
         what = "a unix socket, which processes cannot share" if listen.is_stream else "not a socket"
