@@ -109,6 +109,61 @@ def test_a_stream_pump_stops_on_a_signal_another_thread_took(tmp_path: Path) -> 
     assert "interrupted by SIGTERM" in err
 
 
+def test_listen_waiting_for_its_client_stops_on_a_signal_another_thread_took(tmp_path: Path) -> None:
+    """listen blocks in accept(): it now waits in poll() on the listener and the wake-up pipe."""
+    with _start(tmp_path, "listen", "tcp://127.0.0.1:0") as proc:
+        assert "listening on" in _wait_for_line(proc)
+        status, err = _stop(proc)
+    assert status == 0, err  # as when SIGTERM comes with no race: nobody was served
+    assert "Traceback" not in err, err
+
+
+def test_echo_stops_on_a_signal_another_thread_took(tmp_path: Path) -> None:
+    """echo runs an asyncio server, whose loop watches the wake-up descriptor already (a guard:
+    this passed before the sync waits learnt it)."""
+    with _start(tmp_path, "echo", "tcp://127.0.0.1:0") as proc:
+        assert "listening on" in _wait_for_line(proc)
+        status, err = _stop(proc)
+    assert status == 0, err
+
+
+# Runs sync.serve.serve() in the main thread, SIGTERM blocked there and taken by another thread.
+_SERVE = textwrap.dedent(
+    """
+    import signal, sys, threading, time
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    def other():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        time.sleep(60)
+    threading.Thread(target=other, daemon=True).start()
+    from enchufe.sync.serve import serve
+    def ready(address):
+        print(f"ready {address}", file=sys.stderr, flush=True)
+    stats = serve(sys.argv[1], lambda _: None, ready=ready)
+    print(f"stopped accepted={stats.accepted}", file=sys.stderr, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_sync_serve_in_the_main_thread_stops_on_a_signal_another_thread_took(
+    kind: str, tmp_path: Path
+) -> None:
+    """The accept loop waited in accept(), the datagram loop in poll() without the wake-up pipe:
+    a signal another thread took, or one landing just before the wait, was missed."""
+    script = tmp_path / "serve.py"
+    script.write_text(_SERVE)
+    with subprocess.Popen(
+        [sys.executable, str(script), f"{kind}://127.0.0.1:0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert _wait_for_line(proc).startswith("ready ")
+        status, err = _stop(proc)
+    assert status == 0 and "stopped accepted=0" in err, err
+
+
 def test_the_pipe_is_only_for_the_main_thread() -> None:
     found: list[int | None] = []
     thread = threading.Thread(target=lambda: found.append(_wakeup.signal_fd()))
@@ -133,6 +188,7 @@ def test_another_wakeup_fd_is_left_in_place() -> None:
 def test_a_signal_makes_the_pipe_readable_and_drain_empties_it() -> None:
     fd = _wakeup.signal_fd()
     assert fd is not None
+    _wakeup.drain()  # a signal an earlier test of this process sent (e.g. serve()'s SIGINT)
     old = signal.signal(signal.SIGUSR1, lambda *_: None)
     try:
         os.kill(os.getpid(), signal.SIGUSR1)

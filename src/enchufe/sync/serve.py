@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from .. import _ranges
+from .. import _ranges, _wakeup
 from .._backoff import Backoff
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -372,10 +372,17 @@ class Server:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(self._wake[0], select.POLLIN)
+        # In the main thread, a signal too (see enchufe._wakeup): its handler calls shutdown().
+        signalled = _wakeup.signal_fd()
+        if signalled is not None:
+            poller.register(signalled, select.POLLIN)
         while not self._stopping.is_set():
             ready = poller.poll(_milliseconds_until(sessions.next_expiry()))
             if self._stopping.is_set():
                 return
+            if signalled is not None and any(fd == signalled for fd, _ in ready):
+                _wakeup.drain()  # the handler runs at the next bytecode; then look again
+                continue
             if not ready:
                 sessions.expire(time.monotonic())
                 continue

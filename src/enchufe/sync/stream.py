@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
-from .. import _calls, _ranges, framing
+from .. import _calls, _ranges, _wakeup, framing
 from .._buffer import DEFAULT_MAX_UNTIL, DEFAULT_RECV_SIZE
 from .._endpoint import Closing
 from .._streams import ListenerCore, StreamCore
@@ -265,7 +266,13 @@ class Listener(ListenerCore, Closing):
     """
 
     def accept(self) -> Connection:
-        """Wait for the next client and return its connection (a TLS one before its handshake)."""
+        """Wait for the next client and return its connection (a TLS one before its handshake).
+
+        In the main thread the wait also watches the signal wake-up pipe (see
+        :mod:`enchufe._wakeup`), so that a signal handler runs at once (raising, or closing
+        this listener) even when the signal lands just before the wait or another thread takes
+        it."""
+        self._wait_for_client()
         conn = self._accept_once()
         setup = self._tls  # read once the client is there: reload_tls() may have run meanwhile
         if setup is None:
@@ -280,6 +287,22 @@ class Listener(ListenerCore, Closing):
                 return
             except ConnectionReset:
                 continue  # ECONNABORTED: that client left while queued; the next may come
+
+    def _wait_for_client(self) -> None:
+        """Main thread only: poll the listener and the wake-up pipe until a client is there, or
+        the listener is closed (by a signal's handler, or another thread).  A signal whose
+        handler does neither (e.g. SIGUSR1's reload) lets the wait go on."""
+        wake = _wakeup.signal_fd()
+        if wake is None:
+            return
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(wake, select.POLLIN)
+        while not self._closed:
+            ready = poller.poll()
+            if any(fd != wake for fd, _ in ready):
+                return  # a client, or the socket shut down or closed: accept() says which
+            _wakeup.drain()  # the handler runs at the next bytecode, before the next poll
 
     def _wake_waiters(self) -> None:
         # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does.
