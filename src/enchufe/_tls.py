@@ -187,10 +187,10 @@ _CLIENT_VERIFY_CODES: dict[int, tuple[str, str]] = {
         "client-certificate-refused",
         "the client's certificate is self-signed, not issued by a CA in client-ca",
     ),
-    19: ("client-certificate-refused", _CLIENT_CA + " (its chain ends in a self-signed CA that is not)"),
+    19: ("client-certificate-refused", _CLIENT_CA + " (its chain ends in another, self-signed CA)"),
     20: ("client-certificate-refused", _CLIENT_CA),
-    21: ("client-certificate-refused", _CLIENT_CA + " (no issuer of it is there)"),
-    2: ("client-certificate-refused", _CLIENT_CA + " (the issuer of its chain is not there)"),
+    21: ("client-certificate-refused", _CLIENT_CA + " (its issuer is not there)"),
+    2: ("client-certificate-refused", _CLIENT_CA + " (its chain's issuer is not there)"),
     10: ("client-certificate-refused", "the client's certificate has expired"),
     9: ("client-certificate-refused", "the client's certificate is not valid yet"),
 }

@@ -62,6 +62,18 @@ def test_a_server_of_an_unknown_ca_is_refused(api: Any, sock_dir: str, pem: dict
     assert error.reason == "untrusted"
 
 
+def test_the_server_hears_that_the_client_refused_its_certificate(
+    api: Any, sock_dir: str, pem: dict[str, str]
+) -> None:
+    """The client's alert, in the server's words: its own certificate, not the client's."""
+    listen_address, _ = addresses("tls4", sock_dir, pem)
+    _, server_error = refused_client(api, listen_address, f"ca={pem['other_ca']}")
+    assert isinstance(server_error, TLSRefused), server_error
+    line = str(server_error)
+    assert server_error.reason == "untrusted", line
+    assert line == "the client does not trust the CA of this server's certificate", line
+
+
 def test_a_name_the_certificate_does_not_have_is_refused(
     api: Any, sock_dir: str, pem: dict[str, str]
 ) -> None:
