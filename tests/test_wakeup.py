@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from enchufe import _wakeup
+from enchufe import NetworkError, _wakeup, sync
 
 STEP = 15.0
 
@@ -162,6 +162,16 @@ def test_sync_serve_in_the_main_thread_stops_on_a_signal_another_thread_took(
         assert _wait_for_line(proc).startswith("ready ")
         status, err = _stop(proc)
     assert status == 0 and "stopped accepted=0" in err, err
+
+
+@pytest.mark.timeout(20)
+def test_a_listener_with_a_timeout_keeps_it_in_the_main_thread() -> None:
+    """The wait on the wake-up pipe is for blocking accepts only: a timeout its owner set on the
+    listener's socket still ends accept()."""
+    with sync.listen("tcp://127.0.0.1:0") as listener:
+        listener.socket.settimeout(0.2)
+        with pytest.raises(NetworkError):
+            listener.accept()
 
 
 def test_the_pipe_is_only_for_the_main_thread() -> None:

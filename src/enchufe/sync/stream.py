@@ -292,6 +292,8 @@ class Listener(ListenerCore, Closing):
         """Main thread only: poll the listener and the wake-up pipe until a client is there, or
         the listener is closed (by a signal's handler, or another thread).  A signal whose
         handler does neither (e.g. SIGUSR1's reload) lets the wait go on."""
+        if self._sock.gettimeout() is not None:
+            return  # a bounded (or non-blocking) accept() is left as its owner set it
         wake = _wakeup.signal_fd()
         if wake is None:
             return
