@@ -160,7 +160,14 @@ class RelaySession:
         relay = self.relay
         if relay.events.wants(1):
             shown = self.peer_label()
-            relay.events("accept", f"accepted {shown} (#{self.id})", level=1, id=self.id, peer=shown)
+            relay.events(
+                "accept",
+                f"accepted {shown} (#{self.id})",
+                level=1,
+                id=self.id,
+                peer=shown,
+                **self._event_fields(),
+            )
 
     # -- the connect phase (a socket target)
 
@@ -348,6 +355,10 @@ class RelaySession:
         """What went through, for the "close" event: its words and its fields (hook)."""
         return f"{self.to_target} bytes to target, {self.to_client} to client", {}
 
+    def _event_fields(self) -> dict[str, Any]:
+        """More fields for the "accept" and "close" events (hook: what a TLS session agreed)."""
+        return {}
+
     def _end(
         self, reason: str, *, abortive: bool = False, error: str | None = None, quiet: bool = False
     ) -> None:
@@ -372,6 +383,7 @@ class RelaySession:
         shown = self.peer_label()
         why = f" ({reason}: {error})" if error else ("" if reason == "done" else f" ({reason})")
         summary, counts = self._close_summary()
+        extra = self._event_fields()
         self.relay.events(
             "close",
             f"closed #{self.id} {shown}: {summary} in {seconds:.3f} s{why}",
@@ -384,4 +396,5 @@ class RelaySession:
             **counts,
             seconds=round(seconds, 6),
             **({"error": error} if error else {}),
+            **extra,
         )

@@ -90,7 +90,7 @@ class StreamSession(RelaySession):
     def _spawn(self, program: ExecAddress) -> None:
         relay = self.relay
         try:
-            env = socket_environment(self.client_sock, self.peer, relay.local)
+            env = self._child_environment()
             child = relay.children.spawn(program, env, session_id=self.id)
         except (OSError, ValueError) as exc:  # this client only: the relay serves on
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -110,6 +110,10 @@ class StreamSession(RelaySession):
                 pid=child.pid,
             )
         self._connected(announce=False)
+
+    def _child_environment(self) -> dict[str, str]:
+        """The variables an ``exec:`` child gets about its client (hook: a TLS client's too)."""
+        return socket_environment(self.client_sock, self.peer, self.relay.local)
 
     def _target_opened(self, sock: socket.socket) -> None:
         self._set_target(Side(sock))

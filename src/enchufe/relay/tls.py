@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .. import trace
 from .._nonblocking import read_into
 from .._nonblocking import write as traced_write
+from .._text import printable
 from ..errors import TLSRefused, TLSTruncated
 from .engine import READ, WRITE, Timer
 from .pump import MAX_ROUNDS, WOULD_BLOCK
@@ -41,6 +42,7 @@ from .stream_session import StreamSession
 
 if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
+    from ..tlsinfo import TLSInfo
     from .stream import StreamRelay
 
 __all__ = ["CHUNK", "TLSLink", "TLSPump", "TLSStreamSession"]
@@ -297,7 +299,7 @@ class TLSStreamSession(StreamSession):
         if setup is None:
             super().start()
             return
-        self._announce_accept()
+        # The "accept" event waits for the handshake: it says what was agreed, and who the client is.
         fd = self.client.rfd
         self._client_link = TLSLink(setup, fd, f"tls #{self.id} client")
         loop = self.relay.loop
@@ -315,6 +317,7 @@ class TLSStreamSession(StreamSession):
         self._handshake_finished()
         self.relay.loop.unregister(link.fd)
         self.client.mask = UNREGISTERED
+        self._announce_accept()
         self._open_target()
 
     # -- origination: the target's handshake once connected
@@ -425,6 +428,35 @@ class TLSStreamSession(StreamSession):
         # that could not be reached: the client is reset (and a one-shot relay fails).
         abortive = side == "target" or reason in ("timeout", "reset")
         self._end("tls-failed", abortive=abortive, quiet=True)
+
+    # -- what the client's (or else the target's) handshake agreed, for events and children
+
+    def _agreed(self) -> TLSInfo | None:
+        link = self._client_link or self._target_link
+        return link.channel.info if link is not None else None
+
+    def _event_fields(self) -> dict[str, Any]:
+        tls = self._agreed()
+        if tls is None:
+            return {}
+        fields: dict[str, Any] = {"tls_version": tls.version, "tls_cipher": tls.cipher}
+        if tls.alpn:
+            fields["tls_alpn"] = printable(tls.alpn)
+        peer = tls.peer
+        if peer is not None:  # names the peer chose: escaped
+            fields["peer_subject"] = printable(peer.subject)
+            fields["peer_san"] = printable(peer.san_text())
+            fields["peer_pin"] = peer.pin
+        return fields
+
+    def _child_environment(self) -> dict[str, str]:
+        env = super()._child_environment()
+        link = self._client_link
+        if link is not None and link.channel.info is not None:
+            from .._tls import environment
+
+            env.update(environment(link.channel.info))
+        return env
 
     # -- relaying
 
