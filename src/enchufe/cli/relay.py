@@ -124,6 +124,13 @@ _NON_FINITE = ("inf", "infinity", "nan")
     help="A stats line every S seconds (default 1; write --stats=S) and a summary at exit.",
 )
 @click.option(
+    "--reload-interval",
+    type=FiniteFloat(MIN_STATS_INTERVAL, MAX_SECONDS),
+    default=None,
+    help="Look at the TLS certificate, key and CA files every S seconds; read them again when "
+    "one changed (as SIGUSR1 does).",
+)
+@click.option(
     "--workers",
     type=BoundedInt(1, MAX_WORKERS),
     default=1,
@@ -149,6 +156,7 @@ def command(
     allow_uid: tuple[str, ...],
     allow_gid: tuple[str, ...],
     stats_interval: float | None,
+    reload_interval: float | None,
     workers: int,
     no_splice: bool,
     json_: bool,
@@ -170,8 +178,9 @@ def command(
 
     \b
     SIGTERM, SIGINT and SIGHUP stop accepting and let open connections finish (--drain-timeout); a
-    second signal cuts them.  Exit status 0, or 1 if connections had to be cut (or a one-shot stdio relay
-    was reset).
+    second signal cuts them.  SIGUSR1 reads the TLS files again for the handshakes that come next
+    (a bad file keeps the old ones).  Exit status 0, or 1 if connections had to be cut (or a
+    one-shot stdio relay was reset).
 
     \b
     Examples:
@@ -199,6 +208,7 @@ def command(
         drain_timeout=drain_timeout,
         rules=AccessRules.parse(allow=allow, deny=deny, allow_uids=allow_uid, allow_gids=allow_gid),
         stats_interval=stats_interval,
+        reload_interval=reload_interval,
         splice=not no_splice,
         backlog=backlog,
         mode=parse_mode(mode),

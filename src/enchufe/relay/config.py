@@ -58,6 +58,9 @@ class RelayConfig:
     rules: AccessRules = field(default_factory=AccessRules)
     #: seconds between stats lines; ``None``: no stats lines (the summary is at level 1)
     stats_interval: float | None = None
+    #: seconds between looks at the TLS files; one replaced or rewritten is read again
+    #: (as SIGUSR1 does).  ``None``: only SIGUSR1 reloads them.
+    reload_interval: float | None = None
     #: splice through pipes (zero-copy); False copies through a buffer (for comparison)
     splice: bool = True
     #: listen queue of a stream listener; ``None``: DEFAULT_BACKLOG

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from .. import _calls, _sockets
 from .._sockets import DEFAULT_BACKLOG, open_listener
-from .._tlsstream import TLSSetup, client_setup, server_setup, with_tls
+from .._tlsstream import with_tls
 from .._unixfiles import SocketFile
 from ..address import Address, InetAddress, SocketAddress, StdioAddress, UnixAddress
 from ..sessions import DEFAULT_IDLE_TIMEOUT
@@ -48,10 +48,12 @@ from .limits import fd_budget
 from .pools import Pools
 from .stats import Snapshot, Stats, interval_report, summary_report
 from .stream import StdioRelay, StreamRelay, TargetResolver
+from .tlsfiles import TLSEnds
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DRAIN_TIMEOUT",
+    "RELOAD_SIGNAL",
     "STOP_SIGNALS",
     "Relay",
     "RelayConfig",
@@ -63,6 +65,8 @@ __all__ = [
 #: the terminal going away must not kill the relay on the spot: its unix socket file would stay
 #: and its exec: children would be orphaned.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The signal that reads the TLS files again (certificates, keys, CAs) for the next handshakes.
+RELOAD_SIGNAL = signal.SIGUSR1
 
 
 class ListenerHandler(Protocol):
@@ -132,8 +136,10 @@ class Relay:
         self._cut = 0
         self._drain_timer: Timer | None = None
         self._last: Snapshot | None = None
-        self._client_tls: TLSSetup | None = None
-        self._target_tls: TLSSetup | None = None
+        self._tls: TLSEnds | None = None
+        self._reloads = 0
+        self._reloads_seen = 0
+        self._stamps: tuple[object, ...] = ()
 
     @property
     def backlog(self) -> int:
@@ -187,17 +193,44 @@ class Relay:
         return address
 
     def _open_tls(self, listen: Address) -> None:
-        """The TLS contexts of a TLS LISTEN (server side) and TARGET (client side), made once."""
-        target = self.target_address
-        if isinstance(listen, InetAddress | UnixAddress) and listen.is_tls:
-            self._client_tls = server_setup(listen)
-        if isinstance(target, InetAddress | UnixAddress) and target.is_tls:
-            self._target_tls = client_setup(target)
+        """The TLS contexts of a TLS LISTEN (server side) and TARGET (client side), made once
+        (and again on a reload)."""
+        if listen.is_tls or self.target_address.is_tls:
+            self._tls = TLSEnds(listen, self.target_address)
+            self._stamps = self._tls.stamps()
 
     @property
     def tls_pin(self) -> str | None:
         """The pin of a ``cert=auto`` LISTEN's certificate (clients trust it with ``pin=``)."""
-        return self._client_tls.pin if self._client_tls is not None else None
+        client = self._tls.client if self._tls is not None else None
+        return client.pin if client is not None else None
+
+    def reload(self) -> None:
+        """Ask for the TLS files to be read again (what SIGUSR1 does); safe from a signal handler
+        or another thread: the relay's loop does it."""
+        self._reloads += 1
+        if self._loop is not None:
+            self._loop.wake()
+
+    def _reload_tls(self, why: str) -> None:
+        """Read the TLS files again for the handshakes that come next, and say so in one line
+        (or why not: a file now missing or bad keeps the old ones)."""
+        tls = self._tls
+        if tls is None:
+            self.events("reload", f"{why}: nothing to reload (no TLS end)", reloaded=False)
+            return
+        done = tls.reload()
+        self._stamps = tls.stamps()
+        handler = self._handler
+        if done.error is None and isinstance(handler, StreamRelay):
+            handler.client_tls, handler.target_tls = tls.client, tls.target
+        text, fields = done.report(why)
+        self.events("reload", text, **fields)
+
+    def _reload_if_changed(self) -> None:
+        """--reload-interval: read the files again when one of them was replaced or rewritten."""
+        if self._tls is not None and self._tls.stamps() != self._stamps:
+            self._reload_tls("reload-interval")
 
     def _size_limits(self) -> None:
         """``max_conns`` from the descriptor budget, unless given; say the budget (level 1) and
@@ -252,7 +285,9 @@ class Relay:
             if config.stats_interval:
                 self._last = self.stats.snapshot()
                 loop.call_every(config.stats_interval, self._report)  # goes on if one fails
-            if self._stops:
+            if config.reload_interval and self._tls is not None:
+                loop.call_every(config.reload_interval, self._reload_if_changed)
+            if self._stops or self._reloads:  # signals that came before the loop ran
                 self._on_wake()
             loop.run(until=self._done)
         finally:
@@ -301,8 +336,8 @@ class Relay:
             "use_splice": config.splice,
             "on_listener_closed": self._release_file,
             "target": target,
-            "client_tls": self._client_tls,
-            "target_tls": self._target_tls,
+            "client_tls": self._tls.client if self._tls is not None else None,
+            "target_tls": self._tls.target if self._tls is not None else None,
         }
         if isinstance(listen, StdioAddress):
             return StdioRelay(loop, self._resolver, **options)
@@ -353,6 +388,7 @@ class Relay:
 
         for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, handler)  # type: ignore[assignment]
+        previous[RELOAD_SIGNAL] = signal.signal(RELOAD_SIGNAL, lambda signum, frame: self.reload())  # type: ignore[assignment]
         wakeup = loop.wake_on_signals()
 
         def restore() -> None:
@@ -363,6 +399,9 @@ class Relay:
         return restore
 
     def _on_wake(self) -> None:
+        if self._reloads != self._reloads_seen:
+            self._reloads_seen = self._reloads
+            self._reload_tls("SIGUSR1")
         stops = self._stops
         if stops == self._stops_seen:
             return

@@ -2,9 +2,9 @@
 
 The parent binds N listening sockets to the same address (the kernel spreads new connections
 over them), forks one worker per socket, and then only forwards the stop signals (SIGINT,
-SIGTERM, SIGHUP) and collects exit statuses.  Workers run in their own process group, so a
-Ctrl-C at the terminal reaches them once, through the parent, and they ask the kernel to send
-them SIGTERM if the parent dies.
+SIGTERM, SIGHUP) and SIGUSR1 (reload the TLS files) and collects exit statuses.  Workers run in
+their own process group, so a Ctrl-C at the terminal reaches them once, through the parent, and
+they ask the kernel to send them SIGTERM if the parent dies.
 
 UDP listeners share a port the same way: the kernel hashes each sender's address to one worker,
 so a sender's datagrams (and its session) stay in one process.  Unix listeners cannot share an
@@ -30,11 +30,13 @@ from .._tlsstream import with_tls
 from ..address import InetAddress, SocketAddress
 from ..errors import UsageError
 from .events import EventSink
-from .server import STOP_SIGNALS, Relay, RelayConfig, check_endpoints
+from .server import RELOAD_SIGNAL, STOP_SIGNALS, Relay, RelayConfig, check_endpoints
 
 __all__ = ["run_workers"]
 
 _PR_SET_PDEATHSIG = 1
+#: What the parent passes on to every worker: the stop signals, and SIGUSR1 (reload TLS files).
+_FORWARDED = (*STOP_SIGNALS, RELOAD_SIGNAL)
 
 
 def _die_with_parent() -> None:
@@ -72,7 +74,7 @@ def run_workers(
     # A stop signal arriving while workers start (a worker without its handlers yet, or the
     # parent before it forwards) would kill a process on the spot: hold them until each process
     # has its handlers, then let them in.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     pids = _fork(listeners, config, worker_events, held)
     for sock, _real in listeners:
         sock.close()
@@ -166,9 +168,10 @@ def _worker(
         relay = Relay(config, events=events, listener=pair)
         for signum in STOP_SIGNALS:
             signal.signal(signum, _stopper(relay))
+        signal.signal(RELOAD_SIGNAL, lambda signum, frame: relay.reload())
         # Whatever the parent's thread had blocked: the worker has one thread, and its stop
         # signals (forwarded by the parent, or the parent-death SIGTERM) must reach it.
-        signal.pthread_sigmask(signal.SIG_SETMASK, held - set(STOP_SIGNALS))
+        signal.pthread_sigmask(signal.SIG_SETMASK, held - set(_FORWARDED))
         status = relay.run(announce=False).exit_status
     except BaseException:
         traceback.print_exc()
@@ -189,7 +192,7 @@ def _wait(pids: list[int], held: set[int | signal.Signals]) -> int:
     wherever it arrives; SIGCHLD does too, for the exits.  The Python handlers do nothing: the
     numbers read from the pipe are what is forwarded, once per signal (a second one cuts)."""
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous = {s: signal.signal(s, _ignore) for s in (*STOP_SIGNALS, signal.SIGCHLD)}
+    previous = {s: signal.signal(s, _ignore) for s in (*_FORWARDED, signal.SIGCHLD)}
     wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     # The exits must reach this thread even if SIGCHLD came blocked from whoever started us.
     signal.pthread_sigmask(signal.SIG_SETMASK, held - {signal.SIGCHLD})
@@ -204,7 +207,7 @@ def _wait(pids: list[int], held: set[int | signal.Signals]) -> int:
                 return status
             poller.poll()
             for signum in _arrived(read_end):
-                if signum in STOP_SIGNALS:
+                if signum in _FORWARDED:
                     _forward(running, signum)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -1,0 +1,98 @@
+"""The TLS settings of a relay's two ends, made from their files, and made again on a reload.
+
+A TLS LISTEN has a server side (its certificate, key and ``client-ca``), a TLS TARGET a client
+side (its ``ca``, and a client certificate and key).  :meth:`TLSEnds.reload` reads those files
+again (SIGUSR1, ``--reload-interval``): the handshakes that start afterwards use the new
+contexts, the connections under way keep theirs.  A file that is now missing or bad keeps the
+old settings of both ends, and the error says which file and why.  A ``cert=auto`` certificate
+is kept (nothing of it is on disk).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .._text import printable
+from .._tlsstream import TLSSetup, client_setup, server_setup
+from ..address import Address, InetAddress, UnixAddress
+from ..errors import EnchufeError
+from ..tlsparams import TLSParams
+
+__all__ = ["Reloaded", "TLSEnds"]
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What one reload did: ``files`` read again (``cert=PATH`` …), or ``error`` (the old stay)."""
+
+    files: tuple[str, ...]
+    error: EnchufeError | None = None
+
+    def report(self, why: str) -> tuple[str, dict[str, Any]]:
+        """The "reload" event's line and fields; ``why`` is what asked (``SIGUSR1`` …)."""
+        if self.error is not None:
+            line = f"enchufe: {why}: TLS files not reloaded, the old ones stay: {self.error}"
+            return line, {"reloaded": False, "error": str(self.error)}
+        if not self.files:
+            return f"{why}: cert=auto keeps its certificate (nothing on disk)", {"reloaded": False}
+        shown = printable(" ".join(self.files))
+        line = f"{why}: TLS files reloaded for the next handshakes: {shown}"
+        return line, {"reloaded": True, "files": list(self.files)}
+
+
+class TLSEnds:
+    """The server side of a TLS LISTEN (``client``, it serves the clients) and the client side
+    of a TLS TARGET (``target``); ``None`` for a plain end.  Files are read when made: an
+    :class:`~enchufe.errors.AddressError` names a missing or bad one."""
+
+    __slots__ = ("_listen", "_target", "client", "target")
+
+    def __init__(self, listen: Address, target: Address) -> None:
+        self._listen = listen if isinstance(listen, InetAddress | UnixAddress) and listen.is_tls else None
+        self._target = target if isinstance(target, InetAddress | UnixAddress) and target.is_tls else None
+        self.client: TLSSetup | None = server_setup(self._listen) if self._listen is not None else None
+        self.target: TLSSetup | None = client_setup(self._target) if self._target is not None else None
+
+    def files(self) -> tuple[str, ...]:
+        """The files a reload reads, as ``NAME=PATH`` (LISTEN's first)."""
+        names: list[str] = []
+        if self.client is not None and not self.client.params.cert_auto:
+            names += _files(self.client.params, ("cert", "key", "client_ca"))
+        if self.target is not None:
+            names += _files(self.target.params, ("ca", "cert", "key"))
+        return tuple(names)
+
+    def stamps(self) -> tuple[object, ...]:
+        """What changes when one of :meth:`files` is replaced or rewritten."""
+        return tuple(_stamp(name.split("=", 1)[1]) for name in self.files())
+
+    def reload(self) -> Reloaded:
+        """Read every file again; both ends change together, or neither does."""
+        try:
+            client = self.client
+            if self._listen is not None and client is not None and not client.params.cert_auto:
+                client = server_setup(self._listen)
+            target = client_setup(self._target) if self._target is not None else None
+        except EnchufeError as exc:
+            return Reloaded(self.files(), exc)
+        self.client, self.target = client, target
+        return Reloaded(self.files())
+
+
+def _files(params: TLSParams, fields: tuple[str, ...]) -> list[str]:
+    found = []
+    for field in fields:
+        path = getattr(params, field)
+        if path is not None:
+            found.append(f"{field.replace('_', '-')}={path}")
+    return found
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
