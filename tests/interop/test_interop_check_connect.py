@@ -6,6 +6,7 @@ exit status, stdout, and what the server received or saw as its peer.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -78,6 +79,10 @@ class Banner:
 def banner() -> Iterator[Banner]:
     server = Banner(greeting=b"220 interop ready\r\n")
     yield server
+    # close() alone does not wake a thread blocked in accept() on Linux (it waited WAIT, 10 s,
+    # in every teardown); shutdown() does.
+    with contextlib.suppress(OSError):
+        server.sock.shutdown(socket.SHUT_RDWR)
     server.sock.close()
     server.thread.join(WAIT)
 
