@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from . import _calls, _ranges, _unixfiles
+from . import _calls, _ranges, _serving, _unixfiles
 from ._buffer import MAX_RECV_CHUNK, ReceiveBuffer
 from ._endpoint import Endpoint
 from .address import SocketAddress, from_sockaddr
@@ -194,3 +194,27 @@ class ListenerCore(Endpoint):
                 errno=exc.errno,
                 action="accept",
             ) from exc
+
+
+class TLSServing:
+    """The TLS part of a server's API, the same for the sync and the asyncio server: what their
+    listener (``_listener``, ``None`` until started or for a datagram server) can do."""
+
+    _listener: ListenerCore | None
+
+    def reload_tls(self) -> bool:
+        """Read the TLS certificate, key and CA files again, for the clients that come next
+        (what SIGUSR1 asks); a bad file is logged and the current ones stay.  Whether it
+        reloaded (``False`` for a plain server)."""
+        return _serving.reload_tls(self._listener)
+
+    def reload_tls_files(self) -> TLSReload:
+        """:meth:`reload_tls`, logging nothing, with what happened (a bad file's error with it)
+        for the caller to report: ``"not-tls"`` for a plain or datagram server."""
+        return self._listener.reload_tls_files() if self._listener is not None else TLSReload("not-tls")
+
+    @property
+    def tls_pin(self) -> str | None:
+        """Once started, the ``sha256:HEX`` pin of a ``cert=auto`` server's certificate (what a
+        client gives as ``pin=``); ``None`` for any other server."""
+        return self._listener.tls_pin if self._listener is not None else None

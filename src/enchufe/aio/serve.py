@@ -44,12 +44,11 @@ from .._serving import (
     log,
     peer_sessions,
     receive_failed,
-    reload_tls,
     server_options,
     session_ended,
     shown,
 )
-from .._streams import TLSReload
+from .._streams import TLSReload, TLSServing
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError, TimedOut
 from ..sessions import Session, SessionTable
@@ -143,7 +142,7 @@ Handler = StreamHandler | DatagramHandler
 
 
 @dataclass
-class Server:
+class Server(TLSServing):
     """An asyncio server on ``address``.
 
     ``max_connections`` bounds concurrent stream connections (extra clients are closed at once
@@ -212,23 +211,6 @@ class Server:
             self._listener.close()
         if self._socket is not None:
             self._socket.close()
-
-    def reload_tls(self) -> bool:
-        """Read the TLS certificate, key and CA files again, for the clients that come next
-        (what SIGUSR1 asks); a bad file is logged and the current ones stay.  Whether it
-        reloaded (``False`` for a plain server)."""
-        return reload_tls(self._listener)
-
-    def reload_tls_files(self) -> TLSReload:
-        """:meth:`reload_tls`, logging nothing, with what happened (a bad file's error with it)
-        for the caller to report: ``"not-tls"`` for a plain or datagram server."""
-        return self._listener.reload_tls_files() if self._listener is not None else TLSReload("not-tls")
-
-    @property
-    def tls_pin(self) -> str | None:
-        """Once started, the ``sha256:HEX`` pin of a ``cert=auto`` server's certificate (what a
-        client gives as ``pin=``); ``None`` for any other server."""
-        return self._listener.tls_pin if self._listener is not None else None
 
     async def serve_forever(self) -> ServeStats:
         """Serve until :meth:`shutdown`; returns the statistics (``cut`` > 0 if any was cut)."""

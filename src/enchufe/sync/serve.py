@@ -47,11 +47,10 @@ from .._serving import (
     message,
     peer_sessions,
     receive_failed,
-    reload_tls,
     server_options,
     session_ended,
 )
-from .._streams import TLSReload
+from .._streams import TLSReload, TLSServing
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError
 from ..sessions import Session, SessionTable
@@ -135,7 +134,7 @@ class DatagramHandler(Protocol):
 Handler = StreamHandler | DatagramHandler
 
 
-class Server:
+class Server(TLSServing):
     """A threaded server on ``address``; same options and guarantees as :class:`enchufe.aio.serve.Server`.
 
     :meth:`shutdown` may be called from any thread or a signal handler: it stops accepting at
@@ -212,23 +211,6 @@ class Server:
                     os.write(self._wake[1], b"\0")
         if self._listener is not None:
             self._listener.close()
-
-    def reload_tls(self) -> bool:
-        """Read the TLS certificate, key and CA files again, for the clients that come next
-        (what SIGUSR1 asks); a bad file is logged and the current ones stay.  Whether it
-        reloaded (``False`` for a plain server)."""
-        return reload_tls(self._listener)
-
-    def reload_tls_files(self) -> TLSReload:
-        """:meth:`reload_tls`, logging nothing, with what happened (a bad file's error with it)
-        for the caller to report: ``"not-tls"`` for a plain or datagram server."""
-        return self._listener.reload_tls_files() if self._listener is not None else TLSReload("not-tls")
-
-    @property
-    def tls_pin(self) -> str | None:
-        """Once started, the ``sha256:HEX`` pin of a ``cert=auto`` server's certificate (what a
-        client gives as ``pin=``); ``None`` for any other server."""
-        return self._listener.tls_pin if self._listener is not None else None
 
     def serve_forever(self) -> ServeStats:
         """Serve until :meth:`shutdown`; returns the statistics."""
