@@ -69,19 +69,11 @@ def warn_insecure(target: Address) -> None:
 def open_tls(sock: socket.socket, setup: TLSSetup | None, target: Address) -> Connection:
     """The connection over ``sock``: plain when ``setup`` is ``None``, else TLS with its
     handshake done (TLSRefused or TimedOut if not; the socket is closed then)."""
-    from ..sync import Connection, TLSConnection
+    from ..sync.stream import connection_over
 
-    if setup is None:
-        return Connection(sock)
-    if setup.params.insecure:
+    if setup is not None and setup.params.insecure:
         warn_insecure(target)
-    conn = TLSConnection(sock, setup)
-    try:
-        conn.handshake()
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return connection_over(sock, setup)
 
 
 def listening(address: object, pin: str | None) -> None:

@@ -7,7 +7,7 @@ from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_lis
 from .._tlsstream import client_setup, server_setup, with_tls
 from ..address import Address
 from .datagram import DatagramSocket
-from .stream import Connection, Listener, TLSConnection
+from .stream import Connection, Listener, TLSConnection, connection_over
 
 __all__ = [
     "Connection",
@@ -66,15 +66,7 @@ def connect(
     target = socket_address(address, stream=True, role="connect")
     tls = client_setup(target)
     sock, _owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
-    if tls is None:
-        return Connection(sock)
-    conn = TLSConnection(sock, tls)
-    try:
-        conn.handshake()
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return connection_over(sock, tls)
 
 
 def bind_datagram(

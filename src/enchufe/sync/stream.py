@@ -18,7 +18,7 @@ from .._tlsstream import TLSSetup, TLSStreamCore
 from ..errors import ClosedError, ConnectionReset, IncompleteRead
 from ..tlsinfo import TLSInfo
 
-__all__ = ["Connection", "Listener", "TLSConnection"]
+__all__ = ["Connection", "Listener", "TLSConnection", "connection_over"]
 
 
 class Connection(StreamCore, Closing):
@@ -313,3 +313,18 @@ class Listener(ListenerCore, Closing):
 
     def __repr__(self) -> str:
         return f"<Listener {self.address}{' closed' if self._closed else ''}>"
+
+
+def connection_over(sock: socket.socket, setup: TLSSetup | None) -> Connection:
+    """The connection over a connected ``sock``: plain when ``setup`` is ``None``, else a
+    :class:`TLSConnection` with its handshake done (:class:`~enchufe.errors.TLSRefused` or
+    :class:`~enchufe.errors.TimedOut` if not, and ``sock`` is closed then)."""
+    if setup is None:
+        return Connection(sock)
+    conn = TLSConnection(sock, setup)
+    try:
+        conn.handshake()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
