@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import socket
 import struct
@@ -98,8 +99,9 @@ class Replies:
         self.stats.datagrams_to_client += count
 
     def _sendto(self, session: Upstream, data: Buffer, seg: int, count: int) -> bool:
-        """One send of replies to the sender: True if sent, False if dropped (counted);
-        BlockingIOError if the listener cannot take them now."""
+        """One send of replies to the sender: True if sent, False if dropped (counted), or
+        sent one by one and counted there (:meth:`_sendto_each`); BlockingIOError if the
+        listener cannot take them now."""
         try:
             send_datagrams(self.listener, data, seg, count, session.peer, self.gso)
         except BlockingIOError:
@@ -114,11 +116,35 @@ class Replies:
         return True
 
     def _sendto_each(self, session: Upstream, data: Buffer, seg: int) -> bool:
+        """The replies of a run one by one (GSO refused).  What went out is counted as
+        delivered here, each one that could not go as dropped, with one line for the first
+        error (as :meth:`_sendto` says of a whole run); False, so that the caller counts nothing
+        more.  BlockingIOError if the first one cannot go now (the whole run waits); one later
+        refused cannot wait behind those sent: it is dropped with the rest, counted."""
         view = memoryview(data)
+        sent = sent_bytes = dropped = 0
+        failure: OSError | None = None
         for start in range(0, len(view), seg):
-            with contextlib.suppress(OSError):
-                send_datagram(self.listener, view[start : start + seg], session.peer)
-        return True
+            chunk = view[start : start + seg]
+            try:
+                send_datagram(self.listener, chunk, session.peer)
+            except BlockingIOError:
+                if start == 0:
+                    raise
+                dropped += 1
+                failure = failure or OSError(errno.EAGAIN, "the listener's send buffer is full")
+            except OSError as exc:
+                dropped += 1
+                failure = failure or exc
+            else:
+                sent += 1
+                sent_bytes += len(chunk)
+        if sent:
+            self.delivered(session, sent_bytes, sent)
+        if failure is not None:
+            self.stats.dropped += dropped
+            self._error(f"cannot answer {session.label}: {(failure.strerror or str(failure)).lower()}")
+        return False
 
     def flush(self) -> None:
         """Send the waiting replies, in order, until the listener refuses one again."""
