@@ -268,8 +268,22 @@ class Loop:
         stale = self._stale
         always = self._always
         monotonic = time.monotonic
+        heappop = heapq.heappop
+        # The time taken after the last batch (for its timers) also sets the next wait: nothing
+        # but until() runs in between, and a turn with no timer needs no clock at all.
+        now = monotonic()
         while not until():
-            timeout = self._wait_time() if self._timers or always else -1.0
+            timers = self._timers  # a new list after compaction
+            if always:
+                timeout = self._wait_time()
+            elif timers:
+                # _wait_time, inlined: cancelled timers at the head would only wake the loop.
+                while timers and timers[0][2].cancelled:
+                    heappop(timers)
+                    self._cancelled = max(0, self._cancelled - 1)
+                timeout = (timers[0][0] - now if timers[0][0] > now else 0.0) if timers else -1.0
+            else:
+                timeout = -1.0
             if stale:
                 stale.clear()
             for fd, events in poll(timeout, MAX_EVENTS):
@@ -286,8 +300,11 @@ class Loop:
             if always:
                 self._run_always()
             timers = self._timers
-            if timers and timers[0][0] <= monotonic():
-                self._run_timers()
+            if timers:
+                now = monotonic()
+                if timers[0][0] <= now:
+                    self._run_timers()
+                    now = monotonic()  # the callbacks took time
 
     def _wait_time(self) -> float:
         """Seconds ``epoll_wait`` may block: until the next timer, none while an always-ready
