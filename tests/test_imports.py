@@ -4,7 +4,8 @@ Every module of the package sits in one layer, and imports only from its own lay
 below it::
 
     pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
-               _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello
+               _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
+               proxyproto
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
                _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlsstream
     endpoints  sync | aio (siblings: neither imports the other), and the package itself (sync's facade)
@@ -51,6 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tls_text",
         "_tls_trace",
         "clienthello",
+        "proxyproto",
     ),
     "sockets": (
         "_calls",

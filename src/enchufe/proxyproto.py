@@ -1,0 +1,598 @@
+"""The PROXY protocol, versions 1 and 2 (HAProxy's ``doc/proxy-protocol.txt``), without I/O.
+
+A load balancer in front of a server opens its own connection to it, so the server sees the
+balancer's address instead of the client's.  With the PROXY protocol the balancer starts that
+connection with a header that says who the client was.  This module reads and writes that
+header; it never touches a socket, so the sync and asyncio servers and the relay's event loop
+all feed it the bytes they have::
+
+    decoder = Decoder()
+    result = decoder.feed(first_bytes)      # NeedMore, ProxyHeader or Refused
+    # a ProxyHeader: result.source is the client; decoder.rest is payload that came with it
+
+Bounds: a version 1 line is at most :data:`V1_MAX` (107) bytes with its CRLF; a version 2
+header at most ``16 +`` :data:`MAX_V2_LENGTH` bytes (addresses and TLVs; a longer one is refused
+as oversized, whatever its length field says).  :meth:`Decoder.feed` never counts more than that
+as header, and never raises: what breaks the rules is a :class:`Refused` with the reason.
+Only misuse (feeding a decoder that is done, encoding what the protocol cannot carry) raises,
+and then only :class:`ProxyProtocolError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._text import printable
+from .address import Address, InetAddress, SocketAddress, UnixAddress, from_sockaddr
+from .errors import ProtocolError
+
+__all__ = [
+    "MAX_V2_LENGTH",
+    "V1_MAX",
+    "V2_SIGNATURE",
+    "Decoder",
+    "NeedMore",
+    "ProxyHeader",
+    "ProxyProtocolError",
+    "ProxySSL",
+    "Refused",
+    "crc32c",
+    "encode_v1",
+    "encode_v2",
+]
+
+#: The longest version 1 line, CRLF included ("PROXY UNKNOWN" with two IPv6 addresses).
+V1_MAX = 107
+#: The 12 bytes that start every version 2 header.
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+#: The largest version 2 length field accepted (addresses + TLVs): room for two unix addresses
+#: (216 bytes) and every TLV HAProxy sends by default, client certificate chains excepted.
+MAX_V2_LENGTH = 4096
+
+#: TLV types (section 2.2).
+PP2_TYPE_ALPN = 0x01
+PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_CRC32C = 0x03
+PP2_TYPE_NOOP = 0x04
+PP2_TYPE_UNIQUE_ID = 0x05
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
+PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_TYPE_NETNS = 0x30
+PP2_CLIENT_SSL = 0x01
+PP2_CLIENT_CERT_CONN = 0x02
+PP2_CLIENT_CERT_SESS = 0x04
+#: The longest unique id a sender may put in a header (section 2.2.5).
+MAX_UNIQUE_ID = 128
+
+Family = Literal["TCP4", "TCP6", "UDP4", "UDP6", "UNIX", "UNIXGRAM", "UNKNOWN"]
+
+#: v2 (family nibble, protocol nibble) → the family's name; its addresses' size by family.
+_V2_KINDS: dict[tuple[int, int], Family] = {
+    (1, 1): "TCP4",
+    (1, 2): "UDP4",
+    (2, 1): "TCP6",
+    (2, 2): "UDP6",
+    (3, 1): "UNIX",
+    (3, 2): "UNIXGRAM",
+}
+_V2_SIZES = {1: 12, 2: 36, 3: 216}
+_UNIX_FIELD = 108
+
+
+class ProxyProtocolError(ProtocolError):
+    """A PROXY protocol header that cannot be made, or a decoder used after it was done."""
+
+
+@dataclass(frozen=True)
+class NeedMore:
+    """Not a whole header yet: feed more bytes (at least ``at_least``)."""
+
+    at_least: int = 1
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Not a valid PROXY protocol header: the connection must be closed.  ``reason`` is one
+    line, what the peer sent shown escaped."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProxySSL:
+    """The PP2_TYPE_SSL TLV: whether the client spoke TLS to the proxy, with what, and who it was.
+
+    ``client`` holds the PP2_CLIENT_* bits; ``verify`` is 0 when the client's certificate was
+    verified (see :attr:`verified`).  ``cn`` is that certificate's Common Name.  Sub-TLVs not
+    named here are kept in ``other``.
+    """
+
+    client: int = PP2_CLIENT_SSL
+    verify: int = 0
+    version: str | None = None
+    cn: str | None = None
+    cipher: str | None = None
+    other: tuple[tuple[int, bytes], ...] = ()
+
+    @property
+    def verified(self) -> bool:
+        """The client presented a certificate and the proxy verified it."""
+        return bool(self.client & (PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS)) and self.verify == 0
+
+
+@dataclass(frozen=True)
+class ProxyHeader:
+    """A whole, valid header.
+
+    ``source`` is the real client and ``destination`` the address it connected to, as enchufe
+    addresses; both ``None`` for a LOCAL header (the proxy's own health check: use the
+    connection's real endpoints) and for the UNKNOWN family.  ``consumed`` is the header's
+    length: every byte after it is payload.
+    """
+
+    version: Literal[1, 2]
+    command: Literal["proxy", "local"]
+    family: Family
+    source: SocketAddress | None
+    destination: SocketAddress | None
+    consumed: int
+    #: Every TLV as (type, value), in order, the ones parsed below included.
+    tlvs: tuple[tuple[int, bytes], ...] = ()
+    alpn: bytes | None = None
+    authority: str | None = None
+    unique_id: bytes | None = None
+    ssl: ProxySSL | None = None
+    netns: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """The proxy speaks for itself (LOCAL, or UNKNOWN): keep the connection's own addresses."""
+        return self.source is None
+
+
+Result = NeedMore | ProxyHeader | Refused
+
+
+class Decoder:
+    """Feed it the first bytes of a connection until it says :class:`ProxyHeader` or
+    :class:`Refused`; :attr:`rest` then holds what came after the header (payload to keep).
+
+    It keeps at most one header's worth plus the last chunk fed.  Feeding it after it said
+    something other than :class:`NeedMore` raises :class:`ProxyProtocolError`.
+    """
+
+    def __init__(self, *, max_v2_length: int = MAX_V2_LENGTH) -> None:
+        if not 0 <= max_v2_length <= 0xFFFF:
+            raise ProxyProtocolError(f"max_v2_length {max_v2_length!r}: from 0 to 65535")
+        self.max_v2_length = max_v2_length
+        self._buffer = bytearray()
+        self.result: Result = NeedMore()
+
+    @property
+    def bound(self) -> int:
+        """The most bytes a header may have here."""
+        return max(V1_MAX, 16 + self.max_v2_length)
+
+    @property
+    def rest(self) -> bytes:
+        """What came after the header (empty until there is one)."""
+        if not isinstance(self.result, ProxyHeader):
+            return b""
+        return bytes(self._buffer[self.result.consumed :])
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Result:
+        if not isinstance(self.result, NeedMore):
+            raise ProxyProtocolError("this decoder is done: the header was already read or refused")
+        self._buffer += data
+        self.result = parse(bytes(self._buffer), max_v2_length=self.max_v2_length)
+        return self.result
+
+
+def parse(data: bytes, *, max_v2_length: int = MAX_V2_LENGTH) -> Result:
+    """What ``data``, the first bytes of a connection, hold: a header, not enough yet, or no
+    valid header.  Never raises."""
+    try:
+        if not data:
+            return NeedMore()
+        if V2_SIGNATURE.startswith(data[:12]):
+            return _parse_v2(data, max_v2_length)
+        if b"PROXY".startswith(data[:5]):
+            return _parse_v1(data)
+        return Refused(f"no PROXY protocol header: the connection starts with {_shown(data[:16])}")
+    except _Invalid as exc:
+        return Refused(str(exc))
+
+
+class _Invalid(Exception):
+    """Inside the parser: the reason a header is refused."""
+
+
+def _shown(data: bytes) -> str:
+    return "'" + printable(data.decode("latin-1")) + "'"
+
+
+# -- version 1
+
+
+def _parse_v1(data: bytes) -> Result:
+    end = data.find(b"\r\n", 0, V1_MAX)
+    line = data[: V1_MAX if end < 0 else end]
+    for i, byte in enumerate(line):
+        if not 0x20 <= byte <= 0x7E and not (byte == 0x0D and i == len(line) - 1 and end < 0):
+            raise _Invalid(f"PROXY v1 line: byte {byte:#04x} at offset {i} (printable ASCII ending in CRLF)")
+    if end < 0:
+        if len(data) >= V1_MAX:
+            raise _Invalid(f"PROXY v1 line: no CRLF in the first {V1_MAX} bytes")
+        return NeedMore()
+    parts = line.decode("ascii").split(" ")
+    consumed = end + 2
+    if parts[0] != "PROXY" or len(parts) < 2:
+        raise _Invalid(f"PROXY v1 line: {_shown(line)} does not start with 'PROXY ' and a protocol")
+    if parts[1] == "UNKNOWN":
+        return ProxyHeader(1, "proxy", "UNKNOWN", None, None, consumed)
+    if parts[1] not in ("TCP4", "TCP6") or len(parts) != 6:
+        raise _Invalid(
+            f"PROXY v1 line: {_shown(line)}: expected 'PROXY TCP4|TCP6 SRC DST SPORT DPORT' "
+            "or 'PROXY UNKNOWN'"
+        )
+    family: Family = "TCP4" if parts[1] == "TCP4" else "TCP6"
+    source = _v1_address(family, parts[2], parts[4])
+    destination = _v1_address(family, parts[3], parts[5])
+    return ProxyHeader(1, "proxy", family, source, destination, consumed)
+
+
+def _v1_address(family: Family, host: str, port: str) -> SocketAddress | None:
+    allowed = "0123456789." if family == "TCP4" else "0123456789abcdefABCDEF:"
+    try:
+        if not host or host.strip(allowed):
+            raise ValueError(host)
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
+            ipaddress.IPv4Address(host) if family == "TCP4" else ipaddress.IPv6Address(host)
+        )
+    except ValueError:
+        raise _Invalid(f"PROXY v1 line: {printable(host)!r} is not a canonical {family} address") from None
+    if not port.isdigit() or (port != "0" and port.startswith("0")) or len(port) > 5 or int(port) > 0xFFFF:
+        raise _Invalid(f"PROXY v1 line: {printable(port)!r} is not a port (0 to 65535, no leading zero)")
+    return _inet("tcp", ip, int(port))
+
+
+def _inet(transport: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> InetAddress:
+    """An address as users think of it: an IPv4-mapped IPv6 address is the IPv4 one it carries."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return InetAddress(transport, str(ip), port)
+
+
+# -- version 2
+
+
+def _parse_v2(data: bytes, max_v2_length: int) -> Result:
+    if len(data) < 16:
+        return NeedMore(16 - len(data))
+    if data[:12] != V2_SIGNATURE:
+        raise _Invalid("PROXY v2: the signature is wrong")
+    version, command = data[12] >> 4, data[12] & 0x0F
+    if version != 2:
+        raise _Invalid(f"PROXY v2: version {version} (only 2 exists)")
+    if command > 1:
+        raise _Invalid(f"PROXY v2: command {command} (0 LOCAL or 1 PROXY)")
+    family, transport = data[13] >> 4, data[13] & 0x0F
+    if family > 3 or transport > 2:
+        raise _Invalid(f"PROXY v2: family/protocol byte {data[13]:#04x} is not one the protocol defines")
+    (length,) = struct.unpack_from("!H", data, 14)
+    if length > max_v2_length:
+        raise _Invalid(
+            f"PROXY v2: header of {16 + length} bytes, over this server's bound of {16 + max_v2_length}"
+        )
+    if len(data) < 16 + length:
+        return NeedMore(16 + length - len(data))
+    block = data[16 : 16 + length]
+    # UNSPEC (family or protocol 0): no addresses to read; TLVs, if any, start at once.
+    kind = _V2_KINDS.get((family, transport), "UNKNOWN")
+    size = _V2_SIZES.get(family, 0) if kind != "UNKNOWN" else 0
+    if length < size:
+        raise _Invalid(f"PROXY v2: {length} bytes cannot hold {kind} addresses ({size} bytes)")
+    tlvs = _tlvs(block[size:], data[: 16 + length])
+    source = destination = None
+    if command == 1 and kind != "UNKNOWN":
+        source, destination = _v2_addresses(family, transport, block)
+    header = ProxyHeader(
+        2, "proxy" if command == 1 else "local", kind, source, destination, 16 + length, tlvs
+    )
+    return _with_tlvs(header)
+
+
+def _v2_addresses(
+    family: int, transport: int, block: bytes
+) -> tuple[SocketAddress | None, SocketAddress | None]:
+    proto = "tcp" if transport == 1 else "udp"
+    if family == 1:
+        src, dst, sport, dport = struct.unpack_from("!4s4sHH", block)
+        return _inet(proto, ipaddress.IPv4Address(src), sport), _inet(
+            proto, ipaddress.IPv4Address(dst), dport
+        )
+    if family == 2:
+        src, dst, sport, dport = struct.unpack_from("!16s16sHH", block)
+        return _inet(proto, ipaddress.IPv6Address(src), sport), _inet(
+            proto, ipaddress.IPv6Address(dst), dport
+        )
+    kind = socket.SOCK_STREAM if transport == 1 else socket.SOCK_DGRAM
+    return _unix(block[:_UNIX_FIELD], kind), _unix(block[_UNIX_FIELD : 2 * _UNIX_FIELD], kind)
+
+
+def _unix(field_: bytes, kind: int) -> SocketAddress | None:
+    """A 108-byte sun_path: a path up to its NUL, or an abstract name (NUL first) without its padding."""
+    if field_.startswith(b"\0"):
+        name = field_.rstrip(b"\0")
+        return from_sockaddr(socket.AF_UNIX, kind, b"\0" + name[1:]) if len(name) > 1 else None
+    return from_sockaddr(socket.AF_UNIX, kind, field_.split(b"\0", 1)[0])
+
+
+def _split_tlvs(data: bytes, what: str) -> list[tuple[int, bytes]]:
+    found = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < 3:
+            raise _Invalid(f"PROXY v2: {len(data) - offset} stray byte(s) at the end of the {what}")
+        kind, size = data[offset], int.from_bytes(data[offset + 1 : offset + 3], "big")
+        if offset + 3 + size > len(data):
+            raise _Invalid(f"PROXY v2: TLV {kind:#04x} of {size} bytes runs past the end of the {what}")
+        found.append((kind, data[offset + 3 : offset + 3 + size]))
+        offset += 3 + size
+    return found
+
+
+def _tlvs(data: bytes, header: bytes) -> tuple[tuple[int, bytes], ...]:
+    found = _split_tlvs(data, "header")
+    crcs = [value for kind, value in found if kind == PP2_TYPE_CRC32C]
+    if crcs:
+        if len(crcs) > 1 or len(crcs[0]) != 4:
+            raise _Invalid("PROXY v2: a CRC32c TLV must be one, of 4 bytes")
+        at = len(header) - len(data) + _offset_of(found, PP2_TYPE_CRC32C)
+        zeroed = header[:at] + b"\0\0\0\0" + header[at + 4 :]
+        if crc32c(zeroed) != int.from_bytes(crcs[0], "big"):
+            raise _Invalid("PROXY v2: the CRC32c checksum does not match the header")
+    return tuple(found)
+
+
+def _offset_of(tlvs: list[tuple[int, bytes]], wanted: int) -> int:
+    """Where the value of the first TLV of type ``wanted`` starts, counted from the first TLV."""
+    offset = 0
+    for kind, value in tlvs:
+        if kind == wanted:
+            return offset + 3
+        offset += 3 + len(value)
+    raise AssertionError("no such TLV")
+
+
+def _text(value: bytes, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Invalid(f"PROXY v2: the {what} TLV is not UTF-8: {_shown(value[:32])}") from None
+
+
+def _with_tlvs(header: ProxyHeader) -> ProxyHeader:
+    """``header`` with the TLVs this module knows parsed into its fields."""
+    values: dict[str, object] = {}
+    for kind, value in header.tlvs:
+        if kind == PP2_TYPE_ALPN:
+            values["alpn"] = value
+        elif kind == PP2_TYPE_AUTHORITY:
+            values["authority"] = _text(value, "authority")
+        elif kind == PP2_TYPE_UNIQUE_ID:
+            if len(value) > MAX_UNIQUE_ID:
+                raise _Invalid(f"PROXY v2: unique id of {len(value)} bytes (at most {MAX_UNIQUE_ID})")
+            values["unique_id"] = value
+        elif kind == PP2_TYPE_SSL:
+            values["ssl"] = _ssl(value)
+        elif kind == PP2_TYPE_NETNS:
+            values["netns"] = _text(value, "netns")
+    return _replace(header, values) if values else header
+
+
+def _replace(header: ProxyHeader, values: dict[str, object]) -> ProxyHeader:
+    return dataclasses.replace(header, **values)  # type: ignore[arg-type]
+
+
+def _ssl(value: bytes) -> ProxySSL:
+    if len(value) < 5:
+        raise _Invalid(f"PROXY v2: SSL TLV of {len(value)} bytes (at least 5)")
+    client, verify = value[0], int.from_bytes(value[1:5], "big")
+    named: dict[int, str] = {}
+    other = []
+    for kind, sub in _split_tlvs(value[5:], "SSL TLV"):
+        if kind in (PP2_SUBTYPE_SSL_VERSION, PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_CIPHER):
+            named[kind] = _text(sub, "SSL")
+        else:
+            other.append((kind, sub))
+    return ProxySSL(
+        client=client,
+        verify=verify,
+        version=named.get(PP2_SUBTYPE_SSL_VERSION),
+        cn=named.get(PP2_SUBTYPE_SSL_CN),
+        cipher=named.get(PP2_SUBTYPE_SSL_CIPHER),
+        other=tuple(other),
+    )
+
+
+# -- CRC32c (RFC 4960 appendix B: the Castagnoli polynomial, reflected)
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc32c(data: bytes) -> int:
+    """The CRC32c of ``data`` (``crc32c(b"123456789") == 0xE3069283``)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+# -- encoding
+
+
+def _ip(address: Address | None) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    """An IP address and port, or ``None`` for what is no IP address (unix, a name, none)."""
+    if not isinstance(address, InetAddress):
+        return None
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, address.port
+
+
+def _ip_pair(
+    source: Address | None, destination: Address | None
+) -> tuple[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], ...] | None:
+    """Both IP ends of one family (an IPv4 end beside an IPv6 one is written IPv4-mapped, as
+    HAProxy does), or ``None`` if either is no IP address."""
+    pair = (_ip(source), _ip(destination))
+    if pair[0] is None or pair[1] is None:
+        return None
+    if pair[0][0].version != pair[1][0].version:
+        return tuple(
+            (ipaddress.IPv6Address(f"::ffff:{ip}") if ip.version == 4 else ip, port)
+            for ip, port in (pair[0], pair[1])
+        )
+    return pair[0], pair[1]
+
+
+def encode_v1(source: Address | None, destination: Address | None) -> bytes:
+    """A version 1 line for a TCP client ``source`` that connected to ``destination`` (IP
+    literals); ``PROXY UNKNOWN`` when either is not an IP address (unix, or none)."""
+    pair = _ip_pair(source, destination)
+    if pair is None:
+        return b"PROXY UNKNOWN\r\n"
+    (src, sport), (dst, dport) = pair
+    family = "TCP4" if src.version == 4 else "TCP6"
+    return f"PROXY {family} {src} {dst} {sport} {dport}\r\n".encode("ascii")
+
+
+@dataclass
+class _Body:
+    family_byte: int = 0
+    addresses: bytes = b""
+    tlvs: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+def encode_v2(
+    source: Address | None,
+    destination: Address | None,
+    *,
+    local: bool = False,
+    alpn: bytes | None = None,
+    authority: str | None = None,
+    unique_id: bytes | None = None,
+    ssl: ProxySSL | None = None,
+    tlvs: Iterable[tuple[int, bytes]] = (),
+    checksum: bool = False,
+    max_length: int = MAX_V2_LENGTH,
+) -> bytes:
+    """A version 2 header for a client ``source`` that connected to ``destination``.
+
+    IP addresses (TCP or UDP from the addresses' transport) and unix ones are written as such;
+    anything else (``None``, a host name) as the UNSPEC family.  ``local=True`` makes a LOCAL
+    header (the proxy's own connection, a health check).  TLVs follow in this order: ALPN,
+    authority, unique id, SSL, then ``tlvs`` as given, then a CRC32c of the whole header when
+    ``checksum``.  :class:`ProxyProtocolError` if the result would be over ``max_length``.
+    """
+    body = _Body() if local else _addresses(source, destination)
+    if alpn is not None:
+        body.tlvs.append((PP2_TYPE_ALPN, alpn))
+    if authority is not None:
+        body.tlvs.append((PP2_TYPE_AUTHORITY, authority.encode("utf-8")))
+    if unique_id is not None:
+        if len(unique_id) > MAX_UNIQUE_ID:
+            raise ProxyProtocolError(f"a unique id is at most {MAX_UNIQUE_ID} bytes, not {len(unique_id)}")
+        body.tlvs.append((PP2_TYPE_UNIQUE_ID, unique_id))
+    if ssl is not None:
+        body.tlvs.append((PP2_TYPE_SSL, _ssl_value(ssl)))
+    body.tlvs.extend(tlvs)
+    if checksum:
+        body.tlvs.append((PP2_TYPE_CRC32C, b"\0\0\0\0"))
+    payload = body.addresses + b"".join(_tlv(kind, value) for kind, value in body.tlvs)
+    if len(payload) > min(max_length, 0xFFFF):
+        raise ProxyProtocolError(
+            f"a PROXY v2 header of {16 + len(payload)} bytes is over the bound of {16 + max_length}"
+        )
+    command = 0x20 if local else 0x21
+    header = V2_SIGNATURE + struct.pack("!BBH", command, body.family_byte, len(payload)) + payload
+    if checksum:
+        header = header[:-4] + crc32c(header).to_bytes(4, "big")
+    return header
+
+
+def _tlv(kind: int, value: bytes) -> bytes:
+    if not 0 <= kind <= 0xFF or len(value) > 0xFFFF:
+        raise ProxyProtocolError(
+            f"TLV type {kind!r} with {len(value)} bytes cannot be written (type 0-255, up to 65535 bytes)"
+        )
+    return struct.pack("!BH", kind, len(value)) + bytes(value)
+
+
+def _ssl_value(ssl: ProxySSL) -> bytes:
+    subs = [
+        (kind, text.encode("utf-8"))
+        for kind, text in (
+            (PP2_SUBTYPE_SSL_VERSION, ssl.version),
+            (PP2_SUBTYPE_SSL_CN, ssl.cn),
+            (PP2_SUBTYPE_SSL_CIPHER, ssl.cipher),
+        )
+        if text is not None
+    ]
+    if not 0 <= ssl.client <= 0xFF or not 0 <= ssl.verify <= 0xFFFFFFFF:
+        raise ProxyProtocolError(f"SSL TLV: client {ssl.client!r} (0-255), verify {ssl.verify!r} (32 bits)")
+    return (
+        bytes([ssl.client])
+        + ssl.verify.to_bytes(4, "big")
+        + b"".join(_tlv(k, v) for k, v in [*subs, *ssl.other])
+    )
+
+
+def _addresses(source: Address | None, destination: Address | None) -> _Body:
+    pair = _ip_pair(source, destination)
+    if pair is not None:
+        assert isinstance(source, InetAddress)
+        (src, sport), (dst, dport) = pair
+        transport = 1 if source.transport == "tcp" else 2
+        return _Body(
+            (0x10 if src.version == 4 else 0x20) | transport,
+            src.packed + dst.packed + struct.pack("!HH", sport, dport),
+        )
+    if isinstance(source, UnixAddress) and isinstance(destination, UnixAddress):
+        transport = 2 if source.datagram else 1
+        return _Body(0x30 | transport, _unix_field(source) + _unix_field(destination))
+    return _Body()
+
+
+def _unix_field(address: UnixAddress) -> bytes:
+    raw = address.sockaddr
+    name = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
+    if len(name) > _UNIX_FIELD:
+        raise ProxyProtocolError(
+            f"{printable(str(address))}: longer than the {_UNIX_FIELD} bytes of a unix address"
+        )
+    return name.ljust(_UNIX_FIELD, b"\0")
