@@ -85,6 +85,10 @@ Report = Callable[[str, Exception], None]
 _log = logging.getLogger("enchufe.relay")
 
 
+def _unwatched(events: int) -> None:
+    """The handler of a descriptor unregistered during the batch that reported it."""
+
+
 def _log_report(line: str, exc: Exception) -> None:
     _log.error("%s", line)
 
@@ -202,6 +206,8 @@ class Loop:
             self._timers = [entry for entry in self._timers if not entry[2].cancelled]
             heapq.heapify(self._timers)
             self._cancelled = 0
+        else:
+            self._drop_cancelled_head()
 
     def _run_timers(self) -> None:
         now = time.monotonic()
@@ -222,6 +228,7 @@ class Loop:
                 raise
             except Exception as exc:
                 self._failed(exc, timer.on_error, None, "a timer")
+        self._drop_cancelled_head()
 
     # -- waking up
 
@@ -268,20 +275,15 @@ class Loop:
         stale = self._stale
         always = self._always
         monotonic = time.monotonic
-        heappop = heapq.heappop
         # The time taken after the last batch (for its timers) also sets the next wait: nothing
         # but until() runs in between, and a turn with no timer needs no clock at all.
         now = monotonic()
         while not until():
-            timers = self._timers  # a new list after compaction
             if always:
                 timeout = self._wait_time()
-            elif timers:
-                # _wait_time, inlined: cancelled timers at the head would only wake the loop.
-                while timers and timers[0][2].cancelled:
-                    heappop(timers)
-                    self._cancelled = max(0, self._cancelled - 1)
-                timeout = (timers[0][0] - now if timers[0][0] > now else 0.0) if timers else -1.0
+            elif timers := self._timers:  # _wait_time, inlined: the head is a live timer
+                when = timers[0][0]
+                timeout = when - now if when > now else 0.0
             else:
                 timeout = -1.0
             if stale:
@@ -289,14 +291,12 @@ class Loop:
             for fd, events in poll(timeout, MAX_EVENTS):
                 if stale and fd in stale:
                     continue  # closed during this batch: the event was for its previous owner
-                handler = get_handler(fd)
-                if handler is not None:
-                    try:
-                        handler(events)
-                    except MemoryError:
-                        raise
-                    except Exception as exc:
-                        self._handler_failed(exc, fd)
+                try:
+                    get_handler(fd, _unwatched)(events)
+                except MemoryError:
+                    raise
+                except Exception as exc:
+                    self._handler_failed(exc, fd)
             if always:
                 self._run_always()
             timers = self._timers
@@ -309,14 +309,18 @@ class Loop:
     def _wait_time(self) -> float:
         """Seconds ``epoll_wait`` may block: until the next timer, none while an always-ready
         descriptor wants something, -1 (no limit) otherwise."""
+        if self._always and any(self._always.values()):
+            return 0.0
+        timers = self._timers
+        return max(0.0, timers[0][0] - time.monotonic()) if timers else -1.0
+
+    def _drop_cancelled_head(self) -> None:
+        """Cancelled timers at the head would only wake the loop for nothing: the head of the
+        heap is kept a live timer (after a cancel, and after the due ones ran)."""
         timers = self._timers  # a new list after compaction
-        # Cancelled timers at the head would only wake the loop for nothing: drop them.
         while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
             self._cancelled = max(0, self._cancelled - 1)
-        if self._always and any(self._always.values()):
-            return 0.0
-        return max(0.0, timers[0][0] - time.monotonic()) if timers else -1.0
 
     def _run_always(self) -> None:
         for fd, mask in list(self._always.items()):
