@@ -74,7 +74,15 @@ from .datagram_io import (
     send_datagrams,
     traced_recv,
 )
-from .datagram_listener import DatagramListener, Key, Run, Upstream, describe_sender
+from .datagram_listener import (
+    DatagramListener,
+    Key,
+    Run,
+    Upstream,
+    describe_sender,
+    existing_only,
+    transient_or_raise,
+)
 from .engine import ERROR, FAILED, READ, WRITE, Loop
 from .tunnel import FramedDatagramRelay
 
@@ -136,6 +144,46 @@ class DatagramRelay(DatagramListener):
     """Datagram LISTEN → datagram TARGET: a connected upstream socket per sender."""
 
     runs_above = 1  # a batch of several goes as runs, to a UDP target in one send each
+
+    def _on_listener(self, events: int) -> None:
+        """Request/response traffic (one datagram per readiness event, see ReadMode): one
+        datagram of a known sender, nothing waiting either way, read and sent on here; anything
+        else (a batch due, a new sender, a truncated datagram, tracing) takes the general path.
+        Nothing here changes what the listener waits for, so its interest is left alone."""
+        mode = self._read_mode
+        if (
+            events != READ
+            or mode.batch
+            or mode.countdown <= 1  # a batch is tried on this one: ReadMode.limit
+            or self.blocked
+            or self.replies.waiting
+            or trace._sink is not None  # trace.enabled(), without a call per datagram
+        ):
+            super()._on_listener(events)
+            return
+        mode.countdown -= 1
+        view = self._buffer
+        try:
+            size, sender = self._receivers[1](view, 0, socket.MSG_TRUNC)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            transient_or_raise(exc)
+            return
+        table = self.table
+        key = sender or None
+        entry = table.get(key) if size <= len(view) else None
+        if entry is None:  # a new sender, or truncated: _receive's way, for one datagram
+            if size > len(view):
+                self._truncated(describe_sender(self.listener.family, sender), size, "client")
+            else:
+                session = self._session_for(sender, time.monotonic())
+                if session is not None:
+                    self._forward(session, view[:size], True)
+            self._listen_for()
+            return
+        table.seen(key, time.monotonic(), existing_only)
+        self._forward(entry.state, view[:size], True)
 
     def _open(self, key: Key) -> Upstream:
         target: Target = self.resolver.targets()[0]
@@ -236,6 +284,30 @@ class DatagramRelay(DatagramListener):
             )
 
     def _on_upstream(self, session: DatagramUpstream, events: int) -> None:
+        mode = session.read_mode
+        if (
+            events == READ
+            and not mode.batch
+            and mode.countdown > 1  # else a batch is tried on this one: ReadMode.limit
+            and session.pending_reply is None
+            and trace._sink is None  # trace.enabled(), without a call per datagram
+        ):
+            # Request/response traffic: _replies_from's reading of one datagram, inline.
+            mode.countdown -= 1
+            view = self._buffer
+            try:
+                size = session.sock.recv_into(view, 0, socket.MSG_TRUNC)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._reply_error(session, exc)
+                return
+            if size <= len(view):
+                self._reply_one(session, view[:size], True)
+            else:
+                self._truncated(self.target_label, size, "target")
+                self.table.touch(session.peer, time.monotonic())
+            return
         if events & FAILED and not self._upstream_error(session):
             return
         if events & (WRITE | ERROR) and session.pending and not self._flush_up(session):

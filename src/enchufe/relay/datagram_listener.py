@@ -45,7 +45,15 @@ from .events import EventSink
 from .stats import Stats
 from .targets import TargetResolver
 
-__all__ = ["LISTENER_PAUSE", "DatagramListener", "Key", "Upstream", "describe_sender"]
+__all__ = [
+    "LISTENER_PAUSE",
+    "DatagramListener",
+    "Key",
+    "Upstream",
+    "describe_sender",
+    "existing_only",
+    "transient_or_raise",
+]
 
 #: When the listener's handler raises (a receive error that is not transient, or a bug), the
 #: listener rests this long before reading again: an error on every turn must not spin.
@@ -220,7 +228,7 @@ class DatagramListener:
         table = self.table
         entry = table.get(key)
         if entry is not None:
-            table.seen(key, now, _never)
+            table.seen(key, now, existing_only)
             return entry.state
         try:
             session = self._open(key)
@@ -263,7 +271,7 @@ class DatagramListener:
             except BlockingIOError:
                 break
             except OSError as exc:
-                _transient_or_raise(exc)
+                transient_or_raise(exc)
                 continue
             got += 1
             if size > limit:
@@ -445,14 +453,15 @@ class DatagramListener:
 _NO_RUN: Run = [None, bytearray(), 0, 0]
 
 
-def _transient_or_raise(exc: OSError) -> None:
+def transient_or_raise(exc: OSError) -> None:
     """A receive error: nothing to do if transient (an ICMP error for an earlier reply), else
     raised again (the engine reports it, and the listener rests)."""
     if exc.errno not in TRANSIENT:
         raise exc
 
 
-def _never(_key: Key) -> Upstream:
+def existing_only(_key: Key) -> Upstream:
+    """The SessionTable factory for a sender whose session exists (never called)."""
     raise AssertionError("the session exists")
 
 
