@@ -3,7 +3,8 @@
 
 Usage (from the repository, with enchufe installed, gcc and socat on PATH):
 
-    python benchmarks/relay_bench.py [--rounds 5] [--seconds 1.0] [--idle 9800] [--only NAME,...]
+    python benchmarks/relay_bench.py [--rounds 5] [--seconds 1.5] [--idle 9800] [--only NAME,...]
+    python benchmarks/relay_bench.py --quick     # one round of tiny sizes: checks that it runs
 
 What it does:
 
@@ -33,7 +34,13 @@ Measures (C client → [relay] → C server, loopback, 127.0.0.1):
   at the sink (first to last datagram) and loss.
 * ``uping``: 1-byte UDP ping-pong for ``--seconds``: round trips/s.
 
-The machine this runs on is shared and noisy: read the medians, and compare ratios, which come
+The TLS-gateway legs (``tlsterm``, ``tlsterm-unix``, ``tlshs``, ``tlsping``, ``passthrough``,
+``tlsidle``: the relay terminating TLS beside socat ``OPENSSL-LISTEN`` and stunnel4, and SNI
+passthrough beside the plain relay) are described in ``relay_bench_tls.py``; they need stunnel4
+and trustme.
+
+The load average is printed at the start and at the end, with a warning above 0.5.  The machine
+this runs on is shared and noisy: read the medians, and compare ratios, which come
 from the same run, rather than absolute figures between runs.
 """
 
@@ -52,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +69,8 @@ MEASURES = ("tcp", "unix", "ping", "conns", "udp", "uping", "idle", "stall")
 UDP_COUNT = 200_000
 UDP_SIZE = 64
 GiB = 1 << 30
+#: Above this 1-minute load average the figures say more about the other work than the relay.
+MAX_LOAD = 0.5
 
 #: The issue's targets: measure → (ratio name, threshold).  "socat" ratios are enchufe / socat.
 TARGETS: dict[str, list[tuple[str, float]]] = {
@@ -541,20 +550,44 @@ def stalled_reader(bench: Bench) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def parse_args(
+    tls_measures: tuple[str, ...], add_tls_arguments: Callable[[argparse.ArgumentParser], None]
+) -> argparse.Namespace:
+    measures_all = MEASURES + tls_measures
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.5, help="duration of each timed client run")
     parser.add_argument("--idle", type=int, default=9800, help="idle connections for the idle measure")
-    parser.add_argument("--only", default=",".join(MEASURES), help=f"comma-separated subset of {MEASURES}")
+    parser.add_argument(
+        "--only", default=",".join(measures_all), help=f"comma-separated subset of {measures_all}"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one round of tiny sizes: checks that every measure runs (no figures)",
+    )
+    add_tls_arguments(parser)
     args = parser.parse_args()
-    measures = [m for m in args.only.split(",") if m]
-    unknown = set(measures) - set(MEASURES)
+    args.measures = [m for m in args.only.split(",") if m]
+    unknown = set(args.measures) - set(measures_all)
     if unknown:
-        parser.error(f"unknown measures {sorted(unknown)}; choose from {MEASURES}")
-    for tool in ("gcc", "socat"):
+        parser.error(f"unknown measures {sorted(unknown)}; choose from {measures_all}")
+    return args
+
+
+def main() -> None:
+    import relay_bench_tls  # here, not at the top: it imports this module
+
+    args = parse_args(relay_bench_tls.TLS_MEASURES, relay_bench_tls.add_arguments)
+    idle_workers = 10_000  # connections held by two worker processes
+    if args.quick:
+        args.rounds, args.seconds, args.idle, idle_workers = 1, 0.3, 200, 200
+        relay_bench_tls.quick(args)
+    measures: list[str] = args.measures
+    tls = [m for m in measures if m in relay_bench_tls.TLS_MEASURES]
+    for tool in ("gcc", "socat", *(("stunnel4",) if tls else ())):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed on PATH")
     started = time.monotonic()
@@ -565,25 +598,45 @@ def main() -> None:
         f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         flush=True,
     )
+    warn_load(load[0], "at start")
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         bench = Bench(Path(tmp), args.seconds)
         bench.compile()
+        lines: list[str] = []
         try:
-            lines = run_comparisons(bench, measures, args.rounds)
-        finally:
+            if any(m in UNITS for m in measures):
+                lines += run_comparisons(bench, measures, args.rounds)
             bench.stop_all()
-        bench.procs.clear()
-        try:
+            bench.procs.clear()
             if "idle" in measures:
                 lines.append("")
                 lines.append(idle_connections(bench, args.idle, 1))
-                lines.append(idle_connections(bench, 10_000, 2))
+                lines.append(idle_connections(bench, idle_workers, 2))
             if "stall" in measures:
                 lines.append(stalled_reader(bench))
+            bench.stop_all()
+            bench.procs.clear()
+            if tls:
+                lines += relay_bench_tls.run(bench, args, tls)
         finally:
             bench.stop_all()
     print("\n".join(lines))
-    print(f"\nwhole run: {time.monotonic() - started:.0f} s")
+    load = os.getloadavg()
+    print(
+        f"\nwhole run: {time.monotonic() - started:.0f} s; "
+        f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
+    )
+    warn_load(load[0], "at the end")
+    if args.quick:
+        print("(--quick: one round of tiny sizes, to check that every measure runs: not figures)")
+
+
+def warn_load(load: float, when: str) -> None:
+    if load > MAX_LOAD:
+        print(
+            f"WARNING: load average {load:.2f} {when} (> {MAX_LOAD}): other work moved these figures",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
