@@ -6,6 +6,14 @@ again (SIGUSR1, ``--reload-interval``): the handshakes that start afterwards use
 contexts, the connections under way keep theirs.  A file that is now missing or bad keeps the
 old settings of both ends, and the error says which file and why.  A ``cert=auto`` certificate
 is kept (nothing of it is on disk).
+
+Resumption: the relay's server contexts issue :data:`TICKETS` TLS 1.3 session tickets per
+handshake (the library's servers issue none), so that a returning client skips the certificate
+and key exchange.  A ticket is sealed with keys of the context that issued it: a reload (new
+contexts) ends the resumption of older sessions, which is what a changed ``client-ca`` needs,
+and each of ``--workers`` resumes only the sessions it issued.
+
+kTLS: :func:`ktls_status` says whether kernel TLS could carry the relay's TLS (``--stats``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,14 @@ from ..address import Address, InetAddress, UnixAddress
 from ..errors import EnchufeError
 from ..tlsparams import TLSParams
 
-__all__ = ["Reloaded", "TLSEnds"]
+__all__ = ["TICKETS", "Reloaded", "TLSEnds", "ktls_status"]
+
+#: TLS 1.3 session tickets sent after each full handshake: OpenSSL's default, which stunnel and
+#: nginx keep; two let a client open two connections at once, each resuming (a ticket is used once).
+TICKETS = 2
+
+#: The kernel's upper-layer protocols for TCP: ``tls`` when kernel TLS can be set on a socket.
+ULP_FILE = "/proc/sys/net/ipv4/tcp_available_ulp"
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,7 @@ class TLSEnds:
     def __init__(self, listen: Address, target: Address) -> None:
         self._listen = listen if isinstance(listen, InetAddress | UnixAddress) and listen.is_tls else None
         self._target = target if isinstance(target, InetAddress | UnixAddress) and target.is_tls else None
-        self.client: TLSSetup | None = server_setup(self._listen) if self._listen is not None else None
+        self.client: TLSSetup | None = _serving(self._listen) if self._listen is not None else None
         self.target: TLSSetup | None = client_setup(self._target) if self._target is not None else None
 
     def files(self) -> tuple[str, ...]:
@@ -73,12 +88,41 @@ class TLSEnds:
         try:
             client = self.client
             if self._listen is not None and client is not None and not client.params.cert_auto:
-                client = server_setup(self._listen)
+                client = _serving(self._listen)
             target = client_setup(self._target) if self._target is not None else None
         except EnchufeError as exc:
             return Reloaded(self.files(), exc)
         self.client, self.target = client, target
         return Reloaded(self.files())
+
+
+def _serving(listen: InetAddress | UnixAddress) -> TLSSetup | None:
+    """The server side of a TLS LISTEN, with session tickets for resumption."""
+    setup = server_setup(listen)
+    if setup is not None:
+        setup.context.num_tickets = TICKETS
+    return setup
+
+
+def ktls_status(ulp_file: str = ULP_FILE) -> str:
+    """``available …`` or ``unavailable (why)``: the kernel must list the ``tls`` ULP, and this
+    Python's ``ssl`` must be able to ask OpenSSL for it (``ssl.OP_ENABLE_KTLS``, Python 3.12+).
+
+    Even then the relay does not use it: its TLS runs over memory BIOs (the handshake inside its
+    own event engine), and OpenSSL hands the keys to the kernel only for a socket it owns."""
+    try:
+        with open(ulp_file, encoding="ascii", errors="replace") as file:
+            ulps = file.read().split()
+    except OSError as exc:
+        return f"unavailable (cannot read {ulp_file}: {exc.strerror or exc})"
+    if "tls" not in ulps:
+        listed = printable(" ".join(ulps)) or "nothing"
+        return f"unavailable (kernel has no tls ULP: {ulp_file} lists {listed})"
+    import ssl
+
+    if not hasattr(ssl, "OP_ENABLE_KTLS"):
+        return "unavailable (the kernel has it; this Python's ssl has no OP_ENABLE_KTLS)"
+    return "available, not used (the relay's TLS runs over memory BIOs; kTLS needs a socket OpenSSL owns)"
 
 
 def _files(params: TLSParams, fields: tuple[str, ...]) -> list[str]:
