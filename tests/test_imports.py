@@ -51,6 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tls",
         "_tls_text",
         "_tls_trace",
+        "_tls_seen",
         "clienthello",
         "proxyproto",
     ),

@@ -14,9 +14,10 @@ import ssl
 import tempfile
 from collections.abc import Callable
 
+from . import _tls_seen
 from ._text import printable
 from .errors import AddressError, TLSRefused
-from .tlsinfo import PeerCertificate, TLSInfo, describe_certificate, spki_digest
+from .tlsinfo import PeerCertificate, TLSInfo, date_text, describe_certificate, spki_digest
 from .tlsparams import TLSParams, format_pin
 
 __all__ = [
@@ -38,6 +39,10 @@ def client_context(params: TLSParams) -> ssl.SSLContext:
     handshake by :func:`check_server_certificate`)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A server that renegotiates TLS 1.2 could show another certificate mid-connection, after
+    # every check was made (and _tls_seen.quiet leaves the connection without a store for it).
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    _tls_seen.watch(context)
     if params.insecure or (params.pins and params.ca is None):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -242,19 +247,25 @@ _SERVER_REASONS: dict[str, str] = {
 
 
 def explain(
-    exc: Exception, *, server_side: bool = False, server_name: str | None = None, first_bytes: bytes = b""
+    exc: Exception,
+    *,
+    server_side: bool = False,
+    server_name: str | None = None,
+    first_bytes: bytes = b"",
+    certificate: bytes | None = None,
 ) -> TLSRefused:
     """Turn what a handshake raised into a :class:`TLSRefused` with one line for the user.
 
     ``server_side`` says which side is speaking (a server's verdict is on the client's
     certificate and client-ca, a client's on the server's and ca=/pin=); ``server_name`` is what
     the client verified (for a name mismatch); ``first_bytes`` what the peer sent first, when the
-    caller peeked at it, shown when the peer does not speak TLS.
+    caller peeked at it, shown when the peer does not speak TLS; ``certificate`` the DER
+    certificate the server showed, when known (its names or dates complete a refusal of it).
     """
     if isinstance(exc, TLSRefused):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return _verify_failed(exc, server_side, server_name)
+        return _verify_failed(exc, server_side, server_name, certificate)
     if isinstance(exc, ssl.SSLError):
         code = exc.reason or ""
         if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
@@ -276,7 +287,7 @@ def explain(
 
 
 def _verify_failed(
-    exc: ssl.SSLCertVerificationError, server_side: bool, server_name: str | None
+    exc: ssl.SSLCertVerificationError, server_side: bool, server_name: str | None, certificate: bytes | None
 ) -> TLSRefused:
     """OpenSSL's verdict on the peer's chain: the server's on a client, the client's on a server."""
     whose = "client" if server_side else "server"
@@ -284,7 +295,27 @@ def _verify_failed(
     reason, line = (_CLIENT_VERIFY_CODES if server_side else _VERIFY_CODES).get(exc.verify_code, fallback)
     if not line:
         line = f"the {whose}'s certificate was refused: {printable(str(exc.verify_message))}"
-    return TLSRefused(line.format(name=printable(server_name or "?")), reason)
+    line = line.format(name=printable(server_name or "?"))
+    if certificate is not None and not server_side:
+        line = _with_what_it_says(line, reason, certificate)
+    return TLSRefused(line, reason)
+
+
+def _with_what_it_says(line: str, reason: str, certificate: bytes) -> str:
+    """``line`` completed by what the refused certificate says: the names it is valid for (a
+    name mismatch) or the date (expired, not yet valid); as it was when that does not parse."""
+    try:
+        peer = describe_certificate(certificate)
+    except ValueError:
+        return line
+    if reason == "name-mismatch":
+        names = ", ".join(printable(name) for name in peer.names()) or "no host name or address"
+        return f"{line}: it is for {names}"
+    if reason == "expired":
+        return f"the server's certificate expired on {date_text(peer.not_after)}"
+    if reason == "not-yet-valid":
+        return f"the server's certificate is not valid until {date_text(peer.not_before)}"
+    return line
 
 
 # --- files

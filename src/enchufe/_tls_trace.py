@@ -3,6 +3,8 @@ agreed on, and how the peer was trusted.  :mod:`enchufe.tlschannel` emits them."
 
 from __future__ import annotations
 
+import ipaddress
+
 from .tlsinfo import TLSInfo
 from .tlsparams import TLSParams
 
@@ -19,8 +21,19 @@ def offer(params: TLSParams, server_side: bool, server_name: str | None) -> str:
             else "no client certificate"
         )
         return f"handshake as server: {VERSIONS}, ALPN accepted {alpn}, {clients}"
-    sni = server_name or "none"
-    return f"handshake as client: ClientHello {VERSIONS}, SNI {sni}, ALPN offered {alpn}"
+    return f"handshake as client: ClientHello {VERSIONS}, {_sni(server_name)}, ALPN offered {alpn}"
+
+
+def _sni(server_name: str | None) -> str:
+    """What the ClientHello says of the server's name: an IP address is never sent as SNI
+    (RFC 6066), though the certificate is still checked for it."""
+    if not server_name:
+        return "no SNI"
+    try:
+        ipaddress.ip_address(server_name)
+    except ValueError:
+        return f"SNI {server_name}"
+    return f"no SNI ({server_name} is an IP address: none is sent for one)"
 
 
 def agreed(info: TLSInfo, params: TLSParams, server_side: bool) -> list[str]:

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import ssl
 
+from . import _tls_seen, trace
 from . import _tls_trace as _trace
-from . import trace
 from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
 from .errors import TLSTruncated
 from .tlsinfo import TLSInfo
@@ -62,6 +62,7 @@ class TLSChannel:
     ) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
+        self._context = context
         self._ssl = context.wrap_bio(
             self._in, self._out, server_side=server_side, server_hostname=server_hostname
         )
@@ -74,6 +75,7 @@ class TLSChannel:
         self._write_closed = False
         self._read_closed = False
         self._held = b""  # plaintext decrypted by close_write() before the caller read it
+        self._heard = False  # whether any plaintext came from the peer
         self._started = False
         self.label = label
         self.info: TLSInfo | None = None
@@ -126,7 +128,10 @@ class TLSChannel:
                 raise explain(EOFError(), server_side=self._server_side) from None
             return
         except (ssl.SSLError, OSError) as exc:
-            raise self._explained(exc, first_bytes=self._first) from None
+            raise self._explained(
+                exc, first_bytes=self._first, certificate=_tls_seen.certificate(self._ssl)
+            ) from None
+        _tls_seen.quiet(self._ssl, self._context)
         if self._server_side:
             check_client_certificate(self._ssl, self._params)
         else:
@@ -137,9 +142,15 @@ class TLSChannel:
             for line in _trace.agreed(self.info, self._params, self._server_side):
                 self._narrate(line)
 
-    def _explained(self, exc: Exception, first_bytes: bytes = b"") -> TLSRefused:
+    def _explained(
+        self, exc: Exception, first_bytes: bytes = b"", certificate: bytes | None = None
+    ) -> TLSRefused:
         return explain(
-            exc, server_side=self._server_side, server_name=self._server_hostname, first_bytes=first_bytes
+            exc,
+            server_side=self._server_side,
+            server_name=self._server_hostname,
+            first_bytes=first_bytes,
+            certificate=certificate,
         )
 
     def _narrate(self, text: str) -> None:
@@ -173,6 +184,7 @@ class TLSChannel:
             if trace.enabled():
                 self._narrate("close_notify received: the peer's end of data")
             return data
+        self._heard = True
         if len(data) < size and self._in.pending:
             return self._gather(data, size)
         return data
@@ -199,7 +211,26 @@ class TLSChannel:
     def _truncated(self) -> TLSTruncated:
         if trace.enabled():
             self._narrate("the connection ended without close_notify: truncated")
+        if self._unheard_alpn():
+            offered = ",".join(self._params.alpn)
+            return TLSTruncated(
+                "the server closed the connection right after the handshake, without close_notify "
+                f"and without agreeing on an ALPN protocol (offered: {offered}): it probably "
+                "accepts none of them"
+            )
         return TLSTruncated(_TRUNCATED)
+
+    def _unheard_alpn(self) -> bool:
+        """Whether a server that agreed on no ALPN protocol left before saying a word: what a
+        server that requires one does (it cannot say why: the handshake was done on its side,
+        and Python's ssl sends no alert for it)."""
+        return (
+            not self._server_side
+            and bool(self._params.alpn)
+            and not self._heard
+            and self.info is not None
+            and self.info.alpn is None
+        )
 
     def pending(self) -> int:
         """Plaintext already decrypted and waiting for :meth:`read` (no input needed for it)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .tlsparams import format_pin
 
-__all__ = ["PeerCertificate", "TLSInfo", "describe_certificate", "spki_digest"]
+__all__ = ["PeerCertificate", "TLSInfo", "date_text", "describe_certificate", "spki_digest"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class PeerCertificate:
         return names
 
     def validity(self) -> str:
-        return f"{_date(self.not_before)} to {_date(self.not_after)}"
+        return f"{date_text(self.not_before)} to {date_text(self.not_after)}"
 
     def san_text(self) -> str:
         """``DNS:a.example,IP:192.0.2.1``: the form of ``allow-san=`` and ``ENCHUFE_TLS_PEER_SAN``."""
@@ -119,5 +119,6 @@ def _sans(cert: object) -> tuple[tuple[str, str], ...]:
     return tuple(sans)
 
 
-def _date(moment: datetime.datetime) -> str:
+def date_text(moment: datetime.datetime) -> str:
+    """``2020-01-01 00:00:00 UTC``: how a certificate's dates are shown."""
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")

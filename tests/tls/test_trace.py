@@ -70,3 +70,34 @@ def test_a_refusal_and_a_truncation_are_narrated(trace_lines: list[str], pem: di
     assert "handshake refused (self-signed): the server's certificate is self-signed" in text
     assert "verification: the server's key matches the pin (no CA checked)" in text
     assert "the connection ended without close_notify: truncated" in text
+
+
+@pytest.mark.parametrize(("host", "narrated", "sent"), [
+    ("127.0.0.1", "no SNI (127.0.0.1 is an IP address: none is sent for one)", None),
+    ("localhost", "SNI localhost", "localhost"),
+])  # fmt: skip
+def test_the_narrated_sni_is_what_the_client_hello_carries(
+    host: str, narrated: str, sent: str | None, trace_lines: list[str]
+) -> None:
+    """An IP literal is verified against the certificate but never sent as SNI (RFC 6066): the
+    narration says what the ClientHello, read by a plain listener, really has."""
+    from enchufe.clienthello import ClientHello, HelloReader
+
+    with socket.create_server(("127.0.0.1", 0)) as plain:
+        port = plain.getsockname()[1]
+        client = Peer(lambda: enchufe.connect(f"tls://{host}:{port}?insecure", timeout=IO_TIMEOUT))
+        conn, _ = plain.accept()
+        with conn:
+            conn.settimeout(IO_TIMEOUT)
+            reader = HelloReader()
+            event = reader.feed(conn.recv(65536))
+            for _ in range(10):
+                if isinstance(event, ClientHello):
+                    break
+                event = reader.feed(conn.recv(65536))
+        with contextlib.suppress(enchufe.NetworkError):
+            client.result()
+    assert isinstance(event, ClientHello)
+    assert event.server_name == sent
+    text = "\n".join(tls_lines(trace_lines))
+    assert f"ClientHello TLS 1.2-1.3, {narrated}, ALPN offered none" in text
