@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 HERE = Path(__file__).resolve().parent
 ENCHUFE = (sys.executable, "-m", "enchufe")
@@ -136,10 +137,15 @@ class Bench:
 
     # -- processes
 
-    def start(self, *args: str, stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        *args: str,
+        stdout: int | None = subprocess.DEVNULL,
+        stderr: int | IO[bytes] = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]:
         # A process group each: socat's UDP "fork" children outlive their parent (a child per
         # sender, with no timeout), so the whole group is stopped at the end.
-        proc = subprocess.Popen(list(args), stdout=stdout, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(list(args), stdout=stdout, stderr=stderr, start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -587,9 +593,11 @@ def main() -> None:
         relay_bench_tls.quick(args)
     measures: list[str] = args.measures
     tls = [m for m in measures if m in relay_bench_tls.TLS_MEASURES]
-    for tool in ("gcc", "socat", *(("stunnel4",) if tls else ())):
+    for tool in ("gcc", "socat"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed on PATH")
+    if tls:
+        relay_bench_tls.check_tools()
     started = time.monotonic()
     load = os.getloadavg()
     print(

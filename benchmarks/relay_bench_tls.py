@@ -36,16 +36,19 @@ Legs:
   before and after, per connection; a ping through every one at the end.  enchufe, and stunnel
   for comparison (socat would be a process per connection).
 
-The header says whether kTLS is there: the kernel's ``tcp_available_ulp`` and whether Python's
-ssl can ask OpenSSL for it (``ssl.OP_ENABLE_KTLS``, Python 3.12+).
+The header says whether kTLS is there (enchufe's ``ktls_status()``, as ``--stats`` says it: the
+kernel's ``tcp_available_ulp`` must list ``tls`` and Python's ssl must be able to ask OpenSSL for
+it, ``ssl.OP_ENABLE_KTLS``, Python 3.12+).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import resource
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -57,6 +60,8 @@ from pathlib import Path
 from relay_bench import ENCHUFE, Bench, free_port, median_of, round_ratios, rss_kib
 from relay_bench_tls_peer import bounce, client_context, connect
 from tls_bench import Certs, key_description, make_certs
+
+from enchufe.relay.tlsfiles import ktls_status
 
 HERE = Path(__file__).resolve().parent
 PEER = (sys.executable, str(HERE / "relay_bench_tls_peer.py"))
@@ -111,18 +116,15 @@ def quick(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- the contenders
 
 
-def ktls() -> str:
-    try:
-        ulps = Path("/proc/sys/net/ipv4/tcp_available_ulp").read_text().split()
-    except OSError:
-        ulps = []
-    kernel = "offered by the kernel" if "tls" in ulps else "NOT offered by this kernel"
-    python = (
-        "Python's ssl can enable it"
-        if hasattr(ssl, "OP_ENABLE_KTLS")
-        else f"Python {sys.version_info[0]}.{sys.version_info[1]}'s ssl cannot enable it (no OP_ENABLE_KTLS)"
-    )
-    return f"kTLS {kernel} (tcp_available_ulp: {' '.join(ulps) or 'none'}); {python}"
+def check_tools() -> None:
+    """What the TLS legs need beside relay_bench's gcc and socat: one line naming what is missing."""
+    if shutil.which("stunnel4") is None:
+        raise SystemExit("the TLS legs need stunnel4 on PATH (apt-get install stunnel4)")
+    version = subprocess.run(["socat", "-V"], capture_output=True, text=True, check=False).stdout
+    if "WITH_OPENSSL 1" not in version:
+        raise SystemExit("the TLS legs need a socat built with OpenSSL (socat -V has no WITH_OPENSSL 1)")
+    if importlib.util.find_spec("trustme") is None:
+        raise SystemExit("the TLS legs need trustme for their certificates (python3 -m pip install trustme)")
 
 
 def has_route() -> bool:
@@ -174,9 +176,12 @@ Gateways = dict[str, dict[str, tuple[int, int]]]
 Results = dict[tuple[str, str], list[dict[str, float]]]
 
 
-def start_gateways(bench: Bench, certs: Certs, targets: dict[str, tuple[str, int]]) -> Gateways:
+def start_gateways(
+    bench: Bench, certs: Certs, targets: dict[str, tuple[str, int]]
+) -> tuple[Gateways, list[str]]:
     """socat, stunnel and enchufe terminating TLS in front of each plain target, and the plain and
-    passthrough relays in front of the TLS sink."""
+    passthrough relays in front of the TLS sink; and the lines saying which could not start (only
+    the passthrough relay may fail: it is left out)."""
     gateways: Gateways = {"socat": {}, "stunnel": {}, "enchufe": {}}
     stunnel: dict[str, tuple[int, str]] = {}
     for target, (address, _) in targets.items():
@@ -208,13 +213,23 @@ def start_gateways(bench: Bench, certs: Certs, targets: dict[str, tuple[str, int
         }
         port = free_port()
         route = ("-", "--route", f"localhost={sink}")
-        gateways["passthrough"] = {
-            "tls": (port, bench.start(*ENCHUFE, "relay", f"tcp4://127.0.0.1:{port}", *route, "-q").pid)
-        }
-    for by_target in gateways.values():
+        with (bench.workdir / "passthrough.err").open("wb") as stderr:
+            relay = bench.start(*ENCHUFE, "relay", f"tcp4://127.0.0.1:{port}", *route, "-q", stderr=stderr)
+        gateways["passthrough"] = {"tls": (port, relay.pid)}
+    notes = []
+    for who, by_target in list(gateways.items()):
         for port, _ in by_target.values():
-            bench.wait_tcp(port)
-    return gateways
+            try:
+                bench.wait_tcp(port)
+            except RuntimeError as exc:
+                if who != "passthrough":
+                    raise
+                said = (bench.workdir / "passthrough.err").read_text(errors="replace").strip().splitlines()
+                notes.append(
+                    f"passthrough: skipped: the relay with --route did not start ({exc}): {said[-1:]}"
+                )
+                del gateways[who]
+    return gateways, notes
 
 
 # ----------------------------------------------------------------------------- one measure
@@ -452,7 +467,7 @@ def run(bench: Bench, args: argparse.Namespace, legs: list[str]) -> list[str]:
     certs = make_certs(bench.workdir)
     print(
         f"TLS legs: {key_description(certs)} certificate (trustme CA), TLS 1.3; client {ssl.OPENSSL_VERSION} "
-        f"(Python's ssl); {stunnel_version()}; {ktls()}; descriptors {soft} → {hard}",
+        f"(Python's ssl); {stunnel_version()}; kTLS: {ktls_status()}; descriptors {soft} → {hard}",
         flush=True,
     )
     notes = []
@@ -463,7 +478,11 @@ def run(bench: Bench, args: argparse.Namespace, legs: list[str]) -> list[str]:
     compared = [leg for leg in legs if leg in LEGS]
     lines: list[str] = []
     if compared:
-        gateways = start_gateways(bench, certs, start_targets(bench, compared, certs))
+        gateways, failed = start_gateways(bench, certs, start_targets(bench, compared, certs))
+        for note in failed:
+            print(note, flush=True)
+        notes += failed
+        compared = [leg for leg in compared if LEGS[leg].mine in gateways]
         time.sleep(0.5)
         lines = table(compared, run_rounds(compared, gateways, certs, args))
     if "tlsidle" in legs:
