@@ -5,9 +5,10 @@ below it::
 
     pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
-               proxyproto
+               _proxytypes, _proxywrite, proxyproto
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
-               _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlsstream
+               _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlsstream,
+               _proxyaccept
     endpoints  sync | aio (siblings: neither imports the other), and the package itself (sync's facade)
     apps       relay, servers, bench, tour, exec, stdio, testing
     cli        cli, __main__
@@ -53,6 +54,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tls_trace",
         "_tls_seen",
         "clienthello",
+        "_proxytypes",
+        "_proxywrite",
         "proxyproto",
     ),
     "sockets": (
@@ -69,6 +72,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_datagrams",
         "tlschannel",
         "_tlsstream",
+        "_proxyaccept",
     ),
     "endpoints": ("sync", "aio", ""),  # "": the package itself, which re-exports sync
     "apps": ("relay", "servers", "bench", "tour", "exec", "stdio", "testing"),

@@ -287,11 +287,19 @@ def handler_outcome(exc: Exception, peer: SocketAddress | None, idle_timeout: fl
     return "failed"
 
 
+def proxy_refused(exc: Exception) -> str:
+    """A connection closed over its PROXY header (:class:`~enchufe._proxyaccept.ProxyRefused`,
+    whose message is the line, peer escaped): logged, and counted as ``refused``."""
+    log.warning("%s", message(exc))
+    return "refused"
+
+
 def reload_tls(listener: Any) -> bool:
     """Have a server's TLS ``listener`` read its certificate, key and CA files again (SIGUSR1).
     A missing or bad file is logged, and the listener keeps what it had: whether it reloaded.
     Nothing to do (``False``) without a TLS listener."""
     if listener is None or not listener.address.is_tls:
+        log.info("SIGUSR1: nothing to reload (not a TLS server)")
         return False
     try:
         listener.reload_tls()

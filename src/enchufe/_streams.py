@@ -22,6 +22,7 @@ from .errors import ClosedError, ConnectionReset, EnchufeError, NetworkError, tr
 
 if TYPE_CHECKING:
     from ._tlsstream import TLSSetup
+    from .proxyproto import ProxyHeader
 
 C = TypeVar("C")
 
@@ -39,6 +40,10 @@ class StreamCore(Endpoint):
         self._write_shut = False
         self.local_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getsockname())
         self.peer_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getpeername())
+        #: Behind a proxy that sent a PROXY header (a server's ``accept_proxy``): the proxy's
+        #: own address, and the header; ``peer_address`` is then the client the header names.
+        self.proxy_address: SocketAddress | None = None
+        self.proxy_header: ProxyHeader | None = None
 
     def _where(self) -> str:
         return str(self.peer_address) if self.peer_address else "the peer"

@@ -22,11 +22,20 @@ import contextlib
 import inspect
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .. import _ranges
+from .._proxyaccept import (
+    DEFAULT_PROXY_TIMEOUT,
+    ProxyPolicy,
+    ProxyRefused,
+    check_peer,
+    proxy_policy,
+    settle,
+    step,
+)
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -43,6 +52,7 @@ from .._serving import (
     is_exhaustion,
     log,
     peer_sessions,
+    proxy_refused,
     receive_failed,
     server_options,
     session_ended,
@@ -51,8 +61,10 @@ from .._serving import (
 from .._streams import TLSReload, TLSServing
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError, TimedOut
+from ..proxyproto import NeedMore
 from ..sessions import Session, SessionTable
 from ._open import bind_datagram, listen
+from ._wait import Readiness
 from .datagram import DatagramSocket
 from .stream import Connection, Listener
 
@@ -66,6 +78,7 @@ __all__ = [
     "TLSReload",
     "deliver",
     "serve",
+    "take_proxy_header",
 ]
 
 
@@ -154,6 +167,13 @@ class Server(TLSServing):
     A TLS client whose handshake fails (refused, timed out, cut) ends alone: counted in
     ``stats.failed``, logged at INFO, and given to ``on_handshake_failure(conn, error)`` if set
     (the handler is not called; what the hook raises is logged).
+
+    ``accept_proxy``: behind a load balancer, each connection starts with a PROXY protocol
+    header (v1 or v2), read before anything else: the connection's ``peer_address`` is then the
+    client it names, ``proxy_address`` the balancer.  Only peers in ``trusted_proxies`` (CIDR
+    texts; default loopback; unix peers always) may send one; any other peer, and a header
+    missing, malformed, oversized or not complete within ``proxy_timeout`` seconds, closes
+    that connection with one log line (counted in ``stats.refused``), never the server.
     """
 
     address: Address | str
@@ -163,6 +183,9 @@ class Server(TLSServing):
     mode: int | None = None
     on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None
     on_handshake_failure: Callable[[Connection, NetworkError], object] | None = None
+    accept_proxy: bool = False
+    trusted_proxies: Iterable[str] | None = None
+    proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
     stats: ServeStats = field(default_factory=ServeStats)
     _listener: Listener | None = None
     _socket: DatagramSocket | None = None
@@ -172,11 +195,13 @@ class Server(TLSServing):
     _drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     sessions: SessionTable[Any, dict[str, Any]] | None = None
     _policy: AcceptPolicy | None = None
+    proxy: ProxyPolicy | None = None
 
     def __post_init__(self) -> None:
         self.address, self.max_connections, self.idle_timeout = server_options(
             self.address, self.max_connections, self.idle_timeout
         )
+        self.proxy = proxy_policy(self.address, self.accept_proxy, self.trusted_proxies, self.proxy_timeout)
         self._policy = AcceptPolicy(self.stats)
 
     @property
@@ -267,7 +292,13 @@ class Server(TLSServing):
             if self.idle_timeout is not None:
                 conn.set_timeout(self.idle_timeout)
             try:
+                if self.proxy is not None:
+                    await take_proxy_header(conn, self.proxy)  # before anything else, TLS included
                 await conn.handshake()  # TLS: in the connection's task, never in the accept loop
+            except ProxyRefused as exc:
+                self.stats.refused += 1
+                proxy_refused(exc)
+                return
             except NetworkError as exc:
                 self.stats.failed += 1
                 handshake_outcome(exc, conn, self.on_handshake_failure)
@@ -356,6 +387,25 @@ class Server(TLSServing):
         return False
 
 
+async def take_proxy_header(conn: Connection, policy: ProxyPolicy) -> None:
+    """Read ``conn``'s PROXY protocol header, waiting up to ``policy.timeout``: then
+    ``conn.peer_address`` is the client it names and ``conn.proxy_address`` the proxy.
+    :class:`~enchufe._proxyaccept.ProxyRefused` (its message the log line) for a peer that is
+    not a trusted proxy, and for a header missing, malformed, oversized or late; no payload
+    byte is taken either way."""
+    read = check_peer(conn, policy)
+    ready = Readiness(conn.socket)
+    try:
+        async with asyncio.timeout(policy.timeout):
+            while isinstance(read.result, NeedMore):
+                await ready.readable(lambda: "read a PROXY header")
+                with contextlib.suppress(BlockingIOError):
+                    step(conn.socket, read)
+    except TimeoutError:
+        read.timed_out()
+    settle(conn, read)
+
+
 def _cancelled() -> bool:
     """This task was asked to stop (a CancelledError that came out of a handler without that is
     the handler's own: it awaited something another task cancelled)."""
@@ -370,12 +420,24 @@ async def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     idle_timeout: float | None = None,
     ready: Callable[[SocketAddress], None] | None = None,
+    accept_proxy: bool = False,
+    trusted_proxies: Iterable[str] | None = None,
+    proxy_timeout: float = DEFAULT_PROXY_TIMEOUT,
 ) -> ServeStats:
     """Serve ``handler`` on ``address`` until cancelled; ``ready(address)`` once bound.
+    ``accept_proxy``: see :class:`Server`.
 
     Cancelling the task running ``serve`` shuts the server down without a drain period.
     """
-    server = Server(address, handler, max_connections=max_connections, idle_timeout=idle_timeout)
+    server = Server(
+        address,
+        handler,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        accept_proxy=accept_proxy,
+        trusted_proxies=trusted_proxies,
+        proxy_timeout=proxy_timeout,
+    )
     await server.start()
     if ready is not None:
         ready(server.bound_address)

@@ -26,11 +26,20 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
 from .. import _ranges, _wakeup
 from .._backoff import Backoff
+from .._proxyaccept import (
+    DEFAULT_PROXY_TIMEOUT,
+    ProxyPolicy,
+    ProxyRefused,
+    check_peer,
+    proxy_policy,
+    settle,
+    step,
+)
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -46,6 +55,7 @@ from .._serving import (
     is_exhaustion,
     message,
     peer_sessions,
+    proxy_refused,
     receive_failed,
     server_options,
     session_ended,
@@ -53,6 +63,7 @@ from .._serving import (
 from .._streams import TLSReload, TLSServing
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError
+from ..proxyproto import NeedMore
 from ..sessions import Session, SessionTable
 from . import bind_datagram, listen
 from .datagram import DatagramSocket
@@ -67,6 +78,7 @@ __all__ = [
     "TLSReload",
     "deliver",
     "serve",
+    "take_proxy_header",
 ]
 
 #: After cutting the remaining connections, how long to wait for their handler threads to
@@ -153,8 +165,12 @@ class Server(TLSServing):
         mode: int | None = None,
         on_session_end: Callable[[Session[Any, dict[str, Any]]], None] | None = None,
         on_handshake_failure: Callable[[Connection, NetworkError], object] | None = None,
+        accept_proxy: bool = False,
+        trusted_proxies: Iterable[str] | None = None,
+        proxy_timeout: float = DEFAULT_PROXY_TIMEOUT,
     ) -> None:
         target, max_connections, idle_timeout = server_options(address, max_connections, idle_timeout)
+        self.proxy: ProxyPolicy | None = proxy_policy(target, accept_proxy, trusted_proxies, proxy_timeout)
         self.address = target
         self.handler = handler
         self.max_connections = max_connections
@@ -299,7 +315,11 @@ class Server(TLSServing):
             if self.idle_timeout is not None:
                 conn.set_timeout(self.idle_timeout)
             try:
+                if self.proxy is not None:
+                    take_proxy_header(conn, self.proxy)  # before anything else, TLS included
                 conn.handshake()  # TLS: here in the connection's thread, never in the accept loop
+            except ProxyRefused as exc:
+                outcome = proxy_refused(exc)
             except NetworkError as exc:
                 outcome = handshake_outcome(exc, conn, self.on_handshake_failure)
             else:
@@ -388,6 +408,24 @@ class Server(TLSServing):
         return False
 
 
+def take_proxy_header(conn: Connection, policy: ProxyPolicy) -> None:
+    """Read ``conn``'s PROXY protocol header, blocking up to ``policy.timeout``: then
+    ``conn.peer_address`` is the client it names and ``conn.proxy_address`` the proxy.
+    :class:`~enchufe._proxyaccept.ProxyRefused` (its message the log line) for a peer that is
+    not a trusted proxy, and for a header missing, malformed, oversized or late; no payload
+    byte is taken either way."""
+    read = check_peer(conn, policy)
+    deadline = time.monotonic() + policy.timeout
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    while isinstance(read.result, NeedMore):
+        if not poller.poll(_milliseconds_until(deadline)):
+            read.timed_out()
+            break
+        step(conn.socket, read)
+    settle(conn, read)
+
+
 def _milliseconds_until(deadline: float | None) -> int | None:
     """How long poll() may wait for ``deadline`` (a monotonic time; ``None``: forever)."""
     return None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
@@ -400,9 +438,13 @@ def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     idle_timeout: float | None = None,
     ready: Callable[[SocketAddress], None] | None = None,
+    accept_proxy: bool = False,
+    trusted_proxies: Iterable[str] | None = None,
+    proxy_timeout: float = DEFAULT_PROXY_TIMEOUT,
 ) -> ServeStats:
     """Serve ``handler`` on ``address`` in this thread until SIGINT (Ctrl-C), SIGTERM or SIGHUP;
-    SIGUSR1 has a TLS server read its certificate, key and CA files again.
+    SIGUSR1 has a TLS server read its certificate, key and CA files again (a plain one logs
+    that there is nothing to reload).  ``accept_proxy``: see :class:`Server`.
 
     ``ready(address)`` is called once bound.  The first signal stops accepting and drains for
     the default drain timeout; a second one cuts what is left at once.  SIGHUP (the terminal
@@ -410,15 +452,23 @@ def serve(
     signal handlers are installed only when called from the main thread (Python delivers
     signals there), and the previous ones are put back on return.
     """
-    server = Server(address, handler, max_connections=max_connections, idle_timeout=idle_timeout)
+    server = Server(
+        address,
+        handler,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        accept_proxy=accept_proxy,
+        trusted_proxies=trusted_proxies,
+        proxy_timeout=proxy_timeout,
+    )
     server.start()
     previous: dict[int, Any] = {}
     try:
         if threading.current_thread() is threading.main_thread():
             for signum in _STOP_SIGNALS:
                 previous[signum] = signal.signal(signum, lambda _signum, _frame: server.shutdown())
-            if server.address.is_tls:
-                previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: server.reload_tls())
+            # Plain servers too: SIGUSR1's default action would kill one that has nothing to reload.
+            previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: server.reload_tls())
         if ready is not None:
             ready(server.bound_address)
         try:

@@ -1,0 +1,210 @@
+"""``accept_proxy``: what a server behind a load balancer does with the PROXY protocol header,
+with no I/O: whom it trusts to send one, how it reads one without taking a byte of payload,
+and what the connection's addresses become.
+
+The header is read before anything else (before a TLS handshake, before the handler), from
+the socket's receive queue with ``MSG_PEEK``: only the bytes that are header are taken, so the
+payload stays in the kernel for whoever reads next (the TLS layer, an ``exec:`` child).  A
+peer that is not a trusted proxy, a header missing, malformed, oversized, or not complete
+within the timeout: the connection is closed, one log line says why, the server goes on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _ranges
+from ._text import printable
+from .address import InetAddress, SocketAddress, UnixAddress
+from .errors import EnchufeError, UsageError
+from .proxyproto import MAX_V2_LENGTH, NeedMore, ProxyHeader, Refused, Result, parse
+
+#: Seconds a trusted proxy has to send its whole header (HAProxy's spec: at least 3, to cover
+#: a TCP retransmission).
+DEFAULT_PROXY_TIMEOUT = 5.0
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Trusted when no ``trusted_proxies`` are given: loopback (and unix peers, always).
+DEFAULT_TRUSTED = ("127.0.0.0/8", "::1/128")
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def parse_trusted(text: str) -> Network:
+    """``"10.0.0.0/8"``, ``"192.168.1.7"``, ``"[fd00::]/8"`` → a network; UsageError with an
+    example otherwise.  An IPv4-mapped rule (``::ffff:10.0.0.0/104``) is the IPv4 network."""
+    try:
+        network = ipaddress.ip_network(text.strip().replace("[", "").replace("]", ""), strict=False)
+    except ValueError:
+        raise UsageError(
+            f"--trusted-proxy '{printable(text)}': not an IP network; write an address or CIDR "
+            "such as 10.0.0.0/8, 192.168.1.7 or fd00::/8"
+        ) from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+@dataclass(frozen=True)
+class ProxyPolicy:
+    """Whom a server takes a PROXY header from, and how long it waits for one.
+
+    ``trusted``: the IP networks of the proxies (default loopback).  Unix peers are always
+    trusted: who may connect to a unix socket is a matter of its file's permissions.
+    """
+
+    trusted: tuple[Network, ...] = field(default_factory=lambda: tuple(map(parse_trusted, DEFAULT_TRUSTED)))
+    timeout: float = DEFAULT_PROXY_TIMEOUT
+    max_v2_length: int = MAX_V2_LENGTH
+
+    @classmethod
+    def make(
+        cls, trusted: Iterable[str] | None = None, timeout: float = DEFAULT_PROXY_TIMEOUT
+    ) -> ProxyPolicy:
+        """From user input: CIDR texts (``None`` or empty: the default) and a timeout, checked."""
+        timeout = _ranges.seconds(timeout, "proxy_timeout", positive=True) or DEFAULT_PROXY_TIMEOUT
+        rules = tuple(parse_trusted(text) for text in trusted or ())
+        return cls(rules, timeout) if rules else cls(timeout=timeout)
+
+    def untrusted(self, peer: SocketAddress | None) -> str | None:
+        """``None`` if ``peer`` may send a header, else the refusal's reason."""
+        if isinstance(peer, UnixAddress) or peer is None:
+            return None  # an unnamed unix peer is a unix peer too
+        try:
+            ip = ipaddress.ip_address(peer.host.partition("%")[0])
+        except ValueError:
+            return "its address is not an IP address"
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self.trusted):
+            return None
+        return "not a trusted proxy (see --trusted-proxy); a PROXY header is taken only from one"
+
+
+class HeaderRead:
+    """One connection's header being read: peek at what is queued, take only the header.
+
+    The caller loops: wait until readable (up to the policy's timeout), ``peek`` up to
+    :meth:`wanted` bytes with ``MSG_PEEK``, give them to :meth:`peeked`, then ``recv`` exactly
+    the count it returns (bytes that are surely header) and give those to :meth:`took`; until
+    :attr:`result` is no longer :class:`NeedMore`.
+    """
+
+    def __init__(self, policy: ProxyPolicy) -> None:
+        self._policy = policy
+        self._taken = bytearray()
+        self.result: Result = NeedMore()
+        self.bound = max(107, 16 + policy.max_v2_length)
+
+    def wanted(self) -> int:
+        """How many bytes to peek at: never more than a header may have."""
+        return max(1, self.bound - len(self._taken))
+
+    def peeked(self, data: bytes) -> int:
+        """What is queued now (``b""``: the peer closed): how many of those bytes to take."""
+        if not data:
+            self.result = Refused(
+                "closed before its PROXY header was complete"
+                if self._taken
+                else "closed without sending a PROXY header"
+            )
+            return 0
+        self.result = parse(bytes(self._taken) + data, max_v2_length=self._policy.max_v2_length)
+        if isinstance(self.result, NeedMore):
+            return len(data)  # all of it is header, and more is to come
+        if isinstance(self.result, ProxyHeader):
+            return self.result.consumed - len(self._taken)
+        return 0
+
+    def took(self, data: bytes) -> None:
+        self._taken += data
+
+    def timed_out(self) -> Refused:
+        self.result = Refused(
+            f"no complete PROXY header within {self._policy.timeout:g} s"
+            + (f" ({len(self._taken)} bytes of one came)" if self._taken else "")
+        )
+        return self.result
+
+
+class ProxyRefused(EnchufeError):
+    """A connection closed over its PROXY header; the message is its one log line."""
+
+
+def proxy_policy(
+    address: SocketAddress,
+    accept_proxy: bool,
+    trusted_proxies: Iterable[str] | None,
+    proxy_timeout: float,
+) -> ProxyPolicy | None:
+    """A server's PROXY protocol settings, checked: ``None`` when it takes no header.
+    UsageError for a datagram address, and for trusted proxies without ``accept_proxy``."""
+    if not accept_proxy:
+        if trusted_proxies:
+            raise UsageError("trusted proxies are the peers a PROXY header is taken from: add accept_proxy")
+        return None
+    if not address.is_stream:
+        raise UsageError(f"{address}: a PROXY header starts a stream connection; this is a datagram socket")
+    return ProxyPolicy.make(trusted_proxies, proxy_timeout)
+
+
+def check_peer(conn: Any, policy: ProxyPolicy) -> HeaderRead:
+    """A header read for ``conn``; ProxyRefused if its peer may not send one."""
+    reason = policy.untrusted(conn.peer_address)
+    if reason is not None:
+        raise ProxyRefused(refusal_line(conn.peer_address, reason))
+    return HeaderRead(policy)
+
+
+def step(sock: socket.socket, read: HeaderRead) -> None:
+    """The socket is readable: peek, and take what is surely header (see :class:`HeaderRead`).
+    ``BlockingIOError`` goes through (the asyncio side waits again)."""
+    try:
+        take = read.peeked(sock.recv(read.wanted(), socket.MSG_PEEK))
+        while take > 0:
+            chunk = sock.recv(take)  # queued already: this neither waits nor comes up short
+            if not chunk:
+                break
+            read.took(chunk)
+            take -= len(chunk)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        read.result = Refused(
+            f"the connection failed during its PROXY header: {(exc.strerror or str(exc)).lower()}"
+        )
+
+
+def settle(conn: Any, read: HeaderRead) -> ProxyHeader:
+    """The end of a header read: ``conn`` takes the header's addresses (see :func:`adopt`), or
+    ProxyRefused with the line that says why."""
+    if isinstance(read.result, ProxyHeader):
+        adopt(conn, read.result)
+        return read.result
+    reason = read.result.reason if isinstance(read.result, Refused) else "no PROXY header"
+    raise ProxyRefused(refusal_line(conn.peer_address, reason))
+
+
+def adopt(conn: Any, header: ProxyHeader) -> None:
+    """The header's client becomes ``conn.peer_address`` (a LOCAL or UNKNOWN header keeps the
+    connection's own); the proxy's address goes to ``conn.proxy_address``, the header to
+    ``conn.proxy_header``."""
+    conn.proxy_address = conn.peer_address
+    conn.proxy_header = header
+    if header.source is not None:
+        source = header.source
+        if isinstance(source, InetAddress) and source.transport != "tcp":
+            source = InetAddress("tcp", source.host, source.port)
+        conn.peer_address = source
+
+
+def refusal_line(peer: SocketAddress | None, reason: str) -> str:
+    """The one log line for a connection closed over its PROXY header (peer text escaped)."""
+    return f"refused {printable(str(peer) if peer is not None else 'an unnamed unix peer')}: {reason}"
