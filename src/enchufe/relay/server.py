@@ -48,7 +48,7 @@ from .limits import fd_budget
 from .pools import Pools
 from .stats import Snapshot, Stats, interval_report, summary_report
 from .stream import StdioRelay, StreamRelay, TargetResolver
-from .tlsfiles import TLSEnds
+from .tlsfiles import TLSEnds, ktls_status
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -198,6 +198,7 @@ class Relay:
         if listen.is_tls or self.target_address.is_tls:
             self._tls = TLSEnds(listen, self.target_address)
             self._stamps = self._tls.stamps()
+            self.stats.ktls = ktls_status()
 
     @property
     def tls_pin(self) -> str | None:

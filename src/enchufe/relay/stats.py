@@ -38,7 +38,12 @@ class Stats:
     TLS (a ``tls://`` LISTEN or TARGET; shown only once there was one):
 
     * ``tls_handshakes``: handshakes finished (with a client, or with the target);
-    * ``tls_failures``: handshakes that failed, by reason (``untrusted``, ``timeout``, …).
+    * ``tls_failures``: handshakes that failed, by reason (``untrusted``, ``timeout``, …);
+    * ``tls_resumed``: finished handshakes that resumed an earlier session (a TLS 1.3 ticket);
+    * ``tls_versions``: finished handshakes by the version agreed (``TLSv1.3``: count);
+    * ``ktls``: whether kernel TLS could carry the relay's TLS, and why not (set when a relay
+      with a TLS end opens, shown even before a handshake: ``unavailable (kernel has no tls
+      ULP …)``).
     """
 
     __slots__ = (
@@ -49,12 +54,15 @@ class Stats:
         "evicted",
         "expired",
         "failed",
+        "ktls",
         "open",
         "refused",
         "reset",
         "started",
         "tls_failures",
         "tls_handshakes",
+        "tls_resumed",
+        "tls_versions",
         "to_client",
         "to_target",
         "total",
@@ -78,6 +86,9 @@ class Stats:
         self.evicted = 0
         self.tls_handshakes = 0
         self.tls_failures: dict[str, int] = {}
+        self.tls_resumed = 0
+        self.tls_versions: dict[str, int] = {}
+        self.ktls = ""
         self.started = time.monotonic()
 
     def snapshot(self) -> Snapshot:
@@ -100,6 +111,9 @@ class Stats:
             evicted=self.evicted,
             tls_handshakes=self.tls_handshakes,
             tls_failures=tuple(sorted(self.tls_failures.items())),
+            tls_resumed=self.tls_resumed,
+            tls_versions=tuple(sorted(self.tls_versions.items(), reverse=True)),
+            ktls=self.ktls,
         )
 
 
@@ -126,6 +140,10 @@ class Snapshot:
     tls_handshakes: int = 0
     #: (reason, count) pairs, sorted by reason
     tls_failures: tuple[tuple[str, int], ...] = ()
+    tls_resumed: int = 0
+    #: (version, count) pairs, the newest version first
+    tls_versions: tuple[tuple[str, int], ...] = ()
+    ktls: str = ""
 
     @property
     def has_datagrams(self) -> bool:
@@ -152,7 +170,14 @@ class Snapshot:
                 "evicted": self.evicted,
             }
         if self.tls_handshakes or self.tls_failures:
-            fields |= {"tls_handshakes": self.tls_handshakes, "tls_failed": dict(self.tls_failures)}
+            fields |= {
+                "tls_handshakes": self.tls_handshakes,
+                "tls_failed": dict(self.tls_failures),
+                "tls_resumed": self.tls_resumed,
+                "tls_versions": dict(self.tls_versions),
+            }
+        if self.ktls:
+            fields["ktls"] = self.ktls
         return fields
 
 
@@ -167,11 +192,21 @@ def _datagram_part(snap: Snapshot) -> str:
 
 
 def _tls_part(snap: Snapshot) -> str:
+    """``; TLS 3 handshakes, 1 failed (1 timeout), 1 resumed; agreed 2 TLSv1.3, 1 TLSv1.2;
+    ktls: unavailable (…)``: the handshakes once there was one, kTLS for any TLS relay."""
+    ktls = f"; ktls: {snap.ktls}" if snap.ktls else ""
     if not (snap.tls_handshakes or snap.tls_failures):
-        return ""
+        return ktls
     failed = sum(count for _reason, count in snap.tls_failures)
     reasons = ", ".join(f"{count} {reason}" for reason, count in snap.tls_failures)
-    return f"; TLS {snap.tls_handshakes} handshakes, {failed} failed" + (f" ({reasons})" if reasons else "")
+    agreed = ", ".join(f"{count} {version}" for version, count in snap.tls_versions)
+    return (
+        f"; TLS {snap.tls_handshakes} handshakes, {failed} failed"
+        + (f" ({reasons})" if reasons else "")
+        + f", {snap.tls_resumed} resumed"
+        + (f"; agreed {agreed}" if agreed else "")
+        + ktls
+    )
 
 
 def human_bytes(count: float) -> str:

@@ -50,6 +50,10 @@ __all__ = ["CHUNK", "TLSLink", "TLSPump", "TLSStreamSession"]
 #: Plaintext read (or ciphertext received) per system call; the most a pump holds in flight.
 CHUNK = 64 * 1024
 
+#: Refusals decided after OpenSSL finished the handshake (a client certificate's names, ALPN):
+#: what OpenSSL queued then is no alert but the session tickets of a session we refuse.
+AFTER_HANDSHAKE = frozenset({"not-allowed", "alpn"})
+
 
 class TLSLink:
     """A TLS side's channel and the ciphertext made for its socket but not yet taken by it.
@@ -314,7 +318,7 @@ class TLSStreamSession(StreamSession):
         assert link is not None
         if not self._handshake_step(link, "client"):
             return
-        self._handshake_finished()
+        self._handshake_finished(link)
         self.relay.loop.unregister(link.fd)
         self.client.mask = UNREGISTERED
         self._announce_accept()
@@ -348,7 +352,7 @@ class TLSStreamSession(StreamSession):
         assert link is not None
         if not self._handshake_step(link, "target"):
             return
-        self._handshake_finished()
+        self._handshake_finished(link)
         self.relay.loop.unregister(link.fd)
         super()._connected()
 
@@ -360,8 +364,16 @@ class TLSStreamSession(StreamSession):
             timeout, lambda: self._handshake_timed_out(timeout, side), self.crashed
         )
 
-    def _handshake_finished(self) -> None:
-        self.relay.stats.tls_handshakes += 1
+    def _handshake_finished(self, link: TLSLink) -> None:
+        """Count the handshake, the version agreed, and whether it resumed a session."""
+        stats = self.relay.stats
+        stats.tls_handshakes += 1
+        agreed = link.channel.info
+        if agreed is not None:
+            versions = stats.tls_versions
+            versions[agreed.version] = versions.get(agreed.version, 0) + 1
+            if agreed.resumed:
+                stats.tls_resumed += 1
         self._handshake_done()
 
     def _handshake_done(self) -> None:
@@ -385,6 +397,8 @@ class TLSStreamSession(StreamSession):
             pass
         except TLSRefused as exc:
             link.pull()
+            if exc.reason in AFTER_HANDSHAKE:
+                link.unsent.clear()  # session tickets, which a refused client must not get
             with contextlib.suppress(OSError):
                 link.flush()  # the alert that tells the peer why
             self._handshake_failed(side, str(exc), exc.reason)
@@ -439,7 +453,11 @@ class TLSStreamSession(StreamSession):
         tls = self._agreed()
         if tls is None:
             return {}
-        fields: dict[str, Any] = {"tls_version": tls.version, "tls_cipher": tls.cipher}
+        fields: dict[str, Any] = {
+            "tls_version": tls.version,
+            "tls_cipher": tls.cipher,
+            "tls_resumed": tls.resumed,
+        }
         if tls.alpn:
             fields["tls_alpn"] = printable(tls.alpn)
         peer = tls.peer
