@@ -72,6 +72,68 @@ def serving_options() -> Callable[[F], F]:
     )
 
 
+def proxy_options() -> Callable[[F], F]:
+    """--accept-proxy, --trusted-proxy CIDR (repeatable) and --proxy-timeout S of a stream
+    server, read by :func:`proxy_settings`."""
+    from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, DEFAULT_TRUSTED
+
+    options = [
+        click.option(
+            "--accept-proxy",
+            is_flag=True,
+            help="Stream: every client starts with a PROXY protocol header (v1 or v2, as HAProxy's "
+            "send-proxy sends it); its client address counts as the peer's. A client without a "
+            "valid header, or not from a trusted proxy, is closed.",
+        ),
+        click.option(
+            "--trusted-proxy",
+            "trusted_proxy",
+            multiple=True,
+            metavar="CIDR",
+            help="With --accept-proxy: the proxies a header is taken from (repeatable; default "
+            f"{', '.join(DEFAULT_TRUSTED)}; unix peers always).",
+        ),
+        click.option(
+            "--proxy-timeout",
+            type=FiniteFloat(0, min_open=True),
+            default=DEFAULT_PROXY_TIMEOUT,
+            show_default=True,
+            help="With --accept-proxy: seconds a proxy has to send its whole header.",
+        ),
+    ]
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def proxy_settings(
+    target: Any, accept_proxy: bool, trusted_proxy: tuple[str, ...], proxy_timeout: float
+) -> dict[str, Any]:
+    """The server options of :func:`proxy_options`, checked: UsageError for --trusted-proxy or
+    --proxy-timeout without --accept-proxy, and --accept-proxy on a datagram address."""
+    from .._proxyaccept import parse_trusted
+    from ..errors import UsageError
+    from ._common import given
+
+    if not accept_proxy:
+        for name, option in (("trusted_proxy", "--trusted-proxy"), ("proxy_timeout", "--proxy-timeout")):
+            if given(name):
+                raise UsageError(f"{option} applies with --accept-proxy (the peers that send a PROXY header)")
+        return {}
+    if not target.is_stream:
+        raise UsageError(
+            f"--accept-proxy reads a PROXY header at the start of a stream connection; {target} is a "
+            "datagram socket"
+        )
+    for text in trusted_proxy:
+        parse_trusted(text)  # a bad one is refused before anything is bound
+    return {"accept_proxy": True, "trusted_proxies": trusted_proxy, "proxy_timeout": proxy_timeout}
+
+
 def mode_option(help: str) -> Callable[[F], F]:
     """--mode OCTAL, read by :func:`parse_mode`."""
     return click.option("--mode", metavar="OCTAL", default=None, help=help)
@@ -126,8 +188,9 @@ def run_server(server: Any, drain_timeout: float) -> int:
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, stop)
-        if server.bound_address.is_tls:
-            loop.add_signal_handler(signal.SIGUSR1, lambda: reported(server.reload_tls_files()))
+        # A plain server too: SIGUSR1's default action would kill it; it says there is nothing
+        # to reload instead.
+        loop.add_signal_handler(signal.SIGUSR1, lambda: reported(server.reload_tls_files()))
         listening(server.bound_address, server.tls_pin)
         return await server.serve_forever()
 
@@ -171,7 +234,7 @@ def announced(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awai
 
     async def wrapped(conn: Any) -> None:
         peer = peer_name(conn.peer_address)
-        event("accept", f"accepted {peer}", level=1, peer=peer)
+        accepted(peer, conn.proxy_address, conn.proxy_header)
         handshake_done(conn, peer)  # the server ran the handshake before the handler
         how = "closed"
         try:
@@ -195,6 +258,16 @@ def announced(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awai
             )
 
     return wrapped
+
+
+def accepted(peer: str, proxy_address: Any, proxy_header: Any) -> None:
+    """The ``-v`` line (and --json event) of a client accepted: through a proxy, it names the
+    proxy too (``accepted tcp://203.0.113.7:4000 via tcp://127.0.0.1:5123``)."""
+    if proxy_header is None:
+        event("accept", f"accepted {peer}", level=1, peer=peer)
+        return
+    proxy = peer_name(proxy_address)
+    event("accept", f"accepted {peer} via {proxy}", level=1, peer=peer, proxy=proxy)
 
 
 def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaitable[None]]:
@@ -245,15 +318,18 @@ def serve(
     idle_timeout: float | None,
     mode: str | None,
     drain_timeout: float,
+    proxy: dict[str, Any] | None = None,
 ) -> int:
     """Serve ``address`` with the handler for its kind until stopped (see :func:`run_server`),
-    each wrapped so that ``-v`` says what happens to each connection or peer."""
+    each wrapped so that ``-v`` says what happens to each connection or peer.  ``proxy``: the
+    options of :func:`proxy_settings`."""
     from ..aio.serve import Server
 
     options: dict[str, Any] = {
         "max_connections": max_conns,
         "idle_timeout": idle_timeout,
         "mode": parse_mode(mode),
+        **(proxy or {}),
     }
     if address.is_stream:
         server = Server(address, announced(stream_handler), **options)

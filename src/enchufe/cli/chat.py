@@ -6,7 +6,7 @@ import click
 
 from ._common import given, global_options, json_option
 from ._numbers import BoundedInt
-from ._server import serve, server_target, serving_options
+from ._server import proxy_options, proxy_settings, serve, server_target, serving_options
 
 
 @click.command("chat")
@@ -20,6 +20,7 @@ from ._server import serve, server_target, serving_options
     help="Stream: bytes waiting for one client before it is dropped as not reading.",
 )
 @serving_options()
+@proxy_options()
 @json_option
 @global_options
 def command(
@@ -30,6 +31,9 @@ def command(
     queue_limit: int,
     mode: str | None,
     drain_timeout: float,
+    accept_proxy: bool,
+    trusted_proxy: tuple[str, ...],
+    proxy_timeout: float,
     json_: bool,
 ) -> int:
     """A chat room: each line from one client goes to every other client, prefixed with the
@@ -63,4 +67,5 @@ def command(
         idle_timeout=idle_timeout,
         mode=mode,
         drain_timeout=drain_timeout,
+        proxy=proxy_settings(target, accept_proxy, trusted_proxy, proxy_timeout),
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from ._common import global_options, json_option
-from ._server import serve, server_target, serving_options
+from ._server import proxy_options, proxy_settings, serve, server_target, serving_options
 
 
 @click.command("echo")
 @click.argument("address")
 @serving_options()
+@proxy_options()
 @json_option
 @global_options
 def command(
@@ -19,6 +20,9 @@ def command(
     idle_timeout: float | None,
     mode: str | None,
     drain_timeout: float,
+    accept_proxy: bool,
+    trusted_proxy: tuple[str, ...],
+    proxy_timeout: float,
     json_: bool,
 ) -> int:
     """Echo every byte (stream) or datagram (datagram kinds) back to its sender.
@@ -45,4 +49,5 @@ def command(
         idle_timeout=idle_timeout,
         mode=mode,
         drain_timeout=drain_timeout,
+        proxy=proxy_settings(target, accept_proxy, trusted_proxy, proxy_timeout),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,7 +19,15 @@ from ._common import (
     warn_truncated,
 )
 from ._numbers import BoundedInt
-from ._server import backlog_option, drain_option, mode_option, parse_mode, refuse_mode_unless_file
+from ._server import (
+    backlog_option,
+    drain_option,
+    mode_option,
+    parse_mode,
+    proxy_options,
+    proxy_settings,
+    refuse_mode_unless_file,
+)
 from ._tls import help_text as tls_help
 
 TLS_EXAMPLES = """\b
@@ -31,6 +39,7 @@ TLS examples:
 """
 
 if TYPE_CHECKING:
+    from .._proxyaccept import ProxyPolicy
     from ..address import Address
     from ..sync import Listener
 
@@ -53,6 +62,7 @@ if TYPE_CHECKING:
     DEFAULT_DRAIN_TIMEOUT,
     "With --exec: on SIGTERM, SIGINT or SIGHUP, seconds to let clients finish before cutting them.",
 )
+@proxy_options()
 @json_option
 @global_options
 def command(
@@ -64,6 +74,9 @@ def command(
     count: int | None,
     exec_: str | None,
     drain_timeout: float,
+    accept_proxy: bool,
+    trusted_proxy: tuple[str, ...],
+    proxy_timeout: float,
     json_: bool,
 ) -> int:
     """Accept a client on ADDRESS and copy stdin to it and what it sends to stdout.
@@ -74,7 +87,12 @@ def command(
 
     On a TLS ADDRESS each client's handshake runs first (-v: its version, cipher and
     certificate); a refused one ends that client (with -k the next is served).  SIGUSR1 on
-    listen -k reads the certificate, key and CA files again for the next clients.
+    listen -k reads the certificate, key and CA files again for the next clients (a plain
+    listener says there is nothing to reload).
+
+    Behind a load balancer (--accept-proxy), each client's PROXY header is read first: the
+    client it names is the peer in every line and in --exec's ENCHUFE_PEER_* variables; a
+    client without a valid header from a trusted proxy is closed and the next one awaited.
 
     Exit status: 0 done, 1 a runtime failure (a TLS client refused, truncated), 2 bad input.
 
@@ -96,10 +114,11 @@ def command(
     _refuse_what_does_not_apply(target, keep_open, backlog, hex_, count, exec_, json_)
     refuse_mode_unless_file(target, mode)
     file_mode = parse_mode(mode)
+    proxy = proxy_settings(target, accept_proxy, trusted_proxy, proxy_timeout)
     if exec_ is not None:
         if not target.is_stream:
             raise AddressError(f"{target}: --exec needs a stream address (tcp://, unix:)")
-        return _serve_exec(target, exec_, keep_open, file_mode, drain_timeout)
+        return _serve_exec(target, exec_, keep_open, file_mode, drain_timeout, proxy)
     stop_on_sigterm()
     if not target.is_stream:
         with bind_datagram(target, mode=file_mode) as sock:
@@ -118,7 +137,7 @@ def command(
         return 0
     with listen(target, backlog=backlog or DEFAULT_BACKLOG, mode=file_mode) as listener:
         try:  # from the listening line on, SIGTERM between clients means a clean stop
-            return _serve(listener, keep_open)
+            return _serve(listener, keep_open, _policy(proxy))
         except KeyboardInterrupt:
             return 0
 
@@ -162,14 +181,29 @@ def _refuse_what_does_not_apply(
         raise UsageError("--hex and --json both say how to print a datagram: choose one")
 
 
-def _serve(listener: Listener, keep_open: bool) -> int:
-    """Announce the listener, then serve one client (or, with ``keep_open``, client after client)."""
+def _policy(proxy: dict[str, Any]) -> ProxyPolicy | None:
+    """The ProxyPolicy of the options :func:`proxy_settings` checked (``None``: no header)."""
+    from .._proxyaccept import ProxyPolicy
+
+    if not proxy:
+        return None
+    return ProxyPolicy.make(proxy["trusted_proxies"], proxy["proxy_timeout"])
+
+
+def _serve(listener: Listener, keep_open: bool, proxy: ProxyPolicy | None = None) -> int:
+    """Announce the listener, then serve one client (or, with ``keep_open``, client after client).
+    With ``proxy``, each client's PROXY header first: a client refused over it is closed, and
+    the next one awaited (nobody was served yet)."""
+    from .._proxyaccept import ProxyRefused
     from ..errors import ConnectionReset, NetworkError
     from ..stdio import pump_stream
+    from ..sync.serve import take_proxy_header
+    from ._server import accepted
     from ._tls import handshake_done, listening, reload_on_sigusr1
 
-    if listener.address.is_tls and keep_open:
-        reload_on_sigusr1(listener)  # before the line: whoever reads it may signal at once
+    # Before the line (whoever reads it may signal at once); a plain listener says it has
+    # nothing to reload rather than die of SIGUSR1's default action.
+    reload_on_sigusr1(listener)
     listening(listener.address, listener.tls_pin)
     stdin_fd: int | None = 0
     while True:
@@ -180,8 +214,15 @@ def _serve(listener: Listener, keep_open: bool) -> int:
             # one-shot listen waits for the next client, as nc -l and socat do.
             event("reset", "a client left before it was accepted", level=1)
             continue
+        if proxy is not None:
+            try:
+                take_proxy_header(conn, proxy)
+            except ProxyRefused as exc:
+                conn.close()
+                event("refused", f"enchufe: {exc}", peer=peer_name(conn.peer_address), error=str(exc))
+                continue
         peer = peer_name(conn.peer_address)
-        event("accept", f"accepted {peer}", level=1, peer=peer)
+        accepted(peer, conn.proxy_address, conn.proxy_header)
         try:
             with conn:
                 conn.handshake()  # TLS: refused or timed out ends this client only (with -k)
@@ -210,7 +251,12 @@ def _serve(listener: Listener, keep_open: bool) -> int:
 
 
 def _serve_exec(
-    target: Address, command_line: str, keep_open: bool, file_mode: int | None, drain_timeout: float
+    target: Address,
+    command_line: str,
+    keep_open: bool,
+    file_mode: int | None,
+    drain_timeout: float,
+    proxy: dict[str, Any],
 ) -> int:
     """An inetd in one line: each client gets its own PROGRAM, without a shell.
 
@@ -261,6 +307,7 @@ def _serve_exec(
         max_connections=1024 if keep_open else 1,
         mode=file_mode,
         on_handshake_failure=refused,
+        **proxy,
     )
     status = run_server(server, drain_timeout=drain_timeout)
     return 1 if failed and not keep_open else status

@@ -79,6 +79,10 @@ class ChatRoom:
         peer = conn.peer_address
         if isinstance(peer, InetAddress):
             name = str(peer).split("://", 1)[1]
+        elif peer is not None and conn.proxy_header is not None:
+            # A unix client a proxy named: its credentials would be the proxy's, its name is its own
+            # (escaped: it reaches the other members' screens).
+            name = printable(str(peer).split(":", 1)[1])
         else:
             creds = conn.peer_credentials
             if creds is not None:

@@ -1,0 +1,181 @@
+"""--accept-proxy on ``echo``, ``chat`` and ``listen`` (with and without --exec), behind a real
+HAProxy (send-proxy, send-proxy-v2) and raw clients: the client HAProxy names is the peer in
+``-v``/--json lines, chat names and exec's ENCHUFE_PEER_*; an untrusted peer, a bad header and a
+slow one are closed with one line each, and the server goes on."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from enchufe import parse
+from enchufe.proxyproto import encode_v1, encode_v2
+from tests.cli.conftest import STEP, Spawn, assert_one_error_line, run
+from tests.haproxy import HAProxy
+
+pytestmark = pytest.mark.timeout(90)
+
+CLIENT = parse("tcp://203.0.113.7:40000")
+FRONT = parse("tcp://198.51.100.1:443")
+
+
+def tcp_port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(STEP)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def json_events(err: str, name: str) -> list[dict[str, object]]:
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [r for r in records if r.get("event") == name]
+
+
+@pytest.mark.parametrize("send_proxy", ["send-proxy", "send-proxy-v2"])
+def test_echo_behind_haproxy_sees_the_real_client(spawn: Spawn, send_proxy: str) -> None:
+    server = spawn("echo", "tcp://127.0.0.1:0", "--accept-proxy", "--json", "-v", stdin=False)
+    port = tcp_port(server.listening())
+    with HAProxy(f"127.0.0.1:{port}", send_proxy) as proxy, proxy.client("127.0.0.5") as client:
+        client_port = client.getsockname()[1]
+        client.sendall(b"through haproxy\n")
+        client.shutdown(socket.SHUT_WR)
+        assert read_all(client) == b"through haproxy\n"
+        server.wait_err('"event": "close"')
+    accept = json_events(server.err, "accept")[0]
+    assert accept["peer"] == f"tcp://127.0.0.5:{client_port}"
+    assert str(accept["proxy"]).startswith("tcp://127.0.0.1:")
+    close = json_events(server.err, "close")[0]
+    assert close["peer"] == f"tcp://127.0.0.5:{client_port}"
+
+
+def test_listen_exec_behind_haproxy_gives_the_child_the_real_client(spawn: Spawn) -> None:
+    server = spawn(
+        "listen",
+        "-k",
+        "tcp://127.0.0.1:0",
+        "--accept-proxy",
+        "--exec",
+        "sh -c 'echo $ENCHUFE_PEER $ENCHUFE_PEER_ADDR $ENCHUFE_PEER_PORT; cat'",
+        stdin=False,
+    )
+    port = tcp_port(server.listening())
+    with HAProxy(f"127.0.0.1:{port}", "send-proxy-v2") as proxy, proxy.client("127.0.0.6") as client:
+        client_port = client.getsockname()[1]
+        client.sendall(b"payload intact\n")
+        client.shutdown(socket.SHUT_WR)
+        lines = read_all(client).decode().splitlines()
+    assert lines == [f"tcp://127.0.0.6:{client_port} 127.0.0.6 {client_port}", "payload intact"]
+    assert server.running()
+
+
+def test_untrusted_peers_bad_and_slow_headers_close_one_connection_each(spawn: Spawn) -> None:
+    server = spawn(
+        "echo",
+        "tcp://127.0.0.1:0",
+        "--accept-proxy",
+        "--trusted-proxy",
+        "127.0.0.2",
+        "--trusted-proxy",
+        "127.0.0.3/32",
+        "--proxy-timeout",
+        "0.5",
+        stdin=False,
+    )
+    port = tcp_port(server.listening())
+    header = encode_v1(CLIENT, FRONT)
+    with connect(port, "127.0.0.9") as untrusted:
+        untrusted.sendall(header + b"spoof")
+        assert read_all(untrusted) == b""
+    server.wait_err(r"^enchufe: refused tcp://127\.0\.0\.9:\d+: not a trusted proxy")
+    with connect(port, "127.0.0.2") as bad:
+        bad.sendall(b"PROXY TCP4 1.2.3.4\n\x1b[2Jevil\r\n")
+        assert read_all(bad) == b""
+    line = server.wait_err(r"^enchufe: refused tcp://127\.0\.0\.2:\d+: PROXY v1 line: byte 0x0a.*$").group(0)
+    assert "\x1b" not in line
+    with connect(port, "127.0.0.3") as slow:
+        slow.sendall(b"PROXY TCP4 ")
+        started = time.monotonic()
+        assert read_all(slow) == b""
+        assert time.monotonic() - started < STEP
+    server.wait_err(r"refused tcp://127\.0\.0\.3:\d+: no complete PROXY header within 0\.5 s")
+    with connect(port, "127.0.0.2") as good:
+        good.sendall(encode_v2(CLIENT, FRONT) + b"still serving")
+        good.shutdown(socket.SHUT_WR)
+        assert read_all(good) == b"still serving"
+    assert server.running()
+
+
+def test_chat_names_the_real_client(spawn: Spawn) -> None:
+    server = spawn("chat", "tcp://127.0.0.1:0", "--accept-proxy", stdin=False)
+    port = tcp_port(server.listening())
+    with connect(port) as listener, connect(port) as talker:
+        listener.sendall(encode_v1(parse("tcp://192.0.2.1:1111"), FRONT))
+        talker.sendall(encode_v1(CLIENT, FRONT) + b"hello room\n")
+        received = b""
+        while b"\n" not in received:
+            chunk = listener.recv(1000)
+            assert chunk
+            received += chunk
+    assert received == b"203.0.113.7:40000: hello room\n"
+
+
+def test_one_shot_listen_waits_for_a_client_with_a_good_header(spawn: Spawn) -> None:
+    server = spawn("listen", "tcp://127.0.0.1:0", "--accept-proxy", "-v")
+    port = tcp_port(server.listening())
+    with connect(port) as bad:
+        bad.sendall(b"SSH-2.0-OpenSSH\r\n")
+        assert read_all(bad) == b""
+    server.wait_err(r"refused tcp://127\.0\.0\.1:\d+: no PROXY protocol header")
+    with connect(port) as good:
+        good.sendall(encode_v2(CLIENT, FRONT) + b"to stdout")
+        good.shutdown(socket.SHUT_WR)
+        server.wait_out_equal(b"to stdout")
+        server.close_stdin()
+        assert read_all(good) == b""
+    assert server.finish() == 0
+    assert "accepted tcp://203.0.113.7:40000 via tcp://127.0.0.1:" in server.err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ("echo", "tcp://127.0.0.1:0", "--trusted-proxy", "10.0.0.0/8"),
+            "--trusted-proxy applies with --accept-proxy",
+        ),
+        (
+            ("chat", "tcp://127.0.0.1:0", "--proxy-timeout", "3"),
+            "--proxy-timeout applies with --accept-proxy",
+        ),
+        (("echo", "udp://127.0.0.1:0", "--accept-proxy"), "is a datagram socket"),
+        (("listen", "udp://127.0.0.1:0", "--accept-proxy"), "is a datagram socket"),
+        (
+            ("listen", "tcp://127.0.0.1:0", "--accept-proxy", "--trusted-proxy", "10.0.0.0/33"),
+            "not an IP network",
+        ),
+        (("echo", "tcp://127.0.0.1:0", "--accept-proxy", "--proxy-timeout", "0"), "--proxy-timeout"),
+        (("echo", "tcp://127.0.0.1:0", "--accept-proxy", "--proxy-timeout", "nan"), "--proxy-timeout"),
+    ],
+)
+def test_bad_proxy_options_exit_2(args: tuple[str, ...], needle: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr, needle)
