@@ -100,19 +100,29 @@ TITLES = {
 }
 
 
+#: The ports free_port() handed out in this run: the kernel may offer a port again once its probe
+#: is closed, before the server it was meant for has bound it (two servers given one port: the
+#: second one exits and the clients of its measure reach the first).
+GIVEN: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM, pair: bool = False) -> int:
-    """A free port on 127.0.0.1 (with ``pair``, one whose successor is free too)."""
+    """A free port on 127.0.0.1 (with ``pair``, one whose successor is free too), never one given
+    before in this run."""
     while True:
         with socket.socket(socket.AF_INET, kind) as probe:
             probe.bind(("127.0.0.1", 0))
             port: int = probe.getsockname()[1]
-        if not pair or port >= 65535:
-            return port
-        with socket.socket(socket.AF_INET, kind) as other:
-            try:
-                other.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        wanted = {port, port + 1} if pair and port < 65535 else {port}
+        if wanted & GIVEN:
+            continue
+        if len(wanted) > 1:
+            with socket.socket(socket.AF_INET, kind) as other:
+                try:
+                    other.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        GIVEN.update(wanted)
         return port
 
 
@@ -584,7 +594,10 @@ def parse_args(
 
 
 def main() -> None:
-    import relay_bench_tls  # here, not at the top: it imports this module
+    # relay_bench_tls imports this module by name: let it find this one (its free_port() and
+    # Bench), not a second copy.
+    sys.modules.setdefault("relay_bench", sys.modules[__name__])
+    import relay_bench_tls
 
     args = parse_args(relay_bench_tls.TLS_MEASURES, relay_bench_tls.add_arguments)
     idle_workers = 10_000  # connections held by two worker processes

@@ -183,6 +183,7 @@ def start_gateways(
     passthrough relays in front of the TLS sink; and the lines saying which could not start (only
     the passthrough relay may fail: it is left out)."""
     gateways: Gateways = {"socat": {}, "stunnel": {}, "enchufe": {}}
+    passthrough = 0  # its pid
     stunnel: dict[str, tuple[int, str]] = {}
     for target, (address, _) in targets.items():
         if target == "tls":
@@ -216,6 +217,7 @@ def start_gateways(
         with (bench.workdir / "passthrough.err").open("wb") as stderr:
             relay = bench.start(*ENCHUFE, "relay", f"tcp4://127.0.0.1:{port}", *route, "-q", stderr=stderr)
         gateways["passthrough"] = {"tls": (port, relay.pid)}
+        passthrough = relay.pid
     notes = []
     for who, by_target in list(gateways.items()):
         for port, _ in by_target.values():
@@ -229,7 +231,23 @@ def start_gateways(
                     f"passthrough: skipped: the relay with --route did not start ({exc}): {said[-1:]}"
                 )
                 del gateways[who]
-    return gateways, notes
+    time.sleep(0.5)
+    return gateways, notes + exited(bench, gateways, passthrough)
+
+
+def exited(bench: Bench, gateways: Gateways, passthrough: int) -> list[str]:
+    """Every server must still run (one that could not bind its port exits, while its clients may
+    reach another server): raises if one has exited, except the passthrough relay (process
+    ``passthrough``), which is left out with a line saying so."""
+    notes = []
+    for proc in bench.procs:
+        if proc.poll() is None:
+            continue
+        if proc.pid != passthrough:
+            raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode}")
+        if gateways.pop("passthrough", None):
+            notes.append(f"passthrough: skipped: the relay with --route exited with status {proc.returncode}")
+    return notes
 
 
 # ----------------------------------------------------------------------------- one measure
@@ -483,8 +501,13 @@ def run(bench: Bench, args: argparse.Namespace, legs: list[str]) -> list[str]:
             print(note, flush=True)
         notes += failed
         compared = [leg for leg in compared if LEGS[leg].mine in gateways]
-        time.sleep(0.5)
         lines = table(compared, run_rounds(compared, gateways, certs, args))
+        said = bench.workdir / "passthrough.err"
+        if "passthrough" in gateways and said.exists() and said.stat().st_size:
+            tail = said.read_text(errors="replace").strip().splitlines()[-5:]
+            notes.append(
+                "the passthrough relay's last lines on stderr (-q: errors only): " + " | ".join(tail)
+            )
     if "tlsidle" in legs:
         lines += idle(bench, certs, args.tls_idle)
     return lines + notes
