@@ -304,18 +304,20 @@ class TLSStreamSession(StreamSession):
             super().start()
             return
         # The "accept" event waits for the handshake: it says what was agreed, and who the client is.
-        fd = self.client.rfd
-        self._client_link = TLSLink(setup, fd, f"tls #{self.id} client")
-        loop = self.relay.loop
-        loop.register(fd, READ, self._on_client_handshake, self.crashed)
+        self.relay.loop.register(self.client.rfd, READ, self._on_client_handshake, self.crashed)
         self._arm_handshake(setup, "client")
-        self._on_client_handshake(READ)
+        # No OpenSSL object until the client has spoken: a client that never sends its
+        # ClientHello (a slowloris) holds its socket, this session and a timer, not the ~40 KiB
+        # of an SSL object with its buffers.
 
     def _on_client_handshake(self, _events: int) -> None:
         if self.state != CONNECTING:
             return
         link = self._client_link
-        assert link is not None
+        if link is None:
+            setup = self.relay.client_tls  # the files of the moment (a reload may have come)
+            assert setup is not None
+            link = self._client_link = TLSLink(setup, self.client.rfd, f"tls #{self.id} client")
         if not self._handshake_step(link, "client"):
             return
         self._handshake_finished(link)
