@@ -7,23 +7,18 @@ and certificates reloaded while clients keep handshaking.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 import enchufe
 from enchufe.errors import NetworkError
-from enchufe.tlsinfo import spki_digest
-from enchufe.tlsparams import format_pin
 from tests.conftest import Peer
 from tests.tls.conftest import client_of
 
@@ -31,8 +26,9 @@ from ._gateway import NAME, Gateway, gateway
 from ._harness import ending
 from .conftest import IO_TIMEOUT, STEP, RelayProc, StartRelay, Target, dial, echo, final_summary, wait_until
 from .test_tls_relay import TLSTarget, _tls_exchange
+from .test_tls_reload import Certificates, certs
 
-__all__ = ["gateway"]  # the fixture, for pytest
+__all__ = ["certs", "gateway"]  # the fixtures, for pytest
 
 
 def _client(relay: RelayProc, gateway: Gateway) -> str:
@@ -278,26 +274,6 @@ HANDSHAKERS = 3
 MAX_HANDSHAKES = 2000
 
 
-class _Rotation:
-    """One CA, the certificate file the relay reads, and new certificates put in its place."""
-
-    def __init__(self, folder: Path) -> None:
-        self.ca = trustme.CA()
-        self.ca_path = str(folder / "rotation-ca.pem")
-        self.ca.cert_pem.write_to_path(self.ca_path)
-        self.path = str(folder / "rotated.pem")
-        self.folder = folder
-
-    def install(self) -> str:
-        """A new certificate replaces the file (a rename, as rotations do): its pin."""
-        cert = self.ca.issue_cert(NAME, common_name=NAME)
-        temporary = self.path + ".new"
-        cert.private_key_and_cert_chain_pem.write_to_path(temporary)
-        os.replace(temporary, self.path)
-        der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
-        return format_pin(spki_digest(der))
-
-
 class _Handshaker:
     """Handshakes again and again (a new connection each, one echoed line) until stopped:
     the pins it was shown, in order, and every failure."""
@@ -324,31 +300,41 @@ class _Handshaker:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
 
 
+def _rotate(relay: RelayProc, certs: Certificates, clients: list[_Handshaker], established: Any) -> list[str]:
+    """Install a new certificate and SIGUSR1, :data:`RELOADS` times; after each, wait until every
+    client was shown the new one, and check the established connection still answers: the pins
+    installed, in order."""
+    pins = []
+    for number in range(1, RELOADS + 1):
+        pins.append(certs.install())
+        relay.signal(signal.SIGUSR1)
+        wait_until(lambda n=number: relay.err.count('"reloaded": true') == n, f"reload {number}")  # type: ignore[misc]
+        wait_until(
+            lambda: all(client.pins[-1:] == [pins[-1]] for client in clients),
+            f"every client shown certificate {number}",
+        )
+        established.send_all(b"still %d" % number)
+        assert established.recv() == b"still %d" % number
+    return pins
+
+
+def _changes(pins: list[str]) -> list[str]:
+    """The pins in the order they were first shown (repeats of the one before dropped)."""
+    return [pin for index, pin in enumerate(pins) if index == 0 or pin != pins[index - 1]]
+
+
 def test_reload_under_load_fails_no_handshake_and_cuts_no_connection(
-    tmp_path: Path, start_relay: StartRelay
+    certs: Certificates, start_relay: StartRelay
 ) -> None:
-    rotation = _Rotation(tmp_path)
-    pins = [rotation.install()]
+    first = certs.install()
     with Target("tcp://127.0.0.1:0", echo) as target:
-        relay = start_relay("--json", "--stats=60", f"tls://127.0.0.1:0?cert={rotation.path}", target.address)
-        address = client_of(relay.listening(), f"ca={rotation.ca_path}&sni={NAME}")
+        relay = start_relay("--json", "--stats=60", f"tls://127.0.0.1:0?cert={certs.path}", target.address)
+        address = client_of(relay.listening(), f"ca={certs.ca_path}")
         stop = threading.Event()
         with enchufe.connect(address) as established:
             clients = [_Handshaker(address, stop) for _ in range(HANDSHAKERS)]
             try:
-                for number in range(1, RELOADS + 1):
-                    pins.append(rotation.install())
-                    relay.signal(signal.SIGUSR1)
-                    wait_until(
-                        lambda n=number: relay.err.count('"reloaded": true') == n,  # type: ignore[misc]
-                        f"reload {number}",
-                    )
-                    wait_until(
-                        lambda: all(client.pins[-1:] == [pins[-1]] for client in clients),
-                        f"every client shown certificate {number}",
-                    )
-                    established.send_all(b"still %d" % number)
-                    assert established.recv() == b"still %d" % number
+                pins = [first, *_rotate(relay, certs, clients, established)]
             finally:
                 stop.set()
                 for client in clients:
@@ -356,8 +342,8 @@ def test_reload_under_load_fails_no_handshake_and_cuts_no_connection(
         summary = final_summary(relay)
     failures = [failure for client in clients for failure in client.failures]
     assert not failures, failures
-    assert "tls_failed" in summary and summary["tls_failed"] == {}, summary
-    assert summary["cut"] == 0 and summary["reset"] == 0, summary
-    for client in clients:  # the pins each client saw come in the order of the rotation
-        shown = [pin for index, pin in enumerate(client.pins) if index == 0 or pin != client.pins[index - 1]]
+    assert summary["tls_failed"] == {} and summary["cut"] == 0 and summary["reset"] == 0, summary
+    assert summary["tls_handshakes"] >= 1 + HANDSHAKERS * (RELOADS + 1), summary
+    for client in clients:  # each client was shown the certificates in the order installed
+        shown = _changes(client.pins)
         assert shown == pins[pins.index(shown[0]) :], (shown, pins)
