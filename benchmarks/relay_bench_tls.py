@@ -474,7 +474,9 @@ def run(bench: Bench, args: argparse.Namespace, legs: list[str]) -> list[str]:
     certs = make_certs(bench.workdir)
     print(
         f"TLS legs: {key_description(certs)} certificate (trustme CA), TLS 1.3; client {ssl.OPENSSL_VERSION} "
-        f"(Python's ssl); {stunnel_version()}; kTLS: {ktls_status()}; descriptors {soft} → {hard}",
+        f"(Python's ssl); {stunnel_version()}; kTLS: {ktls_status()}; descriptors {soft} → {hard}; "
+        f"{args.tls_mib} MiB a transfer, {args.tls_clients} clients of {args.tls_handshakes} handshakes, "
+        f"{args.tls_pings} round trips, {args.tls_idle} idle connections",
         flush=True,
     )
     notes = []
