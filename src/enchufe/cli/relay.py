@@ -136,6 +136,16 @@ _NON_FINITE = ("inf", "infinity", "nan")
     default=1,
     help="Processes sharing a tcp or udp LISTEN port (SO_REUSEPORT).",
 )
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    metavar="NAME=TARGET",
+    help="Send clients whose TLS server name (SNI) is NAME (*.DOMAIN: one label) to TARGET "
+    "(repeatable; exact names first); TARGET is then the default, - for none (refused).  A tls:// "
+    "LISTEN terminates (NAME=TARGET?cert=F&key=K: NAME's certificate); tcp:// and unix: pass "
+    "the TLS bytes through untouched.",
+)
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option
 @global_options
@@ -158,6 +168,7 @@ def command(
     stats_interval: float | None,
     reload_interval: float | None,
     workers: int,
+    routes: tuple[str, ...],
     no_splice: bool,
     json_: bool,
 ) -> int:
@@ -183,6 +194,11 @@ def command(
     one-shot stdio relay was reset).
 
     \b
+    With --route, each client goes to the TARGET of its TLS server name (SNI): read from its
+    ClientHello and passed through untouched (tcp://, unix: LISTEN), or after the relay
+    terminated TLS with that name's certificate (tls:// LISTEN).
+
+    \b
     Examples:
       enchufe relay tcp://:8080 tcp://10.0.0.5:80
       enchufe relay unix:///run/app.sock tcp://127.0.0.1:9000 --allow-uid www-data
@@ -192,6 +208,7 @@ def command(
       enchufe relay tcp://:9000 udp://10.0.0.53:53 --frame
       enchufe relay tcp://:7000 'exec:tr a-z A-Z'
       enchufe relay - tcp://example.com:80 < request.txt
+      enchufe relay tcp://:443 - --route a.example.com=tcp://10.0.0.5:443 --route '*.example.com=unix:@web'
     """
     from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
 
@@ -212,6 +229,7 @@ def command(
         splice=not no_splice,
         backlog=backlog,
         mode=parse_mode(mode),
+        routes=routes,
     )
     level = _event_level()
     if settings.debug:

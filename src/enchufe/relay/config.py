@@ -25,6 +25,7 @@ from ..address import (
 from ..errors import AddressError, UsageError
 from ..sessions import DEFAULT_MAX_SESSIONS
 from .limits import AccessRules
+from .routes import check_routes
 from .stats import Snapshot
 
 __all__ = [
@@ -77,6 +78,9 @@ class RelayConfig:
     max_sessions: int = DEFAULT_MAX_SESSIONS
     #: largest datagram relayed; larger ones are counted as truncated and dropped
     max_datagram: int = DEFAULT_MAX_DATAGRAM
+    #: ``NAME=TARGET`` routes by TLS server name (:mod:`.routes`); TARGET is then the default,
+    #: ``-`` for none
+    routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,11 +174,17 @@ def _check_kinds(source: Address, dest: Address, frame: bool) -> None:
 
 def check_config(config: RelayConfig) -> tuple[Address, Address]:
     """Check everything in ``config`` (UsageError for the first thing wrong); LISTEN and TARGET."""
+    if config.routes:  # first: TARGET - means "no default" then, not stdio
+        check_routes(_parsed(config.listen), _parsed(config.target), config.routes)
     listen, target = check_endpoints(config.listen, config.target, frame=config.frame)
     _check_rules(listen, config.rules)
     _check_numbers(config)
     _check_applies(listen, config)
     return listen, target
+
+
+def _parsed(address: Address | str) -> Address:
+    return parse(address) if isinstance(address, str) else address
 
 
 def _check_rules(listen: Address, rules: AccessRules) -> None:

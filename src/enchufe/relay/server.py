@@ -46,6 +46,7 @@ from .events import EventSink
 from .framed import FramedStreamRelay
 from .limits import fd_budget
 from .pools import Pools
+from .routing import Router
 from .stats import Snapshot, Stats, interval_report, summary_report
 from .stream import StdioRelay, StreamRelay, TargetResolver
 from .tlsfiles import TLSEnds, ktls_status
@@ -137,6 +138,7 @@ class Relay:
         self._drain_timer: Timer | None = None
         self._last: Snapshot | None = None
         self._tls: TLSEnds | None = None
+        self._router: Router | None = None
         self._reloads = 0
         self._reloads_seen = 0
         self._stamps: tuple[object, ...] = ()
@@ -183,6 +185,8 @@ class Relay:
             if self._resolver is not None:
                 self._resolver.targets()
             self._open_tls(listen)
+            if config.routes:  # every route's target resolved, its certificate read, now
+                self._router = Router.open(listen, self.target_address, config.routes, self.idle_timeout)
         except BaseException:
             self.close()
             raise
@@ -227,6 +231,8 @@ class Relay:
             handler.client_tls, handler.target_tls = tls.client, tls.target
         text, fields = done.report(why)
         self.events("reload", text, **fields)
+        if isinstance(handler, StreamRelay):
+            handler.reload_routes(why)
 
     def _reload_if_changed(self) -> None:
         """--reload-interval: read the files again when one of them was replaced or rewritten."""
@@ -340,6 +346,8 @@ class Relay:
             "client_tls": self._tls.client if self._tls is not None else None,
             "target_tls": self._tls.target if self._tls is not None else None,
         }
+        if self._router is not None:
+            options["router"] = self._router
         if isinstance(listen, StdioAddress):
             return StdioRelay(loop, self._resolver, **options)
         assert sock is not None

@@ -123,8 +123,10 @@ class RelaySession:
         "id",
         "peer",
         "relay",
+        "resolver",
         "started",
         "state",
+        "target_label",
         "target_sock",
         "to_client",
         "to_target",
@@ -140,6 +142,9 @@ class RelaySession:
         self.client_sock = client_sock
         self.peer = peer
         self.id = session_id
+        #: where this client goes: the relay's TARGET, unless a route chose another
+        self.resolver = relay.resolver
+        self.target_label = relay.target_label
         self.target_sock: socket.socket | None = None
         self.state = CONNECTING
         self.to_target = 0
@@ -174,9 +179,9 @@ class RelaySession:
     def _open_targets(self) -> None:
         """Resolve the target, then connect to its addresses in order within the timeout."""
         relay = self.relay
-        assert relay.resolver is not None
+        assert self.resolver is not None
         try:
-            self._targets = relay.resolver.targets()
+            self._targets = self.resolver.targets()
         except Exception as exc:  # NameResolutionError: the target's name stopped resolving
             self._fail_target(str(exc))
             return
@@ -262,7 +267,7 @@ class RelaySession:
         if self._target_index < len(self._targets):
             self._try_connect()
             return
-        error = translate(exc, f"connect to {self.relay.target_label}")
+        error = translate(exc, f"connect to {self.target_label}")
         self._fail_target(str(error))
 
     def _connect_timed_out(self) -> None:
@@ -271,7 +276,7 @@ class RelaySession:
             return
         seconds = self.relay.connect_timeout
         error = TimedOut(
-            f"cannot connect to {self.relay.target_label}: no answer within {seconds:g} s; "
+            f"cannot connect to {self.target_label}: no answer within {seconds:g} s; "
             "is the target up and reachable? (raise --connect-timeout if it is slow)"
         )
         self._fail_target(str(error))
@@ -296,7 +301,7 @@ class RelaySession:
             f"enchufe: {message} (client {shown} #{self.id} closed)",
             id=self.id,
             peer=shown,
-            target=relay.target_label,
+            target=self.target_label,
             error=message,
         )
         self._end("target-failed", abortive=True, quiet=True)

@@ -58,6 +58,7 @@ class Stats:
         "open",
         "refused",
         "reset",
+        "routes",
         "started",
         "tls_failures",
         "tls_handshakes",
@@ -86,6 +87,8 @@ class Stats:
         self.evicted = 0
         self.tls_handshakes = 0
         self.tls_failures: dict[str, int] = {}
+        #: clients by the route their TLS server name took (--route, see relay.routes)
+        self.routes: dict[str, int] = {}
         self.tls_resumed = 0
         self.tls_versions: dict[str, int] = {}
         self.ktls = ""
@@ -111,6 +114,7 @@ class Stats:
             evicted=self.evicted,
             tls_handshakes=self.tls_handshakes,
             tls_failures=tuple(sorted(self.tls_failures.items())),
+            routes=tuple(sorted(self.routes.items())),
             tls_resumed=self.tls_resumed,
             tls_versions=tuple(sorted(self.tls_versions.items(), reverse=True)),
             ktls=self.ktls,
@@ -140,6 +144,8 @@ class Snapshot:
     tls_handshakes: int = 0
     #: (reason, count) pairs, sorted by reason
     tls_failures: tuple[tuple[str, int], ...] = ()
+    #: (route, count) pairs (--route), sorted by route
+    routes: tuple[tuple[str, int], ...] = ()
     tls_resumed: int = 0
     #: (version, count) pairs, the newest version first
     tls_versions: tuple[tuple[str, int], ...] = ()
@@ -178,6 +184,8 @@ class Snapshot:
             }
         if self.ktls:
             fields["ktls"] = self.ktls
+        if self.routes:
+            fields["routes"] = dict(self.routes)
         return fields
 
 
@@ -209,6 +217,13 @@ def _tls_part(snap: Snapshot) -> str:
     )
 
 
+def _routes_part(snap: Snapshot) -> str:
+    """``; routes a.test 3, (default) 1, (unmatched) 2``: once a client was routed (--route)."""
+    if not snap.routes:
+        return ""
+    return "; routes " + ", ".join(f"{route} {count}" for route, count in snap.routes)
+
+
 def human_bytes(count: float) -> str:
     """``1536`` → ``"1.5 KiB"``; bytes below 1 KiB stay exact."""
     if count < 1024:
@@ -231,6 +246,7 @@ def interval_report(before: Snapshot, now: Snapshot) -> tuple[str, dict[str, Any
         f"to client {human_bytes(now.to_client)} ({human_bytes(down)}/s)"
         + _datagram_part(now)
         + _tls_part(now)
+        + _routes_part(now)
     )
     fields = now.fields() | {
         "interval": round(seconds, 3),
@@ -249,7 +265,10 @@ def summary_report(final: Snapshot, *, sessions: bool = False) -> tuple[str, dic
         f"summary: {final.total} {unit} relayed in {seconds:.1f} s "
         f"({final.refused} refused, {final.failed} target failures, {final.reset} reset, "
         f"{final.cut} cut); to target {human_bytes(final.to_target)}, "
-        f"to client {human_bytes(final.to_client)}" + _datagram_part(final) + _tls_part(final)
+        f"to client {human_bytes(final.to_client)}"
+        + _datagram_part(final)
+        + _tls_part(final)
+        + _routes_part(final)
     )
     fields = final.fields() | {"seconds": round(seconds, 3)}
     fields.pop("open")

@@ -48,6 +48,7 @@ from .targets import TargetResolver, resolver_address
 
 if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
+    from .routing import Router
 
 __all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver", "stdio_side"]
 
@@ -90,6 +91,7 @@ class StreamRelay:
         local: SocketAddress | None = None,
         client_tls: TLSSetup | None = None,
         target_tls: TLSSetup | None = None,
+        router: Router | None = None,
     ) -> None:
         self.loop = loop
         self.listener = listener
@@ -101,6 +103,9 @@ class StreamRelay:
         #: the server side of a TLS LISTEN (termination), the client side of a TLS TARGET
         self.client_tls = client_tls
         self.target_tls = target_tls
+        #: --route: each client's target (and certificate) chosen by its ClientHello's server
+        #: name; TARGET is then the default (``-``, stdio, for none)
+        self.router = router
         self.pools = pools
         self.stats = stats
         self.events = events
@@ -114,9 +119,9 @@ class StreamRelay:
         self.sessions: set[Any] = set()
         self.children = Children(loop, events)
         #: one client only (stdio target): the relay is over once its session ends
-        self.one_client = isinstance(self.target, StdioAddress)
+        self.one_client = router is None and isinstance(self.target, StdioAddress)
         #: a child per client (exec: target)
-        self.runs_programs = isinstance(self.target, ExecAddress)
+        self.runs_programs = router is None and isinstance(self.target, ExecAddress)
         self.finished = False
         #: a one-shot relay lost data (a reset, an unreachable target): exit status 1
         self.failed = False
@@ -261,6 +266,21 @@ class StreamRelay:
 
             return TLSStreamSession(self, Side(conn), conn, peer, session_id)
         return StreamSession(self, Side(conn), conn, peer, session_id)
+
+    def reload_routes(self, why: str) -> None:
+        """Read the routes' certificates again (with the listener's, on SIGUSR1), and say so in
+        one line; a bad one keeps the old ones of every route."""
+        router = self.router
+        if router is None or not router.files():
+            return
+        error = router.reload()
+        if error is not None:
+            line = f"enchufe: {why}: route certificates not reloaded, the old ones stay: {error}"
+            self.events("reload", line, reloaded=False, error=str(error))
+            return
+        self.events(
+            "reload", f"{why}: route certificates reloaded: {' '.join(router.files())}", reloaded=True
+        )
 
     def one_shot_broken(self, session: StreamSession, reason: str, error: str | None) -> None:
         """The one session of a one-shot relay (stdio) broke: that is the whole run, and its

@@ -3,7 +3,9 @@
 ::
 
     StreamSession (a RelaySession, see :mod:`.session`)
-      ├─ open TARGET: connect (non-blocking, timed), spawn exec:, or stdio
+      ├─ with --route: read the ClientHello (bounded), choose the target by its server name
+    ├─ open TARGET: connect (non-blocking, timed), spawn exec:, or stdio; with a route, the
+    │    ClientHello read is sent first (replayed), then the pumps carry the rest untouched
       ├─ up:   Pump(client → target)
       └─ down: Pump(target → client)
 
@@ -26,13 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from ..address import ExecAddress, StdioAddress
+from ..clienthello import ClientHello, Event
 from .children import Child
 from .engine import ERROR, FAILED, READ, WRITE, Timer
 from .pump import Pump
+from .routes import Route
+from .routing import HelloRead, refused_notice, routed_event, tell_unrecognized
 from .session import CLOSED, CONNECTING, OPEN, RelaySession, pending_error
 from .sides import Side, readable, stdio_side
 
 if TYPE_CHECKING:
+    from .._tlsstream import TLSSetup
     from .stream import StreamRelay
 
 __all__ = ["CHILD_EXIT_RECHECK_MAX", "StreamSession"]
@@ -45,7 +51,18 @@ CHILD_EXIT_RECHECK_MAX = 5.0
 class StreamSession(RelaySession):
     """One client relayed to the target: open the target, then two pumps until both are done."""
 
-    __slots__ = ("_child_timer", "_stop_early", "child", "client", "down", "target", "up")
+    __slots__ = (
+        "_child_timer",
+        "_hello",
+        "_replay",
+        "_stop_early",
+        "child",
+        "client",
+        "down",
+        "route",
+        "target",
+        "up",
+    )
 
     relay: StreamRelay
     crash_outcome = "both peers reset"
@@ -63,10 +80,79 @@ class StreamSession(RelaySession):
         #: a terminal at either end: the session may end before both pumps are done
         self._stop_early = False
         self._child_timer: Timer | None = None
+        #: with --route: the ClientHello being read, the bytes read, and the route chosen
+        self._hello: HelloRead | None = None
+        self._replay = b""
+        self.route: Route | None = None
+
+    # -- routing by server name: the ClientHello first
+
+    def start(self) -> None:
+        router = self.relay.router
+        if router is None:
+            self._begin()
+            return
+        self._hello = HelloRead(
+            self.relay.loop, self.client.rfd, router.hello_timeout, self._hello_read, self.crashed
+        )
+        self._hello.start()
+
+    def _hello_read(self, event: Event, data: bytes) -> None:
+        """The ClientHello is in (or refused): choose the route, then open its target."""
+        self._hello = None
+        relay = self.relay
+        router = relay.router
+        assert router is not None
+        route = router.choose(event, relay.stats)
+        if not isinstance(route, Route):
+            self._unrouted(*route)
+            return
+        self.route = route
+        self.resolver = router.resolver(route)
+        self.target_label = str(route.target)
+        self._replay = data
+        if relay.events.wants(1):
+            assert isinstance(event, ClientHello)
+            line, fields = routed_event(self.id, event, route)
+            relay.events("route", line, **fields)
+        self._begin()
+
+    def _unrouted(self, why: str, reason: str, kind: str) -> None:
+        """This client goes nowhere: one notice; a TLS client whose server name has no route
+        is told so by an ``unrecognized_name`` alert, others are reset."""
+        relay = self.relay
+        refused_notice(relay.events, self.id, self.peer_label(), why, reason, kind)
+        alert = reason == "unmatched" and tell_unrecognized(self.client.wfd)
+        self._end(reason, abortive=not alert, quiet=True)
+
+    def routed_setup(self, listener: TLSSetup) -> tuple[TLSSetup, bytes]:
+        """A terminating session's server side (the route's certificate, or the listener's)
+        and the bytes of the ClientHello already read, for the handshake to take first."""
+        router = self.relay.router
+        if router is None or self.route is None:
+            return listener, b""
+        data, self._replay = self._replay, b""
+        return router.setup(self.route, listener), data
+
+    def _send_replay(self) -> bool:
+        """Passthrough: the ClientHello read goes to the target before anything else; False
+        while the target's socket has no room (the session waits for it to be writable)."""
+        target = self.target
+        assert target is not None
+        while self._replay:
+            try:
+                sent = os.write(target.wfd, self._replay)
+            except BlockingIOError:
+                target.want(self.relay.loop, WRITE, False)
+                return False
+            self._replay = self._replay[sent:]
+            self.to_target += sent
+            self.relay.stats.to_target += sent
+        return True
 
     # -- opening the target
 
-    def start(self) -> None:
+    def _begin(self) -> None:
         self._announce_accept()
         self._open_target()
 
@@ -78,7 +164,7 @@ class StreamSession(RelaySession):
             # Registered with an empty mask: a client that resets while we connect is noticed.
             relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
             client.mask = 0
-        target = relay.target
+        target = relay.target if self.route is None else self.route.target
         if isinstance(target, ExecAddress):
             self._spawn(target)
         elif isinstance(target, StdioAddress):
@@ -134,6 +220,13 @@ class StreamSession(RelaySession):
 
     def _connected(self, *, announce: bool = True) -> None:
         relay = self.relay
+        if self._replay:
+            try:
+                if not self._send_replay():
+                    return  # the connect timer still runs: a target that takes nothing is cut
+            except OSError as exc:
+                self._next_target(exc)
+                return
         self._connect_done()
         client, target = self.client, self.target
         assert target is not None
@@ -144,10 +237,10 @@ class StreamSession(RelaySession):
             seconds = time.monotonic() - self.started
             relay.events(
                 "connect",
-                f"#{self.id} connected to {relay.target_label} in {seconds * 1000:.1f} ms",
+                f"#{self.id} connected to {self.target_label} in {seconds * 1000:.1f} ms",
                 level=1,
                 id=self.id,
-                target=relay.target_label,
+                target=self.target_label,
                 seconds=round(seconds, 6),
             )
         self._arm_idle()
@@ -377,6 +470,9 @@ class StreamSession(RelaySession):
 
     def _release(self, abortive: bool) -> None:
         relay = self.relay
+        if self._hello is not None:
+            self._hello.cancel()
+            self._hello = None
         if self._child_timer is not None:
             self._child_timer.cancel()
             self._child_timer = None

@@ -298,15 +298,22 @@ class TLSStreamSession(StreamSession):
 
     # -- termination: the client's handshake before the target is opened
 
-    def start(self) -> None:
+    def _begin(self) -> None:
         setup = self.relay.client_tls
         if setup is None:
-            super().start()
+            super()._begin()
             return
+        # --route: the certificate for the client's server name, and its ClientHello, read already.
+        setup, hello = self.routed_setup(setup)
         # The "accept" event waits for the handshake: it says what was agreed, and who the client is.
-        self.relay.loop.register(self.client.rfd, READ, self._on_client_handshake, self.crashed)
+        fd = self.client.rfd
+        self.relay.loop.register(fd, READ, self._on_client_handshake, self.crashed)
         self._arm_handshake(setup, "client")
-        # No OpenSSL object until the client has spoken: a client that never sends its
+        if hello:
+            self._client_link = TLSLink(setup, fd, f"tls #{self.id} client")
+            self._client_link.channel.feed(hello)
+            self._on_client_handshake(READ)
+        # Else no OpenSSL object until the client has spoken: a client that never sends its
         # ClientHello (a slowloris) holds its socket, this session and a timer, not the ~40 KiB
         # of an SSL object with its buffers.
 

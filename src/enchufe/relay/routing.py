@@ -1,0 +1,246 @@
+"""Routing by TLS server name at run time: each route's resolver and certificate
+(:class:`Router`), and the reading of a client's ClientHello off its socket (:class:`HelloRead`).
+
+::
+
+    router = Router.open(listen, target, config.routes)  # resolves every target, reads the certs
+    HelloRead(loop, fd, router.hello_timeout, done, on_error).start()
+    # done(event, data): a ClientHello (route it) or a Refused; ``data`` is every byte read
+
+The read is bounded in bytes (:data:`~enchufe.clienthello.MAX_WIRE`) and in time: a client that
+sends nothing, or too little, holds its connection slot until :attr:`Router.hello_timeout` and
+is cut.  What was read is replayed to the target (passthrough) or fed to the TLS handshake
+(termination): the client's bytes are never lost nor changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .._text import printable
+from ..address import Address, InetAddress, UnixAddress
+from ..clienthello import NEED_MORE, ClientHello, Event, HelloReader, Refused
+from ..errors import EnchufeError
+from ..tlsparams import DEFAULT_HANDSHAKE_TIMEOUT
+from .engine import READ, Loop, Timer
+from .events import EventSink
+from .routes import NO_HELLO, UNMATCHED, Route, RouteTable, check_routes
+from .stats import Stats
+from .targets import TargetResolver
+
+if TYPE_CHECKING:
+    from .._tlsstream import TLSSetup
+    from .engine import OnError
+
+__all__ = [
+    "UNRECOGNIZED_NAME",
+    "HelloRead",
+    "Router",
+    "Unrouted",
+    "refused_notice",
+    "routed_event",
+    "tell_unrecognized",
+]
+
+#: Why a client goes nowhere: the words, the reason (``no-hello``, ``unmatched``) and the
+#: reader's refusal kind (``not-tls``, ``timeout``, …; empty when its hello was fine).
+Unrouted = tuple[str, str, str]
+
+#: A fatal ``unrecognized_name`` alert (RFC 6066 §3), what a TLS client is told when no route
+#: takes its server name: ``openssl s_client`` shows it as such, instead of a bare reset.
+UNRECOGNIZED_NAME = b"\x15\x03\x03\x00\x02\x02\x70"
+
+
+class Router:
+    """The routes of a relay, each with its target's resolver and (terminating) certificate."""
+
+    __slots__ = ("_listen", "_resolvers", "_setups", "hello_timeout", "table")
+
+    def __init__(self, table: RouteTable, listen: Address, idle_timeout: float | None = None) -> None:
+        self.table = table
+        self._listen = listen
+        self._resolvers = {route: TargetResolver(route.target) for route in table.routes}
+        self._setups = self._load_setups()
+        params = listen.tls if isinstance(listen, InetAddress | UnixAddress) else None
+        timeout = params.handshake_timeout if params is not None else DEFAULT_HANDSHAKE_TIMEOUT
+        #: seconds a client has to send its ClientHello (the handshake timeout, or
+        #: --idle-timeout if shorter)
+        self.hello_timeout = min(timeout, idle_timeout) if idle_timeout else timeout
+
+    @classmethod
+    def open(
+        cls, listen: Address, target: Address, routes: Iterable[str], idle_timeout: float | None = None
+    ) -> Router:
+        """The router of ``routes``, every target resolved once and every certificate read now:
+        a bad one fails the relay before it serves (UsageError, AddressError, NameResolutionError)."""
+        router = cls(check_routes(listen, target, routes), listen, idle_timeout)
+        for resolver in router._resolvers.values():
+            resolver.targets()
+        return router
+
+    def _load_setups(self) -> dict[Route, TLSSetup]:
+        """The server side of each route with its own certificate (a ``tls://`` LISTEN)."""
+        listen = self._listen
+        if not isinstance(listen, InetAddress | UnixAddress) or listen.tls is None:
+            return {}
+        from .._tlsstream import server_setup, with_tls
+
+        setups = {}
+        for route in self.table.routes:
+            if route.cert is None:
+                continue
+            params = dataclasses.replace(listen.tls, cert=route.cert, key=route.key, cert_auto=False)
+            setup = server_setup(with_tls(listen, params))
+            assert setup is not None
+            setups[route] = setup
+        return setups
+
+    def choose(self, event: Event, stats: Stats) -> Route | Unrouted:
+        """The route for a client whose ClientHello reading ended in ``event``, or why there is
+        none; counted in ``stats.routes`` either way."""
+        routes = stats.routes
+        if isinstance(event, Refused):
+            routes[NO_HELLO] = routes.get(NO_HELLO, 0) + 1
+            return f"no ClientHello: {event.detail}", "no-hello", event.kind
+        assert isinstance(event, ClientHello)
+        route = self.table.match(event.server_name)
+        if route is None:
+            routes[UNMATCHED] = routes.get(UNMATCHED, 0) + 1
+            name = printable(event.server_name) if event.server_name else "none (no SNI)"
+            return f"no route for server name {name} and no default TARGET", "unmatched", ""
+        routes[route.label] = routes.get(route.label, 0) + 1
+        return route
+
+    def resolver(self, route: Route) -> TargetResolver:
+        return self._resolvers[route]
+
+    def setup(self, route: Route, listener: TLSSetup) -> TLSSetup:
+        """The server side a client routed by ``route`` is served with: its certificate's, or
+        the listener's."""
+        return self._setups.get(route, listener)
+
+    def files(self) -> tuple[str, ...]:
+        """The routes' certificate files, as ``route NAME cert=PATH`` (for reload lines)."""
+        return tuple(
+            f"route {route.name} cert={route.cert}" + (f" key={route.key}" if route.key else "")
+            for route in self._setups
+        )
+
+    def reload(self) -> EnchufeError | None:
+        """Read the routes' certificates again (all, or none: a bad one keeps the old ones)."""
+        try:
+            setups = self._load_setups()
+        except EnchufeError as exc:
+            return exc
+        self._setups = setups
+        return None
+
+
+class HelloRead:
+    """Reads a client's ClientHello off ``fd`` (non-blocking, on the relay's loop), then calls
+    ``done(event, data)`` once: the :class:`~enchufe.clienthello.ClientHello` or a
+    :class:`~enchufe.clienthello.Refused` (``kind`` ``timeout`` or ``reset`` besides the
+    reader's), and every byte read.  ``fd`` is watched only meanwhile."""
+
+    __slots__ = ("_done", "_fd", "_loop", "_on_error", "_reader", "_timeout", "_timer")
+
+    def __init__(
+        self, loop: Loop, fd: int, timeout: float, done: Callable[[Event, bytes], None], on_error: OnError
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._timeout = timeout
+        self._done = done
+        self._on_error = on_error
+        self._reader = HelloReader()
+        self._timer: Timer | None = None
+
+    def start(self) -> None:
+        self._loop.register(self._fd, READ, self._on_read, self._on_error)
+        self._timer = self._loop.call_later(self._timeout, self._timed_out, self._on_error)
+        self._on_read(READ)
+
+    def _on_read(self, _events: int) -> None:
+        reader = self._reader
+        event: Event = NEED_MORE
+        while event is NEED_MORE:  # each read takes at least a byte of the bounded room, or ends it
+            try:
+                data = os.read(self._fd, reader.room)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                event = Refused(
+                    "reset", f"the client's connection failed: {(exc.strerror or str(exc)).lower()}"
+                )
+                break
+            event = reader.feed(data)
+        self._finish(event)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        got = len(self._reader.data)
+        what = "nothing" if not got else f"{got} bytes, not a whole ClientHello,"
+        self._finish(Refused("timeout", f"sent {what} within {self._timeout:g} s"))
+
+    def _finish(self, event: Event) -> None:
+        """Stop watching and reading; the answer goes to ``done`` (once)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._loop.watching(self._fd):
+            self._loop.unregister(self._fd)
+        done, self._done = self._done, _spent
+        done(event, self._reader.data)
+
+    def cancel(self) -> None:
+        """The session ended first: stop, without an answer."""
+        self._done = _spent
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def routed_event(session_id: int, hello: ClientHello, route: Route) -> tuple[str, dict[str, Any]]:
+    """The "route" event's line and fields (-v, --json): the name the client asked for, its ALPN
+    list, and where it goes."""
+    name = printable(hello.server_name or "")
+    line = f"#{session_id} server name {name or '(none)'} → route {route.label} ({route.target})"
+    return line, {
+        "level": 1,
+        "id": session_id,
+        "server_name": name,
+        "alpn": [printable(protocol) for protocol in hello.alpn],
+        "route": route.label,
+        "target": str(route.target),
+    }
+
+
+def refused_notice(events: EventSink, session_id: int, peer: str, why: str, reason: str, kind: str) -> None:
+    """The one line (a rate-limited notice: any client can cause it) about a client refused
+    for want of a route."""
+    events.notice(
+        "clients without a route",
+        "refused",
+        f"enchufe: refused {peer} #{session_id}: {why}",
+        id=session_id,
+        peer=peer,
+        reason=reason,
+        detail=why,
+        **({"hello": kind} if kind else {}),
+    )
+
+
+def tell_unrecognized(fd: int) -> bool:
+    """Send the client an ``unrecognized_name`` alert (its socket has room: it sent only its
+    hello); whether it went."""
+    try:
+        return os.write(fd, UNRECOGNIZED_NAME) == len(UNRECOGNIZED_NAME)
+    except OSError:
+        return False
+
+
+def _spent(event: Event, data: bytes) -> None:
+    """The answer was given (or the session ended): later calls do nothing."""
