@@ -310,6 +310,27 @@ def test_more_than_the_bound_at_once() -> None:
     assert isinstance(event, Refused) and event.kind == "oversized"
 
 
+def test_bound_reached_inside_a_record_header() -> None:
+    """The bound filled by MAX_RECORDS whole records (a 16 KiB hello 3 bytes short) and the
+    start of one more header: refused then (with no room left, reading on could only look like
+    the end of the stream)."""
+    message = b"\x01\x00\x3f\xfc" + bytes(MAX_HELLO - 4)
+    short = MAX_WIRE - 3 - 5 * MAX_RECORDS  # handshake bytes that fit
+    sizes = [16000] + [12] * (MAX_RECORDS - 2)
+    sizes.append(short - sum(sizes))
+    wire = b""
+    offset = 0
+    for size in sizes:
+        wire += b"\x16\x03\x01" + struct.pack("!H", size) + message[offset : offset + size]
+        offset += size
+    assert len(wire) == MAX_WIRE - 3 and offset < MAX_HELLO
+    reader = HelloReader()
+    assert reader.feed(wire) is NEED_MORE
+    event = reader.feed(b"\x16\x03\x01")
+    assert isinstance(event, Refused) and event.kind == "oversized", event
+    assert len(reader.data) == MAX_WIRE and reader.room == 0
+
+
 def test_the_largest_hello_accepted() -> None:
     """A hello of exactly MAX_HELLO bytes (an ALPN list padding it out), in two records."""
     base = _hello_with(b"")

@@ -168,7 +168,8 @@ class HelloReader:
         event = self._records_in()
         if isinstance(event, ClientHello):
             self._data += data[room:]  # what follows the hello, kept for the replay unread
-        elif len(data) > room:
+        elif len(data) > room or len(self._data) >= MAX_WIRE:
+            # (the second: the bound reached in the middle of a record header, room left none)
             raise _Bad("oversized", f"more than {MAX_WIRE} bytes before the ClientHello was complete")
         return event
 
