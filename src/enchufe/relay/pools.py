@@ -91,6 +91,11 @@ class Pools:
         self.bulk_in_use = 0
         #: pipes that exist (in use or idle), for tests and stats
         self.pipes_open = 0
+        #: the buffer of the pumps' small-message path (:meth:`.pump.Pump.run`), shared by all:
+        #: the loop is one thread, and a hop's bytes are written on, or moved to a buffer of
+        #: their pump's own, before the next hop reads; and its iovec for ``readv``
+        self.hop = memoryview(bytearray(copy_size))
+        self.hop_iov = [self.hop]
 
     def pipe(self) -> Pipe | None:
         """An empty pipe, or ``None`` when none can be made (no descriptor left)."""
@@ -118,6 +123,16 @@ class Pools:
     @property
     def idle_pipes(self) -> int:
         return len(self._pipes)
+
+    @property
+    def idle_buffers(self) -> int:
+        """Copy buffers kept for reuse (for tests)."""
+        return len(self._buffers)
+
+    @property
+    def idle_bulk(self) -> int:
+        """Bulk buffers kept for reuse (for tests)."""
+        return len(self._bulk)
 
     def buffer(self) -> memoryview:
         if self._buffers:

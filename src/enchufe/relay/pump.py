@@ -106,6 +106,13 @@ WOULD_BLOCK = -1
 # Either half-step: the pump now moves bytes another way.
 SWITCHED = -2
 
+#: After a run that moved this many bytes (a bulk transfer), the small-message path stands aside
+#: until :data:`STREAMING_HYSTERESIS` runs in a row moved fewer (see :meth:`Pump.run`).
+STREAMING_BYTES = COPY_CHUNK
+STREAMING_HYSTERESIS = 8
+#: :attr:`Pump.hold_off` of a pump that never takes the small-message path.
+NEVER = -1
+
 _HAS_SPLICE = hasattr(os, "splice")
 _os_splice = cast(Callable[..., int], getattr(os, "splice", None))
 _readv = os.readv
@@ -144,6 +151,7 @@ class Pump:
         "end",
         "eof",
         "failed_on",
+        "hold_off",
         "in_flight",
         "pipe",
         "src_fd",
@@ -192,6 +200,10 @@ class Pump:
         self.failed_on = ""
         self.discarding = False
         self.discarded = 0
+        #: runs of the general path before the small-message path is tried again (bytes came
+        #: in bulk), or :data:`NEVER` (a pump that splices: towards unix sockets and pipes; a
+        #: pump that is done, or discards)
+        self.hold_off = NEVER if self.use_splice and not bulk else 0
 
     @property
     def wants_read(self) -> bool:
@@ -218,12 +230,74 @@ class Pump:
     def run(self) -> int:
         """Move bytes until both sides would block (or :data:`MAX_ROUNDS`); bytes delivered.
 
-        Rounds of a read and a write half-step (see the module's docstring) while either moves
-        bytes: a short read or EAGAIN ends the reads of this wake-up, EAGAIN from ``dst`` the
-        writes.
+        Small messages (request and response: nothing in flight, tracing off) take one read
+        into the pools' shared hop buffer and one write, with no pipe or buffer of their own
+        and no call between them: most of a ping-pong's latency is the work around those two
+        system calls.  What that cannot finish (a partial or refused write, a read that fills
+        the hop buffer: a bulk transfer begins) is moved into a buffer of the pump's own, as
+        if the general path (:meth:`_general`) had read it, and that path takes over.
         """
+        if self.in_flight or self.hold_off or trace._sink is not None:  # trace.enabled(), inline
+            return self._general()
+        pools = self._pools
+        try:
+            n = _readv(self.src_fd, pools.hop_iov)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.failed_on = "read"
+            raise
+        if not n:
+            self._ended()
+            return 0
+        hop = pools.hop
+        if n == len(hop):  # maybe more behind: a bulk transfer, the general path's way
+            self.hold_off = STREAMING_HYSTERESIS
+            self._hand_over(hop[:n])
+            return self._run()
+        try:
+            sent = _write(self.dst_fd, hop[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._hand_over(hop[:n])
+            self._write_failed(exc)  # raises, or switched to discarding (EPIPE on a pipe)
+            return self._run()
+        if sent < n:  # dst is full: the rest waits in a buffer, dst's readiness is awaited
+            self._hand_over(hop[sent:n])
+        return sent
+
+    def _hand_over(self, data: memoryview) -> None:
+        """Bytes read on the small-message path that did not go: into a buffer of this pump's
+        own (a bulk one if it copies towards TCP and one is free), in flight, for the general
+        path (copying until they are out)."""
+        view = self._pools.bulk() if self.bulk and self.use_splice else None
+        if view is None:
+            view = self._pools.buffer()
+        size = len(data)
+        view[:size] = data
+        self.view = view
+        self._start = 0
+        self.end = self.in_flight = size
+        self._way = _COPYING
+
+    def _general(self) -> int:
+        """Rounds of a read and a write half-step (see the module's docstring) while either
+        moves bytes: a short read or EAGAIN ends the reads of this wake-up, EAGAIN from ``dst``
+        the writes.  A run that moved :data:`STREAMING_BYTES` or more (a bulk transfer) keeps
+        the small-message path aside for :data:`STREAMING_HYSTERESIS` runs that move fewer."""
         if self.done:
             return 0
+        moved = self._run()
+        hold = self.hold_off
+        if moved >= STREAMING_BYTES:
+            if hold >= 0:
+                self.hold_off = STREAMING_HYSTERESIS
+        elif hold > 0:
+            self.hold_off = hold - 1
+        return moved
+
+    def _run(self) -> int:
         if self.bulk and not self.in_flight:
             self._choose_bulk()
         read, write = self._way
@@ -238,7 +312,7 @@ class Pump:
                 if said == READ_MORE:
                     progress = True
                 elif said == SWITCHED:
-                    return moved + self.run()
+                    return moved + self._run()
                 elif said != READ_FULL:  # READ_DRAINED or READ_EOF
                     drained = True
             if self.in_flight and not blocked:
@@ -247,7 +321,7 @@ class Pump:
                     moved += n
                     progress = True
                 elif n == SWITCHED:
-                    return moved + self.run()
+                    return moved + self._run()
                 else:
                     blocked = True
             if not progress:
@@ -464,6 +538,7 @@ class Pump:
         if not (self.dst_is_pipe and exc.errno == errno.EPIPE):
             return False
         self.discarding = True
+        self.hold_off = NEVER
         self.discarded += self.in_flight
         self.in_flight = 0
         self._start = self.end = 0
@@ -478,6 +553,7 @@ class Pump:
     def _finish(self) -> None:
         """Everything ``src`` sent is delivered: pass its EOF on."""
         self.done = True
+        self.hold_off = NEVER
         try:
             self._finish_cb()
         except OSError as exc:
