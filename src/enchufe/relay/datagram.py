@@ -308,6 +308,10 @@ class DatagramRelay(DatagramListener):
                 self._truncated(self.target_label, size, "target")
                 self.table.touch(session.peer, time.monotonic())
             return
+        self._upstream_events(session, events)
+
+    def _upstream_events(self, session: DatagramUpstream, events: int) -> None:
+        """The general handling of an upstream's readiness."""
         if events & FAILED and not self._upstream_error(session):
             return
         if events & (WRITE | ERROR) and session.pending and not self._flush_up(session):
