@@ -24,7 +24,17 @@ import trustme
 
 from enchufe.relay import RelayConfig
 
-from .conftest import IO_TIMEOUT, STEP, RelayThread, Target, dial, generated, relay_thread, wait_until
+from .conftest import (
+    IO_TIMEOUT,
+    STEP,
+    RelayThread,
+    StartRelay,
+    Target,
+    dial,
+    generated,
+    relay_thread,
+    wait_until,
+)
 
 SIZE = 4 << 20
 
@@ -395,3 +405,43 @@ def test_termination_integrity(certs: dict[str, str], plain_backends: Backends) 
             assert data
             got += data
         assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_routes_json_events_and_summary(
+    start_relay: StartRelay, certs: dict[str, str], tls_backends: Backends, workers: str
+) -> None:
+    """``enchufe relay tcp://… - --route … --json``: the route each client took is an event and
+    a count in the summary (of every worker); an unmatched name is one "refused" event."""
+    a, b = tls_backends
+    relay = start_relay(
+        "tcp://127.0.0.1:0",
+        "-",
+        "--route",
+        f"a.test={a.address}",
+        "--route",
+        f"*.example.com={b.address}",
+        "--workers",
+        workers,
+        "--json",
+    )
+    assert hello_line(relay.address, certs["ca"], "a.test") == b"A\n"
+    assert hello_line(relay.address, certs["ca"], "api.example.com") == b"B\n"
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        hello_line(relay.address, certs["ca"], "example.com")
+    relay.wait_err(r'"event": "refused"')
+    relay.signal()
+    assert relay.finish() == 0, relay.err
+    events = relay.json_events()
+    routed = [e for e in events if e["event"] == "route"]
+    assert sorted(e["server_name"] for e in routed) == ["a.test", "api.example.com"]
+    (refused,) = [e for e in events if e["event"] == "refused"]
+    assert refused["reason"] == "unmatched" and "example.com" in refused["detail"]
+    counts: dict[str, int] = {}
+    for summary in (e for e in events if e["event"] == "summary"):
+        for route, count in summary.get("routes", {}).items():
+            counts[route] = counts.get(route, 0) + count
+    assert counts == {"a.test": 1, "*.example.com": 1, "(unmatched)": 1}
