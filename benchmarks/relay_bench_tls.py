@@ -24,8 +24,10 @@ Legs:
   which it sends after the sink closed (every byte delivered).  Gbit/s.
 * ``tlsterm-unix``: the same to the sink on a unix socket.
 * ``tlshs``: new handshakes per second: ``--tls-clients`` processes, each ``--tls-handshakes``
-  times: connect, a full handshake (no resumption), 1 byte echoed (so the relay finished its side
-  and reached the target), close_notify.  All handshakes / (last end - first start).
+  times: connect, a full handshake (no resumption), close_notify, and the gateway's close_notify
+  back (it passed the EOF on to the target and the target's close back: the whole path, no data,
+  see relay_bench_tls_peer.py).  All handshakes / (last end - first start); and the gateway's
+  CPU time (utime+stime, /proc/PID/stat, socat's reaped children included) per handshake.
 * ``tlsping``: 1-byte ping-pong through termination, ``--tls-pings`` round trips: round trips/s.
 * ``passthrough``: SNI passthrough: ``enchufe relay tcp://… - --route localhost=TARGET``
   beside the plain relay (``enchufe relay tcp://… TARGET``) and the client straight to the target
