@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from enchufe import parse
+from enchufe import UnixAddress, parse
 from enchufe.proxyproto import encode_v1, encode_v2
 from tests.cli.conftest import STEP, Spawn, assert_one_error_line, run
 from tests.haproxy import HAProxy
@@ -135,6 +135,21 @@ def test_chat_names_the_real_client(spawn: Spawn) -> None:
             assert chunk
             received += chunk
     assert received == b"203.0.113.7:40000: hello room\n"
+
+
+def test_chat_names_a_unix_client_by_its_socket_name(spawn: Spawn) -> None:
+    server = spawn("chat", "tcp://127.0.0.1:0", "--accept-proxy", stdin=False)
+    port = tcp_port(server.listening())
+    front = UnixAddress("/run/front.sock")
+    with connect(port) as listener, connect(port) as talker:
+        listener.sendall(encode_v2(UnixAddress("listener", abstract=True), front))
+        talker.sendall(encode_v2(UnixAddress("/run/app\n.sock"), front) + b"hi\n")
+        received = b""
+        while b"\n" not in received:
+            chunk = listener.recv(1000)
+            assert chunk
+            received += chunk
+    assert received == b"/run/app\\n.sock: hi\n"
 
 
 def test_one_shot_listen_waits_for_a_client_with_a_good_header(spawn: Spawn) -> None:

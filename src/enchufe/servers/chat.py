@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from .._serving import log
 from .._text import one_line, printable
-from ..address import InetAddress, SocketAddress
+from ..address import InetAddress, SocketAddress, UnixAddress
 from ..aio.serve import Datagram, deliver
 from ..aio.stream import Connection
 from ..errors import EnchufeError, MessageTooLarge, NetworkError, ProtocolError
@@ -79,10 +79,10 @@ class ChatRoom:
         peer = conn.peer_address
         if isinstance(peer, InetAddress):
             name = str(peer).split("://", 1)[1]
-        elif peer is not None and conn.proxy_header is not None:
+        elif isinstance(peer, UnixAddress) and conn.proxy_header is not None:
             # A unix client a proxy named: its credentials would be the proxy's, its name is its own
             # (escaped: it reaches the other members' screens).
-            name = printable(str(peer).split(":", 1)[1])
+            name = printable(f"@{peer.name}" if peer.abstract else peer.name)
         else:
             creds = conn.peer_credentials
             if creds is not None:
