@@ -152,7 +152,8 @@ class Server(TLSServing):
     :meth:`shutdown` may be called from any thread or a signal handler: it stops accepting at
     once, gives handlers ``drain_timeout`` seconds to finish, then shuts their sockets down
     (which wakes a handler blocked in ``recv``) and counts them in ``stats.cut``.
-    ``on_handshake_failure(conn, error)`` is called in the connection's thread.
+    ``on_handshake_failure(conn, error)`` is called in the connection's thread, and so is the
+    reading of an ``accept_proxy`` header (see :func:`take_proxy_header`).
     """
 
     def __init__(
