@@ -26,7 +26,7 @@ import socket
 import stat
 from collections.abc import Callable
 
-from .. import _calls, _nonblocking
+from .. import _calls, _nonblocking, trace
 from .._calls import close
 from .._nonblocking import abort
 from .engine import READ, WRITE, Loop, OnError
@@ -127,7 +127,10 @@ class Side:
     def shut_write(self, loop: Loop) -> None:
         """Pass EOF on: ``shutdown(SHUT_WR)`` of a socket, or close the write descriptor."""
         if self.sock is not None:
-            _calls.shutdown(self.sock, socket.SHUT_WR)
+            if trace._sink is None:  # trace.enabled(), inline: once per direction of every connection
+                self.sock.shutdown(socket.SHUT_WR)
+            else:
+                _calls.shutdown(self.sock, socket.SHUT_WR)
             return
         fd = self.wfd
         if fd < 0:
@@ -160,6 +163,8 @@ class Side:
             with contextlib.suppress(OSError):
                 if abortive:
                     abort(self.sock)
+                elif trace._sink is None:  # the narrated close, without its calls while quiet
+                    self.sock.close()
                 else:
                     close(self.sock)
             return
