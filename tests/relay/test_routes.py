@@ -64,6 +64,34 @@ def test_the_default_takes_the_rest() -> None:
     assert str(routes.match("a.test").target) == "unix:///run/a.sock"  # type: ignore[union-attr]
 
 
+def _to(routes: RouteTable, name: str, alpn: tuple[str, ...]) -> str | None:
+    route = routes.match(name, alpn)
+    return None if route is None else str(route.target)
+
+
+def test_alpn_routes_take_the_clients_that_offer_their_protocol() -> None:
+    routes = table(
+        "a.test=tcp://127.0.0.1:1",
+        "a.test=tcp://127.0.0.1:2?alpn=acme-tls/1",
+        "a.test=tcp://127.0.0.1:3?alpn=h2,h3",
+        "*.test=tcp://127.0.0.1:4?alpn=x",
+    )
+    assert target_of(routes, "a.test") == "tcp://127.0.0.1:1"
+    assert _to(routes, "a.test", ("acme-tls/1",)) == "tcp://127.0.0.1:2"
+    assert _to(routes, "a.test", ("http/1.1", "h3")) == "tcp://127.0.0.1:3"
+    assert _to(routes, "a.test", ("http/1.1",)) == "tcp://127.0.0.1:1"
+    assert _to(routes, "b.test", ("x",)) == "tcp://127.0.0.1:4"
+    assert _to(routes, "b.test", ("y",)) is None
+    route = routes.match("a.test", ("h2",))
+    assert route is not None and route.label == "a.test alpn=h2,h3"
+
+
+def test_a_name_with_only_alpn_routes_falls_through() -> None:
+    routes = table("a.test=tcp://127.0.0.1:2?alpn=acme-tls/1", "*.test=tcp://127.0.0.1:4")
+    assert target_of(routes, "a.test") == "tcp://127.0.0.1:4"
+    assert _to(routes, "a.test", ("acme-tls/1",)) == "tcp://127.0.0.1:2"
+
+
 def test_cert_and_key_belong_to_the_route() -> None:
     route = parse_route("a.test=tcp://127.0.0.1:1?cert=/etc/a.pem&key=/etc/a%2Bkey.pem", terminating=True)
     assert (route.cert, route.key, str(route.target)) == ("/etc/a.pem", "/etc/a+key.pem", "tcp://127.0.0.1:1")
@@ -84,6 +112,14 @@ def test_cert_and_key_belong_to_the_route() -> None:
         (("a.test=tls://127.0.0.1:1",), "-", "tcp://127.0.0.1:0", "do not originate"),
         (("a.test=tcp://:1",), "-", "tcp://127.0.0.1:0", "needs a host and a port"),
         (("a.test=tcp://127.0.0.1:1", "A.TEST=tcp://127.0.0.1:2"), "-", "tcp://127.0.0.1:0", "twice"),
+        (
+            ("a.test=tcp://127.0.0.1:1?alpn=h2,x", "a.test=tcp://127.0.0.1:2?alpn=x,h2"),
+            "-",
+            "tcp://:0",
+            "twice",
+        ),
+        (("a.test=tcp://127.0.0.1:1?alpn=h2,,x",), "-", "tcp://127.0.0.1:0", "ALPN protocol names"),
+        (("a.test=tcp://127.0.0.1:1?sni=x",), "-", "tcp://127.0.0.1:0", "sni"),
         (("a.test=tcp://127.0.0.1:1?cert=/a.pem",), "-", "tcp://127.0.0.1:0", "passes the TLS bytes"),
         (("a.test=tcp://127.0.0.1:1",), "exec:cat", "tcp://127.0.0.1:0", "the positional TARGET"),
         (("a.test=tcp://127.0.0.1:1",), "-", "udp://127.0.0.1:0", "LISTEN must be"),

@@ -133,13 +133,17 @@ def terminating(certs: dict[str, str], backends: Backends, **options: Any) -> It
         yield relay
 
 
-def hello_line(address: str, ca: str, name: str | None) -> bytes:
+def hello_line(
+    address: str, ca: str, name: str | None, *, alpn: list[str] | None = None, check_name: bool = True
+) -> bytes:
     """Connect through the relay with TLS for ``name`` (verified against ``ca``): the line the
     backend says first."""
     with dial(address) as sock:
         ctx = client_context(ca)
-        if name is None:
+        if name is None or not check_name:
             ctx.check_hostname = False
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
         with ctx.wrap_socket(sock, server_hostname=name) as tls:
             return tls.recv(64)
 
@@ -182,6 +186,19 @@ def test_default_target_takes_other_names_and_no_sni(certs: dict[str, str], tls_
         # b's certificate is not for nope.test: the client does not check the name here
         assert hello_line(relay.address, certs["ca"], None) == b"B\n"
         wait_stats(relay, "(default)", 1)
+
+
+def test_passthrough_alpn_route(certs: dict[str, str], tls_backends: Backends) -> None:
+    """``alpn=acme-tls/1``: clients of a.test offering it go to B (an ACME client's port, say);
+    the others to a.test's plain route, A."""
+    a, b = tls_backends
+    routes = (f"a.test={a.address}", f"a.test={b.address}?alpn=acme-tls/1")
+    with relay_thread(RelayConfig("tcp://127.0.0.1:0", "-", routes=routes)) as relay:
+        assert hello_line(relay.address, certs["ca"], "a.test", alpn=["h2", "http/1.1"]) == b"A\n"
+        line = hello_line(relay.address, certs["ca"], "a.test", alpn=["acme-tls/1"], check_name=False)
+        assert line == b"B\n"
+        wait_stats(relay, "a.test alpn=acme-tls/1", 1)
+        assert relay.events.named("route")[1]["alpn"] == ["acme-tls/1"]
 
 
 def test_unmatched_name_refused_with_an_alert(certs: dict[str, str], tls_backends: Backends) -> None:

@@ -144,7 +144,7 @@ _NON_FINITE = ("inf", "infinity", "nan")
     help="Send clients whose TLS server name (SNI) is NAME (*.DOMAIN: one label) to TARGET "
     "(repeatable; exact names first); TARGET is then the default, - for none (refused).  A tls:// "
     "LISTEN terminates (NAME=TARGET?cert=F&key=K: NAME's certificate); tcp:// and unix: pass "
-    "the TLS bytes through untouched.",
+    "the TLS bytes through untouched.  ?alpn=P,… : only clients offering one of these ALPN protocols.",
 )
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option

@@ -8,12 +8,17 @@ without I/O.
     table.match("A.Test")          # Route("a.test", …): exact names first, case-insensitive
     table.match("x.example.com")   # Route("*.example.com", …): a wildcard is one whole label
     table.match("a.b.example.com") # the default (the positional TARGET), or None with TARGET -
+    table.match("a.test", ("acme-tls/1",))  # a route of a.test with alpn=acme-tls/1 first
 
 NAME is a server name (labels of letters, digits, ``-`` and ``_`` joined by dots), or ``*.``
 and one: ``*.example.com`` matches ``x.example.com``, not ``example.com`` nor
 ``a.b.example.com`` (as certificates' wildcards do, RFC 6125 §6.4.3).  A client without SNI
 goes to the default.  On a ``tls://`` LISTEN, ``?cert=F&key=K`` after TARGET is the
-certificate served for NAME (else the listener's).
+certificate served for NAME (else the listener's).  ``?alpn=P1,P2`` makes a route take only
+clients that offer one of those ALPN protocols (``acme-tls/1`` to an ACME client, ``h2`` to
+another backend); a NAME may have several such routes (the first listed that matches wins) and
+one without ``alpn=``, taken otherwise; when none of a name's routes matches, the wildcard and
+then the default are tried.
 
 Every refusal is a :class:`~enchufe.errors.UsageError` (exit status 2) naming the route and what
 is accepted.
@@ -53,41 +58,57 @@ class Route:
     target: InetAddress | UnixAddress
     cert: str | None = None
     key: str | None = None
+    #: the route takes only clients offering one of these ALPN protocols (empty: any client)
+    alpn: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         """How the route is named in counts and events."""
-        return self.name
+        return f"{self.name} alpn={','.join(self.alpn)}" if self.alpn else self.name
+
+    def takes(self, offered: tuple[str, ...]) -> bool:
+        return not self.alpn or any(protocol in offered for protocol in self.alpn)
 
 
 @dataclass(frozen=True)
 class RouteTable:
-    """Routes by exact name and by wildcard suffix, and the ``default`` (``None``: refused)."""
+    """Routes by exact name and by wildcard suffix (those with ``alpn=`` first, then the one
+    without), and the ``default`` (``None``: refused)."""
 
-    exact: dict[str, Route]
-    wildcard: dict[str, Route]  # by the suffix after "*."
+    exact: dict[str, tuple[Route, ...]]
+    wildcard: dict[str, tuple[Route, ...]]  # by the suffix after "*."
     default: Route | None
 
     @property
     def routes(self) -> tuple[Route, ...]:
         """Every route, the default last."""
-        found = (*self.exact.values(), *self.wildcard.values())
+        found = tuple(
+            route for table in (self.exact, self.wildcard) for group in table.values() for route in group
+        )
         return (*found, self.default) if self.default is not None else found
 
-    def match(self, server_name: str | None) -> Route | None:
-        """The route for ``server_name`` (any case, a trailing dot ignored): an exact name, else a
-        wildcard over its first label, else the default; ``None`` when there is none."""
+    def match(self, server_name: str | None, alpn: tuple[str, ...] = ()) -> Route | None:
+        """The route for ``server_name`` (any case, a trailing dot ignored) and the ALPN protocols
+        the client offers: an exact name's, else a wildcard's over its first label, else the
+        default; ``None`` when there is none."""
         if server_name:
             name = server_name.lower().rstrip(".")
-            route = self.exact.get(name)
+            route = _first_taking(self.exact.get(name, ()), alpn)
             if route is not None:
                 return route
             _first, dot, rest = name.partition(".")
             if dot:
-                route = self.wildcard.get(rest)
+                route = _first_taking(self.wildcard.get(rest, ()), alpn)
                 if route is not None:
                     return route
         return self.default
+
+
+def _first_taking(routes: tuple[Route, ...], offered: tuple[str, ...]) -> Route | None:
+    for route in routes:
+        if route.takes(offered):
+            return route
+    return None
 
 
 def parse_route(text: str, *, terminating: bool) -> Route:
@@ -102,7 +123,8 @@ def parse_route(text: str, *, terminating: bool) -> Route:
             f"--route {shown!r}: {printable(name)!r} is not a server name: labels of letters, digits, "
             "'-' and '_' joined by dots, or '*.' and such a name (one label), e.g. *.example.com"
         )
-    target_text, cert, key = _take_cert(target_text)
+    target_text, options = _take_options(target_text)
+    cert, key = options.get("cert"), options.get("key")
     if (cert or key) and not terminating:
         raise UsageError(
             f"--route {shown!r}: cert= and key= are the certificate served for {name} when the relay "
@@ -111,25 +133,39 @@ def parse_route(text: str, *, terminating: bool) -> Route:
         )
     if key and not cert:
         raise UsageError(f"--route {shown!r}: key= needs cert= (the certificate it is the key of)")
-    return Route(name, _route_target(target_text, f"--route {shown!r}"), cert, key)
+    alpn = _alpn(options.get("alpn"), shown)
+    return Route(name, _route_target(target_text, f"--route {shown!r}"), cert, key, alpn)
 
 
-def _take_cert(target_text: str) -> tuple[str, str | None, str | None]:
-    """``cert=`` and ``key=`` taken out of TARGET's query (the rest stays with TARGET)."""
+def _take_options(target_text: str) -> tuple[str, dict[str, str]]:
+    """The route's own options (``cert=``, ``key=``, ``alpn=``) taken out of TARGET's query;
+    the rest stays with TARGET (which refuses what it does not know)."""
     address, sep, query = target_text.partition("?")
     if not sep:
-        return target_text, None, None
-    cert = key = None
+        return target_text, {}
+    options = {}
     kept = []
     for pair in query.split("&"):
         field, _eq, value = pair.partition("=")
-        if field == "cert":
-            cert = unquote(value)
-        elif field == "key":
-            key = unquote(value)
+        if field in ("cert", "key", "alpn") and value:
+            options[field] = unquote(value)
         elif pair:
             kept.append(pair)
-    return address + ("?" + "&".join(kept) if kept else ""), cert or None, key or None
+    return address + ("?" + "&".join(kept) if kept else ""), options
+
+
+def _alpn(value: str | None, shown: str) -> tuple[str, ...]:
+    """``alpn=h2,http/1.1``: protocol names of 1 to 255 printable ASCII characters."""
+    if value is None:
+        return ()
+    names = tuple(value.split(","))
+    for name in names:
+        if not 1 <= len(name) <= 255 or not name.isascii() or not name.isprintable():
+            raise UsageError(
+                f"--route {shown!r}: alpn= takes ALPN protocol names separated by commas, "
+                f"e.g. alpn=h2,http/1.1 or alpn=acme-tls/1; {printable(name)!r} is not one"
+            )
+    return names
 
 
 def _route_target(given: str | Address, where: str) -> InetAddress | UnixAddress:
@@ -160,14 +196,17 @@ def check_routes(listen: Address, target: Address, routes: Iterable[str]) -> Rou
             f"tcp://, tls:// or unix: stream address, not {listen}"
         )
     terminating = listen.is_tls
-    exact: dict[str, Route] = {}
-    wildcard: dict[str, Route] = {}
+    exact: dict[str, tuple[Route, ...]] = {}
+    wildcard: dict[str, tuple[Route, ...]] = {}
     for text in routes:
         route = parse_route(text, terminating=terminating)
         table, key = (wildcard, route.name[2:]) if route.name.startswith("*.") else (exact, route.name)
-        if key in table:
-            raise UsageError(f"--route {route.name} is given twice; give each NAME once")
-        table[key] = route
+        group = table.get(key, ())
+        if any(set(other.alpn) == set(route.alpn) for other in group):
+            what = f"{route.name} with alpn={','.join(route.alpn)}" if route.alpn else route.name
+            raise UsageError(f"--route {what} is given twice; give each NAME (and alpn=) once")
+        # Those with alpn= are tried first, in the order given; the one without takes the rest.
+        table[key] = tuple(sorted((*group, route), key=lambda r: not r.alpn))
     default = None
     if not isinstance(target, StdioAddress):
         where = "with --route, the positional TARGET (the default)"

@@ -106,7 +106,7 @@ class Router:
             routes[NO_HELLO] = routes.get(NO_HELLO, 0) + 1
             return f"no ClientHello: {event.detail}", "no-hello", event.kind
         assert isinstance(event, ClientHello)
-        route = self.table.match(event.server_name)
+        route = self.table.match(event.server_name, event.alpn)
         if route is None:
             routes[UNMATCHED] = routes.get(UNMATCHED, 0) + 1
             name = printable(event.server_name) if event.server_name else "none (no SNI)"
@@ -125,7 +125,7 @@ class Router:
     def files(self) -> tuple[str, ...]:
         """The routes' certificate files, as ``route NAME cert=PATH`` (for reload lines)."""
         return tuple(
-            f"route {route.name} cert={route.cert}" + (f" key={route.key}" if route.key else "")
+            f"route {route.label} cert={route.cert}" + (f" key={route.key}" if route.key else "")
             for route in self._setups
         )
 
