@@ -29,8 +29,9 @@ The pieces, one idea per module:
   configuration before anything is bound (pure);
 * :mod:`.engine` — the event loop: epoll readiness, a heap of timers, a wake-up pipe;
 * :mod:`.pump` — one direction of a stream: read and write half-steps, splicing through a pooled
-  pipe, or copying through a bulk buffer towards TCP (measured faster there); :mod:`.pools`, the
-  pipes and buffers lent to pumps while bytes are in flight;
+  pipe, or copying through a bulk buffer towards TCP (measured faster there), small messages in
+  one read and one write; :mod:`.pump_state`, what a pump holds; :mod:`.pools`, the pipes and
+  buffers lent to pumps while bytes are in flight;
 * :mod:`.targets` — TARGET's addresses, resolved at most every 30 s;
 * :mod:`.session` — what every client's session shares: the connect phase (addresses in order,
   back-off, timeout), the idle timer, the end and its event;

@@ -67,15 +67,14 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from collections.abc import Callable
 from typing import cast
 
 from .. import trace
-from .._calls import shutdown
 from .._nonblocking import SPLICE_FLAGS, read_into, write
 from .._nonblocking import splice as traced_splice
 from .pools import COPY_CHUNK, PIPE_SIZE, Pipe, Pools
+from .pump_state import NEVER, PumpState, Step
 
 __all__ = [
     "COPY_CHUNK",
@@ -110,122 +109,22 @@ SWITCHED = -2
 #: until :data:`STREAMING_HYSTERESIS` runs in a row moved fewer (see :meth:`Pump.run`).
 STREAMING_BYTES = COPY_CHUNK
 STREAMING_HYSTERESIS = 8
-#: :attr:`Pump.hold_off` of a pump that never takes the small-message path.
-NEVER = -1
-
-_HAS_SPLICE = hasattr(os, "splice")
 _os_splice = cast(Callable[..., int], getattr(os, "splice", None))
 _readv = os.readv
 _write = os.write
 
-#: A half-step: ``step(pump, raw)`` (``raw``: make the system call itself, tracing is off).
-Step = Callable[["Pump", bool], int]
 
-
-class Pump:
-    """Move bytes from ``src`` to ``dst`` (non-blocking descriptors) whenever :meth:`run` is called.
+class Pump(PumpState):
+    """Move bytes from ``src`` to ``dst`` (non-blocking descriptors) whenever :meth:`run` is called
+    (what a pump holds, and :attr:`wants_read` / :attr:`wants_write`: :class:`.PumpState`).
 
     * :meth:`run` moves what can move now and returns the bytes delivered to ``dst``; it raises
       ``OSError`` on a real failure (a reset), with :attr:`failed_on` saying which side.
     * :attr:`eof`: ``src`` has ended.  Once everything read is delivered, ``finish()`` passes the
       EOF on (default: ``shutdown(SHUT_WR)`` of a ``dst`` socket) and :attr:`done` becomes true.
-    * :attr:`wants_read` / :attr:`wants_write`: the readiness to wait for on ``src`` / ``dst``.
-    * Bytes in flight sit in :attr:`pipe` (splicing) or in :attr:`view` (copying, through a bulk
-      or copy buffer), whose bytes up to :attr:`end` have been read; at most one of them is held.
-
-    ``src`` and ``dst`` may be sockets or bare descriptors; ``dst_is_pipe`` says that a broken
-    ``dst`` (EPIPE) means its reader left rather than that the connection failed.
     """
 
-    __slots__ = (
-        "_finish_cb",
-        "_pools",
-        "_start",
-        "_way",
-        "bulk",
-        "discarded",
-        "discarding",
-        "done",
-        "dst_fd",
-        "dst_is_pipe",
-        "end",
-        "eof",
-        "failed_on",
-        "hold_off",
-        "in_flight",
-        "pipe",
-        "src_fd",
-        "stalled",
-        "use_splice",
-        "view",
-    )
-
-    def __init__(
-        self,
-        src: socket.socket | int,
-        dst: socket.socket | int,
-        pools: Pools,
-        *,
-        use_splice: bool = True,
-        finish: Callable[[], None] | None = None,
-        dst_is_pipe: bool = False,
-        bulk: bool = False,
-    ) -> None:
-        self.src_fd = src if isinstance(src, int) else src.fileno()
-        self.dst_fd = dst if isinstance(dst, int) else dst.fileno()
-        if finish is None:
-            if isinstance(dst, int):
-                raise TypeError("a pump to a bare descriptor needs a finish callback")
-            sock = dst
-
-            def finish() -> None:
-                shutdown(sock, socket.SHUT_WR)
-
-        self._finish_cb = finish
-        self.dst_is_pipe = dst_is_pipe
-        #: copy through a bulk buffer while one is free (the destination is a TCP socket)
-        self.bulk = bulk
-        self._pools = pools
-        self.use_splice = use_splice and _HAS_SPLICE
-        #: the read and write half-steps of the way bytes move now (:data:`_SPLICING`, …)
-        self._way = _SPLICING if self.use_splice else _COPYING
-        self.pipe: Pipe | None = None
-        self.view: memoryview | None = None
-        self._start = 0
-        self.end = 0
-        self.in_flight = 0
-        self.eof = False
-        self.done = False
-        self.stalled = False
-        self.failed_on = ""
-        self.discarding = False
-        self.discarded = 0
-        #: runs of the general path before the small-message path is tried again (bytes came
-        #: in bulk), or :data:`NEVER` (a pump that splices: towards unix sockets and pipes; a
-        #: pump that is done, or discards)
-        self.hold_off = NEVER if self.use_splice and not bulk else 0
-
-    @property
-    def wants_read(self) -> bool:
-        """Read ``src`` only while what is read has somewhere to go.
-
-        Whatever the mode, a full buffer (the copy or bulk buffer, or the pipe) means no read
-        interest: ``dst`` is not taking bytes, and reading would find no room, so every wake-up
-        would be spent on a write that says EAGAIN.  The pump then waits for ``dst`` to become
-        writable only (:attr:`wants_write`).  A bulk buffer is used while :attr:`use_splice`
-        stays true, so the buffer in use, not the mode, decides.
-        """
-        if self.eof or self.stalled:
-            return False
-        view = self.view
-        if view is not None:
-            return self.end < len(view)
-        pipe = self.pipe  # None when copying with no buffer yet, or splicing with no bytes held
-        return pipe is None or self.in_flight < pipe.capacity
-
-    @property
-    def wants_write(self) -> bool:
-        return self.in_flight > 0
+    __slots__ = ()
 
     def run(self) -> int:
         """Move bytes until both sides would block (or :data:`MAX_ROUNDS`); bytes delivered.
@@ -515,16 +414,6 @@ class Pump:
             self._finish()
         return READ_EOF
 
-    def _release(self) -> None:
-        """Nothing is in flight: give back the pipe or buffer."""
-        if self.pipe is not None:
-            self._pools.release_pipe(self.pipe)
-            self.pipe = None
-        if self.view is not None:
-            self._pools.release_buffer(self.view)
-            self.view = None
-        self._start = self.end = 0
-
     def _write_failed(self, exc: OSError) -> int:
         """A write failed: a pipe whose reader left is :data:`SWITCHED` to discarding; anything
         else is raised, as a failure of the write side."""
@@ -550,33 +439,11 @@ class Pump:
         self._way = _DISCARDING
         return True
 
-    def _finish(self) -> None:
-        """Everything ``src`` sent is delivered: pass its EOF on."""
-        self.done = True
-        self.hold_off = NEVER
-        try:
-            self._finish_cb()
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:  # the peer is gone already: nothing to tell it
-                self.failed_on = "write"
-                raise
-
-    def discard(self) -> None:
-        """The connection is over: give back (or, if it still holds bytes, close) the buffers."""
-        if self.pipe is not None:
-            if self.in_flight:
-                self._pools.discard_pipe(self.pipe)
-            else:
-                self._pools.release_pipe(self.pipe)
-            self.pipe = None
-        if self.view is not None:
-            self._pools.release_buffer(self.view)
-            self.view = None
-        self.in_flight = 0
-
 
 # The ways bytes move: a read and a write half-step each (plain functions, so that a pump holds
 # no reference to itself).
 _SPLICING: tuple[Step, Step] = (Pump._splice_in, Pump._splice_out)
 _COPYING: tuple[Step, Step] = (Pump._copy_in, Pump._copy_out)
 _DISCARDING: tuple[Step, Step] = (Pump._discard_in, Pump._copy_out)  # nothing in flight to write
+Pump.splicing = _SPLICING
+Pump.copying = _COPYING
