@@ -274,6 +274,24 @@ def test_silent_client_is_cut_at_the_timeout(certs: dict[str, str], tls_backends
         assert hello_line(relay.address, certs["ca"], "a.test") == b"A\n"
 
 
+def test_silent_clients_do_not_stall_the_others(certs: dict[str, str], tls_backends: Backends) -> None:
+    """100 clients that send nothing: a routed client is served meanwhile, and every silent one
+    is cut at the timeout, freeing its slot."""
+    silent: list[socket.socket] = []
+    with contextlib.ExitStack() as stack:
+        relay = stack.enter_context(passthrough(tls_backends, idle_timeout=1.0))
+        for _ in range(100):
+            silent.append(stack.enter_context(dial(relay.address)))
+        wait_until(lambda: relay.relay.stats.open == 100, "100 silent clients admitted")
+        assert hello_line(relay.address, certs["ca"], "a.test") == b"A\n"
+        wait_until(lambda: relay.relay.stats.open == 0, "the silent clients cut")
+        assert relay.relay.stats.routes["(no hello)"] == 100
+        for sock in silent:
+            sock.settimeout(STEP)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+
+
 def test_passthrough_integrity(certs: dict[str, str], tls_backends: Backends) -> None:
     """sha256 of a few MiB both ways through the passthrough (TLS end to end)."""
     ctx = client_context(certs["ca"])
