@@ -422,6 +422,27 @@ def test_reload_reads_route_certificates_again(
             hello_line(relay.address, certs["ca"], "a.test")
 
 
+def test_reload_interval_watches_route_certificates(
+    certs: dict[str, str], plain_backends: Backends, tmp_path: Path
+) -> None:
+    """--reload-interval: a route's certificate file replaced is read again, as SIGUSR1 does."""
+    route_cert = tmp_path / "a.pem"
+    shutil.copy(certs["a"], route_cert)
+    a, _b = plain_backends
+    listen = f"tls://127.0.0.1:0?cert={certs['other']}"
+    config = RelayConfig(listen, "-", routes=(f"a.test={a.address}?cert={route_cert}",), reload_interval=0.1)
+    with relay_thread(config) as relay:
+        assert hello_line(relay.address, certs["ca"], "a.test") == b"plain A\n"
+        replacement = tmp_path / "a2.pem"
+        shutil.copy(certs["a2"], replacement)
+        replacement.replace(route_cert)  # as a deployment does: a new file in its place
+        wait_until(
+            lambda: any("route certificates reloaded" in text for name, text, _ in relay.events.events),
+            "the routes' certificates reloaded",
+        )
+        assert hello_line(relay.address, certs["ca2"], "a.test") == b"plain A\n"
+
+
 def test_termination_integrity(certs: dict[str, str], plain_backends: Backends) -> None:
     """Bytes through a terminating route, both ways (a smaller size: Python does the TLS)."""
     ctx = client_context(certs["ca"])

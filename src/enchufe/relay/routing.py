@@ -57,10 +57,18 @@ UNRECOGNIZED_NAME = b"\x15\x03\x03\x00\x02\x02\x70"
 class Router:
     """The routes of a relay, each with its target's resolver and (terminating) certificate."""
 
-    __slots__ = ("_listen", "_resolvers", "_setups", "hello_timeout", "table")
+    __slots__ = ("_listen", "_resolvers", "_setups", "hello_timeout", "reload_interval", "table")
 
-    def __init__(self, table: RouteTable, listen: Address, idle_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        listen: Address,
+        idle_timeout: float | None = None,
+        reload_interval: float | None = None,
+    ) -> None:
         self.table = table
+        #: --reload-interval: seconds between looks at the routes' certificate files
+        self.reload_interval = reload_interval
         self._listen = listen
         self._resolvers = {route: TargetResolver(route.target) for route in table.routes}
         self._setups = self._load_setups()
@@ -72,11 +80,16 @@ class Router:
 
     @classmethod
     def open(
-        cls, listen: Address, target: Address, routes: Iterable[str], idle_timeout: float | None = None
+        cls,
+        listen: Address,
+        target: Address,
+        routes: Iterable[str],
+        idle_timeout: float | None = None,
+        reload_interval: float | None = None,
     ) -> Router:
         """The router of ``routes``, every target resolved once and every certificate read now:
         a bad one fails the relay before it serves (UsageError, AddressError, NameResolutionError)."""
-        router = cls(check_routes(listen, target, routes), listen, idle_timeout)
+        router = cls(check_routes(listen, target, routes), listen, idle_timeout, reload_interval)
         for resolver in router._resolvers.values():
             resolver.targets()
         return router
@@ -128,6 +141,10 @@ class Router:
             f"route {route.label} cert={route.cert}" + (f" key={route.key}" if route.key else "")
             for route in self._setups
         )
+
+    def stamps(self) -> tuple[object, ...]:
+        """What changes when one of the routes' certificate or key files is replaced or rewritten."""
+        return tuple(_stamp(path) for route in self._setups for path in (route.cert, route.key) if path)
 
     def reload(self) -> EnchufeError | None:
         """Read the routes' certificates again (all, or none: a bad one keeps the old ones)."""
@@ -240,6 +257,14 @@ def tell_unrecognized(fd: int) -> bool:
         return os.write(fd, UNRECOGNIZED_NAME) == len(UNRECOGNIZED_NAME)
     except OSError:
         return False
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _spent(event: Event, data: bytes) -> None:

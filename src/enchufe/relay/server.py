@@ -186,7 +186,9 @@ class Relay:
                 self._resolver.targets()
             self._open_tls(listen)
             if config.routes:  # every route's target resolved, its certificate read, now
-                self._router = Router.open(listen, self.target_address, config.routes, self.idle_timeout)
+                self._router = Router.open(
+                    listen, self.target_address, config.routes, self.idle_timeout, config.reload_interval
+                )
         except BaseException:
             self.close()
             raise

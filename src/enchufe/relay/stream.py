@@ -139,6 +139,17 @@ class StreamRelay:
         self._spare = _open_spare()
         self.loop.register(self.listener.fileno(), READ, self._on_accept, self._listener_failed)
         self._accepting = True
+        router = self.router
+        if router is not None and router.reload_interval and router.files():
+            stamps = router.stamps()
+
+            def look() -> None:  # --reload-interval: the routes' certificates, as SIGUSR1 does
+                nonlocal stamps
+                if router.stamps() != stamps:
+                    self.reload_routes("reload-interval")
+                    stamps = router.stamps()
+
+            self.loop.call_every(router.reload_interval, look)
 
     @property
     def accepting(self) -> bool:
