@@ -5,10 +5,10 @@ below it::
 
     pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
-               _proxytypes, _proxywrite, proxyproto
+               _proxytypes, _proxywrite, proxyproto, hops, _hop_socks5, _hop_http
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
                _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlsstream,
-               _proxyaccept
+               _proxyaccept, _via
     endpoints  sync | aio (siblings: neither imports the other), and the package itself (sync's facade)
     apps       relay, servers, bench, tour, exec, stdio, testing
     cli        cli, __main__
@@ -57,6 +57,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_proxytypes",
         "_proxywrite",
         "proxyproto",
+        "hops",
+        "_hop_socks5",
+        "_hop_http",
     ),
     "sockets": (
         "_calls",
@@ -73,6 +76,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "tlschannel",
         "_tlsstream",
         "_proxyaccept",
+        "_via",
     ),
     "endpoints": ("sync", "aio", ""),  # "": the package itself, which re-exports sync
     "apps": ("relay", "servers", "bench", "tour", "exec", "stdio", "testing"),

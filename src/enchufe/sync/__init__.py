@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .._connect import DEFAULT_RETRY_DELAY, socket_address
 from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_listener
 from .._tlsstream import client_setup, server_setup, with_tls
+from .._via import open_via
 from ..address import Address
+from ..hops import Hop, check_target, parse_hops
 from .datagram import DatagramSocket
 from .stream import Connection, Listener, TLSConnection, connection_over
 
@@ -51,6 +55,7 @@ def connect(
     timeout: float | None = None,
     retries: int = 0,
     retry_delay: float = DEFAULT_RETRY_DELAY,
+    via: Sequence[str | Hop] | str | Hop | None = None,
 ) -> Connection:
     """Connect a stream socket to ``address``: a :class:`Connection`.
 
@@ -62,10 +67,21 @@ def connect(
     A TLS address returns a :class:`TLSConnection` once the handshake is done and the server
     accepted (verified against the system store or ``ca=``, or its ``pin=``), within the
     address's ``handshake-timeout``; :class:`~enchufe.errors.TLSRefused` says why not.
+
+    ``via`` goes through proxies, first hop first (see :mod:`enchufe.hops`):
+    ``socks5://[USER:PASS@]HOST:PORT`` or ``http://[USER:PASS@]HOST:PORT``.  The target's name
+    is resolved by the last proxy, and TLS runs end to end through the tunnel.  ``timeout``
+    bounds each attempt, handshakes included; :class:`~enchufe.hops.HopRefused` names the hop
+    that said no, and why.
     """
     target = socket_address(address, stream=True, role="connect")
+    hops = parse_hops(via)
     tls = client_setup(target)
-    sock, _owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
+    if hops:
+        checked = check_target(target, hops)
+        sock = open_via(checked, hops, timeout=timeout, retries=retries, retry_delay=retry_delay)
+    else:
+        sock, _owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
     return connection_over(sock, tls)
 
 

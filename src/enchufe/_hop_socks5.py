@@ -1,0 +1,168 @@
+"""The client side of a SOCKS5 CONNECT (RFC 1928) with username/password (RFC 1929), sans I/O.
+
+See :mod:`enchufe.hops` for how a driver uses it.  A target's name is sent as a name (ATYP 3):
+the proxy resolves it, never this side.  Every read is bounded: a reply is at most 262 bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from ._inet_text import literal_family
+from ._text import printable
+from .hops import Event, Handshake, Hop, NeedMore, Send
+
+VERSION = 5
+AUTH_VERSION = 1
+NO_AUTH = 0x00
+USER_PASS = 0x02
+NO_ACCEPTABLE = 0xFF
+CONNECT = 0x01
+ATYP_IPV4, ATYP_NAME, ATYP_IPV6 = 1, 3, 4
+
+#: RFC 1928's reply codes in words; 2 is the proxy's own rules, 5 the target's refusal.
+REPLIES = {
+    1: "general SOCKS server failure",
+    2: "connection refused by the proxy's rules",
+    3: "network unreachable from the proxy",
+    4: "host unreachable from the proxy",
+    5: "connection refused by the target",
+    6: "TTL expired on the way to the target",
+    7: "command not supported by the proxy",
+    8: "address type not supported by the proxy",
+}
+#: The replies that say the target, not the proxy, is not there (yet): worth retrying.
+TARGET_DOWN = frozenset({3, 4, 5, 6})
+_METHOD_NAMES = {NO_AUTH: "no authentication", USER_PASS: "username/password", 0x01: "GSSAPI"}
+
+
+class Socks5Handshake(Handshake):
+    """Greeting, method reply, optional username/password, CONNECT, reply."""
+
+    def __init__(self, hop: Hop, host: str, port: int) -> None:
+        super().__init__(hop, host, port)
+        self._state = "method"
+        self._methods = (NO_AUTH, USER_PASS) if self.hop.username is not None else (NO_AUTH,)
+
+    def start(self) -> Send:
+        offered = ", ".join(_METHOD_NAMES[m] for m in self._methods)
+        greeting = bytes([VERSION, len(self._methods), *self._methods])
+        return Send(greeting, (f"greeting: SOCKS5, methods offered: {offered}",))
+
+    def _step(self) -> Event:
+        if self._state == "method":
+            return self._method()
+        if self._state == "auth":
+            return self._auth()
+        return self._reply()
+
+    def _waiting_for(self) -> str:
+        return {
+            "method": "before choosing a method",
+            "auth": "before answering the username/password",
+            "reply": f"before its reply to CONNECT {self.target}",
+        }[self._state]
+
+    def _method(self) -> Event:
+        if len(self._buffer) < 2:
+            return self._need(2)
+        self._check_version(VERSION, "greeting")
+        method = self._buffer[1]
+        del self._buffer[:2]
+        if method == NO_ACCEPTABLE:
+            if self.hop.username is None:
+                raise self.refused(
+                    "the proxy accepts no method offered (it may want a username and password: "
+                    "give USER:PASS@ in the proxy URL)"
+                )
+            raise self.refused("the proxy accepts neither no authentication nor username/password")
+        if method not in self._methods:
+            raise self.refused(f"the proxy chose method {method:#04x}, which was not offered")
+        said = f"method chosen: {_METHOD_NAMES[method]}"
+        if method == USER_PASS:
+            self._state = "auth"
+            user = printable(self.hop.username or "")
+            return Send(self._auth_request(), (said, f"username/password: user {user}, password ***"))
+        return self._connect(said)
+
+    def _auth_request(self) -> bytes:
+        user = (self.hop.username or "").encode()
+        password = (self.hop.password or "").encode()
+        return bytes([AUTH_VERSION, len(user)]) + user + bytes([len(password)]) + password
+
+    def _auth(self) -> Event:
+        if len(self._buffer) < 2:
+            return self._need(2)
+        # RFC 1929 says version 1; a few servers answer 5.  Only the status decides.
+        if self._buffer[0] not in (AUTH_VERSION, VERSION):
+            raise self.refused(f"not a username/password reply: {_shown(self._buffer)}")
+        status = self._buffer[1]
+        del self._buffer[:2]
+        if status != 0:
+            reason = f"username/password refused by the proxy (RFC 1929 status {status})"
+            raise self.refused(reason, code=status)
+        return self._connect("username/password accepted")
+
+    def _connect(self, said: str) -> Send:
+        self._state = "reply"
+        family = literal_family(self.host)
+        if family == 4:
+            address = bytes([ATYP_IPV4]) + socket.inet_pton(socket.AF_INET, self.host)
+            how = "an IPv4 address"
+        elif family == 6:
+            address = bytes([ATYP_IPV6]) + socket.inet_pton(socket.AF_INET6, self.host)
+            how = "an IPv6 address"
+        else:
+            name = self.host.encode("ascii", errors="replace")
+            address = bytes([ATYP_NAME, len(name)]) + name
+            how = "a name, resolved by the proxy"
+        request = bytes([VERSION, CONNECT, 0]) + address + self.port.to_bytes(2, "big")
+        return Send(request, (said, f"CONNECT {self.target} ({how})"))
+
+    def _reply(self) -> Event:
+        if len(self._buffer) < 2:
+            return self._need(2)
+        self._check_version(VERSION, "reply")
+        code = self._buffer[1]
+        if code != 0:
+            words = REPLIES.get(code, "unknown reply code")
+            if code in TARGET_DOWN:
+                words = f"{self.target}: {words}"
+            raise self.refused(f"{words} (SOCKS reply {code})", code=code, target_down=code in TARGET_DOWN)
+        if len(self._buffer) < 5:
+            return self._need(5)
+        atyp = self._buffer[3]
+        sizes = {ATYP_IPV4: 4, ATYP_IPV6: 16, ATYP_NAME: 1 + self._buffer[4]}
+        if atyp not in sizes:
+            raise self.refused(f"bad SOCKS5 reply: unknown address type {atyp}")
+        total = 4 + sizes[atyp] + 2
+        if len(self._buffer) < total:
+            return self._need(total)
+        port = int.from_bytes(self._buffer[total - 2 : total], "big")
+        bound = _bound(atyp, bytes(self._buffer[4 : total - 2]), port)
+        return self._established(total, (f"reply: succeeded, bound {bound}",))
+
+    def _need(self, size: int) -> NeedMore:
+        return NeedMore(size - len(self._buffer))
+
+    def _check_version(self, version: int, what: str) -> None:
+        if self._buffer[0] != version:
+            raise self.refused(f"not a SOCKS5 proxy: its {what} began {_shown(self._buffer)}")
+
+
+def _bound(atyp: int, raw: bytes, port: int) -> str:
+    if atyp == ATYP_IPV4:
+        return f"{ipaddress.IPv4Address(raw)}:{port}"
+    if atyp == ATYP_IPV6:
+        return f"[{ipaddress.IPv6Address(raw)}]:{port}"
+    return f"{printable(raw[1:])}:{port}"
+
+
+def _shown(data: bytes | bytearray) -> str:
+    """The first bytes of an answer, escaped (an HTTP server's status line reads as one)."""
+    head = bytes(data[:24])
+    if head.startswith(b"HTTP/"):
+        line = head.partition(b"\r")[0]
+        return f"{printable(line)} (an HTTP server?)"
+    return repr(head)[1:]

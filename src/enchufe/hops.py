@@ -1,0 +1,388 @@
+"""Proxy hops (``--via URL``, ``via=[…]``): the proxy URL and the handshakes, with no I/O.
+
+A hop is a proxy that opens a tunnel to the next hop, or to the target: SOCKS5 (RFC 1928, with
+the username/password method of RFC 1929) or HTTP CONNECT (with Basic credentials)::
+
+    socks5://[USER:PASS@]HOST:PORT     the proxy resolves names: a target's name is sent as is
+    http://[USER:PASS@]HOST:PORT       HTTP CONNECT HOST:PORT
+
+:func:`parse_hop` reads a URL (userinfo percent-decoded); ``str(hop)`` shows it with the
+password masked (``socks5://user:***@host:1080``), and nothing here ever shows a password.
+
+A handshake is a state machine in the style of h11: the driver sends :meth:`Handshake.start`'s
+bytes, then feeds what the proxy says to :meth:`Handshake.receive`, which answers with one event:
+
+* :class:`NeedMore` — nothing to do until more bytes come;
+* :class:`Send` — send these bytes, then go on reading;
+* :class:`Established` — the tunnel is open; ``leftover`` holds the bytes that came after the
+  proxy's reply (the next hop's, or the target's).
+
+A proxy that says no, or that does not speak the protocol, raises :class:`HopRefused` (the hop,
+and the reason in words: the SOCKS reply code, the HTTP status line, escaped); so does the end of
+the stream before the reply (:meth:`Handshake.eof`).  Nothing else is ever raised by
+:meth:`~Handshake.receive`, whatever the bytes and however they are split.  Each event carries
+``said``: the lines ``--trace`` prints about what was sent and received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import trace
+from ._inet_text import check_host_name, is_ipv6, literal_family, parse_port
+from ._text import printable
+from .address import Address, InetAddress
+from .errors import AddressError, NetworkError
+
+__all__ = [
+    "Chain",
+    "Established",
+    "Handshake",
+    "Hop",
+    "HopRefused",
+    "NeedMore",
+    "Send",
+    "check_target",
+    "handshake",
+    "parse_hop",
+    "parse_hops",
+]
+
+#: The schemes accepted, and what each is called in messages.  ``socks5h`` (curl's name for
+#: "the proxy resolves names") is an alias: enchufe's SOCKS5 always lets the proxy resolve.
+SCHEMES = {"socks5": "socks5", "socks5h": "socks5", "http": "http"}
+ACCEPTED = "socks5://[USER:PASS@]HOST:PORT or http://[USER:PASS@]HOST:PORT"
+EXAMPLE = "e.g. socks5://127.0.0.1:1080"
+#: RFC 1929 gives the username and the password one length byte each; so does RFC 1928 a name.
+MAX_FIELD = 255
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One proxy: ``scheme`` (``socks5`` or ``http``), where it listens, and its credentials.
+
+    ``str()`` and ``repr()`` mask the password; :attr:`address` is where to connect to it."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> InetAddress:
+        """The proxy's own address (TCP; its name is resolved here, by whoever connects to it)."""
+        return InetAddress("tcp", self.host, self.port)
+
+    @property
+    def hostport(self) -> str:
+        return _hostport(self.host, self.port)
+
+    def __str__(self) -> str:
+        user = f"{printable(self.username)}:***@" if self.username is not None else ""
+        return f"{self.scheme}://{user}{self.hostport}"
+
+
+class HopRefused(NetworkError):
+    """A proxy refused the tunnel, or answered something that is not its protocol.
+
+    ``hop`` is the proxy (shown masked), ``reason`` the proxy's reason in words, ``code`` its
+    SOCKS reply code or HTTP status (``None`` when it broke the protocol or closed).  Worth
+    retrying when the proxy said the next step refused or did not answer (SOCKS replies 3, 4, 5,
+    6; HTTP 502, 503, 504): the target may be starting."""
+
+    def __init__(self, hop: Hop, reason: str, *, code: int | None = None, target_down: bool = False) -> None:
+        super().__init__(f"via {hop}: {reason}", action="connect")
+        self.hop = hop
+        self.reason = reason
+        self.code = code
+        self.target_down = target_down
+
+    @property
+    def retryable(self) -> bool:
+        return self.target_down
+
+
+@dataclass(frozen=True)
+class NeedMore:
+    """Nothing to do until at least ``at_least`` more bytes have come."""
+
+    at_least: int = 1
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``data`` to the proxy, then read on."""
+
+    data: bytes
+    said: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Established:
+    """The tunnel is open; ``leftover`` came after the proxy's reply and belongs to the next
+    hop or the target."""
+
+    leftover: bytes = b""
+    said: tuple[str, ...] = ()
+
+
+Event = NeedMore | Send | Established
+
+
+class Handshake:
+    """The client side of one hop's handshake, towards ``host``:``port`` (a name or a literal)."""
+
+    def __init__(self, hop: Hop, host: str, port: int) -> None:
+        self.hop = hop
+        self.host = host
+        self.port = port
+        self.done = False
+        self._buffer = bytearray()
+
+    def start(self) -> Send:
+        """The first bytes to send (the greeting, or the request)."""
+        raise NotImplementedError
+
+    def receive(self, data: bytes) -> Event:
+        """Take ``data`` from the proxy: what to do next.  :class:`HopRefused` if it said no."""
+        if self.done:
+            raise self.refused("bytes fed after the tunnel was open (a bug of the caller)")
+        self._buffer += data
+        return self._step()
+
+    def eof(self) -> None:
+        """The proxy closed the connection before its reply was complete: always raises."""
+        raise self.refused(f"the proxy closed the connection {self._waiting_for()}")
+
+    def refused(self, reason: str, *, code: int | None = None, target_down: bool = False) -> HopRefused:
+        return HopRefused(self.hop, reason, code=code, target_down=target_down)
+
+    @property
+    def target(self) -> str:
+        return _hostport(self.host, self.port)
+
+    def _step(self) -> Event:
+        raise NotImplementedError
+
+    def _waiting_for(self) -> str:
+        raise NotImplementedError
+
+    def _established(self, used: int, said: tuple[str, ...]) -> Established:
+        self.done = True
+        leftover = bytes(self._buffer[used:])
+        self._buffer.clear()
+        return Established(leftover, said)
+
+
+def handshake(hop: Hop, host: str, port: int) -> Handshake:
+    """The handshake that asks ``hop`` for a tunnel to ``host``:``port``."""
+    if hop.scheme == "socks5":
+        from ._hop_socks5 import Socks5Handshake
+
+        return Socks5Handshake(hop, host, port)
+    from ._hop_http import HttpConnectHandshake
+
+    return HttpConnectHandshake(hop, host, port)
+
+
+class Chain:
+    """The handshakes of a chain of hops, one after the other, towards ``host``:``port``: each
+    hop asks for a tunnel to the next hop, the last one to the target.  No I/O; a driver loops::
+
+        chain = Chain(hops, host, port)
+        while not chain.done:
+            send_all(chain.outgoing())      # b"" when there is nothing to send
+            if chain.done:
+                break
+            data = peek()                   # what the kernel holds, left there
+            if not data:
+                chain.eof()                 # raises HopRefused
+            discard(chain.feed(data))       # the bytes the handshake used
+
+    Bytes after the last reply are never used: they stay with the caller (the target's).
+    ``--trace`` lines are emitted as the handshakes go (what was sent, what came back).
+    """
+
+    def __init__(self, hops: Sequence[Hop], host: str, port: int) -> None:
+        if not hops:
+            raise AddressError("a chain needs at least one hop")
+        self.hops = tuple(hops)
+        self._ends = [(h.host, h.port) for h in self.hops[1:]] + [(host, port)]
+        self._index = 0
+        self._outgoing = b""
+        self.done = False
+        self.machine = self._start(0)
+
+    def _start(self, index: int) -> Handshake:
+        machine = handshake(self.hops[index], *self._ends[index])
+        first = machine.start()
+        self._say(machine.hop, first.said)
+        self._outgoing = first.data
+        return machine
+
+    def outgoing(self) -> bytes:
+        """The bytes to send now (once: a second call gives ``b""``)."""
+        data, self._outgoing = self._outgoing, b""
+        return data
+
+    def feed(self, data: bytes) -> int:
+        """Give the proxy's bytes to the current hop; how many of them it used (the rest, after
+        a hop's reply, are the next hop's or the target's: feed them again, or leave them)."""
+        event = self.machine.receive(data)
+        if isinstance(event, NeedMore):
+            return len(data)
+        self._say(self.machine.hop, event.said)
+        if isinstance(event, Send):
+            self._outgoing += event.data
+            return len(data)
+        used = len(data) - len(event.leftover)
+        self._index += 1
+        if self._index == len(self.hops):
+            self.done = True
+        else:
+            self.machine = self._start(self._index)
+        return used
+
+    def eof(self) -> None:
+        """The connection ended during a handshake: :class:`HopRefused` naming the hop."""
+        self.machine.eof()
+
+    @staticmethod
+    def _say(hop: Hop, lines: tuple[str, ...]) -> None:
+        if trace.enabled():
+            for line in lines:
+                trace.emit(f"via {hop}: {line}")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ----------------------------------------------------------------------------- the URL
+
+
+def parse_hop(text: str | Hop) -> Hop:
+    """``socks5://[USER:PASS@]HOST:PORT`` or ``http://…`` as a :class:`Hop`.  Pure: no DNS.
+
+    Bad input raises :class:`~enchufe.errors.AddressError` naming the problem and what is
+    accepted, with the password masked."""
+    if isinstance(text, Hop):
+        return text
+    if not isinstance(text, str):
+        raise AddressError(f"a proxy URL must be a string, not {type(text).__name__}")
+    scheme, sep, rest = text.partition("://")
+    lowered = scheme.lower()
+    if not sep or lowered not in SCHEMES:
+        shown = _masked(text)
+        what = f"unknown proxy scheme {scheme!r}" if sep else "not a proxy URL"
+        raise AddressError(f"{shown}: {what}; accepted: {ACCEPTED}, {EXAMPLE}")
+    scheme = SCHEMES[lowered]
+    userinfo, at, hostport = rest.rpartition("@")
+    username, password = _credentials(text, scheme, userinfo) if at else (None, None)
+    host, port = _host_port(text, scheme, hostport.removesuffix("/"))
+    return Hop(scheme, host, port, username, password)
+
+
+def parse_hops(texts: Sequence[str | Hop] | str | Hop | None) -> tuple[Hop, ...]:
+    """Every hop of ``via`` (one URL, or a sequence of them, first hop first)."""
+    if texts is None:
+        return ()
+    if isinstance(texts, str | Hop):
+        texts = [texts]
+    return tuple(parse_hop(text) for text in texts)
+
+
+def _masked(text: str) -> str:
+    """``text`` printable, any userinfo's password replaced by ``***``."""
+    scheme, sep, rest = text.partition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if sep and at:
+        user, colon, _password = userinfo.partition(":")
+        text = f"{scheme}://{user}{':***' if colon else ''}@{hostport}"
+    return printable(text)
+
+
+def _credentials(text: str, scheme: str, userinfo: str) -> tuple[str, str]:
+    from urllib.parse import unquote
+
+    raw_user, _colon, raw_password = userinfo.partition(":")
+    try:
+        username = unquote(raw_user, errors="strict")
+        password = unquote(raw_password, errors="strict")
+    except UnicodeDecodeError:
+        raise AddressError(
+            f"{_masked(text)}: the username or password is not UTF-8 once percent-decoded; "
+            f"write them as USER:PASS@, special characters as %XX"
+        ) from None
+    if not username:
+        raise AddressError(
+            f"{_masked(text)}: empty username before '@'; write {scheme}://USER:PASS@HOST:PORT"
+        )
+    if scheme == "socks5":
+        for name, value in (("username", username), ("password", password)):
+            size = len(value.encode())
+            if not 1 <= size <= MAX_FIELD:
+                raise AddressError(
+                    f"{_masked(text)}: a SOCKS5 {name} is 1 to {MAX_FIELD} bytes (RFC 1929), "
+                    f"not {size}; write socks5://USER:PASS@HOST:PORT"
+                )
+    elif ":" in username:
+        raise AddressError(f"{_masked(text)}: an HTTP username cannot hold ':' (Basic credentials)")
+    return username, password
+
+
+def _host_port(text: str, scheme: str, hostport: str) -> tuple[str, int]:
+    example = f"{scheme}://127.0.0.1:{1080 if scheme == 'socks5' else 3128}"
+    shown = _masked(text)
+    if any(ch in hostport for ch in "/?#@"):
+        raise AddressError(f"{shown}: nothing may follow the port; write it as {example}")
+    if hostport.startswith("["):
+        host, close, after = hostport[1:].partition("]")
+        if not close or not is_ipv6(host) or "%" in host:
+            raise AddressError(f"{shown}: bad IPv6 address in brackets, e.g. {scheme}://[::1]:1080")
+        if not after.startswith(":"):
+            raise AddressError(f"{shown}: missing port; write it as {scheme}://[{printable(host)}]:1080")
+        port_text = after[1:]
+    else:
+        host, colon, port_text = hostport.rpartition(":")
+        if not colon:
+            raise AddressError(f"{shown}: missing port; write it as {ACCEPTED}, {example}")
+        if ":" in host:
+            raise AddressError(f"{shown}: an IPv6 address must be in brackets, e.g. {scheme}://[::1]:1080")
+        if not host:
+            raise AddressError(f"{shown}: missing proxy host; write it as {example}")
+        if literal_family(host) is None:
+            check_host_name(shown, scheme, host, port_text, example)
+    port = parse_port(shown, port_text, example, "tcp")
+    if port == 0:
+        raise AddressError(f"{shown}: port 0 is no proxy's port; write it as {example}")
+    return host, port
+
+
+def check_target(address: Address, hops: Sequence[Hop]) -> InetAddress:
+    """``address`` if a tunnel can reach it: a TCP or TLS host and port; else
+    :class:`~enchufe.errors.AddressError` saying why (datagrams and unix sockets cannot go
+    through a proxy here; a forced family or an IPv6 scope mean nothing to one)."""
+    first = hops[0]
+    if not isinstance(address, InetAddress):
+        raise AddressError(
+            f"{address}: a proxy (via {first}) reaches tcp:// and tls:// targets, not this one"
+        )
+    if not address.is_stream:
+        raise AddressError(
+            f"{address}: datagrams cannot go through a proxy (via {first}): SOCKS5 UDP ASSOCIATE "
+            "is not supported yet; use a tcp:// or tls:// target, or no proxy"
+        )
+    if address.is_wildcard or address.port == 0:
+        raise AddressError(f"{address}: a target needs a host and a port, e.g. tcp://example.com:443")
+    if "%" in address.host:
+        scope = address.host.partition("%")[2]
+        raise AddressError(f"{address}: an IPv6 scope (%{scope}) means nothing to a proxy")
+    if address.forced_family and literal_family(address.host) is None:
+        plain = f"{'tls' if address.is_tls else 'tcp'}://{address.host}:{address.port}"
+        raise AddressError(
+            f"{address}: the proxy resolves {address.host} and picks the family itself; write {plain}"
+        )
+    return address
