@@ -35,11 +35,13 @@ from tests.conftest import Peer
 
 from .conftest import ENCHUFE, IO_TIMEOUT, STEP, StartRelay, datagram_socket, dial, generated, sockaddr_of
 
-#: Length of the CPU sample taken once the stall is established.
-STALL_SECONDS = 2.0
-#: CPU the relay may spend in that time: a few wake-ups (timers, a window probe), nothing more.
-#: A relay that spins on a stalled peer spends most of the interval.
-CPU_BOUND = 0.1
+#: Length of the CPU sample taken once the stall is established.  One second is plenty: a
+#: stalled relay measured 0.00 s in it (once 0.01 s, one clock tick), one that spins spends most
+#: of it.  (It was 2 s: 37 samples of sleeping, the biggest cost of the suite's slowest file.)
+STALL_SECONDS = 1.0
+#: CPU the relay may spend in that time (5 % of it): a few wake-ups (timers, a window probe),
+#: nothing more.  A relay that spins on a stalled peer spends most of the interval.
+CPU_BOUND = 0.05
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 #: A writer counts as stalled once this many writes in a row, :data:`RETRY` seconds apart, were
