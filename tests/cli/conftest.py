@@ -5,12 +5,15 @@
   test never blocks on a child that stopped reading).  Every wait is bounded.
 * ``spawn(*args)``: start one; every process a test started is killed and reaped afterwards.
 * :func:`run`: run one to completion with a timeout (``subprocess.run``).
+* :func:`run_here`: the same command run in this process (``enchufe.cli.main``), for bad input
+  refused before anything is opened: the same code without a Python start per case.
 * :func:`assert_one_error_line`: the contract's error output: one line, no traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -21,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO
 
 import pytest
@@ -241,6 +245,55 @@ def spawn() -> Iterator[Spawn]:
 def run(*args: str, input: bytes = b"", timeout: float = STEP) -> subprocess.CompletedProcess[bytes]:
     """Run ``enchufe ARGS`` to completion (killed if it takes longer than ``timeout``)."""
     return subprocess.run([*ENCHUFE, *args], input=input, capture_output=True, timeout=timeout, check=False)
+
+
+@dataclass
+class Ran:
+    """What :func:`run_here` saw: the exit status and the bytes written to stdout and stderr."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+#: The signals a command may take over (stop_on_sigterm, --stats, reloads): given back afterwards.
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
+
+def run_here(*args: str) -> Ran:
+    """``enchufe ARGS`` run in this process by the command's own entry point, with its exit status
+    (``SystemExit``) and its stdout and stderr captured.
+
+    For the many bad-input cases (a value, an option that does not apply) that are refused before
+    any socket is opened: the same code as :func:`run` runs, without the half second a Python
+    start takes on the loaded 2-core CI machine for each case.  ``test_cli_numbers.py`` checks
+    that a case gives the same status and output both ways.  A command that is not refused runs
+    here for real: nothing bounds it but the test's timeout, so use :func:`run` for anything
+    expected to run.  The global options' settings and tracing are reset after each call.
+    """
+    from enchufe import trace
+    from enchufe.cli import main
+    from enchufe.cli._common import Settings, settings
+
+    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    status: int | str | None = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                status = exc.code
+    finally:
+        vars(settings).update(vars(Settings()))
+        trace.disable()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert isinstance(status, int), f"exit with {status!r}"
+    stdout, stderr = out.buffer, err.buffer
+    assert isinstance(stdout, io.BytesIO) and isinstance(stderr, io.BytesIO)
+    return Ran(status, stdout.getvalue(), stderr.getvalue())
 
 
 def error_lines(stderr: bytes | str) -> list[str]:
