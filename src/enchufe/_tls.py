@@ -61,10 +61,6 @@ def server_context(params: TLSParams, host: str = "") -> tuple[ssl.SSLContext, s
     """A server context and, with ``cert=auto``, the pin of the certificate it made for ``host``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # No TLS 1.3 session tickets: enchufe's clients do not resume sessions, and tickets are
-    # data a client that never reads leaves unread, which makes its close() a reset (RST) that
-    # can destroy what it sent last.
-    context.num_tickets = 0
     pin = None
     if params.cert_auto:
         pin = _load_self_signed(context, host)

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +49,24 @@ SEND_CHUNK = 64 * 1024
 #: Ciphertext asked of the kernel per receive: what it holds beyond what the caller wants waits
 #: in the channel, decrypted as it is asked for.
 RECV_CHUNK = 128 * 1024
+#: Receives a closing connection makes, at most, of what arrived unread.
+DRAIN_RECEIVES = 8
+#: Seconds a closing sync TCP connection waits, at most, for the peer to take what it sent
+#: (see ``TLSStreamCore._linger``).
+LINGER = 2.0
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes sent on a TCP socket that the peer has not acknowledged yet (Linux's SIOCOUTQ);
+    0 where that cannot be asked."""
+    try:
+        import fcntl
+        import termios
+
+        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ
+    except (ImportError, AttributeError, OSError):
+        return 0
+    return int.from_bytes(answer, sys.byteorder, signed=True)
 
 
 @dataclass(frozen=True)
@@ -62,7 +81,7 @@ class TLSSetup:
     server_hostname: str | None = None
     pin: str | None = None
 
-    def channel(self, label: str = "tls") -> TLSChannel:
+    def channel(self, label: str = "tls", session: ssl.SSLSession | None = None) -> TLSChannel:
         from .tlschannel import TLSChannel
 
         return TLSChannel(
@@ -71,7 +90,30 @@ class TLSSetup:
             server_side=self.server_side,
             server_hostname=self.server_hostname,
             label=label,
+            session=session,
         )
+
+
+#: The session of the last connection each client context closed, by the server it reached
+#: (the context, the name it verified, the socket's peer): the next connection there resumes
+#: it, with no certificate to send or verify (it was verified under the same context).
+#: Cleared when it holds this many.
+MAX_SESSIONS = 256
+_sessions: dict[tuple[object, ...], ssl.SSLSession] = {}
+
+
+def _session_key(sock: socket.socket, setup: TLSSetup) -> tuple[object, ...] | None:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    return (setup.context, setup.server_hostname, sock.family, peer)
+
+
+def forget_sessions() -> None:
+    """Resume nothing: the next connection of every client has a full handshake (what a
+    measure of handshakes must have)."""
+    _sessions.clear()
 
 
 def tls_params(address: SocketAddress) -> TLSParams | None:
@@ -187,7 +229,9 @@ class TLSStreamCore(StreamCore):
             # (about 40 ms on Linux).  Go's crypto/tls and most TLS servers turn Nagle off too.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._channel = setup.channel(f"tls fd {sock.fileno()}")
+        self._session_key = None if setup.server_side else _session_key(sock, setup)
+        session = _sessions.get(self._session_key) if self._session_key is not None else None
+        self._channel = setup.channel(f"tls fd {sock.fileno()}", session)
         self._params = setup.params
         self._unsent = memoryview(b"")  # ciphertext made, not yet taken by the kernel
         #: The plaintext of the chunk whose ciphertext is still going out (a receive may flush
@@ -282,7 +326,8 @@ class TLSStreamCore(StreamCore):
             try:
                 raw = _calls.recv(self._sock, RECV_CHUNK)
             except OSError as exc:
-                raise self._translated(exc, f"receive from {self._where()}") from exc
+                refusal = channel.alpn_refusal() if isinstance(exc, ConnectionResetError) else None
+                raise (refusal or self._translated(exc, f"receive from {self._where()}")) from exc
             with self._state_lock:
                 channel.feed(raw)
 
@@ -298,8 +343,11 @@ class TLSStreamCore(StreamCore):
         self._flush()
 
     def close(self) -> None:
-        """Send close_notify if it can go at once (the peer then reads a clean EOF, not a
-        truncation: closing is deliberate), then close the socket.  Idempotent."""
+        """Take in what arrived unread (session tickets above all: unread, they would make the
+        close a reset that loses the last bytes sent), send close_notify if it can go at once
+        (the peer then reads a clean EOF, not a truncation: closing is deliberate), keep a
+        client's session for the next connection to the same server, then close the socket.
+        Nothing here waits for the peer.  Idempotent."""
         if not self._closed and self._channel.handshaken and self._failed is None:
             self._say_goodbye()
         super().close()
@@ -308,15 +356,70 @@ class TLSStreamCore(StreamCore):
         import ssl
 
         with contextlib.suppress(OSError, ssl.SSLError, NetworkError):
+            self._sock.setblocking(False)  # never wait long for a peer that does not read
+            self._drain()
             if not self._write_shut:
                 with self._state_lock:
                     self._channel.close_write()
-            self._sock.setblocking(False)  # never wait for a peer that does not read
-            if self._send_lock.acquire(blocking=False):
-                try:
-                    self._flush_held()
-                finally:
-                    self._send_lock.release()
+            self._flush_now()
+            if not self._polled and self._sock.family != socket.AF_UNIX:
+                self._linger(time.monotonic() + LINGER)
+        if self._session_key is not None:
+            with self._state_lock:
+                session = self._channel.session()
+            if session is not None:
+                if len(_sessions) >= MAX_SESSIONS:
+                    _sessions.clear()
+                _sessions[self._session_key] = session
+
+    def _flush_now(self) -> None:
+        """Send what the kernel takes now of the ciphertext made (the socket is non-blocking)."""
+        if self._send_lock.acquire(blocking=False):
+            try:
+                self._flush_held()
+            except BlockingIOError:
+                pass
+            finally:
+                self._send_lock.release()
+
+    def _drain(self) -> bool:
+        """Receive what the kernel holds for this socket, without waiting, and let TLS take it
+        in (:meth:`TLSChannel.drain`); at most :data:`DRAIN_RECEIVES` receives, for a peer
+        that does not stop sending.  Whether the peer's end (EOF) came."""
+        eof = False
+        for _ in range(DRAIN_RECEIVES):
+            try:
+                raw = _calls.recv(self._sock, RECV_CHUNK)
+            except OSError:
+                break
+            with self._state_lock:
+                self._channel.feed(raw)
+            if not raw:
+                eof = True
+                break
+        with self._state_lock:
+            self._channel.drain()
+        return eof
+
+    def _linger(self, deadline: float) -> None:
+        """Wait, until ``deadline`` at most, for the peer's kernel to acknowledge every byte
+        sent, taking in what arrives meanwhile.
+
+        A TLS 1.3 server sends its session tickets once it has read the client's Finished,
+        which may be after a client that only writes has closed: data arriving for a closed
+        socket is answered with a reset, and a reset throws away what was still queued to
+        send.  Waiting for the queue to empty first (what socat's ``-t`` does too) closes that
+        window; a peer that stops reading costs at most :data:`LINGER` seconds."""
+        import select
+
+        while self._unsent or _unacknowledged(self._sock):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            readable, _, _ = select.select([self._sock], [], [], min(left, 0.005))
+            if readable and self._drain():
+                return  # the peer closed: nothing more it would read
+            self._flush_now()
 
     # -- the handshake
 

@@ -25,6 +25,7 @@ certificate, how it was verified, what was agreed, and close_notify sent, receiv
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 from . import _tls_seen, trace
@@ -48,7 +49,9 @@ class TLSChannel:
 
     ``params`` are the address's TLS settings, checked after the handshake (pins on a client;
     ``allow-san``/``allow-cn`` and ALPN on a server).  Every method may leave bytes in
-    :meth:`outgoing`, which the driver sends before it waits.
+    :meth:`outgoing`, which the driver sends before it waits.  A client given a ``session``
+    (:meth:`session` of an earlier connection made from the same context) offers to resume it;
+    ``info.resumed`` says whether the server agreed.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class TLSChannel:
         server_side: bool,
         server_hostname: str | None = None,
         label: str = "tls",
+        session: ssl.SSLSession | None = None,
     ) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
@@ -66,6 +70,9 @@ class TLSChannel:
         self._ssl = context.wrap_bio(
             self._in, self._out, server_side=server_side, server_hostname=server_hostname
         )
+        if session is not None:
+            with contextlib.suppress(ValueError):  # a session of another context: a full handshake
+                self._ssl.session = session
         self._params = params
         self._server_side = server_side
         self._server_hostname = server_hostname
@@ -211,26 +218,47 @@ class TLSChannel:
     def _truncated(self) -> TLSTruncated:
         if trace.enabled():
             self._narrate("the connection ended without close_notify: truncated")
-        if self._unheard_alpn():
-            offered = ",".join(self._params.alpn)
-            return TLSTruncated(
-                "the server closed the connection right after the handshake, without close_notify "
-                f"and without agreeing on an ALPN protocol (offered: {offered}): it probably "
-                "accepts none of them"
-            )
-        return TLSTruncated(_TRUNCATED)
+        return self.alpn_refusal() or TLSTruncated(_TRUNCATED)
 
-    def _unheard_alpn(self) -> bool:
-        """Whether a server that agreed on no ALPN protocol left before saying a word: what a
-        server that requires one does (it cannot say why: the handshake was done on its side,
-        and Python's ssl sends no alert for it)."""
-        return (
-            not self._server_side
-            and bool(self._params.alpn)
-            and not self._heard
-            and self.info is not None
-            and self.info.alpn is None
+    def alpn_refusal(self) -> TLSTruncated | None:
+        """The error to say when the server left (no close_notify, or a reset) before a word of
+        data, having agreed on no ALPN protocol this client offered: what a server that
+        requires one does (it cannot say why: the handshake was done on its side, and Python's
+        ssl sends no alert for it).  ``None`` in every other case."""
+        if self._server_side or not self._params.alpn or self._heard:
+            return None
+        if self.info is None or self.info.alpn is not None:
+            return None
+        return TLSTruncated(
+            "the server closed the connection right after the handshake, without close_notify "
+            f"and without agreeing on an ALPN protocol (offered: {','.join(self._params.alpn)}): "
+            "it probably accepts none of them"
         )
+
+    def drain(self) -> None:
+        """Process what was fed and not read, and drop its plaintext: what TLS sends besides data
+        (the session tickets a TLS 1.3 server sends after the handshake, key updates) is taken
+        in.  For a driver about to close: a socket closed with data it never read is reset (RST),
+        and a reset throws away what this side sent last and the peer did not read yet."""
+        self._held = b""
+        while True:
+            try:
+                if not self._ssl.read(65536):
+                    return
+            except ssl.SSLError:  # nothing whole left, close_notify, or a broken record: done
+                return
+
+    def session(self) -> ssl.SSLSession | None:
+        """This client's session, for a later connection to resume: ``None`` on a server,
+        before the handshake, or when it cannot be resumed (a TLS 1.3 server sent no ticket, or
+        it came after what was read).  Call it last: the connection returns to its context."""
+        if self._server_side or not self._handshaken:
+            return None
+        _tls_seen.restore(self._ssl, self._context)  # the session must name the context
+        session = self._ssl.session
+        if session is None or (self._ssl.version() == "TLSv1.3" and not session.has_ticket):
+            return None
+        return session
 
     def pending(self) -> int:
         """Plaintext already decrypted and waiting for :meth:`read` (no input needed for it)."""

@@ -1,0 +1,107 @@
+"""Session tickets and resumption: servers send TLS 1.3 tickets, a client's next connection to the
+same server resumes its session (``conn.tls.resumed``), and a client that writes then closes
+without reading still delivers every byte (the tickets it never read are taken in at close,
+so its close is no reset that would throw away what it sent last)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import pytest
+
+import enchufe
+from enchufe import _tlsstream
+from tests.conformance.conftest import IO_TIMEOUT
+from tests.conftest import Peer
+from tests.interop.conftest import WAIT, new_where, spawn, wait_bound
+from tests.tls.conftest import read_to_eof
+from tests.tls.test_interop import tool
+
+pytestmark = pytest.mark.timeout(120)
+
+#: More than the kernel takes at once on loopback: the client's close comes while some of it is
+#: still in its send queue, which a reset would throw away.
+UNREAD_PAYLOAD = 4 << 20
+ROUNDS = 12
+ROUNDS_SECONDS = 40.0
+
+
+def sha(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_second_connection_resumes_the_session_of_the_first(api: Any, pem: dict[str, str]) -> None:
+    """The first connection has a full handshake, the next ones to the same server resume
+    (both sides say so), and the peer's certificate is still known on a resumed one."""
+    _tlsstream.forget_sessions()
+    with api.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
+        target = f"tls://localhost:{listener.address.port}?ca={pem['ca']}"
+        resumed = []
+        for _ in range(3):
+            client = Peer(lambda: api.connect(target, timeout=IO_TIMEOUT))
+            with listener.accept() as server:
+                server.set_timeout(IO_TIMEOUT)
+                server.handshake()
+                server.send_all(b"hi")
+                with client.result() as conn:
+                    conn.set_timeout(IO_TIMEOUT)
+                    assert conn.recv_exactly(2) == b"hi"
+                    assert conn.tls.peer is not None and conn.tls.peer.common_name == "localhost"
+                    resumed.append((conn.tls.resumed, server.tls.resumed))
+    assert resumed == [(False, False), (True, True), (True, True)]
+
+
+def test_a_client_that_writes_and_closes_without_reading_delivers_every_byte(pem: dict[str, str]) -> None:
+    """The server sends its tickets once the handshake is done and reads only after a moment;
+    the client sends 4 MiB and closes without reading a byte.  Unread, the tickets made that
+    close a reset, which lost the end of the 4 MiB still queued; now every round arrives whole."""
+    payload = os.urandom(UNREAD_PAYLOAD)
+    with enchufe.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
+        target = f"tls://127.0.0.1:{listener.address.port}?ca={pem['ca']}"  # type: ignore[union-attr]
+        deadline = time.monotonic() + ROUNDS_SECONDS
+        for round_ in range(ROUNDS):
+            _tlsstream.forget_sessions()
+
+            def upload() -> None:
+                with enchufe.connect(target, timeout=IO_TIMEOUT) as conn:
+                    conn.set_timeout(IO_TIMEOUT)
+                    conn.send_all(payload)
+
+            client = Peer(upload)
+            with listener.accept() as server:
+                server.set_timeout(IO_TIMEOUT)
+                server.handshake()
+                time.sleep(0.02)  # the client's close comes while its data is still queued
+                got = read_to_eof(server)
+            client.result(IO_TIMEOUT)
+            assert len(got) == len(payload) and sha(got) == sha(payload), f"round {round_}"
+            if time.monotonic() > deadline:
+                break
+
+
+def test_against_openssl_s_server_tickets_are_taken_in_and_resumed(
+    sock_dir: str, pem: dict[str, str]
+) -> None:
+    """``openssl s_server`` sends tickets: clients that write and close without reading deliver
+    every byte (its stdout holds them all, in order), and every connection after the first
+    resumes."""
+    _tlsstream.forget_sessions()
+    where = new_where("tcp4", sock_dir)
+    rounds = 4
+    payloads = [os.urandom(1 << 20) for _ in range(rounds)]
+    argv = [tool("openssl"), "s_server", "-accept", f"127.0.0.1:{where.port}", "-cert", pem["server"]]
+    resumed = []
+    with spawn([*argv, "-quiet", "-naccept", str(rounds)], "s_server") as server:  # stdin stays open
+        wait_bound(where, server)
+        for payload in payloads:
+            with enchufe.connect(f"tls://localhost:{where.port}?ca={pem['ca']}", timeout=WAIT) as conn:
+                conn.set_timeout(WAIT)
+                assert conn.tls is not None
+                resumed.append(conn.tls.resumed)
+                conn.send_all(payload)
+        server.wait_stdout(sum(map(len, payloads)))
+        assert sha(server.out) == sha(b"".join(payloads))
+    assert resumed == [False] + [True] * (rounds - 1)
