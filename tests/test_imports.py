@@ -79,7 +79,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_via",
     ),
     "endpoints": ("sync", "aio", ""),  # "": the package itself, which re-exports sync
-    "apps": ("relay", "servers", "bench", "tour", "exec", "stdio", "testing"),
+    "apps": ("relay", "faults", "servers", "bench", "tour", "exec", "stdio", "testing"),
     "cli": ("cli", "__main__"),
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
