@@ -82,6 +82,10 @@ def serve(listen: str, target: str, opcodes: bool, detail: bool) -> None:
         frame.f_trace_opcodes = True
         if event == "opcode":
             counts["opcodes"] += 1
+            if detail:
+                code = frame.f_code
+                key = f"opcodes in {os.path.basename(code.co_filename)}:{code.co_name}"
+                functions[key] = functions.get(key, 0) + 1
         return trace
 
     def toggle(signum: int, frame: FrameType | None) -> None:
@@ -94,6 +98,11 @@ def serve(listen: str, target: str, opcodes: bool, detail: bool) -> None:
             sys.setprofile(profile)
             if opcodes:
                 sys.settrace(trace)
+                # Frames running already (the loop's) are traced from their next instruction.
+                while frame is not None:
+                    frame.f_trace = trace
+                    frame.f_trace_opcodes = True
+                    frame = frame.f_back
         else:
             sys.setprofile(None)
             sys.settrace(None)
