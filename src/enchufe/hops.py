@@ -348,7 +348,7 @@ def _host_port(text: str, scheme: str, hostport: str) -> tuple[str, int]:
     else:
         host, colon, port_text = hostport.rpartition(":")
         if not colon:
-            raise AddressError(f"{shown}: missing port; write it as {ACCEPTED}, {example}")
+            raise AddressError(f"{shown}: missing port; write it as {ACCEPTED}, e.g. {example}")
         if ":" in host:
             raise AddressError(f"{shown}: an IPv6 address must be in brackets, e.g. {scheme}://[::1]:1080")
         if not host:

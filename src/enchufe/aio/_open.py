@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from .. import _calls, _nonblocking, _ranges, _resolve, _unixfiles
@@ -14,7 +14,9 @@ from .._resolve import Target
 from .._sockets import DEFAULT_BACKLOG, create_socket, open_datagram, open_listener
 from .._tlsstream import client_setup, server_setup, with_tls
 from .._unixfiles import SocketFile
-from ..address import Address, UnixAddress
+from ..address import Address, InetAddress, UnixAddress
+from ..hops import Hop, check_target, parse_hops
+from ._via import open_via
 from ._wait import wait_writable
 from .datagram import DatagramSocket
 from .stream import Connection, Listener, TLSConnection
@@ -78,12 +80,18 @@ async def connect(
     timeout: float | None = None,
     retries: int = 0,
     retry_delay: float = DEFAULT_RETRY_DELAY,
+    via: Sequence[str | Hop] | str | Hop | None = None,
 ) -> Connection:
     """Like :func:`enchufe.connect`, for asyncio: each attempt a new socket, ``timeout`` each;
-    a TLS address returns a :class:`~enchufe.aio.stream.TLSConnection` with its handshake done."""
+    a TLS address returns a :class:`~enchufe.aio.stream.TLSConnection` with its handshake done.
+    ``via`` goes through proxies, as :func:`enchufe.connect`'s does."""
     target = socket_address(address, stream=True, role="connect")
+    hops = parse_hops(via)
     tls = client_setup(target)
-    sock, _owned = await _open_connection(target, timeout, retries, retry_delay)
+    if hops:
+        sock = await _open_via(check_target(target, hops), hops, timeout, retries, retry_delay)
+    else:
+        sock, _owned = await _open_connection(target, timeout, retries, retry_delay)
     if tls is None:
         return Connection(sock)
     conn = TLSConnection(sock, tls)
@@ -106,6 +114,16 @@ async def connect_datagram(
     target = socket_address(address, stream=False, role="connect_datagram")
     sock, owned = await _open_connection(target, timeout, retries, retry_delay)
     return DatagramSocket(sock, owned=owned, peer_address=target)
+
+
+async def _open_via(
+    target: InetAddress, hops: tuple[Hop, ...], timeout: float | None, retries: int, retry_delay: float
+) -> socket.socket:
+    async def first_leg(proxy: InetAddress) -> socket.socket:
+        sock, _owned = await _open_connection(proxy, timeout, 0, 0)
+        return sock
+
+    return await open_via(target, hops, first_leg, timeout=timeout, retries=retries, retry_delay=retry_delay)
 
 
 async def _targets(address: Any) -> list[Target]:

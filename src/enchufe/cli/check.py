@@ -15,6 +15,7 @@ import click
 
 from ._common import global_options, settings
 from ._numbers import FiniteFloat
+from ._via import via_option
 from .manpage import complete_address
 
 EXAMPLES = """\b
@@ -22,6 +23,7 @@ Examples:
   enchufe check tcp://127.0.0.1:22 tcp://[::1]:5432 unix:///run/app.sock
   enchufe check --timeout 0.5 --json tcp://db.internal:postgresql udp://127.0.0.1:domain
   until enchufe -q check tcp://127.0.0.1:8080; do sleep 0.2; done   # wait for a server
+  enchufe check --via socks5://127.0.0.1:1080 tcp://intranet.example:443   # as the proxy sees it
 """
 
 #: Statuses that count as "answers" for the exit status.  A UDP port that refused nothing may
@@ -58,8 +60,9 @@ class Outcome:
     help="Seconds to wait for each address (UDP: for a refusal or a reply).",
 )
 @click.option("--json", "json_", is_flag=True, help="One JSON object per address on stdout.")
+@via_option
 @global_options
-def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
+def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[str, ...]) -> int:
     """Check whether something answers at every ADDRESS; one line each on stdout.
 
     \b
@@ -74,13 +77,18 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
     tls, tls+unix:  open only once the TLS handshake and the server's verification passed
                     ("TLS refused" and why otherwise).
 
+    --via:          through the proxies: open once the last one opened its tunnel; "refused"
+                    when the target refused it, "proxy refused" when a proxy said no (and why).
+
     Exit status: 0 if every address is open (or, for UDP, did not refuse: as nc -zuv), 1 if any
     is not, 2 for bad input. All addresses are checked at once; with -q nothing is printed and
     the exit status alone answers.
     """
     from ..address import InetAddress, UnixAddress, parse
     from ..errors import AddressError
+    from ._via import check_via_target, parse_via
 
+    hops = parse_via(via)
     targets = []
     for text in addresses:
         target = parse(text)
@@ -94,12 +102,13 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool) -> int:
                 f"{target}: check needs a host and a port to reach, "
                 f"e.g. {target.scheme}://127.0.0.1:{target.port or 22}"
             )
+        check_via_target(target, hops)
         targets.append(target)
     setups = [_tls_setup(target) for target in targets]  # bad TLS settings: exit 2 before any check
     _stop_on_signals()
     failed = False
     try:
-        for outcome in _check_all(list(zip(targets, setups, strict=True)), timeout):
+        for outcome in _check_all(list(zip(targets, setups, strict=True)), timeout, hops):
             _report(outcome, json_)
             if not outcome.ok:
                 failed = True
@@ -116,7 +125,9 @@ def _tls_setup(target: Any) -> Any:
     return client_setup(target) if target.is_tls else None
 
 
-def _check_all(targets: list[tuple[Any, Any]], timeout: float) -> Iterator[Outcome]:
+def _check_all(
+    targets: list[tuple[Any, Any]], timeout: float, hops: tuple[Any, ...] = ()
+) -> Iterator[Outcome]:
     """Every target's outcome, in the order given, checked ``_PARALLEL`` at a time.
 
     Daemon threads, so that a stop signal ends the command at once instead of waiting for
@@ -128,7 +139,7 @@ def _check_all(targets: list[tuple[Any, Any]], timeout: float) -> Iterator[Outco
 
     def work(index: int) -> None:
         try:
-            outcomes[index] = _check(*targets[index], timeout)
+            outcomes[index] = _check(*targets[index], timeout, hops)
         except Exception as exc:  # a bug must still give one line per address, not a hang
             outcomes[index] = Outcome(str(targets[index][0]), "error", 0.0, repr(exc))
         finally:
@@ -170,13 +181,15 @@ def _report(outcome: Outcome, as_json: bool) -> None:
             record["detail"] = outcome.detail
         sys.stdout.write(json.dumps(record) + "\n")
     elif not settings.quiet:
-        shown = outcome.detail and (settings.verbose or outcome.status in ("error", "TLS refused"))
+        shown = outcome.detail and (
+            settings.verbose or outcome.status in ("error", "TLS refused", "proxy refused")
+        )
         detail = f" ({outcome.detail})" if shown else ""
         sys.stdout.write(f"{outcome.address} {outcome.status}{detail}\n")
     sys.stdout.flush()
 
 
-def _check(target: Any, tls: Any, timeout: float) -> Outcome:
+def _check(target: Any, tls: Any, timeout: float, hops: tuple[Any, ...] = ()) -> Outcome:
     """Connect and close (a TLS target: once the handshake and the verification passed)."""
     from .. import _sockets
     from .._text import printable
@@ -185,9 +198,14 @@ def _check(target: Any, tls: Any, timeout: float) -> Outcome:
     shown = printable(str(target))
     start = time.monotonic()
     try:
-        sock, _owned = _sockets.open_connection(
-            target, timeout=timeout, retries=0, retry_delay=0, datagram_reply=False
-        )
+        if hops:
+            from .._via import open_via
+
+            sock = open_via(target, hops, timeout=timeout, retries=0, retry_delay=0)
+        else:
+            sock, _owned = _sockets.open_connection(
+                target, timeout=timeout, retries=0, retry_delay=0, datagram_reply=False
+            )
     except EnchufeError as exc:
         return Outcome(shown, _status(exc), time.monotonic() - start, printable(str(exc)))
     if tls is not None:
@@ -240,7 +258,10 @@ def _status(exc: Exception) -> str:
     import errno
 
     from ..errors import ConnectionRefused, NameResolutionError, NotASocket, TimedOut
+    from ..hops import HopRefused
 
+    if isinstance(exc, HopRefused):
+        return "refused" if exc.code == 5 and exc.hop.scheme == "socks5" else "proxy refused"
     if isinstance(exc, TimedOut):
         return "timed out"
     if isinstance(exc, NotASocket):

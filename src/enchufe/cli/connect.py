@@ -13,11 +13,13 @@ import click
 from ._common import DatagramPrinter, event, global_options, retry_options, settings, warn_truncated
 from ._numbers import FiniteFloat
 from ._tls import help_text as tls_help
+from ._via import via_option
 from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
     from .._unixfiles import SocketFile
     from ..address import SocketAddress
+    from ..hops import Hop
 
 EXAMPLES = """\b
 Examples:
@@ -27,6 +29,8 @@ Examples:
   enchufe connect tls://example.com:443                   # TLS, verified by the system CAs
   enchufe connect 'tls://10.0.0.5:9000?pin=sha256:HEX'     # the pin a cert=auto listener printed
   enchufe connect 'tls://db.internal:9000?ca=ca.pem&cert=me.pem&key=me.key'   # mutual TLS
+  enchufe connect --via socks5://127.0.0.1:1080 tcp://db.internal:5432   # the proxy resolves the name
+  enchufe connect --via http://user:pass@proxy:3128 'tls://example.com:443?ca=ca.pem'
 """
 
 
@@ -97,6 +101,7 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
     is_flag=True,
     help="Hex dump of both directions on stderr (> sent, < received), as ncat -x does.",
 )
+@via_option
 @global_options
 def command(
     address: str,
@@ -107,6 +112,7 @@ def command(
     source: str | None,
     crlf: bool,
     hex_: bool,
+    via: tuple[str, ...],
 ) -> int:
     """Connect to ADDRESS; copy stdin to the peer and what it sends to stdout.
 
@@ -122,9 +128,13 @@ def command(
     failed, was reset or was cut by SIGINT, SIGTERM or SIGHUP, or TLS refused the peer or was
     truncated (the line says why), 2 for bad input (TLS: an unknown or misplaced parameter, a
     missing or bad file).
+
+    With --via the connection goes through proxies (SOCKS5 or HTTP CONNECT), each hop through
+    the ones before it; a proxy that says no exits 1 with one line naming the hop and its reason.
     """
     from ..address import InetAddress, UnixAddress, parse
     from ..errors import AddressError
+    from ._via import check_via_target, parse_via
 
     target = parse(address)
     if not isinstance(target, InetAddress | UnixAddress):
@@ -132,14 +142,17 @@ def command(
             f"{target}: connect needs a socket address (tcp://, udp://, unix:, unixgram:); "
             "e.g. tcp://127.0.0.1:9000"
         )
+    hops = parse_via(via)
+    check_via_target(target, hops)
     local = parse(source) if source is not None else None
     if local is not None:
         from ._source import check_source
 
         if not isinstance(local, InetAddress | UnixAddress):
             raise AddressError(f"--source {local}: a source is a socket address, e.g. tcp://127.0.0.2:0")
-        check_source(local, target)
+        check_source(local, hops[0].address if hops else target)
     options = _Options(
+        via=hops,
         source=local,
         retry=retry,
         retry_delay=retry_delay,
@@ -147,7 +160,7 @@ def command(
         idle_timeout=idle_timeout or None,  # 0 means never
         crlf=crlf,
     )
-    session = _Session(target, hex_=hex_)
+    session = _Session(target, hex_=hex_, via=hops)
     settings.hint = lambda exc: _hint(exc, options, connected=session.connected)
     session.stop_on_signals()
     try:
@@ -169,17 +182,21 @@ class _Options:
     #: ``None``: never (``--idle-timeout 0`` too).
     idle_timeout: float | None
     crlf: bool
+    #: The proxies to go through, first hop first (none: connect directly).
+    via: tuple[Hop, ...] = ()
 
 
 class _Session:
     """One connection's life: open it, pump stdio, and say what happened on stderr."""
 
-    def __init__(self, target: SocketAddress, *, hex_: bool) -> None:
+    def __init__(self, target: SocketAddress, *, hex_: bool, via: tuple[Hop, ...] = ()) -> None:
         from .._text import printable
         from ..stdio import StreamResult
+        from ._via import shown
 
         self.target = target
-        self.shown = printable(str(target))
+        self.via = via
+        self.shown = printable(str(target)) + shown(via)
         self.result = StreamResult()
         self.connected = False
         self.peer = self.shown
@@ -210,6 +227,8 @@ class _Session:
     def _open(self, options: _Options, timeout: float | None) -> tuple[socket.socket, SocketFile | None]:
         from .. import _sockets
 
+        if options.via:
+            return self._open_via(options, timeout), None
         if options.source is None:
             return _sockets.open_connection(
                 self.target, timeout=timeout, retries=options.retry, retry_delay=options.retry_delay
@@ -224,10 +243,34 @@ class _Session:
             retry_delay=options.retry_delay,
         )
 
+    def _open_via(self, options: _Options, timeout: float | None) -> socket.socket:
+        from .._via import FirstLeg, open_via
+        from ..address import InetAddress
+
+        first_leg: FirstLeg | None = None
+        source = options.source
+        if source is not None:
+            from ._source import open_from
+
+            def first_leg(address: InetAddress, seconds: float | None) -> socket.socket:
+                return open_from(address, source, timeout=seconds, retries=0, retry_delay=0)[0]
+
+        assert isinstance(self.target, InetAddress)
+        return open_via(
+            self.target,
+            options.via,
+            timeout=timeout,
+            retries=options.retry,
+            retry_delay=options.retry_delay,
+            first_leg=first_leg,
+        )
+
     def _connected(self, local: SocketAddress | None, peer: SocketAddress | None) -> None:
         from .._text import printable
 
         self.connected = True
+        if self.via:
+            peer = None  # the socket's peer is the first proxy: the target is what was reached
         self.peer = printable(str(peer)) if peer is not None else self.shown
         mine = printable(str(local)) if local is not None else "an unnamed socket"
         event(

@@ -10,9 +10,11 @@ import click
 
 from ._common import event, given, global_options, retry_options, settings, stop_on_sigterm
 from ._numbers import FiniteFloat
+from ._via import via_option
 
 if TYPE_CHECKING:
     from ..address import Address
+    from ..hops import Hop
 
 #: How long to wait for a reply, or for the peer to close after our EOF, unless --timeout says.
 DEFAULT_TIMEOUT = 5.0
@@ -30,9 +32,16 @@ DEFAULT_TIMEOUT = 5.0
     help="Seconds to wait for the connection and the reply (datagram: only with --wait-reply).",
 )
 @retry_options("Attempts after the first.")
+@via_option
 @global_options
 def command(
-    address: str, data: str | None, wait_reply: bool, timeout: float, retry: int, retry_delay: float
+    address: str,
+    data: str | None,
+    wait_reply: bool,
+    timeout: float,
+    retry: int,
+    retry_delay: float,
+    via: tuple[str, ...],
 ) -> int:
     """Send DATA (or all of stdin) to ADDRESS and close.
 
@@ -51,8 +60,11 @@ def command(
     """
     from .. import parse
     from ..errors import UsageError
+    from ._via import check_via_target, parse_via
 
     target = parse(address)
+    hops = parse_via(via)
+    check_via_target(target, hops)
     if not target.is_stream and not wait_reply and given("timeout"):
         raise UsageError(
             f"--timeout is how long to wait for a reply; sending a datagram to {target} waits for "
@@ -64,7 +76,7 @@ def command(
     # os.fsencode gives back the bytes of the command line even when they are not UTF-8.
     try:
         payload = os.fsencode(data) if data is not None else sys.stdin.buffer.read()
-        return _send(target, payload, wait_reply, timeout, retry, retry_delay)
+        return _send(target, payload, wait_reply, timeout, retry, retry_delay, hops)
     except KeyboardInterrupt:
         event("close", f"interrupted: {target} cut", cut=True)
         return 1
@@ -84,10 +96,17 @@ def _hint(exc: BaseException) -> str:
 
 
 def _send(
-    target: Address, payload: bytes, wait_reply: bool, timeout: float, retry: int, retry_delay: float
+    target: Address,
+    payload: bytes,
+    wait_reply: bool,
+    timeout: float,
+    retry: int,
+    retry_delay: float,
+    hops: tuple[Hop, ...],
 ) -> int:
     from .. import TimedOut, connect, connect_datagram
     from ..stdio import drain_until_eof
+    from ._via import shown
 
     out = sys.stdout.buffer
     if not target.is_stream:
@@ -120,8 +139,8 @@ def _send(
         from ._tls import warn_insecure
 
         warn_insecure(target)
-    with connect(target, timeout=timeout, retries=retry, retry_delay=retry_delay) as conn:
-        peer = str(conn.peer_address or target)
+    with connect(target, timeout=timeout, retries=retry, retry_delay=retry_delay, via=hops) as conn:
+        peer = f"{target}{shown(hops)}" if hops else str(conn.peer_address or target)
         event("connect", f"connected to {peer}", level=1, peer=peer)
         conn.send_all(payload)
         conn.shutdown_write()

@@ -1,0 +1,58 @@
+"""``--via URL`` (connect, send, check): proxy hops before the target, first hop first.
+
+Only click is imported here, so that ``--help`` stays fast; the hops are parsed when a command
+runs (:func:`parse_via`), before any socket exists, so that a bad URL exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from ..address import Address
+    from ..hops import Hop
+
+F = TypeVar("F", bound=Callable[..., object])
+
+HELP = (
+    "Go through this proxy (repeat for a chain, first hop first): socks5://[USER:PASS@]HOST:PORT "
+    "(SOCKS5; the proxy resolves the target's name) or http://[USER:PASS@]HOST:PORT (HTTP CONNECT). "
+    "TLS runs end to end through the tunnel; datagram and unix targets cannot go through one."
+)
+
+
+def via_option(f: F) -> F:
+    option = click.option("--via", "via", metavar="URL", multiple=True, help=HELP)
+    return option(f)
+
+
+def parse_via(texts: Sequence[str]) -> tuple[Hop, ...]:
+    """The hops of ``--via`` options; a bad URL is an AddressError naming ``--via`` (exit 2)."""
+    if not texts:
+        return ()
+    from ..errors import AddressError
+    from ..hops import parse_hop
+
+    hops = []
+    for text in texts:
+        try:
+            hops.append(parse_hop(text))
+        except AddressError as exc:
+            raise AddressError(f"--via {exc}") from None
+    return tuple(hops)
+
+
+def check_via_target(target: Address, hops: Sequence[Hop]) -> None:
+    """Refuse (exit 2) a target that no tunnel reaches: datagrams, unix sockets…"""
+    if hops:
+        from ..hops import check_target
+
+        check_target(target, hops)
+
+
+def shown(hops: Sequence[Hop]) -> str:
+    """`` via socks5://…, http://…`` for the lines that name a target (passwords masked)."""
+    return f" via {', '.join(str(hop) for hop in hops)}" if hops else ""
