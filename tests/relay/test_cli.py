@@ -1,7 +1,13 @@
-"""The relay command's contract: bad input exit 2 in one line, runtime failures exit 1, --workers."""
+"""The relay command's contract: bad input exit 2 in one line, runtime failures exit 1, --workers.
+
+The bad-input cases run the command's entry point in this process
+(:func:`tests.cli.conftest.run_here`, a Python start saved for each of about ninety);
+:func:`test_a_refusal_is_the_same_from_the_command` compares a few with ``python -m enchufe``.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -14,6 +20,7 @@ import pytest
 
 import enchufe
 from enchufe.relay import Relay, RelayConfig
+from tests.cli.conftest import run_here
 
 from .conftest import ENCHUFE, STEP, StartRelay, Target, dial, echo, ping, turned_away
 
@@ -87,16 +94,35 @@ def _one_line(stderr: str) -> str:
 def test_bad_input_is_refused_with_one_line_and_status_2(
     args: tuple[str, ...], needles: tuple[str, ...]
 ) -> None:
-    done = _run(*args)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    if done.stderr.startswith("Usage:"):  # an option click itself checks: usage, then one Error: line
-        (line,) = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    done = run_here("relay", *args)
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    if stderr.startswith("Usage:"):  # an option click itself checks: usage, then one Error: line
+        (line,) = [line for line in stderr.splitlines() if line.startswith("Error:")]
     else:
-        line = _one_line(done.stderr)
+        line = _one_line(stderr)
         assert line.startswith("enchufe: "), line
     for needle in needles:
         assert needle.lower() in line.lower(), (needle, line)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tcp://127.0.0.1:0", "udp://127.0.0.1:53"),
+        ("unix:@x", "tcp://127.0.0.1:9", "--allow-uid", "no-such-user-here"),
+        ("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--workers=nan"),
+        ("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--stats", "-1"),
+    ],
+    ids=["kinds", "user", "number", "stats"],
+)
+def test_a_refusal_is_the_same_from_the_command(args: tuple[str, ...]) -> None:
+    """The in-process runs above stand for the command: ``python -m enchufe relay`` says the same."""
+    done = _run(*args)
+    assert done.returncode == 2, done.stderr
+    here = run_here("relay", *args)
+    assert (here.returncode, here.stdout.decode(), here.stderr.decode()) == (2, done.stdout, done.stderr)
 
 
 def test_an_address_in_use_is_a_runtime_failure() -> None:
@@ -128,7 +154,9 @@ def test_workers_share_the_port_and_stop_together(
     assert "worker 1: accepted" in err and "worker 2: accepted" in err
 
 
+@functools.cache
 def _help() -> str:
+    """``relay --help``, read once: the tests below only read it."""
     done = _run("--help")
     assert done.returncode == 0, done.stderr
     return done.stdout
