@@ -296,7 +296,8 @@ def _serve_exec(
     def refused(conn: Connection, exc: NetworkError) -> None:
         nonlocal failed
         peer = peer_name(conn.peer_address)
-        event("error", f"enchufe: {exc}", level=0, peer=peer, error=str(exc))
+        if not settings.verbose or settings.json:  # with -v the library's own line said it
+            event("error", f"enchufe: TLS handshake with {peer} failed: {exc}", peer=peer, error=str(exc))
         if not keep_open:  # as listen without --exec: that client was the one
             failed = True
             server.shutdown(drain_timeout)
