@@ -1,8 +1,11 @@
 """Every byte arrives, both ways at once, through every stream combination (relay as a process).
 
-The issue's size, 256 MiB each way at the same time, through every combination: about a second
-each on the 2-core test machine (the relay splices; the test's own threads hash), so the whole
-matrix stays around ten seconds.  The copy fallback (``--no-splice``) moves 64 MiB each way.
+The issue's size, 256 MiB each way at the same time, through each data path the relay has:
+towards a TCP socket it copies through a bulk buffer, towards a unix socket it splices, so
+tcp4 → tcp4 (bulk both ways), unix → unix (splice both ways) and tcp4 → unix (one of each at
+once).  The other combinations only change the address family of a path already crossed at that
+size (IPv6, abstract names): 32 MiB each way, eight bulk buffers' worth, is enough to show that
+every byte gets through them.  The copy fallback (``--no-splice``) moves 64 MiB each way.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ MiB = 1024 * 1024
 COMBOS = [
     ("tcp4", "tcp4", 256),
     ("tcp4", "unix", 256),
-    ("tcp4", "tcp6", 256),
-    ("tcp6", "tcp4", 256),
-    ("tcp6", "unix-abstract", 256),
-    ("unix", "tcp4", 256),
+    ("tcp4", "tcp6", 32),
+    ("tcp6", "tcp4", 32),
+    ("tcp6", "unix-abstract", 32),
+    ("unix", "tcp4", 32),
     ("unix", "unix", 256),
-    ("unix-abstract", "unix-abstract", 256),
-    ("unix-abstract", "tcp6", 256),
+    ("unix-abstract", "unix-abstract", 32),
+    ("unix-abstract", "tcp6", 32),
 ]
 
 
