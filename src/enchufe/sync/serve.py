@@ -347,7 +347,9 @@ class Server(TLSServing):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._changed.wait(left)
+                # In slices: a second signal whose handler ran between the check above and
+                # this wait notified nobody; it is seen at the next slice, not at the deadline.
+                self._changed.wait(min(left, _DRAIN_RECHECK))
             threads = list(self._active.values())
             remaining = list(self._active)
             self._cut.update(remaining)
@@ -425,6 +427,10 @@ def take_proxy_header(conn: Connection, policy: ProxyPolicy) -> None:
             break
         step(conn.socket, read)
     settle(conn, read)
+
+
+#: Longest a drain waits before it looks again for a cut asked by a second signal.
+_DRAIN_RECHECK = 0.25
 
 
 def _milliseconds_until(deadline: float | None) -> int | None:
