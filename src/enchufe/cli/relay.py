@@ -3,7 +3,7 @@ both ways."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,9 @@ from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
 from ._common import event, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
 from ._server import parse_mode, server_options
+
+if TYPE_CHECKING:
+    from ..faults import FaultPlan
 
 #: The shortest --stats interval: a line per 100 ms is already more than anyone reads, and a
 #: shorter one would make the relay spend its time reporting.
@@ -146,6 +149,23 @@ _NON_FINITE = ("inf", "infinity", "nan")
     "LISTEN terminates (NAME=TARGET?cert=F&key=K: NAME's certificate); tcp:// and unix: pass "
     "the TLS bytes through untouched.  ?alpn=P,… : only clients offering one of these ALPN protocols.",
 )
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="TYPE[:ATTR=VALUE,…]",
+    help="Inject a fault, as Toxiproxy's toxics (repeatable, applied in order): latency, bandwidth, "
+    "slicer, limit_data, timeout, reset_peer, slow_close; ATTR=VALUE as Toxiproxy's attributes, "
+    "and stream=upstream|downstream (default downstream), toxicity=0…1 (default 1).  "
+    "E.g. --fault latency:latency=100,jitter=10",
+)
+@click.option(
+    "--seed",
+    type=BoundedInt(0, 2**63 - 1),
+    default=None,
+    help="Seed of the faults' random choices (jitter, toxicity, slicer sizes): the same seed, "
+    "the same choices.",
+)
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option
 @global_options
@@ -169,6 +189,8 @@ def command(
     reload_interval: float | None,
     workers: int,
     routes: tuple[str, ...],
+    faults: tuple[str, ...],
+    seed: int | None,
     no_splice: bool,
     json_: bool,
 ) -> int:
@@ -230,6 +252,7 @@ def command(
         backlog=backlog,
         mode=parse_mode(mode),
         routes=routes,
+        faults=_fault_plan(faults, seed),
     )
     level = _event_level()
     if settings.debug:
@@ -244,6 +267,25 @@ def command(
     relay = Relay(config, events=EventSink(_emit, level))
     relay.open()
     return relay.run().exit_status
+
+
+def _fault_plan(faults: tuple[str, ...], seed: int | None) -> FaultPlan | None:
+    """--fault and --seed as the relay's plan (None without --fault); UsageError for a bad one."""
+    if not faults:
+        if seed is not None:
+            from ..errors import UsageError
+
+            raise UsageError("--seed makes the faults' random choices repeatable: give --fault too")
+        return None
+    import random
+
+    from ..faults import FaultError, FaultPlan, parse_fault
+
+    try:
+        toxics = tuple(parse_fault(text) for text in faults)
+    except FaultError as exc:
+        raise FaultError(f"--fault {exc}") from None
+    return FaultPlan(toxics, seed if seed is not None else random.SystemRandom().randrange(2**63))
 
 
 def _tracebacks() -> None:

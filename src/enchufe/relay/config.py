@@ -9,6 +9,7 @@ An option that does not apply to LISTEN is refused, never ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .._buffer import DEFAULT_MAX_DATAGRAM
 from .._ranges import MAX_BACKLOG, MAX_DATAGRAM_SIZE, MAX_SECONDS
@@ -27,6 +28,9 @@ from ..sessions import DEFAULT_MAX_SESSIONS
 from .limits import AccessRules
 from .routes import check_routes
 from .stats import Snapshot
+
+if TYPE_CHECKING:
+    from ..faults import FaultPlan
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -81,6 +85,8 @@ class RelayConfig:
     #: ``NAME=TARGET`` routes by TLS server name (:mod:`.routes`); TARGET is then the default,
     #: ``-`` for none
     routes: tuple[str, ...] = ()
+    #: faults on purpose (``--fault``, ``--seed``): see :mod:`enchufe.faults`
+    faults: FaultPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,8 @@ def check_config(config: RelayConfig) -> tuple[Address, Address]:
     _check_rules(listen, config.rules)
     _check_numbers(config)
     _check_applies(listen, config)
+    if config.faults is not None:
+        config.faults.check_relay(listen, target, frame=config.frame)
     return listen, target
 
 

@@ -359,6 +359,11 @@ class Relay:
             stream = FramedStreamRelay(
                 loop, sock, self._resolver, max_datagram=config.max_datagram, **options
             )
+        elif config.faults is not None:  # chosen once here: a relay without faults never looks
+            from .faulty import FaultyStreamRelay
+
+            faults = config.faults
+            stream = FaultyStreamRelay(loop, sock, self._resolver, local=local, faults=faults, **options)
         else:
             stream = StreamRelay(
                 loop,

@@ -1,0 +1,327 @@
+"""Faults on purpose in a relayed stream (``enchufe relay … --fault``): bytes go through each
+direction's :class:`~enchufe.faults.StreamSchedule`, at the times it says.
+
+::
+
+    FaultyStreamRelay (a StreamRelay whose sessions are FaultyStreamSessions)
+      └─ FaultyStreamSession: per direction, a FaultPump when a toxic acts on it,
+         the plain Pump (splice or copy) when none does (none given, or toxicity)
+
+The choice is made once per relay (:mod:`.server` makes a FaultyStreamRelay only with
+``--fault``) and once per direction of a session: a relay without faults runs the code it runs
+without this module, with no test per event.
+
+A :class:`FaultPump` copies through Python (the bytes must go through the schedule, never
+splice): what it reads is fed to the schedule with the time it came, and what the schedule
+answers waits in a heap until its time, an engine timer waking the session then.  Backpressure:
+the source is read only while less than :data:`HOLD_LIMIT` bytes wait, so a slow toxic (a
+bandwidth, a long latency) stalls the sender behind TCP's window, as Toxiproxy's full channels
+do.  The direction's end (:data:`~enchufe.faults.EOF`) is passed on as the plain pump does;
+:data:`~enchufe.faults.CLOSE` closes both peers (an orderly close), :data:`~enchufe.faults.RESET`
+resets both (``SO_LINGER`` 0), once what came before it is delivered.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import trace
+from .._nonblocking import read_into
+from .._nonblocking import write as traced_write
+from ..faults import DATA, EOF, RESET, Action, FaultPlan, StreamSchedule
+from .engine import Loop, OnError, Timer
+from .pump import MAX_ROUNDS, WOULD_BLOCK
+from .session import OPEN
+from .sides import Side
+from .stream import StreamRelay
+from .stream_session import StreamSession
+
+if TYPE_CHECKING:
+    from .pump import Pump
+
+__all__ = ["CHUNK", "HOLD_LIMIT", "FaultPump", "FaultyStreamRelay", "FaultyStreamSession"]
+
+#: Bytes read per system call: a chunk is what latency delays, as Toxiproxy's 32 KiB reads.
+CHUNK = 32 * 1024
+#: Bytes a direction holds for later at most before it stops reading its source.
+HOLD_LIMIT = 1024 * 1024
+
+
+class FaultPump:
+    """One direction through a schedule (see the module).
+
+    It offers what :class:`~enchufe.relay.stream_session.StreamSession` reads of a
+    :class:`~enchufe.relay.pump.Pump` (:meth:`run`, :attr:`eof`, :attr:`done`,
+    :attr:`in_flight`: the bytes due now and not yet written, :attr:`stalled`, :attr:`failed_on`,
+    :meth:`discard`; no pipe and no buffer view).  :attr:`ending` is :data:`CLOSE` or
+    :data:`RESET` once the schedule ended the connection and everything before it is delivered.
+    """
+
+    __slots__ = (
+        "_finish_cb",
+        "_heap",
+        "_loop",
+        "_on_error",
+        "_out",
+        "_seq",
+        "_timer",
+        "_timer_at",
+        "_wake",
+        "discarded",
+        "discarding",
+        "done",
+        "dst_fd",
+        "dst_is_pipe",
+        "end",
+        "ending",
+        "eof",
+        "failed_on",
+        "held",
+        "pipe",
+        "schedule",
+        "src_fd",
+        "view",
+    )
+
+    def __init__(
+        self,
+        src_fd: int,
+        dst_fd: int,
+        schedule: StreamSchedule,
+        *,
+        loop: Loop,
+        wake: Callable[[], None],
+        on_error: OnError,
+        finish: Callable[[], None],
+        dst_is_pipe: bool = False,
+    ) -> None:
+        self.src_fd = src_fd
+        self.dst_fd = dst_fd
+        self.schedule = schedule
+        self._loop = loop
+        self._wake = wake
+        self._on_error = on_error
+        self._finish_cb = finish
+        self.dst_is_pipe = dst_is_pipe
+        self._heap: list[tuple[float, int, Action]] = []
+        self._seq = 0
+        self._out = memoryview(b"")
+        self._timer: Timer | None = None
+        self._timer_at = 0.0
+        #: bytes read and not yet written (waiting for their time, or for dst)
+        self.held = 0
+        self.eof = False
+        self.done = False
+        self.ending = 0
+        self.failed_on = ""
+        self.discarding = False
+        self.discarded = 0
+        # What the session's interest computation reads of a Pump: never a pipe or a view.
+        self.pipe = None
+        self.view = None
+        self.end = 0
+        self._push(schedule.started)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._out)
+
+    @property
+    def stalled(self) -> bool:
+        """Read ``src`` only while little waits, and while the direction is not over."""
+        return self.held >= HOLD_LIMIT or bool(self.ending) or self.done
+
+    def run(self) -> int:
+        """Deliver what is due, read what ``src`` has (the schedule told of it), and arm the
+        timer for what comes next; the bytes delivered.  ``OSError`` (with :attr:`failed_on`)
+        when a side fails."""
+        moved = 0
+        reads = MAX_ROUNDS
+        while True:
+            now = time.monotonic()
+            written = self._deliver(now)
+            if written == WOULD_BLOCK:
+                break
+            moved += written
+            if self.done or self.ending or self.eof or self.stalled or not reads:
+                break
+            data = self._read()
+            if data is None:
+                break
+            reads -= 1
+            if data:
+                self._push(self.schedule.feed(now, data))
+            else:
+                self.eof = True
+                self._push(self.schedule.end(now))
+        self._arm()
+        return moved
+
+    def _push(self, actions: list[Action]) -> None:
+        heap = self._heap
+        for action in actions:
+            self._seq += 1
+            heapq.heappush(heap, (action.at, self._seq, action))
+            self.held += len(action.data)
+
+    def _read(self) -> bytes | None:
+        try:
+            if trace.enabled():
+                buffer = bytearray(CHUNK)
+                return bytes(buffer[: read_into(self.src_fd, memoryview(buffer))])
+            return os.read(self.src_fd, CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError:
+            self.failed_on = "read"
+            raise
+
+    def _deliver(self, now: float) -> int:
+        """Write what is due, in order: the bytes written, or :data:`WOULD_BLOCK` if ``dst``
+        took nothing and more is due."""
+        moved = 0
+        heap = self._heap
+        while True:
+            if self._out:
+                n = self._write()
+                if n == WOULD_BLOCK:
+                    return moved or WOULD_BLOCK
+                moved += n
+                self.held -= n
+                self._out = self._out[n:]
+                if self._out:
+                    return moved  # partly taken: wait until dst is writable
+                continue
+            if not heap or heap[0][0] > now or self.done or self.ending:
+                return moved
+            action = heapq.heappop(heap)[2]
+            if action.kind == DATA:
+                self._out = memoryview(action.data)
+            elif action.kind == EOF:
+                self._finish()
+            else:
+                self.ending = action.kind
+
+    def _write(self) -> int:
+        try:
+            if trace.enabled():
+                return traced_write(self.dst_fd, self._out)
+            return os.write(self.dst_fd, self._out)
+        except BlockingIOError:
+            return WOULD_BLOCK
+        except OSError as exc:
+            if not (self.dst_is_pipe and exc.errno == errno.EPIPE):
+                self.failed_on = "write"
+                raise
+            # The pipe's reader left: read on to the EOF and drop it, as the plain pump does.
+            self.discarding = True
+            self.discarded += len(self._out)
+            return len(self._out)
+
+    def _finish(self) -> None:
+        self.done = True
+        self._heap.clear()
+        try:
+            self._finish_cb()
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                self.failed_on = "write"
+                raise
+
+    def _arm(self) -> None:
+        """A timer for the next action's time, unless dst's readiness is awaited first."""
+        heap = self._heap
+        when = heap[0][0] if heap and not self._out and not self.done and not self.ending else None
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at == when:
+                return
+            timer.cancel()
+            self._timer = None
+        if when is not None:
+            self._timer_at = when
+            self._timer = self._loop.call_later(max(0.0, when - time.monotonic()), self._due, self._on_error)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._wake()
+
+    def discard(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._heap.clear()
+        self._out = memoryview(b"")
+        self.held = 0
+
+
+class FaultyStreamSession(StreamSession):
+    """A session whose directions go through the relay's faults (see the module)."""
+
+    __slots__ = ()
+
+    relay: FaultyStreamRelay
+
+    def _pump(self, src: Side, dst: Side) -> Any:
+        upstream = src is self.client
+        plan = self.relay.faults
+        # One generator per direction of each session, from the seed: the draws of one
+        # connection do not depend on what the others did meanwhile.
+        rng = random.Random(f"{plan.seed}/{self.id}/{'up' if upstream else 'down'}")
+        schedule = StreamSchedule(plan.direction(upstream), rng, time.monotonic())
+        if not schedule.acts:
+            return super()._pump(src, dst)
+        loop = self.relay.loop
+        return FaultPump(
+            src.rfd,
+            dst.wfd,
+            schedule,
+            loop=loop,
+            wake=(lambda: self._due(1, 0)) if upstream else (lambda: self._due(0, 1)),
+            on_error=self.crashed,
+            finish=lambda: dst.shut_write(loop),
+            dst_is_pipe=not dst.is_socket,
+        )
+
+    def _due(self, run_up: int, run_down: int) -> None:
+        """A direction's timer: what was waiting is due now."""
+        if self.state == OPEN:
+            self._step(run_up, run_down)
+
+    def _step(self, run_up: int, run_down: int) -> None:
+        super()._step(run_up, run_down)
+        if self.state != OPEN:
+            return
+        for pump, name in ((self.up, "upstream"), (self.down, "downstream")):
+            ending = getattr(pump, "ending", 0)
+            if ending:
+                self._fault_end(ending, name, pump)
+                return
+
+    def _fault_end(self, ending: int, name: str, pump: Pump | FaultPump | None) -> None:
+        reset = ending == RESET
+        stats = self.relay.stats
+        if reset:
+            stats.reset += 1
+        what = "reset" if reset else "closed"
+        assert isinstance(pump, FaultPump)
+        kinds = ", ".join(toxic.name for toxic in pump.schedule.toxics)
+        self._end(f"fault-{what}", abortive=reset, error=f"{what} by --fault on the {name} ({kinds})")
+
+
+class FaultyStreamRelay(StreamRelay):
+    """A stream relay whose sessions go through ``faults`` (see the module)."""
+
+    def __init__(self, *args: Any, faults: FaultPlan, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.faults = faults
+
+    def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
+        return FaultyStreamSession(self, Side(conn), conn, peer, session_id)
