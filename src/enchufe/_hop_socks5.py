@@ -52,10 +52,15 @@ class Socks5Handshake(Handshake):
 
     def _step(self) -> Event:
         if self._state == "method":
-            return self._method()
-        if self._state == "auth":
-            return self._auth()
-        return self._reply()
+            event = self._method()
+        elif self._state == "auth":
+            event = self._auth()
+        else:
+            return self._reply()
+        if isinstance(event, Send) and self._buffer:
+            # It cannot answer a request it has not received: whatever this is, it is not SOCKS5.
+            raise self.refused(f"the proxy sent {len(self._buffer)} bytes before it was asked for them")
+        return event
 
     def _waiting_for(self) -> str:
         return {
@@ -130,12 +135,14 @@ class Socks5Handshake(Handshake):
             if code in TARGET_DOWN:
                 words = f"{self.target}: {words}"
             raise self.refused(f"{words} (SOCKS reply {code})", code=code, target_down=code in TARGET_DOWN)
+        if len(self._buffer) < 4:
+            return self._need(4)
+        atyp = self._buffer[3]
+        if atyp not in (ATYP_IPV4, ATYP_IPV6, ATYP_NAME):
+            raise self.refused(f"bad SOCKS5 reply: unknown address type {atyp}")
         if len(self._buffer) < 5:
             return self._need(5)
-        atyp = self._buffer[3]
         sizes = {ATYP_IPV4: 4, ATYP_IPV6: 16, ATYP_NAME: 1 + self._buffer[4]}
-        if atyp not in sizes:
-            raise self.refused(f"bad SOCKS5 reply: unknown address type {atyp}")
         total = 4 + sizes[atyp] + 2
         if len(self._buffer) < total:
             return self._need(total)
