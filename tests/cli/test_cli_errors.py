@@ -11,7 +11,7 @@ import pytest
 import enchufe
 from tests.conftest import needs_ipv6
 
-from .conftest import Spawn, assert_one_error_line, free_port, run
+from .conftest import Spawn, assert_one_error_line, free_port, run, run_here
 
 # ---------------------------------------------------------------------------- refused
 
@@ -131,9 +131,17 @@ BAD_ADDRESSES = [
 ]
 
 
+# These refusals run the command in this process (run_here: the same entry point and output,
+# without a Python start for each); that --trace's lines reach what it captures is checked here.
+def test_the_trace_of_a_command_run_in_process_is_captured() -> None:
+    done = run_here("--trace", "send", f"tcp://127.0.0.1:{free_port()}", "x")
+    assert done.returncode == 1, done.stderr
+    assert b"socket(" in done.stderr
+
+
 @pytest.mark.parametrize(("command", "address", "needle"), BAD_ADDRESSES)
 def test_bad_address_exits_2_before_any_socket(command: str, address: str, needle: str) -> None:
-    done = run("--trace", command, address, *(["x"] if command == "send" else []), input=b"")
+    done = run_here("--trace", command, address, *(["x"] if command == "send" else []))
     assert done.returncode == 2, done.stderr
     line = assert_one_error_line(done.stderr, needle)
     assert "socket(" not in done.stderr.decode()  # --trace would have shown a socket
@@ -152,7 +160,7 @@ def test_bad_address_exits_2_before_any_socket(command: str, address: str, needl
     ],
 )
 def test_bad_usage_exits_2_without_traceback(args: list[str]) -> None:
-    done = run("--trace", *args, input=b"")
+    done = run_here("--trace", *args)
     assert done.returncode == 2, done.stderr
     stderr = done.stderr.decode()
     assert "Traceback" not in stderr

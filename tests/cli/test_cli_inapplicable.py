@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from .conftest import Spawn, assert_one_error_line, run
+from .conftest import Spawn, assert_one_error_line, run, run_here
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ from .conftest import Spawn, assert_one_error_line, run
     ids=lambda value: "-".join(value) if isinstance(value, tuple) and len(value) > 2 else None,
 )
 def test_an_option_that_does_not_apply_is_refused(args: tuple[str, ...], needles: tuple[str, ...]) -> None:
-    done = run(*args, timeout=10)
+    done = run_here(*args)  # refused before anything opens: in this process, no Python start
     assert done.returncode == 2, done.stderr
     if "--json" in args:  # the error is an event like any other
         (line,) = done.stderr.decode().splitlines()
