@@ -177,9 +177,9 @@ class DatagramRelay(DatagramListener):
             if size > len(view):
                 self._truncated(describe_sender(self.listener.family, sender), size, "client")
             else:
-                session = self._session_for(sender, time.monotonic())
-                if session is not None:
-                    self._forward(session, view[:size], True)
+                entry = self._entry_for(sender, time.monotonic())
+                if entry is not None:
+                    self._forward(entry.state, view[:size], True)
             self._listen_for()
             return
         table.seen(key, time.monotonic(), existing_only)

@@ -8,10 +8,11 @@ end after the idle timeout without a datagram either way, when ``max_sessions`` 
 sender evicts the least recently active one, or from inside (:meth:`DatagramListener.end`); each
 end is counted and told as a ``close`` event.
 
-Reading the listener is one loop (:meth:`DatagramListener._receive`) with a policy: how many
+Reading the listener is a loop (:meth:`DatagramListener._receive`) with a policy: how many
 datagrams per readiness event (:class:`~enchufe.relay.datagram_io.ReadMode`), and whether the
 relay takes them one by one (:meth:`DatagramListener._forward`) or, in a batch, as runs of one
-session's datagrams of one size (:meth:`DatagramListener._forward_runs`, for UDP GSO).
+session's datagrams of one size (:meth:`DatagramListener._forward_runs`, for UDP GSO).  What
+every session has is :class:`~enchufe.relay.datagram_upstream.Upstream`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .datagram_io import (
     traced_recvfrom,
 )
 from .datagram_replies import Replies
+from .datagram_upstream import Key, Upstream
 from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
 from .events import EventSink
 from .stats import Stats
@@ -59,10 +61,12 @@ __all__ = [
 #: listener rests this long before reading again: an error on every turn must not spin.
 LISTENER_PAUSE = 0.1
 
-Key = Any  # a sender's sockaddr (tuple, str or bytes), or None for an unnamed unix sender
 
 #: A run of one session's datagrams read in a batch: [session, data, segment size, count].
 Run = list[Any]
+
+#: How the listener is read: ``recv(buffer, 0, MSG_TRUNC)`` → (real size, sender's sockaddr).
+Receiver = Callable[[memoryview, int, int], tuple[int, Any]]
 
 
 def describe_sender(family: int, sockaddr: Any) -> str:
@@ -70,52 +74,6 @@ def describe_sender(family: int, sockaddr: Any) -> str:
     # The sender chose its name (a unixgram path or abstract name): escaped where labels are
     # made, so that no event message can carry a line break or a terminal escape.
     return printable(str(found)) if found is not None else "unixgram:(unnamed)"
-
-
-class Upstream:
-    """What every datagram session has: its sender, counters, a reply waiting for the listener."""
-
-    __slots__ = (
-        "datagrams_to_client",
-        "datagrams_to_target",
-        "gso",
-        "held",
-        "id",
-        "label",
-        "peer",
-        "pending_reply",
-        "started",
-        "to_client",
-        "to_target",
-    )
-
-    def __init__(self, session_id: int, peer: Key, label: str) -> None:
-        self.id = session_id
-        self.peer = peer
-        self.label = label
-        self.started = time.monotonic()
-        self.to_target = self.to_client = 0
-        self.datagrams_to_target = self.datagrams_to_client = 0
-        #: replies the listener could not send yet (EAGAIN), as (data, segment size, datagrams);
-        #: the upstream is not read meanwhile
-        self.pending_reply: tuple[bytes, int, int] | None = None
-        #: a reply read from the upstream after the pending one was refused: it goes next
-        self.held: bytes | None = None
-        #: runs of datagrams may go to the target in one send (UDP GSO, until the kernel refuses)
-        self.gso = False
-
-    def close(self, loop: Loop) -> None:
-        raise NotImplementedError
-
-    def resume(self, relay: Any) -> None:
-        """The pending reply went out: read the upstream again."""
-        raise NotImplementedError
-
-    def undelivered(self) -> int:
-        """Datagrams this session holds that will never be delivered now that it ends (replies
-        waiting for the listener): the relay counts them as dropped."""
-        lost = self.pending_reply[2] if self.pending_reply is not None else 0
-        return lost + (1 if self.held is not None else 0)
 
 
 class DatagramListener:
@@ -221,15 +179,15 @@ class DatagramListener:
             self._receive()
         self._listen_for()
 
-    def _session_for(self, sender: Any, now: float) -> Upstream | None:
-        """The sender's session (opened if new, LRU order updated); None if it cannot be opened
-        (counted and reported)."""
+    def _entry_for(self, sender: Any, now: float) -> Session[Key, Upstream] | None:
+        """The sender's session entry (opened if new, LRU order updated, its datagram counted);
+        None if it cannot be opened (counted and reported)."""
         key = sender or None
         table = self.table
         entry = table.get(key)
         if entry is not None:
             table.seen(key, now, existing_only)
-            return entry.state
+            return entry
         try:
             session = self._open(key)
         except OSError as exc:
@@ -239,35 +197,35 @@ class DatagramListener:
             error = translate(exc, f"connect to {self.target_label}")
             self._error(f"cannot open a session for {who}: {error}", peer=who)
             return None
-        table.seen(key, now, _Factory(session))
+        entry, _new = table.seen(key, now, _Factory(session))
         self._arm_expiry()
-        return session
+        return entry
 
     def _receive(self) -> None:
         """Read a batch from the listener, as many datagrams as the read mode says, and pass
-        them on.  One by one (:meth:`_forward`, straight from the receive buffer), unless the
-        relay takes runs and more than one may come (:attr:`runs_above`): then one session's
-        consecutive non-empty datagrams of one size (the last may be shorter) are gathered into
-        a run, and the runs are passed on once the batch is read (:meth:`_forward_runs`).
-
-        The policy is decided once per batch: per datagram, this loop calls nothing of its own
-        but the session lookup."""
-        listener = self.listener
-        view = self._buffer
-        limit = len(view)
+        them on.  One by one (:meth:`_receive_each`), unless the relay takes runs and more than
+        one may come (:attr:`runs_above`): then as runs (:meth:`_receive_runs`).  The policy is
+        decided once per batch."""
         mode = self._read_mode
         reads = mode.limit()
-        in_runs = reads > self.runs_above
         raw = not trace.enabled()
         recv = self._receivers[raw]
+        if reads > self.runs_above:
+            got = self._receive_runs(recv, reads)
+        else:
+            got = self._receive_each(recv, reads, raw)
+        mode.got(got, reads)
+
+    def _receive_each(self, recv: Receiver, reads: int, raw: bool) -> int:
+        """Up to ``reads`` datagrams, each passed on straight from the receive buffer
+        (:meth:`_forward`); how many were read."""
+        view = self._buffer
+        limit = len(view)
         now = time.monotonic()
-        runs: list[Run] = []
-        run: Run = _NO_RUN
-        grows: Upstream | None = None  # the session whose last run may take the next datagram
-        held = got = 0
+        got = 0
         for _ in range(reads):
             try:
-                size, sender = recv(view, 0, socket.MSG_TRUNC)
+                size, sender = recv(view, 0, _MSG_TRUNC)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -275,14 +233,52 @@ class DatagramListener:
                 continue
             got += 1
             if size > limit:
-                self._truncated(describe_sender(listener.family, sender), size, "client")
+                self._truncated(describe_sender(self.listener.family, sender), size, "client")
                 continue
-            session = self._session_for(sender, now)
-            if session is None:
+            entry = self._entry_for(sender, now)
+            if entry is not None:
+                self._forward(entry.state, view[:size], raw)
+        return got
+
+    def _receive_runs(self, recv: Receiver, reads: int) -> int:
+        """Up to ``reads`` datagrams (and :data:`BATCH_BYTES`), gathered into runs: one
+        session's consecutive non-empty datagrams of one size (the last may be shorter), passed
+        on once the batch is read (:meth:`_forward_runs`); how many were read.
+
+        Per datagram this loop calls nothing of its own but the session lookup, and not even
+        that for the sender of the datagram before: nothing touches the table between the two
+        (the runs go after the batch), so its entry is the most recent already, seen at the
+        same time; only its datagram is counted."""
+        view = self._buffer
+        limit = len(view)
+        now = time.monotonic()
+        runs: list[Run] = []
+        run: Run = _NO_RUN
+        grows: Upstream | None = None  # the session whose last run may take the next datagram
+        held = got = 0
+        last: Any = _NOBODY  # the sender of the datagram before, whose entry is ``entry``
+        entry: Session[Key, Upstream] | None = None
+        for _ in range(reads):
+            try:
+                size, sender = recv(view, 0, _MSG_TRUNC)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                transient_or_raise(exc)
                 continue
-            if not in_runs:
-                self._forward(session, view[:size], raw)
+            got += 1
+            if size > limit:
+                self._truncated(describe_sender(self.listener.family, sender), size, "client")
                 continue
+            if sender == last:
+                entry.datagrams += 1  # type: ignore[union-attr]  # set with last
+            else:
+                entry = self._entry_for(sender, now)
+                if entry is None:
+                    last = _NOBODY
+                    continue
+                last = sender
+            session = entry.state  # type: ignore[union-attr]  # set with last
             if (
                 session is grows
                 and 0 < size <= run[2]
@@ -299,9 +295,9 @@ class DatagramListener:
             held += size
             if held >= BATCH_BYTES:
                 break
-        mode.got(got, reads)
         if runs:
             self._forward_runs(runs)
+        return got
 
     def _truncated(self, who: str, size: int, side: str) -> None:
         self.stats.truncated += 1
@@ -451,6 +447,11 @@ class DatagramListener:
 
 #: No run yet (never grows: no session is ``grows`` then).
 _NO_RUN: Run = [None, bytearray(), 0, 0]
+
+#: No sender before (equal to no sender's address).
+_NOBODY = object()
+
+_MSG_TRUNC = socket.MSG_TRUNC
 
 
 def transient_or_raise(exc: OSError) -> None:
