@@ -96,6 +96,7 @@ class Pools:
         #: their pump's own, before the next hop reads; and its iovec for ``readv``
         self.hop = memoryview(bytearray(copy_size))
         self.hop_iov = [self.hop]
+        self.hop_size = copy_size
 
     def pipe(self) -> Pipe | None:
         """An empty pipe, or ``None`` when none can be made (no descriptor left)."""

@@ -150,7 +150,7 @@ class Pump(PumpState):
             self._ended()
             return 0
         hop = pools.hop
-        if n == len(hop):  # maybe more behind: a bulk transfer, the general path's way
+        if n == pools.hop_size:  # maybe more behind: a bulk transfer, the general path's way
             self.hold_off = STREAMING_HYSTERESIS
             self._hand_over(hop[:n])
             return self._run()
