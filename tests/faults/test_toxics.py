@@ -92,6 +92,12 @@ def test_a_plan_refuses_what_the_kind_relayed_cannot_carry() -> None:
     with pytest.raises(FaultError, match="acts on streams only"):
         plan.check_kind(stream=False)
     plan.check_relay(parse("tcp://127.0.0.1:1"), parse("unix:@x"), frame=False)
+    with pytest.raises(FaultError, match="acts on streams only"):
+        plan.check_relay(parse("udp://127.0.0.1:1"), parse("udp://127.0.0.1:2"), frame=False)
+    datagrams = FaultPlan((parse_fault("loss:probability=0.5"), parse_fault("latency:latency=5")), seed=1)
+    datagrams.check_relay(parse("udp://127.0.0.1:1"), parse("unixgram:@x"), frame=False)
+    with pytest.raises(FaultError, match="not available yet for --frame"):
+        datagrams.check_relay(parse("udp://127.0.0.1:1"), parse("tcp://127.0.0.1:2"), frame=True)
 
 
 def test_a_plan_splits_its_toxics_by_direction() -> None:

@@ -268,8 +268,8 @@ class FaultPlan:
         """FaultError if the relay from ``listen`` to ``target`` cannot carry these faults (yet)."""
         self.check_kind(listen.is_stream and target.is_stream)
         why = ""
-        if not listen.is_stream or not target.is_stream:
-            why = "datagram and --frame relays"
+        if frame:
+            why = "--frame relays"
         elif listen.is_tls or target.is_tls:
             why = "a TLS LISTEN or TARGET"
         elif isinstance(listen, StdioAddress):
@@ -277,7 +277,7 @@ class FaultPlan:
         if why:
             raise FaultError(
                 f"--fault is not available yet for {why}; it works between stream addresses "
-                "(tcp, unix, a - or exec: TARGET)"
+                "(tcp, unix, a - or exec: TARGET) and between datagram addresses (udp, unixgram)"
             )
 
 

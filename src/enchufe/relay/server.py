@@ -323,7 +323,13 @@ class Relay:
         idle = self.idle_timeout
         if not listen.is_stream:
             assert sock is not None and self._resolver is not None
+            kind: type[DatagramRelay | FramedDatagramRelay]
             kind = FramedDatagramRelay if target.is_stream else DatagramRelay
+            if config.faults is not None:  # chosen once here: a relay without faults never looks
+                from .faulty_datagram import FaultyDatagramRelay
+
+                kind = FaultyDatagramRelay
+                common["faults"] = config.faults
             return kind(
                 loop,
                 sock,
