@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 import threading
 import time
@@ -342,12 +343,15 @@ def test_a_good_socks5_reply_in_any_split_leaves_exactly_what_follows(
 class FakeSocks:
     """A SOCKS5 proxy that is its own target: it records each CONNECT (ATYP, host, port),
     answers ``reply``, sends ``banner`` in the same write, then echoes until EOF.  ``silent``
-    accepts and never answers."""
+    accepts and never answers; ``auth`` chooses username/password and records them."""
 
     reply: int = 0
     banner: bytes = b""
     silent: bool = False
+    auth: bool = False
     requests: list[tuple[int, str, int]] = field(default_factory=list)
+    credentials: list[tuple[bytes, bytes]] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)
     connections: int = 0
 
     def __post_init__(self) -> None:
@@ -360,10 +364,11 @@ class FakeSocks:
     def _serve(self) -> None:
         while True:
             try:
-                conn, _ = self.listener.accept()
+                conn, peer = self.listener.accept()
             except OSError:
                 return
             self.connections += 1
+            self.peers.append(peer[0])
             self._open.append(conn)
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
@@ -376,7 +381,12 @@ class FakeSocks:
                 return
             greeting = conn.recv(2)
             conn.recv(greeting[1])
-            conn.sendall(b"\x05\x00")
+            conn.sendall(b"\x05\x02" if self.auth else b"\x05\x00")
+            if self.auth:
+                user = _exactly(conn, _exactly(conn, 2)[1])
+                password = _exactly(conn, _exactly(conn, 1)[0])
+                self.credentials.append((user, password))
+                conn.sendall(b"\x01\x00")
             head = _exactly(conn, 4)
             if head[3] == 3:
                 host = _exactly(conn, _exactly(conn, 1)[0]).decode()
@@ -395,6 +405,9 @@ class FakeSocks:
             conn.close()
 
     def close(self) -> None:
+        # close() alone would not wake the thread blocked in accept(), which keeps listening.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for conn in self._open:
             conn.close()
@@ -492,8 +505,8 @@ def test_a_target_that_refused_is_retried_a_refusal_by_rules_is_not(
 
 
 def test_a_proxy_that_is_down_is_refused_naming_the_hop() -> None:
-    proxy = FakeSocks()
-    url = proxy.url
-    proxy.close()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"socks5://127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(ConnectionRefused, match=f"via {url}: cannot connect to tcp://127.0.0.1:"):
         enchufe.connect("tcp://localhost:1", via=[url], timeout=5)

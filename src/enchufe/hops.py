@@ -376,13 +376,17 @@ def check_target(address: Address, hops: Sequence[Hop]) -> InetAddress:
             "is not supported yet; use a tcp:// or tls:// target, or no proxy"
         )
     if address.is_wildcard or address.port == 0:
-        raise AddressError(f"{address}: a target needs a host and a port, e.g. tcp://example.com:443")
+        raise AddressError(
+            f"{address}: a target through a proxy (via {first}) needs a host and a port, "
+            "e.g. tcp://example.com:443"
+        )
     if "%" in address.host:
         scope = address.host.partition("%")[2]
-        raise AddressError(f"{address}: an IPv6 scope (%{scope}) means nothing to a proxy")
+        raise AddressError(f"{address}: an IPv6 scope (%{scope}) means nothing to a proxy (via {first})")
     if address.forced_family and literal_family(address.host) is None:
         plain = f"{'tls' if address.is_tls else 'tcp'}://{address.host}:{address.port}"
         raise AddressError(
-            f"{address}: the proxy resolves {address.host} and picks the family itself; write {plain}"
+            f"{address}: the proxy (via {first}) resolves {address.host} and picks the family itself; "
+            f"write {plain}"
         )
     return address
