@@ -27,6 +27,7 @@ from enchufe.errors import AddressError, ConnectionRefused, TimedOut
 from enchufe.hops import (
     Chain,
     Established,
+    Handshake,
     Hop,
     HopRefused,
     NeedMore,
@@ -272,11 +273,9 @@ def test_a_chain_fed_one_byte_at_a_time_uses_only_its_own_bytes() -> None:
     assert b"".join(sent).endswith(b"CONNECT localhost:9000 HTTP/1.1\r\nHost: localhost:9000\r\n\r\n")
 
 
-def fed_in_pieces(hop: Hop, data: bytes, cuts: list[int]) -> object:
-    """``data`` fed to a handshake cut at ``cuts``; a piece fed after a :class:`Send` starts
-    with the bytes the proxy sent after it was asked (what a driver does)."""
-    machine = handshake(hop, "localhost", 9)
-    machine.start()
+def fed_in_pieces(machine: Handshake, data: bytes, cuts: list[int]) -> tuple[object, int]:
+    """``data`` fed to ``machine`` cut at ``cuts``, until it is established: the last event,
+    and how many bytes were fed."""
     event: object = NeedMore()
     start = 0
     for cut in [*sorted(cuts), len(data)]:
@@ -284,7 +283,13 @@ def fed_in_pieces(hop: Hop, data: bytes, cuts: list[int]) -> object:
             continue
         event = machine.receive(data[start:cut])
         start = cut
-    return event
+    return event, start
+
+
+def started(hop: Hop) -> Handshake:
+    machine = handshake(hop, "localhost", 9)
+    machine.start()
+    return machine
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -300,7 +305,7 @@ def fed_in_pieces(hop: Hop, data: bytes, cuts: list[int]) -> object:
 )
 def test_anything_fed_anyhow_raises_only_hop_refused(hop: Hop, data: bytes, cuts: list[int]) -> None:
     try:
-        event = fed_in_pieces(hop, data, cuts)
+        event, _fed = fed_in_pieces(started(hop), data, cuts)
     except HopRefused as exc:
         assert "\n" not in str(exc)
         return
@@ -321,19 +326,29 @@ def test_anything_fed_anyhow_raises_only_hop_refused(hop: Hop, data: bytes, cuts
 def test_a_good_socks5_reply_in_any_split_leaves_exactly_what_follows(
     bound: bytes, port: int, tail: bytes, cuts: list[int]
 ) -> None:
-    machine = handshake(SOCKS, "localhost", 9)
-    machine.start()
+    machine = started(SOCKS)
     assert isinstance(machine.receive(b"\x05\x00"), Send)
     data = b"\x05\x00\x00" + bound + port.to_bytes(2, "big") + tail
-    event: object = NeedMore()
-    start = 0
-    for cut in [*sorted(cuts), len(data)]:
-        if isinstance(event, Established) or cut < start:
-            continue
-        event = machine.receive(data[start:cut])
-        start = cut
+    event, fed = fed_in_pieces(machine, data, cuts)
     assert isinstance(event, Established)
-    assert event.leftover == data[len(data) - len(tail) : start]  # the reply's bytes, no more
+    assert event.leftover == data[len(data) - len(tail) : fed]  # the reply's bytes, no more
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(200, 299),
+    st.lists(st.from_regex(rb"\A[A-Za-z-]{1,20}: [ -~]{0,40}\Z"), max_size=5),
+    st.sampled_from([b"\r\n", b"\n"]),
+    st.binary(max_size=64),
+    st.lists(st.integers(0, 400), max_size=6),
+)
+def test_a_good_http_answer_in_any_split_leaves_exactly_what_follows(
+    status: int, headers: list[bytes], end: bytes, tail: bytes, cuts: list[int]
+) -> None:
+    answer = b"".join(line + end for line in [b"HTTP/1.1 %d OK" % status, *headers, b""])
+    event, fed = fed_in_pieces(started(HTTP), answer + tail, cuts)
+    assert isinstance(event, Established)
+    assert event.leftover == tail[: fed - len(answer)]
 
 
 # ----------------------------------------------------------------------------- a SOCKS5 peer of ours
