@@ -356,11 +356,11 @@ class StreamSession(RelaySession):
         if (up.done and down.done) or (self._stop_early and self._terminal_done(up, down)):
             self._end("done")
             return
-        # Nothing in flight, no EOF, both sides read only: _update would change nothing (the
-        # request/response case, most steps of a small-message connection).  One int: any bit
-        # set means something to look at.
+        # Nothing in flight, no EOF, no read held back, both sides read only: _update would
+        # change nothing (the request/response case, most steps of a small-message connection).
+        # One int: any bit set means something to look at.
         sides = (self.client.mask ^ READ) | (self.target.mask ^ READ)  # type: ignore[union-attr]
-        if up.in_flight | down.in_flight | up.eof | down.eof | sides:
+        if up.in_flight | down.in_flight | up.eof | down.eof | up.stalled | down.stalled | sides:
             self._update(up, down)
 
     def _terminal_done(self, up: Pump, down: Pump) -> bool:
