@@ -275,6 +275,7 @@ class Loop:
         stale = self._stale
         always = self._always
         monotonic = time.monotonic
+        unwatched = _unwatched
         # The time taken after the last batch (for its timers) also sets the next wait: nothing
         # but until() runs in between, and a turn with no timer needs no clock at all.
         now = monotonic()
@@ -292,7 +293,7 @@ class Loop:
                 if stale and fd in stale:
                     continue  # closed during this batch: the event was for its previous owner
                 try:
-                    get_handler(fd, _unwatched)(events)
+                    get_handler(fd, unwatched)(events)
                 except MemoryError:
                     raise
                 except Exception as exc:
