@@ -11,9 +11,9 @@ from .._sockets import DEFAULT_BACKLOG
 from ..relay.datagram import DEFAULT_MAX_DATAGRAM
 from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
-from ._common import event, global_options, json_option, settings
+from ._common import event, given, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
-from ._server import parse_mode, server_options
+from ._server import parse_mode, proxy_options, proxy_settings, server_options
 
 if TYPE_CHECKING:
     from ..faults import FaultPlan
@@ -166,6 +166,15 @@ _NON_FINITE = ("inf", "infinity", "nan")
     help="Seed of the faults' random choices (jitter, toxicity, slicer sizes): the same seed, "
     "the same choices.",
 )
+@proxy_options()
+@click.option(
+    "--send-proxy",
+    type=click.Choice(["v1", "v2"]),
+    default=None,
+    help="Start each connection to TARGET with a PROXY protocol header naming the real client "
+    "(behind --accept-proxy: the client its header named), as HAProxy's send-proxy[-v2]; v2 also "
+    "carries the client's TLS (version, cipher, certificate CN, ALPN, server name) on a tls:// LISTEN.",
+)
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option
 @global_options
@@ -191,6 +200,10 @@ def command(
     routes: tuple[str, ...],
     faults: tuple[str, ...],
     seed: int | None,
+    accept_proxy: bool,
+    trusted_proxy: tuple[str, ...],
+    proxy_timeout: float,
+    send_proxy: str | None,
     no_splice: bool,
     json_: bool,
 ) -> int:
@@ -221,6 +234,11 @@ def command(
     terminated TLS with that name's certificate (tls:// LISTEN).
 
     \b
+    Behind a load balancer, --accept-proxy takes each client's address from the PROXY header
+    (v1 or v2) its proxy sends first: that client is the one --allow/--deny judge and the logs,
+    --json and exec:'s ENCHUFE_PEER* name; --send-proxy v1|v2 passes it on to TARGET.
+
+    \b
     Examples:
       enchufe relay tcp://:8080 tcp://10.0.0.5:80
       enchufe relay unix:///run/app.sock tcp://127.0.0.1:9000 --allow-uid www-data
@@ -231,10 +249,12 @@ def command(
       enchufe relay tcp://:7000 'exec:tr a-z A-Z'
       enchufe relay - tcp://example.com:80 < request.txt
       enchufe relay tcp://:443 - --route a.example.com=tcp://10.0.0.5:443 --route '*.example.com=unix:@web'
+      enchufe relay tcp://:8080 tcp://10.0.0.5:80 --accept-proxy --trusted-proxy 10.0.0.2 --send-proxy v2
     """
     from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
 
     settings.json = settings.json or json_
+    proxy = _proxy_settings(listen_address, accept_proxy, trusted_proxy, proxy_timeout)
     config = RelayConfig(
         listen=listen_address,
         target=target_address,
@@ -252,6 +272,8 @@ def command(
         backlog=backlog,
         mode=parse_mode(mode),
         routes=routes,
+        send_proxy=int(send_proxy[1]) if send_proxy else None,
+        **proxy,
         faults=_fault_plan(faults, seed),
     )
     level = _event_level()
@@ -286,6 +308,20 @@ def _fault_plan(faults: tuple[str, ...], seed: int | None) -> FaultPlan | None:
     except FaultError as exc:
         raise FaultError(f"--fault {exc}") from None
     return FaultPlan(toxics, seed if seed is not None else random.SystemRandom().randrange(2**63))
+
+
+def _proxy_settings(
+    listen_address: str, accept_proxy: bool, trusted_proxy: tuple[str, ...], proxy_timeout: float
+) -> dict[str, Any]:
+    """--accept-proxy and its options, checked as the servers' are (the relay's config checks
+    the rest): RelayConfig's fields."""
+    if not accept_proxy and not trusted_proxy and not given("proxy_timeout"):
+        return {}
+    from .. import parse
+
+    proxy = proxy_settings(parse(listen_address), accept_proxy, trusted_proxy, proxy_timeout)
+    proxy["trusted_proxies"] = tuple(proxy["trusted_proxies"])
+    return proxy
 
 
 def _tracebacks() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._buffer import DEFAULT_MAX_DATAGRAM
+from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, parse_trusted
 from .._ranges import MAX_BACKLOG, MAX_DATAGRAM_SIZE, MAX_SECONDS
 from .._serving import DEFAULT_DRAIN_TIMEOUT
 from ..address import (
@@ -85,6 +86,14 @@ class RelayConfig:
     #: ``NAME=TARGET`` routes by TLS server name (:mod:`.routes`); TARGET is then the default,
     #: ``-`` for none
     routes: tuple[str, ...] = ()
+    #: --accept-proxy: each client starts with a PROXY protocol header (v1 or v2), taken only
+    #: from ``trusted_proxies`` (CIDR; empty: loopback, and unix peers always) within
+    #: ``proxy_timeout`` seconds; the client it names is the peer everywhere
+    accept_proxy: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
+    #: --send-proxy: the target gets a PROXY protocol header of this version (1 or 2) first
+    send_proxy: int | None = None
     #: faults on purpose (``--fault``, ``--seed``): see :mod:`enchufe.faults`
     faults: FaultPlan | None = None
 
@@ -183,8 +192,9 @@ def check_config(config: RelayConfig) -> tuple[Address, Address]:
     if config.routes:  # first: TARGET - means "no default" then, not stdio
         check_routes(_parsed(config.listen), _parsed(config.target), config.routes)
     listen, target = check_endpoints(config.listen, config.target, frame=config.frame)
-    _check_rules(listen, config.rules)
+    _check_rules(listen, config.rules, config.accept_proxy)
     _check_numbers(config)
+    _check_proxy(listen, target, config)
     _check_applies(listen, config)
     if config.faults is not None:
         config.faults.check_relay(listen, target, frame=config.frame)
@@ -195,15 +205,16 @@ def _parsed(address: Address | str) -> Address:
     return parse(address) if isinstance(address, str) else address
 
 
-def _check_rules(listen: Address, rules: AccessRules) -> None:
-    """Access rules judge the peers of a stream listener: IP rules an IP one, credentials a unix one."""
+def _check_rules(listen: Address, rules: AccessRules, accept_proxy: bool = False) -> None:
+    """Access rules judge the peers of a stream listener: IP rules an IP one (or the client a
+    PROXY header names, on any stream listener), credentials a unix one."""
     if (rules.filters_ip or rules.filters_credentials) and not (
         isinstance(listen, InetAddress | UnixAddress) and listen.is_stream
     ):
         raise UsageError(
             f"--allow/--deny/--allow-uid/--allow-gid check the peers of a stream listener, not of {listen}"
         )
-    if rules.filters_ip and isinstance(listen, UnixAddress):
+    if rules.filters_ip and isinstance(listen, UnixAddress) and not accept_proxy:
         raise UsageError(
             "--allow/--deny filter IP peers, but LISTEN is a unix socket; use --allow-uid/--allow-gid"
         )
@@ -211,6 +222,45 @@ def _check_rules(listen: Address, rules: AccessRules) -> None:
         raise UsageError(
             "--allow-uid/--allow-gid need a unix LISTEN address (SO_PEERCRED); use --allow/--deny for IP"
         )
+
+
+def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
+    """--accept-proxy reads a header at the start of a stream client's connection, and
+    --send-proxy writes one at the start of a stream target's (the datagram form of version 2
+    is not built yet): elsewhere, refused."""
+    if not config.accept_proxy:
+        if config.trusted_proxies or config.proxy_timeout != DEFAULT_PROXY_TIMEOUT:
+            raise UsageError(
+                "--trusted-proxy and --proxy-timeout apply with --accept-proxy (the peers that send "
+                "a PROXY header)"
+            )
+    elif not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream):
+        raise UsageError(
+            "--accept-proxy reads a PROXY header at the start of each client's stream connection; "
+            f"LISTEN {listen} has none: give a tcp://, tls:// or unix: stream LISTEN"
+        )
+    elif not target.is_stream:
+        raise UsageError(
+            "--accept-proxy with --frame (a stream LISTEN to a datagram TARGET) is not built yet; "
+            "relay stream to stream"
+        )
+    else:
+        for text in config.trusted_proxies:
+            parse_trusted(text)
+        if not 0 < config.proxy_timeout <= MAX_SECONDS:
+            raise UsageError(
+                f"--proxy-timeout must be more than 0 and at most {MAX_SECONDS:.0f} seconds, "
+                f"not {config.proxy_timeout}"
+            )
+    if config.send_proxy is not None:
+        if config.send_proxy not in (1, 2):
+            raise UsageError(f"--send-proxy is v1 or v2, not {config.send_proxy!r}")
+        if not (listen.is_stream and target.is_stream):
+            raise UsageError(
+                "--send-proxy writes a PROXY header at the start of each stream to TARGET; the "
+                "datagram form (v2, a header per datagram) is not built yet: use it between stream "
+                "addresses"
+            )
 
 
 def _check_numbers(config: RelayConfig) -> None:

@@ -25,8 +25,9 @@ from ..address import Address, InetAddress, UnixAddress
 from ..clienthello import NEED_MORE, ClientHello, Event, HelloReader, Refused
 from ..errors import EnchufeError
 from ..tlsparams import DEFAULT_HANDSHAKE_TIMEOUT
-from .engine import READ, Loop, Timer
+from .engine import Loop
 from .events import EventSink
+from .readstage import ReadStage
 from .routes import NO_HELLO, UNMATCHED, Route, RouteTable, check_routes
 from .stats import Stats
 from .targets import TargetResolver
@@ -156,29 +157,19 @@ class Router:
         return None
 
 
-class HelloRead:
+class HelloRead(ReadStage):
     """Reads a client's ClientHello off ``fd`` (non-blocking, on the relay's loop), then calls
     ``done(event, data)`` once: the :class:`~enchufe.clienthello.ClientHello` or a
     :class:`~enchufe.clienthello.Refused` (``kind`` ``timeout`` or ``reset`` besides the
-    reader's), and every byte read.  ``fd`` is watched only meanwhile."""
+    reader's), and every byte read.  ``fd`` is watched only meanwhile (see :mod:`.readstage`)."""
 
-    __slots__ = ("_done", "_fd", "_loop", "_on_error", "_reader", "_timeout", "_timer")
+    __slots__ = ("_reader",)
 
     def __init__(
         self, loop: Loop, fd: int, timeout: float, done: Callable[[Event, bytes], None], on_error: OnError
     ) -> None:
-        self._loop = loop
-        self._fd = fd
-        self._timeout = timeout
-        self._done = done
-        self._on_error = on_error
+        super().__init__(loop, fd, timeout, done, on_error)
         self._reader = HelloReader()
-        self._timer: Timer | None = None
-
-    def start(self) -> None:
-        self._loop.register(self._fd, READ, self._on_read, self._on_error)
-        self._timer = self._loop.call_later(self._timeout, self._timed_out, self._on_error)
-        self._on_read(READ)
 
     def _on_read(self, _events: int) -> None:
         reader = self._reader
@@ -194,30 +185,12 @@ class HelloRead:
                 )
                 break
             event = reader.feed(data)
-        self._finish(event)
+        self._finish(event, reader.data)
 
     def _timed_out(self) -> None:
-        self._timer = None
         got = len(self._reader.data)
         what = "nothing" if not got else f"{got} bytes, not a whole ClientHello,"
-        self._finish(Refused("timeout", f"sent {what} within {self._timeout:g} s"))
-
-    def _finish(self, event: Event) -> None:
-        """Stop watching and reading; the answer goes to ``done`` (once)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._loop.watching(self._fd):
-            self._loop.unregister(self._fd)
-        done, self._done = self._done, _spent
-        done(event, self._reader.data)
-
-    def cancel(self) -> None:
-        """The session ended first: stop, without an answer."""
-        self._done = _spent
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._finish(Refused("timeout", f"sent {what} within {self._timeout:g} s"), self._reader.data)
 
 
 def routed_event(session_id: int, hello: ClientHello, route: Route) -> tuple[str, dict[str, Any]]:
@@ -265,7 +238,3 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def _spent(event: Event, data: bytes) -> None:
-    """The answer was given (or the session ended): later calls do nothing."""

@@ -46,6 +46,7 @@ from .events import EventSink
 from .framed import FramedStreamRelay
 from .limits import fd_budget
 from .pools import Pools
+from .proxying import relay_policy
 from .routing import Router
 from .stats import Snapshot, Stats, interval_report, summary_report
 from .stream import StdioRelay, StreamRelay, TargetResolver
@@ -353,6 +354,8 @@ class Relay:
             "target": target,
             "client_tls": self._tls.client if self._tls is not None else None,
             "target_tls": self._tls.target if self._tls is not None else None,
+            "proxy_policy": relay_policy(config),
+            "send_proxy": config.send_proxy,
         }
         if self._router is not None:
             options["router"] = self._router

@@ -27,7 +27,7 @@ import errno
 import os
 import socket
 import time
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .. import _calls
 from .._backoff import Backoff
@@ -41,6 +41,9 @@ from .engine import Loop, Timer
 from .events import EventSink
 from .stats import Stats
 from .targets import TargetResolver
+
+if TYPE_CHECKING:
+    from .proxying import Proxied
 
 __all__ = [
     "CLOSED",
@@ -122,6 +125,7 @@ class RelaySession:
         "client_sock",
         "id",
         "peer",
+        "proxied",
         "relay",
         "resolver",
         "started",
@@ -142,6 +146,8 @@ class RelaySession:
         self.client_sock = client_sock
         self.peer = peer
         self.id = session_id
+        #: --accept-proxy: the client its proxy's header named (then the peer everywhere)
+        self.proxied: Proxied | None = None
         #: where this client goes: the relay's TARGET, unless a route chose another
         self.resolver = relay.resolver
         self.target_label = relay.target_label
@@ -159,18 +165,27 @@ class RelaySession:
         self._retry_backoff: Backoff | None = None  # made on the first full backlog, rare
 
     def peer_label(self) -> str:
+        """The client for events: behind a proxy, the one its header named."""
+        if self.proxied is not None:
+            return self.proxied.label
         return describe_peer(self.client_sock, self.peer)
+
+    def _proxy_fields(self) -> dict[str, str]:
+        """The proxy a client came through, for events (``proxy``: its own address)."""
+        return {"proxy": self.proxied.proxy_label} if self.proxied is not None else {}
 
     def _announce_accept(self) -> None:
         relay = self.relay
         if relay.events.wants(1):
             shown = self.peer_label()
+            via = f" via {self.proxied.proxy_label}" if self.proxied is not None else ""
             relay.events(
                 "accept",
-                f"accepted {shown} (#{self.id})",
+                f"accepted {shown}{via} (#{self.id})",
                 level=1,
                 id=self.id,
                 peer=shown,
+                **self._proxy_fields(),
                 **self._event_fields(),
             )
 
@@ -401,5 +416,6 @@ class RelaySession:
             **counts,
             seconds=round(seconds, 6),
             **({"error": error} if error else {}),
+            **self._proxy_fields(),
             **extra,
         )

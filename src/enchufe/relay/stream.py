@@ -39,6 +39,7 @@ from .children import Children
 from .engine import READ, Loop
 from .events import EventSink
 from .limits import AccessRules
+from .proxying import untrusted_client
 from .pump import Pools
 from .session import describe_peer, nodelay
 from .sides import Side, stdio_side
@@ -47,6 +48,7 @@ from .stream_session import StreamSession
 from .targets import TargetResolver, resolver_address
 
 if TYPE_CHECKING:
+    from .._proxyaccept import ProxyPolicy
     from .._tlsstream import TLSSetup
     from .routing import Router
 
@@ -92,6 +94,8 @@ class StreamRelay:
         client_tls: TLSSetup | None = None,
         target_tls: TLSSetup | None = None,
         router: Router | None = None,
+        proxy_policy: ProxyPolicy | None = None,
+        send_proxy: int | None = None,
     ) -> None:
         self.loop = loop
         self.listener = listener
@@ -106,6 +110,11 @@ class StreamRelay:
         #: --route: each client's target (and certificate) chosen by its ClientHello's server
         #: name; TARGET is then the default (``-``, stdio, for none)
         self.router = router
+        #: --accept-proxy: each client's PROXY header first, from trusted proxies only; the
+        #: client it names is the one the access rules judge
+        self.proxy_policy = proxy_policy
+        #: --send-proxy: the PROXY protocol version of the header the target gets first
+        self.send_proxy = send_proxy
         self.pools = pools
         self.stats = stats
         self.events = events
@@ -227,7 +236,9 @@ class StreamRelay:
         since any client can cause one."""
         self.stats.refused += 1
         shown = describe_peer(conn, peer)
-        kind = "denied clients" if reason == "denied" else "clients turned away"
+        kind = {"denied": "denied clients", "proxy": "clients refused over their PROXY header"}.get(
+            reason, "clients turned away"
+        )
         self.events.notice(
             kind, "refused", f"enchufe: refused {shown}: {why}", peer=shown, reason=reason, detail=why
         )
@@ -240,7 +251,12 @@ class StreamRelay:
             )
             return
         rules = self.rules
-        if rules.filters_ip and conn.family != socket.AF_UNIX:
+        if self.proxy_policy is not None:
+            untrusted = untrusted_client(self.proxy_policy, conn, peer)
+            if untrusted is not None:
+                self._refuse(conn, peer, "proxy", untrusted)
+                return
+        elif rules.filters_ip and conn.family != socket.AF_UNIX:  # behind a proxy: its header's client
             denied = rules.check_ip(peer[0])
             if denied is not None:
                 self._refuse(conn, peer, "denied", denied)

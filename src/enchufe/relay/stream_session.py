@@ -28,17 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from ..address import ExecAddress, StdioAddress
-from ..clienthello import ClientHello, Event
 from .children import Child
 from .engine import ERROR, FAILED, READ, WRITE, Timer
+from .prelude import PreludeSession
+from .proxying import proxied_environment
 from .pump import Pump
-from .routes import Route
-from .routing import HelloRead, refused_notice, routed_event, tell_unrecognized
-from .session import CLOSED, CONNECTING, OPEN, RelaySession, pending_error
+from .session import CLOSED, CONNECTING, OPEN, pending_error
 from .sides import Side, readable, stdio_side
 
 if TYPE_CHECKING:
-    from .._tlsstream import TLSSetup
     from .stream import StreamRelay
 
 __all__ = ["CHILD_EXIT_RECHECK_MAX", "StreamSession"]
@@ -48,21 +46,10 @@ __all__ = ["CHILD_EXIT_RECHECK_MAX", "StreamSession"]
 CHILD_EXIT_RECHECK_MAX = 5.0
 
 
-class StreamSession(RelaySession):
+class StreamSession(PreludeSession):
     """One client relayed to the target: open the target, then two pumps until both are done."""
 
-    __slots__ = (
-        "_child_timer",
-        "_hello",
-        "_replay",
-        "_stop_early",
-        "child",
-        "client",
-        "down",
-        "route",
-        "target",
-        "up",
-    )
+    __slots__ = ("_child_timer", "_stop_early", "child", "client", "down", "target", "up")
 
     relay: StreamRelay
     crash_outcome = "both peers reset"
@@ -80,75 +67,6 @@ class StreamSession(RelaySession):
         #: a terminal at either end: the session may end before both pumps are done
         self._stop_early = False
         self._child_timer: Timer | None = None
-        #: with --route: the ClientHello being read, the bytes read, and the route chosen
-        self._hello: HelloRead | None = None
-        self._replay = b""
-        self.route: Route | None = None
-
-    # -- routing by server name: the ClientHello first
-
-    def start(self) -> None:
-        router = self.relay.router
-        if router is None:
-            self._begin()
-            return
-        self._hello = HelloRead(
-            self.relay.loop, self.client.rfd, router.hello_timeout, self._hello_read, self.crashed
-        )
-        self._hello.start()
-
-    def _hello_read(self, event: Event, data: bytes) -> None:
-        """The ClientHello is in (or refused): choose the route, then open its target."""
-        self._hello = None
-        relay = self.relay
-        router = relay.router
-        assert router is not None
-        route = router.choose(event, relay.stats)
-        if not isinstance(route, Route):
-            self._unrouted(*route)
-            return
-        self.route = route
-        self.resolver = router.resolver(route)
-        self.target_label = str(route.target)
-        self._replay = data
-        if relay.events.wants(1):
-            assert isinstance(event, ClientHello)
-            line, fields = routed_event(self.id, event, route)
-            relay.events("route", line, **fields)
-        self._begin()
-
-    def _unrouted(self, why: str, reason: str, kind: str) -> None:
-        """This client goes nowhere: one notice; a TLS client whose server name has no route
-        is told so by an ``unrecognized_name`` alert, others are reset."""
-        relay = self.relay
-        refused_notice(relay.events, self.id, self.peer_label(), why, reason, kind)
-        alert = reason == "unmatched" and tell_unrecognized(self.client.wfd)
-        self._end(reason, abortive=not alert, quiet=True)
-
-    def routed_setup(self, listener: TLSSetup) -> tuple[TLSSetup, bytes]:
-        """A terminating session's server side (the route's certificate, or the listener's)
-        and the bytes of the ClientHello already read, for the handshake to take first."""
-        router = self.relay.router
-        if router is None or self.route is None:
-            return listener, b""
-        data, self._replay = self._replay, b""
-        return router.setup(self.route, listener), data
-
-    def _send_replay(self) -> bool:
-        """Passthrough: the ClientHello read goes to the target before anything else; False
-        while the target's socket has no room (the session waits for it to be writable)."""
-        target = self.target
-        assert target is not None
-        while self._replay:
-            try:
-                sent = os.write(target.wfd, self._replay)
-            except BlockingIOError:
-                target.want(self.relay.loop, WRITE, False)
-                return False
-            self._replay = self._replay[sent:]
-            self.to_target += sent
-            self.relay.stats.to_target += sent
-        return True
 
     # -- opening the target
 
@@ -165,6 +83,7 @@ class StreamSession(RelaySession):
             relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
             client.mask = 0
         target = relay.target if self.route is None else self.route.target
+        self._prepare_first()
         if isinstance(target, ExecAddress):
             self._spawn(target)
         elif isinstance(target, StdioAddress):
@@ -199,6 +118,8 @@ class StreamSession(RelaySession):
 
     def _child_environment(self) -> dict[str, str]:
         """The variables an ``exec:`` child gets about its client (hook: a TLS client's too)."""
+        if self.proxied is not None:  # the client its proxy named
+            return proxied_environment(self.proxied, self.client_sock, self.relay.local)
         return socket_environment(self.client_sock, self.peer, self.relay.local)
 
     def _target_opened(self, sock: socket.socket) -> None:
@@ -220,13 +141,8 @@ class StreamSession(RelaySession):
 
     def _connected(self, *, announce: bool = True) -> None:
         relay = self.relay
-        if self._replay:
-            try:
-                if not self._send_replay():
-                    return  # the connect timer still runs: a target that takes nothing is cut
-            except OSError as exc:
-                self._next_target(exc)
-                return
+        if (self._header or self._replay) and not self._first_through():
+            return  # the connect timer still runs: a target that takes nothing is cut
         self._connect_done()
         client, target = self.client, self.target
         assert target is not None
@@ -475,9 +391,9 @@ class StreamSession(RelaySession):
 
     def _release(self, abortive: bool) -> None:
         relay = self.relay
-        if self._hello is not None:
-            self._hello.cancel()
-            self._hello = None
+        if self._stage is not None:
+            self._stage.cancel()
+            self._stage = None
         if self._child_timer is not None:
             self._child_timer.cancel()
             self._child_timer = None

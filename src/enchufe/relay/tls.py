@@ -342,6 +342,8 @@ class TLSStreamSession(StreamSession):
             return
         target = self.target
         assert target is not None and target.sock is not None
+        if self._header and not self._first_through():  # a PROXY header goes before the handshake
+            return
         if self._connect_timer is not None:  # the handshake has its own timeout
             self._connect_timer.cancel()
             self._connect_timer = None
@@ -453,6 +455,10 @@ class TLSStreamSession(StreamSession):
         self._end("tls-failed", abortive=abortive, quiet=True)
 
     # -- what the client's (or else the target's) handshake agreed, for events and children
+
+    def client_tls(self) -> TLSInfo | None:
+        link = self._client_link
+        return link.channel.info if link is not None else None
 
     def _agreed(self) -> TLSInfo | None:
         link = self._client_link or self._target_link
