@@ -271,3 +271,26 @@ NOT_APPLYING = [
 def test_what_does_not_apply_is_refused(options: dict[str, object], words: str) -> None:
     with pytest.raises(UsageError, match=words):
         check_config(RelayConfig(**options))  # type: ignore[arg-type]
+
+
+def test_accept_proxy_before_tls_termination_and_routing(gateway: Gateway) -> None:  # noqa: F811
+    """The header comes before the ClientHello: the route reads the ClientHello after it, and
+    the handshake gets every byte of it (the header's are taken alone)."""
+    listen = f"tls://127.0.0.1:0?cert={gateway.server}"
+    context = ssl.create_default_context(cafile=gateway.ca)
+    with (
+        Target("tcp://127.0.0.1:0", echo) as target,
+        relay_thread(
+            RelayConfig(listen, "-", routes=(f"{NAME}={target.address}",), accept_proxy=True)
+        ) as relay,
+        dial(relay.address) as raw,
+    ):
+        raw.sendall(encode_v2(CLIENT, FRONT))
+        with context.wrap_socket(raw, server_hostname=NAME) as client:
+            client.sendall(b"routed")
+            assert client.recv(100) == b"routed"
+            client.unwrap()
+        (accept,) = wait_event(relay, "accept")
+        (route,) = wait_event(relay, "route")
+    assert accept["peer"] == "tcp://203.0.113.7:40000"
+    assert route["server_name"] == NAME
