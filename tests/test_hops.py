@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import enchufe
 import enchufe.aio
 from enchufe import trace
+from enchufe._hop_socks5 import udp_unwrap, udp_wrap
 from enchufe.address import parse
 from enchufe.errors import AddressError, ConnectionRefused, TimedOut
 from enchufe.hops import (
@@ -103,17 +104,23 @@ def test_bad_proxy_urls_say_what_is_accepted_and_never_the_password(text: str, p
 
 
 @pytest.mark.parametrize(
-    ("target", "problem"),
+    ("target", "hops", "problem"),
     [
-        ("udp://127.0.0.1:53", "datagrams cannot go through a proxy"),
-        ("unix:@x", "reaches tcp:// and tls://"),
-        ("tcp4://example.com:80", "picks the family itself"),
-        ("tcp://[fe80::1%lo]:80", "scope"),
+        (
+            "udp://127.0.0.1:53",
+            [HTTP],
+            "datagrams go through one socks5:// proxy .UDP ASSOCIATE., not an HTTP",
+        ),
+        ("udp://127.0.0.1:53", [SOCKS, SOCKS], "not a chain"),
+        ("unix:@x", [SOCKS], "reaches tcp:// and tls://"),
+        ("tcp4://example.com:80", [SOCKS], "picks the family itself"),
+        ("tcp://[fe80::1%lo]:80", [SOCKS], "scope"),
     ],
 )
-def test_targets_no_tunnel_reaches_are_refused(target: str, problem: str) -> None:
+def test_targets_no_tunnel_reaches_are_refused(target: str, hops: list[Hop], problem: str) -> None:
     with pytest.raises(AddressError, match=problem):
-        check_target(parse(target), [SOCKS])
+        check_target(parse(target), hops)
+    assert check_target(parse("udp://localhost:53"), [SOCKS]) == parse("udp://localhost:53")
 
 
 # ----------------------------------------------------------------------------- SOCKS5
@@ -211,6 +218,34 @@ def test_eof_during_a_handshake_names_what_was_awaited() -> None:
     machine.receive(b"\x05\x00")
     with pytest.raises(HopRefused, match="closed the connection before its reply to CONNECT localhost:9"):
         machine.eof()
+
+
+def test_socks5_udp_associate_says_where_the_relay_is() -> None:
+    chain = Chain([SOCKS_AUTH], "127.0.0.1", 40000, udp=True)
+    assert chain.outgoing() == b"\x05\x02\x00\x02"
+    chain.feed(b"\x05\x02")
+    assert chain.outgoing() == b"\x01\x05alice\x06s3cret"
+    chain.feed(b"\x01\x00")
+    assert chain.outgoing() == b"\x05\x03\x00\x01\x7f\x00\x00\x01\x9c\x40"
+    chain.feed(socks_reply(bound=b"\x04" + bytes(16) + b"\x9c\x41"))
+    assert chain.done and chain.bound == ("::", 40001)
+
+
+def test_socks5_udp_header_both_ways() -> None:
+    assert udp_wrap("localhost", 53, b"query") == b"\x00\x00\x00\x03\x09localhost\x00\x35query"
+    assert udp_wrap("::1", 53, b"") == b"\x00\x00\x00\x04" + bytes(15) + b"\x01\x00\x35"
+    assert udp_unwrap(b"\x00\x00\x00\x01\x7f\x00\x00\x01\x00\x35answer") == ("127.0.0.1", 53, b"answer")
+    assert udp_unwrap(b"\x00\x00\x01\x01\x7f\x00\x00\x01\x00\x35fragment") is None
+    assert udp_unwrap(b"\x00\x00\x00\x03\x05ab") is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_udp_datagram_unwraps_or_is_dropped(data: bytes) -> None:
+    unwrapped = udp_unwrap(data)
+    if unwrapped is not None:
+        host, port, payload = unwrapped
+        assert data.endswith(payload) and 0 <= port <= 65535 and "\n" not in host
 
 
 # ----------------------------------------------------------------------------- HTTP CONNECT

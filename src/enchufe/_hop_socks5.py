@@ -1,4 +1,5 @@
-"""The client side of a SOCKS5 CONNECT (RFC 1928) with username/password (RFC 1929), sans I/O.
+"""The client side of a SOCKS5 CONNECT or UDP ASSOCIATE (RFC 1928) with username/password
+(RFC 1929), sans I/O, and the header of SOCKS5 UDP datagrams.
 
 See :mod:`enchufe.hops` for how a driver uses it.  A target's name is sent as a name (ATYP 3):
 the proxy resolves it, never this side.  Every read is bounded: a reply is at most 262 bytes.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import replace
 
 from ._inet_text import literal_family
 from ._text import printable
@@ -19,6 +21,8 @@ NO_AUTH = 0x00
 USER_PASS = 0x02
 NO_ACCEPTABLE = 0xFF
 CONNECT = 0x01
+UDP_ASSOCIATE = 0x03
+_COMMANDS = {CONNECT: "CONNECT", UDP_ASSOCIATE: "UDP ASSOCIATE from"}
 ATYP_IPV4, ATYP_NAME, ATYP_IPV6 = 1, 3, 4
 
 #: RFC 1928's reply codes in words; 2 is the proxy's own rules, 5 the target's refusal.
@@ -40,8 +44,12 @@ _METHOD_NAMES = {NO_AUTH: "no authentication", USER_PASS: "username/password", 0
 class Socks5Handshake(Handshake):
     """Greeting, method reply, optional username/password, CONNECT, reply."""
 
-    def __init__(self, hop: Hop, host: str, port: int) -> None:
+    def __init__(self, hop: Hop, host: str, port: int, *, command: int = CONNECT) -> None:
+        """``command`` CONNECT asks for a tunnel to ``host``:``port``; UDP_ASSOCIATE asks for a
+        datagram relay for a client that sends from ``host``:``port`` (its bound address, or
+        ``0.0.0.0:0``): :class:`~enchufe.hops.Established`'s ``bound`` is where the relay listens."""
         super().__init__(hop, host, port)
+        self._command = command
         self._state = "method"
         self._methods = (NO_AUTH, USER_PASS) if self.hop.username is not None else (NO_AUTH,)
 
@@ -66,7 +74,7 @@ class Socks5Handshake(Handshake):
         return {
             "method": "before choosing a method",
             "auth": "before answering the username/password",
-            "reply": f"before its reply to CONNECT {self.target}",
+            "reply": f"before its reply to {_COMMANDS[self._command]} {self.target}",
         }[self._state]
 
     def _method(self) -> Event:
@@ -111,19 +119,9 @@ class Socks5Handshake(Handshake):
 
     def _connect(self, said: str) -> Send:
         self._state = "reply"
-        family = literal_family(self.host)
-        if family == 4:
-            address = bytes([ATYP_IPV4]) + socket.inet_pton(socket.AF_INET, self.host)
-            how = "an IPv4 address"
-        elif family == 6:
-            address = bytes([ATYP_IPV6]) + socket.inet_pton(socket.AF_INET6, self.host)
-            how = "an IPv6 address"
-        else:
-            name = self.host.encode("ascii", errors="replace")
-            address = bytes([ATYP_NAME, len(name)]) + name
-            how = "a name, resolved by the proxy"
-        request = bytes([VERSION, CONNECT, 0]) + address + self.port.to_bytes(2, "big")
-        return Send(request, (said, f"CONNECT {self.target} ({how})"))
+        address, how = _address(self.host, self.port)
+        request = bytes([VERSION, self._command, 0]) + address
+        return Send(request, (said, f"{_COMMANDS[self._command]} {self.target} ({how})"))
 
     def _reply(self) -> Event:
         if len(self._buffer) < 2:
@@ -147,8 +145,10 @@ class Socks5Handshake(Handshake):
         if len(self._buffer) < total:
             return self._need(total)
         port = int.from_bytes(self._buffer[total - 2 : total], "big")
-        bound = _bound(atyp, bytes(self._buffer[4 : total - 2]), port)
-        return self._established(total, (f"reply: succeeded, bound {bound}",))
+        host = _host(atyp, bytes(self._buffer[4 : total - 2]))
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        established = self._established(total, (f"reply: succeeded, bound {shown}",))
+        return replace(established, bound=(host, port))
 
     def _need(self, size: int) -> NeedMore:
         return NeedMore(size - len(self._buffer))
@@ -158,12 +158,49 @@ class Socks5Handshake(Handshake):
             raise self.refused(f"not a SOCKS5 proxy: its {what} began {_shown(self._buffer)}")
 
 
-def _bound(atyp: int, raw: bytes, port: int) -> str:
+def _address(host: str, port: int) -> tuple[bytes, str]:
+    """ATYP, address and port as SOCKS5 sends them, and how the host went."""
+    family = literal_family(host)
+    if family == 4:
+        address, how = bytes([ATYP_IPV4]) + socket.inet_pton(socket.AF_INET, host), "an IPv4 address"
+    elif family == 6:
+        address, how = bytes([ATYP_IPV6]) + socket.inet_pton(socket.AF_INET6, host), "an IPv6 address"
+    else:
+        name = host.encode("ascii", errors="replace")
+        address, how = bytes([ATYP_NAME, len(name)]) + name, "a name, resolved by the proxy"
+    return address + port.to_bytes(2, "big"), how
+
+
+def _host(atyp: int, raw: bytes) -> str:
+    """The host of a reply's address: an IP literal, or a name (escaped: the proxy chose it)."""
     if atyp == ATYP_IPV4:
-        return f"{ipaddress.IPv4Address(raw)}:{port}"
+        return str(ipaddress.IPv4Address(raw))
     if atyp == ATYP_IPV6:
-        return f"[{ipaddress.IPv6Address(raw)}]:{port}"
-    return f"{printable(raw[1:])}:{port}"
+        return str(ipaddress.IPv6Address(raw))
+    return printable(raw[1:])
+
+
+def udp_wrap(host: str, port: int, payload: bytes) -> bytes:
+    """``payload`` as a datagram to the relay of a UDP association, for ``host``:``port``."""
+    return b"\x00\x00\x00" + _address(host, port)[0] + payload
+
+
+def udp_unwrap(datagram: bytes) -> tuple[str, int, bytes] | None:
+    """A datagram from the relay as (sender's host, port, payload); ``None`` for one that is
+    malformed or a fragment (FRAG is not 0: RFC 1928 lets a client drop those)."""
+    if len(datagram) < 4 or datagram[:3] != b"\x00\x00\x00":
+        return None
+    atyp = datagram[3]
+    size = {ATYP_IPV4: 4, ATYP_IPV6: 16}.get(atyp)
+    if size is None:
+        if atyp != ATYP_NAME or len(datagram) < 5:
+            return None
+        size = 1 + datagram[4]
+    end = 4 + size + 2
+    if len(datagram) < end:
+        return None
+    port = int.from_bytes(datagram[end - 2 : end], "big")
+    return _host(atyp, datagram[4 : end - 2]), port, datagram[end:]
 
 
 def _shown(data: bytes | bytearray) -> str:

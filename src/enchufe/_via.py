@@ -56,6 +56,58 @@ def open_via(
     raise plan.error()
 
 
+def open_udp_via(
+    target: InetAddress, hops: Sequence[Hop], *, timeout: float | None, retries: int, retry_delay: float
+) -> tuple[socket.socket, socket.socket]:
+    """A UDP socket connected to the relay of a SOCKS5 UDP association for ``target`` (one
+    socks5 hop), and the association's TCP connection, which must stay open while the UDP
+    socket is used (the proxy ends the association when it closes).  Datagrams to and from the
+    relay carry the SOCKS5 UDP header: :func:`enchufe._hop_socks5.udp_wrap` and ``udp_unwrap``."""
+    check_target(target, hops)
+    plan = ConnectPlan(target, retries=retries, retry_delay=retry_delay)
+    for delay in plan:
+        if delay:
+            time.sleep(delay)
+        try:
+            return _udp_attempt(hops[0], timeout)
+        except NetworkError as exc:
+            plan.errors.append(exc)
+    raise plan.error()
+
+
+def _udp_attempt(hop: Hop, timeout: float | None) -> tuple[socket.socket, socket.socket]:
+    start = time.monotonic()
+    control = connect_first(hop, lambda: _plain(hop.address, timeout))
+    deadline = (start + timeout) if timeout is not None else time.monotonic() + DEFAULT_HOP_TIMEOUT
+    udp: socket.socket | None = None
+    try:
+        local = control.getsockname()[0]
+        udp = _calls.new_socket(control.family, socket.SOCK_DGRAM)
+        # The association names the address this side sends from: a strict proxy relays only it.
+        _calls.bind(udp, (local, 0))
+        chain = Chain([hop], local, udp.getsockname()[1], udp=True)
+        _handshakes(control, chain, deadline)
+        assert chain.bound is not None
+        host, port = chain.bound
+        if host in ("0.0.0.0", "::"):  # "the address you reached me at" (dante, many others)
+            host = control.getpeername()[0]
+        _calls.connect(udp, (host, port))
+    except OSError as exc:
+        _close_all(control, udp)
+        raise named(translate(exc, "use the proxy's UDP relay"), hop) from exc
+    except BaseException:
+        _close_all(control, udp)
+        raise
+    control.settimeout(None)
+    return udp, control
+
+
+def _close_all(*socks: socket.socket | None) -> None:
+    for sock in socks:
+        if sock is not None:
+            _calls.close(sock)
+
+
 def _plain(address: InetAddress, timeout: float | None) -> socket.socket:
     return open_connection(address, timeout=timeout, retries=0, retry_delay=0)[0]
 

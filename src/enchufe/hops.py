@@ -122,10 +122,12 @@ class Send:
 @dataclass(frozen=True)
 class Established:
     """The tunnel is open; ``leftover`` came after the proxy's reply and belongs to the next
-    hop or the target."""
+    hop or the target.  ``bound`` is the address the SOCKS5 proxy said it uses (for a UDP
+    association: where its relay takes datagrams), ``None`` for HTTP."""
 
     leftover: bytes = b""
     said: tuple[str, ...] = ()
+    bound: tuple[str, int] | None = None
 
 
 Event = NeedMore | Send | Established
@@ -176,12 +178,15 @@ class Handshake:
         return Established(leftover, said)
 
 
-def handshake(hop: Hop, host: str, port: int) -> Handshake:
-    """The handshake that asks ``hop`` for a tunnel to ``host``:``port``."""
+def handshake(hop: Hop, host: str, port: int, *, udp: bool = False) -> Handshake:
+    """The handshake that asks ``hop`` for a tunnel to ``host``:``port`` or, with ``udp``, for
+    a SOCKS5 UDP association for a client sending from ``host``:``port``."""
     if hop.scheme == "socks5":
-        from ._hop_socks5 import Socks5Handshake
+        from ._hop_socks5 import CONNECT, UDP_ASSOCIATE, Socks5Handshake
 
-        return Socks5Handshake(hop, host, port)
+        return Socks5Handshake(hop, host, port, command=UDP_ASSOCIATE if udp else CONNECT)
+    if udp:
+        raise AddressError(f"via {hop}: an HTTP proxy carries no datagrams; use a socks5:// proxy")
     from ._hop_http import HttpConnectHandshake
 
     return HttpConnectHandshake(hop, host, port)
@@ -205,18 +210,24 @@ class Chain:
     ``--trace`` lines are emitted as the handshakes go (what was sent, what came back).
     """
 
-    def __init__(self, hops: Sequence[Hop], host: str, port: int) -> None:
+    def __init__(self, hops: Sequence[Hop], host: str, port: int, *, udp: bool = False) -> None:
+        """With ``udp`` the last hop is asked for a UDP association for a client sending from
+        ``host``:``port``; :attr:`bound` is then where its relay takes datagrams."""
         if not hops:
             raise AddressError("a chain needs at least one hop")
         self.hops = tuple(hops)
         self._ends = [(h.host, h.port) for h in self.hops[1:]] + [(host, port)]
+        self._udp = udp
         self._index = 0
         self._outgoing = b""
         self.done = False
+        #: The address the last hop said it uses (SOCKS5), once done.
+        self.bound: tuple[str, int] | None = None
         self.machine = self._start(0)
 
     def _start(self, index: int) -> Handshake:
-        machine = handshake(self.hops[index], *self._ends[index])
+        last = index == len(self.hops) - 1
+        machine = handshake(self.hops[index], *self._ends[index], udp=self._udp and last)
         first = machine.start()
         self._say(machine.hop, first.said)
         self._outgoing = first.data
@@ -241,6 +252,7 @@ class Chain:
         self._index += 1
         if self._index == len(self.hops):
             self.done = True
+            self.bound = event.bound
         else:
             self.machine = self._start(self._index)
         return used
@@ -362,18 +374,18 @@ def _host_port(text: str, scheme: str, hostport: str) -> tuple[str, int]:
 
 
 def check_target(address: Address, hops: Sequence[Hop]) -> InetAddress:
-    """``address`` if a tunnel can reach it: a TCP or TLS host and port; else
-    :class:`~enchufe.errors.AddressError` saying why (datagrams and unix sockets cannot go
-    through a proxy here; a forced family or an IPv6 scope mean nothing to one)."""
+    """``address`` if a tunnel can reach it: a TCP or TLS host and port, or a UDP one through a
+    single SOCKS5 proxy; else :class:`~enchufe.errors.AddressError` saying why (unix sockets
+    cannot go through a proxy; a forced family or an IPv6 scope mean nothing to one)."""
     first = hops[0]
     if not isinstance(address, InetAddress):
         raise AddressError(
             f"{address}: a proxy (via {first}) reaches tcp:// and tls:// targets, not this one"
         )
-    if not address.is_stream:
+    if not address.is_stream and (len(hops) > 1 or first.scheme != "socks5"):
         raise AddressError(
-            f"{address}: datagrams cannot go through a proxy (via {first}): SOCKS5 UDP ASSOCIATE "
-            "is not supported yet; use a tcp:// or tls:// target, or no proxy"
+            f"{address}: datagrams go through one socks5:// proxy (UDP ASSOCIATE), not "
+            f"{'a chain' if len(hops) > 1 else 'an HTTP proxy'} (via {', '.join(map(str, hops))})"
         )
     if address.is_wildcard or address.port == 0:
         raise AddressError(

@@ -55,9 +55,8 @@ def test_a_bad_proxy_url_is_one_line_exit_2_without_the_password(
 @pytest.mark.parametrize(
     ("command", "target", "needle"),
     [
-        ("connect", "udp://127.0.0.1:53", "datagrams cannot go through a proxy"),
-        ("send", "udp://127.0.0.1:53", "datagrams cannot go through a proxy"),
-        ("check", "udp://127.0.0.1:53", "datagrams cannot go through a proxy"),
+        ("send", "udp://127.0.0.1:53", "send --via takes stream targets"),
+        ("check", "udp://127.0.0.1:53", "check --via takes stream targets"),
         ("connect", "unix:@app", "reaches tcp:// and tls:// targets"),
         ("check", "unix:@app", "reaches tcp:// and tls:// targets"),
         ("connect", "tcp4://example.com:80", "picks the family itself"),
@@ -68,6 +67,21 @@ def test_targets_no_tunnel_reaches_exit_2(command: str, target: str, needle: str
     assert done.returncode == 2
     line = assert_one_error_line(done.stderr, needle, "via socks5://u:***@127.0.0.1:1080")
     assert "secret" not in line
+
+
+@pytest.mark.parametrize(
+    ("via", "needle"),
+    [
+        (["http://u:secret@127.0.0.1:3128"], "not an HTTP proxy (via http://u:***@127.0.0.1:3128)"),
+        (["socks5://127.0.0.1:1", "socks5://127.0.0.1:2"], "not a chain"),
+    ],
+)
+def test_connect_sends_datagrams_through_one_socks5_proxy_only(via: list[str], needle: str) -> None:
+    done = run_here("connect", *(arg for url in via for arg in ("--via", url)), "udp://127.0.0.1:53")
+    assert done.returncode == 2
+    assert "secret" not in assert_one_error_line(
+        done.stderr, "datagrams go through one socks5:// proxy", needle
+    )
 
 
 def test_a_proxy_that_is_down_is_the_usual_refused_line_naming_the_hop() -> None:

@@ -133,7 +133,9 @@ def dante(tmp_path: Path) -> Iterator[Start]:
                 "socksmethod: none\n"
                 "client pass { from: 127.0.0.1/32 to: 0.0.0.0/0 }\n"
                 f"socks pass {{ from: 127.0.0.1/32 to: 127.0.0.1/32 port = {allowed}\n"
-                "  command: connect\n  log: connect error }\n"
+                "  command: connect udpassociate\n  log: connect error }\n"
+                "socks pass { from: 127.0.0.1/32 to: 127.0.0.1/32\n"
+                "  command: udpreply\n  log: connect error }\n"
                 "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0\n  log: connect error }\n"
             )
             proc = started([path, "-f", str(config), "-N", "1"], "danted", port)
@@ -290,6 +292,54 @@ def test_tls_through_a_hop_has_the_target_s_name_as_sni(dante: Start) -> None:
     trace = done.stderr.decode()
     assert f"via {proxy.url}: CONNECT localhost:{port} (a name, resolved by the proxy)" in trace
     assert "SNI localhost" in trace
+
+
+# ----------------------------------------------------------------------------- UDP ASSOCIATE
+
+
+#: One datagram per stdin write (each at most PIPE_BUF, so one read), different sizes.
+DATAGRAMS = (b"a", os.urandom(1400), os.urandom(4000), b"last\n")
+
+
+def test_datagrams_through_a_dante_udp_association_one_by_one(dante: Start) -> None:
+    """connect udp://localhost:P --via socks5://…: each datagram goes to dante's relay with the
+    name in its header, is echoed, and comes back whole, without the header."""
+    with spawn(enchufe_argv("echo", "udp://127.0.0.1:0"), "enchufe echo udp") as server:
+        port = int(listening_address(server).rsplit(":", 1)[1])
+        proxy = dante(port)
+        with spawn(
+            enchufe_argv("-v", "connect", "--via", proxy.url, "--timeout", "0.5", f"udp://localhost:{port}"),
+            "enchufe connect",
+        ) as client:
+            client.wait_stderr(re.compile(rb"connected to udp://localhost:\d+ via socks5://"))
+            expected = b""
+            for datagram in DATAGRAMS:
+                client.write(datagram)
+                expected += datagram
+                assert client.wait_stdout(len(expected)) == expected
+            client.close_stdin()
+            assert client.finish() == 0, client.err
+    sizes = [
+        int(size) for size in re.findall(rb"received (\d+) bytes from udp://127\.0\.0\.1:\d+", client.err)
+    ]
+    assert sizes == [len(d) for d in DATAGRAMS]
+    assert f"after {sum(map(len, DATAGRAMS))} bytes in, {sum(map(len, DATAGRAMS))} out".encode() in client.err
+
+
+def test_microsocks_says_it_does_not_do_udp(microsocks: Start) -> None:
+    proxy = microsocks()
+    done = subprocess.run(
+        enchufe_argv("connect", "--via", proxy.url, "udp://localhost:53"),
+        input=b"x",
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.decode()
+        == f"enchufe: via {proxy.url}: command not supported by the proxy (SOCKS reply 7)\n"
+    )
 
 
 # ----------------------------------------------------------------------------- credentials

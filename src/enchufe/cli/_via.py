@@ -20,7 +20,8 @@ F = TypeVar("F", bound=Callable[..., object])
 HELP = (
     "Go through this proxy (repeat for a chain, first hop first): socks5://[USER:PASS@]HOST:PORT "
     "(SOCKS5; the proxy resolves the target's name) or http://[USER:PASS@]HOST:PORT (HTTP CONNECT). "
-    "TLS runs end to end through the tunnel; datagram and unix targets cannot go through one."
+    "TLS runs end to end through the tunnel; connect sends udp:// datagrams through one socks5:// "
+    "proxy (UDP ASSOCIATE)."
 )
 
 
@@ -45,12 +46,20 @@ def parse_via(texts: Sequence[str]) -> tuple[Hop, ...]:
     return tuple(hops)
 
 
-def check_via_target(target: Address, hops: Sequence[Hop]) -> None:
-    """Refuse (exit 2) a target that no tunnel reaches: datagrams, unix sockets…"""
-    if hops:
-        from ..hops import check_target
+def check_via_target(target: Address, hops: Sequence[Hop], *, command: str = "connect") -> None:
+    """Refuse (exit 2) a target that no tunnel reaches (unix sockets…), and datagrams anywhere
+    but in ``connect`` (the one command that runs a SOCKS5 UDP association)."""
+    if not hops:
+        return
+    from ..errors import AddressError
+    from ..hops import check_target
 
-        check_target(target, hops)
+    check_target(target, hops)
+    if not target.is_stream and command != "connect":
+        raise AddressError(
+            f"{target}: {command} --via takes stream targets (tcp://, tls://); datagrams go through "
+            f"a socks5:// proxy with enchufe connect (via {shown(hops)[5:]})"
+        )
 
 
 def shown(hops: Sequence[Hop]) -> str:

@@ -102,7 +102,7 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[
                 f"{target}: check needs a host and a port to reach, "
                 f"e.g. {target.scheme}://127.0.0.1:{target.port or 22}"
             )
-        check_via_target(target, hops)
+        check_via_target(target, hops, command="check")
         targets.append(target)
     setups = [_tls_setup(target) for target in targets]  # bad TLS settings: exit 2 before any check
     _stop_on_signals()

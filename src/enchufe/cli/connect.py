@@ -310,6 +310,8 @@ class _Session:
         from ..stdio import pump_datagram
         from ..sync import DatagramSocket
 
+        if self.via:
+            return self._datagram_via(options)
         sock, owned = self._open(options, None)
         with DatagramSocket(sock, owned=owned, peer_address=self.target) as dgram:
             self._connected(dgram.local_address, from_sockaddr(sock.family, sock.type, sock.getpeername()))
@@ -321,6 +323,52 @@ class _Session:
                 idle_timeout=options.idle_timeout,
                 outgoing=crlf_datagram if options.crlf else None,
                 on_data=self._count_datagram,
+            )
+        self._closed(None)
+        return 0
+
+    def _datagram_via(self, options: _Options) -> int:
+        """Datagrams through a SOCKS5 UDP association: each stdin read goes to the proxy's relay
+        with the target in its header; what the relay sends back is printed without it."""
+        import contextlib
+
+        from .._hop_socks5 import udp_unwrap, udp_wrap
+        from .._via import open_udp_via
+        from ..address import InetAddress
+        from ..stdio import pump_datagram
+        from ..sync import DatagramSocket
+
+        target = self.target
+        assert isinstance(target, InetAddress)
+        udp, control = open_udp_via(
+            target, self.via, timeout=options.timeout, retries=options.retry, retry_delay=options.retry_delay
+        )
+        printer = DatagramPrinter(as_json=False, as_hex=False)
+
+        def outgoing(data: bytes) -> bytes:
+            return udp_wrap(target.host, target.port, crlf_datagram(data) if options.crlf else data)
+
+        def incoming(data: bytes, sender: object) -> None:
+            unwrapped = udp_unwrap(data)
+            if unwrapped is not None:  # else not a relay's datagram: dropped, as RFC 1928 says
+                host, port, payload = unwrapped
+                printer(payload, InetAddress("udp", host, port))
+
+        def count(direction: str, data: bytes) -> None:
+            unwrapped = udp_unwrap(data)
+            if unwrapped is not None:
+                self._count_datagram(direction, unwrapped[2])
+
+        with contextlib.closing(control), DatagramSocket(udp, peer_address=target) as dgram:
+            self._connected(dgram.local_address, None)
+            pump_datagram(
+                dgram,
+                incoming,
+                linger=1.0 if options.timeout is None else options.timeout,
+                on_truncated=warn_truncated,
+                idle_timeout=options.idle_timeout,
+                outgoing=outgoing,
+                on_data=count,
             )
         self._closed(None)
         return 0

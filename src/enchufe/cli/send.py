@@ -64,7 +64,7 @@ def command(
 
     target = parse(address)
     hops = parse_via(via)
-    check_via_target(target, hops)
+    check_via_target(target, hops, command="send")
     if not target.is_stream and not wait_reply and given("timeout"):
         raise UsageError(
             f"--timeout is how long to wait for a reply; sending a datagram to {target} waits for "
