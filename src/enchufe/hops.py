@@ -21,7 +21,12 @@ A proxy that says no, or that does not speak the protocol, raises :class:`HopRef
 and the reason in words: the SOCKS reply code, the HTTP status line, escaped); so does the end of
 the stream before the reply (:meth:`Handshake.eof`).  Nothing else is ever raised by
 :meth:`~Handshake.receive`, whatever the bytes and however they are split.  Each event carries
-``said``: the lines ``--trace`` prints about what was sent and received.
+``said``: the lines ``--trace`` prints about what was sent and received.  :class:`Chain` runs
+the handshakes of several hops in order over one connection.
+
+A single SOCKS5 hop may instead be asked for a UDP association (``udp=True``): its reply says
+where the proxy's relay takes datagrams, which then carry the header of
+:func:`enchufe._hop_socks5.udp_wrap`.
 """
 
 from __future__ import annotations
