@@ -141,7 +141,7 @@ def complete(words: str, cword: int) -> list[str]:
 
 def test_completing_a_command_name() -> None:
     assert complete("enchufe con", 1) == ["connect"]
-    assert complete("enchufe ch", 1) == ["chat", "check"]
+    assert complete("enchufe ch", 1) == ["chat", "chaos", "check"]
 
 
 def test_completing_an_option() -> None:

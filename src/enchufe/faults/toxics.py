@@ -242,10 +242,14 @@ def parse_fault(text: str) -> Toxic:
     return Toxic.from_json(fields)
 
 
-@dataclass(frozen=True)
+@dataclass
 class FaultPlan:
     """The toxics of a relay, in order (a direction's toxics act one after the other, as
-    Toxiproxy chains them), and the seed of every random choice (``--seed``)."""
+    Toxiproxy chains them), and the seed of every random choice (``--seed``).
+
+    The relay reads :attr:`toxics` when a connection (a datagram session) starts; ``enchufe
+    chaos`` replaces the tuple while the relay runs (one assignment: another thread reads the
+    old tuple or the new one, never a mix)."""
 
     toxics: tuple[Toxic, ...]
     seed: int

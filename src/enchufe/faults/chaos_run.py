@@ -1,0 +1,115 @@
+"""The proxies of ``enchufe chaos`` as relays, and the server that holds them with its API.
+
+::
+
+    server = ChaosServer("127.0.0.1", 8474, emit)                       # API bound
+    server.populate_file("proxies.json")                               # --config, optional
+    server.start()                                                      # API served
+    …
+    server.close()                                                      # API and relays stopped
+
+Each proxy is a :class:`~enchufe.relay.Relay` bound in the API's request (so that its answer
+names the real port, and a port in use is that request's error) and run in a thread of its own,
+with no signal handling (the command's main thread has it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import EnchufeError, UsageError
+from ..relay import EventSink, Relay, RelayConfig
+from ..relay.events import Emit
+from .chaos import STOP_TIMEOUT, ApiError, Chaos, ChaosProxy, as_address, show_address
+from .chaos_http import ApiServer
+
+__all__ = ["ChaosServer"]
+
+
+class ChaosServer:
+    """The API and the proxies' relays (see the module)."""
+
+    def __init__(
+        self,
+        api_host: str,
+        api_port: int,
+        emit: Emit | None = None,
+        level: int = 0,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self._emit = emit
+        self._level = level
+        self.events = EventSink(emit, level)
+        self.chaos = Chaos(self._start, self._stop, seed=seed)
+        self.api = ApiServer(api_host, api_port, self.chaos, self._log)
+
+    @property
+    def port(self) -> int:
+        return self.api.port
+
+    def populate_file(self, path: str) -> list[dict[str, Any]]:
+        """``--config FILE``: a JSON array of proxies, as ``POST /populate`` takes it."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"--config {path}: {(exc.strerror or str(exc)).lower()}") from None
+        except ValueError as exc:
+            raise UsageError(f"--config {path}: not JSON: {exc}") from None
+        try:
+            return self.chaos.populate(data)
+        except ApiError as exc:
+            raise UsageError(f"--config {path}: {exc.message}") from None
+
+    def start(self) -> None:
+        self.api.start()
+
+    def close(self) -> None:
+        self.api.stop()
+        self.chaos.close()
+
+    # -- a proxy's relay
+
+    def _start(self, proxy: ChaosProxy) -> None:
+        listen = as_address(proxy.listen, "listen")
+        target = as_address(proxy.upstream, "upstream")
+        config = RelayConfig(listen=listen, target=target, faults=proxy.plan)
+        events = self.events
+        relay_events = EventSink(self._emit, self._level, proxy=proxy.name)
+        try:
+            relay = Relay(config, events=relay_events)
+            bound = relay.open()
+        except UsageError as exc:
+            raise ApiError(400, f"proxy {proxy.name}: {exc}") from None
+        except (EnchufeError, OSError) as exc:
+            raise ApiError(500, f"proxy {proxy.name}: {exc}") from None
+        proxy.listen = show_address(bound, proxy.listen)
+        thread = threading.Thread(
+            target=relay.run,
+            kwargs={"handle_signals": False, "announce": False},
+            name=f"chaos proxy {proxy.name}",
+            daemon=True,
+        )
+        thread.start()
+        proxy.relay, proxy.thread = relay, thread
+        events(
+            "proxy",
+            f"proxy {proxy.name}: listening on {bound}, to {target}",
+            level=0,
+            proxy=proxy.name,
+            listen=str(bound),
+            upstream=str(target),
+        )
+
+    def _stop(self, proxy: ChaosProxy) -> None:
+        relay, thread = proxy.relay, proxy.thread
+        relay.stop(now=True)
+        if thread is not None:
+            thread.join(STOP_TIMEOUT)
+        self.events("proxy", f"proxy {proxy.name}: stopped", level=1, proxy=proxy.name, stopped=True)
+
+    def _log(self, line: str) -> None:
+        self.events("request", f"chaos API: {line}", level=2, request=line)
