@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import abstract_name, needs_ipv6
 
-from .conftest import STEP, Spawn, assert_one_error_line, free_port, run
+from .conftest import STEP, Spawn, assert_one_error_line, free_port, run, run_here
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_unknown_host_is_a_runtime_answer() -> None:
     ],
 )
 def test_bad_input_exits_2_before_checking_anything(args: tuple[str, ...], needle: str) -> None:
-    done = run("--trace", "check", *args)
+    done = run_here("--trace", "check", *args)  # refused before anything opens: in-process
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, needle)
     assert done.stdout == b""

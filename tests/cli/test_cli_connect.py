@@ -19,7 +19,7 @@ import pytest
 from enchufe.cli.connect import CrlfWriter
 from tests.conftest import abstract_name
 
-from .conftest import STEP, Spawn, assert_one_error_line, free_port, run, wait_until
+from .conftest import STEP, Spawn, assert_one_error_line, free_port, run, run_here, wait_until
 
 #: How long a test's server holds a connection open without a word: far longer than any idle
 #: timeout a test asks for, so that only the client's timeout can end the session in time.
@@ -281,7 +281,7 @@ def test_source_on_a_datagram_connect(spawn: Spawn) -> None:
     ],
 )
 def test_source_that_cannot_work_is_refused_before_any_socket(source: str, target: str, needle: str) -> None:
-    done = run("--trace", "connect", "--source", source, target)
+    done = run_here("--trace", "connect", "--source", source, target)
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, needle)
 
@@ -369,7 +369,7 @@ def test_untrusted_name_in_an_error_stays_on_one_line() -> None:
     ],
 )
 def test_address_mistakes_get_one_line_with_the_form_to_write(args: tuple[str, ...], needle: str) -> None:
-    done = run("--trace", "connect", *args)
+    done = run_here("--trace", "connect", *args)
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, needle)
 
@@ -377,7 +377,7 @@ def test_address_mistakes_get_one_line_with_the_form_to_write(args: tuple[str, .
 @pytest.mark.parametrize("option", ["--retry", "--retry-delay", "--timeout", "--idle-timeout"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "1e309", "99999999999", "x", ""])
 def test_numeric_options_refuse_non_finite_negative_and_out_of_range(option: str, value: str) -> None:
-    done = run("--trace", "connect", option, value, "tcp://127.0.0.1:9")
+    done = run_here("--trace", "connect", option, value, "tcp://127.0.0.1:9")
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, option)
 
