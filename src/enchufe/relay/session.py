@@ -178,7 +178,8 @@ class RelaySession:
         relay = self.relay
         if relay.events.wants(1):
             shown = self.peer_label()
-            via = f" via {self.proxied.proxy_label}" if self.proxied is not None else ""
+            proxied = self.proxied
+            via = f" via {proxied.proxy_label}" if proxied is not None and proxied.peer is not None else ""
             relay.events(
                 "accept",
                 f"accepted {shown}{via} (#{self.id})",
