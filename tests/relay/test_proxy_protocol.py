@@ -6,6 +6,7 @@ over their header (untrusted, missing, malformed, oversized, late), each alone."
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import ssl
 import time
@@ -294,3 +295,38 @@ def test_accept_proxy_before_tls_termination_and_routing(gateway: Gateway) -> No
         (route,) = wait_event(relay, "route")
     assert accept["peer"] == "tcp://203.0.113.7:40000"
     assert route["server_name"] == NAME
+
+
+def header_then_digest(conn: socket.socket) -> ProxyHeader:
+    """A target behind ``--send-proxy``: its header, then ``SHA256`` of every byte after it."""
+    decoder = Decoder()
+    while isinstance(decoder.result, NeedMore):
+        data = conn.recv(4096)
+        assert data, "the connection ended before a whole PROXY header"
+        decoder.feed(data)
+    assert isinstance(decoder.result, ProxyHeader), decoder.result
+    rest = hashlib.sha256(decoder.rest)
+    while data := conn.recv(65536):
+        rest.update(data)
+    conn.sendall(rest.hexdigest().encode())
+    return decoder.result
+
+
+def test_send_proxy_before_a_passthrough_route_names_the_server() -> None:
+    """--route on tcp://: the header first (v2 with the ClientHello's server name as authority),
+    then the ClientHello read, replayed untouched."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=NAME)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    with (
+        Target(TCP, header_then_digest) as target,
+        relay_thread(RelayConfig(TCP, "-", routes=(f"{NAME}={target.address}",), send_proxy=2)) as relay,
+        dial(relay.address) as client,
+    ):
+        client.sendall(hello)
+        client.shutdown(socket.SHUT_WR)
+        assert read_all(client).decode() == hashlib.sha256(hello).hexdigest()
+        (header,) = target.wait_results(1)
+    assert header.authority == NAME and header.ssl is None
