@@ -39,10 +39,13 @@ class ReadStage:
         self._timer: Timer | None = None
 
     def start(self) -> None:
-        """Watch the descriptor, arm the timer, and read what is there already."""
+        """Read what is there already (often all of it: no registration, no timer then); else
+        watch the descriptor and arm the timer."""
+        self._on_read(READ)
+        if self._done is _spent:
+            return
         self._loop.register(self._fd, READ, self._on_read, self._on_error)
         self._timer = self._loop.call_later(self._timeout, self._expired, self._on_error)
-        self._on_read(READ)
 
     def _on_read(self, _events: int) -> None:
         """The descriptor is readable: read, and :meth:`_finish` once there is an answer."""
