@@ -330,3 +330,18 @@ def test_send_proxy_before_a_passthrough_route_names_the_server() -> None:
         assert read_all(client).decode() == hashlib.sha256(hello).hexdigest()
         (header,) = target.wait_results(1)
     assert header.authority == NAME and header.ssl is None
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_header_in_pieces_is_read_as_they_come(version: int) -> None:
+    header = encode_v1(CLIENT, FRONT) if version == 1 else encode_v2(CLIENT, FRONT, authority=NAME)
+    with (
+        relay_thread(RelayConfig(TCP, "exec:sh -c 'echo $ENCHUFE_PEER; cat'", accept_proxy=True)) as relay,
+        dial(relay.address) as client,
+    ):
+        for start in range(0, len(header), 7):
+            client.sendall(header[start : start + 7])
+            time.sleep(0.02)
+        client.sendall(b"after")
+        client.shutdown(socket.SHUT_WR)
+        assert read_all(client) == b"tcp://203.0.113.7:40000\nafter"
