@@ -302,3 +302,60 @@ def test_nothing_a_client_sends_breaks_the_server(chaos: ChaosServer, body: Any)
     if status == 200:
         assert call(chaos, "DELETE", f"/proxies/db/toxics/{quote(answer['name'], safe='')}")[0] == 204
     assert call(chaos, "GET", "/version")[0] == 200
+
+
+# -- changes apply to live connections, as in Toxiproxy
+
+
+def echoed(sock: socket.socket, payload: bytes) -> bytes:
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_a_toxic_added_reaches_an_open_connection(chaos: ChaosServer, echo_target: Target) -> None:
+    listen = "tcp://" + make_proxy(chaos, echo_target)["listen"]
+    with dial(listen, timeout=5.0) as sock:
+        assert echoed(sock, b"before") == b"before"
+        call(chaos, "POST", "/proxies/db/toxics", {"type": "latency", "attributes": {"latency": 150}})
+        started = time.monotonic()
+        assert echoed(sock, b"after") == b"after"
+        assert time.monotonic() - started >= 0.150 - 0.002
+        call(chaos, "POST", "/proxies/db/toxics", {"type": "limit_data", "attributes": {"bytes": 3}})
+        assert echoed(sock, b"cut short") == b"cut"
+        assert read_all(sock) == b""
+
+
+def test_a_timeout_added_closes_an_idle_connection(chaos: ChaosServer, echo_target: Target) -> None:
+    listen = "tcp://" + make_proxy(chaos, echo_target)["listen"]
+    with dial(listen) as sock:
+        assert echoed(sock, b"hello") == b"hello"
+        started = time.monotonic()
+        call(chaos, "POST", "/proxies/db/toxics", {"type": "timeout", "attributes": {"timeout": 200}})
+        sock.settimeout(5.0)  # well before the target's own timeout would end it
+        assert read_all(sock) == b""  # nothing moved: the relay looked by itself
+        assert time.monotonic() - started >= 0.200 - 0.002
+
+
+def test_a_datagram_session_follows_its_proxys_toxics(chaos: ChaosServer, make_address: Any) -> None:
+    with DatagramTarget(make_address("udp4")) as target:
+        body = {"name": "dns", "listen": "udp://127.0.0.1:0", "upstream": target.address}
+        proxy = call(chaos, "POST", "/proxies", body)[1]
+        with datagram_socket(proxy["listen"], timeout=5) as client:
+            client.send(b"one")
+            assert client.recv(10) == b"one"
+            call(chaos, "POST", "/proxies/dns/toxics", {"type": "loss", "attributes": {"probability": 1}})
+            client.send(b"two")
+            client.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                client.recv(10)
+            call(chaos, "DELETE", "/proxies/dns/toxics/loss_downstream")
+            client.settimeout(5)
+            client.send(b"three")
+            assert client.recv(10) == b"three"
+        assert len(target.senders()) == 1  # one session all along

@@ -193,3 +193,15 @@ def test_datagram_latency_and_toxicity() -> None:
     delayed = datagrams(["latency:latency=30"], 5, 1)
     assert [t for t, _ in delayed] == pytest.approx([0.030 + i * 0.001 for i in range(5)])
     assert len(datagrams(["loss:probability=1,toxicity=0"], 100, 1)) == 100
+
+
+def test_a_limit_data_that_stays_keeps_its_count_across_a_change() -> None:
+    first = schedule("limit_data:bytes=10")
+    first.feed(0.0, b"123456")
+    toxics = [parse_fault("limit_data:bytes=10"), parse_fault("latency")]
+    second = StreamSchedule(toxics, random.Random(1), 1.0)
+    second.carry_over(first)
+    assert data_of(second.feed(1.0, b"abcdefgh")) == b"abcd"
+    changed = StreamSchedule([parse_fault("limit_data:bytes=20")], random.Random(1), 1.0)
+    changed.carry_over(first)  # another limit: counts afresh
+    assert data_of(changed.feed(1.0, b"abcdefgh")) == b"abcdefgh"

@@ -81,7 +81,9 @@ class ChaosProxy:
     upstream: str
     enabled: bool = True
     toxics: list[Toxic] = field(default_factory=list)
-    plan: FaultPlan = field(default_factory=lambda: FaultPlan((), random.SystemRandom().randrange(2**63)))
+    plan: FaultPlan = field(
+        default_factory=lambda: FaultPlan((), random.SystemRandom().randrange(2**63), live=True)
+    )
     relay: Any = None
     thread: threading.Thread | None = None
 
@@ -102,7 +104,7 @@ class ChaosProxy:
 
     def publish(self) -> None:
         """The relay's connections from now on have these toxics."""
-        self.plan.toxics = tuple(self.toxics)
+        self.plan.replace(tuple(self.toxics))
 
 
 #: ``start(proxy)`` → the relay started (bound, running in a thread); ``stop(proxy)``.

@@ -241,6 +241,21 @@ class StreamSchedule:
         for index, stage in enumerate(self.stages):
             self.started += self._through(index + 1, stage.start(now))
 
+    def carry_over(self, previous: StreamSchedule) -> None:
+        """A live plan changed: a ``limit_data`` that is still there, unchanged, goes on counting
+        from where the schedule before this one was."""
+        left = [
+            (toxic, stage)
+            for toxic, stage in zip(previous.toxics, previous.stages, strict=True)
+            if isinstance(stage, _LimitData)
+        ]
+        for toxic, stage in zip(self.toxics, self.stages, strict=True):
+            if isinstance(stage, _LimitData):
+                for old_toxic, old in left:
+                    if old_toxic == toxic:
+                        stage.remaining = old.remaining
+                        stage.ended = old.ended
+
     @property
     def acts(self) -> bool:
         """Whether any toxic acts on this direction (else it can be relayed untouched)."""

@@ -247,12 +247,21 @@ class FaultPlan:
     """The toxics of a relay, in order (a direction's toxics act one after the other, as
     Toxiproxy chains them), and the seed of every random choice (``--seed``).
 
-    The relay reads :attr:`toxics` when a connection (a datagram session) starts; ``enchufe
-    chaos`` replaces the tuple while the relay runs (one assignment: another thread reads the
-    old tuple or the new one, never a mix)."""
+    The relay reads :attr:`toxics` when a connection (a datagram session) starts.  A ``live``
+    plan (``enchufe chaos``'s) is changed while the relay runs (:meth:`replace`, from another
+    thread: one assignment, read whole or not at all), and its connections follow each change
+    (:attr:`version`)."""
 
     toxics: tuple[Toxic, ...]
     seed: int
+    #: changed at run time: every connection copies through its schedule, toxics or not
+    live: bool = False
+    #: how many times :meth:`replace` changed the toxics
+    version: int = 0
+
+    def replace(self, toxics: tuple[Toxic, ...]) -> None:
+        self.toxics = toxics
+        self.version += 1
 
     def direction(self, upstream: bool) -> tuple[Toxic, ...]:
         return tuple(t for t in self.toxics if t.upstream == upstream)

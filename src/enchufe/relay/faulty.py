@@ -52,6 +52,8 @@ __all__ = ["CHUNK", "HOLD_LIMIT", "FaultPump", "FaultyStreamRelay", "FaultyStrea
 CHUNK = 32 * 1024
 #: Bytes a direction holds for later at most before it stops reading its source.
 HOLD_LIMIT = 1024 * 1024
+#: Seconds between looks at a live plan (``enchufe chaos``) for a change.
+LIVE_CHECK = 0.02
 
 
 class FaultPump:
@@ -66,6 +68,7 @@ class FaultPump:
 
     __slots__ = (
         "_finish_cb",
+        "_follow",
         "_heap",
         "_loop",
         "_on_error",
@@ -101,6 +104,7 @@ class FaultPump:
         on_error: OnError,
         finish: Callable[[], None],
         dst_is_pipe: bool = False,
+        follow: Follow | None = None,
     ) -> None:
         self.src_fd = src_fd
         self.dst_fd = dst_fd
@@ -127,6 +131,7 @@ class FaultPump:
         self.pipe = None
         self.view = None
         self.end = 0
+        self._follow = follow
         self._push(schedule.started)
 
     @property
@@ -144,6 +149,9 @@ class FaultPump:
         when a side fails."""
         moved = 0
         reads = MAX_ROUNDS
+        follow = self._follow
+        if follow is not None and follow.version != follow.plan.version:
+            self._refresh(follow, time.monotonic())
         while True:
             now = time.monotonic()
             written = self._deliver(now)
@@ -163,6 +171,20 @@ class FaultPump:
                 self._push(self.schedule.end(now))
         self._arm()
         return moved
+
+    def _refresh(self, follow: Follow, now: float) -> None:
+        """The live plan changed: the toxics start again as they are now.  Bytes held for later
+        go at once, as Toxiproxy flushes an interrupted toxic's; an end the old toxics held
+        (a slow close) goes through the new ones; a close or reset they had planned is dropped
+        with them."""
+        pending = sorted(self._heap)
+        self._heap.clear()
+        self.held = len(self._out)
+        self.schedule = follow.schedule(now, self.schedule)
+        self._push([Action(now, DATA, action.data) for _, _, action in pending if action.kind == DATA])
+        self._push(self.schedule.started)
+        if self.eof and not self.done:
+            self._push(self.schedule.end(now))
 
     def _push(self, actions: list[Action]) -> None:
         heap = self._heap
@@ -262,6 +284,25 @@ class FaultPump:
         self.held = 0
 
 
+class Follow:
+    """One direction of a connection under a live plan (``enchufe chaos``): a new schedule
+    whenever the plan changed (its :attr:`~enchufe.faults.FaultPlan.version`)."""
+
+    __slots__ = ("plan", "rng", "upstream", "version")
+
+    def __init__(self, plan: FaultPlan, upstream: bool, rng: random.Random, version: int) -> None:
+        self.plan = plan
+        self.upstream = upstream
+        self.rng = rng
+        self.version = version
+
+    def schedule(self, now: float, previous: StreamSchedule) -> StreamSchedule:
+        self.version = self.plan.version  # first: a change meanwhile is seen next time
+        schedule = StreamSchedule(self.plan.direction(self.upstream), self.rng, now)
+        schedule.carry_over(previous)
+        return schedule
+
+
 class FaultyStreamSession(StreamSession):
     """A session whose directions go through the relay's faults (see the module)."""
 
@@ -275,8 +316,9 @@ class FaultyStreamSession(StreamSession):
         # One generator per direction of each session, from the seed: the draws of one
         # connection do not depend on what the others did meanwhile.
         rng = random.Random(f"{plan.seed}/{self.id}/{'up' if upstream else 'down'}")
+        version = plan.version  # before the toxics are read: a change meanwhile is seen later
         schedule = StreamSchedule(plan.direction(upstream), rng, time.monotonic())
-        if not schedule.acts:
+        if not schedule.acts and not plan.live:
             return super()._pump(src, dst)
         loop = self.relay.loop
         return FaultPump(
@@ -288,6 +330,7 @@ class FaultyStreamSession(StreamSession):
             on_error=self.crashed,
             finish=lambda: dst.shut_write(loop),
             dst_is_pipe=not dst.is_socket,
+            follow=Follow(plan, upstream, rng, version) if plan.live else None,
         )
 
     def _due(self, run_up: int, run_down: int) -> None:
@@ -322,6 +365,23 @@ class FaultyStreamRelay(StreamRelay):
     def __init__(self, *args: Any, faults: FaultPlan, **options: Any) -> None:
         super().__init__(*args, **options)
         self.faults = faults
+        self._version = faults.version
+
+    def start(self) -> None:
+        super().start()
+        if self.faults.live:
+            self.loop.call_every(LIVE_CHECK, self._follow_plan)
+
+    def _follow_plan(self) -> None:
+        """A live plan changed: every connection looks at once (an idle one too: a timeout
+        added to it must close it even if nothing moves)."""
+        version = self.faults.version
+        if version == self._version:
+            return
+        self._version = version
+        for session in list(self.sessions):
+            if isinstance(session, FaultyStreamSession):
+                session._due(1, 1)
 
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
         return FaultyStreamSession(self, Side(conn), conn, peer, session_id)

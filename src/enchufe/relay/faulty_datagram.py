@@ -41,19 +41,28 @@ class FaultyDatagramRelay(DatagramRelay):
     def __init__(self, *args: Any, faults: FaultPlan, **options: Any) -> None:
         super().__init__(*args, **options)
         self.faults = faults
-        #: a session's id → its schedules (up, down)
-        self._schedules: dict[int, tuple[DatagramSchedule, DatagramSchedule]] = {}
+        #: a session's id → the plan's version they were made for, and its schedules (up, down)
+        self._schedules: dict[int, tuple[int, DatagramSchedule, DatagramSchedule]] = {}
 
     def _schedule(self, session: Upstream, upstream: bool) -> DatagramSchedule:
-        pair = self._schedules.get(session.id)
-        if pair is None:
-            plan = self.faults
-            pair = (
-                DatagramSchedule(plan.direction(True), random.Random(f"{plan.seed}/{session.id}/up")),
-                DatagramSchedule(plan.direction(False), random.Random(f"{plan.seed}/{session.id}/down")),
+        """The session's schedule for one direction; made again (its random generator kept)
+        when a live plan changed."""
+        plan = self.faults
+        entry = self._schedules.get(session.id)
+        if entry is None or entry[0] != plan.version:
+            version = plan.version  # before the toxics are read: a change meanwhile is seen later
+            if entry is None:
+                seed = f"{plan.seed}/{session.id}"
+                rngs = (random.Random(f"{seed}/up"), random.Random(f"{seed}/down"))
+            else:
+                rngs = (entry[1].rng, entry[2].rng)
+            entry = (
+                version,
+                DatagramSchedule(plan.direction(True), rngs[0]),
+                DatagramSchedule(plan.direction(False), rngs[1]),
             )
-            self._schedules[session.id] = pair
-        return pair[0] if upstream else pair[1]
+            self._schedules[session.id] = entry
+        return entry[1] if upstream else entry[2]
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
         self._schedules.pop(entry.state.id, None)
