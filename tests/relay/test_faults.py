@@ -33,6 +33,12 @@ def faulty(
             yield relay, target
 
 
+@pytest.fixture
+def echo_target_address() -> Iterator[str]:
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        yield target.address
+
+
 def send_then_close(payload: bytes) -> Callable[[socket.socket], None]:
     def serve(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -200,3 +206,39 @@ def test_a_bad_fault_is_refused_with_one_line(args: tuple[str, ...], words: str)
     )
     assert done.returncode == 2
     assert words in done.stderr and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_stdio_through_limit_data(echo_target_address: str) -> None:
+    done = subprocess.run(
+        [*ENCHUFE, "relay", "-", echo_target_address, "--fault", "limit_data:bytes=10"],
+        input=b"hello world, more than ten bytes\n",
+        capture_output=True,
+        timeout=IO_TIMEOUT,
+    )
+    assert (done.returncode, done.stdout) == (0, b"hello worl"), done.stderr
+
+
+def test_stdio_reset_by_a_fault_fails_with_one_line(echo_target_address: str) -> None:
+    done = subprocess.run(
+        [*ENCHUFE, "relay", "-", echo_target_address, "--fault", "reset_peer:timeout=10"],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        timeout=IO_TIMEOUT,
+    )
+    assert done.returncode == 1
+    assert "reset by --fault on the downstream (reset_peer_downstream)" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_an_exec_target_through_the_slicer() -> None:
+    plan = FaultPlan((parse_fault("slicer:average_size=3,delay=20000"),), 1)
+    config = RelayConfig(listen="tcp://127.0.0.1:0", target="exec:cat", faults=plan)
+    with relay_thread(config) as relay, dial(relay.address) as sock:
+        sock.sendall(b"abcdefghijklmnop")
+        sock.shutdown(socket.SHUT_WR)
+        reads = []
+        while chunk := sock.recv(100):
+            reads.append(chunk)
+    assert b"".join(reads) == b"abcdefghijklmnop"
+    assert len(reads) >= 3  # 6 pieces 20 ms apart

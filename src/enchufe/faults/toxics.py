@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._ranges import MAX_SECONDS
-from ..address import Address, StdioAddress
+from ..address import Address
 from ..errors import UsageError
 
 __all__ = [
@@ -285,12 +285,10 @@ class FaultPlan:
             why = "--frame relays"
         elif listen.is_tls or target.is_tls:
             why = "a TLS LISTEN or TARGET"
-        elif isinstance(listen, StdioAddress):
-            why = "a stdio (-) LISTEN"
         if why:
             raise FaultError(
                 f"--fault is not available yet for {why}; it works between stream addresses "
-                "(tcp, unix, a - or exec: TARGET) and between datagram addresses (udp, unixgram)"
+                "(tcp, unix, -, exec:) and between datagram addresses (udp, unixgram)"
             )
 
 

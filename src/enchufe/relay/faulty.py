@@ -39,14 +39,22 @@ from ..faults import DATA, EOF, RESET, Action, FaultPlan, StreamSchedule
 from .engine import Loop, OnError, Timer
 from .pump import MAX_ROUNDS, WOULD_BLOCK
 from .session import OPEN
-from .sides import Side
-from .stream import StreamRelay
+from .sides import Side, stdio_side
+from .stream import StdioRelay, StreamRelay
 from .stream_session import StreamSession
 
 if TYPE_CHECKING:
     from .pump import Pump
 
-__all__ = ["CHUNK", "HOLD_LIMIT", "FaultPump", "FaultyStreamRelay", "FaultyStreamSession"]
+__all__ = [
+    "CHUNK",
+    "HOLD_LIMIT",
+    "FaultPump",
+    "FaultyStdioRelay",
+    "FaultyStreamRelay",
+    "FaultyStreamSession",
+    "Follow",
+]
 
 #: Bytes read per system call: a chunk is what latency delays, as Toxiproxy's 32 KiB reads.
 CHUNK = 32 * 1024
@@ -385,3 +393,29 @@ class FaultyStreamRelay(StreamRelay):
 
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
         return FaultyStreamSession(self, Side(conn), conn, peer, session_id)
+
+
+class FaultyStdioRelay(FaultyStreamRelay, StdioRelay):
+    """LISTEN is ``-`` (stdin and stdout, one session) with faults."""
+
+    def start(self) -> None:
+        self.stats.total += 1
+        self.stats.open += 1
+        session = FaultyStreamSession(self, stdio_side(), None, None, next(self._ids))
+        self.sessions.add(session)
+        session.start()
+
+    def one_shot_broken(self, session: StreamSession, reason: str, error: str | None) -> None:
+        if not reason.startswith("fault-"):
+            super().one_shot_broken(session, reason, error)
+            return
+        self.events(
+            "error",
+            f"enchufe: {error} after {session.to_target} bytes to the target and {session.to_client} "
+            "back, as asked",
+            id=session.id,
+            reason=reason,
+            error=error or reason,
+            to_target=session.to_target,
+            to_client=session.to_client,
+        )

@@ -360,6 +360,10 @@ class Relay:
         if self._router is not None:
             options["router"] = self._router
         if isinstance(listen, StdioAddress):
+            if config.faults is not None:
+                from .faulty import FaultyStdioRelay
+
+                return FaultyStdioRelay(loop, self._resolver, faults=config.faults, **options)
             return StdioRelay(loop, self._resolver, **options)
         assert sock is not None
         local = self._listener[1] if self._listener is not None else None
