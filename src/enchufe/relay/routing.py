@@ -31,6 +31,7 @@ from .readstage import ReadStage
 from .routes import NO_HELLO, UNMATCHED, Route, RouteTable, check_routes
 from .stats import Stats
 from .targets import TargetResolver
+from .tlsfiles import file_stamp
 
 if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
@@ -145,7 +146,7 @@ class Router:
 
     def stamps(self) -> tuple[object, ...]:
         """What changes when one of the routes' certificate or key files is replaced or rewritten."""
-        return tuple(_stamp(path) for route in self._setups for path in (route.cert, route.key) if path)
+        return tuple(file_stamp(path) for route in self._setups for path in (route.cert, route.key) if path)
 
     def reload(self) -> EnchufeError | None:
         """Read the routes' certificates again (all, or none: a bad one keeps the old ones)."""
@@ -230,11 +231,3 @@ def tell_unrecognized(fd: int) -> bool:
         return os.write(fd, UNRECOGNIZED_NAME) == len(UNRECOGNIZED_NAME)
     except OSError:
         return False
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns

@@ -28,7 +28,7 @@ from ..address import Address, InetAddress, UnixAddress
 from ..errors import EnchufeError
 from ..tlsparams import TLSParams
 
-__all__ = ["TICKETS", "Reloaded", "TLSEnds", "ktls_status"]
+__all__ = ["TICKETS", "Reloaded", "TLSEnds", "file_stamp", "ktls_status"]
 
 #: TLS 1.3 session tickets sent after each full handshake: OpenSSL's default, which stunnel and
 #: nginx keep; two let a client open two connections at once, each resuming (a ticket is used once).
@@ -81,7 +81,7 @@ class TLSEnds:
 
     def stamps(self) -> tuple[object, ...]:
         """What changes when one of :meth:`files` is replaced or rewritten."""
-        return tuple(_stamp(name.split("=", 1)[1]) for name in self.files())
+        return tuple(file_stamp(name.split("=", 1)[1]) for name in self.files())
 
     def reload(self) -> Reloaded:
         """Read every file again; both ends change together, or neither does."""
@@ -134,7 +134,8 @@ def _files(params: TLSParams, fields: tuple[str, ...]) -> list[str]:
     return found
 
 
-def _stamp(path: str) -> tuple[int, int, int] | None:
+def file_stamp(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file at ``path`` is replaced or rewritten (``None``: it is not there)."""
     try:
         stat = os.stat(path)
     except OSError:
