@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from enchufe.address import InetAddress, parse
+from enchufe.address import InetAddress, from_sockaddr, parse
 from enchufe.errors import UsageError
 from enchufe.proxyproto import V2_SIGNATURE, Decoder, NeedMore, ProxyHeader, encode_v1, encode_v2
 from enchufe.relay import AccessRules, RelayConfig
@@ -21,7 +21,19 @@ from enchufe.relay.config import check_config
 
 from ._gateway import NAME, Gateway, gateway  # noqa: F401  (the fixture)
 from ._harness import wait_event, wait_stats
-from .conftest import IO_TIMEOUT, STEP, Target, dial, echo, exchange, read_all, relay_thread, wait_until
+from .conftest import (
+    IO_TIMEOUT,
+    STEP,
+    DatagramTarget,
+    Target,
+    datagram_socket,
+    dial,
+    echo,
+    exchange,
+    read_all,
+    relay_thread,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -261,7 +273,8 @@ NOT_APPLYING = [
     ({"listen": UDP, "target": TO_UDP, "accept_proxy": True}, "stream LISTEN"),
     ({"listen": "-", "target": TO_TCP, "accept_proxy": True}, "stream LISTEN"),
     ({"listen": TCP, "target": TO_UDP, "frame": True, "accept_proxy": True}, "--frame"),
-    ({"listen": UDP, "target": TO_UDP, "send_proxy": 2}, "datagram form"),
+    ({"listen": UDP, "target": TO_UDP, "send_proxy": 1}, "v1 is for TCP"),
+    ({"listen": UDP, "target": TO_TCP, "frame": True, "send_proxy": 2}, "--frame"),
     ({"listen": TCP, "target": TO_TCP, "send_proxy": 3}, "v1 or v2"),
     ({"listen": TCP, "target": TO_TCP, "trusted_proxies": ("10.0.0.0/8",)}, "apply with --accept-proxy"),
     ({"listen": TCP, "target": TO_TCP, "accept_proxy": True, "trusted_proxies": ("x",)}, "not an IP network"),
@@ -345,3 +358,31 @@ def test_a_header_in_pieces_is_read_as_they_come(version: int) -> None:
         client.sendall(b"after")
         client.shutdown(socket.SHUT_WR)
         assert read_all(client) == b"tcp://203.0.113.7:40000\nafter"
+
+
+@pytest.mark.parametrize("kind", ["udp", "unixgram"])
+def test_send_proxy_v2_puts_a_header_before_each_datagram(kind: str, sock_dir: str) -> None:
+    """Datagram → datagram: every datagram to the target starts with a v2 header (UDP4 or
+    UNIXGRAM, the sender, the relay's address), its payload intact after it; replies come back
+    untouched."""
+    listen, to = (
+        (UDP, "udp://127.0.0.1:0") if kind == "udp" else (f"unixgram:{sock_dir}/r", f"unixgram:{sock_dir}/t")
+    )
+    with (
+        DatagramTarget(to, lambda data, sender: b"re:" + data[-5:]) as target,
+        relay_thread(RelayConfig(listen, target.address, send_proxy=2)) as relay,
+        datagram_socket(relay.address) as client,
+    ):
+        sender = from_sockaddr(client.family, socket.SOCK_DGRAM, client.getsockname())
+        for index in range(3):
+            client.send(b"dgram%d" % index)
+            assert client.recv(100) == b"re:gram%d" % index
+        received = target.wait_received(3)
+        stats = wait_stats(relay, datagrams_to_target=3)
+    for index, datagram in enumerate(received):
+        header = Decoder().feed(datagram)
+        assert isinstance(header, ProxyHeader) and header.family == ("UDP4" if kind == "udp" else "UNIXGRAM")
+        assert header.source == sender
+        assert str(header.destination) == relay.address
+        assert datagram[header.consumed :] == b"dgram%d" % index
+    assert stats.to_target == 3 * len(b"dgram0")

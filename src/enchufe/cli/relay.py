@@ -173,7 +173,8 @@ _NON_FINITE = ("inf", "infinity", "nan")
     default=None,
     help="Start each connection to TARGET with a PROXY protocol header naming the real client "
     "(behind --accept-proxy: the client its header named), as HAProxy's send-proxy[-v2]; v2 also "
-    "carries the client's TLS (version, cipher, certificate CN, ALPN, server name) on a tls:// LISTEN.",
+    "carries the client's TLS (version, cipher, certificate CN, ALPN, server name) on a tls:// LISTEN.  "
+    "Datagrams: v2, a header before each datagram.",
 )
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option

@@ -93,6 +93,7 @@ class RelayConfig:
     trusted_proxies: tuple[str, ...] = ()
     proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
     #: --send-proxy: the target gets a PROXY protocol header of this version (1 or 2) first
+    #: (datagrams: version 2, before each one)
     send_proxy: int | None = None
     #: faults on purpose (``--fault``, ``--seed``): see :mod:`enchufe.faults`
     faults: FaultPlan | None = None
@@ -253,14 +254,24 @@ def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
                 f"not {config.proxy_timeout}"
             )
     if config.send_proxy is not None:
-        if config.send_proxy not in (1, 2):
-            raise UsageError(f"--send-proxy is v1 or v2, not {config.send_proxy!r}")
-        if not (listen.is_stream and target.is_stream):
-            raise UsageError(
-                "--send-proxy writes a PROXY header at the start of each stream to TARGET; the "
-                "datagram form (v2, a header per datagram) is not built yet: use it between stream "
-                "addresses"
-            )
+        _check_send_proxy(listen, target, config)
+
+
+def _check_send_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
+    """--send-proxy: v1 or v2 between streams, v2 between datagrams (a header per datagram)."""
+    if config.send_proxy not in (1, 2):
+        raise UsageError(f"--send-proxy is v1 or v2, not {config.send_proxy!r}")
+    if listen.is_stream != target.is_stream:
+        raise UsageError(
+            "--send-proxy with --frame is not built yet: relay stream to stream or datagrams to datagrams"
+        )
+    if not listen.is_stream and config.send_proxy != 2:
+        raise UsageError(
+            "a datagram relay sends PROXY protocol v2 (a header per datagram); v1 is for TCP: "
+            "write --send-proxy v2"
+        )
+    if not listen.is_stream and config.faults is not None:
+        raise UsageError("--send-proxy with --fault on a datagram relay is not built yet")
 
 
 def _check_numbers(config: RelayConfig) -> None:

@@ -47,6 +47,7 @@ from .framed import FramedStreamRelay
 from .limits import fd_budget
 from .pools import Pools
 from .proxying import relay_policy
+from .proxying_datagram import ProxiedDatagramRelay
 from .routing import Router
 from .stats import Snapshot, Stats, interval_report, summary_report
 from .stream import StdioRelay, StreamRelay, TargetResolver
@@ -326,6 +327,7 @@ class Relay:
             assert sock is not None and self._resolver is not None
             kind: type[DatagramRelay | FramedDatagramRelay]
             kind = FramedDatagramRelay if target.is_stream else DatagramRelay
+            kind = ProxiedDatagramRelay if config.send_proxy else kind  # chosen once, as faults
             if config.faults is not None:  # chosen once here: a relay without faults never looks
                 from .faulty_datagram import FaultyDatagramRelay
 
