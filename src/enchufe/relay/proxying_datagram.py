@@ -7,7 +7,8 @@ with ``--send-proxy``): a relay without it keeps its batched paths and never loo
 module.  This one takes the general paths, one datagram at a time (no GSO runs, no inline
 request/response path): each datagram is copied behind its header.  Replies go back untouched.
 The header is made once per session (a session is one sender); ``to_target`` counts the
-client's bytes only.
+client's bytes only, except for a datagram that had to wait for the target's socket (counted
+with its header when it goes).
 """
 
 from __future__ import annotations
