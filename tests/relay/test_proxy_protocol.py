@@ -386,3 +386,23 @@ def test_send_proxy_v2_puts_a_header_before_each_datagram(kind: str, sock_dir: s
         assert str(header.destination) == relay.address
         assert datagram[header.consumed :] == b"dgram%d" % index
     assert stats.to_target == 3 * len(b"dgram0")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_ipv6_client_named_over_ipv4_is_passed_on(version: int) -> None:
+    """A v2 header naming an IPv6 client of an IPv4 front: the relay passes the client on (v1:
+    TCP6 with the front IPv4-mapped, as HAProxy writes it)."""
+    client6 = parse("tcp://[2001:db8::7]:40001")
+    with (
+        Target(TCP, header_then_echo) as target,
+        relay_thread(RelayConfig(TCP, target.address, accept_proxy=True, send_proxy=version)) as relay,
+        dial(relay.address) as client,
+    ):
+        client.sendall(encode_v2(client6, FRONT) + b"six")
+        client.shutdown(socket.SHUT_WR)
+        assert read_all(client) == b"six"
+        (header,) = target.wait_results(1)
+        (accept,) = wait_event(relay, "accept")
+    assert header.family == "TCP6" and header.source == client6
+    assert header.destination == FRONT
+    assert accept["peer"] == "tcp://[2001:db8::7]:40001"
