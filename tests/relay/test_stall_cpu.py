@@ -348,7 +348,14 @@ def test_a_stalled_stdio_relay_costs_no_cpu(
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            conn = accept()
+            try:
+                conn = accept()
+            except TimeoutError:
+                err.seek(0)
+                raise AssertionError(
+                    f"the relay did not connect within {STEP:g} s (exit status {proc.poll()}); "
+                    f"stderr: {err.read().decode('utf-8', 'replace')!r}"
+                ) from None
             flows = []
             if staller in ("target", "both"):
                 writer = Writer(proc.stdin.fileno(), 3, proc.stdin.close)
