@@ -3,7 +3,8 @@
 Every module of the package sits in one layer, and imports only from its own layer or the ones
 below it::
 
-    pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _buffer, _backoff,
+    pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _networks, _buffer,
+               _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
                _proxytypes, _proxywrite, proxyproto, hops, _hop_socks5, _hop_http
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
@@ -43,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "sessions",
         "_text",
         "_ranges",
+        "_networks",
         "_buffer",
         "_backoff",
         "_serving",
@@ -77,9 +79,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tlsstream",
         "_proxyaccept",
         "_via",
+        "_tracefile",
     ),
     "endpoints": ("sync", "aio", ""),  # "": the package itself, which re-exports sync
-    "apps": ("relay", "faults", "servers", "bench", "tour", "exec", "stdio", "testing"),
+    "apps": ("relay", "faults", "servers", "bench", "tour", "diagram", "exec", "stdio", "testing"),
     "cli": ("cli", "__main__"),
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}

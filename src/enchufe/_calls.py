@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -65,10 +66,10 @@ def describe_sockaddr(family: int, sockaddr: Any) -> str:
     return str(sockaddr) if sockaddr else "(unnamed)"
 
 
-def _fail(call: str, exc: OSError) -> None:
+def _fail(call: str, exc: OSError, started: float | None = None) -> None:
     if trace.enabled():
         code = errno.errorcode.get(exc.errno or 0, "") if exc.errno else "timeout"
-        trace.emit(f"{call} = -1 {code} ({exc.strerror or exc})")
+        trace.emit(f"{call} = -1 {code} ({exc.strerror or exc})", started=started)
 
 
 def nothing(_result: object) -> str:
@@ -88,19 +89,27 @@ def byte_count(size: int) -> str:
     return f" = {size}" + (" (EOF)" if not size else "")
 
 
-def traced(op: Callable[[], R], call: Callable[[], str], outcome: Callable[[R], str] = nothing) -> R:
+def traced(
+    op: Callable[[], R],
+    call: Callable[[], str],
+    outcome: Callable[[R], str] = nothing,
+    payload: Callable[[R], bytes | memoryview | bytearray] | None = None,
+) -> R:
     """Make one system call, ``op()``, and narrate it in strace's words: ``call()`` names it,
     ``outcome(result)`` says what came back.  A failure is narrated as ``call = -1 ECODE (why)``
     and raised unchanged.  Nothing is formatted while tracing is off; the calls made per transfer
-    (send, recv, splice…) do not even come here then."""
+    (send, recv, splice…) do not even come here then.  A recorder also gets when the call started
+    and ``payload(result)``, the bytes it moved (see :func:`enchufe.trace.record_to`)."""
     if not trace.enabled():
         return op()
+    started = time.monotonic()
     try:
         result = op()
     except OSError as exc:
-        _fail(call(), exc)
+        _fail(call(), exc, started)
         raise
-    trace.emit(call() + outcome(result))
+    data = payload(result) if payload is not None and trace.recording() else None
+    trace.emit(call() + outcome(result), started=started, data=data)
     return result
 
 
@@ -191,7 +200,12 @@ def finish_connect(sock: socket.socket) -> None:
 def send(sock: socket.socket, data: memoryview | bytes) -> int:
     if not trace.enabled():
         return sock.send(data)
-    return traced(lambda: sock.send(data), lambda: f"send(fd {sock.fileno()}, {len(data)} bytes)", equals)
+    return traced(
+        lambda: sock.send(data),
+        lambda: f"send(fd {sock.fileno()}, {len(data)} bytes)",
+        equals,
+        lambda sent: data[:sent],
+    )
 
 
 def recv(sock: socket.socket, size: int) -> bytes:
@@ -201,6 +215,7 @@ def recv(sock: socket.socket, size: int) -> bytes:
         lambda: sock.recv(size),
         lambda: f"recv(fd {sock.fileno()}, {size})",
         lambda data: byte_count(len(data)),
+        lambda data: data,
     )
 
 
@@ -221,6 +236,7 @@ def send_datagram(
         lambda: sock.send(data, flags) if sockaddr is None else sock.sendto(data, flags, sockaddr),
         call,
         equals,
+        lambda sent: data[:sent],
     )
 
 
@@ -244,6 +260,7 @@ def recv_datagram_into(sock: socket.socket, buffer: memoryview | bytearray) -> t
         lambda: sock.recvfrom_into(buffer, 0, socket.MSG_TRUNC),
         lambda: f"recvfrom(fd {sock.fileno()})",
         outcome,
+        lambda received: buffer[: min(received[0], len(buffer))],
     )
 
 

@@ -18,8 +18,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from . import trace
 from .address import MAX_UNIX_NAME, Kind, SocketAddress
@@ -61,6 +61,10 @@ class TourResult:
     error: str | None = None
     #: True for the TLS leg (``kind`` is then the transport under it, TCP over IPv4).
     tls: bool = False
+    #: The leg's header line (its family, type and story).
+    header: str = ""
+    #: The leg's trace events, when the tour records them (``run(record=True)``): for diagrams.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -298,8 +302,28 @@ def _legs(folder: str) -> list[tuple[str, _Exchange, str, TourResult]]:
     return legs
 
 
-def run(out: TextIO) -> list[TourResult]:
-    """Run the tour, writing the narration and the summary table to ``out``."""
+def _recording(record: bool) -> Callable[[], list[dict[str, Any]]]:
+    """With ``record``, keep every call's event in memory (beside any recorder already there,
+    such as ``--trace-file``'s); returns what gives the events so far."""
+    if not record:
+        return list
+    from ._tracefile import MemoryRecorder
+
+    memory = MemoryRecorder()
+    previous = trace.current_recorder()
+
+    def both(item: trace.Record) -> None:
+        memory(item)
+        if previous is not None:
+            previous(item)
+
+    trace.record_to(both)
+    return lambda: memory.events
+
+
+def run(out: TextIO, *, record: bool = False) -> list[TourResult]:
+    """Run the tour, writing the narration and the summary table to ``out``; with ``record``,
+    each result also keeps its leg's trace events (for :mod:`enchufe.diagram`)."""
     lock = threading.Lock()
 
     def write(line: str) -> None:
@@ -311,6 +335,8 @@ def run(out: TextIO) -> list[TourResult]:
         trace.emit(f"· {text}")
 
     previous = trace.current_sink()
+    previous_recorder = trace.current_recorder()
+    events = _recording(record)
     folder = _socket_folder()
     results: list[TourResult] = []
     write("enchufe tour: a server and a client for each kind of socket, then TLS, on this machine only.")
@@ -320,6 +346,8 @@ def run(out: TextIO) -> list[TourResult]:
         for header, exchange, address, result in _legs(folder):
             write("")
             write(f"== {result.label}: {header}")
+            result.header = header
+            first = len(events())
             turns = _Turns()
             try:
                 exchange(address, turns, result, note)
@@ -329,12 +357,14 @@ def run(out: TextIO) -> list[TourResult]:
                 result.error = turns.failed
             if result.error:
                 write(f"   FAILED: {result.error}")
+            result.events = events()[first:]
             results.append(result)
     finally:
         if previous is None:
             trace.disable()
         else:
             trace.enable(previous)
+        trace.record_to(previous_recorder)
         shutil.rmtree(folder, ignore_errors=True)
     write("")
     write(summary(results))

@@ -13,6 +13,11 @@ the narration is the real sequence of calls, not a story told beside them::
 Nothing is formatted unless a sink is installed: every call site checks :func:`enabled` first,
 which costs one global read.  A thread may name itself with :func:`actor` (the tour names its
 server and client threads) and its lines are then prefixed with that name.
+
+Beside the text sink, a *recorder* (:func:`record_to`) may take each call as a :class:`Record`:
+the same line, unprefixed, with the thread, the actor, the times and, where the call site gives
+them, when the call started and the bytes it moved.  ``--trace-file`` and the tour's diagrams
+use one; either kind of listener turns the narration on.
 """
 
 from __future__ import annotations
@@ -22,14 +27,54 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from ._text import one_line
 
-__all__ = ["Sink", "actor", "current_sink", "disable", "emit", "enable", "enabled", "stderr_sink"]
+__all__ = [
+    "Record",
+    "Recorder",
+    "Sink",
+    "actor",
+    "current_recorder",
+    "current_sink",
+    "disable",
+    "emit",
+    "enable",
+    "enabled",
+    "record_to",
+    "recording",
+    "stderr_sink",
+]
 
 Sink = Callable[[str], None]
 
+#: How many bytes of a call's payload a record keeps: enough for a preview, never a copy of a transfer.
+PAYLOAD_HEAD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One narrated call, as a recorder gets it."""
+
+    line: str
+    actor: str | None
+    thread: str
+    #: time.monotonic() and time.time() when the call returned (when it was narrated).
+    monotonic: float
+    wall: float
+    #: time.monotonic() when the call started, if the call site says; None otherwise.
+    started: float | None = None
+    #: The first PAYLOAD_HEAD bytes the call sent or received, if the call site gives them.
+    data: bytes | None = None
+
+
+Recorder = Callable[[Record], None]
+
 _sink: Sink | None = None
+_recorder: Recorder | None = None
+#: Whether any listener is installed: the one global that call sites read.
+_on = False
 _lock = threading.Lock()
 _local = threading.local()
 _t0 = time.monotonic()
@@ -45,15 +90,35 @@ def stderr_sink(line: str) -> None:
 
 def enable(sink: Sink | None = None, *, timestamps: bool = False) -> None:
     """Start narrating to ``sink`` (standard error by default)."""
-    global _sink, _timestamps
+    global _sink, _timestamps, _on
     _sink = sink or stderr_sink
     _timestamps = timestamps
+    _on = True
 
 
 def disable() -> None:
-    """Stop narrating."""
-    global _sink
+    """Stop narrating (to the text sink; a recorder keeps recording)."""
+    global _sink, _on
     _sink = None
+    _on = _recorder is not None
+
+
+def record_to(recorder: Recorder | None) -> None:
+    """Give every call to ``recorder`` as a :class:`Record` (None: stop recording).  A recorder
+    is called with the narration's lock held, in the thread that made the call, right after it."""
+    global _recorder, _on
+    _recorder = recorder
+    _on = recorder is not None or _sink is not None
+
+
+def current_recorder() -> Recorder | None:
+    """The recorder in use, so that a caller can put it back after borrowing the recording."""
+    return _recorder
+
+
+def recording() -> bool:
+    """True while a recorder is installed: call sites then also pass start times and payloads."""
+    return _recorder is not None
 
 
 def current_sink() -> Sink | None:
@@ -62,8 +127,8 @@ def current_sink() -> Sink | None:
 
 
 def enabled() -> bool:
-    """True while a sink is installed.  Call sites test this before formatting anything."""
-    return _sink is not None
+    """True while a sink or a recorder is installed.  Call sites test this before formatting anything."""
+    return _on
 
 
 @contextmanager
@@ -77,12 +142,24 @@ def actor(name: str) -> Iterator[None]:
         _local.actor = previous
 
 
-def emit(line: str) -> None:
-    """Send one narration line to the sink, prefixed with the thread's actor name if any."""
+def emit(
+    line: str, *, started: float | None = None, data: bytes | bytearray | memoryview | None = None
+) -> None:
+    """Send one narration line to the sink, prefixed with the thread's actor name if any, and to
+    the recorder as a :class:`Record` (with ``started``, the call's start on the monotonic clock,
+    and the head of ``data``, the bytes it moved, when the call site gives them)."""
     sink = _sink
+    recorder = _recorder
+    name = getattr(_local, "actor", None)
+    if recorder is not None:
+        head = bytes(data[:PAYLOAD_HEAD]) if data is not None else None
+        record = Record(
+            line, name, threading.current_thread().name, time.monotonic(), time.time(), started, head
+        )
+        with _lock:
+            recorder(record)
     if sink is None:
         return
-    name = getattr(_local, "actor", None)
     if name:
         line = f"{name:<7} {line}"
     if _timestamps:

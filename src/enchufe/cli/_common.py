@@ -62,12 +62,36 @@ _GLOBAL_OPTIONS = (
 )
 
 
+def _trace_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--trace-file FILE.jsonl: every traced call as a JSON object on a line of FILE."""
+    if value is None:
+        return
+    from .. import _tracefile, trace  # only with the option: `enchufe --help` stays light
+
+    try:
+        fd = _tracefile.open_trace_file(value)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {printable(value)}: {exc.strerror or exc} "
+            "(give a path to a new or writable regular file)",
+            ctx,
+            param,
+        ) from None
+    trace.record_to(_tracefile.file_recorder(fd))
+
+
 def global_options(f: F) -> F:
-    """--trace, -v, --debug, --quiet: accepted before and after the command name."""
+    """--trace, --trace-file, -v, --debug, --quiet: accepted before and after the command name."""
     for flags, name, help in reversed(_GLOBAL_OPTIONS):
         kind: dict[str, Any] = {"count": True} if name == "verbose" else {"is_flag": True}
         f = click.option(*flags, **kind, expose_value=False, callback=_set_flag(name), help=help)(f)
-    return f
+    return click.option(
+        "--trace-file",
+        metavar="FILE.jsonl",
+        expose_value=False,
+        callback=_trace_file,
+        help="Write every system call as a JSON object per line (for enchufe diagram).",
+    )(f)
 
 
 def json_option(f: F) -> F:

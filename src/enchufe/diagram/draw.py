@@ -1,0 +1,155 @@
+"""A diagram drawn as SVG or PNG with matplotlib (the optional extra ``plot``).
+
+The lifelines are vertical lines, one column each, their name and address on top; time runs
+down, one row per call, its text beside its lifeline (left of the first, right of the others).
+Arrows go from the row of the call that sent to the row of the call that took it: bytes blue,
+datagrams purple, connections green, ends of data grey and dashed.  A call that waited for the
+other side has an orange bar on its lifeline, from the call before it, and says how long.
+
+matplotlib is imported only here, through its object-oriented API (no pyplot, no display);
+SVG keeps its text as text (``svg.fonttype: none``), so the calls can be searched and selected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UsageError
+from .model import Arrow, Diagram, Step
+
+__all__ = ["DrawUnavailable", "draw", "require"]
+
+INSTALL_HINT = "pip install 'enchufe[plot]' (or pip install matplotlib)"
+
+_COLORS = {"bytes": "#1f5fbf", "datagram": "#7b2fa8", "connect": "#2e8b3a", "eof": "#7f7f7f"}
+_BLOCKED = "#e07b00"
+_ROW = 0.26  # inches per row
+_COLUMN = 4.2  # inches between lifelines
+_MARGIN = 4.4  # inches for the text left of the first lifeline and right of the last
+
+
+class DrawUnavailable(UsageError):
+    """matplotlib is not installed."""
+
+
+def require(what: str) -> None:
+    """Raise :class:`DrawUnavailable` (one line, exit status 2) unless matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DrawUnavailable(
+            f"{what} needs matplotlib, which is not installed: {INSTALL_HINT}; "
+            "or write Mermaid text instead (.mmd or .md), which needs nothing"
+        ) from None
+
+
+def _rows(diagram: Diagram) -> dict[int, float]:
+    """Each step's row (a step with marks takes more room)."""
+    rows = {}
+    y = 0.0
+    for step in diagram.steps:
+        rows[step.index] = y
+        y += 1.0 + 0.75 * len(step.marks)
+    return rows
+
+
+def draw(diagram: Diagram, path: str, fmt: str) -> None:
+    """Write ``diagram`` to ``path`` as ``fmt`` (``svg`` or ``png``)."""
+    require(f"a .{fmt} diagram")
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    rows = _rows(diagram)
+    height = (max(rows.values(), default=0.0) + 4.0) * _ROW + 0.8
+    columns = {line.index: n for n, line in enumerate(diagram.lifelines)}
+    width = _MARGIN * 2 + _COLUMN * max(len(columns) - 1, 1)
+    figure = Figure(figsize=(width, height))
+    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axes.set_axis_off()
+    left = -_MARGIN / _COLUMN
+    axes.set_xlim(left, max(len(columns) - 1, 1) + _MARGIN / _COLUMN)
+    bottom = max(rows.values(), default=0.0) + 1.5
+    axes.set_ylim(bottom, -3.2)
+    if diagram.title:
+        _text(axes, left + 0.05, -2.6, diagram.title, fontsize=11, weight="bold", va="center")
+    for line in diagram.lifelines:
+        x = columns[line.index]
+        axes.plot([x, x], [-1.0, bottom - 0.5], color="#555555", linewidth=1, zorder=1)
+        label = line.name + (f"\n{line.address}" if line.address else "")
+        box = {"boxstyle": "round,pad=0.4", "facecolor": "#eef2f8", "edgecolor": "#555555"}
+        _text(axes, x, -1.4, label, ha="center", va="center", fontsize=9, bbox=box, zorder=3)
+    previous: dict[int, float] = {}
+    for step in diagram.steps:
+        _step(axes, step, columns[step.lifeline], rows[step.index], previous.get(step.lifeline, -1.0))
+        previous[step.lifeline] = rows[step.index]
+    for arrow in diagram.arrows:
+        _arrow(axes, diagram, arrow, columns, rows)
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.family": "DejaVu Sans"}):
+        figure.savefig(path, format=fmt, dpi=100)
+
+
+def _text(axes: Any, x: float, y: float, text: str, **style: Any) -> None:
+    """Text as it is: a ``$`` in a peer's bytes is not the start of a formula (parse_math off)."""
+    axes.text(x, y, text, parse_math=False, **style)
+
+
+def _step(axes: Any, step: Step, x: int, y: float, before: float) -> None:
+    first = x == 0
+    if step.waited:
+        axes.plot([x, x], [before + 0.3, y], color=_BLOCKED, linewidth=5, alpha=0.8, zorder=2)
+    axes.plot([x], [y], marker="o", markersize=3.5, color="#333333", zorder=4)
+    offset = -0.04 if first else 0.04
+    align = "right" if first else "left"
+    _text(axes, x + offset, y, step.text, ha=align, va="center", fontsize=7.5, family="monospace", zorder=4)
+    for n, mark in enumerate(step.marks, 1):
+        color = _BLOCKED if mark.startswith("blocked") else "#2e6b3a"
+        _text(
+            axes,
+            x + offset,
+            y + 0.75 * n,
+            mark,
+            ha=align,
+            va="center",
+            fontsize=7,
+            style="italic",
+            color=color,
+        )
+
+
+def _arrow(
+    axes: Any, diagram: Diagram, arrow: Arrow, columns: dict[int, int], rows: dict[int, float]
+) -> None:
+    source = diagram.steps[arrow.source]
+    x0, y0 = columns[source.lifeline], rows[arrow.source]
+    if arrow.target is None:
+        x1 = x0 + (0.35 if x0 == 0 else -0.35)
+        y1 = y0 + 0.4
+    else:
+        x1, y1 = columns[diagram.steps[arrow.target].lifeline], rows[arrow.target]
+    if x0 == x1:
+        return  # a process talking to itself: the calls say it
+    color = _COLORS[arrow.kind]
+    style = "--" if arrow.kind in ("eof", "connect") else "-"
+    props = {
+        "arrowstyle": "-|>",
+        "color": color,
+        "linestyle": style,
+        "linewidth": 1.2,
+        "shrinkA": 4,
+        "shrinkB": 4,
+    }
+    axes.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=props, zorder=3)
+    label = arrow.label if arrow.target is not None else f"{arrow.label}: no call took it"
+    box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+    _text(
+        axes,
+        (x0 + x1) / 2,
+        (y0 + y1) / 2 - 0.3,
+        label,
+        ha="center",
+        va="center",
+        fontsize=7,
+        color=color,
+        bbox=box,
+        zorder=5,
+    )

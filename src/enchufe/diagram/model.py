@@ -1,0 +1,444 @@
+"""From trace events to a sequence diagram: lifelines, the calls on them, the arrows between them.
+
+An event is one traced call as :mod:`enchufe._tracefile` writes it (a dict: ``pid``, ``actor``,
+``fd``, ``call``, ``args``, ``result``, ``size``, ``local``, ``peer``, ``monotonic``,
+``started``…).  Events from several processes are merged by their monotonic time (one clock for
+the whole host).  A lifeline is a process, or an actor inside one (the tour's server and client
+threads); the one that listens, or whose first transfer is a receive, is a server.
+
+The arrows are found, not assumed:
+
+- a connection joins the ``connect()`` whose (local, peer) addresses are an ``accept()``'s
+  (peer, local); unix clients are unnamed, so those match in order of arrival;
+- bytes go from each ``send()`` to the ``recv()`` on the other end that got their first byte,
+  counted along the stream; the end of a side (``shutdown(SHUT_WR)`` or ``close()``) goes to the
+  ``recv() = 0`` that saw the EOF;
+- a datagram goes from a ``sendto()`` to the ``recvfrom()`` whose socket has the destination
+  address and which names the sender's address (a wildcard bind matches any host of its port).
+
+A receiving call that started before its arrow's sender returned waited for it: it is marked
+blocked, with the time it waited; an ``accept()`` that came after its client's ``connect()``
+returned is marked queued (the kernel completed the connection on its own, from the backlog).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Arrow", "Diagram", "Lifeline", "Step", "blocked", "build", "same_address", "summary"]
+
+Event = Mapping[str, Any]
+
+#: Calls that move stream bytes out or in, and datagrams.
+_STREAM_OUT = ("send", "write")
+_STREAM_IN = ("recv", "read")
+#: How many characters of a payload an arrow shows.
+PREVIEW = 18
+
+
+@dataclass
+class Lifeline:
+    """A process (or an actor in one): a column of the diagram."""
+
+    index: int
+    pid: int
+    actor: str
+    role: str = "client"
+    name: str = ""
+    #: The server's listening or bound address; a client's own address once it has one.
+    address: str = ""
+
+
+@dataclass
+class Step:
+    """One system call on its lifeline."""
+
+    index: int
+    lifeline: int
+    call: str
+    text: str
+    time: float
+    started: float | None
+    event: Event
+    #: What the diagram says beside the call: "blocked 12.0 ms", "queued 0.3 ms", "EOF"…
+    marks: list[str] = field(default_factory=list)
+    #: How long the call waited for its peer (blocked), in seconds; 0 when it did not.
+    waited: float = 0.0
+
+
+@dataclass
+class Arrow:
+    """Something that went from one lifeline to another: ``connect``, ``bytes``, ``datagram``
+    or ``eof``.  ``target`` is None when no call on the other side took it (an EOF never read,
+    a datagram lost or sent to a process that was not traced)."""
+
+    kind: str
+    source: int
+    target: int | None
+    size: int = 0
+    label: str = ""
+
+
+@dataclass
+class Diagram:
+    title: str
+    lifelines: list[Lifeline]
+    steps: list[Step]
+    arrows: list[Arrow]
+
+    def calls(self, lifeline: str) -> list[str]:
+        """The call names on the lifeline called ``lifeline``, in order (for tests and readers)."""
+        index = next(line.index for line in self.lifelines if line.name == lifeline)
+        return [step.call for step in self.steps if step.lifeline == index]
+
+
+@dataclass
+class _Socket:
+    """One socket of one process, from the call that made it to its close."""
+
+    lifeline: int
+    stream: bool | None
+    local: str = ""
+    peer: str = ""
+    listening: bool = False
+    steps: list[Step] = field(default_factory=list)
+    opened: Step | None = None  # connect()'s (or accept()'s) step
+
+
+def build(events: Iterable[Event], title: str = "") -> Diagram:
+    """The diagram of ``events`` (any order; notes and events without a process are left out)."""
+    shown = [e for e in events if e.get("call") not in (None, "note") and "pid" in e]
+    shown.sort(key=_when)
+    lifelines: dict[tuple[int, str], Lifeline] = {}
+    steps: list[Step] = []
+    for event in shown:
+        key = (int(event["pid"]), str(event.get("actor") or ""))
+        line = lifelines.setdefault(key, Lifeline(len(lifelines), key[0], key[1]))
+        steps.append(_step(len(steps), line.index, event))
+    sockets = _sockets(steps)
+    _name(list(lifelines.values()), steps, sockets)
+    arrows = _connections(sockets) + _datagrams(sockets)
+    arrows.sort(key=lambda a: a.source)
+    return Diagram(title, list(lifelines.values()), steps, arrows)
+
+
+def _when(event: Event) -> float:
+    """Where a call goes in the merged order.  A call that sends goes where it started: its
+    bytes (or its SYN) left during the call, and the receiver may have said so before the
+    sender returned.  Any other call goes where it returned, when what it waited for came."""
+    started = event.get("started")
+    if started is not None and event.get("call") in ("send", "sendto", "write", "connect"):
+        return float(started)
+    return float(event.get("monotonic", 0.0))
+
+
+def _step(index: int, lifeline: int, event: Event) -> Step:
+    line = str(event.get("line", event.get("call")))
+    if event.get("call") == "tls":
+        text = str(event.get("text", ""))
+        line = f"tls fd {event.get('fd')}: {text.split(':', 1)[0]}"
+    started = event.get("started")
+    return Step(
+        index,
+        lifeline,
+        str(event["call"]),
+        line,
+        float(event.get("monotonic", 0.0)),
+        float(started) if started is not None else None,
+        event,
+    )
+
+
+def _sockets(steps: list[Step]) -> list[_Socket]:
+    """Each step given to the socket it was made on, following each process's descriptors
+    through socket(), accept() and close()."""
+    found: list[_Socket] = []
+    live: dict[tuple[int, int], _Socket] = {}
+    for step in steps:
+        event = step.event
+        pid = int(event["pid"])
+        if event.get("error"):
+            fd = event.get("fd")
+            if isinstance(fd, int) and (pid, fd) in live:
+                live[(pid, fd)].steps.append(step)
+            continue
+        new_fd = event.get("new_fd")
+        if step.call == "socket" and isinstance(new_fd, int):
+            kind = event.get("args", ["", ""])
+            sock = _Socket(step.lifeline, "SOCK_STREAM" in kind if len(kind) > 1 else None)
+            live[(pid, new_fd)] = sock
+            found.append(sock)
+        fd = event.get("fd")
+        if not isinstance(fd, int):
+            continue
+        sock = live.get((pid, fd)) or _adopt(live, found, pid, fd, step)
+        sock.steps.append(step)
+        _learn(sock, step)
+        if step.call == "accept" and isinstance(new_fd, int):
+            accepted = _Socket(step.lifeline, True, listening=False, opened=step)
+            accepted.local, accepted.peer = str(event.get("local", "")), str(event.get("peer", ""))
+            live[(pid, new_fd)] = accepted
+            found.append(accepted)
+        elif step.call == "close":
+            live.pop((pid, fd), None)
+    return found
+
+
+def _adopt(
+    live: dict[tuple[int, int], _Socket], found: list[_Socket], pid: int, fd: int, step: Step
+) -> _Socket:
+    """A descriptor first seen in a call other than socket(): made before the trace began."""
+    sock = _Socket(step.lifeline, None)
+    live[(pid, fd)] = sock
+    found.append(sock)
+    return sock
+
+
+def _learn(sock: _Socket, step: Step) -> None:
+    event = step.event
+    call = step.call
+    if call == "listen":
+        sock.listening = True
+        sock.stream = True
+    elif call in ("sendto", "recvfrom"):
+        sock.stream = False
+    elif call in _STREAM_OUT + _STREAM_IN and sock.stream is None:
+        sock.stream = True
+    if call == "accept":
+        return  # its addresses are the accepted socket's
+    if event.get("local"):
+        sock.local = str(event["local"])
+    if event.get("peer") and call not in ("sendto", "recvfrom"):
+        sock.peer = str(event["peer"])
+    connected = call == "connect" or (call == "getsockopt" and "SO_ERROR" in step.text)
+    if connected and sock.opened is None and not sock.listening:
+        sock.opened = step
+
+
+def _name(lifelines: list[Lifeline], steps: list[Step], sockets: list[_Socket]) -> None:
+    """Each lifeline's role, address and name; the servers first."""
+    for line in lifelines:
+        line.role = _role([s.call for s in steps if s.lifeline == line.index])
+        line.address = _address(line, sockets)
+    lifelines.sort(key=lambda line: (line.role != "server", line.index))
+    counts = {role: sum(line.role == role for line in lifelines) for role in ("server", "client")}
+    several = len({line.pid for line in lifelines}) > 1
+    seen = {"server": 0, "client": 0}
+    for line in lifelines:
+        seen[line.role] += 1
+        numbered = line.role if counts[line.role] == 1 else f"{line.role} {seen[line.role]}"
+        line.name = line.actor or numbered + (f" (pid {line.pid})" if several else "")
+
+
+def _role(calls: list[str]) -> str:
+    """A server listens, or its first transfer is a receive."""
+    if "listen" in calls:
+        return "server"
+    first = next((call for call in calls if call in ("sendto", "recvfrom", "send", "recv")), "")
+    return "server" if first in ("recvfrom", "recv") else "client"
+
+
+def _address(line: Lifeline, sockets: list[_Socket]) -> str:
+    """A server's listening (or receiving) address; a client's own first address."""
+    mine = [s for s in sockets if s.lifeline == line.index and s.local]
+    listening = [s for s in mine if s.listening or (s.stream is False and line.role == "server")]
+    chosen = listening or mine
+    return chosen[0].local if chosen else ""
+
+
+# ---------------------------------------------------------------------------- matching
+
+
+def same_address(a: str, b: str) -> bool:
+    """Whether two described addresses name the same socket: equal, or the same port with a
+    wildcard host on one side (0.0.0.0, [::]); IPv4-mapped IPv6 is its IPv4 address."""
+    a, b = _plain(a), _plain(b)
+    if a == b:
+        return True
+    host_a, _, port_a = a.rpartition(":")
+    host_b, _, port_b = b.rpartition(":")
+    wildcards = ("0.0.0.0", "[::]")
+    return bool(port_a) and port_a == port_b and (host_a in wildcards or host_b in wildcards)
+
+
+def _plain(address: str) -> str:
+    if address.startswith("[::ffff:") and "." in address:
+        host, _, port = address[len("[::ffff:") :].partition("]:")
+        return f"{host}:{port}"
+    return address
+
+
+def _connections(sockets: list[_Socket]) -> list[Arrow]:
+    """Connect arrows for the accepted sockets, then each connection's bytes and EOFs."""
+    clients = [s for s in sockets if s.stream and not s.listening and s.opened and s.opened.call != "accept"]
+    arrows: list[Arrow] = []
+    for server in sockets:
+        client = _client_of(server, clients)
+        if client is None or server.opened is None or client.opened is None:
+            continue
+        clients.remove(client)
+        arrows.append(Arrow("connect", client.opened.index, server.opened.index, label="connect"))
+        client.opened.marks.append("active open")
+        _opened(server.opened, client.opened)
+        for sender, receiver in ((client, server), (server, client)):
+            arrows += _bytes(sender, receiver)
+            arrows += _eof(sender, receiver)
+    return arrows
+
+
+def _client_of(server: _Socket, clients: list[_Socket]) -> _Socket | None:
+    """The first client whose (local, peer) is the accepted socket's (peer, local)."""
+    if server.opened is None or server.opened.call != "accept":
+        return None
+    for client in clients:
+        if same_address(client.local, server.peer) and same_address(client.peer, server.local):
+            return client
+    return None
+
+
+def _opened(accept: Step, connect: Step) -> None:
+    if accept.started is not None and accept.started < connect.time:
+        accept.waited = accept.time - accept.started
+        accept.marks.append(f"blocked {accept.waited * 1e3:.1f} ms until connect()")
+    else:
+        queued = (accept.started or accept.time) - connect.time
+        accept.marks.append(f"passive open; queued {queued * 1e3:.1f} ms in the backlog")
+
+
+def _bytes(sender: _Socket, receiver: _Socket) -> list[Arrow]:
+    """One arrow per send(), to the recv() that got its first byte."""
+    reads: list[tuple[int, Step]] = []
+    total = 0
+    for step in receiver.steps:
+        size = step.event.get("size")
+        if step.call in _STREAM_IN and isinstance(size, int) and size > 0:
+            reads.append((total, step))
+            total += size
+    arrows = []
+    offset = 0
+    for step in sender.steps:
+        size = step.event.get("size")
+        if step.call not in _STREAM_OUT or not isinstance(size, int) or size <= 0:
+            continue
+        target = next((read for start, read in reversed(reads) if start <= offset), None)
+        if offset >= total:
+            target = None
+        offset += size
+        arrows.append(Arrow("bytes", step.index, target.index if target else None, size, _label(step, size)))
+        if target is not None:
+            _waited(target, step)
+    return arrows
+
+
+def _eof(sender: _Socket, receiver: _Socket) -> list[Arrow]:
+    """The end of the sender's side: its first shutdown(SHUT_WR|SHUT_RDWR) or close(), to the
+    receiver's recv() = 0."""
+    end = next(
+        (s for s in sender.steps if s.call == "close" or (s.call == "shutdown" and "SHUT_RD)" not in s.text)),
+        None,
+    )
+    if end is None:
+        return []
+    seen = next((s for s in receiver.steps if s.call in _STREAM_IN and s.event.get("size") == 0), None)
+    end.marks.append("end of data (FIN)" if ":" in sender.local else "end of data")
+    if seen is not None:
+        seen.marks.append("EOF")
+        _waited(seen, end)
+    return [Arrow("eof", end.index, seen.index if seen else None, label=f"EOF ({end.call})")]
+
+
+def _datagrams(sockets: list[_Socket]) -> list[Arrow]:
+    sends = [
+        (sock, step)
+        for sock in sockets
+        for step in sock.steps
+        if step.call == "sendto" and not step.event.get("error")
+    ]
+    sends.sort(key=lambda pair: pair[1].index)
+    arrows = []
+    for sock in sockets:
+        for step in sock.steps:
+            if step.call != "recvfrom" or step.event.get("error"):
+                continue
+            match = next((pair for pair in sends if _delivered(pair, sock, step)), None)
+            if match is not None:
+                sends.remove(match)
+                arrows.append(_datagram(match[1], step))
+    arrows += [_datagram(step, None) for _sock, step in sends]
+    return arrows
+
+
+def _delivered(sent: tuple[_Socket, Step], sock: _Socket, received: Step) -> bool:
+    sender, step = sent
+    source = str(step.event.get("local") or sender.local)
+    destination = str(step.event.get("peer") or sender.peer)
+    here = str(received.event.get("local") or sock.local)
+    return (
+        step.event.get("size") == received.event.get("size")
+        and same_address(destination, here)
+        and same_address(source, str(received.event.get("peer", "")))
+    )
+
+
+def _datagram(sent: Step, received: Step | None) -> Arrow:
+    size = int(sent.event.get("size") or 0)
+    if received is not None:
+        _waited(received, sent)
+    return Arrow("datagram", sent.index, received.index if received else None, size, _label(sent, size))
+
+
+def _waited(receiver: Step, sender: Step) -> None:
+    """Mark ``receiver`` blocked if it started before ``sender`` returned (once per step)."""
+    if receiver.started is None or receiver.started >= sender.time or receiver.waited:
+        return
+    receiver.waited = receiver.time - receiver.started
+    receiver.marks.append(f"blocked {receiver.waited * 1e3:.1f} ms")
+
+
+_TLS_RECORDS = {
+    "\\x14": "TLS ChangeCipherSpec",
+    "\\x15": "TLS alert",
+    "\\x16": "TLS handshake",
+    "\\x17": "TLS data",
+}
+
+
+def _label(step: Step, size: int) -> str:
+    """``33 B "hello, server: th…"``: the size and the first characters, as escaped in the event."""
+    data = str(step.event.get("data") or "")
+    kind = _TLS_RECORDS.get(data[:4]) if data.startswith("\\x1") and data[4:8] == "\\x03" else None
+    if kind:
+        return f"{size} B {kind}"
+    if not data:
+        return f"{size} B"
+    preview = data if len(data) <= PREVIEW else data[: PREVIEW - 1] + "…"
+    return f'{size} B "{preview}"'
+
+
+def blocked(diagram: Diagram) -> list[Step]:
+    """The steps that waited for the other side."""
+    return [step for step in diagram.steps if step.waited]
+
+
+def by_kind(diagram: Diagram, kind: str) -> list[Arrow]:
+    return [arrow for arrow in diagram.arrows if arrow.kind == kind]
+
+
+def lifeline_of(diagram: Diagram, step: int) -> str:
+    index = diagram.steps[step].lifeline
+    return next(line.name for line in diagram.lifelines if line.index == index)
+
+
+def summary(diagram: Diagram) -> list[tuple[str, str, str, str]]:
+    """Each arrow as (kind, from, to, label): what tests and readers compare."""
+    return [
+        (
+            a.kind,
+            lifeline_of(diagram, a.source),
+            lifeline_of(diagram, a.target) if a.target is not None else "",
+            a.label,
+        )
+        for a in diagram.arrows
+    ]
