@@ -11,13 +11,13 @@ within the timeout: the connection is closed, one log line says why, the server 
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _ranges
+from ._networks import Network, matching, parse_network, peer_ip
 from ._text import printable
 from .address import InetAddress, SocketAddress, UnixAddress
 from .errors import EnchufeError, UsageError
@@ -27,29 +27,14 @@ from .proxyproto import MAX_V2_LENGTH, NeedMore, ProxyHeader, Refused, Result, p
 #: a TCP retransmission).
 DEFAULT_PROXY_TIMEOUT = 5.0
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 #: Trusted when no ``trusted_proxies`` are given: loopback (and unix peers, always).
 DEFAULT_TRUSTED = ("127.0.0.0/8", "::1/128")
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def parse_trusted(text: str) -> Network:
     """``"10.0.0.0/8"``, ``"192.168.1.7"``, ``"[fd00::]/8"`` → a network; UsageError with an
     example otherwise.  An IPv4-mapped rule (``::ffff:10.0.0.0/104``) is the IPv4 network."""
-    try:
-        network = ipaddress.ip_network(text.strip().replace("[", "").replace("]", ""), strict=False)
-    except ValueError:
-        raise UsageError(
-            f"--trusted-proxy '{printable(text)}': not an IP network; write an address or CIDR "
-            "such as 10.0.0.0/8, 192.168.1.7 or fd00::/8"
-        ) from None
-    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
-        mapped = network.network_address.ipv4_mapped
-        assert mapped is not None
-        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
-    return network
+    return parse_network(text, "--trusted-proxy")
 
 
 @dataclass(frozen=True)
@@ -78,12 +63,10 @@ class ProxyPolicy:
         if isinstance(peer, UnixAddress) or peer is None:
             return None  # an unnamed unix peer is a unix peer too
         try:
-            ip = ipaddress.ip_address(peer.host.partition("%")[0])
+            ip = peer_ip(peer.host)
         except ValueError:
             return "its address is not an IP address"
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if any(ip in network for network in self.trusted):
+        if matching(self.trusted, ip) is not None:
             return None
         return "not a trusted proxy (see --trusted-proxy); a PROXY header is taken only from one"
 

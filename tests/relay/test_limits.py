@@ -103,6 +103,8 @@ def test_networks_accept_plain_and_bracketed_addresses() -> None:
     assert str(parse_network("192.168.1.7")) == "192.168.1.7/32"
     assert str(parse_network("[::1]")) == "::1/128"
     assert str(parse_network("10.1.2.3/8")) == "10.0.0.0/8"  # host bits are forgiven
+    # A bracketed IPv6 network with its prefix outside, as --trusted-proxy takes it (one parser).
+    assert str(parse_network("[fd00::]/8")) == "fd00::/8"
 
 
 @pytest.mark.parametrize("option", ["allow_uids", "allow_gids"])

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import ipaddress
 import pwd
 import resource
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .. import _networks
+from .._networks import Network, matching, peer_ip
 from .._text import printable
 from ..errors import UsageError
 
@@ -45,8 +46,6 @@ __all__ = [
     "raise_fd_limit",
 ]
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 #: Descriptors kept out of the connection budget: stdio, the epoll and wake-up descriptors, the
 #: listener, the spare descriptor kept for EMFILE, the idle pipes of the pool (see
 #: ``pump.MAX_IDLE_PIPES``) and some slack for the interpreter's own files.
@@ -59,9 +58,6 @@ WANTED_NOFILE = 65536
 #: The largest uid or gid: uid_t is 32 bits, and (uid_t)-1 means "no id" to the kernel.
 MAX_ID = 2**32 - 2
 
-#: IPv6 addresses that carry an IPv4 address (RFC 4291 2.5.5.2).
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
 
 def parse_network(text: str, option: str = "--allow") -> Network:
     """``"10.0.0.0/8"``, ``"::1"``, ``"192.168.1.7"`` → a network; UsageError with an example.
@@ -69,22 +65,7 @@ def parse_network(text: str, option: str = "--allow") -> Network:
     An IPv4-mapped network (``::ffff:10.0.0.0/104``) comes back as the IPv4 network it covers
     (``10.0.0.0/8``): that is how peers are judged (see the module's docstring).
     """
-    try:
-        network = ipaddress.ip_network(text.strip().strip("[]"), strict=False)
-    except ValueError:
-        raise UsageError(
-            f"{option} '{printable(text)}': not an IP network; write an address or CIDR such as "
-            f"10.0.0.0/8, 192.168.1.7 or fd00::/8"
-        ) from None
-    return _unmapped_network(network)
-
-
-def _unmapped_network(network: Network) -> Network:
-    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
-        mapped = network.network_address.ipv4_mapped
-        assert mapped is not None
-        return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
-    return network
+    return _networks.parse_network(text, option)
 
 
 def _parse_id(text: str, option: str, what: str, lookup: Callable[[str], int]) -> int:
@@ -113,23 +94,6 @@ def parse_uid(text: str) -> int:
 def parse_gid(text: str) -> int:
     """A gid from ASCII digits or a group name; UsageError otherwise."""
     return _parse_id(text, "--allow-gid", "gid", lambda name: grp.getgrnam(name).gr_gid)
-
-
-def _peer_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The peer as users think of it: an IPv4-mapped IPv6 address is the IPv4 address."""
-    addr = ipaddress.ip_address(host.partition("%")[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def _matches(
-    networks: Iterable[Network], addr: ipaddress.IPv4Address | ipaddress.IPv6Address
-) -> Network | None:
-    for network in networks:
-        if addr.version == network.version and addr in network:
-            return network
-    return None
 
 
 @dataclass(frozen=True)
@@ -171,13 +135,13 @@ class AccessRules:
         if not self.filters_ip:
             return None
         try:
-            addr = _peer_address(host)
+            addr = peer_ip(host)
         except ValueError:
             return f"peer address '{printable(host)}' is not an IP address"
-        denied = _matches(self.deny, addr)
+        denied = matching(self.deny, addr)
         if denied is not None:
             return f"matches --deny {denied}"
-        if self.allow and _matches(self.allow, addr) is None:
+        if self.allow and matching(self.allow, addr) is None:
             return "matches no --allow rule"
         return None
 

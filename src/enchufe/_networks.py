@@ -1,0 +1,60 @@
+"""IP networks from the user (``--allow``, ``--deny``, ``--trusted-proxy``) and the peers they judge.
+
+Networks and peers are both judged as users think of them: an IPv4-mapped IPv6 address
+(``::ffff:127.0.0.1``, how a dual-stack listener sees an IPv4 client) is the IPv4 address it
+carries, whether it is the peer or the rule.  So a rule for ``127.0.0.0/8`` takes 127.0.0.1 on
+an IPv4 listener as on a dual-stack one, and a dual-stack listener cannot be used to slip past
+an IPv4 rule.  An IPv6 rule that is not IPv4-mapped (``::/0``, ``2001:db8::/32``) judges IPv6
+peers only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from ._text import printable
+from .errors import UsageError
+
+__all__ = ["IP", "Network", "matching", "parse_network", "peer_ip"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: IPv6 addresses that carry an IPv4 address (RFC 4291 2.5.5.2).
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def parse_network(text: str, option: str) -> Network:
+    """``"10.0.0.0/8"``, ``"192.168.1.7"``, ``"[fd00::]/8"`` → a network (host bits forgiven);
+    UsageError naming ``option`` with examples otherwise.  An IPv4-mapped network
+    (``::ffff:10.0.0.0/104``) comes back as the IPv4 network it covers (``10.0.0.0/8``)."""
+    try:
+        network = ipaddress.ip_network(text.strip().replace("[", "").replace("]", ""), strict=False)
+    except ValueError:
+        raise UsageError(
+            f"{option} '{printable(text)}': not an IP network; write an address or CIDR such as "
+            "10.0.0.0/8, 192.168.1.7 or fd00::/8"
+        ) from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
+    return network
+
+
+def peer_ip(host: str) -> IP:
+    """A peer's host as users think of it (an IPv4-mapped address is the IPv4 one, a
+    ``%scope`` dropped); ValueError when it is not an IP address."""
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def matching(networks: Iterable[Network], ip: IP) -> Network | None:
+    """The first of ``networks`` that holds ``ip``, or ``None``."""
+    for network in networks:
+        if ip.version == network.version and ip in network:
+            return network
+    return None
