@@ -133,10 +133,11 @@ def test_reset_peer_resets_the_client() -> None:
 
 
 def test_timeout_passes_nothing_then_closes() -> None:
-    with faulty(echo, "timeout:timeout=300") as (relay, _), dial(relay.address) as sock:
-        started = time.monotonic()
-        sock.sendall(b"ping")
-        assert read_all(sock) == b""
+    with faulty(echo, "timeout:timeout=300") as (relay, _):
+        started = time.monotonic()  # before the connection: its timeout starts after this
+        with dial(relay.address) as sock:
+            sock.sendall(b"ping")
+            assert read_all(sock) == b""
         assert time.monotonic() - started >= 0.300 - 0.002
 
 
@@ -149,11 +150,12 @@ def test_timeout_zero_holds_forever() -> None:
 
 
 def test_slow_close_delays_the_end_not_the_data() -> None:
-    with faulty(send_then_close(b"hello"), "slow_close:delay=300") as (relay, _), dial(relay.address) as sock:
-        assert sock.recv(10) == b"hello"
-        started = time.monotonic()
-        assert sock.recv(10) == b""
-    assert time.monotonic() - started >= 0.300 - 0.050  # the target's close came a little after
+    with faulty(send_then_close(b"hello"), "slow_close:delay=300") as (relay, _):
+        started = time.monotonic()  # before the connection: the target's end comes after this
+        with dial(relay.address) as sock:
+            assert sock.recv(10) == b"hello"
+            assert sock.recv(10) == b""
+        assert time.monotonic() - started >= 0.300 - 0.002
 
 
 def test_toxicity_zero_changes_nothing() -> None:
