@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relay": ("relay", "For every client of LISTEN, open TARGET and carry bytes both ways."),
     "chaos": ("chaos", "Proxies with faults on purpose, driven by Toxiproxy's HTTP API."),
     "tour": ("tour", "Every kind's server and client on loopback, narrated, then a summary."),
+    "diagram": ("diagram", "Sequence diagram of --trace-file outputs: a server and its clients, merged."),
     "bench": ("bench", "Throughput, latency, connection and datagram rates: all six kinds, or ADDRESSes."),
     "check": ("check", "Is anything listening at each ADDRESS? Exit 0 if every one answers (nc -z)."),
 }

@@ -4,7 +4,8 @@ The lifelines are vertical lines, one column each, their name and address on top
 down, one row per call, its text beside its lifeline (left of the first, right of the others).
 Arrows go from the row of the call that sent to the row of the call that took it: bytes blue,
 datagrams purple, connections green, ends of data grey and dashed.  A call that waited for the
-other side has an orange bar on its lifeline, from the call before it, and says how long.
+other side has an orange bar on its lifeline, from the call before it, and says how long: solid
+when it waited inside the call (blocked), dotted when the process waited elsewhere (poll()).
 
 matplotlib is imported only here, through its object-oriented API (no pyplot, no display);
 SVG keeps its text as text (``svg.fonttype: none``), so the calls can be searched and selected.
@@ -96,13 +97,16 @@ def _text(axes: Any, x: float, y: float, text: str, **style: Any) -> None:
 def _step(axes: Any, step: Step, x: int, y: float, before: float) -> None:
     first = x == 0
     if step.waited:
-        axes.plot([x, x], [before + 0.3, y], color=_BLOCKED, linewidth=5, alpha=0.8, zorder=2)
+        style = "-" if step.blocked else ":"
+        axes.plot(
+            [x, x], [before + 0.3, y], color=_BLOCKED, linewidth=5, linestyle=style, alpha=0.8, zorder=2
+        )
     axes.plot([x], [y], marker="o", markersize=3.5, color="#333333", zorder=4)
     offset = -0.04 if first else 0.04
     align = "right" if first else "left"
     _text(axes, x + offset, y, step.text, ha=align, va="center", fontsize=7.5, family="monospace", zorder=4)
     for n, mark in enumerate(step.marks, 1):
-        color = _BLOCKED if mark.startswith("blocked") else "#2e6b3a"
+        color = _BLOCKED if mark.startswith(("blocked", "waited")) else "#2e6b3a"
         _text(
             axes,
             x + offset,
@@ -141,10 +145,11 @@ def _arrow(
     axes.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=props, zorder=3)
     label = arrow.label if arrow.target is not None else f"{arrow.label}: no call took it"
     box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+    # a third of the way from the sender: the labels of two crossing arrows stay apart
     _text(
         axes,
-        (x0 + x1) / 2,
-        (y0 + y1) / 2 - 0.3,
+        x0 + (x1 - x0) / 3,
+        y0 + (y1 - y0) / 3 - 0.3,
         label,
         ha="center",
         va="center",

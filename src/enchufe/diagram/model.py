@@ -16,9 +16,11 @@ The arrows are found, not assumed:
 - a datagram goes from a ``sendto()`` to the ``recvfrom()`` whose socket has the destination
   address and which names the sender's address (a wildcard bind matches any host of its port).
 
-A receiving call that started before its arrow's sender returned waited for it: it is marked
-blocked, with the time it waited; an ``accept()`` that came after its client's ``connect()``
-returned is marked queued (the kernel completed the connection on its own, from the backlog).
+A receiving call that started before its arrow's sender returned is marked blocked in that
+call, with the time it waited; one whose lifeline made no call between the sender's call and
+its own (it waited in poll(), or for the user) is marked as having waited that long.  An
+``accept()`` that came after its client's ``connect()`` returned is also marked queued: the
+kernel completed the connection on its own, from the backlog.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _STREAM_OUT = ("send", "write")
 _STREAM_IN = ("recv", "read")
 #: How many characters of a payload an arrow shows.
 PREVIEW = 18
+#: Waits shorter than this are scheduling, not the other side: not marked.
+MIN_WAIT = 0.001
 
 
 @dataclass
@@ -64,8 +68,12 @@ class Step:
     event: Event
     #: What the diagram says beside the call: "blocked 12.0 ms", "queued 0.3 ms", "EOF"…
     marks: list[str] = field(default_factory=list)
-    #: How long the call waited for its peer (blocked), in seconds; 0 when it did not.
+    #: How long the lifeline waited for its peer before this call returned, in seconds; 0 when
+    #: it did not wait; ``blocked`` when it waited inside this call.
     waited: float = 0.0
+    blocked: bool = False
+    #: When the lifeline's previous call returned (None for its first).
+    after: float | None = None
 
 
 @dataclass
@@ -113,10 +121,14 @@ def build(events: Iterable[Event], title: str = "") -> Diagram:
     shown.sort(key=_when)
     lifelines: dict[tuple[int, str], Lifeline] = {}
     steps: list[Step] = []
+    last: dict[int, float] = {}
     for event in shown:
         key = (int(event["pid"]), str(event.get("actor") or ""))
         line = lifelines.setdefault(key, Lifeline(len(lifelines), key[0], key[1]))
-        steps.append(_step(len(steps), line.index, event))
+        step = _step(len(steps), line.index, event)
+        step.after = last.get(line.index)
+        last[line.index] = step.time
+        steps.append(step)
     sockets = _sockets(steps)
     _name(list(lifelines.values()), steps, sockets)
     arrows = _connections(sockets) + _datagrams(sockets)
@@ -299,12 +311,11 @@ def _client_of(server: _Socket, clients: list[_Socket]) -> _Socket | None:
 
 
 def _opened(accept: Step, connect: Step) -> None:
-    if accept.started is not None and accept.started < connect.time:
-        accept.waited = accept.time - accept.started
-        accept.marks.append(f"blocked {accept.waited * 1e3:.1f} ms until connect()")
-    else:
+    accept.marks.append("passive open")
+    _waited(accept, connect, "connect()")
+    if not accept.blocked:
         queued = (accept.started or accept.time) - connect.time
-        accept.marks.append(f"passive open; queued {queued * 1e3:.1f} ms in the backlog")
+        accept.marks.append(f"queued {queued * 1e3:.1f} ms in the backlog")
 
 
 def _bytes(sender: _Socket, receiver: _Socket) -> list[Arrow]:
@@ -328,7 +339,7 @@ def _bytes(sender: _Socket, receiver: _Socket) -> list[Arrow]:
         offset += size
         arrows.append(Arrow("bytes", step.index, target.index if target else None, size, _label(step, size)))
         if target is not None:
-            _waited(target, step)
+            _waited(target, step, "bytes")
     return arrows
 
 
@@ -345,7 +356,7 @@ def _eof(sender: _Socket, receiver: _Socket) -> list[Arrow]:
     end.marks.append("end of data (FIN)" if ":" in sender.local else "end of data")
     if seen is not None:
         seen.marks.append("EOF")
-        _waited(seen, end)
+        _waited(seen, end, "EOF")
     return [Arrow("eof", end.index, seen.index if seen else None, label=f"EOF ({end.call})")]
 
 
@@ -385,16 +396,23 @@ def _delivered(sent: tuple[_Socket, Step], sock: _Socket, received: Step) -> boo
 def _datagram(sent: Step, received: Step | None) -> Arrow:
     size = int(sent.event.get("size") or 0)
     if received is not None:
-        _waited(received, sent)
+        _waited(received, sent, "datagram")
     return Arrow("datagram", sent.index, received.index if received else None, size, _label(sent, size))
 
 
-def _waited(receiver: Step, sender: Step) -> None:
-    """Mark ``receiver`` blocked if it started before ``sender`` returned (once per step)."""
-    if receiver.started is None or receiver.started >= sender.time or receiver.waited:
+def _waited(receiver: Step, sender: Step, what: str) -> None:
+    """Mark ``receiver`` blocked if it started before ``sender`` returned, or waiting if its
+    lifeline's previous call returned before then (once per step)."""
+    if receiver.waited:
         return
-    receiver.waited = receiver.time - receiver.started
-    receiver.marks.append(f"blocked {receiver.waited * 1e3:.1f} ms")
+    inside = receiver.started is not None and receiver.started < sender.time
+    if inside and receiver.started is not None and receiver.time - receiver.started >= MIN_WAIT:
+        receiver.waited = receiver.time - receiver.started
+        receiver.blocked = True
+        receiver.marks.append(f"blocked {receiver.waited * 1e3:.1f} ms in {receiver.call}() for the {what}")
+    elif receiver.after is not None and sender.time - receiver.after >= MIN_WAIT:
+        receiver.waited = sender.time - receiver.after
+        receiver.marks.append(f"waited {receiver.waited * 1e3:.1f} ms for the {what}")
 
 
 _TLS_RECORDS = {
