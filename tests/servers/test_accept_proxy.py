@@ -230,16 +230,20 @@ def test_asyncio_serve_takes_the_options(make_address: Callable[[str], str]) -> 
     seen: list[tuple[Any, Any]] = []
 
     async def main() -> None:
-        bound: list[Any] = []
+        bound: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
             aio_serve(
-                make_address("tcp4"), recording_echo("asyncio", seen), ready=bound.append, accept_proxy=True
+                make_address("tcp4"),
+                recording_echo("asyncio", seen),
+                ready=bound.set_result,
+                accept_proxy=True,
             )
         )
-        while not bound:
-            await asyncio.sleep(0.01)
+        # Bounded: a server that cannot start ends its task instead of calling ready.
+        await asyncio.wait([bound, task], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert bound.done(), task
         reply = await asyncio.to_thread(
-            exchange, raw_client(connectable(bound[0])), encode_v1(CLIENT, FRONT) + b"hi"
+            exchange, raw_client(connectable(bound.result())), encode_v1(CLIENT, FRONT) + b"hi"
         )
         assert reply == b"hi"
         task.cancel()
