@@ -46,11 +46,18 @@ def receive_all(client: socket.socket, quiet: float = 0.5, most: int = 10_000) -
     return got
 
 
-def send_paced(client: socket.socket, payloads: list[bytes]) -> None:
-    """One at a time, each after the last one's echo could come: no socket buffer overflows."""
+def exchange(client: socket.socket, payloads: list[bytes]) -> list[bytes]:
+    """Send one at a time, reading what came back so far after each (the client's receive queue
+    never fills, whatever the load), then every reply until none came for a while."""
+    got = []
+    client.setblocking(False)
     for payload in payloads:
         client.send(payload)
         time.sleep(0.0005)
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(len(payloads) * 2):
+                got.append(client.recv(65536))
+    return got + receive_all(client)  # blocking again, with a timeout
 
 
 def expected(faults: list[str], seed: int, payloads: list[bytes], direction: str = "down") -> list[bytes]:
@@ -63,8 +70,7 @@ def expected(faults: list[str], seed: int, payloads: list[bytes], direction: str
 def test_loss_drops_exactly_what_the_seed_says(make_address: Callable[[str], str], kind: str) -> None:
     payloads = numbered(300)
     with faulty(make_address, kind, "loss:probability=0.2", seed=7) as (_, target, client):
-        send_paced(client, payloads)
-        got = receive_all(client)
+        got = exchange(client, payloads)
         assert len(target.wait_received(300)) == 300  # the loss is downstream only
     want = expected(["loss:probability=0.2"], 7, payloads)
     assert sorted(got) == sorted(want)
@@ -74,8 +80,7 @@ def test_loss_drops_exactly_what_the_seed_says(make_address: Callable[[str], str
 def test_loss_upstream_never_reaches_the_target(make_address: Callable[[str], str]) -> None:
     payloads = numbered(200)
     with faulty(make_address, "udp4", "loss:probability=0.5,stream=upstream", seed=3) as (_, target, client):
-        send_paced(client, payloads)
-        got = receive_all(client)
+        got = exchange(client, payloads)
         arrived = [data for data, _ in target.received]
     want = expected(["loss:probability=0.5"], 3, payloads, "up")
     assert sorted(arrived) == sorted(want) == sorted(got)
@@ -84,16 +89,14 @@ def test_loss_upstream_never_reaches_the_target(make_address: Callable[[str], st
 def test_duplicate_sends_twice(make_address: Callable[[str], str]) -> None:
     payloads = numbered(20)
     with faulty(make_address, "udp4", "duplicate:probability=1") as (_, _target, client):
-        send_paced(client, payloads)
-        got = receive_all(client)
+        got = exchange(client, payloads)
     assert sorted(got) == sorted(payloads * 2)
 
 
 def test_corrupt_flips_one_bit(make_address: Callable[[str], str]) -> None:
     payloads = numbered(20)
     with faulty(make_address, "unixgram", "corrupt:probability=1") as (_, _target, client):
-        send_paced(client, payloads)
-        got = receive_all(client)
+        got = exchange(client, payloads)
     assert len(got) == 20
     for data, payload in zip(got, payloads, strict=True):  # a unix datagram socket keeps the order
         flipped = int.from_bytes(data, "big") ^ int.from_bytes(payload, "big")
@@ -127,5 +130,4 @@ def test_latency_delays_each_datagram(make_address: Callable[[str], str], kind: 
 def test_toxicity_zero_changes_nothing(make_address: Callable[[str], str]) -> None:
     payloads = numbered(50)
     with faulty(make_address, "udp4", "loss:probability=1,toxicity=0") as (_, _target, client):
-        send_paced(client, payloads)
-        assert sorted(receive_all(client)) == payloads
+        assert sorted(exchange(client, payloads)) == payloads
