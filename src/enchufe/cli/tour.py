@@ -34,8 +34,7 @@ def command(diagram: str | None) -> int:
       enchufe tour | less
       # does every kind work on this host?  (the exit status says)
       enchufe tour > /dev/null
-      # the tour as sequence diagrams: Mermaid in Markdown (GitHub draws it), or pictures
-      enchufe tour --diagram tour.md
+      # each kind as a sequence diagram: tour-tcp4.svg... (or tour.md: Mermaid, for GitHub)
       enchufe tour --diagram tour.svg
     """
     from ..tour import run
