@@ -72,6 +72,9 @@ class PreludeSession(RelaySession):
         relay = self.relay
         policy = relay.proxy_policy
         if policy is None:
+            if relay.router is None and not relay.send_proxy:
+                self._begin()  # nothing to read first (most relays): one call less
+                return
             self._route()
             return
         assert self.client_sock is not None
@@ -172,10 +175,10 @@ class PreludeSession(RelaySession):
         return None
 
     def _prepare_first(self) -> None:
-        """The target is about to be opened: the PROXY header it gets first (--send-proxy)."""
+        """--send-proxy: the target is about to be opened; the PROXY header it gets first."""
         version = self.relay.send_proxy
-        if version:
-            self._header = header_for(self, version, self.client_tls(), self.server_name)
+        assert version is not None
+        self._header = header_for(self, version, self.client_tls(), self.server_name)
 
     def _first_through(self) -> bool:
         """:meth:`_send_first`, its failure the target's (the next address is tried, or the

@@ -83,7 +83,8 @@ class StreamSession(PreludeSession):
             relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
             client.mask = 0
         target = relay.target if self.route is None else self.route.target
-        self._prepare_first()
+        if relay.send_proxy:
+            self._prepare_first()
         if isinstance(target, ExecAddress):
             self._spawn(target)
         elif isinstance(target, StdioAddress):
