@@ -155,6 +155,16 @@ def test_check_through_the_proxy(proxy: FakeSocks) -> None:
     assert sorted(proxy.requests) == sorted([(3, "localhost", 22), (4, "::1", 443)])
 
 
+def test_check_through_a_proxy_that_is_down_blames_the_proxy_not_the_target() -> None:
+    port = free_port()
+    done = run("check", "--via", f"socks5://127.0.0.1:{port}", "tcp://localhost:22")
+    assert done.returncode == 1
+    assert done.stdout.decode() == (
+        f"tcp://localhost:22 proxy refused (via socks5://127.0.0.1:{port}: cannot connect to "
+        f"tcp://127.0.0.1:{port}: connection refused; is a server listening there?)\n"
+    )
+
+
 def test_check_says_refused_when_the_target_refused_through_the_proxy() -> None:
     fake = FakeSocks(reply=5)
     try:

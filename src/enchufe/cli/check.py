@@ -38,7 +38,8 @@ _PARALLEL = 32
 @dataclass
 class Outcome:
     """What one address said: ``status`` is one word or two (``open``, ``refused``, ``timed
-    out``, ``no socket file``, ``not a socket``, ``no reply``, ``error``)."""
+    out``, ``no socket file``, ``not a socket``, ``no reply``, ``error``); through proxies,
+    ``proxy refused`` and ``proxy`` before any other failure that was a proxy's."""
 
     address: str
     status: str
@@ -78,7 +79,8 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[
                     ("TLS refused" and why otherwise).
 
     --via:          through the proxies: open once the last one opened its tunnel; "refused"
-                    when the target refused it, "proxy refused" when a proxy said no (and why).
+                    when the target refused it, "proxy refused" when a proxy said no (and why),
+                    "proxy …" when a proxy could not be reached or did not answer in time.
 
     Exit status: 0 if every address is open (or, for UDP, did not refuse: as nc -zuv), 1 if any
     is not, 2 for bad input. All addresses are checked at once; with -q nothing is printed and
@@ -182,7 +184,9 @@ def _report(outcome: Outcome, as_json: bool) -> None:
         sys.stdout.write(json.dumps(record) + "\n")
     elif not settings.quiet:
         shown = outcome.detail and (
-            settings.verbose or outcome.status in ("error", "TLS refused", "proxy refused")
+            settings.verbose
+            or outcome.status in ("error", "TLS refused")
+            or outcome.status.startswith("proxy ")
         )
         detail = f" ({outcome.detail})" if shown else ""
         sys.stdout.write(f"{outcome.address} {outcome.status}{detail}\n")
@@ -207,7 +211,7 @@ def _check(target: Any, tls: Any, timeout: float, hops: tuple[Any, ...] = ()) ->
                 target, timeout=timeout, retries=0, retry_delay=0, datagram_reply=False
             )
     except EnchufeError as exc:
-        return Outcome(shown, _status(exc), time.monotonic() - start, printable(str(exc)))
+        return Outcome(shown, _status(exc, via=bool(hops)), time.monotonic() - start, printable(str(exc)))
     if tls is not None:
         return _handshake(sock, tls, target, shown, start)
     try:
@@ -254,7 +258,10 @@ def _probe_udp(sock: Any, timeout: float) -> str:
     return "open"
 
 
-def _status(exc: Exception) -> str:
+def _status(exc: Exception, *, via: bool = False) -> str:
+    """The status word(s) of a failed check.  Through proxies (``via``), only a hop's reply
+    speaks for the target: any other failure was on the way to, or with, a proxy (one that is
+    down, unknown, silent), said as ``proxy …`` so that it is never taken for the target's."""
     import errno
 
     from ..errors import ConnectionRefused, NameResolutionError, NotASocket, TimedOut
@@ -262,6 +269,8 @@ def _status(exc: Exception) -> str:
 
     if isinstance(exc, HopRefused):
         return "refused" if exc.code == 5 and exc.hop.scheme == "socks5" else "proxy refused"
+    if via:
+        return f"proxy {_status(exc)}"
     if isinstance(exc, TimedOut):
         return "timed out"
     if isinstance(exc, NotASocket):
