@@ -57,6 +57,17 @@ def client_of(address: str, source: str) -> socket.socket:
     return sock
 
 
+def echoed(address: str, source: str, payload: bytes) -> int:
+    """Send ``payload`` through ``address`` to an echo from ``source``, and check it comes back;
+    the client's port."""
+    with client_of(address, source) as client:
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        assert read_all(client) == payload
+        port: int = client.getsockname()[1]
+        return port
+
+
 @pytest.mark.parametrize("send_proxy", ["send-proxy", "send-proxy-v2"])
 def test_relay_behind_haproxy_sees_the_real_client(start_relay: StartRelay, send_proxy: str) -> None:
     relay = start_relay(
@@ -90,11 +101,7 @@ def test_haproxy_reads_the_relays_header(start_relay: StartRelay, version: str) 
 def test_echo_accept_proxy_behind_the_relay(start_relay: StartRelay, spawn: Spawn, version: str) -> None:  # noqa: F811
     echo = spawn("echo", "tcp://127.0.0.1:0", "--accept-proxy", "--json", "-v", stdin=False)
     relay = start_relay("tcp://127.0.0.1:0", echo.listening(), "--send-proxy", version)
-    with client_of(relay.address, "127.0.0.8") as client:
-        client_port = client.getsockname()[1]
-        client.sendall(b"hello\n")
-        client.shutdown(socket.SHUT_WR)
-        assert read_all(client) == b"hello\n"
+    client_port = echoed(relay.address, "127.0.0.8", b"hello\n")
     echo.wait_err('"event": "close"')
     (accept,) = json_events(echo.err, "accept")
     assert accept["peer"] == f"tcp://127.0.0.8:{client_port}"
@@ -153,10 +160,6 @@ def test_the_header_goes_before_the_handshake_with_a_tls_target(
     port = echo.listening().split("?")[0].rsplit(":", 1)[1]
     target = f"tls://127.0.0.1:{port}?ca={gateway.ca}&sni={NAME}"
     relay = start_relay("tcp://127.0.0.1:0", target, "--send-proxy", "v2")
-    with client_of(relay.address, "127.0.0.10") as client:
-        client_port = client.getsockname()[1]
-        client.sendall(b"encrypted on the way\n")
-        client.shutdown(socket.SHUT_WR)
-        assert read_all(client) == b"encrypted on the way\n"
+    client_port = echoed(relay.address, "127.0.0.10", b"encrypted on the way\n")
     echo.wait_err('"event": "close"')
     assert json_events(echo.err, "accept")[0]["peer"] == f"tcp://127.0.0.10:{client_port}"
