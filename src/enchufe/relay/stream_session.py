@@ -2,10 +2,10 @@
 
 ::
 
-    StreamSession (a RelaySession, see :mod:`.session`)
-      ├─ with --route: read the ClientHello (bounded), choose the target by its server name
-    ├─ open TARGET: connect (non-blocking, timed), spawn exec:, or stdio; with a route, the
-    │    ClientHello read is sent first (replayed), then the pumps carry the rest untouched
+    StreamSession (a PreludeSession, see :mod:`.prelude`, and a RelaySession, :mod:`.session`)
+      ├─ the prelude: with --accept-proxy the PROXY header, with --route the ClientHello
+      ├─ open TARGET: connect (non-blocking, timed), spawn exec:, or stdio; what it gets first
+      │    (--send-proxy's header, a route's ClientHello replayed), then the pumps carry the rest
       ├─ up:   Pump(client → target)
       └─ down: Pump(target → client)
 
