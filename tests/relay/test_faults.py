@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import re
 import socket
 import subprocess
 import time
@@ -244,3 +245,13 @@ def test_an_exec_target_through_the_slicer() -> None:
             reads.append(chunk)
     assert b"".join(reads) == b"abcdefghijklmnop"
     assert len(reads) >= 3  # 6 pieces 20 ms apart
+
+
+def test_the_faults_and_the_seed_are_said_at_v(start_relay: StartRelay) -> None:
+    proc = start_relay(
+        "tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--fault", "latency:latency=100,jitter=10", "-v"
+    )
+    line = proc.wait_err(r"faults: .*")
+    seed = re.search(r"--seed (\d+)$", line.group(0))
+    assert line.group(0).startswith("faults: latency_downstream latency=100 jitter=10 toxicity=1; --seed ")
+    assert seed is not None

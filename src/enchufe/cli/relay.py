@@ -308,7 +308,17 @@ def _fault_plan(faults: tuple[str, ...], seed: int | None) -> FaultPlan | None:
         toxics = tuple(parse_fault(text) for text in faults)
     except FaultError as exc:
         raise FaultError(f"--fault {exc}") from None
-    return FaultPlan(toxics, seed if seed is not None else random.SystemRandom().randrange(2**63))
+    plan = FaultPlan(toxics, seed if seed is not None else random.SystemRandom().randrange(2**63))
+    # The seed is said even when drawn: a run that failed can be repeated with --seed.
+    shown = "; ".join(t.describe() for t in toxics)
+    event(
+        "faults",
+        f"faults: {shown}; --seed {plan.seed}",
+        level=1,
+        toxics=[t.to_json() for t in toxics],
+        seed=plan.seed,
+    )
+    return plan
 
 
 def _proxy_settings(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._ranges import MAX_SECONDS
+from .._text import printable
 from ..address import Address
 from ..errors import UsageError
 
@@ -136,6 +137,11 @@ class Toxic:
     @property
     def upstream(self) -> bool:
         return self.stream == "upstream"
+
+    def describe(self) -> str:
+        """One line: ``latency_downstream latency=100 jitter=10 toxicity=1``."""
+        values = " ".join(f"{a.name}={self.attr(a.name):g}" for a in TYPES[self.type])
+        return f"{printable(self.name)} {values} toxicity={self.toxicity:g}"
 
     def to_json(self) -> dict[str, Any]:
         """Toxiproxy's shape, every attribute of the type present."""
