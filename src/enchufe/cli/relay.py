@@ -154,9 +154,10 @@ _NON_FINITE = ("inf", "infinity", "nan")
     "faults",
     multiple=True,
     metavar="TYPE[:ATTR=VALUE,…]",
-    help="Inject a fault, as Toxiproxy's toxics (repeatable, applied in order): latency, bandwidth, "
-    "slicer, limit_data, timeout, reset_peer, slow_close; ATTR=VALUE as Toxiproxy's attributes, "
-    "and stream=upstream|downstream (default downstream), toxicity=0…1 (default 1).  "
+    help="Inject a fault, as Toxiproxy's toxics (repeatable, applied in order): on streams latency, "
+    "bandwidth, slicer, limit_data, timeout, reset_peer, slow_close; on datagrams latency, bandwidth, "
+    "loss, duplicate, corrupt, reorder.  ATTR=VALUE as Toxiproxy's attributes, and "
+    "stream=upstream|downstream (default downstream: towards the client), toxicity=0…1 (default 1).  "
     "E.g. --fault latency:latency=100,jitter=10",
 )
 @click.option(
