@@ -240,6 +240,16 @@ def test_help_has_examples() -> None:
     assert text.split("Examples:", 1)[1].count("enchufe") >= 3
 
 
+def test_help_keeps_the_table_of_what_each_kind_says_as_written() -> None:
+    text = run_here("check", "--help").stdout.decode()
+    # Every row of the table on its lines, as written (click rewraps a paragraph outside \b).
+    for row in (
+        "  tls, tls+unix:  open only once the TLS handshake and the server's verification passed\n",
+        '  --via:          through the proxies: open once the last one opened its tunnel; "refused"\n',
+    ):
+        assert row in text
+
+
 @pytest.fixture
 def full_listener() -> Iterator[socket.socket]:
     """A listener whose accept queue is full (backlog 0, one connection pending): Linux drops

@@ -74,10 +74,8 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[
     udp:            one empty datagram is sent; refused when the port answers ICMP unreachable,
                     open when a reply comes, else "no reply" (a server that ignores empty
                     datagrams, or a firewall that drops them: UDP cannot tell more).
-
     tls, tls+unix:  open only once the TLS handshake and the server's verification passed
                     ("TLS refused" and why otherwise).
-
     --via:          through the proxies: open once the last one opened its tunnel; "refused"
                     when the target refused it, "proxy refused" when a proxy said no (and why),
                     "proxy …" when a proxy could not be reached or did not answer in time.
