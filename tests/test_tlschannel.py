@@ -28,11 +28,20 @@ class Driven:
         self.sock = sock
         self.channel = channel
         sock.settimeout(STEP)
+        # A reader's flush may take the ciphertext a writer just made: taking and sending go
+        # together, or two threads' sendall would interleave records (a bad MAC, seen under load).
+        self._send_lock = threading.Lock()
 
-    def flush(self) -> None:
-        out = self.channel.outgoing()
-        if out:
-            self.sock.sendall(out)
+    def flush(self, *, wait: bool = True) -> None:
+        """Send what the channel made; with ``wait=False`` (a reader) nothing when another
+        thread is sending: it sends until nothing is left, and the reader must not block."""
+        if not self._send_lock.acquire(blocking=wait):
+            return
+        try:
+            while out := self.channel.outgoing():
+                self.sock.sendall(out)
+        finally:
+            self._send_lock.release()
 
     def pull(self) -> None:
         self.channel.feed(self.sock.recv(65536))
@@ -49,7 +58,7 @@ class Driven:
     def recv(self, size: int = 65536) -> bytes:
         while True:
             data = self.channel.read(size)
-            self.flush()
+            self.flush(wait=False)
             if data is not None:
                 return data
             self.pull()

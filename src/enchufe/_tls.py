@@ -8,6 +8,7 @@ so a missing or malformed one is an :class:`AddressError` naming the parameter a
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import ssl
@@ -68,6 +69,7 @@ def server_context(params: TLSParams, host: str = "") -> tuple[ssl.SSLContext, s
         _load_chain(context, params.cert, params.key)
     if params.client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED
+        _tls_seen.watch(context)
         _load(lambda: context.load_verify_locations(cafile=params.client_ca), "client-ca", params.client_ca)
     if params.alpn:
         context.set_alpn_protocols(list(params.alpn))
@@ -168,6 +170,7 @@ def _same_name(kind: str, value: str, allowed: str) -> bool:
 
 # --- one line per refusal
 
+_NOT_YET_VALID, _EXPIRED, _NAME_MISMATCH, _IP_MISMATCH = 9, 10, 62, 64
 _UNTRUSTED = "add ca=FILE with the CA that issued it, or pin=sha256:… to trust this key alone"
 _VERIFY_CODES: dict[int, tuple[str, str]] = {
     # X509_V_ERR_*: https://docs.openssl.org/3.0/man3/X509_STORE_CTX_get_error/
@@ -292,25 +295,27 @@ def _verify_failed(
     if not line:
         line = f"the {whose}'s certificate was refused: {printable(str(exc.verify_message))}"
     line = line.format(name=printable(server_name or "?"))
-    if certificate is not None and not server_side:
-        line = _with_what_it_says(line, reason, certificate)
+    if certificate is not None:
+        line = _with_what_it_says(line, exc.verify_code, certificate, whose)
     return TLSRefused(line, reason)
 
 
-def _with_what_it_says(line: str, reason: str, certificate: bytes) -> str:
-    """``line`` completed by what the refused certificate says: the names it is valid for (a
-    name mismatch) or the date (expired, not yet valid); as it was when that does not parse."""
+def _with_what_it_says(line: str, code: int, certificate: bytes, whose: str) -> str:
+    """``line`` completed by what the refused leaf certificate says: the names it is valid for
+    (a name mismatch) or its date (expired, not yet valid: when the leaf is the one that is,
+    not a CA above it); as it was when that does not parse."""
     try:
         peer = describe_certificate(certificate)
     except ValueError:
         return line
-    if reason == "name-mismatch":
+    now = datetime.datetime.now(datetime.UTC)
+    if code in (_NAME_MISMATCH, _IP_MISMATCH):
         names = ", ".join(printable(name) for name in peer.names()) or "no host name or address"
         return f"{line}: it is for {names}"
-    if reason == "expired":
-        return f"the server's certificate expired on {date_text(peer.not_after)}"
-    if reason == "not-yet-valid":
-        return f"the server's certificate is not valid until {date_text(peer.not_before)}"
+    if code == _EXPIRED and peer.not_after < now:
+        return f"the {whose}'s certificate expired on {date_text(peer.not_after)}"
+    if code == _NOT_YET_VALID and peer.not_before > now:
+        return f"the {whose}'s certificate is not valid until {date_text(peer.not_before)}"
     return line
 
 

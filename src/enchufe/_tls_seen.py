@@ -1,4 +1,4 @@
-"""The certificate a server showed in a handshake that refused it, for the line that says why.
+"""The certificate a peer showed in a handshake that refused it, for the line that says why.
 
 A name mismatch must list the names the certificate has, an expiry its date; yet Python 3.11's
 ``ssl`` gives nothing of a certificate that failed verification (3.13's
@@ -27,13 +27,15 @@ _HAS_CHAIN = hasattr(ssl.SSLObject, "get_unverified_chain")
 
 #: The leaf certificate (DER) each watched connection was shown, until the connection goes.
 _seen: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
-#: The context a watched connection moves to once its handshake is done (made at first use).
-_quiet: ssl.SSLContext | None = None
+#: The context a watched connection moves to once its handshake is done, by side (server or
+#: client), made at first use.
+_quiet: dict[bool, ssl.SSLContext] = {}
 
 
 def watch(context: ssl.SSLContext) -> None:
-    """Keep the certificate the peer shows to connections made from the client ``context``
-    (nothing when this Python can tell without it, or cannot tell at all)."""
+    """Keep the certificate the peer shows to connections made from ``context`` (a client's,
+    or a server's that asks for client certificates); nothing when this Python can tell
+    without it, or cannot tell at all."""
     if _HAS_CHAIN:
         return
     with contextlib.suppress(AttributeError, TypeError, ValueError, NotImplementedError):
@@ -84,24 +86,31 @@ def certificate(sslobj: ssl.SSLObject) -> bytes | None:
 
 def quiet(sslobj: ssl.SSLObject, context: ssl.SSLContext) -> None:
     """Stop watching ``sslobj`` (made from ``context``), whose handshake is done: it moves to a
-    bare client context, where no callback runs per record.
+    bare context of its side, where no callback runs per record.
 
     Only what the handshake decided matters after it; OpenSSL's verification store and
     certificate are taken from the new context, so a TLS 1.2 renegotiation would fail against
-    its empty store (the watched contexts refuse renegotiation anyway).  :func:`restore` moves
+    its empty store (watched client contexts refuse renegotiation; OpenSSL 3 servers refuse a
+    client's by default).  :func:`restore` moves
     it back, for what must name ``context`` (its session)."""
-    global _quiet
     _seen.pop(sslobj, None)
-    if _HAS_CHAIN or sslobj.server_side or sslobj.context is not context:
+    if _HAS_CHAIN or sslobj.context is not context:
         return
     if getattr(context, "_msg_callback", None) is None:
         return
     with contextlib.suppress(Exception):
-        if _quiet is None:
-            _quiet = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            _quiet.check_hostname = False
-            _quiet.verify_mode = ssl.CERT_NONE
-        sslobj.context = _quiet
+        sslobj.context = _quiet_context(sslobj.server_side)
+
+
+def _quiet_context(server_side: bool) -> ssl.SSLContext:
+    quiet = _quiet.get(server_side)
+    if quiet is None:
+        quiet = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+        if not server_side:
+            quiet.check_hostname = False
+        quiet.verify_mode = ssl.CERT_NONE
+        _quiet[server_side] = quiet
+    return quiet
 
 
 def restore(sslobj: ssl.SSLObject, context: ssl.SSLContext) -> None:

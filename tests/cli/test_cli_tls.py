@@ -313,6 +313,19 @@ def test_a_refused_client_certificate_is_worded_for_each_side(spawn: Spawn, pem:
     assert "server's" not in line and "ca=FILE" not in line, line
 
 
+def test_an_expired_client_certificate_is_refused_with_its_date(spawn: Spawn, pem: dict[str, str]) -> None:
+    """The server's line says when the client's certificate ended; the client's, that the
+    server refused it as expired."""
+    server = spawn("listen", f"tls://127.0.0.1:0?cert={pem['server']}&client-ca={pem['ca']}", stdin=False)
+    address, _ = tls_listening(server)
+    done = run("connect", f"tls://127.0.0.1:{port_of(address)}?ca={pem['ca']}&cert={pem['expired']}")
+    assert done.returncode == 1, done.stderr
+    one_line(done.stderr, "the server says this client's certificate expired")
+    assert server.finish() == 1
+    line = server.wait_err(r"^enchufe: .*$").group(0)
+    assert line == "enchufe: the client's certificate expired on 2020-01-01 00:00:00 UTC", line
+
+
 def test_a_plain_server_on_a_tls_address_is_named_by_what_it_sent(spawn: Spawn) -> None:
     server = spawn("listen", "tcp://127.0.0.1:0")
     address = server.listening()
