@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -155,3 +156,20 @@ def test_a_bad_config_file_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "missing required field: upstream at proxy 1" in done.stderr
+
+
+def test_a_control_port_in_use_is_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*ENCHUFE, "chaos", "--control", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=IO_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    assert done.returncode == 1
+    wanted = f"enchufe: cannot serve the API on 127.0.0.1:{port}: address already in use; "
+    assert done.stderr == wanted + "pick another --control address\n"
