@@ -25,6 +25,7 @@ kernel completed the connection on its own, from the backlog.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,10 +131,11 @@ def build(events: Iterable[Event], title: str = "") -> Diagram:
         last[line.index] = step.time
         steps.append(step)
     sockets = _sockets(steps)
-    _name(list(lifelines.values()), steps, sockets)
+    columns = list(lifelines.values())
+    _name(columns, steps, sockets)
     arrows = _connections(sockets) + _datagrams(sockets)
     arrows.sort(key=lambda a: a.source)
-    return Diagram(title, list(lifelines.values()), steps, arrows)
+    return Diagram(title, columns, steps, arrows)
 
 
 def _when(event: Event) -> float:
@@ -431,8 +433,22 @@ def _label(step: Step, size: int) -> str:
         return f"{size} B {kind}"
     if not data:
         return f"{size} B"
-    preview = data if len(data) <= PREVIEW else data[: PREVIEW - 1] + "…"
-    return f'{size} B "{preview}"'
+    return f'{size} B "{_shortened(data)}"'
+
+
+_ESCAPE_OR_CHAR = re.compile(r"\\(?:x..|u....|U........|.)|.", re.DOTALL)
+
+
+def _shortened(text: str) -> str:
+    """At most PREVIEW characters of escaped text, never cutting an escape (``\\x1b``) in two."""
+    if len(text) <= PREVIEW:
+        return text
+    kept = ""
+    for token in _ESCAPE_OR_CHAR.findall(text):
+        if len(kept) + len(token) > PREVIEW - 1:
+            break
+        kept += token
+    return kept + "…"
 
 
 def blocked(diagram: Diagram) -> list[Step]:
