@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from . import _calls, trace
 from ._connect import ConnectPlan
@@ -26,6 +27,8 @@ from .hops import Chain, Hop, check_target
 DEFAULT_HOP_TIMEOUT = 60.0
 #: The most bytes looked at per read: more than any proxy's answer.
 PEEK_SIZE = 4096
+
+T = TypeVar("T")
 
 #: Opens the TCP connection to the first proxy (``connect --source`` binds it first).
 FirstLeg = Callable[[InetAddress, float | None], socket.socket]
@@ -46,14 +49,7 @@ def open_via(
     errors (refused, timed out…) as for ``connect``, their message naming the hop."""
     check_target(target, hops)
     plan = ConnectPlan(target, retries=retries, retry_delay=retry_delay)
-    for delay in plan:
-        if delay:
-            time.sleep(delay)
-        try:
-            return _attempt(target, hops, timeout, first_leg or _plain)
-        except NetworkError as exc:
-            plan.errors.append(exc)
-    raise plan.error()
+    return _retried(plan, lambda: _attempt(target, hops, timeout, first_leg or _plain))
 
 
 def open_udp_via(
@@ -65,11 +61,17 @@ def open_udp_via(
     relay carry the SOCKS5 UDP header: :func:`enchufe._hop_socks5.udp_wrap` and ``udp_unwrap``."""
     check_target(target, hops)
     plan = ConnectPlan(target, retries=retries, retry_delay=retry_delay)
+    return _retried(plan, lambda: _udp_attempt(hops[0], timeout))
+
+
+def _retried(plan: ConnectPlan, attempt: Callable[[], T]) -> T:
+    """``attempt()`` as ``plan`` says: again after each NetworkError, with its delays; the
+    plan's error once the attempts are spent."""
     for delay in plan:
         if delay:
             time.sleep(delay)
         try:
-            return _udp_attempt(hops[0], timeout)
+            return attempt()
         except NetworkError as exc:
             plan.errors.append(exc)
     raise plan.error()
