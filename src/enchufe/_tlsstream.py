@@ -412,12 +412,13 @@ class TLSStreamCore(StreamCore):
         window; a peer that stops reading costs at most :data:`LINGER` seconds."""
         import select
 
+        poller = select.poll()  # not select(): a busy server's descriptors go past 1024
+        poller.register(self._sock, select.POLLIN)
         while self._unsent or _unacknowledged(self._sock):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            readable, _, _ = select.select([self._sock], [], [], min(left, 0.005))
-            if readable and self._drain():
+            if poller.poll(min(left, 0.005) * 1000) and self._drain():
                 return  # the peer closed: nothing more it would read
             self._flush_now()
 

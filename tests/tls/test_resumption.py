@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import time
 from typing import Any
 
@@ -105,3 +106,36 @@ def test_against_openssl_s_server_tickets_are_taken_in_and_resumed(
         server.wait_stdout(sum(map(len, payloads)))
         assert sha(server.out) == sha(b"".join(payloads))
     assert resumed == [False] + [True] * (rounds - 1)
+
+
+def test_a_lingering_close_works_on_a_descriptor_past_1024(pem: dict[str, str]) -> None:
+    """The close that waits for the peer to take what was sent polls the socket: select() would
+    refuse a descriptor past 1024 (a busy server's), and close() would raise."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("cannot open 1100 descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        payload = os.urandom(UNREAD_PAYLOAD)
+        with enchufe.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
+            target = f"tls://127.0.0.1:{listener.address.port}?ca={pem['ca']}"  # type: ignore[union-attr]
+
+            def upload() -> None:
+                with enchufe.connect(target, timeout=IO_TIMEOUT) as conn:
+                    assert conn.socket.fileno() > 1024
+                    conn.set_timeout(IO_TIMEOUT)
+                    conn.send_all(payload)
+
+            client = Peer(upload)
+            with listener.accept() as server:
+                server.set_timeout(IO_TIMEOUT)
+                server.handshake()
+                time.sleep(0.05)  # the client closes with its data still queued: it lingers
+                got = read_to_eof(server)
+            client.result(IO_TIMEOUT)
+        assert sha(got) == sha(payload)
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
