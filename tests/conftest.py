@@ -10,6 +10,8 @@
   or ``DatagramSocket.local_address``): a wildcard host becomes loopback.
 * :class:`Peer`: run the other end in a thread and collect its result or its exception.
 * ``trace_lines``: a list that receives the trace narration while the test runs.
+* ``mypy_cache_dir``: one mypy cache folder for the whole run, so that the tests that run
+  ``mypy --strict`` analyse the standard library and enchufe once, not once each.
 """
 
 from __future__ import annotations
@@ -162,3 +164,15 @@ def trace_lines() -> Iterator[list[str]]:
         yield lines
     finally:
         trace.disable()
+
+
+@pytest.fixture(scope="session")
+def mypy_cache_dir() -> Iterator[str]:
+    """A mypy cache folder shared by the run's mypy checks (removed at the end): the first check
+    fills it with the standard library's and enchufe's analysis, the others only check their own
+    files (about 3 s saved for each on the CI machine)."""
+    folder = tempfile.mkdtemp(prefix="enc-mypy-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

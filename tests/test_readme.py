@@ -26,7 +26,7 @@ def test_readme_has_python_examples() -> None:
 
 
 @pytest.fixture(scope="module")
-def mypy_errors() -> Iterator[dict[int, list[str]]]:
+def mypy_errors(mypy_cache_dir: str) -> Iterator[dict[int, list[str]]]:
     """One ``mypy --strict`` run over every block, each in a file of its own: errors by block."""
     from mypy import api
 
@@ -37,7 +37,7 @@ def mypy_errors() -> Iterator[dict[int, list[str]]]:
             path.write_text(block)
             files.append(str(path))
         stdout, stderr, _status = api.run(
-            ["--strict", "--no-error-summary", "--cache-dir", str(Path(folder) / "cache"), *files]
+            ["--strict", "--no-error-summary", "--cache-dir", mypy_cache_dir, *files]
         )
         errors: dict[int, list[str]] = {n: [] for n in range(len(BLOCKS))}
         for line in stdout.splitlines():

@@ -514,14 +514,14 @@ serve("tcp://127.0.0.1:0", lambda: None)  # wrong: a handler takes one argument
 """
 
 
-def test_handlers_are_typed(tmp_path: Any) -> None:
+def test_handlers_are_typed(tmp_path: Any, mypy_cache_dir: str) -> None:
     """mypy --strict accepts the right handler for each server and refuses the wrong ones."""
     from mypy import api
 
     source = tmp_path / "handlers.py"
     source.write_text(HANDLER_TYPES)
     stdout, _stderr, _status = api.run(
-        ["--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"), str(source)]
+        ["--strict", "--no-error-summary", "--cache-dir", mypy_cache_dir, str(source)]
     )
     lines = HANDLER_TYPES.splitlines()
     wrong = {n for n, line in enumerate(lines, 1) if "# wrong" in line}
