@@ -25,8 +25,8 @@ INSTALL_HINT = "pip install 'enchufe[plot]' (or pip install matplotlib)"
 _COLORS = {"bytes": "#1f5fbf", "datagram": "#7b2fa8", "connect": "#2e8b3a", "eof": "#7f7f7f"}
 _BLOCKED = "#e07b00"
 _ROW = 0.26  # inches per row
-_COLUMN = 4.2  # inches between lifelines
-_MARGIN = 4.4  # inches for the text left of the first lifeline and right of the last
+_COLUMN = 4.2  # inches between lifelines, at least
+_CHAR = 0.065  # inches per character of a step's text (7.5 pt monospace, with room)
 
 
 class DrawUnavailable(UsageError):
@@ -62,17 +62,15 @@ def draw(diagram: Diagram, path: str, fmt: str) -> None:
 
     rows = _rows(diagram)
     height = (max(rows.values(), default=0.0) + 4.0) * _ROW + 0.8
-    columns = {line.index: n for n, line in enumerate(diagram.lifelines)}
-    width = _MARGIN * 2 + _COLUMN * max(len(columns) - 1, 1)
+    columns, width = _columns(diagram)
     figure = Figure(figsize=(width, height))
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.set_axis_off()
-    left = -_MARGIN / _COLUMN
-    axes.set_xlim(left, max(len(columns) - 1, 1) + _MARGIN / _COLUMN)
+    axes.set_xlim(0.0, width)  # x in inches
     bottom = max(rows.values(), default=0.0) + 1.5
     axes.set_ylim(bottom, -3.2)
     if diagram.title:
-        _text(axes, left + 0.05, -2.6, diagram.title, fontsize=11, weight="bold", va="center")
+        _text(axes, 0.15, -2.6, diagram.title, fontsize=11, weight="bold", va="center")
     for line in diagram.lifelines:
         x = columns[line.index]
         axes.plot([x, x], [-1.0, bottom - 0.5], color="#555555", linewidth=1, zorder=1)
@@ -80,8 +78,10 @@ def draw(diagram: Diagram, path: str, fmt: str) -> None:
         box = {"boxstyle": "round,pad=0.4", "facecolor": "#eef2f8", "edgecolor": "#555555"}
         _text(axes, x, -1.4, label, ha="center", va="center", fontsize=9, bbox=box, zorder=3)
     previous: dict[int, float] = {}
+    first = diagram.lifelines[0].index if diagram.lifelines else -1
     for step in diagram.steps:
-        _step(axes, step, columns[step.lifeline], rows[step.index], previous.get(step.lifeline, -1.0))
+        x = columns[step.lifeline]
+        _step(axes, step, x, rows[step.index], previous.get(step.lifeline, -1.0), step.lifeline == first)
         previous[step.lifeline] = rows[step.index]
     for arrow in diagram.arrows:
         _arrow(axes, diagram, arrow, columns, rows)
@@ -89,20 +89,42 @@ def draw(diagram: Diagram, path: str, fmt: str) -> None:
         figure.savefig(path, format=fmt, dpi=100)
 
 
+def _columns(diagram: Diagram) -> tuple[dict[int, float], float]:
+    """Each lifeline's x and the figure's width, in inches: room for the longest text beside
+    each line (left of the first, right of the others) and for the arrows' labels between."""
+    widths = [
+        max(
+            (len(text) for s in diagram.steps if s.lifeline == line.index for text in [s.text, *s.marks]),
+            default=10,
+        )
+        * _CHAR
+        for line in diagram.lifelines
+    ]
+    columns: dict[int, float] = {}
+    x = widths[0] + 0.3 if widths else 1.0
+    for n, line in enumerate(diagram.lifelines):
+        if n == 1:
+            x += _COLUMN
+        elif n > 1:
+            x += max(_COLUMN, widths[n - 1] + 1.2)
+        columns[line.index] = x
+    width = x + (widths[-1] if len(widths) > 1 else 1.0) + 0.3
+    return columns, max(width, 6.0)
+
+
 def _text(axes: Any, x: float, y: float, text: str, **style: Any) -> None:
     """Text as it is: a ``$`` in a peer's bytes is not the start of a formula (parse_math off)."""
     axes.text(x, y, text, parse_math=False, **style)
 
 
-def _step(axes: Any, step: Step, x: int, y: float, before: float) -> None:
-    first = x == 0
+def _step(axes: Any, step: Step, x: float, y: float, before: float, first: bool) -> None:
     if step.waited:
         style = "-" if step.blocked else ":"
         axes.plot(
             [x, x], [before + 0.3, y], color=_BLOCKED, linewidth=5, linestyle=style, alpha=0.8, zorder=2
         )
     axes.plot([x], [y], marker="o", markersize=3.5, color="#333333", zorder=4)
-    offset = -0.04 if first else 0.04
+    offset = -0.12 if first else 0.12
     align = "right" if first else "left"
     _text(axes, x + offset, y, step.text, ha=align, va="center", fontsize=7.5, family="monospace", zorder=4)
     for n, mark in enumerate(step.marks, 1):
@@ -121,12 +143,13 @@ def _step(axes: Any, step: Step, x: int, y: float, before: float) -> None:
 
 
 def _arrow(
-    axes: Any, diagram: Diagram, arrow: Arrow, columns: dict[int, int], rows: dict[int, float]
+    axes: Any, diagram: Diagram, arrow: Arrow, columns: dict[int, float], rows: dict[int, float]
 ) -> None:
     source = diagram.steps[arrow.source]
     x0, y0 = columns[source.lifeline], rows[arrow.source]
     if arrow.target is None:
-        x1 = x0 + (0.35 if x0 == 0 else -0.35)
+        leftmost = source.lifeline == diagram.lifelines[0].index
+        x1 = x0 + (1.4 if leftmost else -1.4)
         y1 = y0 + 0.4
     else:
         x1, y1 = columns[diagram.steps[arrow.target].lifeline], rows[arrow.target]

@@ -315,8 +315,8 @@ def _client_of(server: _Socket, clients: list[_Socket]) -> _Socket | None:
 def _opened(accept: Step, connect: Step) -> None:
     accept.marks.append("passive open")
     _waited(accept, connect, "connect()")
-    if not accept.blocked:
-        queued = (accept.started or accept.time) - connect.time
+    queued = (accept.started if accept.started is not None else accept.time) - connect.time
+    if queued >= 0:  # else accept() was there first, if only for a moment
         accept.marks.append(f"queued {queued * 1e3:.1f} ms in the backlog")
 
 
