@@ -249,6 +249,8 @@ def test_minimal_hello() -> None:
         (b"\x16\x03\x01\x00\x04\x01\xff\xff\xff", "oversized", "at most 16384"),
         (_hello_with(_sni(b"a.test") + _sni(b"b.test")), "malformed", "twice"),
         (_hello_with(_sni(b"bad name")), "malformed", "not a host name"),
+        # the client's bytes escaped once: a backslash as \\, a byte as \xNN, a newline as \n
+        (_hello_with(_sni(b"a\\b\n\xff")), "malformed", "'a\\\\b\\n\\xff' is not a host name"),
         (_hello_with(_sni(b"trailing.dot.")), "malformed", "empty label"),
         (_hello_with(_sni(b"")), "malformed", "0 bytes"),
         (_hello_with(b"\x00\x10\x00\x03\x00\x01\x00"), "malformed", "empty protocol name"),
@@ -266,6 +268,7 @@ def test_minimal_hello() -> None:
         "huge-hello",
         "duplicate-ext",
         "bad-host",
+        "bad-host-escaped",
         "trailing-dot",
         "empty-host",
         "empty-alpn",

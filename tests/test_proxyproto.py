@@ -77,6 +77,9 @@ def test_v1_tcp6_and_the_longest_lines() -> None:
         (b"PROXY TCP4 192.168.0.1 192.168.0.11 056324 443\r\n", "not a port"),
         (b"PROXY TCP4 192.168.0.1 192.168.0.11 65536 443\r\n", "not a port"),
         (b"PROXY TCP4 ::1 ::1 1 2\r\n", "not a canonical TCP4"),
+        # what the peer sent, escaped once (a backslash shown as \\, not \\\\)
+        (b"PROXY TCP4 1.2.3.\\4 ::1 1 2\r\n", "'1.2.3.\\\\4' is not a canonical TCP4"),
+        (b"PROXY TCP4 1.2.3.4 1.2.3.4 \\1 2\r\n", "'\\\\1' is not a port"),
         (b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n", "not a canonical TCP6"),
         (b"PROXY TCP4 192.168.0.1  192.168.0.11 56324 443\r\n", "expected 'PROXY TCP4|TCP6"),
         (b"PROXY UDP4 1.2.3.4 1.2.3.4 1 2\r\n", "expected"),

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from ._text import printable
 from .errors import UsageError
 
 __all__ = [
@@ -315,8 +316,8 @@ def _host_name(raw: bytes) -> str:
     if not raw or len(raw) > 255:
         raise _Bad("malformed", f"server_name: a host name of {len(raw)} bytes (1 to 255)")
     if not all(b < 127 and (chr(b).isalnum() or b in b"-._") for b in raw):
-        shown = raw[:64].decode("ascii", "backslashreplace")
-        raise _Bad("malformed", f"server_name: {shown!r} is not a host name (letters, digits, '-', '.', '_')")
+        shown = printable(raw[:64])
+        raise _Bad("malformed", f"server_name: '{shown}' is not a host name (letters, digits, '-', '.', '_')")
     if raw.endswith(b".") or raw.startswith(b".") or b".." in raw:
         raise _Bad("malformed", f"server_name: {raw.decode()!r} has an empty label")
     return raw.decode("ascii").lower()

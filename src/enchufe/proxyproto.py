@@ -52,7 +52,7 @@ from ._proxytypes import (
     crc32c,
 )
 from ._proxywrite import encode_v1, encode_v2
-from ._text import printable
+from ._text import printable, quoted
 from .address import InetAddress, SocketAddress, from_sockaddr
 
 __all__ = [
@@ -170,9 +170,9 @@ def _v1_address(family: Family, host: str, port: str) -> SocketAddress | None:
             ipaddress.IPv4Address(host) if family == "TCP4" else ipaddress.IPv6Address(host)
         )
     except ValueError:
-        raise _Invalid(f"PROXY v1 line: {printable(host)!r} is not a canonical {family} address") from None
+        raise _Invalid(f"PROXY v1 line: {quoted(host)} is not a canonical {family} address") from None
     if not port.isdigit() or (port != "0" and port.startswith("0")) or len(port) > 5 or int(port) > 0xFFFF:
-        raise _Invalid(f"PROXY v1 line: {printable(port)!r} is not a port (0 to 65535, no leading zero)")
+        raise _Invalid(f"PROXY v1 line: {quoted(port)} is not a port (0 to 65535, no leading zero)")
     return _inet("tcp", ip, int(port))
 
 

@@ -169,6 +169,8 @@ def test_routes_are_counted_in_stats_lines_and_json() -> None:
     ("route", "words"),
     [
         ("a b=tcp://127.0.0.1:1", "is not a server name"),
+        # the user's text escaped once: a backslash as \\, a newline as \n
+        ("a\\b\nc=tcp://127.0.0.1:1", "--route 'a\\\\b\\nc=tcp://127.0.0.1:1': 'a\\\\b\\nc' is not"),
         ("a.test", "expected NAME=TARGET"),
         ("a.test=tcp://127.0.0.1:1?cert=/x.pem", "holds no certificate"),
     ],

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from .._text import printable
+from .._text import quoted
 from ..address import Address, InetAddress, StdioAddress, UnixAddress, parse
 from ..errors import UsageError
 
@@ -113,28 +113,28 @@ def _first_taking(routes: tuple[Route, ...], offered: tuple[str, ...]) -> Route 
 
 def parse_route(text: str, *, terminating: bool) -> Route:
     """One ``--route NAME=TARGET[?cert=F&key=K]`` (UsageError if it cannot be one)."""
-    shown = printable(text)
+    shown = quoted(text)
     name, sep, target_text = text.partition("=")
     if not sep or not name or not target_text:
-        raise UsageError(f"--route {shown!r}: expected NAME=TARGET, {_EXAMPLE}")
+        raise UsageError(f"--route {shown}: expected NAME=TARGET, {_EXAMPLE}")
     name = name.strip().lower().rstrip(".")
     if len(name) > 253 or not _NAME.fullmatch(name):
         raise UsageError(
-            f"--route {shown!r}: {printable(name)!r} is not a server name: labels of letters, digits, "
+            f"--route {shown}: {quoted(name)} is not a server name: labels of letters, digits, "
             "'-' and '_' joined by dots, or '*.' and such a name (one label), e.g. *.example.com"
         )
     target_text, options = _take_options(target_text)
     cert, key = options.get("cert"), options.get("key")
     if (cert or key) and not terminating:
         raise UsageError(
-            f"--route {shown!r}: cert= and key= are the certificate served for {name} when the relay "
+            f"--route {shown}: cert= and key= are the certificate served for {name} when the relay "
             "terminates TLS; LISTEN is not tls://, so the relay passes the TLS bytes through untouched "
             "and holds no certificate: leave them out, or listen on tls://"
         )
     if key and not cert:
-        raise UsageError(f"--route {shown!r}: key= needs cert= (the certificate it is the key of)")
+        raise UsageError(f"--route {shown}: key= needs cert= (the certificate it is the key of)")
     alpn = _alpn(options.get("alpn"), shown)
-    return Route(name, _route_target(target_text, f"--route {shown!r}"), cert, key, alpn)
+    return Route(name, _route_target(target_text, f"--route {shown}"), cert, key, alpn)
 
 
 def _take_options(target_text: str) -> tuple[str, dict[str, str]]:
@@ -162,8 +162,8 @@ def _alpn(value: str | None, shown: str) -> tuple[str, ...]:
     for name in names:
         if not 1 <= len(name) <= 255 or not name.isascii() or not name.isprintable():
             raise UsageError(
-                f"--route {shown!r}: alpn= takes ALPN protocol names separated by commas, "
-                f"e.g. alpn=h2,http/1.1 or alpn=acme-tls/1; {printable(name)!r} is not one"
+                f"--route {shown}: alpn= takes ALPN protocol names separated by commas, "
+                f"e.g. alpn=h2,http/1.1 or alpn=acme-tls/1; {quoted(name)} is not one"
             )
     return names
 
@@ -174,12 +174,12 @@ def _route_target(given: str | Address, where: str) -> InetAddress | UnixAddress
     text = str(given)
     if not isinstance(target, InetAddress | UnixAddress) or not target.is_stream:
         raise UsageError(
-            f"{where}: TARGET {printable(text)!r} must be a stream socket address (tcp://HOST:PORT or "
+            f"{where}: TARGET {quoted(text)} must be a stream socket address (tcp://HOST:PORT or "
             "unix:PATH): the relay connects there for each routed client"
         )
     if target.is_tls:
         raise UsageError(
-            f"{where}: TARGET {printable(text)!r} is tls://, which routes do not originate yet; "
+            f"{where}: TARGET {quoted(text)} is tls://, which routes do not originate yet; "
             "give a tcp:// or unix: address (a passthrough route sends the client's own TLS bytes)"
         )
     if isinstance(target, InetAddress) and (target.is_wildcard or target.port == 0):
