@@ -3,13 +3,15 @@ text sink and a recorder side by side."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 
 import pytest
 
 import enchufe
 from enchufe import trace
-from enchufe._tracefile import MemoryRecorder, parse_line
+from enchufe._tracefile import MemoryRecorder, file_recorder, open_trace_file, parse_line
 
 
 @pytest.fixture
@@ -97,3 +99,30 @@ def test_the_text_sink_and_a_recorder_side_by_side(recorded: MemoryRecorder) -> 
 def test_a_payload_keeps_only_its_head(recorded: MemoryRecorder) -> None:
     trace.emit("send(fd 3, 100000 bytes) = 100000", data=memoryview(b"y" * 100_000))
     assert recorded.events[-1]["data"] == "y" * trace.PAYLOAD_HEAD
+
+
+def test_a_forked_worker_writes_its_own_pid_to_the_same_file(tmp_path: object) -> None:
+    """relay --workers forks after --trace-file opened the file: each line names its process,
+    and no line overwrites another's."""
+    path = os.path.join(str(tmp_path), "t.jsonl")
+    fd = open_trace_file(path)
+    trace.record_to(file_recorder(fd))
+    try:
+        trace.emit("listen(fd 3, backlog=1)")
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            trace.emit("accept(fd 3) = -1 EAGAIN (Resource temporarily unavailable)")
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        trace.emit("close(fd 3)")
+    finally:
+        trace.record_to(None)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with open(path, encoding="utf-8") as lines:
+        events = [json.loads(line) for line in lines]
+    assert [(e["call"], e["pid"]) for e in events] == [
+        ("listen", os.getpid()),
+        ("accept", child),
+        ("close", os.getpid()),
+    ]

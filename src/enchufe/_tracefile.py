@@ -123,12 +123,12 @@ class EventMaker:
     """Turns trace records into events, remembering each descriptor's addresses until it closes."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self._known: dict[int, tuple[str, str | None]] = {}
 
     def __call__(self, record: trace.Record) -> Event:
         line = printable(record.line)
-        event: Event = {"pid": self.pid, "thread": record.thread, "actor": record.actor}
+        # Asked each time: a relay's workers are forks that go on writing to the same file.
+        event: Event = {"pid": os.getpid(), "thread": record.thread, "actor": record.actor}
         event.update(parse_line(line))
         event.update(line=line, monotonic=record.monotonic, wall=record.wall)
         if record.started is not None:
@@ -187,7 +187,8 @@ def open_trace_file(path: str) -> int:
 
 def file_recorder(fd: int) -> trace.Recorder:
     """A recorder writing one JSON object per line to ``fd``, each line in one write (whole even
-    if the process dies right after)."""
+    if the process dies right after; the file is opened O_APPEND, so forked workers writing to
+    it never overwrite each other's lines)."""
     make = EventMaker()
     lock = threading.Lock()
 

@@ -4,7 +4,7 @@ An event is one traced call as :mod:`enchufe._tracefile` writes it (a dict: ``pi
 ``fd``, ``call``, ``args``, ``result``, ``size``, ``local``, ``peer``, ``monotonic``,
 ``started``…).  Events from several processes are merged by their monotonic time (one clock for
 the whole host).  A lifeline is a process, or an actor inside one (the tour's server and client
-threads); the one that listens, or whose first transfer is a receive, is a server.
+threads); the one that listens or accepts, or whose first transfer is a receive, is a server.
 
 The arrows are found, not assumed:
 
@@ -247,8 +247,9 @@ def _name(lifelines: list[Lifeline], steps: list[Step], sockets: list[_Socket]) 
 
 
 def _role(calls: list[str]) -> str:
-    """A server listens, or its first transfer is a receive."""
-    if "listen" in calls:
+    """A server listens or accepts (a relay's forked workers accept on their parent's
+    listener), or its first transfer is a receive."""
+    if "listen" in calls or "accept" in calls:
         return "server"
     first = next((call for call in calls if call in ("sendto", "recvfrom", "send", "recv")), "")
     return "server" if first in ("recvfrom", "recv") else "client"
