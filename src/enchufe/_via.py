@@ -53,15 +53,23 @@ def open_via(
 
 
 def open_udp_via(
-    target: InetAddress, hops: Sequence[Hop], *, timeout: float | None, retries: int, retry_delay: float
+    target: InetAddress,
+    hops: Sequence[Hop],
+    *,
+    timeout: float | None,
+    retries: int,
+    retry_delay: float,
+    first_leg: FirstLeg | None = None,
 ) -> tuple[socket.socket, socket.socket]:
     """A UDP socket connected to the relay of a SOCKS5 UDP association for ``target`` (one
     socks5 hop), and the association's TCP connection, which must stay open while the UDP
     socket is used (the proxy ends the association when it closes).  Datagrams to and from the
-    relay carry the SOCKS5 UDP header: :func:`enchufe._hop_socks5.udp_wrap` and ``udp_unwrap``."""
+    relay carry the SOCKS5 UDP header: :func:`enchufe._hop_socks5.udp_wrap` and ``udp_unwrap``.
+    ``first_leg`` opens the TCP connection (``connect --source``); the UDP socket is bound to
+    the same local address."""
     check_target(target, hops)
     plan = ConnectPlan(target, retries=retries, retry_delay=retry_delay)
-    return _retried(plan, lambda: _udp_attempt(hops[0], timeout))
+    return _retried(plan, lambda: _udp_attempt(hops[0], timeout, first_leg or _plain))
 
 
 def _retried(plan: ConnectPlan, attempt: Callable[[], T]) -> T:
@@ -77,9 +85,9 @@ def _retried(plan: ConnectPlan, attempt: Callable[[], T]) -> T:
     raise plan.error()
 
 
-def _udp_attempt(hop: Hop, timeout: float | None) -> tuple[socket.socket, socket.socket]:
+def _udp_attempt(hop: Hop, timeout: float | None, first_leg: FirstLeg) -> tuple[socket.socket, socket.socket]:
     start = time.monotonic()
-    control = connect_first(hop, lambda: _plain(hop.address, timeout))
+    control = connect_first(hop, lambda: first_leg(hop.address, timeout))
     deadline = (start + timeout) if timeout is not None else time.monotonic() + DEFAULT_HOP_TIMEOUT
     udp: socket.socket | None = None
     try:

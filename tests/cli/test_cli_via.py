@@ -148,6 +148,17 @@ def test_source_binds_the_connection_to_the_first_proxy(proxy: FakeSocks) -> Non
     assert_one_error_line(wrong.stderr, "--source unix:@me", f"tcp://127.0.0.1:{proxy.port}")
 
 
+def test_source_binds_a_udp_association_and_its_datagrams() -> None:
+    fake = FakeSocks(reply=7)  # "command not supported": the request is recorded, then refused
+    try:
+        done = run("connect", "--via", fake.url, "--source", "tcp://127.0.0.2:0", "udp://127.0.0.1:53")
+    finally:
+        fake.close()
+    assert done.returncode == 1, done.stderr
+    assert fake.peers == ["127.0.0.2"]  # the association's TCP connection
+    assert fake.requests[0][:2] == (1, "127.0.0.2")  # the address its datagrams come from
+
+
 def test_check_through_the_proxy(proxy: FakeSocks) -> None:
     done = run("check", "--via", proxy.url, "tcp://localhost:22", "tcp://[::1]:443")
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,8 @@ from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
     from .._unixfiles import SocketFile
-    from ..address import SocketAddress
+    from .._via import FirstLeg
+    from ..address import InetAddress, SocketAddress
     from ..hops import Hop
 
 EXAMPLES = """\b
@@ -244,16 +245,8 @@ class _Session:
         )
 
     def _open_via(self, options: _Options, timeout: float | None) -> socket.socket:
-        from .._via import FirstLeg, open_via
+        from .._via import open_via
         from ..address import InetAddress
-
-        first_leg: FirstLeg | None = None
-        source = options.source
-        if source is not None:
-            from ._source import open_from
-
-            def first_leg(address: InetAddress, seconds: float | None) -> socket.socket:
-                return open_from(address, source, timeout=seconds, retries=0, retry_delay=0)[0]
 
         assert isinstance(self.target, InetAddress)
         return open_via(
@@ -262,7 +255,7 @@ class _Session:
             timeout=timeout,
             retries=options.retry,
             retry_delay=options.retry_delay,
-            first_leg=first_leg,
+            first_leg=_first_leg(options),
         )
 
     def _connected(self, local: SocketAddress | None, peer: SocketAddress | None) -> None:
@@ -341,7 +334,12 @@ class _Session:
         target = self.target
         assert isinstance(target, InetAddress)
         udp, control = open_udp_via(
-            target, self.via, timeout=options.timeout, retries=options.retry, retry_delay=options.retry_delay
+            target,
+            self.via,
+            timeout=options.timeout,
+            retries=options.retry,
+            retry_delay=options.retry_delay,
+            first_leg=_first_leg(options),
         )
         printer = DatagramPrinter(as_json=False, as_hex=False)
 
@@ -406,6 +404,19 @@ class _Session:
         # Said even with --quiet: the exit status alone would not tell a cut from a failure.
         sys.stderr.write(f"enchufe: {message}\n")
         sys.stderr.flush()
+
+
+def _first_leg(options: _Options) -> FirstLeg | None:
+    """How ``--via`` opens the connection to the first proxy: from ``--source`` when given."""
+    source = options.source
+    if source is None:
+        return None
+    from ._source import open_from
+
+    def first_leg(address: InetAddress, seconds: float | None) -> socket.socket:
+        return open_from(address, source, timeout=seconds, retries=0, retry_delay=0)[0]
+
+    return first_leg
 
 
 def _printable(exc: Exception) -> Exception:
