@@ -347,7 +347,8 @@ class TLSStreamCore(StreamCore):
         close a reset that loses the last bytes sent), send close_notify if it can go at once
         (the peer then reads a clean EOF, not a truncation: closing is deliberate), keep a
         client's session for the next connection to the same server, then close the socket.
-        Nothing here waits for the peer.  Idempotent."""
+        A sync TCP connection waits up to :data:`LINGER` seconds for the peer to acknowledge
+        what it sent (:meth:`_linger`); nothing else waits for the peer.  Idempotent."""
         if not self._closed and self._channel.handshaken and self._failed is None:
             self._say_goodbye()
         super().close()
