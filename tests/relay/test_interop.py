@@ -130,14 +130,20 @@ def test_socat_as_a_datagram_client_and_as_a_unixgram_target(
     try:
         relay = start_relay(make_address("udp4"), f"unixgram:@{name}", "--json")
         host, port = _host_port(relay.address)
-        for n in range(3):
-            done = subprocess.run(
+
+        def client(n: int) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
                 ["socat", "-t", "1", "-", f"UDP4:{host}:{port}"],
                 input=b"datagram %d\n" % n,
                 capture_output=True,
                 timeout=STEP,
                 check=False,
             )
+
+        # The three clients at once: each waits its second (-t 1) for its answer side by side.
+        clients = [Peer(client, n) for n in range(3)]
+        for n, peer in enumerate(clients):
+            done = peer.result(STEP + 5)
             assert done.returncode == 0, done.stderr
             assert done.stdout == b"datagram %d\n" % n
         relay.signal()
