@@ -116,3 +116,19 @@ def test_mmd_and_md_need_no_matplotlib(tour_diagrams: dict[str, Diagram], tmp_pa
             assert done.returncode == 0, done.stderr
             with open(os.path.join(folder, name), encoding="utf-8") as written:
                 assert "sequenceDiagram\n" in written.read()
+
+
+def test_a_picture_of_too_many_calls_is_refused_in_one_line(tmp_path: object) -> None:
+    pytest.importorskip("matplotlib", reason="SVG and PNG diagrams need matplotlib (the plot extra)")
+    from enchufe.diagram.draw import MAX_STEPS
+    from enchufe.diagram.model import build
+    from enchufe.errors import UsageError
+
+    events = [
+        {"pid": 1, "call": "recv", "fd": 3, "size": 1, "monotonic": float(n), "line": "recv(fd 3, 1) = 1"}
+        for n in range(MAX_STEPS + 1)
+    ]
+    path = os.path.join(str(tmp_path), "big.png")
+    with pytest.raises(UsageError, match=r"too many for one picture .*\.mmd"):
+        write([("big", build(events))], path)
+    assert not os.path.exists(path)

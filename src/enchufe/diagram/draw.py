@@ -27,6 +27,8 @@ _BLOCKED = "#e07b00"
 _ROW = 0.26  # inches per row
 _COLUMN = 4.2  # inches between lifelines, at least
 _CHAR = 0.065  # inches per character of a step's text (7.5 pt monospace, with room)
+#: A picture of more calls than this would be taller than a PNG may be (65536 pixels).
+MAX_STEPS = 1500
 
 
 class DrawUnavailable(UsageError):
@@ -57,6 +59,11 @@ def _rows(diagram: Diagram) -> dict[int, float]:
 def draw(diagram: Diagram, path: str, fmt: str) -> None:
     """Write ``diagram`` to ``path`` as ``fmt`` (``svg`` or ``png``)."""
     require(f"a .{fmt} diagram")
+    if len(diagram.steps) > MAX_STEPS:
+        raise UsageError(
+            f"the trace has {len(diagram.steps)} calls, too many for one picture (at most {MAX_STEPS}): "
+            "write Mermaid text instead (.mmd or .md), or trace a shorter run"
+        )
     import matplotlib
     from matplotlib.figure import Figure
 
