@@ -126,3 +126,14 @@ def test_a_forked_worker_writes_its_own_pid_to_the_same_file(tmp_path: object) -
         ("accept", child),
         ("close", os.getpid()),
     ]
+
+
+def test_a_recorder_alone_turns_the_narration_on_everywhere(recorded: MemoryRecorder) -> None:
+    """The relay's per-connection paths read ``trace._sink`` inline instead of calling
+    enabled(): a recorder alone must look like tracing to them too (else --trace-file would
+    miss the relay's transfers), while no text is written anywhere."""
+    assert trace.enabled()
+    assert trace._sink is not None
+    assert trace.current_sink() is None
+    trace.emit("close(fd 9)")
+    assert recorded.events[-1]["call"] == "close"

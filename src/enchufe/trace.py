@@ -71,10 +71,11 @@ class Record:
 
 Recorder = Callable[[Record], None]
 
-_sink: Sink | None = None
+_text: Sink | None = None
 _recorder: Recorder | None = None
-#: Whether any listener is installed: the one global that call sites read.
-_on = False
+#: What call sites read to know whether anyone listens (the relay's hot paths read it inline):
+#: the text sink, or a no-op one while only a recorder listens, or None.
+_sink: Sink | None = None
 _lock = threading.Lock()
 _local = threading.local()
 _t0 = time.monotonic()
@@ -90,25 +91,34 @@ def stderr_sink(line: str) -> None:
 
 def enable(sink: Sink | None = None, *, timestamps: bool = False) -> None:
     """Start narrating to ``sink`` (standard error by default)."""
-    global _sink, _timestamps, _on
-    _sink = sink or stderr_sink
+    global _text, _timestamps
+    _text = sink or stderr_sink
     _timestamps = timestamps
-    _on = True
+    _listeners()
 
 
 def disable() -> None:
     """Stop narrating (to the text sink; a recorder keeps recording)."""
-    global _sink, _on
-    _sink = None
-    _on = _recorder is not None
+    global _text
+    _text = None
+    _listeners()
 
 
 def record_to(recorder: Recorder | None) -> None:
     """Give every call to ``recorder`` as a :class:`Record` (None: stop recording).  A recorder
     is called with the narration's lock held, in the thread that made the call, right after it."""
-    global _recorder, _on
+    global _recorder
     _recorder = recorder
-    _on = recorder is not None or _sink is not None
+    _listeners()
+
+
+def _discard(_line: str) -> None:
+    pass
+
+
+def _listeners() -> None:
+    global _sink
+    _sink = _text if _text is not None else _discard if _recorder is not None else None
 
 
 def current_recorder() -> Recorder | None:
@@ -123,12 +133,12 @@ def recording() -> bool:
 
 def current_sink() -> Sink | None:
     """The sink in use, so that a caller can put it back after borrowing the narration."""
-    return _sink
+    return _text
 
 
 def enabled() -> bool:
     """True while a sink or a recorder is installed.  Call sites test this before formatting anything."""
-    return _on
+    return _sink is not None
 
 
 @contextmanager
@@ -148,7 +158,7 @@ def emit(
     """Send one narration line to the sink, prefixed with the thread's actor name if any, and to
     the recorder as a :class:`Record` (with ``started``, the call's start on the monotonic clock,
     and the head of ``data``, the bytes it moved, when the call site gives them)."""
-    sink = _sink
+    sink = _text
     recorder = _recorder
     name = getattr(_local, "actor", None)
     if recorder is not None:
