@@ -174,6 +174,22 @@ def test_a_slow_header_is_cut_at_the_timeout(
     assert exchange(raw_client(server.address), encode_v1(CLIENT, FRONT) + b"still here") == b"still here"
 
 
+def test_a_stop_that_cuts_a_header_read_is_a_cut_not_a_refusal(
+    serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, serve_log: LogRecords
+) -> None:
+    server = serve(
+        flavour, make_address("tcp4"), recording_echo(flavour, []), accept_proxy=True, proxy_timeout=30
+    )
+    with raw_client(server.address) as silent:
+        wait_until(lambda: server.stats.active == 1, what="the connection reading its header")
+        server.shutdown(0)
+        stats = server.wait()
+        assert silent.recv(10) == b""
+    assert (stats.cut, stats.refused) == (1, 0)
+    # Every flavour alike: the server closed that connection, the peer did not refuse anything.
+    assert not [line for line in serve_log.messages() if line.startswith("refused")]
+
+
 def test_only_trusted_proxies_may_send_a_header(
     serve: Callable[..., Running], make_address: Callable[[str], str], flavour: str, serve_log: LogRecords
 ) -> None:

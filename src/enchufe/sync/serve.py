@@ -319,8 +319,8 @@ class Server(TLSServing):
                 if self.proxy is not None:
                     take_proxy_header(conn, self.proxy)  # before anything else, TLS included
                 conn.handshake()  # TLS: here in the connection's thread, never in the accept loop
-            except ProxyRefused as exc:
-                outcome = proxy_refused(exc)
+            except ProxyRefused as exc:  # unless a stop cut the read short: the cut is counted
+                outcome = "refused" if conn in self._cut else proxy_refused(exc)
             except NetworkError as exc:
                 outcome = handshake_outcome(exc, conn, self.on_handshake_failure)
             else:
