@@ -457,11 +457,8 @@ def blocked(diagram: Diagram) -> list[Step]:
     return [step for step in diagram.steps if step.waited]
 
 
-def by_kind(diagram: Diagram, kind: str) -> list[Arrow]:
-    return [arrow for arrow in diagram.arrows if arrow.kind == kind]
-
-
 def lifeline_of(diagram: Diagram, step: int) -> str:
+    """The name of the lifeline that made step number ``step``."""
     index = diagram.steps[step].lifeline
     return next(line.name for line in diagram.lifelines if line.index == index)
 
