@@ -11,7 +11,7 @@ import base64
 import re
 
 from ._text import printable
-from .hops import Event, Handshake, NeedMore, Send
+from .hops import Event, Handshake, NeedMore, Send, shown_answer
 
 #: The most of a proxy's answer read before giving up on it: a status line and headers.
 MAX_HEADER = 16 * 1024
@@ -42,13 +42,13 @@ class HttpConnectHandshake(Handshake):
         data = self._buffer
         head = bytes(data[: len(_PREFIX)])
         if not _PREFIX.startswith(head):
-            raise self.refused(f"not an HTTP proxy: it answered {_first_line(data)}")
+            raise self.refused(f"not an HTTP proxy: it answered {shown_answer(data, 80)}")
         newline = data.find(b"\n")
         if newline < 0:
             return self._more(len(data))
         match = _STATUS.match(data, 0, newline + 1)
         if match is None:
-            raise self.refused(f"bad HTTP status line: {_first_line(data)}")
+            raise self.refused(f"bad HTTP status line: {shown_answer(data, 80)}")
         status = int(match.group(1))
         line = f"{status} {printable(match.group(2) or b'')}".rstrip()
         if not 200 <= status < 300:
@@ -78,8 +78,3 @@ def _header_end(data: bytearray, newline: int) -> int | None:
         if found >= 0:
             ends.append(found + len(blank))
     return min(ends) if ends else None
-
-
-def _first_line(data: bytes | bytearray) -> str:
-    line = bytes(data[:80]).partition(b"\n")[0]
-    return repr(line)[1:] if not line.startswith(_PREFIX) else printable(line)

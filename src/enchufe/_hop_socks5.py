@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from ._inet_text import literal_family
 from ._text import printable
-from .hops import Event, Handshake, Hop, NeedMore, Send
+from .hops import Event, Handshake, Hop, NeedMore, Send, shown_answer
 
 VERSION = 5
 AUTH_VERSION = 1
@@ -205,8 +205,5 @@ def udp_unwrap(datagram: bytes) -> tuple[str, int, bytes] | None:
 
 def _shown(data: bytes | bytearray) -> str:
     """The first bytes of an answer, escaped (an HTTP server's status line reads as one)."""
-    head = bytes(data[:24])
-    if head.startswith(b"HTTP/"):
-        line = head.partition(b"\r")[0]
-        return f"{printable(line)} (an HTTP server?)"
-    return repr(head)[1:]
+    text = shown_answer(data, 24)
+    return f"{text} (an HTTP server?)" if bytes(data[:5]) == b"HTTP/" else text

@@ -52,6 +52,7 @@ __all__ = [
     "handshake",
     "parse_hop",
     "parse_hops",
+    "shown_answer",
 ]
 
 #: The schemes accepted, and what each is called in messages.  ``socks5h`` (curl's name for
@@ -271,6 +272,15 @@ class Chain:
         if trace.enabled():
             for line in lines:
                 trace.emit(f"via {hop}: {line}")
+
+
+def shown_answer(data: bytes | bytearray, limit: int) -> str:
+    """The first ``limit`` bytes of what a proxy answered, for a refusal's line: an HTTP status
+    line as its text (escaped: the proxy chose it), anything else as Python shows bytes."""
+    head = bytes(data[:limit])
+    if head.startswith(b"HTTP/"):
+        return printable(head.partition(b"\n")[0].rstrip(b"\r"))
+    return repr(head)[1:]
 
 
 def _hostport(host: str, port: int) -> str:
