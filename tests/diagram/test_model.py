@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
-from enchufe import trace
+from enchufe import _calls, trace
 from enchufe._tracefile import MemoryRecorder
 from enchufe.diagram.model import Diagram, Step, build, same_address, summary
 from enchufe.sync import bind_datagram, connect, connect_datagram, listen
@@ -285,3 +286,41 @@ def test_two_clients_of_one_server_are_two_lifelines() -> None:
         ("bytes", "bob", "server", '3 B "bob"'),
         ("bytes", "server", "bob", '3 B "BOB"'),
     ]
+
+
+def test_unnamed_unix_clients_are_matched_in_connect_order(sock_dir: str) -> None:
+    """Both unix clients are "(unnamed)": the accepted sockets go to them in the order they
+    connected (the backlog's), not the order their sockets were made."""
+    path = f"{sock_dir}/order.sock"
+    memory = MemoryRecorder()
+    with listen(f"unix://{path}") as listener:
+        trace.record_to(memory)
+        try:
+            with trace.actor("early"):
+                early = _calls.new_socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with trace.actor("late"):
+                late = _calls.new_socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                _calls.connect(late, path)  # the socket made second connects first
+            with trace.actor("early"):
+                _calls.connect(early, path)
+            with trace.actor("server"), listener.accept() as first, listener.accept() as second:
+                for sock, name in ((late, "late"), (early, "early")):
+                    with trace.actor(name):
+                        _calls.send(sock, name.encode())
+                        _calls.close(sock)
+                first.set_timeout(10)
+                second.set_timeout(10)
+                assert first.recv() == b"late" and second.recv() == b"early"
+        finally:
+            trace.record_to(None)
+    diagram = build(memory.events)
+    arrows = [(kind, s, t, label) for kind, s, t, label in summary(diagram) if kind in ("connect", "bytes")]
+    assert arrows == [
+        ("connect", "late", "server", "connect"),
+        ("connect", "early", "server", "connect"),
+        ("bytes", "late", "server", '4 B "late"'),
+        ("bytes", "early", "server", '5 B "early"'),
+    ]
+    for arrow in diagram.arrows:
+        if arrow.kind == "bytes" and arrow.target is not None:
+            assert diagram.steps[arrow.target].event["data"] == diagram.steps[arrow.source].event["data"]

@@ -288,6 +288,8 @@ def _plain(address: str) -> str:
 def _connections(sockets: list[_Socket]) -> list[Arrow]:
     """Connect arrows for the accepted sockets, then each connection's bytes and EOFs."""
     clients = [s for s in sockets if s.stream and not s.listening and s.opened and s.opened.call != "accept"]
+    # In connect order: unnamed unix clients all match, and the backlog hands them out in that order.
+    clients.sort(key=lambda c: c.opened.index if c.opened else 0)
     arrows: list[Arrow] = []
     for server in sockets:
         client = _client_of(server, clients)
