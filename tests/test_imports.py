@@ -6,7 +6,8 @@ below it::
     pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _networks, _buffer,
                _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
-               _proxytypes, _proxywrite, proxyproto, hops, _hop_socks5, _hop_http
+               _proxytypes, _proxywrite, proxyproto, hops, _hop_socks5, _hop_http, _socks5_server,
+               _socks_rules
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
                _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlsstream,
                _proxyaccept, _via
@@ -62,6 +63,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "hops",
         "_hop_socks5",
         "_hop_http",
+        "_socks5_server",
+        "_socks_rules",
     ),
     "sockets": (
         "_calls",

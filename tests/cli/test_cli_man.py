@@ -142,6 +142,7 @@ def complete(words: str, cword: int) -> list[str]:
 def test_completing_a_command_name() -> None:
     assert complete("enchufe con", 1) == ["connect"]
     assert complete("enchufe ch", 1) == ["chat", "chaos", "check"]
+    assert complete("enchufe s", 1) == ["send", "socks"]
 
 
 def test_completing_an_option() -> None:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "echo": ("echo", "Echo server for any of the six kinds."),
     "chat": ("chat", "Chat room: every message from one client goes to all the others."),
     "relay": ("relay", "For every client of LISTEN, open TARGET and carry bytes both ways."),
+    "socks": ("socks", "SOCKS5 server: each client names its destination, relayed as relay does."),
     "chaos": ("chaos", "Proxies with faults on purpose, driven by Toxiproxy's HTTP API."),
     "tour": ("tour", "Every kind's server and client on loopback, narrated, then a summary."),
     "diagram": ("diagram", "Sequence diagram of --trace-file outputs: a server and its clients, merged."),

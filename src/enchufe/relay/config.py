@@ -31,6 +31,7 @@ from .routes import check_routes
 from .stats import Snapshot
 
 if TYPE_CHECKING:
+    from .._socks_rules import SocksPolicy
     from ..faults import FaultPlan
 
 __all__ = [
@@ -97,6 +98,9 @@ class RelayConfig:
     send_proxy: int | None = None
     #: faults on purpose (``--fault``, ``--seed``): see :mod:`enchufe.faults`
     faults: FaultPlan | None = None
+    #: ``enchufe socks``: a SOCKS5 server (see :mod:`.socks`); each client's request names its
+    #: target, so TARGET is ``-`` (none)
+    socks: SocksPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,8 @@ def check_config(config: RelayConfig) -> tuple[Address, Address]:
     if config.routes:  # first: TARGET - means "no default" then, not stdio
         check_routes(_parsed(config.listen), _parsed(config.target), config.routes)
     listen, target = check_endpoints(config.listen, config.target, frame=config.frame)
+    if config.socks is not None:
+        _check_socks(listen, target, config, config.socks)
     _check_rules(listen, config.rules, config.accept_proxy)
     _check_numbers(config)
     _check_proxy(listen, target, config)
@@ -200,6 +206,21 @@ def check_config(config: RelayConfig) -> tuple[Address, Address]:
     if config.faults is not None:
         config.faults.check_relay(listen, target, frame=config.frame)
     return listen, target
+
+
+def _check_socks(listen: Address, target: Address, config: RelayConfig, socks: SocksPolicy) -> None:
+    """A SOCKS server listens on a plain stream socket and has no TARGET of its own."""
+    if not isinstance(target, StdioAddress):
+        raise UsageError(f"a SOCKS server's clients name their targets: TARGET is -, not {target}")
+    if not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream) or listen.is_tls:
+        raise UsageError(
+            f"a SOCKS server listens on a tcp:// or unix: stream address, not {listen}; "
+            "e.g. enchufe socks tcp://127.0.0.1:1080"
+        )
+    if config.frame or config.routes or config.faults is not None:
+        raise UsageError("--frame, --route and --fault do not apply to a SOCKS server")
+    if not 0 < socks.handshake_timeout <= MAX_SECONDS:
+        raise UsageError(f"--handshake-timeout must be more than 0 and at most {MAX_SECONDS:.0f} seconds")
 
 
 def _parsed(address: Address | str) -> Address:

@@ -379,14 +379,12 @@ class Relay:
 
             faults = config.faults
             stream = FaultyStreamRelay(loop, sock, self._resolver, local=local, faults=faults, **options)
+        elif config.socks is not None:  # a SOCKS server: each client's request names its target
+            from .socks import SocksRelay
+
+            stream = SocksRelay(loop, sock, config.socks, local=local, **options)
         else:
-            stream = StreamRelay(
-                loop,
-                sock,
-                self._resolver,
-                local=local,
-                **options,
-            )
+            stream = StreamRelay(loop, sock, self._resolver, local=local, **options)
         if config.max_conns is None:
             stream.limit_origin = "the limit the fd budget sets; see --max-conns"
         return stream

@@ -304,9 +304,10 @@ class RelaySession:
             self._connect_timer = None
         self.state = OPEN
 
-    def _fail_target(self, message: str) -> None:
-        """The target could not be opened for this client: close it, and say why (a notice:
-        every client of a target that is down would print one)."""
+    def _fail_target(self, message: str, *, abortive: bool = True) -> None:
+        """The target could not be opened for this client: close it (reset it, unless not
+        ``abortive``: a SOCKS client was just told why), and say why (a notice: every client of
+        a target that is down would print one)."""
         relay = self.relay
         relay.stats.failed += 1
         shown = self.peer_label()
@@ -320,7 +321,7 @@ class RelaySession:
             target=self.target_label,
             error=message,
         )
-        self._end("target-failed", abortive=True, quiet=True)
+        self._end("target-failed", abortive=abortive, quiet=True)
 
     # -- the idle timer
 

@@ -1,0 +1,279 @@
+"""The server side of SOCKS5 (RFC 1928) with username/password (RFC 1929), sans I/O.
+
+::
+
+    machine = Socks5Server(users)            # users: {b"alice": b"secret"}, or None: no auth
+    step = machine.feed(data)                # what the client sent, in any split
+    write(step.send)                         # a method choice, an auth status (maybe b"")
+    if step.refused: close after step.send   # step.refused: why, in words (no password ever)
+    if step.request: connect to step.request.host:port, then
+        write(reply(SUCCEEDED, bound_host, bound_port))  (or reply(code) and close)
+
+The client's bytes are buffered only until a message is whole, and every message is bounded
+(a greeting 257 bytes, a username/password 513, a request 262), so a client holds at most
+:data:`MAX_MESSAGE` bytes here whatever it sends.  Bytes after the request belong to the
+target (``step.leftover``).  Constants and address encoding are the client side's
+(:mod:`enchufe._hop_socks5`); the reply codes' words too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._hop_socks5 import (
+    ATYP_IPV4,
+    ATYP_IPV6,
+    ATYP_NAME,
+    AUTH_VERSION,
+    CONNECT,
+    NO_ACCEPTABLE,
+    NO_AUTH,
+    REPLIES,
+    UDP_ASSOCIATE,
+    USER_PASS,
+    VERSION,
+    _address,
+)
+from ._text import printable
+
+__all__ = [
+    "ADDRESS_TYPE_NOT_SUPPORTED",
+    "COMMAND_NOT_SUPPORTED",
+    "CONNECTION_NOT_ALLOWED",
+    "CONNECTION_REFUSED",
+    "GENERAL_FAILURE",
+    "HOST_UNREACHABLE",
+    "MAX_MESSAGE",
+    "NETWORK_UNREACHABLE",
+    "SUCCEEDED",
+    "TTL_EXPIRED",
+    "Request",
+    "Socks5Server",
+    "Step",
+    "reply",
+]
+
+SUCCEEDED = 0
+GENERAL_FAILURE = 1
+CONNECTION_NOT_ALLOWED = 2
+NETWORK_UNREACHABLE = 3
+HOST_UNREACHABLE = 4
+CONNECTION_REFUSED = 5
+TTL_EXPIRED = 6
+COMMAND_NOT_SUPPORTED = 7
+ADDRESS_TYPE_NOT_SUPPORTED = 8
+
+#: The largest message a client sends (a username/password request: 1 + 1 + 255 + 1 + 255).
+MAX_MESSAGE = 513
+
+_COMMAND_NAMES = {CONNECT: "CONNECT", 0x02: "BIND", UDP_ASSOCIATE: "UDP ASSOCIATE"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the client asked for: ``command`` (CONNECT or UDP_ASSOCIATE), a host (an IP literal,
+    or a name as the client sent it, not yet resolved), a port, and the user it authenticated
+    as (``None`` without authentication)."""
+
+    command: int
+    host: str
+    port: int
+    by_name: bool
+    user: str | None = None
+
+    @property
+    def command_name(self) -> str:
+        return _COMMAND_NAMES.get(self.command, f"command {self.command}")
+
+    @property
+    def hostport(self) -> str:
+        """``host:port`` (``[v6]:port``), escaped: the client chose the name."""
+        host = printable(self.host)
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do after a :meth:`Socks5Server.feed`: write ``send`` to the client; then, if
+    ``refused`` (why, in words), close; if ``request``, serve it (``leftover``: the bytes that
+    came after it); otherwise wait for more bytes."""
+
+    send: bytes = b""
+    request: Request | None = None
+    refused: str | None = None
+    leftover: bytes = b""
+
+
+class Socks5Server:
+    """Greeting → method choice → (username/password → status) → request; see the module.
+
+    ``users`` maps usernames to passwords (bytes); ``None`` serves clients without
+    authentication.  A password is compared with :func:`hmac.compare_digest`, and never
+    appears in a refusal."""
+
+    def __init__(self, users: Mapping[bytes, bytes] | None = None) -> None:
+        self._users = users
+        self._state = "greeting"
+        self._buffer = bytearray()
+        self._user: str | None = None
+
+    def feed(self, data: bytes) -> Step:
+        """Take the client's bytes (any split); what to do now (see :class:`Step`).  Once a
+        step carries a request or a refusal, the machine is done: later calls refuse."""
+        if self._state == "done":
+            return Step(refused="bytes after the handshake ended (a bug of the caller)")
+        self._buffer += data
+        sent = b""
+        while True:
+            try:
+                step = self._step()
+            except _Refusal as refusal:
+                self._state = "done"
+                return Step(sent + refusal.send, refused=refusal.reason)
+            if step is None:
+                return Step(sent)
+            if isinstance(step, Request):
+                self._state = "done"
+                leftover, self._buffer = bytes(self._buffer), bytearray()
+                return Step(sent, request=step, leftover=leftover)
+            sent += step
+
+    @property
+    def waiting_for(self) -> str:
+        """What the client has not sent yet, for a timeout's line."""
+        return {
+            "greeting": "its greeting",
+            "auth": "its username and password",
+            "request": "its request",
+        }.get(self._state, "nothing")
+
+    def _step(self) -> bytes | Request | None:
+        if self._state == "greeting":
+            return self._greeting()
+        if self._state == "auth":
+            return self._auth()
+        return self._request()
+
+    def _greeting(self) -> bytes | None:
+        buffer = self._buffer
+        if len(buffer) < 2:
+            return None
+        if buffer[0] != VERSION:
+            raise _Refusal(f"not a SOCKS5 client: its greeting began {_shown(buffer)}")
+        total = 2 + buffer[1]
+        if len(buffer) < total:
+            return None
+        methods = set(buffer[2:total])
+        del buffer[:total]
+        wanted = USER_PASS if self._users is not None else NO_AUTH
+        if wanted not in methods:
+            what = "username/password" if self._users is not None else "no authentication"
+            raise _Refusal(f"the client does not offer {what}", bytes([VERSION, NO_ACCEPTABLE]))
+        self._state = "auth" if wanted == USER_PASS else "request"
+        return bytes([VERSION, wanted])
+
+    def _auth(self) -> bytes | None:
+        buffer = self._buffer
+        if len(buffer) < 2:
+            return None
+        if buffer[0] != AUTH_VERSION:
+            raise _Refusal(f"not a username/password request: it began {_shown(buffer)}", b"\x01\x01")
+        ulen = buffer[1]
+        if len(buffer) < 3 + ulen:
+            return None
+        plen = buffer[2 + ulen]
+        total = 3 + ulen + plen
+        if len(buffer) < total:
+            return None
+        user = bytes(buffer[2 : 2 + ulen])
+        password = bytes(buffer[3 + ulen : total])
+        del buffer[:total]
+        assert self._users is not None
+        known = self._users.get(user)
+        # Compared even for an unknown user, so that the time taken does not say which exist.
+        matched = hmac.compare_digest(password, known if known is not None else b"\0" * len(password))
+        shown = printable(user)
+        if known is None or not matched:
+            raise _Refusal(f"username/password refused (user {shown})", bytes([AUTH_VERSION, 1]))
+        self._user = user.decode("utf-8", errors="replace")
+        self._state = "request"
+        return bytes([AUTH_VERSION, 0])
+
+    def _request(self) -> Request | None:
+        buffer = self._buffer
+        if len(buffer) < 5:
+            return None
+        if buffer[0] != VERSION:
+            raise _Refusal(f"not a SOCKS5 request: it began {_shown(buffer)}", reply(GENERAL_FAILURE))
+        command, atyp = buffer[1], buffer[3]
+        size = {ATYP_IPV4: 4, ATYP_IPV6: 16, ATYP_NAME: 1 + buffer[4]}.get(atyp)
+        if size is None:
+            raise _Refusal(
+                f"address type {atyp} is not IPv4, a name or IPv6", reply(ADDRESS_TYPE_NOT_SUPPORTED)
+            )
+        total = 4 + size + 2
+        if len(buffer) < total:
+            return None
+        raw = bytes(buffer[4 : total - 2])
+        port = int.from_bytes(buffer[total - 2 : total], "big")
+        del buffer[:total]
+        if command not in (CONNECT, UDP_ASSOCIATE):
+            name = _COMMAND_NAMES.get(command, f"command {command}")
+            raise _Refusal(
+                f"{name} is not supported (CONNECT and UDP ASSOCIATE are)", reply(COMMAND_NOT_SUPPORTED)
+            )
+        if atyp == ATYP_NAME:
+            host = _name(raw[1:])
+            if host is None:
+                raise _Refusal(f"not a host name: {printable(raw[1:])}", reply(HOST_UNREACHABLE))
+        else:
+            host = str(ipaddress.ip_address(raw))
+        return Request(command, host, port, atyp == ATYP_NAME, self._user)
+
+
+class _Refusal(Exception):
+    """The client is refused: ``send`` what tells it (maybe nothing), then close."""
+
+    def __init__(self, reason: str, send: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.send = send
+
+
+def _name(raw: bytes) -> str | None:
+    """A host name as a client sent it: printable ASCII, no spaces, ``None`` otherwise (IDNA
+    names arrive encoded already, as curl sends them)."""
+    if not raw or not raw.isascii():
+        return None
+    text = raw.decode("ascii").rstrip(".")
+    if not text or any(not (ch.isalnum() or ch in "-._") for ch in text):
+        return None
+    return text
+
+
+def reply(code: int, host: str = "0.0.0.0", port: int = 0) -> bytes:
+    """A reply to a request: ``code`` (:data:`SUCCEEDED` or why not) and the address bound
+    for the client (where the target sees us; for UDP ASSOCIATE, where the relay listens)."""
+    return bytes([VERSION, code, 0]) + _address(host.partition("%")[0], port)[0]
+
+
+def reply_words(code: int) -> str:
+    """A reply code in words (the client side's table)."""
+    return REPLIES.get(code, "succeeded" if code == SUCCEEDED else f"reply {code}")
+
+
+def _shown(data: bytes | bytearray) -> str:
+    return repr(bytes(data[:16]))[1:]
+
+
+def literal(host: str) -> bool:
+    """Whether ``host`` is an IP literal."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True

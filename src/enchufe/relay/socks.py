@@ -1,0 +1,299 @@
+"""``enchufe socks``: a SOCKS5 server made of the relay, each client's target named by its request.
+
+::
+
+    SocksRelay (a StreamRelay: accept, --allow/--deny, --max-conns, drain, stats)
+      └─ SocksSession (a StreamSession)
+           ├─ the prelude (--accept-proxy's header, if any), then the "accept" event
+           ├─ SocksRead: the handshake on the relay's loop (greeting, username/password,
+           │    request; see enchufe._socks5_server), bounded by --handshake-timeout
+           ├─ the destination judged by --allow-dest/--deny-dest on its name, resolved off the
+           │    loop (.lookups), and judged again on every address it resolved to
+           ├─ open the target as the relay does (addresses in order, --connect-timeout)
+           └─ the reply (SOCKS code 0 and the bound address), then the relay's pumps (splice)
+
+A request refused, or a target that cannot be opened, gets its SOCKS reply code (2 the rules,
+4 unreachable or unresolvable, 5 refused, 6 timed out, 7 a command, 8 an address type) and
+the connection is closed in order (the reply must arrive).  A client that says nothing, or too
+little, is cut when the handshake's time is up: it holds only its own slot meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from .. import _socks5_server as socks5
+from .._hop_socks5 import CONNECT
+from .._resolve import Target
+from .._socks5_server import Request, Socks5Server, Step, reply, reply_words
+from .._socks_rules import SocksPolicy
+from .._text import printable
+from ..address import InetAddress, StdioAddress, from_sockaddr
+from ..errors import EnchufeError
+from .lookups import Lookups, Pending
+from .readstage import ReadStage
+from .sides import Side
+from .stream import StreamRelay
+from .stream_session import StreamSession
+
+if TYPE_CHECKING:
+    from .engine import Loop, OnError
+
+__all__ = ["SocksRelay", "SocksSession"]
+
+#: Bytes read at a time during the handshake: more than any message (see MAX_MESSAGE), and
+#: what follows the request (a client that does not wait for the reply) goes to the target.
+READ_SIZE = 4096
+
+#: What a connect's error tells the client (RFC 1928's codes).
+_CODES = {
+    errno.ECONNREFUSED: socks5.CONNECTION_REFUSED,
+    errno.EHOSTUNREACH: socks5.HOST_UNREACHABLE,
+    errno.ENETUNREACH: socks5.NETWORK_UNREACHABLE,
+    errno.ETIMEDOUT: socks5.TTL_EXPIRED,
+    errno.EACCES: socks5.CONNECTION_NOT_ALLOWED,
+    errno.EPERM: socks5.CONNECTION_NOT_ALLOWED,
+}
+
+
+class SocksRelay(StreamRelay):
+    """The handler of ``enchufe socks``'s listener: a :class:`StreamRelay` whose sessions take
+    their target from the client's request."""
+
+    def __init__(
+        self, loop: Loop, listener: socket.socket | None, policy: SocksPolicy, **options: Any
+    ) -> None:
+        options["target"] = StdioAddress()  # no fixed target: each request names one
+        super().__init__(loop, listener, None, **options)
+        self.policy = policy
+        self.one_client = self.runs_programs = False
+        self.target_label = "(the client's request)"
+        self.lookups = Lookups(loop)
+
+    def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> SocksSession:
+        return SocksSession(self, Side(conn), conn, peer, session_id)
+
+    def close(self) -> None:
+        self.lookups.close()
+        super().close()
+
+
+class SocksRead(ReadStage):
+    """The client's handshake, read (and answered) off its socket within the timeout; then
+    ``done(step, why)``: the last :class:`~enchufe._socks5_server.Step` (its request or its
+    refusal), or ``None`` and why (the client closed, failed, or was too slow)."""
+
+    __slots__ = ("_machine",)
+
+    def __init__(self, loop: Loop, fd: int, policy: SocksPolicy, done: Any, on_error: OnError) -> None:
+        super().__init__(loop, fd, policy.handshake_timeout, done, on_error)
+        self._machine = Socks5Server(policy.users)
+
+    def _on_read(self, _events: int) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._finish(None, f"its connection failed: {(exc.strerror or str(exc)).lower()}")
+                return
+            if not data:
+                self._finish(None, f"it closed before {self._machine.waiting_for}")
+                return
+            step = self._machine.feed(data)
+            if step.send and not _send(self._fd, step.send):
+                self._finish(None, "it does not take the server's answer")
+                return
+            if step.request is not None or step.refused is not None:
+                self._finish(step, None)
+                return
+
+    def _timed_out(self) -> None:
+        self._finish(None, f"no {self._machine.waiting_for} within {self._timeout:g} s (--handshake-timeout)")
+
+
+def _send(fd: int, data: bytes) -> bool:
+    """A handshake answer (a few bytes) to a client that has sent only its handshake: its
+    socket has room, so all of it goes at once; whether it did."""
+    try:
+        return os.write(fd, data) == len(data)
+    except OSError:
+        return False
+
+
+class SocksSession(StreamSession):
+    """One SOCKS client: its handshake, then a relayed stream to the target it named."""
+
+    __slots__ = ("_code", "_lookup", "_name_allowed", "_replied", "request")
+
+    relay: SocksRelay
+
+    def __init__(
+        self, relay: SocksRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int
+    ) -> None:
+        super().__init__(relay, client, client_sock, peer, session_id)
+        self.request: Request | None = None
+        self._lookup: Pending | None = None
+        #: the reply code of a target that could not be opened
+        self._code = socks5.GENERAL_FAILURE
+        self._replied = False
+        #: an --allow-dest rule named the destination: its addresses need no rule of their own
+        self._name_allowed = False
+
+    def _begin(self) -> None:
+        self._announce_accept()
+        self._stage = SocksRead(
+            self.relay.loop, self.client.rfd, self.relay.policy, self._handshake_done, self.crashed
+        )
+        self._stage.start()
+
+    def _handshake_done(self, step: Step | None, why: str | None) -> None:
+        self._stage = None
+        if step is None or step.request is None:
+            # Refused by the handshake (its answer sent), or the client failed: reset then.
+            reason = step.refused if step is not None else why
+            self._refused(reason or "no request", code=None, abortive=step is None)
+            return
+        request = self.request = step.request
+        self._replay = step.leftover  # sent before anything else once the target is open
+        self.target_label = f"tcp://{request.hostport}"
+        relay = self.relay
+        if relay.events.wants(1):
+            user = f" (user {printable(request.user)})" if request.user is not None else ""
+            relay.events(
+                "request",
+                f"#{self.id} {request.command_name} {request.hostport}{user}",
+                level=1,
+                id=self.id,
+                peer=self.peer_label(),
+                command=request.command_name,
+                destination=request.hostport,
+                **({"user": printable(request.user)} if request.user is not None else {}),
+            )
+        if request.command != CONNECT:
+            self._refused(f"{request.command_name} is not served yet", code=socks5.COMMAND_NOT_SUPPORTED)
+            return
+        if request.by_name:
+            denied, self._name_allowed = relay.policy.rules.check_name(request.host, request.port)
+            if denied is not None:
+                self._refused(f"{request.hostport}: {denied}", code=socks5.CONNECTION_NOT_ALLOWED)
+                return
+        address = InetAddress("tcp", request.host, request.port)
+        self._lookup = relay.lookups.resolve(address, self._resolved, self.crashed)
+
+    def _resolved(self, answer: list[Target] | EnchufeError) -> None:
+        """The destination's addresses (or why none): the allowed ones are tried in order."""
+        self._lookup = None
+        request = self.request
+        assert request is not None
+        if isinstance(answer, EnchufeError):
+            self._refused(
+                f"{request.command_name} {request.hostport}: {answer}", code=socks5.HOST_UNREACHABLE
+            )
+            return
+        rules = self.relay.policy.rules
+        allowed: list[Target] = []
+        denied = None
+        for target in answer:
+            host = str(target.sockaddr[0])
+            why = rules.check_address(host, request.port, self._name_allowed) if rules else None
+            if why is None:
+                allowed.append(target)
+            else:
+                denied = why
+        if not allowed:
+            self._refused(
+                f"{request.command_name} {request.hostport}: {denied}", code=socks5.CONNECTION_NOT_ALLOWED
+            )
+            return
+        self.resolver = _Resolved(allowed)  # type: ignore[assignment]  # what _open_targets asks
+        self._open_target()
+
+    def _open_target(self) -> None:
+        """As the relay opens a socket target (the client watched for errors only meanwhile)."""
+        relay = self.relay
+        assert self.client.sock is not None
+        relay.loop.register(self.client.rfd, 0, self._on_client, self.crashed)
+        self.client.mask = 0
+        if relay.send_proxy:
+            self._prepare_first()
+        self._open_targets()
+
+    def _connected(self, *, announce: bool = True) -> None:
+        if not self._replied:
+            self._replied = True
+            sock = self.target_sock
+            assert sock is not None
+            bound = from_sockaddr(sock.family, socket.SOCK_STREAM, sock.getsockname())
+            host, port = (bound.host, bound.port) if isinstance(bound, InetAddress) else ("0.0.0.0", 0)
+            if not _send(self.client.wfd, reply(socks5.SUCCEEDED, host, port)):
+                self.relay.stats.reset += 1
+                self._end("client-reset", abortive=True, error="the client does not take the reply")
+                return
+        super()._connected(announce=announce)
+
+    # -- refusals and failures: the reply code, then an orderly close
+
+    def _refused(self, why: str, *, code: int | None, abortive: bool = False) -> None:
+        """The client goes nowhere: its reply (``code``), one notice line, the connection closed."""
+        relay = self.relay
+        relay.stats.refused += 1
+        if code is not None:
+            _send(self.client.wfd, reply(code))
+        shown = self.peer_label()
+        said = f" (SOCKS reply {code}: {reply_words(code)})" if code is not None else ""
+        relay.events.notice(
+            "refused SOCKS clients",
+            "refused",
+            f"enchufe: refused {shown} #{self.id}: {why}{said}",
+            id=self.id,
+            peer=shown,
+            reason="socks",
+            detail=why,
+            **({"reply": code} if code is not None else {}),
+            **({"destination": self.request.hostport} if self.request is not None else {}),
+        )
+        self._end("refused", abortive=abortive, quiet=True)
+
+    def _next_target(self, exc: OSError) -> None:
+        self._code = _CODES.get(exc.errno or 0, socks5.GENERAL_FAILURE)
+        super()._next_target(exc)
+
+    def _connect_timed_out(self) -> None:
+        self._code = socks5.TTL_EXPIRED
+        super()._connect_timed_out()
+
+    def _fail_target(self, message: str, *, abortive: bool = True) -> None:
+        code = self._code
+        _send(self.client.wfd, reply(code))
+        if self.relay.events.wants(1):
+            self.relay.events(
+                "reply",
+                f"#{self.id} SOCKS reply {code}: {reply_words(code)}",
+                level=1,
+                id=self.id,
+                reply=code,
+            )
+        super()._fail_target(message, abortive=False)
+
+    def _release(self, abortive: bool) -> None:
+        if self._lookup is not None:
+            self._lookup.cancel()
+            self._lookup = None
+        super()._release(abortive)
+
+
+class _Resolved:
+    """The addresses a request's destination resolved to (and the rules let through)."""
+
+    __slots__ = ("_targets",)
+
+    def __init__(self, targets: list[Target]) -> None:
+        self._targets = targets
+
+    def targets(self) -> list[Target]:
+        return self._targets

@@ -1,0 +1,258 @@
+"""The SOCKS5 server on the relay (``RelayConfig(socks=…)``): handshakes over real sockets,
+replies with their codes, destination rules on names and resolved addresses, the handshake's
+time limit, and the relay's data path after it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from enchufe._socks5_server import reply
+from enchufe._socks_rules import DestRules, SocksPolicy
+from enchufe.relay import RelayConfig
+
+from .conftest import (
+    STEP,
+    RelayThread,
+    Target,
+    closed_by_peer,
+    dial,
+    digest_of,
+    echo,
+    exchange,
+    read_all,
+    relay_thread,
+)
+
+USERS = {b"alice": b"s3cret"}
+
+
+def socks(
+    policy: SocksPolicy | None = None, **options: object
+) -> contextlib.AbstractContextManager[RelayThread]:
+    config = RelayConfig("tcp4://127.0.0.1:0", "-", socks=policy or SocksPolicy(), **options)  # type: ignore[arg-type]
+    return relay_thread(config)
+
+
+def request_bytes(host: str, port: int) -> bytes:
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+        address = b"\x01" + packed
+    except OSError:
+        address = b"\x03" + bytes([len(host)]) + host.encode()
+    return b"\x05\x01\x00" + address + struct.pack(">H", port)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def open_tunnel(
+    proxy: str, host: str, port: int, user: bytes | None = None, password: bytes = b""
+) -> tuple[socket.socket, int]:
+    """A client that speaks SOCKS5 by hand: the socket and the reply code (or -1: the server
+    closed before replying)."""
+    sock = dial(proxy, timeout=STEP)
+    try:
+        method = b"\x02" if user is not None else b"\x00"
+        sock.sendall(b"\x05\x01" + method)
+        if recv_exactly(sock, 2) != b"\x05" + method:
+            return sock, -1
+        if user is not None:
+            sock.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
+            if recv_exactly(sock, 2) != b"\x01\x00":
+                return sock, -1
+        sock.sendall(request_bytes(host, port))
+        head = recv_exactly(sock, 4)
+        if len(head) < 4:
+            return sock, -1
+        recv_exactly(sock, {1: 4, 4: 16}[head[3]] + 2)
+        return sock, head[1]
+    except BaseException:
+        sock.close()
+        raise
+
+
+@pytest.fixture
+def echo_target() -> Iterator[Target]:
+    with Target("tcp4://127.0.0.1:0", echo) as target:
+        yield target
+
+
+def port_of(target: Target) -> int:
+    return int(target.address.rpartition(":")[2])
+
+
+def test_connect_carries_both_ways_with_a_half_close(echo_target: Target) -> None:
+    """A CONNECT by name: the relay's pumps carry a MiB each way, sha256-checked, and the
+    client's EOF reaches the target (the echo ends only then)."""
+    with socks() as relay:
+        sock, code = open_tunnel(relay.address, "localhost", port_of(echo_target))
+        with sock:
+            assert code == 0
+            done = exchange(sock, seed=7, size=1 << 20)
+        assert done.received_digest == digest_of(7, 1 << 20) == done.sent_digest
+        requests = relay.events.named("request")
+        assert requests and requests[0]["destination"] == f"localhost:{port_of(echo_target)}"
+
+
+def test_credentials_accepted_and_refused(echo_target: Target) -> None:
+    with socks(SocksPolicy(users=USERS)) as relay:
+        sock, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target), b"alice", b"s3cret")
+        with sock:
+            assert code == 0
+            sock.sendall(b"ping")
+            assert recv_exactly(sock, 4) == b"ping"
+        with dial(relay.address) as sock:
+            sock.sendall(b"\x05\x01\x02\x01\x05alice\x05wrong")
+            assert recv_exactly(sock, 4) == b"\x05\x02\x01\x01"  # status 1: refused
+            assert closed_by_peer(sock, STEP)
+        with dial(relay.address) as sock:  # no credentials offered
+            sock.sendall(b"\x05\x01\x00")
+            assert recv_exactly(sock, 2) == b"\x05\xff"
+        assert "wrong" not in repr(relay.events.events)
+        users = [e.get("user") for e in relay.events.named("request")]
+        assert users == ["alice"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "host"),
+    [
+        (DestRules.parse(deny=["127.0.0.0/8"]), "127.0.0.1"),
+        # the name is not denied, but every address it resolves to is
+        (DestRules.parse(deny=["127.0.0.0/8", "::1"]), "localhost"),
+        (DestRules.parse(deny=["LocalHost"]), "localhost"),
+        (DestRules.parse(allow=["192.0.2.0/24"]), "localhost"),
+    ],
+    ids=["cidr", "name-resolving-to-denied-ip", "name", "not-allowed"],
+)
+def test_destination_rules_answer_reply_2(echo_target: Target, rules: DestRules, host: str) -> None:
+    with socks(SocksPolicy(rules=rules)) as relay:
+        sock, code = open_tunnel(relay.address, host, port_of(echo_target))
+        with sock:
+            assert code == 2
+            assert closed_by_peer(sock, STEP)
+        refused = relay.events.named("refused")
+        assert refused and refused[0]["reply"] == 2
+    assert echo_target.accepted == 0
+
+
+def test_an_allowed_name_passes_and_its_port_counts(echo_target: Target) -> None:
+    port = port_of(echo_target)
+    rules = DestRules.parse(allow=[f"localhost:{port}"], deny=["::1"])
+    with socks(SocksPolicy(rules=rules)) as relay:
+        sock, code = open_tunnel(relay.address, "localhost", port)
+        with sock:
+            assert code == 0
+        sock, code = open_tunnel(relay.address, "localhost", port + 1 if port < 65535 else port - 1)
+        with sock:
+            assert code == 2
+
+
+def test_a_refused_target_answers_reply_5_and_the_server_goes_on(echo_target: Target) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    with socks() as relay:
+        sock, code = open_tunnel(relay.address, "127.0.0.1", closed_port)
+        with sock:
+            assert code == 5
+        sock, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target))
+        with sock:
+            assert code == 0
+
+
+def test_a_target_that_never_answers_is_reply_6() -> None:
+    """A listener whose queue is full drops the SYNs: --connect-timeout, then reply 6."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(2)]
+        try:
+            for sock in queued:
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+            with socks(connect_timeout=0.3) as relay:
+                sock, code = open_tunnel(relay.address, "127.0.0.1", port)
+                with sock:
+                    assert code == 6
+        finally:
+            for sock in queued:
+                sock.close()
+
+
+def test_an_unknown_name_is_reply_4(echo_target: Target) -> None:
+    with socks() as relay:
+        sock, code = open_tunnel(relay.address, "no-such-host.invalid", 80)
+        with sock:
+            assert code == 4
+
+
+def test_unsupported_commands_and_address_types() -> None:
+    with socks() as relay:
+        with dial(relay.address) as sock:
+            sock.sendall(b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50")  # BIND
+            assert recv_exactly(sock, 12) == b"\x05\x00" + reply(7)
+        with dial(relay.address) as sock:
+            sock.sendall(b"\x05\x01\x00\x05\x01\x00\x07\x7f\x00\x00\x01\x00\x50")
+            assert recv_exactly(sock, 12) == b"\x05\x00" + reply(8)
+
+
+def test_a_trickling_client_is_cut_at_the_timeout_while_others_are_served(echo_target: Target) -> None:
+    with socks(SocksPolicy(handshake_timeout=0.5)) as relay:
+        with dial(relay.address) as slow:
+            slow.sendall(b"\x05")  # a greeting, one byte of it
+            started = time.monotonic()
+            sock, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target))
+            with sock:
+                assert code == 0
+                sock.sendall(b"served")
+                assert recv_exactly(sock, 6) == b"served"
+            assert closed_by_peer(slow, STEP)
+            assert time.monotonic() - started >= 0.3
+        refused = relay.events.named("refused")
+        assert any("--handshake-timeout" in e["detail"] for e in refused)
+
+
+def test_garbage_is_refused_and_the_server_serves_on(echo_target: Target) -> None:
+    with socks() as relay:
+        for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello", os.urandom(64)):
+            with dial(relay.address) as sock:
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    sock.sendall(garbage)
+                assert closed_by_peer(sock, STEP)
+        sock, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target))
+        with sock:
+            assert code == 0
+
+
+def test_bytes_sent_with_the_request_reach_the_target(echo_target: Target) -> None:
+    """A client that does not wait for the reply: what followed its request goes first."""
+    with socks() as relay, dial(relay.address) as sock:
+        sock.sendall(b"\x05\x01\x00" + request_bytes("127.0.0.1", port_of(echo_target)) + b"early")
+        assert recv_exactly(sock, 2 + 10)[:4] == b"\x05\x00\x05\x00"
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == b"early"
+
+
+def test_a_name_with_a_newline_never_forges_a_log_line() -> None:
+    with socks() as relay, dial(relay.address) as sock:
+        sock.sendall(b"\x05\x01\x00\x05\x01\x00\x03\x0dx\nrefused all\x00\x50")
+        assert recv_exactly(sock, 12)[3] == 4
+        assert closed_by_peer(sock, STEP)
+        messages = [message for _name, message, _fields in relay.events.events]
+        assert all("\n" not in message for message in messages)
+        assert any("x\\nrefused all" in message for message in messages)

@@ -1,0 +1,174 @@
+"""The SOCKS5 server's handshake (sans I/O) and its destination rules: bytes in, answers out."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from enchufe._hop_socks5 import Socks5Handshake
+from enchufe._socks5_server import (
+    ADDRESS_TYPE_NOT_SUPPORTED,
+    COMMAND_NOT_SUPPORTED,
+    MAX_MESSAGE,
+    SUCCEEDED,
+    Socks5Server,
+    Step,
+    reply,
+)
+from enchufe._socks_rules import DestRules, parse_user, parse_users
+from enchufe.errors import UsageError
+from enchufe.hops import Established, Send, parse_hop
+
+USERS = {b"alice": b"s3cret"}
+
+
+def feed_split(machine: Socks5Server, data: bytes, size: int) -> tuple[bytes, Step]:
+    """Feed ``data`` in pieces of ``size``; everything sent back and the last step."""
+    sent = b""
+    step = Step()
+    for start in range(0, len(data), size):
+        step = machine.feed(data[start : start + size])
+        sent += step.send
+        if step.request or step.refused:
+            break
+    return sent, step
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_the_client_side_and_the_server_side_agree_however_the_bytes_are_split(size: int) -> None:
+    """enchufe's own client handshake (with credentials, a name) against the server, fed in
+    pieces: the server asks for the name the client sent, and its reply opens the tunnel."""
+    client = Socks5Handshake(parse_hop("socks5://alice:s3cret@proxy:1080"), "example.com", 443)
+    server = Socks5Server(USERS)
+    outgoing = client.start().data
+    request = None
+    for _ in range(5):
+        sent, step = feed_split(server, outgoing, size)
+        if step.request is not None:
+            request = step.request
+            sent += reply(SUCCEEDED, "127.0.0.1", 5555)
+        event = client.receive(sent)
+        if isinstance(event, Established):
+            break
+        assert isinstance(event, Send)
+        outgoing = event.data
+    assert request is not None and isinstance(event, Established)
+    assert (request.host, request.port, request.by_name, request.user) == ("example.com", 443, True, "alice")
+    assert event.bound == ("127.0.0.1", 5555)
+
+
+def test_bytes_after_the_request_are_the_targets() -> None:
+    machine = Socks5Server()
+    step = machine.feed(b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50" + b"GET / HTTP/1.0\r\n")
+    assert step.send == b"\x05\x00"
+    assert step.request is not None and step.request.host == "127.0.0.1" and not step.request.by_name
+    assert step.leftover == b"GET / HTTP/1.0\r\n"
+
+
+def test_ipv6_requests_are_understood() -> None:
+    address = ipaddress.IPv6Address("::1").packed
+    step = Socks5Server().feed(b"\x05\x01\x00\x05\x01\x00\x04" + address + b"\x01\xbb")
+    assert step.request is not None and (step.request.host, step.request.port) == ("::1", 443)
+    assert step.request.hostport == "[::1]:443"
+
+
+def test_a_wrong_password_is_refused_without_showing_it() -> None:
+    sent, step = feed_split(Socks5Server(USERS), b"\x05\x01\x02\x01\x05alice\x05wrong", 3)
+    assert sent == b"\x05\x02\x01\x01"  # username/password chosen, then status 1 (failure)
+    assert step.refused is not None and "alice" in step.refused and "wrong" not in step.refused
+
+
+def test_an_unknown_user_is_refused() -> None:
+    sent, step = feed_split(Socks5Server(USERS), b"\x05\x01\x02\x01\x03bob\x06s3cret", 100)
+    assert sent.endswith(b"\x01\x01") and step.refused
+
+
+def test_a_client_without_credentials_is_told_no_method_is_acceptable() -> None:
+    step = Socks5Server(USERS).feed(b"\x05\x01\x00")
+    assert step.send == b"\x05\xff" and step.refused
+
+
+def test_a_client_offering_only_credentials_to_an_open_server_is_refused() -> None:
+    step = Socks5Server().feed(b"\x05\x01\x02")
+    assert step.send == b"\x05\xff" and step.refused
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", COMMAND_NOT_SUPPORTED),  # BIND
+        (b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", COMMAND_NOT_SUPPORTED),
+        (b"\x05\x01\x00\x05\x7f\x00\x00\x01\x00\x50", ADDRESS_TYPE_NOT_SUPPORTED),
+    ],
+)
+def test_bad_commands_and_address_types_get_their_reply_codes(request_bytes: bytes, code: int) -> None:
+    step = Socks5Server().feed(b"\x05\x01\x00" + request_bytes)
+    assert step.send == b"\x05\x00" + reply(code) and step.refused
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"GET / HTTP/1.1\r\n\r\n", b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00", b"\x16\x03\x01\x02\x00"]
+)
+def test_garbage_is_refused_with_nothing_sent(garbage: bytes) -> None:
+    step = Socks5Server().feed(garbage)
+    assert step.send == b"" and step.refused and step.request is None
+
+
+def test_a_name_with_control_characters_is_refused_escaped() -> None:
+    step = Socks5Server().feed(b"\x05\x01\x00\x05\x01\x00\x03\x08evil\nhost\x00\x50")
+    assert step.refused is not None and "\n" not in step.refused and "\\n" in step.refused
+    assert step.send.endswith(reply(4))
+
+
+def test_the_buffer_never_holds_more_than_a_message() -> None:
+    """Every message is bounded: a client that sends the largest ones in pieces never makes the
+    machine hold more than MAX_MESSAGE bytes."""
+    machine = Socks5Server({b"u" * 255: b"p" * 255})
+    greeting = b"\x05\xff" + bytes(range(255))
+    auth = b"\x01\xff" + b"u" * 255 + b"\xff" + b"p" * 255
+    request = b"\x05\x01\x00\x03\xff" + b"a" * 255 + b"\x00\x50"
+    for byte in greeting + auth + request:
+        machine.feed(bytes([byte]))
+        assert len(machine._buffer) <= MAX_MESSAGE
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def test_deny_rules_judge_names_and_addresses() -> None:
+    rules = DestRules.parse(deny=["10.0.0.0/8", "metadata.internal", "*.corp.example:22", "[fd00::]/8:443"])
+    assert rules.check_name("Metadata.Internal.", 80)[0] is not None
+    assert rules.check_name("git.corp.example", 22)[0] is not None
+    assert rules.check_name("git.corp.example", 443)[0] is None
+    assert rules.check_address("10.1.2.3", 80) is not None
+    assert rules.check_address("::ffff:10.1.2.3", 80) is not None  # mapped: judged as IPv4
+    assert rules.check_address("fd00::1", 443) is not None and rules.check_address("fd00::1", 80) is None
+    assert rules.check_address("192.0.2.1", 80) is None
+
+
+def test_allow_rules_let_a_name_or_an_address_through() -> None:
+    rules = DestRules.parse(allow=["*.example.com", "192.0.2.0/24:443"], deny=["192.0.2.66"])
+    denied, named = rules.check_name("www.example.com", 80)
+    assert denied is None and named
+    assert rules.check_address("203.0.113.9", 80, name_allowed=True) is None
+    assert rules.check_address("203.0.113.9", 80) is not None  # another name to that address: no
+    assert rules.check_address("192.0.2.7", 443) is None
+    assert rules.check_address("192.0.2.7", 80) is not None
+    assert rules.check_address("192.0.2.66", 443, name_allowed=True) is not None  # deny wins
+
+
+@pytest.mark.parametrize("bad", ["a b", "10.0.0.0/8:99999", "host:", "[::1", "ex/ample", "*."])
+def test_bad_rules_are_refused_with_the_accepted_forms(bad: str) -> None:
+    with pytest.raises(UsageError, match="--deny-dest"):
+        DestRules.parse(deny=[bad])
+
+
+def test_credentials_are_parsed_and_a_bad_one_never_shows_its_password() -> None:
+    assert parse_user("alice:pa:ss", "--auth") == (b"alice", b"pa:ss")
+    with pytest.raises(UsageError) as caught:
+        parse_user("alice:" + "x" * 300, "--auth")
+    assert "xxx" not in str(caught.value)
+    assert parse_users(["# users", "", "bob:pw\n"], "--auth-file f") == {b"bob": b"pw"}
+    with pytest.raises(UsageError, match="no USER:PASS"):
+        parse_users(["# nothing"], "--auth-file f")
