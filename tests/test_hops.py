@@ -130,6 +130,18 @@ def socks_reply(code: int = 0, bound: bytes = b"\x01\x7f\x00\x00\x01\x04\x38") -
     return bytes([5, code, 0]) + bound
 
 
+@pytest.mark.parametrize("host", ["evil\r\nX-Injected: 1", "a" * 300, "a b"])
+def test_a_host_no_proxy_can_be_asked_for_is_refused_before_a_byte_is_made(host: str) -> None:
+    # A CRLF would add headers to the CONNECT request; SOCKS5 names are at most 255 bytes.
+    for hop in (HTTP, SOCKS):
+        with pytest.raises(AddressError, match="is not a host name or IP address"):
+            handshake(hop, host, 80)
+    # An address made without parse() is checked too, before any socket (port 1: nothing there).
+    target = enchufe.address.InetAddress("tcp", host, 80)
+    with pytest.raises(AddressError, match="is not a host name or IP address"):
+        enchufe.connect(target, via=["http://127.0.0.1:1"], timeout=1)
+
+
 def test_socks5_sends_the_name_unresolved_and_keeps_what_follows_the_reply() -> None:
     machine = handshake(SOCKS, "localhost", 9000)
     assert machine.start().data == b"\x05\x01\x00"

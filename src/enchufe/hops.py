@@ -48,6 +48,7 @@ __all__ = [
     "HopRefused",
     "NeedMore",
     "Send",
+    "check_host",
     "check_target",
     "handshake",
     "parse_hop",
@@ -143,6 +144,7 @@ class Handshake:
     """The client side of one hop's handshake, towards ``host``:``port`` (a name or a literal)."""
 
     def __init__(self, hop: Hop, host: str, port: int) -> None:
+        check_host(host)
         self.hop = hop
         self.host = host
         self.port = port
@@ -283,6 +285,20 @@ def shown_answer(data: bytes | bytearray, limit: int) -> str:
     return repr(head)[1:]
 
 
+def check_host(host: str) -> None:
+    """Refuse (AddressError) a host that is neither an IP literal nor a host name: it goes into
+    a request line (CRLF would add headers of its own) or a SOCKS5 name field (255 bytes)."""
+    if literal_family(host) is not None:
+        return
+    try:
+        check_host_name(host, "tcp", host, "1", "")
+    except AddressError:
+        raise AddressError(
+            f"'{printable(host)}' is not a host name or IP address a proxy can be asked for, "
+            "e.g. example.com or 192.0.2.7"
+        ) from None
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -397,6 +413,8 @@ def check_target(address: Address, hops: Sequence[Hop]) -> InetAddress:
         raise AddressError(
             f"{address}: a proxy (via {first}) reaches tcp:// and tls:// targets, not this one"
         )
+    if "%" not in address.host:  # a scope is refused below, with its own words
+        check_host(address.host)
     if not address.is_stream and (len(hops) > 1 or first.scheme != "socks5"):
         raise AddressError(
             f"{address}: datagrams go through one socks5:// proxy (UDP ASSOCIATE), not "
