@@ -3,7 +3,7 @@
 
 Usage (from the repository; strace on PATH for the system calls):
 
-    python benchmarks/hotpath_count.py [--only tcp,conn,udp,udp64] [-n 5000] [--opcodes]
+    python benchmarks/hotpath_count.py [--only tcp,conn,udp,udp64,tls] [-n 5000] [--opcodes] [--socat]
 
 A loaded machine makes wall-clock figures useless for small changes; counts are not affected.
 For each measure, a relay (``Relay``, the library's, in a process of its own) stands between
@@ -23,7 +23,14 @@ The measures:
   connection);
 * ``udp``: UDP 1-byte ping-pong from one sender (a round trip: one datagram each way);
 * ``udp64``: 64-byte UDP datagrams one way, in bursts of 32 that the sink receives before the
-  next burst is sent (a round trip: one datagram).
+  next burst is sent (a round trip: one datagram);
+* ``tls``: TLS 1-byte ping-pong on one connection through a terminating relay
+  (``tls://…?cert=…`` → ``tcp://``, a trustme CA and an ECDSA P-256 certificate): the client
+  speaks TLS 1.3, the echo server plain TCP (a round trip: one byte each way).
+
+With ``--socat``, the system calls of ``socat OPENSSL-LISTEN:…,fork TCP:…`` (the same
+certificate, default options) are counted beside the ``tls`` measure: ``strace -c -f`` attached to
+socat and its child for the connection, over the same round trips, after the same warm-up.
 
 The relay process starts and stops counting on SIGUSR2 (its handler runs in the relay's main
 thread, which runs the loop), and prints the counts on stdout when it stops.
@@ -33,22 +40,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-MEASURES = ("tcp", "conn", "udp", "udp64")
+MEASURES = ("tcp", "conn", "udp", "udp64", "tls")
 WARM_UP = 300
 BURST = 32
 STEP = 10.0
@@ -125,7 +135,7 @@ def echo_stream(listener: socket.socket) -> None:
             conn, _ = listener.accept()
         except OSError:
             return
-        with conn:
+        with conn, contextlib.suppress(ConnectionResetError):  # a TLS client left without close_notify
             while data := conn.recv(65536):
                 conn.sendall(data)
 
@@ -142,17 +152,41 @@ def echo_datagram(sock: socket.socket, received: list[int]) -> None:
             sock.sendto(data, peer)
 
 
+@dataclasses.dataclass(frozen=True)
+class Certs:
+    ca: Path
+    server: Path  # key and chain in one PEM file
+
+
+def make_certs(folder: Path) -> Certs:
+    """A trustme CA and an ECDSA P-256 certificate for 127.0.0.1 and localhost."""
+    import trustme
+
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    issued = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA)
+    certs = Certs(folder / "ca.pem", folder / "server.pem")
+    ca.cert_pem.write_to_path(str(certs.ca))
+    issued.private_key_and_cert_chain_pem.write_to_path(str(certs.server))
+    return certs
+
+
 def port_of(address: str) -> tuple[str, int]:
-    match = re.match(r"^\w+://(.*):(\d+)$", address)
+    match = re.match(r"^\w+://(.*):(\d+)(\?.*)?$", address)
     assert match, address
     return match.group(1).strip("[]"), int(match.group(2))
 
 
 class Measure:
-    """One measure: its server, the relay in front of it, and what one round trip is."""
+    """One measure: its server, the relay in front of it, and what one round trip is.
 
-    def __init__(self, name: str, opcodes: bool, detail: bool) -> None:
+    ``socat``: socat instead of the relay (the ``tls`` measure only): system calls only."""
+
+    def __init__(
+        self, name: str, opcodes: bool, detail: bool, certs: Certs | None = None, socat: bool = False
+    ) -> None:
         self.name = name
+        self.certs = certs
+        self.socat = socat
         udp = name.startswith("udp")
         self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
         self.server.bind(("127.0.0.1", 0))
@@ -167,15 +201,24 @@ class Measure:
         threading.Thread(target=run, args=args, daemon=True).start()
         scheme = "udp4" if udp else "tcp4"
         target = f"{scheme}://127.0.0.1:{self.server.getsockname()[1]}"
-        command = [sys.executable, __file__, "--serve", f"{scheme}://127.0.0.1:0", target]
-        if opcodes:
-            command.append("--opcodes")
-        if detail:
-            command.append("--detail")
-        self.relay = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        assert self.relay.stdout is not None
-        self.via = port_of(self.relay.stdout.readline().strip())
+        listen = f"{scheme}://127.0.0.1:0"
+        if name == "tls":
+            assert certs is not None
+            listen = f"tls://127.0.0.1:0?cert={certs.server}"
+        if socat:
+            assert certs is not None
+            self.relay, self.via = start_socat(certs, self.server.getsockname()[1])
+        else:
+            command = [sys.executable, __file__, "--serve", listen, target]
+            if opcodes:
+                command.append("--opcodes")
+            if detail:
+                command.append("--detail")
+            self.relay = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            assert self.relay.stdout is not None
+            self.via = port_of(self.relay.stdout.readline().strip())
         self.client: socket.socket | None = None
+        self.functions: dict[str, float] = {}
         self.trip: Callable[[], None] = getattr(self, f"_{name}")
 
     def _tcp(self) -> None:
@@ -215,6 +258,17 @@ class Measure:
                 raise RuntimeError(f"udp64: {goal - self.received[0]} datagrams lost")
             time.sleep(0.0002)
 
+    def _tls(self) -> None:
+        if self.client is None:
+            assert self.certs is not None
+            context = ssl.create_default_context(cafile=str(self.certs.ca))
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            raw = socket.create_connection(self.via, STEP)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.client = context.wrap_socket(raw, server_hostname="localhost")
+        self.client.sendall(b"x")
+        assert self.client.recv(1) == b"x"
+
     def trips(self, n: int) -> int:
         """Make about ``n`` round trips; how many were made."""
         if self.name == "udp64":
@@ -228,14 +282,18 @@ class Measure:
     def count(self, n: int, syscalls: bool) -> dict[str, float]:
         self.trips(WARM_UP)
         tracer, out = self._strace() if syscalls else (None, None)
-        assert self.relay.stdout is not None
-        os.kill(self.relay.pid, signal.SIGUSR2)
-        time.sleep(0.05)  # the handler runs once the relay is back in Python (EINTR)
-        made = self.trips(n)
-        os.kill(self.relay.pid, signal.SIGUSR2)
-        counts = json.loads(self.relay.stdout.readline())
-        self.functions = {key: value / made for key, value in counts.pop("functions").items()}
-        figures = {key: value / made for key, value in counts.items() if value}
+        if self.socat:
+            made = self.trips(n)
+            figures: dict[str, float] = {}
+        else:
+            assert self.relay.stdout is not None
+            os.kill(self.relay.pid, signal.SIGUSR2)
+            time.sleep(0.05)  # the handler runs once the relay is back in Python (EINTR)
+            made = self.trips(n)
+            os.kill(self.relay.pid, signal.SIGUSR2)
+            counts = json.loads(self.relay.stdout.readline())
+            self.functions = {key: value / made for key, value in counts.pop("functions").items()}
+            figures = {key: value / made for key, value in counts.items() if value}
         if tracer is not None and out is not None:
             tracer.send_signal(signal.SIGINT)
             tracer.wait(STEP)
@@ -247,24 +305,62 @@ class Measure:
         if shutil.which("strace") is None:
             return None, None
         out = tempfile.NamedTemporaryFile("r", suffix=".strace")  # noqa: SIM115
-        tracer = subprocess.Popen(
-            ["strace", "-c", "-o", out.name, "-p", str(self.relay.pid)], stderr=subprocess.DEVNULL
-        )
+        pids = [self.relay.pid, *children_of(self.relay.pid)] if self.socat else [self.relay.pid]
+        command = ["strace", "-c", "-f", "-o", out.name]
+        for pid in pids:
+            command += ["-p", str(pid)]
+        tracer = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + STEP
-        while traced_by(self.relay.pid) == 0 and time.monotonic() < deadline:
+        while not all(traced_by(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.1)
         return tracer, out
 
     def close(self) -> None:
+        if self.client is not None:
+            self.client.close()  # first: socat's child for the connection ends with it
         self.relay.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.relay.wait(STEP)
-        if self.client is not None:
-            self.client.close()
         with contextlib.suppress(OSError):
             self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
+
+
+def start_socat(certs: Certs, target_port: int) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    """``socat OPENSSL-LISTEN:PORT,…,fork TCP4:…`` with the relay's certificate, listening."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            "socat",
+            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={certs.server},verify=0",
+            f"TCP4:127.0.0.1:{target_port}",
+        ],
+        text=True,
+    )
+    wanted = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + STEP
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:  # no probe connection: socat would fork for it
+            if any(line.split()[1] == wanted and line.split()[3] == "0A" for line in f.readlines()[1:]):
+                break
+        time.sleep(0.01)
+    else:
+        process.kill()
+        raise SystemExit(f"socat did not listen on 127.0.0.1:{port}")
+    return process, ("127.0.0.1", port)
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid`` (socat's, one per connection)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    return found
 
 
 def traced_by(pid: int) -> int:
@@ -299,39 +395,60 @@ def main() -> None:
     parser.add_argument("--opcodes", action="store_true", help="also count bytecode instructions")
     parser.add_argument("--no-strace", action="store_true")
     parser.add_argument(
+        "--socat", action="store_true", help="with tls: socat's system calls over the same round trips"
+    )
+    parser.add_argument(
         "--detail", action="store_true", help="also the calls per round trip of each function"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per measure")
     parser.add_argument("--serve", nargs=2, metavar=("LISTEN", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(*args.serve, args.opcodes, args.detail)
+        listen, target = args.serve
+        serve(listen, target, args.opcodes, args.detail)
         return
-    for name in args.only.split(","):
+    names = args.only.split(",")
+    for name in names:
         if name not in MEASURES:
             parser.error(f"unknown measure {name!r}; accepted: {', '.join(MEASURES)}")
-        measure = Measure(name, args.opcodes, args.detail)
-        try:
-            figures = measure.count(args.n, not args.no_strace)
-        finally:
-            measure.close()
-        if args.json:
-            print(json.dumps({"measure": name, **figures}), flush=True)
-            continue
+    if args.socat and "tls" not in names:
+        parser.error("--socat goes with the tls measure (--only …,tls)")
+    if args.socat and shutil.which("socat") is None:
+        parser.error("--socat needs socat on PATH")
+    with tempfile.TemporaryDirectory() as folder:
+        certs = make_certs(Path(folder)) if "tls" in names else None
+        for name in names:
+            run_measure(name, args, certs)
+            if name == "tls" and args.socat:
+                run_measure(name, args, certs, socat=True)
+
+
+def run_measure(name: str, args: argparse.Namespace, certs: Certs | None, socat: bool = False) -> None:
+    measure = Measure(name, args.opcodes, args.detail, certs, socat)
+    try:
+        figures = measure.count(args.n, not args.no_strace)
+    finally:
+        measure.close()
+    label = "socat" if socat else name
+    if args.json:
+        print(json.dumps({"measure": label, **figures}), flush=True)
+        return
+    line = f"{label:6}"
+    if not socat:
         calls = figures.get("calls", 0.0)
         c_calls = figures.get("c_calls", 0.0)
-        line = f"{name:6} py calls/rt {calls:7.2f}  C calls/rt {c_calls:7.2f}"
-        if "opcodes" in figures:
-            line += f"  opcodes/rt {figures['opcodes']:8.1f}"
-        if "sys" in figures:
-            detail = ", ".join(
-                f"{key[4:]} {value:.2f}" for key, value in sorted(figures.items()) if key.startswith("sys:")
-            )
-            line += f"  syscalls/rt {figures['sys']:6.2f} ({detail})"
-        print(line, flush=True)
-        for key, value in sorted(measure.functions.items(), key=lambda item: -item[1]):
-            if value >= 0.01:
-                print(f"    {value:7.2f}  {key}")
+        line += f" py calls/rt {calls:7.2f}  C calls/rt {c_calls:7.2f}"
+    if "opcodes" in figures:
+        line += f"  opcodes/rt {figures['opcodes']:8.1f}"
+    if "sys" in figures:
+        detail = ", ".join(
+            f"{key[4:]} {value:.2f}" for key, value in sorted(figures.items()) if key.startswith("sys:")
+        )
+        line += f"  syscalls/rt {figures['sys']:6.2f} ({detail})"
+    print(line, flush=True)
+    for key, value in sorted(measure.functions.items(), key=lambda item: -item[1]):
+        if value >= 0.01:
+            print(f"    {value:7.2f}  {key}")
 
 
 if __name__ == "__main__":
