@@ -1,6 +1,7 @@
-"""``accept_proxy``: what a server behind a load balancer does with the PROXY protocol header,
-with no I/O: whom it trusts to send one, how it reads one without taking a byte of payload,
-and what the connection's addresses become.
+"""``accept_proxy``: what a server behind a load balancer does with the PROXY protocol header:
+whom it trusts to send one, how it reads one without taking a byte of payload (:func:`step`
+when the socket is readable, for any loop; :func:`take_header_blocking` in a thread), and what
+the connection's addresses become.
 
 The header is read before anything else (before a TLS handshake, before the handler), from
 the socket's receive queue with ``MSG_PEEK``: only the bytes that are header are taken, so the
@@ -11,7 +12,10 @@ within the timeout: the connection is closed, one log line says why, the server 
 
 from __future__ import annotations
 
+import math
+import select
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +167,24 @@ def step(sock: socket.socket, read: HeaderRead) -> None:
         read.result = Refused(
             f"the connection failed during its PROXY header: {(exc.strerror or str(exc)).lower()}"
         )
+
+
+def take_header_blocking(conn: Any, policy: ProxyPolicy) -> None:
+    """Read ``conn``'s PROXY protocol header in this thread, waiting up to ``policy.timeout``
+    (the sync servers' and ``listen``'s; asyncio has its own): then ``conn.peer_address`` is the
+    client it names and ``conn.proxy_address`` the proxy.  :class:`ProxyRefused` (its message
+    the log line) for a peer that is not a trusted proxy, and for a header missing, malformed,
+    oversized or late; no payload byte is taken either way."""
+    read = check_peer(conn, policy)
+    deadline = time.monotonic() + policy.timeout
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    while isinstance(read.result, NeedMore):
+        if not poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000))):
+            read.timed_out()
+            break
+        step(conn.socket, read)
+    settle(conn, read)
 
 
 def settle(conn: Any, read: HeaderRead) -> ProxyHeader:

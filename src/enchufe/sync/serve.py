@@ -31,15 +31,8 @@ from typing import Any, Protocol, cast
 
 from .. import _ranges, _wakeup
 from .._backoff import Backoff
-from .._proxyaccept import (
-    DEFAULT_PROXY_TIMEOUT,
-    ProxyPolicy,
-    ProxyRefused,
-    check_peer,
-    proxy_policy,
-    settle,
-    step,
-)
+from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, ProxyPolicy, ProxyRefused, proxy_policy
+from .._proxyaccept import take_header_blocking as take_proxy_header
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -63,7 +56,6 @@ from .._serving import (
 from .._streams import TLSReload, TLSServing
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError
-from ..proxyproto import NeedMore
 from ..sessions import Session, SessionTable
 from . import bind_datagram, listen
 from .datagram import DatagramSocket
@@ -409,24 +401,6 @@ class Server(TLSServing):
             closed = self._stopping.is_set() or datagram.socket.closed
             return datagram_failed(exc, datagram.sender, self.stats, closed=closed)
         return False
-
-
-def take_proxy_header(conn: Connection, policy: ProxyPolicy) -> None:
-    """Read ``conn``'s PROXY protocol header, blocking up to ``policy.timeout``: then
-    ``conn.peer_address`` is the client it names and ``conn.proxy_address`` the proxy.
-    :class:`~enchufe._proxyaccept.ProxyRefused` (its message the log line) for a peer that is
-    not a trusted proxy, and for a header missing, malformed, oversized or late; no payload
-    byte is taken either way."""
-    read = check_peer(conn, policy)
-    deadline = time.monotonic() + policy.timeout
-    poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN)
-    while isinstance(read.result, NeedMore):
-        if not poller.poll(_milliseconds_until(deadline)):
-            read.timed_out()
-            break
-        step(conn.socket, read)
-    settle(conn, read)
 
 
 #: Longest a drain waits before it looks again for a cut asked by a second signal.
