@@ -196,9 +196,9 @@ def check_config(config: RelayConfig) -> tuple[Address, Address]:
     """Check everything in ``config`` (UsageError for the first thing wrong); LISTEN and TARGET."""
     if config.routes:  # first: TARGET - means "no default" then, not stdio
         check_routes(_parsed(config.listen), _parsed(config.target), config.routes)
+    if config.socks is not None:  # first: TARGET - means "what each client asks for", not stdio
+        _check_socks(_parsed(config.listen), _parsed(config.target), config, config.socks)
     listen, target = check_endpoints(config.listen, config.target, frame=config.frame)
-    if config.socks is not None:
-        _check_socks(listen, target, config, config.socks)
     _check_rules(listen, config.rules, config.accept_proxy)
     _check_numbers(config)
     _check_proxy(listen, target, config)
