@@ -3,6 +3,7 @@ ways, a half-close), the open-proxy warning, --json events, drain and --workers,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -193,3 +194,40 @@ def test_help_names_the_options() -> None:
         "--stats",
     ):
         assert option in text
+
+
+def test_connect_udp_via_enchufe_socks_datagram_by_datagram(spawn: Spawn) -> None:
+    """enchufe's own UDP ASSOCIATE client: each stdin write one datagram through the relay to a
+    UDP echo, each answer back whole, in order."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo:
+        echo.bind(("127.0.0.1", 0))
+        echo.settimeout(STEP)
+        seen: list[bytes] = []
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                while len(seen) < len(payloads):
+                    data, source = echo.recvfrom(65535)
+                    seen.append(data)
+                    echo.sendto(data.upper(), source)
+
+        payloads = [b"one", b"two" * 100, b"three" * 600]
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        proxy = spawn("socks", "tcp://127.0.0.1:0", "--json")
+        port = proxy.listening().rpartition(":")[2]
+        client = spawn(
+            "connect", f"udp://localhost:{echo.getsockname()[1]}", "--via", f"socks5://127.0.0.1:{port}"
+        )
+        expected = b""
+        for payload in payloads:  # one write, one datagram, its answer before the next
+            client.feed(payload, close=False)
+            expected += payload.upper()
+            client.wait_out(len(expected))
+        client.feed(b"", close=True)
+        assert client.finish() == 0, client.err
+        assert client.out == expected
+        thread.join(STEP)
+        assert seen == payloads
+        proxy.wait_err(r'"event": "close"')
+        assert proxy.terminate() == 0

@@ -8,11 +8,13 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from enchufe._hop_socks5 import udp_unwrap, udp_wrap
 from enchufe._socks5_server import reply
 from enchufe._socks_rules import DestRules, SocksPolicy
 from enchufe.relay import RelayConfig
@@ -28,6 +30,7 @@ from .conftest import (
     exchange,
     read_all,
     relay_thread,
+    wait_until,
 )
 
 USERS = {b"alice": b"s3cret"}
@@ -256,3 +259,121 @@ def test_a_name_with_a_newline_never_forges_a_log_line() -> None:
         messages = [message for _name, message, _fields in relay.events.events]
         assert all("\n" not in message for message in messages)
         assert any("x\\nrefused all" in message for message in messages)
+
+
+# ----------------------------------------------------------------------------- UDP ASSOCIATE
+
+
+class UdpEcho:
+    """A UDP server that sends every datagram back, and keeps them (each one, whole)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[bytes] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.seen.append(data)
+            self.sock.sendto(data, source)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(STEP)
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[UdpEcho]:
+    server = UdpEcho()
+    yield server
+    server.close()
+
+
+@contextlib.contextmanager
+def association(proxy: str) -> Iterator[tuple[socket.socket, socket.socket, tuple[str, int]]]:
+    """The control connection, the client's UDP socket and where the relay takes datagrams."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(STEP)
+    control = dial(proxy, timeout=STEP)
+    try:
+        control.sendall(
+            b"\x05\x01\x00\x05\x03\x00\x01\x7f\x00\x00\x01" + struct.pack(">H", udp.getsockname()[1])
+        )
+        answer = recv_exactly(control, 12)
+        assert answer[:4] == b"\x05\x00\x05\x00" and answer[5:6] == b"\x01", answer
+        bound = (socket.inet_ntoa(answer[6:10]), struct.unpack(">H", answer[10:12])[0])
+        yield control, udp, bound
+    finally:
+        control.close()
+        udp.close()
+
+
+def quiet(sock: socket.socket, seconds: float = 0.3) -> bool:
+    """Nothing comes to ``sock`` for ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        sock.recv(65535)
+    except TimeoutError:
+        return True
+    finally:
+        sock.settimeout(STEP)
+    return False
+
+
+def test_udp_associate_relays_datagram_by_datagram(udp_echo: UdpEcho) -> None:
+    sizes = [1, 1400, 4000, 65000, 7]
+    with socks() as relay, association(relay.address) as (_control, udp, bound):
+        for index, size in enumerate(sizes):
+            payload = bytes([index]) * size
+            host = "localhost" if index % 2 else "127.0.0.1"  # by name, and by address
+            udp.sendto(udp_wrap(host, udp_echo.port, payload), bound)
+            answer = udp_unwrap(udp.recv(65535))
+            assert answer == ("127.0.0.1", udp_echo.port, payload)
+        assert [len(d) for d in udp_echo.seen] == sizes
+    wait_until(lambda: bool(relay.events.named("close")), "the association's end")
+    (close,) = relay.events.named("close")
+    assert close["to_target"] == close["to_client"] == sum(sizes)
+
+
+def test_udp_from_anyone_else_and_to_denied_destinations_is_dropped(udp_echo: UdpEcho) -> None:
+    rules = DestRules.parse(
+        deny=["localhost", f"127.0.0.1:{udp_echo.port + 1 if udp_echo.port < 65535 else 1}"]
+    )
+    with socks(SocksPolicy(rules=rules)) as relay, association(relay.address) as (_control, udp, bound):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.bind(("127.0.0.1", 0))
+            stranger.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"not yours"), bound)
+            assert quiet(stranger)
+        udp.sendto(udp_wrap("localhost", udp_echo.port, b"denied name"), bound)
+        udp.sendto(
+            b"\x00\x00\x01\x01\x7f\x00\x00\x01" + struct.pack(">H", udp_echo.port) + b"fragment", bound
+        )
+        assert quiet(udp)
+        udp.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"fine"), bound)
+        assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"fine")
+    assert udp_echo.seen == [b"fine"]
+
+
+def test_the_association_ends_with_its_control_connection(udp_echo: UdpEcho) -> None:
+    with socks() as relay:
+        with association(relay.address) as (_control, udp, bound):
+            udp.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"1"), bound)
+            assert udp.recv(65535).endswith(b"1")
+        wait_until(lambda: relay.relay.open_connections == 0, "the association's end")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as late:
+            late.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"2"), bound)
+            assert quiet(late)
+        assert udp_echo.seen == [b"1"]

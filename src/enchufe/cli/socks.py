@@ -119,8 +119,9 @@ def command(
     no_splice: bool,
     json_: bool,
 ) -> int:
-    """A SOCKS5 server (RFC 1928, CONNECT): each client names its destination, which is then
-    relayed as `enchufe relay` does (splice, half-close, limits, drain, --stats, --workers).
+    """A SOCKS5 server (RFC 1928): each client names its destination, which is then relayed as
+    `enchufe relay` does (splice, half-close, limits, drain, --stats, --workers).  UDP ASSOCIATE
+    relays a client's datagrams (each judged by the rules) for as long as its TCP connection lasts.
 
     \b
     Without --auth or --auth-file any client may use it: on an address other than loopback

@@ -10,7 +10,8 @@
            ├─ the destination judged by --allow-dest/--deny-dest on its name, resolved off the
            │    loop (.lookups), and judged again on every address it resolved to
            ├─ open the target as the relay does (addresses in order, --connect-timeout)
-           └─ the reply (SOCKS code 0 and the bound address), then the relay's pumps (splice)
+           ├─ the reply (SOCKS code 0 and the bound address), then the relay's pumps (splice)
+           └─ UDP ASSOCIATE instead: a datagram relay (.socks_udp) until the connection ends
 
 A request refused, or a target that cannot be opened, gets its SOCKS reply code (2 the rules,
 4 unreachable or unresolvable, 5 refused, 6 timed out, 7 a command, 8 an address type) and
@@ -23,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _socks5_server as socks5
@@ -33,9 +35,11 @@ from .._socks_rules import SocksPolicy
 from .._text import printable
 from ..address import InetAddress, StdioAddress, from_sockaddr
 from ..errors import EnchufeError
+from .engine import READ
 from .lookups import Lookups, Pending
 from .readstage import ReadStage
 from .sides import Side
+from .socks_udp import UdpAssociation
 from .stream import StreamRelay
 from .stream_session import StreamSession
 
@@ -128,7 +132,7 @@ def _send(fd: int, data: bytes) -> bool:
 class SocksSession(StreamSession):
     """One SOCKS client: its handshake, then a relayed stream to the target it named."""
 
-    __slots__ = ("_code", "_lookup", "_name_allowed", "_replied", "request")
+    __slots__ = ("_code", "_lookup", "_name_allowed", "_replied", "_udp", "request")
 
     relay: SocksRelay
 
@@ -143,6 +147,8 @@ class SocksSession(StreamSession):
         self._replied = False
         #: an --allow-dest rule named the destination: its addresses need no rule of their own
         self._name_allowed = False
+        #: UDP ASSOCIATE: the association, which lives as long as this (control) connection
+        self._udp: UdpAssociation | None = None
 
     def _begin(self) -> None:
         self._announce_accept()
@@ -175,7 +181,7 @@ class SocksSession(StreamSession):
                 **({"user": printable(request.user)} if request.user is not None else {}),
             )
         if request.command != CONNECT:
-            self._refused(f"{request.command_name} is not served yet", code=socks5.COMMAND_NOT_SUPPORTED)
+            self._associate(request)
             return
         if request.by_name:
             denied, self._name_allowed = relay.policy.rules.check_name(request.host, request.port)
@@ -236,6 +242,65 @@ class SocksSession(StreamSession):
                 return
         super()._connected(announce=announce)
 
+    # -- UDP ASSOCIATE: a datagram relay for as long as the control connection lasts
+
+    def _associate(self, request: Request) -> None:
+        relay = self.relay
+        assert self.client_sock is not None
+        try:
+            udp = UdpAssociation(
+                relay.loop,
+                relay.lookups,
+                relay.policy.rules,
+                self.client_sock,
+                (request.host, request.port),
+                self.crashed,
+                self._count,
+            )
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            self._refused(f"UDP ASSOCIATE: no UDP socket: {reason}", code=socks5.GENERAL_FAILURE)
+            return
+        self._udp = udp
+        self._connect_done()
+        self.target_label = f"udp://{_hostport(*udp.bound)}"
+        if not _send(self.client.wfd, reply(socks5.SUCCEEDED, *udp.bound)):
+            self._end("client-reset", abortive=True, error="the client does not take the reply")
+            return
+        relay.loop.register(self.client.rfd, READ, self._on_control, self.crashed)
+        self.client.mask = READ
+        if relay.events.wants(1):
+            relay.events(
+                "connect",
+                f"#{self.id} UDP relay at {self.target_label} for {request.hostport}",
+                level=1,
+                id=self.id,
+                target=self.target_label,
+            )
+        self._arm_idle()
+
+    def _on_control(self, _events: int) -> None:
+        """The control connection: its end (EOF or error) ends the association; anything the
+        client sends on it meanwhile means nothing, and is read away."""
+        try:
+            data = os.read(self.client.rfd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._end("client-reset", abortive=True, error=(exc.strerror or str(exc)).lower())
+            return
+        if not data:
+            self._end("done")
+
+    def _count(self, to_target: int, to_client: int) -> None:
+        """Payload bytes of datagrams relayed (for stats, the close event and the idle timer)."""
+        self.to_target += to_target
+        self.to_client += to_client
+        stats = self.relay.stats
+        stats.to_target += to_target
+        stats.to_client += to_client
+        self._last_active = time.monotonic()
+
     # -- refusals and failures: the reply code, then an orderly close
 
     def _refused(self, why: str, *, code: int | None, abortive: bool = False) -> None:
@@ -284,7 +349,14 @@ class SocksSession(StreamSession):
         if self._lookup is not None:
             self._lookup.cancel()
             self._lookup = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         super()._release(abortive)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Resolved:
