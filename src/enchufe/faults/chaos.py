@@ -31,9 +31,6 @@ from .toxics import FaultError, FaultPlan, Toxic, check_attributes, check_toxici
 
 __all__ = ["ApiError", "Chaos", "ChaosProxy", "as_address", "show_address"]
 
-#: Seconds a stopping relay gets to end its thread.
-STOP_TIMEOUT = 5.0
-
 
 class ApiError(Exception):
     """An answer other than success: Toxiproxy's status code and message."""
@@ -84,8 +81,8 @@ class ChaosProxy:
     plan: FaultPlan = field(
         default_factory=lambda: FaultPlan((), random.SystemRandom().randrange(2**63), live=True)
     )
+    #: its running relay (a :class:`~.relay_thread.RelayThread`), None while disabled
     relay: Any = None
-    thread: threading.Thread | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -233,7 +230,7 @@ class Chaos:
         if proxy.relay is not None:
             with contextlib.suppress(Exception):
                 self._stop(proxy)
-            proxy.relay = proxy.thread = None
+            proxy.relay = None
 
     # -- toxics
 

@@ -9,22 +9,22 @@
     server.close()                                                      # API and relays stopped
 
 Each proxy is a :class:`~enchufe.relay.Relay` bound in the API's request (so that its answer
-names the real port, and a port in use is that request's error) and run in a thread of its own,
-with no signal handling (the command's main thread has it).
+names the real port, and a port in use is that request's error) and run in a thread of its own
+(:class:`~.relay_thread.RelayThread`), with no signal handling (the command's main thread has it).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 from ..errors import EnchufeError, UsageError
-from ..relay import EventSink, Relay, RelayConfig
+from ..relay import EventSink, RelayConfig
 from ..relay.events import Emit
-from .chaos import STOP_TIMEOUT, ApiError, Chaos, ChaosProxy, as_address, show_address
+from .chaos import ApiError, Chaos, ChaosProxy, as_address, show_address
 from .chaos_http import ApiServer
+from .relay_thread import RelayThread
 
 __all__ = ["ChaosServer"]
 
@@ -80,21 +80,14 @@ class ChaosServer:
         events = self.events
         relay_events = EventSink(self._emit, self._level, proxy=proxy.name)
         try:
-            relay = Relay(config, events=relay_events)
-            bound = relay.open()
+            running = RelayThread.start(config, relay_events, f"chaos proxy {proxy.name}")
         except UsageError as exc:
             raise ApiError(400, f"proxy {proxy.name}: {exc}") from None
         except (EnchufeError, OSError) as exc:
             raise ApiError(500, f"proxy {proxy.name}: {exc}") from None
+        bound = running.address
         proxy.listen = show_address(bound, proxy.listen)
-        thread = threading.Thread(
-            target=relay.run,
-            kwargs={"handle_signals": False, "announce": False},
-            name=f"chaos proxy {proxy.name}",
-            daemon=True,
-        )
-        thread.start()
-        proxy.relay, proxy.thread = relay, thread
+        proxy.relay = running
         events(
             "proxy",
             f"proxy {proxy.name}: listening on {bound}, to {target}",
@@ -105,10 +98,7 @@ class ChaosServer:
         )
 
     def _stop(self, proxy: ChaosProxy) -> None:
-        relay, thread = proxy.relay, proxy.thread
-        relay.stop(now=True)
-        if thread is not None:
-            thread.join(STOP_TIMEOUT)
+        proxy.relay.stop()
         self.events("proxy", f"proxy {proxy.name}: stopped", level=1, proxy=proxy.name, stopped=True)
 
     def _log(self, line: str) -> None:
