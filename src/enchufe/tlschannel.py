@@ -73,6 +73,11 @@ class TLSChannel:
         if session is not None:
             with contextlib.suppress(ValueError):  # a session of another context: a full handshake
                 self._ssl.session = session
+        # The C object's own read and write: ssl.SSLObject's are Python functions that only call
+        # them, and the relay calls them for every record it moves.
+        core = getattr(self._ssl, "_sslobj", self._ssl)
+        self._decrypt = core.read
+        self._encrypt = core.write
         self._params = params
         self._server_side = server_side
         self._server_hostname = server_hostname
@@ -86,6 +91,12 @@ class TLSChannel:
         self._started = False
         self.label = label
         self.info: TLSInfo | None = None
+        #: Whether :meth:`read` may give something (data, the end, an error) without more input:
+        #: False only when the last read showed it surely needs more.  True at first (the
+        #: handshake may have taken in records that came right behind it).
+        self.more = True
+        #: What :meth:`outgoing` reads: its ``pending`` tells, without a call, whether it has bytes.
+        self.outbox = self._out
 
     # --- input and output
 
@@ -99,6 +110,23 @@ class TLSChannel:
         if len(self._first) < _FIRST_BYTES:
             self._first += data[: _FIRST_BYTES - len(self._first)]
         self._in.write(data)
+
+    def receive(self, data: bytes, size: int = 65536) -> bytes | None:
+        """:meth:`feed` then :meth:`read`, in one call (what a driver does with every chunk the
+        socket delivers): the same results and errors as :meth:`read`."""
+        if data and self._handshaken:
+            self._in.write(data)  # feed's other concerns are the handshake's
+        else:
+            self.feed(data)
+        return self.read(size)
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """:meth:`write` then :meth:`outgoing`, in one call: the bytes for the peer (possibly with
+        some queued before, in order)."""
+        if self._write_closed:
+            raise ssl.SSLError("write after close_notify")
+        self._encrypt(data)
+        return self._out.read()
 
     def outgoing(self) -> bytes:
         """Bytes the peer must be sent, in order; empty when there are none."""
@@ -169,16 +197,18 @@ class TLSChannel:
         """Up to ``size`` bytes of plaintext; ``b""`` once the peer sent close_notify; ``None``
         when :meth:`feed` must bring more.  Raises :class:`TLSTruncated` when the socket ended
         without close_notify, :class:`TLSRefused` if the peer broke the protocol."""
+        self.more = True  # unless it surely needs input (below): asking again costs little
         if self._held:
             data, self._held = self._held[:size], self._held[size:]
             return data
         if self._read_closed:
             return b""
         try:
-            data = self._ssl.read(size)
+            data = self._decrypt(size)
         except ssl.SSLWantReadError:
             if self._socket_eof:
                 raise self._truncated() from None
+            self.more = False
             return None
         except ssl.SSLZeroReturnError:
             data = b""
@@ -192,8 +222,11 @@ class TLSChannel:
                 self._narrate("close_notify received: the peer's end of data")
             return data
         self._heard = True
-        if len(data) < size and self._in.pending:
-            return self._gather(data, size)
+        if self._in.pending:
+            if len(data) < size:
+                return self._gather(data, size)
+        elif len(data) < size:
+            self.more = False  # the record was read whole, and no other came
         return data
 
     def _gather(self, first: bytes, size: int) -> bytes:
@@ -206,13 +239,18 @@ class TLSChannel:
         total = len(first)
         while total < size and self._in.pending:
             try:
-                chunk = self._ssl.read(size - total)
+                chunk = self._decrypt(size - total)
+            except ssl.SSLWantReadError:
+                self.more = False  # the rest of a record is still to come
+                break
             except ssl.SSLError:
                 break
             if not chunk:
                 break
             parts.append(chunk)
             total += len(chunk)
+        else:
+            self.more = total >= size
         return b"".join(parts)
 
     def _truncated(self) -> TLSTruncated:
@@ -268,7 +306,7 @@ class TLSChannel:
         """Encrypt ``data`` into :meth:`outgoing`."""
         if self._write_closed:
             raise ssl.SSLError("write after close_notify")
-        self._ssl.write(data)
+        self._encrypt(data)
 
     def close_write(self) -> None:
         """Queue close_notify: the peer sees EOF; this side can still :meth:`read` what it answers.

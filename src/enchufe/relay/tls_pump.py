@@ -2,6 +2,13 @@
 side's channel and the ciphertext waiting for its socket, and :class:`TLSPump`, one direction
 moving plaintext through OpenSSL (decrypting what comes from a TLS side, encrypting what goes to
 one), never blocking.
+
+Every relayed record passes here, so a step is lean: one read of ``src`` fed and decrypted in
+one call of the channel (:meth:`~enchufe.tlschannel.TLSChannel.receive`), the plaintext
+encrypted in one (:meth:`~enchufe.tlschannel.TLSChannel.encrypt`) and written to ``dst`` at
+once; nothing is copied into a buffer of the pump unless ``dst`` takes only part of it.  A
+short read (fewer bytes than asked) means ``src`` was drained: the pump waits for epoll rather
+than spend a read on the EAGAIN, unless the channel holds more (:attr:`TLSChannel.more`).
 """
 
 from __future__ import annotations
@@ -15,56 +22,74 @@ from .. import trace
 from .._nonblocking import read_into
 from .._nonblocking import write as traced_write
 from ..errors import TLSRefused, TLSTruncated
-from .pump import MAX_ROUNDS, WOULD_BLOCK
+from .pump import MAX_ROUNDS
 
 if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
+    from ..tlschannel import TLSChannel
 
 __all__ = ["CHUNK", "TLSLink", "TLSPump", "receive"]
 
 #: Plaintext read (or ciphertext received) per system call; the most a pump holds in flight.
 CHUNK = 64 * 1024
 
+_EMPTY = memoryview(b"")
+
+#: ``os.write``, or its narrated twin while tracing.
+Writer = Callable[[int, "bytes | memoryview"], int]
+
 
 class TLSLink:
-    """A TLS side's channel and the ciphertext made for its socket but not yet taken by it.
+    """A TLS side's channel, and who sends what it makes for its socket.
 
-    Both pumps of a session share it: reading may make ciphertext (a TLS 1.3 key update's
-    answer), and it goes out with the other direction's."""
+    During the handshake the link sends (:attr:`unsent`, :meth:`flush`); once relaying, the pump
+    towards this side (:attr:`sender`) does: reading may make ciphertext too (a TLS 1.3 key
+    update's answer), and it goes out with that pump's, in order (:meth:`pull`)."""
 
-    __slots__ = ("channel", "fd", "unsent")
+    __slots__ = ("channel", "fd", "sender", "unsent")
 
     def __init__(self, setup: TLSSetup, fd: int, label: str) -> None:
         self.channel = setup.channel(label)
         self.fd = fd
         self.unsent = bytearray()
+        self.sender: TLSPump | None = None
 
     def pull(self) -> None:
-        """Take what the channel made for the peer."""
+        """Take what the channel made for the peer: queued with the sender's bytes, or (before
+        the pumps) in :attr:`unsent`."""
         out = self.channel.outgoing()
-        if out:
+        if not out:
+            return
+        if self.sender is not None:
+            self.sender.queue(out)
+        else:
             self.unsent += out
 
     def flush(self) -> int:
         """Send what waits (one attempt): the bytes the kernel took; ``BlockingIOError`` passes."""
         if not self.unsent:
             return 0
-        if trace.enabled():
-            with memoryview(self.unsent) as view:  # released before the bytearray is resized
-                n = traced_write(self.fd, view)
-        else:
-            n = os.write(self.fd, self.unsent)
+        with memoryview(self.unsent) as view:  # released before the bytearray is resized
+            n = traced_write(self.fd, view)
         del self.unsent[:n]
         return n
 
 
-def receive(fd: int) -> bytes:
-    """Up to :data:`CHUNK` bytes from ``fd`` (narrated while tracing); ``BlockingIOError`` passes."""
+def receive(fd: int, size: int = CHUNK) -> bytes:
+    """Up to ``size`` bytes from ``fd`` (narrated while tracing); ``BlockingIOError`` passes."""
     if not trace.enabled():
-        return os.read(fd, CHUNK)
-    buffer = bytearray(CHUNK)  # only while tracing: no buffer is held per session
+        return os.read(fd, size)
+    buffer = bytearray(size)  # only while tracing: no buffer is held per session
     n = read_into(fd, memoryview(buffer))
     return bytes(buffer[:n])
+
+
+#: How a pump reads and writes, by whether tracing is off: the system calls themselves, or the
+#: narrated ones.
+_IO: dict[bool, tuple[Callable[[int, int], bytes], Writer]] = {
+    True: (os.read, os.write),
+    False: (receive, traced_write),
+}
 
 
 def _as_reset(exc: TLSTruncated | TLSRefused) -> OSError:
@@ -78,27 +103,33 @@ class TLSPump:
 
     It offers what :class:`~enchufe.relay.stream_session.StreamSession` reads of a
     :class:`~enchufe.relay.pump.Pump` (:meth:`run`, :attr:`eof`, :attr:`done`, :attr:`in_flight`,
-    :attr:`stalled`, :attr:`failed_on`, :meth:`discard`; no pipe and no buffer view).  At most
-    one chunk is in flight: ``src`` is read only once the last one is delivered (backpressure).
+    :attr:`stalled`, :attr:`failed_on`, :meth:`discard`; no pipe and no buffer view), as plain
+    attributes: the session reads them after every step.  At most one chunk is in flight
+    (:attr:`in_flight` bytes, ciphertext towards a TLS ``dst``, plaintext towards a plain one):
+    ``src`` is read only once it is delivered (backpressure).
     EOF: ``src``'s close_notify (or plain EOF) is passed on once delivered: close_notify
     towards a TLS ``dst``, ``finish()`` (``shutdown(SHUT_WR)``) towards a plain one.
     """
 
     __slots__ = (
         "_finish_cb",
-        "_plain",
+        "_pending",
+        "_src_channel",
         "discarded",
         "discarding",
         "done",
+        "dst_channel",
         "dst_fd",
         "dst_is_pipe",
         "dst_link",
         "end",
         "eof",
         "failed_on",
+        "in_flight",
         "pipe",
         "src_fd",
         "src_link",
+        "stalled",
         "view",
     )
 
@@ -116,116 +147,133 @@ class TLSPump:
         self.dst_fd = dst_fd
         self.src_link = src_link
         self.dst_link = dst_link
+        self._src_channel: TLSChannel | None = src_link.channel if src_link is not None else None
+        self.dst_channel: TLSChannel | None = dst_link.channel if dst_link is not None else None
         self._finish_cb = finish
         #: a broken pipe as ``dst`` means its reader left: what follows is read and dropped
         self.dst_is_pipe = dst_is_pipe
-        self._plain = memoryview(b"")  # plaintext read, not yet written to a plain dst
         self.eof = False
         self.done = False
         self.failed_on = ""
+        #: bytes read but not yet taken by ``dst`` (:attr:`in_flight` of them; :attr:`stalled`
+        #: while there are any: ``src`` is not read meanwhile)
+        self._pending = _EMPTY
+        self.in_flight = 0
+        self.stalled = False
         # What the session's interest computation reads of a Pump: never a pipe or a view.
         self.pipe = None
         self.view = None
         self.end = 0
         self.discarding = False
         self.discarded = 0
+        if dst_link is not None:
+            # This pump sends to dst_link's socket from now on: what its handshake left unsent first.
+            dst_link.sender = self
+            if dst_link.unsent:
+                self.queue(bytes(dst_link.unsent))
+                dst_link.unsent.clear()
 
-    @property
-    def in_flight(self) -> int:
-        """Bytes waiting for ``dst``: ciphertext (a TLS dst) or plaintext (a plain one)."""
-        link = self.dst_link
-        return len(link.unsent) if link is not None else len(self._plain)
+    def queue(self, data: bytes) -> None:
+        """Send ``data`` after what waits already (ciphertext its reading side's channel made)."""
+        self._hold(memoryview(bytes(self._pending) + data))
 
-    @property
-    def stalled(self) -> bool:
-        """Read ``src`` only once what was read is delivered."""
-        return self.in_flight > 0
+    def _hold(self, rest: memoryview) -> None:
+        self._pending = rest
+        self.in_flight = n = len(rest)
+        self.stalled = n > 0
 
     def run(self) -> int:
         """Move what can move now; the plaintext bytes passed on.  ``OSError`` (with
         :attr:`failed_on`) on a reset, a truncated TLS stream, or a TLS protocol failure."""
         moved = 0
         reads = MAX_ROUNDS  # system calls on src per wake-up; the channel is always emptied
+        read, write = _IO[trace._sink is None]  # trace.enabled(), inline
+        channel = self._src_channel
+        drained = False
         while True:
-            if self.in_flight and self._write() == WOULD_BLOCK:
+            if self.in_flight and not self._flush(write):
                 return moved
-            if self.in_flight:
-                return moved  # partly taken: wait until dst is writable
             if self.eof:
                 self._finish()
                 return moved
-            data, reads = self._read(reads)
-            if data is None:
+            if channel is not None and channel.more:
+                data = self._decrypt(None)
+            elif drained or not reads:
                 return moved
-            if not data:
-                self._ended()
-                continue
-            if self.discarding:
-                self.discarded += len(data)
-                continue
-            moved += len(data)
-            link = self.dst_link
-            if link is None:
-                self._plain = memoryview(data)
             else:
-                link.channel.write(data)
-                link.pull()
+                reads -= 1
+                try:
+                    data = read(self.src_fd, CHUNK)
+                except BlockingIOError:
+                    return moved
+                except OSError:
+                    self.failed_on = "read"
+                    raise
+                drained = 0 < len(data) < CHUNK
+                if channel is not None:
+                    data = self._decrypt(data)
+            if data:
+                moved += self._send(data, write)
+                if self.in_flight:
+                    return moved
+            elif data is not None:
+                self._ended()
 
-    def _read(self, reads: int) -> tuple[bytes | None, int]:
-        """Plaintext from ``src``: bytes, ``b""`` at its end, ``None`` when there is none now."""
+    def _decrypt(self, raw: bytes | None) -> bytes | None:
+        """The plaintext of ``raw`` (``None``: of what the channel holds already), ``None`` when
+        it needs more input, ``b""`` at close_notify; an answer the channel made is queued for its
+        peer."""
         link = self.src_link
-        if link is None:
-            if not reads:
-                return None, 0
-            return self._recv(), reads - 1
-        channel = link.channel
-        while True:
-            try:
-                data = channel.read(CHUNK)
-            except (TLSTruncated, TLSRefused) as exc:
-                self.failed_on = "read"
-                raise _as_reset(exc) from None
-            link.pull()
-            if data is not None or not reads:
-                return data, reads
-            raw = self._recv()
-            reads -= 1
-            if raw is None:
-                return None, reads
-            channel.feed(raw)
-
-    def _recv(self) -> bytes | None:
+        assert link is not None
         try:
-            return receive(self.src_fd)
-        except BlockingIOError:
-            return None
-        except OSError:
+            data = link.channel.read(CHUNK) if raw is None else link.channel.receive(raw, CHUNK)
+        except (TLSTruncated, TLSRefused) as exc:
             self.failed_on = "read"
-            raise
+            raise _as_reset(exc) from None
+        if link.channel.outbox.pending:
+            link.pull()
+        return data
 
-    def _write(self) -> int:
+    def _send(self, data: bytes, write: Writer) -> int:
+        """Write ``data`` (encrypted first towards a TLS ``dst``); what ``dst`` does not take now
+        waits (:attr:`in_flight`).  The plaintext bytes passed on: 0 while discarding them."""
+        size = len(data)
+        if self.discarding:
+            self.discarded += size
+            return 0
+        if self.dst_channel is not None:
+            data = self.dst_channel.encrypt(data)
         try:
-            link = self.dst_link
-            if link is not None:
-                return link.flush()
-            n = (
-                traced_write(self.dst_fd, self._plain)
-                if trace.enabled()
-                else os.write(self.dst_fd, self._plain)
-            )
+            n = write(self.dst_fd, data)
         except BlockingIOError:
-            return WOULD_BLOCK
+            n = 0
         except OSError as exc:
-            if not (self.dst_is_pipe and exc.errno == errno.EPIPE):
-                self.failed_on = "write"
-                raise
-            # The reader of the pipe left (a program that stopped reading its stdin): like the
-            # plain pump, read on to the EOF and drop it, so that the peer hears the rest out.
-            self.discarding = True
-            self.discarded += len(self._plain)
-            n = len(self._plain)
-        self._plain = self._plain[n:]
-        return n
+            n = self._write_failed(exc, len(data))
+        if n < len(data):
+            self._hold(memoryview(data)[n:])  # a view of what is left, not a copy
+        return size
+
+    def _flush(self, write: Writer) -> bool:
+        """Write what waits: True once all of it is taken."""
+        pending = self._pending
+        try:
+            n = write(self.dst_fd, pending)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            n = self._write_failed(exc, len(pending))
+        self._hold(pending[n:] if n < len(pending) else _EMPTY)  # the buffer goes once all is sent
+        return not self.in_flight
+
+    def _write_failed(self, exc: OSError, size: int) -> int:
+        """Raise ``exc``, unless ``dst`` is a pipe whose reader left: then, like the plain pump,
+        read on to the EOF and drop it, so that the peer hears the rest out."""
+        if not (self.dst_is_pipe and exc.errno == errno.EPIPE):
+            self.failed_on = "write"
+            raise exc
+        self.discarding = True
+        self.discarded += size
+        return size
 
     def _ended(self) -> None:
         """``src`` ended cleanly: close_notify towards a TLS ``dst`` (sent before done)."""
@@ -249,4 +297,8 @@ class TLSPump:
                 raise
 
     def discard(self) -> None:
-        self._plain = memoryview(b"")
+        """The session ends: what waits is dropped, and the link forgets its sender (no cycle
+        keeps either alive)."""
+        self._hold(_EMPTY)
+        if self.dst_link is not None:
+            self.dst_link.sender = None
