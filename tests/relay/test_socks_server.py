@@ -377,3 +377,26 @@ def test_the_association_ends_with_its_control_connection(udp_echo: UdpEcho) -> 
             late.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"2"), bound)
             assert quiet(late)
         assert udp_echo.seen == [b"1"]
+
+
+def test_behind_a_proxy_the_client_its_header_names_is_the_peer(echo_target: Target) -> None:
+    """--accept-proxy: the PROXY header first, then the SOCKS handshake; events name the client
+    the header named, and --allow/--deny judge it."""
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 4000 1080\r\n"
+    with socks(accept_proxy=True) as relay, dial(relay.address) as sock:
+        sock.sendall(header + b"\x05\x01\x00" + request_bytes("127.0.0.1", port_of(echo_target)))
+        assert recv_exactly(sock, 12)[:4] == b"\x05\x00\x05\x00"
+        sock.sendall(b"ping")
+        assert recv_exactly(sock, 4) == b"ping"
+        (request,) = relay.events.named("request")
+        assert request["peer"] == "tcp://203.0.113.7:4000"
+
+
+def test_udp_associate_on_a_unix_listener_is_reply_7(sock_dir: str) -> None:
+    """A unix client has no address its datagrams could be told by: refused, not a crash."""
+    config = RelayConfig(f"unix://{sock_dir}/socks.sock", "-", socks=SocksPolicy())
+    with relay_thread(config) as relay, dial(relay.address) as sock:
+        sock.sendall(b"\x05\x01\x00\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+        assert recv_exactly(sock, 12) == b"\x05\x00" + reply(7)
+        assert closed_by_peer(sock, STEP)
+        assert not relay.events.named("error")

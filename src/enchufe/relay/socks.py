@@ -37,6 +37,7 @@ from ..address import InetAddress, StdioAddress, from_sockaddr
 from ..errors import EnchufeError
 from .engine import READ
 from .lookups import Lookups, Pending
+from .proxying import client_address
 from .readstage import ReadStage
 from .sides import Side
 from .socks_udp import UdpAssociation
@@ -186,7 +187,9 @@ class SocksSession(StreamSession):
         if request.by_name:
             denied, self._name_allowed = relay.policy.rules.check_name(request.host, request.port)
             if denied is not None:
-                self._refused(f"{request.hostport}: {denied}", code=socks5.CONNECTION_NOT_ALLOWED)
+                self._refused(
+                    f"{request.command_name} {request.hostport}: {denied}", code=socks5.CONNECTION_NOT_ALLOWED
+                )
                 return
         address = InetAddress("tcp", request.host, request.port)
         self._lookup = relay.lookups.resolve(address, self._resolved, self.crashed)
@@ -246,14 +249,21 @@ class SocksSession(StreamSession):
 
     def _associate(self, request: Request) -> None:
         relay = self.relay
-        assert self.client_sock is not None
+        sock = self.client_sock
+        assert sock is not None
+        client = self.proxied.peer if self.proxied is not None else client_address(sock, self.peer)
+        if not isinstance(client, InetAddress) or sock.family == socket.AF_UNIX:
+            why = "UDP ASSOCIATE needs a TCP client (it names where datagrams come from)"
+            self._refused(why, code=socks5.COMMAND_NOT_SUPPORTED)
+            return
         try:
             udp = UdpAssociation(
                 relay.loop,
                 relay.lookups,
                 relay.policy.rules,
-                self.client_sock,
-                (request.host, request.port),
+                sock,
+                client.host,
+                request.port,
                 self.crashed,
                 self._count,
             )

@@ -53,7 +53,11 @@ MAX_NAMES = 256
 
 
 class UdpAssociation:
-    """One client's UDP relay: :attr:`bound` is what the reply tells it (see the module)."""
+    """One client's UDP relay: :attr:`bound` is what the reply tells it (see the module).
+
+    ``control`` is the client's TCP connection (the relay socket is bound beside its local
+    address), ``client_host`` the client (behind ``--accept-proxy``, the one its header named),
+    ``expected_port`` the port it said it sends from (0: its first datagram tells)."""
 
     def __init__(
         self,
@@ -61,7 +65,8 @@ class UdpAssociation:
         lookups: Lookups,
         rules: DestRules,
         control: socket.socket,
-        expected: tuple[str, int],
+        client_host: str,
+        expected_port: int,
         on_error: OnError,
         counted: Callable[[int, int], None],
     ) -> None:
@@ -71,7 +76,7 @@ class UdpAssociation:
         self._on_error = on_error
         self._counted = counted
         local_ip = str(peer_ip(control.getsockname()[0]))
-        client_ip = peer_ip(control.getpeername()[0])
+        client_ip = peer_ip(client_host)
         family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
         self._relay = socket.socket(family, socket.SOCK_DGRAM)
         self._relay.setblocking(False)
@@ -79,7 +84,7 @@ class UdpAssociation:
         self.bound: tuple[str, int] = (local_ip, self._relay.getsockname()[1])
         self._client_ip = client_ip
         #: the client's UDP address: from its request when it named one, else its first datagram
-        port = expected[1]
+        port = expected_port
         self._client: tuple[str, int] | None = (str(client_ip), port) if port else None
         self._upstream: dict[int, socket.socket] = {}
         self._peers: dict[tuple[str, int], None] = {}  # insertion order: the oldest first
