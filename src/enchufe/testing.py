@@ -15,6 +15,16 @@ Installed as a pytest plugin (entry point ``pytest11``), so with enchufe install
 Each server runs on its own event loop in a background thread, on loopback (127.0.0.1,
 [::1]) or in a short temporary folder for unix sockets, and is stopped when the test ends.
 Kinds: ``tcp4 tcp6 udp4 udp6 unix unixgram``, plus ``unix-abstract`` and ``unixgram-abstract``.
+
+Faults on purpose (:mod:`enchufe.faults`), in front of those servers or of your own::
+
+    def test_my_client_retries(echo_server, faulty_relay):
+        relay = faulty_relay(echo_server("tcp4"), "reset_peer:timeout=0")
+        ...                                        # your client, to relay.address
+        relay.set_faults([])                       # the next attempt goes through
+
+    def test_with_toxiproxy_clients(chaos_server):
+        requests.post(f"{chaos_server}/proxies", json={...})   # Toxiproxy's HTTP API
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -37,7 +47,19 @@ from .aio.serve import Datagram, Server
 from .aio.stream import Connection
 from .servers import ChatRoom, echo_datagram, echo_stream
 
-__all__ = ["KINDS", "EchoServer", "RunningServer", "ServerStarter", "Sink", "address_for", "start_server"]
+if TYPE_CHECKING:
+    from .faults import FaultyRelay
+
+__all__ = [
+    "KINDS",
+    "EchoServer",
+    "FaultyRelayStarter",
+    "RunningServer",
+    "ServerStarter",
+    "Sink",
+    "address_for",
+    "start_server",
+]
 
 KINDS = ("tcp4", "tcp6", "udp4", "udp6", "unix", "unixgram", "unix-abstract", "unixgram-abstract")
 
@@ -222,3 +244,47 @@ def sink_server(enchufe_folder: str) -> Iterator[ServerStarter]:
 def chat_server(enchufe_folder: str) -> Iterator[ServerStarter]:
     """``chat_server(kind)`` starts a chat room; the result has ``.address``."""
     yield from _factory("chat", enchufe_folder)
+
+
+#: The ``faulty_relay`` fixture's type: ``faulty_relay(target, *faults, seed=0, **options)``
+#: returns the started :class:`~enchufe.faults.FaultyRelay`.
+FaultyRelayStarter = Callable[..., "FaultyRelay"]
+
+
+@pytest.fixture
+def faulty_relay() -> Iterator[FaultyRelayStarter]:
+    """``faulty_relay(target, *faults, seed=0, **options)``: a started
+    :class:`~enchufe.faults.FaultyRelay` in front of ``target`` (an address, or its text), with
+    ``faults`` as ``--fault`` takes them (``"latency:latency=50"``); clients connect to its
+    ``.address``.  ``seed`` is 0 unless given: a test's random choices are the same every run.
+    ``options`` are :class:`~enchufe.faults.FaultyRelay`'s (``listen``, ``connect_timeout``,
+    ``idle_timeout``).  Every relay started is stopped when the test ends (connections cut)."""
+    from .faults.api import FaultyRelay
+
+    running: list[FaultyRelay] = []
+
+    def start(target: Any, *faults: Any, seed: int = 0, **options: Any) -> FaultyRelay:
+        relay = FaultyRelay(target, faults, seed=seed, **options).start()
+        running.append(relay)
+        return relay
+
+    try:
+        yield start
+    finally:
+        for relay in running:
+            relay.stop()
+
+
+@pytest.fixture
+def chaos_server() -> Iterator[str]:
+    """``enchufe chaos`` in-process on a free loopback port: its base URL
+    (``http://127.0.0.1:PORT``), for Toxiproxy's clients and plain HTTP requests.  Its proxies
+    are stopped, and the API closed, when the test ends."""
+    from .faults.chaos_run import ChaosServer
+
+    server = ChaosServer("127.0.0.1", 0)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.close()
