@@ -548,6 +548,29 @@ def test_a_proxy_that_never_answers_times_out_naming_the_hop(side: str) -> None:
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.parametrize("side", ["sync", "asyncio"])
+def test_a_proxy_that_closes_halfway_through_its_reply_is_refused_naming_the_hop(side: str) -> None:
+    """Half a method reply, then the end of the stream: the drivers say so, sync and asyncio alike."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"socks5://127.0.0.1:{listener.getsockname()[1]}"
+
+        def half_a_reply() -> None:
+            conn, _peer = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                conn.recv(3)  # the greeting
+                conn.sendall(b"\x05")
+
+        server = threading.Thread(target=half_a_reply, daemon=True)
+        server.start()
+        with pytest.raises(HopRefused, match=f"via {url}: the proxy closed the connection before choosing"):
+            if side == "sync":
+                enchufe.connect("tcp://localhost:1", via=[url], timeout=5)
+            else:
+                asyncio.run(enchufe.aio.connect("tcp://localhost:1", via=[url], timeout=5))
+        server.join(10)
+
+
 @pytest.mark.parametrize(("reply", "attempts"), [(5, 3), (2, 1)])
 @pytest.mark.parametrize("side", ["sync", "asyncio"])
 def test_a_target_that_refused_is_retried_a_refusal_by_rules_is_not(

@@ -133,6 +133,8 @@ def test_a_header_in_pieces_and_a_local_header(
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\npayload", "is not a port"),
         (V2_SIGNATURE + b"\x21\x11\xff\xff" + bytes(64), "over this server's bound"),
         (b"", "closed without sending a PROXY header"),
+        (b"PROXY TCP4 ", "closed before its PROXY header was complete"),
+        (V2_SIGNATURE + b"\x21", "closed before its PROXY header was complete"),
     ],
 )
 def test_a_bad_or_missing_header_closes_that_connection_only(
