@@ -325,3 +325,28 @@ def test_one_read_returns_every_record_already_received(pair: tuple[Driven, Driv
         client.channel.feed(chunk)
     assert client.channel.read(1 << 20) == payload
     assert client.channel.read(1 << 20) == b""  # then close_notify, as it came
+
+
+def test_receive_encrypt_and_more_drive_a_pump_that_reads_only_when_needed(
+    pair: tuple[Driven, Driven],
+) -> None:
+    """The relay's way: ``encrypt`` makes the records, ``receive`` feeds and reads in one call,
+    and the socket is read only while ``more`` is False: records glued together (close_notify
+    behind data) are all delivered, and nothing is waited for that has come already."""
+    client, server = pair
+    channel = server.channel
+
+    def step() -> bytes | None:
+        return channel.read() if channel.more else channel.receive(server.sock.recv(65536))
+
+    client.sock.sendall(client.channel.encrypt(b"ping"))
+    while (data := step()) is None:
+        pass
+    assert data == b"ping" and not channel.more  # a whole record, nothing behind it
+    glued = client.channel.encrypt(b"one") + client.channel.encrypt(b"two")
+    client.channel.close_write()
+    client.sock.sendall(glued + client.channel.outgoing())
+    got = b""
+    while (data := step()) != b"":  # a recv that waits for what came already times out
+        got += data or b""
+    assert got == b"onetwo"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .._text import printable
 from ..errors import TLSRefused
 from .engine import READ, WRITE, Timer
-from .session import CONNECTING
+from .session import CONNECTING, OPEN
 from .sides import UNREGISTERED, Side
 from .stream_session import StreamSession
 from .tls_pump import CHUNK, TLSLink, TLSPump, receive
@@ -131,6 +131,10 @@ class TLSStreamSession(StreamSession):
         self._handshake_finished(link)
         self.relay.loop.unregister(link.fd)
         super()._connected()
+        if self.state == OPEN and self.down is not None:
+            # Records that came glued to the server's Finished (a TLS 1.2 server that speaks
+            # first) were taken in by the handshake: the socket will not say they are there.
+            self._step(0, 1)
 
     # -- the handshake, on either side
 
