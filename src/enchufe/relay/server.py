@@ -22,9 +22,8 @@ import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
 
 from .. import _calls, _sockets
 from .._sockets import DEFAULT_BACKLOG, open_listener
@@ -40,17 +39,14 @@ from .config import (
     check_config,
     check_endpoints,
 )
-from .datagram import DatagramRelay, FramedDatagramRelay
 from .engine import Loop, Timer
 from .events import EventSink
-from .framed import FramedStreamRelay
+from .handlers import ListenerHandler, make_handler
 from .limits import fd_budget
 from .pools import Pools
-from .proxying import relay_policy
-from .proxying_datagram import ProxiedDatagramRelay
 from .routing import Router
 from .stats import Snapshot, Stats, interval_report, summary_report
-from .stream import StdioRelay, StreamRelay, TargetResolver
+from .stream import StreamRelay, TargetResolver
 from .tlsfiles import TLSEnds, ktls_status
 
 __all__ = [
@@ -72,28 +68,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RELOAD_SIGNAL = signal.SIGUSR1
 
 
-class ListenerHandler(Protocol):
-    """What a relay needs from the handler of its listener (:class:`StreamRelay`,
-    :class:`StdioRelay`, the datagram and framed handlers): start serving, stop accepting, cut
-    what is open, release what is left."""
-
-    @property
-    def sessions(self) -> Sized: ...
-
-    #: a one-shot relay (stdio) is over: its one session ended
-    finished: bool
-    #: a one-shot relay lost data (reset, target unreachable)
-    failed: bool
-
-    def start(self) -> None: ...
-
-    def stop_accepting(self) -> None: ...
-
-    def abort_all(self, reason: str) -> int: ...
-
-    def close(self) -> None: ...
-
-
 def _nothing() -> None:
     pass
 
@@ -107,10 +81,10 @@ def _open_datagram(
 class Relay:
     """A relay from ``config.listen`` to ``config.target``, run by :meth:`run`.
 
-    Which handler serves LISTEN follows from the two addresses: stream → stream (and exec:,
-    stdio) :class:`StreamRelay`; ``-`` → anything :class:`StdioRelay`; datagram → datagram
-    :class:`DatagramRelay`; with ``--frame`` datagram → stream :class:`FramedDatagramRelay` and
-    stream → datagram :class:`FramedStreamRelay`.
+    Which handler serves LISTEN follows from the two addresses and the options (see
+    :mod:`.handlers`): stream → stream (and exec:, stdio) :class:`StreamRelay`; ``-`` → anything
+    :class:`StdioRelay`; datagram → datagram :class:`DatagramRelay`; with ``--frame`` datagram →
+    stream :class:`FramedDatagramRelay` and stream → datagram :class:`FramedStreamRelay`.
     """
 
     def __init__(
@@ -318,76 +292,22 @@ class Relay:
         return RelayResult(self._cut, final, failed=handler.failed)
 
     def _make_handler(self, loop: Loop, pools: Pools) -> ListenerHandler:
-        config = self.config
-        listen, target = self.listen_address, self.target_address
-        sock = self._listener[0] if self._listener is not None else None
-        common: dict[str, Any] = {"stats": self.stats, "events": self.events}
-        idle = self.idle_timeout
-        if not listen.is_stream:
-            assert sock is not None and self._resolver is not None
-            kind: type[DatagramRelay | FramedDatagramRelay]
-            kind = FramedDatagramRelay if target.is_stream else DatagramRelay
-            kind = ProxiedDatagramRelay if config.send_proxy else kind  # chosen once, as faults
-            if config.faults is not None:  # chosen once here: a relay without faults never looks
-                from .faulty_datagram import FaultyDatagramRelay
-
-                kind = FaultyDatagramRelay
-                common["faults"] = config.faults
-            return kind(
-                loop,
-                sock,
-                self._resolver,
-                max_sessions=config.max_sessions,
-                idle_timeout=idle or DEFAULT_IDLE_TIMEOUT,
-                max_datagram=config.max_datagram,
-                connect_timeout=config.connect_timeout,
-                on_listener_closed=self._release_file,
-                **common,
-            )
-        options: dict[str, Any] = {
-            **common,
-            "pools": pools,
-            "rules": config.rules,
-            "max_conns": self.max_conns,
-            "connect_timeout": config.connect_timeout,
-            "idle_timeout": idle,
-            "use_splice": config.splice,
-            "on_listener_closed": self._release_file,
-            "target": target,
-            "client_tls": self._tls.client if self._tls is not None else None,
-            "target_tls": self._tls.target if self._tls is not None else None,
-            "proxy_policy": relay_policy(config),
-            "send_proxy": config.send_proxy,
-        }
-        if self._router is not None:
-            options["router"] = self._router
-        if isinstance(listen, StdioAddress):
-            if config.faults is not None:
-                from .faulty import FaultyStdioRelay
-
-                return FaultyStdioRelay(loop, self._resolver, faults=config.faults, **options)
-            return StdioRelay(loop, self._resolver, **options)
-        assert sock is not None
-        local = self._listener[1] if self._listener is not None else None
-        stream: StreamRelay
-        if not target.is_stream:
-            stream = FramedStreamRelay(
-                loop, sock, self._resolver, max_datagram=config.max_datagram, **options
-            )
-        elif config.faults is not None:  # chosen once here: a relay without faults never looks
-            from .faulty import FaultyStreamRelay
-
-            faults = config.faults
-            stream = FaultyStreamRelay(loop, sock, self._resolver, local=local, faults=faults, **options)
-        elif config.socks is not None:  # a SOCKS server: each client's request names its target
-            from .socks import SocksRelay
-
-            stream = SocksRelay(loop, sock, config.socks, local=local, **options)
-        else:
-            stream = StreamRelay(loop, sock, self._resolver, local=local, **options)
-        if config.max_conns is None:
-            stream.limit_origin = "the limit the fd budget sets; see --max-conns"
-        return stream
+        return make_handler(
+            loop,
+            pools,
+            self.config,
+            self.listen_address,
+            self.target_address,
+            listener=self._listener,
+            resolver=self._resolver,
+            stats=self.stats,
+            events=self.events,
+            idle_timeout=self.idle_timeout,
+            max_conns=self.max_conns,
+            tls=self._tls,
+            router=self._router,
+            on_listener_closed=self._release_file,
+        )
 
     def _done(self) -> bool:
         if self._finished:
