@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -57,6 +56,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from tls_bench import Certs, make_certs  # this folder's: the same CA and certificate
 
 MEASURES = ("tcp", "conn", "udp", "udp64", "tls")
 WARM_UP = 300
@@ -150,24 +151,6 @@ def echo_datagram(sock: socket.socket, received: list[int]) -> None:
         received[0] += 1
         if len(data) == 1:
             sock.sendto(data, peer)
-
-
-@dataclasses.dataclass(frozen=True)
-class Certs:
-    ca: Path
-    server: Path  # key and chain in one PEM file
-
-
-def make_certs(folder: Path) -> Certs:
-    """A trustme CA and an ECDSA P-256 certificate for 127.0.0.1 and localhost."""
-    import trustme
-
-    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
-    issued = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA)
-    certs = Certs(folder / "ca.pem", folder / "server.pem")
-    ca.cert_pem.write_to_path(str(certs.ca))
-    issued.private_key_and_cert_chain_pem.write_to_path(str(certs.server))
-    return certs
 
 
 def port_of(address: str) -> tuple[str, int]:
