@@ -400,3 +400,39 @@ def test_udp_associate_on_a_unix_listener_is_reply_7(sock_dir: str) -> None:
         assert recv_exactly(sock, 12) == b"\x05\x00" + reply(7)
         assert closed_by_peer(sock, STEP)
         assert not relay.events.named("error")
+
+
+def test_a_resolver_that_does_not_answer_is_reply_4_at_the_connect_timeout(
+    echo_target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names are resolved off the loop: while one lookup hangs (a DNS server that never
+    answers, here a lookup held back), others are served, and the waiting client is told 4."""
+    from enchufe.relay import lookups
+
+    release = threading.Event()
+    real = lookups._answer
+
+    def held(address: object) -> object:
+        if getattr(address, "host", "") == "slow.example":
+            release.wait(STEP)
+        return real(address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lookups, "_answer", held)
+    try:
+        with socks(connect_timeout=0.5) as relay:
+            with dial(relay.address) as slow:
+                slow.sendall(b"\x05\x01\x00" + request_bytes("slow.example", 80))
+                sock, code = open_tunnel(relay.address, "localhost", port_of(echo_target))
+                with sock:
+                    assert code == 0
+                started = time.monotonic()
+                assert recv_exactly(slow, 12)[2:4] == b"\x05\x04"
+                assert time.monotonic() - started < STEP
+            wait_until(
+                lambda: any(
+                    "no answer from the resolver" in e["detail"] for e in relay.events.named("refused")
+                ),
+                "the refusal's line",
+            )
+    finally:
+        release.set()

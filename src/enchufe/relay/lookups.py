@@ -36,15 +36,16 @@ if TYPE_CHECKING:
 __all__ = ["MAX_THREADS", "Lookups", "Pending"]
 
 #: Lookups at once; more wait their turn (each holds its client's slot meanwhile, bounded by
-#: the handshake's timeout).
-MAX_THREADS = 8
+#: its session's timer), so that a few names a slow DNS server sits on do not stall the rest.
+MAX_THREADS = 16
 
 Answer = list[Target] | EnchufeError
 Done = Callable[[Answer], None]
 
 
 class Pending:
-    """A lookup under way; :meth:`cancel` drops its answer."""
+    """A lookup under way; :meth:`cancel` drops its answer.  ``cancelled`` is also true once
+    the answer was given."""
 
     __slots__ = ("cancelled", "done", "on_error")
 
@@ -73,6 +74,7 @@ class Lookups:
         """Resolve ``address`` (a host and a port); ``done(answer)`` runs in the loop's thread."""
         pending = Pending(done, on_error)
         if address.family is not None:  # a literal: parsed, no lookup
+            pending.cancelled = True  # answered: nothing left to cancel
             done(_answer(address))
             return pending
         if self._pool is None:

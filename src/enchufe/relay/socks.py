@@ -45,7 +45,7 @@ from .stream import StreamRelay
 from .stream_session import StreamSession
 
 if TYPE_CHECKING:
-    from .engine import Loop, OnError
+    from .engine import Loop, OnError, Timer
 
 __all__ = ["SocksRelay", "SocksSession"]
 
@@ -133,7 +133,7 @@ def _send(fd: int, data: bytes) -> bool:
 class SocksSession(StreamSession):
     """One SOCKS client: its handshake, then a relayed stream to the target it named."""
 
-    __slots__ = ("_code", "_lookup", "_name_allowed", "_replied", "_udp", "request")
+    __slots__ = ("_code", "_lookup", "_lookup_timer", "_name_allowed", "_replied", "_udp", "request")
 
     relay: SocksRelay
 
@@ -143,6 +143,7 @@ class SocksSession(StreamSession):
         super().__init__(relay, client, client_sock, peer, session_id)
         self.request: Request | None = None
         self._lookup: Pending | None = None
+        self._lookup_timer: Timer | None = None
         #: the reply code of a target that could not be opened
         self._code = socks5.GENERAL_FAILURE
         self._replied = False
@@ -192,11 +193,31 @@ class SocksSession(StreamSession):
                 )
                 return
         address = InetAddress("tcp", request.host, request.port)
-        self._lookup = relay.lookups.resolve(address, self._resolved, self.crashed)
+        lookup = relay.lookups.resolve(address, self._resolved, self.crashed)
+        if not lookup.cancelled:  # under way: bounded as a connect is
+            self._lookup = lookup
+            self._lookup_timer = relay.loop.call_later(relay.connect_timeout, self._lookup_late, self.crashed)
+
+    def _lookup_late(self) -> None:
+        """The resolver did not answer within --connect-timeout: reply 4, and close."""
+        self._lookup_timer = None
+        if self._lookup is not None:
+            self._lookup.cancel()
+            self._lookup = None
+            request = self.request
+            assert request is not None
+            seconds = self.relay.connect_timeout
+            why = (
+                f"{request.command_name} {request.hostport}: no answer from the resolver within {seconds:g} s"
+            )
+            self._refused(why, code=socks5.HOST_UNREACHABLE)
 
     def _resolved(self, answer: list[Target] | EnchufeError) -> None:
         """The destination's addresses (or why none): the allowed ones are tried in order."""
         self._lookup = None
+        if self._lookup_timer is not None:
+            self._lookup_timer.cancel()
+            self._lookup_timer = None
         request = self.request
         assert request is not None
         if isinstance(answer, EnchufeError):
@@ -359,6 +380,9 @@ class SocksSession(StreamSession):
         if self._lookup is not None:
             self._lookup.cancel()
             self._lookup = None
+        if self._lookup_timer is not None:
+            self._lookup_timer.cancel()
+            self._lookup_timer = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
