@@ -8,6 +8,11 @@ same object and differ only in how they wait.  The driver's loop is always the s
     done = channel.handshake()          # or: data = channel.read(n)
     sock.sendall(channel.outgoing())    # after every call: TLS may have something to say
 
+A driver that moves every record of a busy connection (the relay) does the same in fewer calls:
+``receive(data)`` is ``feed`` then ``read``, ``encrypt(data)`` is ``write`` then ``outgoing``, and
+``more`` says whether a read may give something before the socket is read again (records that
+came glued to others, or to the handshake's last flight).
+
 Why memory BIOs and not ``SSLSocket``: TLS 1.3 lets a side send close_notify and keep reading
 (a client that says "that was my request" and waits for the answer).  ``SSLSocket.unwrap()``
 cannot: it sends close_notify and then reads the peer's on the socket itself, where it meets the
