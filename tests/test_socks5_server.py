@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enchufe._hop_socks5 import Socks5Handshake
 from enchufe._socks5_server import (
@@ -172,3 +174,34 @@ def test_credentials_are_parsed_and_a_bad_one_never_shows_its_password() -> None
     assert parse_users(["# users", "", "bob:pw\n"], "--auth-file f") == {b"bob": b"pw"}
     with pytest.raises(UsageError, match="no USER:PASS"):
         parse_users(["# nothing"], "--auth-file f")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    # Well-formed beginnings, so that every state meets garbage.
+    data=st.tuples(
+        st.sampled_from(
+            [b"", b"\x05\x01\x00", b"\x05\x01\x02\x01\x05alice\x06s3cret", b"\x05\x01\x00\x05\x01\x00"]
+        ),
+        st.binary(max_size=1200),
+    ).map(b"".join),
+    cuts=st.lists(st.integers(min_value=1, max_value=64), max_size=40),
+    auth=st.booleans(),
+)
+def test_any_bytes_in_any_split_get_an_answer_never_an_exception(
+    data: bytes, cuts: list[int], auth: bool
+) -> None:
+    """Whatever a client sends, however split: steps only, never an exception, the buffer
+    bounded, and once a request or refusal came, the machine says nothing more."""
+    machine = Socks5Server(USERS if auth else None)
+    ended = False
+    start = 0
+    for size in [*cuts, len(data)]:
+        piece, start = data[start : start + size], start + size
+        step = machine.feed(piece)
+        assert len(machine._buffer) <= MAX_MESSAGE
+        if ended:
+            assert step.refused and not step.send and step.request is None
+        ended = ended or step.request is not None or step.refused is not None
+        if start >= len(data):
+            break
