@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -55,6 +54,7 @@ __all__ = [
     "Socks5Server",
     "Step",
     "reply",
+    "reply_words",
 ]
 
 SUCCEEDED = 0
@@ -268,12 +268,3 @@ def reply_words(code: int) -> str:
 
 def _shown(data: bytes | bytearray) -> str:
     return repr(bytes(data[:16]))[1:]
-
-
-def literal(host: str) -> bool:
-    """Whether ``host`` is an IP literal."""
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
