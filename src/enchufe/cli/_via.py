@@ -25,9 +25,23 @@ HELP = (
 )
 
 
-def via_option(f: F) -> F:
-    option = click.option("--via", "via", metavar="URL", multiple=True, help=HELP)
+#: The relay's: a tunnel per client, to its TARGET.
+RELAY_HELP = (
+    "Reach TARGET through this proxy (repeat for a chain, first hop first): "
+    "socks5://[USER:PASS@]HOST:PORT (SOCKS5; the proxy resolves TARGET's name) or "
+    "http://[USER:PASS@]HOST:PORT (HTTP CONNECT).  A tunnel per client, opened within "
+    "--connect-timeout; a tls:// TARGET's handshake runs through it (SNI: TARGET's name).  "
+    "tcp:// and tls:// targets only."
+)
+
+
+def via_option(f: F, text: str = HELP) -> F:
+    option = click.option("--via", "via", metavar="URL", multiple=True, help=text)
     return option(f)
+
+
+def relay_via_option(f: F) -> F:
+    return via_option(f, RELAY_HELP)
 
 
 def parse_via(texts: Sequence[str]) -> tuple[Hop, ...]:

@@ -14,6 +14,7 @@ from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
 from ._common import event, given, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
 from ._server import parse_mode, proxy_options, proxy_settings, server_options
+from ._via import parse_via, relay_via_option
 
 if TYPE_CHECKING:
     from ..faults import FaultPlan
@@ -87,7 +88,8 @@ _NON_FINITE = ("inf", "infinity", "nan")
     "--connect-timeout",
     type=FiniteFloat(0, MAX_SECONDS, min_open=True),
     default=None,
-    help=f"Give up connecting to TARGET after S seconds (default {DEFAULT_CONNECT_TIMEOUT:g}).",
+    help=f"Give up connecting to TARGET after S seconds (default {DEFAULT_CONNECT_TIMEOUT:g}); "
+    "with --via, to the first proxy and through every hop's handshake.",
 )
 @click.option(
     "--max-sessions",
@@ -177,6 +179,7 @@ _NON_FINITE = ("inf", "infinity", "nan")
     "carries the client's TLS (version, cipher, certificate CN, ALPN, server name) on a tls:// LISTEN.  "
     "Datagrams: v2, a header before each datagram.",
 )
+@relay_via_option
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option
 @global_options
@@ -206,6 +209,7 @@ def command(
     trusted_proxy: tuple[str, ...],
     proxy_timeout: float,
     send_proxy: str | None,
+    via: tuple[str, ...],
     no_splice: bool,
     json_: bool,
 ) -> int:
@@ -241,6 +245,11 @@ def command(
     --json and exec:'s ENCHUFE_PEER* name; --send-proxy v1|v2 passes it on to TARGET.
 
     \b
+    With --via, each client's connection reaches TARGET through SOCKS5 or HTTP CONNECT proxies
+    (a chain, first hop first): a proxy's refusal closes that client with one line naming the
+    hop and its reason, counted as a failed connect.
+
+    \b
     Examples:
       enchufe relay tcp://:8080 tcp://10.0.0.5:80
       enchufe relay unix:///run/app.sock tcp://127.0.0.1:9000 --allow-uid www-data
@@ -252,6 +261,7 @@ def command(
       enchufe relay - tcp://example.com:80 < request.txt
       enchufe relay tcp://:443 - --route a.example.com=tcp://10.0.0.5:443 --route '*.example.com=unix:@web'
       enchufe relay tcp://:8080 tcp://10.0.0.5:80 --accept-proxy --trusted-proxy 10.0.0.2 --send-proxy v2
+      enchufe relay tcp://:8443 tls://internal.example:443 --via socks5://user:pass@10.0.0.9:1080
     """
     from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
 
@@ -277,6 +287,7 @@ def command(
         send_proxy=int(send_proxy[1]) if send_proxy else None,
         **proxy,
         faults=_fault_plan(faults, seed),
+        via=parse_via(via),
     )
     level = _event_level()
     if settings.debug:

@@ -8,6 +8,7 @@ An option that does not apply to LISTEN is refused, never ignored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from .stats import Snapshot
 if TYPE_CHECKING:
     from .._socks_rules import SocksPolicy
     from ..faults import FaultPlan
+    from ..hops import Hop
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -41,6 +43,7 @@ __all__ = [
     "RelayResult",
     "check_config",
     "check_endpoints",
+    "config_hops",
 ]
 
 #: Seconds to wait for the target to accept.  The kernel alone would wait minutes (SYN retries);
@@ -101,6 +104,9 @@ class RelayConfig:
     #: ``enchufe socks``: a SOCKS5 server (see :mod:`.socks`); each client's request names its
     #: target, so TARGET is ``-`` (none)
     socks: SocksPolicy | None = None
+    #: --via: reach a stream TARGET through these proxies (``socks5://…``, ``http://…`` URLs or
+    #: :class:`~enchufe.hops.Hop` values), first hop first; the last one resolves TARGET's name
+    via: Sequence[str | Hop] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ def check_config(config: RelayConfig) -> tuple[Address, Address]:
     _check_numbers(config)
     _check_proxy(listen, target, config)
     _check_applies(listen, config)
+    if config.via:
+        _check_via(target, config)
     if config.faults is not None:
         config.faults.check_relay(listen, target, frame=config.frame)
     return listen, target
@@ -221,6 +229,36 @@ def _check_socks(listen: Address, target: Address, config: RelayConfig, socks: S
         raise UsageError("--frame, --route and --fault do not apply to a SOCKS server")
     if not 0 < socks.handshake_timeout <= MAX_SECONDS:
         raise UsageError(f"--handshake-timeout must be more than 0 and at most {MAX_SECONDS:.0f} seconds")
+
+
+def config_hops(config: RelayConfig) -> tuple[Hop, ...]:
+    """The proxies of ``config.via``, parsed (AddressError for a bad URL)."""
+    if not config.via:
+        return ()
+    from ..hops import parse_hops
+
+    return parse_hops(config.via)
+
+
+def _check_via(target: Address, config: RelayConfig) -> None:
+    """--via reaches a tcp:// or tls:// TARGET through proxies, one client's connection per
+    tunnel: a datagram, exec: or stdio TARGET, --frame, --route and SOCKS servers are refused."""
+    hops = config_hops(config)
+    shown = ", ".join(str(hop) for hop in hops)
+    if config.routes or config.socks is not None:
+        what = "--route" if config.routes else "a SOCKS server"
+        raise UsageError(f"--via with {what} is not built yet: give one tcp:// or tls:// TARGET")
+    if config.frame or not target.is_stream:
+        raise UsageError(
+            f"--via carries each client's stream to a tcp:// or tls:// TARGET through the proxies, "
+            f"not datagrams ({target}{' with --frame' if config.frame else ''}); "
+            f"to send datagrams through a socks5:// proxy use enchufe connect --via {shown}"
+        )
+    if isinstance(target, ExecAddress | StdioAddress):
+        raise UsageError(f"--via reaches a tcp:// or tls:// TARGET through the proxies, not {target}")
+    from ..hops import check_target
+
+    check_target(target, hops)
 
 
 def _parsed(address: Address | str) -> Address:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sized
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..address import Address, SocketAddress, StdioAddress
 from ..sessions import DEFAULT_IDLE_TIMEOUT
-from .config import RelayConfig
+from .config import RelayConfig, config_hops
 from .datagram import DatagramRelay, FramedDatagramRelay
 from .engine import Loop
 from .events import EventSink
@@ -36,6 +36,9 @@ from .routing import Router
 from .stats import Stats
 from .stream import StdioRelay, StreamRelay, TargetResolver
 from .tlsfiles import TLSEnds
+
+if TYPE_CHECKING:
+    from .via import Via
 
 __all__ = ["ListenerHandler", "make_handler"]
 
@@ -99,6 +102,7 @@ def make_handler(
         "target_tls": tls.target if tls is not None else None,
         "proxy_policy": relay_policy(config),
         "send_proxy": config.send_proxy,
+        "via": _via(config),
     }
     if router is not None:
         options["router"] = router
@@ -113,6 +117,16 @@ def make_handler(
     if config.max_conns is None:
         stream.limit_origin = "the limit the fd budget sets; see --max-conns"
     return stream
+
+
+def _via(config: RelayConfig) -> Via | None:
+    """--via: the proxies a stream target is reached through (None without)."""
+    hops = config_hops(config)
+    if not hops:
+        return None
+    from .via import Via
+
+    return Via(hops)
 
 
 def _datagram_handler(

@@ -38,6 +38,7 @@ from .config import (
     RelayResult,
     check_config,
     check_endpoints,
+    config_hops,
 )
 from .engine import Loop, Timer
 from .events import EventSink
@@ -101,7 +102,8 @@ class Relay:
         self.address: Address | None = None
         self.max_conns = config.max_conns or 0
         self._listener = listener
-        target = self.target_address
+        hops = config_hops(config)  # through proxies, sessions connect to the first one
+        target = hops[0].address if hops else self.target_address
         self._resolver = TargetResolver(target) if isinstance(target, InetAddress | UnixAddress) else None
         self._owned: SocketFile | None = None
         self._loop: Loop | None = None

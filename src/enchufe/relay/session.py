@@ -226,7 +226,7 @@ class RelaySession:
             self._next_target(exc)
             return
         if status == 0:
-            self._connected()
+            self._reached()
         elif status == errno.EINPROGRESS:
             self._wait_connect()
         else:  # EAGAIN: a unix listener's backlog is full; nothing started, try again soon
@@ -260,13 +260,21 @@ class RelaySession:
         """The target is open (hook: start relaying)."""
         raise NotImplementedError
 
+    def _reached(self) -> None:
+        """The socket is connected (hook: through proxies, the tunnel is opened first)."""
+        self._connected()
+
+    def _dialled(self) -> str:
+        """What the connect phase connects to, as its failures name it (hook: the first proxy)."""
+        return self.target_label
+
     def _connect_ready(self) -> None:
         assert self.target_sock is not None
         code = pending_error(self.target_sock)
         if code:
             self._next_target(OSError(code, os.strerror(code)))
         else:
-            self._connected()
+            self._reached()
 
     def _drop_target(self) -> None:
         sock = self.target_sock
@@ -283,7 +291,7 @@ class RelaySession:
         if self._target_index < len(self._targets):
             self._try_connect()
             return
-        error = translate(exc, f"connect to {self.target_label}")
+        error = translate(exc, f"connect to {self._dialled()}")
         self._fail_target(str(error))
 
     def _connect_timed_out(self) -> None:
@@ -292,7 +300,7 @@ class RelaySession:
             return
         seconds = self.relay.connect_timeout
         error = TimedOut(
-            f"cannot connect to {self.target_label}: no answer within {seconds:g} s; "
+            f"cannot connect to {self._dialled()}: no answer within {seconds:g} s; "
             "is the target up and reachable? (raise --connect-timeout if it is slow)"
         )
         self._fail_target(str(error))

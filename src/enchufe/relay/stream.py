@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .._proxyaccept import ProxyPolicy
     from .._tlsstream import TLSSetup
     from .routing import Router
+    from .via import Via
 
 __all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver", "stdio_side"]
 
@@ -96,6 +97,7 @@ class StreamRelay:
         router: Router | None = None,
         proxy_policy: ProxyPolicy | None = None,
         send_proxy: int | None = None,
+        via: Via | None = None,
     ) -> None:
         self.loop = loop
         self.listener = listener
@@ -115,6 +117,8 @@ class StreamRelay:
         self.proxy_policy = proxy_policy
         #: --send-proxy: the PROXY protocol version of the header the target gets first
         self.send_proxy = send_proxy
+        #: --via: the target is reached through these proxy hops (see .via)
+        self.via = via
         self.pools = pools
         self.stats = stats
         self.events = events

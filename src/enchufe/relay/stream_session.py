@@ -27,14 +27,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
-from ..address import ExecAddress, StdioAddress
+from ..address import ExecAddress, InetAddress, StdioAddress
+from ..errors import NetworkError
 from .children import Child
 from .engine import ERROR, FAILED, READ, WRITE, Timer
 from .prelude import PreludeSession
 from .proxying import proxied_environment
 from .pump import Pump
 from .session import CLOSED, CONNECTING, OPEN, pending_error
-from .sides import Side, readable, stdio_side
+from .sides import UNREGISTERED, Side, readable, stdio_side
 
 if TYPE_CHECKING:
     from .stream import StreamRelay
@@ -91,6 +92,8 @@ class StreamSession(PreludeSession):
             self._set_target(stdio_side())
             self._connected()
         else:
+            if relay.via is not None:
+                relay.via.connecting()
             self._open_targets()
 
     def _spawn(self, program: ExecAddress) -> None:
@@ -134,6 +137,49 @@ class StreamSession(PreludeSession):
         side = self.target
         assert side is not None
         side.want(self.relay.loop, WRITE, False)
+
+    # -- --via: the target through proxy hops (see .via)
+
+    def _reached(self) -> None:
+        """Connected; through proxies (--via), to the first one: their handshakes first, within
+        what is left of the connect timeout."""
+        relay = self.relay
+        via = relay.via
+        if via is None:
+            self._connected()
+            return
+        side, sock, loop = self.target, self.target_sock, relay.loop
+        assert side is not None and sock is not None and isinstance(relay.target, InetAddress)
+        if side.mask != UNREGISTERED:  # the tunnel watches the socket until it is open
+            loop.unregister(side.rfd)
+            side.mask = UNREGISTERED
+        timer = self._connect_timer  # the tunnel's own timer takes over, due at the same time
+        deadline = timer.when if timer is not None else time.monotonic() + relay.connect_timeout
+        if timer is not None:
+            timer.cancel()
+            self._connect_timer = None
+
+        def done(error: NetworkError | None) -> None:
+            self._tunnel_open(error, deadline)
+
+        self._stage = via.tunnel(loop, sock, relay.target, deadline, done, self.crashed)
+        self._stage.start()
+
+    def _tunnel_open(self, error: NetworkError | None, deadline: float) -> None:
+        """The last proxy's reply is in (the target's first bytes still in the kernel), or a
+        hop refused: this client's target failed, its line names the hop."""
+        self._stage = None
+        if error is not None:
+            self._fail_target(str(error))
+            return
+        # What is left of the connect phase bounds what the target gets first (a PROXY header).
+        left = max(deadline - time.monotonic(), 0.0)
+        self._connect_timer = self.relay.loop.call_later(left, self._connect_timed_out, self.crashed)
+        self._connected()
+
+    def _dialled(self) -> str:
+        via = self.relay.via
+        return self.target_label if via is None else via.label()
 
     def _drop_target(self) -> None:
         if self.target_sock is not None:
