@@ -89,6 +89,7 @@ def cli(**_options: Any) -> None:
     Addresses: tcp://HOST:PORT  tcp4://…  tcp6://[HOST]:PORT  udp://HOST:PORT  udp4://…  udp6://…
                unix:///abs/path  unix:rel/path  unix:@abstract
                unixgram:///abs/path  unixgram:rel/path  unixgram:@abstract
+               TLS on stream kinds: 'tls://HOST:PORT?ca=FILE'  'tls+unix:PATH?cert=auto'  (see --man)
 
     New here? Run `enchufe tour`.
     """
