@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from enchufe.errors import UsageError
+from enchufe.hops import parse_hop
+from enchufe.relay import RelayConfig
+from enchufe.relay.config import check_config
 from tests.interop.conftest import Proc, Where, _missing, listening_address, spawn, wait_bound
 from tests.interop.conftest import enchufe as enchufe_argv
 
@@ -39,6 +43,7 @@ from .conftest import (
     exchange,
     final_summary,
     ping,
+    relay_thread,
 )
 
 pytestmark = pytest.mark.interop
@@ -413,3 +418,18 @@ def test_bad_via_url_is_refused_naming_the_option() -> None:
     assert len(lines) == 1 and lines[0].startswith("enchufe: --via ftp://u:***@h:1: unknown proxy scheme"), (
         lines
     )
+
+
+# ----------------------------------------------------------------------------- the library
+
+
+def test_library_relay_config_takes_hop_values(proxies: _Proxies, echo_port: int) -> None:
+    proxy = proxies.microsocks()
+    config = RelayConfig("tcp://127.0.0.1:0", f"tcp://localhost:{echo_port}", via=[parse_hop(proxy.url)])
+    with relay_thread(config) as running, dial(running.address) as sock:
+        assert ping(sock)
+    routed = RelayConfig(
+        "tcp://127.0.0.1:0", "tcp://127.0.0.1:7", routes=("a.example=tcp://127.0.0.1:8",), via=[proxy.url]
+    )
+    with pytest.raises(UsageError, match="--via with --route is not built yet"):
+        check_config(routed)
