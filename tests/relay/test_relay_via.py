@@ -20,7 +20,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,8 +28,9 @@ from enchufe.errors import UsageError
 from enchufe.hops import parse_hop
 from enchufe.relay import RelayConfig
 from enchufe.relay.config import check_config
-from tests.interop.conftest import Proc, Where, _missing, listening_address, spawn, wait_bound
+from tests.interop.conftest import Proc, Where, listening_address, spawn, wait_bound
 from tests.interop.conftest import enchufe as enchufe_argv
+from tests.interop.test_interop_via import Proxy, _free_port, _tool
 
 from .conftest import (
     ENCHUFE,
@@ -45,6 +45,7 @@ from .conftest import (
     ping,
     relay_thread,
 )
+from .test_socks_server import recv_exactly
 
 pytestmark = pytest.mark.interop
 
@@ -52,26 +53,6 @@ pytestmark = pytest.mark.interop
 SIZE = 3 * 1024 * 1024
 #: What a server that speaks first says before anything is asked.
 BANNER = b"220 hello from a server that speaks first\r\n"
-
-
-def _tool(name: str, path: str) -> str:
-    if not os.path.exists(path):
-        _missing(f"{name} is not installed (Debian package {'dante-server' if name == 'danted' else name})")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-@dataclass
-class Proxy:
-    url: str
-    port: int
-    proc: Proc
 
 
 class _Proxies:
@@ -336,7 +317,7 @@ def test_a_target_that_speaks_first_through_microsocks(proxies: _Proxies, start_
         port = server.address.rsplit(":", 1)[1]
         relay = start_relay("tcp://127.0.0.1:0", f"tcp://localhost:{port}", "--via", proxy.url)
         with dial(relay.address) as sock:
-            assert _read_exactly(sock, len(BANNER)) == BANNER  # before the client says anything
+            assert recv_exactly(sock, len(BANNER)) == BANNER  # before the client says anything
             assert ping(sock)
 
 
@@ -344,11 +325,11 @@ def _glued_proxy(conn: socket.socket) -> None:
     """A SOCKS5 proxy whose CONNECT reply and the target's first bytes come in one segment
     (BANNER right after the reply, in one send); then an echo."""
     with contextlib.suppress(OSError):
-        greeting = _read_exactly(conn, 3)
+        greeting = recv_exactly(conn, 3)
         assert greeting == b"\x05\x01\x00", greeting
         conn.sendall(b"\x05\x00")
-        request = _read_exactly(conn, 5)
-        request += _read_exactly(conn, _request_size(request) - 5)
+        request = recv_exactly(conn, 5)
+        request += recv_exactly(conn, _request_size(request) - 5)
         conn.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38" + BANNER)
         while data := conn.recv(65536):
             conn.sendall(data)
@@ -365,18 +346,8 @@ def test_target_bytes_glued_to_the_proxy_s_reply_reach_the_client(start_relay: S
             "tcp://127.0.0.1:0", "tcp://target.invalid:25", "--via", f"socks5://{proxy.address[6:]}"
         )
         with dial(relay.address) as sock:
-            assert _read_exactly(sock, len(BANNER)) == BANNER
+            assert recv_exactly(sock, len(BANNER)) == BANNER
             assert ping(sock)
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    got = b""
-    while len(got) < size:
-        chunk = sock.recv(size - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 # ----------------------------------------------------------------------------- what --via does not take
