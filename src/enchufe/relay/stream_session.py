@@ -290,31 +290,29 @@ class StreamSession(PreludeSession):
         assert up is not None and down is not None
         stats = self.relay.stats
         pump = up
-        active = False
+        moved_up = moved_down = 0
         try:
             if run_up:
                 eof = up.eof
-                moved = up.run()
-                if moved:
-                    self.to_target += moved
-                    stats.to_target += moved
-                    active = True
+                moved_up = up.run()
+                # Added even when 0: cheaper than a test, and no count is lost if the other
+                # direction then raises.
+                self.to_target += moved_up
+                stats.to_target += moved_up
                 if up.eof != eof:
                     self._on_eof(self.client, "client")
             if run_down:
                 pump = down
                 eof = down.eof
-                moved = down.run()
-                if moved:
-                    self.to_client += moved
-                    stats.to_client += moved
-                    active = True
+                moved_down = down.run()
+                self.to_client += moved_down
+                stats.to_client += moved_down
                 if down.eof != eof:
                     self._on_eof(self.target, "target")
         except OSError as exc:
             self._reset(pump, exc)
             return
-        if active and self.relay.idle_timeout:
+        if (moved_up or moved_down) and self.relay.idle_timeout:
             self._last_active = time.monotonic()
         if (up.done and down.done) or (self._stop_early and self._terminal_done(up, down)):
             self._end("done")
