@@ -42,7 +42,8 @@ Legs (the same C client for every contender):
 
 Beside each figure: the contender's CPU time (utime+stime of every process of its session in
 /proc, reaped children included) per connection or per GiB, and the clients' CPU as a share of
-their wall time (a client near 100 % would be the bottleneck, which a line warns about).
+their wall time (a client near 100 % would be the bottleneck, which a line warns about).  The
+CPU times come in clock ticks (10 ms): ``--quick``'s tiny runs show 0 or a tick's worth.
 
 The load average is printed at the start and at the end, with a warning above 0.5: run it on a
 quiet machine, and compare ratios, which come from the same run, rather than figures between
