@@ -11,18 +11,24 @@ peers only.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 from ._text import printable
 from .errors import UsageError
 
-__all__ = ["IP", "Network", "matching", "parse_network", "peer_ip"]
+__all__ = ["IP", "IntNetwork", "Network", "host_int", "int_network", "matching", "parse_network", "peer_ip"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+#: A network as integers, for checks on every connection: ``(version, network, mask)``; an
+#: address is in it when ``address & mask == network``.
+IntNetwork = tuple[int, int, int]
+
 #: IPv6 addresses that carry an IPv4 address (RFC 4291 2.5.5.2).
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_MAPPED_PREFIX = _MAPPED.network_address.packed[:12]
 
 
 def parse_network(text: str, option: str) -> Network:
@@ -58,3 +64,23 @@ def matching(networks: Iterable[Network], ip: IP) -> Network | None:
         if ip.version == network.version and ip in network:
             return network
     return None
+
+
+def int_network(network: Network) -> IntNetwork:
+    """``network`` as integers (see :data:`IntNetwork`)."""
+    return network.version, int(network.network_address), int(network.netmask)
+
+
+def host_int(host: str) -> tuple[int, int]:
+    """A peer's host (as the kernel gives it) as ``(version, integer)``, as users think of it
+    (like :func:`peer_ip`: IPv4-mapped is IPv4, a ``%scope`` dropped); ValueError when it is not
+    an IP address.  inet_pton instead of ipaddress: this runs on every connection."""
+    try:
+        if ":" not in host:
+            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, host), "big")
+        packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0] if "%" in host else host)
+    except OSError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if packed[:12] == _MAPPED_PREFIX:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")

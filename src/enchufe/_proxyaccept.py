@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _ranges
-from ._networks import Network, matching, parse_network, peer_ip
+from ._networks import IntNetwork, Network, host_int, int_network, parse_network
 from ._text import printable
 from .address import InetAddress, SocketAddress, UnixAddress
 from .errors import EnchufeError, UsageError
@@ -52,6 +52,14 @@ class ProxyPolicy:
     trusted: tuple[Network, ...] = field(default_factory=lambda: tuple(map(parse_trusted, DEFAULT_TRUSTED)))
     timeout: float = DEFAULT_PROXY_TIMEOUT
     max_v2_length: int = MAX_V2_LENGTH
+    #: ``trusted`` as integers, and the most bytes a header may have: worked out once, used on
+    #: every connection.
+    _rules: tuple[IntNetwork, ...] = field(init=False, repr=False, compare=False)
+    bound: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_rules", tuple(map(int_network, self.trusted)))
+        object.__setattr__(self, "bound", max(107, 16 + self.max_v2_length))
 
     @classmethod
     def make(
@@ -66,12 +74,17 @@ class ProxyPolicy:
         """``None`` if ``peer`` may send a header, else the refusal's reason."""
         if isinstance(peer, UnixAddress) or peer is None:
             return None  # an unnamed unix peer is a unix peer too
+        return self.untrusted_host(peer.host)
+
+    def untrusted_host(self, host: str) -> str | None:
+        """``None`` if a peer at ``host`` (an IP address) may send a header, else the reason."""
         try:
-            ip = peer_ip(peer.host)
+            version, value = host_int(host)
         except ValueError:
             return "its address is not an IP address"
-        if matching(self.trusted, ip) is not None:
-            return None
+        for rule_version, network, mask in self._rules:
+            if value & mask == network and rule_version == version:
+                return None
         return "not a trusted proxy (see --trusted-proxy); a PROXY header is taken only from one"
 
 

@@ -109,9 +109,10 @@ def proxied_environment(
 
 def untrusted_client(policy: ProxyPolicy, sock: socket.socket, peer: Any) -> str | None:
     """Why a client just accepted may not send a PROXY header (``None``: it may)."""
-    if sock.family == socket.AF_UNIX:
-        return None  # unix peers are trusted: the socket file's permissions say who connects
-    return policy.untrusted(InetAddress("tcp", peer[0], peer[1]))
+    # An IP peer is a tuple (host, port, ...); a unix one a name, maybe empty (not sock.family:
+    # an enum conversion on every connection).  Unix peers are trusted: the socket file's
+    # permissions say who connects.
+    return policy.untrusted_host(peer[0]) if isinstance(peer, tuple) else None
 
 
 class ProxyRead(ReadStage):
