@@ -287,14 +287,15 @@ class FaultPlan:
         """FaultError if the relay from ``listen`` to ``target`` cannot carry these faults (yet)."""
         self.check_kind(listen.is_stream and target.is_stream)
         why = ""
-        if frame:
-            why = "--frame relays"
+        if frame and not listen.is_stream:
+            why = "--frame relays from a datagram LISTEN"
         elif listen.is_tls or target.is_tls:
             why = "a TLS LISTEN or TARGET"
         if why:
             raise FaultError(
                 f"--fault is not available yet for {why}; it works between stream addresses "
-                "(tcp, unix, -, exec:) and between datagram addresses (udp, unixgram)"
+                "(tcp, unix, -, exec:), between datagram addresses (udp, unixgram), and from a "
+                "stream to a datagram address with --frame"
             )
 
 

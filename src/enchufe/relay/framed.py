@@ -222,7 +222,6 @@ class FramedStreamSession(RelaySession):
         upstream = self.upstream
         assert upstream is not None
         framer = self.framer
-        stats = self.relay.stats
         while True:
             message = self.pending
             if message is None:
@@ -233,15 +232,26 @@ class FramedStreamSession(RelaySession):
                     return
                 if message is None:
                     return
-            if not self._send_one(upstream, message):
+            if not self._forward(upstream, message):
                 self.pending = message
                 return
             self.pending = None
             self._last_active = time.monotonic()
-            self.to_target += len(message)
-            self.datagrams_to_target += 1
-            stats.to_target += len(message)
-            stats.datagrams_to_target += 1
+
+    def _forward(self, upstream: socket.socket, message: bytes) -> bool:
+        """One message from the client to the target (counted when sent): False if it has to
+        wait.  (``--fault`` relays put their schedule here.)"""
+        if not self._send_one(upstream, message):
+            return False
+        self.count_to_target(len(message))
+        return True
+
+    def count_to_target(self, size: int) -> None:
+        stats = self.relay.stats
+        self.to_target += size
+        self.datagrams_to_target += 1
+        stats.to_target += size
+        stats.datagrams_to_target += 1
 
     def _send_one(self, upstream: socket.socket, message: bytes) -> bool:
         """Send one datagram: False if it has to wait (EAGAIN); dropped (counted) on errors."""
@@ -348,16 +358,23 @@ class FramedStreamSession(RelaySession):
                     max_datagram=limit,
                 )
                 continue
-            self.out += HEADER.pack(size)
-            self.out += view[:size]
-            self.to_client += size
-            self.datagrams_to_client += 1
-            stats.to_client += size
-            stats.datagrams_to_client += 1
+            self._reply(view[:size])
             got = True
         if got:
             self._last_active = time.monotonic()
             self._flush()
+
+    def _reply(self, data: memoryview | bytes) -> None:
+        """One datagram from the target, framed for the client (written by :meth:`_flush`).
+        (``--fault`` relays put their schedule here.)"""
+        size = len(data)
+        self.out += HEADER.pack(size)
+        self.out += data
+        stats = self.relay.stats
+        self.to_client += size
+        self.datagrams_to_client += 1
+        stats.to_client += size
+        stats.datagrams_to_client += 1
 
     def _flush(self) -> bool:
         """Write what is buffered for the client; False if the session ended."""

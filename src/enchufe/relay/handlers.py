@@ -7,6 +7,7 @@ so that each handler carries only what its kind of relay needs.
         with --fault                                    FaultyStreamRelay
         with --socks (each request names its target)   SocksRelay
     stream LISTEN → datagram TARGET (--frame)           FramedStreamRelay
+        with --fault                                    FaultyFramedStreamRelay
     ``-`` (stdio) → anything                            StdioRelay (FaultyStdioRelay with --fault)
     datagram LISTEN → datagram TARGET                   DatagramRelay
         with --send-proxy                               ProxiedDatagramRelay
@@ -168,6 +169,12 @@ def _stream_handler(
     options: dict[str, Any],
 ) -> StreamRelay:
     if not target.is_stream:
+        if config.faults is not None:  # chosen once here, as below
+            from .faulty_framed import FaultyFramedStreamRelay
+
+            return FaultyFramedStreamRelay(
+                loop, sock, resolver, max_datagram=config.max_datagram, faults=config.faults, **options
+            )
         return FramedStreamRelay(loop, sock, resolver, max_datagram=config.max_datagram, **options)
     if config.faults is not None:  # chosen once here: a relay without faults never looks
         from .faulty import FaultyStreamRelay
