@@ -16,7 +16,6 @@ import pytest
 import enchufe
 from enchufe.faults import FaultyRelay
 from enchufe.testing import EchoServer, FaultyRelayStarter
-from tests.conftest import Peer
 from tests.relay.conftest import STEP, StartRelay
 
 from .conftest import StartCommand, run
@@ -49,20 +48,19 @@ def test_connect_through_a_mangling_relay_to_enchufe_echo_keeps_every_byte(
     echo = start_command("echo", listen)
     relay = start_relay("tcp://127.0.0.1:0", echo.address, *faults_args(*MANGLING))
     payload = os.urandom(200_000)
-    done = run("connect", relay.address, stdin=payload)
+    done = run("connect", relay.address, input=payload)
     assert done.returncode == 0, done.stderr
     assert sha(done.stdout) == sha(payload)
 
 
 def test_enchufe_listen_receives_every_byte_through_the_library_relay(start_command: StartCommand) -> None:
-    receiver = start_command("listen", "tcp://127.0.0.1:0", stdout=True)
-    assert receiver.popen.stdout is not None
-    received = Peer(receiver.popen.stdout.read)
+    receiver = start_command("listen", "tcp://127.0.0.1:0")
     payload = os.urandom(150_000)
     with FaultyRelay(receiver.address, MANGLING, seed=3) as relay:
-        sent = run("send", str(relay.address), stdin=payload)
+        sent = run("send", str(relay.address), input=payload)
         assert sent.returncode == 0, sent.stderr
-        assert sha(received.result(STEP)) == sha(payload)
+        assert receiver.proc.finish() == 0  # one client, then listen ends
+        assert sha(receiver.proc.out) == sha(payload)
         assert relay.stats.to_target == len(payload)
 
 
@@ -87,7 +85,7 @@ def test_reset_peer_ends_connect_and_send_with_one_line(
 ) -> None:
     relay = start_relay("tcp://127.0.0.1:0", str(echo_server("tcp4")), *faults_args("reset_peer:timeout=20"))
     for args in (("connect", relay.address), ("send", relay.address, "hello", "--wait-reply")):
-        done = run(*args, stdin=b"hello\n")
+        done = run(*args, input=b"hello\n")
         assert done.returncode == 1, (args, done.stderr)
         lines = done.stderr.decode().splitlines()
         assert len(lines) == 1 and "connection reset by peer" in lines[0], lines
@@ -98,7 +96,7 @@ def test_limit_data_upstream_cuts_an_upload_with_one_line(
     echo_server: EchoServer, faulty_relay: FaultyRelayStarter
 ) -> None:
     relay = faulty_relay(echo_server("tcp4"), "limit_data:bytes=1000,stream=upstream")
-    done = run("connect", str(relay.address), stdin=os.urandom(2_000_000))
+    done = run("connect", str(relay.address), input=os.urandom(2_000_000))
     assert done.returncode == 1, done.stderr
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1 and "connection reset by peer" in lines[0], lines

@@ -3,48 +3,27 @@ for (``connect --idle-timeout``, ``relay --idle-timeout``, the library's receive
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 
 import enchufe
 from enchufe.testing import EchoServer, FaultyRelayStarter
-from tests.relay.conftest import ENCHUFE, STEP, StartRelay
+from tests.cli.conftest import Spawn
+from tests.relay.conftest import STEP, StartRelay
 
 HELD = "timeout:timeout=0"  # nothing passes, and the connection is never closed
 
 
-def finish(client: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """What an ended client wrote (stdin was kept open to its end: communicate() closes it)."""
-    assert client.stdout is not None and client.stderr is not None
-    with client.stdout, client.stderr:
-        return client.stdout.read(), client.stderr.read()
-
-
 def test_connect_idle_timeout_ends_a_held_connection(
-    echo_server: EchoServer, faulty_relay: FaultyRelayStarter
+    echo_server: EchoServer, faulty_relay: FaultyRelayStarter, spawn: Spawn
 ) -> None:
     relay = faulty_relay(echo_server("tcp4"), HELD)
-    client = subprocess.Popen(
-        [*ENCHUFE, "connect", str(relay.address), "--idle-timeout", "0.5", "-v"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert client.stdin is not None
-    try:
-        client.stdin.write(b"hello\n")
-        client.stdin.flush()  # and stdin stays open: only the idle timeout can end this
-        client.wait(STEP)
-    finally:
-        client.kill()
-        client.wait(STEP)
-        client.stdin.close()
-    out, err = finish(client)
-    assert client.returncode == 0, err
-    assert out == b""
-    assert "no traffic for 0.5 s" in err.decode()
+    client = spawn("connect", str(relay.address), "--idle-timeout", "0.5", "-v")
+    client.feed(b"hello\n", close=False)  # stdin stays open: only the idle timeout can end this
+    assert client.finish() == 0, client.err
+    assert client.out == b""
+    assert "no traffic for 0.5 s" in client.err
 
 
 def test_relay_idle_timeout_cuts_a_held_connection(
