@@ -101,7 +101,7 @@ class HeaderRead:
         self._policy = policy
         self._taken = bytearray()
         self.result: Result = NeedMore()
-        self.bound = max(107, 16 + policy.max_v2_length)
+        self.bound = policy.bound
 
     def wanted(self) -> int:
         """How many bytes to peek at: never more than a header may have."""
@@ -116,11 +116,14 @@ class HeaderRead:
                 else "closed without sending a PROXY header"
             )
             return 0
-        self.result = parse(bytes(self._taken) + data, max_v2_length=self._policy.max_v2_length)
-        if isinstance(self.result, NeedMore):
+        taken = self._taken
+        self.result = result = parse(
+            bytes(taken) + data if taken else data, max_v2_length=self._policy.max_v2_length
+        )
+        if isinstance(result, ProxyHeader):
+            return result.consumed - len(taken)
+        if isinstance(result, NeedMore):
             return len(data)  # all of it is header, and more is to come
-        if isinstance(self.result, ProxyHeader):
-            return self.result.consumed - len(self._taken)
         return 0
 
     def took(self, data: bytes) -> None:
@@ -167,12 +170,13 @@ def step(sock: socket.socket, read: HeaderRead) -> None:
     """The socket is readable: peek, and take what is surely header (see :class:`HeaderRead`).
     ``BlockingIOError`` goes through (the asyncio side waits again)."""
     try:
-        take = read.peeked(sock.recv(read.wanted(), socket.MSG_PEEK))
+        # The first peek (most often the only one) wants the whole bound: no need to ask.
+        take = read.peeked(sock.recv(read.wanted() if read._taken else read.bound, socket.MSG_PEEK))
         while take > 0:
             chunk = sock.recv(take)  # queued already: this neither waits nor comes up short
             if not chunk:
                 break
-            read.took(chunk)
+            read._taken += chunk
             take -= len(chunk)
     except BlockingIOError:
         raise

@@ -114,10 +114,11 @@ def parse(data: bytes, *, max_v2_length: int = MAX_V2_LENGTH) -> Result:
     try:
         if not data:
             return NeedMore()
+        # The first byte tells the versions apart ('P' or CR): one prefix test, not two.
+        if data[0] == 0x50 and b"PROXY".startswith(data[:5]):
+            return _parse_v1(data)
         if V2_SIGNATURE.startswith(data[:12]):
             return _parse_v2(data, max_v2_length)
-        if b"PROXY".startswith(data[:5]):
-            return _parse_v1(data)
         return Refused(f"no PROXY protocol header: the connection starts with {_shown(data[:16])}")
     except _Invalid as exc:
         return Refused(str(exc))
@@ -133,11 +134,15 @@ def _shown(data: bytes) -> str:
 
 # -- version 1
 
+#: The bytes a version 1 line may hold before its CRLF.
+_PRINTABLE = bytes(range(0x20, 0x7F))
+
 
 def _parse_v1(data: bytes) -> Result:
     end = data.find(b"\r\n", 0, V1_MAX)
     line = data[: V1_MAX if end < 0 else end]
-    for i, byte in enumerate(line):
+    # One C call to see that all is printable; the loop only to name the byte that is not.
+    for i, byte in enumerate(line if line.translate(None, _PRINTABLE) else b""):
         if not 0x20 <= byte <= 0x7E and not (byte == 0x0D and i == len(line) - 1 and end < 0):
             raise _Invalid(f"PROXY v1 line: byte {byte:#04x} at offset {i} (printable ASCII ending in CRLF)")
     if end < 0:

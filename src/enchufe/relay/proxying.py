@@ -92,6 +92,8 @@ def relay_policy(config: RelayConfig) -> ProxyPolicy | None:
 
 def client_address(sock: socket.socket, peer: Any) -> SocketAddress | None:
     """An accepted client's address (``None``: an unnamed unix peer)."""
+    if isinstance(peer, tuple):  # the family from the peer's shape: sock.family is an enum lookup
+        return from_sockaddr(socket.AF_INET if len(peer) == 2 else socket.AF_INET6, socket.SOCK_STREAM, peer)
     return from_sockaddr(sock.family, socket.SOCK_STREAM, peer) if peer else None
 
 

@@ -26,7 +26,7 @@ class ReadStage:
     subclasses read in :meth:`_on_read`, answer in :meth:`_timed_out` when the time is up, and
     give their answer with :meth:`_finish` (once: later answers are dropped)."""
 
-    __slots__ = ("_done", "_fd", "_loop", "_on_error", "_timeout", "_timer")
+    __slots__ = ("_done", "_fd", "_loop", "_on_error", "_registered", "_timeout", "_timer")
 
     def __init__(
         self, loop: Loop, fd: int, timeout: float, done: Callable[..., None], on_error: OnError
@@ -37,6 +37,8 @@ class ReadStage:
         self._done = done
         self._on_error = on_error
         self._timer: Timer | None = None
+        #: whether :meth:`start` watched the descriptor (not when the answer was there at once)
+        self._registered = False
 
     def start(self) -> None:
         """Read what is there already (often all of it: no registration, no timer then); else
@@ -45,6 +47,7 @@ class ReadStage:
         if self._done is _spent:
             return
         self._loop.register(self._fd, READ, self._on_read, self._on_error)
+        self._registered = True
         self._timer = self._loop.call_later(self._timeout, self._expired, self._on_error)
 
     def _on_read(self, _events: int) -> None:
@@ -64,7 +67,7 @@ class ReadStage:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._loop.watching(self._fd):
+        if self._registered and self._loop.watching(self._fd):
             self._loop.unregister(self._fd)
         done, self._done = self._done, _spent
         done(*answer)
