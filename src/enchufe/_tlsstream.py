@@ -468,15 +468,24 @@ class TLSStreamCore(StreamCore):
         self._failed = error
         return error
 
-    def _handshake_timed_out(self) -> TimedOut:
+    def _handshake_timed_out(self, bound: tuple[float, str] | None = None) -> TimedOut:
+        seconds, what = bound or self._bound or self._handshake_bound(None)
         error = TimedOut(
-            f"the TLS handshake with {self._where()} did not finish within "
-            f"{self._params.handshake_timeout:g} s (handshake-timeout)",
+            f"the TLS handshake with {self._where()} did not finish within {seconds:g} s ({what})",
             errno=errno.ETIMEDOUT,
             action="handshake",
         )
         self._failed = error
         return error
 
-    def _handshake_deadline(self) -> float:
-        return time.monotonic() + self._params.handshake_timeout
+    #: The bound of the handshake under way (seconds, what set it): a timeout the socket raises
+    #: mid-handshake is reported against it.
+    _bound: tuple[float, str] | None = None
+
+    def _handshake_bound(self, timeout: float | None) -> tuple[float, str]:
+        """How long the handshake may take, and what says so: the address's
+        ``handshake-timeout``, or the caller's connect ``timeout`` when that is shorter (a
+        client that gives up after 0.5 s means the whole attempt, handshake included)."""
+        if timeout is not None and timeout < self._params.handshake_timeout:
+            return timeout, "the connect timeout"
+        return self._params.handshake_timeout, "handshake-timeout"

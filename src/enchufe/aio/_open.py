@@ -96,7 +96,7 @@ async def connect(
         return Connection(sock)
     conn = TLSConnection(sock, tls)
     try:
-        await conn.handshake()
+        await conn.handshake(timeout)
     except BaseException:
         conn.close()
         raise

@@ -153,19 +153,22 @@ class TLSConnection(TLSStreamCore, Connection):
         super().__init__(sock, setup)
         self._handshaking = asyncio.Lock()
 
-    async def handshake(self) -> None:
+    async def handshake(self, timeout: float | None = None) -> None:
         """Run the handshake if it has not run: returns once it is done and the peer accepted.
-        Two tasks may call it at once (one reading, one writing): both wait for the one run."""
+        Bounded by the address's ``handshake-timeout``, or by ``timeout`` seconds when that is
+        shorter.  Two tasks may call it at once (one reading, one writing): both wait for the
+        one run."""
         if self._channel.handshaken:
             return
         self._check()
         async with self._handshaking:
+            self._bound = bound = self._handshake_bound(timeout)
             try:
-                async with asyncio.timeout(self._params.handshake_timeout):
+                async with asyncio.timeout(bound[0]):
                     while not await self._handshake_step():
                         pass
             except TimeoutError:
-                raise self._handshake_timed_out() from None
+                raise self._handshake_timed_out(bound) from None
 
     async def _handshake_step(self) -> bool:
         try:

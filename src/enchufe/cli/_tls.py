@@ -66,14 +66,17 @@ def warn_insecure(target: Address) -> None:
     )
 
 
-def open_tls(sock: socket.socket, setup: TLSSetup | None, target: Address) -> Connection:
+def open_tls(
+    sock: socket.socket, setup: TLSSetup | None, target: Address, timeout: float | None = None
+) -> Connection:
     """The connection over ``sock``: plain when ``setup`` is ``None``, else TLS with its
-    handshake done (TLSRefused or TimedOut if not; the socket is closed then)."""
+    handshake done, within ``timeout`` when that is shorter than ``handshake-timeout``
+    (TLSRefused or TimedOut if not; the socket is closed then)."""
     from ..sync.stream import connection_over
 
     if setup is not None and setup.params.insecure:
         warn_insecure(target)
-    return connection_over(sock, setup)
+    return connection_over(sock, setup, timeout)
 
 
 def listening(address: object, pin: str | None) -> None:

@@ -211,7 +211,7 @@ def _check(target: Any, tls: Any, timeout: float, hops: tuple[Any, ...] = ()) ->
     except EnchufeError as exc:
         return Outcome(shown, _status(exc, via=bool(hops)), time.monotonic() - start, printable(str(exc)))
     if tls is not None:
-        return _handshake(sock, tls, target, shown, start)
+        return _handshake(sock, tls, target, shown, start, timeout)
     try:
         status = _probe_udp(sock, timeout) if _is_udp(target) else "open"
     finally:
@@ -219,14 +219,15 @@ def _check(target: Any, tls: Any, timeout: float, hops: tuple[Any, ...] = ()) ->
     return Outcome(shown, status, time.monotonic() - start)
 
 
-def _handshake(sock: Any, tls: Any, target: Any, shown: str, start: float) -> Outcome:
+def _handshake(sock: Any, tls: Any, target: Any, shown: str, start: float, timeout: float) -> Outcome:
     """The TLS part of a check: open only once the server is verified (or pinned)."""
     from .._text import printable
     from ..errors import EnchufeError, TLSRefused
     from ._tls import open_tls
 
     try:
-        with open_tls(sock, tls, target):
+        # The check's --timeout bounds the handshake too (when shorter than handshake-timeout).
+        with open_tls(sock, tls, target, timeout):
             pass
     except TLSRefused as exc:
         return Outcome(shown, "TLS refused", time.monotonic() - start, printable(str(exc)))

@@ -281,9 +281,10 @@ class _Session:
 
         idle_timeout = options.idle_timeout
         tls = client_setup(self.target)  # bad TLS settings or files: exit 2 before any socket
-        sock, owned = self._open(options, options.timeout if options.timeout is not None else idle_timeout)
+        attempt = options.timeout if options.timeout is not None else idle_timeout
+        sock, owned = self._open(options, attempt)
         try:
-            with open_tls(sock, tls, self.target) as conn:
+            with open_tls(sock, tls, self.target, attempt) as conn:
                 self._connected(conn.local_address, conn.peer_address)
                 pump_stream(
                     conn,

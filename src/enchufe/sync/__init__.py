@@ -66,7 +66,8 @@ def connect(
 
     A TLS address returns a :class:`TLSConnection` once the handshake is done and the server
     accepted (verified against the system store or ``ca=``, or its ``pin=``), within the
-    address's ``handshake-timeout``; :class:`~enchufe.errors.TLSRefused` says why not.
+    address's ``handshake-timeout`` (or ``timeout``, when shorter);
+    :class:`~enchufe.errors.TLSRefused` says why not.
 
     ``via`` goes through proxies, first hop first (see :mod:`enchufe.hops`):
     ``socks5://[USER:PASS@]HOST:PORT`` or ``http://[USER:PASS@]HOST:PORT``.  The target's name
@@ -82,7 +83,7 @@ def connect(
         sock = open_via(checked, hops, timeout=timeout, retries=retries, retry_delay=retry_delay)
     else:
         sock, _owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
-    return connection_over(sock, tls)
+    return connection_over(sock, tls, timeout)
 
 
 def bind_datagram(

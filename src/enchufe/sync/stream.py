@@ -139,20 +139,22 @@ class TLSConnection(TLSStreamCore, Connection):
         self._send_lock = threading.Lock()
         self._handshake_lock = threading.Lock()
 
-    def handshake(self) -> None:
+    def handshake(self, timeout: float | None = None) -> None:
         """Run the handshake if it has not run: returns once it is done and the peer accepted.
-        Bounded by the address's ``handshake-timeout`` (default 10 s)."""
+        Bounded by the address's ``handshake-timeout`` (default 10 s), or by ``timeout`` seconds
+        when that is shorter."""
         if self._channel.handshaken:
             return
         self._check()
         with self._handshake_lock:
-            deadline = self._handshake_deadline()
+            self._bound = bound = self._handshake_bound(timeout)
+            deadline = time.monotonic() + bound[0]
             before = self._sock.gettimeout()
             try:
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise self._handshake_timed_out()
+                        raise self._handshake_timed_out(bound)
                     self._sock.settimeout(left)
                     if self._handshake_once():
                         return
@@ -315,15 +317,16 @@ class Listener(ListenerCore, Closing):
         return f"<Listener {self.address}{' closed' if self._closed else ''}>"
 
 
-def connection_over(sock: socket.socket, setup: TLSSetup | None) -> Connection:
+def connection_over(sock: socket.socket, setup: TLSSetup | None, timeout: float | None = None) -> Connection:
     """The connection over a connected ``sock``: plain when ``setup`` is ``None``, else a
-    :class:`TLSConnection` with its handshake done (:class:`~enchufe.errors.TLSRefused` or
+    :class:`TLSConnection` with its handshake done, within ``timeout`` if that is shorter than
+    the address's ``handshake-timeout`` (:class:`~enchufe.errors.TLSRefused` or
     :class:`~enchufe.errors.TimedOut` if not, and ``sock`` is closed then)."""
     if setup is None:
         return Connection(sock)
     conn = TLSConnection(sock, setup)
     try:
-        conn.handshake()
+        conn.handshake(timeout)
     except BaseException:
         conn.close()
         raise
