@@ -388,3 +388,48 @@ def test_haproxy_headers_name_the_real_client(send_proxy: str) -> None:
     assert h.source == InetAddress("tcp", "127.0.0.5", client_port)
     assert h.destination == InetAddress("tcp", "127.0.0.1", proxy.port)
     assert decoder.rest == b"hello"
+
+
+def _as_users_see_it(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """What ipaddress says an address is (the IPv4 one an IPv4-mapped address carries)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+_IPV6 = st.one_of(
+    st.builds(ipaddress.IPv6Address, st.integers(0, 2**128 - 1)),
+    # the corners where C's inet_ntop and ipaddress write differently: ::/96, ::ffff:0:0/96
+    st.builds(ipaddress.IPv6Address, st.integers(0, 2**32 - 1)),
+    st.builds(lambda low: ipaddress.IPv6Address(0xFFFF_0000_0000 | low), st.integers(0, 2**32 - 1)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_IPV6, st.sampled_from(["compressed", "exploded", "upper"]))
+def test_v1_and_v2_ipv6_addresses_read_as_ipaddress_writes_them(ip: ipaddress.IPv6Address, form: str) -> None:
+    text = {"compressed": ip.compressed, "exploded": ip.exploded, "upper": ip.compressed.upper()}[form]
+    line = decode(f"PROXY TCP6 {text} ::1 1 2\r\n".encode())
+    assert isinstance(line, ProxyHeader) and line.source == InetAddress("tcp", _as_users_see_it(ip), 1)
+    block = ip.packed + bytes(16) + struct.pack("!HH", 1, 2)
+    header = decode(v2(0x21, 0x21, block))
+    assert isinstance(header, ProxyHeader) and header.source == InetAddress("tcp", _as_users_see_it(ip), 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["0", "00", "01", "1", "255", "256", "1000", "", "a", " 1"]), min_size=1, max_size=5
+    )
+)
+def test_v1_ipv4_addresses_are_taken_exactly_when_ipaddress_takes_them(octets: list[str]) -> None:
+    text = ".".join(octets)
+    try:
+        expected: str | None = str(ipaddress.IPv4Address(text))
+    except ValueError:
+        expected = None
+    result = decode(f"PROXY TCP4 {text} 1.2.3.4 1 2\r\n".encode())
+    if expected is None or " " in text:
+        assert isinstance(result, Refused)
+    else:
+        assert isinstance(result, ProxyHeader) and result.source == InetAddress("tcp", expected, 1)

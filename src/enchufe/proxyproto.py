@@ -232,14 +232,15 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     size = _V2_SIZES.get(family, 0) if kind != "UNKNOWN" else 0
     if length < size:
         raise _Invalid(f"PROXY v2: {length} bytes cannot hold {kind} addresses ({size} bytes)")
-    tlvs = _tlvs(block[size:], data[: 16 + length])
+    # Most headers carry addresses only: no TLVs to split, check or parse then.
+    tlvs = _tlvs(block[size:], data[: 16 + length]) if length > size else ()
     source = destination = None
     if command == 1 and kind != "UNKNOWN":
         source, destination = _v2_addresses(family, transport, block)
     header = ProxyHeader(
         2, "proxy" if command == 1 else "local", kind, source, destination, 16 + length, tlvs
     )
-    return _with_tlvs(header)
+    return _with_tlvs(header) if tlvs else header
 
 
 def _v2_addresses(
