@@ -141,10 +141,8 @@ _PRINTABLE = bytes(range(0x20, 0x7F))
 def _parse_v1(data: bytes) -> Result:
     end = data.find(b"\r\n", 0, V1_MAX)
     line = data[: V1_MAX if end < 0 else end]
-    # One C call to see that all is printable; the loop only to name the byte that is not.
-    for i, byte in enumerate(line if line.translate(None, _PRINTABLE) else b""):
-        if not 0x20 <= byte <= 0x7E and not (byte == 0x0D and i == len(line) - 1 and end < 0):
-            raise _Invalid(f"PROXY v1 line: byte {byte:#04x} at offset {i} (printable ASCII ending in CRLF)")
+    if line.translate(None, _PRINTABLE):  # one C call to see that all is printable
+        _check_printable(line, end)
     if end < 0:
         if len(data) >= V1_MAX:
             raise _Invalid(f"PROXY v1 line: no CRLF in the first {V1_MAX} bytes")
@@ -164,6 +162,14 @@ def _parse_v1(data: bytes) -> Result:
     source = _v1_address(family, parts[2], parts[4])
     destination = _v1_address(family, parts[3], parts[5])
     return ProxyHeader(1, "proxy", family, source, destination, consumed)
+
+
+def _check_printable(line: bytes, end: int) -> None:
+    """Name the first byte of ``line`` that may not be there (a CR may end a line whose LF is
+    still to come)."""
+    for i, byte in enumerate(line):
+        if not 0x20 <= byte <= 0x7E and not (byte == 0x0D and i == len(line) - 1 and end < 0):
+            raise _Invalid(f"PROXY v1 line: byte {byte:#04x} at offset {i} (printable ASCII ending in CRLF)")
 
 
 def _v1_address(family: Family, host: str, port: str) -> SocketAddress | None:
@@ -211,14 +217,9 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
         return NeedMore(16 - len(data))
     if data[:12] != V2_SIGNATURE:
         raise _Invalid("PROXY v2: the signature is wrong")
-    version, command = data[12] >> 4, data[12] & 0x0F
-    if version != 2:
-        raise _Invalid(f"PROXY v2: version {version} (only 2 exists)")
-    if command > 1:
-        raise _Invalid(f"PROXY v2: command {command} (0 LOCAL or 1 PROXY)")
-    family, transport = data[13] >> 4, data[13] & 0x0F
-    if family > 3 or transport > 2:
-        raise _Invalid(f"PROXY v2: family/protocol byte {data[13]:#04x} is not one the protocol defines")
+    if data[12] not in (0x20, 0x21) or data[13] not in _V2_FAMILY_BYTES:
+        _check_v2_bytes(data[12], data[13])
+    command, family, transport = data[12] & 0x0F, data[13] >> 4, data[13] & 0x0F
     (length,) = struct.unpack_from("!H", data, 14)
     if length > max_v2_length:
         raise _Invalid(
@@ -241,6 +242,20 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
         2, "proxy" if command == 1 else "local", kind, source, destination, 16 + length, tlvs
     )
     return _with_tlvs(header) if tlvs else header
+
+
+#: The family/protocol bytes the protocol defines (family 0 to 3, protocol 0 to 2).
+_V2_FAMILY_BYTES = frozenset(family << 4 | transport for family in range(4) for transport in range(3))
+
+
+def _check_v2_bytes(version_command: int, family_transport: int) -> None:
+    """Say which of a v2 header's version, command, family and protocol is not one there is."""
+    version, command = version_command >> 4, version_command & 0x0F
+    if version != 2:
+        raise _Invalid(f"PROXY v2: version {version} (only 2 exists)")
+    if command > 1:
+        raise _Invalid(f"PROXY v2: command {command} (0 LOCAL or 1 PROXY)")
+    raise _Invalid(f"PROXY v2: family/protocol byte {family_transport:#04x} is not one the protocol defines")
 
 
 def _v2_addresses(
