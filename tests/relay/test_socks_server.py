@@ -436,3 +436,41 @@ def test_a_resolver_that_does_not_answer_is_reply_4_at_the_connect_timeout(
             )
     finally:
         release.set()
+
+
+def test_lookups_of_clients_that_are_gone_do_not_hold_the_threads(
+    echo_target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of names a DNS server sits on: each client is told 4 at the connect timeout,
+    and its lookup, still queued behind the busy threads, is dropped rather than run later
+    while new clients wait behind it."""
+    from enchufe.relay import lookups
+
+    release = threading.Event()
+    started: list[str] = []
+    real = lookups._answer
+
+    def held(address: object) -> object:
+        host = getattr(address, "host", "")
+        started.append(host)
+        if host != "localhost":
+            release.wait(STEP)
+        return real(address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lookups, "_answer", held)
+    monkeypatch.setattr(lookups, "MAX_THREADS", 1)
+    try:
+        with socks(connect_timeout=0.3) as relay:
+            with dial(relay.address) as busy, dial(relay.address) as queued:
+                busy.sendall(b"\x05\x01\x00" + request_bytes("slow.example", 80))
+                wait_until(lambda: started == ["slow.example"], "the first lookup under way")
+                queued.sendall(b"\x05\x01\x00" + request_bytes("queued.example", 80))
+                assert recv_exactly(busy, 12)[2:4] == b"\x05\x04"
+                assert recv_exactly(queued, 12)[2:4] == b"\x05\x04"
+            release.set()
+            sock, code = open_tunnel(relay.address, "localhost", port_of(echo_target))
+            with sock:
+                assert code == 0
+            assert "queued.example" not in started
+    finally:
+        release.set()

@@ -44,18 +44,22 @@ Done = Callable[[Answer], None]
 
 
 class Pending:
-    """A lookup under way; :meth:`cancel` drops its answer.  ``cancelled`` is also true once
-    the answer was given."""
+    """A lookup under way; :meth:`cancel` drops its answer, and takes it out of the queue if no
+    thread has started it (a flood of names whose clients are gone must not keep the threads
+    busy for the clients that come next).  ``cancelled`` is also true once the answer was given."""
 
-    __slots__ = ("cancelled", "done", "on_error")
+    __slots__ = ("cancelled", "done", "future", "on_error")
 
     def __init__(self, done: Done, on_error: OnError) -> None:
         self.done = done
         self.on_error = on_error
         self.cancelled = False
+        self.future: Future[Answer] | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self.future is not None:
+            self.future.cancel()
 
 
 class Lookups:
@@ -84,7 +88,7 @@ class Lookups:
             self._pipe = (read_end, write_end)
             self._loop.register(read_end, READ, self._on_answers)
             self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="enchufe-lookup")
-        future = self._pool.submit(_answer, address)
+        future = pending.future = self._pool.submit(_answer, address)
         future.add_done_callback(lambda f: self._post(pending, f))
         return pending
 
