@@ -92,6 +92,26 @@ def test_a_unix_relay_listens_in_a_folder_removed_at_stop(echo_server: EchoServe
     relay.stop()  # again: nothing
 
 
+def test_a_refused_unix_relay_leaves_no_folder(
+    echo_server: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault the relay cannot carry is refused after the folder for its socket was made:
+    the folder goes too."""
+    import tempfile
+
+    made: list[str] = []
+    real = tempfile.mkdtemp
+
+    def spied(*args: object, **kwargs: object) -> str:
+        made.append(real(*args, **kwargs))  # type: ignore[call-overload]
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", spied)
+    with pytest.raises(FaultError, match="acts on datagrams only"):
+        FaultyRelay(echo_server("unix"), "loss")
+    assert made and not any(os.path.exists(folder) for folder in made)
+
+
 def test_stop_cuts_open_connections(echo_server: EchoServer) -> None:
     relay = FaultyRelay(echo_server("tcp6")).start()
     with enchufe.connect(relay.address, timeout=10) as conn:

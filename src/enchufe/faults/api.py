@@ -110,15 +110,19 @@ class FaultyRelay:
             if isinstance(self.target, UnixAddress):
                 self._folder = tempfile.mkdtemp(prefix="enc-faults-", dir="/tmp")
             listen = listen_for(self.target, self._folder or "")
-        self.listen = parse(listen) if isinstance(listen, str) else listen
-        self._plan.check_relay(self.listen, self.target, frame=False)
-        self.config = RelayConfig(
-            listen=self.listen,
-            target=self.target,
-            faults=self._plan,
-            connect_timeout=connect_timeout,
-            idle_timeout=idle_timeout,
-        )
+        try:  # a refusal must not leave the folder behind
+            self.listen = parse(listen) if isinstance(listen, str) else listen
+            self._plan.check_relay(self.listen, self.target, frame=False)
+            self.config = RelayConfig(
+                listen=self.listen,
+                target=self.target,
+                faults=self._plan,
+                connect_timeout=connect_timeout,
+                idle_timeout=idle_timeout,
+            )
+        except BaseException:
+            self._remove_folder()
+            raise
         self._events = EventSink(emit, level)
         self._running: RelayThread | None = None
         self._relay: Relay | None = None  # kept after stop(), for its counters
