@@ -172,7 +172,11 @@ class UdpAssociation:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         sock = self._upstream.get(family)
         if sock is None:
-            sock = self._upstream[family] = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError:  # out of descriptors: this datagram is lost, the association lives
+                return
+            self._upstream[family] = sock
             sock.setblocking(False)
             self._loop.register(sock.fileno(), READ, self._reader(sock), self._on_error)
         try:
