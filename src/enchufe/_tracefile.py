@@ -15,10 +15,12 @@ by :func:`enchufe._text.printable` and again by JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import socket
+import stat
 import threading
 from typing import Any
 
@@ -179,10 +181,28 @@ class MemoryRecorder:
 
 def open_trace_file(path: str) -> int:
     """Open ``path`` for the trace: created with mode 0o600 (the umask may only narrow it) and
-    never through a symbolic link; an existing file is emptied and keeps its mode.  OSError as
-    the system said it."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
-    return os.open(path, flags, 0o600)
+    never through a symbolic link.  An existing file is emptied only if it is a regular file of
+    this user that nobody else may read (the trace holds peer data: a file someone else made in
+    /tmp, or left readable, would hand it over).  OSError otherwise, as the system said it or
+    with the reason."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
+    fd = os.open(path, flags, 0o600)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise OSError(
+                errno.EPERM,
+                f"it exists with mode {stat.S_IMODE(info.st_mode):o}, owned by uid {info.st_uid}; "
+                "the trace holds peer data and is only written to a file of yours with mode 600 "
+                "(remove it, or give a new path)",
+            )
+        os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def file_recorder(fd: int) -> trace.Recorder:

@@ -183,3 +183,23 @@ def test_diagram_help_examples_parse(tmp_path: object) -> None:
                 assert parsed.params["traces"] == ("server.jsonl", "client.jsonl")
     finally:
         os.chdir(cwd)
+
+
+def test_an_existing_trace_file_others_may_read_is_refused_and_kept(tmp_path: object) -> None:
+    """The trace holds peer data: a file left readable (or made by someone else in /tmp) is not
+    written to; one of this user with mode 600 is emptied and used."""
+    path = os.path.join(str(tmp_path), "t.jsonl")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"old\n")
+    os.close(fd)
+    os.chmod(path, 0o644)  # whatever the umask made of it
+    ran = run_here("--trace-file", path, "send", "udp://127.0.0.1:9", "x")
+    assert ran.returncode == 2, ran
+    assert_one_error_line(ran.stderr, "mode 644", "mode 600")
+    with open(path, "rb") as kept:
+        assert kept.read() == b"old\n"
+    os.chmod(path, 0o600)
+    ran = run_here("--trace-file", path, "send", "udp://127.0.0.1:9", "x")
+    assert ran.returncode == 0, ran
+    with open(path, encoding="utf-8") as lines:
+        assert json.loads(lines.readline())["call"] == "socket"
