@@ -236,8 +236,13 @@ def test_proxy_down_is_a_target_failure_naming_the_proxy(echo_port: int, start_r
         f"socks5://u:pw@127.0.0.1:{down}",
         "--stats=60",
     )
-    with dial(relay.address) as sock:
-        assert closed_by_peer(sock, STEP)
+    try:
+        sock = dial(relay.address)
+    except ConnectionResetError:
+        pass  # the relay's reset came before connect() returned (a loaded machine)
+    else:
+        with sock:
+            assert closed_by_peer(sock, STEP)
     relay.wait_err(
         rf"^enchufe: cannot connect to the proxy socks5://u:\*\*\*@127\.0\.0\.1:{down}: connection refused"
     )
