@@ -3,6 +3,7 @@ both ways."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -11,7 +12,7 @@ from .._sockets import DEFAULT_BACKLOG
 from ..relay.datagram import DEFAULT_MAX_DATAGRAM
 from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
-from ._common import event, given, global_options, json_option, settings
+from ._common import F, event, given, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
 from ._server import parse_mode, proxy_options, proxy_settings, server_options
 from ._via import parse_via, relay_via_option
@@ -29,6 +30,41 @@ MAX_WORKERS = 256
 #: The largest --max-datagram: 16 MiB, as the library allows (a unix datagram can be that large
 #: with big socket buffers; a UDP one is at most 65,507 bytes over IPv4).
 MAX_DATAGRAM = 16 * 1024 * 1024
+
+
+def access_options(who: str) -> Callable[[F], F]:
+    """``--allow``/``--deny CIDR`` of the relay's commands (``who``: "peers", "clients")."""
+
+    def decorate(f: F) -> F:
+        deny = f"Refuse these IP {who} (repeatable; wins over --allow)."
+        f = click.option("--deny", multiple=True, metavar="CIDR", help=deny)(f)
+        allow = f"Only these IP {who} (repeatable)."
+        return click.option("--allow", multiple=True, metavar="CIDR", help=allow)(f)
+
+    return decorate
+
+
+def stats_option(f: F) -> F:
+    """``--stats[=S]`` of the relay's commands (a negative value: see :class:`_RelayCommand`)."""
+    return click.option(
+        "--stats",
+        "stats_interval",
+        type=FiniteFloat(MIN_STATS_INTERVAL, MAX_SECONDS),
+        is_flag=False,
+        flag_value=1.0,
+        default=None,
+        help="A stats line every S seconds (default 1; write --stats=S) and a summary at exit.",
+    )(f)
+
+
+def workers_option(kinds: str) -> Callable[[F], F]:
+    """``--workers N`` of the relay's commands (``kinds``: the LISTEN kinds that can share a port)."""
+    return click.option(
+        "--workers",
+        type=BoundedInt(1, MAX_WORKERS),
+        default=1,
+        help=f"Processes sharing a {kinds} LISTEN port (SO_REUSEPORT).",
+    )
 
 
 class _RelayCommand(click.Command):
@@ -109,25 +145,14 @@ _NON_FINITE = ("inf", "infinity", "nan")
     is_flag=True,
     help="Carry datagrams over a stream as length-prefixed messages (one stream and one datagram end).",
 )
-@click.option("--allow", multiple=True, metavar="CIDR", help="Only these IP peers (repeatable).")
-@click.option(
-    "--deny", multiple=True, metavar="CIDR", help="Refuse these IP peers (repeatable; wins over --allow)."
-)
+@access_options("peers")
 @click.option(
     "--allow-uid", multiple=True, metavar="UID", help="Unix LISTEN: only peers with this uid or user."
 )
 @click.option(
     "--allow-gid", multiple=True, metavar="GID", help="Unix LISTEN: only peers with this gid or group."
 )
-@click.option(
-    "--stats",
-    "stats_interval",
-    type=FiniteFloat(MIN_STATS_INTERVAL, MAX_SECONDS),
-    is_flag=False,
-    flag_value=1.0,
-    default=None,
-    help="A stats line every S seconds (default 1; write --stats=S) and a summary at exit.",
-)
+@stats_option
 @click.option(
     "--reload-interval",
     type=FiniteFloat(MIN_STATS_INTERVAL, MAX_SECONDS),
@@ -135,12 +160,7 @@ _NON_FINITE = ("inf", "infinity", "nan")
     help="Look at the TLS certificate, key and CA files every S seconds; read them again when "
     "one changed (as SIGUSR1 does).",
 )
-@click.option(
-    "--workers",
-    type=BoundedInt(1, MAX_WORKERS),
-    default=1,
-    help="Processes sharing a tcp or udp LISTEN port (SO_REUSEPORT).",
-)
+@workers_option("tcp or udp")
 @click.option(
     "--route",
     "routes",

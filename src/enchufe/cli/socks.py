@@ -9,16 +9,17 @@ import click
 from .._socks_rules import DEFAULT_HANDSHAKE_TIMEOUT
 from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ._common import event, global_options, json_option, settings
-from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
+from ._numbers import MAX_SECONDS, FiniteFloat
 from ._server import parse_mode, proxy_options, server_options
 from .relay import (
-    MAX_WORKERS,
-    MIN_STATS_INTERVAL,
     _emit,
     _event_level,
     _proxy_settings,
     _RelayCommand,
     _tracebacks,
+    access_options,
+    stats_option,
+    workers_option,
 )
 
 
@@ -73,25 +74,9 @@ from .relay import (
     help=f"Give up connecting to a destination after S seconds (default {DEFAULT_CONNECT_TIMEOUT:g}; "
     "SOCKS reply 6).",
 )
-@click.option("--allow", multiple=True, metavar="CIDR", help="Only these IP clients (repeatable).")
-@click.option(
-    "--deny", multiple=True, metavar="CIDR", help="Refuse these IP clients (repeatable; wins over --allow)."
-)
-@click.option(
-    "--stats",
-    "stats_interval",
-    type=FiniteFloat(MIN_STATS_INTERVAL, MAX_SECONDS),
-    is_flag=False,
-    flag_value=1.0,
-    default=None,
-    help="A stats line every S seconds (default 1; write --stats=S) and a summary at exit.",
-)
-@click.option(
-    "--workers",
-    type=BoundedInt(1, MAX_WORKERS),
-    default=1,
-    help="Processes sharing a tcp LISTEN port (SO_REUSEPORT).",
-)
+@access_options("clients")
+@stats_option
+@workers_option("tcp")
 @proxy_options()
 @click.option("--no-splice", is_flag=True, help="Copy through a buffer instead of splice() (to compare).")
 @json_option
