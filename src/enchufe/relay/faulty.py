@@ -38,6 +38,7 @@ from .._nonblocking import write as traced_write
 from ..faults import DATA, EOF, RESET, Action, FaultPlan, StreamSchedule
 from .engine import Loop, OnError, Timer
 from .pump import MAX_ROUNDS, WOULD_BLOCK
+from .pump_state import pass_eof
 from .session import OPEN
 from .sides import Side, stdio_side
 from .stream import StdioRelay, StreamRelay
@@ -258,12 +259,7 @@ class FaultPump:
     def _finish(self) -> None:
         self.done = True
         self._heap.clear()
-        try:
-            self._finish_cb()
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                self.failed_on = "write"
-                raise
+        pass_eof(self)
 
     def _arm(self) -> None:
         """A timer for the next action's time, unless dst's readiness is awaited first."""

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from .. import _calls
 from .pools import Pipe, Pools
 
-__all__ = ["HAS_SPLICE", "NEVER", "PumpState", "Step"]
+__all__ = ["HAS_SPLICE", "NEVER", "PumpState", "Step", "pass_eof"]
 
 HAS_SPLICE = hasattr(os, "splice")
 
@@ -25,6 +25,18 @@ NEVER = -1
 
 #: A half-step: ``step(pump, raw)`` (``raw``: make the system call itself, tracing is off).
 Step = Callable[[Any, bool], int]
+
+
+def pass_eof(pump: Any) -> None:
+    """Call ``pump``'s EOF callback (``shutdown(SHUT_WR)``, or closing a pipe) once everything
+    its source sent is delivered: a peer that is gone already (ENOTCONN) has nothing to be told;
+    any other failure is the pump's write failing.  Every kind of pump ends this way."""
+    try:
+        pump._finish_cb()
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            pump.failed_on = "write"
+            raise
 
 
 class PumpState:
@@ -146,12 +158,7 @@ class PumpState:
         """Everything ``src`` sent is delivered: pass its EOF on."""
         self.done = True
         self.hold_off = NEVER
-        try:
-            self._finish_cb()
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:  # the peer is gone already: nothing to tell it
-                self.failed_on = "write"
-                raise
+        pass_eof(self)
 
     def discard(self) -> None:
         """The connection is over: give back (or, if it still holds bytes, close) the buffers."""

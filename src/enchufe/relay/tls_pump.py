@@ -23,6 +23,7 @@ from .._nonblocking import read_into
 from .._nonblocking import write as traced_write
 from ..errors import TLSRefused, TLSTruncated
 from .pump import MAX_ROUNDS
+from .pump_state import pass_eof
 
 if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
@@ -289,12 +290,7 @@ class TLSPump:
         self.done = True
         if self.dst_link is not None:
             return  # close_notify went; the TCP stream stays open both ways
-        try:
-            self._finish_cb()
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                self.failed_on = "write"
-                raise
+        pass_eof(self)
 
     def discard(self) -> None:
         """The session ends: what waits is dropped, and the link forgets its sender (no cycle
