@@ -37,6 +37,7 @@ PACKAGE = Path(enchufe.__file__).parent
 #: The layers, lowest first: a top-level name of the package → its layer.
 LAYERS: dict[str, tuple[str, ...]] = {
     "pure": (
+        "i18n",
         "address",
         "_inet_text",
         "errors",

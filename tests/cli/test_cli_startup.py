@@ -26,7 +26,7 @@ def test_help_imports_no_command_and_no_asyncio() -> None:
     assert "listen" in done.stdout and "bench" in done.stdout
     modules = set(json.loads(done.stderr))
     # The shared helpers (_common and the option types it uses) load; no command module does.
-    shared = ("enchufe.cli._common", "enchufe.cli._numbers")
+    shared = ("enchufe.cli._common", "enchufe.cli._numbers", "enchufe.cli._language")
     commands = {m for m in modules if m.startswith("enchufe.cli.") and m not in shared}
     assert commands <= {"enchufe.cli.manpage"}, commands
     heavy = {"asyncio", "enchufe.aio", "enchufe.relay", "enchufe.bench", "enchufe.servers", "ssl", "base64"}

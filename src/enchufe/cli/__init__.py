@@ -16,6 +16,7 @@ import click
 
 from .._text import one_line
 from ._common import Settings, flag_hint, global_options, settings
+from ._language import choose_language, click_message
 from .manpage import man_options
 
 # name → (module, one-line help).  The help is repeated here so that listing the commands
@@ -99,16 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with the contract's status: 0 done, 1 runtime failure, 2 bad input."""
     from ..errors import EnchufeError, UsageError
 
+    choose_language(sys.argv[1:] if argv is None else argv)
     try:
         # Outside standalone mode click returns the exit code a command asked for.
         status = cli.main(args=argv, prog_name="enchufe", standalone_mode=False)
-    except click.BadParameter as exc:
-        # One line naming the option, the value and what is accepted: the usage text click
-        # would print first says nothing about the mistake.
-        click.echo(f"enchufe: {one_line(exc.format_message())}", err=True)
-        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        # One line naming the mistake and what is accepted, in the user's language: the usage
+        # text click would print first says nothing about the mistake.
+        click.echo(f"enchufe: {one_line(click_message(exc))}", err=True)
         sys.exit(2 if isinstance(exc, click.UsageError | click.BadParameter) else exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)

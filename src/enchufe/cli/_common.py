@@ -80,11 +80,27 @@ def _trace_file(ctx: click.Context, param: click.Parameter, value: str | None) -
     trace.record_to(_tracefile.file_recorder(fd))
 
 
+def _lang(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--lang: main() chose the language from the arguments already; this sets it for a caller
+    that runs the click command itself (tests, other programs)."""
+    if value is not None:
+        from .. import i18n
+
+        i18n.set_language(value)
+
+
 def global_options(f: F) -> F:
     """--trace, --trace-file, -v, --debug, --quiet: accepted before and after the command name."""
     for flags, name, help in reversed(_GLOBAL_OPTIONS):
         kind: dict[str, Any] = {"count": True} if name == "verbose" else {"is_flag": True}
         f = click.option(*flags, **kind, expose_value=False, callback=_set_flag(name), help=help)(f)
+    f = click.option(
+        "--lang",
+        type=click.Choice(["en", "es"]),
+        expose_value=False,
+        callback=_lang,
+        help="Language of messages, narration and the tour (default: from LANG, es_* is Spanish).",
+    )(f)
     return click.option(
         "--trace-file",
         metavar="FILE.jsonl",
