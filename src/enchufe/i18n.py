@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import gettext as _gettext
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
     "LANGUAGES",
     "N_",
     "_",
+    "english",
     "language",
     "language_from_environment",
     "set_language",
@@ -39,11 +42,30 @@ LOCALE_DIR = Path(__file__).with_name("locale")
 
 _translation: _gettext.NullTranslations = _gettext.NullTranslations()
 _language = "en"
+#: ``english`` is True in a thread inside :func:`english`.
+_here = threading.local()
 
 
 def _(message: str) -> str:
-    """``message`` in the current language (itself when there is no translation)."""
+    """``message`` in the current language (itself when there is no translation, or inside
+    :func:`english` in this thread)."""
+    if getattr(_here, "english", False):
+        return message
     return _translation.gettext(message)
+
+
+@contextmanager
+def english(on: bool = True) -> Iterator[None]:
+    """In this thread only, while the block runs: messages in English (``on``), or back in the
+    current language (``on=False``, inside an outer ``english()``).  For text another program
+    reads, such as ``enchufe chaos``'s HTTP API, which answers as Toxiproxy does whatever
+    ``--lang`` says, while the command's own lines follow ``--lang``."""
+    before = getattr(_here, "english", False)
+    _here.english = on
+    try:
+        yield
+    finally:
+        _here.english = before
 
 
 def N_(message: str) -> str:
