@@ -26,6 +26,7 @@ from ..address import (
     parse,
 )
 from ..errors import AddressError, UsageError
+from ..i18n import _
 from ..sessions import DEFAULT_MAX_SESSIONS
 from .limits import AccessRules
 from .routes import check_routes
@@ -140,8 +141,9 @@ def check_endpoints(
     _check_tls(source, dest)
     if isinstance(dest, InetAddress) and (dest.is_wildcard or dest.port == 0):
         raise AddressError(
-            f"TARGET {dest}: the relay connects there, so it needs a host and a port, "
-            f"e.g. {dest.scheme}://127.0.0.1:{dest.port or 9000}"
+            _(
+                "TARGET {target}: the relay connects there, so it needs a host and a port, e.g. {example}"
+            ).format(target=dest, example=f"{dest.scheme}://127.0.0.1:{dest.port or 9000}")
         )
     return source, dest
 
@@ -150,18 +152,24 @@ def _check_roles(source: Address, dest: Address) -> None:
     """exec: is a TARGET only; stdio and exec: need a socket (stream) address on the other end."""
     if isinstance(source, ExecAddress):
         raise UsageError(
-            f"LISTEN {source}: exec: runs a program per client, so it can only be the TARGET, "
-            f"e.g. enchufe relay tcp://:9000 '{source}'"
+            _(
+                "LISTEN {listen}: exec: runs a program per client, so it can only be the TARGET, "
+                "e.g. enchufe relay tcp://:9000 '{listen}'"
+            ).format(listen=source)
         )
     if isinstance(source, StdioAddress) and isinstance(dest, StdioAddress | ExecAddress):
         raise UsageError(
-            f"cannot relay {source} to {dest}: one of LISTEN and TARGET must be a socket address"
+            _("cannot relay {listen} to {target}: one of LISTEN and TARGET must be a socket address").format(
+                listen=source, target=dest
+            )
         )
     for end, other in ((source, dest), (dest, source)):
         if isinstance(end, StdioAddress | ExecAddress) and not other.is_stream:
             raise UsageError(
-                f"cannot relay {end} to {other}: stdio and exec: carry a byte stream, {other} datagrams; "
-                f"to send stdin as datagrams use enchufe connect {other}"
+                _(
+                    "cannot relay {end} to {other}: stdio and exec: carry a byte stream, {other} datagrams; "
+                    "to send stdin as datagrams use enchufe connect {other}"
+                ).format(end=end, other=other)
             )
 
 
@@ -174,8 +182,10 @@ def _check_tls(source: Address, dest: Address) -> None:
             continue
         if not other.is_stream:
             raise UsageError(
-                f"{role} {end}: the relay does not carry datagrams over TLS yet ({other} with "
-                "--frame); use a plain tcp:// or unix: address for the framed stream"
+                _(
+                    "{role} {end}: the relay does not carry datagrams over TLS yet ({other} with "
+                    "--frame); use a plain tcp:// or unix: address for the framed stream"
+                ).format(role=role, end=end, other=other)
             )
         check_tls_use(end, "server" if role == "LISTEN" else "client")
 
@@ -186,16 +196,24 @@ def _check_kinds(source: Address, dest: Address, frame: bool) -> None:
         stream, datagram = (source, dest) if source.is_stream else (dest, source)
         if not frame:
             raise UsageError(
-                f"cannot relay between {stream} (a stream) and {datagram} (datagrams) without framing: "
-                "a stream has no message boundaries; add --frame to carry each datagram as a "
-                "length-prefixed message, or use two stream or two datagram addresses"
+                _(
+                    "cannot relay between {stream} (a stream) and {datagram} (datagrams) without framing: "
+                    "a stream has no message boundaries; add --frame to carry each datagram as a "
+                    "length-prefixed message, or use two stream or two datagram addresses"
+                ).format(stream=stream, datagram=datagram)
             )
     elif frame:
-        kinds = "streams" if source.is_stream else "datagrams"
-        raise UsageError(
-            f"--frame carries datagrams over a stream, but {source} and {dest} are both {kinds}; "
-            "give one stream and one datagram address, or leave out --frame"
-        )
+        if source.is_stream:
+            line = _(
+                "--frame carries datagrams over a stream, but {listen} and {target} are both streams; "
+                "give one stream and one datagram address, or leave out --frame"
+            )
+        else:
+            line = _(
+                "--frame carries datagrams over a stream, but {listen} and {target} are both datagrams; "
+                "give one stream and one datagram address, or leave out --frame"
+            )
+        raise UsageError(line.format(listen=source, target=dest))
 
 
 def check_config(config: RelayConfig) -> tuple[Address, Address]:
@@ -219,16 +237,24 @@ def check_config(config: RelayConfig) -> tuple[Address, Address]:
 def _check_socks(listen: Address, target: Address, config: RelayConfig, socks: SocksPolicy) -> None:
     """A SOCKS server listens on a plain stream socket and has no TARGET of its own."""
     if not isinstance(target, StdioAddress):
-        raise UsageError(f"a SOCKS server's clients name their targets: TARGET is -, not {target}")
+        raise UsageError(
+            _("a SOCKS server's clients name their targets: TARGET is -, not {target}").format(target=target)
+        )
     if not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream) or listen.is_tls:
         raise UsageError(
-            f"a SOCKS server listens on a tcp:// or unix: stream address, not {listen}; "
-            "e.g. enchufe socks tcp://127.0.0.1:1080"
+            _(
+                "a SOCKS server listens on a tcp:// or unix: stream address, not {listen}; "
+                "e.g. enchufe socks tcp://127.0.0.1:1080"
+            ).format(listen=listen)
         )
     if config.frame or config.routes or config.faults is not None:
-        raise UsageError("--frame, --route and --fault do not apply to a SOCKS server")
+        raise UsageError(_("--frame, --route and --fault do not apply to a SOCKS server"))
     if not 0 < socks.handshake_timeout <= MAX_SECONDS:
-        raise UsageError(f"--handshake-timeout must be more than 0 and at most {MAX_SECONDS:.0f} seconds")
+        raise UsageError(
+            _("--handshake-timeout must be more than 0 and at most {limit} seconds").format(
+                limit=f"{MAX_SECONDS:.0f}"
+            )
+        )
 
 
 def config_hops(config: RelayConfig) -> tuple[Hop, ...]:
@@ -245,17 +271,30 @@ def _check_via(target: Address, config: RelayConfig) -> None:
     tunnel: a datagram, exec: or stdio TARGET, --frame, --route and SOCKS servers are refused."""
     hops = config_hops(config)
     shown = ", ".join(str(hop) for hop in hops)
-    if config.routes or config.socks is not None:
-        what = "--route" if config.routes else "a SOCKS server"
-        raise UsageError(f"--via with {what} is not built yet: give one tcp:// or tls:// TARGET")
+    if config.routes:
+        raise UsageError(_("--via with --route is not built yet: give one tcp:// or tls:// TARGET"))
+    if config.socks is not None:
+        raise UsageError(_("--via with a SOCKS server is not built yet: give one tcp:// or tls:// TARGET"))
     if config.frame or not target.is_stream:
-        raise UsageError(
-            f"--via carries each client's stream to a tcp:// or tls:// TARGET through the proxies, "
-            f"not datagrams ({target}{' with --frame' if config.frame else ''}); "
-            f"to send datagrams through a socks5:// proxy use enchufe connect --via {shown}"
-        )
+        if config.frame:
+            line = _(
+                "--via carries each client's stream to a tcp:// or tls:// TARGET through the proxies, "
+                "not datagrams ({target} with --frame); "
+                "to send datagrams through a socks5:// proxy use enchufe connect --via {hops}"
+            )
+        else:
+            line = _(
+                "--via carries each client's stream to a tcp:// or tls:// TARGET through the proxies, "
+                "not datagrams ({target}); "
+                "to send datagrams through a socks5:// proxy use enchufe connect --via {hops}"
+            )
+        raise UsageError(line.format(target=target, hops=shown))
     if isinstance(target, ExecAddress | StdioAddress):
-        raise UsageError(f"--via reaches a tcp:// or tls:// TARGET through the proxies, not {target}")
+        raise UsageError(
+            _("--via reaches a tcp:// or tls:// TARGET through the proxies, not {target}").format(
+                target=target
+            )
+        )
     from ..hops import check_target
 
     check_target(target, hops)
@@ -272,15 +311,17 @@ def _check_rules(listen: Address, rules: AccessRules, accept_proxy: bool = False
         isinstance(listen, InetAddress | UnixAddress) and listen.is_stream
     ):
         raise UsageError(
-            f"--allow/--deny/--allow-uid/--allow-gid check the peers of a stream listener, not of {listen}"
+            _(
+                "--allow/--deny/--allow-uid/--allow-gid check the peers of a stream listener, not of {listen}"
+            ).format(listen=listen)
         )
     if rules.filters_ip and isinstance(listen, UnixAddress) and not accept_proxy:
         raise UsageError(
-            "--allow/--deny filter IP peers, but LISTEN is a unix socket; use --allow-uid/--allow-gid"
+            _("--allow/--deny filter IP peers, but LISTEN is a unix socket; use --allow-uid/--allow-gid")
         )
     if rules.filters_credentials and isinstance(listen, InetAddress):
         raise UsageError(
-            "--allow-uid/--allow-gid need a unix LISTEN address (SO_PEERCRED); use --allow/--deny for IP"
+            _("--allow-uid/--allow-gid need a unix LISTEN address (SO_PEERCRED); use --allow/--deny for IP")
         )
 
 
@@ -291,26 +332,33 @@ def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
     if not config.accept_proxy:
         if config.trusted_proxies or config.proxy_timeout != DEFAULT_PROXY_TIMEOUT:
             raise UsageError(
-                "--trusted-proxy and --proxy-timeout apply with --accept-proxy (the peers that send "
-                "a PROXY header)"
+                _(
+                    "--trusted-proxy and --proxy-timeout apply with --accept-proxy (the peers that send "
+                    "a PROXY header)"
+                )
             )
     elif not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream):
         raise UsageError(
-            "--accept-proxy reads a PROXY header at the start of each client's stream connection; "
-            f"LISTEN {listen} has none: give a tcp://, tls:// or unix: stream LISTEN"
+            _(
+                "--accept-proxy reads a PROXY header at the start of each client's stream connection; "
+                "LISTEN {listen} has none: give a tcp://, tls:// or unix: stream LISTEN"
+            ).format(listen=listen)
         )
     elif not target.is_stream:
         raise UsageError(
-            "--accept-proxy with --frame (a stream LISTEN to a datagram TARGET) is not built yet; "
-            "relay stream to stream"
+            _(
+                "--accept-proxy with --frame (a stream LISTEN to a datagram TARGET) is not built yet; "
+                "relay stream to stream"
+            )
         )
     else:
         for text in config.trusted_proxies:
             parse_trusted(text)
         if not 0 < config.proxy_timeout <= MAX_SECONDS:
             raise UsageError(
-                f"--proxy-timeout must be more than 0 and at most {MAX_SECONDS:.0f} seconds, "
-                f"not {config.proxy_timeout}"
+                _("--proxy-timeout must be more than 0 and at most {limit} seconds, not {value}").format(
+                    limit=f"{MAX_SECONDS:.0f}", value=config.proxy_timeout
+                )
             )
     if config.send_proxy is not None:
         _check_send_proxy(listen, target, config)
@@ -319,18 +367,20 @@ def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
 def _check_send_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
     """--send-proxy: v1 or v2 between streams, v2 between datagrams (a header per datagram)."""
     if config.send_proxy not in (1, 2):
-        raise UsageError(f"--send-proxy is v1 or v2, not {config.send_proxy!r}")
+        raise UsageError(_("--send-proxy is v1 or v2, not {value}").format(value=repr(config.send_proxy)))
     if listen.is_stream != target.is_stream:
         raise UsageError(
-            "--send-proxy with --frame is not built yet: relay stream to stream or datagrams to datagrams"
+            _("--send-proxy with --frame is not built yet: relay stream to stream or datagrams to datagrams")
         )
     if not listen.is_stream and config.send_proxy != 2:
         raise UsageError(
-            "a datagram relay sends PROXY protocol v2 (a header per datagram); v1 is for TCP: "
-            "write --send-proxy v2"
+            _(
+                "a datagram relay sends PROXY protocol v2 (a header per datagram); v1 is for TCP: "
+                "write --send-proxy v2"
+            )
         )
     if not listen.is_stream and config.faults is not None:
-        raise UsageError("--send-proxy with --fault on a datagram relay is not built yet")
+        raise UsageError(_("--send-proxy with --fault on a datagram relay is not built yet"))
 
 
 def _check_numbers(config: RelayConfig) -> None:
@@ -342,32 +392,52 @@ def _check_numbers(config: RelayConfig) -> None:
         ("stats_interval", config.stats_interval),
     ):
         if value is not None and not 0 < value <= MAX_SECONDS:
-            raise UsageError(f"{name} must be more than 0 and at most {MAX_SECONDS:.0f} seconds, not {value}")
+            raise UsageError(
+                _("{name} must be more than 0 and at most {limit} seconds, not {value}").format(
+                    name=name, limit=f"{MAX_SECONDS:.0f}", value=value
+                )
+            )
     if not 0 <= config.drain_timeout <= MAX_SECONDS:
         raise UsageError(
-            f"drain_timeout must be from 0 to {MAX_SECONDS:.0f} seconds, not {config.drain_timeout}"
+            _("drain_timeout must be from 0 to {limit} seconds, not {value}").format(
+                limit=f"{MAX_SECONDS:.0f}", value=config.drain_timeout
+            )
         )
     if config.max_conns is not None and config.max_conns < 1:
-        raise UsageError(f"max_conns must be at least 1, not {config.max_conns}")
+        raise UsageError(_("max_conns must be at least 1, not {value}").format(value=config.max_conns))
     if config.max_sessions < 1:
-        raise UsageError(f"max_sessions must be at least 1, not {config.max_sessions}")
+        raise UsageError(_("max_sessions must be at least 1, not {value}").format(value=config.max_sessions))
     if not 1 <= config.max_datagram <= MAX_DATAGRAM_SIZE:
-        raise UsageError(f"max_datagram must be from 1 to 16 MiB, not {config.max_datagram}")
+        raise UsageError(
+            _("max_datagram must be from 1 to 16 MiB, not {value}").format(value=config.max_datagram)
+        )
 
 
 def _check_applies(listen: Address, config: RelayConfig) -> None:
     """An option that does not apply to LISTEN is refused (UsageError), never ignored."""
     if config.mode is not None and not (isinstance(listen, UnixAddress) and not listen.abstract):
-        what = "an abstract unix name, which has no file" if isinstance(listen, UnixAddress) else "no file"
-        raise UsageError(
-            f"--mode sets the permissions of a unix LISTEN socket file, but {listen} is {what}; "
-            "leave out --mode or listen on unix:///PATH"
-        )
+        if isinstance(listen, UnixAddress):
+            line = _(
+                "--mode sets the permissions of a unix LISTEN socket file, but {listen} is an abstract "
+                "unix name, which has no file; leave out --mode or listen on unix:///PATH"
+            )
+        else:
+            line = _(
+                "--mode sets the permissions of a unix LISTEN socket file, but {listen} is no file; "
+                "leave out --mode or listen on unix:///PATH"
+            )
+        raise UsageError(line.format(listen=listen))
     if config.backlog is not None:
         if not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream):
             raise UsageError(
-                f"--backlog sets the listen queue of a stream LISTEN, but {listen} has none; "
-                "leave out --backlog"
+                _(
+                    "--backlog sets the listen queue of a stream LISTEN, but {listen} has none; "
+                    "leave out --backlog"
+                ).format(listen=listen)
             )
         if not 1 <= config.backlog <= MAX_BACKLOG:
-            raise UsageError(f"--backlog must be from 1 to {MAX_BACKLOG}, not {config.backlog}")
+            raise UsageError(
+                _("--backlog must be from 1 to {limit}, not {value}").format(
+                    limit=MAX_BACKLOG, value=config.backlog
+                )
+            )
