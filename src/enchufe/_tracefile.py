@@ -27,6 +27,7 @@ from typing import Any
 from . import trace
 from ._calls import describe_sockaddr
 from ._text import printable
+from .i18n import _
 
 __all__ = ["EventMaker", "MemoryRecorder", "file_recorder", "open_trace_file", "parse_line"]
 
@@ -190,13 +191,15 @@ def open_trace_file(path: str) -> int:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+            raise OSError(errno.EINVAL, _("not a regular file"))
         if info.st_uid != os.geteuid() or info.st_mode & 0o077:
             raise OSError(
                 errno.EPERM,
-                f"it exists with mode {stat.S_IMODE(info.st_mode):o}, owned by uid {info.st_uid}; "
-                "the trace holds peer data and is only written to a file of yours with mode 600 "
-                "(remove it, or give a new path)",
+                _(
+                    "it exists with mode {mode}, owned by uid {uid}; "
+                    "the trace holds peer data and is only written to a file of yours with mode 600 "
+                    "(remove it, or give a new path)"
+                ).format(mode=f"{stat.S_IMODE(info.st_mode):o}", uid=info.st_uid),
             )
         os.ftruncate(fd, 0)
     except BaseException:

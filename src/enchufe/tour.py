@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from . import trace
 from .address import MAX_UNIX_NAME, Kind, SocketAddress
 from .errors import EnchufeError
+from .i18n import _
 from .sync import bind_datagram, connect, connect_datagram, listen
 from .sync.stream import Connection
 
@@ -35,18 +36,24 @@ STEP_TIMEOUT = 5.0
 #: What every client sends; the server answers it in upper case.
 _MESSAGE = b"hello, server: this is the client"
 
-_STORIES = {
-    Kind.TCP4: "a telephone call over IPv4: listen, connect, accept, talk, hang up",
-    Kind.TCP6: "the same call over IPv6",
-    Kind.UDP4: "letters over IPv4: each datagram carries its sender's address",
-    Kind.UDP6: "letters over IPv6",
-    Kind.UNIX: "a call between processes on this host, through a socket file",
-    Kind.UNIXGRAM: "letters between processes on this host; the client gets a reply address",
-}
 
-#: The label and story of the TLS leg, which runs over TCP/IPv4 (its ``kind``).
+def _story(kind: Kind | None) -> str:
+    """What a leg shows, in the lecture's pictures (a call, letters); None: the TLS leg."""
+    stories = {
+        Kind.TCP4: _("a telephone call over IPv4: listen, connect, accept, talk, hang up"),
+        Kind.TCP6: _("the same call over IPv6"),
+        Kind.UDP4: _("letters over IPv4: each datagram carries its sender's address"),
+        Kind.UDP6: _("letters over IPv6"),
+        Kind.UNIX: _("a call between processes on this host, through a socket file"),
+        Kind.UNIXGRAM: _("letters between processes on this host; the client gets a reply address"),
+    }
+    if kind is None:
+        return _("the IPv4 call, sealed: a handshake proves who answers, then every byte is encrypted")
+    return stories[kind]
+
+
+#: The label of the TLS leg, which runs over TCP/IPv4 (its ``kind``).
 TLS_LABEL = "tls"
-_TLS_STORY = "the IPv4 call, sealed: a handshake proves who answers, then every byte is encrypted"
 
 
 @dataclass
@@ -93,9 +100,13 @@ class _Turns:
 
     def wait(self, name: str) -> None:
         if not self._event(name).wait(STEP_TIMEOUT):
-            raise TimeoutError(f"the other side did not get to {name!r} within {STEP_TIMEOUT:g} s")
+            raise TimeoutError(
+                _("the other side did not get to {step} within {seconds} s").format(
+                    step=repr(name), seconds=f"{STEP_TIMEOUT:g}"
+                )
+            )
         if self.failed:
-            raise RuntimeError("the other side failed")
+            raise RuntimeError(_("the other side failed"))
 
 
 def _addresses(folder: str) -> dict[Kind, str]:
@@ -113,8 +124,8 @@ def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str
     ready: list[SocketAddress] = []
 
     def server() -> None:
-        with trace.actor("server"):
-            note("the server creates a socket, binds it to an address and listens (passive)")
+        with trace.actor("server", _("server")):
+            note(_("the server creates a socket, binds it to an address and listens (passive)"))
             with listen(address) as listener:
                 ready.append(listener.address)
                 result.server_address = str(listener.address)
@@ -124,18 +135,18 @@ def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str
                     conn.set_timeout(STEP_TIMEOUT)
                     turns.done("accepted")
                     turns.wait("sent")
-                    note("the server reads until EOF, then answers and hangs up")
+                    note(_("the server reads until EOF, then answers and hangs up"))
                     conn.send_all(_read_to_eof(conn).upper())
                 turns.done("answered")
                 turns.wait("client closed")
 
     def client() -> bytes:
-        note("the client creates its own socket and connects (active); the kernel queues it")
+        note(_("the client creates its own socket and connects (active); the kernel queues it"))
         with connect(ready[0], timeout=STEP_TIMEOUT) as conn:
             conn.set_timeout(STEP_TIMEOUT)
             turns.done("connected")
             turns.wait("accepted")
-            note("the client sends, then half-closes: shutdown(SHUT_WR) means 'I am done'")
+            note(_("the client sends, then half-closes: shutdown(SHUT_WR) means 'I am done'"))
             return _ask(conn, turns, result)
 
     _play(server, client, turns, "listening")
@@ -147,12 +158,14 @@ def _tls(address: str, turns: _Turns, result: TourResult, note: Callable[[str], 
     ready: list[str] = []
 
     def server() -> None:
-        with trace.actor("server"):
-            note("the server listens as over TCP; cert=auto makes a throwaway self-signed certificate")
+        with trace.actor("server", _("server")):
+            note(_("the server listens as over TCP; cert=auto makes a throwaway self-signed certificate"))
             with listen(address) as listener:
                 note(
-                    "the client will trust that certificate by its pin, the SHA-256 of its public key: "
-                    f"{listener.tls_pin}"
+                    _(
+                        "the client will trust that certificate by its pin, the SHA-256 of its public key: "
+                        "{pin}"
+                    ).format(pin=listener.tls_pin)
                 )
                 port = listener.address.port  # type: ignore[union-attr]
                 ready.append(f"tls://127.0.0.1:{port}?pin={listener.tls_pin}")
@@ -163,30 +176,37 @@ def _tls(address: str, turns: _Turns, result: TourResult, note: Callable[[str], 
                     conn.handshake()
                     turns.done("accepted")
                     turns.wait("sent")
-                    note("the server reads until the client's close_notify, then answers and sends its own")
+                    note(
+                        _("the server reads until the client's close_notify, then answers and sends its own")
+                    )
                     conn.send_all(_read_to_eof(conn).upper())
                 turns.done("answered")
                 turns.wait("client closed")
 
     def client() -> bytes:
         note(
-            "the client connects, then shakes hands: it offers TLS versions (ClientHello); the server "
-            "answers with its certificate and signs the exchange with its key; the client checks the "
-            "key against the pin (no CA, no files); both derive the same secret keys"
+            _(
+                "the client connects, then shakes hands: it offers TLS versions (ClientHello); the server "
+                "answers with its certificate and signs the exchange with its key; the client checks the "
+                "key against the pin (no CA, no files); both derive the same secret keys"
+            )
         )
         with connect(ready[0], timeout=STEP_TIMEOUT) as conn:
             conn.set_timeout(STEP_TIMEOUT)
             info = conn.tls
             if info is not None:
                 note(
-                    f"agreed {info.version} with {info.cipher}: "
-                    "from here every record is encrypted and sealed"
+                    _(
+                        "agreed {version} with {cipher}: from here every record is encrypted and sealed"
+                    ).format(version=info.version, cipher=info.cipher)
                 )
             turns.done("connected")
             turns.wait("accepted")
             note(
-                "the client sends, then half-closes with close_notify, TLS's signed 'I am done' "
-                "(a TCP close without it reads as truncated, not as EOF)"
+                _(
+                    "the client sends, then half-closes with close_notify, TLS's signed 'I am done' "
+                    "(a TCP close without it reads as truncated, not as EOF)"
+                )
             )
             return _ask(conn, turns, result)
 
@@ -219,24 +239,24 @@ def _datagram(address: str, turns: _Turns, result: TourResult, note: Callable[[s
     ready: list[SocketAddress] = []
 
     def server() -> None:
-        with trace.actor("server"):
-            note("the server creates a datagram socket and binds it: a mailbox, no listen()")
+        with trace.actor("server", _("server")):
+            note(_("the server creates a datagram socket and binds it: a mailbox, no listen()"))
             with bind_datagram(address) as sock:
                 sock.set_timeout(STEP_TIMEOUT)
                 ready.append(sock.local_address)  # type: ignore[arg-type]
                 result.server_address = str(sock.local_address)
                 turns.done("bound")
                 turns.wait("sent")
-                note("recvfrom() tells the server who wrote; it answers to that address")
+                note(_("recvfrom() tells the server who wrote; it answers to that address"))
                 data, sender = sock.recvfrom()
                 if sender is None:
-                    raise RuntimeError("the datagram came without a sender address")
+                    raise RuntimeError(_("the datagram came without a sender address"))
                 sock.sendto(data.upper(), sender)
                 turns.done("answered")
                 turns.wait("client closed")
 
     def client() -> bytes:
-        note("the client's connect() only sets a default destination: nothing is sent yet")
+        note(_("the client's connect() only sets a default destination: nothing is sent yet"))
         with connect_datagram(ready[0]) as sock:
             sock.set_timeout(STEP_TIMEOUT)
             started = time.perf_counter()
@@ -259,11 +279,15 @@ def _play(server: Callable[[], None], client: Callable[[], bytes], turns: _Turns
     thread.start()
     try:
         turns.wait(ready)
-        with trace.actor("client"):
+        with trace.actor("client", _("client")):
             answer = client()
             turns.done("client closed")
         if answer != _MESSAGE.upper():
-            raise RuntimeError(f"the answer was {answer!r}, expected {_MESSAGE.upper()!r}")
+            raise RuntimeError(
+                _("the answer was {answer}, expected {expected}").format(
+                    answer=repr(answer), expected=repr(_MESSAGE.upper())
+                )
+            )
     finally:
         thread.join(STEP_TIMEOUT * 4)
 
@@ -273,7 +297,7 @@ def _guard(body: Callable[[], None], turns: _Turns) -> Callable[[], None]:
         try:
             body()
         except (EnchufeError, OSError, RuntimeError) as exc:
-            turns.failed = f"server: {exc}"
+            turns.failed = _("server: {error}").format(error=exc)
 
     return run
 
@@ -295,9 +319,9 @@ def _legs(folder: str) -> list[tuple[str, _Exchange, str, TourResult]]:
     """Each leg's header, exchange, server address and (empty) result: the six kinds, then TLS."""
     legs: list[tuple[str, _Exchange, str, TourResult]] = []
     for kind, address in _addresses(folder).items():
-        header = f"{kind.family.name}, {kind.type.name}: {_STORIES[kind]}"
+        header = f"{kind.family.name}, {kind.type.name}: {_story(kind)}"
         legs.append((header, _stream if kind.is_stream else _datagram, address, TourResult(kind)))
-    tls_header = f"AF_INET, SOCK_STREAM, TLS: {_TLS_STORY}"
+    tls_header = f"AF_INET, SOCK_STREAM, TLS: {_story(None)}"
     legs.append((tls_header, _tls, "tls://127.0.0.1:0?cert=auto", TourResult(Kind.TCP4, tls=True)))
     return legs
 
@@ -339,8 +363,8 @@ def run(out: TextIO, *, record: bool = False) -> list[TourResult]:
     events = _recording(record)
     folder = _socket_folder()
     results: list[TourResult] = []
-    write("enchufe tour: a server and a client for each kind of socket, then TLS, on this machine only.")
-    write("Every line with parentheses is a system call, printed as it returns.")
+    write(_("enchufe tour: a server and a client for each kind of socket, then TLS, on this machine only."))
+    write(_("Every line with parentheses is a system call, printed as it returns."))
     trace.enable(write)
     try:
         for header, exchange, address, result in _legs(folder):
@@ -356,7 +380,7 @@ def run(out: TextIO, *, record: bool = False) -> list[TourResult]:
             if result.error is None and turns.failed:
                 result.error = turns.failed
             if result.error:
-                write(f"   FAILED: {result.error}")
+                write("   " + _("FAILED: {error}").format(error=result.error))
             result.events = events()[first:]
             results.append(result)
     finally:
@@ -373,18 +397,25 @@ def run(out: TextIO, *, record: bool = False) -> list[TourResult]:
 
 def summary(results: list[TourResult]) -> str:
     """The table: kind, server address, bytes each way, round-trip time, result."""
-    header = ("kind", "server address", "client→server", "server→client", "round trip", "result")
+    header = (
+        _("kind"),
+        _("server address"),
+        _("client→server"),
+        _("server→client"),
+        _("round trip"),
+        _("result"),
+    )
     rows = [header]
     for r in results:
-        rtt = f"{r.round_trip * 1e3:.2f} ms" if r.round_trip is not None else "-"
+        rtt = _("{ms} ms").format(ms=f"{r.round_trip * 1e3:.2f}") if r.round_trip is not None else "-"
         rows.append(
             (
                 r.label,
                 r.server_address or "-",
-                f"{r.sent} B",
-                f"{r.received} B",
+                _("{size} B").format(size=r.sent),
+                _("{size} B").format(size=r.received),
                 rtt,
-                "ok" if r.ok else "FAILED",
+                _("ok") if r.ok else _("FAILED"),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -400,7 +431,7 @@ def summary(results: list[TourResult]) -> str:
     passed = sum(r.ok for r in results)
     lines.append("")
     lines.append(
-        f"{passed} of {len(results)} kinds worked."
-        + ("" if passed == len(results) else " See the FAILED lines above.")
+        _("{passed} of {total} kinds worked.").format(passed=passed, total=len(results))
+        + ("" if passed == len(results) else " " + _("See the FAILED lines above."))
     )
     return "\n".join(lines)

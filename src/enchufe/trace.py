@@ -14,6 +14,10 @@ Nothing is formatted unless a sink is installed: every call site checks :func:`e
 which costs one global read.  A thread may name itself with :func:`actor` (the tour names its
 server and client threads) and its lines are then prefixed with that name.
 
+The text sink reads the narration in the user's language (:func:`localized`: the words around
+the calls, never the calls, constants or addresses); a recorder gets it as the code wrote it, in
+English, for programs to parse.
+
 Beside the text sink, a *recorder* (:func:`record_to`) may take each call as a :class:`Record`:
 the same line, unprefixed, with the thread, the actor, the times and, where the call site gives
 them, when the call started and the bytes it moved.  ``--trace-file`` and the tour's diagrams
@@ -22,6 +26,7 @@ use one; either kind of listener turns the narration on.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -29,7 +34,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from . import i18n
 from ._text import one_line
+from .i18n import _
 
 __all__ = [
     "Record",
@@ -42,6 +49,7 @@ __all__ = [
     "emit",
     "enable",
     "enabled",
+    "localized",
     "record_to",
     "recording",
     "stderr_sink",
@@ -80,6 +88,8 @@ _lock = threading.Lock()
 _local = threading.local()
 _t0 = time.monotonic()
 _timestamps = False
+#: The width of the actor column: the longest name shown so far (at least 7, "server ").
+_actor_width = 7
 
 
 def stderr_sink(line: str) -> None:
@@ -142,22 +152,29 @@ def enabled() -> bool:
 
 
 @contextmanager
-def actor(name: str) -> Iterator[None]:
-    """Prefix the lines this thread emits with ``name`` while the block runs."""
-    previous = getattr(_local, "actor", None)
-    _local.actor = name
+def actor(name: str, shown: str | None = None) -> Iterator[None]:
+    """Prefix the lines this thread emits with ``name`` while the block runs (``shown`` in the
+    text sink, when given: the name in the user's language; a recorder keeps ``name``)."""
+    global _actor_width
+    previous = getattr(_local, "actor", None), getattr(_local, "shown", None)
+    _local.actor, _local.shown = name, shown or name
+    _actor_width = max(_actor_width, len(shown or name))
     try:
         yield
     finally:
-        _local.actor = previous
+        _local.actor, _local.shown = previous
 
 
 def emit(
-    line: str, *, started: float | None = None, data: bytes | bytearray | memoryview | None = None
+    line: str,
+    *,
+    started: float | None = None,
+    data: bytes | bytearray | memoryview | None = None,
 ) -> None:
     """Send one narration line to the sink, prefixed with the thread's actor name if any, and to
     the recorder as a :class:`Record` (with ``started``, the call's start on the monotonic clock,
-    and the head of ``data``, the bytes it moved, when the call site gives them)."""
+    and the head of ``data``, the bytes it moved, when the call site gives them).  The sink gets
+    the line as :func:`localized` puts it; the recorder gets it as written."""
     sink = _text
     recorder = _recorder
     name = getattr(_local, "actor", None)
@@ -170,9 +187,64 @@ def emit(
             recorder(record)
     if sink is None:
         return
+    line = localized(line)
     if name:
-        line = f"{name:<7} {line}"
+        line = f"{getattr(_local, 'shown', None) or name:<{_actor_width}} {line}"
     if _timestamps:
         line = f"{time.monotonic() - _t0:10.6f} {line}"
     with _lock:  # keep lines from two threads whole
         sink(line)
+
+
+# ---------------------------------------------------------------------------- the words
+
+
+def _words() -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
+    """The phrases of the narration that are words, not calls: each a whole clause, matched
+    where the calls put it, and said again with its fields in the current language."""
+    return [
+        (
+            re.compile(r" → bound to (?P<address>.*)$"),
+            lambda m: " → " + _("bound to {address}").format(**m.groupdict()),
+        ),
+        (
+            re.compile(r" = fd (?P<fd>\d+) from (?P<address>.*)$"),
+            lambda m: " = " + _("fd {fd} from {address}").format(**m.groupdict()),
+        ),
+        (
+            re.compile(
+                r" = (?P<size>\d+) bytes from (?P<address>.*?)(?: \(MSG_TRUNC: only (?P<kept>\d+) kept\))?$"
+            ),
+            lambda m: (
+                " = "
+                + _("{size} bytes from {address}").format(size=m["size"], address=m["address"])
+                + (" (" + _("MSG_TRUNC: only {kept} kept").format(kept=m["kept"]) + ")" if m["kept"] else "")
+            ),
+        ),
+        (
+            re.compile(r"^(?P<call>\w+\(fd \d+, )(?P<size>\d+) bytes(?=[,)])"),
+            lambda m: m["call"] + _("{size} bytes").format(size=m["size"]),
+        ),
+        (re.compile(r", connected peer(?=[,)])"), lambda m: ", " + _("connected peer")),
+        (re.compile(r" = 0 \(EOF\)$"), lambda m: " = 0 " + _("(EOF)")),
+        (re.compile(r" = 0 \(connected\)$"), lambda m: " = 0 " + _("(connected)")),
+        (re.compile(r"(?<=[ (])\(unnamed\)(?=[),]|$)"), lambda m: _("(unnamed)")),
+        (
+            re.compile(r" = exit status (?P<code>-?\d+)$"),
+            lambda m: " = " + _("exit status {code}").format(code=m["code"]),
+        ),
+    ]
+
+
+_PHRASES = _words()
+
+
+def localized(line: str) -> str:
+    """A narration line as the code wrote it (English words around the calls) in the current
+    language: ``recv(fd 4, 65536) = 0 (EOF)`` → ``recv(fd 4, 65536) = 0 (EOF: fin de los
+    datos)``.  Calls, constants, descriptors and addresses are left as they are."""
+    if i18n.language() == "en":
+        return line
+    for pattern, say in _PHRASES:
+        line = pattern.sub(say, line, count=1)
+    return line

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..i18n import _
 from ._common import event, global_options
 
 
@@ -49,5 +50,5 @@ def command(traces: tuple[str, ...], output: str | None) -> int:
         sys.stdout.write(mermaid(diagram))
         return 0
     for path in write([("", diagram)], output):
-        event("diagram", f"enchufe: wrote {path}", path=path)
+        event("diagram", _("enchufe: wrote {path}").format(path=path), path=path)
     return 0

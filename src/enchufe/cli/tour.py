@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..i18n import _
 from ._common import event, global_options, stop_on_sigterm
 
 
@@ -55,5 +56,5 @@ def command(diagram: str | None) -> int:
 
         drawn = [(r.label, build(r.events, f"{r.label}: {r.header}")) for r in results if r.events]
         for path in write(drawn, diagram):
-            event("diagram", f"enchufe: wrote {path}", path=path)
+            event("diagram", _("enchufe: wrote {path}").format(path=path), path=path)
     return 0 if all(r.ok for r in results) else 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UsageError
+from ..i18n import _
 from .model import Arrow, Diagram, Step
 
 __all__ = ["DrawUnavailable", "draw", "require"]
@@ -41,8 +42,10 @@ def require(what: str) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise DrawUnavailable(
-            f"{what} needs matplotlib, which is not installed: {INSTALL_HINT}; "
-            "or write Mermaid text instead (.mmd or .md), which needs nothing"
+            _(
+                "{what} needs matplotlib, which is not installed: {install}; "
+                "or write Mermaid text instead (.mmd or .md), which needs nothing"
+            ).format(what=what, install=INSTALL_HINT)
         ) from None
 
 
@@ -61,8 +64,10 @@ def draw(diagram: Diagram, path: str, fmt: str) -> None:
     require(f"a .{fmt} diagram")
     if len(diagram.steps) > MAX_STEPS:
         raise UsageError(
-            f"the trace has {len(diagram.steps)} calls, too many for one picture (at most {MAX_STEPS}): "
-            "write Mermaid text instead (.mmd or .md), or trace a shorter run"
+            _(
+                "the trace has {calls} calls, too many for one picture (at most {most}): "
+                "write Mermaid text instead (.mmd or .md), or trace a shorter run"
+            ).format(calls=len(diagram.steps), most=MAX_STEPS)
         )
     import matplotlib
     from matplotlib.figure import Figure
@@ -135,7 +140,7 @@ def _step(axes: Any, step: Step, x: float, y: float, before: float, first: bool)
     align = "right" if first else "left"
     _text(axes, x + offset, y, step.text, ha=align, va="center", fontsize=7.5, family="monospace", zorder=4)
     for n, mark in enumerate(step.marks, 1):
-        color = _BLOCKED if mark.startswith(("blocked", "waited")) else "#2e6b3a"
+        color = _BLOCKED if mark == step.wait_mark else "#2e6b3a"
         _text(
             axes,
             x + offset,
@@ -173,7 +178,9 @@ def _arrow(
         "shrinkB": 4,
     }
     axes.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=props, zorder=3)
-    label = arrow.label if arrow.target is not None else f"{arrow.label}: no call took it"
+    label = (
+        arrow.label if arrow.target is not None else _("{label}: no call took it").format(label=arrow.label)
+    )
     box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
     # a third of the way from the sender: the labels of two crossing arrows stay apart
     _text(

@@ -13,6 +13,7 @@ from typing import Any
 
 from .._text import printable, quoted
 from ..errors import UsageError
+from ..i18n import _
 from .model import Diagram
 
 __all__ = ["FORMATS", "check_format", "read_events", "write"]
@@ -26,8 +27,9 @@ def check_format(path: str, option: str) -> str:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in FORMATS:
         raise UsageError(
-            f"{option} {quoted(path)}: the name must end in .md or .mmd (Mermaid text), "
-            ".svg or .png (matplotlib)"
+            _(
+                "{option} {path}: the name must end in .md or .mmd (Mermaid text), .svg or .png (matplotlib)"
+            ).format(option=option, path=quoted(path))
         )
     if suffix in (".svg", ".png"):
         from .draw import require
@@ -50,12 +52,16 @@ def read_events(path: str) -> list[dict[str, Any]]:
                     event = None
                 if not isinstance(event, dict) or "call" not in event or "pid" not in event:
                     raise UsageError(
-                        f"{quoted(path)} line {number}: not a trace event "
-                        "(expected the JSON objects, one per line, that --trace-file writes)"
+                        _(
+                            "{path} line {number}: not a trace event "
+                            "(expected the JSON objects, one per line, that --trace-file writes)"
+                        ).format(path=quoted(path), number=number)
                     )
                 events.append(event)
     except UnicodeDecodeError:
-        raise UsageError(f"{quoted(path)}: not UTF-8 text (expected a --trace-file output)") from None
+        raise UsageError(
+            _("{path}: not UTF-8 text (expected a --trace-file output)").format(path=quoted(path))
+        ) from None
     return events
 
 

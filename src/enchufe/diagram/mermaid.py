@@ -9,6 +9,7 @@ codes), after the trace escaped every control character.
 
 from __future__ import annotations
 
+from ..i18n import _
 from .model import Arrow, Diagram
 
 __all__ = ["markdown", "mermaid", "text"]
@@ -40,7 +41,8 @@ def mermaid(diagram: Diagram) -> str:
         for arrow in sent.get(step.index, []):
             source = ids[step.lifeline]
             if arrow.target is None:
-                lines.append(f"    Note over {source}: {text(arrow.label)}: no call took it")
+                untaken = _("{label}: no call took it").format(label=arrow.label)
+                lines.append(f"    Note over {source}: {text(untaken)}")
                 continue
             target = ids[diagram.steps[arrow.target].lifeline]
             lines.append(f"    {source}{_ARROWS[arrow.kind]}{target}: {text(arrow.label)}")

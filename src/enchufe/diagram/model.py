@@ -21,6 +21,10 @@ call, with the time it waited; one whose lifeline made no call between the sende
 its own (it waited in poll(), or for the user) is marked as having waited that long.  An
 ``accept()`` that came after its client's ``connect()`` returned is also marked queued: the
 kernel completed the connection on its own, from the backlog.
+
+The words (lifeline names, marks, labels, and the narration's words in each call's text, see
+:func:`enchufe.trace.localized`) are in the language current when the diagram is built; the
+calls, constants and addresses are as traced.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .. import trace
+from ..i18n import _
+from . import words
 
 __all__ = ["Arrow", "Diagram", "Lifeline", "Step", "blocked", "build", "same_address", "summary"]
 
@@ -75,6 +83,8 @@ class Step:
     blocked: bool = False
     #: When the lifeline's previous call returned (None for its first).
     after: float | None = None
+    #: The mark that says how long it waited (one of ``marks``), "" when it did not wait.
+    wait_mark: str = ""
 
 
 @dataclass
@@ -149,7 +159,7 @@ def _when(event: Event) -> float:
 
 
 def _step(index: int, lifeline: int, event: Event) -> Step:
-    line = str(event.get("line", event.get("call")))
+    line = trace.localized(str(event.get("line", event.get("call"))))
     if event.get("call") == "tls":
         text = str(event.get("text", ""))
         line = f"tls fd {event.get('fd')}: {text.split(':', 1)[0]}"
@@ -242,8 +252,10 @@ def _name(lifelines: list[Lifeline], steps: list[Step], sockets: list[_Socket]) 
     seen = {"server": 0, "client": 0}
     for line in lifelines:
         seen[line.role] += 1
-        numbered = line.role if counts[line.role] == 1 else f"{line.role} {seen[line.role]}"
-        line.name = line.actor or numbered + (f" (pid {line.pid})" if several else "")
+        numbered = words.role_name(line.role, seen[line.role] if counts[line.role] > 1 else None)
+        if several:
+            numbered = _("{name} (pid {pid})").format(name=numbered, pid=line.pid)
+        line.name = words.actor_name(line.actor) if line.actor else numbered
 
 
 def _role(calls: list[str]) -> str:
@@ -297,7 +309,7 @@ def _connections(sockets: list[_Socket]) -> list[Arrow]:
             continue
         clients.remove(client)
         arrows.append(Arrow("connect", client.opened.index, server.opened.index, label="connect"))
-        client.opened.marks.append("active open")
+        client.opened.marks.append(_("active open"))
         _opened(server.opened, client.opened)
         for sender, receiver in ((client, server), (server, client)):
             arrows += _bytes(sender, receiver)
@@ -316,11 +328,11 @@ def _client_of(server: _Socket, clients: list[_Socket]) -> _Socket | None:
 
 
 def _opened(accept: Step, connect: Step) -> None:
-    accept.marks.append("passive open")
+    accept.marks.append(_("passive open"))
     _waited(accept, connect, "connect()")
     queued = (accept.started if accept.started is not None else accept.time) - connect.time
     if queued >= 0:  # else accept() was there first, if only for a moment
-        accept.marks.append(f"queued {queued * 1e3:.1f} ms in the backlog")
+        accept.marks.append(_("queued {ms} ms in the backlog").format(ms=f"{queued * 1e3:.1f}"))
 
 
 def _bytes(sender: _Socket, receiver: _Socket) -> list[Arrow]:
@@ -358,11 +370,12 @@ def _eof(sender: _Socket, receiver: _Socket) -> list[Arrow]:
     if end is None:
         return []
     seen = next((s for s in receiver.steps if s.call in _STREAM_IN and s.event.get("size") == 0), None)
-    end.marks.append("end of data (FIN)" if ":" in sender.local else "end of data")
+    end.marks.append(_("end of data (FIN)") if ":" in sender.local else _("end of data"))
     if seen is not None:
-        seen.marks.append("EOF")
+        seen.marks.append(_("EOF"))
         _waited(seen, end, "EOF")
-    return [Arrow("eof", end.index, seen.index if seen else None, label=f"EOF ({end.call})")]
+    label = _("EOF ({call})").format(call=end.call)
+    return [Arrow("eof", end.index, seen.index if seen else None, label=label)]
 
 
 def _datagrams(sockets: list[_Socket]) -> list[Arrow]:
@@ -407,36 +420,33 @@ def _datagram(sent: Step, received: Step | None) -> Arrow:
 
 def _waited(receiver: Step, sender: Step, what: str) -> None:
     """Mark ``receiver`` blocked if it started before ``sender`` returned, or waiting if its
-    lifeline's previous call returned before then (once per step)."""
+    lifeline's previous call returned before then (once per step).  ``what`` it waited for:
+    ``connect()``, ``bytes``, ``EOF`` or ``datagram``."""
     if receiver.waited:
         return
     inside = receiver.started is not None and receiver.started < sender.time
     if inside and receiver.started is not None and receiver.time - receiver.started >= MIN_WAIT:
         receiver.waited = receiver.time - receiver.started
         receiver.blocked = True
-        receiver.marks.append(f"blocked {receiver.waited * 1e3:.1f} ms in {receiver.call}() for the {what}")
+        mark = words.blocked_mark(what).format(ms=f"{receiver.waited * 1e3:.1f}", call=receiver.call)
     elif receiver.after is not None and sender.time - receiver.after >= MIN_WAIT:
         receiver.waited = sender.time - receiver.after
-        receiver.marks.append(f"waited {receiver.waited * 1e3:.1f} ms for the {what}")
-
-
-_TLS_RECORDS = {
-    "\\x14": "TLS ChangeCipherSpec",
-    "\\x15": "TLS alert",
-    "\\x16": "TLS handshake",
-    "\\x17": "TLS data",
-}
+        mark = words.waited_mark(what).format(ms=f"{receiver.waited * 1e3:.1f}")
+    else:
+        return
+    receiver.marks.append(mark)
+    receiver.wait_mark = mark
 
 
 def _label(step: Step, size: int) -> str:
     """``33 B "hello, server: th…"``: the size and the first characters, as escaped in the event."""
     data = str(step.event.get("data") or "")
-    kind = _TLS_RECORDS.get(data[:4]) if data.startswith("\\x1") and data[4:8] == "\\x03" else None
+    kind = words.tls_record(data[:4]) if data.startswith("\\x1") and data[4:8] == "\\x03" else None
     if kind:
-        return f"{size} B {kind}"
+        return _("{size} B {record}").format(size=size, record=kind)
     if not data:
-        return f"{size} B"
-    return f'{size} B "{_shortened(data)}"'
+        return _("{size} B").format(size=size)
+    return _('{size} B "{preview}"').format(size=size, preview=_shortened(data))
 
 
 _ESCAPE_OR_CHAR = re.compile(r"\\(?:x..|u....|U........|.)|.", re.DOTALL)
