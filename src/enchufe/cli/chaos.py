@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..i18n import _
 from ._common import event, global_options, json_option, settings
 from ._numbers import BoundedInt
 
@@ -75,8 +76,9 @@ def command(control: str, config_file: str | None, seed: int | None, json_: bool
         from ..errors import NetworkError
 
         raise NetworkError(
-            f"cannot serve the API on {control}: {(exc.strerror or str(exc)).lower()}; "
-            "pick another --control address"
+            _("cannot serve the API on {address}: {reason}; pick another --control address").format(
+                address=control, reason=(exc.strerror or str(exc)).lower()
+            )
         ) from None
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -88,11 +90,14 @@ def command(control: str, config_file: str | None, seed: int | None, json_: bool
         if not _loopback(host):
             event(
                 "warning",
-                f"enchufe: warning: the API on {shown} has no authentication: anyone who reaches it "
-                "can open proxies from this machine",
+                _(
+                    "enchufe: warning: the API on {address} has no authentication: anyone who reaches it "
+                    "can open proxies from this machine"
+                ).format(address=shown),
             )
         server.start()
-        event("listening", f"listening on tcp://{shown}", address=f"tcp://{shown}")
+        address = f"tcp://{shown}"
+        event("listening", _("listening on {address}").format(address=address), address=address)
         while not stopped.wait(3600):
             pass
     finally:
@@ -112,7 +117,9 @@ def _control_address(control: str) -> tuple[str, int]:
         raise UsageError(exc.message) from None
     if not isinstance(address, InetAddress) or not address.is_stream or address.is_tls:
         raise UsageError(
-            f"--control {control}: the API is HTTP over TCP; give HOST:PORT, e.g. {DEFAULT_CONTROL}"
+            _("--control {address}: the API is HTTP over TCP; give HOST:PORT, e.g. {example}").format(
+                address=control, example=DEFAULT_CONTROL
+            )
         )
     return address.host or "0.0.0.0", address.port
 

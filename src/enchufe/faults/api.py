@@ -31,6 +31,7 @@ from types import TracebackType
 
 from ..address import Address, InetAddress, UnixAddress, parse
 from ..errors import UsageError
+from ..i18n import _
 from ..relay import DEFAULT_CONNECT_TIMEOUT, EventSink, Relay, RelayConfig, Snapshot
 from ..relay.events import Emit
 from .relay_thread import STOP_TIMEOUT, RelayThread
@@ -50,7 +51,11 @@ def toxics_of(faults: Fault | Iterable[Fault]) -> tuple[Toxic, ...]:
     names = [toxic.name for toxic in toxics]
     for name in names:
         if names.count(name) > 1:
-            raise FaultError(f"two faults are named {name!r}; give one another name, e.g. name={name}_2")
+            raise FaultError(
+                _("two faults are named {quoted}; give one another name, e.g. name={name}_2").format(
+                    quoted=repr(name), name=name
+                )
+            )
     return toxics
 
 
@@ -63,8 +68,10 @@ def listen_for(target: Address, folder: str) -> str:
     if isinstance(target, UnixAddress):
         return f"{target.scheme}://{folder}/relay.sock"
     raise UsageError(
-        f"a faulty relay needs a socket address to relay to (tcp, udp, unix, unixgram), not {target}; "
-        "give listen= to relay from stdio or to a program"
+        _(
+            "a faulty relay needs a socket address to relay to (tcp, udp, unix, unixgram), not {target}; "
+            "give listen= to relay from stdio or to a program"
+        ).format(target=target)
     )
 
 

@@ -12,6 +12,10 @@ address (``unix:…``, ``udp://…``, ``unixgram:…``).  ``enabled: false`` sto
 listener closed: new clients are refused; open connections are cut); ``true`` starts it again on
 the address it had.
 
+Messages are marked for translation, for ``enchufe chaos --config`` in the user's language; the
+HTTP API calls these methods inside :func:`~enchufe.i18n.english`, so that its answers are
+Toxiproxy's, word for word, whatever ``--lang`` says.
+
 Thread-safety: every method holds one lock; the relays run in their own threads and read the
 plan's toxics tuple when a connection starts.
 """
@@ -27,6 +31,7 @@ from typing import Any
 
 from ..address import Address, InetAddress, parse
 from ..errors import EnchufeError
+from ..i18n import _
 from .toxics import FaultError, FaultPlan, Toxic, check_attributes, check_toxicity
 
 __all__ = ["ApiError", "Chaos", "ChaosProxy", "as_address", "show_address"]
@@ -45,20 +50,20 @@ class ApiError(Exception):
 
 
 def bad_body(why: str) -> ApiError:
-    return ApiError(400, f"bad request body: {why}")
+    return ApiError(400, _("bad request body: {reason}").format(reason=why))
 
 
 def as_address(text: Any, what: str) -> Address:
     """``host:port`` (Toxiproxy's form: TCP) or an enchufe address; ApiError 400 if neither."""
     if not isinstance(text, str) or not text:
-        raise ApiError(400, f"missing required field: {what}")
+        raise ApiError(400, _("missing required field: {field}").format(field=what))
     value = text if "://" in text or ":" not in text or text.startswith(("unix", "-")) else f"tcp://{text}"
     if value.startswith(":"):  # ":8080", as Go listens: every interface
         value = f"tcp://{value}"
     try:
         return parse(value)
     except EnchufeError as exc:
-        raise ApiError(400, f"{what}: {exc}") from None
+        raise ApiError(400, _("{field}: {error}").format(field=what, error=exc)) from None
 
 
 def show_address(address: Address, given: str) -> str:
@@ -97,7 +102,7 @@ class ChaosProxy:
         for index, toxic in enumerate(self.toxics):
             if toxic.name == name:
                 return index
-        raise ApiError(404, "toxic not found")
+        raise ApiError(404, _("toxic not found"))
 
     def publish(self) -> None:
         """The relay's connections from now on have these toxics."""
@@ -133,20 +138,20 @@ class Chaos:
         fields = _proxy_fields(data)
         with self._lock:
             if fields["name"] in self.proxies:
-                raise ApiError(409, "proxy already exists")
+                raise ApiError(409, _("proxy already exists"))
             proxy = self._new(fields)
             return proxy.to_json()
 
     def update(self, name: str, data: Any) -> dict[str, Any]:
         if not isinstance(data, Mapping):
-            raise bad_body("a proxy is a JSON object")
+            raise bad_body(_("a proxy is a JSON object"))
         with self._lock:
             proxy = self._get(name)
             listen = data.get("listen", proxy.listen)
             upstream = data.get("upstream", proxy.upstream)
             enabled = data.get("enabled", proxy.enabled)
             if not isinstance(enabled, bool):
-                raise bad_body(f"enabled must be true or false, not {enabled!r}")
+                raise bad_body(_("enabled must be true or false, not {value}").format(value=repr(enabled)))
             as_address(listen, "listen")
             as_address(upstream, "upstream")
             if (listen, upstream) != (proxy.listen, proxy.upstream):
@@ -178,13 +183,14 @@ class Chaos:
     def populate(self, data: Any) -> list[dict[str, Any]]:
         """Create (or replace, when listen or upstream differ) each proxy of a JSON array."""
         if not isinstance(data, list):
-            raise bad_body("populate takes a JSON array of proxies")
+            raise bad_body(_("populate takes a JSON array of proxies"))
         checked = []
         for number, item in enumerate(data, 1):
             try:
                 checked.append(_proxy_fields(item))
             except ApiError as exc:
-                raise ApiError(exc.status, f"{exc.message} at proxy {number}") from None
+                message = _("{error} at proxy {number}").format(error=exc.message, number=number)
+                raise ApiError(exc.status, message) from None
         with self._lock:
             done = []
             for fields in checked:
@@ -206,7 +212,7 @@ class Chaos:
     def _get(self, name: str) -> ChaosProxy:
         proxy = self.proxies.get(name)
         if proxy is None:
-            raise ApiError(404, "proxy not found")
+            raise ApiError(404, _("proxy not found"))
         return proxy
 
     def _new(self, fields: dict[str, Any]) -> ChaosProxy:
@@ -224,7 +230,9 @@ class Chaos:
         except ApiError:
             raise
         except (EnchufeError, OSError) as exc:
-            raise ApiError(500, f"cannot start proxy {proxy.name}: {exc}") from None
+            raise ApiError(
+                500, _("cannot start proxy {name}: {error}").format(name=proxy.name, error=exc)
+            ) from None
 
     def _halt(self, proxy: ChaosProxy) -> None:
         if proxy.relay is not None:
@@ -248,9 +256,9 @@ class Chaos:
             proxy = self._get(name)
             toxic = _toxic(data)
             if "/" in toxic.name:
-                raise ApiError(400, f"name: {toxic.name!r} cannot be a path of the API (no '/')")
+                raise _no_slash(toxic.name)
             if any(t.name == toxic.name for t in proxy.toxics):
-                raise ApiError(409, "toxic already exists")
+                raise ApiError(409, _("toxic already exists"))
             self._check_kind(proxy, toxic)
             proxy.toxics.append(toxic)
             proxy.publish()
@@ -259,14 +267,14 @@ class Chaos:
     def update_toxic(self, name: str, toxic_name: str, data: Any) -> dict[str, Any]:
         """As Toxiproxy: the attributes given replace those of the toxic, and its toxicity."""
         if not isinstance(data, Mapping):
-            raise bad_body("a toxic is a JSON object")
+            raise bad_body(_("a toxic is a JSON object"))
         with self._lock:
             proxy = self._get(name)
             index = proxy.find(toxic_name)
             old = proxy.toxics[index]
             given = data.get("attributes") or {}
             if not isinstance(given, Mapping):
-                raise bad_body("attributes must be a JSON object")
+                raise bad_body(_("attributes must be a JSON object"))
             try:
                 attributes = check_attributes(old.type, {**old.attributes, **given})
                 toxicity = check_toxicity(old.type, data.get("toxicity", old.toxicity))
@@ -297,20 +305,24 @@ def _toxic(data: Any) -> Toxic:
         return Toxic.from_json(data)
     except FaultError as exc:
         message = str(exc)
-        if message.startswith("unknown fault type"):
-            message = f"invalid toxic type: {message}"
+        if message.startswith("unknown fault type"):  # the API speaks English: see the module
+            message = _("invalid toxic type: {error}").format(error=message)
         raise ApiError(400, message) from None
+
+
+def _no_slash(name: str) -> ApiError:
+    return ApiError(400, _("name: {name} cannot be a path of the API (no '/')").format(name=repr(name)))
 
 
 def _proxy_fields(data: Any) -> dict[str, Any]:
     """A proxy's name, listen, upstream and enabled from Toxiproxy's JSON, checked."""
     if not isinstance(data, Mapping):
-        raise bad_body("a proxy is a JSON object")
+        raise bad_body(_("a proxy is a JSON object"))
     name = data.get("name")
     if not isinstance(name, str) or not name:
-        raise ApiError(400, "missing required field: name")
+        raise ApiError(400, _("missing required field: {field}").format(field="name"))
     if "/" in name:
-        raise ApiError(400, f"name: {name!r} cannot be a path of the API (no '/')")
+        raise _no_slash(name)
     upstream = data.get("upstream")
     as_address(upstream, "upstream")
     listen = data.get("listen") or "127.0.0.1:0"
@@ -319,5 +331,5 @@ def _proxy_fields(data: Any) -> dict[str, Any]:
     if enabled is None:
         enabled = True
     if not isinstance(enabled, bool):
-        raise bad_body(f"enabled must be true or false, not {enabled!r}")
+        raise bad_body(_("enabled must be true or false, not {value}").format(value=repr(enabled)))
     return {"name": name, "listen": listen, "upstream": upstream, "enabled": enabled}

@@ -23,10 +23,12 @@ Routes, status codes and JSON shapes are Toxiproxy's (``api.go``)::
     POST   /proxies/NAME/toxics/TOXIC (PATCH) 200 toxic           (attributes, toxicity)
     DELETE /proxies/NAME/toxics/TOXIC        204
 
-Errors are ``{"error": MESSAGE, "status": CODE}``.  As Toxiproxy, a request whose User-Agent is a
-browser's (``Mozilla/…``) is refused (403): a web page must not drive the API from the user's
-machine.  Bodies are bounded (:data:`MAX_BODY`), a silent client is dropped after
-:data:`READ_TIMEOUT`, and whatever a request holds ends in a status, never in the server's end.
+Errors are ``{"error": MESSAGE, "status": CODE}``, in English whatever ``--lang`` says (the
+request is served inside :func:`~enchufe.i18n.english`): Toxiproxy's clients read them.  As
+Toxiproxy, a request whose User-Agent is a browser's (``Mozilla/…``) is refused (403): a web page
+must not drive the API from the user's machine.  Bodies are bounded (:data:`MAX_BODY`), a silent
+client is dropped after :data:`READ_TIMEOUT`, and whatever a request holds ends in a status, never
+in the server's end.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .. import __version__
+from ..i18n import english
 from .chaos import ApiError, Chaos, bad_body
 
 __all__ = ["MAX_BODY", "READ_TIMEOUT", "ApiServer"]
@@ -77,13 +80,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("PUT")
 
     def _serve(self, method: str) -> None:
-        try:
-            status, body = self._route(method)
-        except ApiError as exc:
-            status, body = exc.status, exc.to_json()
-        except Exception as exc:  # nothing a client sends ends the server
-            _log.debug("chaos API request failed", exc_info=exc)
-            status, body = 500, ApiError(500, f"internal error: {type(exc).__name__}").to_json()
+        with english():
+            try:
+                status, body = self._route(method)
+            except ApiError as exc:
+                status, body = exc.status, exc.to_json()
+            except Exception as exc:  # nothing a client sends ends the server
+                _log.debug("chaos API request failed", exc_info=exc)
+                status, body = 500, ApiError(500, f"internal error: {type(exc).__name__}").to_json()
         self._answer(status, body)
 
     def _route(self, method: str) -> Reply:

@@ -11,6 +11,7 @@
 Each proxy is a :class:`~enchufe.relay.Relay` bound in the API's request (so that its answer
 names the real port, and a port in use is that request's error) and run in a thread of its own
 (:class:`~.relay_thread.RelayThread`), with no signal handling (the command's main thread has it).
+Its event lines follow ``--lang`` even when an API request (served in English) starts or stops it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EnchufeError, UsageError
+from ..i18n import _, english
 from ..relay import EventSink, RelayConfig
 from ..relay.events import Emit
 from .chaos import ApiError, Chaos, ChaosProxy, as_address, show_address
@@ -56,13 +58,14 @@ class ChaosServer:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise UsageError(f"--config {path}: {(exc.strerror or str(exc)).lower()}") from None
+            reason = (exc.strerror or str(exc)).lower()
+            raise UsageError(_("--config {path}: {reason}").format(path=path, reason=reason)) from None
         except ValueError as exc:
-            raise UsageError(f"--config {path}: not JSON: {exc}") from None
+            raise UsageError(_("--config {path}: not JSON: {error}").format(path=path, error=exc)) from None
         try:
             return self.chaos.populate(data)
         except ApiError as exc:
-            raise UsageError(f"--config {path}: {exc.message}") from None
+            raise UsageError(_("--config {path}: {reason}").format(path=path, reason=exc.message)) from None
 
     def start(self) -> None:
         self.api.start()
@@ -82,15 +85,19 @@ class ChaosServer:
         try:
             running = RelayThread.start(config, relay_events, f"chaos proxy {proxy.name}")
         except UsageError as exc:
-            raise ApiError(400, f"proxy {proxy.name}: {exc}") from None
+            raise ApiError(400, _("proxy {name}: {error}").format(name=proxy.name, error=exc)) from None
         except (EnchufeError, OSError) as exc:
-            raise ApiError(500, f"proxy {proxy.name}: {exc}") from None
+            raise ApiError(500, _("proxy {name}: {error}").format(name=proxy.name, error=exc)) from None
         bound = running.address
         proxy.listen = show_address(bound, proxy.listen)
         proxy.relay = running
+        with english(False):  # the user's line, though an API request (in English) started it
+            message = _("proxy {name}: listening on {address}, to {target}").format(
+                name=proxy.name, address=bound, target=target
+            )
         events(
             "proxy",
-            f"proxy {proxy.name}: listening on {bound}, to {target}",
+            message,
             level=0,
             proxy=proxy.name,
             listen=str(bound),
@@ -99,7 +106,11 @@ class ChaosServer:
 
     def _stop(self, proxy: ChaosProxy) -> None:
         proxy.relay.stop()
-        self.events("proxy", f"proxy {proxy.name}: stopped", level=1, proxy=proxy.name, stopped=True)
+        with english(False):  # see _start
+            message = _("proxy {name}: stopped").format(name=proxy.name)
+        self.events("proxy", message, level=1, proxy=proxy.name, stopped=True)
 
     def _log(self, line: str) -> None:
-        self.events("request", f"chaos API: {line}", level=2, request=line)
+        with english(False):  # see _start
+            message = _("chaos API: {request}").format(request=line)
+        self.events("request", message, level=2, request=line)

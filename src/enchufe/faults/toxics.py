@@ -28,6 +28,7 @@ from .._ranges import MAX_SECONDS
 from .._text import printable
 from ..address import Address
 from ..errors import UsageError
+from ..i18n import _
 
 __all__ = [
     "DATAGRAM_ONLY",
@@ -69,17 +70,30 @@ class Attribute:
 
     def accepted(self) -> str:
         if self.probability:
-            return "a number from 0 to 1"
-        text = f"a whole number from {self.low:g} to {self.high:.0f}"
-        text += f" ({self.unit}" + (f"; 0 = {self.zero})" if self.zero else ")")
-        return text
+            return _("a number from 0 to 1")
+        low, high = f"{self.low:g}", f"{self.high:.0f}"
+        if self.zero:
+            return _("a whole number from {low} to {high} ({unit}; 0 = {zero})").format(
+                low=low, high=high, unit=self.unit, zero=_zero_means(self.zero)
+            )
+        return _("a whole number from {low} to {high} ({unit})").format(low=low, high=high, unit=self.unit)
 
     def check(self, toxic: str, value: Any) -> int | float:
         """``value`` (a JSON number, or the text of one) as this attribute takes it."""
         number = _number(value, whole=not self.probability)
         if number is None or not self.low <= number <= self.high:
-            raise FaultError(f"{toxic}: {self.name} must be {self.accepted()}, not {_show(value)}")
+            raise FaultError(
+                _("{toxic}: {attribute} must be {accepted}, not {value}").format(
+                    toxic=toxic, attribute=self.name, accepted=self.accepted(), value=_show(value)
+                )
+            )
         return number
+
+
+def _zero_means(zero: str) -> str:
+    """What 0 means for an attribute (:attr:`Attribute.zero`), in the current language."""
+    meanings = {"no limit": _("no limit"), "never": _("never"), "at once": _("at once")}
+    return meanings.get(zero, zero)
 
 
 def _ms(name: str, zero: str = "") -> Attribute:
@@ -158,18 +172,28 @@ class Toxic:
         """A toxic from Toxiproxy's JSON (what left out takes Toxiproxy's default); FaultError
         for an unknown type, stream or attribute and for a value out of range."""
         if not isinstance(data, Mapping):
-            raise FaultError(f"a toxic is a JSON object, not {_show(data)}")
+            raise FaultError(_("a toxic is a JSON object, not {value}").format(value=_show(data)))
         unknown = set(data) - {"name", "type", "stream", "toxicity", "attributes"}
         if unknown:
-            raise FaultError(f"unknown field {sorted(unknown)[0]!r} in a toxic; accepted: {_FIELDS}")
+            raise FaultError(
+                _("unknown field {field} in a toxic; accepted: {fields}").format(
+                    field=repr(sorted(unknown)[0]), fields=_FIELDS
+                )
+            )
         kind = check_type(data.get("type"))
         attributes = data.get("attributes")
         attributes = {} if attributes is None else attributes
         if not isinstance(attributes, Mapping):
-            raise FaultError(f"{kind}: attributes must be a JSON object, not {_show(attributes)}")
+            raise FaultError(
+                _("{toxic}: attributes must be a JSON object, not {value}").format(
+                    toxic=kind, value=_show(attributes)
+                )
+            )
         name = data.get("name") or ""
         if not isinstance(name, str):
-            raise FaultError(f"{kind}: name must be a string, not {_show(name)}")
+            raise FaultError(
+                _("{toxic}: name must be a string, not {value}").format(toxic=kind, value=_show(name))
+            )
         return cls(
             kind,
             check_attributes(kind, attributes),
@@ -184,20 +208,32 @@ _FIELDS = "name, type, stream, toxicity, attributes"
 
 def check_type(kind: Any) -> str:
     if not isinstance(kind, str) or kind not in TYPES:
-        raise FaultError(f"unknown fault type {_show(kind)}; accepted: {', '.join(TYPES)}")
+        raise FaultError(
+            _("unknown fault type {value}; accepted: {types}").format(
+                value=_show(kind), types=", ".join(TYPES)
+            )
+        )
     return kind
 
 
 def check_stream(kind: str, stream: Any) -> str:
     if stream not in STREAMS:
-        raise FaultError(f"{kind}: stream must be upstream or downstream, not {_show(stream)}")
+        raise FaultError(
+            _("{toxic}: stream must be upstream or downstream, not {value}").format(
+                toxic=kind, value=_show(stream)
+            )
+        )
     return str(stream)
 
 
 def check_toxicity(kind: str, value: Any) -> float:
     number = _number(value, whole=False)
     if number is None or not 0 <= number <= 1:
-        raise FaultError(f"{kind}: toxicity must be a number from 0 to 1, not {_show(value)}")
+        raise FaultError(
+            _("{toxic}: toxicity must be a number from 0 to 1, not {value}").format(
+                toxic=kind, value=_show(value)
+            )
+        )
     return float(number)
 
 
@@ -209,14 +245,19 @@ def check_attributes(kind: str, given: Mapping[str, Any]) -> dict[str, int | flo
         attribute = known.get(name)
         if attribute is None:
             accepted = ", ".join(known)
-            raise FaultError(f"{kind}: unknown attribute {_show(name)}; accepted: {accepted}")
+            raise FaultError(
+                _("{toxic}: unknown attribute {attribute}; accepted: {attributes}").format(
+                    toxic=kind, attribute=_show(name), attributes=accepted
+                )
+            )
         checked[name] = attribute.check(kind, value)
     if kind == "slicer":
         average = checked.get("average_size", 1)
         if checked.get("size_variation", 0) > average:
             raise FaultError(
-                f"slicer: size_variation must be at most average_size ({average:g}), "
-                f"not {checked['size_variation']:g}"
+                _("slicer: size_variation must be at most average_size ({average}), not {value}").format(
+                    average=f"{average:g}", value=f"{checked['size_variation']:g}"
+                )
             )
     return checked
 
@@ -227,7 +268,7 @@ _NAME = re.compile(r"[a-z_]+")
 def parse_fault(text: str) -> Toxic:
     """``TYPE[:ATTR=VALUE,…]`` (``stream``, ``toxicity`` and ``name`` among them) as a checked
     :class:`Toxic`; FaultError in one line for anything wrong."""
-    kind_text, _, rest = text.partition(":")
+    kind_text, _colon, rest = text.partition(":")
     kind = check_type(kind_text.strip())
     fields: dict[str, Any] = {"type": kind}
     attributes: dict[str, str] = {}
@@ -236,10 +277,12 @@ def parse_fault(text: str) -> Toxic:
         name = name.strip()
         if not equals or not _NAME.fullmatch(name):
             raise FaultError(
-                f"{kind}: {_show(item)} is not ATTR=VALUE; e.g. --fault latency:latency=100,jitter=10"
+                _("{toxic}: {item} is not ATTR=VALUE; e.g. --fault latency:latency=100,jitter=10").format(
+                    toxic=kind, item=_show(item)
+                )
             )
         if name in fields or name in attributes:
-            raise FaultError(f"{kind}: {name} is given twice")
+            raise FaultError(_("{toxic}: {attribute} is given twice").format(toxic=kind, attribute=name))
         if name in ("stream", "toxicity", "name"):
             fields[name] = value.strip()
         else:
@@ -277,26 +320,32 @@ class FaultPlan:
         wrong = DATAGRAM_ONLY if stream else STREAM_ONLY
         for toxic in self.toxics:
             if toxic.type in wrong:
-                kind, other = ("streams", "datagrams") if stream else ("datagrams", "streams")
-                raise FaultError(
-                    f"--fault {toxic.type} acts on {other} only, but this relay carries {kind}; "
-                    f"for {kind}: {', '.join(sorted(set(TYPES) - wrong))}"
-                )
+                if stream:
+                    text = _(
+                        "--fault {type} acts on datagrams only, but this relay carries streams; "
+                        "for streams: {types}"
+                    )
+                else:
+                    text = _(
+                        "--fault {type} acts on streams only, but this relay carries datagrams; "
+                        "for datagrams: {types}"
+                    )
+                raise FaultError(text.format(type=toxic.type, types=", ".join(sorted(set(TYPES) - wrong))))
 
     def check_relay(self, listen: Address, target: Address, *, frame: bool) -> None:
         """FaultError if the relay from ``listen`` to ``target`` cannot carry these faults (yet)."""
         self.check_kind(listen.is_stream and target.is_stream)
-        why = ""
         if frame and not listen.is_stream:
-            why = "--frame relays from a datagram LISTEN"
+            why = _("--fault is not available yet for --frame relays from a datagram LISTEN")
         elif listen.is_tls or target.is_tls:
-            why = "a TLS LISTEN or TARGET"
-        if why:
-            raise FaultError(
-                f"--fault is not available yet for {why}; it works between stream addresses "
-                "(tcp, unix, -, exec:), between datagram addresses (udp, unixgram), and from a "
-                "stream to a datagram address with --frame"
-            )
+            why = _("--fault is not available yet for a TLS LISTEN or TARGET")
+        else:
+            return
+        works = _(
+            "it works between stream addresses (tcp, unix, -, exec:), between datagram addresses "
+            "(udp, unixgram), and from a stream to a datagram address with --frame"
+        )
+        raise FaultError(_("{problem}; {what_works}").format(problem=why, what_works=works))
 
 
 def _number(value: Any, *, whole: bool) -> int | float | None:
