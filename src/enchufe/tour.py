@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -109,6 +110,14 @@ class _Turns:
             raise RuntimeError(_("the other side failed"))
 
 
+def _actor(role: str) -> AbstractContextManager[None]:
+    """``trace.actor`` for the tour's ``server`` or ``client`` thread: named in the user's
+    language, both names padded to one width so that their calls line up."""
+    names = {"server": _("server"), "client": _("client")}
+    width = max(len(name) for name in names.values())
+    return trace.actor(role, names[role].ljust(width))
+
+
 def _addresses(folder: str) -> dict[Kind, str]:
     return {
         Kind.TCP4: "tcp://127.0.0.1:0",
@@ -124,7 +133,7 @@ def _stream(address: str, turns: _Turns, result: TourResult, note: Callable[[str
     ready: list[SocketAddress] = []
 
     def server() -> None:
-        with trace.actor("server", _("server")):
+        with _actor("server"):
             note(_("the server creates a socket, binds it to an address and listens (passive)"))
             with listen(address) as listener:
                 ready.append(listener.address)
@@ -158,7 +167,7 @@ def _tls(address: str, turns: _Turns, result: TourResult, note: Callable[[str], 
     ready: list[str] = []
 
     def server() -> None:
-        with trace.actor("server", _("server")):
+        with _actor("server"):
             note(_("the server listens as over TCP; cert=auto makes a throwaway self-signed certificate"))
             with listen(address) as listener:
                 note(
@@ -239,7 +248,7 @@ def _datagram(address: str, turns: _Turns, result: TourResult, note: Callable[[s
     ready: list[SocketAddress] = []
 
     def server() -> None:
-        with trace.actor("server", _("server")):
+        with _actor("server"):
             note(_("the server creates a datagram socket and binds it: a mailbox, no listen()"))
             with bind_datagram(address) as sock:
                 sock.set_timeout(STEP_TIMEOUT)
@@ -279,7 +288,7 @@ def _play(server: Callable[[], None], client: Callable[[], bytes], turns: _Turns
     thread.start()
     try:
         turns.wait(ready)
-        with trace.actor("client", _("client")):
+        with _actor("client"):
             answer = client()
             turns.done("client closed")
         if answer != _MESSAGE.upper():

@@ -88,8 +88,6 @@ _lock = threading.Lock()
 _local = threading.local()
 _t0 = time.monotonic()
 _timestamps = False
-#: The width of the actor column: the longest name shown so far (at least 7, "server ").
-_actor_width = 7
 
 
 def stderr_sink(line: str) -> None:
@@ -154,11 +152,10 @@ def enabled() -> bool:
 @contextmanager
 def actor(name: str, shown: str | None = None) -> Iterator[None]:
     """Prefix the lines this thread emits with ``name`` while the block runs (``shown`` in the
-    text sink, when given: the name in the user's language; a recorder keeps ``name``)."""
-    global _actor_width
+    text sink, when given: the name in the user's language; a recorder keeps ``name``).  The
+    name takes 7 columns at least: give names of one width for lines that align."""
     previous = getattr(_local, "actor", None), getattr(_local, "shown", None)
     _local.actor, _local.shown = name, shown or name
-    _actor_width = max(_actor_width, len(shown or name))
     try:
         yield
     finally:
@@ -189,7 +186,7 @@ def emit(
         return
     line = localized(line)
     if name:
-        line = f"{getattr(_local, 'shown', None) or name:<{_actor_width}} {line}"
+        line = f"{getattr(_local, 'shown', None) or name:<7} {line}"
     if _timestamps:
         line = f"{time.monotonic() - _t0:10.6f} {line}"
     with _lock:  # keep lines from two threads whole
@@ -205,11 +202,11 @@ def _words() -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
     return [
         (
             re.compile(r" → bound to (?P<address>.*)$"),
-            lambda m: " → " + _("bound to {address}").format(**m.groupdict()),
+            lambda m: " → " + _("bound to {address}").format(address=_named(m["address"])),
         ),
         (
             re.compile(r" = fd (?P<fd>\d+) from (?P<address>.*)$"),
-            lambda m: " = " + _("fd {fd} from {address}").format(**m.groupdict()),
+            lambda m: " = " + _("fd {fd} from {address}").format(fd=m["fd"], address=_named(m["address"])),
         ),
         (
             re.compile(
@@ -217,7 +214,7 @@ def _words() -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
             ),
             lambda m: (
                 " = "
-                + _("{size} bytes from {address}").format(size=m["size"], address=m["address"])
+                + _("{size} bytes from {address}").format(size=m["size"], address=_named(m["address"]))
                 + (" (" + _("MSG_TRUNC: only {kept} kept").format(kept=m["kept"]) + ")" if m["kept"] else "")
             ),
         ),
@@ -234,6 +231,11 @@ def _words() -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
             lambda m: " = " + _("exit status {code}").format(code=m["code"]),
         ),
     ]
+
+
+def _named(address: str) -> str:
+    """An address as the narration shows it: ``(unnamed)`` (a unix socket with no name) is words."""
+    return _("(unnamed)") if address == "(unnamed)" else address
 
 
 _PHRASES = _words()
