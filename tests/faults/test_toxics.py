@@ -96,8 +96,11 @@ def test_a_plan_refuses_what_the_kind_relayed_cannot_carry() -> None:
         plan.check_relay(parse("udp://127.0.0.1:1"), parse("udp://127.0.0.1:2"), frame=False)
     datagrams = FaultPlan((parse_fault("loss:probability=0.5"), parse_fault("latency:latency=5")), seed=1)
     datagrams.check_relay(parse("udp://127.0.0.1:1"), parse("unixgram:@x"), frame=False)
-    with pytest.raises(FaultError, match="not available yet for --frame"):
-        datagrams.check_relay(parse("udp://127.0.0.1:1"), parse("tcp://127.0.0.1:2"), frame=True)
+    # Every relay path carries faults: framed from a datagram LISTEN, and with a TLS end.
+    datagrams.check_relay(parse("udp://127.0.0.1:1"), parse("tcp://127.0.0.1:2"), frame=True)
+    plan.check_relay(parse("tls://127.0.0.1:1?cert=auto"), parse("tls://127.0.0.1:2"), frame=False)
+    with pytest.raises(FaultError, match="acts on streams only, but with --frame"):
+        plan.check_relay(parse("udp://127.0.0.1:1"), parse("tcp://127.0.0.1:2"), frame=True)
 
 
 def test_a_plan_splits_its_toxics_by_direction() -> None:

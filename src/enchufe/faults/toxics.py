@@ -333,19 +333,20 @@ class FaultPlan:
                 raise FaultError(text.format(type=toxic.type, types=", ".join(sorted(set(TYPES) - wrong))))
 
     def check_relay(self, listen: Address, target: Address, *, frame: bool) -> None:
-        """FaultError if the relay from ``listen`` to ``target`` cannot carry these faults (yet)."""
-        self.check_kind(listen.is_stream and target.is_stream)
-        if frame and not listen.is_stream:
-            why = _("--fault is not available yet for --frame relays from a datagram LISTEN")
-        elif listen.is_tls or target.is_tls:
-            why = _("--fault is not available yet for a TLS LISTEN or TARGET")
-        else:
-            return
-        works = _(
-            "it works between stream addresses (tcp, unix, -, exec:), between datagram addresses "
-            "(udp, unixgram), and from a stream to a datagram address with --frame"
-        )
-        raise FaultError(_("{problem}; {what_works}").format(problem=why, what_works=works))
+        """FaultError if a toxic has no meaning on the relay from ``listen`` to ``target``: a
+        stream's faults where datagrams are relayed, and the other way round.  With ``frame``
+        the faults act on the datagrams, whichever end is the stream that frames them."""
+        stream = listen.is_stream and target.is_stream
+        if frame and not stream:
+            for toxic in self.toxics:
+                if toxic.type in STREAM_ONLY:
+                    raise FaultError(
+                        _(
+                            "--fault {type} acts on streams only, but with --frame the faults act on "
+                            "the datagrams, not on the stream that frames them; for datagrams: {types}"
+                        ).format(type=toxic.type, types=", ".join(sorted(set(TYPES) - STREAM_ONLY)))
+                    )
+        self.check_kind(stream)
 
 
 def _number(value: Any, *, whole: bool) -> int | float | None:

@@ -224,9 +224,8 @@ class FaultPump:
                 n = self._write()
                 if n == WOULD_BLOCK:
                     return moved or WOULD_BLOCK
-                moved += n
-                self.held -= n
                 self._out = self._out[n:]
+                moved += self._sent(n)
                 if self._out:
                     return moved  # partly taken: wait until dst is writable
                 continue
@@ -234,11 +233,20 @@ class FaultPump:
                 return moved
             action = heapq.heappop(heap)[2]
             if action.kind == DATA:
-                self._out = memoryview(action.data)
+                self._out = self._wire(action.data)
             elif action.kind == EOF:
                 self._finish()
             else:
                 self.ending = action.kind
+
+    def _wire(self, data: bytes) -> memoryview:
+        """What is written to ``dst`` for ``data``, due now."""
+        return memoryview(data)
+
+    def _sent(self, n: int) -> int:
+        """``dst`` took ``n`` bytes of :attr:`_out`: the bytes of the stream delivered by it."""
+        self.held -= n
+        return n
 
     def _write(self) -> int:
         try:
@@ -316,26 +324,38 @@ class FaultyStreamSession(StreamSession):
 
     def _pump(self, src: Side, dst: Side) -> Any:
         upstream = src is self.client
-        plan = self.relay.faults
-        # One generator per direction of each session, from the seed: the draws of one
-        # connection do not depend on what the others did meanwhile.
-        rng = random.Random(f"{plan.seed}/{self.id}/{'up' if upstream else 'down'}")
-        version = plan.version  # before the toxics are read: a change meanwhile is seen later
-        schedule = StreamSchedule(plan.direction(upstream), rng, time.monotonic())
-        if not schedule.acts and not plan.live:
+        schedule, follow = self._fault_schedule(upstream)
+        if not schedule.acts and follow is None:
             return super()._pump(src, dst)
         loop = self.relay.loop
         return FaultPump(
             src.rfd,
             dst.wfd,
             schedule,
-            loop=loop,
-            wake=(lambda: self._due(1, 0)) if upstream else (lambda: self._due(0, 1)),
-            on_error=self.crashed,
             finish=lambda: dst.shut_write(loop),
             dst_is_pipe=not dst.is_socket,
-            follow=Follow(plan, upstream, rng, version) if plan.live else None,
+            follow=follow,
+            **self._pump_hooks(upstream),
         )
+
+    def _fault_schedule(self, upstream: bool) -> tuple[StreamSchedule, Follow | None]:
+        """A direction's schedule, and how it follows a live plan (``None``: not live)."""
+        plan = self.relay.faults
+        # One generator per direction of each session, from the seed: the draws of one
+        # connection do not depend on what the others did meanwhile.
+        rng = random.Random(f"{plan.seed}/{self.id}/{'up' if upstream else 'down'}")
+        version = plan.version  # before the toxics are read: a change meanwhile is seen later
+        schedule = StreamSchedule(plan.direction(upstream), rng, time.monotonic())
+        return schedule, Follow(plan, upstream, rng, version) if plan.live else None
+
+    def _pump_hooks(self, upstream: bool) -> dict[str, Any]:
+        """What a direction's :class:`FaultPump` calls back: its timers' loop, the step it
+        wakes, and what ends the session when one of its callbacks fails."""
+        return {
+            "loop": self.relay.loop,
+            "wake": (lambda: self._due(1, 0)) if upstream else (lambda: self._due(0, 1)),
+            "on_error": self.crashed,
+        }
 
     def _due(self, run_up: int, run_down: int) -> None:
         """A direction's timer: what was waiting is due now."""
@@ -387,8 +407,17 @@ class FaultyStreamRelay(StreamRelay):
             if isinstance(session, FaultyStreamSession):
                 session._due(1, 1)
 
+    def session_kind(self) -> type[FaultyStreamSession]:
+        """The class of a new session: with a TLS end, one whose faults act on the plaintext
+        (:mod:`.faulty_tls`)."""
+        if self.client_tls is not None or self.target_tls is not None:
+            from .faulty_tls import FaultyTLSStreamSession
+
+            return FaultyTLSStreamSession
+        return FaultyStreamSession
+
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> Any:
-        return FaultyStreamSession(self, Side(conn), conn, peer, session_id)
+        return self.session_kind()(self, Side(conn), conn, peer, session_id)
 
 
 class FaultyStdioRelay(FaultyStreamRelay, StdioRelay):
@@ -397,7 +426,7 @@ class FaultyStdioRelay(FaultyStreamRelay, StdioRelay):
     def start(self) -> None:
         self.stats.total += 1
         self.stats.open += 1
-        session = FaultyStreamSession(self, stdio_side(), None, None, next(self._ids))
+        session = self.session_kind()(self, stdio_side(), None, None, next(self._ids))
         self.sessions.add(session)
         session.start()
 

@@ -27,16 +27,17 @@ from .datagram import DatagramRelay, DatagramUpstream
 from .datagram_io import traced_recv
 from .datagram_listener import DatagramListener, Key, Upstream
 
-__all__ = ["FaultyDatagramRelay"]
+__all__ = ["DatagramFaults", "FaultyDatagramRelay"]
 
 #: Datagrams read from one upstream per readiness event (the relay's own loop is level-triggered).
 READS = 64
 
 
-class FaultyDatagramRelay(DatagramRelay):
-    """Datagram LISTEN → datagram TARGET through ``faults`` (see the module)."""
-
-    runs_above = 1 << 30  # never runs: one datagram at a time, each through the schedule
+class DatagramFaults(DatagramListener):
+    """What the datagram listeners with faults share (this module's relay, and the framed one
+    of :mod:`.faulty_tunnel`): each session's schedules, and each datagram sent when its
+    schedule says, in both directions.  A relay says how one goes now (:meth:`_forward_now`)
+    and how a session waits for its sender's socket (:meth:`_hold_replies`)."""
 
     def __init__(self, *args: Any, faults: FaultPlan, **options: Any) -> None:
         super().__init__(*args, **options)
@@ -70,27 +71,65 @@ class FaultyDatagramRelay(DatagramRelay):
 
     # -- client → target
 
-    def _on_listener(self, events: int) -> None:
-        DatagramListener._on_listener(self, events)  # the general path: no inline one
-
     def _forward(self, session: Upstream, data: memoryview, raw: bool) -> None:
         now = time.monotonic()
         for when, out in self._schedule(session, True).feed(now, bytes(data)):
             if when <= now:
-                self._send_now(session, out)
+                self._forward_now(session, out)
             else:
-                self.loop.call_later(when - now, functools.partial(self._send_later, session, out))
+                self.loop.call_later(when - now, functools.partial(self._forward_later, session, out))
 
-    def _send_now(self, session: Upstream, data: bytes) -> None:
+    def _forward_now(self, session: Upstream, data: bytes) -> None:
+        """Send a client's datagram on, now."""
+        raise NotImplementedError
+
+    def _forward_later(self, session: Upstream, data: bytes) -> None:
+        if self.current(session):
+            self._forward_now(session, data)
+
+    # -- target → client
+
+    def _reply(self, session: Upstream, schedule: DatagramSchedule, now: float, data: bytes) -> None:
+        """A datagram from the target that came at ``now``, through ``schedule`` (the session's
+        downstream one) to the sender."""
+        for when, out in schedule.feed(now, data):
+            if when <= now:
+                self._reply_now(session, out)
+            else:
+                self.loop.call_later(when - now, functools.partial(self._reply_later, session, out))
+
+    def _reply_now(self, session: Upstream, data: bytes) -> None:
+        if session.pending_reply is not None:
+            self.stats.dropped += 1  # an earlier reply still waits: the kernel would drop it too
+            return
+        if not self.replies.send(session, data):
+            self._hold_replies(session)
+
+    def _reply_later(self, session: Upstream, data: bytes) -> None:
+        if self.current(session):
+            self._reply_now(session, data)
+
+    def _hold_replies(self, session: Upstream) -> None:
+        """A reply waits for the sender's socket: read no more for the session until it is out."""
+        raise NotImplementedError
+
+
+class FaultyDatagramRelay(DatagramFaults, DatagramRelay):
+    """Datagram LISTEN → datagram TARGET through ``faults`` (see the module)."""
+
+    runs_above = 1 << 30  # never runs: one datagram at a time, each through the schedule
+
+    # -- client → target
+
+    def _on_listener(self, events: int) -> None:
+        DatagramListener._on_listener(self, events)  # the general path: no inline one
+
+    def _forward_now(self, session: Upstream, data: bytes) -> None:
         assert isinstance(session, DatagramUpstream)
         if session.pending:
             session.pending.append((data, len(data), 1))
         else:
             self._send_up(session, data, len(data), 1)
-
-    def _send_later(self, session: Upstream, data: bytes) -> None:
-        if self.current(session):
-            self._send_now(session, data)
 
     # -- target → client
 
@@ -118,23 +157,12 @@ class FaultyDatagramRelay(DatagramRelay):
             if size > limit:
                 self._truncated(self.target_label, size, "target")
                 continue
-            for when, out in schedule.feed(now, bytes(view[:size])):
-                if when <= now:
-                    self._reply_now(session, out)
-                else:
-                    self.loop.call_later(when - now, functools.partial(self._reply_later, session, out))
+            self._reply(session, schedule, now, bytes(view[:size]))
             if session.pending_reply is not None:
                 break  # the sender's socket is full: read no more until it takes this
         if got:
             self.table.touch(session.peer, now)
 
-    def _reply_now(self, session: DatagramUpstream, data: bytes) -> None:
-        if session.pending_reply is not None:
-            self.stats.dropped += 1  # an earlier reply still waits: the kernel would drop it too
-            return
-        if not self.replies.send(session, data):
-            self.watch(session)  # stop reading until the reply is out
-
-    def _reply_later(self, session: DatagramUpstream, data: bytes) -> None:
-        if self.current(session):
-            self._reply_now(session, data)
+    def _hold_replies(self, session: Upstream) -> None:
+        assert isinstance(session, DatagramUpstream)
+        self.watch(session)

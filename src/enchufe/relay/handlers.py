@@ -4,7 +4,8 @@ so that each handler carries only what its kind of relay needs.
 ::
 
     stream LISTEN → stream TARGET (and exec:, stdio)   StreamRelay
-        with --fault                                    FaultyStreamRelay
+        with --fault                                    FaultyStreamRelay (a TLS end: its
+                                                        sessions are FaultyTLSStreamSessions)
         with --socks (each request names its target)   SocksRelay
     stream LISTEN → datagram TARGET (--frame)           FramedStreamRelay
         with --fault                                    FaultyFramedStreamRelay
@@ -13,6 +14,7 @@ so that each handler carries only what its kind of relay needs.
         with --send-proxy                               ProxiedDatagramRelay
         with --fault                                    FaultyDatagramRelay
     datagram LISTEN → stream TARGET (--frame)           FramedDatagramRelay
+        with --fault                                    FaultyFramedDatagramRelay
 
 The fault and SOCKS handlers are imported only when chosen: a relay without them never loads them.
 """
@@ -143,9 +145,14 @@ def _datagram_handler(
     kind = FramedDatagramRelay if target.is_stream else DatagramRelay
     kind = ProxiedDatagramRelay if config.send_proxy else kind  # chosen once, as faults
     if config.faults is not None:  # chosen once here: a relay without faults never looks
-        from .faulty_datagram import FaultyDatagramRelay
+        if target.is_stream:
+            from .faulty_tunnel import FaultyFramedDatagramRelay
 
-        kind = FaultyDatagramRelay
+            kind = FaultyFramedDatagramRelay
+        else:
+            from .faulty_datagram import FaultyDatagramRelay
+
+            kind = FaultyDatagramRelay
         common = {**common, "faults": config.faults}
     return kind(
         loop,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .. import trace
 from .._nonblocking import read_into
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
     from ..tlschannel import TLSChannel
 
-__all__ = ["CHUNK", "TLSLink", "TLSPump", "receive"]
+__all__ = ["CHUNK", "Sender", "TLSLink", "TLSPump", "receive"]
 
 #: Plaintext read (or ciphertext received) per system call; the most a pump holds in flight.
 CHUNK = 64 * 1024
@@ -38,6 +38,13 @@ _EMPTY = memoryview(b"")
 
 #: ``os.write``, or its narrated twin while tracing.
 Writer = Callable[[int, "bytes | memoryview"], int]
+
+
+class Sender(Protocol):
+    """The pump that sends what a link's channel makes (:class:`TLSPump`, or the fault
+    pump of :mod:`.faulty_tls`)."""
+
+    def queue(self, data: bytes) -> None: ...
 
 
 class TLSLink:
@@ -53,7 +60,7 @@ class TLSLink:
         self.channel = setup.channel(label)
         self.fd = fd
         self.unsent = bytearray()
-        self.sender: TLSPump | None = None
+        self.sender: Sender | None = None
 
     def pull(self) -> None:
         """Take what the channel made for the peer: queued with the sender's bytes, or (before

@@ -257,12 +257,16 @@ class FramedDatagramRelay(DatagramListener):
             try:
                 message = framer.next_message()
             except ProtocolError as exc:
-                self.stats.reset += 1
-                self._framing_error(session, str(exc))
-                self.end(session, "protocol-error", str(exc))
+                self._framing_broken(session, str(exc))
                 return
             if message is None:
                 break
             if not self.replies.send(session, message):
                 break
         self._watch(session)
+
+    def _framing_broken(self, session: Tunnel, error: str) -> None:
+        """The target's stream broke the framing: said, and the session ends (reset)."""
+        self.stats.reset += 1
+        self._framing_error(session, error)
+        self.end(session, "protocol-error", error)
