@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import _ranges
 from .errors import IncompleteRead, ProtocolError, UsageError
+from .i18n import _
 
 #: What one ``recv()`` asks the kernel for by default: 64 KiB matches the loopback MTU and
 #: typical socket buffers, so one call usually drains what is there without a huge allocation.
@@ -63,12 +64,17 @@ class ReceiveBuffer:
     def incomplete(self, size: int, where: str) -> IncompleteRead:
         """The error for EOF before ``size`` bytes; the partial bytes go with it."""
         partial = self._take(len(self._data))
-        return IncompleteRead(f"{where} closed the connection after {len(partial)} of {size} bytes", partial)
+        return IncompleteRead(
+            _("{peer} closed the connection after {got} of {size} bytes").format(
+                peer=where, got=len(partial), size=size
+            ),
+            partial,
+        )
 
     def take_until(self, delimiter: bytes, max_bytes: int, where: str) -> bytes | None:
         """Bytes up to and including ``delimiter``; ``ProtocolError`` past ``max_bytes`` without one."""
         if not delimiter:
-            raise UsageError("the delimiter must not be empty")
+            raise UsageError(_("the delimiter must not be empty"))
         _ranges.integer(max_bytes, "max_bytes", 1)
         if delimiter != self._searched_for:
             self._searched, self._searched_for = 0, bytes(delimiter)
@@ -82,7 +88,11 @@ class ReceiveBuffer:
         elif len(self._data) < max_bytes:
             self._searched = len(self._data)
             return None
-        raise ProtocolError(f"{where} sent {max_bytes} bytes without {delimiter!r}")
+        raise ProtocolError(
+            _("{peer} sent {count} bytes without {delimiter}").format(
+                peer=where, count=max_bytes, delimiter=repr(delimiter)
+            )
+        )
 
     def take_rest(self) -> bytes:
         """Everything buffered (at EOF, what came after the last delimiter)."""

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from . import _ranges
 from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from .errors import AddressError, NetworkError, translate
+from .i18n import _
 
 #: Seconds between connection attempts when retrying: long enough not to hammer a server that
 #: is starting, short enough that a script waiting for one notices it quickly.
@@ -33,14 +34,27 @@ def socket_address(address: Address | str, *, stream: bool, role: str) -> Socket
     :class:`~enchufe.errors.AddressError` saying which addresses that opener takes."""
     value = parse(address) if isinstance(address, str) else address
     if not isinstance(value, InetAddress | UnixAddress):
-        raise AddressError(f"{value}: {role} needs a socket address (tcp://, udp://, unix:, unixgram:)")
+        raise AddressError(
+            _("{address}: {role} needs a socket address (tcp://, udp://, unix:, unixgram:)").format(
+                address=value, role=role
+            )
+        )
     if value.is_stream != stream:
         if stream:
             raise AddressError(
-                f"{value}: {role} needs a stream address (tcp://, unix:); "
-                f"for datagrams use {'bind_datagram' if role == 'listen' else 'connect_datagram'}"
+                _(
+                    "{address}: {role} needs a stream address (tcp://, unix:); for datagrams use {opener}"
+                ).format(
+                    address=value,
+                    role=role,
+                    opener="bind_datagram" if role == "listen" else "connect_datagram",
+                )
             )
-        raise AddressError(f"{value}: {role} needs a datagram address (udp://, unixgram:)")
+        raise AddressError(
+            _("{address}: {role} needs a datagram address (udp://, unixgram:)").format(
+                address=value, role=role
+            )
+        )
     return value
 
 
@@ -54,7 +68,7 @@ class ConnectPlan:
 
     def __init__(self, address: SocketAddress, *, retries: int, retry_delay: float) -> None:
         if isinstance(retries, int) and retries < 0:  # bad input, like every argument error before a socket
-            raise AddressError(f"retries must be 0 or more, not {retries}")
+            raise AddressError(_("retries must be 0 or more, not {value}").format(value=retries))
         self.address = address
         self.retries = _ranges.integer(retries, "retries", 0)
         self.retry_delay = _ranges.seconds(retry_delay, "retry_delay") or 0.0
@@ -77,5 +91,7 @@ class ConnectPlan:
         last = self.errors[-1]
         last.attempts = tuple(self.errors)
         if len(self.errors) > 1:
-            last.args = (f"{last.args[0]} ({len(self.errors)} attempts)",)
+            last.args = (
+                _("{message} ({count} attempts)").format(message=last.args[0], count=len(self.errors)),
+            )
         return last

@@ -18,6 +18,7 @@ from ._endpoint import Endpoint
 from ._serving import StalledPeers
 from .address import Address, InetAddress, SocketAddress, UnixAddress, from_sockaddr, parse
 from .errors import AddressError, DatagramTruncated, UsageError, translate
+from .i18n import N_, _
 
 #: Resolved destinations kept per socket, so that sendto() to a host name does not ask the
 #: resolver for every datagram; a bound keeps a socket that writes to many peers small.
@@ -27,7 +28,7 @@ RESOLVE_CACHE_SIZE = 256
 class DatagramCore(Endpoint):
     """A datagram socket's state (udp or unixgram): its addresses, and where it sent lately."""
 
-    _noun = "datagram socket"
+    _closed_message = N_("this datagram socket is closed")
     #: How ``repr()`` names the class.
     _label = "DatagramSocket"
 
@@ -53,7 +54,7 @@ class DatagramCore(Endpoint):
         resolved): where peers send to reach it.  :class:`~enchufe.errors.UsageError` for a
         socket that has none (a unix client made without a reply address)."""
         if self.local_address is None:
-            raise UsageError("this datagram socket is not bound to an address")
+            raise UsageError(_("this datagram socket is not bound to an address"))
         return self.local_address
 
     # -- sending
@@ -87,7 +88,7 @@ class DatagramCore(Endpoint):
         """One ``send()`` of ``data`` as one datagram to the connected peer."""
         self._check()
         if self.peer_address is None:
-            raise UsageError("send() needs a connected datagram socket; use sendto(data, address)")
+            raise UsageError(_("send() needs a connected datagram socket; use sendto(data, address)"))
         try:
             return _calls.send_datagram(self._sock, bytes(data), None)
         except BlockingIOError:
@@ -109,14 +110,20 @@ class DatagramCore(Endpoint):
     def _target(address: SocketAddress | str | None) -> Address:
         if address is None:
             raise UsageError(
-                "cannot send to an unbound unix socket: it has no address to answer "
-                "(its datagrams arrive with sender None)"
+                _(
+                    "cannot send to an unbound unix socket: it has no address to answer "
+                    "(its datagrams arrive with sender None)"
+                )
             )
         return parse(address) if isinstance(address, str) else address
 
     def _sockaddr_for(self, target: object) -> SockAddr:
         if not isinstance(target, InetAddress | UnixAddress) or target.is_stream:
-            raise AddressError(f"{target}: a datagram socket sends to udp:// or unixgram: addresses")
+            raise AddressError(
+                _("{address}: a datagram socket sends to udp:// or unixgram: addresses").format(
+                    address=target
+                )
+            )
         cached = self._resolved.get(target)
         if cached is not None:
             return cached
@@ -124,11 +131,17 @@ class DatagramCore(Endpoint):
         sockaddr: SockAddr
         if isinstance(target, UnixAddress):
             if family != socket.AF_UNIX:
-                raise AddressError(f"{target}: this is a udp socket; it cannot send to a unix address")
+                raise AddressError(
+                    _("{address}: this is a udp socket; it cannot send to a unix address").format(
+                        address=target
+                    )
+                )
             sockaddr = target.sockaddr
         else:
             if family == socket.AF_UNIX:
-                raise AddressError(f"{target}: this is a unixgram socket; it cannot send to udp")
+                raise AddressError(
+                    _("{address}: this is a unixgram socket; it cannot send to udp").format(address=target)
+                )
             sockaddr = self._inet_sockaddr(target, family)
         if len(self._resolved) >= RESOLVE_CACHE_SIZE:
             self._resolved.clear()
@@ -145,7 +158,11 @@ class DatagramCore(Endpoint):
             host, port = targets[0].sockaddr[:2]  # type: ignore[str-unpack]
             return (str(ipaddress.IPv6Address(f"::ffff:{host}")), port, 0, 0)
         have = "IPv6" if family == socket.AF_INET6 else "IPv4"
-        raise AddressError(f"{target}: has no {have} address, and this socket is {have}")
+        raise AddressError(
+            _("{address}: has no {family} address, and this socket is {family}").format(
+                address=target, family=have
+            )
+        )
 
     # -- receiving
 
@@ -166,8 +183,10 @@ class DatagramCore(Endpoint):
         data = bytes(self._buffer[: min(size, max_size)])
         if size > max_size:
             raise DatagramTruncated(
-                f"a datagram of {size} bytes from {sender or 'an unbound sender'} was larger than "
-                f"the {max_size}-byte receive buffer and was cut; raise the maximum size",
+                _(
+                    "a datagram of {size} bytes from {sender} was larger than the {limit}-byte "
+                    "receive buffer and was cut; raise the maximum size"
+                ).format(size=size, sender=sender or _("an unbound sender"), limit=max_size),
                 data=data,
                 size=size,
                 sender=sender,

@@ -16,14 +16,15 @@ from typing import Self
 
 from . import _calls, _unixfiles
 from .errors import ClosedError
+from .i18n import N_, _
 
 
 class Endpoint:
     """One socket, its descriptor, whether :meth:`close` was called, and the socket file it
     created (a unix listener or datagram socket), removed when it closes."""
 
-    #: How the object names itself in "this … is closed".
-    _noun = "socket"
+    #: What :class:`~enchufe.errors.ClosedError` says once it is closed (translated when raised).
+    _closed_message = N_("this socket is closed")
 
     def __init__(self, sock: socket.socket, owned: _unixfiles.SocketFile | None = None) -> None:
         self._sock = sock
@@ -45,7 +46,7 @@ class Endpoint:
 
     def _check(self) -> None:
         if self._closed:
-            raise ClosedError(f"this {self._noun} is closed")
+            raise ClosedError(_(self._closed_message))
 
     def _wake_waiters(self) -> None:
         """Wake whoever waits on the socket: called once it counts as closed, before the

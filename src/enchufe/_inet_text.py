@@ -13,6 +13,7 @@ import re
 
 from ._text import quoted as _q
 from .errors import AddressError
+from .i18n import _
 
 # RFC 1123 labels, plus "_" which real-world names (and /etc/hosts) do contain.
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
@@ -77,7 +78,11 @@ def literal_family(host: str) -> int | None:
 def check_host_name(text: str, scheme: str, host: str, port_text: str, example: str) -> None:
     """Refuse a ``host`` (not an IP literal) that is not a valid name, or that is a number."""
     if not _HOSTNAME.match(host):
-        raise AddressError(f"{_q(text)}: {_q(host)} is not a valid host name or IP address, e.g. {example}")
+        raise AddressError(
+            _("{text}: {host} is not a valid host name or IP address, e.g. {example}").format(
+                text=_q(text), host=_q(host), example=example
+            )
+        )
     refuse_numeric_shorthand(text, scheme, host, port_text)
 
 
@@ -90,12 +95,16 @@ def refuse_numeric_shorthand(text: str, scheme: str, host: str, port_text: str) 
     port = port_text if port_text.isascii() and port_text.isdigit() else "9000"
     if value is None:
         raise AddressError(
-            f"{_q(text)}: {_q(host)} is neither a host name nor a dotted-quad IPv4 address; "
-            f"write the four decimal numbers, e.g. {scheme}://127.0.0.1:{port}"
+            _(
+                "{text}: {host} is neither a host name nor a dotted-quad IPv4 address; "
+                "write the four decimal numbers, e.g. {example}"
+            ).format(text=_q(text), host=_q(host), example=f"{scheme}://127.0.0.1:{port}")
         )
     raise AddressError(
-        f"{_q(text)}: {_q(host)} is not a dotted-quad IPv4 address (some tools would read it "
-        f"as {value}); write the four decimal numbers: {scheme}://{value}:{port}"
+        _(
+            "{text}: {host} is not a dotted-quad IPv4 address (some tools would read it as {value}); "
+            "write the four decimal numbers: {example}"
+        ).format(text=_q(text), host=_q(host), value=value, example=f"{scheme}://{value}:{port}")
     )
 
 
@@ -124,21 +133,43 @@ def inet_aton(parts: list[str]) -> str | None:
 
 def parse_port(text: str, port_text: str, example: str, transport: str) -> int:
     if not port_text:
-        raise AddressError(f"{_q(text)}: missing port; write it as {example}")
+        raise AddressError(
+            _("{text}: missing port; write it as {example}").format(text=_q(text), example=example)
+        )
     if port_text.isascii() and port_text.isdigit():
         port = int(port_text)
         if port > 65535:
-            raise AddressError(f"{_q(text)}: port {port} is out of range (0 to 65535), e.g. {example}")
+            raise AddressError(
+                _("{text}: port {port} is out of range (0 to 65535), e.g. {example}").format(
+                    text=_q(text), port=port, example=example
+                )
+            )
         return port
     known = SERVICES[transport].get(port_text.lower())
     if known is not None:
         return known
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", port_text):
         elsewhere = [t for t in SERVICES if t != transport and port_text.lower() in SERVICES[t]]
-        why = f"a {elsewhere[0]} service, not {transport}" if elsewhere else f"an unknown {transport} service"
+        if elsewhere:
+            message = _(
+                "{text}: port {port} is a {other} service, not {transport}; "
+                "write the port number, e.g. {example}"
+            )
+        else:
+            message = _(
+                "{text}: port {port} is an unknown {transport} service; write the port number, e.g. {example}"
+            )
         raise AddressError(
-            f"{_q(text)}: port {_q(port_text)} is {why}; write the port number, e.g. {example}"
+            message.format(
+                text=_q(text),
+                port=_q(port_text),
+                other=elsewhere[0] if elsewhere else "",
+                transport=transport,
+                example=example,
+            )
         )
     raise AddressError(
-        f"{_q(text)}: port {_q(port_text)} is not a number from 0 to 65535 or a service name, e.g. {example}"
+        _("{text}: port {port} is not a number from 0 to 65535 or a service name, e.g. {example}").format(
+            text=_q(text), port=_q(port_text), example=example
+        )
     )

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from ._text import printable
 from .errors import UsageError
+from .i18n import _
 
 __all__ = ["IP", "IntNetwork", "Network", "host_int", "int_network", "matching", "parse_network", "peer_ip"]
 
@@ -39,8 +40,10 @@ def parse_network(text: str, option: str) -> Network:
         network = ipaddress.ip_network(text.strip().replace("[", "").replace("]", ""), strict=False)
     except ValueError:
         raise UsageError(
-            f"{option} '{printable(text)}': not an IP network; write an address or CIDR such as "
-            "10.0.0.0/8, 192.168.1.7 or fd00::/8"
+            _(
+                "{option} '{text}': not an IP network; write an address or CIDR such as "
+                "10.0.0.0/8, 192.168.1.7 or fd00::/8"
+            ).format(option=option, text=printable(text))
         ) from None
     if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
         mapped = network.network_address.ipv4_mapped

@@ -13,6 +13,7 @@ import math
 import numbers
 
 from .errors import UsageError
+from .i18n import _
 
 __all__ = ["MAX_BACKLOG", "MAX_DATAGRAM_SIZE", "MAX_SECONDS", "integer", "seconds"]
 
@@ -36,23 +37,46 @@ def seconds(
     or a string) raises :class:`UsageError`."""
     if value is None and optional:
         return None
-    span = "more than 0 and at most" if positive else "from 0 to"
-    accepted = f"a number of seconds {span} {MAX_SECONDS:.0f}" + (" (or None: no limit)" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+        raise UsageError(
+            _seconds_refused(positive, optional).format(
+                name=name, most=f"{MAX_SECONDS:.0f}", value=repr(value)
+            )
+        )
     number = float(value)
     if not math.isfinite(number) or number < 0 or number > MAX_SECONDS or (positive and number == 0):
-        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+        raise UsageError(
+            _seconds_refused(positive, optional).format(
+                name=name, most=f"{MAX_SECONDS:.0f}", value=repr(value)
+            )
+        )
     return number
+
+
+def _seconds_refused(positive: bool, optional: bool) -> str:
+    """The refusal of a number of seconds, with fields ``name``, ``most`` and ``value``."""
+    if positive and optional:
+        return _(
+            "{name} must be a number of seconds more than 0 and at most {most} "
+            "(or None: no limit), not {value}"
+        )
+    if positive:
+        return _("{name} must be a number of seconds more than 0 and at most {most}, not {value}")
+    if optional:
+        return _("{name} must be a number of seconds from 0 to {most} (or None: no limit), not {value}")
+    return _("{name} must be a number of seconds from 0 to {most}, not {value}")
 
 
 def integer(value: int, name: str, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``[low, high]`` (no upper bound when ``high`` is None); a float, a
     bool or anything out of range raises :class:`UsageError`."""
-    accepted = f"a whole number from {low}" + (f" to {high}" if high is not None else " up")
+    if high is None:
+        refused = _("{name} must be a whole number from {low} up, not {value}")
+    else:
+        refused = _("{name} must be a whole number from {low} to {high}, not {value}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+        raise UsageError(refused.format(name=name, low=low, high=high, value=repr(value)))
     number = int(value)
     if number < low or (high is not None and number > high):
-        raise UsageError(f"{name} must be {accepted}, not {value!r}")
+        raise UsageError(refused.format(name=name, low=low, high=high, value=repr(value)))
     return number

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from . import trace
 from ._calls import SockAddr, describe_sockaddr
 from .address import InetAddress
-from .errors import AddressError, NameResolutionError
+from .errors import AddressError, NameResolutionError, reason
+from .i18n import _
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
         return [_wildcard(address, passive=passive)]
     if not passive and address.port == 0:
         raise AddressError(
-            f"{str(address)!r}: port 0 only makes sense when listening; name the server's port"
+            _("{address}: port 0 only makes sense when listening; name the server's port").format(
+                address=repr(str(address))
+            )
         )
     literal = address.family is not None and address.forced_family in (None, address.family)
     targets = _lookup(address, passive=passive, literal=literal)
@@ -39,16 +42,22 @@ def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
         shown = ", ".join(describe_sockaddr(t.family, t.sockaddr) for t in targets)
         trace.emit(f"getaddrinfo({address.host}, {address.port}) = {shown}")
     if not targets:
-        raise NameResolutionError(f"cannot resolve {address.host!r} in {address}: no IPv4 or IPv6 address")
+        raise NameResolutionError(
+            _("cannot resolve {host} in {address}: no IPv4 or IPv6 address").format(
+                host=repr(address.host), address=address
+            )
+        )
     return targets
 
 
 def _wildcard(address: InetAddress, *, passive: bool) -> Target:
     """The one socket address a listener on "any host" binds; a client cannot use one."""
     if not passive:
+        host = "[::1]" if address.forced_family == 6 else "127.0.0.1"
         raise AddressError(
-            f"{str(address)!r}: a client needs a host to reach, e.g. {address.scheme}://"
-            f"{'[::1]' if address.forced_family == 6 else '127.0.0.1'}:{address.port or 9000}"
+            _("{address}: a client needs a host to reach, e.g. {example}").format(
+                address=repr(str(address)), example=f"{address.scheme}://{host}:{address.port or 9000}"
+            )
         )
     if address.forced_family == 4 or (address.forced_family is None and not _has_ipv6()):
         return Target(socket.AF_INET, ("0.0.0.0", address.port))
@@ -67,8 +76,9 @@ def _lookup(address: InetAddress, *, passive: bool, literal: bool) -> list[Targe
         infos = socket.getaddrinfo(address.host, address.port, family, sock_type, 0, flags)
     except socket.gaierror as exc:
         raise NameResolutionError(
-            f"cannot resolve {address.host!r} in {address}: {exc.strerror}; "
-            "check the name, or use an IP address",
+            _("cannot resolve {host} in {address}: {reason}; check the name, or use an IP address").format(
+                host=repr(address.host), address=address, reason=reason(exc, lower=False)
+            ),
             errno=exc.errno,
         ) from exc
     targets: list[Target] = []

@@ -21,6 +21,7 @@ from ._backoff import Backoff
 from ._text import one_line, printable
 from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from .errors import ClosedError, DatagramTruncated, EnchufeError, NetworkError, TimedOut, UsageError
+from .i18n import _
 from .sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
 
 log = logging.getLogger("enchufe.serve")
@@ -205,7 +206,7 @@ def server_options(
     idle_timeout = _ranges.seconds(idle_timeout, "idle_timeout", optional=True, positive=True)
     target = parse(address) if isinstance(address, str) else address
     if not isinstance(target, InetAddress | UnixAddress):
-        raise UsageError(f"{target}: a server needs a socket address")
+        raise UsageError(_("{address}: a server needs a socket address").format(address=target))
     return target, max_connections, idle_timeout
 
 
@@ -215,7 +216,7 @@ def bound_address(listener: Any, sock: Any) -> SocketAddress:
         return listener.address  # type: ignore[no-any-return]
     if sock is not None and sock.local_address is not None:
         return sock.local_address  # type: ignore[no-any-return]
-    raise UsageError("the server is not started")
+    raise UsageError(_("the server is not started"))
 
 
 def shown(value: object) -> str:

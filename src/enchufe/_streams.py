@@ -18,7 +18,8 @@ from . import _calls, _ranges, _serving, _unixfiles
 from ._buffer import MAX_RECV_CHUNK, ReceiveBuffer
 from ._endpoint import Endpoint
 from .address import SocketAddress, from_sockaddr
-from .errors import ClosedError, ConnectionReset, EnchufeError, NetworkError, translate
+from .errors import ClosedError, ConnectionReset, EnchufeError, NetworkError, reason, translate
+from .i18n import N_, _
 
 if TYPE_CHECKING:
     from ._tlsstream import TLSSetup
@@ -30,7 +31,7 @@ C = TypeVar("C")
 class StreamCore(Endpoint):
     """A connected stream socket's state: addresses, the bytes read ahead, the half-close."""
 
-    _noun = "connection"
+    _closed_message = N_("this connection is closed")
     #: True on the asyncio side: the socket is non-blocking and EAGAIN means "wait, then retry".
     _polled = False
 
@@ -46,7 +47,7 @@ class StreamCore(Endpoint):
         self.proxy_header: ProxyHeader | None = None
 
     def _where(self) -> str:
-        return str(self.peer_address) if self.peer_address else "the peer"
+        return str(self.peer_address) if self.peer_address else _("the peer")
 
     @property
     def peer_credentials(self) -> _calls.Credentials | None:
@@ -65,7 +66,7 @@ class StreamCore(Endpoint):
     def _check_send(self) -> None:
         self._check()
         if self._write_shut:
-            raise ClosedError("cannot send: this side's write half was shut down (shutdown_write)")
+            raise ClosedError(_("cannot send: this side's write half was shut down (shutdown_write)"))
 
     def _send_once(self, view: memoryview) -> int:
         """One ``send()``: the bytes the kernel took."""
@@ -169,18 +170,22 @@ class ListenerCore(Endpoint):
         :class:`~enchufe.errors.ConnectionReset` for a client whose connection failed before it
         was accepted: that client's failure, not the listener's."""
         if self._closed:
-            raise ClosedError(f"the listener on {self.address} is closed")
+            raise ClosedError(_("the listener on {address} is closed").format(address=self.address))
         try:
             conn, _peer = _calls.accept(self._sock)
         except OSError as exc:
             if self._polled and isinstance(exc, BlockingIOError):
                 raise
             if self._closed:
-                raise ClosedError(f"the listener on {self.address} was closed") from exc
+                raise ClosedError(
+                    _("the listener on {address} was closed").format(address=self.address)
+                ) from exc
             if exc.errno in _calls.ACCEPT_CLIENT_ERRORS:
                 raise ConnectionReset(
-                    f"cannot accept on {self.address}: the client's connection failed before it "
-                    f"was accepted ({(exc.strerror or str(exc)).lower()})",
+                    _(
+                        "cannot accept on {address}: the client's connection failed "
+                        "before it was accepted ({reason})"
+                    ).format(address=self.address, reason=reason(exc)),
                     errno=exc.errno,
                     action="accept",
                 ) from exc
@@ -195,7 +200,9 @@ class ListenerCore(Endpoint):
         except OSError as exc:
             conn.close()
             raise ConnectionReset(
-                f"cannot accept on {self.address}: the client left before it was accepted",
+                _("cannot accept on {address}: the client left before it was accepted").format(
+                    address=self.address
+                ),
                 errno=exc.errno,
                 action="accept",
             ) from exc

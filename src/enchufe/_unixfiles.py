@@ -17,7 +17,8 @@ from . import trace
 from ._calls import bind, unlink
 from ._text import printable
 from .address import UnixAddress
-from .errors import AddressInUse, ConnectionRefused, NetworkError, NotASocket, PermissionDenied
+from .errors import AddressInUse, ConnectionRefused, NetworkError, NotASocket, PermissionDenied, doing
+from .i18n import _
 
 _log = logging.getLogger("enchufe")
 
@@ -56,14 +57,18 @@ def clear_stale_socket_file(address: UnixAddress, sock_type: int) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise NotASocket(
-            f"cannot listen on {address}: {path} exists and is not a socket; "
-            f"enchufe never removes it: pick another path or remove it yourself",
+            _(
+                "cannot listen on {address}: {path} exists and is not a socket; "
+                "enchufe never removes it: pick another path or remove it yourself"
+            ).format(address=address, path=path),
             errno=errno.EEXIST,
         )
     if _socket_file_alive(path):
         raise AddressInUse(
-            f"cannot listen on {address}: address in use: a live server is bound there; "
-            f"stop it or pick another path",
+            _(
+                "cannot listen on {address}: address in use: a live server is bound there; "
+                "stop it or pick another path"
+            ).format(address=address),
             errno=errno.EADDRINUSE,
         )
     with contextlib.suppress(FileNotFoundError):
@@ -106,7 +111,9 @@ def explain_unix_failure(address: object, exc: OSError, what: str) -> NetworkErr
         if sending and exc.errno == errno.ECONNREFUSED:
             name = printable(str(address))
             return ConnectionRefused(
-                f"cannot {what}: nothing receives on {name} any more (its socket is closed)",
+                _("cannot {what}: nothing receives on {address} any more (its socket is closed)").format(
+                    what=doing(what), address=name
+                ),
                 errno=errno.ECONNREFUSED,
                 action=action,
             )
@@ -120,34 +127,49 @@ def explain_unix_failure(address: object, exc: OSError, what: str) -> NetworkErr
         if stat.S_ISSOCK(st.st_mode):
             if sending:
                 return ConnectionRefused(
-                    f"cannot {what}: nothing receives on {path} any more (its socket is closed)",
+                    _("cannot {what}: nothing receives on {address} any more (its socket is closed)").format(
+                        what=doing(what), address=path
+                    ),
                     errno=errno.ECONNREFUSED,
                     action=action,
                 )
             return None  # a socket nobody accepts on: "connection refused" says it
-        found = (
-            "a directory"
-            if stat.S_ISDIR(st.st_mode)
-            else "a regular file"
-            if stat.S_ISREG(st.st_mode)
-            else "a file"
-        )
+        if stat.S_ISDIR(st.st_mode):
+            message = _(
+                "cannot {what}: {path} is a directory, not a socket; give the path of a server's socket file"
+            )
+        elif stat.S_ISREG(st.st_mode):
+            message = _(
+                "cannot {what}: {path} is a regular file, not a socket; "
+                "give the path of a server's socket file"
+            )
+        else:
+            message = _(
+                "cannot {what}: {path} is a file, not a socket; give the path of a server's socket file"
+            )
         return NotASocket(
-            f"cannot {what}: {path} is {found}, not a socket; give the path of a server's socket file",
+            message.format(what=doing(what), path=path),
             errno=errno.ENOTSOCK,
             action=action,
         )
     if exc.errno == errno.ENOENT:
-        hint = "start the server first" + (", or the peer has gone" if sending else "")
+        if sending:
+            message = _(
+                "cannot {what}: no such socket file {path} (start the server first, or the peer has gone)"
+            )
+        else:
+            message = _("cannot {what}: no such socket file {path} (start the server first)")
         return ConnectionRefused(
-            f"cannot {what}: no such socket file {path} ({hint})",
+            message.format(what=doing(what), path=path),
             errno=errno.ENOENT,
             action=action,
         )
     if exc.errno == errno.EACCES:
         return PermissionDenied(
-            f"cannot {what}: permission denied: this user may not write to {path} "
-            "or enter its folder; check their permissions",
+            _(
+                "cannot {what}: permission denied: this user may not write to {path} "
+                "or enter its folder; check their permissions"
+            ).format(what=doing(what), path=path),
             errno=errno.EACCES,
             action=action,
         )

@@ -41,6 +41,7 @@ from ._inet_text import check_host_name, is_ipv6, literal_family, parse_port
 from ._text import printable
 from ._text import quoted as _q
 from .errors import AddressError
+from .i18n import _
 from .tlsparams import Side, TLSParams
 
 __all__ = [
@@ -259,19 +260,22 @@ def parse(text: str) -> Address:
     showing an accepted form.
     """
     if not isinstance(text, str):
-        raise AddressError(f"an address must be a string, not {type(text).__name__}")
+        raise AddressError(_("an address must be a string, not {type}").format(type=type(text).__name__))
     if "\0" in text:
         raise AddressError(
-            f"{_q(text)}: NUL bytes are not allowed in an address; "
-            "e.g. tcp://127.0.0.1:9000 or unix:///tmp/app.sock"
+            _(
+                "{text}: NUL bytes are not allowed in an address; e.g. tcp://127.0.0.1:9000 or unix:///tmp/app.sock"
+            ).format(text=_q(text))
         )
     if text in ("-", "stdio:"):
         return StdioAddress()
     scheme, sep, rest = text.partition(":")
     if not sep or not scheme:
         raise AddressError(
-            f"{_q(text)}: missing scheme; write it as SCHEME:…, e.g. tcp://127.0.0.1:9000 "
-            f"or unix:///run/app.sock (schemes: {_KNOWN})"
+            _(
+                "{text}: missing scheme; write it as SCHEME:…, e.g. tcp://127.0.0.1:9000 "
+                "or unix:///run/app.sock (schemes: {schemes})"
+            ).format(text=_q(text), schemes=_KNOWN)
         )
     lowered = scheme.lower()
     if lowered in _INET_SCHEMES:
@@ -281,18 +285,29 @@ def parse(text: str) -> Address:
     if lowered == "exec":
         return _parse_exec(text, rest)
     if lowered == "stdio":
-        raise AddressError(f"{_q(text)}: stdio takes nothing after the colon; write - or stdio:")
+        raise AddressError(
+            _("{text}: stdio takes nothing after the colon; write - or stdio:").format(text=_q(text))
+        )
     if _tls_text.is_datagram_tls(lowered):
         raise _tls_text.no_dtls(text)
     suggestion = _as_tcp(text, rest, "tls" if lowered in _tls_text.TLS_LOOKALIKES else "tcp")
     if suggestion:
         raise AddressError(
-            f"{_q(text)}: unknown scheme {_q(scheme)}; for a {suggestion.partition(':')[0].upper()} "
-            f"address write {suggestion} "
-            f"(schemes: {_KNOWN})"
+            _(
+                "{text}: unknown scheme {scheme}; for a {protocol} address write {suggestion} "
+                "(schemes: {schemes})"
+            ).format(
+                text=_q(text),
+                scheme=_q(scheme),
+                protocol=suggestion.partition(":")[0].upper(),
+                suggestion=suggestion,
+                schemes=_KNOWN,
+            )
         )
     raise AddressError(
-        f"{_q(text)}: unknown scheme {_q(scheme)}; accepted: {_KNOWN} (e.g. tcp://127.0.0.1:9000)"
+        _("{text}: unknown scheme {scheme}; accepted: {schemes} (e.g. tcp://127.0.0.1:9000)").format(
+            text=_q(text), scheme=_q(scheme), schemes=_KNOWN
+        )
     )
 
 
@@ -311,12 +326,20 @@ def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
     transport, forced, tls = _INET_SCHEMES[scheme]
     example = f"{scheme}://{'[::1]' if forced == 6 else '127.0.0.1'}:9000"
     if not rest.startswith("//"):
-        raise AddressError(f"{_q(text)}: {scheme} addresses start with {scheme}://, e.g. {example}")
+        raise AddressError(
+            _("{text}: {scheme} addresses start with {scheme}://, e.g. {example}").format(
+                text=_q(text), scheme=scheme, example=example
+            )
+        )
     hostport, query = _tls_text.split_query(rest[2:]) if tls else (rest[2:], None)
     if "?" in hostport:
         _refuse_query(text, scheme, hostport)
     if "/" in hostport or "?" in hostport or "#" in hostport:
-        raise AddressError(f"{_q(text)}: nothing may follow the port; write it as {example}")
+        raise AddressError(
+            _("{text}: nothing may follow the port; write it as {example}").format(
+                text=_q(text), example=example
+            )
+        )
     if hostport.startswith("["):
         host, port_text = _split_bracketed(text, scheme, hostport)
     else:
@@ -326,8 +349,18 @@ def _parse_inet(text: str, scheme: str, rest: str) -> InetAddress:
     if forced and family and family != forced:
         hostport = f"[{_shown(host)}]:{port}" if family == 6 else f"{host}:{port}"
         raise AddressError(
-            f"{_q(text)}: {scheme} needs an IPv{forced} host, but {_shown(host)} is IPv{family}; "
-            f"use {transport}{family}://{hostport} or {transport}://{hostport}"
+            _(
+                "{text}: {scheme} needs an IPv{forced} host, but {host} is IPv{family}; "
+                "use {fitting} or {either}"
+            ).format(
+                text=_q(text),
+                scheme=scheme,
+                forced=forced,
+                host=_shown(host),
+                family=family,
+                fitting=f"{transport}{family}://{hostport}",
+                either=f"{transport}://{hostport}",
+            )
         )
     return InetAddress(transport, host, port, forced, _tls_text.params(text, query) if tls else None)
 
@@ -349,16 +382,24 @@ def _split_bracketed(text: str, scheme: str, hostport: str) -> tuple[str, str]:
     """``[IPV6]:PORT`` as the IPv6 address and the port's text."""
     close = hostport.find("]")
     if close < 0:
-        raise AddressError(f"{_q(text)}: missing ']' after the IPv6 address, e.g. {scheme}://[::1]:9000")
+        raise AddressError(
+            _("{text}: missing ']' after the IPv6 address, e.g. {example}").format(
+                text=_q(text), example=f"{scheme}://[::1]:9000"
+            )
+        )
     host = hostport[1:close]
     after = hostport[close + 1 :]
     if not after.startswith(":"):
         raise AddressError(
-            f"{_q(text)}: missing port after ']', e.g. {scheme}://[{_shown(host) or '::1'}]:9000"
+            _("{text}: missing port after ']', e.g. {example}").format(
+                text=_q(text), example=f"{scheme}://[{_shown(host) or '::1'}]:9000"
+            )
         )
     if not is_ipv6(host):
         raise AddressError(
-            f"{_q(text)}: {_q(host)} between brackets is not an IPv6 address, e.g. {scheme}://[::1]:9000"
+            _("{text}: {host} between brackets is not an IPv6 address, e.g. {example}").format(
+                text=_q(text), host=_q(host), example=f"{scheme}://[::1]:9000"
+            )
         )
     return host, after[1:]
 
@@ -367,11 +408,14 @@ def _split_plain(text: str, scheme: str, hostport: str, example: str) -> tuple[s
     """``HOST:PORT`` (HOST an IPv4 literal, a name, or empty) as the host and the port's text."""
     host, colon, port_text = hostport.rpartition(":")
     if not colon:
-        raise AddressError(f"{_q(text)}: missing port; write it as {example}")
+        raise AddressError(
+            _("{text}: missing port; write it as {example}").format(text=_q(text), example=example)
+        )
     if ":" in host:
         raise AddressError(
-            f"{_q(text)}: an IPv6 address must be in brackets, "
-            f"e.g. {scheme}://[{_shown(host)}]:{_shown(port_text) or 9000}"
+            _("{text}: an IPv6 address must be in brackets, e.g. {example}").format(
+                text=_q(text), example=f"{scheme}://[{_shown(host)}]:{_shown(port_text) or 9000}"
+            )
         )
     if host and literal_family(host) is None:
         check_host_name(text, scheme, host, port_text, example)
@@ -392,37 +436,65 @@ def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
 
 def _split_unix(text: str, scheme: str, rest: str) -> tuple[bool, str]:
     """Whether ``rest`` (after ``unix:``) is an abstract name, and the name or path as written."""
-    examples = f"{scheme}:///tmp/app.sock, {scheme}:rel/app.sock or {scheme}:@name"
     if rest.startswith("@"):
         if not rest[1:]:
-            raise AddressError(f"{_q(text)}: empty abstract name; write {scheme}:@name")
+            raise AddressError(
+                _("{text}: empty abstract name; write {example}").format(
+                    text=_q(text), example=f"{scheme}:@name"
+                )
+            )
         return True, rest[1:]
     if rest.startswith("//"):
         path = rest[2:]
         if not path.startswith("/"):
             raise AddressError(
-                f"{_q(text)}: after {scheme}:// comes an absolute path (three slashes: "
-                f"{scheme}:///tmp/app.sock); a relative path is written {scheme}:{_shown(path) or 'app.sock'}"
+                _(
+                    "{text}: after {scheme}:// comes an absolute path (three slashes: {absolute}); "
+                    "a relative path is written {relative}"
+                ).format(
+                    text=_q(text),
+                    scheme=scheme,
+                    absolute=f"{scheme}:///tmp/app.sock",
+                    relative=f"{scheme}:{_shown(path) or 'app.sock'}",
+                )
             )
     else:
         path = rest
     if not path:
-        raise AddressError(f"{_q(text)}: missing socket path; write {examples}")
+        raise AddressError(
+            _("{text}: missing socket path; write {absolute}, {relative} or {abstract}").format(
+                text=_q(text),
+                absolute=f"{scheme}:///tmp/app.sock",
+                relative=f"{scheme}:rel/app.sock",
+                abstract=f"{scheme}:@name",
+            )
+        )
     return False, path
 
 
 def _check_length(text: str, scheme: str, name: str, *, abstract: bool) -> None:
     size = len(name.encode("utf-8", "surrogateescape")) if abstract else len(os.fsencode(name))
-    if size > MAX_UNIX_NAME:
-        what, instead = (
-            ("abstract name", f"use a shorter name, e.g. {scheme}:@app")
-            if abstract
-            else ("socket path", f"use a shorter path, e.g. {scheme}:///tmp/app.sock, or {scheme}:@app")
+    if size <= MAX_UNIX_NAME:
+        return
+    if abstract:
+        message = _(
+            "{text}: abstract name is {size} bytes, longer than the {limit} a unix socket address holds; "
+            "use a shorter name, e.g. {abstract}"
         )
-        raise AddressError(
-            f"{_q(text)}: {what} is {size} bytes, longer than the {MAX_UNIX_NAME} a unix socket "
-            f"address holds; {instead}"
+    else:
+        message = _(
+            "{text}: socket path is {size} bytes, longer than the {limit} a unix socket address holds; "
+            "use a shorter path, e.g. {path}, or {abstract}"
         )
+    raise AddressError(
+        message.format(
+            text=_q(text),
+            size=size,
+            limit=MAX_UNIX_NAME,
+            path=f"{scheme}:///tmp/app.sock",
+            abstract=f"{scheme}:@app",
+        )
+    )
 
 
 def _parse_exec(text: str, rest: str) -> ExecAddress:
@@ -430,10 +502,14 @@ def _parse_exec(text: str, rest: str) -> ExecAddress:
         argv = tuple(shlex.split(rest))
     except ValueError as exc:
         raise AddressError(
-            f"{_q(text)}: cannot split the command line ({exc}); e.g. exec:tr a-z A-Z"
+            _("{text}: cannot split the command line ({error}); e.g. exec:tr a-z A-Z").format(
+                text=_q(text), error=exc
+            )
         ) from None
     if not argv:
-        raise AddressError(f"{_q(text)}: missing program; write exec:PROGRAM ARGS…, e.g. exec:tr a-z A-Z")
+        raise AddressError(
+            _("{text}: missing program; write exec:PROGRAM ARGS…, e.g. exec:tr a-z A-Z").format(text=_q(text))
+        )
     return ExecAddress(argv)
 
 
@@ -466,8 +542,9 @@ def check_tls_use(address: Address, side: Side) -> None:
     # A tls:// client without a host is refused where every client is (it needs a host to reach).
     if side == "client" and isinstance(address, UnixAddress) and not (tls.sni or tls.pins or tls.insecure):
         raise AddressError(
-            f"{_q(str(address))}: {address.scheme}:… has no host name to verify: add sni=NAME, "
-            "pin=sha256:… or insecure"
+            _(
+                "{address}: {scheme}:… has no host name to verify: add sni=NAME, pin=sha256:… or insecure"
+            ).format(address=_q(str(address)), scheme=address.scheme)
         )
 
 

@@ -28,8 +28,12 @@ as ``__cause__`` and its ``errno``.  Messages say what happened and what to try.
 from __future__ import annotations
 
 import errno as _errno
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from . import i18n
+from .i18n import N_, _
 
 if TYPE_CHECKING:
     from .address import Address
@@ -53,6 +57,8 @@ __all__ = [
     "TLSTruncated",
     "TimedOut",
     "UsageError",
+    "doing",
+    "reason",
     "translate",
 ]
 
@@ -189,25 +195,120 @@ class DatagramTruncated(NetworkError):
 _BY_ERRNO: dict[int, tuple[type[NetworkError], str]] = {
     _errno.ECONNREFUSED: (
         ConnectionRefused,
-        "is a server listening there?",
+        N_("is a server listening there?"),
     ),
     _errno.ENOENT: (
         ConnectionRefused,
-        "no socket file there yet: start the server first",
+        N_("no socket file there yet: start the server first"),
     ),
-    _errno.ECONNRESET: (ConnectionReset, "the peer aborted the connection"),
-    _errno.EPIPE: (ConnectionReset, "the peer closed the connection"),
-    _errno.ECONNABORTED: (ConnectionReset, "the connection was aborted"),
-    _errno.ETIMEDOUT: (TimedOut, "the host did not answer; check the address"),
-    _errno.EADDRINUSE: (AddressInUse, "another socket is bound there; pick another port or path"),
-    _errno.EADDRNOTAVAIL: (AddressInUse, "that address is not available on this host"),
-    _errno.EACCES: (PermissionDenied, "check the permissions"),  # made precise by _access_hint
-    _errno.EPERM: (PermissionDenied, "the operation is not permitted for this user"),
-    _errno.EMSGSIZE: (MessageTooLarge, "send less per datagram"),
-    _errno.ENETUNREACH: (ConnectionRefused, "no route to that network"),
-    _errno.EHOSTUNREACH: (ConnectionRefused, "no route to that host"),
-    _errno.ENOTSOCK: (NotASocket, "that path is not a socket"),
+    _errno.ECONNRESET: (ConnectionReset, N_("the peer aborted the connection")),
+    _errno.EPIPE: (ConnectionReset, N_("the peer closed the connection")),
+    _errno.ECONNABORTED: (ConnectionReset, N_("the connection was aborted")),
+    _errno.ETIMEDOUT: (TimedOut, N_("the host did not answer; check the address")),
+    _errno.EADDRINUSE: (AddressInUse, N_("another socket is bound there; pick another port or path")),
+    _errno.EADDRNOTAVAIL: (AddressInUse, N_("that address is not available on this host")),
+    _errno.EACCES: (PermissionDenied, N_("check the permissions")),  # made precise by _access_hint
+    _errno.EPERM: (PermissionDenied, N_("the operation is not permitted for this user")),
+    _errno.EMSGSIZE: (MessageTooLarge, N_("send less per datagram")),
+    _errno.ENETUNREACH: (ConnectionRefused, N_("no route to that network")),
+    _errno.EHOSTUNREACH: (ConnectionRefused, N_("no route to that host")),
+    _errno.ENOTSOCK: (NotASocket, N_("that path is not a socket")),
 }
+
+#: The system's reasons (glibc's strerror and gai_strerror, lower-cased) that enchufe's users
+#: meet, marked so that :func:`reason` gives them in the user's language.  Python never sets
+#: LC_MESSAGES, so the C library speaks English; a reason not listed here stays English.
+_REASONS = (
+    N_("connection refused"),
+    N_("no such file or directory"),
+    N_("connection reset by peer"),
+    N_("broken pipe"),
+    N_("software caused connection abort"),
+    N_("connection timed out"),
+    N_("address already in use"),
+    N_("cannot assign requested address"),
+    N_("permission denied"),
+    N_("operation not permitted"),
+    N_("message too long"),
+    N_("network is unreachable"),
+    N_("no route to host"),
+    N_("socket operation on non-socket"),
+    N_("transport endpoint is not connected"),
+    N_("too many open files"),
+    N_("address family not supported by protocol"),
+    N_("invalid argument"),
+    N_("not a directory"),
+    N_("is a directory"),
+    N_("read-only file system"),
+    N_("no buffer space available"),
+    N_("cannot allocate memory"),
+    N_("exec format error"),
+    N_("name or service not known"),
+    N_("temporary failure in name resolution"),
+    N_("no address associated with hostname"),
+    N_("servname not supported for ai_socktype"),
+    N_("address family for hostname not supported"),
+)
+
+#: What enchufe was doing when the system said no, as the callers of :func:`translate` write it
+#: (in English: its first word is the action, its last the address), each phrase translated
+#: whole; the first that matches is used, so a longer phrase comes before its prefix.
+_DOING = (
+    N_("connect to {target}"),
+    N_("connect"),
+    N_("listen on {target}"),
+    N_("bind the source address {target}"),
+    N_("bind {target}"),
+    N_("send to the proxy {target}"),
+    N_("send to {target}"),
+    N_("receive from the proxy {target}"),
+    N_("receive from {target}"),
+    N_("accept on {target}"),
+    N_("shut down the write side towards {target}"),
+    N_("send a {size}-byte datagram to {target}"),
+    N_("receive a datagram from {target}"),
+    N_("receive a datagram on {target}"),
+    N_("complete the TLS handshake with {target}"),
+    N_("complete the handshake with the proxy"),
+    N_("use the proxy's UDP relay"),
+    N_("open a socket"),
+    N_("reach an echo server at {target}"),
+    N_("read a PROXY header"),
+)
+
+
+def _phrase_pattern(template: str) -> re.Pattern[str]:
+    """``connect to {target}`` → a pattern that matches ``connect to tcp://…`` and names the field."""
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile(
+        "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>.+)" for i, part in enumerate(parts))
+    )
+
+
+_DOING_PATTERNS = tuple((_phrase_pattern(template), template) for template in _DOING)
+
+
+def doing(what: str) -> str:
+    """``what`` (an English phrase such as ``"connect to tcp://127.0.0.1:9"``) in the current
+    language; itself when it is not one of the phrases enchufe uses."""
+    if i18n.language() == "en":
+        return what
+    for pattern, template in _DOING_PATTERNS:
+        found = pattern.fullmatch(what)
+        if found:
+            return _(template).format(**found.groupdict())
+    return what
+
+
+def reason(exc: OSError, *, lower: bool = True) -> str:
+    """The system's reason for ``exc`` (lower-cased when ``lower``), in the current language when
+    it is one of the reasons enchufe's catalog knows, else as the C library said it."""
+    text = exc.strerror or str(exc) if exc.errno is not None else str(exc)
+    key = text.lower()
+    translated = _(key) if key else key
+    if translated != key:
+        return translated
+    return key if lower and exc.errno is not None else text
 
 
 def _access_hint(what: str) -> str:
@@ -215,37 +316,40 @@ def _access_hint(what: str) -> str:
     permissions, a privileged port, or a datagram to a broadcast address."""
     target = what.rsplit(" ", 1)[-1]
     if target.startswith(("unix", "tls+unix")):
-        return "check the permissions of the socket file and of its folder"
+        return _("check the permissions of the socket file and of its folder")
     if what.startswith(("bind", "listen")):
-        return "ports below 1024 need root (or CAP_NET_BIND_SERVICE): use a port above 1023"
+        return _("ports below 1024 need root (or CAP_NET_BIND_SERVICE): use a port above 1023")
     if target.startswith("udp"):
-        return "a datagram to a broadcast address needs SO_BROADCAST, not set here (or a firewall said no)"
-    return "a firewall rule or security policy refused it"
+        return _("a datagram to a broadcast address needs SO_BROADCAST, not set here (or a firewall said no)")
+    return _("a firewall rule or security policy refused it")
 
 
 def translate(exc: OSError, what: str) -> NetworkError:
     """Turn an ``OSError`` raised while doing ``what`` into the matching :class:`NetworkError`.
 
-    ``what`` is a phrase such as ``"connect to tcp://127.0.0.1:9"``; the message becomes
-    ``"cannot connect to tcp://127.0.0.1:9: connection refused; is a server listening there?"``.
-    The caller raises the result ``from exc``.
+    ``what`` is an English phrase such as ``"connect to tcp://127.0.0.1:9"`` (its first word
+    becomes ``action``; :func:`doing` translates it); the message becomes
+    ``"cannot connect to tcp://127.0.0.1:9: connection refused; is a server listening there?"``,
+    in the current language.  The caller raises the result ``from exc``.
     """
     if isinstance(exc, NetworkError):  # pragma: no cover - defensive
         return exc
     action = what.split(" ", 1)[0] or None
     if isinstance(exc, TimeoutError) and exc.errno is None:
-        err: NetworkError = TimedOut(f"cannot {what}: timed out", errno=_errno.ETIMEDOUT, action=action)
+        message = _("cannot {what}: timed out").format(what=doing(what))
+        err: NetworkError = TimedOut(message, errno=_errno.ETIMEDOUT, action=action)
         return err
     code = exc.errno
     cls, hint = _BY_ERRNO.get(code or -1, (NetworkError, ""))
     if code == _errno.ENOENT and not what.startswith("connect"):
-        cls, hint = NetworkError, "does its folder exist?"
+        cls, hint = NetworkError, _("does its folder exist?")
     elif code == _errno.ECONNREFUSED and not what.startswith("connect"):
-        hint = "nothing is listening there (the port answered 'unreachable')"
+        hint = _("nothing is listening there (the port answered 'unreachable')")
     elif code == _errno.EACCES:
         hint = _access_hint(what)
-    reason = (exc.strerror or str(exc)).lower() if code is not None else str(exc)
-    message = f"cannot {what}: {reason}"
+    elif hint:
+        hint = _(hint)
+    message = _("cannot {what}: {reason}").format(what=doing(what), reason=reason(exc))
     if hint:
         message += f"; {hint}"
     return cls(message, errno=code, action=action)

@@ -37,7 +37,8 @@ from ._spawn import (
     spawn,
 )
 from .address import ExecAddress
-from .errors import EnchufeError
+from .errors import EnchufeError, reason
+from .i18n import _
 
 if TYPE_CHECKING:
     from .aio.stream import Connection
@@ -64,8 +65,8 @@ async def run_exec(conn: Connection, program: ExecAddress) -> int:
     try:
         child = _Child(*spawn(program, env))
     except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env (checked, still)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise EnchufeError(f"cannot run {program}: {reason.lower()}") from exc
+        why = reason(exc) if isinstance(exc, OSError) and exc.strerror else str(exc).lower()
+        raise EnchufeError(_("cannot run {program}: {reason}").format(program=program, reason=why)) from exc
     try:
         try:
             await _ExecPump(conn, child).run()

@@ -49,6 +49,7 @@ import struct
 from collections.abc import Iterator
 
 from .errors import IncompleteRead, ProtocolError, UsageError
+from .i18n import N_, _
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -84,22 +85,25 @@ _COMPACT_THRESHOLD = 64 * 1024
 def _check_max_size(max_size: int) -> int:
     if isinstance(max_size, bool) or not isinstance(max_size, int) or not 0 <= max_size <= MAX_WIRE_SIZE:
         raise UsageError(
-            f"max_size must be between 0 and {MAX_WIRE_SIZE} bytes (what a 4-byte length can "
-            f"express), not {max_size!r}"
+            _(
+                "max_size must be between 0 and {limit} bytes (what a 4-byte length can express), not {value}"
+            ).format(limit=MAX_WIRE_SIZE, value=repr(max_size))
         )
     return max_size
 
 
 #: How the error for an announced length over the limit ends; a command that calls the limit
-#: something else (an option) says so in place of this.
-RAISE_LIMIT_HINT = "raise max_size if it is"
+#: something else (an option) says so in place of this (``_(RAISE_LIMIT_HINT)`` in the message).
+RAISE_LIMIT_HINT = N_("raise max_size if it is")
 
 
 def _check_announced(length: int, max_size: int) -> int:
     if length > max_size:
         raise ProtocolError(
-            f"the peer announced a message of {length} bytes, larger than the limit of "
-            f"{max_size} bytes; is it speaking this framing? ({RAISE_LIMIT_HINT})"
+            _(
+                "the peer announced a message of {size} bytes, larger than the limit of {limit} bytes; "
+                "is it speaking this framing? ({hint})"
+            ).format(size=length, limit=max_size, hint=_(RAISE_LIMIT_HINT))
         )
     return length
 
@@ -116,8 +120,10 @@ def encode(message: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_M
         size = view.nbytes
         if size > max_size:
             raise UsageError(
-                f"cannot send a message of {size} bytes: the limit is {max_size} bytes; "
-                f"split it, or raise max_size on both sides"
+                _(
+                    "cannot send a message of {size} bytes: the limit is {limit} bytes; "
+                    "split it, or raise max_size on both sides"
+                ).format(size=size, limit=max_size)
             )
         payload: bytes | memoryview = view if view.c_contiguous else view.tobytes()
         return b"".join((HEADER.pack(size), payload))
@@ -136,7 +142,9 @@ def parse_header(header: bytes | bytearray | memoryview, *, max_size: int = DEFA
     _check_max_size(max_size)
     with memoryview(header) as view:
         if view.nbytes != HEADER_SIZE:
-            raise UsageError(f"a header is {HEADER_SIZE} bytes, not {view.nbytes}")
+            raise UsageError(
+                _("a header is {size} bytes, not {given}").format(size=HEADER_SIZE, given=view.nbytes)
+            )
         (length,) = HEADER.unpack(view.tobytes())
     return _check_announced(length, max_size)
 
@@ -193,7 +201,7 @@ class Framer:
         message over the limit, and :class:`~enchufe.errors.UsageError` after :meth:`feed_eof`.
         """
         if self._eof:
-            raise UsageError("cannot feed data after feed_eof(): the stream has ended")
+            raise UsageError(_("cannot feed data after feed_eof(): the stream has ended"))
         if self._error is not None:
             raise ProtocolError(self._error)
         self._buf += data
@@ -278,8 +286,14 @@ class Framer:
         partial = bytes(self._buf[self._scan :])
         del self._buf[self._scan :]
         if self._pending is None:
-            what = f"{got} of the {HEADER_SIZE} header bytes arrived"
+            message = _(
+                "the stream ended in the middle of a message: {got} of the {size} header bytes arrived"
+            )
+            message = message.format(got=got, size=HEADER_SIZE)
         else:
-            what = f"{got - HEADER_SIZE} of the {self._pending} bytes of the message's payload arrived"
+            message = _(
+                "the stream ended in the middle of a message: "
+                "{got} of the {size} bytes of the message's payload arrived"
+            ).format(got=got - HEADER_SIZE, size=self._pending)
         self._pending = None
-        raise IncompleteRead(f"the stream ended in the middle of a message: {what}", partial)
+        raise IncompleteRead(message, partial)

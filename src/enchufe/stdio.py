@@ -26,6 +26,7 @@ from ._buffer import DEFAULT_MAX_DATAGRAM
 from ._halfclose import Flow, HalfClose
 from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
+from .i18n import _
 from .sync import Connection, DatagramSocket, TLSConnection
 
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
@@ -112,7 +113,7 @@ class _StreamPump:
     ) -> None:
         self.conn = conn
         self.sock = conn.socket
-        self.where = str(conn.peer_address) if conn.peer_address else "the peer"
+        self.where = str(conn.peer_address) if conn.peer_address else _("the peer")
         self.copy = copy
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd

@@ -118,8 +118,10 @@ def _unmarked(path: Path, errors: set[str]) -> list[str]:
             continue
         name = _callee(node)
         if name in ("_", "N_"):
+            # A literal; for _(), also a name holding one marked with N_() where it was defined.
             if len(node.args) != 1 or not (
-                isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                (isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
+                or (name == "_" and isinstance(node.args[0], ast.Name | ast.Attribute | ast.Subscript))
             ):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: _() of something not a plain literal")
             continue
