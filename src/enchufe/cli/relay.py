@@ -180,7 +180,8 @@ _NON_FINITE = ("inf", "infinity", "nan")
     "bandwidth, slicer, limit_data, timeout, reset_peer, slow_close; on datagrams latency, bandwidth, "
     "loss, duplicate, corrupt, reorder.  ATTR=VALUE as Toxiproxy's attributes, and "
     "stream=upstream|downstream (default downstream: towards the client), toxicity=0…1 (default 1).  "
-    "E.g. --fault latency:latency=100,jitter=10",
+    "With --frame the datagram faults act on the datagrams, at either end; with a TLS end the "
+    "stream faults act on the plaintext.  E.g. --fault latency:latency=100,jitter=10",
 )
 @click.option(
     "--seed",

@@ -4,8 +4,10 @@ direction's :class:`~enchufe.faults.StreamSchedule`, at the times it says.
 ::
 
     FaultyStreamRelay (a StreamRelay whose sessions are FaultyStreamSessions)
-      └─ FaultyStreamSession: per direction, a FaultPump when a toxic acts on it,
-         the plain Pump (splice or copy) when none does (none given, or toxicity)
+      ├─ FaultyStreamSession: per direction, a FaultPump when a toxic acts on it,
+      │  the plain Pump (splice or copy) when none does (none given, or toxicity)
+      └─ with a TLS end, FaultyTLSStreamSession (:mod:`.faulty_tls`): the faults act on
+         the plaintext
 
 The choice is made once per relay (:mod:`.server` makes a FaultyStreamRelay only with
 ``--fault``) and once per direction of a session: a relay without faults runs the code it runs

@@ -7,6 +7,9 @@ The choice is made once per relay (:mod:`.server` makes a :class:`FaultyDatagram
 This one takes the general paths only, one datagram at a time (no GSO runs, no inline
 request/response path): the bytes must pass through the schedule.
 
+What it shares with the framed relay from a datagram LISTEN (:mod:`.faulty_tunnel`) is
+:class:`DatagramFaults`: the schedules of each session, and the datagrams each lets go.
+
 A datagram sent later goes only if its session is still open then.  A reply due while an
 earlier one still waits for the sender's socket is dropped and counted (``dropped``), as the
 kernel drops what a full socket cannot queue.

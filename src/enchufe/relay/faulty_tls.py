@@ -69,11 +69,7 @@ class TLSFaultPump(FaultPump):
         self._closing = False
         super().__init__(src_fd, dst_fd, schedule, **options)
         if dst_link is not None:
-            # This pump sends to dst_link's socket from now on: what its handshake left unsent first.
-            dst_link.sender = self
-            if dst_link.unsent:
-                self.queue(bytes(dst_link.unsent))
-                dst_link.unsent.clear()
+            dst_link.attach(self)
 
     def queue(self, data: bytes) -> None:
         """Send ``data`` (records ``dst``'s channel made: a key update's answer, close_notify)

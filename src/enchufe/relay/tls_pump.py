@@ -73,6 +73,14 @@ class TLSLink:
         else:
             self.unsent += out
 
+    def attach(self, sender: Sender) -> None:
+        """``sender`` sends to this side's socket from now on: what the handshake left unsent
+        first."""
+        self.sender = sender
+        if self.unsent:
+            sender.queue(bytes(self.unsent))
+            self.unsent.clear()
+
     def flush(self) -> int:
         """Send what waits (one attempt): the bytes the kernel took; ``BlockingIOError`` passes."""
         if not self.unsent:
@@ -175,11 +183,7 @@ class TLSPump:
         self.discarding = False
         self.discarded = 0
         if dst_link is not None:
-            # This pump sends to dst_link's socket from now on: what its handshake left unsent first.
-            dst_link.sender = self
-            if dst_link.unsent:
-                self.queue(bytes(dst_link.unsent))
-                dst_link.unsent.clear()
+            dst_link.attach(self)
 
     def queue(self, data: bytes) -> None:
         """Send ``data`` after what waits already (ciphertext its reading side's channel made)."""
