@@ -12,6 +12,7 @@ import re
 
 from ._text import printable
 from .hops import Event, Handshake, NeedMore, Send, shown_answer
+from .i18n import _
 
 #: The most of a proxy's answer read before giving up on it: a status line and headers.
 MAX_HEADER = 16 * 1024
@@ -26,29 +27,33 @@ class HttpConnectHandshake(Handshake):
 
     def start(self) -> Send:
         lines = [f"CONNECT {self.target} HTTP/1.1", f"Host: {self.target}"]
-        said = f"request: CONNECT {self.target} HTTP/1.1"
+        said = _("request: {line}").format(line=f"CONNECT {self.target} HTTP/1.1")
         if self.hop.username is not None:
             pair = f"{self.hop.username}:{self.hop.password or ''}".encode()
             lines.append(f"Proxy-Authorization: Basic {base64.b64encode(pair).decode()}")
-            said += f", Proxy-Authorization: Basic (user {printable(self.hop.username)}, password ***)"
+            said += ", " + _("Proxy-Authorization: Basic (user {user}, password ***)").format(
+                user=printable(self.hop.username)
+            )
         request = "".join(f"{line}\r\n" for line in lines) + "\r\n"
         # The target is an IP literal or a checked host name: ASCII.
         return Send(request.encode("ascii", errors="replace"), (said,))
 
     def _waiting_for(self) -> str:
-        return f"before the end of its answer to CONNECT {self.target}"
+        return _("before the end of its answer to CONNECT {target}").format(target=self.target)
 
     def _step(self) -> Event:
         data = self._buffer
         head = bytes(data[: len(_PREFIX)])
         if not _PREFIX.startswith(head):
-            raise self.refused(f"not an HTTP proxy: it answered {shown_answer(data, 80)}")
+            raise self.refused(
+                _("not an HTTP proxy: it answered {start}").format(start=shown_answer(data, 80))
+            )
         newline = data.find(b"\n")
         if newline < 0:
             return self._more(len(data))
         match = _STATUS.match(data, 0, newline + 1)
         if match is None:
-            raise self.refused(f"bad HTTP status line: {shown_answer(data, 80)}")
+            raise self.refused(_("bad HTTP status line: {line}").format(line=shown_answer(data, 80)))
         status = int(match.group(1))
         line = f"{status} {printable(match.group(2) or b'')}".rstrip()
         if not 200 <= status < 300:
@@ -57,11 +62,11 @@ class HttpConnectHandshake(Handshake):
         if end is None:
             return self._more(len(data))
         status_line = printable(bytes(data[:newline]).rstrip(b"\r"))
-        return self._established(end, (f"reply: {status_line}",))
+        return self._established(end, (_("reply: {line}").format(line=status_line),))
 
     def _more(self, held: int) -> NeedMore:
         if held >= MAX_HEADER:
-            raise self.refused(f"its answer has no end within {MAX_HEADER} bytes")
+            raise self.refused(_("its answer has no end within {size} bytes").format(size=MAX_HEADER))
         # The fewest bytes that could end the header: what is left of CRLF CRLF after the tail.
         for size in (3, 2, 1):
             if self._buffer.endswith(b"\r\n\r\n"[:size]):

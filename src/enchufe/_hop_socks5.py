@@ -14,6 +14,7 @@ from dataclasses import replace
 from ._inet_text import literal_family
 from ._text import printable
 from .hops import Event, Handshake, Hop, NeedMore, Send, shown_answer
+from .i18n import N_, _
 
 VERSION = 5
 AUTH_VERSION = 1
@@ -22,23 +23,30 @@ USER_PASS = 0x02
 NO_ACCEPTABLE = 0xFF
 CONNECT = 0x01
 UDP_ASSOCIATE = 0x03
-_COMMANDS = {CONNECT: "CONNECT", UDP_ASSOCIATE: "UDP ASSOCIATE from"}
+#: The request as the trace and the refusals name it: the command (a protocol word) and its address.
+_COMMANDS = {CONNECT: N_("CONNECT {target}"), UDP_ASSOCIATE: N_("UDP ASSOCIATE from {target}")}
 ATYP_IPV4, ATYP_NAME, ATYP_IPV6 = 1, 3, 4
 
 #: RFC 1928's reply codes in words; 2 is the proxy's own rules, 5 the target's refusal.
 REPLIES = {
-    1: "general SOCKS server failure",
-    2: "connection refused by the proxy's rules",
-    3: "network unreachable from the proxy",
-    4: "host unreachable from the proxy",
-    5: "connection refused by the target",
-    6: "TTL expired on the way to the target",
-    7: "command not supported by the proxy",
-    8: "address type not supported by the proxy",
+    1: N_("general SOCKS server failure"),
+    2: N_("connection refused by the proxy's rules"),
+    3: N_("network unreachable from the proxy"),
+    4: N_("host unreachable from the proxy"),
+    5: N_("connection refused by the target"),
+    6: N_("TTL expired on the way to the target"),
+    7: N_("command not supported by the proxy"),
+    8: N_("address type not supported by the proxy"),
 }
 #: The replies that say the target, not the proxy, is not there (yet): worth retrying.
 TARGET_DOWN = frozenset({3, 4, 5, 6})
-_METHOD_NAMES = {NO_AUTH: "no authentication", USER_PASS: "username/password", 0x01: "GSSAPI"}
+_METHOD_NAMES = {NO_AUTH: N_("no authentication"), USER_PASS: N_("username/password"), 0x01: "GSSAPI"}
+#: How the target's host goes in a request, for the trace (constants: _address runs per datagram).
+_AS_IPV4, _AS_IPV6, _AS_NAME = (
+    N_("an IPv4 address"),
+    N_("an IPv6 address"),
+    N_("a name, resolved by the proxy"),
+)
 
 
 class Socks5Handshake(Handshake):
@@ -54,9 +62,9 @@ class Socks5Handshake(Handshake):
         self._methods = (NO_AUTH, USER_PASS) if self.hop.username is not None else (NO_AUTH,)
 
     def start(self) -> Send:
-        offered = ", ".join(_METHOD_NAMES[m] for m in self._methods)
+        offered = ", ".join(_(_METHOD_NAMES[m]) for m in self._methods)
         greeting = bytes([VERSION, len(self._methods), *self._methods])
-        return Send(greeting, (f"greeting: SOCKS5, methods offered: {offered}",))
+        return Send(greeting, (_("greeting: SOCKS5, methods offered: {methods}").format(methods=offered),))
 
     def _step(self) -> Event:
         if self._state == "method":
@@ -67,15 +75,20 @@ class Socks5Handshake(Handshake):
             return self._reply()
         if isinstance(event, Send) and self._buffer:
             # It cannot answer a request it has not received: whatever this is, it is not SOCKS5.
-            raise self.refused(f"the proxy sent {len(self._buffer)} bytes before it was asked for them")
+            raise self.refused(
+                _("the proxy sent {size} bytes before it was asked for them").format(size=len(self._buffer))
+            )
         return event
 
     def _waiting_for(self) -> str:
-        return {
-            "method": "before choosing a method",
-            "auth": "before answering the username/password",
-            "reply": f"before its reply to {_COMMANDS[self._command]} {self.target}",
-        }[self._state]
+        if self._state == "method":
+            return _("before choosing a method")
+        if self._state == "auth":
+            return _("before answering the username/password")
+        return _("before its reply to {request}").format(request=self._request())
+
+    def _request(self) -> str:
+        return _(_COMMANDS[self._command]).format(target=self.target)
 
     def _method(self) -> Event:
         if len(self._buffer) < 2:
@@ -86,17 +99,24 @@ class Socks5Handshake(Handshake):
         if method == NO_ACCEPTABLE:
             if self.hop.username is None:
                 raise self.refused(
-                    "the proxy accepts no method offered (it may want a username and password: "
-                    "give USER:PASS@ in the proxy URL)"
+                    _(
+                        "the proxy accepts no method offered (it may want a username and password: "
+                        "give USER:PASS@ in the proxy URL)"
+                    )
                 )
-            raise self.refused("the proxy accepts neither no authentication nor username/password")
+            raise self.refused(_("the proxy accepts neither no authentication nor username/password"))
         if method not in self._methods:
-            raise self.refused(f"the proxy chose method {method:#04x}, which was not offered")
-        said = f"method chosen: {_METHOD_NAMES[method]}"
+            raise self.refused(
+                _("the proxy chose method {method}, which was not offered").format(method=f"{method:#04x}")
+            )
+        said = _("method chosen: {method}").format(method=_(_METHOD_NAMES[method]))
         if method == USER_PASS:
             self._state = "auth"
             user = printable(self.hop.username or "")
-            return Send(self._auth_request(), (said, f"username/password: user {user}, password ***"))
+            return Send(
+                self._auth_request(),
+                (said, _("username/password: user {user}, password ***").format(user=user)),
+            )
         return self._connect(said)
 
     def _auth_request(self) -> bytes:
@@ -109,19 +129,21 @@ class Socks5Handshake(Handshake):
             return self._need(2)
         # RFC 1929 says version 1; a few servers answer 5.  Only the status decides.
         if self._buffer[0] not in (AUTH_VERSION, VERSION):
-            raise self.refused(f"not a username/password reply: {_shown(self._buffer)}")
+            raise self.refused(_("not a username/password reply: {start}").format(start=_shown(self._buffer)))
         status = self._buffer[1]
         del self._buffer[:2]
         if status != 0:
-            reason = f"username/password refused by the proxy (RFC 1929 status {status})"
+            reason = _("username/password refused by the proxy (RFC 1929 status {status})").format(
+                status=status
+            )
             raise self.refused(reason, code=status)
-        return self._connect("username/password accepted")
+        return self._connect(_("username/password accepted"))
 
     def _connect(self, said: str) -> Send:
         self._state = "reply"
         address, how = _address(self.host, self.port)
         request = bytes([VERSION, self._command, 0]) + address
-        return Send(request, (said, f"{_COMMANDS[self._command]} {self.target} ({how})"))
+        return Send(request, (said, f"{self._request()} ({_(how)})"))
 
     def _reply(self) -> Event:
         if len(self._buffer) < 2:
@@ -129,15 +151,19 @@ class Socks5Handshake(Handshake):
         self._check_version(VERSION, "reply")
         code = self._buffer[1]
         if code != 0:
-            words = REPLIES.get(code, "unknown reply code")
+            words = _(REPLIES[code]) if code in REPLIES else _("unknown reply code")
             if code in TARGET_DOWN:
-                words = f"{self.target}: {words}"
-            raise self.refused(f"{words} (SOCKS reply {code})", code=code, target_down=code in TARGET_DOWN)
+                words = _("{target}: {reason}").format(target=self.target, reason=words)
+            raise self.refused(
+                _("{reason} (SOCKS reply {code})").format(reason=words, code=code),
+                code=code,
+                target_down=code in TARGET_DOWN,
+            )
         if len(self._buffer) < 4:
             return self._need(4)
         atyp = self._buffer[3]
         if atyp not in (ATYP_IPV4, ATYP_IPV6, ATYP_NAME):
-            raise self.refused(f"bad SOCKS5 reply: unknown address type {atyp}")
+            raise self.refused(_("bad SOCKS5 reply: unknown address type {type}").format(type=atyp))
         if len(self._buffer) < 5:
             return self._need(5)
         sizes = {ATYP_IPV4: 4, ATYP_IPV6: 16, ATYP_NAME: 1 + self._buffer[4]}
@@ -147,7 +173,9 @@ class Socks5Handshake(Handshake):
         port = int.from_bytes(self._buffer[total - 2 : total], "big")
         host = _host(atyp, bytes(self._buffer[4 : total - 2]))
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        established = self._established(total, (f"reply: succeeded, bound {shown}",))
+        established = self._established(
+            total, (_("reply: succeeded, bound {address}").format(address=shown),)
+        )
         return replace(established, bound=(host, port))
 
     def _need(self, size: int) -> NeedMore:
@@ -155,19 +183,24 @@ class Socks5Handshake(Handshake):
 
     def _check_version(self, version: int, what: str) -> None:
         if self._buffer[0] != version:
-            raise self.refused(f"not a SOCKS5 proxy: its {what} began {_shown(self._buffer)}")
+            template = (
+                _("not a SOCKS5 proxy: its greeting began {start}")
+                if what == "greeting"
+                else _("not a SOCKS5 proxy: its reply began {start}")
+            )
+            raise self.refused(template.format(start=_shown(self._buffer)))
 
 
 def _address(host: str, port: int) -> tuple[bytes, str]:
     """ATYP, address and port as SOCKS5 sends them, and how the host went."""
     family = literal_family(host)
     if family == 4:
-        address, how = bytes([ATYP_IPV4]) + socket.inet_pton(socket.AF_INET, host), "an IPv4 address"
+        address, how = bytes([ATYP_IPV4]) + socket.inet_pton(socket.AF_INET, host), _AS_IPV4
     elif family == 6:
-        address, how = bytes([ATYP_IPV6]) + socket.inet_pton(socket.AF_INET6, host), "an IPv6 address"
+        address, how = bytes([ATYP_IPV6]) + socket.inet_pton(socket.AF_INET6, host), _AS_IPV6
     else:
         name = host.encode("ascii", errors="replace")
-        address, how = bytes([ATYP_NAME, len(name)]) + name, "a name, resolved by the proxy"
+        address, how = bytes([ATYP_NAME, len(name)]) + name, _AS_NAME
     return address + port.to_bytes(2, "big"), how
 
 
@@ -206,4 +239,4 @@ def udp_unwrap(datagram: bytes) -> tuple[str, int, bytes] | None:
 def _shown(data: bytes | bytearray) -> str:
     """The first bytes of an answer, escaped (an HTTP server's status line reads as one)."""
     text = shown_answer(data, 24)
-    return f"{text} (an HTTP server?)" if bytes(data[:5]) == b"HTTP/" else text
+    return _("{start} (an HTTP server?)").format(start=text) if bytes(data[:5]) == b"HTTP/" else text

@@ -25,6 +25,7 @@ from ._networks import IntNetwork, Network, host_int, int_network, parse_network
 from ._text import printable
 from .address import InetAddress, SocketAddress, UnixAddress
 from .errors import EnchufeError, UsageError
+from .i18n import _
 from .proxyproto import MAX_V2_LENGTH, NeedMore, ProxyHeader, Refused, Result, parse
 
 #: Seconds a trusted proxy has to send its whole header (HAProxy's spec: at least 3, to cover
@@ -81,11 +82,11 @@ class ProxyPolicy:
         try:
             version, value = host_int(host)
         except ValueError:
-            return "its address is not an IP address"
+            return _("its address is not an IP address")
         for rule_version, network, mask in self._rules:
             if value & mask == network and rule_version == version:
                 return None
-        return "not a trusted proxy (see --trusted-proxy); a PROXY header is taken only from one"
+        return _("not a trusted proxy (see --trusted-proxy); a PROXY header is taken only from one")
 
 
 class HeaderRead:
@@ -111,9 +112,9 @@ class HeaderRead:
         """What is queued now (``b""``: the peer closed): how many of those bytes to take."""
         if not data:
             self.result = Refused(
-                "closed before its PROXY header was complete"
+                _("closed before its PROXY header was complete")
                 if self._taken
-                else "closed without sending a PROXY header"
+                else _("closed without sending a PROXY header")
             )
             return 0
         taken = self._taken
@@ -130,10 +131,12 @@ class HeaderRead:
         self._taken += data
 
     def timed_out(self) -> Refused:
-        self.result = Refused(
-            f"no complete PROXY header within {self._policy.timeout:g} s"
-            + (f" ({len(self._taken)} bytes of one came)" if self._taken else "")
-        )
+        seconds = f"{self._policy.timeout:g}"
+        if self._taken:
+            line = _("no complete PROXY header within {seconds} s ({size} bytes of one came)")
+        else:
+            line = _("no complete PROXY header within {seconds} s")
+        self.result = Refused(line.format(seconds=seconds, size=len(self._taken)))
         return self.result
 
 
@@ -151,10 +154,16 @@ def proxy_policy(
     UsageError for a datagram address, and for trusted proxies without ``accept_proxy``."""
     if not accept_proxy:
         if trusted_proxies:
-            raise UsageError("trusted proxies are the peers a PROXY header is taken from: add accept_proxy")
+            raise UsageError(
+                _("trusted proxies are the peers a PROXY header is taken from: add accept_proxy")
+            )
         return None
     if not address.is_stream:
-        raise UsageError(f"{address}: a PROXY header starts a stream connection; this is a datagram socket")
+        raise UsageError(
+            _("{address}: a PROXY header starts a stream connection; this is a datagram socket").format(
+                address=address
+            )
+        )
     return ProxyPolicy.make(trusted_proxies, proxy_timeout)
 
 
@@ -182,7 +191,9 @@ def step(sock: socket.socket, read: HeaderRead) -> None:
         raise
     except OSError as exc:
         read.result = Refused(
-            f"the connection failed during its PROXY header: {(exc.strerror or str(exc)).lower()}"
+            _("the connection failed during its PROXY header: {reason}").format(
+                reason=(exc.strerror or str(exc)).lower()
+            )
         )
 
 
@@ -210,7 +221,7 @@ def settle(conn: Any, read: HeaderRead) -> ProxyHeader:
     if isinstance(read.result, ProxyHeader):
         adopt(conn, read.result)
         return read.result
-    reason = read.result.reason if isinstance(read.result, Refused) else "no PROXY header"
+    reason = read.result.reason if isinstance(read.result, Refused) else _("no PROXY header")
     raise ProxyRefused(refusal_line(conn.peer_address, reason))
 
 
@@ -229,4 +240,5 @@ def adopt(conn: Any, header: ProxyHeader) -> None:
 
 def refusal_line(peer: SocketAddress | None, reason: str) -> str:
     """The one log line for a connection closed over its PROXY header (peer text escaped)."""
-    return f"refused {printable(str(peer) if peer is not None else 'an unnamed unix peer')}: {reason}"
+    shown = printable(str(peer)) if peer is not None else _("an unnamed unix peer")
+    return _("refused {peer}: {reason}").format(peer=shown, reason=reason)

@@ -26,6 +26,7 @@ from ._proxytypes import (
 )
 from ._text import printable
 from .address import Address, InetAddress, UnixAddress
+from .i18n import _
 
 __all__ = ["encode_v1", "encode_v2"]
 
@@ -105,7 +106,11 @@ def encode_v2(
         body.tlvs.append((PP2_TYPE_AUTHORITY, authority.encode("utf-8")))
     if unique_id is not None:
         if len(unique_id) > MAX_UNIQUE_ID:
-            raise ProxyProtocolError(f"a unique id is at most {MAX_UNIQUE_ID} bytes, not {len(unique_id)}")
+            raise ProxyProtocolError(
+                _("a unique id is at most {most} bytes, not {size}").format(
+                    most=MAX_UNIQUE_ID, size=len(unique_id)
+                )
+            )
         body.tlvs.append((PP2_TYPE_UNIQUE_ID, unique_id))
     if ssl is not None:
         body.tlvs.append((PP2_TYPE_SSL, _ssl_value(ssl)))
@@ -115,7 +120,9 @@ def encode_v2(
     payload = body.addresses + b"".join(_tlv(kind, value) for kind, value in body.tlvs)
     if len(payload) > min(max_length, 0xFFFF):
         raise ProxyProtocolError(
-            f"a PROXY v2 header of {16 + len(payload)} bytes is over the bound of {16 + max_length}"
+            _("a PROXY v2 header of {size} bytes is over the bound of {most}").format(
+                size=16 + len(payload), most=16 + max_length
+            )
         )
     command = 0x20 if local else 0x21
     header = V2_SIGNATURE + struct.pack("!BBH", command, body.family_byte, len(payload)) + payload
@@ -127,7 +134,9 @@ def encode_v2(
 def _tlv(kind: int, value: bytes) -> bytes:
     if not 0 <= kind <= 0xFF or len(value) > 0xFFFF:
         raise ProxyProtocolError(
-            f"TLV type {kind!r} with {len(value)} bytes cannot be written (type 0-255, up to 65535 bytes)"
+            _("TLV type {type} with {size} bytes cannot be written (type 0-255, up to 65535 bytes)").format(
+                type=repr(kind), size=len(value)
+            )
         )
     return struct.pack("!BH", kind, len(value)) + bytes(value)
 
@@ -143,7 +152,11 @@ def _ssl_value(ssl: ProxySSL) -> bytes:
         if text is not None
     ]
     if not 0 <= ssl.client <= 0xFF or not 0 <= ssl.verify <= 0xFFFFFFFF:
-        raise ProxyProtocolError(f"SSL TLV: client {ssl.client!r} (0-255), verify {ssl.verify!r} (32 bits)")
+        raise ProxyProtocolError(
+            _("SSL TLV: client {client} (0-255), verify {verify} (32 bits)").format(
+                client=repr(ssl.client), verify=repr(ssl.verify)
+            )
+        )
     return (
         bytes([ssl.client])
         + ssl.verify.to_bytes(4, "big")
@@ -172,6 +185,8 @@ def _unix_field(address: UnixAddress) -> bytes:
     name = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
     if len(name) > _UNIX_FIELD:
         raise ProxyProtocolError(
-            f"{printable(str(address))}: longer than the {_UNIX_FIELD} bytes of a unix address"
+            _("{address}: longer than the {size} bytes of a unix address").format(
+                address=printable(str(address)), size=_UNIX_FIELD
+            )
         )
     return name.ljust(_UNIX_FIELD, b"\0")

@@ -38,6 +38,7 @@ from ._hop_socks5 import (
     _address,
 )
 from ._text import printable
+from .i18n import _
 
 __all__ = [
     "ADDRESS_TYPE_NOT_SUPPORTED",
@@ -125,7 +126,7 @@ class Socks5Server:
         """Take the client's bytes (any split); what to do now (see :class:`Step`).  Once a
         step carries a request or a refusal, the machine is done: later calls refuse."""
         if self._state == "done":
-            return Step(refused="bytes after the handshake ended (a bug of the caller)")
+            return Step(refused=_("bytes after the handshake ended (a bug of the caller)"))
         self._buffer += data
         sent = b""
         while True:
@@ -145,11 +146,13 @@ class Socks5Server:
     @property
     def waiting_for(self) -> str:
         """What the client has not sent yet, for a timeout's line."""
-        return {
-            "greeting": "its greeting",
-            "auth": "its username and password",
-            "request": "its request",
-        }.get(self._state, "nothing")
+        if self._state == "greeting":
+            return _("its greeting")
+        if self._state == "auth":
+            return _("its username and password")
+        if self._state == "request":
+            return _("its request")
+        return _("nothing")
 
     def _step(self) -> bytes | Request | None:
         if self._state == "greeting":
@@ -163,7 +166,7 @@ class Socks5Server:
         if len(buffer) < 2:
             return None
         if buffer[0] != VERSION:
-            raise _Refusal(f"not a SOCKS5 client: its greeting began {_shown(buffer)}")
+            raise _Refusal(_("not a SOCKS5 client: its greeting began {start}").format(start=_shown(buffer)))
         total = 2 + buffer[1]
         if len(buffer) < total:
             return None
@@ -171,8 +174,12 @@ class Socks5Server:
         del buffer[:total]
         wanted = USER_PASS if self._users is not None else NO_AUTH
         if wanted not in methods:
-            what = "username/password" if self._users is not None else "no authentication"
-            raise _Refusal(f"the client does not offer {what}", bytes([VERSION, NO_ACCEPTABLE]))
+            line = (
+                _("the client does not offer username/password")
+                if self._users is not None
+                else _("the client does not offer no authentication")
+            )
+            raise _Refusal(line, bytes([VERSION, NO_ACCEPTABLE]))
         self._state = "auth" if wanted == USER_PASS else "request"
         return bytes([VERSION, wanted])
 
@@ -181,7 +188,10 @@ class Socks5Server:
         if len(buffer) < 2:
             return None
         if buffer[0] != AUTH_VERSION:
-            raise _Refusal(f"not a username/password request: it began {_shown(buffer)}", b"\x01\x01")
+            raise _Refusal(
+                _("not a username/password request: it began {start}").format(start=_shown(buffer)),
+                b"\x01\x01",
+            )
         ulen = buffer[1]
         if len(buffer) < 3 + ulen:
             return None
@@ -198,7 +208,9 @@ class Socks5Server:
         matched = hmac.compare_digest(password, known if known is not None else b"\0" * len(password))
         shown = printable(user)
         if known is None or not matched:
-            raise _Refusal(f"username/password refused (user {shown})", bytes([AUTH_VERSION, 1]))
+            raise _Refusal(
+                _("username/password refused (user {user})").format(user=shown), bytes([AUTH_VERSION, 1])
+            )
         self._user = user.decode("utf-8", errors="replace")
         self._state = "request"
         return bytes([AUTH_VERSION, 0])
@@ -208,12 +220,16 @@ class Socks5Server:
         if len(buffer) < 5:
             return None
         if buffer[0] != VERSION:
-            raise _Refusal(f"not a SOCKS5 request: it began {_shown(buffer)}", reply(GENERAL_FAILURE))
+            raise _Refusal(
+                _("not a SOCKS5 request: it began {start}").format(start=_shown(buffer)),
+                reply(GENERAL_FAILURE),
+            )
         command, atyp = buffer[1], buffer[3]
         size = {ATYP_IPV4: 4, ATYP_IPV6: 16, ATYP_NAME: 1 + buffer[4]}.get(atyp)
         if size is None:
             raise _Refusal(
-                f"address type {atyp} is not IPv4, a name or IPv6", reply(ADDRESS_TYPE_NOT_SUPPORTED)
+                _("address type {type} is not IPv4, a name or IPv6").format(type=atyp),
+                reply(ADDRESS_TYPE_NOT_SUPPORTED),
             )
         total = 4 + size + 2
         if len(buffer) < total:
@@ -222,14 +238,17 @@ class Socks5Server:
         port = int.from_bytes(buffer[total - 2 : total], "big")
         del buffer[:total]
         if command not in (CONNECT, UDP_ASSOCIATE):
-            name = _COMMAND_NAMES.get(command, f"command {command}")
+            name = _COMMAND_NAMES.get(command) or _("command {number}").format(number=command)
             raise _Refusal(
-                f"{name} is not supported (CONNECT and UDP ASSOCIATE are)", reply(COMMAND_NOT_SUPPORTED)
+                _("{command} is not supported (CONNECT and UDP ASSOCIATE are)").format(command=name),
+                reply(COMMAND_NOT_SUPPORTED),
             )
         if atyp == ATYP_NAME:
             host = _name(raw[1:])
             if host is None:
-                raise _Refusal(f"not a host name: {printable(raw[1:])}", reply(HOST_UNREACHABLE))
+                raise _Refusal(
+                    _("not a host name: {name}").format(name=printable(raw[1:])), reply(HOST_UNREACHABLE)
+                )
         else:
             host = str(ipaddress.ip_address(raw))
         return Request(command, host, port, atyp == ATYP_NAME, self._user)
@@ -263,7 +282,9 @@ def reply(code: int, host: str = "0.0.0.0", port: int = 0) -> bytes:
 
 def reply_words(code: int) -> str:
     """A reply code in words (the client side's table)."""
-    return REPLIES.get(code, "succeeded" if code == SUCCEEDED else f"reply {code}")
+    if code in REPLIES:
+        return _(REPLIES[code])
+    return _("succeeded") if code == SUCCEEDED else _("reply {code}").format(code=code)
 
 
 def _shown(data: bytes | bytearray) -> str:

@@ -24,10 +24,11 @@ from ._inet_text import literal_family
 from ._networks import IP, Network, parse_network, peer_ip
 from ._text import printable
 from .errors import UsageError
+from .i18n import N_, _
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "DestRule", "DestRules", "SocksPolicy", "parse_user", "parse_users"]
 
-_ACCEPTED = (
+_ACCEPTED = N_(
     "CIDR, IP, HOST or *.DOMAIN, each with an optional :PORT (e.g. 10.0.0.0/8, [::1]:22, example.com:443)"
 )
 
@@ -73,8 +74,14 @@ def parse_rule(text: str, option: str) -> DestRule:
             label and all(ch.isalnum() or ch in "-_" for ch in label) and label.isascii() for label in labels
         )
     ):
-        raise UsageError(f"{option} '{printable(text)}': not a destination rule; write {_ACCEPTED}")
+        raise UsageError(_not_a_rule(option, text))
     return DestRule(text, name=name, port=port)
+
+
+def _not_a_rule(option: str, text: str) -> str:
+    return _("{option} '{rule}': not a destination rule; write {accepted}").format(
+        option=option, rule=printable(text), accepted=_(_ACCEPTED)
+    )
 
 
 def _split_port(text: str, option: str) -> tuple[str, int | None]:
@@ -84,16 +91,16 @@ def _split_port(text: str, option: str) -> tuple[str, int | None]:
         close = text.find("]")
         head, rest = text[: close + 1], text[close + 1 :]
         if "/" in rest.partition(":")[0]:  # [fd00::]/8:443
-            prefix, _, after = rest.partition(":")
+            prefix, _colon, after = rest.partition(":")
             head, rest = head + prefix, (":" + after) if after else ""
         if not rest:
             return head, None
         if not rest.startswith(":"):
-            raise UsageError(f"{option} '{printable(text)}': not a destination rule; write {_ACCEPTED}")
+            raise UsageError(_not_a_rule(option, text))
         return head, _port(rest[1:], text, option)
     if text.count(":") != 1:
         return text, None
-    head, _, port = text.partition(":")
+    head, _colon, port = text.partition(":")
     return head, _port(port, text, option)
 
 
@@ -101,7 +108,9 @@ def _port(text: str, rule: str, option: str) -> int:
     if text.isascii() and text.isdigit() and 0 < int(text) < 65536:
         return int(text)
     raise UsageError(
-        f"{option} '{printable(rule)}': the port must be from 1 to 65535, not '{printable(text)}'"
+        _("{option} '{rule}': the port must be from 1 to 65535, not '{port}'").format(
+            option=option, rule=printable(rule), port=printable(text)
+        )
     )
 
 
@@ -136,12 +145,12 @@ class DestRules:
         try:
             ip = peer_ip(host)
         except ValueError:
-            return f"{printable(host)} is not an IP address"
+            return _("{host} is not an IP address").format(host=printable(host))
         for rule in self.deny:
             if rule.matches_address(ip, port):
                 return f"--deny-dest {printable(rule.text)} ({ip})"
         if self.allow and not name_allowed and not any(rule.matches_address(ip, port) for rule in self.allow):
-            return f"no --allow-dest matches {ip} port {port}"
+            return _("no --allow-dest matches {ip} port {port}").format(ip=ip, port=port)
         return None
 
 
@@ -170,8 +179,9 @@ def parse_user(text: str, origin: str) -> tuple[bytes, bytes]:
     raw_user, raw_password = user.encode(), password.encode()
     if not colon or not 1 <= len(raw_user) <= MAX_CREDENTIAL or not 1 <= len(raw_password) <= MAX_CREDENTIAL:
         raise UsageError(
-            f"{origin}: write USER:PASS, each 1 to {MAX_CREDENTIAL} bytes (RFC 1929), "
-            f"not '{printable(user)}{':***' if colon else ''}'"
+            _("{origin}: write USER:PASS, each 1 to {most} bytes (RFC 1929), not '{given}'").format(
+                origin=origin, most=MAX_CREDENTIAL, given=printable(user) + (":***" if colon else "")
+            )
         )
     return raw_user, raw_password
 
@@ -183,8 +193,8 @@ def parse_users(lines: Iterable[str], origin: str) -> dict[bytes, bytes]:
         line = line.rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        user, password = parse_user(line, f"{origin} line {number}")
+        user, password = parse_user(line, _("{file} line {number}").format(file=origin, number=number))
         users[user] = password
     if not users:
-        raise UsageError(f"{origin}: no USER:PASS line in it; write one user a line")
+        raise UsageError(_("{origin}: no USER:PASS line in it; write one user a line").format(origin=origin))
     return users

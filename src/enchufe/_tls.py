@@ -18,6 +18,7 @@ from collections.abc import Callable
 from . import _tls_seen
 from ._text import printable
 from .errors import AddressError, TLSRefused
+from .i18n import N_, _
 from .tlsinfo import PeerCertificate, TLSInfo, date_text, describe_certificate, spki_digest
 from .tlsparams import TLSParams, format_pin
 
@@ -113,12 +114,15 @@ def check_server_certificate(sock: ssl.SSLSocket | ssl.SSLObject, params: TLSPar
         return
     der = sock.getpeercert(binary_form=True)
     if not der:
-        raise TLSRefused("the server sent no certificate to check the pin against", "pin-mismatch")
+        raise TLSRefused(_("the server sent no certificate to check the pin against"), "pin-mismatch")
     digest = spki_digest(der)
     if digest not in params.pins:
-        expected = " or ".join(format_pin(pin) for pin in params.pins)
+        # TRANSLATORS: between the pins a client accepts ("sha256:… or sha256:…").
+        expected = _(" or ").join(format_pin(pin) for pin in params.pins)
         raise TLSRefused(
-            f"the server's key does not match the pin: it has {format_pin(digest)}, expected {expected}",
+            _("the server's key does not match the pin: it has {pin}, expected {expected}").format(
+                pin=format_pin(digest), expected=expected
+            ),
             "pin-mismatch",
         )
 
@@ -130,19 +134,28 @@ def check_client_certificate(
     client certificate OpenSSL has already verified against ``client-ca``, and a common ALPN
     protocol when the server names some."""
     if params.alpn and sock.selected_alpn_protocol() is None:
-        raise TLSRefused(f"no common ALPN protocol: this server accepts {', '.join(params.alpn)}", "alpn")
+        raise TLSRefused(
+            _("no common ALPN protocol: this server accepts {protocols}").format(
+                protocols=", ".join(params.alpn)
+            ),
+            "alpn",
+        )
     der = sock.getpeercert(binary_form=True)
     peer = describe_certificate(der) if der else None
     if not (params.allow_san or params.allow_cn):
         return peer
     if peer is None:  # OpenSSL asks for one with client-ca; this is a belt to its braces
-        raise TLSRefused("the client sent no certificate", "client-certificate-missing")
+        raise TLSRefused(_("the client sent no certificate"), "client-certificate-missing")
     if _allowed(peer, params):
         return peer
     allowed = [f"{kind}:{value}" for kind, value in params.allow_san] + [f"CN={cn}" for cn in params.allow_cn]
     raise TLSRefused(
-        f"client certificate {printable(peer.subject)!r} (SANs: {printable(peer.san_text()) or 'none'}) "
-        f"is not among the allowed: {', '.join(allowed)}",
+        _("client certificate {subject} (SANs: {sans}) is not among the allowed: {allowed}").format(
+            subject=repr(printable(peer.subject)),
+            # TRANSLATORS: a certificate with no subject alternative names ("SANs: none").
+            sans=printable(peer.san_text()) or _("none"),
+            allowed=", ".join(allowed),
+        ),
         "not-allowed",
     )
 
@@ -171,70 +184,91 @@ def _same_name(kind: str, value: str, allowed: str) -> bool:
 # --- one line per refusal
 
 _NOT_YET_VALID, _EXPIRED, _NAME_MISMATCH, _IP_MISMATCH = 9, 10, 62, 64
-_UNTRUSTED = "add ca=FILE with the CA that issued it, or pin=sha256:… to trust this key alone"
-_VERIFY_CODES: dict[int, tuple[str, str]] = {
+_UNTRUSTED = N_("add ca=FILE with the CA that issued it, or pin=sha256:… to trust this key alone")
+#: X509_V_ERR_* → (reason, line, whether the line ends with the hint of _UNTRUSTED).
+_VERIFY_CODES: dict[int, tuple[str, str, bool]] = {
     # X509_V_ERR_*: https://docs.openssl.org/3.0/man3/X509_STORE_CTX_get_error/
-    18: ("self-signed", "the server's certificate is self-signed: " + _UNTRUSTED),
-    19: ("untrusted", "the server's chain ends in a self-signed CA that is not trusted: " + _UNTRUSTED),
-    20: ("untrusted", "the server's certificate is issued by a CA that is not trusted: " + _UNTRUSTED),
-    21: ("untrusted", "the server's certificate cannot be verified (no trusted issuer): " + _UNTRUSTED),
-    2: ("untrusted", "the issuer of the server's chain is not trusted: " + _UNTRUSTED),
-    10: ("expired", "the server's certificate has expired"),
-    9: ("not-yet-valid", "the server's certificate is not valid yet"),
-    62: ("name-mismatch", "the server's certificate is not valid for {name}"),
-    64: ("name-mismatch", "the server's certificate is not valid for the IP address {name}"),
+    18: ("self-signed", N_("the server's certificate is self-signed"), True),
+    19: ("untrusted", N_("the server's chain ends in a self-signed CA that is not trusted"), True),
+    20: ("untrusted", N_("the server's certificate is issued by a CA that is not trusted"), True),
+    21: ("untrusted", N_("the server's certificate cannot be verified (no trusted issuer)"), True),
+    2: ("untrusted", N_("the issuer of the server's chain is not trusted"), True),
+    10: ("expired", N_("the server's certificate has expired"), False),
+    9: ("not-yet-valid", N_("the server's certificate is not valid yet"), False),
+    62: ("name-mismatch", N_("the server's certificate is not valid for {name}"), False),
+    64: ("name-mismatch", N_("the server's certificate is not valid for the IP address {name}"), False),
 }
 # The same verdicts on a client's chain, as the server that checked it against client-ca says them.
-_CLIENT_CA = "the client's certificate is not issued by a CA in client-ca"
-_CLIENT_VERIFY_CODES: dict[int, tuple[str, str]] = {
+_CLIENT_CA = N_("the client's certificate is not issued by a CA in client-ca")
+_CLIENT_VERIFY_CODES: dict[int, tuple[str, str, bool]] = {
     18: (
         "client-certificate-refused",
-        "the client's certificate is self-signed, not issued by a CA in client-ca",
+        N_("the client's certificate is self-signed, not issued by a CA in client-ca"),
+        False,
     ),
-    19: ("client-certificate-refused", _CLIENT_CA + " (its chain ends in another, self-signed CA)"),
-    20: ("client-certificate-refused", _CLIENT_CA),
-    21: ("client-certificate-refused", _CLIENT_CA + " (its issuer is not there)"),
-    2: ("client-certificate-refused", _CLIENT_CA + " (its chain's issuer is not there)"),
-    10: ("client-certificate-refused", "the client's certificate has expired"),
-    9: ("client-certificate-refused", "the client's certificate is not valid yet"),
+    19: (
+        "client-certificate-refused",
+        N_(
+            "the client's certificate is not issued by a CA in client-ca "
+            "(its chain ends in another, self-signed CA)"
+        ),
+        False,
+    ),
+    20: ("client-certificate-refused", _CLIENT_CA, False),
+    21: (
+        "client-certificate-refused",
+        N_("the client's certificate is not issued by a CA in client-ca (its issuer is not there)"),
+        False,
+    ),
+    2: (
+        "client-certificate-refused",
+        N_("the client's certificate is not issued by a CA in client-ca (its chain's issuer is not there)"),
+        False,
+    ),
+    10: ("client-certificate-refused", N_("the client's certificate has expired"), False),
+    9: ("client-certificate-refused", N_("the client's certificate is not valid yet"), False),
 }
+_CLOSED = N_("{peer} closed the connection during the handshake")
 # OpenSSL's reason codes (the text after the library name in SSLError.reason), worded for
 # either side: {peer} is "the server" on a client and "the client" on a server, {mine} this
 # side's own certificate.  An alert about a certificate is about the one this side sent.
 _REASONS: dict[str, tuple[str, str]] = {
-    "WRONG_VERSION_NUMBER": ("not-tls", "{peer} does not speak TLS"),
-    "HTTP_REQUEST": ("not-tls", "{peer} sent a plain HTTP request, not TLS"),
-    "UNSUPPORTED_PROTOCOL": ("protocol-version", "no TLS version in common (enchufe speaks TLS 1.2 and 1.3)"),
+    "WRONG_VERSION_NUMBER": ("not-tls", N_("{peer} does not speak TLS")),
+    "HTTP_REQUEST": ("not-tls", N_("{peer} sent a plain HTTP request, not TLS")),
+    "UNSUPPORTED_PROTOCOL": (
+        "protocol-version",
+        N_("no TLS version in common (enchufe speaks TLS 1.2 and 1.3)"),
+    ),
     "TLSV1_ALERT_PROTOCOL_VERSION": (
         "protocol-version",
-        "{peer} refused every TLS version offered (1.2, 1.3)",
+        N_("{peer} refused every TLS version offered (1.2, 1.3)"),
     ),
     "NO_PROTOCOLS_AVAILABLE": (
         "protocol-version",
-        "no TLS version in common (enchufe speaks TLS 1.2 and 1.3)",
+        N_("no TLS version in common (enchufe speaks TLS 1.2 and 1.3)"),
     ),
-    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": ("alpn", "{peer} accepts none of the ALPN protocols offered"),
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": ("alpn", N_("{peer} accepts none of the ALPN protocols offered")),
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
         "client-certificate-missing",
-        "the client sent no certificate, and this server requires one (client-ca=)",
+        N_("the client sent no certificate, and this server requires one (client-ca=)"),
     ),
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
         "client-certificate-missing",
-        "the server requires a client certificate: add cert=FILE (and key=FILE)",
+        N_("the server requires a client certificate: add cert=FILE (and key=FILE)"),
     ),
-    "SSLV3_ALERT_BAD_CERTIFICATE": ("client-certificate-refused", "{peer} refused {mine} certificate"),
+    "SSLV3_ALERT_BAD_CERTIFICATE": ("client-certificate-refused", N_("{peer} refused {mine} certificate")),
     "TLSV1_ALERT_UNKNOWN_CA": (
         "client-certificate-refused",
-        "{peer} does not trust the CA of {mine} certificate",
+        N_("{peer} does not trust the CA of {mine} certificate"),
     ),
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": (
         "client-certificate-refused",
-        "{peer} says {mine} certificate expired",
+        N_("{peer} says {mine} certificate expired"),
     ),
-    "UNEXPECTED_EOF_WHILE_READING": ("closed", "{peer} closed the connection during the handshake"),
+    "UNEXPECTED_EOF_WHILE_READING": ("closed", _CLOSED),
     "SSLV3_ALERT_HANDSHAKE_FAILURE": (
         "handshake",
-        "{peer} ended the handshake (no cipher or settings in common?)",
+        N_("{peer} ended the handshake (no cipher or settings in common?)"),
     ),
 }
 # A client's alert about the server's certificate: the server's own certificate was refused.
@@ -268,39 +302,58 @@ def explain(
     if isinstance(exc, ssl.SSLError):
         code = exc.reason or ""
         if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
-            return TLSRefused(_CLIENT_CA, "client-certificate-refused")
-        reason, line = _REASONS.get(code, ("handshake", f"the handshake failed: {printable(str(exc))}"))
+            return TLSRefused(_(_CLIENT_CA), "client-certificate-refused")
+        if code in _REASONS:
+            reason, template = _REASONS[code]
+            line = _(template).format(**_sides(server_side))
+        else:
+            reason, line = "handshake", _("the handshake failed: {error}").format(error=printable(str(exc)))
         if server_side:
             reason = _SERVER_REASONS.get(code, reason)
-        line = line.format(
-            peer="the client" if server_side else "the server",
-            mine="this server's" if server_side else "this client's",
-        )
         if reason == "not-tls" and first_bytes:
-            line += f"; it sent '{printable(first_bytes[:48].decode('latin-1'))}' instead"
+            line = _("{problem}; it sent '{start}' instead").format(
+                problem=line, start=printable(first_bytes[:48].decode("latin-1"))
+            )
         return TLSRefused(line, reason)
     if isinstance(exc, ConnectionError | EOFError):
-        peer = "the client" if server_side else "the server"
-        return TLSRefused(f"{peer} closed the connection during the handshake", "closed")
+        return TLSRefused(_(_CLOSED).format(**_sides(server_side)), "closed")
     raise exc
+
+
+def _sides(server_side: bool) -> dict[str, str]:
+    """The words for the fields of :data:`_REASONS`: the peer, and whose certificate is this side's."""
+    if server_side:
+        # TRANSLATORS: {peer} in the TLS refusals ("the client does not speak TLS").
+        # "this server's" is {mine}: "{peer} refused {mine} certificate".
+        return {"peer": _("the client"), "mine": _("this server's")}
+    # TRANSLATORS: {peer} and {mine} of the TLS refusals, said by a client.
+    return {"peer": _("the server"), "mine": _("this client's")}
 
 
 def _verify_failed(
     exc: ssl.SSLCertVerificationError, server_side: bool, server_name: str | None, certificate: bytes | None
 ) -> TLSRefused:
     """OpenSSL's verdict on the peer's chain: the server's on a client, the client's on a server."""
-    whose = "client" if server_side else "server"
-    fallback = ("client-certificate-refused" if server_side else "untrusted", "")
-    reason, line = (_CLIENT_VERIFY_CODES if server_side else _VERIFY_CODES).get(exc.verify_code, fallback)
-    if not line:
-        line = f"the {whose}'s certificate was refused: {printable(str(exc.verify_message))}"
-    line = line.format(name=printable(server_name or "?"))
+    known = (_CLIENT_VERIFY_CODES if server_side else _VERIFY_CODES).get(exc.verify_code)
+    if known is None:
+        reason = "client-certificate-refused" if server_side else "untrusted"
+        template = (
+            _("the client's certificate was refused: {error}")
+            if server_side
+            else _("the server's certificate was refused: {error}")
+        )
+        line = template.format(error=printable(str(exc.verify_message)))
+    else:
+        reason, template, untrusted = known
+        line = _(template).format(name=printable(server_name or "?"))
+        if untrusted:
+            line = _("{problem}: {hint}").format(problem=line, hint=_(_UNTRUSTED))
     if certificate is not None:
-        line = _with_what_it_says(line, exc.verify_code, certificate, whose)
+        line = _with_what_it_says(line, exc.verify_code, certificate, server_side)
     return TLSRefused(line, reason)
 
 
-def _with_what_it_says(line: str, code: int, certificate: bytes, whose: str) -> str:
+def _with_what_it_says(line: str, code: int, certificate: bytes, server_side: bool) -> str:
     """``line`` completed by what the refused leaf certificate says: the names it is valid for
     (a name mismatch) or its date (expired, not yet valid: when the leaf is the one that is,
     not a CA above it); as it was when that does not parse."""
@@ -310,12 +363,22 @@ def _with_what_it_says(line: str, code: int, certificate: bytes, whose: str) -> 
         return line
     now = datetime.datetime.now(datetime.UTC)
     if code in (_NAME_MISMATCH, _IP_MISMATCH):
-        names = ", ".join(printable(name) for name in peer.names()) or "no host name or address"
-        return f"{line}: it is for {names}"
+        names = ", ".join(printable(name) for name in peer.names()) or _("no host name or address")
+        return _("{problem}: it is for {names}").format(problem=line, names=names)
     if code == _EXPIRED and peer.not_after < now:
-        return f"the {whose}'s certificate expired on {date_text(peer.not_after)}"
+        template = (
+            _("the client's certificate expired on {date}")
+            if server_side
+            else _("the server's certificate expired on {date}")
+        )
+        return template.format(date=date_text(peer.not_after))
     if code == _NOT_YET_VALID and peer.not_before > now:
-        return f"the {whose}'s certificate is not valid until {date_text(peer.not_before)}"
+        template = (
+            _("the client's certificate is not valid until {date}")
+            if server_side
+            else _("the server's certificate is not valid until {date}")
+        )
+        return template.format(date=date_text(peer.not_before))
     return line
 
 
@@ -326,18 +389,24 @@ def _load(load: Callable[[], None], name: str, path: str) -> None:
     try:
         load()
     except FileNotFoundError:
-        raise AddressError(f"{name}={printable(path)}: no such file") from None
+        raise AddressError(_("{name}={path}: no such file").format(name=name, path=printable(path))) from None
     except PermissionError:
-        raise AddressError(f"{name}={printable(path)}: permission denied") from None
+        raise AddressError(
+            _("{name}={path}: permission denied").format(name=name, path=printable(path))
+        ) from None
     except IsADirectoryError:
-        raise AddressError(f"{name}={printable(path)}: a directory, not a PEM file") from None
+        raise AddressError(
+            _("{name}={path}: a directory, not a PEM file").format(name=name, path=printable(path))
+        ) from None
     except ssl.SSLError as exc:
-        what = (
-            "key does not match the certificate"
+        template = (
+            _("{name}={path}: key does not match the certificate ({detail})")
             if exc.reason == "KEY_VALUES_MISMATCH"
-            else "not PEM it can use"
+            else _("{name}={path}: not PEM it can use ({detail})")
         )
-        raise AddressError(f"{name}={printable(path)}: {what} ({exc.reason or exc})") from None
+        raise AddressError(
+            template.format(name=name, path=printable(path), detail=exc.reason or exc)
+        ) from None
 
 
 def _load_chain(context: ssl.SSLContext, cert: str, key: str | None) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 from ._text import quoted as _q
 from .errors import AddressError
+from .i18n import _
 from .tlsparams import PARAMETERS, TLSParams, parse_query
 
 #: The schemes of TLS over TCP: scheme → forced family.
@@ -42,7 +43,7 @@ def params(text: str, query: str | None) -> TLSParams:
     try:
         return parse_query(query)
     except AddressError as exc:
-        raise AddressError(f"{_q(text)}: {exc}") from None
+        raise AddressError(_("{address}: {problem}").format(address=_q(text), problem=exc)) from None
 
 
 def is_datagram_tls(scheme: str) -> bool:
@@ -52,8 +53,10 @@ def is_datagram_tls(scheme: str) -> bool:
 
 def no_dtls(text: str) -> AddressError:
     return AddressError(
-        f"{_q(text)}: no TLS over datagrams (DTLS is not supported); for TLS use tls://HOST:PORT "
-        "or tls+unix:PATH, e.g. tls://127.0.0.1:443"
+        _(
+            "{address}: no TLS over datagrams (DTLS is not supported); for TLS use tls://HOST:PORT "
+            "or tls+unix:PATH, e.g. tls://127.0.0.1:443"
+        ).format(address=_q(text))
     )
 
 
@@ -73,7 +76,11 @@ def refuse_query(text: str, scheme: str, query: str, suggestion: str) -> None:
         return
     if scheme.startswith("unixgram"):
         raise no_dtls(text)
-    raise AddressError(f"{_q(text)}: TLS parameters need a TLS scheme: write {suggestion}")
+    raise AddressError(
+        _("{address}: TLS parameters need a TLS scheme: write {suggestion}").format(
+            address=_q(text), suggestion=suggestion
+        )
+    )
 
 
 def decode_name(text: str, raw: str) -> str:
@@ -81,13 +88,17 @@ def decode_name(text: str, raw: str) -> str:
     escapes of bytes that are not UTF-8 stand for those bytes, as file names do."""
     if _BAD_ESCAPE.search(raw):
         raise AddressError(
-            f"{_q(text)}: a '%' in a tls+unix: name must start an escape like %3F (write a '%' as "
-            "%25), e.g. tls+unix:///run/app%3F.sock"
+            _(
+                "{address}: a '%' in a tls+unix: name must start an escape like %3F (write a '%' as "
+                "%25), e.g. tls+unix:///run/app%3F.sock"
+            ).format(address=_q(text))
         )
     name = unquote(raw, errors="surrogateescape")
     if "\0" in name:
         raise AddressError(
-            f"{_q(text)}: a NUL byte (%00) cannot be part of a socket name, e.g. tls+unix:///run/app.sock"
+            _(
+                "{address}: a NUL byte (%00) cannot be part of a socket name, e.g. tls+unix:///run/app.sock"
+            ).format(address=_q(text))
         )
     return name
 

@@ -33,6 +33,7 @@ from . import _calls
 from ._streams import StreamCore
 from .address import InetAddress, SocketAddress, UnixAddress, check_tls_use, tls_server_name
 from .errors import ConnectionReset, NetworkError, TimedOut, TLSRefused
+from .i18n import _
 from .tlsinfo import TLSInfo
 from .tlsparams import TLSParams
 
@@ -388,7 +389,7 @@ class TLSStreamCore(StreamCore):
         in (:meth:`TLSChannel.drain`); at most :data:`DRAIN_RECEIVES` receives, for a peer
         that does not stop sending.  Whether the peer's end (EOF) came."""
         eof = False
-        for _ in range(DRAIN_RECEIVES):
+        for _attempt in range(DRAIN_RECEIVES):
             try:
                 raw = _calls.recv(self._sock, RECV_CHUNK)
             except OSError:
@@ -471,7 +472,9 @@ class TLSStreamCore(StreamCore):
     def _handshake_timed_out(self, bound: tuple[float, str] | None = None) -> TimedOut:
         seconds, what = bound or self._bound or self._handshake_bound(None)
         error = TimedOut(
-            f"the TLS handshake with {self._where()} did not finish within {seconds:g} s ({what})",
+            _("the TLS handshake with {peer} did not finish within {seconds} s ({bound})").format(
+                peer=self._where(), seconds=f"{seconds:g}", bound=what
+            ),
             errno=errno.ETIMEDOUT,
             action="handshake",
         )
@@ -487,5 +490,5 @@ class TLSStreamCore(StreamCore):
         ``handshake-timeout``, or the caller's connect ``timeout`` when that is shorter (a
         client that gives up after 0.5 s means the whole attempt, handshake included)."""
         if timeout is not None and timeout < self._params.handshake_timeout:
-            return timeout, "the connect timeout"
+            return timeout, _("the connect timeout")
         return self._params.handshake_timeout, "handshake-timeout"

@@ -21,6 +21,7 @@ from ._sockets import open_connection
 from .address import InetAddress
 from .errors import NetworkError, TimedOut, translate
 from .hops import Chain, Hop, check_target
+from .i18n import _
 
 #: Seconds the handshakes of one attempt may take when no timeout is given: a proxy that never
 #: answers must not hold a client forever.
@@ -141,7 +142,7 @@ def _attempt(
 def connect_first(hop: Hop, opener: Callable[[], socket.socket]) -> socket.socket:
     """``opener()``: the connection to the first proxy, its errors' message naming the hop."""
     if trace.enabled():
-        trace.emit(f"via {hop}: connect to the proxy at {hop.hostport}")
+        trace.emit(_("via {hop}: connect to the proxy at {address}").format(hop=hop, address=hop.hostport))
     try:
         return opener()
     except NetworkError as exc:
@@ -150,7 +151,7 @@ def connect_first(hop: Hop, opener: Callable[[], socket.socket]) -> socket.socke
 
 def named(exc: NetworkError, hop: Hop) -> NetworkError:
     """``exc`` with its message saying which hop it happened at."""
-    exc.args = (f"via {hop}: {exc.args[0] if exc.args else exc}",)
+    exc.args = (_("via {hop}: {reason}").format(hop=hop, reason=exc.args[0] if exc.args else exc),)
     return exc
 
 
@@ -204,4 +205,6 @@ def _bounded(sock: socket.socket, deadline: float, hop: Hop) -> None:
 
 def timed_out(hop: Hop) -> TimedOut:
     """The handshake with ``hop`` was still going when the attempt's time was up."""
-    return TimedOut(f"via {hop}: the proxy did not finish its handshake in time", action="connect")
+    return TimedOut(
+        _("via {hop}: the proxy did not finish its handshake in time").format(hop=hop), action="connect"
+    )

@@ -38,6 +38,7 @@ from typing import Final
 
 from ._text import printable
 from .errors import UsageError
+from .i18n import N_, _
 
 __all__ = [
     "MAX_HELLO",
@@ -66,6 +67,9 @@ _MAX_RECORD = 1 << 14  # RFC 8446 §5.1: a plaintext record's payload is at most
 _EXT_SERVER_NAME = 0
 _EXT_ALPN = 16
 _EXT_SUPPORTED_VERSIONS = 43
+#: The field names of a refusal that are words, not the RFC's names: the parser names fields in
+#: English (no lookup on the way of every hello) and a refusal translates them (see _label).
+_LABELS = (N_("extension type"), N_("its list"), N_("name type"), N_("host name"), N_("protocol name"))
 
 
 class ClientHelloError(UsageError):
@@ -150,7 +154,7 @@ class HelloReader:
         the ClientHello's last record are kept for the replay.  Once there is an answer, it is
         final: feeding more raises :class:`ClientHelloError`."""
         if self._done is not None:
-            raise ClientHelloError("this ClientHello reader is done; make a new one per connection")
+            raise ClientHelloError(_("this ClientHello reader is done; make a new one per connection"))
         try:
             event = self._feed(bytes(data))
         except _Bad as bad:
@@ -162,8 +166,11 @@ class HelloReader:
     def _feed(self, data: bytes) -> Event:
         if not data:
             if not self._data:
-                raise _Bad("truncated", "the client closed without sending anything")
-            raise _Bad("truncated", f"the client closed after {len(self._data)} bytes of a ClientHello")
+                raise _Bad("truncated", _("the client closed without sending anything"))
+            raise _Bad(
+                "truncated",
+                _("the client closed after {size} bytes of a ClientHello").format(size=len(self._data)),
+            )
         room = MAX_WIRE - len(self._data)
         self._data += data[:room]
         event = self._records_in()
@@ -171,7 +178,10 @@ class HelloReader:
             self._data += data[room:]  # what follows the hello, kept for the replay unread
         elif len(data) > room or len(self._data) >= MAX_WIRE:
             # (the second: the bound reached in the middle of a record header, room left none)
-            raise _Bad("oversized", f"more than {MAX_WIRE} bytes before the ClientHello was complete")
+            raise _Bad(
+                "oversized",
+                _("more than {size} bytes before the ClientHello was complete").format(size=MAX_WIRE),
+            )
         return event
 
     def _records_in(self) -> Event:
@@ -194,19 +204,45 @@ class HelloReader:
         """The payload length of a record whose 5-byte ``header`` is in; refused as not TLS, or
         as taking the reader past its bound."""
         if header[0] != _HANDSHAKE:
-            what = "plain text" if all(32 <= b < 127 for b in header) else f"first byte 0x{header[0]:02x}"
-            where = "the first record" if self._records == 0 else f"record {self._records + 1}"
-            raise _Bad("not-tls", f"not a TLS handshake: {where} is {what}, not a handshake record (0x16)")
+            raise _Bad("not-tls", self._not_handshake(header))
         if header[1] != 3:
-            raise _Bad("not-tls", f"not a TLS record: version bytes 0x{header[1]:02x}{header[2]:02x}")
+            raise _Bad(
+                "not-tls",
+                _("not a TLS record: version bytes {bytes}").format(
+                    bytes=f"0x{header[1]:02x}{header[2]:02x}"
+                ),
+            )
         length = header[3] << 8 | header[4]
         if length == 0 or length > _MAX_RECORD:
-            raise _Bad("malformed", f"a handshake record of {length} bytes (1 to {_MAX_RECORD} allowed)")
+            raise _Bad(
+                "malformed",
+                _("a handshake record of {size} bytes (1 to {most} allowed)").format(
+                    size=length, most=_MAX_RECORD
+                ),
+            )
         if self._records + 1 > MAX_RECORDS:
-            raise _Bad("oversized", f"the ClientHello spans more than {MAX_RECORDS} records")
+            raise _Bad(
+                "oversized", _("the ClientHello spans more than {count} records").format(count=MAX_RECORDS)
+            )
         if self._pos + 5 + length > MAX_WIRE:
-            raise _Bad("oversized", f"the ClientHello's records take more than {MAX_WIRE} bytes")
+            raise _Bad(
+                "oversized", _("the ClientHello's records take more than {size} bytes").format(size=MAX_WIRE)
+            )
         return length
+
+    def _not_handshake(self, header: bytes | bytearray) -> str:
+        """Why a record that is no handshake record is refused: where, and what it looks like."""
+        if all(32 <= b < 127 for b in header):
+            what = _("plain text")
+        else:
+            what = _("first byte {byte}").format(byte=f"0x{header[0]:02x}")
+        if self._records == 0:
+            where = _("the first record")
+        else:
+            where = _("record {number}").format(number=self._records + 1)
+        return _("not a TLS handshake: {where} is {what}, not a handshake record (0x16)").format(
+            where=where, what=what
+        )
 
     def _check_message(self) -> ClientHello | None:
         message = self._message
@@ -214,11 +250,17 @@ class HelloReader:
             return None
         if message[0] != _CLIENT_HELLO:
             raise _Bad(
-                "not-hello", f"the first handshake message is type {message[0]}, not a ClientHello (1)"
+                "not-hello",
+                _("the first handshake message is type {type}, not a ClientHello (1)").format(
+                    type=message[0]
+                ),
             )
         size = 4 + (message[1] << 16 | message[2] << 8 | message[3])
         if size > MAX_HELLO:
-            raise _Bad("oversized", f"a ClientHello of {size} bytes (at most {MAX_HELLO})")
+            raise _Bad(
+                "oversized",
+                _("a ClientHello of {size} bytes (at most {most})").format(size=size, most=MAX_HELLO),
+            )
         if len(message) < size:
             return None
         return _parse_body(bytes(message[4:size]), size, self._records)
@@ -240,7 +282,8 @@ class _Cursor:
 
     def take(self, count: int, field: str) -> bytes:
         if count > self.left:
-            raise _Bad("malformed", f"{self.what}: {field} runs past its end")
+            where = ": ".join(_label(part) for part in (*self.what.split(": "), field))
+            raise _Bad("malformed", _("{field} runs past its end").format(field=where))
         start = self.pos
         self.pos += count
         return self.data[start : self.pos]
@@ -259,22 +302,30 @@ def _parse_body(body: bytes, size: int, records: int) -> ClientHello:
     hello.take(32, "random")
     session_id = hello.vector(1, "legacy_session_id")
     if session_id.left > 32:
-        raise _Bad("malformed", f"ClientHello: a session id of {session_id.left} bytes (at most 32)")
+        raise _Bad(
+            "malformed",
+            _("ClientHello: a session id of {size} bytes (at most 32)").format(size=session_id.left),
+        )
     suites = hello.vector(2, "cipher_suites")
     if suites.left == 0 or suites.left % 2:
-        raise _Bad("malformed", f"ClientHello: cipher_suites of {suites.left} bytes (a non-zero even count)")
+        raise _Bad(
+            "malformed",
+            _("ClientHello: cipher_suites of {size} bytes (a non-zero even count)").format(size=suites.left),
+        )
     if hello.vector(1, "legacy_compression_methods").left == 0:
-        raise _Bad("malformed", "ClientHello: no compression method")
+        raise _Bad("malformed", _("ClientHello: no compression method"))
     found: dict[int, bytes] = {}
     if hello.left:  # extensions are optional (a TLS 1.2 client may send none)
         extensions = hello.vector(2, "extensions")
         if hello.left:
-            raise _Bad("malformed", f"ClientHello: {hello.left} bytes after the extensions")
+            raise _Bad(
+                "malformed", _("ClientHello: {size} bytes after the extensions").format(size=hello.left)
+            )
         while extensions.left:
             kind = extensions.number(2, "extension type")
             data = extensions.vector(2, f"extension {kind}").data
             if kind in found:
-                raise _Bad("malformed", f"ClientHello: extension {kind} given twice")
+                raise _Bad("malformed", _("ClientHello: extension {number} given twice").format(number=kind))
             found[kind] = data
     return ClientHello(
         legacy_version=legacy_version,
@@ -291,7 +342,7 @@ def _whole(data: bytes, size: int, what: str) -> _Cursor:
     outer = _Cursor(data, what)
     inner = outer.vector(size, "its list")
     if outer.left:
-        raise _Bad("malformed", f"{what}: {outer.left} bytes after its list")
+        raise _Bad("malformed", _("{field}: {size} bytes after its list").format(field=what, size=outer.left))
     return inner
 
 
@@ -301,7 +352,7 @@ def _server_names(data: bytes | None) -> tuple[str, ...]:
         return ()
     names = _whole(data, 2, "server_name")
     if not names.left:
-        raise _Bad("malformed", "server_name: an empty list")
+        raise _Bad("malformed", _("server_name: an empty list"))
     found: list[str] = []
     while names.left:
         kind = names.number(1, "name type")
@@ -314,12 +365,17 @@ def _server_names(data: bytes | None) -> tuple[str, ...]:
 
 def _host_name(raw: bytes) -> str:
     if not raw or len(raw) > 255:
-        raise _Bad("malformed", f"server_name: a host name of {len(raw)} bytes (1 to 255)")
+        raise _Bad(
+            "malformed", _("server_name: a host name of {size} bytes (1 to 255)").format(size=len(raw))
+        )
     if not all(b < 127 and (chr(b).isalnum() or b in b"-._") for b in raw):
         shown = printable(raw[:64])
-        raise _Bad("malformed", f"server_name: '{shown}' is not a host name (letters, digits, '-', '.', '_')")
+        raise _Bad(
+            "malformed",
+            _("server_name: '{name}' is not a host name (letters, digits, '-', '.', '_')").format(name=shown),
+        )
     if raw.endswith(b".") or raw.startswith(b".") or b".." in raw:
-        raise _Bad("malformed", f"server_name: {raw.decode()!r} has an empty label")
+        raise _Bad("malformed", _("server_name: {name} has an empty label").format(name=repr(raw.decode())))
     return raw.decode("ascii").lower()
 
 
@@ -332,10 +388,10 @@ def _alpn(data: bytes | None) -> tuple[str, ...]:
     while names.left:
         raw = names.vector(1, "protocol name").data
         if not raw:
-            raise _Bad("malformed", "ALPN: an empty protocol name")
+            raise _Bad("malformed", _("ALPN: an empty protocol name"))
         found.append(raw.decode("ascii", "backslashreplace"))
     if not found:
-        raise _Bad("malformed", "ALPN: an empty list")
+        raise _Bad("malformed", _("ALPN: an empty list"))
     return tuple(found)
 
 
@@ -345,6 +401,18 @@ def _versions(data: bytes | None) -> tuple[int, ...]:
     versions = _whole(data, 1, "supported_versions")
     if versions.left == 0 or versions.left % 2:
         raise _Bad(
-            "malformed", f"supported_versions: a list of {versions.left} bytes (a non-zero even count)"
+            "malformed",
+            _("supported_versions: a list of {size} bytes (a non-zero even count)").format(
+                size=versions.left
+            ),
         )
-    return tuple(versions.number(2, "version") for _ in range(versions.left // 2))
+    return tuple(versions.number(2, "version") for _index in range(versions.left // 2))
+
+
+def _label(part: str) -> str:
+    """One part of a field's path in a refusal, in the current language: the words of
+    :data:`_LABELS` and ``extension N`` translated, the RFC's field names as they are."""
+    word, _space, number = part.partition(" ")
+    if word == "extension" and number.isdigit():
+        return _("extension {number}").format(number=number)
+    return _(part) if part in _LABELS else part

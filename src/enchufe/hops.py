@@ -39,6 +39,7 @@ from ._inet_text import check_host_name, is_ipv6, literal_family, parse_port
 from ._text import printable
 from .address import Address, InetAddress
 from .errors import AddressError, NetworkError
+from .i18n import N_, _
 
 __all__ = [
     "Chain",
@@ -60,7 +61,7 @@ __all__ = [
 #: "the proxy resolves names") is an alias: enchufe's SOCKS5 always lets the proxy resolve.
 SCHEMES = {"socks5": "socks5", "socks5h": "socks5", "http": "http"}
 ACCEPTED = "socks5://[USER:PASS@]HOST:PORT or http://[USER:PASS@]HOST:PORT"
-EXAMPLE = "e.g. socks5://127.0.0.1:1080"
+EXAMPLE = N_("e.g. socks5://127.0.0.1:1080")
 #: RFC 1929 gives the username and the password one length byte each; so does RFC 1928 a name.
 MAX_FIELD = 255
 
@@ -100,7 +101,7 @@ class HopRefused(NetworkError):
     6; HTTP 502, 503, 504): the target may be starting."""
 
     def __init__(self, hop: Hop, reason: str, *, code: int | None = None, target_down: bool = False) -> None:
-        super().__init__(f"via {hop}: {reason}", action="connect")
+        super().__init__(_("via {hop}: {reason}").format(hop=hop, reason=reason), action="connect")
         self.hop = hop
         self.reason = reason
         self.code = code
@@ -158,13 +159,14 @@ class Handshake:
     def receive(self, data: bytes) -> Event:
         """Take ``data`` from the proxy: what to do next.  :class:`HopRefused` if it said no."""
         if self.done:
-            raise self.refused("bytes fed after the tunnel was open (a bug of the caller)")
+            raise self.refused(_("bytes fed after the tunnel was open (a bug of the caller)"))
         self._buffer += data
         return self._step()
 
     def eof(self) -> None:
         """The proxy closed the connection before its reply was complete: always raises."""
-        raise self.refused(f"the proxy closed the connection {self._waiting_for()}")
+        # TRANSLATORS: {when} is "before choosing a method", "before its reply to CONNECT …"…
+        raise self.refused(_("the proxy closed the connection {when}").format(when=self._waiting_for()))
 
     def refused(self, reason: str, *, code: int | None = None, target_down: bool = False) -> HopRefused:
         return HopRefused(self.hop, reason, code=code, target_down=target_down)
@@ -194,7 +196,9 @@ def handshake(hop: Hop, host: str, port: int, *, udp: bool = False) -> Handshake
 
         return Socks5Handshake(hop, host, port, command=UDP_ASSOCIATE if udp else CONNECT)
     if udp:
-        raise AddressError(f"via {hop}: an HTTP proxy carries no datagrams; use a socks5:// proxy")
+        raise AddressError(
+            _("via {hop}: an HTTP proxy carries no datagrams; use a socks5:// proxy").format(hop=hop)
+        )
     from ._hop_http import HttpConnectHandshake
 
     return HttpConnectHandshake(hop, host, port)
@@ -222,7 +226,7 @@ class Chain:
         """With ``udp`` the last hop is asked for a UDP association for a client sending from
         ``host``:``port``; :attr:`bound` is then where its relay takes datagrams."""
         if not hops:
-            raise AddressError("a chain needs at least one hop")
+            raise AddressError(_("a chain needs at least one hop"))
         self.hops = tuple(hops)
         self._ends = [(h.host, h.port) for h in self.hops[1:]] + [(host, port)]
         self._udp = udp
@@ -273,7 +277,7 @@ class Chain:
     def _say(hop: Hop, lines: tuple[str, ...]) -> None:
         if trace.enabled():
             for line in lines:
-                trace.emit(f"via {hop}: {line}")
+                trace.emit(_("via {hop}: {reason}").format(hop=hop, reason=line))
 
 
 def shown_answer(data: bytes | bytearray, limit: int) -> str:
@@ -294,8 +298,10 @@ def check_host(host: str) -> None:
         check_host_name(host, "tcp", host, "1", "")
     except AddressError:
         raise AddressError(
-            f"'{printable(host)}' is not a host name or IP address a proxy can be asked for, "
-            "e.g. example.com or 192.0.2.7"
+            _(
+                "'{host}' is not a host name or IP address a proxy can be asked for, "
+                "e.g. example.com or 192.0.2.7"
+            ).format(host=printable(host))
         ) from None
 
 
@@ -314,13 +320,16 @@ def parse_hop(text: str | Hop) -> Hop:
     if isinstance(text, Hop):
         return text
     if not isinstance(text, str):
-        raise AddressError(f"a proxy URL must be a string, not {type(text).__name__}")
+        raise AddressError(_("a proxy URL must be a string, not {type}").format(type=type(text).__name__))
     scheme, sep, rest = text.partition("://")
     lowered = scheme.lower()
     if not sep or lowered not in SCHEMES:
         shown = _masked(text)
-        what = f"unknown proxy scheme {scheme!r}" if sep else "not a proxy URL"
-        raise AddressError(f"{shown}: {what}; accepted: {ACCEPTED}, {EXAMPLE}")
+        if sep:
+            line = _("{url}: unknown proxy scheme {scheme}; accepted: {accepted}, {example}")
+        else:
+            line = _("{url}: not a proxy URL; accepted: {accepted}, {example}")
+        raise AddressError(line.format(url=shown, scheme=repr(scheme), accepted=ACCEPTED, example=_(EXAMPLE)))
     scheme = SCHEMES[lowered]
     userinfo, at, hostport = rest.rpartition("@")
     username, password = _credentials(text, scheme, userinfo) if at else (None, None)
@@ -356,23 +365,41 @@ def _credentials(text: str, scheme: str, userinfo: str) -> tuple[str, str]:
         password = unquote(raw_password, errors="strict")
     except UnicodeDecodeError:
         raise AddressError(
-            f"{_masked(text)}: the username or password is not UTF-8 once percent-decoded; "
-            f"write them as USER:PASS@, special characters as %XX"
+            _(
+                "{url}: the username or password is not UTF-8 once percent-decoded; "
+                "write them as USER:PASS@, special characters as %XX"
+            ).format(url=_masked(text))
         ) from None
     if not username:
         raise AddressError(
-            f"{_masked(text)}: empty username before '@'; write {scheme}://USER:PASS@HOST:PORT"
+            _("{url}: empty username before '@'; write {scheme}://USER:PASS@HOST:PORT").format(
+                url=_masked(text), scheme=scheme
+            )
         )
     if scheme == "socks5":
-        for name, value in (("username", username), ("password", password)):
+        for template, value in (
+            (
+                N_(
+                    "{url}: a SOCKS5 username is 1 to {most} bytes (RFC 1929), not {size}; "
+                    "write socks5://USER:PASS@HOST:PORT"
+                ),
+                username,
+            ),
+            (
+                N_(
+                    "{url}: a SOCKS5 password is 1 to {most} bytes (RFC 1929), not {size}; "
+                    "write socks5://USER:PASS@HOST:PORT"
+                ),
+                password,
+            ),
+        ):
             size = len(value.encode())
             if not 1 <= size <= MAX_FIELD:
-                raise AddressError(
-                    f"{_masked(text)}: a SOCKS5 {name} is 1 to {MAX_FIELD} bytes (RFC 1929), "
-                    f"not {size}; write socks5://USER:PASS@HOST:PORT"
-                )
+                raise AddressError(_(template).format(url=_masked(text), most=MAX_FIELD, size=size))
     elif ":" in username:
-        raise AddressError(f"{_masked(text)}: an HTTP username cannot hold ':' (Basic credentials)")
+        raise AddressError(
+            _("{url}: an HTTP username cannot hold ':' (Basic credentials)").format(url=_masked(text))
+        )
     return username, password
 
 
@@ -380,27 +407,49 @@ def _host_port(text: str, scheme: str, hostport: str) -> tuple[str, int]:
     example = f"{scheme}://127.0.0.1:{1080 if scheme == 'socks5' else 3128}"
     shown = _masked(text)
     if any(ch in hostport for ch in "/?#@"):
-        raise AddressError(f"{shown}: nothing may follow the port; write it as {example}")
+        raise AddressError(
+            _("{url}: nothing may follow the port; write it as {example}").format(url=shown, example=example)
+        )
     if hostport.startswith("["):
         host, close, after = hostport[1:].partition("]")
         if not close or not is_ipv6(host) or "%" in host:
-            raise AddressError(f"{shown}: bad IPv6 address in brackets, e.g. {scheme}://[::1]:1080")
+            raise AddressError(
+                _("{url}: bad IPv6 address in brackets, e.g. {scheme}://[::1]:1080").format(
+                    url=shown, scheme=scheme
+                )
+            )
         if not after.startswith(":"):
-            raise AddressError(f"{shown}: missing port; write it as {scheme}://[{printable(host)}]:1080")
+            raise AddressError(
+                _("{url}: missing port; write it as {example}").format(
+                    url=shown, example=f"{scheme}://[{printable(host)}]:1080"
+                )
+            )
         port_text = after[1:]
     else:
         host, colon, port_text = hostport.rpartition(":")
         if not colon:
-            raise AddressError(f"{shown}: missing port; write it as {ACCEPTED}, e.g. {example}")
+            raise AddressError(
+                _("{url}: missing port; write it as {accepted}, e.g. {example}").format(
+                    url=shown, accepted=ACCEPTED, example=example
+                )
+            )
         if ":" in host:
-            raise AddressError(f"{shown}: an IPv6 address must be in brackets, e.g. {scheme}://[::1]:1080")
+            raise AddressError(
+                _("{url}: an IPv6 address must be in brackets, e.g. {scheme}://[::1]:1080").format(
+                    url=shown, scheme=scheme
+                )
+            )
         if not host:
-            raise AddressError(f"{shown}: missing proxy host; write it as {example}")
+            raise AddressError(
+                _("{url}: missing proxy host; write it as {example}").format(url=shown, example=example)
+            )
         if literal_family(host) is None:
             check_host_name(shown, scheme, host, port_text, example)
     port = parse_port(shown, port_text, example, "tcp")
     if port == 0:
-        raise AddressError(f"{shown}: port 0 is no proxy's port; write it as {example}")
+        raise AddressError(
+            _("{url}: port 0 is no proxy's port; write it as {example}").format(url=shown, example=example)
+        )
     return host, port
 
 
@@ -411,27 +460,43 @@ def check_target(address: Address, hops: Sequence[Hop]) -> InetAddress:
     first = hops[0]
     if not isinstance(address, InetAddress):
         raise AddressError(
-            f"{address}: a proxy (via {first}) reaches tcp:// and tls:// targets, not this one"
+            _("{address}: a proxy (via {hop}) reaches tcp:// and tls:// targets, not this one").format(
+                address=address, hop=first
+            )
         )
     if "%" not in address.host:  # a scope is refused below, with its own words
         check_host(address.host)
     if not address.is_stream and (len(hops) > 1 or first.scheme != "socks5"):
-        raise AddressError(
-            f"{address}: datagrams go through one socks5:// proxy (UDP ASSOCIATE), not "
-            f"{'a chain' if len(hops) > 1 else 'an HTTP proxy'} (via {', '.join(map(str, hops))})"
-        )
+        if len(hops) > 1:
+            line = _(
+                "{address}: datagrams go through one socks5:// proxy (UDP ASSOCIATE), "
+                "not a chain (via {hops})"
+            )
+        else:
+            line = _(
+                "{address}: datagrams go through one socks5:// proxy (UDP ASSOCIATE), "
+                "not an HTTP proxy (via {hops})"
+            )
+        raise AddressError(line.format(address=address, hops=", ".join(map(str, hops))))
     if address.is_wildcard or address.port == 0:
         raise AddressError(
-            f"{address}: a target through a proxy (via {first}) needs a host and a port, "
-            "e.g. tcp://example.com:443"
+            _(
+                "{address}: a target through a proxy (via {hop}) needs a host and a port, "
+                "e.g. tcp://example.com:443"
+            ).format(address=address, hop=first)
         )
     if "%" in address.host:
         scope = address.host.partition("%")[2]
-        raise AddressError(f"{address}: an IPv6 scope (%{scope}) means nothing to a proxy (via {first})")
+        raise AddressError(
+            _("{address}: an IPv6 scope (%{scope}) means nothing to a proxy (via {hop})").format(
+                address=address, scope=scope, hop=first
+            )
+        )
     if address.forced_family and literal_family(address.host) is None:
         plain = f"{'tls' if address.is_tls else 'tcp'}://{address.host}:{address.port}"
         raise AddressError(
-            f"{address}: the proxy (via {first}) resolves {address.host} and picks the family itself; "
-            f"write {plain}"
+            _(
+                "{address}: the proxy (via {hop}) resolves {host} and picks the family itself; write {plain}"
+            ).format(address=address, hop=first, host=address.host, plain=plain)
         )
     return address

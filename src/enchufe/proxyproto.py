@@ -54,6 +54,7 @@ from ._proxytypes import (
 from ._proxywrite import encode_v1, encode_v2
 from ._text import printable, quoted
 from .address import InetAddress, SocketAddress, from_sockaddr
+from .i18n import N_, _
 
 __all__ = [
     "MAX_V2_LENGTH",
@@ -83,7 +84,9 @@ class Decoder:
 
     def __init__(self, *, max_v2_length: int = MAX_V2_LENGTH) -> None:
         if not 0 <= max_v2_length <= 0xFFFF:
-            raise ProxyProtocolError(f"max_v2_length {max_v2_length!r}: from 0 to 65535")
+            raise ProxyProtocolError(
+                _("max_v2_length {value}: from 0 to 65535").format(value=repr(max_v2_length))
+            )
         self.max_v2_length = max_v2_length
         self._buffer = bytearray()
         self.result: Result = NeedMore()
@@ -102,7 +105,7 @@ class Decoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> Result:
         if not isinstance(self.result, NeedMore):
-            raise ProxyProtocolError("this decoder is done: the header was already read or refused")
+            raise ProxyProtocolError(_("this decoder is done: the header was already read or refused"))
         self._buffer += data
         self.result = parse(bytes(self._buffer), max_v2_length=self.max_v2_length)
         return self.result
@@ -119,7 +122,9 @@ def parse(data: bytes, *, max_v2_length: int = MAX_V2_LENGTH) -> Result:
             return _parse_v1(data)
         if V2_SIGNATURE.startswith(data[:12]):
             return _parse_v2(data, max_v2_length)
-        return Refused(f"no PROXY protocol header: the connection starts with {_shown(data[:16])}")
+        return Refused(
+            _("no PROXY protocol header: the connection starts with {start}").format(start=_shown(data[:16]))
+        )
     except _Invalid as exc:
         return Refused(str(exc))
 
@@ -145,18 +150,21 @@ def _parse_v1(data: bytes) -> Result:
         _check_printable(line, end)
     if end < 0:
         if len(data) >= V1_MAX:
-            raise _Invalid(f"PROXY v1 line: no CRLF in the first {V1_MAX} bytes")
+            raise _Invalid(_("PROXY v1 line: no CRLF in the first {size} bytes").format(size=V1_MAX))
         return NeedMore()
     parts = line.decode("ascii").split(" ")
     consumed = end + 2
     if parts[0] != "PROXY" or len(parts) < 2:
-        raise _Invalid(f"PROXY v1 line: {_shown(line)} does not start with 'PROXY ' and a protocol")
+        raise _Invalid(
+            _("PROXY v1 line: {line} does not start with 'PROXY ' and a protocol").format(line=_shown(line))
+        )
     if parts[1] == "UNKNOWN":
         return ProxyHeader(1, "proxy", "UNKNOWN", None, None, consumed)
     if parts[1] not in ("TCP4", "TCP6") or len(parts) != 6:
         raise _Invalid(
-            f"PROXY v1 line: {_shown(line)}: expected 'PROXY TCP4|TCP6 SRC DST SPORT DPORT' "
-            "or 'PROXY UNKNOWN'"
+            _(
+                "PROXY v1 line: {line}: expected 'PROXY TCP4|TCP6 SRC DST SPORT DPORT' or 'PROXY UNKNOWN'"
+            ).format(line=_shown(line))
         )
     family: Family = "TCP4" if parts[1] == "TCP4" else "TCP6"
     source = _v1_address(family, parts[2], parts[4])
@@ -169,7 +177,11 @@ def _check_printable(line: bytes, end: int) -> None:
     still to come)."""
     for i, byte in enumerate(line):
         if not 0x20 <= byte <= 0x7E and not (byte == 0x0D and i == len(line) - 1 and end < 0):
-            raise _Invalid(f"PROXY v1 line: byte {byte:#04x} at offset {i} (printable ASCII ending in CRLF)")
+            raise _Invalid(
+                _("PROXY v1 line: byte {byte} at offset {offset} (printable ASCII ending in CRLF)").format(
+                    byte=f"{byte:#04x}", offset=i
+                )
+            )
 
 
 def _v1_address(family: Family, host: str, port: str) -> SocketAddress | None:
@@ -186,9 +198,15 @@ def _v1_address(family: Family, host: str, port: str) -> SocketAddress | None:
                 raise ValueError(host)
             packed = socket.inet_pton(socket.AF_INET6, host)
     except (OSError, ValueError):
-        raise _Invalid(f"PROXY v1 line: {quoted(host)} is not a canonical {family} address") from None
+        raise _Invalid(
+            _("PROXY v1 line: {host} is not a canonical {family} address").format(
+                host=quoted(host), family=family
+            )
+        ) from None
     if not port.isdigit() or (port != "0" and port[0] == "0") or len(port) > 5 or int(port) > 0xFFFF:
-        raise _Invalid(f"PROXY v1 line: {quoted(port)} is not a port (0 to 65535, no leading zero)")
+        raise _Invalid(
+            _("PROXY v1 line: {port} is not a port (0 to 65535, no leading zero)").format(port=quoted(port))
+        )
     return InetAddress("tcp", host if family == "TCP4" else _ip_text(packed), int(port))
 
 
@@ -216,14 +234,16 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     if len(data) < 16:
         return NeedMore(16 - len(data))
     if data[:12] != V2_SIGNATURE:
-        raise _Invalid("PROXY v2: the signature is wrong")
+        raise _Invalid(_("PROXY v2: the signature is wrong"))
     if data[12] not in (0x20, 0x21) or data[13] not in _V2_FAMILY_BYTES:
         _check_v2_bytes(data[12], data[13])
     command, family, transport = data[12] & 0x0F, data[13] >> 4, data[13] & 0x0F
     (length,) = struct.unpack_from("!H", data, 14)
     if length > max_v2_length:
         raise _Invalid(
-            f"PROXY v2: header of {16 + length} bytes, over this server's bound of {16 + max_v2_length}"
+            _("PROXY v2: header of {size} bytes, over this server's bound of {most}").format(
+                size=16 + length, most=16 + max_v2_length
+            )
         )
     if len(data) < 16 + length:
         return NeedMore(16 + length - len(data))
@@ -232,7 +252,11 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     kind = _V2_KINDS.get((family, transport), "UNKNOWN")
     size = _V2_SIZES.get(family, 0) if kind != "UNKNOWN" else 0
     if length < size:
-        raise _Invalid(f"PROXY v2: {length} bytes cannot hold {kind} addresses ({size} bytes)")
+        raise _Invalid(
+            _("PROXY v2: {length} bytes cannot hold {kind} addresses ({size} bytes)").format(
+                length=length, kind=kind, size=size
+            )
+        )
     # Most headers carry addresses only: no TLVs to split, check or parse then.
     tlvs = _tlvs(block[size:], data[: 16 + length]) if length > size else ()
     source = destination = None
@@ -252,10 +276,14 @@ def _check_v2_bytes(version_command: int, family_transport: int) -> None:
     """Say which of a v2 header's version, command, family and protocol is not one there is."""
     version, command = version_command >> 4, version_command & 0x0F
     if version != 2:
-        raise _Invalid(f"PROXY v2: version {version} (only 2 exists)")
+        raise _Invalid(_("PROXY v2: version {version} (only 2 exists)").format(version=version))
     if command > 1:
-        raise _Invalid(f"PROXY v2: command {command} (0 LOCAL or 1 PROXY)")
-    raise _Invalid(f"PROXY v2: family/protocol byte {family_transport:#04x} is not one the protocol defines")
+        raise _Invalid(_("PROXY v2: command {command} (0 LOCAL or 1 PROXY)").format(command=command))
+    raise _Invalid(
+        _("PROXY v2: family/protocol byte {byte} is not one the protocol defines").format(
+            byte=f"{family_transport:#04x}"
+        )
+    )
 
 
 def _v2_addresses(
@@ -277,15 +305,26 @@ def _unix(field_: bytes, kind: int) -> SocketAddress | None:
     return from_sockaddr(socket.AF_UNIX, kind, field_.split(b"\0", 1)[0])
 
 
+#: What is left over or cut short at the end of the TLVs of the header or of an SSL TLV.
+_STRAY = {
+    "header": N_("PROXY v2: {count} stray byte(s) at the end of the header"),
+    "SSL TLV": N_("PROXY v2: {count} stray byte(s) at the end of the SSL TLV"),
+}
+_PAST = {
+    "header": N_("PROXY v2: TLV {type} of {size} bytes runs past the end of the header"),
+    "SSL TLV": N_("PROXY v2: TLV {type} of {size} bytes runs past the end of the SSL TLV"),
+}
+
+
 def _split_tlvs(data: bytes, what: str) -> list[tuple[int, bytes]]:
     found = []
     offset = 0
     while offset < len(data):
         if len(data) - offset < 3:
-            raise _Invalid(f"PROXY v2: {len(data) - offset} stray byte(s) at the end of the {what}")
+            raise _Invalid(_(_STRAY[what]).format(count=len(data) - offset))
         kind, size = data[offset], int.from_bytes(data[offset + 1 : offset + 3], "big")
         if offset + 3 + size > len(data):
-            raise _Invalid(f"PROXY v2: TLV {kind:#04x} of {size} bytes runs past the end of the {what}")
+            raise _Invalid(_(_PAST[what]).format(type=f"{kind:#04x}", size=size))
         found.append((kind, data[offset + 3 : offset + 3 + size]))
         offset += 3 + size
     return found
@@ -296,11 +335,11 @@ def _tlvs(data: bytes, header: bytes) -> tuple[tuple[int, bytes], ...]:
     crcs = [value for kind, value in found if kind == PP2_TYPE_CRC32C]
     if crcs:
         if len(crcs) > 1 or len(crcs[0]) != 4:
-            raise _Invalid("PROXY v2: a CRC32c TLV must be one, of 4 bytes")
+            raise _Invalid(_("PROXY v2: a CRC32c TLV must be one, of 4 bytes"))
         at = len(header) - len(data) + _offset_of(found, PP2_TYPE_CRC32C)
         zeroed = header[:at] + b"\0\0\0\0" + header[at + 4 :]
         if crc32c(zeroed) != int.from_bytes(crcs[0], "big"):
-            raise _Invalid("PROXY v2: the CRC32c checksum does not match the header")
+            raise _Invalid(_("PROXY v2: the CRC32c checksum does not match the header"))
     return tuple(found)
 
 
@@ -318,7 +357,9 @@ def _text(value: bytes, what: str) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise _Invalid(f"PROXY v2: the {what} TLV is not UTF-8: {_shown(value[:32])}") from None
+        raise _Invalid(
+            _("PROXY v2: the {name} TLV is not UTF-8: {start}").format(name=what, start=_shown(value[:32]))
+        ) from None
 
 
 def _with_tlvs(header: ProxyHeader) -> ProxyHeader:
@@ -331,7 +372,11 @@ def _with_tlvs(header: ProxyHeader) -> ProxyHeader:
             values["authority"] = _text(value, "authority")
         elif kind == PP2_TYPE_UNIQUE_ID:
             if len(value) > MAX_UNIQUE_ID:
-                raise _Invalid(f"PROXY v2: unique id of {len(value)} bytes (at most {MAX_UNIQUE_ID})")
+                raise _Invalid(
+                    _("PROXY v2: unique id of {size} bytes (at most {most})").format(
+                        size=len(value), most=MAX_UNIQUE_ID
+                    )
+                )
             values["unique_id"] = value
         elif kind == PP2_TYPE_SSL:
             values["ssl"] = _ssl(value)
@@ -346,7 +391,7 @@ def _replace(header: ProxyHeader, values: dict[str, object]) -> ProxyHeader:
 
 def _ssl(value: bytes) -> ProxySSL:
     if len(value) < 5:
-        raise _Invalid(f"PROXY v2: SSL TLV of {len(value)} bytes (at least 5)")
+        raise _Invalid(_("PROXY v2: SSL TLV of {size} bytes (at least 5)").format(size=len(value)))
     client, verify = value[0], int.from_bytes(value[1:5], "big")
     named: dict[int, str] = {}
     other = []

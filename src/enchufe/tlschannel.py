@@ -37,6 +37,7 @@ from . import _tls_seen, trace
 from . import _tls_trace as _trace
 from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
 from .errors import TLSTruncated
+from .i18n import N_, _
 from .tlsinfo import TLSInfo
 from .tlsparams import TLSParams
 
@@ -46,7 +47,7 @@ __all__ = ["TLSChannel", "TLSTruncated"]
 _FIRST_BYTES = 64
 
 
-_TRUNCATED = "the connection ended without TLS close_notify: what arrived may be truncated"
+_TRUNCATED = N_("the connection ended without TLS close_notify: what arrived may be truncated")
 
 
 class TLSChannel:
@@ -156,7 +157,7 @@ class TLSChannel:
             self._finish_handshake()
         except TLSRefused as exc:
             if trace.enabled():
-                self._narrate(f"handshake refused ({exc.reason}): {exc}")
+                self._narrate(_("handshake refused ({reason}): {error}").format(reason=exc.reason, error=exc))
             raise
         return self._handshaken
 
@@ -224,7 +225,7 @@ class TLSChannel:
         if not data:  # close_notify (Python raises SSLZeroReturnError only once this side sent its own)
             self._read_closed = True
             if trace.enabled():
-                self._narrate("close_notify received: the peer's end of data")
+                self._narrate(_("close_notify received: the peer's end of data"))
             return data
         self._heard = True
         if self._in.pending:
@@ -260,8 +261,8 @@ class TLSChannel:
 
     def _truncated(self) -> TLSTruncated:
         if trace.enabled():
-            self._narrate("the connection ended without close_notify: truncated")
-        return self.alpn_refusal() or TLSTruncated(_TRUNCATED)
+            self._narrate(_("the connection ended without close_notify: truncated"))
+        return self.alpn_refusal() or TLSTruncated(_(_TRUNCATED))
 
     def alpn_refusal(self) -> TLSTruncated | None:
         """The error to say when the server left (no close_notify, or a reset) before a word of
@@ -273,9 +274,11 @@ class TLSChannel:
         if self.info is None or self.info.alpn is not None:
             return None
         return TLSTruncated(
-            "the server closed the connection right after the handshake, without close_notify "
-            f"and without agreeing on an ALPN protocol (offered: {','.join(self._params.alpn)}): "
-            "it probably accepts none of them"
+            _(
+                "the server closed the connection right after the handshake, without close_notify "
+                "and without agreeing on an ALPN protocol (offered: {protocols}): "
+                "it probably accepts none of them"
+            ).format(protocols=",".join(self._params.alpn))
         )
 
     def drain(self) -> None:
@@ -323,7 +326,7 @@ class TLSChannel:
             return
         self._write_closed = True
         if trace.enabled():
-            self._narrate("close_notify sent: this side's end of data (still reading)")
+            self._narrate(_("close_notify sent: this side's end of data (still reading)"))
         while self._ssl.pending():
             self._held += self._ssl.read(self._ssl.pending())
         records = self._in.read() if self._in.pending else b""

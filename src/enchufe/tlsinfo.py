@@ -13,6 +13,7 @@ import datetime
 import hashlib
 from dataclasses import dataclass
 
+from .i18n import _
 from .tlsparams import format_pin
 
 __all__ = ["PeerCertificate", "TLSInfo", "date_text", "describe_certificate", "spki_digest"]
@@ -43,7 +44,7 @@ class PeerCertificate:
         return names
 
     def validity(self) -> str:
-        return f"{date_text(self.not_before)} to {date_text(self.not_after)}"
+        return _("{start} to {end}").format(start=date_text(self.not_before), end=date_text(self.not_after))
 
     def san_text(self) -> str:
         """``DNS:a.example,IP:192.0.2.1``: the form of ``allow-san=`` and ``ENCHUFE_TLS_PEER_SAN``."""

@@ -39,6 +39,7 @@ from ._inet_text import literal_family
 from ._ranges import MAX_SECONDS
 from ._text import printable
 from .errors import AddressError
+from .i18n import _
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -63,7 +64,6 @@ _BOTH = ("cert", "key", "alpn", "handshake-timeout")
 #: Every parameter name a TLS query may hold.
 PARAMETERS = _CLIENT_ONLY + _BOTH + _SERVER_ONLY
 _ACCEPTED = ", ".join(PARAMETERS)
-_ACCEPTED_LINE = f"accepted TLS parameters: {_ACCEPTED}"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SNI = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
@@ -118,16 +118,19 @@ class TLSParams:
         if self.cert_auto and side == "client":
             wrong.insert(0, "cert=auto")
         if wrong:
-            other = "listening (server)" if side == "client" else "connecting (client)"
-            allowed = _CLIENT_ONLY + _BOTH if side == "client" else ("cert=auto", *_BOTH, *_SERVER_ONLY)
-            raise AddressError(
-                f"TLS parameter {', '.join(wrong)} is for {other} only; "
-                f"when {'connecting' if side == 'client' else 'listening'}: {', '.join(allowed)}"
-            )
+            if side == "client":
+                allowed = _CLIENT_ONLY + _BOTH
+                line = _("TLS parameter {names} is for listening (server) only; when connecting: {allowed}")
+            else:
+                allowed = ("cert=auto", *_BOTH, *_SERVER_ONLY)
+                line = _("TLS parameter {names} is for connecting (client) only; when listening: {allowed}")
+            raise AddressError(line.format(names=", ".join(wrong), allowed=", ".join(allowed)))
         if side == "server" and self.cert is None and not self.cert_auto:
             raise AddressError(
-                "a TLS listener needs a certificate: add cert=FILE (and key=FILE unless the key is "
-                "in the same file), or cert=auto for an ephemeral self-signed one"
+                _(
+                    "a TLS listener needs a certificate: add cert=FILE (and key=FILE unless the key is "
+                    "in the same file), or cert=auto for an ephemeral self-signed one"
+                )
             )
 
     def _pairs(self) -> list[tuple[str, str | None]]:
@@ -176,12 +179,22 @@ def parse_query(query: str) -> TLSParams:
     for part in query.split("&") if query else []:
         name, sep, raw = part.partition("=")
         if not name:
-            raise AddressError(f"empty TLS parameter in {printable(query)!r}; {_ACCEPTED_LINE}")
+            raise AddressError(
+                _("empty TLS parameter in {query}; accepted TLS parameters: {accepted}").format(
+                    query=repr(printable(query)), accepted=_ACCEPTED
+                )
+            )
         if name not in PARAMETERS:
-            raise AddressError(f"unknown TLS parameter {printable(name)!r}; {_ACCEPTED_LINE}")
+            raise AddressError(
+                _("unknown TLS parameter {name}; accepted TLS parameters: {accepted}").format(
+                    name=repr(printable(name)), accepted=_ACCEPTED
+                )
+            )
         if name in values:
             raise AddressError(
-                f"TLS parameter {name!r} is given twice; give it once (lists are comma-separated)"
+                _("TLS parameter {name} is given twice; give it once (lists are comma-separated)").format(
+                    name=repr(name)
+                )
             )
         values[name] = _decode(name, raw) if sep else None
     return TLSParams(
@@ -202,13 +215,19 @@ def parse_query(query: str) -> TLSParams:
 
 def _decode(name: str, raw: str) -> str:
     if re.search(r"%(?![0-9A-Fa-f]{2})", raw):
-        raise AddressError(f"TLS parameter {name}: a '%' must start an escape like %26 (write a '%' as %25)")
+        raise AddressError(
+            _("TLS parameter {name}: a '%' must start an escape like %26 (write a '%' as %25)").format(
+                name=name
+            )
+        )
     try:
         value = unquote(raw, errors="strict")
     except UnicodeDecodeError:
-        raise AddressError(f"TLS parameter {name}: the escapes do not decode as UTF-8") from None
+        raise AddressError(
+            _("TLS parameter {name}: the escapes do not decode as UTF-8").format(name=name)
+        ) from None
     if "\0" in value:
-        raise AddressError(f"TLS parameter {name}: a NUL byte cannot be part of a value")
+        raise AddressError(_("TLS parameter {name}: a NUL byte cannot be part of a value").format(name=name))
     return value
 
 
@@ -217,7 +236,8 @@ def _required(values: dict[str, str | None], name: str, form: str) -> str | None
         return None
     value = values[name]
     if not value:
-        raise AddressError(f"TLS parameter {name} needs a value: {name}={form}")
+        message = _("TLS parameter {name} needs a value: {name}={form}")
+        raise AddressError(message.format(name=name, form=form))
     return value
 
 
@@ -229,7 +249,7 @@ def _flag(values: dict[str, str | None], name: str) -> bool:
     if name not in values:
         return False
     if values[name] not in (None, "", "1", "true", "yes"):
-        raise AddressError(f"TLS parameter {name} takes no value: write just '{name}'")
+        raise AddressError(_("TLS parameter {name} takes no value: write just '{name}'").format(name=name))
     return True
 
 
@@ -240,7 +260,9 @@ def _list(values: dict[str, str | None], name: str, form: str) -> tuple[str, ...
     items = tuple(value.split(","))
     if any(not item for item in items):
         raise AddressError(
-            f"TLS parameter {name}: an empty item in {printable(value)!r}; write {name}={form},{form}…"
+            _("TLS parameter {name}: an empty item in {value}; write {name}={form},{form}…").format(
+                name=name, value=repr(printable(value)), form=form
+            )
         )
     return items
 
@@ -251,23 +273,29 @@ def _sni(values: dict[str, str | None]) -> str | None:
         return None
     if literal_family(name) is not None:
         raise AddressError(
-            f"sni={printable(name)}: a server name cannot be an IP address (TLS sends names only); "
-            "connect to the IP and give the certificate's DNS name, e.g. sni=example.com"
+            _(
+                "sni={name}: a server name cannot be an IP address (TLS sends names only); "
+                "connect to the IP and give the certificate's DNS name, e.g. sni=example.com"
+            ).format(name=printable(name))
         )
     if not _SNI.match(name):
-        raise AddressError(f"sni={printable(name)!r} is not a host name; e.g. sni=example.com")
+        raise AddressError(
+            _("sni={name} is not a host name; e.g. sni=example.com").format(name=repr(printable(name)))
+        )
     return name
 
 
 def _pins(values: dict[str, str | None]) -> tuple[bytes, ...]:
     pins = []
     for item in _list(values, "pin", "sha256:HEX"):
-        algorithm, _, digits = item.partition(":")
+        algorithm, _sep, digits = item.partition(":")
         digits = digits.replace(":", "").lower()
         if algorithm.lower() != "sha256" or not _HEX64.match(digits):
             raise AddressError(
-                f"pin={printable(item)!r} is not a pin; write pin=sha256:HEX with the 64 hex digits of "
-                "the SHA-256 of the certificate's SubjectPublicKeyInfo (cert=auto's listening line prints it)"
+                _(
+                    "pin={pin} is not a pin; write pin=sha256:HEX with the 64 hex digits of the SHA-256 "
+                    "of the certificate's SubjectPublicKeyInfo (cert=auto's listening line prints it)"
+                ).format(pin=repr(printable(item)))
             )
         pins.append(bytes.fromhex(digits))
     return tuple(pins)
@@ -280,13 +308,17 @@ def _sans(values: dict[str, str | None]) -> tuple[tuple[str, str], ...]:
         kind = kind.upper()
         if not sep or kind not in SAN_TYPES or not value:
             raise AddressError(
-                f"allow-san={printable(item)!r}: write TYPE:VALUE with TYPE one of {', '.join(SAN_TYPES)}, "
-                "e.g. allow-san=DNS:client.example.com,URI:spiffe://example.com/app"
+                _(
+                    "allow-san={item}: write TYPE:VALUE with TYPE one of {types}, "
+                    "e.g. allow-san=DNS:client.example.com,URI:spiffe://example.com/app"
+                ).format(item=repr(printable(item)), types=", ".join(SAN_TYPES))
             )
         if kind == "IP":
             if literal_family(value) is None:
                 raise AddressError(
-                    f"allow-san=IP:{printable(value)}: not an IP address; e.g. IP:192.0.2.7 or IP:2001:db8::7"
+                    _("allow-san=IP:{value}: not an IP address; e.g. IP:192.0.2.7 or IP:2001:db8::7").format(
+                        value=printable(value)
+                    )
                 )
             value = str(ipaddress.ip_address(value))
         sans.append((kind, value))
@@ -298,7 +330,9 @@ def _alpn(values: dict[str, str | None]) -> tuple[str, ...]:
     for protocol in protocols:
         if len(protocol.encode()) > 255 or not protocol.isascii() or not protocol.isprintable():
             raise AddressError(
-                f"alpn: {printable(protocol)!r} is not a protocol name (1-255 printable ASCII bytes, e.g. h2)"
+                _("alpn: {protocol} is not a protocol name (1-255 printable ASCII bytes, e.g. h2)").format(
+                    protocol=repr(printable(protocol))
+                )
             )
     return protocols
 
@@ -313,7 +347,9 @@ def _timeout(values: dict[str, str | None]) -> float:
         value = math.nan
     if not (0 < value <= MAX_SECONDS):
         raise AddressError(
-            f"handshake-timeout={printable(text)}: seconds, more than 0 and at most {MAX_SECONDS:.0f}"
+            _("handshake-timeout={value}: seconds, more than 0 and at most {most}").format(
+                value=printable(text), most=f"{MAX_SECONDS:.0f}"
+            )
         )
     return value
 
@@ -323,17 +359,21 @@ def _check_consistent(params: TLSParams) -> None:
     if params.insecure and (params.pins or params.ca is not None):
         given = "pin" if params.pins else "ca"
         raise AddressError(
-            f"insecure turns verification off, so {given}= would be ignored: give one or the other"
+            _("insecure turns verification off, so {name}= would be ignored: give one or the other").format(
+                name=given
+            )
         )
     if (params.allow_san or params.allow_cn) and params.client_ca is None:
         raise AddressError(
-            "allow-san and allow-cn choose among verified client certificates: add client-ca=FILE"
+            _("allow-san and allow-cn choose among verified client certificates: add client-ca=FILE")
         )
     if params.cert_auto and params.key is not None:
-        raise AddressError("cert=auto makes its own key: drop key=")
+        raise AddressError(_("cert=auto makes its own key: drop key="))
     if params.key is not None and params.cert is None and not params.cert_auto:
-        raise AddressError("key= goes with cert=FILE (the certificate it belongs to)")
+        raise AddressError(_("key= goes with cert=FILE (the certificate it belongs to)"))
     if not (0 < params.handshake_timeout <= MAX_SECONDS) or math.isnan(params.handshake_timeout):
         raise AddressError(
-            f"handshake-timeout: a number of seconds more than 0 and at most {MAX_SECONDS:.0f}"
+            _("handshake-timeout: a number of seconds more than 0 and at most {most}").format(
+                most=f"{MAX_SECONDS:.0f}"
+            )
         )

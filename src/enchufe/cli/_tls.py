@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ..i18n import _
 from ._common import event
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ PARAMETER_ROWS = (
 
 def help_text() -> str:
     """The TLS section of a command's --help epilog (click keeps it as written after ``\\b``)."""
-    width = max(len(name) for name, _, _ in PARAMETER_ROWS)
+    width = max(len(name) for name, _side, _meaning in PARAMETER_ROWS)
     rows = "\n".join(f"  {name:<{width}}  {side:<6}  {meaning}" for name, side, meaning in PARAMETER_ROWS)
     return (
         "\b\n"
@@ -59,8 +60,10 @@ def warn_insecure(target: Address) -> None:
     shown = printable(str(target))
     event(
         "warning",
-        f"enchufe: warning: {shown}: insecure: the server is not verified; anyone on the path "
-        "can read and change the data (use ca= or pin= instead)",
+        _(
+            "enchufe: warning: {address}: insecure: the server is not verified; anyone on the path "
+            "can read and change the data (use ca= or pin= instead)"
+        ).format(address=shown),
         address=shown,
         insecure=True,
     )
@@ -83,9 +86,14 @@ def listening(address: object, pin: str | None) -> None:
     """The listening line of a server: its address, and the pin of a ``cert=auto`` certificate."""
     shown = str(address)
     if pin is None:
-        event("listening", f"listening on {shown}", address=shown)
+        event("listening", _("listening on {address}").format(address=shown), address=shown)
         return
-    event("listening", f"listening on {shown} pin {pin}", address=shown, pin=pin)
+    event(
+        "listening",
+        _("listening on {address} pin {pin}").format(address=shown, pin=pin),
+        address=shown,
+        pin=pin,
+    )
 
 
 def handshake_done(conn: Any, peer: str) -> None:
@@ -96,14 +104,14 @@ def handshake_done(conn: Any, peer: str) -> None:
     if tls is None:
         return
     fields: dict[str, Any] = {"peer": peer, "version": tls.version, "cipher": tls.cipher}
-    text = f"TLS with {peer}: {tls.version} {tls.cipher}"
+    text = _("TLS with {peer}: {version} {cipher}").format(peer=peer, version=tls.version, cipher=tls.cipher)
     if tls.alpn:
         fields["alpn"] = tls.alpn
         text += f", ALPN {printable(tls.alpn)}"
     if tls.peer is not None:
         subject = printable(tls.peer.subject)
         fields["subject"] = subject
-        text += f", client certificate {subject}"
+        text += ", " + _("client certificate {subject}").format(subject=subject)
     event("tls", text, level=1, **fields)
 
 
@@ -121,19 +129,21 @@ def reload_on_sigusr1(listener: Listener) -> None:
 def reported(result: TLSReload) -> None:
     """Say what one reload of a listener's TLS files did (see :func:`reload_on_sigusr1`)."""
     if result.outcome == "not-tls":
-        event("reload", "SIGUSR1: nothing to reload (not a TLS listener)", reloaded=False)
+        event("reload", _("SIGUSR1: nothing to reload (not a TLS listener)"), reloaded=False)
     elif result.outcome == "cert-auto":
-        event("reload", "SIGUSR1: cert=auto keeps its certificate (nothing on disk to read)", reloaded=False)
+        event(
+            "reload", _("SIGUSR1: cert=auto keeps its certificate (nothing on disk to read)"), reloaded=False
+        )
     elif result.outcome == "failed":
         event(
             "reload",
-            f"SIGUSR1: TLS files not reloaded, the old ones stay: {result.error}",
+            _("SIGUSR1: TLS files not reloaded, the old ones stay: {error}").format(error=result.error),
             reloaded=False,
             error=str(result.error),
         )
     else:
         event(
             "reload",
-            "SIGUSR1: TLS certificate, key and CA files reloaded for the next clients",
+            _("SIGUSR1: TLS certificate, key and CA files reloaded for the next clients"),
             reloaded=True,
         )

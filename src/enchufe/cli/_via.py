@@ -1,7 +1,7 @@
 """``--via URL`` (connect, send, check): proxy hops before the target, first hop first.
 
-Only click is imported here, so that ``--help`` stays fast; the hops are parsed when a command
-runs (:func:`parse_via`), before any socket exists, so that a bad URL exits 2.
+Only click and enchufe.i18n are imported here, so that ``--help`` stays fast; the hops are
+parsed when a command runs (:func:`parse_via`), before any socket exists, so that a bad URL exits 2.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import click
+
+from ..i18n import _
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -56,7 +58,7 @@ def parse_via(texts: Sequence[str]) -> tuple[Hop, ...]:
         try:
             hops.append(parse_hop(text))
         except AddressError as exc:
-            raise AddressError(f"--via {exc}") from None
+            raise AddressError(_("--via {problem}").format(problem=exc)) from None
     return tuple(hops)
 
 
@@ -71,11 +73,16 @@ def check_via_target(target: Address, hops: Sequence[Hop], *, command: str = "co
     check_target(target, hops)
     if not target.is_stream and command != "connect":
         raise AddressError(
-            f"{target}: {command} --via takes stream targets (tcp://, tls://); datagrams go through "
-            f"a socks5:// proxy with enchufe connect (via {shown(hops)[5:]})"
+            _(
+                "{target}: {command} --via takes stream targets (tcp://, tls://); datagrams go through "
+                "a socks5:// proxy with enchufe connect (via {hops})"
+            ).format(target=target, command=command, hops=", ".join(str(hop) for hop in hops))
         )
 
 
 def shown(hops: Sequence[Hop]) -> str:
     """`` via socks5://…, http://…`` for the lines that name a target (passwords masked)."""
-    return f" via {', '.join(str(hop) for hop in hops)}" if hops else ""
+    if not hops:
+        return ""
+
+    return " " + _("via {hops}").format(hops=", ".join(str(hop) for hop in hops))

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from .._socks_rules import DEFAULT_HANDSHAKE_TIMEOUT
+from ..i18n import _
 from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ._common import event, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, FiniteFloat
@@ -188,7 +189,9 @@ def _users(auth: tuple[str, ...], auth_file: str | None) -> dict[bytes, bytes] |
                 users.update(parse_users(lines, f"--auth-file {printable(auth_file)}"))
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise EnchufeError(f"cannot read --auth-file {printable(auth_file)}: {reason}") from None
+            raise EnchufeError(
+                _("cannot read --auth-file {file}: {reason}").format(file=printable(auth_file), reason=reason)
+            ) from None
     return users or None
 
 
@@ -198,11 +201,19 @@ def _warn_if_open(listen: Any) -> None:
 
     if not isinstance(listen, InetAddress) or _loopback(listen.host):
         return
-    where = "every interface" if listen.is_wildcard else listen.host
+    if listen.is_wildcard:
+        line = _(
+            "enchufe: warning: no --auth: anyone who can reach every interface may use this proxy "
+            "(an open proxy); give --auth USER:PASS or --auth-file, or listen on 127.0.0.1"
+        )
+    else:
+        line = _(
+            "enchufe: warning: no --auth: anyone who can reach {host} may use this proxy (an open proxy); "
+            "give --auth USER:PASS or --auth-file, or listen on 127.0.0.1"
+        ).format(host=listen.host)
     event(
         "warning",
-        f"enchufe: warning: no --auth: anyone who can reach {where} may use this proxy (an open proxy); "
-        "give --auth USER:PASS or --auth-file, or listen on 127.0.0.1",
+        line,
         detail="open proxy",
     )
 
