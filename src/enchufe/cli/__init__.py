@@ -96,6 +96,12 @@ def cli(**_options: Any) -> None:
     """
 
 
+#: click 8.2+ raises this for a group run without arguments (8.1 printed the help and exited 0).
+_NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    cls for cls in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if cls is not None
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with the contract's status: 0 done, 1 runtime failure, 2 bad input."""
     from ..errors import EnchufeError, UsageError
@@ -104,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Outside standalone mode click returns the exit code a command asked for.
         status = cli.main(args=argv, prog_name="enchufe", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:
+        # `enchufe` alone: the help, as click prints it (not squeezed into one error line).
+        exc.show()
+        sys.exit(2)
     except click.ClickException as exc:
         # One line naming the mistake and what is accepted, in the user's language: the usage
         # text click would print first says nothing about the mistake.

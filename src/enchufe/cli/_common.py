@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from .._text import one_line, printable
+from ..i18n import _
 from ._numbers import BoundedInt, FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,12 +72,9 @@ def _trace_file(ctx: click.Context, param: click.Parameter, value: str | None) -
     try:
         fd = _tracefile.open_trace_file(value)
     except OSError as exc:
-        raise click.BadParameter(
-            f"cannot write {printable(value)}: {exc.strerror or exc} "
-            "(give a path to a new or writable regular file)",
-            ctx,
-            param,
-        ) from None
+        message = _("cannot write {path}: {reason} (give a path to a new or writable regular file)")
+        reason = exc.strerror or str(exc)
+        raise click.BadParameter(message.format(path=printable(value), reason=reason), ctx, param) from None
     trace.record_to(_tracefile.file_recorder(fd))
 
 
@@ -171,7 +169,8 @@ class DatagramPrinter:
     def __call__(self, data: bytes, sender: object) -> None:
         if settings.verbose:
             peer = peer_name(sender)
-            event("datagram", f"received {len(data)} bytes from {peer}", level=1, peer=peer, size=len(data))
+            said = _("received {size} bytes from {peer}").format(size=len(data), peer=peer)
+            event("datagram", said, level=1, peer=peer, size=len(data))
         if self.as_json:
             import base64
             import json
@@ -195,7 +194,7 @@ class DatagramPrinter:
 
 def warn_truncated(exc: Exception) -> None:
     """A datagram larger than the buffer was cut: said as a warning, and the command goes on."""
-    event("truncated", f"enchufe: warning: {exc}", error=str(exc))
+    event("truncated", _("enchufe: warning: {error}").format(error=exc), error=str(exc))
 
 
 def hexdump(data: bytes) -> bytes:
@@ -215,7 +214,7 @@ class _EventHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         level = record.levelname.lower()
-        event("log", f"enchufe: {message}", level=0, severity=level, message=message)
+        event("log", tagged(message), level=0, severity=level, message=message)
         error = record.exc_info[1] if record.exc_info else None
         if settings.debug and error is not None and not settings.quiet:
             # --debug promises tracebacks: those a handler logged with log.exception too.
@@ -265,6 +264,12 @@ def given(name: str) -> bool:
     rather than left at its default."""
     source = click.get_current_context().get_parameter_source(name)
     return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def tagged(message: object) -> str:
+    """``enchufe: MESSAGE``: a line that stands alone on stderr, with the program's name (which
+    no language translates) before a message already in the user's language."""
+    return f"enchufe: {message}"
 
 
 def peer_name(address: object) -> str:

@@ -6,7 +6,7 @@ option given before ``--lang`` is reported in the language asked for too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import click
 
@@ -49,10 +49,11 @@ def click_message(exc: click.ClickException) -> str:
             line = _("missing option {name}").format(name=name)
         return line + _see_help(command)
     if isinstance(exc, click.BadParameter):
+        message = _click_value_message(exc.message)
         if exc.param_hint is not None or exc.param is not None:
             hint = exc.param_hint if isinstance(exc.param_hint, str) else _param_name(exc.param)
-            return _("invalid value for {param}: {message}").format(param=hint, message=exc.message)
-        return _("invalid value: {message}").format(message=exc.message)
+            return _("invalid value for {param}: {message}").format(param=hint, message=message)
+        return _("invalid value: {message}").format(message=message)
     if isinstance(exc, click.BadOptionUsage):
         if "requires an argument" in exc.message:
             return _("option {option} needs a value").format(option=exc.option_name) + _see_help(command)
@@ -61,7 +62,11 @@ def click_message(exc: click.ClickException) -> str:
     if isinstance(exc, click.UsageError):
         message = exc.message
         if message.startswith("No such command"):
-            return _("no such command: {message}").format(message=message.split(" ", 3)[-1].rstrip("."))
+            return _no_such_command(exc, message.split(" ", 3)[-1].rstrip("."))
+        if message == "Missing command.":
+            return _("missing command; the commands are: {commands}").format(
+                commands=", ".join(_commands(exc))
+            ) + _see_help(command)
         if message.startswith("Got unexpected extra argument"):
             extra = message.partition("(")[2].rstrip(")")
             return _("unexpected extra argument: {arguments}").format(arguments=extra) + _see_help(command)
@@ -70,8 +75,62 @@ def click_message(exc: click.ClickException) -> str:
 
 
 def _command_path(exc: click.ClickException) -> str:
+    """The command whose --help to suggest: the mistake's, or the one being parsed (click's
+    option parser gives no context with "requires an argument")."""
+    from ._common import settings
+
     ctx = getattr(exc, "ctx", None)
-    return ctx.command_path if isinstance(ctx, click.Context) else "enchufe"
+    if isinstance(ctx, click.Context):
+        return ctx.command_path
+    return f"enchufe {settings.command}" if settings.command else "enchufe"
+
+
+def _commands(exc: click.ClickException) -> list[str]:
+    ctx = getattr(exc, "ctx", None)
+    group = ctx.command if isinstance(ctx, click.Context) else None
+    return group.list_commands(ctx) if isinstance(group, click.Group) and ctx is not None else []
+
+
+def _no_such_command(exc: click.ClickException, name: str) -> str:
+    """``no such command: 'lisen' (did you mean listen?); the commands are: listen, connect, …``"""
+    import difflib
+
+    commands = _commands(exc)
+    line = _("no such command: {name}").format(name=name)
+    close = difflib.get_close_matches(name.strip("'"), commands, n=2)
+    if close:
+        line += " " + _("(did you mean {options}?)").format(options=", ".join(close))
+    if commands:
+        line += "; " + _("the commands are: {commands}").format(commands=", ".join(commands))
+    return line
+
+
+#: click's own messages about a value (English: click's gettext domain has no catalog), each
+#: as a pattern and the message that says it in the current language.
+_CLICK_VALUE_MESSAGES: tuple[tuple[str, Callable[[], str]], ...] = (
+    (r"(?P<value>.+) is not one of (?P<choices>.+)\.", lambda: _("{value} is not one of {choices}")),
+    (r"(?P<value>.+) is not (?P<choices>'[^']*')\.", lambda: _("{value} is not one of {choices}")),
+    (r"\w+ (?P<path>.+) does not exist\.", lambda: _("{path} does not exist")),
+    (r"\w+ (?P<path>.+) is a file\.", lambda: _("{path} is a file")),
+    (r"\w+ (?P<path>.+) is a directory\.", lambda: _("{path} is a directory")),
+    (r"\w+ (?P<path>.+) is not readable\.", lambda: _("{path} is not readable")),
+    (r"\w+ (?P<path>.+) is not writable\.", lambda: _("{path} is not writable")),
+    (r"\w+ (?P<path>.+) is not executable\.", lambda: _("{path} is not executable")),
+)
+
+
+def _click_value_message(message: str) -> str:
+    """A message of click's about a bad value (a choice, a path) in the current language; in
+    English, and any other message (enchufe's own, translated already), as it is."""
+    if i18n.language() == "en":
+        return message
+    import re
+
+    for pattern, translated in _CLICK_VALUE_MESSAGES:
+        match = re.fullmatch(pattern, message, re.DOTALL)
+        if match:
+            return translated().format(**match.groupdict())
+    return message
 
 
 def _see_help(command: str) -> str:

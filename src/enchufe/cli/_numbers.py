@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .._ranges import MAX_BACKLOG, MAX_SECONDS
+from ..i18n import _
 
 __all__ = ["MAX_BACKLOG", "MAX_INT", "MAX_SECONDS", "BoundedInt", "FiniteFloat"]
 
@@ -62,32 +63,40 @@ class FiniteFloat(click.FloatRange):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, bool):
-            self.fail(f"{value!r} is not a number; accepted: {self._describe_range()}", param, ctx)
+            self.fail(
+                _("{value} is not a number; accepted: {range}").format(**self._shown(value)), param, ctx
+            )
         if isinstance(value, int | float):
             number = float(value)
             text = _show_number(number) if math.isfinite(number) else str(number)
         else:
             text = str(value).strip()
             if not _FLOAT_TEXT.fullmatch(text):
-                what = "a finite number" if text.lower().lstrip("+-") in _NON_FINITE else "a number"
-                self.fail(f"{text!r} is not {what}; accepted: {self._describe_range()}", param, ctx)
+                if text.lower().lstrip("+-") in _NON_FINITE:
+                    message = _("{value} is not a finite number; accepted: {range}")
+                else:
+                    message = _("{value} is not a number; accepted: {range}")
+                self.fail(message.format(**self._shown(text)), param, ctx)
             number = float(text)
         if not math.isfinite(number):
-            self.fail(f"{text!r} is too large; accepted: {self._describe_range()}", param, ctx)
+            self.fail(_("{value} is too large; accepted: {range}").format(**self._shown(text)), param, ctx)
         if number == 0 and self.zero is not None:
             return 0.0
         assert self.min is not None and self.max is not None
         if number < self.min or (self.min_open and number == self.min) or number > self.max:
-            self.fail(f"{text!r} is out of range; accepted: {self._describe_range()}", param, ctx)
+            self.fail(_("{value} is out of range; accepted: {range}").format(**self._shown(text)), param, ctx)
         return number
 
-    def _describe_range(self) -> str:
+    def _describe_range(self, *, translated: bool = False) -> str:
+        """The range as ``--help`` shows it (English, as all help), or as an error says it."""
         assert self.min is not None and self.max is not None
         low = "<" if self.min_open else "≤"
         text = f"{_show_number(self.min)} {low} {self.symbol} ≤ {_show_number(self.max)}"
-        if self.zero is not None:
-            text += f"; 0 = {self.zero}"
-        return text
+        return text + _zero(self.zero, translated)
+
+    def _shown(self, value: object) -> dict[str, str]:
+        """The fields of a refusal's message: the value as given, the range accepted."""
+        return {"value": repr(value), "range": self._describe_range(translated=True)}
 
 
 _NON_FINITE = {"nan", "inf", "infinity"}
@@ -117,19 +126,33 @@ class BoundedInt(click.IntRange):
         else:
             text = str(value).strip()
             if not _INT_TEXT.fullmatch(text):
-                self.fail(f"{text!r} is not a whole number; accepted: {self._describe_range()}", param, ctx)
+                message = _("{value} is not a whole number; accepted: {range}")
+                self.fail(message.format(**self._shown(text)), param, ctx)
             # int() refuses over 4300 digits; anything over 30 is out of every range anyway.
             number = int(text) if len(text) <= 30 else MAX_INT + 1
         if number == 0 and self.zero is not None:
             return 0
         assert self.min is not None and self.max is not None
         if not self.min <= number <= self.max:
-            self.fail(f"{text!r} is out of range; accepted: {self._describe_range()}", param, ctx)
+            self.fail(_("{value} is out of range; accepted: {range}").format(**self._shown(text)), param, ctx)
         return number
 
-    def _describe_range(self) -> str:
+    def _describe_range(self, *, translated: bool = False) -> str:
+        """The range as ``--help`` shows it (English, as all help), or as an error says it."""
         assert self.min is not None and self.max is not None
-        text = f"{self.min} ≤ {self.symbol} ≤ {self.max}"
-        if self.zero is not None:
-            text += f"; 0 = {self.zero}"
-        return text
+        return f"{self.min} ≤ {self.symbol} ≤ {self.max}" + _zero(self.zero, translated)
+
+    def _shown(self, value: object) -> dict[str, str]:
+        """The fields of a refusal's message: the value as given, the range accepted."""
+        return {"value": repr(value), "range": self._describe_range(translated=True)}
+
+
+def _zero(meaning: str | None, translated: bool) -> str:
+    """``; 0 = never`` after a range where 0 means something (in the user's language in an
+    error; ``--help`` is English)."""
+    if meaning is None:
+        return ""
+    if translated:
+        # Every meaning an option gives 0, written here so that the catalog has it.
+        meaning = {"never": _("never")}.get(meaning, meaning)
+    return f"; 0 = {meaning}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..i18n import _
 from ._common import STOP_SIGNALS, F, event, peer_name, settings, setup_logging
 from ._numbers import MAX_BACKLOG, BoundedInt, FiniteFloat
 
@@ -122,12 +123,15 @@ def proxy_settings(
     if not accept_proxy:
         for name, option in (("trusted_proxy", "--trusted-proxy"), ("proxy_timeout", "--proxy-timeout")):
             if given(name):
-                raise UsageError(f"{option} applies with --accept-proxy (the peers that send a PROXY header)")
+                message = _("{option} applies with --accept-proxy (the peers that send a PROXY header)")
+                raise UsageError(message.format(option=option))
         return {}
     if not target.is_stream:
         raise UsageError(
-            f"--accept-proxy reads a PROXY header at the start of a stream connection; {target} is a "
-            "datagram socket"
+            _(
+                "--accept-proxy reads a PROXY header at the start of a stream connection; {address} "
+                "is a datagram socket"
+            ).format(address=target)
         )
     for text in trusted_proxy:
         parse_trusted(text)  # a bad one is refused before anything is bound
@@ -169,13 +173,24 @@ def run_server(server: Any, drain_timeout: float) -> int:
         open_now = server.stats.active
         if signalled:
             if open_now:
-                event("stopping", f"stopping now: cutting {open_now} open connection(s)", open=open_now)
+                said = _("stopping now: cutting {open} open connection(s)").format(open=open_now)
+                event("stopping", said, open=open_now)
         elif open_now and drain_timeout > 0:
             # Said as the relay says it: a user waiting on a drain knows why and how to cut it.
+            if open_now == 1:
+                said = _(
+                    "stopping: no new clients; waiting up to {seconds} s for {open} open connection "
+                    "(signal again to cut them now)"
+                )
+            else:
+                said = _(
+                    "stopping: no new clients; waiting up to {seconds} s for {open} open connections "
+                    "(signal again to cut them now)"
+                )
+            seconds = f"{drain_timeout:g}"
             event(
                 "stopping",
-                f"stopping: no new clients; waiting up to {drain_timeout:g} s for {open_now} open "
-                f"connection{'s' if open_now != 1 else ''} (signal again to cut them now)",
+                said.format(seconds=seconds, open=open_now),
                 open=open_now,
                 drain_timeout=drain_timeout,
             )
@@ -197,14 +212,10 @@ def run_server(server: Any, drain_timeout: float) -> int:
     setup_logging()
     stats = aio.run(main())
     if stats.cut:
-        event(
-            "stopped",
-            f"stopped: {stats.cut} connection(s) cut before they finished",
-            cut=stats.cut,
-            accepted=stats.accepted,
-        )
+        said = _("stopped: {cut} connection(s) cut before they finished").format(cut=stats.cut)
+        event("stopped", said, cut=stats.cut, accepted=stats.accepted)
         return 1
-    event("stopped", "stopped", level=1, cut=0, accepted=stats.accepted)
+    event("stopped", _("stopped"), level=1, cut=0, accepted=stats.accepted)
     return 0
 
 
@@ -216,11 +227,15 @@ def refuse_mode_unless_file(target: Any, mode: str | None) -> None:
     if mode is None:
         return
     if not isinstance(target, UnixAddress):
-        raise UsageError(f"--mode sets a unix socket file's permissions; {target} has no file")
+        raise UsageError(
+            _("--mode sets a unix socket file's permissions; {address} has no file").format(address=target)
+        )
     if target.abstract:
         raise UsageError(
-            f"--mode sets a unix socket file's permissions; {target} is an abstract name, "
-            "which has none (use a path, e.g. unix:/run/app.sock)"
+            _(
+                "--mode sets a unix socket file's permissions; {address} is an abstract name, "
+                "which has none (use a path, e.g. unix:/run/app.sock)"
+            ).format(address=target)
         )
 
 
@@ -247,27 +262,30 @@ def announced(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awai
             raise
         finally:
             received, sent = conn.bytes_received, conn.bytes_sent
-            event(
-                "close",
-                f"{how} {peer} after {received} bytes in, {sent} out",
-                level=1,
-                peer=peer,
-                received=received,
-                sent=sent,
-                cut=how == "cut",
-            )
+            said = _ended(how).format(peer=peer, received=received, sent=sent)
+            event("close", said, level=1, peer=peer, received=received, sent=sent, cut=how == "cut")
 
     return wrapped
+
+
+def _ended(how: str) -> str:
+    """The ``-v`` line of a connection's end (its fields: peer, received, sent)."""
+    if how == "cut":
+        return _("cut {peer} after {received} bytes in, {sent} out")
+    if how == "failed":
+        return _("failed {peer} after {received} bytes in, {sent} out")
+    return _("closed {peer} after {received} bytes in, {sent} out")
 
 
 def accepted(peer: str, proxy_address: Any, proxy_header: Any) -> None:
     """The ``-v`` line (and --json event) of a client accepted: through a proxy, it names the
     proxy too (``accepted tcp://203.0.113.7:4000 via tcp://127.0.0.1:5123``)."""
     if proxy_header is None:
-        event("accept", f"accepted {peer}", level=1, peer=peer)
+        event("accept", _("accepted {peer}").format(peer=peer), level=1, peer=peer)
         return
     proxy = peer_name(proxy_address)
-    event("accept", f"accepted {peer} via {proxy}", level=1, peer=peer, proxy=proxy)
+    said = _("accepted {peer} via {proxy}").format(peer=peer, proxy=proxy)
+    event("accept", said, level=1, peer=peer, proxy=proxy)
 
 
 def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaitable[None]]:
@@ -278,7 +296,7 @@ def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaita
     async def wrapped(datagram: Any) -> None:
         if datagram.new_peer:
             peer = peer_name(datagram.sender)
-            event("accept", f"new peer {peer}", level=1, peer=peer)
+            event("accept", _("new peer {peer}").format(peer=peer), level=1, peer=peer)
         result = handler(datagram)
         if inspect.isawaitable(result):
             await result
@@ -289,13 +307,8 @@ def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaita
 def peer_forgotten(session: Any) -> None:
     """``on_session_end`` of a datagram server: ``-v`` says a peer was forgotten."""
     peer = peer_name(session.peer)
-    event(
-        "close",
-        f"forgot {peer} after {session.datagrams} datagrams",
-        level=1,
-        peer=peer,
-        datagrams=session.datagrams,
-    )
+    said = _("forgot {peer} after {datagrams} datagrams").format(peer=peer, datagrams=session.datagrams)
+    event("close", said, level=1, peer=peer, datagrams=session.datagrams)
 
 
 def server_target(address: str, json_: bool, mode: str | None) -> Any:
@@ -350,7 +363,6 @@ def parse_mode(mode: str | None) -> int | None:
         return None
     value = int(mode, 8) if _MODE_TEXT.fullmatch(mode) else -1
     if not 0 <= value <= 0o777:
-        raise click.BadParameter(
-            f"{mode!r} is not an octal file mode such as 600 or 660", param_hint="--mode"
-        )
+        message = _("{mode} is not an octal file mode such as 600 or 660").format(mode=repr(mode))
+        raise click.BadParameter(message, param_hint="--mode")
     return value

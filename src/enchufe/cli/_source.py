@@ -18,6 +18,7 @@ from .._resolve import Target
 from .._unixfiles import SocketFile
 from ..address import InetAddress, SocketAddress, UnixAddress
 from ..errors import AddressError, NameResolutionError, NetworkError, translate
+from ..i18n import _
 
 
 def check_source(source: SocketAddress, target: SocketAddress) -> None:
@@ -25,21 +26,33 @@ def check_source(source: SocketAddress, target: SocketAddress) -> None:
     if isinstance(target, UnixAddress):
         if not isinstance(source, UnixAddress) or source.datagram != target.datagram:
             raise AddressError(
-                f"--source {source}: connecting to {target} needs a {target.scheme}: source, "
-                f"e.g. --source {target.scheme}:@client or --source {target.scheme}:///tmp/client.sock"
+                _(
+                    "--source {source}: connecting to {target} needs a {scheme}: source, e.g. --source "
+                    "{scheme}:@client or --source {scheme}:///tmp/client.sock"
+                ).format(source=source, target=target, scheme=target.scheme)
             )
         return
     assert isinstance(target, InetAddress)
     example = f"{target.transport}://{'[::1]' if target.family == 6 else '127.0.0.1'}:0"
     if not isinstance(source, InetAddress) or source.transport != target.transport:
         raise AddressError(
-            f"--source {source}: connecting to {target} needs a {target.transport}:// source "
-            f"(HOST:PORT, port 0 for any), e.g. --source {example}"
+            _(
+                "--source {source}: connecting to {target} needs a {transport}:// source (HOST:PORT, "
+                "port 0 for any), e.g. --source {example}"
+            ).format(source=source, target=target, transport=target.transport, example=example)
         )
     if source.family and target.family and source.family != target.family:
         raise AddressError(
-            f"--source {source}: an IPv{source.family} source cannot reach the IPv{target.family} "
-            f"address {target}; give an IPv{target.family} source, e.g. --source {example}"
+            _(
+                "--source {source}: an IPv{family} source cannot reach the IPv{target_family} address "
+                "{target}; give an IPv{target_family} source, e.g. --source {example}"
+            ).format(
+                source=source,
+                family=source.family,
+                target_family=target.family,
+                target=target,
+                example=example,
+            )
         )
 
 
@@ -93,8 +106,10 @@ def _targets(target: SocketAddress, source: SocketAddress) -> list[Target]:
         found = [t for t in found if t.family == wanted]
         if not found:
             raise NameResolutionError(
-                f"cannot connect to {target} from {source}: the name has no IPv{source.family} "
-                f"address; give a source of the other family, or none",
+                _(
+                    "cannot connect to {target} from {source}: the name has no IPv{family} address; "
+                    "give a source of the other family, or none"
+                ).format(target=target, source=source, family=source.family),
                 action="connect",
             )
     return found
@@ -147,7 +162,8 @@ def _local(family: int, source: InetAddress) -> tuple[str, int] | tuple[str, int
                 assert isinstance(sockaddr, tuple)
                 return (sockaddr[0], sockaddr[1])
     raise NameResolutionError(
-        f"the source address {source} has no IPv{6 if family == socket.AF_INET6 else 4} address "
-        "to reach the target from",
+        _("the source address {source} has no IPv{family} address to reach the target from").format(
+            source=source, family=6 if family == socket.AF_INET6 else 4
+        ),
         action="bind",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..i18n import _
 from ._common import given, global_options, json_option
 from ._numbers import BoundedInt
 from ._server import proxy_options, proxy_settings, serve, server_target, serving_options
@@ -55,8 +56,10 @@ def command(
     target = server_target(address, json_, mode)
     if not target.is_stream and given("queue_limit"):
         raise UsageError(
-            f"--queue-limit bounds what waits for a stream client; {target} is a datagram socket, "
-            "where a peer that does not read loses its datagrams"
+            _(
+                "--queue-limit bounds what waits for a stream client; {address} is a datagram socket, "
+                "where a peer that does not read loses its datagrams"
+            ).format(address=target)
         )
     room = ChatRoom(raw=raw, queue_limit=queue_limit)
     return serve(

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ..i18n import _
 from ._common import global_options, settings
 from ._numbers import FiniteFloat
 from ._via import via_option
@@ -94,13 +95,16 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[
         target = parse(text)
         if not isinstance(target, InetAddress | UnixAddress):
             raise AddressError(
-                f"{target}: check needs a socket address (tcp://, udp://, unix:, unixgram:); "
-                "e.g. tcp://127.0.0.1:22"
+                _(
+                    "{address}: check needs a socket address (tcp://, udp://, unix:, unixgram:); "
+                    "e.g. tcp://127.0.0.1:22"
+                ).format(address=target)
             )
         if isinstance(target, InetAddress) and (target.is_wildcard or target.port == 0):
             raise AddressError(
-                f"{target}: check needs a host and a port to reach, "
-                f"e.g. {target.scheme}://127.0.0.1:{target.port or 22}"
+                _("{address}: check needs a host and a port to reach, e.g. {example}").format(
+                    address=target, example=f"{target.scheme}://127.0.0.1:{target.port or 22}"
+                )
             )
         check_via_target(target, hops, command="check")
         targets.append(target)
@@ -113,7 +117,7 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[
             if not outcome.ok:
                 failed = True
     except KeyboardInterrupt:
-        sys.stderr.write("enchufe: check interrupted\n")
+        sys.stderr.write(_("enchufe: check interrupted") + "\n")
         return 1
     return 1 if failed else 0
 
@@ -187,8 +191,29 @@ def _report(outcome: Outcome, as_json: bool) -> None:
             or outcome.status.startswith("proxy ")
         )
         detail = f" ({outcome.detail})" if shown else ""
-        sys.stdout.write(f"{outcome.address} {outcome.status}{detail}\n")
+        sys.stdout.write(f"{outcome.address} {_said(outcome.status)}{detail}\n")
     sys.stdout.flush()
+
+
+def _said(status: str) -> str:
+    """A status as the text line says it, in the user's language (--json keeps the English
+    words: programs read them)."""
+    if status.startswith("proxy ") and status != "proxy refused":
+        return _("proxy {status}").format(status=_said(status.removeprefix("proxy ")))
+    said = {
+        "open": _("open"),
+        "refused": _("refused"),
+        "timed out": _("timed out"),
+        "no socket file": _("no socket file"),
+        "not a socket": _("not a socket"),
+        "no reply": _("no reply"),
+        "error": _("error"),
+        "TLS refused": _("TLS refused"),
+        "proxy refused": _("proxy refused"),
+        "unknown host": _("unknown host"),
+        "wrong socket type": _("wrong socket type"),
+    }
+    return said.get(status, status)
 
 
 def _check(target: Any, tls: Any, timeout: float, hops: tuple[Any, ...] = ()) -> Outcome:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..i18n import _
 from ._common import DatagramPrinter, event, global_options, retry_options, settings, warn_truncated
 from ._numbers import FiniteFloat
 from ._tls import help_text as tls_help
@@ -60,10 +61,16 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
             pass
         else:
             return UsageError(
-                f"connect takes one address, not HOST PORT as nc does ({shown}): "
-                f"write {suggestion} (or udp://…, unix:…)"
+                _(
+                    "connect takes one address, not HOST PORT as nc does ({given}): write {address} "
+                    "(or udp://…, unix:…)"
+                ).format(given=shown, address=suggestion)
             )
-    return UsageError(f"connect takes one address, not {len(extra) + 1} ({shown}); e.g. tcp://127.0.0.1:9000")
+    return UsageError(
+        _("connect takes one address, not {count} ({given}); e.g. tcp://127.0.0.1:9000").format(
+            count=len(extra) + 1, given=shown
+        )
+    )
 
 
 @click.command(
@@ -140,8 +147,10 @@ def command(
     target = parse(address)
     if not isinstance(target, InetAddress | UnixAddress):
         raise AddressError(
-            f"{target}: connect needs a socket address (tcp://, udp://, unix:, unixgram:); "
-            "e.g. tcp://127.0.0.1:9000"
+            _(
+                "{address}: connect needs a socket address (tcp://, udp://, unix:, unixgram:); "
+                "e.g. tcp://127.0.0.1:9000"
+            ).format(address=target)
         )
     hops = parse_via(via)
     check_via_target(target, hops)
@@ -150,7 +159,8 @@ def command(
         from ._source import check_source
 
         if not isinstance(local, InetAddress | UnixAddress):
-            raise AddressError(f"--source {local}: a source is a socket address, e.g. tcp://127.0.0.2:0")
+            message = _("--source {address}: a source is a socket address, e.g. tcp://127.0.0.2:0")
+            raise AddressError(message.format(address=local))
         check_source(local, hops[0].address if hops else target)
     options = _Options(
         via=hops,
@@ -265,14 +275,13 @@ class _Session:
         if self.via:
             peer = None  # the socket's peer is the first proxy: the target is what was reached
         self.peer = printable(str(peer)) if peer is not None else self.shown
+        # The JSON field keeps the English words (programs read it); the line is the user's.
         mine = printable(str(local)) if local is not None else "an unnamed socket"
-        event(
-            "connected",
-            f"connected to {self.peer} from {mine}",
-            level=1,
-            peer=self.peer,
-            local=mine,
-        )
+        if local is not None:
+            said = _("connected to {peer} from {local}").format(peer=self.peer, local=mine)
+        else:
+            said = _("connected to {peer} from an unnamed socket").format(peer=self.peer)
+        event("connected", said, level=1, peer=self.peer, local=mine)
 
     def _stream(self, options: _Options) -> int:
         from .._tlsstream import client_setup
@@ -381,27 +390,27 @@ class _Session:
             self.dump(direction, data)
 
     def _closed(self, idle_timeout: float | None) -> None:
-        moved = f"{self.result.received} bytes in, {self.result.sent} out"
+        received, sent = self.result.received, self.result.sent
         idle = {"idle": True} if self.result.idle else {}
-        why = f": no traffic for {idle_timeout:g} s," if idle else ""
-        event(
-            "closed",
-            f"closed {self.peer}{why} after {moved}",
-            level=1,
-            peer=self.peer,
-            received=self.result.received,
-            sent=self.result.sent,
-            **idle,
-        )
+        if idle:
+            said = _("closed {peer}: no traffic for {seconds} s, after {received} bytes in, {sent} out")
+        else:
+            said = _("closed {peer} after {received} bytes in, {sent} out")
+        seconds = f"{idle_timeout:g}" if idle_timeout is not None else ""
+        said = said.format(peer=self.peer, seconds=seconds, received=received, sent=sent)
+        event("closed", said, level=1, peer=self.peer, received=received, sent=sent, **idle)
 
     def interrupted(self) -> None:
         if self.connected:
-            message = (
-                f"interrupted by {self.signal_name}: connection to {self.peer} cut after "
-                f"{self.result.received} bytes in, {self.result.sent} out"
+            message = _(
+                "interrupted by {signal}: connection to {peer} cut after {received} bytes in, {sent} out"
+            ).format(
+                signal=self.signal_name, peer=self.peer, received=self.result.received, sent=self.result.sent
             )
         else:
-            message = f"interrupted by {self.signal_name} while connecting to {self.shown}"
+            message = _("interrupted by {signal} while connecting to {address}").format(
+                signal=self.signal_name, address=self.shown
+            )
         # Said even with --quiet: the exit status alone would not tell a cut from a failure.
         sys.stderr.write(f"enchufe: {message}\n")
         sys.stderr.flush()
@@ -438,13 +447,15 @@ def _hint(exc: BaseException, options: _Options, *, connected: bool) -> str:
         return ""
     if isinstance(exc, ConnectionRefused):
         if not options.retry:
-            return " (--retry N waits for one)"
-        return " (raise --retry or --retry-delay to wait longer)"
+            return " " + _("(--retry N waits for one)")
+        return " " + _("(raise --retry or --retry-delay to wait longer)")
     if isinstance(exc, TimedOut):
         timeout, idle_timeout = options.timeout, options.idle_timeout
         flag = "--timeout" if timeout is not None or idle_timeout is None else "--idle-timeout"
         limit = timeout if timeout is not None else idle_timeout
-        return f" (raise {flag}, now {limit:g} s)" if limit else " (--timeout S sets the limit)"
+        if not limit:
+            return " " + _("(--timeout S sets the limit)")
+        return " " + _("(raise {option}, now {seconds} s)").format(option=flag, seconds=f"{limit:g}")
     return ""
 
 
@@ -487,7 +498,10 @@ class _HexDump:
 
         start = self.totals[direction]
         self.totals[direction] += len(data)
-        arrow, verb = (">", "sent") if direction == "out" else ("<", "received")
-        header = f"{arrow} {verb} {len(data)} bytes (offset {start})\n"
+        if direction == "out":
+            header = _("> sent {size} bytes (offset {offset})")
+        else:
+            header = _("< received {size} bytes (offset {offset})")
+        header = header.format(size=len(data), offset=start) + "\n"
         sys.stderr.buffer.write(header.encode() + hexdump(data))
         sys.stderr.flush()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._serving import DEFAULT_DRAIN_TIMEOUT
+from ..i18n import _
 from ._common import (
     DatagramPrinter,
     event,
@@ -16,6 +17,7 @@ from ._common import (
     peer_name,
     settings,
     stop_on_sigterm,
+    tagged,
     warn_truncated,
 )
 from ._numbers import BoundedInt
@@ -117,14 +119,17 @@ def command(
     proxy = proxy_settings(target, accept_proxy, trusted_proxy, proxy_timeout)
     if exec_ is not None:
         if not target.is_stream:
-            raise AddressError(f"{target}: --exec needs a stream address (tcp://, unix:)")
+            raise AddressError(
+                _("{address}: --exec needs a stream address (tcp://, unix:)").format(address=target)
+            )
         return _serve_exec(target, exec_, keep_open, file_mode, drain_timeout, proxy)
     stop_on_sigterm()
     if not target.is_stream:
         with bind_datagram(target, mode=file_mode) as sock:
             printer = DatagramPrinter(as_json=json_, as_hex=hex_)
             try:  # from the listening line on, SIGTERM means a clean stop
-                event("listening", f"listening on {sock.local_address}", address=str(sock.local_address))
+                said = _("listening on {address}").format(address=sock.local_address)
+                event("listening", said, address=str(sock.local_address))
                 pump_datagram(
                     sock,
                     printer,
@@ -156,29 +161,31 @@ def _refuse_what_does_not_apply(
 
     if target.is_stream:
         if hex_:
-            raise UsageError(
-                f"--hex dumps datagrams; {target} is a stream, whose bytes go to stdout unchanged"
-            )
-        if count is not None:
-            raise UsageError(f"--count counts datagrams; {target} is a stream (one client, or -k for many)")
-        if exec_ is not None and backlog is not None:
-            raise UsageError("--backlog applies to listen without --exec")
-        if exec_ is None and given("drain_timeout"):
-            raise UsageError(
+            message = _("--hex dumps datagrams; {address} is a stream, whose bytes go to stdout unchanged")
+        elif count is not None:
+            message = _("--count counts datagrams; {address} is a stream (one client, or -k for many)")
+        elif exec_ is not None and backlog is not None:
+            message = _("--backlog applies to listen without --exec")
+        elif exec_ is None and given("drain_timeout"):
+            message = _(
                 "--drain-timeout applies with --exec (without it, SIGTERM ends the one client at once)"
             )
-        return
-    if keep_open:
-        raise UsageError(
-            f"-k/--keep-open serves stream clients one after another; {target} is a datagram socket, "
+        else:
+            return
+    elif keep_open:
+        message = _(
+            "-k/--keep-open serves stream clients one after another; {address} is a datagram socket, "
             "which takes every sender already"
         )
-    if backlog is not None:
-        raise UsageError(f"--backlog is the queue of stream clients; {target} is a datagram socket")
-    if given("drain_timeout"):
-        raise UsageError(f"--drain-timeout applies with --exec on a stream; {target} is a datagram socket")
-    if hex_ and json_:
-        raise UsageError("--hex and --json both say how to print a datagram: choose one")
+    elif backlog is not None:
+        message = _("--backlog is the queue of stream clients; {address} is a datagram socket")
+    elif given("drain_timeout"):
+        message = _("--drain-timeout applies with --exec on a stream; {address} is a datagram socket")
+    elif hex_ and json_:
+        message = _("--hex and --json both say how to print a datagram: choose one")
+    else:
+        return
+    raise UsageError(message.format(address=target))
 
 
 def _policy(proxy: dict[str, Any]) -> ProxyPolicy | None:
@@ -212,14 +219,14 @@ def _serve(listener: Listener, keep_open: bool, proxy: ProxyPolicy | None = None
         except ConnectionReset:
             # The client reset before we accepted it: nobody was served yet, so even a
             # one-shot listen waits for the next client, as nc -l and socat do.
-            event("reset", "a client left before it was accepted", level=1)
+            event("reset", _("a client left before it was accepted"), level=1)
             continue
         if proxy is not None:
             try:
                 take_proxy_header(conn, proxy)
             except ProxyRefused as exc:
                 conn.close()
-                event("refused", f"enchufe: {exc}", peer=peer_name(conn.peer_address), error=str(exc))
+                event("refused", tagged(exc), peer=peer_name(conn.peer_address), error=str(exc))
                 continue
         peer = peer_name(conn.peer_address)
         accepted(peer, conn.proxy_address, conn.proxy_header)
@@ -229,23 +236,21 @@ def _serve(listener: Listener, keep_open: bool, proxy: ProxyPolicy | None = None
                 handshake_done(conn, peer)
                 result = pump_stream(conn, stdin_fd=stdin_fd)
         except KeyboardInterrupt:
-            event("close", f"interrupted: connection from {peer} cut", peer=peer, cut=True)
+            event(
+                "close", _("interrupted: connection from {peer} cut").format(peer=peer), peer=peer, cut=True
+            )
             return 1
         except NetworkError as exc:
-            event("error", f"enchufe: {exc}", level=0, peer=peer, error=str(exc))
+            event("error", tagged(exc), level=0, peer=peer, error=str(exc))
             if not keep_open:
                 return 1
             continue
         if result.stdin_eof:
             stdin_fd = None  # later clients get EOF from us at once
-        event(
-            "close",
-            f"closed {peer} after {result.received} bytes in, {result.sent} out",
-            level=1,
-            peer=peer,
-            sent=result.sent,
-            received=result.received,
+        said = _("closed {peer} after {received} bytes in, {sent} out").format(
+            peer=peer, received=result.received, sent=result.sent
         )
+        event("close", said, level=1, peer=peer, sent=result.sent, received=result.received)
         if not keep_open:
             return 0
 
@@ -281,15 +286,12 @@ def _serve_exec(
             status = await run_exec(conn, program)
         except EnchufeError as exc:  # the program could not start for this client
             failed = True
-            event("error", f"enchufe: {exc}", peer=peer, error=str(exc))
+            event("error", tagged(exc), peer=peer, error=str(exc))
         else:
-            event(
-                "exit",
-                f"{program.argv[0]} for {peer} exited with status {status}",
-                level=1,
-                peer=peer,
-                status=status,
+            said = _("{program} for {peer} exited with status {status}").format(
+                program=program.argv[0], peer=peer, status=status
             )
+            event("exit", said, level=1, peer=peer, status=status)
         if not keep_open:
             server.shutdown(drain_timeout)
 
@@ -297,7 +299,8 @@ def _serve_exec(
         nonlocal failed
         peer = peer_name(conn.peer_address)
         if not settings.verbose or settings.json:  # with -v the library's own line said it
-            event("error", f"enchufe: TLS handshake with {peer} failed: {exc}", peer=peer, error=str(exc))
+            said = _("enchufe: TLS handshake with {peer} failed: {error}").format(peer=peer, error=exc)
+            event("error", said, peer=peer, error=str(exc))
         if not keep_open:  # as listen without --exec: that client was the one
             failed = True
             server.shutdown(drain_timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .._buffer import DEFAULT_MAX_DATAGRAM
+from ..i18n import _
 from ._common import (
     DatagramPrinter,
     event,
@@ -61,16 +62,19 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
         import shlex  # a TLS address's ?query must be quoted to be pasted into a shell
 
         raise AddressError(
-            f"{address}: recv takes a datagram address (udp://…, unixgram:…); "
-            f"for a stream use `enchufe listen {shlex.quote(address)}`"
+            _(
+                "{address}: recv takes a datagram address (udp://…, unixgram:…); for a stream use "
+                "`enchufe listen {quoted}`"
+            ).format(address=address, quoted=shlex.quote(address))
         )
     refuse_mode_unless_file(target, mode)
     if hex_ and json_:
-        raise UsageError("--hex and --json both say how to print a datagram: choose one")
+        raise UsageError(_("--hex and --json both say how to print a datagram: choose one"))
     stop_on_sigterm()
     with bind_datagram(target, mode=parse_mode(mode)) as sock:
         try:  # from the listening line on, SIGTERM and SIGHUP mean a clean stop
-            event("listening", f"listening on {sock.local_address}", address=str(sock.local_address))
+            said = _("listening on {address}").format(address=sock.local_address)
+            event("listening", said, address=str(sock.local_address))
             pump_datagram(
                 sock,
                 DatagramPrinter(as_json=json_, as_hex=hex_),

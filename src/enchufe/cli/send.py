@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..i18n import _
 from ._common import event, given, global_options, retry_options, settings, stop_on_sigterm
 from ._numbers import FiniteFloat
 from ._via import via_option
@@ -67,8 +68,10 @@ def command(
     check_via_target(target, hops, command="send")
     if not target.is_stream and not wait_reply and given("timeout"):
         raise UsageError(
-            f"--timeout is how long to wait for a reply; sending a datagram to {target} waits for "
-            "nothing (add --wait-reply)"
+            _(
+                "--timeout is how long to wait for a reply; sending a datagram to {address} waits for "
+                "nothing (add --wait-reply)"
+            ).format(address=target)
         )
     settings.hint = _hint
     # SIGTERM and SIGHUP (the terminal gone) stop as Ctrl-C does: sockets closed, exit status 1.
@@ -78,7 +81,7 @@ def command(
         payload = os.fsencode(data) if data is not None else sys.stdin.buffer.read()
         return _send(target, payload, wait_reply, timeout, retry, retry_delay, hops)
     except KeyboardInterrupt:
-        event("close", f"interrupted: {target} cut", cut=True)
+        event("close", _("interrupted: {address} cut").format(address=target), cut=True)
         return 1
 
 
@@ -89,9 +92,9 @@ def _hint(exc: BaseException) -> str:
     if not isinstance(exc, NetworkError) or exc.action != "connect":
         return ""
     if isinstance(exc, ConnectionRefused) and len(exc.attempts) <= 1:
-        return " (--retry N tries again, e.g. while the server starts)"
+        return " " + _("(--retry N tries again, e.g. while the server starts)")
     if isinstance(exc, TimedOut) and "--timeout" not in str(exc):
-        return " (raise --timeout to wait longer)"
+        return " " + _("(raise --timeout to wait longer)")
     return ""
 
 
@@ -112,25 +115,21 @@ def _send(
     if not target.is_stream:
         with connect_datagram(target, retries=retry, retry_delay=retry_delay) as sock:
             sock.send(payload)
-            event(
-                "sent", f"sent {len(payload)} bytes to {target}", level=1, peer=str(target), size=len(payload)
-            )
+            said = _("sent {size} bytes to {peer}").format(size=len(payload), peer=target)
+            event("sent", said, level=1, peer=str(target), size=len(payload))
             if wait_reply:
                 sock.set_timeout(timeout)
                 try:
                     reply = sock.recv()
                 except TimedOut:
                     raise TimedOut(
-                        f"no reply from {target} within {timeout:g} s; is a server "
-                        f"answering there? (raise --timeout to wait longer)"
+                        _(
+                            "no reply from {address} within {seconds} s; is a server answering there? "
+                            "(raise --timeout to wait longer)"
+                        ).format(address=target, seconds=f"{timeout:g}")
                     ) from None
-                event(
-                    "datagram",
-                    f"received {len(reply)} bytes from {target}",
-                    level=1,
-                    peer=str(target),
-                    size=len(reply),
-                )
+                said = _("received {size} bytes from {peer}").format(size=len(reply), peer=target)
+                event("datagram", said, level=1, peer=str(target), size=len(reply))
                 out.write(reply)
                 out.flush()
         return 0
@@ -141,7 +140,7 @@ def _send(
         warn_insecure(target)
     with connect(target, timeout=timeout, retries=retry, retry_delay=retry_delay, via=hops) as conn:
         peer = f"{target}{shown(hops)}" if hops else str(conn.peer_address or target)
-        event("connect", f"connected to {peer}", level=1, peer=peer)
+        event("connect", _("connected to {peer}").format(peer=peer), level=1, peer=peer)
         conn.send_all(payload)
         conn.shutdown_write()
         # Wait for the peer's EOF before closing: closing with unread data would reset the
@@ -158,15 +157,15 @@ def _send(
         out.flush()
         if wait_reply and not finished:
             raise TimedOut(
-                f"{target} did not close within {timeout:g} s after our data; raise --timeout to wait longer"
+                _(
+                    "{address} did not close within {seconds} s after our data; raise --timeout to wait "
+                    "longer"
+                ).format(address=target, seconds=f"{timeout:g}")
             )
-        replied = f"{received} bytes in, " if wait_reply else ""
-        event(
-            "close",
-            f"closed {peer} after {replied}{len(payload)} out",
-            level=1,
-            peer=peer,
-            received=received,
-            sent=len(payload),
-        )
+        if wait_reply:
+            said = _("closed {peer} after {received} bytes in, {sent} out")
+        else:
+            said = _("closed {peer} after {sent} out")
+        said = said.format(peer=peer, received=received, sent=len(payload))
+        event("close", said, level=1, peer=peer, received=received, sent=len(payload))
     return 0
