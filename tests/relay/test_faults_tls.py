@@ -119,3 +119,14 @@ def test_limit_data_upstream_cuts_an_upload_through_termination(pem: dict[str, s
         assert len(lines) == 1 and "connection reset by peer" in lines[0], lines
         assert relay.relay.stats.snapshot().to_target == 1000  # plaintext, exactly
     assert len(done.stdout) <= 1000
+
+
+def test_stdio_to_a_tls_target_goes_through_the_faults(pem: dict[str, str]) -> None:
+    target = TLSTarget(f"tls://127.0.0.1:0?cert={pem['server']}", _tls_echo)
+    try:
+        address = f"{target.address}?ca={pem['ca']}"
+        faults = ("--fault", "slicer:average_size=3,delay=1000", "--fault", "latency:latency=20")
+        done = run("relay", "-", address, *faults, input=b"hello through TLS\n")
+    finally:
+        target.close()
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"hello through TLS\n", b"")

@@ -125,6 +125,7 @@ class TLSFaultPump(FaultPump):
         self._closing = True
         link.channel.close_write()
         link.pull()
+        self.done = not self._out  # nothing to send: a close_notify went already
 
     def _refresh(self, follow: Any, now: float) -> None:
         super()._refresh(follow, now)
