@@ -86,12 +86,14 @@ def test_a_bad_fault_is_refused_in_the_language_asked(fault: str, spanish: str, 
         assert_one_error_line(ran.stderr, words)
 
 
-def test_a_fault_on_a_tls_relay_is_refused_in_spanish() -> None:
-    ran = run_here("--lang", "es", "relay", "tcp://127.0.0.1:0", "tls://127.0.0.1:1", "--fault", "latency")
+def test_a_stream_fault_on_a_framed_relay_is_refused_in_spanish() -> None:
+    framed = ("relay", "udp://127.0.0.1:0", "tcp://127.0.0.1:1", "--frame", "--fault", "slicer")
+    ran = run_here("--lang", "es", *framed)
     assert ran.returncode == 2
     assert_one_error_line(
         ran.stderr,
-        "--fault aún no está disponible con un LISTEN o TARGET TLS; funciona entre direcciones de flujo",
+        "--fault slicer actúa solo sobre flujos, pero con --frame los fallos actúan sobre los "
+        "datagramas, no sobre el flujo que los enmarca; para datagramas: bandwidth",
     )
 
 
