@@ -274,6 +274,11 @@ _DOING = (
     N_("open a socket"),
     N_("reach an echo server at {target}"),
     N_("read a PROXY header"),
+    N_("finish sending to {target}"),
+    N_("close the connection to {target}"),
+    N_("exchange datagrams with {target}"),
+    N_("send datagrams to {target}"),
+    N_("receive echoes from {target}"),
 )
 
 
