@@ -132,3 +132,70 @@ def test_a_picture_of_too_many_calls_is_refused_in_one_line(tmp_path: object) ->
     with pytest.raises(UsageError, match=r"too many for one picture .*\.mmd"):
         write([("big", build(events))], path)
     assert not os.path.exists(path)
+
+
+def _svg_texts(path: str) -> list[str]:
+    root = ET.parse(path).getroot()
+    return ["".join(node.itertext()) for node in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_long_texts_are_wrapped(tour_diagrams: dict[str, Diagram], tmp_path: object) -> None:
+    """A call's text longer than WRAP characters goes on more lines (the unix paths of unixgram),
+    and a title longer than the picture is wide on more lines (the TLS leg's story)."""
+    pytest.importorskip("matplotlib", reason="SVG and PNG diagrams need matplotlib (the plot extra)")
+    from enchufe.diagram.draw import WRAP
+
+    unixgram = tour_diagrams["unixgram"]
+    long_calls = [step.text for step in unixgram.steps if len(step.text) > WRAP]
+    assert long_calls, [step.text for step in unixgram.steps]
+    path = os.path.join(str(tmp_path), "unixgram.svg")
+    write([("unixgram", unixgram)], path)
+    texts = _svg_texts(path)
+    calls = [t for t in texts if "(fd " in t or t.startswith("  ")]
+    assert calls and all(len(t) <= WRAP for t in calls), [t for t in calls if len(t) > WRAP]
+    # Each long call reads whole again from its lines.
+    for text in long_calls:
+        words = text.split()
+        first = next(n for n, t in enumerate(texts) if t.split() == words[: len(t.split())] and t.split())
+        joined = " ".join(" ".join(t.split()) for t in texts[first : first + 3])
+        assert joined.startswith(" ".join(words)), (text, texts[first : first + 3])
+    tls = tour_diagrams["tls"]
+    path = os.path.join(str(tmp_path), "tls.svg")
+    write([("tls", tls)], path)
+    texts = _svg_texts(path)
+    title = [t for t in texts if t.startswith("tls: AF_INET, SOCK_STREAM, TLS:")]
+    assert title and title[0] != tls.title and tls.title.startswith(title[0])
+    at = texts.index(title[0])
+    assert " ".join(texts[at : at + 2]) == tls.title
+
+
+def test_three_lifelines_stand_apart_and_labels_avoid_the_middle_ones() -> None:
+    """Name boxes as wide as long unix paths do not overlap; an arrow from the third lifeline to
+    the first has its label in the gap left of the second (where no call's text is)."""
+    from enchufe.diagram.draw import _BOX_CHAR, _columns, _label_at
+    from enchufe.diagram.model import Lifeline
+
+    lines = [
+        Lifeline(
+            n,
+            100 + n,
+            "",
+            role,
+            name,
+            f"/tmp/a-rather-long-folder-for-the-sockets-of-this-test/endpoint-number-{n}.sock",
+        )
+        for n, (role, name) in enumerate(
+            [("server", "server"), ("client", "client 1"), ("client", "client 2")]
+        )
+    ]
+    columns, width = _columns(Diagram("three", lines, [], []))
+    boxes = [len(line.address) * _BOX_CHAR for line in lines]
+    xs = [columns[n] for n in range(3)]
+    assert xs[0] - boxes[0] / 2 > 0 and xs[2] + boxes[2] / 2 < width
+    assert all(xs[n + 1] - xs[n] > (boxes[n] + boxes[n + 1]) / 2 for n in range(2)), (xs, boxes)
+    for x0, x1 in ((xs[2], xs[0]), (xs[0], xs[2])):
+        x, y = _label_at(x0, 10.0, x1, 20.0, columns)
+        assert xs[0] < x < xs[1], (x, xs)
+        assert 10.0 < y < 20.0
+    # Between two neighbours, a third of the way from the sender.
+    assert _label_at(xs[1], 0.0, xs[2], 3.0, columns) == pytest.approx((xs[1] + (xs[2] - xs[1]) / 3, 1.0))

@@ -6,6 +6,10 @@ Arrows go from the row of the call that sent to the row of the call that took it
 datagrams purple, connections green, ends of data grey and dashed.  A call that waited for the
 other side has an orange bar on its lifeline, from the call before it, and says how long: solid
 when it waited inside the call (blocked), dotted when the process waited elsewhere (poll()).
+Long texts are wrapped (a call's text and its marks at WRAP characters, the title at the
+picture's width); an arrow's label sits in a gap between lifelines that no call's text uses
+when the arrow crosses other lifelines, and the label of an arrow nobody took points away from
+its lifeline.
 
 matplotlib is imported only here, through its object-oriented API (no pyplot, no display);
 SVG keeps its text as text (``svg.fonttype: none``), so the calls can be searched and selected.
@@ -13,6 +17,7 @@ SVG keeps its text as text (``svg.fonttype: none``), so the calls can be searche
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from ..errors import UsageError
@@ -28,8 +33,15 @@ _BLOCKED = "#e07b00"
 _ROW = 0.26  # inches per row
 _COLUMN = 4.2  # inches between lifelines, at least
 _CHAR = 0.065  # inches per character of a step's text (7.5 pt monospace, with room)
+_BOX_CHAR = 0.08  # inches per character of a lifeline's name or address (9 pt, with room)
 #: A picture of more calls than this would be taller than a PNG may be (65536 pixels).
 MAX_STEPS = 1500
+#: A call's text or mark longer than this many characters goes on more lines.
+WRAP = 60
+_LINE = 0.48  # rows per line of a step's text (7.5 pt, spaced 1.2)
+_MARK = 0.75  # rows per mark line
+_TITLE_LINE = 0.8  # rows per line of the title (11 pt bold)
+_TITLE_CHAR = 0.095  # inches per character of the title
 
 
 class DrawUnavailable(UsageError):
@@ -49,13 +61,22 @@ def require(what: str) -> None:
         ) from None
 
 
+def _wrapped(text: str, width: int = WRAP) -> list[str]:
+    """``text`` on lines of at most ``width`` characters where it has spaces to break at; the
+    lines after the first indented (they continue a call's text)."""
+    return textwrap.wrap(
+        text, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    ) or [text]
+
+
 def _rows(diagram: Diagram) -> dict[int, float]:
-    """Each step's row (a step with marks takes more room)."""
+    """Each step's row (a step with marks, or a long text, takes more room)."""
     rows = {}
     y = 0.0
     for step in diagram.steps:
         rows[step.index] = y
-        y += 1.0 + 0.75 * len(step.marks)
+        extra = len(_wrapped(step.text)) - 1
+        y += 1.0 + _LINE * extra + _MARK * sum(len(_wrapped(mark)) for mark in step.marks)
     return rows
 
 
@@ -73,16 +94,20 @@ def draw(diagram: Diagram, path: str, fmt: str) -> None:
     from matplotlib.figure import Figure
 
     rows = _rows(diagram)
-    height = (max(rows.values(), default=0.0) + 4.0) * _ROW + 0.8
     columns, width = _columns(diagram)
+    title = _wrapped(diagram.title, int((width - 0.3) / _TITLE_CHAR)) if diagram.title else []
+    top = -3.2 - _TITLE_LINE * max(len(title) - 1, 0)
+    bottom = max(rows.values(), default=0.0) + 1.5
+    height = (bottom - top - 0.7) * _ROW + 0.8
     figure = Figure(figsize=(width, height))
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.set_axis_off()
     axes.set_xlim(0.0, width)  # x in inches
-    bottom = max(rows.values(), default=0.0) + 1.5
-    axes.set_ylim(bottom, -3.2)
-    if diagram.title:
-        _text(axes, 0.15, -2.6, diagram.title, fontsize=11, weight="bold", va="center")
+    axes.set_ylim(bottom, top)
+    if title:
+        # The title's continuation lines are not indented: it is a sentence, not a call.
+        text = "\n".join(line.strip() for line in title)
+        _text(axes, 0.15, -2.3, text, fontsize=11, weight="bold", va="bottom")
     for line in diagram.lifelines:
         x = columns[line.index]
         axes.plot([x, x], [-1.0, bottom - 0.5], color="#555555", linewidth=1, zorder=1)
@@ -106,21 +131,29 @@ def _columns(diagram: Diagram) -> tuple[dict[int, float], float]:
     each line (left of the first, right of the others) and for the arrows' labels between."""
     widths = [
         max(
-            (len(text) for s in diagram.steps if s.lifeline == line.index for text in [s.text, *s.marks]),
+            (
+                len(part)
+                for s in diagram.steps
+                if s.lifeline == line.index
+                for text in [s.text, *s.marks]
+                for part in _wrapped(text)
+            ),
             default=10,
         )
         * _CHAR
         for line in diagram.lifelines
     ]
+    # A lifeline's name box is centred on it: neighbours stand far enough apart for two boxes.
+    boxes = [max(len(line.name), len(line.address)) * _BOX_CHAR + 0.3 for line in diagram.lifelines]
     columns: dict[int, float] = {}
-    x = widths[0] + 0.3 if widths else 1.0
+    x = max(widths[0] + 0.3, boxes[0] / 2 + 0.15) if widths else 1.0
     for n, line in enumerate(diagram.lifelines):
         if n == 1:
-            x += _COLUMN
+            x += max(_COLUMN, (boxes[0] + boxes[1]) / 2 + 0.2)
         elif n > 1:
-            x += max(_COLUMN, widths[n - 1] + 1.2)
+            x += max(_COLUMN, widths[n - 1] + 1.2, (boxes[n - 1] + boxes[n]) / 2 + 0.2)
         columns[line.index] = x
-    width = x + (widths[-1] if len(widths) > 1 else 1.0) + 0.3
+    width = x + max(widths[-1] if len(widths) > 1 else 1.0, boxes[-1] / 2 if boxes else 0.0) + 0.3
     return columns, max(width, 6.0)
 
 
@@ -138,20 +171,36 @@ def _step(axes: Any, step: Step, x: float, y: float, before: float, first: bool)
     axes.plot([x], [y], marker="o", markersize=3.5, color="#333333", zorder=4)
     offset = -0.12 if first else 0.12
     align = "right" if first else "left"
-    _text(axes, x + offset, y, step.text, ha=align, va="center", fontsize=7.5, family="monospace", zorder=4)
-    for n, mark in enumerate(step.marks, 1):
-        color = _BLOCKED if mark == step.wait_mark else "#2e6b3a"
+    lines = _wrapped(step.text)
+    for n, line in enumerate(lines):
+        # Each line on its own, so that a right-aligned text keeps its indent on the left.
         _text(
             axes,
             x + offset,
-            y + 0.75 * n,
-            mark,
+            y + _LINE * n,
+            line,
             ha=align,
             va="center",
-            fontsize=7,
-            style="italic",
-            color=color,
+            fontsize=7.5,
+            family="monospace",
+            zorder=4,
         )
+    below = y + _LINE * (len(lines) - 1)
+    for mark in step.marks:
+        color = _BLOCKED if mark == step.wait_mark else "#2e6b3a"
+        for part in _wrapped(mark):
+            below += _MARK
+            _text(
+                axes,
+                x + offset,
+                below,
+                part.strip(),
+                ha=align,
+                va="center",
+                fontsize=7,
+                style="italic",
+                color=color,
+            )
 
 
 def _arrow(
@@ -167,6 +216,7 @@ def _arrow(
         x1, y1 = columns[diagram.steps[arrow.target].lifeline], rows[arrow.target]
     if x0 == x1:
         return  # a process talking to itself: the calls say it
+    label_x, label_y = _label_at(x0, y0, x1, y1, columns)
     color = _COLORS[arrow.kind]
     style = "--" if arrow.kind in ("eof", "connect") else "-"
     props = {
@@ -178,20 +228,26 @@ def _arrow(
         "shrinkB": 4,
     }
     axes.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=props, zorder=3)
-    label = (
-        arrow.label if arrow.target is not None else _("{label}: no call took it").format(label=arrow.label)
-    )
     box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
-    # a third of the way from the sender: the labels of two crossing arrows stay apart
-    _text(
-        axes,
-        x0 + (x1 - x0) / 3,
-        y0 + (y1 - y0) / 3 - 0.3,
-        label,
-        ha="center",
-        va="center",
-        fontsize=7,
-        color=color,
-        bbox=box,
-        zorder=5,
-    )
+    look = {"va": "center", "fontsize": 7, "color": color, "bbox": box, "zorder": 5}
+    if arrow.target is None:
+        # Beyond the stub's end, away from the lifeline and its calls' text.
+        label = _("{label}: no call took it").format(label=arrow.label)
+        _text(axes, x1 + (0.1 if x1 > x0 else -0.1), y1, label, ha="left" if x1 > x0 else "right", **look)
+        return
+    _text(axes, label_x, label_y - 0.3, arrow.label, ha="center", **look)
+
+
+def _label_at(x0: float, y0: float, x1: float, y1: float, columns: dict[int, float]) -> tuple[float, float]:
+    """Where an arrow's label goes: a third of the way from the sender, so that the labels of
+    two crossing arrows stay apart; for an arrow that crosses other lifelines, that third of the
+    leftmost gap it spans (the first lifeline's calls are on its left, so that gap is free of
+    text when the arrow starts or ends there; a middle one always holds its left lifeline's)."""
+    low, high = sorted((x0, x1))
+    between = sorted(x for x in columns.values() if low < x < high)
+    if not between:
+        x = x0 + (x1 - x0) / 3
+    else:
+        gap = between[0] - low
+        x = low + gap / 3 if x0 < x1 else low + 2 * gap / 3
+    return x, y0 + (y1 - y0) * (x - x0) / (x1 - x0)
