@@ -49,6 +49,8 @@ def test_stream_diagrams_in_spanish(spanish_diagrams: dict[str, Diagram], kind: 
         ("cliente", "client"),
     ]
     assert diagram.calls("servidor")[:1] == ["socket"] and "accept" in diagram.calls("servidor")
+    if kind == "unix":  # the client's socket has no name, and the box says so in Spanish
+        assert diagram.lifelines[1].address == "(sin nombre)"
     assert "apertura activa" in _marks(diagram, "connect")
     accept = _marks(diagram, "accept")
     assert accept[0] == "apertura pasiva"

@@ -245,7 +245,7 @@ def _name(lifelines: list[Lifeline], steps: list[Step], sockets: list[_Socket]) 
     """Each lifeline's role, address and name; the servers first."""
     for line in lifelines:
         line.role = _role([s.call for s in steps if s.lifeline == line.index])
-        line.address = _address(line, sockets)
+        line.address = words.address(_address(line, sockets))
     lifelines.sort(key=lambda line: (line.role != "server", line.index))
     counts = {role: sum(line.role == role for line in lifelines) for role in ("server", "client")}
     several = len({line.pid for line in lifelines}) > 1

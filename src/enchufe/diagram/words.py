@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..i18n import _
 
-__all__ = ["actor_name", "blocked_mark", "role_name", "tls_record", "waited_mark"]
+__all__ = ["actor_name", "address", "blocked_mark", "role_name", "tls_record", "waited_mark"]
 
 
 def role_name(role: str, number: int | None) -> str:
@@ -21,6 +21,11 @@ def role_name(role: str, number: int | None) -> str:
 def actor_name(actor: str) -> str:
     """An actor's name (the tour's ``server`` and ``client`` threads) in the current language."""
     return {"server": _("server"), "client": _("client")}.get(actor, actor)
+
+
+def address(described: str) -> str:
+    """A lifeline's address as shown: a unix socket with no name says so in words."""
+    return _("(unnamed)") if described == "(unnamed)" else described
 
 
 def blocked_mark(what: str) -> str:
