@@ -48,12 +48,19 @@ class FramedEcho:
 
 
 @contextlib.contextmanager
-def tunnel(*faults: str, seed: int = 1) -> Iterator[tuple[RelayThread, FramedEcho, socket.socket]]:
-    """``relay udp://… tcp://… --frame --fault …`` in front of a framed echo, and a UDP client."""
+def tunnel(
+    *faults: str, seed: int = 1, kinds: str = "udp-tcp"
+) -> Iterator[tuple[RelayThread, FramedEcho, socket.socket]]:
+    """``relay udp://… tcp://… --frame --fault …`` (``kinds`` ``unixgram-unix``: abstract unix
+    sockets) in front of a framed echo, and a datagram client."""
     echo = FramedEcho()
-    with Target("tcp://127.0.0.1:0", echo) as target:
+    name = f"@enchufe-tunnel-{random.random()}"
+    stream, listen = ("tcp://127.0.0.1:0", "udp://127.0.0.1:0")
+    if kinds == "unixgram-unix":
+        stream, listen = (f"unix:{name}", f"unixgram:{name}")
+    with Target(stream, echo) as target:
         plan = FaultPlan(tuple(parse_fault(f) for f in faults), seed)
-        config = RelayConfig(listen="udp://127.0.0.1:0", target=target.address, frame=True, faults=plan)
+        config = RelayConfig(listen=listen, target=target.address, frame=True, faults=plan)
         with relay_thread(config) as relay, datagram_socket(relay.address) as client:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             yield relay, echo, client
@@ -80,13 +87,14 @@ def digest(messages: list[bytes]) -> str:
     return hashlib.sha256(b"".join(struct.pack("!I", len(m)) + m for m in messages)).hexdigest()
 
 
+@pytest.mark.parametrize("kinds", ["udp-tcp", "unixgram-unix"])
 @pytest.mark.parametrize("stream", ["upstream", "downstream"])
-def test_loss_drops_exactly_what_the_seed_says(stream: str) -> None:
+def test_loss_drops_exactly_what_the_seed_says(stream: str, kinds: str) -> None:
     payloads = [b"%04d" % i for i in range(150)]
     fault = f"loss:probability=0.3,stream={stream}"
     want = kept(fault, 5, payloads, "up" if stream == "upstream" else "down")
     assert 80 < len(want) < 135
-    with tunnel(fault, seed=5) as (relay, echo, client):
+    with tunnel(fault, seed=5, kinds=kinds) as (relay, echo, client):
         for payload in payloads:
             client.send(payload)
         got = replies(client)
