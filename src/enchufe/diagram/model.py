@@ -428,10 +428,12 @@ def _waited(receiver: Step, sender: Step, what: str) -> None:
     if inside and receiver.started is not None and receiver.time - receiver.started >= MIN_WAIT:
         receiver.waited = receiver.time - receiver.started
         receiver.blocked = True
-        mark = words.blocked_mark(what).format(ms=f"{receiver.waited * 1e3:.1f}", call=receiver.call)
+        mark = words.wait_mark(what, inside=True).format(
+            ms=f"{receiver.waited * 1e3:.1f}", call=receiver.call
+        )
     elif receiver.after is not None and sender.time - receiver.after >= MIN_WAIT:
         receiver.waited = sender.time - receiver.after
-        mark = words.waited_mark(what).format(ms=f"{receiver.waited * 1e3:.1f}")
+        mark = words.wait_mark(what, inside=False).format(ms=f"{receiver.waited * 1e3:.1f}")
     else:
         return
     receiver.marks.append(mark)

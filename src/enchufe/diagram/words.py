@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..i18n import _
 
-__all__ = ["actor_name", "address", "blocked_mark", "role_name", "tls_record", "waited_mark"]
+__all__ = ["actor_name", "address", "role_name", "tls_record", "wait_mark"]
 
 
 def role_name(role: str, number: int | None) -> str:
@@ -28,22 +28,20 @@ def address(described: str) -> str:
     return _("(unnamed)") if described == "(unnamed)" else described
 
 
-def blocked_mark(what: str) -> str:
-    """The mark of a call that waited inside itself for ``what`` (``{ms}``, ``{call}`` to fill)."""
-    return {
-        "connect()": _("blocked {ms} ms in {call}() for the connect()"),
-        "bytes": _("blocked {ms} ms in {call}() for the bytes"),
-        "EOF": _("blocked {ms} ms in {call}() for the EOF"),
-    }.get(what) or _("blocked {ms} ms in {call}() for the datagram")
-
-
-def waited_mark(what: str) -> str:
-    """The mark of a call whose process waited elsewhere for ``what`` (``{ms}`` to fill)."""
-    return {
-        "connect()": _("waited {ms} ms for the connect()"),
-        "bytes": _("waited {ms} ms for the bytes"),
-        "EOF": _("waited {ms} ms for the EOF"),
-    }.get(what) or _("waited {ms} ms for the datagram")
+def wait_mark(what: str, *, inside: bool) -> str:
+    """The mark of a call that waited for ``what`` (``connect()``, ``bytes``, ``EOF`` or
+    ``datagram``): inside itself (blocked: ``{ms}`` and ``{call}`` to fill) or elsewhere, as
+    its process did (``{ms}`` to fill)."""
+    blocked, waited = {
+        "connect()": (
+            _("blocked {ms} ms in {call}() for the connect()"),
+            _("waited {ms} ms for the connect()"),
+        ),
+        "bytes": (_("blocked {ms} ms in {call}() for the bytes"), _("waited {ms} ms for the bytes")),
+        "EOF": (_("blocked {ms} ms in {call}() for the EOF"), _("waited {ms} ms for the EOF")),
+        "datagram": (_("blocked {ms} ms in {call}() for the datagram"), _("waited {ms} ms for the datagram")),
+    }[what]
+    return blocked if inside else waited
 
 
 def tls_record(content_type: str) -> str | None:
