@@ -224,7 +224,7 @@ def _words() -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
         ),
         (re.compile(r", connected peer(?=[,)])"), lambda m: ", " + _("connected peer")),
         (re.compile(r" = 0 \(EOF\)$"), lambda m: " = 0 " + _("(EOF)")),
-        (re.compile(r" = 0 \(connected\)$"), lambda m: " = 0 " + _("(connected)")),
+        (re.compile(r" \(connected\)$"), lambda m: " " + _("(connected)")),
         (re.compile(r"(?<=[ (])\(unnamed\)(?=[),]|$)"), lambda m: _("(unnamed)")),
         (
             re.compile(r" = exit status (?P<code>-?\d+)$"),

@@ -136,6 +136,10 @@ def test_the_narration_words_in_spanish_and_the_recorder_in_english() -> None:
         ),
         ("accept(fd 3) = fd 4 from [::1]:5000", "accept(fd 3) = fd 4 desde [::1]:5000"),
         ("getsockopt(fd 5, SO_ERROR) = 0 (connected)", "getsockopt(fd 5, SO_ERROR) = 0 (conectado)"),
+        (
+            "connect(fd 5, [::1]:80) = -1 EISCONN (connected)",
+            "connect(fd 5, [::1]:80) = -1 EISCONN (conectado)",
+        ),
         ("waitpid(41) = exit status 3", "waitpid(41) = estado de salida 3"),
         # A peer's path that looks like the words is an address: left as it is.
         (
