@@ -208,6 +208,25 @@ def hexdump(data: bytes) -> bytes:
     return "".join(lines).encode()
 
 
+class StreamDump:
+    """``connect --hex``: each chunk sent or received as a header line and a classic hex dump, on
+    stderr (as ncat -x does)."""
+
+    def __init__(self) -> None:
+        self.totals = {"out": 0, "in": 0}
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        start = self.totals[direction]
+        self.totals[direction] += len(data)
+        if direction == "out":
+            line = _("> sent {size} bytes (offset {offset})")
+        else:
+            line = _("< received {size} bytes (offset {offset})")
+        header = line.format(size=len(data), offset=start) + "\n"
+        sys.stderr.buffer.write(header.encode() + hexdump(data))
+        sys.stderr.flush()
+
+
 class _EventHandler(logging.Handler):
     """Library log records as event lines: plain text, or JSON objects with ``--json``."""
 

@@ -60,18 +60,24 @@ def click_message(exc: click.ClickException) -> str:
         if "does not take a value" in exc.message:
             return _("option {option} takes no value").format(option=exc.option_name) + _see_help(command)
     if isinstance(exc, click.UsageError):
-        message = exc.message
-        if message.startswith("No such command"):
-            return _no_such_command(exc, message.split(" ", 3)[-1].rstrip("."))
-        if message == "Missing command.":
-            return _("missing command; the commands are: {commands}").format(
-                commands=", ".join(_commands(exc))
-            ) + _see_help(command)
-        if message.startswith("Got unexpected extra argument"):
-            extra = message.partition("(")[2].rstrip(")")
-            return _("unexpected extra argument: {arguments}").format(arguments=extra) + _see_help(command)
-        return message + _see_help(command)
+        return _usage_message(exc, command)
     return exc.format_message()
+
+
+def _usage_message(exc: click.UsageError, command: str) -> str:
+    """The other usage mistakes click finds: a command unknown or missing, an extra argument."""
+    message = exc.message
+    if message.startswith("No such command"):
+        return _no_such_command(exc, message.split(" ", 3)[-1].rstrip("."))
+    if message == "Missing command.":
+        commands = ", ".join(_commands(exc))
+        return _("missing command; the commands are: {commands}").format(commands=commands) + _see_help(
+            command
+        )
+    if message.startswith("Got unexpected extra argument"):
+        extra = message.partition("(")[2].rstrip(")")
+        return _("unexpected extra argument: {arguments}").format(arguments=extra) + _see_help(command)
+    return message + _see_help(command)
 
 
 def _command_path(exc: click.ClickException) -> str:

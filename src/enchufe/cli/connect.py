@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 import click
 
 from ..i18n import _
-from ._common import DatagramPrinter, event, global_options, retry_options, settings, warn_truncated
+from ._common import (
+    DatagramPrinter,
+    StreamDump,
+    event,
+    global_options,
+    retry_options,
+    settings,
+    warn_truncated,
+)
 from ._numbers import FiniteFloat
 from ._tls import help_text as tls_help
 from ._via import via_option
@@ -66,11 +74,8 @@ def _extra_arguments(first: str, extra: list[str]) -> Exception:
                     "(or udp://…, unix:…)"
                 ).format(given=shown, address=suggestion)
             )
-    return UsageError(
-        _("connect takes one address, not {count} ({given}); e.g. tcp://127.0.0.1:9000").format(
-            count=len(extra) + 1, given=shown
-        )
-    )
+    message = _("connect takes one address, not {count} ({given}); e.g. tcp://127.0.0.1:9000")
+    return UsageError(message.format(count=len(extra) + 1, given=shown))
 
 
 @click.command(
@@ -211,7 +216,7 @@ class _Session:
         self.result = StreamResult()
         self.connected = False
         self.peer = self.shown
-        self.dump = _HexDump() if hex_ else None
+        self.dump = StreamDump() if hex_ else None
         self.signal_name = "SIGINT"
 
     def stop_on_signals(self) -> None:
@@ -404,15 +409,18 @@ class _Session:
         if self.connected:
             message = _(
                 "interrupted by {signal}: connection to {peer} cut after {received} bytes in, {sent} out"
-            ).format(
-                signal=self.signal_name, peer=self.peer, received=self.result.received, sent=self.result.sent
             )
         else:
-            message = _("interrupted by {signal} while connecting to {address}").format(
-                signal=self.signal_name, address=self.shown
-            )
+            message = _("interrupted by {signal} while connecting to {address}")
+        said = message.format(
+            signal=self.signal_name,
+            peer=self.peer,
+            address=self.shown,
+            received=self.result.received,
+            sent=self.result.sent,
+        )
         # Said even with --quiet: the exit status alone would not tell a cut from a failure.
-        sys.stderr.write(f"enchufe: {message}\n")
+        sys.stderr.write(f"enchufe: {said}\n")
         sys.stderr.flush()
 
 
@@ -485,23 +493,3 @@ class CrlfWriter:
 def crlf_datagram(data: bytes) -> bytes:
     """One datagram's line ends as CRLF (each datagram on its own: no state between them)."""
     return CrlfWriter()(data)
-
-
-class _HexDump:
-    """``--hex``: each chunk sent or received as a header line and a classic hex dump, on stderr."""
-
-    def __init__(self) -> None:
-        self.totals = {"out": 0, "in": 0}
-
-    def __call__(self, direction: str, data: bytes) -> None:
-        from ._common import hexdump
-
-        start = self.totals[direction]
-        self.totals[direction] += len(data)
-        if direction == "out":
-            header = _("> sent {size} bytes (offset {offset})")
-        else:
-            header = _("< received {size} bytes (offset {offset})")
-        header = header.format(size=len(data), offset=start) + "\n"
-        sys.stderr.buffer.write(header.encode() + hexdump(data))
-        sys.stderr.flush()
