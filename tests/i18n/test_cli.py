@@ -121,6 +121,10 @@ def test_an_option_value_out_of_range_says_the_range_in_spanish() -> None:
             ("listen", "--mode", "999", "unix:/tmp/x.sock"),
             "'999' no es un modo de archivo octal como 600 o 660",
         ),
+        (
+            ("--trace-file", "/nonexistent/x.jsonl", "check", "tcp://127.0.0.1:9"),
+            "no se puede escribir en /nonexistent/x.jsonl: no existe el archivo o el directorio (indica",
+        ),
     ],
 )
 def test_option_values_are_refused_in_spanish(args: tuple[str, ...], spanish: str) -> None:

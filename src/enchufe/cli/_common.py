@@ -72,9 +72,11 @@ def _trace_file(ctx: click.Context, param: click.Parameter, value: str | None) -
     try:
         fd = _tracefile.open_trace_file(value)
     except OSError as exc:
+        from ..errors import reason  # the system's reason, in the user's language
+
         message = _("cannot write {path}: {reason} (give a path to a new or writable regular file)")
-        reason = exc.strerror or str(exc)
-        raise click.BadParameter(message.format(path=printable(value), reason=reason), ctx, param) from None
+        said = message.format(path=printable(value), reason=reason(exc, lower=False))
+        raise click.BadParameter(said, ctx, param) from None
     trace.record_to(_tracefile.file_recorder(fd))
 
 
