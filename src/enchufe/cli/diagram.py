@@ -28,6 +28,9 @@ def command(traces: tuple[str, ...], output: str | None) -> int:
     in order, and the connections, bytes, datagrams and ends of data between them, the two ends
     of each matched by their addresses.  Calls that waited for the other side are marked.
 
+    The labels follow --lang (or LANG): with --lang es the lifelines, marks and the words in each
+    call's text are in Spanish; the trace files themselves are the same in any language.
+
     \b
     Examples:
       # a server and a client in two terminals, each writing its trace

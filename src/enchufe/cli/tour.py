@@ -29,6 +29,10 @@ def command(diagram: str | None) -> int:
     calls on two lifelines, the connection, the bytes or datagrams between them (size and first
     characters), the ends of data, and the calls that waited for the other side.
 
+    With --lang es (or a Spanish LANG) the tour, the narration's words and the diagrams' labels
+    are in Spanish, in the lecture's pictures (a stream socket is a telephone call, a datagram
+    socket the post); system call names, constants and addresses stay as they are.
+
     \b
     Examples:
       # the whole tour, to read at leisure
