@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,14 @@ WAITED = re.compile(
 
 
 @pytest.fixture(scope="module")
-def spanish_diagrams() -> Iterator[dict[str, Diagram]]:
-    """Each leg of one real tour, recorded and drawn in Spanish."""
+def spanish_diagrams() -> dict[str, Diagram]:
+    """Each leg of one real tour, recorded and built in Spanish (English again afterwards: the
+    diagrams keep their words, and the tests after these speak English)."""
     i18n.set_language("es")
     try:
         results = tour.run(io.StringIO(), record=True)
         assert all(r.ok for r in results), [(r.label, r.error) for r in results]
-        yield {r.label: build(r.events, f"{r.label}: {r.header}") for r in results}
+        return {r.label: build(r.events, f"{r.label}: {r.header}") for r in results}
     finally:
         i18n.set_language("en")
 
