@@ -130,3 +130,31 @@ def test_stdio_to_a_tls_target_goes_through_the_faults(pem: dict[str, str]) -> N
     finally:
         target.close()
     assert (done.returncode, done.stdout, done.stderr) == (0, b"hello through TLS\n", b"")
+
+
+@pytest.mark.parametrize(
+    ("fault", "size", "least"),
+    [
+        ("timeout:timeout=150", 0, 0.150),
+        ("slow_close:delay=150", 2, 0.150),
+        ("bandwidth:rate=500", 100_000, 0.200),
+    ],
+    ids=["timeout", "slow_close", "bandwidth"],
+)
+def test_timeout_slow_close_and_bandwidth_act_on_the_plaintext(
+    pem: dict[str, str], fault: str, size: int, least: float
+) -> None:
+    """What the client gets (all the echo, or nothing for ``timeout``) ends with the relay's
+    close_notify, a clean EOF, no sooner than the fault says."""
+    payload = os.urandom(size or 2)
+    with gateway(pem, "tls-tcp", echo, fault) as (_, address), enchufe.connect(address) as conn:
+        started = time.monotonic()
+        conn.send_all(payload)
+        if size:  # the echo's end follows the client's (timeout: the relay closes on its own)
+            conn.shutdown_write()
+        got = b""
+        while data := conn.recv(65536):
+            got += data
+        elapsed = time.monotonic() - started
+    assert got == (payload if size else b"")
+    assert elapsed >= least - 0.002
