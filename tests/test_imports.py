@@ -3,8 +3,8 @@
 Every module of the package sits in one layer, and imports only from its own layer or the ones
 below it::
 
-    pure       address, _inet_text, errors, framing, trace, sessions, _text, _ranges, _networks, _buffer,
-               _backoff,
+    pure       address, _inet_text, _unix_text, errors, framing, trace, sessions, _text, _ranges,
+               _networks, _buffer, _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
                _proxytypes, _proxywrite, proxyproto, hops, _hop_socks5, _hop_http, _socks5_server,
                _socks_rules
@@ -40,6 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "i18n",
         "address",
         "_inet_text",
+        "_unix_text",
         "errors",
         "framing",
         "trace",

@@ -171,8 +171,11 @@ class Refusals:
         if now < self._next:
             self._unsaid += 1
             return
-        more = f" (and {self._unsaid} more since the last such line)" if self._unsaid else ""
-        log.warning("refused %s: %s%s", peer, reason, more)
+        if self._unsaid:
+            line = _("refused {peer}: {reason} (and {count} more since the last such line)")
+        else:
+            line = _("refused {peer}: {reason}")
+        log.warning(line.format(peer=peer, reason=reason, count=self._unsaid))
         self._next = now + self.interval
         self._unsaid = 0
 
@@ -251,7 +254,11 @@ class AcceptPolicy:
         """accept() failed for want of descriptors or memory: the pause to take, in seconds."""
         self.stats.exhaustion_pauses += 1
         pause = self._backoff.next()
-        log.warning("accept on %s: %s; pausing %.2f s", where, message(exc), pause)
+        log.warning(
+            _("accept on {address}: {error}; pausing {seconds} s").format(
+                address=where, error=message(exc), seconds=f"{pause:.2f}"
+            )
+        )
         return pause
 
     def no_room(self, peer: SocketAddress | None, error: str) -> float:
@@ -260,7 +267,11 @@ class AcceptPolicy:
         self.stats.refused += 1
         self.stats.exhaustion_pauses += 1
         pause = self._backoff.next()
-        log.warning("refused %s: %s; pausing %.2f s", shown(peer), error, pause)
+        log.warning(
+            _("refused {peer}: {error}; pausing {seconds} s").format(
+                peer=shown(peer), error=error, seconds=f"{pause:.2f}"
+            )
+        )
         return pause
 
     def accepted(self) -> None:
@@ -271,7 +282,10 @@ class AcceptPolicy:
         """A client beyond the server's ``limit`` of connections: counted, and said at most
         once a second."""
         self.stats.refused += 1
-        reason = f"the server is at its limit of {limit} open connection{'s' if limit != 1 else ''}"
+        if limit == 1:
+            reason = _("the server is at its limit of 1 open connection")
+        else:
+            reason = _("the server is at its limit of {limit} open connections").format(limit=limit)
         self._refusals.refused(shown(peer), reason, time.monotonic())
 
 
@@ -279,12 +293,14 @@ def handler_outcome(exc: Exception, peer: SocketAddress | None, idle_timeout: fl
     """What a stream handler that raised ``exc`` counts as in :class:`ServeStats`
     (``idle_closed`` or ``failed``), logged; call it in the ``except`` block."""
     if isinstance(exc, TimedOut):
-        log.info("closed %s: idle for %g s", shown(peer), idle_timeout)
+        log.info(
+            _("closed {peer}: idle for {seconds} s").format(peer=shown(peer), seconds=f"{idle_timeout:g}")
+        )
         return "idle_closed"
     if isinstance(exc, EnchufeError):
-        log.info("connection from %s ended: %s", shown(peer), message(exc))
+        log.info(_("connection from {peer} ended: {error}").format(peer=shown(peer), error=message(exc)))
     else:
-        log.exception("handler failed on the connection from %s", shown(peer))
+        log.exception(_("handler failed on the connection from {peer}").format(peer=shown(peer)))
     return "failed"
 
 
@@ -300,16 +316,18 @@ def reload_tls(listener: Any) -> bool:
     A missing or bad file is logged, and the listener keeps what it had: whether it reloaded.
     Nothing to do (``False``) without a TLS listener."""
     if listener is None or not listener.address.is_tls:
-        log.info("SIGUSR1: nothing to reload (not a TLS server)")
+        log.info(_("SIGUSR1: nothing to reload (not a TLS server)"))
         return False
     try:
         listener.reload_tls()
     except EnchufeError as exc:
         log.warning(
-            "TLS reload on %s failed, the current certificates stay: %s", listener.address, message(exc)
+            _("TLS reload on {address} failed, the current certificates stay: {error}").format(
+                address=listener.address, error=message(exc)
+            )
         )
         return False
-    log.info("TLS certificates and CAs reloaded on %s", listener.address)
+    log.info(_("TLS certificates and CAs reloaded on {address}").format(address=listener.address))
     return True
 
 
@@ -323,12 +341,14 @@ def handshake_outcome(
     it; counted as ``failed``, logged with the reason, and told to the server's
     ``on_handshake_failure`` hook (whose own exception is logged).  The handler is not called."""
     peer = getattr(conn, "peer_address", None)
-    log.info("TLS handshake with %s failed: %s", shown(peer), message(exc))
+    log.info(_("TLS handshake with {peer} failed: {error}").format(peer=shown(peer), error=message(exc)))
     if on_failure is not None:
         try:
             on_failure(conn, exc)
         except Exception:
-            log.exception("on_handshake_failure failed for the connection from %s", shown(peer))
+            log.exception(
+                _("on_handshake_failure failed for the connection from {peer}").format(peer=shown(peer))
+            )
     return "failed"
 
 
@@ -384,7 +404,7 @@ def session_ended(
             on_session_end(session)
         except Exception:  # the caller's code, about one peer
             stats.failed += 1
-            log.exception("on_session_end failed for %s", shown(session.peer))
+            log.exception(_("on_session_end failed for {peer}").format(peer=shown(session.peer)))
 
 
 def receive_failed(exc: ClosedError | NetworkError, stats: ServeStats, where: object) -> bool:
@@ -396,7 +416,7 @@ def receive_failed(exc: ClosedError | NetworkError, stats: ServeStats, where: ob
         stats.truncated += 1
         log.warning("%s", message(exc))
     else:  # e.g. an ICMP error queued on the socket
-        log.info("on %s: %s", where, message(exc))
+        log.info(_("on {address}: {error}").format(address=where, error=message(exc)))
     return False
 
 
@@ -421,8 +441,8 @@ def datagram_failed(exc: Exception, sender: SocketAddress | None, stats: ServeSt
         return True
     if isinstance(exc, EnchufeError):
         # A ClosedError here is of something of the handler's own: that datagram's failure only.
-        log.info("datagram from %s: %s", shown(sender), message(exc))
+        log.info(_("datagram from {peer}: {error}").format(peer=shown(sender), error=message(exc)))
     else:
         stats.failed += 1
-        log.exception("handler failed on a datagram from %s", shown(sender))
+        log.exception(_("handler failed on a datagram from {peer}").format(peer=shown(sender)))
     return False

@@ -225,7 +225,11 @@ def _widen_mode(fd: int, path: str, mode: int) -> None:
     try:
         os.chmod(f"/proc/self/fd/{fd}", mode)
     except FileNotFoundError:
-        _log.warning("%s keeps the mode the umask left (/proc is not mounted to set %#o)", path, mode)
+        _log.warning(
+            _("{path} keeps the mode the umask left (/proc is not mounted to set {mode})").format(
+                path=path, mode=f"{mode:#o}"
+            )
+        )
         return
     if trace.enabled():
         trace.emit(f"chmod(/proc/self/fd/{fd}, {mode:#o})  # {path}, through its descriptor")

@@ -40,6 +40,8 @@ from ._inet_text import SERVICES as SERVICES  # the service names a port may be 
 from ._inet_text import check_host_name, is_ipv6, literal_family, parse_port
 from ._text import printable
 from ._text import quoted as _q
+from ._unix_text import MAX_UNIX_NAME as MAX_UNIX_NAME  # the longest name a unix address holds
+from ._unix_text import check_length, split_unix
 from .errors import AddressError
 from .i18n import _
 from .tlsparams import Side, TLSParams
@@ -55,10 +57,6 @@ __all__ = [
     "parse",
     "tls_server_name",
 ]
-
-#: sun_path holds 108 bytes; a path needs its terminating NUL and an abstract name its leading
-#: NUL, so 107 bytes of name are what either form can use.
-MAX_UNIX_NAME = 107
 
 _INET_SCHEMES = {
     # scheme: (transport, forced family, TLS)
@@ -427,74 +425,11 @@ def _parse_unix(text: str, scheme: str, rest: str) -> UnixAddress:
     rest, query = _tls_text.split_query(rest) if tls else (rest, None)
     if "?" in rest:
         _refuse_query(text, scheme, rest)
-    abstract, name = _split_unix(text, scheme, rest)
+    abstract, name = split_unix(text, scheme, rest)
     if tls:
         name = _tls_text.decode_name(text, name)
-    _check_length(text, scheme, name, abstract=abstract)
+    check_length(text, scheme, name, abstract=abstract)
     return UnixAddress(name, abstract, datagram, _tls_text.params(text, query) if tls else None)
-
-
-def _split_unix(text: str, scheme: str, rest: str) -> tuple[bool, str]:
-    """Whether ``rest`` (after ``unix:``) is an abstract name, and the name or path as written."""
-    if rest.startswith("@"):
-        if not rest[1:]:
-            raise AddressError(
-                _("{text}: empty abstract name; write {example}").format(
-                    text=_q(text), example=f"{scheme}:@name"
-                )
-            )
-        return True, rest[1:]
-    if rest.startswith("//"):
-        path = rest[2:]
-        if not path.startswith("/"):
-            raise AddressError(
-                _(
-                    "{text}: after {scheme}:// comes an absolute path (three slashes: {absolute}); "
-                    "a relative path is written {relative}"
-                ).format(
-                    text=_q(text),
-                    scheme=scheme,
-                    absolute=f"{scheme}:///tmp/app.sock",
-                    relative=f"{scheme}:{_shown(path) or 'app.sock'}",
-                )
-            )
-    else:
-        path = rest
-    if not path:
-        raise AddressError(
-            _("{text}: missing socket path; write {absolute}, {relative} or {abstract}").format(
-                text=_q(text),
-                absolute=f"{scheme}:///tmp/app.sock",
-                relative=f"{scheme}:rel/app.sock",
-                abstract=f"{scheme}:@name",
-            )
-        )
-    return False, path
-
-
-def _check_length(text: str, scheme: str, name: str, *, abstract: bool) -> None:
-    size = len(name.encode("utf-8", "surrogateescape")) if abstract else len(os.fsencode(name))
-    if size <= MAX_UNIX_NAME:
-        return
-    if abstract:
-        message = _(
-            "{text}: abstract name is {size} bytes, longer than the {limit} a unix socket address holds; "
-            "use a shorter name, e.g. {abstract}"
-        )
-    else:
-        message = _(
-            "{text}: socket path is {size} bytes, longer than the {limit} a unix socket address holds; "
-            "use a shorter path, e.g. {path}, or {abstract}"
-        )
-    raise AddressError(
-        message.format(
-            text=_q(text),
-            size=size,
-            limit=MAX_UNIX_NAME,
-            path=f"{scheme}:///tmp/app.sock",
-            abstract=f"{scheme}:@app",
-        )
-    )
 
 
 def _parse_exec(text: str, rest: str) -> ExecAddress:

@@ -26,7 +26,7 @@ from enchufe.errors import (
     NotASocket,
     UsageError,
 )
-from tests.cli.conftest import ENCHUFE, STEP, assert_one_error_line, run, run_here
+from tests.cli.conftest import ENCHUFE, STEP, Spawn, assert_one_error_line, run, run_here, spawn  # noqa: F401
 
 #: What the language variables say when a test does not set them: nothing.
 _LANGUAGE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
@@ -235,7 +235,7 @@ def _what_phrases() -> list[tuple[str, str]]:
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 phrase = arg.value
             elif isinstance(arg, ast.JoinedStr):
-                phrase = "".join(v.value if isinstance(v, ast.Constant) else "X" for v in arg.values)
+                phrase = "".join(str(v.value) if isinstance(v, ast.Constant) else "X" for v in arg.values)
             else:
                 continue
             found.append((f"{path.relative_to(package)}:{node.lineno}", phrase))
@@ -258,3 +258,18 @@ def test_a_reason_the_catalog_does_not_know_stays_as_the_system_said_it() -> Non
     assert str(error) == "no se puede conectar con unix:@x: state not recoverable"
     with pytest.raises(AddressError):  # and bad input is still bad input in Spanish
         sync.connect("unix:")
+
+
+def test_a_server_turning_a_client_away_says_so_in_spanish(spawn: Spawn) -> None:  # noqa: F811
+    proc = spawn("--lang", "es", "echo", "tcp://127.0.0.1:0", "--max-conns", "1", stdin=False)
+    port = int(proc.wait_err(r"^escuchando en tcp://127\.0\.0\.1:(\d+)$").group(1))
+    with socket.create_connection(("127.0.0.1", port), timeout=STEP) as holder:
+        holder.sendall(b"hola")
+        assert holder.recv(4) == b"hola"  # served: it holds the only place
+        with socket.create_connection(("127.0.0.1", port), timeout=STEP) as extra:
+            assert extra.recv(1) == b""  # turned away: closed at once
+        proc.wait_err(
+            r"^enchufe: rechazada la conexión de tcp://127\.0\.0\.1:\d+: "
+            r"el servidor está en su límite de 1 conexión abierta$"
+        )
+    assert proc.terminate() == 0

@@ -61,6 +61,7 @@ from .._serving import (
 from .._streams import TLSReload, TLSServing
 from ..address import Address, SocketAddress
 from ..errors import ClosedError, ConnectionReset, NetworkError, TimedOut
+from ..i18n import _
 from ..proxyproto import NeedMore
 from ..sessions import Session, SessionTable
 from ._open import bind_datagram, listen
@@ -311,7 +312,9 @@ class Server(TLSServing):
                 raise
             # The handler awaited something that was cancelled: its failure, not a cut.
             self.stats.failed += 1
-            log.exception("handler failed on the connection from %s", shown(conn.peer_address))
+            log.exception(
+                _("handler failed on the connection from {peer}").format(peer=shown(conn.peer_address))
+            )
         except Exception as exc:
             outcome = handler_outcome(exc, conn.peer_address, self.idle_timeout)
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
@@ -381,7 +384,7 @@ class Server(TLSServing):
                 raise
             # The handler awaited something that was cancelled: its failure, not ours.
             self.stats.failed += 1
-            log.exception("handler failed on a datagram from %s", shown(datagram.sender))
+            log.exception(_("handler failed on a datagram from {peer}").format(peer=shown(datagram.sender)))
         except Exception as exc:
             return datagram_failed(exc, datagram.sender, self.stats, closed=datagram.socket.closed)
         return False

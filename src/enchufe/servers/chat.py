@@ -26,6 +26,7 @@ from ..address import InetAddress, SocketAddress, UnixAddress
 from ..aio.serve import Datagram, deliver
 from ..aio.stream import Connection
 from ..errors import EnchufeError, MessageTooLarge, NetworkError, ProtocolError
+from ..i18n import _
 
 #: Bytes waiting for one client before the talkers wait for it: room for a burst of chat, far
 #: too little for a client to make the server hold much memory.
@@ -103,7 +104,11 @@ class ChatRoom:
         """Handler for stream kinds."""
         member = _Member(conn, self._name_of(conn))
         self.members.append(member)
-        log.info("%s joined (%d in the room)", printable(member.name), len(self.members))
+        log.info(
+            _("{name} joined ({count} in the room)").format(
+                name=printable(member.name), count=len(self.members)
+            )
+        )
         writer = asyncio.create_task(self._write(member))
         reader = member.reader = asyncio.create_task(self._read(member))
         try:
@@ -122,7 +127,11 @@ class ChatRoom:
             for task in (reader, writer):
                 if not task.cancelled():
                     task.exception()  # retrieved: already raised above, or not worth a word
-            log.info("%s left (%d in the room)", printable(member.name), len(self.members))
+            log.info(
+                _("{name} left ({count} in the room)").format(
+                    name=printable(member.name), count=len(self.members)
+                )
+            )
 
     async def _read(self, member: _Member) -> None:
         conn = member.conn
@@ -135,7 +144,9 @@ class ChatRoom:
                     data = await conn.recv_until(b"\n", max_bytes=MAX_LINE)
                 except ProtocolError:
                     log.warning(
-                        "%s sent a line longer than %d bytes: disconnected", printable(member.name), MAX_LINE
+                        _("{name} sent a line longer than {limit} bytes: disconnected").format(
+                            name=printable(member.name), limit=MAX_LINE
+                        )
                     )
                     raise
                 if data and not data.endswith(b"\n"):
@@ -173,17 +184,19 @@ class ChatRoom:
         waiting = member.queued
         self.dropped += 1
         log.warning(
-            "dropped %s: not reading (%d bytes waiting, none taken for %g s)",
-            printable(member.name),
-            waiting,
-            self.drop_after,
+            _("dropped {name}: not reading ({count} bytes waiting, none taken for {seconds} s)").format(
+                name=printable(member.name), count=waiting, seconds=f"{self.drop_after:g}"
+            )
         )
         member.dropped = True
         member.queue.clear()
         member.queued = 0
         member.goodbye = (
-            f"enchufe chat: you were disconnected: you did not read for {self.drop_after:g} s "
-            f"while {waiting} bytes waited for you\n"
+            _(
+                "enchufe chat: you were disconnected: you did not read for {seconds} s "
+                "while {count} bytes waited for you"
+            ).format(seconds=f"{self.drop_after:g}", count=waiting)
+            + "\n"
         ).encode()
         member.wake.set()
         if member.reader is not None:
@@ -212,7 +225,7 @@ class ChatRoom:
                     member.wake.clear()
                     await member.wake.wait()
         except EnchufeError as exc:  # reset, or gone: it leaves the room at once
-            log.info("%s: %s", printable(member.name), one_line(str(exc)))
+            log.info("%s: %s", printable(member.name), one_line(str(exc)))  # nothing to translate
             self._leave(member)
             if member.reader is not None:
                 member.reader.cancel()
@@ -221,10 +234,10 @@ class ChatRoom:
         """Handler for datagram kinds: forward to every other peer seen within the idle timeout."""
         sender = datagram.sender
         if sender is None:
-            log.info("ignored a datagram from an unbound unix socket: it cannot be answered")
+            log.info(_("ignored a datagram from an unbound unix socket: it cannot be answered"))
             return
         if datagram.new_peer:
-            log.info("%s joined", printable(str(sender)))
+            log.info(_("{name} joined").format(name=printable(str(sender))))
         # The sender chose its name (a unix path or abstract name): escaped, so that a newline in
         # it cannot put a line of its own choosing before the others.
         name = printable(str(sender).split("://", 1)[-1])
@@ -237,12 +250,18 @@ class ChatRoom:
                 delivered = await deliver(datagram.socket, message, peer)
             except MessageTooLarge as exc:
                 # Too large for anyone (the name made it so): the others get nothing of it.
-                log.warning("%s: not forwarded: %s", printable(str(sender)), one_line(str(exc)))
+                log.warning(
+                    _("{name}: not forwarded: {error}").format(
+                        name=printable(str(sender)), error=one_line(str(exc))
+                    )
+                )
                 return
             except NetworkError as exc:
                 # It cannot be reached any more (a unix peer that removed its socket file):
                 # it leaves the room, and the peers after it still get the message.
-                log.warning("%s left: %s", printable(str(peer)), one_line(str(exc)))
+                log.warning(
+                    _("{name} left: {error}").format(name=printable(str(peer)), error=one_line(str(exc)))
+                )
                 if datagram.peers is not None:
                     datagram.peers.remove(peer)
                 continue
@@ -254,4 +273,4 @@ class ChatRoom:
             self.dropped += 1
             if not session.state.get("dropping"):
                 session.state["dropping"] = True
-                log.warning("dropped datagrams for %s: not reading", printable(str(peer)))
+                log.warning(_("dropped datagrams for {name}: not reading").format(name=printable(str(peer))))
