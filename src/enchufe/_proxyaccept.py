@@ -24,7 +24,7 @@ from . import _ranges
 from ._networks import IntNetwork, Network, host_int, int_network, parse_network
 from ._text import printable
 from .address import InetAddress, SocketAddress, UnixAddress
-from .errors import EnchufeError, UsageError
+from .errors import EnchufeError, UsageError, reason
 from .i18n import _
 from .proxyproto import MAX_V2_LENGTH, NeedMore, ProxyHeader, Refused, Result, parse
 
@@ -191,9 +191,7 @@ def step(sock: socket.socket, read: HeaderRead) -> None:
         raise
     except OSError as exc:
         read.result = Refused(
-            _("the connection failed during its PROXY header: {reason}").format(
-                reason=(exc.strerror or str(exc)).lower()
-            )
+            _("the connection failed during its PROXY header: {reason}").format(reason=reason(exc))
         )
 
 

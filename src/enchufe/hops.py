@@ -60,7 +60,7 @@ __all__ = [
 #: The schemes accepted, and what each is called in messages.  ``socks5h`` (curl's name for
 #: "the proxy resolves names") is an alias: enchufe's SOCKS5 always lets the proxy resolve.
 SCHEMES = {"socks5": "socks5", "socks5h": "socks5", "http": "http"}
-ACCEPTED = "socks5://[USER:PASS@]HOST:PORT or http://[USER:PASS@]HOST:PORT"
+ACCEPTED = N_("socks5://[USER:PASS@]HOST:PORT or http://[USER:PASS@]HOST:PORT")
 EXAMPLE = N_("e.g. socks5://127.0.0.1:1080")
 #: RFC 1929 gives the username and the password one length byte each; so does RFC 1928 a name.
 MAX_FIELD = 255
@@ -329,7 +329,9 @@ def parse_hop(text: str | Hop) -> Hop:
             line = _("{url}: unknown proxy scheme {scheme}; accepted: {accepted}, {example}")
         else:
             line = _("{url}: not a proxy URL; accepted: {accepted}, {example}")
-        raise AddressError(line.format(url=shown, scheme=repr(scheme), accepted=ACCEPTED, example=_(EXAMPLE)))
+        raise AddressError(
+            line.format(url=shown, scheme=repr(scheme), accepted=_(ACCEPTED), example=_(EXAMPLE))
+        )
     scheme = SCHEMES[lowered]
     userinfo, at, hostport = rest.rpartition("@")
     username, password = _credentials(text, scheme, userinfo) if at else (None, None)
@@ -430,7 +432,7 @@ def _host_port(text: str, scheme: str, hostport: str) -> tuple[str, int]:
         if not colon:
             raise AddressError(
                 _("{url}: missing port; write it as {accepted}, e.g. {example}").format(
-                    url=shown, accepted=ACCEPTED, example=example
+                    url=shown, accepted=_(ACCEPTED), example=example
                 )
             )
         if ":" in host:

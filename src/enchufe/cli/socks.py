@@ -177,7 +177,7 @@ def _users(auth: tuple[str, ...], auth_file: str | None) -> dict[bytes, bytes] |
     line (never showing a password); an EnchufeError (exit 1) for a file that cannot be read."""
     from .._socks_rules import parse_user, parse_users
     from .._text import printable
-    from ..errors import EnchufeError
+    from ..errors import EnchufeError, reason
 
     users: dict[bytes, bytes] = {}
     for text in auth:
@@ -188,9 +188,9 @@ def _users(auth: tuple[str, ...], auth_file: str | None) -> dict[bytes, bytes] |
             with open(auth_file, encoding="utf-8") as lines:
                 users.update(parse_users(lines, f"--auth-file {printable(auth_file)}"))
         except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            why = reason(exc, lower=False) if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise EnchufeError(
-                _("cannot read --auth-file {file}: {reason}").format(file=printable(auth_file), reason=reason)
+                _("cannot read --auth-file {file}: {reason}").format(file=printable(auth_file), reason=why)
             ) from None
     return users or None
 
