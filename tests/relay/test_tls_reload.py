@@ -134,6 +134,7 @@ def test_reload_interval_out_of_range_is_one_line(value: str) -> None:
         timeout=STEP,
     )
     assert result.returncode == 2, result
-    assert "Invalid value for '--reload-interval'" in result.stderr, result.stderr
+    assert result.stderr.startswith("enchufe: invalid value for --reload-interval: "), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "0.1 ≤ S" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
