@@ -26,10 +26,8 @@ from enchufe.errors import (
     NotASocket,
     UsageError,
 )
-from tests.cli.conftest import ENCHUFE, STEP, Spawn, assert_one_error_line, run, run_here, spawn  # noqa: F401
-
-#: What the language variables say when a test does not set them: nothing.
-_LANGUAGE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+from tests.cli.conftest import STEP, Spawn, assert_one_error_line, run, run_here, spawn  # noqa: F401
+from tests.i18n.test_cli import _environ, run_with_lang
 
 
 @pytest.fixture(autouse=True)
@@ -49,18 +47,6 @@ def refusing_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def _environment(**language: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LANGUAGE_VARIABLES}
-    env.update(language)
-    return env
-
-
-def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*ENCHUFE, *args], capture_output=True, stdin=subprocess.DEVNULL, timeout=STEP, env=env, check=False
-    )
-
-
 def test_a_refused_connection_is_one_spanish_line_and_exit_1(refusing_port: int) -> None:
     done = run("--lang", "es", "connect", f"tcp://127.0.0.1:{refusing_port}")
     assert done.returncode == 1
@@ -73,10 +59,10 @@ def test_a_refused_connection_is_one_spanish_line_and_exit_1(refusing_port: int)
 
 def test_spanish_comes_from_lang_and_english_is_forced_by_lang_en(refusing_port: int) -> None:
     address = f"tcp://127.0.0.1:{refusing_port}"
-    spanish = _run("connect", address, env=_environment(LANG="es_ES.UTF-8"))
+    spanish = run_with_lang("es_ES.UTF-8", "connect", address)
     assert spanish.returncode == 1
     assert_one_error_line(spanish.stderr, f"no se puede conectar con {address}: conexión rechazada")
-    english = _run("--lang", "en", "connect", address, env=_environment(LANG="es_ES.UTF-8"))
+    english = run_with_lang("es_ES.UTF-8", "--lang", "en", "connect", address)
     assert english.returncode == 1
     assert_one_error_line(
         english.stderr, f"cannot connect to {address}: connection refused; is a server listening there?"
@@ -146,7 +132,7 @@ def test_the_library_speaks_english_whatever_the_environment_says(refusing_port:
         [sys.executable, "-c", program],
         capture_output=True,
         timeout=STEP,
-        env=_environment(LANG="es_ES.UTF-8", LC_ALL="es_ES.UTF-8"),
+        env=_environ("es_ES.UTF-8"),
         check=True,
     )
     assert done.stdout.decode().splitlines() == [
