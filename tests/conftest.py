@@ -12,6 +12,10 @@
 * ``trace_lines``: a list that receives the trace narration while the test runs.
 * ``mypy_cache_dir``: one mypy cache folder for the whole run, so that the tests that run
   ``mypy --strict`` analyse the standard library and enchufe once, not once each.
+
+The suite speaks English whatever the shell's locale (a Spanish ``LANG`` would turn every
+message the tests match into Spanish); tests of Spanish ask for it.  A test that switched the
+language in this process (``--lang es`` parsed by click in-process) gets English back after it.
 """
 
 from __future__ import annotations
@@ -27,8 +31,20 @@ from typing import Any
 import pytest
 
 import enchufe
-from enchufe import trace
+from enchufe import i18n, trace
 from enchufe.address import InetAddress
+
+for _name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+    if os.environ.get(_name, "").lower().startswith("es"):
+        os.environ[_name] = "C.UTF-8"
+
+
+@pytest.fixture(autouse=True)
+def _english_after_each_test() -> Iterator[None]:
+    yield
+    if i18n.language() != "en":
+        i18n.set_language("en")
+
 
 #: kind id → (scheme, True for a file path / False for an abstract name / None for inet)
 KINDS: dict[str, tuple[str, bool | None]] = {
