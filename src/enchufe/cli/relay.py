@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._sockets import DEFAULT_BACKLOG
+from ..i18n import _
 from ..relay.datagram import DEFAULT_MAX_DATAGRAM
 from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
@@ -331,7 +332,7 @@ def _fault_plan(faults: tuple[str, ...], seed: int | None) -> FaultPlan | None:
         if seed is not None:
             from ..errors import UsageError
 
-            raise UsageError("--seed makes the faults' random choices repeatable: give --fault too")
+            raise UsageError(_("--seed makes the faults' random choices repeatable: give --fault too"))
         return None
     import random
 
@@ -340,13 +341,13 @@ def _fault_plan(faults: tuple[str, ...], seed: int | None) -> FaultPlan | None:
     try:
         toxics = tuple(parse_fault(text) for text in faults)
     except FaultError as exc:
-        raise FaultError(f"--fault {exc}") from None
+        raise FaultError(_("--fault {error}").format(error=exc)) from None
     plan = FaultPlan(toxics, seed if seed is not None else random.SystemRandom().randrange(2**63))
     # The seed is said even when drawn: a run that failed can be repeated with --seed.
     shown = "; ".join(t.describe() for t in toxics)
     event(
         "faults",
-        f"faults: {shown}; --seed {plan.seed}",
+        _("faults: {faults}; --seed {seed}").format(faults=shown, seed=plan.seed),
         level=1,
         toxics=[t.to_json() for t in toxics],
         seed=plan.seed,

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 
 from .._spawn import EXIT_POLL_INTERVAL, TERMINATE_GRACE, group_alive, open_pidfd, reap, signal_group, spawn
 from ..address import ExecAddress
+from ..i18n import _
 from .engine import READ, Loop, OnError, Timer
 from .events import EventSink
 
@@ -153,10 +154,17 @@ class Children:
     def _exited(self, child: Child, code: int) -> None:
         """Say that ``child`` exited, and tell its session."""
         if self.events.wants(1):
-            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            if code < 0:
+                line = _("#{id} {program} (pid {pid}) killed by signal {signal}").format(
+                    id=child.session_id, program=child.label, pid=child.pid, signal=-code
+                )
+            else:
+                line = _("#{id} {program} (pid {pid}) exited with status {status}").format(
+                    id=child.session_id, program=child.label, pid=child.pid, status=code
+                )
             self.events(
                 "exit",
-                f"#{child.session_id} {child.label} (pid {child.pid}) {how}",
+                line,
                 level=1,
                 id=child.session_id,
                 pid=child.pid,
@@ -216,7 +224,9 @@ class Children:
             if self.groups.get(child.pid) is child:
                 del self.groups[child.pid]
             self._signal(child, signal.SIGKILL)
-            return f"killed what is left of #{child.session_id} {child.label} (process group {child.pid})"
+            return _("killed what is left of #{id} {program} (process group {group})").format(
+                id=child.session_id, program=child.label, group=child.pid
+            )
 
         child.timer = self.loop.call_later(TERMINATE_GRACE, kill, kill_anyway)
 

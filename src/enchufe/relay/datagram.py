@@ -64,6 +64,7 @@ from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix da
 from .._calls import new_socket
 from .._resolve import Target
 from .._unixfiles import SocketFile
+from ..i18n import _
 from .datagram_io import (
     GSO_BYTES,
     GSO_SEGMENTS,
@@ -129,7 +130,7 @@ class DatagramUpstream(Upstream):
         """Also the datagrams for the target that it could not take yet, and the replies the
         target sent that wait unread in this socket (they die with it)."""
         lost = super().undelivered() + sum(count for _data, _seg, count in self.pending)
-        for _ in range(MAX_DRAIN):
+        for _turn in range(MAX_DRAIN):
             try:
                 self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
             except OSError:  # none left (EAGAIN), or an ICMP error: nothing more to count
@@ -264,7 +265,11 @@ class DatagramRelay(DatagramListener):
                         self._send_up(session, view[start : start + seg], seg, 1)
                     return True
                 self.stats.dropped += count
-                self._error(f"cannot send to {self.target_label}: {(exc.strerror or str(exc)).lower()}")
+                self._error(
+                    _("cannot send to {target}: {reason}").format(
+                        target=self.target_label, reason=(exc.strerror or str(exc)).lower()
+                    )
+                )
                 return True
             break
         size = len(data)
@@ -280,7 +285,9 @@ class DatagramRelay(DatagramListener):
         if not session.refused:
             session.refused = True
             self._error(
-                f"{self.target_label} refused a datagram from {session.label} (nobody listens there?)",
+                _("{target} refused a datagram from {peer} (nobody listens there?)").format(
+                    target=self.target_label, peer=session.label
+                ),
                 id=session.id,
                 peer=session.label,
             )
@@ -371,7 +378,7 @@ class DatagramRelay(DatagramListener):
         run = bytearray()
         seg = count = got = 0
         grows = False  # the run may take the next datagram
-        for _ in range(reads):
+        for _turn in range(reads):
             try:
                 size = recv(view, 0, socket.MSG_TRUNC)
             except BlockingIOError:

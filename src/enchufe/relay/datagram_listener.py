@@ -29,6 +29,7 @@ from .._buffer import DEFAULT_MAX_DATAGRAM
 from .._text import printable
 from ..address import from_sockaddr
 from ..errors import translate
+from ..i18n import N_, _
 from ..sessions import Session, SessionTable
 from .datagram_io import (
     BATCH,
@@ -151,17 +152,17 @@ class DatagramListener:
         """The listener's handler raised (the engine reports it): rest the listener a moment,
         then serve on."""
         if not self._accepting:
-            return "the listener was already closed"
+            return _("the listener was already closed")
         self._listener_mask = 0
         self.loop.modify(self.listener.fileno(), 0)
         self.loop.call_later(LISTENER_PAUSE, self._listen_for)
-        return f"the listener rests {LISTENER_PAUSE:g} s"
+        return _("the listener rests {seconds} s").format(seconds=f"{LISTENER_PAUSE:g}")
 
     def _session_failed(self, session: Upstream, exc: Exception) -> str:
         """A handler or timer of one session raised (the engine reports it): end that session."""
         self.stats.cut += 1
         self.end(session, "error", type(exc).__name__)
-        return f"closed session #{session.id} {session.label}"
+        return _("closed session #{id} {peer}").format(id=session.id, peer=session.label)
 
     def _listen_for(self) -> None:
         mask = (0 if self.blocked else READ) | (WRITE if self.replies.wants_writable() else 0)
@@ -195,7 +196,9 @@ class DatagramListener:
             self.stats.failed += 1
             who = describe_sender(self.listener.family, sender)
             error = translate(exc, f"connect to {self.target_label}")
-            self._error(f"cannot open a session for {who}: {error}", peer=who)
+            self._error(
+                _("cannot open a session for {peer}: {error}").format(peer=who, error=error), peer=who
+            )
             return None
         entry, _new = table.seen(key, now, _Factory(session))
         self._arm_expiry()
@@ -223,7 +226,7 @@ class DatagramListener:
         limit = len(view)
         now = time.monotonic()
         got = 0
-        for _ in range(reads):
+        for _turn in range(reads):
             try:
                 size, sender = recv(view, 0, _MSG_TRUNC)
             except BlockingIOError:
@@ -258,7 +261,7 @@ class DatagramListener:
         held = got = 0
         last: Any = _NOBODY  # the sender of the datagram before, whose entry is ``entry``
         entry: Session[Key, Upstream] | None = None
-        for _ in range(reads):
+        for _turn in range(reads):
             try:
                 size, sender = recv(view, 0, _MSG_TRUNC)
             except BlockingIOError:
@@ -302,10 +305,11 @@ class DatagramListener:
     def _truncated(self, who: str, size: int, side: str) -> None:
         self.stats.truncated += 1
         self.events.notice(
-            "oversized datagrams",
+            N_("oversized datagrams"),
             "truncated",
-            f"enchufe: dropped a datagram of {size} bytes from {who}: larger than --max-datagram "
-            f"{self.max_datagram}",
+            _(
+                "enchufe: dropped a datagram of {size} bytes from {peer}: larger than --max-datagram {limit}"
+            ).format(size=size, peer=who, limit=self.max_datagram),
             peer=who,
             size=size,
             side=side,
@@ -315,7 +319,7 @@ class DatagramListener:
     def _error(self, message: str, **fields: Any) -> None:
         # A notice: datagrams come in floods, so their errors are rate-limited (and counted).
         self.events.notice(
-            "datagram errors",
+            N_("datagram errors"),
             "error",
             f"enchufe: {message}",
             error=message,
@@ -346,7 +350,9 @@ class DatagramListener:
         if self.events.wants(1):
             self.events(
                 "session",
-                f"new session #{session.id} for {session.label} → {self.target_label}",
+                _("new session #{id} for {peer} → {target}").format(
+                    id=session.id, peer=session.label, target=self.target_label
+                ),
                 level=1,
                 id=session.id,
                 peer=session.label,
@@ -399,9 +405,19 @@ class DatagramListener:
         why_text = f" ({reason}: {error})" if error else f" ({reason})"
         self.events(
             "close",
-            f"closed session #{session.id} {session.label}: {session.datagrams_to_target} datagrams "
-            f"({session.to_target} bytes) to target, {session.datagrams_to_client} "
-            f"({session.to_client} bytes) to client in {seconds:.3f} s{why_text}",
+            _(
+                "closed session #{id} {peer}: {datagrams_to_target} datagrams ({to_target} bytes) to "
+                "target, {datagrams_to_client} ({to_client} bytes) to client in {seconds} s{why}"
+            ).format(
+                id=session.id,
+                peer=session.label,
+                datagrams_to_target=session.datagrams_to_target,
+                to_target=session.to_target,
+                datagrams_to_client=session.datagrams_to_client,
+                to_client=session.to_client,
+                seconds=f"{seconds:.3f}",
+                why=why_text,
+            ),
             level=1,
             id=session.id,
             peer=session.label,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .._backoff import Backoff
 from .._calls import send_datagram
+from ..i18n import _
 from .datagram_io import NO_GSO, Buffer, send_datagrams
 from .engine import Loop, Timer
 from .stats import Stats
@@ -111,7 +112,11 @@ class Replies:
                 self.gso = False  # the kernel or the route cannot: one datagram at a time
                 return self._sendto_each(session, data, seg)
             self.stats.dropped += count
-            self._error(f"cannot answer {session.label}: {(exc.strerror or str(exc)).lower()}")
+            self._error(
+                _("cannot answer {peer}: {reason}").format(
+                    peer=session.label, reason=(exc.strerror or str(exc)).lower()
+                )
+            )
             return False
         return True
 
@@ -132,7 +137,7 @@ class Replies:
                 if start == 0:
                     raise
                 dropped += 1
-                failure = failure or OSError(errno.EAGAIN, "the listener's send buffer is full")
+                failure = failure or OSError(errno.EAGAIN, _("the listener's send buffer is full"))
             except OSError as exc:
                 dropped += 1
                 failure = failure or exc
@@ -143,7 +148,11 @@ class Replies:
             self.delivered(session, sent_bytes, sent)
         if failure is not None:
             self.stats.dropped += dropped
-            self._error(f"cannot answer {session.label}: {(failure.strerror or str(failure)).lower()}")
+            self._error(
+                _("cannot answer {peer}: {reason}").format(
+                    peer=session.label, reason=(failure.strerror or str(failure)).lower()
+                )
+            )
         return False
 
     def flush(self) -> None:

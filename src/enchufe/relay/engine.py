@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable
 
 from .._text import printable
+from ..i18n import N_, _
 
 __all__ = ["ERROR", "FAILED", "READ", "WRITE", "Loop", "Timer"]
 
@@ -227,7 +228,7 @@ class Loop:
             except MemoryError:
                 raise
             except Exception as exc:
-                self._failed(exc, timer.on_error, None, "a timer")
+                self._failed(exc, timer.on_error, None, N_("a timer"))
         self._drop_cancelled_head()
 
     # -- waking up
@@ -264,7 +265,7 @@ class Loop:
             except MemoryError:
                 raise
             except Exception as exc:
-                self._failed(exc, None, None, "the wake-up handler")
+                self._failed(exc, None, None, N_("the wake-up handler"))
 
     # -- running
 
@@ -338,18 +339,19 @@ class Loop:
     def fail(self, exc: Exception, on_error: OnError | None) -> None:
         """``exc`` escaped from code run for an owner outside a handler of its own (a session
         started by a listener's handler): end that owner as if its handler had raised."""
-        self._failed(exc, on_error, None, "a handler")
+        self._failed(exc, on_error, None, N_("a handler"))
 
     def _handler_failed(self, exc: Exception, fd: int) -> None:
         if fd in self._stale:
             # It forgot (closed) its descriptor before raising: whoever registered that number
             # since is someone else, to be left alone; its owner is not known any more.
-            self._failed(exc, None, None, "a handler")
+            self._failed(exc, None, None, N_("a handler"))
         else:
-            self._failed(exc, self._on_error.get(fd), fd, "a handler")
+            self._failed(exc, self._on_error.get(fd), fd, N_("a handler"))
 
     def _failed(self, exc: Exception, on_error: OnError | None, fd: int | None, where: str) -> None:
-        """A handler or timer raised: end its owner, say so in one line, and go on."""
+        """A handler or timer raised: end its owner, say so in one line, and go on (``where`` is
+        marked with ``N_()``, translated here)."""
         done = ""
         if on_error is not None:
             try:
@@ -357,17 +359,19 @@ class Loop:
             except MemoryError:
                 raise
             except Exception as second:  # its owner could not be ended cleanly either
-                done = f"ending its owner failed too ({_describe(second)})"
+                done = _("ending its owner failed too ({error})").format(error=_describe(second))
                 _log.debug("ending the owner of a failed handler failed", exc_info=second)
                 on_error = None
         if on_error is None and fd is not None:
             # Nobody took it in hand: stop watching it, or a handler failing on every turn spins.
             self.unregister(fd)
-            done = f"{done}; " if done else ""
-            done += f"descriptor {fd} is no longer watched"
+            unwatched = _("descriptor {fd} is no longer watched").format(fd=fd)
+            done = f"{done}; {unwatched}" if done else unwatched
         elif not done:
-            done = "its work is skipped"
-        line = f"enchufe: unexpected error in {where}: {_describe(exc)}; {done}; the relay goes on"
+            done = _("its work is skipped")
+        line = _("enchufe: unexpected error in {where}: {error}; {done}; the relay goes on").format(
+            where=_(where), error=_describe(exc), done=done
+        )
         _log.debug("%s", line, exc_info=exc)
         with contextlib.suppress(Exception):  # the report must not be what ends the loop
             self.report(line, exc)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..i18n import _
+
 __all__ = ["NOTICE_BURST", "NOTICE_WINDOW", "EventSink", "Recorder"]
 
 Emit = Callable[..., None]
@@ -86,7 +88,7 @@ class EventSink:
         if self.extra:
             fields = {**fields, **self.extra}
             if "worker" in self.extra:
-                message = f"worker {self.extra['worker']}: {message}"
+                message = _("worker {worker}: {message}").format(worker=self.extra["worker"], message=message)
         try:
             self._emit(name, message, level=level, **fields)
         except OSError:
@@ -97,7 +99,8 @@ class EventSink:
     def notice(self, kind: str, name: str, message: str, /, **fields: Any) -> None:
         """A level-0 event that peers can cause at will, rate-limited per ``kind``.
 
-        ``kind`` is a plural noun phrase naming what happened (``"denied clients"``); at most
+        ``kind`` is a plural noun phrase naming what happened, marked with ``N_()`` (English in
+        the ``kind`` field, translated in the line): ``N_("denied clients")``; at most
         :attr:`burst` such events are shown per :attr:`window` seconds unless the sink shows
         level 1 (``-v``, ``--json``), then every one is.  Held-back ones are counted and
         reported as one ``suppressed`` event when the window ends (through :attr:`schedule`),
@@ -129,7 +132,9 @@ class EventSink:
         count = window.suppressed
         self(
             "suppressed",
-            f"enchufe: … and {count} more {kind} in {self.window:g} s (not shown; -v shows each)",
+            _("enchufe: … and {count} more {kind} in {seconds} s (not shown; -v shows each)").format(
+                count=count, kind=_(kind), seconds=f"{self.window:g}"
+            ),
             kind=kind,
             count=count,
         )

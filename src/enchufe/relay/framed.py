@@ -38,6 +38,7 @@ from .._calls import new_socket, recv_datagram_into, send_datagram
 from .._unixfiles import SocketFile, autobind_unix
 from ..errors import ProtocolError, translate
 from ..framing import HEADER, RAISE_LIMIT_HINT, Framer
+from ..i18n import N_, _
 from .datagram_io import BATCH, enlarge_buffers
 from .engine import ERROR, FAILED, READ, WRITE
 from .session import OPEN, RelaySession, pending_error
@@ -141,7 +142,7 @@ class FramedStreamSession(RelaySession):
         if relay.events.wants(1):
             relay.events(
                 "connect",
-                f"#{self.id} carries framed datagrams to {relay.target_label}",
+                _("#{id} carries framed datagrams to {target}").format(id=self.id, target=relay.target_label),
                 level=1,
                 id=self.id,
                 target=relay.target_label,
@@ -199,8 +200,10 @@ class FramedStreamSession(RelaySession):
             if self.relay.events.wants(2):
                 self.relay.events(
                     "eof",
-                    f"#{self.id} client finished sending after {self.datagrams_to_target} messages; "
-                    "answers are still delivered until the idle timeout",
+                    _(
+                        "#{id} client finished sending after {count} messages; "
+                        "answers are still delivered until the idle timeout"
+                    ).format(id=self.id, count=self.datagrams_to_target),
                     level=2,
                     id=self.id,
                     side="client",
@@ -276,12 +279,16 @@ class FramedStreamSession(RelaySession):
         relay.stats.dropped += 1
         reason = (exc.strerror or str(exc)).lower()
         if exc.errno == errno.EMSGSIZE:
-            reason += f": larger than one datagram to {relay.target_label} can be"
+            reason = _("{reason}: larger than one datagram to {target} can be").format(
+                reason=reason, target=relay.target_label
+            )
         shown = self.peer_label()
         relay.events.notice(
-            "dropped messages",
+            N_("dropped messages"),
             "dropped",
-            f"enchufe: dropped a message of {size} bytes from {shown} #{self.id}: {reason}",
+            _("enchufe: dropped a message of {size} bytes from {peer} #{id}: {reason}").format(
+                size=size, peer=shown, id=self.id, reason=reason
+            ),
             id=self.id,
             peer=shown,
             target=relay.target_label,
@@ -294,9 +301,11 @@ class FramedStreamSession(RelaySession):
         relay.stats.dropped += 1
         if not self.refused:
             self.refused = True
-            message = f"{relay.target_label} refused a datagram from #{self.id} (nobody listens there?)"
+            message = _("{target} refused a datagram from #{id} (nobody listens there?)").format(
+                target=relay.target_label, id=self.id
+            )
             relay.events.notice(
-                "datagram errors",
+                N_("datagram errors"),
                 "error",
                 f"enchufe: {message}",
                 id=self.id,
@@ -332,7 +341,7 @@ class FramedStreamSession(RelaySession):
         limit = len(view)
         stats = relay.stats
         got = False
-        for _ in range(BATCH):
+        for _turn in range(BATCH):
             if len(self.out) >= OUT_HIGH:
                 break
             try:
@@ -348,10 +357,12 @@ class FramedStreamSession(RelaySession):
             if size > limit:
                 stats.truncated += 1
                 relay.events.notice(
-                    "oversized datagrams",
+                    N_("oversized datagrams"),
                     "truncated",
-                    f"enchufe: dropped a datagram of {size} bytes from {relay.target_label}: larger than "
-                    f"--max-datagram {limit}",
+                    _(
+                        "enchufe: dropped a datagram of {size} bytes from {peer}: larger than "
+                        "--max-datagram {limit}"
+                    ).format(size=size, peer=relay.target_label, limit=limit),
                     peer=relay.target_label,
                     size=size,
                     side="target",
@@ -391,7 +402,12 @@ class FramedStreamSession(RelaySession):
         self.relay.stats.expired += 1
         self._flush()
         if self.state == OPEN:
-            self._end("idle", error=f"no datagram either way for {timeout:g} s (--idle-timeout)")
+            self._end(
+                "idle",
+                error=_("no datagram either way for {seconds} s (--idle-timeout)").format(
+                    seconds=f"{timeout:g}"
+                ),
+            )
 
     def finish(self) -> None:
         """End in order: what is buffered for the client is written, then the stream closes."""
@@ -403,12 +419,14 @@ class FramedStreamSession(RelaySession):
         relay.stats.reset += 1
         if reason == "protocol-error":  # the client's fault, and it would go unseen without -v
             # The relay's name for the library's max_size: the option to raise, on both ends.
-            error = error.replace(RAISE_LIMIT_HINT, "raise --max-datagram on both relays if it is")
+            error = error.replace(_(RAISE_LIMIT_HINT), _("raise --max-datagram on both relays if it is"))
             shown = self.peer_label()
             relay.events.notice(
-                "framing errors",
+                N_("framing errors"),
                 "protocol-error",
-                f"enchufe: closed {shown} #{self.id}: it broke the framing: {error}",
+                _("enchufe: closed {peer} #{id}: it broke the framing: {error}").format(
+                    peer=shown, id=self.id, error=error
+                ),
                 id=self.id,
                 peer=shown,
                 error=error,
@@ -432,9 +450,14 @@ class FramedStreamSession(RelaySession):
             self.owned = None
 
     def _close_summary(self) -> tuple[str, dict[str, int]]:
-        summary = (
-            f"{self.datagrams_to_target} datagrams ({self.to_target} bytes) to target, "
-            f"{self.datagrams_to_client} ({self.to_client} bytes) to client"
+        summary = _(
+            "{datagrams_to_target} datagrams ({to_target} bytes) to target, "
+            "{datagrams_to_client} ({to_client} bytes) to client"
+        ).format(
+            datagrams_to_target=self.datagrams_to_target,
+            to_target=self.to_target,
+            datagrams_to_client=self.datagrams_to_client,
+            to_client=self.to_client,
         )
         counts = {
             "datagrams_to_target": self.datagrams_to_target,

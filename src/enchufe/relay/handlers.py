@@ -26,6 +26,7 @@ from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..address import Address, SocketAddress, StdioAddress
+from ..i18n import N_
 from ..sessions import DEFAULT_IDLE_TIMEOUT
 from .config import RelayConfig, config_hops
 from .datagram import DatagramRelay, FramedDatagramRelay
@@ -118,7 +119,7 @@ def make_handler(
     assert sock is not None and listener is not None
     stream = _stream_handler(loop, sock, listener[1], resolver, config, target, options)
     if config.max_conns is None:
-        stream.limit_origin = "the limit the fd budget sets; see --max-conns"
+        stream.limit_origin = N_("the limit the fd budget sets; see --max-conns")
     return stream
 
 

@@ -33,6 +33,7 @@ from .. import _networks
 from .._networks import Network, matching, peer_ip
 from .._text import printable
 from ..errors import UsageError
+from ..i18n import _
 
 __all__ = [
     "AccessRules",
@@ -74,16 +75,26 @@ def _parse_id(text: str, option: str, what: str, lookup: Callable[[str], int]) -
     if text.isascii() and text.isdigit():
         value = int(text)
         if value > MAX_ID:
-            raise UsageError(f"{option} {text}: out of range; a numeric {what} is from 0 to {MAX_ID}")
+            raise UsageError(
+                _("{option} {value}: out of range; a numeric {what} is from 0 to {limit}").format(
+                    option=option, value=text, what=what, limit=MAX_ID
+                )
+            )
         return value
     try:
         return lookup(text)
     except (KeyError, ValueError):  # ValueError: a NUL in the name
-        kind = "user" if what == "uid" else "group"
-        raise UsageError(
-            f"{option} '{printable(text)}': no such {kind}; give a {kind} name that exists or "
-            f"a numeric {what} in ASCII digits (0 to {MAX_ID})"
-        ) from None
+        if what == "uid":
+            line = _(
+                "{option} '{name}': no such user; give a user name that exists or "
+                "a numeric {what} in ASCII digits (0 to {limit})"
+            )
+        else:
+            line = _(
+                "{option} '{name}': no such group; give a group name that exists or "
+                "a numeric {what} in ASCII digits (0 to {limit})"
+            )
+        raise UsageError(line.format(option=option, name=printable(text), what=what, limit=MAX_ID)) from None
 
 
 def parse_uid(text: str) -> int:
@@ -137,12 +148,12 @@ class AccessRules:
         try:
             addr = peer_ip(host)
         except ValueError:
-            return f"peer address '{printable(host)}' is not an IP address"
+            return _("peer address '{host}' is not an IP address").format(host=printable(host))
         denied = matching(self.deny, addr)
         if denied is not None:
-            return f"matches --deny {denied}"
+            return _("matches --deny {network}").format(network=denied)
         if self.allow and matching(self.allow, addr) is None:
-            return "matches no --allow rule"
+            return _("matches no --allow rule")
         return None
 
     def check_credentials(self, uid: int, gid: int) -> str | None:
@@ -151,7 +162,7 @@ class AccessRules:
             return None
         if uid in self.allow_uids or gid in self.allow_gids:
             return None
-        return f"uid {uid} / gid {gid} is not allowed by --allow-uid/--allow-gid"
+        return _("uid {uid} / gid {gid} is not allowed by --allow-uid/--allow-gid").format(uid=uid, gid=gid)
 
 
 def connection_budget(nofile: int) -> int:
@@ -198,25 +209,27 @@ class FdBudget:
 
     def line(self, max_conns: int) -> str:
         """The line that says the budget (and why it is no higher, when the hard limit caps it)."""
-        capped = (
-            " (the hard limit; raising it needs CAP_SYS_RESOURCE or a higher ulimit -Hn)"
-            if self.nofile == self.hard and self.nofile < WANTED_NOFILE
-            else ""
-        )
-        return (
-            f"fd budget: {self.nofile} descriptors{capped}: room for {self.connections} relayed "
-            f"connections (2 sockets each; pipes are borrowed only while bytes are in flight); "
-            f"max-conns {max_conns}"
-        )
+        if self.nofile == self.hard and self.nofile < WANTED_NOFILE:
+            line = _(
+                "fd budget: {nofile} descriptors (the hard limit; raising it needs CAP_SYS_RESOURCE "
+                "or a higher ulimit -Hn): room for {connections} relayed connections (2 sockets each; "
+                "pipes are borrowed only while bytes are in flight); max-conns {max_conns}"
+            )
+        else:
+            line = _(
+                "fd budget: {nofile} descriptors: room for {connections} relayed connections "
+                "(2 sockets each; pipes are borrowed only while bytes are in flight); max-conns {max_conns}"
+            )
+        return line.format(nofile=self.nofile, connections=self.connections, max_conns=max_conns)
 
     def excess(self, max_conns: int) -> str | None:
         """What to warn about when ``max_conns`` asks for more than the budget holds, else None."""
         if max_conns <= self.connections:
             return None
-        return (
-            f"--max-conns {max_conns} exceeds the fd budget ({self.nofile} descriptors: about "
-            f"{self.connections} connections); clients past that are turned away"
-        )
+        return _(
+            "--max-conns {max_conns} exceeds the fd budget ({nofile} descriptors: about "
+            "{connections} connections); clients past that are turned away"
+        ).format(max_conns=max_conns, nofile=self.nofile, connections=self.connections)
 
 
 def fd_budget(*, raise_limit: bool) -> FdBudget:

@@ -28,6 +28,7 @@ from .. import _resolve
 from .._resolve import Target
 from ..address import InetAddress
 from ..errors import EnchufeError, NameResolutionError
+from ..i18n import _
 from .engine import READ, Loop, OnError
 
 if TYPE_CHECKING:
@@ -138,4 +139,6 @@ def _answer(address: InetAddress) -> Answer:
     except EnchufeError as exc:
         return exc
     except Exception as exc:  # UnicodeError from IDNA, say: the answer must come back
-        return NameResolutionError(f"cannot resolve {address.host!r}: {exc}")
+        return NameResolutionError(
+            _("cannot resolve {host}: {reason}").format(host=repr(address.host), reason=exc)
+        )

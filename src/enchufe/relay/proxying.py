@@ -35,6 +35,7 @@ from .._proxytypes import PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL
 from .._spawn import child_environment
 from .._text import printable
 from ..address import InetAddress, SocketAddress, from_sockaddr
+from ..i18n import N_, _
 from ..proxyproto import NeedMore, ProxyHeader, ProxySSL, Refused, Result, encode_v1, encode_v2
 from .readstage import ReadStage
 
@@ -161,7 +162,7 @@ def take_header(result: Result, sock: socket.socket, peer: Any, rules: AccessRul
     names, or the proxy itself for a LOCAL header, keep it out)."""
     proxy = client_address(sock, peer)
     if not isinstance(result, ProxyHeader):
-        reason = result.reason if isinstance(result, Refused) else "no PROXY header"
+        reason = result.reason if isinstance(result, Refused) else _("no PROXY header")
         return (printable(str(proxy)) if proxy else "unix:(unnamed)", "proxy", reason)
     source = result.source
     if isinstance(source, InetAddress) and source.transport != "tcp":
@@ -178,11 +179,11 @@ def take_header(result: Result, sock: socket.socket, peer: Any, rules: AccessRul
 def refused_notice(events: EventSink, session_id: int, refusal: Refusal) -> None:
     """The one line (rate-limited: any peer can cause it) of a client refused over its header."""
     shown, reason, why = refusal
-    kind = "denied clients" if reason == "denied" else "clients refused over their PROXY header"
+    kind = N_("denied clients") if reason == "denied" else N_("clients refused over their PROXY header")
     events.notice(
         kind,
         "refused",
-        f"enchufe: refused {shown} #{session_id}: {why}",
+        _("enchufe: refused {peer} #{id}: {why}").format(peer=shown, id=session_id, why=why),
         id=session_id,
         peer=shown,
         reason=reason,

@@ -34,6 +34,7 @@ from urllib.parse import unquote
 from .._text import quoted
 from ..address import Address, InetAddress, StdioAddress, UnixAddress, parse
 from ..errors import UsageError
+from ..i18n import _
 
 __all__ = ["DEFAULT", "NO_HELLO", "UNMATCHED", "Route", "RouteTable", "check_routes", "parse_route"]
 
@@ -46,7 +47,6 @@ NO_HELLO = "(no hello)"
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
-_EXAMPLE = "e.g. --route 'api.example.com=tcp://127.0.0.1:9001'"
 
 
 @dataclass(frozen=True)
@@ -116,23 +116,33 @@ def parse_route(text: str, *, terminating: bool) -> Route:
     shown = quoted(text)
     name, sep, target_text = text.partition("=")
     if not sep or not name or not target_text:
-        raise UsageError(f"--route {shown}: expected NAME=TARGET, {_EXAMPLE}")
+        raise UsageError(
+            _(
+                "--route {route}: expected NAME=TARGET, e.g. --route 'api.example.com=tcp://127.0.0.1:9001'"
+            ).format(route=shown)
+        )
     name = name.strip().lower().rstrip(".")
     if len(name) > 253 or not _NAME.fullmatch(name):
         raise UsageError(
-            f"--route {shown}: {quoted(name)} is not a server name: labels of letters, digits, "
-            "'-' and '_' joined by dots, or '*.' and such a name (one label), e.g. *.example.com"
+            _(
+                "--route {route}: {name} is not a server name: labels of letters, digits, "
+                "'-' and '_' joined by dots, or '*.' and such a name (one label), e.g. *.example.com"
+            ).format(route=shown, name=quoted(name))
         )
     target_text, options = _take_options(target_text)
     cert, key = options.get("cert"), options.get("key")
     if (cert or key) and not terminating:
         raise UsageError(
-            f"--route {shown}: cert= and key= are the certificate served for {name} when the relay "
-            "terminates TLS; LISTEN is not tls://, so the relay passes the TLS bytes through untouched "
-            "and holds no certificate: leave them out, or listen on tls://"
+            _(
+                "--route {route}: cert= and key= are the certificate served for {name} when the relay "
+                "terminates TLS; LISTEN is not tls://, so the relay passes the TLS bytes through untouched "
+                "and holds no certificate: leave them out, or listen on tls://"
+            ).format(route=shown, name=name)
         )
     if key and not cert:
-        raise UsageError(f"--route {shown}: key= needs cert= (the certificate it is the key of)")
+        raise UsageError(
+            _("--route {route}: key= needs cert= (the certificate it is the key of)").format(route=shown)
+        )
     alpn = _alpn(options.get("alpn"), shown)
     return Route(name, _route_target(target_text, f"--route {shown}"), cert, key, alpn)
 
@@ -162,8 +172,10 @@ def _alpn(value: str | None, shown: str) -> tuple[str, ...]:
     for name in names:
         if not 1 <= len(name) <= 255 or not name.isascii() or not name.isprintable():
             raise UsageError(
-                f"--route {shown}: alpn= takes ALPN protocol names separated by commas, "
-                f"e.g. alpn=h2,http/1.1 or alpn=acme-tls/1; {quoted(name)} is not one"
+                _(
+                    "--route {route}: alpn= takes ALPN protocol names separated by commas, "
+                    "e.g. alpn=h2,http/1.1 or alpn=acme-tls/1; {name} is not one"
+                ).format(route=shown, name=quoted(name))
             )
     return names
 
@@ -174,16 +186,24 @@ def _route_target(given: str | Address, where: str) -> InetAddress | UnixAddress
     text = str(given)
     if not isinstance(target, InetAddress | UnixAddress) or not target.is_stream:
         raise UsageError(
-            f"{where}: TARGET {quoted(text)} must be a stream socket address (tcp://HOST:PORT or "
-            "unix:PATH): the relay connects there for each routed client"
+            _(
+                "{where}: TARGET {target} must be a stream socket address (tcp://HOST:PORT or "
+                "unix:PATH): the relay connects there for each routed client"
+            ).format(where=where, target=quoted(text))
         )
     if target.is_tls:
         raise UsageError(
-            f"{where}: TARGET {quoted(text)} is tls://, which routes do not originate yet; "
-            "give a tcp:// or unix: address (a passthrough route sends the client's own TLS bytes)"
+            _(
+                "{where}: TARGET {target} is tls://, which routes do not originate yet; "
+                "give a tcp:// or unix: address (a passthrough route sends the client's own TLS bytes)"
+            ).format(where=where, target=quoted(text))
         )
     if isinstance(target, InetAddress) and (target.is_wildcard or target.port == 0):
-        raise UsageError(f"{where}: TARGET {target} needs a host and a port, e.g. tcp://127.0.0.1:9001")
+        raise UsageError(
+            _("{where}: TARGET {target} needs a host and a port, e.g. tcp://127.0.0.1:9001").format(
+                where=where, target=target
+            )
+        )
     return target
 
 
@@ -192,8 +212,10 @@ def check_routes(listen: Address, target: Address, routes: Iterable[str]) -> Rou
     default; ``-`` for none), or a UsageError for the first thing wrong."""
     if not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream):
         raise UsageError(
-            f"--route chooses the target by the TLS server name of each client, so LISTEN must be a "
-            f"tcp://, tls:// or unix: stream address, not {listen}"
+            _(
+                "--route chooses the target by the TLS server name of each client, so LISTEN must be a "
+                "tcp://, tls:// or unix: stream address, not {listen}"
+            ).format(listen=listen)
         )
     terminating = listen.is_tls
     exact: dict[str, tuple[Route, ...]] = {}
@@ -204,11 +226,13 @@ def check_routes(listen: Address, target: Address, routes: Iterable[str]) -> Rou
         group = table.get(key, ())
         if any(set(other.alpn) == set(route.alpn) for other in group):
             what = f"{route.name} with alpn={','.join(route.alpn)}" if route.alpn else route.name
-            raise UsageError(f"--route {what} is given twice; give each NAME (and alpn=) once")
+            raise UsageError(
+                _("--route {route} is given twice; give each NAME (and alpn=) once").format(route=what)
+            )
         # Those with alpn= are tried first, in the order given; the one without takes the rest.
         table[key] = tuple(sorted((*group, route), key=lambda r: not r.alpn))
     default = None
     if not isinstance(target, StdioAddress):
-        where = "with --route, the positional TARGET (the default)"
+        where = _("with --route, the positional TARGET (the default)")
         default = Route(DEFAULT, _route_target(target, where))
     return RouteTable(exact, wildcard, default)

@@ -24,6 +24,7 @@ from .._text import printable
 from ..address import Address, InetAddress, UnixAddress
 from ..clienthello import NEED_MORE, ClientHello, Event, HelloReader, Refused
 from ..errors import EnchufeError
+from ..i18n import N_, _
 from ..tlsparams import DEFAULT_HANDSHAKE_TIMEOUT
 from .engine import Loop
 from .events import EventSink
@@ -119,13 +120,18 @@ class Router:
         routes = stats.routes
         if isinstance(event, Refused):
             routes[NO_HELLO] = routes.get(NO_HELLO, 0) + 1
-            return f"no ClientHello: {event.detail}", "no-hello", event.kind
+            return _("no ClientHello: {detail}").format(detail=event.detail), "no-hello", event.kind
         assert isinstance(event, ClientHello)
         route = self.table.match(event.server_name, event.alpn)
         if route is None:
             routes[UNMATCHED] = routes.get(UNMATCHED, 0) + 1
-            name = printable(event.server_name) if event.server_name else "none (no SNI)"
-            return f"no route for server name {name} and no default TARGET", "unmatched", ""
+            if event.server_name:
+                why = _("no route for server name {name} and no default TARGET").format(
+                    name=printable(event.server_name)
+                )
+            else:
+                why = _("no route for server name none (no SNI) and no default TARGET")
+            return why, "unmatched", ""
         routes[route.label] = routes.get(route.label, 0) + 1
         return route
 
@@ -181,24 +187,31 @@ class HelloRead(ReadStage):
             except BlockingIOError:
                 return
             except OSError as exc:
-                event = Refused(
-                    "reset", f"the client's connection failed: {(exc.strerror or str(exc)).lower()}"
-                )
+                reason = (exc.strerror or str(exc)).lower()
+                event = Refused("reset", _("the client's connection failed: {reason}").format(reason=reason))
                 break
             event = reader.feed(data)
         self._finish(event, reader.data)
 
     def _timed_out(self) -> None:
         got = len(self._reader.data)
-        what = "nothing" if not got else f"{got} bytes, not a whole ClientHello,"
-        self._finish(Refused("timeout", f"sent {what} within {self._timeout:g} s"), self._reader.data)
+        seconds = f"{self._timeout:g}"
+        if got:
+            why = _("sent {size} bytes, not a whole ClientHello, within {seconds} s").format(
+                size=got, seconds=seconds
+            )
+        else:
+            why = _("sent nothing within {seconds} s").format(seconds=seconds)
+        self._finish(Refused("timeout", why), self._reader.data)
 
 
 def routed_event(session_id: int, hello: ClientHello, route: Route) -> tuple[str, dict[str, Any]]:
     """The "route" event's line and fields (-v, --json): the name the client asked for, its ALPN
     list, and where it goes."""
     name = printable(hello.server_name or "")
-    line = f"#{session_id} server name {name or '(none)'} → route {route.label} ({route.target})"
+    line = _("#{id} server name {name} → route {route} ({target})").format(
+        id=session_id, name=name or _("(none)"), route=route.label, target=route.target
+    )
     return line, {
         "level": 1,
         "id": session_id,
@@ -213,9 +226,9 @@ def refused_notice(events: EventSink, session_id: int, peer: str, why: str, reas
     """The one line (a rate-limited notice: any client can cause it) about a client refused
     for want of a route."""
     events.notice(
-        "clients without a route",
+        N_("clients without a route"),
         "refused",
-        f"enchufe: refused {peer} #{session_id}: {why}",
+        _("enchufe: refused {peer} #{id}: {why}").format(peer=peer, id=session_id, why=why),
         id=session_id,
         peer=peer,
         reason=reason,

@@ -30,6 +30,7 @@ from .._sockets import DEFAULT_BACKLOG, open_listener
 from .._tlsstream import with_tls
 from .._unixfiles import SocketFile
 from ..address import Address, InetAddress, SocketAddress, StdioAddress, UnixAddress
+from ..i18n import N_, _
 from ..sessions import DEFAULT_IDLE_TIMEOUT
 from .config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -202,7 +203,7 @@ class Relay:
         (or why not: a file now missing or bad keeps the old ones)."""
         tls = self._tls
         if tls is None:
-            self.events("reload", f"{why}: nothing to reload (no TLS end)", reloaded=False)
+            self.events("reload", _("{why}: nothing to reload (no TLS end)").format(why=why), reloaded=False)
             return
         done = tls.reload()
         self._stamps = tls.stamps()
@@ -239,7 +240,7 @@ class Relay:
         if message is not None:
             self.events(
                 "warning",
-                f"enchufe: warning: {message}",
+                _("enchufe: warning: {message}").format(message=message),
                 max_conns=config.max_conns,
                 budget=budget.connections,
                 detail=message,
@@ -264,11 +265,11 @@ class Relay:
             if announce and self._listener is not None:
                 pin = self.tls_pin
                 if pin is None:
-                    self.events("listening", f"listening on {address}", address=str(address))
+                    line = _("listening on {address}").format(address=address)
+                    self.events("listening", line, address=str(address))
                 else:
-                    self.events(
-                        "listening", f"listening on {address} pin {pin}", address=str(address), pin=pin
-                    )
+                    line = _("listening on {address} pin {pin}").format(address=address, pin=pin)
+                    self.events("listening", line, address=str(address), pin=pin)
             if config.stats_interval:
                 self._last = self.stats.snapshot()
                 loop.call_every(config.stats_interval, self._report)  # goes on if one fails
@@ -366,33 +367,49 @@ class Relay:
             open_now = len(handler.sessions)
             drain = self.config.drain_timeout
             if self.datagram_listener:
+                if before == 1:
+                    line = _("stopping: closed {count} datagram session (nothing in flight to wait for)")
+                else:
+                    line = _("stopping: closed {count} datagram sessions (nothing in flight to wait for)")
                 self.events(
                     "stopping",
-                    f"stopping: closed {before} datagram session{'s' if before != 1 else ''} "
-                    "(nothing in flight to wait for)",
+                    line.format(count=before),
                     open=0,
                     closed=before,
                     drain_timeout=drain,
                 )
             elif open_now:
+                if open_now == 1:
+                    line = _(
+                        "stopping: no new clients; waiting up to {seconds} s for {count} open "
+                        "connection (signal again to cut them now)"
+                    )
+                else:
+                    line = _(
+                        "stopping: no new clients; waiting up to {seconds} s for {count} open "
+                        "connections (signal again to cut them now)"
+                    )
                 self.events(
                     "stopping",
-                    f"stopping: no new clients; waiting up to {drain:g} s for {open_now} open "
-                    f"connection{'s' if open_now != 1 else ''} (signal again to cut them now)",
+                    line.format(seconds=f"{drain:g}", count=open_now),
                     open=open_now,
                     drain_timeout=drain,
                 )
             else:
-                self.events("stopping", "stopping: no connection open", open=0, drain_timeout=drain)
+                self.events("stopping", _("stopping: no connection open"), open=0, drain_timeout=drain)
             if open_now:
                 assert self._loop is not None
                 self._drain_timer = self._loop.call_later(drain, self._drain_expired)
         if stops >= 2 and handler.sessions:
-            self._cut_all("stopped again before the drain ended")
+            self._cut_all(_("stopped again before the drain ended"))
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
-        self._cut_all(f"still open after the {self.config.drain_timeout:g} s drain (--drain-timeout)")
+        self._cut_all(
+            _("still open after the {seconds} s drain (--drain-timeout)").format(
+                seconds=f"{self.config.drain_timeout:g}"
+            )
+        )
 
     def _cut_all(self, why: str) -> None:
         handler = self._handler
@@ -401,16 +418,16 @@ class Relay:
         self._cut += cut
         self._finished = True
         if cut:
-            self.events(
-                "cut",
-                f"enchufe: cut {cut} connection{'s' if cut != 1 else ''} {why}",
-                cut=cut,
-            )
+            if cut == 1:
+                line = _("enchufe: cut {count} connection {why}")
+            else:
+                line = _("enchufe: cut {count} connections {why}")
+            self.events("cut", line.format(count=cut, why=why), cut=cut)
 
     def _unexpected(self, line: str, exc: Exception) -> None:
         """A handler or timer raised and the engine ended its owner (one session, usually): a
         notice, since a peer may be what makes one fail, again and again."""
-        self.events.notice("unexpected errors", "error", line, error=f"{type(exc).__name__}: {exc}")
+        self.events.notice(N_("unexpected errors"), "error", line, error=f"{type(exc).__name__}: {exc}")
 
     def _report(self) -> None:
         assert self._last is not None

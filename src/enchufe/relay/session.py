@@ -37,6 +37,7 @@ from .._resolve import Target
 from .._text import printable
 from ..address import from_sockaddr
 from ..errors import TimedOut, translate
+from ..i18n import N_, _
 from .engine import Loop, Timer
 from .events import EventSink
 from .stats import Stats
@@ -137,7 +138,7 @@ class RelaySession:
     )
 
     #: what :meth:`crashed` says was done to the peers
-    crash_outcome: ClassVar[str] = "the client reset"
+    crash_outcome: ClassVar[str] = N_("the client reset")
 
     relay: Owner
 
@@ -179,10 +180,15 @@ class RelaySession:
         if relay.events.wants(1):
             shown = self.peer_label()
             proxied = self.proxied
-            via = f" via {proxied.proxy_label}" if proxied is not None and proxied.peer is not None else ""
+            if proxied is not None and proxied.peer is not None:
+                line = _("accepted {peer} via {proxy} (#{id})").format(
+                    peer=shown, proxy=proxied.proxy_label, id=self.id
+                )
+            else:
+                line = _("accepted {peer} (#{id})").format(peer=shown, id=self.id)
             relay.events(
                 "accept",
-                f"accepted {shown}{via} (#{self.id})",
+                line,
                 level=1,
                 id=self.id,
                 peer=shown,
@@ -300,8 +306,10 @@ class RelaySession:
             return
         seconds = self.relay.connect_timeout
         error = TimedOut(
-            f"cannot connect to {self._dialled()}: no answer within {seconds:g} s; "
-            "is the target up and reachable? (raise --connect-timeout if it is slow)"
+            _(
+                "cannot connect to {target}: no answer within {seconds} s; "
+                "is the target up and reachable? (raise --connect-timeout if it is slow)"
+            ).format(target=self._dialled(), seconds=f"{seconds:g}")
         )
         self._fail_target(str(error))
 
@@ -319,11 +327,13 @@ class RelaySession:
         relay = self.relay
         relay.stats.failed += 1
         shown = self.peer_label()
-        kind = "programs that failed to start" if relay.runs_programs else "failed connects"
+        kind = N_("programs that failed to start") if relay.runs_programs else N_("failed connects")
         relay.events.notice(
             kind,
             "error",
-            f"enchufe: {message} (client {shown} #{self.id} closed)",
+            _("enchufe: {message} (client {peer} #{id} closed)").format(
+                message=message, peer=shown, id=self.id
+            ),
             id=self.id,
             peer=shown,
             target=self.target_label,
@@ -372,7 +382,7 @@ class RelaySession:
             self.cut("error")
         else:  # it raised while ending: close what is still open, or it would wake us forever
             self._close_leftovers()
-        return f"closed {shown}, {self.crash_outcome}"
+        return _("closed {session}, {outcome}").format(session=shown, outcome=_(self.crash_outcome))
 
     def _close_leftovers(self) -> None:
         """Ending raised half-way: close what is still open (hook)."""
@@ -383,7 +393,9 @@ class RelaySession:
 
     def _close_summary(self) -> tuple[str, dict[str, int]]:
         """What went through, for the "close" event: its words and its fields (hook)."""
-        return f"{self.to_target} bytes to target, {self.to_client} to client", {}
+        return _("{to_target} bytes to target, {to_client} to client").format(
+            to_target=self.to_target, to_client=self.to_client
+        ), {}
 
     def _event_fields(self) -> dict[str, Any]:
         """More fields for the "accept" and "close" events (hook: what a TLS session agreed)."""
@@ -416,7 +428,9 @@ class RelaySession:
         extra = self._event_fields()
         self.relay.events(
             "close",
-            f"closed #{self.id} {shown}: {summary} in {seconds:.3f} s{why}",
+            _("closed #{id} {peer}: {summary} in {seconds} s{why}").format(
+                id=self.id, peer=shown, summary=summary, seconds=f"{seconds:.3f}", why=why
+            ),
             level=1,
             id=self.id,
             peer=shown,

@@ -35,6 +35,7 @@ from .._socks_rules import SocksPolicy
 from .._text import printable
 from ..address import InetAddress, StdioAddress, from_sockaddr
 from ..errors import EnchufeError
+from ..i18n import N_, _
 from .engine import READ
 from .lookups import Lookups, Pending
 from .proxying import client_address
@@ -75,7 +76,7 @@ class SocksRelay(StreamRelay):
         super().__init__(loop, listener, None, **options)
         self.policy = policy
         self.one_client = self.runs_programs = False
-        self.target_label = "(the client's request)"
+        self.target_label = _("(the client's request)")
         self.lookups = Lookups(loop)
 
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> SocksSession:
@@ -104,21 +105,27 @@ class SocksRead(ReadStage):
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._finish(None, f"its connection failed: {(exc.strerror or str(exc)).lower()}")
+                reason = (exc.strerror or str(exc)).lower()
+                self._finish(None, _("its connection failed: {reason}").format(reason=reason))
                 return
             if not data:
-                self._finish(None, f"it closed before {self._machine.waiting_for}")
+                waiting_for = self._machine.waiting_for
+                self._finish(None, _("it closed before {what}").format(what=_(waiting_for)))
                 return
             step = self._machine.feed(data)
             if step.send and not _send(self._fd, step.send):
-                self._finish(None, "it does not take the server's answer")
+                self._finish(None, _("it does not take the server's answer"))
                 return
             if step.request is not None or step.refused is not None:
                 self._finish(step, None)
                 return
 
     def _timed_out(self) -> None:
-        self._finish(None, f"no {self._machine.waiting_for} within {self._timeout:g} s (--handshake-timeout)")
+        waiting_for = self._machine.waiting_for
+        why = _("no {what} within {seconds} s (--handshake-timeout)").format(
+            what=_(waiting_for), seconds=f"{self._timeout:g}"
+        )
+        self._finish(None, why)
 
 
 def _send(fd: int, data: bytes) -> bool:
@@ -164,17 +171,25 @@ class SocksSession(StreamSession):
         if step is None or step.request is None:
             # Refused by the handshake (its answer sent), or the client failed: reset then.
             reason = step.refused if step is not None else why
-            self._refused(reason or "no request", code=None, abortive=step is None)
+            self._refused(reason or _("no request"), code=None, abortive=step is None)
             return
         request = self.request = step.request
         self._replay = step.leftover  # sent before anything else once the target is open
         self.target_label = f"tcp://{request.hostport}"
         relay = self.relay
         if relay.events.wants(1):
-            user = f" (user {printable(request.user)})" if request.user is not None else ""
+            if request.user is not None:
+                line = _("#{id} {command} {destination} (user {user})").format(
+                    id=self.id,
+                    command=request.command_name,
+                    destination=request.hostport,
+                    user=printable(request.user),
+                )
+            else:
+                line = f"#{self.id} {request.command_name} {request.hostport}"
             relay.events(
                 "request",
-                f"#{self.id} {request.command_name} {request.hostport}{user}",
+                line,
                 level=1,
                 id=self.id,
                 peer=self.peer_label(),
@@ -207,8 +222,8 @@ class SocksSession(StreamSession):
             request = self.request
             assert request is not None
             seconds = self.relay.connect_timeout
-            why = (
-                f"{request.command_name} {request.hostport}: no answer from the resolver within {seconds:g} s"
+            why = _("{command} {destination}: no answer from the resolver within {seconds} s").format(
+                command=request.command_name, destination=request.hostport, seconds=f"{seconds:g}"
             )
             self._refused(why, code=socks5.HOST_UNREACHABLE)
 
@@ -262,7 +277,7 @@ class SocksSession(StreamSession):
             host, port = (bound.host, bound.port) if isinstance(bound, InetAddress) else ("0.0.0.0", 0)
             if not _send(self.client.wfd, reply(socks5.SUCCEEDED, host, port)):
                 self.relay.stats.reset += 1
-                self._end("client-reset", abortive=True, error="the client does not take the reply")
+                self._end("client-reset", abortive=True, error=_("the client does not take the reply"))
                 return
         super()._connected(announce=announce)
 
@@ -274,7 +289,7 @@ class SocksSession(StreamSession):
         assert sock is not None
         client = self.proxied.peer if self.proxied is not None else client_address(sock, self.peer)
         if not isinstance(client, InetAddress) or sock.family == socket.AF_UNIX:
-            why = "UDP ASSOCIATE needs a TCP client (it names where datagrams come from)"
+            why = _("UDP ASSOCIATE needs a TCP client (it names where datagrams come from)")
             self._refused(why, code=socks5.COMMAND_NOT_SUPPORTED)
             return
         try:
@@ -290,20 +305,24 @@ class SocksSession(StreamSession):
             )
         except OSError as exc:
             reason = (exc.strerror or str(exc)).lower()
-            self._refused(f"UDP ASSOCIATE: no UDP socket: {reason}", code=socks5.GENERAL_FAILURE)
+            self._refused(
+                _("UDP ASSOCIATE: no UDP socket: {reason}").format(reason=reason), code=socks5.GENERAL_FAILURE
+            )
             return
         self._udp = udp
         self._connect_done()
         self.target_label = f"udp://{_hostport(*udp.bound)}"
         if not _send(self.client.wfd, reply(socks5.SUCCEEDED, *udp.bound)):
-            self._end("client-reset", abortive=True, error="the client does not take the reply")
+            self._end("client-reset", abortive=True, error=_("the client does not take the reply"))
             return
         relay.loop.register(self.client.rfd, READ, self._on_control, self.crashed)
         self.client.mask = READ
         if relay.events.wants(1):
             relay.events(
                 "connect",
-                f"#{self.id} UDP relay at {self.target_label} for {request.hostport}",
+                _("#{id} UDP relay at {address} for {destination}").format(
+                    id=self.id, address=self.target_label, destination=request.hostport
+                ),
                 level=1,
                 id=self.id,
                 target=self.target_label,
@@ -341,11 +360,17 @@ class SocksSession(StreamSession):
         if code is not None:
             _send(self.client.wfd, reply(code))
         shown = self.peer_label()
-        said = f" (SOCKS reply {code}: {reply_words(code)})" if code is not None else ""
+        if code is not None:
+            words = reply_words(code)
+            line = _("enchufe: refused {peer} #{id}: {why} (SOCKS reply {code}: {words})").format(
+                peer=shown, id=self.id, why=why, code=code, words=_(words)
+            )
+        else:
+            line = _("enchufe: refused {peer} #{id}: {why}").format(peer=shown, id=self.id, why=why)
         relay.events.notice(
-            "refused SOCKS clients",
+            N_("refused SOCKS clients"),
             "refused",
-            f"enchufe: refused {shown} #{self.id}: {why}{said}",
+            line,
             id=self.id,
             peer=shown,
             reason="socks",
@@ -367,9 +392,10 @@ class SocksSession(StreamSession):
         code = self._code
         _send(self.client.wfd, reply(code))
         if self.relay.events.wants(1):
+            words = reply_words(code)
             self.relay.events(
                 "reply",
-                f"#{self.id} SOCKS reply {code}: {reply_words(code)}",
+                _("#{id} SOCKS reply {code}: {words}").format(id=self.id, code=code, words=_(words)),
                 level=1,
                 id=self.id,
                 reply=code,

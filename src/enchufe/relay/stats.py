@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..i18n import _
+
 __all__ = ["Snapshot", "Stats", "human_bytes", "interval_report", "summary_report"]
 
 
@@ -192,10 +194,16 @@ class Snapshot:
 def _datagram_part(snap: Snapshot) -> str:
     if not (snap.has_datagrams or snap.expired or snap.evicted):
         return ""
-    return (
-        f"; datagrams {snap.datagrams_to_target} to target, {snap.datagrams_to_client} to client "
-        f"({snap.truncated} truncated, {snap.dropped} dropped; sessions {snap.expired} expired, "
-        f"{snap.evicted} evicted)"
+    return _(
+        "; datagrams {to_target} to target, {to_client} to client "
+        "({truncated} truncated, {dropped} dropped; sessions {expired} expired, {evicted} evicted)"
+    ).format(
+        to_target=snap.datagrams_to_target,
+        to_client=snap.datagrams_to_client,
+        truncated=snap.truncated,
+        dropped=snap.dropped,
+        expired=snap.expired,
+        evicted=snap.evicted,
     )
 
 
@@ -208,20 +216,23 @@ def _tls_part(snap: Snapshot) -> str:
     failed = sum(count for _reason, count in snap.tls_failures)
     reasons = ", ".join(f"{count} {reason}" for reason, count in snap.tls_failures)
     agreed = ", ".join(f"{count} {version}" for version, count in snap.tls_versions)
-    return (
-        f"; TLS {snap.tls_handshakes} handshakes, {failed} failed"
-        + (f" ({reasons})" if reasons else "")
-        + f", {snap.tls_resumed} resumed"
-        + (f"; agreed {agreed}" if agreed else "")
-        + ktls
+    if reasons:
+        line = _("; TLS {handshakes} handshakes, {failed} failed ({reasons}), {resumed} resumed")
+    else:
+        line = _("; TLS {handshakes} handshakes, {failed} failed, {resumed} resumed")
+    line = line.format(
+        handshakes=snap.tls_handshakes, failed=failed, reasons=reasons, resumed=snap.tls_resumed
     )
+    if agreed:
+        line += _("; agreed {versions}").format(versions=agreed)
+    return line + ktls
 
 
 def _routes_part(snap: Snapshot) -> str:
     """``; routes a.test 3, (default) 1, (unmatched) 2``: once a client was routed (--route)."""
     if not snap.routes:
         return ""
-    return "; routes " + ", ".join(f"{route} {count}" for route, count in snap.routes)
+    return _("; routes {routes}").format(routes=", ".join(f"{route} {count}" for route, count in snap.routes))
 
 
 def human_bytes(count: float) -> str:
@@ -241,9 +252,19 @@ def interval_report(before: Snapshot, now: Snapshot) -> tuple[str, dict[str, Any
     up = (now.to_target - before.to_target) / seconds
     down = (now.to_client - before.to_client) / seconds
     line = (
-        f"stats: {now.open} open, {now.total} total, {now.refused} refused, {now.failed} failed; "
-        f"to target {human_bytes(now.to_target)} ({human_bytes(up)}/s), "
-        f"to client {human_bytes(now.to_client)} ({human_bytes(down)}/s)"
+        _(
+            "stats: {open} open, {total} total, {refused} refused, {failed} failed; "
+            "to target {to_target} ({up}/s), to client {to_client} ({down}/s)"
+        ).format(
+            open=now.open,
+            total=now.total,
+            refused=now.refused,
+            failed=now.failed,
+            to_target=human_bytes(now.to_target),
+            up=human_bytes(up),
+            to_client=human_bytes(now.to_client),
+            down=human_bytes(down),
+        )
         + _datagram_part(now)
         + _tls_part(now)
         + _routes_part(now)
@@ -260,12 +281,29 @@ def summary_report(final: Snapshot, *, sessions: bool = False) -> tuple[str, dic
     """The summary printed at exit, and its JSON fields.  ``sessions``: the relay's clients are
     datagram senders, each a session (a datagram listener), not connections."""
     seconds = max(final.when - final.started, 1e-9)
-    unit = "sessions" if sessions else "connections"
+    if sessions:
+        head = _(
+            "summary: {total} sessions relayed in {seconds} s ({refused} refused, "
+            "{failed} target failures, {reset} reset, {cut} cut); "
+            "to target {to_target}, to client {to_client}"
+        )
+    else:
+        head = _(
+            "summary: {total} connections relayed in {seconds} s ({refused} refused, "
+            "{failed} target failures, {reset} reset, {cut} cut); "
+            "to target {to_target}, to client {to_client}"
+        )
     line = (
-        f"summary: {final.total} {unit} relayed in {seconds:.1f} s "
-        f"({final.refused} refused, {final.failed} target failures, {final.reset} reset, "
-        f"{final.cut} cut); to target {human_bytes(final.to_target)}, "
-        f"to client {human_bytes(final.to_client)}"
+        head.format(
+            total=final.total,
+            seconds=f"{seconds:.1f}",
+            refused=final.refused,
+            failed=final.failed,
+            reset=final.reset,
+            cut=final.cut,
+            to_target=human_bytes(final.to_target),
+            to_client=human_bytes(final.to_client),
+        )
         + _datagram_part(final)
         + _tls_part(final)
         + _routes_part(final)

@@ -35,6 +35,7 @@ from .. import _calls
 from .._calls import accept, close
 from .._nonblocking import abort
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress
+from ..i18n import N_, _
 from .children import Children
 from .engine import READ, Loop
 from .events import EventSink
@@ -171,7 +172,7 @@ class StreamRelay:
     def _on_accept(self, _events: int) -> None:
         listener = self.listener
         assert listener is not None
-        for _ in range(ACCEPT_BATCH):
+        for _turn in range(ACCEPT_BATCH):
             if not self._accepting:
                 return
             try:
@@ -184,12 +185,16 @@ class StreamRelay:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._shed()
                     self._pause(
-                        f"cannot accept: {(exc.strerror or str(exc)).lower()}; out of file descriptors "
-                        f"with {len(self.sessions)} open connections: clients are turned away; lower "
-                        "--max-conns or raise the limit (ulimit -n)"
+                        _(
+                            "cannot accept: {reason}; out of file descriptors with {count} open "
+                            "connections: clients are turned away; lower --max-conns or raise the "
+                            "limit (ulimit -n)"
+                        ).format(reason=(exc.strerror or str(exc)).lower(), count=len(self.sessions))
                     )
                 else:
-                    self._pause(f"cannot accept: {(exc.strerror or str(exc)).lower()}")
+                    self._pause(
+                        _("cannot accept: {reason}").format(reason=(exc.strerror or str(exc)).lower())
+                    )
                 return
             self._admit(conn, peer)
 
@@ -220,9 +225,9 @@ class StreamRelay:
         """The accept handler raised (the engine reports it): rest the listener a moment, so
         that an error on every turn never spins, then serve on."""
         if not self._accepting:
-            return "the listener was already closed"
+            return _("the listener was already closed")
         self._rest()
-        return f"the listener rests {ACCEPT_PAUSE:g} s"
+        return _("the listener rests {seconds} s").format(seconds=f"{ACCEPT_PAUSE:g}")
 
     def _rest(self) -> None:
         assert self.listener is not None
@@ -240,19 +245,19 @@ class StreamRelay:
         since any client can cause one."""
         self.stats.refused += 1
         shown = describe_peer(conn, peer)
-        kind = {"denied": "denied clients", "proxy": "clients refused over their PROXY header"}.get(
-            reason, "clients turned away"
+        kind = {"denied": N_("denied clients"), "proxy": N_("clients refused over their PROXY header")}.get(
+            reason, N_("clients turned away")
         )
-        self.events.notice(
-            kind, "refused", f"enchufe: refused {shown}: {why}", peer=shown, reason=reason, detail=why
-        )
+        line = _("enchufe: refused {peer}: {why}").format(peer=shown, why=why)
+        self.events.notice(kind, "refused", line, peer=shown, reason=reason, detail=why)
         abort(conn)
 
     def _admit(self, conn: socket.socket, peer: Any) -> None:
         if len(self.sessions) >= self.max_conns:
-            self._refuse(
-                conn, peer, "max-conns", f"{len(self.sessions)} connections open ({self.limit_origin})"
+            why = _("{count} connections open ({limit})").format(
+                count=len(self.sessions), limit=_(self.limit_origin)
             )
+            self._refuse(conn, peer, "max-conns", why)
             return
         rules = self.rules
         if self.proxy_policy is not None:
@@ -269,7 +274,7 @@ class StreamRelay:
             try:
                 creds = _calls.peer_credentials(conn)
             except OSError:
-                self._refuse(conn, peer, "denied", "no peer credentials")
+                self._refuse(conn, peer, "denied", _("no peer credentials"))
                 return
             denied = rules.check_credentials(creds.uid, creds.gid)
             if denied is not None:
@@ -306,33 +311,47 @@ class StreamRelay:
             return
         error = router.reload()
         if error is not None:
-            line = f"enchufe: {why}: route certificates not reloaded, the old ones stay: {error}"
+            line = _("enchufe: {why}: route certificates not reloaded, the old ones stay: {error}").format(
+                why=why, error=error
+            )
             self.events("reload", line, reloaded=False, error=str(error))
             return
-        self.events(
-            "reload", f"{why}: route certificates reloaded: {' '.join(router.files())}", reloaded=True
+        line = _("{why}: route certificates reloaded: {files}").format(
+            why=why, files=" ".join(router.files())
         )
+        self.events("reload", line, reloaded=True)
 
     def one_shot_broken(self, session: StreamSession, reason: str, error: str | None) -> None:
         """The one session of a one-shot relay (stdio) broke: that is the whole run, and its
         exit status 1 must not come without a word."""
-        side, _, what = reason.partition("-")
+        side, _sep, what = reason.partition("-")
+        cause = error or "reset"
         if what == "reset" and side == "target":
-            happened = f"{self.target_label} reset the connection ({error or 'reset'})"
-            hint = f"check that {self.target_label} speaks the protocol of what was sent, and its log"
+            happened = _("{target} reset the connection ({error})").format(
+                target=self.target_label, error=cause
+            )
+            hint = _("check that {target} speaks the protocol of what was sent, and its log").format(
+                target=self.target_label
+            )
         elif what == "reset" and session.client_sock is None:
-            happened = f"stdin/stdout failed ({error or 'reset'})"
-            hint = "was the reader of stdout gone before the end?"
+            happened = _("stdin/stdout failed ({error})").format(error=cause)
+            hint = _("was the reader of stdout gone before the end?")
         elif what == "reset":
-            happened = f"the client {session.peer_label()} reset the connection ({error or 'reset'})"
-            hint = "the client went away before the end"
+            happened = _("the client {peer} reset the connection ({error})").format(
+                peer=session.peer_label(), error=cause
+            )
+            hint = _("the client went away before the end")
         else:
-            happened = f"the session ended early ({reason}{': ' + error if error else ''})"
-            hint = "run with -v to see each step"
+            happened = _("the session ended early ({reason})").format(
+                reason=f"{reason}: {error}" if error else reason
+            )
+            hint = _("run with -v to see each step")
         self.events(
             "error",
-            f"enchufe: {happened} after {session.to_target} bytes to the target and "
-            f"{session.to_client} back; the exchange is incomplete: {hint}",
+            _(
+                "enchufe: {happened} after {to_target} bytes to the target and "
+                "{to_client} back; the exchange is incomplete: {hint}"
+            ).format(happened=happened, to_target=session.to_target, to_client=session.to_client, hint=hint),
             id=session.id,
             reason=reason,
             error=error or reason,

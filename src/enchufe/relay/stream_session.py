@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from ..address import ExecAddress, InetAddress, StdioAddress
 from ..errors import NetworkError
+from ..i18n import N_, _
 from .children import Child
 from .engine import ERROR, FAILED, READ, WRITE, Timer
 from .prelude import PreludeSession
@@ -53,7 +54,7 @@ class StreamSession(PreludeSession):
     __slots__ = ("_child_timer", "_stop_early", "child", "client", "down", "target", "up")
 
     relay: StreamRelay
-    crash_outcome = "both peers reset"
+    crash_outcome = N_("both peers reset")
 
     def __init__(
         self, relay: StreamRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int
@@ -103,7 +104,9 @@ class StreamSession(PreludeSession):
             child = relay.children.spawn(program, env, session_id=self.id)
         except (OSError, ValueError) as exc:  # this client only: the relay serves on
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self._fail_target(f"cannot run {program}: {reason.lower()}")
+            self._fail_target(
+                _("cannot run {program}: {reason}").format(program=program, reason=reason.lower())
+            )
             return
         self.child = child
         child.on_exit = lambda: self._child_exited(CHILD_EXIT_GRACE)
@@ -112,7 +115,7 @@ class StreamSession(PreludeSession):
         if relay.events.wants(1):
             relay.events(
                 "exec",
-                f"#{self.id} started {program} (pid {child.pid})",
+                _("#{id} started {program} (pid {pid})").format(id=self.id, program=program, pid=child.pid),
                 level=1,
                 id=self.id,
                 target=relay.target_label,
@@ -200,7 +203,9 @@ class StreamSession(PreludeSession):
             seconds = time.monotonic() - self.started
             relay.events(
                 "connect",
-                f"#{self.id} connected to {self.target_label} in {seconds * 1000:.1f} ms",
+                _("#{id} connected to {target} in {ms} ms").format(
+                    id=self.id, target=self.target_label, ms=f"{seconds * 1000:.1f}"
+                ),
                 level=1,
                 id=self.id,
                 target=self.target_label,
@@ -282,7 +287,7 @@ class StreamSession(PreludeSession):
         assert self.client_sock is not None
         code = pending_error(self.client_sock)
         self.relay.stats.reset += 1
-        self._end("client-reset", abortive=True, error=os.strerror(code) if code else "client hung up")
+        self._end("client-reset", abortive=True, error=os.strerror(code) if code else _("client hung up"))
 
     def _step(self, run_up: int, run_down: int) -> None:
         up = self.up
@@ -338,12 +343,21 @@ class StreamSession(PreludeSession):
             side.close_read(self.relay.loop)
         events = self.relay.events
         if events.wants(2):
-            sent = self.to_target if name == "client" else self.to_client
-            other = "target" if name == "client" else "client"
+            if name == "client":
+                sent = self.to_target
+                line = _(
+                    "#{id} client finished sending after {bytes} bytes; shutting down the write side "
+                    "towards the target once they are delivered"
+                )
+            else:
+                sent = self.to_client
+                line = _(
+                    "#{id} target finished sending after {bytes} bytes; shutting down the write side "
+                    "towards the client once they are delivered"
+                )
             events(
                 "eof",
-                f"#{self.id} {name} finished sending after {sent} bytes; shutting down the write side "
-                f"towards the {other} once they are delivered",
+                line.format(id=self.id, bytes=sent),
                 level=2,
                 id=self.id,
                 side=name,
@@ -388,7 +402,11 @@ class StreamSession(PreludeSession):
 
     def _idle_expired(self, timeout: float) -> None:
         self.relay.stats.cut += 1
-        self._end("idle", abortive=True, error=f"no traffic for {timeout:g} s (--idle-timeout)")
+        self._end(
+            "idle",
+            abortive=True,
+            error=_("no traffic for {seconds} s (--idle-timeout)").format(seconds=f"{timeout:g}"),
+        )
 
     def _child_exited(self, delay: float, check: bool = False) -> None:
         """The exec: child has exited: once what it wrote is through (``delay`` seconds later,
@@ -417,8 +435,9 @@ class StreamSession(PreludeSession):
             assert self.child is not None
             relay.events(
                 "exec",
-                f"#{self.id} {relay.target_label} exited, but a process it started holds "
-                "its output open: closing",
+                _("#{id} {program} exited, but a process it started holds its output open: closing").format(
+                    id=self.id, program=relay.target_label
+                ),
                 level=1,
                 id=self.id,
                 pid=self.child.pid,

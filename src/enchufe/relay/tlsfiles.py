@@ -26,6 +26,7 @@ from .._text import printable
 from .._tlsstream import TLSSetup, client_setup, server_setup
 from ..address import Address, InetAddress, UnixAddress
 from ..errors import EnchufeError
+from ..i18n import _
 from ..tlsparams import TLSParams
 
 __all__ = ["TICKETS", "Reloaded", "TLSEnds", "file_stamp", "ktls_status"]
@@ -48,12 +49,15 @@ class Reloaded:
     def report(self, why: str) -> tuple[str, dict[str, Any]]:
         """The "reload" event's line and fields; ``why`` is what asked (``SIGUSR1`` …)."""
         if self.error is not None:
-            line = f"enchufe: {why}: TLS files not reloaded, the old ones stay: {self.error}"
+            line = _("enchufe: {why}: TLS files not reloaded, the old ones stay: {error}").format(
+                why=why, error=self.error
+            )
             return line, {"reloaded": False, "error": str(self.error)}
         if not self.files:
-            return f"{why}: cert=auto keeps its certificate (nothing on disk)", {"reloaded": False}
+            line = _("{why}: cert=auto keeps its certificate (nothing on disk)").format(why=why)
+            return line, {"reloaded": False}
         shown = printable(" ".join(self.files))
-        line = f"{why}: TLS files reloaded for the next handshakes: {shown}"
+        line = _("{why}: TLS files reloaded for the next handshakes: {files}").format(why=why, files=shown)
         return line, {"reloaded": True, "files": list(self.files)}
 
 

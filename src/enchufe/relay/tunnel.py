@@ -29,6 +29,7 @@ from .._calls import new_socket
 from .._resolve import Target
 from ..errors import ProtocolError, translate
 from ..framing import HEADER, Framer
+from ..i18n import N_, _
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .engine import ERROR, FAILED, READ, WRITE, Loop, Timer
 from .session import pending_error
@@ -109,7 +110,7 @@ class FramedDatagramRelay(DatagramListener):
         if status not in (0, errno.EINPROGRESS):  # a unix target's backlog is full
             with contextlib.suppress(OSError):
                 _calls.close(sock)
-            raise OSError(status, "the target's backlog is full")
+            raise OSError(status, _("the target's backlog is full"))
         label = describe_sender(self.listener.family, key)
         session = Tunnel(next(self._ids), key, label, sock, self.max_datagram)
         session.connected = status == 0
@@ -135,13 +136,17 @@ class FramedDatagramRelay(DatagramListener):
     def _connect_timed_out(self, session: Tunnel) -> None:
         session.timer = None
         if not session.connected:
-            self._failed(session, f"no answer within {self.connect_timeout:g} s")
+            self._failed(
+                session, _("no answer within {seconds} s").format(seconds=f"{self.connect_timeout:g}")
+            )
 
     def _failed(self, session: Tunnel, why: str) -> None:
         self.stats.failed += 1
         self.stats.dropped += session.queued  # queued, never carried
         session.queued = session.queued_bytes = 0
-        message = f"cannot connect to {self.target_label} for {session.label}: {why}"
+        message = _("cannot connect to {target} for {peer}: {why}").format(
+            target=self.target_label, peer=session.label, why=why
+        )
         self._error(message, id=session.id, peer=session.label)
         self.end(session, "target-failed", why)
 
@@ -240,10 +245,11 @@ class FramedDatagramRelay(DatagramListener):
 
     def _framing_error(self, session: Tunnel, error: str) -> None:
         self.events.notice(
-            "framing errors",
+            N_("framing errors"),
             "protocol-error",
-            f"enchufe: closed session #{session.id} {session.label}: {self.target_label} broke the "
-            f"framing: {error}",
+            _("enchufe: closed session #{id} {peer}: {target} broke the framing: {error}").format(
+                id=session.id, peer=session.label, target=self.target_label, error=error
+            ),
             id=session.id,
             peer=session.label,
             target=self.target_label,

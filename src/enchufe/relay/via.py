@@ -27,6 +27,7 @@ from .. import _calls, trace
 from .._via import PEEK_SIZE, named
 from ..errors import NetworkError, TimedOut, translate
 from ..hops import Chain, Hop, HopRefused
+from ..i18n import _
 from .engine import READ, WRITE
 from .readstage import ReadStage
 
@@ -51,11 +52,13 @@ class Via:
         """``--trace``: a session connects to the first proxy (as ``connect --via`` says it)."""
         if trace.enabled():
             first = self.hops[0]
-            trace.emit(f"via {first}: connect to the proxy at {first.hostport}")
+            trace.emit(
+                _("via {hop}: connect to the proxy at {address}").format(hop=first, address=first.hostport)
+            )
 
     def label(self) -> str:
         """The first proxy, as connect failures name it."""
-        return f"the proxy {self.hops[0]}"
+        return _("the proxy {hop}").format(hop=self.hops[0])
 
     def tunnel(
         self,
@@ -152,8 +155,10 @@ class Tunnel(ReadStage):
         hop = self._chain.machine.hop
         self._finish(
             TimedOut(
-                f"via {hop}: the proxy did not finish its handshake in time (--connect-timeout); "
-                "is it up, and does it answer this protocol?",
+                _(
+                    "via {hop}: the proxy did not finish its handshake in time (--connect-timeout); "
+                    "is it up, and does it answer this protocol?"
+                ).format(hop=hop),
                 action="connect",
             )
         )

@@ -29,6 +29,7 @@ from .._sockets import open_datagram, open_listener
 from .._tlsstream import with_tls
 from ..address import InetAddress, SocketAddress
 from ..errors import UsageError
+from ..i18n import _
 from .events import EventSink
 from .server import RELOAD_SIGNAL, STOP_SIGNALS, Relay, RelayConfig, check_endpoints
 
@@ -78,7 +79,7 @@ def run_workers(
     pids = _fork(listeners, config, worker_events, held)
     for sock, _real in listeners:
         sock.close()
-    events("listening", f"listening on {real}", address=str(real), workers=workers)
+    events("listening", _("listening on {address}").format(address=real), address=str(real), workers=workers)
     return _wait(pids, held)
 
 
@@ -86,19 +87,27 @@ def _check(config: RelayConfig, workers: int) -> SocketAddress:
     """LISTEN, if ``workers`` processes can share it (UsageError if not)."""
     listen, _target = check_endpoints(config.listen, config.target, frame=config.frame)
     if workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {workers}")
+        raise UsageError(_("--workers must be at least 1, not {value}").format(value=workers))
     if isinstance(listen, InetAddress) and listen.tls is not None and listen.tls.cert_auto and workers > 1:
         raise UsageError(
-            f"--workers {workers}: with cert=auto each worker would make its own certificate, and "
-            "clients would see a different pin on each connection; give cert=FILE (and key=FILE), "
-            "or use --workers 1 (the default)"
+            _(
+                "--workers {workers}: with cert=auto each worker would make its own certificate, and "
+                "clients would see a different pin on each connection; give cert=FILE (and key=FILE), "
+                "or use --workers 1 (the default)"
+            ).format(workers=workers)
         )
     if not isinstance(listen, InetAddress):
-        what = "a unix socket, which processes cannot share" if listen.is_stream else "not a socket"
-        raise UsageError(
-            f"--workers {workers}: {listen} is {what} with SO_REUSEPORT; use --workers 1 (the default) "
-            "or a tcp or udp LISTEN address"
-        )
+        if listen.is_stream:
+            line = _(
+                "--workers {workers}: {listen} is a unix socket, which processes cannot share with "
+                "SO_REUSEPORT; use --workers 1 (the default) or a tcp or udp LISTEN address"
+            )
+        else:
+            line = _(
+                "--workers {workers}: {listen} is not a socket with SO_REUSEPORT; use --workers 1 "
+                "(the default) or a tcp or udp LISTEN address"
+            )
+        raise UsageError(line.format(workers=workers, listen=listen))
     return listen
 
 
@@ -107,7 +116,7 @@ def _bind(listen: SocketAddress, workers: int, backlog: int) -> list[tuple[socke
     listeners: list[tuple[socket.socket, SocketAddress]] = []
     try:
         address: SocketAddress = listen
-        for _ in range(workers):
+        for _worker_index in range(workers):
             if listen.is_stream:
                 sock, real, _owned = open_listener(address, backlog=backlog, mode=None, reuse_port=True)
             else:
