@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._text import printable
 from ..errors import TLSRefused
+from ..i18n import N_, _
 from .engine import READ, WRITE, Timer
 from .session import CONNECTING, OPEN
 from .sides import UNREGISTERED, Side
@@ -193,9 +194,10 @@ class TLSStreamSession(StreamSession):
         self._handshake_timer = None
         if self.state != CONNECTING:
             return
-        self._handshake_failed(
-            side, f"the TLS handshake did not finish within {timeout:g} s (handshake-timeout)", "timeout"
+        message = _("the TLS handshake did not finish within {seconds} s (handshake-timeout)").format(
+            seconds=f"{timeout:g}"
         )
+        self._handshake_failed(side, message, "timeout")
 
     def _handshake_failed(self, side: str, message: str, reason: str) -> None:
         """One notice with the reason; this client's session ends (the relay serves on)."""
@@ -204,13 +206,19 @@ class TLSStreamSession(StreamSession):
         failures = relay.stats.tls_failures
         failures[reason] = failures.get(reason, 0) + 1
         shown = self.peer_label()
-        where = "the client" if side == "client" else relay.target_label
         if side == "target":
             relay.stats.failed += 1
+            line = _(
+                "enchufe: TLS handshake with {target} failed: {message} (client {peer} #{id} closed)"
+            ).format(target=relay.target_label, message=message, peer=shown, id=self.id)
+        else:
+            line = _(
+                "enchufe: TLS handshake with the client failed: {message} (client {peer} #{id} closed)"
+            ).format(message=message, peer=shown, id=self.id)
         relay.events.notice(
-            "failed TLS handshakes",
+            N_("failed TLS handshakes"),
             "tls-failed",
-            f"enchufe: TLS handshake with {where} failed: {message} (client {shown} #{self.id} closed)",
+            line,
             id=self.id,
             peer=shown,
             side=side,
