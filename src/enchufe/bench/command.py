@@ -16,6 +16,7 @@ from typing import Any
 
 from .._text import printable
 from ..errors import UsageError
+from ..i18n import _
 from . import compare as compare_mod
 from . import runner
 from .compare import Change
@@ -83,8 +84,8 @@ def _show(bench: BenchRun, changes: list[Change] | None, request: Request) -> No
     elif any(t.throughput or t.latency or t.connect or t.datagram for t in bench.targets):
         print_report(bench, changes=changes, source=request.compare or "")
         if request.plot is not None and not request.quiet:
-            sys.stderr.write(f"plot written to {printable(request.plot)}\n")
-    for error in bench.errors:
+            sys.stderr.write(_("plot written to {file}").format(file=printable(request.plot)) + "\n")
+    for error in bench.shown_errors:
         sys.stderr.write(f"enchufe: {printable(str(error))}\n")
     sys.stderr.flush()
 
@@ -95,10 +96,14 @@ def _check_plot(plot: str) -> None:
 
     plot_mod.require()
     if not plot.lower().endswith(".png"):
-        raise UsageError(f"--plot writes a PNG: give a file name ending in .png, not {plot!r}")
+        raise UsageError(
+            _("--plot writes a PNG: give a file name ending in .png, not {file}").format(file=repr(plot))
+        )
     folder = os.path.dirname(os.path.abspath(plot))
     if not os.path.isdir(folder):
-        raise UsageError(f"--plot {plot}: the folder {folder} does not exist")
+        raise UsageError(
+            _("--plot {file}: the folder {folder} does not exist").format(file=plot, folder=folder)
+        )
 
 
 def _print_json(bench: BenchRun, changes: list[Change] | None, request: Request) -> None:

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 
 from ..address import SocketAddress
-from ..errors import EnchufeError, TimedOut, translate
+from ..errors import EnchufeError, TimedOut, doing, translate
+from ..i18n import _
 from ..sync import connect
 from ..sync.stream import Connection
 
@@ -59,7 +60,11 @@ def set_kernel_timeouts(sock: socket.socket, *, recv: float | None, send: float 
 def error_for(exc: OSError, what: str, timeout: float = IO_TIMEOUT) -> EnchufeError:
     """The enchufe error for a failed system call in a hot loop."""
     if isinstance(exc, BlockingIOError):  # SO_RCVTIMEO / SO_SNDTIMEO ran out
-        return TimedOut(f"cannot {what}: no progress for {timeout:g} s; is the server still working?")
+        return TimedOut(
+            _("cannot {what}: no progress for {seconds} s; is the server still working?").format(
+                what=doing(what), seconds=f"{timeout:g}"
+            )
+        )
     return translate(exc, what)
 
 
@@ -101,7 +106,11 @@ class Worker:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
         if self._thread.is_alive() and self.error is None:
-            self.error = TimedOut(f"{self._thread.name} did not finish within {timeout:g} s")
+            self.error = TimedOut(
+                _("{thread} did not finish within {seconds} s").format(
+                    thread=self._thread.name, seconds=f"{timeout:g}"
+                )
+            )
 
 
 def raise_first(workers: list[Worker]) -> None:
@@ -109,13 +118,14 @@ def raise_first(workers: list[Worker]) -> None:
         if worker.error is not None:
             if isinstance(worker.error, EnchufeError):
                 raise worker.error
-            raise EnchufeError(f"{type(worker.error).__name__}: {worker.error}") from worker.error
+            error = _("{kind}: {error}").format(kind=type(worker.error).__name__, error=worker.error)
+            raise EnchufeError(error) from worker.error
 
 
 def open_streams(address: SocketAddress, count: int) -> list[Connection]:
     conns: list[Connection] = []
     try:
-        for _ in range(count):
+        for _i in range(count):
             conns.append(connect(address, timeout=CONNECT_TIMEOUT))
     except BaseException:
         for conn in conns:

@@ -34,6 +34,7 @@ import time
 
 from ..address import SocketAddress
 from ..errors import ConnectionRefused, ProtocolError, TimedOut, translate
+from ..i18n import _
 from ..sync import connect, connect_datagram
 from ..sync.stream import Connection
 from . import sequence
@@ -86,8 +87,10 @@ def probe(address: SocketAddress, *, timeout: float = PROBE_TIMEOUT) -> None:
         _probe(address, timeout)
     except ConnectionRefused as exc:
         raise ConnectionRefused(
-            f"nobody answers at {address} (connection refused); start a server there first, "
-            f"e.g. enchufe echo {address}",
+            _(
+                "nobody answers at {address} (connection refused); start a server there first, "
+                "e.g. enchufe echo {address}"
+            ).format(address=address),
             errno=exc.errno,
         ) from exc
 
@@ -115,8 +118,10 @@ def _probe(address: SocketAddress, timeout: float) -> None:
         except OSError as exc:
             raise translate(exc, f"reach an echo server at {address}") from exc
         raise TimedOut(
-            f"no echo from {address} within {timeout:g} s: bench measures datagrams against an echo server "
-            "(e.g. `enchufe echo ADDRESS`)"
+            _(
+                "no echo from {address} within {seconds} s: bench measures datagrams against an echo "
+                "server (e.g. `enchufe echo ADDRESS`)"
+            ).format(address=address, seconds=f"{timeout:g}")
         )
 
 
@@ -261,8 +266,10 @@ def _stream_latency(address: SocketAddress, count: int, warmup: int, size: int) 
                     n = recv_into(view[got:])
                     if not n:
                         raise ProtocolError(
-                            f"{address} closed the connection after echoing {got} of {size} bytes; "
-                            "is it an echo server?"
+                            _(
+                                "{address} closed the connection after echoing {got} of {size} bytes; "
+                                "is it an echo server?"
+                            ).format(address=address, got=got, size=size)
                         )
                     got += n
                 if i >= warmup:
@@ -300,8 +307,10 @@ def _datagram_latency(address: SocketAddress, count: int, warmup: int, size: int
                         in_a_row += 1
                         if in_a_row >= MAX_LOST_IN_A_ROW:
                             raise TimedOut(
-                                f"{in_a_row} pings in a row got no echo from {address} within "
-                                f"{REPLY_TIMEOUT:g} s; is an echo server running there?"
+                                _(
+                                    "{count} pings in a row got no echo from {address} within "
+                                    "{seconds} s; is an echo server running there?"
+                                ).format(count=in_a_row, address=address, seconds=f"{REPLY_TIMEOUT:g}")
                             ) from None
                         break
                     if n >= sequence.HEADER_SIZE and unpack(view, 0) == (MAGIC, token, seq):
@@ -313,7 +322,7 @@ def _datagram_latency(address: SocketAddress, count: int, warmup: int, size: int
         except OSError as exc:
             raise error_for(exc, f"exchange datagrams with {address}") from exc
     if not samples:
-        raise TimedOut(f"no ping came back from {address}")
+        raise TimedOut(_("no ping came back from {address}").format(address=address))
     return Latency(size, count, warmup, summarize(samples), lost=lost, late=late, samples_ns=samples)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..address import InetAddress, Kind, SocketAddress, UnixAddress, parse
 from ..errors import AddressError, UsageError
+from ..i18n import _
 from .results import Settings
 from .sequence import HEADER_SIZE
 
@@ -117,7 +118,11 @@ def _number(
     except ValueError:
         value = None
     if value is None or value != value or not low <= value <= high:  # value != value: NaN
-        raise UsageError(f"{option} must be {what}, not {text!r}")
+        raise UsageError(
+            _("{option} must be {accepted}, not {value}").format(
+                option=option, accepted=what, value=repr(text)
+            )
+        )
     return value
 
 
@@ -144,17 +149,19 @@ def parse_options(
     modes: tuple[str, ...] | None = None
     if mode is not None:
         if mode not in MODES:
-            raise UsageError(f"unknown --mode {mode!r}; one of {', '.join(MODES)}")
+            raise UsageError(
+                _("unknown --mode {mode}; one of {modes}").format(mode=repr(mode), modes=", ".join(MODES))
+            )
         modes = (mode,)
     numbers = _numbers(duration=duration, count=count, parallel=parallel, size=size)
     targets = tuple(_target(text) for text in addresses)
     if targets and kinds:
         raise UsageError(
-            "--kind chooses the kinds of the loopback run; with an ADDRESS its scheme says the kind"
+            _("--kind chooses the kinds of the loopback run; with an ADDRESS its scheme says the kind")
         )
     if sink and not targets:
         raise UsageError(
-            "--sink describes servers given as ADDRESS; bench's own throughput servers are sinks already"
+            _("--sink describes servers given as ADDRESS; bench's own throughput servers are sinks already")
         )
     plain_names, tls_kinds = _split_tls(kinds, modes)
     chosen = _kinds(plain_names, modes) if plain_names or not tls_kinds else ()
@@ -172,21 +179,31 @@ def _numbers(
 ) -> dict[str, Any]:
     """The numeric options given, checked (those not given keep the defaults of :class:`Options`)."""
     seconds = _number(
-        duration, "--duration", "a number of seconds above 0 (e.g. 0.5)", _positive_float, 0, MAX_DURATION
+        duration, "--duration", _("a number of seconds above 0 (e.g. 0.5)"), _positive_float, 0, MAX_DURATION
     )
     rounds = _number(
-        count, "--count", f"a whole number of round trips from 1 to {MAX_COUNT:,}", int, 1, MAX_COUNT
+        count,
+        "--count",
+        _("a whole number of round trips from 1 to {most}").format(most=f"{MAX_COUNT:,}"),
+        int,
+        1,
+        MAX_COUNT,
     )
     conns = _number(
         parallel,
         "-P/--parallel",
-        f"a whole number of connections from 1 to {MAX_PARALLEL}",
+        _("a whole number of connections from 1 to {most}").format(most=MAX_PARALLEL),
         int,
         1,
         MAX_PARALLEL,
     )
     chosen_size = _number(
-        size, "--size", f"a whole number of bytes from 1 to {MAX_STREAM_SIZE}", int, 1, MAX_STREAM_SIZE
+        size,
+        "--size",
+        _("a whole number of bytes from 1 to {most}").format(most=MAX_STREAM_SIZE),
+        int,
+        1,
+        MAX_STREAM_SIZE,
     )
     given = {"duration": seconds, "count": rounds, "parallel": conns, "size": chosen_size}
     return {
@@ -200,20 +217,28 @@ def _target(text: str) -> SocketAddress:
     address = parse(text)
     if not isinstance(address, InetAddress | UnixAddress):
         raise AddressError(
-            f"{text!r}: bench measures socket servers: tcp://, udp://, unix: or unixgram: addresses"
+            _(
+                "{address}: bench measures socket servers: tcp://, udp://, unix: or unixgram: addresses"
+            ).format(address=repr(text))
         )
     if address.is_tls:
         raise AddressError(
-            f"{text!r}: bench measures TLS on loopback only, with its own servers: "
-            "enchufe bench --kind tls,tls+unix"
+            _(
+                "{address}: bench measures TLS on loopback only, with its own servers: "
+                "enchufe bench --kind tls,tls+unix"
+            ).format(address=repr(text))
         )
     if isinstance(address, InetAddress) and address.is_wildcard:
         raise AddressError(
-            f"{text!r}: bench needs a host to reach, e.g. {address.scheme}://127.0.0.1:{address.port or 9000}"
+            _("{address}: bench needs a host to reach, e.g. {example}").format(
+                address=repr(text), example=f"{address.scheme}://127.0.0.1:{address.port or 9000}"
+            )
         )
     if isinstance(address, InetAddress) and address.port == 0:
         raise AddressError(
-            f"{text!r}: port 0 means 'any free port' when listening; give the port the server listens on"
+            _(
+                "{address}: port 0 means 'any free port' when listening; give the port the server listens on"
+            ).format(address=repr(text))
         )
     return address
 
@@ -246,7 +271,9 @@ def _kinds(names: list[str] | tuple[str, ...], modes: tuple[str, ...] | None) ->
         for part in name.split(","):
             if part.strip() not in by_label:
                 known = ", ".join([*by_label, *TLS_KIND_NAMES])
-                raise UsageError(f"unknown --kind {part.strip()!r}; one of {known}")
+                raise UsageError(
+                    _("unknown --kind {kind}; one of {kinds}").format(kind=repr(part.strip()), kinds=known)
+                )
             kind = by_label[part.strip()]
             if kind not in chosen:
                 chosen.append(kind)
@@ -265,13 +292,17 @@ def _check_mode(modes: tuple[str, ...] | None, stream: bool, what: str) -> None:
     mode = modes[0]
     if stream and mode == "datagram":
         raise UsageError(
-            f"--mode datagram measures datagram sockets; {what} is a stream "
-            "(use --mode throughput, latency or connect)"
+            _(
+                "--mode datagram measures datagram sockets; {target} is a stream "
+                "(use --mode throughput, latency or connect)"
+            ).format(target=what)
         )
     if not stream and mode in ("throughput", "connect"):
         raise UsageError(
-            f"--mode {mode} measures stream sockets; {what} is a datagram socket "
-            "(use --mode datagram or latency)"
+            _(
+                "--mode {mode} measures stream sockets; {target} is a datagram socket "
+                "(use --mode datagram or latency)"
+            ).format(mode=mode, target=what)
         )
 
 
@@ -283,8 +314,10 @@ def _check_size(options: Options, target: SocketAddress | Kind) -> None:
     what = str(target) if not isinstance(target, Kind) else target.label
     if size < HEADER_SIZE:
         raise UsageError(
-            f"--size {size} is too small for {what}: each datagram carries bench's "
-            f"{HEADER_SIZE}-byte sequence header"
+            _(
+                "--size {size} is too small for {target}: each datagram carries bench's "
+                "{header}-byte sequence header"
+            ).format(size=size, target=what, header=HEADER_SIZE)
         )
     family = target.family if isinstance(target, InetAddress) else None
     if isinstance(target, Kind):
@@ -292,4 +325,8 @@ def _check_size(options: Options, target: SocketAddress | Kind) -> None:
     if family is not None or (isinstance(target, InetAddress) and target.family is None):
         limit = MAX_UDP_PAYLOAD.get(family or 4, MAX_UDP_PAYLOAD[4])
         if size > limit:
-            raise UsageError(f"--size {size} does not fit one UDP datagram to {what} (at most {limit} bytes)")
+            raise UsageError(
+                _("--size {size} does not fit one UDP datagram to {target} (at most {most} bytes)").format(
+                    size=size, target=what, most=limit
+                )
+            )

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import EnchufeError, UsageError
+from ..errors import EnchufeError, UsageError, reason
+from ..i18n import _
 from .results import BenchRun, DatagramRate, TargetResult
 
 __all__ = ["PlotUnavailable", "draw", "require"]
@@ -30,7 +31,9 @@ def require() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PlotUnavailable(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
+        raise PlotUnavailable(
+            _("--plot needs matplotlib, which is not installed: {install}").format(install=INSTALL_HINT)
+        ) from None
 
 
 def draw(run: BenchRun, path: str) -> None:
@@ -40,26 +43,34 @@ def draw(run: BenchRun, path: str) -> None:
 
     figure = Figure(figsize=(13, 9), layout="constrained")
     (throughput, connect), (datagram, latency) = figure.subplots(2, 2)
-    _panel(throughput, run, "stream throughput", lambda t: bool(t.throughput), _throughput)
-    _panel(connect, run, "connection rate (connect + accept + close)", lambda t: bool(t.connect), _connect)
-    _panel(datagram, run, "datagrams received per second (loss in %)", lambda t: bool(t.datagram), _datagrams)
+    _panel(throughput, run, _("stream throughput"), lambda t: bool(t.throughput), _throughput)
+    _panel(connect, run, _("connection rate (connect + accept + close)"), lambda t: bool(t.connect), _connect)
+    _panel(
+        datagram, run, _("datagrams received per second (loss in %)"), lambda t: bool(t.datagram), _datagrams
+    )
     _panel(
         latency,
         run,
-        "ping-pong round trip, every sample",
+        _("ping-pong round trip, every sample"),
         lambda t: bool(t.latency and t.latency.samples_ns),
         _latency,
     )
     m = run.machine
     figure.suptitle(
-        f"enchufe bench — {m.cores} cores, {m.system} {m.kernel}, {m.implementation} {m.python}; "
-        f"{run.settings.duration:g} s per test",
+        _("enchufe bench — {cores} cores, {system}, {python}; {duration} s per test").format(
+            cores=m.cores,
+            system=f"{m.system} {m.kernel}",
+            python=f"{m.implementation} {m.python}",
+            duration=f"{run.settings.duration:g}",
+        ),
         fontsize=11,
     )
     try:
         figure.savefig(path, format="png", dpi=100)
     except OSError as exc:
-        raise EnchufeError(f"cannot write the plot to {path}: {exc.strerror or exc}") from exc
+        why = reason(exc, lower=False)
+        message = _("cannot write the plot to {file}: {reason}").format(file=path, reason=why)
+        raise EnchufeError(message) from exc
 
 
 def _bars(axes: Any, names: list[str], series: dict[str, list[float]], unit: str) -> None:
@@ -85,7 +96,9 @@ def _panel(
     targets = [t for t in run.targets if measured(t)]
     if not targets:
         axes.set_title(title)
-        axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes, color="gray")
+        axes.text(
+            0.5, 0.5, _("not measured"), ha="center", va="center", transform=axes.transAxes, color="gray"
+        )
         axes.set_xticks([])
         axes.set_yticks([])
         return
@@ -96,12 +109,16 @@ def _panel(
 def _throughput(axes: Any, targets: list[TargetResult]) -> None:
     counts = sorted({tp.connections for t in targets for tp in t.throughput})
     series = {
-        f"{n} connection{'s' if n > 1 else ''}": [
+        _connections(n): [
             next((tp.mb_per_s for tp in t.throughput if tp.connections == n), 0.0) for t in targets
         ]
         for n in counts
     }
-    _bars(axes, [t.name for t in targets], series, "MB/s (10⁶ bytes)")
+    _bars(axes, [t.name for t in targets], series, _("MB/s (10⁶ bytes)"))
+
+
+def _connections(n: int) -> str:
+    return _("{count} connections").format(count=n) if n > 1 else _("{count} connection").format(count=n)
 
 
 def _connect(axes: Any, targets: list[TargetResult]) -> None:
@@ -109,7 +126,7 @@ def _connect(axes: Any, targets: list[TargetResult]) -> None:
         axes,
         [t.name for t in targets],
         {"": [t.connect.per_s for t in targets if t.connect]},
-        "connections/s",
+        _("connections/s"),
     )
 
 
@@ -125,7 +142,7 @@ def _datagrams(axes: Any, targets: list[TargetResult]) -> None:
         bars = axes.bar(positions, received, width, label=f"{size} B")
         axes.bar_label(bars, labels=[_loss(r) for r in rates], fontsize=7, padding=2)
     axes.set_xticks(range(len(targets)), [t.name for t in targets])
-    axes.set_ylabel("datagrams/s (hatched: sent)")
+    axes.set_ylabel(_("datagrams/s (hatched: sent)"))
     axes.legend(fontsize=8)
 
 
@@ -138,4 +155,4 @@ def _latency(axes: Any, targets: list[TargetResult]) -> None:
     axes.boxplot(data, whis=(1, 99), showfliers=True, flierprops={"markersize": 2, "alpha": 0.3})
     axes.set_xticks(range(1, len(targets) + 1), [t.name for t in targets])
     axes.set_yscale("log")
-    axes.set_ylabel("µs (box: p25 to p75, line: p50, whiskers: p1 to p99)")
+    axes.set_ylabel(_("µs (box: p25 to p75, line: p50, whiskers: p1 to p99)"))

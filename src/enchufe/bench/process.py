@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from ..address import InetAddress, SocketAddress, UnixAddress, parse
 from ..errors import EnchufeError, NetworkError, UsageError
+from ..i18n import _, language
 from .sequence import Counts
 
 __all__ = ["ServerProcess"]
@@ -21,7 +22,8 @@ __all__ = ["ServerProcess"]
 #: enchufe comes first, which on a loaded machine can take a few seconds).
 ANSWER_TIMEOUT = 20.0
 
-#: The command that runs the servers: this interpreter, the servers module.
+#: The command that runs the servers: this interpreter, the servers module (given the language
+#: its errors are to be in).
 COMMAND = (sys.executable, "-m", "enchufe.bench.servers")
 
 
@@ -43,7 +45,7 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self._proc = subprocess.Popen(
-            COMMAND,
+            (*COMMAND, language()),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # a crash in the child shows on our stderr
@@ -75,19 +77,24 @@ class ServerProcess:
     def _request(self, **request: Any) -> dict[str, Any]:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdout is None:
-            raise EnchufeError("bench's server process is not running")
+            raise EnchufeError(_("bench's server process is not running"))
         with self._lock:
             try:
                 proc.stdin.write(json.dumps(request) + "\n")
                 proc.stdin.flush()
             except OSError as exc:
-                raise NetworkError(f"bench's server process (pid {proc.pid}) is gone: {exc}") from exc
+                message = _("bench's server process (pid {pid}) is gone: {error}").format(
+                    pid=proc.pid, error=exc
+                )
+                raise NetworkError(message) from exc
             line = _readline(proc.stdout, ANSWER_TIMEOUT)
         if not line:
-            raise NetworkError(f"bench's server process (pid {proc.pid}) ended unexpectedly")
+            raise NetworkError(
+                _("bench's server process (pid {pid}) ended unexpectedly").format(pid=proc.pid)
+            )
         reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok"):
-            error = str(reply.get("error", "unknown error"))
+            error = str(reply.get("error") or _("unknown error"))
             raise UsageError(error) if reply.get("usage") else NetworkError(error)
         return reply
 
@@ -96,7 +103,11 @@ class ServerProcess:
         reply = self._request(op="start", role=role, address=address)
         bound = parse(str(reply["address"]))
         if not isinstance(bound, InetAddress | UnixAddress):
-            raise EnchufeError(f"bench's server process answered with {bound}, not a socket address")
+            raise EnchufeError(
+                _("bench's server process answered with {address}, not a socket address").format(
+                    address=bound
+                )
+            )
         if reply.get("pin"):
             self._pins[int(reply["id"])] = str(reply["pin"])
         return int(reply["id"]), bound
@@ -126,5 +137,7 @@ def _readline(stream: IO[str], timeout: float) -> str:
     """
     ready, _w, _x = select.select([stream], [], [], timeout)
     if not ready:
-        raise NetworkError(f"bench's server process did not answer within {timeout:g} s")
+        raise NetworkError(
+            _("bench's server process did not answer within {seconds} s").format(seconds=f"{timeout:g}")
+        )
     return stream.readline()

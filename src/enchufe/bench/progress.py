@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ..i18n import _
+
 __all__ = ["NoProgress", "Progress", "make_progress"]
 
 
@@ -56,7 +58,7 @@ class _RichProgress:
 
     def begin(self, total: int) -> None:
         self._bar.start()
-        self._task = self._bar.add_task("starting bench's servers", total=total)
+        self._task = self._bar.add_task(_("starting bench's servers"), total=total)
         self._bar.refresh()
 
     def step(self, label: str) -> None:

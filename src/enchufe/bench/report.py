@@ -4,7 +4,8 @@ The tables are built as plain rows of strings first (:func:`tables`), so what th
 depend on how they are drawn.  rich is imported only by the functions that draw, and only when
 ``enchufe bench`` runs.
 
-The progress bar is :mod:`.progress`.
+The tables speak the user's language (titles, columns, notes, "failed"); the figures, units
+and kinds are the same in every language.  The progress bar is :mod:`.progress`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from ..i18n import _
 from .compare import Change
-from .results import BenchRun, TargetResult
+from .results import BenchRun, TargetResult, shown
 
 __all__ = ["Grid", "print_report", "tables"]
 
@@ -27,6 +29,8 @@ class Grid:
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the comparison with an earlier run: its last column is coloured better or worse
+    comparison: bool = False
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -58,7 +62,7 @@ NA = "—"
 
 def _failed(target: TargetResult, label: str) -> str:
     """ "failed" if the measure labelled ``label`` failed for ``target``, else "—" (not measured)."""
-    return "failed" if any(e.startswith(label + ":") for e in target.errors) else NA
+    return _("failed") if any(e.startswith(label + ":") for e in target.errors) else NA
 
 
 def _measured_nothing(target: TargetResult) -> bool:
@@ -74,16 +78,19 @@ def tables(run: BenchRun) -> list[Grid]:
         datagrams.notes = main.notes
     if datagrams.rows:
         method = {r.method for t in run.targets for r in t.datagram}
-        datagrams.notes.append(
-            "received: distinct sequence numbers "
-            + (
-                "that bench's receiver (a separate process) counted"
-                if method == {"sink"}
-                else "of the echoes that came back (loss either way counts)"
+        if method == {"sink"}:
+            note = _(
+                "received: distinct sequence numbers that bench's receiver (a separate process) "
+                "counted; UDP drops what the receiver cannot take in time, unix datagram sockets "
+                "make the sender wait instead"
             )
-            + "; UDP drops what the receiver cannot take in time, unix datagram sockets make the "
-            "sender wait instead"
-        )
+        else:
+            note = _(
+                "received: distinct sequence numbers of the echoes that came back (loss either way "
+                "counts); UDP drops what the receiver cannot take in time, unix datagram sockets "
+                "make the sender wait instead"
+            )
+        datagrams.notes.append(note)
         grids.append(datagrams)
     tls = _tls_grid(run)
     if tls.rows:
@@ -93,7 +100,10 @@ def tables(run: BenchRun) -> list[Grid]:
 
 def _tls_grid(run: BenchRun) -> Grid:
     """Each TLS kind beside its plain twin: the figure with TLS, without, and their ratio."""
-    grid = Grid("TLS beside the same connection without TLS", ["kind", "measure", "TLS", "no TLS", "ratio"])
+    grid = Grid(
+        _("TLS beside the same connection without TLS"),
+        [_("kind"), _("measure"), "TLS", _("no TLS"), _("ratio")],
+    )
     by_name = {t.name: t for t in run.targets}
     for target in run.targets:
         twin = by_name.get(target.baseline or "")
@@ -111,9 +121,11 @@ def _tls_grid(run: BenchRun) -> Grid:
                 ]
             )
     grid.notes = [
-        "(no TLS): the same measures through the same connection object (enchufe's send_all/recv), "
-        "without TLS; the TLS server has a cert=auto certificate, the client trusts its pin",
-        "conn/s with TLS: a full handshake per connection (no session resumption); ratio: TLS ÷ no TLS",
+        _(
+            "(no TLS): the same measures through the same connection object (enchufe's send_all/recv), "
+            "without TLS; the TLS server has a cert=auto certificate, the client trusts its pin"
+        ),
+        _("conn/s with TLS: a full handshake per connection (no session resumption); ratio: TLS ÷ no TLS"),
     ]
     return grid
 
@@ -135,8 +147,8 @@ def _tls_pairs(
 
     pairs = [
         ("throughput, 1 connection", mb, _mb, "MB/s"),
-        ("connection rate", rate, _rate, "handshakes/s"),
-        ("latency", p50, _us, "ping-pong p50 µs"),
+        ("connection rate", rate, _rate, _("handshakes/s")),
+        ("latency", p50, _us, _("ping-pong p50 µs")),
     ]
     rows = []
     for label, get, fmt, name in pairs:
@@ -155,16 +167,16 @@ def _main_grid(run: BenchRun) -> Grid:
     """Every target's stream figures and latency, one row each (empty columns still in)."""
     parallel = run.settings.parallel
     main = Grid(
-        "enchufe bench, " + ("loopback" if _loopback(run) else "servers given"),
+        _("enchufe bench, loopback") if _loopback(run) else _("enchufe bench, servers given"),
         [
-            "kind" if _loopback(run) else "address",
-            "MB/s, 1 conn",
-            f"MB/s, {parallel} conns",
-            "conn/s",
+            _first_column(run),
+            _("MB/s, 1 conn"),
+            _("MB/s, {connections} conns").format(connections=parallel),
+            _("conn/s"),
             "RTT p50 µs",
             "p90",
             "p99",
-            "max",
+            _("max"),
         ],
     )
     main.rows = [_main_row(target, parallel) for target in run.targets]
@@ -174,7 +186,7 @@ def _main_grid(run: BenchRun) -> Grid:
 
 def _main_row(target: TargetResult, parallel: int) -> list[str]:
     if target.skipped or (target.errors and _measured_nothing(target)):
-        return [target.name, "skipped" if target.skipped else "failed", "", "", "", "", "", ""]
+        return [target.name, _("skipped") if target.skipped else _("failed"), "", "", "", "", "", ""]
     return [target.name, *_stream_cells(target, parallel), *_latency_cells(target)]
 
 
@@ -202,8 +214,8 @@ def _latency_cells(target: TargetResult) -> list[str]:
 def _datagram_grid(run: BenchRun) -> Grid:
     """A row per datagram size measured (or failed) for each target."""
     datagrams = Grid(
-        "datagrams: sent as fast as the socket takes them",
-        ["kind" if _loopback(run) else "address", "payload", "sent/s", "received/s", "lost", "MB/s received"],
+        _("datagrams: sent as fast as the socket takes them"),
+        [_first_column(run), _("payload"), _("sent/s"), _("received/s"), _("lost"), _("MB/s received")],
     )
     for target in run.targets:
         for rate in target.datagram:
@@ -220,7 +232,7 @@ def _datagram_grid(run: BenchRun) -> Grid:
         for error in target.errors:
             if error.startswith("datagrams of"):
                 size = error.split(" ", 3)[2]
-                datagrams.rows.append([target.name, f"{size} B", "failed", "", "", ""])
+                datagrams.rows.append([target.name, f"{size} B", _("failed"), "", "", ""])
     return datagrams
 
 
@@ -239,19 +251,36 @@ def _loopback(run: BenchRun) -> bool:
     return all(t.server == "bench" for t in run.targets)
 
 
+def _first_column(run: BenchRun) -> str:
+    return _("kind") if _loopback(run) else _("address")
+
+
 def _notes(run: BenchRun) -> list[str]:
     m = run.machine
     notes = [
-        f"server: {run.arrangement.get('server', '?')}",
-        f"client: {run.arrangement.get('client', '?')}",
+        _("server: {arrangement}").format(arrangement=shown(run.arrangement.get("server", "?"))),
+        _("client: {arrangement}").format(arrangement=shown(run.arrangement.get("client", "?"))),
         *_method_notes(run),
     ]
-    load = f", load {m.load_1m:g} at start" if m.load_1m is not None else ""
-    notes.append(
-        f"machine: {m.cores} cores, {m.system} {m.kernel}, {m.implementation} {m.python}{load}; "
-        "other work on the machine moves these figures"
-    )
-    notes += [f"{target.name} skipped: {target.skipped}" for target in run.targets if target.skipped]
+    machine = {
+        "cores": m.cores,
+        "system": f"{m.system} {m.kernel}",
+        "python": f"{m.implementation} {m.python}",
+    }
+    if m.load_1m is not None:
+        note = _(
+            "machine: {cores} cores, {system}, {python}, load {load} at start; "
+            "other work on the machine moves these figures"
+        ).format(load=f"{m.load_1m:g}", **machine)
+    else:
+        note = _("machine: {cores} cores, {system}, {python}; other work on the machine moves these figures")
+        note = note.format(**machine)
+    notes.append(note)
+    notes += [
+        _("{target} skipped: {reason}").format(target=target.name, reason=shown(target.skipped))
+        for target in run.targets
+        if target.skipped
+    ]
     return notes
 
 
@@ -261,32 +290,45 @@ def _method_notes(run: BenchRun) -> list[str]:
     notes = []
     methods = {t.method for target in run.targets for t in target.throughput}
     if methods:
-        how = " and ".join(sorted(methods))
+        if methods == {"sink"}:
+            counted = _("counted at the sink end")
+        elif methods == {"echo"}:
+            counted = _("counted at the echo end")
+        else:
+            counted = _("counted at the echo and sink ends")
         size = next(t.size for target in run.targets for t in target.throughput)
         notes.append(
-            f"throughput: {size:,}-byte writes, {s.duration:g} s after a {s.warmup:g} s warm-up, "
-            f"counted at the {how} end{'s' if len(methods) > 1 else ''}; MB = 10⁶ bytes"
+            _(
+                "throughput: {size}-byte writes, {duration} s after a {warmup} s warm-up, {counted}; "
+                "MB = 10⁶ bytes"
+            ).format(size=f"{size:,}", duration=f"{s.duration:g}", warmup=f"{s.warmup:g}", counted=counted)
         )
     latencies = [t.latency for t in run.targets if t.latency]
     if latencies:
         lat = latencies[0]
         notes.append(
-            f"latency: {lat.round_trips:,} ping-pong round trips of {lat.size} B after {lat.warmup} "
-            "uncounted; percentiles over every sample"
+            _(
+                "latency: {round_trips} ping-pong round trips of {size} B after {warmup} uncounted; "
+                "percentiles over every sample"
+            ).format(round_trips=f"{lat.round_trips:,}", size=lat.size, warmup=lat.warmup)
         )
     if any(t.connect for t in run.targets):
-        notes.append("conn/s: connect, accept, close on both sides, one connection after another")
+        notes.append(_("conn/s: connect, accept, close on both sides, one connection after another"))
     return notes
 
 
 def compare_grid(changes: list[Change], source: str) -> Grid:
-    grid = Grid(f"compared with {source}", ["figure", "before", "now", "change"])
+    grid = Grid(
+        _("compared with {file}").format(file=source),
+        [_("figure"), _("before"), _("now"), _("change")],
+        comparison=True,
+    )
     for change in changes:
         grid.rows.append(
-            [change.name, change.format(change.before), change.format(change.now), change.describe()]
+            [change.label, change.format(change.before), change.format(change.now), change.shown()]
         )
     if not changes:
-        grid.notes.append("no figure in common with the earlier run")
+        grid.notes.append(_("no figure in common with the earlier run"))
     return grid
 
 
@@ -315,13 +357,13 @@ def _print_rich(grids: list[Grid], out: TextIO, changes: list[Change] | None) ->
     from rich.text import Text
 
     console = Console(file=out, width=None if out.isatty() else 140, soft_wrap=False)
-    verdicts = {c.name: c.better for c in changes or []}
+    verdicts = {c.label: c.better for c in changes or []}
     for grid in grids:
         table = Table(title=grid.title, title_justify="left", header_style="bold")
         for i, column in enumerate(grid.columns):
             table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in grid.rows:
-            verdict = verdicts.get(row[0]) if grid.title.startswith("compared") else None
+            verdict = verdicts.get(row[0]) if grid.comparison else None
             table.add_row(*_styled(row, verdict))
         console.print(table)
         for note in grid.notes:
@@ -337,8 +379,8 @@ def _styled(row: list[str], verdict: bool | None) -> list[Any]:
     cells: list[Any] = list(row)
     if verdict is not None:
         cells[-1] = Text(row[-1], style="green" if verdict else "red")
-    elif any(c in ("failed", "skipped") for c in row):
-        cells = [Text(c, style="red" if c == "failed" else "yellow") for c in row]
+    elif any(c in (_("failed"), _("skipped")) for c in row):
+        cells = [Text(c, style="red" if c == _("failed") else "yellow") for c in row]
     return cells
 
 

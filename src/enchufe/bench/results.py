@@ -31,16 +31,24 @@
 A measure that does not apply to a kind is ``null`` (or ``[]``); one that failed is ``null``
 with its error in ``errors``.  MB is 10⁶ bytes.  Latency samples themselves stay out of the
 JSON (only the plot uses them).
+
+The JSON is the same whatever ``--lang`` says: bench's own words in it (the arrangement, a
+measure's label before its error, why a kind was skipped) are English, and :func:`shown` gives
+them in the user's language for the tables and the error lines.  The error after a label is
+enchufe's message, in the language of the run.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..i18n import _, language
 from .stats import Summary
 
 __all__ = [
@@ -54,6 +62,7 @@ __all__ = [
     "Settings",
     "TargetResult",
     "Throughput",
+    "shown",
 ]
 
 SCHEMA = "enchufe-bench/1"
@@ -314,6 +323,11 @@ class BenchRun:
     def errors(self) -> list[str]:
         return [e if t.name in e else f"{t.name}: {e}" for t in self.targets for e in t.errors]
 
+    @property
+    def shown_errors(self) -> list[str]:
+        """:attr:`errors` in the user's language (see :func:`shown`)."""
+        return [shown(e) if t.name in e else f"{t.name}: {shown(e)}" for t in self.targets for e in t.errors]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
@@ -324,3 +338,68 @@ class BenchRun:
             "arrangement": dict(self.arrangement),
             "targets": [t.to_dict() for t in self.targets],
         }
+
+
+# ---------------------------------------------------------------------------- bench's words
+
+
+def _phrases() -> list[tuple[str, str]]:
+    """(bench's English phrase as the JSON keeps it, the same in the current language), a longer
+    phrase before its prefix."""
+    return [
+        ("throughput, 1 connection", _("throughput, 1 connection")),
+        ("throughput, {connections} connections", _("throughput, {connections} connections")),
+        ("latency", _("latency")),
+        ("connection rate", _("connection rate")),
+        ("datagrams of {size} B", _("datagrams of {size} B")),
+        ("stopping bench's server", _("stopping bench's server")),
+        ("this host cannot bind the IPv6 loopback ::1", _("this host cannot bind the IPv6 loopback ::1")),
+        (
+            "bench's own, in a separate process (pid {pid}): blocking sockets, one thread per "
+            "connection; throughput into a sink",
+            _(
+                "bench's own, in a separate process (pid {pid}): blocking sockets, one thread per "
+                "connection; throughput into a sink"
+            ),
+        ),
+        (
+            "this process (pid {pid}), one thread per connection; against an echo server a second "
+            "thread per connection reads the echoes",
+            _(
+                "this process (pid {pid}), one thread per connection; against an echo server a second "
+                "thread per connection reads the echoes"
+            ),
+        ),
+        (
+            "this process (pid {pid}), one thread per connection",
+            _("this process (pid {pid}), one thread per connection"),
+        ),
+        (
+            "already running at the address given (not started by bench)",
+            _("already running at the address given (not started by bench)"),
+        ),
+    ]
+
+
+@functools.cache
+def _pattern(english: str) -> re.Pattern[str]:
+    """``datagrams of {size} B`` → a pattern that matches the phrase alone, or before ``: ERROR``."""
+    parts = re.split(r"\{(\w+)\}", english)
+    body = "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^:]+?)" for i, part in enumerate(parts))
+    return re.compile(f"{body}(?P<_rest>: .*)?", re.DOTALL)
+
+
+def shown(text: str) -> str:
+    """``text``, one of bench's English phrases as the JSON keeps it (a reason to skip, the
+    arrangement) or a measure's error (``LABEL: ERROR``), in the current language: the phrase
+    or the label translated, the error after it as it is (enchufe's message, already in the
+    language of the run).  Anything else is returned as it is."""
+    if language() == "en":
+        return text
+    for english, translated in _phrases():
+        found = _pattern(english).fullmatch(text)
+        if found is not None:
+            fields = found.groupdict()
+            rest = fields.pop("_rest") or ""
+            return translated.format(**fields) + rest
+    return text

@@ -10,6 +10,9 @@ Two arrangements:
   datagram rate counts the echoes that come back, so loss in either direction counts.
 
 The client side of every measure runs in this process (one thread per connection).
+
+What the run records for the JSON (labels, the arrangement, reasons to skip) is English; the
+progress bar shows it in the user's language (:func:`~.results.shown`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable
 
 from ..address import Kind, SocketAddress
 from ..errors import EnchufeError
+from ..i18n import _
 from . import measures
 from . import tls as tls_measures
 from .options import (
@@ -38,7 +42,7 @@ from .options import (
 )
 from .process import ServerProcess
 from .progress import NoProgress, Progress
-from .results import BenchRun, Machine, TargetResult
+from .results import BenchRun, Machine, TargetResult, shown
 from .sequence import Counts
 
 __all__ = [
@@ -113,7 +117,7 @@ def _measure(
     """Run every step planned for ``target``; ``address_for(measure)`` is the server to use,
     ``counter(token)`` asks bench's counting sink (None: the server echoes)."""
     for measure, label in _steps_for(options, target.stream):
-        progress.step(f"{target.name}: {label}")
+        progress.step(f"{target.name}: {shown(label)}")
         try:
             _one(target, measure, options, address_for(measure), counter)
         except EnchufeError as exc:
@@ -180,13 +184,13 @@ def _run_external(options: Options, progress: Progress) -> BenchRun:
                 server="external",
             )
             bench.targets.append(target)
-            progress.step(f"{address}: is a server there?")
+            progress.step(_("{address}: is a server there?").format(address=address))
             try:
                 measures.probe(address)
             except EnchufeError as exc:
                 target.errors.append(str(exc))
                 for _step in _steps_for(options, target.stream):
-                    progress.step(f"{address}: skipped")
+                    progress.step(_("{target}: skipped").format(target=address))
                 continue
             _measure(target, options, _constant(address), None, progress)
     finally:
@@ -237,7 +241,7 @@ def _run_loopback(options: Options, progress: Progress) -> BenchRun:
                 if kind in (Kind.TCP6, Kind.UDP6) and not ipv6:
                     target.skipped = "this host cannot bind the IPv6 loopback ::1"
                     for _step in steps:
-                        progress.step(f"{kind.label}: skipped")
+                        progress.step(_("{target}: skipped").format(target=kind.label))
                     continue
                 _loopback_kind(kind, target, options, servers, folder, progress)
             for name in options.tls_kinds:
@@ -295,7 +299,7 @@ def _loopback_tls(
     target = TargetResult(name=name, address="", kind=name, stream=True, server="bench", baseline=twin.name)
     for result, bind in ((twin, plain_bind), (target, tls_bind)):
         for measure, label in _tls_steps(options):
-            progress.step(f"{result.name}: {label}")
+            progress.step(f"{result.name}: {shown(label)}")
             try:
                 _tls_one(result, measure, label, options, servers, bind)
             except EnchufeError as exc:

@@ -33,7 +33,8 @@ Control: one JSON object per line on stdin, one answer per line on stdout::
         → {"ok": true, "received": 9000, "duplicates": 0, "reordered": 0, "foreign": 0}
     {"op": "stop", "id": 1}    → {"ok": true}
 
-A failure answers ``{"ok": false, "error": "…", "usage": false}``.  At EOF on stdin every
+A failure answers ``{"ok": false, "error": "…", "usage": false}``, the error in the language
+given as the first argument (the parent's, so that its user reads it).  At EOF on stdin every
 server stops (unix socket files are removed) and the process exits; SIGINT is ignored, so a
 Ctrl-C meant for the parent does not kill the servers before the parent has cleaned up.
 """
@@ -52,6 +53,7 @@ from typing import Any
 
 from ..address import parse
 from ..errors import EnchufeError, UsageError
+from ..i18n import _, set_language
 from ..sync import bind_datagram, listen
 from ..sync.datagram import DatagramSocket
 from ..sync.stream import Connection, Listener
@@ -125,7 +127,7 @@ class _StreamServer:
                 sendall(view[:n])
 
     def counts(self, token: int) -> Counts:
-        raise UsageError(f"a {self.role} server does not count datagrams")
+        raise UsageError(_("a {role} server does not count datagrams").format(role=self.role))
 
     def stop(self) -> None:
         self.listener.close()  # wakes accept(); removes a unix socket file
@@ -225,7 +227,7 @@ class _DatagramServer:
 
     def counts(self, token: int) -> Counts:
         if self.role != "count":
-            raise UsageError(f"a {self.role} server does not count datagrams")
+            raise UsageError(_("a {role} server does not count datagrams").format(role=self.role))
         return self.book.counts(token)
 
     def stop(self) -> None:
@@ -251,19 +253,25 @@ _ROLES = {
 def start(role: str, address_text: str) -> _StreamServer | _DatagramServer:
     """Bind a server of ``role`` and start its threads; its real address is its ``address``."""
     if role not in _ROLES:
-        raise UsageError(f"unknown role {role!r}; one of {', '.join(_ROLES)}")
+        raise UsageError(
+            _("unknown role {role}; one of {roles}").format(role=repr(role), roles=", ".join(_ROLES))
+        )
     address = parse(address_text)
     stream = bool(getattr(address, "is_stream", True))
     wanted = _ROLES[role]
     if wanted is not None and wanted != stream:
-        raise UsageError(
-            f"a {role} server needs a {'stream' if wanted else 'datagram'} address, not {address}"
-        )
+        if wanted:
+            message = _("a {role} server needs a stream address, not {address}")
+        else:
+            message = _("a {role} server needs a datagram address, not {address}")
+        raise UsageError(message.format(role=role, address=address))
     server: _StreamServer | _DatagramServer
     if role.startswith("lib-"):
         server = _LibraryServer(listen(address), role)
     elif getattr(address, "is_tls", False):
-        raise UsageError(f"a {role} server reads the raw socket; TLS addresses take the lib- roles")
+        raise UsageError(
+            _("a {role} server reads the raw socket; TLS addresses take the lib- roles").format(role=role)
+        )
     else:
         server = (
             _StreamServer(listen(address), role) if stream else _DatagramServer(bind_datagram(address), role)
@@ -289,19 +297,20 @@ def _answer(
         return {"ok": True, "id": next_id, "address": _address_of(server), "pin": pin}
     server_id = int(request.get("id", -1))
     if server_id not in servers:
-        raise UsageError(f"no server {server_id}")
+        raise UsageError(_("no server {id}").format(id=server_id))
     if op == "counts":
         counts = servers[server_id].counts(int(request["token"]))
         return {"ok": True, **counts.__dict__}
     if op == "stop":
         servers.pop(server_id).stop()
         return {"ok": True}
-    raise UsageError(f"unknown op {op!r}")
+    raise UsageError(_("unknown op {op}").format(op=repr(op)))
 
 
 def main() -> None:
     """Serve the control protocol on stdin/stdout until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_language(sys.argv[1] if len(sys.argv) > 1 else None)
     servers: dict[int, _StreamServer | _DatagramServer] = {}
     next_id = 1
     try:
@@ -314,7 +323,8 @@ def main() -> None:
             except EnchufeError as exc:
                 reply = {"ok": False, "error": str(exc), "usage": isinstance(exc, UsageError)}
             except (ValueError, KeyError, TypeError) as exc:
-                reply = {"ok": False, "error": f"bad request {line.strip()!r}: {exc}", "usage": True}
+                error = _("bad request {request}: {error}").format(request=repr(line.strip()), error=exc)
+                reply = {"ok": False, "error": error, "usage": True}
             sys.stdout.write(json.dumps(reply) + "\n")
             sys.stdout.flush()
     finally:

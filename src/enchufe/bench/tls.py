@@ -19,6 +19,7 @@ import time
 from .._tlsstream import forget_sessions
 from ..address import InetAddress, SocketAddress, UnixAddress, parse
 from ..errors import ProtocolError
+from ..i18n import _
 from ..sync import connect
 from ..sync.stream import Connection
 from .loops import CONNECT_TIMEOUT, IO_TIMEOUT, no_delay
@@ -113,7 +114,9 @@ def pingpong(address: SocketAddress, *, count: int, warmup: int, size: int) -> L
                 chunk = recv(size - got)
                 if not chunk:
                     raise ProtocolError(
-                        f"{address} closed the connection after echoing {got} of {size} bytes"
+                        _("{address} closed the connection after echoing {got} of {size} bytes").format(
+                            address=address, got=got, size=size
+                        )
                     )
                 got += len(chunk)
             if i >= warmup:

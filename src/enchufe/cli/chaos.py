@@ -73,11 +73,11 @@ def command(control: str, config_file: str | None, seed: int | None, json_: bool
     try:
         server = ChaosServer(host, port, _emit, level, seed=seed)
     except OSError as exc:
-        from ..errors import NetworkError
+        from ..errors import NetworkError, reason
 
         raise NetworkError(
             _("cannot serve the API on {address}: {reason}; pick another --control address").format(
-                address=control, reason=(exc.strerror or str(exc)).lower()
+                address=control, reason=reason(exc)
             )
         ) from None
     stopped = threading.Event()

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import EnchufeError, UsageError
+from ..errors import EnchufeError, UsageError, reason
 from ..i18n import _, english
 from ..relay import EventSink, RelayConfig
 from ..relay.events import Emit
@@ -58,8 +58,7 @@ class ChaosServer:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
-            raise UsageError(_("--config {path}: {reason}").format(path=path, reason=reason)) from None
+            raise UsageError(_("--config {path}: {reason}").format(path=path, reason=reason(exc))) from None
         except ValueError as exc:
             raise UsageError(_("--config {path}: not JSON: {error}").format(path=path, error=exc)) from None
         try:
