@@ -15,6 +15,7 @@ import pytest
 
 from enchufe import i18n
 from tests.cli.conftest import ENCHUFE, STEP, Proc, assert_one_error_line, run_here
+from tests.relay.conftest import Target, echo
 
 _LANGUAGE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
 
@@ -179,3 +180,21 @@ def test_a_session_in_spanish_from_accept_to_the_summary() -> None:
         finally:
             proc.kill()
     assert "accepted" not in proc.err and "summary" not in proc.err
+
+
+def test_a_session_ended_by_a_fault_is_said_in_spanish() -> None:
+    """A stdio relay's one session reset by --fault on purpose: one Spanish line, exit 1."""
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        done = subprocess.run(
+            [*ENCHUFE, "--lang", "es", "relay", "-", target.address, "--fault", "reset_peer:timeout=10"],
+            input=b"hola\n",
+            capture_output=True,
+            timeout=STEP,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert_one_error_line(
+        done.stderr,
+        "reiniciada (reset) por --fault en el sentido hacia el cliente (reset_peer_downstream) tras ",
+        "como se pidió",
+    )

@@ -38,6 +38,7 @@ from .. import trace
 from .._nonblocking import read_into
 from .._nonblocking import write as traced_write
 from ..faults import DATA, EOF, RESET, Action, FaultPlan, StreamSchedule
+from ..i18n import _
 from .engine import Loop, OnError, Timer
 from .pump import MAX_ROUNDS, WOULD_BLOCK
 from .pump_state import pass_eof
@@ -382,7 +383,19 @@ class FaultyStreamSession(StreamSession):
         what = "reset" if reset else "closed"
         assert isinstance(pump, FaultPump)
         kinds = ", ".join(toxic.name for toxic in pump.schedule.toxics)
-        self._end(f"fault-{what}", abortive=reset, error=f"{what} by --fault on the {name} ({kinds})")
+        self._end(f"fault-{what}", abortive=reset, error=_fault_words(reset, name).format(kinds=kinds))
+
+
+def _fault_words(reset: bool, direction: str) -> str:
+    """Why a fault ended a session (``{kinds}`` to fill in), a whole clause per case so that a
+    translation says the direction its own way."""
+    if direction == "upstream":
+        if reset:
+            return _("reset by --fault on the upstream ({kinds})")
+        return _("closed by --fault on the upstream ({kinds})")
+    if reset:
+        return _("reset by --fault on the downstream ({kinds})")
+    return _("closed by --fault on the downstream ({kinds})")
 
 
 class FaultyStreamRelay(StreamRelay):
@@ -438,8 +451,9 @@ class FaultyStdioRelay(FaultyStreamRelay, StdioRelay):
             return
         self.events(
             "error",
-            f"enchufe: {error} after {session.to_target} bytes to the target and {session.to_client} "
-            "back, as asked",
+            _("enchufe: {error} after {to_target} bytes to the target and {to_client} back, as asked").format(
+                error=error, to_target=session.to_target, to_client=session.to_client
+            ),
             id=session.id,
             reason=reason,
             error=error or reason,
