@@ -64,6 +64,7 @@ from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix da
 from .._calls import new_socket
 from .._resolve import Target
 from .._unixfiles import SocketFile
+from ..errors import reason as system_reason
 from ..i18n import _
 from .datagram_io import (
     GSO_BYTES,
@@ -267,7 +268,7 @@ class DatagramRelay(DatagramListener):
                 self.stats.dropped += count
                 self._error(
                     _("cannot send to {target}: {reason}").format(
-                        target=self.target_label, reason=(exc.strerror or str(exc)).lower()
+                        target=self.target_label, reason=system_reason(exc)
                     )
                 )
                 return True
@@ -339,7 +340,7 @@ class DatagramRelay(DatagramListener):
         if code == errno.ECONNREFUSED:
             self._refused(session)
         elif code:
-            self.end(session, "target-error", os.strerror(code).lower())
+            self.end(session, "target-error", system_reason(OSError(code, os.strerror(code))))
             return False
         return True
 
@@ -414,7 +415,7 @@ class DatagramRelay(DatagramListener):
         if exc.errno == errno.ECONNREFUSED:
             self._refused(session)
             return True
-        self.end(session, "target-error", (exc.strerror or str(exc)).lower())
+        self.end(session, "target-error", system_reason(exc))
         return False
 
     def _reply_one(self, session: DatagramUpstream, data: memoryview, raw: bool) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .._backoff import Backoff
 from .._calls import send_datagram
+from ..errors import reason as system_reason
 from ..i18n import _
 from .datagram_io import NO_GSO, Buffer, send_datagrams
 from .engine import Loop, Timer
@@ -113,9 +114,7 @@ class Replies:
                 return self._sendto_each(session, data, seg)
             self.stats.dropped += count
             self._error(
-                _("cannot answer {peer}: {reason}").format(
-                    peer=session.label, reason=(exc.strerror or str(exc)).lower()
-                )
+                _("cannot answer {peer}: {reason}").format(peer=session.label, reason=system_reason(exc))
             )
             return False
         return True
@@ -149,9 +148,7 @@ class Replies:
         if failure is not None:
             self.stats.dropped += dropped
             self._error(
-                _("cannot answer {peer}: {reason}").format(
-                    peer=session.label, reason=(failure.strerror or str(failure)).lower()
-                )
+                _("cannot answer {peer}: {reason}").format(peer=session.label, reason=system_reason(failure))
             )
         return False
 

@@ -37,6 +37,7 @@ from .. import _calls, _nonblocking
 from .._calls import new_socket, recv_datagram_into, send_datagram
 from .._unixfiles import SocketFile, autobind_unix
 from ..errors import ProtocolError, translate
+from ..errors import reason as system_reason
 from ..framing import HEADER, RAISE_LIMIT_HINT, Framer
 from ..i18n import N_, _
 from .datagram_io import BATCH, enlarge_buffers
@@ -173,7 +174,7 @@ class FramedStreamSession(RelaySession):
         if events & FAILED:
             code = pending_error(self.client)
             if code:
-                self._reset("client-reset", os.strerror(code).lower())
+                self._reset("client-reset", system_reason(OSError(code, os.strerror(code))))
                 return
         if events & (WRITE | ERROR) and self.out and not self._flush():
             return
@@ -188,7 +189,7 @@ class FramedStreamSession(RelaySession):
         except BlockingIOError:
             return
         except OSError as exc:
-            self._reset("client-reset", (exc.strerror or str(exc)).lower())
+            self._reset("client-reset", system_reason(exc))
             return
         if not n:
             self.client_eof = True
@@ -277,7 +278,7 @@ class FramedStreamSession(RelaySession):
         buffer): dropped, counted, and said."""
         relay = self.relay
         relay.stats.dropped += 1
-        reason = (exc.strerror or str(exc)).lower()
+        reason = system_reason(exc)
         if exc.errno == errno.EMSGSIZE:
             reason = _("{reason}: larger than one datagram to {target} can be").format(
                 reason=reason, target=relay.target_label
@@ -323,7 +324,7 @@ class FramedStreamSession(RelaySession):
             if code == errno.ECONNREFUSED:
                 self._refused()
             elif code:
-                self._reset("target-error", os.strerror(code).lower())
+                self._reset("target-error", system_reason(OSError(code, os.strerror(code))))
                 return
         if events & (WRITE | ERROR) and self.pending is not None:
             self._send_messages()
@@ -352,7 +353,7 @@ class FramedStreamSession(RelaySession):
                 if exc.errno == errno.ECONNREFUSED:
                     self._refused()
                     continue
-                self._reset("target-error", (exc.strerror or str(exc)).lower())
+                self._reset("target-error", system_reason(exc))
                 return
             if size > limit:
                 stats.truncated += 1
@@ -392,7 +393,7 @@ class FramedStreamSession(RelaySession):
         try:
             _nonblocking.write_out(self.client_fd, self.out)
         except OSError as exc:
-            self._reset("client-reset", (exc.strerror or str(exc)).lower())
+            self._reset("client-reset", system_reason(exc))
             return False
         return True
 

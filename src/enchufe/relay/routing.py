@@ -24,6 +24,7 @@ from .._text import printable
 from ..address import Address, InetAddress, UnixAddress
 from ..clienthello import NEED_MORE, ClientHello, Event, HelloReader, Refused
 from ..errors import EnchufeError
+from ..errors import reason as system_reason
 from ..i18n import N_, _
 from ..tlsparams import DEFAULT_HANDSHAKE_TIMEOUT
 from .engine import Loop
@@ -187,7 +188,7 @@ class HelloRead(ReadStage):
             except BlockingIOError:
                 return
             except OSError as exc:
-                reason = (exc.strerror or str(exc)).lower()
+                reason = system_reason(exc)
                 event = Refused("reset", _("the client's connection failed: {reason}").format(reason=reason))
                 break
             event = reader.feed(data)

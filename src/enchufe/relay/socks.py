@@ -35,6 +35,7 @@ from .._socks_rules import SocksPolicy
 from .._text import printable
 from ..address import InetAddress, StdioAddress, from_sockaddr
 from ..errors import EnchufeError
+from ..errors import reason as system_reason
 from ..i18n import N_, _
 from .engine import READ
 from .lookups import Lookups, Pending
@@ -105,7 +106,7 @@ class SocksRead(ReadStage):
             except BlockingIOError:
                 return
             except OSError as exc:
-                reason = (exc.strerror or str(exc)).lower()
+                reason = system_reason(exc)
                 self._finish(None, _("its connection failed: {reason}").format(reason=reason))
                 return
             if not data:
@@ -304,7 +305,7 @@ class SocksSession(StreamSession):
                 self._count,
             )
         except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
+            reason = system_reason(exc)
             self._refused(
                 _("UDP ASSOCIATE: no UDP socket: {reason}").format(reason=reason), code=socks5.GENERAL_FAILURE
             )
@@ -337,7 +338,7 @@ class SocksSession(StreamSession):
         except BlockingIOError:
             return
         except OSError as exc:
-            self._end("client-reset", abortive=True, error=(exc.strerror or str(exc)).lower())
+            self._end("client-reset", abortive=True, error=system_reason(exc))
             return
         if not data:
             self._end("done")

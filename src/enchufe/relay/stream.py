@@ -35,6 +35,7 @@ from .. import _calls
 from .._calls import accept, close
 from .._nonblocking import abort
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress
+from ..errors import reason as system_reason
 from ..i18n import N_, _
 from .children import Children
 from .engine import READ, Loop
@@ -189,12 +190,10 @@ class StreamRelay:
                             "cannot accept: {reason}; out of file descriptors with {count} open "
                             "connections: clients are turned away; lower --max-conns or raise the "
                             "limit (ulimit -n)"
-                        ).format(reason=(exc.strerror or str(exc)).lower(), count=len(self.sessions))
+                        ).format(reason=system_reason(exc), count=len(self.sessions))
                     )
                 else:
-                    self._pause(
-                        _("cannot accept: {reason}").format(reason=(exc.strerror or str(exc)).lower())
-                    )
+                    self._pause(_("cannot accept: {reason}").format(reason=system_reason(exc)))
                 return
             self._admit(conn, peer)
 

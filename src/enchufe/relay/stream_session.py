@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from ..address import ExecAddress, InetAddress, StdioAddress
 from ..errors import NetworkError
+from ..errors import reason as system_reason
 from ..i18n import N_, _
 from .children import Child
 from .engine import ERROR, FAILED, READ, WRITE, Timer
@@ -280,14 +281,20 @@ class StreamSession(PreludeSession):
         if not code:
             return False
         self.relay.stats.reset += 1
-        self._end(f"{side}-reset", abortive=True, error=os.strerror(code).lower())
+        self._end(f"{side}-reset", abortive=True, error=system_reason(OSError(code, os.strerror(code))))
         return True
 
     def _client_gone_while_connecting(self) -> None:
         assert self.client_sock is not None
         code = pending_error(self.client_sock)
         self.relay.stats.reset += 1
-        self._end("client-reset", abortive=True, error=os.strerror(code) if code else _("client hung up"))
+        self._end(
+            "client-reset",
+            abortive=True,
+            error=system_reason(OSError(code, os.strerror(code)), lower=False)
+            if code
+            else _("client hung up"),
+        )
 
     def _step(self, run_up: int, run_down: int) -> None:
         up = self.up

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._text import printable
 from ..errors import TLSRefused
+from ..errors import reason as system_reason
 from ..i18n import N_, _
 from .engine import READ, WRITE, Timer
 from .session import CONNECTING, OPEN
@@ -185,7 +186,7 @@ class TLSStreamSession(StreamSession):
             self._handshake_failed(side, str(exc), exc.reason)
             return False
         except OSError as exc:
-            self._handshake_failed(side, (exc.strerror or str(exc)).lower(), "reset")
+            self._handshake_failed(side, system_reason(exc), "reset")
             return False
         self.relay.loop.modify(link.fd, READ | (WRITE if link.unsent else 0))
         return False

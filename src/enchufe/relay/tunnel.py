@@ -28,6 +28,7 @@ from .. import _calls, _nonblocking
 from .._calls import new_socket
 from .._resolve import Target
 from ..errors import ProtocolError, translate
+from ..errors import reason as system_reason
 from ..framing import HEADER, Framer
 from ..i18n import N_, _
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
@@ -176,7 +177,7 @@ class FramedDatagramRelay(DatagramListener):
         try:
             _nonblocking.write_out(session.fd, session.out)
         except OSError as exc:
-            self._reset(session, (exc.strerror or str(exc)).lower())
+            self._reset(session, system_reason(exc))
         self._watch(session)
 
     def _on_stream(self, session: Tunnel, events: int) -> None:
@@ -196,7 +197,7 @@ class FramedDatagramRelay(DatagramListener):
         """The stream reported an error: False if it is a real one (the session ends, reset)."""
         code = pending_error(session.sock)
         if code:
-            self._reset(session, os.strerror(code).lower())
+            self._reset(session, system_reason(OSError(code, os.strerror(code))))
             return False
         return True
 
@@ -226,7 +227,7 @@ class FramedDatagramRelay(DatagramListener):
         except BlockingIOError:
             return
         except OSError as exc:
-            self._reset(session, (exc.strerror or str(exc)).lower())
+            self._reset(session, system_reason(exc))
             return
         if not n:
             error = None
