@@ -110,8 +110,7 @@ class SocksRead(ReadStage):
                 self._finish(None, _("its connection failed: {reason}").format(reason=reason))
                 return
             if not data:
-                waiting_for = self._machine.waiting_for
-                self._finish(None, _("it closed before {what}").format(what=_(waiting_for)))
+                self._finish(None, _("it closed before {what}").format(what=self._machine.waiting_for))
                 return
             step = self._machine.feed(data)
             if step.send and not _send(self._fd, step.send):
@@ -122,9 +121,8 @@ class SocksRead(ReadStage):
                 return
 
     def _timed_out(self) -> None:
-        waiting_for = self._machine.waiting_for
         why = _("no {what} within {seconds} s (--handshake-timeout)").format(
-            what=_(waiting_for), seconds=f"{self._timeout:g}"
+            what=self._machine.waiting_for, seconds=f"{self._timeout:g}"
         )
         self._finish(None, why)
 
@@ -362,9 +360,8 @@ class SocksSession(StreamSession):
             _send(self.client.wfd, reply(code))
         shown = self.peer_label()
         if code is not None:
-            words = reply_words(code)
             line = _("enchufe: refused {peer} #{id}: {why} (SOCKS reply {code}: {words})").format(
-                peer=shown, id=self.id, why=why, code=code, words=_(words)
+                peer=shown, id=self.id, why=why, code=code, words=reply_words(code)
             )
         else:
             line = _("enchufe: refused {peer} #{id}: {why}").format(peer=shown, id=self.id, why=why)
@@ -393,10 +390,9 @@ class SocksSession(StreamSession):
         code = self._code
         _send(self.client.wfd, reply(code))
         if self.relay.events.wants(1):
-            words = reply_words(code)
             self.relay.events(
                 "reply",
-                _("#{id} SOCKS reply {code}: {words}").format(id=self.id, code=code, words=_(words)),
+                _("#{id} SOCKS reply {code}: {words}").format(id=self.id, code=code, words=reply_words(code)),
                 level=1,
                 id=self.id,
                 reply=code,
