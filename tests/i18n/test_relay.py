@@ -57,6 +57,17 @@ def refusing_port() -> Iterator[int]:
             "--route 'nombre': se esperaba NAME=TARGET, p. ej. --route",
         ),
         (
+            (
+                "tcp://127.0.0.1:0",
+                "-",
+                "--route",
+                "a.test=tcp://127.0.0.1:1",
+                "--route",
+                "a.test=tcp://127.0.0.1:2",
+            ),
+            "--route a.test aparece dos veces; da cada NAME (y alpn=) una sola vez",
+        ),
+        (
             ("tcp://127.0.0.1:0", "-", "--frame"),
             "--frame lleva datagramas sobre un flujo, pero tcp://127.0.0.1:0 y - son los dos de flujo",
         ),

@@ -225,10 +225,11 @@ def check_routes(listen: Address, target: Address, routes: Iterable[str]) -> Rou
         table, key = (wildcard, route.name[2:]) if route.name.startswith("*.") else (exact, route.name)
         group = table.get(key, ())
         if any(set(other.alpn) == set(route.alpn) for other in group):
-            what = f"{route.name} with alpn={','.join(route.alpn)}" if route.alpn else route.name
-            raise UsageError(
-                _("--route {route} is given twice; give each NAME (and alpn=) once").format(route=what)
-            )
+            if route.alpn:
+                line = _("--route {route} with alpn={alpn} is given twice; give each NAME (and alpn=) once")
+            else:
+                line = _("--route {route} is given twice; give each NAME (and alpn=) once")
+            raise UsageError(line.format(route=route.name, alpn=",".join(route.alpn)))
         # Those with alpn= are tried first, in the order given; the one without takes the rest.
         table[key] = tuple(sorted((*group, route), key=lambda r: not r.alpn))
     default = None
