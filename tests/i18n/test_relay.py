@@ -209,3 +209,14 @@ def test_a_session_ended_by_a_fault_is_said_in_spanish() -> None:
         "reiniciada (reset) por --fault en el sentido hacia el cliente (reset_peer_downstream) tras ",
         "como se pidió",
     )
+
+
+def test_a_client_denied_by_the_access_rules_is_said_in_spanish(refusing_port: int) -> None:
+    proc, address = _relay("es", f"tcp://127.0.0.1:{refusing_port}", "--deny", "127.0.0.1")
+    try:
+        with contextlib.suppress(ConnectionResetError), _connect(address) as client:
+            client.recv(1)
+        proc.wait_err(r"^enchufe: se rechazó a tcp://127\.0\.0\.1:\d+: coincide con --deny 127\.0\.0\.1/32$")
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
