@@ -3,7 +3,8 @@
 
 Usage (from the repository; strace on PATH for the system calls):
 
-    python benchmarks/hotpath_count.py [--only tcp,conn,udp,udp64,tls] [-n 5000] [--opcodes] [--socat]
+    python benchmarks/hotpath_count.py [--only tcp,conn,udp,udp64,tls,socks,acceptproxy,acceptproxy1]
+                                       [-n 5000] [--opcodes] [--socat]
 
 A loaded machine makes wall-clock figures useless for small changes; counts are not affected.
 For each measure, a relay (``Relay``, the library's, in a process of its own) stands between
@@ -27,10 +28,20 @@ The measures:
 * ``tls``: TLS 1-byte ping-pong on one connection through a terminating relay
   (``tls://…?cert=…`` → ``tcp://``, a trustme CA and an ECDSA P-256 certificate): the client
   speaks TLS 1.3, the echo server plain TCP (a round trip: one byte each way).
+* ``socks``: ``conn`` through ``enchufe socks``'s relay (no authentication, default options)
+  instead of a relay with a fixed target: connect, SOCKS5 greeting and wait for the method,
+  CONNECT to the echo server's IP address and wait for the reply, then as ``conn`` (a round trip:
+  one connection);
+* ``acceptproxy``, ``acceptproxy1``: ``conn`` through a relay with ``--accept-proxy`` (its
+  default trusted proxies: loopback), the client's byte after a PROXY header (v2, as HAProxy's
+  ``send-proxy-v2``; v1 text for ``acceptproxy1``) naming its own addresses, in one write as
+  HAProxy does (a round trip: one connection).  Minus ``conn``: what the header costs.
 
-With ``--socat``, the system calls of ``socat OPENSSL-LISTEN:…,fork TCP:…`` (the same
-certificate, default options) are counted beside the ``tls`` measure: ``strace -c -f`` attached to
-socat and its child for the connection, over the same round trips, after the same warm-up.
+With ``--socat``, the system calls of socat in the relay's place are counted beside each measure
+(``socat TCP4-LISTEN:…,fork TCP4:…``, ``UDP4-LISTEN:…,fork UDP4:…``, and for ``tls``
+``OPENSSL-LISTEN:…,fork`` with the same certificate; default options otherwise): ``strace -c -f``
+attached to socat and its child for the connection (or, for ``conn``, the children it forks while
+counting), over the same round trips, after the same warm-up.
 
 The relay process starts and stops counting on SIGUSR2 (its handler runs in the relay's main
 thread, which runs the loop), and prints the counts on stdout when it stops.
@@ -59,7 +70,7 @@ from typing import Any
 
 from tls_bench import Certs, make_certs  # this folder's: the same CA and certificate
 
-MEASURES = ("tcp", "conn", "udp", "udp64", "tls")
+MEASURES = ("tcp", "conn", "udp", "udp64", "tls", "socks", "acceptproxy", "acceptproxy1")
 WARM_UP = 300
 BURST = 32
 STEP = 10.0
@@ -68,8 +79,12 @@ STEP = 10.0
 # ----------------------------------------------------------------------------- the relay process
 
 
-def serve(listen: str, target: str, opcodes: bool, detail: bool) -> None:
-    """Run a relay LISTEN → TARGET; SIGUSR2 starts counting, the next one prints the counts."""
+def serve(listen: str, target: str, opcodes: bool, detail: bool, kind: str = "") -> None:
+    """Run a relay LISTEN → TARGET; SIGUSR2 starts counting, the next one prints the counts.
+
+    ``kind``: ``socks`` (``enchufe socks``'s relay: TARGET is ignored), ``acceptproxy``
+    (``--accept-proxy``), else a plain relay."""
+    from enchufe._socks_rules import SocksPolicy
     from enchufe.relay import Relay, RelayConfig
 
     counts = {"calls": 0, "c_calls": 0, "opcodes": 0}
@@ -119,7 +134,11 @@ def serve(listen: str, target: str, opcodes: bool, detail: bool) -> None:
             sys.settrace(None)
             print(json.dumps({**counts, "functions": functions}), flush=True)
 
-    relay = Relay(RelayConfig(listen, target))
+    if kind == "socks":
+        config = RelayConfig(listen, "-", socks=SocksPolicy())
+    else:
+        config = RelayConfig(listen, target, accept_proxy=kind == "acceptproxy")
+    relay = Relay(config)
     bound = relay.open()
     signal.signal(signal.SIGUSR2, toggle)
     print(str(bound), flush=True)
@@ -162,7 +181,7 @@ def port_of(address: str) -> tuple[str, int]:
 class Measure:
     """One measure: its server, the relay in front of it, and what one round trip is.
 
-    ``socat``: socat instead of the relay (the ``tls`` measure only): system calls only."""
+    ``socat``: socat instead of the relay: system calls only."""
 
     def __init__(
         self, name: str, opcodes: bool, detail: bool, certs: Certs | None = None, socat: bool = False
@@ -189,10 +208,13 @@ class Measure:
             assert certs is not None
             listen = f"tls://127.0.0.1:0?cert={certs.server}"
         if socat:
-            assert certs is not None
-            self.relay, self.via = start_socat(certs, self.server.getsockname()[1])
+            self.relay, self.via = start_socat(name, certs, self.server.getsockname()[1])
         else:
             command = [sys.executable, __file__, "--serve", listen, target]
+            if name in ("socks", "acceptproxy"):
+                command += ["--kind", name]
+            elif name == "acceptproxy1":
+                command += ["--kind", "acceptproxy"]
             if opcodes:
                 command.append("--opcodes")
             if detail:
@@ -217,6 +239,36 @@ class Measure:
             sock.shutdown(socket.SHUT_WR)
             assert sock.recv(16) == b"x"
             assert sock.recv(16) == b""
+
+    def _socks(self) -> None:
+        with socket.create_connection(self.via, STEP) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b"\x05\x01\x00")
+            assert recv_exactly(sock, 2) == b"\x05\x00"
+            port = self.server.getsockname()[1]
+            sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + port.to_bytes(2, "big"))
+            assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+            sock.sendall(b"x")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(16) == b"x"
+            assert sock.recv(16) == b""
+
+    def _acceptproxy(self, version: int = 2) -> None:
+        with socket.create_connection(self.via, STEP) as sock:
+            (host, port), (_, peer_port) = sock.getsockname(), sock.getpeername()
+            if version == 1:
+                header = f"PROXY TCP4 {host} 127.0.0.1 {port} {peer_port}\r\n".encode()
+            else:
+                addresses = socket.inet_aton(host) + socket.inet_aton("127.0.0.1")
+                ports = port.to_bytes(2, "big") + peer_port.to_bytes(2, "big")
+                header = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + addresses + ports
+            sock.sendall(header + b"x")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(16) == b"x"
+            assert sock.recv(16) == b""
+
+    def _acceptproxy1(self) -> None:
+        self._acceptproxy(1)
 
     def _udp(self) -> None:
         if self.client is None:
@@ -302,6 +354,10 @@ class Measure:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()  # first: socat's child for the connection ends with it
+        if self.socat:  # a UDP child outlives its parent until its peer is silent long enough
+            for child in children_of(self.relay.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGTERM)
         self.relay.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.relay.wait(STEP)
@@ -310,30 +366,47 @@ class Measure:
         self.server.close()
 
 
-def start_socat(certs: Certs, target_port: int) -> tuple[subprocess.Popen[str], tuple[str, int]]:
-    """``socat OPENSSL-LISTEN:PORT,…,fork TCP4:…`` with the relay's certificate, listening."""
-    with socket.socket() as probe:
+def start_socat(
+    name: str, certs: Certs | None, target_port: int
+) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    """socat in the relay's place for measure ``name`` (``…-LISTEN:PORT,…,fork`` towards the
+    server), once it listens."""
+    udp = name.startswith("udp")
+    with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            "socat",
-            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={certs.server},verify=0",
-            f"TCP4:127.0.0.1:{target_port}",
-        ],
-        text=True,
-    )
+    if name == "tls":
+        assert certs is not None
+        listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={certs.server},verify=0"
+    elif udp:
+        listen = f"UDP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"
+    else:
+        listen = f"TCP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"
+    target = f"{'UDP4' if udp else 'TCP4'}:127.0.0.1:{target_port}"
+    process = subprocess.Popen(["socat", listen, target], text=True)
+    # A UDP socket that is bound and not connected (state 07), a TCP one that listens (0A).
+    table, state = ("/proc/net/udp", "07") if udp else ("/proc/net/tcp", "0A")
     wanted = f"0100007F:{port:04X}"
     deadline = time.monotonic() + STEP
     while time.monotonic() < deadline:
-        with open("/proc/net/tcp") as f:  # no probe connection: socat would fork for it
-            if any(line.split()[1] == wanted and line.split()[3] == "0A" for line in f.readlines()[1:]):
+        with open(table) as f:  # no probe connection: socat would fork for it
+            if any(line.split()[1] == wanted and line.split()[3] == state for line in f.readlines()[1:]):
                 break
         time.sleep(0.01)
     else:
         process.kill()
         raise SystemExit(f"socat did not listen on 127.0.0.1:{port}")
     return process, ("127.0.0.1", port)
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError(f"EOF after {len(data)} of {n} bytes")
+        data += chunk
+    return data
 
 
 def children_of(pid: int) -> list[int]:
@@ -378,31 +451,30 @@ def main() -> None:
     parser.add_argument("--opcodes", action="store_true", help="also count bytecode instructions")
     parser.add_argument("--no-strace", action="store_true")
     parser.add_argument(
-        "--socat", action="store_true", help="with tls: socat's system calls over the same round trips"
+        "--socat", action="store_true", help="also socat's system calls over the same round trips"
     )
     parser.add_argument(
         "--detail", action="store_true", help="also the calls per round trip of each function"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per measure")
     parser.add_argument("--serve", nargs=2, metavar=("LISTEN", "TARGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         listen, target = args.serve
-        serve(listen, target, args.opcodes, args.detail)
+        serve(listen, target, args.opcodes, args.detail, args.kind)
         return
     names = args.only.split(",")
     for name in names:
         if name not in MEASURES:
             parser.error(f"unknown measure {name!r}; accepted: {', '.join(MEASURES)}")
-    if args.socat and "tls" not in names:
-        parser.error("--socat goes with the tls measure (--only …,tls)")
     if args.socat and shutil.which("socat") is None:
         parser.error("--socat needs socat on PATH")
     with tempfile.TemporaryDirectory() as folder:
         certs = make_certs(Path(folder)) if "tls" in names else None
         for name in names:
             run_measure(name, args, certs)
-            if name == "tls" and args.socat:
+            if args.socat:
                 run_measure(name, args, certs, socat=True)
 
 
@@ -412,11 +484,11 @@ def run_measure(name: str, args: argparse.Namespace, certs: Certs | None, socat:
         figures = measure.count(args.n, not args.no_strace)
     finally:
         measure.close()
-    label = "socat" if socat else name
+    label = f"socat:{name}" if socat else name
     if args.json:
         print(json.dumps({"measure": label, **figures}), flush=True)
         return
-    line = f"{label:6}"
+    line = f"{label:10}"
     if not socat:
         calls = figures.get("calls", 0.0)
         c_calls = figures.get("c_calls", 0.0)

@@ -75,6 +75,30 @@ def test_ipv6_requests_are_understood() -> None:
     assert step.request.hostport == "[::1]:443"
 
 
+@settings(max_examples=300)
+@given(raw=st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16)))
+def test_an_address_request_names_its_host_as_ipaddress_writes_it(raw: bytes) -> None:
+    """IPv4-mapped and -compatible IPv6 addresses included: all hex groups, as always."""
+    atyp = b"\x01" if len(raw) == 4 else b"\x04"
+    step = Socks5Server().feed(b"\x05\x01\x00\x05\x01\x00" + atyp + raw + b"\x00\x50")
+    assert step.request is not None and not step.request.by_name
+    assert step.request.host == str(ipaddress.ip_address(raw))
+
+
+@pytest.mark.parametrize(
+    ("host", "encoded"),
+    [
+        ("192.0.2.7", b"\x01\xc0\x00\x02\x07"),
+        ("::1", b"\x04" + ipaddress.IPv6Address("::1").packed),
+        ("fe80::1%2", b"\x04" + ipaddress.IPv6Address("fe80::1").packed),  # the scope is not sent
+        ("::ffff:192.0.2.7", b"\x04" + ipaddress.IPv6Address("::ffff:192.0.2.7").packed),
+        ("example.com", b"\x03\x0bexample.com"),
+    ],
+)
+def test_a_reply_names_the_bound_address_by_its_type(host: str, encoded: bytes) -> None:
+    assert reply(SUCCEEDED, host, 1080) == b"\x05\x00\x00" + encoded + b"\x04\x38"
+
+
 def test_a_wrong_password_is_refused_without_showing_it() -> None:
     sent, step = feed_split(Socks5Server(USERS), b"\x05\x01\x02\x01\x05alice\x05wrong", 3)
     assert sent == b"\x05\x02\x01\x01"  # username/password chosen, then status 1 (failure)

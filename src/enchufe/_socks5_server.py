@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -250,7 +251,7 @@ class Socks5Server:
                     _("not a host name: {name}").format(name=printable(raw[1:])), reply(HOST_UNREACHABLE)
                 )
         else:
-            host = str(ipaddress.ip_address(raw))
+            host = _ip_text(raw)
         return Request(command, host, port, atyp == ATYP_NAME, self._user)
 
 
@@ -274,10 +275,29 @@ def _name(raw: bytes) -> str | None:
     return text
 
 
+def _ip_text(raw: bytes) -> str:
+    """A request's IPv4 or IPv6 address as text, as :mod:`ipaddress` writes it, in a C call or
+    two: every request for an address goes through here."""
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw)
+    text = socket.inet_ntop(socket.AF_INET6, raw)
+    # The C library writes an IPv4-mapped or -compatible address with a dotted tail; ipaddress's
+    # text is all hex groups, and is what requests have always been shown as.
+    return str(ipaddress.IPv6Address(raw)) if "." in text else text
+
+
 def reply(code: int, host: str = "0.0.0.0", port: int = 0) -> bytes:
     """A reply to a request: ``code`` (:data:`SUCCEEDED` or why not) and the address bound
     for the client (where the target sees us; for UDP ASSOCIATE, where the relay listens)."""
-    return bytes([VERSION, code, 0]) + _address(host.partition("%")[0], port)[0]
+    host = host.partition("%")[0]
+    try:  # an IP address (a socket's, as every reply names): packed at once, no parsing
+        if ":" in host:
+            address = bytes([ATYP_IPV6]) + socket.inet_pton(socket.AF_INET6, host)
+        else:
+            address = bytes([ATYP_IPV4]) + socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return bytes([VERSION, code, 0]) + _address(host, port)[0]
+    return bytes([VERSION, code, 0]) + address + port.to_bytes(2, "big")
 
 
 def reply_words(code: int) -> str:

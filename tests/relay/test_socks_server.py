@@ -5,6 +5,7 @@ time limit, and the relay's data path after it."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 import struct
@@ -202,6 +203,49 @@ def test_an_unknown_name_is_reply_4(echo_target: Target) -> None:
         sock, code = open_tunnel(relay.address, "no-such-host.invalid", 80)
         with sock:
             assert code == 4
+
+
+def raw_connect(proxy: str, address: bytes, port: int) -> tuple[socket.socket, bytes]:
+    """A CONNECT for ``address`` (its ATYP byte first): the socket and the whole reply."""
+    sock = dial(proxy, timeout=STEP)
+    sock.sendall(b"\x05\x01\x00")
+    assert recv_exactly(sock, 2) == b"\x05\x00"
+    sock.sendall(b"\x05\x01\x00" + address + struct.pack(">H", port))
+    head = recv_exactly(sock, 4)
+    if len(head) < 4:
+        return sock, head
+    return sock, head + recv_exactly(sock, {1: 4, 4: 16}[head[3]] + 2)
+
+
+def test_an_ipv4_mapped_address_reaches_the_ipv4_target_and_rules_judge_it(echo_target: Target) -> None:
+    """A request for ::ffff:127.0.0.1 goes out over IPv6 to the IPv4 target; the reply names
+    the bound address as the IPv4 one it is; and --deny-dest 127.0.0.0/8 denies it."""
+    mapped = b"\x04" + ipaddress.IPv6Address("::ffff:127.0.0.1").packed
+    with socks() as relay:
+        sock, answer = raw_connect(relay.address, mapped, port_of(echo_target))
+        with sock:
+            assert answer[:4] == b"\x05\x00\x00\x01" and answer[4:8] == socket.inet_aton("127.0.0.1")
+            sock.sendall(b"ping")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == b"ping"
+        requests = relay.events.named("request")
+        assert requests and requests[0]["destination"] == f"[::ffff:7f00:1]:{port_of(echo_target)}"
+    with socks(SocksPolicy(rules=DestRules.parse(deny=["127.0.0.0/8"]))) as relay:
+        sock, answer = raw_connect(relay.address, mapped, port_of(echo_target))
+        with sock:
+            assert answer[1] == 2
+            assert closed_by_peer(sock, STEP)
+    assert echo_target.accepted == 1
+
+
+def test_an_address_with_port_0_is_reply_4(echo_target: Target) -> None:
+    with socks() as relay:
+        sock, answer = raw_connect(relay.address, b"\x01" + socket.inet_aton("127.0.0.1"), 0)
+        with sock:
+            assert answer[1] == 4
+            assert closed_by_peer(sock, STEP)
+        refused = relay.events.named("refused")
+        assert refused and "port 0" in refused[0]["detail"]
 
 
 def test_unsupported_commands_and_address_types() -> None:

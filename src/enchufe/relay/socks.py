@@ -206,6 +206,10 @@ class SocksSession(StreamSession):
                     f"{request.command_name} {request.hostport}: {denied}", code=socks5.CONNECTION_NOT_ALLOWED
                 )
                 return
+        if not request.by_name and request.port:
+            # An IP address (what most clients ask for) needs no lookup: its one address at once.
+            self._resolved([_literal_target(request.host, request.port)])
+            return
         address = InetAddress("tcp", request.host, request.port)
         lookup = relay.lookups.resolve(address, self._resolved, self.crashed)
         if not lookup.cancelled:  # under way: bounded as a connect is
@@ -272,8 +276,13 @@ class SocksSession(StreamSession):
             self._replied = True
             sock = self.target_sock
             assert sock is not None
-            bound = from_sockaddr(sock.family, socket.SOCK_STREAM, sock.getsockname())
-            host, port = (bound.host, bound.port) if isinstance(bound, InetAddress) else ("0.0.0.0", 0)
+            sockaddr = sock.getsockname()
+            host, port = "0.0.0.0", 0
+            if isinstance(sockaddr, tuple):  # its shape tells the family (sock.family: an enum lookup)
+                family = socket.AF_INET if len(sockaddr) == 2 else socket.AF_INET6
+                bound = from_sockaddr(family, socket.SOCK_STREAM, sockaddr)
+                assert isinstance(bound, InetAddress)
+                host, port = bound.host, bound.port
             if not _send(self.client.wfd, reply(socks5.SUCCEEDED, host, port)):
                 self.relay.stats.reset += 1
                 self._end("client-reset", abortive=True, error=_("the client does not take the reply"))
@@ -410,6 +419,15 @@ class SocksSession(StreamSession):
             self._udp.close()
             self._udp = None
         super()._release(abortive)
+
+
+def _literal_target(host: str, port: int) -> Target:
+    """The address of a request for an IP address, as getaddrinfo would give it (an IPv6 one in
+    the C library's text: an IPv4-mapped address with its dotted tail, as the rules see it)."""
+    if ":" in host:
+        text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+        return Target(socket.AF_INET6, (text, port, 0, 0))
+    return Target(socket.AF_INET, (host, port))
 
 
 def _hostport(host: str, port: int) -> str:
