@@ -65,8 +65,11 @@ def run_with_lang(lang: str | None, *args: str) -> subprocess.CompletedProcess[s
             ("listen", "--keep-open=1", "x"),
             ("la opción --keep-open no admite valor (consulta 'enchufe listen --help')",),
         ),
-        (("lisen",), ("no existe la orden 'lisen' (¿quisiste decir listen", f"las órdenes son: {COMMANDS}")),
-        (("--trace",), (f"falta la orden; las órdenes son: {COMMANDS} (consulta 'enchufe --help')",)),
+        (
+            ("lisen",),
+            ("no existe el comando 'lisen' (¿quisiste decir listen", f"los comandos son: {COMMANDS}"),
+        ),
+        (("--trace",), (f"falta el comando; los comandos son: {COMMANDS} (consulta 'enchufe --help')",)),
         (("diagram", "/nonexistent/a.jsonl"), ("'/nonexistent/a.jsonl' no existe",)),
     ],
 )
@@ -141,10 +144,13 @@ def test_option_values_are_refused_in_spanish(args: tuple[str, ...], spanish: st
             "-k/--keep-open atiende clientes de flujo uno tras otro; udp://127.0.0.1:0 es un socket de "
             "datagramas",
         ),
-        (("listen", "--hex", "tcp://127.0.0.1:0"), "--hex vuelca datagramas; tcp://127.0.0.1:0 es un flujo"),
+        (
+            ("listen", "--hex", "tcp://127.0.0.1:0"),
+            "--hex vuelca datagramas; tcp://127.0.0.1:0 es un socket de flujo",
+        ),
         (
             ("recv", "tcp://127.0.0.1:0"),
-            "recv necesita una dirección de datagramas (udp://…, unixgram:…); para un flujo usa "
+            "recv necesita una dirección de datagramas (udp://…, unixgram:…); para un socket de flujo usa "
             "`enchufe listen tcp://127.0.0.1:0`",
         ),
         (
@@ -268,10 +274,10 @@ def test_a_server_says_its_drain_and_its_cut_in_spanish(spawn: Spawn) -> None:  
         proc.wait_err(r"^aceptada la conexión de tcp://127\.0\.0\.1:\d+$")
         proc.popen.send_signal(signal.SIGINT)
         proc.wait_err(
-            r"^deteniendo: no se aceptan clientes nuevos; se espera hasta 10 s a 1 conexión abierta "
+            r"^parando: no se aceptan clientes nuevos; se espera hasta 10 s a que termine 1 conexión abierta "
             r"\(envía la señal otra vez para cortarla ya\)$"
         )
         proc.popen.send_signal(signal.SIGINT)
         assert proc.finish() == 1
-    assert "deteniendo ya: se cortan las conexiones abiertas (1)" in proc.err
+    assert "parando ya: se cortan las conexiones abiertas (1)" in proc.err
     assert "detenido; conexiones cortadas antes de terminar: 1" in proc.err

@@ -93,7 +93,7 @@ def test_datagram_diagrams_in_spanish(spanish_diagrams: dict[str, Diagram], kind
     recvfrom = [step.text for step in diagram.steps if step.call == "recvfrom"]
     assert all(" = 33 bytes desde " in text for text in recvfrom), recvfrom
     sendto = next(step.text for step in diagram.steps if step.call == "sendto")
-    assert sendto.endswith(", 33 bytes, el par conectado) = 33"), sendto
+    assert sendto.endswith(", 33 bytes, el otro extremo conectado) = 33"), sendto
 
 
 def test_mermaid_in_spanish(spanish_diagrams: dict[str, Diagram]) -> None:

@@ -256,6 +256,6 @@ def test_a_server_turning_a_client_away_says_so_in_spanish(spawn: Spawn) -> None
             assert extra.recv(1) == b""  # turned away: closed at once
         proc.wait_err(
             r"^enchufe: rechazada la conexión de tcp://127\.0\.0\.1:\d+: "
-            r"el servidor está en su límite de 1 conexión abierta$"
+            r"el servidor ha llegado a su límite de 1 conexión abierta$"
         )
     assert proc.terminate() == 0

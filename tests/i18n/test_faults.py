@@ -93,7 +93,7 @@ def test_a_stream_fault_on_a_framed_relay_is_refused_in_spanish() -> None:
     assert_one_error_line(
         ran.stderr,
         "--fault slicer actúa solo sobre flujos, pero con --frame los fallos actúan sobre los "
-        "datagramas, no sobre el flujo que los enmarca; para datagramas: bandwidth",
+        "datagramas, no sobre el flujo que los transporta; para datagramas: bandwidth",
     )
 
 

@@ -115,7 +115,7 @@ def test_the_narration_words_in_spanish_and_the_recorder_in_english() -> None:
         lines.count(f"recv(fd {accept.split(' = fd ')[1].split()[0]}, 100) = 0 (EOF: fin de los datos)") == 1
     )
     sendto = next(line for line in lines if line.startswith("sendto("))
-    assert sendto.endswith(", 9 bytes, el par conectado) = 9"), sendto
+    assert sendto.endswith(", 9 bytes, el otro extremo conectado) = 9"), sendto
     recvfrom = next(line for line in lines if line.startswith("recvfrom("))
     assert recvfrom.endswith(" = 9 bytes desde (sin nombre) (MSG_TRUNC: solo se guardaron 4)"), recvfrom
     # The recorder: the lines as written, in English.

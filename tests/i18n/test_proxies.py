@@ -235,7 +235,7 @@ def test_socks_warns_of_an_open_proxy_and_refuses_a_client_without_credentials_i
     opened = spawn("--lang", "es", "socks", "tcp://:0", stdin=False)
     opened.wait_err(
         r"^enchufe: aviso: sin --auth: cualquiera que pueda llegar a alguna de las interfaces de esta "
-        r"máquina puede usar este proxy \(un proxy abierto\); da --auth USER:PASS o --auth-file, o "
+        r"máquina puede usar este proxy \(un proxy abierto\); usa --auth USER:PASS o --auth-file, o "
         r"escucha en 127\.0\.0\.1$"
     )
     server, port = _spanish_server(spawn, "socks", "tcp://127.0.0.1:0", "--auth", "alice:s3cret")
@@ -262,7 +262,7 @@ def test_accept_proxy_refusals_are_said_in_spanish(spawn: Spawn) -> None:
         assert read_all(untrusted) == b""
     server.wait_err(
         r"^enchufe: rechazada la conexión de tcp://127\.0\.0\.1:\d+: no es un proxy de confianza "
-        r"\(mira --trusted-proxy\); solo se acepta una cabecera PROXY de uno de ellos$"
+        r"\(consulta --trusted-proxy\); solo se acepta una cabecera PROXY de uno de ellos$"
     )
     with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)) as bare:
         bare.sendall(b"hola")

@@ -65,7 +65,7 @@ def refusing_port() -> Iterator[int]:
                 "--route",
                 "a.test=tcp://127.0.0.1:2",
             ),
-            "--route a.test aparece dos veces; da cada NAME (y alpn=) una sola vez",
+            "--route a.test aparece dos veces; indica cada NAME (y alpn=) una sola vez",
         ),
         (
             ("tcp://127.0.0.1:0", "-", "--frame"),
@@ -78,7 +78,7 @@ def refusing_port() -> Iterator[int]:
         ),
         (
             ("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--seed", "1"),
-            "--seed hace repetibles las elecciones aleatorias de los fallos: da también --fault",
+            "--seed hace repetibles las elecciones aleatorias de los fallos: añade también --fault",
         ),
         (
             ("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--allow-uid", "0"),

@@ -230,7 +230,8 @@ def test_the_listening_line_and_v_say_the_pin_and_the_handshake_in_spanish(
         (
             "connect",
             "tls://127.0.0.1:1?insecure&ca=ca.pem",
-            "insecure desactiva la verificación, así que ca= no se tendría en cuenta: da uno u otro",
+            "insecure desactiva la verificación, así que ca= no se tendría en cuenta: usa solo uno de los "
+            "dos",
             "insecure turns verification off, so ca= would be ignored: give one or the other",
         ),
         (
@@ -242,13 +243,13 @@ def test_the_listening_line_and_v_say_the_pin_and_the_handshake_in_spanish(
         (
             "connect",
             "tls://127.0.0.1:1?handshake-timeout=0",
-            "handshake-timeout=0: segundos, más de 0 y como mucho",
+            "handshake-timeout=0: segundos, mayor que 0 y como mucho",
             "handshake-timeout=0: seconds, more than 0 and at most",
         ),
         (
             "listen",
             "udp://127.0.0.1:0?cert=auto",
-            "no hay TLS sobre datagramas (DTLS no está soportado); para TLS usa tls://HOST:PORT",
+            "no hay TLS sobre datagramas (no se admite DTLS); para TLS usa tls://HOST:PORT",
             "no TLS over datagrams (DTLS is not supported); for TLS use tls://HOST:PORT",
         ),
         (

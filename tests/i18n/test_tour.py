@@ -90,7 +90,7 @@ SPANISH = {
         r"^servidor · recvfrom\(\) le dice al servidor quién escribió, porque la carta lleva la dirección "
         r"del remitente.*$",
         r"^cliente  · el connect\(\) del cliente solo fija un destino por defecto.*ninguna carta$",
-        r"^cliente  sendto\(fd \d+, 33 bytes, el par conectado\) = 33$",
+        r"^cliente  sendto\(fd \d+, 33 bytes, el otro extremo conectado\) = 33$",
         r"^servidor recvfrom\(fd \d+\) = 33 bytes desde 127\.0\.0\.1:\d+$",
         r"^servidor sendto\(fd \d+, 33 bytes, 127\.0\.0\.1:\d+\) = 33$",
     ],
@@ -121,7 +121,7 @@ SPANISH = {
         r"certificado de cliente$",
         r"^cliente  tls fd \d+: verificación: la clave del servidor coincide con el pin \(no se comprobó "
         r"ninguna CA\)$",
-        r"^cliente  · acordaron TLSv1\.[23] con \S+: desde aquí cada registro va cifrado y sellado$",
+        r"^cliente  · acordaron TLSv1\.[23] con \S+: a partir de aquí cada registro va cifrado y sellado$",
         r"^servidor tls fd \d+: acordado: TLSv1\.[23], \S+, ALPN ninguno, sesión nueva$",
     ],
 }
@@ -204,7 +204,7 @@ def test_the_header_and_summary_in_spanish_and_in_english(
     assert spanish["intro"].splitlines() == [
         "recorrido de enchufe: un servidor y un cliente para cada tipo de socket, y después TLS, "
         "solo en esta máquina.",
-        "Cada línea con paréntesis es una llamada al sistema, que se muestra cuando termina.",
+        "Cada línea con paréntesis es una llamada al sistema, que se muestra en cuanto retorna.",
     ]
     table = spanish["summary"].splitlines()
     assert table[0].split() == [
@@ -223,7 +223,7 @@ def test_the_header_and_summary_in_spanish_and_in_english(
         line.split()[0]: line for line in table[2:] if line.strip() and not line.startswith("Funcionaron")
     }
     assert set(rows) == set(KINDS)
-    assert all(re.search(r"33 B +33 B +[\d.]+ ms +bien$", row) for row in rows.values()), rows
+    assert all(re.search(r"33 B +33 B +[\d.]+ ms +correcto$", row) for row in rows.values()), rows
     assert table[-1] == "Funcionaron 7 de 7 tipos."
     table = english["summary"].splitlines()
     assert table[0].split()[:3] == ["kind", "server", "address"]
