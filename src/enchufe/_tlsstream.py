@@ -82,7 +82,10 @@ class TLSSetup:
     server_hostname: str | None = None
     pin: str | None = None
 
-    def channel(self, label: str = "tls", session: ssl.SSLSession | None = None) -> TLSChannel:
+    def channel(
+        self, label: str = "tls", session: ssl.SSLSession | None = None, sock: socket.socket | None = None
+    ) -> TLSChannel:
+        """A connection's channel: over memory BIOs, or reading and writing ``sock`` itself."""
         from .tlschannel import TLSChannel
 
         return TLSChannel(
@@ -92,6 +95,7 @@ class TLSSetup:
             server_hostname=self.server_hostname,
             label=label,
             session=session,
+            sock=sock,
         )
 
 

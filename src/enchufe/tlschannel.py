@@ -19,6 +19,14 @@ cannot: it sends close_notify and then reads the peer's on the socket itself, wh
 answer and fails (``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``), losing it.  Here close_notify is
 queued while no unread input is pending, and reading goes on.
 
+On a socket: a driver that only relays (the relay's termination) gives the channel its socket
+(``sock=``), and OpenSSL reads and writes it itself, as ``ssl.SSLSocket`` does: records are
+decrypted straight into the driver's buffer (:meth:`read_into`) and encrypted straight into the
+socket (:meth:`send`), with none of the copies into and out of the memory BIOs (half of what a
+relayed MiB cost).  Everything else (the handshake, its checks and narration, EOF and truncation)
+is the same; close_notify is caught on its way out and left in :meth:`outgoing`
+(:meth:`close_write` says why), so that the peer can still answer.
+
 EOF: close_notify from the peer is a clean end (``read`` returns ``b""``); the socket's EOF
 without one is :class:`TLSTruncated` (a peer, or something in the middle, cut the stream: what
 arrived may be incomplete), never a silent EOF.
@@ -31,7 +39,11 @@ certificate, how it was verified, what was agreed, and close_notify sent, receiv
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import ssl
+from collections.abc import Callable
+from typing import cast
 
 from . import _tls_seen, trace
 from . import _tls_trace as _trace
@@ -46,6 +58,10 @@ __all__ = ["TLSChannel", "TLSTruncated"]
 #: How many of the peer's first bytes are kept, to show what a peer that does not speak TLS sent.
 _FIRST_BYTES = 64
 
+#: Room for one whole record's plaintext (TLS: 2^14 bytes): :meth:`TLSChannel.read_into` reads
+#: only while its buffer has this much, so OpenSSL never keeps part of a record's plaintext
+#: (the socket would not say it is there).
+RECORD = 16384
 
 _TRUNCATED = N_("the connection ended without TLS close_notify: what arrived may be truncated")
 
@@ -69,13 +85,19 @@ class TLSChannel:
         server_hostname: str | None = None,
         label: str = "tls",
         session: ssl.SSLSession | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._context = context
-        self._ssl = context.wrap_bio(
-            self._in, self._out, server_side=server_side, server_hostname=server_hostname
-        )
+        #: the socket OpenSSL reads and writes itself (see the module's docstring), or ``None``
+        self.sock = sock
+        if sock is None:
+            self._ssl = context.wrap_bio(
+                self._in, self._out, server_side=server_side, server_hostname=server_hostname
+            )
+        else:
+            self._ssl = _on_socket(context, sock, server_side, server_hostname)
         if session is not None:
             with contextlib.suppress(ValueError):  # a session of another context: a full handshake
                 self._ssl.session = session
@@ -84,6 +106,8 @@ class TLSChannel:
         core = getattr(self._ssl, "_sslobj", self._ssl)
         self._decrypt = core.read
         self._encrypt = core.write
+        self._decrypt_into = cast(Callable[[int, memoryview], int], core.read)  # with a buffer: a count
+        self._plaintext_left = core.pending
         self._params = params
         self._server_side = server_side
         self._server_hostname = server_hostname
@@ -95,6 +119,12 @@ class TLSChannel:
         self._held = b""  # plaintext decrypted by close_write() before the caller read it
         self._heard = False  # whether any plaintext came from the peer
         self._started = False
+        self._error: Exception | None = None  # met by read_into after data: raised next time
+        #: On a socket: whether the handshake waits for the socket to take what it sends.
+        self.wants_write = False
+        #: On a socket: whether the last :meth:`read_into` left the socket to epoll (it was empty,
+        #: or a short record ended a message).
+        self.drained = False
         self.label = label
         self.info: TLSInfo | None = None
         #: Whether :meth:`read` may give something (data, the end, an error) without more input:
@@ -162,13 +192,22 @@ class TLSChannel:
         return self._handshaken
 
     def _finish_handshake(self) -> None:
+        if self.sock is not None:
+            self.wants_write = False
+            if not self._first:
+                self._peek()
         try:
             self._ssl.do_handshake()
         except ssl.SSLWantReadError:
             if self._socket_eof:
                 raise explain(EOFError(), server_side=self._server_side) from None
             return
+        except ssl.SSLWantWriteError:  # on a socket whose buffer is full: wait until it takes more
+            self.wants_write = True
+            return
         except (ssl.SSLError, OSError) as exc:
+            if not isinstance(exc, ssl.SSLError) and self.sock is not None:
+                raise  # a reset: the driver's to report, as when it reads the socket itself
             raise self._explained(
                 exc, first_bytes=self._first, certificate=_tls_seen.certificate(self._ssl)
             ) from None
@@ -182,6 +221,12 @@ class TLSChannel:
         if trace.enabled():
             for line in _trace.agreed(self.info, self._params, self._server_side):
                 self._narrate(line)
+
+    def _peek(self) -> None:
+        """On a socket: the peer's first bytes, left for OpenSSL (shown if it does not speak TLS)."""
+        assert self.sock is not None
+        with contextlib.suppress(OSError):  # nothing yet, or a reset the handshake will meet
+            self._first = self.sock.recv(_FIRST_BYTES, socket.MSG_PEEK)
 
     def _explained(
         self, exc: Exception, first_bytes: bytes = b"", certificate: bytes | None = None
@@ -234,6 +279,87 @@ class TLSChannel:
         elif len(data) < size:
             self.more = False  # the record was read whole, and no other came
         return data
+
+    def read_into(self, buffer: memoryview) -> int:
+        """On a socket: decrypt into ``buffer`` the records the socket holds now, whole, while
+        ``buffer`` has room for one and they are full ones (a short record ends a message: the
+        read that would say EAGAIN is left to epoll); the bytes put there.  ``0`` once the peer
+        sent close_notify; ``-1`` when there is nothing yet (:attr:`drained`: wait until the
+        socket is readable).
+        :attr:`more` says whether OpenSSL keeps plaintext for a next call (the socket will not
+        say so).  Errors as :meth:`read`; one met after some data is raised by the next call.
+        ``OSError`` (a reset) passes."""
+        if self._error is not None:
+            raise self._error
+        if self._held:
+            size = min(len(self._held), len(buffer))
+            buffer[:size] = self._held[:size]
+            self._held = self._held[size:]
+            self.more = bool(self._held)
+            return size
+        if self._read_closed:
+            return 0
+        read = self._decrypt_into
+        size = len(buffer)
+        total = 0
+        self.drained = False
+        while size - total >= RECORD or not total:
+            try:
+                n = read(size - total, buffer[total:] if total else buffer)
+            except ssl.SSLWantReadError:
+                self.drained = True
+                self.more = False
+                return total or -1
+            except ssl.SSLZeroReturnError:
+                n = 0
+            except ssl.SSLError as exc:
+                return self._failed_after(exc, total)
+            if not n:  # close_notify: reported once what came before it is taken
+                return self._later(total, None) if total else self._closed_by_peer()
+            total += n
+            if n < RECORD:  # a short record: likely the last there is (epoll tells if not)
+                self.drained = True
+                break
+        self._heard = True
+        self.more = self._plaintext_left() > 0
+        return total
+
+    def _failed_after(self, exc: ssl.SSLError, total: int) -> int:
+        """:meth:`read_into` met ``exc``: raised now (as :meth:`read` does), or by the next call
+        if ``total`` bytes came before it."""
+        error = self._truncated() if isinstance(exc, ssl.SSLEOFError) else self._explained(exc)
+        if not total:
+            raise error from None
+        return self._later(total, error)
+
+    def _later(self, total: int, error: Exception | None) -> int:
+        """``total`` bytes now; the end (``error``, or close_notify) at the next call, which the
+        caller makes at once (:attr:`more`: the socket has nothing to say about it)."""
+        self._heard = True
+        self._error = error
+        self.more = True
+        return total
+
+    def _closed_by_peer(self) -> int:
+        self._read_closed = True
+        if trace.enabled():
+            self._narrate(_("close_notify received: the peer's end of data"))
+        return 0
+
+    def send(self, data: bytes | memoryview) -> int:
+        """On a socket: encrypt ``data`` and write the records: ``len(data)`` once all went,
+        ``0`` when the socket took only part (or none): call again with the same bytes once it
+        is writable (OpenSSL remembers what went).  ``OSError`` (a reset) passes;
+        :class:`TLSRefused` when TLS wants something else first (a renegotiation)."""
+        if self._write_closed:
+            raise ssl.SSLError("write after close_notify")
+        try:
+            n: int = self._encrypt(data)
+        except ssl.SSLWantWriteError:
+            return 0
+        except ssl.SSLError as exc:
+            raise self._explained(exc) from None
+        return n
 
     def _gather(self, first: bytes, size: int) -> bytes:
         """``first`` and the records already received after it, up to ``size`` bytes in all.
@@ -329,10 +455,35 @@ class TLSChannel:
             self._narrate(_("close_notify sent: this side's end of data (still reading)"))
         while self._ssl.pending():
             self._held += self._ssl.read(self._ssl.pending())
+        if self.sock is not None:
+            self._shutdown_on_socket(self.sock.fileno())
+            return
         records = self._in.read() if self._in.pending else b""
         self._shutdown()
         if records:
             self._in.write(records)
+
+    def _shutdown_on_socket(self, fd: int) -> None:
+        """OpenSSL's shutdown with ``fd`` pointing at a socketpair of this process meanwhile:
+        its close_notify is caught there and left in :meth:`outgoing` (for the driver to send
+        after what it sends already), and the read OpenSSL makes next finds nothing, where on
+        the socket it would take, and drop, what the peer still sends.  ``fd`` is put back on
+        the socket whatever happens (epoll watches the socket, and never saw the swap: the loop
+        is one thread, and it is inside this call)."""
+        catch, caught = _catcher()
+        saved = os.dup(fd)
+        try:
+            os.dup2(catch, fd, inheritable=False)
+            self._shutdown()
+        finally:
+            os.dup2(saved, fd, inheritable=False)
+            os.close(saved)
+        while True:
+            try:
+                data = os.read(caught, 65536)
+            except BlockingIOError:
+                return
+            self._out.write(data)
 
     def _shutdown(self) -> None:
         try:
@@ -343,6 +494,11 @@ class TLSChannel:
             self._read_closed = True
         except ssl.SSLError as exc:
             raise self._explained(exc) from None
+
+    @property
+    def on_socket(self) -> bool:
+        """Whether OpenSSL reads and writes the socket itself (see the module's docstring)."""
+        return self.sock is not None
 
     @property
     def server_side(self) -> bool:
@@ -356,3 +512,39 @@ class TLSChannel:
     @property
     def write_closed(self) -> bool:
         return self._write_closed
+
+
+def _on_socket(
+    context: ssl.SSLContext, sock: socket.socket, server_side: bool, server_hostname: str | None
+) -> ssl.SSLObject:
+    """An ``ssl.SSLObject`` whose OpenSSL connection reads and writes ``sock`` itself.
+
+    ``SSLContext._wrap_socket`` makes the C object an ``ssl.SSLSocket`` is built on; unlike
+    ``wrap_socket`` it leaves ``sock`` as it is (its owner keeps using it: epoll, shutdown,
+    close).  Wrapped in an ``SSLObject``, it has the methods the channel calls on a memory-BIO
+    one.  ``sock`` must be non-blocking with no timeout: OpenSSL's "want read" and "want write"
+    then come back at once instead of being waited for."""
+    sock.setblocking(False)
+    obj = ssl.SSLObject.__new__(ssl.SSLObject)
+    obj._sslobj = context._wrap_socket(  # type: ignore[attr-defined]
+        sock, server_side, server_hostname, owner=obj, session=None
+    )
+    return obj
+
+
+#: The socketpair close_notify is caught in (see :meth:`TLSChannel._shutdown_on_socket`): its
+#: two descriptors (non-blocking, kept open while the process lives), by the process that made
+#: it: a child of a fork (``--workers``) makes its own.
+_catchers: dict[int, tuple[int, int]] = {}
+
+
+def _catcher() -> tuple[int, int]:
+    pid = os.getpid()
+    pair = _catchers.get(pid)
+    if pair is None:
+        _catchers.clear()  # a parent's, shared with it: left alone
+        ends = socket.socketpair()
+        for end in ends:
+            end.setblocking(False)
+        pair = _catchers[pid] = (ends[0].detach(), ends[1].detach())
+    return pair

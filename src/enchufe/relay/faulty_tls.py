@@ -169,6 +169,7 @@ class FaultyTLSStreamSession(FaultyStreamSession, TLSStreamSession):
     __slots__ = ()
 
     relay: FaultyStreamRelay
+    tls_on_socket = False  # the fault pumps feed the channels bytes (receive, encrypt)
 
     def _pump(self, src: Side, dst: Side) -> Any:
         upstream = src is self.client

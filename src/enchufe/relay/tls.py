@@ -34,7 +34,7 @@ from .engine import READ, WRITE, Timer
 from .session import CONNECTING, OPEN
 from .sides import UNREGISTERED, Side
 from .stream_session import StreamSession
-from .tls_pump import CHUNK, TLSLink, TLSPump, receive
+from .tls_pump import CHUNK, TLSLink, TLSPump, make_pump, receive
 
 if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
@@ -54,6 +54,9 @@ class TLSStreamSession(StreamSession):
     __slots__ = ("_client_link", "_handshake_timer", "_target_link")
 
     relay: StreamRelay
+    #: Whether a terminated client's channel may read and write its socket itself (see
+    #: :mod:`.tls_pump`); a subclass whose pumps feed channels bytes says no.
+    tls_on_socket = True
 
     def __init__(
         self, relay: StreamRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int
@@ -91,7 +94,12 @@ class TLSStreamSession(StreamSession):
         if link is None:
             setup = self.relay.client_tls  # the files of the moment (a reload may have come)
             assert setup is not None
-            link = self._client_link = TLSLink(setup, self.client.rfd, f"tls #{self.id} client")
+            # OpenSSL on the socket itself, unless a refusal after the handshake must hold back
+            # the session tickets it sends at its end (allow-san, allow-cn, alpn: see _handshake_step).
+            params = setup.params
+            on_socket = self.tls_on_socket and not (params.allow_san or params.allow_cn or params.alpn)
+            sock = self.client.sock if on_socket else None
+            link = self._client_link = TLSLink(setup, self.client.rfd, f"tls #{self.id} client", sock)
         if not self._handshake_step(link, "client"):
             return
         self._handshake_finished(link)
@@ -174,6 +182,8 @@ class TLSStreamSession(StreamSession):
                 link.flush()
                 if done:
                     return True
+                if channel.on_socket:  # OpenSSL read all there was, and sent what it could
+                    break
                 channel.feed(receive(link.fd))
         except BlockingIOError:
             pass
@@ -188,7 +198,7 @@ class TLSStreamSession(StreamSession):
         except OSError as exc:
             self._handshake_failed(side, system_reason(exc), "reset")
             return False
-        self.relay.loop.modify(link.fd, READ | (WRITE if link.unsent else 0))
+        self.relay.loop.modify(link.fd, READ | (WRITE if link.unsent or channel.wants_write else 0))
         return False
 
     def _handshake_timed_out(self, timeout: float, side: str) -> None:
@@ -276,13 +286,14 @@ class TLSStreamSession(StreamSession):
         src_link = self._client_link if src is client else self._target_link
         dst_link = self._client_link if dst is client else self._target_link
         loop = self.relay.loop
-        return TLSPump(
+        return make_pump(
             src.rfd,
             dst.wfd,
             src_link=src_link,
             dst_link=dst_link,
             finish=lambda: dst.shut_write(loop),
             dst_is_pipe=not dst.is_socket,
+            buffer=self.relay.pools.hop,
         )
 
     def _release(self, abortive: bool) -> None:

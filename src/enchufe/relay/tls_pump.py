@@ -9,14 +9,23 @@ encrypted in one (:meth:`~enchufe.tlschannel.TLSChannel.encrypt`) and written to
 once; nothing is copied into a buffer of the pump unless ``dst`` takes only part of it.  A
 short read (fewer bytes than asked) means ``src`` was drained: the pump waits for epoll rather
 than spend a read on the EAGAIN, unless the channel holds more (:attr:`TLSChannel.more`).
+
+A TLS side whose channel reads and writes its socket itself (:attr:`TLSChannel.on_socket`: the
+client of a termination) costs about half as much: its records are decrypted straight into the
+relay's shared hop buffer (:meth:`TLSChannel.read_into`) and written on from there, and the
+plaintext for it is read into that buffer and encrypted straight into its socket
+(:meth:`TLSChannel.send`).  Nothing is copied unless ``dst`` takes only part of it; a write
+that OpenSSL could not finish keeps its plaintext, to be given again, the same bytes, once the
+socket is writable.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from .. import trace
 from .._nonblocking import read_into
@@ -29,7 +38,7 @@ if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
     from ..tlschannel import TLSChannel
 
-__all__ = ["CHUNK", "Sender", "TLSLink", "TLSPump", "receive"]
+__all__ = ["CHUNK", "Sender", "SocketTLSPump", "TLSLink", "TLSPump", "make_pump", "receive"]
 
 #: Plaintext read (or ciphertext received) per system call; the most a pump holds in flight.
 CHUNK = 64 * 1024
@@ -56,8 +65,8 @@ class TLSLink:
 
     __slots__ = ("channel", "fd", "sender", "unsent")
 
-    def __init__(self, setup: TLSSetup, fd: int, label: str) -> None:
-        self.channel = setup.channel(label)
+    def __init__(self, setup: TLSSetup, fd: int, label: str, sock: socket.socket | None = None) -> None:
+        self.channel = setup.channel(label, sock=sock)  # with sock: OpenSSL reads and writes it
         self.fd = fd
         self.unsent = bytearray()
         self.sender: Sender | None = None
@@ -128,9 +137,13 @@ class TLSPump:
     """
 
     __slots__ = (
+        "_buffer",
         "_finish_cb",
+        "_iov",
         "_pending",
         "_src_channel",
+        "_tls_in",
+        "_tls_out",
         "discarded",
         "discarding",
         "done",
@@ -158,6 +171,7 @@ class TLSPump:
         dst_link: TLSLink | None,
         finish: Callable[[], None],
         dst_is_pipe: bool = False,
+        buffer: memoryview | None = None,
     ) -> None:
         self.src_fd = src_fd
         self.dst_fd = dst_fd
@@ -165,6 +179,16 @@ class TLSPump:
         self.dst_link = dst_link
         self._src_channel: TLSChannel | None = src_link.channel if src_link is not None else None
         self.dst_channel: TLSChannel | None = dst_link.channel if dst_link is not None else None
+        # Channels that read or write their socket themselves (see the module's docstring).
+        self._tls_in: TLSChannel | None = None
+        self._tls_out: TLSChannel | None = None
+        if self._src_channel is not None and self._src_channel.on_socket:
+            self._tls_in, self._src_channel = self._src_channel, None
+        if self.dst_channel is not None and self.dst_channel.on_socket:
+            self._tls_out = self.dst_channel
+        #: where they read into: the pools' hop buffer, shared (a view of it is never held)
+        self._buffer = buffer if buffer is not None else memoryview(bytearray(CHUNK))
+        self._iov = [self._buffer]
         self._finish_cb = finish
         #: a broken pipe as ``dst`` means its reader left: what follows is read and dropped
         self.dst_is_pipe = dst_is_pipe
@@ -231,6 +255,39 @@ class TLSPump:
             elif data is not None:
                 self._ended()
 
+    def _run_on_socket(self) -> int:
+        """:meth:`run` for a ``src`` read into the buffer: a channel on its socket (decrypting
+        there), or plaintext for one (which encrypts straight into its socket)."""
+        moved = 0
+        reads = MAX_ROUNDS
+        raw = trace._sink is None  # not trace.enabled(), inline
+        write = _IO[raw][1]
+        tls_in = self._tls_in
+        drained = False
+        while True:
+            if self.in_flight and not self._flush(write):
+                return moved
+            if self.eof:
+                self._finish()
+                return moved
+            if tls_in is not None and tls_in.more:  # OpenSSL holds plaintext: epoll cannot tell
+                data = self._receive(tls_in)
+            elif drained or not reads:
+                return moved
+            else:
+                reads -= 1
+                data = self._receive(tls_in) if tls_in is not None else self._read_plain(raw)
+            if data is None:
+                return moved
+            # The socket had no more (or a short read drained src): epoll says when it has.
+            drained = tls_in.drained if tls_in is not None else len(data) < len(self._buffer)
+            if data:
+                moved += self._send(data, write)
+                if self.in_flight:
+                    return moved
+            else:
+                self._ended()
+
     def _decrypt(self, raw: bytes | None) -> bytes | None:
         """The plaintext of ``raw`` (``None``: of what the channel holds already), ``None`` when
         it needs more input, ``b""`` at close_notify; an answer the channel made is queued for its
@@ -246,13 +303,48 @@ class TLSPump:
             link.pull()
         return data
 
-    def _send(self, data: bytes, write: Writer) -> int:
+    def _receive(self, channel: TLSChannel) -> memoryview | None:
+        """What ``channel`` decrypts from its socket into the buffer: a view of it (empty at
+        close_notify), ``None`` when the socket has nothing yet.  A reset, a truncated stream
+        or a broken record is ``OSError`` (:attr:`failed_on` ``"read"``)."""
+        try:
+            n = channel.read_into(self._buffer)
+        except (TLSTruncated, TLSRefused) as exc:
+            self.failed_on = "read"
+            raise _as_reset(exc) from None
+        except OSError:
+            self.failed_on = "read"
+            raise
+        return self._buffer[:n] if n >= 0 else None
+
+    def _read_plain(self, raw: bool) -> memoryview | None:
+        """Plaintext from ``src`` into the buffer (for a channel that encrypts straight into its
+        socket): a view of it (empty at EOF), ``None`` when ``src`` has nothing yet."""
+        try:
+            n = os.readv(self.src_fd, self._iov) if raw else read_into(self.src_fd, self._buffer)
+        except BlockingIOError:
+            return None
+        except OSError:
+            self.failed_on = "read"
+            raise
+        return self._buffer[:n]
+
+    def _send(self, data: bytes | memoryview, write: Writer) -> int:
         """Write ``data`` (encrypted first towards a TLS ``dst``); what ``dst`` does not take now
         waits (:attr:`in_flight`).  The plaintext bytes passed on: 0 while discarding them."""
         size = len(data)
         if self.discarding:
             self.discarded += size
             return 0
+        tls_out = self._tls_out
+        if tls_out is not None:
+            try:
+                n = tls_out.send(data)
+            except OSError as exc:
+                self._tls_write_failed(exc)
+            if not n:
+                self._hold(memoryview(bytes(data)))  # given again, the same bytes (not the buffer's)
+            return size
         if self.dst_channel is not None:
             data = self.dst_channel.encrypt(data)
         try:
@@ -262,12 +354,30 @@ class TLSPump:
         except OSError as exc:
             n = self._write_failed(exc, len(data))
         if n < len(data):
-            self._hold(memoryview(data)[n:])  # a view of what is left, not a copy
+            rest = memoryview(data)[n:]  # a view of what is left: of bytes of its own, not the buffer
+            self._hold(rest if type(data) is bytes else memoryview(bytes(rest)))
         return size
+
+    def _tls_write_failed(self, exc: OSError) -> NoReturn:
+        """A channel on its socket could not send: a reset, or a TLS failure (as a reset)."""
+        self.failed_on = "write"
+        if isinstance(exc, TLSRefused):
+            raise _as_reset(exc) from None
+        raise exc
 
     def _flush(self, write: Writer) -> bool:
         """Write what waits: True once all of it is taken."""
         pending = self._pending
+        if self._tls_out is not None and not self.eof:  # plaintext, given to OpenSSL again
+            try:
+                if not self._tls_out.send(pending):
+                    return False
+            except OSError as exc:
+                self._tls_write_failed(exc)
+            self._hold(_EMPTY)
+            return True
+        # Else ciphertext (plaintext towards a plain dst); towards a channel on its socket, once
+        # src ended, the close_notify it left in outgoing().
         try:
             n = write(self.dst_fd, pending)
         except BlockingIOError:
@@ -309,3 +419,39 @@ class TLSPump:
         self._hold(_EMPTY)
         if self.dst_link is not None:
             self.dst_link.sender = None
+
+
+class SocketTLSPump(TLSPump):
+    """A :class:`TLSPump` whose ``src`` is read into the buffer: a TLS side whose channel reads
+    its socket itself, or a plain side towards one whose channel writes its socket itself (see
+    the module's docstring; :func:`make_pump` chooses)."""
+
+    __slots__ = ()
+
+    run = TLSPump._run_on_socket
+
+
+def make_pump(
+    src_fd: int,
+    dst_fd: int,
+    *,
+    src_link: TLSLink | None,
+    dst_link: TLSLink | None,
+    finish: Callable[[], None],
+    dst_is_pipe: bool,
+    buffer: memoryview,
+) -> TLSPump:
+    """The pump for one direction: a :class:`SocketTLSPump` when ``src`` is read into ``buffer``."""
+    src = src_link.channel if src_link is not None else None
+    dst = dst_link.channel if dst_link is not None else None
+    on_socket = src.on_socket if src is not None else dst is not None and dst.on_socket
+    kind = SocketTLSPump if on_socket else TLSPump
+    return kind(
+        src_fd,
+        dst_fd,
+        src_link=src_link,
+        dst_link=dst_link,
+        finish=finish,
+        dst_is_pipe=dst_is_pipe,
+        buffer=buffer,
+    )
