@@ -216,7 +216,9 @@ def test_a_client_denied_by_the_access_rules_is_said_in_spanish(refusing_port: i
     try:
         with contextlib.suppress(ConnectionResetError), _connect(address) as client:
             client.recv(1)
-        proc.wait_err(r"^enchufe: se rechazó a tcp://127\.0\.0\.1:\d+: coincide con --deny 127\.0\.0\.1/32$")
+        proc.wait_err(
+            r"^enchufe: rechazada la conexión de tcp://127\.0\.0\.1:\d+: coincide con --deny 127\.0\.0\.1/32$"
+        )
         assert proc.terminate() == 0
     finally:
         proc.kill()
