@@ -80,6 +80,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_endpoint",
         "_streams",
         "_datagrams",
+        "_tls_socket",
         "tlschannel",
         "_tlsstream",
         "_proxyaccept",

@@ -39,7 +39,6 @@ certificate, how it was verified, what was agreed, and close_notify sent, receiv
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from typing import cast
 from . import _tls_seen, trace
 from . import _tls_trace as _trace
 from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
+from ._tls_socket import on_socket, shutdown_caught
 from .errors import TLSTruncated
 from .i18n import N_, _
 from .tlsinfo import TLSInfo
@@ -97,7 +97,7 @@ class TLSChannel:
                 self._in, self._out, server_side=server_side, server_hostname=server_hostname
             )
         else:
-            self._ssl = _on_socket(context, sock, server_side, server_hostname)
+            self._ssl = on_socket(context, sock, server_side, server_hostname)
         if session is not None:
             with contextlib.suppress(ValueError):  # a session of another context: a full handshake
                 self._ssl.session = session
@@ -456,34 +456,14 @@ class TLSChannel:
         while self._ssl.pending():
             self._held += self._ssl.read(self._ssl.pending())
         if self.sock is not None:
-            self._shutdown_on_socket(self.sock.fileno())
+            # The shutdown's close_notify caught, and left for the driver to send after what it
+            # sends already; the read that follows it kept off the socket (see _tls_socket).
+            self._out.write(shutdown_caught(self.sock.fileno(), self._shutdown))
             return
         records = self._in.read() if self._in.pending else b""
         self._shutdown()
         if records:
             self._in.write(records)
-
-    def _shutdown_on_socket(self, fd: int) -> None:
-        """OpenSSL's shutdown with ``fd`` pointing at a socketpair of this process meanwhile:
-        its close_notify is caught there and left in :meth:`outgoing` (for the driver to send
-        after what it sends already), and the read OpenSSL makes next finds nothing, where on
-        the socket it would take, and drop, what the peer still sends.  ``fd`` is put back on
-        the socket whatever happens (epoll watches the socket, and never saw the swap: the loop
-        is one thread, and it is inside this call)."""
-        catch, caught = _catcher()
-        saved = os.dup(fd)
-        try:
-            os.dup2(catch, fd, inheritable=False)
-            self._shutdown()
-        finally:
-            os.dup2(saved, fd, inheritable=False)
-            os.close(saved)
-        while True:
-            try:
-                data = os.read(caught, 65536)
-            except BlockingIOError:
-                return
-            self._out.write(data)
 
     def _shutdown(self) -> None:
         try:
@@ -512,39 +492,3 @@ class TLSChannel:
     @property
     def write_closed(self) -> bool:
         return self._write_closed
-
-
-def _on_socket(
-    context: ssl.SSLContext, sock: socket.socket, server_side: bool, server_hostname: str | None
-) -> ssl.SSLObject:
-    """An ``ssl.SSLObject`` whose OpenSSL connection reads and writes ``sock`` itself.
-
-    ``SSLContext._wrap_socket`` makes the C object an ``ssl.SSLSocket`` is built on; unlike
-    ``wrap_socket`` it leaves ``sock`` as it is (its owner keeps using it: epoll, shutdown,
-    close).  Wrapped in an ``SSLObject``, it has the methods the channel calls on a memory-BIO
-    one.  ``sock`` must be non-blocking with no timeout: OpenSSL's "want read" and "want write"
-    then come back at once instead of being waited for."""
-    sock.setblocking(False)
-    obj = ssl.SSLObject.__new__(ssl.SSLObject)
-    obj._sslobj = context._wrap_socket(  # type: ignore[attr-defined]
-        sock, server_side, server_hostname, owner=obj, session=None
-    )
-    return obj
-
-
-#: The socketpair close_notify is caught in (see :meth:`TLSChannel._shutdown_on_socket`): its
-#: two descriptors (non-blocking, kept open while the process lives), by the process that made
-#: it: a child of a fork (``--workers``) makes its own.
-_catchers: dict[int, tuple[int, int]] = {}
-
-
-def _catcher() -> tuple[int, int]:
-    pid = os.getpid()
-    pair = _catchers.get(pid)
-    if pair is None:
-        _catchers.clear()  # a parent's, shared with it: left alone
-        ends = socket.socketpair()
-        for end in ends:
-            end.setblocking(False)
-        pair = _catchers[pid] = (ends[0].detach(), ends[1].detach())
-    return pair
