@@ -87,7 +87,7 @@ def test_a_bad_choice_is_said_in_the_language_of_the_environment(monkeypatch: py
     monkeypatch.setenv("LANG", "es_ES.UTF-8")
     ran = run_here("--lang", "fr", "listen", "tcp://127.0.0.1:0")
     assert ran.returncode == 2
-    assert_one_error_line(ran.stderr, "valor no válido para --lang: 'fr' no está entre 'en', 'es'")
+    assert_one_error_line(ran.stderr, "valor no válido para --lang: 'fr' no es ninguno de estos: 'en', 'es'")
 
 
 def test_enchufe_alone_prints_the_help_not_an_error_line() -> None:
