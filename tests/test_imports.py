@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "pure": (
         "i18n",
         "address",
+        "_fastinit",
         "_inet_text",
         "_unix_text",
         "errors",

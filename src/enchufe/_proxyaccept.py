@@ -89,6 +89,10 @@ class ProxyPolicy:
         return _("not a trusted proxy (see --trusted-proxy); a PROXY header is taken only from one")
 
 
+#: A header read's result until there is one (immutable: one for every read).
+_NEED_MORE = NeedMore()
+
+
 class HeaderRead:
     """One connection's header being read: peek at what is queued, take only the header.
 
@@ -101,7 +105,7 @@ class HeaderRead:
     def __init__(self, policy: ProxyPolicy) -> None:
         self._policy = policy
         self._taken = bytearray()
-        self.result: Result = NeedMore()
+        self.result: Result = _NEED_MORE
         self.bound = policy.bound
 
     def wanted(self) -> int:

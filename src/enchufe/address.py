@@ -36,6 +36,7 @@ from enum import Enum
 from typing import Any
 
 from . import _tls_text
+from ._fastinit import make
 from ._inet_text import SERVICES as SERVICES  # the service names a port may be given as
 from ._inet_text import check_host_name, is_ipv6, literal_family, parse_port
 from ._text import printable
@@ -54,6 +55,7 @@ __all__ = [
     "StdioAddress",
     "UnixAddress",
     "check_tls_use",
+    "inet_address",
     "parse",
     "tls_server_name",
 ]
@@ -483,6 +485,14 @@ def check_tls_use(address: Address, side: Side) -> None:
         )
 
 
+def inet_address(transport: str, host: str, port: int) -> InetAddress:
+    """``InetAddress(transport, host, port)``, made as fast as can be (see :mod:`._fastinit`):
+    for the addresses of every connection (its peer's, a PROXY header's)."""
+    return make(
+        InetAddress, {"transport": transport, "host": host, "port": port, "forced_family": None, "tls": None}
+    )
+
+
 def from_sockaddr(family: int, sock_type: int, sockaddr: Any) -> InetAddress | UnixAddress | None:
     """The enchufe address for what ``getsockname``/``getpeername``/``recvfrom`` returned.
 
@@ -493,14 +503,14 @@ def from_sockaddr(family: int, sock_type: int, sockaddr: Any) -> InetAddress | U
     """
     if family == socket.AF_INET:
         host, port = sockaddr
-        return InetAddress("tcp" if sock_type == socket.SOCK_STREAM else "udp", host, port)
+        return inet_address("tcp" if sock_type == socket.SOCK_STREAM else "udp", host, port)
     if family == socket.AF_INET6:
         host, port, _flow, scope = sockaddr
         if host.startswith("::ffff:") and "." in host:  # cheap test first: this is a hot path
             host = host[7:]
         elif scope and "%" not in host:
             host = f"{host}%{scope}"
-        return InetAddress("tcp" if sock_type == socket.SOCK_STREAM else "udp", host, port)
+        return inet_address("tcp" if sock_type == socket.SOCK_STREAM else "udp", host, port)
     if family == socket.AF_UNIX:
         return _unix_from_sockaddr(sockaddr, datagram=sock_type != socket.SOCK_STREAM)
     raise ValueError(f"unsupported address family {family}")

@@ -25,6 +25,7 @@ import ipaddress
 import socket
 import struct
 
+from ._fastinit import make
 from ._proxytypes import (
     _UNIX_FIELD,
     _V2_KINDS,
@@ -53,7 +54,7 @@ from ._proxytypes import (
 )
 from ._proxywrite import encode_v1, encode_v2
 from ._text import printable, quoted
-from .address import InetAddress, SocketAddress, from_sockaddr
+from .address import SocketAddress, from_sockaddr, inet_address
 from .i18n import N_, _
 
 __all__ = [
@@ -169,7 +170,7 @@ def _parse_v1(data: bytes) -> Result:
     family: Family = "TCP4" if parts[1] == "TCP4" else "TCP6"
     source = _v1_address(family, parts[2], parts[4])
     destination = _v1_address(family, parts[3], parts[5])
-    return ProxyHeader(1, "proxy", family, source, destination, consumed)
+    return _header(1, "proxy", family, source, destination, consumed, ())
 
 
 def _check_printable(line: bytes, end: int) -> None:
@@ -207,7 +208,7 @@ def _v1_address(family: Family, host: str, port: str) -> SocketAddress | None:
         raise _Invalid(
             _("PROXY v1 line: {port} is not a port (0 to 65535, no leading zero)").format(port=quoted(port))
         )
-    return InetAddress("tcp", host if family == "TCP4" else _ip_text(packed), int(port))
+    return inet_address("tcp", host if family == "TCP4" else _ip_text(packed), int(port))
 
 
 #: The first 12 bytes of an IPv4-mapped IPv6 address (RFC 4291 2.5.5.2).
@@ -262,10 +263,38 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     source = destination = None
     if command == 1 and kind != "UNKNOWN":
         source, destination = _v2_addresses(family, transport, block)
-    header = ProxyHeader(
-        2, "proxy" if command == 1 else "local", kind, source, destination, 16 + length, tlvs
-    )
+    header = _header(2, "proxy" if command == 1 else "local", kind, source, destination, 16 + length, tlvs)
     return _with_tlvs(header) if tlvs else header
+
+
+def _header(
+    version: int,
+    command: str,
+    family: Family,
+    source: SocketAddress | None,
+    destination: SocketAddress | None,
+    consumed: int,
+    tlvs: tuple[tuple[int, bytes], ...],
+) -> ProxyHeader:
+    """``ProxyHeader(…)`` without TLV fields, made fast (see :mod:`._fastinit`): one for every
+    connection behind a proxy."""
+    return make(
+        ProxyHeader,
+        {
+            "version": version,
+            "command": command,
+            "family": family,
+            "source": source,
+            "destination": destination,
+            "consumed": consumed,
+            "tlvs": tlvs,
+            "alpn": None,
+            "authority": None,
+            "unique_id": None,
+            "ssl": None,
+            "netns": None,
+        },
+    )
 
 
 #: The family/protocol bytes the protocol defines (family 0 to 3, protocol 0 to 2).
@@ -292,7 +321,7 @@ def _v2_addresses(
     proto = "tcp" if transport == 1 else "udp"
     if family in (1, 2):
         src, dst, sport, dport = struct.unpack_from("!4s4sHH" if family == 1 else "!16s16sHH", block)
-        return InetAddress(proto, _ip_text(src), sport), InetAddress(proto, _ip_text(dst), dport)
+        return inet_address(proto, _ip_text(src), sport), inet_address(proto, _ip_text(dst), dport)
     kind = socket.SOCK_STREAM if transport == 1 else socket.SOCK_DGRAM
     return _unix(block[:_UNIX_FIELD], kind), _unix(block[_UNIX_FIELD : 2 * _UNIX_FIELD], kind)
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._fastinit import make
 from .._proxyaccept import HeaderRead, ProxyPolicy, step
 from .._proxytypes import PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL
 from .._spawn import child_environment
@@ -167,7 +168,7 @@ def take_header(result: Result, sock: socket.socket, peer: Any, rules: AccessRul
     source = result.source
     if isinstance(source, InetAddress) and source.transport != "tcp":
         source = InetAddress("tcp", source.host, source.port)  # a stream client, whatever it says
-    proxied = Proxied(result, source, proxy)
+    proxied = make(Proxied, {"header": result, "peer": source, "proxy": proxy})  # Proxied(…), fast
     judged = source if source is not None else proxy
     if rules.filters_ip and (source is not None or isinstance(proxy, InetAddress)):
         denied = rules.check_ip(judged.host if isinstance(judged, InetAddress) else str(judged))

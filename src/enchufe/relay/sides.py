@@ -158,6 +158,11 @@ class Side:
             _nonblocking.close_fd(fd)
 
     def close(self, loop: Loop, *, abortive: bool) -> None:
+        # The handlers are the session's bound methods, and the session holds this side: let go
+        # of them, so that reference counting frees a finished session at once (not the cycle
+        # collector, later, after walking every session still open).
+        self.on_events = self.on_read = self.on_write = _unhandled
+        self.on_error = _no_owner
         if self.sock is not None:
             loop.forget(self.rfd)
             with contextlib.suppress(OSError):
