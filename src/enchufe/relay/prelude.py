@@ -21,11 +21,12 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from .._proxyaccept import HeaderRead
 from ..clienthello import ClientHello, Event
 from ..clienthello import Refused as HelloRefused
 from ..proxyproto import Result
 from .engine import WRITE
-from .proxying import ProxyRead, Refusal, header_for, refused_notice, take_header
+from .proxying import ProxyRead, Refusal, header_for, header_now, refused_notice, take_header
 from .readstage import ReadStage
 from .routes import Route
 from .routing import HelloRead, routed_event, tell_unrecognized
@@ -77,9 +78,14 @@ class PreludeSession(RelaySession):
                 return
             self._route()
             return
-        assert self.client_sock is not None
-        self._stage = ProxyRead(relay.loop, self.client_sock, policy, self._proxy_read, self.crashed)
-        self._stage.start()
+        sock = self.client_sock
+        assert sock is not None
+        read = HeaderRead(policy)
+        if header_now(sock, read):  # it came with the connection (most often): no stage to make
+            self._proxy_read(read.result)
+            return
+        self._stage = ProxyRead(relay.loop, sock, policy, read, self._proxy_read, self.crashed)
+        self._stage.watch()
 
     # -- --accept-proxy: the PROXY header first
 

@@ -54,6 +54,7 @@ __all__ = [
     "ProxyRead",
     "Refusal",
     "header_for",
+    "header_now",
     "proxied_environment",
     "refused_notice",
     "relay_policy",
@@ -119,12 +120,24 @@ def untrusted_client(policy: ProxyPolicy, sock: socket.socket, peer: Any) -> str
     return policy.untrusted_host(peer[0]) if isinstance(peer, tuple) else None
 
 
+def header_now(sock: socket.socket, read: HeaderRead) -> bool:
+    """Read what is there of a client's header (see :mod:`enchufe._proxyaccept`); whether the
+    read is over (``read.result`` a header or a refusal).  Most often the whole header came
+    with the connection: its session needs no :class:`ProxyRead` then."""
+    try:
+        step(sock, read)
+    except BlockingIOError:
+        return False
+    return not isinstance(read.result, NeedMore)
+
+
 class ProxyRead(ReadStage):
-    """Reads a client's PROXY header off ``sock`` (non-blocking, on the relay's loop, within
-    the policy's timeout), then calls ``done(result)`` once: a
-    :class:`~enchufe.proxyproto.ProxyHeader` or a :class:`~enchufe.proxyproto.Refused` (the
-    peer closed, sent something else or too much, failed, or was too slow).  Only the header's
-    bytes are taken off the socket (see :mod:`enchufe._proxyaccept`)."""
+    """Reads the rest of a client's PROXY header off ``sock`` (``read``: what came of it so far;
+    non-blocking, on the relay's loop, within the policy's timeout) from :meth:`watch` on, then
+    calls ``done(result)`` once: a :class:`~enchufe.proxyproto.ProxyHeader` or a
+    :class:`~enchufe.proxyproto.Refused` (the peer closed, sent something else or too much,
+    failed, or was too slow).  Only the header's bytes are taken off the socket (see
+    :mod:`enchufe._proxyaccept`)."""
 
     __slots__ = ("_read", "_sock")
 
@@ -133,12 +146,13 @@ class ProxyRead(ReadStage):
         loop: Loop,
         sock: socket.socket,
         policy: ProxyPolicy,
+        read: HeaderRead,
         done: Callable[[Result], None],
         on_error: OnError,
     ) -> None:
         super().__init__(loop, sock.fileno(), policy.timeout, done, on_error)
         self._sock = sock
-        self._read = HeaderRead(policy)
+        self._read = read
 
     def _on_read(self, _events: int) -> None:
         read = self._read

@@ -46,6 +46,11 @@ class ReadStage:
         self._on_read(READ)
         if self._done is _spent:
             return
+        self.watch()
+
+    def watch(self) -> None:
+        """Watch the descriptor and arm the timer: for a stage whose first read was done before
+        it was made (what was there is in it already)."""
         self._loop.register(self._fd, READ, self._on_read, self._on_error)
         self._registered = True
         self._timer = self._loop.call_later(self._timeout, self._expired, self._on_error)
