@@ -35,7 +35,7 @@ from .._proxyaccept import HeaderRead, ProxyPolicy, step
 from .._proxytypes import PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL
 from .._spawn import child_environment
 from .._text import printable
-from ..address import InetAddress, SocketAddress, from_sockaddr
+from ..address import InetAddress, SocketAddress, from_sockaddr, inet_address
 from ..i18n import N_, _
 from ..proxyproto import NeedMore, ProxyHeader, ProxySSL, Refused, Result, encode_v1, encode_v2
 from .readstage import ReadStage
@@ -96,7 +96,9 @@ def relay_policy(config: RelayConfig) -> ProxyPolicy | None:
 def client_address(sock: socket.socket, peer: Any) -> SocketAddress | None:
     """An accepted client's address (``None``: an unnamed unix peer)."""
     if isinstance(peer, tuple):  # the family from the peer's shape: sock.family is an enum lookup
-        return from_sockaddr(socket.AF_INET if len(peer) == 2 else socket.AF_INET6, socket.SOCK_STREAM, peer)
+        if len(peer) == 2:
+            return inet_address("tcp", peer[0], peer[1])
+        return from_sockaddr(socket.AF_INET6, socket.SOCK_STREAM, peer)
     return from_sockaddr(sock.family, socket.SOCK_STREAM, peer) if peer else None
 
 
