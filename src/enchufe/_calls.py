@@ -116,9 +116,12 @@ def traced(
 # ---------------------------------------------------------------------------- system calls
 
 
-def new_socket(family: int, sock_type: int) -> socket.socket:
+def new_socket(family: int, sock_type: int, *, nonblocking: bool = False) -> socket.socket:
+    """A new socket; ``nonblocking``: made so by ``socket()`` itself (``SOCK_NONBLOCK``), which
+    spares the ``ioctl`` that ``setblocking(False)`` costs."""
+    flags = socket.SOCK_NONBLOCK if nonblocking else 0
     return traced(
-        lambda: socket.socket(family, sock_type),
+        lambda: socket.socket(family, sock_type | flags),
         lambda: f"socket({_FAMILY_NAMES.get(family, family)}, {_TYPE_NAMES.get(sock_type, sock_type)})",
         lambda sock: f" = fd {sock.fileno()}",
     )

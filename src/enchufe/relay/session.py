@@ -217,11 +217,10 @@ class RelaySession:
         sock = self.target_sock
         if sock is None:
             try:
-                sock = new_socket(target.family, socket.SOCK_STREAM)
+                sock = new_socket(target.family, socket.SOCK_STREAM, nonblocking=True)
             except OSError as exc:
                 self._next_target(exc)
                 return
-            sock.setblocking(False)
             if target.family != socket.AF_UNIX:
                 nodelay(sock)
             self.target_sock = sock

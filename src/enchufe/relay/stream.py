@@ -38,6 +38,7 @@ from ..address import Address, ExecAddress, SocketAddress, StdioAddress
 from ..errors import reason as system_reason
 from ..i18n import N_, _
 from .children import Children
+from .datagram_io import ReadMode
 from .engine import READ, Loop
 from .events import EventSink
 from .limits import AccessRules
@@ -58,7 +59,10 @@ if TYPE_CHECKING:
 __all__ = ["Side", "StdioRelay", "StreamRelay", "StreamSession", "TargetResolver", "stdio_side"]
 
 #: Clients accepted per readiness event before serving the connections already relayed: a burst
-#: of connects must not starve transfers, nor wait behind them.
+#: of connects must not starve transfers, nor wait behind them.  While every event brings one
+#: client, one is accepted per event: the accept() that would only say EAGAIN is skipped
+#: (level-triggered epoll reports the listener again if more are queued), and every
+#: :data:`~.datagram_io.PROBE_EVERY` events a batch is tried (:class:`~.datagram_io.ReadMode`).
 ACCEPT_BATCH = 64
 
 #: When accept() fails (for want of descriptors, typically), the listener rests this long before
@@ -144,6 +148,12 @@ class StreamRelay:
         self._on_listener_closed = on_listener_closed
         self._accepting = False
         self._spare: int | None = None
+        #: one accept() per readiness event, or a batch (see ACCEPT_BATCH)
+        self._accept_mode = ReadMode()
+        #: TCP_NODELAY: whether the listener has it for its clients, and whether each accepted
+        #: client must still be given its own (see start)
+        self._inherits_nodelay = False
+        self._nodelay_each = False
         self._next_pause_report = 0.0
 
     # -- accepting
@@ -151,6 +161,17 @@ class StreamRelay:
     def start(self) -> None:
         assert self.listener is not None
         self.listener.setblocking(False)
+        if self.listener.family != socket.AF_UNIX:
+            # Linux gives each accepted socket the listener's TCP_NODELAY as its handshake
+            # completes: one setsockopt here rather than one per client.  Clients queued before
+            # it get their own, until an accept() says the queue was emptied.
+            self._nodelay_each = True
+            try:
+                _calls.setsockopt(self.listener, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
+            except OSError:
+                self._inherits_nodelay = False
+            else:
+                self._inherits_nodelay = True
         self._spare = _open_spare()
         self.loop.register(self.listener.fileno(), READ, self._on_accept, self._listener_failed)
         self._accepting = True
@@ -173,15 +194,21 @@ class StreamRelay:
     def _on_accept(self, _events: int) -> None:
         listener = self.listener
         assert listener is not None
-        for _turn in range(ACCEPT_BATCH):
+        mode = self._accept_mode
+        reads = ACCEPT_BATCH if mode.limit() > 1 else 1
+        got = 0
+        for _turn in range(reads):
             if not self._accepting:
                 return
             try:
                 conn, peer = accept(listener)
             except BlockingIOError:
-                return
+                if self._inherits_nodelay:
+                    self._nodelay_each = False  # every client from now on inherits it
+                break
             except OSError as exc:
                 if exc.errno == errno.EINTR or exc.errno in _calls.ACCEPT_CLIENT_ERRORS:
+                    got += 1  # the queue held something: go on as after a client
                     continue  # that client left while queued, or a firewall said no
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._shed()
@@ -195,7 +222,9 @@ class StreamRelay:
                 else:
                     self._pause(_("cannot accept: {reason}").format(reason=system_reason(exc)))
                 return
+            got += 1
             self._admit(conn, peer)
+        mode.got(got, reads)
 
     def _shed(self) -> None:
         """No descriptor left for accept(): turn one waiting client away with the spare
@@ -280,7 +309,7 @@ class StreamRelay:
                 self._refuse(conn, peer, "denied", denied)
                 return
         conn.setblocking(False)
-        if conn.family != socket.AF_UNIX:
+        if self._nodelay_each:  # queued before the listener had TCP_NODELAY (see start)
             nodelay(conn)
         self.stats.total += 1
         self.stats.open += 1

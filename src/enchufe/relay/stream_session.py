@@ -81,10 +81,6 @@ class StreamSession(PreludeSession):
         """Open the target (connect, spawn, or stdio); the client waits, errors only watched."""
         relay = self.relay
         client = self.client
-        if client.sock is not None:
-            # Registered with an empty mask: a client that resets while we connect is noticed.
-            relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
-            client.mask = 0
         target = relay.target if self.route is None else self.route.target
         if relay.send_proxy:
             self._prepare_first()
@@ -97,6 +93,13 @@ class StreamSession(PreludeSession):
             if relay.via is not None:
                 relay.via.connecting()
             self._open_targets()
+        if self.state == CONNECTING and client.sock is not None and client.mask == UNREGISTERED:
+            # Still waiting for the target: the client is registered with an empty mask, so
+            # that one that resets meanwhile is noticed.  A target open at once (loopback
+            # answers within connect()) spares that epoll_ctl: relaying registers the client
+            # for what it wants.
+            relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
+            client.mask = 0
 
     def _spawn(self, program: ExecAddress) -> None:
         relay = self.relay
