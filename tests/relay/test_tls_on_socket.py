@@ -4,8 +4,9 @@ tlschannel.py's ``sock=``): what epoll cannot see, and what OpenSSL's shutdown w
 * Plaintext OpenSSL keeps after a read (a record bigger than the buffer it was read into) is
   not announced by the socket: the pump must take it in the same wake-up, not wait for bytes
   that may never come.
-* close_notify towards the client while the client's bytes wait in the relay's socket: OpenSSL's
-  shutdown reads the socket after sending close_notify, and would take (and drop) them.
+* close_notify towards the client while the client's bytes wait in the relay's socket (or
+  towards a TLS target while its bytes do): OpenSSL's shutdown reads the socket after sending
+  close_notify, and would take (and drop) them.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import ssl
 import threading
 
 from enchufe._tlsstream import TLSSetup
+from enchufe.relay import RelayConfig
 from enchufe.relay.tls_pump import SocketTLSPump, TLSLink, make_pump
 from enchufe.tlsparams import TLSParams
 from tests.tls import conftest as tls_conftest
 
-from .conftest import STEP, Target, dial
+from .conftest import STEP, Target, dial, relay_thread
 from .test_tls_relay import _terminating
 
 #: PEM files of one trustme CA (tests/tls/conftest.py)
@@ -117,6 +119,37 @@ def test_close_notify_while_the_clients_bytes_wait_in_the_relay_loses_none(pem: 
             count, digest = _upload_until_the_end(client, blocked, heard)
         assert target.wait_results(1) == [(count, digest)]
         assert relay.relay.stats.snapshot().reset == 0
+
+
+def test_close_notify_to_a_target_whose_bytes_wait_in_the_relay_loses_none(pem: dict[str, str]) -> None:
+    # The same towards a TLS target (origination): the plain client ends first, once the
+    # target's stream has filled every buffer on its way; close_notify goes to the target.
+    blocked = threading.Event()
+    heard = threading.Event()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem["server"])
+
+    def serve(conn: socket.socket) -> tuple[int, str]:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            return _upload_until_the_end(tls, blocked, heard)
+
+    with Target("tcp://127.0.0.1:0", serve) as target:
+        config = RelayConfig(
+            "tcp://127.0.0.1:0", f"tls://{target.address.removeprefix('tcp://')}?ca={pem['ca']}&sni=localhost"
+        )
+        with relay_thread(config) as relay, dial(relay.address) as client:
+            first = client.recv(4096)
+            assert first and blocked.wait(STEP), "the target's stream never filled the buffers"
+            client.sendall(b"bye")
+            client.shutdown(socket.SHUT_WR)
+            digest = hashlib.sha256(first)
+            count = len(first)
+            while chunk := client.recv(65536):
+                digest.update(chunk)
+                count += len(chunk)
+            assert heard.is_set()
+            assert target.wait_results(1) == [(count, digest.hexdigest())]
+            assert relay.relay.stats.snapshot().reset == 0
 
 
 def _upload_until_the_end(

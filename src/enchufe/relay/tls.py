@@ -54,8 +54,8 @@ class TLSStreamSession(StreamSession):
     __slots__ = ("_client_link", "_handshake_timer", "_target_link")
 
     relay: StreamRelay
-    #: Whether a terminated client's channel may read and write its socket itself (see
-    #: :mod:`.tls_pump`); a subclass whose pumps feed channels bytes says no.
+    #: Whether a TLS side's channel (a terminated client, a TLS target) may read and write its
+    #: socket itself (see :mod:`.tls_pump`); a subclass whose pumps feed channels bytes says no.
     tls_on_socket = True
 
     def __init__(
@@ -126,7 +126,8 @@ class TLSStreamSession(StreamSession):
         if target.mask != UNREGISTERED:
             loop.unregister(target.rfd)
             target.mask = UNREGISTERED
-        self._target_link = TLSLink(setup, target.rfd, f"tls #{self.id} target")
+        sock = target.sock if self.tls_on_socket else None  # OpenSSL on the socket itself
+        self._target_link = TLSLink(setup, target.rfd, f"tls #{self.id} target", sock)
         loop.register(target.rfd, READ, self._on_target_handshake, self.crashed)
         self._arm_handshake(setup, "target")
         self._on_target_handshake(READ)

@@ -10,8 +10,8 @@ once; nothing is copied into a buffer of the pump unless ``dst`` takes only part
 short read (fewer bytes than asked) means ``src`` was drained: the pump waits for epoll rather
 than spend a read on the EAGAIN, unless the channel holds more (:attr:`TLSChannel.more`).
 
-A TLS side whose channel reads and writes its socket itself (:attr:`TLSChannel.on_socket`: the
-client of a termination) costs about half as much: its records are decrypted straight into the
+A TLS side whose channel reads and writes its socket itself (:attr:`TLSChannel.on_socket`: a
+terminated client, a TLS target) costs about half as much: its records are decrypted straight into the
 relay's shared hop buffer (:meth:`TLSChannel.read_into`) and written on from there, and the
 plaintext for it is read into that buffer and encrypted straight into its socket
 (:meth:`TLSChannel.send`).  Nothing is copied unless ``dst`` takes only part of it; a write
