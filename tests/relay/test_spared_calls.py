@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from enchufe.relay import Recorder, Relay, RelayConfig
+from enchufe.relay.datagram_io import BATCH, PROBE_EVERY, PROBE_EVERY_MAX, ReadMode
 from tests.conftest import Peer, connectable
 
 from ._harness import wait_event
@@ -137,3 +138,34 @@ def test_a_client_that_resets_while_its_target_is_still_connecting_is_noticed_at
             for sock in queued:
                 sock.close()
     assert close["reason"] == "client-reset"
+
+
+def test_single_reading_tries_a_batch_less_and_less_often_and_a_burst_brings_batches_back() -> None:
+    """ReadMode (a datagram socket's reads, and the stream listener's accepts): while every try
+    of a batch finds one datagram, tries come twice as far apart each time, up to
+    PROBE_EVERY_MAX events (each try that finds one costs a read that says EAGAIN); the first
+    try that finds several goes back to batches, and to PROBE_EVERY."""
+    mode = ReadMode()
+    assert mode.limit() == BATCH
+    mode.got(1, BATCH)  # one datagram per event: single reading
+
+    def events_until_a_try() -> int:
+        for count in range(1, PROBE_EVERY_MAX + 2):
+            limit = mode.limit()
+            if limit > 1:
+                return count
+            mode.got(1, 1)
+        raise AssertionError("no batch was tried")
+
+    gaps = []
+    for _ in range(6):
+        gaps.append(events_until_a_try())
+        mode.got(1, BATCH)
+    doubling = [PROBE_EVERY, 2 * PROBE_EVERY, 4 * PROBE_EVERY, 8 * PROBE_EVERY]
+    assert gaps == [*doubling, PROBE_EVERY_MAX, PROBE_EVERY_MAX]
+    assert not mode.batch
+    events_until_a_try()
+    mode.got(5, BATCH)  # a burst
+    assert mode.batch and mode.limit() == BATCH
+    mode.got(1, BATCH)
+    assert events_until_a_try() == PROBE_EVERY

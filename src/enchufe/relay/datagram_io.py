@@ -54,8 +54,11 @@ BATCH = 64
 #: Bytes read from the listener in one batch at most (memory held while they are sent).
 BATCH_BYTES = 256 * 1024
 
-#: In single-datagram reading, every this many readiness events a whole batch is tried.
+#: In single-datagram reading, every this many readiness events a whole batch is tried; each
+#: try that finds one datagram again doubles the interval, up to :data:`PROBE_EVERY_MAX` (a
+#: try that finds none costs the read that says EAGAIN, which single reading is there to spare).
 PROBE_EVERY = 16
+PROBE_EVERY_MAX = 256
 
 #: Receive (and send) buffer asked for the relay's datagram sockets: a burst of 64-byte UDP
 #: datagrams queues about 1 KiB of kernel memory each, so the default 208 KiB holds only ~200;
@@ -113,12 +116,15 @@ def traced_recv(sock: socket.socket) -> Callable[[memoryview, int, int], int]:
 class ReadMode:
     """How many datagrams to read per readiness event: a batch, or one when every event brings
     just one (then the read that would only say EAGAIN is skipped; level-triggered epoll calls
-    again if more came).  Every :data:`PROBE_EVERY` events in single mode, a batch is tried."""
+    again if more came).  In single mode a batch is tried after :attr:`interval` events (from
+    :data:`PROBE_EVERY`, doubled by each try that finds one datagram, up to
+    :data:`PROBE_EVERY_MAX`); one that finds several goes back to batches."""
 
-    __slots__ = ("batch", "countdown")
+    __slots__ = ("batch", "countdown", "interval")
 
     def __init__(self) -> None:
         self.batch = True
+        self.interval = PROBE_EVERY
         self.countdown = PROBE_EVERY
 
     def limit(self) -> int:
@@ -126,14 +132,20 @@ class ReadMode:
             return BATCH
         self.countdown -= 1
         if self.countdown <= 0:
-            self.countdown = PROBE_EVERY
-            return BATCH
+            return BATCH  # a try: got() sets when the next one comes
         return 1
 
     def got(self, count: int, limit: int) -> None:
         """``count`` datagrams came before EAGAIN (or the limit) out of ``limit`` asked."""
         if limit > 1:
-            self.batch = count > 1
+            if count > 1:
+                self.batch = True
+                self.interval = PROBE_EVERY
+            else:
+                if not self.batch:  # a try in single mode found one again: try less often
+                    self.interval = min(self.interval * 2, PROBE_EVERY_MAX)
+                self.batch = False
+            self.countdown = self.interval
 
 
 def enlarge_buffers(sock: socket.socket) -> None:
