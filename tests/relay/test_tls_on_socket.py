@@ -12,6 +12,7 @@ tlschannel.py's ``sock=``): what epoll cannot see, and what OpenSSL's shutdown w
 from __future__ import annotations
 
 import hashlib
+import re
 import select
 import socket
 import ssl
@@ -23,13 +24,15 @@ from enchufe.relay.tls_pump import SocketTLSPump, TLSLink, make_pump
 from enchufe.tlsparams import TLSParams
 from tests.tls import conftest as tls_conftest
 
-from .conftest import STEP, Target, dial, relay_thread
-from .test_tls_relay import _terminating
+from ._harness import narrated
+from .conftest import STEP, Target, dial, echo, relay_thread
+from .test_tls_relay import _client, _terminating
 
 #: PEM files of one trustme CA (tests/tls/conftest.py)
 pem = tls_conftest.pem
 
 RECORD = 16384
+_ACCEPTED = re.compile(r"^accept\(fd \d+\) = fd (\d+) from ")
 #: How long a socket that takes nothing means that it is full.
 PAUSE = 0.2
 
@@ -193,3 +196,19 @@ def _upload_until_the_end(
     client.settimeout(STEP)
     client.unwrap()
     return sent, digest.hexdigest()
+
+
+def test_a_traced_relay_narrates_the_system_calls_of_its_tls_sides(pem: dict[str, str]) -> None:
+    # OpenSSL on the socket makes its own reads and writes, unseen: a relay that narrates them
+    # keeps its TLS sides on memory BIOs, and reads the client's records itself.
+    with (
+        Target("tcp://127.0.0.1:0", echo) as target,
+        _terminating(pem, target.address) as relay,
+        narrated() as lines,
+        _client(relay, pem) as conn,
+    ):
+        conn.send_all(b"narrated")
+        assert conn.recv() == b"narrated"
+    accepted = [match.group(1) for line in lines if (match := _ACCEPTED.match(line))]
+    assert accepted, "\n".join(lines)
+    assert any(line.startswith(f"read(fd {accepted[0]}, ") for line in lines), "\n".join(lines)

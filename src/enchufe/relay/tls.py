@@ -26,6 +26,7 @@ import contextlib
 import socket
 from typing import TYPE_CHECKING, Any
 
+from .. import trace
 from .._text import printable
 from ..errors import TLSRefused
 from ..errors import reason as system_reason
@@ -39,6 +40,7 @@ from .tls_pump import CHUNK, TLSLink, TLSPump, make_pump, receive
 if TYPE_CHECKING:
     from .._tlsstream import TLSSetup
     from ..tlsinfo import TLSInfo
+    from ..tlsparams import TLSParams
     from .stream import StreamRelay
 
 __all__ = ["CHUNK", "TLSLink", "TLSPump", "TLSStreamSession"]
@@ -94,11 +96,7 @@ class TLSStreamSession(StreamSession):
         if link is None:
             setup = self.relay.client_tls  # the files of the moment (a reload may have come)
             assert setup is not None
-            # OpenSSL on the socket itself, unless a refusal after the handshake must hold back
-            # the session tickets it sends at its end (allow-san, allow-cn, alpn: see _handshake_step).
-            params = setup.params
-            on_socket = self.tls_on_socket and not (params.allow_san or params.allow_cn or params.alpn)
-            sock = self.client.sock if on_socket else None
+            sock = self._socket_for(self.client, setup.params)
             link = self._client_link = TLSLink(setup, self.client.rfd, f"tls #{self.id} client", sock)
         if not self._handshake_step(link, "client"):
             return
@@ -126,7 +124,7 @@ class TLSStreamSession(StreamSession):
         if target.mask != UNREGISTERED:
             loop.unregister(target.rfd)
             target.mask = UNREGISTERED
-        sock = target.sock if self.tls_on_socket else None  # OpenSSL on the socket itself
+        sock = self._socket_for(target)
         self._target_link = TLSLink(setup, target.rfd, f"tls #{self.id} target", sock)
         loop.register(target.rfd, READ, self._on_target_handshake, self.crashed)
         self._arm_handshake(setup, "target")
@@ -148,6 +146,18 @@ class TLSStreamSession(StreamSession):
             self._step(0, 1)
 
     # -- the handshake, on either side
+
+    def _socket_for(self, side: Side, server: TLSParams | None = None) -> socket.socket | None:
+        """The socket OpenSSL may read and write itself for ``side`` (see :mod:`.tls_pump`), or
+        ``None`` for memory BIOs: while tracing (the relay narrates each system call), for the
+        fault pumps (:attr:`tls_on_socket`), and on a server (``server``: its settings) that
+        may refuse a client after the handshake, when the session tickets OpenSSL sends at its
+        end must be held back (allow-san, allow-cn, alpn: see :meth:`_handshake_step`)."""
+        if not self.tls_on_socket or trace.enabled():
+            return None
+        if server is not None and (server.allow_san or server.allow_cn or server.alpn):
+            return None
+        return side.sock
 
     def _arm_handshake(self, setup: TLSSetup, side: str) -> None:
         timeout = setup.params.handshake_timeout
