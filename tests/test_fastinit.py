@@ -10,6 +10,8 @@ import pytest
 
 from enchufe._fastinit import make
 from enchufe._proxytypes import ProxyHeader
+from enchufe._resolve import Target
+from enchufe._socks5_server import Request, Step
 from enchufe.address import InetAddress, inet_address
 from enchufe.proxyproto import _header, parse
 from enchufe.relay.proxying import Proxied
@@ -22,6 +24,9 @@ MADE: list[tuple[type[Any], dict[str, Any]]] = [
     (InetAddress, {"transport": "udp", "host": "::1", "port": 53, "forced_family": None, "tls": None}),
     (ProxyHeader, {field.name: getattr(HEADER, field.name) for field in dataclasses.fields(HEADER)}),
     (Proxied, {"header": HEADER, "peer": SOURCE, "proxy": DESTINATION}),
+    (Request, {"command": 1, "host": "192.0.2.7", "port": 80, "by_name": False, "user": None}),
+    (Step, {"send": b"\x05\x00", "request": None, "refused": None, "leftover": b""}),
+    (Target, {"family": 2, "sockaddr": ("192.0.2.7", 80), "dual_stack": False}),
 ]
 
 

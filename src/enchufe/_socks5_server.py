@@ -24,6 +24,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ._fastinit import make
 from ._hop_socks5 import (
     ATYP_IPV4,
     ATYP_IPV6,
@@ -136,12 +137,13 @@ class Socks5Server:
             except _Refusal as refusal:
                 self._state = "done"
                 return Step(sent + refusal.send, refused=refusal.reason)
+            # Step(…) and Request(…) made fast (see ._fastinit): a few per connection.
             if step is None:
-                return Step(sent)
+                return make(Step, {"send": sent, "request": None, "refused": None, "leftover": b""})
             if isinstance(step, Request):
                 self._state = "done"
                 leftover, self._buffer = bytes(self._buffer), bytearray()
-                return Step(sent, request=step, leftover=leftover)
+                return make(Step, {"send": sent, "request": step, "refused": None, "leftover": leftover})
             sent += step
 
     @property
@@ -252,7 +254,14 @@ class Socks5Server:
                 )
         else:
             host = _ip_text(raw)
-        return Request(command, host, port, atyp == ATYP_NAME, self._user)
+        fields = {
+            "command": command,
+            "host": host,
+            "port": port,
+            "by_name": atyp == ATYP_NAME,
+            "user": self._user,
+        }
+        return make(Request, fields)
 
 
 class _Refusal(Exception):

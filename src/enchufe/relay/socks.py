@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _socks5_server as socks5
+from .._fastinit import make
 from .._hop_socks5 import CONNECT
 from .._resolve import Target
 from .._socks5_server import Request, Socks5Server, Step, reply, reply_words
@@ -424,10 +425,11 @@ class SocksSession(StreamSession):
 def _literal_target(host: str, port: int) -> Target:
     """The address of a request for an IP address, as getaddrinfo would give it (an IPv6 one in
     the C library's text: an IPv4-mapped address with its dotted tail, as the rules see it)."""
+    # Target(…), made fast (see enchufe._fastinit)
     if ":" in host:
         text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
-        return Target(socket.AF_INET6, (text, port, 0, 0))
-    return Target(socket.AF_INET, (host, port))
+        return make(Target, {"family": socket.AF_INET6, "sockaddr": (text, port, 0, 0), "dual_stack": False})
+    return make(Target, {"family": socket.AF_INET, "sockaddr": (host, port), "dual_stack": False})
 
 
 def _hostport(host: str, port: int) -> str:
