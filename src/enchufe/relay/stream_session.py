@@ -240,11 +240,9 @@ class StreamSession(PreludeSession):
         )
 
     def _pass_eof(self, dst: Side) -> None:
-        """A pump delivered its source's EOF: ``dst``'s write side is shut, unless ``dst`` is a
-        socket and the other direction is done too (tracing off).  Then the step ends the
-        session and closes both sockets at once, and close() sends the same FIN: both EOFs
-        were read, so nothing is left unread that would make it a reset.  One shutdown() the
-        fewer per connection."""
+        """A pump delivered its source's EOF: shut ``dst``'s write side, unless the other way is
+        done too (sockets, tracing off): the step then closes both, and close() sends the same
+        FIN (both EOFs were read: nothing unread makes it a reset), one call the fewer."""
         up, down = self.up, self.down
         if (
             dst.sock is not None
