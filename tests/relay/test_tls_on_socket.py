@@ -12,11 +12,14 @@ tlschannel.py's ``sock=``): what epoll cannot see, and what OpenSSL's shutdown w
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import select
 import socket
 import ssl
+import subprocess
 import threading
+from typing import IO
 
 from enchufe._tlsstream import TLSSetup
 from enchufe.relay import RelayConfig
@@ -24,8 +27,9 @@ from enchufe.relay.tls_pump import SocketTLSPump, TLSLink, make_pump
 from enchufe.tlsparams import TLSParams
 from tests.tls import conftest as tls_conftest
 
+from ._gateway import tool
 from ._harness import narrated
-from .conftest import STEP, Target, dial, echo, relay_thread
+from .conftest import STEP, Target, dial, echo, relay_thread, sockaddr_of
 from .test_tls_relay import _client, _terminating
 
 #: PEM files of one trustme CA (tests/tls/conftest.py)
@@ -212,3 +216,50 @@ def test_a_traced_relay_narrates_the_system_calls_of_its_tls_sides(pem: dict[str
     accepted = [match.group(1) for line in lines if (match := _ACCEPTED.match(line))]
     assert accepted, "\n".join(lines)
     assert any(line.startswith(f"read(fd {accepted[0]}, ") for line in lines), "\n".join(lines)
+
+
+def test_key_updates_from_openssl_are_answered_and_the_data_flows_on(pem: dict[str, str]) -> None:
+    # s_client's "K" asks the relay to update its keys too (OpenSSL answers on the socket
+    # itself), "k" updates only its own; the echo must go on after each.
+    with Target("tcp://127.0.0.1:0", echo) as target, _terminating(pem, target.address) as relay:
+        host, port = sockaddr_of(relay.address)[1]
+        command = [tool("openssl"), "s_client", "-connect", f"{host}:{port}", "-CAfile", pem["ca"]]
+        command += ["-servername", "localhost"]
+        with subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as client:
+            assert client.stdin is not None and client.stdout is not None
+            lines = _lines_of(client.stdout)
+            try:
+                for line, answer in (("one", "one"), ("K", "KEYUPDATE"), ("two", "two"), ("k", "KEYUPDATE")):
+                    client.stdin.write(line + "\n")
+                    client.stdin.flush()
+                    _wait_for(lines, answer)
+                client.stdin.write("three\n")
+                client.stdin.flush()
+                _wait_for(lines, "three")
+            finally:
+                client.kill()
+        assert target.wait_results(1) == [None]
+
+
+def _lines_of(stream: IO[str]) -> queue.Queue[str]:
+    """The lines of ``stream``, stripped, as a thread reads them."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line.strip())
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_for(lines: queue.Queue[str], wanted: str) -> None:
+    seen = []
+    for _ in range(200):  # bounded: s_client prints a screenful before the first line
+        line = lines.get(timeout=STEP)
+        if line == wanted:
+            return
+        seen.append(line)
+    raise AssertionError(f"no {wanted!r} in: {seen}")
