@@ -42,7 +42,8 @@ from .engine import READ
 from .lookups import Lookups, Pending
 from .proxying import client_address
 from .readstage import ReadStage
-from .sides import Side
+from .session import CONNECTING
+from .sides import UNREGISTERED, Side
 from .socks_udp import UdpAssociation
 from .stream import StreamRelay
 from .stream_session import StreamSession
@@ -263,14 +264,17 @@ class SocksSession(StreamSession):
         self._open_target()
 
     def _open_target(self) -> None:
-        """As the relay opens a socket target (the client watched for errors only meanwhile)."""
+        """As the relay opens a socket target (the client watched for errors only meanwhile,
+        and only if the target is not open at once: see StreamSession._open_target)."""
         relay = self.relay
-        assert self.client.sock is not None
-        relay.loop.register(self.client.rfd, 0, self._on_client, self.crashed)
-        self.client.mask = 0
+        client = self.client
+        assert client.sock is not None
         if relay.send_proxy:
             self._prepare_first()
         self._open_targets()
+        if self.state == CONNECTING and client.mask == UNREGISTERED:
+            relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
+            client.mask = 0
 
     def _connected(self, *, announce: bool = True) -> None:
         if not self._replied:
