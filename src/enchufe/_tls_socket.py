@@ -17,7 +17,11 @@ import socket
 import ssl
 from collections.abc import Callable
 
-__all__ = ["on_socket", "shutdown_caught"]
+__all__ = ["AVAILABLE", "on_socket", "shutdown_caught"]
+
+#: Whether this Python has the private constructor :func:`on_socket` needs (CPython 3.7 to 3.13
+#: do); without it, channels stay on memory BIOs.
+AVAILABLE = hasattr(ssl.SSLContext, "_wrap_socket")
 
 
 def on_socket(

@@ -26,7 +26,7 @@ import contextlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .. import trace
+from .. import _tls_socket, trace
 from .._text import printable
 from ..errors import TLSRefused
 from ..errors import reason as system_reason
@@ -150,10 +150,11 @@ class TLSStreamSession(StreamSession):
     def _socket_for(self, side: Side, server: TLSParams | None = None) -> socket.socket | None:
         """The socket OpenSSL may read and write itself for ``side`` (see :mod:`.tls_pump`), or
         ``None`` for memory BIOs: while tracing (the relay narrates each system call), for the
-        fault pumps (:attr:`tls_on_socket`), and on a server (``server``: its settings) that
-        may refuse a client after the handshake, when the session tickets OpenSSL sends at its
-        end must be held back (allow-san, allow-cn, alpn: see :meth:`_handshake_step`)."""
-        if not self.tls_on_socket or trace.enabled():
+        fault pumps (:attr:`tls_on_socket`), on a Python without the means, and on a server
+        (``server``: its settings) that may refuse a client after the handshake, when the
+        session tickets OpenSSL sends at its end must be held back (allow-san, allow-cn, alpn:
+        see :meth:`_handshake_step`)."""
+        if not (self.tls_on_socket and _tls_socket.AVAILABLE) or trace.enabled():
             return None
         if server is not None and (server.allow_san or server.allow_cn or server.alpn):
             return None
