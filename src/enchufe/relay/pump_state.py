@@ -172,3 +172,10 @@ class PumpState:
             self._pools.release_buffer(self.view)
             self.view = None
         self.in_flight = 0
+        # The callback is its session's (it may hold the session itself): let go of it, so that
+        # reference counting frees a finished session at once (see Side.close).
+        self._finish_cb = _finished
+
+
+def _finished() -> None:
+    """A discarded pump's EOF goes nowhere: its connection is over."""
