@@ -211,6 +211,24 @@ def send(sock: socket.socket, data: memoryview | bytes) -> int:
     )
 
 
+def send_nowait(sock: socket.socket, data: memoryview | bytes) -> int:
+    """What the kernel takes of ``data`` now, never waiting (``BlockingIOError`` if nothing),
+    whatever the socket's timeout.  A socket with a timeout waits in ``poll`` before its send,
+    even with MSG_DONTWAIT; its descriptor is non-blocking, so a plain ``write`` does not."""
+    if sock.gettimeout() is None:
+        op: Callable[[], int] = lambda: sock.send(data, socket.MSG_DONTWAIT)  # noqa: E731
+    else:
+        op = lambda: os.write(sock.fileno(), data)  # noqa: E731
+    if not trace.enabled():
+        return op()
+    return traced(
+        op,
+        lambda: f"send(fd {sock.fileno()}, {len(data)} bytes, MSG_DONTWAIT)",
+        equals,
+        lambda sent: data[:sent],
+    )
+
+
 def recv(sock: socket.socket, size: int) -> bytes:
     if not trace.enabled():
         return sock.recv(size)

@@ -263,8 +263,9 @@ class TLSStreamCore(StreamCore):
         with self._send_lock:
             self._flush_held()
 
-    def _flush_held(self) -> None:
-        """:meth:`_flush`, with ``_send_lock`` held by the caller."""
+    def _flush_held(self, wait: bool = True) -> None:
+        """:meth:`_flush`, with ``_send_lock`` held by the caller; with ``wait=False`` only what
+        the kernel takes at once (``BlockingIOError`` for the rest)."""
         while True:
             if not self._unsent:
                 with self._state_lock:
@@ -273,18 +274,27 @@ class TLSStreamCore(StreamCore):
                     return
                 self._unsent = memoryview(out)
             try:
-                sent = _calls.send(self._sock, self._unsent)
+                if wait:
+                    sent = _calls.send(self._sock, self._unsent)
+                else:
+                    sent = _calls.send_nowait(self._sock, self._unsent)
+            except BlockingIOError:
+                raise
             except OSError as exc:
                 raise self._translated(exc, f"send to {self._where()}") from exc
             self._unsent = self._unsent[sent:]
 
     def _flush_quietly(self) -> None:
         """Flush what can go now, before waiting for the peer; a sender busy flushing (another
-        thread), a full socket buffer or a gone peer are left for the next send to meet."""
+        thread), a full socket buffer or a gone peer are left for the next send to meet.
+
+        Never waits for room: a receiver that did would not read meanwhile, and two peers whose
+        receivers both waited to send, each to the other's full buffer, would never read again
+        (both ends sending and receiving at once, each in two threads)."""
         if not self._send_lock.acquire(blocking=False):
             return
         try:
-            self._flush_held()
+            self._flush_held(wait=False)
         except (BlockingIOError, ConnectionReset):
             pass
         finally:

@@ -132,3 +132,22 @@ def test_a_client_that_sends_and_closes_without_reading_loses_nothing(
         got = read_to_eof(server)
         sender.result(IO_TIMEOUT)
     assert sha(got) == sha(payload)
+
+
+@pytest.mark.parametrize("kind", ["tls4", "tls+unix"])
+def test_a_receive_never_waits_to_send_the_ciphertext_it_finds_waiting(
+    kind: str, sock_dir: str, pem: dict[str, str]
+) -> None:
+    """A receive first sends what this side owes the peer, but only what the kernel takes at
+    once.  Here a sending thread's ciphertext is made and not yet sent (as between its encrypt
+    and its flush) while the peer, not reading, has a full buffer: the receive must still return
+    the peer's bytes, not wait for room the peer will not make (two such receivers deadlock)."""
+    from enchufe import sync
+
+    listen_address, query = addresses(kind, sock_dir, pem)
+    with tls_connected(sync, listen_address, query) as (_listener, client, server):
+        client.set_timeout(2.0)
+        with client._state_lock:
+            client._channel.write(b"x" * (8 << 20))  # far more than the socket buffers hold
+        server.send_all(b"hello")
+        assert client.recv() == b"hello"
