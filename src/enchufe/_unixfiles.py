@@ -18,7 +18,7 @@ from ._calls import bind, unlink
 from ._text import printable
 from .address import UnixAddress
 from .errors import AddressInUse, ConnectionRefused, NetworkError, NotASocket, PermissionDenied, doing
-from .i18n import _
+from .i18n import N_, _
 
 _log = logging.getLogger("enchufe")
 
@@ -38,7 +38,7 @@ class SocketFile:
             return
         if (st.st_dev, st.st_ino) == (self.device, self.inode):
             with contextlib.suppress(OSError):
-                unlink(self.path, "our socket file, removed on close")
+                unlink(self.path, N_("our socket file, removed on close"))
 
 
 def clear_stale_socket_file(address: UnixAddress, sock_type: int) -> None:
@@ -72,7 +72,7 @@ def clear_stale_socket_file(address: UnixAddress, sock_type: int) -> None:
             errno=errno.EADDRINUSE,
         )
     with contextlib.suppress(FileNotFoundError):
-        unlink(path, "stale socket file: nobody accepts on it")
+        unlink(path, N_("stale socket file: nobody accepts on it"))
 
 
 def _socket_file_alive(path: str) -> bool:
@@ -240,7 +240,7 @@ def _remove_new_socket_file(path: str) -> None:
     with contextlib.suppress(OSError):
         st = os.lstat(path)
         if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.geteuid():
-            unlink(path, "bind succeeded but what followed failed")
+            unlink(path, N_("bind succeeded but what followed failed"))
 
 
 def autobind_unix(sock: socket.socket) -> SocketFile | None:

@@ -226,6 +226,8 @@ def _words() -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
         (re.compile(r" = 0 \(EOF\)$"), lambda m: " = 0 " + _("(EOF)")),
         (re.compile(r" \(connected\)$"), lambda m: " " + _("(connected)")),
         (re.compile(r"(?<=[ (])\(unnamed\)(?=[),]|$)"), lambda m: _("(unnamed)")),
+        # unlink()'s comment: an N_() phrase of the code that removes the file (_unixfiles)
+        (re.compile(r"^(?P<call>unlink\(.*\))  # (?P<why>.+)$"), lambda m: f"{m['call']}  # {_(m['why'])}"),
         (
             re.compile(r" = exit status (?P<code>-?\d+)$"),
             lambda m: " = " + _("exit status {code}").format(code=m["code"]),

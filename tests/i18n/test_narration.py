@@ -141,6 +141,14 @@ def test_the_narration_words_in_spanish_and_the_recorder_in_english() -> None:
             "connect(fd 5, [::1]:80) = -1 EISCONN (conectado)",
         ),
         ("waitpid(41) = exit status 3", "waitpid(41) = estado de salida 3"),
+        (
+            "unlink(/tmp/d/stream.sock)  # our socket file, removed on close",
+            "unlink(/tmp/d/stream.sock)  # nuestro archivo de socket, que se borra al cerrar",
+        ),
+        (
+            "unlink(/tmp/d/s.sock)  # stale socket file: nobody accepts on it",
+            "unlink(/tmp/d/s.sock)  # archivo de socket abandonado: nadie acepta conexiones en él",
+        ),
         # A peer's path that looks like the words is an address: left as it is.
         (
             "bind(fd 3, /tmp/x (EOF)) → bound to /tmp/x (EOF)",
