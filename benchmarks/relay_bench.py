@@ -526,14 +526,20 @@ def main() -> None:
         finally:
             bench.stop_all()
     print("\n".join(lines))
+    report_end(started, args.quick, "measure")
+
+
+def report_end(started: float, quick: bool, unit: str) -> None:
+    """The run's length and the load it ended at (a warning over MAX_LOAD), and, for --quick,
+    that its figures are not figures."""
     load = os.getloadavg()
     print(
         f"\nwhole run: {time.monotonic() - started:.0f} s; "
         f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
     )
     warn_load(load[0], "at the end")
-    if args.quick:
-        print("(--quick: one round of tiny sizes, to check that every measure runs: not figures)")
+    if quick:
+        print(f"(--quick: one round of tiny sizes, to check that every {unit} runs: not figures)")
 
 
 def warn_load(load: float, when: str) -> None:

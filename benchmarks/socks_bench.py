@@ -63,7 +63,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay_bench import ENCHUFE, Bench, free_port, parse_pairs, warn_load
+from relay_bench import ENCHUFE, Bench, free_port, parse_pairs, report_end, warn_load
 
 HERE = Path(__file__).resolve().parent
 #: A client above this share of its wall time in CPU may be what limits the figure.
@@ -368,14 +368,7 @@ def main() -> None:
         finally:
             bench.stop_all()
     print("\n".join(table(legs, results)))
-    load = os.getloadavg()
-    print(
-        f"\nwhole run: {time.monotonic() - started:.0f} s; "
-        f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
-    )
-    warn_load(load[0], "at the end")
-    if args.quick:
-        print("(--quick: one round of tiny sizes, to check that every leg runs: not figures)")
+    report_end(started, args.quick, "leg")
 
 
 if __name__ == "__main__":
