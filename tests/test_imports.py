@@ -3,7 +3,7 @@
 Every module of the package sits in one layer, and imports only from its own layer or the ones
 below it::
 
-    pure       address, _inet_text, _unix_text, errors, framing, trace, sessions, _text, _ranges,
+    pure       _lazy, address, _inet_text, _unix_text, errors, framing, trace, sessions, _text, _ranges,
                _networks, _buffer, _backoff,
                _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
                _proxytypes, _proxywrite, proxyproto, hops, _hop_socks5, _hop_http, _socks5_server,
@@ -38,6 +38,7 @@ PACKAGE = Path(enchufe.__file__).parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "pure": (
         "i18n",
+        "_lazy",
         "address",
         "_fastinit",
         "_inet_text",

@@ -15,45 +15,91 @@ Everything raised derives from :class:`EnchufeError`.
 
 from __future__ import annotations
 
-from . import trace
-from ._calls import Credentials
-from .address import (
-    Address,
-    ExecAddress,
-    InetAddress,
-    Kind,
-    StdioAddress,
-    UnixAddress,
-    parse,
-)
-from .errors import (
-    AddressError,
-    AddressInUse,
-    ClosedError,
-    ConnectionRefused,
-    ConnectionReset,
-    DatagramTruncated,
-    EnchufeError,
-    IncompleteRead,
-    MessageTooLarge,
-    NameResolutionError,
-    NetworkError,
-    NotASocket,
-    PermissionDenied,
-    ProtocolError,
-    TimedOut,
-    UsageError,
-)
-from .framing import Framer
-from .sync import (
-    Connection,
-    DatagramSocket,
-    Listener,
-    bind_datagram,
-    connect,
-    connect_datagram,
-    listen,
-)
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from . import trace
+    from ._calls import Credentials
+    from .address import (
+        Address,
+        ExecAddress,
+        InetAddress,
+        Kind,
+        StdioAddress,
+        UnixAddress,
+        parse,
+    )
+    from .errors import (
+        AddressError,
+        AddressInUse,
+        ClosedError,
+        ConnectionRefused,
+        ConnectionReset,
+        DatagramTruncated,
+        EnchufeError,
+        IncompleteRead,
+        MessageTooLarge,
+        NameResolutionError,
+        NetworkError,
+        NotASocket,
+        PermissionDenied,
+        ProtocolError,
+        TimedOut,
+        UsageError,
+    )
+    from .framing import Framer
+    from .sync import (
+        Connection,
+        DatagramSocket,
+        Listener,
+        bind_datagram,
+        connect,
+        connect_datagram,
+        listen,
+    )
+
+#: Public name → the module that defines it, imported on first use (PEP 562): a program (each
+#: `enchufe` command first) loads only the parts it uses, not every endpoint, TLS and proxies.
+_LAZY: dict[str, str] = {
+    # the public submodules that `import enchufe` loaded when it loaded everything: code that
+    # reads enchufe.sync.… or enchufe.address.… after a bare `import enchufe` keeps working
+    **{name: f".{name}" for name in ("address", "errors", "framing", "hops", "i18n", "sessions")},
+    **{name: f".{name}" for name in ("sync", "tlsinfo", "tlsparams", "trace")},
+    "Credentials": "._calls",
+    "Framer": ".framing",
+    "Address": ".address",
+    "ExecAddress": ".address",
+    "InetAddress": ".address",
+    "Kind": ".address",
+    "StdioAddress": ".address",
+    "UnixAddress": ".address",
+    "parse": ".address",
+    "AddressError": ".errors",
+    "AddressInUse": ".errors",
+    "ClosedError": ".errors",
+    "ConnectionRefused": ".errors",
+    "ConnectionReset": ".errors",
+    "DatagramTruncated": ".errors",
+    "EnchufeError": ".errors",
+    "IncompleteRead": ".errors",
+    "MessageTooLarge": ".errors",
+    "NameResolutionError": ".errors",
+    "NetworkError": ".errors",
+    "NotASocket": ".errors",
+    "PermissionDenied": ".errors",
+    "ProtocolError": ".errors",
+    "TimedOut": ".errors",
+    "UsageError": ".errors",
+    "Connection": ".sync",
+    "DatagramSocket": ".sync",
+    "Listener": ".sync",
+    "bind_datagram": ".sync",
+    "connect": ".sync",
+    "connect_datagram": ".sync",
+    "listen": ".sync",
+}
 
 __version__ = "0.1.0"
 
@@ -93,3 +139,6 @@ __all__ = [
     "parse",
     "trace",
 ]
+
+
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .._buffer import DEFAULT_MAX_DATAGRAM
 from .._sockets import DEFAULT_BACKLOG
 from ..i18n import _
-from ..relay.datagram import DEFAULT_MAX_DATAGRAM
-from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
+from ..relay.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
 from ._common import F, event, given, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
@@ -285,7 +285,7 @@ def command(
       enchufe relay tcp://:8080 tcp://10.0.0.5:80 --accept-proxy --trusted-proxy 10.0.0.2 --send-proxy v2
       enchufe relay tcp://:8443 tls://internal.example:443 --via socks5://user:pass@10.0.0.9:1080
     """
-    from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
+    from ..relay import AccessRules, EventSink, Relay, RelayConfig
 
     settings.json = settings.json or json_
     proxy = _proxy_settings(listen_address, accept_proxy, trusted_proxy, proxy_timeout)
@@ -315,6 +315,8 @@ def command(
     if settings.debug:
         _tracebacks()
     if workers > 1:
+        from ..relay import run_workers
+
         return run_workers(
             config,
             workers,

@@ -8,7 +8,7 @@ import click
 
 from .._socks_rules import DEFAULT_HANDSHAKE_TIMEOUT
 from ..i18n import _
-from ..relay.server import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
+from ..relay.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT
 from ._common import event, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, FiniteFloat
 from ._server import parse_mode, proxy_options, server_options
@@ -131,7 +131,7 @@ def command(
     """
     from .. import parse
     from .._socks_rules import DestRules, SocksPolicy
-    from ..relay import AccessRules, EventSink, Relay, RelayConfig, run_workers
+    from ..relay import AccessRules, EventSink, Relay, RelayConfig
 
     settings.json = settings.json or json_
     listen = parse(listen_address)
@@ -161,6 +161,8 @@ def command(
     if policy.users is None:
         _warn_if_open(listen)
     if workers > 1:
+        from ..relay import run_workers
+
         return run_workers(
             config,
             workers,

@@ -53,18 +53,35 @@ The pieces, one idea per module:
 
 from __future__ import annotations
 
-from .config import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT,
-    RelayConfig,
-    RelayResult,
-    check_endpoints,
-)
-from .events import EventSink, Recorder
-from .limits import AccessRules
-from .server import Relay
-from .stats import Snapshot, Stats
-from .workers import run_workers
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from .config import (
+        DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_DRAIN_TIMEOUT,
+        RelayConfig,
+        RelayResult,
+        check_endpoints,
+    )
+    from .events import EventSink, Recorder
+    from .limits import AccessRules
+    from .server import Relay
+    from .stats import Snapshot, Stats
+    from .workers import run_workers
+
+#: Public name → its module, imported on first use (PEP 562): ``from enchufe.relay.config import
+#: …`` (the CLI's defaults) does not load the whole relay, nor does a relay load --workers.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("DEFAULT_CONNECT_TIMEOUT", "DEFAULT_DRAIN_TIMEOUT", "RelayConfig"), ".config"),
+    **dict.fromkeys(("RelayResult", "check_endpoints"), ".config"),
+    **dict.fromkeys(("EventSink", "Recorder"), ".events"),
+    **dict.fromkeys(("Snapshot", "Stats"), ".stats"),
+    "AccessRules": ".limits",
+    "Relay": ".server",
+    "run_workers": ".workers",
+}
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -80,3 +97,6 @@ __all__ = [
     "check_endpoints",
     "run_workers",
 ]
+
+
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)

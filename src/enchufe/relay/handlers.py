@@ -16,7 +16,8 @@ so that each handler carries only what its kind of relay needs.
     datagram LISTEN → stream TARGET (--frame)           FramedDatagramRelay
         with --fault                                    FaultyFramedDatagramRelay
 
-The fault and SOCKS handlers are imported only when chosen: a relay without them never loads them.
+The datagram, framed, fault and SOCKS handlers are imported only when chosen: a relay without
+them never loads them (nor compiles them, in a process without cached bytecode).
 """
 
 from __future__ import annotations
@@ -29,19 +30,17 @@ from ..address import Address, SocketAddress, StdioAddress
 from ..i18n import N_
 from ..sessions import DEFAULT_IDLE_TIMEOUT
 from .config import RelayConfig, config_hops
-from .datagram import DatagramRelay, FramedDatagramRelay
 from .engine import Loop
 from .events import EventSink
-from .framed import FramedStreamRelay
 from .pools import Pools
 from .proxying import relay_policy
-from .proxying_datagram import ProxiedDatagramRelay
 from .routing import Router
 from .stats import Stats
 from .stream import StdioRelay, StreamRelay, TargetResolver
 from .tlsfiles import TLSEnds
 
 if TYPE_CHECKING:
+    from .datagram import DatagramRelay, FramedDatagramRelay
     from .via import Via
 
 __all__ = ["ListenerHandler", "make_handler"]
@@ -142,6 +141,9 @@ def _datagram_handler(
     idle_timeout: float | None,
     common: dict[str, Any],
 ) -> ListenerHandler:
+    from .datagram import DatagramRelay, FramedDatagramRelay
+    from .proxying_datagram import ProxiedDatagramRelay
+
     kind: type[DatagramRelay | FramedDatagramRelay]
     kind = FramedDatagramRelay if target.is_stream else DatagramRelay
     kind = ProxiedDatagramRelay if config.send_proxy else kind  # chosen once, as faults
@@ -183,6 +185,8 @@ def _stream_handler(
             return FaultyFramedStreamRelay(
                 loop, sock, resolver, max_datagram=config.max_datagram, faults=config.faults, **options
             )
+        from .framed import FramedStreamRelay
+
         return FramedStreamRelay(loop, sock, resolver, max_datagram=config.max_datagram, **options)
     if config.faults is not None:  # chosen once here: a relay without faults never looks
         from .faulty import FaultyStreamRelay
