@@ -32,6 +32,9 @@ from .proxyproto import MAX_V2_LENGTH, NeedMore, ProxyHeader, Refused, Result, p
 #: a TCP retransmission).
 DEFAULT_PROXY_TIMEOUT = 5.0
 
+#: The most trusted peers a policy remembers (a few load balancers: any more are checked anew).
+TRUSTED_SEEN = 256
+
 #: Trusted when no ``trusted_proxies`` are given: loopback (and unix peers, always).
 DEFAULT_TRUSTED = ("127.0.0.0/8", "::1/128")
 
@@ -57,10 +60,14 @@ class ProxyPolicy:
     #: every connection.
     _rules: tuple[IntNetwork, ...] = field(init=False, repr=False, compare=False)
     bound: int = field(init=False, repr=False, compare=False)
+    #: Peers (IP texts as accept gives them) found trusted: a set lookup for the next connection
+    #: of a proxy seen before, instead of parsing its address again (at most TRUSTED_SEEN of them).
+    trusted_seen: set[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_rules", tuple(map(int_network, self.trusted)))
         object.__setattr__(self, "bound", max(107, 16 + self.max_v2_length))
+        object.__setattr__(self, "trusted_seen", set())
 
     @classmethod
     def make(
@@ -85,6 +92,8 @@ class ProxyPolicy:
             return _("its address is not an IP address")
         for rule_version, network, mask in self._rules:
             if value & mask == network and rule_version == version:
+                if len(self.trusted_seen) < TRUSTED_SEEN:
+                    self.trusted_seen.add(host)
                 return None
         return _("not a trusted proxy (see --trusted-proxy); a PROXY header is taken only from one")
 
@@ -194,9 +203,32 @@ def step(sock: socket.socket, read: HeaderRead) -> None:
     except BlockingIOError:
         raise
     except OSError as exc:
-        read.result = Refused(
-            _("the connection failed during its PROXY header: {reason}").format(reason=reason(exc))
-        )
+        read.result = _failed(exc)
+
+
+def take_first(sock: socket.socket, policy: ProxyPolicy) -> tuple[Result, bytes]:
+    """A client's first bytes, read (not peeked) in one call, for a reader that passes on
+    whatever follows the header itself (the relay writes it to the target first): a
+    :class:`~enchufe.proxyproto.ProxyHeader` and the payload that came with it; a
+    :class:`~enchufe.proxyproto.Refused` (the peer closed, failed, or sent no valid header);
+    or :class:`~enchufe.proxyproto.NeedMore` and the bytes taken, all of them header (``b""``
+    when nothing had come: go on with a :class:`HeaderRead`, given them with :meth:`~HeaderRead.took`)."""
+    try:
+        data = sock.recv(policy.bound)
+    except BlockingIOError:
+        return _NEED_MORE, b""
+    except OSError as exc:
+        return _failed(exc), b""
+    if not data:
+        return Refused(_("closed without sending a PROXY header")), b""
+    result = parse(data, max_v2_length=policy.max_v2_length)
+    if isinstance(result, ProxyHeader):
+        return result, data[result.consumed :]
+    return result, data if isinstance(result, NeedMore) else b""
+
+
+def _failed(exc: OSError) -> Refused:
+    return Refused(_("the connection failed during its PROXY header: {reason}").format(reason=reason(exc)))
 
 
 def take_header_blocking(conn: Any, policy: ProxyPolicy) -> None:

@@ -24,8 +24,8 @@ import dataclasses
 import ipaddress
 import socket
 import struct
+from socket import AF_INET, inet_ntop
 
-from ._fastinit import make
 from ._proxytypes import (
     _UNIX_FIELD,
     _V2_KINDS,
@@ -54,7 +54,7 @@ from ._proxytypes import (
 )
 from ._proxywrite import encode_v1, encode_v2
 from ._text import printable, quoted
-from .address import SocketAddress, from_sockaddr, inet_address
+from .address import InetAddress, SocketAddress, from_sockaddr, inet_address
 from .i18n import N_, _
 
 __all__ = [
@@ -168,8 +168,7 @@ def _parse_v1(data: bytes) -> Result:
             ).format(line=_shown(line))
         )
     family: Family = "TCP4" if parts[1] == "TCP4" else "TCP6"
-    source = _v1_address(family, parts[2], parts[4])
-    destination = _v1_address(family, parts[3], parts[5])
+    source, destination = _v1_addresses(family, parts)
     return _header(1, "proxy", family, source, destination, consumed, ())
 
 
@@ -185,31 +184,50 @@ def _check_printable(line: bytes, end: int) -> None:
             )
 
 
-def _v1_address(family: Family, host: str, port: str) -> SocketAddress | None:
-    # inet_pton, not ipaddress: a few C calls instead of dozens of Python ones per connection.
-    # The same forms pass: an IPv4 address must come back from inet_ntop as it was written (no
-    # leading zeros), an IPv6 one may be any RFC 4291 text of hex groups (no dotted tail).
-    try:
-        if family == "TCP4":
-            packed = socket.inet_pton(socket.AF_INET, host)
-            if socket.inet_ntop(socket.AF_INET, packed) != host:
-                raise ValueError(host)
-        else:
-            if not host or host.strip("0123456789abcdefABCDEF:"):
-                raise ValueError(host)
-            packed = socket.inet_pton(socket.AF_INET6, host)
-    except (OSError, ValueError):
-        raise _Invalid(
-            _("PROXY v1 line: {host} is not a canonical {family} address").format(
-                host=quoted(host), family=family
+def _v1_addresses(family: Family, parts: list[str]) -> list[SocketAddress]:
+    """The source and destination of a v1 line split at its spaces, checked in that order
+    (one call for both: every connection behind a proxy goes through here)."""
+    found: list[SocketAddress] = []
+    for host, port in ((parts[2], parts[4]), (parts[3], parts[5])):
+        # inet_pton, not ipaddress: a few C calls instead of dozens of Python ones per
+        # connection.  The same forms pass: an IPv4 address must come back from inet_ntop as
+        # it was written (no leading zeros), an IPv6 one may be any RFC 4291 text of hex groups
+        # (no dotted tail).
+        try:
+            if family == "TCP4":
+                packed = socket.inet_pton(socket.AF_INET, host)
+                if socket.inet_ntop(socket.AF_INET, packed) != host:
+                    raise ValueError(host)
+            else:
+                if not host or host.strip("0123456789abcdefABCDEF:"):
+                    raise ValueError(host)
+                packed = socket.inet_pton(socket.AF_INET6, host)
+        except (OSError, ValueError):
+            raise _Invalid(
+                _("PROXY v1 line: {host} is not a canonical {family} address").format(
+                    host=quoted(host), family=family
+                )
+            ) from None
+        if not port.isdigit() or (port != "0" and port[0] == "0") or len(port) > 5 or int(port) > 0xFFFF:
+            raise _Invalid(
+                _("PROXY v1 line: {port} is not a port (0 to 65535, no leading zero)").format(
+                    port=quoted(port)
+                )
             )
-        ) from None
-    if not port.isdigit() or (port != "0" and port[0] == "0") or len(port) > 5 or int(port) > 0xFFFF:
-        raise _Invalid(
-            _("PROXY v1 line: {port} is not a port (0 to 65535, no leading zero)").format(port=quoted(port))
+        address = object.__new__(InetAddress)  # inet_address(…), inlined
+        address.__dict__.update(
+            transport="tcp",
+            host=host if family == "TCP4" else _ip_text(packed),
+            port=int(port),
+            forced_family=None,
+            tls=None,
         )
-    return inet_address("tcp", host if family == "TCP4" else _ip_text(packed), int(port))
+        found.append(address)
+    return found
 
+
+#: A v2 header's IPv4 addresses and ports.
+_IPV4_BLOCK = struct.Struct("!4s4sHH")
 
 #: The first 12 bytes of an IPv4-mapped IPv6 address (RFC 4291 2.5.5.2).
 _MAPPED = b"\0" * 10 + b"\xff\xff"
@@ -260,8 +278,21 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
         )
     # Most headers carry addresses only: no TLVs to split, check or parse then.
     tlvs = _tlvs(block[size:], data[: 16 + length]) if length > size else ()
-    source = destination = None
-    if command == 1 and kind != "UNKNOWN":
+    source: SocketAddress | None = None
+    destination: SocketAddress | None = None
+    if command == 1 and family == 1 and transport == 1:
+        # TCP over IPv4, what nearly every header carries: its addresses at once (what
+        # _v2_addresses and inet_address do, inlined)
+        src, dst, sport, dport = _IPV4_BLOCK.unpack_from(block)
+        source = object.__new__(InetAddress)
+        source.__dict__.update(
+            transport="tcp", host=inet_ntop(AF_INET, src), port=sport, forced_family=None, tls=None
+        )
+        destination = object.__new__(InetAddress)
+        destination.__dict__.update(
+            transport="tcp", host=inet_ntop(AF_INET, dst), port=dport, forced_family=None, tls=None
+        )
+    elif command == 1 and kind != "UNKNOWN":
         source, destination = _v2_addresses(family, transport, block)
     header = _header(2, "proxy" if command == 1 else "local", kind, source, destination, 16 + length, tlvs)
     return _with_tlvs(header) if tlvs else header
@@ -278,23 +309,22 @@ def _header(
 ) -> ProxyHeader:
     """``ProxyHeader(…)`` without TLV fields, made fast (see :mod:`._fastinit`): one for every
     connection behind a proxy."""
-    return make(
-        ProxyHeader,
-        {
-            "version": version,
-            "command": command,
-            "family": family,
-            "source": source,
-            "destination": destination,
-            "consumed": consumed,
-            "tlvs": tlvs,
-            "alpn": None,
-            "authority": None,
-            "unique_id": None,
-            "ssl": None,
-            "netns": None,
-        },
+    header = object.__new__(ProxyHeader)  # make(ProxyHeader, …), inlined
+    header.__dict__.update(
+        version=version,
+        command=command,
+        family=family,
+        source=source,
+        destination=destination,
+        consumed=consumed,
+        tlvs=tlvs,
+        alpn=None,
+        authority=None,
+        unique_id=None,
+        ssl=None,
+        netns=None,
     )
+    return header
 
 
 #: The family/protocol bytes the protocol defines (family 0 to 3, protocol 0 to 2).

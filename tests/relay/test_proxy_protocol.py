@@ -149,6 +149,28 @@ def test_accept_proxy_makes_the_named_client_the_peer_of_events_and_children(ver
     assert close["to_target"] == len(b"payload after the header\n")
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_what_comes_with_the_header_reaches_the_target_first_after_its_own_header(version: int) -> None:
+    """--accept-proxy reads the header and what came with it in one call (a plain session):
+    that payload goes to the target after --send-proxy's header and before the rest, whole,
+    and counts as relayed."""
+    header = encode_v1(CLIENT, FRONT) if version == 1 else encode_v2(CLIENT, FRONT)
+    payload = hashlib.sha256(b"seed").digest() * 512  # 16 KiB: more than the first read takes
+    with (
+        Target(TCP, header_then_echo) as target,
+        relay_thread(RelayConfig(TCP, target.address, accept_proxy=True, send_proxy=version)) as relay,
+        dial(relay.address) as client,
+    ):
+        client.sendall(header + payload)
+        client.shutdown(socket.SHUT_WR)
+        answer = read_all(client)
+        (sent,) = target.wait_results(1)
+        (close,) = wait_event(relay, "close")
+    assert hashlib.sha256(answer).digest() == hashlib.sha256(payload).digest()
+    assert sent.source == CLIENT and sent.destination == FRONT
+    assert close["to_target"] == close["to_client"] == len(payload)
+
+
 def test_chained_relays_keep_the_original_client() -> None:
     """relay --send-proxy v2 → relay --accept-proxy --send-proxy v2 → target: the target is told
     of the first client, not of the first relay; every byte arrives."""

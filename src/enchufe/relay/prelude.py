@@ -10,21 +10,24 @@
     once the target is open, before anything of the client (_send_first):
       the PROXY header of --send-proxy, then the ClientHello read (passthrough), replayed
 
-Both reads are stages on the relay's loop (:mod:`.readstage`), each bounded by its timeout;
-the header's bytes are taken off the socket alone, so the ClientHello and the payload after it
-stay in the kernel.
+Both reads are stages on the relay's loop (:mod:`.readstage`), each bounded by its timeout
+(none is made when all of it came with the connection, as it most often does).  The header's
+bytes are taken off the socket alone, so the ClientHello and the payload after it stay in the
+kernel; except in a plain session (no --route, no TLS, no faults: ``early_payload``), which reads
+its header and the payload that came with it in one call, and replays that payload to the
+target first, as it does a ClientHello.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._proxyaccept import HeaderRead
+from .._proxyaccept import HeaderRead, take_first
 from ..clienthello import ClientHello, Event
 from ..clienthello import Refused as HelloRefused
-from ..proxyproto import Result
+from ..proxyproto import NeedMore, Result
 from .engine import WRITE
 from .proxying import ProxyRead, Refusal, header_for, header_now, refused_notice, take_header
 from .readstage import ReadStage
@@ -47,6 +50,10 @@ class PreludeSession(RelaySession):
     is the rest."""
 
     __slots__ = ("_header", "_replay", "_stage", "route", "server_name")
+
+    #: Whether what a client sends after its PROXY header may be read with it, to be written
+    #: to the target first (see :meth:`start`): only where a class says so itself.
+    early_payload: ClassVar[bool] = False
 
     relay: StreamRelay
     client: Side
@@ -80,10 +87,23 @@ class PreludeSession(RelaySession):
             return
         sock = self.client_sock
         assert sock is not None
-        read = HeaderRead(policy)
-        if header_now(sock, read):  # it came with the connection (most often): no stage to make
-            self._proxy_read(read.result)
-            return
+        # The header most often came with the connection, and the client's first bytes with it.
+        if relay.router is None and type(self).__dict__.get("early_payload"):
+            # What follows the header goes to the target first (_send_first): header and
+            # payload in one recv.  Declared by the session's own class, not inherited: one
+            # that writes its target otherwise (TLS, faults) reads the header alone.
+            result, data = take_first(sock, policy)
+            if not isinstance(result, NeedMore):
+                self._replay = data
+                self._proxy_read(result)
+                return
+            read = HeaderRead(policy)
+            read.took(data)
+        else:
+            read = HeaderRead(policy)
+            if header_now(sock, read):  # no stage to make
+                self._proxy_read(read.result)
+                return
         self._stage = ProxyRead(relay.loop, sock, policy, read, self._proxy_read, self.crashed)
         self._stage.watch()
 
@@ -97,6 +117,10 @@ class PreludeSession(RelaySession):
             self._proxy_refused(taken)
             return
         self.proxied = taken
+        relay = self.relay
+        if relay.router is None and relay.send_proxy != 2:
+            self._begin()  # no ClientHello to read (what _route would find): one call less
+            return
         self._route()
 
     def _proxy_refused(self, refusal: Refusal) -> None:

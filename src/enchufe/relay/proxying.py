@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._fastinit import make
 from .._proxyaccept import HeaderRead, ProxyPolicy, step
 from .._proxytypes import PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL
 from .._spawn import child_environment
@@ -119,7 +118,10 @@ def untrusted_client(policy: ProxyPolicy, sock: socket.socket, peer: Any) -> str
     # An IP peer is a tuple (host, port, ...); a unix one a name, maybe empty (not sock.family:
     # an enum conversion on every connection).  Unix peers are trusted: the socket file's
     # permissions say who connects.
-    return policy.untrusted_host(peer[0]) if isinstance(peer, tuple) else None
+    if isinstance(peer, tuple):
+        host = peer[0]
+        return None if host in policy.trusted_seen else policy.untrusted_host(host)
+    return None
 
 
 def header_now(sock: socket.socket, read: HeaderRead) -> bool:
@@ -177,16 +179,22 @@ def take_header(result: Result, sock: socket.socket, peer: Any, rules: AccessRul
     """A client's header read ended in ``result``: the client it names (a :class:`Proxied`),
     or why it is refused (no valid header; the access rules, judging the client the header
     names, or the proxy itself for a LOCAL header, keep it out)."""
-    proxy = client_address(sock, peer)
+    if isinstance(peer, tuple) and len(peer) == 2:  # IPv4, the most common: client_address inlined
+        proxy: SocketAddress | None = object.__new__(InetAddress)
+        proxy.__dict__.update(transport="tcp", host=peer[0], port=peer[1], forced_family=None, tls=None)
+    else:
+        proxy = client_address(sock, peer)
     if not isinstance(result, ProxyHeader):
         reason = result.reason if isinstance(result, Refused) else _("no PROXY header")
         return (printable(str(proxy)) if proxy else "unix:(unnamed)", "proxy", reason)
     source = result.source
     if isinstance(source, InetAddress) and source.transport != "tcp":
         source = InetAddress("tcp", source.host, source.port)  # a stream client, whatever it says
-    proxied = make(Proxied, {"header": result, "peer": source, "proxy": proxy})  # Proxied(…), fast
+    proxied = object.__new__(Proxied)  # Proxied(…), fast (see enchufe._fastinit)
+    proxied.__dict__.update(header=result, peer=source, proxy=proxy)
     judged = source if source is not None else proxy
-    if rules.filters_ip and (source is not None or isinstance(proxy, InetAddress)):
+    # rules.filters_ip, read directly: a call the fewer for every client behind a proxy
+    if (rules.allow or rules.deny) and (source is not None or isinstance(proxy, InetAddress)):
         denied = rules.check_ip(judged.host if isinstance(judged, InetAddress) else str(judged))
         if denied is not None:
             return (proxied.label, "denied", denied)

@@ -57,6 +57,7 @@ class StreamSession(PreludeSession):
 
     relay: StreamRelay
     crash_outcome = N_("both peers reset")
+    early_payload = True  # its target gets what came with a PROXY header first (see .prelude)
 
     def __init__(
         self, relay: StreamRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int
