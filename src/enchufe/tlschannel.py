@@ -285,7 +285,8 @@ class TLSChannel:
         ``buffer`` has room for one and they are full ones (a short record ends a message: the
         read that would say EAGAIN is left to epoll); the bytes put there.  ``0`` once the peer
         sent close_notify; ``-1`` when there is nothing yet (:attr:`drained`: wait until the
-        socket is readable).
+        socket is readable), or when OpenSSL must first finish sending what a send began, a key
+        update's answer (:attr:`wants_write`: wait until the socket is writable).
         :attr:`more` says whether OpenSSL keeps plaintext for a next call (the socket will not
         say so).  Errors as :meth:`read`; one met after some data is raised by the next call.
         ``OSError`` (a reset) passes."""
@@ -309,6 +310,9 @@ class TLSChannel:
             except ssl.SSLWantReadError:
                 self.drained = True
                 self.more = False
+                return total or -1
+            except ssl.SSLWantWriteError:  # a key update's answer, begun by a send, waits for room
+                self.wants_write = True
                 return total or -1
             except ssl.SSLZeroReturnError:
                 n = 0

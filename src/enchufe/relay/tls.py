@@ -298,6 +298,8 @@ class TLSStreamSession(StreamSession):
         src_link = self._client_link if src is client else self._target_link
         dst_link = self._client_link if dst is client else self._target_link
         loop = self.relay.loop
+        if dst_link is not None:
+            dst_link.wake = self._wake  # the other pump's reads may wait for this one's send
         return make_pump(
             src.rfd,
             dst.wfd,
@@ -307,6 +309,16 @@ class TLSStreamSession(StreamSession):
             dst_is_pipe=not dst.is_socket,
             buffer=self.relay.pools.hop,
         )
+
+    def _wake(self, pump: TLSPump) -> None:
+        """``pump`` may read again (its reads waited for OpenSSL's answer to a key update, now
+        sent): it runs at the next turn of the loop, since OpenSSL may hold records it took in
+        already, which epoll would not announce."""
+        self.relay.loop.call_later(0, lambda: self._run_woken(pump), self.crashed)
+
+    def _run_woken(self, pump: object) -> None:
+        if self.state == OPEN and (pump is self.up or pump is self.down):
+            self._step(int(pump is self.up), int(pump is self.down))
 
     def _release(self, abortive: bool) -> None:
         self._handshake_done()

@@ -17,6 +17,13 @@ plaintext for it is read into that buffer and encrypted straight into its socket
 (:meth:`TLSChannel.send`).  Nothing is copied unless ``dst`` takes only part of it; a write
 that OpenSSL could not finish keeps its plaintext, to be given again, the same bytes, once the
 socket is writable.
+
+A TLS 1.3 key update from a peer that asks for one back is answered by OpenSSL with this side's
+next send to that peer (since OpenSSL 1.1.1).  If that send finds the socket full, OpenSSL's
+answer waits half-written, and until it is out every read of the peer's records says "want
+write": the reading pump then waits (:attr:`TLSPump.stalled`, so that epoll does not wake it for
+bytes it cannot read) for the sending pump, whose bytes wait for the same room, to get through
+(:meth:`TLSLink.hold_reader`, :meth:`TLSLink.release_reader`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from .. import trace
 from .._nonblocking import read_into
 from .._nonblocking import write as traced_write
 from ..errors import TLSRefused, TLSTruncated
+from ..i18n import _
 from .pump import MAX_ROUNDS
 from .pump_state import pass_eof
 
@@ -53,6 +61,9 @@ class Sender(Protocol):
     """The pump that sends what a link's channel makes (:class:`TLSPump`, or the fault
     pump of :mod:`.faulty_tls`)."""
 
+    @property
+    def in_flight(self) -> int: ...
+
     def queue(self, data: bytes) -> None: ...
 
 
@@ -61,15 +72,44 @@ class TLSLink:
 
     During the handshake the link sends (:attr:`unsent`, :meth:`flush`); once relaying, the pump
     towards this side (:attr:`sender`) does: reading may make ciphertext too (a TLS 1.3 key
-    update's answer), and it goes out with that pump's, in order (:meth:`pull`)."""
+    update's answer), and it goes out with that pump's, in order (:meth:`pull`).  A pump whose
+    reads wait for the sender's send (see the module's docstring) is :attr:`waiting`, and
+    :attr:`wake` (the session's) runs it once that send went."""
 
-    __slots__ = ("channel", "fd", "sender", "unsent")
+    __slots__ = ("channel", "fd", "sender", "unsent", "waiting", "wake")
 
     def __init__(self, setup: TLSSetup, fd: int, label: str, sock: socket.socket | None = None) -> None:
         self.channel = setup.channel(label, sock=sock)  # with sock: OpenSSL reads and writes it
         self.fd = fd
         self.unsent = bytearray()
         self.sender: Sender | None = None
+        self.waiting: TLSPump | None = None
+        self.wake: Callable[[TLSPump], None] | None = None
+
+    def hold_reader(self, reader: TLSPump) -> None:
+        """``reader``'s reads of this side wait until OpenSSL sent what the sender's last send
+        began (a key update's answer): it reads nothing meanwhile (``stalled``), and the sender,
+        whose bytes wait for the socket to have room, lets it go on once they went
+        (:meth:`release_reader`).  ``ConnectionResetError`` if the sender holds nothing: then no
+        send is under way, and nothing would ever let the reader go on (OpenSSL does not answer
+        while reading since 1.1.1)."""
+        sender = self.sender
+        if sender is None or not sender.in_flight:
+            raise ConnectionResetError(
+                errno.ECONNRESET,
+                _("TLS: OpenSSL must send to the peer before it reads on, and no send is under way"),
+            )
+        reader.stalled = True
+        self.waiting = reader
+
+    def release_reader(self) -> None:
+        """The sender's send went: the reader that waited for it reads again (woken by the session)."""
+        reader, self.waiting = self.waiting, None
+        if reader is None:
+            return
+        reader.stalled = False
+        if self.wake is not None:
+            self.wake(reader)
 
     def pull(self) -> None:
         """Take what the channel made for the peer: queued with the sender's bytes, or (before
@@ -315,7 +355,18 @@ class TLSPump:
         except OSError:
             self.failed_on = "read"
             raise
-        return self._buffer[:n] if n >= 0 else None
+        if n >= 0:
+            return self._buffer[:n]
+        if channel.wants_write:  # OpenSSL's answer to a key update waits for room first
+            channel.wants_write = False
+            link = self.src_link
+            assert link is not None
+            try:
+                link.hold_reader(self)
+            except OSError:
+                self.failed_on = "read"
+                raise
+        return None
 
     def _read_plain(self, raw: bool) -> memoryview | None:
         """Plaintext from ``src`` into the buffer (for a channel that encrypts straight into its
@@ -375,6 +426,9 @@ class TLSPump:
             except OSError as exc:
                 self._tls_write_failed(exc)
             self._hold(_EMPTY)
+            link = self.dst_link
+            if link is not None and link.waiting is not None:  # what its reads waited for went
+                link.release_reader()
             return True
         # Else ciphertext (plaintext towards a plain dst); towards a channel on its socket, once
         # src ended, the close_notify it left in outgoing().
@@ -417,8 +471,9 @@ class TLSPump:
         """The session ends: what waits is dropped, and the link forgets its sender (no cycle
         keeps either alive)."""
         self._hold(_EMPTY)
-        if self.dst_link is not None:
-            self.dst_link.sender = None
+        link = self.dst_link
+        if link is not None:
+            link.sender = link.waiting = link.wake = None
 
 
 class SocketTLSPump(TLSPump):
