@@ -228,47 +228,69 @@ _CLIENT_VERIFY_CODES: dict[int, tuple[str, str, bool]] = {
     10: ("client-certificate-refused", N_("the client's certificate has expired"), False),
     9: ("client-certificate-refused", N_("the client's certificate is not valid yet"), False),
 }
-_CLOSED = N_("{peer} closed the connection during the handshake")
-# OpenSSL's reason codes (the text after the library name in SSLError.reason), worded for
-# either side: {peer} is "the server" on a client and "the client" on a server, {mine} this
-# side's own certificate.  An alert about a certificate is about the one this side sent.
-_REASONS: dict[str, tuple[str, str]] = {
-    "WRONG_VERSION_NUMBER": ("not-tls", N_("{peer} does not speak TLS")),
-    "HTTP_REQUEST": ("not-tls", N_("{peer} sent a plain HTTP request, not TLS")),
-    "UNSUPPORTED_PROTOCOL": (
-        "protocol-version",
-        N_("no TLS version in common (enchufe speaks TLS 1.2 and 1.3)"),
+#: The peer left during the handshake: said by a client, and by a server.
+_CLOSED = (
+    N_("the server closed the connection during the handshake"),
+    N_("the client closed the connection during the handshake"),
+)
+_NO_VERSION = N_("no TLS version in common (enchufe speaks TLS 1.2 and 1.3)")
+# OpenSSL's reason codes (the text after the library name in SSLError.reason): the reason's
+# name, and the line as a client says it (about the server), then as a server says it (about
+# the client); each a whole sentence, for translators.  An alert about a certificate is about
+# the one this side sent.
+_REASONS: dict[str, tuple[str, str, str]] = {
+    "WRONG_VERSION_NUMBER": (
+        "not-tls",
+        N_("the server does not speak TLS"),
+        N_("the client does not speak TLS"),
     ),
+    "HTTP_REQUEST": (
+        "not-tls",
+        N_("the server sent a plain HTTP request, not TLS"),
+        N_("the client sent a plain HTTP request, not TLS"),
+    ),
+    "UNSUPPORTED_PROTOCOL": ("protocol-version", _NO_VERSION, _NO_VERSION),
     "TLSV1_ALERT_PROTOCOL_VERSION": (
         "protocol-version",
-        N_("{peer} refused every TLS version offered (1.2, 1.3)"),
+        N_("the server refused every TLS version offered (1.2, 1.3)"),
+        N_("the client refused every TLS version offered (1.2, 1.3)"),
     ),
-    "NO_PROTOCOLS_AVAILABLE": (
-        "protocol-version",
-        N_("no TLS version in common (enchufe speaks TLS 1.2 and 1.3)"),
+    "NO_PROTOCOLS_AVAILABLE": ("protocol-version", _NO_VERSION, _NO_VERSION),
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": (
+        "alpn",
+        N_("the server accepts none of the ALPN protocols offered"),
+        N_("the client accepts none of the ALPN protocols offered"),
     ),
-    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": ("alpn", N_("{peer} accepts none of the ALPN protocols offered")),
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
         "client-certificate-missing",
+        N_("the client sent no certificate, and this server requires one (client-ca=)"),
         N_("the client sent no certificate, and this server requires one (client-ca=)"),
     ),
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
         "client-certificate-missing",
         N_("the server requires a client certificate: add cert=FILE (and key=FILE)"),
+        N_("the server requires a client certificate: add cert=FILE (and key=FILE)"),
     ),
-    "SSLV3_ALERT_BAD_CERTIFICATE": ("client-certificate-refused", N_("{peer} refused {mine} certificate")),
+    "SSLV3_ALERT_BAD_CERTIFICATE": (
+        "client-certificate-refused",
+        N_("the server refused this client's certificate"),
+        N_("the client refused this server's certificate"),
+    ),
     "TLSV1_ALERT_UNKNOWN_CA": (
         "client-certificate-refused",
-        N_("{peer} does not trust the CA of {mine} certificate"),
+        N_("the server does not trust the CA of this client's certificate"),
+        N_("the client does not trust the CA of this server's certificate"),
     ),
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": (
         "client-certificate-refused",
-        N_("{peer} says {mine} certificate expired"),
+        N_("the server says this client's certificate expired"),
+        N_("the client says this server's certificate expired"),
     ),
-    "UNEXPECTED_EOF_WHILE_READING": ("closed", _CLOSED),
+    "UNEXPECTED_EOF_WHILE_READING": ("closed", *_CLOSED),
     "SSLV3_ALERT_HANDSHAKE_FAILURE": (
         "handshake",
-        N_("{peer} ended the handshake (no cipher or settings in common?)"),
+        N_("the server ended the handshake (no cipher or settings in common?)"),
+        N_("the client ended the handshake (no cipher or settings in common?)"),
     ),
 }
 # A client's alert about the server's certificate: the server's own certificate was refused.
@@ -304,8 +326,8 @@ def explain(
         if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
             return TLSRefused(_(_CLIENT_CA), "client-certificate-refused")
         if code in _REASONS:
-            reason, template = _REASONS[code]
-            line = _(template).format(**_sides(server_side))
+            reason, said_by_client, said_by_server = _REASONS[code]
+            line = _(said_by_server if server_side else said_by_client)
         else:
             reason, line = "handshake", _("the handshake failed: {error}").format(error=printable(str(exc)))
         if server_side:
@@ -316,18 +338,8 @@ def explain(
             )
         return TLSRefused(line, reason)
     if isinstance(exc, ConnectionError | EOFError):
-        return TLSRefused(_(_CLOSED).format(**_sides(server_side)), "closed")
+        return TLSRefused(_(_CLOSED[server_side]), "closed")
     raise exc
-
-
-def _sides(server_side: bool) -> dict[str, str]:
-    """The words for the fields of :data:`_REASONS`: the peer, and whose certificate is this side's."""
-    if server_side:
-        # TRANSLATORS: {peer} in the TLS refusals ("the client does not speak TLS").
-        # "this server's" is {mine}: "{peer} refused {mine} certificate".
-        return {"peer": _("the client"), "mine": _("this server's")}
-    # TRANSLATORS: {peer} and {mine} of the TLS refusals, said by a client.
-    return {"peer": _("the server"), "mine": _("this client's")}
 
 
 def _verify_failed(

@@ -284,3 +284,29 @@ def test_a_client_hello_reader_and_the_library_speak_english_unless_asked() -> N
     refused = HelloReader().feed(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00")
     assert isinstance(refused, Refused)
     assert refused.detail == "ClientHello: legacy_version va más allá del final de los datos", refused.detail
+
+
+def test_the_server_says_in_spanish_that_the_client_does_not_trust_its_ca(
+    spawn: Spawn, pem: dict[str, str], tmp_path: os.PathLike[str]
+) -> None:
+    """The client's alert about the server's certificate, in the server's words: one whole
+    Spanish sentence (no "the client" and "this server's" glued into an English frame)."""
+    other = os.path.join(tmp_path, "other-ca.pem")
+    trustme.CA().cert_pem.write_to_path(other)
+    server, port, _pin = _listen(spawn, "es", f"cert={pem['server']}")
+    _refusal(run("--lang", "es", "connect", f"tls://127.0.0.1:{port}?ca={other}"))
+    assert server.finish() == 1
+    said = server.wait_err(r"^enchufe: .*$").group(0)
+    assert said == "enchufe: el cliente no confía en la CA del certificado de este servidor", said
+
+
+def test_every_tls_refusal_is_a_whole_sentence_with_its_spanish() -> None:
+    """Each refusal OpenSSL's reason codes map to is written out for the side that says it: no
+    placeholder for "the client"/"the server" or "this server's", which Spanish would reorder."""
+    from enchufe._tls import _CLOSED, _REASONS
+
+    i18n.set_language("es")
+    for code, (_reason, *lines) in _REASONS.items():
+        for line in (*lines, *_CLOSED):
+            assert "{" not in line, (code, line)
+            assert i18n._(line) != line, f"{line!r} has no Spanish"
