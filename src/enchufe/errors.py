@@ -189,7 +189,8 @@ class DatagramTruncated(NetworkError):
         self.sender = sender
 
 
-# errno → (error class, what to try).  The hint completes "… : <strerror>; <hint>".  Hints never
+# errno → (error class, what to try).  The hint completes "… : <strerror>; <hint>": it says what
+# the reason does not (why, or what to try), never the reason again in other words.  Hints never
 # name a command-line option: the library serves every command (and programs without a CLI);
 # each command adds the flag that helps at its own error boundary.
 _BY_ERRNO: dict[int, tuple[type[NetworkError], str]] = {
@@ -201,17 +202,26 @@ _BY_ERRNO: dict[int, tuple[type[NetworkError], str]] = {
         ConnectionRefused,
         N_("no socket file there yet: start the server first"),
     ),
-    _errno.ECONNRESET: (ConnectionReset, N_("the peer aborted the connection")),
+    _errno.ECONNRESET: (
+        ConnectionReset,
+        N_("the peer closed with our data unread, or its program stopped; its log may say why"),
+    ),
     _errno.EPIPE: (ConnectionReset, N_("the peer closed the connection")),
-    _errno.ECONNABORTED: (ConnectionReset, N_("the connection was aborted")),
+    _errno.ECONNABORTED: (ConnectionReset, N_("this machine gave up on the connection; try again")),
     _errno.ETIMEDOUT: (TimedOut, N_("the host did not answer; check the address")),
     _errno.EADDRINUSE: (AddressInUse, N_("another socket is bound there; pick another port or path")),
     _errno.EADDRNOTAVAIL: (AddressInUse, N_("that address is not available on this host")),
     _errno.EACCES: (PermissionDenied, N_("check the permissions")),  # made precise by _access_hint
-    _errno.EPERM: (PermissionDenied, N_("the operation is not permitted for this user")),
+    _errno.EPERM: (PermissionDenied, N_("a firewall rule or this user's privileges forbid it")),
     _errno.EMSGSIZE: (MessageTooLarge, N_("send less per datagram")),
-    _errno.ENETUNREACH: (ConnectionRefused, N_("no route to that network")),
-    _errno.EHOSTUNREACH: (ConnectionRefused, N_("no route to that host")),
+    _errno.ENETUNREACH: (
+        ConnectionRefused,
+        N_("check the address, and this machine's routes and network link"),
+    ),
+    _errno.EHOSTUNREACH: (
+        ConnectionRefused,
+        N_("the host may be down, or a firewall rejects it; check the address"),
+    ),
     _errno.ENOTSOCK: (NotASocket, N_("that path is not a socket")),
 }
 

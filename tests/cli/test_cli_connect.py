@@ -331,16 +331,16 @@ def test_refused_says_which_flag_helps() -> None:
     port = free_port()
     done = run("connect", f"tcp://127.0.0.1:{port}")
     assert done.returncode == 1
-    assert_one_error_line(done.stderr, "refused", "--retry N waits for one")
+    assert_one_error_line(done.stderr, "refused", "there? --retry N waits for a server to start.")
     done = run("connect", "--retry", "1", "--retry-delay", "0", f"tcp://127.0.0.1:{port}")
     assert done.returncode == 1
-    assert_one_error_line(done.stderr, "2 attempts", "raise --retry or --retry-delay")
+    assert_one_error_line(done.stderr, "(2 attempts). Raise --retry or --retry-delay to wait longer.")
 
 
 def test_missing_unix_socket_file_says_which_flag_helps(sock_dir: str) -> None:
     done = run("connect", f"unix://{sock_dir}/none.sock")
     assert done.returncode == 1
-    assert_one_error_line(done.stderr, "no such socket file", "--retry N waits for one")
+    assert_one_error_line(done.stderr, "(start the server first). --retry N waits for a server to start.")
 
 
 def test_untrusted_name_in_an_error_stays_on_one_line() -> None:
@@ -411,14 +411,14 @@ def full_listener() -> Iterator[str]:
 def test_connect_timeout_says_which_flag_helps(full_listener: str) -> None:
     done = run("connect", "--timeout", "0.3", full_listener)
     assert done.returncode == 1
-    assert_one_error_line(done.stderr, "timed out", "raise --timeout, now 0.3 s")
+    assert_one_error_line(done.stderr, "timed out", "Raise --timeout (now 0.3 s).")
 
 
 def test_idle_timeout_also_bounds_the_connection_attempt(full_listener: str) -> None:
     """As nc -w: without --timeout, --idle-timeout limits each connection attempt too."""
     done = run("connect", "--idle-timeout", "0.3", full_listener)
     assert done.returncode == 1
-    assert_one_error_line(done.stderr, "timed out", "raise --idle-timeout, now 0.3 s")
+    assert_one_error_line(done.stderr, "timed out", "Raise --idle-timeout (now 0.3 s).")
 
 
 def test_stop_signal_while_connecting_removes_the_source_file(spawn: Spawn, sock_dir: str) -> None:

@@ -84,7 +84,7 @@ def test_send_refused_names_its_retry_option_once() -> None:
     """The library's message names no option; send adds its own, unless it already retried."""
     port = free_port()
     line = assert_one_error_line(run("send", f"tcp://127.0.0.1:{port}", "x").stderr, "refused")
-    message, hint = line.split(" (", 1)
+    message, hint = line.split("? ", 1)  # the hint: a sentence of its own, after the message
     assert "--" not in message and "--retry N" in hint, line
     retried = assert_one_error_line(
         run("send", f"tcp://127.0.0.1:{port}", "x", "--retry", "1", "--retry-delay", "0").stderr, "refused"

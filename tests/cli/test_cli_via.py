@@ -90,7 +90,7 @@ def test_a_proxy_that_is_down_is_the_usual_refused_line_naming_the_hop() -> None
     assert done.returncode == 1
     assert done.stderr.decode() == (
         f"enchufe: via socks5://u:***@127.0.0.1:{port}: cannot connect to tcp://127.0.0.1:{port}: "
-        "connection refused; is a server listening there? (--retry N waits for one)\n"
+        "connection refused; is a server listening there? --retry N waits for a server to start.\n"
     )
 
 

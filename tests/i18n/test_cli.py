@@ -251,7 +251,7 @@ def test_a_refused_send_gets_its_hint_in_spanish() -> None:
     done = run(*ES, "send", f"tcp://127.0.0.1:{free_port()}", "x")
     assert done.returncode == 1
     line = assert_one_error_line(done.stderr)
-    assert line.endswith("(--retry N vuelve a intentarlo, p. ej. mientras arranca el servidor)"), line
+    assert line.endswith("? --retry N vuelve a intentarlo, p. ej. mientras arranca el servidor."), line
 
 
 def _connect_when_up(port: int) -> socket.socket:

@@ -76,8 +76,28 @@ def test_a_missing_unix_socket_file_is_said_in_spanish(tmp_path: Path) -> None:
     assert_one_error_line(
         done.stderr,
         f"no se puede conectar con {address}: no existe el archivo de socket {tmp_path}/nadie.sock "
-        "(arranca primero el servidor)",
+        "(arranca primero el servidor). --retry N espera a que arranque un servidor.",
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    [
+        (
+            errno.ECONNRESET,
+            "the peer closed with our data unread, or its program stopped; its log may say why",
+        ),
+        (errno.ECONNABORTED, "this machine gave up on the connection; try again"),
+        (errno.EPERM, "a firewall rule or this user's privileges forbid it"),
+        (errno.ENETUNREACH, "check the address, and this machine's routes and network link"),
+        (errno.EHOSTUNREACH, "the host may be down, or a firewall rejects it; check the address"),
+    ],
+)
+def test_a_hint_says_what_the_reason_does_not(code: int, hint: str) -> None:
+    """ "connection reset by peer; the peer aborted the connection" said one thing twice: the hint
+    after the system's reason says why, or what to try."""
+    error = errors.translate(OSError(code, os.strerror(code)), "connect to tcp://127.0.0.1:9")
+    assert str(error) == f"cannot connect to tcp://127.0.0.1:9: {os.strerror(code).lower()}; {hint}"
 
 
 @pytest.mark.parametrize(
@@ -192,7 +212,8 @@ def test_a_timeout_and_a_reset_are_said_in_spanish() -> None:
     )
     assert str(reset) == (
         "no se puede enviar hacia el otro extremo: conexión reiniciada (reset) por el otro extremo; "
-        "el otro extremo interrumpió la conexión"
+        "el otro extremo cerró sin leer lo que le enviamos, o su programa se detuvo; su registro puede "
+        "decir por qué"
     )
     assert reset.action == "send"
 

@@ -222,3 +222,39 @@ def test_a_client_denied_by_the_access_rules_is_said_in_spanish(refusing_port: i
         assert proc.terminate() == 0
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("options", "second_signal", "line"),
+    [
+        (
+            ("--drain-timeout", "0.2"),
+            False,
+            r"^enchufe: cortada 1 conexión que seguía abierta tras los 0\.2 s de espera \(--drain-timeout\)$",
+        ),
+        (
+            (),
+            True,
+            r"^enchufe: cortada 1 conexión: se pidió parar otra vez antes de que terminara la espera$",
+        ),
+    ],
+)
+def test_the_connections_cut_at_the_end_of_the_drain_are_said_in_whole_spanish_sentences(
+    options: tuple[str, ...], second_signal: bool, line: str
+) -> None:
+    """The reason agrees with the count ("cortada 1 conexión que seguía abierta"): each line is
+    translated whole, never a reason glued after "cortada N conexión"."""
+    with Target("tcp://127.0.0.1:0", echo) as target:
+        proc, address = _relay("es", target.address, *options)
+        try:
+            with _connect(address) as client:
+                client.sendall(b"x")
+                assert client.recv(1) == b"x"
+                proc.popen.send_signal(signal.SIGTERM)
+                proc.wait_err(r"^parando")
+                if second_signal:
+                    proc.popen.send_signal(signal.SIGTERM)
+                assert proc.finish() == 1
+                proc.wait_err(line)
+        finally:
+            proc.kill()

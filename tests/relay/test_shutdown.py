@@ -77,7 +77,7 @@ def test_a_second_signal_cuts_at_once(start_relay: StartRelay, make_address: Cal
             relay.wait_err("^stopping")
             relay.signal(signal.SIGINT)
             assert relay.finish() == 1  # within STEP; the message below says the drain was cut
-        relay.wait_err(r"^enchufe: cut 1 connection stopped again before the drain ended$")
+        relay.wait_err(r"^enchufe: cut 1 connection: stopped again before the drain ended$")
 
 
 def test_an_idle_relay_stops_at_once_with_status_0_and_removes_its_socket_file(

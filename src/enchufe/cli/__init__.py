@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from .._text import one_line
-from ._common import Settings, flag_hint, global_options, settings
+from ._common import Settings, flag_hint, global_options, settings, with_hint
 from ._language import choose_language, click_message
 from .manpage import man_options
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     except EnchufeError as exc:
         if settings.debug:
             traceback.print_exc()
-        message = str(exc) + flag_hint(exc)
+        message = with_hint(str(exc), flag_hint(exc))
         if settings.json:
             import json
 

@@ -270,14 +270,24 @@ def retry_options(retry_help: str) -> Callable[[F], F]:
 
 
 def flag_hint(exc: BaseException) -> str:
-    """What to add to a runtime failure's line: the option of the running command that helps,
-    if any (its :attr:`Settings.hint`).
+    """What to add to a runtime failure's line: a sentence naming the option of the running
+    command that helps, if any (its :attr:`Settings.hint`); :func:`with_hint` adds it.
 
     The library's messages never name options (it serves programs without a command line); its
     errors say what was being done (``action``) and whether another attempt may succeed
     (``retryable``), and each command maps that to its own flags.
     """
     return settings.hint(exc) if settings.hint is not None else ""
+
+
+def with_hint(message: str, hint: str) -> str:
+    """``message`` followed by ``hint`` (a whole sentence of its own, or nothing): a full stop
+    ends the message first unless a question or a sentence already ended it, so that two
+    remarks are never glued into one ("…(start the server first) (--retry N …)")."""
+    if not hint:
+        return message
+    message = message.rstrip()
+    return f"{message} {hint}" if message.endswith((".", "?", "!")) else f"{message}. {hint}"
 
 
 def given(name: str) -> bool:

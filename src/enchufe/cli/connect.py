@@ -448,22 +448,23 @@ def _printable(exc: Exception) -> Exception:
 
 
 def _hint(exc: BaseException, options: _Options, *, connected: bool) -> str:
-    """The flag that helps when connecting failed (the error boundary adds it to the line)."""
+    """The flag that helps when connecting failed, as a sentence (the error boundary adds it to
+    the line, see :func:`with_hint`); "" when none does."""
     from ..errors import ConnectionRefused, NetworkError, TimedOut
 
     if not isinstance(exc, NetworkError) or connected or exc.action not in ("connect", None):
         return ""
     if isinstance(exc, ConnectionRefused):
         if not options.retry:
-            return " " + _("(--retry N waits for one)")
-        return " " + _("(raise --retry or --retry-delay to wait longer)")
+            return _("--retry N waits for a server to start.")
+        return _("Raise --retry or --retry-delay to wait longer.")
     if isinstance(exc, TimedOut):
         timeout, idle_timeout = options.timeout, options.idle_timeout
         flag = "--timeout" if timeout is not None or idle_timeout is None else "--idle-timeout"
         limit = timeout if timeout is not None else idle_timeout
         if not limit:
-            return " " + _("(--timeout S sets the limit)")
-        return " " + _("(raise {option}, now {seconds} s)").format(option=flag, seconds=f"{limit:g}")
+            return _("--timeout S sets the limit.")
+        return _("Raise {option} (now {seconds} s).").format(option=flag, seconds=f"{limit:g}")
     return ""
 
 

@@ -86,15 +86,16 @@ def command(
 
 
 def _hint(exc: BaseException) -> str:
-    """The flag that helps when connecting failed (the error boundary adds it to the line)."""
+    """The flag that helps when connecting failed, as a sentence (the error boundary adds it to
+    the line, see :func:`with_hint`); "" when none does."""
     from ..errors import ConnectionRefused, NetworkError, TimedOut
 
     if not isinstance(exc, NetworkError) or exc.action != "connect":
         return ""
     if isinstance(exc, ConnectionRefused) and len(exc.attempts) <= 1:
-        return " " + _("(--retry N tries again, e.g. while the server starts)")
+        return _("--retry N tries again, e.g. while the server starts.")
     if isinstance(exc, TimedOut) and "--timeout" not in str(exc):
-        return " " + _("(raise --timeout to wait longer)")
+        return _("Raise --timeout to wait longer.")
     return ""
 
 

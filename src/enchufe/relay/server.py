@@ -401,28 +401,29 @@ class Relay:
                 assert self._loop is not None
                 self._drain_timer = self._loop.call_later(drain, self._drain_expired)
         if stops >= 2 and handler.sessions:
-            self._cut_all(_("stopped again before the drain ended"))
+            self._cut_all(
+                N_("enchufe: cut {count} connection: stopped again before the drain ended"),
+                N_("enchufe: cut {count} connections: stopped again before the drain ended"),
+            )
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
         self._cut_all(
-            _("still open after the {seconds} s drain (--drain-timeout)").format(
-                seconds=f"{self.config.drain_timeout:g}"
-            )
+            N_("enchufe: cut {count} connection still open after the {seconds} s drain (--drain-timeout)"),
+            N_("enchufe: cut {count} connections still open after the {seconds} s drain (--drain-timeout)"),
         )
 
-    def _cut_all(self, why: str) -> None:
+    def _cut_all(self, one: str, many: str) -> None:
+        """Cut every open connection and say so with ``one`` (a single one was cut) or ``many``:
+        whole lines, so that a language can make the reason agree with the count."""
         handler = self._handler
         assert handler is not None
         cut = handler.abort_all("shutdown")
         self._cut += cut
         self._finished = True
         if cut:
-            if cut == 1:
-                line = _("enchufe: cut {count} connection {why}")
-            else:
-                line = _("enchufe: cut {count} connections {why}")
-            self.events("cut", line.format(count=cut, why=why), cut=cut)
+            line = _(one) if cut == 1 else _(many)
+            self.events("cut", line.format(count=cut, seconds=f"{self.config.drain_timeout:g}"), cut=cut)
 
     def _unexpected(self, line: str, exc: Exception) -> None:
         """A handler or timer raised and the engine ended its owner (one session, usually): a
