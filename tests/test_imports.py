@@ -9,7 +9,8 @@ below it::
                _proxytypes, _proxywrite, proxyproto, hops, _hop_socks5, _hop_http, _socks5_server,
                _socks_rules
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
-               _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlssetup, _tlsstream,
+               _endpoint, _streams, _datagrams (the endpoint cores), tlschannel, _tlssetup, _tlscore,
+               _tlsstream,
                _proxyaccept, _via
     endpoints  sync | aio (siblings: neither imports the other), and the package itself (sync's facade)
     apps       relay, servers, bench, tour, exec, stdio, testing
@@ -85,6 +86,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tls_socket",
         "tlschannel",
         "_tlssetup",
+        "_tlscore",
         "_tlsstream",
         "_proxyaccept",
         "_via",

@@ -7,6 +7,9 @@ plain connection pays nothing for TLS.  As in :mod:`enchufe._streams`, every met
 most one attempt at each system call: blocking sockets wait in the kernel, the asyncio side
 (``_polled``) gets ``BlockingIOError`` and waits on the loop before calling again.
 
+Where it can, the channel is on the socket: OpenSSL reads and writes it itself, and the
+waiting is done here (see :mod:`enchufe._tlscore`, which holds the state and that path).
+
 Ciphertext the kernel did not take yet is kept in ``_unsent`` and goes first at the next
 attempt; ``_send_once`` counts plaintext as sent only once its ciphertext is gone, so
 ``send_all`` still returns only once the kernel has everything.  Before a receive waits for
@@ -21,13 +24,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import select
 import socket
-import sys
-import threading
 import time
 
 from . import _calls
-from ._streams import StreamCore
+from ._tlscore import (
+    DRAIN_RECEIVES,
+    LINGER,
+    RECV_CHUNK,
+    SEND_CHUNK,
+    NoLock,
+    TLSCore,
+    unacknowledged,
+)
 from ._tlssetup import (
     MAX_CLIENT_CONTEXTS,
     MAX_SESSIONS,
@@ -37,13 +47,11 @@ from ._tlssetup import (
     forget_sessions,
     keep_session,
     server_setup,
-    session_for,
     tls_params,
     with_tls,
 )
-from .errors import ConnectionReset, NetworkError, TimedOut, TLSRefused
+from .errors import NetworkError, TimedOut, TLSRefused
 from .i18n import _
-from .tlsinfo import TLSInfo
 
 # What this module's importers (the endpoints, the relay, the CLI) take from it besides its own.
 __all__ = [
@@ -63,138 +71,17 @@ __all__ = [
 # ssl (and OpenSSL) load with the first TLS address, not with the package: `enchufe --help` and
 # plain sockets never pay for them.  Hence the imports of _tls and tlschannel inside functions.
 
-#: Plaintext encrypted per ``_send_once``: four full TLS records, one system call's worth.
-SEND_CHUNK = 64 * 1024
-#: Ciphertext asked of the kernel per receive: what it holds beyond what the caller wants waits
-#: in the channel, decrypted as it is asked for.
-RECV_CHUNK = 128 * 1024
-#: Receives a closing connection makes, at most, of what arrived unread.
-DRAIN_RECEIVES = 8
-#: Seconds a closing sync TCP connection waits, at most, for the peer to take what it sent
-#: (see ``TLSStreamCore._linger``).
-LINGER = 2.0
 
-
-def _unacknowledged(sock: socket.socket) -> int:
-    """Bytes sent on a TCP socket that the peer has not acknowledged yet (Linux's SIOCOUTQ);
-    0 where that cannot be asked."""
-    try:
-        import fcntl
-        import termios
-
-        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ
-    except (ImportError, AttributeError, OSError):
-        return 0
-    return int.from_bytes(answer, sys.byteorder, signed=True)
-
-
-class NoLock:
-    """The asyncio side's lock: one thread, nothing to guard."""
-
-    def acquire(self, blocking: bool = True) -> bool:
-        return True
-
-    def release(self) -> None:
-        pass
-
-    def __enter__(self) -> NoLock:
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        pass
-
-
-class TLSStreamCore(StreamCore):
-    """The TLS layer of a connected stream: the channel, the ciphertext not sent yet, the
-    handshake's state.  The sync and asyncio connections add how they wait."""
-
-    _state_lock: threading.Lock | NoLock
-    _send_lock: threading.Lock | NoLock
-
-    def __init__(self, sock: socket.socket, setup: TLSSetup) -> None:
-        super().__init__(sock)
-        if sock.family != socket.AF_UNIX:
-            # TLS writes whole records, and the handshake's last flight is small: with Nagle on,
-            # the first write after it waits for that flight's ACK, which the peer delays
-            # (about 40 ms on Linux).  Go's crypto/tls and most TLS servers turn Nagle off too.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._session_key, session = session_for(sock, setup)
-        self._channel = setup.channel(f"tls fd {sock.fileno()}", session)
-        self._params = setup.params
-        self._unsent = memoryview(b"")  # ciphertext made, not yet taken by the kernel
-        #: The plaintext of the chunk whose ciphertext is still going out (a receive may flush
-        #: it meanwhile: only the next send counts it as sent).
-        self._carried: bytes | None = None
-        self._failed: Exception | None = None  # a handshake's failure, raised again on any use
-
-    @property
-    def tls(self) -> TLSInfo | None:
-        """What the handshake agreed on (version, cipher, ALPN, resumption, the peer's
-        certificate); ``None`` until the handshake is done (an accepted connection's runs at
-        its first use, or at ``handshake()``)."""
-        return self._channel.info
-
-    @property
-    def handshaken(self) -> bool:
-        return self._channel.handshaken
-
-    # -- ciphertext out
-
-    def _flush(self) -> None:
-        """Give the kernel every byte of ciphertext made so far, in order.  On the asyncio side,
-        ``BlockingIOError`` when it would not take them all: what is left goes next time."""
-        with self._send_lock:
-            self._flush_held()
-
-    def _flush_held(self, wait: bool = True) -> None:
-        """:meth:`_flush`, with ``_send_lock`` held by the caller; with ``wait=False`` only what
-        the kernel takes at once (``BlockingIOError`` for the rest)."""
-        while True:
-            if not self._unsent:
-                with self._state_lock:
-                    out = self._channel.outgoing()
-                if not out:
-                    return
-                self._unsent = memoryview(out)
-            try:
-                if wait:
-                    sent = _calls.send(self._sock, self._unsent)
-                else:
-                    sent = _calls.send_nowait(self._sock, self._unsent)
-            except BlockingIOError:
-                raise
-            except OSError as exc:
-                raise self._translated(exc, f"send to {self._where()}") from exc
-            self._unsent = self._unsent[sent:]
-
-    def _flush_quietly(self) -> None:
-        """Flush what can go now, before waiting for the peer; a sender busy flushing (another
-        thread), a full socket buffer or a gone peer are left for the next send to meet.
-
-        Never waits for room: a receiver that did would not read meanwhile, and two peers whose
-        receivers both waited to send, each to the other's full buffer, would never read again
-        (both ends sending and receiving at once, each in two threads)."""
-        if not self._send_lock.acquire(blocking=False):
-            return
-        try:
-            self._flush_held(wait=False)
-        except (BlockingIOError, ConnectionReset):
-            pass
-        finally:
-            self._send_lock.release()
-
-    @property
-    def _owes_peer(self) -> bool:
-        """Ciphertext is waiting for room in the kernel (the asyncio side waits writable)."""
-        return bool(self._unsent)
-
-    # -- the three operations of a stream, through the channel
+class TLSStreamCore(TLSCore):
+    """A TLS stream connection's operations: send, receive, shut down, close, the handshake.
+    The sync and asyncio connections add how they wait."""
 
     def _send_once(self, view: memoryview) -> int:
         """Encrypt up to :data:`SEND_CHUNK` bytes of ``view`` and send them: the count of
         plaintext bytes whose ciphertext the kernel has taken (``BlockingIOError`` when not all
         of it: the next call, with the same ``view``, finishes it and counts it)."""
+        if self._alias is not None:
+            return self._send_direct(view)
         carried = self._carried
         if carried is not None:  # encrypted by an earlier call; its ciphertext still going out
             self._flush()
@@ -215,6 +102,8 @@ class TLSStreamCore(StreamCore):
         """Up to ``max_bytes`` of plaintext: ``b""`` once the peer sent close_notify;
         :class:`~enchufe.errors.TLSTruncated` if the connection ended without one."""
         self._check()
+        if self._alias is not None:
+            return self._recv_direct(max_bytes)
         channel = self._channel
         while True:
             with self._state_lock:
@@ -237,8 +126,7 @@ class TLSStreamCore(StreamCore):
         if self._write_shut:
             return
         self._write_shut = True
-        with self._state_lock:
-            self._channel.close_write()
+        self._close_write()
         self._flush()
 
     def close(self) -> None:
@@ -247,9 +135,11 @@ class TLSStreamCore(StreamCore):
         (the peer then reads a clean EOF, not a truncation: closing is deliberate), keep a
         client's session for the next connection to the same server, then close the socket.
         A sync TCP connection waits up to :data:`LINGER` seconds for the peer to acknowledge
-        what it sent (:meth:`_linger`); nothing else waits for the peer.  Idempotent."""
+        what it sent (:meth:`_linger`), a sync unix one as long for room for its close_notify
+        (a peer slow to read leaves none at once); nothing else waits for the peer.  Idempotent."""
         if not self._closed and self._channel.handshaken and self._failed is None:
             self._say_goodbye()
+        self._let_go()
         super().close()
 
     def _say_goodbye(self) -> None:
@@ -259,11 +149,10 @@ class TLSStreamCore(StreamCore):
             self._sock.setblocking(False)  # never wait long for a peer that does not read
             self._drain()
             if not self._write_shut:
-                with self._state_lock:
-                    self._channel.close_write()
+                self._close_write()
             self._flush_now()
-            if not self._polled and self._sock.family != socket.AF_UNIX:
-                self._linger(time.monotonic() + LINGER)
+            if not self._polled:
+                self._linger(time.monotonic() + LINGER, self._sock.family != socket.AF_UNIX)
         if self._session_key is not None:
             with self._state_lock:
                 session = self._channel.session()
@@ -284,6 +173,8 @@ class TLSStreamCore(StreamCore):
         """Receive what the kernel holds for this socket, without waiting, and let TLS take it
         in (:meth:`TLSChannel.drain`); at most :data:`DRAIN_RECEIVES` receives, for a peer
         that does not stop sending.  Whether the peer's end (EOF) came."""
+        if self._alias is not None:
+            return self._drain_direct()
         eof = False
         for _attempt in range(DRAIN_RECEIVES):
             try:
@@ -299,7 +190,7 @@ class TLSStreamCore(StreamCore):
             self._channel.drain()
         return eof
 
-    def _linger(self, deadline: float) -> None:
+    def _linger(self, deadline: float, acknowledged: bool = True) -> None:
         """Wait, until ``deadline`` at most, for the peer's kernel to acknowledge every byte
         sent, taking in what arrives meanwhile.
 
@@ -307,12 +198,14 @@ class TLSStreamCore(StreamCore):
         which may be after a client that only writes has closed: data arriving for a closed
         socket is answered with a reset, and a reset throws away what was still queued to
         send.  Waiting for the queue to empty first (what socat's ``-t`` does too) closes that
-        window; a peer that stops reading costs at most :data:`LINGER` seconds."""
+        window; a peer that stops reading costs at most :data:`LINGER` seconds.  With
+        ``acknowledged`` false (a unix socket: what it sent is not lost), only until the
+        ciphertext made has gone."""
         import select
 
         poller = select.poll()  # not select(): a busy server's descriptors go past 1024
         poller.register(self._sock, select.POLLIN)
-        while self._unsent or _unacknowledged(self._sock):
+        while self._unsent or (acknowledged and unacknowledged(self._sock)):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -332,15 +225,22 @@ class TLSStreamCore(StreamCore):
             raise self._failed
         try:
             with self._state_lock:
-                done = self._channel.handshake()
+                done = self._advance()
         except TLSRefused as exc:
             self._failed = exc
             self._flush_quietly()  # the alert that tells the peer why
+            self._discard_unread()
             raise
+        except OSError as exc:  # on the socket: a reset met by OpenSSL
+            raise self._handshake_failed(exc) from exc
         try:
             self._flush()
             if done:
                 return True
+            if self._alias is not None:
+                wanted = select.POLLOUT if self._channel.wants_write else select.POLLIN
+                self._wait_for(wanted)
+                return False
             raw = _calls.recv(self._sock, RECV_CHUNK)
         except BlockingIOError:
             if self._polled:

@@ -13,19 +13,17 @@ A driver that moves every record of a busy connection (the relay) does the same 
 ``more`` says whether a read may give something before the socket is read again (records that
 came glued to others, or to the handshake's last flight).
 
-Why memory BIOs and not ``SSLSocket``: TLS 1.3 lets a side send close_notify and keep reading
-(a client that says "that was my request" and waits for the answer).  ``SSLSocket.unwrap()``
-cannot: it sends close_notify and then reads the peer's on the socket itself, where it meets the
-answer and fails (``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``), losing it.  Here close_notify is
-queued while no unread input is pending, and reading goes on.
+Why not ``SSLSocket``: TLS 1.3 lets a side send close_notify and keep reading (a client that
+says "that was my request" and waits for the answer).  ``SSLSocket.unwrap()`` cannot: it sends
+close_notify, then reads the peer's on the socket, meets the answer and fails
+(``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``), losing it.  Here reading goes on.
 
-On a socket: a driver that only relays (the relay's termination) gives the channel its socket
-(``sock=``), and OpenSSL reads and writes it itself, as ``ssl.SSLSocket`` does: records are
-decrypted straight into the driver's buffer (:meth:`read_into`) and encrypted straight into the
-socket (:meth:`send`), with none of the copies into and out of the memory BIOs (half of what a
-relayed MiB cost).  Everything else (the handshake, its checks and narration, EOF and truncation)
-is the same; close_notify is caught on its way out and left in :meth:`outgoing`
-(:meth:`close_write` says why), so that the peer can still answer.
+On a socket (``sock=``: the relay, the endpoints), OpenSSL reads and writes it itself, as
+``ssl.SSLSocket`` does: records are decrypted straight into the caller's buffer (:meth:`read`,
+:meth:`read_into`) and encrypted straight into the socket (:meth:`send`), with none of the copies
+into and out of the memory BIOs (half of what a MiB cost).  The rest (the handshake, its checks
+and narration, EOF and truncation) is the same; close_notify is caught on its way out and left
+in :meth:`outgoing` (:meth:`close_write` says why), so that the peer can still answer.
 
 EOF: close_notify from the peer is a clean end (``read`` returns ``b""``); the socket's EOF
 without one is :class:`TLSTruncated` (a peer, or something in the middle, cut the stream: what
@@ -39,6 +37,8 @@ certificate, how it was verified, what was agreed, and close_notify sent, receiv
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -148,8 +148,7 @@ class TLSChannel:
         self._in.write(data)
 
     def receive(self, data: bytes, size: int = 65536) -> bytes | None:
-        """:meth:`feed` then :meth:`read`, in one call (what a driver does with every chunk the
-        socket delivers): the same results and errors as :meth:`read`."""
+        """:meth:`feed` then :meth:`read` in one call: the same results and errors as ``read``."""
         if data and self._handshaken:
             self._in.write(data)  # feed's other concerns are the handshake's
         else:
@@ -157,8 +156,7 @@ class TLSChannel:
         return self.read(size)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        """:meth:`write` then :meth:`outgoing`, in one call: the bytes for the peer (possibly with
-        some queued before, in order)."""
+        """:meth:`write` then :meth:`outgoing` in one call: the bytes for the peer, in order."""
         if self._write_closed:
             raise ssl.SSLError("write after close_notify")
         self._encrypt(data)
@@ -261,6 +259,9 @@ class TLSChannel:
                 raise self._truncated() from None
             self.more = False
             return None
+        except ssl.SSLWantWriteError:  # on a socket: TLS must send first (a key update's answer)
+            self.wants_write = True
+            return None
         except ssl.SSLZeroReturnError:
             data = b""
         except ssl.SSLEOFError:
@@ -337,8 +338,7 @@ class TLSChannel:
         return self._later(total, error)
 
     def _later(self, total: int, error: Exception | None) -> int:
-        """``total`` bytes now; the end (``error``, or close_notify) at the next call, which the
-        caller makes at once (:attr:`more`: the socket has nothing to say about it)."""
+        """``total`` bytes now; the end (``error``, or close_notify) at the next call."""
         self._heard = True
         self._error = error
         self.more = True
@@ -353,7 +353,8 @@ class TLSChannel:
     def send(self, data: bytes | memoryview) -> int:
         """On a socket: encrypt ``data`` and write the records: ``len(data)`` once all went,
         ``0`` when the socket took only part (or none): call again with the same bytes once it
-        is writable (OpenSSL remembers what went).  ``OSError`` (a reset) passes;
+        is writable (OpenSSL remembers what went).  ``OSError`` (a reset) passes, and is what a
+        failed write after the peer's close_notify raises too (OpenSSL says "closed" for it);
         :class:`TLSRefused` when TLS wants something else first (a renegotiation)."""
         if self._write_closed:
             raise ssl.SSLError("write after close_notify")
@@ -361,6 +362,8 @@ class TLSChannel:
             n: int = self._encrypt(data)
         except ssl.SSLWantWriteError:
             return 0
+        except ssl.SSLZeroReturnError:
+            raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)) from None
         except ssl.SSLError as exc:
             raise self._explained(exc) from None
         return n

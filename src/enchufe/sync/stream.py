@@ -161,6 +161,11 @@ class TLSConnection(TLSStreamCore, Connection):
             finally:
                 with contextlib.suppress(OSError):
                     self._sock.settimeout(before)
+                    self._nonblocking_underneath()
+
+    def set_timeout(self, seconds: float | None) -> None:
+        super().set_timeout(seconds)
+        self._nonblocking_underneath()
 
     def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.handshake()
