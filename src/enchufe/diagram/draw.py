@@ -18,7 +18,7 @@ SVG keeps its text as text (``svg.fonttype: none``), so the calls can be searche
 from __future__ import annotations
 
 import textwrap
-from typing import Any
+from typing import IO, Any
 
 from ..errors import UsageError
 from ..i18n import _
@@ -80,9 +80,8 @@ def _rows(diagram: Diagram) -> dict[int, float]:
     return rows
 
 
-def draw(diagram: Diagram, path: str, fmt: str) -> None:
-    """Write ``diagram`` to ``path`` as ``fmt`` (``svg`` or ``png``)."""
-    require(f"a .{fmt} diagram")
+def check_size(diagram: Diagram) -> None:
+    """UsageError if ``diagram`` has too many calls for one picture."""
     if len(diagram.steps) > MAX_STEPS:
         raise UsageError(
             _(
@@ -90,6 +89,12 @@ def draw(diagram: Diagram, path: str, fmt: str) -> None:
                 "write Mermaid text instead (.mmd or .md), or trace a shorter run"
             ).format(calls=len(diagram.steps), most=MAX_STEPS)
         )
+
+
+def draw(diagram: Diagram, out: str | IO[bytes], fmt: str) -> None:
+    """Write ``diagram`` to ``out`` (a path or a binary file) as ``fmt`` (``svg`` or ``png``)."""
+    require(f"a .{fmt} diagram")
+    check_size(diagram)
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -123,7 +128,7 @@ def draw(diagram: Diagram, path: str, fmt: str) -> None:
     for arrow in diagram.arrows:
         _arrow(axes, diagram, arrow, columns, rows)
     with matplotlib.rc_context({"svg.fonttype": "none", "font.family": "DejaVu Sans"}):
-        figure.savefig(path, format=fmt, dpi=100)
+        figure.savefig(out, format=fmt, dpi=100)
 
 
 def _columns(diagram: Diagram) -> tuple[dict[int, float], float]:

@@ -7,12 +7,16 @@ tour's kinds) go to one file each, named after the given one: ``tour.svg`` → `
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
-from typing import Any
+import stat
+from collections.abc import Callable
+from typing import IO, Any
 
 from .._text import printable, quoted
-from ..errors import UsageError
+from ..errors import EnchufeError, UsageError, reason
 from ..i18n import _
 from .model import Diagram
 
@@ -82,16 +86,61 @@ def write(diagrams: list[tuple[str, Diagram]], path: str) -> list[str]:
 
             _save(target, mermaid(diagram))
         else:
-            from .draw import draw
+            from .draw import check_size, draw
 
-            draw(diagram, target, suffix[1:])
+            check_size(diagram)  # before any file is made
+            _replace(target, functools.partial(draw, diagram, fmt=suffix[1:]))
         written.append(target)
     return written
 
 
 def _save(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        out.write(text)
+    _replace(path, lambda out: out.write(text.encode("utf-8")))
+
+
+def _replace(path: str, fill: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` whole or not at all: ``fill`` writes a temporary file in the same folder,
+    created with the mode ``path`` will have (an existing file's, else what the umask leaves of
+    rw-rw-rw-, as open() would), which then replaces it by rename(2).  A reader never sees half a
+    diagram, and a failure leaves the old file as it was and no temporary one behind.
+
+    EnchufeError, saying why, when the folder does not exist or cannot be written.
+    """
+    folder, name = os.path.split(path)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None  # a new file (or one we cannot see: the rename says what is wrong)
+    temporary = ""
+    try:
+        fd, temporary = _create(folder or ".", name, 0o666 if mode is None else mode)
+        with os.fdopen(fd, "wb") as out:
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)  # exactly the old file's, whatever the umask
+            fill(out)
+            out.flush()
+            os.fsync(out.fileno())  # the new content is on disk before it takes the name
+        os.replace(temporary, path)
+    except BaseException as exc:
+        if temporary:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        if isinstance(exc, OSError):
+            message = _("cannot write {path}: {reason} (give a path in a folder you can write to)")
+            raise EnchufeError(message.format(path=quoted(path), reason=reason(exc, lower=False))) from None
+        raise
+
+
+def _create(folder: str, name: str, mode: int) -> tuple[int, str]:
+    """A new file next to ``name`` in ``folder`` (a hidden name of its own), created with ``mode``
+    (less the umask), open for writing: (descriptor, path)."""
+    for _attempt in range(100):
+        path = os.path.join(folder, f".{name}.{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(os.path.join(folder, f".{name}.*.tmp"))
 
 
 def title_of(paths: list[str]) -> str:
