@@ -158,3 +158,44 @@ def test_the_asyncio_form(echo_server: EchoServer) -> None:
         return took
 
     assert asyncio.run(main()) >= 0.060 - 0.002
+
+
+#: A program that starts a faulty relay in front of its own unix listener and never stops it.
+NEVER_STOPPED = """
+import os, socket, sys, tempfile
+from enchufe.faults import FaultyRelay
+folder = tempfile.mkdtemp(prefix="enc-t-", dir="/tmp")
+target = socket.socket(socket.AF_UNIX)
+target.bind(os.path.join(folder, "target.sock"))
+target.listen()
+relay = FaultyRelay(f"unix://{folder}/target.sock").start()
+print(os.path.dirname(relay.address.path), flush=True)
+os.unlink(os.path.join(folder, "target.sock"))
+os.rmdir(folder)
+"""
+
+
+def test_a_unix_relay_never_stopped_leaves_no_folder_when_the_program_ends() -> None:
+    """A program (or a test) that ends without stop(): its folder and socket file go with it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NEVER_STOPPED], capture_output=True, text=True, timeout=30, check=True
+    )
+    folder = done.stdout.strip()
+    assert folder.startswith("/tmp/enc-faults-"), done
+    assert not os.path.exists(folder)
+
+
+def test_a_unix_relay_dropped_without_stop_stops_and_leaves_no_folder(echo_server: EchoServer) -> None:
+    import gc
+
+    relay = FaultyRelay(echo_server("unix")).start()
+    folder = os.path.dirname(relay.address.path)  # type: ignore[union-attr]
+    thread = relay._running.thread  # type: ignore[union-attr]
+    del relay
+    gc.collect()
+    assert not os.path.exists(folder)
+    thread.join(10)
+    assert not thread.is_alive()

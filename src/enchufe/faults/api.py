@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -75,6 +76,24 @@ def listen_for(target: Address, folder: str) -> str:
     )
 
 
+class _Held:
+    """What a :class:`FaultyRelay` must give back however it ends: its relay's thread and its
+    temporary folder (with the relay's socket file in it)."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = folder
+        self.running: RelayThread | None = None
+
+    def release(self) -> None:
+        """Stop the relay at once (without waiting for its thread) and remove the folder."""
+        running, self.running = self.running, None
+        if running is not None:
+            running.relay.stop(now=True)
+        folder, self.folder = self.folder, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class FaultyRelay:
     """A relay from ``listen`` (by default: the same kind as ``target``, on loopback or in a
     temporary folder) to ``target``, through ``faults`` (see the module).
@@ -90,6 +109,8 @@ class FaultyRelay:
       Safe from any thread.
     * :meth:`stop` (or leaving ``with``) closes the listener and cuts every open connection (the
       clients see a reset), and removes the temporary folder.  Calling it again does nothing.
+      A relay never stopped is stopped, and its folder removed, when it is garbage-collected or
+      when the interpreter exits (a test that failed before stop() leaves nothing in /tmp).
     * ``seed`` makes every random choice repeatable (jitter, toxicity, loss …): the same seed and
       the same traffic give the same decisions.  ``None``: a new seed each time (:attr:`seed`).
     * ``emit`` receives the relay's events (``emit(name, message, level=…, **fields)``) up to
@@ -111,12 +132,15 @@ class FaultyRelay:
         self.target = parse(target) if isinstance(target, str) else target
         self.seed = random.SystemRandom().randrange(2**63) if seed is None else seed
         self._plan = FaultPlan(toxics_of(faults), self.seed, live=True)
-        self._folder: str | None = None
+        folder = None
         if listen is None:
             listen_for(self.target, "")  # refused before a folder is made
             if isinstance(self.target, UnixAddress):
-                self._folder = tempfile.mkdtemp(prefix="enc-faults-", dir="/tmp")
-            listen = listen_for(self.target, self._folder or "")
+                folder = tempfile.mkdtemp(prefix="enc-faults-", dir="/tmp")
+            listen = listen_for(self.target, folder or "")
+        self._held = _Held(folder)
+        # Not a method of self: the finalizer must not keep self alive.
+        self._release = weakref.finalize(self, self._held.release)
         try:  # a refusal must not leave the folder behind
             self.listen = parse(listen) if isinstance(listen, str) else listen
             self._plan.check_relay(self.listen, self.target, frame=False)
@@ -128,7 +152,7 @@ class FaultyRelay:
                 idle_timeout=idle_timeout,
             )
         except BaseException:
-            self._remove_folder()
+            self._release()
             raise
         self._events = EventSink(emit, level)
         self._running: RelayThread | None = None
@@ -142,9 +166,10 @@ class FaultyRelay:
             try:
                 running = RelayThread.start(self.config, self._events, f"faulty relay to {self.target}")
             except BaseException:
-                self._remove_folder()
+                self._release()
                 raise
             self._running, self._relay = running, running.relay
+            self._held.running = running
         return self
 
     @property
@@ -162,18 +187,14 @@ class FaultyRelay:
         """Cut everything and end the relay's thread (see the class).  Raises what made the
         relay's thread fail, if it did."""
         running, self._running = self._running, None
+        self._held.running = None  # stopped here, its thread waited for
         try:
             if running is not None:
                 running.stop(timeout)
                 if running.error is not None:
                     raise running.error
         finally:
-            self._remove_folder()
-
-    def _remove_folder(self) -> None:
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+            self._release()
 
     def __enter__(self) -> FaultyRelay:
         return self.start()

@@ -40,11 +40,16 @@ class RelayThread:
     def start(cls, config: RelayConfig, events: EventSink | None, name: str) -> RelayThread:
         """Bind ``config.listen`` and serve it in a new thread.  Raises what
         :meth:`Relay.open` raises (UsageError for a configuration that cannot be, NetworkError or
-        OSError for an address that cannot be bound or a target that cannot be resolved)."""
+        OSError for an address that cannot be bound or a target that cannot be resolved), or why
+        the thread could not start, the listener then closed and its socket file removed."""
         relay = Relay(config, events=events)
         address = relay.open()
-        running = cls(relay, address, name)
-        running.thread.start()
+        try:
+            running = cls(relay, address, name)
+            running.thread.start()
+        except BaseException:  # no thread (RuntimeError: can't start new thread …): nothing serves
+            relay.close()  # the listener, and its socket file
+            raise
         return running
 
     def _run(self) -> None:
