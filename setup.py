@@ -1,14 +1,18 @@
-"""Build hook: compile the message catalogs (.po → .mo) so that the wheel ships them.
+"""Build hooks: compile the message catalogs (.po → .mo) so that the wheel ships them, and the
+relay's optional compiled hot path (``enchufe._speedups``) where a C compiler and Python's headers
+are at hand.
 
 Everything else about the package is in pyproject.toml.  The .mo files are build output, never
-committed; ``tools/catalog.py`` keeps the .po files.
+committed; ``tools/catalog.py`` keeps the .po files.  The extension is ``optional``: without a
+compiler the build warns and goes on, and the relay runs its pure-Python path (the same tests
+cover both; see ``enchufe.relay.engine``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 LOCALE = Path(__file__).resolve().parent / "src" / "enchufe" / "locale"
@@ -34,4 +38,11 @@ class BuildWithCatalogs(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildWithCatalogs})
+SPEEDUPS = Extension(
+    "enchufe._speedups",
+    ["src/enchufe/_speedups.c"],
+    optional=True,  # no compiler, no headers: the pure-Python path
+    extra_compile_args=["-O2", "-std=c99", "-Wall"],
+)
+
+setup(cmdclass={"build_py": BuildWithCatalogs}, ext_modules=[SPEEDUPS])

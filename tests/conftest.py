@@ -192,3 +192,20 @@ def mypy_cache_dir() -> Iterator[str]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def both_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the relay's compiled hot path (``enchufe._speedups``: the loop's
+    shortcuts) and again without it (``ENCHUFE_PURE_PYTHON=1`` for relay processes, and
+    :data:`enchufe.relay.engine.COMPILED` off for relays in this process): the fallback a
+    machine without a compiler runs must pass the same tests.  Used by the test modules of the
+    stream data path (``pytestmark = pytest.mark.usefixtures("both_paths")``)."""
+    from enchufe.relay import engine
+
+    if request.param == "pure":
+        monkeypatch.setenv("ENCHUFE_PURE_PYTHON", "1")
+        monkeypatch.setattr(engine, "COMPILED", False)
+    elif not engine.COMPILED:
+        pytest.skip("enchufe._speedups is not built here (no C compiler at install)")
+    return str(request.param)

@@ -70,6 +70,9 @@ from .conftest import (
     wait_until,
 )
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 MiB = 1024 * 1024
 
 MakeAddress = Callable[[str], str]

@@ -19,6 +19,7 @@ import pytest
 from enchufe.relay import RelayConfig
 from enchufe.relay.datagram import DatagramRelay
 from enchufe.relay.engine import COMPACT_AFTER, READ, WRITE, Loop
+from enchufe.relay.shortcuts import NO_SHORTCUTS
 from enchufe.relay.stream import Side, StreamRelay, StreamSession
 
 from .conftest import (
@@ -495,6 +496,9 @@ class FaultySession(StreamSession):
     #: the session with this number raises when told that its exec: child exited
     fail_exit: ClassVar[int] = 0
 
+    def _may_cut(self, stop_early: bool) -> int:
+        return NO_SHORTCUTS  # every event reaches _on_client, where the fault is injected
+
     def cut(self, reason: str) -> None:
         if self.id == self.fail_cut:
             FaultySession.fail_cut = 0
@@ -758,6 +762,7 @@ def _on_client(self, events):
             pass
     original(self, events)
 StreamSession._on_client = _on_client
+StreamSession._may_cut = lambda self, stop_early: -1  # every event reaches _on_client
 from enchufe.cli import main
 sys.argv = ["enchufe", *sys.argv[4:]]
 main()

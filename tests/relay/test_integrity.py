@@ -18,6 +18,9 @@ from tests.conftest import needs_ipv6
 
 from .conftest import StartRelay, Target, dial, digest_of, exchange
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 MiB = 1024 * 1024
 
 # (LISTEN kind, TARGET kind, MiB each way)

@@ -15,6 +15,9 @@ import pytest
 
 from .conftest import STEP, StartRelay, Target, dial, echo, exchange, ping, read_all, wait_until
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 MiB = 1024 * 1024
 
 

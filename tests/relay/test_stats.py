@@ -13,6 +13,9 @@ from tests.conftest import Peer
 
 from .conftest import STEP
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 
 @pytest.mark.parametrize(
     ("count", "text"),

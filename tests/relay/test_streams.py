@@ -13,6 +13,9 @@ from tests.conftest import needs_ipv6
 
 from .conftest import StartRelay, Target, abort, dial, echo, ping, read_all, turned_away, wait_until
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 #: Longer than socat's 0.5 s half-close timeout, as the issue asks (> 1 s).
 LATE = 1.2
 

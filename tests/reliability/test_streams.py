@@ -20,6 +20,9 @@ from tests.relay.conftest import STEP, StartRelay
 
 from .conftest import StartCommand, run
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 #: Both directions sliced and delayed, with jitter: what a slow, fragmenting network does.
 MANGLING = (
     "latency:latency=4,jitter=4",

@@ -12,6 +12,9 @@ from enchufe.testing import EchoServer, FaultyRelayStarter
 from tests.cli.conftest import Spawn
 from tests.relay.conftest import STEP, StartRelay
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 HELD = "timeout:timeout=0"  # nothing passes, and the connection is never closed
 
 

@@ -30,6 +30,19 @@ event and a client accepted while handling the next one usually share a number; 
 same ``epoll_wait`` batch for a number forgotten during that batch are therefore dropped, never
 delivered to the new owner (level-triggered readiness reports a real event again next turn).
 
+Shortcuts (the compiled hot path)
+---------------------------------
+With the optional extension ``enchufe._speedups`` (built at install where a C compiler is at
+hand), epoll is its ``Poller``, which can serve a descriptor's readability itself:
+:meth:`Loop.shortcut` ``(src, dst, size)`` has every event that is exactly "``src`` is readable"
+served by one ``read`` of ``src`` and one ``send`` to ``dst`` without returning to Python (a
+relayed stream's small-message path, see :mod:`.pump`).  Whatever that cannot finish (EOF, an
+error, a partial send, a full read) reaches ``src``'s handler with :data:`HANDED` added to its
+events, the shortcut gone, and :meth:`Loop.take` tells what was read and sent.  Without the
+extension (or with ``ENCHUFE_PURE_PYTHON=1`` in the environment) :attr:`Loop.shortcuts` is
+false, :meth:`Loop.shortcut` refuses, and the pure-Python pump does the same work; the tests run
+the relay both ways.
+
 A handler or timer that raises ends its owner, never the loop: a hostile or unlucky peer may
 end its own session, not the relay and everyone else's.  A registration (or a timer) may carry
 ``on_error(exc)``, which ends its owner (a session resets both its peers, a listener rests a
@@ -54,11 +67,29 @@ import select
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .._text import printable
 from ..i18n import N_, _
 
-__all__ = ["ERROR", "FAILED", "READ", "WRITE", "Loop", "Timer"]
+__all__ = ["COMPILED", "ERROR", "FAILED", "HANDED", "READ", "WRITE", "Loop", "Taken", "Timer"]
+
+Poller: Any = None
+try:
+    if os.environ.get("ENCHUFE_PURE_PYTHON"):
+        raise ImportError("ENCHUFE_PURE_PYTHON is set")
+    from .._speedups import HANDED
+    from .._speedups import Poller as Poller
+except ImportError:
+    HANDED = 1 << 26  # never reported without the extension
+
+#: New loops use the compiled poller (and its shortcuts); tests turn it off to run both ways.
+COMPILED = Poller is not None
+
+#: What a shortcut handed over (:meth:`Loop.take`): the bytes it read (empty: EOF or a failed
+#: read), how many of them it sent, the errno of a failed read and of a failed send (0: none),
+#: and the bytes it had moved since the last look.
+Taken = tuple[bytes, int, int, int, int]
 
 READ = select.EPOLLIN
 WRITE = select.EPOLLOUT
@@ -125,7 +156,16 @@ class Loop:
     """epoll plus timers plus a wake-up pipe.  Not thread-safe except for :meth:`wake`."""
 
     def __init__(self, report: Report | None = None) -> None:
-        self._epoll = select.epoll()
+        #: whether :meth:`shortcut` serves (the compiled poller is in use)
+        self.shortcuts = COMPILED
+        poller: Any = Poller() if COMPILED else select.epoll()
+        self._epoll = poller
+        if self.shortcuts:  # the poller's own methods: no Python call in between
+            self.shortcut = self._epoll.shortcut  # type: ignore[method-assign]
+            self.unshortcut = self._epoll.unshortcut  # type: ignore[method-assign]
+            self.moved = self._epoll.moved  # type: ignore[method-assign]
+            self.pending = self._epoll.pending  # type: ignore[method-assign]
+            self.take = self._epoll.take  # type: ignore[method-assign]
         self._handlers: dict[int, Handler] = {}
         #: how to end the owner of a descriptor whose handler raised (see the module docstring)
         self._on_error: dict[int, OnError] = {}
@@ -172,7 +212,10 @@ class Loop:
                 self._epoll.unregister(fd)
 
     def forget(self, fd: int) -> None:
-        """``fd`` is about to be closed: drop its handler (closing removes it from epoll)."""
+        """``fd`` is about to be closed: drop its handler (closing removes it from epoll) and
+        its shortcut (its number will be someone else's)."""
+        if self.shortcuts:
+            self._epoll.unshortcut(fd)
         self._handlers.pop(fd, None)
         self._on_error.pop(fd, None)
         self._always.pop(fd, None)
@@ -180,6 +223,36 @@ class Loop:
 
     def watching(self, fd: int) -> bool:
         return fd in self._handlers
+
+    # -- shortcuts (see the module's docstring)
+
+    def shortcut(self, src: int, dst: int, size: int) -> None:
+        """Serve the readability of socket ``src`` (registered for READ) in the poller: read
+        up to ``size`` bytes, send them to socket ``dst``.  Only with the compiled poller
+        (:attr:`shortcuts`); replaced by the poller's own method then."""
+        raise RuntimeError("shortcuts need the compiled poller (enchufe._speedups)")
+
+    def unshortcut(self, src: int) -> int:
+        """Drop ``src``'s shortcut; the bytes it moved since the last look."""
+        moved: int = self._epoll.unshortcut(src)
+        return moved
+
+    def moved(self, src: int) -> tuple[int, float]:
+        """The bytes ``src``'s shortcut moved since the last look (it stays), and the
+        ``time.monotonic()`` of its last send (0.0: none)."""
+        moved: tuple[int, float] = self._epoll.moved(src)
+        return moved
+
+    def pending(self, src: int) -> int:
+        """The bytes ``src``'s shortcut moved since the last look, left for that look to count
+        (safe from another thread)."""
+        pending: int = self._epoll.pending(src)
+        return pending
+
+    def take(self, src: int) -> Taken:
+        """What ``src``'s shortcut handed over with its :data:`HANDED` event (it is gone now)."""
+        taken: Taken = self._epoll.take(src)
+        return taken
 
     # -- timers
 

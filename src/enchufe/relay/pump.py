@@ -136,7 +136,7 @@ class Pump(PumpState):
         the hop buffer: a bulk transfer begins) is moved into a buffer of the pump's own, as
         if the general path (:meth:`_general`) had read it, and that path takes over.
         """
-        if self.in_flight or self.hold_off or trace._sink is not None:  # trace.enabled(), inline
+        if self.in_flight or self.hold_off or trace._sink is not None or self.taken:  # inline checks
             return self._general()
         pools = self._pools
         try:
@@ -166,6 +166,28 @@ class Pump(PumpState):
             self._hand_over(hop[sent:n])
         return sent
 
+    def _resume(self) -> int:
+        """Finish what the loop's shortcut began (:attr:`taken`): the small-message path after
+        its two system calls, as :meth:`run` would have gone on from them."""
+        taken = self.taken
+        assert taken is not None
+        self.taken = None
+        data, sent, read_errno, send_errno = taken
+        if read_errno:
+            self.failed_on = "read"
+            raise OSError(read_errno, os.strerror(read_errno))
+        n = len(data)
+        if not n:
+            self._ended()
+            return 0
+        if n == self._pools.hop_size:  # a bulk transfer begins (the shortcut sent nothing)
+            self.hold_off = STREAMING_HYSTERESIS
+        if sent < n:
+            self._hand_over(memoryview(data)[sent:])
+        if send_errno:
+            self._write_failed(OSError(send_errno, os.strerror(send_errno)))
+        return sent
+
     def _hand_over(self, data: memoryview) -> None:
         """Bytes read on the small-message path that did not go: into a buffer of this pump's
         own (a bulk one if it copies towards TCP and one is free), in flight, for the general
@@ -187,7 +209,8 @@ class Pump(PumpState):
         the small-message path aside for :data:`STREAMING_HYSTERESIS` runs that move fewer."""
         if self.done:
             return 0
-        moved = self._run()
+        moved = self._resume() if self.taken else 0
+        moved += self._run()
         hold = self.hold_off
         if moved >= STREAMING_BYTES:
             if hold >= 0:

@@ -73,6 +73,7 @@ class PumpState:
         "pipe",
         "src_fd",
         "stalled",
+        "taken",
         "use_splice",
         "view",
     )
@@ -121,6 +122,15 @@ class PumpState:
         #: in bulk), or :data:`NEVER` (a pump that splices: towards unix sockets and pipes; a
         #: pump that is done, or discards)
         self.hold_off = NEVER if self.use_splice and not bulk else 0
+        #: what the loop's shortcut for ``src`` read and could not finish (``Loop.take``: the
+        #: bytes, how many were sent, the errno of a failed read and send), for :meth:`run`
+        self.taken: tuple[bytes, int, int, int] | None = None
+
+    @property
+    def simple(self) -> bool:
+        """Nothing in flight, no EOF, the small-message path open: what the loop's shortcut
+        (one read and one send, compiled) may do for this pump is all it would do."""
+        return not (self.in_flight or self.hold_off or self.eof or self.stalled or self.taken)
 
     @property
     def wants_read(self) -> bool:

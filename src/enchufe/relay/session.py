@@ -351,6 +351,7 @@ class RelaySession:
         self._idle_timer = None
         if self.state != OPEN:
             return
+        self._collect()
         relay = self.relay
         timeout = relay.idle_timeout
         assert timeout is not None
@@ -363,6 +364,11 @@ class RelaySession:
     def _idle_expired(self, timeout: float) -> None:
         """Nothing moved for ``timeout`` seconds (hook: end the session)."""
         raise NotImplementedError
+
+    def _collect(self) -> bool:
+        """Count what moved without this session's Python seeing it (hook: the loop's
+        shortcuts, see :mod:`.shortcuts`); whether anything did."""
+        return False
 
     # -- ending
 

@@ -37,6 +37,7 @@ from .._nonblocking import abort
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress
 from ..errors import reason as system_reason
 from ..i18n import N_, _
+from . import shortcuts
 from .children import Children
 from .datagram_io import ReadMode
 from .engine import READ, Loop
@@ -155,6 +156,18 @@ class StreamRelay:
         self._inherits_nodelay = False
         self._nodelay_each = False
         self._next_pause_report = 0.0
+        if loop.shortcuts:  # what they move is counted when the stats are looked at
+            stats.collectors.append(self._shortcut_bytes)
+
+    def _shortcut_bytes(self) -> tuple[int, int]:
+        """Bytes the sessions' shortcuts moved, not counted yet: (to target, to client).  Read
+        only (a stats snapshot may be taken from another thread)."""
+        to_target = to_client = 0
+        for session in list(self.sessions):  # a copy: the relay's thread may add or drop some
+            up, down = shortcuts.pending(session)
+            to_target += up
+            to_client += down
+        return to_target, to_client
 
     # -- accepting
 

@@ -32,28 +32,28 @@ from ..address import ExecAddress, InetAddress, StdioAddress
 from ..errors import NetworkError
 from ..errors import reason as system_reason
 from ..i18n import N_, _
+from . import shortcuts
+from .child_exit import child_exited
 from .children import Child
-from .engine import ERROR, FAILED, READ, WRITE, Timer
+from .engine import ERROR, FAILED, HANDED, READ, WRITE, Timer
 from .prelude import PreludeSession
 from .proxying import proxied_environment
 from .pump import Pump
-from .session import CLOSED, CONNECTING, OPEN, pending_error
-from .sides import UNREGISTERED, Side, readable, stdio_side
+from .session import CONNECTING, OPEN, pending_error
+from .shortcuts import DOWN, NO_SHORTCUTS, UP, WARM_UP
+from .sides import UNREGISTERED, Side, stdio_side
 
 if TYPE_CHECKING:
     from .stream import StreamRelay
 
-__all__ = ["CHILD_EXIT_RECHECK_MAX", "StreamSession"]
-
-#: Longest pause between two looks at a session whose exited child left output on its way to
-#: a client that reads slowly.
-CHILD_EXIT_RECHECK_MAX = 5.0
+__all__ = ["StreamSession"]
 
 
 class StreamSession(PreludeSession):
-    """One client relayed to the target: open the target, then two pumps until both are done."""
+    """One client relayed to the target: open the target, then two pumps until both are done
+    (their small-message path in the loop's shortcuts while they are simple: :mod:`.shortcuts`)."""
 
-    __slots__ = ("_child_timer", "_stop_early", "child", "client", "down", "target", "up")
+    __slots__ = ("_child_timer", "_cuts", "_stop_early", "child", "client", "down", "target", "up")
 
     relay: StreamRelay
     crash_outcome = N_("both peers reset")
@@ -72,6 +72,7 @@ class StreamSession(PreludeSession):
         #: a terminal at either end: the session may end before both pumps are done
         self._stop_early = False
         self._child_timer: Timer | None = None
+        self._cuts = NO_SHORTCUTS
 
     # -- opening the target
 
@@ -205,6 +206,7 @@ class StreamSession(PreludeSession):
         self.up = self._pump(client, target)
         self.down = self._pump(target, client)
         self._stop_early = client.stop_at_peer_eof or target.stop_at_peer_eof
+        self._cuts = self._may_cut(self._stop_early)
         if announce and relay.events.wants(1):
             seconds = time.monotonic() - self.started
             relay.events(
@@ -257,6 +259,13 @@ class StreamSession(PreludeSession):
             return
         dst.shut_write(self.relay.loop)
 
+    def _may_cut(self, stop_early: bool) -> int:
+        """``_cuts`` for the pumps just made (hook: a subclass may keep every event its own)."""
+        return shortcuts.may_cut(self, stop_early)
+
+    def _collect(self) -> bool:
+        return shortcuts.collect(self)
+
     # -- readiness
 
     def _on_client(self, events: int) -> None:
@@ -264,6 +273,9 @@ class StreamSession(PreludeSession):
             if self.state == CONNECTING:  # only errors are asked for while connecting
                 self._client_gone_while_connecting()
             return
+        if events & HANDED:
+            assert self.up is not None
+            shortcuts.take(self, self.up, self.client, UP)
         if events & FAILED and self._failed(self.client_sock, "client"):
             return
         self._step(events & (READ | ERROR), events & (WRITE | ERROR))
@@ -273,6 +285,9 @@ class StreamSession(PreludeSession):
             if self.state == CONNECTING:
                 self._connect_ready()
             return
+        if events & HANDED:
+            assert self.down is not None and self.target is not None
+            shortcuts.take(self, self.down, self.target, DOWN)
         if events & FAILED and self._failed(self.target_sock, "target"):
             return
         self._step(events & (WRITE | ERROR), events & (READ | ERROR))
@@ -354,8 +369,15 @@ class StreamSession(PreludeSession):
         # change nothing (the request/response case, most steps of a small-message connection).
         # One int: any bit set means something to look at.
         sides = (self.client.mask ^ READ) | (self.target.mask ^ READ)  # type: ignore[union-attr]
+        cuts = self._cuts  # the loop's shortcuts (see .shortcuts): which may change now
         if up.in_flight | down.in_flight | up.eof | down.eof | up.stalled | down.stalled | sides:
             self._update(up, down)
+            if cuts >= 0:
+                shortcuts.arm(self, up, down)
+        elif cuts < WARM_UP + 2:  # both ways simple again: a step of the warm-up
+            self._cuts = cuts + 1
+        elif cuts != NO_SHORTCUTS and cuts != UP | DOWN:
+            shortcuts.arm(self, up, down)
 
     def _terminal_done(self, up: Pump, down: Pump) -> bool:
         """A terminal on the other side of a finished direction may never send its EOF."""
@@ -437,41 +459,8 @@ class StreamSession(PreludeSession):
         )
 
     def _child_exited(self, delay: float, check: bool = False) -> None:
-        """The exec: child has exited: once what it wrote is through (``delay`` seconds later,
-        then less and less often while a slow client still reads it), the session is over, even
-        if a process the child left behind holds its stdout open, so that no EOF would come."""
-        self._child_timer = None
-        if self.state == CLOSED:
-            return
-        if check and self.down is not None and self.target is not None:
-            if self._child_output_through(self.down, self.target):
-                return
-            delay = min(delay * 2, CHILD_EXIT_RECHECK_MAX)
-        self._child_timer = self.relay.loop.call_later(
-            delay, lambda: self._child_exited(delay, check=True), self.crashed
-        )
-
-    def _child_output_through(self, down: Pump, target: Side) -> bool:
-        """Whether the exited child's session needs no more looks (it ended, or goes on as a
-        half-closed one); False while its output is still on its way."""
-        if down.done:
-            return True  # its output's EOF came: the session goes on as any half-closed one
-        if down.in_flight > 0 or (target.rfd >= 0 and readable(target.rfd)):
-            return False
-        relay = self.relay
-        if relay.events.wants(1):
-            assert self.child is not None
-            relay.events(
-                "exec",
-                _("#{id} {program} exited, but a process it started holds its output open: closing").format(
-                    id=self.id, program=relay.target_label
-                ),
-                level=1,
-                id=self.id,
-                pid=self.child.pid,
-            )
-        self._end("done")
-        return True
+        """The exec: child has exited (see :func:`.child_exit.child_exited`)."""
+        child_exited(self, delay, check)
 
     # -- ending
 
@@ -483,6 +472,7 @@ class StreamSession(PreludeSession):
 
     def _release(self, abortive: bool) -> None:
         relay = self.relay
+        shortcuts.disarm(self)
         if self._stage is not None:
             self._stage.cancel()
             self._stage = None

@@ -1,0 +1,274 @@
+"""enchufe._speedups.Poller: select.epoll's behaviour, and the shortcuts (the relay's compiled
+small-message path), on real socket pairs and TCP connections.
+
+The relay's own tests run with and without it (tests/conftest.py: ``both_paths``); these check
+the poller by itself: what it serves, what it hands over and how, and that it behaves as
+select.epoll where it is one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from enchufe import _speedups
+except ImportError:  # no compiler at install: the pure-Python path only (tested everywhere)
+    _speedups = None
+
+needs_speedups = pytest.mark.skipif(_speedups is None, reason="enchufe._speedups is not built here")
+
+IN = select.EPOLLIN
+
+
+def test_the_compiled_path_is_built_wherever_a_compiler_and_headers_are() -> None:
+    """The extension is optional at install; where it could be built it must have been, or
+    the compiled path (the one most users run) would go untested without anyone noticing."""
+    include = sysconfig.get_paths()["include"]
+    if shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc") is None:
+        pytest.skip("no C compiler here: the pure-Python path is the one installed")
+    if not (Path(include) / "Python.h").exists():
+        pytest.skip(f"no Python headers in {include}: the pure-Python path is the one installed")
+    assert _speedups is not None, "a compiler and headers are here, yet enchufe._speedups is missing"
+
+
+@pytest.fixture
+def poller() -> Iterator[_speedups.Poller]:
+    if _speedups is None:
+        pytest.skip("enchufe._speedups is not built here")
+    p = _speedups.Poller()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def pairs() -> Iterator[tuple[socket.socket, socket.socket, socket.socket, socket.socket]]:
+    """(client, src, dst, server): bytes written on client arrive at src; what is sent on
+    dst arrives at server.  src and dst are non-blocking, as the relay's are."""
+    client, src = socket.socketpair()
+    dst, server = socket.socketpair()
+    for sock in (src, dst):
+        sock.setblocking(False)
+    for sock in (client, server):
+        sock.settimeout(5.0)
+    yield client, src, dst, server
+    for sock in (client, src, dst, server):
+        sock.close()
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname(), timeout=5.0)
+        b, _ = listener.accept()
+    b.setblocking(False)
+    return a, b
+
+
+# ----------------------------------------------------------------------------- as select.epoll
+
+
+@needs_speedups
+def test_it_refuses_what_select_epoll_refuses(poller: _speedups.Poller) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        poller.register(a.fileno(), IN)
+        with pytest.raises(FileExistsError):
+            poller.register(a, IN)  # a socket object is taken too, as by select.epoll
+        with pytest.raises(FileNotFoundError):
+            poller.modify(b.fileno(), IN)
+        with pytest.raises(FileNotFoundError):
+            poller.unregister(b.fileno())
+        with pytest.raises(ValueError, match="maxevents"):
+            poller.poll(0, 0)
+        with open(os.devnull, "rb") as null, pytest.raises(PermissionError):
+            poller.register(null.fileno(), IN)  # epoll refuses regular files and /dev/null
+    poller.close()
+    assert poller.closed
+    with pytest.raises(ValueError, match="closed"):
+        poller.poll(0)
+
+
+@needs_speedups
+def test_without_shortcuts_it_reports_what_select_epoll_reports(poller: _speedups.Poller) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        reference = select.epoll()
+        try:
+            for p in (poller, reference):
+                p.register(b.fileno(), IN | select.EPOLLOUT)
+            assert poller.poll(0) == reference.poll(0) == [(b.fileno(), select.EPOLLOUT)]
+            a.send(b"x")
+            assert poller.poll(0) == reference.poll(0) == [(b.fileno(), IN | select.EPOLLOUT)]
+            for p in (poller, reference):
+                p.modify(b.fileno(), IN)
+            a.close()
+            assert poller.poll(0) == reference.poll(0)  # EPOLLIN | EPOLLHUP: the peer is gone
+            assert poller.poll(0.01) == poller.poll(None, 8) != []
+        finally:
+            reference.close()
+
+
+@needs_speedups
+def test_a_signal_handler_that_raises_interrupts_a_wait(poller: _speedups.Poller) -> None:
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            poller.poll(10.0)  # would wait 10 s: the signal ends it
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ----------------------------------------------------------------------------- shortcuts
+
+
+@needs_speedups
+def test_a_shortcut_serves_a_message_without_returning_to_python(poller: _speedups.Poller, pairs) -> None:
+    client, src, dst, server = pairs
+    poller.register(src.fileno(), IN)
+    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    for size in (1, 100, 4000):
+        client.sendall(b"m" * size)
+        assert poller.poll(0.2) == []  # served: nothing for Python, even after the wait
+        assert server.recv(65536) == b"m" * size
+    moved, last = poller.moved(src.fileno())
+    assert moved == 4101 and last > 0
+    assert poller.moved(src.fileno())[0] == 0  # counted from zero again
+    client.sendall(b"z")
+    assert poller.poll(0.2) == []
+    assert poller.unshortcut(src.fileno()) == 1
+    client.sendall(b"y")
+    assert poller.poll(0.2) == [(src.fileno(), IN)]  # no shortcut now: Python's event again
+
+
+@needs_speedups
+def test_eof_is_handed_over_with_what_was_moved_before(poller: _speedups.Poller, pairs) -> None:
+    client, src, dst, server = pairs
+    poller.register(src.fileno(), IN)
+    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    client.sendall(b"hello")
+    assert poller.poll(0.2) == []
+    client.shutdown(socket.SHUT_WR)
+    assert poller.poll(0.2) == [(src.fileno(), IN | _speedups.HANDED)]
+    assert poller.take(src.fileno()) == (b"", 0, 0, 0, 5)
+    with pytest.raises(LookupError):
+        poller.take(src.fileno())  # taken once
+    assert poller.poll(0.05) == [(src.fileno(), IN)]  # the shortcut is gone with the hand-over
+    assert server.recv(100) == b"hello"
+
+
+@needs_speedups
+def test_a_read_that_fills_the_buffer_is_handed_over_unsent(poller: _speedups.Poller, pairs) -> None:
+    client, src, dst, _server = pairs
+    poller.register(src.fileno(), IN)
+    poller.shortcut(src.fileno(), dst.fileno(), 16)
+    client.sendall(b"0123456789abcdefXYZ")
+    assert poller.poll(0.2) == [(src.fileno(), IN | _speedups.HANDED)]
+    assert poller.take(src.fileno()) == (b"0123456789abcdef", 0, 0, 0, 0)  # bulk: Python's way
+    assert src.recv(100) == b"XYZ"
+
+
+@needs_speedups
+def test_a_send_that_takes_part_hands_over_the_rest(poller: _speedups.Poller, pairs) -> None:
+    client, src, dst, _server = pairs
+    dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    filled = 0
+    while True:  # fill dst's queue (bounded by the kernel's buffers)
+        try:
+            filled += dst.send(b"f" * 4096)
+        except BlockingIOError:
+            break
+    poller.register(src.fileno(), IN)
+    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    client.sendall(b"q" * 1000)
+    ((fd, events),) = poller.poll(0.2)
+    assert (fd, events) == (src.fileno(), IN | _speedups.HANDED)
+    data, sent, read_errno, send_errno, moved = poller.take(src.fileno())
+    assert data == b"q" * 1000 and sent < 1000 and (read_errno, send_errno, moved) == (0, 0, 0)
+    assert filled > 0
+
+
+@needs_speedups
+def test_a_failed_send_is_handed_over_with_its_errno(poller: _speedups.Poller, pairs) -> None:
+    client, src, dst, server = pairs
+    server.close()  # dst's peer is gone: sending fails (EPIPE), and no SIGPIPE kills us
+    poller.register(src.fileno(), IN)
+    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    client.sendall(b"lost")
+    assert poller.poll(0.2) == [(src.fileno(), IN | _speedups.HANDED)]
+    data, sent, read_errno, send_errno, _moved = poller.take(src.fileno())
+    assert (data, sent, read_errno) == (b"lost", 0, 0)
+    assert send_errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+@needs_speedups
+def test_a_reset_is_handed_over_as_a_failed_read(poller: _speedups.Poller) -> None:
+    peer, src = tcp_pair()
+    dst, server = socket.socketpair()
+    with peer, src, dst, server:
+        dst.setblocking(False)
+        poller.register(src.fileno(), IN)
+        poller.shortcut(src.fileno(), dst.fileno(), 65536)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # RST
+        events = poller.poll(1.0)
+        assert events and events[0][0] == src.fileno()
+        if events[0][1] == IN | _speedups.HANDED:  # epoll may add EPOLLHUP|EPOLLERR: Python's then
+            data, sent, read_errno, _send_errno, _moved = poller.take(src.fileno())
+            assert (data, sent, read_errno) == (b"", 0, errno.ECONNRESET)
+        else:
+            assert events[0][1] & select.EPOLLERR
+
+
+@needs_speedups
+def test_a_descriptor_registered_anew_has_no_shortcut(poller: _speedups.Poller, pairs) -> None:
+    """Its number may belong to another connection now: the old shortcut must not serve it."""
+    client, src, dst, _server = pairs
+    poller.register(src.fileno(), IN)
+    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    poller.unregister(src.fileno())
+    poller.register(src.fileno(), IN)
+    client.sendall(b"new owner")
+    assert poller.poll(0.2) == [(src.fileno(), IN)]
+    assert poller.moved(src.fileno()) == (0, 0.0)
+
+
+@needs_speedups
+def test_only_plain_readability_is_served(poller: _speedups.Poller, pairs) -> None:
+    """An event with more than EPOLLIN in it (writable too, a hang-up) is Python's."""
+    client, src, dst, _server = pairs
+    poller.register(src.fileno(), IN | select.EPOLLOUT)
+    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    client.sendall(b"x")
+    assert poller.poll(0.2) == [(src.fileno(), IN | select.EPOLLOUT)]
+    assert src.recv(10) == b"x"
+
+
+@needs_speedups
+def test_bad_shortcuts_are_refused(poller: _speedups.Poller) -> None:
+    with pytest.raises(ValueError):
+        poller.shortcut(-1, 3, 100)
+    with pytest.raises(ValueError):
+        poller.shortcut(3, 4, 0)
+    with pytest.raises(ValueError):
+        poller.shortcut(3, 4, 1 << 30)
+    with pytest.raises(ValueError):
+        poller.moved(-5)
+    assert poller.unshortcut(1000) == 0  # never had one
