@@ -164,6 +164,8 @@ class StreamRelay:
         only (a stats snapshot may be taken from another thread)."""
         to_target = to_client = 0
         for session in list(self.sessions):  # a copy: the relay's thread may add or drop some
+            if not isinstance(session, StreamSession):  # framed sessions take no shortcuts
+                continue
             up, down = shortcuts.pending(session)
             to_target += up
             to_client += down
