@@ -24,7 +24,7 @@ import pytest
 try:
     from enchufe import _speedups
 except ImportError:  # no compiler at install: the pure-Python path only (tested everywhere)
-    _speedups = None
+    _speedups = None  # type: ignore[assignment]
 
 needs_speedups = pytest.mark.skipif(_speedups is None, reason="enchufe._speedups is not built here")
 
