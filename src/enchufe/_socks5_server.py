@@ -23,8 +23,8 @@ import ipaddress
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from socket import AF_INET, inet_ntop
 
-from ._fastinit import make
 from ._hop_socks5 import (
     ATYP_IPV4,
     ATYP_IPV6,
@@ -127,24 +127,38 @@ class Socks5Server:
     def feed(self, data: bytes) -> Step:
         """Take the client's bytes (any split); what to do now (see :class:`Step`).  Once a
         step carries a request or a refusal, the machine is done: later calls refuse."""
-        if self._state == "done":
+        state = self._state
+        if state == "done":
             return Step(refused=_("bytes after the handshake ended (a bug of the caller)"))
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         sent = b""
         while True:
+            # The state's method called directly, and not again on an empty buffer: every
+            # connection goes through here twice.
+            step: bytes | Request | None
             try:
-                step = self._step()
+                if state == "greeting":
+                    step = self._greeting()
+                elif state == "auth":
+                    step = self._auth()
+                else:
+                    step = self._request()
             except _Refusal as refusal:
                 self._state = "done"
                 return Step(sent + refusal.send, refused=refusal.reason)
-            # Step(…) and Request(…) made fast (see ._fastinit): a few per connection.
-            if step is None:
-                return make(Step, {"send": sent, "request": None, "refused": None, "leftover": b""})
+            request = leftover = None
             if isinstance(step, Request):
                 self._state = "done"
-                leftover, self._buffer = bytes(self._buffer), bytearray()
-                return make(Step, {"send": sent, "request": step, "refused": None, "leftover": leftover})
-            sent += step
+                request, leftover, self._buffer = step, bytes(buffer), bytearray()
+            elif step is not None:
+                sent += step
+                if buffer:
+                    state = self._state
+                    continue
+            answer = object.__new__(Step)  # Step(…), made fast (see ._fastinit): two a connection
+            answer.__dict__.update(send=sent, request=request, refused=None, leftover=leftover or b"")
+            return answer
 
     @property
     def waiting_for(self) -> str:
@@ -156,13 +170,6 @@ class Socks5Server:
         if self._state == "request":
             return _("its request")
         return _("nothing")
-
-    def _step(self) -> bytes | Request | None:
-        if self._state == "greeting":
-            return self._greeting()
-        if self._state == "auth":
-            return self._auth()
-        return self._request()
 
     def _greeting(self) -> bytes | None:
         buffer = self._buffer
@@ -252,16 +259,15 @@ class Socks5Server:
                 raise _Refusal(
                     _("not a host name: {name}").format(name=printable(raw[1:])), reply(HOST_UNREACHABLE)
                 )
+        elif atyp == ATYP_IPV4:
+            host = inet_ntop(AF_INET, raw)  # what _ip_text does for 4 bytes, without the call
         else:
             host = _ip_text(raw)
-        fields = {
-            "command": command,
-            "host": host,
-            "port": port,
-            "by_name": atyp == ATYP_NAME,
-            "user": self._user,
-        }
-        return make(Request, fields)
+        request = object.__new__(Request)  # Request(…), made fast (see ._fastinit)
+        request.__dict__.update(
+            command=command, host=host, port=port, by_name=atyp == ATYP_NAME, user=self._user
+        )
+        return request
 
 
 class _Refusal(Exception):

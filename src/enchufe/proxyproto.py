@@ -226,6 +226,13 @@ def _v1_addresses(family: Family, parts: list[str]) -> list[SocketAddress]:
     return found
 
 
+#: A v2 header's family/protocol byte → what it carries and the bytes of its addresses.
+_V2_LAYOUTS: dict[int, tuple[Family, int]] = {
+    family << 4 | transport: (kind, _V2_SIZES[family]) for (family, transport), kind in _V2_KINDS.items()
+}
+_V2_UNKNOWN: tuple[Family, int] = ("UNKNOWN", 0)
+_V2_COMMANDS = ("local", "proxy")
+
 #: A v2 header's IPv4 addresses and ports.
 _IPV4_BLOCK = struct.Struct("!4s4sHH")
 
@@ -268,8 +275,7 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
         return NeedMore(16 + length - len(data))
     block = data[16 : 16 + length]
     # UNSPEC (family or protocol 0): no addresses to read; TLVs, if any, start at once.
-    kind = _V2_KINDS.get((family, transport), "UNKNOWN")
-    size = _V2_SIZES.get(family, 0) if kind != "UNKNOWN" else 0
+    kind, size = _V2_LAYOUTS.get(data[13], _V2_UNKNOWN)
     if length < size:
         raise _Invalid(
             _("PROXY v2: {length} bytes cannot hold {kind} addresses ({size} bytes)").format(
@@ -280,7 +286,7 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     tlvs = _tlvs(block[size:], data[: 16 + length]) if length > size else ()
     source: SocketAddress | None = None
     destination: SocketAddress | None = None
-    if command == 1 and family == 1 and transport == 1:
+    if data[13] == 0x11 and command == 1:
         # TCP over IPv4, what nearly every header carries: its addresses at once (what
         # _v2_addresses and inet_address do, inlined)
         src, dst, sport, dport = _IPV4_BLOCK.unpack_from(block)
@@ -294,7 +300,7 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
         )
     elif command == 1 and kind != "UNKNOWN":
         source, destination = _v2_addresses(family, transport, block)
-    header = _header(2, "proxy" if command == 1 else "local", kind, source, destination, 16 + length, tlvs)
+    header = _header(2, _V2_COMMANDS[command], kind, source, destination, 16 + length, tlvs)
     return _with_tlvs(header) if tlvs else header
 
 

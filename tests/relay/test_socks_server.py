@@ -274,6 +274,34 @@ def test_a_trickling_client_is_cut_at_the_timeout_while_others_are_served(echo_t
         assert any("--handshake-timeout" in e["detail"] for e in refused)
 
 
+def test_each_waiting_client_is_cut_at_its_own_time_and_a_served_one_never(echo_target: Target) -> None:
+    """One timer bounds every handshake: the client that came later is cut at its own time, not
+    with the first; one that finished its handshake after waiting keeps its tunnel."""
+    timeout = 0.6
+    with socks(SocksPolicy(handshake_timeout=timeout)) as relay:
+        served, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target))
+        with served, dial(relay.address) as first:
+            assert code == 0
+            first_started = time.monotonic()
+            time.sleep(timeout / 2)
+            with dial(relay.address) as second:
+                second.sendall(b"\x05\x01\x00")
+                assert recv_exactly(second, 2) == b"\x05\x00"
+                second_started = time.monotonic()
+                assert closed_by_peer(first, STEP)
+                first_waited = time.monotonic() - first_started
+                assert closed_by_peer(second, STEP)
+                second_waited = time.monotonic() - second_started
+            served.sendall(b"still here")
+            assert recv_exactly(served, 10) == b"still here"
+        details = sorted(e["detail"] for e in relay.events.named("refused"))
+    assert first_waited >= timeout - 0.05 and second_waited >= timeout - 0.05
+    assert details == [
+        "no its greeting within 0.6 s (--handshake-timeout)",
+        "no its request within 0.6 s (--handshake-timeout)",
+    ]
+
+
 def test_garbage_is_refused_and_the_server_serves_on(echo_target: Target) -> None:
     with socks() as relay:
         for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello", os.urandom(64)):

@@ -5,8 +5,8 @@
     SocksRelay (a StreamRelay: accept, --allow/--deny, --max-conns, drain, stats)
       └─ SocksSession (a StreamSession)
            ├─ the prelude (--accept-proxy's header, if any), then the "accept" event
-           ├─ SocksRead: the handshake on the relay's loop (greeting, username/password,
-           │    request; see enchufe._socks5_server), bounded by --handshake-timeout
+           ├─ the handshake on the relay's loop (greeting, username/password, request; see
+           │    .socks_handshake and enchufe._socks5_server), bounded by --handshake-timeout
            ├─ the destination judged by --allow-dest/--deny-dest on its name, resolved off the
            │    loop (.lookups), and judged again on every address it resolved to
            ├─ open the target as the relay does (addresses in order, --connect-timeout)
@@ -25,11 +25,12 @@ import errno
 import os
 import socket
 import time
+from socket import inet_aton
 from typing import TYPE_CHECKING, Any
 
 from .. import _socks5_server as socks5
 from .._fastinit import make
-from .._hop_socks5 import CONNECT
+from .._hop_socks5 import ATYP_IPV4, CONNECT, VERSION
 from .._resolve import Target
 from .._socks5_server import Request, Socks5Server, Step, reply, reply_words
 from .._socks_rules import SocksPolicy
@@ -41,21 +42,16 @@ from ..i18n import N_, _
 from .engine import READ
 from .lookups import Lookups, Pending
 from .proxying import client_address
-from .readstage import ReadStage
 from .session import CONNECTING
 from .sides import UNREGISTERED, Side
+from .socks_handshake import READ_SIZE, HandshakeClock, SocksHandshake
 from .socks_udp import UdpAssociation
 from .stream import StreamRelay
-from .stream_session import StreamSession
 
 if TYPE_CHECKING:
-    from .engine import Loop, OnError, Timer
+    from .engine import Loop, Timer
 
 __all__ = ["SocksRelay", "SocksSession"]
-
-#: Bytes read at a time during the handshake: more than any message (see MAX_MESSAGE), and
-#: what follows the request (a client that does not wait for the reply) goes to the target.
-READ_SIZE = 4096
 
 #: What a connect's error tells the client (RFC 1928's codes).
 _CODES = {
@@ -81,52 +77,18 @@ class SocksRelay(StreamRelay):
         self.one_client = self.runs_programs = False
         self.target_label = _("(the client's request)")
         self.lookups = Lookups(loop)
+        #: whether any --allow-dest/--deny-dest is given (worked out once: every request asks)
+        self.dest_rules = bool(policy.rules)
+        #: every client's handshake, bounded by one timer (see .socks_handshake)
+        self.clock = HandshakeClock(loop, policy.handshake_timeout)
 
     def make_session(self, conn: socket.socket, peer: Any, session_id: int) -> SocksSession:
         return SocksSession(self, Side(conn), conn, peer, session_id)
 
     def close(self) -> None:
+        self.clock.close()
         self.lookups.close()
         super().close()
-
-
-class SocksRead(ReadStage):
-    """The client's handshake, read (and answered) off its socket within the timeout; then
-    ``done(step, why)``: the last :class:`~enchufe._socks5_server.Step` (its request or its
-    refusal), or ``None`` and why (the client closed, failed, or was too slow)."""
-
-    __slots__ = ("_machine",)
-
-    def __init__(self, loop: Loop, fd: int, policy: SocksPolicy, done: Any, on_error: OnError) -> None:
-        super().__init__(loop, fd, policy.handshake_timeout, done, on_error)
-        self._machine = Socks5Server(policy.users)
-
-    def _on_read(self, _events: int) -> None:
-        while True:
-            try:
-                data = os.read(self._fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                reason = system_reason(exc)
-                self._finish(None, _("its connection failed: {reason}").format(reason=reason))
-                return
-            if not data:
-                self._finish(None, _("it closed before {what}").format(what=self._machine.waiting_for))
-                return
-            step = self._machine.feed(data)
-            if step.send and not _send(self._fd, step.send):
-                self._finish(None, _("it does not take the server's answer"))
-                return
-            if step.request is not None or step.refused is not None:
-                self._finish(step, None)
-                return
-
-    def _timed_out(self) -> None:
-        why = _("no {what} within {seconds} s (--handshake-timeout)").format(
-            what=self._machine.waiting_for, seconds=f"{self._timeout:g}"
-        )
-        self._finish(None, why)
 
 
 def _send(fd: int, data: bytes) -> bool:
@@ -138,10 +100,19 @@ def _send(fd: int, data: bytes) -> bool:
         return False
 
 
-class SocksSession(StreamSession):
-    """One SOCKS client: its handshake, then a relayed stream to the target it named."""
+class SocksSession(SocksHandshake):
+    """One SOCKS client: its handshake (see .socks_handshake), then a relayed stream to the
+    target it named."""
 
-    __slots__ = ("_code", "_lookup", "_lookup_timer", "_name_allowed", "_replied", "_udp", "request")
+    __slots__ = (
+        "_code",
+        "_lookup",
+        "_lookup_timer",
+        "_name_allowed",
+        "_replied",
+        "_udp",
+        "request",
+    )
 
     relay: SocksRelay
 
@@ -159,16 +130,10 @@ class SocksSession(StreamSession):
         self._name_allowed = False
         #: UDP ASSOCIATE: the association, which lives as long as this (control) connection
         self._udp: UdpAssociation | None = None
-
-    def _begin(self) -> None:
-        self._announce_accept()
-        self._stage = SocksRead(
-            self.relay.loop, self.client.rfd, self.relay.policy, self._handshake_done, self.crashed
-        )
-        self._stage.start()
+        #: the handshake's state machine (SocksHandshake's), while it lasts: from _begin
+        self._machine: Socks5Server | None = None
 
     def _handshake_done(self, step: Step | None, why: str | None) -> None:
-        self._stage = None
         if step is None or step.request is None:
             # Refused by the handshake (its answer sent), or the client failed: reset then.
             reason = step.refused if step is not None else why
@@ -176,28 +141,14 @@ class SocksSession(StreamSession):
             return
         request = self.request = step.request
         self._replay = step.leftover  # sent before anything else once the target is open
-        self.target_label = f"tcp://{request.hostport}"
+        host, port = request.host, request.port
+        if request.by_name:
+            self.target_label = f"tcp://{request.hostport}"
+        else:  # an IP address, printable as it is: request.hostport without its calls
+            self.target_label = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
         relay = self.relay
-        if relay.events.wants(1):
-            if request.user is not None:
-                line = _("#{id} {command} {destination} (user {user})").format(
-                    id=self.id,
-                    command=request.command_name,
-                    destination=request.hostport,
-                    user=printable(request.user),
-                )
-            else:
-                line = f"#{self.id} {request.command_name} {request.hostport}"
-            relay.events(
-                "request",
-                line,
-                level=1,
-                id=self.id,
-                peer=self.peer_label(),
-                command=request.command_name,
-                destination=request.hostport,
-                **({"user": printable(request.user)} if request.user is not None else {}),
-            )
+        if relay.events.level >= 1:  # events.wants(1), inlined
+            self._announce_request(request)
         if request.command != CONNECT:
             self._associate(request)
             return
@@ -208,15 +159,48 @@ class SocksSession(StreamSession):
                     f"{request.command_name} {request.hostport}: {denied}", code=socks5.CONNECTION_NOT_ALLOWED
                 )
                 return
-        if not request.by_name and request.port:
-            # An IP address (what most clients ask for) needs no lookup: its one address at once.
-            self._resolved([_literal_target(request.host, request.port)])
+        elif port:
+            # An IP address (what most clients ask for) needs no lookup: its one address at once,
+            # judged by the rules if there are any.
+            if ":" in host:
+                target = _ipv6_target(host, port)
+            else:  # as getaddrinfo would give it: Target(…), made fast (see enchufe._fastinit)
+                target = object.__new__(Target)
+                target.__dict__.update(family=socket.AF_INET, sockaddr=(host, port), dual_stack=False)
+            if relay.dest_rules:
+                self._resolved([target])
+                return
+            self.resolver = _Resolved((target,))  # type: ignore[assignment]  # what _open_targets asks
+            self._open_target()
             return
+        self._unwatch()
         address = InetAddress("tcp", request.host, request.port)
         lookup = relay.lookups.resolve(address, self._resolved, self.crashed)
         if not lookup.cancelled:  # under way: bounded as a connect is
             self._lookup = lookup
             self._lookup_timer = relay.loop.call_later(relay.connect_timeout, self._lookup_late, self.crashed)
+
+    def _announce_request(self, request: Request) -> None:
+        """The "request" event (-v)."""
+        if request.user is not None:
+            line = _("#{id} {command} {destination} (user {user})").format(
+                id=self.id,
+                command=request.command_name,
+                destination=request.hostport,
+                user=printable(request.user),
+            )
+        else:
+            line = f"#{self.id} {request.command_name} {request.hostport}"
+        self.relay.events(
+            "request",
+            line,
+            level=1,
+            id=self.id,
+            peer=self.peer_label(),
+            command=request.command_name,
+            destination=request.hostport,
+            **({"user": printable(request.user)} if request.user is not None else {}),
+        )
 
     def _lookup_late(self) -> None:
         """The resolver did not answer within --connect-timeout: reply 4, and close."""
@@ -260,7 +244,7 @@ class SocksSession(StreamSession):
                 f"{request.command_name} {request.hostport}: {denied}", code=socks5.CONNECTION_NOT_ALLOWED
             )
             return
-        self.resolver = _Resolved(allowed)  # type: ignore[assignment]  # what _open_targets asks
+        self.resolver = _Resolved(allowed)  # type: ignore[assignment]
         self._open_target()
 
     def _open_target(self) -> None:
@@ -272,8 +256,11 @@ class SocksSession(StreamSession):
         if relay.send_proxy:
             self._prepare_first()
         self._open_targets()
-        if self.state == CONNECTING and client.mask == UNREGISTERED:
-            relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
+        if self.state == CONNECTING and client.mask:  # not open at once: errors only, meanwhile
+            if client.mask == UNREGISTERED:
+                relay.loop.register(client.rfd, 0, self._on_client, self.crashed)
+            else:  # still watched for the handshake
+                relay.loop.modify(client.rfd, 0)
             client.mask = 0
 
     def _connected(self, *, announce: bool = True) -> None:
@@ -282,13 +269,16 @@ class SocksSession(StreamSession):
             sock = self.target_sock
             assert sock is not None
             sockaddr = sock.getsockname()
-            host, port = "0.0.0.0", 0
-            if isinstance(sockaddr, tuple):  # its shape tells the family (sock.family: an enum lookup)
-                family = socket.AF_INET if len(sockaddr) == 2 else socket.AF_INET6
-                bound = from_sockaddr(family, socket.SOCK_STREAM, sockaddr)
-                assert isinstance(bound, InetAddress)
-                host, port = bound.host, bound.port
-            if not _send(self.client.wfd, reply(socks5.SUCCEEDED, host, port)):
+            if isinstance(sockaddr, tuple) and len(sockaddr) == 2:
+                # IPv4 (its shape tells: sock.family is an enum lookup): reply(…), inlined
+                answer = _IPV4_SUCCEEDED + inet_aton(sockaddr[0]) + sockaddr[1].to_bytes(2, "big")
+            else:
+                answer = _bound_reply(sockaddr)
+            try:  # _send, inlined
+                whole = os.write(self.client.wfd, answer) == len(answer)
+            except OSError:
+                whole = False
+            if not whole:
                 self.relay.stats.reset += 1
                 self._end("client-reset", abortive=True, error=_("the client does not take the reply"))
                 return
@@ -324,6 +314,7 @@ class SocksSession(StreamSession):
             return
         self._udp = udp
         self._connect_done()
+        self._unwatch()
         self.target_label = f"udp://{_hostport(*udp.bound)}"
         if not _send(self.client.wfd, reply(socks5.SUCCEEDED, *udp.bound)):
             self._end("client-reset", abortive=True, error=_("the client does not take the reply"))
@@ -414,6 +405,9 @@ class SocksSession(StreamSession):
         super()._fail_target(message, abortive=False)
 
     def _release(self, abortive: bool) -> None:
+        if self._machine is not None:  # ended during its handshake (cut, drained)
+            self._machine = None
+            self.relay.clock.waiting.pop(self, None)
         if self._lookup is not None:
             self._lookup.cancel()
             self._lookup = None
@@ -426,27 +420,37 @@ class SocksSession(StreamSession):
         super()._release(abortive)
 
 
-def _literal_target(host: str, port: int) -> Target:
-    """The address of a request for an IP address, as getaddrinfo would give it (an IPv6 one in
-    the C library's text: an IPv4-mapped address with its dotted tail, as the rules see it)."""
-    # Target(…), made fast (see enchufe._fastinit)
-    if ":" in host:
-        text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
-        return make(Target, {"family": socket.AF_INET6, "sockaddr": (text, port, 0, 0), "dual_stack": False})
-    return make(Target, {"family": socket.AF_INET, "sockaddr": (host, port), "dual_stack": False})
+def _ipv6_target(host: str, port: int) -> Target:
+    """The address of a request for an IPv6 address, as getaddrinfo would give it: in the C
+    library's text (an IPv4-mapped address with its dotted tail, as the rules see it)."""
+    text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+    return make(Target, {"family": socket.AF_INET6, "sockaddr": (text, port, 0, 0), "dual_stack": False})
+
+
+#: The start of a successful reply naming an IPv4 address (see enchufe._socks5_server.reply).
+_IPV4_SUCCEEDED = bytes([VERSION, socks5.SUCCEEDED, 0, ATYP_IPV4])
+
+
+def _bound_reply(sockaddr: Any) -> bytes:
+    """The successful reply naming where the target sees us, other than IPv4."""
+    host, port = "0.0.0.0", 0
+    if isinstance(sockaddr, tuple):
+        bound = from_sockaddr(socket.AF_INET6, socket.SOCK_STREAM, sockaddr)
+        assert isinstance(bound, InetAddress)
+        host, port = bound.host, bound.port
+    return reply(socks5.SUCCEEDED, host, port)
 
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class _Resolved:
-    """The addresses a request's destination resolved to (and the rules let through)."""
+class _Resolved(list[Target]):
+    """The addresses a request's destination resolved to (and the rules let through), as a
+    :class:`~.targets.TargetResolver` gives them (:meth:`targets`): made and asked in C, no
+    Python frame."""
 
-    __slots__ = ("_targets",)
+    __slots__ = ()
 
-    def __init__(self, targets: list[Target]) -> None:
-        self._targets = targets
-
-    def targets(self) -> list[Target]:
-        return self._targets
+    #: what _open_targets asks: the addresses (a copy: it is the caller's)
+    targets = list.copy
