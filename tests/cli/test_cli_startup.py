@@ -28,7 +28,7 @@ def test_help_imports_no_command_and_no_asyncio() -> None:
     # The shared helpers (_common and the option types it uses) load; no command module does.
     shared = ("enchufe.cli._common", "enchufe.cli._numbers", "enchufe.cli._language")
     commands = {m for m in modules if m.startswith("enchufe.cli.") and m not in shared}
-    assert commands <= {"enchufe.cli.manpage"}, commands
+    assert not commands, commands  # not even the man page's generator: --man loads it
     heavy = {"asyncio", "enchufe.aio", "enchufe.relay", "enchufe.bench", "enchufe.servers", "ssl", "base64"}
     # TLS: OpenSSL, the certificate library and the TLS layer load with the first TLS address.
     heavy |= {"cryptography", "enchufe._tls", "enchufe.tlschannel"}
@@ -84,3 +84,13 @@ def test_a_relay_command_loads_only_what_its_relay_uses() -> None:
     unused = {"datagram", "datagram_listener", "framed", "tunnel", "proxying_datagram", "workers"}
     assert not {f"enchufe.relay.{name}" for name in unused} & stream
     assert not {"enchufe.sync", "enchufe.hops", "enchufe._via"} & stream
+
+
+def test_a_stream_connect_loads_no_datagram_side_no_proxies_and_no_man_page() -> None:
+    """What ``enchufe connect tcp://…`` imports up to its connect(): the stream side only."""
+    loaded = _modules_after(
+        "import enchufe.cli.connect, enchufe.cli.listen, enchufe.cli.check\n"
+        "from enchufe import connect, listen"
+    )
+    unused = {"enchufe.cli.manpage", "enchufe.hops", "enchufe._via", "enchufe.sync.datagram"}
+    assert not unused & loaded, unused & loaded

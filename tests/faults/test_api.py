@@ -192,7 +192,9 @@ def test_a_unix_relay_dropped_without_stop_stops_and_leaves_no_folder(echo_serve
     import gc
 
     relay = FaultyRelay(echo_server("unix")).start()
-    folder = os.path.dirname(relay.address.path)  # type: ignore[union-attr]
+    path = relay.address.path  # type: ignore[union-attr]
+    assert path is not None
+    folder = os.path.dirname(path)
     thread = relay._running.thread  # type: ignore[union-attr]
     del relay
     gc.collect()

@@ -15,9 +15,8 @@ from typing import Any
 import click
 
 from .._text import one_line
-from ._common import Settings, flag_hint, global_options, settings, with_hint
+from ._common import F, Settings, flag_hint, global_options, settings, with_hint
 from ._language import choose_language, click_message
-from .manpage import man_options
 
 # name → (module, one-line help).  The help is repeated here so that listing the commands
 # does not import them.
@@ -39,6 +38,45 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "Throughput, latency, connection and datagram rates: all six kinds, or ADDRESSes."),
     "check": ("check", "Is anything listening at each ADDRESS? Exit 0 if every one answers (nc -z)."),
 }
+
+
+def _print_man(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .manpage import render  # the page's text: loaded only when asked for
+
+    click.echo(render(ctx.find_root().command), nl=False)
+    ctx.exit(0)
+
+
+def _print_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .manpage import completion_script
+
+    click.echo(completion_script(ctx.find_root().command, value), nl=False)
+    ctx.exit(0)
+
+
+def man_options(f: F) -> F:
+    """--man and --completion SHELL on the top-level group (eager: they print and exit)."""
+    f = click.option(
+        "--completion",
+        type=click.Choice(["bash", "zsh", "fish"]),
+        expose_value=False,
+        is_eager=True,
+        callback=_print_completion,
+        help='Print the shell completion script and exit, e.g. eval "$(enchufe --completion bash)".',
+    )(f)
+    f = click.option(
+        "--man",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_print_man,
+        help="Print the manual page (roff) and exit: enchufe --man | man -l -",
+    )(f)
+    return f
 
 
 class LazyGroup(click.Group):

@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -16,6 +16,9 @@ from click.core import ParameterSource
 from .._text import one_line, printable
 from ..i18n import _
 from ._numbers import BoundedInt, FiniteFloat
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -306,3 +309,21 @@ def tagged(message: object) -> str:
 def peer_name(address: object) -> str:
     """How a peer is named in events: its address, or ``(unnamed)`` for an unbound unix peer."""
     return str(address) if address else "(unnamed)"
+
+
+#: What an address starts with, offered when completing an ADDRESS argument.
+SCHEME_PREFIXES = (
+    "tcp://", "tcp4://", "tcp6://", "udp://", "udp4://", "udp6://", "unix:", "unixgram:",
+    "tls://", "tls4://", "tls6://", "tls+unix:",
+)  # fmt: skip
+
+
+def complete_address(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Completion for an ADDRESS argument: the schemes, until one is typed."""
+    from click.shell_completion import CompletionItem
+
+    return [
+        CompletionItem(prefix, type="plain")
+        for prefix in SCHEME_PREFIXES
+        if prefix.startswith(incomplete.lower())
+    ]

@@ -14,10 +14,9 @@ from typing import Any
 import click
 
 from ..i18n import _
-from ._common import global_options, settings
+from ._common import complete_address, global_options, settings
 from ._numbers import FiniteFloat
 from ._via import via_option
-from .manpage import complete_address
 
 EXAMPLES = """\b
 Examples:

@@ -14,6 +14,7 @@ from ..i18n import _
 from ._common import (
     DatagramPrinter,
     StreamDump,
+    complete_address,
     event,
     global_options,
     retry_options,
@@ -23,7 +24,6 @@ from ._common import (
 from ._numbers import FiniteFloat
 from ._tls import help_text as tls_help
 from ._via import via_option
-from .manpage import complete_address
 
 if TYPE_CHECKING:  # imported when used, so that `enchufe --help` stays fast
     from .._unixfiles import SocketFile

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._connect import DEFAULT_RETRY_DELAY, socket_address
+from .._lazy import lazy_names
 from .._sockets import DEFAULT_BACKLOG, open_connection, open_datagram, open_listener
 from .._tlsstream import client_setup, server_setup, with_tls
-from .._via import open_via
 from ..address import Address
-from ..hops import Hop, check_target, parse_hops
-from .datagram import DatagramSocket
 from .stream import Connection, Listener, TLSConnection, connection_over
+
+if TYPE_CHECKING:
+    from ..hops import Hop
+    from .datagram import DatagramSocket
+
+# The datagram side and the proxies (--via) load when first used: a stream program never needs
+# them (nor compiles them, in a process without cached bytecode).
+__getattr__, __dir__ = lazy_names(__name__, globals(), {"DatagramSocket": ".datagram"})
 
 __all__ = [
     "Connection",
@@ -76,9 +83,16 @@ def connect(
     that said no, and why.
     """
     target = socket_address(address, stream=True, role="connect")
-    hops = parse_hops(via)
+    hops: tuple[Hop, ...] = ()
+    if via is not None:
+        from ..hops import parse_hops
+
+        hops = parse_hops(via)
     tls = client_setup(target)
     if hops:
+        from .._via import open_via
+        from ..hops import check_target
+
         checked = check_target(target, hops)
         sock = open_via(checked, hops, timeout=timeout, retries=retries, retry_delay=retry_delay)
     else:
@@ -93,6 +107,8 @@ def bind_datagram(
 
     Unix socket files are handled as for :func:`listen`.
     """
+    from .datagram import DatagramSocket
+
     sock, real, owned = open_datagram(
         socket_address(address, stream=False, role="bind_datagram"),
         mode=mode,
@@ -113,6 +129,8 @@ def connect_datagram(
     A unixgram client is bound first to an automatic reply address (a Linux abstract name, or
     a temporary path removed on close), so that the server can answer it.
     """
+    from .datagram import DatagramSocket
+
     target = socket_address(address, stream=False, role="connect_datagram")
     sock, owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
     return DatagramSocket(sock, owned=owned, peer_address=target)
