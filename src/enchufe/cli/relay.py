@@ -285,7 +285,7 @@ def command(
       enchufe relay tcp://:8080 tcp://10.0.0.5:80 --accept-proxy --trusted-proxy 10.0.0.2 --send-proxy v2
       enchufe relay tcp://:8443 tls://internal.example:443 --via socks5://user:pass@10.0.0.9:1080
     """
-    from ..relay import AccessRules, EventSink, Relay, RelayConfig
+    from ..relay import AccessRules, EventSink, RelayConfig  # the engine: once the config is good
 
     settings.json = settings.json or json_
     proxy = _proxy_settings(listen_address, accept_proxy, trusted_proxy, proxy_timeout)
@@ -323,6 +323,8 @@ def command(
             events=EventSink(_emit, level),
             worker_events=lambda index: EventSink(_emit, level, worker=index),
         )
+    from ..relay import Relay
+
     relay = Relay(config, events=EventSink(_emit, level))
     relay.open()
     return relay.run().exit_status

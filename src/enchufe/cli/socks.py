@@ -131,7 +131,7 @@ def command(
     """
     from .. import parse
     from .._socks_rules import DestRules, SocksPolicy
-    from ..relay import AccessRules, EventSink, Relay, RelayConfig
+    from ..relay import AccessRules, EventSink, RelayConfig  # the engine: once the config is good
 
     settings.json = settings.json or json_
     listen = parse(listen_address)
@@ -169,6 +169,8 @@ def command(
             events=EventSink(_emit, level),
             worker_events=lambda index: EventSink(_emit, level, worker=index),
         )
+    from ..relay import Relay
+
     relay = Relay(config, events=EventSink(_emit, level))
     relay.open()
     return relay.run().exit_status
