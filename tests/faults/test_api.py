@@ -201,3 +201,13 @@ def test_a_unix_relay_dropped_without_stop_stops_and_leaves_no_folder(echo_serve
     assert not os.path.exists(folder)
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_unix_relay_started_again_after_stop_serves_at_the_same_path(echo_server: EchoServer) -> None:
+    relay = FaultyRelay(echo_server("unix"))
+    with relay:
+        first = relay.address
+    with relay:  # its folder was removed at the stop: made again
+        assert relay.address == first
+        assert round_trip(relay.address, b"again") >= 0
+    assert first.path is not None and not os.path.exists(os.path.dirname(first.path))  # type: ignore[union-attr]

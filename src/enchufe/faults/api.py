@@ -23,6 +23,7 @@ or as :class:`~.toxics.Toxic` objects; a bad one raises :class:`~.toxics.FaultEr
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -82,6 +83,8 @@ class _Held:
 
     def __init__(self, folder: str | None) -> None:
         self.folder = folder
+        #: the folder's path, kept after it is removed: a relay started again makes it again
+        self.path = folder
         self.running: RelayThread | None = None
 
     def release(self) -> None:
@@ -161,8 +164,14 @@ class FaultyRelay:
     # -- running
 
     def start(self) -> FaultyRelay:
-        """Bind and serve (once); ``self``.  Raises what binding raises (NetworkError, OSError)."""
+        """Bind and serve; ``self``.  Raises what binding raises (NetworkError, OSError).  Again
+        after :meth:`stop`: served anew, at the same unix path (its folder made again)."""
         if self._running is None:
+            if not self._release.alive:  # stopped (or a start failed): started again
+                self._held.folder = self._held.path
+                if self._held.path is not None:
+                    os.mkdir(self._held.path, 0o700)  # FileExistsError if another took the name
+                self._release = weakref.finalize(self, self._held.release)
             try:
                 running = RelayThread.start(self.config, self._events, f"faulty relay to {self.target}")
             except BaseException:
