@@ -327,7 +327,8 @@ def explain(
             return TLSRefused(_(_CLIENT_CA), "client-certificate-refused")
         if code in _REASONS:
             reason, said_by_client, said_by_server = _REASONS[code]
-            line = _(said_by_server if server_side else said_by_client)
+            said = said_by_server if server_side else said_by_client
+            line = _(said)
         else:
             reason, line = "handshake", _("the handshake failed: {error}").format(error=printable(str(exc)))
         if server_side:
