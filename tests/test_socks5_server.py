@@ -68,6 +68,19 @@ def test_bytes_after_the_request_are_the_targets() -> None:
     assert step.leftover == b"GET / HTTP/1.0\r\n"
 
 
+@pytest.mark.parametrize("users", [None, USERS])
+def test_a_whole_greeting_is_answered_as_a_split_one(users: dict[bytes, bytes] | None) -> None:
+    """The greeting most clients send, in one piece (answered at once by an open server), gets
+    what the same bytes split get, and the machine goes on the same way."""
+    whole, split = Socks5Server(users), Socks5Server(users)
+    first = whole.feed(b"\x05\x01\x00")
+    assert split.feed(b"\x05") == Step()
+    assert first == split.feed(b"\x01\x00")
+    assert whole.waiting_for == split.waiting_for
+    request = b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50"
+    assert whole.feed(request) == split.feed(request)
+
+
 def test_ipv6_requests_are_understood() -> None:
     address = ipaddress.IPv6Address("::1").packed
     step = Socks5Server().feed(b"\x05\x01\x00\x05\x01\x00\x04" + address + b"\x01\xbb")

@@ -111,6 +111,12 @@ class Step:
     leftover: bytes = b""
 
 
+#: A greeting offering "no authentication" only, and what an open server answers (a Step is
+#: immutable: one for every client).
+_NO_AUTH_GREETING = bytes([VERSION, 1, NO_AUTH])
+_NO_AUTH_CHOSEN = Step(bytes([VERSION, NO_AUTH]))
+
+
 class Socks5Server:
     """Greeting → method choice → (username/password → status) → request; see the module.
 
@@ -130,6 +136,10 @@ class Socks5Server:
         state = self._state
         if state == "done":
             return Step(refused=_("bytes after the handshake ended (a bug of the caller)"))
+        if data == _NO_AUTH_GREETING and state == "greeting" and self._users is None and not self._buffer:
+            # What nearly every client of an open server sends first, whole: its answer at once.
+            self._state = "request"
+            return _NO_AUTH_CHOSEN
         buffer = self._buffer
         buffer += data
         sent = b""

@@ -302,6 +302,32 @@ def test_each_waiting_client_is_cut_at_its_own_time_and_a_served_one_never(echo_
     ]
 
 
+def test_a_client_that_leaves_mid_handshake_is_one_line_naming_what_it_left_before(
+    echo_target: Target,
+) -> None:
+    with socks() as relay:
+        with dial(relay.address) as half:
+            half.sendall(b"\x05")
+            half.shutdown(socket.SHUT_WR)
+            assert closed_by_peer(half, STEP)
+        with dial(relay.address) as greeted:
+            greeted.sendall(b"\x05\x01\x00")
+            assert recv_exactly(greeted, 2) == b"\x05\x00"
+            greeted.shutdown(socket.SHUT_WR)
+            assert closed_by_peer(greeted, STEP)
+        with dial(relay.address) as reset:
+            reset.sendall(b"\x05\x01\x00")
+            assert recv_exactly(reset, 2) == b"\x05\x00"
+            reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(lambda: len(relay.events.named("refused")) == 3, "three refusals")
+        sock, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target))
+        with sock:
+            assert code == 0
+        details = [e["detail"] for e in relay.events.named("refused")]
+    assert details[:2] == ["it closed before its greeting", "it closed before its request"]
+    assert details[2].startswith("its connection failed: ")
+
+
 def test_garbage_is_refused_and_the_server_serves_on(echo_target: Target) -> None:
     with socks() as relay:
         for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello", os.urandom(64)):

@@ -7,7 +7,7 @@
       │    names is the peer from then on, judged by the access rules; refused: closed
       ├─ --route: its ClientHello (HelloRead, see .routing), which chooses the route
       └─ _begin()  (the session's: a TLS handshake, or opening the target)
-    once the target is open, before anything of the client (_send_first):
+    once the target is open, before anything of the client (_first_through):
       the PROXY header of --send-proxy, then the ClientHello read (passthrough), replayed
 
 Both reads are stages on the relay's loop (:mod:`.readstage`), each bounded by its timeout
@@ -89,7 +89,7 @@ class PreludeSession(RelaySession):
         assert sock is not None
         # The header most often came with the connection, and the client's first bytes with it.
         if relay.router is None and type(self).__dict__.get("early_payload"):
-            # What follows the header goes to the target first (_send_first): header and
+            # What follows the header goes to the target first (_first_through): header and
             # payload in one recv.  Declared by the session's own class, not inherited: one
             # that writes its target otherwise (TLS, faults) reads the header alone.
             result, data = take_first(sock, policy)
@@ -211,31 +211,28 @@ class PreludeSession(RelaySession):
         self._header = header_for(self, version, self.client_tls(), self.server_name)
 
     def _first_through(self) -> bool:
-        """:meth:`_send_first`, its failure the target's (the next address is tried, or the
-        client told): whether all of it went."""
+        """The PROXY header, then the bytes read ahead (a ClientHello, or the payload that came
+        with a PROXY header), go to the target before anything else: whether all of it went.
+        False while the target's socket has no room (the session waits for it to be writable),
+        and when it failed: the target's failure then (the next address is tried, or the client
+        told).  Only the client's bytes count as sent to the target."""
+        target = self.target
+        assert target is not None
         try:
-            return self._send_first()
+            while self._header or self._replay:
+                first = self._header or self._replay
+                try:
+                    sent = os.write(target.wfd, first)
+                except BlockingIOError:
+                    target.want(self.relay.loop, WRITE, False)
+                    return False
+                if self._header:
+                    self._header = self._header[sent:]
+                    continue
+                self._replay = self._replay[sent:]
+                self.to_target += sent
+                self.relay.stats.to_target += sent
         except OSError as exc:
             self._next_target(exc)
             return False
-
-    def _send_first(self) -> bool:
-        """The PROXY header, then the ClientHello read (passthrough), go to the target before
-        anything else; False while the target's socket has no room (the session waits for it
-        to be writable).  Only the client's bytes count as sent to the target."""
-        target = self.target
-        assert target is not None
-        while self._header or self._replay:
-            first = self._header or self._replay
-            try:
-                sent = os.write(target.wfd, first)
-            except BlockingIOError:
-                target.want(self.relay.loop, WRITE, False)
-                return False
-            if self._header:
-                self._header = self._header[sent:]
-                continue
-            self._replay = self._replay[sent:]
-            self.to_target += sent
-            self.relay.stats.to_target += sent
         return True

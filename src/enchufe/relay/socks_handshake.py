@@ -129,7 +129,10 @@ class SocksHandshake(StreamSession):
                     self._handshake_over(None, _("it does not take the server's answer"))
                     return
             if step.request is not None or step.refused is not None:
-                self._handshake_over(step, None)
+                self._machine = None  # _handshake_over, inlined: every client comes here
+                if self.client.mask != UNREGISTERED:
+                    self.relay.clock.waiting.pop(self, None)
+                self._handshake_done(step, None)
                 return
         client = self.client
         if client.mask == UNREGISTERED:
