@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import socket
 import stat
 import struct
@@ -67,7 +68,8 @@ def test_a_key_update_while_the_clients_socket_is_full_waits_for_room(
             said = _lines_of(client.stderr)
             try:
                 _wait_for(said, "CONNECTION ESTABLISHED")
-                sent = _fill(_relay_socket(path), pieces, relay)
+                fd, relay_end = _relay_socket(path)
+                sent = _fill(relay_end, pieces, relay)
                 # The key update, then a line behind it: once the target has that line, the relay
                 # read the key update, and the target's answer is the relay's next send.
                 _type(client, "K\n")
@@ -75,7 +77,9 @@ def test_a_key_update_while_the_clients_socket_is_full_waits_for_room(
                 _type(client, MARK.decode())
                 _wait(lambda: _to_client(relay) == sent + len(ANSWER), "send of the target's answer")
                 _type(client, AFTER.decode())  # read by the relay only once its answer went
-                time.sleep(0.2)  # the relay's turn to read it (it used to end the session here)
+                # Meanwhile the relay waits for room, not for bytes it cannot read yet (epoll would
+                # say readable again and again); it used to end the session here.
+                _wait(lambda: _waits_for_room_alone(fd, relay), "wait for room alone")
                 assert relay.relay.stats.snapshot().reset == 0, relay.events.named("close")
                 received = _read_until(mine, AFTER, sent + len(ANSWER) + len(AFTER))
                 snapshot = relay.relay.stats.snapshot()
@@ -99,8 +103,9 @@ def _target(conn: socket.socket, pieces: queue.Queue[bytes | None]) -> None:
         conn.sendall(piece)
 
 
-def _relay_socket(path: str) -> socket.socket:
-    """The relay's socket towards the client (the relay runs in this process): a duplicate."""
+def _relay_socket(path: str) -> tuple[int, socket.socket]:
+    """The relay's socket towards the client (the relay runs in this process): its descriptor,
+    and a duplicate."""
     for name in os.listdir("/proc/self/fd"):
         try:
             if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
@@ -114,9 +119,32 @@ def _relay_socket(path: str) -> socket.socket:
             and sock.getsockname() == path
             and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         ):
-            return sock
+            return int(name), sock
         sock.close()
     raise AssertionError("the relay's socket towards the client was not found")
+
+
+def _waits_for_room_alone(fd: int, relay: Any) -> bool:
+    """Whether the relay's session goes on, waiting to write ``fd`` and not to read it."""
+    assert relay.relay.stats.snapshot().reset == 0, relay.events.named("close")
+    return not _interest(fd) & select.EPOLLIN
+
+
+def _interest(fd: int) -> int:
+    """The events an epoll of this process (the relay's) waits for on ``fd`` (EPOLLIN if none
+    does: the session just ended, which the caller's next look says)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/self/fdinfo/{name}") as info:
+                for line in info:
+                    fields = line.split()
+                    if fields[:2] == ["tfd:", str(fd)]:
+                        return int(fields[3], 16)
+        except OSError:
+            continue
+    return select.EPOLLIN
 
 
 def _full(sock: socket.socket) -> bool:

@@ -18,12 +18,10 @@ plaintext for it is read into that buffer and encrypted straight into its socket
 that OpenSSL could not finish keeps its plaintext, to be given again, the same bytes, once the
 socket is writable.
 
-A TLS 1.3 key update from a peer that asks for one back is answered by OpenSSL with this side's
-next send to that peer (since OpenSSL 1.1.1).  If that send finds the socket full, OpenSSL's
-answer waits half-written, and until it is out every read of the peer's records says "want
-write": the reading pump then waits (:attr:`TLSPump.stalled`, so that epoll does not wake it for
-bytes it cannot read) for the sending pump, whose bytes wait for the same room, to get through
-(:meth:`TLSLink.hold_reader`, :meth:`TLSLink.release_reader`).
+OpenSSL (1.1.1 on) answers a peer's key update with the next send to that peer.  If that send
+finds the socket full, every read of the peer's records says "want write" until the answer is
+out: the reading pump then reads nothing (:attr:`TLSPump.stalled`) until the sending pump's
+bytes went (:meth:`TLSLink.hold_reader`).
 """
 
 from __future__ import annotations
@@ -72,9 +70,8 @@ class TLSLink:
 
     During the handshake the link sends (:attr:`unsent`, :meth:`flush`); once relaying, the pump
     towards this side (:attr:`sender`) does: reading may make ciphertext too (a TLS 1.3 key
-    update's answer), and it goes out with that pump's, in order (:meth:`pull`).  A pump whose
-    reads wait for the sender's send (see the module's docstring) is :attr:`waiting`, and
-    :attr:`wake` (the session's) runs it once that send went."""
+    update's answer), and it goes out with that pump's, in order (:meth:`pull`).  A reader that
+    waits for the sender is :attr:`waiting`; :attr:`wake` (the session's) runs it again."""
 
     __slots__ = ("channel", "fd", "sender", "unsent", "waiting", "wake")
 
@@ -87,14 +84,12 @@ class TLSLink:
         self.wake: Callable[[TLSPump], None] | None = None
 
     def hold_reader(self, reader: TLSPump) -> None:
-        """``reader``'s reads of this side wait until OpenSSL sent what the sender's last send
-        began (a key update's answer): it reads nothing meanwhile (``stalled``), and the sender,
-        whose bytes wait for the socket to have room, lets it go on once they went
-        (:meth:`release_reader`).  ``ConnectionResetError`` if the sender holds nothing: then no
-        send is under way, and nothing would ever let the reader go on (OpenSSL does not answer
-        while reading since 1.1.1)."""
+        """``reader`` reads nothing until the sender's waiting bytes went (:meth:`release_reader`),
+        and OpenSSL's answer before them.  ``ConnectionResetError`` if the sender holds none
+        (no send is under way: nothing would ever let the reader go on)."""
         sender = self.sender
         if sender is None or not sender.in_flight:
+            reader.failed_on = "read"
             raise ConnectionResetError(
                 errno.ECONNRESET,
                 _("TLS: OpenSSL must send to the peer before it reads on, and no send is under way"),
@@ -103,7 +98,7 @@ class TLSLink:
         self.waiting = reader
 
     def release_reader(self) -> None:
-        """The sender's send went: the reader that waited for it reads again (woken by the session)."""
+        """The sender's bytes went: the reader that waited reads again (:attr:`wake` runs it)."""
         reader, self.waiting = self.waiting, None
         if reader is None:
             return
@@ -355,18 +350,11 @@ class TLSPump:
         except OSError:
             self.failed_on = "read"
             raise
-        if n >= 0:
-            return self._buffer[:n]
-        if channel.wants_write:  # OpenSSL's answer to a key update waits for room first
+        if n < 0 and channel.wants_write:  # a key update's answer waits for room first
             channel.wants_write = False
-            link = self.src_link
-            assert link is not None
-            try:
-                link.hold_reader(self)
-            except OSError:
-                self.failed_on = "read"
-                raise
-        return None
+            assert self.src_link is not None
+            self.src_link.hold_reader(self)
+        return self._buffer[:n] if n >= 0 else None
 
     def _read_plain(self, raw: bool) -> memoryview | None:
         """Plaintext from ``src`` into the buffer (for a channel that encrypts straight into its
