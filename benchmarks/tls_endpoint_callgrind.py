@@ -32,6 +32,7 @@ TLS 1.3 picks by default (TLS_AES_256_GCM_SHA384).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from tls_bench import Certs, free_port, make_certs  # this folder's: the same CA and certificate
@@ -99,14 +101,13 @@ def peer_client(port: int, certs: Certs, mib: int) -> None:
     """A TLS client that sends ``mib`` MiB in bench's blocks, then ends its side."""
     context = ssl.create_default_context(cafile=str(certs.ca))
     block = bytes(BLOCK)
-    with socket.create_connection(("127.0.0.1", port), STEP) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            for _ in range(mib * MIB // BLOCK):
-                tls.sendall(block)
-            try:
-                tls.unwrap()
-            except (OSError, ssl.SSLError):
-                pass  # a server that closes without its own close_notify (socat)
+    raw = socket.create_connection(("127.0.0.1", port), STEP)
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        for _ in range(mib * MIB // BLOCK):
+            tls.sendall(block)
+        # A server may close without its own close_notify (socat).
+        with contextlib.suppress(OSError, ssl.SSLError):
+            tls.unwrap()
 
 
 # ---------------------------------------------------------------------------- one run
@@ -161,7 +162,7 @@ def run(tool: str, side: str, mib: int, certs: Certs, folder: Path) -> int:
     )
     try:
         if not counted_is_client:
-            wait_port(port, __import__("time").monotonic() + STEP)
+            wait_port(port, time.monotonic() + STEP)
             peer_client(port, certs, mib)
         _, err = proc.communicate(timeout=STEP)
         if counted_is_client and not done.wait(STEP):
@@ -209,8 +210,13 @@ def main() -> None:
                 small = run(tool, side, args.small, certs, folder)
                 large = run(tool, side, args.large, certs, folder)
                 per = (large - small) / (args.large - args.small)
-                what = f"{per / 1e6:.2f} M instructions" if tool == "callgrind" else f"{per:.0f} system calls"
-                print(f"{side} {tool}: {small:,} ({args.small} MiB), {large:,} ({args.large} MiB): {what} per MiB", flush=True)
+                what = f"{per:.0f} system calls"
+                if tool == "callgrind":
+                    what = f"{per / 1e6:.2f} M instructions"
+                print(
+                    f"{side} {tool}: {small:,} ({args.small} MiB), {large:,} ({args.large} MiB): {what} per MiB",
+                    flush=True,
+                )
                 if args.keep and tool == "callgrind":
                     args.keep.mkdir(parents=True, exist_ok=True)
                     for mib in (args.small, args.large):
