@@ -214,7 +214,8 @@ def main() -> None:
                 if tool == "callgrind":
                     what = f"{per / 1e6:.2f} M instructions"
                 print(
-                    f"{side} {tool}: {small:,} ({args.small} MiB), {large:,} ({args.large} MiB): {what} per MiB",
+                    f"{side} {tool}: {small:,} ({args.small} MiB), {large:,} ({args.large} MiB): "
+                    f"{what} per MiB",
                     flush=True,
                 )
                 if args.keep and tool == "callgrind":
