@@ -490,6 +490,27 @@ def test_behind_a_proxy_the_client_its_header_names_is_the_peer(echo_target: Tar
         assert request["peer"] == "tcp://203.0.113.7:4000"
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_behind_a_proxy_the_handshake_may_come_with_the_header_or_after_it(
+    echo_target: Target, split: bool
+) -> None:
+    """What came with the header is the handshake's start (read with it in one call), and what
+    follows is read as it comes; bytes after the request reach the target."""
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 4000 1080\r\n"
+    with socks(accept_proxy=True) as relay, dial(relay.address) as sock:
+        sock.sendall(header + b"\x05\x01" if split else header + b"\x05\x01\x00")
+        if split:
+            time.sleep(0.05)
+            sock.sendall(b"\x00")
+        assert recv_exactly(sock, 2) == b"\x05\x00"
+        sock.sendall(request_bytes("127.0.0.1", port_of(echo_target)) + b"early")
+        assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == b"early"
+        (request,) = relay.events.named("request")
+    assert request["peer"] == "tcp://203.0.113.7:4000"
+
+
 def test_udp_associate_on_a_unix_listener_is_reply_7(sock_dir: str) -> None:
     """A unix client has no address its datagrams could be told by: refused, not a crash."""
     config = RelayConfig(f"unix://{sock_dir}/socks.sock", "-", socks=SocksPolicy())

@@ -115,6 +115,7 @@ class SocksSession(SocksHandshake):
     )
 
     relay: SocksRelay
+    early_payload = True  # what comes with a PROXY header is the handshake's first bytes
 
     def __init__(
         self, relay: SocksRelay, client: Side, client_sock: socket.socket | None, peer: Any, session_id: int

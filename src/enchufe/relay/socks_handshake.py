@@ -9,7 +9,8 @@ bounds every client's.
         └─ the client closed, failed, or did not take an answer: _handshake_done(None, why)
     HandshakeClock.sweep()                     the time is up: handshake_late(), the client cut
 
-The client is read once per wake-up (a short read left nothing queued: the loop says when more
+Behind a proxy (``--accept-proxy``) what came with the PROXY header is the handshake's first
+bytes (read with it in one call, see :mod:`.prelude`).  The client is read once per wake-up (a short read left nothing queued: the loop says when more
 comes), so no read is made only to be told EAGAIN.  The first time a client has to wait, it is
 watched as relaying will watch it (READ, the session's own handler, which hands its events here
 while the handshake lasts), so that after the request nothing is asked of the loop until the
@@ -106,14 +107,18 @@ class SocksHandshake(StreamSession):
         if machine is None:
             return
         fd = self.client.rfd
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            data = None
-        except OSError as exc:
-            reason = system_reason(exc)
-            self._handshake_over(None, _("its connection failed: {reason}").format(reason=reason))
-            return
+        data: bytes | None = self._replay  # what came with a PROXY header (see .prelude)
+        if data:
+            self._replay = b""
+        else:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                data = None
+            except OSError as exc:
+                reason = system_reason(exc)
+                self._handshake_over(None, _("its connection failed: {reason}").format(reason=reason))
+                return
         if data is not None:
             if not data:
                 self._handshake_over(None, _("it closed before {what}").format(what=machine.waiting_for))
