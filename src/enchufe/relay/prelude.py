@@ -13,9 +13,10 @@
 Both reads are stages on the relay's loop (:mod:`.readstage`), each bounded by its timeout
 (none is made when all of it came with the connection, as it most often does).  The header's
 bytes are taken off the socket alone, so the ClientHello and the payload after it stay in the
-kernel; except in a plain session (no --route, no TLS, no faults: ``early_payload``), which reads
-its header and the payload that came with it in one call, and replays that payload to the
-target first, as it does a ClientHello.
+kernel; except in a session whose class says so (``early_payload``: a plain one, without
+--route, TLS or faults; a SOCKS one), which reads its header and what came with it in one call:
+a plain session replays that payload to the target first, as it does a ClientHello; a SOCKS
+session's handshake starts with it.
 """
 
 from __future__ import annotations
