@@ -164,7 +164,7 @@ class TLSCore(StreamCore):
         if _direct(setup):
             if self._polled:
                 self._alias = sock
-            else:
+            elif hasattr(socket, "SOCK_NONBLOCK"):  # Linux: an alias that never waits, at no cost
                 self._alias = _Alias(sock.family, sock.type | socket.SOCK_NONBLOCK, sock.proto, sock.fileno())
                 os.set_blocking(sock.fileno(), False)
         self._channel = setup.channel(f"tls fd {sock.fileno()}", session, self._alias)
