@@ -272,3 +272,98 @@ def test_bad_shortcuts_are_refused(poller: _speedups.Poller) -> None:
     with pytest.raises(ValueError):
         poller.moved(-5)
     assert poller.unshortcut(1000) == 0  # never had one
+
+
+# ----------------------------------------------------------------------------- datagram shortcuts
+
+
+def _datagram_pair(kind: str, folder: Path) -> tuple[socket.socket, socket.socket]:
+    """(listener, client): a bound non-blocking listener and a client connected to it, with an
+    address of its own (the relay's listener and one of its senders)."""
+    if kind in ("udp4", "udp6"):
+        family, host = (socket.AF_INET, "127.0.0.1") if kind == "udp4" else (socket.AF_INET6, "::1")
+        listener = socket.socket(family, socket.SOCK_DGRAM)
+        listener.bind((host, 0))
+        client = socket.socket(family, socket.SOCK_DGRAM)
+        client.bind((host, 0))
+    else:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if kind == "unixgram":
+            listener.bind(str(folder / "l.sock"))
+            client.bind(str(folder / "c.sock"))
+        else:  # abstract names
+            listener.bind(f"\0enchufe-test-l-{os.getpid()}")
+            client.bind(f"\0enchufe-test-c-{os.getpid()}")
+    listener.setblocking(False)
+    client.settimeout(5.0)
+    client.connect(listener.getsockname())
+    return listener, client
+
+
+@needs_speedups
+@pytest.mark.parametrize("kind", ["udp4", "udp6", "unixgram", "abstract"])
+def test_a_sender_is_named_as_recvfrom_names_it_and_its_route_serves_it(
+    poller: _speedups.Poller, kind: str, tmp_path: Path
+) -> None:
+    listener, client = _datagram_pair(kind, tmp_path)
+    upstream, target = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with listener, client, upstream, target:
+        target.settimeout(5.0)
+        lfd = listener.fileno()
+        poller.register(lfd, IN)
+        poller.datagrams_in(lfd, 2048, 100)
+        client.send(b"who am i")
+        assert poller.poll(1.0) == [(lfd, IN | _speedups.HANDED)]  # no route: Python's
+        data, size, sender, read_errno, send_errno, left = poller.take_datagram(lfd)
+        assert (data, size, read_errno, send_errno, left) == (b"who am i", 8, 0, 0, 99)
+        client.send(b"again")
+        assert listener.recvfrom(100) == (b"again", sender)  # the very key Python's table uses
+        poller.route(lfd, sender, upstream.fileno())
+        poller.datagrams_in(lfd, 2048, 100)
+        for n in range(3):
+            client.send(b"routed %d" % n)
+            assert poller.poll(0.2) == []  # served
+            assert target.recv(100) == b"routed %d" % n
+        ((fd, up, up_count, down, down_count, last),) = poller.dirty()
+        assert (fd, up, up_count, down, down_count) == (upstream.fileno(), 24, 3, 0, 0) and last > 0
+        assert poller.dirty() == []  # counted from zero again
+        poller.unroute(lfd, sender)
+        client.send(b"unrouted")
+        assert poller.poll(1.0) == [(lfd, IN | _speedups.HANDED)]
+
+
+@needs_speedups
+def test_replies_go_to_the_sender_the_last_request_came_from_and_budgets_end(
+    poller: _speedups.Poller, tmp_path: Path
+) -> None:
+    listener, client = _datagram_pair("udp4", tmp_path)
+    upstream, target = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with listener, client, upstream, target:
+        lfd, ufd = listener.fileno(), upstream.fileno()
+        target.settimeout(5.0)
+        for fd in (lfd, ufd):
+            poller.register(fd, IN)
+        poller.replies(ufd, lfd, 2048, 10)
+        target.send(b"early")  # no request served yet: no address to answer
+        assert poller.poll(1.0) == [(ufd, IN | _speedups.HANDED)]
+        assert poller.take_datagram(ufd)[:2] == (b"early", 5)
+        poller.datagrams_in(lfd, 2048, 10)
+        client.send(b"hello")  # a new sender, handed over (its route is made below)
+        assert poller.poll(1.0) == [(lfd, IN | _speedups.HANDED)]
+        sender = poller.take_datagram(lfd)[2]
+        poller.route(lfd, sender, ufd)
+        poller.datagrams_in(lfd, 2048, 2)
+        client.send(b"request")
+        assert poller.poll(0.2) == [] and target.recv(100) == b"request"
+        poller.replies(ufd, lfd, 2048, 2)
+        target.send(b"reply")
+        assert poller.poll(0.2) == [] and client.recv(100) == b"reply"
+        target.send(b"too large" * 300)  # over the size: handed over, cut to nothing, sized
+        assert poller.poll(1.0) == [(ufd, IN | _speedups.HANDED)]
+        assert poller.take_datagram(ufd)[:2] == (b"", 2700)
+        poller.replies(ufd, lfd, 2048, 0)  # a budget spent: the event is Python's, unread
+        target.send(b"x")
+        assert poller.poll(0.2) == [(ufd, IN)]
+        assert poller.disarm(ufd) == 0
+        assert upstream.recv(10) == b"x"

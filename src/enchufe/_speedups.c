@@ -32,19 +32,38 @@
 #include <limits.h>
 #include <math.h>
 #include <sys/select.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <stddef.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 /* Added to the events of a shortcut that handed its work over (no EPOLL* flag uses it). */
 #define HANDED (1u << 26)
 
-enum { SERVED, NOTHING, HANDED_OVER, FAILED };
+enum { SERVED, NOTHING, HANDED_OVER, PASSED, FAILED };
+
+/* What a descriptor's shortcut does (0: it has none). */
+enum { CUT_NONE, CUT_STREAM, CUT_LISTENER, CUT_UPSTREAM };
 
 typedef struct {
-    int dst;          /* -1: no shortcut */
-    Py_ssize_t size;  /* most bytes one read takes */
+    int kind;         /* CUT_*: what the shortcut does, CUT_NONE for none */
+    int dst;          /* CUT_STREAM: where to send; CUT_UPSTREAM: the listener that replies */
+    Py_ssize_t size;  /* most bytes one read takes (datagrams: the largest relayed) */
+    long budget;      /* datagrams: events it may still serve before one goes to Python */
+    /* A datagram session's counters (on its upstream's entry): requests the listener sent to
+     * it, replies it sent back, the sender's address (learned from a request), dirty: in the
+     * poller's list of entries with counts not yet looked at. */
+    unsigned long long up_moved, up_datagrams, datagrams;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    int dirty;
+    PyObject *routes; /* CUT_LISTENER's descriptor: {sender: upstream descriptor} */
+    PyObject *sender; /* a datagram hand-over: who sent it (None: a reply) */
     unsigned long long moved;  /* bytes sent by the shortcut since the last look */
     double last;      /* CLOCK_MONOTONIC seconds of its last send (0: none yet) */
     PyObject *data;   /* what the last hand-over read (bytes), or NULL */
@@ -60,6 +79,8 @@ typedef struct {
     Py_ssize_t ncuts;
     char *buf;
     Py_ssize_t bufsize;
+    int *dirty;       /* descriptors whose datagram counts changed since the last look */
+    Py_ssize_t ndirty, dirtycap;
     struct epoll_event *events;
     int nevents;
 } Poller;
@@ -67,7 +88,14 @@ typedef struct {
 static void
 cut_clear(Shortcut *c)
 {
+    c->kind = CUT_NONE;
     c->dst = -1;
+    c->budget = 0;
+    c->up_moved = c->up_datagrams = c->datagrams = 0;
+    c->addrlen = 0;
+    c->dirty = 0;
+    Py_CLEAR(c->routes);
+    Py_CLEAR(c->sender);
     c->moved = 0;
     c->last = 0.0;
     c->sent = 0;
@@ -137,8 +165,11 @@ Poller_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static void
 free_cuts(Poller *self)
 {
-    for (Py_ssize_t i = 0; i < self->ncuts; i++)
+    for (Py_ssize_t i = 0; i < self->ncuts; i++) {
         Py_CLEAR(self->cuts[i].data);
+        Py_CLEAR(self->cuts[i].routes);
+        Py_CLEAR(self->cuts[i].sender);
+    }
     PyMem_Free(self->cuts);
     self->cuts = NULL;
     self->ncuts = 0;
@@ -152,6 +183,7 @@ Poller_dealloc(Poller *self)
     free_cuts(self);
     PyMem_Free(self->buf);
     PyMem_Free(self->events);
+    PyMem_Free(self->dirty);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -245,28 +277,22 @@ Poller_unregister(Poller *self, PyObject *args, PyObject *kwds)
     return ctl(self, EPOLL_CTL_DEL, args, kwds, 0);
 }
 
-static PyObject *
-Poller_shortcut(Poller *self, PyObject *args)
+/* The entry of descriptor fd, the table grown to hold it, and the read buffer to hold size
+ * bytes (NULL and an exception set if memory is short). */
+static Shortcut *
+entry_for(Poller *self, int fd, Py_ssize_t size)
 {
-    int src, dst;
-    Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "iin:shortcut", &src, &dst, &size))
-        return NULL;
-    if (src < 0 || dst < 0 || size <= 0 || size > (1 << 24)) {
-        PyErr_SetString(PyExc_ValueError, "shortcut: descriptors must be >= 0 and size in 1..16 MiB");
-        return NULL;
-    }
-    if (check_open(self) < 0)
-        return NULL;
-    if (src >= self->ncuts) {
+    if (fd >= self->ncuts) {
         Py_ssize_t n = self->ncuts ? self->ncuts : 64;
-        while (n <= src)
+        while (n <= fd)
             n *= 2;
         Shortcut *cuts = PyMem_Realloc(self->cuts, n * sizeof(Shortcut));
-        if (cuts == NULL)
-            return PyErr_NoMemory();
+        if (cuts == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
         for (Py_ssize_t i = self->ncuts; i < n; i++) {
-            cuts[i].data = NULL;
+            cuts[i].data = cuts[i].routes = cuts[i].sender = NULL;
             cut_clear(&cuts[i]);
         }
         self->cuts = cuts;
@@ -274,13 +300,44 @@ Poller_shortcut(Poller *self, PyObject *args)
     }
     if (size > self->bufsize) {
         char *buf = PyMem_Realloc(self->buf, size);
-        if (buf == NULL)
-            return PyErr_NoMemory();
+        if (buf == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
         self->buf = buf;
         self->bufsize = size;
     }
-    Shortcut *c = &self->cuts[src];
+    return &self->cuts[fd];
+}
+
+static int
+check_size(Py_ssize_t size)
+{
+    if (size <= 0 || size > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "a shortcut's size must be in 1..16 MiB");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Poller_shortcut(Poller *self, PyObject *args)
+{
+    int src, dst;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "iin:shortcut", &src, &dst, &size))
+        return NULL;
+    if (src < 0 || dst < 0) {
+        PyErr_SetString(PyExc_ValueError, "shortcut: descriptors must be >= 0");
+        return NULL;
+    }
+    if (check_size(size) < 0 || check_open(self) < 0)
+        return NULL;
+    Shortcut *c = entry_for(self, src, size);
+    if (c == NULL)
+        return NULL;
     Py_CLEAR(c->data);
+    c->kind = CUT_STREAM;
     c->dst = dst;
     c->size = size;
     c->sent = 0;
@@ -391,7 +448,7 @@ hop(Poller *self, Shortcut *c, int fd)
     if (c->data == NULL)
         return FAILED;
     c->sent = sent;
-    c->dst = -1;
+    c->kind = CUT_NONE;
     return HANDED_OVER;
 }
 
@@ -402,6 +459,154 @@ millis(double seconds)
         return -1;
     double ms = ceil(seconds * 1000.0);
     return ms > (double)INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* The sender of a datagram as Python's socket module gives it (recvfrom), so that it is the
+ * key of the relay's session table: (host, port) for IPv4, (host, port, flowinfo, scope_id)
+ * for IPv6, a path (str), an abstract name (bytes) or "" for a unix sender. */
+static PyObject *
+sender_of(struct sockaddr_storage *ss, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    switch (ss->ss_family) {
+    case AF_INET: {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    case AF_INET6: {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue(
+            "(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo), a->sin6_scope_id);
+    }
+    case AF_UNIX: {
+        struct sockaddr_un *a = (struct sockaddr_un *)ss;
+        Py_ssize_t n = (Py_ssize_t)len - (Py_ssize_t)offsetof(struct sockaddr_un, sun_path);
+        if (n > 0 && a->sun_path[0] == 0)
+            return PyBytes_FromStringAndSize(a->sun_path, n);
+        return PyUnicode_DecodeFSDefault(a->sun_path);  /* the storage was zeroed: terminated */
+    }
+    default:
+        Py_RETURN_NONE;
+    }
+}
+
+/* A datagram session's counts changed: its descriptor joins the list dirty() reads. */
+static int
+mark_dirty(Poller *self, int fd, Shortcut *u)
+{
+    if (u->dirty)
+        return 0;
+    if (self->ndirty == self->dirtycap) {
+        Py_ssize_t cap = self->dirtycap ? self->dirtycap * 2 : 64;
+        int *dirty = PyMem_Realloc(self->dirty, cap * sizeof(int));
+        if (dirty == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->dirty = dirty;
+        self->dirtycap = cap;
+    }
+    self->dirty[self->ndirty++] = fd;
+    u->dirty = 1;
+    return 0;
+}
+
+/* A datagram the shortcut read and could not finish: Python's from here. */
+static int
+hand_datagram(Shortcut *c, const char *buf, ssize_t n, PyObject *sender)
+{
+    c->data = PyBytes_FromStringAndSize(buf, n > 0 && n <= c->size ? n : 0);
+    if (c->data == NULL) {
+        Py_XDECREF(sender);
+        return FAILED;
+    }
+    c->sent = n > 0 ? n : 0;  /* the datagram's whole size (MSG_TRUNC) */
+    if (sender == NULL) {
+        sender = Py_None;
+        Py_INCREF(sender);
+    }
+    c->sender = sender;
+    c->kind = CUT_NONE;
+    return HANDED_OVER;
+}
+
+/* A listener's datagram: sent on by the upstream its sender's route names. */
+static int
+hop_listener(Poller *self, Shortcut *c, int fd)
+{
+    if (c->budget <= 0)
+        return PASSED;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t len = sizeof(ss);
+    ssize_t n = recvfrom(fd, self->buf, (size_t)c->size, MSG_TRUNC | MSG_DONTWAIT, (struct sockaddr *)&ss, &len);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return NOTHING;
+        c->read_errno = errno;
+        c->budget--;
+        return hand_datagram(c, self->buf, 0, NULL);
+    }
+    c->budget--;
+    PyObject *sender = sender_of(&ss, len);
+    if (sender == NULL)
+        return FAILED;
+    if (n <= c->size && c->routes != NULL) {
+        PyObject *route = PyDict_GetItemWithError(c->routes, sender);
+        if (route == NULL && PyErr_Occurred()) {
+            Py_DECREF(sender);
+            return FAILED;
+        }
+        Shortcut *u = route == NULL ? NULL : cut_of(self, (int)PyLong_AsLong(route));
+        if (u != NULL) {
+            int ufd = (int)(u - self->cuts);
+            ssize_t sent = send(ufd, self->buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (sent == n) {
+                u->up_moved += (unsigned long long)n;
+                u->up_datagrams++;
+                u->last = monotonic();
+                memcpy(&u->addr, &ss, len);
+                u->addrlen = len;
+                Py_DECREF(sender);
+                return mark_dirty(self, ufd, u) < 0 ? FAILED : SERVED;
+            }
+            c->send_errno = errno;
+        }
+    }
+    return hand_datagram(c, self->buf, n, sender);
+}
+
+/* A reply on a session's upstream: sent to the session's sender through the listener. */
+static int
+hop_upstream(Poller *self, Shortcut *c, int fd)
+{
+    if (c->budget <= 0)
+        return PASSED;
+    ssize_t n = recv(fd, self->buf, (size_t)c->size, MSG_TRUNC | MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return NOTHING;
+        c->read_errno = errno;
+        c->budget--;
+        return hand_datagram(c, self->buf, 0, NULL);
+    }
+    c->budget--;
+    if (n <= c->size && c->addrlen > 0) {
+        ssize_t sent = sendto(
+            c->dst, self->buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&c->addr, c->addrlen);
+        if (sent == n) {
+            c->moved += (unsigned long long)n;
+            c->datagrams++;
+            c->last = monotonic();
+            return mark_dirty(self, fd, c) < 0 ? FAILED : SERVED;
+        }
+        c->send_errno = errno;
+    }
+    return hand_datagram(c, self->buf, n, NULL);
 }
 
 /* poll(timeout=None, maxevents=-1) -> [(fd, events), ...], as select.epoll.poll, less the
@@ -459,15 +664,19 @@ Poller_poll(Poller *self, PyObject *args, PyObject *kwds)
         Py_ssize_t count = 0;
         for (int i = 0; i < n; i++) {
             Shortcut *c = cut_of(self, events[i].data.fd);
-            if (c != NULL && c->dst >= 0 && events[i].events == EPOLLIN) {
-                int said = hop(self, c, events[i].data.fd);
+            if (c != NULL && c->kind != CUT_NONE && events[i].events == EPOLLIN) {
+                int fd = events[i].data.fd;
+                int said = c->kind == CUT_STREAM     ? hop(self, c, fd)
+                           : c->kind == CUT_LISTENER ? hop_listener(self, c, fd)
+                                                     : hop_upstream(self, c, fd);
                 if (said == FAILED)
                     return NULL;
-                if (said != HANDED_OVER) {
+                if (said == SERVED || said == NOTHING) {
                     events[i].events = 0;
                     continue;
                 }
-                events[i].events |= HANDED;
+                if (said == HANDED_OVER)
+                    events[i].events |= HANDED;
             }
             count++;
         }
@@ -502,6 +711,199 @@ Poller_poll(Poller *self, PyObject *args, PyObject *kwds)
     }
 }
 
+/* datagrams_in(listener, size, budget): serve the listener's datagrams whose sender has a
+ * route (route()), up to budget events; the others, and the event after the budget, are
+ * Python's. */
+static PyObject *
+Poller_datagrams_in(Poller *self, PyObject *args)
+{
+    int fd;
+    Py_ssize_t size;
+    long budget;
+    if (!PyArg_ParseTuple(args, "inl:datagrams_in", &fd, &size, &budget))
+        return NULL;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "a descriptor must be >= 0");
+        return NULL;
+    }
+    if (check_size(size) < 0 || check_open(self) < 0)
+        return NULL;
+    Shortcut *c = entry_for(self, fd, size);
+    if (c == NULL)
+        return NULL;
+    if (c->routes == NULL && (c->routes = PyDict_New()) == NULL)
+        return NULL;
+    Py_CLEAR(c->data);
+    Py_CLEAR(c->sender);
+    c->kind = CUT_LISTENER;
+    c->size = size;
+    c->budget = budget;
+    c->read_errno = c->send_errno = 0;
+    Py_RETURN_NONE;
+}
+
+/* replies(upstream, listener, size, budget): serve the upstream's datagrams (replies) by
+ * sending them to the sender its last served request came from, through the listener. */
+static PyObject *
+Poller_replies(Poller *self, PyObject *args)
+{
+    int fd, listener;
+    Py_ssize_t size;
+    long budget;
+    if (!PyArg_ParseTuple(args, "iinl:replies", &fd, &listener, &size, &budget))
+        return NULL;
+    if (fd < 0 || listener < 0) {
+        PyErr_SetString(PyExc_ValueError, "a descriptor must be >= 0");
+        return NULL;
+    }
+    if (check_size(size) < 0 || check_open(self) < 0)
+        return NULL;
+    Shortcut *c = entry_for(self, fd, size);
+    if (c == NULL)
+        return NULL;
+    Py_CLEAR(c->data);
+    Py_CLEAR(c->sender);
+    c->kind = CUT_UPSTREAM;
+    c->dst = listener;
+    c->size = size;
+    c->budget = budget;
+    c->read_errno = c->send_errno = 0;
+    Py_RETURN_NONE;
+}
+
+/* route(listener, sender, upstream): the listener's datagrams from sender go to upstream. */
+static PyObject *
+Poller_route(Poller *self, PyObject *args)
+{
+    int fd, upstream;
+    PyObject *sender;
+    if (!PyArg_ParseTuple(args, "iOi:route", &fd, &sender, &upstream))
+        return NULL;
+    if (fd < 0 || upstream < 0) {
+        PyErr_SetString(PyExc_ValueError, "a descriptor must be >= 0");
+        return NULL;
+    }
+    if (check_open(self) < 0 || entry_for(self, upstream, 1) == NULL)
+        return NULL;
+    Shortcut *c = entry_for(self, fd, 1);
+    if (c == NULL)
+        return NULL;
+    if (c->routes == NULL && (c->routes = PyDict_New()) == NULL)
+        return NULL;
+    PyObject *value = PyLong_FromLong(upstream);
+    if (value == NULL)
+        return NULL;
+    int rc = PyDict_SetItem(c->routes, sender, value);
+    Py_DECREF(value);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* unroute(listener, sender): that sender's datagrams are Python's again. */
+static PyObject *
+Poller_unroute(Poller *self, PyObject *args)
+{
+    int fd;
+    PyObject *sender;
+    if (!PyArg_ParseTuple(args, "iO:unroute", &fd, &sender))
+        return NULL;
+    Shortcut *c = cut_of(self, fd);
+    if (c != NULL && c->routes != NULL) {
+        if (PyDict_DelItem(c->routes, sender) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError))
+                return NULL;
+            PyErr_Clear();
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* disarm(fd) -> events its budget had left; its routes and counts stay. */
+static PyObject *
+Poller_disarm(Poller *self, PyObject *arg)
+{
+    int fd = int_of(arg);
+    if (fd < 0)
+        return NULL;
+    Shortcut *c = cut_of(self, fd);
+    if (c == NULL || c->kind == CUT_NONE)
+        return PyLong_FromLong(0);
+    long left = c->budget > 0 ? c->budget : 0;
+    c->kind = CUT_NONE;
+    return PyLong_FromLong(left);
+}
+
+/* take_datagram(fd) -> (data, size, sender, read_errno, send_errno, budget left). */
+static PyObject *
+Poller_take_datagram(Poller *self, PyObject *arg)
+{
+    int fd = int_of(arg);
+    if (fd < 0)
+        return NULL;
+    Shortcut *c = cut_of(self, fd);
+    if (c == NULL || c->data == NULL || c->sender == NULL) {
+        PyErr_Format(PyExc_LookupError, "descriptor %d handed no datagram over", fd);
+        return NULL;
+    }
+    PyObject *result = Py_BuildValue("(OnOiil)", c->data, c->sent, c->sender, c->read_errno,
+                                     c->send_errno, c->budget > 0 ? c->budget : 0L);
+    if (result == NULL)
+        return NULL;
+    Py_CLEAR(c->data);
+    Py_CLEAR(c->sender);
+    c->sent = 0;
+    c->read_errno = c->send_errno = 0;
+    return result;
+}
+
+/* dirty() -> [(upstream, bytes to it, datagrams to it, bytes back, datagrams back, last)]:
+ * the datagram sessions whose shortcuts moved something since the last look, counted from
+ * zero again. */
+static PyObject *
+Poller_dirty(Poller *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *result = PyList_New(0);
+    if (result == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->ndirty; i++) {
+        int fd = self->dirty[i];
+        Shortcut *u = cut_of(self, fd);
+        if (u == NULL || !u->dirty)
+            continue;
+        PyObject *item = Py_BuildValue("(iKKKKd)", fd, u->up_moved, u->up_datagrams, u->moved,
+                                       u->datagrams, u->last);
+        if (item == NULL || PyList_Append(result, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(item);
+        u->up_moved = u->up_datagrams = u->moved = u->datagrams = 0;
+        u->dirty = 0;
+    }
+    self->ndirty = 0;
+    return result;
+}
+
+/* dirty_totals() -> (bytes to targets, datagrams to targets, bytes back, datagrams back) not
+ * looked at yet: a peek (safe from another thread, which must not count them itself). */
+static PyObject *
+Poller_dirty_totals(Poller *self, PyObject *Py_UNUSED(ignored))
+{
+    unsigned long long up = 0, up_n = 0, down = 0, down_n = 0;
+    for (Py_ssize_t i = 0; i < self->ndirty; i++) {
+        Shortcut *u = cut_of(self, self->dirty[i]);
+        if (u == NULL || !u->dirty)
+            continue;
+        up += u->up_moved;
+        up_n += u->up_datagrams;
+        down += u->moved;
+        down_n += u->datagrams;
+    }
+    return Py_BuildValue("(KKKK)", up, up_n, down, down_n);
+}
+
 static PyMethodDef Poller_methods[] = {
     {"close", (PyCFunction)Poller_close, METH_NOARGS, "Close the epoll descriptor."},
     {"fileno", (PyCFunction)Poller_fileno, METH_NOARGS, "The epoll descriptor."},
@@ -521,6 +923,22 @@ static PyMethodDef Poller_methods[] = {
      "moved(src) -> (bytes the shortcut sent since the last look, time.monotonic() of the last)."},
     {"pending", (PyCFunction)Poller_pending, METH_O,
      "pending(src) -> bytes the shortcut sent since the last look, not counted from zero."},
+    {"datagrams_in", (PyCFunction)Poller_datagrams_in, METH_VARARGS,
+     "datagrams_in(listener, size, budget): serve the listener's routed datagrams."},
+    {"replies", (PyCFunction)Poller_replies, METH_VARARGS,
+     "replies(upstream, listener, size, budget): serve an upstream's replies."},
+    {"route", (PyCFunction)Poller_route, METH_VARARGS,
+     "route(listener, sender, upstream): the sender's datagrams go to upstream."},
+    {"unroute", (PyCFunction)Poller_unroute, METH_VARARGS,
+     "unroute(listener, sender): the sender's datagrams are Python's again."},
+    {"disarm", (PyCFunction)Poller_disarm, METH_O,
+     "disarm(fd) -> the budget left; routes and counts stay."},
+    {"take_datagram", (PyCFunction)Poller_take_datagram, METH_O,
+     "take_datagram(fd) -> (data, size, sender, read_errno, send_errno, budget left)."},
+    {"dirty", (PyCFunction)Poller_dirty, METH_NOARGS,
+     "dirty() -> the datagram sessions' counts since the last look."},
+    {"dirty_totals", (PyCFunction)Poller_dirty_totals, METH_NOARGS,
+     "dirty_totals() -> (bytes up, datagrams up, bytes down, datagrams down), a peek."},
     {"take", (PyCFunction)Poller_take, METH_O,
      "take(src) -> (data, sent, read_errno, send_errno, moved) of a hand-over."},
     {NULL, NULL, 0, NULL},

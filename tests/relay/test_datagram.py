@@ -23,6 +23,9 @@ from .conftest import (
     wait_until,
 )
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 #: Datagrams sent before waiting for their answers: loopback UDP drops nothing while the
 #: receivers' queues have room, and this many stay well inside them.
 WINDOW = 32

@@ -12,6 +12,9 @@ from enchufe.relay.datagram_replies import Replies
 from enchufe.relay.engine import Loop
 from enchufe.relay.stats import Stats
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 #: SO_NO_CHECK (not in Python's socket module): a socket that sends without UDP checksums, which
 #: the kernel refuses for UDP GSO (EINVAL), so that replies go one by one.
 SO_NO_CHECK = 11

@@ -11,6 +11,9 @@ from contextlib import contextmanager
 
 from .conftest import DatagramTarget, RelayProc, StartRelay, datagram_socket
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 #: A burst that mixes empty datagrams with runs of one size: a GSO send cannot carry an empty
 #: datagram (the kernel makes datagrams out of bytes), alone or at the end of a run.
 BURST = [b"", b"", b"", b"x" * 8, b"x" * 8, b"", b"y" * 8, b"y" * 3, b"", b""]

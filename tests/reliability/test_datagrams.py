@@ -12,6 +12,9 @@ from tests.relay.conftest import StartRelay
 
 from .conftest import StartCommand, run
 
+#: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 LOSS = "loss:probability=0.1,stream=upstream"
 SEED = 1
 COUNT, WARMUP = 40, 10  # bench's warm-up for --count 40 (a tenth, at least 10)

@@ -57,7 +57,8 @@ import functools
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import _calls, _nonblocking, trace
 from .._buffer import DEFAULT_MAX_DATAGRAM  # also the relay's: a larger unix datagram is counted as truncated
@@ -66,6 +67,8 @@ from .._resolve import Target
 from .._unixfiles import SocketFile
 from ..errors import reason as system_reason
 from ..i18n import _
+from ..sessions import Session
+from . import datagram_shortcuts
 from .datagram_io import (
     GSO_BYTES,
     GSO_SEGMENTS,
@@ -105,7 +108,7 @@ MAX_DRAIN = 100_000
 class DatagramUpstream(Upstream):
     """A session of a datagram → datagram relay: its own socket connected to the target."""
 
-    __slots__ = ("fd", "mask", "owned", "pending", "read_mode", "refused", "sock")
+    __slots__ = ("cut", "fd", "mask", "owned", "pending", "read_mode", "refused", "routed", "sock")
 
     def __init__(self, session_id: int, peer: Key, label: str, sock: socket.socket, owned: SocketFile | None):
         super().__init__(session_id, peer, label)
@@ -118,6 +121,10 @@ class DatagramUpstream(Upstream):
         self.refused = False
         self.gso = sock.family != socket.AF_UNIX
         self.read_mode = ReadMode()
+        #: the poller serves its replies (cut) and sends its sender's requests (routed): see
+        #: datagram_shortcuts
+        self.cut = False
+        self.routed = False
 
     def close(self, loop: Loop) -> None:
         loop.forget(self.fd)
@@ -147,6 +154,20 @@ class DatagramRelay(DatagramListener):
     """Datagram LISTEN → datagram TARGET: a connected upstream socket per sender."""
 
     runs_above = 1  # a batch of several goes as runs, to a UDP target in one send each
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the sessions by their upstream's descriptor (for the poller's counts)
+        self.upstreams: dict[int, DatagramUpstream] = {}
+        #: the listener's datagrams are served by the poller (see datagram_shortcuts)
+        self._cut_in = False
+        if self.loop.poller is not None:
+            self.stats.collectors.append(lambda: datagram_shortcuts.totals(self))
+
+    def _listener_handler(self) -> Callable[[int], None]:
+        if self.loop.poller is None:
+            return self._on_listener
+        return functools.partial(datagram_shortcuts.on_listener, self)
 
     def _on_listener(self, events: int) -> None:
         """Request/response traffic (one datagram per readiness event, see ReadMode): one
@@ -195,16 +216,34 @@ class DatagramRelay(DatagramListener):
         session = DatagramUpstream(
             next(self._ids), key, describe_sender(self.listener.family, key), sock, owned
         )
+        compiled = self.loop.poller is not None
         self.loop.register(
             session.fd,
             READ,
-            functools.partial(self._on_upstream, session),
+            functools.partial(datagram_shortcuts.on_upstream, self, session)
+            if compiled
+            else functools.partial(self._on_upstream, session),
             functools.partial(self._session_failed, session),
         )
         self._announce(session)
+        if compiled:
+            datagram_shortcuts.sync(self)  # a full table evicts the least recently active
+            self.upstreams[session.fd] = session
+            datagram_shortcuts.route(self, session)
         return session
 
+    def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
+        if self.loop.poller is not None:
+            datagram_shortcuts.ended(self, entry.state)  # type: ignore[arg-type]
+        super()._ended(entry, why)
+
+    def _expire(self) -> None:
+        datagram_shortcuts.sync(self)  # what the poller carried keeps its sessions open
+        super()._expire()
+
     def watch(self, session: DatagramUpstream) -> None:
+        if self.loop.poller is not None:
+            datagram_shortcuts.route(self, session)
         mask = (READ if session.pending_reply is None else 0) | (WRITE if session.pending else 0)
         if mask != session.mask:
             session.mask = mask
@@ -222,9 +261,7 @@ class DatagramRelay(DatagramListener):
         try:  # the request/response path, inline: one send, counted
             session.sock.send(data)
         except OSError as exc:
-            if exc.errno == errno.ECONNREFUSED:
-                self._refused(session)
-            self._send_up(session, data, len(data), 1)
+            self._forward_failed(session, data, exc.errno or errno.EIO)
         else:
             size = len(data)
             session.to_target += size
@@ -232,6 +269,13 @@ class DatagramRelay(DatagramListener):
             stats = self.stats
             stats.to_target += size
             stats.datagrams_to_target += 1
+
+    def _forward_failed(self, session: DatagramUpstream, data: memoryview, code: int) -> None:
+        """Sending a lone datagram failed with errno ``code``: an ICMP refusal of an earlier one
+        is counted, and it goes the general way (it may wait)."""
+        if code == errno.ECONNREFUSED:
+            self._refused(session)
+        self._send_up(session, data, len(data), 1)
 
     def _forward_runs(self, runs: list[Run]) -> None:
         """Each run in one send (UDP GSO), unless its session has datagrams waiting already

@@ -145,8 +145,12 @@ class DatagramListener:
         self.listener.setblocking(False)
         enlarge_buffers(self.listener)
         self._listener_mask = READ
-        self.loop.register(self.listener.fileno(), READ, self._on_listener, self._listener_failed)
+        self.loop.register(self.listener.fileno(), READ, self._listener_handler(), self._listener_failed)
         self._accepting = True
+
+    def _listener_handler(self) -> Callable[[int], None]:
+        """What handles the listener's readiness (hook: the compiled path's, see datagram)."""
+        return self._on_listener
 
     def _listener_failed(self, exc: Exception) -> str:
         """The listener's handler raised (the engine reports it): rest the listener a moment,

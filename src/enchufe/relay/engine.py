@@ -160,6 +160,9 @@ class Loop:
         self.shortcuts = COMPILED
         poller: Any = Poller() if COMPILED else select.epoll()
         self._epoll = poller
+        #: the compiled poller, for the datagram relay's shortcuts (:mod:`.datagram_shortcuts`);
+        #: None without it
+        self.poller: Any = poller if COMPILED else None
         if self.shortcuts:  # the poller's own methods: no Python call in between
             self.shortcut = self._epoll.shortcut  # type: ignore[method-assign]
             self.unshortcut = self._epoll.unshortcut  # type: ignore[method-assign]

@@ -97,25 +97,27 @@ class Stats:
         self.tls_versions: dict[str, int] = {}
         self.ktls = ""
         self.started = time.monotonic()
-        #: bytes moved out of Python's sight and not counted yet (the loop's shortcuts, see
-        #: relay.shortcuts): each gives (to target, to client), added to every snapshot
-        self.collectors: list[Callable[[], tuple[int, int]]] = []
+        #: what moved out of Python's sight and is not counted yet (the loop's shortcuts, see
+        #: relay.shortcuts and relay.datagram_shortcuts): each gives (bytes to target,
+        #: datagrams to target, bytes to client, datagrams to client), added to every snapshot
+        self.collectors: list[Callable[[], tuple[int, int, int, int]]] = []
 
     def snapshot(self) -> Snapshot:
         """The counters now.  Safe from another thread than the relay's: the shortcuts' bytes
         are read after the counters they are later added to, so a snapshot taken while they
         are being counted may lag by them, never count them twice."""
         snapshot = self._counters()
-        more_to_target = more_to_client = 0
+        more = [0, 0, 0, 0]
         for collect in self.collectors:
-            to_target, to_client = collect()
-            more_to_target += to_target
-            more_to_client += to_client
-        if more_to_target or more_to_client:
+            for index, count in enumerate(collect()):
+                more[index] += count
+        if any(more):
             snapshot = replace(
                 snapshot,
-                to_target=snapshot.to_target + more_to_target,
-                to_client=snapshot.to_client + more_to_client,
+                to_target=snapshot.to_target + more[0],
+                datagrams_to_target=snapshot.datagrams_to_target + more[1],
+                to_client=snapshot.to_client + more[2],
+                datagrams_to_client=snapshot.datagrams_to_client + more[3],
             )
         return snapshot
 

@@ -159,9 +159,9 @@ class StreamRelay:
         if loop.shortcuts:  # what they move is counted when the stats are looked at
             stats.collectors.append(self._shortcut_bytes)
 
-    def _shortcut_bytes(self) -> tuple[int, int]:
-        """Bytes the sessions' shortcuts moved, not counted yet: (to target, to client).  Read
-        only (a stats snapshot may be taken from another thread)."""
+    def _shortcut_bytes(self) -> tuple[int, int, int, int]:
+        """Bytes the sessions' shortcuts moved, not counted yet: (to target, 0, to client, 0)
+        (no datagrams).  Read only (a stats snapshot may be taken from another thread)."""
         to_target = to_client = 0
         for session in list(self.sessions):  # a copy: the relay's thread may add or drop some
             if not isinstance(session, StreamSession):  # framed sessions take no shortcuts
@@ -169,7 +169,7 @@ class StreamRelay:
             up, down = shortcuts.pending(session)
             to_target += up
             to_client += down
-        return to_target, to_client
+        return to_target, 0, to_client, 0
 
     # -- accepting
 
