@@ -9,6 +9,8 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from .conftest import DatagramTarget, RelayProc, StartRelay, datagram_socket
 
 #: the relay with its compiled hot path and without it (tests/conftest.py: both_paths)

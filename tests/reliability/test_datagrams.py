@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from enchufe.faults import DatagramSchedule, parse_fault
 from tests.relay.conftest import StartRelay
 
