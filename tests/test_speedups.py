@@ -367,3 +367,19 @@ def test_replies_go_to_the_sender_the_last_request_came_from_and_budgets_end(
         assert poller.poll(0.2) == [(ufd, IN)]
         assert poller.disarm(ufd) == 0
         assert upstream.recv(10) == b"x"
+
+
+def test_enchufe_pure_python_turns_the_compiled_path_off() -> None:
+    """The documented switch (README, man page ENVIRONMENT): a relay process started with it
+    runs the pure-Python path."""
+    import subprocess
+    import sys
+
+    probe = "from enchufe.relay.engine import COMPILED, Loop; print(COMPILED, Loop().shortcuts)"
+    env = {**os.environ, "ENCHUFE_PURE_PYTHON": "1"}
+    off = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
+    assert off.stdout.split() == ["False", "False"], off.stderr
+    env.pop("ENCHUFE_PURE_PYTHON")
+    on = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
+    expected = "True" if _speedups is not None else "False"
+    assert on.stdout.split() == [expected, expected], on.stderr

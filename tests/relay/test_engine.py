@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from enchufe.relay import RelayConfig
+from enchufe.relay import RelayConfig, engine
 from enchufe.relay.datagram import DatagramRelay
 from enchufe.relay.engine import COMPACT_AFTER, READ, WRITE, Loop
 from enchufe.relay.shortcuts import NO_SHORTCUTS
@@ -811,6 +811,7 @@ def test_a_datagram_session_whose_handler_raises_is_ended_and_the_relay_serves_t
         original(self, session, events)
 
     monkeypatch.setattr(DatagramRelay, "_on_upstream", on_upstream)
+    monkeypatch.setattr(engine, "COMPILED", False)  # every event reaches _on_upstream
     with (
         DatagramTarget("udp://127.0.0.1:0") as target,
         relay_thread(RelayConfig("udp://127.0.0.1:0", target.address)) as running,

@@ -73,6 +73,20 @@ ADDRESS_NOTES = [
     "naming the problem and showing an accepted form, and exit status 2.",
 ]
 
+ENVIRONMENT = [
+    (
+        "LANGUAGE, LC_ALL, LC_MESSAGES, LANG",
+        "the language of messages, as gettext reads them: es_* "
+        "is Spanish, anything else English (--lang es|en decides instead).",
+    ),
+    (
+        "ENCHUFE_PURE_PYTHON",
+        "set (to anything): the relay runs its pure-Python path even where the "
+        "compiled one (enchufe._speedups, built at install when a C compiler and Python's headers are "
+        "present) is installed; the same work, more slowly.  For comparison, or to rule it out.",
+    ),
+]
+
 EXIT_STATUS = [
     ("0", "done: both directions ended, every checked address answered, a server was stopped "
      "with nothing in flight cut."),
@@ -155,6 +169,9 @@ def render(cli: click.Command) -> str:
         out += [".TP", f".B {code}", _text(meaning)]
     out.append(".SH SIGNALS")
     for names, meaning in SIGNALS:
+        out += [".TP", f".B {_text(names)}", _text(meaning)]
+    out.append(".SH ENVIRONMENT")
+    for names, meaning in ENVIRONMENT:
         out += [".TP", f".B {_text(names)}", _text(meaning)]
     out.append(".SH EXAMPLES")
     for example, meaning in EXAMPLES:

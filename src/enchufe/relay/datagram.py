@@ -161,11 +161,14 @@ class DatagramRelay(DatagramListener):
         self.upstreams: dict[int, DatagramUpstream] = {}
         #: the listener's datagrams are served by the poller (see datagram_shortcuts)
         self._cut_in = False
-        if self.loop.poller is not None:
+        #: the compiled poller may serve this relay: a plain one (a subclass that adds to what
+        #: a datagram goes through, faults or PROXY headers, keeps every datagram its own)
+        self._compiled = self.loop.poller is not None and type(self) is DatagramRelay
+        if self._compiled:
             self.stats.collectors.append(lambda: datagram_shortcuts.totals(self))
 
     def _listener_handler(self) -> Callable[[int], None]:
-        if self.loop.poller is None:
+        if not self._compiled:
             return self._on_listener
         return functools.partial(datagram_shortcuts.on_listener, self)
 
@@ -216,7 +219,7 @@ class DatagramRelay(DatagramListener):
         session = DatagramUpstream(
             next(self._ids), key, describe_sender(self.listener.family, key), sock, owned
         )
-        compiled = self.loop.poller is not None
+        compiled = self._compiled
         self.loop.register(
             session.fd,
             READ,
@@ -233,16 +236,17 @@ class DatagramRelay(DatagramListener):
         return session
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
-        if self.loop.poller is not None:
+        if self._compiled:
             datagram_shortcuts.ended(self, entry.state)  # type: ignore[arg-type]
         super()._ended(entry, why)
 
     def _expire(self) -> None:
-        datagram_shortcuts.sync(self)  # what the poller carried keeps its sessions open
+        if self._compiled:
+            datagram_shortcuts.sync(self)  # what the poller carried keeps its sessions open
         super()._expire()
 
     def watch(self, session: DatagramUpstream) -> None:
-        if self.loop.poller is not None:
+        if self._compiled:
             datagram_shortcuts.route(self, session)
         mask = (READ if session.pending_reply is None else 0) | (WRITE if session.pending else 0)
         if mask != session.mask:
