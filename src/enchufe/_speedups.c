@@ -444,9 +444,11 @@ hop(Poller *self, Shortcut *c, int fd)
         }
     }
     /* EOF, an error, a partial send, or a full read: Python's pump takes it from here. */
-    c->data = PyBytes_FromStringAndSize(buf, n);
-    if (c->data == NULL)
+    PyObject *data = PyBytes_FromStringAndSize(buf, n);
+    if (data == NULL)
         return FAILED;
+    c = &self->cuts[fd];  /* an allocation may run a collection, and it Python code: look again */
+    c->data = data;
     c->sent = sent;
     c->kind = CUT_NONE;
     return HANDED_OVER;
@@ -517,13 +519,16 @@ mark_dirty(Poller *self, int fd, Shortcut *u)
 
 /* A datagram the shortcut read and could not finish: Python's from here. */
 static int
-hand_datagram(Shortcut *c, const char *buf, ssize_t n, PyObject *sender)
+hand_datagram(Poller *self, int fd, ssize_t n, PyObject *sender)
 {
-    c->data = PyBytes_FromStringAndSize(buf, n > 0 && n <= c->size ? n : 0);
-    if (c->data == NULL) {
+    Shortcut *c = &self->cuts[fd];
+    PyObject *data = PyBytes_FromStringAndSize(self->buf, n > 0 && n <= c->size ? n : 0);
+    if (data == NULL) {
         Py_XDECREF(sender);
         return FAILED;
     }
+    c = &self->cuts[fd];  /* an allocation may run a collection, and it Python code: look again */
+    c->data = data;
     c->sent = n > 0 ? n : 0;  /* the datagram's whole size (MSG_TRUNC) */
     if (sender == NULL) {
         sender = Py_None;
@@ -549,12 +554,13 @@ hop_listener(Poller *self, Shortcut *c, int fd)
             return NOTHING;
         c->read_errno = errno;
         c->budget--;
-        return hand_datagram(c, self->buf, 0, NULL);
+        return hand_datagram(self, fd, 0, NULL);
     }
     c->budget--;
     PyObject *sender = sender_of(&ss, len);
     if (sender == NULL)
         return FAILED;
+    c = &self->cuts[fd];  /* as after every allocation (see hand_datagram) */
     if (n <= c->size && c->routes != NULL) {
         PyObject *route = PyDict_GetItemWithError(c->routes, sender);
         if (route == NULL && PyErr_Occurred()) {
@@ -577,7 +583,7 @@ hop_listener(Poller *self, Shortcut *c, int fd)
             c->send_errno = errno;
         }
     }
-    return hand_datagram(c, self->buf, n, sender);
+    return hand_datagram(self, fd, n, sender);
 }
 
 /* A reply on a session's upstream: sent to the session's sender through the listener. */
@@ -592,7 +598,7 @@ hop_upstream(Poller *self, Shortcut *c, int fd)
             return NOTHING;
         c->read_errno = errno;
         c->budget--;
-        return hand_datagram(c, self->buf, 0, NULL);
+        return hand_datagram(self, fd, 0, NULL);
     }
     c->budget--;
     if (n <= c->size && c->addrlen > 0) {
@@ -606,7 +612,7 @@ hop_upstream(Poller *self, Shortcut *c, int fd)
         }
         c->send_errno = errno;
     }
-    return hand_datagram(c, self->buf, n, NULL);
+    return hand_datagram(self, fd, n, NULL);
 }
 
 /* poll(timeout=None, maxevents=-1) -> [(fd, events), ...], as select.epoll.poll, less the
