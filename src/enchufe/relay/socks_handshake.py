@@ -10,8 +10,9 @@ bounds every client's.
     HandshakeClock.sweep()                     the time is up: handshake_late(), the client cut
 
 Behind a proxy (``--accept-proxy``) what came with the PROXY header is the handshake's first
-bytes (read with it in one call, see :mod:`.prelude`).  The client is read once per wake-up (a short read left nothing queued: the loop says when more
-comes), so no read is made only to be told EAGAIN.  The first time a client has to wait, it is
+bytes (read with it in one call, see :mod:`.prelude`).  The client is read once per wake-up
+(a short read left nothing queued: the loop says when more comes), so no read is made only to
+be told EAGAIN.  The first time a client has to wait, it is
 watched as relaying will watch it (READ, the session's own handler, which hands its events here
 while the handshake lasts), so that after the request nothing is asked of the loop until the
 target is open.  And it joins :class:`HandshakeClock`: one timeout for all, so the clients wait
