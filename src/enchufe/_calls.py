@@ -9,6 +9,7 @@ The non-blocking calls of event loops are in :mod:`enchufe._nonblocking`.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -16,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import trace
 
@@ -41,6 +42,12 @@ class Credentials:
     pid: int
     uid: int
     gid: int
+
+
+#: A socket's family as the plain int the kernel gave: ``sock.family`` makes an enum of it through
+#: three Python calls, ``raw_family(sock)`` is the C type's own getter (for the relay's paths
+#: that run once per connection).
+raw_family: Callable[[socket.socket], int] = cast(Any, _socket.socket).family.__get__
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -120,6 +127,8 @@ def new_socket(family: int, sock_type: int, *, nonblocking: bool = False) -> soc
     """A new socket; ``nonblocking``: made so by ``socket()`` itself (``SOCK_NONBLOCK``), which
     spares the ``ioctl`` that ``setblocking(False)`` costs."""
     flags = socket.SOCK_NONBLOCK if nonblocking else 0
+    if trace._sink is None:  # trace.enabled(), inline: the relay makes one per connection
+        return socket.socket(family, sock_type | flags)
     return traced(
         lambda: socket.socket(family, sock_type | flags),
         lambda: f"socket({_FAMILY_NAMES.get(family, family)}, {_TYPE_NAMES.get(sock_type, sock_type)})",
@@ -129,7 +138,7 @@ def new_socket(family: int, sock_type: int, *, nonblocking: bool = False) -> soc
 
 def setsockopt(sock: socket.socket, level: int, option: int, value: int, name: str) -> None:
     sock.setsockopt(level, option, value)
-    if trace.enabled():
+    if trace._sink is not None:  # trace.enabled(), inline
         trace.emit(f"setsockopt(fd {sock.fileno()}, {name}, {value})")
 
 

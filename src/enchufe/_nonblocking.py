@@ -29,7 +29,10 @@ def connect_nonblocking(sock: socket.socket, sockaddr: SockAddr) -> int:
     or EAGAIN (a unix listener's backlog is full: nothing started, try again later).  Any other
     failure is raised."""
     try:
-        traced(lambda: sock.connect(sockaddr), connect_call(sock, sockaddr), zero)
+        if trace._sink is None:  # trace.enabled(), inline: the relay connects once per client
+            sock.connect(sockaddr)
+        else:
+            traced(lambda: sock.connect(sockaddr), connect_call(sock, sockaddr), zero)
     except BlockingIOError as exc:
         return exc.errno if exc.errno is not None else errno.EAGAIN
     return 0
@@ -39,7 +42,7 @@ def connect_again(sock: socket.socket, sockaddr: SockAddr) -> int:
     """Ask a connect in progress how it went, without waiting: 0 or EISCONN (connected),
     EALREADY/EINPROGRESS (not yet), or the error that ended it."""
     code = sock.connect_ex(sockaddr)
-    if trace.enabled():
+    if trace._sink is not None:  # trace.enabled(), inline
         where = describe_sockaddr(sock.family, sockaddr)
         if code in (0, errno.EISCONN):
             trace.emit(

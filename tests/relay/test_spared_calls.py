@@ -116,28 +116,34 @@ def test_a_client_that_resets_while_its_target_is_still_connecting_is_noticed_at
     """The client is watched (errors only) while connect() is still under way, even though a
     target reached within connect() spares that registration: its reset ends the session long
     before the connect timeout."""
+    with unanswering_target() as port:
+        config = RelayConfig("tcp4://127.0.0.1:0", f"tcp4://127.0.0.1:{port}", connect_timeout=LONG)
+        with relay_thread(config) as relay:
+            client = dial(relay.address)
+            wait_until(lambda: len(handler_of(relay).sessions) == 1, "the session")
+            abort(client)
+            (close,) = wait_event(relay, "close")
+    assert close["reason"] == "client-reset"
+
+
+@contextlib.contextmanager
+def unanswering_target() -> Iterator[int]:
+    """The port of a loopback listener that never completes a connect: its accept queue (backlog
+    0) holds one, and further SYNs are dropped, so a connect to it stays in progress."""
     with socket.socket() as full:
         full.bind(("127.0.0.1", 0))
         full.listen(0)
         port = full.getsockname()[1]
-        # The accept queue of a listener with backlog 0 holds one: further SYNs are dropped, so
-        # a connect to it stays in progress (never accepted here).
         queued = [socket.socket() for _ in range(2)]
-        for sock in queued:
-            sock.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                sock.connect(("127.0.0.1", port))
         try:
-            config = RelayConfig("tcp4://127.0.0.1:0", f"tcp4://127.0.0.1:{port}", connect_timeout=LONG)
-            with relay_thread(config) as relay:
-                client = dial(relay.address)
-                wait_until(lambda: len(handler_of(relay).sessions) == 1, "the session")
-                abort(client)
-                (close,) = wait_event(relay, "close")
+            for sock in queued:
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(("127.0.0.1", port))
+            yield port
         finally:
             for sock in queued:
                 sock.close()
-    assert close["reason"] == "client-reset"
 
 
 def test_single_reading_tries_a_batch_less_and_less_often_and_a_burst_brings_batches_back() -> None:
@@ -169,3 +175,31 @@ def test_single_reading_tries_a_batch_less_and_less_often_and_a_burst_brings_bat
     assert mode.batch and mode.limit() == BATCH
     mode.got(1, BATCH)
     assert events_until_a_try() == PROBE_EVERY
+
+
+def test_a_target_reached_within_connect_costs_no_connect_timer_and_a_slow_one_still_times_out() -> None:
+    """A loopback target answers within connect(): the connect phase ends before it could wait,
+    and no timer is made for it (made and cancelled at once, it was five Python calls per
+    client).  A target that does not answer still gets its timer, and the client is told."""
+    with echo_server() as server:
+        target = f"tcp4://127.0.0.1:{server.getsockname()[1]}"
+        with relay_thread(RelayConfig("tcp4://127.0.0.1:0", target)) as relay:
+            loop = handler_of(relay).loop
+            made: list[str] = []
+            real = loop.call_later
+
+            def recording(delay: float, callback: Any, on_error: Any = None) -> Any:
+                made.append(getattr(callback, "__name__", repr(callback)))
+                return real(delay, callback, on_error)
+
+            loop.call_later = recording  # the loop looks it up at every call
+            for _ in range(3):
+                with dial(relay.address) as client:
+                    assert ping(client)
+            wait_until(lambda: relay.relay.stats.snapshot().total == 3, "3 clients accepted")
+    assert "_connect_timed_out" not in made
+    with unanswering_target() as port:
+        config = RelayConfig("tcp4://127.0.0.1:0", f"tcp4://127.0.0.1:{port}", connect_timeout=0.3)
+        with relay_thread(config) as relay, dial(relay.address):
+            (failed,) = wait_event(relay, "error")
+    assert "no answer within 0.3 s" in failed["error"]

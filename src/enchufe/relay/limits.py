@@ -115,6 +115,14 @@ class AccessRules:
     deny: tuple[Network, ...] = ()
     allow_uids: frozenset[int] = field(default_factory=frozenset)
     allow_gids: frozenset[int] = field(default_factory=frozenset)
+    #: whether any IP rule or any uid/gid rule is given: plain fields, not properties, since
+    #: the relay looks at them for every client it accepts
+    filters_ip: bool = field(init=False, repr=False, compare=False)
+    filters_credentials: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters_ip", bool(self.allow or self.deny))
+        object.__setattr__(self, "filters_credentials", bool(self.allow_uids or self.allow_gids))
 
     @classmethod
     def parse(
@@ -132,14 +140,6 @@ class AccessRules:
             allow_uids=frozenset(parse_uid(t) for t in allow_uids),
             allow_gids=frozenset(parse_gid(t) for t in allow_gids),
         )
-
-    @property
-    def filters_ip(self) -> bool:
-        return bool(self.allow or self.deny)
-
-    @property
-    def filters_credentials(self) -> bool:
-        return bool(self.allow_uids or self.allow_gids)
 
     def check_ip(self, host: str) -> str | None:
         """``None`` if a peer at ``host`` may pass, else the reason it may not."""

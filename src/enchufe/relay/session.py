@@ -29,7 +29,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .. import _calls
+from .. import _calls, trace
 from .._backoff import Backoff
 from .._calls import close, new_socket
 from .._nonblocking import connect_again, connect_nonblocking, socket_error
@@ -88,8 +88,13 @@ def pending_error(sock: socket.socket) -> int:
 def nodelay(sock: socket.socket) -> None:
     # The relay must not add latency: the endpoints decided when to send; Nagle would hold
     # back the small writes a request/response protocol makes through us.
-    with contextlib.suppress(OSError):
-        _calls.setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
+    try:  # no contextlib.suppress, no _calls.setsockopt while quiet: once per connection
+        if trace._sink is None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            _calls.setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
+    except OSError:
+        pass
 
 
 class Owner(Protocol):
@@ -116,6 +121,7 @@ class RelaySession:
     """One client of a relay, from the opening of its target to its end (see the module)."""
 
     __slots__ = (
+        "_connect_deadline",
         "_connect_timer",
         "_idle_timer",
         "_last_active",
@@ -161,6 +167,8 @@ class RelaySession:
         self._targets: list[Target] = []
         self._target_index = 0
         self._connect_timer: Timer | None = None
+        #: when the connect phase times out (its timer is made once it has to wait)
+        self._connect_deadline = 0.0
         self._retry_timer: Timer | None = None
         self._idle_timer: Timer | None = None
         self._retry_backoff: Backoff | None = None  # made on the first full backlog, rare
@@ -177,7 +185,7 @@ class RelaySession:
 
     def _announce_accept(self) -> None:
         relay = self.relay
-        if relay.events.wants(1):
+        if relay.events.level >= 1:  # events.wants(1), inline: once per connection
             shown = self.peer_label()
             proxied = self.proxied
             if proxied is not None and proxied.peer is not None:
@@ -198,8 +206,14 @@ class RelaySession:
 
     # -- the connect phase (a socket target)
 
-    def _open_targets(self) -> None:
-        """Resolve the target, then connect to its addresses in order within the timeout."""
+    def _open_targets(self, opens_at_once: bool = False) -> None:
+        """Resolve the target, then connect to its addresses in order within the timeout.
+
+        The timer of the connect phase is made at once, or, if ``opens_at_once`` (the caller
+        knows that reaching the target ends the connect phase before :meth:`_reached` returns:
+        nothing to send first, no tunnel), only once the phase has to wait (a connect in
+        progress, a full backlog): a loopback target, which answers within connect(), then
+        costs no timer made and cancelled in the same breath."""
         relay = self.relay
         assert self.resolver is not None
         try:
@@ -207,10 +221,16 @@ class RelaySession:
         except Exception as exc:  # NameResolutionError: the target's name stopped resolving
             self._fail_target(str(exc))
             return
-        self._connect_timer = relay.loop.call_later(
-            relay.connect_timeout, self._connect_timed_out, self.crashed
-        )
+        self._connect_deadline = time.monotonic() + relay.connect_timeout
+        if not opens_at_once:
+            self._arm_connect_timer()
         self._try_connect()
+
+    def _arm_connect_timer(self) -> None:
+        """The connect phase waits: its timer, due at the deadline set when it began."""
+        if self._connect_timer is None:
+            left = max(self._connect_deadline - time.monotonic(), 0.0)
+            self._connect_timer = self.relay.loop.call_later(left, self._connect_timed_out, self.crashed)
 
     def _try_connect(self) -> None:
         target = self._targets[self._target_index]
@@ -222,7 +242,13 @@ class RelaySession:
                 self._next_target(exc)
                 return
             if target.family != socket.AF_UNIX:
-                nodelay(sock)
+                if trace._sink is None:  # nodelay(), inline while quiet: once per connection
+                    try:  # noqa: SIM105  # contextlib.suppress costs three Python calls
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    except OSError:
+                        pass
+                else:
+                    nodelay(sock)
             self.target_sock = sock
             self._target_opened(sock)
         try:
@@ -232,7 +258,10 @@ class RelaySession:
             return
         if status == 0:
             self._reached()
-        elif status == errno.EINPROGRESS:
+            return
+        if self._connect_timer is None:
+            self._arm_connect_timer()
+        if status == errno.EINPROGRESS:
             self._wait_connect()
         else:  # EAGAIN: a unix listener's backlog is full; nothing started, try again soon
             if self._retry_backoff is None:
@@ -243,15 +272,24 @@ class RelaySession:
     @staticmethod
     def _start_connect(sock: socket.socket, target: Target) -> int:
         """0 (connected), EINPROGRESS or EAGAIN; raises OSError (refused, typically)."""
-        status = connect_nonblocking(sock, target.sockaddr)
-        if status == errno.EINPROGRESS and target.family != socket.AF_UNIX:
-            # On loopback (and to any peer that answers within the call) the handshake is over
-            # before connect() returns: asking again costs one call, an epoll round costs more.
-            code = connect_again(sock, target.sockaddr)
-            if code in (0, errno.EISCONN):  # 0: the pending connect completed meanwhile
+        sockaddr = target.sockaddr
+        if trace._sink is None:  # connect_nonblocking(), inline while quiet: once per connection
+            try:
+                sock.connect(sockaddr)
                 return 0
-            if code not in (errno.EALREADY, errno.EINPROGRESS):
-                raise OSError(code, os.strerror(code))
+            except BlockingIOError as exc:
+                status = exc.errno if exc.errno is not None else errno.EAGAIN
+        else:
+            status = connect_nonblocking(sock, sockaddr)
+        if status != errno.EINPROGRESS or target.family == socket.AF_UNIX:
+            return status
+        # On loopback (and to any peer that answers within the call) the handshake is over
+        # before connect() returns: asking again costs one call, an epoll round costs more.
+        code = sock.connect_ex(sockaddr) if trace._sink is None else connect_again(sock, sockaddr)
+        if code in (0, errno.EISCONN):  # 0: the pending connect completed meanwhile
+            return 0
+        if code not in (errno.EALREADY, errno.EINPROGRESS):
+            raise OSError(code, os.strerror(code))
         return status
 
     def _target_opened(self, sock: socket.socket) -> None:
@@ -422,7 +460,7 @@ class RelaySession:
         relay.session_ended(self, failed=abortive and reason != "shutdown")
         if relay.one_client and abortive and not quiet and reason != "shutdown":
             relay.one_shot_broken(self, reason, error)
-        if not quiet and relay.events.wants(1):
+        if not quiet and relay.events.level >= 1:  # events.wants(1), inline
             self._close_event(reason, error)
 
     def _close_event(self, reason: str, error: str | None) -> None:

@@ -18,6 +18,7 @@ reason (a pipe whose other end closed reports EPOLLHUP or EPOLLERR whatever the 
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import fcntl
 import os
@@ -38,6 +39,8 @@ UNREGISTERED = -1
 
 #: What the loop calls with the events of a descriptor.
 Handler = Callable[[int], None]
+
+_close_socket = _socket.socket.close
 
 
 class Side:
@@ -163,15 +166,20 @@ class Side:
         # collector, later, after walking every session still open).
         self.on_events = self.on_read = self.on_write = _unhandled
         self.on_error = _no_owner
-        if self.sock is not None:
+        sock = self.sock
+        if sock is not None:
             loop.forget(self.rfd)
-            with contextlib.suppress(OSError):
+            try:  # no contextlib.suppress: twice per connection
                 if abortive:
-                    abort(self.sock)
-                elif trace._sink is None:  # the narrated close, without its calls while quiet
-                    self.sock.close()
+                    abort(sock)
+                elif trace._sink is None:
+                    # The narrated close, without its calls while quiet; socket.close() is two
+                    # Python calls that end here (a relayed socket never has a makefile()).
+                    _close_socket(sock)
                 else:
-                    close(self.sock)
+                    close(sock)
+            except OSError:
+                pass
             return
         for fd in (self.rfd, self.wfd):
             if fd >= 0:

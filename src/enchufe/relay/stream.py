@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import _calls
-from .._calls import accept, close
+from .. import _calls, trace
+from .._calls import accept, close, raw_family
 from .._nonblocking import abort
 from ..address import Address, ExecAddress, SocketAddress, StdioAddress
 from ..errors import reason as system_reason
@@ -212,11 +212,18 @@ class StreamRelay:
         mode = self._accept_mode
         reads = ACCEPT_BATCH if mode.limit() > 1 else 1
         got = 0
+        # socket.accept(), inline while tracing is off: the listener's family as an int (its
+        # enum costs three Python calls per client), no narrated wrapper
+        family = raw_family(listener) if trace._sink is None else -1
         for _turn in range(reads):
             if not self._accepting:
                 return
             try:
-                conn, peer = accept(listener)
+                if family >= 0:
+                    fd, peer = listener._accept()  # type: ignore[attr-defined]  # the C method
+                    conn = socket.socket(family, socket.SOCK_STREAM, listener.proto, fd)
+                else:
+                    conn, peer = accept(listener)
             except BlockingIOError:
                 if self._inherits_nodelay:
                     self._nodelay_each = False  # every client from now on inherits it

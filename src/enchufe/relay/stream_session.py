@@ -24,9 +24,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .. import trace
+from .._calls import raw_family
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
 from ..address import ExecAddress, InetAddress, StdioAddress
 from ..errors import NetworkError
@@ -64,7 +66,8 @@ class StreamSession(PreludeSession):
     ) -> None:
         super().__init__(relay, client_sock, peer, session_id)
         self.client = client
-        client.handle(self._on_client, self._on_client_read, self._on_client_write, self.crashed)
+        client.on_events, client.on_read = self._on_client, self._on_client_read  # Side.handle(), inline
+        client.on_write, client.on_error = self._on_client_write, self.crashed
         self.target: Side | None = None
         self.child: Child | None = None
         self.up: Pump | None = None
@@ -77,7 +80,8 @@ class StreamSession(PreludeSession):
     # -- opening the target
 
     def _begin(self) -> None:
-        self._announce_accept()
+        if self.relay.events.level >= 1:  # events.wants(1), inline: once per connection
+            self._announce_accept()
         self._open_target()
 
     def _open_target(self) -> None:
@@ -93,9 +97,13 @@ class StreamSession(PreludeSession):
             self._set_target(stdio_side())
             self._connected()
         else:
-            if relay.via is not None:
-                relay.via.connecting()
-            self._open_targets()
+            via = relay.via
+            if via is not None:
+                via.connecting()
+            # A plain session with nothing to send first: _connected ends the connect phase.
+            self._open_targets(
+                type(self) is StreamSession and via is None and not (self._header or self._replay)
+            )
         if self.state == CONNECTING and client.sock is not None and client.mask == UNREGISTERED:
             # Still waiting for the target: the client is registered with an empty mask, so
             # that one that resets meanwhile is noticed.  A target open at once (loopback
@@ -140,7 +148,8 @@ class StreamSession(PreludeSession):
         self._set_target(Side(sock))
 
     def _set_target(self, side: Side) -> None:
-        side.handle(self._on_target, self._on_target_read, self._on_target_write, self.crashed)
+        side.on_events, side.on_read = self._on_target, self._on_target_read  # Side.handle(), inline
+        side.on_write, side.on_error = self._on_target_write, self.crashed
         self.target = side
 
     def _wait_connect(self) -> None:
@@ -207,7 +216,7 @@ class StreamSession(PreludeSession):
         self.down = self._pump(target, client)
         self._stop_early = client.stop_at_peer_eof or target.stop_at_peer_eof
         self._cuts = self._may_cut(self._stop_early)
-        if announce and relay.events.wants(1):
+        if announce and relay.events.level >= 1:  # events.wants(1), inline
             seconds = time.monotonic() - self.started
             relay.events(
                 "connect",
@@ -219,7 +228,8 @@ class StreamSession(PreludeSession):
                 target=self.target_label,
                 seconds=round(seconds, 6),
             )
-        self._arm_idle()
+        if relay.idle_timeout:
+            self._arm_idle()
         if client.sock is None or target.sock is None:
             # Descriptors epoll cannot watch for us yet (a file as stdin is always ready, a
             # pipe may hold bytes already): step once now, as if everything were ready.
@@ -232,30 +242,28 @@ class StreamSession(PreludeSession):
     def _pump(self, src: Side, dst: Side) -> Pump:
         """The pump from ``src`` to ``dst``: its EOF passed on as ``dst``'s write side shut."""
         relay = self.relay
+        sock = dst.sock
         return Pump(
             src.rfd,
             dst.wfd,
             relay.pools,
             use_splice=relay.use_splice,
-            finish=lambda: self._pass_eof(dst),
-            dst_is_pipe=not dst.is_socket,
-            bulk=_is_tcp(dst.sock),
+            finish=partial(self._pass_eof, dst),  # a partial: no Python frame of its own
+            dst_is_pipe=sock is None,
+            # towards TCP (see .pump); the family as an int: socket.family makes an enum
+            bulk=sock is not None and raw_family(sock) != socket.AF_UNIX,
         )
 
     def _pass_eof(self, dst: Side) -> None:
         """A pump delivered its source's EOF: shut ``dst``'s write side, unless the other way is
         done too (sockets, tracing off): the step then closes both, and close() sends the same
         FIN (both EOFs were read: nothing unread makes it a reset), one call the fewer."""
-        up, down = self.up, self.down
-        if (
-            dst.sock is not None
-            and up is not None
-            and down is not None
-            and up.done
-            and down.done
-            and not self._stop_early
-            and trace._sink is None  # trace.enabled(), inline: a narration shows every call
-        ):
+        sock = dst.sock
+        if sock is not None and trace._sink is None:  # trace.enabled(), inline: a narration shows every call
+            up, down = self.up, self.down
+            if up is not None and down is not None and up.done and down.done and not self._stop_early:
+                return
+            sock.shutdown(socket.SHUT_WR)  # Side.shut_write, inline
             return
         dst.shut_write(self.relay.loop)
 
@@ -389,10 +397,10 @@ class StreamSession(PreludeSession):
     def _on_eof(self, side: Side | None, name: str) -> None:
         """``side`` finished sending: a descriptor it was read through is closed (a pipe whose
         writer is gone would report EPOLLHUP whatever the mask), and it is said at -vv."""
-        if side is not None:
+        if side is not None and side.sock is None:  # Side.close_read's test, inline: sockets stay
             side.close_read(self.relay.loop)
         events = self.relay.events
-        if events.wants(2):
+        if events.level >= 2:  # events.wants(2), inline: once per direction of every connection
             if name == "client":
                 sent = self.to_target
                 line = _(
@@ -472,7 +480,8 @@ class StreamSession(PreludeSession):
 
     def _release(self, abortive: bool) -> None:
         relay = self.relay
-        shortcuts.disarm(self)
+        if self._cuts > 0:  # shortcuts.disarm's test, inline: most short connections have none
+            shortcuts.disarm(self)
         if self._stage is not None:
             self._stage.cancel()
             self._stage = None
@@ -491,8 +500,3 @@ class StreamSession(PreludeSession):
                 relay.children.terminate(self.child)
             else:
                 relay.children.release(self.child)
-
-
-def _is_tcp(sock: socket.socket | None) -> bool:
-    """Whether a pump towards ``sock`` should copy through bulk buffers (see :mod:`.pump`)."""
-    return sock is not None and sock.family != socket.AF_UNIX
