@@ -29,7 +29,7 @@ import threading
 from . import _calls
 from ._streams import StreamCore
 from ._tlssetup import TLSSetup, session_for
-from .errors import ConnectionReset, NetworkError
+from .errors import ConnectionReset, NetworkError, TLSTruncated, translate
 from .tlsinfo import TLSInfo
 
 #: Plaintext encrypted per ``_send_once``: four full TLS records, one system call's worth.
@@ -47,6 +47,22 @@ DRAIN_RECEIVES = 8
 #: Seconds a closing sync TCP connection waits, at most, for the peer to take what it sent
 #: (see ``TLSStreamCore._linger`` in :mod:`enchufe._tlsstream`).
 LINGER = 2.0
+
+
+#: ``tcpi_state`` of a TCP connection that is over without an orderly close (a reset).
+_TCP_CLOSE = 7
+
+
+def _was_reset(sock: socket.socket) -> bool:
+    """Whether the TCP connection of ``sock`` was reset (its state is CLOSED while this side
+    never closed it); False for other sockets, or when the kernel does not say."""
+    if sock.family == socket.AF_UNIX:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except OSError:
+        return False
+    return bool(info) and info[0] == _TCP_CLOSE
 
 
 def unacknowledged(sock: socket.socket) -> int:
@@ -175,6 +191,29 @@ class TLSCore(StreamCore):
         #: it meanwhile: only the next send counts it as sent).
         self._carried: bytes | None = None
         self._failed: Exception | None = None  # a handshake's failure, raised again on any use
+        #: The first reset a send met.  The kernel tells it once: the next read of the socket
+        #: says EOF, which TLS would report as a truncation; the reset is what happened.
+        self._reset: ConnectionReset | None = None
+
+    def _translated(self, exc: OSError, what: str) -> NetworkError:
+        error = super()._translated(exc, what)
+        if exc.errno == errno.ECONNRESET and isinstance(error, ConnectionReset) and self._reset is None:
+            self._reset = error
+        return error
+
+    def _reset_or(self, truncated: TLSTruncated) -> ConnectionReset:
+        """What a truncation met while receiving was: a reset, if the socket had one.  The
+        kernel says a reset once: a send may have met it first, or OpenSSL, which reads the
+        socket again after the reset and reports the EOF that follows it.  TCP keeps the
+        mark: a connection reset is CLOSED, one the peer closed in order CLOSE_WAIT."""
+        if self._reset is None and _was_reset(self._sock):
+            reset = translate(
+                ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)),
+                f"receive from {self._where()}",
+            )
+            if isinstance(reset, ConnectionReset):
+                self._reset = reset
+        return self._reset if self._reset is not None else truncated
 
     @property
     def tls(self) -> TLSInfo | None:

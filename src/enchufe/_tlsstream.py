@@ -50,7 +50,7 @@ from ._tlssetup import (
     tls_params,
     with_tls,
 )
-from .errors import NetworkError, TimedOut, TLSRefused
+from .errors import NetworkError, TimedOut, TLSRefused, TLSTruncated
 from .i18n import _
 
 # What this module's importers (the endpoints, the relay, the CLI) take from it besides its own.
@@ -100,10 +100,19 @@ class TLSStreamCore(TLSCore):
 
     def _recv_once(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of plaintext: ``b""`` once the peer sent close_notify;
-        :class:`~enchufe.errors.TLSTruncated` if the connection ended without one."""
+        :class:`~enchufe.errors.TLSTruncated` if the connection ended without one, unless a
+        send met a reset before (the kernel says a reset once, and the read after it EOF): then
+        that :class:`~enchufe.errors.ConnectionReset`."""
         self._check()
-        if self._alias is not None:
-            return self._recv_direct(max_bytes)
+        try:
+            if self._alias is not None:
+                return self._recv_direct(max_bytes)
+            return self._recv_buffered(max_bytes)
+        except TLSTruncated as truncated:
+            raise self._reset_or(truncated) from None
+
+    def _recv_buffered(self, max_bytes: int) -> bytes:
+        """:meth:`_recv_once` through the channel's memory buffers."""
         channel = self._channel
         while True:
             with self._state_lock:
