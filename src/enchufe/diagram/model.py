@@ -180,33 +180,55 @@ def _sockets(steps: list[Step]) -> list[_Socket]:
     through socket(), accept() and close()."""
     found: list[_Socket] = []
     live: dict[tuple[int, int], _Socket] = {}
+    # Threads of one process share its descriptors, and their events are ordered by the times
+    # they took, which two threads take at different points of a call: a number one thread
+    # closes may be seen made again by another before that close.  The socket it replaces
+    # stays here, its own lifeline's until its close comes.
+    displaced: dict[tuple[int, int], list[_Socket]] = {}
+
+    def made(key: tuple[int, int], sock: _Socket) -> None:
+        old = live.get(key)
+        if old is not None and old.lifeline != sock.lifeline:
+            displaced.setdefault(key, []).append(old)
+        live[key] = sock
+        found.append(sock)
+
+    def owner(key: tuple[int, int], lifeline: int) -> _Socket | None:
+        sock = live.get(key)
+        if sock is not None and sock.lifeline != lifeline:
+            for old in displaced.get(key, ()):
+                if old.lifeline == lifeline:
+                    return old
+        return sock
+
     for step in steps:
         event = step.event
         pid = int(event["pid"])
         if event.get("error"):
             fd = event.get("fd")
-            if isinstance(fd, int) and (pid, fd) in live:
-                live[(pid, fd)].steps.append(step)
+            if isinstance(fd, int) and (sock := owner((pid, fd), step.lifeline)) is not None:
+                sock.steps.append(step)
             continue
         new_fd = event.get("new_fd")
         if step.call == "socket" and isinstance(new_fd, int):
             kind = event.get("args", ["", ""])
-            sock = _Socket(step.lifeline, "SOCK_STREAM" in kind if len(kind) > 1 else None)
-            live[(pid, new_fd)] = sock
-            found.append(sock)
+            made((pid, new_fd), _Socket(step.lifeline, "SOCK_STREAM" in kind if len(kind) > 1 else None))
         fd = event.get("fd")
         if not isinstance(fd, int):
             continue
-        sock = live.get((pid, fd)) or _adopt(live, found, pid, fd, step)
+        key = (pid, fd)
+        sock = owner(key, step.lifeline) or _adopt(live, found, pid, fd, step)
         sock.steps.append(step)
         _learn(sock, step)
         if step.call == "accept" and isinstance(new_fd, int):
             accepted = _Socket(step.lifeline, True, listening=False, opened=step)
             accepted.local, accepted.peer = str(event.get("local", "")), str(event.get("peer", ""))
-            live[(pid, new_fd)] = accepted
-            found.append(accepted)
+            made((pid, new_fd), accepted)
         elif step.call == "close":
-            live.pop((pid, fd), None)
+            if live.get(key) is sock:
+                live.pop(key)
+            elif sock in displaced.get(key, ()):
+                displaced[key].remove(sock)
     return found
 
 
