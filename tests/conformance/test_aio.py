@@ -352,6 +352,9 @@ import enchufe.aio as aio
 from enchufe.errors import NetworkError
 
 async def main() -> None:
+    # enchufe's public names are imported on first use (enchufe._lazy), and importing a module
+    # opens its file: this is about connect's own socket(), so the names are looked up first.
+    connects = {"sync": enchufe.connect, "aio": aio.connect}
     async with await aio.listen("tcp://127.0.0.1:0") as listener:
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         fillers = []
@@ -363,9 +366,9 @@ async def main() -> None:
         for side in ("sync", "aio"):
             try:
                 if side == "sync":
-                    enchufe.connect(listener.address)
+                    connects["sync"](listener.address)
                 else:
-                    await aio.connect(listener.address)
+                    await connects["aio"](listener.address)
             except NetworkError as exc:
                 print(side, "NetworkError", exc.errno, exc)
             except OSError as exc:
