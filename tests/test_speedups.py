@@ -66,6 +66,13 @@ def pairs() -> Iterator[tuple[socket.socket, socket.socket, socket.socket, socke
         sock.close()
 
 
+def armed(poller: _speedups.Poller, src: socket.socket, dst: socket.socket, size: int = 65536) -> int:
+    """``src`` registered for reading, with a shortcut to ``dst``: its descriptor."""
+    poller.register(src.fileno(), IN)
+    poller.shortcut(src.fileno(), dst.fileno(), size)
+    return src.fileno()
+
+
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         a = socket.create_connection(listener.getsockname(), timeout=5.0)
@@ -142,8 +149,7 @@ def test_a_signal_handler_that_raises_interrupts_a_wait(poller: _speedups.Poller
 @needs_speedups
 def test_a_shortcut_serves_a_message_without_returning_to_python(poller: _speedups.Poller, pairs) -> None:
     client, src, dst, server = pairs
-    poller.register(src.fileno(), IN)
-    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    armed(poller, src, dst)
     for size in (1, 100, 4000):
         client.sendall(b"m" * size)
         assert poller.poll(0.2) == []  # served: nothing for Python, even after the wait
@@ -161,8 +167,7 @@ def test_a_shortcut_serves_a_message_without_returning_to_python(poller: _speedu
 @needs_speedups
 def test_eof_is_handed_over_with_what_was_moved_before(poller: _speedups.Poller, pairs) -> None:
     client, src, dst, server = pairs
-    poller.register(src.fileno(), IN)
-    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    armed(poller, src, dst)
     client.sendall(b"hello")
     assert poller.poll(0.2) == []
     client.shutdown(socket.SHUT_WR)
@@ -177,8 +182,7 @@ def test_eof_is_handed_over_with_what_was_moved_before(poller: _speedups.Poller,
 @needs_speedups
 def test_a_read_that_fills_the_buffer_is_handed_over_unsent(poller: _speedups.Poller, pairs) -> None:
     client, src, dst, _server = pairs
-    poller.register(src.fileno(), IN)
-    poller.shortcut(src.fileno(), dst.fileno(), 16)
+    armed(poller, src, dst, 16)
     client.sendall(b"0123456789abcdefXYZ")
     assert poller.poll(0.2) == [(src.fileno(), IN | _speedups.HANDED)]
     assert poller.take(src.fileno()) == (b"0123456789abcdef", 0, 0, 0, 0)  # bulk: Python's way
@@ -195,8 +199,7 @@ def test_a_send_that_takes_part_hands_over_the_rest(poller: _speedups.Poller, pa
             filled += dst.send(b"f" * 4096)
         except BlockingIOError:
             break
-    poller.register(src.fileno(), IN)
-    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    armed(poller, src, dst)
     client.sendall(b"q" * 1000)
     ((fd, events),) = poller.poll(0.2)
     assert (fd, events) == (src.fileno(), IN | _speedups.HANDED)
@@ -209,8 +212,7 @@ def test_a_send_that_takes_part_hands_over_the_rest(poller: _speedups.Poller, pa
 def test_a_failed_send_is_handed_over_with_its_errno(poller: _speedups.Poller, pairs) -> None:
     client, src, dst, server = pairs
     server.close()  # dst's peer is gone: sending fails (EPIPE), and no SIGPIPE kills us
-    poller.register(src.fileno(), IN)
-    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    armed(poller, src, dst)
     client.sendall(b"lost")
     assert poller.poll(0.2) == [(src.fileno(), IN | _speedups.HANDED)]
     data, sent, read_errno, send_errno, _moved = poller.take(src.fileno())
@@ -224,8 +226,7 @@ def test_a_reset_is_handed_over_as_a_failed_read(poller: _speedups.Poller) -> No
     dst, server = socket.socketpair()
     with peer, src, dst, server:
         dst.setblocking(False)
-        poller.register(src.fileno(), IN)
-        poller.shortcut(src.fileno(), dst.fileno(), 65536)
+        armed(poller, src, dst)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peer.close()  # RST
         events = poller.poll(1.0)
@@ -241,8 +242,7 @@ def test_a_reset_is_handed_over_as_a_failed_read(poller: _speedups.Poller) -> No
 def test_a_descriptor_registered_anew_has_no_shortcut(poller: _speedups.Poller, pairs) -> None:
     """Its number may belong to another connection now: the old shortcut must not serve it."""
     client, src, dst, _server = pairs
-    poller.register(src.fileno(), IN)
-    poller.shortcut(src.fileno(), dst.fileno(), 65536)
+    armed(poller, src, dst)
     poller.unregister(src.fileno())
     poller.register(src.fileno(), IN)
     client.sendall(b"new owner")

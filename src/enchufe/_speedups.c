@@ -320,6 +320,31 @@ check_size(Py_ssize_t size)
     return 0;
 }
 
+/* Arm fd's shortcut (what a hand-over left is dropped; its counts, routes and the sender's
+ * address stay): NULL and an exception for bad arguments or no memory. */
+static Shortcut *
+arm(Poller *self, int fd, int kind, int dst, Py_ssize_t size, long budget)
+{
+    if (fd < 0 || dst < -1) {
+        PyErr_SetString(PyExc_ValueError, "a descriptor must be >= 0");
+        return NULL;
+    }
+    if (check_size(size) < 0 || check_open(self) < 0)
+        return NULL;
+    Shortcut *c = entry_for(self, fd, size);
+    if (c == NULL)
+        return NULL;
+    Py_CLEAR(c->data);
+    Py_CLEAR(c->sender);
+    c->kind = kind;
+    c->dst = dst;
+    c->size = size;
+    c->budget = budget;
+    c->sent = 0;
+    c->read_errno = c->send_errno = 0;
+    return c;
+}
+
 static PyObject *
 Poller_shortcut(Poller *self, PyObject *args)
 {
@@ -327,21 +352,8 @@ Poller_shortcut(Poller *self, PyObject *args)
     Py_ssize_t size;
     if (!PyArg_ParseTuple(args, "iin:shortcut", &src, &dst, &size))
         return NULL;
-    if (src < 0 || dst < 0) {
-        PyErr_SetString(PyExc_ValueError, "shortcut: descriptors must be >= 0");
+    if (arm(self, src, CUT_STREAM, dst < 0 ? -2 : dst, size, 0) == NULL)
         return NULL;
-    }
-    if (check_size(size) < 0 || check_open(self) < 0)
-        return NULL;
-    Shortcut *c = entry_for(self, src, size);
-    if (c == NULL)
-        return NULL;
-    Py_CLEAR(c->data);
-    c->kind = CUT_STREAM;
-    c->dst = dst;
-    c->size = size;
-    c->sent = 0;
-    c->read_errno = c->send_errno = 0;
     Py_RETURN_NONE;
 }
 
@@ -728,23 +740,11 @@ Poller_datagrams_in(Poller *self, PyObject *args)
     long budget;
     if (!PyArg_ParseTuple(args, "inl:datagrams_in", &fd, &size, &budget))
         return NULL;
-    if (fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "a descriptor must be >= 0");
-        return NULL;
-    }
-    if (check_size(size) < 0 || check_open(self) < 0)
-        return NULL;
-    Shortcut *c = entry_for(self, fd, size);
+    Shortcut *c = arm(self, fd, CUT_LISTENER, -1, size, budget);
     if (c == NULL)
         return NULL;
     if (c->routes == NULL && (c->routes = PyDict_New()) == NULL)
-        return NULL;
-    Py_CLEAR(c->data);
-    Py_CLEAR(c->sender);
-    c->kind = CUT_LISTENER;
-    c->size = size;
-    c->budget = budget;
-    c->read_errno = c->send_errno = 0;
+        return NULL;  /* armed with no routes: every datagram goes to Python */
     Py_RETURN_NONE;
 }
 
@@ -758,22 +758,8 @@ Poller_replies(Poller *self, PyObject *args)
     long budget;
     if (!PyArg_ParseTuple(args, "iinl:replies", &fd, &listener, &size, &budget))
         return NULL;
-    if (fd < 0 || listener < 0) {
-        PyErr_SetString(PyExc_ValueError, "a descriptor must be >= 0");
+    if (arm(self, fd, CUT_UPSTREAM, listener < 0 ? -2 : listener, size, budget) == NULL)
         return NULL;
-    }
-    if (check_size(size) < 0 || check_open(self) < 0)
-        return NULL;
-    Shortcut *c = entry_for(self, fd, size);
-    if (c == NULL)
-        return NULL;
-    Py_CLEAR(c->data);
-    Py_CLEAR(c->sender);
-    c->kind = CUT_UPSTREAM;
-    c->dst = listener;
-    c->size = size;
-    c->budget = budget;
-    c->read_errno = c->send_errno = 0;
     Py_RETURN_NONE;
 }
 

@@ -9,6 +9,7 @@ import hashlib
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,6 +38,20 @@ def _sessions(running: RelayThread) -> list[Any]:
     # white-box: the stream relay behind the library's Relay, and its open sessions
     handler: Any = running.relay._handler
     return list(handler.sessions)
+
+
+@contextlib.contextmanager
+def warmed(serve: Callable[[socket.socket], object]) -> Iterator[tuple[RelayThread, socket.socket]]:
+    """A relay in front of ``serve`` and a client of it that made ten round trips (its
+    session takes the shortcuts, where there are)."""
+    with (
+        Target("tcp://127.0.0.1:0", serve) as target,
+        relay_thread(RelayConfig("tcp://127.0.0.1:0", target.address)) as running,
+        dial(running.address) as sock,
+    ):
+        for _ in range(10):
+            assert ping(sock)
+        yield running, sock
 
 
 def test_request_response_traffic_takes_the_shortcuts_and_one_exchange_does_not() -> None:
@@ -93,13 +108,7 @@ def test_the_counters_are_exact_whichever_way_the_bytes_went() -> None:
 
 @pytestmark_both
 def test_a_session_armed_by_small_messages_then_moving_bulk_and_half_closing_loses_nothing() -> None:
-    with (
-        Target("tcp://127.0.0.1:0", echo) as target,
-        relay_thread(RelayConfig("tcp://127.0.0.1:0", target.address)) as running,
-        dial(running.address) as sock,
-    ):
-        for _ in range(10):
-            assert ping(sock)
+    with warmed(echo) as (running, sock):
         result = exchange(sock, seed=7, size=4 << 20)  # then SHUT_WR, and the echo until EOF
         assert result.sent == result.received == 4 << 20
         assert result.sent_digest == result.received_digest == digest_of(7, 4 << 20)
@@ -184,13 +193,7 @@ def test_a_target_that_resets_after_small_messages_resets_the_client() -> None:
         conn.recv(100)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
-    with (
-        Target("tcp://127.0.0.1:0", resets) as target,
-        relay_thread(RelayConfig("tcp://127.0.0.1:0", target.address)) as running,
-        dial(running.address) as sock,
-    ):
-        for _ in range(10):
-            assert ping(sock)
+    with warmed(resets) as (running, sock):
         sock.sendall(b"last")
         with pytest.raises(ConnectionResetError):
             while sock.recv(100):
