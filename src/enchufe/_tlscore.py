@@ -206,6 +206,8 @@ class TLSCore(StreamCore):
         kernel says a reset once: a send may have met it first, or OpenSSL, which reads the
         socket again after the reset and reports the EOF that follows it.  TCP keeps the
         mark: a connection reset is CLOSED, one the peer closed in order CLOSE_WAIT."""
+        if self._channel.alpn_refusal() is not None:
+            return truncated  # a server that wanted none of the ALPN protocols: says why
         if self._reset is None and _was_reset(self._sock):
             reset = translate(
                 ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)),

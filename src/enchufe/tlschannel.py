@@ -362,7 +362,9 @@ class TLSChannel:
             n: int = self._encrypt(data)
         except ssl.SSLWantWriteError:
             return 0
-        except ssl.SSLZeroReturnError:
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            # The peer is gone: its close_notify came, or the socket ended (a reset read as the
+            # EOF after it) while this side was writing.
             raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)) from None
         except ssl.SSLError as exc:
             raise self._explained(exc) from None

@@ -399,8 +399,9 @@ def _a_lost_host_loses_only_its_connections(net: Topology) -> None:
     assert by_host["r1"] and by_host["r2"]
     assert net.spaces.kill_all("r1") >= 3  # the relay and its two workers
     held.go()
-    outcome = {record["port"]: record["ok"] for record in held.records("done", 6)}
-    assert {port for port, ok in outcome.items() if ok} == by_host["r2"]
+    done = held.records("done", 6)
+    outcome = {record["port"]: record["ok"] for record in done}
+    assert {port for port, ok in outcome.items() if ok} == by_host["r2"], (by_host, done)
     assert {port for port, ok in outcome.items() if not ok} == by_host["r1"]
 
 

@@ -18,7 +18,8 @@ close can end both TLS streams in order.
 
 The ends: the schedule's EOF is close_notify towards a TLS side (``shutdown(SHUT_WR)`` towards a
 plain one), as without faults; a fault's close (``limit_data``, ``timeout``) sends close_notify
-to each TLS peer after what waits for it, in one attempt, then closes; a fault's reset
+to each TLS peer after what waits for it, in one attempt, then closes (but to a client whose
+bytes an upstream fault cut: it is reset, as a plain client is); a fault's reset
 (``reset_peer``) resets both peers, no close_notify.
 """
 
@@ -191,6 +192,10 @@ class FaultyTLSStreamSession(FaultyStreamSession, TLSStreamSession):
     def _fault_end(self, ending: int, name: str, pump: Any) -> None:
         if ending != RESET:
             for link in (self._client_link, self._target_link):
+                if link is self._client_link and name == "upstream":
+                    # What the client sent was cut: an orderly end would tell it all arrived.
+                    # Closed with its bytes unread, its socket is reset, as a plain one is.
+                    continue
                 sender = link.sender if link is not None else None
                 if isinstance(sender, TLSFaultPump):
                     sender.close_notify()
