@@ -16,6 +16,8 @@ import signal
 import socket
 import struct
 import sysconfig
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -383,3 +385,57 @@ def test_enchufe_pure_python_turns_the_compiled_path_off() -> None:
     on = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
     expected = "True" if _speedups is not None else "False"
     assert on.stdout.split() == [expected, expected], on.stderr
+
+
+@needs_speedups
+def test_spin_is_bounded_and_a_served_turn_with_it_still_returns_what_python_must_see(
+    poller: _speedups.Poller, pairs
+) -> None:
+    """After a turn its shortcuts served, the poller looks again without sleeping for ``spin``
+    seconds: an event for Python that comes meanwhile is returned, and the timeout holds."""
+    client, src, dst, server = pairs
+    with pytest.raises(ValueError):
+        poller.spin = 1.0
+    with pytest.raises(ValueError):
+        poller.spin = -0.001
+    poller.spin = 0.005
+    other_a, other_b = socket.socketpair()
+    with other_a, other_b:
+        armed(poller, src, dst)
+        poller.register(other_b.fileno(), IN)
+        client.sendall(b"served")
+
+        def later() -> None:
+            time.sleep(0.002)
+            other_a.send(b"python's")
+
+        thread = threading.Thread(target=later)
+        thread.start()
+        events = poller.poll(1.0)
+        thread.join()
+        assert server.recv(100) == b"served"
+        if events == []:  # the second event came after the spin: it is there at the next wait
+            events = poller.poll(1.0)
+        assert events == [(other_b.fileno(), IN)]
+        assert other_b.recv(100) == b"python's"
+        client.sendall(b"again")
+        assert poller.poll(0.05) == []  # served, then nothing: the timeout ends the spin too
+        assert server.recv(100) == b"again"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0", "0.0"), ("100", "0.0001"), ("abc", "3e-05"), ("99999", "3e-05")]
+)
+def test_enchufe_spin_us_sets_the_spin_within_its_range(value: str, expected: str) -> None:
+    """ENCHUFE_SPIN_US (README, man page): 0 to 10000 microseconds; anything else is the
+    default (30 µs)."""
+    import subprocess
+    import sys
+
+    if _speedups is None:
+        pytest.skip("enchufe._speedups is not built here")
+    probe = "from enchufe.relay.engine import Loop; print(Loop()._epoll.spin)"
+    env = {**os.environ, "ENCHUFE_SPIN_US": value}
+    env.pop("ENCHUFE_PURE_PYTHON", None)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == expected, done.stderr

@@ -74,7 +74,7 @@ def test_man_page_has_the_sections() -> None:
         assert wanted in sections, wanted
     assert page.startswith(".TH ENCHUFE 1 ")
     environment = page.split(".SH ENVIRONMENT", 1)[1].split(".SH EXAMPLES", 1)[0]
-    for variable in ("ENCHUFE_PURE_PYTHON", "LC_MESSAGES"):
+    for variable in ("ENCHUFE_PURE_PYTHON", "ENCHUFE_SPIN_US", "LC_MESSAGES"):
         assert roff(variable) in environment, variable
     addresses = page.split(".SH ADDRESSES", 1)[1].split(".SH COMMANDS", 1)[0]
     for form in ("tcp://HOST:PORT", "tcp6://[HOST]:PORT", "unix:@name", "unixgram:", "exec:PROGRAM"):

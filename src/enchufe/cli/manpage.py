@@ -85,6 +85,12 @@ ENVIRONMENT = [
         "compiled one (enchufe._speedups, built at install when a C compiler and Python's headers are "
         "present) is installed; the same work, more slowly.  For comparison, or to rule it out.",
     ),
+    (
+        "ENCHUFE_SPIN_US",
+        "microseconds (0 to 10000, default 30) the compiled relay keeps looking for the next "
+        "message, without sleeping, after passing messages on: ping-pong latency for a little CPU "
+        "while traffic flows; 0 never looks without sleeping.  Another value: the default.",
+    ),
 ]
 
 EXIT_STATUS = [
