@@ -191,31 +191,21 @@ class TLSCore(StreamCore):
         #: it meanwhile: only the next send counts it as sent).
         self._carried: bytes | None = None
         self._failed: Exception | None = None  # a handshake's failure, raised again on any use
-        #: The first reset a send met.  The kernel tells it once: the next read of the socket
-        #: says EOF, which TLS would report as a truncation; the reset is what happened.
-        self._reset: ConnectionReset | None = None
-
-    def _translated(self, exc: OSError, what: str) -> NetworkError:
-        error = super()._translated(exc, what)
-        if exc.errno == errno.ECONNRESET and isinstance(error, ConnectionReset) and self._reset is None:
-            self._reset = error
-        return error
 
     def _reset_or(self, truncated: TLSTruncated) -> ConnectionReset:
         """What a truncation met while receiving was: a reset, if the socket had one.  The
-        kernel says a reset once: a send may have met it first, or OpenSSL, which reads the
-        socket again after the reset and reports the EOF that follows it.  TCP keeps the
-        mark: a connection reset is CLOSED, one the peer closed in order CLOSE_WAIT."""
+        kernel says a reset once, to whichever call meets it first: OpenSSL reads the socket
+        again after it and reports the EOF that follows, or a send took it.  TCP keeps the
+        mark: a reset connection is CLOSED, one the peer closed in order CLOSE_WAIT."""
         if self._channel.alpn_refusal() is not None:
             return truncated  # a server that wanted none of the ALPN protocols: says why
-        if self._reset is None and _was_reset(self._sock):
-            reset = translate(
-                ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)),
-                f"receive from {self._where()}",
-            )
-            if isinstance(reset, ConnectionReset):
-                self._reset = reset
-        return self._reset if self._reset is not None else truncated
+        if not _was_reset(self._sock):
+            return truncated
+        reset = translate(
+            ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)),
+            f"receive from {self._where()}",
+        )
+        return reset if isinstance(reset, ConnectionReset) else truncated
 
     @property
     def tls(self) -> TLSInfo | None:
