@@ -353,9 +353,9 @@ class TLSChannel:
     def send(self, data: bytes | memoryview) -> int:
         """On a socket: encrypt ``data`` and write the records: ``len(data)`` once all went,
         ``0`` when the socket took only part (or none): call again with the same bytes once it
-        is writable (OpenSSL remembers what went).  ``OSError`` (a reset) passes, and is what a
-        failed write after the peer's close_notify raises too (OpenSSL says "closed" for it);
-        :class:`TLSRefused` when TLS wants something else first (a renegotiation)."""
+        is writable (OpenSSL remembers what went).  A reset is ``OSError``, and so is a write
+        after the peer's close_notify or EOF (the read after a reset); :class:`TLSRefused` when
+        TLS wants something else first (a renegotiation)."""
         if self._write_closed:
             raise ssl.SSLError("write after close_notify")
         try:
@@ -363,8 +363,6 @@ class TLSChannel:
         except ssl.SSLWantWriteError:
             return 0
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            # The peer is gone: its close_notify came, or the socket ended (a reset read as the
-            # EOF after it) while this side was writing.
             raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)) from None
         except ssl.SSLError as exc:
             raise self._explained(exc) from None
