@@ -37,14 +37,12 @@ from typing import Any
 from .. import trace
 from ..i18n import _
 from . import words
+from .sockets import STREAM_IN, STREAM_OUT, Socket, follow
 
 __all__ = ["Arrow", "Diagram", "Lifeline", "Step", "blocked", "build", "same_address", "summary"]
 
 Event = Mapping[str, Any]
 
-#: Calls that move stream bytes out or in, and datagrams.
-_STREAM_OUT = ("send", "write")
-_STREAM_IN = ("recv", "read")
 #: How many characters of a payload an arrow shows.
 PREVIEW = 18
 #: Waits shorter than this are scheduling, not the other side: not marked.
@@ -113,19 +111,6 @@ class Diagram:
         return [step.call for step in self.steps if step.lifeline == index]
 
 
-@dataclass
-class _Socket:
-    """One socket of one process, from the call that made it to its close."""
-
-    lifeline: int
-    stream: bool | None
-    local: str = ""
-    peer: str = ""
-    listening: bool = False
-    steps: list[Step] = field(default_factory=list)
-    opened: Step | None = None  # connect()'s (or accept()'s) step
-
-
 def build(events: Iterable[Event], title: str = "") -> Diagram:
     """The diagram of ``events`` (any order; notes and events without a process are left out)."""
     shown = [e for e in events if e.get("call") not in (None, "note") and "pid" in e]
@@ -140,7 +125,7 @@ def build(events: Iterable[Event], title: str = "") -> Diagram:
         step.after = last.get(line.index)
         last[line.index] = step.time
         steps.append(step)
-    sockets = _sockets(steps)
+    sockets = follow(steps)
     columns = list(lifelines.values())
     _name(columns, steps, sockets)
     arrows = _connections(sockets) + _datagrams(sockets)
@@ -175,95 +160,7 @@ def _step(index: int, lifeline: int, event: Event) -> Step:
     )
 
 
-def _sockets(steps: list[Step]) -> list[_Socket]:
-    """Each step given to the socket it was made on, following each process's descriptors
-    through socket(), accept() and close()."""
-    found: list[_Socket] = []
-    live: dict[tuple[int, int], _Socket] = {}
-    # Threads of one process share its descriptors, and their events are ordered by the times
-    # they took, which two threads take at different points of a call: a number one thread
-    # closes may be seen made again by another before that close.  The socket it replaces
-    # stays here, its own lifeline's until its close comes.
-    displaced: dict[tuple[int, int], list[_Socket]] = {}
-
-    def made(key: tuple[int, int], sock: _Socket) -> None:
-        old = live.get(key)
-        if old is not None and old.lifeline != sock.lifeline:
-            displaced.setdefault(key, []).append(old)
-        live[key] = sock
-        found.append(sock)
-
-    def owner(key: tuple[int, int], lifeline: int) -> _Socket | None:
-        sock = live.get(key)
-        if sock is not None and sock.lifeline != lifeline:
-            for old in displaced.get(key, ()):
-                if old.lifeline == lifeline:
-                    return old
-        return sock
-
-    for step in steps:
-        event = step.event
-        pid = int(event["pid"])
-        if event.get("error"):
-            fd = event.get("fd")
-            if isinstance(fd, int) and (sock := owner((pid, fd), step.lifeline)) is not None:
-                sock.steps.append(step)
-            continue
-        new_fd = event.get("new_fd")
-        if step.call == "socket" and isinstance(new_fd, int):
-            kind = event.get("args", ["", ""])
-            made((pid, new_fd), _Socket(step.lifeline, "SOCK_STREAM" in kind if len(kind) > 1 else None))
-        fd = event.get("fd")
-        if not isinstance(fd, int):
-            continue
-        key = (pid, fd)
-        sock = owner(key, step.lifeline) or _adopt(live, found, pid, fd, step)
-        sock.steps.append(step)
-        _learn(sock, step)
-        if step.call == "accept" and isinstance(new_fd, int):
-            accepted = _Socket(step.lifeline, True, listening=False, opened=step)
-            accepted.local, accepted.peer = str(event.get("local", "")), str(event.get("peer", ""))
-            made((pid, new_fd), accepted)
-        elif step.call == "close":
-            if live.get(key) is sock:
-                live.pop(key)
-            elif sock in displaced.get(key, ()):
-                displaced[key].remove(sock)
-    return found
-
-
-def _adopt(
-    live: dict[tuple[int, int], _Socket], found: list[_Socket], pid: int, fd: int, step: Step
-) -> _Socket:
-    """A descriptor first seen in a call other than socket(): made before the trace began."""
-    sock = _Socket(step.lifeline, None)
-    live[(pid, fd)] = sock
-    found.append(sock)
-    return sock
-
-
-def _learn(sock: _Socket, step: Step) -> None:
-    event = step.event
-    call = step.call
-    if call == "listen":
-        sock.listening = True
-        sock.stream = True
-    elif call in ("sendto", "recvfrom"):
-        sock.stream = False
-    elif call in _STREAM_OUT + _STREAM_IN and sock.stream is None:
-        sock.stream = True
-    if call == "accept":
-        return  # its addresses are the accepted socket's
-    if event.get("local"):
-        sock.local = str(event["local"])
-    if event.get("peer") and call not in ("sendto", "recvfrom"):
-        sock.peer = str(event["peer"])
-    connected = call == "connect" or (call == "getsockopt" and "SO_ERROR" in step.text)
-    if connected and sock.opened is None and not sock.listening:
-        sock.opened = step
-
-
-def _name(lifelines: list[Lifeline], steps: list[Step], sockets: list[_Socket]) -> None:
+def _name(lifelines: list[Lifeline], steps: list[Step], sockets: list[Socket]) -> None:
     """Each lifeline's role, address and name; the servers first."""
     for line in lifelines:
         line.role = _role([s.call for s in steps if s.lifeline == line.index])
@@ -289,7 +186,7 @@ def _role(calls: list[str]) -> str:
     return "server" if first in ("recvfrom", "recv") else "client"
 
 
-def _address(line: Lifeline, sockets: list[_Socket]) -> str:
+def _address(line: Lifeline, sockets: list[Socket]) -> str:
     """A server's listening (or receiving) address; a client's own first address."""
     mine = [s for s in sockets if s.lifeline == line.index and s.local]
     listening = [s for s in mine if s.listening or (s.stream is False and line.role == "server")]
@@ -319,7 +216,7 @@ def _plain(address: str) -> str:
     return address
 
 
-def _connections(sockets: list[_Socket]) -> list[Arrow]:
+def _connections(sockets: list[Socket]) -> list[Arrow]:
     """Connect arrows for the accepted sockets, then each connection's bytes and EOFs."""
     clients = [s for s in sockets if s.stream and not s.listening and s.opened and s.opened.call != "accept"]
     # In connect order: unnamed unix clients all match, and the backlog hands them out in that order.
@@ -339,7 +236,7 @@ def _connections(sockets: list[_Socket]) -> list[Arrow]:
     return arrows
 
 
-def _client_of(server: _Socket, clients: list[_Socket]) -> _Socket | None:
+def _client_of(server: Socket, clients: list[Socket]) -> Socket | None:
     """The first client whose (local, peer) is the accepted socket's (peer, local)."""
     if server.opened is None or server.opened.call != "accept":
         return None
@@ -357,20 +254,20 @@ def _opened(accept: Step, connect: Step) -> None:
         accept.marks.append(_("queued {ms} ms in the backlog").format(ms=f"{queued * 1e3:.1f}"))
 
 
-def _bytes(sender: _Socket, receiver: _Socket) -> list[Arrow]:
+def _bytes(sender: Socket, receiver: Socket) -> list[Arrow]:
     """One arrow per send(), to the recv() that got its first byte."""
     reads: list[tuple[int, Step]] = []
     total = 0
     for step in receiver.steps:
         size = step.event.get("size")
-        if step.call in _STREAM_IN and isinstance(size, int) and size > 0:
+        if step.call in STREAM_IN and isinstance(size, int) and size > 0:
             reads.append((total, step))
             total += size
     arrows = []
     offset = 0
     for step in sender.steps:
         size = step.event.get("size")
-        if step.call not in _STREAM_OUT or not isinstance(size, int) or size <= 0:
+        if step.call not in STREAM_OUT or not isinstance(size, int) or size <= 0:
             continue
         target = next((read for start, read in reversed(reads) if start <= offset), None)
         if offset >= total:
@@ -382,7 +279,7 @@ def _bytes(sender: _Socket, receiver: _Socket) -> list[Arrow]:
     return arrows
 
 
-def _eof(sender: _Socket, receiver: _Socket) -> list[Arrow]:
+def _eof(sender: Socket, receiver: Socket) -> list[Arrow]:
     """The end of the sender's side: its first shutdown(SHUT_WR|SHUT_RDWR) or close(), to the
     receiver's recv() = 0."""
     end = next(
@@ -391,7 +288,7 @@ def _eof(sender: _Socket, receiver: _Socket) -> list[Arrow]:
     )
     if end is None:
         return []
-    seen = next((s for s in receiver.steps if s.call in _STREAM_IN and s.event.get("size") == 0), None)
+    seen = next((s for s in receiver.steps if s.call in STREAM_IN and s.event.get("size") == 0), None)
     end.marks.append(_("end of data (FIN)") if ":" in sender.local else _("end of data"))
     if seen is not None:
         seen.marks.append(_("EOF"))
@@ -400,7 +297,7 @@ def _eof(sender: _Socket, receiver: _Socket) -> list[Arrow]:
     return [Arrow("eof", end.index, seen.index if seen else None, label=label)]
 
 
-def _datagrams(sockets: list[_Socket]) -> list[Arrow]:
+def _datagrams(sockets: list[Socket]) -> list[Arrow]:
     sends = [
         (sock, step)
         for sock in sockets
@@ -421,7 +318,7 @@ def _datagrams(sockets: list[_Socket]) -> list[Arrow]:
     return arrows
 
 
-def _delivered(sent: tuple[_Socket, Step], sock: _Socket, received: Step) -> bool:
+def _delivered(sent: tuple[Socket, Step], sock: Socket, received: Step) -> bool:
     sender, step = sent
     source = str(step.event.get("local") or sender.local)
     destination = str(step.event.get("peer") or sender.peer)
