@@ -142,6 +142,21 @@ int_of(PyObject *obj)
     return (int)value;
 }
 
+/* The entry of a descriptor past the table, which never had a shortcut: nothing armed, no
+ * counts (what the methods below write to an entry leaves this one as it is). */
+static Shortcut NOTHING_HERE = {.dst = -1};
+
+/* The entry of the descriptor number ``arg`` (NOTHING_HERE past the table), its number in
+ * ``*fd``; NULL and an exception if ``arg`` is not a descriptor number. */
+static Shortcut *
+entry_of(Poller *self, PyObject *arg, int *fd)
+{
+    *fd = int_of(arg);
+    if (*fd < 0)
+        return NULL;
+    return *fd < self->ncuts ? &self->cuts[*fd] : &NOTHING_HERE;
+}
+
 static PyObject *
 Poller_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -362,12 +377,10 @@ Poller_shortcut(Poller *self, PyObject *args)
 static PyObject *
 Poller_unshortcut(Poller *self, PyObject *arg)
 {
-    int fd = int_of(arg);
-    if (fd < 0)
-        return NULL;
-    Shortcut *c = cut_of(self, fd);
+    int fd;
+    Shortcut *c = entry_of(self, arg, &fd);
     if (c == NULL)
-        return PyLong_FromLong(0);
+        return NULL;
     unsigned long long moved = c->moved;
     cut_clear(c);
     return PyLong_FromUnsignedLongLong(moved);
@@ -378,12 +391,10 @@ Poller_unshortcut(Poller *self, PyObject *arg)
 static PyObject *
 Poller_moved(Poller *self, PyObject *arg)
 {
-    int fd = int_of(arg);
-    if (fd < 0)
-        return NULL;
-    Shortcut *c = cut_of(self, fd);
+    int fd;
+    Shortcut *c = entry_of(self, arg, &fd);
     if (c == NULL)
-        return Py_BuildValue("(Kd)", 0ULL, 0.0);
+        return NULL;
     unsigned long long moved = c->moved;
     c->moved = 0;
     return Py_BuildValue("(Kd)", moved, c->last);
@@ -394,22 +405,22 @@ Poller_moved(Poller *self, PyObject *arg)
 static PyObject *
 Poller_pending(Poller *self, PyObject *arg)
 {
-    int fd = int_of(arg);
-    if (fd < 0)
+    int fd;
+    Shortcut *c = entry_of(self, arg, &fd);
+    if (c == NULL)
         return NULL;
-    Shortcut *c = cut_of(self, fd);
-    return PyLong_FromUnsignedLongLong(c == NULL ? 0ULL : c->moved);
+    return PyLong_FromUnsignedLongLong(c->moved);
 }
 
 /* take(src) -> (data, sent, read_errno, send_errno, moved): what a hand-over left. */
 static PyObject *
 Poller_take(Poller *self, PyObject *arg)
 {
-    int fd = int_of(arg);
-    if (fd < 0)
+    int fd;
+    Shortcut *c = entry_of(self, arg, &fd);
+    if (c == NULL)
         return NULL;
-    Shortcut *c = cut_of(self, fd);
-    if (c == NULL || c->data == NULL) {
+    if (c->data == NULL) {
         PyErr_Format(PyExc_LookupError, "descriptor %d handed nothing over", fd);
         return NULL;
     }
@@ -832,11 +843,11 @@ Poller_unroute(Poller *self, PyObject *args)
 static PyObject *
 Poller_disarm(Poller *self, PyObject *arg)
 {
-    int fd = int_of(arg);
-    if (fd < 0)
+    int fd;
+    Shortcut *c = entry_of(self, arg, &fd);
+    if (c == NULL)
         return NULL;
-    Shortcut *c = cut_of(self, fd);
-    if (c == NULL || c->kind == CUT_NONE)
+    if (c->kind == CUT_NONE)
         return PyLong_FromLong(0);
     long left = c->budget > 0 ? c->budget : 0;
     c->kind = CUT_NONE;
@@ -847,11 +858,11 @@ Poller_disarm(Poller *self, PyObject *arg)
 static PyObject *
 Poller_take_datagram(Poller *self, PyObject *arg)
 {
-    int fd = int_of(arg);
-    if (fd < 0)
+    int fd;
+    Shortcut *c = entry_of(self, arg, &fd);
+    if (c == NULL)
         return NULL;
-    Shortcut *c = cut_of(self, fd);
-    if (c == NULL || c->data == NULL || c->sender == NULL) {
+    if (c->data == NULL || c->sender == NULL) {
         PyErr_Format(PyExc_LookupError, "descriptor %d handed no datagram over", fd);
         return NULL;
     }
