@@ -401,8 +401,27 @@ def _a_lost_host_loses_only_its_connections(net: Topology) -> None:
     held.go()
     done = held.records("done", 6)
     outcome = {record["port"]: record["ok"] for record in done}
+    lost = {port for port, ok in outcome.items() if not ok} & by_host["r2"]
+    if lost:
+        # The known open defect (session 6): 2 CI runs in 5 under the full suite's load saw one
+        # held connection through the surviving host fail; never alone (30 runs of 30, loaded
+        # or not).  Only this symptom is tolerated, and its story is kept in the summary line.
+        pytest.xfail(_story(net, lost, done).replace("\n", " | "))
     assert {port for port, ok in outcome.items() if ok} == by_host["r2"], (by_host, done)
     assert {port for port, ok in outcome.items() if not ok} == by_host["r1"]
+
+
+def _story(net: Topology, ports: set[int], done: list[dict[str, Any]]) -> str:
+    """Why connections through the surviving host failed: the client's records for them, every
+    log line of the surviving relay and of the backend that names them, and any crash line."""
+    records = [record for record in done if record["port"] in ports]
+    lines = [
+        f"{name}: {line}"
+        for name, proc in (("r2", net.relays["r2"]), ("backend", net.backend))
+        for line in proc.err.splitlines()
+        if any(f":{port}" in line for port in ports) or "unexpected" in line
+    ]
+    return "\n".join(["held connections through r2 failed:", *map(str, records), *lines])
 
 
 def _new_clients_go_to_the_other_host(net: Topology) -> None:
@@ -415,12 +434,6 @@ def _new_clients_go_to_the_other_host(net: Topology) -> None:
     wait_until(lambda: ports <= set(accepted_ports(net.relays["r2"])) - before, "r2 serving every new client")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open defect (session 6): under the full suite's load, 2 CI runs in 5 saw one "
-    "held connection through the surviving relay fail after the other host was killed; it "
-    "passes alone. Its cause is not found yet: see the closing note",
-)
 def test_relays_behind_haproxy_scale_out_and_survive_a_lost_host(namespaces: Namespaces) -> None:
     started = time.monotonic()
     with Topology(namespaces) as net:
