@@ -423,6 +423,30 @@ def test_spin_is_bounded_and_a_served_turn_with_it_still_returns_what_python_mus
         assert server.recv(100) == b"again"
 
 
+@needs_speedups
+def test_after_a_turn_python_served_the_next_wait_looks_before_it_sleeps(poller: _speedups.Poller) -> None:
+    """A turn that returned events to Python counts as activity as much as a served one: the
+    next wait looks for ``spin`` seconds before it sleeps (the answer to what Python just passed
+    on often comes within it).  A wait after a quiet turn sleeps at once: an idle loop costs no
+    CPU.  Seen as the CPU time the waits take."""
+    poller.spin = 0.01
+    a, b = socket.socketpair()
+    with a, b:
+        poller.register(b.fileno(), IN)
+
+        def cpu_of_a_quiet_wait() -> float:
+            started = time.thread_time()
+            assert poller.poll(0.03) == []
+            return time.thread_time() - started
+
+        assert cpu_of_a_quiet_wait() < 0.002  # after the registration: no turn with events yet
+        a.send(b"x")
+        assert poller.poll(1.0) == [(b.fileno(), IN)]
+        b.recv(1)
+        assert cpu_of_a_quiet_wait() > 0.001  # looked for up to 10 ms (less if descheduled)
+        assert cpu_of_a_quiet_wait() < 0.002  # the last turn was quiet: slept at once
+
+
 @pytest.mark.parametrize(
     ("value", "expected"), [("0", "0.0"), ("100", "0.0001"), ("abc", "3e-05"), ("99999", "3e-05")]
 )

@@ -83,7 +83,8 @@ typedef struct {
     Py_ssize_t ndirty, dirtycap;
     struct epoll_event *events;
     int nevents;
-    double spin;      /* seconds to keep looking (epoll_wait 0) after a turn the shortcuts served */
+    double spin;      /* seconds to keep looking (epoll_wait 0) after a turn with events */
+    int active;       /* the last poll() returned events: the next one looks before it sleeps */
 } Poller;
 
 static void
@@ -677,7 +678,10 @@ Poller_poll(Poller *self, PyObject *args, PyObject *kwds)
     double deadline = timeout > 0 ? monotonic() + timeout : 0.0;
     int ms = millis(timeout);
     struct epoll_event *events = self->events;
-    double spin_until = 0.0;  /* looking without sleeping until then (see spin) */
+    /* Looking without sleeping until then (see spin): after a turn Python served too, since
+     * the answer to what it passed on is as likely to come within the spin. */
+    double spin_until = self->active && self->spin > 0.0 && timeout != 0.0 ? monotonic() + self->spin : 0.0;
+    self->active = 0;
     for (;;) {
         int n;
         Py_BEGIN_ALLOW_THREADS
@@ -738,6 +742,7 @@ Poller_poll(Poller *self, PyObject *args, PyObject *kwds)
                 PyList_SET_ITEM(result, k, item);
                 k++;
             }
+            self->active = 1;
             return result;
         }
         /* Everything was served here (or a signal came and its handlers ran): wait again for

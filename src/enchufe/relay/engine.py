@@ -87,9 +87,10 @@ except ImportError:
 COMPILED = Poller is not None
 
 
-#: Microseconds the compiled poller keeps looking, without sleeping, after a turn its shortcuts
-#: served (``Poller.spin``).  A sleeping relay is woken tens of microseconds after the answer
-#: to what it just passed on arrives; one that looks sees it at once.  30 µs took ping-pong
+#: Microseconds the compiled poller keeps looking, without sleeping, after a turn with events,
+#: whether its shortcuts served them or Python did (``Poller.spin``).  A sleeping relay is woken
+#: tens of microseconds after the answer to what it just passed on arrives; one that looks sees
+#: it at once.  30 µs took ping-pong
 #: through the relay from 1.1x socat to 2.0x on this project's 2-core machine, 100 µs to 2.2x
 #: (benchmarks/RESULTS.md); a relay with nothing to do sleeps after one such look, so an idle
 #: or stalled one costs no CPU.
@@ -107,7 +108,7 @@ def _spin_from_environment() -> float:
     return micros / 1e6
 
 
-#: Seconds the compiled poller spins after a served turn (see _spin_from_environment).
+#: Seconds the compiled poller spins after a turn with events (see _spin_from_environment).
 SPIN = _spin_from_environment()
 
 #: What a shortcut handed over (:meth:`Loop.take`): the bytes it read (empty: EOF or a failed
