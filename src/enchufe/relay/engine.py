@@ -90,10 +90,9 @@ COMPILED = Poller is not None
 #: Microseconds the compiled poller keeps looking, without sleeping, after a turn with events,
 #: whether its shortcuts served them or Python did (``Poller.spin``).  A sleeping relay is woken
 #: tens of microseconds after the answer to what it just passed on arrives; one that looks sees
-#: it at once.  30 µs took ping-pong
-#: through the relay from 1.1x socat to 2.0x on this project's 2-core machine, 100 µs to 2.2x
-#: (benchmarks/RESULTS.md); a relay with nothing to do sleeps after one such look, so an idle
-#: or stalled one costs no CPU.
+#: it at once.  30 µs took ping-pong through the relay from 1.1x socat to 2.0x on this project's
+#: 2-core machine, 100 µs to 2.2x (benchmarks/RESULTS.md); a relay with nothing to do sleeps
+#: after one such look, so an idle or stalled one costs no CPU.
 DEFAULT_SPIN_US = 30
 
 
