@@ -447,12 +447,50 @@ def test_after_a_turn_python_served_the_next_wait_looks_before_it_sleeps(poller:
         assert cpu_of_a_quiet_wait() < 0.002  # the last turn was quiet: slept at once
 
 
+@needs_speedups
+def test_the_look_shrinks_to_none_when_events_come_late_and_grows_when_they_come_soon(
+    poller: _speedups.Poller,
+) -> None:
+    """``spin`` is the longest look; the look itself (``spin_now``) adapts, as KVM's halt
+    polling does: a sleep after a turn that a look of ``spin`` would have covered doubles it, a
+    longer one halves it, to none.  A loop whose next event comes late stops looking."""
+    poller.spin = 0.01
+    assert poller.spin_now == 0.01
+    a, b = socket.socketpair()
+    with a, b:
+        poller.register(b.fileno(), IN)
+
+        def event_after(delay: float) -> None:
+            """A wait whose event comes ``delay`` seconds after it began (after the last one's
+            turn: every wait here follows a turn with events)."""
+            timer = threading.Timer(delay, a.send, (b"y",))
+            timer.start()
+            try:
+                assert poller.poll(2.0) == [(b.fileno(), IN)]
+            finally:
+                timer.join()
+            b.recv(1)
+
+        event_after(0.05)  # the first wait of all follows no turn: it sleeps at once
+        assert poller.spin_now == 0.01
+        for expected in (0.005, 0.0025, 0.00125, 0.000625, 0.0):  # 50 ms each: longer than spin
+            event_after(0.05)
+            assert poller.spin_now == pytest.approx(expected)
+        event_after(0.001)  # within what a look of spin would have covered: an eighth of spin
+        assert poller.spin_now == pytest.approx(0.01 / 8)
+        event_after(0.004)  # looked 1.25 ms, then slept: 4 ms in all, still within spin
+        assert poller.spin_now == pytest.approx(0.01 / 4)
+        poller.spin = 0.0
+        event_after(0.001)  # no look at all: nothing adapts
+        assert poller.spin_now == 0.0
+
+
 @pytest.mark.parametrize(
-    ("value", "expected"), [("0", "0.0"), ("100", "0.0001"), ("abc", "3e-05"), ("99999", "3e-05")]
+    ("value", "expected"), [("0", "0.0"), ("30", "3e-05"), ("abc", "0.0001"), ("99999", "0.0001")]
 )
 def test_enchufe_spin_us_sets_the_spin_within_its_range(value: str, expected: str) -> None:
     """ENCHUFE_SPIN_US (README, man page): 0 to 10000 microseconds; anything else is the
-    default (30 µs)."""
+    default (100 µs)."""
     import subprocess
     import sys
 

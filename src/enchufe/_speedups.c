@@ -83,7 +83,8 @@ typedef struct {
     Py_ssize_t ndirty, dirtycap;
     struct epoll_event *events;
     int nevents;
-    double spin;      /* seconds to keep looking (epoll_wait 0) after a turn with events */
+    double spin;      /* the longest look (epoll_wait 0) after a turn with events, in seconds */
+    double spin_now;  /* the look now: adapted to how soon the next event comes (adapt_spin) */
     int active;       /* the last poll() returned events: the next one looks before it sleeps */
 } Poller;
 
@@ -156,6 +157,25 @@ entry_of(Poller *self, PyObject *arg, int *fd)
     if (*fd < 0)
         return NULL;
     return *fd < self->ncuts ? &self->cuts[*fd] : &NOTHING_HERE;
+}
+
+/* The look adapts as KVM's halt polling does: the wait after a turn looked for spin_now, then
+ * slept `slept` seconds before its event came.  Had a look of `spin` covered it, the look doubles
+ * (from an eighth of spin when it was none); otherwise it halves, to none below a sixteenth.  A
+ * relay whose answers come soon keeps looking; one whose next event comes late soon sleeps at
+ * once, and spends no CPU on looks that find nothing. */
+static void
+adapt_spin(Poller *self, double slept)
+{
+    if (self->spin_now + slept <= self->spin) {
+        double grown = self->spin_now > 0.0 ? self->spin_now * 2 : self->spin / 8;
+        self->spin_now = grown < self->spin ? grown : self->spin;
+    }
+    else {
+        self->spin_now /= 2;
+        if (self->spin_now < self->spin / 16)
+            self->spin_now = 0.0;
+    }
 }
 
 static PyObject *
@@ -678,15 +698,26 @@ Poller_poll(Poller *self, PyObject *args, PyObject *kwds)
     double deadline = timeout > 0 ? monotonic() + timeout : 0.0;
     int ms = millis(timeout);
     struct epoll_event *events = self->events;
-    /* Looking without sleeping until then (see spin): after a turn Python served too, since
-     * the answer to what it passed on is as likely to come within the spin. */
-    double spin_until = self->active && self->spin > 0.0 && timeout != 0.0 ? monotonic() + self->spin : 0.0;
+    /* This wait follows a turn with events (served by the shortcuts or by Python: the answer to
+     * what either passed on is as likely to come soon).  It looks without sleeping until
+     * spin_until, and how long it then sleeps adapts the look (adapt_spin). */
+    int after_turn = self->active && self->spin > 0.0;
     self->active = 0;
+    double spin_until = after_turn && self->spin_now > 0.0 && timeout != 0.0 ? monotonic() + self->spin_now : 0.0;
     for (;;) {
         int n;
+        int wait_ms = spin_until > 0.0 ? 0 : ms;
+        double slept_from = after_turn && wait_ms != 0 ? monotonic() : 0.0;
         Py_BEGIN_ALLOW_THREADS
-        n = epoll_wait(self->epfd, events, maxevents, spin_until > 0.0 ? 0 : ms);
+        n = epoll_wait(self->epfd, events, maxevents, wait_ms);
         Py_END_ALLOW_THREADS
+        if (slept_from > 0.0 && n >= 0) {
+            double slept = monotonic() - slept_from;
+            if (n > 0 || slept > self->spin) {  /* a timer's short timeout says nothing */
+                adapt_spin(self, slept);
+                after_turn = 0;
+            }
+        }
         if (n < 0) {
             if (errno != EINTR)
                 return PyErr_SetFromErrno(PyExc_OSError);
@@ -751,8 +782,10 @@ Poller_poll(Poller *self, PyObject *args, PyObject *kwds)
          * tens of microseconds later than one that looks. */
         if (timeout == 0.0)
             return PyList_New(0);
-        if (n > 0 && self->spin > 0.0)
-            spin_until = monotonic() + self->spin;
+        if (n > 0 && self->spin > 0.0) {
+            after_turn = 1;
+            spin_until = self->spin_now > 0.0 ? monotonic() + self->spin_now : 0.0;
+        }
         if (timeout > 0) {
             double left = deadline - monotonic();
             if (left <= 0)
@@ -985,14 +1018,22 @@ Poller_set_spin(Poller *self, PyObject *value, void *Py_UNUSED(closure))
         PyErr_SetString(PyExc_ValueError, "spin must be 0 to 0.01 seconds");
         return -1;
     }
-    self->spin = spin;
+    self->spin = self->spin_now = spin;
     return 0;
+}
+
+static PyObject *
+Poller_get_spin_now(Poller *self, void *Py_UNUSED(closure))
+{
+    return PyFloat_FromDouble(self->spin_now);
 }
 
 static PyGetSetDef Poller_getset[] = {
     {"closed", (getter)Poller_get_closed, NULL, "True once closed.", NULL},
     {"spin", (getter)Poller_get_spin, (setter)Poller_set_spin,
-     "Seconds poll() keeps looking without sleeping after a turn the shortcuts served.", NULL},
+     "The longest look, in seconds, without sleeping after a turn with events (0: none).", NULL},
+    {"spin_now", (getter)Poller_get_spin_now, NULL,
+     "The look now: between 0 and spin, adapted to how soon events come after a turn.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

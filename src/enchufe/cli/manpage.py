@@ -87,9 +87,11 @@ ENVIRONMENT = [
     ),
     (
         "ENCHUFE_SPIN_US",
-        "microseconds (0 to 10000, default 30) the compiled relay keeps looking for the next "
-        "message, without sleeping, after passing messages on: ping-pong latency for a little CPU "
-        "while traffic flows; 0 never looks without sleeping.  Another value: the default.",
+        "the longest time in microseconds (0 to 10000, default 100) the compiled relay keeps "
+        "looking for the next message, without sleeping, after passing messages on: ping-pong "
+        "latency for a little CPU while traffic flows.  The look adapts: it shrinks to none while "
+        "answers come later than that, and grows again when they come sooner.  0 never looks "
+        "without sleeping.  Another value: the default.",
     ),
 ]
 

@@ -87,13 +87,15 @@ except ImportError:
 COMPILED = Poller is not None
 
 
-#: Microseconds the compiled poller keeps looking, without sleeping, after a turn with events,
-#: whether its shortcuts served them or Python did (``Poller.spin``).  A sleeping relay is woken
-#: tens of microseconds after the answer to what it just passed on arrives; one that looks sees
-#: it at once.  30 µs took ping-pong through the relay from 1.1x socat to 2.0x on this project's
-#: 2-core machine, 100 µs to 2.2x (benchmarks/RESULTS.md); a relay with nothing to do sleeps
-#: after one such look, so an idle or stalled one costs no CPU.
-DEFAULT_SPIN_US = 30
+#: The longest look, in microseconds, of the compiled poller, without sleeping, after a turn with
+#: events, whether its shortcuts served them or Python did (``Poller.spin``).  A sleeping relay
+#: is woken tens of microseconds after the answer to what it just passed on arrives; one that
+#: looks sees it at once.  The look adapts (``Poller.spin_now``): it shrinks to none while
+#: answers come later than this, so a relay whose traffic is sparse, idle or stalled spends no
+#: CPU on it.  On this project's 2-core machine, whose wake-ups are slow, an adaptive look of
+#: at most 30 µs shrank to none and left ping-pong at 1.0-1.25x socat; at most 100 µs, 2.26x,
+#: and connect+request+close 2.96x (benchmarks/RESULTS.md).
+DEFAULT_SPIN_US = 100
 
 
 def _spin_from_environment() -> float:
