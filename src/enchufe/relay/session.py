@@ -274,11 +274,12 @@ class RelaySession:
         """0 (connected), EINPROGRESS or EAGAIN; raises OSError (refused, typically)."""
         sockaddr = target.sockaddr
         if trace._sink is None:  # connect_nonblocking(), inline while quiet: once per connection
-            try:
-                sock.connect(sockaddr)
+            # connect_ex: the errno without an exception made (and its message formatted)
+            status = sock.connect_ex(sockaddr)
+            if status == 0:
                 return 0
-            except BlockingIOError as exc:
-                status = exc.errno if exc.errno is not None else errno.EAGAIN
+            if status not in (errno.EINPROGRESS, errno.EAGAIN):
+                raise OSError(status, os.strerror(status))
         else:
             status = connect_nonblocking(sock, sockaddr)
         if status != errno.EINPROGRESS or target.family == socket.AF_UNIX:
