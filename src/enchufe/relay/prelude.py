@@ -226,6 +226,8 @@ class PreludeSession(RelaySession):
                     sent = os.write(target.wfd, first)
                 except BlockingIOError:
                     target.want(self.relay.loop, WRITE, False)
+                    if self._connect_deadline:  # a connect phase (not a child's pipe): it waits
+                        self._arm_connect_timer()
                     return False
                 if self._header:
                     self._header = self._header[sent:]

@@ -210,10 +210,11 @@ class RelaySession:
         """Resolve the target, then connect to its addresses in order within the timeout.
 
         The timer of the connect phase is made at once, or, if ``opens_at_once`` (the caller
-        knows that reaching the target ends the connect phase before :meth:`_reached` returns:
-        nothing to send first, no tunnel), only once the phase has to wait (a connect in
-        progress, a full backlog): a loopback target, which answers within connect(), then
-        costs no timer made and cancelled in the same breath."""
+        knows that reaching the target ends the connect phase before :meth:`_reached` returns,
+        or arms the timer itself if what goes first has to wait: no tunnel), only once the phase
+        has to wait (a connect in progress, a full backlog, a target not taking what goes
+        first): a loopback target, which answers within connect(), then costs no timer made and
+        cancelled in the same breath."""
         relay = self.relay
         assert self.resolver is not None
         try:

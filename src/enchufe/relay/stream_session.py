@@ -100,10 +100,9 @@ class StreamSession(PreludeSession):
             via = relay.via
             if via is not None:
                 via.connecting()
-            # A plain session with nothing to send first: _connected ends the connect phase.
-            self._open_targets(
-                type(self) is StreamSession and via is None and not (self._header or self._replay)
-            )
+            # A plain session: _connected ends the connect phase, or _first_through arms its
+            # timer when what goes first (a PROXY header, the bytes that came with one) waits.
+            self._open_targets(type(self) is StreamSession and via is None)
         if self.state == CONNECTING and client.sock is not None and client.mask == UNREGISTERED:
             # Still waiting for the target: the client is registered with an empty mask, so
             # that one that resets meanwhile is noticed.  A target open at once (loopback
