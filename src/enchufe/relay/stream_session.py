@@ -234,9 +234,9 @@ class StreamSession(PreludeSession):
             # pipe may hold bytes already): step once now, as if everything were ready.
             self._step(1, 1)
             return
-        # A client usually sends its request right after connecting: it is likely waiting
-        # already, and reading it now saves a turn of the loop.
-        self._step(1, 0)
+        # A client usually sends its request right after connecting: reading it now saves a turn
+        # (unless it came with a PROXY header or as a routing ClientHello, and went on already).
+        self._step(0 if self.to_target else 1, 0)
 
     def _pump(self, src: Side, dst: Side) -> Pump:
         """The pump from ``src`` to ``dst``: its EOF passed on as ``dst``'s write side shut."""
