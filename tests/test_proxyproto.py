@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enchufe import parse
+from enchufe import parse, proxyproto
+from enchufe._proxytypes import Invalid
 from enchufe.address import InetAddress, UnixAddress
 from enchufe.proxyproto import (
     MAX_V2_LENGTH,
@@ -224,6 +225,42 @@ def test_encoders() -> None:
 
 
 # -- hypothesis
+
+#: Octet and port texts, canonical or not (leading zeros, too big, empty, not digits).
+_OCTETS = st.one_of(
+    st.integers(0, 255).map(str), st.sampled_from(["00", "01", "007", "256", "999", "", "a", "-1"])
+)
+_PORTS = st.one_of(
+    st.integers(0, 65535).map(str), st.sampled_from(["00", "080", "65536", "99999", "123456", "", "x1"])
+)
+
+
+def _part_by_part(data: bytes) -> object:
+    """What the v1 parser makes of ``data`` on its general way, as parse() reports it."""
+    try:
+        return proxyproto._parse_v1(data)
+    except Invalid as exc:
+        return Refused(str(exc))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(_OCTETS, min_size=4, max_size=4),
+    st.lists(_OCTETS, min_size=4, max_size=4),
+    _PORTS,
+    _PORTS,
+    st.sampled_from(["TCP4", "TCP6", "tcp4"]),
+    st.binary(max_size=8),
+)
+def test_a_v1_tcp4_line_in_one_match_is_what_the_general_way_makes_of_it(
+    source: list[str], destination: list[str], sport: str, dport: str, family: str, rest: bytes
+) -> None:
+    """parse() reads the common v1 line (IPv4) in one regular-expression match; every line,
+    canonical or not, comes out as the part-by-part parser makes it: the same header, or the
+    same refusal."""
+    line = f"PROXY {family} {'.'.join(source)} {'.'.join(destination)} {sport} {dport}\r\n"
+    data = line.encode() + rest
+    assert decode(data) == _part_by_part(data)
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

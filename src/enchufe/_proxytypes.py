@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ._text import printable
 from .address import SocketAddress
 from .errors import ProtocolError
 
@@ -144,3 +145,13 @@ def crc32c(data: bytes) -> int:
     for byte in data:
         crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+class Invalid(Exception):
+    """Inside the parser (:mod:`enchufe.proxyproto`, :mod:`enchufe._proxytlv`): the reason a
+    header is refused."""
+
+
+def shown(data: bytes) -> str:
+    """Bytes a peer sent, quoted and escaped for a refusal's line."""
+    return "'" + printable(data.decode("latin-1")) + "'"

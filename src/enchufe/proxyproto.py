@@ -20,30 +20,22 @@ and then only :class:`ProxyProtocolError`.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
+import re
 import socket
 import struct
 from socket import AF_INET, inet_ntop
 
+from ._proxytlv import read_tlvs, with_tlvs
 from ._proxytypes import (
     _UNIX_FIELD,
     _V2_KINDS,
     _V2_SIZES,
-    MAX_UNIQUE_ID,
     MAX_V2_LENGTH,
-    PP2_SUBTYPE_SSL_CIPHER,
-    PP2_SUBTYPE_SSL_CN,
-    PP2_SUBTYPE_SSL_VERSION,
-    PP2_TYPE_ALPN,
-    PP2_TYPE_AUTHORITY,
-    PP2_TYPE_CRC32C,
-    PP2_TYPE_NETNS,
-    PP2_TYPE_SSL,
-    PP2_TYPE_UNIQUE_ID,
     V1_MAX,
     V2_SIGNATURE,
     Family,
+    Invalid,
     NeedMore,
     ProxyHeader,
     ProxyProtocolError,
@@ -51,11 +43,12 @@ from ._proxytypes import (
     Refused,
     Result,
     crc32c,
+    shown,
 )
 from ._proxywrite import encode_v1, encode_v2
-from ._text import printable, quoted
+from ._text import quoted
 from .address import InetAddress, SocketAddress, from_sockaddr, inet_address
-from .i18n import N_, _
+from .i18n import _
 
 __all__ = [
     "MAX_V2_LENGTH",
@@ -120,28 +113,53 @@ def parse(data: bytes, *, max_v2_length: int = MAX_V2_LENGTH) -> Result:
             return NeedMore()
         # The first byte tells the versions apart ('P' or CR): one prefix test, not two.
         if data[0] == 0x50 and b"PROXY".startswith(data[:5]):
+            common = _V1_TCP4(data)
+            if common is not None:
+                header = _v1_tcp4(common)
+                if header is not None:
+                    return header
             return _parse_v1(data)
         if V2_SIGNATURE.startswith(data[:12]):
             return _parse_v2(data, max_v2_length)
         return Refused(
-            _("no PROXY protocol header: the connection starts with {start}").format(start=_shown(data[:16]))
+            _("no PROXY protocol header: the connection starts with {start}").format(start=shown(data[:16]))
         )
-    except _Invalid as exc:
+    except Invalid as exc:
         return Refused(str(exc))
-
-
-class _Invalid(Exception):
-    """Inside the parser: the reason a header is refused."""
-
-
-def _shown(data: bytes) -> str:
-    return "'" + printable(data.decode("latin-1")) + "'"
 
 
 # -- version 1
 
 #: The bytes a version 1 line may hold before its CRLF.
 _PRINTABLE = bytes(range(0x20, 0x7F))
+
+
+#: The most common v1 line (HAProxy's ``send-proxy`` from an IPv4 client) in one match: each
+#: octet and port written as _parse_v1 accepts them (no leading zero, octets up to 255, ports
+#: of up to five digits).  Any other line, valid or not, takes _parse_v1's way, which checks
+#: it part by part and names what is wrong.
+_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_TEXT = rb"(" + _OCTET + rb"(?:\." + _OCTET + rb"){3})"
+_PORT_TEXT = rb"(0|[1-9][0-9]{0,4})"
+_V1_TCP4 = re.compile(
+    rb"PROXY TCP4 " + _IPV4_TEXT + rb" " + _IPV4_TEXT + rb" " + _PORT_TEXT + rb" " + _PORT_TEXT + rb"\r\n"
+).match
+
+
+def _v1_tcp4(line: re.Match[bytes]) -> ProxyHeader | None:
+    """The header of a line :data:`_V1_TCP4` matched, or None if a port is above 65535."""
+    source_port, destination_port = int(line[3]), int(line[4])
+    if source_port > 0xFFFF or destination_port > 0xFFFF:
+        return None
+    source = object.__new__(InetAddress)  # inet_address(…), inlined: see _v1_addresses
+    source.__dict__.update(
+        transport="tcp", host=line[1].decode("ascii"), port=source_port, forced_family=None, tls=None
+    )
+    destination = object.__new__(InetAddress)
+    destination.__dict__.update(
+        transport="tcp", host=line[2].decode("ascii"), port=destination_port, forced_family=None, tls=None
+    )
+    return _header(1, "proxy", "TCP4", source, destination, line.end(), ())
 
 
 def _parse_v1(data: bytes) -> Result:
@@ -151,21 +169,21 @@ def _parse_v1(data: bytes) -> Result:
         _check_printable(line, end)
     if end < 0:
         if len(data) >= V1_MAX:
-            raise _Invalid(_("PROXY v1 line: no CRLF in the first {size} bytes").format(size=V1_MAX))
+            raise Invalid(_("PROXY v1 line: no CRLF in the first {size} bytes").format(size=V1_MAX))
         return NeedMore()
     parts = line.decode("ascii").split(" ")
     consumed = end + 2
     if parts[0] != "PROXY" or len(parts) < 2:
-        raise _Invalid(
-            _("PROXY v1 line: {line} does not start with 'PROXY ' and a protocol").format(line=_shown(line))
+        raise Invalid(
+            _("PROXY v1 line: {line} does not start with 'PROXY ' and a protocol").format(line=shown(line))
         )
     if parts[1] == "UNKNOWN":
         return ProxyHeader(1, "proxy", "UNKNOWN", None, None, consumed)
     if parts[1] not in ("TCP4", "TCP6") or len(parts) != 6:
-        raise _Invalid(
+        raise Invalid(
             _(
                 "PROXY v1 line: {line}: expected 'PROXY TCP4|TCP6 SRC DST SPORT DPORT' or 'PROXY UNKNOWN'"
-            ).format(line=_shown(line))
+            ).format(line=shown(line))
         )
     family: Family = "TCP4" if parts[1] == "TCP4" else "TCP6"
     source, destination = _v1_addresses(family, parts)
@@ -177,7 +195,7 @@ def _check_printable(line: bytes, end: int) -> None:
     still to come)."""
     for i, byte in enumerate(line):
         if not 0x20 <= byte <= 0x7E and not (byte == 0x0D and i == len(line) - 1 and end < 0):
-            raise _Invalid(
+            raise Invalid(
                 _("PROXY v1 line: byte {byte} at offset {offset} (printable ASCII ending in CRLF)").format(
                     byte=f"{byte:#04x}", offset=i
                 )
@@ -203,13 +221,13 @@ def _v1_addresses(family: Family, parts: list[str]) -> list[SocketAddress]:
                     raise ValueError(host)
                 packed = socket.inet_pton(socket.AF_INET6, host)
         except (OSError, ValueError):
-            raise _Invalid(
+            raise Invalid(
                 _("PROXY v1 line: {host} is not a canonical {family} address").format(
                     host=quoted(host), family=family
                 )
             ) from None
         if not port.isdigit() or (port != "0" and port[0] == "0") or len(port) > 5 or int(port) > 0xFFFF:
-            raise _Invalid(
+            raise Invalid(
                 _("PROXY v1 line: {port} is not a port (0 to 65535, no leading zero)").format(
                     port=quoted(port)
                 )
@@ -260,13 +278,13 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     if len(data) < 16:
         return NeedMore(16 - len(data))
     if data[:12] != V2_SIGNATURE:
-        raise _Invalid(_("PROXY v2: the signature is wrong"))
+        raise Invalid(_("PROXY v2: the signature is wrong"))
     if data[12] not in (0x20, 0x21) or data[13] not in _V2_FAMILY_BYTES:
         _check_v2_bytes(data[12], data[13])
     command, family, transport = data[12] & 0x0F, data[13] >> 4, data[13] & 0x0F
     (length,) = struct.unpack_from("!H", data, 14)
     if length > max_v2_length:
-        raise _Invalid(
+        raise Invalid(
             _("PROXY v2: header of {size} bytes, over this server's bound of {most}").format(
                 size=16 + length, most=16 + max_v2_length
             )
@@ -277,13 +295,13 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     # UNSPEC (family or protocol 0): no addresses to read; TLVs, if any, start at once.
     kind, size = _V2_LAYOUTS.get(data[13], _V2_UNKNOWN)
     if length < size:
-        raise _Invalid(
+        raise Invalid(
             _("PROXY v2: {length} bytes cannot hold {kind} addresses ({size} bytes)").format(
                 length=length, kind=kind, size=size
             )
         )
     # Most headers carry addresses only: no TLVs to split, check or parse then.
-    tlvs = _tlvs(block[size:], data[: 16 + length]) if length > size else ()
+    tlvs = read_tlvs(block[size:], data[: 16 + length]) if length > size else ()
     source: SocketAddress | None = None
     destination: SocketAddress | None = None
     if data[13] == 0x11 and command == 1:
@@ -301,7 +319,7 @@ def _parse_v2(data: bytes, max_v2_length: int) -> Result:
     elif command == 1 and kind != "UNKNOWN":
         source, destination = _v2_addresses(family, transport, block)
     header = _header(2, _V2_COMMANDS[command], kind, source, destination, 16 + length, tlvs)
-    return _with_tlvs(header) if tlvs else header
+    return with_tlvs(header) if tlvs else header
 
 
 def _header(
@@ -341,10 +359,10 @@ def _check_v2_bytes(version_command: int, family_transport: int) -> None:
     """Say which of a v2 header's version, command, family and protocol is not one there is."""
     version, command = version_command >> 4, version_command & 0x0F
     if version != 2:
-        raise _Invalid(_("PROXY v2: version {version} (only 2 exists)").format(version=version))
+        raise Invalid(_("PROXY v2: version {version} (only 2 exists)").format(version=version))
     if command > 1:
-        raise _Invalid(_("PROXY v2: command {command} (0 LOCAL or 1 PROXY)").format(command=command))
-    raise _Invalid(
+        raise Invalid(_("PROXY v2: command {command} (0 LOCAL or 1 PROXY)").format(command=command))
+    raise Invalid(
         _("PROXY v2: family/protocol byte {byte} is not one the protocol defines").format(
             byte=f"{family_transport:#04x}"
         )
@@ -372,108 +390,3 @@ def _unix(field_: bytes, kind: int) -> SocketAddress | None:
         name = field_.rstrip(b"\0")
         return from_sockaddr(socket.AF_UNIX, kind, b"\0" + name[1:]) if len(name) > 1 else None
     return from_sockaddr(socket.AF_UNIX, kind, field_.split(b"\0", 1)[0])
-
-
-#: What is left over or cut short at the end of the TLVs of the header or of an SSL TLV.
-_STRAY = {
-    "header": N_("PROXY v2: {count} stray byte(s) at the end of the header"),
-    "SSL TLV": N_("PROXY v2: {count} stray byte(s) at the end of the SSL TLV"),
-}
-_PAST = {
-    "header": N_("PROXY v2: TLV {type} of {size} bytes runs past the end of the header"),
-    "SSL TLV": N_("PROXY v2: TLV {type} of {size} bytes runs past the end of the SSL TLV"),
-}
-
-
-def _split_tlvs(data: bytes, what: str) -> list[tuple[int, bytes]]:
-    found = []
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < 3:
-            raise _Invalid(_(_STRAY[what]).format(count=len(data) - offset))
-        kind, size = data[offset], int.from_bytes(data[offset + 1 : offset + 3], "big")
-        if offset + 3 + size > len(data):
-            raise _Invalid(_(_PAST[what]).format(type=f"{kind:#04x}", size=size))
-        found.append((kind, data[offset + 3 : offset + 3 + size]))
-        offset += 3 + size
-    return found
-
-
-def _tlvs(data: bytes, header: bytes) -> tuple[tuple[int, bytes], ...]:
-    found = _split_tlvs(data, "header")
-    crcs = [value for kind, value in found if kind == PP2_TYPE_CRC32C]
-    if crcs:
-        if len(crcs) > 1 or len(crcs[0]) != 4:
-            raise _Invalid(_("PROXY v2: a CRC32c TLV must be one, of 4 bytes"))
-        at = len(header) - len(data) + _offset_of(found, PP2_TYPE_CRC32C)
-        zeroed = header[:at] + b"\0\0\0\0" + header[at + 4 :]
-        if crc32c(zeroed) != int.from_bytes(crcs[0], "big"):
-            raise _Invalid(_("PROXY v2: the CRC32c checksum does not match the header"))
-    return tuple(found)
-
-
-def _offset_of(tlvs: list[tuple[int, bytes]], wanted: int) -> int:
-    """Where the value of the first TLV of type ``wanted`` starts, counted from the first TLV."""
-    offset = 0
-    for kind, value in tlvs:
-        if kind == wanted:
-            return offset + 3
-        offset += 3 + len(value)
-    raise AssertionError("no such TLV")
-
-
-def _text(value: bytes, what: str) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Invalid(
-            _("PROXY v2: the {name} TLV is not UTF-8: {start}").format(name=what, start=_shown(value[:32]))
-        ) from None
-
-
-def _with_tlvs(header: ProxyHeader) -> ProxyHeader:
-    """``header`` with the TLVs this module knows parsed into its fields."""
-    values: dict[str, object] = {}
-    for kind, value in header.tlvs:
-        if kind == PP2_TYPE_ALPN:
-            values["alpn"] = value
-        elif kind == PP2_TYPE_AUTHORITY:
-            values["authority"] = _text(value, "authority")
-        elif kind == PP2_TYPE_UNIQUE_ID:
-            if len(value) > MAX_UNIQUE_ID:
-                raise _Invalid(
-                    _("PROXY v2: unique id of {size} bytes (at most {most})").format(
-                        size=len(value), most=MAX_UNIQUE_ID
-                    )
-                )
-            values["unique_id"] = value
-        elif kind == PP2_TYPE_SSL:
-            values["ssl"] = _ssl(value)
-        elif kind == PP2_TYPE_NETNS:
-            values["netns"] = _text(value, "netns")
-    return _replace(header, values) if values else header
-
-
-def _replace(header: ProxyHeader, values: dict[str, object]) -> ProxyHeader:
-    return dataclasses.replace(header, **values)  # type: ignore[arg-type]
-
-
-def _ssl(value: bytes) -> ProxySSL:
-    if len(value) < 5:
-        raise _Invalid(_("PROXY v2: SSL TLV of {size} bytes (at least 5)").format(size=len(value)))
-    client, verify = value[0], int.from_bytes(value[1:5], "big")
-    named: dict[int, str] = {}
-    other = []
-    for kind, sub in _split_tlvs(value[5:], "SSL TLV"):
-        if kind in (PP2_SUBTYPE_SSL_VERSION, PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_CIPHER):
-            named[kind] = _text(sub, "SSL")
-        else:
-            other.append((kind, sub))
-    return ProxySSL(
-        client=client,
-        verify=verify,
-        version=named.get(PP2_SUBTYPE_SSL_VERSION),
-        cn=named.get(PP2_SUBTYPE_SSL_CN),
-        cipher=named.get(PP2_SUBTYPE_SSL_CIPHER),
-        other=tuple(other),
-    )
