@@ -151,14 +151,8 @@ def _v1_tcp4(line: re.Match[bytes]) -> ProxyHeader | None:
     source_port, destination_port = int(line[3]), int(line[4])
     if source_port > 0xFFFF or destination_port > 0xFFFF:
         return None
-    source = object.__new__(InetAddress)  # inet_address(…), inlined: see _v1_addresses
-    source.__dict__.update(
-        transport="tcp", host=line[1].decode("ascii"), port=source_port, forced_family=None, tls=None
-    )
-    destination = object.__new__(InetAddress)
-    destination.__dict__.update(
-        transport="tcp", host=line[2].decode("ascii"), port=destination_port, forced_family=None, tls=None
-    )
+    source = inet_address("tcp", line[1].decode("ascii"), source_port)
+    destination = inet_address("tcp", line[2].decode("ascii"), destination_port)
     return _header(1, "proxy", "TCP4", source, destination, line.end(), ())
 
 
