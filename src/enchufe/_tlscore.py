@@ -114,7 +114,7 @@ class _Poller:
 
 #: Plaintext one receive on the socket gathers, at most: a few records, each decrypted into a
 #: buffer of the thread's (:func:`_gathering`) and copied out together.
-GATHER = 64 * 1024
+GATHER = 256 * 1024
 _threads = threading.local()
 
 
@@ -325,14 +325,15 @@ class TLSCore(StreamCore):
         if carried is None:
             return sent
         self._carried = None
-        # After a cancelled send_all the caller may bring other bytes: those still go.
-        return len(carried) if view[: len(carried)] == carried else 0
+        # After a cancelled send_all the caller may bring other bytes: those still go.  (Compared
+        # as bytes: comparing a memoryview walks it byte by byte, 600 µs for 256 KiB here.)
+        return len(carried) if view[: len(carried)].tobytes() == carried else 0
 
     def _recv_direct(self, max_bytes: int) -> bytes:
         """:meth:`_recv_once` on the socket: OpenSSL reads it and decrypts into the bytes
         returned.  Up to one record (16 KiB) into the bytes themselves; more, the records there
         are now, gathered in this thread's :func:`_gathering` buffer first (one copy more, and
-        one trip through the layers above per 64 KiB instead of per record)."""
+        one trip through the layers above per :data:`GATHER` bytes instead of per record)."""
         channel = self._channel
         while True:
             try:

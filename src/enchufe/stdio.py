@@ -17,6 +17,7 @@ import errno
 import os
 import selectors
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +32,16 @@ from .sync import Connection, DatagramSocket, TLSConnection
 
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
 
-#: Bytes moved per read from stdin or the socket: large enough to move bulk data with few
-#: system calls, small enough that the one buffer we hold stays modest.
+#: Bytes moved per read from stdin or the socket of a datagram session (a stdin read is one
+#: datagram), and per read of :func:`drain_until_eof`.
 CHUNK = 65536
+#: Bytes moved per read from stdin or the socket of a stream session: large enough that bulk
+#: data takes few system calls and few turns of this module's Python (a turn costs about what
+#: copying 16 KiB does), small enough that the one buffer held per direction stays modest.
+STREAM_CHUNK = 256 * 1024
+#: Reads of a regular file on stdin sent on at once, without a wait between, before the loop
+#: looks at the socket's other direction again (8 MiB).
+PUSH_ROUNDS = 32
 
 
 @dataclass
@@ -116,6 +124,8 @@ class _StreamPump:
         self.where = str(conn.peer_address) if conn.peer_address else _("the peer")
         self.copy = copy
         self.stdin_fd = stdin_fd
+        #: A regular file is always readable: no wait is needed before reading it again.
+        self.stdin_file = stdin_fd is not None and _regular(stdin_fd)
         self.stdout_fd = stdout_fd
         self.result = result
         self.sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
@@ -189,11 +199,12 @@ class _StreamPump:
     def _ready(self, fd: int, mask: int) -> None:
         if fd == self.stdin_fd:
             if self.copy.outgoing.wants_read:
-                self.copy.outgoing.read(_read_stdin(fd))
+                self.copy.outgoing.read(_read_stdin(fd, STREAM_CHUNK))
+                self._push()
             return
         if mask & selectors.EVENT_WRITE:
             if self.copy.outgoing.wants_write:
-                self._send()
+                self._push()
             elif isinstance(self.conn, TLSConnection) and self.conn.wants_write:
                 self.conn.flush_nowait()  # the close_notify the kernel had no room for
         if mask & selectors.EVENT_READ and self.copy.incoming.wants_read:
@@ -201,6 +212,21 @@ class _StreamPump:
                 self._receive_tls()
             else:
                 self._receive()
+
+    def _push(self) -> None:
+        """stdin → socket while neither has to be waited for: what was read is sent at once
+        (the socket's room is found by trying), and a regular file on stdin is read again as
+        soon as all of it went, up to :data:`PUSH_ROUNDS` reads.  The wait comes when the
+        kernel takes only part, or stdin is a pipe or terminal (readable only when poll says)."""
+        out, fd = self.copy.outgoing, self.stdin_fd
+        for _round in range(PUSH_ROUNDS):
+            if out.wants_write:
+                self._send()
+                if out.wants_write:
+                    return
+            if fd is None or not (self.stdin_file and out.wants_read):
+                return
+            out.read(_read_stdin(fd, STREAM_CHUNK))
 
     def _send(self) -> None:
         try:
@@ -217,7 +243,7 @@ class _StreamPump:
 
     def _receive(self) -> None:
         try:
-            chunk = _calls.recv(self.sock, CHUNK)
+            chunk = _calls.recv(self.sock, STREAM_CHUNK)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -230,7 +256,7 @@ class _StreamPump:
         ``b""`` is the peer's close_notify; a close without one raises TLSTruncated."""
         assert isinstance(self.conn, TLSConnection)
         while self.copy.incoming.wants_read:
-            chunk = self.conn.recv_nowait(CHUNK)
+            chunk = self.conn.recv_nowait(STREAM_CHUNK)
             if chunk is None:
                 return
             self._received(chunk)
@@ -244,6 +270,13 @@ class _StreamPump:
             self.result.received += len(chunk)
             _write_all(self.stdout_fd, flow.pending)
             flow.wrote(len(flow.pending))
+
+
+def _regular(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _read_stdin(fd: int, size: int = CHUNK) -> bytes:

@@ -47,14 +47,16 @@ class Proc:
     a bound) until a condition on them holds.  :meth:`feed` writes stdin in a thread.
     """
 
-    def __init__(self, args: tuple[str, ...], *, stdin: bool = True) -> None:
+    def __init__(self, args: tuple[str, ...], *, stdin: bool | str = True) -> None:
+        """``stdin``: a pipe (``True``), /dev/null (``False``) or the regular file at that path."""
         self.args = args
-        self.popen = subprocess.Popen(
-            [*ENCHUFE, *args],
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        with contextlib.ExitStack() as files:
+            source: int | IO[bytes] = subprocess.PIPE if stdin is True else subprocess.DEVNULL
+            if isinstance(stdin, str):
+                source = files.enter_context(open(stdin, "rb"))
+            self.popen = subprocess.Popen(
+                [*ENCHUFE, *args], stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
         self._out = bytearray()
         self._err = bytearray()
         self._cond = threading.Condition()
@@ -230,7 +232,7 @@ def spawn() -> Iterator[Spawn]:
     """``spawn("listen", "tcp://127.0.0.1:0")`` → a running :class:`Proc`; all killed afterwards."""
     procs: list[Proc] = []
 
-    def start(*args: str, stdin: bool = True) -> Proc:
+    def start(*args: str, stdin: bool | str = True) -> Proc:
         proc = Proc(args, stdin=stdin)
         procs.append(proc)
         return proc

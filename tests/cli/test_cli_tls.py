@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -147,6 +149,33 @@ def test_connect_and_listen_with_a_ca_both_ways(
     assert done.stdout == data[::-1]
     assert server.finish() == 0, server.err
     assert server.out == data
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+def test_regular_files_on_both_stdins_cross_whole_at_once(
+    scheme: str, spawn: Spawn, pem: dict[str, str], tmp_path: Path
+) -> None:
+    """A regular file on stdin is read and sent with no wait between reads (it never blocks)
+    until the kernel takes only part: 12 MiB each way at once, so sends are cut short by full
+    buffers again and again (a TLS send then carries its records to the next try) while each
+    side also reads what the other sends."""
+    size = 12 * 1024 * 1024
+    files = {side: tmp_path / f"{side}.bin" for side in ("to_server", "to_client")}
+    for path in files.values():
+        path.write_bytes(os.urandom(size))
+    listen, query = (
+        ("tcp://127.0.0.1:0", "")
+        if scheme == "tcp"
+        else (f"tls://127.0.0.1:0?cert={pem['server']}", f"?ca={pem['ca']}")
+    )
+    server = spawn("listen", listen, stdin=str(files["to_client"]))
+    address = server.listening().split("?")[0]
+    client = spawn("connect", address + query, stdin=str(files["to_server"]))
+    assert client.finish() == 0, client.err
+    assert server.finish() == 0, server.err
+    for out, path in ((server.out, files["to_server"]), (client.out, files["to_client"])):
+        assert len(out) == size and hashlib.sha256(out).digest() == hashlib.sha256(path.read_bytes()).digest()
+    assert "Traceback" not in server.err + client.err
 
 
 @needs_openssl
