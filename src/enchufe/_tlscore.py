@@ -184,6 +184,10 @@ class TLSCore(StreamCore):
                 self._alias = _Alias(sock.family, sock.type | socket.SOCK_NONBLOCK, sock.proto, sock.fileno())
                 os.set_blocking(sock.fileno(), False)
         self._channel = setup.channel(f"tls fd {sock.fileno()}", session, self._alias)
+        if setup.server_side:
+            # A server writes nothing before it has read the ClientHello, and the channel peeks
+            # before OpenSSL reads: its first step needs no catching (see _advance).
+            self._stepped = True
         self._pollers: dict[int, _Poller] = {}
         self._params = setup.params
         self._unsent = memoryview(b"")  # ciphertext made, not yet taken by the kernel

@@ -122,6 +122,12 @@ def json_option(f: F) -> F:
     )(f)
 
 
+def reporting(level: int = 0) -> bool:
+    """Whether an event of ``level`` (see :func:`event`) would be shown: per-connection code
+    skips making the words and fields of one that would not."""
+    return not settings.quiet and (settings.json or settings.verbose >= level)
+
+
 def event(name: str, message: str, /, *, level: int = 0, **fields: Any) -> None:
     """Report an event on stderr: a JSON object with ``--json``, else ``message`` on one line.
 

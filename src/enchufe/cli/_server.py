@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..i18n import _
-from ._common import STOP_SIGNALS, F, event, peer_name, settings, setup_logging
+from ._common import STOP_SIGNALS, F, event, peer_name, reporting, settings, setup_logging
 from ._numbers import MAX_BACKLOG, BoundedInt, FiniteFloat
 
 # An octal file mode as chmod takes it: ASCII octal digits only (no "0o", "+", "_" or "٣").
@@ -248,6 +248,9 @@ def announced(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awai
     from ._tls import handshake_done
 
     async def wrapped(conn: Any) -> None:
+        if not reporting(1):  # nothing to tell: the handler alone (a handshake flood's cost)
+            await handler(conn)
+            return
         peer = peer_name(conn.peer_address)
         accepted(peer, conn.proxy_address, conn.proxy_header)
         handshake_done(conn, peer)  # the server ran the handshake before the handler
