@@ -307,7 +307,7 @@ class TLSStreamSession(StreamSession):
             dst_link=dst_link,
             finish=lambda: dst.shut_write(loop),
             dst_is_pipe=not dst.is_socket,
-            buffer=self.relay.pools.hop,
+            buffer=self.relay.pools.tls_hop,
         )
 
     def _wake(self, pump: TLSPump) -> None:
