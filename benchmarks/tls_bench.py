@@ -18,10 +18,10 @@ Measures (loopback, 127.0.0.1, TLS 1.3 as negotiated by default: AES-GCM):
 
 * **bulk**: ``--megabytes`` MiB from a file on the client's stdin to a server that discards them
   (``enchufe connect`` → ``enchufe listen … > /dev/null``; ``socat - OPENSSL:…`` →
-  ``socat -u OPENSSL-LISTEN:… /dev/null``; and enchufe over plain ``tcp://``).  The clock runs
-  from the client's start to the server's exit (it exits once it read the client's EOF), and the
-  same transfer of 0 bytes is timed and taken off, so process start and handshake cancel out:
-  MB/s = bytes / (t(full) - t(empty)), MB = 10⁶ bytes.
+  ``socat -u OPENSSL-LISTEN:… /dev/null``; and enchufe over plain ``tcp://``).  The clock is the
+  server's output (``wchar`` of /proc/PID/io, sampled every millisecond) from a tenth of the
+  bytes to nine tenths, so process start, handshake and the last flush are left out alike:
+  MB/s, MB = 10⁶ bytes.
 * **crypto limit**: ``openssl speed -evp aes-128-gcm`` (and aes-256-gcm, what TLS 1.3 picks
   by default) on 16 KiB blocks, one core: the most one TLS stream could carry on this CPU.
 * **handshakes/s**: ``openssl s_time -new`` (a full handshake per connection, no resumption),
@@ -31,7 +31,10 @@ Measures (loopback, 127.0.0.1, TLS 1.3 as negotiated by default: AES-GCM):
   (Python's ssl, verified), each handshake finished and one byte echoed, then held; the server's
   VmRSS (/proc/PID/status) before and after, divided by the count.  Target: ≤ 64 KiB each.
 
-Ratios come from the same run; compare them rather than absolute figures between runs.
+Bulk transfers and handshakes run in ``--rounds`` rounds, every tool once per round, back to
+back, in an order that rotates: the table gives each tool's median and, as the ratio, the median
+of the per-round ratios (a VM's speed drifts over tens of seconds, moving the tools of one round
+alike).  Compare ratios rather than absolute figures between runs.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import resource
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -230,9 +234,22 @@ def transfer(tool: str, certs: Certs, data: Path) -> float:
     return (size * 8 // 10) / max(stop - start, 1e-3) / MB
 
 
-def bulk(tool: str, certs: Certs, data: Path, rounds: int) -> float:
-    """The best MB/s of ``rounds`` transfers (the others were slowed by something else)."""
-    return max(transfer(tool, certs, data) for _ in range(rounds))
+BULK_TOOLS = ("enchufe", "plain", "socat")
+
+
+def bulk_rounds(certs: Certs, data: Path, rounds: int) -> list[dict[str, float]]:
+    """``rounds`` rounds of one transfer per tool, back to back, in an order that rotates from
+    round to round: MB/s by tool, per round.  A machine whose speed drifts (a VM's neighbours)
+    moves the tools of one round alike, so their ratio within the round is what to compare."""
+    results: list[dict[str, float]] = []
+    for n in range(rounds):
+        order = BULK_TOOLS[n % 3 :] + BULK_TOOLS[: n % 3]
+        results.append({tool: transfer(tool, certs, data) for tool in order})
+        print(
+            f"round {n + 1}: bulk MB/s " + ", ".join(f"{tool} {results[-1][tool]:,.0f}" for tool in order),
+            flush=True,
+        )
+    return results
 
 
 def openssl_speed(cipher: str, seconds: int) -> float:
@@ -347,7 +364,12 @@ def parse_args() -> argparse.Namespace:
         "--seconds", type=float, default=3.0, help="seconds of the handshake and openssl speed measures [3]"
     )
     parser.add_argument("--idle", type=int, default=1000, help="idle TLS connections held [1000]")
-    parser.add_argument("--rounds", type=int, default=3, help="bulk transfers per tool, the best kept [3]")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of bulk transfers and of handshakes, every tool in each [3]",
+    )
     parser.add_argument("--clients", type=int, default=2, help="openssl s_time clients at once [2]")
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: only checks that every measure runs"
@@ -393,7 +415,10 @@ def bulk_rows(args: argparse.Namespace, certs: Certs, folder: Path) -> list[Row]
             f.write(block)
     speed = max(1, round(args.seconds))
     aes128, aes256 = openssl_speed("aes-128-gcm", speed), openssl_speed("aes-256-gcm", speed)
-    tls, plain, other = (bulk(tool, certs, full, args.rounds) for tool in ("enchufe", "plain", "socat"))
+    rounds = bulk_rounds(certs, full, args.rounds)
+    tls, plain, other = (statistics.median(r[tool] for r in rounds) for tool in BULK_TOOLS)
+    vs_socat = statistics.median(r["enchufe"] / r["socat"] for r in rounds)
+    vs_plain = statistics.median(r["enchufe"] / r["plain"] for r in rounds)
     print(f"bulk MB/s: enchufe tls {tls:,.0f}, enchufe tcp {plain:,.0f}, socat tls {other:,.0f}", flush=True)
     name = "bulk MB/s: enchufe tls vs"
     return [
@@ -401,10 +426,10 @@ def bulk_rows(args: argparse.Namespace, certs: Certs, folder: Path) -> list[Row]
             f"{name} socat tls",
             f"{tls:,.0f}",
             f"{other:,.0f}",
-            ratio(tls, other),
-            check(tls / other, TARGET_BULK_VS_SOCAT),
+            f"{vs_socat:.2f}x",
+            check(vs_socat, TARGET_BULK_VS_SOCAT),
         ),
-        (f"{name} enchufe tcp", f"{tls:,.0f}", f"{plain:,.0f}", ratio(tls, plain), "the cost of TLS"),
+        (f"{name} enchufe tcp", f"{tls:,.0f}", f"{plain:,.0f}", f"{vs_plain:.2f}x", "the cost of TLS"),
         (
             f"{name} openssl speed aes-128-gcm",
             f"{tls:,.0f}",
@@ -423,16 +448,22 @@ def bulk_rows(args: argparse.Namespace, certs: Certs, folder: Path) -> list[Row]
 
 
 def handshake_rows(args: argparse.Namespace, certs: Certs) -> list[Row]:
-    ours, theirs = (handshakes(tool, certs, args.seconds, args.clients) for tool in ("enchufe", "socat"))
+    rounds: list[dict[str, float]] = []
+    for n in range(args.rounds):  # as bulk_rounds: back to back, the order alternating
+        order = ("enchufe", "socat") if n % 2 == 0 else ("socat", "enchufe")
+        rounds.append({tool: handshakes(tool, certs, args.seconds, args.clients) for tool in order})
+        got = rounds[-1]
+        print(f"round {n + 1}: handshakes/s enchufe {got['enchufe']:,.0f}, socat {got['socat']:,.0f}")
+    ours, theirs = (statistics.median(r[tool] for r in rounds) for tool in ("enchufe", "socat"))
+    each = statistics.median(r["enchufe"] / r["socat"] for r in rounds)
     print(f"handshakes/s: enchufe {ours:,.0f}, socat {theirs:,.0f}", flush=True)
-    note = check(ours / theirs, TARGET_HANDSHAKES_VS_SOCAT)
     return [
         (
             "handshakes/s: enchufe echo vs socat fork",
             f"{ours:,.0f}",
             f"{theirs:,.0f}",
-            ratio(ours, theirs),
-            note,
+            f"{each:.2f}x",
+            check(each, TARGET_HANDSHAKES_VS_SOCAT),
         )
     ]
 
