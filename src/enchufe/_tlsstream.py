@@ -157,7 +157,7 @@ class TLSStreamCore(TLSCore):
         with contextlib.suppress(OSError, ssl.SSLError, NetworkError):
             self._sock.setblocking(False)  # never wait long for a peer that does not read
             self._drain()
-            if not self._write_shut:
+            if not (self._write_shut or self._channel.truncated):
                 self._close_write()
             self._flush_now()
             if not self._polled:

@@ -118,6 +118,10 @@ class TLSChannel:
         self._read_closed = False
         self._held = b""  # plaintext decrypted by close_write() before the caller read it
         self._heard = False  # whether any plaintext came from the peer
+        #: The peer's stream ended without its close_notify (reported as TLSTruncated).  OpenSSL
+        #: then counts the connection failed (it sends its own decode_error alert, at once on a
+        #: socket), and a close_notify after that makes nothing: closing does not ask for one.
+        self.truncated = False
         self._started = False
         self._error: Exception | None = None  # met by read_into after data: raised next time
         #: On a socket: whether the handshake waits for the socket to take what it sends.
@@ -393,6 +397,7 @@ class TLSChannel:
         return b"".join(parts)
 
     def _truncated(self) -> TLSTruncated:
+        self.truncated = True
         if trace.enabled():
             self._narrate(_("the connection ended without close_notify: truncated"))
         return self.alpn_refusal() or TLSTruncated(_(_TRUNCATED))
