@@ -113,18 +113,28 @@ class _Poller:
 
 
 #: Plaintext one receive on the socket gathers, at most: a few records, each decrypted into a
-#: buffer of the thread's (:func:`_gathering`) and copied out together.
-GATHER = 256 * 1024
+#: buffer of the thread's (:func:`_gathering`) and copied out together.  A receive of up to
+#: GATHER bytes (the default size) uses a buffer of that size; a larger one (the stdio pump asks
+#: for 256 KiB) a buffer of GATHER_MORE, made only in the threads that ask: each handler thread
+#: of a threaded server holds 64 KiB, not 256.
+GATHER = 64 * 1024
+GATHER_MORE = 256 * 1024
 _threads = threading.local()
 
 
-def _gathering() -> memoryview:
-    """This thread's buffer of :data:`GATHER` bytes: one per thread (an asyncio loop's
-    connections share one), not one per connection, so that an idle connection holds none."""
-    view: memoryview | None = getattr(_threads, "view", None)
-    if view is None:
-        view = _threads.view = memoryview(bytearray(GATHER))
-    return view
+def _gathering(size: int) -> memoryview:
+    """``size`` bytes (at most :data:`GATHER_MORE`) of this thread's buffer: one per thread (an
+    asyncio loop's connections share one), not one per connection, so that an idle connection
+    holds none."""
+    if size <= GATHER:
+        view: memoryview | None = getattr(_threads, "view", None)
+        if view is None:
+            view = _threads.view = memoryview(bytearray(GATHER))
+    else:
+        view = getattr(_threads, "more", None)
+        if view is None:
+            view = _threads.more = memoryview(bytearray(GATHER_MORE))
+    return view[:size]
 
 
 #: Held while a channel on its socket makes its close_notify: every one is caught in the same
@@ -337,7 +347,7 @@ class TLSCore(StreamCore):
         """:meth:`_recv_once` on the socket: OpenSSL reads it and decrypts into the bytes
         returned.  Up to one record (16 KiB) into the bytes themselves; more, the records there
         are now, gathered in this thread's :func:`_gathering` buffer first (one copy more, and
-        one trip through the layers above per :data:`GATHER` bytes instead of per record)."""
+        one trip through the layers above per buffer instead of per record)."""
         channel = self._channel
         while True:
             try:
@@ -345,7 +355,7 @@ class TLSCore(StreamCore):
                     if max_bytes <= RECORD:
                         data = channel.read(max_bytes)
                     else:
-                        view = _gathering()[:max_bytes]
+                        view = _gathering(max_bytes)
                         got = channel.read_into(view)
                         data = None if got < 0 else bytes(view[:got])
                 if data is not None:
