@@ -689,8 +689,18 @@ def test_a_session_whose_child_exit_callback_raises_is_reset_and_the_relay_serve
     that session (it waits for that exit, no EOF comes), and only that one."""
     faulty.fail_exit = 1
     with relay_thread(RelayConfig("tcp://127.0.0.1:0", LEAVES_ITS_OUTPUT_OPEN)) as running:
-        with dial(running.address) as doomed, dial(running.address) as healthy:
-            assert _reset_after_at_most_started(doomed)
+        try:
+            doomed: socket.socket | None = dial(running.address)
+        except ConnectionResetError:
+            # Reset before connect() returned (seen once, in a CI run under the whole suite's
+            # load): most likely this thread was not run again until the relay had accepted,
+            # started the child, seen it exit and reset the session; the kernel then reports
+            # the reset to the connect() still waiting.
+            doomed = None
+        with contextlib.ExitStack() as held, dial(running.address) as healthy:
+            if doomed is not None:
+                held.enter_context(doomed)
+                assert _reset_after_at_most_started(doomed)
             assert _started_then_closed(healthy)
         with dial(running.address) as later:
             assert _started_then_closed(later)
