@@ -697,9 +697,11 @@ def test_a_session_whose_child_exit_callback_raises_is_reset_and_the_relay_serve
             # started the child, seen it exit and reset the session; the kernel then reports
             # the reset to the connect() still waiting.
             doomed = None
-        with contextlib.ExitStack() as held, dial(running.address) as healthy:
+        with contextlib.ExitStack() as held:
             if doomed is not None:
                 held.enter_context(doomed)
+            healthy = held.enter_context(dial(running.address))
+            if doomed is not None:
                 assert _reset_after_at_most_started(doomed)
             assert _started_then_closed(healthy)
         with dial(running.address) as later:
