@@ -28,11 +28,14 @@ def connect_nonblocking(sock: socket.socket, sockaddr: SockAddr) -> int:
     """Start connecting a non-blocking socket: 0 (connected), EINPROGRESS (wait until writable)
     or EAGAIN (a unix listener's backlog is full: nothing started, try again later).  Any other
     failure is raised."""
+    if trace._sink is None:  # trace.enabled(), inline: the relay connects once per client
+        # connect_ex: the errno without an exception made (and its message formatted)
+        status = sock.connect_ex(sockaddr)
+        if status not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            raise OSError(status, os.strerror(status))
+        return status
     try:
-        if trace._sink is None:  # trace.enabled(), inline: the relay connects once per client
-            sock.connect(sockaddr)
-        else:
-            traced(lambda: sock.connect(sockaddr), connect_call(sock, sockaddr), zero)
+        traced(lambda: sock.connect(sockaddr), connect_call(sock, sockaddr), zero)
     except BlockingIOError as exc:
         return exc.errno if exc.errno is not None else errno.EAGAIN
     return 0

@@ -274,15 +274,7 @@ class RelaySession:
     def _start_connect(sock: socket.socket, target: Target) -> int:
         """0 (connected), EINPROGRESS or EAGAIN; raises OSError (refused, typically)."""
         sockaddr = target.sockaddr
-        if trace._sink is None:  # connect_nonblocking(), inline while quiet: once per connection
-            # connect_ex: the errno without an exception made (and its message formatted)
-            status = sock.connect_ex(sockaddr)
-            if status == 0:
-                return 0
-            if status not in (errno.EINPROGRESS, errno.EAGAIN):
-                raise OSError(status, os.strerror(status))
-        else:
-            status = connect_nonblocking(sock, sockaddr)
+        status = connect_nonblocking(sock, sockaddr)
         if status != errno.EINPROGRESS or target.family == socket.AF_UNIX:
             return status
         # On loopback (and to any peer that answers within the call) the handshake is over
