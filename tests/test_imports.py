@@ -61,6 +61,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tls_text",
         "_tls_trace",
         "_tls_seen",
+        "_tls_verify",
         "clienthello",
         "_proxytypes",
         "_proxywrite",

@@ -15,7 +15,7 @@ import ssl
 import tempfile
 from collections.abc import Callable
 
-from . import _tls_seen
+from . import _tls_seen, _tls_verify
 from ._text import printable
 from .errors import AddressError, TLSRefused
 from .i18n import N_, _
@@ -72,6 +72,8 @@ def server_context(params: TLSParams, host: str = "") -> tuple[ssl.SSLContext, s
         context.verify_mode = ssl.CERT_REQUIRED
         _tls_seen.watch(context)
         _load(lambda: context.load_verify_locations(cafile=params.client_ca), "client-ca", params.client_ca)
+        if params.allow_san or params.allow_cn:
+            _tls_verify.install(context, lambda der: _refusal(describe_certificate(der), params))
     if params.alpn:
         context.set_alpn_protocols(list(params.alpn))
     return context, pin
@@ -146,10 +148,18 @@ def check_client_certificate(
         return peer
     if peer is None:  # OpenSSL asks for one with client-ca; this is a belt to its braces
         raise TLSRefused(_("the client sent no certificate"), "client-certificate-missing")
+    refused = _refusal(peer, params)
+    if refused is not None:
+        raise refused
+    return peer
+
+
+def _refusal(peer: PeerCertificate, params: TLSParams) -> TLSRefused | None:
+    """Why ``peer`` is not allowed by ``allow-san``/``allow-cn``; None when it is."""
     if _allowed(peer, params):
-        return peer
+        return None
     allowed = [f"{kind}:{value}" for kind, value in params.allow_san] + [f"CN={cn}" for cn in params.allow_cn]
-    raise TLSRefused(
+    return TLSRefused(
         _("client certificate {subject} (SANs: {sans}) is not among the allowed: {allowed}").format(
             subject=repr(printable(peer.subject)),
             # TRANSLATORS: a certificate with no subject alternative names ("SANs: none").
@@ -347,6 +357,9 @@ def _verify_failed(
     exc: ssl.SSLCertVerificationError, server_side: bool, server_name: str | None, certificate: bytes | None
 ) -> TLSRefused:
     """OpenSSL's verdict on the peer's chain: the server's on a client, the client's on a server."""
+    refused = _tls_verify.refusal(exc.verify_code) if server_side else None
+    if refused is not None:  # allow-san/allow-cn, asked inside the handshake
+        return refused
     known = (_CLIENT_VERIFY_CODES if server_side else _VERIFY_CODES).get(exc.verify_code)
     if known is None:
         reason = "client-certificate-refused" if server_side else "untrusted"

@@ -237,6 +237,9 @@ class TLSStreamCore(TLSCore):
                 done = self._advance()
         except TLSRefused as exc:
             self._failed = exc
+            if exc.after_handshake:
+                with self._state_lock:  # no alert was made, but session tickets: not for it
+                    self._channel.outgoing()
             self._flush_quietly()  # the alert that tells the peer why
             self._discard_unread()
             raise

@@ -144,11 +144,14 @@ class TLSRefused(NetworkError):
     ``not-yet-valid``, ``pin-mismatch``, ``client-certificate-missing``,
     ``client-certificate-refused``, ``not-allowed``, ``protocol-version``, ``alpn``, ``not-tls``,
     ``closed``, ``handshake``); ``str()`` is the line a user reads.  Not worth retrying as is.
+    ``after_handshake`` is true for a refusal this side made once OpenSSL had finished the
+    handshake (a pin, or ALPN): the peer was told by no alert.
     """
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message, action="handshake")
         self.reason = reason
+        self.after_handshake = False
 
 
 class TimedOut(NetworkError):

@@ -214,10 +214,14 @@ class TLSChannel:
                 exc, first_bytes=self._first, certificate=_tls_seen.certificate(self._ssl)
             ) from None
         _tls_seen.quiet(self._ssl, self._context)
-        if self._server_side:
-            check_client_certificate(self._ssl, self._params)
-        else:
-            check_server_certificate(self._ssl, self._params)
+        try:
+            if self._server_side:
+                check_client_certificate(self._ssl, self._params)
+            else:
+                check_server_certificate(self._ssl, self._params)
+        except TLSRefused as exc:
+            exc.after_handshake = True
+            raise
         self._handshaken = True
         self.info = info(self._ssl)
         if trace.enabled():

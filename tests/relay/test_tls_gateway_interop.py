@@ -162,23 +162,22 @@ def test_openssl_with_an_allowed_certificate_is_relayed_and_resumes(
     [
         (None, "client-certificate-missing", "alert certificate required"),
         ("mallory", "client-certificate-refused", "alert unknown ca"),
-        ("bob", "not-allowed", ""),
+        ("bob", "not-allowed", "alert bad certificate"),
     ],
     ids=["no-certificate", "another-ca", "not-allowed"],
 )
 def test_openssl_refused_is_told_and_the_relay_says_why_and_who(
     gateway: Gateway, start_relay: StartRelay, who: str | None, reason: str, alert: str
 ) -> None:
-    """OpenSSL refuses a missing or untrusted certificate inside the handshake, with an alert;
-    ``allow-san`` is checked once OpenSSL has finished it (Python's ssl has no verification
-    callback), so a client that is not allowed gets no alert, nor data, nor a session ticket."""
+    """Every refusal is made inside the handshake and told by an alert: OpenSSL's of a missing
+    or untrusted certificate, and the relay's own of one ``allow-san`` does not allow (through
+    OpenSSL's verification callback), which gets no data nor a session ticket either."""
     session = str(gateway.folder / f"refused-{who}.pem")
     identity = ("-cert", gateway.cert(who), "-key", gateway.key(who)) if who else ()
     with Target("tcp://127.0.0.1:0", echo) as target:
         relay = _mtls_relay(gateway, start_relay, target)
         seen = _s_client(relay, gateway, *identity, "-sess_out", session, "-ign_eof", stdin=b"ping\n")
-        if alert:
-            assert alert in seen, seen
+        assert alert in seen, seen
         assert "ping" not in seen.split("---")[-1], seen  # no echo came back
         relay.wait_err(r'"event": "tls-failed"')
         (notice,) = [event for event in relay.json_events() if event["event"] == "tls-failed"]

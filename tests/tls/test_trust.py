@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from enchufe import AddressError, NetworkError
+from enchufe import AddressError, NetworkError, _tls_verify
 from enchufe._tls import environment
 from enchufe._tlsstream import client_context
 from enchufe.errors import TLSRefused
@@ -145,9 +145,37 @@ def test_mutual_tls_refuses_a_client_not_allowed(api: Any, sock_dir: str, pem: d
             # A later use raises the same refusal.
             with pytest.raises(TLSRefused):
                 server.recv()
+        # Told by the server's alert (bad_certificate), in the handshake or at the first read.
+        try:
+            conn = client.result()
+        except TLSRefused as exc:
+            told = exc
+        else:
+            with conn, pytest.raises(TLSRefused) as late:
+                conn.set_timeout(IO_TIMEOUT)
+                conn.recv()
+            told = late.value
+        assert told.reason == "client-certificate-refused", told
+        assert "refused this client's certificate" in str(told)
+
+
+def test_mutual_tls_refuses_a_client_not_allowed_where_openssl_cannot_be_asked(
+    api: Any, sock_dir: str, pem: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without OpenSSL's verification callback (another Python, a static OpenSSL), the check
+    after the handshake still refuses the client, only without an alert to tell it."""
+    monkeypatch.setattr(_tls_verify, "_libraries", [None])
+    listen_address, query = addresses("tls4", sock_dir, pem, f"client-ca={pem['ca']}&allow-cn=bob")
+    with api.listen(listen_address) as listener:
+        target = client_of(listener.address, f"{query}&cert={pem['client']}")
+        client = Peer(lambda: api.connect(target, timeout=IO_TIMEOUT))
+        with listener.accept() as server:
+            with pytest.raises(TLSRefused) as info:
+                server.handshake()
+            assert info.value.reason == "not-allowed" and info.value.after_handshake
         with pytest.raises(NetworkError), client.result() as conn:
             conn.set_timeout(IO_TIMEOUT)
-            conn.recv()
+            conn.recv()  # truncated: the server closed without a word
 
 
 def test_mutual_tls_refuses_a_client_of_another_ca_in_the_servers_words(

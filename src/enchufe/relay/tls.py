@@ -45,10 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CHUNK", "TLSLink", "TLSPump", "TLSStreamSession"]
 
-#: Refusals decided after OpenSSL finished the handshake (a client certificate's names, ALPN):
-#: what OpenSSL queued then is no alert but the session tickets of a session we refuse.
-AFTER_HANDSHAKE = frozenset({"not-allowed", "alpn"})
-
 
 class TLSStreamSession(StreamSession):
     """A session with a TLS end: the handshakes first, then :class:`TLSPump` both ways."""
@@ -201,8 +197,8 @@ class TLSStreamSession(StreamSession):
             pass
         except TLSRefused as exc:
             link.pull()
-            if exc.reason in AFTER_HANDSHAKE:
-                link.unsent.clear()  # session tickets, which a refused client must not get
+            if exc.after_handshake:  # what OpenSSL queued is no alert but session tickets,
+                link.unsent.clear()  # which a refused client must not get
             with contextlib.suppress(OSError):
                 link.flush()  # the alert that tells the peer why
             self._handshake_failed(side, str(exc), exc.reason)
