@@ -101,7 +101,7 @@ LEGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS legs")
-    group.add_argument("--tls-mib", type=int, default=256, help="MiB per throughput run [256]")
+    group.add_argument("--tls-mib", type=int, default=1024, help="MiB per throughput run [1024]")
     group.add_argument("--tls-clients", type=int, default=4, help="handshake client processes at once [4]")
     group.add_argument("--tls-handshakes", type=int, default=250, help="handshakes per client process [250]")
     group.add_argument("--tls-pings", type=int, default=5000, help="round trips per ping-pong run [5000]")
