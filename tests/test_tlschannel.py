@@ -4,11 +4,16 @@ checksums, TLS 1.3 half-close both ways, truncation, and a peer that does not sp
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import select
 import socket
 import ssl
+import struct
+import termios
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -350,3 +355,43 @@ def test_receive_encrypt_and_more_drive_a_pump_that_reads_only_when_needed(
     while (data := step()) != b"":  # a recv that waits for what came already times out
         got += data or b""
     assert got == b"onetwo"
+
+
+@pytest.mark.parametrize("record", [16384, 8192, 4096])
+def test_on_a_socket_one_read_takes_every_full_record_of_the_peers_size(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext], record: int
+) -> None:
+    """A peer fills its records to a size of its own (socat: 8 KiB): records of that size are
+    full ones, and one read takes all there are, up to the short one that ends them."""
+    client_ctx, server_ctx = contexts
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        raw = socket.create_connection(listener.getsockname(), timeout=STEP)
+        b, _ = listener.accept()
+    with raw, b:
+        server = TLSChannel(server_ctx, TLSParams(), server_side=True, sock=b)
+
+        def handshake() -> None:
+            while not server.handshake():
+                select.select([b], [b] if server.wants_write else [], [], STEP)
+
+        with client_ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False) as tls:
+            both(tls.do_handshake, handshake)
+            assert tls.version() == "TLSv1.3"
+            payload = os.urandom(6 * record + 100)
+            for start in range(0, len(payload), record):
+                tls.sendall(payload[start : start + record])  # one record per call
+            # TLS 1.3: a record carries 22 bytes more (header, content type, tag).
+            ciphertext = len(payload) + 7 * 22
+            deadline = time.monotonic() + STEP
+            while _queued(b) < ciphertext and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert _queued(b) == ciphertext
+            buffer = memoryview(bytearray(1 << 20))
+            n = server.read_into(buffer)
+            assert n == len(payload) and buffer[:n] == payload
+            assert server.drained  # the short record ended it: the socket is epoll's again
+
+
+def _queued(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive queue."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]

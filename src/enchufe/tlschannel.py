@@ -62,6 +62,12 @@ _FIRST_BYTES = 64
 #: only while its buffer has this much, so OpenSSL never keeps part of a record's plaintext
 #: (the socket would not say it is there).
 RECORD = 16384
+#: A record whose plaintext is at least this large, and as large as the largest the peer sent, is
+#: taken as full: more may follow at once.  Peers fill records to a size of their own (16 KiB;
+#: socat 8 KiB, its buffer; nginx's ssl_buffer_size 4 KiB), and a shorter one likely ends what
+#: was sent.  Judged against 16 KiB alone, every 8 KiB record of socat's ended a read: one write
+#: and one loop turn per record, 550 MB/s where 16 KiB records went at 1,300.
+FULL_RECORD_FLOOR = 4096
 
 _TRUNCATED = N_("the connection ended without TLS close_notify: what arrived may be truncated")
 
@@ -129,6 +135,7 @@ class TLSChannel:
         #: On a socket: whether the last :meth:`read_into` left the socket to epoll (it was empty,
         #: or a short record ended a message).
         self.drained = False
+        self._largest = FULL_RECORD_FLOOR  # of the records' plaintext read_into met: see there
         self.label = label
         self.info: TLSInfo | None = None
         #: Whether :meth:`read` may give something (data, the end, an error) without more input:
@@ -330,9 +337,10 @@ class TLSChannel:
             if not n:  # close_notify: reported once what came before it is taken
                 return self._later(total, None) if total else self._closed_by_peer()
             total += n
-            if n < RECORD:  # a short record: likely the last there is (epoll tells if not)
+            if n < self._largest:  # a short record: likely the last there is (epoll tells if not)
                 self.drained = True
                 break
+            self._largest = n
         self._heard = True
         self.more = self._plaintext_left() > 0
         return total
