@@ -394,4 +394,4 @@ def test_on_a_socket_one_read_takes_every_full_record_of_the_peers_size(
 
 def _queued(sock: socket.socket) -> int:
     """Bytes waiting in ``sock``'s receive queue."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])

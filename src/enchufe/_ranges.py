@@ -70,6 +70,8 @@ def _seconds_refused(positive: bool, optional: bool) -> str:
 def integer(value: int, name: str, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``[low, high]`` (no upper bound when ``high`` is None); a float, a
     bool or anything out of range raises :class:`UsageError`."""
+    if type(value) is int and value >= low and (high is None or value <= high):
+        return value  # the common case, on every recv(): no message made
     if high is None:
         refused = _("{name} must be a whole number from {low} up, not {value}")
     else:

@@ -39,8 +39,9 @@ class StreamCore(Endpoint):
         super().__init__(sock)
         self._buffer = ReceiveBuffer()  # bytes read past a delimiter by recv_until/recv_exactly
         self._write_shut = False
-        self.local_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getsockname())
-        self.peer_address: SocketAddress | None = from_sockaddr(sock.family, sock.type, sock.getpeername())
+        family, kind = sock.family, sock.type  # each an enum made anew: once, not twice
+        self.local_address: SocketAddress | None = from_sockaddr(family, kind, sock.getsockname())
+        self.peer_address: SocketAddress | None = from_sockaddr(family, kind, sock.getpeername())
         #: Behind a proxy that sent a PROXY header (a server's ``accept_proxy``): the proxy's
         #: own address, and the header; ``peer_address`` is then the client the header names.
         self.proxy_address: SocketAddress | None = None
