@@ -4,7 +4,7 @@
 Usage (from the repository, with enchufe installed; gcc, microsocks and danted on PATH or in
 /usr/bin, /usr/sbin: ``apt-get install -y gcc microsocks dante-server``):
 
-    python3 benchmarks/socks_bench.py [--rounds 5] [--mib 256] [--clients 4] [--conns 1000]
+    python3 benchmarks/socks_bench.py [--rounds 5] [--mib 2048] [--clients 4] [--conns 1000]
     python3 benchmarks/socks_bench.py --quick     # one round of tiny sizes: checks that it runs
 
 What it does:
@@ -336,7 +336,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--mib", type=int, default=256, help="MiB sent through each CONNECT (connect leg)")
+    parser.add_argument(
+        "--mib", type=int, default=2048, help="MiB sent through each CONNECT (connect leg) [2048]"
+    )
     parser.add_argument("--clients", type=int, default=4, help="client processes at once (conns, proxy legs)")
     parser.add_argument("--conns", type=int, default=1000, help="connections per client process")
     parser.add_argument("--only", default=",".join(LEGS), help=f"comma-separated subset of {list(LEGS)}")
