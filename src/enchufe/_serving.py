@@ -254,11 +254,14 @@ class AcceptPolicy:
         """accept() failed for want of descriptors or memory: the pause to take, in seconds."""
         self.stats.exhaustion_pauses += 1
         pause = self._backoff.next()
-        log.warning(
-            _("accept on {address}: {error}; pausing {seconds} s").format(
-                address=where, error=message(exc), seconds=f"{pause:.2f}"
+        said = message(exc)
+        if str(where) in said:  # "cannot accept on ADDRESS: too many open files": said once
+            line = _("{error}; pausing {seconds} s").format(error=said, seconds=f"{pause:.2f}")
+        else:
+            line = _("accept on {address}: {error}; pausing {seconds} s").format(
+                address=where, error=said, seconds=f"{pause:.2f}"
             )
-        )
+        log.warning(line)
         return pause
 
     def no_room(self, peer: SocketAddress | None, error: str) -> float:

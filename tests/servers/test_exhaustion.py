@@ -85,7 +85,8 @@ def test_echo_under_fd_exhaustion(server: ServerProcess) -> None:
             sock.sendall(b"hello %d\n" % i)
         served = echoed(clients, lambda i: b"hello %d\n" % i, wait=1.5)
         assert 5 <= len(served) < CLIENTS, f"{len(served)} of {CLIENTS} clients served"
-        server.wait_for_line(lambda line: "pausing" in line)  # it said what happens
+        said = server.wait_for_line(lambda line: "pausing" in line)  # it said what happens
+        assert said.count(address) == 1 and "too many open files" in said, said
 
         # The episode: out of descriptors with clients waiting.  It must not spin...
         cpu_before = server.cpu_seconds()
