@@ -4,11 +4,12 @@ one whose chain OpenSSL refuses is, and gets no session ticket.
 
 Python's ``ssl`` has no verification callback; OpenSSL's ``SSL_CTX_set_verify`` takes one.
 It is reached with ctypes: the ``SSL_CTX *`` is the first field of CPython's ``_ssl``
-context object (3.7 to 3.14), and the functions are those of the libssl that ``_ssl`` itself
-loaded.  Before the pointer is used, OpenSSL's idea of it must agree with Python's (its
-options and verify mode).  Anything amiss (another Python, an OpenSSL linked statically, no
-``/proc``) leaves the context as it was: the check after the handshake
-(:func:`._tls.check_client_certificate`) still refuses the client, only without an alert.
+context object (a layout other C extensions rely on too; tested here on 3.11), and the
+functions are those of the libssl that ``_ssl`` itself loaded.  Before the pointer is used,
+OpenSSL's idea of it must agree with Python's (its options and verify mode).  Anything amiss
+(another Python, an OpenSSL linked statically, no ``/proc``) leaves the context as it was: the
+check after the handshake (:func:`._tls.check_client_certificate`) still refuses the client,
+only without an alert.
 
 The callback runs inside ``do_handshake()``, on the thread that called it, which then raises
 :class:`ssl.SSLCertVerificationError` with :data:`REJECTED`; :func:`refusal` gives that

@@ -145,7 +145,8 @@ class TLSRefused(NetworkError):
     ``client-certificate-refused``, ``not-allowed``, ``protocol-version``, ``alpn``, ``not-tls``,
     ``closed``, ``handshake``); ``str()`` is the line a user reads.  Not worth retrying as is.
     ``after_handshake`` is true for a refusal this side made once OpenSSL had finished the
-    handshake (a pin, or ALPN): the peer was told by no alert.
+    handshake (a pin; ALPN; ``allow-san``/``allow-cn`` where OpenSSL's verification callback
+    cannot be reached): the peer was told by no alert.
     """
 
     def __init__(self, message: str, reason: str) -> None:
