@@ -359,9 +359,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--megabytes", type=int, default=2048, help="MiB per bulk transfer [2048: 256 swung 1.3x to 1.6x]"
-    )
+    parser.add_argument("--megabytes", type=int, default=2048, help="MiB per bulk transfer [2048]")
     parser.add_argument(
         "--seconds", type=float, default=3.0, help="seconds of the handshake and openssl speed measures [3]"
     )

@@ -250,18 +250,12 @@ class AcceptPolicy:
         self._backoff = Backoff(EXHAUSTION_PAUSE, EXHAUSTION_PAUSE_MAX)
         self._refusals = Refusals()
 
-    def exhausted(self, exc: NetworkError, where: SocketAddress) -> float:
-        """accept() failed for want of descriptors or memory: the pause to take, in seconds."""
+    def exhausted(self, exc: NetworkError) -> float:
+        """accept() failed for want of descriptors or memory (``exc`` names the listener:
+        "cannot accept on ADDRESS: too many open files"): the pause to take, in seconds."""
         self.stats.exhaustion_pauses += 1
         pause = self._backoff.next()
-        said = message(exc)
-        if str(where) in said:  # "cannot accept on ADDRESS: too many open files": said once
-            line = _("{error}; pausing {seconds} s").format(error=said, seconds=f"{pause:.2f}")
-        else:
-            line = _("accept on {address}: {error}; pausing {seconds} s").format(
-                address=where, error=said, seconds=f"{pause:.2f}"
-            )
-        log.warning(line)
+        log.warning(_("{error}; pausing {seconds} s").format(error=message(exc), seconds=f"{pause:.2f}"))
         return pause
 
     def no_room(self, peer: SocketAddress | None, error: str) -> float:

@@ -273,7 +273,7 @@ class Server(TLSServing):
                 if not is_exhaustion(exc):
                     raise
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), policy.exhausted(exc, listener.address))
+                    await asyncio.wait_for(self._stopping.wait(), policy.exhausted(exc))
                 continue
             policy.accepted()
             if self.stats.accepted % YIELD_EVERY == YIELD_EVERY - 1:

@@ -269,7 +269,7 @@ class Server(TLSServing):
                     return
                 if not is_exhaustion(exc):
                     raise
-                self._stopping.wait(policy.exhausted(exc, listener.address))
+                self._stopping.wait(policy.exhausted(exc))
                 continue
             self._start(conn, policy)
 
