@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from enchufe import _tls
+from enchufe import _tls, tlsinfo
 from enchufe.errors import AddressError
 from enchufe.tlsinfo import describe_certificate, spki_digest
 from enchufe.tlsparams import TLSParams, format_pin, parse_query
@@ -213,6 +213,23 @@ def test_the_pin_is_what_openssl_computes(files: dict[str, str]) -> None:
     expected = digest.stdout.decode().split()[-1]
     assert describe_certificate(ssl.PEM_cert_to_DER_cert(leaf)).pin == f"sha256:{expected}"
     assert spki_digest(ssl.PEM_cert_to_DER_cert(leaf)).hex() == expected
+
+
+def test_a_certificate_seen_again_is_not_read_again(ca: trustme.CA) -> None:
+    """The description of a certificate (140 µs of parsing) is kept by its DER: the same bytes
+    again, even in another object, give the same description; other bytes their own; bytes that
+    do not parse are refused every time, nothing kept for them."""
+    first = ssl.PEM_cert_to_DER_cert(ca.issue_cert("again.example").cert_chain_pems[0].bytes().decode())
+    other = ssl.PEM_cert_to_DER_cert(ca.issue_cert("other.example").cert_chain_pems[0].bytes().decode())
+    described = describe_certificate(first)
+    assert describe_certificate(bytes(bytearray(first))) is described
+    assert spki_digest(bytearray(first)) == spki_digest(first)
+    assert describe_certificate(other).sans == (("DNS", "other.example"),)
+    assert described.sans == (("DNS", "again.example"),)
+    assert tlsinfo._describe.cache_info().maxsize == tlsinfo.CERTIFICATES_KEPT
+    for _attempt in range(2):
+        with pytest.raises(ValueError):
+            describe_certificate(first[:-10])
 
 
 def test_mutual_tls_accepts_an_allowed_client_and_names_a_refused_one(
