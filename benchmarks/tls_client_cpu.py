@@ -2,13 +2,15 @@
 
 Usage (from the repository, with enchufe installed and trustme for the certificates):
 
-    python3 benchmarks/tls_client_cpu.py [--connections 500] [--rounds 3]
+    python3 benchmarks/tls_client_cpu.py [--connections 500] [--rounds 3] [--resume]
 
 Each connection is a full handshake (the kept sessions are forgotten first: no resumption),
-the peer's certificate read (``Connection.tls``) and a close.  What is printed is the client's
-own CPU (utime+stime of this process) per connection and the connections per second, for each
-round; the server runs in its own process.  CPU per connection moves less with the machine's
-other work than a rate does, but read the load average printed with it all the same.
+the peer's certificate read (``Connection.tls``) and a close; with ``--resume``, every
+connection resumes the session its predecessor kept (checked: ``conn.tls.resumed``).  What is
+printed is the client's own CPU (utime+stime of this process) per connection and the
+connections per second, for each round; the server runs in its own process.  CPU per
+connection moves less with the machine's other work than a rate does, but read the load
+average printed with it all the same.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=500, help="connections per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--resume", action="store_true", help="resume the kept session each time")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as folder:
@@ -77,14 +80,17 @@ def main() -> None:
             wait_for(port)
             address = f"tls://127.0.0.1:{port}?ca={Path(folder) / 'ca.pem'}"
             for _warm_up in range(20):
-                forget_sessions()
+                if not args.resume:
+                    forget_sessions()
                 sync.connect(address).close()
             for n in range(args.rounds):
                 started_cpu, started = cpu(), time.monotonic()
                 for _connection in range(args.connections):
-                    forget_sessions()
+                    if not args.resume:
+                        forget_sessions()
                     conn = sync.connect(address)
                     assert conn.tls is not None and conn.tls.peer is not None
+                    assert conn.tls.resumed is args.resume
                     conn.close()
                 spent = cpu() - started_cpu
                 rate = args.connections / (time.monotonic() - started)

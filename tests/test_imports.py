@@ -62,6 +62,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tls_trace",
         "_tls_seen",
         "_tls_verify",
+        "_tls_sessions",
         "clienthello",
         "_proxytypes",
         "_proxywrite",

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import TLSRefused
 
-__all__ = ["REJECTED", "install", "refusal"]
+__all__ = ["REJECTED", "install", "libraries", "refusal"]
 
 #: X509_V_ERR_CERT_REJECTED: OpenSSL answers it with a bad_certificate alert.
 REJECTED = 28
@@ -46,10 +46,10 @@ def install(context: ssl.SSLContext, check: Check) -> bool:
     """Have OpenSSL ask ``check`` about each client's leaf certificate once its chain is
     verified, on every connection made from ``context`` (which must already require client
     certificates); False when this Python or OpenSSL does not allow it."""
-    libraries = _load()
-    if libraries is None or context.verify_mode != ssl.CERT_REQUIRED:
+    found = libraries()
+    if found is None or context.verify_mode != ssl.CERT_REQUIRED:
         return False
-    libssl, libcrypto = libraries
+    libssl, libcrypto = found
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
     if not pointer or libssl.SSL_CTX_get_options(pointer) != int(context.options):
         return False
@@ -93,7 +93,9 @@ def refusal(verify_code: int) -> TLSRefused | None:
     return refused if verify_code == REJECTED else None
 
 
-def _load() -> tuple[Any, Any] | None:
+def libraries() -> tuple[Any, Any] | None:
+    """The libssl and libcrypto that ``_ssl`` uses (ctypes libraries, found once), or ``None``
+    when they cannot be told for sure (see the module)."""
     if not _libraries:
         _libraries.append(_find())
     return _libraries[0]

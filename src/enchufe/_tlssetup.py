@@ -20,6 +20,7 @@ from .tlsparams import TLSParams
 if TYPE_CHECKING:
     import ssl
 
+    from ._tls_sessions import Session
     from .tlschannel import TLSChannel
 
 __all__ = [
@@ -50,7 +51,10 @@ class TLSSetup:
     pin: str | None = None
 
     def channel(
-        self, label: str = "tls", session: ssl.SSLSession | None = None, sock: socket.socket | None = None
+        self,
+        label: str = "tls",
+        session: ssl.SSLSession | Session | None = None,
+        sock: socket.socket | None = None,
     ) -> TLSChannel:
         """A connection's channel: over memory BIOs, or reading and writing ``sock`` itself."""
         from .tlschannel import TLSChannel
@@ -71,7 +75,7 @@ class TLSSetup:
 #: it, with no certificate to send or verify (it was verified under the same context).
 #: Cleared when it holds this many.
 MAX_SESSIONS = 256
-_sessions: dict[tuple[object, ...], ssl.SSLSession] = {}
+_sessions: dict[tuple[object, ...], ssl.SSLSession | Session] = {}
 
 
 def _session_key(sock: socket.socket, setup: TLSSetup) -> tuple[object, ...] | None:
@@ -84,14 +88,14 @@ def _session_key(sock: socket.socket, setup: TLSSetup) -> tuple[object, ...] | N
 
 def session_for(
     sock: socket.socket, setup: TLSSetup
-) -> tuple[tuple[object, ...] | None, ssl.SSLSession | None]:
+) -> tuple[tuple[object, ...] | None, ssl.SSLSession | Session | None]:
     """A client connection's key in the session cache (``None`` on a server, or a socket with no
     peer), and the session kept there to resume, if any."""
     key = None if setup.server_side else _session_key(sock, setup)
     return key, _sessions.get(key) if key is not None else None
 
 
-def keep_session(key: tuple[object, ...], session: ssl.SSLSession) -> None:
+def keep_session(key: tuple[object, ...], session: ssl.SSLSession | Session) -> None:
     """Keep ``session`` for the next connection under ``key`` (see :func:`session_for`)."""
     if len(_sessions) >= MAX_SESSIONS:
         _sessions.clear()

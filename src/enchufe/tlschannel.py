@@ -44,7 +44,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
-from . import _tls_seen, trace
+from . import _tls_seen, _tls_sessions, trace
 from . import _tls_trace as _trace
 from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
 from ._tls_socket import on_socket, shutdown_caught
@@ -91,7 +91,7 @@ class TLSChannel:
         server_side: bool,
         server_hostname: str | None = None,
         label: str = "tls",
-        session: ssl.SSLSession | None = None,
+        session: ssl.SSLSession | _tls_sessions.Session | None = None,
         sock: socket.socket | None = None,
     ) -> None:
         self._in = ssl.MemoryBIO()
@@ -105,7 +105,9 @@ class TLSChannel:
             )
         else:
             self._ssl = on_socket(context, sock, server_side, server_hostname)
-        if session is not None:
+        if isinstance(session, _tls_sessions.Session):
+            _tls_sessions.give(self._ssl, session)  # not given: a full handshake
+        elif session is not None:
             with contextlib.suppress(ValueError):  # a session of another context: a full handshake
                 self._ssl.session = session
         # The C object's own read and write: ssl.SSLObject's are Python functions that only call
@@ -445,12 +447,17 @@ class TLSChannel:
             except ssl.SSLError:  # nothing whole left, close_notify, or a broken record: done
                 return
 
-    def session(self) -> ssl.SSLSession | None:
+    def session(self) -> ssl.SSLSession | _tls_sessions.Session | None:
         """This client's session, for a later connection to resume: ``None`` on a server,
         before the handshake, or when it cannot be resumed (a TLS 1.3 server sent no ticket, or
-        it came after what was read).  Call it last: the connection returns to its context."""
+        it came after what was read).  Call it last: the connection may return to its context.
+
+        OpenSSL's own session where :mod:`enchufe._tls_sessions` can take it (shared, not
+        copied), else Python's."""
         if self._server_side or not self._handshaken:
             return None
+        if _tls_sessions.reachable(self._ssl):
+            return _tls_sessions.take(self._ssl)
         _tls_seen.restore(self._ssl, self._context)  # the session must name the context
         session = self._ssl.session
         if session is None or (self._ssl.version() == "TLSv1.3" and not session.has_ticket):

@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import ssl
 import time
 from typing import Any
 
 import pytest
 
 import enchufe
-from enchufe import _tlsstream
+from enchufe import _tls_sessions, _tlssetup, _tlsstream
 from tests.conformance.conftest import IO_TIMEOUT
 from tests.conftest import Peer
 from tests.interop.conftest import WAIT, new_where, spawn, wait_bound
@@ -53,6 +54,38 @@ def test_a_second_connection_resumes_the_session_of_the_first(api: Any, pem: dic
                     assert conn.tls.peer is not None and conn.tls.peer.common_name == "localhost"
                     resumed.append((conn.tls.resumed, server.tls.resumed))
     assert resumed == [(False, False), (True, True), (True, True)]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["openssl-session", "python-session"])
+def test_the_kept_session_is_openssl_s_own_or_python_s(
+    shared: bool, pem: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client keeps OpenSSL's own session (shared, not copied through Python's property, which
+    parses the server's certificate again both ways); where that cannot be reached, Python's
+    ``SSLSession``.  Either way the next connection resumes it and still knows the peer."""
+    if not shared:
+        monkeypatch.setattr(_tls_sessions, "_declared", [None])
+    elif not _tls_sessions.reachable(
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    ):
+        pytest.skip("this Python's ssl objects are not reachable through ctypes")
+    _tlsstream.forget_sessions()
+    with enchufe.sync.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
+        assert isinstance(listener.address, enchufe.InetAddress)
+        target = f"tls://localhost:{listener.address.port}?ca={pem['ca']}"
+        for expected in (False, True, True):
+            client = Peer(lambda: enchufe.sync.connect(target, timeout=IO_TIMEOUT))
+            with listener.accept() as server:
+                server.set_timeout(IO_TIMEOUT)
+                server.send_all(b"hi")
+                with client.result() as conn:
+                    conn.set_timeout(IO_TIMEOUT)
+                    assert conn.recv_exactly(2) == b"hi"
+                    assert conn.tls.resumed is expected
+                    assert conn.tls.peer is not None and conn.tls.peer.common_name == "localhost"
+            kept = list(_tlssetup._sessions.values())
+            assert len(kept) == 1
+            assert isinstance(kept[0], _tls_sessions.Session if shared else ssl.SSLSession)
 
 
 def test_a_client_that_writes_and_closes_without_reading_delivers_every_byte(pem: dict[str, str]) -> None:
