@@ -16,14 +16,15 @@ change: 1,310-1,644 µs of CPU per resumed connection, against 1,839-2,381 befor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ssl
 import weakref
 from typing import Any
 
-from . import _tls_verify
+from . import _tls_seen, _tls_verify
 
-__all__ = ["Session", "give", "reachable", "take"]
+__all__ = ["Session", "give", "of", "offer", "reachable", "take"]
 
 
 class Session:
@@ -35,6 +36,30 @@ class Session:
     def __init__(self, pointer: int, free: Any) -> None:
         self.pointer = pointer
         weakref.finalize(self, free, pointer)
+
+
+def of(sslobj: ssl.SSLObject, context: ssl.SSLContext) -> ssl.SSLSession | Session | None:
+    """The session of a client connection made from ``context`` whose handshake is done, for a
+    later one to resume: OpenSSL's own (:func:`take`) where it can be reached, else Python's
+    (after which the connection is back on ``context``, which the session must name); ``None``
+    when it cannot be resumed (a TLS 1.3 server sent no ticket, or it came after what was read)."""
+    if reachable(sslobj):
+        return take(sslobj)
+    _tls_seen.restore(sslobj, context)
+    session = sslobj.session
+    if session is None or (sslobj.version() == "TLSv1.3" and not session.has_ticket):
+        return None
+    return session
+
+
+def offer(sslobj: ssl.SSLObject, session: ssl.SSLSession | Session) -> None:
+    """Offer ``session`` (from :func:`of`) in the handshake ``sslobj`` is about to make; one
+    that cannot be set (of another context) leaves a full handshake to be made."""
+    if isinstance(session, Session):
+        give(sslobj, session)
+    else:
+        with contextlib.suppress(ValueError):
+            sslobj.session = session
 
 
 def take(sslobj: ssl.SSLObject) -> Session | None:

@@ -105,11 +105,8 @@ class TLSChannel:
             )
         else:
             self._ssl = on_socket(context, sock, server_side, server_hostname)
-        if isinstance(session, _tls_sessions.Session):
-            _tls_sessions.give(self._ssl, session)  # not given: a full handshake
-        elif session is not None:
-            with contextlib.suppress(ValueError):  # a session of another context: a full handshake
-                self._ssl.session = session
+        if session is not None:
+            _tls_sessions.offer(self._ssl, session)
         # The C object's own read and write: ssl.SSLObject's are Python functions that only call
         # them, and the relay calls them for every record it moves.
         core = getattr(self._ssl, "_sslobj", self._ssl)
@@ -456,13 +453,7 @@ class TLSChannel:
         copied), else Python's."""
         if self._server_side or not self._handshaken:
             return None
-        if _tls_sessions.reachable(self._ssl):
-            return _tls_sessions.take(self._ssl)
-        _tls_seen.restore(self._ssl, self._context)  # the session must name the context
-        session = self._ssl.session
-        if session is None or (self._ssl.version() == "TLSv1.3" and not session.has_ticket):
-            return None
-        return session
+        return _tls_sessions.of(self._ssl, self._context)
 
     def pending(self) -> int:
         """Plaintext already decrypted and waiting for :meth:`read` (no input needed for it)."""
