@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import enchufe
+from enchufe import _tlssetup
 from enchufe.errors import ConnectionReset, TLSRefused
 from enchufe.relay import RelayConfig
 from enchufe.relay.stats import summary_report
@@ -142,6 +143,31 @@ def test_origination_carries_16_mib_each_way(pem: dict[str, str], tls_echo_targe
     with relay_thread(RelayConfig("tcp://127.0.0.1:0", target)) as relay, dial(relay.address) as sock:
         result = exchange(sock, 2, SIZE)
     assert result.received == SIZE and result.received_digest == result.sent_digest
+
+
+def _echo_and_tell_if_resumed(conn: Any) -> bool:
+    _tls_echo(conn)
+    return bool(conn.tls.resumed)
+
+
+def test_origination_resumes_the_session_of_the_last_connection_to_the_target(pem: dict[str, str]) -> None:
+    """The relay keeps the target's session when a connection ends and offers it on the next:
+    the target sees the first handshake full and the next ones resumed, the relay counts them,
+    and every byte still goes both ways."""
+    _tlssetup.forget_sessions()
+    target = TLSTarget(f"tls://127.0.0.1:0?cert={pem['server']}", _echo_and_tell_if_resumed)
+    try:
+        config = RelayConfig("tcp://127.0.0.1:0", f"{target.address}?ca={pem['ca']}")
+        with relay_thread(config) as relay:
+            for n in range(3):
+                with dial(relay.address) as sock:
+                    result = exchange(sock, n, 64 * 1024)
+                assert result.received == 64 * 1024 and result.received_digest == result.sent_digest
+                wait_until(lambda: relay.relay.stats.snapshot().open == 0, "the session's end")
+            assert relay.relay.stats.tls_resumed == 2
+        assert [peer.result(STEP) for peer in target.peers] == [False, True, True]
+    finally:
+        target.close()
 
 
 def test_tls_to_tls_carries_16_mib_each_way(pem: dict[str, str]) -> None:

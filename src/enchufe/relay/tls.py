@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _tls_socket, trace
 from .._text import printable
+from .._tlssetup import keep_session, session_for
 from ..errors import TLSRefused
 from ..errors import reason as system_reason
 from ..i18n import N_, _
@@ -49,7 +50,7 @@ __all__ = ["CHUNK", "TLSLink", "TLSPump", "TLSStreamSession"]
 class TLSStreamSession(StreamSession):
     """A session with a TLS end: the handshakes first, then :class:`TLSPump` both ways."""
 
-    __slots__ = ("_client_link", "_handshake_timer", "_target_link")
+    __slots__ = ("_client_link", "_handshake_timer", "_target_link", "_target_session")
 
     relay: StreamRelay
     #: Whether a TLS side's channel (a terminated client, a TLS target) may read and write its
@@ -62,6 +63,8 @@ class TLSStreamSession(StreamSession):
         super().__init__(relay, client, client_sock, peer, session_id)
         self._client_link: TLSLink | None = None
         self._target_link: TLSLink | None = None
+        #: The target's key in the kept sessions (see :meth:`_keep_target_session`).
+        self._target_session: tuple[object, ...] | None = None
         self._handshake_timer: Timer | None = None
 
     # -- termination: the client's handshake before the target is opened
@@ -121,7 +124,10 @@ class TLSStreamSession(StreamSession):
             loop.unregister(target.rfd)
             target.mask = UNREGISTERED
         sock = self._socket_for(target)
-        self._target_link = TLSLink(setup, target.rfd, f"tls #{self.id} target", sock)
+        # The session of the last connection to this target (same context and name) is offered:
+        # a resumed handshake spares the relay the target's certificate chain and signature.
+        self._target_session, session = session_for(target.sock, setup)
+        self._target_link = TLSLink(setup, target.rfd, f"tls #{self.id} target", sock, session)
         loop.register(target.rfd, READ, self._on_target_handshake, self.crashed)
         self._arm_handshake(setup, "target")
         self._on_target_handshake(READ)
@@ -317,5 +323,17 @@ class TLSStreamSession(StreamSession):
             self._step(int(pump is self.up), int(pump is self.down))
 
     def _release(self, abortive: bool) -> None:
+        self._keep_target_session()
         self._handshake_done()
         super()._release(abortive)
+
+    def _keep_target_session(self) -> None:
+        """Keep the target's session for the next connection to it to resume, as a client of
+        the library does (:func:`enchufe._tlssetup.keep_session`): once its handshake was done,
+        and if the target sent a ticket the relay read."""
+        link, key = self._target_link, self._target_session
+        if link is None or key is None or not link.channel.handshaken:
+            return
+        session = link.channel.session()
+        if session is not None:
+            keep_session(key, session)

@@ -41,6 +41,9 @@ from .pump import MAX_ROUNDS
 from .pump_state import pass_eof
 
 if TYPE_CHECKING:
+    import ssl
+
+    from .._tls_sessions import Session
     from .._tlsstream import TLSSetup
     from ..tlschannel import TLSChannel
 
@@ -75,8 +78,16 @@ class TLSLink:
 
     __slots__ = ("channel", "fd", "sender", "unsent", "waiting", "wake")
 
-    def __init__(self, setup: TLSSetup, fd: int, label: str, sock: socket.socket | None = None) -> None:
-        self.channel = setup.channel(label, sock=sock)  # with sock: OpenSSL reads and writes it
+    def __init__(
+        self,
+        setup: TLSSetup,
+        fd: int,
+        label: str,
+        sock: socket.socket | None = None,
+        session: ssl.SSLSession | Session | None = None,
+    ) -> None:
+        # With sock, OpenSSL reads and writes it; a client given a session offers to resume it.
+        self.channel = setup.channel(label, session, sock)
         self.fd = fd
         self.unsent = bytearray()
         self.sender: Sender | None = None
