@@ -16,6 +16,7 @@ change: 1,310-1,644 µs of CPU per resumed connection, against 1,839-2,381 befor
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
 import ctypes
 import ssl
@@ -96,7 +97,7 @@ def _ssl_pointer(sslobj: ssl.SSLObject) -> tuple[Any, int | None]:
     says it has; ``None`` otherwise."""
     libssl = _library()
     core = getattr(sslobj, "_sslobj", None)
-    if libssl is None or core is None:
+    if libssl is None or type(core) is not _SSL_SOCKET:  # the layout below is that type's
         return libssl, None
     # CPython's PySSLSocket: PyObject_HEAD, then the socket's weakref, then the SSL *.
     pointer = ctypes.c_void_p.from_address(id(core) + _SSL_FIELD).value
@@ -107,6 +108,7 @@ def _ssl_pointer(sslobj: ssl.SSLObject) -> tuple[Any, int | None]:
 
 
 _SSL_FIELD = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+_SSL_SOCKET: Any = getattr(_ssl, "_SSLSocket", None)
 _declared: list[Any] = []
 
 
