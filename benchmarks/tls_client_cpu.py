@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import trustme
+from relay_bench import Bench, free_port
 
 from enchufe import sync
 from enchufe._tlssetup import forget_sessions
@@ -34,22 +34,6 @@ from enchufe._tlssetup import forget_sessions
 def cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"the server on port {port} did not start")
 
 
 def main() -> None:
@@ -77,7 +61,7 @@ def main() -> None:
             ]
         )
         try:
-            wait_for(port)
+            Bench.wait_tcp(port)
             address = f"tls://127.0.0.1:{port}?ca={Path(folder) / 'ca.pem'}"
             for _warm_up in range(20):
                 if not args.resume:

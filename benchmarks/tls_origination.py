@@ -43,18 +43,6 @@ def gateway_cpu(pid: int) -> float:
     return sum(int(fields[n - 3]) for n in (14, 15, 16, 17)) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_listening(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
 def measure(
     client: Path, gateway: subprocess.Popen[bytes], port: int, clients: int, conns: int
 ) -> dict[str, float]:
@@ -118,7 +106,7 @@ def main() -> None:
                 ),
             }
             for port in (target, *ports.values()):
-                wait_listening(port)
+                Bench.wait_tcp(port)
             rounds: list[dict[str, dict[str, float]]] = []
             for n in range(args.rounds):
                 order = ("enchufe", "socat") if n % 2 == 0 else ("socat", "enchufe")

@@ -55,7 +55,8 @@ def test_plaintext_openssl_keeps_after_a_wake_up_goes_on_in_the_same_run(pem: di
     relay_end, client_end = socket.socketpair()
     dst_r, dst_w = socket.socketpair()
     with relay_end, client_end, dst_r, dst_w:
-        link = TLSLink(TLSSetup(context, TLSParams(), True), relay_end.fileno(), "tls test", relay_end)
+        channel = TLSSetup(context, TLSParams(), True).channel("tls test", sock=relay_end)
+        link = TLSLink(channel, relay_end.fileno())
         assert link.channel.on_socket
         client_end.settimeout(STEP)
         client = _client_context(pem).wrap_socket(

@@ -81,7 +81,7 @@ class TLSStreamSession(StreamSession):
         self.relay.loop.register(fd, READ, self._on_client_handshake, self.crashed)
         self._arm_handshake(setup, "client")
         if hello:
-            self._client_link = TLSLink(setup, fd, f"tls #{self.id} client")
+            self._client_link = TLSLink(setup.channel(f"tls #{self.id} client"), fd)
             self._client_link.channel.feed(hello)
             self._on_client_handshake(READ)
         # Else no OpenSSL object until the client has spoken: a client that never sends its
@@ -96,7 +96,8 @@ class TLSStreamSession(StreamSession):
             setup = self.relay.client_tls  # the files of the moment (a reload may have come)
             assert setup is not None
             sock = self._socket_for(self.client, setup.params)
-            link = self._client_link = TLSLink(setup, self.client.rfd, f"tls #{self.id} client", sock)
+            channel = setup.channel(f"tls #{self.id} client", sock=sock)  # with sock: OpenSSL's to use
+            link = self._client_link = TLSLink(channel, self.client.rfd)
         if not self._handshake_step(link, "client"):
             return
         self._handshake_finished(link)
@@ -127,7 +128,7 @@ class TLSStreamSession(StreamSession):
         # The session of the last connection to this target (same context and name) is offered:
         # a resumed handshake spares the relay the target's certificate chain and signature.
         self._target_session, session = session_for(target.sock, setup)
-        self._target_link = TLSLink(setup, target.rfd, f"tls #{self.id} target", sock, session)
+        self._target_link = TLSLink(setup.channel(f"tls #{self.id} target", session, sock), target.rfd)
         loop.register(target.rfd, READ, self._on_target_handshake, self.crashed)
         self._arm_handshake(setup, "target")
         self._on_target_handshake(READ)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
@@ -41,10 +40,6 @@ from .pump import MAX_ROUNDS
 from .pump_state import pass_eof
 
 if TYPE_CHECKING:
-    import ssl
-
-    from .._tls_sessions import Session
-    from .._tlsstream import TLSSetup
     from ..tlschannel import TLSChannel
 
 __all__ = ["CHUNK", "Sender", "SocketTLSPump", "TLSLink", "TLSPump", "make_pump", "receive"]
@@ -78,16 +73,8 @@ class TLSLink:
 
     __slots__ = ("channel", "fd", "sender", "unsent", "waiting", "wake")
 
-    def __init__(
-        self,
-        setup: TLSSetup,
-        fd: int,
-        label: str,
-        sock: socket.socket | None = None,
-        session: ssl.SSLSession | Session | None = None,
-    ) -> None:
-        # With sock, OpenSSL reads and writes it; a client given a session offers to resume it.
-        self.channel = setup.channel(label, session, sock)
+    def __init__(self, channel: TLSChannel, fd: int) -> None:
+        self.channel = channel
         self.fd = fd
         self.unsent = bytearray()
         self.sender: Sender | None = None
