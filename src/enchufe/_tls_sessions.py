@@ -9,9 +9,9 @@ instead (a reference count): :func:`take` and :func:`give` make them with ctypes
 of CPython's ``_ssl`` socket object (its second field; checked against the context OpenSSL
 says it belongs to before use), with the libssl ``_ssl`` loaded (see
 :mod:`enchufe._tls_verify`).  Where any of that cannot be told for sure, :func:`reachable` says
-so and the caller uses Python's property, as before.  Measured with the same client after the
-change: 1,310-1,644 µs of CPU per resumed connection, against 1,839-2,381 before
-(``benchmarks/tls_client_cpu.py --resume``).
+so and the caller uses Python's property, as before.  ``benchmarks/tls_client_cpu.py --resume``
+after the change: 1,190-1,451 µs of client CPU per resumed connection, against 2,363-2,439
+before (benchmarks/RESULTS.md, session 10).
 """
 
 from __future__ import annotations
