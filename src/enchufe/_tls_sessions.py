@@ -5,11 +5,11 @@ each write it out and read it back (``i2d``/``d2i_SSL_SESSION``, a workaround fo
 1.1.0 bug), and reading it back parses the server's certificate again.  Measured here (AMD EPYC
 VM, OpenSSL 3.0): 317 µs for the getter alone, so that a resumed connection of the sync client
 cost as much CPU as a full handshake (2.1-2.2 ms each).  OpenSSL's own calls share the session
-instead (a reference count): :func:`take` and :func:`give` make them with ctypes, on the ``SSL *``
+instead (a reference count): :func:`of` and :func:`offer` make them with ctypes, on the ``SSL *``
 of CPython's ``_ssl`` socket object (its second field; checked against the context OpenSSL
 says it belongs to before use), with the libssl ``_ssl`` loaded (see
-:mod:`enchufe._tls_verify`).  Where any of that cannot be told for sure, :func:`reachable` says
-so and the caller uses Python's property, as before.  ``benchmarks/tls_client_cpu.py --resume``
+:mod:`enchufe._tls_verify`).  Where any of that cannot be told for sure, :func:`of` and
+:func:`offer` use Python's property, as before.  ``benchmarks/tls_client_cpu.py --resume``
 after the change: 1,190-1,451 µs of client CPU per resumed connection, against 2,363-2,439
 before (benchmarks/RESULTS.md, session 10).
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _tls_seen, _tls_verify
 
-__all__ = ["Session", "give", "of", "offer", "reachable", "take"]
+__all__ = ["Session", "of", "offer", "reachable"]
 
 
 class Session:
@@ -44,8 +44,9 @@ def of(sslobj: ssl.SSLObject, context: ssl.SSLContext) -> ssl.SSLSession | Sessi
     later one to resume: OpenSSL's own (:func:`take`) where it can be reached, else Python's
     (after which the connection is back on ``context``, which the session must name); ``None``
     when it cannot be resumed (a TLS 1.3 server sent no ticket, or it came after what was read)."""
-    if reachable(sslobj):
-        return take(sslobj)
+    libssl, pointer = _ssl_pointer(sslobj)
+    if pointer is not None:
+        return _take(libssl, pointer)
     _tls_seen.restore(sslobj, context)
     session = sslobj.session
     if session is None or (sslobj.version() == "TLSv1.3" and not session.has_ticket):
@@ -57,19 +58,17 @@ def offer(sslobj: ssl.SSLObject, session: ssl.SSLSession | Session) -> None:
     """Offer ``session`` (from :func:`of`) in the handshake ``sslobj`` is about to make; one
     that cannot be set (of another context) leaves a full handshake to be made."""
     if isinstance(session, Session):
-        give(sslobj, session)
+        libssl, pointer = _ssl_pointer(sslobj)
+        if pointer is not None:
+            libssl.SSL_set_session(pointer, session.pointer)  # refused: a full handshake
     else:
         with contextlib.suppress(ValueError):
             sslobj.session = session
 
 
-def take(sslobj: ssl.SSLObject) -> Session | None:
-    """The session of ``sslobj``'s connection, if it can be resumed (a TLS 1.3 server sent a
-    ticket that was read); ``None`` when it cannot, or when it cannot be reached (see
-    :func:`reachable`)."""
-    libssl, pointer = _ssl_pointer(sslobj)
-    if pointer is None:
-        return None
+def _take(libssl: Any, pointer: int) -> Session | None:
+    """The session of the connection ``pointer`` (an ``SSL *``), if it can be resumed (a TLS 1.3
+    server sent a ticket that was read)."""
     session = libssl.SSL_get1_session(pointer)
     if not session:
         return None
@@ -79,15 +78,8 @@ def take(sslobj: ssl.SSLObject) -> Session | None:
     return Session(session, libssl.SSL_SESSION_free)
 
 
-def give(sslobj: ssl.SSLObject, session: Session) -> bool:
-    """Offer ``session`` in the handshake ``sslobj`` is about to make; False if it could not be
-    set (nothing changed: a full handshake follows)."""
-    libssl, pointer = _ssl_pointer(sslobj)
-    return pointer is not None and libssl.SSL_set_session(pointer, session.pointer) == 1
-
-
 def reachable(sslobj: ssl.SSLObject) -> bool:
-    """Whether :func:`take` and :func:`give` can reach ``sslobj``'s OpenSSL connection (if not,
+    """Whether OpenSSL's own session of ``sslobj``'s connection can be reached (if not,
     ``sslobj.session`` is the way)."""
     return _ssl_pointer(sslobj)[1] is not None
 

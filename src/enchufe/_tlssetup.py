@@ -95,8 +95,12 @@ def session_for(
     return key, _sessions.get(key) if key is not None else None
 
 
-def keep_session(key: tuple[object, ...], session: ssl.SSLSession | Session) -> None:
-    """Keep ``session`` for the next connection under ``key`` (see :func:`session_for`)."""
+def keep_session(key: tuple[object, ...] | None, session: ssl.SSLSession | Session | None) -> None:
+    """Keep ``session`` for the next connection under ``key`` (see :func:`session_for`): a
+    channel's :meth:`~enchufe.tlschannel.TLSChannel.session`, nothing when it has none or when
+    the connection has no key (a server's)."""
+    if key is None or session is None:
+        return
     if len(_sessions) >= MAX_SESSIONS:
         _sessions.clear()
     _sessions[key] = session

@@ -164,9 +164,7 @@ class TLSStreamCore(TLSCore):
                 self._linger(time.monotonic() + LINGER, self._sock.family != socket.AF_UNIX)
         if self._session_key is not None:
             with self._state_lock:
-                session = self._channel.session()
-            if session is not None:
-                keep_session(self._session_key, session)
+                keep_session(self._session_key, self._channel.session())
 
     def _flush_now(self) -> None:
         """Send what the kernel takes now of the ciphertext made (the socket is non-blocking)."""

@@ -332,9 +332,5 @@ class TLSStreamSession(StreamSession):
         """Keep the target's session for the next connection to it to resume, as a client of
         the library does (:func:`enchufe._tlssetup.keep_session`): once its handshake was done,
         and if the target sent a ticket the relay read."""
-        link, key = self._target_link, self._target_session
-        if link is None or key is None or not link.channel.handshaken:
-            return
-        session = link.channel.session()
-        if session is not None:
-            keep_session(key, session)
+        if self._target_link is not None:
+            keep_session(self._target_session, self._target_link.channel.session())
