@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _tls_seen, _tls_verify
 
-__all__ = ["Session", "of", "offer", "reachable"]
+__all__ = ["Session", "of", "offer", "reachable", "ssl_pointer"]
 
 
 class Session:
@@ -82,6 +82,11 @@ def reachable(sslobj: ssl.SSLObject) -> bool:
     """Whether OpenSSL's own session of ``sslobj``'s connection can be reached (if not,
     ``sslobj.session`` is the way)."""
     return _ssl_pointer(sslobj)[1] is not None
+
+
+def ssl_pointer(sslobj: ssl.SSLObject) -> int | None:
+    """The ``SSL *`` of ``sslobj`` (see :func:`_ssl_pointer`), or ``None``."""
+    return _ssl_pointer(sslobj)[1]
 
 
 def _ssl_pointer(sslobj: ssl.SSLObject) -> tuple[Any, int | None]:

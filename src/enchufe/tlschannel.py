@@ -44,7 +44,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
-from . import _tls_seen, _tls_sessions, trace
+from . import _tls_batch, _tls_seen, _tls_sessions, trace
 from . import _tls_trace as _trace
 from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
 from ._tls_socket import on_socket, shutdown_caught
@@ -113,6 +113,9 @@ class TLSChannel:
         self._decrypt = core.read
         self._encrypt = core.write
         self._decrypt_into = cast(Callable[[int, memoryview], int], core.read)  # with a buffer: a count
+        #: On a socket, once a write larger than a record came: its records go out together.
+        self._batch: _tls_batch.Batcher | None = None
+        self._batchable = sock is not None
         self._plaintext_left = core.pending
         self._params = params
         self._server_side = server_side
@@ -374,7 +377,14 @@ class TLSChannel:
         TLS wants something else first (a renegotiation)."""
         if self._write_closed:
             raise ssl.SSLError("write after close_notify")
+        batch = self._batch
+        if batch is None and self._batchable and len(data) > _tls_batch.BATCH_ABOVE:
+            assert self.sock is not None
+            batch = self._batch = _tls_batch.for_channel(self._ssl, self.sock, self._encrypt)
+            self._batchable = batch is not None
         try:
+            if batch is not None and (len(data) > _tls_batch.BATCH_ABOVE or batch.owing):
+                return batch.send(data)
             n: int = self._encrypt(data)
         except ssl.SSLWantWriteError:
             return 0
@@ -481,7 +491,8 @@ class TLSChannel:
         if self.sock is not None:
             # The shutdown's close_notify caught, and left for the driver to send after what it
             # sends already; the read that follows it kept off the socket (see _tls_socket).
-            self._out.write(shutdown_caught(self.sock.fileno(), self._shutdown))
+            owed = self._batch.take_owed() if self._batch is not None else b""
+            self._out.write(owed + shutdown_caught(self.sock.fileno(), self._shutdown))
             return
         records = self._in.read() if self._in.pending else b""
         self._shutdown()
