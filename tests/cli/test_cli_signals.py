@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
+import subprocess
+import time
 
 import pytest
 
-from .conftest import Spawn, wait_until
+from .conftest import ENCHUFE, STEP, Spawn, wait_until
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGHUP, id="SIGHUP")]
 
@@ -131,3 +134,45 @@ def test_send_waiting_for_a_reply_stops_with_status_1(signum: int, sock_dir: str
     assert sender.finish() == 1, sender.err
     assert re.search(r"interrupted", sender.err), sender.err
     assert "Traceback" not in sender.err
+
+
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("command", "scheme"), [("listen", "unix"), ("recv", "unixgram"), ("echo", "unix"), ("relay", "unix")]
+)
+def test_sigint_stops_a_command_started_with_sigint_ignored(command: str, scheme: str, sock_dir: str) -> None:
+    """A shell starts a script's background commands (``enchufe listen … &``) with SIGINT
+    ignored, and Python keeps it so unless told: ``kill -INT`` must still stop them, as it
+    stops socat."""
+    path = os.path.join(sock_dir, "s.sock")
+    target = (f"unix://{sock_dir}/target.sock",) if command == "relay" else ()
+    proc = subprocess.Popen(
+        [*ENCHUFE, command, f"{scheme}://{path}", *target],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_sigint_ignored,
+    )
+    assert proc.stderr is not None
+    try:
+        # "listening on" is said once the stop handlers are set.
+        deadline = time.monotonic() + STEP
+        said = b""
+        while b"listening on" not in said:
+            if not select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            if not (chunk := os.read(proc.stderr.fileno(), 65536)):
+                break
+            said += chunk
+        assert b"listening on" in said, said
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(STEP) == 0
+        assert not os.path.exists(path)  # stopped cleanly: its socket file removed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()

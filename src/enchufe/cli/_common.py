@@ -157,13 +157,19 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def stop_on_sigterm() -> None:
     """Let SIGTERM and SIGHUP stop a command the way Ctrl-C does (as KeyboardInterrupt in the
-    main thread), so that ``with`` blocks close sockets and remove socket files."""
+    main thread), so that ``with`` blocks close sockets and remove socket files.
+
+    SIGINT too when it came ignored: a shell starts a script's background commands (``enchufe
+    listen … &``) with SIGINT ignored, and Python then leaves it so; ``kill -INT`` would do
+    nothing (socat stops on it all the same)."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, handler)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class DatagramPrinter:

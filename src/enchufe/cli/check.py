@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ from typing import Any
 import click
 
 from ..i18n import _
-from ._common import complete_address, global_options, settings
+from ._common import complete_address, global_options, settings, stop_on_sigterm
 from ._numbers import FiniteFloat
 from ._via import via_option
 
@@ -108,7 +107,7 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[
         check_via_target(target, hops, command="check")
         targets.append(target)
     setups = [_tls_setup(target) for target in targets]  # bad TLS settings: exit 2 before any check
-    _stop_on_signals()
+    stop_on_sigterm()  # SIGTERM and SIGHUP end a check as Ctrl-C does: what was printed stands
     failed = False
     try:
         for outcome in _check_all(list(zip(targets, setups, strict=True)), timeout, hops):
@@ -160,16 +159,6 @@ def _check_all(
         outcome = outcomes[index]
         assert outcome is not None
         yield outcome
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM and SIGHUP end a check as Ctrl-C does: what was printed stands, exit status 1."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, handler)
 
 
 def _report(outcome: Outcome, as_json: bool) -> None:
