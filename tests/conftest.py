@@ -15,7 +15,8 @@
 
 The suite speaks English whatever the shell's locale (a Spanish ``LANG`` would turn every
 message the tests match into Spanish); tests of Spanish ask for it.  A test that switched the
-language in this process (``--lang es`` parsed by click in-process) gets English back after it.
+language in this process (``--lang es`` parsed by click in-process) gets English back after it,
+and one that switched the narration on (``--trace``) gets it switched off.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def _english_after_each_test() -> Iterator[None]:
     yield
     if i18n.language() != "en":
         i18n.set_language("en")
+
+
+@pytest.fixture(autouse=True)
+def _no_trace_after_each_test() -> Iterator[None]:
+    """A command run in-process with ``--trace`` leaves the narration on: off again after it,
+    whatever test comes next."""
+    yield
+    if trace.enabled():
+        trace.disable()
 
 
 #: kind id → (scheme, True for a file path / False for an abstract name / None for inet)
