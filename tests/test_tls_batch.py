@@ -183,3 +183,23 @@ def test_a_small_write_is_one_record_as_before(connected: tuple[TLSChannel, ssl.
     assert server.send(b"x" * _tls_batch.BATCH_ABOVE) == _tls_batch.BATCH_ABOVE
     assert server._batch is None  # made by the first write larger than a record
     assert _read_exactly(client, _tls_batch.BATCH_ABOVE) == b"x" * _tls_batch.BATCH_ABOVE
+
+
+def test_a_write_larger_than_a_batch_goes_record_by_record(
+    connected: tuple[TLSChannel, ssl.SSLSocket],
+) -> None:
+    """Above BATCH_UP_TO the records are not all kept while the socket is full: OpenSSL writes
+    them one by one, as before (it keeps one), and all of them arrive."""
+    server, client = connected
+    payload = os.urandom(4 * _tls_batch.BATCH_UP_TO)
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.append(_read_exactly(client, len(payload))), daemon=True
+    )
+    reader.start()
+    assert server.sock is not None
+    while not server.send(payload):  # the same bytes again until all went
+        assert select.select([], [server.sock], [], STEP)[1]
+    reader.join(STEP)
+    assert server._batch is None
+    assert received and hashlib.sha256(received[0]).digest() == hashlib.sha256(payload).digest()

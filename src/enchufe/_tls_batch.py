@@ -29,11 +29,15 @@ from typing import Any
 
 from . import _tls_sessions, _tls_verify
 
-__all__ = ["Batcher", "for_channel"]
+__all__ = ["BATCH_ABOVE", "BATCH_UP_TO", "Batcher", "batched", "for_channel"]
 
 #: A write larger than this (more than one record) is batched; a smaller one is one record, and
 #: OpenSSL's own write is the shortest way for it.
 BATCH_ABOVE = 16384
+#: Nor is a write larger than this: its records would all wait in memory while the socket is
+#: full, on top of the plaintext the caller keeps to give again (the relay reads up to 1 MiB),
+#: where OpenSSL on its own keeps one record.  The sync and stdio paths write 256 KiB at a time.
+BATCH_UP_TO = 256 * 1024
 
 _BIO_CTRL_RESET = 1
 _BIO_C_GET_BUF_MEM_PTR = 115
@@ -185,6 +189,12 @@ class Batcher:
         if sent:
             self._crypto.BIO_read(bio.pointer, ctypes.create_string_buffer(sent), sent)
         return False
+
+
+def batched(size: int) -> bool:
+    """Whether a write of ``size`` bytes is batched (always the same answer for the same size:
+    a call made again with the same bytes takes the same way)."""
+    return BATCH_ABOVE < size <= BATCH_UP_TO
 
 
 def for_channel(sslobj: ssl.SSLObject, sock: socket.socket, write: Callable[[Any], int]) -> Batcher | None:

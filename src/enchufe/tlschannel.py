@@ -378,12 +378,12 @@ class TLSChannel:
         if self._write_closed:
             raise ssl.SSLError("write after close_notify")
         batch = self._batch
-        if batch is None and self._batchable and len(data) > _tls_batch.BATCH_ABOVE:
+        if batch is None and self._batchable and _tls_batch.batched(len(data)):
             assert self.sock is not None
             batch = self._batch = _tls_batch.for_channel(self._ssl, self.sock, self._encrypt)
             self._batchable = batch is not None
         try:
-            if batch is not None and (len(data) > _tls_batch.BATCH_ABOVE or batch.owing):
+            if batch is not None and (batch.owing or _tls_batch.batched(len(data))):
                 return batch.send(data)
             n: int = self._encrypt(data)
         except ssl.SSLWantWriteError:

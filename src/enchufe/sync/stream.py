@@ -193,7 +193,8 @@ class TLSConnection(TLSStreamCore, Connection):
     # mixed with blocking calls of another thread on the same connection.
 
     def send_nowait(self, data: memoryview) -> int:
-        """Encrypt and send the start of ``data`` (up to 16 KiB): the count of plaintext bytes
+        """Encrypt and send the start of ``data`` (up to 256 KiB where OpenSSL writes the socket
+        itself, its records in one system call; else 64 KiB): the count of plaintext bytes
         whose ciphertext the kernel took, ``0`` when it would block.  After ``0``, call again
         with the same bytes once the socket is writable: what was encrypted already is counted
         then.  Errors as :meth:`send_all` (:class:`~enchufe.errors.ClosedError` after
