@@ -5,13 +5,14 @@ arrives (sha256), across a key update the peer asks for while records wait."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import os
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 import trustme
@@ -38,6 +39,12 @@ def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def connected(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[tuple[TLSChannel, ssl.SSLSocket]]:
     """A server channel on its socket (small send buffer, so that a batch is taken in part) and
     a standard-library client, handshake done."""
+    yield from _connect(contexts)
+
+
+def _connect(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> Generator[tuple[TLSChannel, ssl.SSLSocket], None, None]:
     if _tls_batch._libraries() is None:
         pytest.skip("this Python's OpenSSL cannot be reached: records go one by one")
     client_ctx, server_ctx = contexts
@@ -203,3 +210,31 @@ def test_a_write_larger_than_a_batch_goes_record_by_record(
     reader.join(STEP)
     assert server._batch is None
     assert received and hashlib.sha256(received[0]).digest() == hashlib.sha256(payload).digest()
+
+
+def test_a_connection_let_go_while_records_wait_leaves_the_next_one_whole(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Dropped with records owed (its peer gone, say): its BIOs are freed with it, and the next
+    connection of this thread batches as before."""
+    first = _connect(contexts)
+    server, _client = next(first)
+    payload = os.urandom(3 * CHUNK)
+    view, sent = memoryview(payload), 0
+    while sent < len(payload) and server.send(view[sent : sent + CHUNK]):
+        sent += CHUNK
+    assert server._batch is not None and server._batch.owing
+    del server, view
+    first.close()
+    gc.collect()
+    second = _connect(contexts)
+    server, client = next(second)
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.append(_read_exactly(client, len(payload))), daemon=True
+    )
+    reader.start()
+    _send_all(server, payload)
+    reader.join(STEP)
+    assert received and received[0] == payload
+    second.close()

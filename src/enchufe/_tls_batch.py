@@ -94,6 +94,7 @@ class Batcher:
         self._owing: _Bio | None = None
         self._owed_for = 0
         self._sockbio = 0
+        self._unkept: weakref.finalize[..., Any] | None = None
         self._view = ctypes.POINTER(_BufMem)()
 
     @property
@@ -130,6 +131,9 @@ class Batcher:
         # The rest stays in this BIO, the connection's until it is sent; the thread makes another.
         _threads.bio = None
         self._owing, self._owed_for, self._sockbio = bio, count, sockbio
+        # The socket BIO's reference kept meanwhile goes back to OpenSSL once the rest is sent,
+        # or is dropped if the connection is let go before that.
+        self._unkept = weakref.finalize(self, self._crypto.BIO_free, sockbio)
         return 0
 
     def take_owed(self) -> bytes:
@@ -159,6 +163,9 @@ class Batcher:
         self._ssl_lib.SSL_set0_wbio(self._pointer, sockbio)
 
     def _settled(self, bio: _Bio) -> None:
+        if self._unkept is not None:
+            self._unkept.detach()
+            self._unkept = None
         self._detach(bio, self._sockbio)
         self._crypto.BIO_ctrl(bio.pointer, _BIO_CTRL_RESET, 0, None)
         self._owing = None
