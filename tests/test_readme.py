@@ -72,5 +72,6 @@ def test_readme_quick_start_has_exactly_the_two_commands() -> None:
     commands = re.findall(r"```sh\n(.*?)```", quick, flags=re.S)
     assert [c.strip() for c in commands] == [
         "python3 -m venv .venv && .venv/bin/python -m pip install . && .venv/bin/enchufe tour",
-        "python3 -m venv .venv && .venv/bin/python -m pip install -e '.[test]' && .venv/bin/python -m pytest",
+        "python3 -m venv .venv && .venv/bin/python -m pip install -e '.[test]' "
+        "&& .venv/bin/python -m pytest -n 2",
     ]
