@@ -235,6 +235,8 @@ class TLSChannel:
             exc.after_handshake = True
             raise
         self._handshaken = True
+        if self.sock is not None and (has_pending := _tls_batch.read_ahead(self._ssl)) is not None:
+            self._plaintext_left = has_pending  # records read ahead count too (see _tls_batch)
         self.info = info(self._ssl)
         if trace.enabled():
             for line in _trace.agreed(self.info, self._params, self._server_side):
@@ -297,8 +299,8 @@ class TLSChannel:
         if self._in.pending:
             if len(data) < size:
                 return self._gather(data, size)
-        elif len(data) < size:
-            self.more = False  # the record was read whole, and no other came
+        elif len(data) < size:  # the record was read whole: another only if read ahead already
+            self.more = self._plaintext_left() > 0
         return data
 
     def read_into(self, buffer: memoryview) -> int:
@@ -342,8 +344,8 @@ class TLSChannel:
             if not n:  # close_notify: reported once what came before it is taken
                 return self._later(total, None) if total else self._closed_by_peer()
             total += n
-            if n < self._largest:  # a short record: likely the last there is (epoll tells if not)
-                self.drained = True
+            if n < self._largest and not self._plaintext_left():
+                self.drained = True  # a short record: likely the last there is (epoll tells if not)
                 break
             self._largest = n
         self._heard = True
@@ -489,6 +491,7 @@ class TLSChannel:
         while self._ssl.pending():
             self._held += self._ssl.read(self._ssl.pending())
         if self.sock is not None:
+            self._hold_read_ahead()
             # The shutdown's close_notify caught, and left for the driver to send after what it
             # sends already; the read that follows it kept off the socket (see _tls_socket).
             owed = self._batch.take_owed() if self._batch is not None else b""
@@ -498,6 +501,22 @@ class TLSChannel:
         self._shutdown()
         if records:
             self._in.write(records)
+
+    def _hold_read_ahead(self) -> None:
+        """Records OpenSSL read ahead, decrypted into the holding buffer: the shutdown would
+        meet them (see :meth:`close_write`).  A record not whole yet stays (it is not read).
+        OpenSSL's buffer holds about one record: a few reads take all of it, and no more of the
+        socket than they must."""
+        for _record in range(4):
+            if not self._plaintext_left():
+                return
+            try:
+                chunk = self._ssl.read(RECORD)
+            except ssl.SSLError:  # the rest of a record to come, close_notify, or an error: later
+                return
+            if not chunk:
+                return
+            self._held += chunk
 
     def _shutdown(self) -> None:
         try:
