@@ -40,7 +40,15 @@ from typing import Any
 
 from . import _tls_sessions, _tls_verify
 
-__all__ = ["BATCH_ABOVE", "BATCH_UP_TO", "Batcher", "batched", "for_channel", "read_ahead"]
+__all__ = [
+    "BATCH_ABOVE",
+    "BATCH_UP_TO",
+    "Batcher",
+    "batched",
+    "decrypt_read_ahead",
+    "for_channel",
+    "read_ahead",
+]
 
 #: A write larger than this (more than one record) is batched; a smaller one is one record, and
 #: OpenSSL's own write is the shortest way for it.
@@ -238,6 +246,25 @@ def read_ahead(sslobj: ssl.SSLObject) -> Callable[[], int] | None:
     libssl = libs[0]
     libssl.SSL_set_read_ahead(pointer, 1)
     return functools.partial(libssl.SSL_has_pending, pointer)
+
+
+def decrypt_read_ahead(sslobj: ssl.SSLObject, has_pending: Callable[[], int]) -> bytes:
+    """The plaintext of the whole records OpenSSL read ahead for ``sslobj``'s connection, for a
+    close_notify about to be made: its shutdown would meet them and drop them.  A record not
+    whole yet stays where it is.  The buffer holds about one record: a few reads take all of it
+    and no more of the socket than they must."""
+    parts = []
+    for _record in range(4):
+        if not has_pending():
+            break
+        try:
+            chunk = sslobj.read(16384)
+        except ssl.SSLError:  # the rest of a record to come, close_notify, or an error: later
+            break
+        if not chunk:
+            break
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 _declared: list[tuple[Any, Any] | None] = []

@@ -83,9 +83,8 @@ class TLSChannel:
     ``info.resumed`` says whether the server agreed.
     """
 
-    #: On a socket, from the first write that is batched on: its records go out together.  A
-    #: class default, not set in ``__init__``: one attribute more per connection would leave
-    #: Python's shared-key instance dict (30 keys at most), 1.3 KiB more per idle connection.
+    #: On a socket, from the first batched write on (see _tls_batch).  Not set in ``__init__``:
+    #: a 30th attribute there costs 1.3 KiB per connection (CPython's shared-key dicts end).
     _batch: _tls_batch.Batcher | None = None
 
     def __init__(
@@ -490,8 +489,8 @@ class TLSChannel:
             self._narrate(_("close_notify sent: this side's end of data (still reading)"))
         while self._ssl.pending():
             self._held += self._ssl.read(self._ssl.pending())
-        if self.sock is not None:
-            self._hold_read_ahead()
+        if self.sock is not None:  # records read ahead too: the shutdown would meet and drop them
+            self._held += _tls_batch.decrypt_read_ahead(self._ssl, self._plaintext_left)
             # The shutdown's close_notify caught, and left for the driver to send after what it
             # sends already; the read that follows it kept off the socket (see _tls_socket).
             owed = self._batch.take_owed() if self._batch is not None else b""
@@ -501,22 +500,6 @@ class TLSChannel:
         self._shutdown()
         if records:
             self._in.write(records)
-
-    def _hold_read_ahead(self) -> None:
-        """Records OpenSSL read ahead, decrypted into the holding buffer: the shutdown would
-        meet them (see :meth:`close_write`).  A record not whole yet stays (it is not read).
-        OpenSSL's buffer holds about one record: a few reads take all of it, and no more of the
-        socket than they must."""
-        for _record in range(4):
-            if not self._plaintext_left():
-                return
-            try:
-                chunk = self._ssl.read(RECORD)
-            except ssl.SSLError:  # the rest of a record to come, close_notify, or an error: later
-                return
-            if not chunk:
-                return
-            self._held += chunk
 
     def _shutdown(self) -> None:
         try:
