@@ -1,22 +1,17 @@
-"""A channel on its socket moves records in batches (enchufe._tls_batch).  A large write's
-records go together: what the socket cannot take waits, in order, behind anything OpenSSL writes
-meanwhile, and every byte arrives (sha256), across a key update the peer asks for while records
-wait.  Reads take records ahead: none is left inside OpenSSL while the socket is waited for."""
+"""A channel on its socket sends a large write's records together (enchufe._tls_batch): what the
+socket cannot take waits, in order, behind anything OpenSSL writes meanwhile, and every byte
+arrives (sha256), across a key update the peer asks for while records wait."""
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import gc
 import hashlib
 import os
 import select
 import socket
 import ssl
-import struct
-import termios
 import threading
-import time
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -243,54 +238,3 @@ def test_a_connection_let_go_while_records_wait_leaves_the_next_one_whole(
     reader.join(STEP)
     assert received and received[0] == payload
     second.close()
-
-
-def test_records_read_ahead_are_read_before_the_socket_is_waited_for(
-    connected: tuple[TLSChannel, ssl.SSLSocket],
-) -> None:
-    """Read-ahead takes the records out of the socket: epoll no longer says they are there.  A
-    read that stops short (a short record ends a message) must say so (``more``), or take them
-    all: a driver told "drained" with records inside OpenSSL waits for the socket forever."""
-    server, client = connected
-    assert server.sock is not None
-    for word in (b"one", b"two", b"three"):
-        client.sendall(word)  # a record each, all in the socket before the server reads
-    deadline = time.monotonic() + STEP
-    while _queued(server.sock) < 3 * 25 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    buffer = memoryview(bytearray(1 << 20))
-    got = b""
-    while True:
-        n = server.read_into(buffer)
-        assert n > 0, "the records were in the socket or in OpenSSL: none may be waited for"
-        got += buffer[:n].tobytes()
-        if got == b"onetwothree":
-            break
-        assert server.more or _queued(server.sock), f"{got!r} taken, the rest stranded in OpenSSL"
-    assert _queued(server.sock) == 0
-
-
-def _queued(sock: socket.socket) -> int:
-    """Bytes waiting in ``sock``'s receive queue."""
-    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
-
-
-def test_close_write_keeps_the_records_read_ahead(connected: tuple[TLSChannel, ssl.SSLSocket]) -> None:
-    """close_notify's shutdown would meet (and drop) records OpenSSL read ahead: they are read
-    first, and the next reads give them."""
-    server, client = connected
-    assert server.sock is not None
-    client.sendall(b"x")
-    client.sendall(b"yz")
-    deadline = time.monotonic() + STEP
-    while _queued(server.sock) < 2 * 23 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert server.read(1) == b"x"  # read ahead: "yz" is in OpenSSL now, not in the socket
-    assert _queued(server.sock) == 0
-    server.close_write()
-    rest = b""
-    while len(rest) < 2:
-        data = server.read(16)
-        assert data, "the records read ahead were lost"
-        rest += data
-    assert rest == b"yz"

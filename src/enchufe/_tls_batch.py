@@ -1,6 +1,4 @@
-"""A channel on its socket moves TLS records in batches: a large write's records in one system
-call, not one each (:class:`Batcher`), and reads that take what the socket holds, not a record's
-header and then its body (:func:`read_ahead`).
+"""A channel on its socket sends a large write's TLS records in one system call, not one each.
 
 OpenSSL writes every record (16 KiB of plaintext at most) to its socket as soon as it is made:
 a 256 KiB write is sixteen ``write`` calls, and on loopback each of them runs the receiving
@@ -15,22 +13,13 @@ update's answer, made while reading) goes behind it, in order.  :meth:`Batcher.s
 contract of :meth:`~enchufe.tlschannel.TLSChannel.send`: ``0`` when the socket took only part,
 to be called again with the same bytes once it is writable.
 
-Reading, OpenSSL asks the socket for each record's 5-byte header, then for its body: two
-``read`` calls per 16 KiB.  With read-ahead it asks for as much as its buffer holds (about one
-record; the buffer stays the size it was given in the handshake).  A Python receiver of 1 GiB
-here spent 0.31-0.70 s in the kernel without it and 0.18-0.25 s with it.  What read-ahead took
-in is no longer in the socket, and epoll no longer says it is there: whoever decides to wait
-must ask :func:`read_ahead`'s ``SSL_has_pending`` instead of ``SSL_pending``.
-
 The ``SSL *`` is found as :mod:`enchufe._tls_sessions` finds it; where it cannot be (another
-Python, OpenSSL before 1.1.1), :func:`for_channel` and :func:`read_ahead` give ``None``, and
-records go one by one.
+Python, OpenSSL before 1.1.1), :func:`for_channel` gives ``None`` and records go one by one.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import socket
 import ssl
 import threading
@@ -40,15 +29,7 @@ from typing import Any
 
 from . import _tls_sessions, _tls_verify
 
-__all__ = [
-    "BATCH_ABOVE",
-    "BATCH_UP_TO",
-    "Batcher",
-    "batched",
-    "decrypt_read_ahead",
-    "for_channel",
-    "read_ahead",
-]
+__all__ = ["BATCH_ABOVE", "BATCH_UP_TO", "Batcher", "batched", "for_channel"]
 
 #: A write larger than this (more than one record) is batched; a smaller one is one record, and
 #: OpenSSL's own write is the shortest way for it.
@@ -235,38 +216,6 @@ def for_channel(sslobj: ssl.SSLObject, sock: socket.socket, write: Callable[[Any
     return Batcher(libs, pointer, sock, write)
 
 
-def read_ahead(sslobj: ssl.SSLObject) -> Callable[[], int] | None:
-    """Turn read-ahead on for the connection of ``sslobj`` (after its handshake, which turns it
-    off) and return its ``SSL_has_pending``: non-zero while OpenSSL holds plaintext or records
-    not yet decrypted.  ``None`` (nothing changed) when the ``SSL *`` cannot be reached."""
-    libs = _libraries()
-    pointer = None if libs is None else _tls_sessions.ssl_pointer(sslobj)
-    if libs is None or pointer is None:
-        return None
-    libssl = libs[0]
-    libssl.SSL_set_read_ahead(pointer, 1)
-    return functools.partial(libssl.SSL_has_pending, pointer)
-
-
-def decrypt_read_ahead(sslobj: ssl.SSLObject, has_pending: Callable[[], int]) -> bytes:
-    """The plaintext of the whole records OpenSSL read ahead for ``sslobj``'s connection, for a
-    close_notify about to be made: its shutdown would meet them and drop them.  A record not
-    whole yet stays where it is.  The buffer holds about one record: a few reads take all of it
-    and no more of the socket than they must."""
-    parts = []
-    for _record in range(4):
-        if not has_pending():
-            break
-        try:
-            chunk = sslobj.read(16384)
-        except ssl.SSLError:  # the rest of a record to come, close_notify, or an error: later
-            break
-        if not chunk:
-            break
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 _declared: list[tuple[Any, Any] | None] = []
 
 
@@ -280,8 +229,6 @@ def _libraries() -> tuple[Any, Any] | None:
                 for lib, name, argtypes, restype in (
                     (libssl, "SSL_get_wbio", [pointer], pointer),
                     (libssl, "SSL_set0_wbio", [pointer, pointer], None),
-                    (libssl, "SSL_set_read_ahead", [pointer, integer], None),
-                    (libssl, "SSL_has_pending", [pointer], integer),
                     (libcrypto, "BIO_new", [pointer], pointer),
                     (libcrypto, "BIO_s_mem", [], pointer),
                     (libcrypto, "BIO_up_ref", [pointer], integer),

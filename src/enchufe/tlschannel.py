@@ -83,8 +83,9 @@ class TLSChannel:
     ``info.resumed`` says whether the server agreed.
     """
 
-    #: On a socket, from the first batched write on (see _tls_batch).  Not set in ``__init__``:
-    #: a 30th attribute there costs 1.3 KiB per connection (CPython's shared-key dicts end).
+    #: On a socket, from the first write that is batched on: its records go out together.  A
+    #: class default, not set in ``__init__``: one attribute more per connection would leave
+    #: Python's shared-key instance dict (30 keys at most), 1.3 KiB more per idle connection.
     _batch: _tls_batch.Batcher | None = None
 
     def __init__(
@@ -234,8 +235,6 @@ class TLSChannel:
             exc.after_handshake = True
             raise
         self._handshaken = True
-        if self.sock is not None and (has_pending := _tls_batch.read_ahead(self._ssl)) is not None:
-            self._plaintext_left = has_pending  # records read ahead count too (see _tls_batch)
         self.info = info(self._ssl)
         if trace.enabled():
             for line in _trace.agreed(self.info, self._params, self._server_side):
@@ -298,8 +297,8 @@ class TLSChannel:
         if self._in.pending:
             if len(data) < size:
                 return self._gather(data, size)
-        elif len(data) < size:  # the record was read whole: another only if read ahead already
-            self.more = self._plaintext_left() > 0
+        elif len(data) < size:
+            self.more = False  # the record was read whole, and no other came
         return data
 
     def read_into(self, buffer: memoryview) -> int:
@@ -343,8 +342,8 @@ class TLSChannel:
             if not n:  # close_notify: reported once what came before it is taken
                 return self._later(total, None) if total else self._closed_by_peer()
             total += n
-            if n < self._largest and not self._plaintext_left():
-                self.drained = True  # a short record: likely the last there is (epoll tells if not)
+            if n < self._largest:  # a short record: likely the last there is (epoll tells if not)
+                self.drained = True
                 break
             self._largest = n
         self._heard = True
@@ -489,8 +488,7 @@ class TLSChannel:
             self._narrate(_("close_notify sent: this side's end of data (still reading)"))
         while self._ssl.pending():
             self._held += self._ssl.read(self._ssl.pending())
-        if self.sock is not None:  # records read ahead too: the shutdown would meet and drop them
-            self._held += _tls_batch.decrypt_read_ahead(self._ssl, self._plaintext_left)
+        if self.sock is not None:
             # The shutdown's close_notify caught, and left for the driver to send after what it
             # sends already; the read that follows it kept off the socket (see _tls_socket).
             owed = self._batch.take_owed() if self._batch is not None else b""
