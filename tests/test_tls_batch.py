@@ -15,24 +15,18 @@ import threading
 from collections.abc import Generator, Iterator
 
 import pytest
-import trustme
 
 from enchufe import _tls_batch, _tls_sessions, _tls_verify
 from enchufe.tlschannel import TLSChannel
 from enchufe.tlsparams import TLSParams
+from tests import test_tlschannel
+
+#: The fixtures of tests/test_tlschannel.py: a trustme CA, and client and server contexts.
+ca = test_tlschannel.ca
+contexts = test_tlschannel.contexts
 
 STEP = 10.0
 CHUNK = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost").configure_cert(server)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(client)
-    return client, server
 
 
 @pytest.fixture
