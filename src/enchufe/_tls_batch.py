@@ -4,14 +4,16 @@ OpenSSL writes every record (16 KiB of plaintext at most) to its socket as soon 
 a 256 KiB write is sixteen ``write`` calls, and on loopback each of them runs the receiving
 side's TCP path and wakes the reader.  :class:`Batcher` points the connection's write BIO at a
 memory BIO for the length of one ``SSL_write``, then sends what it holds in one ``send``.  On a
-2-core AMD EPYC VM with OpenSSL 3.0, ``enchufe connect tls://…`` sending 1 GiB used 1.91-2.13 s
-of CPU this way, against 2.18-2.42 s with a record per call (benchmarks/RESULTS.md, session 11).
+2-core AMD EPYC VM with OpenSSL 3.0, ``enchufe connect tls://…`` sending 1 GiB used 1.67-1.80 s
+of CPU this way (0.36 s of it start-up), against 2.17-2.22 s with a record per call
+(``benchmarks/tls_bulk_cpu.py``; benchmarks/RESULTS.md, session 11).
 
 When the socket takes only part, the rest stays in that memory BIO, which stays the
-connection's write BIO until all of it is sent: whatever OpenSSL writes meanwhile (a key
-update's answer, made while reading) goes behind it, in order.  :meth:`Batcher.send` keeps the
-contract of :meth:`~enchufe.tlschannel.TLSChannel.send`: ``0`` when the socket took only part,
-to be called again with the same bytes once it is writable.
+connection's write BIO until all of it is sent: whatever OpenSSL writes meanwhile (an alert
+made while reading) goes behind it, in order, and the next ``SSL_write`` (which carries a key
+update's answer) comes only once it is sent.  :meth:`Batcher.send` keeps the contract of
+:meth:`~enchufe.tlschannel.TLSChannel.send`: ``0`` when the socket took only part, to be called
+again with the same bytes once it is writable.
 
 The ``SSL *`` is found as :mod:`enchufe._tls_sessions` finds it; where it cannot be (another
 Python, OpenSSL before 1.1.1), :func:`for_channel` gives ``None`` and records go one by one.
