@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _tls_seen, _tls_verify
 
-__all__ = ["Session", "of", "offer", "reachable", "ssl_pointer"]
+__all__ = ["Session", "of", "offer", "ssl_pointer"]
 
 
 class Session:
@@ -41,7 +41,7 @@ class Session:
 
 def of(sslobj: ssl.SSLObject, context: ssl.SSLContext) -> ssl.SSLSession | Session | None:
     """The session of a client connection made from ``context`` whose handshake is done, for a
-    later one to resume: OpenSSL's own (:func:`take`) where it can be reached, else Python's
+    later one to resume: OpenSSL's own (:func:`_take`) where it can be reached, else Python's
     (after which the connection is back on ``context``, which the session must name); ``None``
     when it cannot be resumed (a TLS 1.3 server sent no ticket, or it came after what was read)."""
     libssl, pointer = _ssl_pointer(sslobj)
@@ -78,14 +78,9 @@ def _take(libssl: Any, pointer: int) -> Session | None:
     return Session(session, libssl.SSL_SESSION_free)
 
 
-def reachable(sslobj: ssl.SSLObject) -> bool:
-    """Whether OpenSSL's own session of ``sslobj``'s connection can be reached (if not,
-    ``sslobj.session`` is the way)."""
-    return _ssl_pointer(sslobj)[1] is not None
-
-
 def ssl_pointer(sslobj: ssl.SSLObject) -> int | None:
-    """The ``SSL *`` of ``sslobj`` (see :func:`_ssl_pointer`), or ``None``."""
+    """The ``SSL *`` of ``sslobj`` (see :func:`_ssl_pointer`), or ``None`` when it cannot be
+    reached (then ``sslobj.session`` is the way to its session)."""
     return _ssl_pointer(sslobj)[1]
 
 

@@ -65,8 +65,11 @@ def test_the_kept_session_is_openssl_s_own_or_python_s(
     ``SSLSession``.  Either way the next connection resumes it and still knows the peer."""
     if not shared:
         monkeypatch.setattr(_tls_sessions, "_declared", [None])
-    elif not _tls_sessions.reachable(
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    elif (
+        _tls_sessions.ssl_pointer(
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+        )
+        is None
     ):
         pytest.skip("this Python's ssl objects are not reachable through ctypes")
     _tlsstream.forget_sessions()
