@@ -118,18 +118,14 @@ class Batcher:
         sockbio = self._attach(bio)
         try:
             count = self._write(data)
+            sent_all = self._push(bio)
         except BaseException:
-            self._detach(bio, sockbio)
+            self._detach(sockbio)
             self._crypto.BIO_ctrl(bio.pointer, _BIO_CTRL_RESET, 0, None)
             raise
-        try:
-            if self._push(bio):
-                self._detach(bio, sockbio)
-                return count
-        except BaseException:
-            self._detach(bio, sockbio)
-            self._crypto.BIO_ctrl(bio.pointer, _BIO_CTRL_RESET, 0, None)
-            raise
+        if sent_all:
+            self._detach(sockbio)
+            return count
         # The rest stays in this BIO, the connection's until it is sent; the thread makes another.
         _threads.bio = None
         self._owing, self._owed_for, self._sockbio = bio, count, sockbio
@@ -160,7 +156,7 @@ class Batcher:
         lib.SSL_set0_wbio(self._pointer, bio.pointer)
         return sockbio
 
-    def _detach(self, bio: _Bio, sockbio: int) -> None:
+    def _detach(self, sockbio: int) -> None:
         """The socket's BIO back as the write BIO (the reference kept by :meth:`_attach` given)."""
         self._ssl_lib.SSL_set0_wbio(self._pointer, sockbio)
 
@@ -168,7 +164,7 @@ class Batcher:
         if self._unkept is not None:
             self._unkept.detach()
             self._unkept = None
-        self._detach(bio, self._sockbio)
+        self._detach(self._sockbio)
         self._crypto.BIO_ctrl(bio.pointer, _BIO_CTRL_RESET, 0, None)
         self._owing = None
         if getattr(_threads, "bio", None) is None:
