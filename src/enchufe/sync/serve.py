@@ -186,9 +186,10 @@ class Server(TLSServing):
         #: (read fd, write fd) of the pipe that wakes the datagram loop on shutdown.
         self._wake: tuple[int, int] | None = None
         self._active: dict[Connection, threading.Thread] = {}
-        #: Connections that count against max_connections: those in _active whose handler has
-        #: not finished (a finished one stays in _active until closed, for the drain to wait).
-        self._open = 0
+        #: Those of _active whose handler has not finished: they count against max_connections
+        #: and are what a drain cuts.  A finished one stays in _active until it is closed (the
+        #: drain waits for that) but is neither: it was counted as it ended.
+        self._handling: set[Connection] = set()
         self._policy = AcceptPolicy(self.stats)
 
     @property
@@ -280,12 +281,12 @@ class Server(TLSServing):
         """A thread for ``conn``'s handler, or ``conn`` turned away: the server is full, or no
         thread could start (then the loop pauses, as when descriptors run out)."""
         with self._lock:
-            full = self._open >= self.max_connections
+            full = len(self._handling) >= self.max_connections
             error: str | None = None
             if not full:
                 thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
                 self._active[conn] = thread
-                self._open += 1
+                self._handling.add(conn)
                 # Started under the lock: a drain running in another thread (__exit__)
                 # must never find, and join, a thread that is not started yet.
                 try:
@@ -293,7 +294,7 @@ class Server(TLSServing):
                     self.stats.accepted += 1
                 except RuntimeError as exc:  # no thread left (memory, RLIMIT_NPROC)
                     del self._active[conn]
-                    self._open -= 1
+                    self._handling.discard(conn)
                     error = message(exc)
         if error is not None:
             pause = policy.no_room(conn.peer_address, error)
@@ -330,7 +331,7 @@ class Server(TLSServing):
             # counted; out of the active set after, so that the drain waits for the close.
             with self._changed:
                 self.stats.active -= 1
-                self._open -= 1  # room for the next client from now on, as stats say
+                self._handling.discard(conn)  # room for the next client from now on, as stats say
                 if conn not in self._cut:  # a cut connection is counted once, as cut
                     setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
             conn.close()
@@ -349,7 +350,7 @@ class Server(TLSServing):
                 # this wait notified nobody; it is seen at the next slice, not at the deadline.
                 self._changed.wait(min(left, _DRAIN_RECHECK))
             threads = list(self._active.values())
-            remaining = list(self._active)
+            remaining = list(self._handling)  # the others' handlers ended, and were counted
             self._cut.update(remaining)
             self.stats.cut += len(remaining)
         for conn in remaining:
