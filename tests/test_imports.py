@@ -74,6 +74,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_hop_http",
         "_socks5_server",
         "_socks_rules",
+        # compiled (C), importing nothing of the package
+        "_speedups",
+        "_tls_records",
     ),
     "sockets": (
         "_calls",
@@ -146,7 +149,9 @@ def part(module: str, *, imported: bool = True) -> str | None:
     if head != "enchufe":
         return None
     top = rest.partition(".")[0]
-    if imported and top and not (PACKAGE / f"{top}.py").exists() and not (PACKAGE / top).is_dir():
+    # A compiled module (no .py) is known by its .pyi.
+    own = any((PACKAGE / f"{top}{suffix}").exists() for suffix in (".py", ".pyi"))
+    if imported and top and not own and not (PACKAGE / top).is_dir():
         return ""
     return top
 

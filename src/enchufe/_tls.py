@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -303,6 +304,8 @@ _REASONS: dict[str, tuple[str, str, str]] = {
         N_("the client ended the handshake (no cipher or settings in common?)"),
     ),
 }
+# Where in CPython's _ssl.c an error was made ("(_ssl.c:2580)"): nothing a user can act on.
+_SOURCE_LINE = re.compile(r" \(_ssl\.c:\d+\)$")
 # A client's alert about the server's certificate: the server's own certificate was refused.
 _SERVER_REASONS: dict[str, str] = {
     "SSLV3_ALERT_BAD_CERTIFICATE": "untrusted",
@@ -318,6 +321,7 @@ def explain(
     server_name: str | None = None,
     first_bytes: bytes = b"",
     certificate: bytes | None = None,
+    established: bool = False,
 ) -> TLSRefused:
     """Turn what a handshake raised into a :class:`TLSRefused` with one line for the user.
 
@@ -326,6 +330,7 @@ def explain(
     the client verified (for a name mismatch); ``first_bytes`` what the peer sent first, when the
     caller peeked at it, shown when the peer does not speak TLS; ``certificate`` the DER
     certificate the server showed, when known (its names or dates complete a refusal of it).
+    ``established``: the handshake was done (a record that fails its check, an alert mid-stream).
     """
     if isinstance(exc, TLSRefused):
         return exc
@@ -340,7 +345,12 @@ def explain(
             said = said_by_server if server_side else said_by_client
             line = _(said)
         else:
-            reason, line = "handshake", _("the handshake failed: {error}").format(error=printable(str(exc)))
+            error = printable(_SOURCE_LINE.sub("", str(exc)))
+            if established:
+                line = _("TLS failed on the established connection: {error}").format(error=error)
+                reason = "protocol"
+            else:
+                reason, line = "handshake", _("the handshake failed: {error}").format(error=error)
         if server_side:
             reason = _SERVER_REASONS.get(code, reason)
         if reason == "not-tls" and first_bytes:

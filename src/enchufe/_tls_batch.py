@@ -15,23 +15,42 @@ update's answer) comes only once it is sent.  :meth:`Batcher.send` keeps the con
 :meth:`~enchufe.tlschannel.TLSChannel.send`: ``0`` when the socket took only part, to be called
 again with the same bytes once it is writable.
 
+On the read side, :meth:`Batcher.read_records` decrypts the records a socket holds in one call
+of the compiled :mod:`enchufe._tls_records` (one ``SSL_read_ex`` per record, in C, without the
+GIL), where Python made a method call, a buffer slice and a GIL release per record.  It is what
+:meth:`~enchufe.tlschannel.TLSChannel.read_into` uses after its first record.  Its outcome is
+told as values, which :func:`read_error` makes into the exception Python's ``_ssl`` raises for
+the same error.
+
 The ``SSL *`` is found as :mod:`enchufe._tls_sessions` finds it; where it cannot be (another
-Python, OpenSSL before 1.1.1), :func:`for_channel` gives ``None`` and records go one by one.
+Python, OpenSSL before 1.1.1), :func:`for_channel` gives ``None``, records go one by one, and
+are read one Python call each (as without the compiled module).
 """
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
+import os
 import socket
 import ssl
 import threading
 import weakref
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from . import _tls_sessions, _tls_verify
 
-__all__ = ["BATCH_ABOVE", "BATCH_UP_TO", "Batcher", "batched", "for_channel"]
+_tls_records: ModuleType | None
+try:
+    if os.environ.get("ENCHUFE_PURE_PYTHON"):  # as for the relay's compiled path: to compare
+        raise ImportError("ENCHUFE_PURE_PYTHON is set")
+    from . import _tls_records as _tls_records
+except ImportError:  # not built (no compiler): records are read one Python call each
+    _tls_records = None
+
+__all__ = ["BATCH_ABOVE", "BATCH_UP_TO", "Batcher", "batched", "for_channel", "read_error"]
 
 #: A write larger than this (more than one record) is batched; a smaller one is one record, and
 #: OpenSSL's own write is the shortest way for it.
@@ -134,6 +153,23 @@ class Batcher:
         self._unkept = weakref.finalize(self, self._crypto.BIO_free, sockbio)
         return 0
 
+    def read_records(
+        self, buffer: memoryview, offset: int, record: int, largest: int
+    ) -> tuple[int, int, int, int, int] | None:
+        """Decrypt into ``buffer[offset:]`` the records there are, while a whole ``record`` fits
+        and each is no shorter than ``largest``: ``(count, largest, stop, error, errno)``, where
+        ``stop`` is :data:`STOP_FULL`, :data:`STOP_SHORT` (a shorter record: likely the last
+        there is) or the ``SSL_get_error`` code that ended it (``ssl.SSL_ERROR_WANT_READ``: the
+        socket has no more; others: see :func:`read_error`).  ``None`` when the compiled module
+        is not there (read them one Python call each)."""
+        records = _records()
+        if records is None:
+            return None
+        outcome: tuple[int, int, int, int, int] = records.read_records(
+            self._pointer, buffer, offset, record, largest
+        )
+        return outcome
+
     def take_owed(self) -> bytes:
         """The records still owed, for a driver about to send close_notify after them; the
         socket is the write BIO again."""
@@ -196,6 +232,83 @@ class Batcher:
         return False
 
 
+#: :meth:`Batcher.read_records` stopped because less room than a record was left, or at a record
+#: shorter than the largest seen.
+STOP_FULL, STOP_SHORT = -1, -2
+
+
+def read_error(stop: int, error: int, saved_errno: int) -> OSError:
+    """The exception Python's ``_ssl`` raises for an ``SSL_read_ex`` that failed with ``stop``
+    (``SSL_get_error``), ``error`` (``ERR_peek_last_error``) and ``saved_errno``: ``OSError`` for a
+    system call's error (a reset), :class:`ssl.SSLEOFError` for an end without close_notify,
+    else :class:`ssl.SSLError` with its ``library`` and ``reason``, worded as ``_ssl`` words it."""
+    if stop == ssl.SSL_ERROR_SYSCALL and not error:
+        if saved_errno:
+            return OSError(saved_errno, os.strerror(saved_errno))
+        return ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+    library, reason = _split(error)
+    if (library, reason) == (_ERR_LIB_SSL, _SSL_R_UNEXPECTED_EOF_WHILE_READING):
+        return ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+    library_name = _ssl.lib_codes_to_names.get(library)
+    reason_name = _ssl.err_codes_to_names.get((library, reason))
+    text = _reason_text(error) if error else "A failure in the SSL library occurred"
+    kind = ssl.SSL_ERROR_SSL if stop in (ssl.SSL_ERROR_SSL, ssl.SSL_ERROR_SYSCALL) else stop
+    if library_name and reason_name:
+        message = f"[{library_name}: {reason_name}] {text}"
+    elif reason_name:
+        message = f"[{reason_name}] {text}"
+    else:
+        message = text
+    exc = ssl.SSLError(kind, message)
+    exc.library, exc.reason = library_name, reason_name  # type: ignore[assignment]
+    return exc
+
+
+_ERR_LIB_SSL = 20
+_SSL_R_UNEXPECTED_EOF_WHILE_READING = 294
+
+
+def _split(error: int) -> tuple[int, int]:
+    """``ERR_GET_LIB`` and ``ERR_GET_REASON`` of an OpenSSL error code (macros in C)."""
+    if ssl.OPENSSL_VERSION_INFO >= (3,):
+        if error & 0x80000000:  # ERR_SYSTEM_FLAG: errno in the reason
+            return 2, error & 0x7FFFFFFF
+        return (error >> 23) & 0xFF, error & 0x7FFFFF
+    return (error >> 24) & 0xFF, error & 0xFFF
+
+
+def _reason_text(error: int) -> str:
+    libs = _libraries()
+    text = libs[1].ERR_reason_error_string(error) if libs is not None else None
+    return text.decode("ascii", "replace") if text else "unknown error"
+
+
+def _records() -> ModuleType | None:
+    """:mod:`enchufe._tls_records`, bound to ``_ssl``'s OpenSSL (once); ``None`` when it is not
+    built or that OpenSSL cannot be reached."""
+    if not _bound:
+        records, libs = _tls_records, _libraries()
+        if records is not None and libs is not None:
+            libssl, libcrypto = libs
+            address = ctypes.c_void_p
+            try:
+                records.bind(
+                    ctypes.cast(libssl.SSL_read_ex, address).value,
+                    ctypes.cast(libssl.SSL_get_error, address).value,
+                    ctypes.cast(libcrypto.ERR_peek_last_error, address).value,
+                    ctypes.cast(libcrypto.ERR_clear_error, address).value,
+                )
+            except (AttributeError, ValueError):  # a function missing: records one by one
+                records = None
+        else:
+            records = None
+        _bound.append(records)
+    return _bound[0]
+
+
+_bound: list[ModuleType | None] = []
+
+
 def batched(size: int) -> bool:
     """Whether a write of ``size`` bytes is batched (always the same answer for the same size:
     a call made again with the same bytes takes the same way)."""
@@ -233,6 +346,7 @@ def _libraries() -> tuple[Any, Any] | None:
                     (libcrypto, "BIO_free", [pointer], integer),
                     (libcrypto, "BIO_read", [pointer, pointer, integer], integer),
                     (libcrypto, "BIO_ctrl", [pointer, integer, ctypes.c_long, pointer], ctypes.c_long),
+                    (libcrypto, "ERR_reason_error_string", [ctypes.c_ulong], ctypes.c_char_p),
                 ):
                     function = getattr(lib, name)
                     function.argtypes, function.restype = argtypes, restype

@@ -255,6 +255,7 @@ class TLSChannel:
             server_name=self._server_hostname,
             first_bytes=first_bytes,
             certificate=certificate,
+            established=self._handshaken,
         )
 
     def _narrate(self, text: str) -> None:
@@ -326,6 +327,13 @@ class TLSChannel:
         total = 0
         self.drained = False
         while size - total >= RECORD or not total:
+            if total and self.sock is not None:  # a full record came: likely more behind it
+                batch = self._batch
+                if batch is None:
+                    batch = self._batch = _tls_batch.for_channel(self._ssl, self.sock, self._encrypt)
+                outcome = batch.read_records(buffer, total, RECORD, self._largest) if batch else None
+                if outcome is not None:
+                    return self._read_rest(total, *outcome)
             try:
                 n = read(size - total, buffer[total:] if total else buffer)
             except ssl.SSLWantReadError:
@@ -348,6 +356,28 @@ class TLSChannel:
             self._largest = n
         self._heard = True
         self.more = self._plaintext_left() > 0
+        return total
+
+    def _read_rest(
+        self, total: int, count: int, largest: int, stop: int, error: int, saved_errno: int
+    ) -> int:
+        """:meth:`read_into` after its first record, ``total`` bytes: the outcome of
+        :meth:`~enchufe._tls_batch.Batcher.read_records`, told as the loop in Python tells it."""
+        total += count
+        self._largest = largest
+        if stop == _tls_batch.STOP_SHORT or stop == ssl.SSL_ERROR_WANT_READ:
+            self.drained = True
+        elif stop == ssl.SSL_ERROR_WANT_WRITE:
+            self.wants_write = True
+        elif stop == ssl.SSL_ERROR_ZERO_RETURN:
+            return self._later(total, None)
+        elif stop != _tls_batch.STOP_FULL:
+            exc = _tls_batch.read_error(stop, error, saved_errno)
+            if not isinstance(exc, ssl.SSLError):
+                raise exc  # a reset passes, as from read()
+            return self._failed_after(exc, total)
+        self._heard = True
+        self.more = stop != ssl.SSL_ERROR_WANT_READ and self._plaintext_left() > 0
         return total
 
     def _failed_after(self, exc: ssl.SSLError, total: int) -> int:

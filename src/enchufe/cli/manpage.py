@@ -83,7 +83,9 @@ ENVIRONMENT = [
         "ENCHUFE_PURE_PYTHON",
         "set (to anything): the relay runs its pure-Python path even where the "
         "compiled one (enchufe._speedups, built at install when a C compiler and Python's headers are "
-        "present) is installed; the same work, more slowly.  For comparison, or to rule it out.",
+        "present) is installed, and TLS connections read their records one Python call each "
+        "(not with enchufe._tls_records); the same work, more slowly.  For comparison, or to "
+        "rule it out.",
     ),
     (
         "ENCHUFE_SPIN_US",
