@@ -72,16 +72,18 @@ class Flow:
     def done(self) -> bool:
         return self.shut
 
-    def read(self, data: bytes) -> None:
-        """What the source gave (``b""``: its EOF), rewritten and observed, is now pending."""
+    def read(self, data: bytes | memoryview) -> None:
+        """What the source gave (``b""``: its EOF), rewritten and observed, is now pending.  A
+        memoryview (of a buffer the source reuses) must be written before the next read; the
+        rewriter and the observer get bytes of their own."""
         if not data:
             self.eof = True
             return
         if self._rewrite is not None:
-            data = self._rewrite(data)
+            data = self._rewrite(bytes(data))
         if data:
             if self._observe is not None:
-                self._observe(self.name, data)
+                self._observe(self.name, data if isinstance(data, bytes) else bytes(data))
             self.pending = memoryview(data)
 
     def wrote(self, count: int) -> None:

@@ -25,6 +25,8 @@ import select
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import _calls
 from ._streams import StreamCore
@@ -120,6 +122,14 @@ class _Poller:
 GATHER = 64 * 1024
 GATHER_MORE = 256 * 1024
 _threads = threading.local()
+
+
+_T = TypeVar("_T")
+
+
+def _count(got: int) -> int | None:
+    """A count from ``TLSChannel.read_into``, ``None`` for its "nothing yet" (-1)."""
+    return None if got < 0 else got
 
 
 def _gathering(size: int) -> memoryview:
@@ -349,15 +359,25 @@ class TLSCore(StreamCore):
         are now, gathered in this thread's :func:`_gathering` buffer first (one copy more, and
         one trip through the layers above per buffer instead of per record)."""
         channel = self._channel
+        if max_bytes <= RECORD:
+            return self._direct(lambda: channel.read(max_bytes))
+        view = _gathering(max_bytes)
+        return bytes(view[: self._direct(lambda: _count(channel.read_into(view)))])
+
+    def _recv_direct_into(self, buffer: memoryview) -> int:
+        """:meth:`_recv_direct` into ``buffer`` (the records there are now, as many as it has a
+        record's room for): the count, ``0`` at close_notify."""
+        channel = self._channel
+        return self._direct(lambda: _count(channel.read_into(buffer)))
+
+    def _direct(self, attempt: Callable[[], _T | None]) -> _T:
+        """``attempt`` (a read of the channel: ``None`` when the socket has nothing yet) under the
+        state lock, until it gives something, waiting for the socket in between."""
+        channel = self._channel
         while True:
             try:
                 with self._state_lock:
-                    if max_bytes <= RECORD:
-                        data = channel.read(max_bytes)
-                    else:
-                        view = _gathering(max_bytes)
-                        got = channel.read_into(view)
-                        data = None if got < 0 else bytes(view[:got])
+                    data = attempt()
                 if data is not None:
                     return data
                 self._flush_quietly()

@@ -111,6 +111,19 @@ class TLSStreamCore(TLSCore):
         except TLSTruncated as truncated:
             raise self._reset_or(truncated) from None
 
+    def _recv_once_into(self, buffer: memoryview) -> int:
+        """:meth:`_recv_once` into ``buffer`` (16 KiB or more): the count, ``0`` at close_notify.
+        On the socket, OpenSSL decrypts into ``buffer`` itself."""
+        self._check()
+        try:
+            if self._alias is not None:
+                return self._recv_direct_into(buffer)
+            data = self._recv_buffered(len(buffer))
+        except TLSTruncated as truncated:
+            raise self._reset_or(truncated) from None
+        buffer[: len(data)] = data
+        return len(data)
+
     def _recv_buffered(self, max_bytes: int) -> bytes:
         """:meth:`_recv_once` through the channel's memory buffers."""
         channel = self._channel

@@ -129,6 +129,8 @@ class _StreamPump:
         self.stdin_file = stdin_fd is not None and _regular(stdin_fd)
         self.stdout_fd = stdout_fd
         self.result = result
+        #: where TLS plaintext is decrypted, made at the first read of a TLS connection
+        self.received_into: memoryview | None = None
         self.sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files and /dev/null
         self.interest: dict[int, int] = {}
         self.wake = _watch_signals(self.sel)
@@ -254,17 +256,21 @@ class _StreamPump:
     def _receive_tls(self) -> None:
         """Every plaintext byte there is now: one read of the socket may bring more records than
         one chunk, and what stays in the TLS layer would never make the socket readable again.
-        ``b""`` is the peer's close_notify; a close without one raises TLSTruncated."""
+        ``0`` is the peer's close_notify; a close without one raises TLSTruncated.  OpenSSL
+        decrypts into this pump's own buffer, written out from there before the next read."""
         assert isinstance(self.conn, TLSConnection)
+        if self.received_into is None:
+            self.received_into = memoryview(bytearray(STREAM_CHUNK))
+        buffer = self.received_into
         while self.copy.incoming.wants_read:
-            chunk = self.conn.recv_nowait(STREAM_CHUNK)
-            if chunk is None:
+            got = self.conn.recv_into_nowait(buffer)
+            if got is None:
                 return
-            self._received(chunk)
-            if not chunk:
+            self._received(buffer[:got])
+            if not got:
                 return
 
-    def _received(self, chunk: bytes) -> None:
+    def _received(self, chunk: bytes | memoryview) -> None:
         flow = self.copy.incoming
         flow.read(chunk)
         if chunk:

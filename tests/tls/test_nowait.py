@@ -76,3 +76,40 @@ def test_nowait_calls_move_a_payload_both_ways_through_a_full_socket(pem: dict[s
         assert peer.result(IO_TIMEOUT * 3) == payload
         assert answer == hashlib.sha256(payload).digest()
         assert client.recv_nowait() == b""
+
+
+@pytest.mark.parametrize("size", [16 * 1024, 256 * 1024])
+def test_recv_into_nowait_decrypts_into_the_buffer_until_close_notify(pem: dict[str, str], size: int) -> None:
+    """A stream read with ``recv_into_nowait`` (as the stdio pump reads it) arrives whole: the
+    counts, ``None`` while nothing is there, ``0`` at close_notify, and again after it."""
+    payload = os.urandom(4 * 1024 * 1024 + 77)
+    with tls_connected(sync, f"tls4://127.0.0.1:0?cert={pem['server']}", f"ca={pem['ca']}") as (
+        _,
+        client,
+        server,
+    ):
+        client.socket.setblocking(False)
+        buffer = memoryview(bytearray(size))
+        assert client.recv_into_nowait(buffer) is None  # nothing sent yet: would block
+
+        def serve() -> None:
+            server.send_all(payload)
+            server.shutdown_write()
+
+        peer = Peer(serve)
+        fd = client.socket.fileno()
+        parts: list[bytes] = []
+        largest = 0
+        for _ in range(100_000):
+            got = client.recv_into_nowait(buffer)
+            if got is None:
+                wait_for(fd, select.POLLIN)
+            elif got == 0:
+                break  # the server's close_notify
+            else:
+                parts.append(bytes(buffer[:got]))
+                largest = max(largest, got)
+        peer.result(IO_TIMEOUT)
+        assert hashlib.sha256(b"".join(parts)).digest() == hashlib.sha256(payload).digest()
+        assert client.recv_into_nowait(buffer) == 0
+        assert largest <= size

@@ -221,6 +221,20 @@ class TLSConnection(TLSStreamCore, Connection):
             except BlockingIOError:
                 return None
 
+    def recv_into_nowait(self, buffer: memoryview) -> int | None:
+        """:meth:`recv_nowait` into ``buffer`` (at least 16 KiB, a record's room): the count,
+        ``0`` at the peer's close_notify, ``None`` when the socket has nothing yet.  On a socket
+        OpenSSL decrypts into ``buffer`` itself, with no copy; errors as :meth:`recv_nowait`."""
+        with self._nowait():
+            if len(self._buffer):
+                data = self._buffer.take_some(len(buffer))
+                buffer[: len(data)] = data
+                return len(data)
+            try:
+                return self._recv_once_into(buffer)
+            except BlockingIOError:
+                return None
+
     def shutdown_write_nowait(self) -> bool:
         """Queue close_notify (the peer reads EOF; this side keeps reading) and send what can go:
         ``True`` when all of it went, ``False`` when the rest waits for :meth:`flush_nowait`."""
