@@ -159,9 +159,9 @@ class Batcher:
 
     def read_records(
         self, buffer: memoryview, offset: int, record: int, largest: int
-    ) -> tuple[int, int, int, int, int] | None:
+    ) -> tuple[int, int, int, int] | None:
         """Decrypt into ``buffer[offset:]`` the records there are, while a whole ``record`` fits
-        and each is no shorter than ``largest``: ``(count, largest, stop, error, errno)``, where
+        and each is no shorter than ``largest``: ``(count, largest, stop, error)``, where
         ``stop`` is :data:`STOP_FULL`, :data:`STOP_SHORT` (a shorter record: likely the last
         there is) or the ``SSL_get_error`` code that ended it (``ssl.SSL_ERROR_WANT_READ``: the
         socket has no more; others: see :func:`read_error`).  ``None`` when the compiled module
@@ -169,7 +169,7 @@ class Batcher:
         records = _records()
         if records is None:
             return None
-        outcome: tuple[int, int, int, int, int] = records.read_records(
+        outcome: tuple[int, int, int, int] = records.read_records(
             self._pointer, buffer, offset, record, largest
         )
         return outcome
@@ -237,14 +237,14 @@ class Batcher:
 STOP_FULL, STOP_SHORT = -1, -2
 
 
-def read_error(stop: int, error: int, saved_errno: int) -> OSError:
+def read_error(stop: int, error: int) -> ssl.SSLError:
     """The exception Python's ``_ssl`` raises for an ``SSL_read_ex`` that failed with ``stop``
-    (``SSL_get_error``), ``error`` (``ERR_peek_last_error``) and ``saved_errno``: ``OSError`` for a
-    system call's error (a reset), :class:`ssl.SSLEOFError` for an end without close_notify,
-    else :class:`ssl.SSLError` with its ``library`` and ``reason``, worded as ``_ssl`` words it."""
+    (``SSL_get_error``) and ``error`` (``ERR_peek_last_error``): :class:`ssl.SSLEOFError` for an
+    end without close_notify, and for a system call's error with nothing queued (a reset: an
+    ``_ex`` call returns 0, which ``_ssl`` tells as EOF whatever errno says; the stream layer
+    tells a reset from it by the socket), else :class:`ssl.SSLError` with its ``library`` and
+    ``reason``, worded as ``_ssl`` words it."""
     if stop == ssl.SSL_ERROR_SYSCALL and not error:
-        if saved_errno:
-            return OSError(saved_errno, os.strerror(saved_errno))
         return ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
     library, reason = _split(error)
     if (library, reason) == (_ERR_LIB_SSL, _SSL_R_UNEXPECTED_EOF_WHILE_READING):

@@ -7,16 +7,11 @@
  *
  * OpenSSL is reached through the functions of the libssl and libcrypto that Python's _ssl module
  * loaded (their addresses are given once, to bind()), so that this module needs neither
- * OpenSSL's headers nor a link to it; the few constants below are those of OpenSSL's public
- * headers, the same in 1.1.1 and 3.x.
+ * OpenSSL's headers nor a link to it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <errno.h>
 #include <stddef.h>
-#include <stdint.h>
-
-#define SSL_ERROR_NONE 0
 
 /* Why read_records() stopped, other than an OpenSSL error (those are its SSL_get_error code);
  * enchufe._tls_batch.STOP_FULL and STOP_SHORT. */
@@ -84,15 +79,12 @@ read_records(PyObject *Py_UNUSED(module), PyObject *args)
     char *base = (char *)view.buf;
     Py_ssize_t total = offset;
     int stop = STOP_FULL;
-    int saved_errno = 0;
     unsigned long error = 0;
     Py_BEGIN_ALLOW_THREADS
     while (view.len - total >= record) {
         size_t got = 0;
-        errno = 0;
         int ok = read_ex(ssl, base + total, (size_t)(view.len - total), &got);
         if (!ok) {
-            saved_errno = errno;
             stop = get_error(ssl, 0);
             error = peek_last_error();
             clear_error(); /* the outcome is told to Python by the values returned */
@@ -107,7 +99,7 @@ read_records(PyObject *Py_UNUSED(module), PyObject *args)
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    return Py_BuildValue("nniki", total - offset, largest, stop, error, saved_errno);
+    return Py_BuildValue("nnik", total - offset, largest, stop, error);
 }
 
 static PyMethodDef methods[] = {
@@ -115,10 +107,10 @@ static PyMethodDef methods[] = {
      "bind(SSL_read_ex, SSL_get_error, ERR_peek_last_error, ERR_clear_error): the addresses of "
      "the OpenSSL functions Python's _ssl uses."},
     {"read_records", read_records, METH_VARARGS,
-     "read_records(ssl, buffer, offset, record, largest) -> (count, largest, stop, error, errno): "
+     "read_records(ssl, buffer, offset, record, largest) -> (count, largest, stop, error): "
      "decrypt records into buffer[offset:] while a whole record fits and each is no shorter than "
      "largest.  stop is -1 (full), -2 (a shorter record) or SSL_get_error's code, with "
-     "ERR_peek_last_error's code and errno."},
+     "ERR_peek_last_error's code."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -358,9 +358,7 @@ class TLSChannel:
         self.more = self._plaintext_left() > 0
         return total
 
-    def _read_rest(
-        self, total: int, count: int, largest: int, stop: int, error: int, saved_errno: int
-    ) -> int:
+    def _read_rest(self, total: int, count: int, largest: int, stop: int, error: int) -> int:
         """:meth:`read_into` after its first record, ``total`` bytes: the outcome of
         :meth:`~enchufe._tls_batch.Batcher.read_records`, told as the loop in Python tells it."""
         total += count
@@ -372,10 +370,7 @@ class TLSChannel:
         elif stop == ssl.SSL_ERROR_ZERO_RETURN:
             return self._later(total, None)
         elif stop != _tls_batch.STOP_FULL:
-            exc = _tls_batch.read_error(stop, error, saved_errno)
-            if not isinstance(exc, ssl.SSLError):
-                raise exc  # a reset passes, as from read()
-            return self._failed_after(exc, total)
+            return self._failed_after(_tls_batch.read_error(stop, error), total)
         self._heard = True
         self.more = stop != ssl.SSL_ERROR_WANT_READ and self._plaintext_left() > 0
         return total
