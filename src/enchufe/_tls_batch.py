@@ -8,8 +8,8 @@ half of a BIO pair for the length of one ``SSL_write``, then sends what it holds
 BIO zeroes its buffer as it grows and again when it is reset, two passes over every byte sent
 that showed as 4 % of the sender's CPU (``memset``, ``perf``).  On a
 2-core AMD EPYC VM with OpenSSL 3.0, ``enchufe connect tls://…`` sending 1 GiB used 1.67-1.80 s
-of CPU this way (0.36 s of it start-up), against 2.17-2.22 s with a record per call
-(``benchmarks/tls_bulk_cpu.py``; benchmarks/RESULTS.md, session 11).
+of CPU with batches (then through a memory BIO; 0.36 s of it start-up), against 2.17-2.22 s
+with a record per call (``benchmarks/tls_bulk_cpu.py``; benchmarks/RESULTS.md, session 11).
 
 When the socket takes only part, the rest stays in that pair, which stays the connection's write
 BIO until all of it is sent: whatever OpenSSL writes meanwhile (an alert
@@ -53,7 +53,7 @@ try:
 except ImportError:  # not built (no compiler): records are read one Python call each
     _tls_records = None
 
-__all__ = ["BATCH_ABOVE", "BATCH_UP_TO", "Batcher", "batched", "for_channel", "read_error"]
+__all__ = ["BATCH_ABOVE", "BATCH_UP_TO", "Batcher", "batched", "for_channel", "read_error", "reads_records"]
 
 #: A write larger than this (more than one record) is batched; a smaller one is one record, and
 #: OpenSSL's own write is the shortest way for it.
@@ -159,16 +159,14 @@ class Batcher:
 
     def read_records(
         self, buffer: memoryview, offset: int, record: int, largest: int
-    ) -> tuple[int, int, int, int] | None:
+    ) -> tuple[int, int, int, int]:
         """Decrypt into ``buffer[offset:]`` the records there are, while a whole ``record`` fits
         and each is no shorter than ``largest``: ``(count, largest, stop, error)``, where
         ``stop`` is :data:`STOP_FULL`, :data:`STOP_SHORT` (a shorter record: likely the last
         there is) or the ``SSL_get_error`` code that ended it (``ssl.SSL_ERROR_WANT_READ``: the
-        socket has no more; others: see :func:`read_error`).  ``None`` when the compiled module
-        is not there (read them one Python call each)."""
+        socket has no more; others: see :func:`read_error`).  Only where :func:`reads_records`."""
         records = _records()
-        if records is None:
-            return None
+        assert records is not None, "read_records() where reads_records() is false"
         outcome: tuple[int, int, int, int] = records.read_records(
             self._pointer, buffer, offset, record, largest
         )
@@ -281,6 +279,12 @@ def _reason_text(error: int) -> str:
     libs = _libraries()
     text = libs[1].ERR_reason_error_string(error) if libs is not None else None
     return text.decode("ascii", "replace") if text else "unknown error"
+
+
+def reads_records() -> bool:
+    """Whether :meth:`Batcher.read_records` can be used: the compiled module is built, bound to
+    ``_ssl``'s OpenSSL, and not turned off (else records are read one Python call each)."""
+    return _records() is not None
 
 
 def _records() -> ModuleType | None:

@@ -327,13 +327,9 @@ class TLSChannel:
         total = 0
         self.drained = False
         while size - total >= RECORD or not total:
-            if total and self.sock is not None:  # a full record came: likely more behind it
-                batch = self._batch
-                if batch is None:
-                    batch = self._batch = _tls_batch.for_channel(self._ssl, self.sock, self._encrypt)
-                outcome = batch.read_records(buffer, total, RECORD, self._largest) if batch else None
-                if outcome is not None:
-                    return self._read_rest(total, *outcome)
+            # A full record came: likely more behind it, read in one compiled call.
+            if total and _tls_batch.reads_records() and (batch := self._batcher()) is not None:
+                return self._read_rest(total, *batch.read_records(buffer, total, RECORD, self._largest))
             try:
                 n = read(size - total, buffer[total:] if total else buffer)
             except ssl.SSLWantReadError:
@@ -405,8 +401,8 @@ class TLSChannel:
         if self._write_closed:
             raise ssl.SSLError("write after close_notify")
         batch = self._batch
-        if batch is None and _tls_batch.batched(len(data)) and self.sock is not None:
-            batch = self._batch = _tls_batch.for_channel(self._ssl, self.sock, self._encrypt)
+        if batch is None and _tls_batch.batched(len(data)):
+            batch = self._batcher()
         try:
             if batch is not None and (batch.owing or _tls_batch.batched(len(data))):
                 return batch.send(data)
@@ -418,6 +414,13 @@ class TLSChannel:
         except ssl.SSLError as exc:
             raise self._explained(exc) from None
         return n
+
+    def _batcher(self) -> _tls_batch.Batcher | None:
+        """The connection's batcher, made at the first call on a socket; ``None`` where its
+        ``SSL *`` cannot be reached (asked again at the next call)."""
+        if self._batch is None and self.sock is not None:
+            self._batch = _tls_batch.for_channel(self._ssl, self.sock, self._encrypt)
+        return self._batch
 
     def _gather(self, first: bytes, size: int) -> bytes:
         """``first`` and the records already received after it, up to ``size`` bytes in all.
