@@ -58,6 +58,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "tlsparams",
         "tlsinfo",
         "_tls",
+        "_tls_refusals",
         "_tls_text",
         "_tls_trace",
         "_tls_seen",

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from enchufe import _tls, tlsinfo
+from enchufe import _tls, _tls_refusals, tlsinfo
 from enchufe.errors import AddressError
 from enchufe.tlsinfo import describe_certificate, spki_digest
 from enchufe.tlsparams import TLSParams, format_pin, parse_query
@@ -78,7 +78,8 @@ class Handshake:
         except Exception as exc:
             self.error = exc
             # Explained here too: a refusal made inside the handshake is known to this thread only.
-            self.explained = _tls.explain(exc, server_side=True) if isinstance(exc, ssl.SSLError) else None
+            if isinstance(exc, ssl.SSLError):
+                self.explained = _tls_refusals.explain(exc, server_side=True)
         finally:
             conn.close()
 
@@ -138,7 +139,7 @@ def test_the_system_store_does_not_trust_a_private_ca(server: Callable[..., Hand
     peer = server()
     with pytest.raises(ssl.SSLCertVerificationError) as info:
         client(TLSParams(), peer.port)
-    refused = _tls.explain(info.value, server_name="localhost")
+    refused = _tls_refusals.explain(info.value, server_name="localhost")
     assert refused.reason == "untrusted"
     assert "ca=FILE" in str(refused) and "pin=" in str(refused)
 
@@ -147,7 +148,7 @@ def test_a_name_mismatch_names_the_name(files: dict[str, str], server: Callable[
     peer = server()
     with pytest.raises(ssl.SSLCertVerificationError) as info:
         client(parse_query(f"ca={files['ca']}"), peer.port, name="other.example")
-    refused = _tls.explain(info.value, server_name="other.example")
+    refused = _tls_refusals.explain(info.value, server_name="other.example")
     assert refused.reason == "name-mismatch"
     assert "not valid for other.example" in str(refused)
 
@@ -162,12 +163,12 @@ def test_expired_and_self_signed_are_told_apart(
     peer = server(f"cert={tmp_path / 'old.pem'}")
     with pytest.raises(ssl.SSLCertVerificationError) as info:
         client(parse_query(f"ca={tmp_path / 'ca.pem'}"), peer.port)
-    assert _tls.explain(info.value).reason == "expired"
+    assert _tls_refusals.explain(info.value).reason == "expired"
 
     auto = server("cert=auto")
     with pytest.raises(ssl.SSLCertVerificationError) as info:
         client(parse_query(f"ca={tmp_path / 'ca.pem'}"), auto.port)
-    assert _tls.explain(info.value).reason == "self-signed"
+    assert _tls_refusals.explain(info.value).reason == "self-signed"
 
 
 def test_cert_auto_is_trusted_by_its_printed_pin_alone(files: dict[str, str]) -> None:
@@ -268,7 +269,7 @@ def test_a_client_without_a_certificate_is_refused(
     ):
         tls.recv(5)  # TLS 1.3: the server's refusal arrives after the client's handshake ends
     peer.join()
-    assert _tls.explain(peer.error or Exception()).reason == "client-certificate-missing"
+    assert _tls_refusals.explain(peer.error or Exception()).reason == "client-certificate-missing"
 
 
 def test_a_peer_that_does_not_speak_tls_is_shown_by_what_it_sent(server: Callable[..., Handshake]) -> None:
@@ -278,7 +279,7 @@ def test_a_peer_that_does_not_speak_tls_is_shown_by_what_it_sent(server: Callabl
         with contextlib.suppress(ConnectionError):
             raw.recv(100)  # the server's alert, or a reset
     peer.join()
-    refused = _tls.explain(peer.error or Exception(), first_bytes=peer.first)
+    refused = _tls_refusals.explain(peer.error or Exception(), first_bytes=peer.first)
     assert refused.reason == "not-tls"
     assert "'GET / HTTP/1.1\\r\\nHost: x" in str(refused)
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from enchufe import _tls_batch
-from enchufe.tlschannel import RECORD, TLSChannel
+from enchufe._tls_batch import RECORD
+from enchufe.tlschannel import TLSChannel
 from enchufe.tlsparams import TLSParams
 from tests import test_tlschannel
 

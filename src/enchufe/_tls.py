@@ -1,9 +1,10 @@
-"""TLS with the standard library's ``ssl``: contexts from :class:`TLSParams`, the checks OpenSSL
-does not make (pins, allowed client names, a required ALPN), and one line for every refusal.
+"""TLS with the standard library's ``ssl``: contexts from :class:`TLSParams`, and the checks
+OpenSSL does not make (pins, allowed client names, a required ALPN).
 
 OpenSSL does the protocol and the chain and name verification; this module only decides what to
-ask of it and says in words what went wrong.  Files are read here (``ca=``, ``cert=``, ``key=``),
-so a missing or malformed one is an :class:`AddressError` naming the parameter and the file.
+ask of it (:mod:`enchufe._tls_refusals` says in words what went wrong).  Files are read here
+(``ca=``, ``cert=``, ``key=``), so a missing or malformed one is an :class:`AddressError` naming
+the parameter and the file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import re
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from . import _tls_seen, _tls_verify
 from ._text import printable
 from .errors import AddressError, TLSRefused
-from .i18n import N_, _
-from .tlsinfo import PeerCertificate, TLSInfo, date_text, describe_certificate, spki_digest
+from .i18n import _
+from .tlsinfo import PeerCertificate, TLSInfo, describe_certificate, spki_digest
 from .tlsparams import TLSParams, format_pin
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "check_server_certificate",
     "client_context",
     "environment",
-    "explain",
     "info",
     "self_signed",
     "server_context",
@@ -192,232 +191,6 @@ def _same_name(kind: str, value: str, allowed: str) -> bool:
     return value == allowed
 
 
-# --- one line per refusal
-
-_NOT_YET_VALID, _EXPIRED, _NAME_MISMATCH, _IP_MISMATCH = 9, 10, 62, 64
-_UNTRUSTED = N_("add ca=FILE with the CA that issued it, or pin=sha256:… to trust this key alone")
-#: X509_V_ERR_* → (reason, line, whether the line ends with the hint of _UNTRUSTED).
-_VERIFY_CODES: dict[int, tuple[str, str, bool]] = {
-    # X509_V_ERR_*: https://docs.openssl.org/3.0/man3/X509_STORE_CTX_get_error/
-    18: ("self-signed", N_("the server's certificate is self-signed"), True),
-    19: ("untrusted", N_("the server's chain ends in a self-signed CA that is not trusted"), True),
-    20: ("untrusted", N_("the server's certificate is issued by a CA that is not trusted"), True),
-    21: ("untrusted", N_("the server's certificate cannot be verified (no trusted issuer)"), True),
-    2: ("untrusted", N_("the issuer of the server's chain is not trusted"), True),
-    10: ("expired", N_("the server's certificate has expired"), False),
-    9: ("not-yet-valid", N_("the server's certificate is not valid yet"), False),
-    62: ("name-mismatch", N_("the server's certificate is not valid for {name}"), False),
-    64: ("name-mismatch", N_("the server's certificate is not valid for the IP address {name}"), False),
-}
-# The same verdicts on a client's chain, as the server that checked it against client-ca says them.
-_CLIENT_CA = N_("the client's certificate is not issued by a CA in client-ca")
-_CLIENT_VERIFY_CODES: dict[int, tuple[str, str, bool]] = {
-    18: (
-        "client-certificate-refused",
-        N_("the client's certificate is self-signed, not issued by a CA in client-ca"),
-        False,
-    ),
-    19: (
-        "client-certificate-refused",
-        N_(
-            "the client's certificate is not issued by a CA in client-ca "
-            "(its chain ends in another, self-signed CA)"
-        ),
-        False,
-    ),
-    20: ("client-certificate-refused", _CLIENT_CA, False),
-    21: (
-        "client-certificate-refused",
-        N_("the client's certificate is not issued by a CA in client-ca (its issuer is not there)"),
-        False,
-    ),
-    2: (
-        "client-certificate-refused",
-        N_("the client's certificate is not issued by a CA in client-ca (its chain's issuer is not there)"),
-        False,
-    ),
-    10: ("client-certificate-refused", N_("the client's certificate has expired"), False),
-    9: ("client-certificate-refused", N_("the client's certificate is not valid yet"), False),
-}
-#: The peer left during the handshake: said by a client, and by a server.
-_CLOSED = (
-    N_("the server closed the connection during the handshake"),
-    N_("the client closed the connection during the handshake"),
-)
-_NO_VERSION = N_("no TLS version in common (enchufe speaks TLS 1.2 and 1.3)")
-# OpenSSL's reason codes (the text after the library name in SSLError.reason): the reason's
-# name, and the line as a client says it (about the server), then as a server says it (about
-# the client); each a whole sentence, for translators.  An alert about a certificate is about
-# the one this side sent.
-_REASONS: dict[str, tuple[str, str, str]] = {
-    "WRONG_VERSION_NUMBER": (
-        "not-tls",
-        N_("the server does not speak TLS"),
-        N_("the client does not speak TLS"),
-    ),
-    "HTTP_REQUEST": (
-        "not-tls",
-        N_("the server sent a plain HTTP request, not TLS"),
-        N_("the client sent a plain HTTP request, not TLS"),
-    ),
-    "UNSUPPORTED_PROTOCOL": ("protocol-version", _NO_VERSION, _NO_VERSION),
-    "TLSV1_ALERT_PROTOCOL_VERSION": (
-        "protocol-version",
-        N_("the server refused every TLS version offered (1.2, 1.3)"),
-        N_("the client refused every TLS version offered (1.2, 1.3)"),
-    ),
-    "NO_PROTOCOLS_AVAILABLE": ("protocol-version", _NO_VERSION, _NO_VERSION),
-    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": (
-        "alpn",
-        N_("the server accepts none of the ALPN protocols offered"),
-        N_("the client accepts none of the ALPN protocols offered"),
-    ),
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
-        "client-certificate-missing",
-        N_("the client sent no certificate, and this server requires one (client-ca=)"),
-        N_("the client sent no certificate, and this server requires one (client-ca=)"),
-    ),
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
-        "client-certificate-missing",
-        N_("the server requires a client certificate: add cert=FILE (and key=FILE)"),
-        N_("the server requires a client certificate: add cert=FILE (and key=FILE)"),
-    ),
-    "SSLV3_ALERT_BAD_CERTIFICATE": (
-        "client-certificate-refused",
-        N_("the server refused this client's certificate"),
-        N_("the client refused this server's certificate"),
-    ),
-    "TLSV1_ALERT_UNKNOWN_CA": (
-        "client-certificate-refused",
-        N_("the server does not trust the CA of this client's certificate"),
-        N_("the client does not trust the CA of this server's certificate"),
-    ),
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": (
-        "client-certificate-refused",
-        N_("the server says this client's certificate expired"),
-        N_("the client says this server's certificate expired"),
-    ),
-    "UNEXPECTED_EOF_WHILE_READING": ("closed", *_CLOSED),
-    "SSLV3_ALERT_HANDSHAKE_FAILURE": (
-        "handshake",
-        N_("the server ended the handshake (no cipher or settings in common?)"),
-        N_("the client ended the handshake (no cipher or settings in common?)"),
-    ),
-}
-# Where in CPython's _ssl.c an error was made ("(_ssl.c:2580)"): nothing a user can act on.
-_SOURCE_LINE = re.compile(r" \(_ssl\.c:\d+\)$")
-# A client's alert about the server's certificate: the server's own certificate was refused.
-_SERVER_REASONS: dict[str, str] = {
-    "SSLV3_ALERT_BAD_CERTIFICATE": "untrusted",
-    "TLSV1_ALERT_UNKNOWN_CA": "untrusted",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
-}
-
-
-def explain(
-    exc: Exception,
-    *,
-    server_side: bool = False,
-    server_name: str | None = None,
-    first_bytes: bytes = b"",
-    certificate: bytes | None = None,
-    established: bool = False,
-) -> TLSRefused:
-    """Turn what a handshake raised into a :class:`TLSRefused` with one line for the user.
-
-    ``server_side`` says which side is speaking (a server's verdict is on the client's
-    certificate and client-ca, a client's on the server's and ca=/pin=); ``server_name`` is what
-    the client verified (for a name mismatch); ``first_bytes`` what the peer sent first, when the
-    caller peeked at it, shown when the peer does not speak TLS; ``certificate`` the DER
-    certificate the server showed, when known (its names or dates complete a refusal of it).
-    ``established``: the handshake was done (a record that fails its check, an alert mid-stream).
-    """
-    if isinstance(exc, TLSRefused):
-        return exc
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return _verify_failed(exc, server_side, server_name, certificate)
-    if isinstance(exc, ssl.SSLError):
-        code = exc.reason or ""
-        if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
-            return TLSRefused(_(_CLIENT_CA), "client-certificate-refused")
-        if code in _REASONS:
-            reason, said_by_client, said_by_server = _REASONS[code]
-            said = said_by_server if server_side else said_by_client
-            line = _(said)
-        else:
-            error = printable(_SOURCE_LINE.sub("", str(exc)))
-            if established:
-                line = _("TLS failed on the established connection: {error}").format(error=error)
-                reason = "protocol"
-            else:
-                reason, line = "handshake", _("the handshake failed: {error}").format(error=error)
-        if server_side:
-            reason = _SERVER_REASONS.get(code, reason)
-        if reason == "not-tls" and first_bytes:
-            line = _("{problem}; it sent '{start}' instead").format(
-                problem=line, start=printable(first_bytes[:48].decode("latin-1"))
-            )
-        return TLSRefused(line, reason)
-    if isinstance(exc, ConnectionError | EOFError):
-        return TLSRefused(_(_CLOSED[server_side]), "closed")
-    raise exc
-
-
-def _verify_failed(
-    exc: ssl.SSLCertVerificationError, server_side: bool, server_name: str | None, certificate: bytes | None
-) -> TLSRefused:
-    """OpenSSL's verdict on the peer's chain: the server's on a client, the client's on a server."""
-    refused = _tls_verify.refusal(exc.verify_code) if server_side else None
-    if refused is not None:  # allow-san/allow-cn, asked inside the handshake
-        return refused
-    known = (_CLIENT_VERIFY_CODES if server_side else _VERIFY_CODES).get(exc.verify_code)
-    if known is None:
-        reason = "client-certificate-refused" if server_side else "untrusted"
-        template = (
-            _("the client's certificate was refused: {error}")
-            if server_side
-            else _("the server's certificate was refused: {error}")
-        )
-        line = template.format(error=printable(str(exc.verify_message)))
-    else:
-        reason, template, untrusted = known
-        line = _(template).format(name=printable(server_name or "?"))
-        if untrusted:
-            line = _("{problem}: {hint}").format(problem=line, hint=_(_UNTRUSTED))
-    if certificate is not None:
-        line = _with_what_it_says(line, exc.verify_code, certificate, server_side)
-    return TLSRefused(line, reason)
-
-
-def _with_what_it_says(line: str, code: int, certificate: bytes, server_side: bool) -> str:
-    """``line`` completed by what the refused leaf certificate says: the names it is valid for
-    (a name mismatch) or its date (expired, not yet valid: when the leaf is the one that is,
-    not a CA above it); as it was when that does not parse."""
-    try:
-        peer = describe_certificate(certificate)
-    except ValueError:
-        return line
-    now = datetime.datetime.now(datetime.UTC)
-    if code in (_NAME_MISMATCH, _IP_MISMATCH):
-        names = ", ".join(printable(name) for name in peer.names()) or _("no host name or address")
-        return _("{problem}: it is for {names}").format(problem=line, names=names)
-    if code == _EXPIRED and peer.not_after < now:
-        template = (
-            _("the client's certificate expired on {date}")
-            if server_side
-            else _("the server's certificate expired on {date}")
-        )
-        return template.format(date=date_text(peer.not_after))
-    if code == _NOT_YET_VALID and peer.not_before > now:
-        template = (
-            _("the client's certificate is not valid until {date}")
-            if server_side
-            else _("the server's certificate is not valid until {date}")
-        )
-        return template.format(date=date_text(peer.not_before))
-    return line
-
-
 # --- files
 
 
@@ -452,7 +225,6 @@ def _load_chain(context: ssl.SSLContext, cert: str, key: str | None) -> None:
 def self_signed(host: str) -> tuple[bytes, bytes]:
     """A fresh ECDSA P-256 key and a self-signed certificate for ``host`` (a name, an IP, or
     empty for "localhost"), valid from an hour ago for 30 days: PEM certificate and PEM key."""
-    import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from . import _calls
 from ._streams import StreamCore
+from ._tls_batch import RECORD
 from ._tlssetup import TLSSetup, session_for
 from .errors import ConnectionReset, NetworkError, TLSTruncated, translate
 from .tlsinfo import TLSInfo
@@ -42,8 +43,6 @@ RECV_CHUNK = 128 * 1024
 #: Plaintext encrypted per ``_send_once`` on the socket: OpenSSL writes each record as it makes
 #: it, so a larger chunk costs no memory, only fewer calls.
 DIRECT_SEND_CHUNK = 256 * 1024
-#: Plaintext a receive on the socket asks of OpenSSL: one whole record, what one read gives.
-RECORD = 16384
 #: Receives a closing connection makes, at most, of what arrived unread.
 DRAIN_RECEIVES = 8
 #: Seconds a closing sync TCP connection waits, at most, for the peer to take what it sent

@@ -280,9 +280,9 @@ class TLSStreamCore(TLSCore):
         if isinstance(exc, TimeoutError) and exc.errno is None:
             return self._handshake_timed_out()
         if isinstance(exc, ConnectionError):
-            from . import _tls
+            from ._tls_refusals import explain
 
-            error: Exception = _tls.explain(exc, server_side=self._channel.server_side)
+            error: Exception = explain(exc, server_side=self._channel.server_side)
         else:
             error = self._translated(exc, f"complete the TLS handshake with {self._where()}")
         self._failed = error

@@ -46,10 +46,12 @@ from typing import cast
 
 from . import _tls_batch, _tls_seen, _tls_sessions, trace
 from . import _tls_trace as _trace
-from ._tls import TLSRefused, check_client_certificate, check_server_certificate, explain, info
+from ._tls import TLSRefused, check_client_certificate, check_server_certificate, info
+from ._tls_batch import FULL_RECORD_FLOOR, RECORD
+from ._tls_refusals import TRUNCATED, alpn_refused, explain
 from ._tls_socket import on_socket, shutdown_caught
 from .errors import TLSTruncated
-from .i18n import N_, _
+from .i18n import _
 from .tlsinfo import TLSInfo
 from .tlsparams import TLSParams
 
@@ -57,20 +59,6 @@ __all__ = ["TLSChannel", "TLSTruncated"]
 
 #: How many of the peer's first bytes are kept, to show what a peer that does not speak TLS sent.
 _FIRST_BYTES = 64
-
-#: Room for one whole record's plaintext (TLS: 2^14 bytes): :meth:`TLSChannel.read_into` reads
-#: only while its buffer has this much, so OpenSSL never keeps part of a record's plaintext
-#: (the socket would not say it is there).
-RECORD = 16384
-#: A record whose plaintext is at least this large, and as large as the largest the peer sent, is
-#: taken as full: more may follow at once.  Peers fill records to a size of their own (16 KiB;
-#: socat 8 KiB, its buffer; nginx's ssl_buffer_size 4 KiB), and a shorter one likely ends what
-#: was sent.  Judged against 16 KiB alone, every 8 KiB record of socat's ended a read: one write
-#: and one loop turn per record (socat into ``enchufe listen``: 518-571 MB/s; into socat:
-#: 755-880; after the change 728-788).
-FULL_RECORD_FLOOR = 4096
-
-_TRUNCATED = N_("the connection ended without TLS close_notify: what arrived may be truncated")
 
 
 class TLSChannel:
@@ -450,7 +438,7 @@ class TLSChannel:
         self.truncated = True
         if trace.enabled():
             self._narrate(_("the connection ended without close_notify: truncated"))
-        return self.alpn_refusal() or TLSTruncated(_(_TRUNCATED))
+        return self.alpn_refusal() or TLSTruncated(_(TRUNCATED))
 
     def alpn_refusal(self) -> TLSTruncated | None:
         """The error to say when the server left (no close_notify, or a reset) before a word of
@@ -461,13 +449,7 @@ class TLSChannel:
             return None
         if self.info is None or self.info.alpn is not None:
             return None
-        return TLSTruncated(
-            _(
-                "the server closed the connection right after the handshake, without close_notify "
-                "and without agreeing on an ALPN protocol (offered: {protocols}): "
-                "it probably accepts none of them"
-            ).format(protocols=",".join(self._params.alpn))
-        )
+        return alpn_refused(self._params.alpn)
 
     def drain(self) -> None:
         """Process what was fed and not read, and drop its plaintext: what TLS sends besides data

@@ -303,7 +303,7 @@ def test_the_server_says_in_spanish_that_the_client_does_not_trust_its_ca(
 def test_every_tls_refusal_is_a_whole_sentence_with_its_spanish() -> None:
     """Each refusal OpenSSL's reason codes map to is written out for the side that says it: no
     placeholder for "the client"/"the server" or "this server's", which Spanish would reorder."""
-    from enchufe._tls import _CLOSED, _REASONS
+    from enchufe._tls_refusals import _CLOSED, _REASONS
 
     i18n.set_language("es")
     for code, (_reason, *lines) in _REASONS.items():
