@@ -7,7 +7,9 @@ close_notify and then reads the socket for the peer's; TLS 1.3 lets the peer go 
 what that read meets instead is dropped (``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``), the
 connection broken.  :func:`shutdown_caught` runs the shutdown with the socket's descriptor
 pointing at a socketpair meanwhile: close_notify is caught there, for the caller to send, and
-the read finds nothing.
+the read finds nothing.  The socketpair is one per process, so one shutdown at a time uses it,
+whichever thread or API (a relay's thread, sync endpoints) makes it: two at once would each read
+what the other caught.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 
 __all__ = ["AVAILABLE", "on_socket", "shutdown_caught"]
@@ -47,29 +50,43 @@ def shutdown_caught(fd: int, shutdown: Callable[[], None]) -> bytes:
     """Run ``shutdown`` (an ``unwrap()`` of the connection on ``fd``) with ``fd`` pointing at a
     socketpair of this process: what it sent (close_notify), caught there.  ``fd`` is put back
     on its socket whatever happens; epoll watches the socket, not the number, and never sees
-    the swap (the event loop is one thread, inside this call).  Errors of ``shutdown`` pass."""
-    catch, caught = _catcher()
-    saved = os.dup(fd)
-    try:
-        os.dup2(catch, fd, inheritable=False)
-        shutdown()
-    finally:
-        os.dup2(saved, fd, inheritable=False)
-        os.close(saved)
-    parts: list[bytes] = []
-    while True:
+    the swap (the event loop is one thread, inside this call).  Errors of ``shutdown`` pass.
+    Calls from several threads take turns (see the module)."""
+    with _catching:
+        catch, caught = _catcher()
+        saved = os.dup(fd)
         try:
-            data = os.read(caught, 65536)
-        except BlockingIOError:
-            data = b""
-        if not data:
-            return b"".join(parts)
-        parts.append(data)
+            os.dup2(catch, fd, inheritable=False)
+            shutdown()
+        finally:
+            os.dup2(saved, fd, inheritable=False)
+            os.close(saved)
+        parts: list[bytes] = []
+        while True:
+            try:
+                data = os.read(caught, 65536)
+            except BlockingIOError:
+                data = b""
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
 
 
 #: The socketpair of each process (its two non-blocking descriptors, open while it lives): a
 #: child of a fork (``--workers``) makes its own.
 _catchers: dict[int, tuple[int, int]] = {}
+#: Held while the socketpair is in use (see :func:`shutdown_caught`).
+_catching = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A fork's child has one thread: a lock another thread of the parent held stays held in
+    it, forever.  The child's own lock, then (its socketpair comes with its first use)."""
+    global _catching
+    _catching = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _catcher() -> tuple[int, int]:

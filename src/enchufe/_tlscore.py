@@ -12,7 +12,7 @@ refuse a client after its handshake (``allow-san``, ``allow-cn``, ``alpn``), as 
 
 A close_notify, and the first step of a handshake, are made with the descriptor pointing at a
 socketpair for a moment (:func:`enchufe._tls_socket.shutdown_caught`): one per process, so one
-at a time (:data:`_CATCHING`); and a wait watches the socket itself, not the descriptor's number
+at a time (that function takes turns); and a wait watches the socket itself, not the descriptor's number
 (:class:`_Poller`), so that another thread's swap cannot leave it watching the wrong file.
 """
 
@@ -144,11 +144,6 @@ def _gathering(size: int) -> memoryview:
         if view is None:
             view = _threads.more = memoryview(bytearray(GATHER_MORE))
     return view[:size]
-
-
-#: Held while a channel on its socket makes its close_notify: every one is caught in the same
-#: socketpair of the process (see :mod:`enchufe._tls_socket`), which must not mix two.
-_CATCHING = threading.Lock()
 
 
 def _direct(setup: TLSSetup) -> bool:
@@ -403,11 +398,7 @@ class TLSCore(StreamCore):
     def _close_write(self) -> None:
         """Queue close_notify in the channel."""
         with self._state_lock:
-            if self._alias is None:
-                self._channel.close_write()
-                return
-            with _CATCHING:
-                self._channel.close_write()
+            self._channel.close_write()
 
     def _discard_unread(self) -> None:
         """On the socket, after a refused handshake: take what the peer sent that OpenSSL left
@@ -452,7 +443,6 @@ class TLSCore(StreamCore):
 
         self._stepped = True
         done: list[bool] = []
-        with _CATCHING:
-            caught = shutdown_caught(self._alias.fileno(), lambda: done.append(channel.handshake()))
+        caught = shutdown_caught(self._alias.fileno(), lambda: done.append(channel.handshake()))
         channel.outbox.write(caught)
         return done[0]
