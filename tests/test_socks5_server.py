@@ -186,6 +186,17 @@ def test_deny_rules_judge_names_and_addresses() -> None:
     assert rules.check_address("192.0.2.1", 80) is None
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::ffff:0.0.0.0", "::", "0:0::0"])
+def test_an_unspecified_address_is_judged_as_the_loopback_it_reaches(host: str) -> None:
+    """Linux connects 0.0.0.0 (and ::) to this host: a rule keeping clients off loopback must
+    keep them off it too, and an allow-list that does not name loopback must not let it in."""
+    loopback = "::1" if host.startswith(("::", "0:")) and "ffff" not in host else "127.0.0.1"
+    denied = DestRules.parse(deny=["127.0.0.0/8", "::1"]).check_address(host, 80)
+    assert denied is not None and f"that is {loopback}" in denied
+    assert DestRules.parse(allow=["192.0.2.0/24", "2001:db8::/32"]).check_address(host, 80) is not None
+    assert DestRules.parse(deny=["10.0.0.0/8", "fd00::/8"]).check_address(host, 80) is None
+
+
 def test_allow_rules_let_a_name_or_an_address_through() -> None:
     rules = DestRules.parse(allow=["*.example.com", "192.0.2.0/24:443"], deny=["192.0.2.66"])
     denied, named = rules.check_name("www.example.com", 80)

@@ -18,7 +18,17 @@ from ._text import printable
 from .errors import UsageError
 from .i18n import _
 
-__all__ = ["IP", "IntNetwork", "Network", "host_int", "int_network", "matching", "parse_network", "peer_ip"]
+__all__ = [
+    "IP",
+    "IntNetwork",
+    "Network",
+    "destination_ip",
+    "host_int",
+    "int_network",
+    "matching",
+    "parse_network",
+    "peer_ip",
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -59,6 +69,20 @@ def peer_ip(host: str) -> IP:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+#: Where Linux takes a connection or datagram to an unspecified address: this host, over loopback
+#: (``ip_route_output``: no destination means 127.0.0.1; ``::`` means ``::1``).
+_THIS_HOST: dict[int, IP] = {4: ipaddress.IPv4Address("127.0.0.1"), 6: ipaddress.IPv6Address("::1")}
+
+
+def destination_ip(host: str) -> IP:
+    """The address a connection (or a datagram) to ``host`` reaches, as rules must judge it: as
+    :func:`peer_ip`, and ``0.0.0.0`` or ``::`` (written any way: ``0``, ``::ffff:0.0.0.0``) is
+    this host's loopback address, where the kernel takes it.  ValueError when it is not an IP
+    address."""
+    ip = peer_ip(host)
+    return _THIS_HOST[ip.version] if ip.is_unspecified else ip
 
 
 def matching(networks: Iterable[Network], ip: IP) -> Network | None:

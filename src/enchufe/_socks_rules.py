@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._inet_text import literal_family
-from ._networks import IP, Network, parse_network, peer_ip
+from ._networks import IP, Network, destination_ip, parse_network, peer_ip
 from ._text import printable
 from .errors import UsageError
 from .i18n import N_, _
@@ -141,16 +141,19 @@ class DestRules:
         return None, any(rule.matches_name(name, port) for rule in self.allow)
 
     def check_address(self, host: str, port: int, name_allowed: bool = False) -> str | None:
-        """An address the request would connect to (an IP literal): why not, or ``None``."""
+        """An address the request would connect to (an IP literal): why not, or ``None``.  An
+        unspecified one (``0.0.0.0``, ``::``) is judged as the loopback address it reaches."""
         try:
-            ip = peer_ip(host)
+            asked, ip = peer_ip(host), destination_ip(host)
         except ValueError:
             return _("{host} is not an IP address").format(host=printable(host))
+        # TRANSLATORS: an unspecified address a client asked for (0.0.0.0), and the loopback one it reaches.
+        shown = _("{asked}, that is {ip}").format(asked=asked, ip=ip) if asked != ip else str(ip)
         for rule in self.deny:
             if rule.matches_address(ip, port):
-                return f"--deny-dest {printable(rule.text)} ({ip})"
+                return f"--deny-dest {printable(rule.text)} ({shown})"
         if self.allow and not name_allowed and not any(rule.matches_address(ip, port) for rule in self.allow):
-            return _("no --allow-dest matches {ip} port {port}").format(ip=ip, port=port)
+            return _("no --allow-dest matches {ip} port {port}").format(ip=shown, port=port)
         return None
 
 

@@ -45,11 +45,14 @@ def socks(
 
 
 def request_bytes(host: str, port: int) -> bytes:
+    """A CONNECT request as a client makes it: an IP literal as an address (IPv4 or IPv6)."""
     try:
-        packed = socket.inet_pton(socket.AF_INET, host)
-        address = b"\x01" + packed
+        address = b"\x01" + socket.inet_pton(socket.AF_INET, host)
     except OSError:
-        address = b"\x03" + bytes([len(host)]) + host.encode()
+        try:
+            address = b"\x04" + socket.inet_pton(socket.AF_INET6, host)
+        except OSError:
+            address = b"\x03" + bytes([len(host)]) + host.encode()
     return b"\x05\x01\x00" + address + struct.pack(">H", port)
 
 
@@ -139,8 +142,12 @@ def test_credentials_accepted_and_refused(echo_target: Target) -> None:
         (DestRules.parse(deny=["127.0.0.0/8", "::1"]), "localhost"),
         (DestRules.parse(deny=["LocalHost"]), "localhost"),
         (DestRules.parse(allow=["192.0.2.0/24"]), "localhost"),
+        # the unspecified addresses reach this host's loopback: judged as that
+        (DestRules.parse(deny=["127.0.0.0/8"]), "0.0.0.0"),
+        (DestRules.parse(deny=["::1"]), "::"),
+        (DestRules.parse(allow=["192.0.2.0/24"]), "0.0.0.0"),
     ],
-    ids=["cidr", "name-resolving-to-denied-ip", "name", "not-allowed"],
+    ids=["cidr", "name-resolving-to-denied-ip", "name", "not-allowed", "any-v4", "any-v6", "any-not-allowed"],
 )
 def test_destination_rules_answer_reply_2(echo_target: Target, rules: DestRules, host: str) -> None:
     with socks(SocksPolicy(rules=rules)) as relay:
@@ -151,6 +158,17 @@ def test_destination_rules_answer_reply_2(echo_target: Target, rules: DestRules,
         refused = relay.events.named("refused")
         assert refused and refused[0]["reply"] == 2
     assert echo_target.accepted == 0
+
+
+def test_the_unspecified_address_reaches_this_host_when_no_rule_denies_it(echo_target: Target) -> None:
+    """What the rule tests above deny is real: 0.0.0.0 connects to the loopback target."""
+    with socks(SocksPolicy(rules=DestRules.parse(deny=["10.0.0.0/8"]))) as relay:
+        sock, code = open_tunnel(relay.address, "0.0.0.0", port_of(echo_target))
+        with sock:
+            assert code == 0
+            sock.sendall(b"here")
+            assert recv_exactly(sock, 4) == b"here"
+    assert echo_target.accepted == 1
 
 
 def test_an_allowed_name_passes_and_its_port_counts(echo_target: Target) -> None:
@@ -463,6 +481,20 @@ def test_udp_from_anyone_else_and_to_denied_destinations_is_dropped(udp_echo: Ud
         udp.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"fine"), bound)
         assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"fine")
     assert udp_echo.seen == [b"fine"]
+
+
+def test_udp_to_the_unspecified_address_is_judged_and_answered_as_loopback(udp_echo: UdpEcho) -> None:
+    """A datagram to 0.0.0.0 goes where the kernel takes it, 127.0.0.1: a rule denying loopback
+    drops it; without one its answer comes back, from the address it really went to."""
+    denied = SocksPolicy(rules=DestRules.parse(deny=["127.0.0.0/8"]))
+    with socks(denied) as relay, association(relay.address) as (_control, udp, bound):
+        udp.sendto(udp_wrap("0.0.0.0", udp_echo.port, b"denied"), bound)
+        assert quiet(udp)
+    assert udp_echo.seen == []
+    with socks() as relay, association(relay.address) as (_control, udp, bound):
+        udp.sendto(udp_wrap("0.0.0.0", udp_echo.port, b"this host"), bound)
+        assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"this host")
+    assert udp_echo.seen == [b"this host"]
 
 
 def test_the_association_ends_with_its_control_connection(udp_echo: UdpEcho) -> None:

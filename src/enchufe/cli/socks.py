@@ -113,7 +113,8 @@ def command(
     Without --auth or --auth-file any client may use it: on an address other than loopback
     that is an open proxy, and a warning says so.  --allow-dest/--deny-dest judge the name a
     client asks for and every address it resolves to (names are resolved here, off the
-    relay's loop), so a name cannot smuggle a denied address in.  A refused request gets its
+    relay's loop), so a name cannot smuggle a denied address in; 0.0.0.0 and :: are judged as
+    the loopback address (127.0.0.1, ::1) the kernel takes them to.  A refused request gets its
     SOCKS reply code: 2 the rules, 4 unreachable or unknown host, 5 refused by the
     destination, 6 timed out, 7 an unsupported command, 8 an unsupported address type.
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .._hop_socks5 import udp_unwrap, udp_wrap
 from .._inet_text import literal_family
-from .._networks import peer_ip
+from .._networks import destination_ip, peer_ip
 from .._resolve import Target
 from .._socks_rules import DestRules
 from ..address import InetAddress
@@ -168,7 +168,7 @@ class UdpAssociation:
                 return
 
     def _send_to(self, host: str, port: int, payload: bytes) -> None:
-        ip = str(peer_ip(host))
+        ip = str(destination_ip(host))  # as the rules judged it: the answer comes from there
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         sock = self._upstream.get(family)
         if sock is None:
