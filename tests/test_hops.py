@@ -320,6 +320,25 @@ def test_a_chain_fed_one_byte_at_a_time_uses_only_its_own_bytes() -> None:
     assert b"".join(sent).endswith(b"CONNECT localhost:9000 HTTP/1.1\r\nHost: localhost:9000\r\n\r\n")
 
 
+@pytest.mark.parametrize("code", [5, 6])
+def test_in_a_chain_a_refusal_of_the_next_hop_names_that_proxy_not_the_target(code: int) -> None:
+    """The first hop's reply 5 is about the second proxy it was asked to reach: the line says
+    so, and the refusal carries that proxy (check's status is then "proxy refused")."""
+    chain = Chain([SOCKS, HTTP_AUTH], "localhost", 9000)
+    chain.feed(b"\x05\x00")
+    with pytest.raises(HopRefused) as refused:
+        chain.feed(socks_reply(code))
+    assert refused.value.next_hop == HTTP_AUTH and refused.value.target_down
+    said = str(refused.value)
+    assert said.startswith("via socks5://127.0.0.1:1080: http://alice:***@127.0.0.1:3128: ")
+    assert "next proxy" in said and "target" not in said and "s3cret" not in said
+    last = Chain([SOCKS], "localhost", 9000)  # one hop: the same reply is the target's
+    last.feed(b"\x05\x00")
+    with pytest.raises(HopRefused) as refused:
+        last.feed(socks_reply(code))
+    assert refused.value.next_hop is None and "localhost:9000: " in str(refused.value)
+
+
 def fed_in_pieces(machine: Handshake, data: bytes, cuts: list[int]) -> tuple[object, int]:
     """``data`` fed to ``machine`` cut at ``cuts``, until it is established: the last event,
     and how many bytes were fed."""

@@ -38,6 +38,11 @@ REPLIES = {
     7: N_("command not supported by the proxy"),
     8: N_("address type not supported by the proxy"),
 }
+#: The same replies when what the proxy was asked to reach is the next proxy of a chain.
+NEXT_PROXY_REPLIES = {
+    5: N_("connection refused by the next proxy"),
+    6: N_("TTL expired on the way to the next proxy"),
+}
 #: The replies that say the target, not the proxy, is not there (yet): worth retrying.
 TARGET_DOWN = frozenset({3, 4, 5, 6})
 _METHOD_NAMES = {NO_AUTH: N_("no authentication"), USER_PASS: N_("username/password"), 0x01: "GSSAPI"}
@@ -153,7 +158,13 @@ class Socks5Handshake(Handshake):
         if code != 0:
             words = _(REPLIES[code]) if code in REPLIES else _("unknown reply code")
             if code in TARGET_DOWN:
-                words = _("{target}: {reason}").format(target=self.target, reason=words)
+                if self.next_hop is not None:
+                    if code in NEXT_PROXY_REPLIES:
+                        words = _(NEXT_PROXY_REPLIES[code])
+                    target = str(self.next_hop)
+                else:
+                    target = self.target
+                words = _("{target}: {reason}").format(target=target, reason=words)
             raise self.refused(
                 _("{reason} (SOCKS reply {code})").format(reason=words, code=code),
                 code=code,

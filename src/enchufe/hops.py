@@ -98,14 +98,25 @@ class HopRefused(NetworkError):
     ``hop`` is the proxy (shown masked), ``reason`` the proxy's reason in words, ``code`` its
     SOCKS reply code or HTTP status (``None`` when it broke the protocol or closed).  Worth
     retrying when the proxy said the next step refused or did not answer (SOCKS replies 3, 4, 5,
-    6; HTTP 502, 503, 504): the target may be starting."""
+    6; HTTP 502, 503, 504): the target may be starting.  ``next_hop``: in a chain, the proxy
+    ``hop`` was asked to reach (its refusal is about that proxy, not the target); ``None`` for
+    the last hop."""
 
-    def __init__(self, hop: Hop, reason: str, *, code: int | None = None, target_down: bool = False) -> None:
+    def __init__(
+        self,
+        hop: Hop,
+        reason: str,
+        *,
+        code: int | None = None,
+        target_down: bool = False,
+        next_hop: Hop | None = None,
+    ) -> None:
         super().__init__(_("via {hop}: {reason}").format(hop=hop, reason=reason), action="connect")
         self.hop = hop
         self.reason = reason
         self.code = code
         self.target_down = target_down
+        self.next_hop = next_hop
 
     @property
     def retryable(self) -> bool:
@@ -149,6 +160,9 @@ class Handshake:
         self.hop = hop
         self.host = host
         self.port = port
+        #: In a chain, the proxy at ``host``:``port`` (what this hop's refusals are about), set
+        #: by :class:`Chain`; ``None`` when ``host``:``port`` is the target.
+        self.next_hop: Hop | None = None
         self.done = False
         self._buffer = bytearray()
 
@@ -169,7 +183,7 @@ class Handshake:
         raise self.refused(_("the proxy closed the connection {when}").format(when=self._waiting_for()))
 
     def refused(self, reason: str, *, code: int | None = None, target_down: bool = False) -> HopRefused:
-        return HopRefused(self.hop, reason, code=code, target_down=target_down)
+        return HopRefused(self.hop, reason, code=code, target_down=target_down, next_hop=self.next_hop)
 
     @property
     def target(self) -> str:
@@ -240,6 +254,8 @@ class Chain:
     def _start(self, index: int) -> Handshake:
         last = index == len(self.hops) - 1
         machine = handshake(self.hops[index], *self._ends[index], udp=self._udp and last)
+        if not last:
+            machine.next_hop = self.hops[index + 1]
         first = machine.start()
         self._say(machine.hop, first.said)
         self._outgoing = first.data

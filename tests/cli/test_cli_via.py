@@ -176,6 +176,19 @@ def test_check_through_a_proxy_that_is_down_blames_the_proxy_not_the_target() ->
     )
 
 
+def test_check_through_a_chain_blames_the_next_proxy_when_the_first_cannot_reach_it() -> None:
+    """A reply 5 from the first of two proxies is about the second one: the status is "proxy
+    refused", and the line names that proxy, never the target."""
+    fake = FakeSocks(reply=5)
+    try:
+        done = run("check", "-v", "--via", fake.url, "--via", "http://127.0.0.1:9", "tcp://localhost:22")
+    finally:
+        fake.close()
+    assert done.returncode == 1
+    reason = "http://127.0.0.1:9: connection refused by the next proxy (SOCKS reply 5)"
+    assert done.stdout.decode() == f"tcp://localhost:22 proxy refused (via {fake.url}: {reason})\n"
+
+
 def test_check_says_refused_when_the_target_refused_through_the_proxy() -> None:
     fake = FakeSocks(reply=5)
     try:

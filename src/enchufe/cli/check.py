@@ -271,16 +271,18 @@ def _probe_udp(sock: Any, timeout: float) -> str:
 
 
 def _status(exc: Exception, *, via: bool = False) -> str:
-    """The status word(s) of a failed check.  Through proxies (``via``), only a hop's reply
-    speaks for the target: any other failure was on the way to, or with, a proxy (one that is
-    down, unknown, silent), said as ``proxy …`` so that it is never taken for the target's."""
+    """The status word(s) of a failed check.  Through proxies (``via``), only the last hop's
+    reply speaks for the target: any other failure was on the way to, or with, a proxy (one that
+    is down, unknown, silent, or refused by the proxy before it in a chain), said as ``proxy …``
+    so that it is never taken for the target's."""
     import errno
 
     from ..errors import ConnectionRefused, NameResolutionError, NotASocket, TimedOut
     from ..hops import HopRefused
 
     if isinstance(exc, HopRefused):
-        return "refused" if exc.code == 5 and exc.hop.scheme == "socks5" else "proxy refused"
+        about_target = exc.next_hop is None and exc.hop.scheme == "socks5"
+        return "refused" if exc.code == 5 and about_target else "proxy refused"
     if via:
         return f"proxy {_status(exc)}"
     if isinstance(exc, TimedOut):
