@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import os
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
+import termios
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -290,7 +293,7 @@ def test_a_peer_that_does_not_speak_tls_is_shown_by_what_it_sent(server: Callabl
         ("ca=/nonexistent/ca.pem", "ca=/nonexistent/ca.pem: no such file"),
         ("ca=/", "a directory, not a PEM file"),
         ("ca={notpem}", "not PEM it can use"),
-        ("cert={ca}", "not PEM it can use"),
+        ("cert={ca}", "no private key in it; add key=FILE"),
     ],
 )
 def test_bad_files_are_refused_naming_the_parameter(
@@ -310,6 +313,71 @@ def test_a_key_that_does_not_match_its_certificate(ca: trustme.CA, tmp_path: Pat
     params = parse_query(f"cert={tmp_path / 'cert.pem'}&key={tmp_path / 'key.pem'}")
     with pytest.raises(AddressError, match="key does not match the certificate"):
         _tls.server_context(params)
+
+
+@pytest.fixture
+def key_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+    """A certificate and its key apart, the same key encrypted (openssl's own), and junk."""
+    issued = ca.issue_cert("a.example")
+    paths = {name: str(tmp_path / f"{name}.pem") for name in ("cert", "key", "encrypted", "junk", "both")}
+    issued.cert_chain_pems[0].write_to_path(paths["cert"])
+    issued.private_key_pem.write_to_path(paths["key"])
+    issued.private_key_and_cert_chain_pem.write_to_path(paths["both"])
+    Path(paths["junk"]).write_text("hello\n")
+    encrypt = ["openssl", "pkey", "-in", paths["key"], "-aes256", "-passout", "pass:secret"]
+    subprocess.run([*encrypt, "-out", paths["encrypted"]], check=True)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("cert={cert}&key={missing}", "key={missing}: no such file"),
+        ("cert={missing}&key={key}", "cert={missing}: no such file"),
+        ("cert={cert}&key={junk}", "key={junk}: not PEM it can use"),
+        ("cert={junk}&key={key}", "cert={junk}: not PEM it can use"),
+        ("cert={cert}", "cert={cert}: no private key in it; add key=FILE"),
+        ("cert={cert}&key={encrypted}", "key={encrypted}: the private key is encrypted with a passphrase"),
+    ],
+    ids=["missing-key", "missing-cert", "junk-key", "junk-cert", "no-key", "encrypted"],
+)
+def test_a_certificate_and_key_failure_names_the_file_it_is_about(
+    query: str, expected: str, key_files: dict[str, str], tmp_path: Path
+) -> None:
+    names = {**key_files, "missing": str(tmp_path / "missing.pem")}
+    params = parse_query(query.format(**names))
+    for make in (_tls.server_context, _tls.client_context):
+        with pytest.raises(AddressError) as refused:
+            make(params)
+        assert str(refused.value).startswith(expected.format(**names)), refused.value
+        assert "_ssl.c" not in str(refused.value)
+
+
+def test_an_encrypted_key_is_refused_without_a_prompt_even_on_a_terminal(key_files: dict[str, str]) -> None:
+    """OpenSSL's own prompt would wait at a terminal (a server's SIGUSR1 reload included): the
+    CLI gives one line and exit 2 at once, whatever stdin is."""
+    address = f"tls://127.0.0.1:0?cert={key_files['cert']}&key={key_files['encrypted']}"
+    primary, secondary = os.openpty()
+
+    def on_the_terminal() -> None:  # the child's controlling terminal: where OpenSSL would prompt
+        os.setsid()
+        fcntl.ioctl(secondary, termios.TIOCSCTTY, 0)
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "enchufe", "listen", address],
+            stdin=secondary,
+            capture_output=True,
+            timeout=15,
+            preexec_fn=on_the_terminal,
+        )
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert done.returncode == 2
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1 and "encrypted with a passphrase" in lines[0] and "Traceback" not in lines[0]
+    assert _tls.server_context(parse_query(f"cert={key_files['both']}"))[0] is not None
 
 
 def test_tls_1_2_is_the_minimum(files: dict[str, str]) -> None:

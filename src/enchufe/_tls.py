@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from . import _tls_seen, _tls_verify
 from ._text import printable
+from ._tls_refusals import SOURCE_LINE as _SOURCE_LINE
 from .errors import AddressError, TLSRefused
 from .i18n import _
 from .tlsinfo import PeerCertificate, TLSInfo, describe_certificate, spki_digest
@@ -197,29 +198,89 @@ def _same_name(kind: str, value: str, allowed: str) -> bool:
 def _load(load: Callable[[], None], name: str, path: str) -> None:
     try:
         load()
-    except FileNotFoundError:
-        raise AddressError(_("{name}={path}: no such file").format(name=name, path=printable(path))) from None
-    except PermissionError:
-        raise AddressError(
-            _("{name}={path}: permission denied").format(name=name, path=printable(path))
-        ) from None
-    except IsADirectoryError:
-        raise AddressError(
-            _("{name}={path}: a directory, not a PEM file").format(name=name, path=printable(path))
-        ) from None
-    except ssl.SSLError as exc:
-        template = (
-            _("{name}={path}: key does not match the certificate ({detail})")
-            if exc.reason == "KEY_VALUES_MISMATCH"
-            else _("{name}={path}: not PEM it can use ({detail})")
+    except OSError as exc:
+        raise _file_error(exc, name, path) from None
+
+
+def _file_error(exc: OSError, name: str, path: str) -> AddressError:
+    """What reading ``name=path`` failed on, in one line."""
+    shown = printable(path)
+    if isinstance(exc, FileNotFoundError):
+        return AddressError(_("{name}={path}: no such file").format(name=name, path=shown))
+    if isinstance(exc, PermissionError):
+        return AddressError(_("{name}={path}: permission denied").format(name=name, path=shown))
+    if isinstance(exc, IsADirectoryError):
+        return AddressError(_("{name}={path}: a directory, not a PEM file").format(name=name, path=shown))
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return AddressError(
+            _("{name}={path}: key does not match the certificate").format(name=name, path=shown)
         )
-        raise AddressError(
-            template.format(name=name, path=printable(path), detail=exc.reason or exc)
-        ) from None
+    detail = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else _SOURCE_LINE.sub("", str(exc))
+    return AddressError(
+        _("{name}={path}: not PEM it can use ({detail})").format(
+            name=name, path=shown, detail=printable(detail)
+        )
+    )
 
 
 def _load_chain(context: ssl.SSLContext, cert: str, key: str | None) -> None:
-    _load(lambda: context.load_cert_chain(cert, key), "cert" if key is None else "cert/key", cert)
+    """``cert=`` and ``key=`` (or the key inside ``cert``): a failure names the file it is
+    about.  A key encrypted with a passphrase is refused, never prompted for: a server has no
+    one to ask, and a reload (SIGUSR1) must not wait at a terminal."""
+
+    def passphrase() -> str:
+        raise AddressError(
+            _(
+                "{name}={path}: the private key is encrypted with a passphrase, which enchufe does "
+                "not ask for; decrypt it once with: openssl pkey -in {path} -out PLAIN.key"
+            ).format(name="key" if key is not None else "cert", path=printable(key or cert))
+        )
+
+    try:
+        context.load_cert_chain(cert, key, password=passphrase)
+    except OSError as exc:
+        name, path = _chain_culprit(exc, cert, key)
+        if key is None and isinstance(exc, ssl.SSLError) and _lacks_key(cert):
+            raise AddressError(
+                _("cert={path}: no private key in it; add key=FILE").format(path=printable(cert))
+            ) from None
+        raise _file_error(exc, name, path) from None
+
+
+def _chain_culprit(exc: OSError, cert: str, key: str | None) -> tuple[str, str]:
+    """Which of ``cert`` and ``key`` a failed load is about: the first that cannot be opened, or
+    is not what it should hold; both (``cert/key``) when each looks right."""
+    if key is None:
+        return "cert", cert
+    if not isinstance(exc, ssl.SSLError):
+        for name, path in (("cert", cert), ("key", key)):
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError:
+                return name, path
+        return "cert/key", cert
+    if exc.reason == "KEY_VALUES_MISMATCH":
+        return "cert/key", cert
+    if not _has(cert, b"-----BEGIN CERTIFICATE-----"):
+        return "cert", cert
+    if not _has(key, b"PRIVATE KEY-----"):
+        return "key", key
+    return "cert/key", cert
+
+
+def _lacks_key(cert: str) -> bool:
+    """A PEM certificate file without a private key in it (``key=`` was left out)."""
+    return _has(cert, b"-----BEGIN CERTIFICATE-----") and not _has(cert, b"PRIVATE KEY-----")
+
+
+def _has(path: str, marker: bytes) -> bool:
+    """Whether the first MiB of ``path`` holds ``marker`` (False if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return marker in f.read(1 << 20)
+    except OSError:
+        return False
 
 
 def self_signed(host: str) -> tuple[bytes, bytes]:

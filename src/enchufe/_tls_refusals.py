@@ -19,7 +19,7 @@ from .errors import TLSRefused, TLSTruncated
 from .i18n import N_, _
 from .tlsinfo import date_text, describe_certificate
 
-__all__ = ["TRUNCATED", "alpn_refused", "explain"]
+__all__ = ["SOURCE_LINE", "TRUNCATED", "alpn_refused", "explain"]
 
 _NOT_YET_VALID, _EXPIRED, _NAME_MISMATCH, _IP_MISMATCH = 9, 10, 62, 64
 _UNTRUSTED = N_("add ca=FILE with the CA that issued it, or pin=sha256:… to trust this key alone")
@@ -132,7 +132,7 @@ _REASONS: dict[str, tuple[str, str, str]] = {
     ),
 }
 # Where in CPython's _ssl.c an error was made ("(_ssl.c:2580)"): nothing a user can act on.
-_SOURCE_LINE = re.compile(r" \(_ssl\.c:\d+\)$")
+SOURCE_LINE = re.compile(r" \(_ssl\.c:\d+\)$")
 # A client's alert about the server's certificate: the server's own certificate was refused.
 _SERVER_REASONS: dict[str, str] = {
     "SSLV3_ALERT_BAD_CERTIFICATE": "untrusted",
@@ -172,7 +172,7 @@ def explain(
             said = said_by_server if server_side else said_by_client
             line = _(said)
         else:
-            error = printable(_SOURCE_LINE.sub("", str(exc)))
+            error = printable(SOURCE_LINE.sub("", str(exc)))
             if established:
                 line = _("TLS failed on the established connection: {error}").format(error=error)
                 reason = "protocol"
