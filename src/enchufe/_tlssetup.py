@@ -30,6 +30,7 @@ __all__ = [
     "client_context",
     "client_setup",
     "forget_sessions",
+    "insecure_line",
     "keep_session",
     "server_setup",
     "session_for",
@@ -56,8 +57,16 @@ class TLSSetup:
         session: ssl.SSLSession | Session | None = None,
         sock: socket.socket | None = None,
     ) -> TLSChannel:
-        """A connection's channel: over memory BIOs, or reading and writing ``sock`` itself."""
+        """A connection's channel: over memory BIOs, or reading and writing ``sock`` itself.  A
+        client with ``insecure`` issues :class:`~enchufe.errors.InsecureTLSWarning`."""
         from .tlschannel import TLSChannel
+
+        if self.params.insecure and not self.server_side:
+            import warnings
+
+            from .errors import InsecureTLSWarning
+
+            warnings.warn(InsecureTLSWarning(insecure_line(self.server_hostname)), stacklevel=2)
 
         return TLSChannel(
             self.context,
@@ -68,6 +77,16 @@ class TLSSetup:
             session=session,
             sock=sock,
         )
+
+
+def insecure_line(server: str | None) -> str:
+    """What is said of a connection made with ``insecure`` (to ``server``, when known)."""
+    from .i18n import _
+
+    return _(
+        "insecure: {server} is not verified; anyone on the path can read and change the data "
+        "(use ca= or pin= instead)"
+    ).format(server=server or _("the server"))
 
 
 #: The session of the last connection each client context closed, by the server it reached

@@ -21,6 +21,9 @@
         ├── DatagramTruncated         a datagram larger than the receive buffer arrived
         └── NotASocket                a path exists and is not a socket file; enchufe never touches it
 
+    InsecureTLSWarning                a warning (``warnings``), not an error: a TLS client connects
+                                      with ``insecure``, verifying nothing
+
 ``OSError`` is translated into these at one boundary (:func:`translate`), keeping the original
 as ``__cause__`` and its ``errno``.  Messages say what happened and what to try.
 """
@@ -47,6 +50,7 @@ __all__ = [
     "DatagramTruncated",
     "EnchufeError",
     "IncompleteRead",
+    "InsecureTLSWarning",
     "MessageTooLarge",
     "NameResolutionError",
     "NetworkError",
@@ -65,6 +69,13 @@ __all__ = [
 
 class EnchufeError(Exception):
     """Root of every error enchufe raises."""
+
+
+class InsecureTLSWarning(UserWarning):
+    """A TLS client connection made with ``insecure``: the server is not verified, so anyone on
+    the path can read and change the data.  Issued (:mod:`warnings`) for every such connection;
+    Python's default filter shows the first.  ``warnings.simplefilter("error",
+    InsecureTLSWarning)`` makes them errors, ``"ignore"`` silences them."""
 
 
 class UsageError(EnchufeError, ValueError):

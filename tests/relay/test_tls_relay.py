@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import socket
 import ssl
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 import enchufe
 from enchufe import _tlssetup
-from enchufe.errors import ConnectionReset, TLSRefused
+from enchufe.errors import ConnectionReset, InsecureTLSWarning, TLSRefused
 from enchufe.relay import RelayConfig
 from enchufe.relay.stats import summary_report
 from tests.conftest import Peer
@@ -341,6 +342,25 @@ def test_origination_refused_by_verification_says_why(
         wait_until(lambda: bool(relay.events.named("tls-failed")), "the notice")
         (notice,) = relay.events.named("tls-failed")
         assert notice["side"] == "target" and notice["reason"] == "untrusted", notice
+
+
+def test_origination_with_insecure_warns_at_every_connection(tls_echo_target: TLSTarget) -> None:
+    """``insecure`` on a target verifies nothing: every connection says so (a warning event,
+    as connect, send and check say it)."""
+    target = f"{tls_echo_target.address}?insecure"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureTLSWarning)
+        with relay_thread(RelayConfig("tcp://127.0.0.1:0", target)) as relay:
+            for round_ in range(2):
+                with enchufe.connect(relay.address) as conn:
+                    conn.send_all(b"unverified %d" % round_)
+                    conn.shutdown_write()
+                    assert conn.recv() == b"unverified %d" % round_
+            wait_until(lambda: len(relay.events.named("warning")) == 2, "two warnings")
+            warned = relay.events.named("warning")
+            lines = [line for name, line, _fields in relay.events.events if name == "warning"]
+    assert [w["id"] for w in warned] == [1, 2] and all(w["insecure"] for w in warned)
+    assert lines[0].startswith("enchufe: warning: #1 insecure: ") and "is not verified" in lines[0]
 
 
 # ----------------------------------------------------------------------------- narration

@@ -3,18 +3,22 @@ peers that do not speak TLS at all (each refusal asserted by its reason and its 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import socket
+import warnings
 from typing import Any
 
 import pytest
 
+import enchufe
+import enchufe.aio
 from enchufe import AddressError, NetworkError, _tls_verify
 from enchufe._tls import environment
 from enchufe._tlsstream import client_context
-from enchufe.errors import TLSRefused
+from enchufe.errors import InsecureTLSWarning, TLSRefused
 from enchufe.tlsparams import parse_query
 from tests.conformance.conftest import IO_TIMEOUT, SyncApi
 from tests.conftest import Peer
@@ -301,3 +305,45 @@ def test_the_exec_environment_of_a_mutual_tls_connection(sock_dir: str, pem: dic
     assert env["ENCHUFE_TLS_PEER_SAN"] == "DNS:alice.example"
     assert env["ENCHUFE_TLS_PEER_PIN"].startswith("sha256:") and len(env["ENCHUFE_TLS_PEER_PIN"]) == 71
     assert "ENCHUFE_TLS_PEER_CN" in plain  # the client sees the server's certificate the same way
+
+
+def test_an_insecure_client_warns_at_every_connection_sync_and_asyncio() -> None:
+    """``insecure`` verifies nothing: the library says so (InsecureTLSWarning, a warning a
+    program can silence or make an error) at every connection, from either API; a verified
+    connection says nothing."""
+    with enchufe.listen("tls://127.0.0.1:0?cert=auto") as listener:
+
+        def serve_one() -> None:
+            with listener.accept() as conn:
+                conn.set_timeout(IO_TIMEOUT)
+                conn.send_all(conn.recv_exactly(2))
+
+        insecure = client_of(listener.address, "insecure")
+        pinned = client_of(listener.address, f"pin={listener.tls_pin}")
+
+        def sync_connect(target: str) -> None:
+            server = Peer(serve_one)
+            with enchufe.connect(target, timeout=IO_TIMEOUT) as conn:
+                conn.send_all(b"ok")
+                assert conn.recv_exactly(2) == b"ok"
+            server.result()
+
+        def aio_connect(target: str) -> None:
+            async def one() -> None:
+                stream = await enchufe.aio.connect(target, timeout=IO_TIMEOUT)
+                async with stream:
+                    await stream.send_all(b"ok")
+                    assert await stream.recv_exactly(2) == b"ok"
+
+            server = Peer(serve_one)
+            asyncio.run(one())
+            server.result()
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for connect in (sync_connect, aio_connect, sync_connect):
+                connect(insecure)
+            connect(pinned)
+    said = [w for w in caught if issubclass(w.category, InsecureTLSWarning)]
+    assert len(said) == 3, [str(w.message) for w in caught]
+    assert "is not verified" in str(said[0].message)

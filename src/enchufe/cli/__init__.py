@@ -140,11 +140,22 @@ _NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = tuple(
 )
 
 
+def _own_insecure_lines() -> None:
+    """The commands say ``insecure`` in their own line, at every connection (see ._tls): the
+    library's warning (InsecureTLSWarning) would say it again, in Python's format."""
+    import warnings
+
+    from ..errors import InsecureTLSWarning
+
+    warnings.filterwarnings("ignore", category=InsecureTLSWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with the contract's status: 0 done, 1 runtime failure, 2 bad input."""
     from ..errors import EnchufeError, UsageError
 
     choose_language(sys.argv[1:] if argv is None else argv)
+    _own_insecure_lines()
     try:
         # Outside standalone mode click returns the exit code a command asked for.
         status = cli.main(args=argv, prog_name="enchufe", standalone_mode=False)

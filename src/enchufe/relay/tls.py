@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _tls_socket, trace
 from .._text import printable
-from .._tlssetup import keep_session, session_for
+from .._tlssetup import insecure_line, keep_session, session_for
 from ..errors import TLSRefused
 from ..errors import reason as system_reason
 from ..i18n import N_, _
@@ -124,6 +124,8 @@ class TLSStreamSession(StreamSession):
         if target.mask != UNREGISTERED:
             loop.unregister(target.rfd)
             target.mask = UNREGISTERED
+        if setup.params.insecure:
+            self._warn_insecure()
         sock = self._socket_for(target)
         # The session of the last connection to this target (same context and name) is offered:
         # a resumed handshake spares the relay the target's certificate chain and signature.
@@ -132,6 +134,19 @@ class TLSStreamSession(StreamSession):
         loop.register(target.rfd, READ, self._on_target_handshake, self.crashed)
         self._arm_handshake(setup, "target")
         self._on_target_handshake(READ)
+
+    def _warn_insecure(self) -> None:
+        """``insecure`` is said at every connection, as the other commands say it (rate-limited
+        as every line a client can cause is)."""
+        line = insecure_line(self.target_label)
+        self.relay.events.notice(
+            N_("connections to an unverified TLS target"),
+            "warning",
+            _("enchufe: warning: #{id} {problem}").format(id=self.id, problem=line),
+            id=self.id,
+            target=self.target_label,
+            insecure=True,
+        )
 
     def _on_target_handshake(self, _events: int) -> None:
         if self.state != CONNECTING:
