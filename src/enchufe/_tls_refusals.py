@@ -164,7 +164,7 @@ def explain(
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _verify_failed(exc, server_side, server_name, certificate)
     if isinstance(exc, ssl.SSLError):
-        code = exc.reason or ""
+        code = exc.reason or _reason_of(str(exc))
         if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
             return TLSRefused(_(_CLIENT_CA), "client-certificate-refused")
         if code in _REASONS:
@@ -188,6 +188,18 @@ def explain(
     if isinstance(exc, ConnectionError | EOFError):
         return TLSRefused(_(_CLOSED[server_side]), "closed")
     raise exc
+
+
+#: What an SSLError says when Python has no name for OpenSSL's reason ("[SSL] tlsv1 alert no
+#: application protocol (_ssl.c:1000)"): the text is the name, in lower case with spaces.
+_UNNAMED = re.compile(r"^\[SSL\] ([a-z0-9 ]+?)(?: \(_ssl\.c:\d+\))?$")
+
+
+def _reason_of(text: str) -> str:
+    """The reason's name in ``text`` (``TLSV1_ALERT_NO_APPLICATION_PROTOCOL``), or ``""``: the
+    Python of this OpenSSL knows fewer names than OpenSSL 3 says (``exc.reason`` is None)."""
+    found = _UNNAMED.match(text)
+    return found.group(1).upper().replace(" ", "_") if found else ""
 
 
 def _verify_failed(

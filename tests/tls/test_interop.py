@@ -181,3 +181,20 @@ def test_a_killed_openssl_peer_is_an_error_never_an_eof(sock_dir: str, pem: dict
                 client.popen.kill()
                 with pytest.raises(enchufe.ConnectionReset):
                     conn.recv()
+
+
+def test_an_openssl_server_that_accepts_no_offered_alpn_protocol_is_said_so(
+    sock_dir: str, pem: dict[str, str]
+) -> None:
+    """s_server -alpn h2 answers a client offering only foo with the no_application_protocol
+    alert; this Python names no reason for it (``exc.reason`` is None), and the line is still
+    the one for ALPN, not OpenSSL's text."""
+    where = new_where("tcp4", sock_dir)
+    argv = [tool("openssl"), "s_server", "-accept", f"127.0.0.1:{where.port}", "-cert", pem["server"]]
+    with spawn([*argv, "-alpn", "h2", "-quiet", "-naccept", "1"], "s_server") as server:
+        wait_bound(where, server)
+        with pytest.raises(enchufe.errors.TLSRefused) as refused:
+            enchufe.connect(f"tls://127.0.0.1:{where.port}?ca={pem['ca']}&alpn=foo", timeout=WAIT)
+        server.finish()
+    assert refused.value.reason == "alpn", refused.value
+    assert str(refused.value) == "the server accepts none of the ALPN protocols offered"
