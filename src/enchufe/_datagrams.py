@@ -8,6 +8,7 @@ blocks in the kernel and never sees it; the asyncio socket waits on the loop and
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 
@@ -23,6 +24,8 @@ from .i18n import N_, _
 #: Resolved destinations kept per socket, so that sendto() to a host name does not ask the
 #: resolver for every datagram; a bound keeps a socket that writes to many peers small.
 RESOLVE_CACHE_SIZE = 256
+#: The largest SOCKS5 UDP header (RSV, FRAG, ATYP, a 255-byte name with its length, the port).
+_MAX_UDP_HEADER = 3 + 1 + 1 + 255 + 2
 
 
 class DatagramCore(Endpoint):
@@ -47,6 +50,15 @@ class DatagramCore(Endpoint):
         self.stalled_peers = StalledPeers()
         self.local_address = local_address or from_sockaddr(sock.family, sock.type, sock.getsockname())
         self.peer_address = peer_address
+        #: Through a SOCKS5 proxy (``connect_datagram(…, via=…)``): the association's TCP
+        #: connection, open while this socket lives (the proxy ends the association when it
+        #: closes); ``sock`` is connected to the proxy's relay, and every datagram carries the
+        #: SOCKS5 UDP header, added here and taken off here.
+        self._association: socket.socket | None = None
+
+    def _through(self, association: socket.socket) -> None:
+        """Datagrams from now on go through a SOCKS5 association (see ``_association``)."""
+        self._association = association
 
     @property
     def address(self) -> SocketAddress:
@@ -63,6 +75,8 @@ class DatagramCore(Endpoint):
         """One ``sendto()`` of ``data`` as one datagram to ``address``: the bytes sent."""
         self._check()
         target = self._target(address)
+        if self._association is not None:
+            return self._via_relay(data, target, flags)
         sockaddr = self._sockaddr_for(target)
         try:
             return _calls.send_datagram(self._sock, bytes(data), sockaddr, flags=flags)
@@ -89,12 +103,35 @@ class DatagramCore(Endpoint):
         self._check()
         if self.peer_address is None:
             raise UsageError(_("send() needs a connected datagram socket; use sendto(data, address)"))
+        if self._association is not None:
+            return self._via_relay(data, self.peer_address, 0)
         try:
             return _calls.send_datagram(self._sock, bytes(data), None)
         except BlockingIOError:
             raise
         except OSError as exc:
             raise translate(exc, self._sending(data, self.peer_address)) from exc
+
+    def _via_relay(self, data: bytes, target: Address, flags: int) -> int:
+        """``data`` to ``target`` through the association: to the relay, with the header that
+        names the target (its name, for the proxy to resolve); the payload's size."""
+        from ._hop_socks5 import udp_wrap
+
+        if not isinstance(target, InetAddress) or target.is_stream:
+            raise AddressError(
+                _("{address}: a datagram socket through a SOCKS5 proxy sends to udp:// addresses").format(
+                    address=target
+                )
+            )
+        try:
+            _calls.send_datagram(
+                self._sock, udp_wrap(target.host, target.port, bytes(data)), None, flags=flags
+            )
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            raise translate(exc, self._sending(data, target)) from exc
+        return len(data)
 
     @staticmethod
     def _sending(data: bytes, target: object) -> str:
@@ -171,6 +208,8 @@ class DatagramCore(Endpoint):
         for one larger than ``max_size``."""
         self._check()
         _ranges.integer(max_size, "max_size", 1, _ranges.MAX_DATAGRAM_SIZE)
+        if self._association is not None:
+            return self._from_relay(max_size)
         if len(self._buffer) != max_size:
             self._buffer = bytearray(max_size)
         try:
@@ -181,6 +220,36 @@ class DatagramCore(Endpoint):
             raise translate(exc, self._receiving()) from exc
         sender = from_sockaddr(self._sock.family, self._sock.type, raw) if raw else None
         data = bytes(self._buffer[: min(size, max_size)])
+        return self._whole(data, size, max_size, sender)
+
+    def _from_relay(self, max_size: int) -> tuple[bytes, SocketAddress | None]:
+        """The next datagram the relay passes on, without its header, and the sender the header
+        names.  What is not a relay's datagram (malformed, a fragment) is dropped, as RFC 1928
+        lets a client do, and the next one is read (on a non-blocking socket: BlockingIOError
+        when there is none)."""
+        from ._hop_socks5 import udp_unwrap
+
+        if len(self._buffer) != max_size + _MAX_UDP_HEADER:
+            self._buffer = bytearray(max_size + _MAX_UDP_HEADER)
+        while True:
+            try:
+                size, _raw = _calls.recv_datagram_into(self._sock, self._buffer)
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                raise translate(exc, self._receiving()) from exc
+            unwrapped = udp_unwrap(bytes(self._buffer[: min(size, len(self._buffer))]))
+            if unwrapped is None:
+                continue
+            host, port, payload = unwrapped
+            header = min(size, len(self._buffer)) - len(payload)
+            return self._whole(payload[:max_size], size - header, max_size, InetAddress("udp", host, port))
+
+    def _whole(
+        self, data: bytes, size: int, max_size: int, sender: SocketAddress | None
+    ) -> tuple[bytes, SocketAddress | None]:
+        """``data`` and ``sender``, or DatagramTruncated when the datagram (``size`` bytes) was
+        larger than ``max_size``."""
         if size > max_size:
             raise DatagramTruncated(
                 _(
@@ -192,6 +261,14 @@ class DatagramCore(Endpoint):
                 sender=sender,
             )
         return data, sender
+
+    def close(self) -> None:
+        """Close the socket (and, through a proxy, the association's connection)."""
+        association, self._association = self._association, None
+        if association is not None:
+            with contextlib.suppress(OSError):
+                _calls.close(association)
+        super().close()
 
     def __repr__(self) -> str:
         peer = f" → {self.peer_address}" if self.peer_address else ""

@@ -92,28 +92,43 @@ def _udp_attempt(hop: Hop, timeout: float | None, first_leg: FirstLeg) -> tuple[
     deadline = (start + timeout) if timeout is not None else time.monotonic() + DEFAULT_HOP_TIMEOUT
     udp: socket.socket | None = None
     try:
-        local = control.getsockname()[0]
-        udp = _calls.new_socket(control.family, socket.SOCK_DGRAM)
-        # The association names the address this side sends from: a strict proxy relays only it.
-        _calls.bind(udp, (local, 0))
-        chain = Chain([hop], local, udp.getsockname()[1], udp=True)
+        udp, chain = udp_socket(control, hop)
         _handshakes(control, chain, deadline)
-        assert chain.bound is not None
-        host, port = chain.bound
-        if host in ("0.0.0.0", "::"):  # "the address you reached me at" (dante, many others)
-            host = control.getpeername()[0]
-        _calls.connect(udp, (host, port))
+        connect_to_relay(udp, control, chain)
     except OSError as exc:
-        _close_all(control, udp)
+        close_all(control, udp)
         raise named(translate(exc, "use the proxy's UDP relay"), hop) from exc
     except BaseException:
-        _close_all(control, udp)
+        close_all(control, udp)
         raise
     control.settimeout(None)
     return udp, control
 
 
-def _close_all(*socks: socket.socket | None) -> None:
+def udp_socket(control: socket.socket, hop: Hop) -> tuple[socket.socket, Chain]:
+    """The UDP socket of an association over ``control`` (bound beside it: the association
+    names the address this side sends from, and a strict proxy relays only that one), and the
+    handshake that asks ``hop`` for it."""
+    local = control.getsockname()[0]
+    udp = _calls.new_socket(control.family, socket.SOCK_DGRAM)
+    try:
+        _calls.bind(udp, (local, 0))
+        return udp, Chain([hop], local, udp.getsockname()[1], udp=True)
+    except BaseException:
+        _calls.close(udp)
+        raise
+
+
+def connect_to_relay(udp: socket.socket, control: socket.socket, chain: Chain) -> None:
+    """Connect ``udp`` to the relay the proxy named when ``chain`` was done."""
+    assert chain.bound is not None
+    host, port = chain.bound
+    if host in ("0.0.0.0", "::"):  # "the address you reached me at" (dante, many others)
+        host = control.getpeername()[0]
+    _calls.connect(udp, (host, port))
+
+
+def close_all(*socks: socket.socket | None) -> None:
     for sock in socks:
         if sock is not None:
             _calls.close(sock)

@@ -55,7 +55,6 @@ def test_a_bad_proxy_url_is_one_line_exit_2_without_the_password(
 @pytest.mark.parametrize(
     ("command", "target", "needle"),
     [
-        ("send", "udp://127.0.0.1:53", "send --via takes stream targets"),
         ("check", "udp://127.0.0.1:53", "check --via takes stream targets"),
         ("connect", "unix:@app", "reaches tcp:// and tls:// targets"),
         ("check", "unix:@app", "reaches tcp:// and tls:// targets"),

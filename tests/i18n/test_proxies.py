@@ -112,11 +112,14 @@ def _spanish_server(spawn: Spawn, *args: str) -> tuple[Proc, int]:
             "not an HTTP proxy (via http://127.0.0.1:3128)",
         ),
         (
-            ("send", "--via", "socks5://127.0.0.1:1080", "udp://127.0.0.1:53", "x"),
-            "enchufe: udp://127.0.0.1:53: send --via admite destinos de flujo (tcp://, tls://); los "
-            "datagramas pasan por un proxy socks5:// con enchufe connect (a través de socks5://127.0.0.1:1080)",
-            "enchufe: udp://127.0.0.1:53: send --via takes stream targets (tcp://, tls://); datagrams "
-            "go through a socks5:// proxy with enchufe connect (via socks5://127.0.0.1:1080)",
+            ("check", "--via", "socks5://127.0.0.1:1080", "udp://127.0.0.1:53"),
+            "enchufe: udp://127.0.0.1:53: check --via admite destinos de flujo (tcp://, tls://): a "
+            "través de un proxy, el rechazo de un puerto UDP llega al proxy y no a este equipo, así "
+            "que la comprobación no podría fallar (a través de socks5://127.0.0.1:1080); enchufe send "
+            "--wait-reply pide una respuesta en su lugar",
+            "enchufe: udp://127.0.0.1:53: check --via takes stream targets (tcp://, tls://): through a "
+            "proxy a UDP port's refusal reaches the proxy, not this host, so the check could not fail "
+            "(via socks5://127.0.0.1:1080); enchufe send --wait-reply asks for an answer instead",
         ),
     ],
 )

@@ -326,6 +326,49 @@ def test_datagrams_through_a_dante_udp_association_one_by_one(dante: Start) -> N
     assert f"after {sum(map(len, DATAGRAMS))} bytes in, {sum(map(len, DATAGRAMS))} out".encode() in client.err
 
 
+def test_the_library_sends_datagrams_through_dante_sync_and_asyncio(dante: Start) -> None:
+    """connect_datagram(udp://localhost:P, via=[dante]): send and recv carry whole datagrams (the
+    header added and taken off by the socket), sendto reaches the target by another name, and
+    the asyncio socket does the same; each payload checked by SHA-256."""
+    with spawn(enchufe_argv("echo", "udp://127.0.0.1:0"), "enchufe echo udp") as server:
+        port = int(listening_address(server).rsplit(":", 1)[1])
+        proxy = dante(port)
+        target = f"udp://localhost:{port}"
+        with enchufe.connect_datagram(target, via=[proxy.url], timeout=WAIT) as dgram:
+            dgram.set_timeout(WAIT)
+            for datagram in DATAGRAMS:
+                dgram.send(datagram)
+                got, sender = dgram.recvfrom()
+                assert _sha(got) == _sha(datagram) and str(sender) == f"udp://127.0.0.1:{port}"
+            dgram.sendto(b"by address", f"udp://127.0.0.1:{port}")
+            assert dgram.recv() == b"by address"
+
+        async def through_asyncio() -> list[bytes]:
+            dgram = await enchufe.aio.connect_datagram(target, via=proxy.url, timeout=WAIT)
+            async with dgram:
+                dgram.set_timeout(WAIT)
+                got = []
+                for datagram in DATAGRAMS:
+                    await dgram.send(datagram)
+                    got.append(await dgram.recv())
+                return got
+
+        assert [_sha(d) for d in asyncio.run(through_asyncio())] == [_sha(d) for d in DATAGRAMS]
+
+
+def test_send_a_datagram_through_dante_and_wait_for_the_reply(dante: Start) -> None:
+    with spawn(enchufe_argv("echo", "udp://127.0.0.1:0"), "enchufe echo udp") as server:
+        port = int(listening_address(server).rsplit(":", 1)[1])
+        proxy = dante(port)
+        done = subprocess.run(
+            enchufe_argv("send", "--via", proxy.url, "--wait-reply", f"udp://localhost:{port}", "ping"),
+            capture_output=True,
+            timeout=WAIT * 4,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"ping"
+
+
 def test_microsocks_says_it_does_not_do_udp(microsocks: Start) -> None:
     proxy = microsocks()
     done = subprocess.run(

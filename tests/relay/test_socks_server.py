@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import enchufe
 from enchufe._hop_socks5 import udp_unwrap, udp_wrap
 from enchufe._socks5_server import reply
 from enchufe._socks_rules import DestRules, SocksPolicy
@@ -495,6 +496,20 @@ def test_udp_to_the_unspecified_address_is_judged_and_answered_as_loopback(udp_e
         udp.sendto(udp_wrap("0.0.0.0", udp_echo.port, b"this host"), bound)
         assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"this host")
     assert udp_echo.seen == [b"this host"]
+
+
+def test_the_library_s_datagram_socket_through_the_server_and_its_close(udp_echo: UdpEcho) -> None:
+    """enchufe.connect_datagram(…, via=…) against this server: datagrams both ways, a payload
+    that looks like a header is carried as it is, and closing the socket ends the association."""
+    with socks() as relay:
+        proxy = f"socks5://{str(relay.address).removeprefix('tcp://')}"
+        with enchufe.connect_datagram(f"udp://127.0.0.1:{udp_echo.port}", via=proxy, timeout=STEP) as dgram:
+            dgram.set_timeout(STEP)
+            for payload in (b"one", b"\x00\x00\x00\x01 looks like a header", bytes(3000)):
+                dgram.send(payload)
+                assert dgram.recvfrom() == (payload, enchufe.InetAddress("udp", "127.0.0.1", udp_echo.port))
+        wait_until(lambda: bool(relay.events.named("close")), "the association's end")
+    assert udp_echo.seen == [b"one", b"\x00\x00\x00\x01 looks like a header", bytes(3000)]
 
 
 def test_the_association_ends_with_its_control_connection(udp_echo: UdpEcho) -> None:

@@ -16,7 +16,7 @@ from .._tlsstream import client_setup, server_setup, with_tls
 from .._unixfiles import SocketFile
 from ..address import Address, InetAddress, UnixAddress
 from ..hops import Hop, check_target, parse_hops
-from ._via import open_via
+from ._via import open_udp_via, open_via
 from ._wait import wait_writable
 from .datagram import DatagramSocket
 from .stream import Connection, Listener, TLSConnection
@@ -109,9 +109,25 @@ async def connect_datagram(
     timeout: float | None = None,
     retries: int = 0,
     retry_delay: float = DEFAULT_RETRY_DELAY,
+    via: Sequence[str | Hop] | str | Hop | None = None,
 ) -> DatagramSocket:
-    """Like :func:`enchufe.connect_datagram`, for asyncio (unixgram clients get a reply address)."""
+    """Like :func:`enchufe.connect_datagram`, for asyncio (unixgram clients get a reply address;
+    ``via``: a udp:// target's datagrams through one SOCKS5 proxy, as there)."""
     target = socket_address(address, stream=False, role="connect_datagram")
+    hops = parse_hops(via)
+    if hops:
+
+        async def first_leg(proxy: InetAddress) -> socket.socket:
+            sock, _owned = await _open_connection(proxy, timeout, 0, 0)
+            return sock
+
+        checked = check_target(target, hops)
+        udp, control = await open_udp_via(
+            checked, hops, first_leg, timeout=timeout, retries=retries, retry_delay=retry_delay
+        )
+        dgram = DatagramSocket(udp, peer_address=target)
+        dgram._through(control)
+        return dgram
     sock, owned = await _open_connection(target, timeout, retries, retry_delay)
     return DatagramSocket(sock, owned=owned, peer_address=target)
 

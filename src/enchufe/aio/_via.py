@@ -12,14 +12,26 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from .. import _calls
 from .._connect import ConnectPlan
-from .._via import DEFAULT_HOP_TIMEOUT, discard, named, peek, timed_out
+from .._via import (
+    DEFAULT_HOP_TIMEOUT,
+    close_all,
+    connect_to_relay,
+    discard,
+    named,
+    peek,
+    timed_out,
+    udp_socket,
+)
 from ..address import InetAddress
 from ..errors import NetworkError, translate
 from ..hops import Chain, Hop, check_target
 from ._wait import Readiness
+
+T = TypeVar("T")
 
 #: Opens the non-blocking TCP connection to the first proxy.
 FirstLeg = Callable[[InetAddress], Awaitable[socket.socket]]
@@ -37,14 +49,62 @@ async def open_via(
     """A non-blocking socket whose bytes reach ``target`` through ``hops`` (first hop first)."""
     check_target(target, hops)
     plan = ConnectPlan(target, retries=retries, retry_delay=retry_delay)
+    return await _retried(plan, lambda: _attempt(target, hops, first_leg, timeout))
+
+
+async def open_udp_via(
+    target: InetAddress,
+    hops: Sequence[Hop],
+    first_leg: FirstLeg,
+    *,
+    timeout: float | None,
+    retries: int,
+    retry_delay: float,
+) -> tuple[socket.socket, socket.socket]:
+    """As :func:`enchufe._via.open_udp_via`: a non-blocking UDP socket connected to the relay
+    of a SOCKS5 UDP association for ``target`` (one socks5 hop), and its TCP connection."""
+    check_target(target, hops)
+    plan = ConnectPlan(target, retries=retries, retry_delay=retry_delay)
+    return await _retried(plan, lambda: _udp_attempt(hops[0], first_leg, timeout))
+
+
+async def _retried(plan: ConnectPlan, attempt: Callable[[], Awaitable[T]]) -> T:
+    """``await attempt()`` as ``plan`` says (see :func:`enchufe._via._retried`)."""
     for delay in plan:
         if delay:
             await asyncio.sleep(delay)
         try:
-            return await _attempt(target, hops, first_leg, timeout)
+            return await attempt()
         except NetworkError as exc:
             plan.errors.append(exc)
     raise plan.error()
+
+
+async def _udp_attempt(
+    hop: Hop, first_leg: FirstLeg, timeout: float | None
+) -> tuple[socket.socket, socket.socket]:
+    start = time.monotonic()
+    try:
+        control = await first_leg(hop.address)
+    except NetworkError as exc:
+        raise named(exc, hop) from exc.__cause__
+    seconds = (start + timeout - time.monotonic()) if timeout is not None else DEFAULT_HOP_TIMEOUT
+    udp: socket.socket | None = None
+    try:
+        udp, chain = udp_socket(control, hop)
+        async with asyncio.timeout(max(seconds, 0)):
+            await _handshakes(control, chain)
+        connect_to_relay(udp, control, chain)
+    except TimeoutError:
+        close_all(control, udp)
+        raise timed_out(hop) from None
+    except OSError as exc:
+        close_all(control, udp)
+        raise named(translate(exc, "use the proxy's UDP relay"), hop) from exc
+    except BaseException:
+        close_all(control, udp)
+        raise
+    return udp, control
 
 
 async def _attempt(

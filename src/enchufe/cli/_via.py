@@ -22,8 +22,8 @@ F = TypeVar("F", bound=Callable[..., object])
 HELP = (
     "Go through this proxy (repeat for a chain, first hop first): socks5://[USER:PASS@]HOST:PORT "
     "(SOCKS5; the proxy resolves the target's name) or http://[USER:PASS@]HOST:PORT (HTTP CONNECT). "
-    "TLS runs end to end through the tunnel; connect sends udp:// datagrams through one socks5:// "
-    "proxy (UDP ASSOCIATE)."
+    "TLS runs end to end through the tunnel; connect and send carry udp:// datagrams through one "
+    "socks5:// proxy (UDP ASSOCIATE)."
 )
 
 
@@ -63,20 +63,23 @@ def parse_via(texts: Sequence[str]) -> tuple[Hop, ...]:
 
 
 def check_via_target(target: Address, hops: Sequence[Hop], *, command: str = "connect") -> None:
-    """Refuse (exit 2) a target that no tunnel reaches (unix sockets…), and datagrams anywhere
-    but in ``connect`` (the one command that runs a SOCKS5 UDP association)."""
+    """Refuse (exit 2) a target that no tunnel reaches (unix sockets…), and a UDP check through
+    a proxy: the proxy, not this host, would hear the target's refusal (ICMP port unreachable),
+    so such a check could only ever pass.  connect and send take udp:// targets (a SOCKS5 UDP
+    association)."""
     if not hops:
         return
     from ..errors import AddressError
     from ..hops import check_target
 
     check_target(target, hops)
-    if not target.is_stream and command != "connect":
+    if not target.is_stream and command == "check":
         raise AddressError(
             _(
-                "{target}: {command} --via takes stream targets (tcp://, tls://); datagrams go through "
-                "a socks5:// proxy with enchufe connect (via {hops})"
-            ).format(target=target, command=command, hops=", ".join(str(hop) for hop in hops))
+                "{target}: check --via takes stream targets (tcp://, tls://): through a proxy a UDP "
+                "port's refusal reaches the proxy, not this host, so the check could not fail "
+                "(via {hops}); enchufe send --wait-reply asks for an answer instead"
+            ).format(target=target, hops=", ".join(str(hop) for hop in hops))
         )
 
 

@@ -114,10 +114,14 @@ def _send(
 
     out = sys.stdout.buffer
     if not target.is_stream:
-        with connect_datagram(target, retries=retry, retry_delay=retry_delay) as sock:
+        opened = connect_datagram(
+            target, retries=retry, retry_delay=retry_delay, via=hops, timeout=timeout if hops else None
+        )
+        with opened as sock:
             sock.send(payload)
-            said = _("sent {size} bytes to {peer}").format(size=len(payload), peer=target)
-            event("sent", said, level=1, peer=str(target), size=len(payload))
+            peer = f"{target}{shown(hops)}"
+            said = _("sent {size} bytes to {peer}").format(size=len(payload), peer=peer)
+            event("sent", said, level=1, peer=peer, size=len(payload))
             if wait_reply:
                 sock.set_timeout(timeout)
                 try:

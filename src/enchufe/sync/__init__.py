@@ -123,14 +123,35 @@ def connect_datagram(
     timeout: float | None = None,
     retries: int = 0,
     retry_delay: float = DEFAULT_RETRY_DELAY,
+    via: Sequence[str | Hop] | str | Hop | None = None,
 ) -> DatagramSocket:
     """A datagram socket connected to ``address``: ``send`` and ``recv`` talk to that peer only.
 
     A unixgram client is bound first to an automatic reply address (a Linux abstract name, or
     a temporary path removed on close), so that the server can answer it.
+
+    ``via`` sends a ``udp://`` target's datagrams through one ``socks5://[USER:PASS@]HOST:PORT``
+    proxy (SOCKS5 UDP ASSOCIATE): the proxy resolves the target's name, ``recvfrom`` gives the
+    sender its relay names, ``sendto`` reaches any udp:// address through it, and closing the
+    socket ends the association (its TCP connection to the proxy).  ``timeout`` bounds opening
+    it; :class:`~enchufe.hops.HopRefused` names the proxy and its reason.
     """
     from .datagram import DatagramSocket
 
     target = socket_address(address, stream=False, role="connect_datagram")
+    hops: tuple[Hop, ...] = ()
+    if via is not None:
+        from ..hops import parse_hops
+
+        hops = parse_hops(via)
+    if hops:
+        from .._via import open_udp_via
+        from ..hops import check_target
+
+        checked = check_target(target, hops)
+        udp, control = open_udp_via(checked, hops, timeout=timeout, retries=retries, retry_delay=retry_delay)
+        dgram = DatagramSocket(udp, peer_address=target)
+        dgram._through(control)
+        return dgram
     sock, owned = open_connection(target, timeout=timeout, retries=retries, retry_delay=retry_delay)
     return DatagramSocket(sock, owned=owned, peer_address=target)
