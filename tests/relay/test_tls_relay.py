@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import ssl
 import warnings
@@ -126,6 +127,48 @@ def _client(relay: RelayThread, pem: dict[str, str]) -> Any:
 
 
 # ----------------------------------------------------------------------------- every byte
+
+
+def _received_until_the_end(conn: socket.socket) -> int:
+    """The bytes ``conn`` received before its EOF or its reset (the relay resets the target
+    of a truncated client)."""
+    total = 0
+    while True:
+        try:
+            data = conn.recv(65536)
+        except ConnectionResetError:
+            return total
+        if not data:
+            return total
+        total += len(data)
+
+
+@pytest.mark.parametrize("size", [13_000, 200_000])
+def test_bytes_passed_on_before_a_truncation_are_counted(pem: dict[str, str], size: int) -> None:
+    """A client that sends and closes without close_notify: the close event and the stats count
+    every byte passed on to the target before the truncation ended the session (the read that
+    met it had delivered them, and its count was lost: 0 bytes said, 13,000 received).  The
+    session is then reset, so what was still in flight may not arrive: at least what the
+    target read was counted."""
+    with (
+        Target("tcp://127.0.0.1:0", _received_until_the_end) as target,
+        _terminating(pem, target.address) as relay,
+    ):
+        context = ssl.create_default_context(cafile=pem["ca"])
+        with dial(relay.address) as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(os.urandom(size))
+            # EOF without close_notify (SSLSocket.shutdown sends none), then the relay's end is
+            # awaited: a close now, with the session tickets unread, would be a reset instead.
+            tls.shutdown(socket.SHUT_WR)
+            tls.settimeout(STEP)
+            with contextlib.suppress(ConnectionResetError):
+                while tls.recv(65536):
+                    pass
+        (received,) = target.wait_results(1)
+        wait_until(lambda: bool(relay.events.named("close")), "the close event")
+        (closed,) = relay.events.named("close")
+    assert 0 < received <= closed["to_target"] <= size, (received, closed)
+    assert relay.relay.stats.snapshot().to_target == closed["to_target"]
 
 
 @pytest.mark.parametrize("kind", ["tcp", "unix"])

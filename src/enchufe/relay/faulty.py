@@ -78,6 +78,9 @@ class FaultPump:
     :data:`RESET` once the schedule ended the connection and everything before it is delivered.
     """
 
+    #: What a Pump delivered before a run raised; a schedule counts what it delivers itself.
+    unreported = 0
+
     __slots__ = (
         "_finish_cb",
         "_follow",

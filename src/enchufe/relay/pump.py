@@ -210,7 +210,11 @@ class Pump(PumpState):
         if self.done:
             return 0
         moved = self._resume() if self.taken else 0
-        moved += self._run()
+        try:
+            moved += self._run()
+        except OSError:
+            self.unreported += moved  # moved before the failure: the session counts them
+            raise
         hold = self.hold_off
         if moved >= STREAMING_BYTES:
             if hold >= 0:
@@ -227,28 +231,33 @@ class Pump(PumpState):
         moved = 0
         drained = self.eof  # src has nothing more for now: wait for epoll
         blocked = False  # dst said EAGAIN
-        for _ in range(MAX_ROUNDS):
-            progress = False
-            if not (drained or self.stalled):
-                said = read(self, raw)
-                if said == READ_MORE:
-                    progress = True
-                elif said == SWITCHED:
-                    return moved + self._run()
-                elif said != READ_FULL:  # READ_DRAINED or READ_EOF
-                    drained = True
-            if self.in_flight and not blocked:
-                n = write(self, raw)
-                if n > 0:
-                    moved += n
-                    progress = True
-                elif n == SWITCHED:
-                    return moved + self._run()
-                else:
-                    blocked = True
-            if not progress:
-                break
-        return moved
+        try:
+            for _ in range(MAX_ROUNDS):
+                progress = False
+                if not (drained or self.stalled):
+                    said = read(self, raw)
+                    if said == READ_MORE:
+                        progress = True
+                    elif said == SWITCHED:
+                        return moved + self._run()
+                    elif said != READ_FULL:  # READ_DRAINED or READ_EOF
+                        drained = True
+                if self.in_flight and not blocked:
+                    n = write(self, raw)
+                    if n > 0:
+                        moved += n
+                        progress = True
+                    elif n == SWITCHED:
+                        return moved + self._run()
+                    else:
+                        blocked = True
+                if not progress:
+                    break
+            return moved
+
+        except OSError:
+            self.unreported += moved  # moved before the failure: the session counts them
+            raise
 
     def _choose_bulk(self) -> None:
         """Towards TCP, copy through a bulk buffer while one is free, else splice (see the module's

@@ -74,6 +74,7 @@ class PumpState:
         "src_fd",
         "stalled",
         "taken",
+        "unreported",
         "use_splice",
         "view",
     )
@@ -100,6 +101,8 @@ class PumpState:
                 _calls.shutdown(sock, socket.SHUT_WR)
 
         self._finish_cb = finish
+        #: bytes a run delivered before it raised (the session takes them into its counts)
+        self.unreported = 0
         self.dst_is_pipe = dst_is_pipe
         #: copy through a bulk buffer while one is free (the destination is a TCP socket)
         self.bulk = bulk

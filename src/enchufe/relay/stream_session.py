@@ -422,6 +422,16 @@ class StreamSession(PreludeSession):
             )
 
     def _reset(self, pump: Pump, exc: OSError) -> None:
+        lost = pump.unreported  # delivered before the failure: counted all the same
+        if lost:
+            pump.unreported = 0
+            stats = self.relay.stats
+            if pump is self.up:
+                self.to_target += lost
+                stats.to_target += lost
+            else:
+                self.to_client += lost
+                stats.to_client += lost
         side = (
             ("client" if pump.failed_on == "read" else "target")
             if pump is self.up

@@ -192,6 +192,7 @@ class TLSPump:
         "src_fd",
         "src_link",
         "stalled",
+        "unreported",
         "view",
     )
 
@@ -228,6 +229,8 @@ class TLSPump:
         self.eof = False
         self.done = False
         self.failed_on = ""
+        #: bytes a run delivered before it raised (the session takes them into its counts)
+        self.unreported = 0
         #: bytes read but not yet taken by ``dst`` (:attr:`in_flight` of them; :attr:`stalled`
         #: while there are any: ``src`` is not read meanwhile)
         self._pending = _EMPTY
@@ -259,34 +262,39 @@ class TLSPump:
         read, write = _IO[trace._sink is None]  # trace.enabled(), inline
         channel = self._src_channel
         drained = False
-        while True:
-            if self.in_flight and not self._flush(write):
-                return moved
-            if self.eof:
-                self._finish()
-                return moved
-            if channel is not None and channel.more:
-                data = self._decrypt(None)
-            elif drained or not reads:
-                return moved
-            else:
-                reads -= 1
-                try:
-                    data = read(self.src_fd, CHUNK)
-                except BlockingIOError:
+        try:
+            while True:
+                if self.in_flight and not self._flush(write):
                     return moved
-                except OSError:
-                    self.failed_on = "read"
-                    raise
-                drained = 0 < len(data) < CHUNK
-                if channel is not None:
-                    data = self._decrypt(data)
-            if data:
-                moved += self._send(data, write)
-                if self.in_flight:
+                if self.eof:
+                    self._finish()
                     return moved
-            elif data is not None:
-                self._ended()
+                if channel is not None and channel.more:
+                    data = self._decrypt(None)
+                elif drained or not reads:
+                    return moved
+                else:
+                    reads -= 1
+                    try:
+                        data = read(self.src_fd, CHUNK)
+                    except BlockingIOError:
+                        return moved
+                    except OSError:
+                        self.failed_on = "read"
+                        raise
+                    drained = 0 < len(data) < CHUNK
+                    if channel is not None:
+                        data = self._decrypt(data)
+                if data:
+                    moved += self._send(data, write)
+                    if self.in_flight:
+                        return moved
+                elif data is not None:
+                    self._ended()
+
+        except OSError:
+            self.unreported += moved  # moved before the failure: the session counts them
+            raise
 
     def _run_on_socket(self) -> int:
         """:meth:`run` for a ``src`` read into the buffer: a channel on its socket (decrypting
@@ -297,29 +305,34 @@ class TLSPump:
         write = _IO[raw][1]
         tls_in = self._tls_in
         drained = False
-        while True:
-            if self.in_flight and not self._flush(write):
-                return moved
-            if self.eof:
-                self._finish()
-                return moved
-            if tls_in is not None and tls_in.more:  # OpenSSL holds plaintext: epoll cannot tell
-                data = self._receive(tls_in)
-            elif drained or not reads:
-                return moved
-            else:
-                reads -= 1
-                data = self._receive(tls_in) if tls_in is not None else self._read_plain(raw)
-            if data is None:
-                return moved
-            # The socket had no more (or a short read drained src): epoll says when it has.
-            drained = tls_in.drained if tls_in is not None else len(data) < len(self._buffer)
-            if data:
-                moved += self._send(data, write)
-                if self.in_flight:
+        try:
+            while True:
+                if self.in_flight and not self._flush(write):
                     return moved
-            else:
-                self._ended()
+                if self.eof:
+                    self._finish()
+                    return moved
+                if tls_in is not None and tls_in.more:  # OpenSSL holds plaintext: epoll cannot tell
+                    data = self._receive(tls_in)
+                elif drained or not reads:
+                    return moved
+                else:
+                    reads -= 1
+                    data = self._receive(tls_in) if tls_in is not None else self._read_plain(raw)
+                if data is None:
+                    return moved
+                # The socket had no more (or a short read drained src): epoll says when it has.
+                drained = tls_in.drained if tls_in is not None else len(data) < len(self._buffer)
+                if data:
+                    moved += self._send(data, write)
+                    if self.in_flight:
+                        return moved
+                else:
+                    self._ended()
+
+        except OSError:
+            self.unreported += moved  # moved before the failure: the session counts them
+            raise
 
     def _decrypt(self, raw: bytes | None) -> bytes | None:
         """The plaintext of ``raw`` (``None``: of what the channel holds already), ``None`` when
