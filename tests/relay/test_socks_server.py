@@ -481,7 +481,12 @@ def test_udp_from_anyone_else_and_to_denied_destinations_is_dropped(udp_echo: Ud
         assert quiet(udp)
         udp.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"fine"), bound)
         assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"fine")
+        # the datagram the rules dropped is said (the stranger's and the fragment are not theirs)
+        dropped = relay.events.named("refused")
+        lines = [line for name, line, _fields in relay.events.events if name == "refused"]
     assert udp_echo.seen == [b"fine"]
+    assert [(d["reason"], d["destination"]) for d in dropped] == [("socks-udp", f"localhost:{udp_echo.port}")]
+    assert "dropped a datagram" in lines[0] and "--deny-dest localhost" in lines[0]
 
 
 def test_udp_to_the_unspecified_address_is_judged_and_answered_as_loopback(udp_echo: UdpEcho) -> None:
@@ -491,7 +496,9 @@ def test_udp_to_the_unspecified_address_is_judged_and_answered_as_loopback(udp_e
     with socks(denied) as relay, association(relay.address) as (_control, udp, bound):
         udp.sendto(udp_wrap("0.0.0.0", udp_echo.port, b"denied"), bound)
         assert quiet(udp)
+        (dropped,) = relay.events.named("refused")
     assert udp_echo.seen == []
+    assert "0.0.0.0, that is 127.0.0.1" in dropped["detail"]
     with socks() as relay, association(relay.address) as (_control, udp, bound):
         udp.sendto(udp_wrap("0.0.0.0", udp_echo.port, b"this host"), bound)
         assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"this host")

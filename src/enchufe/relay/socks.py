@@ -45,7 +45,7 @@ from .proxying import client_address
 from .session import CONNECTING
 from .sides import UNREGISTERED, Side
 from .socks_handshake import READ_SIZE, HandshakeClock, SocksHandshake
-from .socks_udp import UdpAssociation
+from .socks_udp import UdpAssociation, hostport
 from .stream import StreamRelay
 
 if TYPE_CHECKING:
@@ -306,6 +306,7 @@ class SocksSession(SocksHandshake):
                 request.port,
                 self.crashed,
                 self._count,
+                self._datagram_denied,
             )
         except OSError as exc:
             reason = system_reason(exc)
@@ -316,7 +317,7 @@ class SocksSession(SocksHandshake):
         self._udp = udp
         self._connect_done()
         self._unwatch()
-        self.target_label = f"udp://{_hostport(*udp.bound)}"
+        self.target_label = f"udp://{hostport(*udp.bound)}"
         if not _send(self.client.wfd, reply(socks5.SUCCEEDED, *udp.bound)):
             self._end("client-reset", abortive=True, error=_("the client does not take the reply"))
             return
@@ -346,6 +347,22 @@ class SocksSession(SocksHandshake):
             return
         if not data:
             self._end("done")
+
+    def _datagram_denied(self, destination: str, why: str) -> None:
+        """A datagram of the association that the rules dropped: a notice (rate-limited)."""
+        shown = self.peer_label()
+        self.relay.events.notice(
+            N_("datagrams dropped by the rules"),
+            "refused",
+            _("enchufe: dropped a datagram of {peer} #{id} to {destination}: {why}").format(
+                peer=shown, id=self.id, destination=printable(destination), why=why
+            ),
+            id=self.id,
+            peer=shown,
+            reason="socks-udp",
+            destination=printable(destination),
+            detail=why,
+        )
 
     def _count(self, to_target: int, to_client: int) -> None:
         """Payload bytes of datagrams relayed (for stats, the close event and the idle timer)."""
@@ -440,10 +457,6 @@ def _bound_reply(sockaddr: Any) -> bytes:
         assert isinstance(bound, InetAddress)
         host, port = bound.host, bound.port
     return reply(socks5.SUCCEEDED, host, port)
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Resolved(list[Target]):

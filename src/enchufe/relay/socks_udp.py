@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .engine import Loop, OnError
     from .lookups import Lookups, Pending
 
-__all__ = ["UdpAssociation"]
+__all__ = ["UdpAssociation", "hostport"]
 
 #: The largest datagram read (a UDP payload is at most 65,507 bytes over IPv4).
 MAX_DATAGRAM = 65535
@@ -57,7 +57,8 @@ class UdpAssociation:
 
     ``control`` is the client's TCP connection (the relay socket is bound beside its local
     address), ``client_host`` the client (behind ``--accept-proxy``, the one its header named),
-    ``expected_port`` the port it said it sends from (0: its first datagram tells)."""
+    ``expected_port`` the port it said it sends from (0: its first datagram tells).
+    ``denied(destination, why)`` is told of each datagram the rules dropped."""
 
     def __init__(
         self,
@@ -69,8 +70,10 @@ class UdpAssociation:
         expected_port: int,
         on_error: OnError,
         counted: Callable[[int, int], None],
+        denied: Callable[[str, str], None],
     ) -> None:
         self._loop = loop
+        self._denied = denied
         self._lookups = lookups
         self._rules = rules
         self._on_error = on_error
@@ -125,11 +128,15 @@ class UdpAssociation:
 
     def _forward(self, host: str, port: int, payload: bytes) -> None:
         if literal_family(host) is not None:
-            if self._rules.check_address(host, port) is None:
+            why = self._rules.check_address(host, port)
+            if why is None:
                 self._send_to(host, port, payload)
+            else:
+                self._denied(hostport(host, port), why)
             return
         denied, named = self._rules.check_name(host, port)
         if denied is not None:
+            self._denied(hostport(host, port), denied)
             return
         known = self._names.get(host)
         if known is not None:
@@ -161,11 +168,15 @@ class UdpAssociation:
 
     def _send_resolved(self, targets: list[Target], port: int, payload: bytes, named: bool) -> None:
         """To the first address the name resolved to that the rules let through."""
+        why = None
         for target in targets:
             ip = str(target.sockaddr[0])
-            if self._rules.check_address(ip, port, named) is None:
+            why = self._rules.check_address(ip, port, named)
+            if why is None:
                 self._send_to(ip, port, payload)
                 return
+        if why is not None:
+            self._denied(hostport(str(targets[-1].sockaddr[0]), port), why)
 
     def _send_to(self, host: str, port: int, payload: bytes) -> None:
         ip = str(destination_ip(host))  # as the rules judged it: the answer comes from there
@@ -220,3 +231,8 @@ class UdpAssociation:
             with contextlib.suppress(OSError):
                 sock.close()
         self._upstream.clear()
+
+
+def hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
