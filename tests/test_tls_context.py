@@ -408,3 +408,24 @@ def test_a_server_that_names_alpn_protocols_refuses_a_client_with_none_in_common
     peer.join()
     assert isinstance(peer.error, _tls.TLSRefused) and peer.error.reason == "alpn"
     assert "this server accepts h2" in str(peer.error)
+
+
+def test_a_server_that_names_alpn_protocols_alerts_a_client_that_offers_others(
+    files: dict[str, str],
+) -> None:
+    """RFC 7301: a client offering ALPN protocols the server has none of gets the
+    no_application_protocol alert in the handshake (a clear refusal on its side, no session),
+    not a finished handshake and a closed connection; one offering a common protocol gets the
+    server's first choice among those it offers."""
+    params = parse_query(f"cert={files['server']}&alpn=h2,foo")
+    context, _ = _tls.server_context(params)
+    refused = Handshake(context)
+    with pytest.raises(ssl.SSLError) as alert:
+        client(parse_query(f"ca={files['ca']}&alpn=http/1.1"), refused.port)
+    refused.join()
+    assert "no application protocol" in str(alert.value), alert.value
+    assert _tls_refusals.explain(alert.value).reason == "alpn"
+    chosen = Handshake(context)
+    with client(parse_query(f"ca={files['ca']}&alpn=http/1.1,foo,h2"), chosen.port) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+    chosen.join()

@@ -77,6 +77,7 @@ def server_context(params: TLSParams, host: str = "") -> tuple[ssl.SSLContext, s
             _tls_verify.install(context, lambda der: _refusal(describe_certificate(der), params))
     if params.alpn:
         context.set_alpn_protocols(list(params.alpn))
+        _tls_verify.require_alpn(context, params.alpn)  # the RFC's alert for none in common
     return context, pin
 
 

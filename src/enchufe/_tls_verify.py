@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import TLSRefused
 
-__all__ = ["REJECTED", "install", "libraries", "refusal"]
+__all__ = ["REJECTED", "install", "libraries", "refusal", "require_alpn"]
 
 #: X509_V_ERR_CERT_REJECTED: OpenSSL answers it with a bad_certificate alert.
 REJECTED = 28
@@ -83,6 +83,52 @@ def install(context: ssl.SSLContext, check: Check) -> bool:
     libssl.SSL_CTX_set_verify(pointer, _VERIFY_PEER_REQUIRED, callback)
     # OpenSSL holds only the function's address: the context keeps the callback alive.
     context._enchufe_verify = callback  # type: ignore[attr-defined]
+    return True
+
+
+#: int (*)(SSL *, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+#: unsigned int inlen, void *arg): OpenSSL's ALPN selection callback.
+_AlpnCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_void_p),
+    ctypes.POINTER(ctypes.c_ubyte),
+    ctypes.c_void_p,
+    ctypes.c_uint,
+    ctypes.c_void_p,
+)
+_ALPN_OK, _ALPN_ALERT_FATAL, _ALPN_NOACK = 0, 2, 3
+_NPN_NEGOTIATED = 1
+
+
+def require_alpn(context: ssl.SSLContext, protocols: tuple[str, ...]) -> bool:
+    """Have a server context (its ``set_alpn_protocols`` done) end the handshake of a client
+    that offers ALPN but none of ``protocols`` with the no_application_protocol alert, as RFC
+    7301 asks; Python's own selection lets such a handshake finish with no protocol, and the
+    client learns nothing but a closed connection.  The choice is Python's otherwise: the
+    first of ``protocols`` the client offers.  A client that offers no ALPN at all is not asked
+    here (the check after the handshake refuses it).  False when it cannot be installed."""
+    found = libraries()
+    if found is None or not protocols:
+        return False
+    libssl, _libcrypto = found
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or libssl.SSL_CTX_get_options(pointer) != int(context.options):
+        return False
+    wire = b"".join(bytes([len(p.encode())]) + p.encode() for p in protocols)
+    ours = ctypes.create_string_buffer(wire, len(wire))
+
+    def select(_ssl: int, out: Any, outlen: Any, offered: int, offered_len: int, _arg: int) -> int:
+        try:
+            found = libssl.SSL_select_next_proto(out, outlen, ours, len(wire), offered, offered_len)
+            return _ALPN_OK if found == _NPN_NEGOTIATED else _ALPN_ALERT_FATAL
+        except Exception:  # printed by ctypes otherwise: Python's way instead (no protocol)
+            return _ALPN_NOACK
+
+    callback = _AlpnCallback(select)
+    libssl.SSL_CTX_set_alpn_select_cb(pointer, callback, None)
+    # OpenSSL holds only addresses: the context keeps the callback and the list alive.
+    context._enchufe_alpn = (callback, ours)  # type: ignore[attr-defined]
     return True
 
 
@@ -142,3 +188,14 @@ def _declare(libssl: Any, libcrypto: Any) -> None:
     libcrypto.X509_STORE_CTX_set_error.restype = None
     libcrypto.i2d_X509.argtypes = [pointer, ctypes.POINTER(ctypes.c_char_p)]
     libcrypto.i2d_X509.restype = integer
+    libssl.SSL_CTX_set_alpn_select_cb.argtypes = [pointer, _AlpnCallback, pointer]
+    libssl.SSL_CTX_set_alpn_select_cb.restype = None
+    libssl.SSL_select_next_proto.argtypes = [
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_ubyte),
+        ctypes.c_char_p,
+        ctypes.c_uint,
+        pointer,
+        ctypes.c_uint,
+    ]
+    libssl.SSL_select_next_proto.restype = integer
