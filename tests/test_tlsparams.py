@@ -49,8 +49,10 @@ def test_pins_accept_colons_and_upper_case_and_keep_order() -> None:
 def test_insecure_is_a_bare_flag() -> None:
     assert parse_query("insecure").insecure
     assert not parse_query("insecure").verifies
-    with pytest.raises(AddressError, match="takes no value"):
-        parse_query("insecure=maybe")
+    assert parse_query("insecure=yes").insecure and parse_query("insecure=1").insecure
+    for value in ("no", "0", "false", "maybe"):
+        with pytest.raises(AddressError, match=f"insecure={value}: insecure is a flag, on when written"):
+            parse_query(f"insecure={value}")
 
 
 def test_percent_encoding_of_odd_file_names_round_trips() -> None:

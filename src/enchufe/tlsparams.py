@@ -248,8 +248,15 @@ def _file(values: dict[str, str | None], name: str) -> str | None:
 def _flag(values: dict[str, str | None], name: str) -> bool:
     if name not in values:
         return False
-    if values[name] not in (None, "", "1", "true", "yes"):
-        raise AddressError(_("TLS parameter {name} takes no value: write just '{name}'").format(name=name))
+    value = values[name]
+    if value not in (None, "", "1", "true", "yes"):
+        # "insecure=no" must not be read as on, nor quietly as off: said, and refused.
+        raise AddressError(
+            _(
+                "TLS parameter {name}={value}: {name} is a flag, on when written (as '{name}', or "
+                "{name}=1, =true, =yes); to leave it off, leave it out"
+            ).format(name=name, value=printable(value or ""))
+        )
     return True
 
 
