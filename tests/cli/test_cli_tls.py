@@ -394,6 +394,23 @@ def test_listen_v_says_version_cipher_and_the_client_certificate(spawn: Spawn, p
     assert "\n" not in line
 
 
+def test_connect_v_names_the_connection_tls_and_says_what_was_agreed(
+    spawn: Spawn, pem: dict[str, str]
+) -> None:
+    server = spawn("listen", f"tls://127.0.0.1:0?cert={pem['server']}")
+    address, _ = tls_listening(server)
+    server.feed(b"")
+    port = port_of(address)
+    done = run("connect", "-v", f"tls://127.0.0.1:{port}?ca={pem['ca']}")
+    assert done.returncode == 0, done.stderr
+    said = done.stderr.decode()
+    assert f"connected to tls://127.0.0.1:{port} from tcp://127.0.0.1:" in said, said
+    assert re.search(
+        rf"^TLS with tls://127\.0\.0\.1:{port}: TLSv1\.3 TLS_\w+, server certificate ", said, re.M
+    )
+    assert f"closed tls://127.0.0.1:{port} after" in said
+
+
 # -- bad TLS input: exit 2, one line, before any socket
 
 

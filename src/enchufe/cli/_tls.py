@@ -96,8 +96,9 @@ def listening(address: object, pin: str | None) -> None:
     )
 
 
-def handshake_done(conn: Any, peer: str) -> None:
-    """``-v``: what a TLS client's handshake agreed (version, cipher, ALPN, its certificate)."""
+def handshake_done(conn: Any, peer: str, *, server: bool = False) -> None:
+    """``-v``: what a handshake agreed (version, cipher, ALPN, the peer's certificate: a
+    client's, on a server; the server's, on a client, with ``server``)."""
     from .._text import printable
 
     tls = conn.tls
@@ -111,7 +112,10 @@ def handshake_done(conn: Any, peer: str) -> None:
     if tls.peer is not None:
         subject = printable(tls.peer.subject)
         fields["subject"] = subject
-        text += ", " + _("client certificate {subject}").format(subject=subject)
+        if server:
+            text += ", " + _("server certificate {subject}").format(subject=subject)
+        else:
+            text += ", " + _("client certificate {subject}").format(subject=subject)
     event("tls", text, level=1, **fields)
 
 

@@ -299,7 +299,11 @@ class _Session:
         sock, owned = self._open(options, attempt)
         try:
             with open_tls(sock, tls, self.target, attempt) as conn:
-                self._connected(conn.local_address, conn.peer_address)
+                self._connected(conn.local_address, _as_tls(conn.peer_address, tls is not None))
+                if tls is not None:
+                    from ._tls import handshake_done
+
+                    handshake_done(conn, self.peer, server=True)
                 pump_stream(
                     conn,
                     idle_timeout=idle_timeout,
@@ -494,3 +498,14 @@ class CrlfWriter:
 def crlf_datagram(data: bytes) -> bytes:
     """One datagram's line ends as CRLF (each datagram on its own: no state between them)."""
     return CrlfWriter()(data)
+
+
+def _as_tls(peer: SocketAddress | None, tls: bool) -> SocketAddress | None:
+    """The peer as the connection is: ``tls://`` (no parameters) when TLS runs over it."""
+    if not tls or peer is None or peer.tls is not None:
+        return peer
+    import dataclasses
+
+    from ..tlsparams import TLSParams
+
+    return dataclasses.replace(peer, tls=TLSParams())
