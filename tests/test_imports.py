@@ -74,6 +74,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_hop_socks5",
         "_hop_http",
         "_socks5_server",
+        "_http_connect_server",
         "_socks_rules",
         # compiled (C), importing nothing of the package
         "_speedups",

@@ -56,6 +56,7 @@ __all__ = [
     "Request",
     "Socks5Server",
     "Step",
+    "host_name",
     "reply",
     "reply_words",
 ]
@@ -264,7 +265,7 @@ class Socks5Server:
                 reply(COMMAND_NOT_SUPPORTED),
             )
         if atyp == ATYP_NAME:
-            host = _name(raw[1:])
+            host = host_name(raw[1:])
             if host is None:
                 raise _Refusal(
                     _("not a host name: {name}").format(name=printable(raw[1:])), reply(HOST_UNREACHABLE)
@@ -289,7 +290,7 @@ class _Refusal(Exception):
         self.send = send
 
 
-def _name(raw: bytes) -> str | None:
+def host_name(raw: bytes) -> str | None:
     """A host name as a client sent it: printable ASCII, no spaces, ``None`` otherwise (IDNA
     names arrive encoded already, as curl sends them)."""
     if not raw or not raw.isascii():

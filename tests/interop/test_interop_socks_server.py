@@ -1,4 +1,4 @@
-"""``enchufe socks`` with SOCKS5 clients we did not write: curl (``--socks5-hostname``,
+"""``enchufe socks`` with SOCKS5 and HTTP CONNECT clients we did not write: curl (``--socks5-hostname``,
 ``--proxy socks5h://USER:PASS@…``) fetching a file from ``python3 -m http.server`` (sha256), and
 ncat (``--proxy-type socks5``) to an echo server."""
 
@@ -123,7 +123,29 @@ def test_curl_to_a_denied_destination_gets_reply_2(http_server: tuple[int, str])
         proxy.wait_stderr(re.compile(rb"SOCKS reply 2"))
 
 
-def test_ncat_through_enchufe_socks_to_an_echo_server(open_socks: tuple[Proc, int]) -> None:
+def test_curl_through_enchufe_socks_as_an_http_proxy(
+    auth_socks: tuple[Proc, int], http_server: tuple[int, str]
+) -> None:
+    """curl --proxy http://… (with --proxytunnel for an http:// URL: CONNECT, as curl sends for
+    https://): the same listener, HTTP CONNECT and Basic credentials; a plain GET is told 405."""
+    proxy, port = auth_socks
+    http_port, digest = http_server
+    url = f"http://localhost:{http_port}/file"
+    done = _curl("--proxytunnel", "--proxy", f"http://alice:s3cret@127.0.0.1:{port}", url)
+    assert done.returncode == 0, done.stderr
+    assert hashlib.sha256(done.stdout).hexdigest() == digest
+    refused = _curl("--proxytunnel", "--proxy", f"http://alice:wrong@127.0.0.1:{port}", url)
+    assert refused.returncode != 0 and b"407" in refused.stderr, refused.stderr
+    plain = _curl(
+        "-o", "/dev/null", "-w", "%{http_code}", "--proxy", f"http://alice:s3cret@127.0.0.1:{port}", url
+    )
+    assert plain.stdout == b"405", plain
+    proxy.wait_stderr(re.compile(rb"GET is not served: this proxy only tunnels"))
+    assert b"wrong" not in proxy.err and b"s3cret" not in proxy.err
+
+
+@pytest.mark.parametrize("proxy_type", ["socks5", "http"])
+def test_ncat_through_enchufe_socks_to_an_echo_server(open_socks: tuple[Proc, int], proxy_type: str) -> None:
     _proxy, port = open_socks
     with socket.create_server(("127.0.0.1", 0)) as listener:
         echo_port = listener.getsockname()[1]
@@ -144,7 +166,7 @@ def test_ncat_through_enchufe_socks_to_an_echo_server(open_socks: tuple[Proc, in
             "--proxy",
             f"127.0.0.1:{port}",
             "--proxy-type",
-            "socks5",
+            proxy_type,
             "127.0.0.1",
             str(echo_port),
         ]

@@ -4,6 +4,7 @@ time limit, and the relay's data path after it."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import os
@@ -349,14 +350,71 @@ def test_a_client_that_leaves_mid_handshake_is_one_line_naming_what_it_left_befo
 
 def test_garbage_is_refused_and_the_server_serves_on(echo_target: Target) -> None:
     with socks() as relay:
-        for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello", os.urandom(64)):
+        # Neither SOCKS5 (byte 5 first) nor HTTP (a capital letter first): closed, nothing said.
+        for garbage in (b"\x16\x03\x01\x00\x05hello", b"\x80" + os.urandom(63), b"get / http/1.1\r\n\r\n"):
             with dial(relay.address) as sock:
                 with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                     sock.sendall(garbage)
                 assert closed_by_peer(sock, STEP)
+        with dial(relay.address) as sock:  # HTTP, but not a CONNECT: told so, then closed
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_all(sock).startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
         sock, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target))
         with sock:
             assert code == 0
+
+
+def http_tunnel(proxy: str, target: str, *headers: str) -> tuple[socket.socket, bytes]:
+    """A client that speaks HTTP CONNECT by hand: the socket and the response's head."""
+    sock = dial(proxy, timeout=STEP)
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", *headers, "", ""]
+    sock.sendall("\r\n".join(lines).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        byte = sock.recv(1)
+        if not byte:
+            break
+        head += byte
+    return sock, head
+
+
+def test_an_http_connect_client_is_served_too(echo_target: Target) -> None:
+    """The same listener takes curl --proxy's and ncat --proxy-type http's CONNECT: 200, then
+    the tunnel both ways with a half-close; every byte checked."""
+    with socks() as relay:
+        sock, head = http_tunnel(relay.address, f"127.0.0.1:{port_of(echo_target)}")
+        with sock:
+            assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
+            result = exchange(sock, 7, 300_000)
+        assert result.received == 300_000 and result.received_digest == result.sent_digest
+        wait_until(lambda: bool(relay.events.named("close")), "the close")
+    (request,) = relay.events.named("request")
+    assert request["command"] == "CONNECT"
+
+
+def test_http_connect_refusals_are_http_responses(echo_target: Target) -> None:
+    port = port_of(echo_target)
+    policy = SocksPolicy(users=USERS, rules=DestRules.parse(deny=["10.0.0.0/8"]))
+    alice = "Proxy-Authorization: Basic " + base64.b64encode(b"alice:s3cret").decode()
+    with socks(policy) as relay:
+        sock, head = http_tunnel(relay.address, f"127.0.0.1:{port}")
+        with sock:
+            assert head.startswith(b"HTTP/1.1 407 ") and closed_by_peer(sock, STEP)
+        sock, head = http_tunnel(relay.address, "10.1.2.3:80", alice)
+        with sock:
+            assert head.startswith(b"HTTP/1.1 403 ") and closed_by_peer(sock, STEP)
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            free = unused.getsockname()[1]
+        sock, head = http_tunnel(relay.address, f"127.0.0.1:{free}", alice)
+        with sock:
+            assert head.startswith(b"HTTP/1.1 502 ") and closed_by_peer(sock, STEP)
+        sock, head = http_tunnel(relay.address, f"127.0.0.1:{port}", alice)
+        with sock:
+            assert head.startswith(b"HTTP/1.1 200 ")
+            sock.sendall(b"authenticated")
+            assert recv_exactly(sock, 13) == b"authenticated"
+    assert [r["user"] for r in relay.events.named("request")][-1] == "alice"
 
 
 def test_bytes_sent_with_the_request_reach_the_target(echo_target: Target) -> None:

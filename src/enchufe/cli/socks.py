@@ -108,6 +108,8 @@ def command(
     """A SOCKS5 server (RFC 1928): each client names its destination, which is then relayed as
     `enchufe relay` does (splice, half-close, limits, drain, --stats, --workers).  UDP ASSOCIATE
     relays a client's datagrams (each judged by the rules) for as long as its TCP connection lasts.
+    The same listener serves HTTP CONNECT (curl --proxy http://…, ncat --proxy-type http) with
+    the same rules, limits and --auth (as Basic credentials); other HTTP methods get 405.
 
     \b
     Without --auth or --auth-file any client may use it: on an address other than loopback

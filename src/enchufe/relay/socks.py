@@ -1,4 +1,5 @@
-"""``enchufe socks``: a SOCKS5 server made of the relay, each client's target named by its request.
+"""``enchufe socks``: a SOCKS5 server made of the relay, each client's target named by its request
+(and an HTTP CONNECT proxy on the same listener: the first byte tells, see .socks_handshake).
 
 ::
 
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _socks5_server as socks5
 from .._fastinit import make
 from .._hop_socks5 import ATYP_IPV4, CONNECT, VERSION
+from .._http_connect_server import ESTABLISHED, HttpConnectServer, http_reply
 from .._resolve import Target
 from .._socks5_server import Request, Socks5Server, Step, reply, reply_words
 from .._socks_rules import SocksPolicy
@@ -132,7 +134,8 @@ class SocksSession(SocksHandshake):
         #: UDP ASSOCIATE: the association, which lives as long as this (control) connection
         self._udp: UdpAssociation | None = None
         #: the handshake's state machine (SocksHandshake's), while it lasts: from _begin
-        self._machine: Socks5Server | None = None
+        self._machine: Socks5Server | HttpConnectServer | None = None
+        self._http = False
 
     def _handshake_done(self, step: Step | None, why: str | None) -> None:
         if step is None or step.request is None:
@@ -270,7 +273,9 @@ class SocksSession(SocksHandshake):
             sock = self.target_sock
             assert sock is not None
             sockaddr = sock.getsockname()
-            if isinstance(sockaddr, tuple) and len(sockaddr) == 2:
+            if self._http:
+                answer = ESTABLISHED
+            elif isinstance(sockaddr, tuple) and len(sockaddr) == 2:
                 # IPv4 (its shape tells: sock.family is an enum lookup): reply(…), inlined
                 answer = _IPV4_SUCCEEDED + inet_aton(sockaddr[0]) + sockaddr[1].to_bytes(2, "big")
             else:
@@ -380,9 +385,13 @@ class SocksSession(SocksHandshake):
         relay = self.relay
         relay.stats.refused += 1
         if code is not None:
-            _send(self.client.wfd, reply(code))
+            _send(self.client.wfd, self._reply(code))
         shown = self.peer_label()
-        if code is not None:
+        if code is not None and self._http:
+            line = _("enchufe: refused {peer} #{id}: {why} (HTTP {status})").format(
+                peer=shown, id=self.id, why=why, status=self._reply(code)[9:12].decode()
+            )
+        elif code is not None:
             line = _("enchufe: refused {peer} #{id}: {why} (SOCKS reply {code}: {words})").format(
                 peer=shown, id=self.id, why=why, code=code, words=reply_words(code)
             )
@@ -409,9 +418,14 @@ class SocksSession(SocksHandshake):
         self._code = socks5.TTL_EXPIRED
         super()._connect_timed_out()
 
+    def _reply(self, code: int) -> bytes:
+        """What tells the client its request failed (``code``: SOCKS's words for why), in its
+        protocol: a SOCKS5 reply, or an HTTP response."""
+        return http_reply(code) if self._http else reply(code)
+
     def _fail_target(self, message: str, *, abortive: bool = True) -> None:
         code = self._code
-        _send(self.client.wfd, reply(code))
+        _send(self.client.wfd, self._reply(code))
         if self.relay.events.wants(1):
             self.relay.events(
                 "reply",

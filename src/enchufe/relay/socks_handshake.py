@@ -26,6 +26,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from .._http_connect_server import HttpConnectServer, speaks_http
 from .._socks5_server import Socks5Server, Step
 from ..errors import reason as system_reason
 from ..i18n import _
@@ -86,10 +87,12 @@ class SocksHandshake(StreamSession):
     ``__init__`` (``None``: no call more a client) and by :meth:`_begin`; the subclass's
     ``_release`` takes a session that ends during its handshake off the clock."""
 
-    __slots__ = ("_machine",)
+    __slots__ = ("_http", "_machine")
 
     relay: SocksRelay
-    _machine: Socks5Server | None
+    _machine: Socks5Server | HttpConnectServer | None
+    #: Whether the client speaks HTTP CONNECT (its first byte said so) rather than SOCKS5.
+    _http: bool
 
     def _handshake_done(self, step: Step | None, why: str | None) -> None:
         """The handshake is over: its last step (a request or a refusal, its answer sent), or
@@ -124,6 +127,9 @@ class SocksHandshake(StreamSession):
             if not data:
                 self._handshake_over(None, _("it closed before {what}").format(what=machine.waiting_for))
                 return
+            if data[0] != 5 and not self._http and speaks_http(data):  # SOCKS5 begins with 5
+                machine = self._machine = HttpConnectServer(self.relay.policy.users)
+                self._http = True
             step = machine.feed(data)
             send = step.send
             if send:
