@@ -20,7 +20,7 @@ from tests.tls.conftest import read_to_eof
 
 pytestmark = pytest.mark.timeout(90)
 
-SIZE = 4 << 20
+SIZE = 16 << 20  # what issue 10 asks of every interop transfer
 
 
 def tool(name: str) -> str:
@@ -49,7 +49,7 @@ def port_of(address: object) -> int:
 
 
 def test_enchufe_client_uploads_to_openssl_s_server(sock_dir: str, pem: dict[str, str]) -> None:
-    """4 MiB to s_server (which writes them to its stdout), then close_notify: s_server closes
+    """16 MiB to s_server (which writes them to its stdout), then close_notify: s_server closes
     with its own close_notify (a clean EOF here), and its stdout holds every byte."""
     where = new_where("tcp4", sock_dir)
     argv = [tool("openssl"), "s_server", "-accept", f"127.0.0.1:{where.port}", "-cert", pem["server"]]
@@ -71,7 +71,7 @@ def test_enchufe_client_uploads_to_openssl_s_server(sock_dir: str, pem: dict[str
 def test_openssl_s_server_answers_after_enchufe_closes_its_write_side(
     sock_dir: str, pem: dict[str, str], version: str
 ) -> None:
-    """s_server -WWW: the request, then close_notify; the 4 MiB file still comes, then EOF
+    """s_server -WWW: the request, then close_notify; the 16 MiB file still comes, then EOF
     (TLS 1.3, and TLS 1.2, the oldest enchufe speaks)."""
     folder = os.path.join(sock_dir, "www")
     os.mkdir(folder)
@@ -97,8 +97,8 @@ def test_openssl_s_server_answers_after_enchufe_closes_its_write_side(
 
 
 def test_openssl_s_client_against_an_enchufe_listener(sock_dir: str, pem: dict[str, str]) -> None:
-    """s_client sends 4 MiB (its stdin); the server reads them, answers with their SHA-256 and
-    4 MiB more, then close_notify, and s_client ends at that close_notify."""
+    """s_client sends 16 MiB (its stdin); the server reads them, answers with their SHA-256 and
+    16 MiB more, then close_notify, and s_client ends at that close_notify."""
     upload, download = os.urandom(SIZE), os.urandom(SIZE)
     with enchufe.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
         port = port_of(listener.address)
@@ -127,7 +127,7 @@ def test_openssl_s_client_against_an_enchufe_listener(sock_dir: str, pem: dict[s
 
 
 def test_socat_client_half_closes_and_hears_the_answer(sock_dir: str, pem: dict[str, str]) -> None:
-    """socat OPENSSL: sends 4 MiB then close_notify at its stdin's EOF; the enchufe server reads
+    """socat OPENSSL: sends 16 MiB then close_notify at its stdin's EOF; the enchufe server reads
     to that EOF and only then answers (the digest), which socat still prints."""
     payload = os.urandom(SIZE)
     with enchufe.listen(f"tls://127.0.0.1:0?cert={pem['server']}") as listener:
@@ -151,7 +151,7 @@ def test_socat_client_half_closes_and_hears_the_answer(sock_dir: str, pem: dict[
 
 
 def test_enchufe_client_half_closes_to_socat_openssl_listen(sock_dir: str, pem: dict[str, str]) -> None:
-    """socat OPENSSL-LISTEN: in front of sha256sum: 4 MiB, close_notify, and the digest still
+    """socat OPENSSL-LISTEN: in front of sha256sum: 16 MiB, close_notify, and the digest still
     comes back (socat passes the EOF on to the child and waits for its answer)."""
     where = new_where("tcp4", sock_dir)
     listen = f"OPENSSL-LISTEN:{where.port},bind=127.0.0.1,reuseaddr,cert={pem['server']},verify=0"

@@ -39,6 +39,7 @@ def command(
 ) -> int:
     """A chat room: each line from one client goes to every other client, prefixed with the
     sender's name.  On datagram kinds peers join by sending and leave after the idle timeout.
+    TLS addresses (tls://, tls+unix:) take the parameters `enchufe listen --help` lists.
 
     \b
     Examples:

@@ -27,7 +27,10 @@ def command(
 ) -> int:
     """Echo every byte (stream) or datagram (datagram kinds) back to its sender.
 
-    On a stream, the server closes after the client's EOF once everything is echoed.
+    On a stream, the server closes after the client's EOF once everything is echoed.  TLS
+    addresses (tls://, tls+unix:) echo what each client sends inside TLS: the address's
+    parameters (cert=, or cert=auto for a throwaway certificate; client-ca=, alpn=…) are those
+    `enchufe listen --help` lists.
 
     \b
     Examples:
