@@ -3,6 +3,12 @@
 
 See :mod:`enchufe.hops` for how a driver uses it.  A target's name is sent as a name (ATYP 3):
 the proxy resolves it, never this side.  Every read is bounded: a reply is at most 262 bytes.
+
+Written here rather than taken from a library: python-socks does its own I/O (blocking,
+asyncio, trio), which the relay's event loop cannot drive without blocking, and socksio, the
+sans-I/O one, has no UDP ASSOCIATE and no HTTP CONNECT; both are client-side only, and
+``enchufe socks`` needs the server side too (:mod:`enchufe._socks5_server`).  The protocol is
+a few fixed-size messages.
 """
 
 from __future__ import annotations
