@@ -254,7 +254,6 @@ class Pump(PumpState):
                 if not progress:
                     break
             return moved
-
         except OSError:
             self.unreported += moved  # moved before the failure: the session counts them
             raise

@@ -291,7 +291,6 @@ class TLSPump:
                         return moved
                 elif data is not None:
                     self._ended()
-
         except OSError:
             self.unreported += moved  # moved before the failure: the session counts them
             raise
@@ -329,7 +328,6 @@ class TLSPump:
                         return moved
                 else:
                     self._ended()
-
         except OSError:
             self.unreported += moved  # moved before the failure: the session counts them
             raise
