@@ -364,6 +364,18 @@ def test_garbage_is_refused_and_the_server_serves_on(echo_target: Target) -> Non
             assert code == 0
 
 
+def test_only_a_client_s_first_bytes_choose_http(echo_target: Target) -> None:
+    """A SOCKS5 greeting that arrives in two reads, the second beginning with a capital letter's
+    byte (65 methods offered): still SOCKS5."""
+    with socks() as relay, dial(relay.address) as sock:
+        sock.sendall(b"\x05")
+        time.sleep(0.2)  # the server reads the first byte alone
+        sock.sendall(bytes([0x41]) + bytes(range(0x41)))
+        assert recv_exactly(sock, 2) == b"\x05\x00"
+        sock.sendall(request_bytes("127.0.0.1", port_of(echo_target)))
+        assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+
+
 def http_tunnel(proxy: str, target: str, *headers: str) -> tuple[socket.socket, bytes]:
     """A client that speaks HTTP CONNECT by hand: the socket and the response's head."""
     sock = dial(proxy, timeout=STEP)

@@ -135,7 +135,7 @@ class SocksSession(SocksHandshake):
         self._udp: UdpAssociation | None = None
         #: the handshake's state machine (SocksHandshake's), while it lasts: from _begin
         self._machine: Socks5Server | HttpConnectServer | None = None
-        self._http = False
+        self._http: bool | None = False
 
     def _handshake_done(self, step: Step | None, why: str | None) -> None:
         if step is None or step.request is None:

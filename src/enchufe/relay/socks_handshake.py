@@ -91,8 +91,9 @@ class SocksHandshake(StreamSession):
 
     relay: SocksRelay
     _machine: Socks5Server | HttpConnectServer | None
-    #: Whether the client speaks HTTP CONNECT (its first byte said so) rather than SOCKS5.
-    _http: bool
+    #: Whether the client speaks HTTP CONNECT rather than SOCKS5: ``None`` until its first
+    #: bytes came (:meth:`_begin`), which tell.
+    _http: bool | None
 
     def _handshake_done(self, step: Step | None, why: str | None) -> None:
         """The handshake is over: its last step (a request or a refusal, its answer sent), or
@@ -101,6 +102,7 @@ class SocksHandshake(StreamSession):
 
     def _begin(self) -> None:
         self._announce_accept()
+        self._http = None
         self._machine = Socks5Server(self.relay.policy.users)
         self._on_handshake(READ)  # what came with the connection (often the greeting)
 
@@ -127,9 +129,10 @@ class SocksHandshake(StreamSession):
             if not data:
                 self._handshake_over(None, _("it closed before {what}").format(what=machine.waiting_for))
                 return
-            if data[0] != 5 and not self._http and speaks_http(data):  # SOCKS5 begins with 5
-                machine = self._machine = HttpConnectServer(self.relay.policy.users)
-                self._http = True
+            if self._http is None:  # the first bytes tell the protocol (SOCKS5 begins with 5)
+                self._http = data[0] != 5 and speaks_http(data)
+                if self._http:
+                    machine = self._machine = HttpConnectServer(self.relay.policy.users)
             step = machine.feed(data)
             send = step.send
             if send:
