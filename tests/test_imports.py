@@ -70,6 +70,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_proxywrite",
         "_proxytlv",
         "proxyproto",
+        "_hop_url",
         "hops",
         "_hop_socks5",
         "_hop_http",

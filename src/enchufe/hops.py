@@ -35,11 +35,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import trace
-from ._inet_text import check_host_name, is_ipv6, literal_family, parse_port
+from ._hop_url import ACCEPTED, EXAMPLE, SCHEMES, credentials, host_port, masked
+from ._inet_text import check_host_name, literal_family
 from ._text import printable
 from .address import Address, InetAddress
 from .errors import AddressError, NetworkError
-from .i18n import N_, _
+from .i18n import _
 
 __all__ = [
     "Chain",
@@ -56,14 +57,6 @@ __all__ = [
     "parse_hops",
     "shown_answer",
 ]
-
-#: The schemes accepted, and what each is called in messages.  ``socks5h`` (curl's name for
-#: "the proxy resolves names") is an alias: enchufe's SOCKS5 always lets the proxy resolve.
-SCHEMES = {"socks5": "socks5", "socks5h": "socks5", "http": "http"}
-ACCEPTED = N_("socks5://[USER:PASS@]HOST:PORT or http://[USER:PASS@]HOST:PORT")
-EXAMPLE = N_("e.g. socks5://127.0.0.1:1080")
-#: RFC 1929 gives the username and the password one length byte each; so does RFC 1928 a name.
-MAX_FIELD = 255
 
 
 @dataclass(frozen=True)
@@ -340,7 +333,7 @@ def parse_hop(text: str | Hop) -> Hop:
     scheme, sep, rest = text.partition("://")
     lowered = scheme.lower()
     if not sep or lowered not in SCHEMES:
-        shown = _masked(text)
+        shown = masked(text)
         if sep:
             line = _("{url}: unknown proxy scheme {scheme}; accepted: {accepted}, {example}")
         else:
@@ -350,8 +343,8 @@ def parse_hop(text: str | Hop) -> Hop:
         )
     scheme = SCHEMES[lowered]
     userinfo, at, hostport = rest.rpartition("@")
-    username, password = _credentials(text, scheme, userinfo) if at else (None, None)
-    host, port = _host_port(text, scheme, hostport.removesuffix("/"))
+    username, password = credentials(text, scheme, userinfo) if at else (None, None)
+    host, port = host_port(text, scheme, hostport.removesuffix("/"))
     return Hop(scheme, host, port, username, password)
 
 
@@ -362,113 +355,6 @@ def parse_hops(texts: Sequence[str | Hop] | str | Hop | None) -> tuple[Hop, ...]
     if isinstance(texts, str | Hop):
         texts = [texts]
     return tuple(parse_hop(text) for text in texts)
-
-
-def _masked(text: str) -> str:
-    """``text`` printable, any userinfo's password replaced by ``***``."""
-    scheme, sep, rest = text.partition("://")
-    userinfo, at, hostport = rest.rpartition("@")
-    if sep and at:
-        user, colon, _password = userinfo.partition(":")
-        text = f"{scheme}://{user}{':***' if colon else ''}@{hostport}"
-    return printable(text)
-
-
-def _credentials(text: str, scheme: str, userinfo: str) -> tuple[str, str]:
-    from urllib.parse import unquote
-
-    raw_user, _colon, raw_password = userinfo.partition(":")
-    try:
-        username = unquote(raw_user, errors="strict")
-        password = unquote(raw_password, errors="strict")
-    except UnicodeDecodeError:
-        raise AddressError(
-            _(
-                "{url}: the username or password is not UTF-8 once percent-decoded; "
-                "write them as USER:PASS@, special characters as %XX"
-            ).format(url=_masked(text))
-        ) from None
-    if not username:
-        raise AddressError(
-            _("{url}: empty username before '@'; write {scheme}://USER:PASS@HOST:PORT").format(
-                url=_masked(text), scheme=scheme
-            )
-        )
-    if scheme == "socks5":
-        for template, value in (
-            (
-                N_(
-                    "{url}: a SOCKS5 username is 1 to {most} bytes (RFC 1929), not {size}; "
-                    "write socks5://USER:PASS@HOST:PORT"
-                ),
-                username,
-            ),
-            (
-                N_(
-                    "{url}: a SOCKS5 password is 1 to {most} bytes (RFC 1929), not {size}; "
-                    "write socks5://USER:PASS@HOST:PORT"
-                ),
-                password,
-            ),
-        ):
-            size = len(value.encode())
-            if not 1 <= size <= MAX_FIELD:
-                raise AddressError(_(template).format(url=_masked(text), most=MAX_FIELD, size=size))
-    elif ":" in username:
-        raise AddressError(
-            _("{url}: an HTTP username cannot hold ':' (Basic credentials)").format(url=_masked(text))
-        )
-    return username, password
-
-
-def _host_port(text: str, scheme: str, hostport: str) -> tuple[str, int]:
-    example = f"{scheme}://127.0.0.1:{1080 if scheme == 'socks5' else 3128}"
-    shown = _masked(text)
-    if any(ch in hostport for ch in "/?#@"):
-        raise AddressError(
-            _("{url}: nothing may follow the port; write it as {example}").format(url=shown, example=example)
-        )
-    if hostport.startswith("["):
-        host, close, after = hostport[1:].partition("]")
-        if not close or not is_ipv6(host) or "%" in host:
-            raise AddressError(
-                _("{url}: bad IPv6 address in brackets, e.g. {scheme}://[::1]:1080").format(
-                    url=shown, scheme=scheme
-                )
-            )
-        if not after.startswith(":"):
-            raise AddressError(
-                _("{url}: missing port; write it as {example}").format(
-                    url=shown, example=f"{scheme}://[{printable(host)}]:1080"
-                )
-            )
-        port_text = after[1:]
-    else:
-        host, colon, port_text = hostport.rpartition(":")
-        if not colon:
-            raise AddressError(
-                _("{url}: missing port; write it as {accepted}, e.g. {example}").format(
-                    url=shown, accepted=_(ACCEPTED), example=example
-                )
-            )
-        if ":" in host:
-            raise AddressError(
-                _("{url}: an IPv6 address must be in brackets, e.g. {scheme}://[::1]:1080").format(
-                    url=shown, scheme=scheme
-                )
-            )
-        if not host:
-            raise AddressError(
-                _("{url}: missing proxy host; write it as {example}").format(url=shown, example=example)
-            )
-        if literal_family(host) is None:
-            check_host_name(shown, scheme, host, port_text, example)
-    port = parse_port(shown, port_text, example, "tcp")
-    if port == 0:
-        raise AddressError(
-            _("{url}: port 0 is no proxy's port; write it as {example}").format(url=shown, example=example)
-        )
-    return host, port
 
 
 def check_target(address: Address, hops: Sequence[Hop]) -> InetAddress:
