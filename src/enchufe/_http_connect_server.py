@@ -36,7 +36,7 @@ from ._socks5_server import Request, Step
 from ._text import printable
 from .i18n import _
 
-__all__ = ["ESTABLISHED", "MAX_HEAD", "HttpConnectServer", "http_reply", "speaks_http"]
+__all__ = ["ESTABLISHED", "MAX_HEAD", "HttpConnectServer", "http_reply", "http_status", "speaks_http"]
 
 #: The most bytes a request's head may take (request line and headers).
 MAX_HEAD = 8192
@@ -45,6 +45,7 @@ _ASK_FOR_CREDENTIALS = 'Proxy-Authenticate: Basic realm="enchufe"'
 #: What a client whose tunnel is open reads before the target's bytes.
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
+_BAD_GATEWAY = (502, "Bad Gateway")
 #: A SOCKS reply code (why a request was refused, or its target not opened) as an HTTP status.
 _STATUS = {
     socks5.GENERAL_FAILURE: (502, "Bad Gateway"),
@@ -64,10 +65,14 @@ def speaks_http(first: bytes) -> bool:
     return bool(first) and 0x41 <= first[0] <= 0x5A
 
 
-def http_reply(code: int, *extra: str) -> bytes:
+def http_status(code: int) -> int:
+    """The HTTP status that says a SOCKS reply ``code``'s refusal."""
+    return _STATUS.get(code, _BAD_GATEWAY)[0]
+
+
+def http_reply(code: int) -> bytes:
     """The response that says a SOCKS reply ``code``'s refusal in HTTP (and closes)."""
-    status, reason = _STATUS.get(code, (502, "Bad Gateway"))
-    return _response(status, reason, *extra)
+    return _response(*_STATUS.get(code, _BAD_GATEWAY))
 
 
 def _response(status: int, reason: str, *extra: str) -> bytes:

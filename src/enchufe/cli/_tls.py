@@ -96,6 +96,19 @@ def listening(address: object, pin: str | None) -> None:
     )
 
 
+def tls_peer(conn: Any) -> Any:
+    """A TLS connection's peer as the connection is: ``tls://`` (no parameters), where the
+    socket's address says ``tcp://`` or ``unix:``."""
+    peer = conn.peer_address
+    if peer is None or peer.tls is not None:
+        return peer
+    import dataclasses
+
+    from ..tlsparams import TLSParams
+
+    return dataclasses.replace(peer, tls=TLSParams())
+
+
 def handshake_done(conn: Any, peer: str, *, server: bool = False) -> None:
     """``-v``: what a handshake agreed (version, cipher, ALPN, the peer's certificate: a
     client's, on a server; the server's, on a client, with ``server``)."""

@@ -291,7 +291,7 @@ class _Session:
     def _stream(self, options: _Options) -> int:
         from .._tlsstream import client_setup
         from ..stdio import pump_stream
-        from ._tls import open_tls
+        from ._tls import handshake_done, open_tls, tls_peer
 
         idle_timeout = options.idle_timeout
         tls = client_setup(self.target)  # bad TLS settings or files: exit 2 before any socket
@@ -299,10 +299,8 @@ class _Session:
         sock, owned = self._open(options, attempt)
         try:
             with open_tls(sock, tls, self.target, attempt) as conn:
-                self._connected(conn.local_address, _as_tls(conn.peer_address, tls is not None))
+                self._connected(conn.local_address, conn.peer_address if tls is None else tls_peer(conn))
                 if tls is not None:
-                    from ._tls import handshake_done
-
                     handshake_done(conn, self.peer, server=True)
                 pump_stream(
                     conn,
@@ -498,14 +496,3 @@ class CrlfWriter:
 def crlf_datagram(data: bytes) -> bytes:
     """One datagram's line ends as CRLF (each datagram on its own: no state between them)."""
     return CrlfWriter()(data)
-
-
-def _as_tls(peer: SocketAddress | None, tls: bool) -> SocketAddress | None:
-    """The peer as the connection is: ``tls://`` (no parameters) when TLS runs over it."""
-    if not tls or peer is None or peer.tls is not None:
-        return peer
-    import dataclasses
-
-    from ..tlsparams import TLSParams
-
-    return dataclasses.replace(peer, tls=TLSParams())

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _socks5_server as socks5
 from .._fastinit import make
 from .._hop_socks5 import ATYP_IPV4, CONNECT, VERSION
-from .._http_connect_server import ESTABLISHED, HttpConnectServer, http_reply
+from .._http_connect_server import ESTABLISHED, HttpConnectServer, http_reply, http_status
 from .._resolve import Target
 from .._socks5_server import Request, Socks5Server, Step, reply, reply_words
 from .._socks_rules import SocksPolicy
@@ -389,7 +389,7 @@ class SocksSession(SocksHandshake):
         shown = self.peer_label()
         if code is not None and self._http:
             line = _("enchufe: refused {peer} #{id}: {why} (HTTP {status})").format(
-                peer=shown, id=self.id, why=why, status=self._reply(code)[9:12].decode()
+                peer=shown, id=self.id, why=why, status=http_status(code)
             )
         elif code is not None:
             line = _("enchufe: refused {peer} #{id}: {why} (SOCKS reply {code}: {words})").format(
