@@ -5,6 +5,7 @@ Usage (from the repository, with enchufe installed; gcc, microsocks and danted o
 /usr/bin, /usr/sbin: ``apt-get install -y gcc microsocks dante-server``):
 
     python3 benchmarks/socks_bench.py [--rounds 5] [--mib 2048] [--clients 4] [--conns 1000]
+                                      [--workers N]
     python3 benchmarks/socks_bench.py --quick     # one round of tiny sizes: checks that it runs
 
 What it does:
@@ -17,7 +18,9 @@ What it does:
    thread per client) and ``danted -f CONF -N 1`` in the foreground (CONF in the temporary
    folder: ``internal: 127.0.0.1 port = P``, ``external: lo``, ``socksmethod: none``, a
    ``client pass`` and a ``socks pass`` from and to anywhere, ``logoutput: stderr``; dante's
-   own processes for negotiation, requests and I/O); and two relays in front of the echo
+   own processes for negotiation, requests and I/O); with ``--workers N``, a fourth,
+   ``enchufe socks … --workers N`` (contender ``enchufe-wN``: N processes on one port, as
+   microsocks' threads and dante's processes use every core); and two relays in front of the echo
    server: ``enchufe relay tcp://127.0.0.1:P tcp://127.0.0.1:ECHO -q`` and the same with
    ``--accept-proxy`` (its default trusted proxies: loopback);
 3. runs every leg ``--rounds`` times, each round going through every contender of the leg in a
@@ -215,7 +218,7 @@ def dante_config(workdir: Path, port: int) -> Path:
     return config
 
 
-def start(bench: Bench, workdir: Path) -> Run:
+def start(bench: Bench, workdir: Path, workers: int) -> Run:
     microsocks, danted = tool("microsocks", "/usr/bin/microsocks"), tool("danted", "/usr/sbin/danted")
     servers = workdir / "relay_bench"
     client = workdir / "socks_bench"
@@ -224,11 +227,16 @@ def start(bench: Bench, workdir: Path) -> Run:
     sink, echo = free_port(), free_port()
     bench.start(str(servers), "sink", str(sink))
     bench.start(str(servers), "echo", str(echo))
-    ports = {who: free_port() for who in (*SOCKS, "plain", "accept")}
+    many = [f"enchufe-w{workers}"] if workers else []
+    ports = {who: free_port() for who in (*SOCKS, *many, "plain", "accept")}
     argvs = {
         "enchufe": [*ENCHUFE, "socks", f"tcp://127.0.0.1:{ports['enchufe']}", "-q"],
         "microsocks": [microsocks, "-i", "127.0.0.1", "-p", str(ports["microsocks"])],
         "dante": [danted, "-f", str(dante_config(workdir, ports["dante"])), "-N", "1"],
+        **{
+            who: [*ENCHUFE, "socks", f"tcp://127.0.0.1:{ports[who]}", "-q", "--workers", str(workers)]
+            for who in many
+        },
         "plain": [*ENCHUFE, "relay", f"tcp://127.0.0.1:{ports['plain']}", f"tcp://127.0.0.1:{echo}", "-q"],
         "accept": [
             *ENCHUFE,
@@ -320,14 +328,15 @@ def table(legs: list[str], results: dict[tuple[str, str], list[dict[str, float]]
                     f"  --accept-proxy, {hdr} header ÷ without: {ratio:.3f}x  {verdict(ratio, 0.95)}"
                 )
             continue
-        mine = results.get((leg, "enchufe"), [])
         threshold = 2.0 if leg == "connect" else 1.0
-        for other in ("microsocks", "dante"):
-            lines.append(f"  enchufe ÷ {other}: {ratios(mine, [results.get((leg, other), [])]):.2f}x")
-        both = ratios(mine, [results.get((leg, o), []) for o in ("microsocks", "dante")])
-        lines.append(
-            f"  enchufe ÷ the better of them (round by round): {both:.2f}x  {verdict(both, threshold)}"
-        )
+        for me in (w for w in spec.contenders if w.startswith("enchufe")):
+            mine = results.get((leg, me), [])
+            for other in ("microsocks", "dante"):
+                lines.append(f"  {me} ÷ {other}: {ratios(mine, [results.get((leg, other), [])]):.2f}x")
+            both = ratios(mine, [results.get((leg, o), []) for o in ("microsocks", "dante")])
+            lines.append(
+                f"  {me} ÷ the better of them (round by round): {both:.2f}x  {verdict(both, threshold)}"
+            )
     return lines
 
 
@@ -342,11 +351,23 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes at once (conns, proxy legs)")
     parser.add_argument("--conns", type=int, default=1000, help="connections per client process")
     parser.add_argument("--only", default=",".join(LEGS), help=f"comma-separated subset of {list(LEGS)}")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also measure `enchufe socks --workers N` (contender enchufe-wN) in the connect and conns legs",
+    )
     parser.add_argument("--quick", action="store_true", help="one round of tiny sizes: checks that it runs")
     args = parser.parse_args()
     legs = [leg for leg in args.only.split(",") if leg]
     if unknown := set(legs) - set(LEGS):
         parser.error(f"unknown legs {sorted(unknown)}; choose from {list(LEGS)}")
+    if not 0 <= args.workers <= 64:
+        parser.error("--workers: 0 (not measured) to 64")
+    if args.workers:
+        for leg in ("connect", "conns"):
+            spec = LEGS[leg]
+            LEGS[leg] = Leg(spec.title, spec.unit, (*spec.contenders, f"enchufe-w{args.workers}"))
     if args.quick:
         args.rounds, args.mib, args.clients, args.conns = 1, 16, 2, 50
     if shutil.which("gcc") is None:
@@ -364,7 +385,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="socks-bench-") as tmp:
         bench = Bench(Path(tmp), 0)
         try:
-            run = start(bench, Path(tmp))
+            run = start(bench, Path(tmp), args.workers)
             time.sleep(0.5)
             results = run_rounds(run, legs, args)
         finally:
