@@ -63,6 +63,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tls_trace",
         "_tls_seen",
         "_tls_verify",
+        "_tls_suites",
         "_tls_sessions",
         "_tls_batch",
         "clienthello",

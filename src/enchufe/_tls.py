@@ -16,7 +16,7 @@ import ssl
 import tempfile
 from collections.abc import Callable
 
-from . import _tls_seen, _tls_verify
+from . import _tls_seen, _tls_suites, _tls_verify
 from ._text import printable
 from ._tls_refusals import SOURCE_LINE as _SOURCE_LINE
 from .errors import AddressError, TLSRefused
@@ -45,6 +45,7 @@ def client_context(params: TLSParams) -> ssl.SSLContext:
     # A server that renegotiates TLS 1.2 could show another certificate mid-connection, after
     # every check was made (and _tls_seen.quiet leaves the connection without a store for it).
     context.options |= ssl.OP_NO_RENEGOTIATION
+    _tls_suites.prefer_aes128(context)
     _tls_seen.watch(context)
     if params.insecure or (params.pins and params.ca is None):
         context.check_hostname = False
@@ -64,6 +65,7 @@ def server_context(params: TLSParams, host: str = "") -> tuple[ssl.SSLContext, s
     """A server context and, with ``cert=auto``, the pin of the certificate it made for ``host``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _tls_suites.prefer_aes128(context)
     pin = None
     if params.cert_auto:
         pin = _load_self_signed(context, host)

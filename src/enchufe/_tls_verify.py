@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import TLSRefused
 
-__all__ = ["REJECTED", "install", "libraries", "refusal", "require_alpn"]
+__all__ = ["REJECTED", "context_pointer", "install", "libraries", "refusal", "require_alpn"]
 
 #: X509_V_ERR_CERT_REJECTED: OpenSSL answers it with a bad_certificate alert.
 REJECTED = 28
@@ -50,10 +50,8 @@ def install(context: ssl.SSLContext, check: Check) -> bool:
     if found is None or context.verify_mode != ssl.CERT_REQUIRED:
         return False
     libssl, libcrypto = found
-    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not pointer or libssl.SSL_CTX_get_options(pointer) != int(context.options):
-        return False
-    if libssl.SSL_CTX_get_verify_mode(pointer) != _VERIFY_PEER_REQUIRED:
+    pointer = context_pointer(context, libssl)
+    if pointer is None or libssl.SSL_CTX_get_verify_mode(pointer) != _VERIFY_PEER_REQUIRED:
         return False
 
     def verify(preverified: int, store: int | None) -> int:
@@ -112,8 +110,8 @@ def require_alpn(context: ssl.SSLContext, protocols: tuple[str, ...]) -> bool:
     if found is None or not protocols:
         return False
     libssl, _libcrypto = found
-    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not pointer or libssl.SSL_CTX_get_options(pointer) != int(context.options):
+    pointer = context_pointer(context, libssl)
+    if pointer is None:
         return False
     wire = b"".join(bytes([len(p.encode())]) + p.encode() for p in protocols)
     ours = ctypes.create_string_buffer(wire, len(wire))
@@ -137,6 +135,14 @@ def refusal(verify_code: int) -> TLSRefused | None:
     refused: TLSRefused | None = getattr(_pending, "refusal", None)
     _pending.refusal = None
     return refused if verify_code == REJECTED else None
+
+
+def context_pointer(context: ssl.SSLContext, libssl: Any) -> int | None:
+    """The ``SSL_CTX *`` of ``context``, or None unless OpenSSL's options for it are Python's."""
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or libssl.SSL_CTX_get_options(pointer) != int(context.options):
+        return None
+    return int(pointer)
 
 
 def libraries() -> tuple[Any, Any] | None:
@@ -199,3 +205,5 @@ def _declare(libssl: Any, libcrypto: Any) -> None:
         ctypes.c_uint,
     ]
     libssl.SSL_select_next_proto.restype = integer
+    libssl.SSL_CTX_set_ciphersuites.argtypes = [pointer, ctypes.c_char_p]
+    libssl.SSL_CTX_set_ciphersuites.restype = integer
