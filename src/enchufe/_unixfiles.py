@@ -8,9 +8,12 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import stat
 import tempfile
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import trace
@@ -192,9 +195,42 @@ def bind_unix(sock: socket.socket, address: UnixAddress, mode: int | None) -> So
         os.fchmod(sock.fileno(), mode)
         if trace.enabled():
             trace.emit(f"fchmod(fd {sock.fileno()}, {mode:#o})  # the socket file is created with it")
-    bind(sock, address.sockaddr)
     if path is None:
+        bind(sock, address.sockaddr)
         return None
+    # A stop signal (the CLI makes SIGINT, SIGTERM and SIGHUP a KeyboardInterrupt) landing between
+    # bind and the SocketFile in the caller's hands would leave the new file behind: the signals
+    # are held meanwhile, and one that came is raised where the file can still be removed.
+    held = _hold(_STOP_SIGNALS)
+    try:
+        bind(sock, address.sockaddr)
+        owned = _own(path, mode)
+    except BaseException:
+        _hold(held, signal.SIG_SETMASK)
+        raise
+    try:
+        _hold(held, signal.SIG_SETMASK)  # raises the KeyboardInterrupt of a signal held
+    except BaseException:
+        owned.release()
+        raise
+    return owned
+
+
+#: The signals the CLI turns into KeyboardInterrupt (enchufe.cli._common.STOP_SIGNALS).
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _hold(signals: Iterable[int], how: int = signal.SIG_BLOCK) -> set[int | signal.Signals]:
+    """``pthread_sigmask(how, signals)`` on the main thread (where Python runs signal
+    handlers, as it does on return from this call for any signal unblocked); the mask before."""
+    if threading.current_thread() is not threading.main_thread():
+        return set()
+    return signal.pthread_sigmask(how, signals)
+
+
+def _own(path: str, mode: int | None) -> SocketFile:
+    """The SocketFile for the socket file just bound at ``path``, given ``mode`` if the umask
+    narrowed it; on failure the file is removed."""
     try:
         fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
