@@ -22,8 +22,11 @@ Measures (loopback, 127.0.0.1, TLS 1.3 as negotiated by default: AES-GCM):
   server's output (``wchar`` of /proc/PID/io, sampled every millisecond) from a tenth of the
   bytes to nine tenths, so process start, handshake and the last flush are left out alike:
   MB/s, MB = 10⁶ bytes.
-* **crypto limit**: ``openssl speed -evp aes-128-gcm`` (and aes-256-gcm, what TLS 1.3 picks
-  by default) on 16 KiB blocks, one core: the most one TLS stream could carry on this CPU.
+* **cipher suites**: the one each pair agrees on with its own defaults, as its client reports it
+  (enchufe asks for TLS_AES_128_GCM_SHA256 first; OpenSSL's default, socat's, is
+  TLS_AES_256_GCM_SHA384).
+* **crypto limit**: ``openssl speed -evp aes-128-gcm`` (and aes-256-gcm, OpenSSL's default
+  suite) on 16 KiB blocks, one core: the most one TLS stream could carry on this CPU.
 * **handshakes/s**: ``openssl s_time -new`` (a full handshake per connection, no resumption),
   ``--clients`` of them at once for ``--seconds``, against ``enchufe echo tls://…`` and against
   ``socat OPENSSL-LISTEN:…,fork PIPE`` (socat forks a process per connection).
@@ -237,6 +240,21 @@ def transfer(tool: str, certs: Certs, data: Path) -> float:
 BULK_TOOLS = ("enchufe", "plain", "socat")
 
 
+def suite(tool: str, certs: Certs) -> str:
+    """The TLS 1.3 cipher suite a bulk pair of ``tool`` agrees on, as its client reports it
+    (``enchufe connect -v``, ``socat -d -d``): each pair runs with its own defaults."""
+    port = free_port()
+    server_args, client_args = _commands(tool, port, certs)
+    if tool == "socat":
+        client_args = [client_args[0], "-d", "-d", *client_args[1:]]
+    else:
+        client_args = [arg for arg in client_args if arg != "-q"] + ["-v"]
+    with running(server_args, port, quiet=True):
+        done = subprocess.run(client_args, input=b"x", capture_output=True, timeout=STEP_TIMEOUT, check=False)
+    match = re.search(rb"(TLS_[A-Z0-9_]+)", done.stderr)
+    return match.group(1).decode() if match else "unknown"
+
+
 def bulk_rounds(certs: Certs, data: Path, rounds: int) -> list[dict[str, float]]:
     """``rounds`` rounds of one transfer per tool, back to back, in an order that rotates from
     round to round: MB/s by tool, per round.  A machine whose speed drifts (a VM's neighbours)
@@ -435,14 +453,14 @@ def bulk_rows(args: argparse.Namespace, certs: Certs, folder: Path) -> list[Row]
             f"{tls:,.0f}",
             f"{aes128:,.0f}",
             ratio(tls, aes128),
-            "one core's AES-GCM",
+            "one core's AES-128-GCM (enchufe's suite)",
         ),
         (
             f"{name} openssl speed aes-256-gcm",
             f"{tls:,.0f}",
             f"{aes256:,.0f}",
             ratio(tls, aes256),
-            "TLS 1.3's default",
+            "AES-256-GCM (OpenSSL's default suite)",
         ),
     ]
 
@@ -513,6 +531,7 @@ def main() -> None:
         print(
             f"certificate: {key_description(certs)}, trustme CA; {socat}; {ssl.OPENSSL_VERSION}", flush=True
         )
+        print(f"cipher suites: enchufe pair {suite('enchufe', certs)}, socat pair {suite('socat', certs)}")
         rows = bulk_rows(args, certs, Path(tmp)) + handshake_rows(args, certs) + idle_rows(args, certs)
     report(args, rows, load[0], socat)
     print(f"\nwhole run: {time.monotonic() - started:.0f} s")

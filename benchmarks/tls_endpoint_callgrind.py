@@ -23,8 +23,9 @@ One process is counted, one side of a one-way TLS 1.3 transfer; the other side i
 ``callgrind``: callgrind's total ``Ir`` (instructions executed in user space, the whole
 process); ``strace``: ``strace -f -c``'s total of system calls.  Per MiB is
 ``(large run - small run) / (large - small)``: start-up, the handshake and the exit cancel out.
-The certificate is benchmarks/tls_bench.py's (a trustme CA, ECDSA P-256); the cipher is what
-TLS 1.3 picks by default (TLS_AES_256_GCM_SHA384).
+The certificate is benchmarks/tls_bench.py's (a trustme CA, ECDSA P-256).  The suite is the
+server's choice: TLS_AES_128_GCM_SHA256 where enchufe serves (``server``, ``listen``), and
+OpenSSL's default, TLS_AES_256_GCM_SHA384, where Python's ``ssl`` or socat does.
 
 ``--keep DIR`` keeps the callgrind files there, for ``callgrind_annotate``.
 """
