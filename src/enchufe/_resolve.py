@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from . import trace
 from ._calls import SockAddr, describe_sockaddr
+from ._inet_text import literal_family
 from .address import InetAddress
 from .errors import AddressError, NameResolutionError, reason
 from .i18n import _
@@ -36,7 +37,9 @@ def resolve(address: InetAddress, *, passive: bool) -> list[Target]:
                 address=repr(str(address))
             )
         )
-    literal = address.family is not None and address.forced_family in (None, address.family)
+    # A literal host is parsed, never looked up; a name under a forced family (tcp4://localhost)
+    # is looked up in that family.
+    literal = literal_family(address.host) is not None
     targets = _lookup(address, passive=passive, literal=literal)
     if not literal and trace.enabled():
         shown = ", ".join(describe_sockaddr(t.family, t.sockaddr) for t in targets)
@@ -75,12 +78,23 @@ def _lookup(address: InetAddress, *, passive: bool, literal: bool) -> list[Targe
     try:
         infos = socket.getaddrinfo(address.host, address.port, family, sock_type, 0, flags)
     except socket.gaierror as exc:
-        raise NameResolutionError(
-            _("cannot resolve {host} in {address}: {reason}; check the name, or use an IP address").format(
-                host=repr(address.host), address=address, reason=reason(exc, lower=False)
-            ),
-            errno=exc.errno,
-        ) from exc
+        if address.forced_family:
+            # tcp6://localhost on a host whose localhost is IPv4 only: say which family was asked.
+            message = _(
+                "cannot resolve {host} as IPv{family} in {address}: {reason}; check the name, or use "
+                "{plain} for either family"
+            ).format(
+                host=repr(address.host),
+                family=address.forced_family,
+                address=address,
+                reason=reason(exc, lower=False),
+                plain=f"{address.scheme.rstrip('46')}://",
+            )
+        else:
+            message = _(
+                "cannot resolve {host} in {address}: {reason}; check the name, or use an IP address"
+            ).format(host=repr(address.host), address=address, reason=reason(exc, lower=False))
+        raise NameResolutionError(message, errno=exc.errno) from exc
     targets: list[Target] = []
     for fam, _type, _proto, _canon, sockaddr in infos:
         if fam not in (socket.AF_INET, socket.AF_INET6):
