@@ -317,8 +317,8 @@ def test_each_waiting_client_is_cut_at_its_own_time_and_a_served_one_never(echo_
         details = sorted(e["detail"] for e in relay.events.named("refused"))
     assert first_waited >= timeout - 0.05 and second_waited >= timeout - 0.05
     assert details == [
-        "no its greeting within 0.6 s (--handshake-timeout)",
-        "no its request within 0.6 s (--handshake-timeout)",
+        "waited 0.6 s for its greeting (--handshake-timeout)",
+        "waited 0.6 s for its request (--handshake-timeout)",
     ]
 
 

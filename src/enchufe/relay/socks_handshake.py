@@ -171,7 +171,7 @@ class SocksHandshake(StreamSession):
         machine = self._machine
         if machine is None:
             return
-        why = _("no {what} within {seconds} s (--handshake-timeout)").format(
+        why = _("waited {seconds} s for {what} (--handshake-timeout)").format(
             what=machine.waiting_for, seconds=f"{self.relay.clock.timeout:g}"
         )
         self._handshake_over(None, why)
