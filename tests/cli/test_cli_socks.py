@@ -170,7 +170,7 @@ def test_auth_files(tmp_path: object) -> None:
     folder = str(tmp_path)
     missing = os.path.join(folder, "missing")
     done = run_here("socks", "tcp://127.0.0.1:0", "--auth-file", missing)
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input, as a TLS address's missing file is
     assert_one_error_line(done.stderr, "cannot read --auth-file", "missing")
     bad = os.path.join(folder, "bad")
     with open(bad, "w") as f:

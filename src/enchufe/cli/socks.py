@@ -180,11 +180,12 @@ def command(
 
 
 def _users(auth: tuple[str, ...], auth_file: str | None) -> dict[bytes, bytes] | None:
-    """The users of --auth and --auth-file (``None``: no authentication); UsageError for a bad
-    line (never showing a password); an EnchufeError (exit 1) for a file that cannot be read."""
+    """The users of --auth and --auth-file (``None``: no authentication); UsageError (exit 2)
+    for a bad line (never showing a password) and for a file that cannot be read, as for a
+    TLS address's files."""
     from .._socks_rules import parse_user, parse_users
     from .._text import printable
-    from ..errors import EnchufeError, reason
+    from ..errors import UsageError, reason
 
     users: dict[bytes, bytes] = {}
     for text in auth:
@@ -196,7 +197,7 @@ def _users(auth: tuple[str, ...], auth_file: str | None) -> dict[bytes, bytes] |
                 users.update(parse_users(lines, f"--auth-file {printable(auth_file)}"))
         except (OSError, UnicodeDecodeError) as exc:
             why = reason(exc, lower=False) if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise EnchufeError(
+            raise UsageError(
                 _("cannot read --auth-file {file}: {reason}").format(file=printable(auth_file), reason=why)
             ) from None
     return users or None
