@@ -54,6 +54,13 @@ def test_a_connect_request_fed_byte_by_byte_gives_its_target_and_leftover(
         (request("exa mple.com:80"), b"400", "not an HTTP/1 request"),
         (request("exa_mple!com:80"), b"400", "not HOST:PORT"),
         (b"CONNECT example.com:80 SPDY/3\r\n\r\n", b"400", "not an HTTP/1 request"),
+        # A zone names an interface of the client's host (once an inet_pton crash in the relay).
+        (request("[fe80::1%lo]:80"), b"400", "not HOST:PORT"),
+        (request("[::1%\x1b[31m]:80"), b"400", "not HOST:PORT"),
+        (request("::1:80"), b"400", "not HOST:PORT"),  # IPv6 only in brackets
+        (request("[127.0.0.1]:80"), b"400", "not HOST:PORT"),
+        (request("[example.com]:80"), b"400", "not HOST:PORT"),
+        (request("example.com:\uff18\uff10"), b"400", "not HOST:PORT"),  # fullwidth digits
     ],
 )
 def test_what_is_not_a_connect_request_is_answered_and_refused(
@@ -99,3 +106,8 @@ def test_any_bytes_give_a_step_and_stay_bounded(chunks: list[bytes], with_users:
         assert len(machine._buffer) <= MAX_HEAD + 600
         if step.request is not None or step.refused is not None:
             break
+
+
+def test_bytes_that_are_not_utf8_are_shown_as_the_bytes_they_are() -> None:
+    step = HttpConnectServer().feed(b"CONNECT \xff\xfe:80 HTTP/1.1\r\n\r\n")
+    assert step.refused is not None and "\\xff\\xfe:80" in step.refused and "\xff" not in step.refused

@@ -113,7 +113,7 @@ class HttpConnectServer:
                 _("its request's head is larger than {limit} bytes").format(limit=MAX_HEAD),
                 _response(431, "Request Header Fields Too Large"),
             )
-        head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+        head = bytes(buffer[:end]).decode("utf-8", "surrogateescape").split("\r\n")
         leftover = bytes(buffer[end + 4 :])
         self._buffer = bytearray()
         parts = head[0].split(" ")
@@ -186,7 +186,8 @@ class HttpConnectServer:
 def _authority(target: str) -> tuple[str, int, bool] | None:
     """``host:port`` or ``[v6]:port`` as (host, port, whether the host is a name); None when it
     is not one (no port, a port out of range, a host that is neither an IP nor a name)."""
-    if target.startswith("["):
+    bracketed = target.startswith("[")
+    if bracketed:
         host, sep, rest = target[1:].partition("]")
         if not sep or not rest.startswith(":"):
             return None
@@ -195,9 +196,16 @@ def _authority(target: str) -> tuple[str, int, bool] | None:
         host, sep, port_text = target.rpartition(":")
         if not sep:
             return None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or not host:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536 or not host:
         return None
-    if literal_family(host) is not None:
+    family = literal_family(host)
+    if family is not None:
+        # An IPv6 address only in brackets (RFC 9110's authority), and without a %zone: a zone
+        # names an interface of the client's host, which means nothing to this proxy.
+        if (family == 6) != bracketed or "%" in host:
+            return None
         return host, int(port_text), False
-    name = socks5.host_name(host.encode("latin-1"))
+    if bracketed:
+        return None
+    name = socks5.host_name(host.encode("utf-8", "surrogateescape"))
     return (name, int(port_text), True) if name is not None else None

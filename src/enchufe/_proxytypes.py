@@ -154,4 +154,4 @@ class Invalid(Exception):
 
 def shown(data: bytes) -> str:
     """Bytes a peer sent, quoted and escaped for a refusal's line."""
-    return "'" + printable(data.decode("latin-1")) + "'"
+    return "'" + printable(data) + "'"
