@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from enchufe._text import printable
+
 from .conftest import STEP, Spawn, assert_one_error_line, run
 
 #: A peer's abstract name that would forge two lines (a newline, a U+2028 line separator), move
@@ -94,7 +96,10 @@ def test_chat_escapes_a_datagram_peer_name_in_logs_and_for_the_others(spawn: Spa
     assert_not_forged(server.err)
 
 
-def test_json_keeps_the_name_exact(spawn: Spawn) -> None:
+def test_json_gives_the_name_escaped_as_the_relay_does(spawn: Spawn) -> None:
+    """JSON could carry the name exactly, but ``jq -r .peer`` would then print its escape
+    sequences and newlines (and a non-UTF-8 byte becomes a lone surrogate that strict parsers
+    refuse): the field holds the escaped name, backslashes doubled, as ``relay --json`` does."""
     name = unique("json")
     server = spawn("listen", "-v", "--json", f"unix:@{name}")
     server.listening()
@@ -103,7 +108,8 @@ def test_json_keeps_the_name_exact(spawn: Spawn) -> None:
     assert server.finish() == 0, server.err
     records = [json.loads(line) for line in server.err.splitlines()]
     accepted = [r for r in records if r["event"] == "accept"]
-    assert accepted and accepted[0]["peer"] == f"unix:@{FORGED_NAME}"
+    assert accepted and accepted[0]["peer"] == f"unix:@{printable(FORGED_NAME)}"
+    assert "\n" not in accepted[0]["peer"] and "\x1b" not in accepted[0]["peer"]
 
 
 def test_hex_dump_header_escapes_the_sender(spawn: Spawn) -> None:

@@ -319,8 +319,15 @@ def tagged(message: object) -> str:
 
 
 def peer_name(address: object) -> str:
-    """How a peer is named in events: its address, or ``(unnamed)`` for an unbound unix peer."""
-    return str(address) if address else "(unnamed)"
+    """How a peer is named in events: its address escaped (a unix peer's path or abstract name,
+    a PROXY header's source, are the peer's own bytes), or ``(unnamed)`` for an unbound unix
+    peer.  Escaped for ``--json`` too, as the relay's events are: a ``jq -r .peer`` must not
+    print a peer's escape sequences or newlines."""
+    if not address:
+        return "(unnamed)"
+    from .._text import printable
+
+    return printable(str(address))
 
 
 #: What an address starts with, offered when completing an ADDRESS argument.
