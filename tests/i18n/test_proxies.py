@@ -227,7 +227,7 @@ def test_an_auth_file_without_users_and_one_that_cannot_be_read_in_spanish(tmp_p
     )
     missing = f"{tmp_path}/no-existe.txt"
     done = run_here("--lang", "es", "socks", "tcp://127.0.0.1:0", "--auth-file", missing)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, f"no se puede leer --auth-file {missing}: ")
 
 
