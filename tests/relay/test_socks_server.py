@@ -635,6 +635,29 @@ def test_behind_a_proxy_the_handshake_may_come_with_the_header_or_after_it(
     assert request["peer"] == "tcp://203.0.113.7:4000"
 
 
+@pytest.mark.parametrize("header", [b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00", b"PROXY UNKNOWN\r\n"])
+def test_behind_a_proxy_a_header_without_an_address_leaves_udp_to_the_connection_s_peer(
+    udp_echo: UdpEcho, header: bytes
+) -> None:
+    """A LOCAL (v2) or UNKNOWN (v1) header names no client: UDP ASSOCIATE takes the datagrams
+    of the connection's own peer, as without a header (it was refused: 'needs a TCP client')."""
+    with socks(accept_proxy=True) as relay:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(STEP)
+        with udp, dial(relay.address, timeout=STEP) as control:
+            control.sendall(
+                header
+                + b"\x05\x01\x00\x05\x03\x00\x01\x7f\x00\x00\x01"
+                + struct.pack(">H", udp.getsockname()[1])
+            )
+            answer = recv_exactly(control, 12)
+            assert answer[:4] == b"\x05\x00\x05\x00", answer
+            bound = (socket.inet_ntoa(answer[6:10]), struct.unpack(">H", answer[10:12])[0])
+            udp.sendto(udp_wrap("127.0.0.1", udp_echo.port, b"through"), bound)
+            assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"through")
+
+
 def test_udp_associate_on_a_unix_listener_is_reply_7(sock_dir: str) -> None:
     """A unix client has no address its datagrams could be told by: refused, not a crash."""
     config = RelayConfig(f"unix://{sock_dir}/socks.sock", "-", socks=SocksPolicy())

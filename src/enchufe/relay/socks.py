@@ -296,7 +296,10 @@ class SocksSession(SocksHandshake):
         relay = self.relay
         sock = self.client_sock
         assert sock is not None
-        client = self.proxied.peer if self.proxied is not None else client_address(sock, self.peer)
+        # Behind a PROXY header the client's datagrams come from its real address; a LOCAL or
+        # UNKNOWN header names none, and the connection's own peer stands.
+        proxied = self.proxied.peer if self.proxied is not None else None
+        client = proxied if proxied is not None else client_address(sock, self.peer)
         if not isinstance(client, InetAddress) or sock.family == socket.AF_UNIX:
             why = _("UDP ASSOCIATE needs a TCP client (it names where datagrams come from)")
             self._refused(why, code=socks5.COMMAND_NOT_SUPPORTED)
