@@ -658,6 +658,20 @@ def test_behind_a_proxy_a_header_without_an_address_leaves_udp_to_the_connection
             assert udp_unwrap(udp.recv(65535)) == ("127.0.0.1", udp_echo.port, b"through")
 
 
+def test_the_connect_time_is_the_target_s_not_the_client_s_handshake(echo_target: Target) -> None:
+    """"connected to … in N ms" times the connect the request asked for: a client that waits
+    before its request does not make the target look slow."""
+    with socks() as relay, dial(relay.address) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert recv_exactly(sock, 2) == b"\x05\x00"
+        time.sleep(0.6)
+        sock.sendall(request_bytes("127.0.0.1", port_of(echo_target)))
+        assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+        wait_until(lambda: bool(relay.events.named("connect")), "the connect event")
+        (connect,) = relay.events.named("connect")
+    assert connect["seconds"] < 0.5, connect
+
+
 def test_udp_associate_on_a_unix_listener_is_reply_7(sock_dir: str) -> None:
     """A unix client has no address its datagrams could be told by: refused, not a crash."""
     config = RelayConfig(f"unix://{sock_dir}/socks.sock", "-", socks=SocksPolicy())

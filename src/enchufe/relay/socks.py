@@ -107,6 +107,7 @@ class SocksSession(SocksHandshake):
     target it named."""
 
     __slots__ = (
+        "_asked",
         "_code",
         "_lookup",
         "_lookup_timer",
@@ -152,6 +153,7 @@ class SocksSession(SocksHandshake):
             self.target_label = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
         relay = self.relay
         if relay.events.level >= 1:  # events.wants(1), inlined
+            self._asked = time.monotonic()
             self._announce_request(request)
         if request.command != CONNECT:
             self._associate(request)
@@ -183,6 +185,11 @@ class SocksSession(SocksHandshake):
         if not lookup.cancelled:  # under way: bounded as a connect is
             self._lookup = lookup
             self._lookup_timer = relay.loop.call_later(relay.connect_timeout, self._lookup_late, self.crashed)
+
+    def _connect_began(self) -> float:
+        """The request: the client's own handshake is not the target's connect."""
+        asked: float = getattr(self, "_asked", self.started)
+        return asked
 
     def _announce_request(self, request: Request) -> None:
         """The "request" event (-v)."""

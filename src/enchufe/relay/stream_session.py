@@ -204,6 +204,11 @@ class StreamSession(PreludeSession):
             super()._drop_target()
             self.target = None
 
+    def _connect_began(self) -> float:
+        """When the connect the "connected … in N ms" line times began: the accept, for a relay
+        (a PROXY header's wait and the retries included)."""
+        return self.started
+
     def _connected(self, *, announce: bool = True) -> None:
         relay = self.relay
         if (self._header or self._replay) and not self._first_through():
@@ -216,7 +221,7 @@ class StreamSession(PreludeSession):
         self._stop_early = client.stop_at_peer_eof or target.stop_at_peer_eof
         self._cuts = self._may_cut(self._stop_early)
         if announce and relay.events.level >= 1:  # events.wants(1), inline
-            seconds = time.monotonic() - self.started
+            seconds = time.monotonic() - self._connect_began()
             relay.events(
                 "connect",
                 _("#{id} connected to {target} in {ms} ms").format(
