@@ -197,6 +197,18 @@ def test_an_unspecified_address_is_judged_as_the_loopback_it_reaches(host: str) 
     assert DestRules.parse(deny=["10.0.0.0/8", "fd00::/8"]).check_address(host, 80) is None
 
 
+@pytest.mark.parametrize("host", ["64:ff9b::10.0.0.1", "64:ff9b::a00:1", "64:FF9B:0:0:0:0:a00:1"])
+def test_a_nat64_address_is_judged_as_the_ipv4_address_it_reaches_too(host: str) -> None:
+    """Through a NAT64 gateway 64:ff9b::10.0.0.1 is 10.0.0.1: a denied IPv4 network stays
+    denied under that name, and an IPv6 rule for the prefix still matches it."""
+    denied = DestRules.parse(deny=["10.0.0.0/8"]).check_address(host, 80)
+    assert denied is not None and "that is 10.0.0.1" in denied
+    assert DestRules.parse(deny=["64:ff9b::/96"]).check_address(host, 80) is not None
+    assert DestRules.parse(allow=["10.0.0.0/8"]).check_address(host, 80) is None
+    assert DestRules.parse(deny=["192.0.2.0/24"]).check_address(host, 80) is None
+    assert DestRules.parse(deny=["10.0.0.0/8"]).check_address("64:ff9c::10.0.0.1", 80) is None  # not the prefix
+
+
 def test_allow_rules_let_a_name_or_an_address_through() -> None:
     rules = DestRules.parse(allow=["*.example.com", "192.0.2.0/24:443"], deny=["192.0.2.66"])
     denied, named = rules.check_name("www.example.com", 80)

@@ -26,6 +26,7 @@ __all__ = [
     "host_int",
     "int_network",
     "matching",
+    "nat64_ipv4",
     "parse_network",
     "peer_ip",
 ]
@@ -83,6 +84,18 @@ def destination_ip(host: str) -> IP:
     address."""
     ip = peer_ip(host)
     return _THIS_HOST[ip.version] if ip.is_unspecified else ip
+
+
+#: RFC 6052's well-known NAT64 prefix: 64:ff9b::10.0.0.1 reaches 10.0.0.1 through a NAT64 gateway.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def nat64_ipv4(ip: IP) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a NAT64 gateway would reach for ``ip`` (one in 64:ff9b::/96), else None:
+    rules must judge both, or a denied IPv4 network is reached by its NAT64 name."""
+    if ip.version == 6 and ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def matching(networks: Iterable[Network], ip: IP) -> Network | None:

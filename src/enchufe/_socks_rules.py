@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._inet_text import literal_family
-from ._networks import IP, Network, destination_ip, parse_network, peer_ip
+from ._networks import IP, Network, destination_ip, nat64_ipv4, parse_network, peer_ip
 from ._text import printable
 from .errors import UsageError
 from .i18n import N_, _
@@ -147,12 +147,22 @@ class DestRules:
             asked, ip = peer_ip(host), destination_ip(host)
         except ValueError:
             return _("{host} is not an IP address").format(host=printable(host))
-        # TRANSLATORS: an unspecified address a client asked for (0.0.0.0), and the loopback one it reaches.
-        shown = _("{asked}, that is {ip}").format(asked=asked, ip=ip) if asked != ip else str(ip)
+        # A NAT64 address is judged as the IPv4 address it reaches too (either form matches).
+        embedded = nat64_ipv4(ip)
+        judged = (ip,) if embedded is None else (ip, embedded)
+        if asked != ip or embedded is not None:
+            # TRANSLATORS: an address a client asked for (0.0.0.0, 64:ff9b::a00:1), and the one it reaches.
+            shown = _("{asked}, that is {ip}").format(asked=asked, ip=embedded or ip)
+        else:
+            shown = str(ip)
         for rule in self.deny:
-            if rule.matches_address(ip, port):
+            if any(rule.matches_address(one, port) for one in judged):
                 return f"--deny-dest {printable(rule.text)} ({shown})"
-        if self.allow and not name_allowed and not any(rule.matches_address(ip, port) for rule in self.allow):
+        if (
+            self.allow
+            and not name_allowed
+            and not any(rule.matches_address(one, port) for rule in self.allow for one in judged)
+        ):
             return _("no --allow-dest matches {ip} port {port}").format(ip=shown, port=port)
         return None
 
