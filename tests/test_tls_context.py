@@ -397,17 +397,22 @@ def test_insecure_accepts_any_certificate(server: Callable[..., Handshake]) -> N
         assert tls.recv(5) == b"hello"
 
 
-def test_a_server_that_names_alpn_protocols_refuses_a_client_with_none_in_common(
+def test_a_server_that_names_alpn_protocols_alerts_a_client_that_offers_none(
     files: dict[str, str],
 ) -> None:
+    """A client that offers no ALPN at all gets the no_application_protocol alert at its
+    ClientHello (it used to finish the handshake and meet a closed connection): its line says
+    to add alpn=, the server's names what it accepts."""
     params = parse_query(f"cert={files['server']}&alpn=h2")
     context, _ = _tls.server_context(params)
     peer = Handshake(context, check=lambda tls: _tls.check_client_certificate(tls, params))
-    with client(parse_query(f"ca={files['ca']}"), peer.port):
-        pass
+    with pytest.raises(ssl.SSLError) as alert:
+        client(parse_query(f"ca={files['ca']}"), peer.port)
     peer.join()
-    assert isinstance(peer.error, _tls.TLSRefused) and peer.error.reason == "alpn"
-    assert "this server accepts h2" in str(peer.error)
+    said = _tls_refusals.explain(alert.value, alpn=())
+    assert said.reason == "alpn" and "add alpn=" in str(said)
+    assert peer.explained is not None and peer.explained.reason == "alpn"
+    assert str(peer.explained) == "the client offers no ALPN protocol; this server accepts h2"
 
 
 def test_a_server_that_names_alpn_protocols_alerts_a_client_that_offers_others(

@@ -99,6 +99,16 @@ _REASONS: dict[str, tuple[str, str, str]] = {
         N_("the server accepts none of the ALPN protocols offered"),
         N_("the client accepts none of the ALPN protocols offered"),
     ),
+    "NO_APPLICATION_PROTOCOL": (
+        "alpn",
+        N_("no ALPN protocol in common with the server"),
+        N_("the client offers none of the ALPN protocols this server accepts"),
+    ),
+    "TLSV1_UNRECOGNIZED_NAME": (
+        "sni",
+        N_("the server serves no site by the name this client asked for (SNI): check the host name or sni="),
+        N_("the client serves no site by the name asked for (SNI)"),
+    ),
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
         "client-certificate-missing",
         N_("the client sent no certificate, and this server requires one (client-ca=)"),
@@ -149,6 +159,7 @@ def explain(
     first_bytes: bytes = b"",
     certificate: bytes | None = None,
     established: bool = False,
+    alpn: tuple[str, ...] | None = None,
 ) -> TLSRefused:
     """Turn what a handshake raised into a :class:`TLSRefused` with one line for the user.
 
@@ -158,6 +169,7 @@ def explain(
     caller peeked at it, shown when the peer does not speak TLS; ``certificate`` the DER
     certificate the server showed, when known (its names or dates complete a refusal of it).
     ``established``: the handshake was done (a record that fails its check, an alert mid-stream).
+    ``alpn``: the client's own ALPN offer, when known (an empty one refused is said so).
     """
     if isinstance(exc, TLSRefused):
         return exc
@@ -167,6 +179,13 @@ def explain(
         code = exc.reason or _reason_of(str(exc))
         if code == "CERTIFICATE_VERIFY_FAILED":  # the server refusing a client's certificate
             return TLSRefused(_(_CLIENT_CA), "client-certificate-refused")
+        if code == "CALLBACK_FAILED" and server_side:
+            refused = _tls_verify.hello_refusal()  # what our ClientHello callback said no to
+            if refused is not None:
+                return refused
+        if code == "TLSV1_ALERT_NO_APPLICATION_PROTOCOL" and not server_side and alpn == ():
+            line = _("the server requires an ALPN protocol, and this client offers none: add alpn=PROTOCOL")
+            return TLSRefused(line, "alpn")
         if code in _REASONS:
             reason, said_by_client, said_by_server = _REASONS[code]
             said = said_by_server if server_side else said_by_client

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import TLSRefused
+from .i18n import _
 
-__all__ = ["REJECTED", "context_pointer", "install", "libraries", "refusal", "require_alpn"]
+__all__ = ["REJECTED", "context_pointer", "hello_refusal", "install", "libraries", "refusal", "require_alpn"]
 
 #: X509_V_ERR_CERT_REJECTED: OpenSSL answers it with a bad_certificate alert.
 REJECTED = 28
@@ -104,8 +105,9 @@ def require_alpn(context: ssl.SSLContext, protocols: tuple[str, ...]) -> bool:
     that offers ALPN but none of ``protocols`` with the no_application_protocol alert, as RFC
     7301 asks; Python's own selection lets such a handshake finish with no protocol, and the
     client learns nothing but a closed connection.  The choice is Python's otherwise: the
-    first of ``protocols`` the client offers.  A client that offers no ALPN at all is not asked
-    here (the check after the handshake refuses it).  False when it cannot be installed."""
+    first of ``protocols`` the client offers.  A client that offers no ALPN at all gets the same
+    alert at its ClientHello (OpenSSL's ClientHello callback).  False when it cannot be
+    installed (the check after the handshake still refuses such clients, in silence)."""
     found = libraries()
     if found is None or not protocols:
         return False
@@ -123,11 +125,40 @@ def require_alpn(context: ssl.SSLContext, protocols: tuple[str, ...]) -> bool:
         except Exception:  # printed by ctypes otherwise: Python's way instead (no protocol)
             return _ALPN_NOACK
 
+    def hello(ssl_: int, alert: Any, _arg: int) -> int:
+        # A client that offers no ALPN at all: refused at its ClientHello with the same alert,
+        # rather than let through a handshake that the check after it would end in silence.
+        try:
+            present = libssl.SSL_client_hello_get0_ext(ssl_, _ALPN_EXTENSION, None, None)
+        except Exception:  # printed by ctypes otherwise: the check after the handshake instead
+            return _HELLO_SUCCESS
+        if present == 1:
+            return _HELLO_SUCCESS
+        alert[0] = _ALERT_NO_APPLICATION_PROTOCOL
+        _pending.hello = TLSRefused(
+            _("the client offers no ALPN protocol; this server accepts {protocols}").format(
+                protocols=", ".join(protocols)
+            ),
+            "alpn",
+        )
+        return _HELLO_ERROR
+
     callback = _AlpnCallback(select)
     libssl.SSL_CTX_set_alpn_select_cb(pointer, callback, None)
-    # OpenSSL holds only addresses: the context keeps the callback and the list alive.
-    context._enchufe_alpn = (callback, ours)  # type: ignore[attr-defined]
+    on_hello = _HelloCallback(hello)
+    libssl.SSL_CTX_set_client_hello_cb(pointer, on_hello, None)
+    # OpenSSL holds only addresses: the context keeps the callbacks and the list alive.
+    context._enchufe_alpn = (callback, on_hello, ours)  # type: ignore[attr-defined]
     return True
+
+
+#: int (*)(SSL *, int *alert, void *arg): OpenSSL's ClientHello callback.
+_HelloCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p
+)
+_HELLO_ERROR, _HELLO_SUCCESS = 0, 1
+_ALPN_EXTENSION = 16  # TLSEXT_TYPE_application_layer_protocol_negotiation
+_ALERT_NO_APPLICATION_PROTOCOL = 120
 
 
 def refusal(verify_code: int) -> TLSRefused | None:
@@ -135,6 +166,13 @@ def refusal(verify_code: int) -> TLSRefused | None:
     refused: TLSRefused | None = getattr(_pending, "refusal", None)
     _pending.refusal = None
     return refused if verify_code == REJECTED else None
+
+
+def hello_refusal() -> TLSRefused | None:
+    """The refusal the ClientHello callback made in this thread's failed handshake (taken)."""
+    refused: TLSRefused | None = getattr(_pending, "hello", None)
+    _pending.hello = None
+    return refused
 
 
 def context_pointer(context: ssl.SSLContext, libssl: Any) -> int | None:
@@ -205,5 +243,9 @@ def _declare(libssl: Any, libcrypto: Any) -> None:
         ctypes.c_uint,
     ]
     libssl.SSL_select_next_proto.restype = integer
+    libssl.SSL_client_hello_get0_ext.argtypes = [pointer, ctypes.c_uint, pointer, pointer]
+    libssl.SSL_client_hello_get0_ext.restype = integer
+    libssl.SSL_CTX_set_client_hello_cb.argtypes = [pointer, _HelloCallback, pointer]
+    libssl.SSL_CTX_set_client_hello_cb.restype = None
     libssl.SSL_CTX_set_ciphersuites.argtypes = [pointer, ctypes.c_char_p]
     libssl.SSL_CTX_set_ciphersuites.restype = integer

@@ -244,6 +244,7 @@ class TLSChannel:
             first_bytes=first_bytes,
             certificate=certificate,
             established=self._handshaken,
+            alpn=self._params.alpn if self._params is not None else None,
         )
 
     def _narrate(self, text: str) -> None:
