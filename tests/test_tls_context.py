@@ -434,3 +434,21 @@ def test_a_server_that_names_alpn_protocols_alerts_a_client_that_offers_others(
     with client(parse_query(f"ca={files['ca']}&alpn=http/1.1,foo,h2"), chosen.port) as tls:
         assert tls.selected_alpn_protocol() == "h2"
     chosen.join()
+
+
+def test_a_refused_client_s_subject_is_escaped_once() -> None:
+    """Its control characters escaped as every peer text is, not escaped again by repr()."""
+    now = datetime.datetime.now(datetime.UTC)
+    peer = tlsinfo.PeerCertificate(
+        subject="CN=ev\x1b[31mil\nx",
+        common_name="ev\x1b[31mil\nx",
+        sans=(("DNS", "ev\x1b.example"),),
+        issuer="CN=ca",
+        not_before=now,
+        not_after=now,
+        pin="sha256:" + "00" * 32,
+        self_signed=False,
+    )
+    refused = _tls._refusal(peer, parse_query("client-ca=/dev/null&allow-cn=alice"))
+    assert refused is not None
+    assert "'CN=ev\\x1b[31mil\\nx'" in str(refused) and "\\\\" not in str(refused)

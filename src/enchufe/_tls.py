@@ -165,7 +165,7 @@ def _refusal(peer: PeerCertificate, params: TLSParams) -> TLSRefused | None:
     allowed = [f"{kind}:{value}" for kind, value in params.allow_san] + [f"CN={cn}" for cn in params.allow_cn]
     return TLSRefused(
         _("client certificate {subject} (SANs: {sans}) is not among the allowed: {allowed}").format(
-            subject=repr(printable(peer.subject)),
+            subject="'" + printable(peer.subject) + "'",  # escaped once (repr would double it)
             # TRANSLATORS: a certificate with no subject alternative names ("SANs: none").
             sans=printable(peer.san_text()) or _("none"),
             allowed=", ".join(allowed),
