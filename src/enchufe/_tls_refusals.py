@@ -14,6 +14,7 @@ import re
 import ssl
 
 from . import _tls_verify
+from ._inet_text import literal_family
 from ._text import printable
 from .errors import TLSRefused, TLSTruncated
 from .i18n import N_, _
@@ -257,8 +258,17 @@ def _with_what_it_says(line: str, code: int, certificate: bytes, server_side: bo
         return line
     now = datetime.datetime.now(datetime.UTC)
     if code in (_NAME_MISMATCH, _IP_MISMATCH):
-        names = ", ".join(printable(name) for name in peer.names()) or _("no host name or address")
-        return _("{problem}: it is for {names}").format(problem=line, names=names)
+        found = peer.names()
+        names = ", ".join(printable(name) for name in found) or _("no host name or address")
+        line = _("{problem}: it is for {names}").format(problem=line, names=names)
+        named = [name for name in found if "*" not in name and literal_family(name) is None]
+        if code == _IP_MISMATCH and named and not server_side:
+            # Reached by its address, a server whose certificate has no IP SAN for it is
+            # verified by one of its names: that is what sni= is for.
+            line = _("{problem}; to verify it by a name, add sni={name}").format(
+                problem=line, name=printable(named[0])
+            )
+        return line
     if code == _EXPIRED and peer.not_after < now:
         template = (
             _("the client's certificate expired on {date}")

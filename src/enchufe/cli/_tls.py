@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 #: tests/cli/test_cli_tls.py checks that every parameter of enchufe.tlsparams.PARAMETERS is here.
 PARAMETER_ROWS = (
     ("ca=FILE", "client", "trust these CAs (PEM) instead of the system store"),
-    ("sni=NAME", "client", "the name sent and verified (default: HOST)"),
+    (
+        "sni=NAME",
+        "client",
+        "the name sent and verified (default: HOST; give it for an IP HOST the certificate does not list)",
+    ),
     ("pin=sha256:HEX", "client", "accept exactly the key with this SHA-256 (no CA needed)"),
     ("insecure", "client", "no verification at all (warned about at every connection)"),
     ("cert=FILE, key=FILE", "both", "certificate chain and key (key may be inside cert)"),
