@@ -170,7 +170,7 @@ def test_check_through_a_proxy_that_is_down_blames_the_proxy_not_the_target() ->
     done = run("check", "--via", f"socks5://127.0.0.1:{port}", "tcp://localhost:22")
     assert done.returncode == 1
     assert done.stdout.decode() == (
-        f"tcp://localhost:22 proxy refused (via socks5://127.0.0.1:{port}: cannot connect to "
+        f"tcp://localhost:22 proxy unreachable (via socks5://127.0.0.1:{port}: cannot connect to "
         f"tcp://127.0.0.1:{port}: connection refused; is a server listening there?)\n"
     )
 

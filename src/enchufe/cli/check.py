@@ -77,7 +77,8 @@ def command(addresses: tuple[str, ...], timeout: float, json_: bool, via: tuple[
                     ("TLS refused" and why otherwise).
     --via:          through the proxies: open once the last one opened its tunnel; "refused"
                     when the target refused it, "proxy refused" when a proxy said no (and why),
-                    "proxy …" when a proxy could not be reached or did not answer in time.
+                    "proxy unreachable" when nothing listens at a proxy's address, "proxy …"
+                    (timed out, unknown host) when it could not be reached otherwise.
 
     Exit status: 0 if every address is open (or, for UDP, did not refuse: as nc -zuv), 1 if any
     is not, 2 for bad input. All addresses are checked at once; with -q nothing is printed and
@@ -284,6 +285,8 @@ def _status(exc: Exception, *, via: bool = False) -> str:
         about_target = exc.next_hop is None and exc.hop.scheme == "socks5"
         return "refused" if exc.code == 5 and about_target else "proxy refused"
     if via:
+        if isinstance(exc, ConnectionRefused):
+            return "proxy unreachable"  # nothing listens there: not a proxy that said no
         return f"proxy {_status(exc)}"
     if isinstance(exc, TimedOut):
         return "timed out"
