@@ -187,7 +187,7 @@ def _report(outcome: Outcome, as_json: bool) -> None:
 def _said(status: str) -> str:
     """A status as the text line says it, in the user's language (--json keeps the English
     words: programs read them)."""
-    if status.startswith("proxy ") and status != "proxy refused":
+    if status.startswith("proxy ") and status not in ("proxy refused", "proxy unreachable"):
         return _("proxy {status}").format(status=_said(status.removeprefix("proxy ")))
     said = {
         "open": _("open"),
@@ -199,6 +199,7 @@ def _said(status: str) -> str:
         "error": _("error"),
         "TLS refused": _("TLS refused"),
         "proxy refused": _("proxy refused"),
+        "proxy unreachable": _("proxy unreachable"),
         "unknown host": _("unknown host"),
         "wrong socket type": _("wrong socket type"),
     }
