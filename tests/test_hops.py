@@ -281,7 +281,7 @@ def test_http_connect_with_basic_credentials_and_bytes_after_the_header() -> Non
     [
         (
             b"HTTP/1.0 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n",
-            "via http://127.0.0.1:3128: 407 Proxy Authentication Required",
+            "via http://127.0.0.1:3128: 407 Proxy Authentication Required (give USER:PASS@ in the proxy URL)",
         ),
         (b"HTTP/1.1 403 Forbidden\x1b[31m\r\n", "403 Forbidden\\x1b[31m"),
         (b"HTTP/1.1 502 Bad Gateway\r\n", "502 Bad Gateway"),

@@ -57,6 +57,13 @@ class HttpConnectHandshake(Handshake):
         status = int(match.group(1))
         line = f"{status} {printable(match.group(2) or b'')}".rstrip()
         if not 200 <= status < 300:
+            if status in (401, 407):  # what to try (tinyproxy refuses wrong credentials with 401)
+                hint = (
+                    _("give USER:PASS@ in the proxy URL")
+                    if self.hop.username is None
+                    else _("the proxy refused these credentials")
+                )
+                line = _("{problem} ({hint})").format(problem=line, hint=hint)
             raise self.refused(line, code=status, target_down=status in TARGET_DOWN)
         end = _header_end(data, newline)
         if end is None:

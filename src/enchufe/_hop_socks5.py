@@ -40,14 +40,14 @@ REPLIES = {
     3: N_("network unreachable from the proxy"),
     4: N_("host unreachable from the proxy"),
     5: N_("connection refused by the target"),
-    6: N_("TTL expired on the way to the target"),
+    6: N_("TTL expired on the way to the target (most proxies say so when their connect timed out)"),
     7: N_("command not supported by the proxy"),
     8: N_("address type not supported by the proxy"),
 }
 #: The same replies when what the proxy was asked to reach is the next proxy of a chain.
 NEXT_PROXY_REPLIES = {
     5: N_("connection refused by the next proxy"),
-    6: N_("TTL expired on the way to the next proxy"),
+    6: N_("TTL expired on the way to the next proxy (most proxies say so when their connect timed out)"),
 }
 #: The replies that say the target, not the proxy, is not there (yet): worth retrying.
 TARGET_DOWN = frozenset({3, 4, 5, 6})

@@ -419,4 +419,15 @@ def test_http_basic_credentials_accepted_and_refused(echo: int, tinyproxy: Start
         enchufe_argv("connect", "--via", anonymous, target), capture_output=True, timeout=WAIT, check=False
     )
     assert done.returncode == 1
-    assert done.stderr.decode() == f"enchufe: via {anonymous}: 407 Proxy Authentication Required\n"
+    assert done.stderr.decode() == (
+        f"enchufe: via {anonymous}: 407 Proxy Authentication Required (give USER:PASS@ in the proxy URL)\n"
+    )
+    wrong = f"http://bob:wrong@127.0.0.1:{proxy.port}"
+    done = subprocess.run(
+        enchufe_argv("connect", "--via", wrong, target), capture_output=True, timeout=WAIT, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        f"enchufe: via http://bob:***@127.0.0.1:{proxy.port}: 401 Unauthorized "
+        "(the proxy refused these credentials)\n"
+    )
