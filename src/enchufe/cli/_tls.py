@@ -29,7 +29,11 @@ PARAMETER_ROWS = (
         "client",
         "the name sent and verified (default: HOST; give it for an IP HOST the certificate does not list)",
     ),
-    ("pin=sha256:HEX", "client", "accept exactly the key with this SHA-256 (no CA needed)"),
+    (
+        "pin=sha256:HEX,…",
+        "client",
+        "accept exactly the key with this SHA-256, or one of these (no CA needed)",
+    ),
     ("insecure", "client", "no verification at all (warned about at every connection)"),
     ("cert=FILE, key=FILE", "both", "certificate chain and key (key may be inside cert)"),
     ("cert=auto", "server", "an ephemeral self-signed certificate; its pin is printed"),

@@ -8,9 +8,10 @@ from ..i18n import _
 from ._common import given, global_options, json_option
 from ._numbers import BoundedInt
 from ._server import proxy_options, proxy_settings, serve, server_target, serving_options
+from ._tls import help_text as tls_help
 
 
-@click.command("chat")
+@click.command("chat", epilog=tls_help())
 @click.argument("address")
 @click.option("--raw", is_flag=True, help="Forward bytes unchanged (no lines, no names), like ncat's broker.")
 @click.option(

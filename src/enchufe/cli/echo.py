@@ -6,9 +6,10 @@ import click
 
 from ._common import global_options, json_option
 from ._server import proxy_options, proxy_settings, serve, server_target, serving_options
+from ._tls import help_text as tls_help
 
 
-@click.command("echo")
+@click.command("echo", epilog=tls_help())
 @click.argument("address")
 @serving_options()
 @proxy_options()

@@ -16,6 +16,7 @@ from ..sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS
 from ._common import F, event, given, global_options, json_option, settings
 from ._numbers import MAX_SECONDS, BoundedInt, FiniteFloat
 from ._server import parse_mode, proxy_options, proxy_settings, server_options
+from ._tls import help_text as tls_help
 from ._via import parse_via, relay_via_option
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def _refuse_negative_stats(ctx: click.Context, params: list[click.Parameter], ar
 _NON_FINITE = ("inf", "infinity", "nan")
 
 
-@click.command("relay", cls=_RelayCommand)
+@click.command("relay", cls=_RelayCommand, epilog=tls_help())
 @click.argument("listen_address", metavar="LISTEN")
 @click.argument("target_address", metavar="TARGET")
 @server_options(

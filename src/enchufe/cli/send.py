@@ -11,6 +11,7 @@ import click
 from ..i18n import _
 from ._common import event, given, global_options, retry_options, settings, stop_on_sigterm
 from ._numbers import FiniteFloat
+from ._tls import help_text as tls_help
 from ._via import via_option
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = 5.0
 
 
-@click.command("send")
+@click.command("send", epilog=tls_help())
 @click.argument("address")
 @click.argument("data", required=False)
 @click.option("--wait-reply", is_flag=True, help="Print the answer (stream: all until the peer closes).")

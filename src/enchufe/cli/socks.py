@@ -109,16 +109,20 @@ def command(
     `enchufe relay` does (splice, half-close, limits, drain, --stats, --workers).  UDP ASSOCIATE
     relays a client's datagrams (each judged by the rules) for as long as its TCP connection lasts.
     The same listener serves HTTP CONNECT (curl --proxy http://…, ncat --proxy-type http) with
-    the same rules, limits and --auth (as Basic credentials); other HTTP methods get 405.
+    the same rules, limits and --auth (as Basic credentials); its answers: 200 tunnel open,
+    400 not HOST:PORT, 405 a method other than CONNECT, 407 credentials wanted, 403 the rules,
+    431 a head over 8 KiB, 502 unreachable or refused, 504 timed out.
 
     \b
     Without --auth or --auth-file any client may use it: on an address other than loopback
     that is an open proxy, and a warning says so.  --allow-dest/--deny-dest judge the name a
     client asks for and every address it resolves to (names are resolved here, off the
     relay's loop), so a name cannot smuggle a denied address in; 0.0.0.0 and :: are judged as
-    the loopback address (127.0.0.1, ::1) the kernel takes them to.  A refused request gets its
-    SOCKS reply code: 2 the rules, 4 unreachable or unknown host, 5 refused by the
-    destination, 6 timed out, 7 an unsupported command, 8 an unsupported address type.
+    the loopback address (127.0.0.1, ::1) the kernel takes them to, and an IPv4-mapped or
+    NAT64 (64:ff9b::/96) address as the IPv4 address it reaches.  A refused request gets its
+    SOCKS reply code: 2 the rules, 3 network unreachable, 4 host unreachable or unknown,
+    5 refused by the destination, 6 timed out, 7 an unsupported command, 8 an unsupported
+    address type.
 
     \b
     SIGTERM, SIGINT and SIGHUP stop accepting and let open connections finish
