@@ -54,6 +54,28 @@ def test_sigterm_right_after_bind_removes_the_new_file(
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
+def test_an_interrupt_taken_by_another_thread_right_after_bind_removes_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process with other threads may get the signal on one of them, where the main thread's
+    mask does not hold it: Python then raises KeyboardInterrupt in the main thread at once,
+    right after bind (raised here directly, as the handler would)."""
+    path = tmp_path / "new.sock"
+    real_bind = _calls.bind
+
+    def bind_then_interrupt(sock: socket.socket, sockaddr: object) -> None:
+        real_bind(sock, sockaddr)  # type: ignore[arg-type]
+        assert path.exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_unixfiles, "bind", bind_then_interrupt)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with socket.socket(socket.AF_UNIX) as sock, pytest.raises(KeyboardInterrupt):
+        _unixfiles.bind_unix(sock, _unix(path), None)
+    assert not path.exists()
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+
 def test_without_a_signal_the_file_is_ours_and_the_mask_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "kept.sock"
     before = signal.pthread_sigmask(signal.SIG_BLOCK, [])

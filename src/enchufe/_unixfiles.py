@@ -199,21 +199,30 @@ def bind_unix(sock: socket.socket, address: UnixAddress, mode: int | None) -> So
         bind(sock, address.sockaddr)
         return None
     # A stop signal (the CLI makes SIGINT, SIGTERM and SIGHUP a KeyboardInterrupt) landing between
-    # bind and the SocketFile in the caller's hands would leave the new file behind: the signals
-    # are held meanwhile, and one that came is raised where the file can still be removed.
+    # bind and the SocketFile in the caller's hands would leave the new file behind.  The signals
+    # are held meanwhile, so that one that comes is raised where the file can still be removed;
+    # and since another thread may take a signal the main thread holds, whatever is raised before
+    # the file is owned removes it if this socket made it.
     held = _hold(_STOP_SIGNALS)
+    owned: SocketFile | None = None
     try:
         bind(sock, address.sockaddr)
         owned = _own(path, mode)
-    except BaseException:
-        _hold(held, signal.SIG_SETMASK)
-        raise
-    try:
         _hold(held, signal.SIG_SETMASK)  # raises the KeyboardInterrupt of a signal held
     except BaseException:
-        owned.release()
+        if owned is not None:
+            owned.release()
+        elif _bound_to(sock, path):
+            _remove_new_socket_file(path)
+        _hold(held, signal.SIG_SETMASK)
         raise
     return owned
+
+
+def _bound_to(sock: socket.socket, path: str) -> bool:
+    with contextlib.suppress(OSError):
+        return bool(sock.getsockname() == path)
+    return False
 
 
 #: The signals the CLI turns into KeyboardInterrupt (enchufe.cli._common.STOP_SIGNALS).
