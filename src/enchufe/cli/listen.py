@@ -296,11 +296,8 @@ def _serve_exec(
             server.shutdown(drain_timeout)
 
     def refused(conn: Connection, exc: NetworkError) -> None:
+        # The line is the library's own (a warning, with or without -v; a "log" event with --json).
         nonlocal failed
-        peer = peer_name(conn.peer_address)
-        if not settings.verbose or settings.json:  # with -v the library's own line said it
-            said = _("enchufe: TLS handshake with {peer} failed: {error}").format(peer=peer, error=exc)
-            event("error", said, peer=peer, error=str(exc))
         if not keep_open:  # as listen without --exec: that client was the one
             failed = True
             server.shutdown(drain_timeout)
