@@ -206,7 +206,8 @@ def test_a_nat64_address_is_judged_as_the_ipv4_address_it_reaches_too(host: str)
     assert DestRules.parse(deny=["64:ff9b::/96"]).check_address(host, 80) is not None
     assert DestRules.parse(allow=["10.0.0.0/8"]).check_address(host, 80) is None
     assert DestRules.parse(deny=["192.0.2.0/24"]).check_address(host, 80) is None
-    assert DestRules.parse(deny=["10.0.0.0/8"]).check_address("64:ff9c::10.0.0.1", 80) is None  # not the prefix
+    outside = "64:ff9c::10.0.0.1"  # not the NAT64 prefix
+    assert DestRules.parse(deny=["10.0.0.0/8"]).check_address(outside, 80) is None
 
 
 def test_allow_rules_let_a_name_or_an_address_through() -> None:

@@ -154,8 +154,9 @@ class TLSRefused(NetworkError):
     ``reason`` is a short key (``untrusted``, ``self-signed``, ``name-mismatch``, ``expired``,
     ``not-yet-valid``, ``pin-mismatch``, ``client-certificate-missing``,
     ``client-certificate-refused``, ``not-allowed``, ``protocol-version``, ``alpn``, ``sni``
-    (the server serves no such name), ``not-tls``, ``closed``, ``handshake``; ``protocol`` for a TLS error once the handshake was done, such as
-    a record that fails its check); ``str()`` is the line a user reads.  Not worth retrying as is.
+    (the server serves no such name), ``not-tls``, ``closed``, ``handshake``; ``protocol`` for a
+    TLS error once the handshake was done, such as a record that fails its check); ``str()`` is
+    the line a user reads.  Not worth retrying as is.
     ``after_handshake`` is true for a refusal this side made once OpenSSL had finished the
     handshake (a pin; ALPN; ``allow-san``/``allow-cn`` where OpenSSL's verification callback
     cannot be reached): the peer was told by no alert.

@@ -278,7 +278,8 @@ def _wait_for_port(port: int) -> None:
             "cert={client}",
             "ca={ca}",
             (
-                "not valid for the IP address 127.0.0.1: it is for alice.example; to verify it by a name, add sni=alice.example",
+                "not valid for the IP address 127.0.0.1: it is for alice.example; "
+                "to verify it by a name, add sni=alice.example",
             ),
             id="ip-name",
         ),

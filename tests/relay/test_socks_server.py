@@ -659,7 +659,7 @@ def test_behind_a_proxy_a_header_without_an_address_leaves_udp_to_the_connection
 
 
 def test_the_connect_time_is_the_target_s_not_the_client_s_handshake(echo_target: Target) -> None:
-    """"connected to … in N ms" times the connect the request asked for: a client that waits
+    """ "connected to … in N ms" times the connect the request asked for: a client that waits
     before its request does not make the target look slow."""
     with socks() as relay, dial(relay.address) as sock:
         sock.sendall(b"\x05\x01\x00")
