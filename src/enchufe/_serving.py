@@ -341,6 +341,18 @@ class Notices:
         if show:
             log.warning("%s", line)
 
+    def flush(self) -> None:
+        """Say every count still held back (a server has stopped serving)."""
+        with self._lock:
+            held = [(kind, int(window[2])) for kind, window in self._windows.items() if window[2]]
+            self._windows.clear()
+        for kind, count in held:
+            log.warning(
+                _("… and {count} more {kind} in {seconds} s (not shown; -v shows each)").format(
+                    count=count, kind=_(kind), seconds=f"{self.window:g}"
+                )
+            )
+
 
 #: One for the process: every server's peers count alike.
 notices = Notices()

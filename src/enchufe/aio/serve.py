@@ -51,6 +51,7 @@ from .._serving import (
     handshake_outcome,
     is_exhaustion,
     log,
+    notices,
     peer_sessions,
     proxy_refused,
     receive_failed,
@@ -245,6 +246,7 @@ class Server(TLSServing):
         if self._listener is not None:
             await self._accept_loop(self._listener)
             await self._drain()
+            notices.flush()
         elif self._socket is not None:
             await self._datagram_loop(self._socket)
         return self.stats

@@ -47,6 +47,7 @@ from .._serving import (
     handshake_outcome,
     is_exhaustion,
     message,
+    notices,
     peer_sessions,
     proxy_refused,
     receive_failed,
@@ -232,6 +233,7 @@ class Server(TLSServing):
         if self._listener is not None:
             self._accept_loop(self._listener)
             self._drain()
+            notices.flush()
         elif self._socket is not None:
             try:
                 self._datagram_loop(self._socket)
