@@ -5,7 +5,7 @@ below it::
 
     pure       _lazy, address, _inet_text, _unix_text, errors, framing, trace, sessions, _text, _ranges,
                _networks, _buffer, _backoff,
-               _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
+               _notices, _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
                _proxytypes, _proxywrite, _proxytlv, proxyproto, hops, _hop_socks5, _hop_http, _socks5_server,
                _socks_rules
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
@@ -53,6 +53,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_networks",
         "_buffer",
         "_backoff",
+        "_notices",
         "_serving",
         "_halfclose",
         "tlsparams",

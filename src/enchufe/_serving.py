@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _ranges
 from ._backoff import Backoff
+from ._notices import notices
 from ._text import one_line, printable
 from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from .errors import ClosedError, DatagramTruncated, EnchufeError, NetworkError, TimedOut, UsageError
@@ -302,65 +302,9 @@ def handler_outcome(exc: Exception, peer: SocketAddress | None, idle_timeout: fl
     return "failed"
 
 
-class Notices:
-    """Lines that peers cause at will (a PROXY header refused, a TLS handshake failed): warnings,
-    shown without ``-v``, but at most :attr:`burst` of each kind per :attr:`window` seconds.
-    The ones held back are counted on a line of their own when the next of the kind comes after
-    the window (the relay also says it when the window ends: it has a loop to run a timer on).
-    With ``-v`` (the log at INFO) every one is said."""
-
-    burst = 5
-    window = 1.0
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        #: kind → [when the window ends, lines said in it, lines held back]
-        self._windows: dict[str, list[float]] = {}
-
-    def say(self, kind: str, line: str) -> None:
-        """``kind`` is a plural noun phrase marked with ``N_()`` (``N_("failed TLS handshakes")``)."""
-        if log.isEnabledFor(logging.INFO):
-            log.warning("%s", line)
-            return
-        now = self._clock()
-        with self._lock:
-            window = self._windows.get(kind)
-            held = 0.0
-            if window is None or now >= window[0]:
-                held = window[2] if window is not None else 0.0
-                window = self._windows[kind] = [now + self.window, 0.0, 0.0]
-            show = window[1] < self.burst
-            window[1 if show else 2] += 1
-        if held:
-            log.warning(
-                _("… and {count} more {kind} in {seconds} s (not shown; -v shows each)").format(
-                    count=int(held), kind=_(kind), seconds=f"{self.window:g}"
-                )
-            )
-        if show:
-            log.warning("%s", line)
-
-    def flush(self) -> None:
-        """Say every count still held back (a server has stopped serving)."""
-        with self._lock:
-            held = [(kind, int(window[2])) for kind, window in self._windows.items() if window[2]]
-            self._windows.clear()
-        for kind, count in held:
-            log.warning(
-                _("… and {count} more {kind} in {seconds} s (not shown; -v shows each)").format(
-                    count=count, kind=_(kind), seconds=f"{self.window:g}"
-                )
-            )
-
-
-#: One for the process: every server's peers count alike.
-notices = Notices()
-
-
 def proxy_refused(exc: Exception) -> str:
     """A connection closed over its PROXY header (:class:`~enchufe._proxyaccept.ProxyRefused`,
-    whose message is the line, peer escaped): logged (see :class:`Notices`), and counted as
+    whose message is the line, peer escaped): logged (see :class:`~enchufe._notices.Notices`), and counted as
     ``refused``."""
     notices.say(N_("clients refused over their PROXY header"), message(exc))
     return "refused"
@@ -396,7 +340,7 @@ def handshake_outcome(
     it; counted as ``failed``, logged with the reason, and told to the server's
     ``on_handshake_failure`` hook (whose own exception is logged).  The handler is not called."""
     peer = getattr(conn, "peer_address", None)
-    # A warning, shown without -v as other refused clients are (see Notices).
+    # A warning, shown without -v as other refused clients are (see enchufe._notices).
     line = _("TLS handshake with {peer} failed: {error}").format(peer=shown(peer), error=message(exc))
     notices.say(N_("failed TLS handshakes"), line)
     if on_failure is not None:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from enchufe import _serving
+from enchufe import _notices
 
 from .cli_helpers import ServerProcess
 
@@ -17,7 +17,7 @@ STEP = 10.0
 
 def test_five_a_second_of_each_kind_then_a_count(caplog: pytest.LogCaptureFixture) -> None:
     now = [100.0]
-    notices = _serving.Notices(clock=lambda: now[0])
+    notices = _notices.Notices(clock=lambda: now[0])
     caplog.set_level(logging.WARNING, logger="enchufe")
     for n in range(8):
         notices.say("failed TLS handshakes", f"handshake {n} failed")
@@ -37,7 +37,7 @@ def test_five_a_second_of_each_kind_then_a_count(caplog: pytest.LogCaptureFixtur
 
 
 def test_flush_says_what_is_still_held_back(caplog: pytest.LogCaptureFixture) -> None:
-    notices = _serving.Notices(clock=lambda: 5.0)
+    notices = _notices.Notices(clock=lambda: 5.0)
     caplog.set_level(logging.WARNING, logger="enchufe")
     for n in range(7):
         notices.say("failed TLS handshakes", f"handshake {n} failed")
@@ -74,7 +74,7 @@ def test_a_server_that_stops_says_the_count_it_held_back() -> None:
 
 
 def test_with_verbose_logging_every_one_is_said(caplog: pytest.LogCaptureFixture) -> None:
-    notices = _serving.Notices()
+    notices = _notices.Notices()
     caplog.set_level(logging.INFO, logger="enchufe")
     for n in range(8):
         notices.say("failed TLS handshakes", f"handshake {n} failed")

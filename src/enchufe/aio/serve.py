@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .. import _ranges
+from .._notices import notices
 from .._proxyaccept import (
     DEFAULT_PROXY_TIMEOUT,
     ProxyPolicy,
@@ -51,7 +52,6 @@ from .._serving import (
     handshake_outcome,
     is_exhaustion,
     log,
-    notices,
     peer_sessions,
     proxy_refused,
     receive_failed,

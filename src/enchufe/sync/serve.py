@@ -31,6 +31,7 @@ from typing import Any, Protocol, cast
 
 from .. import _ranges, _wakeup
 from .._backoff import Backoff
+from .._notices import notices
 from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, ProxyPolicy, ProxyRefused, proxy_policy
 from .._proxyaccept import take_header_blocking as take_proxy_header
 from .._serving import (
@@ -47,7 +48,6 @@ from .._serving import (
     handshake_outcome,
     is_exhaustion,
     message,
-    notices,
     peer_sessions,
     proxy_refused,
     receive_failed,
