@@ -82,7 +82,12 @@ def test_the_cli_exits_1_naming_the_family() -> None:
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
 
 
-def test_a_literal_is_still_never_looked_up() -> None:
-    """Under a forced family too: AI_NUMERICHOST, so no resolver is asked about 127.0.0.1."""
+@needs_v4_localhost
+def test_a_literal_is_still_never_looked_up(trace_lines: list[str]) -> None:
+    """Under a forced family too: a literal is only parsed (its result would be the same either
+    way, so the trace tells: a lookup is narrated as getaddrinfo, a literal is not)."""
     targets = _resolve.resolve(_inet("tcp4://127.0.0.1:9"), passive=False)
     assert [t.sockaddr for t in targets] == [("127.0.0.1", 9)]
+    assert not any("getaddrinfo" in line for line in trace_lines)
+    _resolve.resolve(_inet("tcp4://localhost:9"), passive=False)
+    assert any(line.startswith("getaddrinfo(localhost, 9)") for line in trace_lines), trace_lines
