@@ -112,7 +112,7 @@ def test_bad_proxy_urls_say_what_is_accepted_and_never_the_password(text: str, p
             "datagrams go through one socks5:// proxy .UDP ASSOCIATE., not an HTTP",
         ),
         ("udp://127.0.0.1:53", [SOCKS, SOCKS], "not a chain"),
-        ("unix:@x", [SOCKS], "reaches tcp:// and tls://"),
+        ("unix:@x", [SOCKS], "reaches tcp://, tls:// and udp://"),
         ("tcp4://example.com:80", [SOCKS], "picks the family itself"),
         ("tcp://[fe80::1%lo]:80", [SOCKS], "scope"),
     ],

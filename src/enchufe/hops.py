@@ -364,9 +364,9 @@ def check_target(address: Address, hops: Sequence[Hop]) -> InetAddress:
     first = hops[0]
     if not isinstance(address, InetAddress):
         raise AddressError(
-            _("{address}: a proxy (via {hop}) reaches tcp:// and tls:// targets, not this one").format(
-                address=address, hop=first
-            )
+            _(
+                "{address}: a proxy (via {hop}) reaches tcp://, tls:// and udp:// targets, not this one"
+            ).format(address=address, hop=first)
         )
     if "%" not in address.host:  # a scope is refused below, with its own words
         check_host(address.host)

@@ -81,7 +81,15 @@ def test_a_relay_command_loads_only_what_its_relay_uses() -> None:
     assert "enchufe.cli.relay" in help_only
     assert not {"enchufe.relay.server", "enchufe.relay.engine", "enchufe.sync"} & help_only
     stream = _modules_after("import enchufe.cli.relay, enchufe.relay.server")
-    unused = {"datagram", "datagram_listener", "framed", "tunnel", "proxying_datagram", "workers"}
+    unused = {
+        "datagram",
+        "datagram_listener",
+        "framed",
+        "tunnel",
+        "proxying_datagram",
+        "via_datagram",
+        "workers",
+    }
     assert not {f"enchufe.relay.{name}" for name in unused} & stream
     assert not {"enchufe.sync", "enchufe.hops", "enchufe._via"} & stream
 

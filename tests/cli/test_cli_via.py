@@ -56,8 +56,8 @@ def test_a_bad_proxy_url_is_one_line_exit_2_without_the_password(
     ("command", "target", "needle"),
     [
         ("check", "udp://127.0.0.1:53", "check --via takes stream targets"),
-        ("connect", "unix:@app", "reaches tcp:// and tls:// targets"),
-        ("check", "unix:@app", "reaches tcp:// and tls:// targets"),
+        ("connect", "unix:@app", "reaches tcp://, tls:// and udp:// targets"),
+        ("check", "unix:@app", "reaches tcp://, tls:// and udp:// targets"),
         ("connect", "tcp4://example.com:80", "picks the family itself"),
     ],
 )

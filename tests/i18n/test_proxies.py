@@ -100,9 +100,9 @@ def _spanish_server(spawn: Spawn, *args: str) -> tuple[Proc, int]:
         (
             ("connect", "--via", "socks5://127.0.0.1:1080", "unix:///tmp/app.sock"),
             "enchufe: unix:///tmp/app.sock: un proxy (a través de socks5://127.0.0.1:1080) llega a "
-            "destinos tcp:// y tls://, no a este",
-            "enchufe: unix:///tmp/app.sock: a proxy (via socks5://127.0.0.1:1080) reaches tcp:// and "
-            "tls:// targets, not this one",
+            "destinos tcp://, tls:// y udp://, no a este",
+            "enchufe: unix:///tmp/app.sock: a proxy (via socks5://127.0.0.1:1080) reaches tcp://, "
+            "tls:// and udp:// targets, not this one",
         ),
         (
             ("connect", "--via", "http://127.0.0.1:3128", "udp://127.0.0.1:53"),

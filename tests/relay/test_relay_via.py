@@ -361,11 +361,23 @@ def test_target_bytes_glued_to_the_proxy_s_reply_reach_the_client(start_relay: S
 @pytest.mark.parametrize(
     ("listen", "target", "extra", "said"),
     [
-        ("udp://127.0.0.1:0", "udp://127.0.0.1:53", (), "not datagrams"),
+        (
+            "udp://127.0.0.1:0",
+            "udp://127.0.0.1:53",
+            ("--send-proxy", "v2"),
+            "--send-proxy with --via on datagrams",
+        ),
+        (
+            "udp://127.0.0.1:0",
+            "udp://127.0.0.1:53",
+            ("--fault", "loss:probability=0.1"),
+            "--fault with --via on datagrams",
+        ),
+        ("udp://127.0.0.1:0", "unixgram:///tmp/x.sock", (), "reaches tcp://, tls:// and udp:// targets"),
         ("tcp://127.0.0.1:0", "udp://127.0.0.1:53", ("--frame",), "with --frame"),
         ("tcp://127.0.0.1:0", "exec:cat", (), "not exec:cat"),
         ("tcp://127.0.0.1:0", "-", (), "not -"),
-        ("tcp://127.0.0.1:0", "unix:///tmp/x.sock", (), "reaches tcp:// and tls:// targets"),
+        ("tcp://127.0.0.1:0", "unix:///tmp/x.sock", (), "reaches tcp://, tls:// and udp:// targets"),
     ],
 )
 def test_via_refused_where_it_does_not_apply(

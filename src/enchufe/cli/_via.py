@@ -33,7 +33,7 @@ RELAY_HELP = (
     "socks5://[USER:PASS@]HOST:PORT (SOCKS5; the proxy resolves TARGET's name) or "
     "http://[USER:PASS@]HOST:PORT (HTTP CONNECT).  A tunnel per client, opened within "
     "--connect-timeout; a tls:// TARGET's handshake runs through it (SNI: TARGET's name).  "
-    "tcp:// and tls:// targets only."
+    "A udp:// TARGET of a datagram LISTEN: one socks5:// proxy, a UDP association per sender."
 )
 
 

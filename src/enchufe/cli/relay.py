@@ -269,8 +269,9 @@ def command(
 
     \b
     With --via, each client's connection reaches TARGET through SOCKS5 or HTTP CONNECT proxies
-    (a chain, first hop first): a proxy's refusal closes that client with one line naming the
-    hop and its reason, counted as a failed connect.
+    (a chain, first hop first), and each sender's datagrams a udp:// TARGET through one SOCKS5
+    proxy (UDP ASSOCIATE): a proxy's refusal ends that client's session with one line naming
+    the hop and its reason, counted as a failed connect.
 
     \b
     Examples:

@@ -268,27 +268,24 @@ def config_hops(config: RelayConfig) -> tuple[Hop, ...]:
 
 def _check_via(target: Address, config: RelayConfig) -> None:
     """--via reaches a tcp:// or tls:// TARGET through proxies, one client's connection per
-    tunnel: a datagram, exec: or stdio TARGET, --frame, --route and SOCKS servers are refused."""
+    tunnel, and a udp:// TARGET of a datagram LISTEN through one socks5:// proxy (a UDP
+    association per sender): an exec: or stdio TARGET, --frame, --route, SOCKS servers, and
+    faults or --send-proxy on datagrams through a proxy are refused."""
     hops = config_hops(config)
     shown = ", ".join(str(hop) for hop in hops)
     if config.routes:
         raise UsageError(_("--via with --route is not built yet: give one tcp:// or tls:// TARGET"))
     if config.socks is not None:
         raise UsageError(_("--via with a SOCKS server is not built yet: give one tcp:// or tls:// TARGET"))
-    if config.frame or not target.is_stream:
-        if config.frame:
-            line = _(
-                "--via carries each client's stream to a tcp:// or tls:// TARGET through the proxies, "
-                "not datagrams ({target} with --frame); "
-                "to send datagrams through a socks5:// proxy use enchufe connect --via {hops}"
-            )
-        else:
-            line = _(
-                "--via carries each client's stream to a tcp:// or tls:// TARGET through the proxies, "
-                "not datagrams ({target}); "
-                "to send datagrams through a socks5:// proxy use enchufe connect --via {hops}"
-            )
-        raise UsageError(line.format(target=target, hops=shown))
+    if config.frame:
+        raise UsageError(
+            _(
+                "--via with --frame is not built yet ({target}): a stream TARGET takes each client's "
+                "stream through {hops}, a udp:// TARGET of a datagram LISTEN each sender's datagrams"
+            ).format(target=target, hops=shown)
+        )
+    if not target.is_stream:
+        _check_datagrams_via(config)
     if isinstance(target, ExecAddress | StdioAddress):
         raise UsageError(
             _("--via reaches a tcp:// or tls:// TARGET through the proxies, not {target}").format(
@@ -298,6 +295,16 @@ def _check_via(target: Address, config: RelayConfig) -> None:
     from ..hops import check_target
 
     check_target(target, hops)
+
+
+def _check_datagrams_via(config: RelayConfig) -> None:
+    """A datagram TARGET through a proxy (from a datagram LISTEN: a stream one needs --frame):
+    neither faults nor --send-proxy (one socks5:// hop is :func:`~enchufe.hops.check_target`'s
+    to check)."""
+    if config.faults is not None:
+        raise UsageError(_("--fault with --via on datagrams is not built yet: leave out one of them"))
+    if config.send_proxy:
+        raise UsageError(_("--send-proxy with --via on datagrams is not built yet: leave out one of them"))
 
 
 def _parsed(address: Address | str) -> Address:

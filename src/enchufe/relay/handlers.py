@@ -12,6 +12,7 @@ so that each handler carries only what its kind of relay needs.
     ``-`` (stdio) → anything                            StdioRelay (FaultyStdioRelay with --fault)
     datagram LISTEN → datagram TARGET                   DatagramRelay
         with --send-proxy                               ProxiedDatagramRelay
+        with --via socks5://… (UDP ASSOCIATE)           SocksDatagramRelay
         with --fault                                    FaultyDatagramRelay
     datagram LISTEN → stream TARGET (--frame)           FramedDatagramRelay
         with --fault                                    FaultyFramedDatagramRelay
@@ -26,7 +27,7 @@ import socket
 from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..address import Address, SocketAddress, StdioAddress
+from ..address import Address, InetAddress, SocketAddress, StdioAddress
 from ..i18n import N_
 from ..sessions import DEFAULT_IDLE_TIMEOUT
 from .config import RelayConfig, config_hops
@@ -42,6 +43,7 @@ from .tlsfiles import TLSEnds
 if TYPE_CHECKING:
     from .datagram import DatagramRelay, FramedDatagramRelay
     from .via import Via
+    from .via_datagram import SocksDatagramRelay
 
 __all__ = ["ListenerHandler", "make_handler"]
 
@@ -144,9 +146,16 @@ def _datagram_handler(
     from .datagram import DatagramRelay, FramedDatagramRelay
     from .proxying_datagram import ProxiedDatagramRelay
 
-    kind: type[DatagramRelay | FramedDatagramRelay]
+    kind: type[DatagramRelay | FramedDatagramRelay | SocksDatagramRelay]
     kind = FramedDatagramRelay if target.is_stream else DatagramRelay
     kind = ProxiedDatagramRelay if config.send_proxy else kind  # chosen once, as faults
+    via = _via(config)
+    if via is not None:  # the config allows it only for a udp:// TARGET, without faults
+        from .via_datagram import SocksDatagramRelay
+
+        assert isinstance(target, InetAddress)
+        kind = SocksDatagramRelay
+        common = {**common, "via": via, "target": target}
     if config.faults is not None:  # chosen once here: a relay without faults never looks
         if target.is_stream:
             from .faulty_tunnel import FaultyFramedDatagramRelay

@@ -1,0 +1,352 @@
+"""Datagram LISTEN → ``udp://`` TARGET through a SOCKS5 proxy (``--via socks5://…``).
+
+::
+
+    enchufe relay udp://:5353 udp://dns.internal:53 --via socks5://proxy:1080
+
+    sender A ─┐               ┌─ association A: TCP to the proxy (handshake, then kept open)
+    sender B ─┼─▶ listener ───┤                 UDP socket ⇄ the proxy's UDP relay ⇄ TARGET
+              …               └─ association B …
+
+A session per sender (:mod:`.datagram_listener`), as for a target reached directly, whose
+upstream is a SOCKS5 UDP association (RFC 1928, UDP ASSOCIATE): a TCP connection to the proxy
+carries the handshake (with username/password authentication, RFC 1929, when the URL has them)
+and must stay open while the association lives; a UDP socket bound beside it exchanges
+datagrams with the relay the proxy named, each behind the SOCKS5 UDP header that names the
+target (its host name is the proxy's to resolve).
+
+The connect and the handshake run on the relay's loop (:class:`~enchufe.relay.via.Tunnel`),
+never blocking it, and are bounded by ``--connect-timeout``.  The sender's datagrams that come
+meanwhile wait, up to :data:`ASSOCIATION_BACKLOG` bytes; more are dropped and counted, as a full
+UDP queue would.  A proxy that cannot be reached or says no ends that session with one
+rate-limited line naming the proxy and its reason; the proxy closing the TCP connection ends the
+association, and the session.  Datagrams from the proxy's relay that are not a relay's datagram
+(malformed, or a fragment: RFC 1928 lets a client drop those) are dropped and counted; a
+datagram the UDP socket has no room for now is dropped and counted too (UDP's way: the
+direct relay's backpressure waits on one connected socket, not on a proxy's relay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import socket
+import time
+from typing import Any
+
+from .. import _calls, _nonblocking
+from .._calls import new_socket
+from .._hop_socks5 import udp_unwrap, udp_wrap
+from .._resolve import Target
+from .._via import connect_to_relay, udp_socket
+from ..address import InetAddress
+from ..errors import NetworkError, translate
+from ..errors import reason as system_reason
+from ..hops import Chain
+from ..i18n import _
+from .datagram_io import BATCH
+from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
+from .engine import FAILED, READ, WRITE, Loop, Timer
+from .session import pending_error
+from .via import Tunnel, Via
+
+__all__ = ["ASSOCIATION_BACKLOG", "Association", "SocksDatagramRelay"]
+
+#: Bytes of a sender's datagrams kept while its association is being opened; more are dropped.
+ASSOCIATION_BACKLOG = 256 * 1024
+#: The largest SOCKS5 UDP header (a 255-byte host name): room kept for it in the reply buffer.
+MAX_UDP_HEADER = 3 + 1 + 1 + 255 + 2
+
+
+class Association(Upstream):
+    """A session of a relay through a SOCKS5 proxy: the association's TCP connection (the
+    handshake, then kept open), and its UDP socket once the proxy named its relay."""
+
+    __slots__ = (
+        "connected",
+        "control",
+        "opened",
+        "queued",
+        "queued_bytes",
+        "refused",
+        "stage",
+        "timer",
+        "udp",
+    )
+
+    def __init__(self, session_id: int, peer: Key, label: str, control: socket.socket) -> None:
+        super().__init__(session_id, peer, label)
+        self.control = control
+        #: the TCP connection to the proxy is up (the handshake may still be running)
+        self.connected = False
+        #: the association is open: ``udp`` is connected to the proxy's relay
+        self.opened = False
+        self.udp: socket.socket | None = None
+        self.stage: Tunnel | None = None
+        self.timer: Timer | None = None
+        #: the sender's datagrams (with their header) waiting for the association to open
+        self.queued: list[bytes] = []
+        self.queued_bytes = 0
+        self.refused = False
+
+    def close(self, loop: Loop) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.stage is not None:
+            self.stage.cancel()
+            self.stage = None
+        for sock in (self.udp, self.control):
+            if sock is None:
+                continue
+            loop.forget(sock.fileno())
+            with contextlib.suppress(OSError):
+                _calls.close(sock)
+        self.udp = None
+
+    def resume(self, relay: Any) -> None:
+        relay.watch(self)
+
+    def undelivered(self) -> int:
+        """Also the datagrams still waiting for the association to open."""
+        return super().undelivered() + len(self.queued)
+
+
+class SocksDatagramRelay(DatagramListener):
+    """Datagram LISTEN → ``udp://`` TARGET, a SOCKS5 UDP association per sender (see the module)."""
+
+    def __init__(self, *args: Any, via: Via, target: InetAddress, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.via = via
+        self.hop = via.hops[0]
+        self.target = target
+        self.target_label = str(target)
+        #: every datagram to the target starts with this (the target is the same for all)
+        self._header = udp_wrap(target.host, target.port, b"")
+        #: replies come with a header of their own: room for the largest
+        self._reply_buffer = memoryview(bytearray(self.max_datagram + MAX_UDP_HEADER))
+
+    # -- opening an association
+
+    def _open(self, key: Key) -> Upstream:
+        proxy: Target = self.resolver.targets()[0]
+        control = new_socket(proxy.family, socket.SOCK_STREAM)
+        try:
+            control.setblocking(False)
+            with contextlib.suppress(OSError):
+                control.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.via.connecting()
+            status = _nonblocking.connect_nonblocking(control, proxy.sockaddr)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                _calls.close(control)
+            raise
+        if status not in (0, errno.EINPROGRESS):
+            with contextlib.suppress(OSError):
+                _calls.close(control)
+            raise OSError(status, os.strerror(status))
+        session = Association(next(self._ids), key, describe_sender(self.listener.family, key), control)
+        self._announce(session)
+        # Even a connect that is done at once goes on from the loop: the session is in the
+        # table only once this returns, and ending it from here would end nothing.
+        failed = functools.partial(self._session_failed, session)
+        deadline = time.monotonic() + self.connect_timeout
+        self.loop.register(
+            control.fileno(), WRITE, lambda _events: self._connected(session, deadline), failed
+        )
+        session.timer = self.loop.call_later(
+            self.connect_timeout, lambda: self._connect_timed_out(session), failed
+        )
+        return session
+
+    def _proxy_error(self, exc: OSError) -> str:
+        """Why the TCP connection to the proxy failed, naming it."""
+        return f"{self.via.label()}: {system_reason(exc)}"
+
+    def _connect_timed_out(self, session: Association) -> None:
+        session.timer = None
+        if not session.connected:
+            waited = _("no answer within {seconds} s").format(seconds=f"{self.connect_timeout:g}")
+            self._failed(session, f"{self.via.label()}: {waited}")
+
+    def _connected(self, session: Association, deadline: float) -> None:
+        """The TCP connection to the proxy is up (or failed): the handshake asks it for a UDP
+        association for a socket bound beside it."""
+        if not self.current(session) or session.connected:
+            return
+        control = session.control
+        code = pending_error(control)
+        if code:
+            self._failed(session, self._proxy_error(OSError(code, os.strerror(code))))
+            return
+        session.connected = True
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        if self.loop.watching(control.fileno()):
+            self.loop.unregister(control.fileno())  # the handshake's stage watches it now
+        try:
+            session.udp, chain = udp_socket(control, self.hop)
+        except OSError as exc:
+            self._failed(session, system_reason(exc))
+            return
+        session.stage = Tunnel(
+            self.loop,
+            control,
+            chain,
+            deadline,
+            lambda error: self._handshake_done(session, chain, error),
+            functools.partial(self._session_failed, session),
+        )
+        session.stage.start()
+
+    def _handshake_done(self, session: Association, chain: Chain, error: NetworkError | None) -> None:
+        session.stage = None
+        if not self.current(session):
+            return
+        if error is not None or chain.bound is None or session.udp is None:
+            self._failed(session, str(error) if error is not None else _("the proxy named no UDP relay"))
+            return
+        udp = session.udp
+        try:
+            connect_to_relay(udp, session.control, chain)
+            udp.setblocking(False)
+        except OSError as exc:
+            self._failed(session, str(translate(exc, "use the proxy's UDP relay")))
+            return
+        session.opened = True
+        failed = functools.partial(self._session_failed, session)
+        self.loop.register(session.control.fileno(), READ, lambda _events: self._on_control(session), failed)
+        self.loop.register(udp.fileno(), READ, lambda events: self._on_udp(session, events), failed)
+        queued, session.queued, session.queued_bytes = session.queued, [], 0
+        for datagram in queued:
+            self._send(session, datagram)
+            if not self.current(session):
+                return
+
+    def _failed(self, session: Association, why: str) -> None:
+        self.stats.failed += 1
+        self.stats.dropped += len(session.queued)  # queued, never carried
+        session.queued, session.queued_bytes = [], 0
+        message = _("cannot reach {target} for {peer}: {why}").format(
+            target=self.target_label, peer=session.label, why=why
+        )
+        self._error(message, id=session.id, peer=session.label)
+        self.end(session, "target-failed", why)
+
+    # -- sender → target
+
+    def _forward(self, session: Upstream, data: memoryview, raw: bool) -> None:
+        assert isinstance(session, Association)
+        datagram = self._header + data
+        if session.opened:
+            self._send(session, datagram)
+        elif session.queued_bytes + len(datagram) > ASSOCIATION_BACKLOG:
+            self.stats.dropped += 1  # the association is slow to open: as a full queue would
+        else:
+            session.queued.append(datagram)
+            session.queued_bytes += len(datagram)
+
+    def _send(self, session: Association, datagram: bytes) -> None:
+        assert session.udp is not None
+        try:
+            session.udp.send(datagram)
+        except BlockingIOError:
+            self.stats.dropped += 1  # no room in the socket now: dropped, as UDP does
+            return
+        except OSError as exc:
+            self._send_failed(session, exc)
+            return
+        size = len(datagram) - len(self._header)
+        session.to_target += size
+        session.datagrams_to_target += 1
+        self.stats.to_target += size
+        self.stats.datagrams_to_target += 1
+
+    def _send_failed(self, session: Association, exc: OSError) -> None:
+        """Sending failed: an earlier datagram's refusal (the send is lost with it), or the
+        socket's own failure, which ends the session."""
+        if exc.errno == errno.ECONNREFUSED:
+            self._refused(session)
+            return
+        self.stats.dropped += 1
+        self.end(session, "target-error", system_reason(exc))
+
+    def _refused(self, session: Association) -> None:
+        """ICMP said nothing takes datagrams at the proxy's relay (port unreachable): a datagram
+        lost, counted; said once per session."""
+        self.stats.dropped += 1
+        if not session.refused:
+            session.refused = True
+            self._error(
+                _("the UDP relay of {proxy} refused a datagram from {peer}").format(
+                    proxy=self.via.label(), peer=session.label
+                ),
+                id=session.id,
+                peer=session.label,
+            )
+
+    # -- target → sender
+
+    def watch(self, session: Association) -> None:
+        """Read the association's replies again once the sender took the one that waited."""
+        if session.opened and session.udp is not None:
+            self.loop.modify(session.udp.fileno(), READ if session.pending_reply is None else 0)
+
+    def _on_udp(self, session: Association, events: int) -> None:
+        if events & FAILED:
+            udp = session.udp
+            assert udp is not None
+            code = pending_error(udp)  # read, and so cleared
+            if code:
+                self._send_failed(session, OSError(code, os.strerror(code)))
+                if not self.current(session):
+                    return
+        if session.pending_reply is None:
+            self._replies(session)
+
+    def _replies(self, session: Association) -> None:
+        """What the proxy's relay sent, unwrapped and passed to the sender, a datagram each."""
+        udp = session.udp
+        assert udp is not None
+        view = self._reply_buffer
+        got = 0
+        for _turn in range(BATCH):
+            try:
+                size = udp.recv_into(view, 0, socket.MSG_TRUNC)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    self._refused(session)  # an earlier datagram's, told on this read
+                    continue
+                self.end(session, "target-error", system_reason(exc))
+                return
+            if size > len(view):
+                self._truncated(self.target_label, size - len(self._header), "target")
+                continue
+            unwrapped = udp_unwrap(bytes(view[:size]))
+            if unwrapped is None:  # malformed, or a fragment: RFC 1928 lets a client drop it
+                self.stats.dropped += 1
+                continue
+            got += 1
+            if not self.replies.send(session, unwrapped[2]):
+                self.watch(session)  # stop reading until the reply is out
+                break
+        if got:
+            self.table.touch(session.peer, time.monotonic())
+
+    def _on_control(self, session: Association) -> None:
+        """The association's TCP connection: the proxy says nothing more on it, so anything it
+        sends is dropped; its close (or a reset) ends the association."""
+        try:
+            data = session.control.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.end(session, "target-reset", system_reason(exc))
+            return
+        if not data:
+            self.end(session, "target-closed", _("the proxy closed the association's TCP connection"))

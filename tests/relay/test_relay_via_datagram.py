@@ -1,0 +1,318 @@
+"""``enchufe relay udp://… udp://… --via socks5://…``: each sender's datagrams through its own
+SOCKS5 UDP association (:mod:`enchufe.relay.via_datagram`).
+
+Through proxies we did not write (dante; microsocks, which does no UDP, for its refusal; ``CI``
+set: missing is a failure), through enchufe's own SOCKS server with credentials, and through a
+small proxy written here where a behaviour must be forced: one that plays the proxy's UDP relay
+itself (what the relay sends it is checked; what it answers is chosen, malformed replies
+included), one that closes the association, one that never answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.conftest import Proc, Where, listening_address, spawn, wait_bound
+from tests.interop.conftest import enchufe as enchufe_argv
+from tests.interop.test_interop_via import _free_port, _tool
+
+from .conftest import STEP, StartRelay, datagram_socket, final_summary
+
+pytestmark = pytest.mark.interop
+
+#: Datagrams of each sender, of sizes a SOCKS5 UDP header must not disturb (4000: larger than
+#: one Ethernet frame, one datagram still).
+SIZES = (1, 200, 1400, 4000, 0x3FF)
+
+
+def _datagrams(seed: int) -> list[bytes]:
+    return [bytes([seed]) + os.urandom(size - 1) if size > 1 else bytes([seed]) for size in SIZES]
+
+
+def _sha(datagrams: list[bytes]) -> str:
+    return hashlib.sha256(b"".join(struct.pack("!I", len(d)) + d for d in datagrams)).hexdigest()
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[int]:
+    """An enchufe echo server on udp://127.0.0.1: its port."""
+    with spawn(enchufe_argv("echo", "udp://127.0.0.1:0"), "enchufe echo udp") as server:
+        yield int(listening_address(server).rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def dante(tmp_path: Path, udp_echo: int) -> Iterator[str]:
+    """danted allowing UDP associations to the echo server only: its URL."""
+    path = _tool("danted", "/usr/sbin/danted")
+    port = _free_port()
+    config = tmp_path / "danted.conf"
+    config.write_text(
+        "logoutput: stderr\n"
+        f"internal: 127.0.0.1 port = {port}\n"
+        "external: lo\n"
+        "socksmethod: none\n"
+        "client pass { from: 127.0.0.1/32 to: 0.0.0.0/0 }\n"
+        f"socks pass {{ from: 127.0.0.1/32 to: 127.0.0.1/32 port = {udp_echo}\n"
+        "  command: udpassociate\n  log: connect error }\n"
+        "socks pass { from: 127.0.0.1/32 to: 127.0.0.1/32\n  command: udpreply\n  log: connect error }\n"
+        "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0\n  log: connect error }\n"
+    )
+    proc = Proc([path, "-f", str(config), "-N", "1"], "danted")
+    try:
+        wait_bound(Where("tcp4", port=port), proc)
+        yield f"socks5://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+
+
+@pytest.fixture
+def enchufe_socks() -> Iterator[str]:
+    """enchufe's own SOCKS server, with a username and password: its URL with them."""
+    argv = enchufe_argv("socks", "tcp://127.0.0.1:0", "--auth", "alice:s3cret")
+    with spawn(argv, "enchufe socks") as server:
+        port = int(listening_address(server).rsplit(":", 1)[1])
+        yield f"socks5://alice:s3cret@127.0.0.1:{port}"
+
+
+def _exchange(relay_address: str, seed: int) -> tuple[str, str]:
+    """One sender: its datagrams one by one, each echoed back whole before the next goes; the
+    digests of what went and what came back."""
+    sent = _datagrams(seed)
+    got = []
+    with datagram_socket(relay_address, timeout=STEP) as sock:
+        for datagram in sent:
+            sock.send(datagram)
+            got.append(sock.recv(65536))
+    return _sha(sent), _sha(got)
+
+
+@pytest.mark.parametrize("proxy", ["dante", "enchufe_socks"])
+def test_senders_datagrams_go_whole_through_their_own_associations(
+    proxy: str, request: pytest.FixtureRequest, udp_echo: int, start_relay: StartRelay
+) -> None:
+    """Four senders at once, through dante (by name: the proxy resolves ``localhost``) and
+    through enchufe socks with credentials: every datagram comes back whole (sha256 over the
+    sizes and bytes of each sender's), and the first of each, sent before its association was
+    open, is not lost."""
+    url = request.getfixturevalue(proxy)
+    relay = start_relay(
+        "udp://127.0.0.1:0", f"udp://localhost:{udp_echo}", "--via", url, "--json", "--stats=60"
+    )
+    results: dict[int, tuple[str, str]] = {}
+
+    def sender(seed: int) -> None:
+        results[seed] = _exchange(relay.address, seed)
+
+    threads = [threading.Thread(target=sender, args=(seed,)) for seed in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(STEP * 2)
+    assert sorted(results) == [1, 2, 3, 4], relay.err
+    for seed, (sent, got) in results.items():
+        assert got == sent, f"sender {seed}"
+    summary = final_summary(relay)
+    count = 4 * len(SIZES)
+    assert (summary["datagrams_to_target"], summary["datagrams_to_client"]) == (count, count), summary
+    assert summary["to_target"] == summary["to_client"] == 4 * sum(SIZES)
+    assert summary["total"] == 4 and summary["dropped"] == 0 and summary["failed"] == 0, summary
+    assert ":s3cret@" not in relay.err
+
+
+def test_microsocks_which_does_no_udp_is_named_with_its_reason(
+    udp_echo: int, start_relay: StartRelay
+) -> None:
+    path = _tool("microsocks", "/usr/bin/microsocks")
+    port = _free_port()
+    with spawn([path, "-i", "127.0.0.1", "-p", str(port)], "microsocks") as proxy:
+        wait_bound(Where("tcp4", port=port), proxy)
+        relay = start_relay(
+            "udp://127.0.0.1:0",
+            f"udp://127.0.0.1:{udp_echo}",
+            "--via",
+            f"socks5://127.0.0.1:{port}",
+            "--stats=60",
+        )
+        with datagram_socket(relay.address) as sock:
+            sock.send(b"anyone?")
+        relay.wait_err(
+            rf"^enchufe: cannot reach udp://127\.0\.0\.1:{udp_echo} for udp://127\.0\.0\.1:\d+: "
+            rf"via socks5://127\.0\.0\.1:{port}: command not supported by the proxy \(SOCKS reply 7\)$"
+        )
+        relay.signal()
+        assert relay.finish() == 0
+    assert "1 target failures" in relay.err and "1 dropped" in relay.err
+
+
+# ----------------------------------------------------------------------------- a proxy of our own
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the relay closed during the handshake"
+        data += chunk
+    return data
+
+
+class _OwnProxy:
+    """A SOCKS5 proxy for one association that plays its UDP relay itself: the greeting and the
+    UDP ASSOCIATE request are checked and answered (naming :attr:`udp` as the relay); then the
+    test sees what the relay sends there and answers what it likes.  ``answer=False``: a proxy
+    that takes the connection and never says a word."""
+
+    def __init__(self, *, answer: bool = True) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.settimeout(STEP)
+        self.relay_port: int = self.udp.getsockname()[1]
+        self.control: socket.socket | None = None
+        self.request = b""
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(answer,), daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"socks5://127.0.0.1:{self.port}"
+
+    def _serve(self, answer: bool) -> None:
+        with contextlib.suppress(OSError):
+            self.control, _peer = self.listener.accept()
+            self.control.settimeout(STEP)
+            if not answer:
+                self.ready.set()
+                return
+            assert _recv_exactly(self.control, 3) == b"\x05\x01\x00"  # no authentication offered
+            self.control.sendall(b"\x05\x00")
+            self.request = _recv_exactly(self.control, 10)  # UDP ASSOCIATE from an IPv4 address
+            relay_port = self.relay_port
+            self.control.sendall(
+                b"\x05\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", relay_port)
+            )
+            self.ready.set()
+
+    def close(self) -> None:
+        for sock in (self.control, self.listener, self.udp):
+            if sock is not None:
+                sock.close()
+        self._thread.join(STEP)
+
+
+@pytest.fixture
+def own_proxy() -> Iterator[_OwnProxy]:
+    proxy = _OwnProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def test_the_socks_header_names_the_target_and_bad_replies_are_dropped(
+    own_proxy: _OwnProxy, start_relay: StartRelay
+) -> None:
+    """What reaches the proxy's relay is the SOCKS5 UDP header (no fragment, the target by its
+    name) before the datagram; of three replies, a fragment and a malformed one are dropped and
+    counted, the good one reaches the sender without its header.  The proxy closing the TCP
+    connection then ends the association, and the session."""
+    relay = start_relay(
+        "udp://127.0.0.1:0", "udp://target.example:5353", "--via", own_proxy.url, "--json", "-v", "--stats=60"
+    )
+    with datagram_socket(relay.address) as client:
+        client.send(b"question")
+        datagram, relay_udp = own_proxy.udp.recvfrom(65536)
+        name = b"target.example"
+        assert (
+            datagram
+            == b"\x00\x00\x00\x03" + bytes([len(name)]) + name + struct.pack("!H", 5353) + b"question"
+        )
+        assert own_proxy.request[:4] == b"\x05\x03\x00\x01"  # UDP ASSOCIATE, from an IPv4 address
+        assert struct.unpack("!H", own_proxy.request[8:10])[0] == relay_udp[1]  # the port it sends from
+        source = b"\x01" + socket.inet_aton("192.0.2.7") + struct.pack("!H", 5353)
+        own_proxy.udp.sendto(b"\x00\x00\x01" + source + b"a fragment", relay_udp)
+        own_proxy.udp.sendto(b"\x00\x00", relay_udp)
+        own_proxy.udp.sendto(b"\x00\x00\x00" + source + b"answer", relay_udp)
+        client.settimeout(STEP)
+        assert client.recv(65536) == b"answer"
+        assert own_proxy.control is not None
+        own_proxy.control.close()
+        own_proxy.control = None
+        closed = relay.wait_err(r'"event": "close".*')
+        assert "the proxy closed the association" in closed.group(0), closed.group(0)
+    summary = final_summary(relay)
+    assert (summary["datagrams_to_target"], summary["datagrams_to_client"], summary["dropped"]) == (1, 1, 2)
+
+
+def test_a_proxy_that_never_answers_is_cut_at_connect_timeout(start_relay: StartRelay) -> None:
+    mute = _OwnProxy(answer=False)
+    try:
+        relay = start_relay(
+            "udp://127.0.0.1:0",
+            "udp://127.0.0.1:53",
+            "--via",
+            mute.url,
+            "--connect-timeout",
+            "0.5",
+            "--stats=60",
+        )
+        with datagram_socket(relay.address) as client:
+            client.send(b"waits, then is lost")
+            relay.wait_err(r"the proxy did not finish its handshake in time \(--connect-timeout\)")
+        relay.signal()
+        assert relay.finish() == 0
+        assert "1 target failures" in relay.err and "1 dropped" in relay.err, relay.err
+    finally:
+        mute.close()
+
+
+def test_a_proxy_that_is_down_is_named(start_relay: StartRelay) -> None:
+    down = _free_port()
+    relay = start_relay(
+        "udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", f"socks5://u:pw@127.0.0.1:{down}", "--stats=60"
+    )
+    with datagram_socket(relay.address) as client:
+        client.send(b"x")
+        relay.wait_err(
+            rf"^enchufe: cannot reach udp://127\.0\.0\.1:53 for udp://127\.0\.0\.1:\d+: the proxy "
+            rf"socks5://u:\*\*\*@127\.0\.0\.1:{down}: connection refused"
+        )
+    relay.signal()
+    assert relay.finish() == 0
+    assert "1 target failures" in relay.err and "1 dropped" in relay.err, relay.err
+    assert ":pw@" not in relay.err
+
+
+def test_a_closed_udp_relay_at_the_proxy_is_said_once_and_counted(
+    own_proxy: _OwnProxy, start_relay: StartRelay
+) -> None:
+    """The proxy named a UDP port where nothing listens (the proxy's relay died): ICMP port
+    unreachable comes back for the datagrams sent there; one line says so, each is counted."""
+    relay = start_relay("udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", own_proxy.url, "--stats=60")
+    own_proxy.udp.close()  # the relay the handshake will name: nothing takes datagrams there
+    with datagram_socket(relay.address) as client:
+        client.send(b"first")
+        assert own_proxy.ready.wait(STEP)
+        line = relay.wait_err(
+            r"^enchufe: the UDP relay of .* refused a datagram from udp://127\.0\.0\.1:\d+$"
+        )
+        assert f"the proxy {own_proxy.url}" in line.group(0)
+        for _turn in range(3):
+            client.send(b"more")
+    relay.signal()
+    assert relay.finish() == 0
+    assert relay.err.count("refused a datagram") == 1, relay.err
+    dropped = int(re.search(r"(\d+) dropped", relay.err).group(1))  # type: ignore[union-attr]
+    assert dropped >= 1, relay.err
