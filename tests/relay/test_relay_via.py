@@ -364,12 +364,6 @@ def test_target_bytes_glued_to_the_proxy_s_reply_reach_the_client(start_relay: S
         (
             "udp://127.0.0.1:0",
             "udp://127.0.0.1:53",
-            ("--send-proxy", "v2"),
-            "--send-proxy with --via on datagrams",
-        ),
-        (
-            "udp://127.0.0.1:0",
-            "udp://127.0.0.1:53",
             ("--fault", "loss:probability=0.1"),
             "--fault with --via on datagrams",
         ),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from enchufe import proxyproto
 from tests.interop.conftest import Proc, Where, listening_address, spawn, wait_bound
 from tests.interop.conftest import enchufe as enchufe_argv
 from tests.interop.test_interop_via import _free_port, _tool
@@ -316,3 +317,26 @@ def test_a_closed_udp_relay_at_the_proxy_is_said_once_and_counted(
     assert relay.err.count("refused a datagram") == 1, relay.err
     dropped = int(re.search(r"(\d+) dropped", relay.err).group(1))  # type: ignore[union-attr]
     assert dropped >= 1, relay.err
+
+
+def test_send_proxy_puts_the_sender_s_proxy_header_behind_the_socks_header(
+    own_proxy: _OwnProxy, start_relay: StartRelay
+) -> None:
+    """--send-proxy v2 through the association: the target, behind the proxy, reads the sender
+    and the address it sent to in a PROXY v2 header that comes after the SOCKS5 one (the
+    proxy takes that one off); the counts are the sender's bytes only."""
+    relay = start_relay(
+        "udp://127.0.0.1:0", "udp://127.0.0.1:5353", "--via", own_proxy.url, "--send-proxy", "v2", "--json"
+    )
+    with datagram_socket(relay.address) as client:
+        client.send(b"who am I")
+        datagram, _relay_udp = own_proxy.udp.recvfrom(65536)
+        socks = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 5353)
+        assert datagram.startswith(socks)
+        header = proxyproto.parse(datagram[len(socks) :])
+        assert isinstance(header, proxyproto.ProxyHeader), header
+        assert str(header.source) == f"udp://127.0.0.1:{client.getsockname()[1]}"
+        assert str(header.destination) == relay.address
+        assert datagram[len(socks) + header.consumed :] == b"who am I"
+    summary = final_summary(relay)
+    assert (summary["to_target"], summary["datagrams_to_target"]) == (len(b"who am I"), 1)

@@ -270,7 +270,7 @@ def _check_via(target: Address, config: RelayConfig) -> None:
     """--via reaches a tcp:// or tls:// TARGET through proxies, one client's connection per
     tunnel, and a udp:// TARGET of a datagram LISTEN through one socks5:// proxy (a UDP
     association per sender): an exec: or stdio TARGET, --frame, --route, SOCKS servers, and
-    faults or --send-proxy on datagrams through a proxy are refused."""
+    faults on datagrams through a proxy are refused."""
     hops = config_hops(config)
     shown = ", ".join(str(hop) for hop in hops)
     if config.routes:
@@ -299,12 +299,9 @@ def _check_via(target: Address, config: RelayConfig) -> None:
 
 def _check_datagrams_via(config: RelayConfig) -> None:
     """A datagram TARGET through a proxy (from a datagram LISTEN: a stream one needs --frame):
-    neither faults nor --send-proxy (one socks5:// hop is :func:`~enchufe.hops.check_target`'s
-    to check)."""
+    no faults (one socks5:// hop is :func:`~enchufe.hops.check_target`'s to check)."""
     if config.faults is not None:
         raise UsageError(_("--fault with --via on datagrams is not built yet: leave out one of them"))
-    if config.send_proxy:
-        raise UsageError(_("--send-proxy with --via on datagrams is not built yet: leave out one of them"))
 
 
 def _parsed(address: Address | str) -> Address:

@@ -150,12 +150,12 @@ def _datagram_handler(
     kind = FramedDatagramRelay if target.is_stream else DatagramRelay
     kind = ProxiedDatagramRelay if config.send_proxy else kind  # chosen once, as faults
     via = _via(config)
-    if via is not None:  # the config allows it only for a udp:// TARGET, without faults
+    if via is not None:  # the config allows it only for a udp:// TARGET, without faults (PROXY v2)
         from .via_datagram import SocksDatagramRelay
 
         assert isinstance(target, InetAddress)
         kind = SocksDatagramRelay
-        common = {**common, "via": via, "target": target}
+        common = {**common, "via": via, "target": target, "send_proxy": bool(config.send_proxy)}
     if config.faults is not None:  # chosen once here: a relay without faults never looks
         if target.is_stream:
             from .faulty_tunnel import FaultyFramedDatagramRelay

@@ -16,13 +16,22 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ..address import from_sockaddr
+from ..address import SocketAddress, from_sockaddr
 from ..proxyproto import encode_v2
 from ..sessions import Session
 from .datagram import DatagramRelay, DatagramUpstream
 from .datagram_listener import DatagramListener, Key, Upstream
 
-__all__ = ["ProxiedDatagramRelay"]
+__all__ = ["ProxiedDatagramRelay", "proxy_header_v2"]
+
+
+def proxy_header_v2(listener: socket.socket, sender: Key, local: SocketAddress | None = None) -> bytes:
+    """The PROXY v2 header of a datagram session: ``sender`` (a sockaddr; ``None`` for an
+    unnamed unix sender) sent to ``local``, the listening address (looked up when not given)."""
+    family = listener.family
+    if local is None:
+        local = from_sockaddr(family, socket.SOCK_DGRAM, listener.getsockname())
+    return encode_v2(from_sockaddr(family, socket.SOCK_DGRAM, sender) if sender else None, local)
 
 
 class ProxiedDatagramRelay(DatagramRelay):
@@ -41,9 +50,7 @@ class ProxiedDatagramRelay(DatagramRelay):
     def _header(self, session: Upstream) -> bytes:
         header = self._headers.get(session.id)
         if header is None:
-            family = self.listener.family
-            sender = from_sockaddr(family, socket.SOCK_DGRAM, session.peer) if session.peer else None
-            header = self._headers[session.id] = encode_v2(sender, self._local)
+            header = self._headers[session.id] = proxy_header_v2(self.listener, session.peer, self._local)
         return header
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:

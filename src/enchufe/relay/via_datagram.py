@@ -46,9 +46,11 @@ from ..errors import NetworkError, translate
 from ..errors import reason as system_reason
 from ..hops import Chain
 from ..i18n import _
+from ..sessions import Session
 from .datagram_io import BATCH
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .engine import FAILED, READ, WRITE, Loop, Timer
+from .proxying_datagram import proxy_header_v2
 from .session import pending_error
 from .via import Tunnel, Via
 
@@ -117,7 +119,9 @@ class Association(Upstream):
 class SocksDatagramRelay(DatagramListener):
     """Datagram LISTEN → ``udp://`` TARGET, a SOCKS5 UDP association per sender (see the module)."""
 
-    def __init__(self, *args: Any, via: Via, target: InetAddress, **options: Any) -> None:
+    def __init__(
+        self, *args: Any, via: Via, target: InetAddress, send_proxy: bool = False, **options: Any
+    ) -> None:
         super().__init__(*args, **options)
         self.via = via
         self.hop = via.hops[0]
@@ -125,6 +129,8 @@ class SocksDatagramRelay(DatagramListener):
         self.target_label = str(target)
         #: every datagram to the target starts with this (the target is the same for all)
         self._header = udp_wrap(target.host, target.port, b"")
+        #: --send-proxy: a session's PROXY v2 header (behind the SOCKS5 one: the target's to read)
+        self._proxy_headers: dict[int, bytes] | None = {} if send_proxy else None
         #: replies come with a header of their own: room for the largest
         self._reply_buffer = memoryview(bytearray(self.max_datagram + MAX_UDP_HEADER))
 
@@ -240,7 +246,7 @@ class SocksDatagramRelay(DatagramListener):
 
     def _forward(self, session: Upstream, data: memoryview, raw: bool) -> None:
         assert isinstance(session, Association)
-        datagram = self._header + data
+        datagram = self._header + self._proxy_header(session) + data
         if session.opened:
             self._send(session, datagram)
         elif session.queued_bytes + len(datagram) > ASSOCIATION_BACKLOG:
@@ -248,6 +254,22 @@ class SocksDatagramRelay(DatagramListener):
         else:
             session.queued.append(datagram)
             session.queued_bytes += len(datagram)
+
+    def _proxy_header(self, session: Association) -> bytes:
+        """``--send-proxy``: the PROXY v2 header naming the session's sender and the address it
+        sent to (made once per session), else nothing."""
+        headers = self._proxy_headers
+        if headers is None:
+            return b""
+        header = headers.get(session.id)
+        if header is None:
+            header = headers[session.id] = proxy_header_v2(self.listener, session.peer)
+        return header
+
+    def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
+        if self._proxy_headers is not None:
+            self._proxy_headers.pop(entry.state.id, None)
+        super()._ended(entry, why)
 
     def _send(self, session: Association, datagram: bytes) -> None:
         assert session.udp is not None
@@ -259,7 +281,7 @@ class SocksDatagramRelay(DatagramListener):
         except OSError as exc:
             self._send_failed(session, exc)
             return
-        size = len(datagram) - len(self._header)
+        size = len(datagram) - len(self._header) - len(self._proxy_header(session))  # the sender's bytes
         session.to_target += size
         session.datagrams_to_target += 1
         self.stats.to_target += size
