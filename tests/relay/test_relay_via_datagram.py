@@ -17,12 +17,14 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from enchufe import proxyproto
+from enchufe.relay.via_datagram import ASSOCIATION_BACKLOG
 from tests.interop.conftest import Proc, Where, listening_address, spawn, wait_bound
 from tests.interop.conftest import enchufe as enchufe_argv
 from tests.interop.test_interop_via import _free_port, _tool
@@ -30,6 +32,9 @@ from tests.interop.test_interop_via import _free_port, _tool
 from .conftest import STEP, StartRelay, datagram_socket, final_summary
 
 pytestmark = pytest.mark.interop
+
+#: Linux's SO_RCVBUFFORCE (not in Python's socket module): a receive buffer past rmem_max, for root.
+SO_RCVBUFFORCE = 33
 
 #: Datagrams of each sender, of sizes a SOCKS5 UDP header must not disturb (4000: larger than
 #: one Ethernet frame, one datagram still).
@@ -171,9 +176,14 @@ class _OwnProxy:
     """A SOCKS5 proxy for one association that plays its UDP relay itself: the greeting and the
     UDP ASSOCIATE request are checked and answered (naming :attr:`udp` as the relay); then the
     test sees what the relay sends there and answers what it likes.  ``answer=False``: a proxy
-    that takes the connection and never says a word."""
+    that takes the connection and never says a word; ``gate``: one that answers the request
+    only once it is set; ``relay_name``: one that names its relay by that host name."""
 
-    def __init__(self, *, answer: bool = True) -> None:
+    def __init__(
+        self, *, answer: bool = True, gate: threading.Event | None = None, relay_name: bytes = b""
+    ) -> None:
+        self.gate = gate
+        self.relay_name = relay_name
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -200,10 +210,13 @@ class _OwnProxy:
             assert _recv_exactly(self.control, 3) == b"\x05\x01\x00"  # no authentication offered
             self.control.sendall(b"\x05\x00")
             self.request = _recv_exactly(self.control, 10)  # UDP ASSOCIATE from an IPv4 address
-            relay_port = self.relay_port
-            self.control.sendall(
-                b"\x05\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", relay_port)
-            )
+            if self.gate is not None:
+                self.gate.wait(STEP)
+            if self.relay_name:
+                bound = b"\x03" + bytes([len(self.relay_name)]) + self.relay_name
+            else:
+                bound = b"\x01" + socket.inet_aton("127.0.0.1")
+            self.control.sendall(b"\x05\x00\x00" + bound + struct.pack("!H", self.relay_port))
             self.ready.set()
 
     def close(self) -> None:
@@ -301,7 +314,7 @@ def test_a_closed_udp_relay_at_the_proxy_is_said_once_and_counted(
 ) -> None:
     """The proxy named a UDP port where nothing listens (the proxy's relay died): ICMP port
     unreachable comes back for the datagrams sent there; one line says so, each is counted."""
-    relay = start_relay("udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", own_proxy.url, "--stats=60")
+    relay = start_relay("udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", own_proxy.url, "--stats=0.1")
     own_proxy.udp.close()  # the relay the handshake will name: nothing takes datagrams there
     with datagram_socket(relay.address) as client:
         client.send(b"first")
@@ -312,11 +325,15 @@ def test_a_closed_udp_relay_at_the_proxy_is_said_once_and_counted(
         assert f"the proxy {own_proxy.url}" in line.group(0)
         for _turn in range(3):
             client.send(b"more")
+        relay.wait_err(r"datagrams 4 to target")
     relay.signal()
     assert relay.finish() == 0
     assert relay.err.count("refused a datagram") == 1, relay.err
+    # Each datagram is sent (a send that meets an earlier one's refusal is tried again), and each
+    # refusal the kernel reports is counted; two that come before either is read are one report.
+    sent = int(re.search(r"datagrams (\d+) to target", relay.err).group(1))  # type: ignore[union-attr]
     dropped = int(re.search(r"(\d+) dropped", relay.err).group(1))  # type: ignore[union-attr]
-    assert dropped >= 1, relay.err
+    assert sent == 4 and 1 <= dropped <= 4, relay.err
 
 
 def test_send_proxy_puts_the_sender_s_proxy_header_behind_the_socks_header(
@@ -340,3 +357,143 @@ def test_send_proxy_puts_the_sender_s_proxy_header_behind_the_socks_header(
         assert datagram[len(socks) + header.consumed :] == b"who am I"
     summary = final_summary(relay)
     assert (summary["to_target"], summary["datagrams_to_target"]) == (len(b"who am I"), 1)
+
+
+def test_datagrams_that_come_while_the_association_opens_wait_up_to_the_backlog(
+    start_relay: StartRelay,
+) -> None:
+    """The proxy answers only after 300 datagrams of 1,000 bytes came: those that fit in
+    ASSOCIATION_BACKLOG (each with its length and SOCKS5 header) reach the proxy's relay, in
+    order; the rest are dropped and counted."""
+    gate = threading.Event()
+    proxy = _OwnProxy(gate=gate)
+    with contextlib.suppress(OSError):  # root: room for the whole burst at the "relay"
+        proxy.udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    try:
+        relay = start_relay("udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", proxy.url, "--json")
+        with datagram_socket(relay.address) as client:
+            for index in range(300):
+                client.send(struct.pack("!I", index) + bytes(996))
+            relay.wait_err(r'"event": "session"')
+            time.sleep(0.5)  # the relay reads all 300 while the proxy holds its answer
+            gate.set()
+            header = 10  # 00 00 00, ATYP 1, four address bytes, the port
+            fit = ASSOCIATION_BACKLOG // (4 + header + 1000)
+            got = [proxy.udp.recv(65536)[header : header + 4] for _ in range(fit)]
+            assert got == [struct.pack("!I", index) for index in range(fit)]
+        summary = final_summary(relay)
+        assert (summary["datagrams_to_target"], summary["dropped"]) == (fit, 300 - fit), summary
+    finally:
+        proxy.close()
+
+
+def test_the_relay_takes_its_pauses_from_a_sender_that_reads_slowly(
+    tmp_path: Path, start_relay: StartRelay
+) -> None:
+    """A unix sender that does not read: replies wait (the relay stops reading the association
+    meanwhile), then every one of them comes, in order, once it reads."""
+    proxy = _OwnProxy()
+    try:
+        listen = f"unixgram://{tmp_path}/relay.sock"
+        relay = start_relay(listen, "udp://127.0.0.1:53", "--via", proxy.url, "--json")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            # Not connected: the kernel then holds at most 10 datagrams for it (a unix socket's
+            # queue), and says EAGAIN to the relay's next one.
+            client.bind(str(tmp_path / "client.sock"))
+            client.sendto(b"go", str(tmp_path / "relay.sock"))
+            _datagram, relay_udp = proxy.udp.recvfrom(65536)
+            source = b"\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 53)
+            for index in range(100):  # far more than a unix socket's queue (10 by default)
+                proxy.udp.sendto(b"\x00\x00\x00" + source + struct.pack("!I", index) + bytes(996), relay_udp)
+            time.sleep(0.5)
+            client.settimeout(STEP)
+            got = [client.recv(65536)[:4] for _ in range(100)]
+        assert got == [struct.pack("!I", index) for index in range(100)]
+        summary = final_summary(relay)
+        assert (summary["datagrams_to_client"], summary["dropped"]) == (100, 0), summary
+    finally:
+        proxy.close()
+
+
+def test_a_proxy_that_does_not_take_the_connection_is_cut_at_connect_timeout(start_relay: StartRelay) -> None:
+    """The proxy's accept queue is full (the SYN is dropped): --connect-timeout ends the
+    session, naming the proxy."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # backlog 0 takes one; the rest of these wait for their SYN-ACK
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            time.sleep(0.2)
+            relay = start_relay(
+                "udp://127.0.0.1:0",
+                "udp://127.0.0.1:53",
+                "--via",
+                f"socks5://127.0.0.1:{port}",
+                "--connect-timeout",
+                "0.5",
+                "--stats=60",
+            )
+            with datagram_socket(relay.address) as client:
+                client.send(b"x")
+                relay.wait_err(rf"the proxy socks5://127\.0\.0\.1:{port}: no answer within 0\.5 s$")
+            relay.signal()
+            assert relay.finish() == 0
+            assert "1 target failures" in relay.err and "1 dropped" in relay.err, relay.err
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_a_relay_named_by_a_host_name_is_refused_without_a_lookup(start_relay: StartRelay) -> None:
+    """The proxy names its UDP relay "localhost": looking it up would block every session on the
+    DNS, so the session ends with a line that says why."""
+    proxy = _OwnProxy(relay_name=b"localhost")
+    try:
+        relay = start_relay("udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", proxy.url)
+        with datagram_socket(relay.address) as client:
+            client.send(b"x")
+            relay.wait_err(r"named its UDP relay localhost:\d+ by a name, not an address$")
+    finally:
+        proxy.close()
+
+
+def test_a_datagram_too_large_with_the_headers_is_dropped_and_the_session_goes_on(
+    own_proxy: _OwnProxy, start_relay: StartRelay
+) -> None:
+    """65,507 bytes (UDP's most) cannot go with a SOCKS5 header: that one is dropped, said and
+    counted; the next datagram of the sender goes.  A reply larger than --max-datagram is
+    dropped and counted as truncated."""
+    relay = start_relay(
+        "udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", own_proxy.url, "--json", "--max-datagram", "65507"
+    )
+    with datagram_socket(relay.address) as client:
+        client.send(bytes(65507))
+        relay.wait_err(r"cannot send to udp://127\.0\.0\.1:53 for udp://127\.0\.0\.1:\d+: message too long")
+        client.send(b"small")
+        assert own_proxy.udp.recv(65536).endswith(b"small")
+    summary = final_summary(relay)
+    assert (summary["datagrams_to_target"], summary["dropped"], summary["total"]) == (1, 1, 1), summary
+
+
+def test_a_reply_larger_than_max_datagram_is_dropped_as_truncated(
+    own_proxy: _OwnProxy, start_relay: StartRelay
+) -> None:
+    relay = start_relay(
+        "udp://127.0.0.1:0", "udp://127.0.0.1:53", "--via", own_proxy.url, "--json", "--max-datagram", "1000"
+    )
+    with datagram_socket(relay.address) as client:
+        client.send(b"q")
+        _datagram, relay_udp = own_proxy.udp.recvfrom(65536)
+        source = b"\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 53)
+        own_proxy.udp.sendto(b"\x00\x00\x00" + source + bytes(1001), relay_udp)
+        own_proxy.udp.sendto(b"\x00\x00\x00" + source + b"fits", relay_udp)
+        client.settimeout(STEP)
+        assert client.recv(65536) == b"fits"
+    summary = final_summary(relay)
+    assert (summary["truncated"], summary["datagrams_to_client"]) == (1, 1), summary

@@ -17,13 +17,19 @@ target (its host name is the proxy's to resolve).
 
 The connect and the handshake run on the relay's loop (:class:`~enchufe.relay.via.Tunnel`),
 never blocking it, and are bounded by ``--connect-timeout``.  The sender's datagrams that come
-meanwhile wait, up to :data:`ASSOCIATION_BACKLOG` bytes; more are dropped and counted, as a full
-UDP queue would.  A proxy that cannot be reached or says no ends that session with one
-rate-limited line naming the proxy and its reason; the proxy closing the TCP connection ends the
-association, and the session.  Datagrams from the proxy's relay that are not a relay's datagram
-(malformed, or a fragment: RFC 1928 lets a client drop those) are dropped and counted; a
-datagram the UDP socket has no room for now is dropped and counted too (UDP's way: the
-direct relay's backpressure waits on one connected socket, not on a proxy's relay).
+meanwhile wait in one buffer, up to :data:`ASSOCIATION_BACKLOG` bytes with their headers; more
+are dropped and counted, as a full UDP queue would.  A proxy that cannot be reached or says no
+ends that session with one rate-limited line naming the proxy and its reason, and so does one
+that names its UDP relay by a host name (looking it up would block the loop: every session);
+the proxy closing the TCP connection ends the association, and the session.
+
+Each datagram is sent on its own: one that cannot go is dropped and counted (and said, when it
+is too large with the headers, not when the socket has no room now), and the session goes on,
+as with a target reached directly; an ICMP refusal from the proxy's relay is said once per session and counted
+for each report.  Replies that are not a relay's datagram (malformed, or a fragment: RFC 1928
+lets a client drop those) are dropped and counted, and one larger than ``--max-datagram`` is
+counted as truncated; a sender that cannot take a reply now pauses the reading of its
+association until it can (:mod:`.datagram_replies`).
 """
 
 from __future__ import annotations
@@ -39,15 +45,18 @@ from typing import Any
 from .. import _calls, _nonblocking
 from .._calls import new_socket
 from .._hop_socks5 import udp_unwrap, udp_wrap
+from .._inet_text import literal_family
 from .._resolve import Target
+from .._text import printable
 from .._via import connect_to_relay, udp_socket
 from ..address import InetAddress
 from ..errors import NetworkError, translate
 from ..errors import reason as system_reason
+from ..framing import HEADER
 from ..hops import Chain
 from ..i18n import _
 from ..sessions import Session
-from .datagram_io import BATCH
+from .datagram_io import BATCH, enlarge_buffers
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .engine import FAILED, READ, WRITE, Loop, Timer
 from .proxying_datagram import proxy_header_v2
@@ -60,6 +69,9 @@ __all__ = ["ASSOCIATION_BACKLOG", "Association", "SocksDatagramRelay"]
 ASSOCIATION_BACKLOG = 256 * 1024
 #: The largest SOCKS5 UDP header (a 255-byte host name): room kept for it in the reply buffer.
 MAX_UDP_HEADER = 3 + 1 + 1 + 255 + 2
+#: Replies counted (read and dropped) at most from an ending session's socket (as the direct
+#: relay's): a socket buffer holds far fewer, so this only bounds the loop.
+MAX_DRAIN = 100_000
 
 
 class Association(Upstream):
@@ -71,7 +83,7 @@ class Association(Upstream):
         "control",
         "opened",
         "queued",
-        "queued_bytes",
+        "queued_count",
         "refused",
         "stage",
         "timer",
@@ -88,9 +100,10 @@ class Association(Upstream):
         self.udp: socket.socket | None = None
         self.stage: Tunnel | None = None
         self.timer: Timer | None = None
-        #: the sender's datagrams (with their header) waiting for the association to open
-        self.queued: list[bytes] = []
-        self.queued_bytes = 0
+        #: the sender's datagrams (with their headers) waiting for the association to open, each
+        #: behind its length (one buffer: its size is the memory they take), and their count
+        self.queued = bytearray()
+        self.queued_count = 0
         self.refused = False
 
     def close(self, loop: Loop) -> None:
@@ -112,8 +125,27 @@ class Association(Upstream):
         relay.watch(self)
 
     def undelivered(self) -> int:
-        """Also the datagrams still waiting for the association to open."""
-        return super().undelivered() + len(self.queued)
+        """Also the datagrams still waiting for the association to open, and the replies the
+        proxy's relay sent that wait unread in the UDP socket (they die with it)."""
+        lost = super().undelivered() + self.queued_count
+        for _turn in range(MAX_DRAIN if self.udp is not None else 0):
+            try:
+                self.udp.recv(1, socket.MSG_DONTWAIT | socket.MSG_TRUNC)  # type: ignore[union-attr]
+            except OSError:  # none left (EAGAIN), or an ICMP error: nothing more to count
+                break
+            lost += 1
+        return lost
+
+    def take_queued(self) -> list[bytes]:
+        """The queued datagrams, in order; the queue is then empty."""
+        queued, view, at = [], memoryview(self.queued), 0
+        while at < len(view):
+            (size,) = HEADER.unpack_from(view, at)
+            queued.append(bytes(view[at + HEADER.size : at + HEADER.size + size]))
+            at += HEADER.size + size
+        view.release()
+        self.queued, self.queued_count = bytearray(), 0
+        return queued
 
 
 class SocksDatagramRelay(DatagramListener):
@@ -149,22 +181,23 @@ class SocksDatagramRelay(DatagramListener):
             with contextlib.suppress(OSError):
                 _calls.close(control)
             raise
-        if status not in (0, errno.EINPROGRESS):
-            with contextlib.suppress(OSError):
-                _calls.close(control)
-            raise OSError(status, os.strerror(status))
         session = Association(next(self._ids), key, describe_sender(self.listener.family, key), control)
         self._announce(session)
-        # Even a connect that is done at once goes on from the loop: the session is in the
-        # table only once this returns, and ending it from here would end nothing.
+        # Even a connect that is over at once (done, or failed) goes on from the loop: the
+        # session is in the table only once this returns, and ending it from here would end
+        # nothing.
         failed = functools.partial(self._session_failed, session)
         deadline = time.monotonic() + self.connect_timeout
-        self.loop.register(
-            control.fileno(), WRITE, lambda _events: self._connected(session, deadline), failed
-        )
-        session.timer = self.loop.call_later(
-            self.connect_timeout, lambda: self._connect_timed_out(session), failed
-        )
+        if status in (0, errno.EINPROGRESS):
+            self.loop.register(
+                control.fileno(), WRITE, lambda _events: self._connected(session, deadline), failed
+            )
+            session.timer = self.loop.call_later(
+                self.connect_timeout, lambda: self._connect_timed_out(session), failed
+            )
+        else:
+            error = self._proxy_error(OSError(status, os.strerror(status)))
+            session.timer = self.loop.call_later(0.0, lambda: self._failed(session, error), failed)
         return session
 
     def _proxy_error(self, exc: OSError) -> str:
@@ -215,10 +248,21 @@ class SocksDatagramRelay(DatagramListener):
         if error is not None or chain.bound is None or session.udp is None:
             self._failed(session, str(error) if error is not None else _("the proxy named no UDP relay"))
             return
+        host, port = chain.bound
+        if literal_family(host) is None:
+            # A name would be looked up here, blocking the loop (every session's) on the DNS.
+            self._failed(
+                session,
+                _("{proxy} named its UDP relay {relay} by a name, not an address").format(
+                    proxy=self.via.label(), relay=printable(f"{host}:{port}")
+                ),
+            )
+            return
         udp = session.udp
         try:
             connect_to_relay(udp, session.control, chain)
             udp.setblocking(False)
+            enlarge_buffers(udp)  # as the direct relay's upstreams: a burst is absorbed, not dropped
         except OSError as exc:
             self._failed(session, str(translate(exc, "use the proxy's UDP relay")))
             return
@@ -226,16 +270,13 @@ class SocksDatagramRelay(DatagramListener):
         failed = functools.partial(self._session_failed, session)
         self.loop.register(session.control.fileno(), READ, lambda _events: self._on_control(session), failed)
         self.loop.register(udp.fileno(), READ, lambda events: self._on_udp(session, events), failed)
-        queued, session.queued, session.queued_bytes = session.queued, [], 0
-        for datagram in queued:
+        for datagram in session.take_queued():
             self._send(session, datagram)
-            if not self.current(session):
-                return
 
     def _failed(self, session: Association, why: str) -> None:
         self.stats.failed += 1
-        self.stats.dropped += len(session.queued)  # queued, never carried
-        session.queued, session.queued_bytes = [], 0
+        self.stats.dropped += session.queued_count  # queued, never carried
+        session.queued, session.queued_count = bytearray(), 0
         message = _("cannot reach {target} for {peer}: {why}").format(
             target=self.target_label, peer=session.label, why=why
         )
@@ -249,11 +290,12 @@ class SocksDatagramRelay(DatagramListener):
         datagram = self._header + self._proxy_header(session) + data
         if session.opened:
             self._send(session, datagram)
-        elif session.queued_bytes + len(datagram) > ASSOCIATION_BACKLOG:
+        elif len(session.queued) + HEADER.size + len(datagram) > ASSOCIATION_BACKLOG:
             self.stats.dropped += 1  # the association is slow to open: as a full queue would
         else:
-            session.queued.append(datagram)
-            session.queued_bytes += len(datagram)
+            session.queued += HEADER.pack(len(datagram))
+            session.queued += datagram
+            session.queued_count += 1
 
     def _proxy_header(self, session: Association) -> bytes:
         """``--send-proxy``: the PROXY v2 header naming the session's sender and the address it
@@ -272,29 +314,35 @@ class SocksDatagramRelay(DatagramListener):
         super()._ended(entry, why)
 
     def _send(self, session: Association, datagram: bytes) -> None:
+        """One datagram to the proxy's relay.  A failure loses that datagram only (counted, and
+        said), as for a target reached directly: too large for UDP with the headers, no room
+        now; ECONNREFUSED is an earlier datagram's refusal, and this one is tried again."""
         assert session.udp is not None
-        try:
-            session.udp.send(datagram)
-        except BlockingIOError:
-            self.stats.dropped += 1  # no room in the socket now: dropped, as UDP does
-            return
-        except OSError as exc:
-            self._send_failed(session, exc)
-            return
+        for attempt in (1, 2):
+            try:
+                session.udp.send(datagram)
+            except BlockingIOError:
+                self.stats.dropped += 1  # no room in the socket now: dropped, as UDP does
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED and attempt == 1:
+                    self._refused(session)
+                    continue
+                self.stats.dropped += 1
+                self._error(
+                    _("cannot send to {target} for {peer}: {reason}").format(
+                        target=self.target_label, peer=session.label, reason=system_reason(exc)
+                    ),
+                    id=session.id,
+                    peer=session.label,
+                )
+                return
+            break
         size = len(datagram) - len(self._header) - len(self._proxy_header(session))  # the sender's bytes
         session.to_target += size
         session.datagrams_to_target += 1
         self.stats.to_target += size
         self.stats.datagrams_to_target += 1
-
-    def _send_failed(self, session: Association, exc: OSError) -> None:
-        """Sending failed: an earlier datagram's refusal (the send is lost with it), or the
-        socket's own failure, which ends the session."""
-        if exc.errno == errno.ECONNREFUSED:
-            self._refused(session)
-            return
-        self.stats.dropped += 1
-        self.end(session, "target-error", system_reason(exc))
 
     def _refused(self, session: Association) -> None:
         """ICMP said nothing takes datagrams at the proxy's relay (port unreachable): a datagram
@@ -322,10 +370,11 @@ class SocksDatagramRelay(DatagramListener):
             udp = session.udp
             assert udp is not None
             code = pending_error(udp)  # read, and so cleared
-            if code:
-                self._send_failed(session, OSError(code, os.strerror(code)))
-                if not self.current(session):
-                    return
+            if code == errno.ECONNREFUSED:
+                self._refused(session)
+            elif code:
+                self.end(session, "target-error", system_reason(OSError(code, os.strerror(code))))
+                return
         if session.pending_reply is None:
             self._replies(session)
 
@@ -346,12 +395,15 @@ class SocksDatagramRelay(DatagramListener):
                     continue
                 self.end(session, "target-error", system_reason(exc))
                 return
-            if size > len(view):
-                self._truncated(self.target_label, size - len(self._header), "target")
+            if size > len(view):  # larger than any reply of --max-datagram behind any header
+                self._truncated(self.target_label, size, "target")
                 continue
             unwrapped = udp_unwrap(bytes(view[:size]))
             if unwrapped is None:  # malformed, or a fragment: RFC 1928 lets a client drop it
                 self.stats.dropped += 1
+                continue
+            if len(unwrapped[2]) > self.max_datagram:
+                self._truncated(self.target_label, len(unwrapped[2]), "target")
                 continue
             got += 1
             if not self.replies.send(session, unwrapped[2]):
