@@ -48,16 +48,7 @@ def test_a_connect_request_fed_byte_by_byte_gives_its_target_and_leftover(
 @pytest.mark.parametrize(
     ("data", "status", "words"),
     [
-        (
-            b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
-            b"400",
-            "an http:// URL (absolute form) or a CONNECT",
-        ),
-        (b"GET https://example.com/ HTTP/1.1\r\n\r\n", b"400", "reached through CONNECT"),
-        (b"GET http://user:pw@example.com/ HTTP/1.1\r\n\r\n", b"400", "not an http://HOST[:PORT]/PATH URL"),
-        (b"GET http://example.com:0/ HTTP/1.1\r\n\r\n", b"400", "not an http://HOST[:PORT]/PATH URL"),
-        (b"GET http:///x HTTP/1.1\r\n\r\n", b"400", "not an http://HOST[:PORT]/PATH URL"),
-        (b"G3T http://example.com/ HTTP/1.1\r\n\r\n", b"400", "not an HTTP method"),
+        (b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", b"405", "only tunnels"),
         (request("example.com"), b"400", "not HOST:PORT"),
         (request("example.com:0"), b"400", "not HOST:PORT"),
         (request("exa mple.com:80"), b"400", "not an HTTP/1 request"),
@@ -120,55 +111,3 @@ def test_any_bytes_give_a_step_and_stay_bounded(chunks: list[bytes], with_users:
 def test_bytes_that_are_not_utf8_are_shown_as_the_bytes_they_are() -> None:
     step = HttpConnectServer().feed(b"CONNECT \xff\xfe:80 HTTP/1.1\r\n\r\n")
     assert step.refused is not None and "\\xff\\xfe:80" in step.refused and "\xff" not in step.refused
-
-
-@pytest.mark.parametrize(
-    ("url", "host", "port", "path"),
-    [
-        ("http://example.com/a/b?c=d", "example.com", 80, "/a/b?c=d"),
-        ("HTTP://example.com:8080", "example.com", 8080, "/"),
-        ("http://192.0.2.7?q", "192.0.2.7", 80, "/?q"),
-        ("http://[2001:db8::1]:81/x", "2001:db8::1", 81, "/x"),
-        ("http://[2001:db8::1]/x", "2001:db8::1", 80, "/x"),
-    ],
-)
-def test_a_request_in_absolute_form_is_forwarded_in_origin_form(
-    url: str, host: str, port: int, path: str
-) -> None:
-    """The target is the URL's; the head the target gets has the path alone, keeps the end-to-end
-    headers, loses this proxy's and one hop's (and those Connection names), says
-    Connection: close, and is followed by what came after the head (a body)."""
-    head = "\r\n".join(
-        [
-            f"POST {url} HTTP/1.1",
-            "Host: example.com",
-            basic("alice", "s3cret"),
-            "Proxy-Connection: keep-alive",
-            "Connection: keep-alive, X-Hop",
-            "X-Hop: 1",
-            "Keep-Alive: timeout=5",
-            "Content-Length: 4",
-            "X-End: kept",
-            "",
-            "",
-        ]
-    ).encode()
-    step = HttpConnectServer(USERS).feed(head + b"body")
-    request = step.request
-    assert request is not None and step.refused is None and not step.send, step
-    assert (request.host, request.port, request.user, request.command_name) == (host, port, "alice", "POST")
-    assert (
-        step.leftover
-        == (
-            f"POST {path} HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\nX-End: kept\r\n"
-            "Connection: close\r\n\r\nbody"
-        ).encode()
-    )
-
-
-def test_a_forwarded_request_without_host_gets_the_url_s_and_credentials_are_asked_for() -> None:
-    step = HttpConnectServer().feed(b"GET http://example.com:8080/x HTTP/1.0\r\n\r\n")
-    assert step.leftover == b"GET /x HTTP/1.0\r\nHost: example.com:8080\r\nConnection: close\r\n\r\n"
-    refused = HttpConnectServer(USERS).feed(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
-    assert refused.request is None and refused.send.startswith(b"HTTP/1.1 407 ")
-    assert refused.refused == "no valid Proxy-Authorization (Basic) for GET http://example.com/"

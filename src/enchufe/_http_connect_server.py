@@ -1,36 +1,25 @@
-"""The server side of an HTTP proxy, sans I/O: what ``enchufe socks`` answers a client that
-speaks HTTP to it (``curl --proxy http://…``, ``http_proxy=…``, ``ncat --proxy-type http``).
+"""The server side of HTTP CONNECT (RFC 9110 §9.3.6), sans I/O: what ``enchufe socks`` answers
+a client that speaks HTTP to it (``curl --proxy http://…``, ``ncat --proxy-type http``).
 
 ::
 
     machine = HttpConnectServer(users)       # users: {b"alice": b"secret"}, or None: no auth
     step = machine.feed(data)                # a Step, as enchufe._socks5_server's machine gives
-    if step.refused: write(step.send), close # an HTTP error response (400, 405, 407, 431…)
+    if step.refused: write(step.send), close # an HTTP error response (405, 407, 400, 431…)
     if step.request: connect to step.request.host:port, then
-        CONNECT: write(ESTABLISHED), then relay; the target gets step.leftover first
-        else:    relay; the target gets step.leftover first (the request, rewritten)
-        (or, if the target cannot be opened: write(http_reply(socks_code)) and close)
+        write(ESTABLISHED)                   (or http_reply(socks_code) and close)
 
-Two kinds of request (RFC 9110 §9.3.6 and §7.1): ``CONNECT host:port`` opens a tunnel (RFC 9110
-§9.3.6); any other method with an ``http://`` URL in absolute form (``GET http://host/path
-HTTP/1.1``) is forwarded: its head goes to ``host`` (port 80 unless the URL says) with the
-request line in origin form (``GET /path HTTP/1.1``), without the headers meant for this proxy
-(``Proxy-Authorization``, ``Proxy-Connection``) or for one hop (``Connection``, ``Keep-Alive``,
-and those ``Connection`` names), with a ``Host`` (the URL's, if the client sent none) and
-``Connection: close``: one request per connection, whose answer the target sends straight back
-(a client that wants another opens another connection, as it must after ``close``).  An
-``https://`` URL is refused (400): such targets are reached with CONNECT.  A request's head is
-bounded by :data:`MAX_HEAD` bytes, and bytes after it (a body) go to the target behind it.
-With users, the client must send ``Proxy-Authorization: Basic …`` (RFC 7617); a missing or
-wrong one is answered 407 with ``Proxy-Authenticate``.  The request it yields is the SOCKS
-machine's :class:`~enchufe._socks5_server.Request` (command CONNECT), so that the server
-judges, opens and logs both alike; failures to open the target are answered by
-:func:`http_reply` from the same SOCKS reply codes.
+Only CONNECT is served (the proxy carries bytes, it does not fetch URLs); the request's head is
+bounded by :data:`MAX_HEAD` bytes, and bytes after it belong to the target.  With users, the
+client must send ``Proxy-Authorization: Basic …`` (RFC 7617); a missing or wrong one is
+answered 407 with ``Proxy-Authenticate``.  The request it yields is the SOCKS machine's
+:class:`~enchufe._socks5_server.Request` (command CONNECT), so that the server judges, opens
+and logs both alike; failures to open the target are answered by :func:`http_reply` from the
+same SOCKS reply codes.
 
-Hand-written rather than taken from h11: the server needs one request line and the headers of
-one request, bounded, and then the bytes are no longer its business (a forwarded request's
-body and answer pass untouched); h11 would be a dependency for that, and would parse the
-bodies it has no need to look at.
+Hand-written rather than taken from h11: the server needs one request line and one header of
+one request, bounded, and then the bytes are no longer HTTP; h11 would be a dependency for
+that, and its CONNECT handling ends in the same hand-over of the leftover bytes.
 """
 
 from __future__ import annotations
@@ -102,7 +91,7 @@ class HttpConnectServer:
     @property
     def waiting_for(self) -> str:
         """What the client has not sent yet, for a timeout's line."""
-        return _("nothing") if self._done else _("its request")
+        return _("nothing") if self._done else _("its CONNECT request")
 
     def feed(self, data: bytes) -> Step:
         """Take the client's bytes (any split): a Step with the request, a refusal (its HTTP
@@ -133,41 +122,35 @@ class HttpConnectServer:
                 _("not an HTTP/1 request: {line}").format(line=printable(head[0][:64])),
                 _response(400, "Bad Request"),
             )
-        method, target, version = parts
-        forwarded: bytes | None = None
-        if method == "CONNECT":
-            address = _authority(target)
-            if address is None:
-                return self._refuse(
-                    _("CONNECT {target}: not HOST:PORT").format(target=printable(target[:300])),
-                    _response(400, "Bad Request"),
-                )
-        else:
-            url = _absolute_url(method, target)
-            if isinstance(url, Step):
-                self._done = True
-                return url
-            address, path = url
-            forwarded = _forwarded_head(method, path, version, head[1:], target)
+        method, target, _version = parts
+        if method != "CONNECT":
+            return self._refuse(
+                _(
+                    "{method} is not served: this proxy only tunnels (CONNECT; with curl: "
+                    "--proxytunnel, or an https:// URL)"
+                ).format(method=printable(method[:16])),
+                _response(405, "Method Not Allowed", "Allow: CONNECT"),
+            )
+        address = _authority(target)
+        if address is None:
+            return self._refuse(
+                _("CONNECT {target}: not HOST:PORT").format(target=printable(target[:300])),
+                _response(400, "Bad Request"),
+            )
         user = None
         if self._users is not None:
             user = self._authenticated(head[1:])
             if user is None:
                 return self._refuse(
-                    _("no valid Proxy-Authorization (Basic) for {method} {target}").format(
-                        method=printable(method[:16]), target=printable(target[:300])
+                    _("no valid Proxy-Authorization (Basic) for CONNECT {target}").format(
+                        target=printable(target[:300])
                     ),
                     _response(407, "Proxy Authentication Required", _ASK_FOR_CREDENTIALS),
                 )
         host, port, by_name = address
         self._done = True
-        if forwarded is None:
-            request = Request(command=CONNECT, host=host, port=port, by_name=by_name, user=user)
-            return Step(request=request, leftover=leftover)
-        request = Request(
-            command=CONNECT, host=host, port=port, by_name=by_name, user=user, http_method=printable(method)
-        )
-        return Step(request=request, leftover=forwarded + leftover)
+        request = Request(command=CONNECT, host=host, port=port, by_name=by_name, user=user)
+        return Step(request=request, leftover=leftover)
 
     def _refuse(self, reason: str, response: bytes) -> Step:
         self._done = True
@@ -226,62 +209,3 @@ def _authority(target: str) -> tuple[str, int, bool] | None:
         return None
     name = socks5.host_name(host.encode("utf-8", "surrogateescape"))
     return (name, int(port_text), True) if name is not None else None
-
-
-#: The headers a forwarded request loses: this proxy's, and those of one hop (RFC 9110 §7.6.1).
-_HOP_HEADERS = frozenset(
-    {"proxy-authorization", "proxy-connection", "connection", "keep-alive", "te", "upgrade"}
-)
-
-
-def _absolute_url(method: str, target: str) -> tuple[tuple[str, int, bool], str] | Step:
-    """The target (host, port, whether a name) and the path of a request to forward, from its
-    ``http://`` URL in absolute form; a refusal Step (its response) otherwise."""
-    shown_method, shown_target = printable(method[:16]), printable(target[:300])
-    if not method.isascii() or not method.isalpha() or not method.isupper():
-        return Step(
-            send=_response(400, "Bad Request"),
-            refused=_("not an HTTP method: {method}").format(method=shown_method),
-        )
-    scheme, sep, rest = target.partition("://")
-    if not sep or scheme.lower() != "http":
-        if sep and scheme.lower() == "https":
-            why = _("{method} {target}: an https:// URL is reached through CONNECT").format(
-                method=shown_method, target=shown_target
-            )
-        else:
-            why = _(
-                "{method} {target}: a proxy is asked for an http:// URL (absolute form) or a CONNECT"
-            ).format(method=shown_method, target=shown_target)
-        return Step(send=_response(400, "Bad Request"), refused=why)
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, path = rest[:cut], rest[cut:]
-    if not path.startswith("/"):
-        path = "/" + path
-    if "@" in authority or not authority:
-        address = None  # credentials in the URL, or no host: not forwarded
-    else:
-        port_given = authority.rpartition(":")[2] if not authority.endswith("]") else ""
-        address = _authority(authority if port_given.isdigit() else f"{authority}:80")
-    if address is None or any(c in path for c in " \r\n"):
-        return Step(
-            send=_response(400, "Bad Request"),
-            refused=_("{method} {target}: not an http://HOST[:PORT]/PATH URL").format(
-                method=shown_method, target=shown_target
-            ),
-        )
-    return address, path
-
-
-def _forwarded_head(method: str, path: str, version: str, headers: list[str], target: str) -> bytes:
-    """The request's head as the target gets it (see the module)."""
-    dropped = set(_HOP_HEADERS)
-    for line in headers:
-        name, _sep, value = line.partition(":")
-        if name.strip().lower() in ("connection", "proxy-connection"):
-            dropped.update(token.strip().lower() for token in value.split(","))
-    kept = [line for line in headers if line.partition(":")[0].strip().lower() not in dropped]
-    if not any(line.partition(":")[0].strip().lower() == "host" for line in kept):
-        kept.append("Host: " + target.partition("://")[2][: len(target)].split("/", 1)[0].split("?", 1)[0])
-    lines = [f"{method} {path} {version}", *kept, "Connection: close", "", ""]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -88,15 +88,9 @@ class Request:
     port: int
     by_name: bool
     user: str | None = None
-    #: An HTTP proxy's forwarded request (``GET http://host/…``): its method.  The request's
-    #: head, rewritten, is the step's ``leftover``, for the target; the client gets no
-    #: "200 Connection established", only what the target answers.
-    http_method: str | None = None
 
     @property
     def command_name(self) -> str:
-        if self.http_method is not None:
-            return self.http_method
         return _COMMAND_NAMES.get(self.command, f"command {self.command}")
 
     @property

@@ -356,9 +356,9 @@ def test_garbage_is_refused_and_the_server_serves_on(echo_target: Target) -> Non
                 with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                     sock.sendall(garbage)
                 assert closed_by_peer(sock, STEP)
-        with dial(relay.address) as sock:  # HTTP, but neither a CONNECT nor a URL: told so, closed
+        with dial(relay.address) as sock:  # HTTP, but not a CONNECT: told so, then closed
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert read_all(sock).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+            assert read_all(sock).startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
         sock, code = open_tunnel(relay.address, "127.0.0.1", port_of(echo_target))
         with sock:
             assert code == 0

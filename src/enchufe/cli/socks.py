@@ -108,12 +108,10 @@ def command(
     """A SOCKS5 server (RFC 1928): each client names its destination, which is then relayed as
     `enchufe relay` does (splice, half-close, limits, drain, --stats, --workers).  UDP ASSOCIATE
     relays a client's datagrams (each judged by the rules) for as long as its TCP connection lasts.
-    The same listener is an HTTP proxy (curl --proxy http://…, http_proxy=…, ncat --proxy-type
-    http) with the same rules, limits and --auth (as Basic credentials): CONNECT opens a tunnel
-    (200), and a request for an http:// URL (GET http://host/path) is forwarded, one per
-    connection (Connection: close), without Proxy-Authorization; its refusals: 400 not
-    HOST:PORT or not an http:// URL, 407 credentials wanted, 403 the rules, 431 a head over
-    8 KiB, 502 unreachable or refused, 504 timed out.
+    The same listener serves HTTP CONNECT (curl --proxy http://…, ncat --proxy-type http) with
+    the same rules, limits and --auth (as Basic credentials); its answers: 200 tunnel open,
+    400 not HOST:PORT, 405 a method other than CONNECT, 407 credentials wanted, 403 the rules,
+    431 a head over 8 KiB, 502 unreachable or refused, 504 timed out.
 
     \b
     Without --auth or --auth-file any client may use it: on an address other than loopback

@@ -277,12 +277,6 @@ class SocksSession(SocksHandshake):
     def _connected(self, *, announce: bool = True) -> None:
         if not self._replied:
             self._replied = True
-            request = self.request
-            if self._http and request is not None and request.http_method is not None:
-                # A forwarded HTTP request: the client's answer is the target's, and its head
-                # (rewritten) is what goes to the target first.
-                super()._connected(announce=announce)
-                return
             sock = self.target_sock
             assert sock is not None
             sockaddr = sock.getsockname()
