@@ -123,6 +123,8 @@ def test_parameters_of_the_right_side_pass() -> None:
 
 
 _files = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=20)
+#: List items with what a list or a query uses as separators: a comma, '&', '=', '%'.
+_list_items = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=12)
 _names = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,2}", fullmatch=True)
 
 
@@ -138,8 +140,8 @@ def tls_params(draw: st.DrawFn) -> TLSParams:
         insecure=insecure,
         cert=draw(st.none() | _files.filter(lambda f: f != "auto")),
         client_ca=client_ca,
-        allow_cn=() if client_ca is None else tuple(draw(st.lists(_names, max_size=2))),
-        alpn=tuple(draw(st.lists(st.from_regex(r"[a-z0-9/.]{1,8}", fullmatch=True), max_size=3))),
+        allow_cn=() if client_ca is None else tuple(draw(st.lists(_names | _list_items, max_size=2))),
+        alpn=tuple(draw(st.lists(st.from_regex(r"[a-z0-9/.,%&=+ ]{1,8}", fullmatch=True), max_size=3))),
         handshake_timeout=draw(st.sampled_from([0.5, 10.0, 30.0, 1.25])),
     )
 
@@ -147,3 +149,14 @@ def tls_params(draw: st.DrawFn) -> TLSParams:
 @given(tls_params())
 def test_str_round_trips(params: TLSParams) -> None:
     assert parse_query(str(params)) == params
+
+
+def test_a_comma_in_a_list_item_is_written_as_its_escape() -> None:
+    """An ALPN protocol or a CN may hold a comma: written %2C, it is part of its item, not a
+    separator, both ways."""
+    params = parse_query("cert=c&client-ca=ca&allow-cn=Doe%2C%20John,bob&alpn=h%2C2,http%2F1.1")
+    assert params.allow_cn == ("Doe, John", "bob")
+    assert params.alpn == ("h,2", "http/1.1")
+    assert str(params) == "cert=c&client-ca=ca&allow-cn=Doe%2C%20John,bob&alpn=h%2C2,http/1.1"
+    with pytest.raises(AddressError, match="an empty item"):
+        parse_query("alpn=h2,,http/1.1")

@@ -69,6 +69,11 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SNI = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
 # What str() leaves unencoded in a value: path and list characters that cannot end a parameter.
 _SAFE = "/:@,._-~+*"
+#: What stays as it is in one item of a list parameter: a comma there is written %2C, so that an
+#: item may hold one (an ALPN protocol, a certificate's CN: "Doe, John").
+_ITEM_SAFE = _SAFE.replace(",", "")
+#: The parameters whose value is a comma-separated list: split before their escapes are decoded.
+_LISTS = frozenset({"pin", "allow-san", "allow-cn", "alpn"})
 
 
 def format_pin(digest: bytes) -> str:
@@ -133,14 +138,15 @@ class TLSParams:
                 )
             )
 
-    def _pairs(self) -> list[tuple[str, str | None]]:
-        pairs: list[tuple[str, str | None]] = []
+    def _pairs(self) -> list[tuple[str, str | tuple[str, ...] | None]]:
+        """(name, value) of each parameter set; a list parameter's value is its items."""
+        pairs: list[tuple[str, str | tuple[str, ...] | None]] = []
         if self.ca is not None:
             pairs.append(("ca", self.ca))
         if self.sni is not None:
             pairs.append(("sni", self.sni))
         if self.pins:
-            pairs.append(("pin", ",".join(format_pin(pin) for pin in self.pins)))
+            pairs.append(("pin", tuple(format_pin(pin) for pin in self.pins)))
         if self.insecure:
             pairs.append(("insecure", None))
         if self.cert_auto:
@@ -152,18 +158,18 @@ class TLSParams:
         if self.client_ca is not None:
             pairs.append(("client-ca", self.client_ca))
         if self.allow_san:
-            pairs.append(("allow-san", ",".join(f"{kind}:{value}" for kind, value in self.allow_san)))
+            pairs.append(("allow-san", tuple(f"{kind}:{value}" for kind, value in self.allow_san)))
         if self.allow_cn:
-            pairs.append(("allow-cn", ",".join(self.allow_cn)))
+            pairs.append(("allow-cn", self.allow_cn))
         if self.alpn:
-            pairs.append(("alpn", ",".join(self.alpn)))
+            pairs.append(("alpn", self.alpn))
         if self.handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT:
             pairs.append(("handshake-timeout", f"{self.handshake_timeout:g}"))
         return pairs
 
     def __str__(self) -> str:
         return "&".join(
-            name if value is None else f"{name}={quote(value, safe=_SAFE)}" for name, value in self._pairs()
+            name if value is None else f"{name}={_encoded(value)}" for name, value in self._pairs()
         )
 
 
@@ -196,7 +202,8 @@ def parse_query(query: str) -> TLSParams:
                     name=repr(name)
                 )
             )
-        values[name] = _decode(name, raw) if sep else None
+        # A list is split first, its items decoded one by one (see _list): "%2C" is a comma in an item.
+        values[name] = (raw if name in _LISTS else _decode(name, raw)) if sep else None
     return TLSParams(
         ca=_file(values, "ca"),
         sni=_sni(values),
@@ -211,6 +218,13 @@ def parse_query(query: str) -> TLSParams:
         alpn=_alpn(values),
         handshake_timeout=_timeout(values),
     )
+
+
+def _encoded(value: str | tuple[str, ...]) -> str:
+    """A value as a query writes it: a list's items each escaped (a comma in one as %2C)."""
+    if isinstance(value, tuple):
+        return ",".join(quote(item, safe=_ITEM_SAFE) for item in value)
+    return quote(value, safe=_SAFE)
 
 
 def _decode(name: str, raw: str) -> str:
@@ -261,17 +275,18 @@ def _flag(values: dict[str, str | None], name: str) -> bool:
 
 
 def _list(values: dict[str, str | None], name: str, form: str) -> tuple[str, ...]:
+    """The items of a list parameter (its raw text, split at its commas, each item decoded)."""
     value = _required(values, name, f"{form},{form}…")
     if value is None:
         return ()
-    items = tuple(value.split(","))
-    if any(not item for item in items):
+    raw_items = value.split(",")
+    if any(not item for item in raw_items):
         raise AddressError(
             _("TLS parameter {name}: an empty item in {value}; write {name}={form},{form}…").format(
                 name=name, value=repr(printable(value)), form=form
             )
         )
-    return items
+    return tuple(_decode(name, item) for item in raw_items)
 
 
 def _sni(values: dict[str, str | None]) -> str | None:

@@ -53,6 +53,7 @@ def help_text() -> str:
         "\b\n"
         "TLS: tls://HOST:PORT, tls4://, tls6://[HOST]:PORT, tls+unix:///path, tls+unix:@name,\n"
         "with settings as query parameters (quote the address): 'tls://HOST:PORT?ca=ca.pem&alpn=h2'\n"
+        "(odd characters percent-encoded: %26 for &, %25 for %, %2C for a comma inside a list item)\n"
         f"{rows}\n"
         "A listener with cert=auto prints 'pin sha256:HEX' on its listening line: a client gives it\n"
         "as pin=sha256:HEX and needs no file.  A refused handshake, a peer that is not TLS or a\n"
