@@ -421,6 +421,10 @@ def test_http_connect_refusals_are_http_responses(echo_target: Target) -> None:
         sock, head = http_tunnel(relay.address, f"127.0.0.1:{free}", alice)
         with sock:
             assert head.startswith(b"HTTP/1.1 502 ") and closed_by_peer(sock, STEP)
+        # -v says the status the client got (and SOCKS's words for why), not a SOCKS reply
+        (said,) = [message for name, message, _fields in relay.events.events if name == "reply"]
+        assert said.endswith(" HTTP 502: connection refused by the target"), said
+        assert relay.events.named("reply")[0]["status"] == 502
         sock, head = http_tunnel(relay.address, f"127.0.0.1:{port}", alice)
         with sock:
             assert head.startswith(b"HTTP/1.1 200 ")

@@ -437,13 +437,16 @@ class SocksSession(SocksHandshake):
         code = self._code
         _send(self.client.wfd, self._reply(code))
         if self.relay.events.wants(1):
-            self.relay.events(
-                "reply",
-                _("#{id} SOCKS reply {code}: {words}").format(id=self.id, code=code, words=reply_words(code)),
-                level=1,
-                id=self.id,
-                reply=code,
-            )
+            if self._http:  # the client was answered in HTTP: its status, and SOCKS's words for why
+                line = _("#{id} HTTP {status}: {words}").format(
+                    id=self.id, status=http_status(code), words=reply_words(code)
+                )
+            else:
+                line = _("#{id} SOCKS reply {code}: {words}").format(
+                    id=self.id, code=code, words=reply_words(code)
+                )
+            fields = {"status": http_status(code)} if self._http else {}
+            self.relay.events("reply", line, level=1, id=self.id, reply=code, **fields)
         super()._fail_target(message, abortive=False)
 
     def _release(self, abortive: bool) -> None:
