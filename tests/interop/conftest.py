@@ -472,6 +472,28 @@ def wait_bound(where: Where, server: Proc, timeout: float = WAIT) -> None:
 # ----------------------------------------------------------------------------- data
 
 
+def danted_config(port: int, allowed: int, commands: str) -> str:
+    """A dante-server configuration: listening on 127.0.0.1:``port``, no authentication, allowing
+    ``commands`` (``connect``, ``udpassociate``…) from loopback to 127.0.0.1:``allowed`` only
+    (and the UDP replies of an association), blocking the rest."""
+    udp_replies = (
+        "socks pass { from: 127.0.0.1/32 to: 127.0.0.1/32\n  command: udpreply\n  log: connect error }\n"
+        if "udpassociate" in commands
+        else ""
+    )
+    return (
+        "logoutput: stderr\n"
+        f"internal: 127.0.0.1 port = {port}\n"
+        "external: lo\n"
+        "socksmethod: none\n"
+        "client pass { from: 127.0.0.1/32 to: 0.0.0.0/0 }\n"
+        f"socks pass {{ from: 127.0.0.1/32 to: 127.0.0.1/32 port = {allowed}\n"
+        f"  command: {commands}\n  log: connect error }}\n"
+        f"{udp_replies}"
+        "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0\n  log: connect error }\n"
+    )
+
+
 def digest(data: bytes | bytearray) -> str:
     return f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}"
 

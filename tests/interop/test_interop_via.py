@@ -35,6 +35,7 @@ from .conftest import (
     Proc,
     Where,
     _missing,
+    danted_config,
     listening_address,
     spawn,
     wait_bound,
@@ -126,18 +127,7 @@ def dante(tmp_path: Path) -> Iterator[Start]:
         def start(allowed: int) -> Proxy:
             port = _free_port()
             config = tmp_path / f"danted-{port}.conf"
-            config.write_text(
-                "logoutput: stderr\n"
-                f"internal: 127.0.0.1 port = {port}\n"
-                "external: lo\n"
-                "socksmethod: none\n"
-                "client pass { from: 127.0.0.1/32 to: 0.0.0.0/0 }\n"
-                f"socks pass {{ from: 127.0.0.1/32 to: 127.0.0.1/32 port = {allowed}\n"
-                "  command: connect udpassociate\n  log: connect error }\n"
-                "socks pass { from: 127.0.0.1/32 to: 127.0.0.1/32\n"
-                "  command: udpreply\n  log: connect error }\n"
-                "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0\n  log: connect error }\n"
-            )
+            config.write_text(danted_config(port, allowed, "connect udpassociate"))
             proc = started([path, "-f", str(config), "-N", "1"], "danted", port)
             return Proxy(f"socks5://127.0.0.1:{port}", port, proc)
 

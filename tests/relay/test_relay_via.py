@@ -28,7 +28,7 @@ from enchufe.errors import UsageError
 from enchufe.hops import parse_hop
 from enchufe.relay import RelayConfig
 from enchufe.relay.config import check_config
-from tests.interop.conftest import Proc, Where, listening_address, spawn, wait_bound
+from tests.interop.conftest import Proc, Where, danted_config, listening_address, spawn, wait_bound
 from tests.interop.conftest import enchufe as enchufe_argv
 from tests.interop.test_interop_via import Proxy, _free_port, _tool
 
@@ -90,16 +90,7 @@ class _Proxies:
         path = _tool("danted", "/usr/sbin/danted")
         port = _free_port()
         config = self.tmp_path / f"danted-{port}.conf"
-        config.write_text(
-            "logoutput: stderr\n"
-            f"internal: 127.0.0.1 port = {port}\n"
-            "external: lo\n"
-            "socksmethod: none\n"
-            "client pass { from: 127.0.0.1/32 to: 0.0.0.0/0 }\n"
-            f"socks pass {{ from: 127.0.0.1/32 to: 127.0.0.1/32 port = {allowed}\n"
-            "  command: connect\n  log: connect error }\n"
-            "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0\n  log: connect error }\n"
-        )
+        config.write_text(danted_config(port, allowed, "connect"))
         proc = self._started([path, "-f", str(config), "-N", "1"], "danted", port)
         return Proxy(f"socks5://127.0.0.1:{port}", port, proc)
 

@@ -25,11 +25,11 @@ import pytest
 
 from enchufe import proxyproto
 from enchufe.relay.via_datagram import ASSOCIATION_BACKLOG
-from tests.interop.conftest import Proc, Where, listening_address, spawn, wait_bound
+from tests.interop.conftest import Proc, Where, danted_config, listening_address, spawn, wait_bound
 from tests.interop.conftest import enchufe as enchufe_argv
 from tests.interop.test_interop_via import _free_port, _tool
 
-from .conftest import STEP, StartRelay, datagram_socket, final_summary
+from .conftest import STEP, RelayProc, StartRelay, datagram_socket, final_summary
 
 pytestmark = pytest.mark.interop
 
@@ -62,17 +62,7 @@ def dante(tmp_path: Path, udp_echo: int) -> Iterator[str]:
     path = _tool("danted", "/usr/sbin/danted")
     port = _free_port()
     config = tmp_path / "danted.conf"
-    config.write_text(
-        "logoutput: stderr\n"
-        f"internal: 127.0.0.1 port = {port}\n"
-        "external: lo\n"
-        "socksmethod: none\n"
-        "client pass { from: 127.0.0.1/32 to: 0.0.0.0/0 }\n"
-        f"socks pass {{ from: 127.0.0.1/32 to: 127.0.0.1/32 port = {udp_echo}\n"
-        "  command: udpassociate\n  log: connect error }\n"
-        "socks pass { from: 127.0.0.1/32 to: 127.0.0.1/32\n  command: udpreply\n  log: connect error }\n"
-        "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0\n  log: connect error }\n"
-    )
+    config.write_text(danted_config(port, udp_echo, "udpassociate"))
     proc = Proc([path, "-f", str(config), "-N", "1"], "danted")
     try:
         wait_bound(Where("tcp4", port=port), proc)
@@ -88,6 +78,14 @@ def enchufe_socks() -> Iterator[str]:
     with spawn(argv, "enchufe socks") as server:
         port = int(listening_address(server).rsplit(":", 1)[1])
         yield f"socks5://alice:s3cret@127.0.0.1:{port}"
+
+
+def _stopped_after_one_failure(relay: RelayProc) -> None:
+    """Stop the relay: exit 0, and its summary counts one target failure and one dropped
+    datagram (the one that waited for the association)."""
+    relay.signal()
+    assert relay.finish() == 0
+    assert "1 target failures" in relay.err and "1 dropped" in relay.err, relay.err
 
 
 def _exchange(relay_address: str, seed: int) -> tuple[str, str]:
@@ -155,9 +153,7 @@ def test_microsocks_which_does_no_udp_is_named_with_its_reason(
             rf"^enchufe: cannot reach udp://127\.0\.0\.1:{udp_echo} for udp://127\.0\.0\.1:\d+: "
             rf"via socks5://127\.0\.0\.1:{port}: command not supported by the proxy \(SOCKS reply 7\)$"
         )
-        relay.signal()
-        assert relay.finish() == 0
-    assert "1 target failures" in relay.err and "1 dropped" in relay.err
+        _stopped_after_one_failure(relay)
 
 
 # ----------------------------------------------------------------------------- a proxy of our own
@@ -170,6 +166,11 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
         assert chunk, "the relay closed during the handshake"
         data += chunk
     return data
+
+
+def _relayed(payload: bytes, host: str = "127.0.0.1", port: int = 53) -> bytes:
+    """``payload`` as a SOCKS5 UDP relay hands it over: no fragment, from ``host``:``port``."""
+    return b"\x00\x00\x00\x01" + socket.inet_aton(host) + struct.pack("!H", port) + payload
 
 
 class _OwnProxy:
@@ -258,7 +259,7 @@ def test_the_socks_header_names_the_target_and_bad_replies_are_dropped(
         source = b"\x01" + socket.inet_aton("192.0.2.7") + struct.pack("!H", 5353)
         own_proxy.udp.sendto(b"\x00\x00\x01" + source + b"a fragment", relay_udp)
         own_proxy.udp.sendto(b"\x00\x00", relay_udp)
-        own_proxy.udp.sendto(b"\x00\x00\x00" + source + b"answer", relay_udp)
+        own_proxy.udp.sendto(_relayed(b"answer", "192.0.2.7", 5353), relay_udp)
         client.settimeout(STEP)
         assert client.recv(65536) == b"answer"
         assert own_proxy.control is not None
@@ -285,9 +286,7 @@ def test_a_proxy_that_never_answers_is_cut_at_connect_timeout(start_relay: Start
         with datagram_socket(relay.address) as client:
             client.send(b"waits, then is lost")
             relay.wait_err(r"the proxy did not finish its handshake in time \(--connect-timeout\)")
-        relay.signal()
-        assert relay.finish() == 0
-        assert "1 target failures" in relay.err and "1 dropped" in relay.err, relay.err
+        _stopped_after_one_failure(relay)
     finally:
         mute.close()
 
@@ -303,9 +302,7 @@ def test_a_proxy_that_is_down_is_named(start_relay: StartRelay) -> None:
             rf"^enchufe: cannot reach udp://127\.0\.0\.1:53 for udp://127\.0\.0\.1:\d+: the proxy "
             rf"socks5://u:\*\*\*@127\.0\.0\.1:{down}: connection refused"
         )
-    relay.signal()
-    assert relay.finish() == 0
-    assert "1 target failures" in relay.err and "1 dropped" in relay.err, relay.err
+    _stopped_after_one_failure(relay)
     assert ":pw@" not in relay.err
 
 
@@ -331,8 +328,9 @@ def test_a_closed_udp_relay_at_the_proxy_is_said_once_and_counted(
     assert relay.err.count("refused a datagram") == 1, relay.err
     # Each datagram is sent (a send that meets an earlier one's refusal is tried again), and each
     # refusal the kernel reports is counted; two that come before either is read are one report.
-    sent = int(re.search(r"datagrams (\d+) to target", relay.err).group(1))  # type: ignore[union-attr]
-    dropped = int(re.search(r"(\d+) dropped", relay.err).group(1))  # type: ignore[union-attr]
+    (summary,) = [line for line in relay.err.splitlines() if line.startswith("summary: ")]
+    sent = int(re.search(r"datagrams (\d+) to target", summary).group(1))  # type: ignore[union-attr]
+    dropped = int(re.search(r"(\d+) dropped", summary).group(1))  # type: ignore[union-attr]
     assert sent == 4 and 1 <= dropped <= 4, relay.err
 
 
@@ -348,7 +346,7 @@ def test_send_proxy_puts_the_sender_s_proxy_header_behind_the_socks_header(
     with datagram_socket(relay.address) as client:
         client.send(b"who am I")
         datagram, _relay_udp = own_proxy.udp.recvfrom(65536)
-        socks = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 5353)
+        socks = _relayed(b"", "127.0.0.1", 5353)
         assert datagram.startswith(socks)
         header = proxyproto.parse(datagram[len(socks) :])
         assert isinstance(header, proxyproto.ProxyHeader), header
@@ -402,9 +400,8 @@ def test_the_relay_takes_its_pauses_from_a_sender_that_reads_slowly(
             client.bind(str(tmp_path / "client.sock"))
             client.sendto(b"go", str(tmp_path / "relay.sock"))
             _datagram, relay_udp = proxy.udp.recvfrom(65536)
-            source = b"\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 53)
             for index in range(100):  # far more than a unix socket's queue (10 by default)
-                proxy.udp.sendto(b"\x00\x00\x00" + source + struct.pack("!I", index) + bytes(996), relay_udp)
+                proxy.udp.sendto(_relayed(struct.pack("!I", index) + bytes(996)), relay_udp)
             time.sleep(0.5)
             client.settimeout(STEP)
             got = [client.recv(65536)[:4] for _ in range(100)]
@@ -442,9 +439,7 @@ def test_a_proxy_that_does_not_take_the_connection_is_cut_at_connect_timeout(sta
             with datagram_socket(relay.address) as client:
                 client.send(b"x")
                 relay.wait_err(rf"the proxy socks5://127\.0\.0\.1:{port}: no answer within 0\.5 s$")
-            relay.signal()
-            assert relay.finish() == 0
-            assert "1 target failures" in relay.err and "1 dropped" in relay.err, relay.err
+            _stopped_after_one_failure(relay)
         finally:
             for filler in fillers:
                 filler.close()
@@ -490,9 +485,8 @@ def test_a_reply_larger_than_max_datagram_is_dropped_as_truncated(
     with datagram_socket(relay.address) as client:
         client.send(b"q")
         _datagram, relay_udp = own_proxy.udp.recvfrom(65536)
-        source = b"\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 53)
-        own_proxy.udp.sendto(b"\x00\x00\x00" + source + bytes(1001), relay_udp)
-        own_proxy.udp.sendto(b"\x00\x00\x00" + source + b"fits", relay_udp)
+        own_proxy.udp.sendto(_relayed(bytes(1001)), relay_udp)
+        own_proxy.udp.sendto(_relayed(b"fits"), relay_udp)
         client.settimeout(STEP)
         assert client.recv(65536) == b"fits"
     summary = final_summary(relay)
