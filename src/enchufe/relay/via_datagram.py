@@ -314,9 +314,10 @@ class SocksDatagramRelay(DatagramListener):
         super()._ended(entry, why)
 
     def _send(self, session: Association, datagram: bytes) -> None:
-        """One datagram to the proxy's relay.  A failure loses that datagram only (counted, and
-        said), as for a target reached directly: too large for UDP with the headers, no room
-        now; ECONNREFUSED is an earlier datagram's refusal, and this one is tried again."""
+        """One datagram to the proxy's relay.  A failure loses that datagram only, counted, as
+        for a target reached directly: said when it is too large for UDP with the headers (or
+        another error), not when the socket has no room now; ECONNREFUSED is an earlier
+        datagram's refusal, and this one is tried again."""
         assert session.udp is not None
         for attempt in (1, 2):
             try:
