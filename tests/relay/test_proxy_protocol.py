@@ -298,7 +298,7 @@ def test_ip_rules_apply_on_a_unix_listener_behind_a_proxy(sock_dir: str) -> None
 
 TO_TCP, TO_UDP = "tcp://127.0.0.1:9", "udp://127.0.0.1:9"
 NOT_APPLYING = [
-    ({"listen": UDP, "target": TO_UDP, "accept_proxy": True}, "stream LISTEN"),
+    ({"listen": UDP, "target": TO_TCP, "frame": True, "accept_proxy": True}, "on datagrams with --frame"),
     ({"listen": "-", "target": TO_TCP, "accept_proxy": True}, "stream LISTEN"),
     ({"listen": TCP, "target": TO_UDP, "frame": True, "accept_proxy": True}, "--frame"),
     ({"listen": UDP, "target": TO_UDP, "send_proxy": 1}, "v1 is for TCP"),

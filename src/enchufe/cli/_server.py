@@ -112,10 +112,16 @@ def proxy_options() -> Callable[[F], F]:
 
 
 def proxy_settings(
-    target: Any, accept_proxy: bool, trusted_proxy: tuple[str, ...], proxy_timeout: float
+    target: Any,
+    accept_proxy: bool,
+    trusted_proxy: tuple[str, ...],
+    proxy_timeout: float,
+    *,
+    datagrams: bool = False,
 ) -> dict[str, Any]:
     """The server options of :func:`proxy_options`, checked: UsageError for --trusted-proxy or
-    --proxy-timeout without --accept-proxy, and --accept-proxy on a datagram address."""
+    --proxy-timeout without --accept-proxy, and --accept-proxy on a datagram address (unless
+    ``datagrams``: the relay takes a header before each datagram)."""
     from .._proxyaccept import parse_trusted
     from ..errors import UsageError
     from ._common import given
@@ -126,7 +132,7 @@ def proxy_settings(
                 message = _("{option} applies with --accept-proxy (the peers that send a PROXY header)")
                 raise UsageError(message.format(option=option))
         return {}
-    if not target.is_stream:
+    if not target.is_stream and not datagrams:
         raise UsageError(
             _(
                 "--accept-proxy reads a PROXY header at the start of a stream connection; {address} "

@@ -265,7 +265,8 @@ def command(
     \b
     Behind a load balancer, --accept-proxy takes each client's address from the PROXY header
     (v1 or v2) its proxy sends first: that client is the one --allow/--deny judge and the logs,
-    --json and exec:'s ENCHUFE_PEER* name; --send-proxy v1|v2 passes it on to TARGET.
+    --json and exec:'s ENCHUFE_PEER* name; --send-proxy v1|v2 passes it on to TARGET.  On a
+    datagram LISTEN a v2 header comes before each datagram (as --send-proxy v2 sends them).
 
     \b
     With --via, each client's connection reaches TARGET through SOCKS5 or HTTP CONNECT proxies
@@ -370,7 +371,8 @@ def _proxy_settings(
         return {}
     from .. import parse
 
-    proxy = proxy_settings(parse(listen_address), accept_proxy, trusted_proxy, proxy_timeout)
+    # A datagram relay takes one before each datagram (its config checks the rest).
+    proxy = proxy_settings(parse(listen_address), accept_proxy, trusted_proxy, proxy_timeout, datagrams=True)
     proxy["trusted_proxies"] = tuple(proxy["trusted_proxies"])
     return proxy
 

@@ -330,9 +330,9 @@ def _check_rules(listen: Address, rules: AccessRules, accept_proxy: bool = False
 
 
 def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
-    """--accept-proxy reads a header at the start of a stream client's connection, and
-    --send-proxy writes one at the start of a stream target's (the datagram form of version 2
-    is not built yet): elsewhere, refused."""
+    """--accept-proxy reads a header at the start of a stream client's connection (before each
+    datagram of a datagram relay), and --send-proxy writes one at the start of a stream
+    target's (before each datagram, version 2): elsewhere, refused."""
     if not config.accept_proxy:
         if config.trusted_proxies or config.proxy_timeout != DEFAULT_PROXY_TIMEOUT:
             raise UsageError(
@@ -341,13 +341,15 @@ def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
                     "a PROXY header)"
                 )
             )
-    elif not (isinstance(listen, InetAddress | UnixAddress) and listen.is_stream):
+    elif not isinstance(listen, InetAddress | UnixAddress):
         raise UsageError(
             _(
                 "--accept-proxy reads a PROXY header at the start of each client's stream connection; "
                 "LISTEN {listen} has none: give a tcp://, tls:// or unix: stream LISTEN"
             ).format(listen=listen)
         )
+    elif not listen.is_stream:
+        _check_datagrams_accepting(target, config)
     elif not target.is_stream:
         raise UsageError(
             _(
@@ -355,7 +357,7 @@ def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
                 "relay stream to stream"
             )
         )
-    else:
+    if config.accept_proxy:
         for text in config.trusted_proxies:
             parse_trusted(text)
         if not 0 < config.proxy_timeout <= MAX_SECONDS:
@@ -366,6 +368,22 @@ def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
             )
     if config.send_proxy is not None:
         _check_send_proxy(listen, target, config)
+
+
+def _check_datagrams_accepting(target: Address, config: RelayConfig) -> None:
+    """--accept-proxy on a datagram LISTEN: a PROXY v2 header before each datagram, taken off on
+    the way to a datagram TARGET reached directly (--frame, --via and --fault: not built yet)."""
+    if target.is_stream:
+        raise UsageError(
+            _(
+                "--accept-proxy on datagrams with --frame (a datagram LISTEN to a stream TARGET) "
+                "is not built yet"
+            )
+        )
+    if config.via or config.faults is not None:
+        raise UsageError(
+            _("--accept-proxy on datagrams with --via or --fault is not built yet: leave out one of them")
+        )
 
 
 def _check_send_proxy(listen: Address, target: Address, config: RelayConfig) -> None:

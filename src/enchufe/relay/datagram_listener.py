@@ -336,6 +336,10 @@ class DatagramListener:
     def _open(self, key: Key) -> Upstream:
         raise NotImplementedError
 
+    def _label(self, key: Key) -> str:
+        """How a new session for sender ``key`` is named (in its lines and events)."""
+        return describe_sender(self.listener.family, key)
+
     def _forward(self, session: Upstream, data: memoryview, raw: bool) -> None:
         """Pass a client's datagram on (``data`` is the receive buffer: copy what is kept; ``raw``:
         tracing is off, the socket may be called directly).  An upstream that cannot take it now

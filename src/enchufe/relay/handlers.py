@@ -12,6 +12,7 @@ so that each handler carries only what its kind of relay needs.
     ``-`` (stdio) → anything                            StdioRelay (FaultyStdioRelay with --fault)
     datagram LISTEN → datagram TARGET                   DatagramRelay
         with --send-proxy                               ProxiedDatagramRelay
+        with --accept-proxy (and --send-proxy)          AcceptingDatagramRelay (AcceptingProxied…)
         with --via socks5://… (UDP ASSOCIATE)           SocksDatagramRelay
         with --fault                                    FaultyDatagramRelay
     datagram LISTEN → stream TARGET (--frame)           FramedDatagramRelay
@@ -149,6 +150,11 @@ def _datagram_handler(
     kind: type[DatagramRelay | FramedDatagramRelay | SocksDatagramRelay]
     kind = FramedDatagramRelay if target.is_stream else DatagramRelay
     kind = ProxiedDatagramRelay if config.send_proxy else kind  # chosen once, as faults
+    if config.accept_proxy:  # the config allows it only for a datagram TARGET reached directly
+        from .accepting_datagram import AcceptingDatagramRelay, AcceptingProxiedDatagramRelay
+
+        kind = AcceptingProxiedDatagramRelay if config.send_proxy else AcceptingDatagramRelay
+        common = {**common, "proxy_policy": relay_policy(config)}
     via = _via(config)
     if via is not None:  # the config allows it only for a udp:// TARGET, without faults (PROXY v2)
         from .via_datagram import SocksDatagramRelay

@@ -50,8 +50,13 @@ class ProxiedDatagramRelay(DatagramRelay):
     def _header(self, session: Upstream) -> bytes:
         header = self._headers.get(session.id)
         if header is None:
-            header = self._headers[session.id] = proxy_header_v2(self.listener, session.peer, self._local)
+            header = self._headers[session.id] = encode_v2(self._client(session), self._local)
         return header
+
+    def _client(self, session: Upstream) -> SocketAddress | None:
+        """The client a session's header names: its sender (``None``: an unnamed unix one)."""
+        peer = session.peer
+        return from_sockaddr(self.listener.family, socket.SOCK_DGRAM, peer) if peer else None
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
         self._headers.pop(entry.state.id, None)

@@ -1,0 +1,141 @@
+"""``--accept-proxy`` on a datagram relay: every datagram from a trusted proxy starts with a PROXY
+protocol version 2 header naming its real sender (HAProxy's spec over UDP: one header per
+datagram, the family UDP4, UDP6 or UNIXGRAM), as ``--send-proxy v2`` on a datagram relay sends::
+
+    client ─▶ relay udp://:53 … --send-proxy v2 ─▶ relay udp://:5353 … --accept-proxy ─▶ target
+
+The header is taken off and the rest passed on.  The session is still the proxy's sender's (its
+replies go back to it, which sends them on: a proxy that gives each client a socket of its own,
+as enchufe's relay does, keeps clients apart), but it is named for the client the first header
+named: the ``new session`` and ``closed session`` lines, ``--json`` events, and the header
+``--send-proxy v2`` sends on.  A datagram from a peer that is not a trusted proxy, one without a
+valid version 2 header, or with a stream (TCP) or version 1 header, is dropped, counted, and said
+in one rate-limited line; the relay serves on.  A LOCAL header (the proxy's own health check)
+leaves the session named for the proxy.
+
+Chosen once per relay, only with ``--accept-proxy`` (:mod:`.handlers`): these relays take the
+general path, one datagram at a time, never the batched or compiled ones.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from .._proxyaccept import ProxyPolicy
+from ..address import SocketAddress, from_sockaddr
+from ..i18n import N_, _
+from ..proxyproto import ProxyHeader, Refused, parse
+from ..sessions import Session
+from .datagram import DatagramRelay
+from .datagram_listener import DatagramListener, Key, Receiver, Upstream, describe_sender
+from .proxying_datagram import ProxiedDatagramRelay
+
+__all__ = ["AcceptingDatagramRelay", "AcceptingProxiedDatagramRelay"]
+
+_MSG_TRUNC = socket.MSG_TRUNC
+
+
+class _Accepting(DatagramRelay):
+    """What both accepting relays add to a datagram relay (see the module)."""
+
+    runs_above = 1 << 30  # never runs: each datagram has a header of its own to take off
+
+    def __init__(self, *args: Any, proxy_policy: ProxyPolicy, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self._policy = proxy_policy
+        #: the client each sender's first header named (None: a LOCAL header), while it has a session
+        self._clients: dict[Key, SocketAddress | None] = {}
+
+    def _on_listener(self, events: int) -> None:
+        DatagramListener._on_listener(self, events)  # the general path: no inline one
+
+    def _label(self, key: Key) -> str:
+        client = self._clients.get(key)
+        return str(client) if client is not None else describe_sender(self.listener.family, key)
+
+    def client_of(self, session: Upstream) -> SocketAddress | None:
+        """The client a session is for: the one its sender's header named, else the sender."""
+        client = self._clients.get(session.peer)
+        if client is not None:
+            return client
+        if not session.peer:
+            return None
+        return from_sockaddr(self.listener.family, socket.SOCK_DGRAM, session.peer)
+
+    def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
+        self._clients.pop(entry.state.peer, None)
+        super()._ended(entry, why)
+
+    def _receive_each(self, recv: Receiver, reads: int, raw: bool) -> int:
+        view = self._buffer
+        limit = len(view)
+        family = self.listener.family
+        now = time.monotonic()
+        got = 0
+        for _turn in range(reads):
+            try:
+                size, sender = recv(view, 0, _MSG_TRUNC)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue  # an ICMP error of an earlier send: nothing to do with this datagram
+            got += 1
+            if size > limit:
+                self._truncated(describe_sender(family, sender), size, "client")
+                continue
+            key = sender or None
+            proxy = from_sockaddr(family, socket.SOCK_DGRAM, sender) if sender else None
+            why = self._policy.untrusted(proxy)
+            header = None
+            if why is None:
+                header, why = _header(bytes(view[:size]), self._policy.max_v2_length)
+            if header is None:
+                self._refused_datagram(describe_sender(family, sender), why or "")
+                continue
+            if key not in self._clients and self.table.get(key) is None:
+                self._clients[key] = header.source  # names the session _entry_for opens now
+            entry = self._entry_for(sender, now)
+            if entry is None:
+                self._clients.pop(key, None)
+                continue
+            self._forward(entry.state, view[header.consumed : size], raw)
+        return got
+
+    def _refused_datagram(self, sender: str, why: str) -> None:
+        self.stats.dropped += 1
+        self.events.notice(
+            N_("datagrams dropped over their PROXY header"),
+            "refused",
+            _("enchufe: dropped a datagram from {peer}: {why}").format(peer=sender, why=why),
+            peer=sender,
+            reason="proxy",
+            detail=why,
+        )
+
+
+def _header(data: bytes, max_v2_length: int) -> tuple[ProxyHeader | None, str | None]:
+    """The version 2 datagram header ``data`` starts with, or why there is none to take."""
+    result = parse(data, max_v2_length=max_v2_length)
+    if isinstance(result, Refused):
+        return None, result.reason  # escaped already
+    if not isinstance(result, ProxyHeader):  # a datagram is whole: what is missing never comes
+        return None, _("an incomplete PROXY header")
+    if result.version != 2:
+        return None, _("a version 1 PROXY header: datagrams carry version 2 only")
+    if result.source is not None and result.source.is_stream:
+        return None, _("a PROXY header for a stream ({family}) on a datagram").format(family=result.family)
+    return result, None
+
+
+class AcceptingDatagramRelay(_Accepting):
+    """Datagram LISTEN → datagram TARGET, each datagram's PROXY v2 header taken off first."""
+
+
+class AcceptingProxiedDatagramRelay(_Accepting, ProxiedDatagramRelay):
+    """The same, with ``--send-proxy v2``: the header sent on names the client the accepted one
+    named (a chain keeps the original client)."""
+
+    def _client(self, session: Upstream) -> SocketAddress | None:
+        return self.client_of(session)
