@@ -14,8 +14,9 @@ import subprocess
 
 import pytest
 
-from enchufe.address import from_sockaddr, parse
+from enchufe.address import UnixAddress, from_sockaddr, parse
 from enchufe.errors import UsageError
+from enchufe.faults import FaultPlan, parse_fault
 from enchufe.proxyproto import ProxyHeader, encode_v1, encode_v2
 from enchufe.proxyproto import parse as parse_header
 from enchufe.relay import RelayConfig
@@ -116,6 +117,52 @@ def test_a_local_header_leaves_the_session_named_for_the_proxy() -> None:
     assert session["peer"] == str(own)
 
 
+def test_a_sender_s_next_session_is_named_by_its_next_header() -> None:
+    """The client a header named is the session's while it lasts: once the session ended (here
+    evicted by another sender, --max-sessions 1), the same sender's next header names the new
+    one."""
+    other = parse("udp://203.0.113.8:40000")
+    with DatagramTarget("udp://127.0.0.1:0") as target:
+        config = RelayConfig("udp://127.0.0.1:0", target.address, accept_proxy=True, max_sessions=1)
+        with (
+            relay_thread(config) as relay,
+            datagram_socket(relay.address) as first,
+            datagram_socket(relay.address) as second,
+        ):
+            first.send(encode_v2(CLIENT, FRONT) + b"1")
+            target.wait_received(1)
+            second.send(encode_v2(other, FRONT) + b"2")  # evicts the first sender's session
+            target.wait_received(2)
+            first.send(encode_v2(parse("udp://203.0.113.9:40000"), FRONT) + b"3")
+            target.wait_received(3)
+            wait_stats(relay, total=3)
+    assert [e["peer"] for e in relay.events.named("session")] == [
+        str(CLIENT),
+        str(other),
+        "udp://203.0.113.9:40000",
+    ]
+
+
+def test_the_client_a_header_names_is_escaped_in_lines(sock_dir: str) -> None:
+    """A UNIXGRAM client's path is the proxy's words: a newline or an escape sequence in it is
+    shown escaped, never written as it is."""
+    hostile = UnixAddress("/tmp/x\n\x1b[31mFAKE LINE", datagram=True)
+    listen = f"unixgram:{sock_dir}/relay"
+    with (
+        DatagramTarget(f"unixgram:{sock_dir}/target") as target,
+        relay_thread(RelayConfig(listen, target.address, accept_proxy=True)) as relay,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as proxy,
+    ):
+        proxy.bind(f"{sock_dir}/proxy")
+        proxy.sendto(
+            encode_v2(hostile, UnixAddress(f"{sock_dir}/relay", datagram=True)) + b"x", f"{sock_dir}/relay"
+        )
+        assert target.wait_received(1) == [b"x"]
+    (session,) = relay.events.named("session")
+    assert "\n" not in session["peer"] and "\x1b" not in session["peer"]
+    assert session["peer"] == "unixgram:///tmp/x\\n\\x1b[31mFAKE LINE"
+
+
 def test_two_relays_chained_on_the_command_line(start_relay: StartRelay) -> None:
     """relay --send-proxy v2 in front of relay --accept-proxy: the back relay's session is the
     client's, and the client's datagrams come back whole."""
@@ -136,6 +183,10 @@ def test_two_relays_chained_on_the_command_line(start_relay: StartRelay) -> None
     [
         ({"target": "tcp://127.0.0.1:9", "frame": True}, "--accept-proxy on datagrams with --frame"),
         ({"target": "udp://127.0.0.1:9", "via": ("socks5://127.0.0.1:1080",)}, "with --via or --fault"),
+        (
+            {"target": "udp://127.0.0.1:9", "faults": FaultPlan((parse_fault("loss:probability=0.5"),), 0)},
+            "with --via or --fault",
+        ),
     ],
 )
 def test_what_is_not_built_is_refused(options: dict[str, object], words: str) -> None:

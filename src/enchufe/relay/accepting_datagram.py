@@ -6,12 +6,15 @@ datagram, the family UDP4, UDP6 or UNIXGRAM), as ``--send-proxy v2`` on a datagr
 
 The header is taken off and the rest passed on.  The session is still the proxy's sender's (its
 replies go back to it, which sends them on: a proxy that gives each client a socket of its own,
-as enchufe's relay does, keeps clients apart), but it is named for the client the first header
-named: the ``new session`` and ``closed session`` lines, ``--json`` events, and the header
-``--send-proxy v2`` sends on.  A datagram from a peer that is not a trusted proxy, one without a
-valid version 2 header, or with a stream (TCP) or version 1 header, is dropped, counted, and said
-in one rate-limited line; the relay serves on.  A LOCAL header (the proxy's own health check)
-leaves the session named for the proxy.
+as enchufe's relay does, keeps clients apart; one that sends several clients' datagrams from one
+socket would have them all in one session), and it is named for the client the header of its
+first datagram named (later headers of the same sender are checked, their client ignored): the
+``new session`` and ``closed session`` lines, ``--json`` events, and the header ``--send-proxy
+v2`` sends on (as an address-less UNKNOWN one when the client's family is not the listener's:
+version 2 names both ends in one family).  A datagram from a peer that is not a trusted proxy,
+one without a valid version 2 header, or with a stream (TCP) or version 1 header, is dropped,
+counted, and said in one rate-limited line; the relay serves on.  A LOCAL header (the proxy's
+own health check) leaves the session named for the proxy.
 
 Chosen once per relay, only with ``--accept-proxy`` (:mod:`.handlers`): these relays take the
 general path, one datagram at a time, never the batched or compiled ones.
@@ -24,17 +27,20 @@ import time
 from typing import Any
 
 from .._proxyaccept import ProxyPolicy
+from .._text import printable
 from ..address import SocketAddress, from_sockaddr
 from ..i18n import N_, _
 from ..proxyproto import ProxyHeader, Refused, parse
 from ..sessions import Session
 from .datagram import DatagramRelay
-from .datagram_listener import DatagramListener, Key, Receiver, Upstream, describe_sender
+from .datagram_listener import DatagramListener, Key, Receiver, Upstream, describe_sender, transient_or_raise
 from .proxying_datagram import ProxiedDatagramRelay
 
 __all__ = ["AcceptingDatagramRelay", "AcceptingProxiedDatagramRelay"]
 
 _MSG_TRUNC = socket.MSG_TRUNC
+#: A version 2 header's fixed part: the signature, version and command, family, length.
+_V2_FIXED = 16
 
 
 class _Accepting(DatagramRelay):
@@ -53,7 +59,8 @@ class _Accepting(DatagramRelay):
 
     def _label(self, key: Key) -> str:
         client = self._clients.get(key)
-        return str(client) if client is not None else describe_sender(self.listener.family, key)
+        # The header's words are a peer's: escaped, as describe_sender escapes a sender's.
+        return printable(str(client)) if client is not None else describe_sender(self.listener.family, key)
 
     def client_of(self, session: Upstream) -> SocketAddress | None:
         """The client a session is for: the one its sender's header named, else the sender."""
@@ -79,8 +86,9 @@ class _Accepting(DatagramRelay):
                 size, sender = recv(view, 0, _MSG_TRUNC)
             except BlockingIOError:
                 break
-            except OSError:
-                continue  # an ICMP error of an earlier send: nothing to do with this datagram
+            except OSError as exc:
+                transient_or_raise(exc)
+                continue
             got += 1
             if size > limit:
                 self._truncated(describe_sender(family, sender), size, "client")
@@ -90,17 +98,21 @@ class _Accepting(DatagramRelay):
             why = self._policy.untrusted(proxy)
             header = None
             if why is None:
-                header, why = _header(bytes(view[:size]), self._policy.max_v2_length)
+                bound = self._policy.max_v2_length + _V2_FIXED  # the header's bytes, at most
+                header, why = _header(bytes(view[: min(size, bound)]), self._policy.max_v2_length)
             if header is None:
                 self._refused_datagram(describe_sender(family, sender), why or "")
                 continue
-            if key not in self._clients and self.table.get(key) is None:
+            opening = key not in self._clients and self.table.get(key) is None
+            if opening:
                 self._clients[key] = header.source  # names the session _entry_for opens now
-            entry = self._entry_for(sender, now)
-            if entry is None:
-                self._clients.pop(key, None)
-                continue
-            self._forward(entry.state, view[header.consumed : size], raw)
+            try:
+                entry = self._entry_for(sender, now)
+            finally:
+                if opening and self.table.get(key) is None:  # not opened (whatever it raised)
+                    self._clients.pop(key, None)
+            if entry is not None:
+                self._forward(entry.state, view[header.consumed : size], raw)
         return got
 
     def _refused_datagram(self, sender: str, why: str) -> None:
