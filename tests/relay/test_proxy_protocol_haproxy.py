@@ -132,7 +132,10 @@ def test_chained_relays_keep_the_original_client_and_every_byte(
     ("args", "words"),
     [
         (("udp://127.0.0.1:0", "udp://127.0.0.1:9", "--send-proxy", "v1"), "v1 is for TCP"),
-        (("udp://127.0.0.1:0", "udp://127.0.0.1:9", "--accept-proxy"), "datagram"),
+        (
+            ("udp://127.0.0.1:0", "tcp://127.0.0.1:9", "--frame", "--accept-proxy"),
+            "on datagrams with --frame",
+        ),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--trusted-proxy", "10.0.0.0/8"), "--accept-proxy"),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--proxy-timeout", "3"), "--accept-proxy"),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--accept-proxy", "--trusted-proxy", "x"), "10.0.0.0/8"),
