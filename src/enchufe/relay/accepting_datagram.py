@@ -23,7 +23,6 @@ general path, one datagram at a time, never the batched or compiled ones.
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 from .._proxyaccept import ProxyPolicy
@@ -33,12 +32,11 @@ from ..i18n import N_, _
 from ..proxyproto import ProxyHeader, Refused, parse
 from ..sessions import Session
 from .datagram import DatagramRelay
-from .datagram_listener import DatagramListener, Key, Receiver, Upstream, describe_sender, transient_or_raise
+from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .proxying_datagram import ProxiedDatagramRelay
 
 __all__ = ["AcceptingDatagramRelay", "AcceptingProxiedDatagramRelay"]
 
-_MSG_TRUNC = socket.MSG_TRUNC
 #: A version 2 header's fixed part: the signature, version and command, family, length.
 _V2_FIXED = 16
 
@@ -57,10 +55,11 @@ class _Accepting(DatagramRelay):
     def _on_listener(self, events: int) -> None:
         DatagramListener._on_listener(self, events)  # the general path: no inline one
 
-    def _label(self, key: Key) -> str:
-        client = self._clients.get(key)
-        # The header's words are a peer's: escaped, as describe_sender escapes a sender's.
-        return printable(str(client)) if client is not None else describe_sender(self.listener.family, key)
+    def _announce(self, session: Upstream) -> None:
+        client = self._clients.get(session.peer)
+        if client is not None:  # the header's words are a peer's: escaped, as a sender's are
+            session.label = printable(str(client))
+        super()._announce(session)
 
     def client_of(self, session: Upstream) -> SocketAddress | None:
         """The client a session is for: the one its sender's header named, else the sender."""
@@ -75,45 +74,26 @@ class _Accepting(DatagramRelay):
         self._clients.pop(entry.state.peer, None)
         super()._ended(entry, why)
 
-    def _receive_each(self, recv: Receiver, reads: int, raw: bool) -> int:
-        view = self._buffer
-        limit = len(view)
-        family = self.listener.family
-        now = time.monotonic()
-        got = 0
-        for _turn in range(reads):
-            try:
-                size, sender = recv(view, 0, _MSG_TRUNC)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                transient_or_raise(exc)
-                continue
-            got += 1
-            if size > limit:
-                self._truncated(describe_sender(family, sender), size, "client")
-                continue
-            key = sender or None
-            proxy = from_sockaddr(family, socket.SOCK_DGRAM, sender) if sender else None
-            why = self._policy.untrusted(proxy)
-            header = None
-            if why is None:
-                bound = self._policy.max_v2_length + _V2_FIXED  # the header's bytes, at most
-                header, why = _header(bytes(view[: min(size, bound)]), self._policy.max_v2_length)
-            if header is None:
-                self._refused_datagram(describe_sender(family, sender), why or "")
-                continue
-            opening = key not in self._clients and self.table.get(key) is None
-            if opening:
-                self._clients[key] = header.source  # names the session _entry_for opens now
-            try:
-                entry = self._entry_for(sender, now)
-            finally:
-                if opening and self.table.get(key) is None:  # not opened (whatever it raised)
-                    self._clients.pop(key, None)
-            if entry is not None:
-                self._forward(entry.state, view[header.consumed : size], raw)
-        return got
+    def _received(self, sender: Any, data: memoryview, now: float, raw: bool) -> None:
+        """The header checked and taken off, the rest passed on (see the module)."""
+        # Unix peers are trusted (their socket file's permissions say who may send).
+        why = self._policy.untrusted_host(sender[0]) if isinstance(sender, tuple) else None
+        header = None
+        if why is None:
+            bound = self._policy.max_v2_length + _V2_FIXED  # the header's bytes, at most
+            header, why = _header(bytes(data[:bound]), self._policy.max_v2_length)
+        if header is None:
+            self._refused_datagram(describe_sender(self.listener.family, sender), why or "")
+            return
+        key = sender or None
+        opening = key not in self._clients and self.table.get(key) is None
+        if opening:
+            self._clients[key] = header.source  # names the session _entry_for opens now
+        try:
+            super()._received(sender, data[header.consumed :], now, raw)
+        finally:
+            if opening and self.table.get(key) is None:  # not opened (whatever it raised)
+                self._clients.pop(key, None)
 
     def _refused_datagram(self, sender: str, why: str) -> None:
         self.stats.dropped += 1

@@ -216,7 +216,9 @@ class DatagramRelay(DatagramListener):
         target: Target = self.resolver.targets()[0]
         sock = new_socket(target.family, socket.SOCK_DGRAM)
         owned = connect_upstream(sock, target)
-        session = DatagramUpstream(next(self._ids), key, self._label(key), sock, owned)
+        session = DatagramUpstream(
+            next(self._ids), key, describe_sender(self.listener.family, key), sock, owned
+        )
         compiled = self._compiled
         self.loop.register(
             session.fd,

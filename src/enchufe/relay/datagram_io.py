@@ -46,6 +46,7 @@ __all__ = [
     "send_datagrams",
     "traced_recv",
     "traced_recvfrom",
+    "transient_or_raise",
 ]
 
 #: Datagrams one readiness event takes from a socket before serving the others.
@@ -77,6 +78,14 @@ NO_GSO = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 #: A UDP socket may report an ICMP error for an earlier datagram it sent: nothing is lost
 #: because of it.
 TRANSIENT = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
+def transient_or_raise(exc: OSError) -> None:
+    """A receive error: nothing to do if transient (an ICMP error for an earlier reply), else
+    raised again (the engine reports it, and the listener rests)."""
+    if exc.errno not in TRANSIENT:
+        raise exc
+
 
 _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _SOL_UDP = getattr(socket, "SOL_UDP", 17)

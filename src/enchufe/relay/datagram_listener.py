@@ -36,10 +36,10 @@ from .datagram_io import (
     BATCH_BYTES,
     GSO_BYTES,
     GSO_SEGMENTS,
-    TRANSIENT,
     ReadMode,
     enlarge_buffers,
     traced_recvfrom,
+    transient_or_raise,
 )
 from .datagram_replies import Replies
 from .datagram_upstream import Key, Upstream
@@ -242,10 +242,14 @@ class DatagramListener:
             if size > limit:
                 self._truncated(describe_sender(self.listener.family, sender), size, "client")
                 continue
-            entry = self._entry_for(sender, now)
-            if entry is not None:
-                self._forward(entry.state, view[:size], raw)
+            self._received(sender, view[:size], now, raw)
         return got
+
+    def _received(self, sender: Any, data: memoryview, now: float, raw: bool) -> None:
+        """One whole datagram of :meth:`_receive_each`: to its sender's session (opened if new)."""
+        entry = self._entry_for(sender, now)
+        if entry is not None:
+            self._forward(entry.state, data, raw)
 
     def _receive_runs(self, recv: Receiver, reads: int) -> int:
         """Up to ``reads`` datagrams (and :data:`BATCH_BYTES`), gathered into runs: one
@@ -335,10 +339,6 @@ class DatagramListener:
 
     def _open(self, key: Key) -> Upstream:
         raise NotImplementedError
-
-    def _label(self, key: Key) -> str:
-        """How a new session for sender ``key`` is named (in its lines and events)."""
-        return describe_sender(self.listener.family, key)
 
     def _forward(self, session: Upstream, data: memoryview, raw: bool) -> None:
         """Pass a client's datagram on (``data`` is the receive buffer: copy what is kept; ``raw``:
@@ -476,13 +476,6 @@ _NO_RUN: Run = [None, bytearray(), 0, 0]
 _NOBODY = object()
 
 _MSG_TRUNC = socket.MSG_TRUNC
-
-
-def transient_or_raise(exc: OSError) -> None:
-    """A receive error: nothing to do if transient (an ICMP error for an earlier reply), else
-    raised again (the engine reports it, and the listener rests)."""
-    if exc.errno not in TRANSIENT:
-        raise exc
 
 
 def existing_only(_key: Key) -> Upstream:
