@@ -22,11 +22,12 @@ from typing import Any
 
 from . import _ranges
 from ._networks import IntNetwork, Network, host_int, int_network, parse_network
+from ._proxytypes import shown
 from ._text import printable
 from .address import InetAddress, SocketAddress, UnixAddress
 from .errors import EnchufeError, UsageError, reason
 from .i18n import _
-from .proxyproto import MAX_V2_LENGTH, NeedMore, ProxyHeader, Refused, Result, parse
+from .proxyproto import MAX_V2_LENGTH, V2_SIGNATURE, NeedMore, ProxyHeader, Refused, Result, parse
 
 #: Seconds a trusted proxy has to send its whole header (HAProxy's spec: at least 3, to cover
 #: a TCP retransmission).
@@ -164,19 +165,15 @@ def proxy_policy(
     proxy_timeout: float,
 ) -> ProxyPolicy | None:
     """A server's PROXY protocol settings, checked: ``None`` when it takes no header.
-    UsageError for a datagram address, and for trusted proxies without ``accept_proxy``."""
+    UsageError for trusted proxies without ``accept_proxy``.  (``address``: a stream's header
+    starts its connection, a datagram server's comes before each datagram: see
+    :func:`datagram_header`.)"""
     if not accept_proxy:
         if trusted_proxies:
             raise UsageError(
                 _("trusted proxies are the peers a PROXY header is taken from: add accept_proxy")
             )
         return None
-    if not address.is_stream:
-        raise UsageError(
-            _("{address}: a PROXY header starts a stream connection; this is a datagram socket").format(
-                address=address
-            )
-        )
     return ProxyPolicy.make(trusted_proxies, proxy_timeout)
 
 
@@ -270,6 +267,48 @@ def adopt(conn: Any, header: ProxyHeader) -> None:
         if isinstance(source, InetAddress) and source.transport != "tcp":
             source = InetAddress("tcp", source.host, source.port)
         conn.peer_address = source
+
+
+#: A version 2 header's fixed part: the signature, version and command, family, length.
+V2_FIXED = 16
+
+
+def datagram_header(policy: ProxyPolicy, sender: SocketAddress | None, data: bytes) -> ProxyHeader:
+    """The PROXY protocol version 2 header a datagram from ``sender`` starts with (HAProxy's spec
+    over UDP, as ``relay --send-proxy v2`` sends it: one header per datagram, the family UDP4,
+    UDP6 or UNIXGRAM); its payload is ``data[header.consumed:]``.
+
+    :class:`ProxyRefused`, its message the log line (the sender escaped), for a sender that is
+    not a trusted proxy, and for a datagram without a valid version 2 header or with a stream
+    (TCP) or version 1 one: the datagram is to be dropped, the server goes on.
+    """
+    why = policy.untrusted(sender)
+    if why is None:
+        header, why = check_datagram_header(data[: policy.max_v2_length + V2_FIXED], policy.max_v2_length)
+        if header is not None:
+            return header
+    shown = printable(str(sender)) if sender is not None else _("an unnamed unix peer")
+    raise ProxyRefused(_("dropped a datagram from {peer}: {why}").format(peer=shown, why=why))
+
+
+def check_datagram_header(data: bytes, max_v2_length: int) -> tuple[ProxyHeader | None, str | None]:
+    """The version 2 datagram header ``data`` (a whole datagram's first bytes) starts with, or
+    ``None`` and why there is none to take (escaped)."""
+    if not data:
+        return None, _("an empty datagram, without a PROXY protocol header")
+    if not data.startswith((V2_SIGNATURE[:1], b"P")):  # not the start of a header of either version
+        start = shown(data[:16])
+        return None, _("no PROXY protocol header: the datagram starts with {start}").format(start=start)
+    result = parse(data, max_v2_length=max_v2_length)
+    if isinstance(result, Refused):
+        return None, result.reason  # escaped already
+    if not isinstance(result, ProxyHeader):  # a datagram is whole: what is missing never comes
+        return None, _("an incomplete PROXY header")
+    if result.version != 2:
+        return None, _("a version 1 PROXY header: datagrams carry version 2 only")
+    if result.source is not None and result.source.is_stream:
+        return None, _("a PROXY header for a stream ({family}) on a datagram").format(family=result.family)
+    return result, None
 
 
 def refusal_line(peer: SocketAddress | None, reason: str) -> str:

@@ -19,10 +19,12 @@ from typing import Any, Generic, TypeVar
 from . import _ranges
 from ._backoff import Backoff
 from ._notices import notices
+from ._proxyaccept import ProxyPolicy, ProxyRefused, datagram_header
 from ._text import one_line, printable
 from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from .errors import ClosedError, DatagramTruncated, EnchufeError, NetworkError, TimedOut, UsageError
 from .i18n import N_, _
+from .proxyproto import ProxyHeader
 from .sessions import DEFAULT_IDLE_TIMEOUT, Session, SessionTable
 
 log = logging.getLogger("enchufe.serve")
@@ -360,7 +362,12 @@ S = TypeVar("S")
 
 @dataclass
 class DatagramBase(Generic[S]):
-    """One datagram handed to a datagram handler: payload, sender, the sender's session."""
+    """One datagram handed to a datagram handler: payload, sender, the sender's session.
+
+    Behind a proxy (a server with ``accept_proxy``), ``sender`` is the client the datagram's
+    PROXY header names, ``proxy_address`` the proxy it came through: replies go to the proxy
+    (:attr:`reply_address`), which sends them on to the client.
+    """
 
     data: bytes
     sender: SocketAddress | None
@@ -368,14 +375,56 @@ class DatagramBase(Generic[S]):
     session: Session[Any, dict[str, Any]] | None = None
     new_peer: bool = False
     #: Every peer seen within the idle timeout (the server's session table), sender included.
+    #: Their ``peer`` is where a datagram to them goes (the proxy's socket behind a proxy).
     peers: SessionTable[Any, dict[str, Any]] | None = None
     #: The server's statistics: a dropped reply is counted in ``dropped``.
     stats: ServeStats | None = field(default=None, repr=False)
+    #: With ``accept_proxy``: the proxy's address (the socket's sender) and the header it sent.
+    proxy_address: SocketAddress | None = None
+    proxy_header: ProxyHeader | None = field(default=None, repr=False)
+
+    @property
+    def reply_address(self) -> SocketAddress | None:
+        """Where a reply goes: the proxy the datagram came through, else its sender."""
+        return self.sender if self.proxy_address is None else self.proxy_address
 
     def _counted(self, delivered: bool) -> bool:
         if not delivered and self.stats is not None:
             self.stats.dropped += 1
         return delivered
+
+
+D = TypeVar("D", bound=DatagramBase[Any])
+
+
+def received(
+    kind: type[D],
+    sock: Any,
+    data: bytes,
+    sender: SocketAddress | None,
+    sessions: SessionTable[Any, dict[str, Any]],
+    stats: ServeStats,
+    proxy: ProxyPolicy | None,
+) -> D | None:
+    """The datagram a handler gets for ``data`` from ``sender`` (counted, its session found or
+    opened).  With ``proxy`` (``accept_proxy``), its PROXY header taken off and its client made
+    the sender (see :class:`DatagramBase`); ``None`` when it is dropped over that header: from a
+    peer that is not a trusted proxy, or without a valid version 2 header (counted in
+    ``refused``, said as a warning a few times a second at most)."""
+    if proxy is None:
+        session, new = arrived(sessions, stats, sender)
+        return kind(data, sender, sock, session, new, sessions, stats)
+    try:
+        header = datagram_header(proxy, sender, data)
+    except ProxyRefused as exc:
+        stats.refused += 1
+        notices.say(N_("datagrams dropped over their PROXY header"), message(exc))
+        return None
+    session, new = arrived(sessions, stats, sender)
+    if new and session is not None:
+        session.client = header.source  # the session is named for its first datagram's client
+    client = sender if header.source is None else header.source  # LOCAL: the proxy's own
+    return kind(data[header.consumed :], client, sock, session, new, sessions, stats, sender, header)
 
 
 def peer_sessions(

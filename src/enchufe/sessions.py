@@ -43,6 +43,14 @@ class Session(Generic[K, T]):
     created: float
     last_seen: float
     datagrams: int = 0
+    #: A datagram server with ``accept_proxy``: the client the PROXY header of the peer's first
+    #: datagram named (``peer`` is then the proxy's socket, where replies go); else ``None``.
+    client: K | None = None
+
+    @property
+    def name(self) -> K:
+        """Whom the session is for: its :attr:`client`, else its peer."""
+        return self.peer if self.client is None else self.client
 
 
 @dataclass

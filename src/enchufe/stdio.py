@@ -21,6 +21,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from . import _calls, _wakeup
 from ._buffer import DEFAULT_MAX_DATAGRAM
@@ -29,6 +30,10 @@ from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
 from .i18n import _
 from .sync import Connection, DatagramSocket, TLSConnection
+
+if TYPE_CHECKING:
+    from ._proxyaccept import ProxyPolicy
+    from .proxyproto import ProxyHeader
 
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
 
@@ -300,7 +305,16 @@ def _read_stdin(fd: int, size: int = CHUNK) -> bytes:
 #: must not be larger; unix datagrams are limited only by the send buffer.
 _MAX_UDP_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 
-DatagramSink = Callable[[bytes, SocketAddress | None], None]
+
+class DatagramSink(Protocol):
+    """What takes each datagram received: its payload and sender, and with ``proxy`` the proxy
+    it came through (``via``: then ``sender`` is the client its PROXY header named)."""
+
+    def __call__(
+        self, data: bytes, sender: SocketAddress | None, /, via: SocketAddress | None = None
+    ) -> None: ...
+
+
 TruncationSink = Callable[[DatagramTruncated], None]
 
 
@@ -317,6 +331,7 @@ def pump_datagram(
     idle_timeout: float | None = None,
     outgoing: Callable[[bytes], bytes] | None = None,
     on_data: Callable[[str, bytes], None] | None = None,
+    proxy: ProxyPolicy | None = None,
 ) -> int:
     """Exchange datagrams between stdin, a datagram socket and ``on_datagram``.
 
@@ -327,10 +342,16 @@ def pump_datagram(
     (``None``: never), or when no datagram has moved either way for ``idle_timeout`` seconds.
     ``outgoing`` rewrites each stdin read before it is sent; ``on_data("out" | "in", payload)``
     sees every datagram sent or received.  Returns the number of datagrams received.
+
+    ``proxy`` (behind a proxy, ``--accept-proxy``): each datagram starts with a PROXY protocol
+    version 2 header, taken off; ``on_datagram`` gets the client it names as the sender and the
+    proxy as ``via``, and replies go to the proxy.  A datagram from a peer that is not a trusted
+    proxy, or without a valid header, is dropped, not counted, and logged (a few lines a second
+    at most): it never becomes the one replies go to.
     """
     copy = HalfClose(Flow("out", rewrite=outgoing, observe=on_data), Flow("in"), idle_timeout=idle_timeout)
     pump = _DatagramPump(sock, on_datagram, copy, stdin_fd, reply_to_last_sender, max_size)
-    pump.on_truncated, pump.on_data = on_truncated, on_data
+    pump.on_truncated, pump.on_data, pump.proxy = on_truncated, on_data, proxy
     with contextlib.closing(pump):
         pump.run(count, linger)
     return pump.received
@@ -358,6 +379,7 @@ class _DatagramPump:
         self.outgoing = copy.outgoing
         self.on_truncated: TruncationSink | None = None
         self.on_data: Callable[[str, bytes], None] | None = None
+        self.proxy: ProxyPolicy | None = None
         self.read_size = _MAX_UDP_PAYLOAD.get(sock.socket.family, CHUNK)
         self.last_sender: SocketAddress | None = None
         self.received = 0
@@ -399,7 +421,8 @@ class _DatagramPump:
         return left
 
     def _receive(self) -> bool:
-        """One datagram in; False if it was truncated and reported (not counted)."""
+        """One datagram in; False if it was truncated and reported, or dropped over its PROXY
+        header (neither counted)."""
         try:
             data, sender = self.sock.recvfrom(self.max_size)
         except DatagramTruncated as exc:
@@ -407,12 +430,18 @@ class _DatagramPump:
                 raise
             self.on_truncated(exc)
             return False
+        client = sender
+        if self.proxy is not None:
+            header = _proxy_header(self.proxy, sender, data)
+            if header is None:
+                return False
+            data, client = data[header.consumed :], header.source or sender
         self.received += 1
         self.quiet_since = time.monotonic()
         if self.on_data is not None:
             self.on_data("in", data)
-        self.on_datagram(data, sender)
-        if self.reply_to_last_sender and sender is not None:
+        self.on_datagram(data, client, via=None if self.proxy is None else sender)
+        if self.reply_to_last_sender and sender is not None:  # behind a proxy: the proxy
             if self.last_sender is None and not self.outgoing.eof:
                 assert self.stdin_fd is not None
                 self.sel.register(self.stdin_fd, selectors.EVENT_READ)
@@ -434,6 +463,19 @@ class _DatagramPump:
             else:
                 self.sock.send(datagram)
             flow.wrote(len(datagram))
+
+
+def _proxy_header(policy: ProxyPolicy, sender: SocketAddress | None, data: bytes) -> ProxyHeader | None:
+    """A datagram's PROXY header (see :func:`pump_datagram`), or ``None``: dropped, and logged."""
+    from ._notices import notices
+    from ._proxyaccept import ProxyRefused, datagram_header
+    from .i18n import N_
+
+    try:
+        return datagram_header(policy, sender, data)
+    except ProxyRefused as exc:
+        notices.say(N_("datagrams dropped over their PROXY header"), str(exc))
+        return None
 
 
 def drain_until_eof(conn: Connection, timeout: float, sink: Callable[[bytes], None] | None) -> bool:

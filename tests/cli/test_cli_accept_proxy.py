@@ -1,11 +1,15 @@
 """--accept-proxy on ``echo``, ``chat`` and ``listen`` (with and without --exec), behind a real
 HAProxy (send-proxy, send-proxy-v2) and raw clients: the client HAProxy names is the peer in
 ``-v``/--json lines, chat names and exec's ENCHUFE_PEER_*; an untrusted peer, a bad header and a
-slow one are closed with one line each, and the server goes on."""
+slow one are closed with one line each, and the server goes on.  On datagram addresses, behind
+an enchufe relay with --send-proxy v2 (HAProxy does not relay UDP): each datagram's header is
+taken off, the client is the peer, and replies go back through the relay."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import time
 
@@ -180,8 +184,15 @@ def test_one_shot_listen_waits_for_a_client_with_a_good_header(spawn: Spawn) -> 
             ("chat", "tcp://127.0.0.1:0", "--proxy-timeout", "3"),
             "--proxy-timeout applies with --accept-proxy",
         ),
-        (("echo", "udp://127.0.0.1:0", "--accept-proxy"), "is a datagram socket"),
-        (("listen", "udp://127.0.0.1:0", "--accept-proxy"), "is a datagram socket"),
+        (
+            ("echo", "udp://127.0.0.1:0", "--accept-proxy", "--proxy-timeout", "3"),
+            "--proxy-timeout is how long a stream client has to send its PROXY header",
+        ),
+        (("listen", "unixgram:@x", "--accept-proxy", "--proxy-timeout", "3"), "each datagram brings its own"),
+        (
+            ("relay", "udp://127.0.0.1:0", "udp://127.0.0.1:9", "--accept-proxy", "--proxy-timeout", "3"),
+            "each datagram",
+        ),
         (
             ("listen", "tcp://127.0.0.1:0", "--accept-proxy", "--trusted-proxy", "10.0.0.0/33"),
             "not an IP network",
@@ -194,3 +205,59 @@ def test_bad_proxy_options_exit_2(args: tuple[str, ...], needle: str) -> None:
     result = run(*args)
     assert result.returncode == 2, result.stderr
     assert_one_error_line(result.stderr, needle)
+
+
+def datagram_client(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(STEP)
+    sock.bind(("127.0.0.1", 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_datagram_echo_behind_a_relay_sees_each_real_client(spawn: Spawn) -> None:
+    """Three clients through ``relay --send-proxy v2``: every datagram echoed whole (sha256 of
+    all of them each way), and the echo's --json events name the clients, via the relay."""
+    server = spawn("echo", "udp://127.0.0.1:0", "--accept-proxy", "--json", "-v", stdin=False)
+    echo = server.listening()
+    relay = spawn("relay", "udp://127.0.0.1:0", echo, "--send-proxy", "v2", stdin=False)
+    port = tcp_port(relay.listening())
+    clients = [datagram_client(port) for _ in range(3)]
+    sent, received = hashlib.sha256(), hashlib.sha256()
+    try:
+        for round_ in range(20):
+            for client in clients:
+                payload = os.urandom(1 + (round_ * 397) % 4000)
+                client.send(payload)
+                sent.update(payload)
+                received.update(client.recv(65536))
+        names = {f"udp://127.0.0.1:{c.getsockname()[1]}" for c in clients}
+    finally:
+        for client in clients:
+            client.close()
+    assert received.hexdigest() == sent.hexdigest()
+    server.wait_err('"event": "accept"', count=3)
+    accepts = json_events(server.err, "accept")
+    assert {a["peer"] for a in accepts} == names
+    assert all(str(a["proxy"]).startswith("udp://127.0.0.1:") and a["proxy"] not in names for a in accepts)
+
+
+def test_datagram_listen_prints_the_payload_and_answers_through_the_proxy(spawn: Spawn) -> None:
+    """listen --accept-proxy on UDP: the payload alone on stdout, the client in --json's
+    "from" and the relay in "via"; stdin goes back through the relay; a datagram without a
+    header is dropped with one line and never becomes the one answered."""
+    server = spawn("listen", "udp://127.0.0.1:0", "--accept-proxy", "--json", "--count", "2", stdin=False)
+    port = tcp_port(server.listening())
+    relay = spawn("relay", "udp://127.0.0.1:0", f"udp://127.0.0.1:{port}", "--send-proxy", "v2", stdin=False)
+    with datagram_client(port) as stranger, datagram_client(tcp_port(relay.listening())) as client:
+        stranger.send(b"no header")
+        server.wait_err(
+            r'"message": "dropped a datagram from udp://127\.0\.0\.1:\d+: no PROXY protocol header'
+        )
+        client.send(b"first")
+        client.send(b"second")
+        assert server.finish() == 0
+        records = [json.loads(line) for line in server.out.decode().splitlines()]
+        client_name = f"udp://127.0.0.1:{client.getsockname()[1]}"
+    assert [(r["from"], r["text"]) for r in records] == [(client_name, "first"), (client_name, "second")]
+    assert all(r["via"].startswith("udp://127.0.0.1:") and r["via"] != client_name for r in records)

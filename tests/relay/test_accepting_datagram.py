@@ -10,7 +10,6 @@ spec by tests/test_proxyproto.py and against HAProxy's for streams).
 from __future__ import annotations
 
 import socket
-import subprocess
 
 import pytest
 
@@ -23,7 +22,7 @@ from enchufe.relay import RelayConfig
 from enchufe.relay.config import check_config
 
 from ._harness import wait_stats
-from .conftest import ENCHUFE, STEP, DatagramTarget, StartRelay, datagram_socket, relay_thread
+from .conftest import DatagramTarget, StartRelay, datagram_socket, relay_thread
 
 #: The client a proxy names, and the address it says that client sent to.
 CLIENT = parse("udp://203.0.113.7:40000")
@@ -192,14 +191,3 @@ def test_two_relays_chained_on_the_command_line(start_relay: StartRelay) -> None
 def test_what_is_not_built_is_refused(options: dict[str, object], words: str) -> None:
     with pytest.raises(UsageError, match=words):
         check_config(RelayConfig("udp://127.0.0.1:0", accept_proxy=True, **options))  # type: ignore[arg-type]
-
-
-def test_servers_still_refuse_it_on_datagrams() -> None:
-    """Only the relay takes headers before datagrams: listen, echo and chat say so (exit 2)."""
-    done = subprocess.run(
-        [*ENCHUFE, "echo", "udp://127.0.0.1:0", "--accept-proxy"],
-        capture_output=True,
-        timeout=STEP,
-        check=False,
-    )
-    assert done.returncode == 2 and b"is a datagram socket" in done.stderr, done.stderr

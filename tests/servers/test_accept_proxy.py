@@ -20,7 +20,6 @@ from enchufe.address import InetAddress, UnixAddress
 from enchufe.aio.serve import Server as AsyncServer
 from enchufe.aio.serve import serve as aio_serve
 from enchufe.proxyproto import V2_SIGNATURE, encode_v1, encode_v2
-from enchufe.sync.serve import Server as SyncServer
 from tests.conftest import connectable
 from tests.servers.conftest import IO_TIMEOUT, SERVER_FLAVOURS, LogRecords, Running, wait_until
 
@@ -212,8 +211,6 @@ def test_only_trusted_proxies_may_send_a_header(
 
 
 def test_options_are_checked(make_address: Callable[[str], str]) -> None:
-    with pytest.raises(UsageError, match="datagram"):
-        SyncServer(make_address("udp4"), lambda d: None, accept_proxy=True)
     with pytest.raises(UsageError, match="accept_proxy"):
         AsyncServer(make_address("tcp4"), recording_echo("asyncio", []), trusted_proxies=["10.0.0.0/8"])
     with pytest.raises(UsageError, match="not an IP network"):

@@ -44,7 +44,6 @@ from .._serving import (
     AcceptPolicy,
     DatagramBase,
     ServeStats,
-    arrived,
     bound_address,
     datagram_failed,
     first_try,
@@ -55,6 +54,7 @@ from .._serving import (
     peer_sessions,
     proxy_refused,
     receive_failed,
+    received,
     server_options,
     session_ended,
     shown,
@@ -91,9 +91,10 @@ class Datagram(DatagramBase[DatagramSocket]):
         """Send ``data`` back to the sender; see :func:`deliver`.  ``False`` if it was dropped
         (counted in the server's ``stats.dropped``), and for an unbound unix sender, which
         cannot be answered.  Never waits long on a peer that does not read."""
-        if self.sender is None:
+        to = self.reply_address
+        if to is None:
             return False
-        return self._counted(await deliver(self.socket, data, self.sender))
+        return self._counted(await deliver(self.socket, data, to))
 
 
 async def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
@@ -176,6 +177,10 @@ class Server(TLSServing):
     texts; default loopback; unix peers always) may send one; any other peer, and a header
     missing, malformed, oversized or not complete within ``proxy_timeout`` seconds, closes
     that connection with one log line (counted in ``stats.refused``), never the server.
+    On a datagram address, each datagram starts with a version 2 header (as ``relay
+    --send-proxy v2`` sends it): the handler's ``datagram.sender`` is the client it names,
+    ``datagram.proxy_address`` the proxy, and replies go to the proxy; a datagram from any
+    other peer or without a valid header is dropped (counted in ``stats.refused``, logged).
     """
 
     address: Address | str
@@ -354,6 +359,7 @@ class Server(TLSServing):
     async def _datagram_loop(self, sock: DatagramSocket) -> None:
         assert self.sessions is not None
         sessions = self.sessions
+        got = 0  # datagrams received, handled or dropped
         while True:
             deadline = sessions.next_expiry()
             try:
@@ -367,12 +373,13 @@ class Server(TLSServing):
                     return
                 continue
             sock.set_timeout(None)  # the deadline was for waiting, not for the handler's replies
-            session, new = arrived(sessions, self.stats, sender)
-            if self.stats.datagrams % YIELD_EVERY == 0:
+            got += 1
+            if got % YIELD_EVERY == 0:
                 # A receive that finds a datagram queued does not wait, and neither does a send
                 # with room: a flood would otherwise hold the loop for as long as it lasts.
                 await asyncio.sleep(0)
-            if await self._handle(Datagram(data, sender, sock, session, new, sessions, self.stats)):
+            datagram = received(Datagram, sock, data, sender, sessions, self.stats, self.proxy)
+            if datagram is not None and await self._handle(datagram):
                 return
 
     async def _handle(self, datagram: Datagram) -> bool:

@@ -183,11 +183,23 @@ class DatagramPrinter:
         self.as_hex = as_hex
         self.out = sys.stdout.buffer
 
-    def __call__(self, data: bytes, sender: object) -> None:
+    def __call__(self, data: bytes, sender: object, /, via: object = None) -> None:
         if settings.verbose:
             peer = peer_name(sender)
-            said = _("received {size} bytes from {peer}").format(size=len(data), peer=peer)
-            event("datagram", said, level=1, peer=peer, size=len(data))
+            if via is None:
+                said = _("received {size} bytes from {peer}").format(size=len(data), peer=peer)
+                event("datagram", said, level=1, peer=peer, size=len(data))
+            else:
+                proxy = peer_name(via)
+                said = _("received {size} bytes from {peer} via {proxy}")
+                event(
+                    "datagram",
+                    said.format(size=len(data), peer=peer, proxy=proxy),
+                    level=1,
+                    peer=peer,
+                    proxy=proxy,
+                    size=len(data),
+                )
         if self.as_json:
             import base64
             import json
@@ -197,12 +209,16 @@ class DatagramPrinter:
                 "size": len(data),
                 "base64": base64.b64encode(data).decode("ascii"),
             }
+            if via is not None:
+                record["via"] = str(via)
             with contextlib.suppress(UnicodeDecodeError):
                 record["text"] = data.decode("utf-8")
             self.out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
         elif self.as_hex:
             # The sender chose its name: escaped, so that it cannot forge lines of the dump.
             who = printable(str(sender)) if sender is not None else "(unbound sender)"
+            if via is not None:
+                who += f" via {printable(str(via))}"
             self.out.write(f"from {who}, {len(data)} bytes\n".encode() + hexdump(data))
         else:
             self.out.write(data)

@@ -84,7 +84,9 @@ def proxy_options() -> Callable[[F], F]:
             is_flag=True,
             help="Stream: every client starts with a PROXY protocol header (v1 or v2, as HAProxy's "
             "send-proxy sends it); its client address counts as the peer's. A client without a "
-            "valid header, or not from a trusted proxy, is closed.",
+            "valid header, or not from a trusted proxy, is closed. Datagram: a v2 header before "
+            "each datagram (as relay --send-proxy v2 sends it); replies go back to the proxy, and "
+            "datagrams without one, or not from a trusted proxy, are dropped.",
         ),
         click.option(
             "--trusted-proxy",
@@ -112,16 +114,11 @@ def proxy_options() -> Callable[[F], F]:
 
 
 def proxy_settings(
-    target: Any,
-    accept_proxy: bool,
-    trusted_proxy: tuple[str, ...],
-    proxy_timeout: float,
-    *,
-    datagrams: bool = False,
+    target: Any, accept_proxy: bool, trusted_proxy: tuple[str, ...], proxy_timeout: float
 ) -> dict[str, Any]:
     """The server options of :func:`proxy_options`, checked: UsageError for --trusted-proxy or
-    --proxy-timeout without --accept-proxy, and --accept-proxy on a datagram address (unless
-    ``datagrams``: the relay takes a header before each datagram)."""
+    --proxy-timeout without --accept-proxy, and for --proxy-timeout on a datagram address (a
+    datagram's header comes whole, with it: there is nothing to wait for)."""
     from .._proxyaccept import parse_trusted
     from ..errors import UsageError
     from ._common import given
@@ -132,11 +129,11 @@ def proxy_settings(
                 message = _("{option} applies with --accept-proxy (the peers that send a PROXY header)")
                 raise UsageError(message.format(option=option))
         return {}
-    if not target.is_stream and not datagrams:
+    if not target.is_stream and given("proxy_timeout"):
         raise UsageError(
             _(
-                "--accept-proxy reads a PROXY header at the start of a stream connection; {address} "
-                "is a datagram socket"
+                "--proxy-timeout is how long a stream client has to send its PROXY header; on "
+                "{address} each datagram brings its own"
             ).format(address=target)
         )
     for text in trusted_proxy:
@@ -305,7 +302,12 @@ def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaita
     async def wrapped(datagram: Any) -> None:
         if datagram.new_peer:
             peer = peer_name(datagram.sender)
-            event("accept", _("new peer {peer}").format(peer=peer), level=1, peer=peer)
+            if datagram.proxy_address is None:
+                event("accept", _("new peer {peer}").format(peer=peer), level=1, peer=peer)
+            else:
+                proxy = peer_name(datagram.proxy_address)
+                said = _("new peer {peer} via {proxy}").format(peer=peer, proxy=proxy)
+                event("accept", said, level=1, peer=peer, proxy=proxy)
         result = handler(datagram)
         if inspect.isawaitable(result):
             await result
@@ -315,9 +317,12 @@ def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaita
 
 def peer_forgotten(session: Any) -> None:
     """``on_session_end`` of a datagram server: ``-v`` says a peer was forgotten."""
-    peer = peer_name(session.peer)
+    peer = peer_name(session.name)
     said = _("forgot {peer} after {datagrams} datagrams").format(peer=peer, datagrams=session.datagrams)
-    event("close", said, level=1, peer=peer, datagrams=session.datagrams)
+    if session.client is None:
+        event("close", said, level=1, peer=peer, datagrams=session.datagrams)
+    else:  # the session is the proxy's socket for that client
+        event("close", said, level=1, peer=peer, proxy=peer_name(session.peer), datagrams=session.datagrams)
 
 
 def server_target(address: str, json_: bool, mode: str | None) -> Any:

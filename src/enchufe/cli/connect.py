@@ -363,7 +363,7 @@ class _Session:
         def outgoing(data: bytes) -> bytes:
             return udp_wrap(target.host, target.port, crlf_datagram(data) if options.crlf else data)
 
-        def incoming(data: bytes, sender: object) -> None:
+        def incoming(data: bytes, sender: object, /, via: object = None) -> None:
             unwrapped = udp_unwrap(data)
             if unwrapped is not None:  # else not a relay's datagram: dropped, as RFC 1928 says
                 host, port, payload = unwrapped

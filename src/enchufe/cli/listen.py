@@ -16,6 +16,7 @@ from ._common import (
     json_option,
     peer_name,
     settings,
+    setup_logging,
     stop_on_sigterm,
     tagged,
     warn_truncated,
@@ -95,6 +96,9 @@ def command(
     Behind a load balancer (--accept-proxy), each client's PROXY header is read first: the
     client it names is the peer in every line and in --exec's ENCHUFE_PEER_* variables; a
     client without a valid header from a trusted proxy is closed and the next one awaited.
+    On a datagram ADDRESS each datagram starts with a v2 header (as relay --send-proxy v2
+    sends it): stdout gets the payload, --json names the client ("from") and the proxy
+    ("via"), and stdin goes back to the proxy; a datagram without one is dropped.
 
     Exit status: 0 done, 1 a runtime failure (a TLS client refused, truncated), 2 bad input.
 
@@ -125,6 +129,8 @@ def command(
         return _serve_exec(target, exec_, keep_open, file_mode, drain_timeout, proxy)
     stop_on_sigterm()
     if not target.is_stream:
+        if proxy:
+            setup_logging()  # the datagrams dropped over their header are logged
         with bind_datagram(target, mode=file_mode) as sock:
             printer = DatagramPrinter(as_json=json_, as_hex=hex_)
             try:  # from the listening line on, SIGTERM means a clean stop
@@ -136,6 +142,7 @@ def command(
                     reply_to_last_sender=True,
                     count=count,
                     on_truncated=warn_truncated,
+                    proxy=_policy(proxy),
                 )
             except KeyboardInterrupt:
                 return 0

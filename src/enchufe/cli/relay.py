@@ -371,8 +371,7 @@ def _proxy_settings(
         return {}
     from .. import parse
 
-    # A datagram relay takes one before each datagram (its config checks the rest).
-    proxy = proxy_settings(parse(listen_address), accept_proxy, trusted_proxy, proxy_timeout, datagrams=True)
+    proxy = proxy_settings(parse(listen_address), accept_proxy, trusted_proxy, proxy_timeout)
     proxy["trusted_proxies"] = tuple(proxy["trusted_proxies"])
     return proxy
 

@@ -25,20 +25,16 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from .._proxyaccept import ProxyPolicy
+from .._proxyaccept import V2_FIXED, ProxyPolicy, check_datagram_header
 from .._text import printable
 from ..address import SocketAddress, from_sockaddr
 from ..i18n import N_, _
-from ..proxyproto import ProxyHeader, Refused, parse
 from ..sessions import Session
 from .datagram import DatagramRelay
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .proxying_datagram import ProxiedDatagramRelay
 
 __all__ = ["AcceptingDatagramRelay", "AcceptingProxiedDatagramRelay"]
-
-#: A version 2 header's fixed part: the signature, version and command, family, length.
-_V2_FIXED = 16
 
 
 class _Accepting(DatagramRelay):
@@ -80,8 +76,8 @@ class _Accepting(DatagramRelay):
         why = self._policy.untrusted_host(sender[0]) if isinstance(sender, tuple) else None
         header = None
         if why is None:
-            bound = self._policy.max_v2_length + _V2_FIXED  # the header's bytes, at most
-            header, why = _header(bytes(data[:bound]), self._policy.max_v2_length)
+            bound = self._policy.max_v2_length + V2_FIXED  # the header's bytes, at most
+            header, why = check_datagram_header(bytes(data[:bound]), self._policy.max_v2_length)
         if header is None:
             self._refused_datagram(describe_sender(self.listener.family, sender), why or "")
             return
@@ -105,20 +101,6 @@ class _Accepting(DatagramRelay):
             reason="proxy",
             detail=why,
         )
-
-
-def _header(data: bytes, max_v2_length: int) -> tuple[ProxyHeader | None, str | None]:
-    """The version 2 datagram header ``data`` starts with, or why there is none to take."""
-    result = parse(data, max_v2_length=max_v2_length)
-    if isinstance(result, Refused):
-        return None, result.reason  # escaped already
-    if not isinstance(result, ProxyHeader):  # a datagram is whole: what is missing never comes
-        return None, _("an incomplete PROXY header")
-    if result.version != 2:
-        return None, _("a version 1 PROXY header: datagrams carry version 2 only")
-    if result.source is not None and result.source.is_stream:
-        return None, _("a PROXY header for a stream ({family}) on a datagram").format(family=result.family)
-    return result, None
 
 
 class AcceptingDatagramRelay(_Accepting):

@@ -232,8 +232,8 @@ class ChatRoom:
 
     async def datagram(self, datagram: Datagram) -> None:
         """Handler for datagram kinds: forward to every other peer seen within the idle timeout."""
-        sender = datagram.sender
-        if sender is None:
+        sender, back = datagram.sender, datagram.reply_address
+        if sender is None or back is None:
             log.info(_("ignored a datagram from an unbound unix socket: it cannot be answered"))
             return
         if datagram.new_peer:
@@ -243,8 +243,8 @@ class ChatRoom:
         name = printable(str(sender).split("://", 1)[-1])
         message = datagram.data if self.raw else name.encode() + b": " + datagram.data
         for session in datagram.peers or ():
-            peer: SocketAddress = session.peer
-            if peer == sender:
+            peer: SocketAddress = session.peer  # behind a proxy, its socket for that client
+            if peer == back:
                 continue
             try:
                 delivered = await deliver(datagram.socket, message, peer)
@@ -260,7 +260,9 @@ class ChatRoom:
                 # It cannot be reached any more (a unix peer that removed its socket file):
                 # it leaves the room, and the peers after it still get the message.
                 log.warning(
-                    _("{name} left: {error}").format(name=printable(str(peer)), error=one_line(str(exc)))
+                    _("{name} left: {error}").format(
+                        name=printable(str(session.name)), error=one_line(str(exc))
+                    )
                 )
                 if datagram.peers is not None:
                     datagram.peers.remove(peer)
@@ -273,4 +275,6 @@ class ChatRoom:
             self.dropped += 1
             if not session.state.get("dropping"):
                 session.state["dropping"] = True
-                log.warning(_("dropped datagrams for {name}: not reading").format(name=printable(str(peer))))
+                log.warning(
+                    _("dropped datagrams for {name}: not reading").format(name=printable(str(session.name)))
+                )

@@ -40,7 +40,6 @@ from .._serving import (
     AcceptPolicy,
     DatagramBase,
     ServeStats,
-    arrived,
     bound_address,
     datagram_failed,
     first_try,
@@ -51,6 +50,7 @@ from .._serving import (
     peer_sessions,
     proxy_refused,
     receive_failed,
+    received,
     server_options,
     session_ended,
 )
@@ -86,9 +86,10 @@ class Datagram(DatagramBase[DatagramSocket]):
         """Send ``data`` back to the sender; see :func:`deliver`.  ``False`` if it was dropped
         (counted in the server's ``stats.dropped``), and for an unbound unix sender, which
         cannot be answered.  Never blocks on a peer that does not read."""
-        if self.sender is None:
+        to = self.reply_address
+        if to is None:
             return False
-        return self._counted(deliver(self.socket, data, self.sender))
+        return self._counted(deliver(self.socket, data, to))
 
 
 def deliver(sock: DatagramSocket, data: bytes, peer: SocketAddress) -> bool:
@@ -398,8 +399,8 @@ class Server(TLSServing):
                 if receive_failed(exc, self.stats, sock.local_address):
                     return
                 continue
-            session, new = arrived(sessions, self.stats, sender)
-            if self._handle(Datagram(data, sender, sock, session, new, sessions, self.stats)):
+            datagram = received(Datagram, sock, data, sender, sessions, self.stats, self.proxy)
+            if datagram is not None and self._handle(datagram):
                 return
 
     def _handle(self, datagram: Datagram) -> bool:
