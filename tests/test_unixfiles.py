@@ -3,9 +3,9 @@ socket file behind (the CLI makes both a KeyboardInterrupt)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +35,10 @@ def _unix(path: Path) -> UnixAddress:
 def test_sigterm_right_after_bind_removes_the_new_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigterm_interrupts: None
 ) -> None:
-    """The real bind, then SIGTERM to this process at once, before the SocketFile exists: the
-    interrupt is raised, and the file made by bind is gone."""
+    """The real bind, then SIGTERM to this thread at once, before the SocketFile exists: the
+    interrupt is raised, and the file made by bind is gone.  (To the main thread, not the
+    process: a pytest-xdist worker has other threads, and a signal sent to the process may be
+    taken by one of them, which the next test covers.)"""
     path = tmp_path / "new.sock"
     real_bind = _calls.bind
     made: list[bool] = []
@@ -44,7 +46,7 @@ def test_sigterm_right_after_bind_removes_the_new_file(
     def bind_then_sigterm(sock: socket.socket, sockaddr: object) -> None:
         real_bind(sock, sockaddr)  # type: ignore[arg-type]
         made.append(path.exists())
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
 
     monkeypatch.setattr(_unixfiles, "bind", bind_then_sigterm)
     with socket.socket(socket.AF_UNIX) as sock, pytest.raises(KeyboardInterrupt):
