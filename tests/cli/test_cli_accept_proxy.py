@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 
@@ -261,3 +262,24 @@ def test_datagram_listen_prints_the_payload_and_answers_through_the_proxy(spawn:
         client_name = f"udp://127.0.0.1:{client.getsockname()[1]}"
     assert [(r["from"], r["text"]) for r in records] == [(client_name, "first"), (client_name, "second")]
     assert all(r["via"].startswith("udp://127.0.0.1:") and r["via"] != client_name for r in records)
+
+
+def test_recv_prints_each_payload_and_names_the_client(spawn: Spawn) -> None:
+    """recv --accept-proxy on unixgram behind a relay: payloads alone on stdout, in order."""
+    server = spawn(
+        "recv", f"unixgram:@{os.urandom(6).hex()}", "--accept-proxy", "--count", "3", "-v", stdin=False
+    )
+    address = server.listening()
+    relay = spawn("relay", "udp://127.0.0.1:0", address, "--send-proxy", "v2", stdin=False)
+    with datagram_client(tcp_port(relay.listening())) as client:
+        for word in (b"one|", b"two|", b"three"):
+            client.send(word)
+        assert server.finish() == 0
+        client_name = f"udp://127.0.0.1:{client.getsockname()[1]}"
+    assert server.out == b"one|two|three"
+    said = re.findall(r"^received (\d+) bytes from (\S+) via (\S+)$", server.err, re.MULTILINE)
+    assert [(size, peer) for size, peer, _via in said] == [
+        ("4", client_name),
+        ("4", client_name),
+        ("5", client_name),
+    ]

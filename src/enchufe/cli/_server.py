@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..i18n import _
 from ._common import STOP_SIGNALS, F, event, peer_name, reporting, settings, setup_logging
 from ._numbers import MAX_BACKLOG, BoundedInt, FiniteFloat
+
+if TYPE_CHECKING:
+    from .._proxyaccept import ProxyPolicy
 
 # An octal file mode as chmod takes it: ASCII octal digits only (no "0o", "+", "_" or "٣").
 _MODE_TEXT = re.compile(r"[0-7]{1,4}", re.ASCII)
@@ -73,21 +76,25 @@ def serving_options() -> Callable[[F], F]:
     )
 
 
-def proxy_options() -> Callable[[F], F]:
-    """--accept-proxy, --trusted-proxy CIDR (repeatable) and --proxy-timeout S of a stream
-    server, read by :func:`proxy_settings`."""
+def proxy_options(*, streams: bool = True) -> Callable[[F], F]:
+    """--accept-proxy, --trusted-proxy CIDR (repeatable) and --proxy-timeout S of a server, read
+    by :func:`proxy_settings`; ``streams=False`` for a datagram-only command (recv): no
+    --proxy-timeout, which only a stream's header waits for."""
     from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, DEFAULT_TRUSTED
 
+    dropped = "Datagrams without one, or not from a trusted proxy, are dropped."
+    accept = (
+        "Stream: every client starts with a PROXY protocol header (v1 or v2, as HAProxy's send-proxy "
+        "sends it); its client address counts as the peer's. A client without a valid header, or "
+        "not from a trusted proxy, is closed. Datagram: a v2 header before each datagram (as relay "
+        "--send-proxy v2 sends it), taken off; the client it names is the sender, and replies go "
+        f"back to the proxy. {dropped}"
+        if streams
+        else "Every datagram starts with a PROXY protocol v2 header (as relay --send-proxy v2 sends "
+        f"it), taken off; the client it names is the sender. {dropped}"
+    )
     options = [
-        click.option(
-            "--accept-proxy",
-            is_flag=True,
-            help="Stream: every client starts with a PROXY protocol header (v1 or v2, as HAProxy's "
-            "send-proxy sends it); its client address counts as the peer's. A client without a "
-            "valid header, or not from a trusted proxy, is closed. Datagram: a v2 header before "
-            "each datagram (as relay --send-proxy v2 sends it); replies go back to the proxy, and "
-            "datagrams without one, or not from a trusted proxy, are dropped.",
-        ),
+        click.option("--accept-proxy", is_flag=True, help=accept),
         click.option(
             "--trusted-proxy",
             "trusted_proxy",
@@ -96,14 +103,17 @@ def proxy_options() -> Callable[[F], F]:
             help="With --accept-proxy: the proxies a header is taken from (repeatable; default "
             f"{', '.join(DEFAULT_TRUSTED)}; unix peers always).",
         ),
-        click.option(
-            "--proxy-timeout",
-            type=FiniteFloat(0, min_open=True),
-            default=DEFAULT_PROXY_TIMEOUT,
-            show_default=True,
-            help="With --accept-proxy: seconds a proxy has to send its whole header.",
-        ),
     ]
+    if streams:
+        options.append(
+            click.option(
+                "--proxy-timeout",
+                type=FiniteFloat(0, min_open=True),
+                default=DEFAULT_PROXY_TIMEOUT,
+                show_default=True,
+                help="With --accept-proxy, on a stream: seconds a proxy has to send its whole header.",
+            )
+        )
 
     def decorate(f: F) -> F:
         for option in reversed(options):
@@ -139,6 +149,15 @@ def proxy_settings(
     for text in trusted_proxy:
         parse_trusted(text)  # a bad one is refused before anything is bound
     return {"accept_proxy": True, "trusted_proxies": trusted_proxy, "proxy_timeout": proxy_timeout}
+
+
+def policy_of(proxy: dict[str, Any]) -> ProxyPolicy | None:
+    """The ProxyPolicy of the options :func:`proxy_settings` checked (``None``: no header)."""
+    from .._proxyaccept import ProxyPolicy
+
+    if not proxy:
+        return None
+    return ProxyPolicy.make(proxy["trusted_proxies"], proxy["proxy_timeout"])
 
 
 def mode_option(help: str) -> Callable[[F], F]:

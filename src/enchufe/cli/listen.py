@@ -27,6 +27,7 @@ from ._server import (
     drain_option,
     mode_option,
     parse_mode,
+    policy_of,
     proxy_options,
     proxy_settings,
     refuse_mode_unless_file,
@@ -142,14 +143,14 @@ def command(
                     reply_to_last_sender=True,
                     count=count,
                     on_truncated=warn_truncated,
-                    proxy=_policy(proxy),
+                    proxy=policy_of(proxy),
                 )
             except KeyboardInterrupt:
                 return 0
         return 0
     with listen(target, backlog=backlog or DEFAULT_BACKLOG, mode=file_mode) as listener:
         try:  # from the listening line on, SIGTERM between clients means a clean stop
-            return _serve(listener, keep_open, _policy(proxy))
+            return _serve(listener, keep_open, policy_of(proxy))
         except KeyboardInterrupt:
             return 0
 
@@ -193,15 +194,6 @@ def _refuse_what_does_not_apply(
     else:
         return
     raise UsageError(message.format(address=target))
-
-
-def _policy(proxy: dict[str, Any]) -> ProxyPolicy | None:
-    """The ProxyPolicy of the options :func:`proxy_settings` checked (``None``: no header)."""
-    from .._proxyaccept import ProxyPolicy
-
-    if not proxy:
-        return None
-    return ProxyPolicy.make(proxy["trusted_proxies"], proxy["proxy_timeout"])
 
 
 def _serve(listener: Listener, keep_open: bool, proxy: ProxyPolicy | None = None) -> int:

@@ -12,11 +12,19 @@ from ._common import (
     global_options,
     json_option,
     settings,
+    setup_logging,
     stop_on_sigterm,
     warn_truncated,
 )
 from ._numbers import BoundedInt
-from ._server import mode_option, parse_mode, refuse_mode_unless_file
+from ._server import (
+    mode_option,
+    parse_mode,
+    policy_of,
+    proxy_options,
+    proxy_settings,
+    refuse_mode_unless_file,
+)
 
 #: The largest --max-size: a receive buffer of this many bytes is allocated per datagram, and no
 #: datagram socket carries more (UDP: 64 KiB; unix: the send buffer, 208 KiB by default).
@@ -35,13 +43,27 @@ MAX_DATAGRAM_SIZE = 16 * 1024 * 1024
     help="Largest datagram accepted; larger ones are reported as truncated.",
 )
 @mode_option("Permissions of a unixgram socket file, e.g. 660.")
+@proxy_options(streams=False)
 @json_option
 @global_options
-def command(address: str, count: int | None, hex_: bool, max_size: int, mode: str | None, json_: bool) -> int:
+def command(
+    address: str,
+    count: int | None,
+    hex_: bool,
+    max_size: int,
+    mode: str | None,
+    accept_proxy: bool,
+    trusted_proxy: tuple[str, ...],
+    json_: bool,
+) -> int:
     """Bind ADDRESS (udp:// or unixgram:) and print each datagram that arrives.
 
     By default each payload is written exactly as received; --json writes one object per line
     (from, size, base64, text); --hex a dump per datagram.
+
+    Behind an enchufe relay with --send-proxy v2, --accept-proxy takes the PROXY header off
+    each datagram: the payload is printed, and --json names the client it names ("from") and
+    the relay ("via"); a datagram without one, or not from a trusted proxy, is dropped.
 
     \b
     Examples:
@@ -53,6 +75,7 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
       enchufe recv udp://127.0.0.1:9999 --hex -v
     """
     from .. import AddressError, bind_datagram, parse
+    from .._proxyaccept import DEFAULT_PROXY_TIMEOUT
     from ..errors import UsageError
     from ..stdio import pump_datagram
 
@@ -70,6 +93,9 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
     refuse_mode_unless_file(target, mode)
     if hex_ and json_:
         raise UsageError(_("--hex and --json both say how to print a datagram: choose one"))
+    proxy = policy_of(proxy_settings(target, accept_proxy, trusted_proxy, DEFAULT_PROXY_TIMEOUT))
+    if proxy is not None:
+        setup_logging()  # the datagrams dropped over their header are logged
     stop_on_sigterm()
     with bind_datagram(target, mode=parse_mode(mode)) as sock:
         try:  # from the listening line on, SIGTERM and SIGHUP mean a clean stop
@@ -82,6 +108,7 @@ def command(address: str, count: int | None, hex_: bool, max_size: int, mode: st
                 count=count,
                 max_size=max_size,
                 on_truncated=warn_truncated,
+                proxy=proxy,
             )
         except KeyboardInterrupt:
             return 0
