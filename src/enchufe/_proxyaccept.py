@@ -279,10 +279,15 @@ def datagram_header(policy: ProxyPolicy, sender: SocketAddress | None, data: byt
     UDP6 or UNIXGRAM); its payload is ``data[header.consumed:]``.
 
     :class:`ProxyRefused`, its message the log line (the sender escaped), for a sender that is
-    not a trusted proxy, and for a datagram without a valid version 2 header or with a stream
-    (TCP) or version 1 one: the datagram is to be dropped, the server goes on.
+    not a trusted proxy or an unbound unix socket (which no reply can reach), and for a datagram
+    without a valid version 2 header or with a stream (TCP) or version 1 one: the datagram is to
+    be dropped, the server goes on.
     """
-    why = policy.untrusted(sender)
+    why: str | None
+    if sender is None:  # trusted (a unix peer), but a reply could only go where the header says
+        why = _("a proxy's socket needs a name (bind it), for replies to reach it")
+    else:
+        why = policy.untrusted(sender)
     if why is None:
         header, why = check_datagram_header(data[: policy.max_v2_length + V2_FIXED], policy.max_v2_length)
         if header is not None:

@@ -386,7 +386,7 @@ class DatagramBase(Generic[S]):
     @property
     def reply_address(self) -> SocketAddress | None:
         """Where a reply goes: the proxy the datagram came through, else its sender."""
-        return self.sender if self.proxy_address is None else self.proxy_address
+        return self.sender if self.proxy_header is None else self.proxy_address
 
     def _counted(self, delivered: bool) -> bool:
         if not delivered and self.stats is not None:

@@ -17,8 +17,9 @@ import time
 import pytest
 
 from enchufe import UnixAddress, parse
+from enchufe.address import from_sockaddr
 from enchufe.proxyproto import encode_v1, encode_v2
-from tests.cli.conftest import STEP, Spawn, assert_one_error_line, run
+from tests.cli.conftest import STEP, Spawn, assert_one_error_line, run, wait_until
 from tests.haproxy import HAProxy
 
 pytestmark = pytest.mark.timeout(90)
@@ -245,23 +246,57 @@ def test_datagram_echo_behind_a_relay_sees_each_real_client(spawn: Spawn) -> Non
 
 def test_datagram_listen_prints_the_payload_and_answers_through_the_proxy(spawn: Spawn) -> None:
     """listen --accept-proxy on UDP: the payload alone on stdout, the client in --json's
-    "from" and the relay in "via"; stdin goes back through the relay; a datagram without a
-    header is dropped with one line and never becomes the one answered."""
-    server = spawn("listen", "udp://127.0.0.1:0", "--accept-proxy", "--json", "--count", "2", stdin=False)
+    "from" and the relay in "via"; stdin goes back through the relay to the client; a datagram
+    without a header is dropped with one line and never becomes the one answered."""
+    server = spawn("listen", "udp://127.0.0.1:0", "--accept-proxy", "--json")
     port = tcp_port(server.listening())
     relay = spawn("relay", "udp://127.0.0.1:0", f"udp://127.0.0.1:{port}", "--send-proxy", "v2", stdin=False)
     with datagram_client(port) as stranger, datagram_client(tcp_port(relay.listening())) as client:
+        client.send(b"first")
+        server.wait_out(1)
         stranger.send(b"no header")
         server.wait_err(
             r'"message": "dropped a datagram from udp://127\.0\.0\.1:\d+: no PROXY protocol header'
         )
-        client.send(b"first")
+        server.feed(b"answer", close=False)
+        assert client.recv(100) == b"answer"  # through the relay, which the stranger is not
+        stranger.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            stranger.recv(100)
         client.send(b"second")
-        assert server.finish() == 0
+        wait_until(lambda: server.out.count(b"\n") >= 2, "the second datagram printed")
         records = [json.loads(line) for line in server.out.decode().splitlines()]
         client_name = f"udp://127.0.0.1:{client.getsockname()[1]}"
     assert [(r["from"], r["text"]) for r in records] == [(client_name, "first"), (client_name, "second")]
     assert all(r["via"].startswith("udp://127.0.0.1:") and r["via"] != client_name for r in records)
+
+
+def test_datagram_peers_behind_a_proxy_are_forgotten_by_their_client(spawn: Spawn) -> None:
+    """-v's last line of a datagram peer behind a proxy names the client and the proxy."""
+    server = spawn("echo", "udp://127.0.0.1:0", "--accept-proxy", "--idle-timeout", "0.3", "-v", stdin=False)
+    port = tcp_port(server.listening())
+    with datagram_client(port) as proxy:
+        proxy.send(encode_v2(parse("udp://203.0.113.7:40000"), parse("udp://198.51.100.1:53")) + b"hi")
+        assert proxy.recv(100) == b"hi"
+        proxy_name = f"udp://127.0.0.1:{proxy.getsockname()[1]}"
+        line = server.wait_err(r"^forgot (\S+) via (\S+) after 1 datagrams$")
+    assert line.groups() == ("udp://203.0.113.7:40000", proxy_name)
+
+
+def test_datagram_listen_json_escapes_the_names_a_header_brings(spawn: Spawn) -> None:
+    """A header's unix name is the proxy's client's own bytes: escaped in --json's "from" (a
+    newline or escape there must not reach a terminal through jq -r), even when not UTF-8."""
+    server = spawn("listen", "udp://127.0.0.1:0", "--accept-proxy", "--json", "--count", "2", stdin=False)
+    port = tcp_port(server.listening())
+    names = [b"/tmp/x\n\x1b[31mFAKE", b"/tmp/\xff"]
+    with datagram_client(port) as proxy:
+        for name in names:
+            source = from_sockaddr(socket.AF_UNIX, socket.SOCK_DGRAM, name)
+            proxy.send(encode_v2(source, UnixAddress("/run/front.sock")) + b"payload")
+        assert server.finish() == 0, server.err
+    froms = [json.loads(line)["from"] for line in server.out.decode().splitlines()]
+    assert len(froms) == 2
+    assert all("\n" not in text and "\x1b" not in text and "\udcff" not in text for text in froms), froms
 
 
 def test_recv_prints_each_payload_and_names_the_client(spawn: Spawn) -> None:

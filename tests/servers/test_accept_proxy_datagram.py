@@ -196,3 +196,30 @@ def test_chat_names_each_client_and_answers_through_its_proxy(
         for_a.settimeout(0.3)
         with pytest.raises(TimeoutError):  # never back to its sender
             for_a.recv(100)
+
+
+def test_an_unbound_unix_proxy_is_dropped_not_answered_where_its_header_says(
+    flavour: str, make_address: Callable[[str], str], serve: Callable[..., Running], serve_log: LogRecords
+) -> None:
+    """A unix peer is trusted, but an unbound one has no address a reply could go to: answering
+    would send the server's reply to whatever socket its header names (reflection)."""
+    seen: list[DatagramBase[Any]] = []
+    server = serve(flavour, make_address("unixgram"), echo_noting(flavour, seen), accept_proxy=True)
+    target = parse(server.address)
+    assert isinstance(target, UnixAddress)
+    victim_name = abstract_name()
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as victim,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound,
+    ):
+        victim.bind("\0" + victim_name)
+        victim.settimeout(0.3)
+        unbound.sendto(
+            encode_v2(UnixAddress(victim_name, abstract=True), None) + b"reflect me", target.sockaddr
+        )
+        assert "a proxy's socket needs a name" in serve_log.wait_for(
+            "dropped a datagram from an unnamed unix peer"
+        )
+        with pytest.raises(TimeoutError):
+            victim.recv(100)
+    assert seen == [] and server.stats.refused == 1

@@ -204,13 +204,13 @@ class DatagramPrinter:
             import base64
             import json
 
-            record: dict[str, Any] = {
-                "from": str(sender) if sender is not None else None,
+            record: dict[str, Any] = {  # names escaped: a peer's own bytes (see peer_name)
+                "from": peer_name(sender) if sender is not None else None,
                 "size": len(data),
                 "base64": base64.b64encode(data).decode("ascii"),
             }
             if via is not None:
-                record["via"] = str(via)
+                record["via"] = peer_name(via)
             with contextlib.suppress(UnicodeDecodeError):
                 record["text"] = data.decode("utf-8")
             self.out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")

@@ -336,12 +336,15 @@ def announced_datagrams(handler: Callable[[Any], Any]) -> Callable[[Any], Awaita
 
 def peer_forgotten(session: Any) -> None:
     """``on_session_end`` of a datagram server: ``-v`` says a peer was forgotten."""
-    peer = peer_name(session.name)
-    said = _("forgot {peer} after {datagrams} datagrams").format(peer=peer, datagrams=session.datagrams)
+    peer, datagrams = peer_name(session.name), session.datagrams
     if session.client is None:
-        event("close", said, level=1, peer=peer, datagrams=session.datagrams)
+        said = _("forgot {peer} after {datagrams} datagrams").format(peer=peer, datagrams=datagrams)
+        event("close", said, level=1, peer=peer, datagrams=datagrams)
     else:  # the session is the proxy's socket for that client
-        event("close", said, level=1, peer=peer, proxy=peer_name(session.peer), datagrams=session.datagrams)
+        proxy = peer_name(session.peer)
+        said = _("forgot {peer} via {proxy} after {datagrams} datagrams")
+        said = said.format(peer=peer, proxy=proxy, datagrams=datagrams)
+        event("close", said, level=1, peer=peer, proxy=proxy, datagrams=datagrams)
 
 
 def server_target(address: str, json_: bool, mode: str | None) -> Any:
