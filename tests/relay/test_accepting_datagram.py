@@ -181,10 +181,9 @@ def test_two_relays_chained_on_the_command_line(start_relay: StartRelay) -> None
     ("options", "words"),
     [
         ({"target": "tcp://127.0.0.1:9", "frame": True}, "--accept-proxy on datagrams with --frame"),
-        ({"target": "udp://127.0.0.1:9", "via": ("socks5://127.0.0.1:1080",)}, "with --via or --fault"),
         (
             {"target": "udp://127.0.0.1:9", "faults": FaultPlan((parse_fault("loss:probability=0.5"),), 0)},
-            "with --via or --fault",
+            "--accept-proxy on datagrams with --fault is not built yet",
         ),
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from enchufe import proxyproto
+from enchufe.address import parse as proxyproto_address
 from enchufe.relay.via_datagram import ASSOCIATION_BACKLOG
 from tests.interop.conftest import Proc, Where, danted_config, listening_address, spawn, wait_bound
 from tests.interop.conftest import enchufe as enchufe_argv
@@ -491,3 +493,62 @@ def test_a_reply_larger_than_max_datagram_is_dropped_as_truncated(
         assert client.recv(65536) == b"fits"
     summary = final_summary(relay)
     assert (summary["truncated"], summary["datagrams_to_client"]) == (1, 1), summary
+
+
+def test_accept_proxy_through_the_association_takes_each_header_off(
+    enchufe_socks: str, udp_echo: int, start_relay: StartRelay
+) -> None:
+    """--accept-proxy with --via: each datagram's PROXY header is taken off before the SOCKS5
+    one goes on, the echo (through enchufe socks) answers the payload alone to the proxy's
+    socket, and the session is named for the client the header named."""
+    relay = start_relay(
+        "udp://127.0.0.1:0",
+        f"udp://127.0.0.1:{udp_echo}",
+        "--via",
+        enchufe_socks,
+        "--accept-proxy",
+        "--json",
+        "-v",
+    )
+    client = proxyproto_address("udp://203.0.113.7:40000")
+    sent = _datagrams(7)
+    got = []
+    with datagram_socket(relay.address, timeout=STEP) as proxy:
+        for datagram in sent:
+            proxy.send(proxyproto.encode_v2(client, proxyproto_address("udp://198.51.100.1:53")) + datagram)
+            got.append(proxy.recv(65536))
+        proxy.send(b"no header")  # dropped, said, and the session goes on
+        relay.wait_err(r'"reason": "proxy"')
+        proxy.send(proxyproto.encode_v2(client, None) + b"still")
+        assert proxy.recv(100) == b"still"
+    assert _sha(got) == _sha(sent)
+    sessions = [json.loads(line) for line in relay.err.splitlines() if '"event": "session"' in line]
+    assert [s["peer"] for s in sessions] == [str(client)]
+    summary = final_summary(relay)
+    assert summary["dropped"] == 1 and summary["total"] == 1, summary
+
+
+def test_accept_proxy_and_send_proxy_through_the_association_keep_the_original_client(
+    own_proxy: _OwnProxy, start_relay: StartRelay
+) -> None:
+    """With --send-proxy v2 too, the header behind the SOCKS5 one names the client the accepted
+    header named (a chain keeps the original client), not the proxy that sent it."""
+    relay = start_relay(
+        "udp://127.0.0.1:0",
+        "udp://127.0.0.1:5353",
+        "--via",
+        own_proxy.url,
+        "--accept-proxy",
+        "--send-proxy",
+        "v2",
+    )
+    client = proxyproto_address("udp://203.0.113.7:40000")
+    with datagram_socket(relay.address) as proxy:
+        proxy.send(proxyproto.encode_v2(client, proxyproto_address("udp://198.51.100.1:53")) + b"who am I")
+        datagram, _relay_udp = own_proxy.udp.recvfrom(65536)
+    socks = _relayed(b"", "127.0.0.1", 5353)
+    assert datagram.startswith(socks)
+    header = proxyproto.parse(datagram[len(socks) :])
+    assert isinstance(header, proxyproto.ProxyHeader), header
+    assert (header.source, str(header.destination)) == (client, relay.address)
+    assert datagram[len(socks) + header.consumed :] == b"who am I"

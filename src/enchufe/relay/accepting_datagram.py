@@ -33,12 +33,13 @@ from ..sessions import Session
 from .datagram import DatagramRelay
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .proxying_datagram import ProxiedDatagramRelay
+from .via_datagram import SocksDatagramRelay
 
-__all__ = ["AcceptingDatagramRelay", "AcceptingProxiedDatagramRelay"]
+__all__ = ["AcceptingDatagramRelay", "AcceptingProxiedDatagramRelay", "AcceptingSocksDatagramRelay"]
 
 
-class _Accepting(DatagramRelay):
-    """What both accepting relays add to a datagram relay (see the module)."""
+class _Accepting(DatagramListener):
+    """What every accepting relay adds to its datagram relay (see the module): mixed in before it."""
 
     runs_above = 1 << 30  # never runs: each datagram has a header of its own to take off
 
@@ -103,13 +104,22 @@ class _Accepting(DatagramRelay):
         )
 
 
-class AcceptingDatagramRelay(_Accepting):
+class AcceptingDatagramRelay(_Accepting, DatagramRelay):
     """Datagram LISTEN → datagram TARGET, each datagram's PROXY v2 header taken off first."""
 
 
 class AcceptingProxiedDatagramRelay(_Accepting, ProxiedDatagramRelay):
     """The same, with ``--send-proxy v2``: the header sent on names the client the accepted one
     named (a chain keeps the original client)."""
+
+    def _client(self, session: Upstream) -> SocketAddress | None:
+        return self.client_of(session)
+
+
+class AcceptingSocksDatagramRelay(_Accepting, SocksDatagramRelay):
+    """Datagram LISTEN → ``udp://`` TARGET through a SOCKS5 proxy (``--via``), each datagram's
+    PROXY v2 header taken off first; with ``--send-proxy v2`` the header sent on (behind the
+    SOCKS5 one) names the client the accepted one named."""
 
     def _client(self, session: Upstream) -> SocketAddress | None:
         return self.client_of(session)

@@ -372,7 +372,8 @@ def _check_proxy(listen: Address, target: Address, config: RelayConfig) -> None:
 
 def _check_datagrams_accepting(target: Address, config: RelayConfig) -> None:
     """--accept-proxy on a datagram LISTEN: a PROXY v2 header before each datagram, taken off on
-    the way to a datagram TARGET reached directly (--frame, --via and --fault: not built yet)."""
+    the way to a datagram TARGET, directly or through a SOCKS5 proxy (--frame and --fault: not
+    built yet)."""
     if target.is_stream:
         raise UsageError(
             _(
@@ -380,9 +381,9 @@ def _check_datagrams_accepting(target: Address, config: RelayConfig) -> None:
                 "is not built yet"
             )
         )
-    if config.via or config.faults is not None:
+    if config.faults is not None:
         raise UsageError(
-            _("--accept-proxy on datagrams with --via or --fault is not built yet: leave out one of them")
+            _("--accept-proxy on datagrams with --fault is not built yet: leave out one of them")
         )
 
 

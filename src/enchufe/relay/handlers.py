@@ -13,7 +13,8 @@ so that each handler carries only what its kind of relay needs.
     datagram LISTEN → datagram TARGET                   DatagramRelay
         with --send-proxy                               ProxiedDatagramRelay
         with --accept-proxy (and --send-proxy)          AcceptingDatagramRelay (AcceptingProxied…)
-        with --via socks5://… (UDP ASSOCIATE)           SocksDatagramRelay
+        with --via socks5://… (UDP ASSOCIATE)           SocksDatagramRelay (with --accept-proxy:
+                                                        AcceptingSocksDatagramRelay)
         with --fault                                    FaultyDatagramRelay
     datagram LISTEN → stream TARGET (--frame)           FramedDatagramRelay
         with --fault                                    FaultyFramedDatagramRelay
@@ -161,6 +162,10 @@ def _datagram_handler(
 
         assert isinstance(target, InetAddress)
         kind = SocksDatagramRelay
+        if config.accept_proxy:
+            from .accepting_datagram import AcceptingSocksDatagramRelay
+
+            kind = AcceptingSocksDatagramRelay
         common = {**common, "via": via, "target": target, "send_proxy": bool(config.send_proxy)}
     if config.faults is not None:  # chosen once here: a relay without faults never looks
         if target.is_stream:

@@ -25,13 +25,10 @@ from .datagram_listener import DatagramListener, Key, Upstream
 __all__ = ["ProxiedDatagramRelay", "proxy_header_v2"]
 
 
-def proxy_header_v2(listener: socket.socket, sender: Key, local: SocketAddress | None = None) -> bytes:
-    """The PROXY v2 header of a datagram session: ``sender`` (a sockaddr; ``None`` for an
-    unnamed unix sender) sent to ``local``, the listening address (looked up when not given)."""
-    family = listener.family
-    if local is None:
-        local = from_sockaddr(family, socket.SOCK_DGRAM, listener.getsockname())
-    return encode_v2(from_sockaddr(family, socket.SOCK_DGRAM, sender) if sender else None, local)
+def proxy_header_v2(listener: socket.socket, client: SocketAddress | None) -> bytes:
+    """The PROXY v2 header of a datagram session for ``client`` (``None``: an unnamed unix
+    sender), which sent to the listening address."""
+    return encode_v2(client, from_sockaddr(listener.family, socket.SOCK_DGRAM, listener.getsockname()))
 
 
 class ProxiedDatagramRelay(DatagramRelay):

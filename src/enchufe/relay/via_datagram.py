@@ -49,7 +49,7 @@ from .._inet_text import literal_family
 from .._resolve import Target
 from .._text import printable
 from .._via import connect_to_relay, udp_socket
-from ..address import InetAddress
+from ..address import InetAddress, SocketAddress, from_sockaddr
 from ..errors import NetworkError, translate
 from ..errors import reason as system_reason
 from ..framing import HEADER
@@ -305,8 +305,13 @@ class SocksDatagramRelay(DatagramListener):
             return b""
         header = headers.get(session.id)
         if header is None:
-            header = headers[session.id] = proxy_header_v2(self.listener, session.peer)
+            header = headers[session.id] = proxy_header_v2(self.listener, self._client(session))
         return header
+
+    def _client(self, session: Upstream) -> SocketAddress | None:
+        """The client a session's header names: its sender (``None``: an unnamed unix one)."""
+        peer = session.peer
+        return from_sockaddr(self.listener.family, socket.SOCK_DGRAM, peer) if peer else None
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
         if self._proxy_headers is not None:
