@@ -4,8 +4,8 @@ Every module of the package sits in one layer, and imports only from its own lay
 below it::
 
     pure       _lazy, address, _inet_text, _unix_text, errors, framing, trace, sessions, _text, _ranges,
-               _networks, _buffer, _backoff,
-               _notices, _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
+               _networks, _buffer, _backoff, _notices, _proxypolicy,
+               _serving, _halfclose, tlsparams, tlsinfo, _tls, _tls_trace, clienthello,
                _proxytypes, _proxywrite, _proxytlv, proxyproto, hops, _hop_socks5, _hop_http, _socks5_server,
                _socks_rules
     sockets    _calls, _nonblocking, _resolve, _unixfiles, _sockets, _connect, _spawn,
@@ -54,6 +54,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_buffer",
         "_backoff",
         "_notices",
+        "_proxypolicy",
         "_serving",
         "_halfclose",
         "tlsparams",

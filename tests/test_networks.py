@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enchufe._networks import Network, host_int, matching, parse_network, peer_ip
-from enchufe._proxyaccept import ProxyPolicy
+from enchufe._proxypolicy import ProxyPolicy
 
 _HOSTS = st.one_of(
     st.builds(lambda n: str(ipaddress.IPv4Address(n)), st.integers(0, 2**32 - 1)),

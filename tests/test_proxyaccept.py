@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from enchufe._proxyaccept import TRUSTED_SEEN, HeaderRead, ProxyPolicy, step, take_first
+from enchufe._proxyaccept import HeaderRead, step, take_first
+from enchufe._proxypolicy import TRUSTED_SEEN, ProxyPolicy
 from enchufe.address import parse
 from enchufe.proxyproto import NeedMore, ProxyHeader, Refused, encode_v1, encode_v2
 

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from . import _ranges
 from ._backoff import Backoff
 from ._notices import notices
-from ._proxyaccept import ProxyPolicy, ProxyRefused, datagram_header
+from ._proxypolicy import ProxyPolicy, ProxyRefused, datagram_header
 from ._text import one_line, printable
 from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from .errors import ClosedError, DatagramTruncated, EnchufeError, NetworkError, TimedOut, UsageError

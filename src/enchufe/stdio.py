@@ -32,7 +32,7 @@ from .i18n import _
 from .sync import Connection, DatagramSocket, TLSConnection
 
 if TYPE_CHECKING:
-    from ._proxyaccept import ProxyPolicy
+    from ._proxypolicy import ProxyPolicy
     from .proxyproto import ProxyHeader
 
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
@@ -468,7 +468,7 @@ class _DatagramPump:
 def _proxy_header(policy: ProxyPolicy, sender: SocketAddress | None, data: bytes) -> ProxyHeader | None:
     """A datagram's PROXY header (see :func:`pump_datagram`), or ``None``: dropped, and logged."""
     from ._notices import notices
-    from ._proxyaccept import ProxyRefused, datagram_header
+    from ._proxypolicy import ProxyRefused, datagram_header
     from .i18n import N_
 
     try:

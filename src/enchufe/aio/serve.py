@@ -28,15 +28,8 @@ from typing import Any, Protocol, cast
 
 from .. import _ranges
 from .._notices import notices
-from .._proxyaccept import (
-    DEFAULT_PROXY_TIMEOUT,
-    ProxyPolicy,
-    ProxyRefused,
-    check_peer,
-    proxy_policy,
-    settle,
-    step,
-)
+from .._proxyaccept import check_peer, settle, step
+from .._proxypolicy import DEFAULT_PROXY_TIMEOUT, ProxyPolicy, ProxyRefused, proxy_policy
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,

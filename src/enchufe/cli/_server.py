@@ -15,7 +15,7 @@ from ._common import STOP_SIGNALS, F, event, peer_name, reporting, settings, set
 from ._numbers import MAX_BACKLOG, BoundedInt, FiniteFloat
 
 if TYPE_CHECKING:
-    from .._proxyaccept import ProxyPolicy
+    from .._proxypolicy import ProxyPolicy
 
 # An octal file mode as chmod takes it: ASCII octal digits only (no "0o", "+", "_" or "٣").
 _MODE_TEXT = re.compile(r"[0-7]{1,4}", re.ASCII)
@@ -80,7 +80,7 @@ def proxy_options(*, streams: bool = True) -> Callable[[F], F]:
     """--accept-proxy, --trusted-proxy CIDR (repeatable) and --proxy-timeout S of a server, read
     by :func:`proxy_settings`; ``streams=False`` for a datagram-only command (recv): no
     --proxy-timeout, which only a stream's header waits for."""
-    from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, DEFAULT_TRUSTED
+    from .._proxypolicy import DEFAULT_PROXY_TIMEOUT, DEFAULT_TRUSTED
 
     dropped = "Datagrams without one, or not from a trusted proxy, are dropped."
     accept = (
@@ -129,7 +129,7 @@ def proxy_settings(
     """The server options of :func:`proxy_options`, checked: UsageError for --trusted-proxy or
     --proxy-timeout without --accept-proxy, and for --proxy-timeout on a datagram address (a
     datagram's header comes whole, with it: there is nothing to wait for)."""
-    from .._proxyaccept import parse_trusted
+    from .._proxypolicy import parse_trusted
     from ..errors import UsageError
     from ._common import given
 
@@ -153,7 +153,7 @@ def proxy_settings(
 
 def policy_of(proxy: dict[str, Any]) -> ProxyPolicy | None:
     """The ProxyPolicy of the options :func:`proxy_settings` checked (``None``: no header)."""
-    from .._proxyaccept import ProxyPolicy
+    from .._proxypolicy import ProxyPolicy
 
     if not proxy:
         return None

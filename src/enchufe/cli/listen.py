@@ -43,7 +43,7 @@ TLS examples:
 """
 
 if TYPE_CHECKING:
-    from .._proxyaccept import ProxyPolicy
+    from .._proxypolicy import ProxyPolicy
     from ..address import Address
     from ..sync import Listener
 
@@ -200,7 +200,7 @@ def _serve(listener: Listener, keep_open: bool, proxy: ProxyPolicy | None = None
     """Announce the listener, then serve one client (or, with ``keep_open``, client after client).
     With ``proxy``, each client's PROXY header first: a client refused over it is closed, and
     the next one awaited (nobody was served yet)."""
-    from .._proxyaccept import ProxyRefused
+    from .._proxypolicy import ProxyRefused
     from ..errors import ConnectionReset, NetworkError
     from ..stdio import pump_stream
     from ..sync.serve import take_proxy_header

@@ -75,7 +75,7 @@ def command(
       enchufe recv udp://127.0.0.1:9999 --hex -v
     """
     from .. import AddressError, bind_datagram, parse
-    from .._proxyaccept import DEFAULT_PROXY_TIMEOUT
+    from .._proxypolicy import DEFAULT_PROXY_TIMEOUT
     from ..errors import UsageError
     from ..stdio import pump_datagram
 

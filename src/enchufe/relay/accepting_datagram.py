@@ -25,7 +25,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from .._proxyaccept import V2_FIXED, ProxyPolicy, check_datagram_header
+from .._proxypolicy import V2_FIXED, ProxyPolicy, check_datagram_header
 from .._text import printable
 from ..address import SocketAddress, from_sockaddr
 from ..i18n import N_, _

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._buffer import DEFAULT_MAX_DATAGRAM
-from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, parse_trusted
+from .._proxypolicy import DEFAULT_PROXY_TIMEOUT, parse_trusted
 from .._ranges import MAX_BACKLOG, MAX_DATAGRAM_SIZE, MAX_SECONDS
 from .._serving import DEFAULT_DRAIN_TIMEOUT
 from ..address import (

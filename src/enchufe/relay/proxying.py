@@ -30,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._proxyaccept import HeaderRead, ProxyPolicy, step
+from .._proxyaccept import HeaderRead, step
+from .._proxypolicy import ProxyPolicy
 from .._proxytypes import PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL
 from .._spawn import child_environment
 from .._text import printable

@@ -52,7 +52,7 @@ from .stream_session import StreamSession
 from .targets import TargetResolver, resolver_address
 
 if TYPE_CHECKING:
-    from .._proxyaccept import ProxyPolicy
+    from .._proxypolicy import ProxyPolicy
     from .._tlsstream import TLSSetup
     from .routing import Router
     from .via import Via

@@ -32,8 +32,8 @@ from typing import Any, Protocol, cast
 from .. import _ranges, _wakeup
 from .._backoff import Backoff
 from .._notices import notices
-from .._proxyaccept import DEFAULT_PROXY_TIMEOUT, ProxyPolicy, ProxyRefused, proxy_policy
 from .._proxyaccept import take_header_blocking as take_proxy_header
+from .._proxypolicy import DEFAULT_PROXY_TIMEOUT, ProxyPolicy, ProxyRefused, proxy_policy
 from .._serving import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
