@@ -125,17 +125,19 @@ def datagram_header(policy: ProxyPolicy, sender: SocketAddress | None, data: byt
     without a valid version 2 header or with a stream (TCP) or version 1 one: the datagram is to
     be dropped, the server goes on.
     """
-    why: str | None
-    if sender is None:  # trusted (a unix peer), but a reply could only go where the header says
-        why = _("a proxy's socket needs a name (bind it), for replies to reach it")
-    else:
-        why = policy.untrusted(sender)
+    why = unnamed_proxy() if sender is None else policy.untrusted(sender)  # unbound: see there
     if why is None:
         header, why = check_datagram_header(data[: policy.max_v2_length + V2_FIXED], policy.max_v2_length)
         if header is not None:
             return header
     shown = printable(str(sender)) if sender is not None else _("an unnamed unix peer")
     raise ProxyRefused(_("dropped a datagram from {peer}: {why}").format(peer=shown, why=why))
+
+
+def unnamed_proxy() -> str:
+    """Why a datagram from an unbound unix socket is dropped, header or not: any sender could
+    name any client from one, and no reply could reach it."""
+    return _("a proxy's socket needs a name (bind it): an unnamed one can be neither answered nor told apart")
 
 
 def check_datagram_header(data: bytes, max_v2_length: int) -> tuple[ProxyHeader | None, str | None]:

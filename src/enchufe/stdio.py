@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 from . import _calls, _wakeup
 from ._buffer import DEFAULT_MAX_DATAGRAM
 from ._halfclose import Flow, HalfClose
+from ._notices import notices
 from .address import SocketAddress
 from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
 from .i18n import _
@@ -300,15 +301,13 @@ def _read_stdin(fd: int, size: int = CHUNK) -> bytes:
         raise
 
 
-#: The largest payload one UDP datagram carries (65,535 less the IPv4 and UDP headers; IPv6's
-#: header is not counted in its payload length).  A stdin read is sent as one datagram, so it
-#: must not be larger; unix datagrams are limited only by the send buffer.
+#: The largest payload one UDP datagram carries (65,535 less the IPv4 and UDP headers; IPv6's is
+#: not counted), which a stdin read, sent as one datagram, must not exceed (unix: the send buffer).
 _MAX_UDP_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 
 
 class DatagramSink(Protocol):
-    """What takes each datagram received: its payload and sender, and with ``proxy`` the proxy
-    it came through (``via``: then ``sender`` is the client its PROXY header named)."""
+    """Each datagram received: payload, sender (with ``proxy``: the client), ``via`` the proxy."""
 
     def __call__(
         self, data: bytes, sender: SocketAddress | None, /, via: SocketAddress | None = None
@@ -343,17 +342,19 @@ def pump_datagram(
     ``outgoing`` rewrites each stdin read before it is sent; ``on_data("out" | "in", payload)``
     sees every datagram sent or received.  Returns the number of datagrams received.
 
-    ``proxy`` (behind a proxy, ``--accept-proxy``): each datagram starts with a PROXY protocol
-    version 2 header, taken off; ``on_datagram`` gets the client it names as the sender and the
-    proxy as ``via``, and replies go to the proxy.  A datagram from a peer that is not a trusted
-    proxy, or without a valid header, is dropped, not counted, and logged (a few lines a second
-    at most): it never becomes the one replies go to.
+    ``proxy`` (``--accept-proxy``): each datagram's PROXY v2 header is taken off, ``on_datagram``
+    gets the client it names and the proxy (``via``), replies go to the proxy; a datagram without
+    one, or not from a trusted proxy, is dropped (logged, not counted; never the one answered).
     """
     copy = HalfClose(Flow("out", rewrite=outgoing, observe=on_data), Flow("in"), idle_timeout=idle_timeout)
     pump = _DatagramPump(sock, on_datagram, copy, stdin_fd, reply_to_last_sender, max_size)
     pump.on_truncated, pump.on_data, pump.proxy = on_truncated, on_data, proxy
-    with contextlib.closing(pump):
-        pump.run(count, linger)
+    try:
+        with contextlib.closing(pump):
+            pump.run(count, linger)
+    finally:
+        if proxy is not None:  # the count of drop lines held back, said at the end
+            notices.flush()
     return pump.received
 
 
@@ -467,7 +468,6 @@ class _DatagramPump:
 
 def _proxy_header(policy: ProxyPolicy, sender: SocketAddress | None, data: bytes) -> ProxyHeader | None:
     """A datagram's PROXY header (see :func:`pump_datagram`), or ``None``: dropped, and logged."""
-    from ._notices import notices
     from ._proxypolicy import ProxyRefused, datagram_header
     from .i18n import N_
 

@@ -318,3 +318,43 @@ def test_recv_prints_each_payload_and_names_the_client(spawn: Spawn) -> None:
         ("4", client_name),
         ("5", client_name),
     ]
+
+
+def test_recv_takes_headers_only_from_trusted_proxies_and_counts_the_lines_held_back(spawn: Spawn) -> None:
+    """recv --trusted-proxy: loopback is not trusted then; a flood of its datagrams is dropped
+    with a few lines (JSON log events under --json), and the count of the rest at the end."""
+    server = spawn(
+        "recv", "udp://127.0.0.1:0", "--accept-proxy", "--trusted-proxy", "10.0.0.0/8", "--json", stdin=False
+    )
+    port = tcp_port(server.listening())
+    with datagram_client(port) as proxy:
+        for _ in range(40):
+            proxy.send(encode_v2(parse("udp://203.0.113.7:40000"), parse("udp://198.51.100.1:53")) + b"x")
+        server.wait_err(r'"message": "dropped a datagram from udp://127\.0\.0\.1:\d+: not a trusted proxy')
+        time.sleep(0.3)  # all of them in
+    assert server.terminate() == 0
+    assert server.out == b""
+    messages = [str(e["message"]) for e in json_events(server.err, "log")]
+    shown = sum("not a trusted proxy" in m for m in messages)
+    held = [
+        re.fullmatch(r"… and (\d+) more datagrams dropped over their PROXY header .*", m) for m in messages
+    ]
+    counts = [int(m.group(1)) for m in held if m]
+    assert shown >= 1 and len(counts) == 1 and shown + counts[0] == 40, messages
+
+
+def test_recv_json_escapes_the_proxy_s_own_name(spawn: Spawn) -> None:
+    """The proxy's unix name is its own bytes: escaped in "via" too, even when not UTF-8."""
+    name = f"@{os.urandom(6).hex()}"
+    server = spawn("recv", f"unixgram:{name}", "--accept-proxy", "--json", "--count", "1", stdin=False)
+    server.listening()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as proxy:
+        proxy.bind(b"\0\xff\n\x1b[31mFAKE")
+        proxy.sendto(
+            encode_v2(parse("udp://203.0.113.7:40000"), parse("udp://198.51.100.1:53")) + b"x",
+            "\0" + name[1:],
+        )
+        assert server.finish() == 0, server.err
+    (record,) = [json.loads(line) for line in server.out.decode().splitlines()]
+    assert record["from"] == "udp://203.0.113.7:40000"
+    assert not any(c in record["via"] for c in "\n\x1b\udcff"), record

@@ -10,6 +10,7 @@ spec by tests/test_proxyproto.py and against HAProxy's for streams).
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ from enchufe.relay import RelayConfig
 from enchufe.relay.config import check_config
 
 from ._harness import wait_stats
-from .conftest import DatagramTarget, StartRelay, datagram_socket, relay_thread
+from .conftest import STEP, DatagramTarget, StartRelay, datagram_socket, relay_thread
 
 #: The client a proxy names, and the address it says that client sent to.
 CLIENT = parse("udp://203.0.113.7:40000")
@@ -190,3 +191,46 @@ def test_two_relays_chained_on_the_command_line(start_relay: StartRelay) -> None
 def test_what_is_not_built_is_refused(options: dict[str, object], words: str) -> None:
     with pytest.raises(UsageError, match=words):
         check_config(RelayConfig("udp://127.0.0.1:0", accept_proxy=True, **options))  # type: ignore[arg-type]
+
+
+def test_a_session_that_could_not_open_leaves_no_client_behind(tmp_path: Path) -> None:
+    """The target is not there yet: the first datagram's session cannot open.  Its client is
+    forgotten with it, so the sender's next session, once the target is up, is named for the
+    client its own header names (and --send-proxy passes that one on), not the earlier one."""
+    front = UnixAddress(str(tmp_path / "front.sock"), datagram=True)
+    target_path = tmp_path / "target.sock"
+    config = RelayConfig(
+        f"unixgram:{tmp_path / 'relay.sock'}", f"unixgram:{target_path}", accept_proxy=True, send_proxy=2
+    )
+    with relay_thread(config) as relay, datagram_socket(relay.address) as proxy:
+        first = UnixAddress("/client/first", datagram=True)
+        proxy.send(encode_v2(first, front) + b"lost")
+        assert wait_stats(relay, failed=1).failed == 1
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as target:
+            target.bind(str(target_path))
+            target.settimeout(STEP)
+            second = UnixAddress("/client/second", datagram=True)
+            proxy.send(encode_v2(second, front) + b"kept")
+            datagram = target.recv(65536)
+    header = parse_header(datagram)
+    assert isinstance(header, ProxyHeader), header
+    assert header.source == second and datagram[header.consumed :] == b"kept"
+    (session,) = relay.events.named("session")
+    assert session["peer"] == str(second)
+
+
+def test_an_unbound_unix_sender_is_dropped(tmp_path: Path) -> None:
+    """Unix peers are trusted, but unbound ones would all share one session, named for whoever
+    came first: each datagram from one is dropped and said, and no session opens."""
+    with (
+        DatagramTarget("udp://127.0.0.1:0") as target,
+        relay_thread(
+            RelayConfig(f"unixgram:{tmp_path / 'relay.sock'}", target.address, accept_proxy=True)
+        ) as relay,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound,
+    ):
+        unbound.sendto(encode_v2(CLIENT, FRONT) + b"anyone", str(tmp_path / "relay.sock"))
+        assert wait_stats(relay, dropped=1).dropped == 1
+        (refused,) = relay.events.named("refused")
+        assert "needs a name" in refused["detail"] and refused["reason"] == "proxy", refused
+        assert relay.relay.stats.snapshot().total == 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from .._proxypolicy import V2_FIXED, ProxyPolicy, check_datagram_header
+from .._proxypolicy import V2_FIXED, ProxyPolicy, check_datagram_header, unnamed_proxy
 from .._text import printable
 from ..address import SocketAddress, from_sockaddr
 from ..i18n import N_, _
@@ -73,8 +73,12 @@ class _Accepting(DatagramListener):
 
     def _received(self, sender: Any, data: memoryview, now: float, raw: bool) -> None:
         """The header checked and taken off, the rest passed on (see the module)."""
-        # Unix peers are trusted (their socket file's permissions say who may send).
-        why = self._policy.untrusted_host(sender[0]) if isinstance(sender, tuple) else None
+        # Unix peers are trusted (their socket file's permissions say who may send), unless
+        # unbound: then they would all share one session, named for whoever came first.
+        if isinstance(sender, tuple):
+            why = self._policy.untrusted_host(sender[0])
+        else:
+            why = None if sender else unnamed_proxy()
         header = None
         if why is None:
             bound = self._policy.max_v2_length + V2_FIXED  # the header's bytes, at most
