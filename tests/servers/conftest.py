@@ -44,6 +44,14 @@ def loop_factory(flavour: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
+@pytest.fixture(params=SERVER_FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    """Each server flavour in turn: threads, asyncio, uvloop (skipped where it is missing)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return str(request.param)
+
+
 @dataclass
 class Running:
     """A server serving in a background thread."""

@@ -21,19 +21,12 @@ from enchufe.aio.serve import Server as AsyncServer
 from enchufe.aio.serve import serve as aio_serve
 from enchufe.proxyproto import V2_SIGNATURE, encode_v1, encode_v2
 from tests.conftest import connectable
-from tests.servers.conftest import IO_TIMEOUT, SERVER_FLAVOURS, LogRecords, Running, wait_until
+from tests.servers.conftest import IO_TIMEOUT, LogRecords, Running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 CLIENT = parse("tcp://203.0.113.7:40000")
 FRONT = parse("tcp://198.51.100.1:443")
-
-
-@pytest.fixture(params=SERVER_FLAVOURS)
-def flavour(request: pytest.FixtureRequest) -> str:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    return str(request.param)
 
 
 def recording_echo(flavour: str, seen: list[tuple[Any, Any]]) -> Callable[..., Any]:

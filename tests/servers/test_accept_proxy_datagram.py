@@ -22,7 +22,7 @@ from enchufe.address import InetAddress, UnixAddress, from_sockaddr
 from enchufe.proxyproto import encode_v1, encode_v2
 from enchufe.servers import ChatRoom
 from tests.conftest import abstract_name
-from tests.servers.conftest import IO_TIMEOUT, SERVER_FLAVOURS, LogRecords, Running, wait_until
+from tests.servers.conftest import IO_TIMEOUT, LogRecords, Running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,13 +30,6 @@ pytestmark = pytest.mark.timeout(60)
 CLIENT = parse("udp://203.0.113.7:40000")
 OTHER = parse("udp://[2001:db8::9]:5353")
 FRONT = parse("udp://198.51.100.1:53")
-
-
-@pytest.fixture(params=SERVER_FLAVOURS)
-def flavour(request: pytest.FixtureRequest) -> str:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    return str(request.param)
 
 
 def echo_noting(flavour: str, seen: list[DatagramBase[Any]]) -> Callable[..., Any]:

@@ -25,16 +25,9 @@ from enchufe import ClosedError, ConnectionRefused, ConnectionReset, UnixAddress
 from enchufe.aio.serve import Server as AsyncServer
 from enchufe.sync.serve import Server as SyncServer
 from tests.conftest import DATAGRAM_KINDS, Peer, abstract_name, kind_params
-from tests.servers.conftest import IO_TIMEOUT, SERVER_FLAVOURS, LogRecords, Running, wait_until
+from tests.servers.conftest import IO_TIMEOUT, LogRecords, Running, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(params=SERVER_FLAVOURS)
-def flavour(request: pytest.FixtureRequest) -> str:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    return str(request.param)
 
 
 def sync_echo(conn: enchufe.Connection) -> None:
