@@ -409,8 +409,8 @@ def received(
     """The datagram a handler gets for ``data`` from ``sender`` (counted, its session found or
     opened).  With ``proxy`` (``accept_proxy``), its PROXY header taken off and its client made
     the sender (see :class:`DatagramBase`); ``None`` when it is dropped over that header: from a
-    peer that is not a trusted proxy, or without a valid version 2 header (counted in
-    ``refused``, said as a warning a few times a second at most)."""
+    peer that is not a trusted proxy or an unbound unix socket, or without a valid version 2
+    header (counted in ``refused``, said as a warning a few times a second at most)."""
     if proxy is None:
         session, new = arrived(sessions, stats, sender)
         return kind(data, sender, sock, session, new, sessions, stats)
