@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import socket
@@ -406,3 +407,21 @@ def test_library_relay_config_takes_hop_values(proxies: _Proxies, echo_port: int
     )
     with pytest.raises(UsageError, match="--via with --route is not built yet"):
         check_config(routed)
+
+
+def test_the_connect_line_names_the_route(proxies: _Proxies, echo_port: int, start_relay: StartRelay) -> None:
+    """-v's "connected to" line and its --json event name the hops, as connect --via says them."""
+    socks = proxies.microsocks()
+    http = proxies.tinyproxy(echo_port)
+    route = f"{socks.url}, {http.url}"
+    target = f"tcp://localhost:{echo_port}"
+    relay = start_relay("tcp://127.0.0.1:0", target, "--via", socks.url, "--via", http.url, "-v")
+    with dial(relay.address) as sock:
+        assert ping(sock)
+    relay.wait_err(rf"^#1 connected to {re.escape(target)} via {re.escape(route)} in [\d.]+ ms$")
+    json_relay = start_relay("tcp://127.0.0.1:0", target, "--via", socks.url, "--json", "-v")
+    with dial(json_relay.address) as sock:
+        assert ping(sock)
+    line = json_relay.wait_err(r'^\{"event": "connect".*$').group(0)
+    event = json.loads(line)
+    assert (event["target"], event["via"]) == (target, socks.url), event

@@ -222,15 +222,17 @@ class StreamSession(PreludeSession):
         self._cuts = self._may_cut(self._stop_early)
         if announce and relay.events.level >= 1:  # events.wants(1), inline
             seconds = time.monotonic() - self._connect_began()
+            named, via = (self.target_label, {}) if relay.via is None else relay.via.routed(self.target_label)
             relay.events(
                 "connect",
                 _("#{id} connected to {target} in {ms} ms").format(
-                    id=self.id, target=self.target_label, ms=f"{seconds * 1000:.1f}"
+                    id=self.id, target=named, ms=f"{seconds * 1000:.1f}"
                 ),
                 level=1,
                 id=self.id,
                 target=self.target_label,
                 seconds=round(seconds, 6),
+                **via,
             )
         if relay.idle_timeout:
             self._arm_idle()

@@ -60,6 +60,12 @@ class Via:
         """The first proxy, as connect failures name it."""
         return _("the proxy {hop}").format(hop=self.hops[0])
 
+    def routed(self, target: str) -> tuple[str, dict[str, str]]:
+        """``target`` as a line names it (``tcp://db:5432 via socks5://…, http://…``, as ``connect
+        --via`` says it; passwords masked), and the event field that names the hops."""
+        hops = ", ".join(str(hop) for hop in self.hops)
+        return f"{target} {_('via {hops}').format(hops=hops)}", {"via": hops}
+
     def tunnel(
         self,
         loop: Loop,
