@@ -552,3 +552,18 @@ def test_accept_proxy_and_send_proxy_through_the_association_keep_the_original_c
     assert isinstance(header, proxyproto.ProxyHeader), header
     assert (header.source, str(header.destination)) == (client, relay.address)
     assert datagram[len(socks) + header.consumed :] == b"who am I"
+
+
+def test_the_session_line_names_the_route(enchufe_socks: str, udp_echo: int, start_relay: StartRelay) -> None:
+    """-v's "new session" line and its --json event name the proxy, as connect --via says it
+    (the password masked)."""
+    target = f"udp://127.0.0.1:{udp_echo}"
+    relay = start_relay("udp://127.0.0.1:0", target, "--via", enchufe_socks, "-v")
+    with datagram_socket(relay.address, timeout=STEP) as client:
+        client.send(b"ping")
+        assert client.recv(100) == b"ping"
+    masked = enchufe_socks.replace(":s3cret@", ":***@")
+    relay.wait_err(
+        rf"^new session #1 for udp://127\.0\.0\.1:\d+ → {re.escape(target)} via {re.escape(masked)}$"
+    )
+    assert ":s3cret@" not in relay.err

@@ -1,4 +1,4 @@
-"""A datagram listener with a session per sender: what both datagram relays share.
+"""A datagram listener with a session per sender: what every datagram relay shares.
 
 A datagram listener has no connections, so the relay keeps one session per sender address in a
 :class:`~enchufe.sessions.SessionTable`: the first datagram from a sender opens its upstream
@@ -11,9 +11,8 @@ end is counted and told as a ``close`` event.
 Reading the listener is a loop (:meth:`DatagramListener._receive`) with a policy: how many
 datagrams per readiness event (:class:`~enchufe.relay.datagram_io.ReadMode`), and whether the
 relay takes them one by one (:meth:`DatagramListener._forward`) or, in a batch, as runs of one
-session's datagrams of one size (:meth:`DatagramListener._forward_runs`, for UDP GSO).  What
-every session has is :class:`~enchufe.relay.datagram_upstream.Upstream`.
-"""
+session's datagrams of one size (:meth:`DatagramListener._forward_runs`, for UDP GSO).  Every
+session is an :class:`~enchufe.relay.datagram_upstream.Upstream`."""
 
 from __future__ import annotations
 
@@ -356,16 +355,21 @@ class DatagramListener:
         self.stats.total += 1
         self.stats.open += 1
         if self.events.wants(1):
+            named, route = self._routed()
+            said = _("new session #{id} for {peer} → {target}")
             self.events(
                 "session",
-                _("new session #{id} for {peer} → {target}").format(
-                    id=session.id, peer=session.label, target=self.target_label
-                ),
+                said.format(id=session.id, peer=session.label, target=named),
                 level=1,
                 id=session.id,
                 peer=session.label,
                 target=self.target_label,
+                **route,
             )
+
+    def _routed(self) -> tuple[str, dict[str, str]]:
+        """The target as session lines name it, and the route's event fields (hook: --via)."""
+        return self.target_label, {}
 
     def _arm_expiry(self) -> None:
         if self._expiry is None:

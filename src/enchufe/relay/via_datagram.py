@@ -166,6 +166,9 @@ class SocksDatagramRelay(DatagramListener):
         #: replies come with a header of their own: room for the largest
         self._reply_buffer = memoryview(bytearray(self.max_datagram + MAX_UDP_HEADER))
 
+    def _routed(self) -> tuple[str, dict[str, str]]:
+        return self.via.routed(self.target_label)
+
     # -- opening an association
 
     def _open(self, key: Key) -> Upstream:
