@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from . import _ranges
 from ._networks import IntNetwork, Network, host_int, int_network, parse_network
+from ._notices import notices
 from ._proxytypes import shown
 from ._text import printable
 from .address import SocketAddress, UnixAddress
 from .errors import EnchufeError, UsageError
-from .i18n import _
+from .i18n import N_, _
 from .proxyproto import MAX_V2_LENGTH, V2_SIGNATURE, ProxyHeader, Refused, parse
 
 #: Seconds a trusted proxy has to send its whole header (HAProxy's spec: at least 3, to cover
@@ -115,23 +116,25 @@ def proxy_policy(
 V2_FIXED = 16
 
 
-def datagram_header(policy: ProxyPolicy, sender: SocketAddress | None, data: bytes) -> ProxyHeader:
+def datagram_header(policy: ProxyPolicy, sender: SocketAddress | None, data: bytes) -> ProxyHeader | None:
     """The PROXY protocol version 2 header a datagram from ``sender`` starts with (HAProxy's spec
     over UDP, as ``relay --send-proxy v2`` sends it: one header per datagram, the family UDP4,
     UDP6 or UNIXGRAM); its payload is ``data[header.consumed:]``.
 
-    :class:`ProxyRefused`, its message the log line (the sender escaped), for a sender that is
-    not a trusted proxy or an unbound unix socket (which no reply can reach), and for a datagram
-    without a valid version 2 header or with a stream (TCP) or version 1 one: the datagram is to
-    be dropped, the server goes on.
+    ``None`` for a sender that is not a trusted proxy or an unbound unix socket (which no reply
+    can reach), and for a datagram without a valid version 2 header or with a stream (TCP) or
+    version 1 one: the datagram is to be dropped, and this said it (a warning, a few a second at
+    most: see :class:`~enchufe._notices.Notices`; the sender escaped).
     """
     why = unnamed_proxy() if sender is None else policy.untrusted(sender)  # unbound: see there
     if why is None:
-        header, why = check_datagram_header(data[: policy.max_v2_length + V2_FIXED], policy.max_v2_length)
+        header, why = check_datagram_header(data, policy.max_v2_length)
         if header is not None:
             return header
     shown = printable(str(sender)) if sender is not None else _("an unnamed unix peer")
-    raise ProxyRefused(_("dropped a datagram from {peer}: {why}").format(peer=shown, why=why))
+    line = _("dropped a datagram from {peer}: {why}").format(peer=shown, why=why)
+    notices.say(N_("datagrams dropped over their PROXY header"), line)
+    return None
 
 
 def unnamed_proxy() -> str:
@@ -140,9 +143,12 @@ def unnamed_proxy() -> str:
     return _("a proxy's socket needs a name (bind it): an unnamed one can be neither answered nor told apart")
 
 
-def check_datagram_header(data: bytes, max_v2_length: int) -> tuple[ProxyHeader | None, str | None]:
-    """The version 2 datagram header ``data`` (a whole datagram's first bytes) starts with, or
-    ``None`` and why there is none to take (escaped)."""
+def check_datagram_header(
+    datagram: bytes | memoryview, max_v2_length: int
+) -> tuple[ProxyHeader | None, str | None]:
+    """The version 2 header a whole ``datagram`` starts with, or ``None`` and why there is none
+    to take (escaped).  Only the bytes a header may have are looked at."""
+    data = bytes(datagram[: max_v2_length + V2_FIXED])
     if not data:
         return None, _("an empty datagram, without a PROXY protocol header")
     if not data.startswith((V2_SIGNATURE[:1], b"P")):  # not the start of a header of either version

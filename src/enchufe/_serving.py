@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from . import _ranges
 from ._backoff import Backoff
 from ._notices import notices
-from ._proxypolicy import ProxyPolicy, ProxyRefused, datagram_header
+from ._proxypolicy import ProxyPolicy, datagram_header
 from ._text import one_line, printable
 from .address import Address, InetAddress, SocketAddress, UnixAddress, parse
 from .errors import ClosedError, DatagramTruncated, EnchufeError, NetworkError, TimedOut, UsageError
@@ -414,11 +414,9 @@ def received(
     if proxy is None:
         session, new = arrived(sessions, stats, sender)
         return kind(data, sender, sock, session, new, sessions, stats)
-    try:
-        header = datagram_header(proxy, sender, data)
-    except ProxyRefused as exc:
+    header = datagram_header(proxy, sender, data)
+    if header is None:  # dropped, and said
         stats.refused += 1
-        notices.say(N_("datagrams dropped over their PROXY header"), message(exc))
         return None
     session, new = arrived(sessions, stats, sender)
     if new and session is not None:

@@ -34,7 +34,6 @@ from .sync import Connection, DatagramSocket, TLSConnection
 
 if TYPE_CHECKING:
     from ._proxypolicy import ProxyPolicy
-    from .proxyproto import ProxyHeader
 
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
 
@@ -433,8 +432,10 @@ class _DatagramPump:
             return False
         client = sender
         if self.proxy is not None:
-            header = _proxy_header(self.proxy, sender, data)
-            if header is None:
+            from ._proxypolicy import datagram_header  # here: only behind a proxy
+
+            header = datagram_header(self.proxy, sender, data)
+            if header is None:  # dropped, and said
                 return False
             data, client = data[header.consumed :], header.source or sender
         self.received += 1
@@ -464,18 +465,6 @@ class _DatagramPump:
             else:
                 self.sock.send(datagram)
             flow.wrote(len(datagram))
-
-
-def _proxy_header(policy: ProxyPolicy, sender: SocketAddress | None, data: bytes) -> ProxyHeader | None:
-    """A datagram's PROXY header (see :func:`pump_datagram`), or ``None``: dropped, and logged."""
-    from ._proxypolicy import ProxyRefused, datagram_header
-    from .i18n import N_
-
-    try:
-        return datagram_header(policy, sender, data)
-    except ProxyRefused as exc:
-        notices.say(N_("datagrams dropped over their PROXY header"), str(exc))
-        return None
 
 
 def drain_until_eof(conn: Connection, timeout: float, sink: Callable[[bytes], None] | None) -> bool:

@@ -22,17 +22,16 @@ general path, one datagram at a time, never the batched or compiled ones.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
-from .._proxypolicy import V2_FIXED, ProxyPolicy, check_datagram_header, unnamed_proxy
+from .._proxypolicy import ProxyPolicy, check_datagram_header, unnamed_proxy
 from .._text import printable
-from ..address import SocketAddress, from_sockaddr
+from ..address import SocketAddress
 from ..i18n import N_, _
 from ..sessions import Session
 from .datagram import DatagramRelay
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
-from .proxying_datagram import ProxiedDatagramRelay
+from .proxying_datagram import ProxiedDatagramRelay, sender_address
 from .via_datagram import SocksDatagramRelay
 
 __all__ = ["AcceptingDatagramRelay", "AcceptingProxiedDatagramRelay", "AcceptingSocksDatagramRelay"]
@@ -58,14 +57,11 @@ class _Accepting(DatagramListener):
             session.label = printable(str(client))
         super()._announce(session)
 
-    def client_of(self, session: Upstream) -> SocketAddress | None:
-        """The client a session is for: the one its sender's header named, else the sender."""
+    def _client(self, session: Upstream) -> SocketAddress | None:
+        """The client a session is for (the one ``--send-proxy`` names): the one its sender's
+        header named, else the sender."""
         client = self._clients.get(session.peer)
-        if client is not None:
-            return client
-        if not session.peer:
-            return None
-        return from_sockaddr(self.listener.family, socket.SOCK_DGRAM, session.peer)
+        return sender_address(self.listener, session.peer) if client is None else client
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
         self._clients.pop(entry.state.peer, None)
@@ -81,8 +77,7 @@ class _Accepting(DatagramListener):
             why = None if sender else unnamed_proxy()
         header = None
         if why is None:
-            bound = self._policy.max_v2_length + V2_FIXED  # the header's bytes, at most
-            header, why = check_datagram_header(bytes(data[:bound]), self._policy.max_v2_length)
+            header, why = check_datagram_header(data, self._policy.max_v2_length)
         if header is None:
             self._refused_datagram(describe_sender(self.listener.family, sender), why or "")
             return
@@ -116,14 +111,8 @@ class AcceptingProxiedDatagramRelay(_Accepting, ProxiedDatagramRelay):
     """The same, with ``--send-proxy v2``: the header sent on names the client the accepted one
     named (a chain keeps the original client)."""
 
-    def _client(self, session: Upstream) -> SocketAddress | None:
-        return self.client_of(session)
-
 
 class AcceptingSocksDatagramRelay(_Accepting, SocksDatagramRelay):
     """Datagram LISTEN → ``udp://`` TARGET through a SOCKS5 proxy (``--via``), each datagram's
     PROXY v2 header taken off first; with ``--send-proxy v2`` the header sent on (behind the
     SOCKS5 one) names the client the accepted one named."""
-
-    def _client(self, session: Upstream) -> SocketAddress | None:
-        return self.client_of(session)

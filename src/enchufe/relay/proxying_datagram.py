@@ -22,7 +22,12 @@ from ..sessions import Session
 from .datagram import DatagramRelay, DatagramUpstream
 from .datagram_listener import DatagramListener, Key, Upstream
 
-__all__ = ["ProxiedDatagramRelay", "proxy_header_v2"]
+__all__ = ["ProxiedDatagramRelay", "proxy_header_v2", "sender_address"]
+
+
+def sender_address(listener: socket.socket, peer: Key) -> SocketAddress | None:
+    """A session's sender (its sockaddr, ``peer``) as an address; ``None`` for an unnamed unix one."""
+    return from_sockaddr(listener.family, socket.SOCK_DGRAM, peer) if peer else None
 
 
 def proxy_header_v2(listener: socket.socket, client: SocketAddress | None) -> bytes:
@@ -51,9 +56,8 @@ class ProxiedDatagramRelay(DatagramRelay):
         return header
 
     def _client(self, session: Upstream) -> SocketAddress | None:
-        """The client a session's header names: its sender (``None``: an unnamed unix one)."""
-        peer = session.peer
-        return from_sockaddr(self.listener.family, socket.SOCK_DGRAM, peer) if peer else None
+        """The client a session's header names: its sender (hook: a header's client)."""
+        return sender_address(self.listener, session.peer)
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
         self._headers.pop(entry.state.id, None)

@@ -49,7 +49,7 @@ from .._inet_text import literal_family
 from .._resolve import Target
 from .._text import printable
 from .._via import connect_to_relay, udp_socket
-from ..address import InetAddress, SocketAddress, from_sockaddr
+from ..address import InetAddress, SocketAddress
 from ..errors import NetworkError, translate
 from ..errors import reason as system_reason
 from ..framing import HEADER
@@ -59,7 +59,7 @@ from ..sessions import Session
 from .datagram_io import BATCH, enlarge_buffers
 from .datagram_listener import DatagramListener, Key, Upstream, describe_sender
 from .engine import FAILED, READ, WRITE, Loop, Timer
-from .proxying_datagram import proxy_header_v2
+from .proxying_datagram import proxy_header_v2, sender_address
 from .session import pending_error
 from .via import Tunnel, Via
 
@@ -312,9 +312,8 @@ class SocksDatagramRelay(DatagramListener):
         return header
 
     def _client(self, session: Upstream) -> SocketAddress | None:
-        """The client a session's header names: its sender (``None``: an unnamed unix one)."""
-        peer = session.peer
-        return from_sockaddr(self.listener.family, socket.SOCK_DGRAM, peer) if peer else None
+        """The client a session's header names: its sender (hook: a header's client)."""
+        return sender_address(self.listener, session.peer)
 
     def _ended(self, entry: Session[Key, Upstream], why: str) -> None:
         if self._proxy_headers is not None:
