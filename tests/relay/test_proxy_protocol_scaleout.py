@@ -49,9 +49,14 @@ RELAYS = {"r1": (f"{NET}.2.2", f"{NET}.4.2"), "r2": (f"{NET}.3.2", f"{NET}.5.2")
 HAPROXY_CONFIG = f"""\
 global
     maxconn 200
+    # One line per connection on stderr: which relay served it, the bytes sent to the client and
+    # how it ended ("--" in order, "SD" the server's side failed), for a failure's story.
+    log stderr format raw local0 info
 
 defaults
     mode tcp
+    log global
+    option tcplog
     timeout connect 2s
     timeout client 30s
     timeout server 30s
@@ -68,7 +73,15 @@ backend relays
 
 #: The client, run inside its namespace: COUNT connections of SIZE bytes each, every byte echoed
 #: back and hashed.  Each says "open" once its first KiB came back, waits for a line on stdin
-#: when HOLD, then sends the rest and says "done" with ok (all back, same sha256) or not.
+#: when HOLD, then sends the rest (a thread) while it reads the echo, and says "done" with ok
+#: (all back, same sha256, then the EOF) or not, what it received and how its sending went.
+#:
+#: It half-closes only once the whole echo is back.  Debian 12's HAProxy (2.6.12) can lose
+#: request bytes when a client's FIN reaches it while they still wait in its socket: on a loaded
+#: machine (about one run in twenty beside the test suite), a capture on HAProxy's interfaces
+#: showed it acknowledge all 1,048,576 bytes and the FIN, pass 905,896 of them to the relay
+#: followed by a FIN of its own, and reset the client; the relay had passed on every byte it got
+#: (RESULTS and the notes of session 17).  The relays' half-close is tested elsewhere.
 CLIENT = """\
 import hashlib, json, random, socket, sys, threading
 host, hold = sys.argv[1], sys.argv[5] == "hold"
@@ -79,7 +92,13 @@ def say(**fields):
         print(json.dumps(fields), flush=True)
 def one(index):
     data = random.Random(index).randbytes(size)
-    got, n, local = hashlib.sha256(), 0, None
+    got, n, local, sending = hashlib.sha256(), 0, None, []
+    def send(sock):
+        try:
+            sock.sendall(data[1024:])
+            sending.append("all sent")
+        except OSError as exc:
+            sending.append(str(exc))
     try:
         with socket.create_connection((host, port), timeout=15) as sock:
             local = sock.getsockname()[1]
@@ -93,22 +112,21 @@ def one(index):
             say(event="open", port=local)
             if hold:
                 go.wait(30)
-            def send():
-                try:
-                    sock.sendall(data[1024:])
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-            sender = threading.Thread(target=send)
+            sender = threading.Thread(target=send, args=(sock,))
             sender.start()
-            while chunk := sock.recv(65536):
-                got.update(chunk)
-                n += len(chunk)
-            sender.join()
+            try:
+                while n < size and (chunk := sock.recv(65536)):
+                    got.update(chunk)
+                    n += len(chunk)
+                sock.shutdown(socket.SHUT_WR)
+                if sock.recv(1):
+                    raise ConnectionError("more than was sent came back")
+            finally:
+                sender.join()  # before the socket is closed under it
         ok = n == size and got.hexdigest() == hashlib.sha256(data).hexdigest()
-        say(event="done", port=local, ok=ok, received=n)
+        say(event="done", port=local, ok=ok, received=n, sending=sending)
     except OSError as exc:
-        say(event="done", port=local, ok=False, received=n, error=str(exc))
+        say(event="done", port=local, ok=False, received=n, error=str(exc), sending=sending)
 threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
 for thread in threads:
     thread.start()
@@ -385,7 +403,7 @@ def _every_connection_served(net: Topology) -> None:
     the relays and by the backend."""
     first = net.client(6, 256 * 1024)
     done = first.records("done", 6)
-    assert all(record["ok"] for record in done), [record.get("error") for record in done]
+    assert all(record["ok"] for record in done), _story(net, _failed(done), done)
     ports = {record["port"] for record in done}
     by_host = net.served(ports)
     assert by_host["r1"] and by_host["r2"] and not by_host["r1"] & by_host["r2"]
@@ -400,28 +418,32 @@ def _a_lost_host_loses_only_its_connections(net: Topology) -> None:
     assert net.spaces.kill_all("r1") >= 3  # the relay and its two workers
     held.go()
     done = held.records("done", 6)
-    outcome = {record["port"]: record["ok"] for record in done}
-    lost = {port for port, ok in outcome.items() if not ok} & by_host["r2"]
-    if lost:
-        # The known open defect (session 6): 2 CI runs in 5 under the full suite's load saw one
-        # held connection through the surviving host fail; never alone (30 runs of 30, loaded
-        # or not).  Only this symptom is tolerated, and its story is kept in the summary line.
-        pytest.xfail(_story(net, lost, done).replace("\n", " | "))
-    assert {port for port, ok in outcome.items() if ok} == by_host["r2"], (by_host, done)
-    assert {port for port, ok in outcome.items() if not ok} == by_host["r1"]
+    failed = _failed(done)
+    assert failed == by_host["r1"], _story(net, failed ^ by_host["r1"], done)
+
+
+def _failed(done: list[dict[str, Any]]) -> set[int]:
+    return {record["port"] for record in done if not record["ok"]}
 
 
 def _story(net: Topology, ports: set[int], done: list[dict[str, Any]]) -> str:
-    """Why connections through the surviving host failed: the client's records for them, every
-    log line of the surviving relay and of the backend that names them, and any crash line."""
+    """What happened to the connections of ``ports`` (clients): the client's records for them,
+    and every line of the relays, the backend and HAProxy that names them."""
     records = [record for record in done if record["port"] in ports]
+    logs = [*net.relays.items(), ("backend", net.backend)]
     lines = [
         f"{name}: {line}"
-        for name, proc in (("r2", net.relays["r2"]), ("backend", net.backend))
+        for name, proc in logs
         for line in proc.err.splitlines()
         if any(f":{port}" in line for port in ports) or "unexpected" in line
     ]
-    return "\n".join(["held connections through r2 failed:", *map(str, records), *lines])
+    if net.alerts is not None:
+        lines += [
+            f"haproxy: {line}"
+            for line in net.alerts.drain().splitlines()
+            if any(f":{port} " in line for port in ports)
+        ]
+    return "\n".join([f"clients {sorted(ports)} are not as expected:", *map(str, records), *lines])
 
 
 def _new_clients_go_to_the_other_host(net: Topology) -> None:
@@ -429,7 +451,7 @@ def _new_clients_go_to_the_other_host(net: Topology) -> None:
     net.alerts.wait(lambda line: "relays/r1 is DOWN" in line, "HAProxy marking r1 down")
     before = set(accepted_ports(net.relays["r2"]))
     done = net.client(4, 256 * 1024).records("done", 4)
-    assert all(record["ok"] for record in done), [record.get("error") for record in done]
+    assert all(record["ok"] for record in done), _story(net, _failed(done), done)
     ports = {record["port"] for record in done}
     wait_until(lambda: ports <= set(accepted_ports(net.relays["r2"])) - before, "r2 serving every new client")
 
