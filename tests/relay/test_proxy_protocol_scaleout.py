@@ -81,7 +81,7 @@ backend relays
 #: machine (about one run in twenty beside the test suite), a capture on HAProxy's interfaces
 #: showed it acknowledge all 1,048,576 bytes and the FIN, pass 905,896 of them to the relay
 #: followed by a FIN of its own, and reset the client; the relay had passed on every byte it got
-#: (RESULTS and the notes of session 17).  The relays' half-close is tested elsewhere.
+#: (the README says so under "Scaling out").  The relays' half-close is tested elsewhere.
 CLIENT = """\
 import hashlib, json, random, socket, sys, threading
 host, hold = sys.argv[1], sys.argv[5] == "hold"
