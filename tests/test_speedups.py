@@ -192,6 +192,25 @@ def test_a_read_that_fills_the_buffer_is_handed_over_unsent(poller: _speedups.Po
 
 
 @needs_speedups
+def test_handed_says_whether_a_hand_over_waits_to_be_taken(poller: _speedups.Poller, pairs) -> None:
+    """The relay collects a connection's hand-overs before either of its pumps reads (a later
+    event of the batch may bring them): ``handed`` is how it knows one is waiting."""
+    client, src, dst, server = pairs
+    armed(poller, src, dst, 16)
+    assert not poller.handed(src.fileno()) and not poller.handed(10**6)  # none; past the table
+    client.sendall(b"ping")
+    assert poller.poll(0.2) == [] and server.recv(100) == b"ping"  # served: nothing waits
+    assert not poller.handed(src.fileno())
+    client.sendall(b"0123456789abcdefXYZ")
+    assert poller.poll(0.2) == [(src.fileno(), IN | _speedups.HANDED)]
+    assert poller.handed(src.fileno())
+    assert poller.take(src.fileno())[0] == b"0123456789abcdef"
+    assert not poller.handed(src.fileno())
+    with pytest.raises(ValueError):
+        poller.handed(-1)
+
+
+@needs_speedups
 def test_a_send_that_takes_part_hands_over_the_rest(poller: _speedups.Poller, pairs) -> None:
     client, src, dst, _server = pairs
     dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)

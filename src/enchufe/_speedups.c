@@ -433,6 +433,19 @@ Poller_pending(Poller *self, PyObject *arg)
     return PyLong_FromUnsignedLongLong(c->moved);
 }
 
+/* handed(src) -> whether src's shortcut handed work over that take(src) has not collected:
+ * the relay collects every hand-over of a connection before either of its pumps reads, so that
+ * bytes the poller read cannot be overtaken by bytes Python reads after them. */
+static PyObject *
+Poller_handed(Poller *self, PyObject *arg)
+{
+    int fd;
+    Shortcut *c = entry_of(self, arg, &fd);
+    if (c == NULL)
+        return NULL;
+    return PyBool_FromLong(c->data != NULL);
+}
+
 /* take(src) -> (data, sent, read_errno, send_errno, moved): what a hand-over left. */
 static PyObject *
 Poller_take(Poller *self, PyObject *arg)
@@ -997,6 +1010,8 @@ static PyMethodDef Poller_methods[] = {
      "dirty() -> the datagram sessions' counts since the last look."},
     {"dirty_totals", (PyCFunction)Poller_dirty_totals, METH_NOARGS,
      "dirty_totals() -> (bytes up, datagrams up, bytes down, datagrams down), a peek."},
+    {"handed", (PyCFunction)Poller_handed, METH_O,
+     "handed(src) -> whether src's shortcut handed work over that take(src) has not collected."},
     {"take", (PyCFunction)Poller_take, METH_O,
      "take(src) -> (data, sent, read_errno, send_errno, moved) of a hand-over."},
     {NULL, NULL, 0, NULL},

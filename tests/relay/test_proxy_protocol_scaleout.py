@@ -322,7 +322,7 @@ def accepted_ports(relay: RelayProc) -> dict[int, str]:
 
 def _relay_args(listen: str, target: str, *trusted: str) -> tuple[str, ...]:
     proxies = [arg for ip in trusted for arg in ("--trusted-proxy", ip)]
-    return (listen, target, "--accept-proxy", *proxies, "--json", "-v")
+    return (listen, target, "--accept-proxy", *proxies, "--json", "-v", "--debug")
 
 
 class Topology:
@@ -435,7 +435,8 @@ def _story(net: Topology, ports: set[int], done: list[dict[str, Any]]) -> str:
         f"{name}: {line}"
         for name, proc in logs
         for line in proc.err.splitlines()
-        if any(f":{port}" in line for port in ports) or "unexpected" in line
+        # and whatever is not an event of --json: a crash's line, a traceback
+        if any(f":{port}" in line for port in ports) or not line.startswith("{")
     ]
     if net.alerts is not None:
         lines += [

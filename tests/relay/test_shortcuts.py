@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
+import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +23,7 @@ from enchufe.relay.shortcuts import DOWN, UP
 from .conftest import (
     STEP,
     RelayThread,
+    StartRelay,
     Target,
     closed_by_peer,
     dial,
@@ -32,6 +36,10 @@ from .conftest import (
 )
 
 SIZES = (1, 7, 100, 1400, 4000, 30)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _sessions(running: RelayThread) -> list[Any]:
@@ -203,3 +211,62 @@ def test_a_target_that_resets_after_small_messages_resets_the_client() -> None:
         assert closed["reason"] == "target-reset"
         with contextlib.suppress(OSError):
             sock.close()
+
+
+@pytest.mark.parametrize("target_says", ["bulk", "eof"])
+def test_both_sides_handing_over_in_one_batch_lose_nothing_and_keep_the_order(
+    start_relay: StartRelay, target_says: str
+) -> None:
+    """A stopped relay (SIGSTOP) finds both sides of a warmed session readable when it resumes:
+    the poller hands each over (a read that fills its buffer, or the target's EOF) in one batch,
+    and the session collects both before either pump reads on (enchufe.relay.shortcuts.settle).
+    Every byte arrives, in order, both ways; the client's EOF still passes on."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(STEP)
+        relay = start_relay(
+            "tcp://127.0.0.1:0", f"tcp://127.0.0.1:{listener.getsockname()[1]}", "--json", "-vv"
+        )
+        with dial(relay.address) as client:
+            peer, _ = listener.accept()
+            with peer:
+                peer.settimeout(STEP)
+                for _ in range(10):  # the warm-up: the session arms its shortcuts
+                    client.sendall(b"ping")
+                    assert peer.recv(100) == b"ping"
+                    peer.sendall(b"pong")
+                    assert client.recv(100) == b"pong"
+                up = random.Random(1).randbytes(1 << 20)
+                down = random.Random(2).randbytes(1 << 20) if target_says == "bulk" else b""
+                relay.popen.send_signal(signal.SIGSTOP)
+                try:
+                    peer.sendall(down[: 1 << 16])  # each fills the poller's read at once
+                    client.sendall(up[: 1 << 16])
+                    if target_says == "eof":
+                        peer.shutdown(socket.SHUT_WR)
+                finally:
+                    relay.popen.send_signal(signal.SIGCONT)
+                results: dict[str, bytes] = {}
+
+                def read_all(name: str, sock: socket.socket) -> None:
+                    got = bytearray()
+                    while chunk := sock.recv(1 << 16):
+                        got += chunk
+                    results[name] = bytes(got)
+
+                readers = [
+                    threading.Thread(target=read_all, args=("at target", peer)),
+                    threading.Thread(target=read_all, args=("at client", client)),
+                ]
+                for reader in readers:
+                    reader.start()
+                client.sendall(up[1 << 16 :])
+                client.shutdown(socket.SHUT_WR)
+                if target_says == "bulk":
+                    peer.sendall(down[1 << 16 :])
+                    peer.shutdown(socket.SHUT_WR)
+                for reader in readers:
+                    reader.join(STEP)
+                assert digest(results["at target"]) == digest(up)
+                assert digest(results["at client"]) == digest(down)
+    closes = [e for e in relay.json_events() if e["event"] == "close"]
+    assert [e["reason"] for e in closes] == ["done"]

@@ -196,6 +196,7 @@ class Loop:
             self.moved = self._epoll.moved  # type: ignore[method-assign]
             self.pending = self._epoll.pending  # type: ignore[method-assign]
             self.take = self._epoll.take  # type: ignore[method-assign]
+            self.handed = self._epoll.handed  # type: ignore[method-assign]
         self._handlers: dict[int, Handler] = {}
         #: how to end the owner of a descriptor whose handler raised (see the module docstring)
         self._on_error: dict[int, OnError] = {}
@@ -278,6 +279,12 @@ class Loop:
         (safe from another thread)."""
         pending: int = self._epoll.pending(src)
         return pending
+
+    def handed(self, src: int) -> bool:
+        """Whether ``src``'s shortcut handed work over that :meth:`take` has not collected yet
+        (its :data:`HANDED` event may still be on its way, later in the same batch)."""
+        handed: bool = self._epoll.handed(src)
+        return handed
 
     def take(self, src: int) -> Taken:
         """What ``src``'s shortcut handed over with its :data:`HANDED` event (it is gone now)."""

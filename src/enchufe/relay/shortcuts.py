@@ -5,8 +5,9 @@ streaming in bulk: :attr:`.PumpState.simple`), all its pump would do when ``src`
 one read and one write; the session then asks the loop to do exactly that itself
 (:meth:`~.engine.Loop.shortcut`), so that a request and its response cross the relay without a
 line of Python.  What the poller cannot finish comes back as a :data:`~.engine.HANDED` event:
-the session takes what was read (:meth:`~.engine.Loop.take`), the pump goes on from there, and
-the shortcut is armed again once the direction is simple again (after the step).
+the session takes what was read (:meth:`~.engine.Loop.take`; :func:`settle`, before anything
+else of the session runs), the pump goes on from there, and the shortcut is armed again once
+the direction is simple again (after the step).
 
 The bytes a shortcut moves are counted where the session's other bytes are (its ``to_target``
 and ``to_client``, the relay's :class:`~.stats.Stats`, the idle timer's last activity) when the
@@ -42,7 +43,7 @@ __all__ = [
     "disarm",
     "may_cut",
     "pending",
-    "take",
+    "settle",
 ]
 
 #: ``StreamSession._cuts`` of a session that never takes shortcuts
@@ -121,7 +122,36 @@ def _wanted(session: StreamSession, up: Pump, down: Pump) -> int:
     return want
 
 
-def take(session: StreamSession, pump: Pump, side: Side, bit: int) -> None:
+def settle(session: StreamSession, handed: int) -> int:
+    """Collect what the session's shortcuts handed over, before anything else of the session
+    runs: the directions (:data:`UP`, :data:`DOWN`) whose pumps now go on from it.
+
+    ``handed`` is the direction whose :data:`~.engine.HANDED` event is being handled (0 for
+    another event).  A batch of events may bring that hand-over after another event of the same
+    session (the other side's), whose step could run either pump: a pump that read its source
+    then would send bytes ahead of the ones the poller read before them, and a shortcut changed
+    then (re-armed, dropped, its descriptor registered anew) would lose them.  So the first
+    handler of the session in a batch collects both directions' hand-overs, and the HANDED
+    event that follows finds its direction no longer armed: nothing left to take.  A direction
+    still armed whose HANDED event finds nothing raises LookupError (the bytes read are gone:
+    the session is reset, never left with a hole).
+    """
+    cuts = session._cuts
+    took = 0
+    loop = session.relay.loop
+    if cuts & UP and (handed & UP or loop.handed(session.client.rfd)):
+        assert session.up is not None
+        _take(session, session.up, session.client, UP)
+        took = UP
+    target = session.target
+    if cuts & DOWN and target is not None and (handed & DOWN or loop.handed(target.rfd)):
+        assert session.down is not None
+        _take(session, session.down, target, DOWN)
+        took |= DOWN
+    return took
+
+
+def _take(session: StreamSession, pump: Pump, side: Side, bit: int) -> None:
     """``side``'s shortcut handed its work over: ``pump`` goes on from what it read."""
     data, sent, read_errno, send_errno, moved = session.relay.loop.take(side.rfd)
     session._cuts &= ~bit

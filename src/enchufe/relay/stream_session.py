@@ -287,24 +287,22 @@ class StreamSession(PreludeSession):
             if self.state == CONNECTING:  # only errors are asked for while connecting
                 self._client_gone_while_connecting()
             return
-        if events & HANDED:
-            assert self.up is not None
-            shortcuts.take(self, self.up, self.client, UP)
+        # This event's hand-over (HANDED) and the target's, if one is waiting: see settle.
+        took = shortcuts.settle(self, UP if events & HANDED else 0) if self._cuts > 0 else 0
         if events & FAILED and self._failed(self.client_sock, "client"):
             return
-        self._step(events & (READ | ERROR), events & (WRITE | ERROR))
+        self._step(events & (READ | ERROR) | took & UP, events & (WRITE | ERROR) | took & DOWN)
 
     def _on_target(self, events: int) -> None:
         if self.state != OPEN:
             if self.state == CONNECTING:
                 self._connect_ready()
             return
-        if events & HANDED:
-            assert self.down is not None and self.target is not None
-            shortcuts.take(self, self.down, self.target, DOWN)
+        # This event's hand-over (HANDED) and the client's, if one is waiting: see settle.
+        took = shortcuts.settle(self, DOWN if events & HANDED else 0) if self._cuts > 0 else 0
         if events & FAILED and self._failed(self.target_sock, "target"):
             return
-        self._step(events & (WRITE | ERROR), events & (READ | ERROR))
+        self._step(events & (WRITE | ERROR) | took & UP, events & (READ | ERROR) | took & DOWN)
 
     # Descriptor sides: one handler per descriptor.
     def _on_client_read(self, events: int) -> None:
