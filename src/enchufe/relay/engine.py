@@ -265,8 +265,7 @@ class Loop:
 
     def unshortcut(self, src: int) -> int:
         """Drop ``src``'s shortcut; the bytes it moved since the last look."""
-        moved: int = self._epoll.unshortcut(src)
-        return moved
+        return int(self._epoll.unshortcut(src))
 
     def moved(self, src: int) -> tuple[int, float]:
         """The bytes ``src``'s shortcut moved since the last look (it stays), and the
@@ -281,10 +280,8 @@ class Loop:
         return pending
 
     def handed(self, src: int) -> bool:
-        """Whether ``src``'s shortcut handed work over that :meth:`take` has not collected yet
-        (its :data:`HANDED` event may still be on its way, later in the same batch)."""
-        handed: bool = self._epoll.handed(src)
-        return handed
+        """Whether ``src``'s shortcut handed work over that :meth:`take` has not collected."""
+        return bool(self._epoll.handed(src))
 
     def take(self, src: int) -> Taken:
         """What ``src``'s shortcut handed over with its :data:`HANDED` event (it is gone now)."""
