@@ -106,7 +106,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_tracefile",
     ),
     "endpoints": ("sync", "aio", ""),  # "": the package itself, which re-exports sync
-    "apps": ("relay", "faults", "servers", "bench", "tour", "diagram", "exec", "stdio", "testing"),
+    "apps": ("relay", "faults", "servers", "bench", "tour", "diagram", "exec", "stdio", "_waits", "testing"),
     "cli": ("cli", "__main__"),
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}

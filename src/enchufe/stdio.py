@@ -28,7 +28,7 @@ from ._buffer import DEFAULT_MAX_DATAGRAM
 from ._halfclose import Flow, HalfClose
 from ._notices import notices
 from .address import SocketAddress
-from .errors import ConnectionReset, DatagramTruncated, TimedOut, translate
+from .errors import DatagramTruncated, translate
 from .i18n import _
 from .sync import Connection, DatagramSocket, TLSConnection
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["StreamResult", "pump_datagram", "pump_stream"]
 
 #: Bytes moved per read from stdin or the socket of a datagram session (a stdin read is one
-#: datagram), and per read of :func:`drain_until_eof`.
+#: datagram).
 CHUNK = 65536
 #: Bytes moved per read from stdin or the socket of a stream session: large enough that bulk
 #: data takes few system calls and few turns of this module's Python (64 KiB: a quarter of the
@@ -465,25 +465,3 @@ class _DatagramPump:
             else:
                 self.sock.send(datagram)
             flow.wrote(len(datagram))
-
-
-def drain_until_eof(conn: Connection, timeout: float, sink: Callable[[bytes], None] | None) -> bool:
-    """Read until the peer closes, handing each chunk to ``sink``; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        conn.set_timeout(left)
-        try:
-            chunk = conn.recv(CHUNK)
-        except TimedOut:
-            return False
-        except ConnectionReset:
-            if sink is not None:
-                raise  # the answer was cut short: not a clean end
-            return True  # nothing was wanted from the peer; our data had been sent
-        if not chunk:
-            return True
-        if sink is not None:
-            sink(chunk)

@@ -110,7 +110,7 @@ def _send(
     hops: tuple[Hop, ...],
 ) -> int:
     from .. import TimedOut, connect, connect_datagram
-    from ..stdio import drain_until_eof
+    from .._waits import drain_until_eof, recv_within
     from ._via import shown
 
     out = sys.stdout.buffer
@@ -124,9 +124,8 @@ def _send(
             said = _("sent {size} bytes to {peer}").format(size=len(payload), peer=peer)
             event("sent", said, level=1, peer=peer, size=len(payload))
             if wait_reply:
-                sock.set_timeout(timeout)
                 try:
-                    reply = sock.recv()
+                    reply = recv_within(sock, timeout)
                 except TimedOut:
                     raise TimedOut(
                         _(
