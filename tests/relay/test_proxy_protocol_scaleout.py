@@ -78,7 +78,7 @@ backend relays
 #:
 #: It half-closes only once the whole echo is back.  Debian 12's HAProxy (2.6.12) can lose
 #: request bytes when a client's FIN reaches it while they still wait in its socket: on a loaded
-#: machine (about one run in twenty beside the test suite), a capture on HAProxy's interfaces
+#: machine (about one run in forty beside the test suite), a capture on HAProxy's interfaces
 #: showed it acknowledge all 1,048,576 bytes and the FIN, pass 905,896 of them to the relay
 #: followed by a FIN of its own, and reset the client; the relay had passed on every byte it got
 #: (the README says so under "Scaling out").  The relays' half-close is tested elsewhere.
