@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,8 +16,8 @@ from enchufe import TimedOut
 from enchufe._waits import SIGNAL_SLICE, drain_until_eof, recv_within
 
 
-def _later(delay: float, action: object) -> threading.Timer:
-    timer = threading.Timer(delay, action)  # type: ignore[arg-type]
+def _later(delay: float, action: Callable[[], object]) -> threading.Timer:
+    timer = threading.Timer(delay, action)
     timer.start()
     return timer
 

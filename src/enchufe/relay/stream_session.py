@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .. import trace
 from .._calls import raw_family
 from .._spawn import CHILD_EXIT_GRACE, socket_environment
-from ..address import ExecAddress, InetAddress, StdioAddress
-from ..errors import NetworkError
+from ..address import ExecAddress, StdioAddress
 from ..errors import reason as system_reason
 from ..i18n import N_, _
 from . import shortcuts
@@ -160,40 +159,13 @@ class StreamSession(PreludeSession):
 
     def _reached(self) -> None:
         """Connected; through proxies (--via), to the first one: their handshakes first, within
-        what is left of the connect timeout."""
-        relay = self.relay
-        via = relay.via
-        if via is None:
+        what is left of the connect timeout (:func:`.via.tunnel_to_target`)."""
+        if self.relay.via is None:
             self._connected()
             return
-        side, sock, loop = self.target, self.target_sock, relay.loop
-        assert side is not None and sock is not None and isinstance(relay.target, InetAddress)
-        if side.mask != UNREGISTERED:  # the tunnel watches the socket until it is open
-            loop.unregister(side.rfd)
-            side.mask = UNREGISTERED
-        timer = self._connect_timer  # the tunnel's own timer takes over, due at the same time
-        deadline = timer.when if timer is not None else time.monotonic() + relay.connect_timeout
-        if timer is not None:
-            timer.cancel()
-            self._connect_timer = None
+        from .via import tunnel_to_target  # here: a relay without --via never loads the hops
 
-        def done(error: NetworkError | None) -> None:
-            self._tunnel_open(error, deadline)
-
-        self._stage = via.tunnel(loop, sock, relay.target, deadline, done, self.crashed)
-        self._stage.start()
-
-    def _tunnel_open(self, error: NetworkError | None, deadline: float) -> None:
-        """The last proxy's reply is in (the target's first bytes still in the kernel), or a
-        hop refused: this client's target failed, its line names the hop."""
-        self._stage = None
-        if error is not None:
-            self._fail_target(str(error))
-            return
-        # What is left of the connect phase bounds what the target gets first (a PROXY header).
-        left = max(deadline - time.monotonic(), 0.0)
-        self._connect_timer = self.relay.loop.call_later(left, self._connect_timed_out, self.crashed)
-        self._connected()
+        tunnel_to_target(self)
 
     def _dialled(self) -> str:
         via = self.relay.via

@@ -25,17 +25,19 @@ from typing import TYPE_CHECKING
 
 from .. import _calls, trace
 from .._via import PEEK_SIZE, named
+from ..address import InetAddress
 from ..errors import NetworkError, TimedOut, translate
 from ..hops import Chain, Hop, HopRefused
 from ..i18n import _
 from .engine import READ, WRITE
 from .readstage import ReadStage
+from .sides import UNREGISTERED
 
 if TYPE_CHECKING:
-    from ..address import InetAddress
     from .engine import Loop, OnError
+    from .stream_session import StreamSession
 
-__all__ = ["Tunnel", "Via"]
+__all__ = ["Tunnel", "Via", "tunnel_to_target"]
 
 
 class Via:
@@ -178,3 +180,41 @@ def _peek(sock: socket.socket) -> bytes:
         lambda: f"recv(fd {sock.fileno()}, {PEEK_SIZE}, MSG_PEEK)",
         lambda data: _calls.byte_count(len(data)),
     )
+
+
+def tunnel_to_target(session: StreamSession) -> None:
+    """``session`` reached the first proxy: the hops' handshakes run on the relay's loop, the
+    tunnel's timer due when the connect phase would have ended; then the session goes on as
+    connected (:func:`_tunnel_open`).  A session's part, kept here with the tunnel it drives,
+    as :mod:`.shortcuts` keeps the loop's shortcuts."""
+    relay = session.relay
+    via, side, sock, loop = relay.via, session.target, session.target_sock, relay.loop
+    assert via is not None and side is not None and sock is not None
+    assert isinstance(relay.target, InetAddress)
+    if side.mask != UNREGISTERED:  # the tunnel watches the socket until it is open
+        loop.unregister(side.rfd)
+        side.mask = UNREGISTERED
+    timer = session._connect_timer  # the tunnel's own timer takes over, due at the same time
+    deadline = timer.when if timer is not None else time.monotonic() + relay.connect_timeout
+    if timer is not None:
+        timer.cancel()
+        session._connect_timer = None
+
+    def done(error: NetworkError | None) -> None:
+        _tunnel_open(session, error, deadline)
+
+    session._stage = via.tunnel(loop, sock, relay.target, deadline, done, session.crashed)
+    session._stage.start()
+
+
+def _tunnel_open(session: StreamSession, error: NetworkError | None, deadline: float) -> None:
+    """The last proxy's reply is in (the target's first bytes still in the kernel), or a hop
+    refused: this client's target failed, its line names the hop."""
+    session._stage = None
+    if error is not None:
+        session._fail_target(str(error))
+        return
+    # What is left of the connect phase bounds what the target gets first (a PROXY header).
+    left = max(deadline - time.monotonic(), 0.0)
+    session._connect_timer = session.relay.loop.call_later(left, session._connect_timed_out, session.crashed)
+    session._connected()
