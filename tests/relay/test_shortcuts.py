@@ -268,5 +268,9 @@ def test_both_sides_handing_over_in_one_batch_lose_nothing_and_keep_the_order(
                     reader.join(STEP)
                 assert digest(results["at target"]) == digest(up)
                 assert digest(results["at client"]) == digest(down)
-    closes = [e for e in relay.json_events() if e["event"] == "close"]
-    assert [e["reason"] for e in closes] == ["done"]
+
+    def closes() -> list[str]:
+        return [e["reason"] for e in relay.json_events() if e["event"] == "close"]
+
+    wait_until(lambda: bool(closes()), "the close event")  # the relay's stderr is read as it comes
+    assert closes() == ["done"]
